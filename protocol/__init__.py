@@ -1,0 +1,94 @@
+"""Dangol MQTT contract: payload models, topic builders/parsers and :func:`parse_payload`.
+
+Shared by the cloud service and the Raspberry Pi edge; it imports only pydantic (and the standard
+library). Topic root ``dangol/v1/``; every payload is JSON with ``"schema": "<name>/<version>"``.
+
+==================================================  ==============  ========  ===  ======================
+topic                                               direction       retained  QoS  payload model
+==================================================  ==============  ========  ===  ======================
+``dangol/v1/stores/{store}/catalogue``              cloud → edge    yes       1    :class:`Catalogue`
+``dangol/v1/stores/{store}/menus/{customer}``       cloud → edge    yes       1    :class:`Menu`
+``dangol/v1/stores/{store}/erasures``               cloud → edge    no        1    :class:`Erasures`
+``dangol/v1/devices/{device}/events``               edge → cloud    no        1    :data:`Event` (union)
+``dangol/v1/devices/{device}/status``               edge → cloud    yes       1    :class:`Status`
+==================================================  ==============  ========  ===  ======================
+
+An empty retained payload on a catalogue or menu topic means "deleted" (the cloud clears a retained
+menu when a customer is erased); check :func:`is_retained_clear` before :func:`parse_payload`.
+"""
+
+from dangol_protocol.models import (
+    ArrivalEvent,
+    Catalogue,
+    CatalogueItem,
+    Consent,
+    EnrolmentEvent,
+    ErasureDoneEvent,
+    Erasures,
+    Event,
+    Health,
+    Menu,
+    MenuPick,
+    Payload,
+    Status,
+    dump_payload,
+    new_event_id,
+)
+from dangol_protocol.topics import (
+    QOS,
+    RETAINED,
+    ROOT,
+    Topic,
+    TopicError,
+    TopicKind,
+    catalogue_topic,
+    device_subscriptions,
+    erasures_topic,
+    events_topic,
+    menu_topic,
+    menus_wildcard,
+    parse_topic,
+    status_topic,
+    store_subscriptions,
+    ALL_DEVICE_EVENTS,
+    ALL_DEVICE_STATUS,
+)
+from dangol_protocol.parse import PayloadError, is_retained_clear, parse_payload
+
+__all__ = [
+    "ALL_DEVICE_EVENTS",
+    "ALL_DEVICE_STATUS",
+    "ArrivalEvent",
+    "Catalogue",
+    "CatalogueItem",
+    "Consent",
+    "EnrolmentEvent",
+    "ErasureDoneEvent",
+    "Erasures",
+    "Event",
+    "Health",
+    "Menu",
+    "MenuPick",
+    "Payload",
+    "PayloadError",
+    "QOS",
+    "RETAINED",
+    "ROOT",
+    "Status",
+    "Topic",
+    "TopicError",
+    "TopicKind",
+    "catalogue_topic",
+    "device_subscriptions",
+    "dump_payload",
+    "erasures_topic",
+    "events_topic",
+    "is_retained_clear",
+    "menu_topic",
+    "menus_wildcard",
+    "new_event_id",
+    "parse_payload",
+    "parse_topic",
+    "status_topic",
+    "store_subscriptions",
+]

@@ -1,0 +1,198 @@
+"""Pydantic v2 models of every MQTT payload (``schema`` ``<name>/1``).
+
+All models forbid unknown fields (a typo is an error, not silently ignored), ids are UUIDs and
+timestamps are timezone-aware datetimes (naive input is rejected). Serialise with :func:`dump_payload`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "ArrivalEvent",
+    "Catalogue",
+    "CatalogueItem",
+    "Consent",
+    "EnrolmentEvent",
+    "ErasureDoneEvent",
+    "Erasures",
+    "Event",
+    "EVENT_ADAPTER",
+    "Health",
+    "Menu",
+    "MenuPick",
+    "Payload",
+    "Status",
+    "dump_payload",
+    "new_event_id",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+ItemId = Annotated[str, Field(min_length=1, max_length=64)]
+Score = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class CatalogueItem(_Model):
+    """One menu item as the edge displays it. ``price`` is in the café's currency (major units)."""
+
+    id: ItemId
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    category: str | None = None
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    photo_url: str | None = None
+    available: bool = True
+
+
+class Catalogue(_Model):
+    """``catalogue/1``: the full catalogue snapshot of one store (retained, QoS 1).
+
+    ``version`` increases by one on every Publish; the edge ignores a snapshot older than the one it has.
+    Retired items are not in the snapshot; unavailable ones are, with ``available=false``.
+    """
+
+    schema_: Literal["catalogue/1"] = Field("catalogue/1", alias="schema")
+    store_id: uuid.UUID
+    version: Annotated[int, Field(ge=1)]
+    published_at: AwareDatetime
+    currency: Annotated[str, Field(min_length=3, max_length=3)] = "EUR"
+    items: list[CatalogueItem]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class MenuPick(_Model):
+    """One ranked pick: ``item_id`` (a :class:`CatalogueItem` id), model ``score`` (higher is better)
+    and human-readable ``reasons`` (e.g. ``"bought 12 times"``, ``"popular at this hour"``)."""
+
+    item_id: ItemId
+    score: Score
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Menu(_Model):
+    """``menu/1``: one customer's ranked picks (retained, QoS 1), best first."""
+
+    schema_: Literal["menu/1"] = Field("menu/1", alias="schema")
+    store_id: uuid.UUID
+    customer_id: uuid.UUID
+    model_version: Annotated[str, Field(min_length=1, max_length=64)]
+    generated_at: AwareDatetime
+    items: list[MenuPick]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Erasures(_Model):
+    """``erasures/1``: customers whose templates and data the edge must delete (not retained, QoS 1).
+
+    The edge confirms with an :class:`ErasureDoneEvent` carrying the same ``erasure_id``.
+    """
+
+    schema_: Literal["erasures/1"] = Field("erasures/1", alias="schema")
+    store_id: uuid.UUID
+    erasure_id: uuid.UUID
+    requested_at: AwareDatetime
+    customer_ids: Annotated[list[uuid.UUID], Field(min_length=1)]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Consent(_Model):
+    """Consent record: who recorded it (staff name/id), when, and which consent text version was shown."""
+
+    recorded_by: Annotated[str, Field(min_length=1, max_length=120)]
+    recorded_at: AwareDatetime
+    text_version: Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class _EventBase(_Model):
+    schema_: Literal["event/1"] = Field("event/1", alias="schema")
+    event_id: uuid.UUID
+    device_id: uuid.UUID
+    ts: AwareDatetime
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ArrivalEvent(_EventBase):
+    """One visit (the edge emits one per visit, after its cool-down).
+
+    ``customer_id`` is None for an unknown face (counted, never stored); ``confidence`` is the match
+    similarity in [0, 1]; ``shown_items`` are the item ids the display showed (empty if none).
+    """
+
+    kind: Literal["arrival"] = "arrival"
+    customer_id: uuid.UUID | None = None
+    confidence: Annotated[float, Field(ge=0, le=1)] | None = None
+    shown_items: list[ItemId] = Field(default_factory=list)
+
+
+class EnrolmentEvent(_EventBase):
+    """A customer was enrolled (``pending``) or activated (``active``, with consent and a name) on the edge."""
+
+    kind: Literal["enrolment"] = "enrolment"
+    customer_id: uuid.UUID
+    status: Literal["pending", "active"]
+    display_name: Annotated[str, Field(max_length=120)] | None = None
+    short_code: Annotated[str, Field(max_length=16)] | None = None
+    consent: Consent | None = None
+
+
+class ErasureDoneEvent(_EventBase):
+    """The edge deleted the listed customers (answer to an :class:`Erasures` message)."""
+
+    kind: Literal["erasure-done"] = "erasure-done"
+    erasure_id: uuid.UUID | None = None
+    customer_ids: Annotated[list[uuid.UUID], Field(min_length=1)]
+
+
+Event = Annotated[Union[ArrivalEvent, EnrolmentEvent, ErasureDoneEvent], Field(discriminator="kind")]
+"""``event/1``: discriminated on ``kind`` (``arrival`` | ``enrolment`` | ``erasure-done``)."""
+
+EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
+
+
+class Health(_Model):
+    """Device health: camera state, frames per second processed, templates in the gallery, outbox depth."""
+
+    camera: Literal["ok", "missing", "error"]
+    fps: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    gallery_size: Annotated[int, Field(ge=0)]
+    queue_depth: Annotated[int, Field(ge=0)]
+
+
+class Status(_Model):
+    """``status/1``: retained device status. The last will is ``state="offline"`` without health."""
+
+    schema_: Literal["status/1"] = Field("status/1", alias="schema")
+    device_id: uuid.UUID
+    state: Literal["online", "offline"]
+    ts: AwareDatetime | None = None
+    health: Health | None = None
+    software_version: str | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+Payload = Union[Catalogue, Menu, Erasures, ArrivalEvent, EnrolmentEvent, ErasureDoneEvent, Status]
+
+
+def dump_payload(payload: Payload) -> bytes:
+    """Serialise a payload to compact UTF-8 JSON bytes (with the ``schema`` key), ready to publish."""
+    return payload.model_dump_json(by_alias=True, exclude_none=False).encode("utf-8")
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh random event id (UUID4) for an edge event; the cloud deduplicates on it."""
+    return uuid.uuid4()
+

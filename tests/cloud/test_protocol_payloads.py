@@ -1,0 +1,112 @@
+"""dangol_protocol: topic builders/parser and payload validation against the topic."""
+
+import json
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+import dangol_protocol as p
+
+NOW = datetime(2026, 1, 5, 8, 30, tzinfo=timezone.utc)
+STORE, DEVICE, CUSTOMER = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+
+def test_topic_builders_and_parser_round_trip():
+    assert p.catalogue_topic(STORE) == f"dangol/v1/stores/{STORE}/catalogue"
+    assert p.menu_topic(STORE, CUSTOMER) == f"dangol/v1/stores/{STORE}/menus/{CUSTOMER}"
+    assert p.parse_topic(p.menu_topic(STORE, CUSTOMER)) == p.Topic(p.TopicKind.MENU, store_id=str(STORE),
+                                                                   customer_id=str(CUSTOMER))
+    assert p.parse_topic(p.status_topic(DEVICE)).retained is True
+    assert p.parse_topic(p.events_topic(DEVICE)).retained is False
+    assert p.parse_topic(p.erasures_topic(STORE)).kind is p.TopicKind.ERASURES
+    assert (p.catalogue_topic(STORE), 1) in p.store_subscriptions(STORE)
+
+
+@pytest.mark.parametrize("topic", ["dangol/v2/stores/x/catalogue", f"dangol/v1/stores/{STORE}/menus",
+                                   "dangol/v1/stores/not-a-uuid/catalogue", f"dangol/v1/devices/{DEVICE}/other",
+                                   f"/dangol/v1/devices/{DEVICE}/events"])
+def test_parse_topic_refuses_foreign_topics(topic):
+    with pytest.raises(p.TopicError, match="topic"):
+        p.parse_topic(topic)
+
+
+def _payloads():
+    yield p.catalogue_topic(STORE), p.Catalogue(store_id=STORE, version=3, published_at=NOW, items=[
+        p.CatalogueItem(id="latte", name="Caffè latte", category="coffee", price=3.8, tags=["milk"])])
+    yield p.menu_topic(STORE, CUSTOMER), p.Menu(store_id=STORE, customer_id=CUSTOMER, model_version="m1",
+                                                 generated_at=NOW, items=[p.MenuPick(item_id="latte", score=1.5,
+                                                                                     reasons=["bought 4 times"])])
+    yield p.erasures_topic(STORE), p.Erasures(store_id=STORE, erasure_id=uuid.uuid4(), requested_at=NOW,
+                                              customer_ids=[CUSTOMER])
+    yield p.events_topic(DEVICE), p.ArrivalEvent(event_id=p.new_event_id(), device_id=DEVICE, ts=NOW,
+                                                 customer_id=CUSTOMER, confidence=0.8, shown_items=["latte"])
+    yield p.events_topic(DEVICE), p.EnrolmentEvent(
+        event_id=p.new_event_id(), device_id=DEVICE, ts=NOW, customer_id=CUSTOMER, status="active",
+        display_name="Mina", consent=p.Consent(recorded_by="staff:jo", recorded_at=NOW, text_version="v1"))
+    yield p.events_topic(DEVICE), p.ErasureDoneEvent(event_id=p.new_event_id(), device_id=DEVICE, ts=NOW,
+                                                     customer_ids=[CUSTOMER])
+    yield p.status_topic(DEVICE), p.Status(device_id=DEVICE, state="online", ts=NOW,
+                                           health=p.Health(camera="ok", fps=9.5, gallery_size=40, queue_depth=0))
+    yield p.status_topic(DEVICE), p.Status(device_id=DEVICE, state="offline")  # the last will
+
+
+@pytest.mark.parametrize("topic,model", list(_payloads()), ids=lambda v: getattr(v, "__class__").__name__)
+def test_every_payload_round_trips_with_its_schema(topic, model):
+    raw = p.dump_payload(model)
+    data = json.loads(raw)
+    assert data["schema"].endswith("/1") and data["schema"].split("/")[0] in topic.replace("menus", "menu")
+    assert p.parse_payload(topic, raw) == model
+
+
+def test_event_ids_are_unique_uuids():
+    ids = {p.new_event_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(isinstance(i, uuid.UUID) for i in ids)
+
+
+def _arrival(**changes):
+    data = json.loads(p.dump_payload(p.ArrivalEvent(event_id=uuid.uuid4(), device_id=DEVICE, ts=NOW)))
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"", "empty payload"),
+    (b"\xff\xfe", "not UTF-8 JSON"),
+    (b"{not json", "not UTF-8 JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (_arrival(schema="event/2"), "schema is 'event/2'"),
+    (_arrival(schema="menu/1"), "expected 'event/1'"),
+    (_arrival(kind="departure"), "does not match any of the expected tags"),
+    (_arrival(confidence=1.7), "confidence"),
+    (_arrival(ts="2026-01-05T08:30:00"), "ts"),          # naive timestamps are refused
+    (_arrival(extra_field=1), "extra_field"),
+    (_arrival(device_id=str(uuid.uuid4())), "does not match the topic"),
+    (_arrival(event_id="42"), "event_id"),
+])
+def test_parse_payload_refuses_bad_payloads_naming_topic_and_reason(raw, reason):
+    topic = p.events_topic(DEVICE)
+    with pytest.raises(p.PayloadError) as info:
+        p.parse_payload(topic, raw)
+    assert topic in str(info.value) and reason in str(info.value)
+    assert info.value.topic == topic
+
+
+def test_menu_for_another_customer_is_refused():
+    raw = p.dump_payload(p.Menu(store_id=STORE, customer_id=uuid.uuid4(), model_version="m", generated_at=NOW,
+                                items=[]))
+    with pytest.raises(p.PayloadError, match="customer_id"):
+        p.parse_payload(p.menu_topic(STORE, CUSTOMER), raw)
+
+
+def test_retained_clear_is_recognised():
+    assert p.is_retained_clear(b"") and not p.is_retained_clear(b"{}")
+
+
+def test_protocol_imports_only_pydantic():
+    code = ("import sys, dangol_protocol; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'flask','sqlalchemy','paho','numpy','pandas','dangol_cloud','dangol_edge'}); print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
