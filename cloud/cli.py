@@ -1,2 +1,237 @@
-def main() -> int:
-    raise SystemExit("not yet")
+"""``dangol-cloud`` command line: serve, import-purchases, train, evaluate, publish, listen, create-user.
+
+Exit status: 0 success, 2 usage or input error (the message names the input), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+__all__ = ["main"]
+
+log = logging.getLogger("dangol_cloud")
+err = Console(stderr=True)
+out = Console()
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit status 2)."""
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dangol-cloud", description="Dangol cloud service")
+    parser.add_argument("--config", type=Path, help="TOML config file (also DANGOL_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the web service, dashboard and MQTT consumer")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+    p = sub.add_parser("import-purchases", help="load purchase history from a file")
+    p.add_argument("path", type=Path)
+    p.add_argument("--format", required=True, choices=["ta-feng", "completejourney", "csv"])
+    p.add_argument("--train", action="store_true", help="train (and publish) after a successful import")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train", help="train the recommender, write menus, publish them")
+    p.add_argument("--no-publish", action="store_true", help="do not publish even if a broker is configured")
+
+    p = sub.add_parser("evaluate", help="offline metrics against baselines on the database's purchases")
+    p.add_argument("--cut", type=_date, help="train before this date, test after (default: last 20%% of days)")
+    p.add_argument("--top-items", type=int, help="restrict to the N most sold items")
+    p.add_argument("--k", type=int, default=10, help="cut-off of precision@k/recall@k")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+
+    p = sub.add_parser("publish", help="push catalogue and menus (and pending erasures) to the stores now")
+    p.add_argument("--store", help="only this store id")
+
+    sub.add_parser("listen", help="run only the MQTT consumer of device events and status")
+
+    p = sub.add_parser("create-user", help="create a dashboard user (the first owner)")
+    p.add_argument("email")
+    p.add_argument("--role", choices=["owner", "staff"], default="owner")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    return parser
+
+
+def _context(args):
+    from dangol_cloud.db import Database
+    from dangol_cloud.settings import load_settings
+
+    settings = load_settings(args.config)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    return settings, db
+
+
+def cmd_import(args, settings, db) -> int:
+    from tqdm import tqdm
+
+    from dangol_cloud.importers import count_data_lines, parse_purchases
+    from dangol_cloud.ingest import import_rows
+
+    total = count_data_lines(args.path)
+    rows = parse_purchases(args.path, args.format)
+    with tqdm(rows, total=total, unit="row", unit_scale=True, disable=args.no_progress or None,
+              desc=f"importing {args.path.name}") as progress, db.transaction() as session:
+        report = import_rows(session, progress, source=args.format, key_prefix=args.format, tz=settings.timezone,
+                             batch_size=settings.import_batch_size)
+    for error in report.errors[:50]:
+        err.print(f"{args.path}:{error.line}: {error.message}", markup=False, highlight=False)
+    if len(report.errors) > 50:
+        err.print(f"... and {len(report.errors) - 50} more bad rows")
+    out.print(f"{args.path}: {report.rows} rows, {report.inserted} purchases imported, {report.duplicates} already "
+              f"present, {len(report.errors)} bad rows skipped; {report.customers_created} new customers, "
+              f"{report.items_created} new items ({report.seconds:.1f} s)", highlight=False)
+    if args.train and report.inserted:
+        return cmd_train(argparse.Namespace(no_publish=False), settings, db)
+    return 0
+
+
+def cmd_train(args, settings, db) -> int:
+    from dangol_cloud.training import train_from_database
+
+    with err.status("training the recommender ..."):
+        report = train_from_database(db, settings)
+    out.print(f"model {report.version}: {report.interactions} purchases, {report.customers} customers, "
+              f"{report.items} items; {report.menus} menus written to the database", highlight=False)
+    if settings.mqtt_url and not args.no_publish:
+        return cmd_publish(argparse.Namespace(store=None), settings, db)
+    return 0
+
+
+def cmd_evaluate(args, settings, db) -> int:
+    from dangol_cloud.training import evaluate_database
+
+    if args.top_items is not None and args.top_items < 1:
+        raise UsageError(f"--top-items {args.top_items}: must be at least 1")
+    with err.status("evaluating ..."):
+        report = evaluate_database(db, settings, cut=args.cut, top_items=args.top_items, k=args.k)
+    print(report.to_markdown() if args.markdown else report.to_table())
+    return 0
+
+
+def cmd_publish(args, settings, db) -> int:
+    from dangol_cloud.publishing import publish
+
+    if not settings.mqtt_url:
+        raise UsageError("no broker configured: set DANGOL_MQTT_URL (mqtt://user:password@host:port)")
+    with db.transaction() as session:
+        try:
+            report = publish(session, settings.mqtt_url, store_id=args.store, currency=settings.currency)
+        except LookupError as exc:
+            raise UsageError(f"--store {args.store}: {exc}") from None
+    out.print(f"published to {report.stores} store(s): {report.catalogue} catalogue, {report.menus} menus, "
+              f"{report.erasures} erasure messages", highlight=False)
+    return 0
+
+
+def cmd_listen(args, settings, db) -> int:
+    from dangol_cloud.events import Listener
+
+    if not settings.mqtt_url:
+        raise UsageError("no broker configured: set DANGOL_MQTT_URL (mqtt://user:password@host:port)")
+    listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener").start()
+    out.print("listening for device events and status; Ctrl-C to stop")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.stop()
+    return 0
+
+
+def cmd_serve(args, settings, db) -> int:
+    from dangol_cloud.app import create_app
+    from dangol_cloud.background import start_background
+
+    app = create_app(settings, db=db)
+    stop = start_background(app)
+    try:
+        app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    finally:
+        stop()
+    return 0
+
+
+def cmd_create_user(args, settings, db) -> int:
+    from sqlalchemy import select
+
+    from dangol_cloud.models import User
+    from dangol_cloud.security import hash_password
+
+    if "@" not in args.email:
+        raise UsageError(f"{args.email!r} is not an e-mail address")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("repeat: ") != password:
+            raise UsageError("the passwords differ")
+    if len(password) < 8:
+        raise UsageError("password: use at least 8 characters")
+    with db.transaction() as session:
+        if session.scalar(select(User).where(User.email == args.email.lower())):
+            raise UsageError(f"user {args.email} already exists")
+        session.add(User(email=args.email.lower(), password_hash=hash_password(password), role=args.role))
+    out.print(f"created {args.role} {args.email}")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "import-purchases": cmd_import, "train": cmd_train, "evaluate": cmd_evaluate,
+            "publish": cmd_publish, "listen": cmd_listen, "create-user": cmd_create_user}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 usage/input error, 1 other failure)."""
+    from dangol_cloud.importers import ImportFormatError
+    from dangol_cloud.mqtt import MqttError
+    from dangol_cloud.settings import ConfigError
+    from dangol_cloud.training import NotEnoughData
+
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse prints its own message; keep its status (2 for usage)
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings, db = _context(args)
+        try:
+            return COMMANDS[args.command](args, settings, db)
+        finally:
+            db.dispose()
+    except (UsageError, ConfigError, ImportFormatError, NotEnoughData) as exc:
+        err.print(f"dangol-cloud {args.command}: {exc}", markup=False, highlight=False)
+        return 2
+    except MqttError as exc:
+        err.print(f"dangol-cloud {args.command}: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: report and exit 1
+        log.exception("dangol-cloud %s failed", args.command)
+        err.print(f"dangol-cloud {args.command}: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

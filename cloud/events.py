@@ -1,0 +1,156 @@
+"""Apply edge → cloud MQTT messages (events and status) to the database.
+
+:func:`handle_message` validates with :func:`dangol_protocol.parse_payload`; an invalid payload, an
+unknown device or a replayed ``event_id`` changes nothing. :class:`Listener` subscribes to
+``dangol/v1/devices/+/events`` and ``.../status`` with QoS 1 in a persistent session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from enum import Enum
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import dangol_protocol as proto
+from dangol_cloud.db import Database
+from dangol_cloud.models import Customer, Device, DeviceEvent, Erasure, Visit
+from dangol_cloud.mqtt import connect
+
+__all__ = ["Outcome", "Listener", "handle_message"]
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(str, Enum):
+    """What :func:`handle_message` did with a message."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"
+    UNKNOWN_DEVICE = "unknown-device"
+    IGNORED = "ignored"
+
+
+def _apply_event(session: Session, device: Device, event) -> None:
+    session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=event.ts,
+                            payload=event.model_dump(mode="json", by_alias=True)))
+    if isinstance(event, proto.ArrivalEvent):
+        customer_id = str(event.customer_id) if event.customer_id else None
+        if customer_id and session.get(Customer, customer_id) is None:
+            log.warning("arrival %s names unknown customer %s; recorded as unknown", event.event_id, customer_id)
+            customer_id = None
+        session.add(Visit(event_id=str(event.event_id), customer_id=customer_id, device_id=device.id,
+                          store_id=device.store_id, ts=event.ts, confidence=event.confidence,
+                          shown_items=list(event.shown_items)))
+    elif isinstance(event, proto.EnrolmentEvent):
+        customer = session.get(Customer, str(event.customer_id))
+        if customer is None:
+            customer = Customer(id=str(event.customer_id), source="edge", status="pending")
+            session.add(customer)
+        customer.status = event.status
+        if event.display_name:
+            customer.display_name = event.display_name
+        if event.consent is not None:
+            customer.consent_by = event.consent.recorded_by
+            customer.consent_at = event.consent.recorded_at
+            customer.consent_text_version = event.consent.text_version
+    elif isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is not None:
+        erasure = session.get(Erasure, str(event.erasure_id))
+        if erasure is not None and device.id not in erasure.confirmed_by:
+            erasure.confirmed_by = [*erasure.confirmed_by, device.id]
+
+
+def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
+    """Validate one message from a device topic and record it in its own transaction.
+
+    Events: each ``event_id`` is stored once (a replay is a no-op). Arrivals become visits, enrolments
+    create/activate customers, erasure-done marks the erasure confirmed. Status updates the device's
+    ``state``/``health`` (only if newer). An invalid payload is logged with topic and reason, and dropped.
+
+    Returns:
+        The :class:`Outcome`. Never raises for bad input; database errors propagate.
+    """
+    if proto.is_retained_clear(payload):
+        return Outcome.IGNORED
+    try:
+        message = proto.parse_payload(topic, payload)
+    except proto.PayloadError as exc:
+        log.warning("dropped message: %s", exc)
+        return Outcome.INVALID
+    device_id = str(message.device_id)
+    try:
+        with db.transaction() as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                log.warning("dropped message on %r: unknown device %s", topic, device_id)
+                return Outcome.UNKNOWN_DEVICE
+            if isinstance(message, proto.Status):
+                if message.ts is not None and device.status_at is not None and message.ts < device.status_at:
+                    return Outcome.IGNORED
+                device.state = message.state
+                device.status_at = message.ts or device.status_at
+                if message.health is not None:
+                    device.health = message.health.model_dump(mode="json")
+                return Outcome.STORED
+            if session.scalar(select(DeviceEvent.event_id).where(DeviceEvent.event_id == str(message.event_id))):
+                log.info("duplicate event %s on %r ignored", message.event_id, topic)
+                return Outcome.DUPLICATE
+            _apply_event(session, device, message)
+        return Outcome.STORED
+    except IntegrityError:  # a concurrent delivery of the same event_id won the race
+        log.info("duplicate event on %r ignored (concurrent insert)", topic)
+        return Outcome.DUPLICATE
+
+
+class Listener:
+    """Background MQTT consumer of device events and status.
+
+    Args:
+        db: the database to write to.
+        mqtt_url: broker URL (``mqtt://user:password@host:port``).
+        client_id: MQTT client id; the session is persistent (clean_session=False), so QoS 1 events sent
+            while the listener was down are delivered when it reconnects.
+
+    ``start()`` connects (raises MqttError if the broker is unreachable) and subscribes; paho reconnects
+    on its own after a connection loss. ``stop()`` disconnects.
+    """
+
+    def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener") -> None:
+        self.db = db
+        self.mqtt_url = mqtt_url
+        self.client_id = client_id
+        self.client = None
+        self.subscribed = threading.Event()
+        self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.subscribe(proto.device_subscriptions())
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self.subscribed.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            outcome = handle_message(self.db, message.topic, message.payload)
+        except Exception:  # keep the network loop alive; the failure is logged with its traceback
+            log.exception("failed to store message from %r", message.topic)
+            return
+        self.counts[outcome] += 1
+
+    def start(self, timeout: float = 10.0) -> "Listener":
+        """Connect and subscribe; returns once the SUBACK arrived (or after ``timeout`` seconds)."""
+        self.client = connect(self.mqtt_url, self.client_id, clean_session=False, on_connect=self._on_connect,
+                              on_message=self._on_message, on_subscribe=self._on_subscribe, timeout=timeout)
+        self.subscribed.wait(timeout)
+        return self
+
+    def stop(self) -> None:
+        """Disconnect and stop the network loop (idempotent)."""
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None

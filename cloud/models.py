@@ -1,0 +1,235 @@
+"""SQLAlchemy 2 ORM model of the cloud database (SQLite or PostgreSQL).
+
+Ids of things that travel over MQTT (stores, devices, customers, catalogue items) are UUID strings;
+timestamps are stored as timezone-aware UTC (``DateTime(timezone=True)``); amounts are floats in the
+café's currency (major units).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base", "CatalogueItem", "CatalogueVersion", "Customer", "Device", "DeviceEvent", "Erasure", "Menu",
+    "ModelVersion", "PosRequest", "Purchase", "Store", "User", "Visit", "new_id", "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """Current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    """A new random UUID4 as a 36-character string."""
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset; it is restored on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store timezone-aware UTC times")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    """A dashboard user; ``role`` is ``owner`` (everything) or ``staff`` (no stores/devices/erasure)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(10), default="owner")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Store(Base):
+    """A café; ``api_token_hash`` is the SHA-256 hex digest of its POS bearer token (shown once)."""
+
+    __tablename__ = "stores"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(120))
+    ref: Mapped[str | None] = mapped_column(String(64), unique=True)
+    api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    devices: Mapped[list[Device]] = relationship(back_populates="store", cascade="all, delete-orphan")
+
+
+class Device(Base):
+    """An edge appliance at one store entrance, with its own MQTT username and password hash
+    (Mosquitto ``$7$`` PBKDF2-SHA512 format, so it can be written to a Mosquitto password file)."""
+
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    mqtt_username: Mapped[str] = mapped_column(String(64), unique=True)
+    mqtt_password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str | None] = mapped_column(String(10))  # online/offline from the status topic
+    status_at: Mapped[datetime | None]
+    health: Mapped[dict[str, Any] | None]
+    store: Mapped[Store] = relationship(back_populates="devices")
+
+
+class CatalogueItem(Base):
+    """A menu item. ``ref`` is its external id in imported/POS data (e.g. Ta-Feng PRODUCT_SUBCLASS)."""
+
+    __tablename__ = "catalogue_items"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    ref: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str | None] = mapped_column(String(80))
+    price: Mapped[float | None] = mapped_column(Float)
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    photo: Mapped[str | None] = mapped_column(String(200))  # file name under settings.photos_dir
+    available: Mapped[bool] = mapped_column(Boolean, default=True)
+    retired: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CatalogueVersion(Base):
+    """One Publish of the catalogue: version number, who, when and the published snapshot (item dicts)."""
+
+    __tablename__ = "catalogue_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    published_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_by: Mapped[str | None] = mapped_column(String(254))
+    items: Mapped[list[Any]]
+
+
+class Customer(Base):
+    """A customer. ``status`` pending/active; consent record = who/when/text version; ``external_ref`` is
+    the id in imported purchase data; ``source`` is where the record came from (edge/dashboard/import/pos)."""
+
+    __tablename__ = "customers"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    display_name: Mapped[str | None] = mapped_column(String(120))
+    external_ref: Mapped[str | None] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    source: Mapped[str] = mapped_column(String(10), default="dashboard")
+    consent_by: Mapped[str | None] = mapped_column(String(120))
+    consent_at: Mapped[datetime | None]
+    consent_text_version: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def has_consent(self) -> bool:
+        """True when a consent record (who and when) exists."""
+        return self.consent_at is not None and bool(self.consent_by)
+
+
+class Purchase(Base):
+    """One purchase line. ``idempotency_key`` is unique: an import re-run or a POS retry never doubles it."""
+
+    __tablename__ = "purchases"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(ForeignKey("catalogue_items.id"))
+    product_id: Mapped[str | None] = mapped_column(String(64))
+    quantity: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float | None] = mapped_column(Float)
+    ts: Mapped[datetime]
+    store_id: Mapped[str | None] = mapped_column(ForeignKey("stores.id", ondelete="SET NULL"))
+    source: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    __table_args__ = (Index("ix_purchases_customer_ts", "customer_id", "ts"), Index("ix_purchases_item", "item_id"))
+
+
+class PosRequest(Base):
+    """A POS API request remembered by (store, Idempotency-Key): its body hash and the response sent."""
+
+    __tablename__ = "pos_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("store_id", "key"),)
+
+
+class DeviceEvent(Base):
+    """Every accepted edge event (arrival, enrolment, erasure-done), unique by ``event_id``."""
+
+    __tablename__ = "device_events"
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    payload: Mapped[dict[str, Any]]
+
+
+class Visit(Base):
+    """An arrival: ``customer_id`` None for an unknown face; ``shown_items`` are the item ids displayed."""
+
+    __tablename__ = "visits"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id", ondelete="SET NULL"), index=True)
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    store_id: Mapped[str | None] = mapped_column(ForeignKey("stores.id", ondelete="SET NULL"))
+    ts: Mapped[datetime] = mapped_column(index=True)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    shown_items: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class ModelVersion(Base):
+    """A trained recommender: version string, where it is saved, data sizes and metrics."""
+
+    __tablename__ = "model_versions"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    path: Mapped[str] = mapped_column(String(500))
+    n_customers: Mapped[int] = mapped_column(Integer, default=0)
+    n_items: Mapped[int] = mapped_column(Integer, default=0)
+    n_interactions: Mapped[int] = mapped_column(Integer, default=0)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Menu(Base):
+    """A customer's current top-N picks: ``picks`` = ``[{"item_id", "score", "reasons"}]`` best first."""
+
+    __tablename__ = "menus"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    model_version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    generated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    picks: Mapped[list[Any]]
+
+
+class Erasure(Base):
+    """An erasure request: the customer's data is deleted at once; stores are told over MQTT and confirm."""
+
+    __tablename__ = "erasures"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    customer_id: Mapped[str] = mapped_column(String(36))  # no FK: the customer row is gone
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_by: Mapped[str | None] = mapped_column(String(254))
+    published_at: Mapped[datetime | None]
+    confirmed_by: Mapped[list[Any]] = mapped_column(default=list)  # device ids that sent erasure-done

@@ -1,0 +1,97 @@
+"""paho-mqtt 2.x plumbing: connect from an ``mqtt://`` URL, publish QoS 1 messages and wait for PUBACKs."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+__all__ = ["MqttError", "Message", "connect", "publish_all"]
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, bytes, bool]
+"""(topic, payload, retained); always published with QoS 1."""
+
+
+class MqttError(RuntimeError):
+    """The broker is unreachable, refused the credentials, or did not acknowledge in time."""
+
+
+def new_client(url: str, client_id: str, *, clean_session: bool = True) -> tuple[mqtt.Client, str, int]:
+    """A configured (not yet connected) paho v2 client for ``mqtt[s]://[user:password@]host[:port]``.
+
+    Returns:
+        (client, host, port). Raises MqttError on a malformed URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise MqttError(f"MQTT URL {url!r} is not mqtt://[user:password@]host[:port]")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                         protocol=mqtt.MQTTv311)
+    if parts.username:
+        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+    if parts.scheme == "mqtts":
+        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+    return client, parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+def connect(url: str, client_id: str, *, timeout: float = 10.0, clean_session: bool = True,
+            on_connect=None, on_message=None, on_subscribe=None) -> mqtt.Client:
+    """Connect, start the network loop and wait for CONNACK.
+
+    ``on_connect`` (paho v2 signature) runs after every successful (re)connection, e.g. to subscribe;
+    ``on_message``/``on_subscribe`` are installed before connecting so no message is missed.
+
+    Raises:
+        MqttError: naming the broker, if it is unreachable, refuses the connection (e.g. bad credentials)
+            or does not answer within ``timeout`` seconds.
+    """
+    client, host, port = new_client(url, client_id, clean_session=clean_session)
+    done = threading.Event()
+    result: dict = {}
+
+    def _on_connect(c, userdata, flags, reason_code, properties):
+        result["rc"] = reason_code
+        if on_connect is not None and not reason_code.is_failure:
+            on_connect(c, userdata, flags, reason_code, properties)
+        done.set()
+
+    client.on_connect = _on_connect
+    if on_message is not None:
+        client.on_message = on_message
+    if on_subscribe is not None:
+        client.on_subscribe = on_subscribe
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise MqttError(f"MQTT broker {host}:{port} unreachable: {exc}") from exc
+    client.loop_start()
+    if not done.wait(timeout) or result["rc"].is_failure:
+        client.loop_stop()
+        client.disconnect()
+        reason = result.get("rc", "no CONNACK within %.0f s" % timeout)
+        raise MqttError(f"MQTT broker {host}:{port} refused the connection: {reason}")
+    return client
+
+
+def publish_all(client: mqtt.Client, messages: Iterable[Message], *, timeout: float = 30.0) -> int:
+    """Publish each ``(topic, payload, retained)`` with QoS 1 and wait until every PUBACK arrived.
+
+    Returns:
+        Number of messages published. Raises MqttError if one was not acknowledged within ``timeout``.
+    """
+    infos = [client.publish(topic, payload, qos=1, retain=retained) for topic, payload, retained in messages]
+    for info in infos:
+        try:
+            info.wait_for_publish(timeout)
+        except (ValueError, RuntimeError) as exc:
+            raise MqttError(f"publish to {info.mid} failed: {exc}") from exc
+        if not info.is_published():
+            raise MqttError(f"broker did not acknowledge message {info.mid} within {timeout} s")
+    return len(infos)

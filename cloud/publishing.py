@@ -1,0 +1,141 @@
+"""Build and publish the cloud → edge messages: catalogue snapshots, per-customer menus, erasures."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import dangol_protocol as proto
+from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, Store, utcnow
+from dangol_cloud.mqtt import Message, connect, publish_all
+
+__all__ = ["PublishReport", "catalogue_messages", "erasure_messages", "menu_messages", "publish",
+           "publish_catalogue_version", "snapshot_items"]
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_items(session: Session, photo_url=None) -> list[dict]:
+    """Current non-retired items as ``catalogue/1`` item dicts (sorted by category, name).
+
+    Args:
+        photo_url: optional callable ``filename -> URL`` for item photos.
+    """
+    items = session.scalars(select(CatalogueItem).where(CatalogueItem.retired.is_(False))
+                            .order_by(CatalogueItem.category, CatalogueItem.name)).all()
+    return [proto.CatalogueItem(id=i.id, name=i.name, category=i.category, price=i.price, description=i.description,
+                                tags=list(i.tags or []), photo_url=photo_url(i.photo) if (photo_url and i.photo) else None,
+                                available=i.available).model_dump(mode="json") for i in items]
+
+
+def publish_catalogue_version(session: Session, *, published_by: str | None, photo_url=None) -> CatalogueVersion:
+    """Freeze the current catalogue as the next version (1, 2, ...); the caller commits.
+
+    Returns:
+        The new CatalogueVersion (its ``items`` are what the stores will receive).
+    """
+    last = session.scalar(select(CatalogueVersion.version).order_by(CatalogueVersion.version.desc()).limit(1)) or 0
+    version = CatalogueVersion(version=last + 1, published_by=published_by, items=snapshot_items(session, photo_url),
+                               published_at=utcnow())
+    session.add(version)
+    session.flush()
+    return version
+
+
+def _stores(session: Session, store_id: str | None) -> list[Store]:
+    query = select(Store).order_by(Store.name)
+    if store_id is not None:
+        query = query.where(Store.id == store_id)
+    stores = session.scalars(query).all()
+    if store_id is not None and not stores:
+        raise LookupError(f"store {store_id} does not exist")
+    return list(stores)
+
+
+def catalogue_messages(session: Session, stores: list[Store], currency: str) -> Iterator[Message]:
+    """Retained ``catalogue/1`` of the newest published version for each store (none if never published)."""
+    version = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    if version is None:
+        return
+    for store in stores:
+        payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version, currency=currency,
+                                  published_at=version.published_at,
+                                  items=[proto.CatalogueItem.model_validate(i) for i in version.items])
+        yield proto.catalogue_topic(store.id), proto.dump_payload(payload), True
+
+
+def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[str] | None = None) -> Iterator[Message]:
+    """Retained ``menu/1`` per store for every customer with a consent record and a menu.
+
+    Picks of items that are retired or unavailable are left out (the edge shows only available items).
+    Customers without consent are never published (imported history-only customers have none).
+    """
+    usable = set(session.scalars(select(CatalogueItem.id).where(CatalogueItem.retired.is_(False),
+                                                                 CatalogueItem.available.is_(True))))
+    query = (select(Menu).join(Customer, Customer.id == Menu.customer_id)
+             .where(Customer.consent_at.is_not(None), Customer.status == "active"))
+    if customer_ids is not None:
+        query = query.where(Menu.customer_id.in_(customer_ids))
+    for menu in session.scalars(query):
+        picks = [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
+                 for p in menu.picks if p["item_id"] in usable]
+        for store in stores:
+            payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
+                                 model_version=menu.model_version, generated_at=menu.generated_at, items=picks)
+            yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
+
+
+def erasure_messages(session: Session, stores: list[Store], erasures: list[Erasure]) -> Iterator[Message]:
+    """For each erasure: clear the customer's retained menus (empty payload) and send ``erasures/1``."""
+    for erasure in erasures:
+        for store in stores:
+            yield proto.menu_topic(store.id, erasure.customer_id), b"", True
+            payload = proto.Erasures(store_id=uuid.UUID(store.id), erasure_id=uuid.UUID(erasure.id),
+                                     requested_at=erasure.requested_at, customer_ids=[uuid.UUID(erasure.customer_id)])
+            yield proto.erasures_topic(store.id), proto.dump_payload(payload), False
+
+
+@dataclass
+class PublishReport:
+    """How many messages of each kind went to how many stores."""
+
+    stores: int = 0
+    catalogue: int = 0
+    menus: int = 0
+    erasures: int = 0
+
+
+def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, currency: str = "EUR",
+            catalogue: bool = True, menus: bool = True, customer_ids: list[str] | None = None,
+            client_id: str = "dangol-cloud-publisher", timeout: float = 30.0) -> PublishReport:
+    """Publish the newest catalogue version, the menus and any unsent erasures to the stores now.
+
+    Erasures not yet published are sent and marked ``published_at`` (the caller commits).
+
+    Raises:
+        LookupError: ``store_id`` is unknown.
+        MqttError: the broker is unreachable or does not acknowledge.
+    """
+    stores = _stores(session, store_id)
+    report = PublishReport(stores=len(stores))
+    pending = list(session.scalars(select(Erasure).where(Erasure.published_at.is_(None))))
+    client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}")
+    try:
+        if catalogue:
+            report.catalogue = publish_all(client, catalogue_messages(session, stores, currency), timeout=timeout)
+        if menus:
+            report.menus = publish_all(client, menu_messages(session, stores, customer_ids=customer_ids),
+                                       timeout=timeout)
+        report.erasures = publish_all(client, erasure_messages(session, stores, pending), timeout=timeout)
+        for erasure in pending:
+            erasure.published_at = utcnow()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    log.info("published %s", report)
+    return report

@@ -1,0 +1,55 @@
+"""Secrets: dashboard password hashes, POS API tokens and Mosquitto-compatible MQTT password hashes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+__all__ = ["check_password", "hash_password", "hash_token", "mosquitto_hash", "mosquitto_verify", "new_secret"]
+
+MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default for $7$ (PBKDF2-SHA512)
+
+
+def hash_password(password: str) -> str:
+    """Dashboard password → werkzeug ``scrypt`` hash string."""
+    return generate_password_hash(password, method="scrypt")
+
+
+def check_password(password_hash: str, password: str) -> bool:
+    """True if ``password`` matches a hash from :func:`hash_password`."""
+    return check_password_hash(password_hash, password)
+
+
+def new_secret(nbytes: int = 24) -> str:
+    """A random URL-safe secret (API token, MQTT password) with ``nbytes`` of entropy."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex digest of a high-entropy API token (stored instead of the token; looked up directly)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = MOSQUITTO_ITERATIONS) -> str:
+    """Hash ``password`` in Mosquitto's password-file format ``$7$iterations$salt_b64$hash_b64``
+    (PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte key), accepted by ``password_file`` in mosquitto.conf."""
+    salt = secrets.token_bytes(12) if salt is None else salt
+    key = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, 64)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+
+
+def mosquitto_verify(password_hash: str, password: str) -> bool:
+    """True if ``password`` matches a ``$7$`` hash (from :func:`mosquitto_hash` or ``mosquitto_passwd``)."""
+    try:
+        _, kind, iterations, salt_b64, key_b64 = password_hash.split("$")
+        if kind != "7":
+            return False
+        salt, key = base64.b64decode(salt_b64), base64.b64decode(key_b64)
+    except ValueError:
+        return False
+    got = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, int(iterations), len(key))
+    return hmac.compare_digest(got, key)

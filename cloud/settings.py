@@ -1,0 +1,146 @@
+"""Typed settings of the cloud service (pydantic-settings).
+
+Sources, highest priority first: keyword arguments, environment variables prefixed ``DANGOL_``
+(e.g. ``DANGOL_DATABASE_URL``, ``DANGOL_MQTT_URL``, ``DANGOL_DATA``), a TOML config file (path in
+``DANGOL_CONFIG`` or passed as ``config_file``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """A config file or setting is invalid; the message names the file or variable."""
+
+
+class Settings(BaseSettings):
+    """Cloud service settings.
+
+    Attributes:
+        home: folder for the default SQLite database, trained models, uploaded photos and the secret key
+            (relative paths are relative to the working directory).
+        database_url: SQLAlchemy URL; default ``sqlite:///{home}/dangol.sqlite``; PostgreSQL as
+            ``postgresql+psycopg://user@host/db``.
+        mqtt_url: broker as ``mqtt://user:password@host:port`` (``mqtts://`` for TLS); None = no MQTT.
+        data: folder with the real data sets (``purchases/ta-feng`` ...), used by tests and demos.
+        secret_key: Flask session/CSRF key; generated once into ``{home}/secret_key`` if unset.
+        menu_size: picks per customer menu (top-N).
+        currency: ISO 4217 code shown on the dashboard and sent in the catalogue.
+        timezone: IANA zone of the café: naive imported timestamps are local time in it, and analytics
+            (visits by hour/weekday) are shown in it.
+        consent_text_version: version label of the consent text staff read to customers.
+        train_interval_hours: if set, ``serve`` retrains (and publishes) on this schedule.
+        listen: if true, ``serve`` also runs the MQTT consumer (device events and status).
+        import_batch_size: rows per bulk insert in ``import-purchases``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid")
+
+    home: Path = Path("var/cloud")
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    mqtt_client_id: str = "dangol-cloud"
+    data: Path | None = None
+    secret_key: SecretStr | None = None
+    menu_size: int = Field(10, ge=1, le=50)
+    currency: str = Field("EUR", min_length=3, max_length=3)
+    timezone: str = "UTC"
+    consent_text_version: str = "2026-01"
+    train_interval_hours: float | None = Field(None, gt=0)
+    listen: bool = True
+    import_batch_size: int = Field(5000, ge=1)
+
+    config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{value!r} is not mqtt://[user:password@]host[:port]")
+        return value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = init_settings.init_kwargs.get("config_file") or os.environ.get("DANGOL_CONFIG")
+        sources = [init_settings, env_settings]
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    # --- derived values -------------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        """``database_url`` or the SQLite file under ``home``."""
+        return self.database_url or f"sqlite:///{(self.home / 'dangol.sqlite').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where trained models are saved (``{home}/models``)."""
+        return self.home / "models"
+
+    @property
+    def photos_dir(self) -> Path:
+        """Where uploaded catalogue photos are stored (``{home}/photos``)."""
+        return self.home / "photos"
+
+    def resolved_secret_key(self) -> str:
+        """The configured secret key, or one generated once and kept in ``{home}/secret_key`` (mode 600)."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.home / "secret_key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:
+    """Build :class:`Settings` from overrides, ``DANGOL_*`` variables and the TOML config file.
+
+    Raises:
+        ConfigError: the config file is missing/unreadable/not TOML, or a value is invalid (the message
+            names the file or the ``DANGOL_`` variable and the field).
+    """
+    from pydantic import ValidationError
+
+    path = config_file or os.environ.get("DANGOL_CONFIG")
+    if path and not Path(path).is_file():
+        raise ConfigError(f"config file {path}: no such file")
+    where = f"config file {path} or DANGOL_* environment" if path else "DANGOL_* environment"
+    try:
+        kwargs = dict(overrides)
+        if path:
+            kwargs["config_file"] = Path(path)
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'} "
+                             f"(DANGOL_{str(e['loc'][0]).upper() if e['loc'] else ''}): {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"invalid settings from {where}: {problems}") from None
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"config file {path}: {exc}") from None

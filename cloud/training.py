@@ -1,0 +1,133 @@
+"""Train the recommender on the database's purchases, store a model version and write menus;
+run the offline evaluation on the same data.
+
+Uses helper API :mod:`dangol_cloud.recommend` (``train``, ``Recommender``, ``evaluate``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from dangol_cloud.db import Database
+from dangol_cloud.models import CatalogueItem, Menu, ModelVersion, Purchase, utcnow
+from dangol_cloud.settings import Settings
+
+__all__ = ["NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "train_from_database"]
+
+log = logging.getLogger(__name__)
+
+
+class NotEnoughData(ValueError):
+    """The database holds too few purchases to train or evaluate (message says what is missing)."""
+
+
+def load_frames(session: Session, tz: str = "UTC") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Purchases and catalogue as the recommender's frames.
+
+    Returns:
+        (interactions, items): interactions with ``customer`` (customer id), ``item`` (item id), ``ts``
+        (datetime64[ns], local time in ``tz``), ``quantity`` (float), ``store`` (store id or "");
+        items with ``item``, ``category``, ``price`` (NaN if unknown), ``tags`` (list[str]) and
+        ``available`` (False for unavailable or retired items).
+    """
+    rows = session.execute(select(Purchase.customer_id, Purchase.item_id, Purchase.ts, Purchase.quantity,
+                                  Purchase.store_id)).all()
+    interactions = pd.DataFrame(rows, columns=["customer", "item", "ts", "quantity", "store"])
+    if len(interactions):
+        ts = pd.to_datetime(interactions["ts"], utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None)
+        interactions["ts"] = ts.astype("datetime64[ns]")
+    interactions["store"] = interactions["store"].fillna("")
+    items = pd.DataFrame([
+        {"item": i.id, "category": i.category, "price": float("nan") if i.price is None else i.price,
+         "tags": list(i.tags or []), "available": bool(i.available and not i.retired)}
+        for i in session.scalars(select(CatalogueItem))
+    ], columns=["item", "category", "price", "tags", "available"])
+    return interactions, items
+
+
+@dataclass
+class TrainReport:
+    """Result of :func:`train_from_database`: the model version, sizes and menus written."""
+
+    version: str
+    path: str
+    customers: int
+    items: int
+    interactions: int
+    menus: int
+
+
+def train_from_database(db: Database, settings: Settings) -> TrainReport:
+    """Train on every purchase, save the model under ``{home}/models/<version>``, record a
+    :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N
+    (``settings.menu_size``, available items only) in one transaction.
+
+    Raises:
+        NotEnoughData: no purchases in the database.
+    """
+    from dangol_cloud.recommend import train
+
+    with db.sessions() as session:
+        interactions, items = load_frames(session, settings.timezone)
+    if interactions.empty:
+        raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
+    model = train(interactions, items)
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    path = model.save(settings.models_dir / model.version)
+    available = set(items.loc[items["available"], "item"])
+    customers = sorted(interactions["customer"].unique())
+    picks = model.recommend(customers, n=settings.menu_size, available=available)
+    now = utcnow()
+    rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
+             "picks": [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in ps]}
+            for c, ps in picks.items()]
+    with db.transaction() as session:
+        session.add(ModelVersion(version=model.version, path=str(path), created_at=now,
+                                 n_customers=len(customers), n_items=int(interactions["item"].nunique()),
+                                 n_interactions=len(interactions)))
+        session.flush()
+        session.execute(delete(Menu))
+        for start in range(0, len(rows), 5000):
+            session.execute(insert(Menu), rows[start:start + 5000])
+    log.info("trained model %s on %d purchases; %d menus", model.version, len(interactions), len(rows))
+    return TrainReport(version=model.version, path=str(path), customers=len(customers),
+                       items=int(interactions["item"].nunique()), interactions=len(interactions), menus=len(rows))
+
+
+def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None = None,
+                      top_items: int | None = None, k: int = 10):
+    """Offline evaluation (precision@k etc. against baselines) on the database's purchases.
+
+    Args:
+        cut: train on purchases before ``cut`` (local time), test on those after; default: the day that
+            leaves the last 20 % of purchase days for testing.
+        top_items: restrict to the N most sold items (a menu-sized catalogue).
+
+    Returns:
+        The recommender's EvaluationReport (``.to_table()``, ``.to_markdown()``).
+
+    Raises:
+        NotEnoughData: no purchases, or none on one side of ``cut``.
+    """
+    from dangol_cloud.recommend import evaluate
+
+    with db.sessions() as session:
+        interactions, items = load_frames(session, settings.timezone)
+    if interactions.empty:
+        raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
+    if cut is None:
+        days = interactions["ts"].dt.normalize().drop_duplicates().sort_values()
+        cut = days.iloc[int(len(days) * 0.8)].to_pydatetime()
+    before = (interactions["ts"] < pd.Timestamp(cut)).sum()
+    if before == 0 or before == len(interactions):
+        first, last = interactions["ts"].min(), interactions["ts"].max()
+        raise NotEnoughData(f"--cut {cut:%Y-%m-%d} leaves no purchases on one side (data spans {first:%Y-%m-%d}"
+                            f" to {last:%Y-%m-%d})")
+    return evaluate(interactions, items, cut=cut, top_items=top_items, k=k)
