@@ -1,0 +1,218 @@
+"""``dangol-edge``: enrol, identify, inspect the gallery, check a config (see design.md, CLI contract).
+
+Exit status: 0 success, 2 usage or input error (the message names the input), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger("dangol_edge")
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+
+
+class InputError(Exception):
+    """A usage or input error: printed and exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dangol-edge", description="Dangol edge: recognise regulars at the door.")
+    p.add_argument("--config", type=Path, help="config file (TOML or JSON); env DANGOL_* overrides it")
+    p.add_argument("--home", type=Path, help="data folder (default $DANGOL_HOME)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("enroll", help="enrol a customer from photos or a live source")
+    e.add_argument("--name", required=True, help="display name shown on the welcome screen")
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--image", type=Path, nargs="+", help="one or more photos, each with exactly one face")
+    g.add_argument("--source", help="camera/video/folder to capture good frames from")
+    e.add_argument("--pending", action="store_true",
+                   help="create a pending customer (activated once consent is recorded on the staff page)")
+    e.add_argument("--consent-text-version", default="1", help="version of the consent text the customer agreed to")
+
+    i = sub.add_parser("identify", help="run recognition on a source and print decisions")
+    i.add_argument("--source", required=True)
+    i.add_argument("--json", action="store_true", help="one JSON object per line")
+    i.add_argument("--all-frames", action="store_true", help="also print every matched face (JSON only)")
+
+    c = sub.add_parser("customers", help="inspect and erase the local gallery")
+    csub = c.add_subparsers(dest="action", required=True)
+    csub.add_parser("list")
+    s = csub.add_parser("show")
+    s.add_argument("id")
+    d = csub.add_parser("delete")
+    d.add_argument("id")
+
+    r = sub.add_parser("run", help="the appliance daemon")
+    r.add_argument("--source", help="override the camera source")
+    k = sub.add_parser("check-config", help="validate a config file and exit")
+    k.add_argument("path", type=Path)
+    return p
+
+
+def _config(args):
+    from .config import load_config
+
+    overrides = {"home": args.home} if args.home else {}
+    return load_config(args.config, **overrides)
+
+
+def _open(args):
+    from .embed import Embedder
+    from .gallery import Gallery
+
+    cfg = _config(args)
+    emb = Embedder(cfg.model_path, threads=cfg.embedder.threads)
+    gallery = Gallery(cfg.gallery_path, emb.sha256).open()
+    return cfg, emb, gallery
+
+
+def _customer_dict(c) -> dict:
+    return {"id": c.id, "name": c.display_name, "status": c.status, "templates": c.templates,
+            "created_at": c.created_at, "consent": c.consent, "short_code": c.short_code}
+
+
+def cmd_enroll(args) -> int:
+    from .detect import FaceDetector
+    from .enrol import EnrolmentError, enroll, sample_from_photo, samples_from_source
+    from .faces import FacePipeline
+    from .sources import SourceError, open_source
+
+    cfg, emb, gallery = _open(args)
+    pipeline = FacePipeline(FaceDetector(cfg.detector), emb)
+    try:
+        if args.image:
+            samples = [sample_from_photo(p, pipeline) for p in args.image]  # all checked before any write
+        else:
+            with open_source(args.source) as src:
+                samples = samples_from_source(src, pipeline, cfg.enrol.templates, cfg.enrol.max_frames)
+    except (EnrolmentError, SourceError) as exc:
+        raise InputError(str(exc)) from exc
+    finally:
+        pipeline.close()
+    consent = None
+    if not args.pending:
+        consent = {"recorded_by": f"cli:{getpass.getuser()}", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "text_version": args.consent_text_version, "method": "staff confirmed at enrolment"}
+    c = enroll(gallery, args.name, samples, status="pending" if args.pending else "active", consent=consent,
+               keep_photos=cfg.enrol.keep_photos, pending_ttl_s=24 * 3600 if args.pending else None)
+    print(json.dumps({"enrolled": _customer_dict(c)}))
+    return EXIT_OK
+
+
+def cmd_identify(args) -> int:
+    from .recognition import Recognizer
+    from .sources import SourceError, open_source
+
+    cfg, emb, gallery = _open(args)
+    if gallery.stale_templates:
+        log.warning("%d templates were made by a different model and are ignored; re-enrol those customers",
+                    gallery.stale_templates)
+    rec = Recognizer.from_config(cfg, gallery=gallery, embedder=emb)
+    names = {c.id: c.display_name for c in gallery.customers()}
+    frames = arrivals = 0
+    try:
+        with open_source(args.source) as src:
+            for frame in src.frames():
+                frames += 1
+                res = rec.process(frame)
+                if args.json and args.all_frames:
+                    for f, m in zip(res.faces, res.matches):
+                        if m is not None:
+                            print(json.dumps({"type": "face", "frame": res.frame_index, "ts": round(res.ts, 3),
+                                              "customer_id": m.customer_id if m.accepted else None,
+                                              "score": round(m.score, 4), "second": round(m.second, 4)}))
+                for d in res.decisions:
+                    arrivals += d.arrival
+                    out = {"type": "arrival" if d.arrival else "decision", "kind": d.kind, "track": d.track_id,
+                           "ts": round(d.ts, 3), "frame": res.frame_index, "customer_id": d.customer_id,
+                           "name": names.get(d.customer_id) if d.customer_id else None,
+                           "score": round(d.score, 4), "votes": d.votes, "frames": d.frames}
+                    if d.reason:
+                        out["reason"] = d.reason
+                    if args.json:
+                        print(json.dumps(out), flush=True)
+                    else:
+                        who = f"{out['name']} ({d.customer_id})" if d.customer_id else "unknown face"
+                        print(f"{d.ts:8.2f}s  {'ARRIVAL ' if d.arrival else 'decision'}  {who}  "
+                              f"score={d.score:.3f} votes={d.votes}/{d.frames}", flush=True)
+    except SourceError as exc:
+        raise InputError(str(exc)) from exc
+    finally:
+        rec.close()
+    counts = dict(rec.pipeline.gate.counts)
+    log.info("%d frames, %d arrivals, quality gates: %s", frames, arrivals, counts)
+    return EXIT_OK
+
+
+def cmd_customers(args) -> int:
+    from .gallery import UnknownCustomer
+
+    _, _, gallery = _open(args)
+    try:
+        if args.action == "list":
+            for c in gallery.customers():
+                print(json.dumps(_customer_dict(c)))
+        elif args.action == "show":
+            c = gallery.customer(args.id)
+            d = _customer_dict(c)
+            d["templates_detail"] = [{"id": t["id"], "quality": t["quality"], "model_sha256": t["model_sha256"],
+                                      "created_at": t["created_at"]} for t in gallery.templates(c.id)]
+            print(json.dumps(d, indent=2))
+        else:
+            gallery.delete(args.id)
+            print(json.dumps({"deleted": args.id}))
+    except UnknownCustomer as exc:
+        raise InputError(str(exc)) from exc
+    return EXIT_OK
+
+
+def cmd_check_config(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.path)
+    print(f"{args.path}: ok (home={cfg.home}, model={cfg.model_path})")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    raise InputError("dangol-edge run: the appliance daemon is not part of this build yet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dangol-edge``; returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import ConfigError
+    from .embed import ModelError
+    from .gallery import GalleryError
+
+    handlers = {"enroll": cmd_enroll, "identify": cmd_identify, "customers": cmd_customers,
+                "check-config": cmd_check_config, "run": cmd_run}
+    try:
+        return handlers[args.command](args)
+    except (InputError, ConfigError, ModelError) as exc:
+        print(f"dangol-edge: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except GalleryError as exc:
+        print(f"dangol-edge: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

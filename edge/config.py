@@ -1,0 +1,165 @@
+"""Typed, bounded configuration for the edge (pydantic v2 + pydantic-settings).
+
+Values come, in increasing priority, from the defaults below, a TOML or JSON config file and environment
+variables prefixed ``DANGOL_`` (nested fields with ``__``, e.g. ``DANGOL_MATCHER__THRESHOLD=0.6``).
+``DANGOL_HOME`` sets the data folder, so two instances can run side by side on one machine.
+
+Every numeric field has bounds; a value out of range raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; the message names the file and the field."""
+
+
+def default_home() -> Path:
+    """The edge data folder: ``$DANGOL_HOME``, else ``$XDG_DATA_HOME/dangol``, else ``~/.local/share/dangol``."""
+    if os.environ.get("DANGOL_HOME"):
+        return Path(os.environ["DANGOL_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "dangol"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DetectorConfig(_Section):
+    """MediaPipe face detection and the quality gates applied to each detection.
+
+    ``model``: ``full`` is BlazeFace full-range (faces up to ~5 m, what an entrance camera needs);
+    ``short`` is BlazeFace short-range (within ~2 m, faster). Both ship inside the MediaPipe wheel.
+    """
+
+    model: Literal["short", "full"] = "full"
+    min_score: float = Field(0.6, ge=0.05, le=1.0, description="detector confidence threshold")
+    min_face_px: int = Field(40, ge=16, le=2000, description="minimum face box width, px")
+    min_sharpness: float = Field(
+        15.0, ge=0.0, le=10_000.0, description="minimum variance of the Laplacian of the aligned crop"
+    )
+    max_yaw: float = Field(
+        0.45, ge=0.0, le=1.0,
+        description="max |nose offset from eye midpoint| / eye distance; 0 = perfectly frontal",
+    )
+    max_roll_deg: float = Field(35.0, ge=0.0, le=90.0, description="max in-plane eye tilt, degrees")
+
+
+class EmbedderConfig(_Section):
+    """The TFLite FaceNet embedder; ``model_path`` defaults to ``<home>/models/facenet-int8.tflite``."""
+
+    model_path: Path | None = None
+    threads: int = Field(2, ge=1, le=16)
+
+
+class MatcherConfig(_Section):
+    """Open-set 1:N matching on cosine similarity of L2-normalised embeddings.
+
+    A probe is accepted as customer *c* only when ``sim(c) >= threshold`` and
+    ``sim(c) - sim(best other customer) >= margin``. The default threshold comes from
+    ``dangol-models evaluate`` on the LFW fold in ``shared/data`` (see README, "Accuracy").
+    """
+
+    threshold: float = Field(0.52, ge=-1.0, le=1.0)
+    margin: float = Field(0.05, ge=0.0, le=2.0)
+
+
+class TrackerConfig(_Section):
+    """Tracking faces across frames and voting on identity."""
+
+    iou_match: float = Field(0.3, ge=0.0, le=1.0, description="min IoU to continue a track")
+    max_gap_s: float = Field(1.0, gt=0.0, le=30.0, description="a track unseen this long ends, seconds")
+    min_votes: int = Field(3, ge=1, le=100, description="accepted frames for a known identity")
+    vote_share: float = Field(0.6, gt=0.0, le=1.0, description="share of a track's votes the winner needs")
+    unknown_after: int = Field(6, ge=1, le=1000, description="embedded frames before a track is called unknown")
+    cooldown_s: float = Field(600.0, ge=0.0, le=86_400.0, description="one arrival per customer per this, seconds")
+
+
+class EnrolConfig(_Section):
+    """Enrolment from photos or a live source."""
+
+    templates: int = Field(5, ge=1, le=50, description="good frames to capture from a live source")
+    max_frames: int = Field(300, ge=1, le=100_000, description="give up after this many frames")
+    keep_photos: bool = Field(False, description="store the aligned enrolment crops (off: no face images kept)")
+
+
+class EdgeConfig(BaseSettings):
+    """Everything the edge reads. See the class of each section for its fields and bounds."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DANGOL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    home: Path = Field(default_factory=default_home)
+    detector: DetectorConfig = DetectorConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    matcher: MatcherConfig = MatcherConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    enrol: EnrolConfig = EnrolConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (init kwargs), as systemd overrides expect.
+        return env_settings, init_settings
+
+    @property
+    def model_path(self) -> Path:
+        """Path of the ``.tflite`` embedder."""
+        return self.embedder.model_path or self.home / "models" / "facenet-int8.tflite"
+
+    @property
+    def gallery_path(self) -> Path:
+        """Path of the SQLite gallery."""
+        return self.home / "gallery.sqlite"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
+    """Load the edge config from ``path`` (TOML or JSON, optional), the environment and ``overrides``.
+
+    Raises:
+        ConfigError: the file is unreadable or malformed, or a field is unknown or out of bounds
+            (the message names the file and the dotted field, e.g. ``matcher.threshold``).
+    """
+    data: dict[str, Any] = {}
+    source = "environment"
+    if path is not None:
+        data = _read_file(Path(path))
+        source = str(path)
+    data.update(overrides)
+    try:
+        return EdgeConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid config: {problems}") from exc

@@ -1,0 +1,110 @@
+"""Detect → quality gates → align → embed: the per-frame face pipeline shared by enrolment,
+identification, evaluation and the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .align import align_face, sharpness
+from .config import DetectorConfig
+from .detect import Detection, FaceDetector, QualityGate
+from .embed import Embedder
+
+
+@dataclass
+class Face:
+    """One face found in a frame.
+
+    Attributes:
+        detection: the MediaPipe detection (box, score, keypoints in px).
+        crop: aligned ``(160, 160, 3) uint8`` RGB crop (kept in memory only, never written to disk
+            unless enrolment photos are enabled).
+        sharpness: variance of the Laplacian of the crop.
+        rejected: the failed quality gate (``score``, ``size``, ``pose``, ``roll``, ``blur``) or None.
+        embedding: ``(512,) float32`` unit vector, or None when rejected.
+    """
+
+    detection: Detection
+    crop: np.ndarray | None = None
+    sharpness: float = 0.0
+    rejected: str | None = None
+    embedding: np.ndarray | None = None
+
+    @property
+    def quality(self) -> float:
+        """A [0, 1] quality score for templates: detector score × frontal-ness × sharpness saturation."""
+        d = self.detection
+        frontal = max(0.0, 1.0 - d.yaw * 2)
+        sharp = min(1.0, self.sharpness / 200.0)
+        return float(d.score * (0.5 + 0.5 * frontal) * (0.5 + 0.5 * sharp))
+
+
+@dataclass
+class StageTimes:
+    """Cumulative per-stage latency, ms, for benchmarks and health (lists of per-call values)."""
+
+    detect: list[float] = field(default_factory=list)
+    align: list[float] = field(default_factory=list)
+    embed: list[float] = field(default_factory=list)
+
+
+class FacePipeline:
+    """Runs detection, the quality gates, alignment and embedding on RGB frames.
+
+    Args:
+        detector: a :class:`FaceDetector` (opened lazily).
+        embedder: an :class:`Embedder` (opened lazily).
+        config: the gate thresholds; defaults to the detector's config.
+        gates: False to embed every detection (evaluation of the raw model on curated photos).
+    """
+
+    def __init__(self, detector: FaceDetector, embedder: Embedder,
+                 config: DetectorConfig | None = None, gates: bool = True):
+        self.detector = detector
+        self.embedder = embedder
+        self.gate = QualityGate(config or detector.config)
+        self.gates = gates
+        self.times = StageTimes()
+
+    def close(self) -> None:
+        """Release the detector."""
+        self.detector.close()
+
+    def process(self, rgb: np.ndarray, max_faces: int | None = None) -> list[Face]:
+        """Find, gate, align and embed the faces of one RGB ``(H, W, 3) uint8`` frame, largest first.
+
+        Rejected faces are returned too (``rejected`` set, ``embedding`` None), so callers can tell
+        "no face" from "a face, but not good enough".
+        """
+        t0 = time.perf_counter()
+        dets = self.detector.detect(rgb)
+        self.times.detect.append((time.perf_counter() - t0) * 1000)
+        if max_faces is not None:
+            dets = dets[:max_faces]
+        faces: list[Face] = []
+        to_embed: list[Face] = []
+        for det in dets:
+            face = Face(detection=det)
+            faces.append(face)
+            if self.gates and (reason := self.gate.check(det)):
+                face.rejected = reason
+                continue
+            t1 = time.perf_counter()
+            face.crop = align_face(rgb, det.keypoints)
+            face.sharpness = sharpness(face.crop)
+            self.times.align.append((time.perf_counter() - t1) * 1000)
+            if self.gates and (reason := self.gate.check_sharpness(face.sharpness)):
+                face.rejected = reason
+                continue
+            to_embed.append(face)
+        if to_embed:
+            t2 = time.perf_counter()
+            embs = self.embedder.embed(np.stack([f.crop for f in to_embed]))
+            self.times.embed.append((time.perf_counter() - t2) * 1000)
+            for f, e in zip(to_embed, embs):
+                f.embedding = e
+        return faces

@@ -1,0 +1,350 @@
+"""The local face gallery: customers and their templates in SQLite (sqlite-utils, WAL), and 1:N search.
+
+Tables:
+
+* ``customers``: ``id`` (UUID text), ``display_name``, ``status`` (``pending``/``active``),
+  ``consent`` (JSON: who recorded it, when, text version; NULL while pending), ``short_code``
+  (pending enrolments), ``created_at``, ``updated_at``, ``expires_at`` (ISO 8601 UTC).
+* ``templates``: ``id``, ``customer_id``, ``embedding`` (512 little-endian float32 = 2048 bytes),
+  ``quality`` (0–1), ``model_sha256`` (the embedder that made it), ``created_at``.
+
+Only templates of *active* customers made by the *current* model are searched: a template from a
+different model is never mixed in silently (:attr:`Gallery.stale_templates` reports them, and the
+customer must be re-enrolled). Unknown faces are never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from .embed import EMBEDDING_DIM
+
+log = logging.getLogger(__name__)
+
+
+class UnknownCustomer(KeyError):
+    """No customer with this id; ``str()`` names the id."""
+
+    def __str__(self) -> str:
+        return f"no customer with id {self.args[0]!r}"
+
+
+class GalleryError(RuntimeError):
+    """The gallery file cannot be opened or written; the message names the file."""
+
+
+def utcnow() -> str:
+    """Current UTC time, ISO 8601 with seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A gallery customer (no embeddings; see :meth:`Gallery.templates`)."""
+
+    id: str
+    display_name: str
+    status: str
+    consent: dict | None
+    short_code: str | None
+    created_at: str
+    updated_at: str
+    expires_at: str | None
+    templates: int = 0
+
+    @property
+    def first_name(self) -> str:
+        """First word of the display name (what the welcome screen shows)."""
+        return self.display_name.split()[0] if self.display_name.strip() else ""
+
+
+@dataclass(frozen=True)
+class Match:
+    """Result of a 1:N search for one probe.
+
+    Attributes:
+        customer_id: best customer, or None if the gallery is empty.
+        score: cosine similarity to that customer's best template.
+        second: best score of any *other* customer (-1 if none).
+        accepted: ``score >= threshold and score - second >= margin``.
+    """
+
+    customer_id: str | None
+    score: float
+    second: float
+    accepted: bool
+
+
+class Gallery:
+    """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
+
+    Args:
+        path: the SQLite file (created on :meth:`open`, with its folder).
+        model_sha256: sha256 of the embedder in use; only its templates are searched.
+
+    Thread-safe: one connection guarded by a lock (the daemon's recognition and web threads share it).
+    """
+
+    def __init__(self, path: str | Path, model_sha256: str):
+        self.path = Path(path)
+        self.model_sha256 = model_sha256
+        self._db: sqlite_utils.Database | None = None
+        self._lock = threading.RLock()
+        self._matrix: np.ndarray | None = None
+        self._owners: np.ndarray | None = None
+        self._owner_ids: list[str] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def open(self) -> "Gallery":
+        """Open or create the database (WAL journal, foreign keys on).
+
+        Raises:
+            GalleryError: the file or folder cannot be created, or the file is not a database.
+        """
+        if self._db is not None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db = sqlite_utils.Database(conn)
+            db.enable_wal()
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._create(db)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise GalleryError(f"{self.path}: cannot open gallery: {exc}") from exc
+        self._db = db
+        return self
+
+    def close(self) -> None:
+        """Close the database."""
+        if self._db is not None:
+            self._db.conn.close()
+            self._db = None
+
+    def __enter__(self) -> "Gallery":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _create(db: sqlite_utils.Database) -> None:
+        if "customers" not in db.table_names():
+            db["customers"].create(
+                {"id": str, "display_name": str, "status": str, "consent": str, "short_code": str,
+                 "created_at": str, "updated_at": str, "expires_at": str},
+                pk="id", not_null={"display_name", "status", "created_at", "updated_at"},
+            )
+            db["customers"].create_index(["status"])
+        if "templates" not in db.table_names():
+            db["templates"].create(
+                {"id": int, "customer_id": str, "embedding": bytes, "quality": float,
+                 "model_sha256": str, "created_at": str, "photo": bytes},
+                pk="id", foreign_keys=[("customer_id", "customers", "id")],
+                not_null={"customer_id", "embedding", "model_sha256"},
+            )
+            db["templates"].create_index(["customer_id"])
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The open sqlite-utils database (opens it on first use)."""
+        return self.open()._db  # type: ignore[return-value]
+
+    # --- writes ------------------------------------------------------------------------------------
+    def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
+               status: str = "active", consent: dict | None = None, pending_ttl_s: float | None = None,
+               photos: list[bytes] | None = None) -> Customer:
+        """Create a customer with its templates in one transaction (all or nothing).
+
+        Args:
+            display_name: the name shown on the welcome screen (non-empty).
+            embeddings: ``(K, 512) float32`` unit vectors made by the current model.
+            qualities: K values in [0, 1]; default 1.0.
+            status: ``active`` or ``pending`` (pending gets a 4-digit ``short_code`` and expires after
+                ``pending_ttl_s`` seconds).
+            consent: the consent record for an active customer.
+            photos: optional encoded crops (only when enrolment photos are enabled).
+        Raises:
+            ValueError: empty name, wrong embedding shape, or an unknown status.
+        """
+        name = display_name.strip()
+        if not name and status == "active":
+            raise ValueError("display name must not be empty")
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != EMBEDDING_DIM or len(emb) == 0:
+            raise ValueError(f"expected (K, {EMBEDDING_DIM}) embeddings, got {emb.shape}")
+        if status not in ("active", "pending"):
+            raise ValueError(f"unknown status {status!r}")
+        now = datetime.now(timezone.utc)
+        row: dict[str, Any] = {
+            "id": str(uuid.uuid4()), "display_name": name, "status": status,
+            "consent": json.dumps(consent) if consent else None,
+            "short_code": f"{secrets.randbelow(10000):04d}" if status == "pending" else None,
+            "created_at": now.isoformat(timespec="seconds"), "updated_at": now.isoformat(timespec="seconds"),
+            "expires_at": (now + timedelta(seconds=pending_ttl_s)).isoformat(timespec="seconds")
+            if status == "pending" and pending_ttl_s else None,
+        }
+        q = qualities or [1.0] * len(emb)
+        with self._lock, self.db.conn:  # one transaction
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db["customers"].insert(row)
+            self.db["templates"].insert_all(
+                {"customer_id": row["id"], "embedding": e.astype("<f4").tobytes(), "quality": float(qq),
+                 "model_sha256": self.model_sha256, "created_at": row["created_at"],
+                 "photo": photos[i] if photos else None}
+                for i, (e, qq) in enumerate(zip(emb, q))
+            )
+        self._invalidate()
+        return self.customer(row["id"])
+
+    def activate(self, customer_id: str, display_name: str, consent: dict) -> Customer:
+        """Record consent and a name for a pending customer, making it active (and searchable).
+
+        Raises:
+            UnknownCustomer: no such id.  ValueError: empty name or consent.
+        """
+        if not display_name.strip() or not consent:
+            raise ValueError("a name and a consent record are required to activate a customer")
+        self.customer(customer_id)
+        with self._lock:
+            self.db["customers"].update(customer_id, {
+                "display_name": display_name.strip(), "status": "active", "consent": json.dumps(consent),
+                "short_code": None, "expires_at": None, "updated_at": utcnow()})
+        self._invalidate()
+        return self.customer(customer_id)
+
+    def delete(self, customer_id: str) -> None:
+        """Erase a customer and all their templates (one transaction).
+
+        Raises:
+            UnknownCustomer: no such id.
+        """
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            if not self.db.execute("SELECT 1 FROM customers WHERE id = ?", [customer_id]).fetchone():
+                self.db.execute("ROLLBACK")
+                raise UnknownCustomer(customer_id)
+            self.db.execute("DELETE FROM templates WHERE customer_id = ?", [customer_id])
+            self.db.execute("DELETE FROM customers WHERE id = ?", [customer_id])
+        self._invalidate()
+
+    def expire_pending(self, now: datetime | None = None) -> list[str]:
+        """Erase pending customers past their ``expires_at``; returns their ids."""
+        ts = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM customers WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?", [ts])]
+        for cid in ids:
+            self.delete(cid)
+        return ids
+
+    # --- reads -------------------------------------------------------------------------------------
+    def _row_to_customer(self, r: dict) -> Customer:
+        return Customer(
+            id=r["id"], display_name=r["display_name"], status=r["status"],
+            consent=json.loads(r["consent"]) if r["consent"] else None, short_code=r["short_code"],
+            created_at=r["created_at"], updated_at=r["updated_at"], expires_at=r["expires_at"],
+            templates=int(r.get("n", 0) or 0),
+        )
+
+    def customers(self, status: str | None = None) -> list[Customer]:
+        """All customers (optionally of one status), oldest first, with their template counts."""
+        sql = ("SELECT c.*, (SELECT COUNT(*) FROM templates t WHERE t.customer_id = c.id) AS n "
+               "FROM customers c")
+        args: list = []
+        if status:
+            sql += " WHERE c.status = ?"
+            args.append(status)
+        with self._lock:
+            rows = list(self.db.query(sql + " ORDER BY c.created_at, c.id", args))
+        return [self._row_to_customer(r) for r in rows]
+
+    def customer(self, customer_id: str) -> Customer:
+        """One customer. Raises :class:`UnknownCustomer`."""
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT c.*, (SELECT COUNT(*) FROM templates t WHERE t.customer_id = c.id) AS n "
+                "FROM customers c WHERE c.id = ?", [customer_id]))
+        if not rows:
+            raise UnknownCustomer(customer_id)
+        return self._row_to_customer(rows[0])
+
+    def templates(self, customer_id: str) -> list[dict]:
+        """A customer's templates as dicts (``embedding`` decoded to ``(512,) float32``)."""
+        with self._lock:
+            rows = list(self.db.query("SELECT * FROM templates WHERE customer_id = ? ORDER BY id", [customer_id]))
+        for r in rows:
+            r["embedding"] = np.frombuffer(r["embedding"], dtype="<f4").astype(np.float32)
+        return rows
+
+    @property
+    def stale_templates(self) -> int:
+        """Templates made by a different model than the current one (never searched)."""
+        with self._lock:
+            return int(self.db.execute(
+                "SELECT COUNT(*) FROM templates WHERE model_sha256 != ?", [self.model_sha256]).fetchone()[0])
+
+    # --- search ------------------------------------------------------------------------------------
+    def _invalidate(self) -> None:
+        self._matrix = None
+
+    def _load(self) -> None:
+        with self._lock:
+            rows = list(self.db.execute(
+                "SELECT t.customer_id, t.embedding FROM templates t JOIN customers c ON c.id = t.customer_id "
+                "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id",
+                [self.model_sha256]))
+        self.load_matrix(
+            np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(-1, EMBEDDING_DIM).astype(np.float32),
+            [r[0] for r in rows])
+
+    def load_matrix(self, matrix: np.ndarray, owners: list[str]) -> None:
+        """Replace the in-memory search matrix (used by :meth:`match`; benchmarks feed it directly).
+
+        Args:
+            matrix: ``(M, 512) float32`` unit rows; owners: M customer ids.
+        """
+        ids = sorted(set(owners))
+        pos = {c: i for i, c in enumerate(ids)}
+        self._owner_ids = ids
+        self._owners = np.array([pos[c] for c in owners], dtype=np.int32)
+        self._matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+
+    def match(self, probes: np.ndarray, threshold: float, margin: float) -> list[Match]:
+        """1:N search: for each probe, the best customer and whether it is accepted.
+
+        Args:
+            probes: ``(N, 512)`` or ``(512,)`` float32 unit vectors.
+            threshold: minimum cosine similarity; margin: minimum lead over the best other customer.
+        Returns:
+            N :class:`Match` objects. Cost: one ``(N, 512) × (512, M)`` product plus two passes over M.
+        """
+        if self._matrix is None:
+            self._load()
+        p = np.atleast_2d(np.asarray(probes, dtype=np.float32))
+        m, owners = self._matrix, self._owners
+        if m is None or len(m) == 0:
+            return [Match(None, -1.0, -1.0, False) for _ in p]
+        sims = p @ m.T  # (N, M)
+        out = []
+        for s in sims:
+            j = int(np.argmax(s))
+            best_owner = owners[j]
+            others = s[owners != best_owner]
+            second = float(others.max()) if len(others) else -1.0
+            score = float(s[j])
+            out.append(Match(self._owner_ids[best_owner], score, second,
+                             score >= threshold and score - second >= margin))
+        return out

@@ -1,0 +1,266 @@
+"""Frame sources behind one interface: picamera2, OpenCV ``VideoCapture`` and folders of images.
+
+Every source yields :class:`Frame` objects holding an RGB ``(H, W, 3) uint8`` image and a capture
+timestamp in seconds. Nothing is opened in a constructor: call :meth:`FrameSource.open` (or use the
+source as a context manager).
+
+Source specs (``open_source``): ``picamera2:0`` (Raspberry Pi camera), ``0`` (OpenCV device index),
+``rtsp://…`` / ``http(s)://…`` (stream), a video file (``.mp4``, ``.gif``, …), a folder of images, or a
+single image file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened or read; the message names the source."""
+
+
+class ImageDecodeError(ValueError):
+    """An image file is missing, unreadable or not a decodable image; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured frame.
+
+    Attributes:
+        rgb: ``(H, W, 3) uint8`` image, RGB channel order.
+        ts: capture time in seconds (video position for files, ``time.monotonic()`` for live sources).
+        index: 0-based frame number within the source.
+        name: file name for image folders, else ``""``.
+    """
+
+    rgb: np.ndarray
+    ts: float
+    index: int
+    name: str = ""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB ``(H, W, 3) uint8``.
+
+    Greyscale is expanded to three channels and an alpha channel (RGBA PNG) is dropped.
+
+    Raises:
+        ImageDecodeError: the file is missing, unreadable or not a decodable image.
+    """
+    p = Path(path)
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageDecodeError(f"{p}: cannot read image: {exc.strerror or exc}") from exc
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ImageDecodeError(f"{p}: not a decodable image (corrupt or unsupported format)")
+    if img.dtype != np.uint8:  # 16-bit PNG/TIFF
+        img = (img / 257).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class FrameSource:
+    """Base class: ``open()``, iterate frames, ``close()``. Also a context manager."""
+
+    spec: str = ""
+
+    def open(self) -> "FrameSource":
+        """Open the device or file. Raises :class:`SourceError` naming the source."""
+        return self
+
+    def close(self) -> None:
+        """Release the device or file. Safe to call twice."""
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield frames until the source ends (files) or :meth:`close` is called."""
+        raise NotImplementedError
+
+    @property
+    def live(self) -> bool:
+        """True for cameras and streams (frames may be dropped), False for files."""
+        return False
+
+    def __enter__(self) -> "FrameSource":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+
+class ImageFolderSource(FrameSource):
+    """Images from a folder (sorted by name) or a single image file; timestamps are ``index / fps``.
+
+    Unreadable images are logged and skipped (counted in :attr:`skipped`), so one corrupt file does
+    not stop a folder.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 10.0):
+        self.path = Path(path)
+        self.spec = str(path)
+        self.fps = fps
+        self.skipped = 0
+        self._files: list[Path] = []
+
+    def open(self) -> "ImageFolderSource":
+        if self.path.is_dir():
+            self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self._files:
+                raise SourceError(f"{self.path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif self.path.is_file():
+            self._files = [self.path]
+        else:
+            raise SourceError(f"{self.path}: no such file or folder")
+        return self
+
+    def frames(self) -> Iterator[Frame]:
+        for i, f in enumerate(self._files):
+            try:
+                rgb = read_image(f)
+            except ImageDecodeError as exc:
+                self.skipped += 1
+                log.warning("skipping image: %s", exc)
+                continue
+            yield Frame(rgb=rgb, ts=i / self.fps, index=i, name=f.name)
+
+
+class OpenCVSource(FrameSource):
+    """OpenCV ``VideoCapture``: a device index, an RTSP/HTTP URL or a video file (incl. animated GIF).
+
+    For files the timestamp is the position in the video (``CAP_PROP_POS_MSEC`` / 1000, falling back
+    to ``index / fps``); for live sources it is ``time.monotonic()`` at read.
+    """
+
+    def __init__(self, spec: str | int):
+        self.spec = str(spec)
+        self._target: str | int = int(spec) if str(spec).isdigit() else str(spec)
+        self._cap: cv2.VideoCapture | None = None
+        self._live = isinstance(self._target, int) or "://" in str(self._target)
+        self.fps = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def open(self) -> "OpenCVSource":
+        if not self._live and not Path(str(self._target)).is_file():
+            raise SourceError(f"{self.spec}: no such video file")
+        cap = cv2.VideoCapture(self._target)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.spec}: OpenCV cannot open this source")
+        self._cap = cap
+        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not (0 < self.fps < 1000):
+            self.fps = 25.0
+        return self
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def frames(self) -> Iterator[Frame]:
+        if self._cap is None:
+            raise SourceError(f"{self.spec}: source is not open")
+        i = 0
+        while self._cap is not None:
+            ok, bgr = self._cap.read()
+            if not ok or bgr is None:
+                if self._live:
+                    raise SourceError(f"{self.spec}: camera stopped delivering frames")
+                return
+            if self._live:
+                ts = time.monotonic()
+            else:
+                pos = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+                ts = pos / 1000.0 if pos and pos > 0 else i / self.fps
+            yield Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ts=ts, index=i)
+            i += 1
+
+
+class Picamera2Source(FrameSource):
+    """A Raspberry Pi camera through picamera2 (libcamera). Imported only when used, i.e. on a Pi.
+
+    Args:
+        camera: camera number (``picamera2:0`` → 0).
+        size: capture size ``(width, height)`` px.
+    """
+
+    def __init__(self, camera: int = 0, size: tuple[int, int] = (1280, 720)):
+        self.camera = camera
+        self.size = size
+        self.spec = f"picamera2:{camera}"
+        self._cam = None
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    def open(self) -> "Picamera2Source":
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise SourceError(
+                f"{self.spec}: picamera2 is not installed (on Pi OS: apt install python3-picamera2)"
+            ) from exc
+        try:
+            cam = Picamera2(self.camera)
+            # "RGB888" in libcamera terms is BGR byte order in memory; ask for it and convert below.
+            cam.configure(cam.create_video_configuration(main={"size": self.size, "format": "RGB888"}))
+            cam.start()
+        except Exception as exc:  # libcamera raises RuntimeError/IndexError for a missing camera
+            raise SourceError(f"{self.spec}: cannot start camera: {exc}") from exc
+        self._cam = cam
+        return self
+
+    def close(self) -> None:
+        if self._cam is not None:
+            self._cam.stop()
+            self._cam.close()
+            self._cam = None
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        while self._cam is not None:
+            bgr = self._cam.capture_array("main")
+            yield Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ts=time.monotonic(), index=i)
+            i += 1
+
+
+def open_source(spec: str) -> FrameSource:
+    """Make (but do not open) the source for a spec string; see the module docstring for the forms.
+
+    Raises:
+        SourceError: the spec names no existing file or folder and is not a device or URL.
+    """
+    spec = str(spec).strip()
+    if spec.startswith("picamera2"):
+        _, _, num = spec.partition(":")
+        return Picamera2Source(int(num or 0))
+    if spec.isdigit() or "://" in spec:
+        return OpenCVSource(spec)
+    p = Path(spec).expanduser()
+    if p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        return ImageFolderSource(p)
+    if p.is_file():
+        return OpenCVSource(str(p))
+    raise SourceError(f"{spec}: no such file, folder, camera or URL")

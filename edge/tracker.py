@@ -1,0 +1,155 @@
+"""Following faces across frames, voting on identity, and emitting one arrival per visit.
+
+A track is continued by the detection with the highest IoU above ``iou_match`` (greedy, largest faces
+first). Each embedded frame casts a vote: the accepted customer id, or "unknown". A track is decided
+
+* **known** once one customer has ``min_votes`` votes and at least ``vote_share`` of the track's
+  embedded frames; this is an **arrival** unless the same customer arrived less than ``cooldown_s``
+  ago (then a decision with ``arrival = False``, reason ``cooldown``);
+* **unknown** after ``unknown_after`` embedded frames without a known decision (a later known
+  decision on the same track still turns into an arrival).
+
+Nothing about an unknown track outlives it: no embedding or image is kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .config import TrackerConfig
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (px)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Observation:
+    """One face in one frame, as the tracker sees it.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` px.  customer_id: accepted match or None.
+        score: similarity of the best match (-1 when not embedded).  embedded: False when a quality
+        gate rejected the face (it continues the track but does not vote).
+    """
+
+    box: tuple[float, float, float, float]
+    customer_id: str | None = None
+    score: float = -1.0
+    embedded: bool = True
+
+
+@dataclass
+class Decision:
+    """A track's identity decision.
+
+    Attributes:
+        kind: ``known`` or ``unknown``.  arrival: True when this is the visit's one arrival.
+        reason: why ``arrival`` is False for a known decision (``cooldown``), else "".
+        ts: frame timestamp of the decision, seconds.  first_ts: when the track started, seconds.
+        votes: votes for the decided identity.  frames: embedded frames of the track so far.
+        score: best similarity seen for the customer (-1 for unknown).
+    """
+
+    kind: str
+    track_id: int
+    ts: float
+    first_ts: float
+    votes: int
+    frames: int
+    customer_id: str | None = None
+    score: float = -1.0
+    arrival: bool = False
+    reason: str = ""
+
+
+@dataclass
+class Track:
+    """State of one followed face."""
+
+    id: int
+    box: tuple[float, float, float, float]
+    first_ts: float
+    last_ts: float
+    votes: Counter = field(default_factory=Counter)
+    best: dict = field(default_factory=dict)
+    frames: int = 0
+    decided_known: bool = False
+    decided_unknown: bool = False
+
+
+class Tracker:
+    """Associates observations to tracks and decides identities (see module docstring).
+
+    Args:
+        config: thresholds; timestamps are seconds on one clock (video position or monotonic).
+    """
+
+    def __init__(self, config: TrackerConfig | None = None):
+        self.config = config or TrackerConfig()
+        self.tracks: list[Track] = []
+        self._ids = itertools.count(1)
+        self._last_arrival: dict[str, float] = {}
+
+    def update(self, ts: float, observations: list[Observation]) -> list[Decision]:
+        """Feed one frame's observations (time ``ts`` seconds); returns decisions made at this frame."""
+        c = self.config
+        self.tracks = [t for t in self.tracks if ts - t.last_ts <= c.max_gap_s]
+        free = list(self.tracks)
+        decisions: list[Decision] = []
+        for obs in sorted(observations, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]), reverse=True):
+            best, best_iou = None, c.iou_match
+            for t in free:
+                v = iou(t.box, obs.box)
+                if v >= best_iou:
+                    best, best_iou = t, v
+            if best is None:
+                best = Track(next(self._ids), obs.box, ts, ts)
+                self.tracks.append(best)
+            else:
+                free.remove(best)
+            best.box, best.last_ts = obs.box, ts
+            if obs.embedded:
+                best.frames += 1
+                key = obs.customer_id or ""
+                best.votes[key] += 1
+                if obs.customer_id:
+                    best.best[key] = max(best.best.get(key, -1.0), obs.score)
+            d = self._decide(best, ts)
+            if d:
+                decisions.append(d)
+        return decisions
+
+    def _decide(self, t: Track, ts: float) -> Decision | None:
+        c = self.config
+        if t.decided_known:
+            return None
+        known = [(n, k) for k, n in t.votes.items() if k]
+        if known:
+            n, cid = max(known)
+            if n >= c.min_votes and n / t.frames >= c.vote_share:
+                t.decided_known = True
+                last = self._last_arrival.get(cid)
+                arrival = last is None or ts - last >= c.cooldown_s
+                if arrival:
+                    self._last_arrival[cid] = ts
+                return Decision("known", t.id, ts, t.first_ts, n, t.frames, cid, t.best[cid],
+                                arrival=arrival, reason="" if arrival else "cooldown")
+        if not t.decided_unknown and t.frames >= c.unknown_after:
+            t.decided_unknown = True
+            return Decision("unknown", t.id, ts, t.first_ts, t.votes[""], t.frames)
+        return None
+
+    def forget(self, customer_id: str) -> None:
+        """Drop a customer's cool-down state (after an erasure)."""
+        self._last_arrival.pop(customer_id, None)
+        for t in self.tracks:
+            t.votes.pop(customer_id, None)
+            t.best.pop(customer_id, None)

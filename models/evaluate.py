@@ -1,0 +1,194 @@
+"""Accuracy of the full edge pipeline (detect → align → embed) on LFW-format data.
+
+Protocols:
+
+* **Verification** on ``pairs.txt``: k-fold accuracy (threshold chosen on k-1 folds, accuracy on the
+  held-out fold; Huang et al. 2007 "unrestricted" protocol with k=10).
+* **TAR@FAR**: every same-identity pair (genuine) and every different-identity pair (impostor) among
+  all images of the folder (BLUFR-style, Liao et al. 2014), because 300 impostor pairs cannot resolve
+  FAR = 1e-3. The threshold at FAR = 1e-3 is the edge's default matching threshold.
+* **Open-set identification**: people with ≥2 images enrol their first image; their other images are
+  probes; single-image people are strangers. Rank-1 rate (closed set), detection-and-identification
+  rate (correct and accepted) and the strangers' false-accept rate at a threshold and margin.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dangol_edge.align import align_face
+from dangol_edge.embed import Embedder
+from dangol_edge.detect import FaceDetector
+from dangol_edge.sources import read_image
+
+from .build import centre_face
+from .lfw import LFWDataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedded:
+    """Embeddings of a list of images: ``emb (N, 512) float32``, ``detected (N,) bool`` (False: the
+    detector found no face and the crop used the mean keypoints of the detected images)."""
+
+    paths: list[Path]
+    emb: np.ndarray
+    detected: np.ndarray
+
+    def index(self) -> dict[Path, int]:
+        """Row of each path."""
+        return {p: i for i, p in enumerate(self.paths)}
+
+
+def embed_images(paths: list[Path], detector: FaceDetector, embedder: Embedder, progress: bool = True) -> Embedded:
+    """Detect the centre face of each image, align and embed it.
+
+    Images with no detection use the mean keypoints of the detected ones (LFW deep-funneled images are
+    already roughly registered), so every pair gets a score, as in the standard protocol.
+    """
+    keypoints: list[np.ndarray | None] = []
+    images = []
+    for p in tqdm(paths, desc="detect", disable=not progress, unit="img"):
+        rgb = read_image(p)
+        det = centre_face(detector.detect(rgb), rgb.shape)
+        keypoints.append(None if det is None else det.keypoints)
+        images.append(rgb)
+    found = [k for k in keypoints if k is not None]
+    mean_kp = np.mean(found, axis=0) if found else np.array([[100, 110], [150, 110]], np.float32)
+    crops = np.stack([align_face(img, mean_kp if k is None else k) for img, k in zip(images, keypoints)])
+    emb = np.concatenate([embedder.embed(crops[i : i + 64]) for i in
+                          tqdm(range(0, len(crops), 64), desc="embed", disable=not progress, unit="batch")])
+    return Embedded(list(paths), emb, np.array([k is not None for k in keypoints]))
+
+
+def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: int = 10) -> tuple[float, float, float]:
+    """k-fold verification accuracy.
+
+    Args:
+        sims: ``(P,) float`` cosine similarity per pair; same: ``(P,) bool``.
+    Returns:
+        (mean accuracy, std of accuracy, threshold chosen on all pairs).
+    """
+    order = np.arange(len(sims))
+    fold_of = order % folds
+    cands = np.unique(sims)
+
+    def best(mask):
+        accs = [((sims[mask] >= t) == same[mask]).mean() for t in cands]
+        return cands[int(np.argmax(accs))]
+
+    accs = []
+    for f in range(folds):
+        t = best(fold_of != f)
+        test = fold_of == f
+        accs.append(((sims[test] >= t) == same[test]).mean())
+    return float(np.mean(accs)), float(np.std(accs)), float(best(np.ones(len(sims), bool)))
+
+
+def all_pair_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor cosine similarities over all unordered pairs of distinct images.
+
+    Args:
+        emb: ``(N, 512) float32`` unit rows; labels: ``(N,)`` identity ids.
+    Returns:
+        (genuine scores, impostor scores) as 1-D float32 arrays.
+    """
+    sim = emb @ emb.T
+    iu = np.triu_indices(len(emb), k=1)
+    s = sim[iu]
+    same = labels[iu[0]] == labels[iu[1]]
+    return s[same], s[~same]
+
+
+def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float]:
+    """(TAR, threshold) at the smallest threshold whose false-accept rate is ≤ ``far``."""
+    imp = np.sort(impostor)[::-1]
+    k = int(np.floor(far * len(imp)))
+    thr = float(imp[k]) if k < len(imp) else float(imp[-1])
+    thr = np.nextafter(np.float32(thr), np.float32(np.inf))
+    return float((genuine >= thr).mean()), float(thr)
+
+
+@dataclass
+class OpenSet:
+    """Open-set identification figures at one threshold and margin."""
+
+    threshold: float
+    margin: float
+    enrolled: int
+    probes: int
+    strangers: int
+    rank1: float
+    dir: float
+    far: float
+
+
+def open_set(emb: Embedded, lfw: LFWDataset, threshold: float, margin: float) -> OpenSet:
+    """Enrol the first image of each ≥2-image person, probe with the rest, strangers = 1-image people."""
+    idx = emb.index()
+    ids = lfw.identities()
+    gallery_names = [n for n, f in ids.items() if len(f) >= 2]
+    g = np.stack([emb.emb[idx[ids[n][0]]] for n in gallery_names])
+    probes = [(i, idx[p]) for i, n in enumerate(gallery_names) for p in ids[n][1:]]
+    strangers = [idx[f[0]] for n, f in ids.items() if len(f) == 1]
+
+    def decide(rows):
+        s = emb.emb[rows] @ g.T
+        top2 = np.argsort(-s, axis=1)[:, :2]
+        best = s[np.arange(len(rows)), top2[:, 0]]
+        second = s[np.arange(len(rows)), top2[:, 1]]
+        accept = (best >= threshold) & (best - second >= margin)
+        return top2[:, 0], accept
+
+    pid = np.array([p[0] for p in probes])
+    top, acc = decide(np.array([p[1] for p in probes]))
+    _, sacc = decide(np.array(strangers)) if strangers else (None, np.zeros(0, bool))
+    return OpenSet(threshold, margin, len(gallery_names), len(probes), len(strangers),
+                   rank1=float((top == pid).mean()), dir=float(((top == pid) & acc).mean()),
+                   far=float(sacc.mean()) if len(sacc) else 0.0)
+
+
+@dataclass
+class ModelReport:
+    """All figures for one model file."""
+
+    model: str
+    accuracy: float
+    accuracy_std: float
+    best_threshold: float
+    tar_at_far_1e3: float
+    threshold_far_1e3: float
+    genuine_pairs: int
+    impostor_pairs: int
+    undetected: int
+    open_set: OpenSet | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads: int = 2,
+                   margin: float = 0.05, threshold: float | None = None, progress: bool = True) -> ModelReport:
+    """Run every protocol of this module for one ``.tflite`` file.
+
+    Args:
+        threshold: open-set threshold; None uses this model's threshold at FAR = 1e-3.
+    """
+    ids = lfw.identities()
+    paths = [p for files in ids.values() for p in files]
+    labels = np.array([i for i, files in enumerate(ids.values()) for _ in files])
+    emb = embed_images(paths, detector, Embedder(model, threads=threads), progress=progress)
+    idx = emb.index()
+    pairs = lfw.pairs()
+    sims = np.array([float(emb.emb[idx[p.a]] @ emb.emb[idx[p.b]]) for p in pairs])
+    same = np.array([p.same for p in pairs])
+    acc, std, best_t = kfold_accuracy(sims, same)
+    gen, imp = all_pair_scores(emb.emb, labels)
+    tar, thr = tar_at_far(gen, imp, 1e-3)
+    report = ModelReport(model.name, acc, std, best_t, tar, thr, len(gen), len(imp), int((~emb.detected).sum()))
+    report.open_set = open_set(emb, lfw, threshold if threshold is not None else thr, margin)
+    return report
