@@ -1,0 +1,102 @@
+"""Flask application factory: settings, database (migrated to head), CSRF, login, one blueprint per area."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from flask import Flask, g
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+
+from dangol_cloud.db import Database
+from dangol_cloud.settings import Settings, load_settings
+
+__all__ = ["create_app", "get_db", "get_session", "get_settings"]
+
+log = logging.getLogger(__name__)
+csrf = CSRFProtect()
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+login_manager.login_message = "Please sign in to continue."
+login_manager.login_message_category = "info"
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None, migrate: bool = True,
+               **flask_config) -> Flask:
+    """Build the Flask app.
+
+    Args:
+        settings: service settings; default :func:`load_settings` (``DANGOL_*`` environment / config file).
+        db: database to use; default one for ``settings.effective_database_url``.
+        migrate: run Alembic ``upgrade head`` now (always true in production).
+        flask_config: extra Flask config (e.g. ``TESTING=True``, ``WTF_CSRF_ENABLED=False``).
+
+    Raises:
+        ConfigError: invalid settings.
+    """
+    settings = settings or load_settings()
+    db = db or Database(settings.effective_database_url)
+    if migrate:
+        db.migrate()
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=settings.resolved_secret_key(), MAX_CONTENT_LENGTH=64 * 1024 * 1024,
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      WTF_CSRF_TIME_LIMIT=None, **flask_config)
+    app.extensions["dangol_settings"] = settings
+    app.extensions["dangol_db"] = db
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+    from dangol_cloud.web import analytics, api, auth, catalogue, customers, home, purchases, stores
+
+    for module in (auth, home, stores, catalogue, customers, purchases, analytics):
+        app.register_blueprint(module.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)
+
+    zone = ZoneInfo(settings.timezone)
+
+    @app.template_filter("local")
+    def _local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+        return "" if value is None else value.astimezone(zone).strftime(fmt)
+
+    @app.template_filter("money")
+    def _money(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.2f}"
+
+    @app.context_processor
+    def _globals() -> dict:
+        return {"currency": settings.currency, "mqtt_configured": bool(settings.mqtt_url)}
+
+    @app.teardown_appcontext
+    def _close_session(exc) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            if exc is not None:
+                session.rollback()
+            session.close()
+
+    return app
+
+
+def get_settings() -> Settings:
+    """Settings of the current app."""
+    from flask import current_app
+
+    return current_app.extensions["dangol_settings"]
+
+
+def get_db() -> Database:
+    """Database of the current app."""
+    from flask import current_app
+
+    return current_app.extensions["dangol_db"]
+
+
+def get_session():
+    """The request's SQLAlchemy session (opened on first use, closed at teardown; commit explicitly)."""
+    if "db_session" not in g:
+        g.db_session = get_db().sessions()
+    return g.db_session

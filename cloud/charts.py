@@ -1,0 +1,82 @@
+"""Server-rendered SVG charts for the dashboard (no JavaScript). Each returns safe ``Markup``."""
+
+from __future__ import annotations
+
+from markupsafe import Markup, escape
+
+__all__ = ["bar_chart", "hbar_chart", "split_bar"]
+
+ACCENT = "#b5562b"
+MUTED = "#e7d7c9"
+INK = "#3b2a20"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if float(v).is_integer() or v >= 100 else f"{v:,.1f}"
+
+
+def bar_chart(labels: list[str], values: list[float], *, width: int = 560, height: int = 200,
+              label_every: int = 1, title: str = "") -> Markup:
+    """Vertical bars, one per label; the maximum value is printed; ``label_every`` thins x labels."""
+    n = max(len(values), 1)
+    top = max(values, default=0) or 1
+    pad_b, pad_t = 22, 18
+    plot_h = height - pad_b - pad_t
+    bw = width / n
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+             f'<title>{escape(title)}</title>']
+    for i, (label, v) in enumerate(zip(labels, values)):
+        h = plot_h * v / top
+        x = i * bw + bw * 0.12
+        y = pad_t + plot_h - h
+        color = ACCENT if v == top and v > 0 else "#d79a72"
+        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw * 0.76:.1f}" height="{max(h, 0.5):.1f}" rx="3" '
+                     f'fill="{color}"><title>{escape(label)}: {_fmt(v)}</title></rect>')
+        if v == top and v > 0:
+            parts.append(f'<text x="{x + bw * 0.38:.1f}" y="{y - 4:.1f}" text-anchor="middle" class="val">{_fmt(v)}</text>')
+        if i % label_every == 0:
+            parts.append(f'<text x="{x + bw * 0.38:.1f}" y="{height - 6}" text-anchor="middle" class="lbl">'
+                         f'{escape(label)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def hbar_chart(rows: list[tuple[str, float]], *, width: int = 560, row_h: int = 26, title: str = "") -> Markup:
+    """Horizontal bars (label, value), e.g. top items; empty list → a short note."""
+    if not rows:
+        return Markup('<p class="empty">No data yet.</p>')
+    top = max(v for _, v in rows) or 1
+    label_w = 190
+    height = row_h * len(rows) + 4
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+             f'<title>{escape(title)}</title>']
+    for i, (label, v) in enumerate(rows):
+        y = i * row_h + 2
+        w = (width - label_w - 60) * v / top
+        short = label if len(label) <= 26 else label[:25] + "…"
+        parts.append(f'<text x="{label_w - 8}" y="{y + row_h * 0.62:.1f}" text-anchor="end" class="lbl">'
+                     f'{escape(short)}</text>'
+                     f'<rect x="{label_w}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row_h - 8}" rx="3" '
+                     f'fill="{ACCENT if i == 0 else "#d79a72"}"/>'
+                     f'<text x="{label_w + w + 6:.1f}" y="{y + row_h * 0.62:.1f}" class="val">{_fmt(v)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def split_bar(parts: list[tuple[str, float, str]], *, width: int = 560, height: int = 46) -> Markup:
+    """One stacked bar of shares, e.g. recognised vs unknown: ``[(label, value, colour)]``."""
+    total = sum(v for _, v, _ in parts)
+    if not total:
+        return Markup('<p class="empty">No arrivals yet.</p>')
+    x = 0.0
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img">']
+    for label, v, colour in parts:
+        w = width * v / total
+        out.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height - 18}" fill="{colour}">'
+                   f'<title>{escape(label)}: {_fmt(v)}</title></rect>')
+        if w > 60:
+            out.append(f'<text x="{x + 8:.1f}" y="{(height - 18) * 0.66:.1f}" class="inbar">{escape(label)} '
+                       f'{100 * v / total:.0f}%</text>')
+        x += w
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,0 +1,136 @@
+"""POS API: ``POST /api/v1/purchases`` with a per-store bearer token and an ``Idempotency-Key`` header.
+
+A retry with the same key and the same body returns the first response (200, ``Idempotent-Replayed:
+true``) and stores nothing; the same key with a different body is refused with 422. Documented in
+``openapi.json`` (served at ``/api/v1/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import resources
+from typing import Annotated
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+
+from dangol_cloud.app import get_db
+from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store
+from dangol_cloud.security import hash_token
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+class PurchaseLine(BaseModel):
+    """One line of a POS sale: ``item`` is a catalogue item id or ref; amount is the line total."""
+
+    model_config = ConfigDict(extra="forbid")
+    item: Annotated[str, Field(min_length=1, max_length=64)]
+    product_id: Annotated[str, Field(max_length=64)] | None = None
+    quantity: Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)] = 1
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+class PurchaseIn(BaseModel):
+    """A POS sale: ``customer`` is a Dangol customer id or the POS's customer ref (created if new)."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer: Annotated[str, Field(min_length=1, max_length=64)]
+    ts: AwareDatetime
+    lines: Annotated[list[PurchaseLine], Field(min_length=1, max_length=200)]
+
+
+def _problem(status: int, title: str, detail: str, **extra) -> Response:
+    body = {"title": title, "status": status, "detail": detail, **extra}
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def _store_from_token() -> Store | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    with get_db().sessions() as s:
+        return s.scalar(select(Store).where(Store.api_token_hash == hash_token(token.strip())))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 document of this API."""
+    text = resources.files("dangol_cloud").joinpath("openapi.json").read_text(encoding="utf-8")
+    return Response(text, mimetype="application/json")
+
+
+def _replay(previous: PosRequest, body_sha: str, key: str) -> Response:
+    if previous.body_sha256 != body_sha:
+        return _problem(422, "Idempotency key reused", f"Idempotency-Key {key!r} was already used with a "
+                        "different request body; nothing was stored")
+    response = jsonify(previous.response)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.post("/purchases")
+def create_purchases():
+    store = _store_from_token()
+    if store is None:
+        log.warning("POS API: missing or unknown store token from %s", request.remote_addr)
+        return _problem(401, "Unauthorized", "missing or unknown store token (Authorization: Bearer <token>)")
+    key = (request.headers.get("Idempotency-Key") or "").strip()
+    if not 1 <= len(key) <= 200:
+        return _problem(400, "Idempotency-Key required", "send a unique Idempotency-Key header (1-200 characters) "
+                        "per sale and repeat it on retries")
+    raw = request.get_data(cache=False)
+    try:
+        sale = PurchaseIn.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        log.info("POS API: invalid body from store %s: %s", store.id, errors)
+        return _problem(422, "Invalid purchase", "the body does not match the Purchase schema", errors=errors)
+    body_sha = hashlib.sha256(json.dumps(sale.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    db = get_db()
+    with db.sessions() as s:
+        previous = s.scalar(select(PosRequest).where(PosRequest.store_id == store.id, PosRequest.key == key))
+        if previous is not None:
+            return _replay(previous, body_sha, key)
+    try:
+        with db.transaction() as s:
+            items = {}
+            for line in sale.lines:
+                item = s.scalar(select(CatalogueItem).where(or_(CatalogueItem.id == line.item,
+                                                                CatalogueItem.ref == line.item)))
+                if item is None:
+                    return _problem(422, "Unknown item", f"lines: item {line.item!r} is not in the catalogue; "
+                                    "nothing was stored")
+                items[line.item] = item.id
+            customer = s.scalar(select(Customer).where(or_(Customer.id == sale.customer,
+                                                           Customer.external_ref == sale.customer)))
+            if customer is None:
+                customer = Customer(external_ref=sale.customer, status="active", source="pos")
+                s.add(customer)
+                s.flush()
+            purchases = [Purchase(customer_id=customer.id, item_id=items[line.item], product_id=line.product_id,
+                                  quantity=line.quantity, amount=line.amount, ts=sale.ts, store_id=store.id,
+                                  source="pos", idempotency_key=f"pos:{store.id}:{key}:{n}")
+                         for n, line in enumerate(sale.lines)]
+            s.add_all(purchases)
+            s.flush()
+            body = {"customer_id": customer.id, "purchase_ids": [p.id for p in purchases], "lines": len(purchases)}
+            s.add(PosRequest(store_id=store.id, key=key, body_sha256=body_sha, response=body))
+    except IntegrityError:  # a concurrent request with the same key committed first
+        with db.sessions() as s:
+            previous = s.scalar(select(PosRequest).where(PosRequest.store_id == store.id, PosRequest.key == key))
+            if previous is None:
+                raise
+            return _replay(previous, body_sha, key)
+    response = jsonify(body)
+    response.status_code = 201
+    return response

@@ -1,0 +1,148 @@
+"""Menu catalogue: list, create, edit, retire/restore items, photos, and Publish to the stores."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from pathlib import Path
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, send_from_directory, url_for
+from flask_login import current_user, login_required
+from sqlalchemy import func, select
+
+from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.models import CatalogueItem, CatalogueVersion
+from dangol_cloud.mqtt import MqttError
+from dangol_cloud.publishing import publish, publish_catalogue_version
+from dangol_cloud.web.forms import ActionForm, ItemForm
+
+log = logging.getLogger(__name__)
+bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:56] or "item"
+
+
+def _photo_url(filename: str) -> str:
+    return url_for("catalogue.photo", filename=filename, _external=True)
+
+
+@bp.route("/")
+@login_required
+def index():
+    s = get_session()
+    show = request.args.get("show", "active")
+    query = select(CatalogueItem).order_by(CatalogueItem.category, CatalogueItem.name)
+    query = query.where(CatalogueItem.retired.is_(show == "retired"))
+    page = max(request.args.get("page", 1, type=int), 1)
+    total = s.scalar(select(func.count()).select_from(query.subquery()))
+    items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
+    version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    return render_template("catalogue.html", items=items, version=version, show=show, page=page, total=total,
+                           pages=max((total + 59) // 60, 1), action=ActionForm())
+
+
+def _save_photo(form: ItemForm) -> str | None:
+    file = form.photo.data
+    if not file or not getattr(file, "filename", ""):
+        return None
+    ext = Path(file.filename).suffix.lower()
+    name = f"{uuid.uuid4().hex}{ext}"
+    folder = get_settings().photos_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    file.save(folder / name)
+    return name
+
+
+def _fill(item: CatalogueItem, form: ItemForm) -> None:
+    item.name = form.name.data.strip()
+    item.category = (form.category.data or "").strip() or None
+    item.price = float(form.price.data) if form.price.data is not None else None
+    item.description = (form.description.data or "").strip()
+    item.tags = [t.strip() for t in (form.tags.data or "").split(",") if t.strip()]
+    item.available = bool(form.available.data)
+    photo = _save_photo(form)
+    if photo:
+        item.photo = photo
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required
+def new():
+    form = ItemForm()
+    if form.validate_on_submit():
+        s = get_session()
+        base = ref = _slug(form.name.data)
+        n = 1
+        while s.scalar(select(CatalogueItem.id).where(CatalogueItem.ref == ref)):
+            n += 1
+            ref = f"{base}-{n}"
+        item = CatalogueItem(ref=ref, name="", tags=[])
+        _fill(item, form)
+        s.add(item)
+        s.commit()
+        flash(f"Added “{item.name}”. Publish to send it to the stores.", "success")
+        return redirect(url_for("catalogue.index"))
+    return render_template("item_form.html", form=form, item=None)
+
+
+@bp.route("/<item_id>", methods=["GET", "POST"])
+@login_required
+def edit(item_id: str):
+    s = get_session()
+    item = s.get(CatalogueItem, item_id) or abort(404)
+    form = ItemForm(obj=item) if request.method == "GET" else ItemForm()
+    if request.method == "GET":
+        form.tags.data = ", ".join(item.tags or [])
+    if form.validate_on_submit():
+        _fill(item, form)
+        s.commit()
+        flash(f"Saved “{item.name}”. Publish to send the change to the stores.", "success")
+        return redirect(url_for("catalogue.index"))
+    return render_template("item_form.html", form=form, item=item, action=ActionForm())
+
+
+@bp.route("/<item_id>/retire", methods=["POST"])
+@login_required
+def retire(item_id: str):
+    s = get_session()
+    item = s.get(CatalogueItem, item_id) or abort(404)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    item.retired = not item.retired
+    s.commit()
+    flash(f"“{item.name}” {'retired' if item.retired else 'restored'}. Publish to update the stores.", "success")
+    return redirect(url_for("catalogue.index"))
+
+
+@bp.route("/publish", methods=["POST"])
+@login_required
+def publish_now():
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    settings = get_settings()
+    with get_db().transaction() as s:
+        version = publish_catalogue_version(s, published_by=current_user.email, photo_url=_photo_url)
+        number, count = version.version, len(version.items)
+    if not settings.mqtt_url:
+        flash(f"Catalogue version {number} saved ({count} items). No broker is configured (DANGOL_MQTT_URL), "
+              "so the stores were not updated.", "warning")
+        return redirect(url_for("catalogue.index"))
+    try:
+        with get_db().transaction() as s:
+            report = publish(s, settings.mqtt_url, currency=settings.currency, menus=True)
+    except MqttError as exc:
+        log.error("publishing catalogue version %s failed: %s", number, exc)
+        flash(f"Catalogue version {number} saved, but the stores could not be reached: {exc}. "
+              "Try Publish again later.", "error")
+        return redirect(url_for("catalogue.index"))
+    flash(f"Published catalogue version {number} ({count} items) to {report.stores} store(s).", "success")
+    return redirect(url_for("catalogue.index"))
+
+
+@bp.route("/photos/<path:filename>")
+def photo(filename: str):
+    """Item photos (public: the edge displays them)."""
+    return send_from_directory(get_settings().photos_dir.resolve(), filename, max_age=86400)

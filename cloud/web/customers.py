@@ -1,0 +1,118 @@
+"""Customers: list, detail (consent, visits, purchases, current picks and why), consent, erase."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from sqlalchemy import delete, func, or_, select, update
+
+from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.models import CatalogueItem, Customer, Erasure, Menu, Purchase, Visit, utcnow
+from dangol_cloud.mqtt import MqttError
+from dangol_cloud.publishing import publish
+from dangol_cloud.web.auth import owner_required
+from dangol_cloud.web.forms import ActionForm, ConsentForm
+
+log = logging.getLogger(__name__)
+bp = Blueprint("customers", __name__, url_prefix="/customers")
+PAGE = 50
+
+
+@bp.route("/")
+@login_required
+def index():
+    s = get_session()
+    show = request.args.get("show", "enrolled")
+    q = (request.args.get("q") or "").strip()
+    purchases = (select(Purchase.customer_id, func.count().label("n"), func.max(Purchase.ts).label("last"))
+                 .group_by(Purchase.customer_id).subquery())
+    visits = (select(Visit.customer_id, func.count().label("n"), func.max(Visit.ts).label("last"))
+              .where(Visit.customer_id.is_not(None)).group_by(Visit.customer_id).subquery())
+    query = (select(Customer, func.coalesce(purchases.c.n, 0), func.coalesce(visits.c.n, 0), visits.c.last)
+             .outerjoin(purchases, purchases.c.customer_id == Customer.id)
+             .outerjoin(visits, visits.c.customer_id == Customer.id))
+    if show == "enrolled":
+        query = query.where(or_(Customer.source == "edge", Customer.consent_at.is_not(None)))
+    elif show == "pending":
+        query = query.where(Customer.status == "pending")
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(Customer.display_name).like(like), Customer.external_ref.like(like),
+                                Customer.id.like(like)))
+    page = max(request.args.get("page", 1, type=int), 1)
+    total = s.scalar(select(func.count()).select_from(query.subquery()))
+    rows = s.execute(query.order_by(Customer.display_name.is_(None), Customer.display_name, Customer.created_at.desc())
+                     .limit(PAGE).offset((page - 1) * PAGE)).all()
+    return render_template("customers.html", rows=rows, show=show, q=q, page=page, total=total,
+                           pages=max((total + PAGE - 1) // PAGE, 1))
+
+
+@bp.route("/<customer_id>")
+@login_required
+def show(customer_id: str):
+    s = get_session()
+    customer = s.get(Customer, customer_id) or abort(404)
+    menu = s.get(Menu, customer.id)
+    picks = []
+    if menu is not None:
+        items = {i.id: i for i in s.scalars(select(CatalogueItem).where(
+            CatalogueItem.id.in_([p["item_id"] for p in menu.picks])))}
+        picks = [(items.get(p["item_id"]), p) for p in menu.picks]
+    visits = s.execute(select(Visit).where(Visit.customer_id == customer.id).order_by(Visit.ts.desc()).limit(20)).scalars().all()
+    purchases = s.execute(select(Purchase, CatalogueItem.name).join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
+                          .where(Purchase.customer_id == customer.id).order_by(Purchase.ts.desc()).limit(25)).all()
+    totals = s.execute(select(func.count(), func.sum(Purchase.amount)).where(Purchase.customer_id == customer.id)).one()
+    form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
+                       text_version=get_settings().consent_text_version)
+    return render_template("customer.html", customer=customer, menu=menu, picks=picks, visits=visits,
+                           purchases=purchases, totals=totals, form=form, action=ActionForm())
+
+
+@bp.route("/<customer_id>/consent", methods=["POST"])
+@login_required
+def consent(customer_id: str):
+    s = get_session()
+    customer = s.get(Customer, customer_id) or abort(404)
+    form = ConsentForm()
+    if not form.validate_on_submit():
+        flash("Consent needs a name, who recorded it and the text version.", "error")
+        return redirect(url_for("customers.show", customer_id=customer.id))
+    customer.display_name = form.display_name.data.strip()
+    customer.consent_by = form.recorded_by.data.strip()
+    customer.consent_text_version = form.text_version.data.strip()
+    customer.consent_at = utcnow()
+    customer.status = "active"
+    s.commit()
+    flash(f"Consent recorded; {customer.display_name} is now active.", "success")
+    return redirect(url_for("customers.show", customer_id=customer.id))
+
+
+@bp.route("/<customer_id>/erase", methods=["POST"])
+@owner_required
+def erase(customer_id: str):
+    """Delete the customer with their purchases and menu (visits stay, anonymous) and tell the stores."""
+    settings = get_settings()
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    with get_db().transaction() as s:
+        customer = s.get(Customer, customer_id) or abort(404)
+        name = customer.display_name or customer.external_ref or customer.id[:8]
+        s.execute(delete(Menu).where(Menu.customer_id == customer.id))
+        s.execute(delete(Purchase).where(Purchase.customer_id == customer.id))
+        s.execute(update(Visit).where(Visit.customer_id == customer.id).values(customer_id=None))
+        s.delete(customer)
+        s.add(Erasure(customer_id=customer_id, requested_by=current_user.email))
+    log.info("customer %s erased by %s", customer_id, current_user.email)
+    if settings.mqtt_url:
+        try:
+            with get_db().transaction() as s:
+                publish(s, settings.mqtt_url, currency=settings.currency, catalogue=False, menus=False)
+            flash(f"Erased {name}. The stores were told to delete their templates.", "success")
+        except MqttError as exc:
+            log.error("erasure of %s not yet sent to the stores: %s", customer_id, exc)
+            flash(f"Erased {name} here; the stores will be told on the next publish ({exc}).", "warning")
+    else:
+        flash(f"Erased {name}. No broker configured: the stores will be told on the next publish.", "warning")
+    return redirect(url_for("customers.index"))

@@ -1,0 +1,54 @@
+"""Flask-WTF forms of the dashboard (every POST carries a CSRF token)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileAllowed, FileField, FileRequired
+from wtforms import BooleanField, DecimalField, EmailField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
+
+__all__ = ["ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm", "StoreForm", "UploadForm"]
+
+
+class ActionForm(FlaskForm):
+    """A button-only form (publish, retire, erase): just the CSRF token."""
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired()])
+
+
+class StoreForm(FlaskForm):
+    name = StringField("Store name", validators=[DataRequired(), Length(max=120)])
+    ref = StringField("POS store code (optional)", validators=[Optional(), Length(max=64)])
+
+
+class DeviceForm(FlaskForm):
+    name = StringField("Device name", validators=[DataRequired(), Length(max=120)],
+                       render_kw={"placeholder": "Front door"})
+
+
+class ItemForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    category = StringField("Category", validators=[Optional(), Length(max=80)],
+                           render_kw={"placeholder": "Coffee, Tea, Pastry ..."})
+    price = DecimalField("Price", places=2, validators=[Optional(), NumberRange(min=0)])
+    description = TextAreaField("Description", validators=[Optional(), Length(max=2000)])
+    tags = StringField("Tags (comma-separated)", validators=[Optional(), Length(max=300)],
+                       render_kw={"placeholder": "vegan, hot, oat milk"})
+    photo = FileField("Photo", validators=[FileAllowed(["jpg", "jpeg", "png", "webp"], "JPEG, PNG or WebP only")])
+    available = BooleanField("Available today", default=True)
+
+
+class ConsentForm(FlaskForm):
+    display_name = StringField("Name shown on the display", validators=[DataRequired(), Length(max=120)])
+    recorded_by = StringField("Consent recorded by", validators=[DataRequired(), Length(max=120)])
+    text_version = StringField("Consent text version", validators=[DataRequired(), Length(max=40)])
+
+
+class UploadForm(FlaskForm):
+    file = FileField("Purchases CSV", validators=[FileRequired(), FileAllowed(["csv", "txt"], "a .csv file")])
+    format = SelectField("Format", choices=[("csv", "Dangol CSV (customer, item, quantity, timestamp)"),
+                                             ("ta-feng", "Ta-Feng"), ("completejourney", "Complete Journey")],
+                         default="csv")

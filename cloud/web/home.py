@@ -1,0 +1,41 @@
+"""Overview page: today's numbers, devices, latest model and catalogue version."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, render_template
+from flask_login import login_required
+from sqlalchemy import func, select
+
+from dangol_cloud.app import get_session, get_settings
+from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Device, ModelVersion, Purchase, Visit
+
+bp = Blueprint("home", __name__)
+
+
+@bp.route("/")
+@login_required
+def index():
+    s = get_session()
+    zone = ZoneInfo(get_settings().timezone)
+    today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    stats = {
+        "visits_today": s.scalar(select(func.count()).select_from(Visit).where(Visit.ts >= today)),
+        "recognised_today": s.scalar(select(func.count()).select_from(Visit)
+                                     .where(Visit.ts >= today, Visit.customer_id.is_not(None))),
+        "enrolled": s.scalar(select(func.count()).select_from(Customer).where(Customer.consent_at.is_not(None))),
+        "pending": s.scalar(select(func.count()).select_from(Customer).where(Customer.status == "pending")),
+        "customers": s.scalar(select(func.count()).select_from(Customer)),
+        "purchases_7d": s.scalar(select(func.count()).select_from(Purchase)
+                                 .where(Purchase.ts >= today - timedelta(days=7))),
+        "purchases": s.scalar(select(func.count()).select_from(Purchase)),
+        "items": s.scalar(select(func.count()).select_from(CatalogueItem).where(CatalogueItem.retired.is_(False))),
+    }
+    devices = s.scalars(select(Device).order_by(Device.name)).all()
+    model = s.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
+    version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
+                       .order_by(Visit.ts.desc()).limit(8)).all()
+    return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent)
