@@ -1,0 +1,113 @@
+"""Dashboard via Flask's test client: sign-in, CSRF, uploads, erasure (SQLite; the browser tests add Chromium)."""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from dangol_cloud.app import create_app
+from dangol_cloud.db import Database
+from dangol_cloud.models import CatalogueItem, Customer, Erasure, Menu, ModelVersion, Purchase, Visit
+from dangol_cloud.settings import Settings
+
+from .conftest import OWNER_EMAIL, OWNER_PASSWORD, add_owner, utc
+
+
+@pytest.fixture
+def web(tmp_path, sqlite_url):
+    db = Database(sqlite_url)
+    db.migrate()
+    add_owner(db)
+    settings = Settings(home=tmp_path / "home", database_url=sqlite_url, secret_key="k", _env_file=None)
+    app = create_app(settings, db=db, TESTING=True)
+    yield app, db
+    db.dispose()
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, password=OWNER_PASSWORD):
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    return client.post("/login", data={"email": OWNER_EMAIL, "password": password, "csrf_token": token})
+
+
+def test_wrong_password_is_refused(web):
+    app, _ = web
+    client = app.test_client()
+    response = sign_in(client, password="wrong password")
+    assert response.status_code == 401 and "Wrong e-mail or password" in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302  # still signed out
+    assert sign_in(client).status_code == 302 and client.get("/").status_code == 200
+
+
+def test_post_without_csrf_token_is_refused_and_changes_nothing(web):
+    app, db = web
+    client = app.test_client()
+    sign_in(client)
+    response = client.post("/catalogue/new", data={"name": "Sneaky latte", "price": "1"})
+    assert response.status_code == 400
+    response = client.post("/login", data={"email": OWNER_EMAIL, "password": OWNER_PASSWORD})
+    assert response.status_code == 400
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(CatalogueItem)) == 0
+
+
+def test_csv_upload_reports_bad_rows_with_line_numbers(web):
+    app, db = web
+    client = app.test_client()
+    sign_in(client)
+    html = client.get("/purchases/").get_data(as_text=True)
+    csv = ("customer,item,quantity,timestamp\nann,Flat white,1,2026-01-05T08:00:00\n"
+           "bob,Flat white,lots,2026-01-05T08:10:00\nbob,Scone,1,2026-01-05T08:11:00\n")
+    response = client.post("/purchases/", content_type="multipart/form-data", data={
+        "csrf_token": csrf_of(html), "format": "csv", "file": (io.BytesIO(csv.encode()), "till.csv")})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "2 imported" in page and "1 skipped" in page
+    assert re.search(r'<td class="num">3</td><td>[^<]*quantity', page)
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Purchase)) == 2
+
+
+def test_upload_of_a_file_with_a_wrong_header_imports_nothing(web):
+    app, db = web
+    client = app.test_client()
+    sign_in(client)
+    html = client.get("/purchases/").get_data(as_text=True)
+    response = client.post("/purchases/", content_type="multipart/form-data", data={
+        "csrf_token": csrf_of(html), "format": "csv", "file": (io.BytesIO(b"a,b\n1,2\n"), "odd.csv")})
+    assert response.status_code == 422 and "odd.csv" in response.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Purchase)) == 0
+
+
+def test_erase_deletes_the_customer_and_queues_an_erasure(web):
+    app, db = web
+    cid = str(uuid.uuid4())
+    with db.transaction() as s:
+        item = CatalogueItem(ref="latte", name="Latte", tags=[])
+        s.add_all([item, Customer(id=cid, display_name="Mina", status="active", source="edge"),
+                   ModelVersion(version="m1", path="x")])
+        s.flush()
+        s.add_all([Purchase(customer_id=cid, item_id=item.id, quantity=1, ts=utc(2026, 1, 1), source="csv",
+                            idempotency_key="k1"),
+                   Visit(event_id=str(uuid.uuid4()), customer_id=cid, ts=utc(2026, 1, 1)),
+                   Menu(customer_id=cid, model_version="m1", picks=[{"item_id": item.id, "score": 1, "reasons": []}])])
+    client = app.test_client()
+    sign_in(client)
+    page = client.get(f"/customers/{cid}").get_data(as_text=True)
+    assert "Mina" in page
+    response = client.post(f"/customers/{cid}/erase", data={"csrf_token": csrf_of(page)})
+    assert response.status_code == 302
+    with db.sessions() as s:
+        assert s.get(Customer, cid) is None and s.get(Menu, cid) is None
+        assert s.scalar(select(func.count()).select_from(Purchase)) == 0
+        assert s.scalar(select(Visit.customer_id)) is None  # the visit stays, anonymous
+        erasure = s.scalar(select(Erasure))
+        assert erasure.customer_id == cid and erasure.published_at is None
