@@ -15,6 +15,7 @@ Raises :class:`BrokerError` with the broker's log if it cannot start.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -40,20 +41,24 @@ class MosquittoBroker:
 
     Args:
         workdir: directory for mosquitto.conf, the password/ACL files and the log (e.g. pytest's tmp_path).
-        users: ``{username: password}``; when given, anonymous access is off and a password file is
-            written with ``mosquitto_passwd`` (PBKDF2-SHA512 hashes).
+        users: ``{username: password}``; when given (or ``password_lines``), anonymous access is off and a
+            password file is written with ``mosquitto_passwd`` (PBKDF2-SHA512 hashes).
+        password_lines: ready-made password-file lines ``username:$7$...`` (hashes made elsewhere, e.g.
+            by the cloud for its devices), appended to the file as they are.
         acl: the text of a Mosquitto ACL file (``user NAME`` / ``topic readwrite PATTERN`` lines).
         host: listen address (loopback by default).
     """
 
     def __init__(self, workdir: str | os.PathLike, *, users: dict[str, str] | None = None,
-                 acl: str | None = None, host: str = "127.0.0.1") -> None:
+                 password_lines: list[str] | None = None, acl: str | None = None, host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir)
         self.users = dict(users or {})
+        self.password_lines = list(password_lines or [])
         self.acl = acl
         self.host = host
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
+        self._stderr = ""
 
     @property
     def url(self) -> str:
@@ -71,14 +76,18 @@ class MosquittoBroker:
             raise BrokerError("mosquitto not found; install the Debian package 'mosquitto' (scripts/setup does)")
         self._binary = binary
         self.workdir.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} {self.host}", "persistence false",
+        # as root, mosquitto would switch to the 'mosquitto' user and fail to read our 0600 files
+        lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} {self.host}", "persistence false",
                  f"log_dest file {self.workdir / 'mosquitto.log'}", "log_type all"]
-        if self.users:
+        if self.users or self.password_lines:
             passwd = self.workdir / "passwd"
             passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
             passwd.chmod(0o600)
-            tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-            subprocess.run([tool, "-U", str(passwd)], check=True, capture_output=True)
+            if self.users:
+                tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+                subprocess.run([tool, "-U", str(passwd)], check=True, capture_output=True)
+            with passwd.open("a") as fh:
+                fh.writelines(line.rstrip("\n") + "\n" for line in self.password_lines)
             lines += ["allow_anonymous false", f"password_file {passwd}"]
         else:
             lines.append("allow_anonymous true")
@@ -108,8 +117,8 @@ class MosquittoBroker:
                 except OSError:
                     time.sleep(0.05)
             self.stop()
-        log = (self.workdir / "mosquitto.log")
-        raise BrokerError(f"mosquitto did not start: {log.read_text() if log.exists() else ''}")
+        log = self.workdir / "mosquitto.log"
+        raise BrokerError(f"mosquitto did not start: {self._stderr}{log.read_text() if log.exists() else ''}")
 
     def stop(self) -> None:
         """Terminate the broker (idempotent)."""
@@ -121,6 +130,7 @@ class MosquittoBroker:
                 self._proc.kill()
                 self._proc.wait(5)
         if self._proc is not None and self._proc.stderr:
+            self._stderr = self._proc.stderr.read().decode(errors="replace")
             self._proc.stderr.close()
         self._proc = None
 

@@ -1,0 +1,218 @@
+"""MQTT with a real Mosquitto: retained catalogue and menus, erasures, the event consumer, device ACLs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+import dangol_protocol as proto
+from dangol_cloud.broker_auth import acl_text, password_lines
+from dangol_cloud.cli import main as cli
+from dangol_cloud.events import Listener, Outcome
+from dangol_cloud.models import CatalogueItem, Customer, Device, Erasure, Menu, ModelVersion, Store, Visit
+from dangol_cloud.mqtt import MqttError, connect
+from dangol_cloud.publishing import publish, publish_catalogue_version
+from tests.broker import MosquittoBroker
+
+from .conftest import add_store_and_device, utc
+from .test_cloud_data import counts
+
+
+class Collector:
+    """A paho client that subscribes and collects ``(topic, payload, retain)`` of every message."""
+
+    def __init__(self, broker: MosquittoBroker, topics: list[str], username=None, password=None):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.subscribed = threading.Event()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe([(t, 1) for t in topics])
+        assert self.subscribed.wait(5), "no SUBACK"
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.lock.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 5.0, settle: float = 0.3) -> list[tuple[str, bytes, bool]]:
+        """Wait until at least ``n`` messages arrived, then ``settle`` seconds more (to catch extras)."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while len(self.messages) < n and time.monotonic() < deadline:
+                self.lock.wait(deadline - time.monotonic())
+        time.sleep(settle)
+        with self.lock:
+            return list(self.messages)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _seed(db):
+    """Store + device, two items (one sold out), a published catalogue, a consented and a history-only
+    customer, both with menus."""
+    store_id, device_id = add_store_and_device(db)
+    with db.transaction() as s:
+        latte = CatalogueItem(ref="latte", name="Caffè latte", category="Coffee", price=3.8, tags=["milk"])
+        scone = CatalogueItem(ref="scone", name="Scone", category="Bakery", price=2.9, tags=[], available=False)
+        mina = Customer(display_name="Mina", status="active", source="edge", consent_by="staff:jo",
+                        consent_at=utc(2026, 1, 2), consent_text_version="2026-01")
+        imported = Customer(external_ref="01607000", status="active", source="import")
+        s.add_all([latte, scone, mina, imported, ModelVersion(version="m-test", path="nowhere")])
+        s.flush()
+        for c in (mina, imported):
+            s.add(Menu(customer_id=c.id, model_version="m-test", generated_at=utc(2026, 1, 3), picks=[
+                {"item_id": latte.id, "score": 2.5, "reasons": ["bought 7 times"]},
+                {"item_id": scone.id, "score": 1.0, "reasons": []}]))
+        publish_catalogue_version(s, published_by="owner@cafe.example")
+        return store_id, device_id, mina.id, imported.id, latte.id
+
+
+def test_publish_delivers_retained_catalogue_and_menus(db, mosquitto):
+    store_id, _, mina, imported, latte = _seed(db)
+    with db.transaction() as s:
+        report = publish(s, mosquitto.url)
+    assert (report.stores, report.catalogue, report.menus) == (1, 1, 1)
+    # a client that subscribes only now still receives both: they are retained
+    late = Collector(mosquitto, [f"dangol/v1/stores/{store_id}/#"])
+    try:
+        messages = late.wait_for(2)
+    finally:
+        late.close()
+    assert len(messages) == 2 and all(retain for _, _, retain in messages)
+    parsed = {type(m).__name__: m for m in (proto.parse_payload(t, p) for t, p, _ in messages)}
+    catalogue, menu = parsed["Catalogue"], parsed["Menu"]
+    assert catalogue.version == 1 and str(catalogue.store_id) == store_id
+    assert {i.name: i.available for i in catalogue.items} == {"Caffè latte": True, "Scone": False}
+    assert str(menu.customer_id) == mina                       # the history-only customer is not sent
+    assert [p.item_id for p in menu.items] == [latte]           # the sold-out scone is left out
+    assert menu.items[0].reasons == ["bought 7 times"] and menu.model_version == "m-test"
+
+
+def test_cli_publish_uses_the_configured_broker(db, db_url, mosquitto, monkeypatch, tmp_path, capsys):
+    store_id, *_ = _seed(db)
+    monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
+    monkeypatch.setenv("DANGOL_MQTT_URL", mosquitto.url)
+    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    assert cli(["publish", "--store", store_id]) == 0
+    assert "1 catalogue, 1 menus" in capsys.readouterr().out
+    late = Collector(mosquitto, [proto.catalogue_topic(store_id)])
+    try:
+        (topic, payload, retain), = late.wait_for(1)
+    finally:
+        late.close()
+    assert retain and proto.parse_payload(topic, payload).store_id == uuid.UUID(store_id)
+    assert cli(["publish", "--store", str(uuid.uuid4())]) == 2   # unknown store: input error
+
+
+def test_erasure_clears_the_menu_and_tells_the_store(db, mosquitto):
+    store_id, _, mina, _, _ = _seed(db)
+    with db.transaction() as s:
+        publish(s, mosquitto.url)
+    live = Collector(mosquitto, [proto.erasures_topic(store_id)])
+    try:
+        with db.transaction() as s:
+            s.delete(s.get(Menu, mina))
+            s.delete(s.get(Customer, mina))
+            s.add(Erasure(customer_id=mina, requested_by="owner"))
+        with db.transaction() as s:
+            report = publish(s, mosquitto.url, catalogue=False)
+        (topic, payload, retain), = live.wait_for(1)
+    finally:
+        live.close()
+    erasures = proto.parse_payload(topic, payload)
+    assert not retain and erasures.customer_ids == [uuid.UUID(mina)] and report.erasures == 2
+    with db.sessions() as s:
+        assert s.scalar(select(Erasure.published_at)) is not None
+    late = Collector(mosquitto, [proto.menus_wildcard(store_id)])
+    try:
+        assert late.wait_for(1, timeout=1.0) == []             # the retained menu is gone
+    finally:
+        late.close()
+
+
+def _device_client(broker, username=None, password=None):
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{uuid.uuid4().hex[:8]}")
+    if username:
+        client.username_pw_set(username, password)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+def _wait(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_listener_records_a_replayed_arrival_once_and_drops_malformed(db, mosquitto):
+    _, device_id = add_store_and_device(db)
+    listener = Listener(db, mosquitto.url, client_id=f"cloud-{uuid.uuid4().hex[:6]}").start()
+    edge = _device_client(mosquitto)
+    try:
+        arrival = proto.ArrivalEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_id), ts=utc(2026, 1, 5, 8))
+        topic = proto.events_topic(device_id)
+        for _ in range(2):  # QoS 1 redelivery / outbox replay
+            edge.publish(topic, proto.dump_payload(arrival), qos=1).wait_for_publish(5)
+        assert _wait(lambda: listener.counts[Outcome.STORED] + listener.counts[Outcome.DUPLICATE] >= 2)
+        before = counts(db)
+        edge.publish(topic, b'{"schema": "event/1", "kind": "arrival"}', qos=1).wait_for_publish(5)
+        edge.publish(topic, b"\x00garbage", qos=1).wait_for_publish(5)
+        status = proto.Status(device_id=uuid.UUID(device_id), state="online",
+                              health=proto.Health(camera="ok", fps=7.0, gallery_size=3, queue_depth=0))
+        edge.publish(proto.status_topic(device_id), proto.dump_payload(status), qos=1, retain=True).wait_for_publish(5)
+        assert _wait(lambda: listener.counts[Outcome.INVALID] >= 2 and listener.counts[Outcome.STORED] >= 2)
+    finally:
+        edge.disconnect()
+        edge.loop_stop()
+        listener.stop()
+    assert listener.counts[Outcome.STORED] == 2 and listener.counts[Outcome.DUPLICATE] == 1
+    assert counts(db) == before
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Visit)) == 1
+        assert s.get(Device, device_id).health["fps"] == 7.0
+
+
+def test_device_credentials_and_acl_limit_a_device_to_its_store(db, tmp_path):
+    """Password file + ACL generated from the database, enforced by a real Mosquitto."""
+    store_a, device_a = add_store_and_device(db, device_password="pw-a")
+    with db.transaction() as s:
+        other = Store(name="Harbour")
+        s.add(other)
+        s.flush()
+        store_b = other.id
+        user_a = s.get(Device, device_a).mqtt_username
+        lines = password_lines(s, cloud_user="cloud", cloud_password="cloud-pw")
+        acl = acl_text(s, cloud_user="cloud")
+        publish_catalogue_version(s, published_by="t")
+    assert f"{user_a}:$7$" in "\n".join(lines)
+    with MosquittoBroker(tmp_path / "secure", password_lines=lines, acl=acl) as broker:
+        with pytest.raises(MqttError, match="refused"):  # a wrong password is refused by the broker
+            connect(f"mqtt://{user_a}:wrong@{broker.host}:{broker.port}", "x", timeout=3)
+        with db.transaction() as s:
+            report = publish(s, f"mqtt://cloud:cloud-pw@{broker.host}:{broker.port}")
+        assert report.catalogue == 2
+        device = Collector(broker, [f"dangol/v1/stores/+/catalogue"], username=user_a, password="pw-a")
+        try:
+            got = device.wait_for(1, timeout=3, settle=0.5)
+        finally:
+            device.close()
+    assert [t for t, _, _ in got] == [proto.catalogue_topic(store_a)]
+    assert proto.catalogue_topic(store_b) not in [t for t, _, _ in got]
