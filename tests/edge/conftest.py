@@ -1,0 +1,55 @@
+"""Edge fixtures: the real built FaceNet models, a detector/embedder pair, and per-test homes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="session")
+def models_dir(data_dir: Path) -> Path:
+    """Folder with the built ``.tflite`` models: ``$DANGOL_MODELS_DIR`` or ``<repo>/.cache/models``.
+
+    Built here (idempotent, ~1 min, needs the ``build`` extra) when missing.
+    """
+    out = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
+    from dangol_models.build import build
+
+    build(out, data_dir / "faces")
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_path(models_dir: Path) -> Path:
+    return models_dir / "facenet-int8.tflite"
+
+
+@pytest.fixture(scope="session")
+def clips(data_dir: Path) -> Path:
+    return data_dir / "clips" / "face_recognition_examples"
+
+
+@pytest.fixture(scope="session")
+def pipeline(model_path: Path):
+    """A real MediaPipe + int8 FaceNet pipeline with the default config, shared by the session."""
+    from dangol_edge.config import DetectorConfig
+    from dangol_edge.detect import FaceDetector
+    from dangol_edge.embed import Embedder
+    from dangol_edge.faces import FacePipeline
+
+    p = FacePipeline(FaceDetector(DetectorConfig()), Embedder(model_path))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def edge_env(tmp_path: Path, model_path: Path, monkeypatch) -> Path:
+    """A fresh DANGOL_HOME for a CLI run, using the built model. Returns the home folder."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DANGOL_HOME", str(home))
+    monkeypatch.setenv("DANGOL_EMBEDDER__MODEL_PATH", str(model_path))
+    return home
