@@ -1,0 +1,70 @@
+"""Recommender settings (one frozen dataclass, stored with every saved model)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    """Hyper-parameters of the Dangol hybrid recommender.
+
+    LightFM part (Kula 2015, "Metadata Embeddings for User and Item Cold-start Recommendations",
+    arXiv:1507.08439; defaults are the plain-WARP reference run: 64 components, 30 epochs):
+
+    Attributes:
+        no_components: embedding size d of LightFM.
+        loss: LightFM loss, ``"warp"`` (Weston et al. 2011, WSABIE), ``"bpr"``, ``"warp-kos"`` or ``"logistic"``.
+        epochs: passes over the interactions.
+        learning_rate: SGD/Adagrad step size.
+        item_alpha / user_alpha: L2 penalty on the feature embeddings (per sample).
+        max_sampled: WARP's maximum number of negatives drawn per positive.
+        num_threads: OpenMP threads for fit (the target machine has 2 cores).
+        random_state: seed of LightFM's initialisation and of the re-ranker's negative sampling.
+        price_bands: number of price quantile bands used as item features (``price:1/4`` ...).
+
+    Repeat-purchase re-ranker (a logistic regression over per-(customer, item) features, fitted on the
+    last ``rerank_window_days`` of the training data; see :mod:`dangol_cloud.recommend.history`):
+
+    Attributes:
+        rerank: if False, rank by the LightFM score alone ("LightFM alone" in the evaluation).
+        recency_half_life_days: half-life of the exponential decay of past purchases (days).
+        rerank_window_days: length of the label window carved from the END of the training data.
+        rerank_max_customers: at most this many customers (sampled) are used to fit the re-ranker.
+        rerank_negatives: never-bought items sampled per customer (weighted by the inverse sampling rate).
+
+    Serving:
+
+    Attributes:
+        max_per_category: at most this many items of one category in a top-N list (None = no cap).
+        cold_start_smoothing: pseudo-count that shrinks the time-of-day/store popularity of the cold-start
+            list towards the overall popularity (additive smoothing, in purchases).
+    """
+
+    no_components: int = 64
+    loss: str = "warp"
+    epochs: int = 30
+    learning_rate: float = 0.05
+    item_alpha: float = 0.0
+    user_alpha: float = 0.0
+    max_sampled: int = 10
+    num_threads: int = 2
+    random_state: int = 42
+    price_bands: int = 4
+    rerank: bool = True
+    recency_half_life_days: float = 30.0
+    rerank_window_days: int = 28
+    rerank_max_customers: int = 6000
+    rerank_negatives: int = 100
+    max_per_category: int | None = 3
+    cold_start_smoothing: float = 50.0
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RecommenderConfig:
+        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})

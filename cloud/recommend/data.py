@@ -1,0 +1,124 @@
+"""Input frames of the recommender: validation, and building them from the importers' rows.
+
+Interactions: one row per purchase line, columns ``customer`` (str), ``item`` (str), ``ts``
+(datetime64[ns]) and ``quantity`` (float); an optional ``store`` (str) column feeds the cold-start
+popularity per store.
+
+Items: one row per menu item, columns ``item`` (str), ``category`` (str or None), ``price`` (float,
+NaN if unknown), ``tags`` (list[str]) and ``available`` (bool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..importers import PurchaseRow, RowError, parse_purchases
+
+INTERACTION_COLUMNS = ("customer", "item", "ts", "quantity")
+ITEM_COLUMNS = ("item", "category", "price", "tags", "available")
+
+
+def clean_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Validate and normalise an interactions frame (copy).
+
+    Drops rows with quantity <= 0 (returns, coupon lines) or a missing customer/item/ts; casts ids to
+    str and ``ts`` to datetime64[ns]; adds ``day`` (int64, days since 1970-01-01) and ``hour`` (int8).
+
+    Raises:
+        ValueError: if a required column is missing.
+    """
+    missing = [c for c in INTERACTION_COLUMNS if c not in interactions.columns]
+    if missing:
+        raise ValueError(f"interactions lack column(s) {', '.join(missing)}")
+    cols = list(INTERACTION_COLUMNS) + (["store"] if "store" in interactions.columns else [])
+    df = interactions[cols].dropna(subset=["customer", "item", "ts"]).copy()
+    df["customer"] = df["customer"].astype(str)
+    df["item"] = df["item"].astype(str)
+    df["ts"] = pd.to_datetime(df["ts"])
+    df["quantity"] = pd.to_numeric(df["quantity"], errors="coerce").astype(float)
+    df = df[df["quantity"] > 0]
+    if "store" in df.columns:
+        df["store"] = df["store"].astype("string").fillna("")
+    df["day"] = (df["ts"].values.astype("datetime64[D]").astype(np.int64)).astype(np.int64)
+    df["hour"] = df["ts"].dt.hour.astype(np.int8)
+    return df.reset_index(drop=True)
+
+
+def clean_items(items: pd.DataFrame | None, interactions: pd.DataFrame) -> pd.DataFrame:
+    """Validate the items frame and add every item that occurs in ``interactions`` but not in it.
+
+    Missing optional columns get defaults (category None, price NaN, tags [], available True).
+    Returns a frame sorted by ``item`` (str) with a unique ``item`` per row.
+    """
+    known = pd.DataFrame(columns=list(ITEM_COLUMNS)) if items is None else items.copy()
+    if "item" not in known.columns:
+        raise ValueError("items lack column 'item'")
+    known["item"] = known["item"].astype(str)
+    extra = sorted(set(interactions["item"].unique()) - set(known["item"]))
+    if extra:
+        known = pd.concat([known, pd.DataFrame({"item": extra})], ignore_index=True)
+    if "category" not in known.columns:
+        known["category"] = None
+    known["category"] = known["category"].map(lambda c: None if c is None or pd.isna(c) or c == "" else str(c))
+    known["price"] = pd.to_numeric(known["price"], errors="coerce") if "price" in known else np.nan
+    if "tags" not in known.columns:
+        known["tags"] = [[] for _ in range(len(known))]
+    known["tags"] = known["tags"].map(lambda t: [str(x) for x in t] if isinstance(t, (list, tuple, set)) else [])
+    known["available"] = known["available"].fillna(True).astype(bool) if "available" in known else True
+    known = known.drop_duplicates("item", keep="first").sort_values("item", kind="stable")
+    return known[list(ITEM_COLUMNS)].reset_index(drop=True)
+
+
+def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Build (interactions, items, n_errors) from :func:`dangol_cloud.importers.parse_purchases` output.
+
+    Items get the row's ``category``, ``price`` = median unit price (amount / quantity) over the rows
+    that give one, no tags, and ``available`` True. Row errors are counted and skipped.
+    Interactions carry a ``store`` column when any row has a store.
+    """
+    cust, item, ts, qty, store, cat, unit = [], [], [], [], [], [], []
+    errors = 0
+    for row in rows:
+        if isinstance(row, RowError):
+            errors += 1
+            continue
+        cust.append(row.customer_ref)
+        item.append(row.item_ref)
+        ts.append(row.ts)
+        qty.append(row.quantity)
+        store.append(row.store_ref)
+        cat.append(row.category)
+        unit.append(row.amount / row.quantity if row.amount is not None and row.quantity > 0 else np.nan)
+    inter = pd.DataFrame({"customer": cust, "item": item, "ts": pd.to_datetime(ts), "quantity": qty})
+    if any(s is not None for s in store):
+        inter["store"] = store
+    meta = pd.DataFrame({"item": item, "category": cat, "unit": unit})
+    items = meta.groupby("item", sort=True).agg(
+        category=("category", "first"), price=("unit", "median")
+    ).reset_index()
+    items["tags"] = [[] for _ in range(len(items))]
+    items["available"] = True
+    return inter, items, errors
+
+
+def load_purchases(path: str | Path, fmt: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """``frames_from_rows(parse_purchases(path, fmt))``: a data file straight to recommender frames."""
+    return frames_from_rows(parse_purchases(path, fmt))  # type: ignore[arg-type]
+
+
+def restrict_to_top_items(interactions: pd.DataFrame, items: pd.DataFrame, n: int, *, before=None):
+    """Keep only the ``n`` most sold items (by number of purchase lines, counted before ``before`` if given).
+
+    Returns ``(interactions, items)`` filtered to those items (a menu-sized catalogue).
+    """
+    counted = interactions if before is None else interactions[interactions["ts"] < pd.Timestamp(before)]
+    counts = counted["item"].astype(str).value_counts()
+    top = set(counts.sort_index().sort_values(ascending=False, kind="stable").index[:n])
+    return (
+        interactions[interactions["item"].astype(str).isin(top)].reset_index(drop=True),
+        items[items["item"].astype(str).isin(top)].reset_index(drop=True),
+    )

@@ -1,0 +1,145 @@
+"""Purchase statistics per (customer, item) and per item, at a reference day.
+
+A *visit* is a distinct calendar day on which a customer bought something (Ta-Feng has day resolution;
+a café customer rarely comes twice a day). Recency weights decay exponentially with half-life h days:
+``w = 0.5 ** (age_days / h)`` where ``age_days = ref_day - purchase_day`` (>= 1 for purchases before ref_day).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass
+class History:
+    """Statistics of the purchases before ``ref_day``.
+
+    Attributes:
+        ref_day: reference day (int, days since 1970-01-01); ages are measured from it.
+        visits_with_item: ``(n_customers, n_items)`` float32 CSR, number of visits on which the item was bought.
+        lines: ``(n_customers, n_items)`` float32 CSR, number of purchase lines (the own-frequency baseline).
+        decayed: ``(n_customers, n_items)`` float32 CSR, sum over those visits of ``0.5 ** (age / h)``.
+        recency: ``(n_customers, n_items)`` float32 CSR, ``0.5 ** (age_of_last_purchase / h)``.
+        visits: ``(n_customers,)`` float32, visits per customer.
+        item_buyers: ``(n_items,)`` float32, distinct customers who bought the item.
+        item_repeaters: ``(n_items,)`` float32, customers who bought the item on >= 2 visits.
+        item_lines: ``(n_items,)`` float32, purchase lines per item (global popularity).
+    """
+
+    ref_day: int
+    visits_with_item: sp.csr_matrix
+    lines: sp.csr_matrix
+    decayed: sp.csr_matrix
+    recency: sp.csr_matrix
+    visits: np.ndarray
+    item_buyers: np.ndarray
+    item_repeaters: np.ndarray
+    item_lines: np.ndarray
+
+
+def build_history(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], ref_day: int,
+                  half_life: float) -> History:
+    """Aggregate purchase lines into a :class:`History`.
+
+    Args:
+        u, i: ``(n_lines,)`` int customer and item indices; day: ``(n_lines,)`` int64 days since epoch.
+        shape: ``(n_customers, n_items)``.
+        ref_day: reference day; every ``day`` must be < ref_day.
+        half_life: recency half-life in days.
+    """
+    n_c, n_i = shape
+    lines = sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape).tocsr()
+    frame = pd.DataFrame({"u": u, "i": i, "day": day}).drop_duplicates()
+    fu, fi = frame["u"].to_numpy(), frame["i"].to_numpy()
+    age = (ref_day - frame["day"].to_numpy()).astype(np.float64)
+    w = np.power(0.5, age / half_life).astype(np.float32)
+    visits_with_item = sp.coo_matrix((np.ones(len(fu), np.float32), (fu, fi)), shape=shape).tocsr()
+    decayed = sp.coo_matrix((w, (fu, fi)), shape=shape).tocsr()
+    last = frame.assign(w=w).groupby(["u", "i"], sort=True)["w"].max()
+    recency = sp.csr_matrix(
+        (last.to_numpy(np.float32), (last.index.get_level_values(0), last.index.get_level_values(1))), shape=shape
+    )
+    visit_days = pd.DataFrame({"u": u, "day": day}).drop_duplicates()
+    visits = np.bincount(visit_days["u"].to_numpy(), minlength=n_c).astype(np.float32)
+    item_buyers = np.diff(visits_with_item.tocsc().indptr).astype(np.float32)
+    repeat = visits_with_item.copy()
+    repeat.data = (repeat.data >= 2).astype(np.float32)
+    item_repeaters = np.asarray(repeat.sum(axis=0)).ravel().astype(np.float32)
+    item_lines = np.asarray(lines.sum(axis=0)).ravel().astype(np.float32)
+    return History(ref_day, visits_with_item, lines, decayed, recency, visits, item_buyers, item_repeaters,
+                   item_lines)
+
+
+def pair_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``m[rows[k], cols[k]]`` for every k as a float64 ``(n_pairs,)`` array (0 where not stored)."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    return np.asarray(m[rows, cols]).ravel().astype(np.float64)
+
+
+class PopularityTable:
+    """Cold-start popularity per (store, hour of day), smoothed towards coarser levels.
+
+    Counts purchase lines. The share of item i at store s and hour h is additively smoothed
+    (pseudo-count k, "m-estimate" / Bayesian average):
+    ``p(i | s) = (c_s,i + k p(i)) / (c_s + k)`` and ``p(i | s, h) = (c_s,h±1,i + k p(i | s)) / (c_s,h±1 + k)``,
+    where ``h±1`` is the three-hour window centred on h (neighbouring hours wrap around midnight).
+    Hours are ignored when all purchases have the same hour (day-resolution data such as Ta-Feng).
+
+    Attributes:
+        stores: store ids, row block s of ``counts`` (block 0 = all stores, id "").
+        counts: ``(n_stores_plus_1 * 24, n_items)`` float32 CSR of line counts per (store block, hour).
+        has_hours: whether the data has time-of-day information.
+    """
+
+    def __init__(self, stores: list[str], counts: sp.csr_matrix, has_hours: bool, smoothing: float):
+        self.stores = stores
+        self.counts = counts.tocsr()
+        self.has_hours = has_hours
+        self.smoothing = smoothing
+        self._store_index = {s: k for k, s in enumerate(stores)}
+
+    @classmethod
+    def build(cls, i: np.ndarray, hour: np.ndarray, store: np.ndarray | None, n_items: int,
+              smoothing: float) -> PopularityTable:
+        """From ``(n_lines,)`` item indices, hours (0-23) and optional store ids (str)."""
+        stores = [""]
+        block = np.zeros(len(i), dtype=np.int64)
+        if store is not None:
+            named = sorted({s for s in store if s})
+            stores += named
+            index = {s: k + 1 for k, s in enumerate(named)}
+            block = np.array([index.get(s, 0) for s in store], dtype=np.int64)
+        rows = np.concatenate([hour.astype(np.int64), block[block > 0] * 24 + hour[block > 0]])
+        cols = np.concatenate([i, i[block > 0]])
+        counts = sp.coo_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(stores) * 24, n_items))
+        has_hours = len(np.unique(hour)) > 1
+        return cls(stores, counts.tocsr(), has_hours, smoothing)
+
+    def _block(self, s: int, hours: list[int]) -> np.ndarray:
+        rows = [s * 24 + h % 24 for h in hours]
+        return np.asarray(self.counts[rows].sum(axis=0)).ravel().astype(np.float64)
+
+    @staticmethod
+    def _smooth(counts: np.ndarray, prior: np.ndarray, k: float) -> np.ndarray:
+        return (counts + k * prior) / (counts.sum() + k)
+
+    def shares(self, store: str | None = None, hour: int | None = None) -> tuple[np.ndarray, str]:
+        """``(n_items,)`` float64 smoothed purchase shares, and the reason text for the cold-start list."""
+        n_items = self.counts.shape[1]
+        total = self._block(0, list(range(24)))
+        overall = (total + 1.0) / (total.sum() + n_items)  # Laplace: items never sold keep a tiny share
+        reason = "popular with our customers"
+        s = self._store_index.get(store or "", 0)
+        base = overall
+        if s:
+            base = self._smooth(self._block(s, list(range(24))), overall, self.smoothing)
+            reason = "popular at this store"
+        if hour is not None and self.has_hours:
+            base = self._smooth(self._block(s, [hour - 1, hour, hour + 1]), base, self.smoothing)
+            reason = "popular at this time of day" + (" at this store" if s else "")
+        return base, reason

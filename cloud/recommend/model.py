@@ -1,0 +1,420 @@
+"""Training, serving, saving and loading the Dangol recommender.
+
+The shipped model is a hybrid: LightFM (Kula 2015) with item metadata features learns tastes and scores
+items a customer has not bought yet, including new menu items (through their category, tags and price
+band); a logistic-regression re-ranker (:mod:`.rerank`) fitted on the last weeks of the training data
+blends it with the customer's own repeat-purchase history, item popularity and item re-order rate.
+Customers the model does not know get the cold-start list: what sells at this store and time of day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .config import RecommenderConfig
+from .data import clean_interactions, clean_items
+from .factors import Factors, fit_factors
+from .features import customer_feature_matrix, item_feature_matrix
+from .history import History, PopularityTable, build_history, pair_values
+from .rerank import FEATURES, LIGHTFM, PERSONAL, Reranker, item_statistics, pair_features, sample_pairs
+
+FORMAT_VERSION = 1
+_BATCH = 2048  # customers scored per dense block: 2048 x n_items float64
+
+
+@dataclass
+class Pick:
+    """One recommended item: ``score`` (re-ranker logit, LightFM z-score, or cold-start purchase share)
+    and ``reasons``, the top scoring features in words (e.g. "you often buy this (5 of your 9 visits)")."""
+
+    item: str
+    score: float
+    reasons: list[str] = field(default_factory=list)
+
+
+def _feature_text(name: str) -> str:
+    kind, _, value = name.partition(":")
+    return {
+        "category": f"category {value}",
+        "tag": f"tagged {value}",
+        "price": f"price band {value.replace('/', ' of ')}",
+        "item": "customers with your taste buy it",
+    }.get(kind, name)
+
+
+class Recommender:
+    """A trained, versioned recommender; build it with :func:`train` or :meth:`load`.
+
+    Attributes:
+        version: ``"<UTC yyyymmddThhmmssZ>-<8 hex of sha1(data, config)>"``.
+        config: the :class:`RecommenderConfig` it was trained with.
+        customers: ``(n_customers,)`` str, known customer ids (index order).
+        items: ``(n_items,)`` str, catalogue item ids (index order).
+        categories: per item, category or None.
+        available: ``(n_items,)`` bool, the items frame's ``available`` flags at training time.
+    """
+
+    def __init__(self, *, version: str, config: RecommenderConfig, customers: np.ndarray, items: np.ndarray,
+                 categories: list[str | None], available: np.ndarray, item_features: sp.csr_matrix,
+                 item_feature_names: list[str], factors: Factors, history: History, item_pop: np.ndarray,
+                 item_rep: np.ndarray, reranker: Reranker | None, popularity: PopularityTable,
+                 meta: dict | None = None):
+        self.version = version
+        self.config = config
+        self.customers = customers
+        self.items = items
+        self.categories = categories
+        self.available = available
+        self.item_features = item_features.tocsr()
+        self.item_feature_names = item_feature_names
+        self.factors = factors
+        self.history = history
+        self.item_pop = item_pop
+        self.item_rep = item_rep
+        self.reranker = reranker
+        self.popularity = popularity
+        self.meta = meta or {}
+        self._customer_index = {c: k for k, c in enumerate(customers)}
+        self._item_index = {c: k for k, c in enumerate(items)}
+        cats = sorted({c for c in categories if c is not None})
+        cat_id = {c: k for k, c in enumerate(cats)}
+        self._category_code = np.array([cat_id[c] if c is not None else -1 for c in categories], dtype=np.int64)
+
+    # --- scoring --------------------------------------------------------------------------------------
+
+    def score_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), n_items)`` float64 scores for known customer indices ``rows`` (higher = better).
+
+        Hybrid: the re-ranker logit; with ``config.rerank=False``: the per-customer LightFM z-score.
+        """
+        z = self.factors.zscores(rows)
+        if self.reranker is None:
+            return z
+        w = self.reranker.weights
+        scores = z * w[LIGHTFM]
+        scores += (self.reranker.intercept + w[4] * self.item_pop + w[5] * self.item_rep)[None, :]
+        scores += (w[7] * np.log1p(self.history.visits[rows].astype(np.float64)))[:, None]
+        bought = self.history.visits_with_item[rows].tocoo()
+        if bought.nnz:
+            x = pair_features(self.history, self.item_pop, self.item_rep, z[bought.row, bought.col],
+                              rows[bought.row], bought.col)
+            scores[bought.row, bought.col] += x[:, list(PERSONAL)] @ w[list(PERSONAL)]
+        return scores
+
+    def _available_mask(self, available: set[str] | None) -> np.ndarray:
+        if available is None:
+            return self.available.copy()
+        mask = np.zeros(len(self.items), bool)
+        for item in available:
+            k = self._item_index.get(str(item))
+            if k is not None:
+                mask[k] = True
+        return mask
+
+    def _top(self, order: np.ndarray, n: int) -> list[int]:
+        """First ``n`` of ``order`` (item indices, best first) with at most max_per_category per category."""
+        cap = self.config.max_per_category
+        if cap is None:
+            return [int(k) for k in order[:n]]
+        picked, used = [], {}
+        for k in order:
+            code = self._category_code[k]
+            if code >= 0:
+                if used.get(code, 0) >= cap:
+                    continue
+                used[code] = used.get(code, 0) + 1
+            picked.append(int(k))
+            if len(picked) == n:
+                break
+        return picked
+
+    def _ranked(self, scores: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
+        scores = np.where(mask[None, :], scores, -np.inf)
+        n_valid = int(mask.sum())
+        width = n_valid if self.config.max_per_category is not None else min(n, n_valid)
+        width = min(n_valid, max(width, n))
+        if width == 0:
+            return [[] for _ in range(len(scores))]
+        part = np.argpartition(-scores, width - 1, axis=1)[:, :width] if width < scores.shape[1] else \
+            np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
+        return [self._top(row[np.isfinite(scores[j, row])], n) for j, row in enumerate(order)]
+
+    # --- explanations -----------------------------------------------------------------------------------
+
+    def _lightfm_reason(self, row: int, item: int) -> str:
+        start, end = self.item_features.indptr[item], self.item_features.indptr[item + 1]
+        feats = self.item_features.indices[start:end]
+        weights = self.item_features.data[start:end]
+        contrib = weights * (self.factors.feature_emb[feats] @ self.factors.user_emb[row] + self.factors.feature_bias[feats])
+        best = [feats[j] for j in np.argsort(-contrib)[:2] if contrib[j] > 0]
+        if not best:
+            return "customers with your taste buy it"
+        return "matches your taste: " + ", ".join(_feature_text(self.item_feature_names[f]) for f in best)
+
+    def explain(self, row: int, items: list[int]) -> list[list[str]]:
+        """Reasons (top scoring features, in words) for known customer index ``row`` and item indices ``items``."""
+        if not items:
+            return []
+        cols = np.asarray(items)
+        rows = np.full(len(cols), row)
+        if self.reranker is None:
+            return [[self._lightfm_reason(row, c)] for c in cols]
+        z = self.factors.zscores(np.array([row]))[0, cols]
+        x = pair_features(self.history, self.item_pop, self.item_rep, z, rows, cols)
+        contrib = self.reranker.contributions(x)
+        visits = int(self.history.visits[row])
+        out = []
+        for j, c in enumerate(cols):
+            groups = {
+                "often": contrib[j, [0, 1, 2, 8]].sum() if x[j, 0] > 0 else 0.0,
+                "recent": contrib[j, 3] if x[j, 3] > 0 else 0.0,
+                "popular": contrib[j, 4],
+                "reorder": contrib[j, 5],
+                "taste": contrib[j, LIGHTFM],
+            }
+            reasons = []
+            for key, value in sorted(groups.items(), key=lambda kv: -kv[1]):
+                if value <= 0 or len(reasons) == 3:
+                    continue
+                if key == "often":
+                    times = int(round(np.expm1(x[j, 0])))
+                    reasons.append(f"you often buy this ({times} of your {visits} visits)" if times > 1
+                                   else "you bought this before")
+                elif key == "recent":
+                    reasons.append("you bought it recently")
+                elif key == "popular":
+                    reasons.append("popular with other customers")
+                elif key == "reorder":
+                    reasons.append("customers often re-order it")
+                else:
+                    reasons.append(self._lightfm_reason(row, int(c)))
+            out.append(reasons or ["popular with other customers"])
+        return out
+
+    # --- public API ---------------------------------------------------------------------------------
+
+    def recommend(self, customers: Sequence[str], n: int = 10, *, available: set[str] | None = None,
+                  hour: int | None = None, store: str | None = None, explain: bool = True
+                  ) -> dict[str, list[Pick]]:
+        """Top-``n`` picks per customer.
+
+        Args:
+            customers: customer ids (str); ids the model has not seen get the cold-start list.
+            n: list length (shorter only if fewer items are available).
+            available: ids of the items that may be shown; default: the items flagged ``available`` at
+                training time. Unavailable and unknown items never appear.
+            hour: local hour of day (0-23) for the cold-start list (ignored for day-resolution data).
+            store: store id for the cold-start list (if the interactions had a ``store`` column).
+            explain: compute ``Pick.reasons`` (costs ~0.1 ms per pick; False for bulk evaluation).
+
+        Returns:
+            ``{customer: [Pick, ...]}`` best first, at most ``config.max_per_category`` per category.
+        """
+        mask = self._available_mask(available)
+        result: dict[str, list[Pick]] = {}
+        ids = list(dict.fromkeys(str(c) for c in customers))
+        known = [(c, self._customer_index[c]) for c in ids if c in self._customer_index]
+        for start in range(0, len(known), _BATCH):
+            batch = known[start:start + _BATCH]
+            rows = np.array([r for _, r in batch], dtype=np.int64)
+            scores = self.score_matrix(rows)
+            for (cust, row), picked, srow in zip(batch, self._ranked(scores, mask, n), scores, strict=True):
+                reasons = self.explain(row, picked) if explain else [[] for _ in picked]
+                result[cust] = [Pick(str(self.items[k]), float(srow[k]), r) for k, r in zip(picked, reasons, strict=True)]
+        cold = [c for c in ids if c not in self._customer_index]
+        if cold:
+            result.update(dict.fromkeys(cold, []))
+            shares, reason = self.popularity.shares(store, hour)
+            picked = self._ranked(shares[None, :], mask, n)[0]
+            for c in cold:
+                result[c] = [Pick(str(self.items[k]), float(shares[k]), [reason]) for k in picked]
+        return {c: result[c] for c in ids}
+
+    def cold_start(self, n: int = 10, *, available: set[str] | None = None, hour: int | None = None,
+                   store: str | None = None) -> list[Pick]:
+        """The list an unknown customer gets (popular at this store and time of day)."""
+        return self.recommend(["\x00unknown"], n, available=available, hour=hour, store=store)["\x00unknown"]
+
+    # --- persistence ----------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> Path:
+        """Write the model to ``directory/<version>/`` (``arrays.npz`` + ``meta.json``, no pickle).
+
+        Returns the model folder. Raises FileExistsError if that version is already saved there.
+        """
+        folder = Path(directory) / self.version
+        folder.mkdir(parents=True, exist_ok=False)
+        arrays: dict[str, np.ndarray] = {
+            "customers": self.customers.astype(str), "items": self.items.astype(str),
+            "categories": np.array([c if c is not None else "" for c in self.categories], dtype=str),
+            "has_category": np.array([c is not None for c in self.categories]),
+            "available": self.available, "item_pop": self.item_pop, "item_rep": self.item_rep,
+            "history_visits": self.history.visits, "history_item_buyers": self.history.item_buyers,
+            "history_item_repeaters": self.history.item_repeaters, "history_item_lines": self.history.item_lines,
+        }  # fmt: skip
+        for name in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias"):
+            arrays[f"factors_{name}"] = getattr(self.factors, name)
+        sparse = {"item_features": self.item_features, "popularity": self.popularity.counts,
+                  **{f"history_{k}": getattr(self.history, k) for k in ("visits_with_item", "lines", "decayed", "recency")}}
+        for name, m in sparse.items():
+            m = m.tocsr()
+            arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
+            arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
+        if self.reranker is not None:
+            for name in ("weights", "mean", "scale", "coef"):
+                arrays[f"reranker_{name}"] = getattr(self.reranker, name)
+        np.savez_compressed(folder / "arrays.npz", **arrays)
+        meta = {
+            "format": FORMAT_VERSION, "version": self.version, "config": self.config.to_dict(),
+            "item_feature_names": self.item_feature_names, "history_ref_day": int(self.history.ref_day),
+            "popularity": {"stores": self.popularity.stores, "has_hours": self.popularity.has_hours},
+            "reranker": None if self.reranker is None else {
+                "features": list(FEATURES), "intercept": self.reranker.intercept,
+                "n_pairs": self.reranker.n_pairs, "n_customers": self.reranker.n_customers},
+            "meta": self.meta,
+        }  # fmt: skip
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, path: Path) -> Recommender:
+        """Read a model folder written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: if ``path`` has no ``meta.json``/``arrays.npz``.
+            ValueError: if the folder was written by an unknown format version.
+        """
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
+        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+            a = {k: npz[k] for k in npz.files}
+
+        def csr(name: str) -> sp.csr_matrix:
+            return sp.csr_matrix((a[f"{name}__data"], a[f"{name}__indices"], a[f"{name}__indptr"]),
+                                 shape=tuple(a[f"{name}__shape"]))
+
+        config = RecommenderConfig.from_dict(meta["config"])
+        history = History(meta["history_ref_day"], csr("history_visits_with_item"), csr("history_lines"),
+                          csr("history_decayed"), csr("history_recency"), a["history_visits"],
+                          a["history_item_buyers"], a["history_item_repeaters"], a["history_item_lines"])
+        factors = Factors(*(a[f"factors_{n}"] for n in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias")))
+        reranker = None
+        if meta["reranker"] is not None:
+            r = meta["reranker"]
+            reranker = Reranker(a["reranker_weights"], r["intercept"], a["reranker_mean"], a["reranker_scale"],
+                                a["reranker_coef"], r["n_pairs"], r["n_customers"])
+        pop = meta["popularity"]
+        categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
+        return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],
+                   categories=categories, available=a["available"], item_features=csr("item_features"),
+                   item_feature_names=meta["item_feature_names"], factors=factors, history=history,
+                   item_pop=a["item_pop"], item_rep=a["item_rep"], reranker=reranker,
+                   popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
+                                              config.cold_start_smoothing), meta=meta.get("meta") or {})
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def _coo(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.coo_matrix:
+    return sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
+
+
+def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig) -> Reranker:
+    """Carve the last ``rerank_window_days`` of training as labels, fit LightFM + statistics on the rest,
+    and fit the re-ranker on sampled (customer, item) pairs of customers active in both parts."""
+    label_start = end_day - cfg.rerank_window_days
+    past = day < label_start
+    if past.sum() == 0 or (~past).sum() == 0:
+        return Reranker.fallback()
+    hist = build_history(u[past], i[past], day[past], shape, label_start, cfg.recency_half_life_days)
+    labels = _coo(u[~past], i[~past], shape).tocsr()
+    eligible = np.flatnonzero((hist.visits > 0) & (np.diff(labels.indptr) > 0))
+    if len(eligible) < 20:
+        return Reranker.fallback()
+    factors = fit_factors(_coo(u[past], i[past], shape), item_x, user_x, cfg)
+    pop, rep = item_statistics(hist, categories)
+    rng = np.random.default_rng(cfg.random_state)
+    rows = np.sort(rng.choice(eligible, size=min(cfg.rerank_max_customers, len(eligible)), replace=False))
+    pr, pc, pw = sample_pairs(hist, rows, cfg.rerank_negatives, rng)
+    z = np.empty(len(pr))
+    position = np.searchsorted(rows, pr)
+    for start in range(0, len(rows), _BATCH):
+        block = factors.zscores(rows[start:start + _BATCH])
+        sel = (position >= start) & (position < start + _BATCH)
+        z[sel] = block[position[sel] - start, pc[sel]]
+    x = pair_features(hist, pop, rep, z, pr, pc)
+    y = pair_values(labels, pr, pc) > 0
+    return Reranker.fit(x, y, pw, len(rows))
+
+
+def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> str:
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(df[["customer", "item", "day"]], index=False).to_numpy().tobytes())
+    return f"{trained_at:%Y%m%dT%H%M%S}Z-{digest.hexdigest()[:8]}"
+
+
+def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
+          config: RecommenderConfig | None = None, customer_features: pd.DataFrame | None = None) -> Recommender:
+    """Train the recommender.
+
+    Args:
+        interactions: purchase lines, columns ``customer`` (str), ``item`` (str), ``ts`` (datetime64[ns]),
+            ``quantity`` (float), optional ``store`` (str); rows with quantity <= 0 are ignored.
+        items: the catalogue, columns ``item``, ``category``, ``price`` (float, NaN = unknown), ``tags``
+            (list[str]), ``available`` (bool). Items without purchases are scored through their features;
+            items only in ``interactions`` are added without metadata.
+        config: hyper-parameters (default :class:`RecommenderConfig()`).
+        customer_features: optional customer metadata for LightFM, see
+            :func:`~dangol_cloud.recommend.features.customer_feature_matrix`.
+
+    Returns:
+        A :class:`Recommender`. On Ta-Feng's 200 best sellers (3 months, 12,969 customers) this takes
+        about 10 s on 2 cores (two LightFM fits: one for the re-ranker's label window, one on all data).
+
+    Raises:
+        ValueError: if a required column is missing or no interaction has quantity > 0.
+    """
+    cfg = config or RecommenderConfig()
+    df = clean_interactions(interactions)
+    if df.empty:
+        raise ValueError("no interactions with quantity > 0 to train on")
+    catalogue = clean_items(items, df)
+    item_ids = catalogue["item"].to_numpy(dtype=str)
+    customers = np.array(sorted(df["customer"].unique()), dtype=str)
+    u = pd.Index(customers).get_indexer(df["customer"])
+    i = pd.Index(item_ids).get_indexer(df["item"])
+    day = df["day"].to_numpy(np.int64)
+    shape = (len(customers), len(item_ids))
+    categories = list(catalogue["category"])
+    item_x, item_names = item_feature_matrix(catalogue, cfg.price_bands)
+    user_x, _ = customer_feature_matrix(customers, customer_features)
+    end_day = int(day.max()) + 1
+
+    reranker = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg) if cfg.rerank else None
+    factors = fit_factors(_coo(u, i, shape), item_x, user_x, cfg)
+    history = build_history(u, i, day, shape, end_day, cfg.recency_half_life_days)
+    pop, rep = item_statistics(history, categories)
+    store = df["store"].to_numpy(dtype=str) if "store" in df.columns else None
+    popularity = PopularityTable.build(i, df["hour"].to_numpy(np.int64), store, len(item_ids), cfg.cold_start_smoothing)
+    trained_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    meta = {"trained_at": trained_at.isoformat(timespec="seconds"), "n_interactions": len(df),
+            "n_customers": len(customers), "n_items": len(item_ids),
+            "data_from": str(df["ts"].min()), "data_to": str(df["ts"].max())}
+    return Recommender(version=_version(df, cfg, trained_at), config=cfg, customers=customers, items=item_ids,
+                       categories=categories, available=catalogue["available"].to_numpy(bool),
+                       item_features=item_x, item_feature_names=item_names, factors=factors, history=history,
+                       item_pop=pop, item_rep=rep, reranker=reranker, popularity=popularity, meta=meta)
