@@ -1,0 +1,224 @@
+"""Edge benchmark: per-stage latency on a real clip, 1:N search at gallery scale, and the dlib peer on LFW.
+
+Run: ``.venv/bin/python bench/bench_edge.py [--skip-peer]`` (after ``scripts/setup``; the model is built
+if missing). Prints numbers only; nothing is asserted. The README's "Benchmarks" section holds the
+latest output.
+
+* Stages on ``short_hamilton_clip.mp4`` (640×360, 275 frames): decode, detect, align (+ quality gates),
+  embed (int8, per face), match; p50/p95 in ms, and end-to-end frames per second.
+* Per-face cost ``detect + align + embed`` on LFW photos (one face each): p50/p95 ms, int8 and float32.
+* 1:N search over 1k, 10k and 100k random unit templates (float32, 512-d): p50/p95 ms per probe and
+  the matrix memory in MiB.
+* LFW ``pairs.txt`` verification (10-fold) for Dangol int8 and the ``face_recognition`` (dlib
+  ResNet-34, HOG detector) peer, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+def row(name, values, unit="ms") -> str:
+    return f"  {name:<28} p50 {pct(values, 50):8.2f} {unit}   p95 {pct(values, 95):8.2f} {unit}   (n={len(values)})"
+
+
+def stages(clip: Path, model: Path, lin_photo: Path) -> None:
+    from dangol_edge.config import EdgeConfig
+    from dangol_edge.embed import Embedder
+    from dangol_edge.enrol import sample_from_photo
+    from dangol_edge.gallery import Gallery
+    from dangol_edge.recognition import Recognizer
+    from dangol_edge.sources import OpenCVSource
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = EdgeConfig(home=Path(tmp), embedder={"model_path": model})
+        emb = Embedder(model, threads=cfg.embedder.threads)
+        rec = Recognizer.from_config(cfg, gallery=Gallery(Path(tmp) / "g.sqlite", emb.sha256).open(), embedder=emb)
+        s = sample_from_photo(lin_photo, rec.pipeline)
+        rec.gallery.enroll("Lin-Manuel Miranda", s.embedding[None])
+        rec.pipeline.times.__init__()  # reset the enrolment's timings
+        decode = []
+        src = OpenCVSource(str(clip)).open()
+        it = src.frames()
+        n = 0
+        t_all = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            frame = next(it, None)
+            if frame is None:
+                break
+            decode.append((time.perf_counter() - t0) * 1000)
+            rec.process(frame)
+            n += 1
+        wall = time.perf_counter() - t_all
+        src.close()
+        t = rec.pipeline.times
+        print(f"Stages on {clip.name} ({n} frames, int8, {cfg.embedder.threads} threads):")
+        print(row("decode (per frame)", decode))
+        print(row("detect (per frame)", t.detect))
+        print(row("align + gates (per face)", t.align))
+        print(row("embed (per frame's faces)", t.embed))
+        print(row("match (per frame)", rec.match_times))
+        print(f"  end to end: {n / wall:.1f} frames/s ({wall:.1f} s); quality gates {dict(rec.pipeline.gate.counts)}")
+        rec.close()
+
+
+def per_face(models: list[Path], lfw_root: Path, n: int = 200) -> None:
+    from dangol_edge.align import align_face
+    from dangol_edge.config import DetectorConfig
+    from dangol_edge.detect import FaceDetector
+    from dangol_edge.embed import Embedder
+    from dangol_edge.sources import read_image
+    from dangol_models.lfw import LFWDataset
+
+    lfw = LFWDataset(lfw_root)
+    paths = [p for files in lfw.identities().values() for p in files][:n]
+    images = [read_image(p) for p in paths]
+    print(f"Per face, detect + align + embed on {len(images)} LFW photos (250×250):")
+    with FaceDetector(DetectorConfig(model="full")) as det:
+        for m in models:
+            e = Embedder(m, threads=2).open()
+            e.embed(np.zeros((1, 160, 160, 3), np.uint8))  # warm-up
+            totals, dets, embs = [], [], []
+            for img in images:
+                t0 = time.perf_counter()
+                d = det.detect(img)
+                t1 = time.perf_counter()
+                if not d:
+                    continue
+                crop = align_face(img, d[0].keypoints)
+                t2 = time.perf_counter()
+                e.embed(crop[None])
+                t3 = time.perf_counter()
+                dets.append((t1 - t0) * 1000)
+                embs.append((t3 - t2) * 1000)
+                totals.append((t3 - t0) * 1000)
+            print(f" {m.name}:")
+            print(row("detect", dets))
+            print(row("embed", embs))
+            print(row("detect + align + embed", totals))
+
+
+def search(sizes=(1_000, 10_000, 100_000), probes: int = 200) -> None:
+    from dangol_edge.gallery import Gallery
+
+    rng = np.random.default_rng(0)
+    print("1:N search (one probe, threshold + margin over the runner-up customer):")
+    for n in sizes:
+        tracemalloc.start()
+        m = rng.standard_normal((n, 512), dtype=np.float32)
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        owners = [f"c{i // 2}" for i in range(n)]  # two templates per customer
+        g = Gallery(":memory:", "bench")
+        g.load_matrix(m, owners)
+        mem = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        q = rng.standard_normal((probes, 512), dtype=np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        times = []
+        for p in q:
+            t0 = time.perf_counter()
+            g.match(p, 0.5, 0.05)
+            times.append((time.perf_counter() - t0) * 1000)
+        print(row(f"{n:>7,} templates", times) + f"   matrix {m.nbytes / 2**20:.0f} MiB, peak {mem:.0f} MiB")
+
+
+def _pkg_resources_shim() -> None:
+    """face_recognition_models 0.3.0 calls ``pkg_resources.resource_filename``, which setuptools ≥ 81 no
+    longer ships; provide that one function from importlib.resources."""
+    if "pkg_resources" in sys.modules:
+        return
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        import importlib.resources
+        import types
+
+        shim = types.ModuleType("pkg_resources")
+        shim.resource_filename = lambda pkg, name: str(importlib.resources.files(pkg) / name)
+        sys.modules["pkg_resources"] = shim
+
+
+def peer(lfw_root: Path, model: Path) -> None:
+    from dangol_edge.config import DetectorConfig
+    from dangol_edge.detect import FaceDetector
+    from dangol_edge.embed import Embedder
+    from dangol_models.evaluate import embed_images, kfold_accuracy
+    from dangol_models.lfw import LFWDataset
+
+    lfw = LFWDataset(lfw_root)
+    pairs = lfw.pairs()
+    paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    same = np.array([p.same for p in pairs])
+    print(f"LFW pairs.txt verification ({len(pairs)} pairs, 10-fold):")
+    t0 = time.perf_counter()
+    with FaceDetector(DetectorConfig(model="short", min_score=0.5)) as det:
+        e = embed_images(paths, det, Embedder(model), progress=False)
+    idx = e.index()
+    sims = np.array([e.emb[idx[p.a]] @ e.emb[idx[p.b]] for p in pairs])
+    acc, std, thr = kfold_accuracy(sims, same)
+    print(f"  Dangol int8 (MediaPipe + FaceNet)   accuracy {acc * 100:.2f} % ± {std * 100:.2f}   "
+          f"{(time.perf_counter() - t0) / len(paths) * 1000:.0f} ms/image")
+    try:
+        _pkg_resources_shim()
+        import face_recognition  # type: ignore[import-not-found]
+    except ImportError:
+        print("  face_recognition (dlib) peer: not installed (pip install 'dangol[bench]', see scripts/setup)")
+        return
+    t0 = time.perf_counter()
+    enc = {}
+    for p in paths:
+        img = face_recognition.load_image_file(str(p))
+        locs = face_recognition.face_locations(img, model="hog")
+        if locs:  # the face nearest the centre, as for Dangol
+            h, w = img.shape[:2]
+            locs = [min(locs, key=lambda b: ((b[1] + b[3]) / 2 - w / 2) ** 2 + ((b[0] + b[2]) / 2 - h / 2) ** 2)]
+        else:
+            locs = [(0, w, h, 0)]
+        enc[p] = face_recognition.face_encodings(img, known_face_locations=locs)[0]
+    d = np.array([-np.linalg.norm(enc[p.a] - enc[p.b]) for p in pairs])  # higher = more similar
+    acc, std, thr = kfold_accuracy(d, same)
+    print(f"  face_recognition (dlib ResNet-34)   accuracy {acc * 100:.2f} % ± {std * 100:.2f}   "
+          f"{(time.perf_counter() - t0) / len(paths) * 1000:.0f} ms/image (threshold distance {-thr:.3f})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-peer", action="store_true")
+    args = ap.parse_args()
+    data = Path(os.environ.get("DANGOL_DATA") or REPO.parent / "shared" / "data")
+    if not data.is_dir():
+        print(f"real data not found at {data}: set DANGOL_DATA", file=sys.stderr)
+        return 2
+    models = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
+    from dangol_models.build import build
+
+    build(models, data / "faces")
+    clips = data / "clips" / "face_recognition_examples"
+    stages(clips / "short_hamilton_clip.mp4", models / "facenet-int8.tflite", clips / "lin-manuel-miranda.png")
+    per_face([models / "facenet-int8.tflite", models / "facenet-float32.tflite"], data / "faces")
+    search()
+    if not args.skip_peer:
+        peer(data / "faces", models / "facenet-int8.tflite")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
