@@ -1,4 +1,5 @@
-"""``dangol-cloud`` command line: serve, import-purchases, train, evaluate, publish, listen, create-user.
+"""``dangol-cloud`` command line: serve, import-purchases, train, evaluate, publish, listen, create-user,
+broker-config.
 
 Exit status: 0 success, 2 usage or input error (the message names the input), 1 anything else.
 """
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="only this store id")
 
     sub.add_parser("listen", help="run only the MQTT consumer of device events and status")
+
+    p = sub.add_parser("broker-config", help="write a Mosquitto password file and ACL for the cloud and every device")
+    p.add_argument("--out", type=Path, required=True, help="folder for 'passwd' and 'acl'")
 
     p = sub.add_parser("create-user", help="create a dashboard user (the first owner)")
     p.add_argument("email")
@@ -158,6 +162,28 @@ def cmd_listen(args, settings, db) -> int:
     return 0
 
 
+def cmd_broker_config(args, settings, db) -> int:
+    from urllib.parse import unquote, urlsplit
+
+    from dangol_cloud.broker_auth import acl_text, password_lines
+
+    parts = urlsplit(settings.mqtt_url or "")
+    if not parts.username:
+        raise UsageError("DANGOL_MQTT_URL must name the cloud's broker user (mqtt://user:password@host:port)")
+    user, password = unquote(parts.username), unquote(parts.password or "")
+    with db.sessions() as session:
+        lines = password_lines(session, cloud_user=user, cloud_password=password)
+        acl = acl_text(session, cloud_user=user)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("passwd", "\n".join(lines) + "\n"), ("acl", acl)):
+        path = args.out / name
+        path.write_text(text)
+        path.chmod(0o600)
+    out.print(f"wrote {args.out / 'passwd'} ({len(lines)} users) and {args.out / 'acl'}; point mosquitto.conf's "
+              "password_file and acl_file at them and reload mosquitto", highlight=False)
+    return 0
+
+
 def cmd_serve(args, settings, db) -> int:
     from dangol_cloud.app import create_app
     from dangol_cloud.background import start_background
@@ -196,7 +222,8 @@ def cmd_create_user(args, settings, db) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "import-purchases": cmd_import, "train": cmd_train, "evaluate": cmd_evaluate,
-            "publish": cmd_publish, "listen": cmd_listen, "create-user": cmd_create_user}
+            "publish": cmd_publish, "listen": cmd_listen, "create-user": cmd_create_user,
+            "broker-config": cmd_broker_config}
 
 
 def main(argv: list[str] | None = None) -> int:
