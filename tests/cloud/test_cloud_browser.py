@@ -1,0 +1,214 @@
+"""Owner dashboard in headless Chromium (Debian's /usr/bin/chromium via Playwright, never downloaded):
+sign in, add an item, publish (a real Mosquitto receives it), upload a CSV with a bad row, view picks.
+
+Set DANGOL_SCREENSHOTS=DIR to keep full-page screenshots of every page visited.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+from werkzeug.serving import make_server
+
+import dangol_protocol as proto
+from dangol_cloud.app import create_app
+from dangol_cloud.cli import main as cli
+from dangol_cloud.db import Database
+from dangol_cloud.models import CatalogueItem, Customer, Purchase, Visit
+from dangol_cloud.settings import Settings
+from tests.broker import MosquittoBroker, free_port
+
+from .conftest import OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
+
+CHROMIUM = os.environ.get("DANGOL_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, data_dir):
+    """A live dashboard (SQLite, real Mosquitto, a model trained on real Ta-Feng customers) on a free port."""
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (scripts/setup does)", pytrace=False)
+    tmp = tmp_path_factory.mktemp("site")
+    url = f"sqlite:///{tmp / 'cloud.sqlite'}"
+    broker = MosquittoBroker(tmp / "mosquitto").start()
+    db = Database(url)
+    db.migrate()
+    add_owner(db)
+    store_id, device_id = add_store_and_device(db)
+    # real purchase history of ~130 Ta-Feng customers, trained with the real recommender
+    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
+    slice_ = tmp / "ta_feng_00.csv"
+    with src.open() as fin, slice_.open("w") as fout:
+        fout.write(next(fin))
+        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    env = {"DANGOL_DATABASE_URL": url, "DANGOL_HOME": str(tmp / "home")}
+    old = {k: os.environ.get(k) for k in (*env, "DANGOL_MQTT_URL")}
+    os.environ.update(env)
+    os.environ.pop("DANGOL_MQTT_URL", None)
+    try:
+        assert cli(["import-purchases", str(slice_), "--format", "ta-feng", "--no-progress", "--train"]) == 0
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with db.transaction() as s:  # one imported regular enrols at the door and gives consent
+        regular = s.scalar(select(Customer).join(Purchase).group_by(Customer.id)
+                           .order_by(func.count().desc()).limit(1))
+        regular.display_name, regular.source = "Mina Park", "edge"
+        regular.consent_by, regular.consent_at, regular.consent_text_version = "staff:jo", utc(2026, 1, 2), "2026-01"
+        for hour in (8, 8, 9, 13, 17):
+            s.add(Visit(event_id=str(uuid.uuid4()), customer_id=regular.id, device_id=device_id, store_id=store_id,
+                        ts=utc(2026, 1, 2 + hour % 5, hour), confidence=0.9))
+        s.add(Visit(event_id=str(uuid.uuid4()), customer_id=None, device_id=device_id, store_id=store_id,
+                    ts=utc(2026, 1, 3, 10)))
+        regular_id = regular.id
+    settings = Settings(home=tmp / "home", database_url=url, mqtt_url=broker.url, secret_key="browser-test",
+                        _env_file=None)
+    app = create_app(settings, db=db)
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"base": f"http://127.0.0.1:{port}", "db": db, "broker": broker, "store": store_id, "regular": regular_id}
+    server.shutdown()
+    thread.join(5)
+    db.dispose()
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    folder = os.environ.get("DANGOL_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def sign_in(page, site, password=OWNER_PASSWORD):
+    page.goto(site["base"] + "/login")
+    page.fill("input[name=email]", OWNER_EMAIL)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_wrong_password_is_refused(page, site):
+    sign_in(page, site, password="not the password")
+    assert "Wrong e-mail or password" in page.inner_text("body")
+    assert page.url.startswith(site["base"] + "/login")
+    shot(page, "01-login-refused")
+
+
+def test_sign_in_add_item_and_publish(page, site):
+    sign_in(page, site)
+    page.wait_for_url(site["base"] + "/")
+    assert "Good to see you" in page.inner_text("h1")
+    shot(page, "02-today")
+    page.click("text=Menu catalogue")
+    page.click("text=+ Add item")
+    page.fill("input[name=name]", "Yuja honey tea")
+    page.fill("input[name=category]", "Tea")
+    page.fill("input[name=price]", "4.20")
+    page.fill("textarea[name=description]", "Citron tea with honey, served hot.")
+    page.fill("input[name=tags]", "hot, caffeine-free")
+    shot(page, "03-new-item")
+    page.click("button:has-text('Add item')")
+    assert "Added “Yuja honey tea”" in page.inner_text(".flash")
+    page.click("#publish")
+    flash = page.inner_text(".flash")
+    assert "Published catalogue version 1" in flash and "1 store" in flash
+    shot(page, "04-catalogue-published")
+    # the store's retained catalogue now holds the new item
+    got = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: got.append(proto.parse_payload(m.topic, m.payload))
+    client.connect(site["broker"].host, site["broker"].port)
+    client.loop_start()
+    client.subscribe(proto.catalogue_topic(site["store"]), qos=1)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    assert got and "Yuja honey tea" in {i.name for i in got[0].items}
+    tea = next(i for i in got[0].items if i.name == "Yuja honey tea")
+    assert tea.price == 4.2 and tea.tags == ["hot", "caffeine-free"]
+
+
+def test_upload_csv_with_a_bad_row_shows_the_report(page, site, tmp_path):
+    csv = tmp_path / "till-2026-01-05.csv"
+    csv.write_text("customer,item,quantity,timestamp,amount\n"
+                   "walk-in-7,Yuja honey tea,1,2026-01-05T08:10:00,4.2\n"
+                   "walk-in-8,Yuja honey tea,one,2026-01-05T08:12:00,4.2\n"
+                   "walk-in-9,Yuja honey tea,2,2026-01-05T08:15:00,8.4\n")
+    with site["db"].sessions() as s:
+        before = s.scalar(select(func.count()).select_from(Purchase))
+    sign_in(page, site)
+    page.goto(site["base"] + "/purchases/")
+    page.set_input_files("input[name=file]", str(csv))
+    page.click("#upload")
+    report = page.inner_text("#report")
+    assert "2 imported" in report and "1 skipped" in report
+    row = page.inner_text("#row-errors tr:nth-child(2)")
+    assert row.split()[0] == "3" and "quantity" in row and "one" in row
+    shot(page, "05-upload-report")
+    with site["db"].sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Purchase)) == before + 2
+
+
+def test_view_a_customers_picks(page, site):
+    sign_in(page, site)
+    page.goto(site["base"] + "/customers/")
+    shot(page, "06-customers")
+    page.click("text=Mina Park")
+    picks = page.locator("#picks li")
+    assert picks.count() == 10
+    first = picks.first.inner_text()
+    assert first.strip() and page.locator("#picks li .why span").count() >= 10  # every pick says why
+    assert "Recorded by" in page.inner_text("body") and "staff:jo" in page.inner_text("body")
+    shot(page, "07-customer-picks")
+    page.goto(site["base"] + "/analytics/?days=3650")
+    assert page.locator("svg.chart").count() == 4
+    shot(page, "08-analytics")
+    page.goto(site["base"] + "/stores/")
+    shot(page, "09-stores")
+
+
+def test_form_without_csrf_token_is_refused(page, site):
+    sign_in(page, site)
+    page.wait_for_url(site["base"] + "/")
+    with site["db"].sessions() as s:
+        before = s.scalar(select(func.count()).select_from(CatalogueItem))
+    response = page.request.post(site["base"] + "/catalogue/new", form={"name": "Forged latte", "price": "1"})
+    assert response.status == 400
+    with site["db"].sessions() as s:
+        assert s.scalar(select(func.count()).select_from(CatalogueItem)) == before
