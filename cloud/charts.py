@@ -74,9 +74,12 @@ def split_bar(parts: list[tuple[str, float, str]], *, width: int = 560, height: 
         w = width * v / total
         out.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height - 18}" fill="{colour}">'
                    f'<title>{escape(label)}: {_fmt(v)}</title></rect>')
-        if w > 60:
+        if w > 8 * (len(label) + 5) + 16:
             out.append(f'<text x="{x + 8:.1f}" y="{(height - 18) * 0.66:.1f}" class="inbar">{escape(label)} '
                        f'{100 * v / total:.0f}%</text>')
         x += w
     out.append("</svg>")
+    out.append('<div class="legend">' + "".join(
+        f'<span><i style="background:{colour}"></i>{escape(label)}: {_fmt(v)} ({100 * v / total:.0f}%)</span>'
+        for label, v, colour in parts) + "</div>")
     return Markup("".join(out))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_from_directory, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.models import CatalogueItem, CatalogueVersion
@@ -36,11 +36,16 @@ def index():
     show = request.args.get("show", "active")
     query = select(CatalogueItem).order_by(CatalogueItem.category, CatalogueItem.name)
     query = query.where(CatalogueItem.retired.is_(show == "retired"))
+    q = (request.args.get("q") or "").strip()
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(CatalogueItem.name).like(like), func.lower(CatalogueItem.category).like(like),
+                                CatalogueItem.ref.like(like)))
     page = max(request.args.get("page", 1, type=int), 1)
     total = s.scalar(select(func.count()).select_from(query.subquery()))
     items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
-    return render_template("catalogue.html", items=items, version=version, show=show, page=page, total=total,
+    return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
                            pages=max((total + 59) // 60, 1), action=ActionForm())
 
 

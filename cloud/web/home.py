@@ -31,7 +31,7 @@ def index():
         "purchases_7d": s.scalar(select(func.count()).select_from(Purchase)
                                  .where(Purchase.ts >= today - timedelta(days=7))),
         "purchases": s.scalar(select(func.count()).select_from(Purchase)),
-        "items": s.scalar(select(func.count()).select_from(CatalogueItem).where(CatalogueItem.retired.is_(False))),
+        "menu_items": s.scalar(select(func.count()).select_from(CatalogueItem).where(CatalogueItem.retired.is_(False))),
     }
     devices = s.scalars(select(Device).order_by(Device.name)).all()
     model = s.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))

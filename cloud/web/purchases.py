@@ -18,7 +18,7 @@ from dangol_cloud.web.forms import UploadForm
 
 log = logging.getLogger(__name__)
 bp = Blueprint("purchases", __name__, url_prefix="/purchases")
-PAGE = 50
+PAGE = 25
 
 
 def _recent(page: int):
