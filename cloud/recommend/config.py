@@ -10,7 +10,11 @@ class RecommenderConfig:
     """Hyper-parameters of the Dangol hybrid recommender.
 
     LightFM part (Kula 2015, "Metadata Embeddings for User and Item Cold-start Recommendations",
-    arXiv:1507.08439; defaults are the plain-WARP reference run: 64 components, 30 epochs):
+    arXiv:1507.08439). Defaults were chosen on a validation split carved from the training period
+    (Ta-Feng, train before 2001-01-01, validate on January, 200 best sellers; the February test month
+    unseen): hybrid precision@10 / recall@10 were 0.1815 / 0.2591 with 30 epochs, 0.1812 / 0.2604 with 15,
+    0.1819 / 0.2621 with 32 components, 0.1812 / 0.2606 with a 60-day recency half-life, and 0.1818 /
+    0.2606 without the category cap (cap 3 costs < 0.001). 15 epochs halve the training time at equal accuracy.
 
     Attributes:
         no_components: embedding size d of LightFM.
@@ -37,13 +41,16 @@ class RecommenderConfig:
 
     Attributes:
         max_per_category: at most this many items of one category in a top-N list (None = no cap).
+        new_item_slots: places at the end of a known customer's list kept for items nobody has bought yet
+            (new menu items), filled only by those whose LightFM score from metadata is high enough.
+        new_item_min_z: minimum per-customer LightFM z-score (sd above the catalogue mean) for that slot.
         cold_start_smoothing: pseudo-count that shrinks the time-of-day/store popularity of the cold-start
             list towards the overall popularity (additive smoothing, in purchases).
     """
 
     no_components: int = 64
     loss: str = "warp"
-    epochs: int = 30
+    epochs: int = 15
     learning_rate: float = 0.05
     item_alpha: float = 0.0
     user_alpha: float = 0.0
@@ -57,6 +64,8 @@ class RecommenderConfig:
     rerank_max_customers: int = 6000
     rerank_negatives: int = 100
     max_per_category: int | None = 3
+    new_item_slots: int = 1
+    new_item_min_z: float = 1.0
     cold_start_smoothing: float = 50.0
 
     def to_dict(self) -> dict:

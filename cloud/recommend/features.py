@@ -45,12 +45,17 @@ def _matrix(rows: list[list[str]]) -> tuple[sp.csr_matrix, list[str]]:
     return m.tocsr().astype(np.float32), list(names)
 
 
-def item_feature_matrix(items: pd.DataFrame, n_price_bands: int) -> tuple[sp.csr_matrix, list[str]]:
+def item_feature_matrix(items: pd.DataFrame, n_price_bands: int, identity: np.ndarray | None = None
+                        ) -> tuple[sp.csr_matrix, list[str]]:
     """Item features for LightFM.
 
     Args:
         items: cleaned items frame (see :func:`~dangol_cloud.recommend.data.clean_items`), row order = item index.
         n_price_bands: number of price quantile bands (0 or 1 = no price feature).
+        identity: ``(n_items,)`` bool, which items get an identity feature ``item:<id>`` (default all).
+            Items nobody has bought yet should get none: an untrained identity embedding is random noise,
+            while metadata alone places a new item where similar items are (Kula 2015, §3, §4.3).
+            An item with neither identity nor metadata keeps its identity feature.
 
     Returns:
         ``(X, names)``: X is ``(n_items, n_features)`` float32 CSR with rows summing to 1; ``names[j]``
@@ -58,8 +63,11 @@ def item_feature_matrix(items: pd.DataFrame, n_price_bands: int) -> tuple[sp.csr
     """
     bands = price_bands(items["price"], n_price_bands)
     rows = []
-    for item, cat, tags, band in zip(items["item"], items["category"], items["tags"], bands, strict=True):
-        feats = [f"item:{item}"]
+    if identity is None:
+        identity = np.ones(len(items), bool)
+    for item, cat, tags, band, ident in zip(items["item"], items["category"], items["tags"], bands, identity,
+                                            strict=True):
+        feats = [f"item:{item}"] if ident or (cat is None and not tags and band is None) else []
         if cat is not None:
             feats.append(f"category:{cat}")
         feats.extend(f"tag:{t}" for t in tags)

@@ -85,20 +85,18 @@ class Recommender:
         self.meta = meta or {}
         self._customer_index = {c: k for k, c in enumerate(customers)}
         self._item_index = {c: k for k, c in enumerate(items)}
+        self._new = np.asarray(history.item_lines) == 0  # items nobody bought before training
         cats = sorted({c for c in categories if c is not None})
         cat_id = {c: k for k, c in enumerate(cats)}
         self._category_code = np.array([cat_id[c] if c is not None else -1 for c in categories], dtype=np.int64)
 
     # --- scoring --------------------------------------------------------------------------------------
 
-    def score_matrix(self, rows: np.ndarray) -> np.ndarray:
-        """``(len(rows), n_items)`` float64 scores for known customer indices ``rows`` (higher = better).
-
-        Hybrid: the re-ranker logit; with ``config.rerank=False``: the per-customer LightFM z-score.
-        """
+    def _score_block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, lightfm_z)``, both ``(len(rows), n_items)`` float64; see :meth:`score_matrix`."""
         z = self.factors.zscores(rows)
         if self.reranker is None:
-            return z
+            return z, z
         w = self.reranker.weights
         scores = z * w[LIGHTFM]
         scores += (self.reranker.intercept + w[4] * self.item_pop + w[5] * self.item_rep)[None, :]
@@ -108,7 +106,14 @@ class Recommender:
             x = pair_features(self.history, self.item_pop, self.item_rep, z[bought.row, bought.col],
                               rows[bought.row], bought.col)
             scores[bought.row, bought.col] += x[:, list(PERSONAL)] @ w[list(PERSONAL)]
-        return scores
+        return scores, z
+
+    def score_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), n_items)`` float64 scores for known customer indices ``rows`` (higher = better).
+
+        Hybrid: the re-ranker logit; with ``config.rerank=False``: the per-customer LightFM z-score.
+        """
+        return self._score_block(rows)[0]
 
     def _available_mask(self, available: set[str] | None) -> np.ndarray:
         if available is None:
@@ -150,55 +155,115 @@ class Recommender:
         order = np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
         return [self._top(row[np.isfinite(scores[j, row])], n) for j, row in enumerate(order)]
 
+    def _with_new_items(self, ranked: list[list[int]], z: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
+        """Give up to ``config.new_item_slots`` places at the end of each list to available items nobody has
+        bought yet whose LightFM z-score (from metadata alone) is at least ``config.new_item_min_z``.
+
+        A re-ranker fitted on past purchases cannot rate an item without purchases, so new menu items
+        get this explicit exploration slot (best LightFM match first); the category cap still holds.
+        """
+        slots = min(self.config.new_item_slots, n)
+        candidates = self._new & mask
+        if slots <= 0 or not candidates.any():
+            return ranked
+        new_cols = np.flatnonzero(candidates)
+        cap = self.config.max_per_category
+        out = []
+        for j, picked in enumerate(ranked):
+            zs = z[j, new_cols]
+            good = [int(c) for c in new_cols[np.argsort(-zs, kind="stable")] if z[j, c] >= self.config.new_item_min_z]
+            if not good:
+                out.append(picked)
+                continue
+            head = [k for k in picked if k not in good][: max(n - slots, 0)]
+            used: dict[int, int] = {}
+            for k in head:
+                used[self._category_code[k]] = used.get(self._category_code[k], 0) + 1
+            added = []
+            for c in good:
+                code = self._category_code[c]
+                if code >= 0 and cap is not None and used.get(code, 0) >= cap:
+                    continue
+                used[code] = used.get(code, 0) + 1
+                added.append(c)
+                if len(added) == slots:
+                    break
+            rest = [k for k in picked if k not in head and k not in added]
+            out.append((head + added + rest)[:n] if len(head) + len(added) < n else head + added)
+        return out
+
     # --- explanations -----------------------------------------------------------------------------------
 
-    def _lightfm_reason(self, row: int, item: int) -> str:
-        start, end = self.item_features.indptr[item], self.item_features.indptr[item + 1]
-        feats = self.item_features.indices[start:end]
-        weights = self.item_features.data[start:end]
-        contrib = weights * (self.factors.feature_emb[feats] @ self.factors.user_emb[row] + self.factors.feature_bias[feats])
-        best = [feats[j] for j in np.argsort(-contrib)[:2] if contrib[j] > 0]
-        if not best:
-            return "customers with your taste buy it"
-        return "matches your taste: " + ", ".join(_feature_text(self.item_feature_names[f]) for f in best)
+    def _lightfm_reasons(self, rows: np.ndarray, cols: np.ndarray) -> list[str | None]:
+        """Per pick, the item features that add most to its LightFM score for that customer, in words.
 
-    def explain(self, row: int, items: list[int]) -> list[list[str]]:
-        """Reasons (top scoring features, in words) for known customer index ``row`` and item indices ``items``."""
-        if not items:
+        The contribution of feature f of item i for customer u is ``x_if (r_u · e_f + b_f)`` (the score is
+        linear in the feature embeddings, Kula 2015 eq. 1-3); the top two positive ones are named.
+        """
+        feats = self.item_features[cols].tocoo()
+        contrib = feats.data * (
+            np.einsum("ij,ij->i", self.factors.user_emb[rows[feats.row]], self.factors.feature_emb[feats.col])
+            + self.factors.feature_bias[feats.col]
+        )
+        order = np.lexsort((-contrib, feats.row))
+        best: list[list[str]] = [[] for _ in range(len(cols))]
+        for k in order:
+            pick = feats.row[k]
+            if contrib[k] > 0 and len(best[pick]) < 2:
+                best[pick].append(self.item_feature_names[feats.col[k]])
+        out: list[str | None] = []
+        for names in best:
+            meta = [_feature_text(n) for n in names if not n.startswith("item:")]
+            if meta:
+                out.append("matches your taste: " + ", ".join(meta))
+            else:
+                out.append("customers with your taste buy it" if names else None)
+        return out
+
+    def explain(self, rows: np.ndarray, cols: np.ndarray, z: np.ndarray | None = None) -> list[list[str]]:
+        """Reasons (the top scoring features, in words, at most three) for picks (customer ``rows[k]``, item ``cols[k]``).
+
+        Args:
+            rows, cols: ``(n_picks,)`` int customer and item indices.
+            z: ``(n_picks,)`` LightFM z-scores of the picks if already computed.
+        """
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        if len(rows) == 0:
             return []
-        cols = np.asarray(items)
-        rows = np.full(len(cols), row)
+        taste = self._lightfm_reasons(rows, cols)
         if self.reranker is None:
-            return [[self._lightfm_reason(row, c)] for c in cols]
-        z = self.factors.zscores(np.array([row]))[0, cols]
+            return [[t] if t else [] for t in taste]
+        if z is None:
+            z = np.array([self.factors.zscores(np.array([r]))[0, c] for r, c in zip(rows, cols, strict=True)])
         x = pair_features(self.history, self.item_pop, self.item_rep, z, rows, cols)
         contrib = self.reranker.contributions(x)
-        visits = int(self.history.visits[row])
+        groups = np.column_stack([
+            np.where(x[:, 0] > 0, contrib[:, [0, 1, 2, 8]].sum(axis=1), 0.0),  # repeat purchases
+            np.where(x[:, 3] > 0, contrib[:, 3], 0.0),  # recency
+            contrib[:, 4], contrib[:, 5], contrib[:, LIGHTFM],
+        ])  # fmt: skip
+        visits = self.history.visits[rows]
         out = []
-        for j, c in enumerate(cols):
-            groups = {
-                "often": contrib[j, [0, 1, 2, 8]].sum() if x[j, 0] > 0 else 0.0,
-                "recent": contrib[j, 3] if x[j, 3] > 0 else 0.0,
-                "popular": contrib[j, 4],
-                "reorder": contrib[j, 5],
-                "taste": contrib[j, LIGHTFM],
-            }
+        for k in range(len(rows)):
+            if self._new[cols[k]]:
+                out.append(["new on the menu", *([taste[k]] if taste[k] else [])])
+                continue
             reasons = []
-            for key, value in sorted(groups.items(), key=lambda kv: -kv[1]):
-                if value <= 0 or len(reasons) == 3:
-                    continue
-                if key == "often":
-                    times = int(round(np.expm1(x[j, 0])))
-                    reasons.append(f"you often buy this ({times} of your {visits} visits)" if times > 1
+            for g in np.argsort(-groups[k], kind="stable")[:3]:
+                if groups[k, g] <= 0:
+                    break
+                if g == 0:
+                    times = int(round(np.expm1(x[k, 0])))
+                    reasons.append(f"you often buy this ({times} of your {int(visits[k])} visits)" if times > 1
                                    else "you bought this before")
-                elif key == "recent":
+                elif g == 1:
                     reasons.append("you bought it recently")
-                elif key == "popular":
+                elif g == 2:
                     reasons.append("popular with other customers")
-                elif key == "reorder":
+                elif g == 3:
                     reasons.append("customers often re-order it")
-                else:
-                    reasons.append(self._lightfm_reason(row, int(c)))
+                elif taste[k]:
+                    reasons.append(taste[k])
             out.append(reasons or ["popular with other customers"])
         return out
 
@@ -228,10 +293,16 @@ class Recommender:
         for start in range(0, len(known), _BATCH):
             batch = known[start:start + _BATCH]
             rows = np.array([r for _, r in batch], dtype=np.int64)
-            scores = self.score_matrix(rows)
-            for (cust, row), picked, srow in zip(batch, self._ranked(scores, mask, n), scores, strict=True):
-                reasons = self.explain(row, picked) if explain else [[] for _ in picked]
-                result[cust] = [Pick(str(self.items[k]), float(srow[k]), r) for k, r in zip(picked, reasons, strict=True)]
+            scores, z = self._score_block(rows)
+            ranked = self._with_new_items(self._ranked(scores, mask, n), z, mask, n)
+            local = np.repeat(np.arange(len(rows)), [len(p) for p in ranked])
+            cols = np.array([k for p in ranked for k in p], dtype=np.int64)
+            reasons = self.explain(rows[local], cols, z[local, cols]) if explain else [[] for _ in cols]
+            pos = 0
+            for j, ((cust, _), picked) in enumerate(zip(batch, ranked, strict=True)):
+                result[cust] = [Pick(str(self.items[k]), float(scores[j, k]), reasons[pos + m])
+                                for m, k in enumerate(picked)]
+                pos += len(picked)
         cold = [c for c in ids if c not in self._customer_index]
         if cold:
             result.update(dict.fromkeys(cold, []))
@@ -400,7 +471,8 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     day = df["day"].to_numpy(np.int64)
     shape = (len(customers), len(item_ids))
     categories = list(catalogue["category"])
-    item_x, item_names = item_feature_matrix(catalogue, cfg.price_bands)
+    sold = np.bincount(i, minlength=len(item_ids)) > 0
+    item_x, item_names = item_feature_matrix(catalogue, cfg.price_bands, identity=sold)
     user_x, _ = customer_feature_matrix(customers, customer_features)
     end_day = int(day.max()) + 1
 
