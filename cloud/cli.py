@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the web service, dashboard and MQTT consumer")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=4, help="worker threads of the WSGI server (waitress)")
 
     p = sub.add_parser("import-purchases", help="load purchase history from a file")
     p.add_argument("path", type=Path)
@@ -188,10 +189,13 @@ def cmd_serve(args, settings, db) -> int:
     from dangol_cloud.app import create_app
     from dangol_cloud.background import start_background
 
+    from waitress import serve
+
     app = create_app(settings, db=db)
     stop = start_background(app)
+    out.print(f"Dangol dashboard on http://{args.host}:{args.port}/ (POS API /api/v1/purchases)", highlight=False)
     try:
-        app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+        serve(app, host=args.host, port=args.port, threads=args.threads, ident="dangol")
     finally:
         stop()
     return 0

@@ -216,3 +216,44 @@ def test_device_credentials_and_acl_limit_a_device_to_its_store(db, tmp_path):
             device.close()
     assert [t for t, _, _ in got] == [proto.catalogue_topic(store_a)]
     assert proto.catalogue_topic(store_b) not in [t for t, _, _ in got]
+
+
+def test_serve_runs_the_dashboard_and_the_event_consumer(db, db_url, mosquitto, tmp_path):
+    """`dangol-cloud serve` as a real process: HTTP answers, and an arrival sent over MQTT becomes a visit."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.broker import free_port
+
+    _, device_id = add_store_and_device(db)
+    port = free_port()
+    env = {**os.environ, "DANGOL_DATABASE_URL": db_url, "DANGOL_MQTT_URL": mosquitto.url,
+           "DANGOL_HOME": str(tmp_path / "home"), "DANGOL_MQTT_CLIENT_ID": f"serve-{uuid.uuid4().hex[:6]}"}
+    env.pop("DANGOL_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dangol_cloud.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def http_ok():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=1).status == 200
+            except OSError:
+                return False
+
+        assert _wait(http_ok, timeout=20), "serve did not answer HTTP"
+        edge = _device_client(mosquitto)
+        arrival = proto.ArrivalEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_id), ts=utc(2026, 1, 5, 9))
+        edge.publish(proto.events_topic(device_id), proto.dump_payload(arrival), qos=1).wait_for_publish(5)
+        edge.disconnect()
+        edge.loop_stop()
+
+        def visits():
+            with db.sessions() as s:
+                return s.scalar(select(func.count()).select_from(Visit))
+
+        assert _wait(lambda: visits() == 1, timeout=10)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0].decode(errors="replace")
+    assert "MQTT listener subscribed" in output
