@@ -86,6 +86,8 @@ class Recommender:
         self._customer_index = {c: k for k, c in enumerate(customers)}
         self._item_index = {c: k for k, c in enumerate(items)}
         self._new = np.asarray(history.item_lines) == 0  # items nobody bought before training
+        self._item_names = [str(i) for i in items]
+        self._taste_cache: dict[tuple[int, ...], str | None] = {}
         cats = sorted({c for c in categories if c is not None})
         cat_id = {c: k for k, c in enumerate(cats)}
         self._category_code = np.array([cat_id[c] if c is not None else -1 for c in categories], dtype=np.int64)
@@ -201,24 +203,32 @@ class Recommender:
         linear in the feature embeddings, Kula 2015 eq. 1-3); the top two positive ones are named.
         """
         feats = self.item_features[cols].tocoo()
+        frow, fcol = np.asarray(feats.row), np.asarray(feats.col)
         contrib = feats.data * (
-            np.einsum("ij,ij->i", self.factors.user_emb[rows[feats.row]], self.factors.feature_emb[feats.col])
-            + self.factors.feature_bias[feats.col]
+            np.einsum("ij,ij->i", self.factors.user_emb[rows[frow]], self.factors.feature_emb[fcol])
+            + self.factors.feature_bias[fcol]
         )
-        order = np.lexsort((-contrib, feats.row))
-        best: list[list[str]] = [[] for _ in range(len(cols))]
-        for k in order:
-            pick = feats.row[k]
-            if contrib[k] > 0 and len(best[pick]) < 2:
-                best[pick].append(self.item_feature_names[feats.col[k]])
-        out: list[str | None] = []
-        for names in best:
-            meta = [_feature_text(n) for n in names if not n.startswith("item:")]
-            if meta:
-                out.append("matches your taste: " + ", ".join(meta))
-            else:
-                out.append("customers with your taste buy it" if names else None)
-        return out
+        order = np.lexsort((-contrib, frow))
+        frow, fcol, contrib = frow[order], fcol[order], contrib[order]
+        starts = np.searchsorted(frow, frow, side="left")  # first entry of each pick's run
+        keep = (np.arange(len(frow)) - starts < 2) & (contrib > 0)
+        best: list[list[int]] = [[] for _ in range(len(cols))]
+        for pick, f in zip(frow[keep].tolist(), fcol[keep].tolist(), strict=True):
+            best[pick].append(f)
+        return [self._taste_text(tuple(b)) for b in best]
+
+    def _taste_text(self, features: tuple[int, ...]) -> str | None:
+        cached = self._taste_cache.get(features, False)
+        if cached is not False:
+            return cached
+        names = [self.item_feature_names[f] for f in features]
+        meta = [_feature_text(n) for n in names if not n.startswith("item:")]
+        if meta:
+            text = "matches your taste: " + ", ".join(meta)
+        else:
+            text = "customers with your taste buy it" if names else None
+        self._taste_cache[features] = text
+        return text
 
     def explain(self, rows: np.ndarray, cols: np.ndarray, z: np.ndarray | None = None) -> list[list[str]]:
         """Reasons (the top scoring features, in words, at most three) for picks (customer ``rows[k]``, item ``cols[k]``).
@@ -242,19 +252,22 @@ class Recommender:
             np.where(x[:, 3] > 0, contrib[:, 3], 0.0),  # recency
             contrib[:, 4], contrib[:, 5], contrib[:, LIGHTFM],
         ])  # fmt: skip
-        visits = self.history.visits[rows]
+        visits = self.history.visits[rows].astype(np.int64).tolist()
+        times = np.rint(np.expm1(x[:, 0])).astype(np.int64).tolist()
+        ranking = np.argsort(-groups, axis=1, kind="stable")[:, :3].tolist()
+        positive = (np.take_along_axis(groups, np.asarray(ranking).reshape(len(rows), -1), axis=1) > 0).tolist()
+        new = self._new[cols].tolist()
         out = []
         for k in range(len(rows)):
-            if self._new[cols[k]]:
+            if new[k]:
                 out.append(["new on the menu", *([taste[k]] if taste[k] else [])])
                 continue
             reasons = []
-            for g in np.argsort(-groups[k], kind="stable")[:3]:
-                if groups[k, g] <= 0:
+            for g, ok in zip(ranking[k], positive[k], strict=True):
+                if not ok:
                     break
                 if g == 0:
-                    times = int(round(np.expm1(x[k, 0])))
-                    reasons.append(f"you often buy this ({times} of your {int(visits[k])} visits)" if times > 1
+                    reasons.append(f"you often buy this ({times[k]} of your {visits[k]} visits)" if times[k] > 1
                                    else "you bought this before")
                 elif g == 1:
                     reasons.append("you bought it recently")
@@ -300,8 +313,8 @@ class Recommender:
             reasons = self.explain(rows[local], cols, z[local, cols]) if explain else [[] for _ in cols]
             pos = 0
             for j, ((cust, _), picked) in enumerate(zip(batch, ranked, strict=True)):
-                result[cust] = [Pick(str(self.items[k]), float(scores[j, k]), reasons[pos + m])
-                                for m, k in enumerate(picked)]
+                values = scores[j, picked].tolist()
+                result[cust] = [Pick(self._item_names[k], values[m], reasons[pos + m]) for m, k in enumerate(picked)]
                 pos += len(picked)
         cold = [c for c in ids if c not in self._customer_index]
         if cold:
