@@ -63,7 +63,10 @@ def clean_items(items: pd.DataFrame | None, interactions: pd.DataFrame) -> pd.Da
         known = pd.concat([known, pd.DataFrame({"item": extra})], ignore_index=True)
     if "category" not in known.columns:
         known["category"] = None
-    known["category"] = known["category"].map(lambda c: None if c is None or pd.isna(c) or c == "" else str(c))
+    known["category"] = pd.Series(
+        [None if c is None or (not isinstance(c, str) and pd.isna(c)) or c == "" else str(c) for c in known["category"]],
+        index=known.index, dtype=object,
+    )
     known["price"] = pd.to_numeric(known["price"], errors="coerce") if "price" in known else np.nan
     if "tags" not in known.columns:
         known["tags"] = [[] for _ in range(len(known))]

@@ -32,9 +32,11 @@ def ranking_metrics(top: np.ndarray, relevant: np.ndarray, k: int) -> tuple[floa
     """(precision@k, recall@k, MAP@k) averaged over rows.
 
     Args:
-        top: ``(n_customers, k)`` int item indices, best first (-1 = empty slot).
+        top: ``(n_customers, <= k)`` int item indices, best first (-1 = empty slot).
         relevant: ``(n_customers, n_items)`` bool, items bought after the cut (each row has >= 1).
     """
+    if top.shape[1] < k:  # a catalogue smaller than k: the missing slots are empty
+        top = np.hstack([top, np.full((len(top), k - top.shape[1]), -1, dtype=top.dtype)])
     valid = top >= 0
     hits = np.take_along_axis(relevant, np.where(valid, top, 0), axis=1) & valid
     n_rel = relevant.sum(axis=1)

@@ -483,7 +483,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     i = pd.Index(item_ids).get_indexer(df["item"])
     day = df["day"].to_numpy(np.int64)
     shape = (len(customers), len(item_ids))
-    categories = list(catalogue["category"])
+    categories = [c if isinstance(c, str) else None for c in catalogue["category"]]
     sold = np.bincount(i, minlength=len(item_ids)) > 0
     item_x, item_names = item_feature_matrix(catalogue, cfg.price_bands, identity=sold)
     user_x, _ = customer_feature_matrix(customers, customer_features)
