@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dangol_edge.align import EYE_DISTANCE, EYE_Y, align_face, standardize
+from dangol_edge.align import TEMPLATE, align_face, standardize
 from dangol_edge.detect import FaceDetector
 from dangol_edge.config import DetectorConfig
 from dangol_edge.sources import read_image
@@ -129,7 +129,7 @@ def build(out_dir: str | Path, lfw_root: str | Path, calibration: int = 300, for
         "recipe": BUILD_VERSION,
         "graph_sha256": _sha256(graph_bytes),
         "calibration": [str(p.relative_to(lfw.images)) for p in calib_paths],
-        "align": {"eye_distance": EYE_DISTANCE, "eye_y": EYE_Y},
+        "align": {"template": TEMPLATE.round(4).tolist(), "method": "4-point similarity, LMEDS"},
         "output": BOTTLENECK,
     }
     inputs_sha = _sha256(json.dumps(inputs, sort_keys=True).encode())

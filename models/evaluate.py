@@ -91,6 +91,42 @@ def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: int = 10) -> tuple
     return float(np.mean(accs)), float(np.std(accs)), float(best(np.ones(len(sims), bool)))
 
 
+def kfold_val_at_far(sims: np.ndarray, same: np.ndarray, far_target: float = 1e-3, folds: int = 10) -> tuple[float, float]:
+    """Validation rate (TAR) at a target FAR on ``pairs.txt``, FaceNet's protocol.
+
+    Per fold, the squared-L2 distance threshold giving ``far_target`` on the other folds is found by
+    linear interpolation of FAR over thresholds ``0, 0.001, …, 4``; TAR and FAR are then measured on the
+    held-out fold. Source: davidsandberg/facenet ``lfw.py``/``facenet.py`` ``calculate_val`` (the
+    "VAL@FAR=1e-3" of Schroff et al. 2015).
+
+    Returns:
+        (mean TAR, mean FAR) over the folds.
+    """
+    dist = 2.0 - 2.0 * np.asarray(sims, dtype=np.float64)  # squared L2 of unit vectors
+    thresholds = np.arange(0, 4, 0.001)
+    fold_of = np.arange(len(dist)) % folds
+
+    def rates(t, d, s):
+        acc = d < t
+        n_same, n_diff = s.sum(), (~s).sum()
+        return (acc & s).sum() / max(n_same, 1), (acc & ~s).sum() / max(n_diff, 1)
+
+    vals, fars = [], []
+    for f in range(folds):
+        tr, te = fold_of != f, fold_of == f
+        far_train = np.array([rates(t, dist[tr], same[tr])[1] for t in thresholds])
+        if far_train.max() >= far_target:
+            # FAR is non-decreasing in the threshold; interpolate on its strictly increasing part
+            uniq, first = np.unique(far_train, return_index=True)
+            t = float(np.interp(far_target, uniq, thresholds[first]))
+        else:
+            t = 0.0
+        v, fa = rates(t, dist[te], same[te])
+        vals.append(v)
+        fars.append(fa)
+    return float(np.mean(vals)), float(np.mean(fars))
+
+
 def all_pair_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Genuine and impostor cosine similarities over all unordered pairs of distinct images.
 
@@ -162,6 +198,8 @@ class ModelReport:
     accuracy: float
     accuracy_std: float
     best_threshold: float
+    val_at_far_1e3: float
+    val_far: float
     tar_at_far_1e3: float
     threshold_far_1e3: float
     genuine_pairs: int
@@ -187,8 +225,9 @@ def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads
     sims = np.array([float(emb.emb[idx[p.a]] @ emb.emb[idx[p.b]]) for p in pairs])
     same = np.array([p.same for p in pairs])
     acc, std, best_t = kfold_accuracy(sims, same)
+    val, val_far = kfold_val_at_far(sims, same)
     gen, imp = all_pair_scores(emb.emb, labels)
     tar, thr = tar_at_far(gen, imp, 1e-3)
-    report = ModelReport(model.name, acc, std, best_t, tar, thr, len(gen), len(imp), int((~emb.detected).sum()))
+    report = ModelReport(model.name, acc, std, best_t, val, val_far, tar, thr, len(gen), len(imp), int((~emb.detected).sum()))
     report.open_set = open_set(emb, lfw, threshold if threshold is not None else thr, margin)
     return report

@@ -1,0 +1,149 @@
+"""Gallery (SQLite + 1:N search) and tracker contracts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from dangol_edge.config import TrackerConfig
+from dangol_edge.gallery import Gallery, UnknownCustomer
+from dangol_edge.tracker import Observation, Tracker
+
+
+def unit(rng, n, d=512):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    g = Gallery(tmp_path / "g.sqlite", "sha-a").open()
+    yield g
+    g.close()
+
+
+def test_enroll_is_all_or_nothing(gallery):
+    with pytest.raises(ValueError, match="embeddings"):
+        gallery.enroll("Ana", np.zeros((2, 128), np.float32))
+    with pytest.raises(ValueError, match="name"):
+        gallery.enroll("  ", unit(np.random.default_rng(0), 1))
+    assert gallery.customers() == []
+    assert gallery.db["templates"].count == 0
+
+
+def test_match_threshold_and_margin(gallery):
+    rng = np.random.default_rng(1)
+    a, b = unit(rng, 2)
+    ca = gallery.enroll("Ana", a[None])
+    gallery.enroll("Bo", b[None])
+    m = gallery.match(a, threshold=0.5, margin=0.05)[0]
+    assert m.customer_id == ca.id and m.accepted and m.score == pytest.approx(1.0, abs=1e-5)
+    # a probe halfway between two customers: above threshold but no margin -> not accepted
+    mid = (a + b) / np.linalg.norm(a + b)
+    m = gallery.match(mid, threshold=0.5, margin=0.05)[0]
+    assert not m.accepted and abs(m.score - m.second) < 1e-5
+
+
+def test_pending_is_not_searched_until_activated_and_expires(gallery):
+    e = unit(np.random.default_rng(2), 1)
+    c = gallery.enroll("", e, status="pending", pending_ttl_s=60)
+    assert c.short_code and len(c.short_code) == 4 and c.consent is None
+    assert gallery.match(e[0], 0.5, 0.0)[0].customer_id is None
+    gallery.activate(c.id, "Mina Park", {"recorded_by": "staff:1", "text_version": "1"})
+    m = gallery.match(e[0], 0.5, 0.0)[0]
+    assert m.customer_id == c.id and m.accepted
+    assert gallery.customer(c.id).first_name == "Mina"
+    p = gallery.enroll("", unit(np.random.default_rng(3), 1), status="pending", pending_ttl_s=60)
+    assert gallery.expire_pending(datetime.now(timezone.utc) + timedelta(seconds=61)) == [p.id]
+    with pytest.raises(UnknownCustomer):
+        gallery.customer(p.id)
+
+
+def test_delete_erases_templates_and_persists(tmp_path):
+    path = tmp_path / "g.sqlite"
+    with Gallery(path, "sha-a") as g:
+        e = unit(np.random.default_rng(4), 3)
+        keep = g.enroll("Ana", e[:2])
+        gone = g.enroll("Bo", e[2:])
+        g.delete(gone.id)
+        with pytest.raises(UnknownCustomer):
+            g.delete(gone.id)
+    with Gallery(path, "sha-a") as g:  # a restart
+        assert [c.id for c in g.customers()] == [keep.id]
+        assert g.db.execute("select count(*) from templates").fetchone()[0] == 2
+        assert g.match(e[2], 0.9, 0.0)[0].customer_id == keep.id and not g.match(e[2], 0.9, 0.0)[0].accepted
+
+
+def test_other_model_templates_are_never_mixed(tmp_path):
+    path = tmp_path / "g.sqlite"
+    e = unit(np.random.default_rng(5), 1)
+    with Gallery(path, "sha-a") as g:
+        g.enroll("Ana", e)
+    with Gallery(path, "sha-b") as g:
+        assert g.stale_templates == 1
+        assert g.match(e[0], 0.0, 0.0)[0].customer_id is None
+
+
+def test_coarse_index_agrees_with_exact_search():
+    rng = np.random.default_rng(6)
+    n = 30_000
+    centres = unit(rng, n // 3)
+    m = np.repeat(centres, 3, axis=0) + 0.08 * rng.standard_normal((n, 512)).astype(np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    owners = [f"c{i // 3}" for i in range(n)]
+    coarse = Gallery(":memory:", "x")
+    coarse.load_matrix(m, owners)
+    assert coarse._coarse is not None
+    exact = Gallery(":memory:", "x")
+    exact.COARSE_MIN = 10**9
+    exact.load_matrix(m, owners)
+    q = m[rng.integers(0, n, 50)] + 0.08 * rng.standard_normal((50, 512)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for a, b in zip(coarse.match(q, 0.5, 0.05), exact.match(q, 0.5, 0.05)):
+        assert a.customer_id == b.customer_id
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.accepted == b.accepted
+
+
+def box(x):
+    return (x, 100.0, x + 80.0, 180.0)
+
+
+def test_tracker_one_arrival_per_visit_with_cooldown():
+    t = Tracker(TrackerConfig(min_votes=3, vote_share=0.6, cooldown_s=60, max_gap_s=1.0))
+    out = []
+    for i in range(10):
+        out += t.update(i * 0.1, [Observation(box(100 + i), "ana", 0.8)])
+    assert [(d.kind, d.customer_id, d.arrival) for d in out] == [("known", "ana", True)]
+    assert out[0].votes == 3 and out[0].ts == pytest.approx(0.2)
+    # she leaves (track ends) and is seen again 10 s later: same visit (cool-down) -> no arrival
+    out = []
+    for i in range(5):
+        out += t.update(10 + i * 0.1, [Observation(box(300), "ana", 0.8)])
+    assert [(d.arrival, d.reason) for d in out] == [(False, "cooldown")]
+    # after the cool-down a new arrival
+    out = []
+    for i in range(5):
+        out += t.update(100 + i * 0.1, [Observation(box(300), "ana", 0.8)])
+    assert [d.arrival for d in out] == [True]
+
+
+def test_tracker_unknown_and_two_people():
+    t = Tracker(TrackerConfig(min_votes=3, unknown_after=4))
+    out = []
+    for i in range(6):
+        out += t.update(i * 0.1, [Observation(box(10), None), Observation(box(400), "bo", 0.7),
+                                  Observation(box(700), None, embedded=False)])
+    kinds = sorted((d.kind, d.customer_id) for d in out)
+    assert kinds == [("known", "bo"), ("unknown", None)]  # the un-embedded face never decides
+    assert len({d.track_id for d in out}) == 2
+
+
+def test_tracker_needs_a_majority():
+    t = Tracker(TrackerConfig(min_votes=3, vote_share=0.7, unknown_after=100))
+    out = []
+    for i in range(8):  # alternating identities: at most 60 % share each, never decided
+        out += t.update(i * 0.1, [Observation(box(10), "ana" if i % 2 else "bo", 0.6)])
+    assert out == []
