@@ -32,6 +32,7 @@ from dangol_protocol.models import (
     Payload,
     Status,
     dump_payload,
+    last_will,
     new_event_id,
 )
 from dangol_protocol.topics import (
@@ -84,6 +85,7 @@ __all__ = [
     "erasures_topic",
     "events_topic",
     "is_retained_clear",
+    "last_will",
     "menu_topic",
     "menus_wildcard",
     "new_event_id",

@@ -28,6 +28,7 @@ __all__ = [
     "Payload",
     "Status",
     "dump_payload",
+    "last_will",
     "new_event_id",
 ]
 
@@ -190,6 +191,16 @@ Payload = Union[Catalogue, Menu, Erasures, ArrivalEvent, EnrolmentEvent, Erasure
 def dump_payload(payload: Payload) -> bytes:
     """Serialise a payload to compact UTF-8 JSON bytes (with the ``schema`` key), ready to publish."""
     return payload.model_dump_json(by_alias=True, exclude_none=False).encode("utf-8")
+
+
+def last_will(device_id: uuid.UUID | str) -> tuple[str, bytes]:
+    """``(topic, payload)`` of a device's last will: retained ``status/1`` ``offline`` on its status topic.
+
+    Use with paho: ``client.will_set(topic, payload, qos=1, retain=True)`` before ``connect``.
+    """
+    from dangol_protocol.topics import status_topic
+
+    return status_topic(device_id), dump_payload(Status(device_id=uuid.UUID(str(device_id)), state="offline"))
 
 
 def new_event_id() -> uuid.UUID:

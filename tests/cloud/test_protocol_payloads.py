@@ -110,3 +110,9 @@ def test_protocol_imports_only_pydantic():
             "{'flask','sqlalchemy','paho','numpy','pandas','dangol_cloud','dangol_edge'}); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_last_will_is_a_valid_offline_status():
+    topic, payload = p.last_will(DEVICE)
+    status = p.parse_payload(topic, payload)
+    assert topic == p.status_topic(DEVICE) and status.state == "offline" and status.health is None
