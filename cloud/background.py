@@ -28,7 +28,10 @@ def start_background(app: Flask) -> Callable[[], None]:
     stopping = threading.Event()
     listener = None
     if settings.mqtt_url and settings.listen:
-        listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener").start()
+        from dangol_cloud.training import welcome_regulars
+
+        listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
+                            on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id])).start()
         log.info("MQTT listener subscribed to device events and status")
 
     def schedule() -> None:

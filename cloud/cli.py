@@ -152,7 +152,10 @@ def cmd_listen(args, settings, db) -> int:
 
     if not settings.mqtt_url:
         raise UsageError("no broker configured: set DANGOL_MQTT_URL (mqtt://user:password@host:port)")
-    listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener").start()
+    from dangol_cloud.training import welcome_regulars
+
+    listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
+                        on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id])).start()
     out.print("listening for device events and status; Ctrl-C to stop")
     try:
         threading.Event().wait()

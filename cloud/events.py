@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from enum import Enum
 
 from sqlalchemy import select
@@ -112,6 +113,8 @@ class Listener:
     Args:
         db: the database to write to.
         mqtt_url: broker URL (``mqtt://user:password@host:port``).
+        on_activated: called with the customer id after an ``enrolment`` event made a customer active
+            (e.g. to publish their first menu); its exceptions are logged, not raised.
         client_id: MQTT client id; the session is persistent (clean_session=False), so QoS 1 events sent
             while the listener was down are delivered when it reconnects.
 
@@ -119,8 +122,10 @@ class Listener:
     on its own after a connection loss. ``stop()`` disconnects.
     """
 
-    def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener") -> None:
+    def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
+                 on_activated: Callable[[str], object] | None = None) -> None:
         self.db = db
+        self.on_activated = on_activated
         self.mqtt_url = mqtt_url
         self.client_id = client_id
         self.client = None
@@ -140,6 +145,13 @@ class Listener:
             log.exception("failed to store message from %r", message.topic)
             return
         self.counts[outcome] += 1
+        if outcome is Outcome.STORED and self.on_activated is not None:
+            event = proto.parse_payload(message.topic, message.payload)  # already validated: cannot fail
+            if isinstance(event, proto.EnrolmentEvent) and event.status == "active":
+                try:
+                    self.on_activated(str(event.customer_id))
+                except Exception:  # the visit/enrolment is stored; the menu goes out with the next publish
+                    log.exception("welcoming newly active customer %s failed", event.customer_id)
 
     def start(self, timeout: float = 10.0) -> "Listener":
         """Connect and subscribe; returns once the SUBACK arrived (or after ``timeout`` seconds)."""

@@ -81,12 +81,13 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
              .where(Customer.consent_at.is_not(None), Customer.status == "active"))
     if customer_ids is not None:
         query = query.where(Menu.customer_id.in_(customer_ids))
-    for menu in session.scalars(query):
+    for menu, name in session.execute(query.add_columns(Customer.display_name)):
         picks = [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
                  for p in menu.picks if p["item_id"] in usable]
         for store in stores:
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
-                                 model_version=menu.model_version, generated_at=menu.generated_at, items=picks)
+                                 display_name=name, model_version=menu.model_version,
+                                 generated_at=menu.generated_at, items=picks)
             yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
 
 

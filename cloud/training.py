@@ -16,10 +16,11 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.db import Database
-from dangol_cloud.models import CatalogueItem, Menu, ModelVersion, Purchase, utcnow
+from dangol_cloud.models import CatalogueItem, Customer, Menu, ModelVersion, Purchase, utcnow
 from dangol_cloud.settings import Settings
 
-__all__ = ["NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "train_from_database"]
+__all__ = ["NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus", "train_from_database",
+           "welcome_regulars"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class TrainReport:
 def train_from_database(db: Database, settings: Settings) -> TrainReport:
     """Train on every purchase, save the model under ``{home}/models/<version>``, record a
     :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N
-    (``settings.menu_size``, available items only) in one transaction.
+    (``settings.menu_size``, available items only) in one transaction. Customers with consent but no
+    purchases yet get the model's cold-start list.
 
     Raises:
         NotEnoughData: no purchases in the database.
@@ -80,9 +82,11 @@ def train_from_database(db: Database, settings: Settings) -> TrainReport:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
     model = train(interactions, items)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    path = model.save(settings.models_dir / model.version)
+    path = model.save(settings.models_dir)
     available = set(items.loc[items["available"], "item"])
-    customers = sorted(interactions["customer"].unique())
+    with db.sessions() as session:  # enrolled regulars without purchases yet get the cold-start list
+        enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
+    customers = sorted(set(interactions["customer"].unique()) | enrolled)
     picks = model.recommend(customers, n=settings.menu_size, available=available)
     now = utcnow()
     rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
@@ -131,3 +135,56 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
         raise NotEnoughData(f"--cut {cut:%Y-%m-%d} leaves no purchases on one side (data spans {first:%Y-%m-%d}"
                             f" to {last:%Y-%m-%d})")
     return evaluate(interactions, items, cut=cut, top_items=top_items, k=k)
+
+
+def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> int:
+    """Write menus for ``customer_ids`` with the newest saved model (no retraining), e.g. for a regular who
+    just gave consent: known customers get their ranked picks, new ones the cold-start list.
+
+    Returns:
+        Number of menus written (0 if no model has been trained yet).
+
+    Raises:
+        FileNotFoundError / ValueError: the newest model folder is missing or unreadable.
+    """
+    from dangol_cloud.recommend import Recommender
+
+    if not customer_ids:
+        return 0
+    with db.sessions() as session:
+        latest = session.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
+        available = set(session.scalars(select(CatalogueItem.id).where(CatalogueItem.available.is_(True),
+                                                                        CatalogueItem.retired.is_(False))))
+    if latest is None:
+        return 0
+    model = Recommender.load(latest.path)
+    picks = model.recommend(customer_ids, n=settings.menu_size, available=available)
+    now = utcnow()
+    with db.transaction() as session:
+        for customer_id, chosen in picks.items():
+            menu = session.get(Menu, customer_id) or Menu(customer_id=customer_id)
+            menu.model_version, menu.generated_at = latest.version, now
+            menu.picks = [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in chosen]
+            session.add(menu)
+    return len(picks)
+
+
+def welcome_regulars(db: Database, settings: Settings, customer_ids: list[str]) -> int:
+    """For customers who just became active (consent recorded): write their menus with the newest model
+    and, if a broker is configured, publish those menus to every store at once.
+
+    Returns:
+        Number of menu messages published (0 without a broker or a trained model).
+
+    Raises:
+        MqttError: the broker is configured but unreachable (the menus stay in the database and go out
+            with the next publish).
+    """
+    from dangol_cloud.publishing import publish
+
+    if not refresh_menus(db, settings, customer_ids) or not settings.mqtt_url:
+        return 0
+    with db.transaction() as session:
+        report = publish(session, settings.mqtt_url, currency=settings.currency, catalogue=False,
+                         customer_ids=customer_ids)
+    return report.menus

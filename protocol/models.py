@@ -81,11 +81,16 @@ class MenuPick(_Model):
 
 
 class Menu(_Model):
-    """``menu/1``: one customer's ranked picks (retained, QoS 1), best first."""
+    """``menu/1``: one customer's ranked picks (retained, QoS 1), best first.
+
+    ``display_name`` is the name recorded with the customer's consent (for "Welcome back, <name>"); a menu
+    is only published for customers with a consent record, so it also tells the edge the customer is active.
+    """
 
     schema_: Literal["menu/1"] = Field("menu/1", alias="schema")
     store_id: uuid.UUID
     customer_id: uuid.UUID
+    display_name: Annotated[str, Field(max_length=120)] | None = None
     model_version: Annotated[str, Field(min_length=1, max_length=64)]
     generated_at: AwareDatetime
     items: list[MenuPick]

@@ -12,6 +12,7 @@ from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.models import CatalogueItem, Customer, Erasure, Menu, Purchase, Visit, utcnow
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import publish
+from dangol_cloud.training import welcome_regulars
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm, ConsentForm
 
@@ -86,6 +87,12 @@ def consent(customer_id: str):
     customer.status = "active"
     s.commit()
     flash(f"Consent recorded; {customer.display_name} is now active.", "success")
+    try:
+        if welcome_regulars(get_db(), get_settings(), [customer.id]):
+            flash(f"{customer.display_name}'s picks were sent to the stores.", "success")
+    except (MqttError, OSError, ValueError) as exc:
+        log.error("menu for newly active customer %s not published: %s", customer.id, exc)
+        flash(f"Picks for {customer.display_name} will reach the stores with the next publish ({exc}).", "warning")
     return redirect(url_for("customers.show", customer_id=customer.id))
 
 

@@ -212,3 +212,30 @@ def test_form_without_csrf_token_is_refused(page, site):
     assert response.status == 400
     with site["db"].sessions() as s:
         assert s.scalar(select(func.count()).select_from(CatalogueItem)) == before
+
+
+def test_recording_consent_sends_the_new_regulars_picks(page, site):
+    with site["db"].transaction() as s:
+        newcomer = Customer(status="pending", source="edge")
+        s.add(newcomer)
+        s.flush()
+        cid = newcomer.id
+    sign_in(page, site)
+    page.goto(site["base"] + f"/customers/{cid}")
+    page.fill("input[name=display_name]", "Jun")
+    page.fill("input[name=recorded_by]", "staff:jo")
+    page.click("button:has-text('Record consent')")
+    assert "Jun's picks were sent to the stores" in page.inner_text("body")
+    assert page.locator("#picks li").count() == 10          # cold-start list from the trained model
+    got = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: got.append(proto.parse_payload(m.topic, m.payload))
+    client.connect(site["broker"].host, site["broker"].port)
+    client.loop_start()
+    client.subscribe(proto.menu_topic(site["store"], cid), qos=1)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    assert got and got[0].display_name == "Jun" and len(got[0].items) == 10
