@@ -20,9 +20,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from rich.console import Console
-
 from dangol_cloud.recommend import evaluate, load_purchases, restrict_to_top_items, train
+from rich.console import Console
 
 DEFAULT_DATA = Path(os.environ.get("DANGOL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

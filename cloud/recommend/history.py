@@ -51,7 +51,7 @@ def build_history(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[in
         ref_day: reference day; every ``day`` must be < ref_day.
         half_life: recency half-life in days.
     """
-    n_c, n_i = shape
+    n_c = shape[0]
     lines = sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape).tocsr()
     frame = pd.DataFrame({"u": u, "i": i, "day": day}).drop_duplicates()
     fu, fi = frame["u"].to_numpy(), frame["i"].to_numpy()

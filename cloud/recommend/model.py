@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,8 @@ from .data import clean_interactions, clean_items
 from .factors import Factors, fit_factors
 from .features import customer_feature_matrix, item_feature_matrix
 from .history import History, PopularityTable, build_history, pair_values
-from .rerank import FEATURES, LIGHTFM, PERSONAL, Reranker, item_statistics, pair_features, sample_pairs
+from .rerank import LIGHTFM, PERSONAL, Reranker, item_statistics, pair_features, sample_pairs
 
-FORMAT_VERSION = 1
 _BATCH = 2048  # customers scored per dense block: 2048 x n_items float64
 
 
@@ -145,17 +144,34 @@ class Recommender:
         return picked
 
     def _ranked(self, scores: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
+        """Per row of ``scores`` ``(rows, n_items)``, the best ``n`` available item indices under the category cap.
+
+        Only the best ``4 n + 20`` items of a row are sorted (``argpartition``); a row whose cap leaves
+        fewer than ``n`` of them is re-ranked over the whole catalogue.
+        """
         scores = np.where(mask[None, :], scores, -np.inf)
         n_valid = int(mask.sum())
-        width = n_valid if self.config.max_per_category is not None else min(n, n_valid)
-        width = min(n_valid, max(width, n))
-        if width == 0:
+        if n_valid == 0 or n <= 0:
             return [[] for _ in range(len(scores))]
-        part = np.argpartition(-scores, width - 1, axis=1)[:, :width] if width < scores.shape[1] else \
-            np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
-        return [self._top(row[np.isfinite(scores[j, row])], n) for j, row in enumerate(order)]
+        capped = self.config.max_per_category is not None
+
+        def order_of(block: np.ndarray, width: int) -> np.ndarray:
+            if width < block.shape[1]:
+                part = np.argpartition(-block, width - 1, axis=1)[:, :width]
+            else:
+                part = np.tile(np.arange(block.shape[1]), (len(block), 1))
+            part_scores = np.take_along_axis(block, part, axis=1)
+            return np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
+
+        width = min(n_valid, 4 * n + 20 if capped else n)
+        out = []
+        for j, row in enumerate(order_of(scores, width)):
+            picked = self._top(row[np.isfinite(scores[j, row])], n)
+            if len(picked) < min(n, n_valid) and width < n_valid:
+                row = order_of(scores[j:j + 1], n_valid)[0]
+                picked = self._top(row[np.isfinite(scores[j, row])], n)
+            out.append(picked)
+        return out
 
     def _with_new_items(self, ranked: list[list[int]], z: np.ndarray, mask: np.ndarray, n: int) -> list[list[int]]:
         """Give up to ``config.new_item_slots`` places at the end of each list to available items nobody has
@@ -318,7 +334,6 @@ class Recommender:
                 pos += len(picked)
         cold = [c for c in ids if c not in self._customer_index]
         if cold:
-            result.update(dict.fromkeys(cold, []))
             shares, reason = self.popularity.shares(store, hour)
             picked = self._ranked(shares[None, :], mask, n)[0]
             for c in cold:
@@ -337,77 +352,21 @@ class Recommender:
 
         Returns the model folder. Raises FileExistsError if that version is already saved there.
         """
-        folder = Path(directory) / self.version
-        folder.mkdir(parents=True, exist_ok=False)
-        arrays: dict[str, np.ndarray] = {
-            "customers": self.customers.astype(str), "items": self.items.astype(str),
-            "categories": np.array([c if c is not None else "" for c in self.categories], dtype=str),
-            "has_category": np.array([c is not None for c in self.categories]),
-            "available": self.available, "item_pop": self.item_pop, "item_rep": self.item_rep,
-            "history_visits": self.history.visits, "history_item_buyers": self.history.item_buyers,
-            "history_item_repeaters": self.history.item_repeaters, "history_item_lines": self.history.item_lines,
-        }  # fmt: skip
-        for name in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias"):
-            arrays[f"factors_{name}"] = getattr(self.factors, name)
-        sparse = {"item_features": self.item_features, "popularity": self.popularity.counts,
-                  **{f"history_{k}": getattr(self.history, k) for k in ("visits_with_item", "lines", "decayed", "recency")}}
-        for name, m in sparse.items():
-            m = m.tocsr()
-            arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
-            arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
-        if self.reranker is not None:
-            for name in ("weights", "mean", "scale", "coef"):
-                arrays[f"reranker_{name}"] = getattr(self.reranker, name)
-        np.savez_compressed(folder / "arrays.npz", **arrays)
-        meta = {
-            "format": FORMAT_VERSION, "version": self.version, "config": self.config.to_dict(),
-            "item_feature_names": self.item_feature_names, "history_ref_day": int(self.history.ref_day),
-            "popularity": {"stores": self.popularity.stores, "has_hours": self.popularity.has_hours},
-            "reranker": None if self.reranker is None else {
-                "features": list(FEATURES), "intercept": self.reranker.intercept,
-                "n_pairs": self.reranker.n_pairs, "n_customers": self.reranker.n_customers},
-            "meta": self.meta,
-        }  # fmt: skip
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
-        return folder
+        from .persist import save_model
+
+        return save_model(self, Path(directory))
 
     @classmethod
     def load(cls, path: Path) -> Recommender:
-        """Read a model folder written by :meth:`save`.
+        """Read a model folder written by :meth:`save` (the folder that :meth:`save` returned).
 
         Raises:
             FileNotFoundError: if ``path`` has no ``meta.json``/``arrays.npz``.
             ValueError: if the folder was written by an unknown format version.
         """
-        path = Path(path)
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
-        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
-            a = {k: npz[k] for k in npz.files}
+        from .persist import load_model
 
-        def csr(name: str) -> sp.csr_matrix:
-            return sp.csr_matrix((a[f"{name}__data"], a[f"{name}__indices"], a[f"{name}__indptr"]),
-                                 shape=tuple(a[f"{name}__shape"]))
-
-        config = RecommenderConfig.from_dict(meta["config"])
-        history = History(meta["history_ref_day"], csr("history_visits_with_item"), csr("history_lines"),
-                          csr("history_decayed"), csr("history_recency"), a["history_visits"],
-                          a["history_item_buyers"], a["history_item_repeaters"], a["history_item_lines"])
-        factors = Factors(*(a[f"factors_{n}"] for n in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias")))
-        reranker = None
-        if meta["reranker"] is not None:
-            r = meta["reranker"]
-            reranker = Reranker(a["reranker_weights"], r["intercept"], a["reranker_mean"], a["reranker_scale"],
-                                a["reranker_coef"], r["n_pairs"], r["n_customers"])
-        pop = meta["popularity"]
-        categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
-        return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],
-                   categories=categories, available=a["available"], item_features=csr("item_features"),
-                   item_feature_names=meta["item_feature_names"], factors=factors, history=history,
-                   item_pop=a["item_pop"], item_rep=a["item_rep"], reranker=reranker,
-                   popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
-                                              config.cold_start_smoothing), meta=meta.get("meta") or {})
+        return load_model(cls, Path(path))
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -495,7 +454,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     pop, rep = item_statistics(history, categories)
     store = df["store"].to_numpy(dtype=str) if "store" in df.columns else None
     popularity = PopularityTable.build(i, df["hour"].to_numpy(np.int64), store, len(item_ids), cfg.cold_start_smoothing)
-    trained_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    trained_at = datetime.now(UTC).replace(tzinfo=None)
     meta = {"trained_at": trained_at.isoformat(timespec="seconds"), "n_interactions": len(df),
             "n_customers": len(customers), "n_items": len(item_ids),
             "data_from": str(df["ts"].min()), "data_to": str(df["ts"].max())}

@@ -1,0 +1,96 @@
+"""Saving and loading a :class:`~dangol_cloud.recommend.model.Recommender` without pickle.
+
+Layout of a model folder ``<directory>/<version>/``: ``meta.json`` (format version, model version,
+config, feature names, re-ranker intercept, training metadata) and ``arrays.npz`` (compressed NumPy
+arrays; a sparse matrix ``m`` is stored as ``m__data``, ``m__indices``, ``m__indptr``, ``m__shape``).
+Arrays are stored in their own dtypes (float32 embeddings), so a loaded model scores bit-identically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from .config import RecommenderConfig
+from .factors import Factors
+from .history import History, PopularityTable
+from .rerank import FEATURES, Reranker
+
+if TYPE_CHECKING:
+    from .model import Recommender
+
+FORMAT_VERSION = 1
+
+
+def save_model(model: Recommender, directory: Path) -> Path:
+    """Write ``model`` to ``directory/<model.version>/`` and return that folder (FileExistsError if present)."""
+    folder = Path(directory) / model.version
+    folder.mkdir(parents=True, exist_ok=False)
+    arrays: dict[str, np.ndarray] = {
+        "customers": model.customers.astype(str), "items": model.items.astype(str),
+        "categories": np.array([c if c is not None else "" for c in model.categories], dtype=str),
+        "has_category": np.array([c is not None for c in model.categories]),
+        "available": model.available, "item_pop": model.item_pop, "item_rep": model.item_rep,
+        "history_visits": model.history.visits, "history_item_buyers": model.history.item_buyers,
+        "history_item_repeaters": model.history.item_repeaters, "history_item_lines": model.history.item_lines,
+    }  # fmt: skip
+    for name in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias"):
+        arrays[f"factors_{name}"] = getattr(model.factors, name)
+    sparse = {"item_features": model.item_features, "popularity": model.popularity.counts,
+              **{f"history_{k}": getattr(model.history, k) for k in ("visits_with_item", "lines", "decayed", "recency")}}
+    for name, m in sparse.items():
+        m = m.tocsr()
+        arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
+        arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
+    if model.reranker is not None:
+        for name in ("weights", "mean", "scale", "coef"):
+            arrays[f"reranker_{name}"] = getattr(model.reranker, name)
+    np.savez_compressed(folder / "arrays.npz", **arrays)
+    meta = {
+        "format": FORMAT_VERSION, "version": model.version, "config": model.config.to_dict(),
+        "item_feature_names": model.item_feature_names, "history_ref_day": int(model.history.ref_day),
+        "popularity": {"stores": model.popularity.stores, "has_hours": model.popularity.has_hours},
+        "reranker": None if model.reranker is None else {
+            "features": list(FEATURES), "intercept": model.reranker.intercept,
+            "n_pairs": model.reranker.n_pairs, "n_customers": model.reranker.n_customers},
+        "meta": model.meta,
+    }  # fmt: skip
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def load_model(cls: type[Recommender], path: Path) -> Recommender:
+    """Read a folder written by :func:`save_model` into a ``cls`` instance."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+
+    def csr(name: str) -> sp.csr_matrix:
+        return sp.csr_matrix((a[f"{name}__data"], a[f"{name}__indices"], a[f"{name}__indptr"]),
+                             shape=tuple(a[f"{name}__shape"]))
+
+    config = RecommenderConfig.from_dict(meta["config"])
+    history = History(meta["history_ref_day"], csr("history_visits_with_item"), csr("history_lines"),
+                      csr("history_decayed"), csr("history_recency"), a["history_visits"],
+                      a["history_item_buyers"], a["history_item_repeaters"], a["history_item_lines"])
+    factors = Factors(*(a[f"factors_{n}"] for n in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias")))
+    reranker = None
+    if meta["reranker"] is not None:
+        r = meta["reranker"]
+        reranker = Reranker(a["reranker_weights"], r["intercept"], a["reranker_mean"], a["reranker_scale"],
+                            a["reranker_coef"], r["n_pairs"], r["n_customers"])
+    pop = meta["popularity"]
+    categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
+    return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],
+               categories=categories, available=a["available"], item_features=csr("item_features"),
+               item_feature_names=meta["item_feature_names"], factors=factors, history=history,
+               item_pop=a["item_pop"], item_rep=a["item_rep"], reranker=reranker,
+               popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
+                                          config.cold_start_smoothing), meta=meta.get("meta") or {})
