@@ -36,14 +36,17 @@ def postgres_database():
     admin_url = make_url(POSTGRES_URL)
     name = f"dangol_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    problem = None
     try:
         with engine.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - turned into a clear failure
+    except Exception as exc:  # noqa: BLE001 - turned into a clear failure below
+        problem = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
         engine.dispose()
-        pytest.fail(f"PostgreSQL is not reachable at DANGOL_TEST_POSTGRES_URL={POSTGRES_URL} ({exc.__class__.__name__}: "
-                    f"{str(exc).splitlines()[0]}). Start PostgreSQL or point DANGOL_TEST_POSTGRES_URL at one; the "
-                    "cloud data layer is tested on both SQLite and PostgreSQL.", pytrace=False)
+    if problem:
+        pytest.fail(f"PostgreSQL is not reachable at DANGOL_TEST_POSTGRES_URL={POSTGRES_URL} ({problem}). Start "
+                    "PostgreSQL or point DANGOL_TEST_POSTGRES_URL at one; the cloud data layer is tested on both "
+                    "SQLite and PostgreSQL.", pytrace=False)
     yield admin_url.set(database=name)
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -145,3 +147,32 @@ def test_train_and_evaluate_on_real_purchases(monkeypatch, tmp_path, sqlite_url,
     assert cli(["evaluate", "--cut", "2001-02-01", "--top-items", "100"]) == 0
     table = capsys.readouterr().out
     assert "precision@10" in table and "popularity" in table
+
+
+@pytest.mark.slow
+def test_training_runs_on_a_schedule(tmp_path, sqlite_url, ta_feng_customers, monkeypatch):
+    from dangol_cloud.app import create_app
+    from dangol_cloud.background import start_background
+    from dangol_cloud.settings import Settings
+
+    monkeypatch.setenv("DANGOL_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DANGOL_MQTT_URL", raising=False)
+    assert cli(["import-purchases", str(ta_feng_customers), "--format", "ta-feng", "--no-progress"]) == 0
+    settings = Settings(home=tmp_path / "home", database_url=sqlite_url, secret_key="k",
+                        train_interval_hours=1 / 3600, _env_file=None)   # every second
+    app = create_app(settings)
+    stop = start_background(app)
+    db = app.extensions["dangol_db"]
+    try:
+        deadline = time.monotonic() + 60
+        versions = 0
+        while versions < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with db.sessions() as s:
+                versions = s.scalar(select(func.count()).select_from(ModelVersion))
+    finally:
+        stop()
+    assert versions >= 1
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Menu)) > 0
