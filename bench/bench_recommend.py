@@ -4,6 +4,7 @@
     python bench/bench_recommend.py                       # Ta-Feng, cut 2001-02-01, 200 best sellers
     python bench/bench_recommend.py --top-items 0         # the full catalogue (1,919 subclasses)
     python bench/bench_recommend.py --format completejourney --path .../transactions.csv --cut 2017-11-01
+    python bench/bench_recommend.py --cut 2001-01-01 --until 2001-02-01   # the validation split used for tuning
 
 Prints the evaluation table (popularity, own-frequency, LightFM alone, Dangol hybrid), then trains the
 shipped model on everything before the cut and times (1) training and (2) scoring every known customer
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--path", type=Path, default=DEFAULT_DATA / "purchases/ta-feng/ta_feng_transactions.csv")
     ap.add_argument("--format", default="ta-feng", choices=["ta-feng", "completejourney", "csv"])
     ap.add_argument("--cut", type=datetime.fromisoformat, default=datetime(2001, 2, 1))
+    ap.add_argument("--until", type=datetime.fromisoformat, default=None,
+                    help="drop purchases from this time on (tune on a validation split, never on the test period)")
     ap.add_argument("--top-items", type=int, default=200, help="0 = the whole catalogue")
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args(argv)
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     inter, items, errors = load_purchases(args.path, args.format)
     console.print(f"imported {len(inter):,} purchase lines ({errors} bad rows) in {time.perf_counter() - t0:.1f} s")
+    if args.until is not None:
+        inter = inter[inter["ts"] < args.until]
     top = args.top_items or None
     report = evaluate(inter, items, cut=args.cut, top_items=top, k=args.k)
     console.print(report.to_table())
