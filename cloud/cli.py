@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["ta-feng", "completejourney", "csv"])
     p.add_argument("--train", action="store_true", help="train (and publish) after a successful import")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--errors", type=Path, metavar="FILE", help="write every bad row (line, message, raw) to this CSV")
 
     p = sub.add_parser("train", help="train the recommender, write menus, publish them")
     p.add_argument("--no-publish", action="store_true", help="do not publish even if a broker is configured")
@@ -98,12 +99,20 @@ def cmd_import(args, settings, db) -> int:
         report = import_rows(session, progress, source=args.format, key_prefix=args.format, tz=settings.timezone,
                              batch_size=settings.import_batch_size)
     for error in report.errors[:50]:
-        err.print(f"{args.path}:{error.line}: {error.message}", markup=False, highlight=False)
+        err.print(f"{args.path}:{error.line}: {error.message}", markup=False, highlight=False, soft_wrap=True)
     if len(report.errors) > 50:
-        err.print(f"... and {len(report.errors) - 50} more bad rows")
+        hint = f" (all in {args.errors})" if args.errors else " (use --errors FILE for all)"
+        err.print(f"... and {len(report.errors) - 50} more bad rows{hint}", markup=False, soft_wrap=True)
+    if args.errors:
+        import csv
+
+        with args.errors.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["line", "message", "raw"])
+            writer.writerows((e.line, e.message, e.raw) for e in report.errors)
     out.print(f"{args.path}: {report.rows} rows, {report.inserted} purchases imported, {report.duplicates} already "
               f"present, {len(report.errors)} bad rows skipped; {report.customers_created} new customers, "
-              f"{report.items_created} new items ({report.seconds:.1f} s)", highlight=False)
+              f"{report.items_created} new items ({report.seconds:.1f} s)", highlight=False, soft_wrap=True)
     if args.train and report.inserted:
         return cmd_train(argparse.Namespace(no_publish=False), settings, db)
     return 0
