@@ -174,3 +174,15 @@ def test_status_and_last_will_update_the_device(db, store_device):
         device = s.get(Device, device_id)
         assert device.state == "offline" and device.health["gallery_size"] == 12
         assert device.status_at == utc(2026, 1, 5, 8)
+
+
+def test_migrations_match_the_orm_model(db):
+    """The shipped Alembic migrations produce exactly the tables the ORM declares (no drift)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from dangol_cloud.models import Base
+
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

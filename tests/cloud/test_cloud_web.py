@@ -111,3 +111,34 @@ def test_erase_deletes_the_customer_and_queues_an_erasure(web):
         assert s.scalar(select(Visit.customer_id)) is None  # the visit stays, anonymous
         erasure = s.scalar(select(Erasure))
         assert erasure.customer_id == cid and erasure.published_at is None
+
+
+def test_item_with_photo_is_created_edited_retired_and_snapshotted(web, data_dir):
+    from dangol_cloud.publishing import publish_catalogue_version
+
+    app, db = web
+    client = app.test_client()
+    sign_in(client)
+    token = csrf_of(client.get("/catalogue/new").get_data(as_text=True))
+    photo = next((data_dir / "clips" / "face_recognition_examples").rglob("*.jpg")).read_bytes()  # any real JPEG
+    response = client.post("/catalogue/new", content_type="multipart/form-data", data={
+        "csrf_token": token, "name": "Hojicha latte", "category": "Tea", "price": "4.50", "tags": "milk, roasted",
+        "description": "Roasted green tea with steamed milk.", "available": "y",
+        "photo": (io.BytesIO(photo), "hojicha.jpg")})
+    assert response.status_code == 302
+    with db.sessions() as s:
+        item = s.scalar(select(CatalogueItem))
+    assert (item.ref, item.price, item.tags, item.available) == ("hojicha-latte", 4.5, ["milk", "roasted"], True)
+    assert client.get(f"/catalogue/photos/{item.photo}").data == photo
+    response = client.post(f"/catalogue/{item.id}", data={"csrf_token": token, "name": "Hojicha latte",
+                                                          "price": "4.80", "tags": "milk"})  # unchecked: sold out
+    assert response.status_code == 302
+    with app.test_request_context(base_url="http://cafe.example"):
+        with db.transaction() as s:
+            snapshot = publish_catalogue_version(s, published_by="t", photo_url=lambda f: f"http://cafe.example/p/{f}")
+    (entry,) = snapshot.items
+    assert entry["price"] == 4.8 and entry["available"] is False and entry["photo_url"].endswith(item.photo)
+    client.post(f"/catalogue/{item.id}/retire", data={"csrf_token": token})
+    with db.transaction() as s:
+        assert publish_catalogue_version(s, published_by="t").items == []   # retired items leave the snapshot
+        assert s.get(CatalogueItem, item.id).retired
