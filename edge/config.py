@@ -70,7 +70,7 @@ class MatcherConfig(_Section):
     ``dangol-models evaluate`` on the LFW fold in ``shared/data`` (see README, "Accuracy").
     """
 
-    threshold: float = Field(0.52, ge=-1.0, le=1.0)
+    threshold: float = Field(0.60, ge=-1.0, le=1.0)
     margin: float = Field(0.05, ge=0.0, le=2.0)
 
 

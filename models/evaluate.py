@@ -116,9 +116,11 @@ def kfold_val_at_far(sims: np.ndarray, same: np.ndarray, far_target: float = 1e-
         tr, te = fold_of != f, fold_of == f
         far_train = np.array([rates(t, dist[tr], same[tr])[1] for t in thresholds])
         if far_train.max() >= far_target:
-            # FAR is non-decreasing in the threshold; interpolate on its strictly increasing part
-            uniq, first = np.unique(far_train, return_index=True)
-            t = float(np.interp(far_target, uniq, thresholds[first]))
+            # FAR is non-decreasing in the threshold; interpolate between the largest threshold of
+            # each FAR level (the end of the FAR = 0 plateau and the next step)
+            rev = far_train[::-1]
+            uniq, last = np.unique(rev, return_index=True)
+            t = float(np.interp(far_target, uniq, thresholds[::-1][last]))
         else:
             t = 0.0
         v, fa = rates(t, dist[te], same[te])
