@@ -126,16 +126,30 @@ class Recommender:
                 mask[k] = True
         return mask
 
-    def _top(self, order: np.ndarray, n: int) -> list[int]:
-        """First ``n`` of ``order`` (item indices, best first) with at most max_per_category per category."""
-        cap = self.config.max_per_category
-        if cap is None:
+    def _caps(self, mask: np.ndarray, n: int) -> np.ndarray | None:
+        """Per category code, the most items of that category a list of ``n`` may hold (None = no cap).
+
+        ``cap_c = max(max_per_category, ceil(category_share_factor · n · share_c))`` where ``share_c`` is the
+        category's share of the available items: a category that IS most of the menu (Complete Journey's
+        GROCERY department holds 60 of the 100 best sellers) may fill its share of the list.
+        """
+        base = self.config.max_per_category
+        if base is None:
+            return None
+        codes = self._category_code[mask & (self._category_code >= 0)]
+        n_codes = int(self._category_code.max()) + 1 if len(self._category_code) else 0
+        share = np.bincount(codes, minlength=n_codes) / max(int(mask.sum()), 1)
+        return np.maximum(base, np.ceil(self.config.category_share_factor * n * share - 1e-9)).astype(np.int64)
+
+    def _top(self, order: np.ndarray, n: int, caps: np.ndarray | None) -> list[int]:
+        """First ``n`` of ``order`` (item indices, best first) with at most ``caps[c]`` items of category c."""
+        if caps is None:
             return [int(k) for k in order[:n]]
         picked, used = [], {}
         for k in order:
             code = self._category_code[k]
             if code >= 0:
-                if used.get(code, 0) >= cap:
+                if used.get(code, 0) >= caps[code]:
                     continue
                 used[code] = used.get(code, 0) + 1
             picked.append(int(k))
@@ -153,7 +167,8 @@ class Recommender:
         n_valid = int(mask.sum())
         if n_valid == 0 or n <= 0:
             return [[] for _ in range(len(scores))]
-        capped = self.config.max_per_category is not None
+        caps = self._caps(mask, n)
+        capped = caps is not None
 
         def order_of(block: np.ndarray, width: int) -> np.ndarray:
             if width < block.shape[1]:
@@ -166,10 +181,10 @@ class Recommender:
         width = min(n_valid, 4 * n + 20 if capped else n)
         out = []
         for j, row in enumerate(order_of(scores, width)):
-            picked = self._top(row[np.isfinite(scores[j, row])], n)
+            picked = self._top(row[np.isfinite(scores[j, row])], n, caps)
             if len(picked) < min(n, n_valid) and width < n_valid:
                 row = order_of(scores[j:j + 1], n_valid)[0]
-                picked = self._top(row[np.isfinite(scores[j, row])], n)
+                picked = self._top(row[np.isfinite(scores[j, row])], n, caps)
             out.append(picked)
         return out
 
@@ -185,7 +200,7 @@ class Recommender:
         if slots <= 0 or not candidates.any():
             return ranked
         new_cols = np.flatnonzero(candidates)
-        cap = self.config.max_per_category
+        caps = self._caps(mask, n)
         out = []
         for j, picked in enumerate(ranked):
             zs = z[j, new_cols]
@@ -200,7 +215,7 @@ class Recommender:
             added = []
             for c in good:
                 code = self._category_code[c]
-                if code >= 0 and cap is not None and used.get(code, 0) >= cap:
+                if code >= 0 and caps is not None and used.get(code, 0) >= caps[code]:
                     continue
                 used[code] = used.get(code, 0) + 1
                 added.append(c)
@@ -313,7 +328,8 @@ class Recommender:
             explain: compute ``Pick.reasons`` (costs ~0.1 ms per pick; False for bulk evaluation).
 
         Returns:
-            ``{customer: [Pick, ...]}`` best first, at most ``config.max_per_category`` per category.
+            ``{customer: [Pick, ...]}`` best first, at most ``config.max_per_category`` per category (more for
+            a category that makes up a large share of the available items, see :meth:`_caps`).
         """
         mask = self._available_mask(available)
         result: dict[str, list[Pick]] = {}

@@ -93,19 +93,32 @@ def test_unavailable_items_never_appear(small) -> None:
         assert len({p.item for p in lst}) == 10
 
 
+def expected_caps(model: Recommender, n: int) -> pd.Series:
+    """Cap per category: max(max_per_category, ceil(category_share_factor * n * share of the available items))."""
+    available = [c for c, a in zip(model.categories, model.available, strict=True) if a]
+    share = pd.Series(available).value_counts() / len(available)
+    caps = np.ceil(SMALL.category_share_factor * n * share - 1e-9).clip(lower=SMALL.max_per_category)
+    return caps.astype(int)
+
+
 def test_category_cap_is_respected_and_binds(small) -> None:
     model, inter = small["model"], small["interactions"]
     categories = dict(zip(model.items, model.categories, strict=True))
     customers = sorted(inter["customer"].unique())[:400]
+    cap = expected_caps(model, 10)
 
-    def worst(m: Recommender) -> int:
+    def excess(m: Recommender) -> int:
         picks = m.recommend(customers, n=10, explain=False)
-        return max(max(pd.Series([categories[p.item] for p in lst]).value_counts()) for lst in picks.values())
+        worst = 0
+        for lst in picks.values():
+            counts = pd.Series([categories[p.item] for p in lst]).value_counts()
+            worst = max(worst, int((counts - cap.reindex(counts.index)).max()))
+        return worst
 
-    assert worst(model) <= 2
+    assert excess(model) <= 0
     model.config = replace(model.config, max_per_category=None)
     try:
-        assert worst(model) > 2, "without the cap some list has 3+ items of one category"
+        assert excess(model) > 0, "without the cap some list exceeds it"
     finally:
         model.config = SMALL
 
@@ -124,7 +137,8 @@ def test_cold_start_gives_the_most_sold_available_items(small) -> None:
     assert [p.score for p in lst] == sorted((p.score for p in lst), reverse=True)
     categories = dict(zip(model.items, model.categories, strict=True))
     capped = model.cold_start(10)
-    assert len(capped) == 10 and max(pd.Series([categories[p.item] for p in capped]).value_counts()) <= 2
+    counts = pd.Series([categories[p.item] for p in capped]).value_counts()
+    assert len(capped) == 10 and (counts <= expected_caps(model, 10).reindex(counts.index)).all()
 
 
 def test_cold_start_follows_store_and_time_of_day_on_complete_journey() -> None:
