@@ -25,7 +25,7 @@ def bar_chart(labels: list[str], values: list[float], *, width: int = 560, heigh
     bw = width / n
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
              f'<title>{escape(title)}</title>']
-    for i, (label, v) in enumerate(zip(labels, values)):
+    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         h = plot_h * v / top
         x = i * bw + bw * 0.12
         y = pad_t + plot_h - h

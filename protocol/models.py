@@ -7,7 +7,6 @@ timestamps are timezone-aware datetimes (naive input is rejected). Serialise wit
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter

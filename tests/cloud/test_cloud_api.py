@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from dangol_cloud.app import create_app
 from dangol_cloud.models import CatalogueItem, Purchase

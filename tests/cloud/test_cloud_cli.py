@@ -125,7 +125,7 @@ def test_broker_config_writes_password_file_and_acl(env, monkeypatch, tmp_path):
     assert cli(["broker-config", "--out", str(tmp_path / "mq")]) == 0
     passwd = (tmp_path / "mq" / "passwd").read_text()
     acl = (tmp_path / "mq" / "acl").read_text()
-    assert passwd.startswith("cloud:$7$101$") and f"device-" in passwd
+    assert passwd.startswith("cloud:$7$101$") and "device-" in passwd
     assert f"topic read dangol/v1/stores/{store_id}/menus/+" in acl
     assert f"topic write dangol/v1/devices/{device_id}/events" in acl
 

@@ -209,7 +209,7 @@ def test_device_credentials_and_acl_limit_a_device_to_its_store(db, tmp_path):
         with db.transaction() as s:
             report = publish(s, f"mqtt://cloud:cloud-pw@{broker.host}:{broker.port}")
         assert report.catalogue == 2
-        device = Collector(broker, [f"dangol/v1/stores/+/catalogue"], username=user_a, password="pw-a")
+        device = Collector(broker, ["dangol/v1/stores/+/catalogue"], username=user_a, password="pw-a")
         try:
             got = device.wait_for(1, timeout=3, settle=0.5)
         finally:

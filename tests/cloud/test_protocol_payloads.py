@@ -53,7 +53,7 @@ def _payloads():
     yield p.status_topic(DEVICE), p.Status(device_id=DEVICE, state="offline")  # the last will
 
 
-@pytest.mark.parametrize("topic,model", list(_payloads()), ids=lambda v: getattr(v, "__class__").__name__)
+@pytest.mark.parametrize("topic,model", list(_payloads()), ids=lambda v: v.__class__.__name__)
 def test_every_payload_round_trips_with_its_schema(topic, model):
     raw = p.dump_payload(model)
     data = json.loads(raw)
