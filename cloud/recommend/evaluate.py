@@ -114,7 +114,7 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         config: the shipped configuration (default :class:`RecommenderConfig()`).
 
     Returns:
-        An :class:`EvaluationReport` with rows "popularity", "own-frequency", "LightFM", "Dangol (hybrid)".
+        An :class:`EvaluationReport` with rows "popularity", "own-frequency", "LightFM alone", "Dangol (hybrid)".
 
     Raises:
         ValueError: if no customer has purchases on both sides of the cut.
@@ -153,7 +153,7 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     methods: dict[str, np.ndarray] = {"popularity": np.tile(pop_rank[:k], (len(rows), 1))}
     own = model.history.lines[rows].toarray().astype(np.float64) + tie[None, :]
     methods["own-frequency"] = top_k(own)
-    methods["LightFM"] = top_k(model.factors.scores(rows))
+    methods["LightFM alone"] = top_k(model.factors.scores(rows))
 
     t0 = time.perf_counter()
     picks = model.recommend(list(evaluated), n=k, explain=False)

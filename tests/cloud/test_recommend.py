@@ -262,4 +262,5 @@ def test_hybrid_beats_own_frequency_on_held_out_month(ta_feng) -> None:
     assert ours["precision@10"] > own["precision@10"]
     assert ours["recall@10"] > own["recall@10"]
     assert report.row("popularity")["precision@10"] < own["precision@10"]
+    assert 0 < report.row("LightFM alone")["precision@10"] < ours["precision@10"]
     assert "Dangol (hybrid)" in report.to_markdown() and "precision@10" in report.to_table()
