@@ -14,6 +14,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -91,6 +92,58 @@ class EnrolConfig(_Section):
     templates: int = Field(5, ge=1, le=50, description="good frames to capture from a live source")
     max_frames: int = Field(300, ge=1, le=100_000, description="give up after this many frames")
     keep_photos: bool = Field(False, description="store the aligned enrolment crops (off: no face images kept)")
+    pending_ttl_h: float = Field(24.0, gt=0.0, le=24 * 30, description="a pending customer expires after, hours")
+
+
+class DeviceConfig(_Section):
+    """Who this box is: UUIDs given by the cloud dashboard when the device is created."""
+
+    id: UUID | None = None
+    store_id: UUID | None = None
+
+
+class MQTTConfig(_Section):
+    """Broker connection. ``url`` is ``mqtt[s]://user:password@host:port`` (env ``DANGOL_MQTT_URL``
+    also works); empty means run offline (cached catalogue and menus, events kept in the outbox)."""
+
+    url: str | None = None
+    tls_ca: Path | None = Field(None, description="CA certificate for mqtts://")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: float = Field(1.0, gt=0.0, le=60.0)
+    reconnect_max_s: float = Field(60.0, gt=0.0, le=3600.0)
+    status_interval_s: float = Field(30.0, ge=1.0, le=3600.0, description="health on the status topic every")
+
+
+class CameraConfig(_Section):
+    """The entrance camera for ``dangol-edge run``."""
+
+    source: str = "picamera2:0"
+    width: int = Field(1280, ge=160, le=4096, description="picamera2 capture width, px")
+    height: int = Field(720, ge=120, le=4096, description="picamera2 capture height, px")
+    queue_size: int = Field(2, ge=1, le=64, description="frames waiting for recognition; older ones are dropped")
+    loop: bool = Field(False, description="restart a video file at its end (demos, soak tests)")
+    realtime: bool = Field(True, description="pace video files at their frame rate")
+    retry_min_s: float = Field(1.0, gt=0.0, le=60.0)
+    retry_max_s: float = Field(30.0, gt=0.0, le=600.0)
+
+
+class DisplayConfig(_Section):
+    """The menu page served for the HDMI kiosk and the staff page."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    welcome_s: float = Field(12.0, ge=1.0, le=600.0, description="how long a welcome stays on screen")
+    picks: int = Field(6, ge=1, le=20, description="picks shown to a customer")
+    staff_pin: str | None = Field(None, description="PIN for the staff page (env DANGOL_DISPLAY__STAFF_PIN)")
+
+
+class GPIOConfig(_Section):
+    """The staff enrolment button and its LED (BCM pin numbers; gpiozero)."""
+
+    enabled: bool = True
+    button_pin: int = Field(17, ge=0, le=27)
+    led_pin: int = Field(27, ge=0, le=27)
+    hold_cancel_s: float = Field(3.0, ge=0.5, le=30.0, description="holding the button this long cancels")
 
 
 class EdgeConfig(BaseSettings):
@@ -106,6 +159,11 @@ class EdgeConfig(BaseSettings):
     matcher: MatcherConfig = MatcherConfig()
     tracker: TrackerConfig = TrackerConfig()
     enrol: EnrolConfig = EnrolConfig()
+    device: DeviceConfig = DeviceConfig()
+    mqtt: MQTTConfig = MQTTConfig()
+    camera: CameraConfig = CameraConfig()
+    display: DisplayConfig = DisplayConfig()
+    gpio: GPIOConfig = GPIOConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -128,6 +186,11 @@ class EdgeConfig(BaseSettings):
     def gallery_path(self) -> Path:
         """Path of the SQLite gallery."""
         return self.home / "gallery.sqlite"
+
+    @property
+    def state_path(self) -> Path:
+        """Path of the SQLite cache of catalogue, menus and the event outbox."""
+        return self.home / "state.sqlite"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -156,6 +219,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
         data = _read_file(Path(path))
         source = str(path)
     data.update(overrides)
+    # design.md names DANGOL_MQTT_URL (flat) for every component; nested DANGOL_MQTT__URL wins over it
+    if os.environ.get("DANGOL_MQTT_URL") and not os.environ.get("DANGOL_MQTT__URL"):
+        mqtt = dict(data.get("mqtt") or {})
+        mqtt.setdefault("url", os.environ["DANGOL_MQTT_URL"])
+        data["mqtt"] = mqtt
     try:
         return EdgeConfig(**data)
     except ValidationError as exc:
