@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="cut-off of precision@k/recall@k")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
 
-    p = sub.add_parser("publish", help="push catalogue and menus (and pending erasures) to the stores now")
+    p = sub.add_parser("publish", help="push catalogue (a new version if it changed) and menus to the stores now")
     p.add_argument("--store", help="only this store id")
 
     sub.add_parser("listen", help="run only the MQTT consumer of device events and status")
@@ -142,15 +142,18 @@ def cmd_evaluate(args, settings, db) -> int:
 
 
 def cmd_publish(args, settings, db) -> int:
-    from dangol_cloud.publishing import publish
+    from dangol_cloud.models import Store
+    from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish
 
     if not settings.mqtt_url:
         raise UsageError("no broker configured: set DANGOL_MQTT_URL (mqtt://user:password@host:port)")
-    with db.transaction() as session:
-        try:
-            report = publish(session, settings.mqtt_url, store_id=args.store, currency=settings.currency)
-        except LookupError as exc:
-            raise UsageError(f"--store {args.store}: {exc}") from None
+
+    with db.transaction() as session:  # one transaction: a failed publish leaves no new version behind
+        if args.store is not None and session.get(Store, args.store) is None:
+            raise UsageError(f"--store {args.store}: no such store")
+        ensure_current_version(session, published_by="dangol-cloud publish",
+                               photo_url=photo_url_builder(settings.public_url))
+        report = publish(session, settings.mqtt_url, store_id=args.store, currency=settings.currency)
     out.print(f"published to {report.stores} store(s): {report.catalogue} catalogue, {report.menus} menus, "
               f"{report.erasures} erasure messages", highlight=False)
     return 0

@@ -14,8 +14,8 @@ import dangol_protocol as proto
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, Store, utcnow
 from dangol_cloud.mqtt import Message, connect, publish_all
 
-__all__ = ["PublishReport", "catalogue_messages", "erasure_messages", "menu_messages", "publish",
-           "publish_catalogue_version", "snapshot_items"]
+__all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_messages",
+           "photo_url_builder", "publish", "publish_catalogue_version", "snapshot_items"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,24 @@ def publish_catalogue_version(session: Session, *, published_by: str | None, pho
     session.add(version)
     session.flush()
     return version
+
+
+def ensure_current_version(session: Session, *, published_by: str | None, photo_url=None) -> CatalogueVersion | None:
+    """Make sure the newest catalogue version equals the current catalogue: if the items changed since the
+    last Publish (or nothing was ever published), freeze a new version. Returns the newest version, or
+    None if the catalogue is empty and was never published. The caller commits."""
+    items = snapshot_items(session, photo_url)
+    last = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    if (last is None and not items) or (last is not None and last.items == items):
+        return last
+    return publish_catalogue_version(session, published_by=published_by, photo_url=photo_url)
+
+
+def photo_url_builder(public_url: str | None):
+    """``filename -> URL`` of item photos under ``public_url`` (None if no public URL is configured)."""
+    if not public_url:
+        return None
+    return lambda filename: f"{public_url}/catalogue/photos/{filename}"
 
 
 def _stores(session: Session, store_id: str | None) -> list[Store]:

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
         consent_text_version: version label of the consent text staff read to customers.
         train_interval_hours: if set, ``serve`` retrains (and publishes) on this schedule.
         listen: if true, ``serve`` also runs the MQTT consumer (device events and status).
+        public_url: base URL at which the edge devices reach this service (e.g. ``http://cloud.local:8000``),
+            used for item photo URLs in the catalogue; default: the URL of the dashboard request.
         import_batch_size: rows per bulk insert in ``import-purchases``.
     """
 
@@ -57,9 +59,20 @@ class Settings(BaseSettings):
     consent_text_version: str = "2026-01"
     train_interval_hours: float | None = Field(None, gt=0)
     listen: bool = True
+    public_url: str | None = None
     import_batch_size: int = Field(5000, ge=1)
 
     config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s):// URL")
+        return value.rstrip("/")
 
     @field_validator("timezone")
     @classmethod

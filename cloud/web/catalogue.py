@@ -14,7 +14,7 @@ from sqlalchemy import func, or_, select
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.models import CatalogueItem, CatalogueVersion
 from dangol_cloud.mqtt import MqttError
-from dangol_cloud.publishing import publish, publish_catalogue_version
+from dangol_cloud.publishing import photo_url_builder, publish, publish_catalogue_version
 from dangol_cloud.web.forms import ActionForm, ItemForm
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ def _slug(text: str) -> str:
 
 
 def _photo_url(filename: str) -> str:
-    return url_for("catalogue.photo", filename=filename, _external=True)
+    public = photo_url_builder(get_settings().public_url)
+    return public(filename) if public else url_for("catalogue.photo", filename=filename, _external=True)
 
 
 @bp.route("/")

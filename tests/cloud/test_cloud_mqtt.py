@@ -257,3 +257,38 @@ def test_serve_runs_the_dashboard_and_the_event_consumer(db, db_url, mosquitto, 
         proc.terminate()
         output = proc.communicate(timeout=10)[0].decode(errors="replace")
     assert "MQTT listener subscribed" in output
+
+
+def test_cli_publish_freezes_a_new_catalogue_version_only_when_it_changed(db, db_url, mosquitto, monkeypatch,
+                                                                          tmp_path):
+    from dangol_cloud.models import CatalogueVersion
+
+    store_id, _ = add_store_and_device(db)
+    with db.transaction() as s:
+        s.add(CatalogueItem(ref="mocha", name="Mocha", price=4.1, tags=[]))
+    monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
+    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DANGOL_PUBLIC_URL", "http://cloud.local:8000")
+    from tests.broker import free_port
+
+    monkeypatch.setenv("DANGOL_MQTT_URL", f"mqtt://127.0.0.1:{free_port()}")
+    assert cli(["publish"]) == 1                                   # broker down: no version is left behind
+
+    def versions():
+        with db.sessions() as s:
+            return s.scalars(select(CatalogueVersion.version).order_by(CatalogueVersion.version)).all()
+
+    assert versions() == []
+    monkeypatch.setenv("DANGOL_MQTT_URL", mosquitto.url)
+    assert cli(["publish"]) == 0 and versions() == [1]
+    assert cli(["publish"]) == 0 and versions() == [1]              # unchanged: same version again
+    with db.transaction() as s:
+        s.scalar(select(CatalogueItem)).price = 4.3
+    assert cli(["publish"]) == 0 and versions() == [1, 2]
+    late = Collector(mosquitto, [proto.catalogue_topic(store_id)])
+    try:
+        (topic, payload, _), = late.wait_for(1)
+    finally:
+        late.close()
+    catalogue = proto.parse_payload(topic, payload)
+    assert catalogue.version == 2 and catalogue.items[0].price == 4.3
