@@ -10,7 +10,8 @@ from flask_login import login_required
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_session, get_settings
-from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Device, ModelVersion, Purchase, Visit
+from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion, Purchase,
+                                 Visit)
 
 bp = Blueprint("home", __name__)
 
@@ -36,6 +37,11 @@ def index():
     devices = s.scalars(select(Device).order_by(Device.name)).all()
     model = s.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    erasures = {
+        "unsent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.published_at.is_(None))),
+        "sent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.published_at.is_not(None))),
+    }
     recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
                        .order_by(Visit.ts.desc()).limit(8)).all()
-    return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent)
+    return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
+                           erasures=erasures)

@@ -111,6 +111,7 @@ def test_erase_deletes_the_customer_and_queues_an_erasure(web):
         assert s.scalar(select(Visit.customer_id)) is None  # the visit stays, anonymous
         erasure = s.scalar(select(Erasure))
         assert erasure.customer_id == cid and erasure.published_at is None
+    assert "1 not yet sent to the stores" in client.get("/").get_data(as_text=True)
 
 
 def test_item_with_photo_is_created_edited_retired_and_snapshotted(web, data_dir):
