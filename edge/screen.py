@@ -1,0 +1,78 @@
+"""What the HDMI menu page shows right now: a small thread-safe state machine with change notification.
+
+Screens: ``house`` (the house menu from the catalogue), ``welcome`` (a customer's first name and picks,
+until ``until`` then back to house) and ``enrol`` (staff enrolment progress with the pending short code).
+No face image is ever part of a screen. Every change bumps ``version``; the web page's server-sent
+events stream waits on :meth:`Screen.wait` and pushes each new snapshot at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+
+class Screen:
+    """Thread-safe current screen.
+
+    Args:
+        clock: seconds clock (``time.monotonic``); tests may pass their own.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._version = 0
+        self._state: dict[str, Any] = {"screen": "house"}
+        self._until: float | None = None
+        self.changed_at = clock()
+
+    def _set(self, state: dict[str, Any], until: float | None = None) -> int:
+        with self._cond:
+            self._version += 1
+            self._state = state
+            self._until = until
+            self.changed_at = self._clock()
+            self._cond.notify_all()
+            return self._version
+
+    def show_house(self) -> int:
+        """Back to the house menu; returns the new version."""
+        return self._set({"screen": "house"})
+
+    def show_welcome(self, first_name: str, picks: list[dict], customer_id: str, seconds: float,
+                     arrival_ts: float | None = None) -> int:
+        """Welcome a customer for ``seconds``.
+
+        Args:
+            picks: items to show, each ``{"id", "name", "price", "category", "description"}``
+                (available items only; the caller filters).
+            arrival_ts: monotonic time of the decision, for the latency benchmark.
+        """
+        return self._set({"screen": "welcome", "first_name": first_name, "picks": picks,
+                          "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
+
+    def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None) -> int:
+        """Enrolment progress: ``stage`` is ``capturing``, ``pending`` (with ``code``), ``cancelled``
+        or ``failed``; shown for ``seconds`` (None: until the next change)."""
+        return self._set({"screen": "enrol", "stage": stage, "code": code},
+                         None if seconds is None else self._clock() + seconds)
+
+    def tick(self) -> None:
+        """Return to the house menu when a timed screen has expired (call regularly)."""
+        with self._cond:
+            expired = self._until is not None and self._clock() >= self._until
+        if expired:
+            self.show_house()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current state with its ``version``."""
+        with self._cond:
+            return {"version": self._version, **self._state}
+
+    def wait(self, version: int, timeout: float) -> dict[str, Any]:
+        """Block until the version differs from ``version`` or ``timeout`` seconds pass; return the snapshot."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._version != version, timeout=timeout)
+            return {"version": self._version, **self._state}
