@@ -93,8 +93,11 @@ def test_invalid_sales_are_refused_and_store_nothing(api, db, body, key, status,
 
 
 def test_openapi_document_describes_the_endpoint(api):
+    from openapi_spec_validator import validate
+
     client, _ = api
     doc = client.get("/api/v1/openapi.json").json
+    validate(doc)  # a valid OpenAPI 3 document (raises otherwise)
     assert doc["openapi"].startswith("3.")
     op = doc["paths"]["/api/v1/purchases"]["post"]
     assert {p["$ref"].rsplit("/", 1)[-1] for p in op["parameters"]} == {"IdempotencyKey"}
