@@ -104,3 +104,22 @@ def test_openapi_document_describes_the_endpoint(api):
     assert {"201", "200", "401", "422"} <= set(op["responses"])
     schema = doc["components"]["schemas"]["Purchase"]
     assert set(schema["required"]) == {"customer", "ts", "lines"}
+
+
+def test_concurrent_retries_store_the_sale_once(api, db):
+    """Eight simultaneous deliveries of the same sale (a POS retrying on timeouts): one sale stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, _ = api
+    app = client.application
+
+    def deliver(_):
+        response = post(app.test_client(), SALE, key="burst-1")
+        return response.status_code, response.json
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(deliver, range(8)))
+    codes = sorted(code for code, _ in results)
+    assert codes.count(201) == 1 and set(codes) <= {200, 201}
+    assert len({json.dumps(body, sort_keys=True) for _, body in results}) == 1
+    assert counts(db)["purchases"] == 2

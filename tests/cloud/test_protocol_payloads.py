@@ -116,3 +116,27 @@ def test_last_will_is_a_valid_offline_status():
     topic, payload = p.last_will(DEVICE)
     status = p.parse_payload(topic, payload)
     assert topic == p.status_topic(DEVICE) and status.state == "offline" and status.health is None
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_text = st.text(min_size=1, max_size=30).filter(lambda s: s.strip() == s and s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=300) | st.from_regex(rb'\{"schema": ?"event/1".{0,200}\}', fullmatch=True))
+def test_parse_payload_only_ever_raises_payload_error(raw):
+    try:
+        p.parse_payload(p.events_topic(DEVICE), raw)
+    except p.PayloadError as exc:
+        assert exc.topic == p.events_topic(DEVICE) and exc.reason
+
+
+@settings(max_examples=100, deadline=None)
+@given(picks=st.lists(st.builds(p.MenuPick, item_id=_text, score=st.floats(-1e6, 1e6),
+                                reasons=st.lists(_text, max_size=3)), max_size=12),
+       version=_text, name=st.none() | _text)
+def test_any_menu_round_trips(picks, version, name):
+    menu = p.Menu(store_id=STORE, customer_id=CUSTOMER, model_version=version, generated_at=NOW, items=picks,
+                  display_name=name)
+    assert p.parse_payload(p.menu_topic(STORE, CUSTOMER), p.dump_payload(menu)) == menu
