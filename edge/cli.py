@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the appliance daemon")
     r.add_argument("--source", help="override the camera source")
+    r.add_argument("--config", dest="run_config", type=Path, help="config file (same as the global --config)")
     k = sub.add_parser("check-config", help="validate a config file and exit")
     k.add_argument("path", type=Path)
     return p
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     from .config import load_config
 
+    if getattr(args, "run_config", None):
+        args.config = args.run_config
     overrides = {"home": args.home} if args.home else {}
     return load_config(args.config, **overrides)
 
@@ -184,7 +187,10 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    raise InputError("dangol-edge run: the appliance daemon is not part of this build yet")
+    from .daemon import Appliance
+
+    cfg = _config(args)
+    return Appliance(cfg, source=args.source).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,15 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .embed import ModelError
     from .gallery import GalleryError
+    from .state import StateError
 
     handlers = {"enroll": cmd_enroll, "identify": cmd_identify, "customers": cmd_customers,
                 "check-config": cmd_check_config, "run": cmd_run}
     try:
         return handlers[args.command](args)
-    except (InputError, ConfigError, ModelError) as exc:
+    except (InputError, ConfigError, ModelError, ValueError) as exc:  # incl. a malformed broker URL
         print(f"dangol-edge: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except GalleryError as exc:
+    except (GalleryError, StateError) as exc:
         print(f"dangol-edge: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,249 @@
+"""MQTT sync between one edge device and the cloud (paho-mqtt 2.x, MQTT 3.1.1).
+
+* **Session**: client id ``dangol-edge-<device>``, persistent session (``clean_session=False``), QoS 1
+  everywhere, retained last will ``status/1 offline`` on the device's status topic, automatic
+  reconnect with exponential backoff (``reconnect_min_s`` … ``reconnect_max_s``).
+* **Down-link**: subscribes to its store's catalogue, menus and erasures (topic table in design.md);
+  every payload is validated by :func:`dangol_protocol.parse_payload` — an invalid one is logged with
+  its topic and reason and dropped, leaving the cache untouched. Catalogue and menus are cached in the
+  :class:`~dangol_edge.state.StateStore`, so the box keeps working with the broker down.
+* **Up-link**: events go through the outbox table first; a flusher publishes them in order while
+  connected and marks each sent when the broker's PUBACK arrives. After a reconnect or a restart the
+  unacknowledged ones are sent again, so delivery is at-least-once and the cloud's deduplication on
+  ``event_id`` makes it exactly-once from the cloud's point of view.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from dangol_protocol import (
+    Catalogue, Erasures, Menu, Status, dump_payload, last_will, parse_payload,
+)
+from dangol_protocol.models import Health
+from dangol_protocol.parse import PayloadError, is_retained_clear
+from dangol_protocol.topics import TopicError, TopicKind, events_topic, parse_topic, status_topic, store_subscriptions
+
+from .config import MQTTConfig
+from .state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class MQTTConfigError(ValueError):
+    """The broker URL is malformed; the message names it (without the password)."""
+
+
+def parse_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
+    """``mqtt[s]://user:password@host:port`` → (host, port, user, password, tls).
+
+    Raises:
+        MQTTConfigError: unknown scheme or no host.
+    """
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+        safe = f"{u.scheme}://{u.hostname or ''}:{u.port or ''}"
+        raise MQTTConfigError(f"broker URL {safe!r}: expected mqtt://[user:password@]host[:port] or mqtts://…")
+    tls = u.scheme in ("mqtts", "ssl")
+    return (u.hostname, u.port or (8883 if tls else 1883),
+            unquote(u.username) if u.username else None, unquote(u.password) if u.password else None, tls)
+
+
+class MQTTSync:
+    """The device's MQTT client.
+
+    Args:
+        config: broker settings.  device_id, store_id: this box's UUIDs.
+        state: the catalogue/menu cache and outbox.
+        on_erasure: called with each valid :class:`Erasures`; returns the customer ids it erased
+            (the confirmation event is queued here).
+        on_change: called with ``"catalogue"`` or ``"menu"`` after the cache changed (e.g. refresh the display).
+    """
+
+    def __init__(self, config: MQTTConfig, device_id: uuid.UUID, store_id: uuid.UUID, state: StateStore,
+                 on_erasure: Callable[[Erasures], list[str]] | None = None,
+                 on_change: Callable[[str], None] | None = None, software_version: str = "0.1.0"):
+        self.config = config
+        self.device_id = device_id
+        self.store_id = store_id
+        self.state = state
+        self.on_erasure = on_erasure
+        self.on_change = on_change
+        self.software_version = software_version
+        self.connected = threading.Event()
+        self.invalid_messages = 0
+        self._client: mqtt.Client | None = None
+        self._inflight: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (works with the broker down) and start the outbox flusher.
+
+        Raises:
+            MQTTConfigError: no or malformed broker URL.
+        """
+        if not self.config.url:
+            raise MQTTConfigError("no broker URL (set [mqtt] url or DANGOL_MQTT_URL)")
+        host, port, user, password, tls = parse_url(self.config.url)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dangol-edge-{self.device_id}",
+                        clean_session=False, protocol=mqtt.MQTTv311)
+        if user:
+            c.username_pw_set(user, password)
+        if tls:
+            c.tls_set(ca_certs=str(self.config.tls_ca) if self.config.tls_ca else None,
+                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        will_topic, will_payload = last_will(self.device_id)
+        c.will_set(will_topic, will_payload, qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=max(1, int(self.config.reconnect_min_s)),
+                              max_delay=max(1, int(self.config.reconnect_max_s)))
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        self._client = c
+        c.connect_async(host, port, keepalive=self.config.keepalive_s)
+        c.loop_start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="mqtt-outbox", daemon=True)
+        self._flusher.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish ``offline`` (a clean disconnect does not fire the last will), disconnect, stop threads."""
+        self._stop.set()
+        self._wake.set()
+        if self._flusher:
+            self._flusher.join(timeout)
+        c = self._client
+        if c is not None:
+            if self.connected.is_set():
+                info = c.publish(status_topic(self.device_id),
+                                 dump_payload(Status(device_id=self.device_id, state="offline",
+                                                     ts=datetime.now(timezone.utc))), qos=1, retain=True)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):
+                    pass
+            c.disconnect()
+            c.loop_stop()
+            self._client = None
+
+    # --- callbacks (paho's network thread) ----------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        log.info("connected to the broker (session present: %s)", flags.session_present)
+        client.subscribe(store_subscriptions(self.store_id))
+        self.connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
+        self.connected.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            event_id = self._inflight.pop(mid, None)
+        if event_id:
+            self.state.mark_sent(event_id)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            self.handle_message(msg.topic, msg.payload)
+        except Exception:  # a bug in a handler must not kill paho's network thread
+            log.exception("failed to handle a message on %s", msg.topic)
+
+    def handle_message(self, topic: str, payload: bytes) -> str:
+        """Validate and apply one down-link message; returns what happened
+        (``catalogue``, ``menu``, ``menu-cleared``, ``erasures``, ``stale``, ``invalid``)."""
+        try:
+            t = parse_topic(topic)
+            if t.store_id != str(self.store_id):
+                raise PayloadError(topic, "not this device's store")
+            if t.kind is TopicKind.MENU and is_retained_clear(payload):
+                self.state.delete_menu(t.customer_id)
+                self._changed("menu")
+                return "menu-cleared"
+            obj = parse_payload(topic, payload)
+        except (PayloadError, TopicError) as exc:
+            self.invalid_messages += 1
+            log.warning("dropped invalid message: %s", exc)
+            return "invalid"
+        data = json.loads(obj.model_dump_json(by_alias=True))
+        if isinstance(obj, Catalogue):
+            if not self.state.put_catalogue(data):
+                return "stale"
+            self._changed("catalogue")
+            return "catalogue"
+        if isinstance(obj, Menu):
+            if not self.state.put_menu(data):
+                return "stale"
+            self._changed("menu")
+            return "menu"
+        if isinstance(obj, Erasures):
+            erased = self.on_erasure(obj) if self.on_erasure else []
+            for cid in obj.customer_ids:
+                self.state.delete_menu(str(cid))
+            from dangol_protocol import ErasureDoneEvent, new_event_id
+
+            self.send_event(ErasureDoneEvent(event_id=new_event_id(), device_id=self.device_id,
+                                             ts=datetime.now(timezone.utc), erasure_id=obj.erasure_id,
+                                             customer_ids=obj.customer_ids))
+            log.info("erasure %s: %d customers erased here", obj.erasure_id, len(erased))
+            return "erasures"
+        self.invalid_messages += 1
+        log.warning("dropped unexpected %s payload on %s", type(obj).__name__, topic)
+        return "invalid"
+
+    def _changed(self, what: str) -> None:
+        if self.on_change:
+            self.on_change(what)
+
+    # --- up-link -----------------------------------------------------------------------------------
+    def send_event(self, event) -> None:
+        """Queue an event (``ArrivalEvent`` | ``EnrolmentEvent`` | ``ErasureDoneEvent``) in the outbox."""
+        self.state.enqueue(str(event.event_id), events_topic(self.device_id), dump_payload(event))
+        self._wake.set()
+
+    def publish_status(self, health: Health) -> None:
+        """Publish ``online`` with health on the retained status topic (skipped while disconnected)."""
+        c = self._client
+        if c is not None and self.connected.is_set():
+            c.publish(status_topic(self.device_id),
+                      dump_payload(Status(device_id=self.device_id, state="online", ts=datetime.now(timezone.utc),
+                                          health=health, software_version=self.software_version)),
+                      qos=1, retain=True)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if not self.connected.is_set() or self._client is None:
+                continue
+            with self._lock:
+                inflight = set(self._inflight.values())
+            for ev in self.state.pending(limit=200):
+                if ev["event_id"] in inflight or not self.connected.is_set():
+                    continue
+                info = self._client.publish(ev["topic"], ev["payload"].encode("utf-8"), qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break  # not connected any more: retry after the next connect
+                with self._lock:
+                    # on_publish may already have fired for a fast broker: only keep it if still unacked
+                    self._inflight[info.mid] = ev["event_id"]
+                    if info.is_published():
+                        self._inflight.pop(info.mid, None)
+                        self.state.mark_sent(ev["event_id"])
