@@ -100,10 +100,14 @@ class MosquittoBroker:
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
-    def start(self, timeout: float = 10.0) -> "MosquittoBroker":
-        """Start the broker and wait until it accepts TCP connections. Raises BrokerError."""
+    def start(self, timeout: float = 10.0, port: int | None = None) -> "MosquittoBroker":
+        """Start the broker and wait until it accepts TCP connections. Raises BrokerError.
+
+        Args:
+            port: listen on this port (e.g. restart on the port clients know); default a free one.
+        """
         for _attempt in range(3):
-            self.port = free_port(self.host)
+            self.port = port or free_port(self.host)
             conf = self._write_config()
             self._proc = subprocess.Popen([self._binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE)
