@@ -26,13 +26,14 @@ class Settings(BaseSettings):
     """Cloud service settings.
 
     Attributes:
-        home: folder for the default SQLite database, trained models, uploaded photos and the secret key
-            (relative paths are relative to the working directory).
-        database_url: SQLAlchemy URL; default ``sqlite:///{home}/dangol.sqlite``; PostgreSQL as
+        cloud_home: (``DANGOL_CLOUD_HOME``; the edge's folder is ``DANGOL_HOME``) folder for the default
+            SQLite database, trained models, uploaded photos and the secret key (relative paths are relative
+            to the working directory).
+        database_url: SQLAlchemy URL; default ``sqlite:///{cloud_home}/dangol.sqlite``; PostgreSQL as
             ``postgresql+psycopg://user@host/db``.
         mqtt_url: broker as ``mqtt://user:password@host:port`` (``mqtts://`` for TLS); None = no MQTT.
         data: folder with the real data sets (``purchases/ta-feng`` ...), used by tests and demos.
-        secret_key: Flask session/CSRF key; generated once into ``{home}/secret_key`` if unset.
+        secret_key: Flask session/CSRF key; generated once into ``{cloud_home}/secret_key`` if unset.
         menu_size: picks per customer menu (top-N).
         currency: ISO 4217 code shown on the dashboard and sent in the catalogue.
         timezone: IANA zone of the café: naive imported timestamps are local time in it, and analytics
@@ -47,7 +48,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid")
 
-    home: Path = Path("var/cloud")
+    cloud_home: Path = Path("var/cloud")
     database_url: str | None = None
     mqtt_url: str | None = None
     mqtt_client_id: str = "dangol-cloud"
@@ -107,26 +108,26 @@ class Settings(BaseSettings):
     # --- derived values -------------------------------------------------------------------------------
     @property
     def effective_database_url(self) -> str:
-        """``database_url`` or the SQLite file under ``home``."""
-        return self.database_url or f"sqlite:///{(self.home / 'dangol.sqlite').resolve()}"
+        """``database_url`` or the SQLite file under ``cloud_home``."""
+        return self.database_url or f"sqlite:///{(self.cloud_home / 'dangol.sqlite').resolve()}"
 
     @property
     def models_dir(self) -> Path:
-        """Where trained models are saved (``{home}/models``)."""
-        return self.home / "models"
+        """Where trained models are saved (``{cloud_home}/models``)."""
+        return self.cloud_home / "models"
 
     @property
     def photos_dir(self) -> Path:
-        """Where uploaded catalogue photos are stored (``{home}/photos``)."""
-        return self.home / "photos"
+        """Where uploaded catalogue photos are stored (``{cloud_home}/photos``)."""
+        return self.cloud_home / "photos"
 
     def resolved_secret_key(self) -> str:
-        """The configured secret key, or one generated once and kept in ``{home}/secret_key`` (mode 600)."""
+        """The configured secret key, or one generated once and kept in ``{cloud_home}/secret_key`` (mode 600)."""
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
-        path = self.home / "secret_key"
+        path = self.cloud_home / "secret_key"
         if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
+            self.cloud_home.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_urlsafe(48))
             path.chmod(0o600)
         return path.read_text().strip()

@@ -66,7 +66,7 @@ class TrainReport:
 
 
 def train_from_database(db: Database, settings: Settings) -> TrainReport:
-    """Train on every purchase, save the model under ``{home}/models/<version>``, record a
+    """Train on every purchase, save the model under ``{cloud_home}/models/<version>``, record a
     :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N
     (``settings.menu_size``, available items only) in one transaction. Customers with consent but no
     purchases yet get the model's cold-start list.

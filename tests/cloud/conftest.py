@@ -93,7 +93,7 @@ def db(db_url):
 
 @pytest.fixture
 def settings(tmp_path, db_url) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=db_url, secret_key="test-secret", _env_file=None)
+    return Settings(cloud_home=tmp_path / "home", database_url=db_url, secret_key="test-secret", _env_file=None)
 
 
 # --- objects -----------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def site(tmp_path_factory, data_dir):
     with src.open() as fin, slice_.open("w") as fout:
         fout.write(next(fin))
         fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
-    env = {"DANGOL_DATABASE_URL": url, "DANGOL_HOME": str(tmp / "home")}
+    env = {"DANGOL_DATABASE_URL": url, "DANGOL_CLOUD_HOME": str(tmp / "home")}
     old = {k: os.environ.get(k) for k in (*env, "DANGOL_MQTT_URL")}
     os.environ.update(env)
     os.environ.pop("DANGOL_MQTT_URL", None)
@@ -74,7 +74,7 @@ def site(tmp_path_factory, data_dir):
         s.add(Visit(event_id=str(uuid.uuid4()), customer_id=None, device_id=device_id, store_id=store_id,
                     ts=utc(2026, 1, 3, 10)))
         regular_id = regular.id
-    settings = Settings(home=tmp / "home", database_url=url, mqtt_url=broker.url, secret_key="browser-test",
+    settings = Settings(cloud_home=tmp / "home", database_url=url, mqtt_url=broker.url, secret_key="browser-test",
                         _env_file=None)
     app = create_app(settings, db=db)
     port = free_port()

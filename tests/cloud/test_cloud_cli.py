@@ -21,7 +21,7 @@ def env(monkeypatch, tmp_path, db_url):
     for var in ("DANGOL_MQTT_URL", "DANGOL_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
-    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     return db_url
 
 
@@ -134,7 +134,7 @@ def test_broker_config_writes_password_file_and_acl(env, monkeypatch, tmp_path):
 def test_train_and_evaluate_on_real_purchases(monkeypatch, tmp_path, sqlite_url, ta_feng_customers, capsys):
     monkeypatch.delenv("DANGOL_MQTT_URL", raising=False)
     monkeypatch.setenv("DANGOL_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     assert cli(["import-purchases", str(ta_feng_customers), "--format", "ta-feng", "--no-progress", "--train"]) == 0
     db = Database(sqlite_url)
     with db.sessions() as s:
@@ -158,10 +158,10 @@ def test_training_runs_on_a_schedule(tmp_path, sqlite_url, ta_feng_customers, mo
     from dangol_cloud.settings import Settings
 
     monkeypatch.setenv("DANGOL_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DANGOL_MQTT_URL", raising=False)
     assert cli(["import-purchases", str(ta_feng_customers), "--format", "ta-feng", "--no-progress"]) == 0
-    settings = Settings(home=tmp_path / "home", database_url=sqlite_url, secret_key="k",
+    settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="k",
                         train_interval_hours=1 / 3600, _env_file=None)   # every second
     app = create_app(settings)
     stop = start_background(app)

@@ -106,7 +106,7 @@ def test_cli_publish_uses_the_configured_broker(db, db_url, mosquitto, monkeypat
     store_id, *_ = _seed(db)
     monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
     monkeypatch.setenv("DANGOL_MQTT_URL", mosquitto.url)
-    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     assert cli(["publish", "--store", store_id]) == 0
     assert "1 catalogue, 1 menus" in capsys.readouterr().out
     late = Collector(mosquitto, [proto.catalogue_topic(store_id)])
@@ -230,7 +230,7 @@ def test_serve_runs_the_dashboard_and_the_event_consumer(db, db_url, mosquitto, 
     _, device_id = add_store_and_device(db)
     port = free_port()
     env = {**os.environ, "DANGOL_DATABASE_URL": db_url, "DANGOL_MQTT_URL": mosquitto.url,
-           "DANGOL_HOME": str(tmp_path / "home"), "DANGOL_MQTT_CLIENT_ID": f"serve-{uuid.uuid4().hex[:6]}"}
+           "DANGOL_CLOUD_HOME": str(tmp_path / "home"), "DANGOL_MQTT_CLIENT_ID": f"serve-{uuid.uuid4().hex[:6]}"}
     env.pop("DANGOL_CONFIG", None)
     proc = subprocess.Popen([sys.executable, "-m", "dangol_cloud.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -267,7 +267,7 @@ def test_cli_publish_freezes_a_new_catalogue_version_only_when_it_changed(db, db
     with db.transaction() as s:
         s.add(CatalogueItem(ref="mocha", name="Mocha", price=4.1, tags=[]))
     monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
-    monkeypatch.setenv("DANGOL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DANGOL_PUBLIC_URL", "http://cloud.local:8000")
     from tests.broker import free_port
 

@@ -34,7 +34,7 @@ def test_settings_from_file_and_environment(tmp_path, monkeypatch):
 def test_default_database_is_a_sqlite_file_under_home(tmp_path, monkeypatch):
     monkeypatch.delenv("DANGOL_DATABASE_URL", raising=False)
     monkeypatch.delenv("DANGOL_CONFIG", raising=False)
-    settings = load_settings(home=tmp_path / "h")
+    settings = load_settings(cloud_home=tmp_path / "h")
     assert settings.effective_database_url == f"sqlite:///{(tmp_path / 'h' / 'dangol.sqlite').resolve()}"
 
 

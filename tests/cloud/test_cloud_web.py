@@ -22,7 +22,7 @@ def web(tmp_path, sqlite_url):
     db = Database(sqlite_url)
     db.migrate()
     add_owner(db)
-    settings = Settings(home=tmp_path / "home", database_url=sqlite_url, secret_key="k", _env_file=None)
+    settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="k", _env_file=None)
     app = create_app(settings, db=db, TESTING=True)
     yield app, db
     db.dispose()
