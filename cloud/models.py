@@ -52,6 +52,7 @@ class UTCDateTime(TypeDecorator):
 
 
 class Base(DeclarativeBase):
+    """Declarative base: UTC datetimes and JSON columns on SQLite and PostgreSQL alike."""
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
 

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Sources, highest priority first: init kwargs, ``DANGOL_*`` environment, the TOML config file."""
         path = init_settings.init_kwargs.get("config_file") or os.environ.get("DANGOL_CONFIG")
         sources = [init_settings, env_settings]
         if path:

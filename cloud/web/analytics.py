@@ -15,6 +15,7 @@ bp = Blueprint("analytics", __name__, url_prefix="/analytics")
 @bp.route("/")
 @login_required
 def index():
+    """GET /analytics/?days=N: charts over the last N days (1-3650, default 90)."""
     days = min(max(request.args.get("days", 90, type=int), 1), 3650)
     a = numbers.compute(get_session(), tz=get_settings().timezone, days=days)
     charts = {

@@ -80,6 +80,7 @@ def _replay(previous: PosRequest, body_sha: str, key: str) -> Response:
 
 @bp.post("/purchases")
 def create_purchases():
+    """POST /api/v1/purchases: store one POS sale (see openapi.json for statuses and bodies)."""
     store = _store_from_token()
     if store is None:
         log.warning("POS API: missing or unknown store token from %s", request.remote_addr)

@@ -33,6 +33,7 @@ def _photo_url(filename: str) -> str:
 @bp.route("/")
 @login_required
 def index():
+    """GET /catalogue/?show=active|retired&q=TEXT&page=N: the items, 60 per page, and the Publish button."""
     s = get_session()
     show = request.args.get("show", "active")
     query = select(CatalogueItem).order_by(CatalogueItem.category, CatalogueItem.name)
@@ -77,6 +78,7 @@ def _fill(item: CatalogueItem, form: ItemForm) -> None:
 @bp.route("/new", methods=["GET", "POST"])
 @login_required
 def new():
+    """GET/POST /catalogue/new: create an item (ref derived from the name, unique)."""
     form = ItemForm()
     if form.validate_on_submit():
         s = get_session()
@@ -97,6 +99,7 @@ def new():
 @bp.route("/<item_id>", methods=["GET", "POST"])
 @login_required
 def edit(item_id: str):
+    """GET/POST /catalogue/<id>: edit an item; 404 if unknown."""
     s = get_session()
     item = s.get(CatalogueItem, item_id) or abort(404)
     form = ItemForm(obj=item) if request.method == "GET" else ItemForm()
@@ -113,6 +116,7 @@ def edit(item_id: str):
 @bp.route("/<item_id>/retire", methods=["POST"])
 @login_required
 def retire(item_id: str):
+    """POST /catalogue/<id>/retire: retire or restore an item (toggle)."""
     s = get_session()
     item = s.get(CatalogueItem, item_id) or abort(404)
     if not ActionForm().validate_on_submit():
@@ -126,6 +130,7 @@ def retire(item_id: str):
 @bp.route("/publish", methods=["POST"])
 @login_required
 def publish_now():
+    """POST /catalogue/publish: freeze the next catalogue version and publish it (and menus) over MQTT."""
     if not ActionForm().validate_on_submit():
         abort(400)
     settings = get_settings()

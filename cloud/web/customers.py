@@ -24,6 +24,7 @@ PAGE = 50
 @bp.route("/")
 @login_required
 def index():
+    """GET /customers/?show=enrolled|pending|all&q=TEXT&page=N: customers with visit/purchase counts."""
     s = get_session()
     show = request.args.get("show", "enrolled")
     q = (request.args.get("q") or "").strip()
@@ -53,6 +54,7 @@ def index():
 @bp.route("/<customer_id>")
 @login_required
 def show(customer_id: str):
+    """GET /customers/<id>: consent record, current picks and why, visits, purchases."""
     s = get_session()
     customer = s.get(Customer, customer_id) or abort(404)
     menu = s.get(Menu, customer.id)
@@ -74,6 +76,7 @@ def show(customer_id: str):
 @bp.route("/<customer_id>/consent", methods=["POST"])
 @login_required
 def consent(customer_id: str):
+    """POST /customers/<id>/consent: record consent and a name, activate, send the first menu."""
     s = get_session()
     customer = s.get(Customer, customer_id) or abort(404)
     form = ConsentForm()

@@ -15,21 +15,29 @@ class ActionForm(FlaskForm):
 
 
 class LoginForm(FlaskForm):
+    """E-mail and password."""
+
     email = EmailField("E-mail", validators=[DataRequired(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired()])
 
 
 class StoreForm(FlaskForm):
+    """A new store: name and optional POS store code."""
+
     name = StringField("Store name", validators=[DataRequired(), Length(max=120)])
     ref = StringField("POS store code (optional)", validators=[Optional(), Length(max=64)])
 
 
 class DeviceForm(FlaskForm):
+    """A new edge device: its name."""
+
     name = StringField("Device name", validators=[DataRequired(), Length(max=120)],
                        render_kw={"placeholder": "Front door"})
 
 
 class ItemForm(FlaskForm):
+    """A catalogue item (price in the café's currency)."""
+
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
     category = StringField("Category", validators=[Optional(), Length(max=80)],
                            render_kw={"placeholder": "Coffee, Tea, Pastry ..."})
@@ -42,12 +50,16 @@ class ItemForm(FlaskForm):
 
 
 class ConsentForm(FlaskForm):
+    """A customer's consent record: display name, who recorded it, consent text version."""
+
     display_name = StringField("Name shown on the display", validators=[DataRequired(), Length(max=120)])
     recorded_by = StringField("Consent recorded by", validators=[DataRequired(), Length(max=120)])
     text_version = StringField("Consent text version", validators=[DataRequired(), Length(max=40)])
 
 
 class UploadForm(FlaskForm):
+    """A purchases file and its format."""
+
     file = FileField("Purchases CSV", validators=[FileRequired(), FileAllowed(["csv", "txt"], "a .csv file")])
     format = SelectField("Format", choices=[("csv", "Dangol CSV (customer, item, quantity, timestamp)"),
                                              ("ta-feng", "Ta-Feng"), ("completejourney", "Complete Journey")],

@@ -19,6 +19,7 @@ bp = Blueprint("home", __name__)
 @bp.route("/")
 @login_required
 def index():
+    """GET /: today's numbers, recent arrivals, devices, model and catalogue state."""
     s = get_session()
     zone = ZoneInfo(get_settings().timezone)
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)

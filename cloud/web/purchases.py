@@ -34,6 +34,8 @@ def _recent(page: int):
 @bp.route("/", methods=["GET", "POST"])
 @login_required
 def index():
+    """GET /purchases/: recent purchases; POST: CSV upload answered with a row-level report (422 if the
+    file cannot be read at all)."""
     form = UploadForm()
     report = None
     error = None

@@ -18,6 +18,7 @@ bp = Blueprint("stores", __name__, url_prefix="/stores")
 @bp.route("/", methods=["GET", "POST"])
 @owner_required
 def index():
+    """GET/POST /stores/: list stores and devices; creating a store shows its POS token once."""
     s = get_session()
     form = StoreForm()
     if form.validate_on_submit():
@@ -37,6 +38,7 @@ def index():
 @bp.route("/<store_id>/token", methods=["POST"])
 @owner_required
 def rotate_token(store_id: str):
+    """POST /stores/<id>/token: replace the store's POS token (the old one stops working) and show it once."""
     s = get_session()
     store = s.get(Store, store_id) or abort(404)
     if not ActionForm().validate_on_submit():
@@ -50,6 +52,7 @@ def rotate_token(store_id: str):
 @bp.route("/<store_id>/devices", methods=["POST"])
 @owner_required
 def add_device(store_id: str):
+    """POST /stores/<id>/devices: create a device with its own MQTT login; the password is shown once."""
     s = get_session()
     store = s.get(Store, store_id) or abort(404)
     form = DeviceForm()
