@@ -116,7 +116,9 @@ class Listener:
         on_activated: called with the customer id after an ``enrolment`` event made a customer active
             (e.g. to publish their first menu); its exceptions are logged, not raised.
         client_id: MQTT client id; the session is persistent (clean_session=False), so QoS 1 events sent
-            while the listener was down are delivered when it reconnects.
+            while the listener was down are delivered when it reconnects. Messages are acknowledged only
+            after they were stored (or judged invalid/duplicate): one that failed to store (database down)
+            is redelivered by the broker when the listener reconnects.
 
     ``start()`` connects (raises MqttError if the broker is unreachable) and subscribes; paho reconnects
     on its own after a connection loss. ``stop()`` disconnects.
@@ -131,6 +133,7 @@ class Listener:
         self.client = None
         self.subscribed = threading.Event()
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
+        self.failures = 0
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         client.subscribe(proto.device_subscriptions())
@@ -141,9 +144,11 @@ class Listener:
     def _on_message(self, client, userdata, message) -> None:
         try:
             outcome = handle_message(self.db, message.topic, message.payload)
-        except Exception:  # keep the network loop alive; the failure is logged with its traceback
-            log.exception("failed to store message from %r", message.topic)
+        except Exception:  # e.g. database down: NOT acknowledged, so the broker redelivers it on reconnect
+            log.exception("failed to store message from %r; left unacknowledged for redelivery", message.topic)
+            self.failures += 1
             return
+        client.ack(message.mid, message.qos)
         self.counts[outcome] += 1
         if outcome is Outcome.STORED and self.on_activated is not None:
             event = proto.parse_payload(message.topic, message.payload)  # already validated: cannot fail
@@ -156,7 +161,8 @@ class Listener:
     def start(self, timeout: float = 10.0) -> "Listener":
         """Connect and subscribe; returns once the SUBACK arrived (or after ``timeout`` seconds)."""
         self.client = connect(self.mqtt_url, self.client_id, clean_session=False, on_connect=self._on_connect,
-                              on_message=self._on_message, on_subscribe=self._on_subscribe, timeout=timeout)
+                              on_message=self._on_message, on_subscribe=self._on_subscribe, timeout=timeout,
+                              manual_ack=True)
         self.subscribed.wait(timeout)
         return self
 

@@ -23,7 +23,8 @@ class MqttError(RuntimeError):
     """The broker is unreachable, refused the credentials, or did not acknowledge in time."""
 
 
-def new_client(url: str, client_id: str, *, clean_session: bool = True) -> tuple[mqtt.Client, str, int]:
+def new_client(url: str, client_id: str, *, clean_session: bool = True,
+               manual_ack: bool = False) -> tuple[mqtt.Client, str, int]:
     """A configured (not yet connected) paho v2 client for ``mqtt[s]://[user:password@]host[:port]``.
 
     Returns:
@@ -33,7 +34,7 @@ def new_client(url: str, client_id: str, *, clean_session: bool = True) -> tuple
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise MqttError(f"MQTT URL {url!r} is not mqtt://[user:password@]host[:port]")
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                         protocol=mqtt.MQTTv311)
+                         protocol=mqtt.MQTTv311, manual_ack=manual_ack)
     if parts.username:
         client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
     if parts.scheme == "mqtts":
@@ -42,17 +43,18 @@ def new_client(url: str, client_id: str, *, clean_session: bool = True) -> tuple
 
 
 def connect(url: str, client_id: str, *, timeout: float = 10.0, clean_session: bool = True,
-            on_connect=None, on_message=None, on_subscribe=None) -> mqtt.Client:
+            on_connect=None, on_message=None, on_subscribe=None, manual_ack: bool = False) -> mqtt.Client:
     """Connect, start the network loop and wait for CONNACK.
 
     ``on_connect`` (paho v2 signature) runs after every successful (re)connection, e.g. to subscribe;
-    ``on_message``/``on_subscribe`` are installed before connecting so no message is missed.
+    ``on_message``/``on_subscribe`` are installed before connecting so no message is missed. With
+    ``manual_ack`` a QoS 1 message is acknowledged only when the caller calls ``client.ack(mid, qos)``.
 
     Raises:
         MqttError: naming the broker, if it is unreachable, refuses the connection (e.g. bad credentials)
             or does not answer within ``timeout`` seconds.
     """
-    client, host, port = new_client(url, client_id, clean_session=clean_session)
+    client, host, port = new_client(url, client_id, clean_session=clean_session, manual_ack=manual_ack)
     done = threading.Event()
     result: dict = {}
 

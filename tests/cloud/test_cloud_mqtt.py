@@ -292,3 +292,33 @@ def test_cli_publish_freezes_a_new_catalogue_version_only_when_it_changed(db, db
         late.close()
     catalogue = proto.parse_payload(topic, payload)
     assert catalogue.version == 2 and catalogue.items[0].price == 4.3
+
+
+def test_event_that_failed_to_store_is_redelivered_after_reconnect(db, mosquitto):
+    """Database trouble while storing an arrival: the message is not acknowledged, and the broker delivers
+    it again when the listener reconnects with its persistent session."""
+    from sqlalchemy import text
+
+    _, device_id = add_store_and_device(db)
+    client_id = f"cloud-{uuid.uuid4().hex[:6]}"
+    listener = Listener(db, mosquitto.url, client_id=client_id).start()
+    with db.engine.begin() as conn:   # simulate a broken database: the visits table is unusable
+        conn.execute(text("ALTER TABLE visits RENAME TO visits_away"))
+    edge = _device_client(mosquitto)
+    arrival = proto.ArrivalEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_id), ts=utc(2026, 1, 5, 8))
+    try:
+        edge.publish(proto.events_topic(device_id), proto.dump_payload(arrival), qos=1).wait_for_publish(5)
+        assert _wait(lambda: listener.failures >= 1)
+    finally:
+        listener.stop()
+        with db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE visits_away RENAME TO visits"))
+        edge.disconnect()
+        edge.loop_stop()
+    again = Listener(db, mosquitto.url, client_id=client_id).start()
+    try:
+        assert _wait(lambda: again.counts[Outcome.STORED] >= 1)
+    finally:
+        again.stop()
+    with db.sessions() as s:
+        assert s.scalar(select(Visit.event_id)) == str(arrival.event_id)
