@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pending", action="store_true",
                    help="create a pending customer (activated once consent is recorded on the staff page)")
     e.add_argument("--consent-text-version", default="1", help="version of the consent text the customer agreed to")
+    e.add_argument("--customer-id", help="use this UUID (the customer's id in the cloud) instead of a new one")
 
     i = sub.add_parser("identify", help="run recognition on a source and print decisions")
     i.add_argument("--source", required=True)
@@ -105,8 +106,16 @@ def cmd_enroll(args) -> int:
     if not args.pending:
         consent = {"recorded_by": f"cli:{getpass.getuser()}", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "text_version": args.consent_text_version, "method": "staff confirmed at enrolment"}
+    if args.customer_id:
+        import uuid
+
+        try:
+            args.customer_id = str(uuid.UUID(args.customer_id))
+        except ValueError as exc:
+            raise InputError(f"--customer-id {args.customer_id!r}: not a UUID") from exc
     c = enroll(gallery, args.name, samples, status="pending" if args.pending else "active", consent=consent,
-               keep_photos=cfg.enrol.keep_photos, pending_ttl_s=24 * 3600 if args.pending else None)
+               keep_photos=cfg.enrol.keep_photos, customer_id=args.customer_id,
+               pending_ttl_s=cfg.enrol.pending_ttl_h * 3600 if args.pending else None)
     print(json.dumps({"enrolled": _customer_dict(c)}))
     return EXIT_OK
 

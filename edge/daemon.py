@@ -234,6 +234,15 @@ class Appliance:
                     return False
             self.stats.frames_captured += 1
             item = (frame, time.monotonic())
+            if not src.live and not realtime:
+                # a file read as fast as possible: back-pressure instead of dropping (batch mode)
+                while not self.stop_event.is_set():
+                    try:
+                        self.frames.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                continue
             try:
                 self.frames.put_nowait(item)
             except queue.Full:

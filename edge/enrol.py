@@ -94,10 +94,12 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
 
 
 def enroll(gallery: Gallery, name: str, samples: list[Sample], *, status: str = "active",
-           consent: dict | None = None, keep_photos: bool = False, pending_ttl_s: float | None = None) -> Customer:
+           consent: dict | None = None, keep_photos: bool = False, pending_ttl_s: float | None = None,
+           customer_id: str | None = None) -> Customer:
     """Store a customer with one template per sample (one transaction)."""
     photos = None
     if keep_photos:
         photos = [cv2.imencode(".jpg", cv2.cvtColor(s.crop, cv2.COLOR_RGB2BGR))[1].tobytes() for s in samples]
     return gallery.enroll(name, np.stack([s.embedding for s in samples]), [s.quality for s in samples],
-                          status=status, consent=consent, photos=photos, pending_ttl_s=pending_ttl_s)
+                          status=status, consent=consent, photos=photos, pending_ttl_s=pending_ttl_s,
+                          customer_id=customer_id)

@@ -168,7 +168,7 @@ class Gallery:
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
                status: str = "active", consent: dict | None = None, pending_ttl_s: float | None = None,
-               photos: list[bytes] | None = None) -> Customer:
+               photos: list[bytes] | None = None, customer_id: str | None = None) -> Customer:
         """Create a customer with its templates in one transaction (all or nothing).
 
         Args:
@@ -179,8 +179,9 @@ class Gallery:
                 ``pending_ttl_s`` seconds).
             consent: the consent record for an active customer.
             photos: optional encoded crops (only when enrolment photos are enabled).
+            customer_id: a UUID to use (the customer's id in the cloud); default a new UUID4.
         Raises:
-            ValueError: empty name, wrong embedding shape, or an unknown status.
+            ValueError: empty name, wrong embedding shape, an unknown status, or an id already in use.
         """
         name = display_name.strip()
         if not name and status == "active":
@@ -192,7 +193,7 @@ class Gallery:
             raise ValueError(f"unknown status {status!r}")
         now = datetime.now(timezone.utc)
         row: dict[str, Any] = {
-            "id": str(uuid.uuid4()), "display_name": name, "status": status,
+            "id": customer_id or str(uuid.uuid4()), "display_name": name, "status": status,
             "consent": json.dumps(consent) if consent else None,
             "short_code": f"{secrets.randbelow(10000):04d}" if status == "pending" else None,
             "created_at": now.isoformat(timespec="seconds"), "updated_at": now.isoformat(timespec="seconds"),
@@ -202,6 +203,9 @@ class Gallery:
         q = qualities or [1.0] * len(emb)
         with self._lock, self.db.conn:  # one transaction
             self.db.execute("BEGIN IMMEDIATE")
+            if self.db.execute("SELECT 1 FROM customers WHERE id = ?", [row["id"]]).fetchone():
+                self.db.execute("ROLLBACK")
+                raise ValueError(f"customer id {row['id']} is already enrolled")
             self.db["customers"].insert(row)
             self.db["templates"].insert_all(
                 {"customer_id": row["id"], "embedding": e.astype("<f4").tobytes(), "quality": float(qq),

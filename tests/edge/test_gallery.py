@@ -147,3 +147,30 @@ def test_tracker_needs_a_majority():
     for i in range(8):  # alternating identities: at most 60 % share each, never decided
         out += t.update(i * 0.1, [Observation(box(10), "ana" if i % 2 else "bo", 0.6)])
     assert out == []
+
+
+def test_failure_while_writing_templates_leaves_no_customer(gallery, monkeypatch):
+    import sqlite_utils
+
+    real = sqlite_utils.db.Table.insert_all
+
+    def failing(self, rows, *a, **k):
+        if self.name == "templates":
+            raise OSError("disk full")
+        return real(self, rows, *a, **k)
+
+    monkeypatch.setattr(sqlite_utils.db.Table, "insert_all", failing)
+    with pytest.raises(OSError):
+        gallery.enroll("Ana", unit(np.random.default_rng(7), 2))
+    assert gallery.db.execute("select count(*) from customers").fetchone()[0] == 0
+
+
+def test_enroll_with_a_given_id_refuses_duplicates(gallery):
+    import uuid
+
+    cid = str(uuid.uuid4())
+    e = unit(np.random.default_rng(8), 1)
+    assert gallery.enroll("Ana", e, customer_id=cid).id == cid
+    with pytest.raises(ValueError, match="already enrolled"):
+        gallery.enroll("Ana", e, customer_id=cid)
+    assert gallery.db.execute("select count(*) from templates").fetchone()[0] == 1
