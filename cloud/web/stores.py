@@ -68,3 +68,35 @@ def add_device(store_id: str):
     topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
               "subscribe": [t for t, _ in proto.store_subscriptions(store.id)]}
     return render_template("device_created.html", store=store, device=device, password=password, topics=topics)
+
+
+@bp.route("/devices/<device_id>/password", methods=["POST"])
+@owner_required
+def reset_password(device_id: str):
+    """POST /stores/devices/<id>/password: new MQTT password for a device (shown once; re-run broker-config)."""
+    s = get_session()
+    device = s.get(Device, device_id) or abort(404)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    password = new_secret(24)
+    device.mqtt_password_hash = mosquitto_hash(password)
+    s.commit()
+    topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
+              "subscribe": [t for t, _ in proto.store_subscriptions(device.store_id)]}
+    return render_template("device_created.html", store=device.store, device=device, password=password,
+                           topics=topics, reset=True)
+
+
+@bp.route("/devices/<device_id>/delete", methods=["POST"])
+@owner_required
+def remove_device(device_id: str):
+    """POST /stores/devices/<id>/delete: remove a device (e.g. lost); its visits stay, its login goes."""
+    s = get_session()
+    device = s.get(Device, device_id) or abort(404)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    name = device.name
+    s.delete(device)
+    s.commit()
+    flash(f"Removed {name}. Run dangol-cloud broker-config and reload Mosquitto to revoke its login.", "success")
+    return redirect(url_for("stores.index"))
