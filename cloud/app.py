@@ -11,6 +11,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
 from dangol_cloud.db import Database
+from dangol_cloud.jobs import TrainingJob
 from dangol_cloud.settings import Settings, load_settings
 
 __all__ = ["create_app", "get_db", "get_session", "get_settings"]
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
                       WTF_CSRF_TIME_LIMIT=None, **flask_config)
     app.extensions["dangol_settings"] = settings
     app.extensions["dangol_db"] = db
+    app.extensions["dangol_training"] = TrainingJob()
     csrf.init_app(app)
     login_manager.init_app(app)
 

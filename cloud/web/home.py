@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, render_template
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from flask_login import login_required
 from sqlalchemy import func, select
 
-from dangol_cloud.app import get_session, get_settings
+from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.web.auth import owner_required
+from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion, Purchase,
                                  Visit)
 
@@ -45,4 +47,18 @@ def index():
     recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
                        .order_by(Visit.ts.desc()).limit(8)).all()
     return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
-                           erasures=erasures)
+                           erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm())
+
+
+@bp.route("/train", methods=["POST"])
+@owner_required
+def train_now():
+    """POST /train: retrain the recommender in the background (one run at a time), then publish menus."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    job = current_app.extensions["dangol_training"]
+    if job.start(get_db(), get_settings()):
+        flash("Training started. New picks are ready in a minute or two; this page refreshes itself.", "info")
+    else:
+        flash("Training is already running.", "warning")
+    return redirect(url_for("home.index"))

@@ -143,3 +143,30 @@ def test_item_with_photo_is_created_edited_retired_and_snapshotted(web, data_dir
     with db.transaction() as s:
         assert publish_catalogue_version(s, published_by="t").items == []   # retired items leave the snapshot
         assert s.get(CatalogueItem, item.id).retired
+
+
+def test_retrain_now_trains_in_the_background(web, data_dir, tmp_path):
+    from dangol_cloud.importers import parse_purchases
+    from dangol_cloud.ingest import import_rows
+
+    app, db = web
+    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
+    slice_ = tmp_path / "ta_feng_00.csv"
+    with src.open() as fin, slice_.open("w") as fout:
+        fout.write(next(fin))
+        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    with db.transaction() as s:
+        import_rows(s, parse_purchases(slice_, "ta-feng"), source="ta-feng", key_prefix="ta-feng")
+    client = app.test_client()
+    sign_in(client)
+    token = csrf_of(client.get("/").get_data(as_text=True))
+    assert client.post("/train", data={}).status_code == 400           # no CSRF token: refused
+    assert client.post("/train", data={"csrf_token": token}).status_code == 302
+    job = app.extensions["dangol_training"]
+    job.join(120)
+    assert job.ok, job.message
+    page = client.get("/").get_data(as_text=True)
+    assert "Last run" in page and "menus" in page
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion)) == 1
+        assert s.scalar(select(func.count()).select_from(Menu)) > 100
