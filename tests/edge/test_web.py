@@ -1,0 +1,340 @@
+"""The edge's menu page and staff page in headless Chromium (Debian's /usr/bin/chromium via Playwright).
+
+A real StateStore, Gallery and Screen in tmp_path; the app served by DisplayServer on a free port.
+Screenshots (1920×1080 menu, phone-sized staff page) are saved in tmp_path and copied to
+``$DANGOL_SCREENSHOTS`` (default ``/tmp/dangol-shots``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dangol_edge.config import DisplayConfig, EdgeConfig
+from dangol_edge.gallery import Gallery, UnknownCustomer
+from dangol_edge.screen import Screen
+from dangol_edge.state import StateStore
+from dangol_edge.web import DisplayServer, create_app, format_price, visible_picks
+
+CHROMIUM = os.environ.get("DANGOL_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or "/tmp/dangol-shots")
+PIN = "2468"
+
+pytestmark = pytest.mark.slow
+
+ITEMS = [
+    ("Coffee", "Espresso", 2.80, "Double shot of our house blend, chocolate and stone fruit."),
+    ("Coffee", "Flat white", 3.60, "Velvety milk over a double ristretto."),
+    ("Coffee", "Oat latte", 4.20, "Barista oat milk, mellow and nutty."),
+    ("Coffee", "Cold brew", 4.00, "Steeped for 18 hours, served over ice."),  # unavailable
+    ("Coffee", "Filter of the day", 3.20, "Ethiopia Guji, light roast — ask us about it."),
+    ("Tea", "Yuja honey tea", 4.20, "Korean citron with honey, served hot."),
+    ("Tea", "Hojicha latte", 4.50, "Roasted green tea with steamed milk."),
+    ("Bakery", "Butter croissant", 3.10, "Baked here every morning."),
+    ("Bakery", "Cardamom bun", 3.40, "Swedish-style knot, sticky and fragrant."),
+    ("Bakery", "Basque cheesecake", 4.80, "Burnt top, creamy middle."),
+]
+ID = {name: str(uuid.uuid5(uuid.NAMESPACE_URL, name)) for _, name, _, _ in ITEMS}
+
+
+def catalogue(version: int, unavailable: tuple[str, ...] = ("Cold brew",)) -> dict:
+    """A ``catalogue/1`` payload as the daemon caches it."""
+    return {"schema": "catalogue/1", "store_id": str(uuid.uuid4()), "version": version,
+            "published_at": "2026-11-22T08:00:00+00:00", "currency": "EUR",
+            "items": [{"id": ID[name], "name": name, "category": cat, "price": price, "description": desc,
+                       "tags": [], "photo_url": None, "available": name not in unavailable}
+                      for cat, name, price, desc in ITEMS]}
+
+
+def embeddings(seed: int) -> np.ndarray:
+    e = np.random.default_rng(seed).standard_normal((1, 512)).astype(np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def shot(page, tmp: Path, name: str) -> Path:
+    path = tmp / f"{name}.png"
+    page.screenshot(path=str(path))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SHOTS / path.name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The app on a free port with a cached catalogue, a gallery and a staff PIN."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (scripts/setup does)", pytrace=False)
+    tmp = tmp_path_factory.mktemp("web")
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if k.startswith("DANGOL_")]:
+            mp.delenv(k)
+        config = EdgeConfig(home=tmp / "home", display=DisplayConfig(welcome_s=1.0, picks=6, staff_pin=PIN))
+    state = StateStore(config.state_path).open()
+    state.put_catalogue(catalogue(1))
+    gallery = Gallery(config.gallery_path, "0" * 64).open()
+    screen = Screen()
+    calls = {"activate": [], "erase": []}
+    app = create_app(screen=screen, state=state, gallery=gallery, config=config,
+                     on_activate=calls["activate"].append, on_erase=calls["erase"].append)
+    server = DisplayServer(app, "127.0.0.1", 0)
+    server.start()
+    s = {"tmp": tmp, "config": config, "state": state, "gallery": gallery, "screen": screen, "app": app,
+         "server": server, "calls": calls}
+    yield s
+    s["server"].stop()
+    gallery.close()
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def menu(browser, site):
+    """The kiosk: one 1920×1080 page kept open on / for the whole module (as on the Pi)."""
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    page = context.new_page()
+    page.set_default_timeout(5_000)
+    page.goto(site["server"].url + "/")
+    page.wait_for_function("document.body.dataset.live === '1'")
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def phone(browser, site):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(5_000)
+    page.on("dialog", lambda d: d.accept())
+    yield page
+    context.close()
+
+
+def sign_in(page, site) -> None:
+    page.goto(site["server"].url + "/staff")
+    page.fill("#pin", PIN)
+    page.click("button[type=submit]")
+    page.wait_for_url(site["server"].url + "/staff")
+
+
+def pending(site, seed: int):
+    return site["gallery"].enroll("", embeddings(seed), status="pending", pending_ttl_s=24 * 3600)
+
+
+def back_to_house(site, menu) -> None:
+    site["screen"].show_house()
+    menu.wait_for_function("document.body.dataset.screen === 'house'")
+
+
+# --- pure helpers --------------------------------------------------------------------------------------
+def test_prices_and_pick_filtering():
+    assert format_price(3.6, "EUR") == "€3.60" and format_price(4500, "KRW") == "₩4,500"
+    assert format_price(2, "XYZ") == "XYZ 2.00" and format_price(None, "EUR") == ""
+    picks = [{"id": ID["Cold brew"]}, {"id": "gone"}, {"id": ID["Oat latte"], "name": "old name", "price": 1}]
+    assert visible_picks(picks, catalogue(1), 6) == [
+        {"id": ID["Oat latte"], "name": "Oat latte", "category": "Coffee", "price": "€4.20",
+         "description": "Barista oat milk, mellow and nutty."}]
+    assert visible_picks(picks, None, 6) == []  # no catalogue: nothing can be shown as available
+
+
+# --- menu page -----------------------------------------------------------------------------------------
+def test_house_menu_shows_available_items_with_prices(site, menu):
+    text = menu.inner_text("#stage")
+    assert "Today's menu" in text
+    for cat, name, price, _ in ITEMS:
+        if name == "Cold brew":
+            assert name not in text
+        else:
+            assert name in text and format_price(price, "EUR") in text and cat.upper() in text.upper()
+    assert menu.locator("img").count() == 0  # never a face (nor any other picture)
+    assert menu.evaluate("document.querySelector('.screen').getBoundingClientRect().height") <= 1080
+    shot(menu, site["tmp"], "menu-house")
+    api = menu.request.get(site["server"].url + "/api/catalogue").json()
+    assert api["version"] == 1
+    assert menu.request.get(site["server"].url + "/api/state").json()["screen"] == "house"
+
+
+def test_welcome_switches_by_push_and_hides_unavailable_picks(site, menu):
+    screen = site["screen"]
+    menu.evaluate("""() => { window.__welcomeAt = null;
+        new MutationObserver((_, obs) => {
+            if (document.getElementById('stage').innerText.includes('Welcome back, Mina')) {
+                window.__welcomeAt = performance.timeOrigin + performance.now(); obs.disconnect(); }
+        }).observe(document.getElementById('stage'), {childList: true, subtree: true, characterData: true}); }""")
+    picks = [{"id": ID[n], "name": n} for n in ("Flat white", "Cold brew", "Cardamom bun", "Yuja honey tea",
+                                                 "Basque cheesecake")]
+    picks.insert(2, {"id": str(uuid.uuid4()), "name": "Retired muffin", "price": 2.0})
+    t0 = time.time() * 1000
+    screen.show_welcome("Mina", picks, str(uuid.uuid4()), site["config"].display.welcome_s,
+                        arrival_ts=time.monotonic())
+    shown_at = menu.wait_for_function("window.__welcomeAt").json_value()
+    latency = shown_at - t0
+    print(f"\nwelcome switch latency: {latency:.1f} ms (show_welcome() -> DOM shows 'Welcome back, Mina')")
+    assert latency < 1000  # the target is 300 ms; this bound still proves a push (no polling page)
+    text = menu.inner_text("#stage")
+    assert "Welcome back, Mina" in text
+    for name in ("Flat white", "Cardamom bun", "Yuja honey tea", "Basque cheesecake"):
+        assert name in text
+    assert "€3.60" in text
+    assert "Cold brew" not in text and "Retired muffin" not in text
+    assert menu.locator(".pick").count() == 4 and menu.locator("img").count() == 0
+    assert [p["name"] for p in menu.request.get(site["server"].url + "/api/state").json()["picks"]] == [
+        "Flat white", "Cardamom bun", "Yuja honey tea", "Basque cheesecake"]
+    menu.wait_for_timeout(700)  # let the entrance animation finish for the picture
+    shot(menu, site["tmp"], "menu-welcome")
+    # after welcome_s the daemon's tick() brings the house menu back
+    time.sleep(max(0.0, site["config"].display.welcome_s - (time.time() * 1000 - t0) / 1000) + 0.05)
+    screen.tick()
+    menu.wait_for_function("document.body.dataset.screen === 'house'")
+    assert "Today's menu" in menu.inner_text("#stage") and "Mina" not in menu.inner_text("#stage")
+
+
+def test_enrolment_screen_shows_the_code(site, menu):
+    screen = site["screen"]
+    screen.show_enrolment("capturing")
+    menu.wait_for_function("document.body.innerText.includes('Look at the camera')")
+    assert menu.locator("img, video, canvas").count() == 0
+    screen.show_enrolment("pending", code="4821")
+    menu.wait_for_function("document.querySelector('.code') !== null")
+    assert menu.get_attribute(".code", "aria-label") == "Your code: 4821"
+    assert menu.text_content(".code") == "4821"
+    assert "they'll finish your sign-up" in menu.inner_text("#stage")
+    shot(menu, site["tmp"], "menu-enrol")
+    back_to_house(site, menu)
+
+
+def test_catalogue_change_reaches_the_page(site, menu):
+    site["state"].put_catalogue(catalogue(2, unavailable=("Cold brew", "Flat white")))
+    menu.wait_for_function("!document.getElementById('stage').innerText.includes('Flat white')", timeout=4000)
+    assert "Oat latte" in menu.inner_text("#stage")
+    site["state"].put_catalogue(catalogue(3))
+    menu.wait_for_function("document.getElementById('stage').innerText.includes('Flat white')", timeout=4000)
+
+
+def test_page_reconnects_after_the_server_restarts(site, menu):
+    server, streams = site["server"], site["app"].extensions["dangol_streams"]
+    assert streams.open >= 1
+    t = time.monotonic()
+    server.stop()
+    assert streams.open == 0 and time.monotonic() - t < 1.5  # open event streams end promptly
+    menu.wait_for_function("document.body.dataset.live === '0'")
+    again = DisplayServer(site["app"], "127.0.0.1", server.port)
+    again.start()
+    site["server"] = again
+    site["screen"].show_welcome("Jae", [{"id": ID["Espresso"]}], str(uuid.uuid4()), 30)
+    menu.wait_for_function("document.getElementById('stage').innerText.includes('Welcome back, Jae')",
+                           timeout=8000)
+    back_to_house(site, menu)
+
+
+# --- staff page ----------------------------------------------------------------------------------------
+def test_staff_page_needs_the_pin(site, phone):
+    url = site["server"].url
+    phone.goto(url + "/staff")
+    assert phone.url.startswith(url + "/staff/login")
+    phone.fill("#pin", "1111")
+    phone.click("button[type=submit]")
+    assert "PIN is not right" in phone.inner_text("#error")
+    assert phone.request.get(url + "/staff", max_redirects=0).status == 302
+    phone.fill("#pin", PIN)
+    phone.click("button[type=submit]")
+    phone.wait_for_url(url + "/staff")
+    assert "Waiting for sign-up" in phone.inner_text("body")
+    key = site["config"].home / "secret_key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text().strip()) == 64
+
+
+def test_staff_activates_a_pending_customer(site, phone):
+    gallery, calls = site["gallery"], site["calls"]
+    c = pending(site, 1)
+    sign_in(phone, site)
+    card = phone.locator(f"#pending-{c.id}")
+    assert c.short_code in card.inner_text() and "expires in 23 h" in card.inner_text()
+    # without consent nothing changes
+    card.locator("input[name=display_name]").fill("Mina Park")
+    card.locator("input[name=staff]").fill("Jo")
+    card.locator("button:has-text('Activate')").click()
+    card = phone.locator(f"#pending-{c.id}")
+    assert "agreed to the consent text" in card.inner_text()
+    assert gallery.customer(c.id).status == "pending" and gallery.customer(c.id).consent is None
+    assert calls["activate"] == []
+    assert card.locator("input[name=display_name]").input_value() == "Mina Park"  # kept for the retry
+    shot(phone, site["tmp"], "staff-missing-consent")
+    # with consent it becomes active, with the consent record
+    card.locator("input[name=consent]").check()
+    card.locator("button:has-text('Activate')").click()
+    assert "Mina Park is now a regular" in phone.inner_text(".flash")
+    got = gallery.customer(c.id)
+    assert got.status == "active" and got.display_name == "Mina Park" and got.short_code is None
+    assert got.consent["recorded_by"] == "Jo" and got.consent["text_version"] == "1"
+    assert got.consent["recorded_at"].endswith("+00:00")
+    assert [x.id for x in calls["activate"]] == [c.id]
+    assert phone.locator(f"#active-{c.id}").count() == 1
+    shot(phone, site["tmp"], "staff-activated")
+
+
+def test_staff_form_errors_change_nothing(site, phone):
+    gallery, calls = site["gallery"], site["calls"]
+    c = pending(site, 2)
+    sign_in(phone, site)
+    before = len(calls["activate"])
+    card = phone.locator(f"#pending-{c.id}")
+    card.locator("input[name=consent]").check()
+    card.locator("input[name=staff]").fill("Jo")
+    card.locator("button:has-text('Activate')").click()  # empty name
+    assert "Enter the customer's name" in phone.locator(f"#pending-{c.id}").inner_text()
+    assert gallery.customer(c.id).status == "pending"
+    token = phone.get_attribute("input[name=csrf_token]", "value")
+    url = site["server"].url
+    form = {"display_name": "Ghost", "consent": "yes", "staff": "Jo"}
+    r = phone.request.post(f"{url}/staff/activate/{uuid.uuid4()}", form={**form, "csrf_token": token})
+    assert r.status == 404 and "no longer exists" in r.text()
+    # a POST without (or with a wrong) CSRF token is refused and changes nothing
+    for extra in ({}, {"csrf_token": "forged"}):
+        r = phone.request.post(f"{url}/staff/activate/{c.id}", form={**form, **extra})
+        assert r.status == 400
+    r = phone.request.post(f"{url}/staff/discard/{c.id}", form={})
+    assert r.status == 400
+    assert gallery.customer(c.id).status == "pending" and len(calls["activate"]) == before
+    assert calls["erase"] == [] or c.id not in calls["erase"]
+
+
+def test_staff_discards_and_erases(site, phone):
+    gallery, calls = site["gallery"], site["calls"]
+    p = pending(site, 3)
+    a = gallery.enroll("Hana Lee", embeddings(4), consent={"recorded_by": "Jo", "text_version": "1"})
+    sign_in(phone, site)
+    phone.locator(f"#pending-{p.id} button:has-text('Discard')").click()
+    assert "Discarded" in phone.inner_text(".flash")
+    phone.locator(f"#active-{a.id} button:has-text('Erase')").click()
+    assert "Erased Hana Lee" in phone.inner_text(".flash")
+    for cid in (p.id, a.id):
+        with pytest.raises(UnknownCustomer):
+            gallery.customer(cid)
+    assert calls["erase"][-2:] == [p.id, a.id]
+    shot(phone, site["tmp"], "staff-page")
+
+
+def test_staff_page_without_a_pin_is_open(site):
+    config = site["config"].model_copy(update={"display": DisplayConfig()})
+    app = create_app(screen=Screen(), state=site["state"], gallery=site["gallery"], config=config)
+    client = app.test_client()
+    assert client.get("/staff").status_code == 200
+    assert client.post("/staff/erase/x").status_code == 400  # CSRF still applies
