@@ -18,7 +18,7 @@ def start_background(app: Flask) -> Callable[[], None]:
     (if ``train_interval_hours`` is set). Returns a function that stops both.
 
     Raises:
-        MqttError: the broker is configured but unreachable at start.
+        MqttError: the MQTT URL is malformed. An unreachable broker is retried in the background.
     """
     from dangol_cloud.events import Listener
     from dangol_cloud.training import NotEnoughData, train_from_database
@@ -32,7 +32,8 @@ def start_background(app: Flask) -> Callable[[], None]:
 
         listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
                             on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id])).start()
-        log.info("MQTT listener subscribed to device events and status")
+        if listener.subscribed.is_set():
+            log.info("MQTT listener subscribed to device events and status")
 
     def schedule() -> None:
         interval = settings.train_interval_hours * 3600

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 import dangol_protocol as proto
 from dangol_cloud.db import Database
 from dangol_cloud.models import Customer, Device, DeviceEvent, Erasure, Visit
-from dangol_cloud.mqtt import connect
+from dangol_cloud.mqtt import new_client
 
 __all__ = ["Outcome", "Listener", "handle_message"]
 
@@ -120,8 +120,8 @@ class Listener:
             after they were stored (or judged invalid/duplicate): one that failed to store (database down)
             is redelivered by the broker when the listener reconnects.
 
-    ``start()`` connects (raises MqttError if the broker is unreachable) and subscribes; paho reconnects
-    on its own after a connection loss. ``stop()`` disconnects.
+    ``start()`` connects in the background and subscribes (also after every reconnection); a broker that
+    is down at start or later is retried with back-off. ``stop()`` disconnects.
     """
 
     def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
@@ -136,6 +136,9 @@ class Listener:
         self.failures = 0
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker refused the listener: %s", reason_code)
+            return
         client.subscribe(proto.device_subscriptions())
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -159,11 +162,24 @@ class Listener:
                     log.exception("welcoming newly active customer %s failed", event.customer_id)
 
     def start(self, timeout: float = 10.0) -> "Listener":
-        """Connect and subscribe; returns once the SUBACK arrived (or after ``timeout`` seconds)."""
-        self.client = connect(self.mqtt_url, self.client_id, clean_session=False, on_connect=self._on_connect,
-                              on_message=self._on_message, on_subscribe=self._on_subscribe, timeout=timeout,
-                              manual_ack=True)
-        self.subscribed.wait(timeout)
+        """Start the network loop and connect in the background; returns once subscribed, or after
+        ``timeout`` seconds with a warning if the broker is not reachable yet (paho keeps retrying, with
+        back-off up to 60 s, and subscribes on every successful connection).
+
+        Raises:
+            MqttError: the MQTT URL is malformed.
+        """
+        client, host, port = new_client(self.mqtt_url, self.client_id, clean_session=False, manual_ack=True)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_connect_fail = lambda c, u: log.warning("MQTT broker %s:%s unreachable; retrying", host, port)
+        client.reconnect_delay_set(min_delay=1, max_delay=60)
+        client.connect_async(host, port, keepalive=30)
+        client.loop_start()
+        self.client = client
+        if not self.subscribed.wait(timeout):
+            log.warning("MQTT listener not subscribed after %.0f s (broker %s:%s); still trying", timeout, host, port)
         return self
 
     def stop(self) -> None:

@@ -322,3 +322,26 @@ def test_event_that_failed_to_store_is_redelivered_after_reconnect(db, mosquitto
         again.stop()
     with db.sessions() as s:
         assert s.scalar(select(Visit.event_id)) == str(arrival.event_id)
+
+
+def test_listener_waits_for_a_broker_that_starts_later(db, tmp_path):
+    from tests.broker import free_port
+
+    _, device_id = add_store_and_device(db)
+    port = free_port()
+    listener = Listener(db, f"mqtt://127.0.0.1:{port}", client_id=f"cloud-{uuid.uuid4().hex[:6]}").start(timeout=0.5)
+    try:
+        assert not listener.subscribed.is_set()               # no broker yet: start() returned anyway
+        broker = MosquittoBroker(tmp_path / "late").start(port=port)
+        try:
+            assert _wait(listener.subscribed.is_set, timeout=15)
+            edge = _device_client(broker)
+            arrival = proto.ArrivalEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_id), ts=utc(2026, 1, 5))
+            edge.publish(proto.events_topic(device_id), proto.dump_payload(arrival), qos=1).wait_for_publish(5)
+            edge.disconnect()
+            edge.loop_stop()
+            assert _wait(lambda: listener.counts[Outcome.STORED] == 1)
+        finally:
+            broker.stop()
+    finally:
+        listener.stop()
