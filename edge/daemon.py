@@ -9,6 +9,7 @@ backlog. systemd gets READY=1 once everything is up and WATCHDOG=1 while recogni
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import signal
@@ -46,7 +47,7 @@ class Stats:
     camera: str = "missing"
     fps: float = 0.0
     last_heartbeat: float = field(default_factory=time.monotonic)
-    #: (decision monotonic ts, frame capture monotonic ts) per arrival, for the latency benchmark
+    #: (capture time of the track's first frame, decision time), monotonic seconds, per arrival
     arrival_times: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -256,7 +257,6 @@ class Appliance:
 
     # --- recognition -------------------------------------------------------------------------------
     def _recognition_loop(self) -> None:
-        ts_offset = None
         while not self.stop_event.is_set():
             self.stats.last_heartbeat = time.monotonic()
             self._handle_requests()
@@ -265,9 +265,8 @@ class Appliance:
                 frame, captured = self.frames.get(timeout=0.2)
             except queue.Empty:
                 continue
-            # one clock for the tracker: monotonic for live cameras, file position for videos
-            if ts_offset is None:
-                ts_offset = time.monotonic() - frame.ts
+            # one clock for the tracker and cool-downs: the capture time (monotonic), also for looping files
+            frame = dataclasses.replace(frame, ts=captured)
             try:
                 if self._enrol is not None:
                     self._enrol_step(frame)
@@ -283,12 +282,12 @@ class Appliance:
                 self.stats.fps = (len(self._fps_window) - 1) / max(1e-6, self._fps_window[-1] - self._fps_window[0])
             for d in res.decisions:
                 if d.kind == "known" and d.arrival:
-                    self._arrival(d.customer_id, d.score, captured)
+                    self._arrival(d.customer_id, d.score, d.first_ts)
                 elif d.kind == "unknown":
                     self.stats.unknown += 1
                     self._send_arrival(None, None, [])
 
-    def _arrival(self, customer_id: str, score: float, captured: float) -> None:
+    def _arrival(self, customer_id: str, score: float, first_seen: float) -> None:
         try:
             customer = self.gallery.customer(customer_id)
         except UnknownCustomer:
@@ -298,7 +297,7 @@ class Appliance:
         self.screen.show_welcome(customer.first_name, picks, customer_id, self.config.display.welcome_s,
                                  arrival_ts=decided)
         self.stats.arrivals += 1
-        self.stats.arrival_times.append((decided, captured))
+        self.stats.arrival_times.append((first_seen, decided))
         log.info("arrival: %s (score %.3f, %d picks)", customer_id, score, len(picks))
         self._send_arrival(customer_id, score, [p["id"] for p in picks])
 
