@@ -10,6 +10,15 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 __all__ = ["ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm", "StoreForm", "UploadForm"]
 
 
+def _choices(pairs: list[tuple[str, str]]) -> list:
+    """(value, label) pairs as WTForms ``SelectChoice`` objects (WTForms >= 3.3; tuples before)."""
+    try:
+        from wtforms.fields.choices import SelectChoice
+    except ImportError:  # WTForms < 3.3
+        return pairs
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
 class ActionForm(FlaskForm):
     """A button-only form (publish, retire, erase): just the CSRF token."""
 
@@ -61,6 +70,6 @@ class UploadForm(FlaskForm):
     """A purchases file and its format."""
 
     file = FileField("Purchases CSV", validators=[FileRequired(), FileAllowed(["csv", "txt"], "a .csv file")])
-    format = SelectField("Format", choices=[("csv", "Dangol CSV (customer, item, quantity, timestamp)"),
-                                             ("ta-feng", "Ta-Feng"), ("completejourney", "Complete Journey")],
+    format = SelectField("Format", choices=_choices([("csv", "Dangol CSV (customer, item, quantity, timestamp)"),
+                                                      ("ta-feng", "Ta-Feng"), ("completejourney", "Complete Journey")]),
                          default="csv")
