@@ -345,3 +345,29 @@ def test_listener_waits_for_a_broker_that_starts_later(db, tmp_path):
             broker.stop()
     finally:
         listener.stop()
+
+
+def test_enrolment_with_consent_activates_the_customer_and_calls_the_welcome_hook(db, mosquitto):
+    _, device_id = add_store_and_device(db)
+    activated = []
+    listener = Listener(db, mosquitto.url, client_id=f"cloud-{uuid.uuid4().hex[:6]}",
+                        on_activated=activated.append).start()
+    edge = _device_client(mosquitto)
+    customer = uuid.uuid4()
+    try:
+        for status in ("pending", "active"):
+            consent = proto.Consent(recorded_by="staff:jo", recorded_at=utc(2026, 1, 5), text_version="2026-01")
+            event = proto.EnrolmentEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_id), ts=utc(2026, 1, 5),
+                                         customer_id=customer, status=status, short_code="K7",
+                                         display_name="Jun" if status == "active" else None,
+                                         consent=consent if status == "active" else None)
+            edge.publish(proto.events_topic(device_id), proto.dump_payload(event), qos=1).wait_for_publish(5)
+        assert _wait(lambda: listener.counts[Outcome.STORED] == 2)
+    finally:
+        edge.disconnect()
+        edge.loop_stop()
+        listener.stop()
+    assert activated == [str(customer)]                   # only the activation, not the pending enrolment
+    with db.sessions() as s:
+        jun = s.get(Customer, str(customer))
+    assert (jun.status, jun.display_name, jun.source, jun.consent_by) == ("active", "Jun", "edge", "staff:jo")
