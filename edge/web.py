@@ -29,7 +29,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import flask
 from flask import Flask, Response, flash, redirect, render_template, request, session, url_for
@@ -123,7 +123,8 @@ def visible_picks(picks: list[dict], catalogue: dict | None, limit: int) -> list
 
 def _greeting(now: datetime | None = None) -> str:
     hour = (now or datetime.now()).hour
-    return "Good morning" if 5 <= hour < 12 else "Good afternoon" if hour < 18 else "Good evening"
+    return ("Good morning" if 5 <= hour < 12 else "Good afternoon" if 12 <= hour < 18
+            else "Good evening" if hour >= 18 else "Nice to see you")
 
 
 def load_secret_key(home: Path) -> bytes:
@@ -217,7 +218,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
         OSError: ``<home>/secret_key`` cannot be created or read.
     """
     here = Path(__file__).parent
-    app = Flask(__name__, template_folder=str(here / "templates"), static_folder=str(here / "static"))
+    app = Flask(__name__, template_folder=str(here / "templates"), static_folder=None)
     app.secret_key = load_secret_key(config.home)
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="dangol_edge",
                       WTF_CSRF_TIME_LIMIT=None, TEMPLATES_AUTO_RELOAD=False, JSON_SORT_KEYS=False)
@@ -243,8 +244,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
         menu = house_menu(catalogue)
         count = sum(len(g["items"]) for g in menu)
         return app.jinja_env.get_template("_screen.html").render(
-            v=v, menu=menu, cols=1 if count <= 4 else 2 if count <= 10 else 3, greeting=_greeting(),
-            now=datetime.now())
+            v=v, menu=menu, cols=1 if count <= 4 else 2 if count <= 10 else 3 if count <= 36 else 4,
+            greeting=_greeting(), now=datetime.now())
 
     def read_catalogue() -> dict | None:
         try:

@@ -7,17 +7,17 @@
 
   function fits(sec) { return sec.getBoundingClientRect().height <= window.innerHeight + 1; }
 
-  // Shrink a long menu until it fits the screen: first smaller type, then without descriptions.
+  // Fit the screen to the display: the largest type that fits (up to 1.3x, so a short menu or a
+  // welcome fills the screen), then smaller type without descriptions for a very long menu.
   function fit() {
     var sec = stage.firstElementChild;
     stage.style.fontSize = "1rem";
     if (!sec) return;
-    sec.classList.remove("compact");
-    var plans = [[false, 0.84], [true, 0.6]];
+    var plans = [[false, 1.3, 0.84], [true, 1.0, 0.5]];
     for (var i = 0; i < plans.length; i++) {
       sec.classList.toggle("compact", plans[i][0]);
-      for (var s = 1; s >= plans[i][1] - 1e-9; s -= 0.04) {
-        stage.style.fontSize = s + "rem";
+      for (var s = plans[i][1]; s >= plans[i][2] - 1e-9; s -= 0.04) {
+        stage.style.fontSize = s.toFixed(2) + "rem";
         if (fits(sec)) return;
       }
     }

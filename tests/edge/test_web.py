@@ -61,6 +61,7 @@ def embeddings(seed: int) -> np.ndarray:
 
 
 def shot(page, tmp: Path, name: str) -> Path:
+    page.wait_for_timeout(650)  # let the entrance animation finish
     path = tmp / f"{name}.png"
     page.screenshot(path=str(path))
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -197,7 +198,6 @@ def test_welcome_switches_by_push_and_hides_unavailable_picks(site, menu):
     assert menu.locator(".pick").count() == 4 and menu.locator("img").count() == 0
     assert [p["name"] for p in menu.request.get(site["server"].url + "/api/state").json()["picks"]] == [
         "Flat white", "Cardamom bun", "Yuja honey tea", "Basque cheesecake"]
-    menu.wait_for_timeout(700)  # let the entrance animation finish for the picture
     shot(menu, site["tmp"], "menu-welcome")
     # after welcome_s the daemon's tick() brings the house menu back
     time.sleep(max(0.0, site["config"].display.welcome_s - (time.time() * 1000 - t0) / 1000) + 0.05)
@@ -238,6 +238,8 @@ def test_page_reconnects_after_the_server_restarts(site, menu):
     again = DisplayServer(site["app"], "127.0.0.1", server.port)
     again.start()
     site["server"] = again
+    with pytest.raises(OSError, match=str(server.port)):  # the port is taken: an error, not sys.exit
+        DisplayServer(site["app"], "127.0.0.1", server.port).start()
     site["screen"].show_welcome("Jae", [{"id": ID["Espresso"]}], str(uuid.uuid4()), 30)
     menu.wait_for_function("document.getElementById('stage').innerText.includes('Welcome back, Jae')",
                            timeout=8000)
@@ -334,7 +336,11 @@ def test_staff_discards_and_erases(site, phone):
 
 def test_staff_page_without_a_pin_is_open(site):
     config = site["config"].model_copy(update={"display": DisplayConfig()})
-    app = create_app(screen=Screen(), state=site["state"], gallery=site["gallery"], config=config)
+    screen = Screen()
+    app = create_app(screen=screen, state=site["state"], gallery=site["gallery"], config=config)
     client = app.test_client()
     assert client.get("/staff").status_code == 200
     assert client.post("/staff/erase/x").status_code == 400  # CSRF still applies
+    screen.show_welcome("<b>Eve</b>", [], str(uuid.uuid4()), 5)
+    page = client.get("/").get_data(as_text=True)
+    assert "Welcome back, <span class=\"name\">&lt;b&gt;Eve&lt;/b&gt;</span>" in page  # names are escaped
