@@ -316,8 +316,9 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: dict | None = None):
         now = datetime.now(timezone.utc)
         pending = [{"c": c, "age": _ago(c.created_at, now), "expires": _ago(c.expires_at, now)}
-                   for c in gallery.customers(status="pending")]
-        active = [{"c": c, "since": _ago(c.updated_at, now)} for c in gallery.customers(status="active")]
+                   for c in reversed(gallery.customers(status="pending"))]  # newest (at the counter) first
+        active = [{"c": c, "since": _ago(c.updated_at, now)}
+                  for c in sorted(gallery.customers(status="active"), key=lambda c: c.display_name.casefold())]
         return render_template("staff.html", pending=pending, active=active, errors=errors or {},
                                values=values or {}, text_version=text_version, pin=pin is not None,
                                staff_name=session.get("staff_name", ""),
