@@ -229,7 +229,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     display = config.display
     pin = display.staff_pin or None
     text_version = str(consent_version or getattr(display, "consent_version", None) or "1")
-    pin_fails: list[float] = []
+    pin_fails: list[float] = []  # monotonic times of recent wrong PINs (all clients: a LAN-wide lock)
+    pin_lock = threading.Lock()
 
     # --- menu page ---------------------------------------------------------------------------------
     def view(snapshot: dict, catalogue: dict | None) -> dict:
@@ -409,18 +410,21 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
         error, status = None, 200
         if request.method == "POST":
             now = time.monotonic()
-            pin_fails[:] = [t for t in pin_fails if now - t < PIN_LOCK_S]
-            if len(pin_fails) >= PIN_MAX_FAILS:
-                error, status = "Too many wrong PINs — wait a minute and try again.", 429
-            elif hmac.compare_digest(request.form.get("pin", "").strip().encode(), pin.encode()):
-                pin_fails.clear()
+            with pin_lock:
+                pin_fails[:] = [t for t in pin_fails if now - t < PIN_LOCK_S]
+                locked = len(pin_fails) >= PIN_MAX_FAILS
+                ok = not locked and hmac.compare_digest(request.form.get("pin", "").strip().encode(), pin.encode())
+                if ok:
+                    pin_fails.clear()
+                elif not locked:
+                    pin_fails.append(now)
+            if ok:
                 session.clear()
                 session["staff_at"] = time.time()
                 target = request.args.get("next") or ""
                 return redirect(target if target.startswith("/staff") else url_for("staff"))
-            else:
-                pin_fails.append(now)
-                error, status = "That PIN is not right.", 401
+            error, status = (("Too many wrong PINs — wait a minute and try again.", 429) if locked
+                             else ("That PIN is not right.", 401))
         return render_template("staff_login.html", error=error), status
 
     @app.post("/staff/logout")

@@ -344,3 +344,13 @@ def test_staff_page_without_a_pin_is_open(site):
     screen.show_welcome("<b>Eve</b>", [], str(uuid.uuid4()), 5)
     page = client.get("/").get_data(as_text=True)
     assert "Welcome back, <span class=\"name\">&lt;b&gt;Eve&lt;/b&gt;</span>" in page  # names are escaped
+
+
+def test_menu_before_the_first_catalogue(site, tmp_path):
+    state = StateStore(tmp_path / "empty.sqlite").open()
+    app = create_app(screen=Screen(), state=state, gallery=site["gallery"], config=site["config"])
+    client = app.test_client()
+    assert "Our menu will appear here in a moment" in client.get("/").get_data(as_text=True)
+    assert client.get("/api/catalogue").status_code == 404
+    assert client.get("/api/state").get_json()["catalogue_version"] is None
+    state.close()
