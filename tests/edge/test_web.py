@@ -354,3 +354,14 @@ def test_menu_before_the_first_catalogue(site, tmp_path):
     assert client.get("/api/catalogue").status_code == 404
     assert client.get("/api/state").get_json()["catalogue_version"] is None
     state.close()
+
+
+def test_wrong_pins_lock_the_sign_in(site):
+    app = create_app(screen=Screen(), state=site["state"], gallery=site["gallery"], config=site["config"])
+    app.config["WTF_CSRF_ENABLED"] = False  # CSRF itself is covered in the browser above
+    client = app.test_client()
+    for _ in range(5):
+        assert client.post("/staff/login", data={"pin": "0000"}).status_code == 401
+    r = client.post("/staff/login", data={"pin": PIN})
+    assert r.status_code == 429 and "Too many wrong PINs" in r.get_data(as_text=True)
+    assert client.get("/staff").status_code == 302
