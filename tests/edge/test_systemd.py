@@ -216,6 +216,31 @@ def test_install_edge_dry_run_changes_nothing(tmp_path):
     for unit in UNITS:
         assert f"/etc/systemd/system/{unit}" in out
 
+    # the timer drop-ins it would write are valid and set the new times
+    written = _written_files(out)
+    staged = _stage_units(tmp_path / "units")
+    for kind, at in (("open", "08:30"), ("close", "21:00")):
+        dropin = written[f"/etc/systemd/system/dangol-{kind}.timer.d/hours.conf"]
+        assert f"OnCalendar=\nOnCalendar=*-*-* {at}:00" in dropin
+        (staged / f"dangol-{kind}.timer.d").mkdir()
+        (staged / f"dangol-{kind}.timer.d" / "hours.conf").write_text(dropin)
+    assert _verify([staged / "dangol-open.timer", staged / "dangol-close.timer"]) == []
+
+
+def _written_files(dry_run_output: str) -> dict[str, str]:
+    """{path: content} of the files install-edge --dry-run says it would write."""
+    files: dict[str, str] = {}
+    path = None
+    for line in dry_run_output.splitlines():
+        if m := re.match(r"  would write (\S+) ", line):
+            path = m.group(1)
+            files[path] = ""
+        elif path is not None and line.startswith("    | "):
+            files[path] += line[6:] + "\n"
+        else:
+            path = None
+    return files
+
 
 @pytest.mark.parametrize("args, message", [
     (["--open", "7:00"], "--open 7:00"),
