@@ -17,3 +17,16 @@ def data_dir() -> Path:
     if not (path / "README.md").is_file():
         pytest.fail(f"real data not found at {path}: set DANGOL_DATA to the shared/data folder", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(data_dir: Path) -> Path:
+    """Folder with the built ``.tflite`` models: ``$DANGOL_MODELS_DIR`` or ``<repo>/.cache/models``.
+
+    Built here (idempotent, ~1 min, needs the ``build`` extra) when missing.
+    """
+    out = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
+    from dangol_models.build import build
+
+    build(out, data_dir / "faces")
+    return out

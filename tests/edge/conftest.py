@@ -7,20 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-
-@pytest.fixture(scope="session")
-def models_dir(data_dir: Path) -> Path:
-    """Folder with the built ``.tflite`` models: ``$DANGOL_MODELS_DIR`` or ``<repo>/.cache/models``.
-
-    Built here (idempotent, ~1 min, needs the ``build`` extra) when missing.
-    """
-    out = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
-    from dangol_models.build import build
-
-    build(out, data_dir / "faces")
-    return out
 
 
 @pytest.fixture(scope="session")
