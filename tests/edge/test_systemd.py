@@ -179,6 +179,24 @@ def test_example_edge_toml_passes_check_config(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_example_edge_toml_documents_every_setting():
+    """Each field of edge/config.py appears in the example, set or commented out (``#key = ...``)."""
+    from dangol_edge.config import EdgeConfig
+    from pydantic import BaseModel
+
+    parts = re.split(r"^\[(\w+)\]\s*$", (FIRMWARE / "edge.toml").read_text(), flags=re.M)
+    top, bodies = parts[0], dict(zip(parts[1::2], parts[2::2], strict=True))
+    missing = []
+    for name, field in EdgeConfig.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            missing += [f"{name}.{key}" for key in section.model_fields
+                        if not re.search(rf"^#?{key} = ", bodies.get(name, ""), re.M)]
+        elif not re.search(rf"^#?{name} = ", top, re.M):
+            missing.append(name)
+    assert missing == [], f"firmware-config/edge.toml does not document {missing}"
+
+
 @pytest.mark.parametrize("section, key, value, field", [
     ("matcher", "threshold", "1.5", "matcher.threshold"),
     ("gpio", "button_pin", "40", "gpio.button_pin"),
