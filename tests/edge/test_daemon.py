@@ -54,12 +54,16 @@ def home(tmp_path, model_path, pipeline, clips):
 
 
 def config(home, model_path, clips, mqtt_url=None, **extra) -> EdgeConfig:
-    return EdgeConfig(
-        home=home, embedder={"model_path": model_path},
-        device={"id": DEVICE, "store_id": STORE}, mqtt={"url": mqtt_url, "keepalive_s": 5, "reconnect_min_s": 1,
-                                                        "reconnect_max_s": 2, "status_interval_s": 1},
-        camera={"source": str(clips / "short_hamilton_clip.mp4"), "realtime": False, "queue_size": 4},
-        display={"port": free_port(), "welcome_s": 30}, gpio={"enabled": False}, **extra)
+    """A test config; ``extra`` sections are merged into the defaults (``camera={"loop": True}``)."""
+    sections = {
+        "embedder": {"model_path": model_path}, "device": {"id": DEVICE, "store_id": STORE},
+        "mqtt": {"url": mqtt_url, "keepalive_s": 5, "reconnect_min_s": 1, "reconnect_max_s": 2, "status_interval_s": 1},
+        "camera": {"source": str(clips / "short_hamilton_clip.mp4"), "realtime": False, "queue_size": 4},
+        "display": {"port": free_port(), "welcome_s": 30}, "gpio": {"enabled": False},
+    }
+    for name, values in extra.items():
+        sections[name] = {**sections.get(name, {}), **values}
+    return EdgeConfig(home=home, **sections)
 
 
 def get_json(url):

@@ -1,0 +1,97 @@
+"""Staff enrolment with the GPIO button (gpiozero MockFactory) from a real clip, activated on the staff page
+in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from dangol_edge.daemon import Appliance
+from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
+from tests.edge.test_sync import wait_for
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def press(factory: MockFactory, pin: int, seconds: float = 0.1) -> None:
+    p = factory.pin(pin)
+    p.drive_low()  # button to ground, internal pull-up
+    time.sleep(seconds)
+    p.drive_high()
+
+
+def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, clips):  # noqa: F811
+    factory = MockFactory()
+    cfg = config(home, model_path, clips, gpio={"enabled": True, "button_pin": 17, "led_pin": 27})
+    app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}),
+                    pin_factory=factory)
+    app.start()
+    try:
+        before = {c.id for c in app.gallery.customers()}
+        press(factory, 17)
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "capturing", timeout=5)
+        assert wait_for(lambda: app.gallery.customers(status="pending"), timeout=60)
+        pending = app.gallery.customers(status="pending")[0]
+        assert pending.id not in before and pending.templates == cfg.enrol.templates
+        assert pending.consent is None and len(pending.short_code) == 4
+        snap = app.screen.snapshot()
+        assert snap["screen"] == "enrol" and snap["stage"] == "pending" and snap["code"] == pending.short_code
+        led = factory.pin(27)
+        assert {s.state for s in led.states} >= {True, False}  # it blinked while capturing …
+        assert not app.button.led.is_lit  # … and is off now
+        # a pending customer is never recognised: its templates are not searched without consent
+        t = app.gallery.templates(pending.id)[0]["embedding"]
+        assert app.gallery.match(t, 0.5, 0.0)[0].customer_id != pending.id
+
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
+            page = browser.new_page()
+            page.goto(app.web.url.rstrip("/") + "/staff")
+            form = page.locator(f"form.activate[action$='{pending.id}']")
+            form.locator("input[name=display_name]").fill("Hana Kim")
+            form.locator("input[name=consent]").check()
+            form.locator("input[name=staff]").fill("Jisoo")
+            form.locator("button[value=activate]").click()
+            page.wait_for_load_state()
+            browser.close()
+        c = app.gallery.customer(pending.id)
+        assert c.status == "active" and c.display_name == "Hana Kim"
+        assert c.consent["recorded_by"] == "Jisoo" and c.consent["text_version"]
+        assert app.gallery.match(t, 0.5, 0.0)[0].customer_id == pending.id  # now searchable
+        events = [json.loads(e["payload"]) for e in app.state.pending(1000)]
+        kinds = [(e["kind"], e.get("status")) for e in events if e["kind"] == "enrolment"]
+        assert kinds == [("enrolment", "pending"), ("enrolment", "active")]
+        active = [e for e in events if e["kind"] == "enrolment" and e["status"] == "active"][0]
+        assert active["consent"]["recorded_by"] == "Jisoo" and active["display_name"] == "Hana Kim"
+    finally:
+        app.stop()
+
+
+def test_holding_the_button_cancels_and_no_face_fails(tmp_path, home, model_path, clips):  # noqa: F811
+    wall = tmp_path / "wall"
+    wall.mkdir()
+    for i in range(20):  # a folder plays at 10 fps: 30 frames take 3 s, longer than the hold
+        cv2.imwrite(str(wall / f"empty{i:02d}.png"), np.full((360, 640, 3), 90, np.uint8))
+    factory = MockFactory()
+    cfg = config(home, model_path, clips, gpio={"enabled": True, "hold_cancel_s": 0.5},
+                 camera={"source": str(wall), "loop": True, "realtime": True},
+                 enrol={"max_frames": 30})
+    app = Appliance(cfg, pin_factory=factory)
+    app.start()
+    try:
+        press(factory, 17, seconds=1.0)  # held past hold_cancel_s
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "cancelled", timeout=5)
+        press(factory, 17)  # a short press, but the camera sees only a wall
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "failed", timeout=30)
+        assert app.gallery.customers() and not app.gallery.customers(status="pending")
+        assert not app.button.led.is_lit
+    finally:
+        app.stop()
