@@ -24,6 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "2")
+if not os.environ.get("DANGOL_GALLERY_KEY"):  # throw-away galleries: a throw-away key
+    import base64
+    import secrets
+
+    os.environ["DANGOL_GALLERY_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
 
 import numpy as np  # noqa: E402
 

@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     d = csub.add_parser("delete")
     d.add_argument("id")
 
+    rk = sub.add_parser("rotate-key", help="re-encrypt the gallery under a new key (then switch the key)")
+    g2 = rk.add_mutually_exclusive_group(required=True)
+    g2.add_argument("--new-key-file", type=Path, help="file holding the new key (base64 of 32 bytes)")
+    g2.add_argument("--new-key-env", metavar="VAR", help="environment variable holding the new key")
+
     r = sub.add_parser("run", help="the appliance daemon")
     r.add_argument("--source", help="override the camera source")
     r.add_argument("--config", dest="run_config", type=Path, help="config file (same as the global --config)")
@@ -187,6 +192,28 @@ def cmd_customers(args) -> int:
     return EXIT_OK
 
 
+def cmd_rotate_key(args) -> int:
+    import os
+
+    from .crypto import FieldCipher, GalleryKeyError, parse_key
+
+    if args.new_key_file:
+        try:
+            text, source = args.new_key_file.read_text(), str(args.new_key_file)
+        except OSError as exc:
+            raise InputError(f"{args.new_key_file}: {exc.strerror or exc}") from exc
+    else:
+        text, source = os.environ.get(args.new_key_env, ""), args.new_key_env
+        if not text:
+            raise InputError(f"{args.new_key_env}: environment variable is empty or unset")
+    new = FieldCipher(parse_key(text, source))
+    _, _, gallery = _open(args)
+    n = gallery.rotate_key(new)
+    print(json.dumps({"resealed": n, "key_id": new.key_id.hex(),
+                      "next": "set DANGOL_GALLERY_KEY (or the systemd credential) to the new key"}))
+    return EXIT_OK
+
+
 def cmd_check_config(args) -> int:
     from .config import load_config
 
@@ -212,15 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .config import ConfigError
+    from .crypto import GalleryKeyError
     from .embed import ModelError
     from .gallery import GalleryError
     from .state import StateError
 
     handlers = {"enroll": cmd_enroll, "identify": cmd_identify, "customers": cmd_customers,
-                "check-config": cmd_check_config, "run": cmd_run}
+                "check-config": cmd_check_config, "run": cmd_run, "rotate-key": cmd_rotate_key}
     try:
         return handlers[args.command](args)
-    except (InputError, ConfigError, ModelError, ValueError) as exc:  # incl. a malformed broker URL
+    except (InputError, ConfigError, ModelError, GalleryKeyError, ValueError) as exc:  # incl. a malformed broker URL
         print(f"dangol-edge: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except (GalleryError, StateError) as exc:

@@ -8,6 +8,9 @@ Tables:
 * ``templates``: ``id``, ``customer_id``, ``embedding`` (512 little-endian float32 = 2048 bytes),
   ``quality`` (0–1), ``model_sha256`` (the embedder that made it), ``created_at``.
 
+Names, embeddings and enrolment photos are stored sealed with AES-256-GCM (:mod:`dangol_edge.crypto`);
+the key comes from the environment or a systemd credential, never from this file.
+
 Only templates of *active* customers made by the *current* model are searched: a template from a
 different model is never mixed in silently (:attr:`Gallery.stale_templates` reports them, and the
 customer must be re-enrolled). Unknown faces are never stored.
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
+from .crypto import FieldCipher, GalleryKeyError
 from .embed import EMBEDDING_DIM
 
 log = logging.getLogger(__name__)
@@ -93,13 +97,16 @@ class Gallery:
     Args:
         path: the SQLite file (created on :meth:`open`, with its folder).
         model_sha256: sha256 of the embedder in use; only its templates are searched.
+        cipher: seals names and templates; default :meth:`FieldCipher.from_environment` at :meth:`open`
+            (raises :class:`~dangol_edge.crypto.GalleryKeyError` when no key is configured).
 
     Thread-safe: one connection guarded by a lock (the daemon's recognition and web threads share it).
     """
 
-    def __init__(self, path: str | Path, model_sha256: str):
+    def __init__(self, path: str | Path, model_sha256: str, cipher: FieldCipher | None = None):
         self.path = Path(path)
         self.model_sha256 = model_sha256
+        self.cipher = cipher
         self._db: sqlite_utils.Database | None = None
         self._lock = threading.RLock()
         self._matrix: np.ndarray | None = None
@@ -117,6 +124,8 @@ class Gallery:
         """
         if self._db is not None:
             return self
+        if self.cipher is None:
+            self.cipher = FieldCipher.from_environment()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -192,8 +201,10 @@ class Gallery:
         if status not in ("active", "pending"):
             raise ValueError(f"unknown status {status!r}")
         now = datetime.now(timezone.utc)
+        cid = customer_id or str(uuid.uuid4())
+        self.open()
         row: dict[str, Any] = {
-            "id": customer_id or str(uuid.uuid4()), "display_name": name, "status": status,
+            "id": cid, "display_name": self._seal_name(cid, name), "status": status,
             "consent": json.dumps(consent) if consent else None,
             "short_code": f"{secrets.randbelow(10000):04d}" if status == "pending" else None,
             "created_at": now.isoformat(timespec="seconds"), "updated_at": now.isoformat(timespec="seconds"),
@@ -208,9 +219,10 @@ class Gallery:
                 raise ValueError(f"customer id {row['id']} is already enrolled")
             self.db["customers"].insert(row)
             self.db["templates"].insert_all(
-                {"customer_id": row["id"], "embedding": e.astype("<f4").tobytes(), "quality": float(qq),
-                 "model_sha256": self.model_sha256, "created_at": row["created_at"],
-                 "photo": photos[i] if photos else None}
+                {"customer_id": row["id"],
+                 "embedding": self.cipher.seal(e.astype("<f4").tobytes(), f"templates.embedding:{cid}"),
+                 "quality": float(qq), "model_sha256": self.model_sha256, "created_at": row["created_at"],
+                 "photo": self.cipher.seal(photos[i], f"templates.photo:{cid}") if photos else None}
                 for i, (e, qq) in enumerate(zip(emb, q))
             )
         self._invalidate()
@@ -227,7 +239,7 @@ class Gallery:
         self.customer(customer_id)
         with self._lock:
             self.db["customers"].update(customer_id, {
-                "display_name": display_name.strip(), "status": "active", "consent": json.dumps(consent),
+                "display_name": self._seal_name(customer_id, display_name.strip()), "status": "active", "consent": json.dumps(consent),
                 "short_code": None, "expires_at": None, "updated_at": utcnow()})
         self._invalidate()
         return self.customer(customer_id)
@@ -256,10 +268,50 @@ class Gallery:
             self.delete(cid)
         return ids
 
+    def rotate_key(self, new: FieldCipher) -> int:
+        """Re-seal every name, template and photo under ``new`` in one transaction (legacy plaintext rows
+        get sealed too); afterwards this gallery uses ``new``. Returns the number of values re-sealed.
+
+        Raises:
+            GalleryKeyError: a value cannot be opened with the current key (nothing is changed).
+        """
+        n = 0
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for cid, name in self.db.execute("SELECT id, display_name FROM customers").fetchall():
+                    ctx = f"customers.display_name:{cid}"
+                    self.db.execute("UPDATE customers SET display_name = ? WHERE id = ?",
+                                    [new.seal(self._open_value(name, ctx), ctx), cid])
+                    n += 1
+                for tid, cid, emb, photo in self.db.execute(
+                        "SELECT id, customer_id, embedding, photo FROM templates").fetchall():
+                    e_ctx, p_ctx = f"templates.embedding:{cid}", f"templates.photo:{cid}"
+                    self.db.execute("UPDATE templates SET embedding = ?, photo = ? WHERE id = ?", [
+                        new.seal(self._open_value(emb, e_ctx), e_ctx),
+                        None if photo is None else new.seal(self._open_value(photo, p_ctx), p_ctx), tid])
+                    n += 1 + (photo is not None)
+            except GalleryKeyError:
+                self.db.execute("ROLLBACK")
+                raise
+        self.cipher = new
+        self._invalidate()
+        return n
+
     # --- reads -------------------------------------------------------------------------------------
+    def _seal_name(self, customer_id: str, name: str) -> bytes:
+        return self.cipher.seal(name.encode("utf-8"), f"customers.display_name:{customer_id}")
+
+    def _open_value(self, value, context: str) -> bytes:
+        """Unseal a stored value; legacy plaintext (galleries from before encryption) passes through."""
+        if FieldCipher.is_sealed(value):
+            return self.cipher.open(value, context)
+        return value.encode("utf-8") if isinstance(value, str) else value
+
     def _row_to_customer(self, r: dict) -> Customer:
+        name = self._open_value(r["display_name"], f"customers.display_name:{r['id']}").decode("utf-8")
         return Customer(
-            id=r["id"], display_name=r["display_name"], status=r["status"],
+            id=r["id"], display_name=name, status=r["status"],
             consent=json.loads(r["consent"]) if r["consent"] else None, short_code=r["short_code"],
             created_at=r["created_at"], updated_at=r["updated_at"], expires_at=r["expires_at"],
             templates=int(r.get("n", 0) or 0),
@@ -292,7 +344,10 @@ class Gallery:
         with self._lock:
             rows = list(self.db.query("SELECT * FROM templates WHERE customer_id = ? ORDER BY id", [customer_id]))
         for r in rows:
-            r["embedding"] = np.frombuffer(r["embedding"], dtype="<f4").astype(np.float32)
+            raw = self._open_value(r["embedding"], f"templates.embedding:{customer_id}")
+            r["embedding"] = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            if r.get("photo") is not None:
+                r["photo"] = self._open_value(r["photo"], f"templates.photo:{customer_id}")
         return rows
 
     @property
@@ -312,9 +367,9 @@ class Gallery:
                 "SELECT t.customer_id, t.embedding FROM templates t JOIN customers c ON c.id = t.customer_id "
                 "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id",
                 [self.model_sha256]))
+        raw = b"".join(self._open_value(r[1], f"templates.embedding:{r[0]}") for r in rows)
         self.load_matrix(
-            np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(-1, EMBEDDING_DIM).astype(np.float32),
-            [r[0] for r in rows])
+            np.frombuffer(raw, dtype="<f4").reshape(-1, EMBEDDING_DIM).astype(np.float32), [r[0] for r in rows])
 
     def load_matrix(self, matrix: np.ndarray, owners: list[str]) -> None:
         """Replace the in-memory search matrix (used by :meth:`match`; benchmarks feed it directly).

@@ -135,7 +135,10 @@ def main() -> int:
         procs.append(subprocess.Popen([BIN / "dangol-cloud", "listen"], env=env, stdout=subprocess.DEVNULL))
 
         say("edge: enrol Lin-Manuel Miranda from one photo under that customer's id")
-        edge_env = dict(env, DANGOL_HOME=str(work / "edge"), DANGOL_EMBEDDER__MODEL_PATH=str(model))
+        from dangol_edge.crypto import new_key
+
+        edge_env = dict(env, DANGOL_HOME=str(work / "edge"), DANGOL_EMBEDDER__MODEL_PATH=str(model),
+                        DANGOL_GALLERY_KEY=os.environ.get("DANGOL_GALLERY_KEY") or new_key())
         edge_env.pop("DANGOL_MQTT_URL")
         run([BIN / "dangol-edge", "enroll", "--name", "Lin-Manuel Miranda", "--image", clips / "lin-manuel-miranda.png",
              "--customer-id", cid], edge_env, stdout=subprocess.DEVNULL)

@@ -9,6 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The edge gallery is encrypted at rest: every test process (and its children) gets one throw-away key.
+if not os.environ.get("DANGOL_GALLERY_KEY"):
+    import base64
+    import secrets
+
+    os.environ["DANGOL_GALLERY_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
