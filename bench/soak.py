@@ -1,0 +1,443 @@
+"""Soak test of the edge daemon: memory, frames and event delivery over minutes, with the broker restarting.
+
+Run: ``.venv/bin/python bench/soak.py [--minutes 10] [--restart-every 60] [--down 3]``
+(quick check: ``--minutes 1 --restart-every 20``). Needs ``mosquitto`` and the built model
+(``dangol-models build``; built here if missing, ``DANGOL_MODELS_DIR``/``DANGOL_DATA`` as in the tests).
+
+What runs:
+
+* the daemon in its own process (``Appliance(config).run()``, exactly what ``dangol-edge run --config``
+  does, plus one JSON line of its counters on stdout when it exits), reading
+  ``short_hamilton_clip.mp4`` as its camera in real time (30 fps), looping, with Lin-Manuel Miranda
+  enrolled by ``dangol-edge enroll --customer-id`` and ``tracker.cooldown_s = 0``: every loop of the
+  clip yields an arrival for him plus unknown-face events for the others;
+* a real Mosquitto with persistence on (``autosave_interval 1``, store in a temp folder), stopped with
+  SIGTERM and started again on the same port every ``--restart-every`` seconds, down ``--down`` seconds;
+* a subscriber standing in for the cloud: fixed client id, persistent session (``clean_session=False``),
+  QoS 1, subscribing again in ``on_connect``, collecting ``dangol/v1/devices/+/events`` (and status).
+
+Every ``--sample`` seconds (5) it reads the daemon's resident memory (``VmRSS`` in ``/proc/<pid>/status``).
+At the end it stops the daemon with SIGTERM (broker up), then, if the outbox still holds unacknowledged
+events (PUBACKs in flight at shutdown), starts the daemon once more on a face-less image so that its
+outbox drains the way it would after a reboot, and prints:
+
+* events produced (every row of the outbox table in the edge's ``state.sqlite``) vs delivered (unique
+  ``event_id`` values the subscriber received), the ones missing, duplicates received (allowed: the cloud
+  deduplicates on ``event_id``);
+* RSS in MiB at minute 1, at the end, the peak, and a verdict: *flat* when the median of the last third of
+  the samples after warm-up (the first minute, or the first third of a shorter run) is within 10 % of the
+  median of the first third;
+* frames captured / dropped / processed, arrivals and unknown faces (the daemon's own counters), the last
+  health the daemon published on its status topic (camera, fps, gallery size, queue depth);
+* broker restarts done.
+
+Exit status 0 when every produced event was delivered (produced == delivered), else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EVENTS = "dangol/v1/devices/+/events"
+STATUS = "dangol/v1/devices/+/status"
+
+
+# --- the daemon process ------------------------------------------------------------------------------------
+def daemon_main(config: str, source: str | None) -> int:
+    """The daemon as ``dangol-edge run --config CONFIG`` runs it; prints its counters as JSON on exit."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dangol_edge.config import load_config
+    from dangol_edge.daemon import Appliance
+
+    app = Appliance(load_config(config), source=source)
+    rc = app.run()
+    s = app.stats
+    print(json.dumps({"frames_captured": s.frames_captured, "frames_dropped": s.frames_dropped,
+                      "frames_processed": s.frames_processed, "arrivals": s.arrivals, "unknown": s.unknown}),
+          flush=True)
+    return rc
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of a process in KiB (``VmRSS``), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class Broker:
+    """Mosquitto with persistence on, always on the same port; :meth:`restart` is SIGTERM + start."""
+
+    def __init__(self, workdir: Path, port: int):
+        self.workdir, self.port = workdir, port
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "mosquitto.conf"
+        # as root, mosquitto would switch to the 'mosquitto' user, who cannot write our temp folder
+        self.conf.write_text("\n".join([
+            f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {port} 127.0.0.1", "allow_anonymous true",
+            "persistence true", f"persistence_location {workdir}/", "autosave_interval 1",
+            f"log_dest file {workdir / 'mosquitto.log'}", "log_type error", "log_type warning",
+            "log_type notice", "log_type information"]) + "\n")
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}); see {self.workdir / 'mosquitto.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # saves the persistence file and exits
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    @property
+    def up(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Subscriber:
+    """The cloud's stand-in: persistent session, QoS 1, resubscribes on every connect."""
+
+    def __init__(self, port: int):
+        import paho.mqtt.client as mqtt
+
+        self.lock = threading.Lock()
+        self.event_ids: list[str] = []
+        self.health: list[dict] = []
+        self.connects = 0
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dangol-soak-cloud", clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.c.on_message = self._on_message
+        self.c.reconnect_delay_set(1, 2)
+        self.c.connect("127.0.0.1", port, keepalive=10)
+        self.c.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            self.connects += 1
+            client.subscribe([(EVENTS, 1), (STATUS, 1)])
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            obj = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self.lock:
+            if msg.topic.endswith("/events"):
+                self.event_ids.append(obj["event_id"])
+            elif obj.get("health"):
+                self.health.append(obj["health"])
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return list(self.event_ids)
+
+    def publish(self, topic: str, payload: dict) -> None:
+        self.c.publish(topic, json.dumps(payload).encode(), qos=1, retain=True).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def outbox(state: Path) -> tuple[list[str], int]:
+    """(every event_id in the outbox, how many are not acknowledged yet), read-only."""
+    if not state.exists():
+        return [], 0
+    con = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
+    try:
+        ids = [r[0] for r in con.execute("SELECT event_id FROM outbox ORDER BY seq")]
+        pending = con.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return [], 0
+    finally:
+        con.close()
+    return ids, int(pending)
+
+
+def wait_for(pred, timeout: float, step: float = 0.25) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+# --- the soak ----------------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="how long the daemon runs (default 10)")
+    ap.add_argument("--restart-every", type=float, default=60.0, help="broker restart period, seconds (default 60)")
+    ap.add_argument("--down", type=float, default=3.0, help="seconds the broker stays down each time (default 3)")
+    ap.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder (logs, state.sqlite, broker store)")
+    ap.add_argument("--daemon", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--source", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.daemon:
+        return daemon_main(args.daemon, args.source)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    data = Path(os.environ.get("DANGOL_DATA") or REPO.parent / "shared" / "data")
+    models = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
+    sys.path.insert(0, str(REPO))
+    from dangol_models.build import build
+
+    build(models, data / "faces")
+    model = models / "facenet-int8.tflite"
+    clips = data / "clips" / "face_recognition_examples"
+
+    tmp = Path(tempfile.mkdtemp(prefix="dangol-soak-"))
+    home = tmp / "home"
+    state_path = home / "state.sqlite"
+    store, device, lin = uuid.uuid4(), uuid.uuid4(), str(uuid.uuid4())
+    port = free_port()
+    conf = tmp / "edge.toml"
+    conf.write_text(f"""home = "{home}"
+[embedder]
+model_path = "{model}"
+[device]
+id = "{device}"
+store_id = "{store}"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+reconnect_min_s = 1
+reconnect_max_s = 2
+status_interval_s = 5
+[camera]
+source = "{clips / 'short_hamilton_clip.mp4'}"
+loop = true
+realtime = true
+[tracker]
+cooldown_s = 0
+[display]
+port = {free_port()}
+welcome_s = 2
+[gpio]
+enabled = false
+""")
+    # the daemon's environment: no stray DANGOL_* settings from the caller; a throw-away gallery key
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DANGOL_")}
+    env["DANGOL_GALLERY_KEY"] = os.environ.get("DANGOL_GALLERY_KEY") or base64.b64encode(secrets.token_bytes(32)).decode()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    enrol = subprocess.run([str(BIN / "dangol-edge"), "--config", str(conf), "enroll", "--name", "Lin-Manuel Miranda",
+                            "--image", str(clips / "lin-manuel-miranda.png"), "--customer-id", lin],
+                           env=env, capture_output=True, text=True, timeout=300)
+    if enrol.returncode != 0:
+        print(f"enrolment failed ({enrol.returncode}):\n{enrol.stderr}", file=sys.stderr)
+        return 1
+
+    broker = Broker(tmp / "broker", port)
+    broker.start()
+    cloud = Subscriber(port)
+    if not cloud.subscribed.wait(10):
+        print("the subscriber did not subscribe", file=sys.stderr)
+        return 1
+    now = datetime.now(timezone.utc).isoformat()
+    cloud.publish(f"dangol/v1/stores/{store}/catalogue", {
+        "schema": "catalogue/1", "store_id": str(store), "version": 1, "published_at": now, "currency": "KRW",
+        "items": [{"id": f"i{i}", "name": f"Item {i}", "price": 4000 + 100 * i} for i in range(12)]})
+    cloud.publish(f"dangol/v1/stores/{store}/menus/{lin}", {
+        "schema": "menu/1", "store_id": str(store), "customer_id": lin, "model_version": "soak", "generated_at": now,
+        "items": [{"item_id": f"i{i}", "score": 1.0 - i / 20} for i in (3, 1, 4, 7, 5, 9)]})
+
+    duration = args.minutes * 60
+    log_path = tmp / "daemon.log"
+    print(f"soak: {args.minutes:g} min, broker restart every {args.restart_every:g} s (down {args.down:g} s), "
+          f"RSS every {args.sample:g} s; work folder {tmp}", flush=True)
+
+    def spawn(extra: list[str], env_extra: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--daemon", str(conf), *extra],
+                                env={**env, **(env_extra or {})}, stdout=subprocess.PIPE,
+                                stderr=open(log_path, "a"), text=True)
+
+    daemon = spawn([])
+    t0 = time.monotonic()
+    samples: list[tuple[float, int]] = []
+    next_sample, next_restart = 0.0, args.restart_every
+    next_report = 60.0
+    down_until = None
+    crashed = None
+    try:
+        while (el := time.monotonic() - t0) < duration:
+            if daemon.poll() is not None:
+                crashed = daemon.returncode
+                break
+            if el >= next_sample:
+                kib = rss_kib(daemon.pid)
+                if kib:
+                    samples.append((el, kib))
+                next_sample += args.sample
+            if down_until is None and el >= next_restart and el + args.down < duration:
+                broker.stop()
+                down_until = el + args.down
+            elif down_until is not None and el >= down_until:
+                broker.start()
+                broker.restarts += 1
+                down_until = None
+                next_restart += args.restart_every
+            if el >= next_report:
+                ids, pending = outbox(state_path)
+                print(f"  t={el / 60:4.1f} min  RSS {samples[-1][1] / 1024:6.1f} MiB  produced {len(ids):5d}  "
+                      f"outbox pending {pending:3d}  delivered {len(set(cloud.ids())):5d}  "
+                      f"broker restarts {broker.restarts}", flush=True)
+                next_report += 60.0
+            time.sleep(0.1)
+        if not broker.up:
+            broker.start()
+            broker.restarts += 1
+        if crashed is None:
+            daemon.send_signal(signal.SIGTERM)
+        try:
+            out, _ = daemon.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            out, _ = daemon.communicate()
+            print("the daemon did not stop within 60 s of SIGTERM: killed", flush=True)
+        stop_rc = daemon.returncode
+        counters = {}
+        for line in (out or "").splitlines():
+            if line.startswith("{"):
+                counters = json.loads(line)
+        _, pending_at_stop = outbox(state_path)
+
+        # events whose PUBACK was in flight at shutdown wait in the outbox: the next start sends them
+        drained_by_restart = False
+        if pending_at_stop:
+            import cv2
+            import numpy as np
+
+            blank = tmp / "blank"
+            blank.mkdir(exist_ok=True)
+            cv2.imwrite(str(blank / "grey.png"), np.full((480, 640, 3), 128, np.uint8))
+            again = spawn(["--source", str(blank)], {"DANGOL_CAMERA__LOOP": "false"})
+            wait_for(lambda: outbox(state_path)[1] == 0, 120)
+            again.send_signal(signal.SIGTERM)
+            try:
+                again.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                again.kill()
+                again.communicate()
+            drained_by_restart = True
+        produced, pending = outbox(state_path)
+        wait_for(lambda: set(produced) <= set(cloud.ids()), 60)
+        received = cloud.ids()
+    finally:
+        cloud.close()
+        broker.stop()
+
+    # --- report ------------------------------------------------------------------------------------------
+    delivered = set(received)
+    missing = [e for e in produced if e not in delivered]
+    stray = delivered - set(produced)
+    dups = len(received) - len(delivered)
+    ran = time.monotonic() - t0
+    print()
+    print(f"Soak of the edge daemon on short_hamilton_clip.mp4 (real time, looping, cool-down 0), "
+          f"{min(ran, duration) / 60:.1f} min:")
+    if crashed is not None:
+        print(f"  DAEMON EXITED EARLY with status {crashed}; see {log_path}")
+    print(f"  daemon stop            exit status {stop_rc} after SIGTERM; outbox pending at stop {pending_at_stop}"
+          + (" (drained by a second start)" if drained_by_restart else ""))
+    print(f"  broker restarts        {broker.restarts} (SIGTERM, down {args.down:g} s, same port, persistence on)")
+    print(f"  events produced        {len(produced)} (outbox rows; still pending {pending})")
+    print(f"  events delivered       {len(produced) - len(missing)} unique event_ids of those at the subscriber"
+          f" ({len(stray)} not in the outbox)")
+    print(f"  missing                {len(missing)}" + (f": {missing[:5]}…" if missing else ""))
+    print(f"  duplicates received    {dups} (the cloud deduplicates on event_id)")
+    if counters:
+        print(f"  daemon counters        arrivals {counters['arrivals']}, unknown faces {counters['unknown']}, "
+              f"frames captured {counters['frames_captured']}, dropped {counters['frames_dropped']} "
+              f"({100 * counters['frames_dropped'] / max(1, counters['frames_captured']):.1f} %), "
+              f"processed {counters['frames_processed']}")
+    if cloud.health:
+        fps = [h["fps"] for h in cloud.health]
+        last = cloud.health[-1]
+        print(f"  status/health          {len(cloud.health)} reports; last: camera {last['camera']}, fps {last['fps']}, "
+              f"gallery_size {last['gallery_size']}, queue_depth {last['queue_depth']}; "
+              f"fps min/median/max {min(fps)}/{median(fps)}/{max(fps)}")
+    if samples:
+        mib = [(t, k / 1024) for t, k in samples]
+        at_1 = min(mib, key=lambda s: abs(s[0] - 60))
+        warm = min(60.0, duration / 3)
+        post = [m for t, m in mib if t >= warm]
+        third = max(1, len(post) // 3)
+        first, last = median(post[:third]), median(post[-third:])
+        change = (last - first) / first * 100 if first else float("nan")
+        flat = abs(change) <= 10
+        print(f"  RSS (MiB)              minute 1 ({at_1[0]:.0f} s) {at_1[1]:.1f}, end {mib[-1][1]:.1f}, "
+              f"peak {max(m for _, m in mib):.1f}  ({len(samples)} samples every {args.sample:g} s)")
+        print(f"  RSS verdict            {'FLAT' if flat else 'GROWING' if change > 0 else 'SHRINKING'}: "
+              f"median of the last third {last:.1f} vs first third {first:.1f} after {warm:.0f} s warm-up "
+              f"({change:+.1f} %, limit ±10 %)")
+    ok = bool(produced) and not missing and crashed is None
+    print(f"  result                 {'OK' if ok else 'FAIL'}: produced {len(produced)}, "
+          f"delivered {len(produced) - len(missing)}")
+    if args.keep:
+        print(f"  kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
