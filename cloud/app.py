@@ -34,16 +34,22 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         migrate: run Alembic ``upgrade head`` now (always true in production).
         flask_config: extra Flask config (e.g. ``TESTING=True``, ``WTF_CSRF_ENABLED=False``).
 
+    Session cookies are ``HttpOnly``, ``SameSite=Lax`` and ``Secure`` when ``settings.cookie_secure``
+    (``session_cookie_secure``, default on for an ``https://`` public URL).
+
     Raises:
-        ConfigError: invalid settings.
+        ConfigError: invalid settings; DataKeyError (a ConfigError) if no data key is configured.
     """
     settings = settings or load_settings()
-    db = db or Database(settings.effective_database_url)
+    db = db or Database.from_settings(settings)
     if migrate:
         db.migrate()
+    db.require_key()
     app = Flask(__name__)
+    secure = settings.cookie_secure
     app.config.update(SECRET_KEY=settings.resolved_secret_key(), MAX_CONTENT_LENGTH=64 * 1024 * 1024,
-                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=secure,
+                      REMEMBER_COOKIE_HTTPONLY=True, REMEMBER_COOKIE_SAMESITE="Lax", REMEMBER_COOKIE_SECURE=secure,
                       WTF_CSRF_TIME_LIMIT=None, **flask_config)
     app.extensions["dangol_settings"] = settings
     app.extensions["dangol_db"] = db
@@ -51,9 +57,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     csrf.init_app(app)
     login_manager.init_app(app)
 
-    from dangol_cloud.web import analytics, api, auth, catalogue, customers, home, purchases, stores
+    from dangol_cloud.web import analytics, api, audit, auth, catalogue, customers, home, purchases, stores
 
-    for module in (auth, home, stores, catalogue, customers, purchases, analytics):
+    for module in (auth, home, stores, catalogue, customers, purchases, analytics, audit):
         app.register_blueprint(module.bp)
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)

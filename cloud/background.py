@@ -1,4 +1,5 @@
-"""Background work of ``dangol-cloud serve``: the MQTT consumer and scheduled retraining."""
+"""Background work of ``dangol-cloud serve``: the MQTT consumer, scheduled retraining, re-publishing of
+unconfirmed erasures and the daily retention sweep."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def start_background(app: Flask) -> Callable[[], None]:
-    """Start the MQTT listener (if a broker is configured and ``listen`` is on) and the training schedule
-    (if ``train_interval_hours`` is set). Returns a function that stops both.
+    """Start the MQTT listener (if a broker is configured and ``listen`` is on), the training schedule
+    (if ``train_interval_hours`` is set), the erasure re-publisher (every ``erasure_republish_minutes``,
+    with a broker) and the retention sweep (at start, then every 24 h). Returns a function that stops them.
 
     Raises:
         MqttError: the MQTT URL is malformed. An unreachable broker is retried in the background.
@@ -30,8 +32,11 @@ def start_background(app: Flask) -> Callable[[], None]:
     if settings.mqtt_url and settings.listen:
         from dangol_cloud.training import welcome_regulars
 
+        from dangol_cloud.publishing import republish_erasures
+
         listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
-                            on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id])).start()
+                            on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id]),
+                            on_erasures=lambda device: republish_erasures(db, settings, device_id=device)).start()
         if listener.subscribed.is_set():
             log.info("MQTT listener subscribed to device events and status")
 
@@ -53,6 +58,39 @@ def start_background(app: Flask) -> Callable[[], None]:
 
     if settings.train_interval_hours:
         threading.Thread(target=schedule, name="dangol-train-schedule", daemon=True).start()
+
+    def erasures() -> None:
+        from dangol_cloud.publishing import republish_erasures
+
+        while not stopping.wait(settings.erasure_republish_minutes * 60):
+            try:
+                sent = republish_erasures(db, settings)
+                if sent:
+                    log.info("re-published %d erasure messages to devices that have not confirmed", sent)
+            except Exception:  # broker down etc.: still pending, retried next interval (logged with traceback)
+                log.exception("re-publishing unconfirmed erasures failed; retrying in %.0f min",
+                              settings.erasure_republish_minutes)
+
+    if settings.mqtt_url:
+        threading.Thread(target=erasures, name="dangol-erasures", daemon=True).start()
+
+    def retention() -> None:
+        from dangol_cloud.erasure import run_retention
+        from dangol_cloud.publishing import republish_erasures
+
+        while True:
+            try:
+                with db.transaction() as session:
+                    ids = run_retention(session, settings.retention_days)
+                if ids:
+                    log.info("retention: erased %d customers not seen for %d days", len(ids), settings.retention_days)
+                    republish_erasures(db, settings)
+            except Exception:  # retried in 24 h; the erasures themselves are re-published by their own loop
+                log.exception("retention sweep failed; retrying in 24 h")
+            if stopping.wait(24 * 3600):
+                return
+
+    threading.Thread(target=retention, name="dangol-retention", daemon=True).start()
 
     def stop() -> None:
         stopping.set()

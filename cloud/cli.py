@@ -1,5 +1,5 @@
 """``dangol-cloud`` command line: serve, import-purchases, train, evaluate, publish, listen, create-user,
-broker-config.
+broker-config, erase, retention, gen-key, rotate-key.
 
 Exit status: 0 success, 2 usage or input error (the message names the input), 1 anything else.
 """
@@ -69,6 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker-config", help="write a Mosquitto password file and ACL for the cloud and every device")
     p.add_argument("--out", type=Path, required=True, help="folder for 'passwd' and 'acl'")
 
+    p = sub.add_parser("erase", help="erase a customer everywhere (cloud data now; devices over MQTT)")
+    p.add_argument("customer_id", metavar="CUSTOMER_ID")
+
+    p = sub.add_parser("retention", help="erase customers not seen for retention_days (DANGOL_RETENTION_DAYS)")
+    p.add_argument("--dry-run", action="store_true", help="only count them")
+
+    sub.add_parser("gen-key", help="print a new random data key (base64) for DANGOL_DATA_KEY / dangol-data-key")
+
+    p = sub.add_parser("rotate-key", help="re-encrypt every personal field under a new data key (one transaction)")
+    p.add_argument("--new-key-file", type=Path, help="file with the new base64 key (else $DANGOL_NEW_DATA_KEY)")
+
     p = sub.add_parser("create-user", help="create a dashboard user (the first owner)")
     p.add_argument("email")
     p.add_argument("--role", choices=["owner", "staff"], default="owner")
@@ -81,8 +92,9 @@ def _context(args):
     from dangol_cloud.settings import load_settings
 
     settings = load_settings(args.config)
-    db = Database(settings.effective_database_url)
+    db = Database.from_settings(settings)
     db.migrate()
+    db.require_key()
     return settings, db
 
 
@@ -166,8 +178,11 @@ def cmd_listen(args, settings, db) -> int:
         raise UsageError("no broker configured: set DANGOL_MQTT_URL (mqtt://user:password@host:port)")
     from dangol_cloud.training import welcome_regulars
 
+    from dangol_cloud.publishing import republish_erasures
+
     listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
-                        on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id])).start()
+                        on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id]),
+                        on_erasures=lambda device_id: republish_erasures(db, settings, device_id=device_id)).start()
     out.print("listening for device events and status; Ctrl-C to stop")
     try:
         threading.Event().wait()
@@ -216,6 +231,67 @@ def cmd_serve(args, settings, db) -> int:
     return 0
 
 
+def _publish_erasures(settings, db) -> str:
+    from dangol_cloud.mqtt import MqttError
+    from dangol_cloud.publishing import republish_erasures
+
+    if not settings.mqtt_url:
+        return "no broker configured: the devices are told by the next publish / serve"
+    try:
+        return f"{republish_erasures(db, settings)} erasure messages published; devices confirm with erasure-done"
+    except MqttError as exc:  # the erasure is committed and stays pending: serve re-publishes it
+        log.warning("erasure not yet sent to the stores: %s", exc)
+        return f"not yet sent to the stores ({exc}); serve re-publishes it until every device confirms"
+
+
+def cmd_erase(args, settings, db) -> int:
+    from dangol_cloud.erasure import erase_customer
+
+    try:
+        with db.transaction() as session:
+            erasure = erase_customer(session, args.customer_id, actor="cli")
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+    out.print(f"customer {args.customer_id} erased (erasure {erasure.id}); {_publish_erasures(settings, db)}",
+              highlight=False)
+    return 0
+
+
+def cmd_retention(args, settings, db) -> int:
+    from dangol_cloud.erasure import retention_candidates, run_retention
+
+    if args.dry_run:
+        with db.sessions() as session:
+            n = len(retention_candidates(session, settings.retention_days))
+        out.print(f"{n} customers not seen for {settings.retention_days} days (dry run)", highlight=False)
+        return 0
+    with db.transaction() as session:
+        ids = run_retention(session, settings.retention_days)
+    text = _publish_erasures(settings, db) if ids else "nothing to tell the stores"
+    out.print(f"erased {len(ids)} customers not seen for {settings.retention_days} days; {text}", highlight=False)
+    return 0
+
+
+def cmd_rotate_key(args, settings, db) -> int:
+    import os
+
+    from dangol_cloud.crypto import decode_key, load_key_file
+    from dangol_cloud.rotation import rotate_key
+
+    if args.new_key_file is not None:
+        new_key = load_key_file(args.new_key_file)
+    elif os.environ.get("DANGOL_NEW_DATA_KEY"):
+        new_key = decode_key(os.environ["DANGOL_NEW_DATA_KEY"], "DANGOL_NEW_DATA_KEY")
+    else:
+        raise UsageError("give the new key: --new-key-file PATH or DANGOL_NEW_DATA_KEY (make one with gen-key)")
+    report = rotate_key(db, new_key)
+    total = sum(report.values.values())
+    out.print(f"re-encrypted {total} values under data key {report.new_key_id} (was {report.old_key_id}); now "
+              "configure the new key (DANGOL_DATA_KEY or the dangol-data-key credential), restart the service "
+              "and destroy the old key", highlight=False)
+    return 0
+
+
 def cmd_create_user(args, settings, db) -> int:
     from sqlalchemy import select
 
@@ -242,7 +318,8 @@ def cmd_create_user(args, settings, db) -> int:
 
 COMMANDS = {"serve": cmd_serve, "import-purchases": cmd_import, "train": cmd_train, "evaluate": cmd_evaluate,
             "publish": cmd_publish, "listen": cmd_listen, "create-user": cmd_create_user,
-            "broker-config": cmd_broker_config}
+            "broker-config": cmd_broker_config, "erase": cmd_erase, "retention": cmd_retention,
+            "rotate-key": cmd_rotate_key}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "gen-key":
+        from dangol_cloud.crypto import generate_key
+
+        print(generate_key())
+        return 0
     try:
         settings, db = _context(args)
         try:

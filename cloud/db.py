@@ -38,10 +38,16 @@ class Database:
     Args:
         url: SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``). For SQLite the parent
             folder is created, foreign keys are enforced and WAL journaling is used.
+        data_key: the 32-byte key of the encrypted columns (:mod:`dangol_cloud.crypto`); it is attached to
+            the engine's dialect, where the column types find it. None: reading or writing an encrypted
+            value raises :class:`~dangol_cloud.crypto.DataKeyError` naming ``DANGOL_DATA_KEY``.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, data_key: bytes | None = None) -> None:
+        from dangol_cloud.crypto import Keyring
+
         self.url = url
+        self.keyring = Keyring(data_key) if data_key is not None else None
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
 
@@ -58,6 +64,7 @@ class Database:
             else:
                 kwargs["pool_pre_ping"] = True
             self._engine = create_engine(url, **kwargs)
+            self._engine.dialect.dangol_keyring = self.keyring
             if url.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_pragmas)
         return self._engine
@@ -69,9 +76,37 @@ class Database:
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         return self._sessions
 
+    @classmethod
+    def from_settings(cls, settings) -> "Database":
+        """The database of ``settings`` with its data key (None if no key is configured)."""
+        return cls(settings.effective_database_url, data_key=settings.resolved_data_key())
+
     def migrate(self) -> None:
-        """Upgrade the schema to the newest migration."""
+        """Upgrade the schema to the newest migration (encrypting any clear personal values on the way).
+
+        Raises:
+            DataKeyError: the migration must encrypt existing personal data but no data key is set.
+        """
         migrate(self.engine)
+
+    def require_key(self) -> None:
+        """Refuse to run without a data key (every command that touches personal data).
+
+        Raises:
+            DataKeyError: no data key configured; says whether the database already holds encrypted data.
+        """
+        from sqlalchemy import inspect, text
+
+        from dangol_cloud.crypto import MISSING_KEY_HELP, DataKeyError
+
+        if self.keyring is not None:
+            return
+        holds = False
+        if "customers" in inspect(self.engine).get_table_names():
+            with self.engine.connect() as conn:
+                holds = conn.execute(text("SELECT 1 FROM customers LIMIT 1")).first() is not None
+        what = "this database holds encrypted personal data" if holds else "personal data is encrypted at rest"
+        raise DataKeyError(f"no data key configured ({what}): {MISSING_KEY_HELP}")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
 from dangol_cloud.db import Database
+from dangol_cloud.erasure import audit, erase_customer, record_confirmation
 from dangol_cloud.models import Customer, Device, DeviceEvent, Erasure, Visit
 from dangol_cloud.mqtt import new_client
 
@@ -36,9 +37,20 @@ class Outcome(str, Enum):
     IGNORED = "ignored"
 
 
+def _stored_payload(event) -> dict:
+    """The event as kept in ``device_events``, minus personal fields (name, who recorded consent): those live
+    only in the encrypted customer columns, so an erasure leaves no copy behind."""
+    payload = event.model_dump(mode="json", by_alias=True)
+    if isinstance(event, proto.EnrolmentEvent):
+        payload["display_name"] = None
+        if payload.get("consent"):
+            payload["consent"]["recorded_by"] = None
+    return payload
+
+
 def _apply_event(session: Session, device: Device, event) -> None:
     session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=event.ts,
-                            payload=event.model_dump(mode="json", by_alias=True)))
+                            payload=_stored_payload(event)))
     if isinstance(event, proto.ArrivalEvent):
         customer_id = str(event.customer_id) if event.customer_id else None
         if customer_id and session.get(Customer, customer_id) is None:
@@ -56,13 +68,22 @@ def _apply_event(session: Session, device: Device, event) -> None:
         if event.display_name:
             customer.display_name = event.display_name
         if event.consent is not None:
+            new = customer.consent_at != event.consent.recorded_at
             customer.consent_by = event.consent.recorded_by
             customer.consent_at = event.consent.recorded_at
             customer.consent_text_version = event.consent.text_version
+            if new:
+                audit(session, f"device:{device.id}", "consent-recorded", customer_id=customer.id, device_id=device.id,
+                      detail=f"text version {event.consent.text_version}")
     elif isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is not None:
         erasure = session.get(Erasure, str(event.erasure_id))
-        if erasure is not None and device.id not in erasure.confirmed_by:
-            erasure.confirmed_by = [*erasure.confirmed_by, device.id]
+        if erasure is not None:
+            record_confirmation(session, erasure, device.id)
+    elif isinstance(event, proto.ErasureDoneEvent):  # erased on the edge's staff page: erase everywhere
+        for customer_id in map(str, event.customer_ids):
+            if session.get(Customer, customer_id) is not None:
+                erase_customer(session, customer_id, actor=f"device:{device.id}", reason="edge staff page",
+                               confirmed_device=device.id)
 
 
 def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
@@ -115,6 +136,9 @@ class Listener:
         mqtt_url: broker URL (``mqtt://user:password@host:port``).
         on_activated: called with the customer id after an ``enrolment`` event made a customer active
             (e.g. to publish their first menu); its exceptions are logged, not raised.
+        on_erasures: called with a device id when that device reports ``online`` (re-send the erasures it
+            has not confirmed), and with None after an edge-initiated erasure was stored (send it to the
+            other stores); its exceptions are logged (the erasures stay pending and are re-sent later).
         client_id: MQTT client id; the session is persistent (clean_session=False), so QoS 1 events sent
             while the listener was down are delivered when it reconnects. Messages are acknowledged only
             after they were stored (or judged invalid/duplicate): one that failed to store (database down)
@@ -125,9 +149,11 @@ class Listener:
     """
 
     def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
-                 on_activated: Callable[[str], object] | None = None) -> None:
+                 on_activated: Callable[[str], object] | None = None,
+                 on_erasures: Callable[[str | None], object] | None = None) -> None:
         self.db = db
         self.on_activated = on_activated
+        self.on_erasures = on_erasures
         self.mqtt_url = mqtt_url
         self.client_id = client_id
         self.client = None
@@ -153,13 +179,25 @@ class Listener:
             return
         client.ack(message.mid, message.qos)
         self.counts[outcome] += 1
-        if outcome is Outcome.STORED and self.on_activated is not None:
-            event = proto.parse_payload(message.topic, message.payload)  # already validated: cannot fail
-            if isinstance(event, proto.EnrolmentEvent) and event.status == "active":
-                try:
-                    self.on_activated(str(event.customer_id))
-                except Exception:  # the visit/enrolment is stored; the menu goes out with the next publish
-                    log.exception("welcoming newly active customer %s failed", event.customer_id)
+        if outcome is not Outcome.STORED:
+            return
+        event = proto.parse_payload(message.topic, message.payload)  # already validated: cannot fail
+        if self.on_activated is not None and isinstance(event, proto.EnrolmentEvent) and event.status == "active":
+            try:
+                self.on_activated(str(event.customer_id))
+            except Exception:  # the visit/enrolment is stored; the menu goes out with the next publish
+                log.exception("welcoming newly active customer %s failed", event.customer_id)
+        if self.on_erasures is None:
+            return
+        target = None
+        if isinstance(event, proto.Status) and event.state == "online":
+            target = str(event.device_id)
+        elif not (isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is None):
+            return
+        try:
+            self.on_erasures(target)
+        except Exception:  # stays pending: re-published on the schedule
+            log.exception("re-publishing pending erasures (device %s) failed; retried on the schedule", target)
 
     def start(self, timeout: float = 10.0) -> "Listener":
         """Start the network loop and connect in the background; returns once subscribed, or after

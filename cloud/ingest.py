@@ -1,7 +1,8 @@
 """Store purchase rows (from importers, CSV uploads and the POS API) in the database.
 
 Rows become ``purchases``; customers and catalogue items that do not exist yet are created (customers
-by ``external_ref``, items by ``ref``). Every purchase carries an idempotency key derived from its
+by ``external_ref``, found through its keyed hash ``external_ref_hash`` since the ref itself is encrypted;
+items by ``ref``). Every purchase carries an idempotency key derived from its
 content, so importing the same file twice never doubles a purchase. The caller owns the transaction:
 on any exception nothing of the import is committed.
 """
@@ -20,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dangol_cloud.importers import PurchaseRow, RowError
+from dangol_cloud.crypto import keyring_of
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
@@ -75,7 +77,8 @@ class _Resolver:
 
     def __init__(self, session: Session, *, create_customer_status: str, customer_source: str) -> None:
         self.session = session
-        self.customers: dict[str, str] = {}
+        self.customers: dict[str, str] = {}  # customer id or external-ref hash -> id
+        self.ring = keyring_of(session.get_bind().dialect)
         self.items: dict[str, str] = {}
         self.item_names: dict[str, str] = {}
         self.stores: dict[str, str] = {}
@@ -88,10 +91,10 @@ class _Resolver:
 
     def load(self) -> None:
         s = self.session
-        for cid, ref in s.execute(select(Customer.id, Customer.external_ref)):
+        for cid, ref_hash in s.execute(select(Customer.id, Customer.external_ref_hash)):
             self.customers[cid] = cid
-            if ref is not None:
-                self.customers.setdefault(ref, cid)
+            if ref_hash is not None:
+                self.customers.setdefault(ref_hash, cid)
         for iid, ref, name in s.execute(select(CatalogueItem.id, CatalogueItem.ref, CatalogueItem.name)):
             self.items[iid] = iid
             self.items.setdefault(ref, iid)
@@ -102,12 +105,15 @@ class _Resolver:
                 self.stores.setdefault(ref, sid)
 
     def customer(self, ref: str) -> str:
-        cid = self.customers.get(ref)
+        cid = self.customers.get(ref)  # a Dangol customer id used as the ref
         if cid is None:
-            cid = self.customers[ref] = new_id()
-            self.created_customer_count += 1
-            self.new_customers.append({"id": cid, "external_ref": ref, "status": self.status, "source": self.source,
-                                       "created_at": utcnow()})
+            ref_hash = self.ring.lookup_hash(ref)
+            cid = self.customers.get(ref_hash)
+            if cid is None:
+                cid = self.customers[ref_hash] = new_id()
+                self.created_customer_count += 1
+                self.new_customers.append({"id": cid, "external_ref": ref, "external_ref_hash": ref_hash,
+                                           "status": self.status, "source": self.source, "created_at": utcnow()})
         return cid
 
     def item(self, row: PurchaseRow) -> str:

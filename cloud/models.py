@@ -3,6 +3,11 @@
 Ids of things that travel over MQTT (stores, devices, customers, catalogue items) are UUID strings;
 timestamps are stored as timezone-aware UTC (``DateTime(timezone=True)``); amounts are floats in the
 café's currency (major units).
+
+Personal fields are encrypted at rest (:mod:`dangol_cloud.crypto`, AES-256-GCM): a customer's name,
+consent recorder and external (loyalty) ref, and each purchase line's amount and product id. Purchases,
+visits and menus refer to customers by a random UUID4 only (a pseudonym); the clear columns are what SQL
+aggregates (analytics, training). ``customers.external_ref_hash`` (HMAC-SHA256) finds a customer by ref.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Intege
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from dangol_cloud.crypto import EncryptedFloat, EncryptedText
+
 __all__ = [
-    "Base", "CatalogueItem", "CatalogueVersion", "Customer", "Device", "DeviceEvent", "Erasure", "Menu",
-    "ModelVersion", "PosRequest", "Purchase", "Store", "User", "Visit", "new_id", "utcnow",
+    "AuditEntry", "Base", "CatalogueItem", "CatalogueVersion", "Customer", "Device", "DeviceEvent", "Erasure",
+    "LoginFailure", "Menu", "ModelVersion", "PosRequest", "Purchase", "Store", "User", "Visit", "external_ref_hash",
+    "new_id", "utcnow",
 ]
 
 
@@ -126,15 +134,19 @@ class CatalogueVersion(Base):
 
 class Customer(Base):
     """A customer. ``status`` pending/active; consent record = who/when/text version; ``external_ref`` is
-    the id in imported purchase data; ``source`` is where the record came from (edge/dashboard/import/pos)."""
+    the id in imported purchase data; ``source`` is where the record came from (edge/dashboard/import/pos).
+
+    ``display_name``, ``external_ref`` and ``consent_by`` are AES-GCM ciphertext in the database;
+    ``external_ref_hash`` is the keyed HMAC of ``external_ref`` (set it with :func:`external_ref_hash`)."""
 
     __tablename__ = "customers"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    display_name: Mapped[str | None] = mapped_column(String(120))
-    external_ref: Mapped[str | None] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str | None] = mapped_column(EncryptedText("customers.display_name"))
+    external_ref: Mapped[str | None] = mapped_column(EncryptedText("customers.external_ref"))
+    external_ref_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(10), default="pending")
     source: Mapped[str] = mapped_column(String(10), default="dashboard")
-    consent_by: Mapped[str | None] = mapped_column(String(120))
+    consent_by: Mapped[str | None] = mapped_column(EncryptedText("customers.consent_by"))
     consent_at: Mapped[datetime | None]
     consent_text_version: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -152,9 +164,9 @@ class Purchase(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     item_id: Mapped[str] = mapped_column(ForeignKey("catalogue_items.id"))
-    product_id: Mapped[str | None] = mapped_column(String(64))
+    product_id: Mapped[str | None] = mapped_column(EncryptedText("purchases.product_id"))
     quantity: Mapped[float] = mapped_column(Float)
-    amount: Mapped[float | None] = mapped_column(Float)
+    amount: Mapped[float | None] = mapped_column(EncryptedFloat("purchases.amount"))
     ts: Mapped[datetime]
     store_id: Mapped[str | None] = mapped_column(ForeignKey("stores.id", ondelete="SET NULL"))
     source: Mapped[str] = mapped_column(String(16))
@@ -226,7 +238,12 @@ class Menu(Base):
 
 
 class Erasure(Base):
-    """An erasure request: the customer's data is deleted at once; stores are told over MQTT and confirm."""
+    """An erasure request: the customer's data is deleted at once; stores are told over MQTT and confirm.
+
+    ``targets`` are the device ids that must confirm (every device at request time, for a customer the
+    edge may know); ``confirmed_by`` those that sent ``erasure-done``; ``completed_at`` is set once every
+    target that still exists confirmed. Until then the erasure is re-published to the unconfirmed devices'
+    stores (see :mod:`dangol_cloud.erasure`)."""
 
     __tablename__ = "erasures"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -235,3 +252,43 @@ class Erasure(Base):
     requested_by: Mapped[str | None] = mapped_column(String(254))
     published_at: Mapped[datetime | None]
     confirmed_by: Mapped[list[Any]] = mapped_column(default=list)  # device ids that sent erasure-done
+    targets: Mapped[list[Any]] = mapped_column(default=list)
+    last_published_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Audit log: erasures (request, each device's confirmation, completion), consent records, key rotation,
+    retention runs. Never a name: customers appear by id only."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(254))  # user e-mail, "device:<id>", "cli", "retention"
+    action: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    erasure_id: Mapped[str | None] = mapped_column(String(36))
+    device_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class LoginFailure(Base):
+    """A failed dashboard sign-in (for rate limiting): SHA-256 of the lower-case e-mail, remote address, time."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_sha256: Mapped[str] = mapped_column(String(64))
+    remote_addr: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index("ix_login_failures_key", "email_sha256", "remote_addr", "at"),)
+
+
+def external_ref_hash(session, ref: str | None) -> str | None:
+    """The keyed lookup hash of an external (loyalty) ref for ``Customer.external_ref_hash`` (None → None).
+
+    Raises:
+        DataKeyError: no data key configured.
+    """
+    from dangol_cloud.crypto import keyring_of
+
+    return None if ref is None else keyring_of(session.get_bind().dialect).lookup_hash(ref)

@@ -15,7 +15,7 @@ from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasu
 from dangol_cloud.mqtt import Message, connect, publish_all
 
 __all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_messages",
-           "photo_url_builder", "publish", "publish_catalogue_version", "snapshot_items"]
+           "photo_url_builder", "publish", "publish_catalogue_version", "republish_erasures", "snapshot_items"]
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,17 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
 
 
 def erasure_messages(session: Session, stores: list[Store], erasures: list[Erasure]) -> Iterator[Message]:
-    """For each erasure: clear the customer's retained menus (empty payload) and send ``erasures/1``."""
+    """For each erasure and each store in ``stores`` that has a device still to confirm it: clear the
+    customer's retained menu (empty payload) and send ``erasures/1``."""
+    from dangol_cloud.erasure import unconfirmed_devices
+
+    wanted = {store.id: store for store in stores}
     for erasure in erasures:
-        for store in stores:
-            yield proto.menu_topic(store.id, erasure.customer_id), b"", True
-            payload = proto.Erasures(store_id=uuid.UUID(store.id), erasure_id=uuid.UUID(erasure.id),
+        for store_id in sorted({d.store_id for d in unconfirmed_devices(session, erasure)} & wanted.keys()):
+            yield proto.menu_topic(store_id, erasure.customer_id), b"", True
+            payload = proto.Erasures(store_id=uuid.UUID(store_id), erasure_id=uuid.UUID(erasure.id),
                                      requested_at=erasure.requested_at, customer_ids=[uuid.UUID(erasure.customer_id)])
-            yield proto.erasures_topic(store.id), proto.dump_payload(payload), False
+            yield proto.erasures_topic(store_id), proto.dump_payload(payload), False
 
 
 @dataclass
@@ -132,9 +136,10 @@ class PublishReport:
 def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, currency: str = "EUR",
             catalogue: bool = True, menus: bool = True, customer_ids: list[str] | None = None,
             client_id: str = "dangol-cloud-publisher", timeout: float = 30.0) -> PublishReport:
-    """Publish the newest catalogue version, the menus and any unsent erasures to the stores now.
+    """Publish the newest catalogue version, the menus and every erasure not yet confirmed by all its
+    devices (to the stores of the unconfirmed devices) now.
 
-    Erasures not yet published are sent and marked ``published_at`` (the caller commits).
+    Erasures sent get ``published_at`` (first time) and ``last_published_at`` (the caller commits).
 
     Raises:
         LookupError: ``store_id`` is unknown.
@@ -142,7 +147,9 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
     """
     stores = _stores(session, store_id)
     report = PublishReport(stores=len(stores))
-    pending = list(session.scalars(select(Erasure).where(Erasure.published_at.is_(None))))
+    from dangol_cloud.erasure import pending_erasures
+
+    pending = pending_erasures(session)
     client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}")
     try:
         if catalogue:
@@ -151,10 +158,43 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
             report.menus = publish_all(client, menu_messages(session, stores, customer_ids=customer_ids),
                                        timeout=timeout)
         report.erasures = publish_all(client, erasure_messages(session, stores, pending), timeout=timeout)
+        now = utcnow()
         for erasure in pending:
-            erasure.published_at = utcnow()
+            erasure.published_at = erasure.published_at or now
+            erasure.last_published_at = now
     finally:
         client.disconnect()
         client.loop_stop()
     log.info("published %s", report)
     return report
+
+
+def republish_erasures(db, settings, *, device_id: str | None = None) -> int:
+    """Re-send unconfirmed erasures (``serve``'s schedule; and at once when ``device_id`` comes online).
+
+    Connects only if some erasure waits for a device (of ``device_id``'s store, if given).
+
+    Returns:
+        Number of messages published (0 without a broker or with nothing pending).
+
+    Raises:
+        MqttError: the broker is unreachable (the erasures stay pending and are retried).
+    """
+    from dangol_cloud.erasure import pending_erasures, unconfirmed_devices
+    from dangol_cloud.models import Device
+
+    if not settings.mqtt_url:
+        return 0
+    with db.transaction() as session:
+        store_id = None
+        if device_id is not None:
+            device = session.get(Device, device_id)
+            if device is None:
+                return 0
+            store_id = device.store_id
+        waiting = {d.store_id for e in pending_erasures(session) for d in unconfirmed_devices(session, e)}
+        if not waiting or (store_id is not None and store_id not in waiting):
+            return 0
+        report = publish(session, settings.mqtt_url, store_id=store_id, currency=settings.currency,
+                         catalogue=False, menus=False)
+    return report.erasures

@@ -15,7 +15,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["MAX_RETENTION_DAYS", "ConfigError", "Settings", "load_settings"]
+
+#: Longest retention: 3 years. BIPA (740 ILCS 14/15(a)) requires biometric identifiers to be destroyed
+#: when their purpose is satisfied or within 3 years of the individual's last interaction, whichever first.
+MAX_RETENTION_DAYS = 3 * 365
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,20 @@ class Settings(BaseSettings):
         public_url: base URL at which the edge devices reach this service (e.g. ``http://cloud.local:8000``),
             used for item photo URLs in the catalogue; default: the URL of the dashboard request.
         import_batch_size: rows per bulk insert in ``import-purchases``.
+        data_key: (``DANGOL_DATA_KEY``) base64 of the 32-byte key that encrypts personal fields at rest
+            (see :mod:`dangol_cloud.crypto`); if unset, ``data_key_file``, then the systemd credential
+            ``$CREDENTIALS_DIRECTORY/dangol-data-key``. Never stored in the database or the repository.
+        data_key_file: file holding the base64 data key (alternative to ``data_key``).
+        retention_days: customers not seen (no visit, no purchase, not created) for this many days are
+            erased by ``dangol-cloud retention`` and daily inside ``serve``; 1 to 1095 (3 years: BIPA,
+            740 ILCS 14/15(a), requires destroying biometric identifiers within 3 years of the last
+            interaction at the latest).
+        erasure_republish_minutes: ``serve`` re-publishes erasures that some device has not confirmed
+            yet this often (and at once when such a device comes online).
+        session_cookie_secure: send the dashboard's session cookie only over HTTPS; default: on when
+            ``public_url`` is ``https://``.
+        login_max_failures / login_window_minutes: after this many failed sign-ins for one e-mail from one
+            address within the window, further attempts get 429 until the window has passed.
     """
 
     model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid")
@@ -62,8 +80,23 @@ class Settings(BaseSettings):
     listen: bool = True
     public_url: str | None = None
     import_batch_size: int = Field(5000, ge=1)
+    data_key: SecretStr | None = None
+    data_key_file: Path | None = None
+    retention_days: int = Field(365, ge=1)
+    erasure_republish_minutes: float = Field(10, gt=0, le=24 * 60)
+    session_cookie_secure: bool | None = None
+    login_max_failures: int = Field(5, ge=1, le=100)
+    login_window_minutes: float = Field(15, gt=0, le=24 * 60)
 
     config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _check_retention(cls, value: int) -> int:
+        if value > MAX_RETENTION_DAYS:
+            raise ValueError(f"{value} days is longer than {MAX_RETENTION_DAYS} (3 years, the BIPA limit, "
+                             "740 ILCS 14/15(a))")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -132,6 +165,32 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(48))
             path.chmod(0o600)
         return path.read_text().strip()
+
+
+    def resolved_data_key(self) -> bytes | None:
+        """The data key from ``data_key``, else ``data_key_file``, else the systemd credential
+        ``$CREDENTIALS_DIRECTORY/dangol-data-key``; None if none is configured.
+
+        Raises:
+            DataKeyError: a configured key is malformed or its file unreadable (message names the source).
+        """
+        from dangol_cloud.crypto import CREDENTIAL_NAME, decode_key, load_key_file
+
+        if self.data_key is not None:
+            return decode_key(self.data_key.get_secret_value(), "DANGOL_DATA_KEY")
+        if self.data_key_file is not None:
+            return load_key_file(self.data_key_file)
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
+            return load_key_file(Path(credentials) / CREDENTIAL_NAME)
+        return None
+
+    @property
+    def cookie_secure(self) -> bool:
+        """Whether the session cookie gets the ``Secure`` flag (explicit setting, else https public_url)."""
+        if self.session_cookie_secure is not None:
+            return self.session_cookie_secure
+        return bool(self.public_url and self.public_url.startswith("https://"))
 
 
 def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:

@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from dangol_cloud.app import get_db
-from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store
+from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
 from dangol_cloud.security import hash_token
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,12 @@ def create_purchases():
                     return _problem(422, "Unknown item", f"lines: item {line.item!r} is not in the catalogue; "
                                     "nothing was stored")
                 items[line.item] = item.id
+            ref_hash = external_ref_hash(s, sale.customer)
             customer = s.scalar(select(Customer).where(or_(Customer.id == sale.customer,
-                                                           Customer.external_ref == sale.customer)))
+                                                           Customer.external_ref_hash == ref_hash)))
             if customer is None:
-                customer = Customer(external_ref=sale.customer, status="active", source="pos")
+                customer = Customer(external_ref=sale.customer, external_ref_hash=ref_hash, status="active",
+                                    source="pos")
                 s.add(customer)
                 s.flush()
             purchases = [Purchase(customer_id=customer.id, item_id=items[line.item], product_id=line.product_id,

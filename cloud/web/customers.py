@@ -6,12 +6,13 @@ import logging
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
-from dangol_cloud.models import CatalogueItem, Customer, Erasure, Menu, Purchase, Visit, utcnow
+from dangol_cloud.erasure import audit, erase_customer
+from dangol_cloud.models import CatalogueItem, Customer, Menu, Purchase, Visit, utcnow
 from dangol_cloud.mqtt import MqttError
-from dangol_cloud.publishing import publish
+from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.training import welcome_regulars
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm, ConsentForm
@@ -39,14 +40,16 @@ def index():
         query = query.where(or_(Customer.source == "edge", Customer.consent_at.is_not(None)))
     elif show == "pending":
         query = query.where(Customer.status == "pending")
+    # names and external refs are encrypted at rest: search and sort them here, after decryption
+    rows = s.execute(query.order_by(Customer.created_at.desc())).all()
     if q:
-        like = f"%{q.lower()}%"
-        query = query.where(or_(func.lower(Customer.display_name).like(like), Customer.external_ref.like(like),
-                                Customer.id.like(like)))
+        needle = q.casefold()
+        rows = [r for r in rows if needle in (r[0].display_name or "").casefold()
+                or needle in (r[0].external_ref or "").casefold() or needle in r[0].id]
+    rows.sort(key=lambda r: (r[0].display_name is None, (r[0].display_name or "").casefold()))
     page = max(request.args.get("page", 1, type=int), 1)
-    total = s.scalar(select(func.count()).select_from(query.subquery()))
-    rows = s.execute(query.order_by(Customer.display_name.is_(None), Customer.display_name, Customer.created_at.desc())
-                     .limit(PAGE).offset((page - 1) * PAGE)).all()
+    total = len(rows)
+    rows = rows[(page - 1) * PAGE:page * PAGE]
     return render_template("customers.html", rows=rows, show=show, q=q, page=page, total=total,
                            pages=max((total + PAGE - 1) // PAGE, 1))
 
@@ -66,7 +69,8 @@ def show(customer_id: str):
     visits = s.execute(select(Visit).where(Visit.customer_id == customer.id).order_by(Visit.ts.desc()).limit(20)).scalars().all()
     purchases = s.execute(select(Purchase, CatalogueItem.name).join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
                           .where(Purchase.customer_id == customer.id).order_by(Purchase.ts.desc()).limit(25)).all()
-    totals = s.execute(select(func.count(), func.sum(Purchase.amount)).where(Purchase.customer_id == customer.id)).one()
+    amounts = s.scalars(select(Purchase.amount).where(Purchase.customer_id == customer.id)).all()  # encrypted: sum here
+    totals = (len(amounts), sum(a for a in amounts if a is not None) if any(a is not None for a in amounts) else None)
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, visits=visits,
@@ -88,6 +92,8 @@ def consent(customer_id: str):
     customer.consent_text_version = form.text_version.data.strip()
     customer.consent_at = utcnow()
     customer.status = "active"
+    audit(s, current_user.email, "consent-recorded", customer_id=customer.id,
+          detail=f"text version {customer.consent_text_version}")
     s.commit()
     flash(f"Consent recorded; {customer.display_name} is now active.", "success")
     try:
@@ -102,27 +108,22 @@ def consent(customer_id: str):
 @bp.route("/<customer_id>/erase", methods=["POST"])
 @owner_required
 def erase(customer_id: str):
-    """Delete the customer with their purchases and menu (visits stay, anonymous) and tell the stores."""
+    """POST /customers/<id>/erase: delete the customer's personal data, purchases and menu now (visits stay,
+    anonymous), audit it, and tell every device (re-sent until each confirms)."""
     settings = get_settings()
     if not ActionForm().validate_on_submit():
         abort(400)
     with get_db().transaction() as s:
         customer = s.get(Customer, customer_id) or abort(404)
         name = customer.display_name or customer.external_ref or customer.id[:8]
-        s.execute(delete(Menu).where(Menu.customer_id == customer.id))
-        s.execute(delete(Purchase).where(Purchase.customer_id == customer.id))
-        s.execute(update(Visit).where(Visit.customer_id == customer.id).values(customer_id=None))
-        s.delete(customer)
-        s.add(Erasure(customer_id=customer_id, requested_by=current_user.email))
-    log.info("customer %s erased by %s", customer_id, current_user.email)
+        erase_customer(s, customer_id, actor=current_user.email)
     if settings.mqtt_url:
         try:
-            with get_db().transaction() as s:
-                publish(s, settings.mqtt_url, currency=settings.currency, catalogue=False, menus=False)
-            flash(f"Erased {name}. The stores were told to delete their templates.", "success")
+            republish_erasures(get_db(), settings)
+            flash(f"Erased {name}. The stores were told to delete their templates; each device confirms.", "success")
         except MqttError as exc:
             log.error("erasure of %s not yet sent to the stores: %s", customer_id, exc)
-            flash(f"Erased {name} here; the stores will be told on the next publish ({exc}).", "warning")
+            flash(f"Erased {name} here; the stores will be told as soon as the broker answers ({exc}).", "warning")
     else:
         flash(f"Erased {name}. No broker configured: the stores will be told on the next publish.", "warning")
     return redirect(url_for("customers.index"))

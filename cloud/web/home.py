@@ -41,8 +41,8 @@ def index():
     model = s.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     erasures = {
-        "unsent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.published_at.is_(None))),
-        "sent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.published_at.is_not(None))),
+        "unsent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.completed_at.is_(None))),
+        "sent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.completed_at.is_not(None))),
     }
     recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
                        .order_by(Visit.ts.desc()).limit(8)).all()

@@ -8,6 +8,7 @@ reachable the PostgreSQL-parametrised tests FAIL with a message saying so (they 
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from datetime import datetime, timezone
@@ -26,7 +27,22 @@ from tests.broker import MosquittoBroker
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_URL = os.environ.get("DANGOL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 OWNER_EMAIL, OWNER_PASSWORD = "owner@cafe.example", "correct horse 42"
+#: The tests' data key (base64 of 32 bytes); never a production key. Set as DANGOL_DATA_KEY for every test.
+DEV_DATA_KEY = "ZGFuZ29sLXRlc3QtZGF0YS1rZXktMzItYnl0ZXMhISE="
+DEV_KEY_BYTES = base64.b64decode(DEV_DATA_KEY)
 STORE_TOKEN = "test-store-token-0123456789"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_key():
+    """Every cloud test runs with the test data key in DANGOL_DATA_KEY (CLI calls and subprocesses see it;
+    session scope so module-scoped fixtures do too)."""
+    old = {k: os.environ.get(k) for k in ("DANGOL_DATA_KEY", "CREDENTIALS_DIRECTORY")}
+    os.environ["DANGOL_DATA_KEY"] = DEV_DATA_KEY
+    os.environ.pop("CREDENTIALS_DIRECTORY", None)
+    yield
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 # --- databases ---------------------------------------------------------------------------------------
@@ -78,7 +94,7 @@ def sqlite_url(tmp_path) -> str:
 
 
 def _database(url: str):
-    database = Database(url)
+    database = Database(url, data_key=DEV_KEY_BYTES)
     database.migrate()
     return database
 

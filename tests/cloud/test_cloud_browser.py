@@ -27,7 +27,7 @@ from dangol_cloud.models import CatalogueItem, Customer, Purchase, Visit
 from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
 
-from .conftest import OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
+from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
 
 CHROMIUM = os.environ.get("DANGOL_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,7 +44,7 @@ def site(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("site")
     url = f"sqlite:///{tmp / 'cloud.sqlite'}"
     broker = MosquittoBroker(tmp / "mosquitto").start()
-    db = Database(url)
+    db = Database(url, data_key=DEV_KEY_BYTES)
     db.migrate()
     add_owner(db)
     store_id, device_id = add_store_and_device(db)

@@ -12,7 +12,7 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import Menu, ModelVersion, Purchase, User
 from dangol_cloud.security import check_password
 
-from .conftest import add_store_and_device
+from .conftest import DEV_KEY_BYTES, add_store_and_device
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def ta_feng_customers(data_dir, tmp_path):
 
 
 def purchases(url: str) -> int:
-    db = Database(url)
+    db = Database(url, data_key=DEV_KEY_BYTES)
     try:
         with db.sessions() as s:
             return s.scalar(select(func.count()).select_from(Purchase))
@@ -108,7 +108,7 @@ def test_create_user_hashes_the_password(env, monkeypatch):
     assert cli(["create-user", "Owner@Cafe.example", "--password-stdin"]) == 0
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert cli(["create-user", "staff@cafe.example", "--role", "staff", "--password-stdin"]) == 2
-    db = Database(env)
+    db = Database(env, data_key=DEV_KEY_BYTES)
     with db.sessions() as s:
         (user,) = s.scalars(select(User)).all()
     db.dispose()
@@ -117,7 +117,7 @@ def test_create_user_hashes_the_password(env, monkeypatch):
 
 
 def test_broker_config_writes_password_file_and_acl(env, monkeypatch, tmp_path):
-    db = Database(env)
+    db = Database(env, data_key=DEV_KEY_BYTES)
     db.migrate()
     store_id, device_id = add_store_and_device(db)
     db.dispose()
@@ -136,7 +136,7 @@ def test_train_and_evaluate_on_real_purchases(monkeypatch, tmp_path, sqlite_url,
     monkeypatch.setenv("DANGOL_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     assert cli(["import-purchases", str(ta_feng_customers), "--format", "ta-feng", "--no-progress", "--train"]) == 0
-    db = Database(sqlite_url)
+    db = Database(sqlite_url, data_key=DEV_KEY_BYTES)
     with db.sessions() as s:
         model = s.scalar(select(ModelVersion))
         menus = s.scalars(select(Menu)).all()

@@ -13,7 +13,7 @@ from dangol_cloud.db import Database
 from dangol_cloud.events import Outcome, handle_message
 from dangol_cloud.importers import ImportFormatError, parse_purchases
 from dangol_cloud.ingest import import_rows
-from dangol_cloud.models import CatalogueItem, Customer, Device, DeviceEvent, Purchase, Visit
+from dangol_cloud.models import CatalogueItem, Customer, Device, DeviceEvent, Purchase, Visit, external_ref_hash
 
 from .conftest import utc
 
@@ -41,9 +41,11 @@ def test_real_ta_feng_slice_imports_once(db, ta_feng_slice):
     assert report.rows == 3000 and report.inserted == 3000 and not report.errors
     with db.sessions() as s:
         # Ta-Feng keeps leading zeros in customer ids; the menu item is PRODUCT_SUBCLASS
-        assert s.scalar(select(func.count()).select_from(Customer).where(Customer.external_ref == "01607000")) == 1
+        ref_hash = external_ref_hash(s, "01607000")  # the ref itself is encrypted: found by its keyed hash
+        customer = s.scalar(select(Customer).where(Customer.external_ref_hash == ref_hash))
+        assert customer is not None and customer.external_ref == "01607000"
         first = s.execute(select(Purchase, CatalogueItem).join(CatalogueItem).join(Customer)
-                          .where(Customer.external_ref == "01607000", CatalogueItem.ref == "520503")).first()
+                          .where(Customer.external_ref_hash == ref_hash, CatalogueItem.ref == "520503")).first()
         assert first is not None and first[0].product_id == "4712936888817"
         assert first[0].ts == utc(2000, 11, 1)
         assert first[1].price is not None and first[1].price > 0     # average unit price from the data

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 import dangol_protocol as proto
 from dangol_cloud.broker_auth import acl_text, password_lines
 from dangol_cloud.cli import main as cli
+from dangol_cloud.erasure import erase_customer
 from dangol_cloud.events import Listener, Outcome
 from dangol_cloud.models import CatalogueItem, Customer, Device, Erasure, Menu, ModelVersion, Store, Visit
 from dangol_cloud.mqtt import MqttError, connect
@@ -125,9 +126,7 @@ def test_erasure_clears_the_menu_and_tells_the_store(db, mosquitto):
     live = Collector(mosquitto, [proto.erasures_topic(store_id)])
     try:
         with db.transaction() as s:
-            s.delete(s.get(Menu, mina))
-            s.delete(s.get(Customer, mina))
-            s.add(Erasure(customer_id=mina, requested_by="owner"))
+            erase_customer(s, mina, actor="owner")
         with db.transaction() as s:
             report = publish(s, mosquitto.url, catalogue=False)
         (topic, payload, retain), = live.wait_for(1)

@@ -14,12 +14,12 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import CatalogueItem, Customer, Erasure, Menu, ModelVersion, Purchase, Visit
 from dangol_cloud.settings import Settings
 
-from .conftest import OWNER_EMAIL, OWNER_PASSWORD, add_owner, utc
+from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
 
 
 @pytest.fixture
 def web(tmp_path, sqlite_url):
-    db = Database(sqlite_url)
+    db = Database(sqlite_url, data_key=DEV_KEY_BYTES)
     db.migrate()
     add_owner(db)
     settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="k", _env_file=None)
@@ -90,6 +90,7 @@ def test_upload_of_a_file_with_a_wrong_header_imports_nothing(web):
 def test_erase_deletes_the_customer_and_queues_an_erasure(web):
     app, db = web
     cid = str(uuid.uuid4())
+    _, device_id = add_store_and_device(db)
     with db.transaction() as s:
         item = CatalogueItem(ref="latte", name="Latte", tags=[])
         s.add_all([item, Customer(id=cid, display_name="Mina", status="active", source="edge"),
@@ -110,8 +111,9 @@ def test_erase_deletes_the_customer_and_queues_an_erasure(web):
         assert s.scalar(select(func.count()).select_from(Purchase)) == 0
         assert s.scalar(select(Visit.customer_id)) is None  # the visit stays, anonymous
         erasure = s.scalar(select(Erasure))
-        assert erasure.customer_id == cid and erasure.published_at is None
-    assert "1 not yet sent to the stores" in client.get("/").get_data(as_text=True)
+        assert erasure.customer_id == cid and erasure.published_at is None and erasure.targets == [device_id]
+        assert erasure.completed_at is None
+    assert "1 not yet confirmed by every device" in client.get("/").get_data(as_text=True)
 
 
 def test_item_with_photo_is_created_edited_retired_and_snapshotted(web, data_dir):

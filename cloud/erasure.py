@@ -1,0 +1,145 @@
+"""Erasure of a customer everywhere, retention, and the audit log.
+
+Flow (``cloud/README.md``, "Privacy and security"):
+
+1. :func:`erase_customer` deletes the customer row (name, loyalty ref, consent record), their purchases
+   and menu, and unlinks their visits (kept as anonymous counts), in the caller's transaction. It records
+   an :class:`Erasure` whose ``targets`` are every device of the chain (for a customer the edge can know:
+   enrolled there or with a consent record; purely imported history customers never reach a device) and an
+   ``erasure-requested`` audit entry.
+2. :func:`dangol_cloud.publishing.publish` sends ``erasures/1`` (QoS 1, not retained) and clears the
+   retained menus, to every store that still has an unconfirmed target device. ``serve`` repeats this every
+   ``erasure_republish_minutes`` and at once when such a device reports ``online`` — so a device that was
+   off gets it from its persistent session (client id ``dangol-edge-<device>``, ``clean_session=False``)
+   or, if the broker lost the session, from the next re-publish.
+3. Each device answers ``erasure-done``; :func:`record_confirmation` adds it (audit ``erasure-confirmed``)
+   and, once every target that still exists confirmed, completes the erasure (audit ``erasure-completed``).
+
+The audit log never holds a name: customers appear by their random id only.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.orm import Session
+
+from dangol_cloud.models import AuditEntry, Customer, Device, Erasure, Menu, Purchase, Visit, utcnow
+
+__all__ = ["audit", "erase_customer", "pending_erasures", "record_confirmation", "retention_candidates", "run_retention",
+           "unconfirmed_devices"]
+
+log = logging.getLogger(__name__)
+
+
+def audit(session: Session, actor: str, action: str, *, customer_id: str | None = None,
+          erasure_id: str | None = None, device_id: str | None = None, detail: str = "") -> AuditEntry:
+    """Append one audit entry (the caller commits). ``detail`` must not contain a person's name."""
+    entry = AuditEntry(actor=actor[:254], action=action, customer_id=customer_id, erasure_id=erasure_id,
+                       device_id=device_id, detail=detail, at=utcnow())
+    session.add(entry)
+    return entry
+
+
+def erase_customer(session: Session, customer_id: str, *, actor: str, reason: str = "request",
+                   confirmed_device: str | None = None) -> Erasure:
+    """Delete a customer's personal data and history now and queue the erasure for every device.
+
+    Args:
+        customer_id: the customer's id.
+        actor: who asked (dashboard e-mail, ``cli``, ``retention``, ``device:<id>``), for the audit log.
+        reason: ``request`` or ``retention`` (audit detail).
+        confirmed_device: a device that already erased the customer itself (edge staff page).
+
+    Returns:
+        The new :class:`Erasure` (flushed; the caller commits).
+
+    Raises:
+        LookupError: no such customer.
+    """
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise LookupError(f"customer {customer_id}: no such customer")
+    on_edge = customer.source == "edge" or customer.consent_at is not None
+    session.execute(delete(Menu).where(Menu.customer_id == customer_id))
+    session.execute(delete(Purchase).where(Purchase.customer_id == customer_id))
+    session.execute(update(Visit).where(Visit.customer_id == customer_id).values(customer_id=None))
+    session.delete(customer)
+    targets = list(session.scalars(select(Device.id).order_by(Device.id))) if on_edge else []
+    confirmed = [confirmed_device] if confirmed_device in targets else []
+    now = utcnow()
+    erasure = Erasure(customer_id=customer_id, requested_by=actor[:254], requested_at=now, targets=targets,
+                      confirmed_by=confirmed, completed_at=None if set(targets) - set(confirmed) else now)
+    session.add(erasure)
+    session.flush()
+    audit(session, actor, "erasure-requested", customer_id=customer_id, erasure_id=erasure.id,
+          detail=f"reason={reason}; devices to confirm: {len(targets) - len(confirmed)}")
+    if confirmed_device in confirmed:
+        audit(session, actor, "erasure-confirmed", customer_id=customer_id, erasure_id=erasure.id,
+              device_id=confirmed_device)
+    if erasure.completed_at is not None:
+        audit(session, actor, "erasure-completed", customer_id=customer_id, erasure_id=erasure.id,
+              detail="no device holds this customer" if not targets else "")
+    log.info("customer %s erased (%s, by %s); %d device(s) to confirm", customer_id, reason, actor,
+             len(targets) - len(confirmed))
+    return erasure
+
+
+def pending_erasures(session: Session) -> list[Erasure]:
+    """Erasures some target device has not confirmed yet (oldest first)."""
+    return list(session.scalars(select(Erasure).where(Erasure.completed_at.is_(None))
+                                .order_by(Erasure.requested_at)))
+
+
+def unconfirmed_devices(session: Session, erasure: Erasure) -> list[Device]:
+    """Target devices of ``erasure`` that still exist and have not confirmed."""
+    waiting = set(erasure.targets or []) - set(erasure.confirmed_by or [])
+    if not waiting:
+        return []
+    return list(session.scalars(select(Device).where(Device.id.in_(waiting))))
+
+
+def _maybe_complete(session: Session, erasure: Erasure, actor: str) -> None:
+    if erasure.completed_at is None and not unconfirmed_devices(session, erasure):
+        erasure.completed_at = utcnow()
+        audit(session, actor, "erasure-completed", customer_id=erasure.customer_id, erasure_id=erasure.id)
+
+
+def record_confirmation(session: Session, erasure: Erasure, device_id: str) -> bool:
+    """Record a device's ``erasure-done`` (idempotent); completes the erasure when every target confirmed.
+
+    Returns:
+        True if this confirmation was new.
+    """
+    if device_id in (erasure.confirmed_by or []):
+        return False
+    erasure.confirmed_by = [*(erasure.confirmed_by or []), device_id]
+    audit(session, f"device:{device_id}", "erasure-confirmed", customer_id=erasure.customer_id,
+          erasure_id=erasure.id, device_id=device_id)
+    _maybe_complete(session, erasure, f"device:{device_id}")
+    return True
+
+
+def retention_candidates(session: Session, days: int, now: datetime | None = None) -> list[str]:
+    """Ids of customers not seen for ``days`` days: created before the cut-off, with no visit and no
+    purchase since (so a freshly imported history is kept ``days`` days from its import)."""
+    cut = (now or utcnow()) - timedelta(days=days)
+    recent_visit = exists().where(Visit.customer_id == Customer.id, Visit.ts >= cut)
+    recent_purchase = exists().where(Purchase.customer_id == Customer.id, Purchase.ts >= cut)
+    return list(session.scalars(select(Customer.id).where(Customer.created_at < cut, ~recent_visit,
+                                                          ~recent_purchase).order_by(Customer.created_at)))
+
+
+def run_retention(session: Session, days: int, now: datetime | None = None) -> list[str]:
+    """Erase every customer not seen for ``days`` days (:func:`retention_candidates`) and log the run.
+
+    Returns:
+        The erased customer ids (the caller commits, then publishes the erasures).
+    """
+    ids = retention_candidates(session, days, now)
+    for customer_id in ids:
+        erase_customer(session, customer_id, actor="retention", reason="retention")
+    audit(session, "retention", "retention-run", detail=f"retention_days={days}; erased {len(ids)}")
+    return ids
