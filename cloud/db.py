@@ -27,9 +27,19 @@ def _alembic_config(url: str) -> Config:
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Run Alembic ``upgrade`` to ``revision`` on ``engine``'s database (creates all tables on first use)."""
     cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:  # batch migrations re-create tables: a DROP must not cascade into purchases/menus
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 class Database:
@@ -88,6 +98,9 @@ class Database:
             DataKeyError: the migration must encrypt existing personal data but no data key is set.
         """
         migrate(self.engine)
+        if self.engine.dialect.name == "sqlite":  # fold the WAL (it may hold pre-migration pages) into the file
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def require_key(self) -> None:
         """Refuse to run without a data key (every command that touches personal data).
@@ -123,6 +136,9 @@ class Database:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
+    # deleted/overwritten content is zeroed on disk, so an erased customer's ciphertext and any plaintext of a
+    # pre-encryption database do not linger in free pages (https://sqlite.org/pragma.html#pragma_secure_delete)
+    cur.execute("PRAGMA secure_delete=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()

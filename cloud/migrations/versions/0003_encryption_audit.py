@@ -64,6 +64,9 @@ def _encrypt_existing(bind) -> None:
 
 def upgrade() -> None:
     bind = op.get_bind()
+    # Before any DDL (SQLite's DDL is not transactional here): personal data present needs the key.
+    if any(bind.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first() for t in ("customers", "purchases")):
+        _keyring(bind)
     postgres = bind.dialect.name == "postgresql"
     with op.batch_alter_table("customers", naming_convention=NAMING) as batch:
         if postgres:
