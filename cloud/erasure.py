@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from dangol_cloud.models import AuditEntry, Customer, Device, Erasure, Menu, Purchase, Visit, utcnow
 
-__all__ = ["audit", "erase_customer", "pending_erasures", "record_confirmation", "retention_candidates", "run_retention",
-           "unconfirmed_devices"]
+__all__ = ["audit", "complete_if_done", "erase_customer", "pending_erasures", "record_confirmation",
+           "retention_candidates", "run_retention", "unconfirmed_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,14 @@ def unconfirmed_devices(session: Session, erasure: Erasure) -> list[Device]:
     return list(session.scalars(select(Device).where(Device.id.in_(waiting))))
 
 
-def _maybe_complete(session: Session, erasure: Erasure, actor: str) -> None:
+def complete_if_done(session: Session, erasure: Erasure, actor: str) -> bool:
+    """Mark ``erasure`` complete (with an audit entry) if no existing target device still has to confirm,
+    e.g. after the last confirmation or after an unconfirmed device was removed. Returns True if completed now."""
     if erasure.completed_at is None and not unconfirmed_devices(session, erasure):
         erasure.completed_at = utcnow()
         audit(session, actor, "erasure-completed", customer_id=erasure.customer_id, erasure_id=erasure.id)
+        return True
+    return False
 
 
 def record_confirmation(session: Session, erasure: Erasure, device_id: str) -> bool:
@@ -118,7 +122,7 @@ def record_confirmation(session: Session, erasure: Erasure, device_id: str) -> b
     erasure.confirmed_by = [*(erasure.confirmed_by or []), device_id]
     audit(session, f"device:{device_id}", "erasure-confirmed", customer_id=erasure.customer_id,
           erasure_id=erasure.id, device_id=device_id)
-    _maybe_complete(session, erasure, f"device:{device_id}")
+    complete_if_done(session, erasure, f"device:{device_id}")
     return True
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask_login import current_user
 from sqlalchemy import select
 
 import dangol_protocol as proto
+
 from dangol_cloud.app import get_session
+from dangol_cloud.erasure import complete_if_done, pending_erasures
 from dangol_cloud.models import Device, Store, new_id
 from dangol_cloud.security import hash_token, mosquitto_hash, new_secret
 from dangol_cloud.web.auth import owner_required
@@ -97,6 +100,9 @@ def remove_device(device_id: str):
         abort(400)
     name = device.name
     s.delete(device)
+    s.flush()
+    for erasure in pending_erasures(s):  # a removed device can no longer confirm: don't wait for it
+        complete_if_done(s, erasure, current_user.email)
     s.commit()
     flash(f"Removed {name}. Run dangol-cloud broker-config and reload Mosquitto to revoke its login.", "success")
     return redirect(url_for("stores.index"))
