@@ -26,12 +26,17 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
+#: No control characters (U+0000-U+001F, U+007F) in ids: PostgreSQL text cannot hold NUL, and none belongs
+#: in an item ref, product id or customer reference.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+
+
 class PurchaseLine(BaseModel):
     """One line of a POS sale: ``item`` is a catalogue item id or ref; amount is the line total."""
 
     model_config = ConfigDict(extra="forbid")
-    item: Annotated[str, Field(min_length=1, max_length=64)]
-    product_id: Annotated[str, Field(max_length=64)] | None = None
+    item: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
+    product_id: Annotated[str, Field(max_length=64, pattern=NO_CONTROL)] | None = None
     quantity: Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)] = 1
     amount: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
@@ -40,7 +45,7 @@ class PurchaseIn(BaseModel):
     """A POS sale: ``customer`` is a Dangol customer id or the POS's customer ref (created if new)."""
 
     model_config = ConfigDict(extra="forbid")
-    customer: Annotated[str, Field(min_length=1, max_length=64)]
+    customer: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
     ts: AwareDatetime
     lines: Annotated[list[PurchaseLine], Field(min_length=1, max_length=200)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dangol_cloud.app import create_app
 from dangol_cloud.models import CatalogueItem, Purchase
@@ -123,3 +123,30 @@ def test_concurrent_retries_store_the_sale_once(api, db):
     assert codes.count(201) == 1 and set(codes) <= {200, 201}
     assert len({json.dumps(body, sort_keys=True) for _, body in results}) == 1
     assert counts(db)["purchases"] == 2
+
+
+@pytest.mark.parametrize("field", ["customer", "item", "product_id"])
+def test_nul_characters_are_refused_not_a_server_error(api, db, field):
+    """PostgreSQL text cannot hold NUL: such a body is a 422 naming the field on both backends."""
+    client, _ = api
+    body = json.loads(json.dumps(SALE))
+    if field == "customer":
+        body["customer"] = "loyal\u0000ty"
+    else:
+        body["lines"][0][field] = "flat\u0000white"
+    response = post(client, body, key=f"nul-{field}")
+    assert response.status_code == 422 and field in response.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Purchase)) == 0
+
+
+def test_a_token_only_ever_records_sales_for_its_own_store(api, db):
+    """The POS token is scoped to one store: the sale lands in the token's store, and a body that tries to
+    name another store is refused (the schema has no store field)."""
+    client, store_id = api
+    other = {**SALE, "store": "some-other-store"}
+    response = post(client, other, key="other-store")
+    assert response.status_code == 422 and "store" in response.get_data(as_text=True)
+    assert post(client, SALE, key="own-store").status_code == 201
+    with db.sessions() as s:
+        assert {p.store_id for p in s.scalars(select(Purchase))} == {store_id}
