@@ -95,6 +95,16 @@ class EnrolConfig(_Section):
     pending_ttl_h: float = Field(24.0, gt=0.0, le=24 * 30, description="a pending customer expires after, hours")
 
 
+class PrivacyConfig(_Section):
+    """Retention of biometric data on the edge.
+
+    ``retention_days``: a customer not seen at this door for this many days is erased here (templates
+    and name). Capped at 3 years by the Illinois Biometric Information Privacy Act, 740 ILCS 14/15(a).
+    """
+
+    retention_days: int = Field(365, ge=1, le=3 * 365)
+
+
 class DeviceConfig(_Section):
     """Who this box is: UUIDs given by the cloud dashboard when the device is created."""
 
@@ -159,6 +169,7 @@ class EdgeConfig(BaseSettings):
     matcher: MatcherConfig = MatcherConfig()
     tracker: TrackerConfig = TrackerConfig()
     enrol: EnrolConfig = EnrolConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     device: DeviceConfig = DeviceConfig()
     mqtt: MQTTConfig = MQTTConfig()
     camera: CameraConfig = CameraConfig()

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ class Stats:
     arrivals: int = 0
     unknown: int = 0
     camera: str = "missing"
+    storage: str = "ok"
     fps: float = 0.0
     last_heartbeat: float = field(default_factory=time.monotonic)
     #: (capture time of the track's first frame, decision time), monotonic seconds, per arrival
@@ -281,11 +283,18 @@ class Appliance:
             if len(self._fps_window) > 1:
                 self.stats.fps = (len(self._fps_window) - 1) / max(1e-6, self._fps_window[-1] - self._fps_window[0])
             for d in res.decisions:
-                if d.kind == "known" and d.arrival:
-                    self._arrival(d.customer_id, d.score, d.first_ts)
-                elif d.kind == "unknown":
-                    self.stats.unknown += 1
-                    self._send_arrival(None, None, [])
+                try:
+                    if d.kind == "known" and d.arrival:
+                        self._arrival(d.customer_id, d.score, d.first_ts)
+                    elif d.kind == "unknown":
+                        self.stats.unknown += 1
+                        self._send_arrival(None, None, [])
+                    self.stats.storage = "ok"
+                except sqlite3.OperationalError as exc:
+                    # disk full / read-only medium: keep greeting people, report it, write nothing partial
+                    self.stats.storage = "full" if "full" in str(exc) else "error"
+                    log.error("cannot write the edge database (%s): event for %s not queued",
+                              exc, d.customer_id or "an unknown face")
 
     def _arrival(self, customer_id: str, score: float, first_seen: float) -> None:
         try:
@@ -296,6 +305,7 @@ class Appliance:
         decided = time.monotonic()
         self.screen.show_welcome(customer.first_name, picks, customer_id, self.config.display.welcome_s,
                                  arrival_ts=decided)
+        self.gallery.touch(customer_id)
         self.stats.arrivals += 1
         self.stats.arrival_times.append((first_seen, decided))
         log.info("arrival: %s (score %.3f, %d picks)", customer_id, score, len(picks))
@@ -408,8 +418,13 @@ class Appliance:
                             text_version=str(consent.get("text_version", "1")))))
 
     def _on_erase_local(self, customer_id: str) -> None:
+        """Erased here (staff page or retention): forget it and tell the cloud, which erases it everywhere."""
         self.recognizer.tracker.forget(customer_id)
         self.state.delete_menu(customer_id)
+        from dangol_protocol import ErasureDoneEvent, new_event_id
+
+        self._send(ErasureDoneEvent(event_id=new_event_id(), device_id=self.device_id, ts=datetime.now(timezone.utc),
+                                    erasure_id=None, customer_ids=[uuid.UUID(customer_id)]))
 
     def _on_erasures(self, erasures) -> list[str]:
         done = []
@@ -441,9 +456,14 @@ class Appliance:
                 next_status = now + self.config.mqtt.status_interval_s
                 try:
                     self.gallery.expire_pending()
+                    for cid in self.gallery.expire_unseen(self.config.privacy.retention_days):
+                        log.info("retention: erased customer %s (not seen for %d days)", cid,
+                                 self.config.privacy.retention_days)
+                        self._on_erase_local(cid)
                     self.state.prune_sent()
-                except Exception:
-                    log.exception("housekeeping failed")
+                except sqlite3.OperationalError as exc:
+                    self.stats.storage = "full" if "full" in str(exc) else "error"
+                    log.error("housekeeping cannot write the edge database: %s", exc)
                 if self.sync is not None:
                     self.sync.publish_status(self.health())
 
@@ -453,4 +473,6 @@ class Appliance:
 
         n = self.gallery.db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
         return Health(camera=self.stats.camera if self.stats.camera in ("ok", "missing") else "error",
-                      fps=round(self.stats.fps, 2), gallery_size=int(n), queue_depth=self.state.outbox_depth())
+                      fps=round(self.stats.fps, 2), gallery_size=int(n), queue_depth=self.state.outbox_depth(),
+                      storage=self.stats.storage, frames_captured=self.stats.frames_captured,
+                      frames_dropped=self.stats.frames_dropped)

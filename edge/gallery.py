@@ -160,6 +160,8 @@ class Gallery:
                 pk="id", not_null={"display_name", "status", "created_at", "updated_at"},
             )
             db["customers"].create_index(["status"])
+        if "last_seen_at" not in db["customers"].columns_dict:
+            db["customers"].add_column("last_seen_at", str)
         if "templates" not in db.table_names():
             db["templates"].create(
                 {"id": int, "customer_id": str, "embedding": bytes, "quality": float,
@@ -258,6 +260,21 @@ class Gallery:
             self.db.execute("DELETE FROM templates WHERE customer_id = ?", [customer_id])
             self.db.execute("DELETE FROM customers WHERE id = ?", [customer_id])
         self._invalidate()
+
+    def touch(self, customer_id: str, now: datetime | None = None) -> None:
+        """Record that a customer was recognised now (drives retention)."""
+        ts = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+        with self._lock:
+            self.db.execute("UPDATE customers SET last_seen_at = ? WHERE id = ?", [ts, customer_id])
+
+    def expire_unseen(self, days: int, now: datetime | None = None) -> list[str]:
+        """Erase active customers neither seen nor enrolled/updated in the last ``days`` days; returns their ids."""
+        cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=days)).isoformat(timespec="seconds")
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM customers WHERE status = 'active' AND COALESCE(last_seen_at, updated_at) < ?", [cutoff])]
+        for cid in ids:
+            self.delete(cid)
+        return ids
 
     def expire_pending(self, now: datetime | None = None) -> list[str]:
         """Erase pending customers past their ``expires_at``; returns their ids."""

@@ -168,12 +168,17 @@ EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
 
 
 class Health(_Model):
-    """Device health: camera state, frames per second processed, templates in the gallery, outbox depth."""
+    """Device health: camera state, frames per second processed, templates in the gallery, outbox depth;
+    optionally ``storage`` (``full`` when the edge cannot write its database: disk full) and the frame
+    counters ``frames_captured``/``frames_dropped`` since start."""
 
     camera: Literal["ok", "missing", "error"]
     fps: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     gallery_size: Annotated[int, Field(ge=0)]
     queue_depth: Annotated[int, Field(ge=0)]
+    storage: Literal["ok", "full", "error"] | None = None
+    frames_captured: Annotated[int, Field(ge=0)] | None = None
+    frames_dropped: Annotated[int, Field(ge=0)] | None = None
 
 
 class Status(_Model):

@@ -81,7 +81,12 @@ def main() -> int:
     (work / "broker").mkdir(parents=True)
     port, display_port = free_port(), free_port()
     cloud_pw, device_pw = uuid.uuid4().hex, uuid.uuid4().hex
-    env = dict(os.environ, DANGOL_CLOUD_HOME=str(work / "cloud"), DANGOL_DATA=str(data),
+    import base64
+    import secrets
+
+    # personal data in the cloud database is encrypted at rest; this demo's database is new each run
+    data_key = os.environ.get("DANGOL_DATA_KEY") or base64.b64encode(secrets.token_bytes(32)).decode()
+    env = dict(os.environ, DANGOL_CLOUD_HOME=str(work / "cloud"), DANGOL_DATA=str(data), DANGOL_DATA_KEY=data_key,
                DANGOL_DATABASE_URL=f"sqlite:///{work / 'cloud' / 'dangol.sqlite'}",
                DANGOL_MQTT_URL=f"mqtt://cloud:{cloud_pw}@127.0.0.1:{port}", DANGOL_CURRENCY="TWD",
                TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="2")

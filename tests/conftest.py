@@ -9,12 +9,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The edge gallery is encrypted at rest: every test process (and its children) gets one throw-away key.
-if not os.environ.get("DANGOL_GALLERY_KEY"):
-    import base64
-    import secrets
+# The edge gallery and the cloud's personal data are encrypted at rest: every test process (and its
+# children) gets throw-away keys.
+for _var in ("DANGOL_GALLERY_KEY", "DANGOL_DATA_KEY"):
+    if not os.environ.get(_var):
+        import base64
+        import secrets
 
-    os.environ["DANGOL_GALLERY_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
+        os.environ[_var] = base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 @pytest.fixture(scope="session")

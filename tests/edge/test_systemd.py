@@ -314,7 +314,8 @@ def _cloud_broker_files(tmp_path: Path, devices: dict[str, tuple[str, str]]) -> 
     out = tmp_path / "broker-auth"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DANGOL_")}
     env.update(DANGOL_DATABASE_URL=url, DANGOL_HOME=str(tmp_path / "cloud-home"),
-               DANGOL_MQTT_URL="mqtt://cloud:cloud-secret@127.0.0.1:1883")
+               DANGOL_MQTT_URL="mqtt://cloud:cloud-secret@127.0.0.1:1883",
+               DANGOL_DATA_KEY=os.environ["DANGOL_DATA_KEY"])  # the cloud encrypts personal data at rest
     proc = subprocess.run([str(DANGOL_CLOUD), "broker-config", "--out", str(out)], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,98 @@
+"""Daemon faults: the camera disappears and returns; the disk fills up; retention erases the unseen."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from datetime import datetime, timedelta, timezone
+
+import cv2
+import pytest
+
+from dangol_edge.daemon import Appliance
+from tests.edge.test_daemon import LIN, catalogue_payload, config, home, menu_payload  # noqa: F401
+from tests.edge.test_sync import wait_for
+
+
+def test_camera_disappears_and_returns(tmp_path, home, model_path, clips):  # noqa: F811
+    cam = tmp_path / "camera"
+    cam.mkdir()
+    img = cv2.imread(str(clips / "obama.jpg"))
+    for i in range(5):
+        cv2.imwrite(str(cam / f"f{i}.jpg"), img)
+    app = Appliance(config(home, model_path, clips, camera={"source": str(cam), "loop": True, "realtime": True,
+                                                             "retry_min_s": 0.2, "retry_max_s": 0.5}))
+    app.start()
+    try:
+        assert wait_for(lambda: app.health().camera == "ok" and app.stats.frames_processed > 3, timeout=20)
+        away = tmp_path / "unplugged"
+        cam.rename(away)  # the camera is unplugged
+        assert wait_for(lambda: app.health().camera == "missing", timeout=10)
+        n = app.stats.frames_processed
+        time.sleep(1.0)
+        assert app.stats.frames_processed <= n + 2  # no frames while it is gone, and the daemon lives on
+        assert time.monotonic() - app.stats.last_heartbeat < 2
+        away.rename(cam)  # plugged back in
+        assert wait_for(lambda: app.health().camera == "ok", timeout=10)
+        assert wait_for(lambda: app.stats.frames_processed > n + 5, timeout=20)
+    finally:
+        app.stop()
+
+
+def test_disk_full_keeps_greeting_reports_and_does_not_corrupt(home, model_path, clips):  # noqa: F811
+    from dangol_edge.state import StateStore
+
+    st = StateStore(home / "state.sqlite").open()
+    st.put_catalogue(catalogue_payload())
+    st.put_menu(menu_payload(["scone", "flat-white"]))
+    st.close()
+    app = Appliance(config(home, model_path, clips))
+    app.start()
+    try:
+        # the medium is full: SQLite cannot grow the databases any more, and every page is used up
+        for db in (app.state.db, app.gallery.db):
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for i in range(100_000):
+                app.state.enqueue(f"filler-{i}", "filler", "x" * 64)
+        assert wait_for(lambda: app.stats.arrivals >= 1, timeout=120)
+        assert app.screen.snapshot()["screen"] == "welcome"  # the customer is still greeted, from the cache
+        assert [p["id"] for p in app.screen.snapshot()["picks"]] == ["scone", "flat-white"]
+        assert wait_for(lambda: app.health().storage == "full", timeout=60)
+        assert time.monotonic() - app.stats.last_heartbeat < 2  # recognition is alive
+    finally:
+        app.stop()
+    for name in ("state.sqlite", "gallery.sqlite"):
+        con = sqlite3.connect(home / name)
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+
+
+def test_retention_erases_customers_not_seen(home, model_path, clips):  # noqa: F811
+    from dangol_edge.gallery import Gallery
+    from dangol_edge.embed import file_sha256
+
+    with Gallery(home / "gallery.sqlite", file_sha256(model_path)) as g:
+        old = (datetime.now(timezone.utc) - timedelta(days=40)).isoformat(timespec="seconds")
+        g.touch(LIN, datetime.now(timezone.utc) - timedelta(days=40))
+        g.db.execute("UPDATE customers SET updated_at = ?", [old])
+    app = Appliance(config(home, model_path, clips, privacy={"retention_days": 30},
+                           camera={"source": str(clips / "obama.jpg")}))
+    app.start()
+    try:
+        assert wait_for(lambda: not app.gallery.customers(), timeout=15)
+        events = [json.loads(e["payload"]) for e in app.state.pending(100)]
+        assert any(e["kind"] == "erasure-done" and e["customer_ids"] == [LIN] and e["erasure_id"] is None
+                   for e in events)
+    finally:
+        app.stop()
+
+
+def test_retention_is_capped_by_bipa():
+    from dangol_edge.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="privacy.retention_days"):
+        load_config(privacy={"retention_days": 4 * 365})
