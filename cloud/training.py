@@ -71,6 +71,10 @@ def train_from_database(db: Database, settings: Settings) -> TrainReport:
     (``settings.menu_size``, available items only) in one transaction. Customers with consent but no
     purchases yet get the model's cold-start list.
 
+    Fault tolerance: the model folder is written atomically and only referenced by the database once the
+    version row and all menus commit together; a crash or ``kill -9`` at any point before that commit leaves
+    the previous model version current with its menus intact (tests/cloud/test_cloud_faults.py).
+
     Raises:
         NotEnoughData: no purchases in the database.
     """
@@ -82,6 +86,10 @@ def train_from_database(db: Database, settings: Settings) -> TrainReport:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
     model = train(interactions, items)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
+    base, n = model.version, 1
+    while (settings.models_dir / model.version).exists():  # same data retrained within the same second
+        n += 1
+        model.version = f"{base}-{n}"
     path = model.save(settings.models_dir)
     available = set(items.loc[items["available"], "item"])
     with db.sessions() as session:  # enrolled regulars without purchases yet get the cold-start list

@@ -9,6 +9,8 @@ Arrays are stored in their own dtypes (float32 embeddings), so a loaded model sc
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,9 +29,16 @@ FORMAT_VERSION = 1
 
 
 def save_model(model: Recommender, directory: Path) -> Path:
-    """Write ``model`` to ``directory/<model.version>/`` and return that folder (FileExistsError if present)."""
-    folder = Path(directory) / model.version
-    folder.mkdir(parents=True, exist_ok=False)
+    """Write ``model`` to ``directory/<model.version>/`` and return that folder (FileExistsError if present).
+
+    Atomic: the files are written into a hidden ``.partial-*`` folder that is renamed into place at the end,
+    so a process killed half-way never leaves a half-written model folder under its version name.
+    """
+    final = Path(directory) / model.version
+    if final.exists():
+        raise FileExistsError(f"{final}: model version already saved")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".partial-{model.version}-", dir=final.parent))
     arrays: dict[str, np.ndarray] = {
         "customers": model.customers.astype(str), "items": model.items.astype(str),
         "categories": np.array([c if c is not None else "" for c in model.categories], dtype=str),
@@ -60,7 +69,9 @@ def save_model(model: Recommender, directory: Path) -> Path:
         "meta": model.meta,
     }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
-    return folder
+    folder.chmod(0o755)
+    os.rename(folder, final)  # atomic on POSIX; fails (OSError) if ``final`` appeared meanwhile
+    return final
 
 
 def load_model(cls: type[Recommender], path: Path) -> Recommender:
