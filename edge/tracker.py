@@ -1,7 +1,7 @@
 """Following faces across frames, voting on identity, and emitting one arrival per visit.
 
-A track is continued by the detection with the highest IoU above ``iou_match`` (greedy, largest faces
-first). Each embedded frame casts a vote: the accepted customer id, or "unknown". A track is decided
+A track is continued by the detection with the highest IoU above ``iou_match``, or failing that by a
+similar-sized box within one face width (frames dropped under load), greedily, largest faces first. Each embedded frame casts a vote: the accepted customer id, or "unknown". A track is decided
 
 * **known** once one customer has ``min_votes`` votes and at least ``vote_share`` of the track's
   embedded frames; this is an **arrival** unless the same customer arrived less than ``cooldown_s``
@@ -28,6 +28,26 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _association_cost(track_box, box, iou_min: float) -> float:
+    """Cost of continuing a track with a box (lower is better; inf = no match).
+
+    Overlap (IoU ≥ ``iou_min``) is the first choice. When recognition falls behind and frames are
+    dropped, a walking face can move more than its overlap allows between two processed frames, so a
+    box of similar size (0.5–2× the width) whose centre is within one track-box width also continues the
+    track, at a higher cost.
+    """
+    v = iou(track_box, box)
+    if v >= iou_min:
+        return 1.0 - v
+    tw, bw = track_box[2] - track_box[0], box[2] - box[0]
+    if tw <= 0 or bw <= 0 or not 0.5 <= bw / tw <= 2.0:
+        return float("inf")
+    dx = (track_box[0] + track_box[2] - box[0] - box[2]) / 2
+    dy = (track_box[1] + track_box[3] - box[1] - box[3]) / 2
+    d = (dx * dx + dy * dy) ** 0.5 / tw
+    return 1.0 + d if d <= 1.0 else float("inf")
 
 
 @dataclass
@@ -105,11 +125,11 @@ class Tracker:
         free = list(self.tracks)
         decisions: list[Decision] = []
         for obs in sorted(observations, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]), reverse=True):
-            best, best_iou = None, c.iou_match
+            best, best_cost = None, float("inf")
             for t in free:
-                v = iou(t.box, obs.box)
-                if v >= best_iou:
-                    best, best_iou = t, v
+                cost = _association_cost(t.box, obs.box, c.iou_match)
+                if cost < best_cost:
+                    best, best_cost = t, cost
             if best is None:
                 best = Track(next(self._ids), obs.box, ts, ts)
                 self.tracks.append(best)

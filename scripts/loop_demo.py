@@ -86,6 +86,7 @@ def main() -> int:
 
     # personal data in the cloud database is encrypted at rest; this demo's database is new each run
     data_key = os.environ.get("DANGOL_DATA_KEY") or base64.b64encode(secrets.token_bytes(32)).decode()
+    os.environ["DANGOL_DATA_KEY"] = data_key  # this process reads the cloud database too
     env = dict(os.environ, DANGOL_CLOUD_HOME=str(work / "cloud"), DANGOL_DATA=str(data), DANGOL_DATA_KEY=data_key,
                DANGOL_DATABASE_URL=f"sqlite:///{work / 'cloud' / 'dangol.sqlite'}",
                DANGOL_MQTT_URL=f"mqtt://cloud:{cloud_pw}@127.0.0.1:{port}", DANGOL_CURRENCY="TWD",
@@ -105,7 +106,9 @@ def main() -> int:
         from dangol_cloud.security import mosquitto_hash
         from dangol_cloud.models import utcnow
 
-        db = Database(env["DANGOL_DATABASE_URL"])
+        from dangol_cloud.crypto import decode_key
+
+        db = Database(env["DANGOL_DATABASE_URL"], data_key=decode_key(data_key, "DANGOL_DATA_KEY"))
         with db.transaction() as s:
             store = Store(name="Dangol demo café")
             s.add(store)
@@ -158,6 +161,7 @@ status_interval_s = 5
 [camera]
 source = "{clips / 'short_hamilton_clip.mp4'}"
 realtime = true
+loop = true          # the entrance camera keeps watching: the clip plays again and again
 [display]
 port = {display_port}
 welcome_s = 60

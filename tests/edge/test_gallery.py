@@ -174,3 +174,16 @@ def test_enroll_with_a_given_id_refuses_duplicates(gallery):
     with pytest.raises(ValueError, match="already enrolled"):
         gallery.enroll("Ana", e, customer_id=cid)
     assert gallery.db.execute("select count(*) from templates").fetchone()[0] == 1
+
+
+def test_tracker_follows_a_face_across_dropped_frames():
+    # a face moving 70 % of its width between processed frames (IoU < 0.2) is still one track
+    t = Tracker(TrackerConfig(min_votes=3))
+    out = []
+    for i in range(4):
+        out += t.update(i * 0.2, [Observation(box(100 + 56 * i), "ana", 0.8)])
+    assert [(d.kind, d.customer_id) for d in out] == [("known", "ana")]
+    assert len(t.tracks) == 1
+    # a face far away (more than a face width) is someone else
+    t.update(1.0, [Observation(box(600), None)])
+    assert len(t.tracks) == 2
