@@ -16,14 +16,22 @@ What runs:
 * a subscriber standing in for the cloud: fixed client id, persistent session (``clean_session=False``),
   QoS 1, subscribing again in ``on_connect``, collecting ``dangol/v1/devices/+/events`` (and status).
 
-Every ``--sample`` seconds (5) it reads the daemon's resident memory (``VmRSS`` in ``/proc/<pid>/status``).
+Every ``--sample`` seconds (5) it reads the daemon's resident memory (``VmRSS`` in ``/proc/<pid>/status``,
+and its anonymous part ``RssAnon``, where a leak would show).
+
+Memory and the development venv: MediaPipe imports TensorFlow when it is importable
+(``mediapipe/tasks/python/core/optional_dependencies.py``), and TensorFlow brings JAX. The development
+``.venv`` has both (the ``build`` extra), a Raspberry Pi installed by ``scripts/install-edge`` (``[edge]``
+only) has neither: the same daemon is ~810 MiB RSS here and ~280 MiB without them. ``--edge-packages-only``
+makes both unimportable in the daemon's process, as on the Pi (the daemon's code is unchanged).
 At the end it stops the daemon with SIGTERM (broker up), then, if the outbox still holds unacknowledged
 events (PUBACKs in flight at shutdown), starts the daemon once more on a face-less image so that its
 outbox drains the way it would after a reboot, and prints:
 
 * events produced (every row of the outbox table in the edge's ``state.sqlite``) vs delivered (unique
   ``event_id`` values the subscriber received), the ones missing, duplicates received (allowed: the cloud
-  deduplicates on ``event_id``);
+  deduplicates on ``event_id``), and how many waited in the outbox more than 1 s (produced while the broker
+  was down);
 * RSS in MiB at minute 1, at the end, the peak, and a verdict: *flat* when the median of the last third of
   the samples after warm-up (the first minute, or the first third of a shorter run) is within 10 % of the
   median of the first third;
@@ -63,9 +71,21 @@ STATUS = "dangol/v1/devices/+/status"
 
 
 # --- the daemon process ------------------------------------------------------------------------------------
-def daemon_main(config: str, source: str | None) -> int:
+class _EdgePackagesOnly:
+    """An import hook that makes TensorFlow and JAX unimportable (they are not on an installed Pi)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "jax", "jaxlib"):
+            raise ModuleNotFoundError(f"No module named {name!r} (bench/soak.py --edge-packages-only)", name=name)
+        return None
+
+
+def daemon_main(config: str, source: str | None, edge_only: bool = False) -> int:
     """The daemon as ``dangol-edge run --config CONFIG`` runs it; prints its counters as JSON on exit."""
     import logging
+
+    if edge_only:
+        sys.meta_path.insert(0, _EdgePackagesOnly())
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -88,15 +108,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_kib(pid: int) -> int | None:
-    """Resident set size of a process in KiB (``VmRSS``), None once it is gone."""
+def rss_kib(pid: int) -> tuple[int, int] | None:
+    """(``VmRSS``, ``RssAnon``) of a process in KiB, None once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith(("VmRSS:", "RssAnon:")))
+        return int(fields["VmRSS"].split()[0]), int(fields["RssAnon"].split()[0])
+    except (OSError, ValueError, KeyError):
         return None
-    return None
 
 
 class Broker:
@@ -193,19 +212,22 @@ class Subscriber:
         self.c.loop_stop()
 
 
-def outbox(state: Path) -> tuple[list[str], int]:
-    """(every event_id in the outbox, how many are not acknowledged yet), read-only."""
+def outbox(state: Path, waited_s: float = 1.0) -> tuple[list[str], int, int]:
+    """(every event_id in the outbox, how many are not acknowledged yet, how many were acknowledged more
+    than ``waited_s`` after they were queued), read-only."""
     if not state.exists():
-        return [], 0
+        return [], 0, 0
     con = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
     try:
         ids = [r[0] for r in con.execute("SELECT event_id FROM outbox ORDER BY seq")]
         pending = con.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        waited = con.execute("SELECT COUNT(*) FROM outbox WHERE (julianday(sent_at) - julianday(created_at)) "
+                             "* 86400 > ?", [waited_s]).fetchone()[0]
     except sqlite3.OperationalError:  # table not created yet
-        return [], 0
+        return [], 0, 0
     finally:
         con.close()
-    return ids, int(pending)
+    return ids, int(pending), int(waited)
 
 
 def wait_for(pred, timeout: float, step: float = 0.25) -> bool:
@@ -229,11 +251,13 @@ def main() -> int:
     ap.add_argument("--down", type=float, default=3.0, help="seconds the broker stays down each time (default 3)")
     ap.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (logs, state.sqlite, broker store)")
+    ap.add_argument("--edge-packages-only", action="store_true",
+                    help="make TensorFlow/JAX unimportable in the daemon, as on a Pi (see the memory note above)")
     ap.add_argument("--daemon", metavar="CONFIG", help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.daemon:
-        return daemon_main(args.daemon, args.source)
+        return daemon_main(args.daemon, args.source, args.edge_packages_only)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -303,16 +327,19 @@ enabled = false
     duration = args.minutes * 60
     log_path = tmp / "daemon.log"
     print(f"soak: {args.minutes:g} min, broker restart every {args.restart_every:g} s (down {args.down:g} s), "
-          f"RSS every {args.sample:g} s; work folder {tmp}", flush=True)
+          f"RSS every {args.sample:g} s{', TensorFlow/JAX hidden' if args.edge_packages_only else ''}; "
+          f"work folder {tmp}", flush=True)
 
     def spawn(extra: list[str], env_extra: dict | None = None) -> subprocess.Popen:
+        if args.edge_packages_only:
+            extra = [*extra, "--edge-packages-only"]
         return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--daemon", str(conf), *extra],
                                 env={**env, **(env_extra or {})}, stdout=subprocess.PIPE,
                                 stderr=open(log_path, "a"), text=True)
 
     daemon = spawn([])
     t0 = time.monotonic()
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, int]] = []
     next_sample, next_restart = 0.0, args.restart_every
     next_report = 60.0
     down_until = None
@@ -325,7 +352,7 @@ enabled = false
             if el >= next_sample:
                 kib = rss_kib(daemon.pid)
                 if kib:
-                    samples.append((el, kib))
+                    samples.append((el, *kib))
                 next_sample += args.sample
             if down_until is None and el >= next_restart and el + args.down < duration:
                 broker.stop()
@@ -336,7 +363,7 @@ enabled = false
                 down_until = None
                 next_restart += args.restart_every
             if el >= next_report:
-                ids, pending = outbox(state_path)
+                ids, pending, _ = outbox(state_path)
                 print(f"  t={el / 60:4.1f} min  RSS {samples[-1][1] / 1024:6.1f} MiB  produced {len(ids):5d}  "
                       f"outbox pending {pending:3d}  delivered {len(set(cloud.ids())):5d}  "
                       f"broker restarts {broker.restarts}", flush=True)
@@ -358,7 +385,7 @@ enabled = false
         for line in (out or "").splitlines():
             if line.startswith("{"):
                 counters = json.loads(line)
-        _, pending_at_stop = outbox(state_path)
+        _, pending_at_stop, _ = outbox(state_path)
 
         # events whose PUBACK was in flight at shutdown wait in the outbox: the next start sends them
         drained_by_restart = False
@@ -378,7 +405,7 @@ enabled = false
                 again.kill()
                 again.communicate()
             drained_by_restart = True
-        produced, pending = outbox(state_path)
+        produced, pending, waited = outbox(state_path)
         wait_for(lambda: set(produced) <= set(cloud.ids()), 60)
         received = cloud.ids()
     finally:
@@ -399,7 +426,8 @@ enabled = false
     print(f"  daemon stop            exit status {stop_rc} after SIGTERM; outbox pending at stop {pending_at_stop}"
           + (" (drained by a second start)" if drained_by_restart else ""))
     print(f"  broker restarts        {broker.restarts} (SIGTERM, down {args.down:g} s, same port, persistence on)")
-    print(f"  events produced        {len(produced)} (outbox rows; still pending {pending})")
+    print(f"  events produced        {len(produced)} (outbox rows; still pending {pending}; {waited} waited > 1 s "
+          f"in the outbox, i.e. were produced while the broker was down)")
     print(f"  events delivered       {len(produced) - len(missing)} unique event_ids of those at the subscriber"
           f" ({len(stray)} not in the outbox)")
     print(f"  missing                {len(missing)}" + (f": {missing[:5]}…" if missing else ""))
@@ -416,8 +444,10 @@ enabled = false
               f"gallery_size {last['gallery_size']}, queue_depth {last['queue_depth']}; "
               f"fps min/median/max {min(fps)}/{median(fps)}/{max(fps)}")
     if samples:
-        mib = [(t, k / 1024) for t, k in samples]
-        at_1 = min(mib, key=lambda s: abs(s[0] - 60))
+        mib = [(t, k / 1024) for t, k, _ in samples]
+        anon = [a / 1024 for _, _, a in samples]
+        i_1 = min(range(len(mib)), key=lambda i: abs(mib[i][0] - 60))
+        at_1 = mib[i_1]
         warm = min(60.0, duration / 3)
         post = [m for t, m in mib if t >= warm]
         third = max(1, len(post) // 3)
@@ -425,7 +455,8 @@ enabled = false
         change = (last - first) / first * 100 if first else float("nan")
         flat = abs(change) <= 10
         print(f"  RSS (MiB)              minute 1 ({at_1[0]:.0f} s) {at_1[1]:.1f}, end {mib[-1][1]:.1f}, "
-              f"peak {max(m for _, m in mib):.1f}  ({len(samples)} samples every {args.sample:g} s)")
+              f"peak {max(m for _, m in mib):.1f}  ({len(samples)} samples every {args.sample:g} s); "
+              f"anonymous part (RssAnon): minute 1 {anon[i_1]:.1f}, end {anon[-1]:.1f}, peak {max(anon):.1f}")
         print(f"  RSS verdict            {'FLAT' if flat else 'GROWING' if change > 0 else 'SHRINKING'}: "
               f"median of the last third {last:.1f} vs first third {first:.1f} after {warm:.0f} s warm-up "
               f"({change:+.1f} %, limit ±10 %)")
