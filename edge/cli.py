@@ -186,7 +186,8 @@ def cmd_customers(args) -> int:
             print(json.dumps(d, indent=2))
         else:
             gallery.delete(args.id)
-            print(json.dumps({"deleted": args.id}))
+            queued = _queue_erasure_event(args, args.id)
+            print(json.dumps({"deleted": args.id, "cloud_notified": queued}))
     except UnknownCustomer as exc:
         raise InputError(str(exc)) from exc
     return EXIT_OK
@@ -212,6 +213,31 @@ def cmd_rotate_key(args) -> int:
     print(json.dumps({"resealed": n, "key_id": new.key_id.hex(),
                       "next": "set DANGOL_GALLERY_KEY (or the systemd credential) to the new key"}))
     return EXIT_OK
+
+
+def _queue_erasure_event(args, customer_id: str) -> bool:
+    """Queue an ``erasure-done`` event (no erasure id: erased here) in the outbox, which the daemon delivers,
+    so the cloud erases the customer everywhere. Returns False when this box has no device id."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from dangol_protocol import ErasureDoneEvent, dump_payload, new_event_id
+    from dangol_protocol.topics import events_topic
+
+    from .state import StateStore
+
+    cfg = _config(args)
+    if cfg.device.id is None:
+        log.warning("no device id configured: the cloud is not told about this erasure")
+        return False
+    ev = ErasureDoneEvent(event_id=new_event_id(), device_id=cfg.device.id, ts=datetime.now(timezone.utc),
+                          erasure_id=None, customer_ids=[uuid.UUID(customer_id)])
+    st = StateStore(cfg.state_path).open()
+    try:
+        st.enqueue(str(ev.event_id), events_topic(cfg.device.id), dump_payload(ev))
+    finally:
+        st.close()
+    return True
 
 
 def cmd_check_config(args) -> int:

@@ -136,3 +136,21 @@ def test_hamilton_clip_persists_across_processes(edge_env, clips):
     unknown = [e for e in events if e["kind"] == "unknown"]
     assert unknown, "the audience / other performers should be reported as unknown"
     assert all(e["customer_id"] in (None, lin) for e in events)
+
+
+def test_delete_queues_an_erasure_for_the_cloud(edge_env, capsys, clips, monkeypatch):
+    import uuid
+
+    from dangol_edge.state import StateStore
+
+    device = uuid.uuid4()
+    monkeypatch.setenv("DANGOL_DEVICE__ID", str(device))
+    code, out, _ = run(capsys, "enroll", "--name", "Barack Obama", "--image", str(clips / "obama.jpg"))
+    cid = out[0]["enrolled"]["id"]
+    code, out, _ = run(capsys, "customers", "delete", cid)
+    assert code == 0 and out[0]["cloud_notified"] is True
+    st = StateStore(edge_env / "state.sqlite").open()
+    events = [json.loads(e["payload"]) for e in st.pending()]
+    st.close()
+    assert [(e["kind"], e["customer_ids"], e["erasure_id"], e["device_id"]) for e in events] == [
+        ("erasure-done", [cid], None, str(device))]
