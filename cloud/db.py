@@ -103,23 +103,32 @@ class Database:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def require_key(self) -> None:
-        """Refuse to run without a data key (every command that touches personal data).
+        """Refuse to run without the right data key (every command that touches personal data).
+
+        Checks that a key is configured and that it decrypts a sample of the stored personal values.
 
         Raises:
-            DataKeyError: no data key configured; says whether the database already holds encrypted data.
+            DataKeyError: no data key configured (says whether the database already holds encrypted data),
+                or the configured key is not the one the data was written with.
         """
         from sqlalchemy import inspect, text
 
         from dangol_cloud.crypto import MISSING_KEY_HELP, DataKeyError
 
-        if self.keyring is not None:
-            return
-        holds = False
+        sample = None
         if "customers" in inspect(self.engine).get_table_names():
             with self.engine.connect() as conn:
-                holds = conn.execute(text("SELECT 1 FROM customers LIMIT 1")).first() is not None
-        what = "this database holds encrypted personal data" if holds else "personal data is encrypted at rest"
-        raise DataKeyError(f"no data key configured ({what}): {MISSING_KEY_HELP}")
+                sample = conn.execute(text(
+                    "SELECT COALESCE(external_ref, display_name, consent_by) FROM customers WHERE external_ref IS NOT "
+                    "NULL OR display_name IS NOT NULL OR consent_by IS NOT NULL LIMIT 1")).scalar()
+        if self.keyring is None:
+            what = "this database holds encrypted personal data" if sample else "personal data is encrypted at rest"
+            raise DataKeyError(f"no data key configured ({what}): {MISSING_KEY_HELP}")
+        if sample is not None:
+            key_id = sample.split(":")[1] if sample.count(":") >= 2 else "?"
+            if key_id != self.keyring.key_id:
+                raise DataKeyError(f"DANGOL_DATA_KEY (key {self.keyring.key_id}) is not the key this database was "
+                                   f"encrypted with (key {key_id}); configure that key, or finish a rotate-key")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -133,8 +133,8 @@ def test_sql_comparison_on_an_encrypted_column_is_refused(db):
         s.scalar(select(Customer).where(Customer.external_ref == "x"))
 
 
-def test_old_plaintext_database_is_encrypted_by_the_migration_and_needs_the_key(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+def test_old_plaintext_database_is_encrypted_by_the_migration_and_needs_the_key(tmp_path, db_url):
+    url = db_url
     old = Database(url)
     migrate(old.engine, "0002")
     with old.engine.begin() as conn:
@@ -142,7 +142,8 @@ def test_old_plaintext_database_is_encrypted_by_the_migration_and_needs_the_key(
                           " VALUES ('c1', :n, :r, 'active', 'pos', :b, '2026-01-01 00:00:00')"),
                      {"n": NAME, "r": REF, "b": RECORDER})
         conn.execute(text("INSERT INTO catalogue_items (id, ref, name, description, tags, available, retired, created_at,"
-                          " updated_at) VALUES ('i1', 'latte', 'Latte', '', '[]', 1, 0, '2026-01-01', '2026-01-01')"))
+                          " updated_at) VALUES ('i1', 'latte', 'Latte', '', '[]', :t, :f, '2026-01-01', '2026-01-01')"),
+                     {"t": True, "f": False})
         conn.execute(text("INSERT INTO purchases (customer_id, item_id, product_id, quantity, amount, ts, source,"
                           " idempotency_key) VALUES ('c1', 'i1', :p, 1, 4.75, '2026-01-02 09:00:00', 'pos', 'k1')"),
                      {"p": PRODUCT})
@@ -156,11 +157,17 @@ def test_old_plaintext_database_is_encrypted_by_the_migration_and_needs_the_key(
     db.migrate()
     _assert_reads_back(db, "c1")
     db.dispose()
-    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("old.sqlite"))
-    for secret in SECRETS:  # secure_delete + WAL checkpoint: no stale plaintext page is left behind
-        assert secret.encode() not in raw, f"{secret!r} left in the migrated file"
-    with create_engine(url).connect() as conn:
-        assert conn.execute(text("SELECT display_name FROM customers")).scalar().startswith("dg1:")
+    if url.startswith("sqlite"):
+        raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("cloud.sqlite"))
+        for secret in SECRETS:  # secure_delete + WAL checkpoint: no stale plaintext page is left behind
+            assert secret.encode() not in raw, f"{secret!r} left in the migrated file"
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT display_name, external_ref, consent_by FROM customers")).one()
+        assert all(v.startswith("dg1:") for v in row)
+        amount = conn.execute(text("SELECT amount FROM purchases")).scalar()
+        assert amount.startswith("dg1:")
+    engine.dispose()
 
 
 def test_rotate_key_reencrypts_everything_in_one_go(tmp_path, sqlite_url, monkeypatch, capsys):
@@ -208,6 +215,9 @@ def test_commands_refuse_to_start_without_a_key(tmp_path, sqlite_url, monkeypatc
     assert "DANGOL_DATA_KEY" in message and "holds encrypted" in message
     monkeypatch.setenv("DANGOL_DATA_KEY", "too-short")
     assert cli(["retention", "--dry-run"]) == 2 and "DANGOL_DATA_KEY" in _err(capsys)
+    monkeypatch.setenv("DANGOL_DATA_KEY", generate_key())  # a valid key, but not this database's
+    assert cli(["retention", "--dry-run"]) == 2
+    assert "is not the key this database was encrypted with" in " ".join(_err(capsys).split())
 
 
 def test_key_from_a_systemd_credential(tmp_path, monkeypatch):
