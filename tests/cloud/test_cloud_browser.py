@@ -239,3 +239,22 @@ def test_recording_consent_sends_the_new_regulars_picks(page, site):
     client.disconnect()
     client.loop_stop()
     assert got and got[0].display_name == "Jun" and len(got[0].items) == 10
+
+
+def test_owner_erases_a_customer_and_sees_it_in_the_audit_log(page, site):
+    cid = str(uuid.uuid4())
+    with site["db"].transaction() as s:
+        s.add(Customer(id=cid, display_name="Erin Erasable", status="active", source="edge", consent_by="staff:jo",
+                       consent_at=utc(2026, 1, 2), consent_text_version="2026-01"))
+    sign_in(page, site)
+    page.wait_for_url(site["base"] + "/")
+    page.goto(f"{site['base']}/customers/{cid}")
+    page.click("#erase")
+    assert "Erased Erin Erasable" in page.inner_text("body")
+    page.click("text=Privacy")
+    assert "erasure-requested" in page.inner_text("#audit-log") and cid in page.inner_text("#audit-log")
+    assert "Front door" in page.inner_text("#pending-erasures")  # sent, waiting for the device to confirm
+    assert "Erasable" not in page.inner_text("body")
+    shot(page, "08-privacy")
+    with site["db"].sessions() as s:
+        assert s.get(Customer, cid) is None
