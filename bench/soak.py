@@ -35,8 +35,9 @@ outbox drains the way it would after a reboot, and prints:
 * RSS in MiB at minute 1, at the end, the peak, and a verdict: *flat* when the median of the last third of
   the samples after warm-up (the first minute, or the first third of a shorter run) is within 10 % of the
   median of the first third;
-* frames captured / dropped / processed, arrivals and unknown faces (the daemon's own counters), the last
-  health the daemon published on its status topic (camera, fps, gallery size, queue depth);
+* frames captured / dropped / processed, arrivals and unknown faces (the daemon's own counters, printed by
+  the daemon process at exit), the last health the daemon published on its status topic (camera, fps,
+  gallery size, queue depth, and frame counters when the daemon reports them);
 * broker restarts done.
 
 Exit status 0 when every produced event was delivered (produced == delivered), else 1.
@@ -440,8 +441,10 @@ enabled = false
     if cloud.health:
         fps = [h["fps"] for h in cloud.health]
         last = cloud.health[-1]
+        frames = (f", frames captured {last['frames_captured']} / dropped {last['frames_dropped']}"
+                  if last.get("frames_captured") is not None else "")
         print(f"  status/health          {len(cloud.health)} reports; last: camera {last['camera']}, fps {last['fps']}, "
-              f"gallery_size {last['gallery_size']}, queue_depth {last['queue_depth']}; "
+              f"gallery_size {last['gallery_size']}, queue_depth {last['queue_depth']}{frames}; "
               f"fps min/median/max {min(fps)}/{median(fps)}/{max(fps)}")
     if samples:
         mib = [(t, k / 1024) for t, k, _ in samples]
