@@ -1,5 +1,5 @@
 """Edge faults: a process killed mid-enrolment, MQTT over TLS with the right and a wrong CA, and the broker's
-ACL as seen by the edge's own MQTT client. Real SQLite, real Mosquitto, real certificates (~30 s in all)."""
+ACL as seen by the edge's own MQTT client. Real SQLite, real Mosquitto, real certificates (~12 s in all)."""
 
 from __future__ import annotations
 
