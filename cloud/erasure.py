@@ -15,7 +15,8 @@ Flow (``cloud/README.md``, "Privacy and security"):
 3. Each device answers ``erasure-done``; :func:`record_confirmation` adds it (audit ``erasure-confirmed``)
    and, once every target that still exists confirmed, completes the erasure (audit ``erasure-completed``).
 
-The audit log never holds a name: customers appear by their random id only.
+The audit log never holds a name: customers appear by their random id only. An erasure asked for by or for
+the customer (not a retention sweep) of a customer with a consent record also logs ``consent-withdrawn``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
                       confirmed_by=confirmed, completed_at=None if set(targets) - set(confirmed) else now)
     session.add(erasure)
     session.flush()
+    if customer.consent_at is not None and reason != "retention":  # the customer asked: consent ends with it
+        audit(session, actor, "consent-withdrawn", customer_id=customer_id, erasure_id=erasure.id,
+              detail=f"consent of {customer.consent_at:%Y-%m-%d}, text version {customer.consent_text_version}")
     audit(session, actor, "erasure-requested", customer_id=customer_id, erasure_id=erasure.id,
           detail=f"reason={reason}; devices to confirm: {len(targets) - len(confirmed)}")
     if confirmed_device in confirmed:

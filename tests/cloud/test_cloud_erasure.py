@@ -115,7 +115,8 @@ def test_device_offline_at_erasure_time_gets_it_on_reconnect_and_confirms(db, db
         listener.stop()
     with db.sessions() as s:
         actions = [(a.action, a.device_id, a.customer_id) for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
-        assert actions == [("erasure-requested", None, cid), ("erasure-confirmed", device_id, cid),
+        assert actions == [("consent-withdrawn", None, cid), ("erasure-requested", None, cid),
+                           ("erasure-confirmed", device_id, cid),
                            ("erasure-completed", None, cid)]
         assert all("Mina" not in (a.detail or "") for a in s.scalars(select(AuditEntry)))
 

@@ -29,6 +29,10 @@ def _keyring(bind):
     return keyring_of(bind.dialect)
 
 
+def _seal(ring, value, context: str):
+    return None if value is None else ring.encrypt(str(value).encode("utf-8"), context)
+
+
 def _encrypt_existing(bind) -> None:
     customers = sa.table("customers", sa.column("id", sa.String), sa.column("display_name", sa.Text),
                          sa.column("external_ref", sa.Text), sa.column("consent_by", sa.Text),
@@ -39,10 +43,10 @@ def _encrypt_existing(bind) -> None:
                                   customers.c.consent_by)).all()
     if rows:
         ring = _keyring(bind)
-        updates = [{"cid": cid, "display_name": None if name is None else ring.encrypt(name.encode(), "customers.display_name"),
-                    "external_ref": None if ref is None else ring.encrypt(ref.encode(), "customers.external_ref"),
+        updates = [{"cid": cid, "display_name": _seal(ring, name, "customers.display_name"),
+                    "external_ref": _seal(ring, ref, "customers.external_ref"),
                     "external_ref_hash": None if ref is None else ring.lookup_hash(ref),
-                    "consent_by": None if by is None else ring.encrypt(by.encode(), "customers.consent_by")}
+                    "consent_by": _seal(ring, by, "customers.consent_by")}
                    for cid, name, ref, by in rows]
         stmt = (sa.update(customers).where(customers.c.id == sa.bindparam("cid"))
                 .values(display_name=sa.bindparam("display_name"), external_ref=sa.bindparam("external_ref"),
@@ -57,8 +61,8 @@ def _encrypt_existing(bind) -> None:
     while chunk := result.fetchmany(BATCH):
         ring = ring or _keyring(bind)
         bind.execute(stmt, [
-            {"pid": pid, "product_id": None if product is None else ring.encrypt(product.encode(), "purchases.product_id"),
-             "amount": None if amount is None else ring.encrypt(repr(float(amount)).encode(), "purchases.amount")}
+            {"pid": pid, "product_id": _seal(ring, product, "purchases.product_id"),
+             "amount": _seal(ring, None if amount is None else repr(float(amount)), "purchases.amount")}
             for pid, product, amount in chunk])
 
 
