@@ -24,6 +24,7 @@ Memory and the development venv: MediaPipe imports TensorFlow when it is importa
 ``.venv`` has both (the ``build`` extra), a Raspberry Pi installed by ``scripts/install-edge`` (``[edge]``
 only) has neither: the same daemon is ~810 MiB RSS here and ~280 MiB without them. ``--edge-packages-only``
 makes both unimportable in the daemon's process, as on the Pi (the daemon's code is unchanged).
+
 At the end it stops the daemon with SIGTERM (broker up), then, if the outbox still holds unacknowledged
 events (PUBACKs in flight at shutdown), starts the daemon once more on a face-less image so that its
 outbox drains the way it would after a reboot, and prints:
