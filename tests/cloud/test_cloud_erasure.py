@@ -256,3 +256,35 @@ def test_out_of_range_settings_are_refused_naming_the_field(monkeypatch, field, 
     monkeypatch.setenv(f"DANGOL_{field.upper()}", value)
     with pytest.raises(ConfigError, match=rf"{field} \(DANGOL_{field.upper()}\)"):
         load_settings()
+
+
+def test_serve_background_sweeps_retention_and_resends_unconfirmed_erasures(db, tmp_path, mosquitto):
+    """Inside ``serve``: the retention sweep runs at start, and pending erasures are re-sent on the schedule
+    without anyone pressing Publish (here every 0.5 s)."""
+    from dangol_cloud.app import create_app
+    from dangol_cloud.background import start_background
+
+    store_id, device_id = add_store_and_device(db)
+    stale, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    with db.transaction() as s:
+        s.add_all([Customer(id=stale, status="active", source="edge", created_at=utcnow() - timedelta(days=40)),
+                   Customer(id=kept, status="active", source="edge")])
+    edge = Edge(mosquitto, device_id, store_id).connect()
+    settings = Settings(database_url=db.url, mqtt_url=mosquitto.url, cloud_home=tmp_path / "home", retention_days=30,
+                        erasure_republish_minutes=0.5 / 60, listen=False, secret_key="k", _env_file=None)
+    stop = start_background(create_app(settings, db=db))
+    try:
+        assert _wait(lambda: _gone(db, stale)), "retention did not run at start"
+        assert edge.got.wait(10), "the pending erasure was not re-sent on the schedule"
+        assert edge.erasures[0].customer_ids == [uuid.UUID(stale)]
+    finally:
+        stop()
+        edge.disconnect()
+    with db.sessions() as s:
+        assert s.get(Customer, kept) is not None
+        assert s.scalar(select(Erasure.requested_by)) == "retention"
+
+
+def _gone(db, customer_id: str) -> bool:
+    with db.sessions() as s:
+        return s.get(Customer, customer_id) is None
