@@ -50,16 +50,41 @@ class Frame:
     name: str = ""
 
 
+#: Largest image file read, bytes (a 12 MP JPEG is ~5 MiB; anything this big is not a photo of a face).
+MAX_IMAGE_BYTES = 64 << 20
+#: Largest image decoded, pixels (checked from the header before decoding, so a "decompression bomb"
+#: never allocates memory): 40 MP, above any phone camera's 4:3 mode in common use.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def _check_dimensions(p: Path) -> None:
+    """Refuse images whose header declares more than :data:`MAX_IMAGE_PIXELS` (Pillow reads only the header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, ValueError):
+        return  # not something Pillow knows (or absurd): OpenCV's decode below gives the error
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(f"{p}: image too large ({w}×{h} px > {MAX_IMAGE_PIXELS / 1e6:.0f} MP)")
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB ``(H, W, 3) uint8``.
 
     Greyscale is expanded to three channels and an alpha channel (RGBA PNG) is dropped.
 
     Raises:
-        ImageDecodeError: the file is missing, unreadable or not a decodable image.
+        ImageDecodeError: the file is missing, unreadable, not a decodable image, or larger than
+            :data:`MAX_IMAGE_BYTES` / :data:`MAX_IMAGE_PIXELS`.
     """
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise ImageDecodeError(f"{p}: image file too large ({size / 2**20:.0f} MiB > {MAX_IMAGE_BYTES >> 20} MiB)")
+        _check_dimensions(p)
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise ImageDecodeError(f"{p}: cannot read image: {exc.strerror or exc}") from exc

@@ -154,3 +154,18 @@ def test_delete_queues_an_erasure_for_the_cloud(edge_env, capsys, clips, monkeyp
     st.close()
     assert [(e["kind"], e["customer_ids"], e["erasure_id"], e["device_id"]) for e in events] == [
         ("erasure-done", [cid], None, str(device))]
+
+
+def test_oversized_and_corrupt_images_exit_2_and_nothing_written(edge_env, capsys, tmp_path, clips):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (12_000, 12_000)).save(bomb)  # 144 MP declared, a few hundred KB on disk
+    assert bomb.stat().st_size < 5 << 20
+    code, _, err = run(capsys, "enroll", "--name", "X", "--image", str(bomb))
+    assert code == 2 and "bomb.png" in err and "too large" in err
+    garbage = tmp_path / "noise.jpg"
+    garbage.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40)  # a JPEG header, then noise
+    code, _, err = run(capsys, "enroll", "--name", "X", "--image", str(clips / "obama.jpg"), str(garbage))
+    assert code == 2 and "noise.jpg" in err
+    assert gallery_rows(edge_env) == (0, 0)
