@@ -162,6 +162,10 @@ class Appliance:
         notify("STOPPING=1")
         for t in reversed(self._threads):
             t.join(timeout=5)
+        if self._threads:
+            st = self.stats
+            log.info("stopped: frames captured %d, dropped %d, processed %d; arrivals %d, unknown faces %d",
+                     st.frames_captured, st.frames_dropped, st.frames_processed, st.arrivals, st.unknown)
         self._threads.clear()
         while self._stoppers:
             fn = self._stoppers.pop()

@@ -1,14 +1,15 @@
 """MQTT sync between one edge device and the cloud (paho-mqtt 2.x, MQTT 3.1.1).
 
-* **Session**: client id ``dangol-edge-<device>``, persistent session (``clean_session=False``), QoS 1
-  everywhere, retained last will ``status/1 offline`` on the device's status topic, automatic
+* **Session**: MQTT 5, client id ``dangol-edge-<device>``, persistent session (``clean_start=False``,
+  session expiry a week), QoS 1 everywhere, retained last will ``status/1 offline`` on the device's status topic, automatic
   reconnect with exponential backoff (``reconnect_min_s`` … ``reconnect_max_s``).
 * **Down-link**: subscribes to its store's catalogue, menus and erasures (topic table in design.md);
   every payload is validated by :func:`dangol_protocol.parse_payload` — an invalid one is logged with
   its topic and reason and dropped, leaving the cache untouched. Catalogue and menus are cached in the
   :class:`~dangol_edge.state.StateStore`, so the box keeps working with the broker down.
 * **Up-link**: events go through the outbox table first; a flusher publishes them in order while
-  connected and marks each sent when the broker's PUBACK arrives. After a reconnect or a restart the
+  connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal, e.g.
+  by the ACL, keeps it in the outbox and is logged). After a reconnect or a restart the
   unacknowledged ones are sent again, so delivery is at-least-once and the cloud's deduplication on
   ``event_id`` makes it exactly-once from the cloud's point of view.
 """
@@ -25,6 +26,8 @@ from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from dangol_protocol import (
     Catalogue, Erasures, Menu, Status, dump_payload, last_will, parse_payload,
 )
@@ -36,6 +39,11 @@ from .config import MQTTConfig
 from .state import StateStore
 
 log = logging.getLogger(__name__)
+
+
+#: How long the broker keeps this device's session (subscriptions, queued QoS 1 messages) while it is
+#: offline, seconds: a week covers a shop closed for the holidays.
+SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 class MQTTConfigError(ValueError):
@@ -82,6 +90,8 @@ class MQTTSync:
         self.invalid_messages = 0
         self._client: mqtt.Client | None = None
         self._inflight: dict[int, str] = {}
+        self._rejected: set[str] = set()
+        self.rejected_events = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -97,8 +107,10 @@ class MQTTSync:
         if not self.config.url:
             raise MQTTConfigError("no broker URL (set [mqtt] url or DANGOL_MQTT_URL)")
         host, port, user, password, tls = parse_url(self.config.url)
+        # MQTT 5: a PUBACK carries a reason code, so a publish the broker's ACL refuses is reported
+        # (0x87 Not authorized) instead of silently acknowledged as under 3.1.1
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dangol-edge-{self.device_id}",
-                        clean_session=False, protocol=mqtt.MQTTv311)
+                        protocol=mqtt.MQTTv5)
         if user:
             c.username_pw_set(user, password)
         if tls:
@@ -114,7 +126,9 @@ class MQTTSync:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         self._client = c
-        c.connect_async(host, port, keepalive=self.config.keepalive_s)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S  # persistent session: queued QoS 1 survives outages
+        c.connect_async(host, port, keepalive=self.config.keepalive_s, clean_start=False, properties=props)
         c.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="mqtt-outbox", daemon=True)
         self._flusher.start()
@@ -144,21 +158,33 @@ class MQTTSync:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
+        with self._lock:
+            self._rejected.clear()  # e.g. the ACL was fixed: try refused events again
         log.info("connected to the broker (session present: %s)", flags.session_present)
         client.subscribe(store_subscriptions(self.store_id))
         self.connected.set()
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
+        if self._stop.is_set():
+            log.info("disconnected from the broker")
+        elif self.connected.is_set():
             log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
         self.connected.clear()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             event_id = self._inflight.pop(mid, None)
-        if event_id:
-            self.state.mark_sent(event_id)
+            if event_id and reason_code.is_failure:
+                self._rejected.add(event_id)
+        if not event_id:
+            return
+        if reason_code.is_failure:
+            self.rejected_events += 1
+            log.error("the broker refused event %s (%s): kept in the outbox; check this device's id and the "
+                      "broker's ACL", event_id, reason_code)
+            return
+        self.state.mark_sent(event_id)
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
@@ -234,9 +260,9 @@ class MQTTSync:
             if not self.connected.is_set() or self._client is None:
                 continue
             with self._lock:
-                inflight = set(self._inflight.values())
+                skip = set(self._inflight.values()) | self._rejected
             for ev in self.state.pending(limit=200):
-                if ev["event_id"] in inflight or not self.connected.is_set():
+                if ev["event_id"] in skip or not self.connected.is_set():
                     continue
                 info = self._client.publish(ev["topic"], ev["payload"].encode("utf-8"), qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -244,6 +270,6 @@ class MQTTSync:
                 with self._lock:
                     # on_publish may already have fired for a fast broker: only keep it if still unacked
                     self._inflight[info.mid] = ev["event_id"]
-                    if info.is_published():
+                    if info.is_published() and ev["event_id"] not in self._rejected:
                         self._inflight.pop(info.mid, None)
                         self.state.mark_sent(ev["event_id"])

@@ -329,7 +329,9 @@ def test_edge_client_cannot_read_another_store_or_speak_for_another_device(tmp_p
             fake = ArrivalEvent(event_id=new_event_id(), device_id=uuid.UUID(device_b),
                                 ts=dt.datetime.now(dt.timezone.utc))
             forged.send_event(fake)
-            assert wait_for(lambda: forged_state.outbox_depth() == 0, timeout=10)  # PUBACKed: the broker is done
+            # MQTT 5: the broker answers 0x87 Not authorized; the event is reported and kept, never marked sent
+            assert wait_for(lambda: forged.rejected_events >= 1, timeout=10)
+            assert forged_state.outbox_depth() == 1
             real = ArrivalEvent(event_id=new_event_id(), device_id=uuid.UUID(device_a),
                                 ts=dt.datetime.now(dt.timezone.utc))
             sync_a.send_event(real)
