@@ -5,6 +5,7 @@ loyalty ref, consent recorder, product id or amount in clear; without the key th
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 import uuid
@@ -147,6 +148,13 @@ def test_old_plaintext_database_is_encrypted_by_the_migration_and_needs_the_key(
         conn.execute(text("INSERT INTO purchases (customer_id, item_id, product_id, quantity, amount, ts, source,"
                           " idempotency_key) VALUES ('c1', 'i1', :p, 1, 4.75, '2026-01-02 09:00:00', 'pos', 'k1')"),
                      {"p": PRODUCT})
+        conn.execute(text("INSERT INTO stores (id, name, created_at) VALUES ('s1', 'Main', '2026-01-01')"))
+        conn.execute(text("INSERT INTO devices (id, store_id, name, mqtt_username, mqtt_password_hash, created_at) "
+                          "VALUES ('d1', 's1', 'Door', 'device-d1', 'x', '2026-01-01')"))
+        conn.execute(text("INSERT INTO device_events (event_id, device_id, kind, ts, received_at, payload) VALUES "
+                          "('e1', 'd1', 'enrolment', '2026-01-02', '2026-01-02', :p)"),
+                     {"p": json.dumps({"kind": "enrolment", "display_name": NAME,
+                                       "consent": {"recorded_by": RECORDER, "text_version": "2026-01"}})})
     old.dispose()
     with pytest.raises(DataKeyError, match="DANGOL_DATA_KEY"):  # refused before changing anything
         Database(url).migrate()
@@ -167,6 +175,8 @@ def test_old_plaintext_database_is_encrypted_by_the_migration_and_needs_the_key(
         assert all(v.startswith("dg1:") for v in row)
         amount = conn.execute(text("SELECT amount FROM purchases")).scalar()
         assert amount.startswith("dg1:")
+        payload = conn.execute(text("SELECT payload FROM device_events")).scalar()
+        assert NAME not in str(payload) and RECORDER not in str(payload)
     engine.dispose()
 
 

@@ -66,6 +66,20 @@ def _encrypt_existing(bind) -> None:
             for pid, product, amount in chunk])
 
 
+def _scrub_enrolment_events(bind) -> None:
+    """Stored enrolment events keep no name and no consent recorder (they live encrypted on the customer)."""
+    events = sa.table("device_events", sa.column("event_id", sa.String), sa.column("kind", sa.String),
+                      sa.column("payload", sa.JSON))
+    for event_id, payload in bind.execute(sa.select(events.c.event_id, events.c.payload)
+                                          .where(events.c.kind == "enrolment")).all():
+        if not isinstance(payload, dict):
+            continue
+        payload = {**payload, "display_name": None}
+        if isinstance(payload.get("consent"), dict):
+            payload["consent"] = {**payload["consent"], "recorded_by": None}
+        bind.execute(sa.update(events).where(events.c.event_id == event_id).values(payload=payload))
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     # Before any DDL (SQLite's DDL is not transactional here): personal data present needs the key.
@@ -114,6 +128,7 @@ def upgrade() -> None:
     # erasures published before this revision: every device had its chance; treat them as complete
     op.execute("UPDATE erasures SET completed_at = published_at WHERE published_at IS NOT NULL")
     _encrypt_existing(bind)
+    _scrub_enrolment_events(bind)
 
 
 def downgrade() -> None:
