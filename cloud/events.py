@@ -13,7 +13,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
@@ -94,7 +94,8 @@ def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
     ``state``/``health`` (only if newer). An invalid payload is logged with topic and reason, and dropped.
 
     Returns:
-        The :class:`Outcome`. Never raises for bad input; database errors propagate.
+        The :class:`Outcome`. Never raises for bad input (a string with NUL, or any value the database
+        refuses as data, is INVALID with nothing written); database outages propagate (not acknowledged).
     """
     if proto.is_retained_clear(payload):
         return Outcome.IGNORED
@@ -102,6 +103,10 @@ def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
         message = proto.parse_payload(topic, payload)
     except proto.PayloadError as exc:
         log.warning("dropped message: %s", exc)
+        return Outcome.INVALID
+    field = _nul_field(message.model_dump(mode="json", by_alias=True))
+    if field is not None:  # PostgreSQL text cannot hold NUL, and no name or id needs one
+        log.warning("dropped message on %r: %s contains a NUL character", topic, field)
         return Outcome.INVALID
     device_id = str(message.device_id)
     try:
@@ -126,6 +131,26 @@ def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
     except IntegrityError:  # a concurrent delivery of the same event_id won the race
         log.info("duplicate event on %r ignored (concurrent insert)", topic)
         return Outcome.DUPLICATE
+    except DataError as exc:  # a value the database cannot store: the message is bad, not the database
+        log.warning("dropped message on %r: the database refused a value (%s)", topic, str(exc.orig).splitlines()[0])
+        return Outcome.INVALID
+
+
+def _nul_field(value, path: str = "payload") -> str | None:
+    """Dotted path of the first string containing U+0000 in a JSON-like value, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nul_field(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 class Listener:
