@@ -64,6 +64,18 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)
 
+    @app.before_request
+    def _refuse_nul_in_forms():
+        """A form field with U+0000 is a 400 naming the field (no name or text needs one; PostgreSQL cannot
+        store it), before any view writes anything."""
+        from flask import abort, request
+
+        if request.method == "POST" and request.mimetype in ("application/x-www-form-urlencoded",
+                                                               "multipart/form-data"):
+            for key, value in request.form.items(multi=True):
+                if "\x00" in value:
+                    abort(400, description=f"form field {key!r} contains a NUL character")
+
     zone = ZoneInfo(settings.timezone)
 
     @app.template_filter("local")

@@ -221,6 +221,9 @@ def _rows(path: Path, handle, header: list[str], parse) -> Iterator[PurchaseRow 
             raw = text.rstrip("\r\n")
             if not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) carry no data
+            if "\x00" in raw:  # no id or name has one, and PostgreSQL text cannot store it
+                yield RowError(line, "contains a NUL character", raw)
+                continue
             try:
                 values = _split(raw)
             except csv.Error as exc:

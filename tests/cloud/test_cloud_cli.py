@@ -178,3 +178,17 @@ def test_training_runs_on_a_schedule(tmp_path, sqlite_url, ta_feng_customers, mo
     assert versions >= 1
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Menu)) > 0
+
+
+def test_import_reports_a_nul_line_and_stores_the_rest(db_url, monkeypatch, tmp_path, capsys):
+    """A NUL character (which PostgreSQL text cannot hold) makes its line a row error, on both backends."""
+    monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DANGOL_MQTT_URL", raising=False)
+    path = tmp_path / "pos.csv"
+    path.write_text("customer,item,quantity,timestamp\nc1,latte,1,2026-01-02T09:00:00\n"
+                    "c2,lat\x00te,1,2026-01-02T09:00:00\nc\x003,latte,1,2026-01-02T09:00:00\n", encoding="utf-8")
+    assert cli(["import-purchases", str(path), "--format", "csv", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"{path}:3: contains a NUL character" in captured.err and f"{path}:4:" in captured.err
+    assert purchases(db_url) == 1

@@ -121,3 +121,18 @@ def test_session_cookie_is_httponly_samesite_and_secure_over_https(site, overrid
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert ("Secure" in cookie) is secure
     db.dispose()
+
+
+def test_a_form_field_with_nul_is_a_400_naming_the_field(web):
+    app, db = web
+    cid = str(uuid.uuid4())
+    with db.transaction() as s:
+        s.add(Customer(id=cid, status="pending", source="edge"))
+    client = app.test_client()
+    sign_in(client)
+    token = csrf_of(client.get(f"/customers/{cid}").get_data(as_text=True))
+    response = client.post(f"/customers/{cid}/consent", data={"csrf_token": token, "display_name": "Mina",
+                                                              "recorded_by": "jo", "text_version": "2026\x00-01"})
+    assert response.status_code == 400 and "text_version" in response.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.get(Customer, cid).consent_at is None
