@@ -5,7 +5,41 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import BooleanField, DecimalField, EmailField, PasswordField, SelectField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+
+#: Largest catalogue photo accepted: 8 MiB and 40 megapixels (a phone photo is ~12 MP; Pillow's own
+#: decompression-bomb guard starts at ~89 MP).
+MAX_PHOTO_BYTES = 8 * 1024 * 1024
+MAX_PHOTO_PIXELS = 40_000_000
+
+
+def valid_image(form, field) -> None:
+    """WTForms validator: the upload is a readable JPEG, PNG or WebP within the size limits above.
+
+    Raises:
+        ValidationError: naming what is wrong (too large, not an image, truncated/corrupt, too many pixels).
+    """
+    file = field.data
+    if not file or not getattr(file, "filename", ""):
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    data = file.read(MAX_PHOTO_BYTES + 1)
+    file.seek(0)
+    if len(data) > MAX_PHOTO_BYTES:
+        raise ValidationError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MiB")
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ("JPEG", "PNG", "WEBP"):
+                raise ValidationError(f"the photo is {image.format}, not JPEG, PNG or WebP")
+            if image.width * image.height > MAX_PHOTO_PIXELS:
+                raise ValidationError(f"the photo has {image.width}×{image.height} pixels; at most "
+                                      f"{MAX_PHOTO_PIXELS // 1_000_000} megapixels")
+            image.load()  # decodes every pixel: a truncated or corrupt file fails here
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise ValidationError(f"the photo cannot be read as an image ({type(exc).__name__})") from None
 
 __all__ = ["ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm", "StoreForm", "UploadForm"]
 
@@ -54,7 +88,8 @@ class ItemForm(FlaskForm):
     description = TextAreaField("Description", validators=[Optional(), Length(max=2000)])
     tags = StringField("Tags (comma-separated)", validators=[Optional(), Length(max=300)],
                        render_kw={"placeholder": "vegan, hot, oat milk"})
-    photo = FileField("Photo", validators=[FileAllowed(["jpg", "jpeg", "png", "webp"], "JPEG, PNG or WebP only")])
+    photo = FileField("Photo", validators=[FileAllowed(["jpg", "jpeg", "png", "webp"], "JPEG, PNG or WebP only"),
+                                           valid_image])
     available = BooleanField("Available today", default=True)
 
 

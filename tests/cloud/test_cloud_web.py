@@ -172,3 +172,23 @@ def test_retrain_now_trains_in_the_background(web, data_dir, tmp_path):
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 1
         assert s.scalar(select(func.count()).select_from(Menu)) > 100
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda jpeg: jpeg[: len(jpeg) // 2], "cannot be read"),                         # truncated JPEG
+    (lambda jpeg: b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "cannot be read"),           # corrupt PNG header
+    (lambda jpeg: b"GIF89a" + jpeg, "cannot be read"),                                # not an image we take
+    (lambda jpeg: jpeg + b"\x00" * (8 * 1024 * 1024), "larger than 8 MiB"),          # oversized
+], ids=["truncated", "corrupt", "garbage", "oversized"])
+def test_corrupt_or_oversized_photo_is_refused_and_nothing_is_written(web, data_dir, tmp_path, make, expected):
+    app, db = web
+    client = app.test_client()
+    sign_in(client)
+    token = csrf_of(client.get("/catalogue/new").get_data(as_text=True))
+    jpeg = next((data_dir / "clips" / "face_recognition_examples").rglob("*.jpg")).read_bytes()
+    response = client.post("/catalogue/new", content_type="multipart/form-data", data={
+        "csrf_token": token, "name": "Broken", "price": "1.00", "photo": (io.BytesIO(make(jpeg)), "broken.jpg")})
+    assert response.status_code == 200 and expected in response.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(CatalogueItem)) == 0
+    assert not (tmp_path / "home" / "photos").exists() or not any((tmp_path / "home" / "photos").iterdir())
