@@ -196,7 +196,7 @@ def cmd_customers(args) -> int:
 def cmd_rotate_key(args) -> int:
     import os
 
-    from .crypto import FieldCipher, GalleryKeyError, parse_key
+    from .crypto import FieldCipher, parse_key
 
     if args.new_key_file:
         try:

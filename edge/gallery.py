@@ -34,6 +34,7 @@ import sqlite_utils
 
 from .crypto import FieldCipher, GalleryKeyError
 from .embed import EMBEDDING_DIM
+from .sqlite import connect
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,7 @@ class Gallery:
         if self.cipher is None:
             self.cipher = FieldCipher.from_environment()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db = sqlite_utils.Database(conn)
-            db.enable_wal()
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db = connect(self.path)
             self._create(db)
         except (OSError, sqlite3.DatabaseError) as exc:
             raise GalleryError(f"{self.path}: cannot open gallery: {exc}") from exc
@@ -431,7 +427,7 @@ class Gallery:
         if self._matrix is None:
             self._load()
         p = np.atleast_2d(np.asarray(probes, dtype=np.float32))
-        m, owners = self._matrix, self._owners
+        m = self._matrix
         if m is None or len(m) == 0:
             return [Match(None, -1.0, -1.0, False) for _ in p]
         out = []

@@ -24,6 +24,8 @@ from typing import Any
 
 import sqlite_utils
 
+from .sqlite import connect
+
 
 class StateError(RuntimeError):
     """The state file cannot be opened; the message names it."""
@@ -42,11 +44,7 @@ class StateStore:
         if self._db is not None:
             return self
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db = sqlite_utils.Database(conn)
-            db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")
+            db = connect(self.path)
             names = db.table_names()
             if "catalogue" not in names:
                 db["catalogue"].create({"id": int, "version": int, "payload": str, "received_at": str}, pk="id")

@@ -47,15 +47,19 @@ class MosquittoBroker:
             by the cloud for its devices), appended to the file as they are.
         acl: the text of a Mosquitto ACL file (``user NAME`` / ``topic readwrite PATTERN`` lines).
         host: listen address (loopback by default).
+        persistence: keep sessions, subscriptions and queued QoS 1 messages across a restart (saved on
+            SIGTERM), as a production broker does.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, users: dict[str, str] | None = None,
-                 password_lines: list[str] | None = None, acl: str | None = None, host: str = "127.0.0.1") -> None:
+                 password_lines: list[str] | None = None, acl: str | None = None, host: str = "127.0.0.1",
+                 persistence: bool = False) -> None:
         self.workdir = Path(workdir)
         self.users = dict(users or {})
         self.password_lines = list(password_lines or [])
         self.acl = acl
         self.host = host
+        self.persistence = persistence
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr = ""
@@ -77,7 +81,9 @@ class MosquittoBroker:
         self._binary = binary
         self.workdir.mkdir(parents=True, exist_ok=True)
         # as root, mosquitto would switch to the 'mosquitto' user and fail to read our 0600 files
-        lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} {self.host}", "persistence false",
+        persist = (["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
+                   if self.persistence else ["persistence false"])
+        lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} {self.host}", *persist,
                  f"log_dest file {self.workdir / 'mosquitto.log'}", "log_type all"]
         if self.users or self.password_lines:
             passwd = self.workdir / "passwd"

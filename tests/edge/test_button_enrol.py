@@ -8,7 +8,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 from gpiozero.pins.mock import MockFactory
 
 from dangol_edge.daemon import Appliance

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 import uuid
 from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 
 from dangol_edge.config import EdgeConfig
@@ -114,8 +112,11 @@ def test_broker_down_keeps_cached_menu_and_loses_no_event(tmp_path, home, model_
     st.put_catalogue(catalogue_payload())
     st.put_menu(menu_payload(["scone", "flat-white"]))
     st.close()
-    broker = MosquittoBroker(tmp_path / "broker").start()
+    # a production-like broker (persistence on) that already knows the cloud's session, then goes down
+    broker = MosquittoBroker(tmp_path / "broker", persistence=True).start()
     port = broker.port
+    cloud = Cloud(broker)
+    assert wait_for(lambda: cloud.c.is_connected())
     broker.stop()
     app = Appliance(config(home, model_path, clips, f"mqtt://127.0.0.1:{port}"))
     app.start()
@@ -128,14 +129,11 @@ def test_broker_down_keeps_cached_menu_and_loses_no_event(tmp_path, home, model_
         assert depth >= 1  # the arrival (and unknown faces) wait in the outbox
         queued = {e["event_id"] for e in app.state.pending()}
         broker.start(port=port)
-        cloud = Cloud(broker)
-        try:
-            assert wait_for(lambda: app.state.outbox_depth() == 0, timeout=30)
-            assert wait_for(lambda: queued <= {e["event_id"] for e in cloud.events()}, timeout=15)
-        finally:
-            cloud.close()
+        assert wait_for(lambda: app.state.outbox_depth() == 0, timeout=30)
+        assert wait_for(lambda: queued <= {e["event_id"] for e in cloud.events()}, timeout=15)
     finally:
         app.stop()
+        cloud.close()
         broker.stop()
 
 

@@ -139,7 +139,8 @@ def test_retained_catalogue_and_menus_are_cached_and_validated(broker, state):
 
 
 def test_outbox_survives_broker_restart_and_each_event_arrives(tmp_path, state):
-    broker = MosquittoBroker(tmp_path / "b").start()
+    # persistence as in production: the cloud's session (and what is queued for it) survives the restart
+    broker = MosquittoBroker(tmp_path / "b", persistence=True).start()
     port = broker.port
     cloud = Cloud(broker)
     sync = make_sync(broker, state)
