@@ -126,7 +126,7 @@ def test_device_whose_session_was_lost_gets_the_erasure_when_it_comes_online(db,
     erasures when the device reports ``online``."""
     from tests.broker import MosquittoBroker
 
-    broker = MosquittoBroker(tmp_path / "mosquitto").start()
+    broker = MosquittoBroker(tmp_path / "mosquitto", persistence=False).start()  # a restart loses sessions
     store_id, device_id = add_store_and_device(db)
     cid = _enrolled(db, store_id)
     settings = Settings(database_url=db.url, mqtt_url=broker.url, cloud_home=tmp_path / "home", _env_file=None)
