@@ -59,11 +59,15 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 def _check_dimensions(p: Path) -> None:
     """Refuse images whose header declares more than :data:`MAX_IMAGE_PIXELS` (Pillow reads only the header)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
-            w, h = im.size
+        with warnings.catch_warnings():  # our own limit below replaces Pillow's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
     except (UnidentifiedImageError, Image.DecompressionBombError, ValueError):
         return  # not something Pillow knows (or absurd): OpenCV's decode below gives the error
     if w * h > MAX_IMAGE_PIXELS:
