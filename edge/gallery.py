@@ -22,7 +22,6 @@ import json
 import logging
 import secrets
 import sqlite3
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -34,7 +33,7 @@ import sqlite_utils
 
 from .crypto import FieldCipher, GalleryKeyError
 from .embed import EMBEDDING_DIM
-from .sqlite import connect
+from .sqlite import SQLiteFile, connect
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class Match:
     accepted: bool
 
 
-class Gallery:
+class Gallery(SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
     Args:
@@ -105,11 +104,9 @@ class Gallery:
     """
 
     def __init__(self, path: str | Path, model_sha256: str, cipher: FieldCipher | None = None):
-        self.path = Path(path)
+        super().__init__(path)
         self.model_sha256 = model_sha256
         self.cipher = cipher
-        self._db: sqlite_utils.Database | None = None
-        self._lock = threading.RLock()
         self._matrix: np.ndarray | None = None
         self._owners: np.ndarray | None = None
         self._owner_ids: list[str] = []
@@ -135,18 +132,6 @@ class Gallery:
         self._db = db
         return self
 
-    def close(self) -> None:
-        """Close the database."""
-        if self._db is not None:
-            self._db.conn.close()
-            self._db = None
-
-    def __enter__(self) -> "Gallery":
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @staticmethod
     def _create(db: sqlite_utils.Database) -> None:
         if "customers" not in db.table_names():
@@ -166,11 +151,6 @@ class Gallery:
                 not_null={"customer_id", "embedding", "model_sha256"},
             )
             db["templates"].create_index(["customer_id"])
-
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """The open sqlite-utils database (opens it on first use)."""
-        return self.open()._db  # type: ignore[return-value]
 
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import sqlite_utils
@@ -25,3 +26,33 @@ def connect(path: Path) -> sqlite_utils.Database:
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA synchronous = NORMAL")
     return db
+
+
+class SQLiteFile:
+    """Base of the edge's two databases: one connection shared by threads under one lock, opened on
+    first use (subclasses implement :meth:`open`), closed by :meth:`close`; also a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._db: sqlite_utils.Database | None = None
+        self._lock = threading.RLock()
+
+    def open(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the file (safe to call twice)."""
+        if self._db is not None:
+            self._db.conn.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The open sqlite-utils database (opens it on first use)."""
+        return self.open()._db
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,27 +17,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 
-from .sqlite import connect
+from .sqlite import SQLiteFile, connect
 
 
 class StateError(RuntimeError):
     """The state file cannot be opened; the message names it."""
 
 
-class StateStore:
+class StateStore(SQLiteFile):
     """Catalogue, menus and outbox in one SQLite file. Thread-safe (one connection, one lock)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._db: sqlite_utils.Database | None = None
-        self._lock = threading.RLock()
 
     def open(self) -> "StateStore":
         """Open or create the file (WAL). Raises :class:`StateError` naming the file."""
@@ -60,16 +52,6 @@ class StateStore:
             raise StateError(f"{self.path}: cannot open state database: {exc}") from exc
         self._db = db
         return self
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._db is not None:
-            self._db.conn.close()
-            self._db = None
-
-    @property
-    def db(self) -> sqlite_utils.Database:
-        return self.open()._db  # type: ignore[return-value]
 
     @staticmethod
     def _now() -> str:
