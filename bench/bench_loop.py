@@ -50,6 +50,8 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
+    from tests.browser import launch
+
     from dangol_edge.config import EdgeConfig
     from dangol_edge.daemon import Appliance
     from dangol_edge.detect import FaceDetector
@@ -86,9 +88,7 @@ def main() -> int:
         wall = time.time() - time.monotonic()  # monotonic → epoch seconds
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+                browser = launch(p)
                 page = browser.new_page(viewport={"width": 1920, "height": 1080})
                 # record (epoch ms) every time the page switches to a welcome screen
                 page.add_init_script("""

@@ -173,10 +173,10 @@ enabled = false
         say("edge: dangol-edge run (camera = the Hamilton clip, in real time); Chromium shows the page")
         from playwright.sync_api import sync_playwright
 
+        from tests.browser import launch
+
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = launch(p)
             edge = subprocess.Popen([BIN / "dangol-edge", "run", "--config", cfg], env=edge_env)
             procs.append(edge)
             wait_port(display_port, 60)

@@ -28,6 +28,21 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Playwright) for the tests of one module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import chromium_missing, launch
+
+    if (msg := chromium_missing()):
+        pytest.fail(msg, pytrace=False)
+    with sync_playwright() as pw:
+        chromium = launch(pw)
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="session")
 def models_dir(data_dir: Path) -> Path:
     """Folder with the built ``.tflite`` models: ``$DANGOL_MODELS_DIR`` or ``<repo>/.cache/models``.

@@ -7,7 +7,6 @@ Set DANGOL_SCREENSHOTS=DIR to keep full-page screenshots of every page visited.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -26,12 +25,10 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Visit
 from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
+from tests.browser import chromium_missing
 
 from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
 
-CHROMIUM = os.environ.get("DANGOL_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +36,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, data_dir):
     """A live dashboard (SQLite, real Mosquitto, a model trained on real Ta-Feng customers) on a free port."""
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (scripts/setup does)", pytrace=False)
+    if (msg := chromium_missing()):
+        pytest.fail(msg, pytrace=False)
     tmp = tmp_path_factory.mktemp("site")
     url = f"sqlite:///{tmp / 'cloud.sqlite'}"
     broker = MosquittoBroker(tmp / "mosquitto").start()
@@ -86,16 +83,6 @@ def site(tmp_path_factory, data_dir):
     thread.join(5)
     db.dispose()
     broker.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ from dangol_edge.daemon import Appliance
 from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
 from tests.edge.test_sync import wait_for
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def press(factory: MockFactory, pin: int, seconds: float = 0.1) -> None:
@@ -25,7 +23,7 @@ def press(factory: MockFactory, pin: int, seconds: float = 0.1) -> None:
     p.drive_high()
 
 
-def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, clips):  # noqa: F811
+def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, clips, browser):  # noqa: F811
     factory = MockFactory()
     cfg = config(home, model_path, clips, gpio={"enabled": True, "button_pin": 17, "led_pin": 27})
     app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}),
@@ -48,19 +46,15 @@ def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, 
         t = app.gallery.templates(pending.id)[0]["embedding"]
         assert app.gallery.match(t, 0.5, 0.0)[0].customer_id != pending.id
 
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
-            page = browser.new_page()
-            page.goto(app.web.url.rstrip("/") + "/staff")
-            form = page.locator(f"form.activate[action$='{pending.id}']")
-            form.locator("input[name=display_name]").fill("Hana Kim")
-            form.locator("input[name=consent]").check()
-            form.locator("input[name=staff]").fill("Jisoo")
-            form.locator("button[value=activate]").click()
-            page.wait_for_load_state()
-            browser.close()
+        page = browser.new_page()
+        page.goto(app.web.url.rstrip("/") + "/staff")
+        form = page.locator(f"form.activate[action$='{pending.id}']")
+        form.locator("input[name=display_name]").fill("Hana Kim")
+        form.locator("input[name=consent]").check()
+        form.locator("input[name=staff]").fill("Jisoo")
+        form.locator("button[value=activate]").click()
+        page.wait_for_load_state()
+        page.close()
         c = app.gallery.customer(pending.id)
         assert c.status == "active" and c.display_name == "Hana Kim"
         assert c.consent["recorded_by"] == "Jisoo" and c.consent["text_version"]

@@ -22,10 +22,8 @@ from dangol_edge.gallery import Gallery, UnknownCustomer
 from dangol_edge.screen import Screen
 from dangol_edge.state import StateStore
 from dangol_edge.web import DisplayServer, create_app, format_price, visible_picks
+from tests.browser import chromium_missing
 
-CHROMIUM = os.environ.get("DANGOL_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or "/tmp/dangol-shots")
 PIN = "2468"
 
@@ -72,8 +70,8 @@ def shot(page, tmp: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The app on a free port with a cached catalogue, a gallery and a staff PIN."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (scripts/setup does)", pytrace=False)
+    if (msg := chromium_missing()):
+        pytest.fail(msg, pytrace=False)
     tmp = tmp_path_factory.mktemp("web")
     with pytest.MonkeyPatch.context() as mp:
         for k in [k for k in os.environ if k.startswith("DANGOL_")]:
@@ -94,16 +92,6 @@ def site(tmp_path_factory):
     s["server"].stop()
     gallery.close()
     state.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
