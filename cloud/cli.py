@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("listen", help="run only the MQTT consumer of device events and status")
 
     p = sub.add_parser("broker-config", help="write a Mosquitto password file and ACL for the cloud and every device")
-    p.add_argument("--out", type=Path, required=True, help="folder for 'passwd' and 'acl'")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for 'dynamic-security.json' + 'dangol-dynsec.conf' (and 'passwd', 'acl')")
+    p.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: found under /usr/lib)")
 
     p = sub.add_parser("erase", help="erase a customer everywhere (cloud data now; devices over MQTT)")
     p.add_argument("customer_id", metavar="CUSTOMER_ID")
@@ -194,9 +196,10 @@ def cmd_listen(args, settings, db) -> int:
 
 
 def cmd_broker_config(args, settings, db) -> int:
+    import json
     from urllib.parse import unquote, urlsplit
 
-    from dangol_cloud.broker_auth import acl_text, password_lines
+    from dangol_cloud.broker_auth import acl_text, dynsec_config, find_dynsec_plugin, password_lines, plugin_conf
 
     parts = urlsplit(settings.mqtt_url or "")
     if not parts.username:
@@ -205,13 +208,20 @@ def cmd_broker_config(args, settings, db) -> int:
     with db.sessions() as session:
         lines = password_lines(session, cloud_user=user, cloud_password=password)
         acl = acl_text(session, cloud_user=user)
+        dynsec = dynsec_config(session, cloud_user=user, cloud_password=password)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("passwd", "\n".join(lines) + "\n"), ("acl", acl)):
+    dynsec_path = (args.out / "dynamic-security.json").resolve()
+    plugin = args.plugin or find_dynsec_plugin() or "/usr/lib/<arch>/mosquitto_dynamic_security.so"
+    files = (("passwd", "\n".join(lines) + "\n"), ("acl", acl), ("dynamic-security.json", json.dumps(dynsec, indent=1)),
+             ("dangol-dynsec.conf", plugin_conf(dynsec_path, plugin)))
+    for name, text in files:
         path = args.out / name
         path.write_text(text)
         path.chmod(0o600)
-    out.print(f"wrote {args.out / 'passwd'} ({len(lines)} users) and {args.out / 'acl'}; point mosquitto.conf's "
-              "password_file and acl_file at them and reload mosquitto", highlight=False)
+    out.print(f"wrote {args.out / 'dynamic-security.json'} ({len(lines)} users; each device pinned to its own client id) "
+              f"and {args.out / 'dangol-dynsec.conf'}: include that file in mosquitto.conf and restart mosquitto. "
+              f"Also {args.out / 'passwd'} and {args.out / 'acl'} for a broker without the plugin (any client id "
+              "accepted).", highlight=False)
     return 0
 
 

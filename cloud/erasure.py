@@ -27,10 +27,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
-from dangol_cloud.models import AuditEntry, Customer, Device, Erasure, Menu, Purchase, Visit, utcnow
+from dangol_cloud.models import (
+    AuditEntry, Customer, CustomerOrigin, Device, Erasure, ErasureRequest, Menu, Purchase, Visit, utcnow,
+)
 
-__all__ = ["audit", "complete_if_done", "erase_customer", "pending_erasures", "record_confirmation",
-           "retention_candidates", "run_retention", "unconfirmed_devices"]
+__all__ = ["audit", "complete_if_done", "decide_erasure_request", "erase_customer", "pending_erasures",
+           "record_confirmation", "retention_candidates", "run_retention", "unconfirmed_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
     session.execute(delete(Menu).where(Menu.customer_id == customer_id))
     session.execute(delete(Purchase).where(Purchase.customer_id == customer_id))
     session.execute(update(Visit).where(Visit.customer_id == customer_id).values(customer_id=None))
+    session.execute(delete(CustomerOrigin).where(CustomerOrigin.customer_id == customer_id))
     session.delete(customer)
     targets = list(session.scalars(select(Device.id).order_by(Device.id))) if on_edge else []
     confirmed = [confirmed_device] if confirmed_device in targets else []
@@ -75,6 +78,9 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
                       confirmed_by=confirmed, completed_at=None if set(targets) - set(confirmed) else now)
     session.add(erasure)
     session.flush()
+    session.execute(update(ErasureRequest).where(ErasureRequest.customer_id == customer_id,
+                                                 ErasureRequest.status == "pending")
+                    .values(status="confirmed", decided_by=actor[:254], decided_at=now, erasure_id=erasure.id))
     if customer.consent_at is not None and reason != "retention":  # the customer asked: consent ends with it
         audit(session, actor, "consent-withdrawn", customer_id=customer_id, erasure_id=erasure.id,
               detail=f"consent of {customer.consent_at:%Y-%m-%d}, text version {customer.consent_text_version}")
@@ -89,6 +95,34 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
     log.info("customer %s erased (%s, by %s); %d device(s) to confirm", customer_id, reason, actor,
              len(targets) - len(confirmed))
     return erasure
+
+
+def decide_erasure_request(session: Session, request_id: int, *, actor: str, confirm: bool) -> Erasure | None:
+    """An owner's answer to a device's erasure request (:class:`ErasureRequest`, Stores page).
+
+    ``confirm``: erase the customer everywhere (:func:`erase_customer`, the asking device counted as having
+    confirmed, since it erased them already); otherwise the request is dismissed (audited) and nothing is
+    erased. The caller commits (and publishes the erasure).
+
+    Returns:
+        The new :class:`Erasure` when confirmed and the customer still existed, else None.
+
+    Raises:
+        LookupError: no pending request with that id.
+    """
+    request = session.get(ErasureRequest, request_id)
+    if request is None or request.status != "pending":
+        raise LookupError(f"erasure request {request_id}: no such pending request")
+    if not confirm:
+        request.status, request.decided_by, request.decided_at = "dismissed", actor[:254], utcnow()
+        audit(session, actor, "erasure-request-dismissed", customer_id=request.customer_id,
+              device_id=request.device_id, detail=f"asked by device {request.device_id}")
+        return None
+    if session.get(Customer, request.customer_id) is None:
+        request.status, request.decided_by, request.decided_at = "confirmed", actor[:254], utcnow()
+        return None
+    return erase_customer(session, request.customer_id, actor=actor, reason=f"asked by device {request.device_id}",
+                          confirmed_device=request.device_id)
 
 
 def pending_erasures(session: Session) -> list[Erasure]:

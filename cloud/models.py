@@ -292,3 +292,65 @@ def external_ref_hash(session, ref: str | None) -> str | None:
     from dangol_cloud.crypto import keyring_of
 
     return None if ref is None else keyring_of(session.get_bind().dialect).lookup_hash(ref)
+
+
+# --- device trust (issue 9, migration 0004): who a customer belongs to, refusals per device, dead letters,
+# erasures requested by a device -------------------------------------------------------------------------------
+__all__ += ["CustomerOrigin", "DeadLetter", "DeviceTrust", "ErasureRequest"]
+
+
+class CustomerOrigin(Base):
+    """Where a customer was created: the store (and device) whose enrolment made them, or the store an owner
+    assigned. A device may act only on customers of its own store (:mod:`dangol_cloud.device_trust`)."""
+
+    __tablename__ = "customer_origins"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    store_id: Mapped[str | None] = mapped_column(ForeignKey("stores.id", ondelete="SET NULL"), index=True)
+    device_id: Mapped[str | None] = mapped_column(String(36))  # no FK: the enrolling device may be removed later
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceTrust(Base):
+    """Per-device counts of messages the cloud refused (outside the device's rights) or could not use
+    (malformed, oversized, too deep), with the last reason; shown on the Stores page."""
+
+    __tablename__ = "device_trust"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    refused: Mapped[int] = mapped_column(Integer, default=0)
+    dead_letters: Mapped[int] = mapped_column(Integer, default=0)
+    last_reason: Mapped[str | None] = mapped_column(String(500))
+    last_at: Mapped[datetime | None]
+
+
+class DeadLetter(Base):
+    """A device message that was acknowledged but not applied: ``kind`` ``invalid`` (cannot be parsed),
+    ``refused`` (outside the device's rights), ``unknown-device`` or ``error`` (applying it failed).
+    Only the newest :data:`dangol_cloud.device_trust.MAX_DEAD_LETTERS` are kept; the payload itself is not
+    (it may hold a name), only its size and SHA-256."""
+
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    device_id: Mapped[str | None] = mapped_column(String(36), index=True)  # from the topic; may be unknown
+    topic: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class ErasureRequest(Base):
+    """An ``erasure-done`` without an erasure id: a device says it erased a customer of its store locally and
+    asks for erasure everywhere. Recorded, not executed: an owner confirms (then the customer is erased
+    chain-wide) or dismisses it on the Stores page. ``status`` ``pending`` | ``confirmed`` | ``dismissed``."""
+
+    __tablename__ = "erasure_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    device_id: Mapped[str] = mapped_column(String(36), index=True)
+    customer_id: Mapped[str] = mapped_column(String(36), index=True)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    decided_by: Mapped[str | None] = mapped_column(String(254))
+    decided_at: Mapped[datetime | None]
+    erasure_id: Mapped[str | None] = mapped_column(String(36))

@@ -90,6 +90,9 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str) -> 
 def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[str] | None = None) -> Iterator[Message]:
     """Retained ``menu/1`` per store for every customer with a consent record and a menu.
 
+    Retained menus reach every store's box (and anyone holding a device login), so they carry the first
+    name only (:func:`dangol_protocol.first_name`): the kiosk's "Welcome back, <first name>" needs no more.
+
     Picks of items that are retired or unavailable are left out (the edge shows only available items).
     Customers without consent are never published (imported history-only customers have none).
     """
@@ -104,7 +107,7 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
                  for p in menu.picks if p["item_id"] in usable]
         for store in stores:
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
-                                 display_name=name, model_version=menu.model_version,
+                                 display_name=proto.first_name(name), model_version=menu.model_version,
                                  generated_at=menu.generated_at, items=picks)
             yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
 

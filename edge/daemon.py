@@ -474,9 +474,10 @@ class Appliance:
     def health(self):
         """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth)."""
         from dangol_protocol import Health
+        from dangol_protocol.models import MAX_FPS
 
         n = self.gallery.db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
         return Health(camera=self.stats.camera if self.stats.camera in ("ok", "missing") else "error",
-                      fps=round(self.stats.fps, 2), gallery_size=int(n), queue_depth=self.state.outbox_depth(),
+                      fps=round(min(self.stats.fps, MAX_FPS), 2), gallery_size=int(n), queue_depth=self.state.outbox_depth(),
                       storage=self.stats.storage, frames_captured=self.stats.frames_captured,
                       frames_dropped=self.stats.frames_dropped)

@@ -1,6 +1,7 @@
 """MQTT sync between one edge device and the cloud (paho-mqtt 2.x, MQTT 3.1.1).
 
-* **Session**: MQTT 5, client id ``dangol-edge-<device>``, persistent session (``clean_start=False``,
+* **Session**: MQTT 5, client id ``dangol-edge-<device>`` (:func:`dangol_protocol.device_client_id`; the
+  broker pins each device login to it), persistent session (``clean_start=False``,
   session expiry a week), QoS 1 everywhere, retained last will ``status/1 offline`` on the device's status topic, automatic
   reconnect with exponential backoff (``reconnect_min_s`` … ``reconnect_max_s``).
 * **Down-link**: subscribes to its store's catalogue, menus and erasures (topic table in design.md);
@@ -33,7 +34,9 @@ from dangol_protocol import (
 )
 from dangol_protocol.models import Health
 from dangol_protocol.parse import PayloadError, is_retained_clear
-from dangol_protocol.topics import TopicError, TopicKind, events_topic, parse_topic, status_topic, store_subscriptions
+from dangol_protocol.topics import (
+    TopicError, TopicKind, device_client_id, events_topic, parse_topic, status_topic, store_subscriptions,
+)
 
 from .config import MQTTConfig
 from .state import StateStore
@@ -109,7 +112,7 @@ class MQTTSync:
         host, port, user, password, tls = parse_url(self.config.url)
         # MQTT 5: a PUBACK carries a reason code, so a publish the broker's ACL refuses is reported
         # (0x87 Not authorized) instead of silently acknowledged as under 3.1.1
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dangol-edge-{self.device_id}",
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_client_id(self.device_id),
                         protocol=mqtt.MQTTv5)
         if user:
             c.username_pw_set(user, password)

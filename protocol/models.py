@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 __all__ = [
     "ArrivalEvent",
@@ -27,6 +27,7 @@ __all__ = [
     "Payload",
     "Status",
     "dump_payload",
+    "first_name",
     "last_will",
     "new_event_id",
 ]
@@ -38,6 +39,24 @@ class _Model(BaseModel):
 
 ItemId = Annotated[str, Field(min_length=1, max_length=64)]
 Score = Annotated[float, Field(allow_inf_nan=False)]
+
+MAX_SHOWN_ITEMS = 50
+"""Most item ids an arrival may list as shown (the display shows at most a dozen picks)."""
+MAX_ERASED_IDS = 100
+"""Most customer ids one ``erasure-done`` event may list."""
+MAX_FPS = 1000.0
+"""Highest frame rate a device may report, frames per second (cameras deliver 15-120)."""
+MAX_COUNT = 10**12
+"""Highest value of a device counter (frames, templates, queue depth): 30 fps for 1,000 years is 9.5e11."""
+
+
+def first_name(name: str | None) -> str | None:
+    """The first whitespace-separated word of ``name`` (``"Mina Park"`` → ``"Mina"``), or None if empty.
+
+    Retained menus go to every store's box; the kiosk greets with the first name only, so no more is sent.
+    """
+    words = (name or "").split()
+    return words[0][:40] if words else None
 
 
 class CatalogueItem(_Model):
@@ -82,8 +101,10 @@ class MenuPick(_Model):
 class Menu(_Model):
     """``menu/1``: one customer's ranked picks (retained, QoS 1), best first.
 
-    ``display_name`` is the name recorded with the customer's consent (for "Welcome back, <name>"); a menu
-    is only published for customers with a consent record, so it also tells the edge the customer is active.
+    ``display_name`` is the *first name* recorded with the customer's consent (for "Welcome back, <name>");
+    anything after the first word is dropped on validation (:func:`first_name`), because retained menus
+    reach every store's box. A menu is only published for customers with a consent record, so it also
+    tells the edge the customer is active.
     """
 
     schema_: Literal["menu/1"] = Field("menu/1", alias="schema")
@@ -95,6 +116,11 @@ class Menu(_Model):
     items: list[MenuPick]
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("display_name")
+    @classmethod
+    def _first_name_only(cls, value: str | None) -> str | None:
+        return first_name(value)
 
 
 class Erasures(_Model):
@@ -139,7 +165,7 @@ class ArrivalEvent(_EventBase):
     kind: Literal["arrival"] = "arrival"
     customer_id: uuid.UUID | None = None
     confidence: Annotated[float, Field(ge=0, le=1)] | None = None
-    shown_items: list[ItemId] = Field(default_factory=list)
+    shown_items: Annotated[list[ItemId], Field(max_length=MAX_SHOWN_ITEMS)] = Field(default_factory=list)
 
 
 class EnrolmentEvent(_EventBase):
@@ -158,7 +184,7 @@ class ErasureDoneEvent(_EventBase):
 
     kind: Literal["erasure-done"] = "erasure-done"
     erasure_id: uuid.UUID | None = None
-    customer_ids: Annotated[list[uuid.UUID], Field(min_length=1)]
+    customer_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=MAX_ERASED_IDS)]
 
 
 Event = Annotated[Union[ArrivalEvent, EnrolmentEvent, ErasureDoneEvent], Field(discriminator="kind")]
@@ -170,15 +196,16 @@ EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
 class Health(_Model):
     """Device health: camera state, frames per second processed, templates in the gallery, outbox depth;
     optionally ``storage`` (``full`` when the edge cannot write its database: disk full) and the frame
-    counters ``frames_captured``/``frames_dropped`` since start."""
+    counters ``frames_captured``/``frames_dropped`` since start. Bounded: ``fps`` ≤ :data:`MAX_FPS`, counters
+    ≤ :data:`MAX_COUNT` (a value beyond is a validation error, never stored or shown)."""
 
     camera: Literal["ok", "missing", "error"]
-    fps: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    gallery_size: Annotated[int, Field(ge=0)]
-    queue_depth: Annotated[int, Field(ge=0)]
+    fps: Annotated[float, Field(ge=0, le=MAX_FPS, allow_inf_nan=False)]
+    gallery_size: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    queue_depth: Annotated[int, Field(ge=0, le=MAX_COUNT)]
     storage: Literal["ok", "full", "error"] | None = None
-    frames_captured: Annotated[int, Field(ge=0)] | None = None
-    frames_dropped: Annotated[int, Field(ge=0)] | None = None
+    frames_captured: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
+    frames_dropped: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
 
 
 class Status(_Model):
@@ -189,7 +216,7 @@ class Status(_Model):
     state: Literal["online", "offline"]
     ts: AwareDatetime | None = None
     health: Health | None = None
-    software_version: str | None = None
+    software_version: Annotated[str, Field(max_length=64)] | None = None
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,10 +11,22 @@ from pydantic import ValidationError
 from dangol_protocol.models import EVENT_ADAPTER, Catalogue, Erasures, Menu, Payload, Status
 from dangol_protocol.topics import TopicError, TopicKind, parse_topic
 
-__all__ = ["PayloadError", "is_retained_clear", "parse_payload"]
+__all__ = ["MAX_DEVICE_PAYLOAD_BYTES", "MAX_JSON_DEPTH", "MAX_PAYLOAD_BYTES", "PayloadError", "is_retained_clear",
+           "json_depth_exceeds", "parse_payload"]
 
 MAX_PAYLOAD_BYTES = 1 << 20
-"""Payloads above 1 MiB are refused before JSON decoding."""
+"""Cloud → edge payloads (catalogue, menus, erasures) above 1 MiB are refused before JSON decoding."""
+
+MAX_DEVICE_PAYLOAD_BYTES = 64 << 10
+"""Edge → cloud payloads (events, status) above 64 KiB are refused before JSON decoding: the largest
+legitimate one (an arrival with its shown items, or an erasure-done of 100 customers) is a few KiB."""
+
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of JSON arrays/objects accepted; the deepest valid payload (a catalogue item's tags)
+is 4. Checked before :func:`json.loads`, whose recursive decoder raises RecursionError (not a
+JSONDecodeError) on ``[`` × 200,000 and would otherwise stall whoever parses it."""
+
+_SPECIAL = re.compile(rb'["\\\\\[\]{}]')
 
 
 class PayloadError(ValueError):
@@ -33,6 +46,38 @@ class PayloadError(ValueError):
 def is_retained_clear(payload: bytes) -> bool:
     """True for a zero-length payload: on a retained topic it deletes the retained message."""
     return len(payload) == 0
+
+
+def json_depth_exceeds(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if the JSON text ``payload`` nests arrays/objects deeper than ``limit`` levels.
+
+    One linear pass over the structural characters that skips string literals (brackets inside strings
+    do not count) and stops at the first level beyond ``limit``, so a hostile ``[`` × 10⁶ costs
+    ``limit`` steps and no input costs more than one step per byte (no backtracking). It does not
+    validate the JSON (unbalanced brackets are left to the decoder).
+    """
+    depth = 0
+    in_string = False
+    skip = -1  # position of a character escaped by a backslash inside a string
+    for match in _SPECIAL.finditer(payload):
+        pos = match.start()
+        if pos == skip:
+            continue
+        char = payload[pos]
+        if in_string:
+            if char == 0x5C:  # backslash: the next character is literal
+                skip = pos + 1
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (0x5D, 0x7D):
+            depth -= 1
+    return False
 
 
 def _short_errors(exc: ValidationError) -> str:
@@ -57,7 +102,8 @@ def parse_payload(topic: str, payload: bytes) -> Payload:
         (:class:`ArrivalEvent` | :class:`EnrolmentEvent` | :class:`ErasureDoneEvent`) or :class:`Status`.
 
     Raises:
-        PayloadError: unknown topic, empty/oversized/non-UTF-8/non-JSON payload, wrong or missing
+        PayloadError: unknown topic, empty/oversized (:data:`MAX_DEVICE_PAYLOAD_BYTES` for events and
+            status, :data:`MAX_PAYLOAD_BYTES` otherwise)/too deeply nested (:data:`MAX_JSON_DEPTH`)/non-UTF-8/non-JSON payload, wrong or missing
             ``schema``, a field that fails validation, or an id that disagrees with the topic.
     """
     try:
@@ -66,8 +112,11 @@ def parse_payload(topic: str, payload: bytes) -> Payload:
         raise PayloadError(topic, str(exc)) from None
     if not payload:
         raise PayloadError(topic, "empty payload")
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadError(topic, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    limit = MAX_DEVICE_PAYLOAD_BYTES if parsed.kind in (TopicKind.EVENTS, TopicKind.STATUS) else MAX_PAYLOAD_BYTES
+    if len(payload) > limit:
+        raise PayloadError(topic, f"payload of {len(payload)} bytes exceeds {limit}")
+    if json_depth_exceeds(payload):
+        raise PayloadError(topic, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data: Any = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -16,6 +16,7 @@ __all__ = [
     "TopicError",
     "TopicKind",
     "catalogue_topic",
+    "device_client_id",
     "device_subscriptions",
     "erasures_topic",
     "events_topic",
@@ -93,6 +94,13 @@ def events_topic(device_id: uuid.UUID | str) -> str:
 def status_topic(device_id: uuid.UUID | str) -> str:
     """``dangol/v1/devices/{device}/status`` (edge → cloud, retained; also the last-will topic)."""
     return f"{ROOT}/devices/{_uuid(device_id, 'device id')}/status"
+
+
+def device_client_id(device_id: uuid.UUID | str) -> str:
+    """``dangol-edge-{device}``: the only MQTT client id a device's login may connect with (the broker
+    configuration from ``dangol-cloud broker-config`` pins it), so a device cannot take over another
+    client's session. Raises TopicError if ``device_id`` is not a UUID."""
+    return f"dangol-edge-{_uuid(device_id, 'device id')}"
 
 
 def store_subscriptions(store_id: uuid.UUID | str) -> list[tuple[str, int]]:

@@ -16,9 +16,11 @@ from sqlalchemy import select
 
 import dangol_protocol as proto
 from dangol_cloud.cli import main as cli
-from dangol_cloud.erasure import erase_customer, retention_candidates
+from dangol_cloud.erasure import decide_erasure_request, erase_customer, retention_candidates
 from dangol_cloud.events import Listener, handle_message
-from dangol_cloud.models import AuditEntry, CatalogueItem, Customer, Device, Erasure, Purchase, Store, Visit, utcnow
+from dangol_cloud.models import (
+    AuditEntry, CatalogueItem, Customer, CustomerOrigin, Device, Erasure, ErasureRequest, Purchase, Store, Visit, utcnow,
+)
 from dangol_cloud.publishing import publish, republish_erasures
 from dangol_cloud.security import mosquitto_hash
 from dangol_cloud.settings import ConfigError, Settings, load_settings
@@ -71,6 +73,8 @@ def _enrolled(db, store_id: str) -> str:
     with db.transaction() as s:
         s.add(Customer(id=cid, display_name="Mina", status="active", source="edge", consent_by="staff:jo",
                        consent_at=utc(2026, 1, 2), consent_text_version="2026-01"))
+        s.flush()
+        s.add(CustomerOrigin(customer_id=cid, store_id=store_id))
     return cid
 
 
@@ -185,7 +189,7 @@ def test_erasure_is_resent_only_to_stores_that_have_not_confirmed(db, mosquitto)
         assert [complete_if_done(s, e, "owner") for e in pending_erasures(s)] == [True]
 
 
-def test_erasure_started_on_an_edge_staff_page_reaches_the_other_devices(db):
+def test_erasure_started_on_an_edge_staff_page_is_a_request_an_owner_confirms_for_the_other_devices(db):
     store_a, device_a = add_store_and_device(db)
     with db.transaction() as s:
         other = Device(store_id=store_a, name="Side door", mqtt_username="device-side", mqtt_password_hash="x")
@@ -196,11 +200,17 @@ def test_erasure_started_on_an_edge_staff_page_reaches_the_other_devices(db):
     done = proto.ErasureDoneEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_a), ts=utcnow(),
                                   customer_ids=[uuid.UUID(cid)])  # no erasure_id: the edge started it
     assert handle_message(db, proto.events_topic(device_a), proto.dump_payload(done)).value == "stored"
+    with db.transaction() as s:
+        assert s.get(Customer, cid) is not None and s.scalar(select(Erasure)) is None  # nothing erased yet
+        request = s.scalar(select(ErasureRequest))
+        assert (request.device_id, request.customer_id, request.status) == (device_a, cid, "pending")
+        decide_erasure_request(s, request.id, actor="owner@cafe.example", confirm=True)
     with db.sessions() as s:
         assert s.get(Customer, cid) is None
+        assert s.scalar(select(ErasureRequest.status)) == "confirmed"
         erasure = s.scalar(select(Erasure))
         assert sorted(erasure.targets) == sorted([device_a, other]) and erasure.confirmed_by == [device_a]
-        assert erasure.requested_by == f"device:{device_a}" and erasure.completed_at is None
+        assert erasure.requested_by == "owner@cafe.example" and erasure.completed_at is None
 
 
 def test_cli_erase_of_an_unknown_customer_is_an_input_error(db_url, monkeypatch, tmp_path, db, capsys):
