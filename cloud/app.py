@@ -1,12 +1,13 @@
-"""Flask application factory: settings, database (migrated to head), CSRF, login, one blueprint per area."""
+"""Flask application factory: settings, database (migrated to head), CSRF, login, security headers, trusted
+proxies, one blueprint per area."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from flask import Flask, g
+from flask import Flask, Response, g
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 
@@ -14,7 +15,16 @@ from dangol_cloud.db import Database
 from dangol_cloud.jobs import TrainingJob
 from dangol_cloud.settings import Settings, load_settings
 
-__all__ = ["create_app", "get_db", "get_session", "get_settings"]
+__all__ = ["CONTENT_SECURITY_POLICY", "create_app", "get_db", "get_session", "get_settings"]
+
+#: Content-Security-Policy of every response: scripts, styles, images and form targets from this site only,
+#: no inline script (the dashboard has none), no plugins, no framing (clickjacking). Inline ``style``
+#: attributes stay allowed (``style-src-attr``): they cannot run code.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+                           "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+#: HSTS max-age when the public URL is https: one year (RFC 6797; the usual preload minimum).
+HSTS_MAX_AGE = 365 * 24 * 3600
 
 log = logging.getLogger(__name__)
 csrf = CSRFProtect()
@@ -35,7 +45,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         flask_config: extra Flask config (e.g. ``TESTING=True``, ``WTF_CSRF_ENABLED=False``).
 
     Session cookies are ``HttpOnly``, ``SameSite=Lax`` and ``Secure`` when ``settings.cookie_secure``
-    (``session_cookie_secure``, default on for an ``https://`` public URL).
+    (``session_cookie_secure``, default on for an ``https://`` public URL). Every response carries
+    :data:`CONTENT_SECURITY_POLICY`, ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``,
+    ``Referrer-Policy: same-origin`` and, for an ``https://`` public URL, ``Strict-Transport-Security``.
+    With ``settings.trusted_proxies`` = N > 0 the app is wrapped in werkzeug's ``ProxyFix`` believing N
+    proxies' ``X-Forwarded-*`` headers.
 
     Raises:
         ConfigError: invalid settings; DataKeyError (a ConfigError) if no data key is configured.
@@ -50,7 +64,13 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.config.update(SECRET_KEY=settings.resolved_secret_key(), MAX_CONTENT_LENGTH=64 * 1024 * 1024,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=secure,
                       REMEMBER_COOKIE_HTTPONLY=True, REMEMBER_COOKIE_SAMESITE="Lax", REMEMBER_COOKIE_SECURE=secure,
-                      WTF_CSRF_TIME_LIMIT=None, **flask_config)
+                      WTF_CSRF_TIME_LIMIT=None,
+                      PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_lifetime_hours), **flask_config)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_prefix=n)  # type: ignore[method-assign]
     app.extensions["dangol_settings"] = settings
     app.extensions["dangol_db"] = db
     app.extensions["dangol_training"] = TrainingJob()
@@ -76,11 +96,36 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
                 if "\x00" in value:
                     abort(400, description=f"form field {key!r} contains a NUL character")
 
+    from dangol_cloud.security import check_password_or_dummy
+
+    check_password_or_dummy(None, "")  # make the throw-away hash now, not during the first sign-in
+    https = settings.https
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        if https:
+            headers.setdefault("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE}; includeSubDomains")
+        if response.mimetype == "text/html":
+            headers.setdefault("Cache-Control", "no-store")  # signed-in pages stay out of shared caches
+        return response
+
     zone = ZoneInfo(settings.timezone)
 
     @app.template_filter("local")
     def _local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-        return "" if value is None else value.astimezone(zone).strftime(fmt)
+        """The time in the café's zone; a stored time that zone cannot show (year 9999 east of UTC, year 1
+        west of it) is shown in UTC instead of failing the page."""
+        if value is None:
+            return ""
+        try:
+            return value.astimezone(zone).strftime(fmt)
+        except (OverflowError, ValueError):
+            return value.astimezone(timezone.utc).strftime(fmt) + " UTC"
 
     @app.template_filter("money")
     def _money(value: float | None) -> str:

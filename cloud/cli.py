@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("email")
     p.add_argument("--role", choices=["owner", "staff"], default="owner")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--store", action="append", default=[], metavar="STORE_ID",
+                   help="a store a staff user works at (repeat for several); staff see only their stores' customers")
     return parser
 
 
@@ -318,10 +320,20 @@ def cmd_create_user(args, settings, db) -> int:
             raise UsageError("the passwords differ")
     if len(password) < 8:
         raise UsageError("password: use at least 8 characters")
+    from dangol_cloud.models import Store, UserStore
+
+    if args.store and args.role != "staff":
+        raise UsageError("--store: only staff users are limited to stores (owners see every store)")
     with db.transaction() as session:
         if session.scalar(select(User).where(User.email == args.email.lower())):
             raise UsageError(f"user {args.email} already exists")
-        session.add(User(email=args.email.lower(), password_hash=hash_password(password), role=args.role))
+        unknown = [ref for ref in args.store if session.get(Store, ref) is None]
+        if unknown:
+            raise UsageError(f"--store: no store with id {', '.join(unknown)}")
+        user = User(email=args.email.lower(), password_hash=hash_password(password), role=args.role)
+        session.add(user)
+        session.flush()
+        session.add_all(UserStore(user_id=user.id, store_id=ref) for ref in dict.fromkeys(args.store))
     out.print(f"created {args.role} {args.email}")
     return 0
 

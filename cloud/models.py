@@ -294,6 +294,36 @@ def external_ref_hash(session, ref: str | None) -> str | None:
     return None if ref is None else keyring_of(session.get_bind().dialect).lookup_hash(ref)
 
 
+# --- web hardening (issue 9, migration 0005): server-side dashboard sessions, staff store scope --------------
+__all__ += ["UserStore", "WebSession"]
+
+
+class WebSession(Base):
+    """A signed-in dashboard session. The browser's (signed) session cookie holds a random token; this row
+    holds its SHA-256, so signing out (row deleted) or the absolute lifetime (``expires_at``) ends the session
+    on the server even if someone kept a copy of the cookie."""
+
+    __tablename__ = "web_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class UserStore(Base):
+    """A staff user's store: staff see and act on the customers and devices of their stores only (owners: all)."""
+
+    __tablename__ = "user_stores"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True)
+
+
+# sign-in back-off counts failures per e-mail (any address) and per address (any e-mail), and forgets old ones
+Index("ix_login_failures_email_at", LoginFailure.email_sha256, LoginFailure.at)
+Index("ix_login_failures_addr_at", LoginFailure.remote_addr, LoginFailure.at)
+Index("ix_login_failures_at", LoginFailure.at)
+
+
 # --- device trust (issue 9, migration 0004): who a customer belongs to, refusals per device, dead letters,
 # erasures requested by a device -------------------------------------------------------------------------------
 __all__ += ["CustomerOrigin", "DeadLetter", "DeviceTrust", "ErasureRequest"]

@@ -1,4 +1,5 @@
-"""Secrets: dashboard password hashes, POS API tokens and Mosquitto-compatible MQTT password hashes."""
+"""Secrets: dashboard password hashes, POS API tokens and Mosquitto-compatible MQTT password hashes; the
+same-origin check of redirect targets."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import base64
 import hashlib
 import hmac
 import secrets
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-__all__ = ["check_password", "hash_password", "hash_token", "mosquitto_hash", "mosquitto_verify", "new_secret"]
+__all__ = ["check_password", "check_password_or_dummy", "hash_password", "hash_token", "local_redirect_target",
+           "mosquitto_hash", "mosquitto_verify", "new_secret"]
 
 MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default for $7$ (PBKDF2-SHA512)
 
@@ -22,6 +26,41 @@ def hash_password(password: str) -> str:
 def check_password(password_hash: str, password: str) -> bool:
     """True if ``password`` matches a hash from :func:`hash_password`."""
     return check_password_hash(password_hash, password)
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def check_password_or_dummy(password_hash: str | None, password: str) -> bool:
+    """:func:`check_password` that costs the same when there is no user: with ``password_hash`` None a
+    throw-away scrypt hash (same parameters) is checked and False returned, so the response time does not
+    tell whether an e-mail has an account (OWASP Authentication Cheat Sheet, "Authentication Responses")."""
+    if password_hash is None:
+        check_password_hash(_dummy_hash(), password)
+        return False
+    return check_password_hash(password_hash, password)
+
+
+def local_redirect_target(target: str | None) -> str | None:
+    r"""``target`` if it is a path on this site (``/customers/?show=all``), else None.
+
+    Refused: absolute URLs, scheme-relative ``//host``, backslashes (browsers read ``/\host`` as
+    ``//host``) and any control character (browsers delete tab/CR/LF from URLs, WHATWG URL Standard, so
+    ``/<TAB>/evil.host/`` would become ``//evil.host/``), also percent-encoded ones.
+    """
+    if not target or len(target) > 2000:
+        return None
+    from urllib.parse import unquote
+
+    for text in (target, unquote(target)):
+        if any(ord(ch) < 0x20 or ch in "\\\x7f" for ch in text):
+            return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return None
+    return target
 
 
 def new_secret(nbytes: int = 24) -> str:

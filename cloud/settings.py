@@ -60,8 +60,21 @@ class Settings(BaseSettings):
             yet this often (and at once when such a device comes online).
         session_cookie_secure: send the dashboard's session cookie only over HTTPS; default: on when
             ``public_url`` is ``https://``.
-        login_max_failures / login_window_minutes: after this many failed sign-ins for one e-mail from one
-            address within the window, further attempts get 429 until the window has passed.
+        login_max_failures: failed sign-ins for one e-mail from one client address (within
+            ``login_window_minutes``) before progressive back-off starts (then 429 with ``Retry-After``).
+        login_account_max_failures: failed sign-ins for one e-mail from any address before the back-off applies
+            to that e-mail everywhere, except in browsers that signed in to it before (a signed device cookie,
+            OWASP "device cookies"): someone guessing from elsewhere cannot lock the owner out.
+        login_address_max_failures: failed sign-ins from one client address, whatever the e-mail, before the
+            back-off applies to that address (one password tried across many e-mails).
+        login_backoff_seconds / login_backoff_max_seconds: the first wait after a limit is reached, doubled with
+            each further failure, capped at the maximum; the right password works again once the wait is over.
+        login_window_minutes: failures older than this are forgotten (and deleted).
+        session_lifetime_hours: a dashboard sign-in ends this long after it began, whatever the activity
+            (absolute lifetime, enforced on the server: the session row expires; signing out deletes it).
+        trusted_proxies: number of reverse proxies in front of the service whose ``X-Forwarded-For``,
+            ``-Proto``, ``-Host`` and ``-Prefix`` headers are believed (werkzeug ``ProxyFix``); 0 (default)
+            ignores them, so a client cannot choose the address the sign-in limits see.
     """
 
     model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid")
@@ -86,7 +99,13 @@ class Settings(BaseSettings):
     erasure_republish_minutes: float = Field(10, gt=0, le=24 * 60)
     session_cookie_secure: bool | None = None
     login_max_failures: int = Field(5, ge=1, le=100)
+    login_account_max_failures: int = Field(10, ge=1, le=1000)
+    login_address_max_failures: int = Field(20, ge=1, le=10000)
+    login_backoff_seconds: float = Field(30, gt=0, le=3600)
+    login_backoff_max_seconds: float = Field(900, gt=0, le=24 * 3600)
     login_window_minutes: float = Field(15, gt=0, le=24 * 60)
+    session_lifetime_hours: float = Field(12, gt=0, le=24 * 30)
+    trusted_proxies: int = Field(0, ge=0, le=5)
 
     config_file: Path | None = Field(None, exclude=True)
 
@@ -186,11 +205,16 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def https(self) -> bool:
+        """True when ``public_url`` is ``https://`` (the dashboard is served over TLS: HSTS is sent)."""
+        return bool(self.public_url and self.public_url.startswith("https://"))
+
+    @property
     def cookie_secure(self) -> bool:
         """Whether the session cookie gets the ``Secure`` flag (explicit setting, else https public_url)."""
         if self.session_cookie_secure is not None:
             return self.session_cookie_secure
-        return bool(self.public_url and self.public_url.startswith("https://"))
+        return self.https
 
 
 def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Annotated
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -29,6 +30,13 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 #: No control characters (U+0000-U+001F, U+007F) in ids: PostgreSQL text cannot hold NUL, and none belongs
 #: in an item ref, product id or customer reference.
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+#: Largest line total accepted, in major units of the café's currency (ten million: far above any café
+#: sale even in KRW or JPY, far below what breaks sums and charts).
+MAX_LINE_AMOUNT = 10_000_000
+#: Earliest sale time accepted (no POS sends older sales; year-1 times cannot be shown in every time zone).
+MIN_SALE_TS = datetime(1990, 1, 1, tzinfo=timezone.utc)
+#: How far in the future a sale may be stamped (clock skew of the till), after which it is refused.
+MAX_SALE_SKEW = timedelta(days=1)
 
 
 class PurchaseLine(BaseModel):
@@ -38,7 +46,7 @@ class PurchaseLine(BaseModel):
     item: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
     product_id: Annotated[str, Field(max_length=64, pattern=NO_CONTROL)] | None = None
     quantity: Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)] = 1
-    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    amount: Annotated[float, Field(ge=0, le=MAX_LINE_AMOUNT, allow_inf_nan=False)] | None = None
 
 
 class PurchaseIn(BaseModel):
@@ -48,6 +56,21 @@ class PurchaseIn(BaseModel):
     customer: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
     ts: AwareDatetime
     lines: Annotated[list[PurchaseLine], Field(min_length=1, max_length=200)]
+
+    @field_validator("ts")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        """Between :data:`MIN_SALE_TS` and now + :data:`MAX_SALE_SKEW` (a 9999-12-31 sale is refused)."""
+        try:
+            utc = value.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            raise ValueError("the time cannot be expressed in UTC") from None
+        if utc < MIN_SALE_TS:
+            raise ValueError(f"the sale is before {MIN_SALE_TS:%Y-%m-%d}")
+        latest = datetime.now(timezone.utc) + MAX_SALE_SKEW
+        if utc > latest:
+            raise ValueError(f"the sale is in the future (after {latest:%Y-%m-%dT%H:%M:%SZ})")
+        return value
 
 
 def _problem(status: int, title: str, detail: str, **extra) -> Response:

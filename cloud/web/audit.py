@@ -3,13 +3,14 @@ rotations, retention runs) and the erasures still waiting for a device."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import pending_erasures, unconfirmed_devices
 from dangol_cloud.models import AuditEntry
 from dangol_cloud.web.auth import owner_required
+from dangol_cloud.web.params import page_arg
 
 bp = Blueprint("audit", __name__, url_prefix="/privacy")
 PAGE = 100
@@ -20,7 +21,7 @@ PAGE = 100
 def index():
     """GET /privacy/?page=N: pending erasures and the audit log, newest first (owners only; 403 for staff)."""
     s = get_session()
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     total = s.scalar(select(func.count()).select_from(AuditEntry))
     entries = s.scalars(select(AuditEntry).order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
                         .limit(PAGE).offset((page - 1) * PAGE)).all()

@@ -1,37 +1,62 @@
-"""Sign-in / sign-out with hashed passwords (werkzeug scrypt) and Flask-Login sessions; sign-in is rate
-limited per e-mail and client address (``login_max_failures`` failures within ``login_window_minutes``,
-default 5 in 15 minutes, then 429). Failures are counted in the database (``login_failures``), so the limit
-holds across restarts and worker processes."""
+"""Sign-in / sign-out with hashed passwords (werkzeug scrypt) and server-side Flask-Login sessions.
+
+A sign-in creates a ``web_sessions`` row (SHA-256 of a random token, absolute expiry after
+``session_lifetime_hours``); the browser's signed session cookie carries only the token (Flask-Login's
+"alternative token" as the user id). Signing out deletes the row, so a copied cookie stops working at once,
+and a session ends at its expiry whatever the activity.
+
+Unknown e-mails cost the same scrypt check as known ones (a throw-away hash), and failed sign-ins slow
+further attempts down progressively per e-mail and address, per address and per e-mail
+(:mod:`dangol_cloud.web.throttle`) instead of locking the right password out.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
-from datetime import datetime, timedelta
+import secrets
+from datetime import timedelta
+from functools import wraps
 
-from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, session, url_for
 from flask_login import UserMixin, current_user, login_required, login_user, logout_user
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
 from dangol_cloud.app import get_session, get_settings, login_manager
-from dangol_cloud.models import LoginFailure, User, utcnow
-from dangol_cloud.security import check_password
+from dangol_cloud.models import User, UserStore, WebSession, utcnow
+from dangol_cloud.security import check_password_or_dummy, local_redirect_target
+from dangol_cloud.web import throttle
 from dangol_cloud.web.forms import LoginForm
 
-__all__ = ["bp", "owner_required"]
+__all__ = ["SignedInUser", "bp", "owner_required"]
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 
-class SignedInUser(UserMixin):
-    """Flask-Login wrapper of a :class:`User` row."""
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
-    def __init__(self, user: User) -> None:
+
+class SignedInUser(UserMixin):
+    """Flask-Login wrapper of a :class:`User` row and its server-side session.
+
+    Attributes:
+        id: the user's id (str); token: the session token (what the cookie holds, via :meth:`get_id`);
+        email, role; store_ids: the stores a staff user may see (frozenset of store ids; owners: all).
+    """
+
+    def __init__(self, user: User, token: str, store_ids: frozenset[str] = frozenset()) -> None:
         self.id = str(user.id)
+        self.token = token
         self.email = user.email
         self.role = user.role
+        self.store_ids = store_ids
+
+    def get_id(self) -> str:
+        """The session token: Flask-Login keeps it in the session cookie and gives it to the user loader."""
+        return self.token
 
     @property
     def is_owner(self) -> bool:
@@ -39,14 +64,23 @@ class SignedInUser(UserMixin):
 
 
 @login_manager.user_loader
-def _load_user(user_id: str) -> SignedInUser | None:
-    user = get_session().get(User, int(user_id)) if user_id.isdigit() else None
-    return SignedInUser(user) if user else None
+def _load_user(token: str) -> SignedInUser | None:
+    """The signed-in user for a session token, or None if the session was signed out, expired or is unknown."""
+    if not token or len(token) > 128:
+        return None
+    s = get_session()
+    row = s.get(WebSession, _token_hash(token))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    user = s.get(User, row.user_id)
+    if user is None:
+        return None
+    stores = frozenset(s.scalars(select(UserStore.store_id).where(UserStore.user_id == user.id)))
+    return SignedInUser(user, token, stores)
 
 
 def owner_required(view):
     """Decorator: signed in as an owner, else 403."""
-    from functools import wraps
 
     @wraps(view)
     @login_required
@@ -58,62 +92,61 @@ def owner_required(view):
     return wrapped
 
 
-def _safe_next(target: str | None) -> str:
-    return target if target and target.startswith("/") and not target.startswith("//") else url_for("home.index")
-
-
-def _failure_key(email: str) -> tuple[str, str]:
-    return hashlib.sha256(email.encode("utf-8")).hexdigest(), (request.remote_addr or "-")[:64]
-
-
-def _recent_failures(session, email: str) -> tuple[int, datetime | None]:
-    """(failures for this e-mail from this address inside the window, oldest of them)."""
-    settings = get_settings()
-    key, addr = _failure_key(email)
-    since = utcnow() - timedelta(minutes=settings.login_window_minutes)
-    n, oldest = session.execute(select(func.count(), func.min(LoginFailure.at)).where(
-        LoginFailure.email_sha256 == key, LoginFailure.remote_addr == addr, LoginFailure.at >= since)).one()
-    return n, oldest
+def _too_many(form: LoginForm, wait: float, email: str, addr: str):
+    seconds = max(1, math.ceil(wait))
+    log.warning("sign-in for %r from %s held back %d s after repeated failures", email, addr, seconds)
+    when = f"{seconds} seconds" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
+    flash(f"Too many failed sign-ins. Try again in {when}.", "error")
+    response = make_response(render_template("login.html", form=form), 429)
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    """GET/POST /login: 401 for a wrong e-mail/password, 429 after too many failures (see module docstring)."""
+    """GET/POST /login?next=PATH: 302 to ``next`` (a path on this site only) or Today; 401 for a wrong
+    e-mail/password; 429 with ``Retry-After`` while a back-off is running (see module docstring)."""
     form = LoginForm()
-    if form.validate_on_submit():
-        s = get_session()
-        email = form.email.data.strip().lower()
-        settings = get_settings()
-        failures, oldest = _recent_failures(s, email)
-        if failures >= settings.login_max_failures:
-            wait = timedelta(minutes=settings.login_window_minutes) - (utcnow() - oldest)
-            minutes = max(1, math.ceil(wait.total_seconds() / 60))
-            log.warning("sign-in for %r from %s refused: %d failures in %.0f min", email, request.remote_addr,
-                        failures, settings.login_window_minutes)
-            flash(f"Too many failed sign-ins for this e-mail from your address. Try again in {minutes} minute"
-                  f"{'s' if minutes != 1 else ''}.", "error")
-            response = make_response(render_template("login.html", form=form), 429)
-            response.headers["Retry-After"] = str(minutes * 60)
-            return response
-        user = s.scalar(select(User).where(User.email == email))
-        if user is not None and check_password(user.password_hash, form.password.data):
-            key, addr = _failure_key(email)
-            s.execute(delete(LoginFailure).where(LoginFailure.email_sha256 == key, LoginFailure.remote_addr == addr))
-            s.commit()
-            login_user(SignedInUser(user))
-            return redirect(_safe_next(request.args.get("next")))
-        key, addr = _failure_key(email)
-        s.add(LoginFailure(email_sha256=key, remote_addr=addr, at=utcnow()))
+    if not form.validate_on_submit():
+        return render_template("login.html", form=form)
+    s = get_session()
+    settings = get_settings()
+    email = form.email.data.strip().lower()
+    key, addr, now = throttle.email_key(email), throttle.client_address(), utcnow()
+    wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now)
+    if wait > 0:
+        return _too_many(form, wait, email, addr)
+    user = s.scalar(select(User).where(User.email == email))
+    if not check_password_or_dummy(user.password_hash if user is not None else None, form.password.data) \
+            or user is None:
+        throttle.record_failure(s, settings, key, addr, now)
         s.commit()
-        log.warning("failed sign-in for %r from %s", form.email.data, request.remote_addr)
+        log.warning("failed sign-in for %r from %s", email, addr)
         flash("Wrong e-mail or password.", "error")
         return render_template("login.html", form=form), 401
-    return render_template("login.html", form=form)
+    token = secrets.token_urlsafe(32)
+    s.execute(delete(WebSession).where(WebSession.expires_at <= now))  # keep the table bounded
+    s.add(WebSession(token_sha256=_token_hash(token), user_id=user.id, created_at=now,
+                     expires_at=now + timedelta(hours=settings.session_lifetime_hours)))
+    throttle.clear_failures(s, key, addr)
+    s.commit()
+    session.clear()
+    login_user(SignedInUser(user, token))
+    session.permanent = True  # the browser drops the cookie at the lifetime too (PERMANENT_SESSION_LIFETIME)
+    response = redirect(local_redirect_target(request.args.get("next")) or url_for("home.index"))
+    response.set_cookie(throttle.DEVICE_COOKIE, throttle.device_cookie(key), max_age=throttle.DEVICE_COOKIE_MAX_AGE,
+                        httponly=True, samesite="Lax", secure=settings.cookie_secure)
+    return response
 
 
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    """POST /logout: delete this session on the server (the cookie is useless afterwards) and sign out."""
+    s = get_session()
+    s.execute(delete(WebSession).where(WebSession.token_sha256 == _token_hash(current_user.token)))
+    s.commit()
     logout_user()
+    session.clear()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -15,7 +15,9 @@ from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.models import CatalogueItem, CatalogueVersion
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import photo_url_builder, publish, publish_catalogue_version
+from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ItemForm
+from dangol_cloud.web.params import page_arg
 
 log = logging.getLogger(__name__)
 bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
@@ -43,7 +45,7 @@ def index():
         like = f"%{q.lower()}%"
         query = query.where(or_(func.lower(CatalogueItem.name).like(like), func.lower(CatalogueItem.category).like(like),
                                 CatalogueItem.ref.like(like)))
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     total = s.scalar(select(func.count()).select_from(query.subquery()))
     items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
@@ -116,11 +118,18 @@ def edit(item_id: str):
 @bp.route("/<item_id>/retire", methods=["POST"])
 @login_required
 def retire(item_id: str):
-    """POST /catalogue/<id>/retire: retire or restore an item (toggle)."""
+    """POST /catalogue/<id>/retire: retire (after the confirmation page: ``confirm=yes``) or restore an item."""
     s = get_session()
     item = s.get(CatalogueItem, item_id) or abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
+    if not item.retired:
+        page = confirmation_page(title=f"Retire “{item.name}”?", button="Retire item",
+                                 detail="It leaves the menu and every regular's picks at the next Publish. You can "
+                                        "restore it later from the Retired tab.",
+                                 cancel_url=url_for("catalogue.index"))
+        if page is not None:
+            return page
     item.retired = not item.retired
     s.commit()
     flash(f"“{item.name}” {'retired' if item.retired else 'restored'}. Publish to update the stores.", "success")

@@ -1,4 +1,5 @@
-"""Customers: list, detail (consent, visits, purchases, current picks and why), consent, erase."""
+"""Customers: list, detail (consent, visits, purchases, current picks and why), consent, erase (confirmed by
+typing ERASE). Staff see and act on the customers of their stores only (:mod:`dangol_cloud.web.scope`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.training import welcome_regulars
 from dangol_cloud.web.auth import owner_required
+from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ConsentForm
+from dangol_cloud.web.params import page_arg
+from dangol_cloud.web.scope import customer_filter, customer_visible
 
 log = logging.getLogger(__name__)
 bp = Blueprint("customers", __name__, url_prefix="/customers")
@@ -40,6 +44,9 @@ def index():
         query = query.where(or_(Customer.source == "edge", Customer.consent_at.is_not(None)))
     elif show == "pending":
         query = query.where(Customer.status == "pending")
+    scope = customer_filter(s)
+    if scope is not None:
+        query = query.where(scope)
     # names and external refs are encrypted at rest: search and sort them here, after decryption
     rows = s.execute(query.order_by(Customer.created_at.desc())).all()
     if q:
@@ -47,11 +54,19 @@ def index():
         rows = [r for r in rows if needle in (r[0].display_name or "").casefold()
                 or needle in (r[0].external_ref or "").casefold() or needle in r[0].id]
     rows.sort(key=lambda r: (r[0].display_name is None, (r[0].display_name or "").casefold()))
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     total = len(rows)
     rows = rows[(page - 1) * PAGE:page * PAGE]
     return render_template("customers.html", rows=rows, show=show, q=q, page=page, total=total,
                            pages=max((total + PAGE - 1) // PAGE, 1))
+
+
+def _visible_customer(s, customer_id: str) -> Customer:
+    """The customer, or 404 if unknown or not of the staff user's stores (the same answer: no probing)."""
+    customer = s.get(Customer, customer_id)
+    if customer is None or not customer_visible(s, customer.id):
+        abort(404)
+    return customer
 
 
 @bp.route("/<customer_id>")
@@ -59,7 +74,7 @@ def index():
 def show(customer_id: str):
     """GET /customers/<id>: consent record, current picks and why, visits, purchases."""
     s = get_session()
-    customer = s.get(Customer, customer_id) or abort(404)
+    customer = _visible_customer(s, customer_id)
     menu = s.get(Menu, customer.id)
     picks = []
     if menu is not None:
@@ -82,7 +97,7 @@ def show(customer_id: str):
 def consent(customer_id: str):
     """POST /customers/<id>/consent: record consent and a name, activate, send the first menu."""
     s = get_session()
-    customer = s.get(Customer, customer_id) or abort(404)
+    customer = _visible_customer(s, customer_id)
     form = ConsentForm()
     if not form.validate_on_submit():
         flash("Consent needs a name, who recorded it and the text version.", "error")
@@ -108,11 +123,23 @@ def consent(customer_id: str):
 @bp.route("/<customer_id>/erase", methods=["POST"])
 @owner_required
 def erase(customer_id: str):
-    """POST /customers/<id>/erase: delete the customer's personal data, purchases and menu now (visits stay,
-    anonymous), audit it, and tell every device (re-sent until each confirms)."""
+    """POST /customers/<id>/erase: without ``confirm=ERASE`` the confirmation page; with it, delete the
+    customer's personal data, purchases and menu now (visits stay, anonymous), audit it, and tell every
+    device (re-sent until each confirms)."""
     settings = get_settings()
     if not ActionForm().validate_on_submit():
         abort(400)
+    s = get_session()
+    customer = s.get(Customer, customer_id) or abort(404)
+    label = customer.display_name or customer.external_ref or customer.id[:8]
+    page = confirmation_page(title=f"Erase {label}?", button="Erase for good",
+                             detail="Their name, consent record, purchases and picks are deleted now and cannot be "
+                                    "restored; visits stay as anonymous counts, and every store's device is told to "
+                                    "delete the face templates.",
+                             cancel_url=url_for("customers.show", customer_id=customer.id), phrase="ERASE")
+    if page is not None:
+        return page
+    s.close()  # end this read (and its SQLite lock) before the erasure's own transaction writes
     with get_db().transaction() as s:
         customer = s.get(Customer, customer_id) or abort(404)
         name = customer.display_name or customer.external_ref or customer.id[:8]

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
+from dangol_cloud.web.scope import store_filter
 from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion, Purchase,
                                  Visit)
 
@@ -37,7 +38,10 @@ def index():
         "purchases": s.scalar(select(func.count()).select_from(Purchase)),
         "menu_items": s.scalar(select(func.count()).select_from(CatalogueItem).where(CatalogueItem.retired.is_(False))),
     }
-    devices = s.scalars(select(Device).order_by(Device.name)).all()
+    device_scope = store_filter(Device.store_id)  # staff: their stores' devices and arrivals only
+    visit_scope = store_filter(Visit.store_id)
+    devices = s.scalars(select(Device).where(*([] if device_scope is None else [device_scope]))
+                        .order_by(Device.name)).all()
     model = s.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     erasures = {
@@ -45,7 +49,7 @@ def index():
         "sent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.completed_at.is_not(None))),
     }
     recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
-                       .order_by(Visit.ts.desc()).limit(8)).all()
+                       .where(*([] if visit_scope is None else [visit_scope])).order_by(Visit.ts.desc()).limit(8)).all()
     return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
                            erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm())
 

@@ -15,6 +15,8 @@ from dangol_cloud.importers import ImportFormatError, parse_purchases
 from dangol_cloud.ingest import import_rows
 from dangol_cloud.models import CatalogueItem, Customer, Purchase
 from dangol_cloud.web.forms import UploadForm
+from dangol_cloud.web.params import page_arg
+from dangol_cloud.web.scope import store_filter
 
 log = logging.getLogger(__name__)
 bp = Blueprint("purchases", __name__, url_prefix="/purchases")
@@ -23,10 +25,12 @@ PAGE = 25
 
 def _recent(page: int):
     s = get_session()
-    total = s.scalar(select(func.count()).select_from(Purchase))
+    scope = store_filter(Purchase.store_id)  # staff: their stores' sales only
+    where = [] if scope is None else [scope]
+    total = s.scalar(select(func.count()).select_from(Purchase).where(*where))
     rows = s.execute(select(Purchase, CatalogueItem.name, Customer.display_name, Customer.external_ref)
                      .join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
-                     .join(Customer, Customer.id == Purchase.customer_id)
+                     .join(Customer, Customer.id == Purchase.customer_id).where(*where)
                      .order_by(Purchase.ts.desc(), Purchase.id.desc()).limit(PAGE).offset((page - 1) * PAGE)).all()
     return rows, total
 
@@ -59,7 +63,7 @@ def index():
             log.info("CSV upload %s: %d bad rows skipped", report.source, len(report.errors))
     elif request.method == "POST":
         status = 400
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_arg()
     rows, total = _recent(page)
     return render_template("purchases.html", form=form, report=report, error=error, rows=rows, total=total,
                            page=page, pages=max((total + PAGE - 1) // PAGE, 1)), status

@@ -1,4 +1,7 @@
-"""Stores and their edge devices; a new store's POS token and a new device's MQTT password are shown once."""
+"""Stores and their edge devices; a new store's POS token and a new device's MQTT password are shown once.
+
+Device trust (issue 9): per device, the messages the cloud refused or could not use; the newest dead
+letters; erasures a device asked for, which an owner confirms (erased everywhere) or dismisses."""
 
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ def index():
             s.commit()
             return render_template("store_created.html", store=store, token=token)
     stores = s.scalars(select(Store).order_by(Store.name)).all()
-    return render_template("stores.html", stores=stores, form=form, device_form=DeviceForm(), action=ActionForm())
+    return render_template("stores.html", stores=stores, form=form, device_form=DeviceForm(), action=ActionForm(),
+                           **_trust_context(s))
 
 
 @bp.route("/<store_id>/token", methods=["POST"])
@@ -93,11 +97,19 @@ def reset_password(device_id: str):
 @bp.route("/devices/<device_id>/delete", methods=["POST"])
 @owner_required
 def remove_device(device_id: str):
-    """POST /stores/devices/<id>/delete: remove a device (e.g. lost); its visits stay, its login goes."""
+    """POST /stores/devices/<id>/delete: remove a device (e.g. lost) after the confirmation page
+    (``confirm=yes``); its visits stay, its login goes."""
     s = get_session()
     device = s.get(Device, device_id) or abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
+    from dangol_cloud.web.confirm import confirmation_page
+
+    page = confirmation_page(title=f"Remove {device.name}?", button="Remove device", cancel_url=url_for("stores.index"),
+                             detail="Its MQTT login is revoked (after broker-config and a Mosquitto reload) and it "
+                                    "no longer counts for erasures; its past visits stay.")
+    if page is not None:
+        return page
     name = device.name
     s.delete(device)
     s.flush()
@@ -105,4 +117,62 @@ def remove_device(device_id: str):
         complete_if_done(s, erasure, current_user.email)
     s.commit()
     flash(f"Removed {name}. Run dangol-cloud broker-config and reload Mosquitto to revoke its login.", "success")
+    return redirect(url_for("stores.index"))
+
+
+# --- device trust (issue 9) ------------------------------------------------------------------------------------
+DEAD_LETTERS_SHOWN = 20
+
+
+def _trust_context(s) -> dict:
+    """Template values: ``trust`` (device id → counts), ``dead_letters`` (newest), ``erasure_requests`` (pending)."""
+    from dangol_cloud.device_trust import dead_letter_count, trust_summary
+    from dangol_cloud.models import DeadLetter, ErasureRequest
+
+    return {"trust": trust_summary(s), "dead_letter_total": dead_letter_count(s),
+            "dead_letters": s.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(DEAD_LETTERS_SHOWN)).all(),
+            "erasure_requests": s.scalars(select(ErasureRequest).where(ErasureRequest.status == "pending")
+                                          .order_by(ErasureRequest.requested_at)).all(),
+            "device_names": dict(s.execute(select(Device.id, Device.name)).all())}
+
+
+@bp.route("/erasure-requests/<int:request_id>/<any(confirm, dismiss):decision>", methods=["POST"])
+@owner_required
+def decide_erasure(request_id: int, decision: str):
+    """POST /stores/erasure-requests/<id>/confirm|dismiss: an owner's answer to a device's erasure request.
+    Confirming (after the confirmation page: type ERASE) erases the customer everywhere and tells the stores."""
+    from dangol_cloud.app import get_db, get_settings
+    from dangol_cloud.erasure import decide_erasure_request
+    from dangol_cloud.models import ErasureRequest
+    from dangol_cloud.mqtt import MqttError
+    from dangol_cloud.publishing import republish_erasures
+
+    s = get_session()
+    request_row = s.get(ErasureRequest, request_id)
+    if request_row is None or request_row.status != "pending":
+        abort(404)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if decision == "confirm":
+        from dangol_cloud.web.confirm import confirmation_page
+
+        page = confirmation_page(title=f"Erase customer {request_row.customer_id} everywhere?", phrase="ERASE",
+                                 button="Erase everywhere", cancel_url=url_for("stores.index"),
+                                 detail="A device asked for this erasure. The customer's name, consent record, "
+                                        "purchases and menu are deleted in every store; visits stay as anonymous "
+                                        "counts. This cannot be undone.")
+        if page is not None:
+            return page
+    erasure = decide_erasure_request(s, request_id, actor=current_user.email, confirm=decision == "confirm")
+    s.commit()
+    if erasure is None:
+        flash("Erasure request dismissed." if decision == "dismiss" else "Already erased.", "success")
+        return redirect(url_for("stores.index"))
+    settings = get_settings()
+    try:
+        if settings.mqtt_url:
+            republish_erasures(get_db(), settings)
+        flash("Erased everywhere; the stores are being told.", "success")
+    except MqttError as exc:  # stays pending: re-sent on the schedule
+        flash(f"Erased here; telling the stores failed ({exc}); it is retried automatically.", "warning")
     return redirect(url_for("stores.index"))
