@@ -11,7 +11,7 @@ Public API::
 
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items, frames_from_rows, load_purchases, restrict_to_top_items
-from .evaluate import EvaluationReport, evaluate, ranking_metrics
+from .evaluate import EvaluationReport, evaluate, ranking_metrics, repeat_explore_recall
 from .model import Pick, Recommender, train
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "frames_from_rows",
     "load_purchases",
     "ranking_metrics",
+    "repeat_explore_recall",
     "restrict_to_top_items",
     "train",
 ]

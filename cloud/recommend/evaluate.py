@@ -6,11 +6,16 @@ Metrics over the customers with purchases on both sides of the cut (within the c
 * precision@k = hits / k; recall@k = hits / |relevant| (Manning, Raghavan & Schütze 2008, ch. 8);
 * MAP@k = mean over customers of ``Σ_{j<=k} P@j · rel_j / min(k, |relevant|)`` (the usual truncated AP,
   as in ``ml_metrics.apk``);
-* coverage = share of catalogue items that appear in at least one list (Ge et al. 2010, RecSys).
+* coverage = share of catalogue items that appear in at least one list (Ge et al. 2010, RecSys);
+* repeat / explore recall@k (Li et al. 2023, "A Next Basket Recommendation Reality Check", §4): recall@k
+  restricted to the relevant items the customer bought before the cut (repeat) or never bought before it
+  (explore), each averaged over the customers that have such items.
 
 Rows: global popularity (purchase lines before the cut); own-frequency "buy again" (the customer's own
-purchase-line counts, ties and the rest of the list by popularity); LightFM alone (same features and
-hyper-parameters, no re-ranker, no category cap); Dangol, the shipped configuration through
+purchase-line counts, ties and the rest of the list by popularity); the published next-basket baselines of
+:mod:`.baselines` — basket frequency (GP-TopFreq), TIFU-KNN and implicit ALS, their hyper-parameters chosen on
+the last ``config.rerank_window_days`` of the training data (never on the test period); LightFM alone (same
+features and hyper-parameters, no re-ranker, no category cap); Dangol, the shipped configuration through
 :meth:`Recommender.recommend` (re-ranker and category cap included).
 """
 
@@ -23,6 +28,8 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from .baselines import (Baskets, TifuKnn, TifuParams, als_scores, basket_counts, gp_top_freq, popularity_tie, top_k, tune_als,
+                        tune_tifu_knn, validation_split)
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items, restrict_to_top_items
 from .model import train
@@ -46,6 +53,28 @@ def ranking_metrics(top: np.ndarray, relevant: np.ndarray, k: int) -> tuple[floa
     return float(precision.mean()), float(recall.mean()), float(ap.mean())
 
 
+def repeat_explore_recall(top: np.ndarray, relevant: np.ndarray, bought_before: np.ndarray) -> tuple[float, float]:
+    """(repeat recall, explore recall) of the lists ``top`` ``(n, k)`` (-1 = empty slot).
+
+    Args:
+        relevant: ``(n, n_items)`` bool, bought after the cut.
+        bought_before: ``(n, n_items)`` bool, bought before the cut.
+
+    Returns:
+        Mean over customers with >= 1 relevant repeat (explore) item of hits among those items / their
+        number (Li et al. 2023, §4); NaN when no customer has such items.
+    """
+    valid = top >= 0
+    shown = np.zeros_like(relevant)
+    np.put_along_axis(shown, np.where(valid, top, 0), valid, axis=1)
+    out = []
+    for part in (relevant & bought_before, relevant & ~bought_before):
+        n = part.sum(axis=1)
+        has = n > 0
+        out.append(float(((shown & part).sum(axis=1)[has] / n[has]).mean()) if has.any() else float("nan"))
+    return out[0], out[1]
+
+
 @dataclass
 class EvaluationReport:
     """Offline metrics per method; ``rows`` are dicts with method, precision@k, recall@k, MAP@k,
@@ -60,17 +89,21 @@ class EvaluationReport:
     train_seconds: float = float("nan")
     score_seconds: float = float("nan")
     model_version: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
-        return ["method", f"precision@{self.k}", f"recall@{self.k}", f"MAP@{self.k}", "coverage", "n_customers"]
+        k = self.k
+        return ["method", f"precision@{k}", f"recall@{k}", f"MAP@{k}", f"repeat R@{k}", f"explore R@{k}", "coverage",
+                "n_customers", "train s", "score s"]
 
     def _cells(self, row: dict) -> list[str]:
-        return [row["method"]] + [f"{row[c]:.4f}" for c in self.columns[1:5]] + [str(row["n_customers"])]
+        return ([row["method"]] + [f"{row[c]:.4f}" for c in self.columns[1:7]] + [str(row["n_customers"])]
+                + [f"{row.get(c, float('nan')):.1f}" for c in ("train s", "score s")])
 
     def _caption(self) -> str:
-        return (f"cut {self.cut:%Y-%m-%d}, {self.n_items} items, k={self.k}; shipped model trained in "
-                f"{self.train_seconds:.1f} s, scored all evaluated customers in {self.score_seconds:.2f} s")
+        return "; ".join([f"cut {self.cut:%Y-%m-%d}, {self.n_items} items, k={self.k}; train s / score s = seconds to "
+                          "fit (incl. tuning on the validation split) / to rank every evaluated customer", *self.notes])
 
     def to_markdown(self) -> str:
         """GitHub-flavoured Markdown table with a one-line caption underneath."""
@@ -88,7 +121,7 @@ class EvaluationReport:
             table.add_column(c, justify="left" if c == "method" else "right")
         for r in self.rows:
             table.add_row(*self._cells(r))
-        console = Console(width=110, record=True, force_terminal=False, color_system=None)
+        console = Console(width=160, record=True, force_terminal=False, color_system=None)
         with console.capture() as cap:
             console.print(table)
         return cap.get()
@@ -103,7 +136,7 @@ class EvaluationReport:
 
 def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, cut: datetime,
              top_items: int | None = None, k: int = 10, config: RecommenderConfig | None = None,
-             customer_features: pd.DataFrame | None = None) -> EvaluationReport:
+             customer_features: pd.DataFrame | None = None, baselines: bool = True) -> EvaluationReport:
     """Train on purchases before ``cut`` and measure the top-``k`` lists against purchases from ``cut`` on.
 
     Args:
@@ -112,9 +145,11 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         top_items: keep only the N items with most purchase lines before the cut (a menu-sized catalogue).
         k: list length.
         config: the shipped configuration (default :class:`RecommenderConfig()`).
+        baselines: also run the published baselines (GP-TopFreq, TIFU-KNN, implicit ALS).
 
     Returns:
-        An :class:`EvaluationReport` with rows "popularity", "own-frequency", "LightFM alone", "Dangol (hybrid)".
+        An :class:`EvaluationReport` with rows "popularity", "own-frequency", ["basket frequency
+        (GP-TopFreq)", "TIFU-KNN", "implicit ALS"], "LightFM alone", "Dangol (hybrid)".
 
     Raises:
         ValueError: if no customer has purchases on both sides of the cut.
@@ -141,19 +176,30 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     relevant = np.zeros((len(evaluated), n_items), bool)
     ti = items_index.get_indexer(test_eval["item"])
     relevant[pd.Index(evaluated).get_indexer(test_eval["customer"])[ti >= 0], ti[ti >= 0]] = True
+    bought_before = model.history.lines[rows].toarray() > 0
 
     popularity = model.history.item_lines.astype(np.float64)
     pop_rank = np.argsort(-popularity, kind="stable")
     tie = np.empty(n_items)
     tie[pop_rank] = 1.0 - np.arange(n_items) / n_items  # in (0, 1]: breaks count ties by popularity
 
-    def top_k(scores: np.ndarray) -> np.ndarray:
+    def ranked(scores: np.ndarray) -> np.ndarray:
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
-    methods: dict[str, np.ndarray] = {"popularity": np.tile(pop_rank[:k], (len(rows), 1))}
+    methods: dict[str, tuple[np.ndarray, float, float]] = {}  # name -> (lists, train s, score s)
+    clock = time.perf_counter()
+    methods["popularity"] = (np.tile(pop_rank[:k], (len(rows), 1)), 0.0, time.perf_counter() - clock)
+    clock = time.perf_counter()
     own = model.history.lines[rows].toarray().astype(np.float64) + tie[None, :]
-    methods["own-frequency"] = top_k(own)
-    methods["LightFM alone"] = top_k(model.factors.scores(rows))
+    methods["own-frequency"] = (ranked(own), 0.0, time.perf_counter() - clock)
+    notes: list[str] = []
+    if baselines:
+        for name, (lists, fit_s, score_s, note) in _baselines(train_df, model.customers, model.items, rows, k,
+                                                              cfg.rerank_window_days).items():
+            methods[name] = (lists, fit_s, score_s)
+            notes.append(note)
+    clock = time.perf_counter()
+    methods["LightFM alone"] = (ranked(model.factors.scores(rows)), float("nan"), time.perf_counter() - clock)
 
     t0 = time.perf_counter()
     picks = model.recommend(list(evaluated), n=k, explain=False)
@@ -162,16 +208,55 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     for r, cust in enumerate(evaluated):
         idx = items_index.get_indexer([p.item for p in picks[cust]])
         shipped[r, : len(idx)] = idx
-    methods["Dangol (hybrid)"] = shipped
+    methods["Dangol (hybrid)"] = (shipped, train_seconds, score_seconds)
 
     report = EvaluationReport(k=k, cut=cut.to_pydatetime(), n_items=n_items, n_train_interactions=len(train_df),
                               train_seconds=train_seconds, score_seconds=score_seconds,
-                              model_version=model.version)
-    for name, top in methods.items():
+                              model_version=model.version, notes=notes)
+    for name, (top, fit_s, score_s) in methods.items():
         p, r, m = ranking_metrics(top, relevant, k)
+        rep, expl = repeat_explore_recall(top, relevant, bought_before)
         coverage = len(np.unique(top[top >= 0])) / n_items
         report.rows.append({"method": name, f"precision@{k}": p, f"recall@{k}": r, f"MAP@{k}": m,
-                            "coverage": coverage, "n_customers": len(rows)})
+                            f"repeat R@{k}": rep, f"explore R@{k}": expl, "coverage": coverage,
+                            "n_customers": len(rows), "train s": fit_s, "score s": score_s})
     return report
 
 
+def _baselines(train_df: pd.DataFrame, customers: np.ndarray, items: np.ndarray, rows: np.ndarray, k: int,
+               window_days: int) -> dict[str, tuple[np.ndarray, float, float, str]]:
+    """GP-TopFreq, TIFU-KNN and implicit ALS lists ``(len(rows), k)`` for the customer indices ``rows``,
+    with fit and score seconds and a note naming the settings chosen on the validation split (the last
+    ``window_days`` days of ``train_df``)."""
+    shape = (len(customers), len(items))
+    u = pd.Index(customers).get_indexer(train_df["customer"])
+    i = pd.Index(items).get_indexer(train_df["item"])
+    day = train_df["day"].to_numpy(np.int64)
+    out = {}
+    clock = time.perf_counter()
+    baskets = Baskets.build(u, i, day, shape)
+    tie = popularity_tie(np.asarray(basket_counts(baskets).sum(axis=0)).ravel())
+    split = validation_split(u, i, day, shape, window_days)
+    fit_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    out["basket frequency (GP-TopFreq)"] = (top_k(gp_top_freq(baskets, rows), k, tie), fit_s,
+                                            time.perf_counter() - clock, "GP-TopFreq: no settings")
+    clock = time.perf_counter()
+    if split is not None:
+        params, val_p, _ = tune_tifu_knn(split.past, split.rows, split.labels, k, split.tie)
+        note = (f"TIFU-KNN m={params.group_size} r_b={params.r_b} r_g={params.r_g} k={params.neighbours} "
+                f"alpha={params.alpha} (validation P@{k} {val_p:.4f})")
+    else:
+        params, note = TifuParams(), "TIFU-KNN: training data too short to validate, the authors' defaults"
+    knn = TifuKnn.fit(baskets, params.group_size, params.r_b, params.r_g, params.neighbours, rows=rows)
+    fit_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    out["TIFU-KNN"] = (top_k(knn.scores(rows, params.neighbours, params.alpha), k, tie), fit_s,
+                       time.perf_counter() - clock, note)
+    clock = time.perf_counter()
+    als, val_p = tune_als(split, k) if split is not None else ({}, float("nan"))
+    counts = basket_counts(baskets)
+    lists = top_k(als_scores(counts, rows, **als), k, tie)
+    out["implicit ALS"] = (lists, time.perf_counter() - clock, float("nan"),
+                           "ALS " + " ".join(f"{a}={b}" for a, b in als.items()) + f" (validation P@{k} {val_p:.4f})")
+    return out
