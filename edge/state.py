@@ -5,23 +5,47 @@ Tables:
 * ``catalogue``: one row (``id = 1``) with the newest ``catalogue/1`` snapshot (JSON) and its version;
   an older or equal version never replaces a newer one (retained messages can arrive out of order
   after a reconnect).
-* ``menus``: ``customer_id`` → newest ``menu/1`` payload (JSON).
+* ``menus``: ``customer_id`` → newest ``menu/1`` payload (JSON) without the name; the name (first name only,
+  :func:`dangol_protocol.first_name`) is kept apart in ``display_name``, sealed with AES-256-GCM under the
+  gallery key (:class:`~dangol_edge.crypto.FieldCipher`, context ``menus.display_name:<customer id>``),
+  exactly as the gallery seals its names. Without a key the name is not kept at all.
 * ``outbox``: events waiting for the broker's PUBACK: ``event_id`` (UUID, the cloud deduplicates on
   it), ``topic``, ``payload``, ``created_at``, ``sent_at`` (NULL until acknowledged). Events survive
   restarts and broker outages and are delivered in ``seq`` order.
 
-The box keeps serving the cached catalogue and menus while the cloud or the broker is down.
+The box keeps serving the cached catalogue and menus while the cloud or the broker is down. The file (and
+its WAL and shared-memory files) is created with mode 0600: only the daemon's user may read it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from dangol_protocol import first_name
 
+from .crypto import FieldCipher, GalleryKeyError
 from .sqlite import SQLiteFile, connect
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600
+"""Mode of ``state.sqlite`` and its ``-wal``/``-shm`` files (owner read/write only)."""
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (and its folder) readable by the owner only, or narrow an existing file and its
+    SQLite side files to :data:`FILE_MODE`. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE))
+    for side in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if side.exists():
+            os.chmod(side, FILE_MODE)
 
 
 class StateError(RuntimeError):
@@ -29,29 +53,76 @@ class StateError(RuntimeError):
 
 
 class StateStore(SQLiteFile):
-    """Catalogue, menus and outbox in one SQLite file. Thread-safe (one connection, one lock)."""
+    """Catalogue, menus and outbox in one SQLite file. Thread-safe (one connection, one lock).
+
+    Args:
+        path: the SQLite file (created 0600 on :meth:`open`).
+        cipher: seals the customers' names; default :meth:`FieldCipher.from_environment` when first needed
+            (no key configured: names are dropped, never stored in clear).
+    """
+
+    def __init__(self, path: str | Path, cipher: FieldCipher | None = None):
+        super().__init__(path)
+        self.cipher = cipher
+        self._no_key_logged = False
 
     def open(self) -> "StateStore":
-        """Open or create the file (WAL). Raises :class:`StateError` naming the file."""
+        """Open or create the file (WAL, mode 0600); seals names left in clear by an older version.
+        Raises :class:`StateError` naming the file."""
         if self._db is not None:
             return self
         try:
+            _private_file(self.path)
             db = connect(self.path)
+            db.execute("PRAGMA secure_delete = ON")  # a re-sealed or deleted name is zeroed in the file
             names = db.table_names()
             if "catalogue" not in names:
                 db["catalogue"].create({"id": int, "version": int, "payload": str, "received_at": str}, pk="id")
             if "menus" not in names:
-                db["menus"].create({"customer_id": str, "payload": str, "generated_at": str, "received_at": str},
-                                   pk="customer_id")
+                db["menus"].create({"customer_id": str, "payload": str, "generated_at": str, "received_at": str,
+                                    "display_name": bytes}, pk="customer_id")
+            elif "display_name" not in db["menus"].columns_dict:
+                db["menus"].add_column("display_name", bytes)
             if "outbox" not in names:
                 db["outbox"].create({"seq": int, "event_id": str, "topic": str, "payload": str,
                                      "created_at": str, "sent_at": str}, pk="seq")
                 db["outbox"].create_index(["event_id"], unique=True)
                 db["outbox"].create_index(["sent_at"])
+            _private_file(self.path)  # the -wal/-shm files WAL mode just created
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StateError(f"{self.path}: cannot open state database: {exc}") from exc
         self._db = db
+        self._seal_legacy_names()
         return self
+
+    # --- names -------------------------------------------------------------------------------------
+    def _get_cipher(self) -> FieldCipher | None:
+        if self.cipher is None:
+            try:
+                self.cipher = FieldCipher.from_environment()
+            except GalleryKeyError as exc:
+                if not self._no_key_logged:
+                    log.warning("no gallery key (%s): customers' names are not kept in %s", exc, self.path)
+                    self._no_key_logged = True
+                return None
+        return self.cipher
+
+    def _seal_name(self, customer_id: str, name: str | None) -> bytes | None:
+        name = first_name(name)
+        cipher = self._get_cipher() if name else None
+        return None if cipher is None else cipher.seal(name.encode("utf-8"), f"menus.display_name:{customer_id}")
+
+    def _seal_legacy_names(self) -> None:
+        """Menus cached by a version that kept the full name in the JSON: keep the sealed first name only."""
+        with self._lock:
+            rows = self.db.execute("SELECT customer_id, payload FROM menus WHERE payload LIKE '%\"display_name\": \"%'"
+                                   ).fetchall()
+            for cid, text in rows:
+                payload = json.loads(text)
+                sealed = self._seal_name(cid, payload.pop("display_name", None))
+                payload["display_name"] = None
+                self.db.execute("UPDATE menus SET payload = ?, display_name = ? WHERE customer_id = ?",
+                                [json.dumps(payload), sealed, cid])
 
     @staticmethod
     def _now() -> str:
@@ -84,15 +155,28 @@ class StateStore(SQLiteFile):
             row = self.db.execute("SELECT generated_at FROM menus WHERE customer_id = ?", [cid]).fetchone()
             if row and _ts(row[0]) >= _ts(gen):
                 return False
-            self.db["menus"].upsert({"customer_id": cid, "payload": json.dumps(payload), "generated_at": gen,
-                                     "received_at": self._now()}, pk="customer_id")
+            sealed = self._seal_name(cid, payload.get("display_name"))
+            self.db["menus"].upsert({"customer_id": cid, "payload": json.dumps({**payload, "display_name": None}),
+                                     "generated_at": gen, "received_at": self._now(), "display_name": sealed},
+                                    pk="customer_id")
         return True
 
     def menu(self, customer_id: str) -> dict[str, Any] | None:
-        """A customer's cached menu payload, or None."""
+        """A customer's cached menu payload (``display_name``: the first name, unsealed; None without the
+        key), or None.
+
+        Raises:
+            GalleryKeyError: the name was sealed under another key.
+        """
+        cid = str(customer_id)
         with self._lock:
-            row = self.db.execute("SELECT payload FROM menus WHERE customer_id = ?", [str(customer_id)]).fetchone()
-        return json.loads(row[0]) if row else None
+            row = self.db.execute("SELECT payload, display_name FROM menus WHERE customer_id = ?", [cid]).fetchone()
+        if not row:
+            return None
+        payload = json.loads(row[0])
+        if row[1] is not None and self._get_cipher() is not None:
+            payload["display_name"] = self.cipher.open(row[1], f"menus.display_name:{cid}").decode("utf-8")
+        return payload
 
     def delete_menu(self, customer_id: str) -> None:
         """Forget a customer's menu (erasure, or the cloud cleared the retained message)."""
