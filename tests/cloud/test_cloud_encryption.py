@@ -19,7 +19,7 @@ from dangol_cloud.cli import main as cli
 from dangol_cloud.crypto import DataKeyError, Keyring, generate_key
 from dangol_cloud.db import Database, migrate
 from dangol_cloud.events import handle_message
-from dangol_cloud.models import AuditEntry, CatalogueItem, Customer, DeviceEvent, Purchase, external_ref_hash
+from dangol_cloud.models import AuditEntry, CatalogueItem, Customer, CustomerOrigin, DeviceEvent, Purchase, external_ref_hash
 from dangol_cloud.settings import ConfigError, Settings
 
 from .conftest import DEV_KEY_BYTES, add_store_and_device, utc
@@ -37,15 +37,16 @@ def _out(capsys) -> str:
 
 
 def _fill(db) -> str:
-    """One consented customer with a loyalty ref and a purchase, plus an enrolment event carrying the name."""
-    _, device_id = add_store_and_device(db)
+    """One customer with a loyalty ref and a purchase, pending on a device, whose enrolment event (carrying the
+    name and the consent record) then makes them a consented regular."""
+    store_id, device_id = add_store_and_device(db)
     cid = str(uuid.uuid4())
     with db.transaction() as s:
         item = CatalogueItem(ref="latte", name="Latte", tags=[])
-        s.add_all([item, Customer(id=cid, display_name=NAME, external_ref=REF, external_ref_hash=external_ref_hash(s, REF),
-                                  consent_by=RECORDER, consent_at=utc(2026, 1, 2), consent_text_version="2026-01",
-                                  status="active", source="pos")])
+        s.add_all([item, Customer(id=cid, external_ref=REF, external_ref_hash=external_ref_hash(s, REF),
+                                  status="pending", source="pos")])
         s.flush()
+        s.add(CustomerOrigin(customer_id=cid, store_id=store_id, device_id=device_id))
         s.add(Purchase(customer_id=cid, item_id=item.id, product_id=PRODUCT, quantity=1, amount=4.75,
                        ts=utc(2026, 1, 2, 9), source="pos", idempotency_key="k1"))
     event = proto.EnrolmentEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(device_id), ts=utc(2026, 1, 2),
