@@ -237,6 +237,8 @@ def test_owner_erases_a_customer_and_sees_it_in_the_audit_log(page, site):
     page.wait_for_url(site["base"] + "/")
     page.goto(f"{site['base']}/customers/{cid}")
     page.click("#erase")
+    page.fill("#confirm-phrase", "ERASE")  # the confirmation step
+    page.click("#confirm-button")
     assert "Erased Erin Erasable" in page.inner_text("body")
     page.click("text=Privacy")
     assert "erasure-requested" in page.inner_text("#audit-log") and cid in page.inner_text("#audit-log")

@@ -14,7 +14,7 @@ from dangol_cloud.models import CatalogueItem, Customer, Purchase, User, Visit
 from dangol_cloud.security import hash_password, mosquitto_hash, mosquitto_verify
 from dangol_cloud.settings import ConfigError, load_settings
 
-from .conftest import utc
+from .conftest import add_store_and_device, utc
 
 
 def test_settings_from_file_and_environment(tmp_path, monkeypatch):
@@ -82,7 +82,8 @@ def _client(db, settings, email, role):
     page = client.get("/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
     assert client.post("/login", data={"email": email, "password": "pw-12345678", "csrf_token": token}).status_code == 302
-    return client, token
+    page = client.get("/").get_data(as_text=True)  # signing in starts a fresh session with a new CSRF token
+    return client, re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
 
 
 def test_staff_records_consent_but_cannot_manage_stores_or_erase(db, settings):
@@ -92,6 +93,15 @@ def test_staff_records_consent_but_cannot_manage_stores_or_erase(db, settings):
         s.flush()
         cid = pending.id
     client, token = _client(db, settings, "staff@cafe.example", "staff")
+    from sqlalchemy import select
+
+    from dangol_cloud.models import UserStore
+
+    store_id, device_id = add_store_and_device(db)  # staff work at this store, where the customer came in
+    with db.transaction() as s:
+        s.add(UserStore(user_id=s.scalar(select(User.id).where(User.email == "staff@cafe.example")), store_id=store_id))
+        s.add(Visit(event_id=str(uuid.uuid4()), customer_id=cid, device_id=device_id, store_id=store_id,
+                    ts=utc(2026, 1, 5, 9)))
     assert client.get("/stores/").status_code == 403
     assert client.post(f"/customers/{cid}/erase", data={"csrf_token": token}).status_code == 403
     response = client.post(f"/customers/{cid}/consent", data={"csrf_token": token, "display_name": "Mina",
@@ -127,6 +137,7 @@ def test_owner_creates_store_and_device_with_one_time_credentials(db, settings):
         changed = s.get(Device, device.id)
     assert mosquitto_verify(changed.mqtt_password_hash, new_password)
     assert not mosquitto_verify(changed.mqtt_password_hash, password)
-    assert client.post(f"/stores/devices/{device.id}/delete", data={"csrf_token": token}).status_code == 302
+    assert client.post(f"/stores/devices/{device.id}/delete",
+                       data={"csrf_token": token, "confirm": "yes"}).status_code == 302
     with db.sessions() as s:
         assert s.get(Device, device.id) is None

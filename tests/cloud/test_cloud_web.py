@@ -104,7 +104,7 @@ def test_erase_deletes_the_customer_and_queues_an_erasure(web):
     sign_in(client)
     page = client.get(f"/customers/{cid}").get_data(as_text=True)
     assert "Mina" in page
-    response = client.post(f"/customers/{cid}/erase", data={"csrf_token": csrf_of(page)})
+    response = client.post(f"/customers/{cid}/erase", data={"csrf_token": csrf_of(page), "confirm": "ERASE"})
     assert response.status_code == 302
     with db.sessions() as s:
         assert s.get(Customer, cid) is None and s.get(Menu, cid) is None
@@ -141,7 +141,7 @@ def test_item_with_photo_is_created_edited_retired_and_snapshotted(web, data_dir
             snapshot = publish_catalogue_version(s, published_by="t", photo_url=lambda f: f"http://cafe.example/p/{f}")
     (entry,) = snapshot.items
     assert entry["price"] == 4.8 and entry["available"] is False and entry["photo_url"].endswith(item.photo)
-    client.post(f"/catalogue/{item.id}/retire", data={"csrf_token": token})
+    client.post(f"/catalogue/{item.id}/retire", data={"csrf_token": token, "confirm": "yes"})
     with db.transaction() as s:
         assert publish_catalogue_version(s, published_by="t").items == []   # retired items leave the snapshot
         assert s.get(CatalogueItem, item.id).retired
