@@ -102,7 +102,7 @@ def main() -> int:
         from sqlalchemy import func, select
 
         from dangol_cloud.db import Database
-        from dangol_cloud.models import Customer, Device, Purchase, Store
+        from dangol_cloud.models import Customer, CustomerOrigin, Device, Purchase, Store
         from dangol_cloud.security import mosquitto_hash
         from dangol_cloud.models import utcnow
 
@@ -121,6 +121,7 @@ def main() -> int:
             c = s.get(Customer, cid)
             c.display_name, c.status = "Lin-Manuel Miranda", "active"
             c.consent_by, c.consent_at, c.consent_text_version = "loop demo", utcnow(), "1"
+            s.add(CustomerOrigin(customer_id=cid, store_id=store.id))  # a regular of this café: its device may greet them
             s.flush()
             store_id, device_id, ext = store.id, device.id, c.external_ref
         db.dispose()
