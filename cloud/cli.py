@@ -135,10 +135,24 @@ def cmd_import(args, settings, db) -> int:
 
 
 def cmd_train(args, settings, db) -> int:
-    from dangol_cloud.training import train_from_database
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with err.status("training the recommender ..."):
-        report = train_from_database(db, settings)
+    from dangol_cloud.training import TRAIN_STEPS, train_from_database
+
+    columns = (TextColumn("training: {task.description:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("start", total=len(TRAIN_STEPS))
+        done: list[str] = []
+
+        def step(name: str) -> None:
+            if done:
+                bar.advance(task)
+            done.append(name)
+            bar.update(task, description=name)
+
+        report = train_from_database(db, settings, progress=step)
+        bar.update(task, completed=len(TRAIN_STEPS), description="done")
     out.print(f"model {report.version}: {report.interactions} purchases, {report.customers} customers, "
               f"{report.items} items; {report.menus} menus written to the database", highlight=False)
     if settings.mqtt_url and not args.no_publish:

@@ -384,3 +384,45 @@ class ErasureRequest(Base):
     decided_by: Mapped[str | None] = mapped_column(String(254))
     decided_at: Mapped[datetime | None]
     erasure_id: Mapped[str | None] = mapped_column(String(36))
+
+
+# --- recommender feedback (issue 12; migration 0006) ------------------------------------------------------
+
+__all__ += ["CustomerSegment", "PickCredit", "PickOpinion"]
+
+
+class PickOpinion(Base):
+    """A customer's like or dislike of a menu item, recorded by staff or the owner (the latest one counts).
+
+    At the next training a disliked item is never offered to that customer again and a liked one counts as
+    a positive interaction (:mod:`dangol_cloud.feedback`). ``opinion`` is ``like`` or ``dislike``."""
+
+    __tablename__ = "pick_opinions"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("catalogue_items.id", ondelete="CASCADE"), primary_key=True)
+    opinion: Mapped[str] = mapped_column(String(8))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    by: Mapped[str | None] = mapped_column(String(254))  # user e-mail or "store:<id>"
+
+
+class PickCredit(Base):
+    """"Shown pick bought": a purchase line of an item that was on the menu shown at the customer's visit just
+    before it. One purchase gives at most one credit (``purchase_id`` unique), to the latest such visit."""
+
+    __tablename__ = "pick_credits"
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id", ondelete="CASCADE"), primary_key=True)
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id", ondelete="CASCADE"), index=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("catalogue_items.id", ondelete="CASCADE"))
+    shown_rank: Mapped[int] = mapped_column(Integer)  # 0 = first pick on the screen
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CustomerSegment(Base):
+    """A customer's segment as the owner recorded it (e.g. Ta-Feng ``AGE_GROUP`` and ``PIN_CODE``), used for
+    the cold-start list of customers without purchases."""
+
+    __tablename__ = "customer_segments"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    age_group: Mapped[str | None] = mapped_column(String(20))
+    area: Mapped[str | None] = mapped_column(String(40))

@@ -7,6 +7,7 @@ Uses helper API :mod:`dangol_cloud.recommend` (``train``, ``Recommender``, ``eva
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -19,10 +20,14 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import CatalogueItem, Customer, Menu, ModelVersion, Purchase, utcnow
 from dangol_cloud.settings import Settings
 
-__all__ = ["NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus", "train_from_database",
+__all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus", "train_from_database",
            "welcome_regulars"]
 
 log = logging.getLogger(__name__)
+
+#: Steps of :func:`train_from_database` in order (its ``progress`` callback gets each name); "clean" to
+#: "history" are those of :func:`dangol_cloud.recommend.train` (``dangol_cloud.recommend.model.TRAIN_STEPS``).
+TRAIN_STEPS = ("load", "clean", "re-ranker", "factors", "history", "save", "menus", "write")
 
 
 class NotEnoughData(ValueError):
@@ -65,11 +70,18 @@ class TrainReport:
     menus: int
 
 
-def train_from_database(db: Database, settings: Settings) -> TrainReport:
+def train_from_database(db: Database, settings: Settings, progress: Callable[[str], None] | None = None
+                        ) -> TrainReport:
     """Train on every purchase, save the model under ``{cloud_home}/models/<version>``, record a
     :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N
     (``settings.menu_size``, available items only) in one transaction. Customers with consent but no
     purchases yet get the model's cold-start list.
+
+    Feedback (:mod:`dangol_cloud.feedback`): purchases of picks shown at the visit before are credited
+    first; likes and credited picks are added as positive interactions; an item a customer disliked is never
+    in that customer's menu.
+
+    ``progress`` is called with the name of each step as it starts (:data:`TRAIN_STEPS`, for a progress bar).
 
     Fault tolerance: the model folder is written atomically and only referenced by the database once the
     version row and all menus commit together; a crash or ``kill -9`` at any point before that commit leaves
@@ -78,39 +90,52 @@ def train_from_database(db: Database, settings: Settings) -> TrainReport:
     Raises:
         NotEnoughData: no purchases in the database.
     """
+    from dangol_cloud.feedback import credit_shown_picks, training_feedback
     from dangol_cloud.recommend import train
 
+    step = progress or (lambda name: None)
+    step("load")
+    with db.transaction() as session:
+        credit_shown_picks(session)
     with db.sessions() as session:
         interactions, items = load_frames(session, settings.timezone)
+        feedback = training_feedback(session, settings.timezone)
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
-    model = train(interactions, items)
+    n_purchases = len(interactions)
+    if len(feedback.positives):
+        interactions = pd.concat([interactions, feedback.positives], ignore_index=True)
+    model = train(interactions, items, progress=step)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     base, n = model.version, 1
     while (settings.models_dir / model.version).exists():  # same data retrained within the same second
         n += 1
         model.version = f"{base}-{n}"
+    step("save")
     path = model.save(settings.models_dir)
     available = set(items.loc[items["available"], "item"])
     with db.sessions() as session:  # enrolled regulars without purchases yet get the cold-start list
         enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
     customers = sorted(set(interactions["customer"].unique()) | enrolled)
-    picks = model.recommend(customers, n=settings.menu_size, available=available)
+    step("menus")
+    picks = model.recommend(customers, n=settings.menu_size, available=available, exclude=feedback.dislikes)
     now = utcnow()
     rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
              "picks": [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in ps]}
             for c, ps in picks.items()]
+    step("write")
     with db.transaction() as session:
         session.add(ModelVersion(version=model.version, path=str(path), created_at=now,
                                  n_customers=len(customers), n_items=int(interactions["item"].nunique()),
-                                 n_interactions=len(interactions)))
+                                 n_interactions=n_purchases))
         session.flush()
         session.execute(delete(Menu))
         for start in range(0, len(rows), 5000):
             session.execute(insert(Menu), rows[start:start + 5000])
-    log.info("trained model %s on %d purchases; %d menus", model.version, len(interactions), len(rows))
+    log.info("trained model %s on %d purchases (+%d feedback positives); %d menus", model.version, n_purchases,
+             len(interactions) - n_purchases, len(rows))
     return TrainReport(version=model.version, path=str(path), customers=len(customers),
-                       items=int(interactions["item"].nunique()), interactions=len(interactions), menus=len(rows))
+                       items=int(interactions["item"].nunique()), interactions=n_purchases, menus=len(rows))
 
 
 def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None = None,
@@ -165,8 +190,12 @@ def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> 
                                                                         CatalogueItem.retired.is_(False))))
     if latest is None:
         return 0
+    from dangol_cloud.feedback import training_feedback
+
+    with db.sessions() as session:
+        dislikes = training_feedback(session, settings.timezone).dislikes
     model = Recommender.load(latest.path)
-    picks = model.recommend(customer_ids, n=settings.menu_size, available=available)
+    picks = model.recommend(customer_ids, n=settings.menu_size, available=available, exclude=dislikes)
     now = utcnow()
     with db.transaction() as session:
         for customer_id, chosen in picks.items():

@@ -40,6 +40,11 @@ class RecommenderConfig:
         rerank_window_days: length of the label window carved from the END of the training data.
         rerank_max_customers: at most this many customers (sampled) are used to fit the re-ranker.
         rerank_negatives: never-bought items sampled per customer (weighted by the inverse sampling rate).
+        tifu: give the re-ranker the two TIFU-KNN parts (Hu et al. 2020) as features: the customer's
+            time-decayed basket-group vector and the mean vector of the ``tifu_neighbours`` nearest customers.
+        tifu_group_size / tifu_r_b / tifu_r_g / tifu_neighbours: TIFU-KNN's m, within-group decay, group decay
+            and k; the values TIFU-KNN alone scored best with on the Ta-Feng validation split (train before
+            2001-01-04, validate on the 28 days to 2001-02-01): m 7, r_b 1.0, r_g 0.6, k 300.
 
     Serving:
 
@@ -69,6 +74,11 @@ class RecommenderConfig:
     rerank_window_days: int = 28
     rerank_max_customers: int = 6000
     rerank_negatives: int = 100
+    tifu: bool = True
+    tifu_group_size: int = 7
+    tifu_r_b: float = 1.0
+    tifu_r_g: float = 0.6
+    tifu_neighbours: int = 300
     max_per_category: int | None = 3
     category_share_factor: float = 1.5
     new_item_slots: int = 1

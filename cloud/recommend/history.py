@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .baselines import TifuKnn
+
 
 @dataclass
 class History:
@@ -28,6 +30,8 @@ class History:
         item_buyers: ``(n_items,)`` float32, distinct customers who bought the item.
         item_repeaters: ``(n_items,)`` float32, customers who bought the item on >= 2 visits.
         item_lines: ``(n_items,)`` float32, purchase lines per item (global popularity).
+        tifu: TIFU-KNN customer vectors and neighbours (:class:`~.baselines.TifuKnn`), or None.
+        item_recent: ``(n_items,)`` float32, purchase lines per item in the last :data:`TREND_DAYS` days.
     """
 
     ref_day: int
@@ -39,6 +43,20 @@ class History:
     item_buyers: np.ndarray
     item_repeaters: np.ndarray
     item_lines: np.ndarray
+    tifu: TifuKnn | None = None
+    item_recent: np.ndarray | None = None
+
+    def item_trend(self) -> np.ndarray:
+        """``(n_items,)`` float64 log ratio of the item's share of the last :data:`TREND_DAYS` days' purchase lines
+        to its share of all lines (Laplace-smoothed: +1 per item); 0 without recent counts."""
+        if self.item_recent is None:
+            return np.zeros(len(self.item_lines))
+        recent, total = self.item_recent.astype(np.float64), self.item_lines.astype(np.float64)
+        n = len(total)
+        return np.log((recent + 1) / (recent.sum() + n)) - np.log((total + 1) / (total.sum() + n))
+
+
+TREND_DAYS = 14  # window of the item trend feature (two weeks: both weekends, paydays)
 
 
 def build_history(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], ref_day: int,
@@ -70,8 +88,9 @@ def build_history(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[in
     repeat.data = (repeat.data >= 2).astype(np.float32)
     item_repeaters = np.asarray(repeat.sum(axis=0)).ravel().astype(np.float32)
     item_lines = np.asarray(lines.sum(axis=0)).ravel().astype(np.float32)
+    item_recent = np.bincount(i[day >= ref_day - TREND_DAYS], minlength=shape[1]).astype(np.float32)
     return History(ref_day, visits_with_item, lines, decayed, recency, visits, item_buyers, item_repeaters,
-                   item_lines)
+                   item_lines, item_recent=item_recent)
 
 
 def pair_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +25,12 @@ from .data import clean_interactions, clean_items
 from .factors import Factors, fit_factors
 from .features import customer_feature_matrix, item_feature_matrix
 from .history import History, PopularityTable, build_history, pair_values
-from .rerank import LIGHTFM, PERSONAL, Reranker, item_statistics, pair_features, sample_pairs
+from .baselines import Baskets, TifuKnn
+from .rerank import LIGHTFM, NEIGHBOURS, PERSONAL, Reranker, item_statistics, pair_features, sample_pairs
 
 _BATCH = 2048  # customers scored per dense block: 2048 x n_items float64
+#: Steps of :func:`train` in order; its ``progress`` callback is called with each name as the step starts.
+TRAIN_STEPS = ("clean", "re-ranker", "factors", "history")
 
 
 @dataclass
@@ -93,6 +96,12 @@ class Recommender:
 
     # --- scoring --------------------------------------------------------------------------------------
 
+    def _neighbours(self, rows: np.ndarray) -> np.ndarray | None:
+        """``(len(rows), n_items)`` TIFU-KNN neighbour means, or None without a TIFU-KNN part."""
+        if self.history.tifu is None:
+            return None
+        return self.history.tifu.neighbour_mean(rows, self.config.tifu_neighbours)
+
     def _score_block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, lightfm_z)``, both ``(len(rows), n_items)`` float64; see :meth:`score_matrix`."""
         z = self.factors.zscores(rows)
@@ -100,7 +109,11 @@ class Recommender:
             return z, z
         w = self.reranker.weights
         scores = z * w[LIGHTFM]
-        scores += (self.reranker.intercept + w[4] * self.item_pop + w[5] * self.item_rep)[None, :]
+        nn = self._neighbours(rows)
+        if nn is not None:
+            scores += w[NEIGHBOURS] * nn
+        scores += (self.reranker.intercept + w[4] * self.item_pop + w[5] * self.item_rep
+                   + w[11] * self.history.item_trend())[None, :]
         scores += (w[7] * np.log1p(self.history.visits[rows].astype(np.float64)))[:, None]
         bought = self.history.visits_with_item[rows].tocoo()
         if bought.nnz:
@@ -276,12 +289,17 @@ class Recommender:
             return [[t] if t else [] for t in taste]
         if z is None:
             z = np.array([self.factors.zscores(np.array([r]))[0, c] for r, c in zip(rows, cols, strict=True)])
-        x = pair_features(self.history, self.item_pop, self.item_rep, z, rows, cols)
+        nn = None
+        if self.history.tifu is not None:
+            nn = np.empty(len(rows))
+            unique, where = np.unique(rows, return_inverse=True)
+            nn[:] = self._neighbours(unique)[where, cols]
+        x = pair_features(self.history, self.item_pop, self.item_rep, z, rows, cols, nn)
         contrib = self.reranker.contributions(x)
         groups = np.column_stack([
-            np.where(x[:, 0] > 0, contrib[:, [0, 1, 2, 8]].sum(axis=1), 0.0),  # repeat purchases
+            np.where(x[:, 0] > 0, contrib[:, [0, 1, 2, 8, 9]].sum(axis=1), 0.0),  # repeat purchases
             np.where(x[:, 3] > 0, contrib[:, 3], 0.0),  # recency
-            contrib[:, 4], contrib[:, 5], contrib[:, LIGHTFM],
+            contrib[:, [4, 11]].sum(axis=1), contrib[:, 5], contrib[:, LIGHTFM], contrib[:, NEIGHBOURS],
         ])  # fmt: skip
         visits = self.history.visits[rows].astype(np.int64).tolist()
         times = np.rint(np.expm1(x[:, 0])).astype(np.int64).tolist()
@@ -306,6 +324,8 @@ class Recommender:
                     reasons.append("popular with other customers")
                 elif g == 3:
                     reasons.append("customers often re-order it")
+                elif g == 5:
+                    reasons.append("customers who shop like you buy it")
                 elif taste[k]:
                     reasons.append(taste[k])
             out.append(reasons or ["popular with other customers"])
@@ -314,8 +334,8 @@ class Recommender:
     # --- public API ---------------------------------------------------------------------------------
 
     def recommend(self, customers: Sequence[str], n: int = 10, *, available: set[str] | None = None,
-                  hour: int | None = None, store: str | None = None, explain: bool = True
-                  ) -> dict[str, list[Pick]]:
+                  hour: int | None = None, store: str | None = None, explain: bool = True,
+                  exclude: Mapping[str, Collection[str]] | None = None) -> dict[str, list[Pick]]:
         """Top-``n`` picks per customer.
 
         Args:
@@ -326,6 +346,7 @@ class Recommender:
             hour: local hour of day (0-23) for the cold-start list (ignored for day-resolution data).
             store: store id for the cold-start list (if the interactions had a ``store`` column).
             explain: compute ``Pick.reasons`` (costs ~0.1 ms per pick; False for bulk evaluation).
+            exclude: ``{customer: item ids}`` never offered to that customer (e.g. items they disliked).
 
         Returns:
             ``{customer: [Pick, ...]}`` best first, at most ``config.max_per_category`` per category (more for
@@ -339,6 +360,9 @@ class Recommender:
             batch = known[start:start + _BATCH]
             rows = np.array([r for _, r in batch], dtype=np.int64)
             scores, z = self._score_block(rows)
+            for j, (cust, _) in enumerate(batch):
+                cols = self._excluded(exclude, cust)
+                scores[j, cols], z[j, cols] = -np.inf, -np.inf
             ranked = self._with_new_items(self._ranked(scores, mask, n), z, mask, n)
             local = np.repeat(np.arange(len(rows)), [len(p) for p in ranked])
             cols = np.array([k for p in ranked for k in p], dtype=np.int64)
@@ -351,10 +375,23 @@ class Recommender:
         cold = [c for c in ids if c not in self._customer_index]
         if cold:
             shares, reason = self.popularity.shares(store, hour)
-            picked = self._ranked(shares[None, :], mask, n)[0]
+            common = self._ranked(shares[None, :], mask, n)[0]
             for c in cold:
+                cols = self._excluded(exclude, c)
+                picked = common
+                if len(cols):
+                    own = shares.copy()
+                    own[cols] = -np.inf
+                    picked = self._ranked(own[None, :], mask, n)[0]
                 result[c] = [Pick(str(self.items[k]), float(shares[k]), [reason]) for k in picked]
         return {c: result[c] for c in ids}
+
+    def _excluded(self, exclude: Mapping[str, Collection[str]] | None, customer: str) -> np.ndarray:
+        """Item indices ``exclude`` names for ``customer`` (unknown item ids are ignored)."""
+        if not exclude or customer not in exclude:
+            return np.zeros(0, dtype=np.int64)
+        return np.array([self._item_index[i] for i in map(str, exclude[customer]) if i in self._item_index],
+                        dtype=np.int64)
 
     def cold_start(self, n: int = 10, *, available: set[str] | None = None, hour: int | None = None,
                    store: str | None = None) -> list[Pick]:
@@ -408,16 +445,28 @@ def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: Re
     pop, rep = item_statistics(hist, categories)
     rng = np.random.default_rng(cfg.random_state)
     rows = np.sort(rng.choice(eligible, size=min(cfg.rerank_max_customers, len(eligible)), replace=False))
+    hist.tifu = _tifu(u[past], i[past], day[past], shape, cfg, rows)
     pr, pc, pw = sample_pairs(hist, rows, cfg.rerank_negatives, rng)
-    z = np.empty(len(pr))
+    z, nn = np.empty(len(pr)), np.zeros(len(pr))
     position = np.searchsorted(rows, pr)
     for start in range(0, len(rows), _BATCH):
-        block = factors.zscores(rows[start:start + _BATCH])
+        block_rows = rows[start:start + _BATCH]
         sel = (position >= start) & (position < start + _BATCH)
-        z[sel] = block[position[sel] - start, pc[sel]]
-    x = pair_features(hist, pop, rep, z, pr, pc)
+        z[sel] = factors.zscores(block_rows)[position[sel] - start, pc[sel]]
+        if hist.tifu is not None:
+            nn[sel] = hist.tifu.neighbour_mean(block_rows, cfg.tifu_neighbours)[position[sel] - start, pc[sel]]
+    x = pair_features(hist, pop, rep, z, pr, pc, nn)
     y = pair_values(labels, pr, pc) > 0
     return Reranker.fit(x, y, pw, len(rows))
+
+
+def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], cfg: RecommenderConfig,
+          rows: np.ndarray | None = None) -> TifuKnn | None:
+    """TIFU-KNN vectors of every customer and the neighbours of ``rows`` (default all); None if disabled."""
+    if not cfg.tifu:
+        return None
+    return TifuKnn.fit(Baskets.build(u, i, day, shape), cfg.tifu_group_size, cfg.tifu_r_b, cfg.tifu_r_g,
+                       cfg.tifu_neighbours, rows=rows)
 
 
 def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> str:
@@ -427,7 +476,8 @@ def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> 
 
 
 def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
-          config: RecommenderConfig | None = None, customer_features: pd.DataFrame | None = None) -> Recommender:
+          config: RecommenderConfig | None = None, customer_features: pd.DataFrame | None = None,
+          progress: Callable[[str], None] | None = None) -> Recommender:
     """Train the recommender.
 
     Args:
@@ -439,6 +489,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
         config: hyper-parameters (default :class:`RecommenderConfig()`).
         customer_features: optional customer metadata for LightFM, see
             :func:`~dangol_cloud.recommend.features.customer_feature_matrix`.
+        progress: called with each step name of :data:`TRAIN_STEPS` as it starts (for a progress bar).
 
     Returns:
         A :class:`Recommender`. On Ta-Feng's 200 best sellers (3 months, 12,969 customers) this takes
@@ -448,6 +499,8 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
         ValueError: if a required column is missing or no interaction has quantity > 0.
     """
     cfg = config or RecommenderConfig()
+    step = progress or (lambda name: None)
+    step("clean")
     df = clean_interactions(interactions)
     if df.empty:
         raise ValueError("no interactions with quantity > 0 to train on")
@@ -464,9 +517,13 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     user_x, _ = customer_feature_matrix(customers, customer_features)
     end_day = int(day.max()) + 1
 
+    step("re-ranker")
     reranker = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg) if cfg.rerank else None
+    step("factors")
     factors = fit_factors(_coo(u, i, shape), item_x, user_x, cfg)
+    step("history")
     history = build_history(u, i, day, shape, end_day, cfg.recency_half_life_days)
+    history.tifu = _tifu(u, i, day, shape, cfg) if cfg.rerank else None
     pop, rep = item_statistics(history, categories)
     store = df["store"].to_numpy(dtype=str) if "store" in df.columns else None
     popularity = PopularityTable.build(i, df["hour"].to_numpy(np.int64), store, len(item_ids), cfg.cold_start_smoothing)

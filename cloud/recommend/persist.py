@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from .config import RecommenderConfig
 from .factors import Factors
+from .baselines import TifuKnn
 from .history import History, PopularityTable
 from .rerank import FEATURES, Reranker
 
@@ -46,6 +47,7 @@ def save_model(model: Recommender, directory: Path) -> Path:
         "available": model.available, "item_pop": model.item_pop, "item_rep": model.item_rep,
         "history_visits": model.history.visits, "history_item_buyers": model.history.item_buyers,
         "history_item_repeaters": model.history.item_repeaters, "history_item_lines": model.history.item_lines,
+        **({} if model.history.item_recent is None else {"history_item_recent": model.history.item_recent}),
     }  # fmt: skip
     for name in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias"):
         arrays[f"factors_{name}"] = getattr(model.factors, name)
@@ -55,6 +57,14 @@ def save_model(model: Recommender, directory: Path) -> Path:
         m = m.tocsr()
         arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
         arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
+    if model.history.tifu is not None:
+        arrays["tifu_neighbours"] = model.history.tifu.neighbours.astype(np.int32)
+        sparse["tifu_vectors"] = model.history.tifu.vectors
+    for name, m in sparse.items():
+        if name == "tifu_vectors":
+            m = m.tocsr()
+            arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
+            arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
     if model.reranker is not None:
         for name in ("weights", "mean", "scale", "coef"):
             arrays[f"reranker_{name}"] = getattr(model.reranker, name)
@@ -91,12 +101,17 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
     history = History(meta["history_ref_day"], csr("history_visits_with_item"), csr("history_lines"),
                       csr("history_decayed"), csr("history_recency"), a["history_visits"],
                       a["history_item_buyers"], a["history_item_repeaters"], a["history_item_lines"])
+    history.item_recent = a.get("history_item_recent")
+    if "tifu_neighbours" in a:
+        history.tifu = TifuKnn(csr("tifu_vectors"), a["tifu_neighbours"].astype(np.int64))
     factors = Factors(*(a[f"factors_{n}"] for n in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias")))
     reranker = None
     if meta["reranker"] is not None:
         r = meta["reranker"]
-        reranker = Reranker(a["reranker_weights"], r["intercept"], a["reranker_mean"], a["reranker_scale"],
-                            a["reranker_coef"], r["n_pairs"], r["n_customers"])
+        pad = len(FEATURES) - len(a["reranker_weights"])  # a model saved before features were appended
+        w, mean, scale, coef = (np.concatenate([a[f"reranker_{n}"], np.full(pad, fill)]) for n, fill in
+                                (("weights", 0.0), ("mean", 0.0), ("scale", 1.0), ("coef", 0.0)))
+        reranker = Reranker(w, r["intercept"], mean, scale, coef, r["n_pairs"], r["n_customers"])
     pop = meta["popularity"]
     categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
     return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],

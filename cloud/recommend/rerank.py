@@ -32,11 +32,15 @@ FEATURES: tuple[str, ...] = (
     "lightfm",  # LightFM score, z-scored per customer over the catalogue
     "log_customer_visits",  # log(1 + visits of the customer)
     "repeat_x_visits",  # log_visits_with_item × item_repeat_rate
+    "tifu_own",  # TIFU-KNN customer vector u (Hu et al. 2020): decayed basket groups, 0 if never bought
+    "tifu_neighbours",  # mean u of the customer's k nearest customers (TIFU-KNN's neighbour part)
+    "item_trend",  # log(share of the last two weeks' lines / share of all lines), History.item_trend
 )
-PERSONAL = (0, 1, 2, 3, 8)  # zero for items the customer never bought
-ITEM_ONLY = (4, 5)
+PERSONAL = (0, 1, 2, 3, 8, 9)  # zero for items the customer never bought
+ITEM_ONLY = (4, 5, 11)
 CUSTOMER_ONLY = (7,)
 LIGHTFM = 6
+NEIGHBOURS = 10
 
 
 def item_statistics(history: History, categories: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +64,11 @@ def item_statistics(history: History, categories: list[str | None]) -> tuple[np.
 
 
 def pair_features(history: History, item_pop: np.ndarray, item_rep: np.ndarray, lightfm_z: np.ndarray,
-                  rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+                  rows: np.ndarray, cols: np.ndarray, neighbours: np.ndarray | None = None) -> np.ndarray:
     """``(n_pairs, len(FEATURES))`` float64 feature matrix for the (customer ``rows[k]``, item ``cols[k]``) pairs.
 
-    ``lightfm_z`` is the ``(n_pairs,)`` per-customer z-scored LightFM score of each pair.
+    ``lightfm_z`` is the ``(n_pairs,)`` per-customer z-scored LightFM score of each pair, ``neighbours`` the
+    ``(n_pairs,)`` TIFU-KNN neighbour mean (0 if None or the history has no TIFU-KNN part).
     """
     v = pair_values(history.visits_with_item, rows, cols)
     visits = np.maximum(history.visits[rows].astype(np.float64), 1.0)
@@ -78,6 +83,9 @@ def pair_features(history: History, item_pop: np.ndarray, item_rep: np.ndarray, 
     out[:, 6] = lightfm_z
     out[:, 7] = np.log1p(history.visits[rows].astype(np.float64))
     out[:, 8] = lv * item_rep[cols]
+    out[:, 9] = pair_values(history.tifu.vectors, rows, cols) if history.tifu is not None else 0.0
+    out[:, 10] = 0.0 if neighbours is None else neighbours
+    out[:, 11] = history.item_trend()[cols]
     return out
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Literal
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -165,3 +165,41 @@ def create_purchases():
     response = jsonify(body)
     response.status_code = 201
     return response
+
+
+# --- recommender feedback (issue 12) ---------------------------------------------------------------------
+
+
+class OpinionIn(BaseModel):
+    """A like/dislike from a staff page or the dashboard: ``none`` forgets an earlier one."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer: Annotated[str, Field(min_length=1, max_length=36, pattern=NO_CONTROL)]
+    item: Annotated[str, Field(min_length=1, max_length=36, pattern=NO_CONTROL)]
+    opinion: Literal["like", "dislike", "none"]
+
+
+@bp.post("/feedback")
+def record_feedback():
+    """POST /api/v1/feedback (store bearer token): ``{"customer", "item", "opinion"}`` -> 200
+    ``{"customer", "item", "opinion"}``; 401 without a valid token, 422 for a bad body or an unknown
+    customer/item. Used at the next training (:mod:`dangol_cloud.feedback`)."""
+    from dangol_cloud.feedback import record_opinion
+
+    store = _store_from_token()
+    if store is None:
+        log.warning("feedback API: missing or unknown store token from %s", request.remote_addr)
+        return _problem(401, "Unauthorized", "missing or unknown store token (Authorization: Bearer <token>)")
+    try:
+        body = OpinionIn.model_validate_json(request.get_data(cache=False))
+    except ValidationError as exc:
+        errors = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        log.info("feedback API: invalid body from store %s: %s", store.id, errors)
+        return _problem(422, "Invalid feedback", "the body does not match the Opinion schema", errors=errors)
+    try:
+        with get_db().transaction() as s:
+            record_opinion(s, body.customer, body.item, body.opinion, by=f"store:{store.id}")
+    except LookupError as exc:
+        log.info("feedback API: store %s: %s", store.id, exc)
+        return _problem(422, "Unknown customer or item", str(exc))
+    return jsonify({"customer": body.customer, "item": body.item, "opinion": body.opinion})
