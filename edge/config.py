@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -137,14 +137,57 @@ class CameraConfig(_Section):
     retry_max_s: float = Field(30.0, gt=0.0, le=600.0)
 
 
+#: Shortest staff PIN accepted, digits (10^6 combinations; with the per-client back-off of
+#: ``dangol_edge.webguard`` a guesser gets about a hundred tries a day per address).
+MIN_PIN_DIGITS = 6
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class DisplayConfig(_Section):
-    """The menu page served for the HDMI kiosk and the staff page."""
+    """The menu page served for the HDMI kiosk and the staff page.
+
+    ``host`` other than loopback (e.g. ``0.0.0.0``, for staff phones on the shop's network) requires a
+    ``staff_pin`` of at least :data:`MIN_PIN_DIGITS` digits; the menu page itself is served to loopback
+    clients only whatever the host.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     welcome_s: float = Field(12.0, ge=1.0, le=600.0, description="how long a welcome stays on screen")
     picks: int = Field(6, ge=1, le=20, description="picks shown to a customer")
-    staff_pin: str | None = Field(None, description="PIN for the staff page (env DANGOL_DISPLAY__STAFF_PIN)")
+    staff_pin: str | None = Field(None, repr=False, description="PIN for the staff page, at least 6 digits "
+                                                                "(env DANGOL_DISPLAY__STAFF_PIN)")
+
+    @field_validator("staff_pin")
+    @classmethod
+    def _check_pin(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError("the staff PIN must be digits only")
+        if not MIN_PIN_DIGITS <= len(value) <= 32:
+            raise ValueError(f"the staff PIN must have at least {MIN_PIN_DIGITS} digits (and at most 32); "
+                             f"this one has {len(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _lan_needs_pin(self) -> "DisplayConfig":
+        if self.staff_pin is None and not _is_loopback_host(self.host):
+            raise ValueError(f"display.staff_pin is required when display.host is {self.host!r}: the staff page "
+                             f"would be open to the network (set a PIN of at least {MIN_PIN_DIGITS} digits, or keep "
+                             "host 127.0.0.1)")
+        return self
 
 
 class GPIOConfig(_Section):

@@ -15,6 +15,11 @@ Routes (see :func:`create_app`):
   pending sign-ups and active customers; ``/staff/login``, ``/staff/logout`` when a staff PIN is set.
   Every form carries a CSRF token (Flask-WTF); a POST without one is refused with 400.
 
+Access (:mod:`dangol_edge.webguard`): the menu page, its stream and the ``/api`` routes answer loopback
+clients only (403 otherwise, whatever ``display.host`` is); the staff pages answer other clients only when
+a staff PIN is set (config requires one for a non-loopback host), with a per-client PIN back-off; at most
+``max_streams`` event streams are open at once (503 beyond).
+
 :class:`DisplayServer` runs the app with werkzeug's threaded server in a background thread.
 """
 
@@ -38,8 +43,12 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from .config import EdgeConfig
 from .gallery import Customer, Gallery, UnknownCustomer
+from .menu_text import ago, format_price, greeting, house_menu, visible_picks
 from .screen import Screen
 from .state import StateStore
+from .webguard import MAX_EVENT_STREAMS, PinThrottle, Streams, is_loopback
+
+__all__ = ["DisplayServer", "create_app", "format_price", "house_menu", "load_secret_key", "visible_picks"]
 
 log = logging.getLogger(__name__)
 
@@ -49,83 +58,11 @@ CATALOGUE_POLL_S = 1.0
 HEARTBEAT_S = 15.0
 #: Longest wait on the screen in one step of an event stream, seconds (bounds the reaction to stop()).
 STREAM_STEP_S = 0.25
-#: Wrong PINs allowed before the staff sign-in is locked for :data:`PIN_LOCK_S` seconds.
-PIN_MAX_FAILS = 5
-PIN_LOCK_S = 60.0
+#: Paths of the kiosk (menu page, its event stream, the JSON API): loopback clients only.
+KIOSK_PATHS = ("/", "/events")
+KIOSK_PREFIX = "/api/"
 #: How long a staff sign-in lasts, seconds.
 STAFF_SESSION_S = 12 * 3600
-
-_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "KRW": "₩", "JPY": "¥", "CNY": "¥", "INR": "₹",
-            "AUD": "A$", "CAD": "C$", "NZD": "NZ$", "CHF": "CHF ", "SEK": "kr ", "NOK": "kr ", "DKK": "kr "}
-_NO_DECIMALS = {"KRW", "JPY", "VND", "CLP", "ISK", "HUF", "TWD"}
-
-
-def format_price(price: float | None, currency: str | None) -> str:
-    """A price for the menu, e.g. ``€3.50``, ``₩4,500``; ``""`` when the price is unknown.
-
-    Args:
-        price: major units (``3.5`` is three euros fifty); None for no price.
-        currency: ISO 4217 code (default EUR); unknown codes are written before the amount.
-    """
-    if price is None:
-        return ""
-    code = (currency or "EUR").upper()
-    amount = f"{price:,.0f}" if code in _NO_DECIMALS else f"{price:,.2f}"
-    return f"{_SYMBOLS.get(code, code + ' ')}{amount}"
-
-
-def _catalogue_items(catalogue: dict | None) -> dict[str, dict]:
-    return {str(i.get("id")): i for i in (catalogue or {}).get("items", [])}
-
-
-def house_menu(catalogue: dict | None) -> list[dict]:
-    """The house menu: available items grouped by category in catalogue order.
-
-    Returns:
-        ``[{"name": category, "items": [{"id", "name", "price", "description"}, ...]}, ...]``
-        (price already formatted); empty without a catalogue.
-    """
-    groups: dict[str, list[dict]] = {}
-    currency = (catalogue or {}).get("currency")
-    for item in (catalogue or {}).get("items", []):
-        if not item.get("available", True):
-            continue
-        groups.setdefault((item.get("category") or "").strip() or "More", []).append({
-            "id": str(item.get("id")), "name": item.get("name", ""),
-            "price": format_price(item.get("price"), currency), "description": item.get("description") or ""})
-    return [{"name": k, "items": v} for k, v in groups.items()]
-
-
-def visible_picks(picks: list[dict], catalogue: dict | None, limit: int) -> list[dict]:
-    """A customer's picks as the screen may show them: only items the current catalogue lists as
-    available (a missing catalogue shows none), with the catalogue's current name, price and description.
-
-    Args:
-        picks: the daemon's picks, each with ``id`` (or ``item_id``).
-        limit: at most this many.
-    Returns:
-        ``[{"id", "name", "category", "price" (formatted), "description"}, ...]`` in pick order.
-    """
-    items = _catalogue_items(catalogue)
-    currency = (catalogue or {}).get("currency")
-    out: list[dict] = []
-    for pick in picks or []:
-        item = items.get(str(pick.get("id", pick.get("item_id"))))
-        if item is None or not item.get("available", True):
-            continue
-        out.append({"id": str(item["id"]), "name": item.get("name", ""), "category": item.get("category"),
-                    "price": format_price(item.get("price"), currency),
-                    "description": item.get("description") or ""})
-        if len(out) >= limit:
-            break
-    return out
-
-
-def _greeting(now: datetime | None = None) -> str:
-    hour = (now or datetime.now()).hour
-    return ("Good morning" if 5 <= hour < 12 else "Good afternoon" if 12 <= hour < 18
-            else "Good evening" if hour >= 18 else "Nice to see you")
-
 
 def load_secret_key(home: Path) -> bytes:
     """The session/CSRF key from ``<home>/secret_key``, created once (32 random bytes, hex, mode 0600).
@@ -149,57 +86,14 @@ def load_secret_key(home: Path) -> bytes:
     return key.encode()
 
 
-def _ago(iso: str | None, now: datetime) -> str:
-    """'5 min ago' / 'in 3 h 10 min' for an ISO timestamp."""
-    if not iso:
-        return ""
-    try:
-        ts = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return iso
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    secs = (ts - now).total_seconds()
-    m = int(abs(secs) // 60)
-    text = "just now" if m < 1 else f"{m} min" if m < 60 else (
-        f"{m // 60} h {m % 60} min" if m < 24 * 60 else f"{m // 1440} d {m // 60 % 24} h")
-    if text == "just now":
-        return text
-    return f"in {text}" if secs > 0 else f"{text} ago"
-
-
-class _Streams:
-    """Open event streams and the shutdown flag shared by the app and its :class:`DisplayServer`."""
-
-    def __init__(self) -> None:
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._open = 0
-        self._idle = threading.Condition(self._lock)
-
-    def enter(self) -> None:
-        with self._lock:
-            self._open += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._open -= 1
-            self._idle.notify_all()
-
-    @property
-    def open(self) -> int:
-        with self._lock:
-            return self._open
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._lock:
-            return self._idle.wait_for(lambda: self._open == 0, timeout=timeout)
+_Streams = Streams  # the name older code used
 
 
 def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: EdgeConfig,
                on_activate: Callable[[Customer], None] | None = None,
                on_erase: Callable[[str], None] | None = None,
-               consent_version: str | None = None) -> Flask:
+               consent_version: str | None = None, max_streams: int = MAX_EVENT_STREAMS,
+               clock: Callable[[], float] = time.monotonic) -> Flask:
     """Build the menu + staff web app.
 
     Args:
@@ -211,6 +105,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
         on_erase: called with the id of a discarded or erased customer (the daemon confirms erasure).
         consent_version: the consent text version staff confirm; default ``config.display.consent_version``
             if that setting exists, else ``"1"``.
+        max_streams: event streams served at once (503 beyond).
+        clock: monotonic seconds for the PIN back-off (tests pass a fake one).
     Returns:
         the Flask app; ``app.extensions["dangol_streams"]`` is what :class:`DisplayServer` uses to end
         open event streams on stop.
@@ -222,15 +118,32 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     app.secret_key = load_secret_key(config.home)
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="dangol_edge",
                       WTF_CSRF_TIME_LIMIT=None, TEMPLATES_AUTO_RELOAD=False, JSON_SORT_KEYS=False)
-    CSRFProtect(app)
-    streams = _Streams()
+    streams = Streams(max_streams)
     app.extensions["dangol_streams"] = streams
     app_id = secrets.token_hex(6)
     display = config.display
     pin = display.staff_pin or None
     text_version = str(consent_version or getattr(display, "consent_version", None) or "1")
-    pin_fails: list[float] = []  # monotonic times of recent wrong PINs (all clients: a LAN-wide lock)
-    pin_lock = threading.Lock()
+    pins = PinThrottle(clock=clock)  # per client address: a wrong-PIN guesser cannot lock the staff out
+    app.extensions["dangol_pins"] = pins
+
+    @app.before_request
+    def kiosk_gate():
+        """The kiosk's routes for the Pi's own screen only; the staff pages for others only behind a PIN."""
+        local = is_loopback(request.remote_addr)
+        if not local and (request.path in KIOSK_PATHS or request.path.startswith(KIOSK_PREFIX)):
+            log.warning("refused %s %s from %s: the menu display is served to this device only",
+                        request.method, request.path, request.remote_addr)
+            return Response("The menu display is served to this device's own screen only.\n", status=403,
+                            mimetype="text/plain")
+        if not local and pin is None:
+            log.warning("refused %s %s from %s: no staff PIN is set", request.method, request.path,
+                        request.remote_addr)
+            return Response("The staff page needs a staff PIN (display.staff_pin) to be used from the network.\n",
+                            status=403, mimetype="text/plain")
+        return None
+
+    CSRFProtect(app)  # after the gate: a refused client is refused before anything else
 
     # --- menu page ---------------------------------------------------------------------------------
     def view(snapshot: dict, catalogue: dict | None) -> dict:
@@ -246,7 +159,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
         count = sum(len(g["items"]) for g in menu)
         return app.jinja_env.get_template("_screen.html").render(
             v=v, menu=menu, cols=1 if count <= 4 else 2 if count <= 10 else 3 if count <= 36 else 4,
-            greeting=_greeting(), now=datetime.now())
+            greeting=greeting(), now=datetime.now())
 
     def read_catalogue() -> dict | None:
         try:
@@ -275,8 +188,13 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
 
     @app.get("/events")
     def events():
+        release = streams.try_enter()
+        if release is None:
+            log.warning("refused an event stream from %s: %d open already", request.remote_addr, streams.limit)
+            return Response("Too many open event streams.\n", status=503, mimetype="text/plain",
+                            headers={"Retry-After": "5"})
+
         def stream() -> Iterator[str]:
-            streams.enter()
             try:
                 yield "retry: 1000\n\n"
                 sent: tuple | None = None
@@ -298,10 +216,12 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
                         beat = now
                     snap = screen.wait(snap["version"], STREAM_STEP_S)
             finally:
-                streams.leave()
+                release()
 
-        return Response(stream(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response = Response(stream(), mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.call_on_close(release)  # also when the stream never started (client gone at once)
+        return response
 
     # --- staff page --------------------------------------------------------------------------------
     def signed_in() -> bool:
@@ -316,9 +236,9 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
 
     def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: dict | None = None):
         now = datetime.now(timezone.utc)
-        pending = [{"c": c, "age": _ago(c.created_at, now), "expires": _ago(c.expires_at, now)}
+        pending = [{"c": c, "age": ago(c.created_at, now), "expires": ago(c.expires_at, now)}
                    for c in reversed(gallery.customers(status="pending"))]  # newest (at the counter) first
-        active = [{"c": c, "since": _ago(c.updated_at, now)}
+        active = [{"c": c, "since": ago(c.updated_at, now)}
                   for c in sorted(gallery.customers(status="active"), key=lambda c: c.display_name.casefold())]
         return render_template("staff.html", pending=pending, active=active, errors=errors or {},
                                values=values or {}, text_version=text_version, pin=pin is not None,
@@ -407,25 +327,28 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     def staff_login():
         if pin is None:
             return redirect(url_for("staff"))
-        error, status = None, 200
+        error, status, headers = None, 200, {}
         if request.method == "POST":
-            now = time.monotonic()
-            with pin_lock:
-                pin_fails[:] = [t for t in pin_fails if now - t < PIN_LOCK_S]
-                locked = len(pin_fails) >= PIN_MAX_FAILS
-                ok = not locked and hmac.compare_digest(request.form.get("pin", "").strip().encode(), pin.encode())
-                if ok:
-                    pin_fails.clear()
-                elif not locked:
-                    pin_fails.append(now)
+            client = request.remote_addr or "-"
+            locked = pins.wait(client) > 0
+            ok = not locked and hmac.compare_digest(request.form.get("pin", "").strip().encode(), pin.encode())
+            if ok:
+                pins.success(client)
+            elif not locked:
+                pins.failure(client)
+                log.warning("wrong staff PIN from %s", client)
             if ok:
                 session.clear()
                 session["staff_at"] = time.time()
                 target = request.args.get("next") or ""
                 return redirect(target if target.startswith("/staff") else url_for("staff"))
-            error, status = (("Too many wrong PINs — wait a minute and try again.", 429) if locked
-                             else ("That PIN is not right.", 401))
-        return render_template("staff_login.html", error=error), status
+            if locked:
+                wait = pins.retry_after(client)
+                error, status, headers = (f"Too many wrong PINs — wait {wait} seconds and try again.", 429,
+                                          {"Retry-After": str(wait)})
+            else:
+                error, status = "That PIN is not right.", 401
+        return render_template("staff_login.html", error=error), status, headers
 
     @app.post("/staff/logout")
     def staff_logout():
@@ -478,7 +401,7 @@ class DisplayServer:
         if self._server is not None:
             return
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        streams: _Streams | None = self.app.extensions.get("dangol_streams")  # type: ignore[union-attr]
+        streams: Streams | None = self.app.extensions.get("dangol_streams")  # type: ignore[union-attr]
         if streams is not None:
             streams.stopping.clear()
         try:
@@ -503,7 +426,7 @@ class DisplayServer:
         server, self._server = self._server, None
         if server is None:
             return
-        streams: _Streams | None = self.app.extensions.get("dangol_streams")  # type: ignore[union-attr]
+        streams: Streams | None = self.app.extensions.get("dangol_streams")  # type: ignore[union-attr]
         if streams is not None:
             streams.stopping.set()
         server.shutdown()
