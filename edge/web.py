@@ -368,6 +368,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
             resp.headers["Cache-Control"] = "no-store"
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("X-Frame-Options", "DENY")  # the staff page cannot be framed (clickjacking)
+        resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'; object-src 'none'; base-uri 'none'")
         return resp
 
     return app

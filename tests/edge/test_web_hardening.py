@@ -88,7 +88,11 @@ def test_kiosk_routes_refuse_clients_that_are_not_loopback(parts):
         assert "Flat white" not in response.get_data(as_text=True)
     for addr in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
         assert client.get("/api/state", environ_base={"REMOTE_ADDR": addr}).status_code == 200, addr
-    assert client.get("/", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    page = client.get("/", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert page.status_code == 200
+    for path in ("/", "/staff/login"):
+        headers = client.get(path, environ_base={"REMOTE_ADDR": "127.0.0.1"}).headers
+        assert headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
 
 
 def test_over_the_network_the_kiosk_is_refused_and_the_staff_page_asks_for_the_pin(served, browser):
