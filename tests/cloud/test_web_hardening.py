@@ -1,4 +1,4 @@
-"""Issue 9, dashboard rows, through Flask's test client on SQLite (the browser half is in
+"""Issue 9, dashboard rows, through Flask's test client on SQLite and PostgreSQL (the browser half is in
 ``test_web_hardening_browser.py``): safe ``next`` redirects, server-side sessions (sign-out, absolute
 lifetime), security headers, sign-in timing and progressive back-off per account / address, trusted
 proxies, bounded ``page``, POS ``amount`` and ``ts``, extreme stored times, confirmations, staff scope.
@@ -30,23 +30,38 @@ STAFF_EMAIL, STAFF_PASSWORD = "barista@cafe.example", "steamed milk 7"
 FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def make_site(tmp_path, sqlite_url):
-    """``make_site(**settings)`` → (app, db): a migrated SQLite database with the owner, and the app."""
+def _site_factory(tmp_path, url):
     made = []
 
     def make(**overrides):
-        db = Database(sqlite_url, data_key=DEV_KEY_BYTES)
+        db = Database(url, data_key=DEV_KEY_BYTES)
         db.migrate()
         with db.sessions() as s:
             fresh = s.scalar(select(func.count()).select_from(User)) == 0
         if fresh:
             add_owner(db)
-        settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="k", _env_file=None,
+        settings = Settings(cloud_home=tmp_path / "home", database_url=url, secret_key="k", _env_file=None,
                             **overrides)
         made.append(db)
         return create_app(settings, db=db, TESTING=True), db
 
+    return make, made
+
+
+@pytest.fixture
+def make_site(tmp_path, db_url):
+    """``make_site(**settings)`` → (app, db): a migrated database (SQLite and PostgreSQL) with the owner, and
+    the app."""
+    make, made = _site_factory(tmp_path, db_url)
+    yield make
+    for db in made:
+        db.dispose()
+
+
+@pytest.fixture
+def make_sqlite_site(tmp_path, sqlite_url):
+    """:func:`make_site` on SQLite only (for rows that do not depend on the database)."""
+    make, made = _site_factory(tmp_path, sqlite_url)
     yield make
     for db in made:
         db.dispose()
@@ -55,6 +70,11 @@ def make_site(tmp_path, sqlite_url):
 @pytest.fixture
 def web(make_site):
     return make_site()
+
+
+@pytest.fixture
+def sqlite_web(make_sqlite_site):
+    return make_sqlite_site()
 
 
 def csrf_of(html: str) -> str:
@@ -79,14 +99,14 @@ def age_failures(db, seconds: float) -> None:
 @pytest.mark.parametrize("target", ["/%09/evil.host/", "/%0a/evil.host/", "//evil.host/", "/%5Cevil.host/",
                                     "%2F%2Fevil.host", "https://evil.host/", "javascript:alert(1)",
                                     "/%5C%5Cevil.host", "https:evil.host"])
-def test_next_never_leaves_the_site(web, target):
-    app, _ = web
+def test_next_never_leaves_the_site(sqlite_web, target):
+    app, _ = sqlite_web
     response = sign_in(app.test_client(), next_=target)
     assert response.status_code == 302 and response.headers["Location"] == "/"
 
 
-def test_next_keeps_a_path_on_the_site(web):
-    app, _ = web
+def test_next_keeps_a_path_on_the_site(sqlite_web):
+    app, _ = sqlite_web
     response = sign_in(app.test_client(), next_="/customers/%3Fshow%3Dall")
     assert response.headers["Location"] == "/customers/?show=all"
     from dangol_cloud.security import local_redirect_target
@@ -138,9 +158,9 @@ def test_a_session_ends_at_its_absolute_lifetime(make_site):
 
 
 # --- headers -----------------------------------------------------------------------------------------------
-def test_every_response_carries_the_security_headers(make_site):
+def test_every_response_carries_the_security_headers(make_sqlite_site):
     for overrides, hsts in (({}, False), ({"public_url": "https://cafe.example"}, True)):
-        app, db = make_site(**overrides)
+        app, db = make_sqlite_site(**overrides)
         client = app.test_client()
         sign_in(client)
         for path in ("/login", "/", "/customers/", "/no-such-page", "/api/v1/openapi.json", "/static/style.css"):
@@ -169,8 +189,8 @@ def test_templates_have_no_inline_script():
 
 
 # --- sign-in -----------------------------------------------------------------------------------------------
-def test_sign_in_time_does_not_reveal_which_emails_exist(make_site):
-    app, _ = make_site()
+def test_sign_in_time_does_not_reveal_which_emails_exist(make_sqlite_site):
+    app, _ = make_sqlite_site()
     client = app.test_client()
     known, unknown = [], []  # each try from its own address; the owner's 5 failures stay below the allowance of 10
     sign_in(client, email="warm-up@cafe.example", password="x", addr="198.51.100.1")
@@ -233,15 +253,15 @@ def test_guessing_from_many_addresses_cannot_lock_the_owner_out(web):
     assert sign_in(forged, addr="192.0.2.10").status_code == 429
 
 
-def test_proxy_headers_count_only_with_trusted_proxies(make_site):
-    app, db = make_site()  # default: X-Forwarded-For is not believed: one address however it is spoofed
+def test_proxy_headers_count_only_with_trusted_proxies(make_sqlite_site):
+    app, db = make_sqlite_site()  # default: X-Forwarded-For is not believed: one address however it is spoofed
     for n in range(5):
         assert sign_in(app.test_client(), password="wrong", headers={"X-Forwarded-For": f"10.0.0.{n}"},
                        addr="192.0.2.1").status_code == 401
     assert sign_in(app.test_client(), headers={"X-Forwarded-For": "10.0.0.99"}, addr="192.0.2.1").status_code == 429
     with db.transaction() as s:
         s.execute(delete(LoginFailure))
-    app, _ = make_site(trusted_proxies=1)  # behind one proxy: the client address is the forwarded one
+    app, _ = make_sqlite_site(trusted_proxies=1)  # behind one proxy: the client address is the forwarded one
     for _ in range(5):
         assert sign_in(app.test_client(), password="wrong", headers={"X-Forwarded-For": "10.0.1.1"},
                        addr="192.0.2.2").status_code == 401
