@@ -15,6 +15,10 @@ Flow (``cloud/README.md``, "Privacy and security"):
 3. Each device answers ``erasure-done``; :func:`record_confirmation` adds it (audit ``erasure-confirmed``)
    and, once every target that still exists confirmed, completes the erasure (audit ``erasure-completed``).
 
+A device that erased a customer on its own staff page sends ``erasure-done`` without an erasure id: that is
+only an :class:`~dangol_cloud.models.ErasureRequest` naming the device (:mod:`dangol_cloud.events`), which an
+owner confirms (:func:`decide_erasure_request` → :func:`erase_customer`) or dismisses on the Stores page.
+
 The audit log never holds a name: customers appear by their random id only. An erasure asked for by or for
 the customer (not a retention sweep) of a customer with a consent record also logs ``consent-withdrawn``.
 """

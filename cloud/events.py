@@ -28,7 +28,7 @@ from dangol_cloud.erasure import audit, record_confirmation
 from dangol_cloud.models import (
     Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Visit, utcnow,
 )
-from dangol_cloud.mqtt import new_client
+from dangol_cloud.mqtt import connect_options, new_client
 
 __all__ = ["DATABASE_TROUBLE", "Outcome", "Listener", "handle_message"]
 
@@ -237,12 +237,12 @@ class Listener:
         on_erasures: called with a device id when that device reports ``online`` (re-send the erasures it
             has not confirmed); its exceptions are logged (the erasures stay pending and are re-sent later).
         client_id: MQTT client id, reserved for the cloud by the broker configuration
-            (:mod:`dangol_cloud.broker_auth`: a device may connect only with its own id); the session is
-            persistent (clean_session=False), so QoS 1 events sent while the listener was down are
-            delivered when it reconnects.
-        queue_size: messages handed from paho's network thread to the worker; more than the broker's
-            in-flight window (Mosquitto ``max_inflight_messages``, 20 by default), so the network thread
-            never waits on the database.
+            (:mod:`dangol_cloud.broker_auth`: a device may connect only with its own id); MQTT 5, the session
+            is persistent (``clean_start=False``, never expires), so QoS 1 events sent while the listener was
+            down are delivered when it reconnects; a refused subscription is logged with its reason code.
+        queue_size: messages handed from paho's network thread to the worker; also the session's Receive
+            Maximum, so the broker never has more unacknowledged messages in flight to us than the queue
+            holds and the network thread never waits on the database.
 
     paho's network thread only queues each message; one worker thread applies them in order
     (:func:`handle_message`) and acknowledges each once it was stored, judged a duplicate, or written to
@@ -313,6 +313,10 @@ class Listener:
                 if self._stopping.wait(delay):
                     return
                 delay = min(delay * 2, 30.0)
+            except Exception:  # even writing its dead letter failed: acknowledge it anyway, never stall
+                log.exception("message from %r could not be applied nor dead-lettered; acknowledged", topic)
+                outcome = Outcome.ERROR
+                break
         client = self.client
         if client is not None and generation == self._generation:
             client.ack(mid, qos)  # a message of an older connection is redelivered (deduplicated on event_id)
@@ -342,7 +346,7 @@ class Listener:
         Raises:
             MqttError: the MQTT URL is malformed.
         """
-        client, host, port = new_client(self.mqtt_url, self.client_id, clean_session=False, manual_ack=True)
+        client, host, port = new_client(self.mqtt_url, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
@@ -352,7 +356,8 @@ class Listener:
         self._worker = threading.Thread(target=self._work, name="dangol-listener-worker", daemon=True)
         self._worker.start()
         self.client = client
-        client.connect_async(host, port, keepalive=30)
+        client.connect_async(host, port, keepalive=30,
+                             **connect_options(clean_session=False, receive_maximum=self._queue.maxsize))
         client.loop_start()
         if not self.subscribed.wait(timeout):
             log.warning("MQTT listener not subscribed after %.0f s (broker %s:%s); still trying", timeout, host, port)

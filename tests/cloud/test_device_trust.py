@@ -344,6 +344,20 @@ def test_a_device_login_cannot_take_over_the_cloud_listeners_session(db, chain, 
     assert f"Client {LISTENER_ID} already connected" not in log and "session taken over" not in log.lower()
 
 
+def test_the_publisher_sees_a_publish_the_broker_refuses(db, chain, broker):
+    """MQTT 5: a publish the broker's ACL refuses is an error naming the topic, not a silent success."""
+    from dangol_cloud.mqtt import MqttError, connect, publish_all
+
+    client = connect(broker.url_as(chain.user_b, "pw-b"), proto.device_client_id(chain.device_b))
+    try:
+        with pytest.raises(MqttError, match=f"refused the message to {proto.catalogue_topic(chain.store_a)}.*authori"):
+            publish_all(client, [(proto.catalogue_topic(chain.store_a), b'{"forged": true}', True)], timeout=5)
+        assert publish_all(client, [(proto.status_topic(chain.device_b), b"", True)], timeout=5) == 1  # its own topic
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def test_dynsec_config_pins_every_device_to_its_own_client_id_and_store(db, chain, broker):
     config = json.loads((broker.config_dir / "dynamic-security.json").read_text())
     clients = {c["username"]: c for c in config["clients"]}
@@ -395,3 +409,41 @@ def test_time_bounds_are_named_in_the_refusal(db, chain):
         bounded_ts(datetime(9999, 12, 31, tzinfo=timezone.utc), "ts", now)
     assert bounded_ts(now + timedelta(hours=3), "ts", now) == now
     assert bounded_ts(now - timedelta(days=30), "ts", now) == now - timedelta(days=30)
+
+
+# --- migration 0004 ------------------------------------------------------------------------------------------------
+def test_migration_0004_records_origins_and_repairs_far_future_times(db_url):
+    """A database poisoned before the bounds existed (a 9999-12-31 arrival and status) is repaired by the
+    upgrade, and customers enrolled by a device become customers of its store."""
+    from sqlalchemy import text
+
+    from dangol_cloud.db import Database, migrate
+
+    from .conftest import DEV_KEY_BYTES
+
+    old = Database(db_url, data_key=DEV_KEY_BYTES)
+    migrate(old.engine, "0003")
+    with old.engine.begin() as conn:
+        conn.execute(text("INSERT INTO stores (id, name, created_at) VALUES ('s1', 'Main', '2026-01-01')"))
+        conn.execute(text("INSERT INTO devices (id, store_id, name, mqtt_username, mqtt_password_hash, created_at,"
+                          " status_at) VALUES ('d1', 's1', 'Door', 'device-d1', 'x', '2026-01-01',"
+                          " '9999-12-31 23:59:59')"))
+        conn.execute(text("INSERT INTO customers (id, status, source, created_at) VALUES ('c1', 'pending', 'edge',"
+                          " '2026-11-01 10:00:00')"))
+        for event_id, kind, ts in (("e1", "enrolment", "2026-11-01 10:00:00"), ("e2", "arrival", "9999-12-31 23:59:59")):
+            conn.execute(text("INSERT INTO device_events (event_id, device_id, kind, ts, received_at, payload) VALUES "
+                              "(:e, 'd1', :k, :ts, '2026-11-02 08:00:00', :p)"),
+                         {"e": event_id, "k": kind, "ts": ts, "p": json.dumps({"kind": kind, "customer_id": "c1"})})
+        conn.execute(text("INSERT INTO visits (event_id, customer_id, device_id, store_id, ts, shown_items) VALUES "
+                          "('e2', 'c1', 'd1', 's1', '9999-12-31 23:59:59', '[]')"))
+    old.dispose()
+    db = Database(db_url, data_key=DEV_KEY_BYTES)
+    db.migrate()
+    try:
+        with db.sessions() as s:
+            origin = s.get(CustomerOrigin, "c1")
+            assert (origin.store_id, origin.device_id) == ("s1", "d1")
+            assert s.scalar(select(Visit.ts)) == datetime(2026, 11, 2, 8, tzinfo=timezone.utc)
+            assert s.get(Device, "d1").status_at is None
+    finally:
+        db.dispose()

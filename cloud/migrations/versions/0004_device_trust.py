@@ -9,7 +9,13 @@ stored enrolment events (the first enrolment of a customer names the device, hen
 ``device_trust`` counts refused and dead-lettered messages per device; ``dead_letters`` keeps the newest of
 them (no payload, only size and SHA-256); ``erasure_requests`` holds erasures a device asked for, which an
 owner confirms or dismisses.
+
+Times devices sent before the bounds existed (``9999-12-31`` made the dashboard's pages fail in time zones east
+of UTC, year 1 west of it) are repaired: a visit's or event's ``ts`` outside [now − 3 years, now + 1 day] becomes
+the time the cloud received the event, a device's ``status_at`` in the future is cleared, and a consent time in
+the future becomes the customer's creation time.
 """
+from datetime import datetime, timedelta, timezone
 from typing import Sequence, Union
 
 import sqlalchemy as sa
@@ -40,6 +46,26 @@ def _backfill_origins(bind) -> None:
                                  "device_id": device_id, "created_at": existing[customer_id]}
     if rows:
         bind.execute(sa.insert(origins), list(rows.values()))
+
+
+def _repair_device_times(bind) -> None:
+    now = datetime.now(timezone.utc)
+    hi, lo = now + timedelta(days=1), now - timedelta(days=3 * 365)
+    if bind.dialect.name == "sqlite":  # stored as naive UTC there
+        hi, lo = hi.replace(tzinfo=None), lo.replace(tzinfo=None)
+    ts_type = sa.DateTime(timezone=True)
+    events = sa.table("device_events", sa.column("event_id", sa.String), sa.column("ts", ts_type),
+                      sa.column("received_at", ts_type))
+    visits = sa.table("visits", sa.column("event_id", sa.String), sa.column("ts", ts_type))
+    devices = sa.table("devices", sa.column("status_at", ts_type))
+    customers = sa.table("customers", sa.column("consent_at", ts_type), sa.column("created_at", ts_type))
+    received = sa.select(events.c.received_at).where(events.c.event_id == visits.c.event_id).scalar_subquery()
+    bind.execute(sa.update(visits).where(sa.or_(visits.c.ts > hi, visits.c.ts < lo),
+                                         sa.exists().where(events.c.event_id == visits.c.event_id))
+                 .values(ts=received))
+    bind.execute(sa.update(events).where(sa.or_(events.c.ts > hi, events.c.ts < lo)).values(ts=events.c.received_at))
+    bind.execute(sa.update(devices).where(devices.c.status_at > hi).values(status_at=None))
+    bind.execute(sa.update(customers).where(customers.c.consent_at > hi).values(consent_at=customers.c.created_at))
 
 
 def upgrade() -> None:
@@ -94,6 +120,7 @@ def upgrade() -> None:
     op.create_index("ix_erasure_requests_device_id", "erasure_requests", ["device_id"])
     op.create_index("ix_erasure_requests_customer_id", "erasure_requests", ["customer_id"])
     _backfill_origins(op.get_bind())
+    _repair_device_times(op.get_bind())
 
 
 def downgrade() -> None:
