@@ -116,11 +116,12 @@ def login():
     wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now)
     if wait > 0:
         return _too_many(form, wait, email, addr)
+    # count the attempt as failed before checking (concurrent guesses see each other); a success clears it
+    throttle.record_failure(s, settings, key, addr, now)
+    s.commit()
     user = s.scalar(select(User).where(User.email == email))
-    if not check_password_or_dummy(user.password_hash if user is not None else None, form.password.data) \
-            or user is None:
-        throttle.record_failure(s, settings, key, addr, now)
-        s.commit()
+    # always one scrypt check, also for an unknown e-mail (a throw-away hash): the time tells nothing
+    if not check_password_or_dummy(user.password_hash if user is not None else None, form.password.data):
         log.warning("failed sign-in for %r from %s", email, addr)
         flash("Wrong e-mail or password.", "error")
         return render_template("login.html", form=form), 401
