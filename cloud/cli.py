@@ -11,6 +11,7 @@ import getpass
 import logging
 import sys
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -143,16 +144,19 @@ def cmd_train(args, settings, db) -> int:
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task("start", total=len(TRAIN_STEPS))
-        done: list[str] = []
+        done: list[tuple[str, float]] = []
 
         def step(name: str) -> None:
             if done:
                 bar.advance(task)
-            done.append(name)
+            done.append((name, time.perf_counter()))
             bar.update(task, description=name)
 
         report = train_from_database(db, settings, progress=step)
+        done.append(("end", time.perf_counter()))
         bar.update(task, completed=len(TRAIN_STEPS), description="done")
+    seconds = ", ".join(f"{a} {t1 - t0:.1f}" for (a, t0), (_, t1) in zip(done, done[1:]))
+    out.print(f"trained in {done[-1][1] - done[0][1]:.1f} s ({seconds} s)", highlight=False)
     out.print(f"model {report.version}: {report.interactions} purchases, {report.customers} customers, "
               f"{report.items} items; {report.menus} menus written to the database", highlight=False)
     if settings.mqtt_url and not args.no_publish:

@@ -170,25 +170,34 @@ class TifuKnn:
 
     @classmethod
     def fit(cls, baskets: Baskets, group_size: int, r_b: float, r_g: float, k_max: int,
-            rows: np.ndarray | None = None, block: int = 1024) -> TifuKnn:
+            rows: np.ndarray | None = None, block: int = 1024, max_dims: int | None = None) -> TifuKnn:
         """Customer vectors and the ``k_max`` nearest other customers of each customer in ``rows`` (default:
-        every customer with baskets; the others keep -1), by brute force over blocks of rows."""
+        every customer with baskets; the others keep -1), by brute force over blocks of rows.
+
+        With ``max_dims`` and more items than that, the dot products in ``|a-b|² = |a|² + |b|² - 2 a·b`` are
+        taken over the ``max_dims`` items with the largest total weight only (the norms stay exact): an
+        approximation that keeps a whole-catalogue fit fast (shared rare items do not pull customers closer).
+        """
         vectors = cls.customer_vectors(baskets, group_size, r_b, r_g)
-        dense = vectors.toarray().astype(np.float32)
         active = np.flatnonzero(np.diff(vectors.indptr) > 0)
         position = np.full(vectors.shape[0], -1, dtype=np.int64)
         position[active] = np.arange(len(active))
         query = active if rows is None else np.asarray(rows, dtype=np.int64)
+        sq_all = np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel().astype(np.float32)
+        if max_dims is not None and vectors.shape[1] > max_dims:
+            heavy = np.sort(np.argsort(-np.asarray(vectors.sum(axis=0)).ravel(), kind="stable")[:max_dims])
+            dense = vectors[:, heavy].toarray().astype(np.float32)
+        else:
+            dense = vectors.toarray().astype(np.float32)
         pool = dense[active]
-        sq = (pool * pool).sum(axis=1)
+        sq = sq_all[active]
         k = min(k_max, max(len(active) - 1, 0))
         neighbours = np.full((vectors.shape[0], k_max), -1, dtype=np.int64)
         if k == 0:
             return cls(vectors, neighbours)
         for s in range(0, len(query), block):
             rows = query[s:s + block]
-            q = dense[rows]
-            d2 = (q * q).sum(axis=1)[:, None] + sq[None, :] - 2.0 * (q @ pool.T)
+            d2 = sq_all[rows][:, None] + sq[None, :] - 2.0 * (dense[rows] @ pool.T)
             own = position[rows]
             d2[np.flatnonzero(own >= 0), own[own >= 0]] = np.inf  # not its own neighbour
             part = np.argpartition(d2, k - 1, axis=1)[:, :k]
@@ -203,9 +212,11 @@ class TifuKnn:
         count = np.maximum(valid.sum(axis=1), 1)
         r = np.repeat(np.arange(len(rows)), valid.sum(axis=1))
         w = sp.csr_matrix(((1.0 / count)[r], (r, nb[valid])), shape=(len(rows), self.vectors.shape[0]))
-        if self._dense is None:
-            self._dense = self.vectors.toarray().astype(np.float32)
-        return np.asarray(w @ self._dense, dtype=np.float64)
+        if self.vectors.shape[1] <= 512:  # small catalogue: a dense product is faster
+            if self._dense is None:
+                self._dense = self.vectors.toarray().astype(np.float32)
+            return np.asarray(w @ self._dense, dtype=np.float64)
+        return (w @ self.vectors).toarray()
 
     def scores(self, rows: np.ndarray, k: int, alpha: float) -> np.ndarray:
         """``(len(rows), n_items)`` float64 ``α u + (1-α) neighbour mean``."""

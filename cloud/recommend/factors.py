@@ -43,39 +43,43 @@ class Factors:
         return (s - s.mean(axis=1, keepdims=True)) / (s.std(axis=1, keepdims=True) + 1e-9)
 
 
-def fit_factors(
-    interactions: sp.coo_matrix,
-    item_features: sp.csr_matrix,
-    user_features: sp.csr_matrix | None,
-    config: RecommenderConfig,
-) -> Factors:
-    """Fit LightFM on binary implicit feedback.
+def fit_lightfm(interactions: sp.coo_matrix, item_features: sp.csr_matrix, user_features: sp.csr_matrix | None,
+                config: RecommenderConfig, model=None, epochs: int | None = None):
+    """Fit (or, given ``model``, continue fitting) a LightFM model on binary implicit feedback.
 
     Args:
         interactions: ``(n_customers, n_items)`` COO, any positive value = "bought at least once".
         item_features: ``(n_items, n_item_features)`` CSR (identity + metadata, rows sum to 1).
         user_features: ``(n_customers, n_user_features)`` CSR or None (identity only).
         config: hyper-parameters (components, loss, epochs, learning rate, alphas, threads, seed).
+        model: a LightFM model fitted on the same shapes to continue from (``fit_partial``, warm start).
+        epochs: passes over the data (default ``config.epochs``).
 
     Returns:
-        The :class:`Factors` of the fitted model.
+        The fitted ``lightfm.LightFM``.
     """
     from lightfm import LightFM  # imported here: a compiled extension, only needed to train
 
     binary = interactions.tocsr()
     binary.sum_duplicates()
     binary.data = np.ones_like(binary.data, dtype=np.float32)
-    model = LightFM(
-        no_components=config.no_components,
-        loss=config.loss,
-        learning_rate=config.learning_rate,
-        item_alpha=config.item_alpha,
-        user_alpha=config.user_alpha,
-        max_sampled=config.max_sampled,
-        random_state=np.random.RandomState(config.random_state),
-    )
-    model.fit(binary.tocoo(), user_features=user_features, item_features=item_features,
-              epochs=config.epochs, num_threads=config.num_threads)
+    if model is None:
+        model = LightFM(
+            no_components=config.no_components,
+            loss=config.loss,
+            learning_rate=config.learning_rate,
+            item_alpha=config.item_alpha,
+            user_alpha=config.user_alpha,
+            max_sampled=config.max_sampled,
+            random_state=np.random.RandomState(config.random_state),
+        )
+    model.fit_partial(binary.tocoo(), user_features=user_features, item_features=item_features,
+                      epochs=config.epochs if epochs is None else epochs, num_threads=config.num_threads)
+    return model
+
+
+def factors_of(model, item_features: sp.csr_matrix, user_features: sp.csr_matrix | None) -> Factors:
+    """The :class:`Factors` of a fitted LightFM ``model``."""
     _, user_emb = model.get_user_representations(user_features)
     item_bias, item_emb = model.get_item_representations(item_features)
     return Factors(
@@ -85,3 +89,9 @@ def fit_factors(
         feature_emb=np.asarray(model.item_embeddings, dtype=np.float32),
         feature_bias=np.asarray(model.item_biases, dtype=np.float32),
     )
+
+
+def fit_factors(interactions: sp.coo_matrix, item_features: sp.csr_matrix, user_features: sp.csr_matrix | None,
+                config: RecommenderConfig) -> Factors:
+    """Fit LightFM from scratch (see :func:`fit_lightfm`) and return its :class:`Factors`."""
+    return factors_of(fit_lightfm(interactions, item_features, user_features, config), item_features, user_features)

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items
-from .factors import Factors, fit_factors
+from .factors import Factors, factors_of, fit_factors, fit_lightfm
 from .features import customer_feature_matrix, item_feature_matrix
 from .history import History, PopularityTable, build_history, pair_values
 from .baselines import Baskets, TifuKnn
@@ -102,11 +102,12 @@ class Recommender:
             return None
         return self.history.tifu.neighbour_mean(rows, self.config.tifu_neighbours)
 
-    def _score_block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, lightfm_z)``, both ``(len(rows), n_items)`` float64; see :meth:`score_matrix`."""
+    def _score_block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(scores, lightfm_z, tifu_neighbours)``, each ``(len(rows), n_items)`` float64 (the last None without a
+        TIFU-KNN part); see :meth:`score_matrix`."""
         z = self.factors.zscores(rows)
         if self.reranker is None:
-            return z, z
+            return z, z, None
         w = self.reranker.weights
         scores = z * w[LIGHTFM]
         nn = self._neighbours(rows)
@@ -120,7 +121,7 @@ class Recommender:
             x = pair_features(self.history, self.item_pop, self.item_rep, z[bought.row, bought.col],
                               rows[bought.row], bought.col)
             scores[bought.row, bought.col] += x[:, list(PERSONAL)] @ w[list(PERSONAL)]
-        return scores, z
+        return scores, z, nn
 
     def score_matrix(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), n_items)`` float64 scores for known customer indices ``rows`` (higher = better).
@@ -274,7 +275,8 @@ class Recommender:
         self._taste_cache[features] = text
         return text
 
-    def explain(self, rows: np.ndarray, cols: np.ndarray, z: np.ndarray | None = None) -> list[list[str]]:
+    def explain(self, rows: np.ndarray, cols: np.ndarray, z: np.ndarray | None = None,
+                neighbours: np.ndarray | None = None) -> list[list[str]]:
         """Reasons (the top scoring features, in words, at most three) for picks (customer ``rows[k]``, item ``cols[k]``).
 
         Args:
@@ -289,11 +291,10 @@ class Recommender:
             return [[t] if t else [] for t in taste]
         if z is None:
             z = np.array([self.factors.zscores(np.array([r]))[0, c] for r, c in zip(rows, cols, strict=True)])
-        nn = None
-        if self.history.tifu is not None:
-            nn = np.empty(len(rows))
+        nn = neighbours
+        if nn is None and self.history.tifu is not None:
             unique, where = np.unique(rows, return_inverse=True)
-            nn[:] = self._neighbours(unique)[where, cols]
+            nn = self._neighbours(unique)[where, cols]
         x = pair_features(self.history, self.item_pop, self.item_rep, z, rows, cols, nn)
         contrib = self.reranker.contributions(x)
         groups = np.column_stack([
@@ -359,14 +360,15 @@ class Recommender:
         for start in range(0, len(known), _BATCH):
             batch = known[start:start + _BATCH]
             rows = np.array([r for _, r in batch], dtype=np.int64)
-            scores, z = self._score_block(rows)
+            scores, z, nn = self._score_block(rows)
             for j, (cust, _) in enumerate(batch):
                 cols = self._excluded(exclude, cust)
                 scores[j, cols], z[j, cols] = -np.inf, -np.inf
             ranked = self._with_new_items(self._ranked(scores, mask, n), z, mask, n)
             local = np.repeat(np.arange(len(rows)), [len(p) for p in ranked])
             cols = np.array([k for p in ranked for k in p], dtype=np.int64)
-            reasons = self.explain(rows[local], cols, z[local, cols]) if explain else [[] for _ in cols]
+            nn_picks = None if nn is None else nn[local, cols]
+            reasons = self.explain(rows[local], cols, z[local, cols], nn_picks) if explain else [[] for _ in cols]
             pos = 0
             for j, ((cust, _), picked) in enumerate(zip(batch, ranked, strict=True)):
                 values = scores[j, picked].tolist()
@@ -429,19 +431,23 @@ def _coo(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.coo_matrix:
     return sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
 
 
-def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig) -> Reranker:
+def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig
+                  ) -> tuple[Reranker, object | None]:
     """Carve the last ``rerank_window_days`` of training as labels, fit LightFM + statistics on the rest,
-    and fit the re-ranker on sampled (customer, item) pairs of customers active in both parts."""
+    and fit the re-ranker on sampled (customer, item) pairs of customers active in both parts.
+
+    Returns ``(re-ranker, the LightFM model fitted on the earlier part or None)``."""
     label_start = end_day - cfg.rerank_window_days
     past = day < label_start
     if past.sum() == 0 or (~past).sum() == 0:
-        return Reranker.fallback()
+        return Reranker.fallback(), None
     hist = build_history(u[past], i[past], day[past], shape, label_start, cfg.recency_half_life_days)
     labels = _coo(u[~past], i[~past], shape).tocsr()
     eligible = np.flatnonzero((hist.visits > 0) & (np.diff(labels.indptr) > 0))
     if len(eligible) < 20:
-        return Reranker.fallback()
-    factors = fit_factors(_coo(u[past], i[past], shape), item_x, user_x, cfg)
+        return Reranker.fallback(), None
+    lightfm = fit_lightfm(_coo(u[past], i[past], shape), item_x, user_x, cfg)
+    factors = factors_of(lightfm, item_x, user_x)
     pop, rep = item_statistics(hist, categories)
     rng = np.random.default_rng(cfg.random_state)
     rows = np.sort(rng.choice(eligible, size=min(cfg.rerank_max_customers, len(eligible)), replace=False))
@@ -457,7 +463,7 @@ def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: Re
             nn[sel] = hist.tifu.neighbour_mean(block_rows, cfg.tifu_neighbours)[position[sel] - start, pc[sel]]
     x = pair_features(hist, pop, rep, z, pr, pc, nn)
     y = pair_values(labels, pr, pc) > 0
-    return Reranker.fit(x, y, pw, len(rows))
+    return Reranker.fit(x, y, pw, len(rows)), lightfm
 
 
 def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], cfg: RecommenderConfig,
@@ -466,7 +472,7 @@ def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int],
     if not cfg.tifu:
         return None
     return TifuKnn.fit(Baskets.build(u, i, day, shape), cfg.tifu_group_size, cfg.tifu_r_b, cfg.tifu_r_g,
-                       cfg.tifu_neighbours, rows=rows)
+                       cfg.tifu_neighbours, rows=rows, max_dims=cfg.tifu_max_dims)
 
 
 def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> str:
@@ -518,9 +524,15 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     end_day = int(day.max()) + 1
 
     step("re-ranker")
-    reranker = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg) if cfg.rerank else None
+    reranker, window_lightfm = None, None
+    if cfg.rerank:
+        reranker, window_lightfm = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg)
     step("factors")
-    factors = fit_factors(_coo(u, i, shape), item_x, user_x, cfg)
+    if window_lightfm is not None and cfg.refit_epochs:  # warm start: continue from the earlier part's fit
+        lightfm = fit_lightfm(_coo(u, i, shape), item_x, user_x, cfg, model=window_lightfm, epochs=cfg.refit_epochs)
+    else:
+        lightfm = fit_lightfm(_coo(u, i, shape), item_x, user_x, cfg)
+    factors = factors_of(lightfm, item_x, user_x)
     step("history")
     history = build_history(u, i, day, shape, end_day, cfg.recency_half_life_days)
     history.tifu = _tifu(u, i, day, shape, cfg) if cfg.rerank else None

@@ -1,7 +1,7 @@
 """Saving and loading a :class:`~dangol_cloud.recommend.model.Recommender` without pickle.
 
 Layout of a model folder ``<directory>/<version>/``: ``meta.json`` (format version, model version,
-config, feature names, re-ranker intercept, training metadata) and ``arrays.npz`` (compressed NumPy
+config, feature names, re-ranker intercept, training metadata) and ``arrays.npz`` (uncompressed NumPy
 arrays; a sparse matrix ``m`` is stored as ``m__data``, ``m__indices``, ``m__indptr``, ``m__shape``).
 Arrays are stored in their own dtypes (float32 embeddings), so a loaded model scores bit-identically.
 """
@@ -68,7 +68,7 @@ def save_model(model: Recommender, directory: Path) -> Path:
     if model.reranker is not None:
         for name in ("weights", "mean", "scale", "coef"):
             arrays[f"reranker_{name}"] = getattr(model.reranker, name)
-    np.savez_compressed(folder / "arrays.npz", **arrays)
+    np.savez(folder / "arrays.npz", **arrays)  # uncompressed: zlib took ~10 s for a whole-catalogue model
     meta = {
         "format": FORMAT_VERSION, "version": model.version, "config": model.config.to_dict(),
         "item_feature_names": model.item_feature_names, "history_ref_day": int(model.history.ref_day),
