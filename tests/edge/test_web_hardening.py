@@ -95,6 +95,7 @@ def test_kiosk_routes_refuse_clients_that_are_not_loopback(parts):
         assert headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
 
 
+@pytest.mark.slow
 def test_over_the_network_the_kiosk_is_refused_and_the_staff_page_asks_for_the_pin(served, browser):
     if (msg := chromium_missing()):
         pytest.fail(msg, pytrace=False)
@@ -185,6 +186,7 @@ def test_pin_back_off_remembers_a_bounded_number_of_clients(parts):
     assert len(pins._fails) == pins.max_clients
 
 
+@pytest.mark.slow
 def test_lan_guesser_gets_429_in_the_browser_while_staff_sign_in(served, browser):
     address = lan_address()
     if address is None:
