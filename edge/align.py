@@ -1,13 +1,13 @@
-"""Keypoint-based face alignment to the 160×160 crop FaceNet expects, and its fixed standardisation.
+"""Keypoint-based face alignment to the crop each embedder expects, and the crop's sharpness.
 
 The crop is a similarity transform (rotation, uniform scale, translation) fitted robustly (least
-median of squares, ``cv2.estimateAffinePartial2D``) from four MediaPipe keypoints — both eyes, nose
-tip, mouth centre — to :data:`TEMPLATE`: eyes level, eye distance ``EYE_DISTANCE`` × 160 px, eye
-midpoint at (80, ``EYE_Y`` × 160), nose and mouth at their mean LFW positions in that frame. If the fit
-fails, the eyes alone set the transform. Using nose and mouth as well as the eyes makes the scale
-steadier under yaw than an eye-only fit: on the LFW fold in ``shared/data`` the all-pairs TAR at
-FAR = 1e-3 rose from 93.0 % (eyes only, distance 0.31) to 94.1 % (four points, 0.33); the constants were
-chosen there by a small grid (README, "Accuracy").
+median of squares, ``cv2.estimateAffinePartial2D``) from the detector's landmarks to the model's
+template (:mod:`dangol_edge.facemodels`): five points (eyes, nose tip, mouth corners) when the
+detector gives mouth corners (YuNet) and the model has a five-point template (SFace's ArcFace
+template), otherwise four points (eyes, nose tip, mouth centre; MediaPipe gives the mouth centre).
+If the fit fails, the eyes alone set the transform. Using nose and mouth as well as the eyes makes the
+scale steadier under yaw than an eye-only fit: with FaceNet on the LFW fold in ``shared/data`` the
+all-pairs TAR at FAR = 1e-3 rose from 93.0 % (eyes only) to 94.1 % (four points).
 """
 
 from __future__ import annotations
@@ -15,36 +15,39 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-#: Output crop side, px (FaceNet 20180408-102900 input is 160×160×3).
-CROP_SIZE = 160
-#: Eye distance as a fraction of the crop side.
-EYE_DISTANCE = 0.33
-#: Vertical position of the eye midpoint as a fraction of the crop side.
-EYE_Y = 0.40
-#: Target positions (fractions of the crop side) of right eye, left eye, nose tip, mouth centre: the
-#: mean MediaPipe keypoints of the LFW fold after eye alignment, made left-right symmetric.
-TEMPLATE = np.array([[0.5 - EYE_DISTANCE / 2, EYE_Y], [0.5 + EYE_DISTANCE / 2, EYE_Y],
-                     [0.5, 0.5816], [0.5, 0.7601]], dtype=np.float32)
+from .facemodels import FACENET, SFACE, FaceModelSpec
+
+#: FaceNet's crop side, px (kept for callers that build FaceNet inputs directly).
+CROP_SIZE = FACENET.size
+#: FaceNet's four-point template as fractions of the crop side (right eye, left eye, nose tip, mouth centre).
+TEMPLATE = FACENET.template4 / FACENET.size
 
 
-def alignment_matrix(keypoints: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+def alignment_matrix(keypoints: np.ndarray, spec: FaceModelSpec = SFACE,
+                     corners: np.ndarray | None = None) -> np.ndarray:
     """The ``(2, 3) float64`` similarity matrix mapping frame px to crop px.
 
     Args:
-        keypoints: ``(≥4, 2)`` px in MediaPipe order (right eye, left eye, nose tip, mouth centre, …);
-            with only two rows (the eyes) the eye-only transform is used.
+        keypoints: ``(≥4, 2)`` px: right eye, left eye, nose tip, mouth centre (MediaPipe order; more rows
+            are ignored); with only two rows (the eyes) the eye-only transform is used.
+        spec: the embedder whose template and crop size to use.
+        corners: ``(2, 2)`` px right and left mouth corners, or None (then the mouth centre is used).
     """
     kp = np.asarray(keypoints, dtype=np.float32)
     if len(kp) >= 4:
-        m, _ = cv2.estimateAffinePartial2D(kp[:4], TEMPLATE * size, method=cv2.LMEDS)
+        if corners is not None and spec.template5 is not None:
+            src = np.vstack([kp[:3], np.asarray(corners, dtype=np.float32)])
+            dst = spec.template5
+        else:
+            src, dst = kp[:4], spec.template4
+        m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
         if m is not None and np.isfinite(m).all():
             return m.astype(np.float64)
-    return eye_alignment_matrix(kp, size)
+    t = spec.template4 / spec.size
+    return eye_alignment_matrix(kp, spec.size, float(t[1, 0] - t[0, 0]), float(t[:2, 1].mean()))
 
 
-def eye_alignment_matrix(
-    keypoints: np.ndarray, size: int = CROP_SIZE, eye_distance: float = EYE_DISTANCE, eye_y: float = EYE_Y
-) -> np.ndarray:
+def eye_alignment_matrix(keypoints: np.ndarray, size: int, eye_distance: float, eye_y: float) -> np.ndarray:
     """The eye-only ``(2, 3) float64`` matrix: eyes level, ``eye_distance`` × size apart, midpoint at
     (size/2, ``eye_y`` × size).
 
@@ -64,8 +67,9 @@ def eye_alignment_matrix(
     return m
 
 
-def align_face(rgb: np.ndarray, keypoints: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
-    """Cut the aligned ``(size, size, 3) uint8`` RGB crop of one face.
+def align_face(rgb: np.ndarray, keypoints: np.ndarray, spec: FaceModelSpec = SFACE,
+               corners: np.ndarray | None = None) -> np.ndarray:
+    """Cut the aligned ``(spec.size, spec.size, 3) uint8`` RGB crop of one face.
 
     When the face is much larger than the crop, the region is first shrunk with area averaging so the
     warp does not alias (a 1080p close-up would otherwise lose detail to sampling).
@@ -73,14 +77,17 @@ def align_face(rgb: np.ndarray, keypoints: np.ndarray, size: int = CROP_SIZE) ->
     Args:
         rgb: ``(H, W, 3) uint8`` RGB frame.
         keypoints: ``(≥2, 2)`` px keypoints (MediaPipe order, see :mod:`dangol_edge.detect`).
+        spec: the embedder the crop is for (size and template).
+        corners: ``(2, 2)`` px mouth corners when the detector gives them (YuNet).
     """
-    m = alignment_matrix(keypoints, size)
+    size = spec.size
+    m = alignment_matrix(keypoints, spec, corners)
     scale = float(np.hypot(m[0, 0], m[0, 1]))
     if scale < 0.5:
         # Crop the source region the output covers, shrink it by area averaging, then warp.
         inv = cv2.invertAffineTransform(m)
-        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
-        src = corners @ inv.T
+        box = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
+        src = box @ inv.T
         x0, y0 = np.floor(src.min(axis=0)).astype(int) - 2
         x1, y1 = np.ceil(src.max(axis=0)).astype(int) + 2
         h, w = rgb.shape[:2]
@@ -96,20 +103,6 @@ def align_face(rgb: np.ndarray, keypoints: np.ndarray, size: int = CROP_SIZE) ->
             m = m @ np.linalg.inv(to_small)
             rgb = small
     return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def standardize(crops: np.ndarray) -> np.ndarray:
-    """FaceNet 2018 fixed standardisation: ``(pixel - 127.5) / 128``.
-
-    Source: davidsandberg/facenet ``facenet.py`` (``FIXED_STANDARDIZATION``), used to train
-    20180408-102900.
-
-    Args:
-        crops: ``(N, 160, 160, 3) uint8`` RGB.
-    Returns:
-        ``(N, 160, 160, 3) float32`` in about [-1, 1].
-    """
-    return (crops.astype(np.float32) - 127.5) / 128.0
 
 
 def sharpness(crop: np.ndarray) -> float:

@@ -84,9 +84,12 @@ def _open(args):
     return cfg, emb, gallery
 
 
-def _customer_dict(c) -> dict:
-    return {"id": c.id, "name": c.display_name, "status": c.status, "templates": c.templates,
-            "created_at": c.created_at, "consent": c.consent, "short_code": c.short_code}
+def _customer_dict(c, models: dict[str, int] | None = None) -> dict:
+    d = {"id": c.id, "name": c.display_name, "status": c.status, "templates": c.templates,
+         "created_at": c.created_at, "consent": c.consent, "short_code": c.short_code}
+    if models is not None:
+        d["template_models"] = {sha[:12]: n for sha, n in sorted(models.items())}
+    return d
 
 
 def cmd_enroll(args) -> int:
@@ -96,7 +99,7 @@ def cmd_enroll(args) -> int:
     from .sources import SourceError, open_source
 
     cfg, emb, gallery = _open(args)
-    pipeline = FacePipeline(FaceDetector(cfg.detector), emb)
+    pipeline = FacePipeline(FaceDetector(cfg.detector, cfg.yunet_path), emb)
     try:
         if args.image:
             samples = [sample_from_photo(p, pipeline) for p in args.image]  # all checked before any write
@@ -131,7 +134,8 @@ def cmd_identify(args) -> int:
 
     cfg, emb, gallery = _open(args)
     if gallery.stale_templates:
-        log.warning("%d templates were made by a different model and are ignored; re-enrol those customers",
+        log.warning("%d templates were made by a different model and are ignored; run the daemon with "
+                    "embedder.previous_model_path set to migrate them, or re-enrol those customers",
                     gallery.stale_templates)
     rec = Recognizer.from_config(cfg, gallery=gallery, embedder=emb)
     names = {c.id: c.display_name for c in gallery.customers()}
@@ -176,8 +180,9 @@ def cmd_customers(args) -> int:
     _, _, gallery = _open(args)
     try:
         if args.action == "list":
+            models = gallery.template_models()
             for c in gallery.customers():
-                print(json.dumps(_customer_dict(c)))
+                print(json.dumps(_customer_dict(c, models.get(c.id, {}))))
         elif args.action == "show":
             c = gallery.customer(args.id)
             d = _customer_dict(c)

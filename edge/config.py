@@ -37,12 +37,17 @@ class _Section(BaseModel):
 
 
 class DetectorConfig(_Section):
-    """MediaPipe face detection and the quality gates applied to each detection.
+    """Face detection and the quality gates applied to each detection.
 
-    ``model``: ``full`` is BlazeFace full-range (faces up to ~5 m, what an entrance camera needs);
-    ``short`` is BlazeFace short-range (within ~2 m, faster). Both ship inside the MediaPipe wheel.
+    ``backend``: ``mediapipe`` (BlazeFace; default) or ``yunet`` (OpenCV Zoo YuNet, five landmarks;
+    ``yunet_path`` defaults to ``face_detection_yunet_2023mar.onnx`` next to the embedder model).
+    ``model`` (MediaPipe only): ``full`` is BlazeFace full-range (faces up to ~5 m, what an entrance
+    camera needs); ``short`` is BlazeFace short-range (within ~2 m, faster). Both ship inside the
+    MediaPipe wheel.
     """
 
+    backend: Literal["mediapipe", "yunet"] = "mediapipe"
+    yunet_path: Path | None = None
     model: Literal["short", "full"] = "full"
     min_score: float = Field(0.6, ge=0.05, le=1.0, description="detector confidence threshold")
     min_face_px: int = Field(40, ge=16, le=2000, description="minimum face box width, px")
@@ -57,9 +62,19 @@ class DetectorConfig(_Section):
 
 
 class EmbedderConfig(_Section):
-    """The TFLite FaceNet embedder; ``model_path`` defaults to ``<home>/models/facenet-int8.tflite``."""
+    """The TFLite face embedder: ``model`` ``sface`` (default) or ``facenet``; ``model_path`` defaults to
+    ``<home>/models/<model>-int8.tflite``.
 
+    ``previous_model_path``: during a model upgrade, the embedder the gallery's templates were made
+    with. While it is set, a customer recognised confidently by the previous model gets a template of
+    the new model from the same frame (see :mod:`dangol_edge.upgrade`); ``upgrade_days`` after the
+    first such run, or once every customer has a new template, the previous model is no longer used.
+    """
+
+    model: Literal["sface", "facenet"] = "sface"
     model_path: Path | None = None
+    previous_model_path: Path | None = None
+    upgrade_days: float = Field(30.0, gt=0.0, le=365.0, description="run both models at most this long, days")
     threads: int = Field(2, ge=1, le=16)
 
 
@@ -67,11 +82,15 @@ class MatcherConfig(_Section):
     """Open-set 1:N matching on cosine similarity of L2-normalised embeddings.
 
     A probe is accepted as customer *c* only when ``sim(c) >= threshold`` and
-    ``sim(c) - sim(best other customer) >= margin``. The default threshold comes from
-    ``dangol-models evaluate`` on the LFW fold in ``shared/data`` (see README, "Accuracy").
+    ``sim(c) - sim(best other customer) >= margin``. Unless ``threshold`` is set, it is calibrated to the
+    gallery: the smallest score at which a stranger's probe photo would be accepted as anyone with
+    probability at most ``target_fpir`` (false-positive identification rate) against the current number
+    of templates, from the model's impostor score distribution recorded by ``dangol-models build``
+    (:mod:`dangol_edge.calibration`). A track must then also win ``tracker.min_votes`` such photos.
     """
 
-    threshold: float = Field(0.60, ge=-1.0, le=1.0)
+    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="fixed threshold (overrides target_fpir)")
+    target_fpir: float = Field(0.01, ge=1e-6, le=0.5, description="strangers accepted per probe photo")
     margin: float = Field(0.05, ge=0.0, le=2.0)
 
 
@@ -234,7 +253,12 @@ class EdgeConfig(BaseSettings):
     @property
     def model_path(self) -> Path:
         """Path of the ``.tflite`` embedder."""
-        return self.embedder.model_path or self.home / "models" / "facenet-int8.tflite"
+        return self.embedder.model_path or self.home / "models" / f"{self.embedder.model}-int8.tflite"
+
+    @property
+    def yunet_path(self) -> Path:
+        """Path of the YuNet detector (used with ``detector.backend = "yunet"``)."""
+        return self.detector.yunet_path or self.model_path.parent / "face_detection_yunet_2023mar.onnx"
 
     @property
     def gallery_path(self) -> Path:

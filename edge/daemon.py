@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import EdgeConfig
 from .embed import Embedder
-from .enrol import Sample
+from .enrol import Sample, SampleCollector
 from .gallery import Gallery, UnknownCustomer
 from .recognition import Recognizer
 from .screen import Screen
@@ -56,6 +56,7 @@ class Stats:
 @dataclass
 class _Enrolment:
     started: float
+    collector: SampleCollector
     samples: list[Sample] = field(default_factory=list)
     frames: int = 0
 
@@ -367,7 +368,8 @@ class Appliance:
                 return
             if req == "enrol" and self._enrol is None:
                 log.info("enrolment started")
-                self._enrol = _Enrolment(started=time.monotonic())
+                self._enrol = _Enrolment(started=time.monotonic(),
+                                         collector=SampleCollector(self.config.enrol.templates))
                 self.screen.show_enrolment("capturing")
                 if self.button:
                     self.button.busy()
@@ -382,12 +384,14 @@ class Appliance:
         e = self._enrol
         cfg = self.config.enrol
         e.frames += 1
-        if e.frames % 2 == 0:  # every other frame, so the templates are not near-duplicates
+        col = e.collector
+        if col.due(frame.index):
             faces = self.recognizer.pipeline.process(frame.rgb, max_faces=1)
-            if faces and faces[0].embedding is not None:
-                f = faces[0]
-                e.samples.append(Sample(f.embedding, f.quality, f.crop))
-        if len(e.samples) >= cfg.templates:
+            if col.offer(faces[0] if faces else None, frame.index):
+                self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
+        if col.full:
+            e.samples = col.select()
+        if e.samples:
             from .enrol import enroll
 
             c = enroll(self.gallery, "", e.samples, status="pending", keep_photos=cfg.keep_photos,

@@ -1,9 +1,16 @@
-"""Face detection with MediaPipe (BlazeFace) and the quality gates applied before embedding.
+"""Face detection (MediaPipe BlazeFace or OpenCV YuNet) and the quality gates applied before embedding.
 
-Model: MediaPipe Face Detection, BlazeFace short-range (``face_detection_short_range.tflite``, faces
-within ~2 m) or full-range (``face_detection_full_range_sparse.tflite``, up to ~5 m), both shipped in
-the MediaPipe 0.10.21 (x86-64) / 0.10.18 (aarch64) wheels; Bazarevsky et al., "BlazeFace: Sub-millisecond
-Neural Face Detection on Mobile GPUs", 2019. Licence Apache-2.0.
+Models:
+
+* MediaPipe Face Detection (default), BlazeFace short-range (``face_detection_short_range.tflite``,
+  faces within ~2 m) or full-range (``face_detection_full_range_sparse.tflite``, up to ~5 m), both
+  shipped in the MediaPipe 0.10.21 (x86-64) / 0.10.18 (aarch64) wheels; Bazarevsky et al., "BlazeFace:
+  Sub-millisecond Neural Face Detection on Mobile GPUs", 2019. Apache-2.0. Six keypoints: eyes, nose
+  tip, mouth centre, ears.
+* YuNet ``face_detection_yunet_2023mar.onnx`` (OpenCV Zoo; Wu et al., "YuNet: A Tiny Millisecond-level
+  Face Detector", Machine Intelligence Research 2023; MIT), run by ``cv2.FaceDetectorYN`` from
+  opencv-contrib-python. ``dangol-models build`` puts the file next to the embedder. Five landmarks:
+  eyes, nose tip, mouth corners.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -29,12 +37,15 @@ class Detection:
     Attributes:
         box: ``(x0, y0, x1, y1)`` float, px in the frame (may extend past the frame edge).
         score: detector confidence in [0, 1].
-        keypoints: ``(6, 2) float32`` px ``(x, y)``, in :data:`KEYPOINTS` order.
+        keypoints: ``(≥4, 2) float32`` px ``(x, y)``, in :data:`KEYPOINTS` order (MediaPipe gives all
+            six; YuNet the first four, its mouth centre being the mean of the corners).
+        corners: ``(2, 2) float32`` px right and left mouth corners (YuNet), or None (MediaPipe).
     """
 
     box: tuple[float, float, float, float]
     score: float
     keypoints: np.ndarray
+    corners: np.ndarray | None = None
 
     @property
     def width(self) -> float:
@@ -110,35 +121,52 @@ class QualityGate:
 
 
 class FaceDetector:
-    """MediaPipe face detection on RGB frames.
+    """Face detection on RGB frames with the backend named in the config.
 
     Args:
-        config: model choice (``short``/``full``); detections below ``min(config.min_score, 0.5)``
-            are not even reported, the quality gate applies ``min_score`` afterwards.
+        config: backend (``mediapipe``: model ``short``/``full``; ``yunet``), and thresholds: detections
+            below ``min(config.min_score, 0.5)`` are not even reported, the quality gate applies
+            ``min_score`` afterwards.
+        yunet_path: the YuNet ``.onnx`` file (needed only with ``backend = "yunet"``).
 
-    The MediaPipe graph is created on first use (or :meth:`open`), not in the constructor.
+    The model is loaded on first use (or :meth:`open`), not in the constructor.
     """
 
-    def __init__(self, config: DetectorConfig | None = None):
+    def __init__(self, config: DetectorConfig | None = None, yunet_path: str | Path | None = None):
         self.config = config or DetectorConfig()
+        self.yunet_path = Path(yunet_path) if yunet_path else None
         self._impl = None
 
     def open(self) -> "FaceDetector":
-        """Load the MediaPipe graph. Raises RuntimeError if MediaPipe is missing."""
-        if self._impl is None:
+        """Load the model.
+
+        Raises:
+            RuntimeError: MediaPipe is missing, or the YuNet file is missing or unreadable (named).
+        """
+        if self._impl is not None:
+            return self
+        floor = min(self.config.min_score, 0.5)
+        if self.config.backend == "yunet":
+            if self.yunet_path is None or not self.yunet_path.is_file():
+                raise RuntimeError(f"{self.yunet_path}: YuNet model not found (run `dangol-models build`)")
+            import cv2
+
+            try:
+                self._impl = cv2.FaceDetectorYN.create(str(self.yunet_path), "", (320, 320), floor, 0.3, 50)
+            except cv2.error as exc:
+                raise RuntimeError(f"{self.yunet_path}: not a loadable YuNet model: {exc}") from exc
+        else:
             import mediapipe as mp  # heavy import: only when used
 
             self._impl = mp.solutions.face_detection.FaceDetection(
-                model_selection=1 if self.config.model == "full" else 0,
-                min_detection_confidence=min(self.config.min_score, 0.5),
-            )
+                model_selection=1 if self.config.model == "full" else 0, min_detection_confidence=floor)
         return self
 
     def close(self) -> None:
-        """Release the MediaPipe graph."""
-        if self._impl is not None:
+        """Release the model."""
+        if self._impl is not None and hasattr(self._impl, "close"):
             self._impl.close()
-            self._impl = None
+        self._impl = None
 
     def __enter__(self) -> "FaceDetector":
         return self.open()
@@ -155,6 +183,11 @@ class FaceDetector:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB (H, W, 3) uint8 frame, got {rgb.shape} {rgb.dtype}")
         self.open()
+        out = self._yunet(rgb) if self.config.backend == "yunet" else self._mediapipe(rgb)
+        out.sort(key=lambda d: d.area, reverse=True)
+        return out
+
+    def _mediapipe(self, rgb: np.ndarray) -> list[Detection]:
         h, w = rgb.shape[:2]
         result = self._impl.process(np.ascontiguousarray(rgb))
         out: list[Detection] = []
@@ -165,5 +198,16 @@ class FaceDetector:
                 [(k.x * w, k.y * h) for k in d.location_data.relative_keypoints], dtype=np.float32
             )
             out.append(Detection(box=box, score=float(d.score[0]), keypoints=kps))
-        out.sort(key=lambda d: d.area, reverse=True)
+        return out
+
+    def _yunet(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        self._impl.setInputSize((w, h))
+        _, faces = self._impl.detect(np.ascontiguousarray(rgb[:, :, ::-1]))  # YuNet takes BGR
+        out: list[Detection] = []
+        for f in faces if faces is not None else []:
+            x, y, bw, bh = (float(v) for v in f[:4])
+            lm = f[4:14].reshape(5, 2).astype(np.float32)  # right eye, left eye, nose, mouth r, mouth l
+            kps = np.vstack([lm[:3], lm[3:].mean(axis=0, keepdims=True)])
+            out.append(Detection(box=(x, y, x + bw, y + bh), score=float(f[14]), keypoints=kps, corners=lm[3:]))
         return out

@@ -1,8 +1,8 @@
-"""Face embeddings with a TFLite FaceNet model (int8 or float32).
+"""Face embeddings with a TFLite face model (int8 or float32): SFace (default) or FaceNet.
 
-Model: FaceNet Inception-ResNet-v1 20180408-102900 (Schroff et al., "FaceNet", CVPR 2015; weights by
-D. Sandberg, trained on CASIA-WebFace, MIT licence), converted by ``dangol-models build``. The runtime is
-``ai-edge-litert`` or ``tflite-runtime`` (whichever is installed; TensorFlow itself as a last resort).
+The models and what they expect are described in :mod:`dangol_edge.facemodels`; both are converted by
+``dangol-models build``. The model is recognised by its input size. The runtime is ``ai-edge-litert``
+or ``tflite-runtime`` (whichever is installed; TensorFlow itself as a last resort).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import standardize
+from .facemodels import FaceModelSpec, spec_for_input
 
 log = logging.getLogger(__name__)
-
-EMBEDDING_DIM = 512
 
 
 class ModelError(RuntimeError):
@@ -62,14 +60,16 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class Embedder:
-    """Computes L2-normalised ``(N, 512) float32`` embeddings from aligned RGB crops.
+    """Computes L2-normalised ``(N, D) float32`` embeddings from aligned RGB crops.
 
     Args:
-        model_path: a ``.tflite`` file with input ``(1, 160, 160, 3)`` (float32 or int8) and output
-            ``(1, 512)``.
+        model_path: a ``.tflite`` file whose input is ``(1, S, S, 3)`` (float32 or int8) with S one of the
+            sizes in :mod:`dangol_edge.facemodels` (112: SFace, D = 128; 160: FaceNet, D = 512) and whose
+            output is ``(1, D)``.
         threads: interpreter threads.
 
-    The model is loaded on first use or :meth:`open`; :attr:`sha256` identifies it.
+    The model is loaded on first use or :meth:`open`; :attr:`sha256` identifies it and :attr:`spec`
+    says which crops it wants.
     """
 
     def __init__(self, model_path: str | Path, threads: int = 2):
@@ -77,6 +77,7 @@ class Embedder:
         self.threads = threads
         self._interp = None
         self._sha256: str | None = None
+        self._spec: FaceModelSpec | None = None
 
     @property
     def sha256(self) -> str:
@@ -86,6 +87,17 @@ class Embedder:
                 raise ModelError(f"{self.model_path}: model file not found (run `dangol-models build`)")
             self._sha256 = file_sha256(self.model_path)
         return self._sha256
+
+    @property
+    def spec(self) -> FaceModelSpec:
+        """Crop size, alignment template and normalisation of this model (opens it)."""
+        self.open()
+        return self._spec
+
+    @property
+    def dim(self) -> int:
+        """Embedding size D (opens the model)."""
+        return int(self.open()._out["shape"][-1])
 
     def open(self) -> "Embedder":
         """Load the model. Raises :class:`ModelError` naming the file."""
@@ -100,35 +112,43 @@ class Embedder:
             raise ModelError(f"{self.model_path}: not a loadable TFLite model: {exc}") from exc
         inp = interp.get_input_details()[0]
         out = interp.get_output_details()[0]
-        if tuple(inp["shape"][1:]) != (160, 160, 3) or int(out["shape"][-1]) != EMBEDDING_DIM:
-            raise ModelError(
-                f"{self.model_path}: expected input (1,160,160,3) and output (1,512), "
-                f"got {tuple(inp['shape'])} and {tuple(out['shape'])}"
-            )
-        self._interp, self._inp, self._out = interp, inp, out
+        shape = tuple(int(v) for v in inp["shape"])
+        try:
+            if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+                raise ValueError(f"input {shape} is not (1, S, S, 3)")
+            spec = spec_for_input(shape[1])
+            if int(out["shape"][-1]) != spec.dim:
+                raise ValueError(f"output {tuple(out['shape'])} is not (1, {spec.dim}) as {spec.name} gives")
+        except ValueError as exc:
+            raise ModelError(f"{self.model_path}: not a supported face model: {exc}") from exc
+        self._interp, self._inp, self._out, self._spec = interp, inp, out, spec
         return self
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Embed aligned crops.
 
         Args:
-            crops: ``(N, 160, 160, 3) uint8`` RGB, from :func:`dangol_edge.align.align_face`.
+            crops: ``(N, S, S, 3) uint8`` RGB, from :func:`dangol_edge.align.align_face` with :attr:`spec`.
         Returns:
-            ``(N, 512) float32``, each row of unit L2 norm.
+            ``(N, D) float32``, each row of unit L2 norm.
+        Raises:
+            ValueError: the crops have the wrong shape or dtype for this model.
         """
         self.open()
+        spec = self._spec
         crops = np.asarray(crops)
         if crops.ndim == 3:
             crops = crops[None]
-        if crops.shape[1:] != (160, 160, 3) or crops.dtype != np.uint8:
-            raise ValueError(f"expected (N, 160, 160, 3) uint8 crops, got {crops.shape} {crops.dtype}")
-        x = standardize(crops)
+        if crops.shape[1:] != (spec.size, spec.size, 3) or crops.dtype != np.uint8:
+            raise ValueError(f"expected (N, {spec.size}, {spec.size}, 3) uint8 crops for {spec.name}, "
+                             f"got {crops.shape} {crops.dtype}")
+        x = spec.normalise(crops)
         interp, inp, out = self._interp, self._inp, self._out
         if inp["dtype"] != np.float32:
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
             x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        res = np.empty((len(x), EMBEDDING_DIM), dtype=np.float32)
+        res = np.empty((len(x), spec.dim), dtype=np.float32)
         for i in range(len(x)):
             interp.set_tensor(inp["index"], x[i : i + 1])
             interp.invoke()

@@ -5,6 +5,7 @@ identification, evaluation and the daemon.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +22,11 @@ class Face:
 
     Attributes:
         detection: the MediaPipe detection (box, score, keypoints in px).
-        crop: aligned ``(160, 160, 3) uint8`` RGB crop (kept in memory only, never written to disk
+        crop: aligned ``(S, S, 3) uint8`` RGB crop for the embedder (S = 112 SFace, 160 FaceNet) (kept in memory only, never written to disk
             unless enrolment photos are enabled).
         sharpness: variance of the Laplacian of the crop.
         rejected: the failed quality gate (``score``, ``size``, ``pose``, ``roll``, ``blur``) or None.
-        embedding: ``(512,) float32`` unit vector, or None when rejected.
+        embedding: ``(D,) float32`` unit vector (D = the embedder's size), or None when rejected.
     """
 
     detection: Detection
@@ -43,13 +44,21 @@ class Face:
         return float(d.score * (0.5 + 0.5 * frontal) * (0.5 + 0.5 * sharp))
 
 
+#: Per-stage latencies kept (the most recent ones): enough for percentiles, bounded for a 15-hour day.
+TIMES_KEPT = 4096
+
+
+def _recent() -> deque:
+    return deque(maxlen=TIMES_KEPT)
+
+
 @dataclass
 class StageTimes:
-    """Cumulative per-stage latency, ms, for benchmarks and health (lists of per-call values)."""
+    """Recent per-stage latencies, ms, for benchmarks and health (the last :data:`TIMES_KEPT` calls)."""
 
-    detect: list[float] = field(default_factory=list)
-    align: list[float] = field(default_factory=list)
-    embed: list[float] = field(default_factory=list)
+    detect: deque = field(default_factory=_recent)
+    align: deque = field(default_factory=_recent)
+    embed: deque = field(default_factory=_recent)
 
 
 class FacePipeline:
@@ -94,7 +103,7 @@ class FacePipeline:
                 face.rejected = reason
                 continue
             t1 = time.perf_counter()
-            face.crop = align_face(rgb, det.keypoints)
+            face.crop = align_face(rgb, det.keypoints, self.embedder.spec, det.corners)
             face.sharpness = sharpness(face.crop)
             self.times.align.append((time.perf_counter() - t1) * 1000)
             if self.gates and (reason := self.gate.check_sharpness(face.sharpness)):

@@ -5,7 +5,7 @@ Tables:
 * ``customers``: ``id`` (UUID text), ``display_name``, ``status`` (``pending``/``active``),
   ``consent`` (JSON: who recorded it, when, text version; NULL while pending), ``short_code``
   (pending enrolments), ``created_at``, ``updated_at``, ``expires_at`` (ISO 8601 UTC).
-* ``templates``: ``id``, ``customer_id``, ``embedding`` (512 little-endian float32 = 2048 bytes),
+* ``templates``: ``id``, ``customer_id``, ``embedding`` (D little-endian float32: D = 128 for SFace, 512 for FaceNet),
   ``quality`` (0–1), ``model_sha256`` (the embedder that made it), ``created_at``.
 
 Names, embeddings and enrolment photos are stored sealed with AES-256-GCM (:mod:`dangol_edge.crypto`);
@@ -32,7 +32,7 @@ import numpy as np
 import sqlite_utils
 
 from .crypto import FieldCipher, GalleryKeyError
-from .embed import EMBEDDING_DIM
+from .matcher import Match, Matcher
 from .sqlite import SQLiteFile, connect
 
 log = logging.getLogger(__name__)
@@ -74,23 +74,6 @@ class Customer:
         return self.display_name.split()[0] if self.display_name.strip() else ""
 
 
-@dataclass(frozen=True)
-class Match:
-    """Result of a 1:N search for one probe.
-
-    Attributes:
-        customer_id: best customer, or None if the gallery is empty.
-        score: cosine similarity to that customer's best template.
-        second: best score of any *other* customer (-1 if none).
-        accepted: ``score >= threshold and score - second >= margin``.
-    """
-
-    customer_id: str | None
-    score: float
-    second: float
-    accepted: bool
-
-
 class Gallery(SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
@@ -107,11 +90,7 @@ class Gallery(SQLiteFile):
         super().__init__(path)
         self.model_sha256 = model_sha256
         self.cipher = cipher
-        self._matrix: np.ndarray | None = None
-        self._owners: np.ndarray | None = None
-        self._owner_ids: list[str] = []
-        self._coarse: np.ndarray | None = None
-        self._basis: np.ndarray | None = None
+        self.matcher = Matcher()
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> "Gallery":
@@ -151,6 +130,8 @@ class Gallery(SQLiteFile):
                 not_null={"customer_id", "embedding", "model_sha256"},
             )
             db["templates"].create_index(["customer_id"])
+        if "meta" not in db.table_names():
+            db["meta"].create({"key": str, "value": str}, pk="key")
 
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
@@ -160,7 +141,7 @@ class Gallery(SQLiteFile):
 
         Args:
             display_name: the name shown on the welcome screen (non-empty).
-            embeddings: ``(K, 512) float32`` unit vectors made by the current model.
+            embeddings: ``(K, D) float32`` unit vectors made by the current model.
             qualities: K values in [0, 1]; default 1.0.
             status: ``active`` or ``pending`` (pending gets a 4-digit ``short_code`` and expires after
                 ``pending_ttl_s`` seconds).
@@ -174,13 +155,12 @@ class Gallery(SQLiteFile):
         if not name and status == "active":
             raise ValueError("display name must not be empty")
         emb = np.asarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[1] != EMBEDDING_DIM or len(emb) == 0:
-            raise ValueError(f"expected (K, {EMBEDDING_DIM}) embeddings, got {emb.shape}")
+        self.open()
+        self._check_dim(emb)
         if status not in ("active", "pending"):
             raise ValueError(f"unknown status {status!r}")
         now = datetime.now(timezone.utc)
         cid = customer_id or str(uuid.uuid4())
-        self.open()
         row: dict[str, Any] = {
             "id": cid, "display_name": self._seal_name(cid, name), "status": status,
             "consent": json.dumps(consent) if consent else None,
@@ -333,7 +313,7 @@ class Gallery(SQLiteFile):
         return self._row_to_customer(rows[0])
 
     def templates(self, customer_id: str) -> list[dict]:
-        """A customer's templates as dicts (``embedding`` decoded to ``(512,) float32``)."""
+        """A customer's templates as dicts (``embedding`` decoded to ``(D,) float32``)."""
         with self._lock:
             rows = list(self.db.query("SELECT * FROM templates WHERE customer_id = ? ORDER BY id", [customer_id]))
         for r in rows:
@@ -342,6 +322,69 @@ class Gallery(SQLiteFile):
             if r.get("photo") is not None:
                 r["photo"] = self._open_value(r["photo"], f"templates.photo:{customer_id}")
         return rows
+
+    def add_templates(self, customer_id: str, embeddings: np.ndarray, qualities: list[float],
+                      model_sha256: str | None = None, *, max_per_model: int | None = None) -> int:
+        """Add templates to an existing customer (one transaction); returns how many were added.
+
+        Args:
+            embeddings: ``(K, D) float32`` unit vectors made by ``model_sha256`` (default: the current model).
+            qualities: K values in [0, 1].
+            max_per_model: keep at most this many templates of that model for the customer: the
+                lowest-quality ones beyond it are dropped (refreshes never grow the gallery forever).
+        Raises:
+            UnknownCustomer: no such id.  ValueError: wrong shape or quality count.
+        """
+        emb = np.asarray(embeddings, dtype=np.float32)
+        sha = model_sha256 or self.model_sha256
+        self._check_dim(emb, sha)
+        if len(emb) != len(qualities):
+            raise ValueError(f"{len(emb)} embeddings but {len(qualities)} qualities")
+        now = utcnow()
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            if not self.db.execute("SELECT 1 FROM customers WHERE id = ?", [customer_id]).fetchone():
+                self.db.execute("ROLLBACK")
+                raise UnknownCustomer(customer_id)
+            self.db["templates"].insert_all(
+                {"customer_id": customer_id, "quality": float(q), "model_sha256": sha, "created_at": now,
+                 "embedding": self.cipher.seal(e.astype("<f4").tobytes(), f"templates.embedding:{customer_id}")}
+                for e, q in zip(emb, qualities))
+            if max_per_model is not None:
+                self.db.execute(
+                    "DELETE FROM templates WHERE customer_id = ? AND model_sha256 = ? AND id NOT IN ("
+                    " SELECT id FROM templates WHERE customer_id = ? AND model_sha256 = ?"
+                    " ORDER BY quality DESC, id DESC LIMIT ?)", [customer_id, sha, customer_id, sha, max_per_model])
+        self._invalidate()
+        return len(emb)
+
+    def _check_dim(self, emb: np.ndarray, model_sha256: str | None = None) -> None:
+        """Raise ValueError unless ``emb`` is ``(K ≥ 1, D)`` with D that of this model's stored templates."""
+        if emb.ndim != 2 or not 16 <= emb.shape[1] <= 4096 or len(emb) == 0:
+            raise ValueError(f"expected (K, D) embeddings, got {emb.shape}")
+        with self._lock:
+            row = self.db.execute("SELECT customer_id, embedding FROM templates WHERE model_sha256 = ? LIMIT 1",
+                                  [model_sha256 or self.model_sha256]).fetchone()
+        if row is not None:
+            dim = len(self._open_value(row[1], f"templates.embedding:{row[0]}")) // 4
+            if dim != emb.shape[1]:
+                raise ValueError(f"expected (K, {dim}) embeddings for this model, got {emb.shape}")
+
+    def template_models(self) -> dict[str, dict[str, int]]:
+        """Per customer id, the number of templates of each model sha256."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for cid, sha, n in self.db.execute(
+                    "SELECT customer_id, model_sha256, COUNT(*) FROM templates GROUP BY customer_id, model_sha256"):
+                out.setdefault(cid, {})[sha] = int(n)
+        return out
+
+    def drop_other_models(self) -> int:
+        """Delete every template not made by the current model (the end of an upgrade); returns how many."""
+        with self._lock, self.db.conn:
+            n = self.db.execute("DELETE FROM templates WHERE model_sha256 != ?", [self.model_sha256]).rowcount
+        self._invalidate()
+        return int(n)
 
     @property
     def stale_templates(self) -> int:
@@ -352,84 +395,48 @@ class Gallery(SQLiteFile):
 
     # --- search ------------------------------------------------------------------------------------
     def _invalidate(self) -> None:
-        self._matrix = None
+        self.matcher.clear()
 
     def _load(self) -> None:
+        self.matcher.load(*self.matrix_for(self.model_sha256))
+
+    def matrix_for(self, model_sha256: str) -> tuple[np.ndarray, list[str]]:
+        """The ``(M, D) float32`` templates of active customers made by one model, and their owners."""
         with self._lock:
             rows = list(self.db.execute(
                 "SELECT t.customer_id, t.embedding FROM templates t JOIN customers c ON c.id = t.customer_id "
-                "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id",
-                [self.model_sha256]))
-        raw = b"".join(self._open_value(r[1], f"templates.embedding:{r[0]}") for r in rows)
-        self.load_matrix(
-            np.frombuffer(raw, dtype="<f4").reshape(-1, EMBEDDING_DIM).astype(np.float32), [r[0] for r in rows])
+                "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id", [model_sha256]))
+        vecs = [np.frombuffer(self._open_value(r[1], f"templates.embedding:{r[0]}"), dtype="<f4") for r in rows]
+        matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, 1), np.float32)
+        return matrix, [r[0] for r in rows]
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        """A value of the gallery's ``meta`` table (e.g. when a model upgrade started)."""
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or, with None, delete) a ``meta`` value."""
+        with self._lock, self.db.conn:
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key = ?", [key])
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    @property
+    def size(self) -> int:
+        """Searchable templates (active customers, current model)."""
+        if not self.matcher.loaded:
+            self._load()
+        return self.matcher.size
 
     def load_matrix(self, matrix: np.ndarray, owners: list[str]) -> None:
-        """Replace the in-memory search matrix (used by :meth:`match`; benchmarks feed it directly).
-
-        For ``M >= COARSE_MIN`` templates a coarse index is also built: the rows projected onto the
-        ``COARSE_DIM`` leading eigenvectors of the gallery's (uncentred) second-moment matrix, i.e. the
-        subspace that best preserves inner products (Eckart–Young). A 1:N search then reads a quarter
-        of the memory and re-scores a shortlist exactly (see :meth:`match`).
-
-        Args:
-            matrix: ``(M, 512) float32`` unit rows; owners: M customer ids.
-        """
-        ids = sorted(set(owners))
-        pos = {c: i for i, c in enumerate(ids)}
-        self._owner_ids = ids
-        self._owners = np.array([pos[c] for c in owners], dtype=np.int32)
-        self._matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        self._coarse = self._basis = None
-        if len(self._matrix) >= self.COARSE_MIN:
-            m = self._matrix
-            sample = m[:: max(1, len(m) // 20_000)]
-            _, vecs = np.linalg.eigh(sample.T @ sample)
-            self._basis = np.ascontiguousarray(vecs[:, ::-1][:, : self.COARSE_DIM], dtype=np.float32)
-            self._coarse = np.ascontiguousarray(m @ self._basis)
-
-    #: Galleries at least this large get the coarse index (below it exact search is faster).
-    COARSE_MIN = 20_000
-    #: Dimensions of the coarse index.
-    COARSE_DIM = 128
-    #: Templates re-scored exactly per probe.
-    SHORTLIST = 256
+        """Replace the in-memory search matrix (benchmarks feed it directly); see :meth:`Matcher.load`."""
+        self.matcher.load(matrix, owners)
 
     def match(self, probes: np.ndarray, threshold: float, margin: float) -> list[Match]:
-        """1:N search: for each probe, the best customer and whether it is accepted.
-
-        Args:
-            probes: ``(N, 512)`` or ``(512,)`` float32 unit vectors.
-            threshold: minimum cosine similarity; margin: minimum lead over the best other customer.
-        Returns:
-            N :class:`Match` objects. Cost: one ``(N, 512) × (512, M)`` product plus two passes over M.
-        """
-        if self._matrix is None:
+        """1:N search of ``(N, D)`` probes of the current model; see :meth:`Matcher.match`."""
+        if not self.matcher.loaded:
             self._load()
-        p = np.atleast_2d(np.asarray(probes, dtype=np.float32))
-        m = self._matrix
-        if m is None or len(m) == 0:
-            return [Match(None, -1.0, -1.0, False) for _ in p]
-        out = []
-        if self._coarse is not None:
-            # coarse scores for all, exact scores for a shortlist; a customer outside the shortlist
-            # keeps its coarse score (which only underestimates the runner-up's lead less)
-            coarse = (p @ self._basis) @ self._coarse.T  # (N, M)
-            k = min(self.SHORTLIST, len(m) - 1)
-            for q, cs in zip(p, coarse):
-                short = np.argpartition(-cs, k)[:k]
-                cs = cs.copy()
-                cs[short] = m[short] @ q
-                out.append(self._decide(cs, short[np.argmax(cs[short])], threshold, margin))
-            return out
-        for s in p @ m.T:  # (N, M) exact
-            out.append(self._decide(s, int(np.argmax(s)), threshold, margin))
-        return out
-
-    def _decide(self, s: np.ndarray, j: int, threshold: float, margin: float) -> Match:
-        owners = self._owners
-        best_owner = owners[j]
-        others = s[owners != best_owner]
-        second = float(others.max()) if len(others) else -1.0
-        score = float(s[j])
-        return Match(self._owner_ids[best_owner], score, second, score >= threshold and score - second >= margin)
+        return self.matcher.match(probes, threshold, margin)

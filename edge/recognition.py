@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
+from .calibration import FALLBACK_THRESHOLD, OpenSetRule, load_calibration
 from .config import EdgeConfig
 from .detect import FaceDetector
 from .embed import Embedder
 from .faces import Face, FacePipeline
-from .gallery import Gallery, Match
+from .gallery import Gallery
+from .matcher import Match
 from .sources import Frame
 from .tracker import Decision, Observation, Tracker
+from .upgrade import ModelUpgrade
 
 
 @dataclass
@@ -36,18 +41,38 @@ class Recognizer:
     pipeline: FacePipeline
     gallery: Gallery
     tracker: Tracker
-    threshold: float
+    rule: OpenSetRule
     margin: float
-    match_times: list[float] = field(default_factory=list)
+    match_times: deque = field(default_factory=lambda: deque(maxlen=4096))
+    upgrade: ModelUpgrade | None = None
 
     @classmethod
     def from_config(cls, config: EdgeConfig, gallery: Gallery | None = None,
                     embedder: Embedder | None = None) -> "Recognizer":
-        """Wire detector, embedder, gallery and tracker from a config (nothing is opened yet)."""
+        """Wire detector, embedder, gallery, open-set rule and tracker from a config.
+
+        Reads the model's calibration file (:func:`~dangol_edge.calibration.load_calibration`); the
+        detector and embedder are opened on first use.
+
+        Raises:
+            CalibrationError: the calibration file beside the model is malformed or for another model.
+        """
         embedder = embedder or Embedder(config.model_path, threads=config.embedder.threads)
-        pipeline = FacePipeline(FaceDetector(config.detector), embedder)
+        pipeline = FacePipeline(FaceDetector(config.detector, config.yunet_path), embedder)
         gallery = gallery or Gallery(config.gallery_path, embedder.sha256)
-        return cls(pipeline, gallery, Tracker(config.tracker), config.matcher.threshold, config.matcher.margin)
+        rec = cls(pipeline, gallery, Tracker(config.tracker), rule_for(config, embedder), config.matcher.margin)
+        prev = config.embedder.previous_model_path
+        if prev is not None:
+            old = Embedder(prev, threads=config.embedder.threads)
+            if old.sha256 != embedder.sha256 and gallery.open().stale_templates:
+                rec.upgrade = ModelUpgrade(gallery, old, config.matcher.target_fpir, config.matcher.margin,
+                                           config.embedder.upgrade_days, config.enrol.templates).start()
+        return rec
+
+    @property
+    def threshold(self) -> float:
+        """The acceptance threshold for the gallery's current size."""
+        return self.rule.threshold(self.gallery.size)
 
     def process(self, frame: Frame) -> FrameResult:
         """Detect, embed and match every face of ``frame``; update tracks; return the result."""
@@ -70,9 +95,23 @@ class Recognizer:
                         score=m.score if m else -1.0, embedded=m is not None)
             for f, m in zip(faces, matches)
         ]
+        if self.upgrade is not None and not self.upgrade.done:
+            self.upgrade.observe(frame.rgb, faces, matches)
         decisions = self.tracker.update(frame.ts, obs)
         return FrameResult(frame.index, frame.ts, faces, matches, decisions, ms)
 
     def close(self) -> None:
         """Release the detector."""
         self.pipeline.close()
+
+
+def rule_for(config: EdgeConfig, embedder: Embedder) -> OpenSetRule:
+    """The open-set rule for an embedder: calibrated when its calibration file exists, else the
+    configured or fallback threshold (logged, so an uncalibrated device is visible)."""
+    m = config.matcher
+    tail = load_calibration(embedder.model_path, embedder.sha256)
+    fallback = FALLBACK_THRESHOLD[embedder.spec.name]
+    if tail is None and m.threshold is None:
+        logging.getLogger(__name__).warning(
+            "%s: no calibration file beside the model; using the fixed threshold %.3f", embedder.model_path, fallback)
+    return OpenSetRule(tail, m.target_fpir, fixed=m.threshold, fallback=fallback)

@@ -53,10 +53,12 @@ class Screen:
         return self._set({"screen": "welcome", "first_name": first_name, "picks": picks,
                           "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 
-    def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None) -> int:
-        """Enrolment progress: ``stage`` is ``capturing``, ``pending`` (with ``code``), ``cancelled``
-        or ``failed``; shown for ``seconds`` (None: until the next change)."""
-        return self._set({"screen": "enrol", "stage": stage, "code": code},
+    def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
+                       samples: int = 0, wanted: int = 0) -> int:
+        """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
+        far), ``pending`` (with ``code``), ``cancelled`` or ``failed``; shown for ``seconds`` (None: until
+        the next change)."""
+        return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples, "wanted": wanted},
                          None if seconds is None else self._clock() + seconds)
 
     def tick(self) -> None:

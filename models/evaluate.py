@@ -26,7 +26,7 @@ from dangol_edge.embed import Embedder
 from dangol_edge.detect import FaceDetector
 from dangol_edge.sources import read_image
 
-from .build import centre_face
+from .common import centre_face
 from .lfw import LFWDataset
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,20 @@ def embed_images(paths: list[Path], detector: FaceDetector, embedder: Embedder, 
     Images with no detection use the mean keypoints of the detected ones (LFW deep-funneled images are
     already roughly registered), so every pair gets a score, as in the standard protocol.
     """
-    keypoints: list[np.ndarray | None] = []
+    dets = []
     images = []
     for p in tqdm(paths, desc="detect", disable=not progress, unit="img"):
         rgb = read_image(p)
-        det = centre_face(detector.detect(rgb), rgb.shape)
-        keypoints.append(None if det is None else det.keypoints)
+        dets.append(centre_face(detector.detect(rgb), rgb.shape))
         images.append(rgb)
-    found = [k for k in keypoints if k is not None]
+    found = [d.keypoints[:4] for d in dets if d is not None]
     mean_kp = np.mean(found, axis=0) if found else np.array([[100, 110], [150, 110]], np.float32)
-    crops = np.stack([align_face(img, mean_kp if k is None else k) for img, k in zip(images, keypoints)])
+    spec = embedder.spec
+    crops = np.stack([align_face(img, mean_kp, spec) if d is None else align_face(img, d.keypoints, spec, d.corners)
+                      for img, d in zip(images, dets)])
     emb = np.concatenate([embedder.embed(crops[i : i + 64]) for i in
                           tqdm(range(0, len(crops), 64), desc="embed", disable=not progress, unit="batch")])
-    return Embedded(list(paths), emb, np.array([k is not None for k in keypoints]))
+    return Embedded(list(paths), emb, np.array([d is not None for d in dets]))
 
 
 def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: int = 10) -> tuple[float, float, float]:
@@ -212,12 +213,20 @@ class ModelReport:
 
 
 def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads: int = 2,
-                   margin: float = 0.05, threshold: float | None = None, progress: bool = True) -> ModelReport:
-    """Run every protocol of this module for one ``.tflite`` file.
+                   margin: float = 0.05, threshold: float | None = None, progress: bool = True,
+                   target_fpir: float = 0.01, min_votes: int = 3) -> ModelReport:
+    """Run every protocol of this module (and the open-set DET and held-out rule check of
+    :mod:`.openset`, in ``extra``) for one ``.tflite`` file.
 
     Args:
-        threshold: open-set threshold; None uses this model's threshold at FAR = 1e-3.
+        threshold: open-set threshold; None uses the edge's calibrated rule (the model's calibration file
+            at ``target_fpir`` for the number of enrolled people), or the FAR = 1e-3 threshold when the
+            model has no calibration file.
     """
+    from dangol_edge.calibration import load_calibration
+
+    from .openset import det_table, holdout_rule_check
+
     ids = lfw.identities()
     paths = [p for files in ids.values() for p in files]
     labels = np.array([i for i, files in enumerate(ids.values()) for _ in files])
@@ -231,5 +240,14 @@ def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads
     gen, imp = all_pair_scores(emb.emb, labels)
     tar, thr = tar_at_far(gen, imp, 1e-3)
     report = ModelReport(model.name, acc, std, best_t, val, val_far, tar, thr, len(gen), len(imp), int((~emb.detected).sum()))
+    n_enrolled = sum(len(f) >= 2 for f in ids.values())
+    embedder = Embedder(model)
+    tail = load_calibration(model, embedder.sha256)
+    if threshold is None and tail is not None:
+        threshold = tail.threshold(target_fpir, n_enrolled)
+        report.extra["threshold_rule"] = f"calibrated: FPIR {target_fpir:g} per photo at {n_enrolled} templates"
     report.open_set = open_set(emb, lfw, threshold if threshold is not None else thr, margin)
+    people: dict[str, list[int]] = {n: [idx[p] for p in f] for n, f in ids.items()}
+    report.extra["det"] = det_table(emb.emb, people, (100, n_enrolled, 1000), margin)
+    report.extra["holdout"] = holdout_rule_check(emb.emb, people, target_fpir, margin, 3, min_votes)
     return report

@@ -71,7 +71,7 @@ def main() -> int:
         print(f"loop_demo: real data not found ({clips}, {args.purchases}); set DANGOL_DATA", file=sys.stderr)
         return 2
     models = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
-    model = models / "facenet-int8.tflite"
+    model = models / "sface-int8.tflite"
     if not model.is_file():
         print(f"loop_demo: {model} missing: run dangol-models build", file=sys.stderr)
         return 2

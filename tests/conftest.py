@@ -45,12 +45,13 @@ def browser():
 
 @pytest.fixture(scope="session")
 def models_dir(data_dir: Path) -> Path:
-    """Folder with the built ``.tflite`` models: ``$DANGOL_MODELS_DIR`` or ``<repo>/.cache/models``.
+    """Folder with the built ``.tflite`` models (SFace and FaceNet, with their calibration files):
+    ``$DANGOL_MODELS_DIR`` or ``<repo>/.cache/models``.
 
-    Built here (idempotent, ~1 min, needs the ``build`` extra) when missing.
+    Built here (idempotent; a few minutes the first time, needs the ``build`` extra) when missing.
     """
     out = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
-    from dangol_models.build import build
+    from dangol_models.build import build_all
 
-    build(out, data_dir / "faces")
+    build_all(out, data_dir / "faces")
     return out

@@ -1,4 +1,5 @@
-"""Edge fixtures: the real built FaceNet models, a detector/embedder pair, and per-test homes."""
+"""Edge fixtures: the real built face models (SFace by default, FaceNet for upgrades), a detector/embedder
+pair, and per-test homes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def model_path(models_dir: Path) -> Path:
+    """The default embedder: int8 SFace."""
+    return models_dir / "sface-int8.tflite"
+
+
+@pytest.fixture(scope="session")
+def facenet_path(models_dir: Path) -> Path:
+    """The previous default embedder: int8 FaceNet (model upgrades)."""
     return models_dir / "facenet-int8.tflite"
 
 
@@ -20,7 +28,7 @@ def clips(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline(model_path: Path):
-    """A real MediaPipe + int8 FaceNet pipeline with the default config, shared by the session."""
+    """A real MediaPipe + int8 SFace pipeline with the default config, shared by the session."""
     from dangol_edge.config import DetectorConfig
     from dangol_edge.detect import FaceDetector
     from dangol_edge.embed import Embedder

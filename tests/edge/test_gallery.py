@@ -26,11 +26,23 @@ def gallery(tmp_path):
 
 def test_enroll_is_all_or_nothing(gallery):
     with pytest.raises(ValueError, match="embeddings"):
-        gallery.enroll("Ana", np.zeros((2, 128), np.float32))
+        gallery.enroll("Ana", np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="name"):
         gallery.enroll("  ", unit(np.random.default_rng(0), 1))
     assert gallery.customers() == []
     assert gallery.db["templates"].count == 0
+
+
+def test_embedding_size_must_match_the_models_templates(gallery):
+    rng = np.random.default_rng(3)
+    gallery.enroll("Ana", unit(rng, 1, 512))
+    with pytest.raises(ValueError, match=r"\(K, 512\)"):
+        gallery.enroll("Ben", unit(rng, 1, 128))  # same model sha, other size: refused, nothing written
+    assert [c.display_name for c in gallery.customers()] == ["Ana"]
+    other = Gallery(gallery.path, "sha-b").open()  # another model may have another size
+    ben = other.enroll("Ben", unit(rng, 2, 128))
+    assert other.template_models()[ben.id] == {"sha-b": 2}
+    other.close()
 
 
 def test_match_threshold_and_margin(gallery):
@@ -95,9 +107,9 @@ def test_coarse_index_agrees_with_exact_search():
     owners = [f"c{i // 3}" for i in range(n)]
     coarse = Gallery(":memory:", "x")
     coarse.load_matrix(m, owners)
-    assert coarse._coarse is not None
+    assert coarse.matcher._coarse is not None
     exact = Gallery(":memory:", "x")
-    exact.COARSE_MIN = 10**9
+    exact.matcher.COARSE_MIN = 10**9
     exact.load_matrix(m, owners)
     q = m[rng.integers(0, n, 50)] + 0.08 * rng.standard_normal((50, 512)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dangol_edge.config import MatcherConfig
+from dangol_edge.config import EdgeConfig, MatcherConfig
 from dangol_edge.enrol import EnrolmentError, sample_from_photo
 from dangol_edge.gallery import Gallery
+from dangol_edge.recognition import rule_for
 from dangol_edge.sources import read_image
 
 M = MatcherConfig()
@@ -29,7 +30,8 @@ def identify(path, pipeline, gallery) -> list[str]:
     names = {c.id: c.display_name for c in gallery.customers()}
     faces = [f for f in pipeline.process(read_image(path)) if f.embedding is not None]
     faces.sort(key=lambda f: f.detection.box[0])
-    matches = gallery.match(np.stack([f.embedding for f in faces]), M.threshold, M.margin) if faces else []
+    threshold = rule_for(EdgeConfig(), pipeline.embedder).threshold(gallery.size)  # calibrated, as the edge does
+    matches = gallery.match(np.stack([f.embedding for f in faces]), threshold, M.margin) if faces else []
     return [names[m.customer_id] if m.accepted else "unknown" for m in matches]
 
 

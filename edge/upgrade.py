@@ -1,0 +1,126 @@
+"""Model upgrades that keep every regular: templates move to a new embedder without re-enrolment.
+
+Templates are tagged with the sha256 of the embedder that made them, and only the current model's are
+searched. When a device gets a new model (say FaceNet → SFace), ``embedder.previous_model_path`` names
+the old one. While the upgrade runs, a face that the new model does not recognise is also embedded by the
+old model and searched among the old templates; when the old model recognises it *confidently* (its own
+calibrated rule at a ten times stricter FPIR, and the margin), the new model's embedding of the same
+face in the same frame is added as a template of that customer. Doubtful matches never add a template.
+
+The upgrade ends (old templates deleted, old model released) once every active customer who had an old
+template has a new one, or ``embedder.upgrade_days`` after it started, whichever comes first; customers
+not seen by then must be re-enrolled (the log and ``dangol-edge customers list`` show who).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from .align import align_face
+from .calibration import FALLBACK_THRESHOLD, OpenSetRule, load_calibration
+from .embed import Embedder
+from .faces import Face
+from .gallery import Gallery
+from .matcher import Match, Matcher
+
+log = logging.getLogger(__name__)
+
+STARTED_KEY = "upgrade_started_at"
+#: The old model must accept a face at this fraction of the configured FPIR to migrate it.
+STRICTER = 0.1
+
+
+class ModelUpgrade:
+    """Migrates customers from a previous embedder's templates to the current one's.
+
+    Args:
+        gallery: the open gallery (its ``model_sha256`` is the new model's).
+        previous: the old embedder (its file must still be on the device).
+        target_fpir, margin: the matcher settings; the old model must pass ``target_fpir × STRICTER``.
+        max_days: how long the upgrade may run.
+        max_templates: new-model templates kept per customer.
+    """
+
+    def __init__(self, gallery: Gallery, previous: Embedder, target_fpir: float, margin: float,
+                 max_days: float, max_templates: int = 5):
+        self.gallery, self.previous = gallery, previous
+        self.target_fpir, self.margin = target_fpir, margin
+        self.max_days, self.max_templates = max_days, max_templates
+        self.matcher = Matcher()
+        self.migrated: list[str] = []
+        self.done = False
+        self._rule: OpenSetRule | None = None
+
+    def start(self, now: datetime | None = None) -> "ModelUpgrade":
+        """Load the old templates and record when the upgrade started (first run only)."""
+        now = now or datetime.now(timezone.utc)
+        if self.gallery.meta(STARTED_KEY) is None:
+            self.gallery.set_meta(STARTED_KEY, now.isoformat(timespec="seconds"))
+        tail = load_calibration(self.previous.model_path, self.previous.sha256)
+        self._rule = OpenSetRule(tail, self.target_fpir * STRICTER,
+                                 fallback=FALLBACK_THRESHOLD[self.previous.spec.name] + 0.1)
+        self._reload()
+        self.check(now)
+        return self
+
+    def _reload(self) -> None:
+        matrix, owners = self.gallery.matrix_for(self.previous.sha256)
+        self.matcher.load(matrix, owners)
+
+    def pending(self) -> set[str]:
+        """Active customers with an old-model template and no new-model template."""
+        models = self.gallery.template_models()
+        old, new = self.previous.sha256, self.gallery.model_sha256
+        active = {c.id for c in self.gallery.customers("active")}
+        return {cid for cid, m in models.items() if cid in active and m.get(old) and not m.get(new)}
+
+    def check(self, now: datetime | None = None) -> bool:
+        """End the upgrade when everyone is migrated or the period is over. Returns True when done."""
+        if self.done:
+            return True
+        now = now or datetime.now(timezone.utc)
+        started = datetime.fromisoformat(self.gallery.meta(STARTED_KEY) or now.isoformat())
+        left = self.pending()
+        if left and now - started < timedelta(days=self.max_days):
+            return False
+        if left:
+            log.warning("model upgrade ended after %.0f days: %d customers not seen were not migrated and must be "
+                        "re-enrolled: %s", self.max_days, len(left), ", ".join(sorted(left)))
+        dropped = self.gallery.drop_other_models()
+        self.gallery.set_meta(STARTED_KEY, None)
+        log.info("model upgrade finished: %d customers migrated, %d old templates deleted", len(self.migrated), dropped)
+        self.done = True
+        self.matcher.clear()
+        return True
+
+    def observe(self, rgb: np.ndarray, faces: list[Face], matches: list[Match | None]) -> list[str]:
+        """Try the old model on the faces the new model embedded but did not accept.
+
+        Args:
+            rgb: the frame, ``(H, W, 3) uint8`` RGB; faces/matches: the new model's results for it.
+        Returns:
+            ids of the customers who got a new-model template from this frame.
+        """
+        if self.done or self.matcher.size == 0:
+            return []
+        todo = [(f, m) for f, m in zip(faces, matches) if f.embedding is not None and not (m and m.accepted)]
+        if not todo:
+            return []
+        spec = self.previous.spec
+        crops = np.stack([align_face(rgb, f.detection.keypoints, spec, f.detection.corners) for f, _ in todo])
+        old = self.matcher.match(self.previous.embed(crops), self._rule.threshold(self.matcher.size), self.margin)
+        added = []
+        for (face, _), m in zip(todo, old):
+            if not m.accepted:
+                continue
+            self.gallery.add_templates(m.customer_id, face.embedding[None], [face.quality],
+                                       max_per_model=self.max_templates)
+            added.append(m.customer_id)
+            log.info("model upgrade: customer %s migrated (old model score %.3f)", m.customer_id, m.score)
+        if added:
+            self.migrated += [c for c in added if c not in self.migrated]
+            self.check()
+        return added

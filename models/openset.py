@@ -1,0 +1,198 @@
+"""Open-set identification on LFW-format data: DET figures per photo and per simulated track, and a
+held-out check of the calibrated acceptance rule.
+
+Terms (ISO/IEC 19795-1, NIST FRVT 1:N): a *mated* probe shows an enrolled person; a *non-mated* probe
+somebody who is not enrolled. FPIR (false-positive identification rate) is the share of non-mated probes
+accepted as anyone; FNIR (false-negative identification rate) the share of mated probes not accepted as
+the right person. A probe is accepted when its best score reaches the threshold and leads the best other
+enrolled person by the margin (:class:`dangol_edge.matcher.Matcher`).
+
+Tracks simulate the door: several photos of one person in a row; the track is accepted as a customer when
+at least ``min_votes`` of its photos are accepted as that customer and they are at least ``vote_share``
+of the accepted photos (the rule of :class:`dangol_edge.tracker.Tracker`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from dangol_edge.calibration import ImpostorTail
+
+from .evaluate import all_pair_scores
+
+
+@dataclass
+class Scores:
+    """Top-2 search results of probes against a gallery of one template per enrolled person.
+
+    Attributes:
+        best: ``(P,) float32`` best score; second: best score of another enrolled person;
+        top: ``(P,) int`` index of the best enrolled person; truth: ``(P,) int`` the probe's enrolled
+        index, or -1 for a non-mated probe.
+    """
+
+    best: np.ndarray
+    second: np.ndarray
+    top: np.ndarray
+    truth: np.ndarray
+
+    def accepted(self, threshold: float, margin: float) -> np.ndarray:
+        """``(P,) bool``: accepted as somebody."""
+        return (self.best >= threshold) & (self.best - self.second >= margin)
+
+
+def search(emb: np.ndarray, gallery_rows: list[int], probe_rows: list[int], truth: list[int]) -> Scores:
+    """Score probes against a gallery.
+
+    Args:
+        emb: ``(N, D) float32`` unit embeddings of all images; gallery_rows: one row per enrolled person;
+        probe_rows: probe rows; truth: per probe, its index in ``gallery_rows`` or -1.
+    """
+    g = emb[gallery_rows]
+    s = emb[probe_rows] @ g.T
+    if s.shape[1] == 1:
+        s = np.hstack([s, np.full((len(s), 1), -1.0, np.float32)])
+    top2 = np.argsort(-s, axis=1)[:, :2]
+    r = np.arange(len(s))
+    return Scores(s[r, top2[:, 0]], s[r, top2[:, 1]], top2[:, 0], np.asarray(truth))
+
+
+def fnir_at_fpir(sc: Scores, fpirs: tuple[float, ...], margin: float) -> dict[float, tuple[float, float]]:
+    """FNIR at each target FPIR (threshold = the non-mated score quantile giving at most that FPIR).
+
+    Returns:
+        ``{fpir: (fnir, threshold)}``; the threshold is the smallest that keeps the measured FPIR ≤ target.
+    """
+    mated, non = sc.truth >= 0, sc.truth < 0
+    out = {}
+    cands = np.unique(np.concatenate([sc.best[non], [1.0001]]))[::-1]
+    for f in fpirs:
+        thr = 1.0001
+        for t in cands:  # descending: lower the threshold while the FPIR stays within target
+            if sc.accepted(t, margin)[non].mean() > f:
+                break
+            thr = t
+        ok = sc.accepted(thr, margin) & (sc.top == sc.truth)
+        out[f] = (float(1.0 - ok[mated].mean()), float(thr))
+    return out
+
+
+def track_decisions(sc: Scores, tracks: list[list[int]], threshold: float, margin: float,
+                    min_votes: int = 3, vote_share: float = 0.6) -> np.ndarray:
+    """Per track (a list of probe positions in ``sc``), the accepted enrolled index or -1."""
+    acc = sc.accepted(threshold, margin)
+    out = []
+    for tr in tracks:
+        votes = Counter(int(sc.top[i]) for i in tr if acc[i])
+        if votes:
+            who, n = votes.most_common(1)[0]
+            if n >= min_votes and n / sum(votes.values()) >= vote_share:
+                out.append(who)
+                continue
+        out.append(-1)
+    return np.array(out)
+
+
+def chunks(items: list[int], size: int) -> list[list[int]]:
+    """Non-overlapping runs of ``size`` items (a shorter tail is dropped)."""
+    return [items[i : i + size] for i in range(0, len(items) - size + 1, size)]
+
+
+def det_table(emb: np.ndarray, people: dict[str, list[int]], sizes: tuple[int, ...], margin: float,
+              fpirs: tuple[float, ...] = (0.1, 0.01, 0.001), seed: int = 0) -> list[dict]:
+    """Per-photo DET figures for galleries of the given sizes (people enrolled with their first photo).
+
+    People with ≥ 2 photos are enrolled first (a random subset when the size is smaller; their other
+    photos are mated probes); beyond them, single-photo people fill the gallery as distractors (so the
+    larger gallery has fewer strangers left to probe with). Everybody not enrolled is a non-mated probe.
+    """
+    rng = np.random.default_rng(seed)
+    multi = [n for n, rows in people.items() if len(rows) >= 2]
+    single = [n for n, rows in people.items() if len(rows) == 1]
+    table = []
+    for size in sizes:
+        if size <= len(multi):
+            enrolled = list(rng.choice(multi, size, replace=False))
+        else:
+            enrolled = multi + list(rng.choice(single, min(size - len(multi), len(single) - 1), replace=False))
+        pos = {n: i for i, n in enumerate(enrolled)}
+        probes, truth = [], []
+        for n, rows in people.items():
+            for r in rows[1:] if n in pos else rows:
+                probes.append(r)
+                truth.append(pos.get(n, -1))
+        sc = search(emb, [people[n][0] for n in enrolled], probes, truth)
+        det = fnir_at_fpir(sc, fpirs, margin)
+        table.append({"gallery": len(enrolled), "mated": int((sc.truth >= 0).sum()),
+                      "non_mated": int((sc.truth < 0).sum()),
+                      **{f"fnir@fpir={f:g}": round(v[0], 4) for f, v in det.items()},
+                      **{f"thr@fpir={f:g}": round(v[1], 4) for f, v in det.items()}})
+    return table
+
+
+def holdout_rule_check(emb: np.ndarray, people: dict[str, list[int]], target_fpir: float, margin: float,
+                       track_len: int = 3, min_votes: int = 3) -> dict:
+    """Does the calibrated rule hold its FPIR on people it was not calibrated on?
+
+    People are split in two halves by sorted name (alternating). The impostor tail is measured on half A
+    only; half B's people with ≥ 2 photos are enrolled (first photo), their other photos are mated probes,
+    B's single-photo people are non-mated probes. Tracks: B's enrolled people's probe photos and, as
+    strangers, A's multi-photo people's photos in runs of ``track_len`` (A's people are not enrolled).
+    Then the halves swap, and the counts add up.
+    """
+    names = sorted(people)
+    halves = [names[0::2], names[1::2]]
+    tot = Counter()
+    thresholds = []
+    for a, b in (halves, halves[::-1]):
+        a_rows = [r for n in a for r in people[n]]
+        a_labels = np.array([i for i, n in enumerate(a) for _ in people[n]])
+        _, imp = all_pair_scores(emb[a_rows], a_labels)
+        tail = ImpostorTail.from_scores(imp)
+        enrolled = [n for n in b if len(people[n]) >= 2]
+        pos = {n: i for i, n in enumerate(enrolled)}
+        thr = tail.threshold(target_fpir, len(enrolled))
+        thresholds.append(thr)
+        probes, truth, single, mated_tracks, stranger_tracks = [], [], [], [], []
+        for n in b:
+            rows = people[n][1:] if n in pos else people[n]
+            first = len(probes)
+            probes += rows
+            truth += [pos.get(n, -1)] * len(rows)
+            single += [len(people[n]) == 1] * len(rows)
+            if n in pos:
+                mated_tracks += chunks(list(range(first, len(probes))), track_len)
+        for n in a:
+            if len(people[n]) >= track_len:
+                first = len(probes)
+                probes += people[n]
+                truth += [-1] * len(people[n])
+                single += [False] * len(people[n])
+                stranger_tracks += chunks(list(range(first, len(probes))), track_len)
+        sc = search(emb, [people[n][0] for n in enrolled], probes, truth)
+        acc = sc.accepted(thr, margin)
+        single_strangers = np.array(single)
+        mated = sc.truth >= 0
+        tot["mated"] += int(mated.sum())
+        tot["mated_ok"] += int((acc & (sc.top == sc.truth))[mated].sum())
+        tot["strangers"] += int(single_strangers.sum())
+        tot["strangers_accepted"] += int(acc[single_strangers].sum())
+        mt = track_decisions(sc, mated_tracks, thr, margin, min_votes)
+        tot["mated_tracks"] += len(mated_tracks)
+        tot["mated_tracks_ok"] += int(sum(w == sc.truth[t[0]] for w, t in zip(mt, mated_tracks)))
+        st = track_decisions(sc, stranger_tracks, thr, margin, min_votes)
+        tot["stranger_tracks"] += len(stranger_tracks)
+        tot["stranger_tracks_accepted"] += int((st >= 0).sum())
+    return {
+        "target_fpir": target_fpir, "margin": margin, "thresholds": [round(t, 4) for t in thresholds],
+        "fpir_per_photo": tot["strangers_accepted"] / max(tot["strangers"], 1),
+        "strangers": tot["strangers"], "strangers_accepted": tot["strangers_accepted"],
+        "dir_per_photo": tot["mated_ok"] / max(tot["mated"], 1), "mated": tot["mated"],
+        "track_len": track_len, "mated_tracks": tot["mated_tracks"],
+        "dir_per_track": tot["mated_tracks_ok"] / max(tot["mated_tracks"], 1),
+        "stranger_tracks": tot["stranger_tracks"], "stranger_tracks_accepted": tot["stranger_tracks_accepted"],
+    }
+
