@@ -74,7 +74,8 @@ def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> 
     the device's client is pinned to ``clientid`` :func:`dangol_protocol.device_client_id`.
 
     Raises:
-        ValueError: a device's stored password hash is not in Mosquitto's ``$7$`` format.
+        ValueError: a device's stored password hash is not in Mosquitto's ``$7$`` format, or a device's
+            username is the cloud's.
     """
     clients = [{"username": cloud_user, "textname": "Dangol cloud service",
                 "roles": [{"rolename": "dangol-cloud"}], **_dynsec_password(mosquitto_hash(cloud_password))}]
@@ -82,6 +83,8 @@ def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> 
                                                    _acl("subscribePattern", "dangol/v1/#"),
                                                    _acl("unsubscribePattern", "dangol/v1/#")]}]
     for device in session.scalars(select(Device).order_by(Device.mqtt_username)):
+        if device.mqtt_username == cloud_user:
+            raise ValueError(f"device {device.id} has the cloud's MQTT username {cloud_user!r}; give it its own")
         role = f"device-{device.id}"
         subscriptions = [topic for topic, _ in proto.store_subscriptions(device.store_id)]
         status = proto.status_topic(device.id)

@@ -228,7 +228,10 @@ def cmd_broker_config(args, settings, db) -> int:
     with db.sessions() as session:
         lines = password_lines(session, cloud_user=user, cloud_password=password)
         acl = acl_text(session, cloud_user=user)
-        dynsec = dynsec_config(session, cloud_user=user, cloud_password=password)
+        try:
+            dynsec = dynsec_config(session, cloud_user=user, cloud_password=password)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     args.out.mkdir(parents=True, exist_ok=True)
     dynsec_path = (args.out / "dynamic-security.json").resolve()
     plugin = args.plugin or find_dynsec_plugin() or "/usr/lib/<arch>/mosquitto_dynamic_security.so"

@@ -6,7 +6,8 @@ the sending device's rights before anything is written (:func:`check_event`):
 * **arrival**: the named customer must be *known at the device's store* (:func:`known_at_store`: created
   there, or with a purchase or visit there); an unknown face (no customer) is always fine. A customer the
   cloud no longer has (erased meanwhile) is recorded as an unknown face.
-* **enrolment**: a new customer id becomes a customer *of this device's store*; an existing customer may
+* **enrolment**: a new customer id becomes a customer *of this device's store* (never the id of an erased
+  customer, which every store saw in the retained menus); an existing customer may
   only be changed by the device that enrolled them, only while ``pending`` (a name or a consent record for
   anybody else is refused, as is demoting an active customer).
 * **erasure-done** with an erasure id: only as the answer to that erasure, by a device it was sent to, for
@@ -112,8 +113,10 @@ def _check_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
     if event.consent is not None:
         bounded_ts(event.consent.recorded_at, "consent recorded_at")
     customer = session.get(Customer, customer_id)
-    if customer is None:
-        return  # a new customer of this device's store
+    if customer is None:  # a new customer of this device's store, unless the id belonged to an erased one
+        if session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id).limit(1)) is not None:
+            raise Refused(f"enrolment names customer {customer_id}, who was erased: a new enrolment needs a new id")
+        return
     origin = session.get(CustomerOrigin, customer_id)
     if origin is None or origin.device_id != device.id:
         raise Refused(f"enrolment names customer {customer_id}, who was not enrolled on this device")

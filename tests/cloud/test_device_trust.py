@@ -447,3 +447,25 @@ def test_migration_0004_records_origins_and_repairs_far_future_times(db_url):
             assert s.get(Device, "d1").status_at is None
     finally:
         db.dispose()
+
+
+def test_an_erased_customers_id_cannot_be_enrolled_again(db, chain):
+    """Every store saw the erased regular's id in the retained menus: no device may bring it back."""
+    from dangol_cloud.events import handle_message
+
+    with db.transaction() as s:
+        erase_customer(s, chain.mina, actor="owner@cafe.example")
+    again = _event(proto.EnrolmentEvent, chain.device_b, customer_id=uuid.UUID(chain.mina), status="pending")
+    assert handle_message(db, proto.events_topic(chain.device_b), again) is Outcome.REFUSED
+    with db.sessions() as s:
+        assert s.get(Customer, chain.mina) is None
+
+
+def test_broker_config_refuses_a_device_with_the_clouds_username(db, db_url, chain, tmp_path, monkeypatch, capsys):
+    with db.transaction() as s:
+        s.get(Device, chain.device_b).mqtt_username = "cloud"
+    monkeypatch.setenv("DANGOL_DATABASE_URL", db_url)
+    monkeypatch.setenv("DANGOL_MQTT_URL", f"mqtt://cloud:{CLOUD_PW}@127.0.0.1:1883")
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
+    assert cli(["broker-config", "--out", str(tmp_path / "auth")]) == 2
+    assert "cloud's MQTT username" in " ".join(capsys.readouterr().err.split())
