@@ -41,7 +41,6 @@ import re
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -108,7 +107,8 @@ def setup(work: Path, env: dict) -> dict:
         a, b = Store(name="Main Street", ref="main"), Store(name="Harbour", ref="harbour")
         s.add_all([a, b, User(email=OWNER, password_hash=hash_password(OWNER_PW), role="owner")])
         s.flush()
-        da = Device(store_id=a.id, name="Main door", mqtt_username="device-main", mqtt_password_hash=mosquitto_hash(ids["pw_a"]))
+        da = Device(store_id=a.id, name="Main door", mqtt_username="device-main",
+                    mqtt_password_hash=mosquitto_hash(ids["pw_a"]))
         db_ = Device(store_id=b.id, name="Harbour door", mqtt_username="device-harbour",
                      mqtt_password_hash=mosquitto_hash(ids["pw_b"]))
         s.add_all([da, db_])
@@ -288,7 +288,8 @@ def report(work: Path, env: dict, ids: dict, state, dash: Dashboard, hostile: Ho
     deadline = time.monotonic() + 60
     while True:
         with db.sessions() as s:
-            applied = s.scalar(select(func.count()).select_from(DeviceEvent).where(DeviceEvent.device_id == ids["device_a"]))
+            applied = s.scalar(select(func.count()).select_from(DeviceEvent)
+                               .where(DeviceEvent.device_id == ids["device_a"]))
             trust = s.get(DeviceTrust, ids["device_b"])
             dead = (trust.refused + trust.dead_letters) if trust else 0
         if (applied >= produced and dead >= sent_hostile and state.outbox_depth() == 0) or time.monotonic() > deadline:
@@ -303,8 +304,10 @@ def report(work: Path, env: dict, ids: dict, state, dash: Dashboard, hostile: Ho
         kept = s.scalar(select(func.count()).select_from(DeadLetter))
         by_kind = dict(s.execute(select(DeadLetter.kind, func.count()).group_by(DeadLetter.kind)).all())
         mina = s.get(Customer, regular)
-        intact = mina is not None and (mina.display_name, mina.consent_by, mina.status) == ("Mina Park", "staff:jo", "active")
-        refused, lettered = (trust.refused, trust.dead_letters) if (trust := s.get(DeviceTrust, ids["device_b"])) else (0, 0)
+        intact = mina is not None and (mina.display_name, mina.consent_by, mina.status) == ("Mina Park", "staff:jo",
+                                                                                              "active")
+        trust = s.get(DeviceTrust, ids["device_b"])
+        refused, lettered = (trust.refused, trust.dead_letters) if trust else (0, 0)
     db.dispose()
     acked = produced - state.outbox_depth()
     times = [t * 1000 for t in dash.times]

@@ -39,7 +39,7 @@ from dangol_cloud.models import (
 )
 
 __all__ = ["CLOCK_TOLERANCE", "MAX_CLOCK_SKEW", "MAX_DEAD_LETTERS", "MAX_EVENT_AGE", "Refused", "bounded_ts",
-           "check_event", "known_at_store", "record_dead_letter", "trust_summary"]
+           "check_event", "dead_letter_count", "known_at_store", "record_dead_letter", "trust_summary"]
 
 log = logging.getLogger(__name__)
 

@@ -102,8 +102,9 @@ def parse_payload(topic: str, payload: bytes) -> Payload:
         (:class:`ArrivalEvent` | :class:`EnrolmentEvent` | :class:`ErasureDoneEvent`) or :class:`Status`.
 
     Raises:
-        PayloadError: unknown topic, empty/oversized (:data:`MAX_DEVICE_PAYLOAD_BYTES` for events and
-            status, :data:`MAX_PAYLOAD_BYTES` otherwise)/too deeply nested (:data:`MAX_JSON_DEPTH`)/non-UTF-8/non-JSON payload, wrong or missing
+        PayloadError: unknown topic, empty, oversized (:data:`MAX_DEVICE_PAYLOAD_BYTES` for events and
+            status, :data:`MAX_PAYLOAD_BYTES` otherwise), too deeply nested (:data:`MAX_JSON_DEPTH`),
+            non-UTF-8 or non-JSON payload, wrong or missing
             ``schema``, a field that fails validation, or an id that disagrees with the topic.
     """
     try:

@@ -130,7 +130,8 @@ def _trust_context(s) -> dict:
     from dangol_cloud.models import DeadLetter, ErasureRequest
 
     return {"trust": trust_summary(s), "dead_letter_total": dead_letter_count(s),
-            "dead_letters": s.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(DEAD_LETTERS_SHOWN)).all(),
+            "dead_letters": s.scalars(select(DeadLetter).order_by(DeadLetter.id.desc())
+                                      .limit(DEAD_LETTERS_SHOWN)).all(),
             "erasure_requests": s.scalars(select(ErasureRequest).where(ErasureRequest.status == "pending")
                                           .order_by(ErasureRequest.requested_at)).all(),
             "device_names": dict(s.execute(select(Device.id, Device.name)).all())}

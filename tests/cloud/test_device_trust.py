@@ -430,7 +430,8 @@ def test_migration_0004_records_origins_and_repairs_far_future_times(db_url):
                           " '9999-12-31 23:59:59')"))
         conn.execute(text("INSERT INTO customers (id, status, source, created_at) VALUES ('c1', 'pending', 'edge',"
                           " '2026-11-01 10:00:00')"))
-        for event_id, kind, ts in (("e1", "enrolment", "2026-11-01 10:00:00"), ("e2", "arrival", "9999-12-31 23:59:59")):
+        for event_id, kind, ts in (("e1", "enrolment", "2026-11-01 10:00:00"),
+                                   ("e2", "arrival", "9999-12-31 23:59:59")):
             conn.execute(text("INSERT INTO device_events (event_id, device_id, kind, ts, received_at, payload) VALUES "
                               "(:e, 'd1', :k, :ts, '2026-11-02 08:00:00', :p)"),
                          {"e": event_id, "k": kind, "ts": ts, "p": json.dumps({"kind": kind, "customer_id": "c1"})})
