@@ -31,7 +31,9 @@ def test_camera_disappears_and_returns(tmp_path, home, model_path, clips):  # no
         assert wait_for(lambda: app.health().camera == "missing", timeout=10)
         n = app.stats.frames_processed
         time.sleep(1.0)
-        assert app.stats.frames_processed <= n + 2  # no frames while it is gone, and the daemon lives on
+        # no new frames while it is gone (the ≤ 4 already queued may still drain on a loaded machine),
+        # and the daemon lives on
+        assert app.stats.frames_processed <= n + 5
         assert time.monotonic() - app.stats.last_heartbeat < 2
         away.rename(cam)  # plugged back in
         assert wait_for(lambda: app.health().camera == "ok", timeout=10)
