@@ -19,6 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
@@ -470,3 +472,26 @@ def test_broker_config_refuses_a_device_with_the_clouds_username(db, db_url, cha
     monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path / "home"))
     assert cli(["broker-config", "--out", str(tmp_path / "auth")]) == 2
     assert "cloud's MQTT username" in " ".join(capsys.readouterr().err.split())
+
+
+# --- the depth check before json.loads ------------------------------------------------------------------------------
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=6),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\k', max_size=4),
+                                                                                inner, max_size=3), max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON, limit=st.integers(0, 8))
+def test_depth_check_agrees_with_the_decoded_structure(value, limit):
+    """Brackets inside strings (escaped quotes included) never count; real nesting always does."""
+    from dangol_protocol.parse import json_depth_exceeds
+
+    assert json_depth_exceeds(json.dumps(value).encode(), limit) == (_depth(value) > limit)
