@@ -32,6 +32,7 @@ from .baselines import (Baskets, TifuKnn, TifuParams, als_scores, basket_counts,
                         tune_tifu_knn, validation_split)
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items, restrict_to_top_items
+from .dayparts import DAYPART_HOURS, DAYPARTS, daypart_of
 from .model import train
 
 
@@ -209,6 +210,7 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         idx = items_index.get_indexer([p.item for p in picks[cust]])
         shipped[r, : len(idx)] = idx
     methods["Dangol (hybrid)"] = (shipped, train_seconds, score_seconds)
+    daypart_rows = _daypart_methods(model, test_eval, evaluated, shipped, bought_before, k)
 
     report = EvaluationReport(k=k, cut=cut.to_pydatetime(), n_items=n_items, n_train_interactions=len(train_df),
                               train_seconds=train_seconds, score_seconds=score_seconds,
@@ -220,7 +222,57 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         report.rows.append({"method": name, f"precision@{k}": p, f"recall@{k}": r, f"MAP@{k}": m,
                             f"repeat R@{k}": rep, f"explore R@{k}": expl, "coverage": coverage,
                             "n_customers": len(rows), "train s": fit_s, "score s": score_s})
+    for name, (top, relevant_d, before_d, score_s) in daypart_rows.items():
+        p, r, m = ranking_metrics(top, relevant_d, k)
+        rep, expl = repeat_explore_recall(top, relevant_d, before_d)
+        report.rows.append({"method": name, f"precision@{k}": p, f"recall@{k}": r, f"MAP@{k}": m,
+                            f"repeat R@{k}": rep, f"explore R@{k}": expl,
+                            "coverage": len(np.unique(top[top >= 0])) / n_items, "n_customers": len(top),
+                            "train s": float("nan"), "score s": score_s})
+    if daypart_rows:
+        report.notes.append("day-part rows: one row per (customer, day-part with purchases after the cut), relevance "
+                            "= items bought in that day-part (breakfast 5-10 h, lunch 11-13, afternoon 14-16, "
+                            "evening 17-4)")
     return report
+
+
+def _daypart_methods(model, test_eval: pd.DataFrame, evaluated: np.ndarray, shipped: np.ndarray,
+                     bought_before: np.ndarray, k: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Hour-blind vs day-part menus against what each customer bought in each day-part after the cut.
+
+    Returns ``{row name: (lists, relevant, bought_before, score seconds)}`` over (customer, day-part) pairs,
+    or ``{}`` for data without time of day (or a model without day-part profile).
+    """
+    if model.dayparts is None or test_eval["hour"].nunique() <= 1:
+        return {}
+    items_index = pd.Index(model.items)
+    cust_pos = pd.Index(evaluated)
+    parts = daypart_of(test_eval["hour"].to_numpy())
+    blind, aware, relevant, before = [], [], [], []
+    clock = 0.0
+    for d, (name, _, _) in enumerate(DAYPARTS):
+        sub = test_eval[parts == d]
+        if sub.empty:
+            continue
+        customers = np.array(sorted(sub["customer"].unique()), dtype=str)
+        pos = cust_pos.get_indexer(customers)
+        rel = np.zeros((len(customers), len(model.items)), bool)
+        ti = items_index.get_indexer(sub["item"])
+        rel[pd.Index(customers).get_indexer(sub["customer"])[ti >= 0], ti[ti >= 0]] = True
+        t0 = time.perf_counter()
+        picks = model.recommend(list(customers), n=k, hour=DAYPART_HOURS[name], explain=False)
+        clock += time.perf_counter() - t0
+        top = np.full((len(customers), k), -1, dtype=np.int64)
+        for r, cust in enumerate(customers):
+            idx = items_index.get_indexer([p.item for p in picks[cust]])
+            top[r, : len(idx)] = idx
+        blind.append(shipped[pos])
+        aware.append(top)
+        relevant.append(rel)
+        before.append(bought_before[pos])
+    rel_all, before_all = np.vstack(relevant), np.vstack(before)
+    return {"Dangol hour-blind, per day-part": (np.vstack(blind), rel_all, before_all, float("nan")),
+            "Dangol day-part menus, per day-part": (np.vstack(aware), rel_all, before_all, clock)}
 
 
 def _baselines(train_df: pd.DataFrame, customers: np.ndarray, items: np.ndarray, rows: np.ndarray, k: int,

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items
+from .dayparts import DAYPARTS, DayPartProfile, daypart_of
 from .factors import Factors, factors_of, fit_factors, fit_lightfm
 from .features import customer_feature_matrix, item_feature_matrix
 from .history import History, PopularityTable, build_history, pair_values
@@ -69,7 +70,7 @@ class Recommender:
                  categories: list[str | None], available: np.ndarray, item_features: sp.csr_matrix,
                  item_feature_names: list[str], factors: Factors, history: History, item_pop: np.ndarray,
                  item_rep: np.ndarray, reranker: Reranker | None, popularity: PopularityTable,
-                 meta: dict | None = None):
+                 meta: dict | None = None, dayparts: DayPartProfile | None = None):
         self.version = version
         self.config = config
         self.customers = customers
@@ -84,6 +85,7 @@ class Recommender:
         self.item_rep = item_rep
         self.reranker = reranker
         self.popularity = popularity
+        self.dayparts = dayparts
         self.meta = meta or {}
         self._customer_index = {c: k for k, c in enumerate(customers)}
         self._item_index = {c: k for k, c in enumerate(items)}
@@ -344,7 +346,8 @@ class Recommender:
             n: list length (shorter only if fewer items are available).
             available: ids of the items that may be shown; default: the items flagged ``available`` at
                 training time. Unavailable and unknown items never appear.
-            hour: local hour of day (0-23) for the cold-start list (ignored for day-resolution data).
+            hour: local hour of day (0-23): known customers get the menu of that day-part (:mod:`.dayparts`),
+                unknown ones the cold-start list of that hour (ignored for day-resolution data).
             store: store id for the cold-start list (if the interactions had a ``store`` column).
             explain: compute ``Pick.reasons`` (costs ~0.1 ms per pick; False for bulk evaluation).
             exclude: ``{customer: item ids}`` never offered to that customer (e.g. items they disliked).
@@ -361,6 +364,9 @@ class Recommender:
             batch = known[start:start + _BATCH]
             rows = np.array([r for _, r in batch], dtype=np.int64)
             scores, z, nn = self._score_block(rows)
+            shift = self._daypart_shift(rows, hour)
+            if shift is not None:
+                scores += shift
             for j, (cust, _) in enumerate(batch):
                 cols = self._excluded(exclude, cust)
                 scores[j, cols], z[j, cols] = -np.inf, -np.inf
@@ -369,6 +375,11 @@ class Recommender:
             cols = np.array([k for p in ranked for k in p], dtype=np.int64)
             nn_picks = None if nn is None else nn[local, cols]
             reasons = self.explain(rows[local], cols, z[local, cols], nn_picks) if explain else [[] for _ in cols]
+            if explain and shift is not None:
+                name = DAYPARTS[int(daypart_of(hour))][0]
+                for m, value in enumerate(shift[local, cols] / self.config.daypart_weight):
+                    if value > np.log(1.5):  # bought at least 1.5 times as often at this day-part as on average
+                        reasons[m] = [f"you often have it at {name}", *reasons[m]][:3]
             pos = 0
             for j, ((cust, _), picked) in enumerate(zip(batch, ranked, strict=True)):
                 values = scores[j, picked].tolist()
@@ -387,6 +398,14 @@ class Recommender:
                     picked = self._ranked(own[None, :], mask, n)[0]
                 result[c] = [Pick(str(self.items[k]), float(shares[k]), [reason]) for k in picked]
         return {c: result[c] for c in ids}
+
+    def _daypart_shift(self, rows: np.ndarray, hour: int | None) -> np.ndarray | None:
+        """``(len(rows), n_items)`` day-part term ``γ · log-ratio`` (:mod:`.dayparts`), or None (no hour, no
+        time-of-day data, or ``config.daypart_weight`` 0)."""
+        if hour is None or self.dayparts is None or not self.config.daypart_weight:
+            return None
+        adj = self.dayparts.adjustment(rows, int(daypart_of(hour)), self.config.daypart_smoothing)
+        return self.config.daypart_weight * adj
 
     def _excluded(self, exclude: Mapping[str, Collection[str]] | None, customer: str) -> np.ndarray:
         """Item indices ``exclude`` names for ``customer`` (unknown item ids are ignored)."""
@@ -539,6 +558,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     pop, rep = item_statistics(history, categories)
     store = df["store"].to_numpy(dtype=str) if "store" in df.columns else None
     popularity = PopularityTable.build(i, df["hour"].to_numpy(np.int64), store, len(item_ids), cfg.cold_start_smoothing)
+    dayparts = DayPartProfile.build(u, i, day, df["hour"].to_numpy(np.int64), shape)
     trained_at = datetime.now(UTC).replace(tzinfo=None)
     meta = {"trained_at": trained_at.isoformat(timespec="seconds"), "n_interactions": len(df),
             "n_customers": len(customers), "n_items": len(item_ids),
@@ -546,4 +566,5 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     return Recommender(version=_version(df, cfg, trained_at), config=cfg, customers=customers, items=item_ids,
                        categories=categories, available=catalogue["available"].to_numpy(bool),
                        item_features=item_x, item_feature_names=item_names, factors=factors, history=history,
-                       item_pop=pop, item_rep=rep, reranker=reranker, popularity=popularity, meta=meta)
+                       item_pop=pop, item_rep=rep, reranker=reranker, popularity=popularity, meta=meta,
+                       dayparts=dayparts)

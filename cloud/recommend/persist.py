@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from .config import RecommenderConfig
 from .factors import Factors
 from .baselines import TifuKnn
+from .dayparts import DayPartProfile
 from .history import History, PopularityTable
 from .rerank import FEATURES, Reranker
 
@@ -53,18 +54,16 @@ def save_model(model: Recommender, directory: Path) -> Path:
         arrays[f"factors_{name}"] = getattr(model.factors, name)
     sparse = {"item_features": model.item_features, "popularity": model.popularity.counts,
               **{f"history_{k}": getattr(model.history, k) for k in ("visits_with_item", "lines", "decayed", "recency")}}
-    for name, m in sparse.items():
-        m = m.tocsr()
-        arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
-        arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
+    if model.dayparts is not None:
+        arrays["dayparts_visits"], arrays["dayparts_item_counts"] = model.dayparts.visits, model.dayparts.item_counts
+        sparse["dayparts_counts"] = model.dayparts.counts
     if model.history.tifu is not None:
         arrays["tifu_neighbours"] = model.history.tifu.neighbours.astype(np.int32)
         sparse["tifu_vectors"] = model.history.tifu.vectors
     for name, m in sparse.items():
-        if name == "tifu_vectors":
-            m = m.tocsr()
-            arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
-            arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
+        m = m.tocsr()
+        arrays[f"{name}__data"], arrays[f"{name}__indices"] = m.data, m.indices
+        arrays[f"{name}__indptr"], arrays[f"{name}__shape"] = m.indptr, np.array(m.shape)
     if model.reranker is not None:
         for name in ("weights", "mean", "scale", "coef"):
             arrays[f"reranker_{name}"] = getattr(model.reranker, name)
@@ -112,6 +111,10 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
         w, mean, scale, coef = (np.concatenate([a[f"reranker_{n}"], np.full(pad, fill)]) for n, fill in
                                 (("weights", 0.0), ("mean", 0.0), ("scale", 1.0), ("coef", 0.0)))
         reranker = Reranker(w, r["intercept"], mean, scale, coef, r["n_pairs"], r["n_customers"])
+    dayparts = None
+    if "dayparts_visits" in a:
+        dayparts = DayPartProfile(csr("dayparts_counts"), a["dayparts_visits"], a["dayparts_item_counts"],
+                                  len(a["customers"]))
     pop = meta["popularity"]
     categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
     return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],
@@ -119,4 +122,5 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
                item_feature_names=meta["item_feature_names"], factors=factors, history=history,
                item_pop=a["item_pop"], item_rep=a["item_rep"], reranker=reranker,
                popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
-                                          config.cold_start_smoothing), meta=meta.get("meta") or {})
+                                          config.cold_start_smoothing), meta=meta.get("meta") or {},
+               dayparts=dayparts)
