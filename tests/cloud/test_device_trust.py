@@ -495,3 +495,41 @@ def test_depth_check_agrees_with_the_decoded_structure(value, limit):
     from dangol_protocol.parse import json_depth_exceeds
 
     assert json_depth_exceeds(json.dumps(value).encode(), limit) == (_depth(value) > limit)
+
+
+def test_the_real_edge_client_works_with_the_generated_broker_config(db, chain, broker, listener, tmp_path):
+    """The edge's own MQTT client (its pinned client id, its store's subscriptions, its events) is allowed
+    everything it needs by broker-config's dynamic-security config: it gets its store's retained catalogue
+    and menus, and its arrivals reach the cloud."""
+    from dangol_cloud.models import Menu, ModelVersion
+    from dangol_cloud.publishing import publish, publish_catalogue_version
+    from dangol_edge.config import MQTTConfig
+    from dangol_edge.crypto import FieldCipher, new_key, parse_key
+    from dangol_edge.state import StateStore
+    from dangol_edge.sync import MQTTSync
+
+    with db.transaction() as s:
+        latte = s.scalar(select(CatalogueItem.id))
+        s.add(ModelVersion(version="m-test", path="nowhere"))
+        s.flush()
+        s.add(Menu(customer_id=chain.mina, model_version="m-test", generated_at=utcnow(),
+                   picks=[{"item_id": latte, "score": 1.0, "reasons": []}]))
+        publish_catalogue_version(s, published_by="owner@cafe.example")
+    with db.transaction() as s:
+        publish(s, broker.url_as("cloud", CLOUD_PW))
+    state = StateStore(tmp_path / "edge" / "state.sqlite", cipher=FieldCipher(parse_key(new_key(), "t"))).open()
+    sync = MQTTSync(MQTTConfig(url=broker.url_as(chain.user_a, "pw-a"), keepalive_s=5, reconnect_min_s=1,
+                               reconnect_max_s=2), uuid.UUID(chain.device_a), uuid.UUID(chain.store_a), state)
+    sync.start()
+    try:
+        assert _wait(lambda: state.catalogue() is not None and state.menu(chain.mina) is not None)
+        assert state.menu(chain.mina)["display_name"] == "Mina"
+        sync.send_event(proto.ArrivalEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(chain.device_a), ts=utcnow(),
+                                           customer_id=uuid.UUID(chain.mina), confidence=0.7))
+        assert _wait(lambda: listener.counts[Outcome.STORED] >= 1 and state.outbox_depth() == 0)
+        assert sync.rejected_events == 0
+    finally:
+        sync.stop()
+        state.close()
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Visit).where(Visit.customer_id == chain.mina)) == 1
