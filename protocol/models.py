@@ -114,6 +114,9 @@ class Menu(_Model):
     model_version: Annotated[str, Field(min_length=1, max_length=64)]
     generated_at: AwareDatetime
     items: list[MenuPick]
+    # issue 12: optional picks per day-part (local hours: breakfast 5-10, lunch 11-13, afternoon 14-16, evening
+    # 17-4); absent = ``items`` all day. A reader shows ``dayparts[current day-part]`` when present, else ``items``.
+    dayparts: dict[Literal["breakfast", "lunch", "afternoon", "evening"], list[MenuPick]] | None = None
 
     model_config = ConfigDict(populate_by_name=True)
 
