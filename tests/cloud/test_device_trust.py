@@ -533,3 +533,16 @@ def test_the_real_edge_client_works_with_the_generated_broker_config(db, chain, 
         state.close()
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Visit).where(Visit.customer_id == chain.mina)) == 1
+
+
+def test_the_listener_reports_subscriptions_the_broker_refuses(db, chain, broker, caplog):
+    """MQTT 5 SUBACK reason codes: a listener whose login may not read device events says so (here: started,
+    by mistake, with a device's login) instead of waiting silently."""
+    lst = Listener(db, broker.url_as(chain.user_b, "pw-b"), client_id=proto.device_client_id(chain.device_b))
+    try:
+        lst.start(timeout=2)
+        assert not lst.subscribed.is_set()
+        assert _wait(lambda: "refused the listener's subscriptions" in caplog.text)
+        assert "Not authorized" in caplog.text
+    finally:
+        lst.stop()
