@@ -388,7 +388,7 @@ class ErasureRequest(Base):
 
 # --- recommender feedback (issue 12; migration 0006) ------------------------------------------------------
 
-__all__ += ["CustomerSegment", "PickCredit", "PickOpinion"]
+__all__ += ["CustomerSegment", "MenuDayparts", "PickCredit", "PickOpinion"]
 
 
 class PickOpinion(Base):
@@ -426,3 +426,14 @@ class CustomerSegment(Base):
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
     age_group: Mapped[str | None] = mapped_column(String(20))
     area: Mapped[str | None] = mapped_column(String(40))
+
+
+class MenuDayparts(Base):
+    """A known customer's picks per day-part, written with :class:`Menu` when the purchase data has times of
+    day: ``dayparts`` = ``{"breakfast" | "lunch" | "afternoon" | "evening": [{"item_id", "score",
+    "reasons"}]}`` (same pick format as ``Menu.picks``; :mod:`dangol_cloud.recommend.dayparts`)."""
+
+    __tablename__ = "menu_dayparts"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
+    model_version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    dayparts: Mapped[dict[str, Any]]

@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.db import Database
-from dangol_cloud.models import CatalogueItem, Customer, Menu, ModelVersion, Purchase, utcnow
+from dangol_cloud.models import CatalogueItem, Customer, Menu, MenuDayparts, ModelVersion, Purchase, utcnow
 from dangol_cloud.settings import Settings
 
 __all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus", "train_from_database",
@@ -124,18 +124,40 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
              "picks": [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in ps]}
             for c, ps in picks.items()]
     step("write")
+    daypart_rows = _daypart_menus(model, customers, settings.menu_size, available, feedback.dislikes)
     with db.transaction() as session:
         session.add(ModelVersion(version=model.version, path=str(path), created_at=now,
                                  n_customers=len(customers), n_items=int(interactions["item"].nunique()),
                                  n_interactions=n_purchases))
         session.flush()
+        session.execute(delete(MenuDayparts))
         session.execute(delete(Menu))
         for start in range(0, len(rows), 5000):
             session.execute(insert(Menu), rows[start:start + 5000])
+        for start in range(0, len(daypart_rows), 5000):
+            session.execute(insert(MenuDayparts), [{**r, "model_version": model.version}
+                                                   for r in daypart_rows[start:start + 5000]])
     log.info("trained model %s on %d purchases (+%d feedback positives); %d menus", model.version, n_purchases,
              len(interactions) - n_purchases, len(rows))
     return TrainReport(version=model.version, path=str(path), customers=len(customers),
                        items=int(interactions["item"].nunique()), interactions=n_purchases, menus=len(rows))
+
+
+def _daypart_menus(model, customers: list[str], n: int, available: set[str],
+                   dislikes: dict[str, set[str]]) -> list[dict]:
+    """Rows for :class:`MenuDayparts`: each known customer's picks per day-part (none for data without
+    times of day)."""
+    from dangol_cloud.recommend.dayparts import DAYPART_HOURS
+
+    trained = set(model.customers)
+    known = [c for c in customers if c in trained]
+    if model.dayparts is None or not known:
+        return []
+    slots = {name: model.recommend(known, n=n, available=available, hour=hour, exclude=dislikes)
+             for name, hour in DAYPART_HOURS.items()}
+    return [{"customer_id": c, "dayparts": {name: [{"item_id": p.item, "score": float(p.score),
+                                                     "reasons": list(p.reasons)} for p in slot[c]]
+                                            for name, slot in slots.items()}} for c in known]
 
 
 def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None = None,

@@ -58,3 +58,47 @@ def test_daypart_menus_on_complete_journey(tmp_path: Path) -> None:
     loaded = Recommender.load(model.save(tmp_path))
     again = loaded.recommend(afternoon, n=10, hour=15)
     assert {c: [p.item for p in v] for c, v in again.items()} == {c: [p.item for p in v] for c, v in menus[15].items()}
+
+
+def test_training_writes_daypart_menus_from_the_database(tmp_path: Path, sqlite_url) -> None:
+    import os
+
+    from sqlalchemy import select
+
+    from dangol_cloud.importers import parse_purchases
+    from dangol_cloud.ingest import import_rows
+    from dangol_cloud.models import Menu, MenuDayparts
+    from dangol_cloud.settings import Settings
+    from dangol_cloud.training import train_from_database
+
+    from .conftest import _database
+
+    root = Path(os.environ.get("DANGOL_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+    src = root / "purchases/completejourney"
+    (tmp_path / "cj").mkdir()
+    (tmp_path / "cj/products.csv").write_bytes((src / "products.csv").read_bytes())
+    with (src / "transactions.csv").open() as fin, (tmp_path / "cj/transactions.csv").open("w") as fout:
+        fout.write(next(fin))
+        households = set()
+        for line in fin:  # every line of the first 30 households in the file (whole histories)
+            h = line.split(",", 1)[0]
+            if h in households or len(households) < 30:
+                households.add(h)
+                fout.write(line)
+    db = _database(sqlite_url)
+    try:
+        with db.transaction() as s:
+            import_rows(s, parse_purchases(tmp_path / "cj/transactions.csv", "completejourney"),
+                        source="completejourney", key_prefix="completejourney")
+        settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="x", _env_file=None)
+        train_from_database(db, settings)
+        with db.sessions() as s:
+            menus = {m.customer_id: m for m in s.scalars(select(Menu))}
+            slots = s.scalars(select(MenuDayparts)).all()
+    finally:
+        db.dispose()
+    assert len(slots) == len(menus) == 30
+    for row in slots:
+        assert set(row.dayparts) == {"breakfast", "lunch", "afternoon", "evening"}
+        assert all(len(picks) == len(menus[row.customer_id].picks) for picks in row.dayparts.values())
+    assert any(row.dayparts["breakfast"] != row.dayparts["evening"] for row in slots)

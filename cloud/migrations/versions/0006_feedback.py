@@ -6,7 +6,8 @@ Create Date: 2026-12-02 04:25:00
 
 ``pick_opinions`` holds each customer's latest like/dislike per item; ``pick_credits`` one row per purchase
 line that bought a pick shown at the visit before it ("shown pick bought"); ``customer_segments`` the
-age group and area an owner recorded for a customer (cold start).
+age group and area an owner recorded for a customer (cold start); ``menu_dayparts`` a known customer's
+picks per day-part (breakfast, lunch, afternoon, evening).
 """
 from typing import Sequence, Union
 
@@ -55,9 +56,19 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("customer_id"),
     )
+    op.create_table(
+        "menu_dayparts",
+        sa.Column("customer_id", sa.String(length=36), nullable=False),
+        sa.Column("model_version", sa.String(length=64), nullable=False),
+        sa.Column("dayparts", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["model_version"], ["model_versions.version"]),
+        sa.PrimaryKeyConstraint("customer_id"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("menu_dayparts")
     op.drop_table("customer_segments")
     op.drop_index("ix_pick_credits_customer_id", table_name="pick_credits")
     op.drop_index("ix_pick_credits_visit_id", table_name="pick_credits")
