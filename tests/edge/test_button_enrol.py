@@ -33,6 +33,9 @@ def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, 
         before = {c.id for c in app.gallery.customers()}
         press(factory, 17)
         assert wait_for(lambda: app.screen.snapshot().get("stage") == "capturing", timeout=5)
+        # the screen counts the good snapshots taken so far, out of the pool it gathers
+        assert wait_for(lambda: app.screen.snapshot().get("samples", 0) >= 1, timeout=60)
+        assert app.screen.snapshot()["wanted"] == 3 * cfg.enrol.templates
         assert wait_for(lambda: app.gallery.customers(status="pending"), timeout=60)
         pending = app.gallery.customers(status="pending")[0]
         assert pending.id not in before and pending.templates == cfg.enrol.templates
@@ -41,7 +44,7 @@ def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, 
         assert snap["screen"] == "enrol" and snap["stage"] == "pending" and snap["code"] == pending.short_code
         led = factory.pin(27)
         assert {s.state for s in led.states} >= {True, False}  # it blinked while capturing …
-        assert not app.button.led.is_lit  # … and is off now
+        assert wait_for(lambda: not app.button.led.is_lit, timeout=5)  # … and is off now
         # a pending customer is never recognised: its templates are not searched without consent
         t = app.gallery.templates(pending.id)[0]["embedding"]
         assert app.gallery.match(t, 0.5, 0.0)[0].customer_id != pending.id

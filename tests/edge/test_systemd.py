@@ -198,7 +198,7 @@ def test_example_edge_toml_documents_every_setting():
 
 
 @pytest.mark.parametrize("section, key, value, field", [
-    ("matcher", "threshold", "1.5", "matcher.threshold"),
+    ("matcher", "target_fpir", "1.5", "matcher.target_fpir"),
     ("gpio", "button_pin", "40", "gpio.button_pin"),
     ("display", "port", "70000", "display.port"),
     ("camera", "source", "12", "camera.source"),  # wrong type (a TOML integer for a string)
