@@ -17,7 +17,8 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.db import Database
-from dangol_cloud.models import CatalogueItem, Customer, Menu, MenuDayparts, ModelVersion, Purchase, utcnow
+from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu, MenuDayparts, ModelVersion, Purchase,
+                                 utcnow)
 from dangol_cloud.settings import Settings
 
 __all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus", "train_from_database",
@@ -79,7 +80,8 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
 
     Feedback (:mod:`dangol_cloud.feedback`): purchases of picks shown at the visit before are credited
     first; likes and credited picks are added as positive interactions; an item a customer disliked is never
-    in that customer's menu.
+    in that customer's menu. Customers without purchases whose segment (age group, area) was recorded get the
+    segment-aware cold-start list.
 
     ``progress`` is called with the name of each step as it starts (:data:`TRAIN_STEPS`, for a progress bar).
 
@@ -92,6 +94,7 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     """
     from dangol_cloud.feedback import credit_shown_picks, training_feedback
     from dangol_cloud.recommend import train
+    from dangol_cloud.recommend.segments import segment_values
 
     step = progress or (lambda name: None)
     step("load")
@@ -100,12 +103,15 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     with db.sessions() as session:
         interactions, items = load_frames(session, settings.timezone)
         feedback = training_feedback(session, settings.timezone)
+        segments = pd.DataFrame(session.execute(select(CustomerSegment.customer_id, CustomerSegment.age_group,
+                                                       CustomerSegment.area)).all(),
+                                columns=["customer", "age_group", "area"])
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
     n_purchases = len(interactions)
     if len(feedback.positives):
         interactions = pd.concat([interactions, feedback.positives], ignore_index=True)
-    model = train(interactions, items, progress=step)
+    model = train(interactions, items, progress=step, segments=segments)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     base, n = model.version, 1
     while (settings.models_dir / model.version).exists():  # same data retrained within the same second
@@ -118,7 +124,8 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
         enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
     customers = sorted(set(interactions["customer"].unique()) | enrolled)
     step("menus")
-    picks = model.recommend(customers, n=settings.menu_size, available=available, exclude=feedback.dislikes)
+    picks = model.recommend(customers, n=settings.menu_size, available=available, exclude=feedback.dislikes,
+                            segments=segment_values(segments))
     now = utcnow()
     rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
              "picks": [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in ps]}

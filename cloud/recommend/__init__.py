@@ -10,7 +10,8 @@ Public API::
 """
 
 from .config import RecommenderConfig
-from .data import clean_interactions, clean_items, frames_from_rows, load_purchases, restrict_to_top_items
+from .data import (clean_interactions, clean_items, frames_from_rows, load_purchases, load_segments,
+                   restrict_to_top_items)
 from .evaluate import EvaluationReport, evaluate, ranking_metrics, repeat_explore_recall
 from .model import Pick, Recommender, train
 
@@ -24,6 +25,7 @@ __all__ = [
     "evaluate",
     "frames_from_rows",
     "load_purchases",
+    "load_segments",
     "ranking_metrics",
     "repeat_explore_recall",
     "restrict_to_top_items",

@@ -47,6 +47,7 @@ class RecommenderConfig:
         rerank_negatives: never-bought items sampled per customer (weighted by the inverse sampling rate).
         tifu: give the re-ranker the two TIFU-KNN parts (Hu et al. 2020) as features: the customer's
             time-decayed basket-group vector and the mean vector of the ``tifu_neighbours`` nearest customers.
+        item_trend: give the re-ranker the item's trend (share of the last two weeks' purchases vs all).
         tifu_group_size / tifu_r_b / tifu_r_g / tifu_neighbours: TIFU-KNN's m, within-group decay, group decay
             and k; the values TIFU-KNN alone scored best with on the Ta-Feng validation split (train before
             2001-01-04, validate on the 28 days to 2001-02-01): m 7, r_b 1.0, r_g 0.6, k 300.
@@ -74,6 +75,8 @@ class RecommenderConfig:
         new_item_slots: places at the end of a known customer's list kept for items nobody has bought yet
             (new menu items), filled only by those whose LightFM score from metadata is high enough.
         new_item_min_z: minimum per-customer LightFM z-score (sd above the catalogue mean) for that slot.
+        segment_smoothing: pseudo-count k shrinking a segment's purchase shares towards the store/hour
+            popularity in the segment-aware cold start (:mod:`dangol_cloud.recommend.segments`).
         cold_start_smoothing: pseudo-count that shrinks the time-of-day/store popularity of the cold-start
             list towards the overall popularity (additive smoothing, in purchases).
     """
@@ -95,6 +98,7 @@ class RecommenderConfig:
     rerank_max_customers: int = 6000
     rerank_negatives: int = 100
     tifu: bool = True
+    item_trend: bool = True
     tifu_group_size: int = 7
     tifu_r_b: float = 1.0
     tifu_r_g: float = 0.6
@@ -107,6 +111,7 @@ class RecommenderConfig:
     new_item_slots: int = 1
     new_item_min_z: float = 1.0
     cold_start_smoothing: float = 50.0
+    segment_smoothing: float = 200.0
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable dict of all fields."""

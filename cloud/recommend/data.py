@@ -125,3 +125,23 @@ def restrict_to_top_items(interactions: pd.DataFrame, items: pd.DataFrame, n: in
         interactions[interactions["item"].astype(str).isin(top)].reset_index(drop=True),
         items[items["item"].astype(str).isin(top)].reset_index(drop=True),
     )
+
+
+def load_segments(path: str | Path, fmt: str) -> pd.DataFrame:
+    """Customer segments of a data set: ``customer`` + segment columns, one row per customer.
+
+    ``ta-feng``: ``AGE_GROUP`` and ``PIN_CODE`` of the transactions file (first row per customer);
+    ``completejourney``: ``demographics.csv`` beside ``transactions.csv`` (age, income, home ownership,
+    marital status, household size and composition, kids), for the households that have a row.
+
+    Raises:
+        ValueError: for another ``fmt``.
+    """
+    path = Path(path)
+    if fmt == "ta-feng":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=["CUSTOMER_ID", "AGE_GROUP", "PIN_CODE"])
+        return frame.drop_duplicates("CUSTOMER_ID").rename(columns={"CUSTOMER_ID": "customer"}).reset_index(drop=True)
+    if fmt == "completejourney":
+        frame = pd.read_csv(path.parent / "demographics.csv", dtype=str, keep_default_na=False)
+        return frame.rename(columns={"household_id": "customer"}).drop_duplicates("customer").reset_index(drop=True)
+    raise ValueError(f"no customer segments for format {fmt!r}")

@@ -137,7 +137,8 @@ class EvaluationReport:
 
 def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, cut: datetime,
              top_items: int | None = None, k: int = 10, config: RecommenderConfig | None = None,
-             customer_features: pd.DataFrame | None = None, baselines: bool = True) -> EvaluationReport:
+             customer_features: pd.DataFrame | None = None, baselines: bool = True,
+             segments: pd.DataFrame | None = None) -> EvaluationReport:
     """Train on purchases before ``cut`` and measure the top-``k`` lists against purchases from ``cut`` on.
 
     Args:
@@ -147,6 +148,8 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         k: list length.
         config: the shipped configuration (default :class:`RecommenderConfig()`).
         baselines: also run the published baselines (GP-TopFreq, TIFU-KNN, implicit ALS).
+        segments: customer segments (``customer`` + columns such as ``AGE_GROUP``, ``PIN_CODE``): adds the
+            cold-start rows, measured on the customers whose first purchase is after the cut.
 
     Returns:
         An :class:`EvaluationReport` with rows "popularity", "own-frequency", ["basket frequency
@@ -168,7 +171,7 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         raise ValueError(f"no customer has purchases both before and after {cut:%Y-%m-%d}")
 
     t0 = time.perf_counter()
-    model = train(train_df, catalogue, config=cfg, customer_features=customer_features)
+    model = train(train_df, catalogue, config=cfg, customer_features=customer_features, segments=segments)
     train_seconds = time.perf_counter() - t0
     items_index = pd.Index(model.items)
     n_items = len(model.items)
@@ -211,6 +214,8 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         shipped[r, : len(idx)] = idx
     methods["Dangol (hybrid)"] = (shipped, train_seconds, score_seconds)
     daypart_rows = _daypart_methods(model, test_eval, evaluated, shipped, bought_before, k)
+    if segments is not None:
+        daypart_rows.update(_cold_start_methods(model, test_df, segments, k))
 
     report = EvaluationReport(k=k, cut=cut.to_pydatetime(), n_items=n_items, n_train_interactions=len(train_df),
                               train_seconds=train_seconds, score_seconds=score_seconds,
@@ -234,6 +239,35 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
                             "= items bought in that day-part (breakfast 5-10 h, lunch 11-13, afternoon 14-16, "
                             "evening 17-4)")
     return report
+
+
+def _cold_start_methods(model, test_df: pd.DataFrame, segments: pd.DataFrame, k: int
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Cold-start lists of the customers whose first purchase is after the cut: store/hour popularity vs
+    segment-aware (:mod:`.segments`); same return shape as :func:`_daypart_methods`."""
+    from .segments import segment_values
+
+    new = np.array(sorted(set(test_df["customer"]) - set(model.customers)), dtype=str)
+    if len(new) == 0:
+        return {}
+    items_index = pd.Index(model.items)
+    relevant = np.zeros((len(new), len(model.items)), bool)
+    sub = test_df[test_df["customer"].isin(set(new))]
+    ti = items_index.get_indexer(sub["item"])
+    relevant[pd.Index(new).get_indexer(sub["customer"])[ti >= 0], ti[ti >= 0]] = True
+    values = segment_values(segments)
+    out = {}
+    for name, given in (("cold start: popularity, new customers", None), ("cold start: segment-aware, new customers",
+                                                                          values)):
+        t0 = time.perf_counter()
+        picks = model.recommend(list(new), n=k, explain=False, segments=given)
+        seconds = time.perf_counter() - t0
+        top = np.full((len(new), k), -1, dtype=np.int64)
+        for r, cust in enumerate(new):
+            idx = items_index.get_indexer([p.item for p in picks[cust]])
+            top[r, : len(idx)] = idx
+        out[name] = (top, relevant, np.zeros_like(relevant), seconds)
+    return out
 
 
 def _daypart_methods(model, test_eval: pd.DataFrame, evaluated: np.ndarray, shipped: np.ndarray,

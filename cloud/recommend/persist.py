@@ -21,6 +21,7 @@ from .config import RecommenderConfig
 from .factors import Factors
 from .baselines import TifuKnn
 from .dayparts import DayPartProfile
+from .segments import SegmentTable
 from .history import History, PopularityTable
 from .rerank import FEATURES, Reranker
 
@@ -57,6 +58,9 @@ def save_model(model: Recommender, directory: Path) -> Path:
     if model.dayparts is not None:
         arrays["dayparts_visits"], arrays["dayparts_item_counts"] = model.dayparts.visits, model.dayparts.item_counts
         sparse["dayparts_counts"] = model.dayparts.counts
+    if model.segments is not None:
+        arrays["segments_values"] = np.array(model.segments.values, dtype=str)
+        sparse["segments_counts"] = model.segments.counts
     if model.history.tifu is not None:
         arrays["tifu_neighbours"] = model.history.tifu.neighbours.astype(np.int32)
         sparse["tifu_vectors"] = model.history.tifu.vectors
@@ -115,6 +119,9 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
     if "dayparts_visits" in a:
         dayparts = DayPartProfile(csr("dayparts_counts"), a["dayparts_visits"], a["dayparts_item_counts"],
                                   len(a["customers"]))
+    segments = None
+    if "segments_values" in a:
+        segments = SegmentTable([str(v) for v in a["segments_values"]], csr("segments_counts"))
     pop = meta["popularity"]
     categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
     return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],
@@ -123,4 +130,4 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
                item_pop=a["item_pop"], item_rep=a["item_rep"], reranker=reranker,
                popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
                                           config.cold_start_smoothing), meta=meta.get("meta") or {},
-               dayparts=dayparts)
+               dayparts=dayparts, segments=segments)
