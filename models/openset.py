@@ -65,11 +65,15 @@ def fnir_at_fpir(sc: Scores, fpirs: tuple[float, ...], margin: float) -> dict[fl
 
     Returns:
         ``{fpir: (fnir, threshold)}``; the threshold is the smallest that keeps the measured FPIR ≤ target.
+        Both are NaN when there are too few non-mated probes to measure that FPIR (fewer than 1 / fpir).
     """
     mated, non = sc.truth >= 0, sc.truth < 0
     out = {}
     cands = np.unique(np.concatenate([sc.best[non], [1.0001]]))[::-1]
     for f in fpirs:
+        if f * non.sum() < 1:
+            out[f] = (float("nan"), float("nan"))
+            continue
         thr = 1.0001
         for t in cands:  # descending: lower the threshold while the FPIR stays within target
             if sc.accepted(t, margin)[non].mean() > f:

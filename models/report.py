@@ -34,6 +34,10 @@ def _rows():
     ]
 
 
+def _pct_or_dash(v: float) -> str:
+    return "— (too few strangers)" if v != v else f"{v * 100:.2f} %"
+
+
 def evaluate_command(args, default_out: Path) -> int:
     """Entry of ``dangol-models evaluate``; returns the exit status (2 when a model file is missing)."""
     from rich.console import Console
@@ -78,7 +82,7 @@ def evaluate_command(args, default_out: Path) -> int:
         for r in reports:
             for row in r.extra["det"]:
                 d.add_row(r.model, str(row["gallery"]), str(row["mated"]), str(row["non_mated"]),
-                          *(f"{row[f'fnir@fpir={f:g}'] * 100:.2f} %" for f in (0.1, 0.01, 0.001)))
+                          *(_pct_or_dash(row[f"fnir@fpir={f:g}"]) for f in (0.1, 0.01, 0.001)))
         console.print(d)
     card = folder / cname
     if card.is_file():

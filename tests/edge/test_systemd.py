@@ -218,8 +218,9 @@ def test_install_edge_dry_run_changes_nothing(tmp_path):
     help_ = subprocess.run([str(INSTALL_EDGE), "--help"], capture_output=True, text=True, timeout=30)
     assert help_.returncode == 0 and "--dry-run" in help_.stdout and "--model" in help_.stdout
 
-    model = tmp_path / "facenet-int8.tflite"
+    model = tmp_path / "sface-int8.tflite"
     model.write_bytes(b"not really a model")
+    (tmp_path / "sface-int8.calibration.json").write_text("{}")  # copied along with the model
     before = {p: os.path.exists(p) for p in ("/opt/dangol", "/etc/dangol", "/var/lib/dangol")}
     proc = subprocess.run([str(INSTALL_EDGE), "--dry-run", "--no-apt", "--model", str(model), "--open", "08:30",
                            "--close", "21:00"], capture_output=True, text=True, timeout=60)
@@ -228,7 +229,8 @@ def test_install_edge_dry_run_changes_nothing(tmp_path):
     assert {p: os.path.exists(p) for p in before} == before, "--dry-run changed the system"
     for expected in ("--system-site-packages", "/opt/dangol/src\\[edge\\]", "DANGOL_OPEN=08:30",
                      "DANGOL_CLOSE=21:00", "OnCalendar=*-*-* 08:30:00", "OnCalendar=*-*-* 21:00:00",
-                     "/var/lib/dangol/models/facenet-int8.tflite", "systemctl daemon-reload",
+                     "/var/lib/dangol/models/sface-int8.tflite", "/var/lib/dangol/models/sface-int8.calibration.json",
+                     "systemctl daemon-reload",
                      "dangol-open.timer", "check-config /etc/dangol/edge.toml"):
         assert expected in out, f"{expected!r} not in the dry run's output:\n{out}"
     for unit in UNITS:
