@@ -294,7 +294,8 @@ def _certificates(d: Path) -> None:
 
 def _cloud_broker_files(tmp_path: Path, devices: dict[str, tuple[str, str]]) -> tuple[Path, dict]:
     """A cloud database with ``devices`` ({name: (store_id, password)}) and ``dangol-cloud broker-config``
-    run on it, as an operator would. Returns the folder with ``passwd`` and ``acl`` and
+    run on it, as an operator would. Returns the folder with ``dangol-dynsec.conf`` (and the classic ``passwd``,
+    ``acl``) and
     {name: (device_id, mqtt_username)}."""
     from dangol_cloud.db import Database
     from dangol_cloud.models import Device, Store
@@ -327,12 +328,13 @@ def _cloud_broker_files(tmp_path: Path, devices: dict[str, tuple[str, str]]) -> 
 class _Client:
     """A paho-mqtt 2.x client that records CONNACK, SUBACKs and received messages."""
 
-    def __init__(self, port: int, username: str, password: str, *, ca: Path | None = None) -> None:
+    def __init__(self, port: int, username: str, password: str, *, ca: Path | None = None,
+                 client_id: str | None = None) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.subacks: dict[int, list] = {}
         self.connack = None
         self._event = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:10]}",
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:10]}",
                                   protocol=mqtt.MQTTv311)
         self.client.username_pw_set(username, password)
         if ca is not None:
@@ -403,7 +405,6 @@ def dangol_broker(tmp_path):
         "listener 1883 127.0.0.1": f"listener {plain} 127.0.0.1",
         "listener 8883\n": f"listener {tls} 127.0.0.1\n",
         "/etc/mosquitto/certs/": f"{tmp_path / 'certs'}/",
-        "/etc/mosquitto/dangol/": f"{auth}/",
     }
     for old, new in rewrites.items():
         assert old in conf, f"{old!r} not in dangol.conf (update this test with the config)"
@@ -411,6 +412,7 @@ def dangol_broker(tmp_path):
     confd = tmp_path / "conf.d"
     confd.mkdir()
     (confd / "dangol.conf").write_text(conf)
+    (confd / "dangol-dynsec.conf").symlink_to(auth / "dangol-dynsec.conf")  # as README.md says
     # Debian's stock /etc/mosquitto/mosquitto.conf, paths moved to tmp_path; as root mosquitto would
     # switch to the 'mosquitto' user, which cannot read tmp_path.
     main = tmp_path / "mosquitto.conf"
@@ -453,8 +455,8 @@ def test_example_mosquitto_config_enforces_credentials_tls_and_the_acl(dangol_br
     (device_a, user_a), (device_b, _user_b) = b["a"], b["b"]
     clients: list[_Client] = []
 
-    def client(port, user, password, tls=False):
-        c = _Client(port, user, password, ca=b["ca"] if tls else None)
+    def client(port, user, password, tls=False, client_id=None):
+        c = _Client(port, user, password, ca=b["ca"] if tls else None, client_id=client_id)
         clients.append(c)
         return c
 
@@ -464,7 +466,13 @@ def test_example_mosquitto_config_enforces_credentials_tls_and_the_acl(dangol_br
         assert not client(b["tls"], user_a, "wrong", tls=True).connected()
         cloud = client(b["plain"], "cloud", "cloud-secret")
         assert cloud.connected()
-        door_a = client(b["tls"], user_a, "pw-a", tls=True)  # TLS with the CA, name checked
+        # dynamic security: a device login is pinned to its own client id, so it cannot take the cloud
+        # listener's persistent session (nor any other id)
+        from dangol_protocol import device_client_id
+
+        assert not client(b["tls"], user_a, "pw-a", tls=True, client_id="dangol-cloud-listener").connected()
+        assert not client(b["tls"], user_a, "pw-a", tls=True).connected()
+        door_a = client(b["tls"], user_a, "pw-a", tls=True, client_id=device_client_id(device_a))  # TLS, name checked
         assert door_a.connected()
 
         # retained menus of both stores; device A subscribes to B's first, then to its own
