@@ -6,11 +6,9 @@ Exit status: 0 success, 2 usage or input error (the message names the input), 1 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 log = logging.getLogger("dangol_models")

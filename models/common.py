@@ -28,3 +28,26 @@ def centre_face(dets, shape):
     if not dets:
         return None
     return min(dets, key=lambda d: ((d.box[0] + d.box[2]) / 2 - w / 2) ** 2 + ((d.box[1] + d.box[3]) / 2 - h / 2) ** 2)
+
+
+def convert_float_and_int8(make_converter, rep) -> tuple[bytes, bytes]:
+    """Float32 and full-integer int8 TFLite from a converter factory.
+
+    Args:
+        make_converter: returns a fresh ``tf.lite.TFLiteConverter`` for the model.
+        rep: ``(N, H, W, 3) float32`` representative inputs (what the model's input tensor receives) for
+            the int8 calibration (post-training quantization: int8 weights and activations, int8 input and
+            output).
+    Returns:
+        (float32 model bytes, int8 model bytes).
+    """
+    import tensorflow as tf  # type: ignore[import-not-found]
+
+    float_model = make_converter().convert()
+    c = make_converter()
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.int8
+    c.inference_output_type = tf.int8
+    return float_model, c.convert()

@@ -19,7 +19,7 @@ import numpy as np
 
 from dangol_edge.facemodels import FACENET
 
-from .common import BuildError
+from .common import BuildError, convert_float_and_int8
 
 INPUT = "input"
 BOTTLENECK = "InceptionResnetV1/Bottleneck/BatchNorm/Reshape_1"
@@ -59,11 +59,4 @@ def convert(pb: Path, crops: np.ndarray) -> tuple[bytes, bytes]:
             str(pb), input_arrays=[INPUT], output_arrays=[BOTTLENECK], input_shapes={INPUT: [1, 160, 160, 3]}
         )
 
-    float_model = converter().convert()
-    c = converter()
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    return float_model, c.convert()
+    return convert_float_and_int8(converter, rep)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import convert_float_and_int8
+
 log = logging.getLogger(__name__)
 
 #: The carrier package on PyPI.
@@ -156,12 +158,5 @@ def convert(onnx_path: Path, crops: np.ndarray, work: Path) -> tuple[bytes, byte
     saved = work / "saved_model"
     onnx2tf.convert(input_onnx_file_path=str(rewritten), output_folder_path=str(saved),
                     non_verbose=True, output_signaturedefs=True)
-    float_model = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
-    rep = crops.astype(np.float32)
-    c = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    return float_model, c.convert()
+    return convert_float_and_int8(lambda: tf.lite.TFLiteConverter.from_saved_model(str(saved)),
+                                  crops.astype(np.float32))
