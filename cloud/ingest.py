@@ -2,7 +2,8 @@
 
 Rows become ``purchases``; customers and catalogue items that do not exist yet are created (customers
 by ``external_ref``, found through its keyed hash ``external_ref_hash`` since the ref itself is encrypted;
-items by ``ref``). Every purchase carries an idempotency key derived from its
+items by ``ref`` or name; a new item is a POS *product*, not on the menu until the owner maps it —
+:mod:`dangol_cloud.menu_mapping`). Every purchase carries an idempotency key derived from its
 content, so importing the same file twice never doubles a purchase. The caller owns the transaction:
 on any exception nothing of the import is committed.
 """
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from dangol_cloud.importers import PurchaseRow, RowError
 from dangol_cloud.crypto import keyring_of
+from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
@@ -88,6 +90,7 @@ class _Resolver:
         self.created_customer_count = 0
         self.status = create_customer_status
         self.source = customer_source
+        self.product_source = customer_source
 
     def load(self) -> None:
         s = self.session
@@ -137,6 +140,8 @@ class _Resolver:
             self.new_customers = []
         if self.new_items:
             self.session.execute(insert(CatalogueItem), self.new_items)
+            # imported items are POS products, not menu items: the owner maps them (menu_mapping)
+            register_products(self.session, [i["id"] for i in self.new_items], source=self.product_source)
             self.new_items = []
 
 
@@ -161,6 +166,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     zone = ZoneInfo(tz)
     report = ImportReport(source=source)
     resolver = _Resolver(session, create_customer_status=customer_status, customer_source=customer_source)
+    resolver.product_source = source
     resolver.load()
     before = session.scalar(select(func.count()).select_from(Purchase))
     batch: list[dict] = []

@@ -437,3 +437,32 @@ class MenuDayparts(Base):
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
     model_version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
     dayparts: Mapped[dict[str, Any]]
+
+
+# --- POS products vs menu items (issue 11; migration 0007) --------------------------------------------------
+
+__all__ += ["MenuSetting", "ProductMapping"]
+
+
+class ProductMapping(Base):
+    """A POS *product* an import created (a ``catalogue_items`` row that purchases point at) and the menu item it
+    is sold as. ``menu_item_id`` None: not on the menu (the default: an import never publishes by itself);
+    equal to ``product_id``: the product is its own menu item (the owner chose "one menu item per product");
+    another item's id: its sales and picks count for that menu item (:mod:`dangol_cloud.menu_mapping`).
+    Items without a row are the owner's menu items."""
+
+    __tablename__ = "product_mappings"
+    product_id: Mapped[str] = mapped_column(ForeignKey("catalogue_items.id", ondelete="CASCADE"), primary_key=True)
+    menu_item_id: Mapped[str | None] = mapped_column(ForeignKey("catalogue_items.id", ondelete="SET NULL"),
+                                                     index=True)
+    source: Mapped[str] = mapped_column(String(16))  # import format: ta-feng, completejourney, csv
+    mapped_by: Mapped[str | None] = mapped_column(String(254))
+    mapped_at: Mapped[datetime | None]
+
+
+class MenuSetting(Base):
+    """A dashboard setting of the menu, e.g. ``house_per_category`` (items per category on the door screen)."""
+
+    __tablename__ = "menu_settings"
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))

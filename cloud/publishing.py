@@ -20,17 +20,36 @@ __all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "era
 log = logging.getLogger(__name__)
 
 
+def _category_key(category: str | None) -> tuple[int, str]:
+    """Named categories first (A–Z, case-insensitive), then code-like ones (starting with a digit), then none."""
+    text = (category or "").strip()
+    return (2 if not text else 1 if text[:1].isdigit() else 0, text.casefold())
+
+
 def snapshot_items(session: Session, photo_url=None) -> list[dict]:
-    """Current non-retired items as ``catalogue/1`` item dicts (sorted by category, name).
+    """The menu as ``catalogue/1`` item dicts: non-retired *menu* items only (never an unmapped POS product,
+    :mod:`dangol_cloud.menu_mapping`), at most ``house_per_category`` per category — the best sellers first
+    (units sold, counting the products mapped to the item), then by name —, categories sorted with named ones
+    first. So the snapshot stays small whatever the size of the imported product catalogue.
 
     Args:
         photo_url: optional callable ``filename -> URL`` for item photos.
     """
-    items = session.scalars(select(CatalogueItem).where(CatalogueItem.retired.is_(False))
-                            .order_by(CatalogueItem.category, CatalogueItem.name)).all()
+    from dangol_cloud.menu_mapping import house_per_category, on_menu, sales_by_menu_item
+
+    items = session.scalars(select(CatalogueItem).where(CatalogueItem.retired.is_(False), on_menu())).all()
+    limit = house_per_category(session)
+    sold = sales_by_menu_item(session) if items else {}
+    groups: dict[str, list[CatalogueItem]] = {}
+    for item in items:
+        groups.setdefault((item.category or "").strip(), []).append(item)
+    chosen: list[CatalogueItem] = []
+    for category in sorted(groups, key=_category_key):
+        ranked = sorted(groups[category], key=lambda i: (-sold.get(i.id, 0.0), i.name.casefold(), i.id))
+        chosen += sorted(ranked[:limit], key=lambda i: (i.name.casefold(), i.id))
     return [proto.CatalogueItem(id=i.id, name=i.name, category=i.category, price=i.price, description=i.description,
                                 tags=list(i.tags or []), photo_url=photo_url(i.photo) if (photo_url and i.photo) else None,
-                                available=i.available).model_dump(mode="json") for i in items]
+                                available=i.available).model_dump(mode="json") for i in chosen]
 
 
 def publish_catalogue_version(session: Session, *, published_by: str | None, photo_url=None) -> CatalogueVersion:
@@ -93,18 +112,23 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
     Retained menus reach every store's box (and anyone holding a device login), so they carry the first
     name only (:func:`dangol_protocol.first_name`): the kiosk's "Welcome back, <first name>" needs no more.
 
-    Picks of items that are retired or unavailable are left out (the edge shows only available items).
+    Picks are translated from POS products to the menu items they are sold as
+    (:func:`dangol_cloud.menu_mapping.translate_picks`); picks of items that are retired, unavailable or not on
+    the menu are left out (the edge shows only available items).
     Customers without consent are never published (imported history-only customers have none).
     """
+    from dangol_cloud.menu_mapping import menu_item_map, on_menu, translate_picks
+
     usable = set(session.scalars(select(CatalogueItem.id).where(CatalogueItem.retired.is_(False),
-                                                                 CatalogueItem.available.is_(True))))
+                                                                 CatalogueItem.available.is_(True), on_menu())))
+    products = menu_item_map(session)  # the recommender picks products; the screen shows menu items
     query = (select(Menu).join(Customer, Customer.id == Menu.customer_id)
              .where(Customer.consent_at.is_not(None), Customer.status == "active"))
     if customer_ids is not None:
         query = query.where(Menu.customer_id.in_(customer_ids))
     for menu, name in session.execute(query.add_columns(Customer.display_name)):
         picks = [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
-                 for p in menu.picks if p["item_id"] in usable]
+                 for p in translate_picks(menu.picks, products) if p["item_id"] in usable]
         for store in stores:
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
                                  display_name=proto.first_name(name), model_version=menu.model_version,

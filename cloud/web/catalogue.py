@@ -12,7 +12,8 @@ from flask_login import current_user, login_required
 from sqlalchemy import func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
-from dangol_cloud.models import CatalogueItem, CatalogueVersion
+from dangol_cloud.menu_mapping import HOUSE_PER_CATEGORY_RANGE, house_per_category, on_menu
+from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import photo_url_builder, publish, publish_catalogue_version
 from dangol_cloud.web.confirm import confirmation_page
@@ -39,7 +40,7 @@ def index():
     s = get_session()
     show = request.args.get("show", "active")
     query = select(CatalogueItem).order_by(CatalogueItem.category, CatalogueItem.name)
-    query = query.where(CatalogueItem.retired.is_(show == "retired"))
+    query = query.where(CatalogueItem.retired.is_(show == "retired"), on_menu())  # POS products: /products
     q = (request.args.get("q") or "").strip()
     if q:
         like = f"%{q.lower()}%"
@@ -49,8 +50,10 @@ def index():
     total = s.scalar(select(func.count()).select_from(query.subquery()))
     items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    unmapped = s.scalar(select(func.count()).select_from(ProductMapping).where(ProductMapping.menu_item_id.is_(None)))
     return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
-                           pages=max((total + 59) // 60, 1), action=ActionForm())
+                           pages=max((total + 59) // 60, 1), action=ActionForm(), unmapped=unmapped,
+                           house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE)
 
 
 def _save_photo(form: ItemForm) -> str | None:
@@ -166,3 +169,6 @@ def publish_now():
 def photo(filename: str):
     """Item photos (public: the edge displays them)."""
     return send_from_directory(get_settings().photos_dir.resolve(), filename, max_age=86400)
+
+
+from dangol_cloud.web import products as _products  # noqa: E402,F401 - POS products and bulk routes on this bp

@@ -13,13 +13,15 @@ from dangol_cloud.web.forms import ActionForm
 __all__ = ["confirmation_page"]
 
 
-def confirmation_page(*, title: str, detail: str, button: str, cancel_url: str, phrase: str | None = None):
+def confirmation_page(*, title: str, detail: str, button: str, cancel_url: str, phrase: str | None = None,
+                      keep: list[tuple[str, str]] | None = None):
     """None if this POST carries the confirmation, else the confirmation page to return instead of acting.
 
     Args:
         title: the question (``Erase Mina Park?``); detail: what will happen, in a sentence or two.
         button: the confirming button's label; cancel_url: where "Cancel" leads.
         phrase: a word the user must type (case-insensitive), e.g. ``ERASE``; None for a plain confirm button.
+        keep: ``(name, value)`` form fields posted again with the confirmation (a bulk action's selection).
     Returns:
         None (confirmed) or ``(html, status)``: 200 for the first step, 422 when a typed phrase was wrong.
     """
@@ -28,5 +30,6 @@ def confirmation_page(*, title: str, detail: str, button: str, cancel_url: str, 
         return None
     error = (f"Type {phrase} to confirm; nothing was changed." if phrase is not None and given else None)
     html = render_template("confirm.html", title=title, detail=detail, button=button, cancel_url=cancel_url,
-                           phrase=phrase, error=error, action=ActionForm(), target=request.path)
+                           phrase=phrase, error=error, action=ActionForm(), target=request.path,
+                           keep=keep or [])
     return html, 422 if error else 200

@@ -1,0 +1,180 @@
+"""POS products vs menu items: which catalogue rows the door screen gets, and how products map to menu items.
+
+Purchase history (imports, CSV uploads) creates *products*: ``catalogue_items`` rows that purchases point at,
+kept for learning and analytics, each with a :class:`~dangol_cloud.models.ProductMapping` row. The *menu* is
+what the owner publishes: every item without such a row (added in the dashboard) plus every product the owner
+mapped to itself ("one menu item per product", chosen explicitly). A product mapped to another item is sold
+as that item. An import never puts anything on the menu by itself.
+
+Interface for the recommender (which trains on purchases, i.e. on product ids): its picks are translated
+with :func:`menu_item_map` / :func:`translate_picks` before they are published, so a pick of a product becomes
+a pick of the menu item it is sold as (the best-scored pick of a menu item wins; picks of unmapped products
+are dropped). The recommender itself needs no change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from dangol_cloud.models import CatalogueItem, MenuSetting, ProductMapping, Purchase, new_id, utcnow
+
+__all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "house_per_category", "map_by_category",
+           "map_by_name", "map_products", "menu_item_map", "on_menu", "register_products", "set_house_per_category",
+           "translate_picks"]
+
+#: Items per category on the door screen's house menu unless the owner sets another number (an 800×480
+#: screen fits about eight lines per column at a size readable from 2 m).
+DEFAULT_HOUSE_PER_CATEGORY = 8
+HOUSE_PER_CATEGORY_RANGE = (1, 30)
+
+
+def on_menu():
+    """SQL condition on :class:`CatalogueItem`: the item is a menu item (no product row, or mapped to itself)."""
+    return ~exists().where(ProductMapping.product_id == CatalogueItem.id,
+                           or_(ProductMapping.menu_item_id.is_(None), ProductMapping.menu_item_id != CatalogueItem.id))
+
+
+def register_products(session: Session, item_ids: Iterable[str], *, source: str) -> int:
+    """Record newly imported items as products that are not on the menu; returns how many rows were added."""
+    rows = [{"product_id": i, "menu_item_id": None, "source": source[:16]} for i in item_ids]
+    if rows:
+        session.execute(ProductMapping.__table__.insert(), rows)
+    return len(rows)
+
+
+def map_products(session: Session, product_ids: Iterable[str], target: str | None, *, by: str | None) -> int:
+    """Map products to a menu item.
+
+    Args:
+        product_ids: ids of products (rows without a product mapping are ignored: they are menu items).
+        target: a menu item id; ``"self"`` for "one menu item per product"; None to take them off the menu.
+        by: who (user e-mail).
+    Returns:
+        Number of products changed.
+    Raises:
+        LookupError: ``target`` is not a menu item.
+    """
+    if target not in (None, "self"):
+        menu_item = session.scalar(select(CatalogueItem).where(CatalogueItem.id == target, on_menu()))
+        if menu_item is None:
+            raise LookupError(f"{target} is not a menu item")
+    changed = 0
+    now = utcnow()
+    ids = list(product_ids)
+    for start in range(0, len(ids), 500):
+        for row in session.scalars(select(ProductMapping).where(ProductMapping.product_id.in_(ids[start:start + 500]))):
+            row.menu_item_id = row.product_id if target == "self" else target
+            row.mapped_by, row.mapped_at = by, now
+            changed += 1
+    session.flush()
+    return changed
+
+
+def map_by_name(session: Session, product_ids: Iterable[str], *, by: str | None) -> int:
+    """Map each product whose name equals a menu item's name (case-insensitive) to that item; returns the count."""
+    names = {name.casefold(): iid for iid, name in session.execute(
+        select(CatalogueItem.id, CatalogueItem.name).where(on_menu(), CatalogueItem.retired.is_(False)))}
+    changed = 0
+    for product in _products(session, product_ids):
+        target = names.get(product.name.casefold())
+        if target is not None and target != product.id:
+            changed += map_products(session, [product.id], target, by=by)
+    return changed
+
+
+def map_by_category(session: Session, product_ids: Iterable[str], *, by: str | None) -> tuple[int, int]:
+    """Map each product to a menu item named after the product's category (made once per category, with that
+    category, no price: the owner sets it). Products without a category are left as they are.
+
+    Returns:
+        (products mapped, menu items created).
+    """
+    existing = {(name.casefold(), (cat or "").casefold()): iid for iid, name, cat in session.execute(
+        select(CatalogueItem.id, CatalogueItem.name, CatalogueItem.category).where(on_menu()))}
+    created = changed = 0
+    for product in _products(session, product_ids):
+        if not product.category:
+            continue
+        key = (product.category.casefold(), product.category.casefold())
+        target = existing.get(key)
+        if target is None:
+            ref = f"category-{product.category}"[:64]
+            while session.scalar(select(CatalogueItem.id).where(CatalogueItem.ref == ref)):
+                ref = f"category-{product.category}"[:55] + f"-{new_id()[:8]}"
+            item = CatalogueItem(ref=ref, name=product.category, category=product.category, tags=[],
+                                 description="", available=True, retired=False)
+            session.add(item)
+            session.flush()
+            target = existing[key] = item.id
+            created += 1
+        changed += map_products(session, [product.id], target, by=by)
+    return changed, created
+
+
+def _products(session: Session, product_ids: Iterable[str]) -> list[CatalogueItem]:
+    ids = list(product_ids)
+    out: list[CatalogueItem] = []
+    for start in range(0, len(ids), 500):
+        out += session.scalars(select(CatalogueItem).join(ProductMapping, ProductMapping.product_id == CatalogueItem.id)
+                               .where(CatalogueItem.id.in_(ids[start:start + 500]))).all()
+    return out
+
+
+def menu_item_map(session: Session) -> dict[str, str | None]:
+    """``{product id: menu item id or None}`` for every product (items not in the dict are menu items)."""
+    return dict(session.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id)).all())
+
+
+def translate_picks(picks: list[dict], mapping: dict[str, str | None]) -> list[dict]:
+    """A menu's picks (``[{"item_id", "score", "reasons"}]``, best first) in menu items.
+
+    A product's pick becomes a pick of the menu item it is sold as; an unmapped product's pick is dropped;
+    when several picks land on one menu item only the first (best) stays. Order is kept.
+    """
+    out: list[dict] = []
+    seen: set[str] = set()
+    for pick in picks:
+        item_id = pick["item_id"]
+        target = mapping.get(item_id, item_id)
+        if target is None or target in seen:
+            continue
+        seen.add(target)
+        out.append(pick if target == item_id else {**pick, "item_id": target})
+    return out
+
+
+def house_per_category(session: Session) -> int:
+    """Items per category the door screen's house menu gets (:data:`DEFAULT_HOUSE_PER_CATEGORY` if unset)."""
+    value = session.get(MenuSetting, "house_per_category")
+    return int(value.value) if value is not None else DEFAULT_HOUSE_PER_CATEGORY
+
+
+def set_house_per_category(session: Session, count: int) -> None:
+    """Set the house menu's items per category.
+
+    Raises:
+        ValueError: ``count`` outside :data:`HOUSE_PER_CATEGORY_RANGE`.
+    """
+    low, high = HOUSE_PER_CATEGORY_RANGE
+    if not low <= count <= high:
+        raise ValueError(f"items per category must be between {low} and {high}, not {count}")
+    row = session.get(MenuSetting, "house_per_category")
+    if row is None:
+        session.add(MenuSetting(key="house_per_category", value=str(count)))
+    else:
+        row.value = str(count)
+    session.flush()
+
+
+def sales_by_menu_item(session: Session) -> dict[str, float]:
+    """Units sold per menu item, counting the sales of the products mapped to it (for the house ranking)."""
+    mapped = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)
+    rows = session.execute(select(mapped, func.sum(Purchase.quantity))
+                           .select_from(Purchase)
+                           .outerjoin(ProductMapping, and_(ProductMapping.product_id == Purchase.item_id,
+                                                           ProductMapping.menu_item_id.is_not(None)))
+                           .group_by(mapped))
+    return {iid: float(q or 0) for iid, q in rows}
