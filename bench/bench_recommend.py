@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     segments = None if args.no_segments or args.format == "csv" else load_segments(args.path, args.format)
     report = evaluate(inter, items, cut=args.cut, top_items=top, k=args.k, baselines=not args.no_baselines,
                       segments=segments)
-    console.print(report.to_table())
+    print(report.to_table())  # rendered at its own width
 
     before = inter[inter["ts"] < args.cut]
     if top:

@@ -234,10 +234,13 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
                             f"repeat R@{k}": rep, f"explore R@{k}": expl,
                             "coverage": len(np.unique(top[top >= 0])) / n_items, "n_customers": len(top),
                             "train s": float("nan"), "score s": score_s})
-    if daypart_rows:
+    if any("day-part" in name for name in daypart_rows):
         report.notes.append("day-part rows: one row per (customer, day-part with purchases after the cut), relevance "
                             "= items bought in that day-part (breakfast 5-10 h, lunch 11-13, afternoon 14-16, "
                             "evening 17-4)")
+    if any(name.startswith("cold start") for name in daypart_rows):
+        report.notes.append("cold-start rows: customers whose first purchase is after the cut; repeat R is NaN "
+                            "(nothing bought before)")
     return report
 
 
