@@ -25,7 +25,7 @@ class InputError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dangol-edge", description="Dangol edge: recognise regulars at the door.")
     p.add_argument("--config", type=Path, help="config file (TOML or JSON); env DANGOL_* overrides it")
-    p.add_argument("--home", type=Path, help="data folder (default $DANGOL_HOME)")
+    p.add_argument("--home", type=Path, help="data folder (beats $DANGOL_HOME and the config file)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -248,7 +248,7 @@ def _queue_erasure_event(args, customer_id: str) -> bool:
 def cmd_check_config(args) -> int:
     from .config import load_config
 
-    cfg = load_config(args.path)
+    cfg = load_config(args.path, **({"home": args.home} if args.home else {}))
     print(f"{args.path}: ok (home={cfg.home}, model={cfg.model_path})")
     return EXIT_OK
 

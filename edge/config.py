@@ -1,8 +1,10 @@
 """Typed, bounded configuration for the edge (pydantic v2 + pydantic-settings).
 
-Values come, in increasing priority, from the defaults below, a TOML or JSON config file and environment
-variables prefixed ``DANGOL_`` (nested fields with ``__``, e.g. ``DANGOL_MATCHER__THRESHOLD=0.6``).
-``DANGOL_HOME`` sets the data folder, so two instances can run side by side on one machine.
+Values come, in increasing priority, from the defaults below, a TOML or JSON config file, environment
+variables prefixed ``DANGOL_`` (nested fields with ``__``, e.g. ``DANGOL_MATCHER__THRESHOLD=0.6``; the flat
+``DANGOL_MQTT_URL`` beats the file and loses to ``DANGOL_MQTT__URL``) and command-line options (the
+``overrides`` of :func:`load_config`, e.g. ``--home``). ``DANGOL_HOME`` sets the data folder, so two
+instances can run side by side on one machine.
 
 Every numeric field has bounds; a value out of range raises :class:`ConfigError` naming the field.
 """
@@ -12,12 +14,27 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+#: Command-line values for the :class:`EdgeConfig` being built (highest priority; see :func:`load_config`).
+_OVERRIDES: ContextVar[dict[str, Any]] = ContextVar("dangol_edge_config_overrides", default={})
+
+
+class _Overrides(PydanticBaseSettingsSource):
+    """A settings source returning the command-line overrides of the config being built."""
+
+    def get_field_value(self, field, field_name):  # required by the base class; __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_OVERRIDES.get())
 
 
 class ConfigError(ValueError):
@@ -247,8 +264,8 @@ class EdgeConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (init kwargs), as systemd overrides expect.
-        return env_settings, init_settings
+        # Command line beats the environment, which beats the file (init kwargs), as systemd overrides expect.
+        return _Overrides(settings_cls), env_settings, init_settings
 
     @property
     def model_path(self) -> Path:
@@ -285,7 +302,8 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
-    """Load the edge config from ``path`` (TOML or JSON, optional), the environment and ``overrides``.
+    """Load the edge config from ``path`` (TOML or JSON, optional), the environment and ``overrides``
+    (command-line values: they win over both, e.g. ``home`` from ``--home`` over ``DANGOL_HOME``).
 
     Raises:
         ConfigError: the file is unreadable or malformed, or a field is unknown or out of bounds
@@ -296,12 +314,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
     if path is not None:
         data = _read_file(Path(path))
         source = str(path)
-    data.update(overrides)
-    # design.md names DANGOL_MQTT_URL (flat) for every component; nested DANGOL_MQTT__URL wins over it
-    if os.environ.get("DANGOL_MQTT_URL") and not os.environ.get("DANGOL_MQTT__URL"):
-        mqtt = dict(data.get("mqtt") or {})
-        mqtt.setdefault("url", os.environ["DANGOL_MQTT_URL"])
-        data["mqtt"] = mqtt
+    # docs/mqtt.md names DANGOL_MQTT_URL (flat) for every component: it beats the file (an environment
+    # value), and the nested DANGOL_MQTT__URL, read by the environment source, beats it
+    if os.environ.get("DANGOL_MQTT_URL"):
+        data["mqtt"] = {**(data.get("mqtt") or {}), "url": os.environ["DANGOL_MQTT_URL"]}
+    token = _OVERRIDES.set(dict(overrides))
     try:
         return EdgeConfig(**data)
     except ValidationError as exc:
@@ -309,3 +326,5 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{source}: invalid config: {problems}") from exc
+    finally:
+        _OVERRIDES.reset(token)

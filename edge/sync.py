@@ -1,4 +1,4 @@
-"""MQTT sync between one edge device and the cloud (paho-mqtt 2.x, MQTT 3.1.1).
+"""MQTT sync between one edge device and the cloud (paho-mqtt 2.x, MQTT 5).
 
 * **Session**: MQTT 5, client id ``dangol-edge-<device>`` (:func:`dangol_protocol.device_client_id`; the
   broker pins each device login to it), persistent session (``clean_start=False``,
@@ -10,7 +10,9 @@
   :class:`~dangol_edge.state.StateStore`, so the box keeps working with the broker down.
 * **Up-link**: events go through the outbox table first; a flusher publishes them in order while
   connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal, e.g.
-  by the ACL, keeps it in the outbox and is logged). After a reconnect or a restart the
+  by the ACL, keeps it in the outbox and is logged). A PUBACK may arrive before ``publish()`` has returned
+  the message id to the flusher: its outcome is then parked by message id and applied by the flusher
+  when it records which event that id was, so a refusal is never mistaken for a success. After a reconnect or a restart the
   unacknowledged ones are sent again, so delivery is at-least-once and the cloud's deduplication on
   ``event_id`` makes it exactly-once from the cloud's point of view.
 """
@@ -23,6 +25,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable
+import importlib.metadata
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
@@ -47,6 +50,15 @@ log = logging.getLogger(__name__)
 #: How long the broker keeps this device's session (subscriptions, queued QoS 1 messages) while it is
 #: offline, seconds: a week covers a shop closed for the holidays.
 SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+def installed_version() -> str:
+    """The installed ``dangol`` distribution's version (``importlib.metadata``), ``"unknown"`` when the
+    package is not installed (run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("dangol")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class MQTTConfigError(ValueError):
@@ -77,22 +89,27 @@ class MQTTSync:
         on_erasure: called with each valid :class:`Erasures`; returns the customer ids it erased
             (the confirmation event is queued here).
         on_change: called with ``"catalogue"`` or ``"menu"`` after the cache changed (e.g. refresh the display).
+        software_version: reported in ``status/1``; default the installed package's (:func:`installed_version`).
     """
 
     def __init__(self, config: MQTTConfig, device_id: uuid.UUID, store_id: uuid.UUID, state: StateStore,
                  on_erasure: Callable[[Erasures], list[str]] | None = None,
-                 on_change: Callable[[str], None] | None = None, software_version: str = "0.1.0"):
+                 on_change: Callable[[str], None] | None = None, software_version: str | None = None):
         self.config = config
         self.device_id = device_id
         self.store_id = store_id
         self.state = state
         self.on_erasure = on_erasure
         self.on_change = on_change
-        self.software_version = software_version
+        self.software_version = software_version or installed_version()
         self.connected = threading.Event()
         self.invalid_messages = 0
         self._client: mqtt.Client | None = None
-        self._inflight: dict[int, str] = {}
+        #: message id → event id (None: a status message) of publishes awaiting their PUBACK
+        self._inflight: dict[int, str | None] = {}
+        #: PUBACK outcomes (message id → failed?) that arrived before the publisher recorded the id; each is
+        #: taken by that publisher right after ``publish()`` returns, so at most a few are ever here
+        self._early: dict[int, bool] = {}
         self._rejected: set[str] = set()
         self.rejected_events = 0
         self._lock = threading.Lock()
@@ -145,13 +162,13 @@ class MQTTSync:
         c = self._client
         if c is not None:
             if self.connected.is_set():
-                info = c.publish(status_topic(self.device_id),
-                                 dump_payload(Status(device_id=self.device_id, state="offline",
-                                                     ts=datetime.now(timezone.utc))), qos=1, retain=True)
+                info = self._publish(status_topic(self.device_id),
+                                     dump_payload(Status(device_id=self.device_id, state="offline",
+                                                         ts=datetime.now(timezone.utc))), None, retain=True)
                 try:
                     info.wait_for_publish(timeout)
-                except (RuntimeError, ValueError):
-                    pass
+                except (RuntimeError, ValueError) as exc:
+                    log.warning("the offline status was not acknowledged (%s); the broker's last will covers it", exc)
             c.disconnect()
             c.loop_stop()
             self._client = None
@@ -177,17 +194,43 @@ class MQTTSync:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
-            event_id = self._inflight.pop(mid, None)
-            if event_id and reason_code.is_failure:
-                self._rejected.add(event_id)
-        if not event_id:
+            if mid not in self._inflight:  # PUBACK before publish() returned: the publisher settles it
+                self._early[mid] = bool(reason_code.is_failure)
+                return
+            event_id = self._inflight.pop(mid)
+        self._settle(event_id, bool(reason_code.is_failure), str(reason_code))
+
+    def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
+        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect)."""
+        if event_id is None:
+            if failed:
+                log.error("the broker refused this device's status message (%s)", reason)
             return
-        if reason_code.is_failure:
+        if failed:
+            with self._lock:
+                self._rejected.add(event_id)
             self.rejected_events += 1
             log.error("the broker refused event %s (%s): kept in the outbox; check this device's id and the "
-                      "broker's ACL", event_id, reason_code)
+                      "broker's ACL", event_id, reason)
             return
         self.state.mark_sent(event_id)
+
+    def _publish(self, topic: str, payload: bytes, event_id: str | None, retain: bool = False):
+        """Publish at QoS 1 and record which event (None: status) the message id is; a PUBACK that came
+        first is settled here. Returns paho's ``MQTTMessageInfo``."""
+        c = self._client
+        if c is None:
+            return None
+        info = c.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return info
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._inflight[info.mid] = event_id
+        if early is not None:
+            self._settle(event_id, early, "refused" if early else "success")
+        return info
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
@@ -249,12 +292,11 @@ class MQTTSync:
 
     def publish_status(self, health: Health) -> None:
         """Publish ``online`` with health on the retained status topic (skipped while disconnected)."""
-        c = self._client
-        if c is not None and self.connected.is_set():
-            c.publish(status_topic(self.device_id),
-                      dump_payload(Status(device_id=self.device_id, state="online", ts=datetime.now(timezone.utc),
-                                          health=health, software_version=self.software_version)),
-                      qos=1, retain=True)
+        if self._client is not None and self.connected.is_set():
+            self._publish(status_topic(self.device_id),
+                          dump_payload(Status(device_id=self.device_id, state="online", ts=datetime.now(timezone.utc),
+                                              health=health, software_version=self.software_version)),
+                          None, retain=True)
 
     def _flush_loop(self) -> None:
         while not self._stop.is_set():
@@ -267,12 +309,6 @@ class MQTTSync:
             for ev in self.state.pending(limit=200):
                 if ev["event_id"] in skip or not self.connected.is_set():
                     continue
-                info = self._client.publish(ev["topic"], ev["payload"].encode("utf-8"), qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
+                if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break  # not connected any more: retry after the next connect
-                with self._lock:
-                    # on_publish may already have fired for a fast broker: only keep it if still unacked
-                    self._inflight[info.mid] = ev["event_id"]
-                    if info.is_published() and ev["event_id"] not in self._rejected:
-                        self._inflight.pop(info.mid, None)
-                        self.state.mark_sent(ev["event_id"])

@@ -243,3 +243,60 @@ def test_last_will_marks_a_killed_device_offline(broker, tmp_path):
         assert wait_for(offline, timeout=15)  # 1.5 × keepalive
     finally:
         cloud.close()
+
+
+def test_a_refusal_acknowledged_before_publish_returns_keeps_the_event(tmp_path, state):
+    """The PUBACK (here a refusal by the ACL) is handled before the flusher learns which event the message
+    id was: the event must stay in the outbox, counted as refused, not be marked sent."""
+    acl = "user device\ntopic read dangol/v1/stores/#\n"  # may not publish its events
+    with MosquittoBroker(tmp_path / "broker", users={"device": "pw"}, acl=acl) as b:
+        cfg = MQTTConfig(url=f"mqtt://device:pw@{b.host}:{b.port}", keepalive_s=5, reconnect_min_s=1,
+                         reconnect_max_s=2)
+        sync = MQTTSync(cfg, DEVICE, STORE, state)
+        sync.start()
+        try:
+            assert sync.connected.wait(10)
+            client = sync._client
+            acked: set[int] = set()
+            on_publish = client.on_publish
+
+            def spy(c, u, mid, rc, props):
+                on_publish(c, u, mid, rc, props)
+                acked.add(mid)
+            client.on_publish = spy
+            publish = client.publish
+
+            def slow_publish(*args, **kwargs):  # return the message id only once its PUBACK was handled
+                info = publish(*args, **kwargs)
+                assert wait_for(lambda: info.mid in acked, timeout=5)
+                return info
+            client.publish = slow_publish
+            sync.send_event(arrival())
+            assert wait_for(lambda: sync.rejected_events == 1, timeout=10)
+            time.sleep(0.3)
+            assert state.outbox_depth() == 1, "a refused event was marked sent"
+            assert not sync._early and not sync._inflight
+        finally:
+            sync.stop(timeout=1)
+
+
+def test_status_reports_the_installed_package_version(broker, state, monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.8.7" if name == "dangol" else real(name))
+    from dangol_protocol.models import Health
+
+    cloud = Cloud(broker)
+    sync = make_sync(broker, state)
+    sync.start()
+    try:
+        assert sync.connected.wait(10)
+        sync.publish_status(Health(camera="ok", fps=1.0, gallery_size=0, queue_depth=0))
+        assert wait_for(lambda: any(t.endswith("/status") and json.loads(p).get("state") == "online"
+                                    for t, p, _ in list(cloud.messages)))
+        status = [json.loads(p) for t, p, _ in cloud.messages if t.endswith("/status")][-1]
+        assert status["software_version"] == "9.8.7"
+    finally:
+        sync.stop(timeout=1)
+        cloud.close()
