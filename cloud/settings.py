@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["MAX_RETENTION_DAYS", "ConfigError", "Settings", "load_settings"]
+__all__ = ["MAX_RETENTION_DAYS", "ConfigError", "Settings", "default_cloud_home", "load_settings"]
 
 #: Longest retention: 3 years. BIPA (740 ILCS 14/15(a)) requires biometric identifiers to be destroyed
 #: when their purpose is satisfied or within 3 years of the individual's last interaction, whichever first.
@@ -26,13 +26,20 @@ class ConfigError(ValueError):
     """A config file or setting is invalid; the message names the file or variable."""
 
 
+def default_cloud_home() -> Path:
+    """The cloud's data folder when ``DANGOL_CLOUD_HOME`` is unset: ``$XDG_DATA_HOME/dangol-cloud``, else
+    ``~/.local/share/dangol-cloud`` (XDG Base Directory Specification), never the working directory."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "dangol-cloud"
+
+
 class Settings(BaseSettings):
     """Cloud service settings.
 
     Attributes:
         cloud_home: (``DANGOL_CLOUD_HOME``; the edge's folder is ``DANGOL_HOME``) folder for the default
-            SQLite database, trained models, uploaded photos and the secret key (relative paths are relative
-            to the working directory).
+            SQLite database, trained models, uploaded photos and the secret key; default
+            :func:`default_cloud_home`. A relative value is made absolute once, when the settings are loaded.
         database_url: SQLAlchemy URL; default ``sqlite:///{cloud_home}/dangol.sqlite``; PostgreSQL as
             ``postgresql+psycopg://user@host/db``.
         mqtt_url: broker as ``mqtt://user:password@host:port`` (``mqtts://`` for TLS); None = no MQTT.
@@ -79,7 +86,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid")
 
-    cloud_home: Path = Path("var/cloud")
+    cloud_home: Path = Field(default_factory=default_cloud_home)
     database_url: str | None = None
     mqtt_url: str | None = None
     mqtt_client_id: str = "dangol-cloud"
@@ -108,6 +115,11 @@ class Settings(BaseSettings):
     trusted_proxies: int = Field(0, ge=0, le=5)
 
     config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("cloud_home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
 
     @field_validator("retention_days")
     @classmethod

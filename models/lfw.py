@@ -26,21 +26,30 @@ class Pair:
     fold: int
 
 
+def source_checkout() -> Path | None:
+    """The repository folder when this module runs from a source checkout (``<repo>/models/lfw.py`` beside
+    ``<repo>/pyproject.toml``), else None (an installed wheel: ``site-packages/dangol_models/``)."""
+    repo = Path(__file__).resolve().parent.parent
+    return repo if (repo / "pyproject.toml").is_file() and (repo / "models" / "lfw.py").is_file() else None
+
+
 def data_root() -> Path:
-    """The shared data folder: ``$DANGOL_DATA`` or ``<repo>/../shared/data``.
+    """The shared data folder: ``$DANGOL_DATA``; in a source checkout also ``<repo>/../shared/data``.
 
     Raises:
-        FileNotFoundError: neither exists (the message says where it looked).
+        FileNotFoundError: not found (the message says where it looked and to set ``DANGOL_DATA``).
     """
     env = os.environ.get("DANGOL_DATA")
-    repo = Path(__file__).resolve().parent.parent
-    candidates = [Path(env)] if env else [repo.parent / "shared" / "data"]
+    if env:
+        candidates = [Path(env)]
+    else:
+        repo = source_checkout()
+        candidates = [repo.parent / "shared" / "data"] if repo else []
     for c in candidates:
         if c.is_dir():
             return c
-    raise FileNotFoundError(
-        f"real data not found at {candidates[0]}: set DANGOL_DATA to the shared/data folder"
-    )
+    where = f"at {candidates[0]}" if candidates else "(not a source checkout and DANGOL_DATA is unset)"
+    raise FileNotFoundError(f"real data not found {where}: set DANGOL_DATA to the shared/data folder")
 
 
 class LFWDataset:
