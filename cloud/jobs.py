@@ -75,3 +75,150 @@ class TrainingJob:
         finally:
             self.finished_at = utcnow()
             self.running = False
+
+
+# --- purchase imports started from the dashboard (issue 11) ------------------------------------------------
+__all__ += ["ImportJob", "ImportJobs"]
+
+MAX_SHOWN_ERRORS = 200  # row errors kept for the result page (the count is exact)
+
+
+@dataclass
+class ImportJob:
+    """One import started from the dashboard, run in a background thread.
+
+    Attributes:
+        id: random hex id (the progress page's URL). files: uploaded file names. fmt: detected format.
+        total: data lines of the purchases file (for the bar). done: rows read so far.
+        started_at / finished_at: UTC. report: the :class:`~dangol_cloud.ingest.ImportReport` when finished
+        (its ``errors`` cut to :data:`MAX_SHOWN_ERRORS`; ``error_count`` is the full number). error: why it failed.
+        segments: customers whose age band came from demographics.csv.
+    """
+
+    id: str
+    files: list[str]
+    fmt: str
+    total: int
+    done: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    report: object | None = None
+    error_count: int = 0
+    error: str | None = None
+    segments: int = 0
+
+    @property
+    def running(self) -> bool:
+        """Started and not finished."""
+        return self.finished_at is None
+
+    def rate(self) -> float:
+        """Rows per second so far (0 before the first row)."""
+        if self.started_at is None:
+            return 0.0
+        seconds = ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+        return self.done / seconds if seconds > 0 else 0.0
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the current rate (None while unknown)."""
+        rate = self.rate()
+        return None if rate <= 0 or not self.running else max(self.total - self.done, 0) / rate
+
+    def percent(self) -> int:
+        """Share of the purchases file read, 0–100."""
+        return 100 if not self.running else int(100 * self.done / self.total) if self.total else 0
+
+
+class ImportJobs:
+    """The dashboard's imports: one at a time (one writer), the newest :attr:`KEEP` remembered in memory (a
+    restart forgets them; the purchases are in the database)."""
+
+    KEEP = 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, ImportJob] = {}
+
+    def get(self, job_id: str) -> ImportJob | None:
+        """The job with this id, or None."""
+        return self._jobs.get(job_id)
+
+    def running(self) -> ImportJob | None:
+        """The import in progress, if any."""
+        return next((j for j in self._jobs.values() if j.running), None)
+
+    def start(self, db: Database, settings: Settings, detected, folder, *, files: list[str],
+              customer_source: str = "csv") -> ImportJob | None:
+        """Start importing ``detected`` (:class:`~dangol_cloud.importers.DetectedFiles`) in a thread; the thread
+        deletes ``folder`` (a ``tempfile.TemporaryDirectory`` holding the uploads) when done.
+
+        Returns:
+            The new job, or None when an import is already running (nothing started).
+        """
+        import uuid
+
+        from dangol_cloud.importers import count_data_lines
+
+        with self._lock:
+            if self.running() is not None:
+                return None
+            job = ImportJob(id=uuid.uuid4().hex, files=files, fmt=detected.fmt,
+                            total=count_data_lines(detected.purchases), started_at=utcnow())
+            self._jobs[job.id] = job
+            while len(self._jobs) > self.KEEP:
+                self._jobs.pop(next(iter(self._jobs)))
+        thread = threading.Thread(target=self._run, args=(job, db, settings, detected, folder, customer_source),
+                                  name=f"dangol-import-{job.id[:8]}", daemon=True)
+        thread.start()
+        job._thread = thread
+        return job
+
+    def _run(self, job: ImportJob, db: Database, settings: Settings, detected, folder, customer_source) -> None:
+        from dangol_cloud.importers import parse_purchases, read_cj_demographics
+        from dangol_cloud.ingest import import_rows
+
+        def counted(rows):
+            for row in rows:
+                job.done += 1
+                yield row
+
+        try:
+            with db.transaction() as session:
+                rows = parse_purchases(detected.purchases, detected.fmt, products=detected.products)
+                report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
+                                     tz=settings.timezone, customer_source=customer_source)
+                if detected.demographics is not None:
+                    job.segments = _store_age_bands(session, read_cj_demographics(detected.demographics))
+            report.source = " + ".join(job.files)
+            job.error_count = len(report.errors)
+            report.errors = report.errors[:MAX_SHOWN_ERRORS]
+            job.report = report
+            log.info("import %s (%s): %d rows, %d inserted, %d bad", job.id, job.fmt, report.rows, report.inserted,
+                     job.error_count)
+        except Exception as exc:  # shown on the job page and logged with its traceback; nothing was committed
+            log.exception("import %s failed", job.id)
+            job.error = str(exc).replace(str(detected.purchases.parent) + "/", "")
+        finally:
+            job.finished_at = utcnow()
+            folder.cleanup()
+
+
+def _store_age_bands(session, ages: dict[str, str]) -> int:
+    """Record each known household's age band as its :class:`CustomerSegment` ``age_group``; returns the count."""
+    from sqlalchemy import select
+
+    from dangol_cloud.crypto import keyring_of
+    from dangol_cloud.models import Customer, CustomerSegment
+
+    ring = keyring_of(session.get_bind().dialect)
+    by_hash = {ring.lookup_hash(ref): age for ref, age in ages.items()}
+    hashes = list(by_hash)
+    stored = 0
+    for start in range(0, len(hashes), 500):
+        for cid, ref_hash in session.execute(select(Customer.id, Customer.external_ref_hash)
+                                             .where(Customer.external_ref_hash.in_(hashes[start:start + 500]))):
+            segment = session.get(CustomerSegment, cid) or CustomerSegment(customer_id=cid)
+            segment.age_group = by_hash[ref_hash]
+            session.add(segment)
+            stored += 1
+    return stored

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileAllowed, FileField, FileRequired
+from flask_wtf.file import FileAllowed, FileField, FileRequired, MultipleFileField
 from wtforms import BooleanField, DecimalField, EmailField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
@@ -102,9 +102,13 @@ class ConsentForm(FlaskForm):
 
 
 class UploadForm(FlaskForm):
-    """A purchases file and its format."""
+    """Purchase files (one, or Complete Journey's transactions + products [+ demographics]) and their format
+    (``auto``: told from the headers, :func:`dangol_cloud.importers.detect_files`)."""
 
-    file = FileField("Purchases CSV", validators=[FileRequired(), FileAllowed(["csv", "txt"], "a .csv file")])
-    format = SelectField("Format", choices=_choices([("csv", "Dangol CSV (customer, item, quantity, timestamp)"),
-                                                      ("ta-feng", "Ta-Feng"), ("completejourney", "Complete Journey")]),
-                         default="csv")
+    file = MultipleFileField("Purchase files", validators=[FileRequired(), FileAllowed(["csv", "txt"], "a .csv file")],
+                             render_kw={"accept": ".csv,.txt"})
+    format = SelectField("Format", choices=_choices([("auto", "Detect from the files"),
+                                                      ("csv", "Dangol CSV (customer, item, quantity, timestamp)"),
+                                                      ("ta-feng", "Ta-Feng"),
+                                                      ("completejourney", "Complete Journey (transactions + products)")]),
+                         default="auto")

@@ -1,18 +1,20 @@
-"""Purchases: recent list and CSV upload with a row-level validation report."""
+"""Purchases: recent list; upload of purchase files (several at once, format detected) imported as a background
+job with a progress page and a row-level result report."""
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import login_required
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
-from dangol_cloud.importers import ImportFormatError, parse_purchases
-from dangol_cloud.ingest import import_rows
+from dangol_cloud.importers import ImportFormatError, detect_files
+from dangol_cloud.jobs import ImportJobs
 from dangol_cloud.models import CatalogueItem, Customer, Purchase
 from dangol_cloud.web.forms import UploadForm
 from dangol_cloud.web.params import page_arg
@@ -35,35 +37,56 @@ def _recent(page: int):
     return rows, total
 
 
+def import_jobs() -> ImportJobs:
+    """The app's :class:`ImportJobs` (made on first use)."""
+    return current_app.extensions.setdefault("dangol_import_jobs", ImportJobs())
+
+
 @bp.route("/", methods=["GET", "POST"])
 @login_required
 def index():
-    """GET /purchases/: recent purchases; POST: CSV upload answered with a row-level report (422 if the
-    file cannot be read at all)."""
+    """GET /purchases/: recent purchases and the upload form; POST: upload one or more files (format detected
+    from the headers, or checked against the chosen one) and start the import in the background → 303 to its
+    progress page. 422 with the reason if the files cannot be imported at all (nothing is imported); 409 if an
+    import is already running."""
     form = UploadForm()
-    report = None
     error = None
     status = 200
     if form.validate_on_submit():
-        upload = form.file.data
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(upload.filename or "upload.csv").name
+        folder = tempfile.TemporaryDirectory(prefix="dangol-upload-")
+        paths, names = [], []
+        for n, upload in enumerate(form.file.data):
+            name = Path(upload.filename or f"upload-{n}.csv").name or f"upload-{n}.csv"
+            path = Path(folder.name) / f"{n}-{name}"
             upload.save(path)
-            try:
-                with get_db().transaction() as s:
-                    report = import_rows(s, parse_purchases(path, form.format.data), source=form.format.data,
-                                         key_prefix=form.format.data, tz=get_settings().timezone,
-                                         customer_source="csv")
-                    report.source = path.name
-            except ImportFormatError as exc:
-                error = str(exc).replace(str(path.parent) + "/", "")
-                log.warning("CSV upload refused: %s", error)
-                status = 422
-        if report is not None and report.errors:
-            log.info("CSV upload %s: %d bad rows skipped", report.source, len(report.errors))
+            paths.append(path)
+            names.append(name)
+        try:
+            detected = detect_files(paths, form.format.data)
+            job = import_jobs().start(get_db(), get_settings(), detected, folder, files=names)
+        except ImportFormatError as exc:
+            folder.cleanup()
+            error = re.sub(r"\b\d+-(?=[^ ]+\.(csv|txt))", "", str(exc).replace(folder.name + "/", ""))
+            log.warning("purchase upload refused: %s", error)
+            status = 422
+        else:
+            if job is None:
+                folder.cleanup()
+                error, status = "An import is already running: wait for it to finish, then upload again.", 409
+            else:
+                return redirect(url_for("purchases.job", job_id=job.id), 303)
     elif request.method == "POST":
         status = 400
     page = page_arg()
     rows, total = _recent(page)
-    return render_template("purchases.html", form=form, report=report, error=error, rows=rows, total=total,
-                           page=page, pages=max((total + PAGE - 1) // PAGE, 1)), status
+    return render_template("purchases.html", form=form, error=error, rows=rows, total=total, page=page,
+                           pages=max((total + PAGE - 1) // PAGE, 1), running=import_jobs().running()), status
+
+
+@bp.route("/imports/<job_id>")
+@login_required
+def job(job_id: str):
+    """GET /purchases/imports/<id>: the import's progress (rows, rows/s, ETA; the page reloads itself every
+    2 s while it runs, without JavaScript) and then its result (counts and the bad rows with line numbers)."""
+    found = import_jobs().get(job_id) or abort(404)
+    return render_template("import_job.html", job=found)

@@ -22,7 +22,8 @@ import dangol_protocol as proto
 from dangol_cloud.app import create_app
 from dangol_cloud.cli import main as cli
 from dangol_cloud.db import Database
-from dangol_cloud.models import CatalogueItem, Customer, Purchase, Visit
+from dangol_cloud.menu_mapping import map_products
+from dangol_cloud.models import CatalogueItem, Customer, ProductMapping, Purchase, Visit
 from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
 from tests.browser import chromium_missing
@@ -60,6 +61,8 @@ def site(tmp_path_factory, data_dir):
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with db.transaction() as s:  # the owner chose "one menu item per product" for the imported products
+        map_products(s, list(s.scalars(select(ProductMapping.product_id))), "self", by=OWNER_EMAIL)
     with db.transaction() as s:  # one imported regular enrols at the door and gives consent
         regular = s.scalar(select(Customer).join(Purchase).group_by(Customer.id)
                            .order_by(func.count().desc()).limit(1))
@@ -163,6 +166,7 @@ def test_upload_csv_with_a_bad_row_shows_the_report(page, site, tmp_path):
     page.goto(site["base"] + "/purchases/")
     page.set_input_files("input[name=file]", str(csv))
     page.click("#upload")
+    page.wait_for_selector("#job[data-state=done]")  # the import runs in the background; the page refreshes
     report = page.inner_text("#report")
     assert "2 imported" in report and "1 skipped" in report
     row = page.inner_text("#row-errors tr:nth-child(2)")

@@ -37,6 +37,18 @@ def sign_in(client, password=OWNER_PASSWORD):
     return client.post("/login", data={"email": OWNER_EMAIL, "password": password, "csrf_token": token})
 
 
+def wait_for_import(client, url: str, timeout: float = 30.0) -> str:
+    """The import job page once the job finished (it refreshes itself while running)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        page = client.get(url).get_data(as_text=True)
+        if 'data-state="running"' not in page or time.monotonic() > deadline:
+            return page
+        time.sleep(0.1)
+
+
 def test_wrong_password_is_refused(web):
     app, _ = web
     client = app.test_client()
@@ -67,8 +79,8 @@ def test_csv_upload_reports_bad_rows_with_line_numbers(web):
            "bob,Flat white,lots,2026-01-05T08:10:00\nbob,Scone,1,2026-01-05T08:11:00\n")
     response = client.post("/purchases/", content_type="multipart/form-data", data={
         "csrf_token": csrf_of(html), "format": "csv", "file": (io.BytesIO(csv.encode()), "till.csv")})
-    page = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 303 and "/purchases/imports/" in response.location  # a background job
+    page = wait_for_import(client, response.location)
     assert "2 imported" in page and "1 skipped" in page
     assert re.search(r'<td class="num">3</td><td>[^<]*quantity', page)
     with db.sessions() as s:
