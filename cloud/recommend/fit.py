@@ -1,0 +1,162 @@
+"""Training the Dangol recommender: the re-ranker's label window, LightFM, TIFU-KNN, statistics.
+
+:func:`train` builds a :class:`~dangol_cloud.recommend.model.Recommender` (see that module for serving).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .baselines import Baskets, TifuKnn
+from .config import RecommenderConfig
+from .data import clean_interactions, clean_items
+from .dayparts import DayPartProfile
+from .factors import factors_of, fit_lightfm
+from .features import customer_feature_matrix, item_feature_matrix
+from .history import PopularityTable, build_history, pair_values
+from .model import _BATCH, Recommender
+from .rerank import Reranker, item_statistics, pair_features, sample_pairs
+from .segments import SegmentTable, segment_values
+
+__all__ = ["TRAIN_STEPS", "train"]
+
+#: Steps of :func:`train` in order; its ``progress`` callback is called with each name as the step starts.
+TRAIN_STEPS = ("clean", "re-ranker", "factors", "history")
+
+
+def _coo(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.coo_matrix:
+    return sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
+
+
+def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig
+                  ) -> tuple[Reranker, object | None]:
+    """Carve the last ``rerank_window_days`` of training as labels, fit LightFM + statistics on the rest,
+    and fit the re-ranker on sampled (customer, item) pairs of customers active in both parts.
+
+    Returns ``(re-ranker, the LightFM model fitted on the earlier part or None)``."""
+    label_start = end_day - cfg.rerank_window_days
+    past = day < label_start
+    if past.sum() == 0 or (~past).sum() == 0:
+        return Reranker.fallback(), None
+    hist = build_history(u[past], i[past], day[past], shape, label_start, cfg.recency_half_life_days)
+    if not cfg.item_trend:
+        hist.item_recent = None
+    labels = _coo(u[~past], i[~past], shape).tocsr()
+    eligible = np.flatnonzero((hist.visits > 0) & (np.diff(labels.indptr) > 0))
+    if len(eligible) < 20:
+        return Reranker.fallback(), None
+    lightfm = fit_lightfm(_coo(u[past], i[past], shape), item_x, user_x, cfg)
+    factors = factors_of(lightfm, item_x, user_x)
+    pop, rep = item_statistics(hist, categories)
+    rng = np.random.default_rng(cfg.random_state)
+    rows = np.sort(rng.choice(eligible, size=min(cfg.rerank_max_customers, len(eligible)), replace=False))
+    hist.tifu = _tifu(u[past], i[past], day[past], shape, cfg, rows)
+    pr, pc, pw = sample_pairs(hist, rows, cfg.rerank_negatives, rng)
+    z, nn = np.empty(len(pr)), np.zeros(len(pr))
+    position = np.searchsorted(rows, pr)
+    for start in range(0, len(rows), _BATCH):
+        block_rows = rows[start:start + _BATCH]
+        sel = (position >= start) & (position < start + _BATCH)
+        z[sel] = factors.zscores(block_rows)[position[sel] - start, pc[sel]]
+        if hist.tifu is not None:
+            nn[sel] = hist.tifu.neighbour_mean(block_rows, cfg.tifu_neighbours)[position[sel] - start, pc[sel]]
+    x = pair_features(hist, pop, rep, z, pr, pc, nn)
+    y = pair_values(labels, pr, pc) > 0
+    return Reranker.fit(x, y, pw, len(rows)), lightfm
+
+
+def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], cfg: RecommenderConfig,
+          rows: np.ndarray | None = None) -> TifuKnn | None:
+    """TIFU-KNN vectors of every customer and the neighbours of ``rows`` (default all); None if disabled."""
+    if not cfg.tifu:
+        return None
+    return TifuKnn.fit(Baskets.build(u, i, day, shape), cfg.tifu_group_size, cfg.tifu_r_b, cfg.tifu_r_g,
+                       cfg.tifu_neighbours, rows=rows, max_dims=cfg.tifu_max_dims)
+
+
+def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> str:
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(df[["customer", "item", "day"]], index=False).to_numpy().tobytes())
+    return f"{trained_at:%Y%m%dT%H%M%S}Z-{digest.hexdigest()[:8]}"
+
+
+def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
+          config: RecommenderConfig | None = None, customer_features: pd.DataFrame | None = None,
+          progress: Callable[[str], None] | None = None, segments: pd.DataFrame | None = None) -> Recommender:
+    """Train the recommender.
+
+    Args:
+        interactions: purchase lines, columns ``customer`` (str), ``item`` (str), ``ts`` (datetime64[ns]),
+            ``quantity`` (float), optional ``store`` (str); rows with quantity <= 0 are ignored.
+        items: the catalogue, columns ``item``, ``category``, ``price`` (float, NaN = unknown), ``tags``
+            (list[str]), ``available`` (bool). Items without purchases are scored through their features;
+            items only in ``interactions`` are added without metadata.
+        config: hyper-parameters (default :class:`RecommenderConfig()`).
+        customer_features: optional customer metadata for LightFM, see
+            :func:`~dangol_cloud.recommend.features.customer_feature_matrix`.
+        progress: called with each step name of :data:`TRAIN_STEPS` as it starts (for a progress bar).
+        segments: optional ``customer`` + segment columns (e.g. ``AGE_GROUP``, ``PIN_CODE``) for the
+            segment-aware cold start (:mod:`.segments`).
+
+    Returns:
+        A :class:`Recommender`. On Ta-Feng's 200 best sellers (3 months, 12,969 customers) this takes
+        about 10 s on 2 cores (two LightFM fits: one for the re-ranker's label window, one on all data).
+
+    Raises:
+        ValueError: if a required column is missing or no interaction has quantity > 0.
+    """
+    cfg = config or RecommenderConfig()
+    step = progress or (lambda name: None)
+    step("clean")
+    df = clean_interactions(interactions)
+    if df.empty:
+        raise ValueError("no interactions with quantity > 0 to train on")
+    catalogue = clean_items(items, df)
+    item_ids = catalogue["item"].to_numpy(dtype=str)
+    customers = np.array(sorted(df["customer"].unique()), dtype=str)
+    u = pd.Index(customers).get_indexer(df["customer"])
+    i = pd.Index(item_ids).get_indexer(df["item"])
+    day = df["day"].to_numpy(np.int64)
+    shape = (len(customers), len(item_ids))
+    categories = [c if isinstance(c, str) else None for c in catalogue["category"]]
+    sold = np.bincount(i, minlength=len(item_ids)) > 0
+    item_x, item_names = item_feature_matrix(catalogue, cfg.price_bands, identity=sold)
+    user_x, _ = customer_feature_matrix(customers, customer_features)
+    end_day = int(day.max()) + 1
+
+    step("re-ranker")
+    reranker, window_lightfm = None, None
+    if cfg.rerank:
+        reranker, window_lightfm = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg)
+    step("factors")
+    if window_lightfm is not None and cfg.refit_epochs:  # warm start: continue from the earlier part's fit
+        lightfm = fit_lightfm(_coo(u, i, shape), item_x, user_x, cfg, model=window_lightfm, epochs=cfg.refit_epochs)
+    else:
+        lightfm = fit_lightfm(_coo(u, i, shape), item_x, user_x, cfg)
+    factors = factors_of(lightfm, item_x, user_x)
+    step("history")
+    history = build_history(u, i, day, shape, end_day, cfg.recency_half_life_days)
+    if not cfg.item_trend:
+        history.item_recent = None
+    history.tifu = _tifu(u, i, day, shape, cfg) if cfg.rerank else None
+    pop, rep = item_statistics(history, categories)
+    store = df["store"].to_numpy(dtype=str) if "store" in df.columns else None
+    popularity = PopularityTable.build(i, df["hour"].to_numpy(np.int64), store, len(item_ids), cfg.cold_start_smoothing)
+    dayparts = DayPartProfile.build(u, i, day, df["hour"].to_numpy(np.int64), shape)
+    segment_table = SegmentTable.build(u, i, customers, segment_values(segments), len(item_ids))
+    trained_at = datetime.now(UTC).replace(tzinfo=None)
+    meta = {"trained_at": trained_at.isoformat(timespec="seconds"), "n_interactions": len(df),
+            "n_customers": len(customers), "n_items": len(item_ids),
+            "data_from": str(df["ts"].min()), "data_to": str(df["ts"].max())}
+    return Recommender(version=_version(df, cfg, trained_at), config=cfg, customers=customers, items=item_ids,
+                       categories=categories, available=catalogue["available"].to_numpy(bool),
+                       item_features=item_x, item_feature_names=item_names, factors=factors, history=history,
+                       item_pop=pop, item_rep=rep, reranker=reranker, popularity=popularity, meta=meta,
+                       dayparts=dayparts, segments=segment_table)
