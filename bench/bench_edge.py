@@ -145,7 +145,7 @@ with FaceDetector(DetectorConfig(model="full")) as det:
         d = det.detect(img)
         if d:
             e.embed(align_face(img, d[0].keypoints, e.spec, d[0].corners)[None])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
 
 
@@ -153,7 +153,8 @@ def peak_rss(models: list[Path], lfw_root: Path) -> None:
     """Peak RSS of a fresh process detecting and embedding 50 photos with one model (MiB)."""
     import subprocess
 
-    print("Peak RSS of a process that detects and embeds 50 LFW photos (MediaPipe + one model):")
+    print("Peak RSS of a process that detects and embeds 50 LFW photos (MediaPipe + one model; in a venv with\n"
+          "TensorFlow installed MediaPipe imports it too, so compare the rows, not the totals):")
     for m in models:
         out = subprocess.run([sys.executable, "-c", _RSS_SNIPPET, str(m), str(lfw_root)], capture_output=True,
                              text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))

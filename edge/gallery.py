@@ -32,6 +32,7 @@ import numpy as np
 import sqlite_utils
 
 from .crypto import FieldCipher, GalleryKeyError
+from .gallery_models import ModelTemplates
 from .matcher import Match, Matcher
 from .sqlite import SQLiteFile, connect
 
@@ -74,7 +75,7 @@ class Customer:
         return self.display_name.split()[0] if self.display_name.strip() else ""
 
 
-class Gallery(SQLiteFile):
+class Gallery(ModelTemplates, SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
     Args:
@@ -323,41 +324,6 @@ class Gallery(SQLiteFile):
                 r["photo"] = self._open_value(r["photo"], f"templates.photo:{customer_id}")
         return rows
 
-    def add_templates(self, customer_id: str, embeddings: np.ndarray, qualities: list[float],
-                      model_sha256: str | None = None, *, max_per_model: int | None = None) -> int:
-        """Add templates to an existing customer (one transaction); returns how many were added.
-
-        Args:
-            embeddings: ``(K, D) float32`` unit vectors made by ``model_sha256`` (default: the current model).
-            qualities: K values in [0, 1].
-            max_per_model: keep at most this many templates of that model for the customer: the
-                lowest-quality ones beyond it are dropped (refreshes never grow the gallery forever).
-        Raises:
-            UnknownCustomer: no such id.  ValueError: wrong shape or quality count.
-        """
-        emb = np.asarray(embeddings, dtype=np.float32)
-        sha = model_sha256 or self.model_sha256
-        self._check_dim(emb, sha)
-        if len(emb) != len(qualities):
-            raise ValueError(f"{len(emb)} embeddings but {len(qualities)} qualities")
-        now = utcnow()
-        with self._lock, self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            if not self.db.execute("SELECT 1 FROM customers WHERE id = ?", [customer_id]).fetchone():
-                self.db.execute("ROLLBACK")
-                raise UnknownCustomer(customer_id)
-            self.db["templates"].insert_all(
-                {"customer_id": customer_id, "quality": float(q), "model_sha256": sha, "created_at": now,
-                 "embedding": self.cipher.seal(e.astype("<f4").tobytes(), f"templates.embedding:{customer_id}")}
-                for e, q in zip(emb, qualities))
-            if max_per_model is not None:
-                self.db.execute(
-                    "DELETE FROM templates WHERE customer_id = ? AND model_sha256 = ? AND id NOT IN ("
-                    " SELECT id FROM templates WHERE customer_id = ? AND model_sha256 = ?"
-                    " ORDER BY quality DESC, id DESC LIMIT ?)", [customer_id, sha, customer_id, sha, max_per_model])
-        self._invalidate()
-        return len(emb)
-
     def _check_dim(self, emb: np.ndarray, model_sha256: str | None = None) -> None:
         """Raise ValueError unless ``emb`` is ``(K ≥ 1, D)`` with D that of this model's stored templates."""
         if emb.ndim != 2 or not 16 <= emb.shape[1] <= 4096 or len(emb) == 0:
@@ -369,22 +335,6 @@ class Gallery(SQLiteFile):
             dim = len(self._open_value(row[1], f"templates.embedding:{row[0]}")) // 4
             if dim != emb.shape[1]:
                 raise ValueError(f"expected (K, {dim}) embeddings for this model, got {emb.shape}")
-
-    def template_models(self) -> dict[str, dict[str, int]]:
-        """Per customer id, the number of templates of each model sha256."""
-        out: dict[str, dict[str, int]] = {}
-        with self._lock:
-            for cid, sha, n in self.db.execute(
-                    "SELECT customer_id, model_sha256, COUNT(*) FROM templates GROUP BY customer_id, model_sha256"):
-                out.setdefault(cid, {})[sha] = int(n)
-        return out
-
-    def drop_other_models(self) -> int:
-        """Delete every template not made by the current model (the end of an upgrade); returns how many."""
-        with self._lock, self.db.conn:
-            n = self.db.execute("DELETE FROM templates WHERE model_sha256 != ?", [self.model_sha256]).rowcount
-        self._invalidate()
-        return int(n)
 
     @property
     def stale_templates(self) -> int:
@@ -399,30 +349,6 @@ class Gallery(SQLiteFile):
 
     def _load(self) -> None:
         self.matcher.load(*self.matrix_for(self.model_sha256))
-
-    def matrix_for(self, model_sha256: str) -> tuple[np.ndarray, list[str]]:
-        """The ``(M, D) float32`` templates of active customers made by one model, and their owners."""
-        with self._lock:
-            rows = list(self.db.execute(
-                "SELECT t.customer_id, t.embedding FROM templates t JOIN customers c ON c.id = t.customer_id "
-                "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id", [model_sha256]))
-        vecs = [np.frombuffer(self._open_value(r[1], f"templates.embedding:{r[0]}"), dtype="<f4") for r in rows]
-        matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, 1), np.float32)
-        return matrix, [r[0] for r in rows]
-
-    def meta(self, key: str, default: str | None = None) -> str | None:
-        """A value of the gallery's ``meta`` table (e.g. when a model upgrade started)."""
-        with self._lock:
-            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else default
-
-    def set_meta(self, key: str, value: str | None) -> None:
-        """Set (or, with None, delete) a ``meta`` value."""
-        with self._lock, self.db.conn:
-            if value is None:
-                self.db.execute("DELETE FROM meta WHERE key = ?", [key])
-            else:
-                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
     @property
     def size(self) -> int:

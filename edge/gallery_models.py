@@ -1,0 +1,96 @@
+"""Templates per embedder model: what model upgrades need of the gallery (a mixin of
+:class:`dangol_edge.gallery.Gallery`, which provides the connection, lock, cipher and customers).
+
+Each template row carries the sha256 of the model that made it; only the current model's are searched.
+These methods add templates to an existing customer, read one model's templates, report which models each
+customer has, drop the other models' templates, and keep small facts (when an upgrade started) in the
+gallery's ``meta`` table. See :mod:`dangol_edge.upgrade`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ModelTemplates:
+    """Template-per-model operations; needs ``db``, ``_lock``, ``cipher``, ``model_sha256``,
+    ``_open_value``, ``_check_dim``, ``_invalidate`` and ``UnknownCustomer`` handling from the gallery."""
+
+    def add_templates(self, customer_id: str, embeddings: np.ndarray, qualities: list[float],
+                      model_sha256: str | None = None, *, max_per_model: int | None = None) -> int:
+        """Add templates to an existing customer (one transaction); returns how many were added.
+
+        Args:
+            embeddings: ``(K, D) float32`` unit vectors made by ``model_sha256`` (default: the current model).
+            qualities: K values in [0, 1].
+            max_per_model: keep at most this many templates of that model for the customer: the
+                lowest-quality ones beyond it are dropped (refreshes never grow the gallery forever).
+        Raises:
+            UnknownCustomer: no such id.  ValueError: wrong shape or quality count.
+        """
+        emb = np.asarray(embeddings, dtype=np.float32)
+        sha = model_sha256 or self.model_sha256
+        self._check_dim(emb, sha)
+        if len(emb) != len(qualities):
+            raise ValueError(f"{len(emb)} embeddings but {len(qualities)} qualities")
+        from .gallery import utcnow
+
+        now = utcnow()
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            if not self.db.execute("SELECT 1 FROM customers WHERE id = ?", [customer_id]).fetchone():
+                self.db.execute("ROLLBACK")
+                from .gallery import UnknownCustomer
+
+                raise UnknownCustomer(customer_id)
+            self.db["templates"].insert_all(
+                {"customer_id": customer_id, "quality": float(q), "model_sha256": sha, "created_at": now,
+                 "embedding": self.cipher.seal(e.astype("<f4").tobytes(), f"templates.embedding:{customer_id}")}
+                for e, q in zip(emb, qualities))
+            if max_per_model is not None:
+                self.db.execute(
+                    "DELETE FROM templates WHERE customer_id = ? AND model_sha256 = ? AND id NOT IN ("
+                    " SELECT id FROM templates WHERE customer_id = ? AND model_sha256 = ?"
+                    " ORDER BY quality DESC, id DESC LIMIT ?)", [customer_id, sha, customer_id, sha, max_per_model])
+        self._invalidate()
+        return len(emb)
+
+    def template_models(self) -> dict[str, dict[str, int]]:
+        """Per customer id, the number of templates of each model sha256."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for cid, sha, n in self.db.execute(
+                    "SELECT customer_id, model_sha256, COUNT(*) FROM templates GROUP BY customer_id, model_sha256"):
+                out.setdefault(cid, {})[sha] = int(n)
+        return out
+
+    def drop_other_models(self) -> int:
+        """Delete every template not made by the current model (the end of an upgrade); returns how many."""
+        with self._lock, self.db.conn:
+            n = self.db.execute("DELETE FROM templates WHERE model_sha256 != ?", [self.model_sha256]).rowcount
+        self._invalidate()
+        return int(n)
+
+    def matrix_for(self, model_sha256: str) -> tuple[np.ndarray, list[str]]:
+        """The ``(M, D) float32`` templates of active customers made by one model, and their owners."""
+        with self._lock:
+            rows = list(self.db.execute(
+                "SELECT t.customer_id, t.embedding FROM templates t JOIN customers c ON c.id = t.customer_id "
+                "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id", [model_sha256]))
+        vecs = [np.frombuffer(self._open_value(r[1], f"templates.embedding:{r[0]}"), dtype="<f4") for r in rows]
+        matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, 1), np.float32)
+        return matrix, [r[0] for r in rows]
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        """A value of the gallery's ``meta`` table (e.g. when a model upgrade started)."""
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or, with None, delete) a ``meta`` value."""
+        with self._lock, self.db.conn:
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key = ?", [key])
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
