@@ -98,11 +98,12 @@ def test_other_model_templates_are_never_mixed(tmp_path):
         assert g.match(e[0], 0.0, 0.0)[0].customer_id is None
 
 
-def test_coarse_index_agrees_with_exact_search():
+@pytest.mark.parametrize("d", [512, 128])  # FaceNet (coarse 128 dims), SFace (coarse 32 dims)
+def test_coarse_index_agrees_with_exact_search(d):
     rng = np.random.default_rng(6)
     n = 30_000
-    centres = unit(rng, n // 3)
-    m = np.repeat(centres, 3, axis=0) + 0.08 * rng.standard_normal((n, 512)).astype(np.float32)
+    centres = unit(rng, n // 3, d)
+    m = np.repeat(centres, 3, axis=0) + 0.08 * rng.standard_normal((n, d)).astype(np.float32)
     m /= np.linalg.norm(m, axis=1, keepdims=True)
     owners = [f"c{i // 3}" for i in range(n)]
     coarse = Gallery(":memory:", "x")
@@ -111,7 +112,7 @@ def test_coarse_index_agrees_with_exact_search():
     exact = Gallery(":memory:", "x")
     exact.matcher.COARSE_MIN = 10**9
     exact.load_matrix(m, owners)
-    q = m[rng.integers(0, n, 50)] + 0.08 * rng.standard_normal((50, 512)).astype(np.float32)
+    q = m[rng.integers(0, n, 50)] + 0.08 * rng.standard_normal((50, d)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     for a, b in zip(coarse.match(q, 0.5, 0.05), exact.match(q, 0.5, 0.05)):
         assert a.customer_id == b.customer_id
