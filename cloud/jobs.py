@@ -148,9 +148,10 @@ class ImportJobs:
         return next((j for j in self._jobs.values() if j.running), None)
 
     def start(self, db: Database, settings: Settings, detected, folder, *, files: list[str],
-              customer_source: str = "csv") -> ImportJob | None:
+              customer_source: str = "csv", store_id: str | None = None) -> ImportJob | None:
         """Start importing ``detected`` (:class:`~dangol_cloud.importers.DetectedFiles`) in a thread; the thread
-        deletes ``folder`` (a ``tempfile.TemporaryDirectory`` holding the uploads) when done.
+        deletes ``folder`` (a ``tempfile.TemporaryDirectory`` holding the uploads) when done. ``store_id``: the
+        store of rows that name none (so their amounts show in that store's currency).
 
         Returns:
             The new job, or None when an import is already running (nothing started).
@@ -167,13 +168,15 @@ class ImportJobs:
             self._jobs[job.id] = job
             while len(self._jobs) > self.KEEP:
                 self._jobs.pop(next(iter(self._jobs)))
-        thread = threading.Thread(target=self._run, args=(job, db, settings, detected, folder, customer_source),
+        thread = threading.Thread(target=self._run,
+                                  args=(job, db, settings, detected, folder, customer_source, store_id),
                                   name=f"dangol-import-{job.id[:8]}", daemon=True)
         thread.start()
         job._thread = thread
         return job
 
-    def _run(self, job: ImportJob, db: Database, settings: Settings, detected, folder, customer_source) -> None:
+    def _run(self, job: ImportJob, db: Database, settings: Settings, detected, folder, customer_source,
+             store_id) -> None:
         from dangol_cloud.importers import parse_purchases, read_cj_demographics
         from dangol_cloud.ingest import import_rows
 
@@ -186,7 +189,7 @@ class ImportJobs:
             with db.transaction() as session:
                 rows = parse_purchases(detected.purchases, detected.fmt, products=detected.products)
                 report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
-                                     tz=settings.timezone, customer_source=customer_source)
+                                     tz=settings.timezone, customer_source=customer_source, store_id=store_id)
                 if detected.demographics is not None:
                     job.segments = _store_age_bands(session, read_cj_demographics(detected.demographics))
             report.source = " + ".join(job.files)

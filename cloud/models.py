@@ -441,7 +441,7 @@ class MenuDayparts(Base):
 
 # --- POS products vs menu items (issue 11; migration 0007) --------------------------------------------------
 
-__all__ += ["MenuSetting", "ProductMapping"]
+__all__ += ["MenuSetting", "ProductMapping", "StoreSetting"]
 
 
 class ProductMapping(Base):
@@ -466,3 +466,11 @@ class MenuSetting(Base):
     __tablename__ = "menu_settings"
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
+
+
+class StoreSetting(Base):
+    """A store's own settings: ``currency`` (ISO 4217) of its sales and prices; None = the ``CURRENCY`` setting."""
+
+    __tablename__ = "store_settings"
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True)
+    currency: Mapped[str | None] = mapped_column(String(3))

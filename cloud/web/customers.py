@@ -8,11 +8,13 @@ import re
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
-from dangol_cloud.models import CatalogueItem, Customer, Menu, Purchase, Visit, external_ref_hash, utcnow
+from dangol_cloud.menu_mapping import currency_of
+from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, Purchase, Visit, external_ref_hash,
+                                 utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.training import welcome_regulars
@@ -100,10 +102,89 @@ def show(customer_id: str):
                           .where(Purchase.customer_id == customer.id).order_by(Purchase.ts.desc()).limit(25)).all()
     amounts = s.scalars(select(Purchase.amount).where(Purchase.customer_id == customer.id)).all()  # encrypted: sum here
     totals = (len(amounts), sum(a for a in amounts if a is not None) if any(a is not None for a in amounts) else None)
+    first, last, baskets = s.execute(select(func.min(Purchase.ts), func.max(Purchase.ts),
+                                            func.count(func.distinct(Purchase.ts)))
+                                     .where(Purchase.customer_id == customer.id)).one()
+    arrivals = s.scalar(select(func.count()).select_from(Visit).where(Visit.customer_id == customer.id))
+    stores = s.scalars(select(Purchase.store_id).where(Purchase.customer_id == customer.id).distinct()).all()
+    currency = currency_of(s, stores, get_settings().currency)
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, visits=visits,
-                           purchases=purchases, totals=totals, form=form, action=ActionForm())
+                           purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
+                           first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals)
+
+
+@bp.route("/<customer_id>/name", methods=["POST"])
+@login_required
+def rename(customer_id: str):
+    """POST /customers/<id>/name: change the name shown at the door (``display_name``, 1–120 characters)."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    customer = _visible_customer(s, customer_id)
+    name = (request.form.get("display_name") or "").strip()
+    if not 1 <= len(name) <= 120:
+        flash("The name needs 1 to 120 characters.", "error")
+        return redirect(url_for("customers.show", customer_id=customer.id))
+    customer.display_name = name
+    s.commit()
+    flash(f"Name changed to {name}. The door screen shows it from the next publish of the menus.", "success")
+    return redirect(url_for("customers.show", customer_id=customer.id))
+
+
+@bp.route("/<customer_id>/withdraw", methods=["POST"])
+@login_required
+def withdraw(customer_id: str):
+    """POST /customers/<id>/withdraw: the customer withdraws consent (after a confirmation page). Recognition
+    stops: the consent record, name and picks are deleted and every device is told, like an erasure, to delete
+    the face templates (re-sent until each confirms). Purchase history stays, without a name."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    customer = _visible_customer(s, customer_id)
+    if not customer.has_consent:
+        abort(409)
+    label = customer.display_name or customer.id[:8]
+    page = confirmation_page(title=f"Withdraw {label}'s consent?", button="Withdraw consent",
+                             detail="Recognition stops: the name, consent record and picks are deleted now, and every "
+                                    "store's device is told to delete the face templates. Purchase history stays, "
+                                    "without a name. To be recognised again they enrol anew at the door.",
+                             cancel_url=url_for("customers.show", customer_id=customer.id))
+    if page is not None:
+        return page
+    withdraw_consent(s, customer, actor=current_user.email)
+    s.commit()
+    settings = get_settings()
+    if settings.mqtt_url:
+        try:
+            republish_erasures(get_db(), settings)
+        except MqttError as exc:
+            log.error("template deletion for %s not yet sent: %s", customer_id, exc)
+            flash(f"Consent withdrawn; the stores will be told as soon as the broker answers ({exc}).", "warning")
+            return redirect(url_for("customers.show", customer_id=customer_id))
+    flash("Consent withdrawn. Every device is told to delete the face templates; each confirms (Privacy page).",
+          "success")
+    return redirect(url_for("customers.show", customer_id=customer_id))
+
+
+def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
+    """End a customer's consent: clear name and consent record, delete the menu, and queue a template deletion
+    for every device through the erasure machinery (:class:`Erasure`, :func:`republish_erasures`); audited.
+    The caller commits."""
+    targets = list(s.scalars(select(Device.id).order_by(Device.id)))
+    now = utcnow()
+    erasure = Erasure(customer_id=customer.id, requested_by=actor[:254], requested_at=now, targets=targets,
+                      confirmed_by=[], completed_at=None if targets else now)
+    s.add(erasure)
+    s.flush()
+    audit(s, actor, "consent-withdrawn", customer_id=customer.id, erasure_id=erasure.id,
+          detail=f"consent of {customer.consent_at:%Y-%m-%d}, text version {customer.consent_text_version}; "
+                 f"templates to delete on {len(targets)} device(s)")
+    s.execute(delete(Menu).where(Menu.customer_id == customer.id))
+    customer.display_name = customer.consent_by = customer.consent_at = customer.consent_text_version = None
+    customer.status = "withdrawn"  # neither active at the door nor pending: a device cannot re-activate it
+    return erasure
 
 
 @bp.route("/<customer_id>/consent", methods=["POST"])

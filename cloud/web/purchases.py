@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.importers import ImportFormatError, detect_files
 from dangol_cloud.jobs import ImportJobs
-from dangol_cloud.models import CatalogueItem, Customer, Purchase
+from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store
 from dangol_cloud.web.forms import UploadForm
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.scope import store_filter
@@ -50,6 +50,8 @@ def index():
     progress page. 422 with the reason if the files cannot be imported at all (nothing is imported); 409 if an
     import is already running."""
     form = UploadForm()
+    stores = get_session().execute(select(Store.id, Store.name).order_by(Store.name)).all()
+    form.store.choices = [("", "No store (history)")] + [(sid, name) for sid, name in stores]
     error = None
     status = 200
     if form.validate_on_submit():
@@ -63,7 +65,8 @@ def index():
             names.append(name)
         try:
             detected = detect_files(paths, form.format.data)
-            job = import_jobs().start(get_db(), get_settings(), detected, folder, files=names)
+            store_id = form.store.data if form.store.data in {sid for sid, _ in stores} else None
+            job = import_jobs().start(get_db(), get_settings(), detected, folder, files=names, store_id=store_id)
         except ImportFormatError as exc:
             folder.cleanup()
             error = re.sub(r"\b\d+-(?=[^ ]+\.(csv|txt))", "", str(exc).replace(folder.name + "/", ""))

@@ -5,15 +5,17 @@ letters; erasures a device asked for, which an owner confirms (erased everywhere
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+import re
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 import dangol_protocol as proto
 
-from dangol_cloud.app import get_session
+from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import complete_if_done, pending_erasures
-from dangol_cloud.models import Device, Store, new_id
+from dangol_cloud.models import Device, Store, StoreSetting, new_id
 from dangol_cloud.security import hash_token, mosquitto_hash, new_secret
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm, DeviceForm, StoreForm
@@ -38,8 +40,29 @@ def index():
             s.commit()
             return render_template("store_created.html", store=store, token=token)
     stores = s.scalars(select(Store).order_by(Store.name)).all()
+    currencies = dict(s.execute(select(StoreSetting.store_id, StoreSetting.currency)).all())
     return render_template("stores.html", stores=stores, form=form, device_form=DeviceForm(), action=ActionForm(),
-                           **_trust_context(s))
+                           currencies=currencies, **_trust_context(s))
+
+
+@bp.route("/<store_id>/currency", methods=["POST"])
+@owner_required
+def set_currency(store_id: str):
+    """POST /stores/<id>/currency: the store's currency (ISO 4217, e.g. TWD); empty = the CURRENCY setting."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    store = s.get(Store, store_id) or abort(404)
+    code = (request.form.get("currency") or "").strip().upper()
+    if code and not re.fullmatch(r"[A-Z]{3}", code):
+        flash(f"Currency {code[:12]!r}: three letters of ISO 4217, e.g. EUR, TWD, USD.", "error")
+        return redirect(url_for("stores.index"))
+    row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
+    row.currency = code or None
+    s.add(row)
+    s.commit()
+    flash(f"{store.name}: amounts are shown in {code or get_settings().currency}.", "success")
+    return redirect(url_for("stores.index"))
 
 
 @bp.route("/<store_id>/token", methods=["POST"])

@@ -4,12 +4,12 @@ shows, finds a loyalty id through its keyed hash, and does not call an imported 
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dangol_cloud.crypto import Keyring
 from dangol_cloud.importers import parse_purchases
 from dangol_cloud.ingest import import_rows
-from dangol_cloud.models import Customer
+from dangol_cloud.models import Customer, Purchase
 
 from .conftest import utc
 from .test_cloud_web import sign_in, web  # noqa: F401 - the fixture
@@ -58,3 +58,74 @@ def test_search_finds_a_loyalty_id_a_name_and_an_id_prefix(web, tmp_path):  # no
     assert "Mina Park" in page
     page = client.get("/customers/?show=all&q=nobody-here").get_data(as_text=True)
     assert "0 customers" in page
+
+
+def _csrf_page(client, url):
+    from .test_cloud_web import csrf_of
+
+    return csrf_of(client.get(url).get_data(as_text=True))
+
+
+def test_customer_page_tells_first_purchase_currency_and_honest_status(web, tmp_path):  # noqa: F811
+    from dangol_cloud.models import Purchase, Store, StoreSetting
+
+    app, db = web
+    _customers(db, tmp_path)
+    with db.transaction() as s:
+        store = Store(name="Taipei", ref="tpe")
+        s.add(store)
+        s.flush()
+        s.add(StoreSetting(store_id=store.id, currency="TWD"))
+        plain = s.scalar(select(Customer).where(Customer.consent_at.is_(None)).limit(1))
+        for p in s.scalars(select(Purchase).where(Purchase.customer_id == plain.id)):
+            p.store_id = store.id
+            first = p.ts
+        plain_id = plain.id
+    client = app.test_client()
+    sign_in(client)
+    page = client.get(f"/customers/{plain_id}").get_data(as_text=True)
+    assert f"first purchase {first:%Y-%m-%d}" in page  # before: "since" the import date
+    assert "3.50 TWD spent" in page  # before: EUR whatever the store
+    assert "purchase history only" in page and ">active<" not in page
+    assert "1 shop visits" in page and "0 door arrivals" in page
+
+
+def test_owner_renames_and_the_customer_withdraws_consent(web, tmp_path):  # noqa: F811
+    from dangol_cloud.models import AuditEntry, Erasure, Menu, ModelVersion
+    from dangol_cloud.publishing import erasure_messages, menu_messages
+    from dangol_cloud.models import Store
+
+    from .conftest import add_store_and_device
+
+    app, db = web
+    mina_id = _customers(db, tmp_path)
+    store_id, device_id = add_store_and_device(db)
+    with db.transaction() as s:
+        s.add(ModelVersion(version="v1", path="/nonexistent"))
+        s.flush()
+        s.add(Menu(customer_id=mina_id, model_version="v1", picks=[]))
+    client = app.test_client()
+    sign_in(client)
+    url = f"/customers/{mina_id}"
+    client.post(url + "/name", data={"csrf_token": _csrf_page(client, url), "display_name": "Mina P."})
+    with db.sessions() as s:
+        assert s.get(Customer, mina_id).display_name == "Mina P."
+    r = client.post(url + "/withdraw", data={"csrf_token": _csrf_page(client, url)})
+    assert r.status_code == 200 and "Withdraw Mina P.&#39;s consent?" in r.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.get(Customer, mina_id).has_consent  # not before the confirmation
+    r = client.post(url + "/withdraw", data={"csrf_token": _csrf_page(client, url), "confirm": "yes"})
+    assert r.status_code == 302
+    with db.sessions() as s:
+        c = s.get(Customer, mina_id)
+        assert not c.has_consent and c.display_name is None and c.status == "withdrawn"
+        assert s.get(Menu, mina_id) is None
+        erasure = s.scalar(select(Erasure).where(Erasure.customer_id == mina_id))
+        assert erasure.targets == [device_id] and erasure.completed_at is None
+        assert s.scalar(select(AuditEntry.action).where(AuditEntry.customer_id == mina_id)) == "consent-withdrawn"
+        store = s.get(Store, store_id)
+        topics = [t for t, _p, _r in erasure_messages(s, [store], [erasure])]
+        assert any(t.endswith("/erasures") or "erasures" in t for t in topics)  # templates deleted on the device
+        assert list(menu_messages(s, [store], customer_ids=[mina_id])) == []  # recognition stops
+        assert s.scalar(select(func.count()).select_from(Purchase).where(Purchase.customer_id == mina_id)) == 1
+    assert "consent withdrawn" in client.get(url).get_data(as_text=True)

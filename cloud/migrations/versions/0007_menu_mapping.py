@@ -8,7 +8,8 @@ Purchase history names *products* (the POS's items: a Ta-Feng subclass code, a C
 ``product_category``); the *menu* is what the owner publishes. ``product_mappings`` has one row per product
 an import created: ``menu_item_id`` NULL = not on the menu yet, = ``product_id`` = the product is its own menu
 item (chosen explicitly), another item's id = sold as that menu item. ``menu_settings`` holds dashboard
-settings of the menu (``house_per_category``: how many items per category the door screen's house menu gets).
+settings of the menu (``house_per_category``: how many items per category the door screen's house menu gets);
+``store_settings`` a store's own currency (ISO 4217; NULL = the ``CURRENCY`` setting).
 
 Existing databases: items an import made before this revision (name equal to the ref, bought only through an
 import) become unmapped products, so they leave the door screen's menu at the next Publish.
@@ -45,6 +46,13 @@ def upgrade() -> None:
         sa.Column("value", sa.String(length=200), nullable=False),
         sa.PrimaryKeyConstraint("key"),
     )
+    op.create_table(
+        "store_settings",
+        sa.Column("store_id", sa.String(length=36), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=True),
+        sa.ForeignKeyConstraint(["store_id"], ["stores.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("store_id"),
+    )
     sources = ", ".join(f"'{s}'" for s in IMPORT_SOURCES)
     op.execute(
         "INSERT INTO product_mappings (product_id, menu_item_id, source) "
@@ -55,6 +63,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("store_settings")
     op.drop_table("menu_settings")
     op.drop_index("ix_product_mappings_menu_item_id", table_name="product_mappings")
     op.drop_table("product_mappings")
