@@ -137,15 +137,20 @@ from dangol_edge.config import DetectorConfig
 from dangol_edge.detect import FaceDetector
 from dangol_edge.embed import Embedder
 from dangol_edge.sources import read_image
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
 paths = sorted(Path(sys.argv[2]).glob("lfw-deepfunneled/*/*.jpg"))[:50]
-e = Embedder(sys.argv[1], threads=2)
 with FaceDetector(DetectorConfig(model="full")) as det:
+    det.detect(read_image(paths[0]))
+    before = rss()
+    e = Embedder(sys.argv[1], threads=2)
     for p in paths:
         img = read_image(p)
         d = det.detect(img)
         if d:
             e.embed(align_face(img, d[0].keypoints, e.spec, d[0].corners)[None])
-print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    after = rss()
+print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), round(after - before))
 """
 
 
@@ -158,8 +163,11 @@ def peak_rss(models: list[Path], lfw_root: Path) -> None:
     for m in models:
         out = subprocess.run([sys.executable, "-c", _RSS_SNIPPET, str(m), str(lfw_root)], capture_output=True,
                              text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-        value = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else "failed"
-        print(f"  {m.name:<28} {value} MiB")
+        if out.returncode == 0 and out.stdout.strip():
+            peak, model = out.stdout.strip().splitlines()[-1].split()
+            print(f"  {m.name:<28} peak {peak} MiB; the embedder adds {model} MiB to the detector's process")
+        else:
+            print(f"  {m.name:<28} failed: {out.stderr.strip()[-200:]}")
 
 
 def search(sizes=(1_000, 10_000, 100_000), probes: int = 200) -> None:
