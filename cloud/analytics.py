@@ -1,19 +1,32 @@
-"""Numbers behind the analytics page (portable SQL + Python, same on SQLite and PostgreSQL)."""
+"""Numbers behind the analytics page (portable SQL + Python, same on SQLite and PostgreSQL).
+
+Window ``[since, until)`` in UTC; hours, weekdays and days in the café's time zone. Door arrivals come from
+``visits``; sales from ``purchases`` (a *shop visit* is one basket: a customer's lines at one timestamp).
+Sales of POS products count for the menu item they are mapped to (:mod:`dangol_cloud.menu_mapping`).
+
+"Shown → bought" (issue 11): a purchase line credits the customer's *latest* door visit at most
+``conversion_hours`` before it, and only if that visit's screen showed the item — so one purchase gives at
+most one credit, to the visit it followed (the same rule as :func:`dangol_cloud.feedback.credit_shown_picks`).
+"""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from dangol_cloud.models import CatalogueItem, Purchase, Visit
+from dangol_cloud.models import CatalogueItem, ProductMapping, Purchase, Visit
 
-__all__ = ["Analytics", "compute"]
+__all__ = ["Analytics", "REVENUE_MAX_LINES", "compute", "data_range"]
 
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+#: Amounts are encrypted at rest, so revenue is summed after decryption; above this many purchase lines in the
+#: window the page asks for a narrower range instead of decrypting them all on a page view.
+REVENUE_MAX_LINES = 150_000
 
 
 @dataclass
@@ -21,11 +34,17 @@ class Analytics:
     """Dashboard analytics over the window ``[since, until)``.
 
     Attributes:
-        visits_by_hour: 24 counts (local hour 0-23); visits_by_weekday: 7 counts (Mon..Sun).
-        recognised / unknown: arrivals with / without a recognised customer.
-        top_items: ``[(item name, quantity)]`` best sellers in the window, at most 10.
-        shown_visits: recognised visits where the display showed picks; converted: those of them where
-            the customer bought at least one shown pick within ``conversion_hours`` after arriving.
+        visits_by_hour: 24 counts (local hour 0-23); visits_by_weekday: 7 counts (Mon..Sun) of door arrivals.
+        recognised / unknown: arrivals with / without a recognised customer; regulars: distinct recognised people.
+        top_items: ``[(menu item or product name, units)]`` best sellers in the window, at most 10.
+        shown_visits: recognised arrivals whose screen showed picks; converted: those credited with a purchase;
+            credits: purchase lines credited (each at most once).
+        trend: ``[(period start date, arrivals, recognised, baskets, revenue or None)]`` by ``bucket``.
+        bucket: ``"day"`` or ``"week"`` (weeks start on Monday), whichever keeps the trend under ~120 points.
+        heatmap: 7×24 counts of shop visits (baskets) by local weekday and hour; ``heatmap_has_times``: False
+            when every timestamp is midnight (data with dates only, e.g. Ta-Feng).
+        revenue: total amount in the window (None if over :data:`REVENUE_MAX_LINES` lines or no amounts).
+        lines: purchase lines in the window.
     """
 
     since: datetime
@@ -34,57 +53,136 @@ class Analytics:
     visits_by_weekday: list[int] = field(default_factory=lambda: [0] * 7)
     recognised: int = 0
     unknown: int = 0
+    regulars: int = 0
     top_items: list[tuple[str, float]] = field(default_factory=list)
     shown_visits: int = 0
     converted: int = 0
+    credits: int = 0
     conversion_hours: int = 3
+    trend: list[tuple[date, int, int, int, float | None]] = field(default_factory=list)
+    bucket: str = "day"
+    heatmap: list[list[int]] = field(default_factory=lambda: [[0] * 24 for _ in range(7)])
+    heatmap_has_times: bool = False
+    revenue: float | None = None
+    lines: int = 0
 
     @property
     def pick_rate(self) -> float | None:
-        """Share of shown-pick visits that led to buying a shown pick (None if there were none)."""
+        """Share of shown-pick visits credited with a purchase of a shown pick (None if there were none)."""
         return self.converted / self.shown_visits if self.shown_visits else None
 
 
-def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None,
-            conversion_hours: int = 3) -> Analytics:
-    """Analytics for the last ``days`` days (up to ``now``), hours/weekdays in time zone ``tz``."""
+def data_range(session: Session) -> tuple[datetime, datetime] | None:
+    """(first, last) time of any purchase or arrival (UTC), or None with no data: the "All history" preset."""
+    lo = [v for v in (session.scalar(select(func.min(Purchase.ts))), session.scalar(select(func.min(Visit.ts))))
+          if v is not None]
+    hi = [v for v in (session.scalar(select(func.max(Purchase.ts))), session.scalar(select(func.max(Visit.ts))))
+          if v is not None]
+    return (min(lo), max(hi)) if lo else None
+
+
+def _bucket_start(day: date, bucket: str) -> date:
+    return day - timedelta(days=day.weekday()) if bucket == "week" else day
+
+
+def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None, conversion_hours: int = 3,
+            since: datetime | None = None, until: datetime | None = None) -> Analytics:
+    """Analytics for ``[since, until)``, or for the last ``days`` days up to ``now`` when they are not given.
+
+    Hours, weekdays and trend days are in time zone ``tz`` (IANA name).
+    """
     zone = ZoneInfo(tz)
-    until = now or datetime.now(zone)
-    since = until - timedelta(days=days)
+    if until is None:
+        until = now or datetime.now(zone)
+    if since is None:
+        since = until - timedelta(days=days)
     result = Analytics(since=since, until=until, conversion_hours=conversion_hours)
-    visits = session.execute(select(Visit.ts, Visit.customer_id, Visit.shown_items)
+    result.bucket = "week" if (until - since) > timedelta(days=120) else "day"
+    trend: dict[date, list] = {}
+
+    def slot(ts: datetime) -> list:
+        key = _bucket_start(ts.astimezone(zone).date(), result.bucket)
+        return trend.setdefault(key, [0, 0, 0, 0.0, False])
+
+    visits = session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items)
                              .where(Visit.ts >= since, Visit.ts < until)).all()
-    for ts, customer_id, _ in visits:
+    regulars = set()
+    for _vid, ts, customer_id, _ in visits:
         local = ts.astimezone(zone)
         result.visits_by_hour[local.hour] += 1
         result.visits_by_weekday[local.weekday()] += 1
+        row = slot(ts)
+        row[0] += 1
         if customer_id:
             result.recognised += 1
+            regulars.add(customer_id)
+            row[1] += 1
         else:
             result.unknown += 1
-    top = session.execute(select(CatalogueItem.name, func.sum(Purchase.quantity).label("q"))
-                          .join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
-                          .where(Purchase.ts >= since, Purchase.ts < until)
-                          .group_by(CatalogueItem.id, CatalogueItem.name).order_by(func.sum(Purchase.quantity).desc())
-                          .limit(10)).all()
+    result.regulars = len(regulars)
+
+    in_window = and_(Purchase.ts >= since, Purchase.ts < until)
+    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)
+    top = session.execute(select(CatalogueItem.name, func.sum(Purchase.quantity))
+                          .select_from(Purchase)
+                          .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
+                          .join(CatalogueItem, CatalogueItem.id == menu_item).where(in_window)
+                          .group_by(CatalogueItem.id, CatalogueItem.name)
+                          .order_by(func.sum(Purchase.quantity).desc(), CatalogueItem.name).limit(10)).all()
     result.top_items = [(name, float(q)) for name, q in top]
-    shown = [(ts, c, set(items)) for ts, c, items in visits if c and items]
-    if shown:
-        window = timedelta(hours=conversion_hours)
-        customers = {c for _, c, _ in shown}
-        bought: dict[str, list[tuple[datetime, str]]] = {}
-        for cid, item, ts in session.execute(select(Purchase.customer_id, Purchase.item_id, Purchase.ts)
-                                             .where(Purchase.customer_id.in_(customers), Purchase.ts >= since)):
-            bought.setdefault(cid, []).append((ts, item))
-        for ts, cid, items in shown:
-            result.shown_visits += 1
-            if any(ts <= pts <= ts + window and item in items for pts, item in bought.get(cid, [])):
-                result.converted += 1
+    # shop visits (baskets) by time: one row per distinct timestamp with its number of customers
+    for ts, baskets in session.execute(select(Purchase.ts, func.count(func.distinct(Purchase.customer_id)))
+                                       .where(in_window).group_by(Purchase.ts)):
+        local = ts.astimezone(zone)
+        result.heatmap[local.weekday()][local.hour] += baskets
+        result.heatmap_has_times |= local.time() != time(0)
+        slot(ts)[2] += baskets
+    result.lines = session.scalar(select(func.count()).select_from(Purchase).where(in_window)) or 0
+    if 0 < result.lines <= REVENUE_MAX_LINES:
+        total, any_amount = 0.0, False
+        for ts, amount in session.execute(select(Purchase.ts, Purchase.amount).where(in_window)):
+            if amount is not None:
+                row = slot(ts)
+                row[3] += amount
+                row[4] = any_amount = True
+                total += amount
+        result.revenue = total if any_amount else None
+    result.trend = [(day, r[0], r[1], r[2], r[3] if r[4] else None) for day, r in sorted(trend.items())]
+    _shown_bought(session, result, [v for v in visits if v[2] and v[3]], timedelta(hours=conversion_hours))
     return result
+
+
+def _shown_bought(session: Session, result: Analytics, shown: list, window: timedelta) -> None:
+    """Credit each purchase to the customer's latest arrival at most ``window`` before it, if it showed the item."""
+    if not shown:
+        return
+    result.shown_visits = len(shown)
+    customers = {v[2] for v in shown}
+    arrivals: dict[str, list[tuple[datetime, int, set[str]]]] = {}
+    for vid, ts, cid, items in session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items)
+                                               .where(Visit.customer_id.in_(customers),
+                                                      Visit.ts < result.until + window)):
+        arrivals.setdefault(cid, []).append((ts, vid, {str(i) for i in items or []}))
+    for rows in arrivals.values():
+        rows.sort()
+    in_window = {v[0] for v in shown}
+    credited: set[int] = set()
+    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)
+    for cid, item, ts in session.execute(select(Purchase.customer_id, menu_item, Purchase.ts)
+                                         .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
+                                         .where(Purchase.customer_id.in_(customers), Purchase.ts >= result.since,
+                                                Purchase.ts < result.until + window)):
+        rows = arrivals.get(cid, [])
+        i = bisect.bisect_right(rows, (ts, float("inf"), set())) - 1 if rows else -1
+        if i < 0:
+            continue
+        vts, vid, items = rows[i]
+        if ts - vts <= window and item in items and vid in in_window:
+            result.credits += 1
+            credited.add(vid)
+    result.converted = len(credited)
 
 
 def weekday_labels() -> list[str]:
     """``["Mon", ..., "Sun"]``."""
     return list(WEEKDAYS)
-
-

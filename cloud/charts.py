@@ -83,3 +83,61 @@ def split_bar(parts: list[tuple[str, float, str]], *, width: int = 560, height: 
         f'<span><i style="background:{colour}"></i>{escape(label)}: {_fmt(v)} ({100 * v / total:.0f}%)</span>'
         for label, v, colour in parts) + "</div>")
     return Markup("".join(out))
+
+
+__all__ += ["heatmap", "trend_chart"]
+
+
+def heatmap(rows: list[str], cols: list[str], values: list[list[float]], *, width: int = 620, title: str = "",
+            col_label_every: int = 3) -> Markup:
+    """A grid of cells shaded by value (e.g. weekday × hour); each cell has a tooltip with its value."""
+    top = max((v for row in values for v in row), default=0) or 1
+    label_w, head = 40, 18
+    cw = (width - label_w) / max(len(cols), 1)
+    ch = 22
+    height = head + ch * len(rows) + 2
+    parts = [f'<svg class="chart heat" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+             f'<title>{escape(title)}</title>']
+    for j, col in enumerate(cols):
+        if j % col_label_every == 0:
+            parts.append(f'<text x="{label_w + j * cw + cw / 2:.1f}" y="12" text-anchor="middle" class="lbl">'
+                         f'{escape(col)}</text>')
+    for i, row in enumerate(rows):
+        y = head + i * ch
+        parts.append(f'<text x="{label_w - 6}" y="{y + ch * 0.68:.1f}" text-anchor="end" class="lbl">{escape(row)}</text>')
+        for j, v in enumerate(values[i]):
+            share = v / top
+            fill = MUTED if v == 0 else ACCENT
+            opacity = 0.35 if v == 0 else 0.15 + 0.85 * share
+            parts.append(f'<rect x="{label_w + j * cw + 1:.1f}" y="{y + 1}" width="{cw - 2:.1f}" height="{ch - 2}" '
+                         f'rx="2" fill="{fill}" fill-opacity="{opacity:.2f}"><title>{escape(row)} {escape(col)}: '
+                         f'{_fmt(v)}</title></rect>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def trend_chart(labels: list[str], series: list[tuple[str, list[float], str]], *, width: int = 620,
+                height: int = 200, title: str = "") -> Markup:
+    """Lines over time, one per ``(name, values, colour)``, sharing the y axis from 0; a legend below.
+    Fewer than two points → a short note."""
+    if len(labels) < 2:
+        return Markup('<p class="empty">Not enough days in this range for a trend.</p>')
+    top = max((v for _, vals, _ in series for v in vals), default=0) or 1
+    pad_l, pad_b, pad_t = 8, 22, 16
+    plot_w, plot_h = width - 2 * pad_l, height - pad_b - pad_t
+    step = plot_w / (len(labels) - 1)
+    parts = [f'<svg class="chart trend" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+             f'<title>{escape(title)}</title>'
+             f'<text x="{pad_l}" y="11" class="lbl">max {_fmt(top)}</text>']
+    for name, vals, colour in series:
+        points = " ".join(f"{pad_l + i * step:.1f},{pad_t + plot_h * (1 - v / top):.1f}" for i, v in enumerate(vals))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2">'
+                     f'<title>{escape(name)}</title></polyline>')
+    every = max(len(labels) // 6, 1)
+    for i in range(0, len(labels), every):
+        parts.append(f'<text x="{pad_l + i * step:.1f}" y="{height - 6}" text-anchor="middle" class="lbl">'
+                     f'{escape(labels[i])}</text>')
+    parts.append("</svg>")
+    parts.append('<div class="legend">' + "".join(f'<span><i style="background:{c}"></i>{escape(n)}</span>'
+                                                  for n, _, c in series) + "</div>")
+    return Markup("".join(parts))

@@ -1,27 +1,110 @@
-"""Analytics page: visits by hour and weekday, top items, recognised vs unknown, pick conversion."""
+"""Analytics page: any date range (presets incl. the whole imported history), trends, top items, hour × weekday
+heatmap, recognised vs unknown, "shown → bought", and a CSV export of each table."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+import csv
+import io
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, abort, render_template, request
 from flask_login import login_required
 
 from dangol_cloud import analytics as numbers
 from dangol_cloud.app import get_session, get_settings
-from dangol_cloud.charts import bar_chart, hbar_chart, split_bar
+from dangol_cloud.charts import bar_chart, hbar_chart, heatmap, split_bar, trend_chart
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
+PRESETS = (7, 30, 90, 365)
+TABLES = ("trend", "top-items", "heatmap", "summary")
+
+
+def _day(text: str | None) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _window():
+    """(since, until, label, preset) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both included),
+    ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest data."""
+    s = get_session()
+    zone = ZoneInfo(get_settings().timezone)
+    span = numbers.data_range(s)
+    newest = span[1].astimezone(zone).date() if span else datetime.now(zone).date()
+    first, last = _day(request.args.get("from")), _day(request.args.get("to"))
+    preset = None
+    if request.args.get("all") and span:
+        first, last, preset = span[0].astimezone(zone).date(), newest, "all"
+    elif first is None or last is None:
+        days = min(max(request.args.get("days", 90, type=int), 1), 3650)
+        first, last, preset = newest - timedelta(days=days - 1), newest, days
+    if first > last:
+        first, last = last, first
+    first = max(first, date(1990, 1, 1))
+    last = min(last, date(2100, 1, 1))
+    since = datetime.combine(first, time(0), zone)
+    until = datetime.combine(last + timedelta(days=1), time(0), zone)
+    return since, until, first, last, preset, span
+
+
+def _tables(a: numbers.Analytics) -> dict[str, tuple[list[str], list[list]]]:
+    hours = [f"{h:02d}" for h in range(24)]
+    return {
+        "trend": (["period_start", "door_arrivals", "recognised", "shop_visits", "revenue"],
+                  [[d.isoformat(), n, r, b, "" if rev is None else round(rev, 2)] for d, n, r, b, rev in a.trend]),
+        "top-items": (["item", "units"], [[name, q] for name, q in a.top_items]),
+        "heatmap": (["weekday", *hours], [[numbers.WEEKDAYS[i], *row] for i, row in enumerate(a.heatmap)]),
+        "summary": (["since", "until", "door_arrivals", "recognised_arrivals", "regulars", "unknown",
+                     "shown_visits", "shown_visits_bought", "credited_lines", "purchase_lines", "revenue"],
+                    [[a.since.isoformat(), a.until.isoformat(), a.recognised + a.unknown, a.recognised, a.regulars,
+                      a.unknown, a.shown_visits, a.converted, a.credits, a.lines,
+                      "" if a.revenue is None else round(a.revenue, 2)]]),
+    }
 
 
 @bp.route("/")
 @login_required
 def index():
-    """GET /analytics/?days=N: charts over the last N days (1-3650, default 90)."""
-    days = min(max(request.args.get("days", 90, type=int), 1), 3650)
-    a = numbers.compute(get_session(), tz=get_settings().timezone, days=days)
+    """GET /analytics/?from=&to= | ?days=N | ?all=1: charts and tables over the range."""
+    since, until, first, last, preset, span = _window()
+    a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until)
+    labels = [d.strftime("%Y-%m-%d") for d, *_ in a.trend]
     charts = {
-        "hour": bar_chart([f"{h:02d}" for h in range(24)], a.visits_by_hour, label_every=3, title="Visits by hour"),
-        "weekday": bar_chart(numbers.WEEKDAYS, a.visits_by_weekday, title="Visits by weekday"),
+        "hour": bar_chart([f"{h:02d}" for h in range(24)], a.visits_by_hour, label_every=3,
+                          title="Door arrivals by hour"),
+        "weekday": bar_chart(numbers.WEEKDAYS, a.visits_by_weekday, title="Door arrivals by weekday"),
         "top": hbar_chart(a.top_items, title="Top items"),
         "split": split_bar([("Recognised", a.recognised, "#b5562b"), ("Unknown", a.unknown, "#cbb8a8")]),
+        "visits_trend": trend_chart(labels, [("Shop visits (baskets)", [t[3] for t in a.trend], "#b5562b"),
+                                             ("Door arrivals", [t[1] for t in a.trend], "#6b8f71"),
+                                             ("Recognised", [t[2] for t in a.trend], "#3b2a20")],
+                                    title="Visits over time"),
+        "revenue_trend": trend_chart(labels, [("Revenue", [t[4] or 0 for t in a.trend], "#b5562b")],
+                                     title="Revenue over time") if a.revenue is not None else None,
+        "heat": heatmap(numbers.WEEKDAYS, [f"{h:02d}" for h in range(24)], a.heatmap,
+                        title="Shop visits by weekday and hour"),
     }
-    return render_template("analytics.html", a=a, charts=charts, days=days)
+    return render_template("analytics.html", a=a, charts=charts, first=first, last=last, preset=preset,
+                           presets=PRESETS, span=span, tables=TABLES, revenue_max=numbers.REVENUE_MAX_LINES)
+
+
+@bp.route("/<any(trend, 'top-items', heatmap, summary):table>.csv")
+@login_required
+def export(table: str):
+    """GET /analytics/<table>.csv with the page's range parameters: that table as CSV (UTF-8, header row)."""
+    if table not in TABLES:
+        abort(404)
+    since, until, first, last, _preset, _span = _window()
+    a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until)
+    header, rows = _tables(a)[table]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:  # a cell starting with = + - @ would be a formula in a spreadsheet: quote it (OWASP)
+        writer.writerow([f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v for v in row])
+    name = f"dangol-{table}-{first.isoformat()}-{last.isoformat()}.csv"
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -188,7 +188,7 @@ def test_view_a_customers_picks(page, site):
     assert "Recorded by" in page.inner_text("body") and "staff:jo" in page.inner_text("body")
     shot(page, "07-customer-picks")
     page.goto(site["base"] + "/analytics/?days=3650")
-    assert page.locator("svg.chart").count() == 4
+    assert page.locator("svg.chart").count() >= 6  # trends, revenue, heatmap, hour, weekday, top items, split
     shot(page, "08-analytics")
     page.goto(site["base"] + "/stores/")
     shot(page, "09-stores")
