@@ -151,3 +151,6 @@ def logout():
     session.clear()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))
+
+
+from dangol_cloud.web import users as _users  # noqa: E402,F401 - user management routes on this blueprint

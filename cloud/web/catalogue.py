@@ -172,3 +172,4 @@ def photo(filename: str):
 
 
 from dangol_cloud.web import products as _products  # noqa: E402,F401 - POS products and bulk routes on this bp
+from dangol_cloud.web import item_detail as _item_detail  # noqa: E402,F401 - the item detail page on this bp

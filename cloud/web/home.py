@@ -66,3 +66,6 @@ def train_now():
     else:
         flash("Training is already running.", "warning")
     return redirect(url_for("home.index"))
+
+
+from dangol_cloud.web import errors as _errors  # noqa: E402,F401 - error pages in this layout (app-wide)
