@@ -21,8 +21,8 @@ from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu,
                                  utcnow)
 from dangol_cloud.settings import Settings
 
-__all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus", "train_from_database",
-           "welcome_regulars"]
+__all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus",
+           "train_from_database", "welcome_regulars"]
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +221,16 @@ def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> 
         return 0
     from dangol_cloud.feedback import training_feedback
 
+    from dangol_cloud.recommend.segments import segment_values
+
     with db.sessions() as session:
         dislikes = training_feedback(session, settings.timezone).dislikes
+        segments = pd.DataFrame(session.execute(
+            select(CustomerSegment.customer_id, CustomerSegment.age_group, CustomerSegment.area)
+            .where(CustomerSegment.customer_id.in_(customer_ids))).all(), columns=["customer", "age_group", "area"])
     model = Recommender.load(latest.path)
-    picks = model.recommend(customer_ids, n=settings.menu_size, available=available, exclude=dislikes)
+    picks = model.recommend(customer_ids, n=settings.menu_size, available=available, exclude=dislikes,
+                            segments=segment_values(segments))
     now = utcnow()
     with db.transaction() as session:
         for customer_id, chosen in picks.items():

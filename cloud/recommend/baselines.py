@@ -311,7 +311,8 @@ def validation_split(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple
     return ValidationSplit(baskets, rows, labels[rows], tie, start)
 
 
-ALS_GRID = ({"factors": 64, "regularization": 0.01, "alpha": 1.0}, {"factors": 128, "regularization": 0.01, "alpha": 1.0},
+ALS_GRID = ({"factors": 64, "regularization": 0.01, "alpha": 1.0},
+            {"factors": 128, "regularization": 0.01, "alpha": 1.0},
             {"factors": 64, "regularization": 0.1, "alpha": 5.0}, {"factors": 32, "regularization": 0.05, "alpha": 2.0})
 
 

@@ -28,8 +28,8 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from .baselines import (Baskets, TifuKnn, TifuParams, als_scores, basket_counts, gp_top_freq, popularity_tie, top_k, tune_als,
-                        tune_tifu_knn, validation_split)
+from .baselines import (Baskets, TifuKnn, TifuParams, als_scores, basket_counts, gp_top_freq, popularity_tie, top_k,
+                        tune_als, tune_tifu_knn, validation_split)
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items, restrict_to_top_items
 from .dayparts import DAYPART_HOURS, DAYPARTS, daypart_of

@@ -119,3 +119,29 @@ def test_shown_pick_bought_is_credited_once_to_the_visit_it_was_shown_at(trained
         feedback = training_feedback(s)
     assert feedback.positives[["customer", "item"]].values.tolist() == [[customer, shown_first]]
     assert feedback.dislikes == {}
+
+
+def test_new_regular_with_a_recorded_segment_gets_the_segment_list(trained, ta_feng_slice) -> None:
+    from datetime import datetime, timezone
+
+    from dangol_cloud.models import Customer, CustomerSegment, external_ref_hash
+    from dangol_cloud.recommend import load_segments
+
+    db, settings, _ = trained
+    segments = load_segments(ta_feng_slice, "ta-feng")  # the real AGE_GROUP / PIN_CODE of the imported customers
+    with db.transaction() as s:
+        for rec in segments.itertuples(index=False):
+            ref = external_ref_hash(s, rec.customer)
+            customer = s.scalar(select(Customer).where(Customer.external_ref_hash == ref))
+            s.add(CustomerSegment(customer_id=customer.id, age_group=rec.AGE_GROUP or None, area=rec.PIN_CODE or None))
+        age = segments["AGE_GROUP"].value_counts().index[0]
+        newcomer = Customer(display_name="Newcomer", status="active", source="dashboard", consent_by="staff",
+                            consent_at=datetime(2026, 1, 2, tzinfo=timezone.utc), consent_text_version="1")
+        s.add(newcomer)
+        s.flush()
+        s.add(CustomerSegment(customer_id=newcomer.id, age_group=age))
+        newcomer_id = newcomer.id
+    train_from_database(db, settings)
+    with db.sessions() as s:
+        menu = s.get(Menu, newcomer_id)
+    assert menu.picks and menu.picks[0]["reasons"] == [f"popular with customers like you ({age})"]
