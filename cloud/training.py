@@ -103,9 +103,7 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     with db.sessions() as session:
         interactions, items = load_frames(session, settings.timezone)
         feedback = training_feedback(session, settings.timezone)
-        segments = pd.DataFrame(session.execute(select(CustomerSegment.customer_id, CustomerSegment.age_group,
-                                                       CustomerSegment.area)).all(),
-                                columns=["customer", "age_group", "area"])
+        segments = _segments(session)
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
     n_purchases = len(interactions)
@@ -150,6 +148,12 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
                        items=int(interactions["item"].nunique()), interactions=n_purchases, menus=len(rows))
 
 
+def _segments(session: Session) -> pd.DataFrame:
+    """Recorded customer segments as a frame (``customer``, ``age_group``, ``area``) for the recommender."""
+    rows = session.execute(select(CustomerSegment.customer_id, CustomerSegment.age_group, CustomerSegment.area)).all()
+    return pd.DataFrame(rows, columns=["customer", "age_group", "area"])
+
+
 def _daypart_menus(model, customers: list[str], n: int, available: set[str],
                    dislikes: dict[str, set[str]]) -> list[dict]:
     """Rows for :class:`MenuDayparts`: each known customer's picks per day-part (none for data without
@@ -176,6 +180,9 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
             leaves the last 20 % of purchase days for testing.
         top_items: restrict to the N most sold items (a menu-sized catalogue).
 
+    With recorded customer segments the report has cold-start rows (popularity vs segment-aware, on the
+    customers whose first purchase is after ``cut``).
+
     Returns:
         The recommender's EvaluationReport (``.to_table()``, ``.to_markdown()``).
 
@@ -186,6 +193,7 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
 
     with db.sessions() as session:
         interactions, items = load_frames(session, settings.timezone)
+        segments = _segments(session)
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
     if cut is None:
@@ -196,7 +204,8 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
         first, last = interactions["ts"].min(), interactions["ts"].max()
         raise NotEnoughData(f"--cut {cut:%Y-%m-%d} leaves no purchases on one side (data spans {first:%Y-%m-%d}"
                             f" to {last:%Y-%m-%d})")
-    return evaluate(interactions, items, cut=cut, top_items=top_items, k=k)
+    return evaluate(interactions, items, cut=cut, top_items=top_items, k=k,
+                    segments=segments if len(segments) else None)
 
 
 def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> int:
