@@ -15,6 +15,7 @@ Protocols:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,7 +231,9 @@ def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads
     ids = lfw.identities()
     paths = [p for files in ids.values() for p in files]
     labels = np.array([i for i, files in enumerate(ids.values()) for _ in files])
+    t0 = time.perf_counter()
     emb = embed_images(paths, detector, Embedder(model, threads=threads), progress=progress)
+    ms_per_image = (time.perf_counter() - t0) * 1000 / max(len(paths), 1)
     idx = emb.index()
     pairs = lfw.pairs()
     sims = np.array([float(emb.emb[idx[p.a]] @ emb.emb[idx[p.b]]) for p in pairs])
@@ -240,6 +243,7 @@ def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads
     gen, imp = all_pair_scores(emb.emb, labels)
     tar, thr = tar_at_far(gen, imp, 1e-3)
     report = ModelReport(model.name, acc, std, best_t, val, val_far, tar, thr, len(gen), len(imp), int((~emb.detected).sum()))
+    report.extra["ms_per_image"] = round(ms_per_image, 1)  # decode + detect + align + embed, this machine
     n_enrolled = sum(len(f) >= 2 for f in ids.values())
     embedder = Embedder(model)
     tail = load_calibration(model, embedder.sha256)

@@ -18,6 +18,7 @@ def _rows():
         ("threshold @ FAR=1e-3 (cosine)", lambda r: f"{r.threshold_far_1e3:.3f}"),
         ("genuine / impostor pairs", lambda r: f"{r.genuine_pairs:,} / {r.impostor_pairs:,}"),
         ("images without a detection", lambda r: str(r.undetected)),
+        ("ms per image (decode, detect, align, embed)", lambda r: f"{r.extra['ms_per_image']:.1f}"),
         ("open set: enrolled / probes / strangers", lambda r: f"{r.open_set.enrolled} / {r.open_set.probes} / {r.open_set.strangers}"),
         ("open set: rank-1", lambda r: pct(r.open_set.rank1)),
         ("open set: threshold / margin", lambda r: f"{r.open_set.threshold:.3f} / {r.open_set.margin:.2f} "
