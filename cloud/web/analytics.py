@@ -27,24 +27,32 @@ def _day(text: str | None) -> date | None:
         return None
 
 
+def _local_day(ts: datetime, zone: ZoneInfo) -> date:
+    """The local date of a stored time; a time the zone cannot show (9999-12-31 east of UTC) → its UTC date."""
+    try:
+        return ts.astimezone(zone).date()
+    except OverflowError:
+        return ts.date()
+
+
 def _window():
     """(since, until, label, preset) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both included),
     ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest data."""
     s = get_session()
     zone = ZoneInfo(get_settings().timezone)
     span = numbers.data_range(s)
-    newest = span[1].astimezone(zone).date() if span else datetime.now(zone).date()
+    newest = _local_day(span[1], zone) if span else datetime.now(zone).date()
     first, last = _day(request.args.get("from")), _day(request.args.get("to"))
     preset = None
     if request.args.get("all") and span:
-        first, last, preset = span[0].astimezone(zone).date(), newest, "all"
+        first, last, preset = _local_day(span[0], zone), newest, "all"
     elif first is None or last is None:
         days = min(max(request.args.get("days", 90, type=int), 1), 3650)
         first, last, preset = newest - timedelta(days=days - 1), newest, days
     if first > last:
         first, last = last, first
-    first = max(first, date(1990, 1, 1))
-    last = min(last, date(2100, 1, 1))
+    first = min(max(first, date(1990, 1, 1)), date(2100, 1, 1))  # what a sale's ts may be, give or take
+    last = min(max(last, date(1990, 1, 1)), date(2100, 1, 1))
     since = datetime.combine(first, time(0), zone)
     until = datetime.combine(last + timedelta(days=1), time(0), zone)
     return since, until, first, last, preset, span
