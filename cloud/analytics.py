@@ -40,7 +40,8 @@ class Analytics:
         shown_visits: recognised arrivals whose screen showed picks; converted: those credited with a purchase;
             credits: purchase lines credited (each at most once).
         trend: ``[(period start date, arrivals, recognised, baskets, revenue or None)]`` by ``bucket``.
-        bucket: ``"day"`` or ``"week"`` (weeks start on Monday), whichever keeps the trend under ~120 points.
+        bucket: ``"day"`` (ranges up to 120 days), ``"week"`` (weeks start on Monday; up to 2 years) or
+            ``"month"``; every period between the first and the last with data is listed (empty ones as 0).
         heatmap: 7×24 counts of shop visits (baskets) by local weekday and hour; ``heatmap_has_times``: False
             when every timestamp is midnight (data with dates only, e.g. Ta-Feng).
         revenue: total amount in the window (None if over :data:`REVENUE_MAX_LINES` lines or no amounts).
@@ -82,7 +83,15 @@ def data_range(session: Session) -> tuple[datetime, datetime] | None:
 
 
 def _bucket_start(day: date, bucket: str) -> date:
+    if bucket == "month":
+        return day.replace(day=1)
     return day - timedelta(days=day.weekday()) if bucket == "week" else day
+
+
+def _next_bucket(day: date, bucket: str) -> date:
+    if bucket == "month":
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return day + timedelta(days=7 if bucket == "week" else 1)
 
 
 def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None, conversion_hours: int = 3,
@@ -97,7 +106,8 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
     if since is None:
         since = until - timedelta(days=days)
     result = Analytics(since=since, until=until, conversion_hours=conversion_hours)
-    result.bucket = "week" if (until - since) > timedelta(days=120) else "day"
+    span = until - since
+    result.bucket = "month" if span > timedelta(days=730) else "week" if span > timedelta(days=120) else "day"
     trend: dict[date, list] = {}
 
     def slot(ts: datetime) -> list:
@@ -147,7 +157,13 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
                 row[4] = any_amount = True
                 total += amount
         result.revenue = total if any_amount else None
-    result.trend = [(day, r[0], r[1], r[2], r[3] if r[4] else None) for day, r in sorted(trend.items())]
+    if trend:  # every period from the first to the last with data, empty ones as 0: an honest time axis
+        day, last = min(trend), max(trend)
+        while day < last:
+            trend.setdefault(day, [0, 0, 0, 0.0, False])
+            day = _next_bucket(day, result.bucket)
+    has_amounts = result.revenue is not None
+    result.trend = [(day, r[0], r[1], r[2], (r[3] if has_amounts else None)) for day, r in sorted(trend.items())]
     _shown_bought(session, result, [v for v in visits if v[2] and v[3]], timedelta(hours=conversion_hours))
     return result
 

@@ -135,7 +135,8 @@ def trend_chart(labels: list[str], series: list[tuple[str, list[float], str]], *
                      f'<title>{escape(name)}</title></polyline>')
     every = max(len(labels) // 6, 1)
     for i in range(0, len(labels), every):
-        parts.append(f'<text x="{pad_l + i * step:.1f}" y="{height - 6}" text-anchor="middle" class="lbl">'
+        anchor = "start" if i == 0 else "end" if i >= len(labels) - every // 2 - 1 else "middle"
+        parts.append(f'<text x="{pad_l + i * step:.1f}" y="{height - 6}" text-anchor="{anchor}" class="lbl">'
                      f'{escape(labels[i])}</text>')
     parts.append("</svg>")
     parts.append('<div class="legend">' + "".join(f'<span><i style="background:{c}"></i>{escape(n)}</span>'

@@ -99,8 +99,13 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str) -> 
     version = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     if version is None:
         return
-    for store in stores:
-        payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version, currency=currency,
+    from dangol_cloud.models import StoreSetting
+
+    own = dict(session.execute(select(StoreSetting.store_id, StoreSetting.currency)
+                               .where(StoreSetting.currency.is_not(None))).all())
+    for store in stores:  # each store's own currency (Stores page) or the CURRENCY setting
+        payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version,
+                                  currency=own.get(store.id, currency),
                                   published_at=version.published_at,
                                   items=[proto.CatalogueItem.model_validate(i) for i in version.items])
         yield proto.catalogue_topic(store.id), proto.dump_payload(payload), True

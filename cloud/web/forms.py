@@ -112,5 +112,5 @@ class UploadForm(FlaskForm):
                                                       ("ta-feng", "Ta-Feng"),
                                                       ("completejourney", "Complete Journey (transactions + products)")]),
                          default="auto")
-    store = SelectField("Store of these sales", choices=[("", "No store (history)")], default="",
+    store = SelectField("Store of these sales", choices=_choices([("", "No store (history)")]), default="",
                         validate_choice=False)

@@ -16,7 +16,7 @@ from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.importers import ImportFormatError, detect_files
 from dangol_cloud.jobs import ImportJobs
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store
-from dangol_cloud.web.forms import UploadForm
+from dangol_cloud.web.forms import UploadForm, _choices
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.scope import store_filter
 
@@ -51,7 +51,7 @@ def index():
     import is already running."""
     form = UploadForm()
     stores = get_session().execute(select(Store.id, Store.name).order_by(Store.name)).all()
-    form.store.choices = [("", "No store (history)")] + [(sid, name) for sid, name in stores]
+    form.store.choices = _choices([("", "No store (history)")] + [(sid, name) for sid, name in stores])
     error = None
     status = 200
     if form.validate_on_submit():
