@@ -95,8 +95,9 @@ def _next_bucket(day: date, bucket: str) -> date:
 
 
 def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None, conversion_hours: int = 3,
-            since: datetime | None = None, until: datetime | None = None) -> Analytics:
-    """Analytics for ``[since, until)``, or for the last ``days`` days up to ``now`` when they are not given.
+            since: datetime | None = None, until: datetime | None = None, store_id: str | None = None) -> Analytics:
+    """Analytics for ``[since, until)``, or for the last ``days`` days up to ``now`` when they are not given;
+    with ``store_id`` only that store's arrivals and sales.
 
     Hours, weekdays and trend days are in time zone ``tz`` (IANA name).
     """
@@ -114,8 +115,9 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
         key = _bucket_start(ts.astimezone(zone).date(), result.bucket)
         return trend.setdefault(key, [0, 0, 0, 0.0, False])
 
+    visit_where = [Visit.ts >= since, Visit.ts < until] + ([Visit.store_id == store_id] if store_id else [])
     visits = session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items)
-                             .where(Visit.ts >= since, Visit.ts < until)).all()
+                             .where(*visit_where)).all()
     regulars = set()
     for _vid, ts, customer_id, _ in visits:
         local = ts.astimezone(zone)
@@ -131,7 +133,7 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
             result.unknown += 1
     result.regulars = len(regulars)
 
-    in_window = and_(Purchase.ts >= since, Purchase.ts < until)
+    in_window = and_(Purchase.ts >= since, Purchase.ts < until, *([Purchase.store_id == store_id] if store_id else []))
     menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)
     top = session.execute(select(CatalogueItem.name, func.sum(Purchase.quantity))
                           .select_from(Purchase)

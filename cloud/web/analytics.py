@@ -10,10 +10,13 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, abort, render_template, request
 from flask_login import login_required
+from sqlalchemy import select
 
 from dangol_cloud import analytics as numbers
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.charts import bar_chart, hbar_chart, heatmap, split_bar, trend_chart
+from dangol_cloud.models import Purchase, Store, StoreSetting
+from dangol_cloud.web.scope import store_scope
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
 PRESETS = (7, 30, 90, 365)
@@ -78,7 +81,13 @@ def _tables(a: numbers.Analytics) -> dict[str, tuple[list[str], list[list]]]:
 def index():
     """GET /analytics/?from=&to= | ?days=N | ?all=1: charts and tables over the range."""
     since, until, first, last, preset, span = _window()
-    a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until)
+    s = get_session()
+    store = _store_arg(s)
+    a = numbers.compute(s, tz=get_settings().timezone, since=since, until=until, store_id=store)
+    sold_in = s.scalars(select(Purchase.store_id).where(Purchase.ts >= since, Purchase.ts < until,
+                                                        *([Purchase.store_id == store] if store else []))
+                        .distinct()).all()
+    revenue_currency = _one_currency(s, sold_in)
     labels = [d.strftime("%Y-%m-%d") for d, *_ in a.trend]
     charts = {
         "hour": bar_chart([f"{h:02d}" for h in range(24)], a.visits_by_hour, label_every=3,
@@ -95,8 +104,27 @@ def index():
         "heat": heatmap(numbers.WEEKDAYS, [f"{h:02d}" for h in range(24)], a.heatmap,
                         title="Shop visits by weekday and hour"),
     }
+    stores = s.execute(select(Store.id, Store.name).order_by(Store.name)).all()
     return render_template("analytics.html", a=a, charts=charts, first=first, last=last, preset=preset,
-                           presets=PRESETS, span=span, tables=TABLES, revenue_max=numbers.REVENUE_MAX_LINES)
+                           presets=PRESETS, span=span, tables=TABLES, revenue_max=numbers.REVENUE_MAX_LINES,
+                           stores=stores, store=store, revenue_currency=revenue_currency)
+
+
+def _store_arg(s) -> str | None:
+    """``?store=ID`` if it names a store the user may see (staff: their stores), else None (all)."""
+    store = request.args.get("store") or None
+    if store is None or s.get(Store, store) is None:
+        return None
+    scope = store_scope()
+    return store if scope is None or store in scope else None
+
+
+def _one_currency(s, store_ids: list[str | None]) -> str | None:
+    """The currency all these stores' sales are in, or None when they differ (revenue is then not added up)."""
+    default = get_settings().currency
+    own = dict(s.execute(select(StoreSetting.store_id, StoreSetting.currency)).all())
+    codes = {(own.get(i) or default) if i else default for i in store_ids}
+    return codes.pop() if len(codes) == 1 else (default if not codes else None)
 
 
 @bp.route("/<any(trend, 'top-items', heatmap, summary):table>.csv")
@@ -106,7 +134,8 @@ def export(table: str):
     if table not in TABLES:
         abort(404)
     since, until, first, last, _preset, _span = _window()
-    a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until)
+    a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until,
+                        store_id=_store_arg(get_session()))
     header, rows = _tables(a)[table]
     out = io.StringIO()
     writer = csv.writer(out)

@@ -206,7 +206,12 @@ def test_the_owners_first_hour(browser, site, files, tmp_path):
     # 7. analytics over the imported range, CSV export
     page.goto(base + "/analytics/?all=1")
     assert page.locator("svg.chart").count() >= 5 and "No data yet" not in page.inner_text("main")
+    assert "different currencies" in page.inner_text("#revenue")  # TWD and USD are never added up
     shot("analytics")
+    page.select_option("#store", site["taipei"])
+    page.click("#range-form button")
+    assert "revenue (TWD)" in page.inner_text("#revenue")
+    shot("analytics-taipei")
     with page.expect_download() as download:
         page.click("#csv-top")
     text = Path(download.value.path()).read_text()
