@@ -173,3 +173,32 @@ def test_dashboard_maps_products_and_bulk_edits_the_menu(web, ta_feng_slice):
         for item in snapshot_items(s):
             counts[item["category"]] = counts.get(item["category"], 0) + 1
         assert max(counts.values()) == 2
+
+
+def test_upgrading_takes_earlier_imported_items_off_the_menu(db_url, ta_feng_slice):
+    """A database from before 0007, where an import made every product a menu item, keeps the owner's own
+    items on the menu and turns the import-made ones into unmapped products."""
+    from sqlalchemy import create_engine, text
+
+    from dangol_cloud.db import migrate
+
+    engine = create_engine(db_url)
+    migrate(engine, "0006")
+    with engine.begin() as conn:
+        for iid, ref, name in (("i-1", "100101", "100101"), ("i-2", "flat-white", "Flat White")):
+            conn.execute(text("INSERT INTO catalogue_items (id, ref, name, description, tags, available, retired, "
+                              "created_at, updated_at) VALUES (:i, :r, :n, '', '[]', true, false, :t, :t)"),
+                         {"i": iid, "r": ref, "n": name, "t": utc(2026, 1, 1)})
+        conn.execute(text("INSERT INTO customers (id, status, source, created_at) VALUES ('c-1', 'active', "
+                          "'import', :t)"), {"t": utc(2026, 1, 1)})
+        for n, (item, source) in enumerate((("i-1", "ta-feng"), ("i-2", "ta-feng"), ("i-2", "pos"))):
+            conn.execute(text("INSERT INTO purchases (customer_id, item_id, quantity, ts, source, idempotency_key) "
+                              "VALUES ('c-1', :i, 1, :t, :s, :k)"), {"i": item, "t": utc(2026, 1, 2), "s": source,
+                                                                      "k": f"k{n}"})
+    engine.dispose()
+    database = Database(db_url, data_key=DEV_KEY_BYTES)
+    database.migrate()
+    with database.sessions() as s:
+        assert _products(s) == ["i-1"]
+        assert [i["name"] for i in snapshot_items(s)] == ["Flat White"]
+    database.dispose()
