@@ -12,9 +12,9 @@ from sqlalchemy import delete, func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
-from dangol_cloud.menu_mapping import currency_of
-from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, Purchase, Visit, external_ref_hash,
-                                 utcnow)
+from dangol_cloud.menu_mapping import currency_of, translate_picks
+from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, ProductMapping, Purchase, Visit,
+                                 external_ref_hash, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.training import welcome_regulars
@@ -92,11 +92,15 @@ def show(customer_id: str):
     s = get_session()
     customer = _visible_customer(s, customer_id)
     menu = s.get(Menu, customer.id)
-    picks = []
-    if menu is not None:
+    picks, off_menu = [], 0
+    if menu is not None:  # as the door shows them: POS products translated to the menu items they are sold as
+        mapping = dict(s.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id).where(
+            ProductMapping.product_id.in_([p["item_id"] for p in menu.picks]))).all())
+        shown = translate_picks(menu.picks, mapping)
+        off_menu = sum(1 for p in menu.picks if p["item_id"] in mapping and mapping[p["item_id"]] is None)
         items = {i.id: i for i in s.scalars(select(CatalogueItem).where(
-            CatalogueItem.id.in_([p["item_id"] for p in menu.picks])))}
-        picks = [(items.get(p["item_id"]), p) for p in menu.picks]
+            CatalogueItem.id.in_([p["item_id"] for p in shown])))}
+        picks = [(items.get(p["item_id"]), p) for p in shown]
     visits = s.execute(select(Visit).where(Visit.customer_id == customer.id).order_by(Visit.ts.desc()).limit(20)).scalars().all()
     purchases = s.execute(select(Purchase, CatalogueItem.name).join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
                           .where(Purchase.customer_id == customer.id).order_by(Purchase.ts.desc()).limit(25)).all()
@@ -112,7 +116,8 @@ def show(customer_id: str):
                        text_version=get_settings().consent_text_version)
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, visits=visits,
                            purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
-                           first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals)
+                           first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
+                           off_menu=off_menu)
 
 
 @bp.route("/<customer_id>/name", methods=["POST"])

@@ -129,3 +129,28 @@ def test_owner_renames_and_the_customer_withdraws_consent(web, tmp_path):  # noq
         assert list(menu_messages(s, [store], customer_ids=[mina_id])) == []  # recognition stops
         assert s.scalar(select(func.count()).select_from(Purchase).where(Purchase.customer_id == mina_id)) == 1
     assert "consent withdrawn" in client.get(url).get_data(as_text=True)
+
+
+def test_customer_page_shows_picks_as_the_door_does(web, tmp_path):  # noqa: F811
+    from dangol_cloud.menu_mapping import map_products
+    from dangol_cloud.models import CatalogueItem, Menu, ModelVersion, ProductMapping
+
+    app, db = web
+    mina_id = _customers(db, tmp_path)  # the import made one POS product, "Americano"
+    with db.transaction() as s:
+        product = s.scalar(select(ProductMapping.product_id))
+        s.add(ModelVersion(version="v1", path="/nonexistent"))
+        s.flush()
+        s.add(Menu(customer_id=mina_id, model_version="v1", picks=[{"item_id": product, "score": 1.0,
+                                                                     "reasons": ["bought 3 times"]}]))
+    client = app.test_client()
+    sign_in(client)
+    page = client.get(f"/customers/{mina_id}").get_data(as_text=True)
+    assert 'id="picks"' not in page and "1 more pick(s) are POS products not on the menu" in page
+    with db.transaction() as s:
+        house = CatalogueItem(ref="house-coffee", name="House coffee", category="Coffee", tags=[])
+        s.add(house)
+        s.flush()
+        map_products(s, [product], house.id, by="owner")
+    page = client.get(f"/customers/{mina_id}").get_data(as_text=True)
+    assert 'id="picks"' in page and "<b>House coffee</b>" in page and "off-menu" not in page
