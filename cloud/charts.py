@@ -104,7 +104,8 @@ def heatmap(rows: list[str], cols: list[str], values: list[list[float]], *, widt
                          f'{escape(col)}</text>')
     for i, row in enumerate(rows):
         y = head + i * ch
-        parts.append(f'<text x="{label_w - 6}" y="{y + ch * 0.68:.1f}" text-anchor="end" class="lbl">{escape(row)}</text>')
+        parts.append(f'<text x="{label_w - 6}" y="{y + ch * 0.68:.1f}" text-anchor="end" class="lbl">'
+                     f'{escape(row)}</text>')
         for j, v in enumerate(values[i]):
             share = v / top
             fill = MUTED if v == 0 else ACCENT

@@ -129,7 +129,10 @@ def cmd_import(args, settings, db) -> int:
             writer.writerows((e.line, e.message, e.raw) for e in report.errors)
     out.print(f"{args.path}: {report.rows} rows, {report.inserted} purchases imported, {report.duplicates} already "
               f"present, {len(report.errors)} bad rows skipped; {report.customers_created} new customers, "
-              f"{report.items_created} new items ({report.seconds:.1f} s)", highlight=False, soft_wrap=True)
+              f"{report.items_created} new POS products ({report.seconds:.1f} s)", highlight=False, soft_wrap=True)
+    if report.items_created:  # an import never changes the menu: say where the products are mapped to it
+        out.print("New POS products are not on the menu: map them to menu items on the dashboard "
+                  "(Menu catalogue → POS products).", highlight=False, soft_wrap=True)
     if args.train and report.inserted:
         return cmd_train(argparse.Namespace(no_publish=False), settings, db)
     return 0

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from dangol_cloud.models import CatalogueItem, MenuSetting, ProductMapping, Purchase, StoreSetting, new_id, utcnow
 
-__all__ = ["currency_of", "DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "house_per_category", "map_by_category",
-           "map_by_name", "map_products", "menu_item_map", "on_menu", "register_products", "set_house_per_category",
-           "translate_picks"]
+__all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "currency_of", "house_per_category",
+           "map_by_category", "map_by_name", "map_products", "menu_item_map", "on_menu", "register_products",
+           "sales_by_menu_item", "set_house_per_category", "translate_picks"]
 
 #: Items per category on the door screen's house menu unless the owner sets another number (an 800×480
 #: screen fits about eight lines per column at a size readable from 2 m).

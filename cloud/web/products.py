@@ -39,7 +39,8 @@ def _product_query(show: str, q: str):
         query = query.where(ProductMapping.menu_item_id.is_not(None))
     if q:
         like = f"%{q.lower()}%"
-        query = query.where(or_(func.lower(CatalogueItem.name).like(like), func.lower(CatalogueItem.category).like(like),
+        query = query.where(or_(func.lower(CatalogueItem.name).like(like),
+                                func.lower(CatalogueItem.category).like(like),
                                 CatalogueItem.ref.like(like)))
     return query
 

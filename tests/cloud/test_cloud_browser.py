@@ -187,7 +187,7 @@ def test_view_a_customers_picks(page, site):
     assert first.strip() and page.locator("#picks li .why span").count() >= 10  # every pick says why
     assert "Recorded by" in page.inner_text("body") and "staff:jo" in page.inner_text("body")
     shot(page, "07-customer-picks")
-    page.goto(site["base"] + "/analytics/?days=3650")
+    page.goto(site["base"] + "/analytics/?all=1")  # the imported history and the door arrivals
     assert page.locator("svg.chart").count() >= 6  # trends, revenue, heatmap, hour, weekday, top items, split
     shot(page, "08-analytics")
     page.goto(site["base"] + "/stores/")

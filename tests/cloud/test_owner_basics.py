@@ -54,7 +54,8 @@ def test_not_found_in_layout_and_api_keeps_json(web):  # noqa: F811
     client = app.test_client()
     sign_in(client)
     r = client.get("/customers/no-such-customer")
-    assert r.status_code == 404 and "Not found" in r.get_data(as_text=True) and "Go to Today" in r.get_data(as_text=True)
+    body = r.get_data(as_text=True)
+    assert r.status_code == 404 and "Not found" in body and "Go to Today" in body
     r = client.get("/api/v1/nothing-here")
     assert r.status_code == 404 and r.mimetype == "application/problem+json"
 
