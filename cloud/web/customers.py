@@ -12,9 +12,10 @@ from sqlalchemy import delete, func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
+from dangol_cloud.feedback import OPINIONS, record_opinion
 from dangol_cloud.menu_mapping import currency_of, translate_picks
-from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, ProductMapping, Purchase, Visit,
-                                 external_ref_hash, utcnow)
+from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, PickOpinion, ProductMapping, Purchase,
+                                 Visit, external_ref_hash, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.training import welcome_regulars
@@ -117,7 +118,32 @@ def show(customer_id: str):
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, visits=visits,
                            purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
                            first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
-                           off_menu=off_menu)
+                           off_menu=off_menu, opinions=dict(s.execute(
+                               select(PickOpinion.item_id, PickOpinion.opinion)
+                               .where(PickOpinion.customer_id == customer.id)).all()))
+
+
+@bp.route("/<customer_id>/opinion", methods=["POST"])
+@login_required
+def opinion(customer_id: str):
+    """POST /customers/<id>/opinion: ``item`` (a menu item) and ``opinion`` (like, dislike, none), recorded for the
+    item and every POS product sold as it (the recommender learns on products: a disliked item is not offered to
+    this customer again after the next training)."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    customer = _visible_customer(s, customer_id)
+    item = s.get(CatalogueItem, request.form.get("item") or "") or abort(404)
+    value = request.form.get("opinion", "")
+    if value not in OPINIONS:
+        abort(400)
+    products = s.scalars(select(ProductMapping.product_id).where(ProductMapping.menu_item_id == item.id)).all()
+    for item_id in dict.fromkeys([item.id, *products]):
+        record_opinion(s, customer.id, item_id, value, by=current_user.email)
+    s.commit()
+    said = {"like": "likes", "dislike": "does not want", "none": "has no recorded opinion on"}[value]
+    flash(f"Noted: {customer.display_name or 'this customer'} {said} {item.name}. The next training uses it.", "success")
+    return redirect(url_for("customers.show", customer_id=customer.id))
 
 
 @bp.route("/<customer_id>/name", methods=["POST"])

@@ -154,3 +154,29 @@ def test_customer_page_shows_picks_as_the_door_does(web, tmp_path):  # noqa: F81
         map_products(s, [product], house.id, by="owner")
     page = client.get(f"/customers/{mina_id}").get_data(as_text=True)
     assert 'id="picks"' in page and "<b>House coffee</b>" in page and "off-menu" not in page
+
+
+def test_a_dislike_from_the_dashboard_covers_the_item_and_its_products(web, tmp_path):  # noqa: F811
+    from dangol_cloud.menu_mapping import map_products
+    from dangol_cloud.models import CatalogueItem, Menu, ModelVersion, PickOpinion, ProductMapping
+
+    app, db = web
+    mina_id = _customers(db, tmp_path)
+    with db.transaction() as s:
+        product = s.scalar(select(ProductMapping.product_id))
+        house = CatalogueItem(ref="house-coffee", name="House coffee", category="Coffee", tags=[])
+        s.add_all([house, ModelVersion(version="v1", path="/nonexistent")])
+        s.flush()
+        map_products(s, [product], house.id, by="owner")
+        s.add(Menu(customer_id=mina_id, model_version="v1", picks=[{"item_id": product, "score": 1.0, "reasons": []}]))
+        house_id = house.id
+    client = app.test_client()
+    sign_in(client)
+    url = f"/customers/{mina_id}"
+    client.post(url + "/opinion", data={"csrf_token": _csrf_page(client, url), "item": house_id,
+                                        "opinion": "dislike"})
+    with db.sessions() as s:
+        got = dict(s.execute(select(PickOpinion.item_id, PickOpinion.opinion)
+                             .where(PickOpinion.customer_id == mina_id)).all())
+    assert got == {house_id: "dislike", product: "dislike"}  # the recommender learns on the product
+    assert "not for them" in client.get(url).get_data(as_text=True)
