@@ -39,10 +39,11 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
 
     items = session.scalars(select(CatalogueItem).where(CatalogueItem.retired.is_(False), on_menu())).all()
     limit = house_per_category(session)
-    sold = sales_by_menu_item(session) if items else {}
     groups: dict[str, list[CatalogueItem]] = {}
     for item in items:
         groups.setdefault((item.category or "").strip(), []).append(item)
+    # rank by sales only where a category has more items than the house menu shows (a scan of the purchases)
+    sold = sales_by_menu_item(session) if any(len(g) > limit for g in groups.values()) else {}
     chosen: list[CatalogueItem] = []
     for category in sorted(groups, key=_category_key):
         ranked = sorted(groups[category], key=lambda i: (-sold.get(i.id, 0.0), i.name.casefold(), i.id))
