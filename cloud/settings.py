@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dangol_protocol import CONSENT_TEXT_VERSION
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -95,7 +96,7 @@ class Settings(BaseSettings):
     menu_size: int = Field(10, ge=1, le=50)
     currency: str = Field("EUR", min_length=3, max_length=3)
     timezone: str = "UTC"
-    consent_text_version: str = "2026-01"
+    consent_text_version: str = CONSENT_TEXT_VERSION
     train_interval_hours: float | None = Field(None, gt=0)
     listen: bool = True
     public_url: str | None = None

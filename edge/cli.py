@@ -1,4 +1,4 @@
-"""``dangol-edge``: enrol, identify, inspect the gallery, check a config (see design.md, CLI contract).
+"""``dangol-edge``: enrol, identify, inspect the gallery, check a config (see README.md, "Edge command line").
 
 Exit status: 0 success, 2 usage or input error (the message names the input), 1 anything else.
 """
@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--source", help="camera/video/folder to capture good frames from")
     e.add_argument("--pending", action="store_true",
                    help="create a pending customer (activated once consent is recorded on the staff page)")
-    e.add_argument("--consent-text-version", default="1", help="version of the consent text the customer agreed to")
+    e.add_argument("--consent-text-version",
+                   help="version of the consent text the customer agreed to (default: display.consent_version)")
     e.add_argument("--customer-id", help="use this UUID (the customer's id in the cloud) instead of a new one")
 
     i = sub.add_parser("identify", help="run recognition on a source and print decisions")
@@ -112,8 +113,8 @@ def cmd_enroll(args) -> int:
         pipeline.close()
     consent = None
     if not args.pending:
-        consent = {"recorded_by": f"cli:{getpass.getuser()}", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "text_version": args.consent_text_version, "method": "staff confirmed at enrolment"}
+        consent = {"recorded_by": f"cli:{getpass.getuser()}", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "text_version": args.consent_text_version or cfg.display.consent_version, "method": "staff confirmed at enrolment"}
     if args.customer_id:
         import uuid
 
@@ -221,25 +222,19 @@ def cmd_rotate_key(args) -> int:
 
 
 def _queue_erasure_event(args, customer_id: str) -> bool:
-    """Queue an ``erasure-done`` event (no erasure id: erased here) in the outbox, which the daemon delivers,
-    so the cloud erases the customer everywhere. Returns False when this box has no device id."""
-    import uuid
-    from datetime import datetime, timezone
-
-    from dangol_protocol import ErasureDoneEvent, dump_payload, new_event_id
-    from dangol_protocol.topics import events_topic
-
+    """Queue an ``erasure-done`` event (no erasure id: erased here) in the outbox, which the daemon delivers;
+    the cloud records it as a request an owner confirms or dismisses. Returns False when this box has no
+    device id."""
+    from .events import EventFactory, Outbox
     from .state import StateStore
 
     cfg = _config(args)
     if cfg.device.id is None:
         log.warning("no device id configured: the cloud is not told about this erasure")
         return False
-    ev = ErasureDoneEvent(event_id=new_event_id(), device_id=cfg.device.id, ts=datetime.now(timezone.utc),
-                          erasure_id=None, customer_ids=[uuid.UUID(customer_id)])
     st = StateStore(cfg.state_path).open()
     try:
-        st.enqueue(str(ev.event_id), events_topic(cfg.device.id), dump_payload(ev))
+        Outbox(cfg.device.id, st).send(EventFactory(cfg.device.id).erasure_done([customer_id]))
     finally:
         st.close()
     return True

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+from dangol_protocol import CONSENT_TEXT_VERSION
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -203,6 +204,9 @@ class DisplayConfig(_Section):
     picks: int = Field(6, ge=1, le=20, description="picks shown to a customer")
     staff_pin: str | None = Field(None, repr=False, description="PIN for the staff page, at least 6 digits "
                                                                 "(env DANGOL_DISPLAY__STAFF_PIN)")
+    consent_version: str = Field(CONSENT_TEXT_VERSION, min_length=1, max_length=40,
+                                 description="version of the consent text staff read (the cloud's "
+                                             "consent_text_version); recorded with each consent")
 
     @field_validator("staff_pin")
     @classmethod

@@ -4,7 +4,7 @@
   broker pins each device login to it), persistent session (``clean_start=False``,
   session expiry a week), QoS 1 everywhere, retained last will ``status/1 offline`` on the device's status topic, automatic
   reconnect with exponential backoff (``reconnect_min_s`` … ``reconnect_max_s``).
-* **Down-link**: subscribes to its store's catalogue, menus and erasures (topic table in design.md);
+* **Down-link**: subscribes to its store's catalogue, menus and erasures (topic table in docs/mqtt.md);
   every payload is validated by :func:`dangol_protocol.parse_payload` — an invalid one is logged with
   its topic and reason and dropped, leaving the cache untouched. Catalogue and menus are cached in the
   :class:`~dangol_edge.state.StateStore`, so the box keeps working with the broker down.
@@ -42,6 +42,7 @@ from dangol_protocol.topics import (
 )
 
 from .config import MQTTConfig
+from .events import EventFactory
 from .state import StateStore
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class MQTTSync:
         self.on_erasure = on_erasure
         self.on_change = on_change
         self.software_version = software_version or installed_version()
+        self.events = EventFactory(device_id)
         self.connected = threading.Event()
         self.invalid_messages = 0
         self._client: mqtt.Client | None = None
@@ -269,11 +271,7 @@ class MQTTSync:
             erased = self.on_erasure(obj) if self.on_erasure else []
             for cid in obj.customer_ids:
                 self.state.delete_menu(str(cid))
-            from dangol_protocol import ErasureDoneEvent, new_event_id
-
-            self.send_event(ErasureDoneEvent(event_id=new_event_id(), device_id=self.device_id,
-                                             ts=datetime.now(timezone.utc), erasure_id=obj.erasure_id,
-                                             customer_ids=obj.customer_ids))
+            self.send_event(self.events.erasure_done(obj.customer_ids, erasure_id=obj.erasure_id))
             log.info("erasure %s: %d customers erased here", obj.erasure_id, len(erased))
             return "erasures"
         self.invalid_messages += 1

@@ -18,6 +18,7 @@ menu when a customer is erased); check :func:`is_retained_clear` before :func:`p
 """
 
 from dangol_protocol.models import (
+    CONSENT_TEXT_VERSION,
     ArrivalEvent,
     Catalogue,
     CatalogueItem,
@@ -60,6 +61,7 @@ from dangol_protocol.parse import PayloadError, is_retained_clear, parse_payload
 
 __all__ = [
     "ALL_DEVICE_EVENTS",
+    "CONSENT_TEXT_VERSION",
     "ALL_DEVICE_STATUS",
     "ArrivalEvent",
     "Catalogue",

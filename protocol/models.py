@@ -141,6 +141,11 @@ class Erasures(_Model):
     model_config = ConfigDict(populate_by_name=True)
 
 
+CONSENT_TEXT_VERSION = "2026-01"
+"""Version label of the consent text staff read to customers, recorded with each consent (cloud setting
+``consent_text_version``, edge ``display.consent_version``; both default to this)."""
+
+
 class Consent(_Model):
     """Consent record: who recorded it (staff name/id), when, and which consent text version was shown."""
 
@@ -209,6 +214,8 @@ class Health(_Model):
     storage: Literal["ok", "full", "error"] | None = None
     frames_captured: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
     frames_dropped: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
+    #: ``failing`` once recognition failed on several frames in a row (the edge's watchdog then starves)
+    recognition: Literal["ok", "failing"] | None = None
 
 
 class Status(_Model):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dangol_edge.cli import main
+from dangol_protocol import CONSENT_TEXT_VERSION
 
 
 def run(capsys, *argv) -> tuple[int, list, str]:
@@ -43,7 +44,9 @@ def test_enroll_list_show_delete(edge_env, capsys, clips):
     assert code == 0
     cid = out[0]["enrolled"]["id"]
     assert out[0]["enrolled"]["templates"] == 2 and out[0]["enrolled"]["status"] == "active"
-    assert out[0]["enrolled"]["consent"]["text_version"] == "1"
+    consent = out[0]["enrolled"]["consent"]
+    assert consent["text_version"] == CONSENT_TEXT_VERSION  # the version the cloud records (display.consent_version)
+    assert consent["recorded_by"].startswith("cli:") and consent["recorded_at"]
     code, out, _ = run(capsys, "customers", "list")
     assert [c["id"] for c in out] == [cid]
     code, _, _ = run(capsys, "customers", "show", cid)

@@ -1,0 +1,149 @@
+"""Up-link events of one device: made in one place, queued in one place.
+
+* :class:`EventFactory` fills what every ``event/1`` carries — ``event_id`` (a fresh UUID, the cloud
+  deduplicates on it), ``device_id`` and ``ts`` (aware UTC) — for arrivals, enrolments and erasure
+  confirmations, so no caller builds those three fields itself.
+* :class:`Outbox` queues an event for the cloud: through :class:`~dangol_edge.sync.MQTTSync` when a broker is
+  configured (outbox table + flusher), else straight into the state's outbox table (an offline box keeps
+  its events for when a broker is configured). When the outbox itself cannot be written (disk full,
+  read-only medium) the event is held in memory — at most :data:`HELD_MAX`, oldest dropped and counted —
+  and :meth:`Outbox.retry` (called by the housekeeping worker) writes it once the storage works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+
+import numpy as np
+from dangol_protocol import (
+    ArrivalEvent, Consent, EnrolmentEvent, ErasureDoneEvent, dump_payload, new_event_id,
+)
+from dangol_protocol.topics import events_topic
+
+log = logging.getLogger(__name__)
+
+#: Events held in memory while the outbox cannot be written; beyond, the oldest is dropped (and counted).
+HELD_MAX = 1000
+
+Event = ArrivalEvent | EnrolmentEvent | ErasureDoneEvent
+
+
+class EventFactory:
+    """Builds this device's events.
+
+    Args:
+        device_id: this box's UUID (``uuid.UUID(int=0)`` on an unregistered box).
+        clock: aware UTC ``datetime`` now (tests may pass their own).
+    """
+
+    def __init__(self, device_id: uuid.UUID, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.device_id = device_id
+        self.clock = clock
+
+    def _common(self) -> dict:
+        return {"event_id": new_event_id(), "device_id": self.device_id, "ts": self.clock()}
+
+    def arrival(self, customer_id: str | None, score: float | None, shown: list[str]) -> ArrivalEvent:
+        """A recognised regular (``customer_id``, cosine ``score`` clipped to [0, 1], item ids shown) or,
+        with ``customer_id=None``, an unknown face."""
+        return ArrivalEvent(**self._common(), customer_id=uuid.UUID(customer_id) if customer_id else None,
+                            confidence=None if score is None else float(np.clip(score, 0.0, 1.0)),
+                            shown_items=shown)
+
+    def pending(self, customer_id: str, short_code: str | None) -> EnrolmentEvent:
+        """A sign-up at the door (button): pending until staff record consent."""
+        return EnrolmentEvent(**self._common(), customer_id=uuid.UUID(customer_id), status="pending",
+                              short_code=short_code)
+
+    def activated(self, customer_id: str, display_name: str, consent: dict) -> EnrolmentEvent:
+        """Staff recorded the customer's name and consent (``consent``: ``recorded_by``, ``recorded_at``,
+        ``text_version``, as the gallery keeps it)."""
+        return EnrolmentEvent(**self._common(), customer_id=uuid.UUID(customer_id), status="active",
+                              display_name=display_name,
+                              consent=Consent(recorded_by=consent.get("recorded_by") or "staff",
+                                              recorded_at=consent.get("recorded_at") or self.clock(),
+                                              text_version=str(consent["text_version"])))
+
+    def erasure_done(self, customer_ids: Iterable, erasure_id: uuid.UUID | None = None) -> ErasureDoneEvent:
+        """Customers erased here: the answer to the cloud's ``erasure_id``, or (None) a request the cloud
+        records for an owner to confirm (staff page, discarded or expired sign-up, retention)."""
+        return ErasureDoneEvent(**self._common(), erasure_id=erasure_id,
+                                customer_ids=[c if isinstance(c, uuid.UUID) else uuid.UUID(str(c))
+                                              for c in customer_ids])
+
+
+class EventNotSaved(RuntimeError):
+    """The outbox could not be written; the event is held in memory and retried (message says why)."""
+
+
+class Outbox:
+    """Queues events for the cloud.
+
+    Args:
+        device_id: for the events topic when there is no sync.
+        state: the :class:`~dangol_edge.state.StateStore` (its outbox table).
+        sync: the :class:`~dangol_edge.sync.MQTTSync`, or None offline.
+    """
+
+    def __init__(self, device_id: uuid.UUID, state, sync=None):
+        self.device_id = device_id
+        self.state = state
+        self.sync = sync
+        self.dropped = 0
+        self._held: deque[Event] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory for the storage to work again."""
+        return len(self._held)
+
+    def _write(self, event: Event) -> None:
+        if self.sync is not None:
+            self.sync.send_event(event)
+        else:
+            self.state.enqueue(str(event.event_id), events_topic(self.device_id), dump_payload(event))
+
+    def send(self, event: Event) -> None:
+        """Queue ``event``.
+
+        Raises:
+            EventNotSaved: the outbox cannot be written now (the event is held and retried by :meth:`retry`).
+        """
+        try:
+            self._write(event)
+        except sqlite3.OperationalError as exc:
+            self._hold(event)
+            raise EventNotSaved(f"event {event.event_id} not saved ({exc}); held in memory and retried") from exc
+
+    def _hold(self, event: Event) -> None:
+        with self._lock:
+            if len(self._held) >= HELD_MAX:
+                lost = self._held.popleft()
+                self.dropped += 1
+                log.error("dropped held event %s (%s): more than %d events could not be saved",
+                          lost.event_id, lost.kind, HELD_MAX)
+            self._held.append(event)
+
+    def retry(self) -> int:
+        """Write held events, oldest first, until one fails again; returns how many were written."""
+        done = 0
+        while True:
+            with self._lock:
+                if not self._held:
+                    return done
+                event = self._held[0]
+            try:
+                self._write(event)
+            except sqlite3.OperationalError as exc:
+                log.warning("%d held event(s) still cannot be saved: %s", len(self._held), exc)
+                return done
+            with self._lock:
+                self._held.popleft()
+            done += 1

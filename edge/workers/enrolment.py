@@ -1,0 +1,106 @@
+"""Enrolment at the door: the GPIO button's sign-up state machine.
+
+``idle`` —button→ ``capturing`` (every frame goes to :class:`~dangol_edge.enrol.SampleCollector`, the one
+capture rule shared with ``dangol-edge enroll --source``) —pool full→ ``pending`` (stored unsearchable with a
+short code; a ``pending`` enrolment event goes to the cloud) or —``enrol.max_frames`` without a good face→
+``failed``; the button's long press (``cancel``) returns to idle from ``capturing``. Steps run on the
+recognition thread: capture and recognition share the face pipeline, which is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+
+from ..config import EdgeConfig
+from ..enrol import SampleCollector, enroll
+from ..events import EventFactory, EventNotSaved, Outbox
+from ..gallery import Gallery
+from ..screen import Screen
+from ..sources import Frame
+
+log = logging.getLogger(__name__)
+
+
+class ButtonEnrolment:
+    """The sign-up state machine (see the module doc).
+
+    Args:
+        config: ``enrol`` (templates, max_frames, keep_photos, pending_ttl_h).
+        gallery: where the pending customer is stored.
+        screen: shows progress and the short code.
+        events, outbox: the ``pending`` enrolment event.
+        button: the :class:`~dangol_edge.buttons.EnrolButton` (its LED), or None.
+    """
+
+    def __init__(self, config: EdgeConfig, gallery: Gallery, screen: Screen, events: EventFactory, outbox: Outbox,
+                 button=None):
+        self.config = config
+        self.gallery = gallery
+        self.screen = screen
+        self.events = events
+        self.outbox = outbox
+        self.button = button
+        self.requests: queue.Queue[str] = queue.Queue(maxsize=16)
+        self._collector: SampleCollector | None = None
+        self._frames = 0
+
+    @property
+    def active(self) -> bool:
+        """True while a sign-up is being captured."""
+        return self._collector is not None
+
+    def request(self, what: str) -> Callable[[], None]:
+        """A callback for the button (``"enrol"`` or ``"cancel"``) that queues the request (any thread)."""
+        def cb() -> None:
+            try:
+                self.requests.put_nowait(what)
+            except queue.Full:
+                log.warning("button request %r dropped (queue full)", what)
+        return cb
+
+    def handle_requests(self) -> None:
+        """Apply queued button requests (recognition thread)."""
+        while True:
+            try:
+                req = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            if req == "enrol" and not self.active:
+                log.info("enrolment started")
+                self._collector = SampleCollector(self.config.enrol.templates)
+                self._frames = 0
+                self.screen.show_enrolment("capturing")
+                if self.button:
+                    self.button.busy()
+            elif req == "cancel" and self.active:
+                log.info("enrolment cancelled")
+                self._finish("cancelled", seconds=3)
+
+    def _finish(self, stage: str, code: str | None = None, seconds: float | None = None) -> None:
+        self._collector = None
+        self.screen.show_enrolment(stage, code, seconds=seconds)
+        if self.button:
+            self.button.done()
+
+    def step(self, frame: Frame, pipeline) -> None:
+        """Offer one frame (``pipeline``: the recognizer's :class:`~dangol_edge.faces.FacePipeline`)."""
+        col, cfg = self._collector, self.config.enrol
+        self._frames += 1
+        if col.due(frame.index):
+            faces = pipeline.process(frame.rgb, max_faces=1)
+            if col.offer(faces[0] if faces else None, frame.index):
+                self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
+        if col.full:
+            c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
+                       pending_ttl_s=cfg.pending_ttl_h * 3600)
+            self._finish("pending", c.short_code, seconds=60)
+            log.info("pending customer %s (code %s)", c.id, c.short_code)
+            try:
+                self.outbox.send(self.events.pending(c.id, c.short_code))
+            except EventNotSaved as exc:
+                log.error("%s", exc)
+        elif self._frames >= cfg.max_frames:
+            self._finish("failed", seconds=5)
+            log.warning("enrolment failed: no good face in %d frames", cfg.max_frames)
