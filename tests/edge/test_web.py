@@ -22,6 +22,7 @@ from dangol_edge.gallery import Gallery, UnknownCustomer
 from dangol_edge.screen import Screen
 from dangol_edge.state import StateStore
 from dangol_edge.web import DisplayServer, create_app, format_price, visible_picks
+from dangol_protocol import CONSENT_TEXT_VERSION
 from tests.browser import chromium_missing
 
 SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or "/tmp/dangol-shots")
@@ -273,7 +274,7 @@ def test_staff_activates_a_pending_customer(site, phone):
     assert "Mina Park is now a regular" in phone.inner_text(".flash")
     got = gallery.customer(c.id)
     assert got.status == "active" and got.display_name == "Mina Park" and got.short_code is None
-    assert got.consent["recorded_by"] == "Jo" and got.consent["text_version"] == "1"
+    assert got.consent["recorded_by"] == "Jo" and got.consent["text_version"] == CONSENT_TEXT_VERSION  # the cloud's
     assert got.consent["recorded_at"].endswith("+00:00")
     assert [x.id for x in calls["activate"]] == [c.id]
     assert phone.locator(f"#active-{c.id}").count() == 1

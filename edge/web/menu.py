@@ -1,0 +1,119 @@
+"""Blueprint ``menu``: the kiosk's full-screen menu page, its event stream and the JSON API (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import flask
+from flask import Blueprint, Response, current_app, render_template, request
+
+from .deps import WebDeps, deps
+from .formatting import greeting, house_menu, visible_picks
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("menu", __name__)
+
+#: Seconds between checks of the cached catalogue's version by each open event stream.
+CATALOGUE_POLL_S = 1.0
+#: Seconds between ``ping`` events (they also reveal a closed connection so its thread ends).
+HEARTBEAT_S = 15.0
+#: Longest wait on the screen in one step of an event stream, seconds (bounds the reaction to stop()).
+STREAM_STEP_S = 0.25
+
+
+def view(d: WebDeps, snapshot: dict, catalogue: dict | None) -> dict:
+    """The screen snapshot as the page gets it: picks filtered against the current catalogue (the one
+    place picks are filtered for display), plus ``catalogue_version`` and ``app``."""
+    out = dict(snapshot)
+    if out.get("screen") == "welcome":
+        out["picks"] = visible_picks(out.get("picks") or [], catalogue, d.config.display.picks)
+    out["catalogue_version"] = (catalogue or {}).get("version")
+    out["app"] = d.app_id
+    return out
+
+
+def render_screen(app: flask.Flask, v: dict, catalogue: dict | None) -> str:
+    """The screen's HTML (``_screen.html``): house menu, welcome or enrolment."""
+    menu = house_menu(catalogue)
+    count = sum(len(g["items"]) for g in menu)
+    return app.jinja_env.get_template("_screen.html").render(
+        v=v, menu=menu, cols=1 if count <= 4 else 2 if count <= 10 else 3 if count <= 36 else 4,
+        greeting=greeting(), now=datetime.now())
+
+
+def read_catalogue(d: WebDeps) -> dict | None:
+    """The cached catalogue, or None (also when the cache cannot be read: logged, the screen stays up)."""
+    try:
+        return d.state.catalogue()
+    except Exception:  # a broken cache must not take the screen down
+        log.exception("cannot read the cached catalogue")
+        return None
+
+
+@bp.get("/")
+def menu_page():
+    d = deps()
+    catalogue = read_catalogue(d)
+    v = view(d, d.screen.snapshot(), catalogue)
+    return render_template("menu.html", v=v, key=f"{v['version']}:{v['catalogue_version']}",
+                           screen_html=render_screen(current_app, v, catalogue))
+
+
+@bp.get("/api/state")
+def api_state():
+    d = deps()
+    return flask.jsonify(view(d, d.screen.snapshot(), read_catalogue(d)))
+
+
+@bp.get("/api/catalogue")
+def api_catalogue():
+    catalogue = read_catalogue(deps())
+    if catalogue is None:
+        return flask.jsonify({"error": "no catalogue cached yet"}), 404
+    return flask.jsonify(catalogue)
+
+
+@bp.get("/events")
+def events():
+    d = deps()
+    app = current_app._get_current_object()  # the generator runs after the request context is gone
+    streams = d.streams
+    release = streams.try_enter()
+    if release is None:
+        log.warning("refused an event stream from %s: %d open already", request.remote_addr, streams.limit)
+        return Response("Too many open event streams.\n", status=503, mimetype="text/plain",
+                        headers={"Retry-After": "5"})
+
+    def stream() -> Iterator[str]:
+        try:
+            yield "retry: 1000\n\n"
+            sent: tuple | None = None
+            snap = d.screen.snapshot()
+            catalogue, polled = read_catalogue(d), time.monotonic()
+            beat = time.monotonic()
+            while not streams.stopping.is_set():
+                now = time.monotonic()
+                if now - polled >= CATALOGUE_POLL_S:
+                    catalogue, polled = read_catalogue(d), now
+                key = (snap["version"], (catalogue or {}).get("version"))
+                if key != sent:
+                    v = view(d, snap, catalogue)
+                    v["html"] = render_screen(app, v, catalogue)
+                    yield f"data: {json.dumps(v, separators=(',', ':'))}\n\n"
+                    sent, beat = key, now
+                elif now - beat >= HEARTBEAT_S:
+                    yield "event: ping\ndata: {}\n\n"
+                    beat = now
+                snap = d.screen.wait(snap["version"], STREAM_STEP_S)
+        finally:
+            release()
+
+    response = Response(stream(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(release)  # also when the stream never started (client gone at once)
+    return response

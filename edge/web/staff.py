@@ -1,0 +1,179 @@
+"""Blueprint ``staff``: pending sign-ups and active customers — activate with consent, discard, erase —
+behind a PIN sign-in when a staff PIN is set. Every form carries a CSRF token (Flask-WTF)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from datetime import datetime, timezone
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
+
+from ..gallery import Customer, UnknownCustomer
+from .deps import deps
+from .formatting import ago
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("staff", __name__, url_prefix="/staff")
+
+#: How long a staff sign-in lasts, seconds.
+STAFF_SESSION_S = 12 * 3600
+#: What staff are told when the event for the cloud could not be saved (the outbox holds and retries it).
+NOT_SAVED = ("telling the cloud failed (this device cannot write its storage) — the message is kept and retried "
+             "every minute while the device runs; check the device's storage if this repeats.")
+
+
+def signed_in() -> bool:
+    """True without a PIN, or within :data:`STAFF_SESSION_S` of a sign-in."""
+    return deps().pin is None or time.time() - float(session.get("staff_at", 0)) < STAFF_SESSION_S
+
+
+@bp.before_request
+def staff_gate():
+    if request.endpoint != "staff.login" and not signed_in():
+        return redirect(url_for("staff.login", next=request.path if request.method == "GET" else None))
+    return None
+
+
+def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: dict | None = None):
+    d = deps()
+    now = datetime.now(timezone.utc)
+    pending = [{"c": c, "age": ago(c.created_at, now), "expires": ago(c.expires_at, now)}
+               for c in reversed(d.gallery.customers(status="pending"))]  # newest (at the counter) first
+    active = [{"c": c, "since": ago(c.updated_at, now)}
+              for c in sorted(d.gallery.customers(status="active"), key=lambda c: c.display_name.casefold())]
+    return render_template("staff.html", pending=pending, active=active, errors=errors or {},
+                           values=values or {}, text_version=d.text_version, pin=d.pin is not None,
+                           staff_name=session.get("staff_name", ""),
+                           exposed=d.config.display.host not in ("127.0.0.1", "localhost", "::1")), status
+
+
+def lookup(customer_id: str, status: str) -> Customer | None:
+    try:
+        c = deps().gallery.customer(customer_id)
+    except UnknownCustomer:
+        return None
+    return c if c.status == status else None
+
+
+def after_erase(customer_id: str, verb: str, who: str) -> None:
+    on_erase = deps().on_erase
+    if on_erase is not None:
+        try:
+            on_erase(customer_id)
+        except Exception as exc:
+            log.error("reporting the erasure of %s failed: %s", customer_id, exc)
+            flash(f"{verb} {who} on this device, but {NOT_SAVED}", "warning")
+            return
+    flash(f"{verb} {who}.", "success")
+
+
+@bp.get("")
+def index():
+    return staff_page()
+
+
+@bp.post("/activate/<customer_id>")
+def activate(customer_id: str):
+    d = deps()
+    name = " ".join(request.form.get("display_name", "").split())
+    staff_name = " ".join(request.form.get("staff", "").split())
+    consent = request.form.get("consent") == "yes"
+    values = {"id": customer_id, "display_name": name, "staff": staff_name, "consent": consent}
+    customer = lookup(customer_id, "pending")
+    if customer is None:
+        return staff_page(404, {"_": "That sign-up no longer exists (it may have expired or been "
+                                     "handled already). Nothing was changed."})
+    errors = {}
+    if not name:
+        errors["display_name"] = "Enter the customer's name (at least the first name)."
+    elif len(name) > 80:
+        errors["display_name"] = "That name is too long (80 characters at most)."
+    if not consent:
+        errors["consent"] = "Tick the box only once the customer has agreed to the consent text."
+    if not staff_name:
+        errors["staff"] = "Enter your name so the consent record says who took it."
+    if errors:
+        return staff_page(400, {customer_id: "Not activated — fix the marked fields.", **errors}, values)
+    record = {"recorded_by": staff_name, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "text_version": d.text_version}
+    activated = d.gallery.activate(customer_id, name, record)
+    session["staff_name"] = staff_name
+    snap = d.screen.snapshot()
+    if snap.get("screen") == "enrol" and customer.short_code and snap.get("code") == customer.short_code:
+        d.screen.show_house()
+    if d.on_activate is not None:
+        try:
+            d.on_activate(activated)
+        except Exception as exc:
+            log.error("reporting the activation of %s failed: %s", customer_id, exc)
+            flash(f"{activated.display_name} is active on this device, but {NOT_SAVED}", "warning")
+            return redirect(url_for("staff.index"))
+    flash(f"{activated.display_name} is now a regular. Welcome aboard!", "success")
+    return redirect(url_for("staff.index"))
+
+
+@bp.post("/discard/<customer_id>")
+def discard(customer_id: str):
+    customer = lookup(customer_id, "pending")
+    if customer is None:
+        return staff_page(404, {"_": "That sign-up no longer exists. Nothing was changed."})
+    deps().gallery.delete(customer_id)
+    after_erase(customer_id, "Discarded", f"sign-up {customer.short_code or ''}".strip())
+    return redirect(url_for("staff.index"))
+
+
+@bp.post("/erase/<customer_id>")
+def erase(customer_id: str):
+    customer = lookup(customer_id, "active")
+    if customer is None:
+        return staff_page(404, {"_": "No such customer on this device. Nothing was changed."})
+    deps().gallery.delete(customer_id)
+    after_erase(customer_id, "Erased", customer.display_name)
+    return redirect(url_for("staff.index"))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    d = deps()
+    if d.pin is None:
+        return redirect(url_for("staff.index"))
+    error, status, headers = None, 200, {}
+    if request.method == "POST":
+        client = request.remote_addr or "-"
+        locked = d.pins.wait(client) > 0
+        ok = not locked and hmac.compare_digest(request.form.get("pin", "").strip().encode(), d.pin.encode())
+        if ok:
+            d.pins.success(client)
+        elif not locked:
+            d.pins.failure(client)
+            log.warning("wrong staff PIN from %s", client)
+        if ok:
+            session.clear()
+            session["staff_at"] = time.time()
+            target = request.args.get("next") or ""
+            return redirect(target if target.startswith("/staff") else url_for("staff.index"))
+        if locked:
+            wait = d.pins.retry_after(client)
+            error, status, headers = (f"Too many wrong PINs — wait {wait} seconds and try again.", 429,
+                                      {"Retry-After": str(wait)})
+        else:
+            error, status = "That PIN is not right.", 401
+    return render_template("staff_login.html", error=error), status, headers
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("staff.login") if deps().pin else url_for("staff.index"))
+
+
+def csrf_error(exc: CSRFError):
+    """A form without a valid CSRF token: nothing changed, said on the page the form came from."""
+    if request.path.startswith("/staff") and signed_in() and request.endpoint != "staff.login":
+        return staff_page(400, {"_": "The form was out of date (or not sent by this page), so nothing "
+                                     "was changed. Please try again."})
+    return render_template("staff_login.html", error="The form was out of date — please try again."), 400
