@@ -37,8 +37,6 @@ FEATURES: tuple[str, ...] = (
     "item_trend",  # log(share of the last two weeks' lines / share of all lines), History.item_trend
 )
 PERSONAL = (0, 1, 2, 3, 8, 9)  # zero for items the customer never bought
-ITEM_ONLY = (4, 5, 11)
-CUSTOMER_ONLY = (7,)
 LIGHTFM = 6
 NEIGHBOURS = 10
 
