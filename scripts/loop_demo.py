@@ -122,10 +122,17 @@ def main() -> int:
             c.display_name, c.status = "Lin-Manuel Miranda", "active"
             c.consent_by, c.consent_at, c.consent_text_version = "loop demo", utcnow(), "1"
             s.add(CustomerOrigin(customer_id=cid, store_id=store.id))  # a regular of this café: its device may greet them
+            # the owner's mapping step (Products page): imports create POS products, never menu items; here the
+            # owner chooses "one menu item per product" for all of them (Ta-Feng has product codes, no names)
+            from dangol_cloud.menu_mapping import map_products
+            from dangol_cloud.models import ProductMapping
+
+            mapped = map_products(s, list(s.scalars(select(ProductMapping.product_id))), "self", by="loop demo")
             s.flush()
             store_id, device_id, ext = store.id, device.id, c.external_ref
         db.dispose()
-        summary.update(customer_id=cid, external_ref=ext, purchases=n, store_id=store_id, device_id=device_id)
+        summary.update(customer_id=cid, external_ref=ext, purchases=n, store_id=store_id, device_id=device_id,
+                       menu_items=mapped)
         print(f"customer {cid} (history id {ext}, {n} purchase lines) plays Lin-Manuel Miranda")
 
         say("broker: per-user passwords and ACL from dangol-cloud broker-config")

@@ -30,3 +30,5 @@ def test_whole_loop(tmp_path, data_dir, models_dir, monkeypatch):
     # the door screen keeps hyphenated names whole with a non-breaking hyphen (U+2011)
     assert "Welcome back, Lin\u2011Manuel" in summary["page"]
     assert Path(summary["screenshot"]).stat().st_size > 10_000
+    # the owner's mapping step put products on the menu, so the welcome carries his picks
+    assert summary["menu_items"] > 0 and "Your usual" in summary["page"]
