@@ -141,12 +141,14 @@ def cmd_import(args, settings, db) -> int:
 def cmd_train(args, settings, db) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dangol_cloud.training import TRAIN_STEPS, train_from_database
+    from dangol_cloud.services import PublishFailed, retrain_and_publish
+    from dangol_cloud.training import TRAIN_STEPS
 
+    steps = TRAIN_STEPS + (("publish",) if settings.mqtt_url and not args.no_publish else ())
     columns = (TextColumn("training: {task.description:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("start", total=len(TRAIN_STEPS))
+        task = bar.add_task("start", total=len(steps))
         done: list[tuple[str, float]] = []
 
         def step(name: str) -> None:
@@ -155,16 +157,27 @@ def cmd_train(args, settings, db) -> int:
             done.append((name, time.perf_counter()))
             bar.update(task, description=name)
 
-        report = train_from_database(db, settings, progress=step)
+        try:
+            result = retrain_and_publish(db, settings, progress=step, published_by="dangol-cloud train",
+                                         publish=not args.no_publish)
+        except PublishFailed as exc:
+            result = exc.result
+            _print_trained(result, done)
+            raise
         done.append(("end", time.perf_counter()))
-        bar.update(task, completed=len(TRAIN_STEPS), description="done")
-    seconds = ", ".join(f"{a} {t1 - t0:.1f}" for (a, t0), (_, t1) in zip(done, done[1:]))
-    out.print(f"trained in {done[-1][1] - done[0][1]:.1f} s ({seconds} s)", highlight=False)
-    out.print(f"model {report.version}: {report.interactions} purchases, {report.customers} customers, "
-              f"{report.items} items; {report.menus} menus written to the database", highlight=False)
-    if settings.mqtt_url and not args.no_publish:
-        return cmd_publish(argparse.Namespace(store=None), settings, db)
+        bar.update(task, completed=len(steps), description="done")
+    _print_trained(result, done)
+    if result.messages_published is not None:
+        out.print(f"published to {result.stores} store(s): {result.catalogue_messages} catalogue, "
+                  f"{result.menu_messages} menus, {result.erasure_messages} erasure messages", highlight=False)
     return 0
+
+
+def _print_trained(result, done: list[tuple[str, float]]) -> None:
+    seconds = ", ".join(f"{a} {t1 - t0:.1f}" for (a, t0), (_, t1) in zip(done, done[1:]))
+    out.print(f"trained in {result.seconds:.1f} s ({seconds} s)", highlight=False)
+    out.print(f"model {result.model_version}: {result.interactions} purchases, {result.customers} customers, "
+              f"{result.items} items; {result.menus} menus written to the database", highlight=False)
 
 
 def cmd_evaluate(args, settings, db) -> int:
@@ -201,12 +214,11 @@ def cmd_listen(args, settings, db) -> int:
 
     if not settings.mqtt_url:
         raise UsageError("no broker configured: set DANGOL_MQTT_URL (mqtt://user:password@host:port)")
-    from dangol_cloud.training import welcome_regulars
-
     from dangol_cloud.publishing import republish_erasures
+    from dangol_cloud.services import welcome
 
     listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
-                        on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id]),
+                        on_activated=lambda customer_id: welcome(db, settings, [customer_id]),
                         on_erasures=lambda device_id: republish_erasures(db, settings, device_id=device_id)).start()
     out.print("listening for device events and status; Ctrl-C to stop")
     try:

@@ -29,6 +29,7 @@ from dangol_cloud.models import (
     Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Visit, utcnow,
 )
 from dangol_cloud.mqtt import connect_options, new_client
+from dangol_cloud.services import record_consent
 
 __all__ = ["DATABASE_TROUBLE", "Outcome", "Listener", "handle_message"]
 
@@ -70,18 +71,14 @@ def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
         session.add(customer)
         session.add(CustomerOrigin(customer_id=customer.id, store_id=device.store_id, device_id=device.id,
                                    created_at=utcnow()))
-    customer.status = event.status
     if event.display_name:
         customer.display_name = event.display_name
-    if event.consent is not None:
-        recorded_at = bounded_ts(event.consent.recorded_at, "consent recorded_at")
-        new = customer.consent_at != recorded_at
-        customer.consent_by = event.consent.recorded_by
-        customer.consent_at = recorded_at
-        customer.consent_text_version = event.consent.text_version
-        if new:
-            audit(session, f"device:{device.id}", "consent-recorded", customer_id=customer.id, device_id=device.id,
-                  detail=f"text version {event.consent.text_version}")
+    if event.consent is not None:  # the same service as the dashboard's consent form
+        record_consent(session, customer, display_name=event.display_name, recorded_by=event.consent.recorded_by,
+                       text_version=event.consent.text_version,
+                       recorded_at=bounded_ts(event.consent.recorded_at, "consent recorded_at"),
+                       actor=f"device:{device.id}", device_id=device.id)
+    customer.status = event.status
 
 
 def _apply_erasure_request(session: Session, device: Device, event: proto.ErasureDoneEvent) -> None:
