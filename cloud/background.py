@@ -23,7 +23,8 @@ def start_background(app: Flask) -> Callable[[], None]:
         MqttError: the MQTT URL is malformed. An unreachable broker is retried in the background.
     """
     from dangol_cloud.events import Listener
-    from dangol_cloud.training import NotEnoughData, train_from_database
+    from dangol_cloud.services import retrain_and_publish
+    from dangol_cloud.training import NotEnoughData
 
     settings = app.extensions["dangol_settings"]
     db = app.extensions["dangol_db"]
@@ -44,13 +45,8 @@ def start_background(app: Flask) -> Callable[[], None]:
         interval = settings.train_interval_hours * 3600
         while not stopping.wait(interval):
             try:
-                report = train_from_database(db, settings)
-                if settings.mqtt_url:
-                    from dangol_cloud.publishing import publish
-
-                    with db.transaction() as session:
-                        publish(session, settings.mqtt_url, currency=settings.currency, catalogue=False)
-                log.info("scheduled training: model %s", report.version)
+                result = retrain_and_publish(db, settings)
+                log.info("scheduled training: model %s", result.model_version)
             except NotEnoughData as exc:
                 log.info("scheduled training skipped: %s", exc)
             except Exception:  # keep the schedule alive; logged with traceback, retried next interval
