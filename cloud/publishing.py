@@ -19,6 +19,9 @@ __all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "era
 
 log = logging.getLogger(__name__)
 
+#: Most characters of photo URLs (inlined photos) in one catalogue snapshot.
+PHOTO_BUDGET_BYTES = 600 * 1024
+
 
 def _category_key(category: str | None) -> tuple[int, str]:
     """Named categories first (A–Z, case-insensitive), then code-like ones (starting with a digit), then none."""
@@ -33,7 +36,9 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
     first. So the snapshot stays small whatever the size of the imported product catalogue.
 
     Args:
-        photo_url: optional callable ``filename -> URL`` for item photos.
+        photo_url: optional callable ``filename -> URL or None`` for item photos; the dashboard inlines them as
+            small JPEG ``data:`` URIs (:func:`photo_url_builder` with ``photos_dir``). Photos stop once their
+            URLs add up to :data:`PHOTO_BUDGET_BYTES` (the message must stay under 1 MiB), logged.
     """
     from dangol_cloud.menu_mapping import house_per_category, on_menu, sales_by_menu_item
 
@@ -48,8 +53,16 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
     for category in sorted(groups, key=_category_key):
         ranked = sorted(groups[category], key=lambda i: (-sold.get(i.id, 0.0), i.name.casefold(), i.id))
         chosen += sorted(ranked[:limit], key=lambda i: (i.name.casefold(), i.id))
+    photos, spent = {}, 0
+    for i in chosen if photo_url else ():
+        url = photo_url(i.photo) if i.photo else None
+        if url and spent + len(url) > PHOTO_BUDGET_BYTES:
+            log.warning("catalogue photos pass %d KB: %s and later photos are left out of the snapshot",
+                        PHOTO_BUDGET_BYTES // 1024, i.id)
+            break
+        photos[i.id], spent = url, spent + len(url or "")
     return [proto.CatalogueItem(id=i.id, name=i.name, category=i.category, price=i.price, description=i.description,
-                                tags=list(i.tags or []), photo_url=photo_url(i.photo) if (photo_url and i.photo) else None,
+                                tags=list(i.tags or []), photo_url=photos.get(i.id),
                                 available=i.available).model_dump(mode="json") for i in chosen]
 
 
@@ -78,11 +91,16 @@ def ensure_current_version(session: Session, *, published_by: str | None, photo_
     return publish_catalogue_version(session, published_by=published_by, photo_url=photo_url)
 
 
-def photo_url_builder(public_url: str | None):
-    """``filename -> URL`` of item photos under ``public_url`` (None if no public URL is configured)."""
-    if not public_url:
+def photo_url_builder(public_url: str | None, photos_dir=None):
+    """``filename -> photo_url`` for :func:`snapshot_items`: with ``photos_dir`` (the cloud's photos folder) a
+    small inlined JPEG ``data:`` URI (:func:`dangol_cloud.web.photos.inline_builder`: devices need no access to
+    the dashboard, whose photo route requires sign-in); else None, as the route is not public (``public_url``
+    is kept for the callers' signature)."""
+    if photos_dir is None:
         return None
-    return lambda filename: f"{public_url}/catalogue/photos/{filename}"
+    from dangol_cloud.web.photos import inline_builder
+
+    return inline_builder(photos_dir)
 
 
 def _stores(session: Session, store_id: str | None) -> list[Store]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from pathlib import Path
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_from_directory, url_for
 from flask_login import current_user, login_required
@@ -19,6 +18,7 @@ from dangol_cloud.publishing import photo_url_builder, publish, publish_catalogu
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
+from dangol_cloud.web.photos import prepare_photo
 
 log = logging.getLogger(__name__)
 bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
@@ -28,9 +28,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:56] or "item"
 
 
-def _photo_url(filename: str) -> str:
-    public = photo_url_builder(get_settings().public_url)
-    return public(filename) if public else url_for("catalogue.photo", filename=filename, _external=True)
+def _photo_url(filename: str) -> str | None:
+    """The photo as the door screen gets it: a small JPEG inlined as a ``data:`` URI (:mod:`.photos`)."""
+    return photo_url_builder(None, get_settings().photos_dir)(filename)
 
 
 @bp.route("/")
@@ -60,11 +60,11 @@ def _save_photo(form: ItemForm) -> str | None:
     file = form.photo.data
     if not file or not getattr(file, "filename", ""):
         return None
-    ext = Path(file.filename).suffix.lower()
-    name = f"{uuid.uuid4().hex}{ext}"
+    data = prepare_photo(file.read())  # resized, upright, re-encoded: the EXIF (GPS, camera) is not kept
+    name = f"{uuid.uuid4().hex}.jpg"
     folder = get_settings().photos_dir
     folder.mkdir(parents=True, exist_ok=True)
-    file.save(folder / name)
+    (folder / name).write_bytes(data)
     return name
 
 
@@ -166,9 +166,12 @@ def publish_now():
 
 
 @bp.route("/photos/<path:filename>")
+@login_required
 def photo(filename: str):
-    """Item photos (public: the edge displays them)."""
-    return send_from_directory(get_settings().photos_dir.resolve(), filename, max_age=86400)
+    """Item photos, for signed-in dashboard users only (the door screen gets them inlined in the snapshot)."""
+    response = send_from_directory(get_settings().photos_dir.resolve(), filename, max_age=86400)
+    response.cache_control.public, response.cache_control.private = False, True  # never in a shared cache
+    return response
 
 
 from dangol_cloud.web import products as _products  # noqa: E402,F401 - POS products and bulk routes on this bp

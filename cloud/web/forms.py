@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, MultipleFileField
 from wtforms import BooleanField, DecimalField, EmailField, PasswordField, SelectField, StringField, TextAreaField
@@ -30,16 +32,24 @@ def valid_image(form, field) -> None:
         raise ValidationError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MiB")
     import io
 
+    too_large = (f"the photo has {{}} pixels; at most {MAX_PHOTO_PIXELS // 1_000_000} megapixels: "
+                 f"export it smaller (the door screen shows it at most 800 pixels wide)")
+    problem = None  # ValidationError is a ValueError: raised only outside the try, never re-labelled
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("JPEG", "PNG", "WEBP"):
-                raise ValidationError(f"the photo is {image.format}, not JPEG, PNG or WebP")
-            if image.width * image.height > MAX_PHOTO_PIXELS:
-                raise ValidationError(f"the photo has {image.width}×{image.height} pixels; at most "
-                                      f"{MAX_PHOTO_PIXELS // 1_000_000} megapixels")
-            image.load()  # decodes every pixel: a truncated or corrupt file fails here
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-        raise ValidationError(f"the photo cannot be read as an image ({type(exc).__name__})") from None
+                problem = f"the photo is {image.format}, not JPEG, PNG or WebP"
+            elif image.width * image.height > MAX_PHOTO_PIXELS:
+                problem = too_large.format(f"{image.width}×{image.height} ({image.width * image.height / 1e6:.0f} MP)")
+            else:
+                image.load()  # decodes every pixel: a truncated or corrupt file fails here
+    except Image.DecompressionBombError as exc:  # Pillow refuses to open it at all (> ~179 MP)
+        size = re.search(r"(\d+) pixels", str(exc))
+        problem = too_large.format(f"{int(size.group(1)) / 1e6:.0f} million" if size else "too many")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        problem = f"the photo cannot be read as an image ({type(exc).__name__})"
+    if problem:
+        raise ValidationError(problem)
 
 __all__ = ["ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm", "StoreForm", "UploadForm"]
 

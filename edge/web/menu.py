@@ -37,13 +37,23 @@ def view(d: WebDeps, snapshot: dict, catalogue: dict | None) -> dict:
     return out
 
 
+#: Item photos the screen shows: only images inlined in the catalogue snapshot (the page fetches nothing).
+PHOTO_PREFIXES = ("data:image/jpeg;base64,", "data:image/png;base64,", "data:image/webp;base64,")
+
+
+def photos(catalogue: dict | None) -> dict[str, str]:
+    """``{item id: data URI}`` of the catalogue items that carry an inlined photo in ``photo_url``."""
+    return {str(i.get("id")): i["photo_url"] for i in (catalogue or {}).get("items", [])
+            if isinstance(i.get("photo_url"), str) and i["photo_url"].startswith(PHOTO_PREFIXES)}
+
+
 def render_screen(app: flask.Flask, v: dict, catalogue: dict | None) -> str:
     """The screen's HTML (``_screen.html``): house menu, welcome or enrolment."""
     menu = house_menu(catalogue)
     count = sum(len(g["items"]) for g in menu)
     return app.jinja_env.get_template("_screen.html").render(
         v=v, menu=menu, cols=1 if count <= 4 else 2 if count <= 10 else 3 if count <= 36 else 4,
-        greeting=greeting(), now=datetime.now())
+        greeting=greeting(), now=datetime.now(), photos=photos(catalogue))
 
 
 def read_catalogue(d: WebDeps) -> dict | None:
