@@ -50,8 +50,11 @@ def index():
     }
     recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
                        .where(*([] if visit_scope is None else [visit_scope])).order_by(Visit.ts.desc()).limit(8)).all()
+    from dangol_cloud.web.devices import broker_check, device_presence
+
     return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
-                           erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm())
+                           erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm(),
+                           presence=device_presence(s, devices), broker=broker_check(get_settings().mqtt_url))
 
 
 @bp.route("/train", methods=["POST"])

@@ -41,8 +41,9 @@ def index():
             return render_template("store_created.html", store=store, token=token)
     stores = s.scalars(select(Store).order_by(Store.name)).all()
     currencies = dict(s.execute(select(StoreSetting.store_id, StoreSetting.currency)).all())
+    presence = _devices.device_presence(s, [d for store in stores for d in store.devices])
     return render_template("stores.html", stores=stores, form=form, device_form=DeviceForm(), action=ActionForm(),
-                           currencies=currencies, **_trust_context(s))
+                           currencies=currencies, presence=presence, **_trust_context(s))
 
 
 @bp.route("/<store_id>/currency", methods=["POST"])
@@ -95,9 +96,7 @@ def add_device(store_id: str):
                     mqtt_password_hash=mosquitto_hash(password))
     s.add(device)
     s.commit()
-    topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
-              "subscribe": [t for t, _ in proto.store_subscriptions(store.id)]}
-    return render_template("device_created.html", store=store, device=device, password=password, topics=topics)
+    return _device_page(store, device, password)
 
 
 @bp.route("/devices/<device_id>/password", methods=["POST"])
@@ -111,10 +110,18 @@ def reset_password(device_id: str):
     password = new_secret(24)
     device.mqtt_password_hash = mosquitto_hash(password)
     s.commit()
+    return _device_page(device.store, device, password, reset=True)
+
+
+def _device_page(store: Store, device: Device, password: str, reset: bool = False) -> str:
+    """The page shown once after "Add device" / "New password": the device's ``edge.toml`` and ``edge.env``
+    lines (its MQTT URL with the password), the commands for the broker host, and its live status."""
     topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
-              "subscribe": [t for t, _ in proto.store_subscriptions(device.store_id)]}
-    return render_template("device_created.html", store=device.store, device=device, password=password,
-                           topics=topics, reset=True)
+              "subscribe": [t for t, _ in proto.store_subscriptions(store.id)]}
+    return render_template("device_created.html", store=store, device=device, password=password, topics=topics,
+                           reset=reset, mqtt_url=_devices.device_mqtt_url(device.mqtt_username, password),
+                           client_id=proto.device_client_id(device.id),
+                           presence=_devices.device_presence(get_session(), [device]))
 
 
 @bp.route("/devices/<device_id>/delete", methods=["POST"])
@@ -200,3 +207,6 @@ def decide_erasure(request_id: int, decision: str):
     except MqttError as exc:  # stays pending: re-sent on the schedule
         flash(f"Erased here; telling the stores failed ({exc}); it is retried automatically.", "warning")
     return redirect(url_for("stores.index"))
+
+
+from dangol_cloud.web import devices as _devices  # noqa: E402 - presence, onboarding lines; its routes on this bp
