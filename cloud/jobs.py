@@ -1,4 +1,5 @@
-"""Training started from the dashboard: one background run at a time, its last outcome remembered."""
+"""Jobs started from the dashboard: training (one background run at a time, with its steps, ETA and result) and
+purchase imports (:class:`ImportJobs`)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainingJob:
-    """State of the dashboard's "Retrain now" (one per app).
+    """State of the dashboard's "Retrain now" (one per app), shown with a progress bar and a result page.
+
+    The run is :func:`dangol_cloud.services.retrain_and_publish` (train on every purchase, write the menus,
+    then publish menus and erasures when a broker is configured; the catalogue is not re-published).
 
     Attributes:
         running: a training run is in progress.
         started_at / finished_at: UTC times of the last run.
         message: outcome of the last run ("model X: ..." or the error), for the dashboard.
+        ok: True (trained and, with a broker, published), False (failed; or trained but not published: then
+            ``result`` is set), None while running.
+        step: name of the step in progress (:data:`STEPS`); steps: ``[(name, seconds)]`` of the finished ones.
+        result: the :class:`~dangol_cloud.services.RetrainResult` (None before the end or on failure).
+        last_seconds: duration of the previous successful run (the ETA's basis), None before one.
     """
 
     running: bool = False
@@ -31,9 +40,17 @@ class TrainingJob:
     finished_at: datetime | None = None
     message: str | None = None
     ok: bool | None = None
+    step: str | None = None
+    result: object | None = None
+    last_seconds: float | None = None
+
+    #: The steps shown on the progress bar: the training's (:data:`dangol_cloud.training.TRAIN_STEPS`) + publish.
+    STEPS = ("load", "clean", "re-ranker", "factors", "history", "save", "menus", "write", "publish")
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.steps: list[tuple[str, float]] = []
+        self._step_started: datetime | None = None
 
     def start(self, db: Database, settings: Settings) -> bool:
         """Start training (then publish menus if a broker is configured) in a thread.
@@ -45,6 +62,7 @@ class TrainingJob:
             if self.running:
                 return False
             self.running, self.started_at, self.message, self.ok = True, utcnow(), None, None
+            self.finished_at, self.step, self.result, self.steps = None, None, None, []
         thread = threading.Thread(target=self._run, args=(db, settings), name="dangol-train-now", daemon=True)
         thread.start()
         self._thread = thread
@@ -56,19 +74,47 @@ class TrainingJob:
         if thread is not None:
             thread.join(timeout)
 
+    def _progress(self, name: str) -> None:
+        now = utcnow()
+        if self.step is not None and self._step_started is not None:
+            self.steps.append((self.step, (now - self._step_started).total_seconds()))
+        self.step, self._step_started = name, now
+
+    def elapsed(self) -> float:
+        """Seconds since the start (to the end once finished)."""
+        if self.started_at is None:
+            return 0.0
+        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+    def percent(self) -> int:
+        """Share of :data:`STEPS` done, 0–100 (100 once finished)."""
+        if not self.running:
+            return 100 if self.finished_at else 0
+        return int(100 * len(self.steps) / len(self.STEPS))
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left judged by the previous successful run's duration (None without one, or once overrun)."""
+        if not self.running or self.last_seconds is None:
+            return None
+        left = self.last_seconds - self.elapsed()
+        return left if left > 0 else None
+
     def _run(self, db: Database, settings: Settings) -> None:
-        from dangol_cloud.training import train_from_database
+        from dangol_cloud.services import PublishFailed, retrain_and_publish
 
         try:
-            report = train_from_database(db, settings)
-            text = f"model {report.version}: {report.interactions:,} purchases, {report.menus:,} menus"
-            if settings.mqtt_url:
-                from dangol_cloud.publishing import publish
-
-                with db.transaction() as session:
-                    sent = publish(session, settings.mqtt_url, currency=settings.currency, catalogue=False)
-                text += f", {sent.menus} menu messages published"
-            self.message, self.ok = text, True
+            result = retrain_and_publish(db, settings, progress=self._progress)
+            self._progress("done")
+            self.result = result
+            text = f"model {result.model_version}: {result.interactions:,} purchases, {result.menus:,} menus"
+            if result.messages_published is not None:
+                text += f", {result.menu_messages} menu messages published to {result.stores} store(s)"
+            self.message, self.ok, self.last_seconds = text, True, result.seconds
+        except PublishFailed as exc:  # the model and menus are committed; they go out with the next publish
+            self._progress("done")
+            self.result = exc.result
+            self.message, self.ok = f"{exc}. The menus go out with the next publish.", False
+            self.last_seconds = exc.result.seconds
         except Exception as exc:  # reported on the dashboard and logged with its traceback
             log.exception("training started from the dashboard failed")
             self.message, self.ok = f"{type(exc).__name__}: {exc}", False

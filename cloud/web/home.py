@@ -64,11 +64,17 @@ def train_now():
     if not ActionForm().validate_on_submit():
         abort(400)
     job = current_app.extensions["dangol_training"]
-    if job.start(get_db(), get_settings()):
-        flash("Training started. New picks are ready in a minute or two; this page refreshes itself.", "info")
-    else:
+    if not job.start(get_db(), get_settings()):
         flash("Training is already running.", "warning")
-    return redirect(url_for("home.index"))
+    return redirect(url_for("home.train_job"))
+
+
+@bp.route("/train/job")
+@login_required
+def train_job():
+    """GET /train/job: the training run's progress bar (steps, elapsed, ETA from the previous run), then its
+    result (model, customers, items, purchases, menus, messages published) or its error."""
+    return render_template("train_job.html", job=current_app.extensions["dangol_training"])
 
 
 from dangol_cloud.web import errors as _errors  # noqa: E402,F401 - error pages in this layout (app-wide)
