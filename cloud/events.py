@@ -29,6 +29,7 @@ from dangol_cloud.models import (
     Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Visit, utcnow,
 )
 from dangol_cloud.mqtt import connect_options, new_client
+from dangol_protocol.client import is_refusal, refusals
 from dangol_cloud.services import record_consent
 
 __all__ = ["DATABASE_TROUBLE", "Outcome", "Listener", "handle_message"]
@@ -269,14 +270,14 @@ class Listener:
         self._worker: threading.Thread | None = None
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
+        if is_refusal(reason_code):
             log.error("MQTT broker refused the listener: %s", reason_code)
             return
         self._generation += 1  # message ids of an earlier connection must not be acknowledged on this one
         client.subscribe(proto.device_subscriptions())
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        refused = [rc for rc in reason_codes if rc.is_failure]
+        refused = refusals(reason_codes)
         if refused:
             log.error("MQTT broker refused the listener's subscriptions: %s", refused)
             return

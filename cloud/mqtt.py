@@ -1,26 +1,21 @@
-"""paho-mqtt 2.x plumbing: connect from an ``mqtt://`` URL, publish QoS 1 messages and wait for PUBACKs.
+"""The cloud's MQTT plumbing: connect from an ``mqtt://`` URL, publish QoS 1 messages and wait for PUBACKs.
 
-MQTT 5 (as the edge): a broker that refuses a publish or a subscription (its ACL) says so in the PUBACK/SUBACK
-reason code (0x87 Not authorized), where MQTT 3.1.1 acknowledges a refused publish like any other."""
+The client is built by :mod:`dangol_protocol.client`, the MQTT 5 helper the edge uses too: a broker that
+refuses a publish or a subscription (its ACL) says so in the PUBACK/SUBACK reason code (0x87 Not
+authorized), where MQTT 3.1.1 acknowledges a refused publish like any other."""
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+
+from dangol_protocol import client as mqtt5
+from dangol_protocol.client import SESSION_NEVER_EXPIRES, connect_kwargs, is_refusal
 
 __all__ = ["MqttError", "Message", "SESSION_NEVER_EXPIRES", "connect", "connect_options", "new_client", "publish_all"]
-
-SESSION_NEVER_EXPIRES = 0xFFFFFFFF
-"""MQTT 5 session expiry interval meaning "never" (as ``clean_session=False`` under 3.1.1): the listener's
-queued events wait for it however long it is down (the broker's ``persistent_client_expiration`` still applies)."""
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +28,28 @@ class MqttError(RuntimeError):
 
 
 def connect_options(*, clean_session: bool, receive_maximum: int | None = None) -> dict:
-    """Keyword arguments of paho's ``connect``/``connect_async`` for an MQTT 5 session.
+    """Keyword arguments of paho's ``connect``/``connect_async`` for an MQTT 5 session
+    (:func:`dangol_protocol.client.connect_kwargs`).
 
     ``clean_session=False``: resume the session (``clean_start=False``) and keep it forever
     (:data:`SESSION_NEVER_EXPIRES`); True: a fresh session that ends with the connection.
     ``receive_maximum``: at most this many unacknowledged QoS 1 messages in flight to us.
     """
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0 if clean_session else SESSION_NEVER_EXPIRES
-    if receive_maximum is not None:
-        props.ReceiveMaximum = receive_maximum
-    return {"clean_start": clean_session, "properties": props}
+    return connect_kwargs(clean_start=clean_session, receive_maximum=receive_maximum)
 
 
 def new_client(url: str, client_id: str, *, manual_ack: bool = False) -> tuple[mqtt.Client, str, int]:
-    """A configured (not yet connected) paho v2 MQTT 5 client for ``mqtt[s]://[user:password@]host[:port]``;
-    connect it with :func:`connect_options`.
+    """A configured (not yet connected) paho v2 MQTT 5 client for ``mqtt[s]://[user:password@]host[:port]``
+    (:func:`dangol_protocol.client.new_client`); connect it with :func:`connect_options`.
 
     Returns:
         (client, host, port). Raises MqttError on a malformed URL.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise MqttError(f"MQTT URL {url!r} is not mqtt://[user:password@]host[:port]")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                         manual_ack=manual_ack)
-    if parts.username:
-        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
-    if parts.scheme == "mqtts":
-        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-    return client, parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    try:
+        client, address = mqtt5.new_client(url, client_id, manual_ack=manual_ack)
+    except mqtt5.MqttUrlError as exc:
+        raise MqttError(str(exc)) from None
+    return client, address.host, address.port
 
 
 def connect(url: str, client_id: str, *, timeout: float = 10.0, clean_session: bool = True,
@@ -83,7 +70,7 @@ def connect(url: str, client_id: str, *, timeout: float = 10.0, clean_session: b
 
     def _on_connect(c, userdata, flags, reason_code, properties):
         result["rc"] = reason_code
-        if on_connect is not None and not reason_code.is_failure:
+        if on_connect is not None and not is_refusal(reason_code):
             on_connect(c, userdata, flags, reason_code, properties)
         done.set()
 
@@ -97,7 +84,7 @@ def connect(url: str, client_id: str, *, timeout: float = 10.0, clean_session: b
     except OSError as exc:
         raise MqttError(f"MQTT broker {host}:{port} unreachable: {exc}") from exc
     client.loop_start()
-    if not done.wait(timeout) or result["rc"].is_failure:
+    if not done.wait(timeout) or is_refusal(result["rc"]):
         client.loop_stop()
         client.disconnect()
         reason = result.get("rc", "no CONNACK within %.0f s" % timeout)
@@ -117,7 +104,7 @@ def publish_all(client: mqtt.Client, messages: Iterable[Message], *, timeout: fl
     """
     refused: dict[int, str] = {}
     client.on_publish = lambda c, u, mid, reason_code, props: (
-        refused.__setitem__(mid, str(reason_code)) if reason_code.is_failure else None)
+        refused.__setitem__(mid, str(reason_code)) if is_refusal(reason_code) else None)
     sent = [(topic, client.publish(topic, payload, qos=1, retain=retained)) for topic, payload, retained in messages]
     for topic, info in sent:
         try:

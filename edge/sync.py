@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import uuid
 from collections.abc import Callable
 import importlib.metadata
 from datetime import datetime, timezone
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from dangol_protocol import client as mqtt5
 from dangol_protocol import (
     Catalogue, Erasures, Menu, Status, dump_payload, last_will, parse_payload,
 )
+from dangol_protocol.client import MqttUrlError
 from dangol_protocol.models import Health
 from dangol_protocol.parse import PayloadError, is_retained_clear
 from dangol_protocol.topics import (
@@ -62,23 +60,22 @@ def installed_version() -> str:
         return "unknown"
 
 
-class MQTTConfigError(ValueError):
+class MQTTConfigError(MqttUrlError):
     """The broker URL is malformed; the message names it (without the password)."""
 
 
 def parse_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
-    """``mqtt[s]://user:password@host:port`` → (host, port, user, password, tls).
+    """``mqtt[s]://user:password@host:port`` → (host, port, user, password, tls)
+    (:func:`dangol_protocol.client.parse_url`).
 
     Raises:
         MQTTConfigError: unknown scheme or no host.
     """
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-        safe = f"{u.scheme}://{u.hostname or ''}:{u.port or ''}"
-        raise MQTTConfigError(f"broker URL {safe!r}: expected mqtt://[user:password@]host[:port] or mqtts://…")
-    tls = u.scheme in ("mqtts", "ssl")
-    return (u.hostname, u.port or (8883 if tls else 1883),
-            unquote(u.username) if u.username else None, unquote(u.password) if u.password else None, tls)
+    try:
+        a = mqtt5.parse_url(url)
+    except MqttUrlError as exc:
+        raise MQTTConfigError(str(exc)) from None
+    return a.host, a.port, a.username, a.password, a.tls
 
 
 class MQTTSync:
@@ -114,6 +111,8 @@ class MQTTSync:
         self._early: dict[int, bool] = {}
         self._rejected: set[str] = set()
         self.rejected_events = 0
+        #: subscriptions the broker refused in its last SUBACK (reason code ≥ 0x80, e.g. its ACL)
+        self.refused_subscriptions = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -128,18 +127,11 @@ class MQTTSync:
         """
         if not self.config.url:
             raise MQTTConfigError("no broker URL (set [mqtt] url or DANGOL_MQTT_URL)")
-        host, port, user, password, tls = parse_url(self.config.url)
-        # MQTT 5: a PUBACK carries a reason code, so a publish the broker's ACL refuses is reported
-        # (0x87 Not authorized) instead of silently acknowledged as under 3.1.1
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_client_id(self.device_id),
-                        protocol=mqtt.MQTTv5)
-        if user:
-            c.username_pw_set(user, password)
-        if tls:
-            c.tls_set(ca_certs=str(self.config.tls_ca) if self.config.tls_ca else None,
-                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        will_topic, will_payload = last_will(self.device_id)
-        c.will_set(will_topic, will_payload, qos=1, retain=True)
+        try:  # MQTT 5: a PUBACK carries a reason code, so a publish the broker's ACL refuses is reported
+            c, address = mqtt5.new_client(self.config.url, device_client_id(self.device_id),
+                                          tls_ca=self.config.tls_ca, will=last_will(self.device_id))
+        except MqttUrlError as exc:
+            raise MQTTConfigError(str(exc)) from None
         c.reconnect_delay_set(min_delay=max(1, int(self.config.reconnect_min_s)),
                               max_delay=max(1, int(self.config.reconnect_max_s)))
         c.max_queued_messages_set(0)
@@ -147,10 +139,11 @@ class MQTTSync:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
         self._client = c
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S  # persistent session: queued QoS 1 survives outages
-        c.connect_async(host, port, keepalive=self.config.keepalive_s, clean_start=False, properties=props)
+        # persistent session: queued QoS 1 messages survive outages
+        c.connect_async(address.host, address.port, keepalive=self.config.keepalive_s,
+                        **mqtt5.connect_kwargs(clean_start=False, session_expiry_s=SESSION_EXPIRY_S))
         c.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="mqtt-outbox", daemon=True)
         self._flusher.start()
@@ -177,7 +170,7 @@ class MQTTSync:
 
     # --- callbacks (paho's network thread) ----------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
+        if mqtt5.is_refusal(reason_code):
             log.error("broker refused the connection: %s", reason_code)
             return
         with self._lock:
@@ -186,6 +179,13 @@ class MQTTSync:
         client.subscribe(store_subscriptions(self.store_id))
         self.connected.set()
         self._wake.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = mqtt5.refusals(reason_codes)
+        self.refused_subscriptions = len(refused)
+        if refused:  # e.g. the ACL does not give this login its store's topics: the screen will go stale
+            log.error("the broker refused %d of this device's subscriptions (%s); check the store id and the "
+                      "broker's ACL", len(refused), ", ".join(refused))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._stop.is_set():
@@ -197,10 +197,10 @@ class MQTTSync:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             if mid not in self._inflight:  # PUBACK before publish() returned: the publisher settles it
-                self._early[mid] = bool(reason_code.is_failure)
+                self._early[mid] = mqtt5.is_refusal(reason_code)
                 return
             event_id = self._inflight.pop(mid)
-        self._settle(event_id, bool(reason_code.is_failure), str(reason_code))
+        self._settle(event_id, mqtt5.is_refusal(reason_code), str(reason_code))
 
     def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
         """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect)."""

@@ -300,3 +300,12 @@ def test_status_reports_the_installed_package_version(broker, state, monkeypatch
     finally:
         sync.stop(timeout=1)
         cloud.close()
+
+
+def test_a_malformed_broker_url_names_it_without_the_password(state):
+    from dangol_edge.sync import MQTTConfigError
+
+    sync = MQTTSync(MQTTConfig(url="http://device:s3cret@broker.example:1883"), DEVICE, STORE, state)
+    with pytest.raises(MQTTConfigError, match="broker.example") as caught:
+        sync.start()
+    assert "s3cret" not in str(caught.value)
