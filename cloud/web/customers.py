@@ -92,16 +92,11 @@ def show(customer_id: str):
     """GET /customers/<id>: consent record, current picks and why, visits, purchases."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
+    from dangol_cloud.web.customer_link import daypart_picks
+
     menu = s.get(Menu, customer.id)
-    picks, off_menu = [], 0
-    if menu is not None:  # as the door shows them: POS products translated to the menu items they are sold as
-        mapping = dict(s.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id).where(
-            ProductMapping.product_id.in_([p["item_id"] for p in menu.picks]))).all())
-        shown = translate_picks(menu.picks, mapping)
-        off_menu = sum(1 for p in menu.picks if p["item_id"] in mapping and mapping[p["item_id"]] is None)
-        items = {i.id: i for i in s.scalars(select(CatalogueItem).where(
-            CatalogueItem.id.in_([p["item_id"] for p in shown])))}
-        picks = [(items.get(p["item_id"]), p) for p in shown]
+    picks, off_menu = _as_shown(s, menu.picks) if menu is not None else ([], 0)
+    dayparts = [(name, _as_shown(s, slot)[0]) for name, slot in daypart_picks(s, customer.id)]
     visits = s.execute(select(Visit).where(Visit.customer_id == customer.id).order_by(Visit.ts.desc()).limit(20)).scalars().all()
     purchases = s.execute(select(Purchase, CatalogueItem.name).join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
                           .where(Purchase.customer_id == customer.id).order_by(Purchase.ts.desc()).limit(25)).all()
@@ -115,12 +110,23 @@ def show(customer_id: str):
     currency = currency_of(s, stores, get_settings().currency)
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
-    return render_template("customer.html", customer=customer, menu=menu, picks=picks, visits=visits,
+    return render_template("customer.html", customer=customer, menu=menu, picks=picks, dayparts=dayparts, visits=visits,
                            purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
                            first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
                                .where(PickOpinion.customer_id == customer.id)).all()))
+
+
+def _as_shown(s, raw: list[dict]) -> tuple[list[tuple], int]:
+    """Picks as the door shows them: POS products translated to the menu items they are sold as.
+    Returns ``([(CatalogueItem or None, pick), ...], number of picks that are products not on the menu)``."""
+    mapping = dict(s.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id).where(
+        ProductMapping.product_id.in_([p["item_id"] for p in raw]))).all())
+    shown = translate_picks(raw, mapping)
+    off_menu = sum(1 for p in raw if p["item_id"] in mapping and mapping[p["item_id"]] is None)
+    items = {i.id: i for i in s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_([p["item_id"] for p in shown])))}
+    return [(items.get(p["item_id"]), p) for p in shown], off_menu
 
 
 @bp.route("/<customer_id>/opinion", methods=["POST"])
@@ -280,3 +286,6 @@ def erase(customer_id: str):
     else:
         flash(f"Erased {name}. No broker configured: the stores will be told on the next publish.", "warning")
     return redirect(url_for("customers.index"))
+
+
+from dangol_cloud.web import customer_link as _link  # noqa: E402,F401 - link door enrolment ↔ loyalty, on this bp

@@ -1,0 +1,149 @@
+"""Link a door enrolment to an existing loyalty customer (issue 11, build 6), and a customer's day-part picks.
+
+A regular who signs up at the door becomes a new customer (``source="edge"``: the face templates on the devices
+and the consent record belong to that id). If the same person already has a loyalty record with purchase history
+(imported or from the POS), the owner links the two: **the door enrolment's id survives** (the devices know it;
+no template moves), and the loyalty customer's purchases, door visits, pick credits and opinions, segment and
+loyalty reference (``external_ref`` and its keyed hash) move onto it; the loyalty record is then deleted. One
+audit entry (``customers-linked``, ids only) records it. Both menus are dropped: the next training computes
+the picks from the joined history.
+
+Route on the ``customers`` blueprint: ``POST /customers/<door id>/link`` with ``loyalty`` (a loyalty number or a
+customer id), confirmed on a second page (``confirm=yes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import abort, flash, redirect, request, url_for
+from flask_login import current_user
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from dangol_cloud.app import get_session
+from dangol_cloud.erasure import audit
+from dangol_cloud.models import Customer, Menu, Purchase, Visit, external_ref_hash
+from dangol_cloud.models_ops import CustomerSegment, MenuDayparts, PickCredit, PickOpinion
+from dangol_cloud.web.auth import owner_required
+from dangol_cloud.web.confirm import confirmation_page
+from dangol_cloud.web.customers import bp
+from dangol_cloud.web.forms import ActionForm
+
+__all__ = ["LinkError", "LinkReport", "daypart_picks", "find_loyalty_customer", "link_customers"]
+
+
+class LinkError(ValueError):
+    """The two customers cannot be linked; the message says why (shown to the owner)."""
+
+
+@dataclass(frozen=True)
+class LinkReport:
+    """What :func:`link_customers` moved onto the door enrolment."""
+
+    purchases: int
+    visits: int
+    opinions: int
+
+
+def find_loyalty_customer(session: Session, text: str) -> Customer | None:
+    """The customer named by ``text``: a loyalty number (exact, through the keyed hash) or a customer id."""
+    text = (text or "").strip()[:120]
+    if not text:
+        return None
+    found = session.scalar(select(Customer).where(Customer.external_ref_hash == external_ref_hash(session, text)))
+    return found or session.get(Customer, text.lower())
+
+
+def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor: str) -> LinkReport:
+    """Merge ``loyalty`` into ``door`` (see the module docstring); the caller commits.
+
+    Raises:
+        LinkError: ``door`` was not enrolled at the door, ``loyalty`` was (two enrolments are not merged),
+            ``loyalty`` has consent of its own, they are the same customer, or ``door`` already has a loyalty
+            reference.
+    """
+    if door.id == loyalty.id:
+        raise LinkError("that is this customer")
+    if door.source != "edge":
+        raise LinkError("only a customer enrolled at the door can be linked to a loyalty customer")
+    if loyalty.source == "edge" or loyalty.has_consent:
+        raise LinkError("the other customer was enrolled at the door or gave consent too: erase the duplicate instead")
+    if door.external_ref_hash is not None:
+        raise LinkError("this customer is already linked to a loyalty number")
+    moved = session.execute(update(Purchase).where(Purchase.customer_id == loyalty.id)
+                            .values(customer_id=door.id)).rowcount
+    visits = session.execute(update(Visit).where(Visit.customer_id == loyalty.id).values(customer_id=door.id)).rowcount
+    session.execute(update(PickCredit).where(PickCredit.customer_id == loyalty.id).values(customer_id=door.id))
+    own = set(session.scalars(select(PickOpinion.item_id).where(PickOpinion.customer_id == door.id)))
+    opinions = 0
+    for op in session.scalars(select(PickOpinion).where(PickOpinion.customer_id == loyalty.id)).all():
+        if op.item_id not in own:  # the door customer's own opinion wins
+            session.add(PickOpinion(customer_id=door.id, item_id=op.item_id, opinion=op.opinion, at=op.at, by=op.by))
+            opinions += 1
+        session.delete(op)
+    segment = session.get(CustomerSegment, loyalty.id)
+    if segment is not None:
+        if session.get(CustomerSegment, door.id) is None:
+            session.add(CustomerSegment(customer_id=door.id, age_group=segment.age_group, area=segment.area))
+        session.delete(segment)
+    for table in (Menu, MenuDayparts):  # both stale: the next training picks from the joined history
+        session.execute(delete(table).where(table.customer_id.in_([door.id, loyalty.id])))
+    ref, ref_hash = loyalty.external_ref, loyalty.external_ref_hash
+    loyalty_id = loyalty.id
+    session.delete(loyalty)
+    session.flush()  # the unique loyalty hash is free before the door customer takes it
+    door.external_ref, door.external_ref_hash = ref, ref_hash
+    audit(session, actor, "customers-linked", customer_id=door.id,
+          detail=f"loyalty customer {loyalty_id} merged into door enrolment {door.id}: {moved} purchase lines, "
+                 f"{visits} visits, {opinions} opinions moved")
+    return LinkReport(purchases=moved, visits=visits, opinions=opinions)
+
+
+@bp.route("/<customer_id>/link", methods=["POST"])
+@owner_required
+def link(customer_id: str):
+    """POST /customers/<door id>/link: ``loyalty`` = loyalty number or customer id; the first post answers with
+    the confirmation page (what moves, what is deleted), the second (``confirm=yes``) links."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    door = s.get(Customer, customer_id) or abort(404)
+    wanted = (request.form.get("loyalty") or "").strip()
+    back = url_for("customers.show", customer_id=door.id)
+    loyalty = find_loyalty_customer(s, wanted)
+    if loyalty is None:
+        flash(f"No customer with loyalty number or id {wanted[:40]!r}.", "error")
+        return redirect(back)
+    lines = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.customer_id == loyalty.id))
+    label = f"loyalty number {loyalty.external_ref}" if loyalty.external_ref else f"customer {loyalty.id[:8]}"
+    page = confirmation_page(
+        title=f"Link {door.display_name or 'this door enrolment'} to {label}?", button="Link customers",
+        detail=f"The {lines:,} purchase lines and the visits of {label} move to this customer, who keeps the "
+               "name, consent and face templates from the door. The separate loyalty record is then deleted "
+               "(written to the audit log); picks are recomputed at the next training. This cannot be undone.",
+        cancel_url=back, keep=[("loyalty", wanted)])
+    if page is not None:
+        return page
+    try:
+        report = link_customers(s, door, loyalty, actor=current_user.email)
+    except LinkError as exc:
+        s.rollback()
+        flash(f"Not linked: {exc}.", "error")
+        return redirect(back)
+    s.commit()
+    flash(f"Linked: {report.purchases:,} purchase lines and {report.visits:,} visits now belong to this customer. "
+          "The picks follow at the next training.", "success")
+    return redirect(back)
+
+
+def daypart_picks(session: Session, customer_id: str) -> list[tuple[str, list[dict]]]:
+    """The customer's picks per day-part as training wrote them (:class:`MenuDayparts`), in day order:
+    ``[(day-part name, [{"item_id", "score", "reasons"}, ...]), ...]``; empty when none were written (data
+    without times of day, or a customer the model does not know)."""
+    from dangol_cloud.recommend.dayparts import DAYPARTS
+
+    row = session.get(MenuDayparts, customer_id)
+    if row is None:
+        return []
+    return [(name, row.dayparts.get(name) or []) for name, _, _ in DAYPARTS if row.dayparts.get(name)]
