@@ -197,6 +197,10 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     own = model.history.lines[rows].toarray().astype(np.float64) + tie[None, :]
     methods["own-frequency"] = (ranked(own), 0.0, time.perf_counter() - clock)
     notes: list[str] = []
+    if model.stage2 is not None:
+        notes.append(f"Dangol second stage: blend λ={model.stage2.blend:g} over {model.stage2.candidates} candidates, "
+                     "chosen on held-out customers of the training window (precision@10 by λ: "
+                     + ", ".join(f"{b} {p:.4f}" for b, p in model.stage2.validation.items()) + ")")
     if baselines:
         for name, (lists, fit_s, score_s, note) in _baselines(train_df, model.customers, model.items, rows, k,
                                                               cfg.rerank_window_days).items():

@@ -23,7 +23,9 @@ from .features import customer_feature_matrix, item_feature_matrix
 from .history import PopularityTable, build_history, pair_values
 from .model import _BATCH, Recommender
 from .rerank import Reranker, item_statistics, pair_features, sample_pairs
+from .scoring import Stage2
 from .segments import SegmentTable, segment_values
+from .stage2 import fit_stage2
 
 __all__ = ["TRAIN_STEPS", "train"]
 
@@ -36,28 +38,33 @@ def _coo(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.coo_matrix:
 
 
 def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig
-                  ) -> tuple[Reranker, object | None]:
+                  ) -> tuple[Reranker, object | None, Stage2 | None]:
     """Carve the last ``rerank_window_days`` of training as labels, fit LightFM + statistics on the rest,
-    and fit the re-ranker on sampled (customer, item) pairs of customers active in both parts.
+    fit the re-ranker on sampled (customer, item) pairs of customers active in both parts and, with
+    ``cfg.stage2``, the second stage (:mod:`.stage2`) with the blend weight chosen on held-out customers.
 
-    Returns ``(re-ranker, the LightFM model fitted on the earlier part or None)``."""
+    Returns ``(re-ranker, the LightFM model fitted on the earlier part or None, second stage or None)``."""
     label_start = end_day - cfg.rerank_window_days
     past = day < label_start
     if past.sum() == 0 or (~past).sum() == 0:
-        return Reranker.fallback(), None
+        return Reranker.fallback(), None, None
     hist = build_history(u[past], i[past], day[past], shape, label_start, cfg.recency_half_life_days)
     if not cfg.item_trend:
         hist.item_recent = None
     labels = _coo(u[~past], i[~past], shape).tocsr()
     eligible = np.flatnonzero((hist.visits > 0) & (np.diff(labels.indptr) > 0))
     if len(eligible) < 20:
-        return Reranker.fallback(), None
+        return Reranker.fallback(), None, None
     lightfm = fit_lightfm(_coo(u[past], i[past], shape), item_x, user_x, cfg)
     factors = factors_of(lightfm, item_x, user_x)
     pop, rep = item_statistics(hist, categories)
     rng = np.random.default_rng(cfg.random_state)
     rows = np.sort(rng.choice(eligible, size=min(cfg.rerank_max_customers, len(eligible)), replace=False))
-    hist.tifu = _tifu(u[past], i[past], day[past], shape, cfg, rows)
+    hold = np.zeros(0, dtype=np.int64)
+    if cfg.stage2 and len(rows) >= 40:
+        held = rng.random(len(rows)) < cfg.stage2_holdout
+        rows, hold = rows[~held], rows[held]
+    hist.tifu = _tifu(u[past], i[past], day[past], shape, cfg, np.concatenate([rows, hold]))
     pr, pc, pw = sample_pairs(hist, rows, cfg.rerank_negatives, rng)
     z, nn = np.empty(len(pr)), np.zeros(len(pr))
     position = np.searchsorted(rows, pr)
@@ -69,7 +76,9 @@ def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: Re
             nn[sel] = hist.tifu.neighbour_mean(block_rows, cfg.tifu_neighbours)[position[sel] - start, pc[sel]]
     x = pair_features(hist, pop, rep, z, pr, pc, nn)
     y = pair_values(labels, pr, pc) > 0
-    return Reranker.fit(x, y, pw, len(rows)), lightfm
+    reranker = Reranker.fit(x, y, pw, len(rows))
+    stage2 = fit_stage2(hist, pop, rep, factors, reranker, rows, hold, labels, cfg) if len(hold) else None
+    return reranker, lightfm, stage2
 
 
 def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], cfg: RecommenderConfig,
@@ -132,9 +141,9 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     end_day = int(day.max()) + 1
 
     step("re-ranker")
-    reranker, window_lightfm = None, None
+    reranker, window_lightfm, stage2 = None, None, None
     if cfg.rerank:
-        reranker, window_lightfm = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg)
+        reranker, window_lightfm, stage2 = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg)
     step("factors")
     if window_lightfm is not None and cfg.refit_epochs:  # warm start: continue from the earlier part's fit
         lightfm = fit_lightfm(_coo(u, i, shape), item_x, user_x, cfg, model=window_lightfm, epochs=cfg.refit_epochs)
@@ -159,4 +168,4 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
                        categories=categories, available=catalogue["available"].to_numpy(bool),
                        item_features=item_x, item_feature_names=item_names, factors=factors, history=history,
                        item_pop=pop, item_rep=rep, reranker=reranker, popularity=popularity, meta=meta,
-                       dayparts=dayparts, segments=segment_table)
+                       dayparts=dayparts, segments=segment_table, stage2=stage2)

@@ -24,6 +24,8 @@ from .dayparts import DayPartProfile
 from .segments import SegmentTable
 from .history import History, PopularityTable
 from .rerank import FEATURES, Reranker
+from .scoring import STAGE2_FEATURES, Stage2
+from .trees import Forest
 
 if TYPE_CHECKING:
     from .model import Recommender
@@ -71,6 +73,8 @@ def save_model(model: Recommender, directory: Path) -> Path:
     if model.reranker is not None:
         for name in ("weights", "mean", "scale", "coef"):
             arrays[f"reranker_{name}"] = getattr(model.reranker, name)
+    if model.stage2 is not None:
+        arrays.update(model.stage2.forest.to_arrays("stage2_"))
     np.savez(folder / "arrays.npz", **arrays)  # uncompressed: zlib took ~10 s for a whole-catalogue model
     meta = {
         "format": FORMAT_VERSION, "version": model.version, "config": model.config.to_dict(),
@@ -79,6 +83,9 @@ def save_model(model: Recommender, directory: Path) -> Path:
         "reranker": None if model.reranker is None else {
             "features": list(FEATURES), "intercept": model.reranker.intercept,
             "n_pairs": model.reranker.n_pairs, "n_customers": model.reranker.n_customers},
+        "stage2": None if model.stage2 is None else {
+            "features": list(STAGE2_FEATURES), "blend": model.stage2.blend, "candidates": model.stage2.candidates,
+            "tifu_alpha": model.stage2.tifu_alpha, "validation": model.stage2.validation},
         "meta": model.meta,
     }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -122,6 +129,11 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
     segments = None
     if "segments_values" in a:
         segments = SegmentTable([str(v) for v in a["segments_values"]], csr("segments_counts"))
+    stage2 = None
+    if meta.get("stage2") is not None:
+        s2 = meta["stage2"]
+        stage2 = Stage2(Forest.from_arrays(a, "stage2_"), float(s2["blend"]), int(s2["candidates"]),
+                        float(s2["tifu_alpha"]), dict(s2["validation"]))
     pop = meta["popularity"]
     categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
     return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],
@@ -130,4 +142,4 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
                item_pop=a["item_pop"], item_rep=a["item_rep"], reranker=reranker,
                popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
                                           config.cold_start_smoothing), meta=meta.get("meta") or {},
-               dayparts=dayparts, segments=segments)
+               dayparts=dayparts, segments=segments, stage2=stage2)

@@ -1,0 +1,76 @@
+"""Fitting the second re-ranking stage and its blend weight on the training window (never the test period).
+
+Inside :func:`~dangol_cloud.recommend.fit.train` the last ``rerank_window_days`` of the training data are the
+labels and everything before them the features. The customers of that window are split at random into a fit
+part and a held-out part (``stage2_holdout``). The stage-1 logistic regression and the boosted forest are fitted
+on the fit part; the blend weight λ (:class:`~.scoring.Stage2`) is the value of ``stage2_blends`` with the best
+precision@k of the held-out customers' top-k lists (ties: the smaller λ, so λ = 0 — stage 1 alone — wins unless
+the forest helps on customers it has not seen).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .config import RecommenderConfig
+from .factors import Factors
+from .history import History
+from .rerank import Reranker
+from .scoring import Stage2, candidates, linear_scores, stage2_features
+from .trees import fit_forest
+
+__all__ = ["blend_precision", "fit_stage2"]
+
+_BLOCK = 2048
+
+
+def _candidate_rows(history, pop, rep, factors, reranker, rows, labels, cfg):
+    """Stage-2 features ``(len(rows)·M, F)``, labels ``(len(rows)·M,)`` bool, stage-1 logits ``(len(rows), M)``
+    and the per-row count of relevant items ``(len(rows),)`` for the customers ``rows`` (label rows aligned)."""
+    xs, ys, lin, n_rel = [], [], [], []
+    for start in range(0, len(rows), _BLOCK):
+        block = rows[start:start + _BLOCK]
+        scores, z, nn = linear_scores(history, pop, rep, factors, reranker, block, cfg.tifu_neighbours)
+        cand = candidates(scores, cfg.stage2_candidates)
+        xs.append(stage2_features(history, pop, rep, scores, z, nn, block, cand, cfg.stage2_tifu_alpha))
+        rel = labels[block]
+        ys.append(np.take_along_axis(rel.toarray() > 0, cand, axis=1).ravel())
+        lin.append(np.take_along_axis(scores, cand, axis=1))
+        n_rel.append(np.diff(rel.indptr))
+    return np.vstack(xs), np.concatenate(ys), np.vstack(lin), np.concatenate(n_rel)
+
+
+def blend_precision(linear: np.ndarray, forest: np.ndarray, relevant: np.ndarray, blend: float, k: int) -> float:
+    """Mean precision@k over rows of the top-k by ``(1-blend)·linear + blend·forest``.
+
+    Args:
+        linear, forest: ``(n, M)`` float candidate scores; relevant: ``(n, M)`` bool.
+    """
+    s = (1 - blend) * linear + blend * forest
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return float(np.take_along_axis(relevant, top, axis=1).sum(axis=1).mean() / k)
+
+
+def fit_stage2(history: History, pop: np.ndarray, rep: np.ndarray, factors: Factors, reranker: Reranker,
+               fit_rows: np.ndarray, hold_rows: np.ndarray, labels: sp.csr_matrix, cfg: RecommenderConfig,
+               k: int = 10) -> Stage2 | None:
+    """Fit the forest on ``fit_rows``' candidates and choose λ on ``hold_rows``' (customer indices; ``labels``
+    ``(n_customers, n_items)`` CSR, > 0 = bought in the window). None when either part is empty or the labels
+    hold a single class."""
+    if len(fit_rows) == 0 or len(hold_rows) == 0:
+        return None
+    x, y, _, _ = _candidate_rows(history, pop, rep, factors, reranker, fit_rows, labels, cfg)
+    if y.all() or not y.any():
+        return None
+    forest = fit_forest(x, y, iterations=cfg.stage2_iterations, learning_rate=cfg.stage2_learning_rate,
+                        max_leaf_nodes=cfg.stage2_leaves, min_samples_leaf=cfg.stage2_min_leaf,
+                        seed=cfg.random_state)
+    xh, yh, lin, _ = _candidate_rows(history, pop, rep, factors, reranker, hold_rows, labels, cfg)
+    m = lin.shape[1]
+    gb = forest.raw(xh).reshape(-1, m)
+    rel = yh.reshape(-1, m)
+    tried = {float(b): blend_precision(lin, gb, rel, float(b), k) for b in cfg.stage2_blends}
+    best = max(tried, key=lambda b: (round(tried[b], 12), -b))
+    return Stage2(forest, best, cfg.stage2_candidates, cfg.stage2_tifu_alpha,
+                  {f"{b:g}": round(p, 6) for b, p in tried.items()})

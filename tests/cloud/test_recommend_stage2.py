@@ -1,0 +1,107 @@
+"""The second re-ranking stage on tiny hand-computable data: flat-array trees, stage-2 features (the whole
+TIFU-KNN score, basket and line counts, stage-1 rank), the blend and the order below the candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dangol_cloud.recommend.baselines import Baskets, TifuKnn
+from dangol_cloud.recommend.history import build_history
+from dangol_cloud.recommend.rerank import FEATURES
+from dangol_cloud.recommend.scoring import STAGE2_FEATURES, Stage2, apply_stage2, candidates, stage2_features
+from dangol_cloud.recommend.stage2 import blend_precision
+from dangol_cloud.recommend.trees import Forest, fit_forest
+
+A, B, C, D = range(4)
+RANK = STAGE2_FEATURES.index("linear_rank")
+
+
+def stump(feature: int, threshold: float, left: float, right: float, baseline: float = 0.0) -> Forest:
+    """One tree: ``x[feature] <= threshold`` → ``left`` else ``right``."""
+    return Forest(feature=np.array([feature, -1, -1], np.int32), threshold=np.array([threshold, 0.0, 0.0]),
+                  left=np.array([1, -1, -1], np.int32), right=np.array([2, -1, -1], np.int32),
+                  missing_left=np.array([True, False, False]), value=np.array([0.0, left, right]),
+                  roots=np.array([0], np.int32), baseline=baseline)
+
+
+def test_forest_arrays_follow_the_splits_and_missing_values() -> None:
+    f = stump(1, 0.5, -2.0, 3.0, baseline=0.25)
+    x = np.array([[9.0, 0.5], [9.0, 0.6], [9.0, np.nan]])
+    assert f.raw(x).tolist() == [0.25 - 2.0, 0.25 + 3.0, 0.25 - 2.0]  # <= goes left; NaN goes left here
+    again = Forest.from_arrays(f.to_arrays("s_"), "s_")
+    assert again.raw(x).tolist() == f.raw(x).tolist()
+
+
+def test_forest_copied_from_sklearn_scores_like_sklearn() -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 3))
+    y = (x[:, 0] + 0.5 * x[:, 1] ** 2 + rng.normal(scale=0.5, size=2000)) > 0.5
+    model = HistGradientBoostingClassifier(max_iter=20, max_leaf_nodes=7, early_stopping=False, random_state=0)
+    model.fit(x, y)
+    test = rng.normal(size=(500, 3))
+    assert Forest.from_sklearn(model).raw(test) == pytest.approx(model.decision_function(test), abs=1e-9)
+    with pytest.raises(ValueError, match="both"):
+        fit_forest(x, np.zeros(len(x), bool))
+
+
+def tiny_history():
+    """Customer 0: day 1 {A}, day 2 {A, B}, day 3 {A, A, C} (A on 3 baskets, 4 lines); customer 1: day 2 {B, D}."""
+    lines = [(0, A, 1), (0, A, 2), (0, B, 2), (0, A, 3), (0, A, 3), (0, C, 3), (1, B, 2), (1, D, 2)]
+    u, i, d = (np.array(x, dtype=np.int64) for x in zip(*lines, strict=True))
+    hist = build_history(u, i, d, (2, 4), ref_day=4, half_life=30.0)
+    hist.tifu = TifuKnn.fit(Baskets.build(u, i, d, (2, 4)), group_size=2, r_b=0.5, r_g=0.5, k_max=1)
+    return hist
+
+
+def test_stage2_features_hold_the_tifu_score_counts_and_stage1_rank() -> None:
+    hist = tiny_history()
+    # TIFU-KNN (m = 2, r_b = r_g = 0.5) of customer 0, baskets b1 {A}, b2 {A, B}, b3 {A, C}:
+    # newest group {b2, b3}: (0.5 b2 + b3) / 2 = A 0.75, B 0.25, C 0.5; oldest {b1}: A 1
+    # u = (0.5 g_old + g_new) / 2 = A 0.625, B 0.125, C 0.25; its one neighbour is customer 1, u_1 = B 1, D 1
+    u0 = [0.625, 0.125, 0.25, 0.0]
+    assert hist.tifu.vectors[0].toarray()[0] == pytest.approx(u0)
+    rows = np.array([0])
+    scores = np.array([[4.0, 3.0, 2.0, 1.0]])  # stage-1 logits: A, B, C, D
+    z = np.zeros((1, 4))
+    nn = hist.tifu.neighbour_mean(rows, 1)
+    assert nn[0] == pytest.approx([0, 1, 0, 1])
+    cand = candidates(scores, 3)
+    assert cand.tolist() == [[A, B, C]]
+    x = stage2_features(hist, np.zeros(4), np.zeros(4), scores, z, nn, rows, cand, tifu_alpha=0.4)
+    assert x.shape == (3, len(STAGE2_FEATURES)) and len(STAGE2_FEATURES) == len(FEATURES) + 5
+    col = {name: x[:, k] for k, name in enumerate(STAGE2_FEATURES)}
+    assert col["linear_logit"].tolist() == [4.0, 3.0, 2.0]
+    assert col["linear_rank"].tolist() == [0.0, 1.0, 2.0]
+    # α u + (1 - α) neighbours with α 0.4: A 0.25, B 0.05 + 0.6, C 0.1
+    assert col["tifu_score"] == pytest.approx([0.25, 0.65, 0.1])
+    assert col["log_visits_with_item"] == pytest.approx(np.log1p([3, 1, 1]))  # baskets, not lines
+    assert col["log_lines"] == pytest.approx(np.log1p([4, 1, 1]))  # purchase lines
+    # the customer's last visit was day 3, one day before the reference day: 0.5 ** (1 / 30)
+    assert col["customer_recency"] == pytest.approx([0.5 ** (1 / 30)] * 3)
+
+
+def test_blend_reorders_the_candidates_and_keeps_the_rest_below_in_stage1_order() -> None:
+    hist = tiny_history()
+    rows = np.array([0])
+    scores = np.array([[4.0, 3.0, 2.0, 1.0]])
+    # forest: stage-1 rank 0 -> 0, ranks 1, 2 -> 10; λ = 0.5 over M = 3 candidates A, B, C:
+    # A 0.5·4 + 0.5·0 = 2, B 0.5·3 + 5 = 6.5, C 0.5·2 + 5 = 6; D (not a candidate) goes below the lowest candidate
+    # keeping its stage-1 gap: min candidate 2 - 1 - (best non-candidate 1) + 1 = 1
+    stage2 = Stage2(stump(RANK, 0.5, 0.0, 10.0), blend=0.5, candidates=3, tifu_alpha=0.4, validation={})
+    out = apply_stage2(stage2, hist, np.zeros(4), np.zeros(4), scores, np.zeros((1, 4)), None, rows)
+    assert out[0].tolist() == pytest.approx([2.0, 6.5, 6.0, 1.0])
+    assert scores[0].tolist() == [4.0, 3.0, 2.0, 1.0]  # input untouched
+    # λ = 0: stage 1 alone
+    off = Stage2(stage2.forest, 0.0, 3, 0.4, {})
+    assert apply_stage2(off, hist, np.zeros(4), np.zeros(4), scores, np.zeros((1, 4)), None, rows) is scores
+
+
+def test_blend_precision_counts_hits_of_the_blended_top_k() -> None:
+    linear = np.array([[3.0, 2.0, 1.0]])
+    forest = np.array([[0.0, 0.0, 9.0]])
+    relevant = np.array([[False, False, True]])
+    assert blend_precision(linear, forest, relevant, 0.0, 1) == 0.0  # top-1 by linear: item 0
+    assert blend_precision(linear, forest, relevant, 0.5, 1) == 1.0  # 1.5, 1.0, 5.0: item 2
+    assert blend_precision(linear, forest, relevant, 0.5, 2) == 0.5
