@@ -11,13 +11,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
-from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, Store, utcnow
+from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, MenuDayparts, Store, utcnow
 from dangol_cloud.mqtt import Message, connect, publish_all
 
 __all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_messages",
            "photo_url_builder", "publish", "publish_catalogue_version", "republish_erasures", "snapshot_items"]
 
 log = logging.getLogger(__name__)
+
+DAYPART_NAMES = frozenset(name for name, _, _ in proto.DAYPARTS)
 
 #: Most characters of photo URLs (inlined photos) in one catalogue snapshot.
 PHOTO_BUDGET_BYTES = 600 * 1024
@@ -140,6 +142,10 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
     (:func:`dangol_cloud.menu_mapping.translate_picks`); picks of items that are retired, unavailable or not on
     the menu are left out (the edge shows only available items).
     Customers without consent are never published (imported history-only customers have none).
+
+    ``dayparts`` carries the customer's picks per day-part (:class:`~dangol_cloud.models.MenuDayparts`, written
+    by training when the purchases have times of day), translated and filtered the same way; the door shows
+    the current day-part's picks (:meth:`dangol_protocol.Menu.picks_at`). None when training wrote none.
     """
     from dangol_cloud.menu_mapping import menu_item_map, on_menu, translate_picks
 
@@ -150,13 +156,18 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
              .where(Customer.consent_at.is_not(None), Customer.status == "active"))
     if customer_ids is not None:
         query = query.where(Menu.customer_id.in_(customer_ids))
-    for menu, name in session.execute(query.add_columns(Customer.display_name)):
-        picks = [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
-                 for p in translate_picks(menu.picks, products) if p["item_id"] in usable]
+    def menu_picks(raw: list[dict]) -> list[proto.MenuPick]:
+        return [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
+                for p in translate_picks(raw, products) if p["item_id"] in usable]
+
+    query = query.outerjoin(MenuDayparts, MenuDayparts.customer_id == Menu.customer_id)
+    for menu, name, slots in session.execute(query.add_columns(Customer.display_name, MenuDayparts.dayparts)):
+        picks = menu_picks(menu.picks)
+        dayparts = {part: menu_picks(raw) for part, raw in (slots or {}).items() if part in DAYPART_NAMES}
         for store in stores:
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
                                  display_name=proto.first_name(name), model_version=menu.model_version,
-                                 generated_at=menu.generated_at, items=picks)
+                                 generated_at=menu.generated_at, items=picks, dayparts=dayparts or None)
             yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
 
 

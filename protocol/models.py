@@ -16,6 +16,8 @@ __all__ = [
     "Catalogue",
     "CatalogueItem",
     "Consent",
+    "DAYPARTS",
+    "DayPart",
     "EnrolmentEvent",
     "ErasureDoneEvent",
     "Erasures",
@@ -26,6 +28,7 @@ __all__ = [
     "MenuPick",
     "Payload",
     "Status",
+    "daypart_at",
     "dump_payload",
     "first_name",
     "last_will",
@@ -98,6 +101,27 @@ class MenuPick(_Model):
     reasons: list[str] = Field(default_factory=list)
 
 
+DayPart = Literal["breakfast", "lunch", "afternoon", "evening"]
+"""A day-part of the local day."""
+
+DAYPARTS: tuple[tuple[DayPart, int, int], ...] = (("breakfast", 5, 11), ("lunch", 11, 14), ("afternoon", 14, 17),
+                                                 ("evening", 17, 29))
+"""(name, first local hour, last hour + 1) of each day-part; the evening wraps past midnight to 04:59. The
+cloud's recommender counts purchases by the same hours (``dangol_cloud.recommend.dayparts``)."""
+
+
+def daypart_at(hour: int) -> DayPart:
+    """The day-part of a local hour 0–23 (05–10 breakfast, 11–13 lunch, 14–16 afternoon, 17–04 evening).
+
+    Raises:
+        ValueError: ``hour`` outside 0–23.
+    """
+    if not 0 <= int(hour) <= 23:
+        raise ValueError(f"hour {hour!r} is not 0-23")
+    h = int(hour) + 24 if hour < 5 else int(hour)
+    return next(name for name, start, end in DAYPARTS if start <= h < end)
+
+
 class Menu(_Model):
     """``menu/1``: one customer's ranked picks (retained, QoS 1), best first.
 
@@ -116,9 +140,14 @@ class Menu(_Model):
     items: list[MenuPick]
     # issue 12: optional picks per day-part (local hours: breakfast 5-10, lunch 11-13, afternoon 14-16, evening
     # 17-4); absent = ``items`` all day. A reader shows ``dayparts[current day-part]`` when present, else ``items``.
-    dayparts: dict[Literal["breakfast", "lunch", "afternoon", "evening"], list[MenuPick]] | None = None
+    dayparts: dict[DayPart, list[MenuPick]] | None = None
 
     model_config = ConfigDict(populate_by_name=True)
+
+    def picks_at(self, hour: int) -> list[MenuPick]:
+        """The picks to show at local ``hour`` (0–23): those of its day-part (:func:`daypart_at`) when the
+        menu has any for it, else ``items`` (the all-day list)."""
+        return (self.dayparts or {}).get(daypart_at(hour)) or list(self.items)
 
     @field_validator("display_name")
     @classmethod
