@@ -2,8 +2,12 @@
 
 1. A real Mosquitto on a free loopback port, with per-user passwords and an ACL written by
    ``dangol-cloud broker-config`` (the cloud and one device).
-2. The cloud imports real purchase history (Ta-Feng by default), gets a store and a device, and the
-   most regular customer of that history becomes "Lin-Manuel Miranda" with a consent record.
+2. The cloud imports real purchase history (Complete Journey by default: ``transactions.csv`` with the real
+   ``products.csv`` beside it, so each POS product is named by its ``product_category``, e.g. "BAKED
+   BREAD/BUNS/ROLLS"), gets a store and a device, and the most regular customer of that history becomes
+   "Lin-Manuel Miranda" with a consent record. The owner's mapping step puts one menu item per product on
+   the menu, named as the data names it — never an invented name (Ta-Feng, ``--format ta-feng``, has product
+   codes only, so its picks show codes).
 3. The edge enrols Lin-Manuel Miranda from one photo under that customer's id.
 4. ``dangol-cloud train`` trains LightFM and publishes the catalogue and menus (retained, QoS 1);
    ``dangol-cloud listen`` records device events.
@@ -11,8 +15,9 @@
    shows the display page and saves a screenshot when it welcomes him with his picks.
 6. The arrival is checked as a visit in the cloud database.
 
-Run by ``scripts/demo``; ``--purchases``/``--format`` pick another history file (the tests use a slice).
-Prints a JSON summary as its last line; exit 0 when the page showed the menu and the visit was recorded.
+Run by ``scripts/demo``; ``--purchases``/``--format`` pick another history file (the tests use a slice; for
+Complete Journey ``products.csv`` must sit beside it). Prints a JSON summary as its last line (``picks``: the
+names the welcome showed); exit 0 when the page showed the menu and the visit was recorded.
 """
 
 from __future__ import annotations
@@ -61,8 +66,10 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 def main() -> int:
     data = Path(os.environ.get("DANGOL_DATA") or REPO.parent / "shared" / "data")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--purchases", type=Path, default=data / "purchases" / "ta-feng" / "ta_feng_transactions.csv")
-    ap.add_argument("--format", default="ta-feng", choices=["ta-feng", "completejourney", "csv"])
+    ap.add_argument("--purchases", type=Path, default=data / "purchases" / "completejourney" / "transactions.csv")
+    ap.add_argument("--format", default="completejourney", choices=["ta-feng", "completejourney", "csv"])
+    ap.add_argument("--currency", help="ISO 4217 code of the history's amounts (default: USD for Complete "
+                                       "Journey, TWD for Ta-Feng, EUR otherwise)")
     ap.add_argument("--work", type=Path, default=REPO / "var" / "loop", help="state folder (recreated)")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the welcome")
     args = ap.parse_args()
@@ -76,6 +83,7 @@ def main() -> int:
         print(f"loop_demo: {model} missing: run dangol-models build", file=sys.stderr)
         return 2
 
+    currency = args.currency or {"completejourney": "USD", "ta-feng": "TWD"}.get(args.format, "EUR")
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     (work / "broker").mkdir(parents=True)
@@ -89,7 +97,7 @@ def main() -> int:
     os.environ["DANGOL_DATA_KEY"] = data_key  # this process reads the cloud database too
     env = dict(os.environ, DANGOL_CLOUD_HOME=str(work / "cloud"), DANGOL_DATA=str(data), DANGOL_DATA_KEY=data_key,
                DANGOL_DATABASE_URL=f"sqlite:///{work / 'cloud' / 'dangol.sqlite'}",
-               DANGOL_MQTT_URL=f"mqtt://cloud:{cloud_pw}@127.0.0.1:{port}", DANGOL_CURRENCY="TWD",
+               DANGOL_MQTT_URL=f"mqtt://cloud:{cloud_pw}@127.0.0.1:{port}", DANGOL_CURRENCY=currency,
                TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="2")
     procs: list[subprocess.Popen] = []
     summary: dict = {"ok": False}
@@ -123,7 +131,8 @@ def main() -> int:
             c.consent_by, c.consent_at, c.consent_text_version = "loop demo", utcnow(), "1"
             s.add(CustomerOrigin(customer_id=cid, store_id=store.id))  # a regular of this café: its device may greet them
             # the owner's mapping step (Products page): imports create POS products, never menu items; here the
-            # owner chooses "one menu item per product" for all of them (Ta-Feng has product codes, no names)
+            # owner chooses "one menu item per product" for all of them. A product's name is what the data calls
+            # it: Complete Journey's product_category (products.csv); Ta-Feng has product codes, no names
             from dangol_cloud.menu_mapping import map_products
             from dangol_cloud.models import ProductMapping
 
@@ -195,6 +204,7 @@ enabled = false
             shot = work / "display.png"
             page.screenshot(path=str(shot))
             text = page.inner_text("body")
+            summary["picks"] = [t.strip() for t in page.locator("li.pick h2").all_inner_texts()]
             browser.close()
         summary["screenshot"] = str(shot)
         summary["page"] = " | ".join(line.strip() for line in text.splitlines() if line.strip())[:400]
