@@ -178,7 +178,7 @@ class Appliance:
         return 0
 
     # --- what the web app, MQTT and tests use -------------------------------------------------------
-    def picks_for(self, customer_id: str) -> list[dict]:
+    def picks_for(self, customer_id: str) -> list:
         """See :meth:`ArrivalWorker.picks_for`."""
         return self.arrivals.picks_for(customer_id)
 

@@ -1,5 +1,86 @@
-"""Moved to :mod:`dangol_edge.web.formatting`; kept so older imports keep working."""
+"""Which items the door screen offers a customer: the one place picks are chosen and filtered.
 
-from .web.formatting import ago, format_price, greeting, house_menu, visible_picks
+Inputs are the protocol's objects as the cache keeps them (:class:`dangol_protocol.Catalogue`,
+:class:`dangol_protocol.Menu`). The rules, in order:
 
-__all__ = ["ago", "format_price", "greeting", "house_menu", "visible_picks"]
+1. **Day-part**: a menu with ``dayparts`` offers the current day-part's picks (local hour of ``at``,
+   :meth:`dangol_protocol.Menu.picks_at`: breakfast 05–10, lunch 11–13, afternoon 14–16, evening 17–04),
+   else its all-day ``items``. No menu (a regular the cloud has no menu for yet): the catalogue's items in
+   catalogue order (cold start).
+2. **Available**: only items the current catalogue lists with ``available=true`` (no catalogue: nothing).
+3. **Not disliked**: the cloud leaves disliked items out of the menus it publishes; ``disliked`` drops
+   any item ids the caller knows of on top.
+4. At most ``limit``, each item once, best first.
+
+The arrival worker chooses the picks with :func:`choose_picks` when a customer arrives; the menu page
+re-applies :func:`available_items` to the chosen ids whenever the catalogue changes while the welcome is up.
+
+(The formatting helpers once here live in :mod:`dangol_edge.web.formatting`; re-exported for older imports.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from dangol_protocol import Catalogue, CatalogueItem, Menu
+
+__all__ = ["available_items", "choose_picks", "menu_item_ids"]
+
+_MOVED = frozenset({"ago", "format_price", "greeting", "house_menu", "visible_picks"})
+
+
+def __getattr__(name: str):
+    """The formatting helpers that moved to :mod:`dangol_edge.web.formatting` (imported lazily: that
+    package imports this module)."""
+    if name in _MOVED:
+        from .web import formatting
+
+        return getattr(formatting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def menu_item_ids(menu: Menu | None, catalogue: Catalogue | None, at: datetime) -> list[str]:
+    """Candidate item ids, best first, for local time ``at`` (rule 1 of the module docstring)."""
+    if menu is None:
+        return [item.id for item in (catalogue.items if catalogue else [])]
+    return [pick.item_id for pick in menu.picks_at(at.hour)]
+
+
+def available_items(ids: Iterable[str], catalogue: Catalogue | None, limit: int,
+                    disliked: Iterable[str] = ()) -> list[CatalogueItem]:
+    """The catalogue's items for ``ids`` that are available and not ``disliked``, in the order of ``ids``,
+    each once, at most ``limit`` (rules 2–4).
+
+    Raises:
+        ValueError: ``limit`` < 0.
+    """
+    if limit < 0:
+        raise ValueError(f"limit {limit} must be >= 0")
+    if catalogue is None:
+        return []
+    items = {item.id: item for item in catalogue.items if item.available}
+    skip = {str(i) for i in disliked}
+    out: list[CatalogueItem] = []
+    for item_id in ids:
+        item = items.get(str(item_id))
+        if item is None or item.id in skip or item in out:
+            continue
+        out.append(item)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def choose_picks(menu: Menu | None, catalogue: Catalogue | None, *, limit: int, at: datetime,
+                 disliked: Iterable[str] = ()) -> list[CatalogueItem]:
+    """The picks to welcome a customer with at local time ``at``: every rule of the module docstring.
+
+    Args:
+        menu: the customer's cached menu, or None (cold start: the catalogue's first available items).
+        catalogue: the cached catalogue, or None (nothing can be shown as available).
+        limit: ``display.picks``.
+        at: local wall-clock time (naive or aware; its hour picks the day-part).
+        disliked: item ids never to offer this customer.
+    """
+    return available_items(menu_item_ids(menu, catalogue, at), catalogue, limit, disliked)

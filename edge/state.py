@@ -2,6 +2,9 @@
 
 Tables:
 
+The cache hands out what it keeps as the protocol's pydantic objects (:class:`dangol_protocol.Catalogue`,
+:class:`dangol_protocol.Menu`), the same objects :mod:`dangol_edge.sync` received.
+
 * ``catalogue``: one row (``id = 1``) with the newest ``catalogue/1`` snapshot (JSON) and its version;
   an older or equal version never replaces a newer one (retained messages can arrive out of order
   after a reconnect).
@@ -25,9 +28,12 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from dangol_protocol import first_name
+from pydantic import ValidationError
+
+from dangol_protocol import Catalogue, Menu, first_name
 
 from .crypto import FieldCipher, GalleryKeyError
 from .sqlite import SQLiteFile, connect
@@ -65,6 +71,7 @@ class StateStore(SQLiteFile):
         super().__init__(path)
         self.cipher = cipher
         self._no_key_logged = False
+        self._catalogue: Catalogue | None = None  # the parsed cached catalogue (one per version)
 
     def open(self) -> "StateStore":
         """Open or create the file (WAL, mode 0600); seals names left in clear by an older version.
@@ -129,41 +136,71 @@ class StateStore(SQLiteFile):
         return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
     # --- catalogue ---------------------------------------------------------------------------------
-    def put_catalogue(self, payload: dict[str, Any]) -> bool:
-        """Store a ``catalogue/1`` payload (a dict as from JSON) if it is newer; returns True if stored."""
-        version = int(payload["version"])
+    def put_catalogue(self, catalogue: Catalogue | Mapping[str, Any]) -> bool:
+        """Store a ``catalogue/1`` snapshot if it is newer than the cached one; returns True if stored.
+
+        Args:
+            catalogue: the protocol object (from :func:`dangol_protocol.parse_payload`) or a payload dict,
+                validated here.
+
+        Raises:
+            pydantic.ValidationError: a dict that is not a valid ``catalogue/1``.
+        """
+        cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.model_validate(catalogue)
         with self._lock:
             row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-            if row and row[0] >= version:
+            if row and row[0] >= cat.version:
                 return False
-            self.db["catalogue"].upsert({"id": 1, "version": version, "payload": json.dumps(payload),
+            self.db["catalogue"].upsert({"id": 1, "version": cat.version,
+                                         "payload": cat.model_dump_json(by_alias=True),
                                          "received_at": self._now()}, pk="id")
+            self._catalogue = cat
         return True
 
-    def catalogue(self) -> dict[str, Any] | None:
-        """The cached catalogue payload, or None before the first one arrives."""
+    def catalogue(self) -> Catalogue | None:
+        """The cached :class:`dangol_protocol.Catalogue`, or None before the first one arrives (or if the
+        cached row cannot be read as one: logged). Parsed once per version (the screen asks every second)."""
         with self._lock:
-            row = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()
-        return json.loads(row[0]) if row else None
+            row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
+            if row is None:
+                return None
+            if self._catalogue is not None and self._catalogue.version == row[0]:
+                return self._catalogue
+            text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
+            try:
+                self._catalogue = Catalogue.model_validate_json(text)
+            except ValidationError as exc:
+                log.error("the cached catalogue in %s cannot be read (%s); waiting for the next one",
+                          self.path, exc.errors()[0].get("msg"))
+                return None
+            return self._catalogue
 
     # --- menus -------------------------------------------------------------------------------------
-    def put_menu(self, payload: dict[str, Any]) -> bool:
-        """Store a ``menu/1`` payload unless an equally new or newer one is cached; returns True if stored."""
-        cid = str(payload["customer_id"])
-        gen = str(payload["generated_at"])
+    def put_menu(self, menu: Menu | Mapping[str, Any]) -> bool:
+        """Store a ``menu/1`` unless an equally new or newer one is cached; returns True if stored. The first
+        name is sealed apart (see the module docstring).
+
+        Raises:
+            pydantic.ValidationError: a dict that is not a valid ``menu/1``.
+        """
+        m = menu if isinstance(menu, Menu) else Menu.model_validate(menu)
+        cid = str(m.customer_id)
+        gen = m.generated_at.isoformat()
         with self._lock:
             row = self.db.execute("SELECT generated_at FROM menus WHERE customer_id = ?", [cid]).fetchone()
-            if row and _ts(row[0]) >= _ts(gen):
+            if row and _ts(row[0]) >= m.generated_at:
                 return False
-            sealed = self._seal_name(cid, payload.get("display_name"))
-            self.db["menus"].upsert({"customer_id": cid, "payload": json.dumps({**payload, "display_name": None}),
+            sealed = self._seal_name(cid, m.display_name)
+            self.db["menus"].upsert({"customer_id": cid,
+                                     "payload": m.model_copy(update={"display_name": None}).model_dump_json(
+                                         by_alias=True),
                                      "generated_at": gen, "received_at": self._now(), "display_name": sealed},
                                     pk="customer_id")
         return True
 
-    def menu(self, customer_id: str) -> dict[str, Any] | None:
-        """A customer's cached menu payload (``display_name``: the first name, unsealed; None without the
-        key), or None.
+    def menu(self, customer_id: str) -> Menu | None:
+        """A customer's cached :class:`dangol_protocol.Menu` (``display_name``: the first name, unsealed;
+        None without the key), or None (also if the cached row cannot be read as one: logged).
 
         Raises:
             GalleryKeyError: the name was sealed under another key.
@@ -173,10 +210,15 @@ class StateStore(SQLiteFile):
             row = self.db.execute("SELECT payload, display_name FROM menus WHERE customer_id = ?", [cid]).fetchone()
         if not row:
             return None
-        payload = json.loads(row[0])
+        name = None
         if row[1] is not None and self._get_cipher() is not None:
-            payload["display_name"] = self.cipher.open(row[1], f"menus.display_name:{cid}").decode("utf-8")
-        return payload
+            name = self.cipher.open(row[1], f"menus.display_name:{cid}").decode("utf-8")
+        try:
+            return Menu.model_validate_json(row[0]).model_copy(update={"display_name": name})
+        except ValidationError as exc:
+            log.error("the cached menu of %s cannot be read (%s); waiting for the next one", cid,
+                      exc.errors()[0].get("msg"))
+            return None
 
     def delete_menu(self, customer_id: str) -> None:
         """Forget a customer's menu (erasure, or the cloud cleared the retained message)."""

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -256,14 +255,13 @@ class MQTTSync:
             self.invalid_messages += 1
             log.warning("dropped invalid message: %s", exc)
             return "invalid"
-        data = json.loads(obj.model_dump_json(by_alias=True))
-        if isinstance(obj, Catalogue):
-            if not self.state.put_catalogue(data):
+        if isinstance(obj, Catalogue):  # kept as the protocol's objects from here to the screen
+            if not self.state.put_catalogue(obj):
                 return "stale"
             self._changed("catalogue")
             return "catalogue"
         if isinstance(obj, Menu):
-            if not self.state.put_menu(data):
+            if not self.state.put_menu(obj):
                 return "stale"
             self._changed("menu")
             return "menu"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from dangol_protocol import Catalogue
+
 __all__ = ["ago", "format_price", "greeting", "house_menu", "visible_picks"]
 
 _SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "KRW": "₩", "JPY": "¥", "CNY": "¥", "INR": "₹",
@@ -26,11 +28,7 @@ def format_price(price: float | None, currency: str | None) -> str:
     return f"{_SYMBOLS.get(code, code + ' ')}{amount}"
 
 
-def _catalogue_items(catalogue: dict | None) -> dict[str, dict]:
-    return {str(i.get("id")): i for i in (catalogue or {}).get("items", [])}
-
-
-def house_menu(catalogue: dict | None) -> list[dict]:
+def house_menu(catalogue: Catalogue | None) -> list[dict]:
     """The house menu: available items grouped by category in catalogue order.
 
     Returns:
@@ -38,39 +36,36 @@ def house_menu(catalogue: dict | None) -> list[dict]:
         (price already formatted); empty without a catalogue.
     """
     groups: dict[str, list[dict]] = {}
-    currency = (catalogue or {}).get("currency")
-    for item in (catalogue or {}).get("items", []):
-        if not item.get("available", True):
+    if catalogue is None:
+        return []
+    for item in catalogue.items:
+        if not item.available:
             continue
-        groups.setdefault((item.get("category") or "").strip() or "More", []).append({
-            "id": str(item.get("id")), "name": item.get("name", ""),
-            "price": format_price(item.get("price"), currency), "description": item.get("description") or ""})
+        groups.setdefault((item.category or "").strip() or "More", []).append({
+            "id": item.id, "name": item.name, "price": format_price(item.price, catalogue.currency),
+            "description": item.description or ""})
     return [{"name": k, "items": v} for k, v in groups.items()]
 
 
-def visible_picks(picks: list[dict], catalogue: dict | None, limit: int) -> list[dict]:
-    """A customer's picks as the screen may show them: only items the current catalogue lists as
-    available (a missing catalogue shows none), with the catalogue's current name, price and description.
+def visible_picks(picks: list[dict], catalogue: Catalogue | None, limit: int) -> list[dict]:
+    """A customer's picks as the screen may show them now: the chosen ids filtered again against the
+    current catalogue (:func:`dangol_edge.menu_text.available_items`: an item sold out since the welcome
+    started disappears; a missing catalogue shows none), with the catalogue's current name, price and
+    description.
 
     Args:
-        picks: the daemon's picks, each with ``id`` (or ``item_id``).
+        picks: the chosen picks on the screen, each with ``id`` (or ``item_id``).
         limit: at most this many.
     Returns:
         ``[{"id", "name", "category", "price" (formatted), "description"}, ...]`` in pick order.
     """
-    items = _catalogue_items(catalogue)
-    currency = (catalogue or {}).get("currency")
-    out: list[dict] = []
-    for pick in picks or []:
-        item = items.get(str(pick.get("id", pick.get("item_id"))))
-        if item is None or not item.get("available", True):
-            continue
-        out.append({"id": str(item["id"]), "name": item.get("name", ""), "category": item.get("category"),
-                    "price": format_price(item.get("price"), currency),
-                    "description": item.get("description") or ""})
-        if len(out) >= limit:
-            break
-    return out
+    from ..menu_text import available_items
+
+    ids = [str(p.get("id", p.get("item_id"))) for p in picks or []]
+    currency = catalogue.currency if catalogue else None
+    return [{"id": item.id, "name": item.name, "category": item.category,
+             "price": format_price(item.price, currency), "description": item.description or ""}
+            for item in available_items(ids, catalogue, limit)]
 
 
 def greeting(now: datetime | None = None) -> str:

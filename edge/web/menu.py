@@ -11,6 +11,8 @@ from datetime import datetime
 import flask
 from flask import Blueprint, Response, current_app, render_template, request
 
+from dangol_protocol import Catalogue
+
 from .deps import WebDeps, deps
 from .formatting import greeting, house_menu, visible_picks
 
@@ -26,13 +28,14 @@ HEARTBEAT_S = 15.0
 STREAM_STEP_S = 0.25
 
 
-def view(d: WebDeps, snapshot: dict, catalogue: dict | None) -> dict:
-    """The screen snapshot as the page gets it: picks filtered against the current catalogue (the one
-    place picks are filtered for display), plus ``catalogue_version`` and ``app``."""
+def view(d: WebDeps, snapshot: dict, catalogue: Catalogue | None) -> dict:
+    """The screen snapshot as the page gets it: the welcome's chosen picks filtered again against the
+    current catalogue (:func:`~dangol_edge.web.formatting.visible_picks`, by the rules of
+    :mod:`dangol_edge.menu_text`), plus ``catalogue_version`` and ``app``."""
     out = dict(snapshot)
     if out.get("screen") == "welcome":
         out["picks"] = visible_picks(out.get("picks") or [], catalogue, d.config.display.picks)
-    out["catalogue_version"] = (catalogue or {}).get("version")
+    out["catalogue_version"] = catalogue.version if catalogue else None
     out["app"] = d.app_id
     return out
 
@@ -41,13 +44,13 @@ def view(d: WebDeps, snapshot: dict, catalogue: dict | None) -> dict:
 PHOTO_PREFIXES = ("data:image/jpeg;base64,", "data:image/png;base64,", "data:image/webp;base64,")
 
 
-def photos(catalogue: dict | None) -> dict[str, str]:
+def photos(catalogue: Catalogue | None) -> dict[str, str]:
     """``{item id: data URI}`` of the catalogue items that carry an inlined photo in ``photo_url``."""
-    return {str(i.get("id")): i["photo_url"] for i in (catalogue or {}).get("items", [])
-            if isinstance(i.get("photo_url"), str) and i["photo_url"].startswith(PHOTO_PREFIXES)}
+    return {i.id: i.photo_url for i in (catalogue.items if catalogue else [])
+            if i.photo_url and i.photo_url.startswith(PHOTO_PREFIXES)}
 
 
-def render_screen(app: flask.Flask, v: dict, catalogue: dict | None) -> str:
+def render_screen(app: flask.Flask, v: dict, catalogue: Catalogue | None) -> str:
     """The screen's HTML (``_screen.html``): house menu, welcome or enrolment."""
     menu = house_menu(catalogue)
     count = sum(len(g["items"]) for g in menu)
@@ -56,7 +59,7 @@ def render_screen(app: flask.Flask, v: dict, catalogue: dict | None) -> str:
         greeting=greeting(), now=datetime.now(), photos=photos(catalogue))
 
 
-def read_catalogue(d: WebDeps) -> dict | None:
+def read_catalogue(d: WebDeps) -> Catalogue | None:
     """The cached catalogue, or None (also when the cache cannot be read: logged, the screen stays up)."""
     try:
         return d.state.catalogue()
@@ -85,7 +88,7 @@ def api_catalogue():
     catalogue = read_catalogue(deps())
     if catalogue is None:
         return flask.jsonify({"error": "no catalogue cached yet"}), 404
-    return flask.jsonify(catalogue)
+    return flask.Response(catalogue.model_dump_json(by_alias=True), mimetype="application/json")
 
 
 @bp.get("/events")
@@ -110,7 +113,7 @@ def events():
                 now = time.monotonic()
                 if now - polled >= CATALOGUE_POLL_S:
                     catalogue, polled = read_catalogue(d), now
-                key = (snap["version"], (catalogue or {}).get("version"))
+                key = (snap["version"], catalogue.version if catalogue else None)
                 if key != sent:
                     v = view(d, snap, catalogue)
                     v["html"] = render_screen(app, v, catalogue)

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
 
+from dangol_protocol import Consent
+
 from ..gallery import Customer, UnknownCustomer
 from .deps import deps
 from .formatting import ago
@@ -96,11 +98,15 @@ def activate(customer_id: str):
         errors["consent"] = "Tick the box only once the customer has agreed to the consent text."
     if not staff_name:
         errors["staff"] = "Enter your name so the consent record says who took it."
+    elif len(staff_name) > 120:
+        errors["staff"] = "That name is too long (120 characters at most)."
     if errors:
         return staff_page(400, {customer_id: "Not activated — fix the marked fields.", **errors}, values)
-    record = {"recorded_by": staff_name, "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "text_version": d.text_version}
-    activated = d.gallery.activate(customer_id, name, record)
+    # the protocol's consent record, as the cloud will receive it (validated here, stored by the gallery)
+    record = Consent(recorded_by=staff_name, recorded_at=datetime.now(timezone.utc).replace(microsecond=0),
+                     text_version=d.text_version)
+    activated = d.gallery.activate(customer_id, name, {**record.model_dump(),
+                                                       "recorded_at": record.recorded_at.isoformat()})
     session["staff_name"] = staff_name
     snap = d.screen.snapshot()
     if snap.get("screen") == "enrol" and customer.short_code and snap.get("code") == customer.short_code:

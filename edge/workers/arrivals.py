@@ -7,10 +7,15 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
+
+from dangol_protocol import CatalogueItem
 
 from ..config import EdgeConfig
 from ..events import EventFactory, EventNotSaved, Outbox
 from ..gallery import Gallery, UnknownCustomer
+from ..menu_text import choose_picks
 from ..screen import Screen
 from ..state import StateStore
 from .base import Stats, Worker
@@ -26,7 +31,7 @@ class ArrivalWorker(Worker):
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, state: StateStore, screen: Screen,
                  events: EventFactory, outbox: Outbox, decisions: queue.Queue, stats: Stats,
-                 stop_event: threading.Event):
+                 stop_event: threading.Event, now: Callable[[], datetime] = datetime.now):
         super().__init__("arrivals", stop_event)
         self.config = config
         self.gallery = gallery
@@ -36,6 +41,7 @@ class ArrivalWorker(Worker):
         self.outbox = outbox
         self.decisions = decisions
         self.stats = stats
+        self.now = now  # local wall-clock time: its hour picks the menu's day-part
 
     def loop(self) -> None:
         while not self.stop_event.is_set():
@@ -69,30 +75,26 @@ class ArrivalWorker(Worker):
             return  # erased meanwhile
         picks = self.picks_for(customer_id)
         decided = time.monotonic()
-        self.screen.show_welcome(customer.first_name, picks, customer_id, self.config.display.welcome_s,
-                                 arrival_ts=decided)
+        self.screen.show_welcome(customer.first_name, [_screen_pick(p) for p in picks], customer_id,
+                                 self.config.display.welcome_s, arrival_ts=decided)
         self.stats.arrivals += 1
         self.stats.arrival_times.append((first_seen, decided))
         log.info("arrival: %s (score %.3f, %d picks)", customer_id, score, len(picks))
-        event = self.events.arrival(customer_id, score, [p["id"] for p in picks])
+        event = self.events.arrival(customer_id, score, [p.id for p in picks])
         try:
             self.gallery.touch(customer_id)
         finally:
             self.outbox.send(event)
 
-    def picks_for(self, customer_id: str) -> list[dict]:
-        """The customer's cached picks that the cached catalogue has and marks available, best first,
-        at most ``display.picks``; without a menu, the catalogue's first available items (cold start).
-        Each pick is ``{"id", "name", "price", "category", "description"}``."""
-        catalogue = self.state.catalogue() or {"items": []}
-        items = {i["id"]: i for i in catalogue["items"] if i.get("available", True)}
-        menu = self.state.menu(customer_id)
-        ids = [p["item_id"] for p in menu["items"]] if menu else list(items)
-        out = []
-        for iid in ids:
-            if iid in items:
-                it = items[iid]
-                out.append({k: it.get(k) for k in ("id", "name", "price", "category", "description")})
-            if len(out) >= self.config.display.picks:
-                break
-        return out
+    def picks_for(self, customer_id: str) -> list[CatalogueItem]:
+        """The customer's picks now (:func:`dangol_edge.menu_text.choose_picks`: the current day-part's picks
+        of the cached menu, or its all-day picks, or without a menu the catalogue's first items; only items
+        the cached catalogue marks available), best first, at most ``display.picks``."""
+        return choose_picks(self.state.menu(customer_id), self.state.catalogue(), limit=self.config.display.picks,
+                            at=self.now())
+
+
+def _screen_pick(item: CatalogueItem) -> dict:
+    """A chosen item as the screen state keeps it (JSON-ready; the page formats the price)."""
+    return {"id": item.id, "name": item.name, "price": item.price, "category": item.category,
+            "description": item.description}

@@ -523,7 +523,7 @@ def test_the_real_edge_client_works_with_the_generated_broker_config(db, chain, 
     sync.start()
     try:
         assert _wait(lambda: state.catalogue() is not None and state.menu(chain.mina) is not None)
-        assert state.menu(chain.mina)["display_name"] == "Mina"
+        assert state.menu(chain.mina).display_name == "Mina"
         sync.send_event(proto.ArrivalEvent(event_id=uuid.uuid4(), device_id=uuid.UUID(chain.device_a), ts=utcnow(),
                                            customer_id=uuid.UUID(chain.mina), confidence=0.7))
         assert _wait(lambda: listener.counts[Outcome.STORED] >= 1 and state.outbox_depth() == 0)

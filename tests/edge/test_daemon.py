@@ -92,7 +92,7 @@ def test_arrival_shows_the_cloud_menu_and_reaches_the_cloud(tmp_path, home, mode
             assert ev["device_id"] == str(DEVICE)
             # a menu update from the cloud reaches the box while it runs
             cloud.publish(menu_topic(STORE, LIN), json.dumps(menu_payload(["flat-white"])).encode(), retain=True)
-            assert wait_for(lambda: [p["id"] for p in app.picks_for(LIN)] == ["flat-white"])
+            assert wait_for(lambda: [p.id for p in app.picks_for(LIN)] == ["flat-white"])
             # health on the retained status topic
             assert wait_for(lambda: any(t.endswith("/status") and json.loads(p)["state"] == "online"
                                         and json.loads(p)["health"]["gallery_size"] == 1

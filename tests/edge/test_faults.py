@@ -244,7 +244,7 @@ def test_edge_mqtt_over_tls_trusts_only_its_ca(tmp_path, certs):
             good, good_state = sync("good", f"mqtts://edge:edge-pw@127.0.0.1:{port}", certs["ca"])
             assert good.connected.wait(10), "MQTTSync did not connect over TLS with the right CA"
             assert wait_for(lambda: good_state.catalogue() is not None, timeout=10)
-            assert good_state.catalogue()["version"] == 3
+            assert good_state.catalogue().version == 3
             time.sleep(4)  # several reconnect attempts (back-off 1–2 s) for the others
             for name in ("wrong-ca", "plain", "bad-password"):
                 s, st = syncs[name]
@@ -310,7 +310,7 @@ def test_edge_client_cannot_read_another_store_or_speak_for_another_device(tmp_p
 
             sync_a, state_a = start("a", device_a)
             assert wait_for(lambda: state_a.catalogue() is not None and state_a.menu(cust_a) is not None, timeout=10)
-            assert state_a.catalogue()["version"] == 5
+            assert state_a.catalogue().version == 5
             # subscribe to store B by hand on the sync's own connection (retained messages come with the SUBACK)
             subacks: list = []
             sync_a._client.on_subscribe = lambda c, u, mid, rcs, p: subacks.append(rcs)
@@ -320,9 +320,9 @@ def test_edge_client_cannot_read_another_store_or_speak_for_another_device(tmp_p
             cloud.publish(menu_topic(store_b, cust_b), _menu(store_b, cust_b, "live"))
             time.sleep(0.01)  # a later generated_at for A's fresh menu
             cloud.publish(menu_topic(store_a, cust_a), _menu(store_a, cust_a, "live"))
-            assert wait_for(lambda: state_a.menu(cust_a)["model_version"] == "live")
+            assert wait_for(lambda: state_a.menu(cust_a).model_version == "live")
             assert sync_a.invalid_messages == 0, f"the broker delivered store B's messages to device A (SUBACK {subacks})"
-            assert state_a.menu(cust_b) is None and state_a.catalogue()["store_id"] == str(store_a)
+            assert state_a.menu(cust_b) is None and str(state_a.catalogue().store_id) == str(store_a)
 
             # device A's credentials claiming to be device B
             forged, forged_state = start("forged", device_b)

@@ -43,7 +43,7 @@ def test_state_file_is_private_and_names_are_sealed(tmp_path, cipher):
         with StateStore(path, cipher=cipher) as st:
             cid = str(uuid.uuid4())
             assert st.put_menu(_menu(cid, "Mina Park"))
-            assert st.menu(cid)["display_name"] == "Mina"
+            assert st.menu(cid).display_name == "Mina"
             modes = {p.name: _mode(p) for p in tmp_path.iterdir()}
             raw = _raw_bytes(path)
     finally:
@@ -64,7 +64,7 @@ def test_without_a_key_no_name_is_kept(tmp_path, monkeypatch):
         st.put_menu(_menu(cid, "Mina Park"))
         menu = st.menu(cid)
         raw = _raw_bytes(path)
-    assert menu["display_name"] is None and menu["items"][0]["item_id"] == "latte"
+    assert menu.display_name is None and menu.items[0].item_id == "latte"
     assert b"Mina" not in raw
 
 
@@ -80,7 +80,7 @@ def test_an_older_state_file_is_narrowed_and_its_plain_names_sealed(tmp_path, ci
     conn.close()
     os.chmod(path, 0o644)
     with StateStore(path, cipher=cipher) as st:
-        assert st.menu(cid)["display_name"] == "Mina"
+        assert st.menu(cid).display_name == "Mina"
         st.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert _mode(path) == 0o600
     assert b"Park" not in _raw_bytes(path) and b"Mina" not in _raw_bytes(path)

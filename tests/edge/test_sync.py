@@ -113,8 +113,8 @@ def test_retained_catalogue_and_menus_are_cached_and_validated(broker, state):
     sync.start()
     try:
         assert wait_for(lambda: state.catalogue() and state.menu(str(cust)))  # retained: sent on subscribe
-        assert state.catalogue()["version"] == 2
-        assert [p["item_id"] for p in state.menu(str(cust))["items"]] == ["scone", "latte"]
+        assert state.catalogue().version == 2
+        assert [p.item_id for p in state.menu(str(cust)).items] == ["scone", "latte"]
         # an older catalogue (version 1) never replaces the newer one
         cloud.publish(catalogue_topic(STORE), catalogue(1, available_latte=False))
         # malformed payloads: not JSON, wrong schema, other store's id inside, a menu for another customer
@@ -127,7 +127,7 @@ def test_retained_catalogue_and_menus_are_cached_and_validated(broker, state):
             cloud.publish(topic, payload)
         assert wait_for(lambda: sync.invalid_messages >= len(bad))
         time.sleep(0.3)
-        assert state.catalogue()["version"] == 2
+        assert state.catalogue().version == 2
         assert state.menu(str(other)) is None
         assert "catalogue" in changes and "menu" in changes
         # an empty retained payload clears the menu (the cloud erased the customer)

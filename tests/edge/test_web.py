@@ -22,7 +22,7 @@ from dangol_edge.gallery import Gallery, UnknownCustomer
 from dangol_edge.screen import Screen
 from dangol_edge.state import StateStore
 from dangol_edge.web import DisplayServer, create_app, format_price, visible_picks
-from dangol_protocol import CONSENT_TEXT_VERSION
+from dangol_protocol import CONSENT_TEXT_VERSION, Catalogue
 from tests.browser import chromium_missing
 
 SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or "/tmp/dangol-shots")
@@ -138,7 +138,7 @@ def test_prices_and_pick_filtering():
     assert format_price(3.6, "EUR") == "€3.60" and format_price(4500, "KRW") == "₩4,500"
     assert format_price(2, "XYZ") == "XYZ 2.00" and format_price(None, "EUR") == ""
     picks = [{"id": ID["Cold brew"]}, {"id": "gone"}, {"id": ID["Oat latte"], "name": "old name", "price": 1}]
-    assert visible_picks(picks, catalogue(1), 6) == [
+    assert visible_picks(picks, Catalogue.model_validate(catalogue(1)), 6) == [
         {"id": ID["Oat latte"], "name": "Oat latte", "category": "Coffee", "price": "€4.20",
          "description": "Barista oat milk, mellow and nutty."}]
     assert visible_picks(picks, None, 6) == []  # no catalogue: nothing can be shown as available
