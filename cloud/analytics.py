@@ -12,6 +12,7 @@ most one credit, to the visit it followed (the same rule as :func:`dangol_cloud.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -73,12 +74,15 @@ class Analytics:
         return self.converted / self.shown_visits if self.shown_visits else None
 
 
-def data_range(session: Session) -> tuple[datetime, datetime] | None:
-    """(first, last) time of any purchase or arrival (UTC), or None with no data: the "All history" preset."""
-    lo = [v for v in (session.scalar(select(func.min(Purchase.ts))), session.scalar(select(func.min(Visit.ts))))
-          if v is not None]
-    hi = [v for v in (session.scalar(select(func.max(Purchase.ts))), session.scalar(select(func.max(Visit.ts))))
-          if v is not None]
+def data_range(session: Session, stores: Collection[str] | None = None) -> tuple[datetime, datetime] | None:
+    """(first, last) time of any purchase or arrival (UTC) — of ``stores`` only, when given —, or None with no
+    data: the "All history" preset."""
+    p_where = [Purchase.store_id.in_(sorted(stores))] if stores is not None else []
+    v_where = [Visit.store_id.in_(sorted(stores))] if stores is not None else []
+    lo = [v for v in (session.scalar(select(func.min(Purchase.ts)).where(*p_where)),
+                      session.scalar(select(func.min(Visit.ts)).where(*v_where))) if v is not None]
+    hi = [v for v in (session.scalar(select(func.max(Purchase.ts)).where(*p_where)),
+                      session.scalar(select(func.max(Visit.ts)).where(*v_where))) if v is not None]
     return (min(lo), max(hi)) if lo else None
 
 
@@ -95,9 +99,11 @@ def _next_bucket(day: date, bucket: str) -> date:
 
 
 def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None, conversion_hours: int = 3,
-            since: datetime | None = None, until: datetime | None = None, store_id: str | None = None) -> Analytics:
+            since: datetime | None = None, until: datetime | None = None,
+            store_id: str | Collection[str] | None = None) -> Analytics:
     """Analytics for ``[since, until)``, or for the last ``days`` days up to ``now`` when they are not given;
-    with ``store_id`` only that store's arrivals and sales.
+    with ``store_id`` (one id, or a collection of ids: a staff user's stores; empty = none) only those stores'
+    arrivals and sales. None: every store.
 
     Hours, weekdays and trend days are in time zone ``tz`` (IANA name).
     """
@@ -115,7 +121,8 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
         key = _bucket_start(ts.astimezone(zone).date(), result.bucket)
         return trend.setdefault(key, [0, 0, 0, 0.0, False])
 
-    visit_where = [Visit.ts >= since, Visit.ts < until] + ([Visit.store_id == store_id] if store_id else [])
+    stores = None if store_id is None else [store_id] if isinstance(store_id, str) else sorted(store_id)
+    visit_where = [Visit.ts >= since, Visit.ts < until] + ([Visit.store_id.in_(stores)] if stores is not None else [])
     visits = session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items)
                              .where(*visit_where)).all()
     regulars = set()
@@ -133,7 +140,8 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
             result.unknown += 1
     result.regulars = len(regulars)
 
-    in_window = and_(Purchase.ts >= since, Purchase.ts < until, *([Purchase.store_id == store_id] if store_id else []))
+    in_window = and_(Purchase.ts >= since, Purchase.ts < until,
+                     *([Purchase.store_id.in_(stores)] if stores is not None else []))
     menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)
     top = session.execute(select(CatalogueItem.name, func.sum(Purchase.quantity))
                           .select_from(Purchase)
@@ -166,12 +174,14 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
             day = _next_bucket(day, result.bucket)
     has_amounts = result.revenue is not None
     result.trend = [(day, r[0], r[1], r[2], (r[3] if has_amounts else None)) for day, r in sorted(trend.items())]
-    _shown_bought(session, result, [v for v in visits if v[2] and v[3]], timedelta(hours=conversion_hours))
+    _shown_bought(session, result, [v for v in visits if v[2] and v[3]], timedelta(hours=conversion_hours), stores)
     return result
 
 
-def _shown_bought(session: Session, result: Analytics, shown: list, window: timedelta) -> None:
-    """Credit each purchase to the customer's latest arrival at most ``window`` before it, if it showed the item."""
+def _shown_bought(session: Session, result: Analytics, shown: list, window: timedelta,
+                  stores: list[str] | None = None) -> None:
+    """Credit each purchase (of ``stores`` only, when given) to the customer's latest arrival at most ``window``
+    before it, if it showed the item."""
     if not shown:
         return
     result.shown_visits = len(shown)
@@ -189,7 +199,8 @@ def _shown_bought(session: Session, result: Analytics, shown: list, window: time
     for cid, item, ts in session.execute(select(Purchase.customer_id, menu_item, Purchase.ts)
                                          .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
                                          .where(Purchase.customer_id.in_(customers), Purchase.ts >= result.since,
-                                                Purchase.ts < result.until + window)):
+                                                Purchase.ts < result.until + window,
+                                                *([Purchase.store_id.in_(stores)] if stores is not None else []))):
         rows = arrivals.get(cid, [])
         i = bisect.bisect_right(rows, (ts, float("inf"), set())) - 1 if rows else -1
         if i < 0:

@@ -43,7 +43,7 @@ def _window():
     ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest data."""
     s = get_session()
     zone = ZoneInfo(get_settings().timezone)
-    span = numbers.data_range(s)
+    span = numbers.data_range(s, store_scope())  # staff: the history of their stores
     newest = _local_day(span[1], zone) if span else datetime.now(zone).date()
     first, last = _day(request.args.get("from")), _day(request.args.get("to"))
     preset = None
@@ -83,9 +83,11 @@ def index():
     since, until, first, last, preset, span = _window()
     s = get_session()
     store = _store_arg(s)
-    a = numbers.compute(s, tz=get_settings().timezone, since=since, until=until, store_id=store)
+    shown = _shown_stores(store)
+    a = numbers.compute(s, tz=get_settings().timezone, since=since, until=until, store_id=shown)
     sold_in = s.scalars(select(Purchase.store_id).where(Purchase.ts >= since, Purchase.ts < until,
-                                                        *([Purchase.store_id == store] if store else []))
+                                                        *([Purchase.store_id.in_(sorted(shown))] if shown is not None
+                                                          else []))
                         .distinct()).all()
     revenue_currency = _one_currency(s, sold_in)
     labels = [d.strftime("%Y-%m-%d") for d, *_ in a.trend]
@@ -104,7 +106,9 @@ def index():
         "heat": heatmap(numbers.WEEKDAYS, [f"{h:02d}" for h in range(24)], a.heatmap,
                         title="Shop visits by weekday and hour"),
     }
-    stores = s.execute(select(Store.id, Store.name).order_by(Store.name)).all()
+    scope = store_scope()
+    stores = s.execute(select(Store.id, Store.name).where(*([Store.id.in_(sorted(scope))] if scope is not None else []))
+                       .order_by(Store.name)).all()
     return render_template("analytics.html", a=a, charts=charts, first=first, last=last, preset=preset,
                            presets=PRESETS, span=span, tables=TABLES, revenue_max=numbers.REVENUE_MAX_LINES,
                            stores=stores, store=store, revenue_currency=revenue_currency)
@@ -117,6 +121,12 @@ def _store_arg(s) -> str | None:
         return None
     scope = store_scope()
     return store if scope is None or store in scope else None
+
+
+def _shown_stores(store: str | None) -> frozenset[str] | None:
+    """The stores whose numbers are shown: the chosen one; else every store for an owner (None) and the user's
+    own stores for staff (never another store's sales or arrivals)."""
+    return frozenset([store]) if store is not None else store_scope()
 
 
 def _one_currency(s, store_ids: list[str | None]) -> str | None:
@@ -135,7 +145,7 @@ def export(table: str):
         abort(404)
     since, until, first, last, _preset, _span = _window()
     a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until,
-                        store_id=_store_arg(get_session()))
+                        store_id=_shown_stores(_store_arg(get_session())))
     header, rows = _tables(a)[table]
     out = io.StringIO()
     writer = csv.writer(out)
