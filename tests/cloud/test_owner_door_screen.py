@@ -40,8 +40,8 @@ def _catalogue(data_dir) -> list[dict]:
 class Daemon:
     """The edge web server's page and event stream, driven by the test; ``stop()`` is the daemon dying."""
 
-    def __init__(self, menu: list[dict], welcome_s: float | None) -> None:
-        self.menu, self.welcome_s, self.updates = menu, welcome_s, queue.Queue()
+    def __init__(self, menu: list[dict], welcome_s: float | None, photos: dict[str, str] | None = None) -> None:
+        self.menu, self.welcome_s, self.updates, self.photos = menu, welcome_s, queue.Queue(), photos or {}
         self.stopping = threading.Event()
         app = Flask(__name__, template_folder=str(EDGE_TEMPLATES))
         app.add_url_rule("/", view_func=self.page)
@@ -58,7 +58,7 @@ class Daemon:
                 "welcome_s": self.welcome_s, **extra}
 
     def html(self, v: dict) -> str:
-        return self.app.jinja_env.get_template("_screen.html").render(v=v, menu=self.menu, cols=1,
+        return self.app.jinja_env.get_template("_screen.html").render(v=v, menu=self.menu, cols=1, photos=self.photos,
                                                                        greeting="Good morning", now=datetime.now())
 
     def page(self):

@@ -73,7 +73,8 @@ def files(data_dir, tmp_path):
             if n > 3000:
                 break
             fout.write(line)
-    return {"ta-feng": ta, "cj": [cj, cj_dir / "products.csv", cj_dir / "demographics.csv"]}
+    return {"ta-feng": ta, "cj": [cj, cj_dir / "products.csv", cj_dir / "demographics.csv"],
+            "photo": data_dir / "clips" / "face_recognition_examples" / "obama-720p.jpg"}
 
 
 def _retained(broker, topic: str):
@@ -148,6 +149,11 @@ def test_the_owners_first_hour(browser, site, files, tmp_path):
     page.fill("#per-category", "6")
     page.click("#save-house")
     shot("menu-mapped")
+    page.locator("#items tr").nth(1).locator("a").first.click()  # the first menu item's page
+    page.click("text=Edit")
+    page.set_input_files("input[name=photo]", str(files["photo"]))  # a real JPEG (any: the point is the path)
+    page.click("button:has-text('Save')")
+    assert "Saved" in page.inner_text(".flash")
 
     # 3. publish: the store's retained catalogue is small and readable
     page.click("#publish")
@@ -158,6 +164,8 @@ def test_the_owners_first_hour(browser, site, files, tmp_path):
     assert 0 < len(names) <= 6 * len({i.category for i in catalogue.items})
     assert all(not name.isdigit() for name in names) and all("BREAD" in name.upper() or "BUN" in name.upper()
                                                             or "ROLL" in name.upper() for name in names)
+    photos = {str(i.id): i.photo_url for i in catalogue.items if i.photo_url}
+    assert len(photos) == 1 and next(iter(photos.values())).startswith("data:image/jpeg;base64,")
 
     # 4. the door screen with that catalogue, at both sizes
     groups: dict[str, list] = {}
@@ -165,13 +173,14 @@ def test_the_owners_first_hour(browser, site, files, tmp_path):
         groups.setdefault(item.category or "More", []).append(
             {"id": str(item.id), "name": item.name, "price": format_price(item.price, catalogue.currency),
              "description": item.description})
-    door = Daemon([{"name": k, "items": v} for k, v in groups.items()], welcome_s=12)
+    door = Daemon([{"name": k, "items": v} for k, v in groups.items()], welcome_s=12, photos=photos)
     try:
         for width, height in ((800, 480), (1920, 1080)):
             screen = context.new_page()
             screen.set_viewport_size({"width": width, "height": height})
             screen.goto(door.url)
             screen.wait_for_selector("section.house .item")
+            assert screen.locator("section.house .item img.ph").count() == 1 and screen.locator("img.ph").is_visible()
             size = screen.evaluate("parseFloat(getComputedStyle(document.querySelector('.row')).fontSize)")
             assert size >= 12, f"menu text {size}px at {width}x{height}"
             screen.screenshot(path=str(folder / f"{next(n):02d}-door-{width}x{height}.png"))
