@@ -5,7 +5,9 @@
   customer's latest visit at most :data:`CREDIT_WINDOW` before the purchase; one purchase line gives at most
   one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice.
 * :func:`training_feedback` gives the next training what it uses: per customer the disliked items (never
-  offered again) and extra positive interactions (a like, a shown pick bought).
+  offered again), extra positive interactions (a like, a shown pick bought) and the picks shown and ignored
+  (shown at a visit, not bought within :data:`CREDIT_WINDOW`): soft negatives, which the recommender penalises
+  only as much as helps on its validation split (:mod:`dangol_cloud.recommend.stage2`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session
 from dangol_cloud.models import CatalogueItem, Customer, PickCredit, PickOpinion, Purchase, Visit, utcnow
 
 __all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "record_opinion",
-           "training_feedback"]
+           "shown_and_ignored", "training_feedback"]
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +102,40 @@ class TrainingFeedback:
         positives: extra interaction rows (``customer``, ``item``, ``ts`` naive UTC, ``quantity`` 1.0,
             ``store`` ""): one per like (at its time, local) and one per shown pick bought (at the purchase time),
             so a credited purchase counts twice.
+        ignored: shown-and-ignored picks (``customer``, ``item``, ``ts`` naive local time of the visit): one row
+            per item shown at a visit of a known customer that got no credit from that visit, for visits at least
+            ``window`` old (so the outcome is known).
     """
 
     dislikes: dict[str, set[str]] = field(default_factory=dict)
     positives: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["customer", "item", "ts", "quantity", "store"]))
+    ignored: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["customer", "item", "ts"]))
+
+
+def _local(ts: pd.Series, tz: str) -> pd.Series:
+    return pd.to_datetime(ts, utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None).astype("datetime64[ns]")
+
+
+def shown_and_ignored(session: Session, tz: str = "UTC", window: timedelta = CREDIT_WINDOW) -> pd.DataFrame:
+    """Picks shown at a known customer's visit and not bought from it: ``customer``, ``item``, ``ts`` (the visit,
+    naive local time in ``tz``), one row per (visit, shown item) without a :class:`PickCredit` of that visit and
+    item, for visits older than ``window`` (a later purchase could still be credited to a younger one).
+    Call it after :func:`credit_shown_picks`."""
+    cutoff = utcnow() - window
+    visits = session.execute(select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items)
+                             .where(Visit.customer_id.is_not(None), Visit.ts <= cutoff)).all()
+    credited = set(session.execute(select(PickCredit.visit_id, PickCredit.item_id)).all())
+    rows = [(customer, str(item), ts) for visit_id, customer, ts, shown in visits
+            for item in dict.fromkeys(shown or []) if (visit_id, str(item)) not in credited]
+    frame = pd.DataFrame(rows, columns=["customer", "item", "ts"])
+    frame["ts"] = _local(frame["ts"], tz)
+    return frame
 
 
 def training_feedback(session: Session, tz: str = "UTC") -> TrainingFeedback:
-    """Read the opinions and credits for a training run (see :class:`TrainingFeedback`); times are
-    converted to naive local time in ``tz``, as :func:`dangol_cloud.training.load_frames` does."""
+    """Read the opinions, credits and shown-and-ignored picks for a training run (see :class:`TrainingFeedback`);
+    times are converted to naive local time in ``tz``, as :func:`dangol_cloud.training.load_frames` does."""
     opinions = session.execute(select(PickOpinion.customer_id, PickOpinion.item_id, PickOpinion.opinion,
                                       PickOpinion.at)).all()
     dislikes: dict[str, set[str]] = {}
@@ -125,4 +151,4 @@ def training_feedback(session: Session, tz: str = "UTC") -> TrainingFeedback:
     positives["ts"] = local.astype("datetime64[ns]")
     positives["quantity"] = 1.0
     positives["store"] = ""
-    return TrainingFeedback(dislikes, positives)
+    return TrainingFeedback(dislikes, positives, shown_and_ignored(session, tz))

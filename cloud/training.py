@@ -109,7 +109,7 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     n_purchases = len(interactions)
     if len(feedback.positives):
         interactions = pd.concat([interactions, feedback.positives], ignore_index=True)
-    model = train(interactions, items, progress=step, segments=segments)
+    model = train(interactions, items, progress=step, segments=segments, shown_ignored=feedback.ignored)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     base, n = model.version, 1
     while (settings.models_dir / model.version).exists():  # same data retrained within the same second

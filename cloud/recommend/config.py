@@ -67,6 +67,9 @@ class RecommenderConfig:
             rounds, shrinkage, leaves per tree and minimum pairs per leaf.
         stage2_tifu_alpha: α of the whole TIFU-KNN score feature ``α u + (1-α) neighbours`` (TIFU-KNN's tuned
             value on the Ta-Feng validation split, 0.4).
+        ignored_weights: the weights β tried for shown-and-ignored picks (feedback, soft negatives): the final
+            score loses β × the customer's decayed count of ignored showings of the item; the β with the best
+            precision@10 on the held-out customers is kept (0 on a tie, so only when it helps).
 
     The forest's size was chosen on the validation splits (Ta-Feng: train before 2001-01-04, validate on the 28
     days to 2001-02-01, 200 items; Complete Journey: train before 2017-09-01, validate on Sep-Oct, 100 categories;
@@ -134,6 +137,7 @@ class RecommenderConfig:
     stage2_leaves: int = 7
     stage2_min_leaf: int = 500
     stage2_tifu_alpha: float = 0.4
+    ignored_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     daypart_weight: float = 1.0
     daypart_smoothing: float = 50.0
     max_per_category: int | None = 3

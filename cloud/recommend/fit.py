@@ -20,7 +20,7 @@ from .data import clean_interactions, clean_items
 from .dayparts import DayPartProfile
 from .factors import factors_of, fit_lightfm
 from .features import customer_feature_matrix, item_feature_matrix
-from .history import PopularityTable, build_history, pair_values
+from .history import PopularityTable, build_history, decayed_counts, pair_values
 from .model import _BATCH, Recommender
 from .rerank import Reranker, item_statistics, pair_features, sample_pairs
 from .scoring import Stage2
@@ -37,11 +37,14 @@ def _coo(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.coo_matrix:
     return sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
 
 
-def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig
+def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig, ignored=None
                   ) -> tuple[Reranker, object | None, Stage2 | None]:
     """Carve the last ``rerank_window_days`` of training as labels, fit LightFM + statistics on the rest,
     fit the re-ranker on sampled (customer, item) pairs of customers active in both parts and, with
     ``cfg.stage2``, the second stage (:mod:`.stage2`) with the blend weight chosen on held-out customers.
+
+    ``ignored`` = ``(u, i, day)`` arrays of shown-and-ignored picks (feedback) or None: their decayed counts
+    before the window are the soft negatives whose weight the second stage chooses on the held-out customers.
 
     Returns ``(re-ranker, the LightFM model fitted on the earlier part or None, second stage or None)``."""
     label_start = end_day - cfg.rerank_window_days
@@ -51,6 +54,8 @@ def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: Re
     hist = build_history(u[past], i[past], day[past], shape, label_start, cfg.recency_half_life_days)
     if not cfg.item_trend:
         hist.item_recent = None
+    if ignored is not None:
+        hist.ignored = decayed_counts(*ignored, shape, label_start, cfg.recency_half_life_days)
     labels = _coo(u[~past], i[~past], shape).tocsr()
     eligible = np.flatnonzero((hist.visits > 0) & (np.diff(labels.indptr) > 0))
     if len(eligible) < 20:
@@ -90,6 +95,18 @@ def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int],
                        cfg.tifu_neighbours, rows=rows, max_dims=cfg.tifu_max_dims)
 
 
+def _ignored_events(frame: pd.DataFrame | None, customers: np.ndarray, items: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(u, i, day)`` int64 arrays of the shown-and-ignored rows whose customer and item are known, or None."""
+    if frame is None or len(frame) == 0:
+        return None
+    u = pd.Index(customers).get_indexer(frame["customer"].astype(str))
+    i = pd.Index(items).get_indexer(frame["item"].astype(str))
+    day = pd.to_datetime(frame["ts"]).to_numpy().astype("datetime64[D]").astype(np.int64)
+    keep = (u >= 0) & (i >= 0)
+    return (u[keep], i[keep], day[keep]) if keep.any() else None
+
+
 def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> str:
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     digest.update(pd.util.hash_pandas_object(df[["customer", "item", "day"]], index=False).to_numpy().tobytes())
@@ -98,7 +115,8 @@ def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> 
 
 def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
           config: RecommenderConfig | None = None, customer_features: pd.DataFrame | None = None,
-          progress: Callable[[str], None] | None = None, segments: pd.DataFrame | None = None) -> Recommender:
+          progress: Callable[[str], None] | None = None, segments: pd.DataFrame | None = None,
+          shown_ignored: pd.DataFrame | None = None) -> Recommender:
     """Train the recommender.
 
     Args:
@@ -113,6 +131,9 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
         progress: called with each step name of :data:`TRAIN_STEPS` as it starts (for a progress bar).
         segments: optional ``customer`` + segment columns (e.g. ``AGE_GROUP``, ``PIN_CODE``) for the
             segment-aware cold start (:mod:`.segments`).
+        shown_ignored: optional picks shown and not bought (``customer``, ``item``, ``ts``; feedback, see
+            :func:`dangol_cloud.feedback.shown_and_ignored`): soft negatives, weighted as the validation split of
+            the training window says (0 when they do not help); rows of unknown customers or items are ignored.
 
     Returns:
         A :class:`Recommender`. On Ta-Feng's 200 best sellers (3 months, 12,969 customers) this takes
@@ -140,10 +161,12 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     user_x, _ = customer_feature_matrix(customers, customer_features)
     end_day = int(day.max()) + 1
 
+    ignored = _ignored_events(shown_ignored, customers, item_ids)
     step("re-ranker")
     reranker, window_lightfm, stage2 = None, None, None
     if cfg.rerank:
-        reranker, window_lightfm, stage2 = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg)
+        reranker, window_lightfm, stage2 = _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg,
+                                                         ignored)
     step("factors")
     if window_lightfm is not None and cfg.refit_epochs:  # warm start: continue from the earlier part's fit
         lightfm = fit_lightfm(_coo(u, i, shape), item_x, user_x, cfg, model=window_lightfm, epochs=cfg.refit_epochs)
@@ -154,6 +177,9 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     history = build_history(u, i, day, shape, end_day, cfg.recency_half_life_days)
     if not cfg.item_trend:
         history.item_recent = None
+    if ignored is not None and stage2 is not None and stage2.ignored_weight > 0:
+        history.ignored = decayed_counts(*ignored, shape, max(end_day, int(ignored[2].max()) + 1),
+                                         cfg.recency_half_life_days)
     history.tifu = _tifu(u, i, day, shape, cfg) if cfg.rerank else None
     pop, rep = item_statistics(history, categories)
     store = df["store"].to_numpy(dtype=str) if "store" in df.columns else None

@@ -32,6 +32,8 @@ class History:
         item_lines: ``(n_items,)`` float32, purchase lines per item (global popularity).
         tifu: TIFU-KNN customer vectors and neighbours (:class:`~.baselines.TifuKnn`), or None.
         item_recent: ``(n_items,)`` float32, purchase lines per item in the last :data:`TREND_DAYS` days.
+        ignored: ``(n_customers, n_items)`` float32 CSR, picks shown to the customer and not bought (feedback),
+            each weighted ``0.5 ** (age / h)`` like ``decayed``; None without such feedback.
     """
 
     ref_day: int
@@ -45,6 +47,7 @@ class History:
     item_lines: np.ndarray
     tifu: TifuKnn | None = None
     item_recent: np.ndarray | None = None
+    ignored: sp.csr_matrix | None = None
 
     def item_trend(self) -> np.ndarray:
         """``(n_items,)`` float64 log ratio of the item's share of the last :data:`TREND_DAYS` days' purchase lines
@@ -91,6 +94,19 @@ def build_history(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[in
     item_recent = np.bincount(i[day >= ref_day - TREND_DAYS], minlength=shape[1]).astype(np.float32)
     return History(ref_day, visits_with_item, lines, decayed, recency, visits, item_buyers, item_repeaters,
                    item_lines, item_recent=item_recent)
+
+
+def decayed_counts(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], ref_day: int,
+                   half_life: float) -> sp.csr_matrix | None:
+    """``(n_customers, n_items)`` float32 CSR ``Σ 0.5 ** ((ref_day - day) / half_life)`` over the events
+    ``(u, i, day)`` before ``ref_day`` (e.g. shown-and-ignored picks); None when there are none."""
+    keep = day < ref_day
+    if not keep.any():
+        return None
+    w = np.power(0.5, (ref_day - day[keep]) / half_life).astype(np.float32)
+    m = sp.coo_matrix((w, (u[keep], i[keep])), shape=shape).tocsr()
+    m.sum_duplicates()
+    return m
 
 
 def pair_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

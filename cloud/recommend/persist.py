@@ -57,6 +57,8 @@ def save_model(model: Recommender, directory: Path) -> Path:
         arrays[f"factors_{name}"] = getattr(model.factors, name)
     sparse = {"item_features": model.item_features, "popularity": model.popularity.counts,
               **{f"history_{k}": getattr(model.history, k) for k in ("visits_with_item", "lines", "decayed", "recency")}}
+    if model.history.ignored is not None:
+        sparse["history_ignored"] = model.history.ignored
     if model.dayparts is not None:
         arrays["dayparts_visits"], arrays["dayparts_item_counts"] = model.dayparts.visits, model.dayparts.item_counts
         sparse["dayparts_counts"] = model.dayparts.counts
@@ -85,7 +87,8 @@ def save_model(model: Recommender, directory: Path) -> Path:
             "n_pairs": model.reranker.n_pairs, "n_customers": model.reranker.n_customers},
         "stage2": None if model.stage2 is None else {
             "features": list(STAGE2_FEATURES), "blend": model.stage2.blend, "candidates": model.stage2.candidates,
-            "tifu_alpha": model.stage2.tifu_alpha, "validation": model.stage2.validation},
+            "tifu_alpha": model.stage2.tifu_alpha, "validation": model.stage2.validation,
+            "ignored_weight": model.stage2.ignored_weight},
         "meta": model.meta,
     }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -112,6 +115,8 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
                       csr("history_decayed"), csr("history_recency"), a["history_visits"],
                       a["history_item_buyers"], a["history_item_repeaters"], a["history_item_lines"])
     history.item_recent = a.get("history_item_recent")
+    if "history_ignored__data" in a:
+        history.ignored = csr("history_ignored")
     if "tifu_neighbours" in a:
         history.tifu = TifuKnn(csr("tifu_vectors"), a["tifu_neighbours"].astype(np.int64))
     factors = Factors(*(a[f"factors_{n}"] for n in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias")))
@@ -133,7 +138,7 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
     if meta.get("stage2") is not None:
         s2 = meta["stage2"]
         stage2 = Stage2(Forest.from_arrays(a, "stage2_"), float(s2["blend"]), int(s2["candidates"]),
-                        float(s2["tifu_alpha"]), dict(s2["validation"]))
+                        float(s2["tifu_alpha"]), dict(s2["validation"]), float(s2.get("ignored_weight", 0.0)))
     pop = meta["popularity"]
     categories = [str(c) if has else None for c, has in zip(a["categories"], a["has_category"], strict=True)]
     return cls(version=meta["version"], config=config, customers=a["customers"], items=a["items"],

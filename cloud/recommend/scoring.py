@@ -35,6 +35,8 @@ class Stage2:
         candidates: M, how many of each customer's best stage-1 items are re-scored.
         tifu_alpha: α of the ``tifu_score`` feature.
         validation: ``{λ: precision@10}`` on the held-out customers (as str keys, for meta.json).
+        ignored_weight: β ≥ 0, subtracted times the customer's decayed count of shown-and-ignored showings of the
+            item (``History.ignored``, feedback) from every score; 0 unless it helped on the held-out customers.
     """
 
     forest: Forest
@@ -42,6 +44,7 @@ class Stage2:
     candidates: int
     tifu_alpha: float
     validation: dict
+    ignored_weight: float = 0.0
 
 
 def linear_scores(history: History, item_pop: np.ndarray, item_rep: np.ndarray, factors: Factors,
@@ -100,9 +103,15 @@ def stage2_features(history: History, item_pop: np.ndarray, item_rep: np.ndarray
 def apply_stage2(stage2: Stage2 | None, history: History, item_pop: np.ndarray, item_rep: np.ndarray,
                  scores: np.ndarray, z: np.ndarray, nn: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
     """Final ``(len(rows), n_items)`` scores: candidates get the blend, the rest keep their stage-1 order below
-    the lowest candidate (``scores`` itself is returned unchanged when there is no second stage or λ = 0)."""
-    if stage2 is None or stage2.blend <= 0 or len(rows) == 0:
+    the lowest candidate; then ``β · History.ignored`` is subtracted (soft negatives). ``scores`` itself is returned
+    unchanged when there is no second stage or λ = 0 and β = 0."""
+    if stage2 is None or len(rows) == 0:
         return scores
+    penalty = None
+    if stage2.ignored_weight > 0 and history.ignored is not None:
+        penalty = stage2.ignored_weight * history.ignored[rows].toarray()
+    if stage2.blend <= 0:
+        return scores if penalty is None else scores - penalty
     cand = candidates(scores, stage2.candidates)
     x = stage2_features(history, item_pop, item_rep, scores, z, nn, rows, cand, stage2.tifu_alpha)
     blended = ((1 - stage2.blend) * np.take_along_axis(scores, cand, axis=1)
@@ -115,4 +124,4 @@ def apply_stage2(stage2: Stage2 | None, history: History, item_pop: np.ndarray, 
     shift = np.where(np.isfinite(top_rest), floor - 1.0 - top_rest, 0.0)
     out += np.where(rest, shift, 0.0)
     np.put_along_axis(out, cand, blended, axis=1)
-    return out
+    return out if penalty is None else out - penalty

@@ -20,15 +20,16 @@ from .rerank import Reranker
 from .scoring import Stage2, candidates, linear_scores, stage2_features
 from .trees import fit_forest
 
-__all__ = ["blend_precision", "fit_stage2"]
+__all__ = ["blend_precision", "choose_ignored_weight", "fit_stage2"]
 
 _BLOCK = 2048
 
 
 def _candidate_rows(history, pop, rep, factors, reranker, rows, labels, cfg):
-    """Stage-2 features ``(len(rows)·M, F)``, labels ``(len(rows)·M,)`` bool, stage-1 logits ``(len(rows), M)``
-    and the per-row count of relevant items ``(len(rows),)`` for the customers ``rows`` (label rows aligned)."""
-    xs, ys, lin, n_rel = [], [], [], []
+    """Stage-2 features ``(len(rows)·M, F)``, labels ``(len(rows)·M,)`` bool, stage-1 logits ``(len(rows), M)``,
+    the per-row count of relevant items ``(len(rows),)`` and the candidates ``(len(rows), M)`` for the customers
+    ``rows`` (label rows aligned)."""
+    xs, ys, lin, n_rel, cands = [], [], [], [], []
     for start in range(0, len(rows), _BLOCK):
         block = rows[start:start + _BLOCK]
         scores, z, nn = linear_scores(history, pop, rep, factors, reranker, block, cfg.tifu_neighbours)
@@ -38,7 +39,8 @@ def _candidate_rows(history, pop, rep, factors, reranker, rows, labels, cfg):
         ys.append(np.take_along_axis(rel.toarray() > 0, cand, axis=1).ravel())
         lin.append(np.take_along_axis(scores, cand, axis=1))
         n_rel.append(np.diff(rel.indptr))
-    return np.vstack(xs), np.concatenate(ys), np.vstack(lin), np.concatenate(n_rel)
+        cands.append(cand)
+    return np.vstack(xs), np.concatenate(ys), np.vstack(lin), np.concatenate(n_rel), np.vstack(cands)
 
 
 def blend_precision(linear: np.ndarray, forest: np.ndarray, relevant: np.ndarray, blend: float, k: int) -> float:
@@ -60,17 +62,33 @@ def fit_stage2(history: History, pop: np.ndarray, rep: np.ndarray, factors: Fact
     hold a single class."""
     if len(fit_rows) == 0 or len(hold_rows) == 0:
         return None
-    x, y, _, _ = _candidate_rows(history, pop, rep, factors, reranker, fit_rows, labels, cfg)
+    x, y, _, _, _ = _candidate_rows(history, pop, rep, factors, reranker, fit_rows, labels, cfg)
     if y.all() or not y.any():
         return None
     forest = fit_forest(x, y, iterations=cfg.stage2_iterations, learning_rate=cfg.stage2_learning_rate,
                         max_leaf_nodes=cfg.stage2_leaves, min_samples_leaf=cfg.stage2_min_leaf,
                         seed=cfg.random_state)
-    xh, yh, lin, _ = _candidate_rows(history, pop, rep, factors, reranker, hold_rows, labels, cfg)
+    xh, yh, lin, _, cand = _candidate_rows(history, pop, rep, factors, reranker, hold_rows, labels, cfg)
     m = lin.shape[1]
     gb = forest.raw(xh).reshape(-1, m)
     rel = yh.reshape(-1, m)
     tried = {float(b): blend_precision(lin, gb, rel, float(b), k) for b in cfg.stage2_blends}
     best = max(tried, key=lambda b: (round(tried[b], 12), -b))
-    return Stage2(forest, best, cfg.stage2_candidates, cfg.stage2_tifu_alpha,
-                  {f"{b:g}": round(p, 6) for b, p in tried.items()})
+    validation = {f"{b:g}": round(p, 6) for b, p in tried.items()}
+    weight = 0.0
+    if history.ignored is not None and history.ignored[hold_rows].nnz:
+        blended = (1 - best) * lin + best * gb
+        ign = np.take_along_axis(history.ignored[hold_rows].toarray(), cand, axis=1)
+        weight, by_weight = choose_ignored_weight(blended, ign, rel, cfg.ignored_weights, k)
+        validation |= {f"ignored {w:g}": round(p, 6) for w, p in by_weight.items()}
+    return Stage2(forest, best, cfg.stage2_candidates, cfg.stage2_tifu_alpha, validation, weight)
+
+
+def choose_ignored_weight(blended: np.ndarray, ignored: np.ndarray, relevant: np.ndarray, weights, k: int
+                          ) -> tuple[float, dict[float, float]]:
+    """The soft-negative weight β of ``weights`` with the best precision@k of ``blended - β · ignored`` (all
+    ``(n, M)``: candidate scores, decayed shown-and-ignored counts, relevance); ties go to the smaller β, so β = 0
+    unless the penalty helps. Returns ``(β, {β: precision@k})``."""
+    tried = {float(w): blend_precision(blended - float(w) * ignored, np.zeros_like(blended), relevant, 0.0, k)
+             for w in weights}
+    return max(tried, key=lambda w: (round(tried[w], 12), -w)), tried

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
@@ -119,6 +120,10 @@ def test_shown_pick_bought_is_credited_once_to_the_visit_it_was_shown_at(trained
         feedback = training_feedback(s)
     assert feedback.positives[["customer", "item"]].values.tolist() == [[customer, shown_first]]
     assert feedback.dislikes == {}
+    # shown and ignored (soft negatives): both picks of the early visit (the purchase was credited to the late
+    # one); nothing of the late visit
+    assert feedback.ignored[["customer", "item"]].values.tolist() == [[customer, not_shown], [customer, shown_first]]
+    assert (feedback.ignored["ts"] == pd.Timestamp(ts - timedelta(hours=2)).tz_convert(None)).all()
 
 
 def test_new_regular_with_a_recorded_segment_gets_the_segment_list(trained, ta_feng_slice) -> None:

@@ -9,7 +9,7 @@ from dangol_cloud.recommend.baselines import Baskets, TifuKnn
 from dangol_cloud.recommend.history import build_history
 from dangol_cloud.recommend.rerank import FEATURES
 from dangol_cloud.recommend.scoring import STAGE2_FEATURES, Stage2, apply_stage2, candidates, stage2_features
-from dangol_cloud.recommend.stage2 import blend_precision
+from dangol_cloud.recommend.stage2 import blend_precision, choose_ignored_weight
 from dangol_cloud.recommend.trees import Forest, fit_forest
 
 A, B, C, D = range(4)
@@ -105,3 +105,31 @@ def test_blend_precision_counts_hits_of_the_blended_top_k() -> None:
     assert blend_precision(linear, forest, relevant, 0.0, 1) == 0.0  # top-1 by linear: item 0
     assert blend_precision(linear, forest, relevant, 0.5, 1) == 1.0  # 1.5, 1.0, 5.0: item 2
     assert blend_precision(linear, forest, relevant, 0.5, 2) == 0.5
+
+
+def test_soft_negative_weight_is_chosen_only_where_it_helps() -> None:
+    blended = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    ignored = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # customer 0 ignored item 0 when it was shown
+    # customer 0 then buys item 1, customer 1 item 0. Top-1 per β: β 0 / 0.5: 0 and 0 -> 1 hit of 2;
+    # β 1: customer 0 has 2, 2, 1 (a tie, the first wins) -> 0.5; β 2: 1, 2, 1 -> item 1, a hit -> 1.0
+    relevant = np.array([[False, True, False], [True, False, False]])
+    weight, tried = choose_ignored_weight(blended, ignored, relevant, (0.0, 0.5, 1.0, 2.0), 1)
+    assert tried == {0.0: 0.5, 0.5: 0.5, 1.0: 0.5, 2.0: 1.0} and weight == 2.0
+    # the ignored item was bought after all: no penalty helps, β stays 0
+    bought_anyway = np.array([[True, False, False], [True, False, False]])
+    assert choose_ignored_weight(blended, ignored, bought_anyway, (0.0, 0.5, 1.0, 2.0), 1)[0] == 0.0
+
+
+def test_soft_negative_penalty_is_subtracted_from_every_score() -> None:
+    import scipy.sparse as sp
+
+    hist = tiny_history()
+    hist.ignored = sp.csr_matrix(np.array([[0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]], np.float32))
+    scores = np.array([[4.0, 3.0, 2.0, 1.0]])
+    stage2 = Stage2(stump(RANK, 0.5, 0.0, 10.0), blend=0.5, candidates=3, tifu_alpha=0.4, validation={},
+                    ignored_weight=2.0)
+    out = apply_stage2(stage2, hist, np.zeros(4), np.zeros(4), scores, np.zeros((1, 4)), None, np.array([0]))
+    assert out[0].tolist() == pytest.approx([2.0, 6.5, 6.0, 1.0 - 2.0 * 0.5])  # as above, D loses β · 0.5
+    stage1_only = Stage2(stage2.forest, 0.0, 3, 0.4, {}, ignored_weight=2.0)
+    out = apply_stage2(stage1_only, hist, np.zeros(4), np.zeros(4), scores, np.zeros((1, 4)), None, np.array([0]))
+    assert out[0].tolist() == pytest.approx([4.0, 3.0, 2.0, 0.0])
