@@ -97,7 +97,7 @@ class Appliance:
         from .web import DisplayServer, create_app
 
         app = create_app(screen=self.screen, state=self.state, gallery=self.gallery, config=cfg,
-                         on_activate=self._on_activate, on_erase=self._on_erase_local)
+                         on_activate=self._on_activate, on_erase=self._on_erase_local, on_signup=self._on_signup)
         self.web = DisplayServer(app, cfg.display.host, cfg.display.port)
         self.web.start()
         self._stoppers.append(self.web.stop)
@@ -181,6 +181,12 @@ class Appliance:
     def picks_for(self, customer_id: str) -> list:
         """See :meth:`ArrivalWorker.picks_for`."""
         return self.arrivals.picks_for(customer_id)
+
+    def _on_signup(self, what: str) -> bool:
+        """The staff page starts (``"enrol"``) or cancels a sign-up: queued for the recognition thread, as a
+        button press is. False before the enrolment worker exists or when the request was dropped."""
+        enrolment = self.enrolment
+        return enrolment is not None and enrolment.ask(what, source="staff page")
 
     def _on_activate(self, customer) -> None:
         """Staff recorded consent: tell the cloud (raises :class:`~dangol_edge.events.EventNotSaved` when

@@ -60,6 +60,7 @@ KIOSK_PREFIX = "/api/"
 def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: EdgeConfig,
                on_activate: Callable[[Customer], None] | None = None,
                on_erase: Callable[[str], None] | None = None,
+               on_signup: Callable[[str], bool] | None = None,
                max_streams: int = MAX_EVENT_STREAMS, clock: Callable[[], float] = time.monotonic) -> Flask:
     """Build the menu + staff web app.
 
@@ -71,6 +72,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
             recorded with each consent) and ``home`` (for ``secret_key``).
         on_activate: called with the activated :class:`Customer` (the daemon reports it to the cloud).
         on_erase: called with the id of a discarded or erased customer (the daemon reports it).
+        on_signup: starts (``"enrol"``) or cancels (``"cancel"``) a sign-up at the door from the staff page
+            (the daemon's enrolment worker); None hides the button.
         max_streams: event streams served at once (503 beyond).
         clock: monotonic seconds for the PIN back-off (tests pass a fake one).
     Returns:
@@ -84,7 +87,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="dangol_edge",
                       WTF_CSRF_TIME_LIMIT=None, TEMPLATES_AUTO_RELOAD=False, JSON_SORT_KEYS=False)
     d = WebDeps(screen=screen, state=state, gallery=gallery, config=config, on_activate=on_activate,
-                on_erase=on_erase, text_version=config.display.consent_version,
+                on_erase=on_erase, on_signup=on_signup, text_version=config.display.consent_version,
                 pin=config.display.staff_pin or None, app_id=secrets.token_hex(6), streams=Streams(max_streams),
                 pins=PinThrottle(clock=clock))  # per client address: a wrong-PIN guesser cannot lock staff out
     app.extensions[EXTENSION] = d

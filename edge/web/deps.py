@@ -23,6 +23,8 @@ class WebDeps:
     Attributes:
         screen, state, gallery, config: see :func:`dangol_edge.web.create_app`.
         on_activate, on_erase: the daemon's callbacks (None: nothing to tell).
+        on_signup: the daemon's sign-up control, called with ``"enrol"`` (start capturing at the door) or
+            ``"cancel"``; returns False if the request was dropped (None: no camera here, no sign-ups).
         text_version: the consent text version staff confirm (``display.consent_version``).
         pin: the staff PIN, or None (loopback only).
         app_id: an id of this app instance (the kiosk page reloads itself when it changes).
@@ -35,6 +37,7 @@ class WebDeps:
     config: EdgeConfig
     on_activate: Callable[[Customer], None] | None
     on_erase: Callable[[str], None] | None
+    on_signup: Callable[[str], bool] | None
     text_version: str
     pin: str | None
     app_id: str

@@ -47,8 +47,12 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
                for c in reversed(d.gallery.customers(status="pending"))]  # newest (at the counter) first
     active = [{"c": c, "since": ago(c.updated_at, now)}
               for c in sorted(d.gallery.customers(status="active"), key=lambda c: c.display_name.casefold())]
+    snap = d.screen.snapshot()
+    signup = {"available": d.on_signup is not None,
+              "capturing": snap.get("screen") == "enrol" and snap.get("stage") == "capturing",
+              "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0)}
     return render_template("staff.html", pending=pending, active=active, errors=errors or {},
-                           values=values or {}, text_version=d.text_version, pin=d.pin is not None,
+                           values=values or {}, text_version=d.text_version, pin=d.pin is not None, signup=signup,
                            staff_name=session.get("staff_name", ""),
                            exposed=d.config.display.host not in ("127.0.0.1", "localhost", "::1")), status
 
@@ -76,6 +80,30 @@ def after_erase(customer_id: str, verb: str, who: str) -> None:
 @bp.get("")
 def index():
     return staff_page()
+
+
+@bp.post("/signup")
+def signup():
+    """Start a sign-up at the door (as the GPIO button does): the camera gathers the nearest face's good
+    snapshots and the door screen shows the progress, then the pending code."""
+    d = deps()
+    if d.on_signup is None:
+        return staff_page(409, {"_": "Sign-ups cannot be started here: no camera is running on this device."})
+    if not d.on_signup("enrol"):
+        return staff_page(503, {"_": "The device is busy — nothing was started. Please try again in a moment."})
+    flash("Sign-up started: ask the customer to look at the camera by the door. The door screen counts the "
+          "snapshots, then shows a code; the sign-up appears below.", "success")
+    return redirect(url_for("staff.index"))
+
+
+@bp.post("/signup/cancel")
+def signup_cancel():
+    """Cancel the sign-up being captured (as holding the button does); nothing is stored."""
+    d = deps()
+    if d.on_signup is None or not d.on_signup("cancel"):
+        return staff_page(409, {"_": "No sign-up could be cancelled here. Nothing was changed."})
+    flash("Sign-up cancelled; nothing was stored.", "success")
+    return redirect(url_for("staff.index"))
 
 
 @bp.post("/activate/<customer_id>")

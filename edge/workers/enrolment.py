@@ -1,9 +1,10 @@
-"""Enrolment at the door: the GPIO button's sign-up state machine.
+"""Enrolment at the door: the sign-up state machine, started by the GPIO button or from the staff page.
 
-``idle`` —button→ ``capturing`` (every frame goes to :class:`~dangol_edge.enrol.SampleCollector`, the one
+``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to :class:`~dangol_edge.enrol.SampleCollector`, the one
 capture rule shared with ``dangol-edge enroll --source``) —pool full→ ``pending`` (stored unsearchable with a
 short code; a ``pending`` enrolment event goes to the cloud) or —``enrol.max_frames`` without a good face→
-``failed``; the button's long press (``cancel``) returns to idle from ``capturing``. Steps run on the
+``failed``; the button's long press or the staff page's "Cancel" (``cancel``) returns to idle from
+``capturing``. Steps run on the
 recognition thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
 
@@ -51,14 +52,26 @@ class ButtonEnrolment:
         """True while a sign-up is being captured."""
         return self._collector is not None
 
+    def ask(self, what: str, source: str = "button") -> bool:
+        """Queue a request (``"enrol"`` or ``"cancel"``) from any thread (gpiozero's, a web request's); the
+        recognition thread applies it. Returns False if it was dropped (queue full, logged).
+
+        Raises:
+            ValueError: ``what`` is neither ``"enrol"`` nor ``"cancel"``.
+        """
+        if what not in ("enrol", "cancel"):
+            raise ValueError(f"enrolment request {what!r}: expected 'enrol' or 'cancel'")
+        try:
+            self.requests.put_nowait(what)
+        except queue.Full:
+            log.warning("%s request %r dropped (queue full)", source, what)
+            return False
+        log.info("%s asked to %s a sign-up", source, "start" if what == "enrol" else "cancel")
+        return True
+
     def request(self, what: str) -> Callable[[], None]:
         """A callback for the button (``"enrol"`` or ``"cancel"``) that queues the request (any thread)."""
-        def cb() -> None:
-            try:
-                self.requests.put_nowait(what)
-            except queue.Full:
-                log.warning("button request %r dropped (queue full)", what)
-        return cb
+        return lambda: self.ask(what)
 
     def handle_requests(self) -> None:
         """Apply queued button requests (recognition thread)."""

@@ -1,0 +1,74 @@
+"""A sign-up started from the staff page, without the GPIO button (issue 11 item 9): headless Chromium on the
+daemon's staff page, the real Hamilton clip as the camera; cancelled from the page too."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from dangol_edge.daemon import Appliance
+from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
+from tests.edge.test_sync import wait_for
+
+
+def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, browser):  # noqa: F811
+    cfg = config(home, model_path, clips)   # gpio disabled: no button at all
+    app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
+    app.start()
+    try:
+        assert app.button is None
+        before = {c.id for c in app.gallery.customers()}
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(app.web.url.rstrip("/") + "/staff")
+        page.click("#signup-start")
+        page.wait_for_load_state()
+        assert "Sign-up started" in page.inner_text(".flash")
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "capturing", timeout=5)
+        assert wait_for(lambda: app.gallery.customers(status="pending"), timeout=90)
+        pending = app.gallery.customers(status="pending")[0]
+        assert pending.id not in before and pending.templates == cfg.enrol.templates
+        assert app.screen.snapshot()["code"] == pending.short_code   # the door screen shows the code
+        page.goto(app.web.url.rstrip("/") + "/staff")
+        card = page.locator(f"#pending-{pending.id}")
+        card.locator("input[name=display_name]").fill("Hana Kim")
+        card.locator("input[name=consent]").check()
+        card.locator("input[name=staff]").fill("Jisoo")
+        card.locator("button[value=activate]").click()
+        page.wait_for_load_state()
+        page.close()
+        c = app.gallery.customer(pending.id)
+        assert c.status == "active" and c.display_name == "Hana Kim" and c.consent["recorded_by"] == "Jisoo"
+        events = [json.loads(e["payload"]) for e in app.state.pending(1000)]
+        assert [e["status"] for e in events if e["kind"] == "enrolment"] == ["pending", "active"]
+    finally:
+        app.stop()
+
+
+def test_staff_page_cancels_a_sign_up_it_started(tmp_path, home, model_path, clips, browser):  # noqa: F811
+    wall = tmp_path / "wall"
+    wall.mkdir()
+    for i in range(30):   # no face: the capture would run until enrol.max_frames
+        cv2.imwrite(str(wall / f"wall{i:02d}.png"), np.full((360, 640, 3), 90, np.uint8))
+    cfg = config(home, model_path, clips, camera={"source": str(wall), "loop": True, "realtime": True},
+                 enrol={"max_frames": 100_000})
+    app = Appliance(cfg)
+    app.start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(app.web.url.rstrip("/") + "/staff")
+        page.click("#signup-start")
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "capturing", timeout=5)
+        page.goto(app.web.url.rstrip("/") + "/staff")
+        assert "Capturing a sign-up at the door" in page.inner_text("#signup")
+        page.click("#signup-cancel")
+        page.wait_for_load_state()
+        assert "Sign-up cancelled" in page.inner_text(".flash")
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "cancelled", timeout=5)
+        assert app.gallery.customers(status="pending") == []
+        page.close()
+    finally:
+        app.stop()
