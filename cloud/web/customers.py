@@ -125,7 +125,8 @@ def _as_shown(s, raw: list[dict]) -> tuple[list[tuple], int]:
         ProductMapping.product_id.in_([p["item_id"] for p in raw]))).all())
     shown = translate_picks(raw, mapping)
     off_menu = sum(1 for p in raw if p["item_id"] in mapping and mapping[p["item_id"]] is None)
-    items = {i.id: i for i in s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_([p["item_id"] for p in shown])))}
+    items = {i.id: i for i in s.scalars(select(CatalogueItem)
+                                        .where(CatalogueItem.id.in_([p["item_id"] for p in shown])))}
     return [(items.get(p["item_id"]), p) for p in shown], off_menu
 
 

@@ -147,7 +147,8 @@ def device_presence(session, devices) -> dict[str, dict]:
     """``{device id: presence(...)}`` for ``devices`` (one query for their newest events)."""
     ids = [d.id for d in devices]
     last = dict(session.execute(select(DeviceEvent.device_id, func.max(DeviceEvent.received_at))
-                                .where(DeviceEvent.device_id.in_(ids)).group_by(DeviceEvent.device_id)).all()) if ids else {}
+                                .where(DeviceEvent.device_id.in_(ids))
+                                .group_by(DeviceEvent.device_id)).all()) if ids else {}
     out = {}
     for d in devices:
         p = presence(d.state, d.status_at, last.get(d.id))

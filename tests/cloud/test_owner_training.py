@@ -83,7 +83,8 @@ def test_retrain_now_shows_progress_and_result(browser, site, tmp_path):
     page.wait_for_url(base + "/train/job")
     assert page.get_attribute("#train-job", "data-state") == "running"
     assert page.locator("#train-progress").count() == 1
-    assert "step" in page.inner_text("#train-numbers") and "first run: no estimate yet" in page.inner_text("#train-numbers")
+    numbers = page.inner_text("#train-numbers")
+    assert "step" in numbers and "first run: no estimate yet" in numbers
     page.screenshot(path=str(folder / "01-training.png"), full_page=True)
     assert _wait_done(page) == "done", page.inner_text("#train-job")
     result = page.inner_text("#train-result")
