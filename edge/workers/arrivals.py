@@ -27,7 +27,10 @@ class ArrivalWorker(Worker):
     """Handle each decision from ``decisions``: a known customer's arrival is welcomed with their picks
     (first), recorded (``last_seen_at``, drives retention) and reported; an unknown face is counted and
     reported without an id. A storage error (disk full, read-only medium) never stops the greeting: it
-    sets ``stats.storage`` (``full`` | ``error``) and the event is held by the outbox for a retry."""
+    sets ``stats.storage`` (``full`` | ``error``) and the event is held by the outbox for a retry.
+
+    ``now`` returns the local wall-clock time whose hour picks the menu's day-part (default
+    :meth:`datetime.now`; tests inject a fixed clock)."""
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, state: StateStore, screen: Screen,
                  events: EventFactory, outbox: Outbox, decisions: queue.Queue, stats: Stats,
@@ -41,7 +44,7 @@ class ArrivalWorker(Worker):
         self.outbox = outbox
         self.decisions = decisions
         self.stats = stats
-        self.now = now  # local wall-clock time: its hour picks the menu's day-part
+        self.now = now
 
     def loop(self) -> None:
         while not self.stop_event.is_set():
