@@ -36,7 +36,8 @@ def cmd_broker_config(args, settings, db) -> int:
         path = args.out / name
         path.write_text(text)
         path.chmod(0o600)
-    out.print(f"wrote {args.out / 'dynamic-security.json'} ({len(lines)} users; each device pinned to its own client id) "
+    out.print(f"wrote {args.out / 'dynamic-security.json'} ({len(lines)} users; each device pinned to its own "
+              "client id) "
               f"and {args.out / 'dangol-dynsec.conf'}: include that file in mosquitto.conf and restart mosquitto. "
               f"Also {args.out / 'passwd'} and {args.out / 'acl'} for a broker without the plugin (any client id "
               "accepted).", highlight=False)

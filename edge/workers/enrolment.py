@@ -1,7 +1,7 @@
 """Enrolment at the door: the sign-up state machine, started by the GPIO button or from the staff page.
 
-``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to :class:`~dangol_edge.enrol.SampleCollector`, the one
-capture rule shared with ``dangol-edge enroll --source``) —pool full→ ``pending`` (stored unsearchable with a
+``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to
+:class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``) —pool full→ ``pending`` (stored unsearchable with a
 short code; a ``pending`` enrolment event goes to the cloud) or —``enrol.max_frames`` without a good face→
 ``failed``; the button's long press or the staff page's "Cancel" (``cancel``) returns to idle from
 ``capturing``. Steps run on the
