@@ -23,6 +23,17 @@ def press(factory: MockFactory, pin: int, seconds: float = 0.1) -> None:
     p.drive_high()
 
 
+def activate_on_staff_page(page, url: str, customer_id: str, name: str, staff: str) -> None:
+    """On the staff page at ``url``: fill in the pending customer's name, tick consent, sign, activate."""
+    page.goto(url.rstrip("/") + "/staff")
+    form = page.locator(f"form.activate[action$='{customer_id}']")
+    form.locator("input[name=display_name]").fill(name)
+    form.locator("input[name=consent]").check()
+    form.locator("input[name=staff]").fill(staff)
+    form.locator("button[value=activate]").click()
+    page.wait_for_load_state()
+
+
 def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, clips, browser):  # noqa: F811
     factory = MockFactory()
     cfg = config(home, model_path, clips, gpio={"enabled": True, "button_pin": 17, "led_pin": 27})
@@ -50,13 +61,7 @@ def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, 
         assert app.gallery.match(t, 0.5, 0.0)[0].customer_id != pending.id
 
         page = browser.new_page()
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        form = page.locator(f"form.activate[action$='{pending.id}']")
-        form.locator("input[name=display_name]").fill("Hana Kim")
-        form.locator("input[name=consent]").check()
-        form.locator("input[name=staff]").fill("Jisoo")
-        form.locator("button[value=activate]").click()
-        page.wait_for_load_state()
+        activate_on_staff_page(page, app.web.url, pending.id, "Hana Kim", "Jisoo")
         page.close()
         c = app.gallery.customer(pending.id)
         assert c.status == "active" and c.display_name == "Hana Kim"

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from dangol_edge.daemon import Appliance
+from tests.edge.test_button_enrol import activate_on_staff_page
 from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
 from tests.edge.test_sync import wait_for
 
@@ -31,13 +32,7 @@ def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, b
         pending = app.gallery.customers(status="pending")[0]
         assert pending.id not in before and pending.templates == cfg.enrol.templates
         assert app.screen.snapshot()["code"] == pending.short_code   # the door screen shows the code
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        card = page.locator(f"#pending-{pending.id}")
-        card.locator("input[name=display_name]").fill("Hana Kim")
-        card.locator("input[name=consent]").check()
-        card.locator("input[name=staff]").fill("Jisoo")
-        card.locator("button[value=activate]").click()
-        page.wait_for_load_state()
+        activate_on_staff_page(page, app.web.url, pending.id, "Hana Kim", "Jisoo")
         page.close()
         c = app.gallery.customer(pending.id)
         assert c.status == "active" and c.display_name == "Hana Kim" and c.consent["recorded_by"] == "Jisoo"
