@@ -132,11 +132,15 @@ def main() -> int:
             s.add(CustomerOrigin(customer_id=cid, store_id=store.id))  # a regular of this café: its device may greet them
             # the owner's mapping step (Products page): imports create POS products, never menu items; here the
             # owner chooses "one menu item per product" for all of them. A product's name is what the data calls
-            # it: Complete Journey's product_category (products.csv); Ta-Feng has product codes, no names
+            # it: Complete Journey's product_category (products.csv); Ta-Feng has product codes, no names. Lines
+            # sold at no price (Complete Journey's "COUPON/MISC ITEMS") are not something to put on a menu: left off
             from dangol_cloud.menu_mapping import map_products
-            from dangol_cloud.models import ProductMapping
+            from dangol_cloud.models import CatalogueItem, ProductMapping
 
-            mapped = map_products(s, list(s.scalars(select(ProductMapping.product_id))), "self", by="loop demo")
+            priced = s.scalars(select(ProductMapping.product_id)
+                               .join(CatalogueItem, CatalogueItem.id == ProductMapping.product_id)
+                               .where(CatalogueItem.price > 0)).all()
+            mapped = map_products(s, list(priced), "self", by="loop demo")
             s.flush()
             store_id, device_id, ext = store.id, device.id, c.external_ref
         db.dispose()
@@ -200,7 +204,7 @@ enabled = false
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
             page.goto(f"http://127.0.0.1:{display_port}/")
             page.wait_for_function("document.body.innerText.includes('Welcome back')", timeout=args.timeout * 1000)
-            page.wait_for_timeout(400)  # let the entrance animation settle for the screenshot
+            page.wait_for_timeout(1200)  # let the entrance animation (staggered cards) finish for the screenshot
             shot = work / "display.png"
             page.screenshot(path=str(shot))
             text = page.inner_text("body")

@@ -43,4 +43,4 @@ def test_whole_loop(tmp_path, data_dir, models_dir, monkeypatch):
     picks = summary["picks"]
     assert len(picks) >= 3 and all(name in categories for name in picks), picks
     assert not any(name.replace(" ", "").isdigit() for name in picks) and any(c.isalpha() for c in "".join(picks))
-    assert "$" in summary["page"]
+    assert "$" in summary["page"] and "$0.00" not in summary["page"]  # no coupon line offered as a pick
