@@ -201,3 +201,20 @@ def test_door_screen_shows_the_photo(web, jpeg, browser, tmp_path):  # noqa: F81
         server.stop()
         gallery.close()
         state.close()
+
+
+def test_door_screen_shows_only_inlined_photos():
+    """The edge page fetches nothing: a ``photo_url`` that is not an inlined image (an http URL of the
+    dashboard, which now needs sign-in, or a script URL) is not shown."""
+    import uuid
+
+    import dangol_protocol as proto
+    from dangol_edge.web.menu import photos
+
+    jpeg = "data:image/jpeg;base64,/9j/4AAQ"
+    urls = [jpeg, "http://cloud/catalogue/photos/x.jpg", "javascript:alert(1)", None]
+    items = [{"id": str(uuid.uuid4()), "name": f"Item {n}", "photo_url": url} for n, url in enumerate(urls)]
+    catalogue = proto.Catalogue.model_validate({"schema": "catalogue/1", "store_id": str(uuid.uuid4()), "version": 1,
+                                                "published_at": "2026-12-02T08:00:00+00:00", "items": items})
+    shown = {str(k): v for k, v in photos(catalogue).items()}
+    assert shown == {items[0]["id"]: jpeg} and photos(None) == {}
