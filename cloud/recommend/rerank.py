@@ -131,8 +131,11 @@ class Reranker:
         mean = np.average(x, axis=0, weights=sample_weight)
         scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=sample_weight))
         scale = np.where(scale > 1e-12, scale, 1.0)
+        from threadpoolctl import threadpool_limits
+
         model = LogisticRegression(C=1.0, max_iter=1000)
-        model.fit((x - mean) / scale, y.astype(np.int8), sample_weight=sample_weight)
+        with threadpool_limits(1, "blas"):  # (n, 12) mat-vecs: threads only wait for each other on a shared box
+            model.fit((x - mean) / scale, y.astype(np.int8), sample_weight=sample_weight)
         coef = model.coef_[0].astype(np.float64)
         weights = coef / scale
         intercept = float(model.intercept_[0] - (coef * mean / scale).sum())
