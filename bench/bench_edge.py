@@ -104,7 +104,7 @@ def per_face(models: list[Path], lfw_root: Path, n: int = 200) -> None:
     for e in embs.values():
         e.embed(np.zeros((1, e.spec.size, e.spec.size, 3), np.uint8))  # warm-up
     times = {m: {"detect": [], "embed": [], "total": []} for m in models}
-    with FaceDetector(DetectorConfig(model="full")) as det:
+    with FaceDetector.beside(models[0], DetectorConfig()) as det:  # the edge's default detector (YuNet)
         for img in images:
             for m, e in embs.items():
                 t0 = time.perf_counter()
@@ -140,7 +140,7 @@ from dangol_edge.sources import read_image
 def rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
 paths = sorted(Path(sys.argv[2]).glob("lfw-deepfunneled/*/*.jpg"))[:50]
-with FaceDetector(DetectorConfig(model="full")) as det:
+with FaceDetector.beside(sys.argv[1], DetectorConfig()) as det:
     det.detect(read_image(paths[0]))
     before = rss()
     e = Embedder(sys.argv[1], threads=2)
@@ -158,8 +158,7 @@ def peak_rss(models: list[Path], lfw_root: Path) -> None:
     """Peak RSS of a fresh process detecting and embedding 50 photos with one model (MiB)."""
     import subprocess
 
-    print("Peak RSS of a process that detects and embeds 50 LFW photos (MediaPipe + one model; in a venv with\n"
-          "TensorFlow installed MediaPipe imports it too, so compare the rows, not the totals):")
+    print("Peak RSS of a process that detects and embeds 50 LFW photos (YuNet, the default detector, + one model):")
     for m in models:
         out = subprocess.run([sys.executable, "-c", _RSS_SNIPPET, str(m), str(lfw_root)], capture_output=True,
                              text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
@@ -224,7 +223,7 @@ def peer(lfw_root: Path, models: list[Path]) -> None:
     print(f"LFW pairs.txt verification ({len(pairs)} pairs, 10-fold; TAR@FAR=1e-3 by FaceNet's protocol):")
     for model in models:
         t0 = time.perf_counter()
-        with FaceDetector(DetectorConfig(model="short", min_score=0.5)) as det:
+        with FaceDetector.beside(model, DetectorConfig(min_score=0.5)) as det:
             e = embed_images(paths, det, Embedder(model), progress=False)
         idx = e.index()
         sims = np.array([e.emb[idx[p.a]] @ e.emb[idx[p.b]] for p in pairs])

@@ -66,7 +66,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         emb = Embedder(model)
-        pipe = FacePipeline(FaceDetector(), emb)
+        pipe = FacePipeline(FaceDetector.beside(model), emb)
         with Gallery(home / "gallery.sqlite", emb.sha256) as g:
             g.enroll("Lin-Manuel Miranda", sample_from_photo(clips / "lin-manuel-miranda.png", pipe).embedding[None],
                      customer_id=lin)

@@ -27,6 +27,9 @@ from .config import DetectorConfig
 log = logging.getLogger(__name__)
 
 #: Keypoint order of MediaPipe face detection (the subject's right eye appears on the image's left).
+#: File name of the YuNet detector, which ``dangol-models build`` writes beside the embedder models.
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 
 
@@ -136,6 +139,13 @@ class FaceDetector:
         self.config = config or DetectorConfig()
         self.yunet_path = Path(yunet_path) if yunet_path else None
         self._impl = None
+
+    @classmethod
+    def beside(cls, model_path: str | Path, config: DetectorConfig | None = None) -> "FaceDetector":
+        """A detector whose YuNet file is the one ``dangol-models build`` wrote next to ``model_path`` (the
+        embedder's ``.tflite``), unless ``config.yunet_path`` names another. Nothing is loaded yet."""
+        config = config or DetectorConfig()
+        return cls(config, config.yunet_path or Path(model_path).parent / YUNET_FILE)
 
     def open(self) -> "FaceDetector":
         """Load the model.

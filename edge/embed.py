@@ -130,7 +130,8 @@ class Embedder:
         Args:
             crops: ``(N, S, S, 3) uint8`` RGB, from :func:`dangol_edge.align.align_face` with :attr:`spec`.
         Returns:
-            ``(N, D) float32``, each row of unit L2 norm.
+            ``(N, D) float32``, each row of unit L2 norm (for a model whose spec has ``flip``, the normalised
+            sum of the crop's and its mirror image's unit embeddings: 2N interpreter calls).
         Raises:
             ValueError: the crops have the wrong shape or dtype for this model.
         """
@@ -148,6 +149,9 @@ class Embedder:
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
             x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        n = len(x)
+        if spec.flip:  # the mirror images follow the crops; their embeddings are added below
+            x = np.concatenate([x, x[:, :, ::-1]])
         res = np.empty((len(x), spec.dim), dtype=np.float32)
         for i in range(len(x)):
             interp.set_tensor(inp["index"], x[i : i + 1])
@@ -157,4 +161,6 @@ class Embedder:
                 scale, zero = out["quantization"]
                 y = (y.astype(np.float32) - zero) * scale
             res[i] = y
+        if spec.flip:
+            res = l2_normalize(res[:n]) + l2_normalize(res[n:])
         return l2_normalize(res)

@@ -45,6 +45,11 @@ class FaceModelSpec:
             or None when the model was aligned on four points only.
         mean, scale: float input = ``(pixel − mean) × scale`` (RGB order).
         dim: embedding size.
+        flip: embed each crop and its mirror image and use the normalised sum (flip test-time augmentation,
+            as in the ArcFace/InsightFace evaluation code); every template and every probe is then a
+            mirrored-and-original pair. Chosen for SFace on held-out LFW people (the identities
+            ``pairs.txt`` does not use), int8 + YuNet: TAR at FAR = 1e-4 99.29 % → 100 % on them, all-pairs
+            TAR at 1e-4 on the fold 99.77 % → 99.84 %, for one more embedder call per face.
     """
 
     name: str
@@ -54,6 +59,7 @@ class FaceModelSpec:
     mean: float
     scale: float
     dim: int
+    flip: bool = False
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """``(N, size, size, 3) uint8`` RGB crops → ``float32`` model input ``(pixel − mean) × scale``."""
@@ -63,7 +69,7 @@ class FaceModelSpec:
 SFACE = FaceModelSpec(
     name="sface", size=112,
     template4=np.vstack([ARCFACE_112[:3], ARCFACE_112[3:].mean(axis=0, keepdims=True)]).astype(np.float32),
-    template5=ARCFACE_112, mean=0.0, scale=1.0, dim=128,
+    template5=ARCFACE_112, mean=0.0, scale=1.0, dim=128, flip=True,
 )
 
 FACENET = FaceModelSpec(

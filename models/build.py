@@ -8,7 +8,7 @@ build
    not use (so the verification protocol stays unseen), detected and aligned as the edge does;
 2. converts the model (float32 and int8, int8 calibrated on those crops);
 3. measures the impostor score distribution of the int8 file on every different-person pair of the
-   LFW folder (the edge pipeline: MediaPipe → alignment → embedding) and writes it beside the model as
+   LFW folder (the edge pipeline: YuNet → alignment → embedding) and writes it beside the model as
    ``<name>-int8.calibration.json`` (:mod:`dangol_edge.calibration`): the edge's open-set threshold
    follows from it and the gallery size;
 4. writes ``<name>-model-card.json``: source package and version, licence, sha256, input and
@@ -44,7 +44,7 @@ from .lfw import LFWDataset
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = "2"  # bump when a conversion recipe changes
+BUILD_VERSION = "3"  # bump when a conversion recipe changes (3: YuNet crops and calibration, flip TTA)
 MODELS = ("sface", "facenet")
 
 #: What the model card says of each source.
@@ -119,6 +119,17 @@ def _source(model: str, out: Path) -> tuple[dict[str, Path], dict]:
     return {"graph_final.pb": pb}, {"graph_sha256": sha256_bytes(pb.read_bytes()), "output": BOTTLENECK}
 
 
+def _yunet(out: Path) -> Path:
+    """The YuNet detector file in ``out`` (copied there from the checked SFace/YuNet sources): the
+    detector of the calibration crops and of the open-set calibration, for every model."""
+    from .sface import SOURCES, YUNET_ONNX, fetch_sources
+
+    dest = out / YUNET_ONNX
+    if not dest.is_file() or sha256_bytes(dest.read_bytes()) != SOURCES[YUNET_ONNX]:
+        shutil.copyfile(fetch_sources(out / ".sources")[YUNET_ONNX], dest)
+    return dest
+
+
 def _up_to_date(out: Path, model: str, inputs_sha: str) -> bool:
     fname, iname, cname = file_names(model)
     cpath = out / cname
@@ -181,6 +192,8 @@ def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calib
                   "template5": None if spec.template5 is None else spec.template5.round(4).tolist()},
         "open_set_lfw": sorted(str(p.relative_to(lfw.images)) for f in lfw.identities().values() for p in f),
     }
+    inputs["detector"] = "yunet 2023mar, score >= 0.5 (the edge's default detector)"
+    inputs["flip_tta"] = spec.flip
     inputs_sha = sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
     fname, iname, cname = file_names(model)
     fpath, ipath, cpath = out / fname, out / iname, out / cname
@@ -188,7 +201,8 @@ def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calib
         log.info("%s up to date in %s", model, out)
         return BuildResult(fpath, ipath, cpath, skipped=True)
 
-    with FaceDetector(DetectorConfig(model="short", min_score=0.5)) as det:
+    yunet = _yunet(out)
+    with FaceDetector(DetectorConfig(backend="yunet", min_score=0.5), yunet_path=yunet) as det:
         crops = aligned_crops(calib_paths, det, spec)
         log.info("%s: calibrating int8 on %d aligned crops", model, len(crops))
         t0 = time.perf_counter()
@@ -207,16 +221,11 @@ def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calib
         seconds = time.perf_counter() - t0
         write_atomic(fpath, float_model)
         write_atomic(ipath, int8_model)
-        extra = []
-        if model == "sface":
-            from .sface import YUNET_ONNX
-
-            shutil.copyfile(sources[YUNET_ONNX], out / YUNET_ONNX)
-            extra.append(YUNET_ONNX)
+        extra = [yunet.name]
         log.info("%s: measuring the impostor score distribution of the int8 model", model)
         tail = calibrate_open_set(ipath, lfw, det)
     cal = write_calibration(ipath, sha256_bytes(int8_model), tail,
-                            f"all different-person pairs of {lfw.root.name} (MediaPipe short-range, {tail.pairs:,} pairs)")
+                            f"all different-person pairs of {lfw.root.name} (YuNet, {tail.pairs:,} pairs)")
     card = {
         **SOURCE_INFO[model],
         "input": {"shape": [1, spec.size, spec.size, 3], "layout": "NHWC", "colour": "RGB",
@@ -225,7 +234,8 @@ def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calib
                   "int8": "quantised with the model's input scale/zero point"},
         "output": {"dim": spec.dim, "note": "L2-normalised at run time; cosine similarity"},
         "alignment": {**inputs["align"], "method": "similarity transform, LMEDS; 5 points with YuNet mouth corners, "
-                      "else 4 (eyes, nose tip, mouth centre)"},
+                      "else 4 (eyes, nose tip, mouth centre)", "detector": inputs["detector"],
+                      "flip_tta": "embedding = normalised sum of the crop's and its mirror's" if spec.flip else False},
         "calibration": {"images": len(calib_paths), "crops": int(len(crops)),
                         "source": "LFW identities not in pairs.txt"},
         "open_set_calibration": {"file": cal.name, "impostor_pairs": tail.pairs,

@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--models", type=Path, default=None, help="folder with the built models (default as build --out)")
     e.add_argument("--margin", type=float, default=None, help="open-set margin (default: the edge config's)")
     e.add_argument("--model", choices=["sface", "facenet"], default="sface", help="which built model (default sface)")
-    e.add_argument("--detector", choices=["mediapipe", "yunet"], default="mediapipe",
-                   help="detector and landmarks used for alignment (default mediapipe)")
+    e.add_argument("--detector", choices=["mediapipe", "yunet"], default="yunet",
+                   help="detector and landmarks used for alignment (default yunet, as the edge)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 

@@ -28,13 +28,12 @@ def clips(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline(model_path: Path):
-    """A real MediaPipe + int8 SFace pipeline with the default config, shared by the session."""
-    from dangol_edge.config import DetectorConfig
+    """A real YuNet + int8 SFace pipeline with the default config, shared by the session."""
     from dangol_edge.detect import FaceDetector
     from dangol_edge.embed import Embedder
     from dangol_edge.faces import FacePipeline
 
-    p = FacePipeline(FaceDetector(DetectorConfig()), Embedder(model_path))
+    p = FacePipeline(FaceDetector.beside(model_path), Embedder(model_path))
     yield p
     p.close()
 

@@ -105,7 +105,7 @@ def test_model_sha_mismatch_never_mixes(edge_env, capsys, caplog, clips, models_
     from dangol_edge.faces import FacePipeline
     from dangol_edge.sources import read_image
 
-    p = FacePipeline(FaceDetector(), probe)
+    p = FacePipeline(FaceDetector.beside(models_dir / "facenet-float32.tflite"), probe)
     emb = p.process(read_image(clips / "obama2.jpg"))[0].embedding
     p.close()
     assert g.match(emb, 0.0, 0.0)[0].customer_id is None  # nothing searchable for this model

@@ -26,13 +26,13 @@ def lfw(data_dir):
 
 
 @pytest.fixture(scope="module")
-def pair_crops(lfw):
+def pair_crops(lfw, models_dir):
     """SFace crops of 40 images that ``pairs.txt`` uses (never used for int8 calibration)."""
     from dangol_models.common import centre_face
 
     paths = sorted({p.a for p in lfw.pairs()})[:40]
     crops = []
-    with FaceDetector(DetectorConfig(model="short", min_score=0.5)) as det:
+    with FaceDetector.beside(models_dir / "sface-int8.tflite", DetectorConfig(min_score=0.5)) as det:
         for p in paths:
             rgb = read_image(p)
             d = centre_face(det.detect(rgb), rgb.shape)
@@ -70,7 +70,10 @@ def test_prelu_rewrite_is_exact(models_dir, pair_crops):
 def test_tflite_embeddings_match_the_onnx_model(models_dir, pair_crops):
     from dangol_models.sface import SFACE_ONNX
 
-    ref = onnx_embed(models_dir / ".sources" / SFACE_ONNX, pair_crops)
+    src = models_dir / ".sources" / SFACE_ONNX
+    # the edge embeds each crop and its mirror image (SFACE.flip) and adds the two unit embeddings
+    ref = onnx_embed(src, pair_crops) + onnx_embed(src, np.ascontiguousarray(pair_crops[:, :, ::-1]))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     f32 = np.sum(Embedder(models_dir / "sface-float32.tflite").embed(pair_crops) * ref, axis=1)
     i8 = np.sum(Embedder(models_dir / "sface-int8.tflite").embed(pair_crops) * ref, axis=1)
     assert f32.min() >= 0.99  # the conversion itself is exact up to float rounding
@@ -136,7 +139,7 @@ def test_calibrated_rule_holds_its_fpir_on_shared_strangers(models_dir, lfw):
 
     ids = lfw.identities()
     paths = [p for f in ids.values() for p in f]
-    with FaceDetector(DetectorConfig(model="short", min_score=0.5)) as det:
+    with FaceDetector.beside(models_dir / "sface-int8.tflite", DetectorConfig(min_score=0.5)) as det:
         emb = embed_images(paths, det, Embedder(models_dir / "sface-int8.tflite"), progress=False)
     idx = emb.index()
     people = {n: [idx[p] for p in f] for n, f in ids.items()}

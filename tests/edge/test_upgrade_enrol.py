@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from dangol_edge.config import DetectorConfig, EdgeConfig
+from dangol_edge.config import EdgeConfig
 from dangol_edge.detect import FaceDetector
 from dangol_edge.embed import Embedder
 from dangol_edge.enrol import Sample, SampleCollector, sample_from_photo
@@ -31,7 +31,7 @@ def test_facenet_gallery_upgrades_to_sface_on_the_clip_without_reenrolment(tmp_p
     old = Embedder(facenet_path)
     # yesterday: Lin-Manuel was enrolled with FaceNet, and Obama too (he never comes to this door)
     with Gallery(home / "gallery.sqlite", old.sha256) as g:
-        p = FacePipeline(FaceDetector(DetectorConfig()), old)
+        p = FacePipeline(FaceDetector.beside(facenet_path), old)
         lin = g.enroll("Lin-Manuel Miranda", sample_from_photo(clips / "lin-manuel-miranda.png", p).embedding[None])
         obama = g.enroll("Barack Obama", sample_from_photo(clips / "obama.jpg", p).embedding[None])
         p.close()
