@@ -62,26 +62,30 @@ def item_statistics(history: History, categories: list[str | None]) -> tuple[np.
 
 
 def pair_features(history: History, item_pop: np.ndarray, item_rep: np.ndarray, lightfm_z: np.ndarray,
-                  rows: np.ndarray, cols: np.ndarray, neighbours: np.ndarray | None = None) -> np.ndarray:
+                  rows: np.ndarray, cols: np.ndarray, neighbours: np.ndarray | None = None,
+                  lookup=None) -> np.ndarray:
     """``(n_pairs, len(FEATURES))`` float64 feature matrix for the (customer ``rows[k]``, item ``cols[k]``) pairs.
 
     ``lightfm_z`` is the ``(n_pairs,)`` per-customer z-scored LightFM score of each pair, ``neighbours`` the
-    ``(n_pairs,)`` TIFU-KNN neighbour mean (0 if None or the history has no TIFU-KNN part).
+    ``(n_pairs,)`` TIFU-KNN neighbour mean (0 if None or the history has no TIFU-KNN part). ``lookup(m)``, if
+    given, returns ``m[rows[k], cols[k]]`` of a ``(n_customers, n_items)`` CSR ``m`` for every pair (a faster way
+    for the caller's layout; default :func:`~.history.pair_values`).
     """
-    v = pair_values(history.visits_with_item, rows, cols)
+    val = lookup or (lambda m: pair_values(m, rows, cols))
+    v = val(history.visits_with_item)
     visits = np.maximum(history.visits[rows].astype(np.float64), 1.0)
     lv = np.log1p(v)
     out = np.empty((len(rows), len(FEATURES)))
     out[:, 0] = lv
     out[:, 1] = v / visits
-    out[:, 2] = np.log1p(pair_values(history.decayed, rows, cols))
-    out[:, 3] = pair_values(history.recency, rows, cols)
+    out[:, 2] = np.log1p(val(history.decayed))
+    out[:, 3] = val(history.recency)
     out[:, 4] = item_pop[cols]
     out[:, 5] = item_rep[cols]
     out[:, 6] = lightfm_z
     out[:, 7] = np.log1p(history.visits[rows].astype(np.float64))
     out[:, 8] = lv * item_rep[cols]
-    out[:, 9] = pair_values(history.tifu.vectors, rows, cols) if history.tifu is not None else 0.0
+    out[:, 9] = val(history.tifu.vectors) if history.tifu is not None else 0.0
     out[:, 10] = 0.0 if neighbours is None else neighbours
     out[:, 11] = history.item_trend()[cols]
     return out

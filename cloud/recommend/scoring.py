@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .factors import Factors
-from .history import History, pair_values
+from .history import History
 from .rerank import FEATURES, LIGHTFM, NEIGHBOURS, PERSONAL, Reranker, pair_features
 from .trees import Forest
 
@@ -90,10 +90,14 @@ def stage2_features(history: History, item_pop: np.ndarray, item_rep: np.ndarray
     local = np.repeat(np.arange(n), m)
     cols = cand.ravel()
     nn_pairs = None if nn is None else nn[local, cols]
-    x = pair_features(history, item_pop, item_rep, z[local, cols], rows[local], cols, nn_pairs)
+
+    def block(m):  # the candidates' values of a (n_customers, n_items) CSR through one dense block of rows
+        return np.take_along_axis(m[rows].toarray(), cand, axis=1).ravel().astype(np.float64)
+
+    x = pair_features(history, item_pop, item_rep, z[local, cols], rows[local], cols, nn_pairs, lookup=block)
     own_u = x[:, 9]
     cust_recency = np.asarray(history.recency[rows].max(axis=1).toarray()).ravel()
-    lines = pair_values(history.lines, rows[local], cols)
+    lines = block(history.lines)
     extra = np.column_stack([scores[local, cols], np.tile(np.arange(m, dtype=np.float64), n),
                              tifu_alpha * own_u + (1 - tifu_alpha) * (0.0 if nn_pairs is None else nn_pairs),
                              cust_recency[local], np.log1p(lines)])
