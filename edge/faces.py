@@ -21,7 +21,7 @@ class Face:
     """One face found in a frame.
 
     Attributes:
-        detection: the MediaPipe detection (box, score, keypoints in px).
+        detection: the detector's detection (box, score, keypoints in px; YuNet also mouth corners).
         crop: aligned ``(S, S, 3) uint8`` RGB crop for the embedder (S = 112 SFace, 160 FaceNet) (kept in memory only, never written to disk
             unless enrolment photos are enabled).
         sharpness: variance of the Laplacian of the crop.
