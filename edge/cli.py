@@ -87,7 +87,10 @@ def _open(args):
 
 def _customer_dict(c, models: dict[str, int] | None = None) -> dict:
     d = {"id": c.id, "name": c.display_name, "status": c.status, "templates": c.templates,
-         "created_at": c.created_at, "consent": c.consent, "short_code": c.short_code}
+         "created_at": c.created_at, "consent": c.consent.model_dump(mode="json") if c.consent else None,
+         "short_code": c.short_code}
+    if c.consent_error:
+        d["consent_error"] = c.consent_error
     if models is not None:
         d["template_models"] = {sha[:12]: n for sha, n in sorted(models.items())}
     return d
@@ -113,8 +116,16 @@ def cmd_enroll(args) -> int:
         pipeline.close()
     consent = None
     if not args.pending:
-        consent = {"recorded_by": f"cli:{getpass.getuser()}", "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "text_version": args.consent_text_version or cfg.display.consent_version, "method": "staff confirmed at enrolment"}
+        from pydantic import ValidationError
+
+        from dangol_protocol import Consent
+
+        version = args.consent_text_version or cfg.display.consent_version
+        try:
+            consent = Consent(recorded_by=f"cli:{getpass.getuser()}"[:120],
+                              recorded_at=datetime.now(timezone.utc).replace(microsecond=0), text_version=version)
+        except ValidationError as exc:
+            raise InputError(f"--consent-text-version {version!r}: must be 1-40 characters") from exc
     if args.customer_id:
         import uuid
 

@@ -191,7 +191,7 @@ class Appliance:
     def _on_activate(self, customer) -> None:
         """Staff recorded consent: tell the cloud (raises :class:`~dangol_edge.events.EventNotSaved` when
         the event is held for a retry)."""
-        self.outbox.send(self.events.activated(customer.id, customer.display_name, customer.consent or {}))
+        self.outbox.send(self.events.activated(customer.id, customer.display_name, customer.consent))
 
     def _on_erase_local(self, customer_id: str) -> None:
         """Erased here (staff page, expired sign-up, retention): forget it and report it to the cloud, which

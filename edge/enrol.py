@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dangol_protocol import Consent
+
 from .faces import Face, FacePipeline
 from .gallery import Customer, Gallery
 from .sources import FrameSource, read_image
@@ -145,7 +147,7 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
 
 
 def enroll(gallery: Gallery, name: str, samples: list[Sample], *, status: str = "active",
-           consent: dict | None = None, keep_photos: bool = False, pending_ttl_s: float | None = None,
+           consent: Consent | None = None, keep_photos: bool = False, pending_ttl_s: float | None = None,
            customer_id: str | None = None) -> Customer:
     """Store a customer with one template per sample (one transaction)."""
     photos = None

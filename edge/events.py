@@ -61,14 +61,20 @@ class EventFactory:
         return EnrolmentEvent(**self._common(), customer_id=uuid.UUID(customer_id), status="pending",
                               short_code=short_code)
 
-    def activated(self, customer_id: str, display_name: str, consent: dict) -> EnrolmentEvent:
-        """Staff recorded the customer's name and consent (``consent``: ``recorded_by``, ``recorded_at``,
-        ``text_version``, as the gallery keeps it)."""
+    def activated(self, customer_id: str, display_name: str, consent: Consent | None) -> EnrolmentEvent:
+        """Staff recorded the customer's name and consent: ``consent`` is the record the gallery keeps
+        (:attr:`~dangol_edge.gallery.Customer.consent`), sent as it is.
+
+        Raises:
+            ValueError: ``consent`` is None (e.g. the stored record failed validation; nothing is invented).
+            TypeError: ``consent`` is not a :class:`~dangol_protocol.Consent`.
+        """
+        if consent is None:
+            raise ValueError(f"customer {customer_id} has no valid consent record: no enrolment event is sent")
+        if not isinstance(consent, Consent):
+            raise TypeError(f"consent must be a dangol_protocol.Consent, not {type(consent).__name__}")
         return EnrolmentEvent(**self._common(), customer_id=uuid.UUID(customer_id), status="active",
-                              display_name=display_name,
-                              consent=Consent(recorded_by=consent.get("recorded_by") or "staff",
-                                              recorded_at=consent.get("recorded_at") or self.clock(),
-                                              text_version=str(consent["text_version"])))
+                              display_name=display_name, consent=consent)
 
     def erasure_done(self, customer_ids: Iterable, erasure_id: uuid.UUID | None = None) -> ErasureDoneEvent:
         """Customers erased here: the answer to the cloud's ``erasure_id``, or (None) a request the cloud

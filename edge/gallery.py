@@ -3,7 +3,8 @@
 Tables:
 
 * ``customers``: ``id`` (UUID text), ``display_name``, ``status`` (``pending``/``active``),
-  ``consent`` (JSON: who recorded it, when, text version; NULL while pending), ``short_code``
+  ``consent`` (the protocol's :class:`~dangol_protocol.Consent` as JSON, see :mod:`dangol_edge.gallery_consent`;
+  NULL while pending), ``short_code``
   (pending enrolments), ``created_at``, ``updated_at``, ``expires_at`` (ISO 8601 UTC).
 * ``templates``: ``id``, ``customer_id``, ``embedding`` (D little-endian float32: D = 128 for SFace, 512 for FaceNet),
   ``quality`` (0–1), ``model_sha256`` (the embedder that made it), ``created_at``.
@@ -18,7 +19,6 @@ customer must be re-enrolled). Unknown faces are never stored.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import sqlite3
@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
+from dangol_protocol import Consent
+
 from .crypto import FieldCipher, GalleryKeyError
+from .gallery_consent import InvalidConsent, dump_consent, load_consent
 from .gallery_models import ModelTemplates
 from .matcher import Match, Matcher
 from .sqlite import SQLiteFile, connect
@@ -57,17 +60,19 @@ def utcnow() -> str:
 
 @dataclass(frozen=True)
 class Customer:
-    """A gallery customer (no embeddings; see :meth:`Gallery.templates`)."""
+    """A gallery customer (no embeddings; see :meth:`Gallery.templates`). ``consent`` is None while pending,
+    and also when the stored record fails validation: then ``consent_error`` says why, naming the customer."""
 
     id: str
     display_name: str
     status: str
-    consent: dict | None
+    consent: Consent | None
     short_code: str | None
     created_at: str
     updated_at: str
     expires_at: str | None
     templates: int = 0
+    consent_error: str | None = None
 
     @property
     def first_name(self) -> str:
@@ -92,6 +97,7 @@ class Gallery(ModelTemplates, SQLiteFile):
         self.model_sha256 = model_sha256
         self.cipher = cipher
         self.matcher = Matcher()
+        self.consent_errors: dict[str, str] = {}  # customer id -> why its stored consent is invalid (logged once)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> "Gallery":
@@ -136,7 +142,7 @@ class Gallery(ModelTemplates, SQLiteFile):
 
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
-               status: str = "active", consent: dict | None = None, pending_ttl_s: float | None = None,
+               status: str = "active", consent: Consent | None = None, pending_ttl_s: float | None = None,
                photos: list[bytes] | None = None, customer_id: str | None = None) -> Customer:
         """Create a customer with its templates in one transaction (all or nothing).
 
@@ -146,16 +152,18 @@ class Gallery(ModelTemplates, SQLiteFile):
             qualities: K values in [0, 1]; default 1.0.
             status: ``active`` or ``pending`` (pending gets a 4-digit ``short_code`` and expires after
                 ``pending_ttl_s`` seconds).
-            consent: the consent record for an active customer.
+            consent: the protocol's consent record for an active customer.
             photos: optional encoded crops (only when enrolment photos are enabled).
             customer_id: a UUID to use (the customer's id in the cloud); default a new UUID4.
         Raises:
             ValueError: empty name, wrong embedding shape, an unknown status, or an id already in use.
+            TypeError: ``consent`` is not a :class:`~dangol_protocol.Consent`.
         """
         name = display_name.strip()
         if not name and status == "active":
             raise ValueError("display name must not be empty")
         emb = np.asarray(embeddings, dtype=np.float32)
+        consent_json = dump_consent(consent)
         self.open()
         self._check_dim(emb)
         if status not in ("active", "pending"):
@@ -164,7 +172,7 @@ class Gallery(ModelTemplates, SQLiteFile):
         cid = customer_id or str(uuid.uuid4())
         row: dict[str, Any] = {
             "id": cid, "display_name": self._seal_name(cid, name), "status": status,
-            "consent": json.dumps(consent) if consent else None,
+            "consent": consent_json,
             "short_code": f"{secrets.randbelow(10000):04d}" if status == "pending" else None,
             "created_at": now.isoformat(timespec="seconds"), "updated_at": now.isoformat(timespec="seconds"),
             "expires_at": (now + timedelta(seconds=pending_ttl_s)).isoformat(timespec="seconds")
@@ -187,18 +195,19 @@ class Gallery(ModelTemplates, SQLiteFile):
         self._invalidate()
         return self.customer(row["id"])
 
-    def activate(self, customer_id: str, display_name: str, consent: dict) -> Customer:
+    def activate(self, customer_id: str, display_name: str, consent: Consent) -> Customer:
         """Record consent and a name for a pending customer, making it active (and searchable).
 
         Raises:
-            UnknownCustomer: no such id.  ValueError: empty name or consent.
+            UnknownCustomer: no such id.  ValueError: empty name or no consent.  TypeError: not a ``Consent``.
         """
-        if not display_name.strip() or not consent:
+        if not display_name.strip() or consent is None:
             raise ValueError("a name and a consent record are required to activate a customer")
+        consent_json = dump_consent(consent)
         self.customer(customer_id)
         with self._lock:
             self.db["customers"].update(customer_id, {
-                "display_name": self._seal_name(customer_id, display_name.strip()), "status": "active", "consent": json.dumps(consent),
+                "display_name": self._seal_name(customer_id, display_name.strip()), "status": "active", "consent": consent_json,
                 "short_code": None, "expires_at": None, "updated_at": utcnow()})
         self._invalidate()
         return self.customer(customer_id)
@@ -216,6 +225,7 @@ class Gallery(ModelTemplates, SQLiteFile):
                 raise UnknownCustomer(customer_id)
             self.db.execute("DELETE FROM templates WHERE customer_id = ?", [customer_id])
             self.db.execute("DELETE FROM customers WHERE id = ?", [customer_id])
+        self.consent_errors.pop(customer_id, None)
         self._invalidate()
 
     def touch(self, customer_id: str, now: datetime | None = None) -> None:
@@ -284,11 +294,20 @@ class Gallery(ModelTemplates, SQLiteFile):
 
     def _row_to_customer(self, r: dict) -> Customer:
         name = self._open_value(r["display_name"], f"customers.display_name:{r['id']}").decode("utf-8")
+        consent, error = None, None
+        try:
+            consent = load_consent(r["id"], r["consent"])
+        except InvalidConsent as exc:  # one bad row must not break the listing: reported, logged once, counted
+            error = str(exc)
+            if self.consent_errors.get(r["id"]) != error:
+                log.error("%s", error)
+            self.consent_errors[r["id"]] = error
+        else:
+            self.consent_errors.pop(r["id"], None)
         return Customer(
-            id=r["id"], display_name=name, status=r["status"],
-            consent=json.loads(r["consent"]) if r["consent"] else None, short_code=r["short_code"],
+            id=r["id"], display_name=name, status=r["status"], consent=consent, short_code=r["short_code"],
             created_at=r["created_at"], updated_at=r["updated_at"], expires_at=r["expires_at"],
-            templates=int(r.get("n", 0) or 0),
+            templates=int(r.get("n", 0) or 0), consent_error=error,
         )
 
     def customers(self, status: str | None = None) -> list[Customer]:

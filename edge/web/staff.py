@@ -133,8 +133,7 @@ def activate(customer_id: str):
     # the protocol's consent record, as the cloud will receive it (validated here, stored by the gallery)
     record = Consent(recorded_by=staff_name, recorded_at=datetime.now(timezone.utc).replace(microsecond=0),
                      text_version=d.text_version)
-    activated = d.gallery.activate(customer_id, name, {**record.model_dump(),
-                                                       "recorded_at": record.recorded_at.isoformat()})
+    activated = d.gallery.activate(customer_id, name, record)
     session["staff_name"] = staff_name
     snap = d.screen.snapshot()
     if snap.get("screen") == "enrol" and customer.short_code and snap.get("code") == customer.short_code:

@@ -65,7 +65,7 @@ def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, 
         page.close()
         c = app.gallery.customer(pending.id)
         assert c.status == "active" and c.display_name == "Hana Kim"
-        assert c.consent["recorded_by"] == "Jisoo" and c.consent["text_version"]
+        assert c.consent.recorded_by == "Jisoo" and c.consent.text_version
         assert app.gallery.match(t, 0.5, 0.0)[0].customer_id == pending.id  # now searchable
         events = [json.loads(e["payload"]) for e in app.state.pending(1000)]
         kinds = [(e["kind"], e.get("status")) for e in events if e["kind"] == "enrolment"]

@@ -14,6 +14,7 @@ from dangol_edge.daemon import Appliance
 from dangol_edge.enrol import sample_from_photo
 from dangol_edge.gallery import Gallery
 from dangol_edge.state import StateStore
+from dangol_protocol import Consent
 from dangol_protocol.topics import catalogue_topic, menu_topic
 from tests.broker import MosquittoBroker, free_port
 from tests.edge.test_sync import Cloud, wait_for
@@ -47,7 +48,7 @@ def home(tmp_path, model_path, pipeline, clips):
     with Gallery(h / "gallery.sqlite", file_sha256(model_path)) as g:
         s = sample_from_photo(clips / "lin-manuel-miranda.png", pipeline)
         g.enroll("Lin-Manuel Miranda", s.embedding[None], customer_id=LIN,
-                 consent={"recorded_by": "test", "text_version": "1"})
+                 consent=Consent(recorded_by="test", recorded_at=datetime.now(timezone.utc), text_version="1"))
     return h
 
 

@@ -21,7 +21,7 @@ from dangol_edge.state import StateStore
 from dangol_edge.tracker import Decision
 from dangol_edge.web import create_app
 from dangol_edge.workers import ArrivalWorker, Stats
-from dangol_protocol import Catalogue, Menu
+from dangol_protocol import Catalogue, Consent, Menu
 
 STORE, DEVICE = uuid.uuid4(), uuid.uuid4()
 ITEMS = [("croissant", "Croissant", "Bakery", 2.5, True), ("porridge", "Porridge", "Breakfast", 4.0, True),
@@ -75,7 +75,8 @@ def door(tmp_path, monkeypatch):
     state = StateStore(config.state_path).open()
     gallery = Gallery(config.gallery_path, "0" * 64).open()
     e = np.random.default_rng(1).standard_normal((1, 128)).astype(np.float32)
-    mina = gallery.enroll("Mina Park", e / np.linalg.norm(e), consent={"recorded_by": "Jo", "text_version": "1"})
+    mina = gallery.enroll("Mina Park", e / np.linalg.norm(e), consent=Consent(recorded_by="Jo", recorded_at=datetime.now(timezone.utc),
+                                                                         text_version="1"))
     assert state.put_catalogue(catalogue())
     assert state.put_menu(menu(mina.id, {"breakfast": MORNING, "afternoon": AFTERNOON}))
     yield config, state, gallery, mina.id

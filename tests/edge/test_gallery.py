@@ -10,6 +10,7 @@ import pytest
 from dangol_edge.config import TrackerConfig
 from dangol_edge.gallery import Gallery, UnknownCustomer
 from dangol_edge.tracker import Observation, Tracker
+from dangol_protocol import Consent
 
 
 def unit(rng, n, d=512):
@@ -63,7 +64,8 @@ def test_pending_is_not_searched_until_activated_and_expires(gallery):
     c = gallery.enroll("", e, status="pending", pending_ttl_s=60)
     assert c.short_code and len(c.short_code) == 4 and c.consent is None
     assert gallery.match(e[0], 0.5, 0.0)[0].customer_id is None
-    gallery.activate(c.id, "Mina Park", {"recorded_by": "staff:1", "text_version": "1"})
+    gallery.activate(c.id, "Mina Park", Consent(recorded_by="staff:1", recorded_at=datetime.now(timezone.utc),
+                                                text_version="1"))
     m = gallery.match(e[0], 0.5, 0.0)[0]
     assert m.customer_id == c.id and m.accepted
     assert gallery.customer(c.id).first_name == "Mina"

@@ -35,7 +35,7 @@ def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, b
         activate_on_staff_page(page, app.web.url, pending.id, "Hana Kim", "Jisoo")
         page.close()
         c = app.gallery.customer(pending.id)
-        assert c.status == "active" and c.display_name == "Hana Kim" and c.consent["recorded_by"] == "Jisoo"
+        assert c.status == "active" and c.display_name == "Hana Kim" and c.consent.recorded_by == "Jisoo"
         events = [json.loads(e["payload"]) for e in app.state.pending(1000)]
         assert [e["status"] for e in events if e["kind"] == "enrolment"] == ["pending", "active"]
     finally:

@@ -12,6 +12,7 @@ import shutil
 import stat
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from dangol_edge.gallery import Gallery, UnknownCustomer
 from dangol_edge.screen import Screen
 from dangol_edge.state import StateStore
 from dangol_edge.web import DisplayServer, create_app, format_price, visible_picks
-from dangol_protocol import CONSENT_TEXT_VERSION, Catalogue
+from dangol_protocol import CONSENT_TEXT_VERSION, Catalogue, Consent
 from tests.browser import chromium_missing
 
 SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or "/tmp/dangol-shots")
@@ -274,8 +275,9 @@ def test_staff_activates_a_pending_customer(site, phone):
     assert "Mina Park is now a regular" in phone.inner_text(".flash")
     got = gallery.customer(c.id)
     assert got.status == "active" and got.display_name == "Mina Park" and got.short_code is None
-    assert got.consent["recorded_by"] == "Jo" and got.consent["text_version"] == CONSENT_TEXT_VERSION  # the cloud's
-    assert got.consent["recorded_at"].endswith("+00:00")
+    assert isinstance(got.consent, Consent)  # the protocol's record, as the cloud receives it
+    assert got.consent.recorded_by == "Jo" and got.consent.text_version == CONSENT_TEXT_VERSION  # the cloud's
+    assert got.consent.recorded_at.utcoffset() == timedelta(0)
     assert [x.id for x in calls["activate"]] == [c.id]
     assert phone.locator(f"#active-{c.id}").count() == 1
     shot(phone, site["tmp"], "staff-activated")
@@ -310,7 +312,8 @@ def test_staff_form_errors_change_nothing(site, phone):
 def test_staff_discards_and_erases(site, phone):
     gallery, calls = site["gallery"], site["calls"]
     p = pending(site, 3)
-    a = gallery.enroll("Hana Lee", embeddings(4), consent={"recorded_by": "Jo", "text_version": "1"})
+    a = gallery.enroll("Hana Lee", embeddings(4), consent=Consent(recorded_by="Jo", recorded_at=datetime.now(timezone.utc),
+                                                                  text_version="1"))
     sign_in(phone, site)
     phone.locator(f"#pending-{p.id} button:has-text('Discard')").click()
     assert "Discarded" in phone.inner_text(".flash")
