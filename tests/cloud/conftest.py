@@ -167,5 +167,30 @@ def ta_feng_slice(data_dir, tmp_path) -> Path:
     return dst
 
 
+def write_ta_feng_customers(data_dir: Path, dst: Path) -> Path:
+    """Write every purchase of the real Ta-Feng customers whose id ends in '00' (~1 % of customers, whole
+    histories) to ``dst``, with the header; returns ``dst``."""
+    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
+    with src.open() as fin, dst.open("w") as fout:
+        fout.write(next(fin))
+        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    return dst
+
+
+@pytest.fixture
+def ta_feng_customers(data_dir, tmp_path) -> Path:
+    """:func:`write_ta_feng_customers` into the test's folder."""
+    return write_ta_feng_customers(data_dir, tmp_path / "ta_feng_00.csv")
+
+
+def sign_in_owner(page, base: str) -> None:
+    """Sign the owner in through the dashboard's login form in a Playwright page; waits for the home page."""
+    page.goto(base + "/login")
+    page.fill("input[name=email]", OWNER_EMAIL)
+    page.fill("input[name=password]", OWNER_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
 def utc(*args) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)

@@ -28,7 +28,7 @@ from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
 from tests.browser import chromium_missing
 
-from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
+from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc, write_ta_feng_customers
 
 
 pytestmark = pytest.mark.slow
@@ -47,11 +47,7 @@ def site(tmp_path_factory, data_dir):
     add_owner(db)
     store_id, device_id = add_store_and_device(db)
     # real purchase history of ~130 Ta-Feng customers, trained with the real recommender
-    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
-    slice_ = tmp / "ta_feng_00.csv"
-    with src.open() as fin, slice_.open("w") as fout:
-        fout.write(next(fin))
-        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    slice_ = write_ta_feng_customers(data_dir, tmp / "ta_feng_00.csv")
     env = {"DANGOL_DATABASE_URL": url, "DANGOL_CLOUD_HOME": str(tmp / "home")}
     old = {k: os.environ.get(k) for k in (*env, "DANGOL_MQTT_URL")}
     os.environ.update(env)

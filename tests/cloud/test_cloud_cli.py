@@ -25,17 +25,6 @@ def env(monkeypatch, tmp_path, db_url):
     return db_url
 
 
-@pytest.fixture
-def ta_feng_customers(data_dir, tmp_path):
-    """Every purchase of the real Ta-Feng customers whose id ends in '00' (~1 % of customers, whole histories)."""
-    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
-    dst = tmp_path / "ta_feng_00.csv"
-    with src.open() as fin, dst.open("w") as fout:
-        fout.write(next(fin))
-        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
-    return dst
-
-
 def purchases(url: str) -> int:
     db = Database(url, data_key=DEV_KEY_BYTES)
     try:

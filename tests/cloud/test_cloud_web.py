@@ -14,7 +14,7 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import CatalogueItem, Customer, Erasure, Menu, ModelVersion, Purchase, Visit
 from dangol_cloud.settings import Settings
 
-from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc
+from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device, utc, write_ta_feng_customers
 
 
 @pytest.fixture
@@ -165,11 +165,7 @@ def test_retrain_now_trains_in_the_background(web, data_dir, tmp_path):
     from dangol_cloud.ingest import import_rows
 
     app, db = web
-    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
-    slice_ = tmp_path / "ta_feng_00.csv"
-    with src.open() as fin, slice_.open("w") as fout:
-        fout.write(next(fin))
-        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    slice_ = write_ta_feng_customers(data_dir, tmp_path / "ta_feng_00.csv")
     with db.transaction() as s:
         import_rows(s, parse_purchases(slice_, "ta-feng"), source="ta-feng", key_prefix="ta-feng")
     client = app.test_client()

@@ -30,7 +30,7 @@ from dangol_cloud.models import Device, Store
 from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
 
-from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner
+from .conftest import DEV_KEY_BYTES, add_owner, sign_in_owner
 
 pytestmark = pytest.mark.slow
 CLOUD_USER, CLOUD_PASSWORD = "cloud", "cloud-broker-pw"
@@ -109,11 +109,7 @@ def test_add_device_shows_setup_lines_and_live_status(browser, site, tmp_path):
     csp = []
     page.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text else None)
     base = site["base"]
-    page.goto(base + "/login")
-    page.fill("input[name=email]", OWNER_EMAIL)
-    page.fill("input[name=password]", OWNER_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
+    sign_in_owner(page, base)
     badge = page.locator("[data-broker]")
     assert badge.get_attribute("data-state") == "ok" and badge.inner_text() == "connected"
 

@@ -25,7 +25,7 @@ from dangol_cloud.settings import Settings
 from dangol_edge.menu_text import format_price
 from tests.broker import MosquittoBroker, free_port
 
-from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device
+from .conftest import DEV_KEY_BYTES, add_owner, add_store_and_device, sign_in_owner, write_ta_feng_customers
 from .test_owner_door_screen import Daemon
 
 pytestmark = pytest.mark.slow
@@ -62,10 +62,7 @@ def site(tmp_path, data_dir):
 def files(data_dir, tmp_path):
     """Real slices: Ta-Feng customers whose id ends in 00; the first 3,000 Complete Journey transactions with
     the real products.csv and demographics.csv."""
-    ta = tmp_path / "ta_feng_00.csv"
-    with (data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv").open() as fin, ta.open("w") as fout:
-        fout.write(next(fin))
-        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    ta = write_ta_feng_customers(data_dir, tmp_path / "ta_feng_00.csv")
     cj_dir = data_dir / "purchases" / "completejourney"
     cj = tmp_path / "transactions.csv"
     with (cj_dir / "transactions.csv").open() as fin, cj.open("w") as fout:
@@ -106,11 +103,7 @@ def test_the_owners_first_hour(browser, site, files, tmp_path):
         page.screenshot(path=str(folder / f"{next(n):02d}-{name}.png"), full_page=True)
 
     base = site["base"]
-    page.goto(base + "/login")
-    page.fill("input[name=email]", OWNER_EMAIL)
-    page.fill("input[name=password]", OWNER_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
+    sign_in_owner(page, base)
     shot("today")
     page.goto(base + "/stores/")  # the Main Street store sells in US dollars (Complete Journey is American)
     page.fill(f"#cur-{site['store']}", "usd")

@@ -24,7 +24,7 @@ from dangol_cloud.models_ops import MenuDayparts, PickOpinion
 from dangol_cloud.settings import Settings
 from tests.broker import free_port
 
-from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner
+from .conftest import DEV_KEY_BYTES, add_owner, sign_in_owner
 
 pytestmark = pytest.mark.slow
 
@@ -93,11 +93,7 @@ def site(trained):
 
 
 def _sign_in(page, base):
-    page.goto(base + "/login")
-    page.fill("input[name=email]", OWNER_EMAIL)
-    page.fill("input[name=password]", OWNER_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
+    sign_in_owner(page, base)
 
 
 def test_customer_page_shows_daypart_picks_with_reasons(browser, site):

@@ -20,7 +20,7 @@ from dangol_cloud.models import Menu, ModelVersion
 from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
 
-from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner, add_store_and_device
+from .conftest import DEV_KEY_BYTES, add_owner, add_store_and_device, sign_in_owner, write_ta_feng_customers
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,7 @@ def site(tmp_path, data_dir):
     db.migrate()
     add_owner(db)
     add_store_and_device(db)
-    src = data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv"
-    slice_ = tmp_path / "ta_feng_00.csv"
-    with src.open() as fin, slice_.open("w") as fout:
-        fout.write(next(fin))
-        fout.writelines(line for line in fin if line.split(",", 2)[1].endswith("00"))
+    slice_ = write_ta_feng_customers(data_dir, tmp_path / "ta_feng_00.csv")
     with db.transaction() as s:
         import_rows(s, parse_purchases(slice_, "ta-feng"), source="ta-feng", key_prefix="ta-feng")
     settings = Settings(cloud_home=tmp_path / "home", database_url=url, mqtt_url=broker.url, secret_key="train",
@@ -74,11 +70,7 @@ def test_retrain_now_shows_progress_and_result(browser, site, tmp_path):
     page = context.new_page()
     page.set_default_timeout(30_000)
     base = site["base"]
-    page.goto(base + "/login")
-    page.fill("input[name=email]", OWNER_EMAIL)
-    page.fill("input[name=password]", OWNER_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
+    sign_in_owner(page, base)
     page.click("#train-now")
     page.wait_for_url(base + "/train/job")
     assert page.get_attribute("#train-job", "data-state") == "running"
