@@ -18,7 +18,7 @@ from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu,
                                  Visit, external_ref_hash, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
-from dangol_cloud.training import welcome_regulars
+from dangol_cloud.services import record_consent, welcome
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ConsentForm
@@ -228,24 +228,22 @@ def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
 @bp.route("/<customer_id>/consent", methods=["POST"])
 @login_required
 def consent(customer_id: str):
-    """POST /customers/<id>/consent: record consent and a name, activate, send the first menu."""
+    """POST /customers/<id>/consent: record consent and a name, activate, send the first menu — through
+    :func:`~dangol_cloud.services.record_consent` then :func:`~dangol_cloud.services.welcome`, as the MQTT
+    listener does for a device's enrolment event (the signed-in user is the audit's actor)."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
     form = ConsentForm()
     if not form.validate_on_submit():
         flash("Consent needs a name, who recorded it and the text version.", "error")
         return redirect(url_for("customers.show", customer_id=customer.id))
-    customer.display_name = form.display_name.data.strip()
-    customer.consent_by = form.recorded_by.data.strip()
-    customer.consent_text_version = form.text_version.data.strip()
-    customer.consent_at = utcnow()
-    customer.status = "active"
-    audit(s, current_user.email, "consent-recorded", customer_id=customer.id,
-          detail=f"text version {customer.consent_text_version}")
+    record_consent(s, customer, display_name=" ".join(form.display_name.data.split()),
+                   recorded_by=form.recorded_by.data.strip(), text_version=form.text_version.data.strip(),
+                   recorded_at=utcnow(), actor=current_user.email)
     s.commit()
     flash(f"Consent recorded; {customer.display_name} is now active.", "success")
     try:
-        if welcome_regulars(get_db(), get_settings(), [customer.id]):
+        if welcome(get_db(), get_settings(), [customer.id]):
             flash(f"{customer.display_name}'s picks were sent to the stores.", "success")
     except (MqttError, OSError, ValueError) as exc:
         log.error("menu for newly active customer %s not published: %s", customer.id, exc)
