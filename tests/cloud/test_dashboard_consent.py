@@ -97,3 +97,39 @@ def test_an_incomplete_form_records_nothing(web, spied):  # noqa: F811
                                                        "recorded_by": "", "text_version": "2026-01"})
     assert r.status_code == 302 and spied == []
     assert _record(db, cid) == ((None, "pending", None, None, False), [])
+
+
+def test_the_first_menu_is_the_one_the_listener_path_sends(web, spied, ta_feng_slice):  # noqa: F811
+    """With a trained model (3,000 real Ta-Feng lines), a regular activated on the form gets the same first
+    menu (newest model, cold-start picks for a door sign-up) as one activated at the door and welcomed by
+    the listener's ``on_activated`` (:func:`dangol_cloud.services.welcome`)."""
+    from dangol_cloud.app import get_settings
+    from dangol_cloud.importers import parse_purchases
+    from dangol_cloud.ingest import import_rows
+    from dangol_cloud.models import Menu, ModelVersion
+    from dangol_cloud.training import train_from_database
+
+    app, db = web
+    with app.app_context():
+        settings = get_settings()
+    with db.transaction() as s:
+        import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng")
+    train_from_database(db, settings)
+    _, device_id = add_store_and_device(db)
+    by_device, by_form = str(uuid.uuid4()), str(uuid.uuid4())
+    for cid in (by_device, by_form):
+        _send(db, device_id, customer_id=uuid.UUID(cid), status="pending", short_code="1234")
+    _send(db, device_id, customer_id=uuid.UUID(by_device), status="active", display_name="Mina Park",
+          consent=proto.Consent(recorded_at=utcnow(), **CONSENT))
+    services.welcome(db, settings, [by_device])  # what the listener's on_activated does
+    client = app.test_client()
+    sign_in(client)
+    token = csrf_of(client.get(f"/customers/{by_form}").get_data(as_text=True))
+    client.post(f"/customers/{by_form}/consent", data={"csrf_token": token, "display_name": "Hana", **CONSENT})
+    assert [c[0] for c in spied] == ["record_consent", "welcome"]
+    with db.sessions() as s:
+        latest = s.scalar(select(ModelVersion.version))
+        door, form = s.get(Menu, by_device), s.get(Menu, by_form)
+        assert door is not None and form is not None and door.picks  # not an empty list compared with itself
+        assert form.model_version == door.model_version == latest
+        assert form.picks == door.picks
