@@ -183,6 +183,28 @@ def ta_feng_customers(data_dir, tmp_path) -> Path:
     return write_ta_feng_customers(data_dir, tmp_path / "ta_feng_00.csv")
 
 
+def owner_database(tmp_path: Path) -> tuple[MosquittoBroker, str, Database, str]:
+    """A started Mosquitto, and a migrated SQLite cloud database in ``tmp_path`` with the owner, a store and its
+    device: ``(broker, database URL, database, store id)``. The caller stops the broker and disposes the db."""
+    broker = MosquittoBroker(tmp_path / "mosquitto").start()
+    url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
+    db = Database(url, data_key=DEV_KEY_BYTES)
+    db.migrate()
+    add_owner(db)
+    store_id, _device = add_store_and_device(db)
+    return broker, url, db, store_id
+
+
+def screenshot_page(browser, tmp_path: Path, name: str, timeout_ms: int):
+    """``(folder, page)``: a 1280×900 Playwright page with ``timeout_ms`` as its default timeout, and the
+    screenshot folder ``$DANGOL_SCREENSHOTS/<name>`` (or ``tmp_path/<name>``), created."""
+    folder = Path(os.environ.get("DANGOL_SCREENSHOTS") or tmp_path) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(timeout_ms)
+    return folder, page
+
+
 def sign_in_owner(page, base: str) -> None:
     """Sign the owner in through the dashboard's login form in a Playwright page; waits for the home page."""
     page.goto(base + "/login")

@@ -8,11 +8,9 @@ page; the broker badge follows a real connection check (connected, then unreacha
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -30,7 +28,7 @@ from dangol_cloud.models import Device, Store
 from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker, free_port
 
-from .conftest import DEV_KEY_BYTES, add_owner, sign_in_owner
+from .conftest import DEV_KEY_BYTES, add_owner, screenshot_page, sign_in_owner
 
 pytestmark = pytest.mark.slow
 CLOUD_USER, CLOUD_PASSWORD = "cloud", "cloud-broker-pw"
@@ -101,11 +99,7 @@ def _wait_state(locator, want: str, timeout: float = 20.0) -> None:
 
 
 def test_add_device_shows_setup_lines_and_live_status(browser, site, tmp_path):
-    folder = Path(os.environ.get("DANGOL_SCREENSHOTS") or tmp_path) / "devices"
-    folder.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
+    folder, page = screenshot_page(browser, tmp_path, "devices", 20_000)
     csp = []
     page.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text else None)
     base = site["base"]
@@ -157,4 +151,4 @@ def test_add_device_shows_setup_lines_and_live_status(browser, site, tmp_path):
     assert page.inner_text("[data-broker]") == "unreachable"
     page.screenshot(path=str(folder / "03-broker-down.png"), full_page=True)
     assert not csp, csp
-    context.close()
+    page.context.close()

@@ -19,13 +19,12 @@ from werkzeug.serving import make_server
 
 import dangol_protocol as proto
 from dangol_cloud.app import create_app
-from dangol_cloud.db import Database
 from dangol_cloud.models import Store, StoreSetting
 from dangol_cloud.settings import Settings
 from dangol_edge.menu_text import format_price
-from tests.broker import MosquittoBroker, free_port
+from tests.broker import free_port
 
-from .conftest import DEV_KEY_BYTES, add_owner, add_store_and_device, sign_in_owner, write_ta_feng_customers
+from .conftest import owner_database, sign_in_owner, write_ta_feng_customers
 from .test_owner_door_screen import Daemon
 
 pytestmark = pytest.mark.slow
@@ -33,12 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def site(tmp_path, data_dir):
-    broker = MosquittoBroker(tmp_path / "mosquitto").start()
-    url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
-    db = Database(url, data_key=DEV_KEY_BYTES)
-    db.migrate()
-    add_owner(db)
-    store_id, _device = add_store_and_device(db)
+    broker, url, db, store_id = owner_database(tmp_path)
     with db.transaction() as s:  # Ta-Feng's sales were in a Taipei store, in New Taiwan dollars
         taipei = Store(name="Taipei", ref="tpe")
         s.add(taipei)

@@ -5,22 +5,19 @@ now" leads to the job page, which shows the step in progress and a bar while tra
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from dangol_cloud.app import create_app
-from dangol_cloud.db import Database
 from dangol_cloud.models import Menu, ModelVersion
 from dangol_cloud.settings import Settings
-from tests.broker import MosquittoBroker, free_port
+from tests.broker import free_port
 
-from .conftest import DEV_KEY_BYTES, add_owner, add_store_and_device, sign_in_owner, write_ta_feng_customers
+from .conftest import owner_database, screenshot_page, sign_in_owner, write_ta_feng_customers
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +27,7 @@ def site(tmp_path, data_dir):
     from dangol_cloud.importers import parse_purchases
     from dangol_cloud.ingest import import_rows
 
-    broker = MosquittoBroker(tmp_path / "mosquitto").start()
-    url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
-    db = Database(url, data_key=DEV_KEY_BYTES)
-    db.migrate()
-    add_owner(db)
-    add_store_and_device(db)
+    broker, url, db, _store = owner_database(tmp_path)
     slice_ = write_ta_feng_customers(data_dir, tmp_path / "ta_feng_00.csv")
     with db.transaction() as s:
         import_rows(s, parse_purchases(slice_, "ta-feng"), source="ta-feng", key_prefix="ta-feng")
@@ -64,11 +56,7 @@ def _wait_done(page, timeout: float = 300.0) -> str:
 
 
 def test_retrain_now_shows_progress_and_result(browser, site, tmp_path):
-    folder = Path(os.environ.get("DANGOL_SCREENSHOTS") or tmp_path) / "training"
-    folder.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
+    folder, page = screenshot_page(browser, tmp_path, "training", 30_000)
     base = site["base"]
     sign_in_owner(page, base)
     page.click("#train-now")
@@ -96,4 +84,4 @@ def test_retrain_now_shows_progress_and_result(browser, site, tmp_path):
     page.wait_for_url(base + "/train/job")
     assert "left" in page.inner_text("#train-numbers") or page.get_attribute("#train-job", "data-state") != "running"
     assert _wait_done(page) == "done"
-    context.close()
+    page.context.close()
