@@ -45,3 +45,13 @@ def edge_env(tmp_path: Path, model_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("DANGOL_HOME", str(home))
     monkeypatch.setenv("DANGOL_EMBEDDER__MODEL_PATH", str(model_path))
     return home
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    """An open, empty gallery in a fresh SQLite file (model sha ``sha-a``)."""
+    from dangol_edge.gallery import Gallery
+
+    g = Gallery(tmp_path / "g.sqlite", "sha-a").open()
+    yield g
+    g.close()

@@ -18,13 +18,6 @@ def unit(rng, n, d=512):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture
-def gallery(tmp_path):
-    g = Gallery(tmp_path / "g.sqlite", "sha-a").open()
-    yield g
-    g.close()
-
-
 def test_enroll_is_all_or_nothing(gallery):
     with pytest.raises(ValueError, match="embeddings"):
         gallery.enroll("Ana", np.zeros((2, 3), np.float32))

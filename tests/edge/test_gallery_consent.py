@@ -25,13 +25,6 @@ def unit(seed: int, n: int = 1, d: int = 128) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture
-def gallery(tmp_path):
-    g = Gallery(tmp_path / "g.sqlite", "sha-a").open()
-    yield g
-    g.close()
-
-
 def consent(by: str = "Jo", version: str = "2026-01") -> Consent:
     return Consent(recorded_by=by, recorded_at=RECORDED_AT, text_version=version)
 
