@@ -283,6 +283,17 @@ def test_staff_activates_a_pending_customer(site, phone):
     shot(phone, site["tmp"], "staff-activated")
 
 
+def test_staff_page_says_when_a_stored_consent_record_is_unreadable(site, phone):
+    gallery = site["gallery"]
+    c = gallery.enroll("Hana Kim", embeddings(7), consent=Consent(recorded_by="Jo", recorded_at=datetime.now(timezone.utc),
+                                                                 text_version=CONSENT_TEXT_VERSION))
+    with gallery.db.conn:  # a damaged row, as an old or corrupted gallery file may hold
+        gallery.db.execute("UPDATE customers SET consent = ? WHERE id = ?", ['{"recorded_by": 5}', c.id])
+    sign_in(phone, site)
+    row = phone.locator(f"#active-{c.id}").inner_text()
+    assert "Hana Kim" in row and "consent record unreadable" in row
+
+
 def test_staff_form_errors_change_nothing(site, phone):
     gallery, calls = site["gallery"], site["calls"]
     c = pending(site, 2)
