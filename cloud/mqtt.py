@@ -92,8 +92,18 @@ def connect(url: str, client_id: str, *, timeout: float = 10.0, clean_session: b
     return client
 
 
-def publish_all(client: mqtt.Client, messages: Iterable[Message], *, timeout: float = 30.0) -> int:
+#: Most QoS 1 messages :func:`publish_all` leaves unacknowledged at once. MQTT numbers in-flight messages with
+#: 16-bit packet identifiers (at most 65,535; MQTT 5 §2.2.1), so a chain-wide publish must wait for PUBACKs as
+#: it goes; 10,000 keeps the pipe full (bench/bench_chain.py) with bounded memory.
+PUBLISH_WINDOW = 10_000
+
+
+def publish_all(client: mqtt.Client, messages: Iterable[Message], *, timeout: float = 30.0,
+                window: int = PUBLISH_WINDOW) -> int:
     """Publish each ``(topic, payload, retained)`` with QoS 1 and wait until every PUBACK arrived.
+
+    At most ``window`` messages are unacknowledged at a time (see :data:`PUBLISH_WINDOW`); ``messages`` may be
+    a generator and is consumed as the broker acknowledges.
 
     Returns:
         Number of messages published.
@@ -101,18 +111,33 @@ def publish_all(client: mqtt.Client, messages: Iterable[Message], *, timeout: fl
     Raises:
         MqttError: one was not acknowledged within ``timeout``, or the broker refused it (PUBACK reason code,
             e.g. Not authorized by its ACL), naming the topic.
+        ValueError: ``window`` is not between 1 and 65,535.
     """
+    if not 1 <= window <= 65_535:
+        raise ValueError(f"window {window}: expected 1..65535 unacknowledged messages")
     refused: dict[int, str] = {}
     client.on_publish = lambda c, u, mid, reason_code, props: (
         refused.__setitem__(mid, str(reason_code)) if is_refusal(reason_code) else None)
-    sent = [(topic, client.publish(topic, payload, qos=1, retain=retained)) for topic, payload, retained in messages]
-    for topic, info in sent:
-        try:
-            info.wait_for_publish(timeout)
-        except (ValueError, RuntimeError) as exc:
-            raise MqttError(f"publish to {topic} failed: {exc}") from exc
-        if not info.is_published():
-            raise MqttError(f"broker did not acknowledge the message to {topic} within {timeout} s")
-        if info.mid in refused:
-            raise MqttError(f"broker refused the message to {topic}: {refused[info.mid]}")
-    return len(sent)
+    total = 0
+    pending: list = []
+
+    def drain() -> None:
+        for topic, info in pending:
+            try:
+                info.wait_for_publish(timeout)
+            except (ValueError, RuntimeError) as exc:
+                raise MqttError(f"publish to {topic} failed: {exc}") from exc
+            if not info.is_published():
+                raise MqttError(f"broker did not acknowledge the message to {topic} within {timeout} s")
+            if info.mid in refused:
+                raise MqttError(f"broker refused the message to {topic}: {refused[info.mid]}")
+        pending.clear()
+        refused.clear()
+
+    for topic, payload, retained in messages:
+        pending.append((topic, client.publish(topic, payload, qos=1, retain=retained)))
+        total += 1
+        if len(pending) >= window:
+            drain()
+    drain()
+    return total

@@ -370,3 +370,17 @@ def test_enrolment_with_consent_activates_the_customer_and_calls_the_welcome_hoo
     with db.sessions() as s:
         jun = s.get(Customer, str(customer))
     assert (jun.status, jun.display_name, jun.source, jun.consent_by) == ("active", "Jun", "edge", "staff:jo")
+
+
+def test_publish_all_sends_more_messages_than_mqtt_has_packet_ids(mosquitto):
+    """A chain publish can exceed the 65,535 packet identifiers of MQTT: publish_all keeps a bounded window of
+    unacknowledged messages instead of queueing everything first (found by bench/bench_chain.py)."""
+    from dangol_cloud.mqtt import publish_all
+
+    client = connect(mosquitto.url, "chain-publisher")
+    try:
+        n = 70_000
+        assert publish_all(client, ((f"bench/{i % 50}", b"x", False) for i in range(n))) == n
+    finally:
+        client.loop_stop()
+        client.disconnect()
