@@ -2,7 +2,7 @@
 """A chain at scale (run by hand, not by pytest): PostgreSQL + Mosquitto with many stores and customers.
 
     python bench/bench_chain.py                                  # modest: 20 stores x 2,000 customers (~1-2 min)
-    python bench/bench_chain.py --stores 200 --customers 100000 --windowed  # the issue's chain: 20 million menus
+    python bench/bench_chain.py --stores 200 --customers 100000  # the issue's chain: 20 million menus
 
 What it does, all real: creates a throwaway PostgreSQL database (``--postgres``, trust auth; dropped at the end
 unless ``--keep``), migrates it, bulk-inserts the stores, consenting customers (names encrypted as in
@@ -171,23 +171,6 @@ def count_retained(url: str, topics: list[str], quiet: float = 2.0, timeout: flo
     return count, size
 
 
-def windowed_publish_all(client, messages, *, timeout: float = 30.0, window: int = 10_000) -> int:
-    """:func:`dangol_cloud.mqtt.publish_all` that waits for the PUBACKs every ``window`` messages (``--windowed``).
-
-    paho numbers QoS 1 messages with 16-bit ids: queueing more than 65,535 unacknowledged messages at once fails
-    with ERR_QUEUE_SIZE, which the cloud's ``publish_all`` does beyond ~65,000 messages (e.g. 200 stores x 330
-    customers). This variant shows what a publisher that waits in windows achieves.
-    """
-    from itertools import islice
-
-    from dangol_cloud.mqtt import publish_all
-
-    it, total = iter(messages), 0
-    while chunk := list(islice(it, window)):
-        total += publish_all(client, chunk, timeout=timeout)
-    return total
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stores", type=int, default=20)
@@ -201,9 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project-stores", type=int, default=200)
     ap.add_argument("--project-customers", type=int, default=100_000)
     ap.add_argument("--keep", action="store_true", help="keep the throwaway database")
-    ap.add_argument("--windowed", action="store_true",
-                    help="publish through a variant that waits for the PUBACKs every 10,000 messages (the cloud's "
-                         "publish_all fails beyond 65,535 unacknowledged messages: paho's 16-bit message ids)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -211,11 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     from dangol_cloud.crypto import decode_key, generate_key
     from dangol_cloud.db import Database
     from dangol_cloud.models import Store
-    import dangol_cloud.publishing as publishing
     from dangol_cloud.publishing import publish
 
-    if args.windowed:
-        publishing.publish_all = windowed_publish_all
     import dangol_protocol as proto
 
     out = Console(width=160)
