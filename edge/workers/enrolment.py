@@ -44,6 +44,7 @@ class ButtonEnrolment:
         self.outbox = outbox
         self.button = button
         self.requests: queue.Queue[str] = queue.Queue(maxsize=16)
+        self.requests_dropped = 0  # requests refused because the queue was full
         self._collector: SampleCollector | None = None
         self._frames = 0
 
@@ -54,7 +55,8 @@ class ButtonEnrolment:
 
     def ask(self, what: str, source: str = "button") -> bool:
         """Queue a request (``"enrol"`` or ``"cancel"``) from any thread (gpiozero's, a web request's); the
-        recognition thread applies it. Returns False if it was dropped (queue full, logged).
+        recognition thread applies it. Returns False if it was dropped (queue full: logged and counted in
+        :attr:`requests_dropped`).
 
         Raises:
             ValueError: ``what`` is neither ``"enrol"`` nor ``"cancel"``.
@@ -64,7 +66,8 @@ class ButtonEnrolment:
         try:
             self.requests.put_nowait(what)
         except queue.Full:
-            log.warning("%s request %r dropped (queue full)", source, what)
+            self.requests_dropped += 1
+            log.warning("%s request %r dropped (queue full, %d so far)", source, what, self.requests_dropped)
             return False
         log.info("%s asked to %s a sign-up", source, "start" if what == "enrol" else "cancel")
         return True

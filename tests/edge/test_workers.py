@@ -170,3 +170,15 @@ def test_event_factory_fills_id_device_and_time():
     a, b = f.arrival(LIN, 1.7, ["latte"]), f.arrival(None, None, [])
     assert a.event_id != b.event_id and a.device_id == device and a.ts.tzinfo is not None
     assert a.confidence == 1.0 and b.customer_id is None
+
+
+def test_enrolment_requests_are_bounded_and_drops_counted():
+    """A stuck recognition thread must not let button presses or staff clicks pile up without bound."""
+    from dangol_edge.config import EdgeConfig
+    from dangol_edge.workers.enrolment import ButtonEnrolment
+
+    e = ButtonEnrolment(EdgeConfig(), gallery=None, screen=None, events=None, outbox=None)
+    assert all(e.ask("enrol", source="test") for _ in range(e.requests.maxsize))
+    assert e.ask("cancel", source="test") is False and e.requests_dropped == 1
+    with pytest.raises(ValueError, match="expected 'enrol' or 'cancel'"):
+        e.ask("erase")
