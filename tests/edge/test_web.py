@@ -2,7 +2,7 @@
 
 A real StateStore, Gallery and Screen in tmp_path; the app served by DisplayServer on a free port.
 Screenshots (1920×1080 menu, phone-sized staff page) are saved in tmp_path and copied to
-``$DANGOL_SCREENSHOTS`` (default ``/tmp/dangol-shots``).
+``$DANGOL_SCREENSHOTS`` (default ``dangol-shots`` in the system temp folder).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -26,7 +27,7 @@ from dangol_edge.web import DisplayServer, create_app, format_price, visible_pic
 from dangol_protocol import CONSENT_TEXT_VERSION, Catalogue, Consent
 from tests.browser import chromium_missing
 
-SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or "/tmp/dangol-shots")
+SHOTS = Path(os.environ.get("DANGOL_SCREENSHOTS") or Path(tempfile.gettempdir()) / "dangol-shots")
 PIN = "246813"
 
 pytestmark = pytest.mark.slow
