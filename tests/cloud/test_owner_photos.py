@@ -176,7 +176,7 @@ def test_door_screen_shows_the_photo(web, jpeg, browser, tmp_path):  # noqa: F81
     server = DisplayServer(create_app(screen=screen, state=state, gallery=gallery, config=config,
                                       on_activate=lambda *_: None, on_erase=lambda *_: None), "127.0.0.1", 0)
     server.start()
-    shots = Path(os.environ.get("DANGOL_SCREENSHOTS") or tmp_path)
+    shots = Path(os.environ.get("DANGOL_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 800, "height": 480})
     try:
