@@ -103,7 +103,7 @@ def cmd_enroll(args) -> int:
     from .sources import SourceError, open_source
 
     cfg, emb, gallery = _open(args)
-    pipeline = FacePipeline(FaceDetector(cfg.detector, cfg.yunet_path), emb)
+    pipeline = FacePipeline(FaceDetector.beside(cfg.model_path, cfg.detector), emb)
     try:
         if args.image:
             samples = [sample_from_photo(p, pipeline) for p in args.image]  # all checked before any write

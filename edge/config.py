@@ -284,13 +284,6 @@ class EdgeConfig(BaseSettings):
         return self.embedder.model_path or self.home / "models" / f"{self.embedder.model}-int8.tflite"
 
     @property
-    def yunet_path(self) -> Path:
-        """Path of the YuNet detector (used with ``detector.backend = "yunet"``)."""
-        from .detect import YUNET_FILE
-
-        return self.detector.yunet_path or self.model_path.parent / YUNET_FILE
-
-    @property
     def gallery_path(self) -> Path:
         """Path of the SQLite gallery."""
         return self.home / "gallery.sqlite"

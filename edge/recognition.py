@@ -58,7 +58,7 @@ class Recognizer:
             CalibrationError: the calibration file beside the model is malformed or for another model.
         """
         embedder = embedder or Embedder(config.model_path, threads=config.embedder.threads)
-        pipeline = FacePipeline(FaceDetector(config.detector, config.yunet_path), embedder)
+        pipeline = FacePipeline(FaceDetector.beside(config.model_path, config.detector), embedder)
         gallery = gallery or Gallery(config.gallery_path, embedder.sha256)
         rec = cls(pipeline, gallery, Tracker(config.tracker), rule_for(config, embedder), config.matcher.margin)
         prev = config.embedder.previous_model_path

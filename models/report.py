@@ -63,7 +63,7 @@ def evaluate_command(args, default_out: Path) -> int:
     margin = cfg.matcher.margin if args.margin is None else args.margin
     lfw = LFWDataset(args.lfw)
     det_cfg = DetectorConfig(model="short", min_score=0.5, backend=args.detector)
-    with FaceDetector(det_cfg, yunet_path=folder / "face_detection_yunet_2023mar.onnx") as det:
+    with FaceDetector.beside(models[1], det_cfg) as det:
         reports = [evaluate_model(m, lfw, det, margin=margin, progress=not args.json,
                                   target_fpir=cfg.matcher.target_fpir, min_votes=cfg.tracker.min_votes) for m in models]
     if args.json:
