@@ -109,7 +109,7 @@ def cmd_publish(args, settings, db) -> int:
         if args.store is not None and session.get(Store, args.store) is None:
             raise UsageError(f"--store {args.store}: no such store")
         ensure_current_version(session, published_by="dangol-cloud publish",
-                               photo_url=photo_url_builder(settings.public_url, settings.photos_dir))
+                               photo_url=photo_url_builder(settings.photos_dir))
         report = publish(session, settings.mqtt_url, store_id=args.store, currency=settings.currency)
     out.print(f"published to {report.stores} store(s): {report.catalogue} catalogue, {report.menus} menus, "
               f"{report.erasures} erasure messages", highlight=False)

@@ -93,11 +93,10 @@ def ensure_current_version(session: Session, *, published_by: str | None, photo_
     return publish_catalogue_version(session, published_by=published_by, photo_url=photo_url)
 
 
-def photo_url_builder(public_url: str | None, photos_dir=None):
+def photo_url_builder(photos_dir):
     """``filename -> photo_url`` for :func:`snapshot_items`: with ``photos_dir`` (the cloud's photos folder) a
     small inlined JPEG ``data:`` URI (:func:`dangol_cloud.web.photos.inline_builder`: devices need no access to
-    the dashboard, whose photo route requires sign-in); else None, as the route is not public (``public_url``
-    is kept for the callers' signature)."""
+    the dashboard, whose photo route requires sign-in); None without a folder (no photos are published)."""
     if photos_dir is None:
         return None
     from dangol_cloud.web.photos import inline_builder

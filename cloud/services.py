@@ -118,7 +118,7 @@ def retrain_and_publish(db: Database, settings: Settings, *, store_id: str | Non
         with db.transaction() as session:  # a failed publish leaves no new catalogue version behind
             if published_by is not None:
                 ensure_current_version(session, published_by=published_by,
-                                       photo_url=photo_url_builder(settings.public_url, settings.photos_dir))
+                                       photo_url=photo_url_builder(settings.photos_dir))
             sent = publish_messages(session, settings.mqtt_url, store_id=store_id, currency=settings.currency,
                                     catalogue=published_by is not None)
     except MqttError as exc:

@@ -28,11 +28,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:56] or "item"
 
 
-def _photo_url(filename: str) -> str | None:
-    """The photo as the door screen gets it: a small JPEG inlined as a ``data:`` URI (:mod:`.photos`)."""
-    return photo_url_builder(None, get_settings().photos_dir)(filename)
-
-
 @bp.route("/")
 @login_required
 def index():
@@ -147,7 +142,8 @@ def publish_now():
         abort(400)
     settings = get_settings()
     with get_db().transaction() as s:
-        version = publish_catalogue_version(s, published_by=current_user.email, photo_url=_photo_url)
+        version = publish_catalogue_version(s, published_by=current_user.email,
+                                            photo_url=photo_url_builder(settings.photos_dir))
         number, count = version.version, len(version.items)
     if not settings.mqtt_url:
         flash(f"Catalogue version {number} saved ({count} items). No broker is configured (DANGOL_MQTT_URL), "

@@ -127,7 +127,7 @@ def test_publish_keeps_the_snapshot_within_the_photo_budget(web, jpeg, monkeypat
     for name in ("Butter croissant", "Cardamom bun", "Basque cheesecake"):
         _upload(client, name, jpeg)
     with db.sessions() as s:
-        sizes = [len(publishing.photo_url_builder(None, _photos_dir(app))(name))
+        sizes = [len(publishing.photo_url_builder(_photos_dir(app))(name))
                  for name in s.scalars(select(CatalogueItem.photo)).all()]
     one = max(sizes)
     monkeypatch.setattr(publishing, "PHOTO_BUDGET_BYTES", 2 * one + 10)
