@@ -15,7 +15,7 @@ Inputs are the protocol's objects as the cache keeps them (:class:`dangol_protoc
 The arrival worker chooses the picks with :func:`choose_picks` when a customer arrives; the menu page
 re-applies :func:`available_items` to the chosen ids whenever the catalogue changes while the welcome is up.
 
-(The formatting helpers once here live in :mod:`dangol_edge.web.formatting`; re-exported for older imports.)
+Formatting for the pages (prices, the house menu, greetings) is in :mod:`dangol_edge.web.formatting`.
 """
 
 from __future__ import annotations
@@ -26,19 +26,6 @@ from datetime import datetime
 from dangol_protocol import Catalogue, CatalogueItem, Menu
 
 __all__ = ["available_items", "choose_picks", "menu_item_ids"]
-
-_MOVED = frozenset({"ago", "format_price", "greeting", "house_menu", "visible_picks"})
-
-
-def __getattr__(name: str):
-    """The formatting helpers that moved to :mod:`dangol_edge.web.formatting` (imported lazily: that
-    package imports this module)."""
-    if name in _MOVED:
-        from .web import formatting
-
-        return getattr(formatting, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def menu_item_ids(menu: Menu | None, catalogue: Catalogue | None, at: datetime) -> list[str]:
     """Candidate item ids, best first, for local time ``at`` (rule 1 of the module docstring)."""

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 from dangol_protocol import Catalogue
 
+from ..menu_text import available_items
+
 __all__ = ["ago", "format_price", "greeting", "house_menu", "visible_picks"]
 
 _SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "KRW": "₩", "JPY": "¥", "CNY": "¥", "INR": "₹",
@@ -59,8 +61,6 @@ def visible_picks(picks: list[dict], catalogue: Catalogue | None, limit: int) ->
     Returns:
         ``[{"id", "name", "category", "price" (formatted), "description"}, ...]`` in pick order.
     """
-    from ..menu_text import available_items
-
     ids = [str(p.get("id", p.get("item_id"))) for p in picks or []]
     currency = catalogue.currency if catalogue else None
     return [{"id": item.id, "name": item.name, "category": item.category,

@@ -21,7 +21,7 @@ import dangol_protocol as proto
 from dangol_cloud.app import create_app
 from dangol_cloud.models import Store, StoreSetting
 from dangol_cloud.settings import Settings
-from dangol_edge.menu_text import format_price
+from dangol_edge.web.formatting import format_price
 from tests.broker import free_port
 
 from .conftest import owner_database, sign_in_owner, write_ta_feng_customers
