@@ -43,6 +43,9 @@ class RecommenderConfig:
         rerank: if False, rank by the LightFM score alone ("LightFM alone" in the evaluation).
         recency_half_life_days: half-life of the exponential decay of past purchases (days).
         rerank_window_days: length of the label window carved from the END of the training data.
+        rerank_windows / rerank_window_stride_days: the re-ranker and the second stage are fitted on this many
+            label windows pooled, each ``rerank_window_stride_days`` earlier than the next (features of a window
+            from the purchases before it); windows with too little history before them are skipped.
         rerank_max_customers: at most this many customers (sampled) are used to fit the re-ranker.
         rerank_negatives: never-bought items sampled per customer (weighted by the inverse sampling rate).
         tifu: give the re-ranker the two TIFU-KNN parts (Hu et al. 2020) as features: the customer's
@@ -63,6 +66,8 @@ class RecommenderConfig:
         stage2_candidates: M, the stage-1 items per customer the forest re-scores.
         stage2_holdout: share of the window's customers held out to choose the blend weight.
         stage2_blends: the blend weights λ tried (0 = stage 1 alone).
+        stage2_objective: the forest's LightGBM objective: ``"lambdarank"`` (orders each customer's candidates,
+            LambdaMART) or ``"binary"`` (log-loss per pair).
         stage2_iterations / stage2_learning_rate / stage2_leaves / stage2_min_leaf: the forest's boosting
             rounds, shrinkage, leaves per tree and minimum pairs per leaf.
         stage2_tifu_alpha: α of the whole TIFU-KNN score feature ``α u + (1-α) neighbours`` (TIFU-KNN's tuned
@@ -119,6 +124,8 @@ class RecommenderConfig:
     rerank: bool = True
     recency_half_life_days: float = 30.0
     rerank_window_days: int = 28
+    rerank_windows: int = 1
+    rerank_window_stride_days: int = 14
     rerank_max_customers: int = 6000
     rerank_negatives: int = 100
     tifu: bool = True
@@ -132,6 +139,7 @@ class RecommenderConfig:
     stage2_candidates: int = 50
     stage2_holdout: float = 0.25
     stage2_blends: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    stage2_objective: str = "lambdarank"
     stage2_iterations: int = 50
     stage2_learning_rate: float = 0.1
     stage2_leaves: int = 7

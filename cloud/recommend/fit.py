@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -27,7 +28,7 @@ from .scoring import Stage2
 from .segments import SegmentTable, segment_values
 from .stage2 import fit_stage2
 
-__all__ = ["TRAIN_STEPS", "train"]
+__all__ = ["TRAIN_STEPS", "LabelWindow", "label_window_starts", "train"]
 
 #: Steps of :func:`train` in order; its ``progress`` callback is called with each name as the step starts.
 TRAIN_STEPS = ("clean", "re-ranker", "factors", "history")
@@ -37,53 +38,100 @@ def _coo(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.coo_matrix:
     return sp.coo_matrix((np.ones(len(u), np.float32), (u, i)), shape=shape)
 
 
-def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig, ignored=None
-                  ) -> tuple[Reranker, object | None, Stage2 | None]:
-    """Carve the last ``rerank_window_days`` of training as labels, fit LightFM + statistics on the rest,
-    fit the re-ranker on sampled (customer, item) pairs of customers active in both parts and, with
-    ``cfg.stage2``, the second stage (:mod:`.stage2`) with the blend weight chosen on held-out customers.
+@dataclass
+class LabelWindow:
+    """One label window carved from the training data: features from purchases before ``start`` (day
+    number), labels = bought in ``[start, end)``; the customers split into the fit part ``rows`` and the
+    held-out part ``hold`` (int64 customer indices), ``labels`` ``(n_customers, n_items)`` CSR."""
 
-    ``ignored`` = ``(u, i, day)`` arrays of shown-and-ignored picks (feedback) or None: their decayed counts
-    before the window are the soft negatives whose weight the second stage chooses on the held-out customers.
+    start: int
+    history: object
+    pop: np.ndarray
+    rep: np.ndarray
+    factors: object
+    lightfm: object
+    rows: np.ndarray
+    hold: np.ndarray
+    labels: sp.csr_matrix
 
-    Returns ``(re-ranker, the LightFM model fitted on the earlier part or None, second stage or None)``."""
-    label_start = end_day - cfg.rerank_window_days
-    past = day < label_start
-    if past.sum() == 0 or (~past).sum() == 0:
-        return Reranker.fallback(), None, None
-    hist = build_history(u[past], i[past], day[past], shape, label_start, cfg.recency_half_life_days)
+
+def _label_window(u, i, day, shape, start, end, item_x, user_x, categories, cfg: RecommenderConfig, ignored,
+                  rng: np.random.Generator) -> LabelWindow | None:
+    """Statistics, LightFM and TIFU-KNN from the purchases before day ``start``; labels from ``[start, end)``.
+    None when either side is empty or fewer than 20 customers are active on both."""
+    past, window = day < start, (day >= start) & (day < end)
+    if past.sum() == 0 or window.sum() == 0:
+        return None
+    hist = build_history(u[past], i[past], day[past], shape, start, cfg.recency_half_life_days)
     if not cfg.item_trend:
         hist.item_recent = None
     if ignored is not None:
-        hist.ignored = decayed_counts(*ignored, shape, label_start, cfg.recency_half_life_days)
-    labels = _coo(u[~past], i[~past], shape).tocsr()
+        hist.ignored = decayed_counts(*ignored, shape, start, cfg.recency_half_life_days)
+    labels = _coo(u[window], i[window], shape).tocsr()
     eligible = np.flatnonzero((hist.visits > 0) & (np.diff(labels.indptr) > 0))
     if len(eligible) < 20:
-        return Reranker.fallback(), None, None
+        return None
     lightfm = fit_lightfm(_coo(u[past], i[past], shape), item_x, user_x, cfg)
     factors = factors_of(lightfm, item_x, user_x)
     pop, rep = item_statistics(hist, categories)
-    rng = np.random.default_rng(cfg.random_state)
     rows = np.sort(rng.choice(eligible, size=min(cfg.rerank_max_customers, len(eligible)), replace=False))
     hold = np.zeros(0, dtype=np.int64)
     if cfg.stage2 and len(rows) >= 40:
         held = rng.random(len(rows)) < cfg.stage2_holdout
         rows, hold = rows[~held], rows[held]
     hist.tifu = _tifu(u[past], i[past], day[past], shape, cfg, np.concatenate([rows, hold]))
+    return LabelWindow(start, hist, pop, rep, factors, lightfm, rows, hold, labels)
+
+
+def _window_pairs(w: LabelWindow, cfg: RecommenderConfig, rng: np.random.Generator):
+    """The re-ranker's sampled pairs of one window: features ``(n, F)``, labels ``(n,)`` bool, weights ``(n,)``."""
+    hist, rows = w.history, w.rows
     pr, pc, pw = sample_pairs(hist, rows, cfg.rerank_negatives, rng)
     z, nn = np.empty(len(pr)), np.zeros(len(pr))
     position = np.searchsorted(rows, pr)
     for start in range(0, len(rows), _BATCH):
         block_rows = rows[start:start + _BATCH]
         sel = (position >= start) & (position < start + _BATCH)
-        z[sel] = factors.zscores(block_rows)[position[sel] - start, pc[sel]]
+        z[sel] = w.factors.zscores(block_rows)[position[sel] - start, pc[sel]]
         if hist.tifu is not None:
             nn[sel] = hist.tifu.neighbour_mean(block_rows, cfg.tifu_neighbours)[position[sel] - start, pc[sel]]
-    x = pair_features(hist, pop, rep, z, pr, pc, nn)
-    y = pair_values(labels, pr, pc) > 0
-    reranker = Reranker.fit(x, y, pw, len(rows))
-    stage2 = fit_stage2(hist, pop, rep, factors, reranker, rows, hold, labels, cfg) if len(hold) else None
-    return reranker, lightfm, stage2
+    return pair_features(hist, w.pop, w.rep, z, pr, pc, nn), pair_values(w.labels, pr, pc) > 0, pw
+
+
+def label_window_starts(end_day: int, cfg: RecommenderConfig) -> list[int]:
+    """Start days of the label windows, latest first: ``end - rerank_window_days``, then each
+    ``rerank_window_stride_days`` earlier, ``rerank_windows`` in all (each window ``rerank_window_days`` long)."""
+    first = end_day - cfg.rerank_window_days
+    return [first - k * cfg.rerank_window_stride_days for k in range(cfg.rerank_windows)]
+
+
+def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: RecommenderConfig, ignored=None
+                  ) -> tuple[Reranker, object | None, Stage2 | None]:
+    """Carve label windows from the end of the training data (:func:`label_window_starts`), fit LightFM +
+    statistics on what precedes each, fit the re-ranker on sampled (customer, item) pairs of customers active
+    on both sides, pooled over the windows, and, with ``cfg.stage2``, the second stage (:mod:`.stage2`) with
+    the blend weight chosen on the windows' held-out customers. Several windows let the fits see more than one
+    season (Ta-Feng's last 4 weeks before the test month hold the Chinese New Year).
+
+    ``ignored`` = ``(u, i, day)`` arrays of shown-and-ignored picks (feedback) or None: their decayed counts
+    before each window are the soft negatives whose weight the second stage chooses on the held-out customers.
+
+    Returns ``(re-ranker, the LightFM model of the latest window or None, second stage or None)``."""
+    rng = np.random.default_rng(cfg.random_state)
+    windows = []
+    for start in label_window_starts(end_day, cfg):
+        w = _label_window(u, i, day, shape, start, start + cfg.rerank_window_days, item_x, user_x, categories,
+                          cfg, ignored, rng)
+        if w is None:
+            break
+        windows.append(w)
+    if not windows:
+        return Reranker.fallback(), None, None
+    pairs = [_window_pairs(w, cfg, rng) for w in windows]
+    x, y, pw = (np.concatenate(parts) for parts in zip(*pairs))
+    reranker = Reranker.fit(x, y, pw, sum(len(w.rows) for w in windows))
+    stage2 = fit_stage2(windows, reranker, cfg) if all(len(w.hold) for w in windows) else None
+    return reranker, windows[0].lightfm, stage2
 
 
 def _tifu(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], cfg: RecommenderConfig,

@@ -10,12 +10,11 @@ the forest helps on customers it has not seen).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-import scipy.sparse as sp
 
 from .config import RecommenderConfig
-from .factors import Factors
-from .history import History
 from .rerank import Reranker
 from .scoring import Stage2, candidates, linear_scores, stage2_features
 from .trees import fit_forest
@@ -54,31 +53,46 @@ def blend_precision(linear: np.ndarray, forest: np.ndarray, relevant: np.ndarray
     return float(np.take_along_axis(relevant, top, axis=1).sum(axis=1).mean() / k)
 
 
-def fit_stage2(history: History, pop: np.ndarray, rep: np.ndarray, factors: Factors, reranker: Reranker,
-               fit_rows: np.ndarray, hold_rows: np.ndarray, labels: sp.csr_matrix, cfg: RecommenderConfig,
-               k: int = 10) -> Stage2 | None:
-    """Fit the forest on ``fit_rows``' candidates and choose λ on ``hold_rows``' (customer indices; ``labels``
-    ``(n_customers, n_items)`` CSR, > 0 = bought in the window). None when either part is empty or the labels
-    hold a single class."""
-    if len(fit_rows) == 0 or len(hold_rows) == 0:
+def fit_stage2(windows: Sequence, reranker: Reranker, cfg: RecommenderConfig, k: int = 10) -> Stage2 | None:
+    """Fit the forest on the fit customers' candidates of every label window and choose λ (and the
+    soft-negative weight β) on the held-out customers' candidates, pooled over the windows.
+
+    Args:
+        windows: :class:`~dangol_cloud.recommend.fit.LabelWindow` s (each: history, item statistics, factors,
+            fit ``rows`` and held-out ``hold`` customer indices, ``labels`` ``(n_customers, n_items)`` CSR, > 0 =
+            bought in the window).
+        reranker: the fitted stage 1.
+
+    Returns:
+        The :class:`Stage2`, or None when a window has an empty part or the labels hold a single class.
+    """
+    if not windows or any(len(w.rows) == 0 or len(w.hold) == 0 for w in windows):
         return None
-    x, y, _, _, _ = _candidate_rows(history, pop, rep, factors, reranker, fit_rows, labels, cfg)
+    fit = [_candidate_rows(w.history, w.pop, w.rep, w.factors, reranker, w.rows, w.labels, cfg) for w in windows]
+    x, y = np.vstack([f[0] for f in fit]), np.concatenate([f[1] for f in fit])
     if y.all() or not y.any():
         return None
-    forest = fit_forest(x, y, iterations=cfg.stage2_iterations, learning_rate=cfg.stage2_learning_rate,
+    forest = fit_forest(x, y, group_size=fit[0][2].shape[1], objective=cfg.stage2_objective,
+                        iterations=cfg.stage2_iterations, learning_rate=cfg.stage2_learning_rate,
                         max_leaf_nodes=cfg.stage2_leaves, min_samples_leaf=cfg.stage2_min_leaf,
                         seed=cfg.random_state)
-    xh, yh, lin, _, cand = _candidate_rows(history, pop, rep, factors, reranker, hold_rows, labels, cfg)
-    m = lin.shape[1]
-    gb = forest.raw(xh).reshape(-1, m)
-    rel = yh.reshape(-1, m)
+    lin, gb, rel, ign = [], [], [], []
+    for w in windows:
+        xh, yh, lin_w, _, cand = _candidate_rows(w.history, w.pop, w.rep, w.factors, reranker, w.hold, w.labels, cfg)
+        m = lin_w.shape[1]
+        lin.append(lin_w)
+        gb.append(forest.raw(xh).reshape(-1, m))
+        rel.append(yh.reshape(-1, m))
+        ignored = w.history.ignored
+        ign.append(np.zeros_like(lin_w) if ignored is None else
+                   np.take_along_axis(ignored[w.hold].toarray(), cand, axis=1))
+    lin, gb, rel, ign = (np.vstack(a) for a in (lin, gb, rel, ign))
     tried = {float(b): blend_precision(lin, gb, rel, float(b), k) for b in cfg.stage2_blends}
     best = max(tried, key=lambda b: (round(tried[b], 12), -b))
     validation = {f"{b:g}": round(p, 6) for b, p in tried.items()}
     weight = 0.0
-    if history.ignored is not None and history.ignored[hold_rows].nnz:
+    if ign.any():
         blended = (1 - best) * lin + best * gb
-        ign = np.take_along_axis(history.ignored[hold_rows].toarray(), cand, axis=1)
         weight, by_weight = choose_ignored_weight(blended, ign, rel, cfg.ignored_weights, k)
         validation |= {f"ignored {w:g}": round(p, 6) for w, p in by_weight.items()}
     return Stage2(forest, best, cfg.stage2_candidates, cfg.stage2_tifu_alpha, validation, weight)

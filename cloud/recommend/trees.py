@@ -1,8 +1,7 @@
 """Gradient-boosted trees of the second re-ranking stage, stored as plain arrays (no pickle).
 
-Fitted with scikit-learn's ``HistGradientBoostingClassifier`` (binary log-loss, the LightGBM-style histogram
-algorithm: Ke et al. 2017, "LightGBM", NeurIPS); its trees are copied into flat NumPy arrays so a saved model
-needs no pickle and scores without scikit-learn's private predictor objects. The raw score (logit) of a row
+Fitted with LightGBM (Ke et al. 2017, "LightGBM", NeurIPS; LambdaMART ranking per customer by default); its
+trees are copied into flat NumPy arrays so a saved model needs no pickle and scores without LightGBM. The raw score (logit) of a row
 ``x`` is ``baseline + Σ_trees value(leaf(x))`` where ``leaf`` follows ``x[feature] <= threshold`` to the left
 (NaN goes where the tree learnt missing values go); leaf values already include the learning rate.
 """
@@ -40,31 +39,42 @@ class Forest:
     baseline: float
 
     @classmethod
-    def from_sklearn(cls, model) -> Forest:
-        """Copy the trees of a fitted binary ``HistGradientBoostingClassifier`` (numerical features only).
+    def from_lightgbm(cls, booster) -> Forest:
+        """Copy the trees of a fitted LightGBM ``Booster`` (one tree per iteration, numerical splits).
+
+        LightGBM folds the initial score into the first tree's leaves (``boost_from_average``), so
+        ``baseline`` is 0 and :meth:`raw` equals ``booster.predict(x, raw_score=True)``.
 
         Raises:
-            ValueError: the model has categorical splits or is not binary.
+            ValueError: the model has categorical splits, zero-as-missing splits or several trees per iteration.
         """
-        if model.n_trees_per_iteration_ != 1:
-            raise ValueError("only binary classifiers are supported")
-        parts, roots, offset = [], [], 0
-        for (predictor,) in model._predictors:
-            nodes = predictor.nodes
-            if nodes["is_categorical"].any():
-                raise ValueError("categorical splits are not supported")
-            leaf = nodes["is_leaf"].astype(bool)
-            parts.append((np.where(leaf, -1, nodes["feature_idx"]).astype(np.int32),
-                          nodes["num_threshold"].astype(np.float64),
-                          np.where(leaf, -1, nodes["left"].astype(np.int64) + offset).astype(np.int32),
-                          np.where(leaf, -1, nodes["right"].astype(np.int64) + offset).astype(np.int32),
-                          nodes["missing_go_to_left"].astype(bool), np.where(leaf, nodes["value"], 0.0)))
-            roots.append(offset)
-            offset += len(nodes)
-        cols = [np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(6)]
-        return cls(cols[0].astype(np.int32), cols[1], cols[2].astype(np.int32), cols[3].astype(np.int32),
-                   cols[4].astype(bool), cols[5], np.array(roots, dtype=np.int32),
-                   float(np.ravel(model._baseline_prediction)[0]))
+        dump = booster.dump_model()
+        if dump.get("num_tree_per_iteration", 1) != 1:
+            raise ValueError("only one tree per iteration (binary or ranking objectives) is supported")
+        feature, threshold, left, right, missing_left, value, roots = [], [], [], [], [], [], []
+
+        def add(node: dict) -> int:
+            at = len(feature)
+            feature.append(-1), threshold.append(0.0), left.append(-1), right.append(-1)
+            missing_left.append(False), value.append(0.0)
+            if "leaf_value" in node:
+                value[at] = float(node["leaf_value"])
+                return at
+            if node["decision_type"] != "<=" or node.get("missing_type") == "Zero":
+                raise ValueError(f"unsupported split {node['decision_type']!r} / missing {node.get('missing_type')!r}")
+            feature[at], threshold[at] = int(node["split_feature"]), float(node["threshold"])
+            # LightGBM sends NaN the default way for missing_type NaN, and treats it as 0.0 for missing_type None
+            missing_left[at] = bool(node["default_left"]) if node.get("missing_type") == "NaN" else \
+                0.0 <= threshold[at]
+            left[at] = add(node["left_child"])
+            right[at] = add(node["right_child"])
+            return at
+
+        for tree in dump["tree_info"]:
+            roots.append(add(tree["tree_structure"]))
+        return cls(np.array(feature, np.int32), np.array(threshold, np.float64), np.array(left, np.int32),
+                   np.array(right, np.int32), np.array(missing_left, bool), np.array(value, np.float64),
+                   np.array(roots, np.int32), 0.0)
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """``(n,)`` float64 raw scores (logits) of the rows of ``x`` ``(n, n_features)``."""
@@ -102,26 +112,41 @@ class Forest:
         return cls(**a, baseline=float(arrays[f"{prefix}baseline"][0]))
 
 
-def fit_forest(x: np.ndarray, y: np.ndarray, *, iterations: int = 100, learning_rate: float = 0.1,
-               max_leaf_nodes: int = 15, min_samples_leaf: int = 100, seed: int = 42) -> Forest:
-    """Fit a binary log-loss boosted forest on ``x`` ``(n, F)`` float, ``y`` ``(n,)`` bool (no early stopping).
+def fit_forest(x: np.ndarray, y: np.ndarray, *, group_size: int | None = None, objective: str = "lambdarank",
+               iterations: int = 100, learning_rate: float = 0.1, max_leaf_nodes: int = 15,
+               min_samples_leaf: int = 100, seed: int = 42) -> Forest:
+    """Fit a boosted forest with LightGBM (Ke et al. 2017, NeurIPS) on ``x`` ``(n, F)`` float, ``y`` ``(n,)`` bool.
 
-    One OpenMP thread: the forest is small (a few seconds) and, on a 2-core box shared with LightFM's and other
-    processes' threads, scikit-learn's OpenMP threads spent most of their time waiting for each other (measured:
-    train 247 s wall for 34 s of CPU under load 11, against 82 s / 20 s without the forest).
+    Args:
+        group_size: with ``objective="lambdarank"``, the rows come in consecutive groups of this many (one
+            customer's candidates each) and the trees learn to order each group (LambdaMART: Burges 2010,
+            "From RankNet to LambdaRank to LambdaMART", MSR-TR-2010-82), NDCG truncated at 20.
+        objective: ``"lambdarank"`` or ``"binary"`` (log-loss over single rows; ``group_size`` unused).
+        iterations, learning_rate, max_leaf_nodes, min_samples_leaf: boosting rounds, shrinkage, leaves per tree,
+            minimum rows per leaf. No early stopping.
+
+    One thread, deterministic: the forest is small (a few seconds) and, on a 2-core box shared with LightFM's and
+    other processes' threads, the boosting threads spent most of their time waiting for each other (measured with
+    scikit-learn's OpenMP trees: train 247 s wall for 34 s of CPU under load 11, against 82 s / 20 s without).
 
     Raises:
-        ValueError: ``y`` holds a single class.
+        ValueError: ``y`` holds a single class, an unknown objective, or ``n`` is not a multiple of ``group_size``.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from threadpoolctl import threadpool_limits
+    import lightgbm
 
     y = np.asarray(y).astype(np.int8)
     if len(np.unique(y)) < 2:
         raise ValueError("the second stage needs both bought and not-bought pairs")
-    model = HistGradientBoostingClassifier(max_iter=iterations, learning_rate=learning_rate,
-                                           max_leaf_nodes=max_leaf_nodes, min_samples_leaf=min_samples_leaf,
-                                           early_stopping=False, random_state=seed)
-    with threadpool_limits(1, "openmp"):
-        model.fit(np.asarray(x, dtype=np.float64), y)
-    return Forest.from_sklearn(model)
+    params = {"objective": objective, "learning_rate": learning_rate, "num_leaves": max_leaf_nodes,
+              "min_data_in_leaf": min_samples_leaf, "seed": seed, "num_threads": 1, "deterministic": True,
+              "force_row_wise": True, "verbose": -1}
+    group = None
+    if objective == "lambdarank":
+        if not group_size or len(y) % group_size:
+            raise ValueError(f"lambdarank needs rows in groups of group_size, got {len(y)} rows, {group_size}")
+        group = np.full(len(y) // group_size, group_size)
+        params |= {"lambdarank_truncation_level": 20, "label_gain": [0, 1]}
+    elif objective != "binary":
+        raise ValueError(f"unknown objective {objective!r} (lambdarank or binary)")
+    data = lightgbm.Dataset(np.asarray(x, dtype=np.float64), y, group=group, free_raw_data=True)
+    return Forest.from_lightgbm(lightgbm.train(params, data, num_boost_round=iterations))

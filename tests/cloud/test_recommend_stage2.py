@@ -32,18 +32,44 @@ def test_forest_arrays_follow_the_splits_and_missing_values() -> None:
     assert again.raw(x).tolist() == f.raw(x).tolist()
 
 
-def test_forest_copied_from_sklearn_scores_like_sklearn() -> None:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+@pytest.mark.parametrize("objective", ["binary", "lambdarank"])
+def test_forest_copied_from_lightgbm_scores_like_lightgbm(objective: str) -> None:
+    import lightgbm
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 3))
     y = (x[:, 0] + 0.5 * x[:, 1] ** 2 + rng.normal(scale=0.5, size=2000)) > 0.5
-    model = HistGradientBoostingClassifier(max_iter=20, max_leaf_nodes=7, early_stopping=False, random_state=0)
-    model.fit(x, y)
+    x[rng.random(2000) < 0.05, 2] = np.nan  # a feature with missing values: NaN follows LightGBM's default side
+    group = np.full(100, 20) if objective == "lambdarank" else None
+    params = {"objective": objective, "num_leaves": 7, "verbose": -1, "num_threads": 1}
+    booster = lightgbm.train(params, lightgbm.Dataset(x, y.astype(int), group=group), num_boost_round=20)
     test = rng.normal(size=(500, 3))
-    assert Forest.from_sklearn(model).raw(test) == pytest.approx(model.decision_function(test), abs=1e-9)
+    test[::7, 2] = np.nan
+    expected = booster.predict(test, raw_score=True)
+    assert Forest.from_lightgbm(booster).raw(test) == pytest.approx(expected, abs=1e-9)
+    ours = fit_forest(x, y, group_size=20, objective=objective, iterations=20, max_leaf_nodes=7, min_samples_leaf=20)
+    assert ours.raw(test) == pytest.approx(expected, abs=1e-9)  # fit_forest is that booster, copied
     with pytest.raises(ValueError, match="both"):
-        fit_forest(x, np.zeros(len(x), bool))
+        fit_forest(x, np.zeros(len(x), bool), group_size=20)
+    with pytest.raises(ValueError, match="groups"):
+        fit_forest(x, y, group_size=3, objective="lambdarank")
+
+
+def test_lambdarank_forest_orders_within_each_customer() -> None:
+    """Two features: f0 is constant within a group (a customer-level level) and predicts how many items the
+    customer buys; f1 orders the items inside a group. A ranking objective must use f1, not f0."""
+    rng = np.random.default_rng(1)
+    groups, size = 300, 10
+    level = np.repeat(rng.normal(size=groups), size)
+    inside = rng.normal(size=groups * size)
+    y = (inside + 2.0 * level + rng.normal(scale=0.3, size=groups * size)) > 1.0
+    x = np.column_stack([level, inside])
+    forest = fit_forest(x, y, group_size=size, objective="lambdarank", iterations=30, max_leaf_nodes=4,
+                        min_samples_leaf=20)
+    used = set(forest.feature[forest.feature >= 0].tolist())
+    assert 1 in used
+    probe = np.column_stack([np.zeros(5), np.linspace(-2, 2, 5)])
+    assert np.all(np.diff(forest.raw(probe)) >= 0) and forest.raw(probe)[-1] > forest.raw(probe)[0]
 
 
 def tiny_history():
