@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, MenuDayparts, Store, utcnow
+from dangol_cloud.models_ops import CustomerOrigin
 from dangol_cloud.mqtt import Message, connect, publish_all
 
 __all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_messages",
@@ -141,6 +142,9 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
     (:func:`dangol_cloud.menu_mapping.translate_picks`); picks of items that are retired, unavailable or not on
     the menu are left out (the edge shows only available items).
     Customers without consent are never published (imported history-only customers have none).
+    A customer enrolled at a door (:class:`~dangol_cloud.models_ops.CustomerOrigin`) gets a menu at that store
+    only: face templates never leave the enrolling box, so no other door can greet them, and other stores'
+    boxes need neither their first name nor their picks; a customer without an origin store goes to every store.
 
     ``dayparts`` carries the customer's picks per day-part (:class:`~dangol_cloud.models.MenuDayparts`, written
     by training when the purchases have times of day), translated and filtered the same way; the door shows
@@ -159,11 +163,13 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
         return [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
                 for p in translate_picks(raw, products) if p["item_id"] in usable]
 
-    query = query.outerjoin(MenuDayparts, MenuDayparts.customer_id == Menu.customer_id)
-    for menu, name, slots in session.execute(query.add_columns(Customer.display_name, MenuDayparts.dayparts)):
+    query = (query.outerjoin(MenuDayparts, MenuDayparts.customer_id == Menu.customer_id)
+             .outerjoin(CustomerOrigin, CustomerOrigin.customer_id == Menu.customer_id))
+    columns = query.add_columns(Customer.display_name, MenuDayparts.dayparts, CustomerOrigin.store_id)
+    for menu, name, slots, home in session.execute(columns):
         picks = menu_picks(menu.picks)
         dayparts = {part: menu_picks(raw) for part, raw in (slots or {}).items() if part in DAYPART_NAMES}
-        for store in stores:
+        for store in stores if home is None else [s for s in stores if s.id == home]:
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
                                  display_name=proto.first_name(name), model_version=menu.model_version,
                                  generated_at=menu.generated_at, items=picks, dayparts=dayparts or None)

@@ -373,7 +373,8 @@ def test_dynsec_config_pins_every_device_to_its_own_client_id_and_store(db, chai
 
 # --- retained menus --------------------------------------------------------------------------------------------
 def test_retained_menus_carry_the_first_name_only(db, chain, broker):
-    """Row 12 (cloud side): every store's box received each regular's full display name."""
+    """Row 12 (cloud side): every store's box received each regular's full display name. Now the menu goes only
+    to the store that enrolled the customer (store A for Mina), with the first name only; store B gets none."""
     from dangol_cloud.models import Menu, ModelVersion
     from dangol_cloud.publishing import publish
 
@@ -385,22 +386,28 @@ def test_retained_menus_carry_the_first_name_only(db, chain, broker):
                    picks=[{"item_id": latte, "score": 1.0, "reasons": []}]))
     with db.transaction() as s:
         report = publish(s, broker.url_as("cloud", CLOUD_PW), catalogue=False)
-    assert report.menus == 2
-    got = []
-    done = threading.Event()
-    box = Device_(broker, chain.user_b, "pw-b", proto.device_client_id(chain.device_b))
+    assert report.menus == 1
 
-    def on_message(client, userdata, msg):
-        got.append(msg.payload)
-        done.set()
+    def retained(user: str, password: str, device: str, store: str) -> list[bytes]:
+        got = []
+        done = threading.Event()
+        box = Device_(broker, user, password, proto.device_client_id(device))
 
-    box.client.on_message = on_message
-    box.client.subscribe(proto.menus_wildcard(chain.store_b), qos=1)
-    try:
-        assert done.wait(5)
-    finally:
-        box.close()
-    assert json.loads(got[0])["display_name"] == "Mina" and b"Park" not in got[0]
+        def on_message(client, userdata, msg):
+            got.append(msg.payload)
+            done.set()
+
+        box.client.on_message = on_message
+        box.client.subscribe(proto.menus_wildcard(store), qos=1)
+        try:
+            done.wait(3)
+        finally:
+            box.close()
+        return got
+
+    (menu,) = retained(chain.user_a, "pw-a", chain.device_a, chain.store_a)
+    assert json.loads(menu)["display_name"] == "Mina" and b"Park" not in menu
+    assert retained(chain.user_b, "pw-b", chain.device_b, chain.store_b) == []
 
 
 def test_time_bounds_are_named_in_the_refusal(db, chain):

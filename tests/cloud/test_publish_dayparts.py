@@ -38,3 +38,23 @@ def test_menus_carry_the_dayparts_filtered_like_the_all_day_picks(db):
     assert [p.item_id for p in menu.picks_at(8)] == [croissant_id]
     assert [p.item_id for p in menu.picks_at(15)] == [latte]
     assert [p.item_id for p in menu.picks_at(12)] == [latte]   # lunch has no slot: the all-day picks
+
+
+def test_a_customer_enrolled_at_one_store_gets_a_menu_there_only(db):
+    """Face templates never leave the store that enrolled them, so only that store's door can greet the
+    customer: the menu (first name, picks) goes there, not to every store of the chain (privacy; retained
+    messages grow with customers, not customers × stores). A customer with no origin store (created on the
+    dashboard, not yet enrolled at a door) still goes to every store."""
+    from dangol_cloud.models_ops import CustomerOrigin
+
+    home, _, mina, _, _ = _seed(db)
+    with db.transaction() as s:
+        other = Store(name="Second café")
+        s.add(other)
+        s.flush()
+        other_id = other.id
+        s.add(CustomerOrigin(customer_id=mina, store_id=home, device_id=None))
+    assert [(str(m.store_id), str(m.customer_id)) for m in _menus(db)] == [(home, mina)]
+    with db.transaction() as s:  # the enrolling store is removed: the origin's store is gone (SET NULL)
+        s.get(CustomerOrigin, mina).store_id = None
+    assert sorted(str(m.store_id) for m in _menus(db)) == sorted([home, other_id])
