@@ -2,14 +2,15 @@
 """A chain at scale (run by hand, not by pytest): PostgreSQL + Mosquitto with many stores and customers.
 
     python bench/bench_chain.py                                  # modest: 20 stores x 2,000 customers (~1-2 min)
-    python bench/bench_chain.py --stores 200 --customers 100000  # the issue's chain: 20 million menus
+    python bench/bench_chain.py --stores 200 --customers 100000  # the issue's chain: 100,000 menus
+    python bench/bench_chain.py --not-enrolled                   # every menu to every store (stores x customers)
 
 What it does, all real: creates a throwaway PostgreSQL database (``--postgres``, trust auth; dropped at the end
 unless ``--keep``), migrates it, bulk-inserts the stores, consenting customers (names encrypted as in
-production), a menu of ``--items`` items and one menu of ``--picks`` picks per customer (core SQL, batches of
+production; each enrolled at one store, round robin, unless ``--not-enrolled``), a menu of ``--items`` items and one menu of ``--picks`` picks per customer (core SQL, batches of
 10,000); starts its own ``mosquitto`` on a free port (anonymous, no persistence: the broker keeps retained
 messages in memory); then times :func:`dangol_cloud.publishing.publish` — the retained ``catalogue/1`` of every
-store and the retained ``menu/1`` of every customer for every store, QoS 1, as ``dangol-cloud publish`` does.
+store and the retained ``menu/1`` of every customer at the store that enrolled them (every store with ``--not-enrolled``), QoS 1, as ``dangol-cloud publish`` does.
 
 Prints: rows inserted and seconds, publish seconds and messages per second, the broker's resident memory
 (VmRSS from /proc) before and after, memory per retained message, the retained messages a store's box receives
@@ -102,19 +103,24 @@ def drop_database(admin_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def fill(db, n_stores: int, n_customers: int, n_items: int, n_picks: int, batch: int = 10_000) -> dict[str, float]:
-    """Bulk-insert stores, items, one model version, consenting customers and their menus; seconds per table."""
+def fill(db, n_stores: int, n_customers: int, n_items: int, n_picks: int, enrolled: bool = True,
+         batch: int = 10_000) -> dict[str, float]:
+    """Bulk-insert stores, items, one model version, consenting customers and their menus; seconds per table.
+    With ``enrolled`` each customer was enrolled at one store (round robin, a ``customer_origins`` row), so
+    :func:`~dangol_cloud.publishing.publish` sends the menu there only; without, to every store."""
     from sqlalchemy import insert
 
     from dangol_cloud.models import CatalogueItem, Customer, Menu, ModelVersion, Store
+    from dangol_cloud.models_ops import CustomerOrigin
 
     now = datetime.now(UTC)
     seconds = {}
     items = [str(uuid.uuid4()) for _ in range(n_items)]
     t0 = time.perf_counter()
+    stores = [str(uuid.uuid4()) for _ in range(n_stores)]
     with db.transaction() as s:
-        s.execute(insert(Store), [{"id": str(uuid.uuid4()), "name": f"store {k:04d}", "ref": f"S{k:04d}",
-                                   "created_at": now} for k in range(n_stores)])
+        s.execute(insert(Store), [{"id": store, "name": f"store {k:04d}", "ref": f"S{k:04d}", "created_at": now}
+                                  for k, store in enumerate(stores)])
         s.execute(insert(CatalogueItem), [{"id": i, "ref": f"I{k:04d}", "name": f"item {k}", "category": f"c{k % 8}",
                                            "price": 3.5, "description": "", "tags": [], "available": True,
                                            "retired": False, "created_at": now, "updated_at": now}
@@ -129,6 +135,10 @@ def fill(db, n_stores: int, n_customers: int, n_items: int, n_picks: int, batch:
                                           "source": "dashboard", "consent_by": "bench", "consent_at": now,
                                           "consent_text_version": "1", "created_at": now}
                                          for k, c in enumerate(ids[start:start + batch])])
+            if enrolled:
+                s.execute(insert(CustomerOrigin), [{"customer_id": c, "store_id": stores[(start + k) % n_stores],
+                                                    "device_id": None, "created_at": now}
+                                                   for k, c in enumerate(ids[start:start + batch])])
     seconds["customers"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for start in range(0, n_customers, batch):
@@ -184,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project-stores", type=int, default=200)
     ap.add_argument("--project-customers", type=int, default=100_000)
     ap.add_argument("--keep", action="store_true", help="keep the throwaway database")
+    ap.add_argument("--not-enrolled", action="store_true",
+                    help="customers without an enrolling store: every store gets every menu (stores x customers)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -207,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         db.migrate()
         out.print(f"migrated in {time.perf_counter() - t0:.1f} s")
-        for table, sec in fill(db, args.stores, args.customers, args.items, args.picks).items():
+        for table, sec in fill(db, args.stores, args.customers, args.items, args.picks,
+                                not args.not_enrolled).items():
             out.print(f"insert {table:<15} {sec:7.1f} s")
         with db.sessions() as s:
             sample_store = s.query(Store).order_by(Store.name).first().id
@@ -234,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       proto.catalogue_topic(sample_store)])
             out.print(f"a store's box subscribing: {count:,} retained messages ({size / 1e6:.1f} MB) in "
                       f"{time.perf_counter() - t0 - 2.0:.1f} s (store {sample_store})")
-            total = args.project_stores * (args.project_customers + 1)
+            total = args.project_customers + args.project_stores if not args.not_enrolled else \
+                args.project_stores * (args.project_customers + 1)
             out.print(f"projection to {args.project_stores} stores x {args.project_customers:,} customers: "
                       f"{total:,} retained messages, ~{total * per / 1024 ** 3:.1f} GiB of broker memory, "
                       f"~{total / (messages / seconds) / 60:.0f} min to publish at this rate")
