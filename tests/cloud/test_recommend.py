@@ -264,3 +264,19 @@ def test_hybrid_beats_own_frequency_on_held_out_month(ta_feng) -> None:
     assert report.row("popularity")["precision@10"] < own["precision@10"]
     assert 0 < report.row("LightFM alone")["precision@10"] < ours["precision@10"]
     assert "Dangol (hybrid)" in report.to_markdown() and "precision@10" in report.to_table()
+
+
+def test_label_windows_step_back_and_pool_into_one_second_stage(small) -> None:
+    """``rerank_windows`` label windows, each ``rerank_window_stride_days`` before the next; the re-ranker and the
+    forest are fitted on their pooled pairs and the blend chosen on their pooled held-out customers."""
+    from dangol_cloud.recommend.fit import label_window_starts
+
+    cfg = RecommenderConfig(rerank_window_days=28, rerank_windows=3, rerank_window_stride_days=14)
+    assert label_window_starts(100, cfg) == [72, 58, 44]
+    assert label_window_starts(100, RecommenderConfig()) == [72]
+    one = small["model"]
+    two = train(small["interactions"], small["items"], config=replace(SMALL, rerank_windows=2))
+    assert two.reranker.n_customers > one.reranker.n_customers  # the earlier window's customers were added
+    assert two.stage2 is not None and set(two.stage2.validation) >= {"0", "1"}
+    picks = two.recommend(list(two.customers[:50]), n=10)
+    assert all(len(p) == 10 for p in picks.values())
