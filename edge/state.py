@@ -72,6 +72,9 @@ class StateStore(SQLiteFile):
         self.cipher = cipher
         self._no_key_logged = False
         self._catalogue: Catalogue | None = None  # the parsed cached catalogue (one per version)
+        self._unreadable_version: int | None = None  # the cached version that did not parse (reported once)
+        #: cached catalogue versions that could not be read (each logged once; the next catalogue replaces it)
+        self.catalogue_read_errors = 0
 
     def open(self) -> "StateStore":
         """Open or create the file (WAL, mode 0600); seals names left in clear by an older version.
@@ -159,19 +162,24 @@ class StateStore(SQLiteFile):
 
     def catalogue(self) -> Catalogue | None:
         """The cached :class:`dangol_protocol.Catalogue`, or None before the first one arrives (or if the
-        cached row cannot be read as one: logged). Parsed once per version (the screen asks every second)."""
+        cached row cannot be read as one: logged once per version and counted in :attr:`catalogue_read_errors`).
+        Parsed once per version (the screen asks every second)."""
         with self._lock:
             row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
             if row is None:
                 return None
             if self._catalogue is not None and self._catalogue.version == row[0]:
                 return self._catalogue
+            if self._unreadable_version == row[0]:
+                return None
             text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
             try:
                 self._catalogue = Catalogue.model_validate_json(text)
             except ValidationError as exc:
-                log.error("the cached catalogue in %s cannot be read (%s); waiting for the next one",
-                          self.path, exc.errors()[0].get("msg"))
+                self._unreadable_version = row[0]
+                self.catalogue_read_errors += 1
+                log.error("the cached catalogue (version %s) in %s cannot be read (%s); waiting for the next one",
+                          row[0], self.path, exc.errors()[0].get("msg"))
                 return None
             return self._catalogue
 

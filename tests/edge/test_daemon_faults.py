@@ -97,3 +97,26 @@ def test_retention_is_capped_by_bipa():
 
     with pytest.raises(ConfigError, match="privacy.retention_days"):
         load_config(privacy={"retention_days": 4 * 365})
+
+
+def test_an_unreadable_cached_catalogue_is_logged_once_and_counted(tmp_path, caplog):
+    """The screen asks for the catalogue every second: a cached row that no longer parses (an older version's
+    file, a disk fault) must be reported once per version and counted, not logged every second."""
+    import logging
+
+    from dangol_edge.state import StateStore
+
+    st = StateStore(tmp_path / "state.sqlite").open()
+    st.put_catalogue(catalogue_payload())
+    st.close()
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        db.execute("UPDATE catalogue SET payload = ?", ['{"schema": "catalogue/1", "items": "no"}'])
+    st = StateStore(tmp_path / "state.sqlite").open()
+    with caplog.at_level(logging.ERROR, logger="dangol_edge.state"):
+        assert [st.catalogue() for _ in range(5)] == [None] * 5
+    errors = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(errors) == 1 and "state.sqlite" in errors[0].getMessage()
+    assert st.catalogue_read_errors == 1
+    st.put_catalogue(catalogue_payload(version=2))  # the next one heals it
+    assert st.catalogue() is not None and st.catalogue_read_errors == 1
+    st.close()
