@@ -19,9 +19,9 @@ from .baselines import Baskets, TifuKnn
 from .config import RecommenderConfig
 from .data import clean_interactions, clean_items
 from .dayparts import DayPartProfile
-from .factors import factors_of, fit_lightfm
+from .factors import Factors, factors_of, fit_lightfm
 from .features import customer_feature_matrix, item_feature_matrix
-from .history import PopularityTable, build_history, decayed_counts, pair_values
+from .history import History, PopularityTable, build_history, decayed_counts, pair_values
 from .model import _BATCH, Recommender
 from .rerank import Reranker, item_statistics, pair_features, sample_pairs
 from .scoring import Stage2
@@ -45,11 +45,11 @@ class LabelWindow:
     held-out part ``hold`` (int64 customer indices), ``labels`` ``(n_customers, n_items)`` CSR."""
 
     start: int
-    history: object
+    history: History
     pop: np.ndarray
     rep: np.ndarray
-    factors: object
-    lightfm: object
+    factors: Factors
+    lightfm: object  # lightfm.LightFM, continued by the final fit (warm start)
     rows: np.ndarray
     hold: np.ndarray
     labels: sp.csr_matrix
