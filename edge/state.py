@@ -140,7 +140,9 @@ class StateStore(SQLiteFile):
 
     # --- catalogue ---------------------------------------------------------------------------------
     def put_catalogue(self, catalogue: Catalogue | Mapping[str, Any]) -> bool:
-        """Store a ``catalogue/1`` snapshot if it is newer than the cached one; returns True if stored.
+        """Store a ``catalogue/1`` snapshot if it is newer than the cached one, or if the cached one cannot be
+        read (any version then replaces it: the cloud re-publishing the same version heals a damaged cache);
+        returns True if stored.
 
         Args:
             catalogue: the protocol object (from :func:`dangol_protocol.parse_payload`) or a payload dict,
@@ -152,12 +154,25 @@ class StateStore(SQLiteFile):
         cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.model_validate(catalogue)
         with self._lock:
             row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-            if row and row[0] >= cat.version:
+            if row and row[0] >= cat.version and self._cached_catalogue_readable():
                 return False
             self.db["catalogue"].upsert({"id": 1, "version": cat.version,
                                          "payload": cat.model_dump_json(by_alias=True),
                                          "received_at": self._now()}, pk="id")
             self._catalogue = cat
+        return True
+
+    def _cached_catalogue_readable(self) -> bool:
+        """Whether the cached row parses as a catalogue (caller holds the lock; a row exists)."""
+        if self._catalogue is not None:
+            row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
+            if row and self._catalogue.version == row[0]:
+                return True
+        text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
+        try:
+            Catalogue.model_validate_json(text)
+        except ValidationError:
+            return False
         return True
 
     def catalogue(self) -> Catalogue | None:

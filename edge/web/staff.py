@@ -16,6 +16,7 @@ from dangol_protocol import Consent
 from ..gallery import Customer, UnknownCustomer
 from .deps import deps
 from .formatting import ago
+from .menu import read_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
     signup = {"available": d.on_signup is not None,
               "capturing": snap.get("screen") == "enrol" and snap.get("stage") == "capturing",
               "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0)}
+    catalogue_unreadable = read_catalogue(d) is None and d.state.catalogue_read_errors > 0
     return render_template("staff.html", pending=pending, active=active, errors=errors or {},
+                           catalogue_unreadable=catalogue_unreadable,
                            values=values or {}, text_version=d.text_version, pin=d.pin is not None, signup=signup,
                            staff_name=session.get("staff_name", ""),
                            exposed=d.config.display.host not in ("127.0.0.1", "localhost", "::1")), status

@@ -369,3 +369,20 @@ def test_wrong_pins_lock_the_sign_in(site):
     r = client.post("/staff/login", data={"pin": PIN})
     assert r.status_code == 429 and "Too many wrong PINs" in r.get_data(as_text=True)
     assert client.get("/staff").status_code == 302
+
+
+def test_staff_page_says_when_the_cached_catalogue_cannot_be_read(site, phone):
+    """A cached catalogue that no longer parses leaves the door without a menu: the staff page says so and what
+    to do, until the cloud's next catalogue replaces it."""
+    import sqlite3
+
+    state = site["state"]
+    with sqlite3.connect(site["config"].state_path) as db:
+        db.execute("UPDATE catalogue SET version = 50, payload = ?", ['{"schema": "catalogue/1", "items": 7}'])
+    sign_in(phone, site)
+    notice = phone.locator("#catalogue-unreadable")
+    assert "cannot be read" in notice.inner_text() and "publish" in notice.inner_text()
+    assert state.catalogue_read_errors == 1
+    state.put_catalogue(catalogue(51))
+    phone.goto(site["server"].url + "/staff")
+    assert phone.locator("#catalogue-unreadable").count() == 0
