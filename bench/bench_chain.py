@@ -6,11 +6,13 @@
     python bench/bench_chain.py --not-enrolled                   # every menu to every store (stores x customers)
 
 What it does, all real: creates a throwaway PostgreSQL database (``--postgres``, trust auth; dropped at the end
-unless ``--keep``), migrates it, bulk-inserts the stores, consenting customers (names encrypted as in
-production; each enrolled at one store, round robin, unless ``--not-enrolled``), a menu of ``--items`` items and one menu of ``--picks`` picks per customer (core SQL, batches of
-10,000); starts its own ``mosquitto`` on a free port (anonymous, no persistence: the broker keeps retained
-messages in memory); then times :func:`dangol_cloud.publishing.publish` — the retained ``catalogue/1`` of every
-store and the retained ``menu/1`` of every customer at the store that enrolled them (every store with ``--not-enrolled``), QoS 1, as ``dangol-cloud publish`` does.
+unless ``--keep``), migrates it, bulk-inserts the stores, consenting customers (names encrypted as in production;
+each enrolled at one store, round robin, unless ``--not-enrolled``), a menu of ``--items`` items and one menu of
+``--picks`` picks per customer (core SQL, batches of 10,000); starts its own ``mosquitto`` on a free port
+(anonymous, no persistence: the broker keeps retained messages in memory); then times
+:func:`dangol_cloud.publishing.publish` — the retained ``catalogue/1`` of every store and the retained ``menu/1``
+of every customer at the store that enrolled them (every store with ``--not-enrolled``), QoS 1, as ``dangol-cloud
+publish`` does.
 
 Prints: rows inserted and seconds, publish seconds and messages per second, the broker's resident memory
 (VmRSS from /proc) before and after, memory per retained message, the retained messages a store's box receives

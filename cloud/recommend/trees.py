@@ -1,9 +1,9 @@
 """Gradient-boosted trees of the second re-ranking stage, stored as plain arrays (no pickle).
 
-Fitted with LightGBM (Ke et al. 2017, "LightGBM", NeurIPS; LambdaMART ranking per customer by default); its
-trees are copied into flat NumPy arrays so a saved model needs no pickle and scores without LightGBM. The raw
-score (logit) of a row ``x`` is ``baseline + Σ_trees value(leaf(x))`` where ``leaf`` follows ``x[feature] <= threshold`` to the left
-(NaN goes where the tree learnt missing values go); leaf values already include the learning rate.
+Fitted with LightGBM (Ke et al. 2017, "LightGBM", NeurIPS; LambdaMART ranking per customer by default); its trees
+are copied into flat NumPy arrays so a saved model needs no pickle and scores without LightGBM. The raw score
+(logit) of a row ``x`` is ``baseline + Σ_trees value(leaf(x))`` where ``leaf`` follows ``x[feature] <= threshold``
+to the left (NaN goes where the tree learnt missing values go); leaf values already include the learning rate.
 """
 
 from __future__ import annotations
