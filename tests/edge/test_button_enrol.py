@@ -51,6 +51,8 @@ def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, 
         pending = app.gallery.customers(status="pending")[0]
         assert pending.id not in before and pending.templates == cfg.enrol.templates
         assert pending.consent is None and len(pending.short_code) == 4
+        # the enrolment thread stores the customer, then switches the screen: wait for the second step too
+        assert wait_for(lambda: app.screen.snapshot().get("stage") == "pending", timeout=5)
         snap = app.screen.snapshot()
         assert snap["screen"] == "enrol" and snap["stage"] == "pending" and snap["code"] == pending.short_code
         led = factory.pin(27)
