@@ -166,10 +166,11 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
     query = (query.outerjoin(MenuDayparts, MenuDayparts.customer_id == Menu.customer_id)
              .outerjoin(CustomerOrigin, CustomerOrigin.customer_id == Menu.customer_id))
     columns = query.add_columns(Customer.display_name, MenuDayparts.dayparts, CustomerOrigin.store_id)
+    by_id = {store.id: [store] for store in stores}
     for menu, name, slots, home in session.execute(columns):
         picks = menu_picks(menu.picks)
         dayparts = {part: menu_picks(raw) for part, raw in (slots or {}).items() if part in DAYPART_NAMES}
-        for store in stores if home is None else [s for s in stores if s.id == home]:
+        for store in stores if home is None else by_id.get(home, []):
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
                                  display_name=proto.first_name(name), model_version=menu.model_version,
                                  generated_at=menu.generated_at, items=picks, dayparts=dayparts or None)

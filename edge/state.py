@@ -154,7 +154,7 @@ class StateStore(SQLiteFile):
         cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.model_validate(catalogue)
         with self._lock:
             row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-            if row and row[0] >= cat.version and self._cached_catalogue_readable():
+            if row and row[0] >= cat.version and self._cached_catalogue() is not None:
                 return False
             self.db["catalogue"].upsert({"id": 1, "version": cat.version,
                                          "payload": cat.model_dump_json(by_alias=True),
@@ -162,41 +162,32 @@ class StateStore(SQLiteFile):
             self._catalogue = cat
         return True
 
-    def _cached_catalogue_readable(self) -> bool:
-        """Whether the cached row parses as a catalogue (caller holds the lock; a row exists)."""
-        if self._catalogue is not None:
-            row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-            if row and self._catalogue.version == row[0]:
-                return True
-        text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
-        try:
-            Catalogue.model_validate_json(text)
-        except ValidationError:
-            return False
-        return True
-
     def catalogue(self) -> Catalogue | None:
         """The cached :class:`dangol_protocol.Catalogue`, or None before the first one arrives (or if the
         cached row cannot be read as one: logged once per version and counted in :attr:`catalogue_read_errors`).
         Parsed once per version (the screen asks every second)."""
         with self._lock:
-            row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-            if row is None:
-                return None
-            if self._catalogue is not None and self._catalogue.version == row[0]:
-                return self._catalogue
-            if self._unreadable_version == row[0]:
-                return None
-            text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
-            try:
-                self._catalogue = Catalogue.model_validate_json(text)
-            except ValidationError as exc:
-                self._unreadable_version = row[0]
-                self.catalogue_read_errors += 1
-                log.error("the cached catalogue (version %s) in %s cannot be read (%s); waiting for the next one",
-                          row[0], self.path, exc.errors()[0].get("msg"))
-                return None
+            return self._cached_catalogue()
+
+    def _cached_catalogue(self) -> Catalogue | None:
+        """:meth:`catalogue` with the lock held."""
+        row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        if self._catalogue is not None and self._catalogue.version == row[0]:
             return self._catalogue
+        if self._unreadable_version == row[0]:
+            return None
+        text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
+        try:
+            self._catalogue = Catalogue.model_validate_json(text)
+        except ValidationError as exc:
+            self._unreadable_version = row[0]
+            self.catalogue_read_errors += 1
+            log.error("the cached catalogue (version %s) in %s cannot be read (%s); waiting for the next one",
+                      row[0], self.path, exc.errors()[0].get("msg"))
+            return None
+        return self._catalogue
 
     # --- menus -------------------------------------------------------------------------------------
     def put_menu(self, menu: Menu | Mapping[str, Any]) -> bool:

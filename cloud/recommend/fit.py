@@ -130,7 +130,7 @@ def _fit_reranker(u, i, day, shape, end_day, item_x, user_x, categories, cfg: Re
     pairs = [_window_pairs(w, cfg, rng) for w in windows]
     x, y, pw = (np.concatenate(parts) for parts in zip(*pairs))
     reranker = Reranker.fit(x, y, pw, sum(len(w.rows) for w in windows))
-    stage2 = fit_stage2(windows, reranker, cfg) if all(len(w.hold) for w in windows) else None
+    stage2 = fit_stage2(windows, reranker, cfg)  # None without held-out customers (or with cfg.stage2 off)
     return reranker, windows[0].lightfm, stage2
 
 
