@@ -3,7 +3,8 @@
 ``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to
 :class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``) —pool full→ ``pending`` (stored unsearchable with a
 short code; a ``pending`` enrolment event goes to the cloud) or —``enrol.max_frames`` without a good face→
-``failed``; the button's long press or the staff page's "Cancel" (``cancel``) returns to idle from
+``failed``, or ``not-saved`` when the gallery cannot be written (disk full: the sign-up ends, health reports
+the storage, nothing half-written stays); the button's long press or the staff page's "Cancel" (``cancel``) returns to idle from
 ``capturing``. Steps run on the
 recognition thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 from collections.abc import Callable
 
 from ..config import EdgeConfig
@@ -33,16 +35,19 @@ class ButtonEnrolment:
         screen: shows progress and the short code.
         events, outbox: the ``pending`` enrolment event.
         button: the :class:`~dangol_edge.buttons.EnrolButton` (its LED), or None.
+        stats: the daemon's :class:`~dangol_edge.workers.base.Stats`, whose ``storage`` this worker sets when the
+            gallery or the outbox cannot be written (None: only logged, e.g. in a bench).
     """
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, screen: Screen, events: EventFactory, outbox: Outbox,
-                 button=None):
+                 button=None, stats=None):
         self.config = config
         self.gallery = gallery
         self.screen = screen
         self.events = events
         self.outbox = outbox
         self.button = button
+        self.stats = stats
         self.requests: queue.Queue[str] = queue.Queue(maxsize=16)
         self.requests_dropped = 0  # requests refused because the queue was full
         self._collector: SampleCollector | None = None
@@ -100,6 +105,10 @@ class ButtonEnrolment:
         if self.button:
             self.button.done()
 
+    def _storage(self, state: str) -> None:
+        if self.stats is not None:
+            self.stats.storage = state
+
     def step(self, frame: Frame, pipeline) -> None:
         """Offer one frame (``pipeline``: the recognizer's :class:`~dangol_edge.faces.FacePipeline`)."""
         col, cfg = self._collector, self.config.enrol
@@ -109,13 +118,21 @@ class ButtonEnrolment:
             if col.offer(faces[0] if faces else None, frame.index):
                 self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
         if col.full:
-            c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
-                       pending_ttl_s=cfg.pending_ttl_h * 3600)
+            try:  # one transaction: the customer and all its templates, or nothing
+                c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
+                           pending_ttl_s=cfg.pending_ttl_h * 3600)
+            except sqlite3.OperationalError as exc:  # disk full / read-only medium
+                self._storage("full" if "full" in str(exc) else "error")
+                self._finish("not-saved", seconds=10)
+                log.error("sign-up not saved: the gallery cannot be written (%s)", exc)
+                return
             self._finish("pending", c.short_code, seconds=60)
             log.info("pending customer %s (code %s)", c.id, c.short_code)
             try:
                 self.outbox.send(self.events.pending(c.id, c.short_code))
-            except EventNotSaved as exc:
+                self._storage("ok")
+            except EventNotSaved as exc:  # held by the outbox and retried; the customer is stored
+                self._storage("error")
                 log.error("%s", exc)
         elif self._frames >= cfg.max_frames:
             self._finish("failed", seconds=5)

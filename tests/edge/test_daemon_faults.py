@@ -121,3 +121,41 @@ def test_an_unreadable_cached_catalogue_is_logged_once_and_counted(tmp_path, cap
     assert st.catalogue() is not None and st.catalogue_read_errors == 1
     assert not st.put_catalogue(catalogue_payload(version=1))  # a readable copy is not replaced by the same
     st.close()
+
+
+def test_a_sign_up_on_a_full_disk_fails_cleanly_and_reports_it(home, model_path, clips, browser):  # noqa: F811
+    """Staff start a sign-up while the medium is full: the screen says it could not be saved (not "capturing"
+    for ever), health reports the storage, nothing half-written stays in the gallery, recognition stays alive."""
+    cfg = config(home, model_path, clips)
+    app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
+    app.start()
+    try:
+        for db in (app.state.db, app.gallery.db):
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for i in range(100_000):
+                app.state.enqueue(f"filler-{i}", "filler", "x" * 64)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for i in range(100_000):
+                with app.gallery._lock, app.gallery.db.conn:  # every free byte of the gallery's pages used up
+                    app.gallery.db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [f"filler-{i}", "x" * 64])
+        before = {c.id for c in app.gallery.customers(status=None)}
+        page = browser.new_page()  # the kiosk, live: the customer is told, not left looking at the camera
+        page.goto(app.web.url.rstrip("/") + "/")
+        page.wait_for_function("document.body.dataset.live === '1'")
+        assert app.enrolment.ask("enrol", source="test")
+        heading = page.wait_for_selector("section.enrol.stage-not-saved h1", timeout=90_000)
+        assert "couldn't save your sign-up" in heading.inner_text()
+        page.close()
+        assert app.health().storage == "full"
+        assert {c.id for c in app.gallery.customers(status=None)} == before
+        assert not app.enrolment.active
+        n = app.stats.frames_processed
+        assert wait_for(lambda: app.stats.frames_processed > n + 3, timeout=30)  # recognising again
+        assert app.stats.recognition == "ok"
+    finally:
+        app.stop()
+    con = sqlite3.connect(home / "gallery.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
