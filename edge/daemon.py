@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import uuid
 
@@ -212,7 +213,8 @@ class Appliance:
         return done
 
     def health(self):
-        """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth, recognition)."""
+        """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth, storage, frame counters,
+        recognition, and whether the cached catalogue is readable)."""
         from dangol_protocol import Health
         from dangol_protocol.models import MAX_FPS
 
@@ -221,4 +223,16 @@ class Appliance:
                       fps=round(min(st.fps, MAX_FPS), 2), gallery_size=self.gallery.size,
                       queue_depth=self.state.outbox_depth() + (self.outbox.held if self.outbox else 0),
                       storage=st.storage, frames_captured=st.frames_captured, frames_dropped=st.frames_dropped,
-                      recognition=st.recognition)
+                      recognition=st.recognition, catalogue=self._catalogue_health())
+
+    def _catalogue_health(self) -> str | None:
+        """``unreadable`` while the cached catalogue cannot be parsed, ``ok`` once one is, None before any."""
+        try:
+            cat = self.state.catalogue()
+        except sqlite3.Error as exc:  # the database itself failed: reported as storage, not as the catalogue
+            self.stats.storage = "error"
+            log.error("health: cannot read the edge database (%s)", exc)
+            return None
+        if cat is not None:
+            return "ok"
+        return "unreadable" if self.state.catalogue_read_errors else None

@@ -233,7 +233,7 @@ EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
 class Health(_Model):
     """Device health: camera state, frames per second processed, templates in the gallery, outbox depth;
     optionally ``storage`` (``full`` when the edge cannot write its database: disk full) and the frame
-    counters ``frames_captured``/``frames_dropped`` since start. Bounded: ``fps`` ≤ :data:`MAX_FPS`, counters
+    counters ``frames_captured``/``frames_dropped`` since start, ``recognition`` and ``catalogue``. Bounded: ``fps`` ≤ :data:`MAX_FPS`, counters
     ≤ :data:`MAX_COUNT` (a value beyond is a validation error, never stored or shown)."""
 
     camera: Literal["ok", "missing", "error"]
@@ -245,6 +245,10 @@ class Health(_Model):
     frames_dropped: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
     #: ``failing`` once recognition failed on several frames in a row (the edge's watchdog then starves)
     recognition: Literal["ok", "failing"] | None = None
+    #: ``unreadable`` while the cached catalogue cannot be parsed (the door shows no house menu until the next
+    #: catalogue arrives); optional, so a cloud reads older devices' health unchanged. Upgrade the cloud first:
+    #: an older cloud refuses a status carrying it (extra fields are forbidden).
+    catalogue: Literal["ok", "unreadable"] | None = None
 
 
 class Status(_Model):

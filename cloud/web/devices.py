@@ -26,7 +26,7 @@ from dangol_cloud.web.scope import store_filter
 from dangol_cloud.web.stores import bp
 
 __all__ = ["BROKER_CHECK_TIMEOUT_S", "BROKER_CHECK_TTL_S", "ONLINE_WITHIN_S", "BrokerCheck", "broker_check",
-           "device_mqtt_url", "presence"]
+           "device_mqtt_url", "health_warnings", "presence"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,41 @@ def presence(state: str | None, status_at: datetime | None, last_event_at: datet
     else:
         kind, label = "silent", "not heard from"
     return {"state": kind, "label": label, "last_seen": seen.isoformat() if seen else None, "seconds": ago}
+
+
+#: A device dropping more than this share of its captured frames (after at least :data:`DROP_MIN_FRAMES`) is
+#: flagged: recognition cannot keep up with the camera, so faces at the door are missed.
+DROP_WARN_SHARE = 0.10
+DROP_MIN_FRAMES = 100
+#: More events than this waiting on a device means it has not reached the broker for a while.
+QUEUE_WARN = 100
+
+
+@bp.app_template_filter("health_warnings")
+def health_warnings(health: dict | None) -> list[tuple[str, str]]:
+    """What an owner should act on in a device's last health report (a stored :class:`dangol_protocol.Health`
+    dict; keys an older device did not send are skipped), as ``[(level, text), ...]`` with level ``"bad"``
+    (the door is not working as it should) or ``"warn"``; empty when all is well or there is no report."""
+    if not health:
+        return []
+    out: list[tuple[str, str]] = []
+    camera = health.get("camera")
+    if camera in ("missing", "error"):
+        out.append(("bad", f"camera {camera}"))
+    if health.get("storage") == "full":
+        out.append(("bad", "storage full — events are held on the device"))
+    elif health.get("storage") == "error":
+        out.append(("bad", "cannot write its storage"))
+    if health.get("recognition") == "failing":
+        out.append(("bad", "recognition failing"))
+    if health.get("catalogue") == "unreadable":
+        out.append(("warn", "cached menu unreadable — publish the menu again"))
+    captured, dropped = health.get("frames_captured") or 0, health.get("frames_dropped") or 0
+    if captured >= DROP_MIN_FRAMES and dropped / captured > DROP_WARN_SHARE:
+        out.append(("warn", f"drops {100 * dropped / captured:.0f} % of camera frames"))
+    if (health.get("queue_depth") or 0) > QUEUE_WARN:
+        out.append(("warn", f"{health['queue_depth']} events waiting to be sent"))
+    return out
 
 
 def _ago(seconds: float | None) -> str:

@@ -190,6 +190,33 @@ def test_view_a_customers_picks(page, site):
     shot(page, "09-stores")
 
 
+def test_stores_and_today_pages_flag_a_device_in_trouble(page, site):
+    """A door device that reports a full disk, failing recognition, dropped frames and an unreadable menu cache:
+    the owner sees each problem on the Stores page and on Today, not just numbers."""
+    from dangol_cloud.models import Device
+
+    health = proto.Health(camera="ok", fps=2.5, gallery_size=4, queue_depth=7, storage="full",
+                          frames_captured=400, frames_dropped=120, recognition="failing",
+                          catalogue="unreadable").model_dump(mode="json")
+    with site["db"].transaction() as s:
+        device = s.scalars(select(Device).where(Device.store_id == site["store"])).first()
+        before = device.state, device.health
+        device.state, device.health = "online", health
+    try:
+        sign_in(page, site)
+        page.wait_for_url(site["base"] + "/")
+        for url in ("/stores/", "/"):
+            page.goto(site["base"] + url)
+            pills = page.locator("[data-health-warning]").all_inner_texts()
+            assert pills == ["storage full — events are held on the device", "recognition failing",
+                             "cached menu unreadable — publish the menu again", "drops 30 % of camera frames"], url
+            assert page.locator("[data-health-warning].bad").count() == 2
+    finally:
+        with site["db"].transaction() as s:
+            device = s.scalars(select(Device).where(Device.store_id == site["store"])).first()
+            device.state, device.health = before
+
+
 def test_form_without_csrf_token_is_refused(page, site):
     sign_in(page, site)
     page.wait_for_url(site["base"] + "/")

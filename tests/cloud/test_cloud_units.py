@@ -141,3 +141,27 @@ def test_owner_creates_store_and_device_with_one_time_credentials(db, settings):
                        data={"csrf_token": token, "confirm": "yes"}).status_code == 302
     with db.sessions() as s:
         assert s.get(Device, device.id) is None
+
+
+def test_health_warnings_name_what_the_owner_should_act_on():
+    import dangol_protocol as proto
+    from dangol_cloud.web.devices import health_warnings
+
+    def report(**kw):  # a health report as the listener stores it: validated by the protocol model first
+        return proto.Health(**{"camera": "ok", "fps": 8.0, "gallery_size": 3, "queue_depth": 0, **kw}
+                            ).model_dump(mode="json")
+
+    assert health_warnings(None) == [] and health_warnings(report()) == []
+    assert health_warnings({"camera": "ok", "fps": 8.0, "gallery_size": 3, "queue_depth": 0}) == []  # older device
+    assert health_warnings(report(camera="missing", storage="full", recognition="failing")) == [
+        ("bad", "camera missing"), ("bad", "storage full — events are held on the device"),
+        ("bad", "recognition failing")]
+    assert health_warnings(report(catalogue="unreadable")) == [
+        ("warn", "cached menu unreadable — publish the menu again")]
+    # 25 of 100 frames dropped is flagged; 10 % is not; a device that just started (40 frames) is not judged yet
+    assert health_warnings(report(frames_captured=100, frames_dropped=25)) == [
+        ("warn", "drops 25 % of camera frames")]
+    assert health_warnings(report(frames_captured=1000, frames_dropped=100)) == []
+    assert health_warnings(report(frames_captured=40, frames_dropped=30)) == []
+    assert health_warnings(report(queue_depth=101)) == [("warn", "101 events waiting to be sent")]
+    assert health_warnings(report(queue_depth=100)) == []

@@ -159,3 +159,22 @@ def test_a_sign_up_on_a_full_disk_fails_cleanly_and_reports_it(home, model_path,
     con = sqlite3.connect(home / "gallery.sqlite")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_health_tells_the_cloud_the_cached_catalogue_is_unreadable(home, model_path, clips):  # noqa: F811
+    """The owner sees it on the Stores page (status/1 health), not only the staff on the device."""
+    from dangol_edge.state import StateStore
+
+    st = StateStore(home / "state.sqlite").open()
+    st.put_catalogue(catalogue_payload())
+    st.close()
+    with sqlite3.connect(home / "state.sqlite") as db:
+        db.execute("UPDATE catalogue SET payload = ?", ['{"schema": "catalogue/1", "items": "no"}'])
+    app = Appliance(config(home, model_path, clips))
+    app.start()
+    try:
+        assert app.health().catalogue == "unreadable"
+        assert app.state.put_catalogue(catalogue_payload(version=2))
+        assert app.health().catalogue == "ok"
+    finally:
+        app.stop()
