@@ -98,7 +98,8 @@ class Appliance:
         from .web import DisplayServer, create_app
 
         app = create_app(screen=self.screen, state=self.state, gallery=self.gallery, config=cfg,
-                         on_activate=self._on_activate, on_erase=self._on_erase_local, on_signup=self._on_signup)
+                         on_activate=self._on_activate, on_erase=self._on_erase_local, on_signup=self._on_signup,
+                         storage=lambda: self.stats.storage)
         self.web = DisplayServer(app, cfg.display.host, cfg.display.port)
         self.web.start()
         self._stoppers.append(self.web.stop)

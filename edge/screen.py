@@ -56,8 +56,8 @@ class Screen:
     def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
                        samples: int = 0, wanted: int = 0) -> int:
         """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
-        far), ``pending`` (with ``code``), ``cancelled``, ``failed`` (no good face) or ``not-saved`` (the gallery could not be written); shown for ``seconds`` (None: until
-        the next change)."""
+        far), ``pending`` (with ``code``), ``cancelled``, ``failed`` (no good face) or ``not-saved`` (the
+        gallery could not be written); shown for ``seconds`` (None: until the next change)."""
         return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples, "wanted": wanted},
                          None if seconds is None else self._clock() + seconds)
 

@@ -61,6 +61,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
                on_activate: Callable[[Customer], None] | None = None,
                on_erase: Callable[[str], None] | None = None,
                on_signup: Callable[[str], bool] | None = None,
+               storage: Callable[[], str] | None = None,
                max_streams: int = MAX_EVENT_STREAMS, clock: Callable[[], float] = time.monotonic) -> Flask:
     """Build the menu + staff web app.
 
@@ -74,6 +75,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
         on_erase: called with the id of a discarded or erased customer (the daemon reports it).
         on_signup: starts (``"enrol"``) or cancels (``"cancel"``) a sign-up at the door from the staff page
             (the daemon's enrolment worker); None hides the button.
+        storage: returns the daemon's storage state (``ok``, ``full`` or ``error``: its databases cannot be
+            written); the staff page says so while it is not ``ok``. None: not shown.
         max_streams: event streams served at once (503 beyond).
         clock: monotonic seconds for the PIN back-off (tests pass a fake one).
     Returns:
@@ -89,7 +92,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     d = WebDeps(screen=screen, state=state, gallery=gallery, config=config, on_activate=on_activate,
                 on_erase=on_erase, on_signup=on_signup, text_version=config.display.consent_version,
                 pin=config.display.staff_pin or None, app_id=secrets.token_hex(6), streams=Streams(max_streams),
-                pins=PinThrottle(clock=clock))  # per client address: a wrong-PIN guesser cannot lock staff out
+                pins=PinThrottle(clock=clock), storage=storage)  # per client address: a wrong-PIN guesser cannot lock staff out
     app.extensions[EXTENSION] = d
     app.extensions["dangol_streams"] = d.streams
     app.extensions["dangol_pins"] = d.pins

@@ -29,6 +29,7 @@ class WebDeps:
         pin: the staff PIN, or None (loopback only).
         app_id: an id of this app instance (the kiosk page reloads itself when it changes).
         streams: open event streams (bounded); pins: the per-client PIN back-off.
+        storage: returns the daemon's storage state (``ok`` / ``full`` / ``error``), or None.
     """
 
     screen: Screen
@@ -43,6 +44,7 @@ class WebDeps:
     app_id: str
     streams: Streams
     pins: PinThrottle
+    storage: Callable[[], str] | None = None
 
 
 def deps() -> WebDeps:

@@ -147,6 +147,8 @@ def test_a_sign_up_on_a_full_disk_fails_cleanly_and_reports_it(home, model_path,
         assert app.enrolment.ask("enrol", source="test")
         heading = page.wait_for_selector("section.enrol.stage-not-saved h1", timeout=90_000)
         assert "couldn't save your sign-up" in heading.inner_text()
+        page.goto(app.web.url.rstrip("/") + "/staff")  # and the staff are told why
+        assert "storage is full" in page.inner_text("#storage-problem")
         page.close()
         assert app.health().storage == "full"
         assert {c.id for c in app.gallery.customers(status=None)} == before
