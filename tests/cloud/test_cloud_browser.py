@@ -191,11 +191,11 @@ def test_view_a_customers_picks(page, site):
 
 
 def test_stores_and_today_pages_flag_a_device_in_trouble(page, site):
-    """A door device that reports a full disk, failing recognition, dropped frames and an unreadable menu cache:
+    """A door device that reports a full disk, failing recognition, a long outbox and an unreadable menu cache:
     the owner sees each problem on the Stores page and on Today, not just numbers."""
     from dangol_cloud.models import Device
 
-    health = proto.Health(camera="ok", fps=2.5, gallery_size=4, queue_depth=7, storage="full",
+    health = proto.Health(camera="ok", fps=0.0, gallery_size=4, queue_depth=250, storage="full",
                           frames_captured=400, frames_dropped=120, recognition="failing",
                           catalogue="unreadable").model_dump(mode="json")
     with site["db"].transaction() as s:
@@ -209,7 +209,7 @@ def test_stores_and_today_pages_flag_a_device_in_trouble(page, site):
             page.goto(site["base"] + url)
             pills = page.locator("[data-health-warning]").all_inner_texts()
             assert pills == ["storage full — events are held on the device", "recognition failing",
-                             "cached menu unreadable — publish the menu again", "drops 30 % of camera frames"], url
+                             "cached menu unreadable — publish the menu again", "250 events waiting to be sent"], url
             assert page.locator("[data-health-warning].bad").count() == 2
     finally:
         with site["db"].transaction() as s:
