@@ -211,6 +211,7 @@ def test_stores_and_today_pages_flag_a_device_in_trouble(page, site):
             assert pills == ["storage full — events are held on the device", "recognition failing",
                              "cached menu unreadable — publish the menu again", "250 events waiting to be sent"], url
             assert page.locator("[data-health-warning].bad").count() == 2
+            shot(page, "10-device-trouble" + url.replace("/", "-").rstrip("-"))
     finally:
         with site["db"].transaction() as s:
             device = s.scalars(select(Device).where(Device.store_id == site["store"])).first()
