@@ -35,7 +35,7 @@ from dangol_cloud.recommend import RecommenderConfig, load_purchases, restrict_t
 from dangol_cloud.recommend.data import clean_interactions, clean_items
 from dangol_cloud.recommend.features import item_feature_matrix
 # developer bench: the training internals, so the label window can be put on the test period
-from dangol_cloud.recommend.fit import _label_window, _window_pairs
+from dangol_cloud.recommend.fit import _label_window, _window_pairs, index_purchases
 from dangol_cloud.recommend.rerank import Reranker
 from dangol_cloud.recommend.stage2 import fit_stage2
 
@@ -50,20 +50,13 @@ def ceiling(inter: pd.DataFrame, items: pd.DataFrame, cut: datetime, until: date
     catalogue = clean_items(items, df)
     if top_items:
         df, catalogue = restrict_to_top_items(df, catalogue, top_items, before=cut)
-    item_ids = catalogue["item"].to_numpy(dtype=str)
-    customers = np.array(sorted(df["customer"].unique()), dtype=str)
-    u = pd.Index(customers).get_indexer(df["customer"])
-    i = pd.Index(item_ids).get_indexer(df["item"])
-    day = df["day"].to_numpy(np.int64)
+    customers, item_ids, u, i, day, categories = index_purchases(df, catalogue)
     shape = (len(customers), len(item_ids))
-    categories = [c if isinstance(c, str) else None for c in catalogue["category"]]
-    sold = np.bincount(i[day < pd.Timestamp(cut).to_datetime64().astype("datetime64[D]").astype(np.int64)],
-                       minlength=len(item_ids)) > 0
-    item_x, _ = item_feature_matrix(catalogue, 4, identity=sold)
-    start = int(pd.Timestamp(cut).to_datetime64().astype("datetime64[D]").astype(np.int64))
-    end = int(pd.Timestamp(until).to_datetime64().astype("datetime64[D]").astype(np.int64))
+    start, end = (int(pd.Timestamp(t).to_datetime64().astype("datetime64[D]").astype(np.int64)) for t in (cut, until))
+    sold = np.bincount(i[day < start], minlength=len(item_ids)) > 0  # items with a purchase before the cut
     cfg = replace(RecommenderConfig(), rerank_window_days=end - start, rerank_max_customers=10**9,
                   stage2_holdout=holdout, random_state=seed)
+    item_x, _ = item_feature_matrix(catalogue, cfg.price_bands, identity=sold)
     rng = np.random.default_rng(seed)
     w = _label_window(u, i, day, shape, start, end, item_x, None, categories, cfg, None, rng)
     if w is None:

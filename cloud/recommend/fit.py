@@ -28,7 +28,7 @@ from .scoring import Stage2
 from .segments import SegmentTable, segment_values
 from .stage2 import fit_stage2
 
-__all__ = ["TRAIN_STEPS", "LabelWindow", "label_window_starts", "train"]
+__all__ = ["TRAIN_STEPS", "LabelWindow", "index_purchases", "label_window_starts", "train"]
 
 #: Steps of :func:`train` in order; its ``progress`` callback is called with each name as the step starts.
 TRAIN_STEPS = ("clean", "re-ranker", "factors", "history")
@@ -161,6 +161,20 @@ def _version(df: pd.DataFrame, cfg: RecommenderConfig, trained_at: datetime) -> 
     return f"{trained_at:%Y%m%dT%H%M%S}Z-{digest.hexdigest()[:8]}"
 
 
+def index_purchases(df: pd.DataFrame, catalogue: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                       np.ndarray, list[str | None]]:
+    """Integer indices of cleaned purchase lines (:func:`~.data.clean_interactions`) against a cleaned catalogue
+    (:func:`~.data.clean_items`): ``(customers, items, u, i, day, categories)`` — the sorted customer ids
+    ``(n_customers,)`` str, the catalogue's item ids ``(n_items,)`` str, per line the customer and item index and
+    the day number ``(n_lines,)`` int64 (days since 1970-01-01), and each item's category (None if unknown)."""
+    item_ids = catalogue["item"].to_numpy(dtype=str)
+    customers = np.array(sorted(df["customer"].unique()), dtype=str)
+    u = pd.Index(customers).get_indexer(df["customer"])
+    i = pd.Index(item_ids).get_indexer(df["item"])
+    categories = [c if isinstance(c, str) else None for c in catalogue["category"]]
+    return customers, item_ids, u, i, df["day"].to_numpy(np.int64), categories
+
+
 def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
           config: RecommenderConfig | None = None, customer_features: pd.DataFrame | None = None,
           progress: Callable[[str], None] | None = None, segments: pd.DataFrame | None = None,
@@ -197,13 +211,8 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     if df.empty:
         raise ValueError("no interactions with quantity > 0 to train on")
     catalogue = clean_items(items, df)
-    item_ids = catalogue["item"].to_numpy(dtype=str)
-    customers = np.array(sorted(df["customer"].unique()), dtype=str)
-    u = pd.Index(customers).get_indexer(df["customer"])
-    i = pd.Index(item_ids).get_indexer(df["item"])
-    day = df["day"].to_numpy(np.int64)
+    customers, item_ids, u, i, day, categories = index_purchases(df, catalogue)
     shape = (len(customers), len(item_ids))
-    categories = [c if isinstance(c, str) else None for c in catalogue["category"]]
     sold = np.bincount(i, minlength=len(item_ids)) > 0
     item_x, item_names = item_feature_matrix(catalogue, cfg.price_bands, identity=sold)
     user_x, _ = customer_feature_matrix(customers, customer_features)

@@ -42,6 +42,22 @@ def test_camera_disappears_and_returns(tmp_path, home, model_path, clips):  # no
         app.stop()
 
 
+def fill_the_disk(app: Appliance, *, gallery: bool) -> None:
+    """The medium is full: SQLite cannot grow the running app's databases any more, and every free byte of the
+    state database's pages (and, with ``gallery``, of the gallery's) is used up."""
+    for db in (app.state.db, app.gallery.db):
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for i in range(100_000):
+            app.state.enqueue(f"filler-{i}", "filler", "x" * 64)
+    if gallery:
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for i in range(100_000):
+                with app.gallery._lock, app.gallery.db.conn:
+                    app.gallery.db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [f"filler-{i}", "x" * 64])
+
+
 def test_disk_full_keeps_greeting_reports_and_does_not_corrupt(home, model_path, clips):  # noqa: F811
     from dangol_edge.state import StateStore
 
@@ -52,13 +68,7 @@ def test_disk_full_keeps_greeting_reports_and_does_not_corrupt(home, model_path,
     app = Appliance(config(home, model_path, clips))
     app.start()
     try:
-        # the medium is full: SQLite cannot grow the databases any more, and every page is used up
-        for db in (app.state.db, app.gallery.db):
-            pages = db.execute("PRAGMA page_count").fetchone()[0]
-            db.execute(f"PRAGMA max_page_count = {pages}")
-        with pytest.raises(sqlite3.OperationalError, match="full"):
-            for i in range(100_000):
-                app.state.enqueue(f"filler-{i}", "filler", "x" * 64)
+        fill_the_disk(app, gallery=False)
         assert wait_for(lambda: app.stats.arrivals >= 1, timeout=120)
         assert app.screen.snapshot()["screen"] == "welcome"  # the customer is still greeted, from the cache
         assert [p["id"] for p in app.screen.snapshot()["picks"]] == ["scone", "flat-white"]
@@ -130,16 +140,7 @@ def test_a_sign_up_on_a_full_disk_fails_cleanly_and_reports_it(home, model_path,
     app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
     app.start()
     try:
-        for db in (app.state.db, app.gallery.db):
-            pages = db.execute("PRAGMA page_count").fetchone()[0]
-            db.execute(f"PRAGMA max_page_count = {pages}")
-        with pytest.raises(sqlite3.OperationalError, match="full"):
-            for i in range(100_000):
-                app.state.enqueue(f"filler-{i}", "filler", "x" * 64)
-        with pytest.raises(sqlite3.OperationalError, match="full"):
-            for i in range(100_000):
-                with app.gallery._lock, app.gallery.db.conn:  # every free byte of the gallery's pages used up
-                    app.gallery.db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [f"filler-{i}", "x" * 64])
+        fill_the_disk(app, gallery=True)
         before = {c.id for c in app.gallery.customers(status=None)}
         page = browser.new_page()  # the kiosk, live: the customer is told, not left looking at the camera
         page.goto(app.web.url.rstrip("/") + "/")
