@@ -92,7 +92,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     d = WebDeps(screen=screen, state=state, gallery=gallery, config=config, on_activate=on_activate,
                 on_erase=on_erase, on_signup=on_signup, text_version=config.display.consent_version,
                 pin=config.display.staff_pin or None, app_id=secrets.token_hex(6), streams=Streams(max_streams),
-                pins=PinThrottle(clock=clock), storage=storage)  # per client address: a wrong-PIN guesser cannot lock staff out
+                pins=PinThrottle(clock=clock),  # per client address: a wrong-PIN guesser cannot lock staff out
+                storage=storage)
     app.extensions[EXTENSION] = d
     app.extensions["dangol_streams"] = d.streams
     app.extensions["dangol_pins"] = d.pins
