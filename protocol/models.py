@@ -232,9 +232,9 @@ EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
 
 class Health(_Model):
     """Device health: camera state, frames per second processed, templates in the gallery, outbox depth;
-    optionally ``storage`` (``full`` when the edge cannot write its database: disk full) and the frame
-    counters ``frames_captured``/``frames_dropped`` since start, ``recognition`` and ``catalogue``. Bounded: ``fps`` ≤ :data:`MAX_FPS`, counters
-    ≤ :data:`MAX_COUNT` (a value beyond is a validation error, never stored or shown)."""
+    optionally ``storage`` (``full`` when the edge cannot write its database: disk full), the frame counters
+    ``frames_captured``/``frames_dropped`` since start, ``recognition`` and ``catalogue``. Bounded: ``fps`` ≤
+    :data:`MAX_FPS`, counters ≤ :data:`MAX_COUNT` (a value beyond is a validation error, never stored or shown)."""
 
     camera: Literal["ok", "missing", "error"]
     fps: Annotated[float, Field(ge=0, le=MAX_FPS, allow_inf_nan=False)]

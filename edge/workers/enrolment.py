@@ -1,12 +1,12 @@
 """Enrolment at the door: the sign-up state machine, started by the GPIO button or from the staff page.
 
 ``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to
-:class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``) —pool full→ ``pending`` (stored unsearchable with a
-short code; a ``pending`` enrolment event goes to the cloud) or —``enrol.max_frames`` without a good face→
-``failed``, or ``not-saved`` when the gallery cannot be written (disk full: the sign-up ends, health reports
-the storage, nothing half-written stays); the button's long press or the staff page's "Cancel" (``cancel``) returns to idle from
-``capturing``. Steps run on the
-recognition thread: capture and recognition share the face pipeline, which is not thread-safe.
+:class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``)
+—pool full→ ``pending`` (stored unsearchable with a short code; a ``pending`` enrolment event goes to the cloud),
+or —``enrol.max_frames`` without a good face→ ``failed``, or ``not-saved`` when the gallery cannot be written
+(disk full: the sign-up ends, health reports the storage, nothing half-written stays); the button's long press
+or the staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Steps run on the recognition
+thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
 
 from __future__ import annotations
