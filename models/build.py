@@ -22,6 +22,7 @@ TFLite runtime and YuNet with OpenCV.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -44,7 +45,8 @@ from .lfw import LFWDataset
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = "3"  # bump when a conversion recipe changes (3: YuNet crops and calibration, flip TTA)
+BUILD_VERSION = "4"  # bump when a conversion recipe changes (3: YuNet crops and calibration, flip TTA;
+#                       4: the LFW embeddings of the open-set calibration are kept, see lfw_embeddings_path)
 MODELS = ("sface", "facenet")
 
 #: What the model card says of each source.
@@ -144,8 +146,15 @@ def _up_to_date(out: Path, model: str, inputs_sha: str) -> bool:
     return card.get("inputs_sha256") == inputs_sha and calibration_path(out / iname).is_file()
 
 
+def lfw_embeddings_path(model_path: Path) -> Path:
+    """Where :func:`build` keeps the LFW embeddings of the open-set calibration beside ``model_path``
+    (``<model stem>.lfw-embeddings.npz``)."""
+    return Path(model_path).with_name(Path(model_path).stem + ".lfw-embeddings.npz")
+
+
 def calibrate_open_set(model_path: Path, lfw: LFWDataset, detector: FaceDetector) -> ImpostorTail:
-    """The impostor tail of one model file over every different-person pair of the LFW folder."""
+    """The impostor tail of one model file over every different-person pair of the LFW folder; the embeddings
+    are kept in :func:`lfw_embeddings_path` (read back by :func:`load_lfw_embeddings`)."""
     from dangol_edge.embed import Embedder
 
     from .evaluate import all_pair_scores, embed_images
@@ -154,8 +163,36 @@ def calibrate_open_set(model_path: Path, lfw: LFWDataset, detector: FaceDetector
     paths = [p for files in ids.values() for p in files]
     labels = np.array([i for i, files in enumerate(ids.values()) for _ in files])
     emb = embed_images(paths, detector, Embedder(model_path), progress=False)
+    buf = io.BytesIO()
+    np.savez(buf, emb=emb.emb.astype(np.float32), detected=emb.detected,
+             paths=np.array([str(p.relative_to(lfw.images)) for p in paths]),
+             model_sha256=np.array(sha256_bytes(Path(model_path).read_bytes())))
+    write_atomic(lfw_embeddings_path(model_path), buf.getvalue())
     _, impostor = all_pair_scores(emb.emb, labels)
     return ImpostorTail.from_scores(impostor)
+
+
+def load_lfw_embeddings(model_path: Path, lfw: LFWDataset):
+    """The :class:`~dangol_models.evaluate.Embedded` LFW images (every identity, in ``lfw.identities()`` order)
+    that :func:`build` embedded with the model file ``model_path`` (YuNet, score >= 0.5): ``emb (N, D) float32``.
+
+    Raises:
+        BuildError: no such file, or it was made by another model file or from another list of images
+            (rebuild with ``dangol-models build``).
+    """
+    from .evaluate import Embedded
+
+    path = lfw_embeddings_path(model_path)
+    if not path.is_file():
+        raise BuildError(f"{path}: missing; run dangol-models build")
+    with np.load(path, allow_pickle=False) as z:
+        emb, detected, names, sha = z["emb"], z["detected"], [str(n) for n in z["paths"]], str(z["model_sha256"])
+    if sha != sha256_bytes(Path(model_path).read_bytes()):
+        raise BuildError(f"{path}: made by another model file than {model_path}; run dangol-models build")
+    paths = [p for files in lfw.identities().values() for p in files]
+    if names != [str(p.relative_to(lfw.images)) for p in paths]:
+        raise BuildError(f"{path}: made from another list of images than {lfw.root}; run dangol-models build")
+    return Embedded(paths, emb, detected)
 
 
 def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calibration: int = 300,
@@ -221,9 +258,9 @@ def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calib
         seconds = time.perf_counter() - t0
         write_atomic(fpath, float_model)
         write_atomic(ipath, int8_model)
-        extra = [yunet.name]
         log.info("%s: measuring the impostor score distribution of the int8 model", model)
         tail = calibrate_open_set(ipath, lfw, det)
+        extra = [yunet.name, lfw_embeddings_path(ipath).name]
     cal = write_calibration(ipath, sha256_bytes(int8_model), tail,
                             f"all different-person pairs of {lfw.root.name} (YuNet, {tail.pairs:,} pairs)")
     card = {
