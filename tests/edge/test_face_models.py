@@ -156,3 +156,28 @@ def test_calibrated_rule_holds_its_fpir_on_shared_strangers(models_dir, lfw):
     assert r["fpir_per_photo"] <= 0.01  # measured 0.3 %
     assert r["dir_per_photo"] >= 0.95  # measured 97.7 %
     assert r["stranger_tracks"] > 300 and r["stranger_tracks_accepted"] <= 1  # measured 0 of 379
+
+
+def test_kept_lfw_embeddings_are_refused_for_another_model_or_image_list(models_dir, lfw, tmp_path):
+    import shutil
+
+    from dangol_models.build import lfw_embeddings_path, load_lfw_embeddings
+    from dangol_models.common import BuildError
+    from dangol_models.lfw import LFWDataset
+
+    model = tmp_path / "sface-int8.tflite"
+    shutil.copy(models_dir / "sface-int8.tflite", model)
+    shutil.copy(lfw_embeddings_path(models_dir / "sface-int8.tflite"), lfw_embeddings_path(model))
+    assert len(load_lfw_embeddings(model, lfw).emb) > 0
+    model.write_bytes(model.read_bytes() + b"\0")  # another model file
+    with pytest.raises(BuildError, match="another model file"):
+        load_lfw_embeddings(model, lfw)
+    shutil.copy(models_dir / "sface-int8.tflite", model)
+    other = tmp_path / "lfw"  # the same folder with one person fewer
+    shutil.copytree(lfw.root, other, symlinks=True)
+    shutil.rmtree(LFWDataset(other).images / next(iter(lfw.identities())))
+    with pytest.raises(BuildError, match="another list of images"):
+        load_lfw_embeddings(model, LFWDataset(other))
+    lfw_embeddings_path(model).unlink()
+    with pytest.raises(BuildError, match="missing"):
+        load_lfw_embeddings(model, lfw)
