@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sqlite3
 import time
 from datetime import datetime, timezone
 
@@ -27,6 +28,18 @@ STAFF_SESSION_S = 12 * 3600
 #: What staff are told when the event for the cloud could not be saved (the outbox holds and retries it).
 NOT_SAVED = ("telling the cloud failed (this device cannot write its storage) — the message is kept and retried "
              "every minute while the device runs; check the device's storage if this repeats.")
+
+
+#: What staff are told when the gallery itself cannot be written (disk full, a card remounted read-only).
+CANNOT_SAVE = ("this device cannot save right now (its storage is full or read-only), so nothing was changed. "
+               "Free space on its memory card or tell the owner.")
+
+
+def cannot_save(what: str, customer_id: str, exc: sqlite3.Error):
+    """The staff page with a 507 error: the gallery write for ``what`` (``activated``, ``erased``, ``discarded``)
+    failed as a whole (one transaction), so the customer is as before."""
+    log.error("staff page: %s not %s: the gallery cannot be written (%s)", customer_id, what, exc)
+    return staff_page(507, {"_": f"Not {what}: {CANNOT_SAVE}"})
 
 
 def signed_in() -> bool:
@@ -137,7 +150,10 @@ def activate(customer_id: str):
     # the protocol's consent record, as the cloud will receive it (validated here, stored by the gallery)
     record = Consent(recorded_by=staff_name, recorded_at=datetime.now(timezone.utc).replace(microsecond=0),
                      text_version=d.text_version)
-    activated = d.gallery.activate(customer_id, name, record)
+    try:
+        activated = d.gallery.activate(customer_id, name, record)
+    except sqlite3.OperationalError as exc:
+        return cannot_save("activated", customer_id, exc)
     session["staff_name"] = staff_name
     snap = d.screen.snapshot()
     if snap.get("screen") == "enrol" and customer.short_code and snap.get("code") == customer.short_code:
@@ -158,7 +174,10 @@ def discard(customer_id: str):
     customer = lookup(customer_id, "pending")
     if customer is None:
         return staff_page(404, {"_": "That sign-up no longer exists. Nothing was changed."})
-    deps().gallery.delete(customer_id)
+    try:
+        deps().gallery.delete(customer_id)
+    except sqlite3.OperationalError as exc:
+        return cannot_save("discarded", customer_id, exc)
     after_erase(customer_id, "Discarded", f"sign-up {customer.short_code or ''}".strip())
     return redirect(url_for("staff.index"))
 
@@ -168,7 +187,10 @@ def erase(customer_id: str):
     customer = lookup(customer_id, "active")
     if customer is None:
         return staff_page(404, {"_": "No such customer on this device. Nothing was changed."})
-    deps().gallery.delete(customer_id)
+    try:
+        deps().gallery.delete(customer_id)
+    except sqlite3.OperationalError as exc:
+        return cannot_save("erased", customer_id, exc)
     after_erase(customer_id, "Erased", customer.display_name)
     return redirect(url_for("staff.index"))
 

@@ -386,3 +386,40 @@ def test_staff_page_says_when_the_cached_catalogue_cannot_be_read(site, phone):
     state.put_catalogue(catalogue(51))
     phone.goto(site["server"].url + "/staff")
     assert phone.locator("#catalogue-unreadable").count() == 0
+
+
+def test_a_read_only_medium_on_the_staff_page_changes_nothing_and_says_so(site, phone):
+    """Activating or erasing while the gallery cannot be written (an SD card remounted read-only after errors):
+    staff get a clear page, not a server error, and the customer is exactly as before."""
+    gallery, calls = site["gallery"], site["calls"]
+    c = pending(site, 11)
+    a = gallery.enroll("Mina Cho", embeddings(12), consent=Consent(
+        recorded_by="Jo", recorded_at=datetime.now(timezone.utc), text_version=CONSENT_TEXT_VERSION))
+    before = len(calls["activate"]), len(calls["erase"])
+    with gallery._lock:
+        gallery.db.execute("PRAGMA query_only = ON")  # every write now fails as on a read-only medium
+    try:
+        sign_in(phone, site)
+        card = phone.locator(f"#pending-{c.id}")
+        card.locator("input[name=display_name]").fill("Hana Kim")
+        card.locator("input[name=consent]").check()
+        card.locator("input[name=staff]").fill("Jo")
+        with phone.expect_response(lambda r: r.request.method == "POST") as response:
+            card.locator("button:has-text('Activate')").click()
+        assert response.value.status == 507
+        text = phone.locator("#error").inner_text()
+        assert "Not activated" in text and "cannot save" in text
+        assert gallery.customer(c.id).status == "pending" and gallery.customer(c.id).display_name == ""
+        with phone.expect_response(lambda r: r.request.method == "POST") as response:
+            phone.locator(f"#active-{a.id} button:has-text('Erase')").click()  # the fixture accepts the confirm
+        assert response.value.status == 507
+        assert "Not erased" in phone.locator("#error").inner_text()
+        assert gallery.customer(a.id).display_name == "Mina Cho"
+        with phone.expect_response(lambda r: r.request.method == "POST") as response:
+            phone.locator(f"#pending-{c.id} button:has-text('Discard')").click()
+        assert response.value.status == 507 and "Not discarded" in phone.locator("#error").inner_text()
+        assert gallery.customer(c.id).status == "pending"
+        assert (len(calls["activate"]), len(calls["erase"])) == before
+    finally:
+        with gallery._lock:
+            gallery.db.execute("PRAGMA query_only = OFF")
