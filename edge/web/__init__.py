@@ -37,6 +37,7 @@ from pathlib import Path
 
 from flask import Flask, Response, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import InternalServerError
 
 from ..config import EdgeConfig
 from ..gallery import Customer, Gallery
@@ -118,6 +119,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
     app.register_blueprint(menu.bp)
     app.register_blueprint(staff.bp)
     app.register_error_handler(CSRFError, staff.csrf_error)
+    app.register_error_handler(InternalServerError, staff.server_error)
 
     @app.after_request
     def no_store(resp: Response) -> Response:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import InternalServerError
 
 from dangol_protocol import Consent
 
@@ -40,6 +41,14 @@ def cannot_save(what: str, customer_id: str, exc: sqlite3.Error):
     failed as a whole (one transaction), so the customer is as before."""
     log.error("staff page: %s not %s: the gallery cannot be written (%s)", customer_id, what, exc)
     return staff_page(507, {"_": f"Not {what}: {CANNOT_SAVE}"})
+
+
+def server_error(_exc: InternalServerError):
+    """An unexpected error (logged with its traceback by Flask): staff get a page that says what to do, not a
+    bare "Internal Server Error"; the menu display and its API a short plain text."""
+    if request.path.startswith("/staff"):
+        return render_template("staff_error.html"), 500
+    return "This device could not answer; the error was logged.\n", 500, {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def signed_in() -> bool:

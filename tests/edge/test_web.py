@@ -423,3 +423,18 @@ def test_a_read_only_medium_on_the_staff_page_changes_nothing_and_says_so(site, 
     finally:
         with gallery._lock:
             gallery.db.execute("PRAGMA query_only = OFF")
+
+
+def test_an_unexpected_error_gives_staff_a_page_that_says_what_to_do(site, phone, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated fault")
+
+    sign_in(phone, site)
+    monkeypatch.setattr(site["gallery"], "customers", broken)
+    response = phone.goto(site["server"].url + "/staff")
+    assert response.status == 500
+    assert "Something went wrong" in phone.locator("#server-error h1").inner_text()
+    assert "tell the owner" in phone.locator("#server-error").inner_text()
+    monkeypatch.undo()
+    phone.locator("#server-error a").click()  # back to a working staff page
+    assert phone.locator("h2").first.is_visible()
