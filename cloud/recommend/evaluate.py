@@ -36,6 +36,10 @@ from .dayparts import DAYPART_HOURS, DAYPARTS, daypart_of
 from .model import train
 
 
+#: The published baseline rows (:func:`_baselines`), against which the shipped model is compared.
+BASELINE_ROWS = ("basket frequency (GP-TopFreq)", "TIFU-KNN", "implicit ALS")
+
+
 def ranking_metrics(top: np.ndarray, relevant: np.ndarray, k: int) -> tuple[float, float, float]:
     """(precision@k, recall@k, MAP@k) averaged over rows.
 
@@ -43,15 +47,44 @@ def ranking_metrics(top: np.ndarray, relevant: np.ndarray, k: int) -> tuple[floa
         top: ``(n_customers, <= k)`` int item indices, best first (-1 = empty slot).
         relevant: ``(n_customers, n_items)`` bool, items bought after the cut (each row has >= 1).
     """
-    if top.shape[1] < k:  # a catalogue smaller than k: the missing slots are empty
-        top = np.hstack([top, np.full((len(top), k - top.shape[1]), -1, dtype=top.dtype)])
-    valid = top >= 0
-    hits = np.take_along_axis(relevant, np.where(valid, top, 0), axis=1) & valid
+    hits = _hits(top, relevant, k)
     n_rel = relevant.sum(axis=1)
     precision = hits.sum(axis=1) / k
     recall = hits.sum(axis=1) / n_rel
     ap = (np.cumsum(hits, axis=1) / np.arange(1, k + 1) * hits).sum(axis=1) / np.minimum(k, n_rel)
     return float(precision.mean()), float(recall.mean()), float(ap.mean())
+
+
+def _hits(top: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """``(n_customers, k)`` bool: whether each slot of ``top`` (-1 = empty) holds a relevant item."""
+    if top.shape[1] < k:  # a catalogue smaller than k: the missing slots are empty
+        top = np.hstack([top, np.full((len(top), k - top.shape[1]), -1, dtype=top.dtype)])
+    valid = top >= 0
+    return np.take_along_axis(relevant, np.where(valid, top, 0), axis=1) & valid
+
+
+def paired_ratio_interval(hits_a: np.ndarray, hits_b: np.ndarray, *, level: float = 0.95, resamples: int = 2000,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """``(ratio, low, high)``: ``Σ hits_a / Σ hits_b`` (the ratio of two methods' precision@k on the same customers)
+    and its percentile bootstrap interval, resampling customers with replacement so both methods keep their
+    pairing (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13); resamples in which the second
+    method has no hit are left out.
+
+    Args:
+        hits_a, hits_b: ``(n_customers,)`` hits in each customer's list for the two methods.
+
+    Raises:
+        ValueError: different lengths, no customers, or ``hits_b`` sums to 0.
+    """
+    a, b = np.asarray(hits_a, np.float64), np.asarray(hits_b, np.float64)
+    if len(a) != len(b) or len(a) == 0 or b.sum() == 0:
+        raise ValueError("need the same, non-empty customers and a non-zero second method")
+    draws = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    num, den = a[draws].sum(axis=1), b[draws].sum(axis=1)
+    ratios = num[den > 0] / den[den > 0]  # a resample without any hit of the second method has no ratio
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(a.sum() / b.sum()), float(low), float(high)
 
 
 def repeat_explore_recall(top: np.ndarray, relevant: np.ndarray, bought_before: np.ndarray) -> tuple[float, float]:
@@ -80,7 +113,8 @@ def repeat_explore_recall(top: np.ndarray, relevant: np.ndarray, bought_before: 
 class EvaluationReport:
     """Offline metrics per method; ``rows`` are dicts with method, precision@k, recall@k, MAP@k,
     coverage, n_customers. ``train_seconds`` / ``score_seconds`` time the shipped model's training and
-    its scoring of every evaluated customer."""
+    its scoring of every evaluated customer. ``comparison`` (with baselines): the shipped model's precision@k over
+    the best baseline row's, ``{"baseline", "ratio", "low", "high"}`` (95 % paired bootstrap interval)."""
 
     k: int
     cut: datetime
@@ -91,6 +125,7 @@ class EvaluationReport:
     score_seconds: float = float("nan")
     model_version: str = ""
     notes: list[str] = field(default_factory=list)
+    comparison: dict | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -238,6 +273,14 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
                             f"repeat R@{k}": rep, f"explore R@{k}": expl,
                             "coverage": len(np.unique(top[top >= 0])) / n_items, "n_customers": len(top),
                             "train s": float("nan"), "score s": score_s})
+    baseline_rows = [r for r in report.rows if r["method"] in BASELINE_ROWS]
+    if baseline_rows:
+        best = max(baseline_rows, key=lambda r: r[f"precision@{k}"])["method"]
+        ratio, low, high = paired_ratio_interval(_hits(shipped, relevant, k).sum(axis=1),
+                                                 _hits(methods[best][0], relevant, k).sum(axis=1))
+        report.comparison = {"baseline": best, "ratio": ratio, "low": low, "high": high}
+        report.notes.append(f"Dangol / best baseline ({best}) precision@{k}: × {ratio:.3f}, 95 % paired bootstrap "
+                            f"interval {low:.3f}-{high:.3f} over the {len(rows):,} customers")
     if any("day-part" in name for name in daypart_rows):
         report.notes.append("day-part rows: one row per (customer, day-part with purchases after the cut), relevance "
                             "= items bought in that day-part (breakfast 5-10 h, lunch 11-13, afternoon 14-16, "

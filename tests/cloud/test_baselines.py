@@ -17,7 +17,7 @@ from dangol_cloud.recommend.baselines import (
     tune_tifu_knn,
     validation_split,
 )
-from dangol_cloud.recommend.evaluate import repeat_explore_recall
+from dangol_cloud.recommend.evaluate import paired_ratio_interval, repeat_explore_recall
 
 A, B, C, D = range(4)
 
@@ -111,3 +111,20 @@ def test_repeat_and_explore_recall_by_hand() -> None:
     # customer 1: no repeat truth (not averaged); explore truth {2, 3}, hit {2} -> 1/2
     assert rep == pytest.approx(0.5)
     assert expl == pytest.approx((0 + 0.5) / 2)
+
+
+def test_paired_ratio_interval_by_hand() -> None:
+    # 4 customers: the first method hits 1, 1, 0, 2 times, the second 1, 0, 0, 1 -> ratio 4 / 2
+    ratio, low, high = paired_ratio_interval(np.array([1, 1, 0, 2]), np.array([1, 0, 0, 1]))
+    assert ratio == 2.0 and low <= ratio <= high and low >= 1.0  # never worse for any resampled customer set
+    # the same lists: exactly 1 whatever the resample
+    assert paired_ratio_interval(np.array([3, 0, 2]), np.array([3, 0, 2])) == (1.0, 1.0, 1.0)
+    # one customer decides everything: a wide interval
+    a, b = np.r_[np.full(99, 5), 50], np.r_[np.full(99, 5), 0]
+    r, lo, hi = paired_ratio_interval(a, b)
+    assert r == pytest.approx(545 / 495) and lo < r < hi and lo == pytest.approx(1.0)
+    # repeatable, and the pairing is what counts: swapping the methods inverts the ratio
+    assert paired_ratio_interval(a, b) == paired_ratio_interval(a, b)
+    assert paired_ratio_interval(b, a)[0] == pytest.approx(1 / r)
+    with pytest.raises(ValueError):
+        paired_ratio_interval(np.array([1, 2]), np.array([0, 0]))
