@@ -274,8 +274,9 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
                             "coverage": len(np.unique(top[top >= 0])) / n_items, "n_customers": len(top),
                             "train s": float("nan"), "score s": score_s})
     baseline_rows = [r for r in report.rows if r["method"] in BASELINE_ROWS]
-    if baseline_rows:
-        best = max(baseline_rows, key=lambda r: r[f"precision@{k}"])["method"]
+    best = max(baseline_rows, key=lambda r: r[f"precision@{k}"]) if baseline_rows else None
+    if best is not None and best[f"precision@{k}"] > 0:  # a ratio needs a baseline with at least one hit
+        best = best["method"]
         ratio, low, high = paired_ratio_interval(_hits(shipped, relevant, k).sum(axis=1),
                                                  _hits(methods[best][0], relevant, k).sum(axis=1))
         report.comparison = {"baseline": best, "ratio": ratio, "low": low, "high": high}
