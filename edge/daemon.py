@@ -229,11 +229,8 @@ class Appliance:
     def _catalogue_health(self) -> str | None:
         """``unreadable`` while the cached catalogue cannot be parsed, ``ok`` once one is, None before any."""
         try:
-            cat = self.state.catalogue()
+            return self.state.catalogue_status()
         except sqlite3.Error as exc:  # the database itself failed: reported as storage, not as the catalogue
             self.stats.storage = "error"
             log.error("health: cannot read the edge database (%s)", exc)
             return None
-        if cat is not None:
-            return "ok"
-        return "unreadable" if self.state.catalogue_read_errors else None

@@ -169,6 +169,16 @@ class StateStore(SQLiteFile):
         with self._lock:
             return self._cached_catalogue()
 
+    def catalogue_status(self) -> str | None:
+        """``ok`` while a cached catalogue can be read, ``unreadable`` while the cached one cannot (the door shows
+        no house menu until the next arrives), None before any arrived.
+
+        Raises:
+            sqlite3.Error: the database itself cannot be read."""
+        if self.catalogue() is not None:
+            return "ok"
+        return "unreadable" if self.catalogue_read_errors else None
+
     def _cached_catalogue(self) -> Catalogue | None:
         """:meth:`catalogue` with the lock held."""
         row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()

@@ -18,7 +18,7 @@ from ..gallery import Gallery, UnknownCustomer
 from ..menu_text import choose_picks
 from ..screen import Screen
 from ..state import StateStore
-from .base import Stats, Worker
+from .base import Stats, Worker, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ArrivalWorker(Worker):
             self.stats.storage = "ok"
         except (sqlite3.OperationalError, EventNotSaved) as exc:
             # disk full / read-only medium: keep greeting people, report it, write nothing partial
-            self.stats.storage = "full" if "full" in str(exc) else "error"
+            self.stats.storage = storage_state(exc)
             log.error("cannot write the edge database (%s): event for %s held for a retry",
                       exc, d.customer_id or "an unknown face")
 

@@ -18,6 +18,12 @@ def _recent_arrivals() -> deque:
     return deque(maxlen=ARRIVAL_TIMES_KEPT)
 
 
+def storage_state(exc: Exception) -> str:
+    """``Stats.storage`` for a failed write of the edge databases: ``full`` when SQLite says the database or disk
+    is full, else ``error`` (e.g. a medium remounted read-only)."""
+    return "full" if "full" in str(exc) else "error"
+
+
 @dataclass
 class Stats:
     """Counters for health and benchmarks (written by one worker each, read from any thread).

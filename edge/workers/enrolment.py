@@ -22,6 +22,7 @@ from ..events import EventFactory, EventNotSaved, Outbox
 from ..gallery import Gallery
 from ..screen import Screen
 from ..sources import Frame
+from .base import storage_state
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class ButtonEnrolment:
                 c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
                            pending_ttl_s=cfg.pending_ttl_h * 3600)
             except sqlite3.OperationalError as exc:  # disk full / read-only medium
-                self._storage("full" if "full" in str(exc) else "error")
+                self._storage(storage_state(exc))
                 self._finish("not-saved", seconds=10)
                 log.error("sign-up not saved: the gallery cannot be written (%s)", exc)
                 return

@@ -13,7 +13,7 @@ from ..events import EventNotSaved, Outbox
 from ..gallery import Gallery
 from ..sdnotify import notify, watchdog_interval
 from ..state import StateStore
-from .base import Stats, Worker
+from .base import Stats, Worker, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class HousekeepingWorker(Worker):
             self.outbox.retry()
             self.state.prune_sent()
         except sqlite3.OperationalError as exc:
-            self.stats.storage = "full" if "full" in str(exc) else "error"
+            self.stats.storage = storage_state(exc)
             log.error("housekeeping cannot write the edge database: %s", exc)
 
     def _report(self, customer_id: str) -> None:
