@@ -173,7 +173,7 @@ class Gallery(ModelTemplates, SQLiteFile):
         row: dict[str, Any] = {
             "id": cid, "display_name": self._seal_name(cid, name), "status": status,
             "consent": consent_json,
-            "short_code": f"{secrets.randbelow(10000):04d}" if status == "pending" else None,
+            "short_code": None,
             "created_at": now.isoformat(timespec="seconds"), "updated_at": now.isoformat(timespec="seconds"),
             "expires_at": (now + timedelta(seconds=pending_ttl_s)).isoformat(timespec="seconds")
             if status == "pending" and pending_ttl_s else None,
@@ -184,6 +184,8 @@ class Gallery(ModelTemplates, SQLiteFile):
             if self.db.execute("SELECT 1 FROM customers WHERE id = ?", [row["id"]]).fetchone():
                 self.db.execute("ROLLBACK")
                 raise ValueError(f"customer id {row['id']} is already enrolled")
+            if status == "pending":
+                row["short_code"] = self._free_short_code()
             self.db["customers"].insert(row)
             self.db["templates"].insert_all(
                 {"customer_id": row["id"],
@@ -194,6 +196,21 @@ class Gallery(ModelTemplates, SQLiteFile):
             )
         self._invalidate()
         return self.customer(row["id"])
+
+    def _free_short_code(self) -> str:
+        """A random 4-digit code no other pending customer holds (inside :meth:`enroll`'s transaction): the
+        kiosk shows it and staff pick the sign-up by it, so two pending customers must never share one.
+
+        Raises:
+            ValueError: all 10,000 codes are held by pending sign-ups (nothing is written).
+        """
+        used = {r[0] for r in self.db.execute(
+            "SELECT short_code FROM customers WHERE status = 'pending' AND short_code IS NOT NULL")}
+        free = sorted(set(range(10_000)) - {int(c) for c in used if c.isdigit()})
+        if not free:
+            self.db.execute("ROLLBACK")
+            raise ValueError("no free sign-up code: 10,000 sign-ups are pending")
+        return f"{free[secrets.randbelow(len(free))]:04d}"
 
     def activate(self, customer_id: str, display_name: str, consent: Consent) -> Customer:
         """Record consent and a name for a pending customer, making it active (and searchable).

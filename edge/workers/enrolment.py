@@ -111,30 +111,51 @@ class ButtonEnrolment:
             self.stats.storage = state
 
     def step(self, frame: Frame, pipeline) -> None:
-        """Offer one frame (``pipeline``: the recognizer's :class:`~dangol_edge.faces.FacePipeline`)."""
+        """Offer one frame (``pipeline``: the recognizer's :class:`~dangol_edge.faces.FacePipeline`).
+
+        Raises:
+            Exception: whatever the pipeline or the gallery raised, for the recognition worker to log and count as a
+                failed frame. The sign-up never stays open because of it: a save that fails ends it as ``not-saved``
+                (tried once), and frames that fail still count towards ``enrol.max_frames``.
+        """
         col, cfg = self._collector, self.config.enrol
         self._frames += 1
-        if col.due(frame.index):
-            faces = pipeline.process(frame.rgb, max_faces=1)
-            if col.offer(faces[0] if faces else None, frame.index):
-                self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
+        try:
+            if col.due(frame.index):
+                faces = pipeline.process(frame.rgb, max_faces=1)
+                if col.offer(faces[0] if faces else None, frame.index):
+                    self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
+        except Exception:
+            if self._frames >= cfg.max_frames:
+                self._finish("failed", seconds=5)
+                log.warning("enrolment failed: %d frames without a good face (the last ones failed)", cfg.max_frames)
+            raise
         if col.full:
-            try:  # one transaction: the customer and all its templates, or nothing
-                c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
-                           pending_ttl_s=cfg.pending_ttl_h * 3600)
-            except sqlite3.OperationalError as exc:  # disk full / read-only medium
-                self._storage(storage_state(exc))
-                self._finish("not-saved", seconds=10)
-                log.error("sign-up not saved: the gallery cannot be written (%s)", exc)
-                return
-            self._finish("pending", c.short_code, seconds=60)
-            log.info("pending customer %s (code %s)", c.id, c.short_code)
-            try:
-                self.outbox.send(self.events.pending(c.id, c.short_code))
-                self._storage("ok")
-            except EventNotSaved as exc:  # held by the outbox and retried; the customer is stored
-                self._storage("error")
-                log.error("%s", exc)
+            self._save(col)
         elif self._frames >= cfg.max_frames:
             self._finish("failed", seconds=5)
             log.warning("enrolment failed: no good face in %d frames", cfg.max_frames)
+
+    def _save(self, col: SampleCollector) -> None:
+        cfg = self.config.enrol
+        try:  # one transaction: the customer and all its templates, or nothing
+            c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
+                       pending_ttl_s=cfg.pending_ttl_h * 3600)
+        except sqlite3.OperationalError as exc:  # disk full / read-only medium
+            self._storage(storage_state(exc))
+            self._finish("not-saved", seconds=10)
+            log.error("sign-up not saved: the gallery cannot be written (%s)", exc)
+            return
+        except Exception as exc:  # e.g. a corrupt page (sqlite3.DatabaseError): end the sign-up, the worker logs it
+            if isinstance(exc, sqlite3.DatabaseError):
+                self._storage("error")
+            self._finish("not-saved", seconds=10)
+            raise
+        self._finish("pending", c.short_code, seconds=60)
+        log.info("pending customer %s (code %s)", c.id, c.short_code)
+        try:
+            self.outbox.send(self.events.pending(c.id, c.short_code))
+            self._storage("ok")
+        except EventNotSaved as exc:  # held by the outbox and retried; the customer is stored
+            self._storage("error")
+            log.error("%s", exc)

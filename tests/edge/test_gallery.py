@@ -195,3 +195,19 @@ def test_tracker_follows_a_face_across_dropped_frames():
     # a face far away (more than a face width) is someone else
     t.update(1.0, [Observation(box(600), None)])
     assert len(t.tracks) == 2
+
+
+def test_pending_short_codes_are_unique(gallery, monkeypatch):
+    """The kiosk's code is how staff find the person in front of them among the pending sign-ups: two pending
+    customers must never share one (else staff may give one person's name and consent to another's face)."""
+    import dangol_edge.gallery as gallery_module
+
+    monkeypatch.setattr(gallery_module.secrets, "randbelow", lambda n: min(1234, n - 1))  # the same draw every time
+    rng = np.random.default_rng(4)
+    a = gallery.enroll("", unit(rng, 1), status="pending", pending_ttl_s=60)
+    b = gallery.enroll("", unit(rng, 1), status="pending", pending_ttl_s=60)
+    assert a.short_code == "1234" and b.short_code not in (None, a.short_code)
+    gallery.activate(a.id, "Mina Park", Consent(recorded_by="staff:1", recorded_at=datetime.now(timezone.utc),
+                                                text_version="1"))
+    c = gallery.enroll("", unit(rng, 1), status="pending", pending_ttl_s=60)
+    assert c.short_code == "1234"  # free again once its sign-up was activated

@@ -182,3 +182,81 @@ def test_enrolment_requests_are_bounded_and_drops_counted():
     assert e.ask("cancel", source="test") is False and e.requests_dropped == 1
     with pytest.raises(ValueError, match="expected 'enrol' or 'cancel'"):
         e.ask("erase")
+
+
+def _signup(tmp_path, model_path, **enrol):
+    """A ButtonEnrolment over a real gallery, state store and screen (no daemon threads)."""
+    from dangol_edge.config import EdgeConfig
+    from dangol_edge.embed import file_sha256
+    from dangol_edge.gallery import Gallery
+    from dangol_edge.workers.enrolment import ButtonEnrolment
+
+    cfg = EdgeConfig().model_copy(update={"enrol": EdgeConfig().enrol.model_copy(update=enrol)})
+    gallery = Gallery(tmp_path / "gallery.sqlite", file_sha256(model_path)).open()
+    state = StateStore(tmp_path / "state.sqlite").open()
+    screen = Screen()
+    e = ButtonEnrolment(cfg, gallery, screen, EventFactory(DEVICE), Outbox(DEVICE, state), stats=Stats())
+    return e, gallery, state, screen
+
+
+def _frames(clips, n):
+    import cv2
+
+    from dangol_edge.sources import Frame
+
+    rgb = cv2.cvtColor(cv2.imread(str(clips / "obama.jpg")), cv2.COLOR_BGR2RGB)
+    return [Frame(rgb=rgb, ts=float(i), index=i) for i in range(n)]
+
+
+def test_a_sign_up_ends_when_the_gallery_is_corrupt(tmp_path, model_path, clips, pipeline, monkeypatch):
+    """A failing SD card returns a malformed page (sqlite3.DatabaseError, not the OperationalError of a full
+    disk): the sign-up must end with "couldn't save" and raise once for the worker to log and count — not retry
+    the save on every later frame with the screen stuck on "capturing"."""
+    e, gallery, state, screen = _signup(tmp_path, model_path)
+    tries = []
+
+    def malformed(*args, **kwargs):  # what sqlite3 raises for a corrupt page read from the medium
+        tries.append(1)
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(gallery, "enroll", malformed)
+    assert e.ask("enrol", source="test")
+    e.handle_requests()
+    raised = 0
+    for frame in _frames(clips, 200):
+        if not e.active:
+            break
+        try:
+            e.step(frame, pipeline)
+        except sqlite3.DatabaseError:
+            raised += 1
+    assert (raised, len(tries)) == (1, 1)
+    assert not e.active
+    assert screen.snapshot()["stage"] == "not-saved" and e.stats.storage == "error"
+    assert gallery.customers(status=None) == [] and state.pending(10) == []
+    gallery.close()
+    state.close()
+
+
+def test_a_sign_up_ends_when_every_frame_fails(tmp_path, model_path, clips, pipeline, monkeypatch):
+    """The face pipeline raising on every frame (e.g. an inference fault) must not keep the sign-up open past
+    ``enrol.max_frames``: it ends as "failed" like a sign-up that saw no good face."""
+    e, gallery, state, screen = _signup(tmp_path, model_path, max_frames=30)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inference failed")
+
+    monkeypatch.setattr(pipeline, "process", broken)
+    assert e.ask("enrol", source="test")
+    e.handle_requests()
+    steps = 0
+    for frame in _frames(clips, 100):
+        if not e.active:
+            break
+        steps += 1
+        with pytest.raises(RuntimeError):
+            e.step(frame, pipeline)
+    assert steps == 30 and not e.active
+    assert screen.snapshot()["stage"] == "failed"
+    gallery.close()
+    state.close()
