@@ -97,6 +97,7 @@ class Gallery(ModelTemplates, SQLiteFile):
         self.model_sha256 = model_sha256
         self.cipher = cipher
         self.matcher = Matcher()
+        self._generation = 0  # bumped by every change of the searchable templates (see _load)
         self.consent_errors: dict[str, str] = {}  # customer id -> why its stored consent is invalid (logged once)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -381,10 +382,23 @@ class Gallery(ModelTemplates, SQLiteFile):
 
     # --- search ------------------------------------------------------------------------------------
     def _invalidate(self) -> None:
-        self.matcher.clear()
+        """Called after every committed change of the searchable templates: the next search reloads."""
+        with self._lock:
+            self._generation += 1
+            self.matcher.clear()
 
     def _load(self) -> None:
-        self.matcher.load(*self.matrix_for(self.model_sha256))
+        """Rebuild the search matrix from the database. A change committed while the templates were being read
+        (e.g. an erasure from the staff page) bumps the generation, and the read is repeated, so the stale
+        matrix is never installed (a change committed after the check clears it again in :meth:`_invalidate`)."""
+        while True:
+            with self._lock:
+                generation = self._generation
+            matrix, owners = self.matrix_for(self.model_sha256)
+            with self._lock:
+                if generation == self._generation:
+                    self.matcher.load(matrix, owners)
+                    return
 
     @property
     def size(self) -> int:

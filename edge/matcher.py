@@ -31,6 +31,20 @@ class Match:
     accepted: bool
 
 
+@dataclass(frozen=True)
+class _Index:
+    """One loaded gallery, replaced whole: ``matrix`` ``(M, D) float32``; ``owners`` ``(M,) int32`` positions in
+    ``owner_ids``; ``rows_of[i]`` the rows of ``owner_ids[i]``; ``basis`` ``(D, k)`` and ``coarse`` ``(M, k)``
+    float32 for large galleries, else None."""
+
+    matrix: np.ndarray
+    owners: np.ndarray
+    rows_of: list[np.ndarray]
+    owner_ids: list[str]
+    basis: np.ndarray | None
+    coarse: np.ndarray | None
+
+
 class Matcher:
     """Exact (or, for large galleries, coarse-then-exact) cosine search over a template matrix.
 
@@ -49,34 +63,32 @@ class Matcher:
     SHORTLIST = 256
 
     def __init__(self) -> None:
-        self._matrix: np.ndarray | None = None
-        self._owners = np.zeros(0, dtype=np.int32)
-        self._rows_of: list[np.ndarray] = []
-        self._owner_ids: list[str] = []
-        self._coarse: np.ndarray | None = None
-        self._basis: np.ndarray | None = None
+        self._index: _Index | None = None
 
     @property
     def loaded(self) -> bool:
         """True once :meth:`load` has been called (and not :meth:`clear`-ed since)."""
-        return self._matrix is not None
+        return self._index is not None
 
     @property
     def size(self) -> int:
         """Number of searchable templates M."""
-        return 0 if self._matrix is None else len(self._matrix)
+        index = self._index
+        return 0 if index is None else len(index.matrix)
 
     @property
     def customers(self) -> int:
         """Number of distinct customers with a searchable template."""
-        return len(self._owner_ids)
+        index = self._index
+        return 0 if index is None else len(index.owner_ids)
 
     def clear(self) -> None:
         """Forget the matrix (the owner reloads it before the next search)."""
-        self._matrix = None
+        self._index = None
 
     def load(self, matrix: np.ndarray, owners: list[str]) -> None:
-        """Replace the search matrix.
+        """Replace the search matrix. The new index is built aside and swapped in with one assignment, so a
+        search running on another thread uses either the old gallery or the new one, never a mix.
 
         Args:
             matrix: ``(M, D) float32`` unit rows; owners: M customer ids.
@@ -88,18 +100,17 @@ class Matcher:
             raise ValueError(f"expected (M, D) templates for {len(owners)} owners, got {m.shape}")
         ids = sorted(set(owners))
         pos = {c: i for i, c in enumerate(ids)}
-        self._owner_ids = ids
-        self._owners = np.array([pos[c] for c in owners], dtype=np.int32)
-        order = np.argsort(self._owners, kind="stable")
-        self._rows_of = np.split(order, np.cumsum(np.bincount(self._owners, minlength=len(ids)))[:-1])
-        self._matrix = m
-        self._coarse = self._basis = None
+        rows = np.array([pos[c] for c in owners], dtype=np.int32)
+        order = np.argsort(rows, kind="stable")
+        rows_of = np.split(order, np.cumsum(np.bincount(rows, minlength=len(ids)))[:-1])
+        basis = coarse = None
         if len(m) >= self.COARSE_MIN:
             sample = m[:: max(1, len(m) // 20_000)]
             _, vecs = np.linalg.eigh(sample.T @ sample)
             k = max(1, m.shape[1] // self.COARSE_FRACTION)
-            self._basis = np.ascontiguousarray(vecs[:, ::-1][:, :k], dtype=np.float32)
-            self._coarse = np.ascontiguousarray(m @ self._basis)
+            basis = np.ascontiguousarray(vecs[:, ::-1][:, :k], dtype=np.float32)
+            coarse = np.ascontiguousarray(m @ basis)
+        self._index = _Index(m, rows, rows_of, ids, basis, coarse)
 
     def match(self, probes: np.ndarray, threshold: float, margin: float) -> list[Match]:
         """1:N search: for each probe, the best customer and whether it is accepted.
@@ -113,32 +124,34 @@ class Matcher:
             ValueError: the probes' dimension is not the matrix's.
         """
         p = np.atleast_2d(np.asarray(probes, dtype=np.float32))
-        m = self._matrix
-        if m is None or len(m) == 0:
+        index = self._index  # one gallery for the whole search, whatever another thread loads meanwhile
+        if index is None or len(index.matrix) == 0:
             return [Match(None, -1.0, -1.0, False) for _ in p]
+        m = index.matrix
         if p.shape[1] != m.shape[1]:
             raise ValueError(f"probe dimension {p.shape[1]} differs from the gallery's {m.shape[1]}")
         out = []
-        if self._coarse is not None:
+        if index.coarse is not None:
             # coarse scores for all, exact scores for a shortlist; a customer outside the shortlist
             # keeps its coarse score (which only underestimates the runner-up's lead less)
-            coarse = (p @ self._basis) @ self._coarse.T  # (N, M)
+            coarse = (p @ index.basis) @ index.coarse.T  # (N, M)
             k = min(self.SHORTLIST, len(m) - 1)
             for q, cs in zip(p, coarse):
                 short = np.argpartition(-cs, k)[:k]
                 cs = cs.copy()
                 cs[short] = m[short] @ q
-                out.append(self._decide(cs, short[np.argmax(cs[short])], threshold, margin))
+                out.append(self._decide(index, cs, short[np.argmax(cs[short])], threshold, margin))
             return out
         for s in p @ m.T:  # (N, M) exact
-            out.append(self._decide(s, int(np.argmax(s)), threshold, margin))
+            out.append(self._decide(index, s, int(np.argmax(s)), threshold, margin))
         return out
 
-    def _decide(self, s: np.ndarray, j: int, threshold: float, margin: float) -> Match:
+    @staticmethod
+    def _decide(index: _Index, s: np.ndarray, j: int, threshold: float, margin: float) -> Match:
         """Accept or not; ``s`` (one probe's scores, a scratch copy) has the best owner's rows masked."""
-        best_owner = self._owners[j]
+        best_owner = index.owners[j]
         score = float(s[j])
-        rows = self._rows_of[best_owner]
+        rows = index.rows_of[best_owner]
         s[rows] = -np.inf  # no allocation proportional to M: mask the best owner's few rows in place
         second = float(s.max()) if len(rows) < len(s) else -1.0
-        return Match(self._owner_ids[best_owner], score, second, score >= threshold and score - second >= margin)
+        return Match(index.owner_ids[best_owner], score, second, score >= threshold and score - second >= margin)

@@ -103,7 +103,7 @@ def test_coarse_index_agrees_with_exact_search(d):
     owners = [f"c{i // 3}" for i in range(n)]
     coarse = Gallery(":memory:", "x")
     coarse.load_matrix(m, owners)
-    assert coarse.matcher._coarse is not None
+    assert coarse.matcher._index.coarse is not None
     exact = Gallery(":memory:", "x")
     exact.matcher.COARSE_MIN = 10**9
     exact.load_matrix(m, owners)
@@ -211,3 +211,60 @@ def test_pending_short_codes_are_unique(gallery, monkeypatch):
                                                 text_version="1"))
     c = gallery.enroll("", unit(rng, 1), status="pending", pending_ttl_s=60)
     assert c.short_code == "1234"  # free again once its sign-up was activated
+
+
+def test_a_search_during_a_reload_sees_one_whole_gallery():
+    """The web thread reloads the matrix after an erasure while the recognition thread searches: a search must
+    use one gallery throughout, never one gallery's rows with another's owners (a wrong name at the door)."""
+    import threading
+
+    from dangol_edge.matcher import Matcher
+
+    rng = np.random.default_rng(5)
+    big, small = unit(rng, 3000, 128), unit(rng, 3, 128)
+    big_owners, small_owners = [f"a{i}" for i in range(3000)], ["b0", "b1", "b2"]
+    matcher, stop, errors = Matcher(), threading.Event(), []
+    matcher.load(big, big_owners)
+
+    def reload():
+        while not stop.is_set():
+            matcher.load(small, small_owners)
+            matcher.load(big, big_owners)
+
+    t = threading.Thread(target=reload)
+    t.start()
+    try:
+        for _ in range(3000):
+            try:
+                m = matcher.match(big[2999], threshold=0.5, margin=0.0)[0]
+            except Exception as exc:  # noqa: BLE001 - any error is the defect
+                errors.append(repr(exc))
+                continue
+            if m.customer_id.startswith("a") and (m.customer_id, round(m.score, 4)) != ("a2999", 1.0):
+                errors.append(f"{m.customer_id} {m.score:.3f}")
+            if m.customer_id.startswith("b") and m.accepted:
+                errors.append(f"{m.customer_id} accepted at {m.score:.3f}")
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+
+
+def test_an_erasure_during_a_reload_is_not_undone(gallery, monkeypatch):
+    """The recognition thread reads the templates to rebuild its matrix; the staff page erases a customer before
+    that matrix is installed. The erased face must not stay searchable until some later change."""
+    rng = np.random.default_rng(6)
+    a, b = unit(rng, 2)
+    ana, gallery_bo = gallery.enroll("Ana", a[None]), gallery.enroll("Bo", b[None])
+    read = gallery.matrix_for
+
+    def read_then_erase(sha):
+        out = read(sha)
+        if gallery.customers() and any(c.id == ana.id for c in gallery.customers()):
+            gallery.delete(ana.id)  # the web thread, between the read and the install
+        return out
+
+    monkeypatch.setattr(gallery, "matrix_for", read_then_erase)
+    m = gallery.match(a, threshold=0.5, margin=0.0)[0]
+    assert m.customer_id != ana.id and not (m.accepted and m.customer_id == ana.id)
+    assert gallery.match(b, threshold=0.5, margin=0.0)[0].customer_id == gallery_bo.id
