@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     d = csub.add_parser("delete")
     d.add_argument("id")
 
-    rk = sub.add_parser("rotate-key", help="re-encrypt the gallery under a new key (then switch the key)")
+    rk = sub.add_parser("rotate-key", help="re-encrypt the gallery and the cached menus' names under a new key "
+                                           "(then switch the key)")
     g2 = rk.add_mutually_exclusive_group(required=True)
     g2.add_argument("--new-key-file", type=Path, help="file holding the new key (base64 of 32 bytes)")
     g2.add_argument("--new-key-env", metavar="VAR", help="environment variable holding the new key")
@@ -225,11 +226,33 @@ def cmd_rotate_key(args) -> int:
         if not text:
             raise InputError(f"{args.new_key_env}: environment variable is empty or unset")
     new = FieldCipher(parse_key(text, source))
-    _, _, gallery = _open(args)
-    n = gallery.rotate_key(new)
-    print(json.dumps({"resealed": n, "key_id": new.key_id.hex(),
+    cfg, _, gallery = _open(args)
+    n = gallery.rotate_key(new)  # first: it refuses a wrong current key before anything is changed
+    names, dropped = _rotate_state_key(cfg.state_path, new)
+    print(json.dumps({"resealed": n, "resealed_menu_names": names, "dropped_menu_names": dropped,
+                      "key_id": new.key_id.hex(),
                       "next": "set DANGOL_GALLERY_KEY (or the systemd credential) to the new key"}))
     return EXIT_OK
+
+
+def _rotate_state_key(path: Path, new) -> tuple[int, int]:
+    """Re-seal the cached menus' first names in the state file under ``new``
+    (:meth:`~dangol_edge.state.StateStore.rotate_key`); a missing file is left alone. Returns (re-sealed, dropped).
+    When the file cannot be written the gallery is rotated all the same: the names stay under the old key, and
+    the daemon shows those menus without a name until the cloud sends them again (a warning says so)."""
+    import sqlite3
+
+    from .state import StateError, StateStore
+
+    if not path.exists():
+        return 0, 0
+    try:
+        with StateStore(path) as st:
+            return st.rotate_key(new)
+    except (sqlite3.Error, StateError) as exc:
+        log.warning("%s: the cached menus' names could not be re-sealed (%s); they are shown without a name until "
+                    "the cloud's next menus", path, exc)
+        return 0, 0
 
 
 def _queue_erasure_event(args, customer_id: str) -> bool:

@@ -17,7 +17,8 @@ The key is 32 random bytes, base64-encoded, from (first match):
 3. ``DANGOL_GALLERY_KEY_FILE`` (a path, e.g. on a separate medium).
 
 It is never written to the gallery database or the repository. ``dangol-edge rotate-key`` re-encrypts
-every sealed value under a new key in one transaction.
+every sealed value of the gallery under a new key in one transaction, then the first names cached with the
+menus in the state file (:meth:`dangol_edge.state.StateStore.rotate_key`), in another.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ state cache → gallery → display server → MQTT sync → GPIO button → wor
 arrivals, recognition, capture, housekeeping; each one job, one thread). Capture feeds recognition through
 a bounded queue that drops the oldest frame (and counts it) when recognition falls behind, so the screen
 reacts to *now*, not to a backlog; recognition hands arrivals to the arrival worker through another bounded
-queue. systemd gets READY=1 once everything is up and WATCHDOG=1 while recognition is alive and not failing.
+queue. systemd gets READY=1 once everything is up and WATCHDOG=1 while recognition is alive and not failing and
+no worker thread has died (health then reads camera ``error`` or recognition ``failing``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class Appliance:
         if cfg.mqtt.url:
             from .sync import MQTTSync
 
-            self.sync = MQTTSync(cfg.mqtt, self.device_id, self.store_id, self.state, on_erasure=self._on_erasures)
+            self.sync = MQTTSync(cfg.mqtt, self.device_id, self.store_id, self.state, on_erasure=self._on_erasures,
+                                 stats=self.stats)
             self.sync.start()
             self._stoppers.append(self.sync.stop)
         else:
@@ -136,7 +138,7 @@ class Appliance:
                               stop),
             CaptureWorker(cfg, self.source_spec, self.frames, self.stats, stop),
             HousekeepingWorker(cfg, self.gallery, self.state, self.outbox, self.sync, self.stats,
-                               self._on_erase_local, self.health, stop),
+                               self._on_erase_local, self.health, stop, upgrade=self.recognizer.upgrade),
         ]
         for w in self.workers:
             w.start()
@@ -198,7 +200,7 @@ class Appliance:
     def _on_erase_local(self, customer_id: str) -> None:
         """Erased here (staff page, expired sign-up, retention): forget it and report it to the cloud, which
         records a request an owner confirms or dismisses. Raises ``EventNotSaved`` as :meth:`_on_activate`."""
-        self.recognizer.tracker.forget(customer_id)
+        self._forget(customer_id)
         self.state.delete_menu(customer_id)
         self.outbox.send(self.events.erasure_done([customer_id]))
 
@@ -210,21 +212,38 @@ class Appliance:
                 done.append(cid)
             except UnknownCustomer:
                 pass
-            self.recognizer.tracker.forget(cid)
+            self._forget(cid)
         return done
+
+    def _forget(self, customer_id: str) -> None:
+        """Drop an erased customer from memory: the tracker's votes and cool-down, and a running model upgrade's
+        old-model templates (see :meth:`~dangol_edge.upgrade.ModelUpgrade.forget`)."""
+        self.recognizer.tracker.forget(customer_id)
+        upgrade = self.recognizer.upgrade
+        if upgrade is not None:
+            upgrade.forget(customer_id)
 
     def health(self):
         """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth, storage, frame counters,
-        recognition, and whether the cached catalogue is readable)."""
+        recognition, and whether the cached catalogue is readable). A worker thread that died on an error is never
+        reported ``ok``: a dead capture worker makes ``camera`` read ``error``, any other dead worker makes
+        ``recognition`` read ``failing`` (the housekeeping worker also stops feeding the watchdog)."""
         from dangol_protocol import Health
         from dangol_protocol.models import MAX_FPS
 
         st = self.stats
-        return Health(camera=st.camera if st.camera in ("ok", "missing") else "error",
+        crashed = set(st.crashed) | {w.name for w in self.workers if getattr(w, "crashed", False)}
+        camera = st.camera if st.camera in ("ok", "missing") else "error"
+        recognition = st.recognition
+        if "capture" in crashed:  # a dead capture thread: no frame will ever come
+            camera = "error"
+        if crashed - {"capture"}:  # recognition, arrivals or housekeeping died: the door no longer greets anyone
+            recognition = "failing"
+        return Health(camera=camera,
                       fps=round(min(st.fps, MAX_FPS), 2), gallery_size=self.gallery.size,
                       queue_depth=self.state.outbox_depth() + (self.outbox.held if self.outbox else 0),
                       storage=st.storage, frames_captured=st.frames_captured, frames_dropped=st.frames_dropped,
-                      recognition=st.recognition, catalogue=self._catalogue_health())
+                      recognition=recognition, catalogue=self._catalogue_health())
 
     def _catalogue_health(self) -> str | None:
         """``unreadable`` while the cached catalogue cannot be parsed, ``ok`` once one is, None before any."""

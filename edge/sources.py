@@ -268,10 +268,20 @@ class Picamera2Source(FrameSource):
             self._cam = None
 
     def frames(self) -> Iterator[Frame]:
+        """Yield frames until :meth:`close`.
+
+        Raises:
+            SourceError: the camera failed to deliver or convert a frame (libcamera raises ``RuntimeError``
+                on a frontend timeout, ``IndexError`` and others when the camera goes away).
+        """
         i = 0
         while self._cam is not None:
-            bgr = self._cam.capture_array("main")
-            yield Frame(rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ts=time.monotonic(), index=i)
+            try:
+                bgr = self._cam.capture_array("main")
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            except Exception as exc:  # whatever libcamera/picamera2 raise: the capture worker reopens the camera
+                raise SourceError(f"{self.spec}: cannot read a frame: {type(exc).__name__}: {exc}") from exc
+            yield Frame(rgb=rgb, ts=time.monotonic(), index=i)
             i += 1
 
 

@@ -11,7 +11,9 @@ The cache hands out what it keeps as the protocol's pydantic objects (:class:`da
 * ``menus``: ``customer_id`` → newest ``menu/1`` payload (JSON) without the name; the name (first name only,
   :func:`dangol_protocol.first_name`) is kept apart in ``display_name``, sealed with AES-256-GCM under the
   gallery key (:class:`~dangol_edge.crypto.FieldCipher`, context ``menus.display_name:<customer id>``),
-  exactly as the gallery seals its names. Without a key the name is not kept at all.
+  exactly as the gallery seals its names. Without a key the name is not kept at all. ``dangol-edge rotate-key``
+  re-seals these names with the gallery's (:meth:`StateStore.rotate_key`); a name that still cannot be opened
+  (sealed under another key) is read as no name: logged once per customer and counted, the menu still served.
 * ``outbox``: events waiting for the broker's PUBACK: ``event_id`` (UUID, the cloud deduplicates on
   it), ``topic``, ``payload``, ``created_at``, ``sent_at`` (NULL until acknowledged). Events survive
   restarts and broker outages and are delivered in ``seq`` order.
@@ -75,6 +77,9 @@ class StateStore(SQLiteFile):
         self._unreadable_version: int | None = None  # the cached version that did not parse (reported once)
         #: cached catalogue versions that could not be read (each logged once; the next catalogue replaces it)
         self.catalogue_read_errors = 0
+        #: cached menus whose sealed first name could not be opened (each logged once; read as no name)
+        self.name_read_errors = 0
+        self._unopenable: set[str] = set()  # customer ids whose cached name could not be opened (logged)
 
     def open(self) -> "StateStore":
         """Open or create the file (WAL, mode 0600); seals names left in clear by an older version.
@@ -133,6 +138,42 @@ class StateStore(SQLiteFile):
                 payload["display_name"] = None
                 self.db.execute("UPDATE menus SET payload = ?, display_name = ? WHERE customer_id = ?",
                                 [json.dumps(payload), sealed, cid])
+
+    def rotate_key(self, new: FieldCipher) -> tuple[int, int]:
+        """Re-seal every cached menu's first name under ``new`` in one transaction (what ``dangol-edge rotate-key``
+        does after the gallery); afterwards this store uses ``new``. A name already sealed under ``new`` (a rotation
+        run again) is kept; one the current key cannot open either is dropped (logged and counted in the
+        result's second number): it could never be shown, and the cloud's next menu brings it again.
+
+        Returns:
+            (names re-sealed, names dropped).
+
+        Raises:
+            sqlite3.Error: the file cannot be written (nothing is changed).
+        """
+        cipher, resealed, dropped = self._get_cipher(), 0, 0
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            for cid, sealed in self.db.execute(
+                    "SELECT customer_id, display_name FROM menus WHERE display_name IS NOT NULL").fetchall():
+                ctx = f"menus.display_name:{cid}"
+                if FieldCipher.is_sealed(sealed) and sealed[1:5] == new.key_id:
+                    continue
+                try:
+                    if cipher is None:
+                        raise GalleryKeyError(f"{ctx}: no current key")
+                    name = cipher.open(sealed, ctx)
+                except GalleryKeyError as exc:
+                    log.warning("%s: the cached name cannot be opened (%s); dropped until the next menu",
+                                self.path, exc)
+                    self.db.execute("UPDATE menus SET display_name = NULL WHERE customer_id = ?", [cid])
+                    dropped += 1
+                    continue
+                self.db.execute("UPDATE menus SET display_name = ? WHERE customer_id = ?", [new.seal(name, ctx), cid])
+                resealed += 1
+        self.cipher = new
+        self._unopenable.clear()
+        return resealed, dropped
 
     @staticmethod
     def _now() -> str:
@@ -220,14 +261,16 @@ class StateStore(SQLiteFile):
                                          by_alias=True),
                                      "generated_at": gen, "received_at": self._now(), "display_name": sealed},
                                     pk="customer_id")
+            self._unopenable.discard(cid)
         return True
 
     def menu(self, customer_id: str) -> Menu | None:
         """A customer's cached :class:`dangol_protocol.Menu` (``display_name``: the first name, unsealed;
-        None without the key), or None (also if the cached row cannot be read as one: logged).
+        None without the key, or when it was sealed under another key: logged once per customer and counted in
+        :attr:`name_read_errors`), or None (also if the cached row cannot be read as one: logged).
 
         Raises:
-            GalleryKeyError: the name was sealed under another key.
+            sqlite3.Error: the database itself cannot be read.
         """
         cid = str(customer_id)
         with self._lock:
@@ -236,7 +279,16 @@ class StateStore(SQLiteFile):
             return None
         name = None
         if row[1] is not None and self._get_cipher() is not None:
-            name = self.cipher.open(row[1], f"menus.display_name:{cid}").decode("utf-8")
+            try:
+                name = self.cipher.open(row[1], f"menus.display_name:{cid}").decode("utf-8")
+            except GalleryKeyError as exc:
+                with self._lock:
+                    first = cid not in self._unopenable
+                    self._unopenable.add(cid)
+                if first:
+                    self.name_read_errors += 1
+                    log.error("the cached name of %s cannot be opened (%s); shown without it until the next menu",
+                              cid, exc)
         try:
             return Menu.model_validate_json(row[0]).model_copy(update={"display_name": name})
         except ValidationError as exc:
@@ -248,6 +300,7 @@ class StateStore(SQLiteFile):
         """Forget a customer's menu (erasure, or the cloud cleared the retained message)."""
         with self._lock:
             self.db.execute("DELETE FROM menus WHERE customer_id = ?", [str(customer_id)])
+            self._unopenable.discard(str(customer_id))
 
     # --- outbox ------------------------------------------------------------------------------------
     def enqueue(self, event_id: str, topic: str, payload: bytes | str) -> None:

@@ -15,11 +15,20 @@
   when it records which event that id was, so a refusal is never mistaken for a success. After a reconnect or a restart the
   unacknowledged ones are sent again, so delivery is at-least-once and the cloud's deduplication on
   ``event_id`` makes it exactly-once from the cloud's point of view.
+* **Storage faults**: when the acknowledgement cannot be recorded (disk full, read-only medium) the event
+  stays unacknowledged and is sent again; when a pass of the flusher fails (e.g. the outbox cannot be read)
+  the flusher lives on. Either way ``stats.storage`` reports it, every failure is counted
+  (:attr:`MQTTSync.storage_errors`, :attr:`MQTTSync.flush_errors`), a streak is logged once with its traceback
+  and once when it ends, and the flusher retries after a back-off (``reconnect_min_s`` doubling up to
+  ``reconnect_max_s``). Nothing raised by this code reaches paho's network thread, which would die of it.
+* **Erasures**: the confirmation names at most :data:`~dangol_protocol.models.MAX_ERASED_IDS` customers per
+  ``erasure-done`` event, so a longer erasure is confirmed by several events under the same ``erasure_id``.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
@@ -32,7 +41,7 @@ from dangol_protocol import (
     Catalogue, Erasures, Menu, Status, dump_payload, last_will, parse_payload,
 )
 from dangol_protocol.client import MqttUrlError
-from dangol_protocol.models import Health
+from dangol_protocol.models import MAX_ERASED_IDS, Health
 from dangol_protocol.parse import PayloadError, is_retained_clear
 from dangol_protocol.topics import (
     TopicError, TopicKind, device_client_id, events_topic, parse_topic, status_topic, store_subscriptions,
@@ -41,6 +50,7 @@ from dangol_protocol.topics import (
 from .config import MQTTConfig
 from .events import EventFactory
 from .state import StateStore
+from .workers.base import Stats, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +97,18 @@ class MQTTSync:
             (the confirmation event is queued here).
         on_change: called with ``"catalogue"`` or ``"menu"`` after the cache changed (e.g. refresh the display).
         software_version: reported in ``status/1``; default the installed package's (:func:`installed_version`).
+        stats: the daemon's :class:`~dangol_edge.workers.base.Stats`, whose ``storage`` this client sets when the
+            state database fails it (default: its own).
+
+    Attributes:
+        storage_errors: broker acknowledgements that could not be recorded (the event is sent again).
+        flush_errors: passes of the outbox flusher that failed (retried after a back-off).
     """
 
     def __init__(self, config: MQTTConfig, device_id: uuid.UUID, store_id: uuid.UUID, state: StateStore,
                  on_erasure: Callable[[Erasures], list[str]] | None = None,
-                 on_change: Callable[[str], None] | None = None, software_version: str | None = None):
+                 on_change: Callable[[str], None] | None = None, software_version: str | None = None,
+                 stats: Stats | None = None):
         self.config = config
         self.device_id = device_id
         self.store_id = store_id
@@ -99,6 +116,10 @@ class MQTTSync:
         self.on_erasure = on_erasure
         self.on_change = on_change
         self.software_version = software_version or installed_version()
+        self.stats = stats if stats is not None else Stats()
+        self.storage_errors = 0
+        self.flush_errors = 0
+        self._settle_failing = False  # a streak of acknowledgements that could not be recorded
         self.events = EventFactory(device_id)
         self.connected = threading.Event()
         self.invalid_messages = 0
@@ -202,7 +223,11 @@ class MQTTSync:
         self._settle(event_id, mqtt5.is_refusal(reason_code), str(reason_code))
 
     def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
-        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect)."""
+        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect). Never
+        raises: when the acknowledgement cannot be written (disk full, read-only medium) the event stays
+        unacknowledged and is sent again, the failure is counted in :attr:`storage_errors` and reported in
+        ``stats.storage``, and a streak of them is logged once (paho's network thread must not see an exception:
+        it would die of it and the connection with it)."""
         if event_id is None:
             if failed:
                 log.error("the broker refused this device's status message (%s)", reason)
@@ -214,7 +239,20 @@ class MQTTSync:
             log.error("the broker refused event %s (%s): kept in the outbox; check this device's id and the "
                       "broker's ACL", event_id, reason)
             return
-        self.state.mark_sent(event_id)
+        try:
+            self.state.mark_sent(event_id)
+        except sqlite3.Error as exc:
+            self.storage_errors += 1
+            self.stats.storage = storage_state(exc)
+            if not self._settle_failing:
+                self._settle_failing = True
+                log.error("cannot record the broker's acknowledgement of event %s (%s): it stays in the outbox and "
+                          "is sent again", event_id, exc, exc_info=True)
+            return
+        if self._settle_failing:
+            self._settle_failing = False
+            self.stats.storage = "ok"
+            log.info("acknowledgements are recorded again (%d could not be, in all)", self.storage_errors)
 
     def _publish(self, topic: str, payload: bytes, event_id: str | None, retain: bool = False):
         """Publish at QoS 1 and record which event (None: status) the message id is; a PUBACK that came
@@ -269,7 +307,9 @@ class MQTTSync:
             erased = self.on_erasure(obj) if self.on_erasure else []
             for cid in obj.customer_ids:
                 self.state.delete_menu(str(cid))
-            self.send_event(self.events.erasure_done(obj.customer_ids, erasure_id=obj.erasure_id))
+            ids = list(obj.customer_ids)  # an event names at most MAX_ERASED_IDS: one per part, same erasure id
+            for start in range(0, len(ids), MAX_ERASED_IDS):
+                self.send_event(self.events.erasure_done(ids[start:start + MAX_ERASED_IDS], erasure_id=obj.erasure_id))
             log.info("erasure %s: %d customers erased here", obj.erasure_id, len(erased))
             return "erasures"
         self.invalid_messages += 1
@@ -295,16 +335,54 @@ class MQTTSync:
                           None, retain=True)
 
     def _flush_loop(self) -> None:
+        """The outbox flusher's thread: a pass on every wake-up (at least every second). A pass that fails, or
+        whose acknowledgements could not be recorded, is counted and the next one waits a back-off
+        (``reconnect_min_s`` doubling up to ``reconnect_max_s``, so a full disk is not flooded with re-sends); a
+        streak of failed passes is logged once with its traceback and once when it ends. Never raises."""
+        delay, streak, logged, flagged = 0.0, 0, False, False
+        recorded = self.storage_errors
         while not self._stop.is_set():
-            self._wake.wait(1.0)
+            if delay:
+                if self._stop.wait(delay):
+                    return
+            else:
+                self._wake.wait(1.0)
             self._wake.clear()
-            if not self.connected.is_set() or self._client is None:
+            failed = self.storage_errors != recorded  # acknowledgements of the last pass could not be recorded
+            recorded = self.storage_errors
+            if not failed:
+                try:
+                    self._flush_once()
+                except Exception as exc:  # the flusher must outlive any one pass (the outbox cannot be read …)
+                    failed = True
+                    self.flush_errors += 1
+                    if isinstance(exc, sqlite3.Error):
+                        self.stats.storage, flagged = storage_state(exc), True
+                    if not logged:
+                        log.exception("the outbox flusher failed; retrying with back-off")
+                        logged = True
+            if failed:
+                streak += 1
+                delay = min(max(self.config.reconnect_min_s, 2 * delay), self.config.reconnect_max_s)
+            elif streak and not self._settle_failing:  # (while it is, the acknowledgements of this pass decide)
+                log.info("the outbox flusher works again after %d failed passes", streak)
+                if flagged:
+                    self.stats.storage = "ok"
+                delay, streak, logged, flagged = 0.0, 0, False, False
+
+    def _flush_once(self) -> None:
+        """One pass of the flusher: publish the unacknowledged events, oldest first, while connected.
+
+        Raises:
+            sqlite3.Error: the outbox cannot be read.
+        """
+        if self._stop.is_set() or not self.connected.is_set() or self._client is None:
+            return
+        with self._lock:
+            skip = set(self._inflight.values()) | self._rejected
+        for ev in self.state.pending(limit=200):
+            if ev["event_id"] in skip or not self.connected.is_set():
                 continue
-            with self._lock:
-                skip = set(self._inflight.values()) | self._rejected
-            for ev in self.state.pending(limit=200):
-                if ev["event_id"] in skip or not self.connected.is_set():
-                    continue
-                info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
-                if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    break  # not connected any more: retry after the next connect
+            info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
+            if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # not connected any more: retry after the next connect

@@ -27,7 +27,10 @@ class ArrivalWorker(Worker):
     """Handle each decision from ``decisions``: a known customer's arrival is welcomed with their picks
     (first), recorded (``last_seen_at``, drives retention) and reported; an unknown face is counted and
     reported without an id. A storage error (disk full, read-only medium) never stops the greeting: it
-    sets ``stats.storage`` (``full`` | ``error``) and the event is held by the outbox for a retry.
+    sets ``stats.storage`` (``full`` | ``error``) and the event is held by the outbox for a retry. Any other
+    error while handling one decision (e.g. a gallery row that cannot be opened) is counted in
+    ``stats.arrival_failures`` and logged — with its traceback once per streak of failures — and the worker
+    goes on with the next decision.
 
     ``now`` returns the local wall-clock time whose hour picks the menu's day-part (default
     :meth:`datetime.now`; tests inject a fixed clock)."""
@@ -45,6 +48,7 @@ class ArrivalWorker(Worker):
         self.decisions = decisions
         self.stats = stats
         self.now = now
+        self._failing = False  # the last decision failed (a streak is logged with its traceback once)
 
     def loop(self) -> None:
         while not self.stop_event.is_set():
@@ -56,7 +60,7 @@ class ArrivalWorker(Worker):
 
     def handle(self, d) -> None:
         """One decision (a :class:`~dangol_edge.tracker.Decision`: ``kind`` known/unknown, ``customer_id``,
-        ``score``, ``first_ts`` in monotonic seconds)."""
+        ``score``, ``first_ts`` in monotonic seconds). Never raises (see the class docstring)."""
         try:
             if d.kind == "known":
                 self.arrival(d.customer_id, d.score, d.first_ts)
@@ -69,6 +73,19 @@ class ArrivalWorker(Worker):
             self.stats.storage = storage_state(exc)
             log.error("cannot write the edge database (%s): event for %s held for a retry",
                       exc, d.customer_id or "an unknown face")
+        except Exception as exc:  # one bad decision must not end the worker (the watchdog would not notice)
+            self.stats.arrival_failures += 1
+            who = d.customer_id or "an unknown face"
+            if not self._failing:
+                log.exception("the arrival of %s failed; going on with the next decision", who)
+            else:
+                log.error("the arrival of %s failed too (%s: %s); %d failed so far", who, type(exc).__name__, exc,
+                          self.stats.arrival_failures)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("arrivals are handled again (%d failed so far)", self.stats.arrival_failures)
+            self._failing = False
 
     def arrival(self, customer_id: str, score: float, first_seen: float) -> None:
         """Welcome, record and report a known customer (already erased: nothing happens)."""

@@ -33,6 +33,12 @@ class Stats:
             :data:`~dangol_edge.workers.recognition.FAILING_AFTER` frames in a row (the watchdog is then
             no longer fed and ``fps`` reads 0).
         last_heartbeat: monotonic seconds of the recognition loop's last healthy turn.
+        camera_errors: failed opens or reads of the camera (each one retried after a back-off).
+        housekeeping_failures: housekeeping steps that raised (one per step and per erasure report); the next
+            pass retries them.
+        arrival_failures: decisions the arrival worker failed to handle (logged; the next one is handled).
+        crashed: names of the workers whose thread died on an error (health is then not ``ok`` and the
+            watchdog is no longer fed).
         arrival_times: (capture time of the track's first frame, decision time), monotonic seconds, of the
             newest :data:`ARRIVAL_TIMES_KEPT` arrivals.
     """
@@ -44,17 +50,23 @@ class Stats:
     arrivals: int = 0
     unknown: int = 0
     recognition_failures: int = 0
+    camera_errors: int = 0
+    housekeeping_failures: int = 0
+    arrival_failures: int = 0
     camera: str = "missing"
     storage: str = "ok"
     recognition: str = "ok"
     fps: float = 0.0
     last_heartbeat: float = field(default_factory=time.monotonic)
     arrival_times: deque = field(default_factory=_recent_arrivals)
+    crashed: list = field(default_factory=list)
 
 
 class Worker(threading.Thread):
     """A daemon thread that runs :meth:`loop` until ``stop_event`` is set. An exception escaping
-    :meth:`loop` is logged (with its traceback, once) and ends the worker; ``crashed`` is then True.
+    :meth:`loop` is logged (with its traceback, once) and ends the worker; ``crashed`` is then True and,
+    for a worker with a ``stats`` attribute (every daemon worker), its name is added to ``stats.crashed``,
+    which the daemon's health and the watchdog read.
 
     Args:
         name: thread name (also in log lines).
@@ -71,7 +83,11 @@ class Worker(threading.Thread):
             self.loop()
         except Exception:
             self.crashed = True
-            log.exception("the %s worker stopped on an error", self.name)
+            stats = getattr(self, "stats", None)
+            if isinstance(stats, Stats):
+                stats.crashed.append(self.name)
+            log.exception("the %s worker stopped on an error; health reports it and the watchdog is no longer "
+                          "fed", self.name)
 
     def loop(self) -> None:  # pragma: no cover - every worker overrides it
         raise NotImplementedError

@@ -13,6 +13,10 @@ from .base import Stats, Worker
 
 log = logging.getLogger(__name__)
 
+#: An error streak ends once the source delivered this many frames since the last error (a camera that fails
+#: after every few frames stays one streak: one traceback, and the back-off keeps growing).
+RECOVERED_AFTER = 10
+
 
 class CaptureWorker(Worker):
     """Open the source (retrying with exponential back-off ``camera.retry_min_s`` … ``retry_max_s`` while it
@@ -22,6 +26,13 @@ class CaptureWorker(Worker):
     queued frame is dropped (``stats.frames_dropped``) so the screen reacts to *now*. A file read as fast
     as possible (batch) waits for room instead. A file that ends without ``camera.loop`` ends the worker
     (the display keeps running).
+
+    Any error opening or reading the source is retried, never fatal: a :class:`~dangol_edge.sources.SourceError`
+    (no such device or file, the camera stopped delivering) sets ``stats.camera`` to ``missing``, anything else
+    (a driver bug, libcamera's ``RuntimeError``) to ``error``; each is counted in ``stats.camera_errors``, the
+    source is closed and reopened after the back-off. An error streak is logged once with its traceback (the
+    further errors in a row as one line each) and once when frames flow again (:data:`RECOVERED_AFTER` frames
+    without an error).
     """
 
     def __init__(self, config: EdgeConfig, source_spec: str, frames: "queue.Queue[tuple[Frame, float]]",
@@ -31,31 +42,64 @@ class CaptureWorker(Worker):
         self.source_spec = source_spec
         self.frames = frames
         self.stats = stats
+        self.streak = 0  # camera errors since frames last flowed
+        self.delay = config.camera.retry_min_s  # the back-off before the next reopen
+        self._flowing = 0  # frames delivered since the last error
 
     def loop(self) -> None:
         cam = self.config.camera
-        delay = cam.retry_min_s
         while not self.stop_event.is_set():
             src = None
             try:
                 src = self._make_source()
                 src.open()
-                self.stats.camera = "ok"
-                delay = cam.retry_min_s
+                if not self.streak:  # during an error streak it is ok again once frames flow
+                    self.stats.camera = "ok"
                 ended = self._pump(src)
-            except SourceError as exc:
-                self.stats.camera = "missing"
-                log.error("camera: %s; retrying in %.0f s", exc, delay)
+            except Exception as exc:  # SourceError, or whatever a driver raises: retried, never fatal
+                self._failed(exc, self.delay)
                 ended = False
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, cam.retry_max_s)
+                self.stop_event.wait(self.delay)
+                self.delay = min(self.delay * 2, cam.retry_max_s)
             finally:
                 if src is not None:
-                    src.close()
+                    self._close(src)
             if ended and not cam.loop:
                 log.info("video source ended; display keeps running")
                 self.stats.camera = "ok"
                 return
+
+    def _failed(self, exc: Exception, delay: float) -> None:
+        """Count and report one failed open or read; the first of a streak is logged with its traceback."""
+        expected = isinstance(exc, SourceError)
+        self.stats.camera = "missing" if expected else "error"
+        self.stats.camera_errors += 1
+        self.streak += 1
+        self._flowing = 0
+        if self.streak == 1:
+            log.error("camera: %s; retrying in %.1f s (further errors in a row are logged without a traceback)",
+                      exc if expected else f"{type(exc).__name__}: {exc}", delay, exc_info=exc)
+        else:
+            log.error("camera: %s (error %d in a row); retrying in %.1f s",
+                      exc if expected else f"{type(exc).__name__}: {exc}", self.streak, delay)
+
+    def _recovered(self) -> None:
+        """A frame arrived: after :data:`RECOVERED_AFTER` of them, end an error streak and reset the back-off."""
+        self._flowing += 1
+        if self._flowing < RECOVERED_AFTER:
+            return
+        if self.streak:
+            log.info("camera recovered after %d error(s) in a row", self.streak)
+            self.streak = 0
+            self.stats.camera = "ok"
+        self.delay = self.config.camera.retry_min_s
+
+    def _close(self, src) -> None:
+        try:
+            src.close()
+        except Exception as exc:  # a driver failing to release: counted, the next open retries
+            self.stats.camera_errors += 1
+            log.error("camera: closing %s failed: %s: %s", self.source_spec, type(exc).__name__, exc)
 
     def _make_source(self):
         if self.source_spec.startswith("picamera2"):
@@ -73,6 +117,7 @@ class CaptureWorker(Worker):
         for frame in src.frames():
             if self.stop_event.is_set():
                 return False
+            self._recovered()
             if realtime:
                 first_ts = frame.ts if first_ts is None else first_ts
                 wait = (frame.ts - first_ts) - (time.monotonic() - t0)

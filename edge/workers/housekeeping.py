@@ -1,4 +1,5 @@
-"""Housekeeping worker: systemd watchdog, status to the cloud, retention, expired sign-ups, held events."""
+"""Housekeeping worker: systemd watchdog, status to the cloud, retention, expired sign-ups, held events, the end
+of a model upgrade."""
 
 from __future__ import annotations
 
@@ -23,19 +24,28 @@ HEARTBEAT_MAX_AGE_S = 10.0
 
 class HousekeepingWorker(Worker):
     """Every 0.5 s: ``WATCHDOG=1`` to systemd (half of ``WatchdogSec``) while recognition is alive and
-    ``ok``. Every ``mqtt.status_interval_s``: erase expired pending sign-ups and customers unseen for
-    ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an ``erasure-done``
-    without an erasure id, as a staff-page erasure) —, write events the outbox held, prune sent events,
-    and publish ``status/1`` with :func:`health`.
+    ``ok`` and no worker thread died. Every ``mqtt.status_interval_s``, one pass: erase expired pending sign-ups
+    and customers unseen for ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an
+    ``erasure-done`` without an erasure id, as a staff-page erasure) —, end a model upgrade whose time is up
+    (:meth:`~dangol_edge.upgrade.ModelUpgrade.check`), write events the outbox held, prune sent events, and
+    publish ``status/1`` with :func:`health`.
+
+    A pass survives any error: each step that raises is counted (``stats.housekeeping_failures``; a storage
+    error also sets ``stats.storage``) and logged — with its traceback once per kind of error in a streak of
+    failing passes, and once when a pass succeeds again —, and the other steps still run. An erasure whose
+    report failed (e.g. its cached menu could not be deleted) is kept in :attr:`unreported` and reported again
+    on the next pass.
 
     Args:
         on_erased: called with each customer id erased here (forgets it and tells the cloud).
         health: returns the current :class:`dangol_protocol.Health`.
         sync: the :class:`~dangol_edge.sync.MQTTSync`, or None offline.
+        upgrade: the running :class:`~dangol_edge.upgrade.ModelUpgrade`, or None.
     """
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, state: StateStore, outbox: Outbox, sync,
-                 stats: Stats, on_erased: Callable[[str], None], health: Callable, stop_event: threading.Event):
+                 stats: Stats, on_erased: Callable[[str], None], health: Callable, stop_event: threading.Event,
+                 upgrade=None):
         super().__init__("housekeeping", stop_event)
         self.config = config
         self.gallery = gallery
@@ -45,10 +55,17 @@ class HousekeepingWorker(Worker):
         self.stats = stats
         self.on_erased = on_erased
         self.health = health
+        self.upgrade = upgrade
+        #: Customers erased here whose report has not gone through yet (an ordered set; at most the gallery's size).
+        self.unreported: dict[str, None] = {}
+        self.streak = 0  # passes in a row with a failed step
+        self._logged: set[tuple[str, type]] = set()  # (step, error type) logged with a traceback in this streak
 
     def recognition_alive(self, now: float) -> bool:
-        """True while the recognition loop beats and is not failing (what the watchdog stands for)."""
-        return self.stats.recognition == "ok" and now - self.stats.last_heartbeat < HEARTBEAT_MAX_AGE_S
+        """True while the recognition loop beats and is not failing and no worker thread died (what the watchdog
+        stands for: a dead capture thread leaves recognition beating on an empty queue)."""
+        st = self.stats
+        return st.recognition == "ok" and not st.crashed and now - st.last_heartbeat < HEARTBEAT_MAX_AGE_S
 
     def loop(self) -> None:
         wd = watchdog_interval()
@@ -57,33 +74,73 @@ class HousekeepingWorker(Worker):
         while not self.stop_event.wait(0.5):
             now = time.monotonic()
             if wd and now >= next_wd and self.recognition_alive(now):
-                notify("WATCHDOG=1")
+                self._step("watchdog", notify, "WATCHDOG=1")
                 next_wd = now + wd
             if now >= next_status:
                 next_status = now + self.config.mqtt.status_interval_s
-                self.tidy()
-                if self.sync is not None:
-                    self.sync.publish_status(self.health())
+                self.run_pass()
 
-    def tidy(self) -> None:
-        """Expire sign-ups and unseen customers (reporting each), retry held events, prune sent ones."""
+    def run_pass(self) -> bool:
+        """One pass: :meth:`tidy`, then the status to the cloud. Returns True when every step succeeded."""
+        ok = self.tidy()
+        if self.sync is not None:
+            ok = self._step("status", lambda: self.sync.publish_status(self.health())) and ok
+        if ok and self.streak:
+            log.info("housekeeping recovered after %d failed pass(es)", self.streak)
+        self.streak = 0 if ok else self.streak + 1
+        if ok:
+            self._logged.clear()
+        return ok
+
+    def tidy(self) -> bool:
+        """Expire sign-ups and unseen customers (reporting each, and any report an earlier pass could not make),
+        end a model upgrade whose time is up, retry held events, prune sent ones. Never raises; returns True
+        when every step succeeded."""
         days = self.config.privacy.retention_days
-        try:
-            for cid in self.gallery.expire_pending():
-                log.info("sign-up %s expired before staff recorded consent: erased", cid)
-                self._report(cid)
-            for cid in self.gallery.expire_unseen(days):
-                log.info("retention: erased customer %s (not seen for %d days)", cid, days)
-                self._report(cid)
-            self.outbox.retry()
-            self.state.prune_sent()
-        except sqlite3.OperationalError as exc:
-            self.stats.storage = storage_state(exc)
-            log.error("housekeeping cannot write the edge database: %s", exc)
+        ok = self._step("expire sign-ups", self._expire, self.gallery.expire_pending,
+                        "sign-up %s expired before staff recorded consent: erased")
+        ok = self._step("retention", self._expire, lambda: self.gallery.expire_unseen(days),
+                        f"retention: erased customer %s (not seen for {days} days)") and ok
+        ok = self._report_all() and ok
+        if self.upgrade is not None and not self.upgrade.done:
+            ok = self._step("model upgrade", self.upgrade.check) and ok
+        ok = self._step("held events", self.outbox.retry) and ok
+        return self._step("prune sent events", self.state.prune_sent) and ok
+
+    def _expire(self, erase: Callable[[], list[str]], message: str) -> None:
+        for cid in erase():
+            log.info(message, cid)
+            self.unreported[cid] = None
+
+    def _report_all(self) -> bool:
+        """Report every erasure not yet reported; the ones that fail stay for the next pass."""
+        ok = True
+        for cid in list(self.unreported):
+            if self._step("erasure report", self._report, cid):
+                self.unreported.pop(cid, None)
+            else:
+                ok = False
+        return ok
 
     def _report(self, customer_id: str) -> None:
         try:
             self.on_erased(customer_id)
-        except EventNotSaved as exc:  # held by the outbox, written by the next tidy()
+        except EventNotSaved as exc:  # held by the outbox, written by the next pass: reported
             self.stats.storage = "error"
+            self.stats.housekeeping_failures += 1
             log.error("erasure of %s: %s", customer_id, exc)
+
+    def _step(self, name: str, fn: Callable, *args) -> bool:
+        """Run one step; count and log what it raises. Returns True when it succeeded."""
+        try:
+            fn(*args)
+            return True
+        except Exception as exc:
+            self.stats.housekeeping_failures += 1
+            if isinstance(exc, sqlite3.OperationalError):
+                self.stats.storage = storage_state(exc)
+            first = (name, type(exc)) not in self._logged
+            self._logged.add((name, type(exc)))
+            log.error("housekeeping: %s failed: %s: %s%s", name, type(exc).__name__, exc,
+                      "" if first else " (again; retried next pass)", exc_info=exc if first else None)
+            return False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,30 @@ def test_rotate_key_command(edge_env, capsys, clips, tmp_path, monkeypatch):
     assert main(["identify", "--source", str(clips / "obama2.jpg"), "--json", "--all-frames"]) == 0
     faces = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert any(f.get("customer_id") == cid for f in faces)
+
+
+def test_rotate_key_reseals_the_cached_menu_names(edge_env, capsys, clips, monkeypatch):
+    """The cached menus' first names in state.sqlite move to the new key with the gallery, so after the switch
+    the door still has them (and nothing is left that only the old key opens)."""
+    from dangol_edge.state import StateStore
+    from dangol_protocol import Menu, MenuPick
+
+    assert main(["enroll", "--name", NAME, "--image", str(clips / "obama.jpg")]) == 0
+    cid = json.loads(capsys.readouterr().out)["enrolled"]["id"]
+    state_path = edge_env / "state.sqlite"
+    with StateStore(state_path) as st:
+        st.put_menu(Menu(store_id=uuid.uuid4(), customer_id=uuid.UUID(cid), display_name=NAME, model_version="m1",
+                         generated_at=datetime.now(timezone.utc), items=[MenuPick(item_id="latte", score=1.0)]))
+    new = new_key()
+    monkeypatch.setenv("NEW_GALLERY_KEY", new)
+    assert main(["rotate-key", "--new-key-env", "NEW_GALLERY_KEY"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("DANGOL_GALLERY_KEY", new)
+    with StateStore(state_path) as st:
+        m = st.menu(cid)
+        assert m.display_name == NAME.split()[0] and [p.item_id for p in m.items] == ["latte"]
+        assert st.name_read_errors == 0
+    assert out["resealed"] == 2 and out["resealed_menu_names"] == 1
 
 
 def test_strangers_leave_no_trace(edge_env, capsys, clips):
