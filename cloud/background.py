@@ -1,5 +1,5 @@
 """Background work of ``dangol-cloud serve``: the MQTT consumer, scheduled retraining, re-publishing of
-unconfirmed erasures and the daily retention sweep."""
+unconfirmed erasures and the daily sweep (retention, old device events)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 def start_background(app: Flask) -> Callable[[], None]:
     """Start the MQTT listener (if a broker is configured and ``listen`` is on), the training schedule
     (if ``train_interval_hours`` is set), the erasure re-publisher (every ``erasure_republish_minutes``,
-    with a broker) and the retention sweep (at start, then every 24 h). Returns a function that stops them.
+    with a broker) and the daily sweep (at start, then every 24 h): retention, then device events older than
+    ``device_event_days`` (failures of each counted in ``app.extensions["dangol_sweep_failures"]``). Returns a
+    function that stops them.
 
     Raises:
         MqttError: the MQTT URL is malformed. An unreachable broker is retried in the background.
@@ -71,7 +73,7 @@ def start_background(app: Flask) -> Callable[[], None]:
         threading.Thread(target=erasures, name="dangol-erasures", daemon=True).start()
 
     def retention() -> None:
-        from dangol_cloud.erasure import run_retention
+        from dangol_cloud.erasure import prune_device_events, run_retention
         from dangol_cloud.publishing import republish_erasures
 
         while True:
@@ -82,9 +84,20 @@ def start_background(app: Flask) -> Callable[[], None]:
                     log.info("retention: erased %d customers not seen for %d days", len(ids), settings.retention_days)
                     republish_erasures(db, settings)
             except Exception:  # retried in 24 h; the erasures themselves are re-published by their own loop
-                log.exception("retention sweep failed; retrying in 24 h")
+                sweep_failures["retention"] += 1
+                log.exception("retention sweep failed (%d so far); retrying in 24 h", sweep_failures["retention"])
+            try:
+                with db.transaction() as session:
+                    prune_device_events(session, settings.device_event_days)
+            except Exception:  # retried in 24 h; until then the table only holds a day more
+                sweep_failures["device-events"] += 1
+                log.exception("pruning device events failed (%d so far); retrying in 24 h",
+                              sweep_failures["device-events"])
             if stopping.wait(24 * 3600):
                 return
+
+    sweep_failures = {"retention": 0, "device-events": 0}
+    app.extensions["dangol_sweep_failures"] = sweep_failures
 
     threading.Thread(target=retention, name="dangol-retention", daemon=True).start()
 

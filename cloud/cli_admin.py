@@ -71,7 +71,9 @@ def cmd_erase(args, settings, db) -> int:
 
 
 def cmd_retention(args, settings, db) -> int:
-    from dangol_cloud.erasure import retention_candidates, run_retention
+    """Erase customers not seen for ``retention_days`` (telling the stores) and delete device events older than
+    ``device_event_days``, as ``serve`` does daily; ``--dry-run`` only counts the customers."""
+    from dangol_cloud.erasure import prune_device_events, retention_candidates, run_retention
 
     if args.dry_run:
         with db.sessions() as session:
@@ -80,8 +82,12 @@ def cmd_retention(args, settings, db) -> int:
         return 0
     with db.transaction() as session:
         ids = run_retention(session, settings.retention_days)
+    with db.transaction() as session:
+        pruned = prune_device_events(session, settings.device_event_days)
     text = _publish_erasures(settings, db) if ids else "nothing to tell the stores"
     out.print(f"erased {len(ids)} customers not seen for {settings.retention_days} days; {text}", highlight=False)
+    out.print(f"{pruned} device event{'' if pruned == 1 else 's'} older than {settings.device_event_days} days "
+              "deleted", highlight=False)
     return 0
 
 

@@ -9,7 +9,8 @@ the sending device's rights before anything is written (:func:`check_event`):
 * **enrolment**: a new customer id becomes a customer *of this device's store* (never the id of an erased
   customer, which every store saw in the retained menus); an existing customer may
   only be changed by the device that enrolled them, only while ``pending`` (a name or a consent record for
-  anybody else is refused, as is demoting an active customer).
+  anybody else is refused, as is demoting an active customer). A customer whose consent was withdrawn
+  (status ``withdrawn``) is never enrolled again by a device, whatever the status or consent it sends.
 * **erasure-done** with an erasure id: only as the answer to that erasure, by a device it was sent to, for
   exactly its customer. Without an erasure id (erased on the device's staff page) it becomes an
   :class:`~dangol_cloud.models.ErasureRequest` naming the device, which an owner confirms or dismisses —
@@ -117,6 +118,9 @@ def _check_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
         if session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id).limit(1)) is not None:
             raise Refused(f"enrolment names customer {customer_id}, who was erased: a new enrolment needs a new id")
         return
+    if customer.status not in ("pending", "active"):  # withdrawn: a device never undoes that
+        raise Refused(f"enrolment names customer {customer_id}, whose consent was withdrawn "
+                      f"(status {customer.status}): a device cannot enrol them again")
     origin = session.get(CustomerOrigin, customer_id)
     if origin is None or origin.device_id != device.id:
         raise Refused(f"enrolment names customer {customer_id}, who was not enrolled on this device")
@@ -147,7 +151,8 @@ def _check_erasure_done(session: Session, device: Device, event: proto.ErasureDo
 def check_event(session: Session, device: Device, event) -> datetime:
     """Check one event against ``device``'s rights (module docstring) before it is applied.
 
-    Also refuses an ``event_id`` another device already used (a replayed capture).
+    Also refuses an ``event_id`` another device already used (a replayed capture): one kept in
+    ``device_events``, or, once that row was pruned, an arrival's kept in ``visits``.
 
     Returns:
         The event time to store (``event.ts``, or the time received if the device's clock is a little ahead).
@@ -157,6 +162,8 @@ def check_event(session: Session, device: Device, event) -> datetime:
     """
     ts = bounded_ts(event.ts, "ts")
     owner = session.scalar(select(DeviceEvent.device_id).where(DeviceEvent.event_id == str(event.event_id)))
+    if owner is None:  # an arrival whose event row was pruned (device_event_days): its visit keeps the id
+        owner = session.scalar(select(Visit.device_id).where(Visit.event_id == str(event.event_id)))
     if owner is not None and owner != device.id:
         raise Refused(f"event_id {event.event_id} was already used by another device (replay)")
     if isinstance(event, proto.ArrivalEvent):

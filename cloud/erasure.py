@@ -21,6 +21,13 @@ owner confirms (:func:`decide_erasure_request` → :func:`erase_customer`) or di
 
 The audit log never holds a name: customers appear by their random id only. An erasure asked for by or for
 the customer (not a retention sweep) of a customer with a consent record also logs ``consent-withdrawn``.
+
+Copies outside the customer tables go with the erasure too: the stored payloads of the devices' events
+(:func:`scrub_device_events`: the customer's id, the items shown to them and their confidence scores are
+removed; the ``event_id`` stays for duplicate and replay checks) and the saved recommender models
+(:func:`scrub_saved_models`: their id and every per-customer row, :func:`dangol_cloud.recommend.persist.
+scrub_customers`). Device events are kept only ``device_event_days`` (:func:`prune_device_events`, daily in
+``serve``), and training keeps only the current model (:mod:`dangol_cloud.training`).
 """
 
 from __future__ import annotations
@@ -28,15 +35,19 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, exists, select, update
+from pathlib import Path
+
+from sqlalchemy import Text, cast, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.models import (
-    AuditEntry, Customer, CustomerOrigin, Device, Erasure, ErasureRequest, Menu, Purchase, Visit, utcnow,
+    AuditEntry, Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Menu, ModelVersion, Purchase,
+    Visit, utcnow,
 )
 
 __all__ = ["audit", "complete_if_done", "decide_erasure_request", "erase_customer", "pending_erasures",
-           "record_confirmation", "retention_candidates", "run_retention", "unconfirmed_devices"]
+           "prune_device_events", "record_confirmation", "retention_candidates", "run_retention",
+           "scrub_device_events", "scrub_saved_models", "unconfirmed_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +62,7 @@ def audit(session: Session, actor: str, action: str, *, customer_id: str | None 
 
 
 def erase_customer(session: Session, customer_id: str, *, actor: str, reason: str = "request",
-                   confirmed_device: str | None = None) -> Erasure:
+                   confirmed_device: str | None = None, scrub: bool = True) -> Erasure:
     """Delete a customer's personal data and history now and queue the erasure for every device.
 
     Args:
@@ -59,16 +70,24 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         actor: who asked (dashboard e-mail, ``cli``, ``retention``, ``device:<id>``), for the audit log.
         reason: ``request`` or ``retention`` (audit detail).
         confirmed_device: a device that already erased the customer itself (edge staff page).
+        scrub: also remove the customer from stored device events and saved models now (the audit entry
+            says from how many models); False only for a caller that scrubs a batch itself (retention).
 
     Returns:
         The new :class:`Erasure` (flushed; the caller commits).
 
     Raises:
         LookupError: no such customer.
+        OSError / ValueError: a saved model folder exists but cannot be rewritten (nothing is committed).
     """
     customer = session.get(Customer, customer_id)
     if customer is None:
         raise LookupError(f"customer {customer_id}: no such customer")
+    scrubbed = ""
+    if scrub:
+        events = scrub_device_events(session, [customer_id])
+        models = scrub_saved_models(session, [customer_id])
+        scrubbed = f"; device events scrubbed: {events}; removed from {models} saved model(s)"
     on_edge = customer.source == "edge" or customer.consent_at is not None
     session.execute(delete(Menu).where(Menu.customer_id == customer_id))
     session.execute(delete(Purchase).where(Purchase.customer_id == customer_id))
@@ -89,7 +108,7 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         audit(session, actor, "consent-withdrawn", customer_id=customer_id, erasure_id=erasure.id,
               detail=f"consent of {customer.consent_at:%Y-%m-%d}, text version {customer.consent_text_version}")
     audit(session, actor, "erasure-requested", customer_id=customer_id, erasure_id=erasure.id,
-          detail=f"reason={reason}; devices to confirm: {len(targets) - len(confirmed)}")
+          detail=f"reason={reason}; devices to confirm: {len(targets) - len(confirmed)}{scrubbed}")
     if confirmed_device in confirmed:
         audit(session, actor, "erasure-confirmed", customer_id=customer_id, erasure_id=erasure.id,
               device_id=confirmed_device)
@@ -179,13 +198,107 @@ def retention_candidates(session: Session, days: int, now: datetime | None = Non
 
 
 def run_retention(session: Session, days: int, now: datetime | None = None) -> list[str]:
-    """Erase every customer not seen for ``days`` days (:func:`retention_candidates`) and log the run.
+    """Erase every customer not seen for ``days`` days (:func:`retention_candidates`), remove them from the
+    stored device events and saved models in one batch, and log the run.
 
     Returns:
         The erased customer ids (the caller commits, then publishes the erasures).
+
+    Raises:
+        OSError / ValueError: a saved model folder exists but cannot be rewritten (nothing is committed).
     """
     ids = retention_candidates(session, days, now)
     for customer_id in ids:
-        erase_customer(session, customer_id, actor="retention", reason="retention")
-    audit(session, "retention", "retention-run", detail=f"retention_days={days}; erased {len(ids)}")
+        erase_customer(session, customer_id, actor="retention", reason="retention", scrub=False)
+    events = scrub_device_events(session, ids)
+    models = scrub_saved_models(session, ids)
+    audit(session, "retention", "retention-run", detail=f"retention_days={days}; device events scrubbed: {events}; "
+                                                        f"removed from {models} saved model(s); erased {len(ids)}")
     return ids
+
+
+#: Payload fields kept when a stored device event is scrubbed of an erased customer (no personal data).
+_EVENT_FIELDS_KEPT = ("schema", "kind", "event_id", "device_id", "ts", "status", "erasure_id")
+
+
+def scrub_device_events(session: Session, customer_ids: list[str]) -> int:
+    """Remove erased customers from the stored payloads of device events (``device_events``).
+
+    A payload naming one of them keeps only its event fields (``event_id``, kind, device, time, status,
+    erasure id) and the other customers an erasure-done lists, marked ``"scrubbed": true``; the row stays,
+    so a redelivered event is still recognised as a duplicate. The caller commits.
+
+    Returns:
+        The number of event rows rewritten.
+    """
+    ids = {str(c) for c in customer_ids}
+    rewritten = 0
+    wanted = sorted(ids)
+    for start in range(0, len(wanted), 50):  # the payload is JSON on both backends: matched as text
+        text = cast(DeviceEvent.payload, Text)
+        match = or_(*(text.like(f"%{c}%") for c in wanted[start:start + 50]))
+        for event in session.scalars(select(DeviceEvent).where(match)):
+            payload = event.payload if isinstance(event.payload, dict) else {}
+            kept = {k: payload[k] for k in _EVENT_FIELDS_KEPT if k in payload}
+            if payload.get("customer_id") is not None and str(payload["customer_id"]) not in ids:
+                kept["customer_id"] = payload["customer_id"]
+            if isinstance(payload.get("customer_ids"), list):
+                kept["customer_ids"] = [c for c in payload["customer_ids"] if str(c) not in ids]
+            event.payload = {**kept, "scrubbed": True}
+            rewritten += 1
+    session.flush()
+    return rewritten
+
+
+def scrub_saved_models(session: Session, customer_ids: list[str]) -> int:
+    """Remove erased customers from every saved model a :class:`ModelVersion` row points to (normally only the
+    current one: training deletes older ones), with :func:`dangol_cloud.recommend.persist.scrub_customers`.
+
+    Returns:
+        The number of saved models that held one of them (a missing folder counts as none).
+
+    Raises:
+        OSError / ValueError: a model folder exists but cannot be read or rewritten.
+    """
+    if not customer_ids:
+        return 0
+    from dangol_cloud.recommend.persist import scrub_customers
+
+    held = 0
+    for version, path in session.execute(select(ModelVersion.version, ModelVersion.path)):
+        found = scrub_customers(Path(path), customer_ids)
+        if found:
+            log.info("model %s: %d erased customer(s) removed", version, found)
+            held += 1
+    return held
+
+
+def prune_device_events(session: Session, days: int, now: datetime | None = None) -> int:
+    """Delete device events received more than ``days`` days ago (``device_event_days``; daily in ``serve``).
+
+    Enrolment events are kept while their customer exists (the dashboard's staff scope reads them to tell
+    which store enrolled a customer); arrivals, erasure-done events and the enrolments of customers who are
+    gone are deleted. Replays stay harmless after the window: an arrival's ``event_id`` is unique in
+    ``visits`` (a redelivery is a duplicate, another device's copy is refused), an erased customer's id is
+    refused for enrolment, and an erasure confirmation is idempotent. The caller commits.
+
+    Returns:
+        The number of events deleted.
+    """
+    cut = (now or utcnow()) - timedelta(days=days)
+    old = DeviceEvent.received_at < cut
+    deleted = session.execute(delete(DeviceEvent).where(old, DeviceEvent.kind != "enrolment")).rowcount or 0
+    enrolments = {event_id: str(payload.get("customer_id")) if isinstance(payload, dict) else "" for event_id, payload
+                  in session.execute(select(DeviceEvent.event_id, DeviceEvent.payload)
+                                     .where(old, DeviceEvent.kind == "enrolment"))}
+    named = sorted(set(enrolments.values()))
+    living: set[str] = set()
+    for start in range(0, len(named), 500):
+        living.update(session.scalars(select(Customer.id).where(Customer.id.in_(named[start:start + 500]))))
+    gone = sorted(event_id for event_id, customer_id in enrolments.items() if customer_id not in living)
+    for start in range(0, len(gone), 500):
+        deleted += session.execute(delete(DeviceEvent).where(DeviceEvent.event_id.in_(gone[start:start + 500]))
+                                   ).rowcount or 0
+    if deleted:
+        log.info("pruned %d device events received before %s", deleted, cut.isoformat(timespec="minutes"))
+    return deleted

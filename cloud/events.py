@@ -72,6 +72,8 @@ def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
         session.add(customer)
         session.add(CustomerOrigin(customer_id=customer.id, store_id=device.store_id, device_id=device.id,
                                    created_at=utcnow()))
+    elif customer.status not in ("pending", "active"):  # checked first by device_trust; never undo a withdrawal
+        raise Refused(f"enrolment names customer {customer.id}, whose consent was withdrawn")
     if event.display_name:
         customer.display_name = event.display_name
     if event.consent is not None:  # the same service as the dashboard's consent form

@@ -3,18 +3,28 @@
 Rows become ``purchases``; customers and catalogue items that do not exist yet are created (customers
 by ``external_ref``, found through its keyed hash ``external_ref_hash`` since the ref itself is encrypted;
 items by ``ref`` or name; a new item is a POS *product*, not on the menu until the owner maps it —
-:mod:`dangol_cloud.menu_mapping`). Every purchase carries an idempotency key derived from its
-content, so importing the same file twice never doubles a purchase. The caller owns the transaction:
-on any exception nothing of the import is committed.
+:mod:`dangol_cloud.menu_mapping`). The caller owns the transaction: on any exception nothing of the import
+is committed.
+
+Every imported purchase carries an idempotency key derived from its *content* (:func:`purchase_key`: store,
+customer, item, product, UTC time, quantity, amount) and its *occurrence* among identical rows of the same
+file (0 for the first, 1 for the second, …), never its line number. So importing the same file twice, or a
+newer export that contains the earlier sales at other line numbers, stores each sale once, while a file that
+genuinely lists the same line twice (two identical sale lines) keeps both. Purchases imported before revision
+0008 carried line-number keys; that migration re-keys them the same way (see its docstring).
+
+A staff upload is limited to the user's stores (``allowed_stores``): a row naming a known store outside them is
+a row error (counted and reported, nothing written for it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select, update
@@ -58,11 +68,23 @@ class ImportReport:
         return self.rows - len(self.errors)
 
 
-def purchase_key(source: str, row: PurchaseRow) -> str:
-    """Idempotency key of an imported row: ``source:sha1(line, customer, item, product, ts, qty, amount)``."""
-    text = "|".join(str(v) for v in (row.line, row.customer_ref, row.item_ref, row.product_id, row.ts.isoformat(),
-                                      row.quantity, row.amount))
-    return f"{source}:{hashlib.sha1(text.encode('utf-8')).hexdigest()}"
+def purchase_key(prefix: str, *, store_id: str | None, customer_id: str, item_id: str, product_id: str | None,
+                 ts: datetime, quantity: float, amount: float | None, occurrence: int = 0) -> str:
+    """Idempotency key of an imported purchase: ``prefix:sha1(content, occurrence)``.
+
+    The content is the stored purchase (store, customer and item ids, product id, ``ts`` in UTC to the
+    microsecond, quantity, amount); ``occurrence`` counts earlier identical rows of the same file. Migration
+    0008 holds a copy of this function (keys stored before it were re-keyed with it): change both together.
+
+    Raises:
+        ValueError: ``ts`` is naive.
+    """
+    if ts.tzinfo is None:
+        raise ValueError(f"naive datetime {ts!r}: keys are made from UTC times")
+    content = json.dumps([store_id, customer_id, item_id, product_id,
+                          ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f"), float(quantity),
+                          None if amount is None else float(amount), occurrence], separators=(",", ":"))
+    return f"{prefix}:{hashlib.sha1(content.encode('utf-8')).hexdigest()}"
 
 
 def _insert(session: Session, table):
@@ -145,9 +167,16 @@ class _Resolver:
             self.new_items = []
 
 
+def _raw(row: PurchaseRow) -> str:
+    """A refused row as text for the report (the parsed fields; the file's own line is not kept)."""
+    return ",".join("" if v is None else str(v) for v in (row.customer_ref, row.item_ref, row.quantity,
+                                                         row.ts.isoformat(), row.amount, row.store_ref))
+
+
 def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, source: str, key_prefix: str,
                 tz: str = "UTC", batch_size: int = 5000, customer_status: str = "active",
-                customer_source: str = "import", store_id: str | None = None) -> ImportReport:
+                customer_source: str = "import", store_id: str | None = None,
+                allowed_stores: frozenset[str] | None = None) -> ImportReport:
     """Insert valid rows as purchases in batches of ``batch_size``; collect row errors.
 
     Args:
@@ -158,10 +187,17 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         tz: IANA time zone in which naive row timestamps are local time (stored as UTC).
         customer_status: status of customers created for unknown refs.
         store_id: default store for rows without a (known) store ref.
+        allowed_stores: the store ids rows may name (a staff upload: a row naming a known store outside them is
+            a row error, nothing is written for it); None: every store (owners, the CLI).
 
     Returns:
         ImportReport with counts and row errors (line numbers, messages).
+
+    Raises:
+        ValueError: ``store_id`` is not one of ``allowed_stores``.
     """
+    if allowed_stores is not None and store_id is not None and store_id not in allowed_stores:
+        raise ValueError(f"store {store_id!r} is outside the import's allowed stores")
     started = time.monotonic()
     zone = ZoneInfo(tz)
     report = ImportReport(source=source)
@@ -180,28 +216,33 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             session.execute(stmt, batch)
             batch.clear()
 
-    seen_keys: set[str] = set()
+    occurrences: dict[str, int] = {}  # first-occurrence key -> identical rows seen so far in this file
     for row in rows:
         report.rows += 1
         if isinstance(row, RowError):
             report.errors.append(row)
             continue
-        key = purchase_key(key_prefix, row)
-        if key in seen_keys:
+        store = resolver.stores.get(row.store_ref) if row.store_ref else None
+        if store is None:
+            store = store_id
+        elif allowed_stores is not None and store not in allowed_stores:
+            report.errors.append(RowError(row.line, f"store {row.store_ref!r} is not one of your stores",
+                                          _raw(row)))
             continue
-        seen_keys.add(key)
-        ts = row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=zone)
-        batch.append({
+        values = {
             "customer_id": resolver.customer(row.customer_ref),
             "item_id": resolver.item(row),
             "product_id": row.product_id,
             "quantity": row.quantity,
             "amount": row.amount,
-            "ts": ts.astimezone(timezone.utc),
-            "store_id": resolver.stores.get(row.store_ref or "", store_id),
-            "source": source[:16],
-            "idempotency_key": key,
-        })
+            "ts": (row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=zone)).astimezone(timezone.utc),
+            "store_id": store,
+        }
+        first = purchase_key(key_prefix, **values)
+        seen = occurrences.get(first, 0)
+        occurrences[first] = seen + 1
+        batch.append({**values, "source": source[:16],
+                      "idempotency_key": first if seen == 0 else purchase_key(key_prefix, **values, occurrence=seen)})
         if len(batch) >= batch_size:
             write()
     write()

@@ -139,12 +139,14 @@ class ImportJob:
         started_at / finished_at: UTC. report: the :class:`~dangol_cloud.ingest.ImportReport` when finished
         (its ``errors`` cut to :data:`MAX_SHOWN_ERRORS`; ``error_count`` is the full number). error: why it failed.
         segments: customers whose age band came from demographics.csv.
+        started_by: id of the user who started it (staff see only their own imports' pages), None from code.
     """
 
     id: str
     files: list[str]
     fmt: str
     total: int
+    started_by: str | None = None
     done: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -194,10 +196,13 @@ class ImportJobs:
         return next((j for j in self._jobs.values() if j.running), None)
 
     def start(self, db: Database, settings: Settings, detected, folder, *, files: list[str],
-              customer_source: str = "csv", store_id: str | None = None) -> ImportJob | None:
+              customer_source: str = "csv", store_id: str | None = None,
+              allowed_stores: frozenset[str] | None = None, started_by: str | None = None) -> ImportJob | None:
         """Start importing ``detected`` (:class:`~dangol_cloud.importers.DetectedFiles`) in a thread; the thread
         deletes ``folder`` (a ``tempfile.TemporaryDirectory`` holding the uploads) when done. ``store_id``: the
-        store of rows that name none (so their amounts show in that store's currency).
+        store of rows that name none (so their amounts show in that store's currency); ``allowed_stores``: the
+        stores rows may name (a staff user's; see :func:`~dangol_cloud.ingest.import_rows`), None for any;
+        ``started_by``: the user's id, kept on the job.
 
         Returns:
             The new job, or None when an import is already running (nothing started).
@@ -210,19 +215,20 @@ class ImportJobs:
             if self.running() is not None:
                 return None
             job = ImportJob(id=uuid.uuid4().hex, files=files, fmt=detected.fmt,
-                            total=count_data_lines(detected.purchases), started_at=utcnow())
+                            total=count_data_lines(detected.purchases), started_at=utcnow(), started_by=started_by)
             self._jobs[job.id] = job
             while len(self._jobs) > self.KEEP:
                 self._jobs.pop(next(iter(self._jobs)))
         thread = threading.Thread(target=self._run,
-                                  args=(job, db, settings, detected, folder, customer_source, store_id),
+                                  args=(job, db, settings, detected, folder, customer_source, store_id,
+                                        allowed_stores),
                                   name=f"dangol-import-{job.id[:8]}", daemon=True)
         thread.start()
         job._thread = thread
         return job
 
     def _run(self, job: ImportJob, db: Database, settings: Settings, detected, folder, customer_source,
-             store_id) -> None:
+             store_id, allowed_stores) -> None:
         from dangol_cloud.importers import parse_purchases, read_cj_demographics
         from dangol_cloud.ingest import import_rows
 
@@ -235,7 +241,8 @@ class ImportJobs:
             with db.transaction() as session:
                 rows = parse_purchases(detected.purchases, detected.fmt, products=detected.products)
                 report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
-                                     tz=settings.timezone, customer_source=customer_source, store_id=store_id)
+                                     tz=settings.timezone, customer_source=customer_source, store_id=store_id,
+                                     allowed_stores=allowed_stores)
                 if detected.demographics is not None:
                     job.segments = _store_age_bands(session, read_cj_demographics(detected.demographics))
             report.source = " + ".join(job.files)

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
             erased by ``dangol-cloud retention`` and daily inside ``serve``; 1 to 1095 (3 years: BIPA,
             740 ILCS 14/15(a), requires destroying biometric identifiers within 3 years of the last
             interaction at the latest).
+        device_event_days: accepted device events (arrival, erasure-done; an enrolment once its customer is
+            gone) are kept in ``device_events`` this many days after they were received (default 30), then
+            deleted by the daily sweep inside ``serve``; 1 to 1095. A replay arriving later still changes
+            nothing: an arrival's visit keeps its ``event_id`` (unique) and an erased customer's id is refused.
         erasure_republish_minutes: ``serve`` re-publishes erasures that some device has not confirmed
             yet this often (and at once when such a device comes online).
         session_cookie_secure: send the dashboard's session cookie only over HTTPS; default: on when
@@ -104,6 +108,7 @@ class Settings(BaseSettings):
     data_key: SecretStr | None = None
     data_key_file: Path | None = None
     retention_days: int = Field(365, ge=1)
+    device_event_days: int = Field(30, ge=1, le=MAX_RETENTION_DAYS)
     erasure_republish_minutes: float = Field(10, gt=0, le=24 * 60)
     session_cookie_secure: bool | None = None
     login_max_failures: int = Field(5, ge=1, le=100)

@@ -7,9 +7,12 @@ Uses helper API :mod:`dangol_cloud.recommend` (``train``, ``Recommender``, ``eva
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -61,7 +64,8 @@ def load_frames(session: Session, tz: str = "UTC") -> tuple[pd.DataFrame, pd.Dat
 
 @dataclass
 class TrainReport:
-    """Result of :func:`train_from_database`: the model version, sizes and menus written."""
+    """Result of :func:`train_from_database`: the model version, sizes and menus written; the folders of the
+    model versions it replaced (``replaced_paths``), how many old folders were deleted and how many could not be."""
 
     version: str
     path: str
@@ -69,6 +73,9 @@ class TrainReport:
     items: int
     interactions: int
     menus: int
+    replaced_paths: list[str] = field(default_factory=list)
+    old_models_deleted: int = 0
+    delete_failures: int = 0
 
 
 def train_from_database(db: Database, settings: Settings, progress: Callable[[str], None] | None = None
@@ -87,14 +94,19 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
 
     Fault tolerance: the model folder is written atomically and only referenced by the database once the
     version row and all menus commit together; a crash or ``kill -9`` at any point before that commit leaves
-    the previous model version current with its menus intact (tests/cloud/test_cloud_faults.py).
+    the previous model version current with its menus intact (tests/cloud/test_cloud_faults.py), and a
+    failed commit deletes the new folder. A customer erased or merged away while the run was going gets no
+    menu and is removed from the saved model before the commit.
+
+    Only the current model is kept: the commit deletes every other :class:`ModelVersion` row (all menus now
+    name the new one), then their folders, and older folders no row names, are deleted (a saved model holds
+    customer ids and purchase histories; see the README's privacy section).
 
     Raises:
         NotEnoughData: no purchases in the database.
     """
     from dangol_cloud.feedback import credit_shown_picks, training_feedback
     from dangol_cloud.recommend import train
-    from dangol_cloud.recommend.segments import segment_values
 
     step = progress or (lambda name: None)
     step("load")
@@ -117,6 +129,29 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
         model.version = f"{base}-{n}"
     step("save")
     path = model.save(settings.models_dir)
+    try:
+        report = _menus_and_commit(db, settings, model, path, interactions, items, feedback, segments, n_purchases,
+                                   step)
+    except BaseException:  # nothing references the folder: never leave it behind (nor what it holds)
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    report.old_models_deleted, report.delete_failures = _delete_old_models(settings, report.version,
+                                                                            report.replaced_paths)
+    return report
+
+
+def _menus_and_commit(db: Database, settings: Settings, model, path, interactions: pd.DataFrame,
+                      items: pd.DataFrame, feedback, segments: pd.DataFrame, n_purchases: int,
+                      step: Callable[[str], None]) -> TrainReport:
+    """The menus of the saved ``model`` and the commit of :func:`train_from_database` (its docstring).
+
+    In the write transaction, customers erased or merged away since the purchases were read get no menu and
+    are removed from the saved model (:func:`dangol_cloud.recommend.persist.scrub_customers`); every other
+    :class:`ModelVersion` row is deleted with the old menus (their folders are deleted after the commit).
+    """
+    from dangol_cloud.recommend.persist import scrub_customers
+    from dangol_cloud.recommend.segments import segment_values
+
     available = set(items.loc[items["available"], "item"])
     with db.sessions() as session:  # enrolled regulars without purchases yet get the cold-start list
         enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
@@ -131,12 +166,23 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     step("write")
     daypart_rows = _daypart_menus(model, customers, settings.menu_size, available, feedback.dislikes)
     with db.transaction() as session:
+        existing = set(session.scalars(select(Customer.id)))
+        gone = (set(customers) | {str(c) for c in model.customers}) - existing
+        if gone:  # erased or merged while training ran (their purchases were read before)
+            log.info("%d customer(s) erased while training; no menu, removed from model %s", len(gone),
+                     model.version)
+            scrub_customers(path, gone)
+            customers = [c for c in customers if c not in gone]
+            rows = [r for r in rows if r["customer_id"] not in gone]
+            daypart_rows = [r for r in daypart_rows if r["customer_id"] not in gone]
         session.add(ModelVersion(version=model.version, path=str(path), created_at=now,
                                  n_customers=len(customers), n_items=int(interactions["item"].nunique()),
                                  n_interactions=n_purchases))
         session.flush()
         session.execute(delete(MenuDayparts))
         session.execute(delete(Menu))
+        replaced = list(session.scalars(select(ModelVersion.path).where(ModelVersion.version != model.version)))
+        session.execute(delete(ModelVersion).where(ModelVersion.version != model.version))
         for start in range(0, len(rows), 5000):
             session.execute(insert(Menu), rows[start:start + 5000])
         for start in range(0, len(daypart_rows), 5000):
@@ -145,7 +191,45 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     log.info("trained model %s on %d purchases (+%d feedback positives); %d menus", model.version, n_purchases,
              len(interactions) - n_purchases, len(rows))
     return TrainReport(version=model.version, path=str(path), customers=len(customers),
-                       items=int(interactions["item"].nunique()), interactions=n_purchases, menus=len(rows))
+                       items=int(interactions["item"].nunique()), interactions=n_purchases, menus=len(rows),
+                       replaced_paths=replaced)
+
+
+#: A folder under ``models_dir`` that no :class:`ModelVersion` names is deleted once older than this (a crashed
+#: run's leftovers); younger ones may belong to a training still running in another process.
+ORPHAN_AGE_SECONDS = 24 * 3600
+
+
+def _delete_old_models(settings: Settings, current: str, replaced: list[str]) -> tuple[int, int]:
+    """After a commit: delete the folders of the replaced model versions and old orphans under ``models_dir``
+    (never anything outside it, never the current one).
+
+    Returns:
+        (folders deleted, folders that could not be deleted: logged with their count, retried next time).
+    """
+    root = settings.models_dir.resolve()
+    folders = {p.resolve() for p in map(Path, replaced) if p.resolve().parent == root}
+    cut = time.time() - ORPHAN_AGE_SECONDS
+    for p in root.iterdir():
+        try:
+            if p.is_dir() and p.name != current and p.stat().st_mtime < cut:
+                folders.add(p)
+        except OSError:  # vanished meanwhile
+            continue
+    folders.discard(root / current)
+    deleted = failed = 0
+    for folder in sorted(folders):
+        if not folder.exists():
+            continue
+        try:
+            shutil.rmtree(folder)
+            deleted += 1
+        except OSError as exc:
+            failed += 1
+            log.warning("could not delete old model folder %s (%d so far): %s", folder.name, failed, exc)
+    if deleted or failed:
+        log.info("deleted %d old model folder(s), %d could not be deleted", deleted, failed)
+    return deleted, failed
 
 
 def _segments(session: Session) -> pd.DataFrame:
@@ -215,13 +299,31 @@ def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> 
     Returns:
         Number of menus written (0 if no model has been trained yet).
 
+    A training that commits meanwhile deletes the model read here (only the current one is kept): the menus
+    are then made once more with the new one.
+
     Raises:
         FileNotFoundError / ValueError: the newest model folder is missing or unreadable.
     """
-    from dangol_cloud.recommend import Recommender
-
     if not customer_ids:
         return 0
+    for attempt in (1, 2):  # a training that commits meanwhile deletes the model read here: once more with its own
+        try:
+            return _refresh_menus_once(db, settings, customer_ids)
+        except _ModelReplaced:
+            if attempt == 2:
+                raise FileNotFoundError("the newest model was replaced twice while menus were being written; "
+                                        "they are written by the next training") from None
+    return 0
+
+
+class _ModelReplaced(Exception):
+    """The model :func:`refresh_menus` read was replaced (row and folder deleted) by a newer training."""
+
+
+def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str]) -> int:
+    from dangol_cloud.recommend import Recommender
+
     with db.sessions() as session:
         latest = session.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
         available = set(session.scalars(select(CatalogueItem.id).where(CatalogueItem.available.is_(True),
@@ -237,11 +339,19 @@ def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> 
         segments = pd.DataFrame(session.execute(
             select(CustomerSegment.customer_id, CustomerSegment.age_group, CustomerSegment.area)
             .where(CustomerSegment.customer_id.in_(customer_ids))).all(), columns=["customer", "age_group", "area"])
-    model = Recommender.load(latest.path)
+    try:
+        model = Recommender.load(latest.path)
+    except FileNotFoundError:
+        with db.sessions() as session:
+            if session.get(ModelVersion, latest.version) is None:
+                raise _ModelReplaced() from None
+        raise
     picks = model.recommend(customer_ids, n=settings.menu_size, available=available, exclude=dislikes,
                             segments=segment_values(segments))
     now = utcnow()
     with db.transaction() as session:
+        if session.get(ModelVersion, latest.version) is None:
+            raise _ModelReplaced()
         for customer_id, chosen in picks.items():
             menu = session.get(Menu, customer_id) or Menu(customer_id=customer_id)
             menu.model_version, menu.generated_at = latest.version, now

@@ -4,13 +4,18 @@ Layout of a model folder ``<directory>/<version>/``: ``meta.json`` (format versi
 config, feature names, re-ranker intercept, training metadata) and ``arrays.npz`` (uncompressed NumPy
 arrays; a sparse matrix ``m`` is stored as ``m__data``, ``m__indices``, ``m__indptr``, ``m__shape``).
 Arrays are stored in their own dtypes (float32 embeddings), so a loaded model scores bit-identically.
+
+:func:`scrub_customers` removes erased customers from a saved folder in place (their id, embedding, history,
+day-part and TIFU rows), so an erasure leaves nothing of them that names or describes them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +36,12 @@ if TYPE_CHECKING:
     from .model import Recommender
 
 FORMAT_VERSION = 1
+
+#: Arrays with one row per customer (index order of ``customers``), zeroed by :func:`scrub_customers`.
+CUSTOMER_ROWS = ("factors_user_emb", "history_visits", "dayparts_visits")
+#: Sparse matrices with one row per customer.
+CUSTOMER_SPARSE = ("history_visits_with_item", "history_lines", "history_decayed", "history_recency",
+                   "history_ignored", "tifu_vectors")
 
 
 def save_model(model: Recommender, directory: Path) -> Path:
@@ -148,3 +159,66 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
                popularity=PopularityTable(pop["stores"], csr("popularity"), pop["has_hours"],
                                           config.cold_start_smoothing), meta=meta.get("meta") or {},
                dayparts=dayparts, segments=segments, stage2=stage2)
+
+
+def scrub_customers(path: Path, customer_ids: Iterable[str]) -> int:
+    """Remove customers from the model saved in ``path`` (a folder written by :func:`save_model`), in place.
+
+    Each named customer's id becomes ``""`` (the model then treats them as unknown: cold start) and every
+    row that describes them is zeroed: embedding, purchase history and recency, ignored picks, visits per
+    day-part, TIFU vector and neighbour list. What stays are anonymous aggregates learnt with their
+    purchases among everyone's (item popularity and factors, re-ranker weights) until the next training.
+    ``arrays.npz`` is rewritten atomically (a temporary file renamed over it) under an exclusive lock, so
+    concurrent scrubs and loads never see a half-written file.
+
+    Returns:
+        How many of the customers the model held (0 if none, or if ``path`` holds no saved model).
+
+    Raises:
+        OSError / ValueError: the folder exists but cannot be read or rewritten.
+    """
+    path = Path(path)
+    file = path / "arrays.npz"
+    ids = sorted({str(c) for c in customer_ids})
+    if not ids or not file.is_file():
+        return 0
+    with open(path / ".scrub.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with np.load(file, allow_pickle=False) as npz:
+            a = {k: npz[k] for k in npz.files}
+        rows = np.flatnonzero(np.isin(a["customers"], ids))
+        if not len(rows):
+            return 0
+        n_c = len(a["customers"])
+        a["customers"] = a["customers"].copy()
+        a["customers"][rows] = ""
+        for name in CUSTOMER_ROWS:
+            if name in a:
+                a[name] = a[name].copy()
+                a[name][rows] = 0
+        if "tifu_neighbours" in a:
+            a["tifu_neighbours"] = a["tifu_neighbours"].copy()
+            a["tifu_neighbours"][rows] = -1
+        stacked = {name: rows for name in CUSTOMER_SPARSE}
+        if "dayparts_counts__shape" in a:  # row d * n_customers + u for each day-part d
+            n_d = int(a["dayparts_counts__shape"][0]) // n_c
+            stacked["dayparts_counts"] = (np.arange(n_d)[:, None] * n_c + rows[None, :]).ravel()
+        for name, zeroed in stacked.items():
+            if f"{name}__data" in a:
+                _zero_rows(a, name, zeroed)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".arrays-", suffix=".npz", delete=False) as out:
+            np.savez(out, **a)
+        os.chmod(out.name, file.stat().st_mode & 0o777)
+        os.replace(out.name, file)
+    return len(rows)
+
+
+def _zero_rows(a: dict[str, np.ndarray], name: str, rows: np.ndarray) -> None:
+    """Drop the entries of ``rows`` from the CSR matrix stored as ``a[name__*]`` (shape unchanged)."""
+    m = sp.csr_matrix((a[f"{name}__data"], a[f"{name}__indices"], a[f"{name}__indptr"]),
+                      shape=tuple(a[f"{name}__shape"]))
+    keep = np.ones(m.shape[0], dtype=m.dtype)
+    keep[rows] = 0
+    m = sp.csr_matrix(sp.diags(keep) @ m)
+    m.eliminate_zeros()
+    a[f"{name}__data"], a[f"{name}__indices"], a[f"{name}__indptr"] = m.data, m.indices, m.indptr

@@ -50,7 +50,9 @@ class PurchaseLine(BaseModel):
 
 
 class PurchaseIn(BaseModel):
-    """A POS sale: ``customer`` is a Dangol customer id or the POS's customer ref (created if new)."""
+    """A POS sale: ``customer`` is a Dangol customer id or the POS's customer ref (created if new). A customer is
+    a regular of the whole chain and may buy in any of its stores: a known id is accepted from every store's
+    token, and the sale is recorded for the token's store (which from then on knows the customer)."""
 
     model_config = ConfigDict(extra="forbid")
     customer: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
@@ -182,8 +184,14 @@ class OpinionIn(BaseModel):
 @bp.post("/feedback")
 def record_feedback():
     """POST /api/v1/feedback (store bearer token): ``{"customer", "item", "opinion"}`` -> 200
-    ``{"customer", "item", "opinion"}``; 401 without a valid token, 422 for a bad body or an unknown
-    customer/item. Used at the next training (:mod:`dangol_cloud.feedback`)."""
+    ``{"customer", "item", "opinion"}``; 401 without a valid token, 422 for a bad body or an unknown item,
+    404 for a customer not known at the token's store. Used at the next training (:mod:`dangol_cloud.feedback`).
+
+    A store speaks only for its own regulars: the customer must be known there
+    (:func:`~dangol_cloud.device_trust.known_at_store`: an arrival or a purchase at the store, or enrolled by
+    its door device). Any other customer id — another store's, or none at all — gets the same 404, so a token
+    cannot probe which ids exist in the chain. (A POS sale at the store makes a chain customer known there.)"""
+    from dangol_cloud.device_trust import known_at_store
     from dangol_cloud.feedback import record_opinion
 
     store = _store_from_token()
@@ -198,6 +206,10 @@ def record_feedback():
         return _problem(422, "Invalid feedback", "the body does not match the Opinion schema", errors=errors)
     try:
         with get_db().transaction() as s:
+            if s.get(Customer, body.customer) is None or not known_at_store(s, body.customer, store.id):
+                log.info("feedback API: store %s: customer not known there", store.id)
+                return _problem(404, "Unknown customer", f"customer {body.customer!r} is not known at this store "
+                                "(no arrival, purchase or enrolment here); nothing was recorded")
             record_opinion(s, body.customer, body.item, body.opinion, by=f"store:{store.id}")
     except LookupError as exc:
         log.info("feedback API: store %s: %s", store.id, exc)

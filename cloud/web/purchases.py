@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
@@ -18,7 +18,7 @@ from dangol_cloud.jobs import ImportJobs
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store
 from dangol_cloud.web.forms import UploadForm, _choices
 from dangol_cloud.web.params import page_arg
-from dangol_cloud.web.scope import store_filter
+from dangol_cloud.web.scope import store_filter, store_scope
 
 log = logging.getLogger(__name__)
 bp = Blueprint("purchases", __name__, url_prefix="/purchases")
@@ -48,13 +48,27 @@ def index():
     """GET /purchases/: recent purchases and the upload form; POST: upload one or more files (format detected
     from the headers, or checked against the chosen one) and start the import in the background → 303 to its
     progress page. 422 with the reason if the files cannot be imported at all (nothing is imported); 409 if an
-    import is already running."""
+    import is already running.
+
+    Owners may import into any store or none (history). Staff choose one of their own stores (422 without one,
+    403 for another store); rows whose ``store`` column names a store outside theirs are row errors of the
+    import (``allowed_stores`` of :func:`~dangol_cloud.ingest.import_rows`)."""
     form = UploadForm()
-    stores = get_session().execute(select(Store.id, Store.name).order_by(Store.name)).all()
-    form.store.choices = _choices([("", "No store (history)")] + [(sid, name) for sid, name in stores])
+    scope = store_scope()  # None: an owner, every store
+    query = select(Store.id, Store.name).order_by(Store.name)
+    if scope is not None:
+        query = query.where(Store.id.in_(sorted(scope)))
+    stores = get_session().execute(query).all()
+    form.store.choices = _choices(([("", "No store (history)")] if scope is None else [])
+                                  + [(sid, name) for sid, name in stores])
     error = None
     status = 200
-    if form.validate_on_submit():
+    valid = form.validate_on_submit()
+    refusal = _refused_store(form.store.data, scope, stores) if valid else None
+    if refusal is not None:
+        error, status = refusal
+        log.warning("purchase upload refused: %s", error)
+    elif valid:
         folder = tempfile.TemporaryDirectory(prefix="dangol-upload-")
         paths, names = [], []
         for n, upload in enumerate(form.file.data):
@@ -66,7 +80,8 @@ def index():
         try:
             detected = detect_files(paths, form.format.data)
             store_id = form.store.data if form.store.data in {sid for sid, _ in stores} else None
-            job = import_jobs().start(get_db(), get_settings(), detected, folder, files=names, store_id=store_id)
+            job = import_jobs().start(get_db(), get_settings(), detected, folder, files=names, store_id=store_id,
+                                      allowed_stores=scope, started_by=current_user.id)
         except ImportFormatError as exc:
             folder.cleanup()
             error = re.sub(r"\b\d+-(?=[^ ]+\.(csv|txt))", "", str(exc).replace(folder.name + "/", ""))
@@ -86,10 +101,23 @@ def index():
                            pages=max((total + PAGE - 1) // PAGE, 1), running=import_jobs().running()), status
 
 
+def _refused_store(chosen: str | None, scope: frozenset[str] | None, stores) -> tuple[str, int] | None:
+    """Why a staff user may not upload into the chosen store, with the status (422 none chosen, 403 another
+    store's); None if they may (and always for an owner)."""
+    if scope is None or (chosen and chosen in {sid for sid, _ in stores}):
+        return None
+    if not chosen:
+        return "Choose the store of these sales (one of your stores).", 422
+    return "That store is not one of your stores: choose one of yours.", 403
+
+
 @bp.route("/imports/<job_id>")
 @login_required
 def job(job_id: str):
     """GET /purchases/imports/<id>: the import's progress (rows, rows/s, ETA; the page reloads itself every
-    2 s while it runs, without JavaScript) and then its result (counts and the bad rows with line numbers)."""
-    found = import_jobs().get(job_id) or abort(404)
+    2 s while it runs, without JavaScript) and then its result (counts and the bad rows with line numbers).
+    Staff see only the imports they started (404 for others: the rows may name any store's customers)."""
+    found = import_jobs().get(job_id)
+    if found is None or (store_scope() is not None and found.started_by != current_user.id):
+        abort(404)
     return render_template("import_job.html", job=found)

@@ -23,13 +23,15 @@ from .conftest import STORE_TOKEN, _database, add_store_and_device
 
 @pytest.fixture
 def trained(sqlite_url, tmp_path, ta_feng_slice):
-    """The first 3,000 real Ta-Feng rows imported into SQLite, one store, trained once."""
+    """The first 3,000 real Ta-Feng rows imported into SQLite as the one store's sales (feedback comes only
+    from a store where the customer is known), trained once."""
     db = _database(sqlite_url)
     store_id, _ = add_store_and_device(db)
     settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="test-secret",
                         _env_file=None)
     with db.transaction() as s:
-        import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng")
+        import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng",
+                    store_id=store_id)
     steps: list[str] = []
     train_from_database(db, settings, progress=steps.append)
     assert tuple(steps) == TRAIN_STEPS
