@@ -127,6 +127,21 @@ class StateStore(SQLiteFile):
         cipher = self._get_cipher() if name else None
         return None if cipher is None else cipher.seal(name.encode("utf-8"), f"menus.display_name:{customer_id}")
 
+    def _same_name(self, customer_id: str, name: str | None) -> bool:
+        """Whether the cached menu's sealed first name is ``name``'s (without a key no name is kept: always True;
+        a cached name that cannot be opened counts as different, so the new one replaces it)."""
+        if self._get_cipher() is None:
+            return True
+        with self._lock:
+            row = self.db.execute("SELECT display_name FROM menus WHERE customer_id = ?", [customer_id]).fetchone()
+        wanted = first_name(name)
+        if not row or row[0] is None:
+            return not wanted
+        try:
+            return self.cipher.open(row[0], f"menus.display_name:{customer_id}").decode("utf-8") == wanted
+        except GalleryKeyError:
+            return False
+
     def _seal_legacy_names(self) -> None:
         """Menus cached by a version that kept the full name in the JSON: keep the sealed first name only."""
         with self._lock:
@@ -181,9 +196,10 @@ class StateStore(SQLiteFile):
 
     # --- catalogue ---------------------------------------------------------------------------------
     def put_catalogue(self, catalogue: Catalogue | Mapping[str, Any]) -> bool:
-        """Store a ``catalogue/1`` snapshot if it is newer than the cached one, or if the cached one cannot be
-        read (any version then replaces it: the cloud re-publishing the same version heals a damaged cache);
-        returns True if stored.
+        """Store a ``catalogue/1`` snapshot if it is newer than the cached one, or of the same version with other
+        content (a correction the cloud published without a new version, e.g. the store's currency changed), or if
+        the cached one cannot be read (any version then replaces it: the cloud re-publishing the same version heals
+        a damaged cache); returns True if stored.
 
         Args:
             catalogue: the protocol object (from :func:`dangol_protocol.parse_payload`) or a payload dict,
@@ -193,12 +209,14 @@ class StateStore(SQLiteFile):
             pydantic.ValidationError: a dict that is not a valid ``catalogue/1``.
         """
         cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.model_validate(catalogue)
+        payload = cat.model_dump_json(by_alias=True)
         with self._lock:
-            row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-            if row and row[0] >= cat.version and self._cached_catalogue() is not None:
+            row = self.db.execute("SELECT version, payload FROM catalogue WHERE id = 1").fetchone()
+            if row and self._cached_catalogue() is not None and (
+                    row[0] > cat.version or (row[0] == cat.version and _same_content(row[1], payload))):
                 return False
             self.db["catalogue"].upsert({"id": 1, "version": cat.version,
-                                         "payload": cat.model_dump_json(by_alias=True),
+                                         "payload": payload,
                                          "received_at": self._now()}, pk="id")
             self._catalogue = cat
         return True
@@ -242,8 +260,10 @@ class StateStore(SQLiteFile):
 
     # --- menus -------------------------------------------------------------------------------------
     def put_menu(self, menu: Menu | Mapping[str, Any]) -> bool:
-        """Store a ``menu/1`` unless an equally new or newer one is cached; returns True if stored. The first
-        name is sealed apart (see the module docstring).
+        """Store a ``menu/1`` unless a newer one, or an equally new one with the same picks and first name, is
+        cached (the same ``generated_at`` with other content is a correction the cloud published without a new
+        training, e.g. the customer was renamed); returns True if stored. The first name is sealed apart (see the
+        module docstring).
 
         Raises:
             pydantic.ValidationError: a dict that is not a valid ``menu/1``.
@@ -251,14 +271,15 @@ class StateStore(SQLiteFile):
         m = menu if isinstance(menu, Menu) else Menu.model_validate(menu)
         cid = str(m.customer_id)
         gen = m.generated_at.isoformat()
+        payload = m.model_copy(update={"display_name": None}).model_dump_json(by_alias=True)
         with self._lock:
-            row = self.db.execute("SELECT generated_at FROM menus WHERE customer_id = ?", [cid]).fetchone()
-            if row and _ts(row[0]) >= m.generated_at:
+            row = self.db.execute("SELECT generated_at, payload FROM menus WHERE customer_id = ?", [cid]).fetchone()
+            if row and (_ts(row[0]) > m.generated_at or (_ts(row[0]) == m.generated_at and row[1] == payload
+                                                         and self._same_name(cid, m.display_name))):
                 return False
             sealed = self._seal_name(cid, m.display_name)
             self.db["menus"].upsert({"customer_id": cid,
-                                     "payload": m.model_copy(update={"display_name": None}).model_dump_json(
-                                         by_alias=True),
+                                     "payload": payload,
                                      "generated_at": gen, "received_at": self._now(), "display_name": sealed},
                                     pk="customer_id")
             self._unopenable.discard(cid)
@@ -333,6 +354,14 @@ class StateStore(SQLiteFile):
             self.db.execute(
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND seq NOT IN "
                 "(SELECT seq FROM outbox WHERE sent_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", [keep])
+
+
+def _same_content(cached: str, payload: str) -> bool:
+    """Whether two ``catalogue/1`` JSON texts list the same content (``published_at`` aside: a re-publication)."""
+    a, b = json.loads(cached), json.loads(payload)
+    a.pop("published_at", None)
+    b.pop("published_at", None)
+    return a == b
 
 
 def _ts(value: str) -> datetime:

@@ -84,3 +84,28 @@ def test_an_older_state_file_is_narrowed_and_its_plain_names_sealed(tmp_path, ci
         st.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert _mode(path) == 0o600
     assert b"Park" not in _raw_bytes(path) and b"Mina" not in _raw_bytes(path)
+
+
+def test_a_correction_of_equal_age_replaces_the_cached_menu_and_catalogue(tmp_path, cipher):
+    """The owner renames a customer or changes the store's currency and publishes again: the retained messages
+    carry the same ``generated_at`` / catalogue ``version`` (no training, no catalogue edit) but new content, and
+    the door must show it; the same content again changes nothing, and an older one is still refused."""
+    from tests.edge.test_daemon import catalogue_payload
+
+    cid = str(uuid.uuid4())
+    st = StateStore(tmp_path / "state.sqlite", cipher=cipher).open()
+    menu = _menu(cid, "Mina Park")
+    assert st.put_menu(menu)
+    assert not st.put_menu(menu)  # the same message again (a reconnect): nothing to do
+    assert st.put_menu({**menu, "display_name": "Minji Park"})  # renamed on the dashboard, published again
+    assert st.menu(cid).display_name == "Minji"
+    assert not st.put_menu({**menu, "generated_at": "2026-11-30T08:00:00+00:00"})  # older: refused
+    assert st.menu(cid).display_name == "Minji"
+
+    assert st.put_catalogue(catalogue_payload(version=3))
+    assert not st.put_catalogue(catalogue_payload(version=3))
+    assert st.put_catalogue({**catalogue_payload(version=3), "currency": "EUR"})  # the store's currency changed
+    assert st.catalogue().currency == "EUR"
+    assert not st.put_catalogue({**catalogue_payload(version=2), "currency": "USD"})
+    assert st.catalogue().currency == "EUR"
+    st.close()
