@@ -15,7 +15,7 @@ Nothing about an unknown track outlives it: no embedding or image is kept.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .config import TrackerConfig
@@ -117,10 +117,12 @@ class Tracker:
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
         self._last_arrival: dict[str, float] = {}
+        self._forgotten: deque[str] = deque()  # erased customers, applied by the next update (any thread appends)
 
     def update(self, ts: float, observations: list[Observation]) -> list[Decision]:
         """Feed one frame's observations (time ``ts`` seconds); returns decisions made at this frame."""
         c = self.config
+        self._apply_forgotten()
         self.tracks = [t for t in self.tracks if ts - t.last_ts <= c.max_gap_s]
         free = list(self.tracks)
         decisions: list[Decision] = []
@@ -168,8 +170,15 @@ class Tracker:
         return None
 
     def forget(self, customer_id: str) -> None:
-        """Drop a customer's cool-down state (after an erasure)."""
-        self._last_arrival.pop(customer_id, None)
-        for t in self.tracks:
-            t.votes.pop(customer_id, None)
-            t.best.pop(customer_id, None)
+        """Drop a customer's votes and cool-down state (after an erasure). Safe from any thread: the id is queued
+        and the recognition thread applies it at its next :meth:`update`, so a frame being decided is never
+        changed under it (an arrival decided in that frame for the erased id is ignored downstream)."""
+        self._forgotten.append(customer_id)
+
+    def _apply_forgotten(self) -> None:
+        while self._forgotten:
+            customer_id = self._forgotten.popleft()
+            self._last_arrival.pop(customer_id, None)
+            for t in self.tracks:
+                t.votes.pop(customer_id, None)
+                t.best.pop(customer_id, None)

@@ -268,3 +268,24 @@ def test_an_erasure_during_a_reload_is_not_undone(gallery, monkeypatch):
     m = gallery.match(a, threshold=0.5, margin=0.0)[0]
     assert m.customer_id != ana.id and not (m.accepted and m.customer_id == ana.id)
     assert gallery.match(b, threshold=0.5, margin=0.0)[0].customer_id == gallery_bo.id
+
+
+def test_forgetting_a_customer_while_a_frame_is_decided_never_fails_it():
+    """Erasures arrive on the web and MQTT threads while the recognition thread updates the tracks: here the
+    erasure lands between the vote count and the decision of the same frame (the interleaving made exact)."""
+    from collections import Counter
+
+    t = Tracker(TrackerConfig(min_votes=3, vote_share=0.5, cooldown_s=60, max_gap_s=1.0))
+    for i in range(2):
+        t.update(i * 0.1, [Observation(box(100), "ana", 0.8)])
+
+    class ErasedMidway(Counter):
+        def items(self):
+            for kv in list(super().items()):
+                yield kv
+                t.forget("ana")  # the staff page erases Ana while this frame is being decided
+
+    t.tracks[0].votes = ErasedMidway(t.tracks[0].votes)
+    t.update(0.2, [Observation(box(100), "ana", 0.8)])  # must not raise
+    t.update(0.3, [Observation(box(100), None, 0.1)])  # the next frame: Ana is forgotten
+    assert "ana" not in t.tracks[0].votes and "ana" not in t.tracks[0].best
