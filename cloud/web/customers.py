@@ -23,11 +23,15 @@ from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ConsentForm
 from dangol_cloud.web.params import page_arg
-from dangol_cloud.web.scope import customer_filter, customer_visible
+from dangol_cloud.web.scope import customer_filter, customer_visible, store_filter
 
 log = logging.getLogger(__name__)
 bp = Blueprint("customers", __name__, url_prefix="/customers")
 PAGE = 50
+#: Why consent cannot be recorded again from the dashboard once withdrawn (the 409 page and the consent card).
+WITHDRAWN = ("This customer withdrew consent: their name and consent record were deleted and every device is "
+             "deleting their face templates, so consent cannot be recorded again here. To be recognised again "
+             "they enrol anew at the door, which records a new consent.")
 
 
 @bp.route("/")
@@ -89,7 +93,8 @@ def _visible_customer(s, customer_id: str) -> Customer:
 @bp.route("/<customer_id>")
 @login_required
 def show(customer_id: str):
-    """GET /customers/<id>: consent record, current picks and why, visits, purchases."""
+    """GET /customers/<id>: consent record, current picks and why, visits, purchases. A staff user sees the door
+    arrivals, purchases, amounts and shop visits at their own stores only (owners: every store)."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
     from dangol_cloud.web.customer_link import daypart_picks
@@ -97,16 +102,17 @@ def show(customer_id: str):
     menu = s.get(Menu, customer.id)
     picks, off_menu = _as_shown(s, menu.picks) if menu is not None else ([], 0)
     dayparts = [(name, _as_shown(s, slot)[0]) for name, slot in daypart_picks(s, customer.id)]
-    visits = s.execute(select(Visit).where(Visit.customer_id == customer.id).order_by(Visit.ts.desc()).limit(20)).scalars().all()
+    arrived = [Visit.customer_id == customer.id, *_of_my_stores(Visit.store_id)]
+    bought = [Purchase.customer_id == customer.id, *_of_my_stores(Purchase.store_id)]
+    visits = s.execute(select(Visit).where(*arrived).order_by(Visit.ts.desc()).limit(20)).scalars().all()
     purchases = s.execute(select(Purchase, CatalogueItem.name).join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
-                          .where(Purchase.customer_id == customer.id).order_by(Purchase.ts.desc()).limit(25)).all()
-    amounts = s.scalars(select(Purchase.amount).where(Purchase.customer_id == customer.id)).all()  # encrypted: sum here
+                          .where(*bought).order_by(Purchase.ts.desc()).limit(25)).all()
+    amounts = s.scalars(select(Purchase.amount).where(*bought)).all()  # encrypted: sum here
     totals = (len(amounts), sum(a for a in amounts if a is not None) if any(a is not None for a in amounts) else None)
     first, last, baskets = s.execute(select(func.min(Purchase.ts), func.max(Purchase.ts),
-                                            func.count(func.distinct(Purchase.ts)))
-                                     .where(Purchase.customer_id == customer.id)).one()
-    arrivals = s.scalar(select(func.count()).select_from(Visit).where(Visit.customer_id == customer.id))
-    stores = s.scalars(select(Purchase.store_id).where(Purchase.customer_id == customer.id).distinct()).all()
+                                            func.count(func.distinct(Purchase.ts))).where(*bought)).one()
+    arrivals = s.scalar(select(func.count()).select_from(Visit).where(*arrived))
+    stores = s.scalars(select(Purchase.store_id).where(*bought).distinct()).all()
     currency = currency_of(s, stores, get_settings().currency)
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
@@ -116,6 +122,12 @@ def show(customer_id: str):
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
                                .where(PickOpinion.customer_id == customer.id)).all()))
+
+
+def _of_my_stores(column) -> list:
+    """``[store_filter(column)]`` for a staff user (rows of their stores only), ``[]`` for an owner."""
+    where = store_filter(column)
+    return [] if where is None else [where]
 
 
 def _as_shown(s, raw: list[dict]) -> tuple[list[tuple], int]:
@@ -230,9 +242,13 @@ def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
 def consent(customer_id: str):
     """POST /customers/<id>/consent: record consent and a name, activate, send the first menu — through
     :func:`~dangol_cloud.services.record_consent` then :func:`~dangol_cloud.services.welcome`, as the MQTT
-    listener does for a device's enrolment event (the signed-in user is the audit's actor)."""
+    listener does for a device's enrolment event (the signed-in user is the audit's actor). 409 for a customer
+    who withdrew consent: their templates are being deleted, so only a new enrolment at the door (a new customer)
+    can make them recognised again, as devices are refused in :mod:`dangol_cloud.device_trust`."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
+    if customer.status == "withdrawn":
+        return render_template("error.html", code=409, title="Consent was withdrawn", detail=WITHDRAWN), 409
     form = ConsentForm()
     if not form.validate_on_submit():
         flash("Consent needs a name, who recorded it and the text version.", "error")
