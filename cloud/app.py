@@ -10,12 +10,14 @@ from zoneinfo import ZoneInfo
 from flask import Flask, Response, g
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.routing import IntegerConverter
 
 from dangol_cloud.db import Database
 from dangol_cloud.jobs import TrainingJob
 from dangol_cloud.settings import Settings, load_settings
 
-__all__ = ["CONTENT_SECURITY_POLICY", "create_app", "get_db", "get_session", "get_settings"]
+__all__ = ["CONTENT_SECURITY_POLICY", "MAX_URL_INT", "BoundedIntConverter", "create_app", "get_db", "get_session",
+           "get_settings"]
 
 #: Content-Security-Policy of every response: scripts, styles, images and form targets from this site only,
 #: no inline script (the dashboard has none), no plugins, no framing (clickjacking). Inline ``style``
@@ -23,6 +25,8 @@ __all__ = ["CONTENT_SECURITY_POLICY", "create_app", "get_db", "get_session", "ge
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
                            "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
+#: Largest integer id an address may carry (PostgreSQL ``integer``, 2**31 - 1); :class:`BoundedIntConverter`.
+MAX_URL_INT = 2**31 - 1
 #: HSTS max-age when the public URL is https: one year (RFC 6797; the usual preload minimum).
 HSTS_MAX_AGE = 365 * 24 * 3600
 
@@ -32,6 +36,17 @@ login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message = "Please sign in to continue."
 login_manager.login_message_category = "info"
+
+
+class BoundedIntConverter(IntegerConverter):
+    """Flask's ``<int:…>`` URL converter limited to the 32-bit signed range of the database's integer ids
+    (PostgreSQL ``integer``; SQLite fails beyond 64 bits): a larger number in the address is a 404, not a
+    database error. It replaces the default ``int`` converter in :func:`create_app`."""
+
+    def __init__(self, map, fixed_digits: int = 0, min: int | None = None, max: int | None = None,  # noqa: A002
+                 signed: bool = False) -> None:
+        super().__init__(map, fixed_digits, -MAX_URL_INT - 1 if min is None and signed else min,
+                         MAX_URL_INT if max is None else max, signed)
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None, migrate: bool = True,
@@ -60,6 +75,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         db.migrate()
     db.require_key()
     app = Flask(__name__)
+    app.url_map.converters["int"] = BoundedIntConverter  # before any route is added: every <int:…> is bounded
     secure = settings.cookie_secure
     app.config.update(SECRET_KEY=settings.resolved_secret_key(), MAX_CONTENT_LENGTH=64 * 1024 * 1024,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=secure,
@@ -85,15 +101,20 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     csrf.exempt(api.bp)
 
     @app.before_request
-    def _refuse_nul_in_forms():
-        """A form field with U+0000 is a 400 naming the field (no name or text needs one; PostgreSQL cannot
-        store it), before any view writes anything."""
+    def _refuse_nul():
+        """U+0000 in the address, a query parameter or a form field is a 400 naming it (no id, search or text
+        needs one; PostgreSQL cannot store or even compare it), before any view reads or writes anything."""
         from flask import abort, request
 
+        if "\x00" in request.path:
+            abort(400, description="the address contains a NUL character")
+        for key, value in request.args.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                abort(400, description=f"URL parameter {key!r} contains a NUL character")
         if request.method == "POST" and request.mimetype in ("application/x-www-form-urlencoded",
                                                                "multipart/form-data"):
             for key, value in request.form.items(multi=True):
-                if "\x00" in value:
+                if "\x00" in key or "\x00" in value:
                     abort(400, description=f"form field {key!r} contains a NUL character")
 
     from dangol_cloud.security import check_password_or_dummy

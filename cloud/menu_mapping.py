@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.models import CatalogueItem, MenuSetting, ProductMapping, Purchase, StoreSetting, new_id, utcnow
 
 __all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "currency_of", "house_per_category",
            "map_by_category", "map_by_name", "map_products", "menu_item_map", "on_menu", "register_products",
-           "sales_by_menu_item", "set_house_per_category", "translate_picks"]
+           "sales_by_menu_item", "set_house_per_category", "sold_as", "translate_picks"]
 
 #: Items per category on the door screen's house menu unless the owner sets another number (an 800×480
 #: screen fits about eight lines per column at a size readable from 2 m).
@@ -48,12 +48,16 @@ def register_products(session: Session, item_ids: Iterable[str], *, source: str)
 def map_products(session: Session, product_ids: Iterable[str], target: str | None, *, by: str | None) -> int:
     """Map products to a menu item.
 
+    A product that was on the menu as itself and is mapped elsewhere (or taken off the menu) takes the products
+    sold as it along to the same ``target`` (in the caller's transaction), so no product is left sold as an item
+    that is no longer on the menu; :func:`sold_as` tells beforehand which ones those are.
+
     Args:
         product_ids: ids of products (rows without a product mapping are ignored: they are menu items).
         target: a menu item id; ``"self"`` for "one menu item per product"; None to take them off the menu.
         by: who (user e-mail).
     Returns:
-        Number of products changed.
+        Number of products changed (the ones given; not counting those moved along).
     Raises:
         LookupError: ``target`` is not a menu item.
     """
@@ -64,13 +68,36 @@ def map_products(session: Session, product_ids: Iterable[str], target: str | Non
     changed = 0
     now = utcnow()
     ids = list(product_ids)
+    leaders: list[str] = []  # products that were their own menu item and leave the menu as themselves
     for start in range(0, len(ids), 500):
         for row in session.scalars(select(ProductMapping).where(ProductMapping.product_id.in_(ids[start:start + 500]))):
-            row.menu_item_id = row.product_id if target == "self" else target
+            new = row.product_id if target == "self" else target
+            if row.menu_item_id == row.product_id and new != row.product_id:
+                leaders.append(row.product_id)
+            row.menu_item_id = new
             row.mapped_by, row.mapped_at = by, now
             changed += 1
     session.flush()
+    for start in range(0, len(leaders), 500):  # whatever was sold as them follows them
+        session.execute(update(ProductMapping)
+                        .where(ProductMapping.menu_item_id.in_(leaders[start:start + 500]),
+                               ProductMapping.product_id != ProductMapping.menu_item_id)
+                        .values(menu_item_id=target, mapped_by=by, mapped_at=now)
+                        .execution_options(synchronize_session="fetch"))
+    session.flush()
     return changed
+
+
+def sold_as(session: Session, menu_item_ids: Iterable[str]) -> dict[str, str]:
+    """``{product id: menu item id}`` of the *other* products sold as these menu items (the products that
+    :func:`map_products` moves along when one of these, a product on the menu as itself, is re-mapped)."""
+    ids = list(menu_item_ids)
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        out.update(session.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id)
+                                   .where(ProductMapping.menu_item_id.in_(ids[start:start + 500]),
+                                          ProductMapping.product_id != ProductMapping.menu_item_id)).all())
+    return out
 
 
 def map_by_name(session: Session, product_ids: Iterable[str], *, by: str | None) -> int:

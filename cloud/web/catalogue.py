@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_from_directory, url_for
 from flask_login import current_user, login_required
+from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 
+import dangol_protocol as proto
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.menu_mapping import HOUSE_PER_CATEGORY_RANGE, house_per_category, on_menu
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import photo_url_builder, publish, publish_catalogue_version
 from dangol_cloud.web.confirm import confirmation_page
-from dangol_cloud.web.forms import ActionForm, ItemForm
+from dangol_cloud.web.forms import PRICE_MESSAGE, ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.photos import prepare_photo
 
@@ -105,6 +108,8 @@ def edit(item_id: str):
     form = ItemForm(obj=item) if request.method == "GET" else ItemForm()
     if request.method == "GET":
         form.tags.data = ", ".join(item.tags or [])
+        if item.price is not None and not math.isfinite(item.price):  # stored before prices were bounded
+            form.price.errors = [f"The stored price ({item.price}) cannot be published. {PRICE_MESSAGE}"]
     if form.validate_on_submit():
         _fill(item, form)
         s.commit()
@@ -134,6 +139,20 @@ def retire(item_id: str):
     return redirect(url_for("catalogue.index"))
 
 
+def unpublishable_items(session) -> list[tuple[str, str]]:
+    """``(name, refused fields)`` of each non-retired menu item that the ``catalogue/1`` protocol refuses, so it
+    cannot go into a snapshot (e.g. an infinite price stored before prices were bounded), by name."""
+    refused = []
+    for item in session.scalars(select(CatalogueItem).where(CatalogueItem.retired.is_(False), on_menu())
+                                .order_by(CatalogueItem.name)):
+        try:
+            proto.CatalogueItem(id=item.id, name=item.name, category=item.category, price=item.price,
+                                description=item.description, tags=list(item.tags or []), available=item.available)
+        except ValidationError as exc:
+            refused.append((item.name, ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))))
+    return refused
+
+
 @bp.route("/publish", methods=["POST"])
 @login_required
 def publish_now():
@@ -141,6 +160,12 @@ def publish_now():
     if not ActionForm().validate_on_submit():
         abort(400)
     settings = get_settings()
+    refused = unpublishable_items(get_session())
+    if refused:
+        shown = ", ".join(f"“{name}” ({fields})" for name, fields in refused[:12])
+        flash(f"Not published: {len(refused)} menu item(s) cannot be sent to the stores: {shown}"
+              f"{'…' if len(refused) > 12 else ''}. Edit them (or retire them) and Publish again.", "error")
+        return redirect(url_for("catalogue.index"))
     with get_db().transaction() as s:
         version = publish_catalogue_version(s, published_by=current_user.email,
                                             photo_url=photo_url_builder(settings.photos_dir))

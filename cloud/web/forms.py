@@ -7,12 +7,18 @@ import re
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, MultipleFileField
 from wtforms import BooleanField, DecimalField, EmailField, PasswordField, SelectField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, StopValidation, ValidationError
 
 #: Largest catalogue photo accepted: 8 MiB and 40 megapixels (a phone photo is ~12 MP; Pillow's own
 #: decompression-bomb guard starts at ~89 MP).
 MAX_PHOTO_BYTES = 8 * 1024 * 1024
 MAX_PHOTO_PIXELS = 40_000_000
+#: Highest price of an item, in the café's currency (major units). A café item never costs more in any currency
+#: (a whole-cake order in Vietnamese đồng or Indonesian rupiah is a few million), so a larger number is a typo;
+#: and below it every price is a finite float carried to the cent by JSON, the ``catalogue/1`` protocol (which
+#: refuses inf and NaN: one such item would stop every Publish) and the door screen's formatting.
+MAX_PRICE = 10_000_000
+PRICE_MESSAGE = f"Enter a price from 0 to {MAX_PRICE:,} (a finite number)."
 
 
 def valid_image(form, field) -> None:
@@ -51,7 +57,21 @@ def valid_image(form, field) -> None:
     if problem:
         raise ValidationError(problem)
 
-__all__ = ["ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm", "StoreForm", "UploadForm"]
+
+def finite_price(form, field) -> None:
+    """WTForms validator: the price is a finite number (``Infinity``, ``NaN`` are refused before the range check,
+    which cannot compare a NaN).
+
+    Raises:
+        StopValidation: with :data:`PRICE_MESSAGE`.
+    """
+    value = field.data
+    if value is not None and not value.is_finite():
+        raise StopValidation(PRICE_MESSAGE)
+
+
+__all__ = ["MAX_PRICE", "PRICE_MESSAGE", "ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm",
+           "StoreForm", "UploadForm", "finite_price"]
 
 
 def _choices(pairs: list[tuple[str, str]]) -> list:
@@ -94,7 +114,9 @@ class ItemForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
     category = StringField("Category", validators=[Optional(), Length(max=80)],
                            render_kw={"placeholder": "Coffee, Tea, Pastry ..."})
-    price = DecimalField("Price", places=2, validators=[Optional(), NumberRange(min=0)])
+    price = DecimalField("Price", places=2, render_kw={"max": MAX_PRICE},
+                         validators=[Optional(), finite_price,
+                                     NumberRange(min=0, max=MAX_PRICE, message=PRICE_MESSAGE)])
     description = TextAreaField("Description", validators=[Optional(), Length(max=2000)])
     tags = StringField("Tags (comma-separated)", validators=[Optional(), Length(max=300)],
                        render_kw={"placeholder": "vegan, hot, oat milk"})

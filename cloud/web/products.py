@@ -14,12 +14,13 @@ from sqlalchemy.orm import aliased
 
 from dangol_cloud.app import get_session
 from dangol_cloud.menu_mapping import (HOUSE_PER_CATEGORY_RANGE, house_per_category, map_by_category, map_by_name,
-                                       map_products, on_menu, set_house_per_category)
+                                       map_products, on_menu, set_house_per_category, sold_as)
 from dangol_cloud.models import CatalogueItem, ProductMapping, Purchase
 from dangol_cloud.web.catalogue import bp
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.params import page_arg
+from dangol_cloud.web.scope import store_filter
 
 PAGE = 50
 SHOWS = ("unmapped", "mapped", "all")
@@ -63,8 +64,11 @@ def products():
     rows = s.execute(query.order_by(CatalogueItem.category, CatalogueItem.name).limit(PAGE)
                      .offset((page - 1) * PAGE)).all()
     ids = [item.id for item, _m, _n in rows]
-    sold = dict(s.execute(select(Purchase.item_id, func.sum(Purchase.quantity)).where(Purchase.item_id.in_(ids))
-                          .group_by(Purchase.item_id)).all()) if ids else {}
+    sold_query = select(Purchase.item_id, func.sum(Purchase.quantity)).where(Purchase.item_id.in_(ids))
+    scope = store_filter(Purchase.store_id)  # staff: units sold at their stores only
+    if scope is not None:
+        sold_query = sold_query.where(scope)
+    sold = dict(s.execute(sold_query.group_by(Purchase.item_id)).all()) if ids else {}
     counts = dict(s.execute(select(ProductMapping.menu_item_id.is_(None), func.count())
                             .group_by(ProductMapping.menu_item_id.is_(None))).all())
     sources = set(s.scalars(select(ProductMapping.source).distinct()))
@@ -107,6 +111,8 @@ def map_selected():
         flash("Tick some products first (or choose “every product in this list”).", "warning")
         return redirect(back)
     by = current_user.email
+    chosen = set(ids)
+    followers = {p: m for p, m in sold_as(s, ids).items() if p not in chosen}  # moved along if their item goes
     if op == "map":
         try:
             n = map_products(s, ids, request.form.get("target") or "", by=by)
@@ -136,9 +142,24 @@ def map_selected():
         message = f"{n} product(s) taken off the menu."
     else:
         abort(400)
+    moved = _moved(s, followers)
+    if moved:
+        it = "it" if n == 1 else "them"
+        message += (f" {moved} other product(s) sold as {it} left the menu too." if op == "unmap"
+                    else f" {moved} other product(s) sold as {it} moved with {it}.")
     s.commit()
     flash(message + " Publish to update the stores.", "success")
     return redirect(back)
+
+
+def _moved(s, before: dict[str, str]) -> int:
+    """How many of these ``{product id: menu item id}`` mappings the session now holds differently."""
+    ids = list(before)
+    now: dict[str, str | None] = {}
+    for start in range(0, len(ids), 500):
+        now.update(s.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id)
+                             .where(ProductMapping.product_id.in_(ids[start:start + 500]))).all())
+    return sum(1 for p, m in before.items() if now.get(p) != m)
 
 
 BULK_OPS = ("retire", "restore", "available", "soldout", "category")
