@@ -24,11 +24,20 @@ import dangol_protocol as proto
 from dangol_cloud.models import Device
 from dangol_cloud.security import mosquitto_hash
 
-__all__ = ["PLUGIN_GLOBS", "acl_text", "dynsec_config", "find_dynsec_plugin", "password_lines", "plugin_conf"]
+__all__ = ["PLUGIN_GLOBS", "QUEUE_LIMITS", "acl_text", "dynsec_config", "find_dynsec_plugin", "password_lines",
+           "plugin_conf"]
 
 PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
                 "/usr/local/lib/mosquitto_dynamic_security.so", "/usr/lib/*/mosquitto/mosquitto_dynamic_security.so")
 """Where Debian/Raspberry Pi OS (``/usr/lib/<arch>/``) and source builds install the plugin."""
+
+
+QUEUE_LIMITS = {"max_queued_messages": 500_000, "max_queued_bytes": 256 * 1024 * 1024}
+"""Mosquitto's per-client queue of a disconnected persistent session (``firmware-config/mosquitto/dangol.conf``
+sets the same; docs/mqtt.md, "Broker queues"). The cloud listener's session queues only device events (status is
+subscribed at QoS 0, :data:`dangol_protocol.topics.STATUS_QOS`, and QoS 0 is not queued): an event is 0.3–0.6 KB,
+so this holds two weeks of a 20-box chain at 1,500 events a box a day (420,000) while the cloud is down; beyond
+it the broker drops new events that the edge has already deleted after their PUBACK."""
 
 
 def password_lines(session: Session, *, cloud_user: str | None = None, cloud_password: str | None = None) -> list[str]:
@@ -112,6 +121,11 @@ def find_dynsec_plugin() -> str | None:
 
 def plugin_conf(config_file: Path, plugin: str) -> str:
     """The ``mosquitto.conf`` lines that load the dynamic-security plugin with ``config_file`` (instead of
-    ``password_file``/``acl_file``)."""
+    ``password_file``/``acl_file``), and the queue limits of :data:`QUEUE_LIMITS` (QoS 0 not queued), so a broker
+    configured from this file alone keeps a long cloud outage of events too (the same values as dangol.conf,
+    which Mosquitto accepts twice)."""
+    queue = [f"{key} {value}" for key, value in QUEUE_LIMITS.items()]
     return "\n".join(["# Dangol: per-device logins pinned to their own client id (dangol-cloud broker-config)",
-                      "allow_anonymous false", f"plugin {plugin}", f"plugin_opt_config_file {config_file}", ""])
+                      "allow_anonymous false", f"plugin {plugin}", f"plugin_opt_config_file {config_file}",
+                      "# queued events of a disconnected session (the cloud listener during an outage): docs/mqtt.md",
+                      *queue, "queue_qos0_messages false", ""])

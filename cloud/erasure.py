@@ -7,11 +7,12 @@ Flow (``cloud/README.md``, "Privacy and security"):
    an :class:`Erasure` whose ``targets`` are every device of the chain (for a customer the edge can know:
    enrolled there or with a consent record; purely imported history customers never reach a device) and an
    ``erasure-requested`` audit entry.
-2. :func:`dangol_cloud.publishing.publish` sends ``erasures/1`` (QoS 1, not retained) and clears the
-   retained menus, to every store that still has an unconfirmed target device. ``serve`` repeats this every
-   ``erasure_republish_minutes`` and at once when such a device reports ``online`` — so a device that was
-   off gets it from its persistent session (client id ``dangol-edge-<device>``, ``clean_session=False``)
-   or, if the broker lost the session, from the next re-publish.
+2. :func:`dangol_cloud.publishing.publish` clears the customer's retained menu at **every** store the first
+   time it sends the erasure (:func:`menus_to_clear`: whichever devices still have to confirm, even none), and
+   sends ``erasures/1`` (QoS 1, not retained) to every store that still has an unconfirmed target device.
+   ``serve`` repeats the latter every ``erasure_republish_minutes`` and, for one device, when it comes online
+   (or restarted) — so a device that was off gets it from its persistent session (client id
+   ``dangol-edge-<device>``, ``clean_session=False``) or, if the broker lost the session, from the re-publish.
 3. Each device answers ``erasure-done``; :func:`record_confirmation` adds it (audit ``erasure-confirmed``)
    and, once every target that still exists confirmed, completes the erasure (audit ``erasure-completed``).
 
@@ -20,7 +21,8 @@ only an :class:`~dangol_cloud.models.ErasureRequest` naming the device (:mod:`da
 owner confirms (:func:`decide_erasure_request` → :func:`erase_customer`) or dismisses on the Stores page.
 
 The audit log never holds a name: customers appear by their random id only. An erasure asked for by or for
-the customer (not a retention sweep) of a customer with a consent record also logs ``consent-withdrawn``.
+the customer (not a retention sweep) of a customer with a consent record also logs ``consent-withdrawn``; a
+retention sweep of one logs ``consent-expired`` (either marks the erasure's menus to clear, :func:`menus_to_clear`).
 
 Copies outside the customer tables go with the erasure too: the stored payloads of the devices' events
 (:func:`scrub_device_events`: the customer's id, the items shown to them and their confidence scores are
@@ -45,9 +47,10 @@ from dangol_cloud.models import (
     Visit, utcnow,
 )
 
-__all__ = ["audit", "complete_if_done", "decide_erasure_request", "erase_customer", "pending_erasures",
-           "prune_device_events", "record_confirmation", "retention_candidates", "run_retention",
-           "scrub_device_events", "scrub_saved_models", "unconfirmed_devices"]
+__all__ = ["CONSENT_ENDED", "audit", "complete_if_done", "decide_erasure_request", "erase_customer",
+           "menus_to_clear", "pending_erasures", "prune_device_events", "record_confirmation", "retention_candidates",
+           "run_retention", "scrub_device_events", "scrub_saved_models", "unconfirmed_devices",
+           "unpublished_erasures"]
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +107,9 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
     session.execute(update(ErasureRequest).where(ErasureRequest.customer_id == customer_id,
                                                  ErasureRequest.status == "pending")
                     .values(status="confirmed", decided_by=actor[:254], decided_at=now, erasure_id=erasure.id))
-    if customer.consent_at is not None and reason != "retention":  # the customer asked: consent ends with it
-        audit(session, actor, "consent-withdrawn", customer_id=customer_id, erasure_id=erasure.id,
+    if customer.consent_at is not None:  # consent ends with it; the audit entry also marks a menu to clear
+        audit(session, actor, "consent-withdrawn" if reason != "retention" else "consent-expired",
+              customer_id=customer_id, erasure_id=erasure.id,
               detail=f"consent of {customer.consent_at:%Y-%m-%d}, text version {customer.consent_text_version}")
     audit(session, actor, "erasure-requested", customer_id=customer_id, erasure_id=erasure.id,
           detail=f"reason={reason}; devices to confirm: {len(targets) - len(confirmed)}{scrubbed}")
@@ -152,6 +156,29 @@ def pending_erasures(session: Session) -> list[Erasure]:
     """Erasures some target device has not confirmed yet (oldest first)."""
     return list(session.scalars(select(Erasure).where(Erasure.completed_at.is_(None))
                                 .order_by(Erasure.requested_at)))
+
+
+#: Audit actions that end a consent, naming the erasure (:func:`erase_customer`, and the dashboard's withdrawal in
+#: :mod:`dangol_cloud.web.customers`): the customer had a consent record, so their menu may have been published.
+CONSENT_ENDED = ("consent-withdrawn", "consent-expired")
+
+
+def unpublished_erasures(session: Session) -> list[Erasure]:
+    """Erasures never published yet (``published_at`` unset), confirmed or not, oldest first: even one complete at
+    once (the asking device confirmed it, or no device exists) still has its retained menus to clear."""
+    return list(session.scalars(select(Erasure).where(Erasure.published_at.is_(None)).order_by(Erasure.requested_at)))
+
+
+def menus_to_clear(session: Session, erasures: list[Erasure]) -> list[Erasure]:
+    """Those of ``erasures`` whose customer may have a retained menu on the broker: a device may know them
+    (``targets``), or they had a consent record (an audit entry of :data:`CONSENT_ENDED` names the erasure) —
+    menus are published only for consenting customers. A purely imported customer's erasure has neither."""
+    ids = [e.id for e in erasures if not e.targets]
+    consented: set[str] = set()
+    for start in range(0, len(ids), 500):
+        consented.update(session.scalars(select(AuditEntry.erasure_id).where(
+            AuditEntry.action.in_(CONSENT_ENDED), AuditEntry.erasure_id.in_(ids[start:start + 500]))))
+    return [e for e in erasures if e.targets or e.id in consented]
 
 
 def unconfirmed_devices(session: Session, erasure: Erasure) -> list[Device]:

@@ -2,11 +2,13 @@
 
 :func:`handle_message` bounds and validates with :func:`dangol_protocol.parse_payload` (size and nesting
 depth checked before JSON decoding), checks the event against what the sending device may do
-(:mod:`dangol_cloud.device_trust`) and applies it in one transaction. A message that cannot be parsed, is
-refused, names an unknown device or fails to apply is written to the bounded dead-letter table and counted
-for its device; a replayed ``event_id`` changes nothing. :class:`Listener` subscribes to
-``dangol/v1/devices/+/events`` and ``.../status`` with QoS 1 in a persistent session and applies messages on
-its own worker thread (a bounded queue), acknowledging each once it was stored or dead-lettered.
+(:mod:`dangol_cloud.device_trust`) and applies it in one transaction (:mod:`dangol_cloud.device_events`). A
+message that cannot be parsed, is refused, names an unknown device or fails to apply is written to the bounded
+dead-letter table and counted for its device; a replayed ``event_id`` changes nothing. :class:`Listener`
+subscribes to ``dangol/v1/devices/+/events`` with QoS 1 and ``.../status`` with QoS 0 (the retained latest is
+enough; a QoS 0 subscription is never queued while the cloud is down, :data:`dangol_protocol.topics.STATUS_QOS`)
+in a persistent session and applies messages on its own worker thread (a bounded queue), acknowledging each once
+it was stored or dead-lettered. Status itself is applied by :mod:`dangol_cloud.device_status`.
 """
 
 from __future__ import annotations
@@ -19,18 +21,15 @@ from enum import Enum
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
 from dangol_cloud.db import Database
-from dangol_cloud.device_trust import Refused, bounded_ts, check_event, record_dead_letter
-from dangol_cloud.erasure import audit, record_confirmation
-from dangol_cloud.models import (
-    Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Visit, utcnow,
-)
+from dangol_cloud.device_events import apply_event
+from dangol_cloud.device_status import apply_status
+from dangol_cloud.device_trust import Refused, check_event, record_dead_letter
+from dangol_cloud.models import Device, DeviceEvent
 from dangol_cloud.mqtt import connect_options, new_client
 from dangol_protocol.client import is_refusal, refusals
-from dangol_cloud.services import record_consent
 
 __all__ = ["DATABASE_TROUBLE", "Outcome", "Listener", "handle_message"]
 
@@ -52,69 +51,8 @@ class Outcome(str, Enum):
     UNKNOWN_DEVICE = "unknown-device"
     ERROR = "error"
     IGNORED = "ignored"
-
-
-def _stored_payload(event) -> dict:
-    """The event as kept in ``device_events``, minus personal fields (name, who recorded consent): those live
-    only in the encrypted customer columns, so an erasure leaves no copy behind."""
-    payload = event.model_dump(mode="json", by_alias=True)
-    if isinstance(event, proto.EnrolmentEvent):
-        payload["display_name"] = None
-        if payload.get("consent"):
-            payload["consent"]["recorded_by"] = None
-    return payload
-
-
-def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEvent) -> None:
-    customer = session.get(Customer, str(event.customer_id))
-    if customer is None:  # a new customer of this device's store
-        customer = Customer(id=str(event.customer_id), source="edge", status="pending")
-        session.add(customer)
-        session.add(CustomerOrigin(customer_id=customer.id, store_id=device.store_id, device_id=device.id,
-                                   created_at=utcnow()))
-    elif customer.status not in ("pending", "active"):  # checked first by device_trust; never undo a withdrawal
-        raise Refused(f"enrolment names customer {customer.id}, whose consent was withdrawn")
-    if event.display_name:
-        customer.display_name = event.display_name
-    if event.consent is not None:  # the same service as the dashboard's consent form
-        record_consent(session, customer, display_name=event.display_name, recorded_by=event.consent.recorded_by,
-                       text_version=event.consent.text_version,
-                       recorded_at=bounded_ts(event.consent.recorded_at, "consent recorded_at"),
-                       actor=f"device:{device.id}", device_id=device.id)
-    customer.status = event.status
-
-
-def _apply_erasure_request(session: Session, device: Device, event: proto.ErasureDoneEvent) -> None:
-    """Erased on the device's staff page: recorded as a request naming the device, for an owner to confirm."""
-    for customer_id in sorted({str(c) for c in event.customer_ids}):
-        if session.get(Customer, customer_id) is None:
-            continue  # never reached the cloud, or already erased
-        pending = session.scalar(select(ErasureRequest.id).where(ErasureRequest.customer_id == customer_id,
-                                                                  ErasureRequest.status == "pending"))
-        if pending is None:
-            session.add(ErasureRequest(event_id=str(event.event_id), device_id=device.id, customer_id=customer_id,
-                                       requested_at=utcnow(), status="pending"))
-            audit(session, f"device:{device.id}", "erasure-asked-by-device", customer_id=customer_id,
-                  device_id=device.id, detail="erased on the device; waiting for an owner to confirm everywhere")
-
-
-def _apply_event(session: Session, device: Device, event, ts) -> None:
-    session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=ts,
-                            payload=_stored_payload(event)))
-    if isinstance(event, proto.ArrivalEvent):
-        customer_id = str(event.customer_id) if event.customer_id else None
-        if customer_id and session.get(Customer, customer_id) is None:
-            log.warning("arrival %s names unknown customer %s; recorded as unknown", event.event_id, customer_id)
-            customer_id = None
-        session.add(Visit(event_id=str(event.event_id), customer_id=customer_id, device_id=device.id,
-                          store_id=device.store_id, ts=ts, confidence=event.confidence,
-                          shown_items=list(event.shown_items)))
-    elif isinstance(event, proto.EnrolmentEvent):
-        _apply_enrolment(session, device, event)
-    elif isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is not None:
-        record_confirmation(session, session.get(Erasure, str(event.erasure_id)), device.id)
-    elif isinstance(event, proto.ErasureDoneEvent):
-        _apply_erasure_request(session, device, event)
+    #: a retained status of a device that no longer exists (removed): counted, never dead-lettered
+    FORGOTTEN_DEVICE = "forgotten-device"
 
 
 def _topic_device(topic: str) -> str | None:
@@ -130,16 +68,22 @@ def _dead_letter(db: Database, topic: str, payload: bytes, kind: str, reason: st
                            device_id=_topic_device(topic))
 
 
-def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
+def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool = False,
+                   came_online: Callable[[str], object] | None = None) -> Outcome:
     """Validate one message from a device topic, check it against the device's rights and record it in
     its own transaction.
+
+    ``retained``: the broker delivered it as a retained message (on subscription), not live. ``came_online``:
+    called with the device id, after the commit, when a status shows the device coming online
+    (:func:`dangol_cloud.device_status.came_online`).
 
     Events: each ``event_id`` is stored once (a replay by the same device is a no-op; by another device it
     is refused). Arrivals become visits, enrolments create/activate customers of the device's store,
     erasure-done confirms an erasure sent to the device or records the device's erasure request. Status
     updates the device's ``state``/``health`` (only if newer; a time ahead of the cloud's clock counts as
     now). Anything invalid, refused, from an unknown device, or failing to apply is logged with topic and
-    reason and written to the dead-letter table (:func:`dangol_cloud.device_trust.record_dead_letter`).
+    reason and written to the dead-letter table (:func:`dangol_cloud.device_trust.record_dead_letter`) — except
+    a *retained* status of an unknown device (a removed device's last report): ``FORGOTTEN_DEVICE``, not kept.
 
     Returns:
         The :class:`Outcome`. Never raises for bad input; errors in :data:`DATABASE_TROUBLE` (database down
@@ -159,12 +103,15 @@ def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
         _dead_letter(db, topic, payload, "invalid", f"{field} contains a NUL character")
         return Outcome.INVALID
     try:
-        return _store(db, topic, message)
+        outcome, woke = _store(db, topic, message)
     except Refused as exc:
         log.warning("refused message on %r from device %s: %s", topic, message.device_id, exc)
         _dead_letter(db, topic, payload, "refused", str(exc))
         return Outcome.REFUSED
     except LookupError as exc:
+        if retained and isinstance(message, proto.Status):  # a removed device's last report, still retained
+            log.info("retained status of unknown device %s ignored (removed device)", message.device_id)
+            return Outcome.FORGOTTEN_DEVICE
         log.warning("dead letter on %r: %s", topic, exc)
         _dead_letter(db, topic, payload, "unknown-device", str(exc))
         return Outcome.UNKNOWN_DEVICE
@@ -182,31 +129,29 @@ def handle_message(db: Database, topic: str, payload: bytes) -> Outcome:
         log.exception("dead letter on %r: applying it failed", topic)
         _dead_letter(db, topic, payload, "error", f"{type(exc).__name__}: {exc}"[:300])
         return Outcome.ERROR
+    if woke and came_online is not None:
+        came_online(str(message.device_id))
+    return outcome
 
 
-def _store(db: Database, topic: str, message) -> Outcome:
-    """Apply a validated message in one transaction. Raises Refused, or LookupError for an unknown device."""
+def _store(db: Database, topic: str, message) -> tuple[Outcome, bool]:
+    """Apply a validated message in one transaction; returns the outcome and whether a status showed the device
+    coming online. Raises Refused, or LookupError for an unknown device."""
     device_id = str(message.device_id)
     with db.transaction() as session:
         device = session.get(Device, device_id)
         if device is None:
             raise LookupError(f"unknown device {device_id}")
         if isinstance(message, proto.Status):
-            ts = None if message.ts is None else min(message.ts, utcnow())
-            if ts is not None and device.status_at is not None and ts < device.status_at:
-                return Outcome.IGNORED
-            device.state = message.state
-            device.status_at = ts or device.status_at
-            if message.health is not None:
-                device.health = message.health.model_dump(mode="json")
-            return Outcome.STORED
+            applied, woke = apply_status(device, message)
+            return (Outcome.STORED if applied else Outcome.IGNORED), woke
         stored_by = session.scalar(select(DeviceEvent.device_id).where(DeviceEvent.event_id == str(message.event_id)))
         if stored_by == device.id:
             log.info("duplicate event %s on %r ignored", message.event_id, topic)
-            return Outcome.DUPLICATE
+            return Outcome.DUPLICATE, False
         ts = check_event(session, device, message)
-        _apply_event(session, device, message, ts)
-    return Outcome.STORED
+        apply_event(session, device, message, ts)
+    return Outcome.STORED, False
 
 
 def _nul_field(value, path: str = "payload") -> str | None:
@@ -233,9 +178,11 @@ class Listener:
         db: the database to write to.
         mqtt_url: broker URL (``mqtt://user:password@host:port``).
         on_activated: called with the customer id after an ``enrolment`` event made a customer active
-            (e.g. to publish their first menu); its exceptions are logged, not raised.
-        on_erasures: called with a device id when that device reports ``online`` (re-send the erasures it
-            has not confirmed); its exceptions are logged (the erasures stay pending and are re-sent later).
+            (e.g. to publish their first menu); its exceptions are logged and counted in ``follow_up_failures``.
+        on_erasures: called with a device id when that device comes online — its state was ``offline`` or
+            unknown, or its status shows a restart (:func:`dangol_cloud.device_status.came_online`), never on
+            each health report — to re-send the erasures it has not confirmed; its exceptions are logged and
+            counted in ``follow_up_failures`` (the erasures stay pending and are re-sent on the schedule).
         client_id: MQTT client id, reserved for the cloud by the broker configuration
             (:mod:`dangol_cloud.broker_auth`: a device may connect only with its own id); MQTT 5, the session
             is persistent (``clean_start=False``, never expires), so QoS 1 events sent while the listener was
@@ -266,6 +213,7 @@ class Listener:
         self.subscribed = threading.Event()
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.failures = 0
+        self.follow_up_failures = 0  # on_activated / on_erasures calls that raised (logged, retried elsewhere)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
         self._generation = 0
@@ -286,7 +234,7 @@ class Listener:
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message) -> None:
-        item = (self._generation, message.topic, bytes(message.payload), message.mid, message.qos)
+        item = (self._generation, message.topic, bytes(message.payload), message.mid, message.qos, message.retain)
         while not self._stopping.is_set():
             try:
                 self._queue.put(item, timeout=0.5)
@@ -301,11 +249,12 @@ class Listener:
                 return
             self._process(*item)
 
-    def _process(self, generation: int, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def _process(self, generation: int, topic: str, payload: bytes, mid: int, qos: int, retained: bool) -> None:
         delay = 1.0
+        woke: list[str] = []
         while True:
             try:
-                outcome = handle_message(self.db, topic, payload)
+                outcome = handle_message(self.db, topic, payload, retained=retained, came_online=woke.append)
                 break
             except DATABASE_TROUBLE:  # not the message's fault: keep it, retry; unacknowledged if we stop
                 self.failures += 1
@@ -322,21 +271,22 @@ class Listener:
             client.ack(mid, qos)  # a message of an older connection is redelivered (deduplicated on event_id)
         self.counts[outcome] += 1
         if outcome is Outcome.STORED:
-            self._after_stored(topic, payload)
+            self._after_stored(topic, payload, woke)
 
-    def _after_stored(self, topic: str, payload: bytes) -> None:
+    def _after_stored(self, topic: str, payload: bytes, woke: list[str]) -> None:
         event = proto.parse_payload(topic, payload)  # already validated: cannot fail
         if self.on_activated is not None and isinstance(event, proto.EnrolmentEvent) and event.status == "active":
             try:
                 self.on_activated(str(event.customer_id))
             except Exception:  # the visit/enrolment is stored; the menu goes out with the next publish
+                self.follow_up_failures += 1
                 log.exception("welcoming newly active customer %s failed", event.customer_id)
-        if self.on_erasures is not None and isinstance(event, proto.Status) and event.state == "online":
+        for device_id in woke if self.on_erasures is not None else ():
             try:
-                self.on_erasures(str(event.device_id))
+                self.on_erasures(device_id)
             except Exception:  # stays pending: re-published on the schedule
-                log.exception("re-publishing pending erasures (device %s) failed; retried on the schedule",
-                              event.device_id)
+                self.follow_up_failures += 1
+                log.exception("re-publishing pending erasures (device %s) failed; retried on the schedule", device_id)
 
     def start(self, timeout: float = 10.0) -> "Listener":
         """Start the worker and the network loop and connect in the background; returns once subscribed, or

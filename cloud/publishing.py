@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,8 +16,9 @@ from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasu
 from dangol_cloud.models_ops import CustomerOrigin
 from dangol_cloud.mqtt import Message, connect, publish_all
 
-__all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_messages",
-           "photo_url_builder", "publish", "publish_catalogue_version", "republish_erasures", "snapshot_items"]
+__all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_clear_messages",
+           "menu_messages", "photo_url_builder", "publish", "publish_catalogue_version", "republish_erasures",
+           "snapshot_items"]
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +179,53 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
             yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
 
 
-def erasure_messages(session: Session, stores: list[Store], erasures: list[Erasure]) -> Iterator[Message]:
-    """For each erasure and each store in ``stores`` that has a device still to confirm it: clear the
-    customer's retained menu (empty payload) and send ``erasures/1``."""
-    from dangol_cloud.erasure import unconfirmed_devices
-
-    wanted = {store.id: store for store in stores}
-    for erasure in erasures:
-        for store_id in sorted({d.store_id for d in unconfirmed_devices(session, erasure)} & wanted.keys()):
+def erasure_messages(session: Session, stores: list[Store], erasures: list[Erasure], *,
+                     device_id: str | None = None) -> Iterator[Message]:
+    """For each erasure and each store in ``stores`` that has a device still to confirm it (only ``device_id``,
+    if given: the erasures that device has not confirmed, to its store): clear the customer's retained menu
+    (empty payload) and send ``erasures/1``."""
+    for erasure, store_ids in _erasure_plan(session, stores, erasures, device_id):
+        for store_id in store_ids:
             yield proto.menu_topic(store_id, erasure.customer_id), b"", True
             payload = proto.Erasures(store_id=uuid.UUID(store_id), erasure_id=uuid.UUID(erasure.id),
                                      requested_at=erasure.requested_at, customer_ids=[uuid.UUID(erasure.customer_id)])
             yield proto.erasures_topic(store_id), proto.dump_payload(payload), False
+
+
+def _erasure_plan(session: Session, stores: list[Store], erasures: list[Erasure],
+                  device_id: str | None = None) -> list[tuple[Erasure, list[str]]]:
+    """``[(erasure, ids of the stores in stores to send it to)]``: the stores of its unconfirmed devices (of
+    ``device_id`` only, if given); erasures with no such store are left out."""
+    from dangol_cloud.erasure import unconfirmed_devices
+
+    wanted = {store.id for store in stores}
+    plan = []
+    for erasure in erasures:
+        waiting = [d for d in unconfirmed_devices(session, erasure) if device_id is None or d.id == device_id]
+        store_ids = sorted({d.store_id for d in waiting} & wanted)
+        if store_ids:
+            plan.append((erasure, store_ids))
+    return plan
+
+
+def menu_clear_messages(stores: list[Store], erasures: list[Erasure]) -> Iterator[Message]:
+    """The empty retained payload on each erased customer's menu topic at every store in ``stores``: where their
+    menu was or may have been published (a customer without an origin store got one at every store, and the
+    origin is gone with the customer), whichever devices still have to confirm."""
+    for erasure in erasures:
+        for store in stores:
+            yield proto.menu_topic(store.id, erasure.customer_id), b"", True
+
+
+def _once(messages: Iterable[Message]) -> Iterator[Message]:
+    """``messages`` without repeated retained clears of the same topic."""
+    cleared: set[str] = set()
+    for topic, payload, retained in messages:
+        if retained and not payload:
+            if topic in cleared:
+                continue
+            cleared.add(topic)
+        yield topic, payload, retained
 
 
 @dataclass
@@ -203,21 +240,29 @@ class PublishReport:
 
 def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, currency: str = "EUR",
             catalogue: bool = True, menus: bool = True, customer_ids: list[str] | None = None,
-            client_id: str = "dangol-cloud-publisher", timeout: float = 30.0) -> PublishReport:
+            device_id: str | None = None, client_id: str = "dangol-cloud-publisher",
+            timeout: float = 30.0) -> PublishReport:
     """Publish the newest catalogue version, the menus and every erasure not yet confirmed by all its
-    devices (to the stores of the unconfirmed devices) now.
+    devices (to the stores of the unconfirmed devices; with ``device_id``, only the erasures that device has
+    not confirmed) now.
 
-    Erasures sent get ``published_at`` (first time) and ``last_published_at`` (the caller commits).
+    An erasure published for the first time (:func:`dangol_cloud.erasure.unpublished_erasures`, confirmed or
+    not) also clears its customer's retained menu at **every** store, whatever ``store_id``
+    (:func:`menu_clear_messages`, :func:`dangol_cloud.erasure.menus_to_clear`). Erasures sent get
+    ``published_at`` (first time) and ``last_published_at`` (the caller commits).
 
     Raises:
         LookupError: ``store_id`` is unknown.
-        MqttError: the broker is unreachable or does not acknowledge.
+        MqttError: the broker is unreachable or does not acknowledge (nothing is marked published).
     """
+    from dangol_cloud.erasure import menus_to_clear, pending_erasures, unpublished_erasures
+
     stores = _stores(session, store_id)
     report = PublishReport(stores=len(stores))
-    from dangol_cloud.erasure import pending_erasures
-
-    pending = pending_erasures(session)
+    plan = _erasure_plan(session, stores, pending_erasures(session), device_id)
+    fresh = unpublished_erasures(session)
+    clears = menus_to_clear(session, fresh)
+    everywhere = stores if store_id is None else _stores(session, None)
     client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}")
     try:
         if catalogue:
@@ -225,9 +270,14 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
         if menus:
             report.menus = publish_all(client, menu_messages(session, stores, customer_ids=customer_ids),
                                        timeout=timeout)
-        report.erasures = publish_all(client, erasure_messages(session, stores, pending), timeout=timeout)
+        erasures = [e for e, _ in plan]
+        report.erasures = publish_all(client, _once(chain(
+            erasure_messages(session, stores, erasures, device_id=device_id),
+            menu_clear_messages(everywhere, clears))), timeout=timeout)
         now = utcnow()
-        for erasure in pending:
+        for erasure in fresh:  # its menus are cleared everywhere: never again
+            erasure.published_at = now
+        for erasure in erasures:
             erasure.published_at = erasure.published_at or now
             erasure.last_published_at = now
     finally:
@@ -238,17 +288,19 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
 
 
 def republish_erasures(db, settings, *, device_id: str | None = None) -> int:
-    """Re-send unconfirmed erasures (``serve``'s schedule; and at once when ``device_id`` comes online).
+    """Send what erasures still need: the menu clears of erasures never published, and unconfirmed erasures
+    (``serve``'s schedule and every erase/withdraw path; with ``device_id``, when that device came online,
+    only the erasures it has not confirmed, to its store).
 
-    Connects only if some erasure waits for a device (of ``device_id``'s store, if given).
+    Connects only if something is to be sent.
 
     Returns:
-        Number of messages published (0 without a broker or with nothing pending).
+        Number of messages published (0 without a broker or with nothing to send).
 
     Raises:
         MqttError: the broker is unreachable (the erasures stay pending and are retried).
     """
-    from dangol_cloud.erasure import pending_erasures, unconfirmed_devices
+    from dangol_cloud.erasure import pending_erasures, unpublished_erasures
     from dangol_cloud.models import Device
 
     if not settings.mqtt_url:
@@ -257,12 +309,13 @@ def republish_erasures(db, settings, *, device_id: str | None = None) -> int:
         store_id = None
         if device_id is not None:
             device = session.get(Device, device_id)
-            if device is None:
+            if device is None:  # removed meanwhile: nothing to send it (the schedule sends any clears)
                 return 0
             store_id = device.store_id
-        waiting = {d.store_id for e in pending_erasures(session) for d in unconfirmed_devices(session, e)}
-        if not waiting or (store_id is not None and store_id not in waiting):
+        stores = _stores(session, store_id)
+        waiting = _erasure_plan(session, stores, pending_erasures(session), device_id)
+        if not waiting and not unpublished_erasures(session):
             return 0
         report = publish(session, settings.mqtt_url, store_id=store_id, currency=settings.currency,
-                         catalogue=False, menus=False)
+                         catalogue=False, menus=False, device_id=device_id)
     return report.erasures

@@ -12,6 +12,7 @@ __all__ = [
     "QOS",
     "RETAINED",
     "ROOT",
+    "STATUS_QOS",
     "Topic",
     "TopicError",
     "TopicKind",
@@ -29,7 +30,12 @@ __all__ = [
 
 ROOT = "dangol/v1"
 QOS = 1
-"""Every Dangol topic is published and subscribed with QoS 1 (at least once; events carry an id)."""
+"""Every Dangol topic is published and subscribed with QoS 1 (at least once; events carry an id), except the
+cloud's subscription to device status (:data:`STATUS_QOS`)."""
+STATUS_QOS = 0
+"""The cloud subscribes to ``.../status`` with QoS 0: the retained latest status is all it needs (it arrives on
+every (re)subscription), and a QoS 0 subscription is never queued in the cloud's persistent session, so a cloud
+outage cannot fill that queue with health reports and make the broker drop the events queued behind them."""
 
 
 class TopicKind(str, enum.Enum):
@@ -109,8 +115,9 @@ def store_subscriptions(store_id: uuid.UUID | str) -> list[tuple[str, int]]:
 
 
 def device_subscriptions() -> list[tuple[str, int]]:
-    """``[(topic filter, QoS)]`` the cloud subscribes to: every device's events and status."""
-    return [(ALL_DEVICE_EVENTS, QOS), (ALL_DEVICE_STATUS, QOS)]
+    """``[(topic filter, QoS)]`` the cloud subscribes to: every device's events (QoS 1, queued while the cloud is
+    down) and status (:data:`STATUS_QOS`: the retained latest only)."""
+    return [(ALL_DEVICE_EVENTS, QOS), (ALL_DEVICE_STATUS, STATUS_QOS)]
 
 
 @dataclass(frozen=True)

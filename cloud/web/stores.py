@@ -128,7 +128,9 @@ def _device_page(store: Store, device: Device, password: str, reset: bool = Fals
 @owner_required
 def remove_device(device_id: str):
     """POST /stores/devices/<id>/delete: remove a device (e.g. lost) after the confirmation page
-    (``confirm=yes``); its visits stay, its login goes."""
+    (``confirm=yes``); its visits stay, its login goes, and its retained status is cleared on the broker
+    (:func:`dangol_cloud.device_status.clear_retained_status`; if the broker does not answer, the owner is told
+    and the listener counts the stale status as ``forgotten-device`` instead of dead-lettering it)."""
     s = get_session()
     device = s.get(Device, device_id) or abort(404)
     if not ActionForm().validate_on_submit():
@@ -147,6 +149,18 @@ def remove_device(device_id: str):
         complete_if_done(s, erasure, current_user.email)
     s.commit()
     flash(f"Removed {name}. Run dangol-cloud broker-config and reload Mosquitto to revoke its login.", "success")
+    settings = get_settings()
+    if settings.mqtt_url:
+        import logging
+
+        from dangol_cloud.device_status import clear_retained_status
+        from dangol_cloud.mqtt import MqttError
+
+        try:
+            clear_retained_status(settings.mqtt_url, device_id, client_id=f"{settings.mqtt_client_id}-publisher")
+        except MqttError as exc:  # harmless: the listener ignores (and counts) a removed device's retained status
+            logging.getLogger(__name__).warning("retained status of removed device %s not cleared: %s", device_id, exc)
+            flash(f"The broker did not answer, so its last status stays retained there ({exc}).", "warning")
     return redirect(url_for("stores.index"))
 
 

@@ -1,0 +1,91 @@
+"""Apply one checked device event (``event/1``) to the database: arrivals become visits, enrolments create or
+activate the device store's customers (consent through :func:`dangol_cloud.services.record_consent`, as the
+dashboard records it), ``erasure-done`` confirms an erasure or records the device's erasure request. Called by
+:func:`dangol_cloud.events.handle_message` once :mod:`dangol_cloud.device_trust` allowed the event."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import dangol_protocol as proto
+from dangol_cloud.device_trust import Refused, bounded_ts
+from dangol_cloud.erasure import audit, record_confirmation
+from dangol_cloud.models import Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Visit, utcnow
+from dangol_cloud.services import record_consent
+
+__all__ = ["apply_event"]
+
+log = logging.getLogger(__name__)
+
+
+def _stored_payload(event) -> dict:
+    """The event as kept in ``device_events``, minus personal fields (name, who recorded consent): those live
+    only in the encrypted customer columns, so an erasure leaves no copy behind."""
+    payload = event.model_dump(mode="json", by_alias=True)
+    if isinstance(event, proto.EnrolmentEvent):
+        payload["display_name"] = None
+        if payload.get("consent"):
+            payload["consent"]["recorded_by"] = None
+    return payload
+
+
+def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEvent) -> None:
+    customer = session.get(Customer, str(event.customer_id))
+    if customer is None:  # a new customer of this device's store
+        customer = Customer(id=str(event.customer_id), source="edge", status="pending")
+        session.add(customer)
+        session.add(CustomerOrigin(customer_id=customer.id, store_id=device.store_id, device_id=device.id,
+                                   created_at=utcnow()))
+    elif customer.status not in ("pending", "active"):  # checked first by device_trust; never undo a withdrawal
+        raise Refused(f"enrolment names customer {customer.id}, whose consent was withdrawn")
+    if event.display_name:
+        customer.display_name = event.display_name
+    if event.consent is not None:  # the same service as the dashboard's consent form
+        record_consent(session, customer, display_name=event.display_name, recorded_by=event.consent.recorded_by,
+                       text_version=event.consent.text_version,
+                       recorded_at=bounded_ts(event.consent.recorded_at, "consent recorded_at"),
+                       actor=f"device:{device.id}", device_id=device.id)
+    customer.status = event.status
+
+
+def _apply_erasure_request(session: Session, device: Device, event: proto.ErasureDoneEvent) -> None:
+    """Erased on the device's staff page: recorded as a request naming the device, for an owner to confirm."""
+    for customer_id in sorted({str(c) for c in event.customer_ids}):
+        if session.get(Customer, customer_id) is None:
+            continue  # never reached the cloud, or already erased
+        pending = session.scalar(select(ErasureRequest.id).where(ErasureRequest.customer_id == customer_id,
+                                                                  ErasureRequest.status == "pending"))
+        if pending is None:
+            session.add(ErasureRequest(event_id=str(event.event_id), device_id=device.id, customer_id=customer_id,
+                                       requested_at=utcnow(), status="pending"))
+            audit(session, f"device:{device.id}", "erasure-asked-by-device", customer_id=customer_id,
+                  device_id=device.id, detail="erased on the device; waiting for an owner to confirm everywhere")
+
+
+def apply_event(session: Session, device: Device, event, ts) -> None:
+    """Record a checked event (:func:`dangol_cloud.device_trust.check_event` gave its time ``ts``) in the caller's
+    transaction: the event row (:func:`_stored_payload`), and an arrival's visit, an enrolment's customer and
+    consent, an ``erasure-done``'s confirmation or, without an erasure id, the device's erasure request.
+
+    Raises:
+        Refused: an enrolment names a customer whose consent was withdrawn.
+    """
+    session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=ts,
+                            payload=_stored_payload(event)))
+    if isinstance(event, proto.ArrivalEvent):
+        customer_id = str(event.customer_id) if event.customer_id else None
+        if customer_id and session.get(Customer, customer_id) is None:
+            log.warning("arrival %s names unknown customer %s; recorded as unknown", event.event_id, customer_id)
+            customer_id = None
+        session.add(Visit(event_id=str(event.event_id), customer_id=customer_id, device_id=device.id,
+                          store_id=device.store_id, ts=ts, confidence=event.confidence,
+                          shown_items=list(event.shown_items)))
+    elif isinstance(event, proto.EnrolmentEvent):
+        _apply_enrolment(session, device, event)
+    elif isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is not None:
+        record_confirmation(session, session.get(Erasure, str(event.erasure_id)), device.id)
+    elif isinstance(event, proto.ErasureDoneEvent):
+        _apply_erasure_request(session, device, event)
