@@ -98,9 +98,9 @@ def repeat_explore_recall(top: np.ndarray, relevant: np.ndarray, bought_before: 
         Mean over customers with >= 1 relevant repeat (explore) item of hits among those items / their
         number (Li et al. 2023, §4); NaN when no customer has such items.
     """
-    valid = top >= 0
+    rows, slots = np.nonzero(top >= 0)  # only the filled slots: a -1 must not unmark item 0 shown earlier
     shown = np.zeros_like(relevant)
-    np.put_along_axis(shown, np.where(valid, top, 0), valid, axis=1)
+    shown[rows, top[rows, slots]] = True
     out = []
     for part in (relevant & bought_before, relevant & ~bought_before):
         n = part.sum(axis=1)

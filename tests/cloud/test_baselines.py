@@ -113,6 +113,14 @@ def test_repeat_and_explore_recall_by_hand() -> None:
     assert expl == pytest.approx((0 + 0.5) / 2)
 
 
+def test_an_empty_slot_does_not_hide_item_0() -> None:
+    """A list shorter than k (a small menu) is padded with -1: the padding must not unmark item 0 shown earlier."""
+    relevant = np.array([[1, 1, 0]], bool)
+    before = np.array([[1, 0, 0]], bool)
+    rep, expl = repeat_explore_recall(np.array([[0, 1, -1, -1]]), relevant, before)
+    assert (rep, expl) == (1.0, 1.0)
+
+
 def test_paired_ratio_interval_by_hand() -> None:
     # 4 customers: the first method hits 1, 1, 0, 2 times, the second 1, 0, 0, 1 -> ratio 4 / 2
     ratio, low, high = paired_ratio_interval(np.array([1, 1, 0, 2]), np.array([1, 0, 0, 1]))
