@@ -38,18 +38,27 @@ class NotEnoughData(ValueError):
     """The database holds too few purchases to train or evaluate (message says what is missing)."""
 
 
-def load_frames(session: Session, tz: str = "UTC") -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_frames(session: Session, tz: str = "UTC", *, units: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Purchases and catalogue as the recommender's frames.
+
+    Args:
+        units: also give each purchase line its ``unit`` price (amount / quantity, NaN if unknown; the amounts are
+            decrypted, so only the offline evaluation asks for them: it prices items from before its cut).
 
     Returns:
         (interactions, items): interactions with ``customer`` (customer id), ``item`` (item id), ``ts``
-        (datetime64[ns], local time in ``tz``), ``quantity`` (float), ``store`` (store id or "");
+        (datetime64[ns], local time in ``tz``), ``quantity`` (float), ``store`` (store id or "") [, ``unit``];
         items with ``item``, ``category``, ``price`` (NaN if unknown), ``tags`` (list[str]) and
         ``available`` (False for unavailable or retired items).
     """
-    rows = session.execute(select(Purchase.customer_id, Purchase.item_id, Purchase.ts, Purchase.quantity,
-                                  Purchase.store_id)).all()
-    interactions = pd.DataFrame(rows, columns=["customer", "item", "ts", "quantity", "store"])
+    columns = [Purchase.customer_id, Purchase.item_id, Purchase.ts, Purchase.quantity, Purchase.store_id]
+    rows = session.execute(select(*columns, *([Purchase.amount] if units else []))).all()
+    interactions = pd.DataFrame(rows, columns=["customer", "item", "ts", "quantity", "store"]
+                                + (["amount"] if units else []))
+    if units:
+        amount = pd.to_numeric(interactions.pop("amount"), errors="coerce")
+        quantity = pd.to_numeric(interactions["quantity"], errors="coerce")
+        interactions["unit"] = (amount / quantity).where(quantity > 0)
     if len(interactions):
         ts = pd.to_datetime(interactions["ts"], utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None)
         interactions["ts"] = ts.astype("datetime64[ns]")
@@ -276,7 +285,7 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
     from dangol_cloud.recommend import evaluate
 
     with db.sessions() as session:
-        interactions, items = load_frames(session, settings.timezone)
+        interactions, items = load_frames(session, settings.timezone, units=True)
         segments = _segments(session)
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")

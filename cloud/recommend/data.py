@@ -81,7 +81,8 @@ def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFra
 
     Items get the row's ``category``, ``price`` = median unit price (amount / quantity) over the rows
     that give one, no tags, and ``available`` True. Row errors are counted and skipped.
-    Interactions carry a ``store`` column when any row has a store.
+    Interactions carry a ``store`` column when any row has a store, and each line's ``unit`` price (NaN if
+    unknown), from which :func:`~dangol_cloud.recommend.evaluate.evaluate` prices items before its cut.
     """
     cust, item, ts, qty, store, cat, unit = [], [], [], [], [], [], []
     errors = 0
@@ -96,7 +97,7 @@ def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFra
         store.append(row.store_ref)
         cat.append(row.category)
         unit.append(row.amount / row.quantity if row.amount is not None and row.quantity > 0 else np.nan)
-    inter = pd.DataFrame({"customer": cust, "item": item, "ts": pd.to_datetime(ts), "quantity": qty})
+    inter = pd.DataFrame({"customer": cust, "item": item, "ts": pd.to_datetime(ts), "quantity": qty, "unit": unit})
     if any(s is not None for s in store):
         inter["store"] = store
     meta = pd.DataFrame({"item": item, "category": cat, "unit": unit})
@@ -111,6 +112,23 @@ def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFra
 def load_purchases(path: str | Path, fmt: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """``frames_from_rows(parse_purchases(path, fmt))``: a data file straight to recommender frames."""
     return frames_from_rows(parse_purchases(path, fmt))  # type: ignore[arg-type]
+
+
+def catalogue_before(interactions: pd.DataFrame, items: pd.DataFrame | None, cut) -> pd.DataFrame:
+    """The catalogue as it stood at ``cut``, for an offline evaluation: the items sold before it (an item first
+    sold after the cut was not on the menu yet as far as the data tells: no real catalogue says when items
+    arrived), priced by the median ``unit`` price of their lines before it when ``interactions`` has a ``unit``
+    column (else the items' own price). Returns a frame like :func:`clean_items`."""
+    sold = pd.to_numeric(interactions["quantity"], errors="coerce") > 0  # as clean_interactions: no returns
+    before = interactions[sold & (pd.to_datetime(interactions["ts"]) < pd.Timestamp(cut))].assign(
+        item=lambda f: f["item"].astype(str))
+    catalogue = clean_items(items, before)
+    catalogue = catalogue[catalogue["item"].isin(set(before["item"]))].reset_index(drop=True)
+    if "unit" in before.columns:
+        unit = pd.to_numeric(before["unit"], errors="coerce")
+        median = unit.groupby(before["item"]).median()
+        catalogue["price"] = catalogue["item"].map(median).astype(float)
+    return catalogue
 
 
 def restrict_to_top_items(interactions: pd.DataFrame, items: pd.DataFrame, n: int, *, before=None):

@@ -31,7 +31,7 @@ import pandas as pd
 from .baselines import (Baskets, TifuKnn, TifuParams, als_scores, basket_counts, gp_top_freq, popularity_tie, top_k,
                         tune_als, tune_tifu_knn, validation_split)
 from .config import RecommenderConfig
-from .data import clean_interactions, clean_items, restrict_to_top_items
+from .data import catalogue_before, clean_interactions, restrict_to_top_items
 from .dayparts import DAYPART_HOURS, DAYPARTS, daypart_of
 from .model import train
 
@@ -196,7 +196,7 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     cfg = config or RecommenderConfig()
     cut = pd.Timestamp(cut)
     df = clean_interactions(interactions)
-    catalogue = clean_items(items, df)
+    catalogue = catalogue_before(interactions, items, cut)  # nothing of the test period: not its items, not its prices
     if top_items is not None:
         df, catalogue = restrict_to_top_items(df, catalogue, top_items, before=cut)
     train_df, test_df = df[df["ts"] < cut], df[df["ts"] >= cut]

@@ -280,3 +280,25 @@ def test_label_windows_step_back_and_pool_into_one_second_stage(small) -> None:
     assert two.stage2 is not None and set(two.stage2.validation) >= {"0", "1"}
     picks = two.recommend(list(two.customers[:50]), n=10)
     assert all(len(p) == 10 for p in picks.values())
+
+
+def test_the_evaluation_catalogue_knows_nothing_of_the_test_period(ta_feng) -> None:
+    """No catalogue says when an item arrived: the evaluation's menu is the items sold before the cut, priced from
+    their lines before it (the test month's items and prices would leak into the features and the new-item slot)."""
+    inter, items = ta_feng
+    cut = datetime(2001, 2, 1)
+    customers = sorted(inter.loc[inter["ts"] < cut, "customer"].unique())[:800]
+    sample = inter[inter["customer"].isin(customers)]
+    before = sample[sample["ts"] < cut]
+    assert set(sample["item"]) - set(before["item"]), "the sample must hold items first sold after the cut"
+    from dangol_cloud.recommend.data import catalogue_before
+
+    catalogue = catalogue_before(sample, items, cut)
+    assert set(catalogue["item"]) == set(before["item"])
+    changed = [i for i in catalogue["item"] if before.loc[before["item"] == i, "unit"].median()
+               != sample.loc[sample["item"] == i, "unit"].median()][:3]
+    assert changed, "some item's price differs with the test month included"
+    for i in changed:
+        assert catalogue.set_index("item").loc[i, "price"] == before.loc[before["item"] == i, "unit"].median()
+    report = evaluate(sample, items, cut=cut, config=SMALL, baselines=False)
+    assert report.n_items == before["item"].nunique()
