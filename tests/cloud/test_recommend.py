@@ -302,3 +302,13 @@ def test_the_evaluation_catalogue_knows_nothing_of_the_test_period(ta_feng) -> N
         assert catalogue.set_index("item").loc[i, "price"] == before.loc[before["item"] == i, "unit"].median()
     report = evaluate(sample, items, cut=cut, config=SMALL, baselines=False)
     assert report.n_items == before["item"].nunique()
+
+
+def test_training_twice_on_the_same_data_gives_the_same_menus(small) -> None:
+    """A regular's menu must not reshuffle because the owner retrained on unchanged data (LightFM's parallel
+    "Hogwild" SGD makes each multi-threaded fit differ), and an evaluation must be repeatable."""
+    a = train(small["interactions"], small["items"], config=SMALL)
+    b = train(small["interactions"], small["items"], config=SMALL)
+    customers = sorted(small["interactions"]["customer"].unique())[:300]
+    picks_a, picks_b = a.recommend(customers, n=10, explain=False), b.recommend(customers, n=10, explain=False)
+    assert {c: [p.item for p in picks_a[c]] for c in customers} == {c: [p.item for p in picks_b[c]] for c in customers}
