@@ -20,7 +20,8 @@ Formats (header = line 1, so the first data line is line 2):
   ``AGE_GROUP``, ``PIN_CODE``, ``PRODUCT_SUBCLASS``, ``PRODUCT_ID``, ``AMOUNT`` (quantity),
   ``ASSET`` (cost), ``SALES_PRICE`` (line total).
 * ``completejourney``: ``transactions.csv`` with ``household_id, store_id, basket_id, product_id,
-  quantity, sales_value, ..., transaction_timestamp`` (``YYYY-MM-DD HH:MM:SS``); ``products.csv``
+  quantity, sales_value, ..., transaction_timestamp`` (``YYYY-MM-DD HH:MM:SS``, **UTC**: the rows are
+  marked so and the importer stores them as such; see :data:`DATASET_TIMEZONES`); ``products.csv``
   (``product_id, ..., department, ..., product_category, ...``) is read from the same folder.
 * ``csv``: ``customer,item,quantity,timestamp`` (ISO 8601), optional ``amount``, ``product_id``,
   ``category`` and ``store``; other columns are ignored.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,7 @@ from dangol_cloud.import_rows import (
 )
 
 __all__ = [
+    "DATASET_TIMEZONES",
     "FORMATS",
     "DetectedFiles",
     "ImportFormatError",
@@ -53,6 +56,13 @@ __all__ = [
     "parse_purchases",
     "read_cj_demographics",
 ]
+
+#: Local time zone of a public data set's shops, to read its times as their customers lived them (day-parts).
+#: Complete Journey's ``transaction_timestamp`` is UTC: the year runs from 2017-01-01 13:28 to 2018-01-01 03:47,
+#: and its baskets peak at 21-22 h and are fewest at 7-9 h — a US grocery's late afternoon and small hours five
+#: hours later. 84.51° (Kroger's analytics arm, Cincinnati) does not say where the stores are; US Eastern time
+#: is assumed. Ta-Feng has dates only (its times are midnight, local).
+DATASET_TIMEZONES = {"completejourney": "America/New_York"}
 
 Format = Literal["ta-feng", "completejourney", "csv"]
 FORMATS: tuple[str, ...] = ("ta-feng", "completejourney", "csv")
@@ -82,7 +92,7 @@ def _cj_row_parser(products: dict[str, tuple[str, str]]) -> Callable[[int, dict[
         product = _required(rec, "product_id")
         quantity = _number(rec, "quantity")
         amount = _number(rec, "sales_value", required=False)
-        ts = _timestamp(rec, "transaction_timestamp", "%Y-%m-%d %H:%M:%S")
+        ts = _timestamp(rec, "transaction_timestamp", "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
         if product not in products:
             raise _BadRow(f"product_id {product} is not in products.csv")
         category, department = products[product]

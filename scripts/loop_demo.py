@@ -84,6 +84,10 @@ def main() -> int:
         return 2
 
     currency = args.currency or {"completejourney": "USD", "ta-feng": "TWD"}.get(args.format, "EUR")
+    sys.path.insert(0, str(REPO))
+    from dangol_cloud.importers import DATASET_TIMEZONES
+
+    zone = DATASET_TIMEZONES.get(args.format, "UTC")  # the café's hours: the history's shops' local time
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     (work / "broker").mkdir(parents=True)
@@ -98,7 +102,7 @@ def main() -> int:
     env = dict(os.environ, DANGOL_CLOUD_HOME=str(work / "cloud"), DANGOL_DATA=str(data), DANGOL_DATA_KEY=data_key,
                DANGOL_DATABASE_URL=f"sqlite:///{work / 'cloud' / 'dangol.sqlite'}",
                DANGOL_MQTT_URL=f"mqtt://cloud:{cloud_pw}@127.0.0.1:{port}", DANGOL_CURRENCY=currency,
-               TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="2")
+               DANGOL_TIMEZONE=zone, TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="2")
     procs: list[subprocess.Popen] = []
     summary: dict = {"ok": False}
     try:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from ..importers import PurchaseRow, RowError, parse_purchases
+from ..importers import DATASET_TIMEZONES, PurchaseRow, RowError, parse_purchases
 
 INTERACTION_COLUMNS = ("customer", "item", "ts", "quantity")
 ITEM_COLUMNS = ("item", "category", "price", "tags", "available")
@@ -76,8 +77,11 @@ def clean_items(items: pd.DataFrame | None, interactions: pd.DataFrame) -> pd.Da
     return known[list(ITEM_COLUMNS)].reset_index(drop=True)
 
 
-def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def frames_from_rows(rows: Iterable[PurchaseRow | RowError], tz: str = "UTC") -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Build (interactions, items, n_errors) from :func:`dangol_cloud.importers.parse_purchases` output.
+
+    ``ts`` is naive local time: a row's aware time (e.g. Complete Journey's UTC) is converted to the IANA zone
+    ``tz`` first, a naive one is kept as written (it is local already), as the cloud's import does.
 
     Items get the row's ``category``, ``price`` = median unit price (amount / quantity) over the rows
     that give one, no tags, and ``available`` True. Row errors are counted and skipped.
@@ -86,13 +90,14 @@ def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFra
     """
     cust, item, ts, qty, store, cat, unit = [], [], [], [], [], [], []
     errors = 0
+    zone = ZoneInfo(tz)
     for row in rows:
         if isinstance(row, RowError):
             errors += 1
             continue
         cust.append(row.customer_ref)
         item.append(row.item_ref)
-        ts.append(row.ts)
+        ts.append(row.ts if row.ts.tzinfo is None else row.ts.astimezone(zone).replace(tzinfo=None))
         qty.append(row.quantity)
         store.append(row.store_ref)
         cat.append(row.category)
@@ -109,9 +114,11 @@ def frames_from_rows(rows: Iterable[PurchaseRow | RowError]) -> tuple[pd.DataFra
     return inter, items, errors
 
 
-def load_purchases(path: str | Path, fmt: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """``frames_from_rows(parse_purchases(path, fmt))``: a data file straight to recommender frames."""
-    return frames_from_rows(parse_purchases(path, fmt))  # type: ignore[arg-type]
+def load_purchases(path: str | Path, fmt: str, tz: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """``frames_from_rows(parse_purchases(path, fmt), tz)``: a data file straight to recommender frames, in the
+    shops' local time ``tz`` (default: the data set's, :data:`dangol_cloud.importers.DATASET_TIMEZONES`, else UTC).
+    """
+    return frames_from_rows(parse_purchases(path, fmt), tz or DATASET_TIMEZONES.get(fmt, "UTC"))  # type: ignore[arg-type]
 
 
 def catalogue_before(interactions: pd.DataFrame, items: pd.DataFrame | None, cut) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import csv
 import itertools
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -121,7 +121,7 @@ def test_complete_journey_maps_products_to_category_and_reports_unknown_products
         assert r.product_id == rec["product_id"] and r.store_ref == rec["store_id"]
         assert r.customer_ref == rec["household_id"]
         assert r.amount == float(rec["sales_value"]) and r.quantity == float(rec["quantity"])
-        assert r.ts == datetime.strptime(rec["transaction_timestamp"], "%Y-%m-%d %H:%M:%S")
+        assert r.ts == datetime.strptime(rec["transaction_timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
     assert 0 < n_errors < 100, "the real slice holds a few lines whose product has no row/category"
 
 

@@ -102,3 +102,23 @@ def test_training_writes_daypart_menus_from_the_database(tmp_path: Path, sqlite_
         assert set(row.dayparts) == {"breakfast", "lunch", "afternoon", "evening"}
         assert all(len(picks) == len(menus[row.customer_id].picks) for picks in row.dayparts.values())
     assert any(row.dayparts["breakfast"] != row.dayparts["evening"] for row in slots)
+
+
+def test_complete_journey_times_are_the_shops_local_hours() -> None:
+    """Complete Journey's ``transaction_timestamp`` is UTC (the year runs 2017-01-01 13:28 to 2018-01-01 03:47;
+    baskets peak at 21-22 h and are fewest at 8 h): read as a wall clock, "breakfast" would be past midnight in
+    the US. The importer marks it UTC, and the frames give US Eastern local time (:data:`DATASET_TIMEZONES`)."""
+    import os
+    from datetime import timezone
+
+    from dangol_cloud.importers import parse_purchases
+
+    root = Path(os.environ.get("DANGOL_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+    path = root / "purchases/completejourney/transactions.csv"
+    first = next(r for r in parse_purchases(path, "completejourney") if hasattr(r, "ts"))
+    assert first.ts.tzinfo is not None and first.ts.utcoffset() == timezone.utc.utcoffset(None)
+    inter, _, _ = load_purchases(path, "completejourney")
+    assert inter["ts"].dt.tz is None  # naive local time, as the recommender's frames are
+    assert inter["ts"].min().year == 2017 and inter["ts"].max().year == 2017  # the calendar year 2017, locally
+    busiest = inter.drop_duplicates(["customer", "ts"])["ts"].dt.hour.value_counts().idxmax()
+    assert 12 <= busiest <= 19  # a grocery's busiest hour is in the afternoon, not at 9-10 pm
