@@ -38,6 +38,7 @@ from dangol_cloud.settings import Settings
 from tests.broker import MosquittoBroker
 
 from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, OWNER_PASSWORD, add_owner
+from .test_device_trust import _wait
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,15 +129,6 @@ def _status(c: mqtt.Client, device_id: str, state: str = "online", *, frames: in
                                                           frames_captured=frames)
     status = proto.Status(device_id=uuid.UUID(device_id), state=state, ts=ts or utcnow(), health=health)
     c.publish(proto.status_topic(device_id), proto.dump_payload(status), qos=1, retain=True).wait_for_publish(5)
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _done(device_id: str, customer_id: str, erasure_id: str | None = None) -> bytes:
