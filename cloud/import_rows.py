@@ -34,7 +34,9 @@ class PurchaseRow:
         product_id: the source product id (barcode / product number), kept as a detail; None if absent.
         quantity: units bought (float; may be 0 in Complete Journey, e.g. coupon lines).
         amount: line total in the source currency (Ta-Feng NT$, Complete Journey USD), if given.
-        ts: naive datetime, local time as written in the file (Ta-Feng has day resolution: 00:00).
+        ts: naive datetime, local time as written in the file (Ta-Feng has day resolution: 00:00); aware when
+            the file says which instant (a CSV time with a UTC offset, Complete Journey's UTC times): the import
+            stores it as that instant and shows it in the café's time zone.
         store_ref: Complete Journey ``store_id`` or the csv ``store`` column; None otherwise.
         category: item category if the source has one (see module docstring), else None.
     """
@@ -98,8 +100,8 @@ def _number(rec: dict[str, str], col: str, *, required: bool = True) -> float | 
 def _timestamp(rec: dict[str, str], col: str, fmt: str | None) -> datetime:
     text = _required(rec, col)
     try:
-        if fmt is None:  # ISO 8601; an offset is dropped, keeping the wall-clock time as written
-            return datetime.fromisoformat(text).replace(tzinfo=None)
+        if fmt is None:  # ISO 8601; an offset is kept (that instant), without one it is the café's local time
+            return datetime.fromisoformat(text)
         return datetime.strptime(text, fmt)
     except ValueError:
         expected = "ISO 8601" if fmt is None else fmt.replace("%m", "M").replace("%d", "D").replace("%Y", "YYYY")

@@ -23,7 +23,8 @@ Formats (header = line 1, so the first data line is line 2):
   quantity, sales_value, ..., transaction_timestamp`` (``YYYY-MM-DD HH:MM:SS``, **UTC**: the rows are
   marked so and the importer stores them as such; see :data:`DATASET_TIMEZONES`); ``products.csv``
   (``product_id, ..., department, ..., product_category, ...``) is read from the same folder.
-* ``csv``: ``customer,item,quantity,timestamp`` (ISO 8601), optional ``amount``, ``product_id``,
+* ``csv``: ``customer,item,quantity,timestamp`` (ISO 8601: with a UTC offset that instant, without one the café's local
+  time), optional ``amount``, ``product_id``,
   ``category`` and ``store``; other columns are ignored.
 
 The shared reading (row types, field parsers, driver) is :mod:`dangol_cloud.import_rows`; telling

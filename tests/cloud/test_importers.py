@@ -151,7 +151,10 @@ def test_plain_csv_optional_columns_iso_timestamps_and_errors(tmp_path: Path) ->
     a, b, c = (r for r in out if isinstance(r, PurchaseRow))
     assert (a.line, a.customer_ref, a.item_ref, a.quantity, a.amount, a.category) == (2, "0042", "flat-white", 1.0, 4.5, "coffee")
     assert a.ts == datetime(2024, 3, 5, 8, 15) and a.product_id is None and a.store_ref is None
-    assert b.amount is None and b.ts == datetime(2024, 3, 5, 8, 15, 30) and b.ts.tzinfo is None
+    # an explicit offset says which instant it was: kept (the import converts it to the café's time zone), not
+    # dropped — a POS exporting UTC ("…Z") would otherwise land 9 hours off in Seoul
+    assert b.amount is None and b.ts == datetime(2024, 3, 4, 23, 15, 30, tzinfo=timezone.utc)
+    assert b.ts.utcoffset().total_seconds() == 9 * 3600
     assert c.item_ref == "mocha, large" and c.line == 7
     errors = [r for r in out if isinstance(r, RowError)]
     assert [e.line for e in errors] == [4, 5, 6, 8]
