@@ -216,9 +216,11 @@ class Appliance:
         return done
 
     def _forget(self, customer_id: str) -> None:
-        """Drop an erased customer from memory: the tracker's votes and cool-down, and a running model upgrade's
-        old-model templates (see :meth:`~dangol_edge.upgrade.ModelUpgrade.forget`)."""
+        """Drop an erased customer from memory and from the door screen (their welcome, if showing): the tracker's
+        votes and cool-down, and a running model upgrade's old-model templates (see :meth:`~dangol_edge.upgrade.ModelUpgrade.forget`)."""
         self.recognizer.tracker.forget(customer_id)
+        if self.screen.forget(customer_id):
+            log.info("erased customer %s: their welcome left the door screen", customer_id)
         upgrade = self.recognizer.upgrade
         if upgrade is not None:
             upgrade.forget(customer_id)

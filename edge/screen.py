@@ -41,6 +41,15 @@ class Screen:
         """Back to the house menu; returns the new version."""
         return self._set({"screen": "house"})
 
+    def forget(self, customer_id: str) -> bool:
+        """An erased customer leaves the screen at once: if their welcome is showing, back to the house menu (checked
+        and changed in one step, so another customer's welcome set meanwhile stays). Returns True if it was theirs."""
+        with self._cond:
+            if self._state.get("screen") != "welcome" or self._state.get("customer_id") != customer_id:
+                return False
+            self._set({"screen": "house"})
+            return True
+
     def show_welcome(self, first_name: str, picks: list[dict], customer_id: str, seconds: float,
                      arrival_ts: float | None = None) -> int:
         """Welcome a customer for ``seconds``.

@@ -181,3 +181,29 @@ def test_health_tells_the_cloud_the_cached_catalogue_is_unreadable(home, model_p
         assert app.health().catalogue == "ok"
     finally:
         app.stop()
+
+
+def test_an_erased_customers_welcome_leaves_the_screen_at_once(home, model_path, clips):  # noqa: F811
+    """Staff erase a customer (or the cloud, or retention) while their "Welcome back" is on the door screen: their
+    name must go with them, not stay until the welcome times out."""
+    import uuid as uuid_
+
+    from dangol_protocol import Erasures
+
+    app = Appliance(config(home, model_path, clips, camera={"source": str(clips / "biden.jpg")}))
+    app.start()
+    try:
+        app.screen.show_welcome("Lin-Manuel", [], LIN, seconds=120)
+        app.gallery.delete(LIN)  # the staff page's "Erase": delete, then the daemon's callback
+        app._on_erase_local(LIN)
+        assert app.screen.snapshot()["screen"] == "house"
+        other = str(uuid_.uuid4())
+        app.screen.show_welcome("Mina", [], other, seconds=120)
+        app._on_erasures(Erasures(store_id=app.store_id, erasure_id=uuid_.uuid4(),
+                                  requested_at=datetime.now(timezone.utc), customer_ids=[LIN]))
+        assert app.screen.snapshot()["first_name"] == "Mina"  # somebody else's welcome stays
+        app._on_erasures(Erasures(store_id=app.store_id, erasure_id=uuid_.uuid4(),
+                                  requested_at=datetime.now(timezone.utc), customer_ids=[uuid_.UUID(other)]))
+        assert app.screen.snapshot()["screen"] == "house"
+    finally:
+        app.stop()
