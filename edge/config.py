@@ -320,9 +320,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
     if path is not None:
         data = _read_file(Path(path))
         source = str(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: invalid config: expected a table of sections (mqtt, camera, …), "
+                              f"got a {type(data).__name__}")
     # docs/mqtt.md names DANGOL_MQTT_URL (flat) for every component: it beats the file (an environment
     # value), and the nested DANGOL_MQTT__URL, read by the environment source, beats it
     if os.environ.get("DANGOL_MQTT_URL"):
+        if not isinstance(data.get("mqtt") or {}, dict):
+            raise ConfigError(f"{source}: invalid config: mqtt: expected a section ([mqtt] with url = …), "
+                              f"got {data['mqtt']!r}")
         data["mqtt"] = {**(data.get("mqtt") or {}), "url": os.environ["DANGOL_MQTT_URL"]}
     token = _OVERRIDES.set(dict(overrides))
     try:

@@ -31,12 +31,13 @@ STREAM_STEP_S = 0.25
 def view(d: WebDeps, snapshot: dict, catalogue: Catalogue | None) -> dict:
     """The screen snapshot as the page gets it: the welcome's chosen picks filtered again against the
     current catalogue (:func:`~dangol_edge.web.formatting.visible_picks`, by the rules of
-    :mod:`dangol_edge.menu_text`), plus ``catalogue_version`` and ``app``."""
+    :mod:`dangol_edge.menu_text`), plus ``catalogue_version``, ``app`` and ``welcome_s`` (seconds)."""
     out = dict(snapshot)
     if out.get("screen") == "welcome":
         out["picks"] = visible_picks(out.get("picks") or [], catalogue, d.config.display.picks)
     out["catalogue_version"] = catalogue.version if catalogue else None
     out["app"] = d.app_id
+    out["welcome_s"] = d.config.display.welcome_s  # the page's own timer takes a welcome down after this
     return out
 
 

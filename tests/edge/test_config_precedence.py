@@ -34,3 +34,17 @@ def test_nested_overrides_merge_with_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DANGOL_PRIVACY__RETENTION_DAYS", "30")
     cfg = load_config(None, home=tmp_path, display={"picks": 2})
     assert cfg.home == tmp_path and cfg.display.picks == 2 and cfg.privacy.retention_days == 30
+
+
+def test_a_config_file_of_the_wrong_shape_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """``check-config`` (systemd's ExecStartPre) must name the file and the problem, exit 2, never a traceback."""
+    as_list = tmp_path / "list.json"
+    as_list.write_text("[1, 2]\n")
+    assert main(["check-config", str(as_list)]) == 2
+    assert "list.json" in capsys.readouterr().err
+    mqtt_text = tmp_path / "mq.toml"
+    mqtt_text.write_text('mqtt = "mqtt://broker:1883"\n')
+    monkeypatch.setenv("DANGOL_MQTT_URL", "mqtt://flat:1883")
+    assert main(["check-config", str(mqtt_text)]) == 2
+    err = capsys.readouterr().err
+    assert "mq.toml" in err and "mqtt" in err

@@ -438,3 +438,12 @@ def test_an_unexpected_error_gives_staff_a_page_that_says_what_to_do(site, phone
     monkeypatch.undo()
     phone.locator("#server-error a").click()  # back to a working staff page
     assert phone.locator("h2").first.is_visible()
+
+
+def test_the_page_keeps_a_welcome_as_long_as_configured(site):
+    """``display.welcome_s`` may be up to 600 s: the page's own safety timer must not cut a welcome at 45 s."""
+    config = site["config"].model_copy(update={"display": site["config"].display.model_copy(update={"welcome_s": 120.0})})
+    app = create_app(screen=Screen(), state=site["state"], gallery=site["gallery"], config=config)
+    client = app.test_client()
+    assert 'data-welcome-max="120.0"' in client.get("/").get_data(as_text=True)
+    assert client.get("/api/state").get_json()["welcome_s"] == 120.0
