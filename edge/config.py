@@ -206,7 +206,8 @@ class DisplayConfig(_Section):
     """
 
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
+    port: int = Field(8080, ge=1, le=65535, description="the kiosk unit (systemd/dangol-kiosk.service) opens "
+                                                         "http://127.0.0.1:8080/: change both together")
     welcome_s: float = Field(12.0, ge=1.0, le=600.0, description="how long a welcome stays on screen")
     picks: int = Field(6, ge=1, le=20, description="picks shown to a customer")
     staff_pin: str | None = Field(None, repr=False, description="PIN for the staff page, at least 6 digits "
@@ -227,6 +228,17 @@ class DisplayConfig(_Section):
             raise ValueError(f"the staff PIN must have at least {MIN_PIN_DIGITS} digits (and at most 32); "
                              f"this one has {len(value)}")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _kiosk_reachable(cls, value: str) -> str:
+        """The kiosk unit opens ``http://127.0.0.1:<port>/`` and the menu is served to loopback clients only: a
+        server bound to one LAN address alone would leave the door screen blank."""
+        if _is_loopback_host(value) or value.strip("[]") in ("0.0.0.0", "::"):
+            return value
+        raise ValueError(f"{value!r}: use 127.0.0.1 (this device only) or 0.0.0.0 / :: (also staff phones on the "
+                         "shop's network); bound to one LAN address alone, the door screen's kiosk "
+                         "(http://127.0.0.1) could not reach the menu")
 
     @model_validator(mode="after")
     def _lan_needs_pin(self) -> "DisplayConfig":

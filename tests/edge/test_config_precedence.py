@@ -48,3 +48,16 @@ def test_a_config_file_of_the_wrong_shape_is_a_clear_error(tmp_path, monkeypatch
     assert main(["check-config", str(mqtt_text)]) == 2
     err = capsys.readouterr().err
     assert "mq.toml" in err and "mqtt" in err
+
+
+def test_a_display_host_the_kiosk_cannot_reach_is_refused():
+    """The kiosk browser opens http://127.0.0.1:<port>/ and the menu is served to this device's own screen only:
+    bound to one LAN address alone the door screen stays blank, so only loopback or all addresses are accepted."""
+    import pytest
+
+    from dangol_edge.config import ConfigError
+
+    for host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
+        assert load_config(display={"host": host, "staff_pin": "246813"}).display.host == host
+    with pytest.raises(ConfigError, match="display.host"):
+        load_config(display={"host": "192.168.1.20", "staff_pin": "246813"})
