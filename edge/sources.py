@@ -57,8 +57,14 @@ MAX_IMAGE_BYTES = 64 << 20
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-def _check_dimensions(p: Path) -> None:
-    """Refuse images whose header declares more than :data:`MAX_IMAGE_PIXELS` (Pillow reads only the header)."""
+def _check_dimensions(p: Path) -> int:
+    """Refuse images whose header declares more than :data:`MAX_IMAGE_PIXELS` (Pillow reads only the header);
+    return the EXIF orientation (1-8, 1 = as stored, also when there is none).
+
+    Raises:
+        ImageDecodeError: too many pixels, including an image so large that Pillow itself refuses to open it
+            (its ``DecompressionBombError``, above ~179 MP).
+    """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -68,14 +74,45 @@ def _check_dimensions(p: Path) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 w, h = im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, ValueError):
-        return  # not something Pillow knows (or absurd): OpenCV's decode below gives the error
+                try:
+                    orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+                except (ValueError, TypeError, SyntaxError, OSError):  # a malformed EXIF block: pixels as stored
+                    orientation = 1
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{p}: image too large ({exc})") from None
+    except (UnidentifiedImageError, ValueError):
+        return 1  # not something Pillow knows: OpenCV's decode below gives the error
     if w * h > MAX_IMAGE_PIXELS:
         raise ImageDecodeError(f"{p}: image too large ({w}×{h} px > {MAX_IMAGE_PIXELS / 1e6:.0f} MP)")
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+#: The EXIF tag that says how the stored pixels must be turned to be seen upright (TIFF/EXIF 2.3, tag 0x0112).
+EXIF_ORIENTATION = 0x0112
+
+
+def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn decoded pixels as their EXIF ``orientation`` says (2 mirror, 3 half turn, 4 flip, 5 transpose, 6 turn
+    clockwise, 7 transverse, 8 turn anticlockwise; EXIF 2.3 §4.6.4): phones store portraits sideways."""
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.transpose(img)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(img), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB ``(H, W, 3) uint8``.
+    """Decode an image file to RGB ``(H, W, 3) uint8``, upright as its EXIF orientation says.
 
     Greyscale is expanded to three channels and an alpha channel (RGBA PNG) is dropped.
 
@@ -88,7 +125,7 @@ def read_image(path: str | Path) -> np.ndarray:
         size = p.stat().st_size
         if size > MAX_IMAGE_BYTES:
             raise ImageDecodeError(f"{p}: image file too large ({size / 2**20:.0f} MiB > {MAX_IMAGE_BYTES >> 20} MiB)")
-        _check_dimensions(p)
+        orientation = _check_dimensions(p)
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise ImageDecodeError(f"{p}: cannot read image: {exc.strerror or exc}") from exc
@@ -97,6 +134,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(f"{p}: not a decodable image (corrupt or unsupported format)")
     if img.dtype != np.uint8:  # 16-bit PNG/TIFF
         img = (img / 257).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
+    img = _upright(img, orientation)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:

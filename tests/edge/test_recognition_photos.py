@@ -103,3 +103,34 @@ def test_corrupt_image_is_refused(pipeline, tmp_path, clips):
     bad.write_bytes((clips / "obama.jpg").read_bytes()[:200])  # truncated JPEG
     with pytest.raises(EnrolmentError, match=r"broken\.jpg"):
         sample_from_photo(bad, pipeline)
+
+
+def test_a_decompression_bomb_beyond_pillows_own_limit_is_refused_before_decoding(tmp_path):
+    """A 192-megapixel PNG compresses to a few hundred KB: Pillow refuses to even open it, and that must refuse
+    the file here too (before OpenCV decodes 576 MB of pixels), not skip the size check."""
+    from PIL import Image
+
+    from dangol_edge.sources import ImageDecodeError
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (16000, 12000)).save(bomb)  # 1-bit: a small file, a huge decoded image
+    assert bomb.stat().st_size < 2_000_000
+    with pytest.raises(ImageDecodeError, match=r"bomb\.png: image too large"):
+        read_image(bomb)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_phone_photo_is_read_upright_from_its_exif_orientation(orientation, pipeline, tmp_path, clips):
+    """Phones store a portrait's pixels sideways with an EXIF Orientation tag: enrolling from it must see the face
+    upright (sideways it finds no face; upside down it enrolled a template unlike the person)."""
+    from PIL import Image
+
+    upright = sample_from_photo(clips / "obama.jpg", pipeline)
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    photo = tmp_path / f"phone-{orientation}.jpg"
+    with Image.open(clips / "obama.jpg") as im:  # stored turned, tagged so that a viewer shows it upright
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.transpose(turn).save(photo, exif=exif, quality=95)
+    sample = sample_from_photo(photo, pipeline)
+    assert float(np.dot(sample.embedding, upright.embedding)) > 0.8
