@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 #: File name of the YuNet detector, which ``dangol-models build`` writes beside the embedder models.
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 
+#: Longest side, px, of the copy YuNet runs on. Larger images (phone/DSLR portraits given to
+#: ``dangol-edge enroll --image``) are scaled down with ``cv2.INTER_AREA`` before detection, and the
+#: boxes and landmarks scaled back to the full image, which alignment still cuts from. Measured in a code
+#: review (LFW faces and knn_examples photos enlarged with cv2.resize), YuNet finds faces up to roughly
+#: 550-700 px wide; on a whole 2400-3000 px portrait it missed the face or boxed it wrongly (biden2.jpg
+#: enlarged to 2400 px enrolled at cosine 0.22 to the original-size enrolment, at 3000 px no face).
+#: 1280 px keeps 640x480 and 1280x720 camera frames at their native resolution (unchanged detection);
+#: 1920x1080 frames are detected at 1280x720, where the ``min_face_px`` = 40 px gate is ~27 px.
+YUNET_MAX_SIDE = 1280
+
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 
 
@@ -211,13 +221,26 @@ class FaceDetector:
         return out
 
     def _yunet(self, rgb: np.ndarray) -> list[Detection]:
+        """YuNet on a copy whose longest side is at most :data:`YUNET_MAX_SIDE` px; boxes, keypoints
+        and corners are returned in px of the full-resolution ``rgb``."""
+        import cv2
+
         h, w = rgb.shape[:2]
-        self._impl.setInputSize((w, h))
-        _, faces = self._impl.detect(np.ascontiguousarray(rgb[:, :, ::-1]))  # YuNet takes BGR
+        bgr = rgb[:, :, ::-1]  # YuNet takes BGR
+        sx = sy = 1.0  # full-image px per detection-copy px, per axis
+        if max(h, w) > YUNET_MAX_SIDE:
+            k = YUNET_MAX_SIDE / max(h, w)
+            size = (max(1, round(w * k)), max(1, round(h * k)))
+            bgr = cv2.resize(np.ascontiguousarray(bgr), size, interpolation=cv2.INTER_AREA)
+            sx, sy = w / size[0], h / size[1]  # exact factors after rounding the copy's size
+        dh, dw = bgr.shape[:2]
+        self._impl.setInputSize((dw, dh))
+        _, faces = self._impl.detect(np.ascontiguousarray(bgr))
         out: list[Detection] = []
         for f in faces if faces is not None else []:
-            x, y, bw, bh = (float(v) for v in f[:4])
+            x, y, bw, bh = float(f[0]) * sx, float(f[1]) * sy, float(f[2]) * sx, float(f[3]) * sy
             lm = f[4:14].reshape(5, 2).astype(np.float32)  # right eye, left eye, nose, mouth r, mouth l
+            lm *= np.array([sx, sy], dtype=np.float32)
             kps = np.vstack([lm[:3], lm[3:].mean(axis=0, keepdims=True)])
             out.append(Detection(box=(x, y, x + bw, y + bh), score=float(f[14]), keypoints=kps, corners=lm[3:]))
         return out

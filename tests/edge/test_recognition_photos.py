@@ -45,7 +45,9 @@ def test_gallery_has_everyone(knn_gallery):
     ("johnsnow_test1.jpg", ["kit_harington"]),
     ("obama1.jpg", ["obama"]),
     ("kit_with_rose.jpg", ["kit_harington", "rose_leslie"]),
-    ("obama_and_biden.jpg", ["obama", "biden"]),
+    # the photo also holds a child (bottom right, head down, not enrolled): found since detection runs on a copy at
+    # most 1280 px wide (edge/detect.py YUNET_MAX_SIDE; her pose just passes the gate there), and rightly a stranger
+    ("obama_and_biden.jpg", ["obama", "biden", "unknown"]),
 ])
 def test_knn_probes(probe, expected, knn_gallery, pipeline, clips):
     got = identify(clips / "knn_examples" / "test" / probe, pipeline, knn_gallery)
