@@ -67,47 +67,117 @@ def sample_from_photo(path: str | Path, pipeline: FacePipeline) -> Sample:
     return Sample(f.embedding, f.quality, f.crop)
 
 
+CONSISTENCY_MIN_SIMILARITY = 0.40
+"""Lowest cosine similarity to the pool's medoid for an enrolment candidate to count as the same person.
+
+Source: the LFW embeddings the build stores for int8 SFace (``sface-int8.lfw-embeddings.npz``, 2,452 images of
+1,211 people). For the 982 photos of people with ≥ 5 photos, the similarity to their own medoid is ≥ 0.459 (1st
+percentile 0.52, median 0.77): 0.40 drops none of them, so genuine pose, expression and light variety is kept.
+Another person's photo reaches 0.40 against a medoid in 0.03 % of 101,960 pairs (99th percentile 0.31, 99.9th
+0.38; at 0.35, 0.3 % would still pass). It is above the calibrated single-template open-set threshold (0.31 at
+1 % FPIR, N = 1), so a candidate kept is one the recognizer would match to the medoid anyway; erring high only
+costs a varied frame, erring low enrols a stranger. On the real Hamilton clip the largest face of every frame is
+0.40-1.0 from the whole clip's medoid for Lin-Manuel Miranda (0.40-0.48 only for frames 82-87) and
+≤ 0.14 for the other people
+(tests/edge/test_enrol_consistency.py)."""
+
+
+def medoid_consistent(emb: np.ndarray, quality: np.ndarray,
+                      min_similarity: float = CONSISTENCY_MIN_SIMILARITY) -> tuple[np.ndarray, np.ndarray]:
+    """Which candidates are the same person as the pool's medoid.
+
+    Args:
+        emb: ``(N, D) float32`` unit embeddings, N ≥ 1.
+        quality: ``(N,)`` qualities in [0, 1] (break ties between equally central candidates, e.g. N = 2).
+        min_similarity: the consistency bound (:data:`CONSISTENCY_MIN_SIMILARITY`).
+
+    Returns:
+        ``(keep (N,) bool, sim (N,) float32)``: ``sim`` is each candidate's cosine similarity to the medoid (the
+        candidate with the highest mean similarity to the others), ``keep`` is ``sim >= min_similarity``.
+    """
+    n = len(emb)
+    s = emb @ emb.T
+    mean = (s.sum(axis=1) - np.diag(s)) / max(n - 1, 1)
+    m = int(np.lexsort((-np.asarray(quality, float), -np.round(mean, 6)))[0])
+    sim = s[m]
+    keep = sim >= min_similarity
+    keep[m] = True
+    return keep, sim
+
+
 class SampleCollector:
     """The one capture rule for enrolment from a live source (CLI and the daemon's button flow).
 
     Good faces (every quality gate passed) at least ``min_gap_frames`` apart are kept as candidates, up
-    to ``pool`` of them; :meth:`select` then picks ``wanted`` of them for variety: the best-quality
-    candidate first, then repeatedly the candidate with the largest quality × cosine distance to the
-    nearest one already chosen (quality-weighted farthest-point sampling in the embedding space, which
-    spreads the templates over pose, expression and light rather than taking near-identical frames).
+    to ``pool`` of them. The pool is the largest face of each frame, so it may hold a passer-by or a
+    misaligned crop: only the candidates *consistent* with the pool's medoid (cosine similarity ≥
+    ``min_similarity``, see :func:`medoid_consistent` and :data:`CONSISTENCY_MIN_SIMILARITY`) are ever
+    selected. :meth:`select` then picks ``wanted`` of those for variety: the best-quality consistent
+    candidate first, then repeatedly the one with the largest quality × cosine distance to the nearest
+    one already chosen (quality-weighted farthest-point sampling in the embedding space, which spreads
+    the templates over pose, expression and light rather than taking near-identical frames).
+
+    The collector is :attr:`full` once ``pool`` candidates are gathered *and* at least ``wanted`` of them
+    are consistent. Until then it keeps collecting (the caller stops at its ``max_frames``): when the pool
+    is at its size, a new good face replaces the candidate least similar to the medoid, so memory stays
+    bounded at ``pool`` samples.
 
     Args:
         wanted: templates to keep; pool: candidates to gather first (≥ wanted); min_gap_frames: frames
-            between two candidates.
+            between two candidates; min_similarity: the consistency bound.
     """
 
-    def __init__(self, wanted: int, pool: int | None = None, min_gap_frames: int = 2):
+    def __init__(self, wanted: int, pool: int | None = None, min_gap_frames: int = 2,
+                 min_similarity: float = CONSISTENCY_MIN_SIMILARITY):
         self.wanted = wanted
         self.pool = max(pool or 3 * wanted, wanted)
         self.min_gap_frames = min_gap_frames
+        self.min_similarity = min_similarity
         self.candidates: list[Sample] = []
         self._last = -min_gap_frames
 
+    def _consistency(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(keep (N,) bool, sim (N,) float32)`` of the current candidates (:func:`medoid_consistent`)."""
+        c = self.candidates
+        return medoid_consistent(np.stack([s.embedding for s in c]), np.array([s.quality for s in c]),
+                                 self.min_similarity)
+
+    def consistent(self) -> list[Sample]:
+        """The candidates that are the same person as the pool's medoid, in capture order."""
+        if not self.candidates:
+            return []
+        keep, _ = self._consistency()
+        return [s for s, k in zip(self.candidates, keep) if k]
+
     @property
     def full(self) -> bool:
-        """True when enough candidates were gathered."""
-        return len(self.candidates) >= self.pool
+        """True when ``pool`` candidates were gathered and at least ``wanted`` of them are consistent."""
+        if len(self.candidates) < self.pool:
+            return False
+        return int(self._consistency()[0].sum()) >= self.wanted
 
     def due(self, frame_index: int) -> bool:
         """True when the frame is far enough from the last candidate to be worth processing."""
         return frame_index - self._last >= self.min_gap_frames
 
     def offer(self, face: Face | None, frame_index: int) -> bool:
-        """Keep the face if it passed every gate and the pool is not full. Returns True when kept."""
+        """Keep the face if it passed every gate and the collector is not :attr:`full` (at the pool size, it
+        replaces the candidate least similar to the medoid). Returns True when kept."""
         if self.full or face is None or face.embedding is None or not self.due(frame_index):
             return False
+        if len(self.candidates) >= self.pool:  # not full: fewer than `wanted` consistent, make room
+            _, sim = self._consistency()
+            del self.candidates[int(np.argmin(sim))]
         self.candidates.append(Sample(face.embedding, face.quality, face.crop))
         self._last = frame_index
         return True
 
     def select(self) -> list[Sample]:
-        """Up to ``wanted`` varied, good candidates (see the class doc), best quality first."""
-        c = self.candidates
+        """Up to ``wanted`` varied, good, consistent candidates (see the class doc), best quality first.
+
+        Never a candidate inconsistent with the medoid: fewer than ``wanted`` samples when fewer are
+        consistent (callers that wait for :attr:`full` always get ``wanted``)."""
+        c = self.consistent()
         if len(c) <= self.wanted:
             return sorted(c, key=lambda s: -s.quality)
         emb = np.stack([s.embedding for s in c])
@@ -126,10 +196,12 @@ class SampleCollector:
 def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int, max_frames: int,
                         min_gap_frames: int = 3) -> list[Sample]:
     """Capture ``wanted`` varied good samples of the largest face of a live source or video
-    (:class:`SampleCollector`: a pool of three times as many candidates, then the most varied).
+    (:class:`SampleCollector`: a pool of three times as many candidates, then the most varied of those
+    that are the same person). Fewer than ``wanted`` when the source ended or ``max_frames`` passed first.
 
     Raises:
-        EnrolmentError: the source ended or ``max_frames`` passed without one good face.
+        EnrolmentError: the source ended or ``max_frames`` passed without one good face, or without a
+            majority of the good faces being one person (e.g. one frame each of two people).
     """
     col = SampleCollector(wanted, min_gap_frames=min_gap_frames)
     seen = 0
@@ -143,6 +215,10 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
         col.offer(faces[0] if faces else None, frame.index)
     if not col.candidates:
         raise EnrolmentError(f"{source.spec}: no good face in {seen} frames")
+    same = len(col.consistent())
+    if 2 * same <= len(col.candidates):
+        raise EnrolmentError(f"{source.spec}: the {len(col.candidates)} good faces in {seen} frames are not one "
+                             f"person (only {same} alike); enrol with one person in front of the camera")
     return col.select()
 
 
