@@ -36,7 +36,8 @@ from dangol_protocol import Consent
 from .crypto import FieldCipher, GalleryKeyError
 from .gallery_consent import InvalidConsent, dump_consent, load_consent
 from .gallery_models import ModelTemplates
-from .matcher import Match, Matcher
+from .gallery_search import GallerySearch
+from .matcher import Matcher
 from .sqlite import SQLiteFile, connect
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Customer:
         return self.display_name.split()[0] if self.display_name.strip() else ""
 
 
-class Gallery(ModelTemplates, SQLiteFile):
+class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
     Args:
@@ -379,40 +380,3 @@ class Gallery(ModelTemplates, SQLiteFile):
         with self._lock:
             return int(self.db.execute(
                 "SELECT COUNT(*) FROM templates WHERE model_sha256 != ?", [self.model_sha256]).fetchone()[0])
-
-    # --- search ------------------------------------------------------------------------------------
-    def _invalidate(self) -> None:
-        """Called after every committed change of the searchable templates: the next search reloads."""
-        with self._lock:
-            self._generation += 1
-            self.matcher.clear()
-
-    def _load(self) -> None:
-        """Rebuild the search matrix from the database. A change committed while the templates were being read
-        (e.g. an erasure from the staff page) bumps the generation, and the read is repeated, so the stale
-        matrix is never installed (a change committed after the check clears it again in :meth:`_invalidate`)."""
-        while True:
-            with self._lock:
-                generation = self._generation
-            matrix, owners = self.matrix_for(self.model_sha256)
-            with self._lock:
-                if generation == self._generation:
-                    self.matcher.load(matrix, owners)
-                    return
-
-    @property
-    def size(self) -> int:
-        """Searchable templates (active customers, current model)."""
-        if not self.matcher.loaded:
-            self._load()
-        return self.matcher.size
-
-    def load_matrix(self, matrix: np.ndarray, owners: list[str]) -> None:
-        """Replace the in-memory search matrix (benchmarks feed it directly); see :meth:`Matcher.load`."""
-        self.matcher.load(matrix, owners)
-
-    def match(self, probes: np.ndarray, threshold: float, margin: float) -> list[Match]:
-        """1:N search of ``(N, D)`` probes of the current model; see :meth:`Matcher.match`."""
-        if not self.matcher.loaded:
-            self._load()
-        return self.matcher.match(probes, threshold, margin)
