@@ -23,7 +23,7 @@ from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ConsentForm
 from dangol_cloud.web.params import page_arg
-from dangol_cloud.web.scope import customer_filter, customer_visible, store_filter
+from dangol_cloud.web.scope import clauses, customer_filter, customer_visible, store_filter
 
 log = logging.getLogger(__name__)
 bp = Blueprint("customers", __name__, url_prefix="/customers")
@@ -102,8 +102,8 @@ def show(customer_id: str):
     menu = s.get(Menu, customer.id)
     picks, off_menu = _as_shown(s, menu.picks) if menu is not None else ([], 0)
     dayparts = [(name, _as_shown(s, slot)[0]) for name, slot in daypart_picks(s, customer.id)]
-    arrived = [Visit.customer_id == customer.id, *_of_my_stores(Visit.store_id)]
-    bought = [Purchase.customer_id == customer.id, *_of_my_stores(Purchase.store_id)]
+    arrived = [Visit.customer_id == customer.id, *clauses(store_filter(Visit.store_id))]  # staff: their stores
+    bought = [Purchase.customer_id == customer.id, *clauses(store_filter(Purchase.store_id))]
     visits = s.execute(select(Visit).where(*arrived).order_by(Visit.ts.desc()).limit(20)).scalars().all()
     purchases = s.execute(select(Purchase, CatalogueItem.name).join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
                           .where(*bought).order_by(Purchase.ts.desc()).limit(25)).all()
@@ -122,12 +122,6 @@ def show(customer_id: str):
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
                                .where(PickOpinion.customer_id == customer.id)).all()))
-
-
-def _of_my_stores(column) -> list:
-    """``[store_filter(column)]`` for a staff user (rows of their stores only), ``[]`` for an owner."""
-    where = store_filter(column)
-    return [] if where is None else [where]
 
 
 def _as_shown(s, raw: list[dict]) -> tuple[list[tuple], int]:

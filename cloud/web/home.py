@@ -7,12 +7,12 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from flask_login import login_required
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
-from dangol_cloud.web.scope import customer_filter, store_filter
+from dangol_cloud.web.scope import clauses, customer_filter, store_filter
 from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion, Purchase,
                                  Visit)
 
@@ -28,9 +28,9 @@ def index():
     s = get_session()
     zone = ZoneInfo(get_settings().timezone)
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
-    visits = _scoped(select(func.count()).select_from(Visit), store_filter(Visit.store_id))
-    purchases = _scoped(select(func.count()).select_from(Purchase), store_filter(Purchase.store_id))
-    customers = _scoped(select(func.count()).select_from(Customer), customer_filter(s))
+    visits = select(func.count()).select_from(Visit).where(*clauses(store_filter(Visit.store_id)))
+    purchases = select(func.count()).select_from(Purchase).where(*clauses(store_filter(Purchase.store_id)))
+    customers = select(func.count()).select_from(Customer).where(*clauses(customer_filter(s)))
     stats = {
         "visits_today": s.scalar(visits.where(Visit.ts >= today)),
         "recognised_today": s.scalar(visits.where(Visit.ts >= today, Visit.customer_id.is_not(None))),
@@ -58,11 +58,6 @@ def index():
     return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
                            erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm(),
                            presence=device_presence(s, devices), broker=broker_check(get_settings().mqtt_url))
-
-
-def _scoped(query: Select, where) -> Select:
-    """``query`` limited by ``where`` (a scope clause), or unchanged when it is None (an owner)."""
-    return query if where is None else query.where(where)
 
 
 @bp.route("/train", methods=["POST"])

@@ -13,7 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from dangol_cloud.models import Customer, Device, DeviceEvent, Purchase, Visit
 
-__all__ = ["customer_filter", "customer_visible", "store_filter", "store_scope"]
+__all__ = ["clauses", "customer_filter", "customer_visible", "store_filter", "store_scope"]
 
 
 def store_scope() -> frozenset[str] | None:
@@ -27,6 +27,11 @@ def store_filter(column) -> ColumnElement[bool] | None:
     if stores is None:
         return None
     return column.in_(sorted(stores)) if stores else false()
+
+
+def clauses(*wheres) -> list:
+    """The scope clauses that apply (``None``, an owner's, left out), for ``query.where(*clauses(...))``."""
+    return [w for w in wheres if w is not None]
 
 
 def customer_filter(session) -> ColumnElement[bool] | None:
