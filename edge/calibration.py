@@ -27,14 +27,21 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Fallback thresholds when a model has no calibration file and no fixed threshold is configured:
-#: SFace 0.363 is OpenCV's documented cosine threshold for ``FaceRecognizerSF`` (opencv_zoo
-#: ``face_recognition_sface`` README); FaceNet 0.60 is its FAR = 1e-3 point on the shared LFW fold.
-FALLBACK_THRESHOLD = {"sface": 0.363, "facenet": 0.60}
-
-
 class CalibrationError(ValueError):
-    """A calibration file is unreadable or does not belong to the model; the message names the file."""
+    """A calibration file is missing, unreadable or does not belong to the model; the message names the file."""
+
+
+def uncalibrated(model_path: str | Path) -> CalibrationError:
+    """The error for a model with no calibration file while no fixed ``matcher.threshold`` is configured.
+
+    There is deliberately no built-in fallback threshold: a 1:1 threshold (e.g. OpenCV's 0.363 for SFace)
+    accepts a stranger as *somebody* in a large share of photos once the gallery holds hundreds of templates
+    (FPIR grows with N, see the module docstring), and a device greeting strangers by a regular's name is
+    worse than one that does not start and says why.
+    """
+    return CalibrationError(
+        f"{calibration_path(model_path)}: no calibration file beside the model; build the model with "
+        f"`dangol-models build` (it writes the file) or set a fixed matcher.threshold in the edge config")
 
 
 def calibration_path(model_path: str | Path) -> Path:
@@ -158,15 +165,18 @@ class OpenSetRule:
     """The acceptance threshold for the current gallery size.
 
     Args:
-        tail: the model's impostor tail, or None (then ``fixed`` or the fallback is used).
+        tail: the model's impostor tail, or None (then ``fixed`` is required).
         target_fpir: strangers accepted per probe photo.
-        fixed: a configured threshold that overrides calibration.
-        fallback: threshold when neither ``fixed`` nor ``tail`` is given.
+        fixed: a configured threshold (cosine) that overrides calibration.
+
+    Raises:
+        ValueError: neither ``tail`` nor ``fixed`` is given.
     """
 
-    def __init__(self, tail: ImpostorTail | None, target_fpir: float, fixed: float | None = None,
-                 fallback: float = 0.5):
-        self.tail, self.target_fpir, self.fixed, self.fallback = tail, target_fpir, fixed, fallback
+    def __init__(self, tail: ImpostorTail | None, target_fpir: float, fixed: float | None = None):
+        if tail is None and fixed is None:
+            raise ValueError("an open-set rule needs a calibration (impostor tail) or a fixed threshold")
+        self.tail, self.target_fpir, self.fixed = tail, target_fpir, fixed
         self._cache: tuple[int, float] | None = None
 
     @property
@@ -178,8 +188,7 @@ class OpenSetRule:
         """Cosine threshold for a gallery of ``templates`` searchable templates."""
         if self.fixed is not None:
             return self.fixed
-        if self.tail is None:
-            return self.fallback
+        assert self.tail is not None  # the constructor requires one of the two
         if self._cache is None or self._cache[0] != templates:
             self._cache = (templates, self.tail.threshold(self.target_fpir, templates))
         return self._cache[1]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .calibration import FALLBACK_THRESHOLD, OpenSetRule, load_calibration
+from .calibration import OpenSetRule, load_calibration, uncalibrated
 from .config import EdgeConfig
 from .detect import FaceDetector
 from .embed import Embedder
@@ -55,7 +54,8 @@ class Recognizer:
         detector and embedder are opened on first use.
 
         Raises:
-            CalibrationError: the calibration file beside the model is malformed or for another model.
+            CalibrationError: the calibration file beside the model (or the previous model) is missing while
+                ``matcher.threshold`` is unset, malformed, or made for another model.
         """
         embedder = embedder or Embedder(config.model_path, threads=config.embedder.threads)
         pipeline = FacePipeline(FaceDetector.beside(config.model_path, config.detector), embedder)
@@ -66,7 +66,8 @@ class Recognizer:
             old = Embedder(prev, threads=config.embedder.threads)
             if old.sha256 != embedder.sha256 and gallery.open().stale_templates:
                 rec.upgrade = ModelUpgrade(gallery, old, config.matcher.target_fpir, config.matcher.margin,
-                                           config.embedder.upgrade_days, config.enrol.templates).start()
+                                           config.embedder.upgrade_days, config.enrol.templates,
+                                           threshold=config.matcher.threshold).start()
         return rec
 
     @property
@@ -106,12 +107,15 @@ class Recognizer:
 
 
 def rule_for(config: EdgeConfig, embedder: Embedder) -> OpenSetRule:
-    """The open-set rule for an embedder: calibrated when its calibration file exists, else the
-    configured or fallback threshold (logged, so an uncalibrated device is visible)."""
+    """The open-set rule for an embedder: the configured ``matcher.threshold`` when set, else calibrated to
+    the gallery from the model's calibration file.
+
+    Raises:
+        CalibrationError: no calibration file beside the model and no ``matcher.threshold`` (a fixed fallback
+            accepts strangers as regulars far too often at a real gallery's size), or the file is malformed.
+    """
     m = config.matcher
     tail = load_calibration(embedder.model_path, embedder.sha256)
-    fallback = FALLBACK_THRESHOLD[embedder.spec.name]
     if tail is None and m.threshold is None:
-        logging.getLogger(__name__).warning(
-            "%s: no calibration file beside the model; using the fixed threshold %.3f", embedder.model_path, fallback)
-    return OpenSetRule(tail, m.target_fpir, fixed=m.threshold, fallback=fallback)
+        raise uncalibrated(embedder.model_path)
+    return OpenSetRule(tail, m.target_fpir, fixed=m.threshold)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from .align import align_face
-from .calibration import FALLBACK_THRESHOLD, OpenSetRule, load_calibration
+from .calibration import OpenSetRule, load_calibration, uncalibrated
 from .embed import Embedder
 from .faces import Face
 from .gallery import Gallery, UnknownCustomer
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 STARTED_KEY = "upgrade_started_at"
 #: The old model must accept a face at this fraction of the configured FPIR to migrate it.
 STRICTER = 0.1
+#: Without a calibration file, the old model must beat the configured fixed threshold by this much (cosine).
+STRICTER_FIXED = 0.1
 
 
 class ModelUpgrade:
@@ -48,6 +50,11 @@ class ModelUpgrade:
         target_fpir, margin: the matcher settings; the old model must pass ``target_fpir × STRICTER``.
         max_days: how long the upgrade may run.
         max_templates: new-model templates kept per customer.
+        threshold: the configured fixed threshold (``matcher.threshold``), used ``+ STRICTER_FIXED`` when the old
+            model has no calibration file.
+
+    Raises (from :meth:`start`):
+        CalibrationError: the old model has no calibration file and no ``threshold`` is given.
 
     Attributes:
         erased_dropped: customers the old model recognised after they were erased from the gallery (dropped
@@ -56,8 +63,8 @@ class ModelUpgrade:
     """
 
     def __init__(self, gallery: Gallery, previous: Embedder, target_fpir: float, margin: float,
-                 max_days: float, max_templates: int = 5):
-        self.gallery, self.previous = gallery, previous
+                 max_days: float, max_templates: int = 5, threshold: float | None = None):
+        self.gallery, self.previous, self.threshold = gallery, previous, threshold
         self.target_fpir, self.margin = target_fpir, margin
         self.max_days, self.max_templates = max_days, max_templates
         self.matcher = Matcher()
@@ -77,8 +84,12 @@ class ModelUpgrade:
         if self.gallery.meta(STARTED_KEY) is None:
             self.gallery.set_meta(STARTED_KEY, now.isoformat(timespec="seconds"))
         tail = load_calibration(self.previous.model_path, self.previous.sha256)
-        self._rule = OpenSetRule(tail, self.target_fpir * STRICTER,
-                                 fallback=FALLBACK_THRESHOLD[self.previous.spec.name] + 0.1)
+        if tail is None:
+            if self.threshold is None:
+                raise uncalibrated(self.previous.model_path)
+            self._rule = OpenSetRule(None, self.target_fpir, fixed=min(1.0, self.threshold + STRICTER_FIXED))
+        else:
+            self._rule = OpenSetRule(tail, self.target_fpir * STRICTER)
         self._reload()
         self.check(now)
         return self

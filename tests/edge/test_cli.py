@@ -95,6 +95,7 @@ def test_model_sha_mismatch_never_mixes(edge_env, capsys, caplog, clips, models_
     assert code == 0
     # Same gallery, a different model (the float32 build): the old template must not be searched.
     monkeypatch.setenv("DANGOL_EMBEDDER__MODEL_PATH", str(models_dir / "facenet-float32.tflite"))
+    monkeypatch.setenv("DANGOL_MATCHER__THRESHOLD", "0.6")  # the float32 build has no calibration file
     from dangol_edge.embed import Embedder, file_sha256
     from dangol_edge.gallery import Gallery
 
