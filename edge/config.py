@@ -23,6 +23,8 @@ from dangol_protocol import CONSENT_TEXT_VERSION
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .camera_spec import parse_camera_spec
+
 
 #: Command-line values for the :class:`EdgeConfig` being built (highest priority; see :func:`load_config`).
 _OVERRIDES: ContextVar[dict[str, Any]] = ContextVar("dangol_edge_config_overrides", default={})
@@ -169,7 +171,12 @@ class MQTTConfig(_Section):
 
 
 class CameraConfig(_Section):
-    """The entrance camera for ``dangol-edge run``."""
+    """The entrance camera for ``dangol-edge run``.
+
+    ``source``: ``picamera2[:N]`` (Raspberry Pi camera N), a camera number (``0``), a V4L2 device
+    (``/dev/video0``; accepted while unplugged), an ``rtsp://`` or ``http(s)://`` URL, a video file or a folder
+    of images (see :mod:`dangol_edge.camera_spec`). A typo or a path that does not exist is refused here.
+    """
 
     source: str = "picamera2:0"
     width: int = Field(1280, ge=160, le=4096, description="picamera2 capture width, px")
@@ -179,6 +186,11 @@ class CameraConfig(_Section):
     realtime: bool = Field(True, description="pace video files at their frame rate")
     retry_min_s: float = Field(1.0, gt=0.0, le=60.0)
     retry_max_s: float = Field(30.0, gt=0.0, le=600.0)
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        return parse_camera_spec(value).text  # CameraSpecError is a ValueError: pydantic names the field
 
 
 #: Shortest staff PIN accepted, digits (10^6 combinations; with the per-client back-off of

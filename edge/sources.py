@@ -4,9 +4,9 @@ Every source yields :class:`Frame` objects holding an RGB ``(H, W, 3) uint8`` im
 timestamp in seconds. Nothing is opened in a constructor: call :meth:`FrameSource.open` (or use the
 source as a context manager).
 
-Source specs (``open_source``): ``picamera2:0`` (Raspberry Pi camera), ``0`` (OpenCV device index),
-``rtsp://…`` / ``http(s)://…`` (stream), a video file (``.mp4``, ``.gif``, …), a folder of images, or a
-single image file.
+Source specs (``open_source``, parsed by :func:`dangol_edge.camera_spec.parse_camera_spec`): ``picamera2:0``
+(Raspberry Pi camera), ``0`` (OpenCV device index), ``/dev/video0`` (V4L2 device), ``rtsp://…`` / ``http(s)://…``
+(stream), a video file (``.mp4``, ``.gif``, …), a folder of images, or a single image file.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .camera_spec import IMAGE_SUFFIXES, CameraSpec, CameraSpecError, parse_camera_spec
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+log = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
@@ -210,17 +210,26 @@ class ImageFolderSource(FrameSource):
 
 
 class OpenCVSource(FrameSource):
-    """OpenCV ``VideoCapture``: a device index, an RTSP/HTTP URL or a video file (incl. animated GIF).
+    """OpenCV ``VideoCapture``: a device index, a V4L2 device path, an RTSP/HTTP URL or a video file (incl.
+    animated GIF).
 
     For files the timestamp is the position in the video (``CAP_PROP_POS_MSEC`` / 1000, falling back
     to ``index / fps``); for live sources it is ``time.monotonic()`` at read.
+
+    Raises:
+        SourceError: (constructor) ``spec`` is a string that is not an index, device, URL or existing file.
     """
 
-    def __init__(self, spec: str | int):
-        self.spec = str(spec)
-        self._target: str | int = int(spec) if str(spec).isdigit() else str(spec)
+    def __init__(self, spec: str | int | CameraSpec):
+        try:
+            self._parsed = spec if isinstance(spec, CameraSpec) else parse_camera_spec(str(spec))
+        except CameraSpecError as exc:
+            raise SourceError(str(exc)) from None
+        self.spec = self._parsed.text
+        p = self._parsed
+        self._target: str | int = p.number if p.kind == "index" else str(p.path) if p.path else p.text
         self._cap: cv2.VideoCapture | None = None
-        self._live = isinstance(self._target, int) or "://" in str(self._target)
+        self._live = p.live
         self.fps = 0.0
 
     @property
@@ -228,11 +237,16 @@ class OpenCVSource(FrameSource):
         return self._live
 
     def open(self) -> "OpenCVSource":
-        if not self._live and not Path(str(self._target)).is_file():
+        if self._parsed.kind == "video" and not Path(str(self._target)).is_file():
             raise SourceError(f"{self.spec}: no such video file")
-        cap = cv2.VideoCapture(self._target)
+        if self._parsed.kind == "device":  # the V4L2 back end takes a device path (FFmpeg would try it first)
+            cap = cv2.VideoCapture(self._target, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY))
+        else:
+            cap = cv2.VideoCapture(self._target)
         if not cap.isOpened():
             cap.release()
+            if self._parsed.kind == "device" and not Path(str(self._target)).exists():
+                raise SourceError(f"{self.spec}: no such device (camera not plugged in?)")
             raise SourceError(f"{self.spec}: OpenCV cannot open this source")
         self._cap = cap
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -323,21 +337,23 @@ class Picamera2Source(FrameSource):
             i += 1
 
 
-def open_source(spec: str) -> FrameSource:
-    """Make (but do not open) the source for a spec string; see the module docstring for the forms.
+def open_source(spec: str | CameraSpec, size: tuple[int, int] = (1280, 720)) -> FrameSource:
+    """Make (but do not open) the source for a spec; see :mod:`dangol_edge.camera_spec` for the forms.
+
+    Args:
+        spec: a spec string, or one parsed by :func:`~dangol_edge.camera_spec.parse_camera_spec`.
+        size: capture size ``(width, height)`` px of a Raspberry Pi camera (ignored by other sources).
 
     Raises:
-        SourceError: the spec names no existing file or folder and is not a device or URL.
+        SourceError: the spec is not a valid source (the :class:`~dangol_edge.camera_spec.CameraSpecError`
+            message: a typo, or no such file or folder).
     """
-    spec = str(spec).strip()
-    if spec.startswith("picamera2"):
-        _, _, num = spec.partition(":")
-        return Picamera2Source(int(num or 0))
-    if spec.isdigit() or "://" in spec:
-        return OpenCVSource(spec)
-    p = Path(spec).expanduser()
-    if p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-        return ImageFolderSource(p)
-    if p.is_file():
-        return OpenCVSource(str(p))
-    raise SourceError(f"{spec}: no such file, folder, camera or URL")
+    try:
+        parsed = spec if isinstance(spec, CameraSpec) else parse_camera_spec(spec)
+    except CameraSpecError as exc:
+        raise SourceError(str(exc)) from None
+    if parsed.kind == "picamera2":
+        return Picamera2Source(parsed.number or 0, size)
+    if parsed.kind == "images":
+        return ImageFolderSource(parsed.path)
+    return OpenCVSource(parsed)

@@ -102,12 +102,8 @@ class CaptureWorker(Worker):
             log.error("camera: closing %s failed: %s: %s", self.source_spec, type(exc).__name__, exc)
 
     def _make_source(self):
-        if self.source_spec.startswith("picamera2"):
-            from ..sources import Picamera2Source
-
-            cam = self.config.camera
-            return Picamera2Source(int(self.source_spec.partition(":")[2] or 0), (cam.width, cam.height))
-        return open_source(self.source_spec)
+        cam = self.config.camera
+        return open_source(self.source_spec, size=(cam.width, cam.height))
 
     def _pump(self, src) -> bool:
         """Move frames from an open source into the queue; True when a file source ended."""
