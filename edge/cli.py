@@ -275,9 +275,10 @@ def _queue_erasure_event(args, customer_id: str) -> bool:
 
 
 def cmd_check_config(args) -> int:
-    from .config import load_config
+    from .config import check_daemon_settings, load_config
 
     cfg = load_config(args.path, **({"home": args.home} if args.home else {}))
+    check_daemon_settings(cfg, str(args.path))
     print(f"{args.path}: ok (home={cfg.home}, model={cfg.model_path})")
     return EXIT_OK
 

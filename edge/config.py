@@ -318,6 +318,19 @@ class EdgeConfig(BaseSettings):
         return self.home / "state.sqlite"
 
 
+def check_daemon_settings(config: EdgeConfig, source: str = "config") -> None:
+    """The rules between sections that only the daemon (``dangol-edge run``) needs; ``check-config`` (the
+    unit's ExecStartPre) applies them too, so a box that cannot run fails at the check, not at start.
+
+    Raises:
+        ConfigError: ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not
+            tell the cloud who it is nor subscribe to its store's topics). The message names ``source``.
+    """
+    if config.mqtt.url and (config.device.id is None or config.device.store_id is None):
+        raise ConfigError(f"{source}: device.id and device.store_id are required when mqtt.url is set "
+                          "(both from the cloud dashboard's Stores page)")
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")

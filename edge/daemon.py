@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import uuid
 
-from .config import ConfigError, EdgeConfig
+from .config import EdgeConfig, check_daemon_settings
 from .embed import Embedder
 from .events import EventFactory, Outbox
 from .gallery import Gallery, UnknownCustomer
@@ -83,8 +83,7 @@ class Appliance:
 
     def _start(self) -> None:
         cfg = self.config
-        if cfg.mqtt.url and (cfg.device.id is None or cfg.device.store_id is None):
-            raise ConfigError("device.id and device.store_id are required when mqtt.url is set")
+        check_daemon_settings(cfg)
         self.state = StateStore(cfg.state_path).open()
         self._stoppers.append(self.state.close)
         embedder = Embedder(cfg.model_path, threads=cfg.embedder.threads).open()

@@ -173,3 +173,16 @@ def test_oversized_and_corrupt_images_exit_2_and_nothing_written(edge_env, capsy
     code, _, err = run(capsys, "enroll", "--name", "X", "--image", str(clips / "obama.jpg"), str(garbage))
     assert code == 2 and "noise.jpg" in err
     assert gallery_rows(edge_env) == (0, 0)
+
+
+def test_check_config_refuses_a_broker_without_device_ids(tmp_path, capsys, monkeypatch):
+    """What ``run`` would refuse at start, the unit's ExecStartPre (``check-config``) refuses already."""
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n')
+    monkeypatch.delenv("DANGOL_MQTT_URL", raising=False)
+    code, _, err = run(capsys, "check-config", str(cfg))
+    assert code == 2 and "device.id and device.store_id" in err and "edge.toml" in err
+    cfg.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[device]\nid = "7d2e9b10-0000-4000-8000-000000000011"\n'
+                   'store_id = "3f1c0a52-0000-4000-8000-000000000001"\n')
+    code, out, err = run(capsys, "check-config", str(cfg))
+    assert code == 0, err
