@@ -1,6 +1,8 @@
 """Recommender feedback: likes/dislikes per customer and item, and "shown pick bought" credits.
 
-* :func:`record_opinion` stores a like or dislike (the latest one counts; ``none`` forgets it).
+* :func:`record_opinion` stores a like or dislike (the latest one counts; ``none`` forgets it); a dislike takes
+  the item off the customer's stored menu at once (:func:`drop_disliked_picks`), and :func:`republish_menu`
+  sends that menu to the stores.
 * :func:`credit_shown_picks` attributes purchase lines to the visit whose screen showed the item: the
   customer's latest visit at most :data:`CREDIT_WINDOW` before the purchase; one purchase line gives at most
   one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice.
@@ -23,8 +25,8 @@ from sqlalchemy.orm import Session
 
 from dangol_cloud.models import CatalogueItem, Customer, PickCredit, PickOpinion, Purchase, Visit, utcnow
 
-__all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "record_opinion",
-           "shown_and_ignored", "training_feedback"]
+__all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "disliked_items",
+           "drop_disliked_picks", "record_opinion", "republish_menu", "shown_and_ignored", "training_feedback"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ OPINIONS = ("like", "dislike", "none")
 
 
 def record_opinion(session: Session, customer_id: str, item_id: str, opinion: str, by: str | None = None) -> None:
-    """Store ``opinion`` (``like``, ``dislike``, or ``none`` to forget it) of ``customer_id`` on ``item_id``.
+    """Store ``opinion`` (``like``, ``dislike``, or ``none`` to forget it) of ``customer_id`` on ``item_id``, in
+    the caller's transaction. A dislike also takes the item off the customer's stored menu now
+    (:func:`drop_disliked_picks`); the caller commits, then publishes it (:func:`republish_menu`).
 
     Raises:
         ValueError: ``opinion`` is not one of :data:`OPINIONS`.
@@ -55,6 +59,83 @@ def record_opinion(session: Session, customer_id: str, item_id: str, opinion: st
         row = PickOpinion(customer_id=customer_id, item_id=item_id)
         session.add(row)
     row.opinion, row.at, row.by = opinion, utcnow(), by
+    if opinion == "dislike":
+        session.flush()
+        drop_disliked_picks(session, customer_id)
+
+
+def disliked_items(session: Session, customer_ids: list[str] | None = None) -> dict[str, set[str]]:
+    """``{customer id: {item ids the customer disliked}}`` as recorded (menu items or products), for
+    ``customer_ids`` (default: every customer with a dislike)."""
+    query = select(PickOpinion.customer_id, PickOpinion.item_id).where(PickOpinion.opinion == "dislike")
+    chunks = [None] if customer_ids is None else [customer_ids[k:k + 500] for k in range(0, len(customer_ids), 500)]
+    out: dict[str, set[str]] = {}
+    for chunk in chunks:
+        for customer, item in session.execute(query if chunk is None else
+                                              query.where(PickOpinion.customer_id.in_(chunk))):
+            out.setdefault(customer, set()).add(item)
+    return out
+
+
+def drop_disliked_picks(session: Session, customer_id: str) -> int:
+    """Remove from the customer's stored :class:`~dangol_cloud.models.Menu` and day-part rows every pick their
+    dislikes rule out under the current product mapping (:func:`dangol_cloud.menu_mapping.ruled_out`: the
+    disliked item, the menu item a disliked product is sold as, and every product sold as either), in the
+    caller's transaction. The freed places are filled at the next training.
+
+    Returns:
+        Number of picks removed (all-day and day-part picks together).
+    """
+    from dangol_cloud.menu_mapping import menu_item_map, ruled_out
+    from dangol_cloud.models import Menu, MenuDayparts
+
+    disliked = disliked_items(session, [customer_id]).get(customer_id)
+    menu, parts = session.get(Menu, customer_id), session.get(MenuDayparts, customer_id)
+    if not disliked or (menu is None and parts is None):
+        return 0
+    lists = ([menu.picks] if menu is not None else []) + list((parts.dayparts or {}).values() if parts else [])
+    mapping = menu_item_map(session, {str(p["item_id"]) for picks in lists for p in picks} | disliked)
+    banned = ruled_out(disliked, mapping)
+
+    def kept(picks: list[dict]) -> list[dict]:
+        return [p for p in picks
+                if p["item_id"] not in banned and mapping.get(p["item_id"], p["item_id"]) not in banned]
+
+    removed = 0
+    if menu is not None:
+        new = kept(menu.picks)
+        removed += len(menu.picks) - len(new)
+        if len(new) != len(menu.picks):
+            menu.picks = new
+    if parts is not None and parts.dayparts:
+        new_parts = {name: kept(picks) for name, picks in parts.dayparts.items()}
+        dropped = sum(len(parts.dayparts[n]) - len(v) for n, v in new_parts.items())
+        if dropped:
+            parts.dayparts, removed = new_parts, removed + dropped
+    if removed:
+        log.info("took %d disliked pick(s) off the stored menu of %s", removed, customer_id)
+    return removed
+
+
+def republish_menu(db, settings, customer_id: str) -> int:
+    """With a broker (``settings.mqtt_url``), publish the customer's stored menu to the stores now (``menu/1``,
+    retained; :func:`dangol_cloud.publishing.publish` with that customer only, no catalogue), e.g. after a dislike
+    took a pick off it. The opinion is committed before: a failed publish loses nothing, the menu goes out
+    with the next publish.
+
+    Returns:
+        Number of menu messages published (0 without a broker, a menu or a consent).
+
+    Raises:
+        MqttError: the broker is unreachable or does not acknowledge.
+    """
+    from dangol_cloud.publishing import publish
+
+    if not settings.mqtt_url:
+        return 0
+    with db.transaction() as session:
+        return publish(session, settings.mqtt_url, currency=settings.currency, catalogue=False,
+                       customer_ids=[customer_id]).menus
 
 
 def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW) -> int:
@@ -98,7 +179,9 @@ class TrainingFeedback:
     """What the next training uses.
 
     Attributes:
-        dislikes: ``{customer_id: {item_id, ...}}``, never offered to that customer again.
+        dislikes: ``{customer_id: {item_id, ...}}`` as recorded (menu items or products), never offered to that
+            customer again: training expands them through the current mapping
+            (:func:`dangol_cloud.menu_mapping.expand_dislikes`).
         positives: extra interaction rows (``customer``, ``item``, ``ts`` naive UTC, ``quantity`` 1.0,
             ``store`` ""): one per like (at its time, local) and one per shown pick bought (at the purchase time),
             so a credited purchase counts twice.

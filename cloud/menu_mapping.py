@@ -9,21 +9,25 @@ as that item. An import never puts anything on the menu by itself.
 Interface for the recommender (which trains on purchases, i.e. on product ids): its picks are translated
 with :func:`menu_item_map` / :func:`translate_picks` before they are published, so a pick of a product becomes
 a pick of the menu item it is sold as (the best-scored pick of a menu item wins; picks of unmapped products
-are dropped). The recommender itself needs no change.
+are dropped). The recommender itself needs no change: :class:`MenuScope` tells training which products it may
+pick (those sold as a menu item the door can show) and :func:`ruled_out` / :func:`expand_dislikes` turn a
+customer's dislikes into the menu items and products never to offer them, under the current mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.models import CatalogueItem, MenuSetting, ProductMapping, Purchase, StoreSetting, new_id, utcnow
 
-__all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "currency_of", "house_per_category",
-           "map_by_category", "map_by_name", "map_products", "menu_item_map", "on_menu", "register_products",
-           "sales_by_menu_item", "set_house_per_category", "sold_as", "translate_picks"]
+__all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "MenuScope", "currency_of", "expand_dislikes",
+           "house_per_category", "map_by_category", "map_by_name", "map_products", "menu_item_map", "menu_scope",
+           "on_menu", "register_products", "ruled_out", "sales_by_menu_item", "set_house_per_category", "sold_as",
+           "translate_picks"]
 
 #: Items per category on the door screen's house menu unless the owner sets another number (an 800×480
 #: screen fits about eight lines per column at a size readable from 2 m).
@@ -150,9 +154,84 @@ def _products(session: Session, product_ids: Iterable[str]) -> list[CatalogueIte
     return out
 
 
-def menu_item_map(session: Session) -> dict[str, str | None]:
-    """``{product id: menu item id or None}`` for every product (items not in the dict are menu items)."""
-    return dict(session.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id)).all())
+def menu_item_map(session: Session, ids: Iterable[str] | None = None) -> dict[str, str | None]:
+    """``{product id: menu item id or None}`` for every product (items not in the dict are menu items); with
+    ``ids``, only for those of ``ids`` that are products and for the products sold as one of ``ids``."""
+    query = select(ProductMapping.product_id, ProductMapping.menu_item_id)
+    if ids is None:
+        return dict(session.execute(query).all())
+    wanted, out = list(dict.fromkeys(ids)), {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        out.update(session.execute(query.where(or_(ProductMapping.product_id.in_(chunk),
+                                                   ProductMapping.menu_item_id.in_(chunk)))).all())
+    return out
+
+
+def ruled_out(disliked: Iterable[str], mapping: Mapping[str, str | None]) -> set[str]:
+    """The menu items a customer's dislikes rule out under ``mapping`` (:func:`menu_item_map`): each disliked id
+    and the menu item it is sold as now (a dislike recorded on a product covers the menu item it is sold as).
+    A pick whose id or translated id is in the result is never offered to that customer."""
+    out: set[str] = set()
+    for item in disliked:
+        out.add(item)
+        target = mapping.get(item, item)
+        if target is not None:
+            out.add(target)
+    return out
+
+
+def expand_dislikes(dislikes: Mapping[str, Iterable[str]], mapping: Mapping[str, str | None]
+                    ) -> dict[str, set[str]]:
+    """``{customer: ids the recommender must never pick}``: the items :func:`ruled_out` by the customer's
+    dislikes plus every product sold as one of them under ``mapping`` (the full :func:`menu_item_map`), so a
+    dislike of a menu item excludes all its products and a dislike of a product its menu item's other products."""
+    by_item: dict[str, list[str]] = {}
+    for product, item in mapping.items():
+        if item is not None:
+            by_item.setdefault(item, []).append(product)
+    out: dict[str, set[str]] = {}
+    for customer, disliked in dislikes.items():
+        items = ruled_out(disliked, mapping)
+        out[customer] = items.union(*(by_item.get(i, ()) for i in items))
+    return out
+
+
+@dataclass(frozen=True)
+class MenuScope:
+    """What the recommender may pick and how a pick reaches the door (read once with :func:`menu_scope`).
+
+    Attributes:
+        usable: ids of the menu items the door can show (on the menu, available, not retired).
+        mapping: ``{product id: menu item id or None}`` (:func:`menu_item_map`).
+        available: ids of every available, not retired catalogue row (products and menu items).
+    """
+
+    usable: frozenset[str]
+    mapping: Mapping[str, str | None]
+    available: frozenset[str]
+
+    def shown_as(self, item_id: str) -> str | None:
+        """The usable menu item a pick of ``item_id`` is shown as, or None (not sold as a usable menu item)."""
+        target = self.mapping.get(item_id, item_id)
+        return target if target in self.usable else None
+
+    def candidates(self) -> set[str]:
+        """Ids the recommender may pick: the usable menu items and the available products sold as one. Before the
+        owner has put anything usable on the menu: every available item (the dashboard shows those picks; the
+        door gets none, as :func:`translate_picks` drops unmapped products)."""
+        if not self.usable:
+            return set(self.available)
+        return set(self.usable) | {p for p in self.available if self.mapping.get(p, p) in self.usable}
+
+
+def menu_scope(session: Session) -> MenuScope:
+    """The current :class:`MenuScope` (three queries: menu items, products, availability)."""
+    usable = frozenset(session.scalars(select(CatalogueItem.id).where(
+        CatalogueItem.retired.is_(False), CatalogueItem.available.is_(True), on_menu())))
+    available = frozenset(session.scalars(select(CatalogueItem.id).where(
+        CatalogueItem.retired.is_(False), CatalogueItem.available.is_(True))))
+    return MenuScope(usable=usable, mapping=menu_item_map(session), available=available)
 
 
 def translate_picks(picks: list[dict], mapping: dict[str, str | None]) -> list[dict]:

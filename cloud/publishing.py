@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
+from dangol_protocol.parse import MAX_PAYLOAD_BYTES
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, MenuDayparts, Store, utcnow
 from dangol_cloud.models_ops import CustomerOrigin
 from dangol_cloud.mqtt import Message, connect, publish_all
@@ -26,6 +27,9 @@ DAYPART_NAMES = frozenset(name for name, _, _ in proto.DAYPARTS)
 
 #: Most characters of photo URLs (inlined photos) in one catalogue snapshot.
 PHOTO_BUDGET_BYTES = 600 * 1024
+#: Most bytes of item JSON in one catalogue snapshot, photos included: an edge refuses a message over
+#: :data:`dangol_protocol.parse.MAX_PAYLOAD_BYTES` (1 MiB); 16 KiB are left for the envelope.
+SNAPSHOT_BUDGET_BYTES = MAX_PAYLOAD_BYTES - 16 * 1024
 
 
 def _category_key(category: str | None) -> tuple[int, str]:
@@ -35,15 +39,20 @@ def _category_key(category: str | None) -> tuple[int, str]:
 
 
 def snapshot_items(session: Session, photo_url=None) -> list[dict]:
-    """The menu as ``catalogue/1`` item dicts: non-retired *menu* items only (never an unmapped POS product,
-    :mod:`dangol_cloud.menu_mapping`), at most ``house_per_category`` per category — the best sellers first
-    (units sold, counting the products mapped to the item), then by name —, categories sorted with named ones
-    first. So the snapshot stays small whatever the size of the imported product catalogue.
+    """The menu as ``catalogue/1`` item dicts: every non-retired *menu* item (never an unmapped POS product,
+    :mod:`dangol_cloud.menu_mapping`), so a customer's pick of any of them can be shown at the door. At most
+    ``house_per_category`` per category are marked ``house`` — the best sellers (units sold, counting the products
+    mapped to the item), then by name —: the door's house menu. Categories are sorted with named ones first;
+    within one, the house items by name, then the others by name.
+
+    Bounded for one MQTT message: at most :data:`dangol_protocol.MAX_CATALOGUE_ITEMS` items and
+    :data:`SNAPSHOT_BUDGET_BYTES` of JSON. Beyond either, the least sold non-house items are left out (logged);
+    house items go first.
 
     Args:
         photo_url: optional callable ``filename -> URL or None`` for item photos; the dashboard inlines them as
-            small JPEG ``data:`` URIs (:func:`photo_url_builder` with ``photos_dir``). Photos stop once their
-            URLs add up to :data:`PHOTO_BUDGET_BYTES` (the message must stay under 1 MiB), logged.
+            small JPEG ``data:`` URIs (:func:`photo_url_builder` with ``photos_dir``). Photos go to house items
+            first, then the best sellers, and stop once their URLs add up to :data:`PHOTO_BUDGET_BYTES`, logged.
     """
     from dangol_cloud.menu_mapping import house_per_category, on_menu, sales_by_menu_item
 
@@ -54,21 +63,40 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
         groups.setdefault((item.category or "").strip(), []).append(item)
     # rank by sales only where a category has more items than the house menu shows (a scan of the purchases)
     sold = sales_by_menu_item(session) if any(len(g) > limit for g in groups.values()) else {}
-    chosen: list[CatalogueItem] = []
+    house: list[CatalogueItem] = []
+    others: list[CatalogueItem] = []
     for category in sorted(groups, key=_category_key):
         ranked = sorted(groups[category], key=lambda i: (-sold.get(i.id, 0.0), i.name.casefold(), i.id))
-        chosen += sorted(ranked[:limit], key=lambda i: (i.name.casefold(), i.id))
+        house += sorted(ranked[:limit], key=lambda i: (i.name.casefold(), i.id))
+        others += ranked[limit:]
+    others.sort(key=lambda i: (-sold.get(i.id, 0.0), i.name.casefold(), i.id))
     photos, spent = {}, 0
-    for i in chosen if photo_url else ():
+    for i in chain(house, others) if photo_url else ():
         url = photo_url(i.photo) if i.photo else None
         if url and spent + len(url) > PHOTO_BUDGET_BYTES:
             log.warning("catalogue photos pass %d KB: %s and later photos are left out of the snapshot",
                         PHOTO_BUDGET_BYTES // 1024, i.id)
             break
         photos[i.id], spent = url, spent + len(url or "")
-    return [proto.CatalogueItem(id=i.id, name=i.name, category=i.category, price=i.price, description=i.description,
-                                tags=list(i.tags or []), photo_url=photos.get(i.id),
-                                available=i.available).model_dump(mode="json") for i in chosen]
+    house_ids = {i.id for i in house}
+    kept: dict[str, dict] = {}
+    size = 0
+    for i in chain(house, others):  # house items first, then the best sellers
+        entry = proto.CatalogueItem(id=i.id, name=i.name, category=i.category, price=i.price,
+                                    description=i.description, tags=list(i.tags or []), photo_url=photos.get(i.id),
+                                    available=i.available, house=i.id in house_ids)
+        size += len(entry.model_dump_json().encode()) + 1
+        if size > SNAPSHOT_BUDGET_BYTES or len(kept) >= proto.MAX_CATALOGUE_ITEMS:
+            log.warning("the catalogue snapshot passes %d KB or %d items: %d items are left out (the least sold "
+                        "non-house ones; from %s)", SNAPSHOT_BUDGET_BYTES // 1024, proto.MAX_CATALOGUE_ITEMS,
+                        len(house) + len(others) - len(kept), i.id)
+            break
+        kept[i.id] = entry.model_dump(mode="json")
+    out: list[dict] = []
+    for category in sorted(groups, key=_category_key):
+        members = sorted(groups[category], key=lambda i: (i.id not in house_ids, i.name.casefold(), i.id))
+        out += [kept[i.id] for i in members if i.id in kept]
+    return out
 
 
 def publish_catalogue_version(session: Session, *, published_by: str | None, photo_url=None) -> CatalogueVersion:
@@ -117,8 +145,19 @@ def _stores(session: Session, store_id: str | None) -> list[Store]:
     return list(stores)
 
 
-def catalogue_messages(session: Session, stores: list[Store], currency: str) -> Iterator[Message]:
-    """Retained ``catalogue/1`` of the newest published version for each store (none if never published)."""
+def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
+                       timezone: str | None = None) -> Iterator[Message]:
+    """Retained ``catalogue/1`` of the newest published version for each store (none if never published).
+
+    Args:
+        currency: the ``CURRENCY`` setting, for stores without their own currency.
+        timezone: the IANA zone the day-parts of the menus were trained in (the ``TIMEZONE`` setting: training
+            reads purchase hours in it, for every store), sent as ``timezone`` so the door reads the day-part's
+            hour on the same clock; None sends none (the box's local time decides).
+
+    Raises:
+        pydantic.ValidationError: ``timezone`` is not a known IANA zone.
+    """
     version = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     if version is None:
         return
@@ -129,7 +168,7 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str) -> 
     for store in stores:  # each store's own currency (Stores page) or the CURRENCY setting
         payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version,
                                   currency=own.get(store.id, currency),
-                                  published_at=version.published_at,
+                                  published_at=version.published_at, timezone=timezone,
                                   items=[proto.CatalogueItem.model_validate(i) for i in version.items])
         yield proto.catalogue_topic(store.id), proto.dump_payload(payload), True
 
@@ -142,7 +181,10 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
 
     Picks are translated from POS products to the menu items they are sold as
     (:func:`dangol_cloud.menu_mapping.translate_picks`); picks of items that are retired, unavailable or not on
-    the menu are left out (the edge shows only available items).
+    the menu are left out (the edge shows only available items), and so is every menu item the customer
+    disliked, directly or through a product sold as it under the current mapping
+    (:func:`dangol_cloud.menu_mapping.ruled_out`): a menu stored before the owner re-mapped a product never
+    brings a disliked item back.
     Customers without consent are never published (imported history-only customers have none).
     A customer enrolled at a door (:class:`~dangol_cloud.models_ops.CustomerOrigin`) gets a menu at that store
     only: face templates never leave the enrolling box, so no other door can greet them, and other stores'
@@ -152,26 +194,29 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
     by training when the purchases have times of day), translated and filtered the same way; the door shows
     the current day-part's picks (:meth:`dangol_protocol.Menu.picks_at`). None when training wrote none.
     """
-    from dangol_cloud.menu_mapping import menu_item_map, on_menu, translate_picks
+    from dangol_cloud.feedback import disliked_items
+    from dangol_cloud.menu_mapping import menu_scope, ruled_out, translate_picks
 
-    usable = set(session.scalars(select(CatalogueItem.id).where(CatalogueItem.retired.is_(False),
-                                                                 CatalogueItem.available.is_(True), on_menu())))
-    products = menu_item_map(session)  # the recommender picks products; the screen shows menu items
+    scope = menu_scope(session)  # the recommender picks products; the screen shows menu items
+    dislikes = disliked_items(session, customer_ids)
     query = (select(Menu).join(Customer, Customer.id == Menu.customer_id)
              .where(Customer.consent_at.is_not(None), Customer.status == "active"))
     if customer_ids is not None:
         query = query.where(Menu.customer_id.in_(customer_ids))
-    def menu_picks(raw: list[dict]) -> list[proto.MenuPick]:
+
+    def menu_picks(raw: list[dict], banned: set[str]) -> list[proto.MenuPick]:
         return [proto.MenuPick(item_id=p["item_id"], score=p["score"], reasons=p.get("reasons", []))
-                for p in translate_picks(raw, products) if p["item_id"] in usable]
+                for p in translate_picks(raw, scope.mapping) if p["item_id"] in scope.usable
+                and p["item_id"] not in banned]
 
     query = (query.outerjoin(MenuDayparts, MenuDayparts.customer_id == Menu.customer_id)
              .outerjoin(CustomerOrigin, CustomerOrigin.customer_id == Menu.customer_id))
     columns = query.add_columns(Customer.display_name, MenuDayparts.dayparts, CustomerOrigin.store_id)
     by_id = {store.id: [store] for store in stores}
     for menu, name, slots, home in session.execute(columns):
-        picks = menu_picks(menu.picks)
-        dayparts = {part: menu_picks(raw) for part, raw in (slots or {}).items() if part in DAYPART_NAMES}
+        banned = ruled_out(dislikes.get(menu.customer_id, ()), scope.mapping)
+        picks = menu_picks(menu.picks, banned)
+        dayparts = {part: menu_picks(raw, banned) for part, raw in (slots or {}).items() if part in DAYPART_NAMES}
         for store in stores if home is None else by_id.get(home, []):
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
                                  display_name=proto.first_name(name), model_version=menu.model_version,
@@ -241,7 +286,7 @@ class PublishReport:
 def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, currency: str = "EUR",
             catalogue: bool = True, menus: bool = True, customer_ids: list[str] | None = None,
             device_id: str | None = None, client_id: str = "dangol-cloud-publisher",
-            timeout: float = 30.0) -> PublishReport:
+            timeout: float = 30.0, timezone: str | None = None) -> PublishReport:
     """Publish the newest catalogue version, the menus and every erasure not yet confirmed by all its
     devices (to the stores of the unconfirmed devices; with ``device_id``, only the erasures that device has
     not confirmed) now.
@@ -249,7 +294,8 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
     An erasure published for the first time (:func:`dangol_cloud.erasure.unpublished_erasures`, confirmed or
     not) also clears its customer's retained menu at **every** store, whatever ``store_id``
     (:func:`menu_clear_messages`, :func:`dangol_cloud.erasure.menus_to_clear`). Erasures sent get
-    ``published_at`` (first time) and ``last_published_at`` (the caller commits).
+    ``published_at`` (first time) and ``last_published_at`` (the caller commits). ``timezone`` (the ``TIMEZONE``
+    setting) goes into the catalogue: :func:`catalogue_messages`.
 
     Raises:
         LookupError: ``store_id`` is unknown.
@@ -266,7 +312,8 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
     client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}")
     try:
         if catalogue:
-            report.catalogue = publish_all(client, catalogue_messages(session, stores, currency), timeout=timeout)
+            report.catalogue = publish_all(client, catalogue_messages(session, stores, currency, timezone=timezone),
+                                           timeout=timeout)
         if menus:
             report.menus = publish_all(client, menu_messages(session, stores, customer_ids=customer_ids),
                                        timeout=timeout)

@@ -23,6 +23,7 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu, MenuDayparts, ModelVersion, Purchase,
                                  utcnow)
 from dangol_cloud.settings import Settings
+from dangol_cloud.training_menus import choose_picks, daypart_menus, pick_rows, refresh_menus, welcome_regulars
 
 __all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus",
            "train_from_database", "welcome_regulars"]
@@ -90,14 +91,20 @@ class TrainReport:
 def train_from_database(db: Database, settings: Settings, progress: Callable[[str], None] | None = None
                         ) -> TrainReport:
     """Train on every purchase, save the model under ``{cloud_home}/models/<version>``, record a
-    :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N
-    (``settings.menu_size``, available items only) in one transaction. Customers with consent but no
-    purchases yet get the model's cold-start list.
+    :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N in one transaction:
+    ``settings.menu_size`` picks of distinct menu items the door can show (available, not retired), or fewer
+    only if the menu has fewer; the picks are the products sold as them (:mod:`dangol_cloud.training_menus`).
+    Customers with consent but no purchases yet get the model's cold-start list.
 
     Feedback (:mod:`dangol_cloud.feedback`): purchases of picks shown at the visit before are credited
-    first; likes and credited picks are added as positive interactions; an item a customer disliked is never
-    in that customer's menu. Customers without purchases whose segment (age group, area) was recorded get the
-    segment-aware cold-start list.
+    first; likes and credited picks are added as positive interactions of ``kind`` "feedback" (the model learns
+    from them; they are no purchases or visits in its history, day-parts or reasons); the products' menu items
+    (:func:`dangol_cloud.menu_mapping.menu_item_map`) go to the recommender, so "you often buy this (k of your N
+    visits)" counts a menu item over all its products and a menu item sold through its products is never "new on
+    the menu". An item a customer disliked is never in that customer's menu, nor any menu item or product it is
+    sold as or that is sold as it under the current mapping (:func:`dangol_cloud.menu_mapping.expand_dislikes`).
+    Customers without purchases whose segment (age group, area) was recorded get the segment-aware cold-start
+    list.
 
     ``progress`` is called with the name of each step as it starts (:data:`TRAIN_STEPS`, for a progress bar).
 
@@ -115,6 +122,7 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
         NotEnoughData: no purchases in the database.
     """
     from dangol_cloud.feedback import credit_shown_picks, training_feedback
+    from dangol_cloud.menu_mapping import menu_item_map
     from dangol_cloud.recommend import train
 
     step = progress or (lambda name: None)
@@ -125,12 +133,15 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
         interactions, items = load_frames(session, settings.timezone)
         feedback = training_feedback(session, settings.timezone)
         segments = _segments(session)
+        menu_item_of = menu_item_map(session)  # POS product -> the menu item it is sold as
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")
     n_purchases = len(interactions)
-    if len(feedback.positives):
-        interactions = pd.concat([interactions, feedback.positives], ignore_index=True)
-    model = train(interactions, items, progress=step, segments=segments, shown_ignored=feedback.ignored)
+    if len(feedback.positives):  # positives for the model, never purchases (recommend.data: the "kind" column)
+        interactions = pd.concat([interactions.assign(kind="purchase"), feedback.positives.assign(kind="feedback")],
+                                 ignore_index=True)
+    model = train(interactions, items, progress=step, segments=segments, shown_ignored=feedback.ignored,
+                  menu_item_of=menu_item_of)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     base, n = model.version, 1
     while (settings.models_dir / model.version).exists():  # same data retrained within the same second
@@ -158,22 +169,22 @@ def _menus_and_commit(db: Database, settings: Settings, model, path, interaction
     are removed from the saved model (:func:`dangol_cloud.recommend.persist.scrub_customers`); every other
     :class:`ModelVersion` row is deleted with the old menus (their folders are deleted after the commit).
     """
+    from dangol_cloud.menu_mapping import expand_dislikes, menu_scope
     from dangol_cloud.recommend.persist import scrub_customers
     from dangol_cloud.recommend.segments import segment_values
 
-    available = set(items.loc[items["available"], "item"])
     with db.sessions() as session:  # enrolled regulars without purchases yet get the cold-start list
         enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
+        scope = menu_scope(session)  # picks: products sold as a menu item the door can show (training_menus)
+    exclude = expand_dislikes(feedback.dislikes, scope.mapping)  # a disliked menu item: all its products
     customers = sorted(set(interactions["customer"].unique()) | enrolled)
     step("menus")
-    picks = model.recommend(customers, n=settings.menu_size, available=available, exclude=feedback.dislikes,
-                            segments=segment_values(segments))
+    picks = choose_picks(model, customers, settings.menu_size, scope, exclude, segments=segment_values(segments))
     now = utcnow()
-    rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
-             "picks": [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in ps]}
+    rows = [{"customer_id": c, "model_version": model.version, "generated_at": now, "picks": pick_rows(ps)}
             for c, ps in picks.items()]
     step("write")
-    daypart_rows = _daypart_menus(model, customers, settings.menu_size, available, feedback.dislikes)
+    daypart_rows = daypart_menus(model, customers, settings.menu_size, scope, exclude)
     with db.transaction() as session:
         existing = set(session.scalars(select(Customer.id)))
         gone = (set(customers) | {str(c) for c in model.customers}) - existing
@@ -247,23 +258,6 @@ def _segments(session: Session) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["customer", "age_group", "area"])
 
 
-def _daypart_menus(model, customers: list[str], n: int, available: set[str],
-                   dislikes: dict[str, set[str]]) -> list[dict]:
-    """Rows for :class:`MenuDayparts`: each known customer's picks per day-part (none for data without
-    times of day)."""
-    from dangol_cloud.recommend.dayparts import DAYPART_HOURS
-
-    trained = set(model.customers)
-    known = [c for c in customers if c in trained]
-    if model.dayparts is None or not known:
-        return []
-    slots = {name: model.recommend(known, n=n, available=available, hour=hour, exclude=dislikes)
-             for name, hour in DAYPART_HOURS.items()}
-    return [{"customer_id": c, "dayparts": {name: [{"item_id": p.item, "score": float(p.score),
-                                                     "reasons": list(p.reasons)} for p in slot[c]]
-                                            for name, slot in slots.items()}} for c in known]
-
-
 def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None = None,
                       top_items: int | None = None, k: int = 10):
     """Offline evaluation (precision@k etc. against baselines) on the database's purchases.
@@ -299,92 +293,3 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
                             f" to {last:%Y-%m-%d})")
     return evaluate(interactions, items, cut=cut, top_items=top_items, k=k,
                     segments=segments if len(segments) else None)
-
-
-def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> int:
-    """Write menus for ``customer_ids`` with the newest saved model (no retraining), e.g. for a regular who
-    just gave consent: known customers get their ranked picks, new ones the cold-start list.
-
-    Returns:
-        Number of menus written (0 if no model has been trained yet).
-
-    A training that commits meanwhile deletes the model read here (only the current one is kept): the menus
-    are then made once more with the new one.
-
-    Raises:
-        FileNotFoundError / ValueError: the newest model folder is missing or unreadable.
-    """
-    if not customer_ids:
-        return 0
-    for attempt in (1, 2):  # a training that commits meanwhile deletes the model read here: once more with its own
-        try:
-            return _refresh_menus_once(db, settings, customer_ids)
-        except _ModelReplaced:
-            if attempt == 2:
-                raise FileNotFoundError("the newest model was replaced twice while menus were being written; "
-                                        "they are written by the next training") from None
-    return 0
-
-
-class _ModelReplaced(Exception):
-    """The model :func:`refresh_menus` read was replaced (row and folder deleted) by a newer training."""
-
-
-def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str]) -> int:
-    from dangol_cloud.recommend import Recommender
-
-    with db.sessions() as session:
-        latest = session.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
-        available = set(session.scalars(select(CatalogueItem.id).where(CatalogueItem.available.is_(True),
-                                                                        CatalogueItem.retired.is_(False))))
-    if latest is None:
-        return 0
-    from dangol_cloud.feedback import training_feedback
-
-    from dangol_cloud.recommend.segments import segment_values
-
-    with db.sessions() as session:
-        dislikes = training_feedback(session, settings.timezone).dislikes
-        segments = pd.DataFrame(session.execute(
-            select(CustomerSegment.customer_id, CustomerSegment.age_group, CustomerSegment.area)
-            .where(CustomerSegment.customer_id.in_(customer_ids))).all(), columns=["customer", "age_group", "area"])
-    try:
-        model = Recommender.load(latest.path)
-    except FileNotFoundError:
-        with db.sessions() as session:
-            if session.get(ModelVersion, latest.version) is None:
-                raise _ModelReplaced() from None
-        raise
-    picks = model.recommend(customer_ids, n=settings.menu_size, available=available, exclude=dislikes,
-                            segments=segment_values(segments))
-    now = utcnow()
-    with db.transaction() as session:
-        if session.get(ModelVersion, latest.version) is None:
-            raise _ModelReplaced()
-        for customer_id, chosen in picks.items():
-            menu = session.get(Menu, customer_id) or Menu(customer_id=customer_id)
-            menu.model_version, menu.generated_at = latest.version, now
-            menu.picks = [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in chosen]
-            session.add(menu)
-    return len(picks)
-
-
-def welcome_regulars(db: Database, settings: Settings, customer_ids: list[str]) -> int:
-    """For customers who just became active (consent recorded): write their menus with the newest model
-    and, if a broker is configured, publish those menus to every store at once.
-
-    Returns:
-        Number of menu messages published (0 without a broker or a trained model).
-
-    Raises:
-        MqttError: the broker is configured but unreachable (the menus stay in the database and go out
-            with the next publish).
-    """
-    from dangol_cloud.publishing import publish
-
-    if not refresh_menus(db, settings, customer_ids) or not settings.mqtt_url:
-        return 0
-    with db.transaction() as session:
-        report = publish(session, settings.mqtt_url, currency=settings.currency, catalogue=False,
-                         customer_ids=customer_ids)
-    return report.menus

@@ -3,11 +3,13 @@
 Inputs are the protocol's objects as the cache keeps them (:class:`dangol_protocol.Catalogue`,
 :class:`dangol_protocol.Menu`). The rules, in order:
 
-1. **Day-part**: a menu with ``dayparts`` offers the current day-part's picks (local hour of ``at``,
-   :meth:`dangol_protocol.Menu.picks_at`: breakfast 05–10, lunch 11–13, afternoon 14–16, evening 17–04),
-   else its all-day ``items``. No menu (a regular the cloud has no menu for yet): the catalogue's items in
-   catalogue order (cold start).
-2. **Available**: only items the current catalogue lists with ``available=true`` (no catalogue: nothing).
+1. **Day-part**: a menu with ``dayparts`` offers the current day-part's picks (:meth:`dangol_protocol.Menu.picks_at`:
+   breakfast 05–10, lunch 11–13, afternoon 14–16, evening 17–04), else its all-day ``items``. The hour is read on
+   the clock the cloud trained the day-parts in: the catalogue's ``timezone`` (:func:`daypart_hour`), else (an
+   older cloud's catalogue) the box's local time. No menu (a regular the cloud has no menu for yet): the
+   catalogue's house items in catalogue order (cold start).
+2. **Available**: only items the current catalogue lists with ``available=true`` (no catalogue: nothing); any
+   listed item, on the house menu or not.
 3. **Not disliked**: the cloud leaves disliked items out of the menus it publishes; ``disliked`` drops
    any item ids the caller knows of on top.
 4. At most ``limit``, each item once, best first.
@@ -20,18 +22,40 @@ Formatting for the pages (prices, the house menu, greetings) is in :mod:`dangol_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 
 from dangol_protocol import Catalogue, CatalogueItem, Menu
 
-__all__ = ["available_items", "choose_picks", "menu_item_ids"]
+__all__ = ["available_items", "choose_picks", "daypart_hour", "menu_item_ids"]
+
+log = logging.getLogger(__name__)
+
+
+def daypart_hour(catalogue: Catalogue | None, at: datetime) -> int:
+    """The hour (0–23) that picks the day-part at instant ``at``: on the catalogue's ``timezone`` clock
+    (:meth:`dangol_protocol.Catalogue.local_time`), else the box's local time (no catalogue, or one of an older
+    cloud without a zone). ``at`` is aware, or naive in the box's local time (as ``datetime.now()``).
+
+    A zone is validated when the catalogue arrives; one the box's time zone database cannot resolve any more
+    falls back to the box's local time with a warning, so an arrival never fails on it.
+    """
+    if catalogue is None:
+        return (at.astimezone() if at.tzinfo is not None else at).hour
+    try:
+        return catalogue.local_time(at).hour
+    except (LookupError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        log.warning("the catalogue's time zone %r cannot be used (%s): the box's local time picks the day-part",
+                    catalogue.timezone, exc)
+        return (at.astimezone() if at.tzinfo is not None else at).hour
+
 
 def menu_item_ids(menu: Menu | None, catalogue: Catalogue | None, at: datetime) -> list[str]:
-    """Candidate item ids, best first, for local time ``at`` (rule 1 of the module docstring)."""
+    """Candidate item ids, best first, at instant ``at`` (rule 1 of the module docstring)."""
     if menu is None:
-        return [item.id for item in (catalogue.items if catalogue else [])]
-    return [pick.item_id for pick in menu.picks_at(at.hour)]
+        return [item.id for item in (catalogue.items if catalogue else []) if item.house]
+    return [pick.item_id for pick in menu.picks_at(daypart_hour(catalogue, at))]
 
 
 def available_items(ids: Iterable[str], catalogue: Catalogue | None, limit: int,
@@ -64,10 +88,11 @@ def choose_picks(menu: Menu | None, catalogue: Catalogue | None, *, limit: int, 
     """The picks to welcome a customer with at local time ``at``: every rule of the module docstring.
 
     Args:
-        menu: the customer's cached menu, or None (cold start: the catalogue's first available items).
+        menu: the customer's cached menu, or None (cold start: the catalogue's first available house items).
         catalogue: the cached catalogue, or None (nothing can be shown as available).
         limit: ``display.picks``.
-        at: local wall-clock time (naive or aware; its hour picks the day-part).
+        at: the instant (aware, or naive in the box's local time); its hour on the catalogue's clock picks the
+            day-part (:func:`daypart_hour`).
         disliked: item ids never to offer this customer.
     """
     return available_items(menu_item_ids(menu, catalogue, at), catalogue, limit, disliked)

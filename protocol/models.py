@@ -6,8 +6,11 @@ timestamps are timezone-aware datetimes (naive input is rejected). Serialise wit
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import datetime
 from typing import Annotated, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -25,9 +28,11 @@ __all__ = [
     "EVENT_ADAPTER",
     "Health",
     "Menu",
+    "MAX_CATALOGUE_ITEMS",
     "MenuPick",
     "Payload",
     "Status",
+    "check_zone",
     "daypart_at",
     "dump_payload",
     "first_name",
@@ -43,6 +48,9 @@ class _Model(BaseModel):
 ItemId = Annotated[str, Field(min_length=1, max_length=64)]
 Score = Annotated[float, Field(allow_inf_nan=False)]
 
+MAX_CATALOGUE_ITEMS = 2000
+"""Most items one ``catalogue/1`` may list (a café's whole menu is a few hundred; the cloud also keeps the message
+under :data:`dangol_protocol.parse.MAX_PAYLOAD_BYTES`)."""
 MAX_SHOWN_ITEMS = 50
 """Most item ids an arrival may list as shown (the display shows at most a dozen picks)."""
 MAX_ERASED_IDS = 100
@@ -73,13 +81,43 @@ class CatalogueItem(_Model):
     tags: list[str] = Field(default_factory=list)
     photo_url: str | None = None
     available: bool = True
+    #: on the door's house menu (at most the owner's "house items per category", the best sellers); False: listed
+    #: only so a customer's personal pick of it can be shown. Optional: a catalogue of an older cloud, which
+    #: listed the house items only, has none (True).
+    house: bool = True
+
+
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
+
+
+def check_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone this machine knows (``Europe/Berlin``, ``UTC``).
+
+    Raises:
+        ValueError: not of the form ``Area/Location`` (a path, ``..``, control characters, over 64 characters)
+            or unknown to the time zone database.
+    """
+    if not isinstance(name, str) or len(name) > 64 or not _ZONE_NAME.fullmatch(name):
+        raise ValueError(f"{str(name)[:80]!r} is not an IANA time zone name (e.g. Europe/Berlin)")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"{name!r} is not a known IANA time zone") from None
+    return name
 
 
 class Catalogue(_Model):
     """``catalogue/1``: the full catalogue snapshot of one store (retained, QoS 1).
 
     ``version`` increases by one on every Publish; the edge ignores a snapshot older than the one it has.
-    Retired items are not in the snapshot; unavailable ones are, with ``available=false``.
+    Every available menu item is listed, at most :data:`MAX_CATALOGUE_ITEMS` (a customer's picks may name any of
+    them); the door's house menu shows those with ``house=true``. Retired items are not in the snapshot;
+    unavailable ones are, with ``available=false``.
+
+    ``timezone`` is the IANA zone the menus' day-parts were trained in (the cloud's ``TIMEZONE``): the door reads
+    the current day-part's hour on that clock (:meth:`local_time`), whatever the box's own zone. Optional: an older
+    cloud sends none, and then the box's local time decides. An unknown zone fails validation (the message is
+    refused like any invalid field).
     """
 
     schema_: Literal["catalogue/1"] = Field("catalogue/1", alias="schema")
@@ -87,9 +125,27 @@ class Catalogue(_Model):
     version: Annotated[int, Field(ge=1)]
     published_at: AwareDatetime
     currency: Annotated[str, Field(min_length=3, max_length=3)] = "EUR"
-    items: list[CatalogueItem]
+    items: Annotated[list[CatalogueItem], Field(max_length=MAX_CATALOGUE_ITEMS)]
+    timezone: str | None = None
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _known_zone(cls, value: object) -> object:
+        return None if value is None else check_zone(value)
+
+    def local_time(self, at: datetime) -> datetime:
+        """The wall-clock time at instant ``at`` on the day-parts' clock: in :attr:`timezone` (an aware datetime),
+        or without one the box's local time. A naive ``at`` is the box's local time (as ``datetime.now()``).
+
+        Raises:
+            zoneinfo.ZoneInfoNotFoundError: the zone, valid when the catalogue was checked, is no longer in the
+                machine's time zone database.
+        """
+        if self.timezone is None:
+            return at.astimezone() if at.tzinfo is not None else at
+        return at.astimezone(ZoneInfo(self.timezone))
 
 
 class MenuPick(_Model):

@@ -2,7 +2,10 @@
 
 Interactions: one row per purchase line, columns ``customer`` (str), ``item`` (str), ``ts``
 (datetime64[ns]) and ``quantity`` (float); an optional ``store`` (str) column feeds the cold-start
-popularity per store.
+popularity per store; an optional ``kind`` (str, :data:`KINDS`) column tells purchase lines (``"purchase"``,
+the default, also for a missing value) from feedback rows (``"feedback"``: a like, a shown pick bought), which
+are extra positive interactions for the factor model and the re-ranker's labels but no purchases: they stay out
+of the purchase history, the day-part profile, the cold-start popularity and the reasons.
 
 Items: one row per menu item, columns ``item`` (str), ``category`` (str or None), ``price`` (float,
 NaN if unknown), ``tags`` (list[str]) and ``available`` (bool).
@@ -20,6 +23,8 @@ import pandas as pd
 from ..importers import DATASET_TIMEZONES, PurchaseRow, RowError, parse_purchases
 
 INTERACTION_COLUMNS = ("customer", "item", "ts", "quantity")
+#: Values of the interactions' optional ``kind`` column.
+KINDS = ("purchase", "feedback")
 ITEM_COLUMNS = ("item", "category", "price", "tags", "available")
 
 
@@ -27,16 +32,21 @@ def clean_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     """Validate and normalise an interactions frame (copy).
 
     Drops rows with quantity <= 0 (returns, coupon lines) or a missing customer/item/ts; casts ids to
-    str and ``ts`` to datetime64[ns]; adds ``day`` (int64, days since 1970-01-01) and ``hour`` (int8).
+    str and ``ts`` to datetime64[ns]; adds ``day`` (int64, days since 1970-01-01), ``hour`` (int8) and
+    ``kind`` (str, ``"purchase"`` where the column is missing or empty, see the module docstring).
 
     Raises:
-        ValueError: if a required column is missing.
+        ValueError: if a required column is missing, or a ``kind`` is not one of :data:`KINDS`.
     """
     missing = [c for c in INTERACTION_COLUMNS if c not in interactions.columns]
     if missing:
         raise ValueError(f"interactions lack column(s) {', '.join(missing)}")
-    cols = list(INTERACTION_COLUMNS) + (["store"] if "store" in interactions.columns else [])
+    cols = list(INTERACTION_COLUMNS) + [c for c in ("store", "kind") if c in interactions.columns]
     df = interactions[cols].dropna(subset=["customer", "item", "ts"]).copy()
+    df["kind"] = df["kind"].astype(object).where(df["kind"].notna(), KINDS[0]) if "kind" in df else KINDS[0]
+    bad = sorted(set(df["kind"].astype(str)) - set(KINDS))
+    if bad:
+        raise ValueError(f"interactions: kind {', '.join(map(repr, bad))}: must be one of {', '.join(KINDS)}")
     df["customer"] = df["customer"].astype(str)
     df["item"] = df["item"].astype(str)
     df["ts"] = pd.to_datetime(df["ts"])

@@ -64,9 +64,17 @@ class ExplainMixin:
                 neighbours: np.ndarray | None = None) -> list[list[str]]:
         """Reasons (the top scoring features, in words, at most three) for picks (customer ``rows[k]``, item ``cols[k]``).
 
+        "you often buy this (k of your N visits)": N = the customer's visits (days with purchases), k = those on
+        which they bought the pick's menu item, as any of the products sold as it
+        (:meth:`~.history.History.menu_item_visits`); feedback rows (likes) are neither.
+
         Args:
             rows, cols: ``(n_picks,)`` int customer and item indices.
             z: ``(n_picks,)`` LightFM z-scores of the picks if already computed.
+            neighbours: ``(n_picks,)`` TIFU-KNN neighbour means of the picks if already computed.
+
+        Returns:
+            Per pick a list of at most three reasons (str), best first.
         """
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         if len(rows) == 0:
@@ -88,7 +96,7 @@ class ExplainMixin:
             contrib[:, [4, 11]].sum(axis=1), contrib[:, 5], contrib[:, LIGHTFM], contrib[:, NEIGHBOURS],
         ])  # fmt: skip
         visits = self.history.visits[rows].astype(np.int64).tolist()
-        times = np.rint(np.expm1(x[:, 0])).astype(np.int64).tolist()
+        times = self.history.menu_item_visits(rows, cols).tolist()  # any product sold as the pick's menu item
         ranking = np.argsort(-groups, axis=1, kind="stable")[:, :3].tolist()
         positive = (np.take_along_axis(groups, np.asarray(ranking).reshape(len(rows), -1), axis=1) > 0).tolist()
         new = self._new[cols].tolist()

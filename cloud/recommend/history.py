@@ -7,6 +7,7 @@ a café customer rarely comes twice a day). Recency weights decay exponentially 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,10 @@ class History:
         item_recent: ``(n_items,)`` float32, purchase lines per item in the last :data:`TREND_DAYS` days.
         ignored: ``(n_customers, n_items)`` float32 CSR, picks shown to the customer and not bought (feedback),
             each weighted ``0.5 ** (age / h)`` like ``decayed``; None without such feedback.
+        item_group: ``(n_items,)`` int64 menu-item code of each item (:func:`item_groups`: POS products sold as
+            the same menu item share one), or None when every item is its own menu item.
+        group_visits: ``(n_customers, n_groups)`` float32 CSR, number of visits on which the customer bought
+            any item of the menu item (group); None without ``item_group``.
     """
 
     ref_day: int
@@ -48,6 +53,24 @@ class History:
     tifu: TifuKnn | None = None
     item_recent: np.ndarray | None = None
     ignored: sp.csr_matrix | None = None
+    item_group: np.ndarray | None = None
+    group_visits: sp.csr_matrix | None = None
+
+    def menu_item_visits(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``(n_pairs,)`` int64: on how many visits customer ``rows[k]`` bought item ``cols[k]`` or any other
+        item sold as the same menu item (the k of "you often buy this (k of your N visits)")."""
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        if self.item_group is None or self.group_visits is None:
+            return np.rint(pair_values(self.visits_with_item, rows, cols)).astype(np.int64)
+        return np.rint(pair_values(self.group_visits, rows, self.item_group[cols])).astype(np.int64)
+
+    def sold(self) -> np.ndarray:
+        """``(n_items,)`` bool: someone bought the item, or an item sold as the same menu item (a menu item's
+        sales are recorded against its POS products)."""
+        lines = np.asarray(self.item_lines, dtype=np.float64)
+        if self.item_group is not None:
+            lines = np.bincount(self.item_group, weights=lines)[self.item_group]
+        return lines > 0
 
     def item_trend(self) -> np.ndarray:
         """``(n_items,)`` float64 log ratio of the item's share of the last :data:`TREND_DAYS` days' purchase lines
@@ -94,6 +117,37 @@ def build_history(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[in
     item_recent = np.bincount(i[day >= ref_day - TREND_DAYS], minlength=shape[1]).astype(np.float32)
     return History(ref_day, visits_with_item, lines, decayed, recency, visits, item_buyers, item_repeaters,
                    item_lines, item_recent=item_recent)
+
+
+def item_groups(items: np.ndarray, menu_item_of: Mapping[str, str | None] | None) -> np.ndarray | None:
+    """Menu-item codes of catalogue items: ``(n_items,)`` int64, equal for items sold as the same menu item.
+
+    Args:
+        items: ``(n_items,)`` str item ids (products and menu items alike).
+        menu_item_of: ``{item id: id of the menu item it is sold as}`` (e.g.
+            :func:`dangol_cloud.menu_mapping.menu_item_map`); an item absent from it, or mapped to None (a
+            product not on the menu), is its own menu item. The menu item itself need not be in ``items``.
+
+    Returns:
+        The codes, or None when every item is its own menu item (nothing to group).
+    """
+    if not menu_item_of:
+        return None
+    keys = [menu_item_of.get(str(item)) or str(item) for item in items]
+    codes = pd.factorize(pd.Index(keys, dtype=object))[0].astype(np.int64)
+    return codes if len(codes) and codes.max() + 1 < len(codes) else None
+
+
+def group_visit_counts(u: np.ndarray, i: np.ndarray, day: np.ndarray, group: np.ndarray,
+                       n_customers: int) -> sp.csr_matrix:
+    """``(n_customers, n_groups)`` float32 CSR: distinct days on which each customer bought any item of each
+    group, from ``(n_lines,)`` customer/item indices and days and the items' ``(n_items,)`` group codes."""
+    frame = pd.DataFrame({"u": u, "g": group[i], "day": day}).drop_duplicates()
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    m = sp.coo_matrix((np.ones(len(frame), np.float32), (frame["u"].to_numpy(), frame["g"].to_numpy())),
+                      shape=(n_customers, n_groups)).tocsr()
+    m.sum_duplicates()
+    return m
 
 
 def decayed_counts(u: np.ndarray, i: np.ndarray, day: np.ndarray, shape: tuple[int, int], ref_day: int,

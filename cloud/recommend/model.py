@@ -79,7 +79,7 @@ class Recommender(ListsMixin, ExplainMixin):
         self.meta = meta or {}
         self._customer_index = {c: k for k, c in enumerate(customers)}
         self._item_index = {c: k for k, c in enumerate(items)}
-        self._new = np.asarray(history.item_lines) == 0  # items nobody bought before training
+        self._new = ~history.sold()  # items nobody bought before training, as themselves or as any of their products
         self._item_names = [str(i) for i in items]
         self._taste_cache: dict[tuple[int, ...], str | None] = {}
         cats = sorted({c for c in categories if c is not None})
@@ -122,6 +122,12 @@ class Recommender(ListsMixin, ExplainMixin):
         return mask
 
     # --- public API ---------------------------------------------------------------------------------
+
+    def new_items(self) -> np.ndarray:
+        """``(n_items,)`` bool (index order of ``items``): items nobody bought before training, neither as
+        themselves nor as another item sold as the same menu item (``train(menu_item_of=...)``) — the
+        candidates of the "new on the menu" slot."""
+        return self._new.copy()
 
     def recommend(self, customers: Sequence[str], n: int = 10, *, available: set[str] | None = None,
                   hour: int | None = None, store: str | None = None, explain: bool = True,

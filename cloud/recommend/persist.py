@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 CUSTOMER_ROWS = ("factors_user_emb", "history_visits", "dayparts_visits")
 #: Sparse matrices with one row per customer.
 CUSTOMER_SPARSE = ("history_visits_with_item", "history_lines", "history_decayed", "history_recency",
-                   "history_ignored", "tifu_vectors")
+                   "history_ignored", "history_group_visits", "tifu_vectors")
 
 
 def save_model(model: Recommender, directory: Path) -> Path:
@@ -70,6 +70,9 @@ def save_model(model: Recommender, directory: Path) -> Path:
               **{f"history_{k}": getattr(model.history, k) for k in ("visits_with_item", "lines", "decayed", "recency")}}
     if model.history.ignored is not None:
         sparse["history_ignored"] = model.history.ignored
+    if model.history.item_group is not None and model.history.group_visits is not None:
+        arrays["history_item_group"] = model.history.item_group
+        sparse["history_group_visits"] = model.history.group_visits
     if model.dayparts is not None:
         arrays["dayparts_visits"], arrays["dayparts_item_counts"] = model.dayparts.visits, model.dayparts.item_counts
         sparse["dayparts_counts"] = model.dayparts.counts
@@ -128,6 +131,9 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
     history.item_recent = a.get("history_item_recent")
     if "history_ignored__data" in a:
         history.ignored = csr("history_ignored")
+    if "history_item_group" in a:  # POS products grouped by the menu item they are sold as
+        history.item_group = a["history_item_group"].astype(np.int64)
+        history.group_visits = csr("history_group_visits")
     if "tifu_neighbours" in a:
         history.tifu = TifuKnn(csr("tifu_vectors"), a["tifu_neighbours"].astype(np.int64))
     factors = Factors(*(a[f"factors_{n}"] for n in ("user_emb", "item_emb", "item_bias", "feature_emb", "feature_bias")))

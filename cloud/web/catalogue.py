@@ -176,7 +176,8 @@ def publish_now():
         return redirect(url_for("catalogue.index"))
     try:
         with get_db().transaction() as s:
-            report = publish(s, settings.mqtt_url, currency=settings.currency, menus=True)
+            report = publish(s, settings.mqtt_url, currency=settings.currency, menus=True,
+                             timezone=settings.timezone)
     except MqttError as exc:
         log.error("publishing catalogue version %s failed: %s", number, exc)
         flash(f"Catalogue version {number} saved, but the stores could not be reached: {exc}. "

@@ -12,8 +12,8 @@ from sqlalchemy import delete, func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
-from dangol_cloud.feedback import OPINIONS, record_opinion
-from dangol_cloud.menu_mapping import currency_of, translate_picks
+from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinion, republish_menu
+from dangol_cloud.menu_mapping import currency_of, menu_item_map, on_menu, ruled_out, translate_picks
 from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, PickOpinion, ProductMapping, Purchase,
                                  Visit, external_ref_hash, utcnow)
 from dangol_cloud.mqtt import MqttError
@@ -93,15 +93,18 @@ def _visible_customer(s, customer_id: str) -> Customer:
 @bp.route("/<customer_id>")
 @login_required
 def show(customer_id: str):
-    """GET /customers/<id>: consent record, current picks and why, visits, purchases. A staff user sees the door
-    arrivals, purchases, amounts and shop visits at their own stores only (owners: every store)."""
+    """GET /customers/<id>: consent record, current picks and why, the menu items they do not want (a dislike takes
+    the item off the picks; "Forget" undoes it), visits, purchases. A staff user sees the door arrivals,
+    purchases, amounts and shop visits at their own stores only (owners: every store)."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
     from dangol_cloud.web.customer_link import daypart_picks
 
     menu = s.get(Menu, customer.id)
-    picks, off_menu = _as_shown(s, menu.picks) if menu is not None else ([], 0)
-    dayparts = [(name, _as_shown(s, slot)[0]) for name, slot in daypart_picks(s, customer.id)]
+    disliked = disliked_items(s, [customer.id]).get(customer.id, set())
+    banned = ruled_out(disliked, menu_item_map(s, disliked))  # never shown at the door (publishing filters them)
+    picks, off_menu = _as_shown(s, menu.picks, banned) if menu is not None else ([], 0)
+    dayparts = [(name, _as_shown(s, slot, banned)[0]) for name, slot in daypart_picks(s, customer.id)]
     arrived = [Visit.customer_id == customer.id, *clauses(store_filter(Visit.store_id))]  # staff: their stores
     bought = [Purchase.customer_id == customer.id, *clauses(store_filter(Purchase.store_id))]
     visits = s.execute(select(Visit).where(*arrived).order_by(Visit.ts.desc()).limit(20)).scalars().all()
@@ -121,15 +124,18 @@ def show(customer_id: str):
                            first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
-                               .where(PickOpinion.customer_id == customer.id)).all()))
+                               .where(PickOpinion.customer_id == customer.id)).all()),
+                           disliked=s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(disliked), on_menu())
+                                              .order_by(CatalogueItem.name)).all())
 
 
-def _as_shown(s, raw: list[dict]) -> tuple[list[tuple], int]:
-    """Picks as the door shows them: POS products translated to the menu items they are sold as.
+def _as_shown(s, raw: list[dict], banned: set[str] = frozenset()) -> tuple[list[tuple], int]:
+    """Picks as the door shows them: POS products translated to the menu items they are sold as, without the
+    menu items in ``banned`` (those the customer's dislikes rule out).
     Returns ``([(CatalogueItem or None, pick), ...], number of picks that are products not on the menu)``."""
     mapping = dict(s.execute(select(ProductMapping.product_id, ProductMapping.menu_item_id).where(
         ProductMapping.product_id.in_([p["item_id"] for p in raw]))).all())
-    shown = translate_picks(raw, mapping)
+    shown = [p for p in translate_picks(raw, mapping) if p["item_id"] not in banned]
     off_menu = sum(1 for p in raw if p["item_id"] in mapping and mapping[p["item_id"]] is None)
     items = {i.id: i for i in s.scalars(select(CatalogueItem)
                                         .where(CatalogueItem.id.in_([p["item_id"] for p in shown])))}
@@ -140,8 +146,9 @@ def _as_shown(s, raw: list[dict]) -> tuple[list[tuple], int]:
 @login_required
 def opinion(customer_id: str):
     """POST /customers/<id>/opinion: ``item`` (a menu item) and ``opinion`` (like, dislike, none), recorded for the
-    item and every POS product sold as it (the recommender learns on products: a disliked item is not offered to
-    this customer again after the next training)."""
+    item and every POS product sold as it (the recommender learns on products). A disliked item is taken off the
+    customer's menu at once (stored and, with a broker, republished: :func:`~dangol_cloud.feedback.republish_menu`;
+    a broker that does not answer only delays the publish) and never offered to them again."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -155,7 +162,18 @@ def opinion(customer_id: str):
         record_opinion(s, customer.id, item_id, value, by=current_user.email)
     s.commit()
     said = {"like": "likes", "dislike": "does not want", "none": "has no recorded opinion on"}[value]
-    flash(f"Noted: {customer.display_name or 'this customer'} {said} {item.name}. The next training uses it.", "success")
+    name = customer.display_name or "this customer"
+    if value != "dislike":
+        flash(f"Noted: {name} {said} {item.name}. The next training uses it.", "success")
+        return redirect(url_for("customers.show", customer_id=customer.id))
+    try:
+        sent = republish_menu(get_db(), get_settings(), customer.id)
+        flash(f"Noted: {name} {said} {item.name}. It is off their menu now"
+              + ("; the stores got the new menu." if sent else "; the stores get it with the next publish."), "success")
+    except (MqttError, OSError) as exc:  # recorded and off the stored menu: sent with the next publish
+        log.error("menu of %s not republished after a dislike: %s", customer.id, exc)
+        flash(f"Noted: {name} {said} {item.name}. It is off their menu here; the stores get it with the next "
+              f"publish ({exc}).", "warning")
     return redirect(url_for("customers.show", customer_id=customer.id))
 
 

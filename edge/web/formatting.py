@@ -31,7 +31,8 @@ def format_price(price: float | None, currency: str | None) -> str:
 
 
 def house_menu(catalogue: Catalogue | None) -> list[dict]:
-    """The house menu: available items grouped by category in catalogue order.
+    """The house menu: available items marked ``house`` (the cloud marks at most its "house items per category",
+    the best sellers; the other listed items are there for customers' picks) grouped by category in catalogue order.
 
     Returns:
         ``[{"name": category, "items": [{"id", "name", "price", "description"}, ...]}, ...]``
@@ -41,7 +42,7 @@ def house_menu(catalogue: Catalogue | None) -> list[dict]:
     if catalogue is None:
         return []
     for item in catalogue.items:
-        if not item.available:
+        if not item.available or not item.house:
             continue
         groups.setdefault((item.category or "").strip() or "More", []).append({
             "id": item.id, "name": item.name, "price": format_price(item.price, catalogue.currency),

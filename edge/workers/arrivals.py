@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 
 from dangol_protocol import CatalogueItem
 
@@ -32,12 +32,13 @@ class ArrivalWorker(Worker):
     ``stats.arrival_failures`` and logged — with its traceback once per streak of failures — and the worker
     goes on with the next decision.
 
-    ``now`` returns the local wall-clock time whose hour picks the menu's day-part (default
-    :meth:`datetime.now`; tests inject a fixed clock)."""
+    ``now`` returns the instant of an arrival (default: now, aware, in UTC; tests inject a fixed clock); its hour
+    on the cached catalogue's ``timezone`` clock (else the box's local time) picks the menu's day-part
+    (:func:`dangol_edge.menu_text.daypart_hour`)."""
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, state: StateStore, screen: Screen,
                  events: EventFactory, outbox: Outbox, decisions: queue.Queue, stats: Stats,
-                 stop_event: threading.Event, now: Callable[[], datetime] = datetime.now):
+                 stop_event: threading.Event, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         super().__init__("arrivals", stop_event)
         self.config = config
         self.gallery = gallery
@@ -108,7 +109,7 @@ class ArrivalWorker(Worker):
 
     def picks_for(self, customer_id: str) -> list[CatalogueItem]:
         """The customer's picks now (:func:`dangol_edge.menu_text.choose_picks`: the current day-part's picks
-        of the cached menu, or its all-day picks, or without a menu the catalogue's first items; only items
+        of the cached menu, or its all-day picks, or without a menu the catalogue's first house items; only items
         the cached catalogue marks available), best first, at most ``display.picks``."""
         return choose_picks(self.state.menu(customer_id), self.state.catalogue(), limit=self.config.display.picks,
                             at=self.now())

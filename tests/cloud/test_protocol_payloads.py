@@ -140,3 +140,56 @@ def test_any_menu_round_trips(picks, version, name):
     menu = p.Menu(store_id=STORE, customer_id=CUSTOMER, model_version=version, generated_at=NOW, items=picks,
                   display_name=name)
     assert p.parse_payload(p.menu_topic(STORE, CUSTOMER), p.dump_payload(menu)) == menu
+
+
+# --- catalogue/1: every menu item with its house-menu marker, and the zone of the day-parts ---------------
+def _catalogue_json(**changes) -> bytes:
+    data = json.loads(p.dump_payload(p.Catalogue(store_id=STORE, version=3, published_at=NOW, items=[
+        p.CatalogueItem(id="latte", name="Caffè latte", category="Coffee", price=3.8)])))
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def test_a_catalogue_carries_the_house_marker_and_the_zone_of_its_dayparts():
+    cat = p.Catalogue(store_id=STORE, version=4, published_at=NOW, timezone="America/New_York", items=[
+        p.CatalogueItem(id="latte", name="Caffè latte", category="Coffee"),
+        p.CatalogueItem(id="mocha", name="Mocha", category="Coffee", house=False)])
+    raw = p.dump_payload(cat)
+    data = json.loads(raw)
+    assert data["timezone"] == "America/New_York" and [i["house"] for i in data["items"]] == [True, False]
+    assert p.parse_payload(p.catalogue_topic(STORE), raw) == cat
+
+
+def test_an_older_clouds_catalogue_without_the_new_fields_still_parses():
+    """What a cloud before the house marker and the zone published: every item is a house item (that cloud
+    sent only those) and there is no zone (the box's own local time picks the day-part)."""
+    old = {"schema": "catalogue/1", "store_id": str(STORE), "version": 2, "published_at": NOW.isoformat(),
+           "currency": "EUR", "items": [{"id": "latte", "name": "Latte", "category": "Coffee", "price": 3.8,
+                                          "description": "", "tags": [], "photo_url": None, "available": True}]}
+    cat = p.parse_payload(p.catalogue_topic(STORE), json.dumps(old).encode())
+    assert cat.timezone is None and [i.house for i in cat.items] == [True]
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../../etc/passwd", "/usr/share/zoneinfo/UTC", "", "   ",
+                                  "America/New_York\x00", "Europe/" + "A" * 300, 5, ["UTC"]])
+def test_a_catalogue_with_an_unknown_zone_is_refused_naming_the_field(zone):
+    assert p.parse_payload(p.catalogue_topic(STORE), _catalogue_json(timezone="Asia/Seoul")).timezone == "Asia/Seoul"
+    with pytest.raises(p.PayloadError, match="timezone"):
+        p.parse_payload(p.catalogue_topic(STORE), _catalogue_json(timezone=zone))
+    with pytest.raises(ValueError, match="timezone"):  # and the cloud cannot build one
+        p.Catalogue(store_id=STORE, version=1, published_at=NOW, items=[], timezone=zone)
+
+
+def test_a_catalogue_holds_at_most_max_catalogue_items():
+    items = [{"id": f"i{n}", "name": f"Item {n}"} for n in range(p.MAX_CATALOGUE_ITEMS + 1)]
+    with pytest.raises(p.PayloadError, match="items"):
+        p.parse_payload(p.catalogue_topic(STORE), _catalogue_json(items=items))
+    assert len(p.parse_payload(p.catalogue_topic(STORE), _catalogue_json(items=items[:-1])).items) == len(items) - 1
+
+
+@pytest.mark.parametrize("zone, hour", [("America/New_York", 8), ("Europe/London", 13), ("Asia/Seoul", 21),
+                                        ("UTC", 12)])
+def test_the_local_time_of_a_catalogue_is_the_wall_clock_of_its_zone(zone, hour):
+    instant = datetime(2026, 6, 1, 12, 30, tzinfo=timezone.utc)
+    cat = p.Catalogue(store_id=STORE, version=1, published_at=NOW, items=[], timezone=zone)
+    assert cat.local_time(instant).hour == hour and cat.local_time(instant).utcoffset() is not None
