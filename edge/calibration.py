@@ -31,14 +31,20 @@ class CalibrationError(ValueError):
     """A calibration file is missing, unreadable or does not belong to the model; the message names the file."""
 
 
-def uncalibrated(model_path: str | Path) -> CalibrationError:
-    """The error for a model with no calibration file while no fixed ``matcher.threshold`` is configured.
+def uncalibrated(model_path: str | Path, upgrade: bool = False) -> CalibrationError:
+    """The error for a model with no calibration file while no fixed ``matcher.threshold`` is configured (or, with
+    ``upgrade``, for the previous model of a model upgrade, which always needs its calibration).
 
     There is deliberately no built-in fallback threshold: a 1:1 threshold (e.g. OpenCV's 0.363 for SFace)
     accepts a stranger as *somebody* in a large share of photos once the gallery holds hundreds of templates
     (FPIR grows with N, see the module docstring), and a device greeting strangers by a regular's name is
     worse than one that does not start and says why.
     """
+    if upgrade:
+        return CalibrationError(
+            f"{calibration_path(model_path)}: no calibration file beside the previous model "
+            "(embedder.previous_model_path); the upgrade cannot judge who to migrate: put the file `dangol-models "
+            "build` wrote beside it, or remove embedder.previous_model_path (customers then re-enrol)")
     return CalibrationError(
         f"{calibration_path(model_path)}: no calibration file beside the model; build the model with "
         f"`dangol-models build` (it writes the file) or set a fixed matcher.threshold in the edge config")

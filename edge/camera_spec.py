@@ -1,14 +1,19 @@
 """Parsing of a camera source spec (``camera.source``, ``--source``): the one place that decides what it names.
 
-Used by the config check (a typo fails ``dangol-edge check-config`` with the field and value named, instead of
-the daemon retrying a camera that can never open) and by :func:`dangol_edge.sources.open_source`. Standard
+The config's field validator checks the spelling only (``on_disk=False``: loading a config for ``customers`` or
+``rotate-key`` never fails on a video file that is not there); ``dangol-edge check-config`` and ``run``
+(:func:`dangol_edge.config.check_daemon_settings`) and :func:`dangol_edge.sources.open_source` check the disk too.
+A typo fails ``check-config`` with the field and value named, instead of the daemon retrying a camera that can
+never open. Standard
 library only, so the config can import it without OpenCV.
 
 Accepted forms (surrounding spaces are dropped):
 
 * ``picamera2`` or ``picamera2:N`` — Raspberry Pi camera *N* (CSI connector; ``picamera2`` = ``picamera2:0``).
 * ``N`` (digits) — OpenCV camera index, e.g. ``0`` for the first USB webcam.
-* ``rtsp://``, ``rtsps://``, ``http://`` or ``https://`` URL with a host — a network camera stream.
+* ``rtsp://``, ``rtsps://``, ``http://`` or ``https://`` URL with a host — a network camera stream; any other
+  ``scheme://`` (``rtmp://``, ``udp://``, ``srt://``, ``file://``) is handed to OpenCV's FFmpeg back end as it is,
+  except the usual misspellings of ``rtsp`` (``rstp``, ``rtps``, ``rtp``), refused with a hint.
 * a V4L2 device: an existing video4linux character device (``/dev/video0``, ``/dev/v4l/by-id/usb-…``).
   ``/dev/video<N>`` and ``/dev/v4l/by-id|by-path/…`` are accepted even when absent: a USB camera may be
   plugged in after the check (the daemon retries it and reports the camera ``missing`` until then).
@@ -40,7 +45,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 FORMS = ("picamera2 or picamera2:N (Raspberry Pi camera N), a camera number (0, 1, …), a V4L2 device "
          "(/dev/video0), an rtsp:// or http(s):// URL, a video file or a folder of images")
 
-SourceKind = Literal["picamera2", "index", "url", "device", "video", "images"]
+SourceKind = Literal["picamera2", "index", "url", "device", "video", "images", "path"]
 
 
 class CameraSpecError(ValueError):
@@ -53,7 +58,8 @@ class CameraSpec:
 
     Attributes:
         kind: ``picamera2`` (Pi camera), ``index`` (OpenCV camera number), ``url`` (stream), ``device``
-            (V4L2 device path), ``video`` (video file) or ``images`` (a folder of images, or one image file).
+            (V4L2 device path), ``video`` (video file) or ``images`` (a folder of images, or one image file); ``path``
+            for a path not looked up (``on_disk=False``).
         text: the spec as written, without surrounding spaces (the URL for ``url``).
         number: the camera number for ``picamera2`` and ``index``, else ``None``.
         path: the path (``~`` expanded) for ``device``, ``video`` and ``images``, else ``None``.
@@ -70,10 +76,11 @@ class CameraSpec:
         return self.kind in ("picamera2", "index", "url", "device")
 
 
-def parse_camera_spec(spec: str) -> CameraSpec:
+def parse_camera_spec(spec: str, *, on_disk: bool = True) -> CameraSpec:
     """Parse a camera source spec; see the module docstring for the accepted forms.
 
-    Paths are checked on disk (existence, type, readability); nothing is opened.
+    With ``on_disk`` (default), paths are checked on disk (existence, type, readability); without, a path is
+    returned unchecked as kind ``path``. Nothing is opened.
 
     Raises:
         CameraSpecError: (a ``ValueError``) the spec is empty, a misspelt ``picamera2``, a URL of another
@@ -103,6 +110,8 @@ def parse_camera_spec(spec: str) -> CameraSpec:
                                   f"e.g. {scheme}://192.168.1.20:554/stream")
         hint = " (did you mean picamera2:0?)" if scheme.startswith(("picam", "libcam", "pi")) else ""
         raise CameraSpecError(f"{text!r} is not a camera source{hint}: use {FORMS}")
+    if not on_disk:
+        return CameraSpec("path", text, path=Path(text).expanduser())
     return _parse_path(text)
 
 
@@ -112,10 +121,11 @@ def _parse_url(text: str) -> CameraSpec:
         url.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
     except ValueError as exc:
         raise CameraSpecError(f"{text!r}: not a valid URL (bad port?): {exc}") from None
-    if url.scheme.lower() not in URL_SCHEMES:
-        hint = " (did you mean rtsp://?)" if url.scheme.lower() in ("rstp", "rtps", "rtp") else ""
-        raise CameraSpecError(f"{text!r}: {url.scheme}:// is not a camera stream{hint}; use "
-                              f"{', '.join(s + '://' for s in URL_SCHEMES)}")
+    scheme = url.scheme.lower()
+    if scheme in ("rstp", "rtps", "rtp"):
+        raise CameraSpecError(f"{text!r}: {url.scheme}:// is not a camera stream (did you mean rtsp://?)")
+    if scheme not in URL_SCHEMES:  # rtmp, udp, srt, file, …: FFmpeg knows more protocols than we do
+        return CameraSpec("url", text)
     if not url.hostname:
         raise CameraSpecError(f"{text!r}: the URL names no host (e.g. {url.scheme}://192.168.1.20:554/stream)")
     return CameraSpec("url", text)

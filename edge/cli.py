@@ -284,12 +284,11 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .camera_spec import parse_camera_spec
+    from .config import check_daemon_settings
     from .daemon import Appliance
 
     cfg = _config(args)
-    if args.source:  # checked like camera.source: a typo exits 2 instead of being retried for ever
-        parse_camera_spec(args.source)
+    check_daemon_settings(cfg, camera_source=args.source)  # a typo exits 2 instead of being retried for ever
     return Appliance(cfg, source=args.source).run()
 
 

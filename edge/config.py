@@ -190,7 +190,8 @@ class CameraConfig(_Section):
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        return parse_camera_spec(value).text  # CameraSpecError is a ValueError: pydantic names the field
+        # spelling only: a missing file fails check-config and run (check_daemon_settings), not every command
+        return parse_camera_spec(value, on_disk=False).text  # CameraSpecError is a ValueError: the field is named
 
 
 #: Shortest staff PIN accepted, digits (10^6 combinations; with the per-client back-off of
@@ -318,17 +319,32 @@ class EdgeConfig(BaseSettings):
         return self.home / "state.sqlite"
 
 
-def check_daemon_settings(config: EdgeConfig, source: str = "config") -> None:
+def check_daemon_settings(config: EdgeConfig, source: str = "config", camera_source: str | None = None) -> None:
     """The rules between sections that only the daemon (``dangol-edge run``) needs; ``check-config`` (the
     unit's ExecStartPre) applies them too, so a box that cannot run fails at the check, not at start.
+    ``camera_source`` is ``run --source``, which replaces ``camera.source``.
 
     Raises:
-        ConfigError: ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not
-            tell the cloud who it is nor subscribe to its store's topics). The message names ``source``.
+        ConfigError: ``camera.source`` names a path that is not there or not a camera, video or folder;
+            ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not
+            tell the cloud who it is nor subscribe to its store's topics); or the model file exists without its
+            calibration file while ``matcher.threshold`` is unset, or the previous model of an upgrade exists
+            without its calibration (:func:`dangol_edge.calibration.uncalibrated`). The message names ``source``.
     """
+    from .calibration import calibration_path, uncalibrated
+
     if config.mqtt.url and (config.device.id is None or config.device.store_id is None):
         raise ConfigError(f"{source}: device.id and device.store_id are required when mqtt.url is set "
                           "(both from the cloud dashboard's Stores page)")
+    try:
+        parse_camera_spec(camera_source or config.camera.source)  # on disk now: the file, folder or device must be there
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid config: camera.source: {exc}") from None
+    model, previous = config.model_path, config.embedder.previous_model_path
+    if config.matcher.threshold is None and model.is_file() and not calibration_path(model).is_file():
+        raise ConfigError(f"{source}: {uncalibrated(model)}")
+    if previous is not None and previous.is_file() and not calibration_path(previous).is_file():
+        raise ConfigError(f"{source}: {uncalibrated(previous, upgrade=True)}")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

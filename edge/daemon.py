@@ -83,7 +83,7 @@ class Appliance:
 
     def _start(self) -> None:
         cfg = self.config
-        check_daemon_settings(cfg)
+        check_daemon_settings(cfg, camera_source=self.source_spec)
         self.state = StateStore(cfg.state_path).open()
         self._stoppers.append(self.state.close)
         embedder = Embedder(cfg.model_path, threads=cfg.embedder.threads).open()

@@ -66,8 +66,7 @@ class Recognizer:
             old = Embedder(prev, threads=config.embedder.threads)
             if old.sha256 != embedder.sha256 and gallery.open().stale_templates:
                 rec.upgrade = ModelUpgrade(gallery, old, config.matcher.target_fpir, config.matcher.margin,
-                                           config.embedder.upgrade_days, config.enrol.templates,
-                                           threshold=config.matcher.threshold).start()
+                                           config.embedder.upgrade_days, config.enrol.templates).start()
         return rec
 
     @property

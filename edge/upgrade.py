@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 STARTED_KEY = "upgrade_started_at"
 #: The old model must accept a face at this fraction of the configured FPIR to migrate it.
 STRICTER = 0.1
-#: Without a calibration file, the old model must beat the configured fixed threshold by this much (cosine).
-STRICTER_FIXED = 0.1
 
 
 class ModelUpgrade:
@@ -50,11 +48,11 @@ class ModelUpgrade:
         target_fpir, margin: the matcher settings; the old model must pass ``target_fpir × STRICTER``.
         max_days: how long the upgrade may run.
         max_templates: new-model templates kept per customer.
-        threshold: the configured fixed threshold (``matcher.threshold``), used ``+ STRICTER_FIXED`` when the old
-            model has no calibration file.
 
     Raises (from :meth:`start`):
-        CalibrationError: the old model has no calibration file and no ``threshold`` is given.
+        CalibrationError: the old model has no calibration file. A migration is never judged on a fixed
+            threshold: ``matcher.threshold`` is on the *new* model's scale, and a wrong one migrates a stranger's
+            face into a regular's templates.
 
     Attributes:
         erased_dropped: customers the old model recognised after they were erased from the gallery (dropped
@@ -63,8 +61,8 @@ class ModelUpgrade:
     """
 
     def __init__(self, gallery: Gallery, previous: Embedder, target_fpir: float, margin: float,
-                 max_days: float, max_templates: int = 5, threshold: float | None = None):
-        self.gallery, self.previous, self.threshold = gallery, previous, threshold
+                 max_days: float, max_templates: int = 5):
+        self.gallery, self.previous = gallery, previous
         self.target_fpir, self.margin = target_fpir, margin
         self.max_days, self.max_templates = max_days, max_templates
         self.matcher = Matcher()
@@ -85,11 +83,8 @@ class ModelUpgrade:
             self.gallery.set_meta(STARTED_KEY, now.isoformat(timespec="seconds"))
         tail = load_calibration(self.previous.model_path, self.previous.sha256)
         if tail is None:
-            if self.threshold is None:
-                raise uncalibrated(self.previous.model_path)
-            self._rule = OpenSetRule(None, self.target_fpir, fixed=min(1.0, self.threshold + STRICTER_FIXED))
-        else:
-            self._rule = OpenSetRule(tail, self.target_fpir * STRICTER)
+            raise uncalibrated(self.previous.model_path, upgrade=True)
+        self._rule = OpenSetRule(tail, self.target_fpir * STRICTER)
         self._reload()
         self.check(now)
         return self

@@ -70,11 +70,28 @@ def test_an_unreadable_video_file_is_refused(tmp_path, capsys):
     assert code == 2 and "cannot read" in err
 
 
-def test_a_relative_path_that_does_not_exist_names_the_current_folder(tmp_path, monkeypatch):
+def test_a_relative_path_that_does_not_exist_names_the_current_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="camera.source") as err:
-        load_config(_config_file(tmp_path, "clips/entrance.mp4"))
-    assert "'clips/entrance.mp4'" in str(err.value) and str(tmp_path) in str(err.value)
+    code, err = _check_config(tmp_path, capsys, "clips/entrance.mp4")
+    assert code == 2 and "camera.source" in err
+    assert "'clips/entrance.mp4'" in err and str(tmp_path) in err
+
+
+def test_commands_unrelated_to_the_camera_load_a_config_whose_video_is_missing(tmp_path, capsys):
+    """Only check-config and run look on disk: ``customers list`` on a box whose demo video is on an unplugged
+    USB stick still works."""
+    cfg = load_config(_config_file(tmp_path, "/media/usb/entrance-loop.mp4"))
+    assert cfg.camera.source == "/media/usb/entrance-loop.mp4"
+    code, err = _check_config(tmp_path, capsys, "/media/usb/entrance-loop.mp4")
+    assert code == 2 and "no such file or folder" in err
+
+
+@pytest.mark.parametrize("spec", ["rtmp://192.168.1.20/live/cam", "udp://@:5000", "srt://10.0.0.5:9000",
+                                  "file:///var/lib/dangol/loop.mp4"])
+def test_other_ffmpeg_streams_are_passed_to_opencv(tmp_path, capsys, spec):
+    code, err = _check_config(tmp_path, capsys, spec)
+    assert code == 0, err
+    assert parse_camera_spec(spec).kind == "url"
 
 
 def test_the_environment_is_checked_too(tmp_path, monkeypatch):

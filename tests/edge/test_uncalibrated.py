@@ -51,16 +51,16 @@ def test_calibrated_model_still_follows_the_gallery(models_dir):
     assert rule.calibrated and rule.threshold(1000) > rule.threshold(10)
 
 
-def test_upgrade_from_an_uncalibrated_model_needs_a_threshold(bare_model, tmp_path):
+def test_upgrade_from_an_uncalibrated_model_is_refused(bare_model, tmp_path):
+    """No fixed threshold for the old model: ``matcher.threshold`` is on the new model's scale, and judging the old
+    model on it would migrate strangers' faces into regulars' templates."""
     from dangol_edge.gallery import Gallery
 
     old = Embedder(bare_model)
     gallery = Gallery(tmp_path / "gallery.sqlite", "f" * 64).open()
     try:
-        with pytest.raises(CalibrationError, match="matcher.threshold"):
+        with pytest.raises(CalibrationError, match="previous_model_path"):
             ModelUpgrade(gallery, old, 0.01, 0.05, 30.0, 5).start()
-        up = ModelUpgrade(gallery, old, 0.01, 0.05, 30.0, 5, threshold=0.5).start()
-        assert up._rule.threshold(100) > 0.5  # stricter than the configured threshold during the upgrade
     finally:
         gallery.close()
 
@@ -72,3 +72,16 @@ def test_identify_exits_2_naming_the_missing_calibration(edge_env, bare_model, c
                         str(clips / "lin-manuel-miranda.png")], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "calibration" in r.stderr and "matcher.threshold" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_config_refuses_a_model_without_calibration(bare_model, tmp_path, capsys):
+    """The unit's ExecStartPre fails at once (instead of an install that checks "ok" and never starts)."""
+    from dangol_edge.cli import main
+
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'[embedder]\nmodel_path = "{bare_model}"\n')
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "edge.toml" in err and str(calibration_path(bare_model)) in err and "matcher.threshold" in err
+    cfg.write_text(f'[embedder]\nmodel_path = "{bare_model}"\n[matcher]\nthreshold = 0.5\n')
+    assert main(["check-config", str(cfg)]) == 0, capsys.readouterr().err
