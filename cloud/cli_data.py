@@ -111,7 +111,7 @@ def cmd_publish(args, settings, db) -> int:
         ensure_current_version(session, published_by="dangol-cloud publish",
                                photo_url=photo_url_builder(settings.photos_dir))
         report = publish(session, settings.mqtt_url, store_id=args.store, currency=settings.currency,
-                         timezone=settings.timezone)
+                         timezone=settings.door_timezone)
     out.print(f"published to {report.stores} store(s): {report.catalogue} catalogue, {report.menus} menus, "
               f"{report.erasures} erasure messages", highlight=False)
     return 0

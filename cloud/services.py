@@ -120,7 +120,7 @@ def retrain_and_publish(db: Database, settings: Settings, *, store_id: str | Non
                 ensure_current_version(session, published_by=published_by,
                                        photo_url=photo_url_builder(settings.photos_dir))
             sent = publish_messages(session, settings.mqtt_url, store_id=store_id, currency=settings.currency,
-                                    catalogue=published_by is not None, timezone=settings.timezone)
+                                    catalogue=published_by is not None, timezone=settings.door_timezone)
     except MqttError as exc:
         failed = RetrainResult(**{**result.__dict__, "seconds": time.perf_counter() - start})
         log.warning("model %s trained and its menus written, but publishing failed: %s", report.version, exc)

@@ -188,6 +188,17 @@ class Settings(BaseSettings):
         return self.cloud_home / "models"
 
     @property
+    def door_timezone(self) -> str | None:
+        """The zone sent to the doors in ``catalogue/1`` (the day-parts' clock), or None for the doors' own clocks.
+
+        ``timezone`` when it was set (file, environment or argument); None while it is the default ``UTC``: then
+        the naive times of a POS export were read as UTC, so the trained day-part hours are the café's wall-clock
+        hours, which a door set to the café's zone (``install-edge --timezone``) reads off its own clock. Sending
+        ``UTC`` would shift every door outside UTC by its offset.
+        """
+        return self.timezone if "timezone" in self.model_fields_set else None
+
+    @property
     def photos_dir(self) -> Path:
         """Where uploaded catalogue photos are stored (``{cloud_home}/photos``)."""
         return self.cloud_home / "photos"

@@ -114,7 +114,7 @@ class Catalogue(_Model):
     them); the door's house menu shows those with ``house=true``. Retired items are not in the snapshot;
     unavailable ones are, with ``available=false``.
 
-    ``timezone`` is the IANA zone the menus' day-parts were trained in (the cloud's ``TIMEZONE``): the door reads
+    ``timezone`` is the IANA zone the menus' day-parts were trained in (the cloud's ``TIMEZONE`` when set): the door reads
     the current day-part's hour on that clock (:meth:`local_time`), whatever the box's own zone. Optional: an older
     cloud sends none, and then the box's local time decides. An unknown zone fails validation (the message is
     refused like any invalid field).

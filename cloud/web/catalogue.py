@@ -177,7 +177,7 @@ def publish_now():
     try:
         with get_db().transaction() as s:
             report = publish(s, settings.mqtt_url, currency=settings.currency, menus=True,
-                             timezone=settings.timezone)
+                             timezone=settings.door_timezone)
     except MqttError as exc:
         log.error("publishing catalogue version %s failed: %s", number, exc)
         flash(f"Catalogue version {number} saved, but the stores could not be reached: {exc}. "

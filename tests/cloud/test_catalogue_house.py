@@ -141,3 +141,17 @@ def test_a_catalogue_too_big_for_one_message_keeps_the_house_menu_and_the_best_s
     left_out = {i.id for i in items} - {i.id for i in cat.items}
     assert min(sold.get(i, 0) for i in kept) >= max(sold.get(i, 0) for i in left_out)
     assert "left out" in caplog.text and json.loads(payload)["timezone"] == "Asia/Taipei"
+
+
+def test_the_doors_get_the_zone_only_when_the_cafe_set_one(monkeypatch, tmp_path):
+    """Default ``TIMEZONE`` (UTC): a POS's naive times were read as UTC, so the trained day-part hours are the café's
+    wall-clock hours and the doors keep their own clocks; a zone that was set goes to the doors."""
+    from dangol_cloud.settings import load_settings
+
+    monkeypatch.delenv("DANGOL_TIMEZONE", raising=False)
+    monkeypatch.setenv("DANGOL_CLOUD_HOME", str(tmp_path))
+    assert load_settings().timezone == "UTC" and load_settings().door_timezone is None
+    monkeypatch.setenv("DANGOL_TIMEZONE", "Asia/Seoul")
+    assert load_settings().door_timezone == "Asia/Seoul"
+    monkeypatch.setenv("DANGOL_TIMEZONE", "UTC")
+    assert load_settings().door_timezone == "UTC"
