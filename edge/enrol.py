@@ -56,7 +56,7 @@ def sample_from_photo(path: str | Path, pipeline: FacePipeline) -> Sample:
     except ValueError as exc:
         raise EnrolmentError(str(exc)) from exc
     min_score = pipeline.gate.config.min_score
-    faces = [f for f in pipeline.process(rgb) if f.detection.score >= min_score]
+    faces = [f for f in pipeline.process(rgb, photo=True) if f.detection.score >= min_score]
     if not faces:
         raise EnrolmentError(f"{path}: no face found")
     if len(faces) > 1:
@@ -172,6 +172,24 @@ class SampleCollector:
         self._last = frame_index
         return True
 
+    def shortfall(self, frames: int) -> str:
+        """Why the collector is not :attr:`full` after ``frames`` frames, in words for staff and the log (the
+        sign-up ended at ``enrol.max_frames``):
+
+        * ``no good face in {frames} frames``: no candidate at all;
+        * ``faces did not agree: only {k} of the {n} good faces in {frames} frames are one person (more than one
+          person in front of the camera?)``: enough good faces (``n ≥ wanted``), but fewer than ``wanted`` of
+          them consistent with the medoid;
+        * ``too few good faces: {n} in {frames} frames, {pool} needed``: otherwise.
+        """
+        n = len(self.candidates)
+        if n == 0:
+            return f"no good face in {frames} frames"
+        same = len(self.consistent())
+        if same < self.wanted <= n:
+            return disagreement(same, n, frames)
+        return f"too few good faces: {n} in {frames} frames, {self.pool} needed"
+
     def select(self) -> list[Sample]:
         """Up to ``wanted`` varied, good, consistent candidates (see the class doc), best quality first.
 
@@ -193,6 +211,12 @@ class SampleCollector:
         return [c[i] for i in chosen]
 
 
+def disagreement(same: int, good: int, frames: int) -> str:
+    """The reason given when only ``same`` of ``good`` good faces seen in ``frames`` frames are one person."""
+    return (f"faces did not agree: only {same} of the {good} good faces in {frames} frames are one person "
+            "(more than one person in front of the camera?)")
+
+
 def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int, max_frames: int,
                         min_gap_frames: int = 3) -> list[Sample]:
     """Capture ``wanted`` varied good samples of the largest face of a live source or video
@@ -200,8 +224,9 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
     that are the same person). Fewer than ``wanted`` when the source ended or ``max_frames`` passed first.
 
     Raises:
-        EnrolmentError: the source ended or ``max_frames`` passed without one good face, or without a
-            majority of the good faces being one person (e.g. one frame each of two people).
+        EnrolmentError: the source ended or ``max_frames`` passed without one good face (``no good face in N
+            frames``), or without a majority of the good faces being one person, e.g. one frame each of two
+            people (``faces did not agree: …``, :func:`disagreement`).
     """
     col = SampleCollector(wanted, min_gap_frames=min_gap_frames)
     seen = 0
@@ -213,12 +238,13 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
             continue
         faces = pipeline.process(frame.rgb, max_faces=1)
         col.offer(faces[0] if faces else None, frame.index)
+    seen = min(seen, max_frames)  # the frame that ended the loop was not looked at
     if not col.candidates:
-        raise EnrolmentError(f"{source.spec}: no good face in {seen} frames")
+        raise EnrolmentError(f"{source.spec}: {col.shortfall(seen)}")
     same = len(col.consistent())
     if 2 * same <= len(col.candidates):
-        raise EnrolmentError(f"{source.spec}: the {len(col.candidates)} good faces in {seen} frames are not one "
-                             f"person (only {same} alike); enrol with one person in front of the camera")
+        raise EnrolmentError(f"{source.spec}: {disagreement(same, len(col.candidates), seen)}; enrol with one "
+                             "person in front of the camera")
     return col.select()
 
 

@@ -83,14 +83,21 @@ class FacePipeline:
         """Release the detector."""
         self.detector.close()
 
-    def process(self, rgb: np.ndarray, max_faces: int | None = None) -> list[Face]:
+    def process(self, rgb: np.ndarray, max_faces: int | None = None, photo: bool = False) -> list[Face]:
         """Find, gate, align and embed the faces of one RGB ``(H, W, 3) uint8`` frame, largest first.
 
         Rejected faces are returned too (``rejected`` set, ``embedding`` None), so callers can tell
         "no face" from "a face, but not good enough".
+
+        Args:
+            photo: True for a still photo given for enrolment: detection also finds faces that fill the photo
+                (:meth:`~dangol_edge.detect.FaceDetector.detect_photo`); False for camera frames.
+
+        Raises:
+            ValueError: the array is not ``(H, W, 3) uint8``.
         """
         t0 = time.perf_counter()
-        dets = self.detector.detect(rgb)
+        dets = self.detector.detect_photo(rgb) if photo else self.detector.detect(rgb)
         self.times.detect.append((time.perf_counter() - t0) * 1000)
         if max_faces is not None:
             dets = dets[:max_faces]

@@ -3,9 +3,10 @@
 ``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to
 :class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``)
 —pool full→ ``pending`` (stored unsearchable with a short code; a ``pending`` enrolment event goes to the cloud),
-or —``enrol.max_frames`` without a good face→ ``failed``, or ``not-saved`` when the gallery cannot be written
-(disk full: the sign-up ends, health reports the storage, nothing half-written stays); the button's long press
-or the staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Steps run on the recognition
+or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
+no good face, faces that did not agree, or too few), or ``not-saved`` when the gallery cannot be written (disk
+full: the sign-up ends, health reports the storage, nothing half-written stays); the button's long press or the
+staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Steps run on the recognition
 thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
 
@@ -128,13 +129,13 @@ class ButtonEnrolment:
         except Exception:
             if self._frames >= cfg.max_frames:
                 self._finish("failed", seconds=5)
-                log.warning("enrolment failed: %d frames without a good face (the last ones failed)", cfg.max_frames)
+                log.warning("enrolment failed: %s (the last frames failed)", col.shortfall(cfg.max_frames))
             raise
         if col.full:
             self._save(col)
         elif self._frames >= cfg.max_frames:
             self._finish("failed", seconds=5)
-            log.warning("enrolment failed: no good face in %d frames", cfg.max_frames)
+            log.warning("enrolment failed: %s", col.shortfall(cfg.max_frames))
 
     def _save(self, col: SampleCollector) -> None:
         cfg = self.config.enrol
