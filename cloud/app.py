@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.extensions["dangol_settings"] = settings
     app.extensions["dangol_db"] = db
     app.extensions["dangol_training"] = TrainingJob()
+    app.extensions["dangol_republisher"] = _menu_republisher(db, settings)
     csrf.init_app(app)
     login_manager.init_app(app)
 
@@ -165,6 +166,15 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             session.close()
 
     return app
+
+
+def _menu_republisher(db: Database, settings: Settings):
+    """The app's :class:`~dangol_cloud.background.MenuRepublisher` (``app.extensions["dangol_republisher"]``):
+    publishes customers' menus after a dislike, off the request (its thread starts at the first use)."""
+    from dangol_cloud.background import MenuRepublisher
+    from dangol_cloud.feedback import republish_menus
+
+    return MenuRepublisher(lambda ids: republish_menus(db, settings, ids))
 
 
 def get_settings() -> Settings:

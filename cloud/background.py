@@ -1,15 +1,16 @@
 """Background work of ``dangol-cloud serve``: the MQTT consumer, scheduled retraining, re-publishing of
-unconfirmed erasures and the daily sweep (retention, old device events)."""
+unconfirmed erasures and the daily sweep (retention, old device events); and the app's menu republisher
+(:class:`MenuRepublisher`: a dislike's menu goes to the stores without holding up the web request)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from flask import Flask
 
-__all__ = ["start_background"]
+__all__ = ["MenuRepublisher", "start_background"]
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def start_background(app: Flask) -> Callable[[], None]:
     (if ``train_interval_hours`` is set), the erasure re-publisher (every ``erasure_republish_minutes``,
     with a broker) and the daily sweep (at start, then every 24 h): retention, then device events older than
     ``device_event_days`` (failures of each counted in ``app.extensions["dangol_sweep_failures"]``). Returns a
-    function that stops them.
+    function that stops them, and the app's :class:`MenuRepublisher` (``app.extensions["dangol_republisher"]``).
 
     Raises:
         MqttError: the MQTT URL is malformed. An unreachable broker is retried in the background.
@@ -105,5 +106,88 @@ def start_background(app: Flask) -> Callable[[], None]:
         stopping.set()
         if listener is not None:
             listener.stop()
+        republisher = app.extensions.get("dangol_republisher")
+        if republisher is not None:
+            republisher.stop()
 
     return stop
+
+
+class MenuRepublisher:
+    """Publishes customers' stored menus in the background, e.g. after a dislike took a pick off one, so a slow or
+    silent broker never holds up a web request.
+
+    One worker thread (started at the first :meth:`submit`) drains a *set* of pending customer ids guarded by a
+    lock: at most one entry per customer whatever the number of requests (repeats while a publish runs coalesce
+    into the next one) and calls ``publish(sorted ids)`` for all of them at once. A failure (any exception: broker
+    unreachable, no acknowledgement, database error) is logged and counted (:attr:`failures`), and those ids are
+    put back and tried again after ``retry_seconds`` (while they wait, the next scheduled publish of every menu
+    also sends them). :meth:`stop` ends it (also called by :func:`start_background`'s stop function).
+
+    Args:
+        publish: ``(customer ids) -> menu messages published``, e.g. ``lambda ids: republish_menus(db, settings,
+            ids)`` (:func:`dangol_cloud.feedback.republish_menus`); it may block (broker timeouts) and raise.
+        retry_seconds: pause after a failure before the ids are tried again (seconds, > 0).
+
+    Attributes:
+        published: menu messages published so far. failures: failed publishes so far.
+    """
+
+    def __init__(self, publish: Callable[[list[str]], int], *, retry_seconds: float = 30.0) -> None:
+        self._publish, self._retry = publish, float(retry_seconds)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = self.failures = 0
+
+    def submit(self, customer_ids: str | Iterable[str]) -> None:
+        """Have these customers' menus published soon; returns at once (nothing happens once stopped)."""
+        ids = [customer_ids] if isinstance(customer_ids, str) else list(customer_ids)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._pending.update(ids)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dangol-menu-republisher", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def pending(self) -> int:
+        """Number of customers waiting for a publish."""
+        with self._lock:
+            return len(self._pending)
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the worker: waits up to ``timeout`` s for it (a publish blocked on a silent broker ends with its
+        own timeout; the thread is a daemon). Ids still pending go out with the next scheduled publish."""
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch, self._pending = sorted(self._pending), set()
+            if not batch or self._stopping.is_set():
+                continue
+            try:
+                self.published += self._publish(batch)
+            except Exception:  # kept for the next try (and the next scheduled publish); logged with traceback
+                self.failures += 1
+                with self._lock:
+                    self._pending.update(batch)
+                log.exception("menus of %d customer(s) not published (%d failure(s) so far); retrying in %.0f s",
+                              len(batch), self.failures, self._retry)
+                if self._stopping.wait(self._retry):
+                    return
+                self._wake.set()

@@ -1,8 +1,9 @@
 """Recommender feedback: likes/dislikes per customer and item, and "shown pick bought" credits.
 
-* :func:`record_opinion` stores a like or dislike (the latest one counts; ``none`` forgets it); a dislike takes
-  the item off the customer's stored menu at once (:func:`drop_disliked_picks`), and :func:`republish_menu`
-  sends that menu to the stores.
+* :func:`record_opinions` stores a like or dislike of an item and the products sold as it (the latest one counts;
+  ``none`` forgets it); a dislike takes them off the customer's stored menu at once (:func:`drop_disliked_picks`,
+  once per request), and :func:`republish_menus` sends that menu to the stores (from a background thread:
+  :class:`dangol_cloud.background.MenuRepublisher`).
 * :func:`credit_shown_picks` attributes purchase lines to the visit whose screen showed the item: the
   customer's latest visit at most :data:`CREDIT_WINDOW` before the purchase; one purchase line gives at most
   one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -26,7 +28,8 @@ from sqlalchemy.orm import Session
 from dangol_cloud.models import CatalogueItem, Customer, PickCredit, PickOpinion, Purchase, Visit, utcnow
 
 __all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "disliked_items",
-           "drop_disliked_picks", "record_opinion", "republish_menu", "shown_and_ignored", "training_feedback"]
+           "drop_disliked_picks", "record_opinion", "record_opinions", "republish_menu", "republish_menus",
+           "shown_and_ignored", "training_feedback"]
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +40,60 @@ OPINIONS = ("like", "dislike", "none")
 
 def record_opinion(session: Session, customer_id: str, item_id: str, opinion: str, by: str | None = None) -> None:
     """Store ``opinion`` (``like``, ``dislike``, or ``none`` to forget it) of ``customer_id`` on ``item_id``, in
-    the caller's transaction. A dislike also takes the item off the customer's stored menu now
-    (:func:`drop_disliked_picks`); the caller commits, then publishes it (:func:`republish_menu`).
+    the caller's transaction: :func:`record_opinions` with one item.
 
     Raises:
         ValueError: ``opinion`` is not one of :data:`OPINIONS`.
         LookupError: no such customer or catalogue item (the message names which).
     """
+    record_opinions(session, customer_id, [item_id], opinion, by)
+
+
+def record_opinions(session: Session, customer_id: str, item_ids: Iterable[str], opinion: str,
+                    by: str | None = None) -> int:
+    """Store the same ``opinion`` (``like``, ``dislike``, or ``none`` to forget it) of ``customer_id`` on each of
+    ``item_ids`` (e.g. a menu item and every POS product sold as it), in the caller's transaction, with a few
+    queries whatever the number of items. A dislike then takes them off the customer's stored menu, once for all
+    of them (:func:`drop_disliked_picks`); the caller commits, then has the menu published
+    (:func:`republish_menus`, e.g. through :class:`~dangol_cloud.background.MenuRepublisher`).
+
+    Returns:
+        Number of distinct items recorded (or forgotten).
+
+    Raises:
+        ValueError: ``opinion`` is not one of :data:`OPINIONS`.
+        LookupError: no such customer or catalogue item (the message names which; nothing is recorded).
+    """
     if opinion not in OPINIONS:
         raise ValueError(f"opinion {opinion!r}: must be one of {', '.join(OPINIONS)}")
     if session.get(Customer, customer_id) is None:
         raise LookupError(f"customer {customer_id!r}: no such customer")
-    if session.get(CatalogueItem, item_id) is None:
-        raise LookupError(f"item {item_id!r}: no such catalogue item")
-    row = session.get(PickOpinion, (customer_id, item_id))
-    if opinion == "none":
-        if row is not None:
-            session.delete(row)
-        return
-    if row is None:
-        row = PickOpinion(customer_id=customer_id, item_id=item_id)
-        session.add(row)
-    row.opinion, row.at, row.by = opinion, utcnow(), by
-    if opinion == "dislike":
+    ids = list(dict.fromkeys(str(i) for i in item_ids))
+    known: set[str] = set()
+    rows: dict[str, PickOpinion] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        known.update(session.scalars(select(CatalogueItem.id).where(CatalogueItem.id.in_(chunk))))
+        rows.update((r.item_id, r) for r in session.scalars(select(PickOpinion).where(
+            PickOpinion.customer_id == customer_id, PickOpinion.item_id.in_(chunk))))
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise LookupError(f"item {missing[0]!r}: no such catalogue item")
+    now = utcnow()
+    for item_id in ids:
+        row = rows.get(item_id)
+        if opinion == "none":
+            if row is not None:
+                session.delete(row)
+            continue
+        if row is None:
+            row = PickOpinion(customer_id=customer_id, item_id=item_id)
+            session.add(row)
+        row.opinion, row.at, row.by = opinion, now, by
+    if opinion == "dislike" and ids:
         session.flush()
         drop_disliked_picks(session, customer_id)
+    return len(ids)
 
 
 def disliked_items(session: Session, customer_ids: list[str] | None = None) -> dict[str, set[str]]:
@@ -118,24 +150,30 @@ def drop_disliked_picks(session: Session, customer_id: str) -> int:
 
 
 def republish_menu(db, settings, customer_id: str) -> int:
-    """With a broker (``settings.mqtt_url``), publish the customer's stored menu to the stores now (``menu/1``,
-    retained; :func:`dangol_cloud.publishing.publish` with that customer only, no catalogue), e.g. after a dislike
-    took a pick off it. The opinion is committed before: a failed publish loses nothing, the menu goes out
-    with the next publish.
+    """:func:`republish_menus` for one customer."""
+    return republish_menus(db, settings, [customer_id])
+
+
+def republish_menus(db, settings, customer_ids: list[str]) -> int:
+    """With a broker (``settings.mqtt_url``), publish these customers' stored menus to the stores now (``menu/1``,
+    retained; :func:`dangol_cloud.publishing.publish` with those customers only, no catalogue), e.g. after a
+    dislike took a pick off them. It blocks while the broker does not answer (up to its timeouts): call it from
+    a background thread (:class:`~dangol_cloud.background.MenuRepublisher`), never from a web request. The
+    opinions are committed before: a failed publish loses nothing, the menus go out with the next publish.
 
     Returns:
-        Number of menu messages published (0 without a broker, a menu or a consent).
+        Number of menu messages published (0 without a broker, or for customers without a menu or consent).
 
     Raises:
         MqttError: the broker is unreachable or does not acknowledge.
     """
     from dangol_cloud.publishing import publish
 
-    if not settings.mqtt_url:
+    if not settings.mqtt_url or not customer_ids:
         return 0
     with db.transaction() as session:
         return publish(session, settings.mqtt_url, currency=settings.currency, catalogue=False,
-                       customer_ids=[customer_id]).menus
+                       customer_ids=list(customer_ids)).menus
 
 
 def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW) -> int:

@@ -13,6 +13,7 @@ Split out of :mod:`dangol_cloud.training` (which re-exports :func:`refresh_menus
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -23,10 +24,14 @@ from dangol_cloud.menu_mapping import MenuScope
 from dangol_cloud.models import CustomerSegment, Menu, ModelVersion, utcnow
 from dangol_cloud.settings import Settings
 
+log = logging.getLogger(__name__)
+
 __all__ = ["choose_picks", "daypart_menus", "pick_rows", "refresh_menus", "welcome_regulars"]
 
 #: Each further ask of a customer whose menu is still short asks the model for this many times more picks.
 ASK_GROWTH = 4
+#: Customers whose kept picks get their reasons from one ask (:func:`_with_reasons`).
+REASON_CHUNK = 200
 
 
 def pick_rows(picks) -> list[dict]:
@@ -38,12 +43,22 @@ def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, excl
                  hour: int | None = None, segments: Mapping[str, Sequence[str]] | None = None) -> dict[str, list]:
     """Each customer's picks: at most ``n`` products (or menu items) sold as ``n`` distinct usable menu items.
 
-    The model picks among ``scope.candidates()`` without ``exclude[customer]``; a customer whose picks translate
-    to fewer than ``n`` distinct menu items (several products sold as one) is asked again for
-    :data:`ASK_GROWTH` times as many, until the list is full or the model has nothing more to give. The new-item
-    slot (items nobody has bought yet, which the model puts at the end of a list) keeps its place at the end:
-    the first picks are trimmed, not it. Before the owner has put anything on the menu the model's ``n`` picks
-    are kept as they are (nothing to translate to).
+    The model picks among ``scope.candidates()`` without ``exclude[customer]``; it is asked for ``n`` picks of
+    every customer (with reasons). A customer whose picks translate to fewer than ``min(n, menu items still
+    reachable for them)`` distinct menu items (several products sold as one) is asked again, without reasons and
+    without the menu items (and all their products) already picked, for :data:`ASK_GROWTH` times as many, until
+    the menu is full, has every menu item still reachable, or the model has nothing more to give. So a menu
+    smaller than ``n`` costs no wider ask once its items are all there, and each wider ask spends its places on
+    missing menu items only: at most ~log4(candidates / n) asks per customer, none longer than the candidates,
+    no reasons computed for them. The kept picks of those customers then get their reasons and scores from one
+    ask restricted to them (:func:`_with_reasons`): the same as an explained ask of a long list gives.
+
+    Items nobody has bought yet (the model puts them at the end of a list) get at most as many places as the
+    model gave them in its own list of ``n`` (its new-item slots: ``config.new_item_slots`` for a known customer
+    with a good enough new item, none in a cold-start list), after the other picks; further ones (from the ends
+    of the wider asks, in their order) only fill places that would otherwise stay empty (:func:`_menu_sized`).
+    Before the owner has put anything on the menu the model's ``n`` picks are kept as they are (nothing to
+    translate to).
 
     Args:
         model: a :class:`dangol_cloud.recommend.Recommender`.
@@ -52,30 +67,90 @@ def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, excl
         scope: the current menu (:func:`dangol_cloud.menu_mapping.menu_scope`).
         exclude: ``{customer: ids never to pick}`` (:func:`dangol_cloud.menu_mapping.expand_dislikes`).
         hour: local hour for a day-part menu (:meth:`Recommender.recommend`).
+        segments: ``{customer: ["<column>:<value>", ...]}`` of customers the model does not know.
 
     Returns:
-        ``{customer: [Pick, ...]}`` best first (the kept picks, in the model's order).
+        ``{customer: [Pick, ...]}`` best first (the kept picks, in the model's order, then the new items).
     """
     candidates = scope.candidates()
+    ask_model = lambda who, k, explain, without=exclude: model.recommend(  # noqa: E731
+        who, n=k, available=candidates, hour=hour, exclude=without, segments=segments, explain=explain)
     if not scope.usable or n <= 0:
-        return model.recommend(customers, n=n, available=candidates, hour=hour, exclude=exclude, segments=segments)
+        return ask_model(customers, n, True)
     new = {str(i) for i in model.items[model.new_items()]}
+    reach = _Reach(model, scope, candidates)
+    slots_of = max(int(getattr(model.config, "new_item_slots", 0)), 0)
+    heads: dict[str, list] = {}
+    tails: dict[str, list] = {}
+    slots: dict[str, int] = {}
     out: dict[str, list] = {}
-    pending, ask = list(customers), n
-    while pending:
-        picks = model.recommend(pending, n=ask, available=candidates, hour=hour, exclude=exclude, segments=segments)
+    pending: list[str] = []
+    first = ask_model(customers, n, True)
+    for customer in customers:
+        heads[customer], tails[customer] = _split(first[customer], scope, new)
+        slots[customer] = min(slots_of, len(tails[customer]))  # the places the model gave new items in its n-list
+        out[customer] = _menu_sized(heads[customer], tails[customer], n, slots[customer])
+        if _short(out[customer], first[customer], n, n, len(candidates), reach.count(exclude.get(customer))):
+            pending.append(customer)
+    widened, ask = set(pending), n
+    while pending:  # the next picks of each short customer, without the menu items it already has
+        ask = min(ask * ASK_GROWTH, len(candidates))
+        without = {c: reach.sources_of(heads[c] + tails[c], exclude.get(c)) for c in pending}
+        picks = ask_model(pending, ask, False, without)
         short = []
         for customer in pending:
-            out[customer] = _menu_sized(picks[customer], n, scope, new)
-            if len(out[customer]) < n and len(picks[customer]) >= ask and ask < len(candidates):
+            head, tail = _split(picks[customer], scope, new)
+            heads[customer] += head
+            tails[customer] += tail
+            out[customer] = _menu_sized(heads[customer], tails[customer], n, slots[customer])
+            if _short(out[customer], picks[customer], n, ask, len(candidates), reach.count(exclude.get(customer))):
                 short.append(customer)
-        pending, ask = short, min(ask * ASK_GROWTH, len(candidates))
+        pending = short
+    if widened:
+        long_list = lambda who: ask_model(who, len(candidates), True)  # noqa: E731
+        out.update(_with_reasons(model, {c: out[c] for c in customers if c in widened}, long_list, hour=hour,
+                                 segments=segments))
     return {c: out[c] for c in customers}
 
 
-def _menu_sized(picks: list, n: int, scope: MenuScope, new: set[str]) -> list:
-    """The first pick of each distinct usable menu item among ``picks``, ``n`` at most, keeping the trailing run of
-    new items (the model's new-item slot) at the end."""
+def _short(menu: list, picks: list, n: int, ask: int, n_candidates: int, reachable: int) -> bool:
+    """Whether a customer's menu needs a wider ask: fewer than ``min(n, reachable)`` menu items, and the model
+    gave all ``ask`` picks asked for (it has more) while fewer than every candidate were asked for."""
+    return len(menu) < min(n, reachable) and len(picks) >= ask and ask < n_candidates
+
+
+class _Reach:
+    """Which usable menu items the model can offer: ``sources[menu item]`` = the candidates the model knows that
+    are (or are sold as) it."""
+
+    def __init__(self, model, scope: MenuScope, candidates: set[str]):
+        self.scope = scope
+        self.sources: dict[str, set[str]] = {}
+        for item in candidates & {str(i) for i in model.items}:
+            target = scope.shown_as(item)
+            if target is not None:
+                self.sources.setdefault(target, set()).add(item)
+
+    def count(self, excluded: set[str] | None) -> int:
+        """How many distinct usable menu items a customer with ``excluded`` ids can still get: those with a
+        source that is not excluded."""
+        if not excluded:
+            return len(self.sources)
+        hit = {self.scope.shown_as(i) for i in excluded} - {None}
+        return len(self.sources) - sum(1 for t in hit if t in self.sources and self.sources[t] <= excluded)
+
+    def sources_of(self, picks: list, excluded: set[str] | None) -> set[str]:
+        """``excluded`` plus every source of the menu items ``picks`` are shown as (so an ask without them gives
+        only menu items not yet picked)."""
+        out = set(excluded or ())
+        for pick in picks:
+            out |= self.sources.get(self.scope.shown_as(pick.item), {pick.item})
+        return out
+
+
+def _split(picks: list, scope: MenuScope, new: set[str]) -> tuple[list, list]:
+    """``(head, tail)``: the first pick of each distinct usable menu item among ``picks`` (model order), split
+    where the trailing run of never-bought items (``new``) begins."""
     split = len(picks)
     while split and picks[split - 1].item in new:
         split -= 1
@@ -87,8 +162,45 @@ def _menu_sized(picks: list, n: int, scope: MenuScope, new: set[str]) -> list:
             continue
         seen.add(target)
         (head if k < split else tail).append(pick)
-    tail = tail[:n]
-    return head[:n - len(tail)] + tail
+    return head, tail
+
+
+def _menu_sized(head: list, tail: list, n: int, slots: int) -> list:
+    """At most ``n`` picks: the first ``n - slots`` of ``head``, then ``slots`` new items of ``tail`` (the model's
+    new-item slots), then more of ``tail`` only for places still empty.
+
+    E.g. head ``[A, B, C, D, E]``, tail ``[N1, N2, ...]``, n 10, slots 1: ``[A, B, C, D, E, N1, N2, N3, N4, N5]``;
+    n 4: ``[A, B, C, N1]``; n 4, slots 0: ``[A, B, C, D]``."""
+    kept = head[:max(n - min(slots, len(tail)), 0)]
+    return kept + tail[:n - len(kept)]
+
+
+def _with_reasons(model, kept: Mapping[str, list], long_list, *, hour: int | None,
+                  segments: Mapping[str, Sequence[str]] | None) -> dict[str, list]:
+    """``kept`` (picks from asks without reasons) with their reasons and scores, from one explained ask whose
+    lists are exactly each customer's kept items: the union of the kept items is what is available, every one
+    of them a customer did not keep is excluded for them, and ``n`` is the size of the union (so the category
+    cap cuts nothing). A pick's reasons and score depend on the customer and item only, not on which other items
+    are available, so they equal those of the explained long list. Customers whose kept items do not all come
+    back (a safeguard; not seen) are asked once more for the long list with reasons (``long_list(customers)``).
+    Order and items stay those of ``kept``."""
+    found: dict[str, dict] = {}
+    customers = list(kept)
+    for start in range(0, len(customers), REASON_CHUNK):  # a smaller union, fewer ids to exclude per customer
+        chunk = customers[start:start + REASON_CHUNK]
+        union = {p.item for c in chunk for p in kept[c]}
+        if not union:
+            continue
+        others = {c: union - {p.item for p in kept[c]} for c in chunk}
+        got = model.recommend(chunk, n=len(union), available=union, hour=hour, exclude=others, segments=segments,
+                              explain=True)
+        found.update({c: {p.item: p for p in got.get(c, [])} for c in chunk})
+    found.update({c: {} for c in customers if c not in found})
+    missing = [c for c, picks in kept.items() if any(p.item not in found[c] for p in picks)]
+    if missing:
+        log.warning("%d customer(s) re-asked for the reasons of their kept picks", len(missing))
+        found.update({c: {p.item: p for p in picks} for c, picks in long_list(missing).items()})
+    return {c: [found[c].get(p.item, p) for p in picks] for c, picks in kept.items()}
 
 
 def daypart_menus(model, customers: list[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]]

@@ -192,13 +192,15 @@ def record_feedback():
     its door device). Any other customer id — another store's, or none at all — gets the same 404, so a token
     cannot probe which ids exist in the chain. (A POS sale at the store makes a chain customer known there.)
 
-    A dislike takes the item (and the products sold as it) off the customer's stored menu at once and, with a
-    broker, republishes that menu (:func:`~dangol_cloud.feedback.republish_menu`); the opinion is committed
-    first, so a broker that does not answer loses nothing (logged; the menu goes out with the next publish)."""
+    A dislike takes the item (and the products sold as it) off the customer's stored menu at once; with a
+    broker the app's republisher (:class:`~dangol_cloud.background.MenuRepublisher`) sends that menu to the
+    stores within moments, after the response: a broker that does not answer never holds up the request, and
+    the opinion is committed first, so it loses nothing (logged; retried, and sent with the next publish)."""
+    from flask import current_app
+
     from dangol_cloud.app import get_settings
     from dangol_cloud.device_trust import known_at_store
-    from dangol_cloud.feedback import record_opinion, republish_menu
-    from dangol_cloud.mqtt import MqttError
+    from dangol_cloud.feedback import record_opinion
 
     store = _store_from_token()
     if store is None:
@@ -220,9 +222,6 @@ def record_feedback():
     except LookupError as exc:
         log.info("feedback API: store %s: %s", store.id, exc)
         return _problem(422, "Unknown customer or item", str(exc))
-    if body.opinion == "dislike":
-        try:
-            republish_menu(get_db(), get_settings(), body.customer)
-        except (MqttError, OSError) as exc:  # recorded and off the stored menu; sent with the next publish
-            log.warning("feedback API: menu of %s not republished after a dislike: %s", body.customer, exc)
+    if body.opinion == "dislike" and get_settings().mqtt_url:
+        current_app.extensions["dangol_republisher"].submit(body.customer)
     return jsonify({"customer": body.customer, "item": body.item, "opinion": body.opinion})

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import delete, func, or_, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
-from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinion, republish_menu
+from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinions
 from dangol_cloud.menu_mapping import currency_of, menu_item_map, on_menu, ruled_out, translate_picks
 from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, PickOpinion, ProductMapping, Purchase,
                                  Visit, external_ref_hash, utcnow)
@@ -146,9 +146,11 @@ def _as_shown(s, raw: list[dict], banned: set[str] = frozenset()) -> tuple[list[
 @login_required
 def opinion(customer_id: str):
     """POST /customers/<id>/opinion: ``item`` (a menu item) and ``opinion`` (like, dislike, none), recorded for the
-    item and every POS product sold as it (the recommender learns on products). A disliked item is taken off the
-    customer's menu at once (stored and, with a broker, republished: :func:`~dangol_cloud.feedback.republish_menu`;
-    a broker that does not answer only delays the publish) and never offered to them again."""
+    item and every POS product sold as it (the recommender learns on products) in one go
+    (:func:`~dangol_cloud.feedback.record_opinions`). A disliked item is taken off the customer's stored menu at
+    once and never offered to them again; with a broker the app's republisher
+    (:class:`~dangol_cloud.background.MenuRepublisher`) sends the new menu to the stores within moments, after
+    the response (a broker that does not answer never holds up the request)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -158,22 +160,20 @@ def opinion(customer_id: str):
     if value not in OPINIONS:
         abort(400)
     products = s.scalars(select(ProductMapping.product_id).where(ProductMapping.menu_item_id == item.id)).all()
-    for item_id in dict.fromkeys([item.id, *products]):
-        record_opinion(s, customer.id, item_id, value, by=current_user.email)
+    record_opinions(s, customer.id, [item.id, *products], value, by=current_user.email)
     s.commit()
     said = {"like": "likes", "dislike": "does not want", "none": "has no recorded opinion on"}[value]
     name = customer.display_name or "this customer"
     if value != "dislike":
         flash(f"Noted: {name} {said} {item.name}. The next training uses it.", "success")
         return redirect(url_for("customers.show", customer_id=customer.id))
-    try:
-        sent = republish_menu(get_db(), get_settings(), customer.id)
-        flash(f"Noted: {name} {said} {item.name}. It is off their menu now"
-              + ("; the stores got the new menu." if sent else "; the stores get it with the next publish."), "success")
-    except (MqttError, OSError) as exc:  # recorded and off the stored menu: sent with the next publish
-        log.error("menu of %s not republished after a dislike: %s", customer.id, exc)
-        flash(f"Noted: {name} {said} {item.name}. It is off their menu here; the stores get it with the next "
-              f"publish ({exc}).", "warning")
+    if get_settings().mqtt_url:
+        current_app.extensions["dangol_republisher"].submit(customer.id)
+        flash(f"Noted: {name} {said} {item.name}. It is off their menu now; the stores get the new menu within "
+              "moments.", "success")
+    else:
+        flash(f"Noted: {name} {said} {item.name}. It is off their menu now; the stores get it with the next "
+              "publish.", "success")
     return redirect(url_for("customers.show", customer_id=customer.id))
 
 

@@ -1,9 +1,11 @@
 """Picks are chosen among the POS products that lead to a menu item the door can show, enough of them that each
 regular's published menu has ``min(menu_size, usable menu items)`` picks (before the fix they were chosen among
-every product and the off-menu ones dropped at publish: 1-10 picks from a 30-item menu).
+every product and the off-menu ones dropped at publish: 1-10 picks from a 30-item menu); menu items nobody has
+bought yet fill only the model's new-item slot and places otherwise left empty (before: they could take them all).
 
 Real data: the first 3,000 Ta-Feng rows; whole histories of 30 Complete Journey households (times of day, so
-day-part menus).
+day-part menus). The ten new menu items of the last test are catalogue rows the test adds (no sales, as for an
+item an owner just put on the menu).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sqlalchemy import func, select
 
 from dangol_cloud.importers import parse_purchases
 from dangol_cloud.ingest import import_rows
-from dangol_cloud.menu_mapping import map_by_category, map_products, menu_item_map, translate_picks
+from dangol_cloud.menu_mapping import map_by_category, map_products, menu_item_map, on_menu, translate_picks
 from dangol_cloud.models import CatalogueItem, Customer, MenuDayparts, Purchase, utcnow
 from dangol_cloud.settings import Settings
 from dangol_cloud.training import refresh_menus, train_from_database
@@ -123,5 +125,40 @@ def test_day_part_menus_are_full_too(sqlite_url, tmp_path, data_dir) -> None:
             for part, picks in row.dayparts.items():
                 shown = [p["item_id"] for p in translate_picks(picks, mapping)]
                 assert len(shown) == want and set(shown) <= set(top), (part, len(shown))
+    finally:
+        db.dispose()
+
+
+def test_new_menu_items_never_push_the_best_sellers_off_a_menu(sqlite_url, tmp_path, ta_feng_slice) -> None:
+    db, settings, store_id = _setup(sqlite_url, tmp_path)
+    try:
+        import_slice(db, ta_feng_slice, store_id)
+        with db.transaction() as s:
+            top = best_sellers(s, 60)
+            category = dict(s.execute(select(CatalogueItem.id, CatalogueItem.category)
+                                      .where(CatalogueItem.id.in_(top))).all())
+            kinds = list(dict.fromkeys(category[p] for p in top if category[p]))[:4]  # the 4 best-selling categories
+            products = [p for p in top if category[p] in kinds]
+            map_by_category(s, products, by=OWNER_EMAIL)  # 4 menu items, several products each
+            sold = set(s.scalars(select(CatalogueItem.id).where(CatalogueItem.category.in_(kinds), on_menu())))
+            new = [CatalogueItem(ref=f"new-{k}", name=f"New {k}", category=kinds[k % 4], price=3.0, tags=[])
+                   for k in range(10)]
+            s.add_all(new)
+            s.flush()
+            new_ids = {i.id for i in new}
+            regulars = _consent_buyers_of(s, products)
+        assert len(sold) == 4 and settings.menu_size == 10
+        train_from_database(db, settings)
+        menus = published(db)
+        assert set(menus) == set(regulars)
+        short = [c for c, items in menus.items()
+                 if len(items) != 10 or not sold <= set(items) or not set(items) - sold <= new_ids]
+        assert not short, f"{len(short)} of {len(menus)} menus lack a best seller"  # before the fix: 81 of 252
+        with db.sessions() as s:
+            mapping = menu_item_map(s)
+            rows = s.scalars(select(MenuDayparts)).all()
+        for row in rows:  # the day-part menus alike
+            for part, picks in row.dayparts.items():
+                assert sold <= {p["item_id"] for p in translate_picks(picks, mapping)}, (row.customer_id, part)
     finally:
         db.dispose()
