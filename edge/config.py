@@ -328,8 +328,8 @@ def check_daemon_settings(config: EdgeConfig, source: str = "config", camera_sou
         ConfigError: ``camera.source`` names a path that is not there or not a camera, video or folder;
             ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not
             tell the cloud who it is nor subscribe to its store's topics); or the model file exists without its
-            calibration file while ``matcher.threshold`` is unset, or the previous model of an upgrade exists
-            without its calibration (:func:`dangol_edge.calibration.uncalibrated`). The message names ``source``.
+            calibration file while ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`).
+            The message names ``source``.
     """
     from .calibration import calibration_path, uncalibrated
 
@@ -340,11 +340,11 @@ def check_daemon_settings(config: EdgeConfig, source: str = "config", camera_sou
         parse_camera_spec(camera_source or config.camera.source)  # on disk now: the file, folder or device must be there
     except ValueError as exc:
         raise ConfigError(f"{source}: invalid config: camera.source: {exc}") from None
-    model, previous = config.model_path, config.embedder.previous_model_path
+    model = config.model_path
     if config.matcher.threshold is None and model.is_file() and not calibration_path(model).is_file():
         raise ConfigError(f"{source}: {uncalibrated(model)}")
-    if previous is not None and previous.is_file() and not calibration_path(previous).is_file():
-        raise ConfigError(f"{source}: {uncalibrated(previous, upgrade=True)}")
+    # embedder.previous_model_path is not checked here: it matters only while the gallery still holds that
+    # model's templates, and then the upgrade refuses to start without its calibration (ModelUpgrade.start)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -85,3 +85,12 @@ def test_check_config_refuses_a_model_without_calibration(bare_model, tmp_path, 
     assert "edge.toml" in err and str(calibration_path(bare_model)) in err and "matcher.threshold" in err
     cfg.write_text(f'[embedder]\nmodel_path = "{bare_model}"\n[matcher]\nthreshold = 0.5\n')
     assert main(["check-config", str(cfg)]) == 0, capsys.readouterr().err
+
+
+def test_a_finished_upgrades_uncalibrated_old_model_does_not_stop_the_daemon(bare_model, models_dir, tmp_path):
+    """``previous_model_path`` left in the config after the upgrade (no old-model templates left to migrate)."""
+    from dangol_edge.config import check_daemon_settings
+
+    config = EdgeConfig(home=tmp_path / "home", embedder={"model_path": models_dir / "sface-int8.tflite",
+                                                          "previous_model_path": bare_model})
+    check_daemon_settings(config)  # no error: only a running upgrade needs the old model's calibration
