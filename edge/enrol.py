@@ -182,13 +182,20 @@ class SampleCollector:
           them consistent with the medoid;
         * ``too few good faces: {n} in {frames} frames, {pool} needed``: otherwise.
         """
+        n, kind = len(self.candidates), self.shortfall_kind()
+        if kind == "none":
+            return f"no good face in {frames} frames"
+        if kind == "several":
+            return disagreement(len(self.consistent()), n, frames)
+        return f"too few good faces: {n} in {frames} frames, {self.pool} needed"
+
+    def shortfall_kind(self) -> str:
+        """The kind of :meth:`shortfall`: ``none`` (no good face), ``several`` (the good faces did not agree:
+        more than one person?) or ``few`` (too few good faces); for the door screen's words."""
         n = len(self.candidates)
         if n == 0:
-            return f"no good face in {frames} frames"
-        same = len(self.consistent())
-        if same < self.wanted <= n:
-            return disagreement(same, n, frames)
-        return f"too few good faces: {n} in {frames} frames, {self.pool} needed"
+            return "none"
+        return "several" if len(self.consistent()) < self.wanted <= n else "few"
 
     def select(self) -> list[Sample]:
         """Up to ``wanted`` varied, good, consistent candidates (see the class doc), best quality first.

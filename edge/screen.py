@@ -63,12 +63,13 @@ class Screen:
                           "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 
     def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
-                       samples: int = 0, wanted: int = 0) -> int:
+                       samples: int = 0, wanted: int = 0, why: str | None = None) -> int:
         """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
-        far), ``pending`` (with ``code``), ``cancelled``, ``failed`` (no good face) or ``not-saved`` (the
-        gallery could not be written); shown for ``seconds`` (None: until the next change)."""
-        return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples, "wanted": wanted},
-                         None if seconds is None else self._clock() + seconds)
+        far), ``pending`` (with ``code``), ``cancelled``, ``failed`` (``why``: ``none``, ``several`` or ``few``,
+        :meth:`dangol_edge.enrol.SampleCollector.shortfall_kind`) or ``not-saved`` (the gallery could not be
+        written); shown for ``seconds`` (None: until the next change)."""
+        return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples, "wanted": wanted,
+                          "why": why}, None if seconds is None else self._clock() + seconds)
 
     def tick(self) -> None:
         """Return to the house menu when a timed screen has expired (call regularly)."""

@@ -101,9 +101,10 @@ class ButtonEnrolment:
                 log.info("enrolment cancelled")
                 self._finish("cancelled", seconds=3)
 
-    def _finish(self, stage: str, code: str | None = None, seconds: float | None = None) -> None:
+    def _finish(self, stage: str, code: str | None = None, seconds: float | None = None,
+                why: str | None = None) -> None:
         self._collector = None
-        self.screen.show_enrolment(stage, code, seconds=seconds)
+        self.screen.show_enrolment(stage, code, seconds=seconds, why=why)
         if self.button:
             self.button.done()
 
@@ -128,13 +129,13 @@ class ButtonEnrolment:
                     self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
         except Exception:
             if self._frames >= cfg.max_frames:
-                self._finish("failed", seconds=5)
+                self._finish("failed", seconds=5, why=col.shortfall_kind())
                 log.warning("enrolment failed: %s (the last frames failed)", col.shortfall(cfg.max_frames))
             raise
         if col.full:
             self._save(col)
         elif self._frames >= cfg.max_frames:
-            self._finish("failed", seconds=5)
+            self._finish("failed", seconds=5, why=col.shortfall_kind())
             log.warning("enrolment failed: %s", col.shortfall(cfg.max_frames))
 
     def _save(self, col: SampleCollector) -> None:

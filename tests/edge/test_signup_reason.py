@@ -99,7 +99,7 @@ def test_door_sign_up_logs_the_disagreement(two_people, pipeline, model_path, tm
             if not e.active:
                 break
             e.step(frame, pipeline)
-        assert screen.snapshot()["stage"] == "failed"
+        assert screen.snapshot()["stage"] == "failed" and screen.snapshot()["why"] == "several"
         failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("enrolment failed")]
         assert failed == ["enrolment failed: faces did not agree: only 4 of the 8 good faces in 16 frames are one "
                           "person (more than one person in front of the camera?)"]

@@ -211,6 +211,18 @@ def test_enrolment_screen_shows_the_code(site, menu):
     back_to_house(site, menu)
 
 
+def test_a_failed_sign_up_says_why(site, menu):
+    """Faces that did not agree (several people in front of the camera) get their own words on the door screen."""
+    screen = site["screen"]
+    screen.show_enrolment("failed", why="several")
+    menu.wait_for_function("document.body.innerText.includes('more than one face')")
+    assert "only you in front of the camera" in menu.inner_text("#stage")
+    screen.show_enrolment("failed", why="none")
+    menu.wait_for_function("document.body.innerText.includes(\"We couldn't get a clear look\")")
+    assert "more than one face" not in menu.inner_text("#stage")
+    back_to_house(site, menu)
+
+
 def test_catalogue_change_reaches_the_page(site, menu):
     site["state"].put_catalogue(catalogue(2, unavailable=("Cold brew", "Flat white")))
     menu.wait_for_function("!document.getElementById('stage').innerText.includes('Flat white')", timeout=4000)
