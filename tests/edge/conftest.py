@@ -3,10 +3,36 @@ pair, and per-test homes."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+
+
+@pytest.fixture
+def door_with_mina(tmp_path, monkeypatch):
+    """A door with no DANGOL_* overrides: ``(config, state, gallery, Mina's customer id)``, ``display.picks`` 6,
+    Mina Park enrolled with a consent record (a random unit template: no face model needed); the state cache is
+    empty (the test puts its catalogue and menu)."""
+    import numpy as np
+
+    from dangol_edge.config import DisplayConfig, EdgeConfig
+    from dangol_edge.gallery import Gallery
+    from dangol_edge.state import StateStore
+    from dangol_protocol import Consent
+
+    for k in ("DANGOL_HOME", "DANGOL_MQTT_URL", "DANGOL_DISPLAY__PICKS"):
+        monkeypatch.delenv(k, raising=False)
+    config = EdgeConfig(home=tmp_path / "home", display=DisplayConfig(picks=6))
+    state = StateStore(config.state_path).open()
+    gallery = Gallery(config.gallery_path, "0" * 64).open()
+    e = np.random.default_rng(1).standard_normal((1, 128)).astype(np.float32)
+    mina = gallery.enroll("Mina Park", e / np.linalg.norm(e),
+                          consent=Consent(recorded_by="Jo", recorded_at=datetime.now(timezone.utc), text_version="1"))
+    yield config, state, gallery, mina.id
+    gallery.close()
+    state.close()
 
 
 @pytest.fixture(scope="session")

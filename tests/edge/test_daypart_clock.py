@@ -17,20 +17,17 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 
-from dangol_edge.config import DisplayConfig, EdgeConfig, MQTTConfig
+from dangol_edge.config import MQTTConfig
 from dangol_edge.events import EventFactory, Outbox
-from dangol_edge.gallery import Gallery
 from dangol_edge.menu_text import choose_picks
 from dangol_edge.screen import Screen
-from dangol_edge.state import StateStore
 from dangol_edge.sync import MQTTSync
 from dangol_edge.tracker import Decision
 from dangol_edge.web.formatting import house_menu
 from dangol_edge.workers import ArrivalWorker, Stats
-from dangol_protocol import Catalogue, Consent, Menu, catalogue_topic, dump_payload
+from dangol_protocol import Catalogue, Menu, catalogue_topic, dump_payload
 
 STORE, DEVICE = uuid.uuid4(), uuid.uuid4()
 INSTANT = datetime(2026, 6, 1, 12, 30, tzinfo=timezone.utc)  # 08:30 in New York, 13:30 in London, 21:30 in Seoul
@@ -89,19 +86,10 @@ def test_an_older_clouds_catalogue_without_a_zone_leaves_the_boxs_clock_in_charg
 
 
 @pytest.fixture
-def door(tmp_path, monkeypatch):
-    for k in ("DANGOL_HOME", "DANGOL_MQTT_URL", "DANGOL_DISPLAY__PICKS"):
-        monkeypatch.delenv(k, raising=False)
-    config = EdgeConfig(home=tmp_path / "home", display=DisplayConfig(picks=6))
-    state = StateStore(config.state_path).open()
-    gallery = Gallery(config.gallery_path, "0" * 64).open()
-    e = np.random.default_rng(1).standard_normal((1, 128)).astype(np.float32)
-    mina = gallery.enroll("Mina Park", e / np.linalg.norm(e),
-                          consent=Consent(recorded_by="Jo", recorded_at=INSTANT, text_version="1"))
-    assert state.put_menu(menu(mina.id))
-    yield config, state, gallery, mina.id
-    gallery.close()
-    state.close()
+def door(door_with_mina):
+    config, state, gallery, mina = door_with_mina
+    assert state.put_menu(menu(mina))
+    return door_with_mina
 
 
 def _arrive(door, now) -> list[str]:

@@ -9,19 +9,15 @@ import threading
 import uuid
 from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 
-from dangol_edge.config import DisplayConfig, EdgeConfig
 from dangol_edge.events import EventFactory, Outbox
-from dangol_edge.gallery import Gallery
 from dangol_edge.menu_text import available_items, choose_picks
 from dangol_edge.screen import Screen
-from dangol_edge.state import StateStore
 from dangol_edge.tracker import Decision
 from dangol_edge.web import create_app
 from dangol_edge.workers import ArrivalWorker, Stats
-from dangol_protocol import Catalogue, Consent, Menu
+from dangol_protocol import Catalogue, Menu
 
 STORE, DEVICE = uuid.uuid4(), uuid.uuid4()
 ITEMS = [("croissant", "Croissant", "Bakery", 2.5, True), ("porridge", "Porridge", "Breakfast", 4.0, True),
@@ -67,21 +63,12 @@ def test_the_rules_of_the_one_place():
 
 
 @pytest.fixture
-def door(tmp_path, monkeypatch):
-    """Gallery with Mina, the cache with catalogue + her menu (with day-parts), screen and web app."""
-    for k in ("DANGOL_HOME", "DANGOL_MQTT_URL", "DANGOL_DISPLAY__PICKS"):
-        monkeypatch.delenv(k, raising=False)
-    config = EdgeConfig(home=tmp_path / "home", display=DisplayConfig(picks=6))
-    state = StateStore(config.state_path).open()
-    gallery = Gallery(config.gallery_path, "0" * 64).open()
-    e = np.random.default_rng(1).standard_normal((1, 128)).astype(np.float32)
-    mina = gallery.enroll("Mina Park", e / np.linalg.norm(e), consent=Consent(recorded_by="Jo", recorded_at=datetime.now(timezone.utc),
-                                                                         text_version="1"))
+def door(door_with_mina):
+    """Gallery with Mina, the cache with catalogue + her menu (with day-parts)."""
+    config, state, gallery, mina = door_with_mina
     assert state.put_catalogue(catalogue())
-    assert state.put_menu(menu(mina.id, {"breakfast": MORNING, "afternoon": AFTERNOON}))
-    yield config, state, gallery, mina.id
-    gallery.close()
-    state.close()
+    assert state.put_menu(menu(mina, {"breakfast": MORNING, "afternoon": AFTERNOON}))
+    return door_with_mina
 
 
 @pytest.mark.parametrize("hour, expected", [(8, ["Croissant", "Porridge"]), (15, ["Scone", "Iced tea"])])
