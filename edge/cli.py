@@ -284,11 +284,9 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import check_daemon_settings
     from .daemon import Appliance
 
-    cfg = _config(args)
-    check_daemon_settings(cfg, camera_source=args.source)  # a typo exits 2 instead of being retried for ever
+    cfg = _config(args)  # Appliance.start checks the settings first (check_daemon_settings, --source included)
     return Appliance(cfg, source=args.source).run()
 
 
