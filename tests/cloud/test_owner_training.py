@@ -82,6 +82,8 @@ def test_retrain_now_shows_progress_and_result(browser, site, tmp_path):
     assert "details" in page.inner_text("#training")
     page.click("#train-now")
     page.wait_for_url(base + "/train/job")
-    assert "left" in page.inner_text("#train-numbers") or page.get_attribute("#train-job", "data-state") != "running"
+    numbers = page.inner_text("#train-numbers")  # estimated from the first run: "about N s left", or past it
+    assert ("left" in numbers or "taking longer than last time" in numbers
+            or page.get_attribute("#train-job", "data-state") != "running"), numbers
     assert _wait_done(page) == "done"
     page.context.close()
