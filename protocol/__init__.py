@@ -15,6 +15,10 @@ topic                                               direction       retained  Qo
 
 An empty retained payload on a catalogue or menu topic means "deleted" (the cloud clears a retained
 menu when a customer is erased); check :func:`is_retained_clear` before :func:`parse_payload`.
+
+The models forbid unknown fields when our code builds or validates them; :func:`parse_payload`, which reads a
+received message, first drops the fields this version does not know (forward compatibility, see
+:mod:`dangol_protocol.lenient`) and counts them (:func:`unknown_field_counts`).
 """
 
 from dangol_protocol.models import (
@@ -62,7 +66,7 @@ from dangol_protocol.topics import (
     ALL_DEVICE_EVENTS,
     ALL_DEVICE_STATUS,
 )
-from dangol_protocol.parse import PayloadError, is_retained_clear, parse_payload
+from dangol_protocol.parse import PayloadError, is_retained_clear, parse_payload, unknown_field_counts
 
 __all__ = [
     "ALL_DEVICE_EVENTS",
@@ -109,4 +113,5 @@ __all__ = [
     "parse_topic",
     "status_topic",
     "store_subscriptions",
+    "unknown_field_counts",
 ]

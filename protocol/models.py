@@ -1,7 +1,10 @@
 """Pydantic v2 models of every MQTT payload (``schema`` ``<name>/1``).
 
-All models forbid unknown fields (a typo is an error, not silently ignored), ids are UUIDs and
-timestamps are timezone-aware datetimes (naive input is rejected). Serialise with :func:`dump_payload`.
+All models forbid unknown fields (a typo in the code that builds one is an error, not silently ignored), ids
+are UUIDs and timestamps are timezone-aware datetimes (naive input is rejected). Serialise with
+:func:`dump_payload`. A *received* message is read with :func:`dangol_protocol.parse_payload`, which first drops
+the fields these models do not know (a newer sender's additions; :mod:`dangol_protocol.lenient`), so a new
+optional field never makes an older reader refuse a message; a change of meaning bumps the schema version.
 """
 
 from __future__ import annotations
@@ -302,8 +305,9 @@ class Health(_Model):
     #: ``failing`` once recognition failed on several frames in a row (the edge's watchdog then starves)
     recognition: Literal["ok", "failing"] | None = None
     #: ``unreadable`` while the cached catalogue cannot be parsed (the door shows no house menu until the next
-    #: catalogue arrives); optional, so a cloud reads older devices' health unchanged. Upgrade the cloud first:
-    #: an older cloud refuses a status carrying it (extra fields are forbidden).
+    #: catalogue arrives); optional, so a cloud reads older devices' health unchanged. A cloud whose
+    #: :func:`dangol_protocol.parse_payload` drops unknown fields reads a newer device's status without it; only
+    #: a cloud from before that (which forbade them) refuses it: see docs/mqtt.md, "Changing a payload".
     catalogue: Literal["ok", "unreadable"] | None = None
 
 

@@ -1,18 +1,33 @@
-"""Validate a received MQTT message against the topic it arrived on."""
+"""Validate a received MQTT message against the topic it arrived on.
+
+Order of the checks in :func:`parse_payload`: the topic; the size cap (:data:`MAX_PAYLOAD_BYTES`,
+:data:`MAX_DEVICE_PAYLOAD_BYTES`) and the nesting cap (:data:`MAX_JSON_DEPTH`), both on the raw bytes before any
+decoding; the JSON; the ``schema`` string (an unknown name or version is refused); then the fields this version
+does not know are dropped (:mod:`dangol_protocol.lenient`: forward compatibility, so an older reader accepts a
+newer sender's additive optional fields) and counted (:func:`unknown_field_counts`) and logged (the first time a
+name is seen at INFO, then at DEBUG); the rest is validated by the strict models; last, the ids against the topic.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
+from collections import Counter
 from typing import Any
 
 from pydantic import ValidationError
 
-from dangol_protocol.models import EVENT_ADAPTER, Catalogue, Erasures, Menu, Payload, Status
+from dangol_protocol.lenient import strip_unknown
+from dangol_protocol.models import Catalogue, Erasures, Event, EVENT_ADAPTER, Menu, Payload, Status
 from dangol_protocol.topics import TopicError, TopicKind, parse_topic
 
-__all__ = ["MAX_DEVICE_PAYLOAD_BYTES", "MAX_JSON_DEPTH", "MAX_PAYLOAD_BYTES", "PayloadError", "is_retained_clear",
-           "json_depth_exceeds", "parse_payload"]
+__all__ = ["MAX_COUNTED_NAMES", "MAX_DEVICE_PAYLOAD_BYTES", "MAX_JSON_DEPTH", "MAX_LOGGED_NAMES",
+           "MAX_PAYLOAD_BYTES", "OTHER_NAMES", "PayloadError", "is_retained_clear", "json_depth_exceeds",
+           "parse_payload", "unknown_field_counts"]
+
+log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 1 << 20
 """Cloud → edge payloads (catalogue, menus, erasures) above 1 MiB are refused before JSON decoding."""
@@ -26,7 +41,19 @@ MAX_JSON_DEPTH = 16
 is 4. Checked before :func:`json.loads`, whose recursive decoder raises RecursionError (not a
 JSONDecodeError) on ``[`` × 200,000 and would otherwise stall whoever parses it."""
 
+MAX_LOGGED_NAMES = 10
+"""Most distinct dropped field names one log line lists (then "and N more")."""
+
+MAX_COUNTED_NAMES = 256
+"""Most distinct ``"<schema> <path>"`` keys :func:`unknown_field_counts` keeps; later new names are counted
+together under ``"(other)"``, so a sender inventing names cannot grow the process's memory."""
+
+OTHER_NAMES = "(other)"
+"""The :func:`unknown_field_counts` key of the names dropped after :data:`MAX_COUNTED_NAMES` were counted."""
+
 _SPECIAL = re.compile(rb'["\\\\\[\]{}]')
+_unknown_counts: Counter[str] = Counter()
+_unknown_lock = threading.Lock()
 
 
 class PayloadError(ValueError):
@@ -89,10 +116,38 @@ def _short_errors(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+def unknown_field_counts() -> dict[str, int]:
+    """How many times each unknown field was dropped from a received payload since the process started, keyed
+    ``"<schema> <path>"`` (``"catalogue/1 items[].allergens"``; at most :data:`MAX_COUNTED_NAMES` keys, then
+    ``"(other)"``). A snapshot: a newer sender's fields, or a hostile one's, show up here."""
+    with _unknown_lock:
+        return dict(_unknown_counts)
+
+
+def _note_dropped(topic: str, schema: str, dropped: list[str]) -> None:
+    """Count the dropped names and log them once per message: INFO if one was never counted before, else DEBUG."""
+    per_message = Counter(dropped)
+    fresh = False
+    with _unknown_lock:
+        for name, count in per_message.items():
+            key = f"{schema} {name}"
+            if key not in _unknown_counts and len(_unknown_counts) >= MAX_COUNTED_NAMES:
+                key = OTHER_NAMES
+            fresh = fresh or key not in _unknown_counts
+            _unknown_counts[key] += count
+    names = [f"{name} ({count})" if count > 1 else name
+             for name, count in list(per_message.items())[:MAX_LOGGED_NAMES]]
+    more = len(per_message) - len(names)
+    log.log(logging.INFO if fresh else logging.DEBUG, "%s on %r: dropped %d unknown fields: %s%s", schema, topic,
+            len(dropped), ", ".join(names), f" and {more} more" if more > 0 else "")
+
+
 def parse_payload(topic: str, payload: bytes) -> Payload:
     """Decode and validate ``payload`` (UTF-8 JSON bytes) received on ``topic``.
 
-    The ``schema`` field must match the topic (``catalogue/1`` on ``.../catalogue``, ``menu/1`` on
+    Fields this version does not know are dropped, at any depth, and counted (:func:`unknown_field_counts`):
+    a newer sender's additive fields are ignored, never an error (:mod:`dangol_protocol.lenient`). The
+    ``schema`` field must match the topic (``catalogue/1`` on ``.../catalogue``, ``menu/1`` on
     ``.../menus/{customer}``, ``erasures/1``, ``event/1`` on ``.../events``, ``status/1``), and the ids in
     the payload must match the ids in the topic (``store_id``, ``customer_id``, ``device_id``), so a device
     cannot speak for another one.
@@ -104,8 +159,8 @@ def parse_payload(topic: str, payload: bytes) -> Payload:
     Raises:
         PayloadError: unknown topic, empty, oversized (:data:`MAX_DEVICE_PAYLOAD_BYTES` for events and
             status, :data:`MAX_PAYLOAD_BYTES` otherwise), too deeply nested (:data:`MAX_JSON_DEPTH`),
-            non-UTF-8 or non-JSON payload, wrong or missing
-            ``schema``, a field that fails validation, or an id that disagrees with the topic.
+            non-UTF-8 or non-JSON payload, wrong or missing ``schema`` (an unknown version included), a known
+            field that fails validation, or an id that disagrees with the topic.
     """
     try:
         parsed = parse_topic(topic)
@@ -133,6 +188,9 @@ def parse_payload(topic: str, payload: bytes) -> Payload:
         TopicKind.ERASURES: Erasures,
         TopicKind.STATUS: Status,
     }.get(parsed.kind)
+    data, dropped = strip_unknown(Event if model is None else model, data)
+    if dropped:
+        _note_dropped(topic, expected, dropped)
     try:
         result = EVENT_ADAPTER.validate_python(data) if model is None else model.model_validate(data)
     except ValidationError as exc:

@@ -82,7 +82,6 @@ def _arrival(**changes):
     (_arrival(kind="departure"), "does not match any of the expected tags"),
     (_arrival(confidence=1.7), "confidence"),
     (_arrival(ts="2026-01-05T08:30:00"), "ts"),          # naive timestamps are refused
-    (_arrival(extra_field=1), "extra_field"),
     (_arrival(device_id=str(uuid.uuid4())), "does not match the topic"),
     (_arrival(event_id="42"), "event_id"),
 ])
@@ -92,6 +91,15 @@ def test_parse_payload_refuses_bad_payloads_naming_topic_and_reason(raw, reason)
         p.parse_payload(topic, raw)
     assert topic in str(info.value) and reason in str(info.value)
     assert info.value.topic == topic
+
+
+def test_an_unknown_field_is_dropped_and_the_known_ones_still_checked():
+    """Forward compatibility (:mod:`dangol_protocol.lenient`): a newer sender's extra field is dropped, not an
+    error; the same payload with a bad known field is still refused."""
+    event = p.parse_payload(p.events_topic(DEVICE), _arrival(extra_field=1))
+    assert isinstance(event, p.ArrivalEvent) and "extra_field" not in event.model_dump()
+    with pytest.raises(p.PayloadError, match="confidence"):
+        p.parse_payload(p.events_topic(DEVICE), _arrival(extra_field=1, confidence=1.7))
 
 
 def test_menu_for_another_customer_is_refused():
