@@ -21,6 +21,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.models import CatalogueItem, ProductMapping, Purchase, Visit
+from dangol_cloud.store_zones import store_zones
 
 __all__ = ["Analytics", "REVENUE_MAX_LINES", "compute", "data_range"]
 
@@ -105,9 +106,14 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
     with ``store_id`` (one id, or a collection of ids: a staff user's stores; empty = none) only those stores'
     arrivals and sales. None: every store.
 
-    Hours, weekdays and trend days are in time zone ``tz`` (IANA name).
+    Hours, weekdays and trend days are in time zone ``tz`` (IANA name), each store's arrivals and sales in the
+    store's own zone where it has one (:mod:`dangol_cloud.store_zones`: 08:00 is breakfast in every store).
+
+    Raises:
+        ValueError: a store's own zone is unknown.
     """
     zone = ZoneInfo(tz)
+    own = {store: ZoneInfo(name) for store, name in store_zones(session).items()}
     if until is None:
         until = now or datetime.now(zone)
     if since is None:
@@ -117,20 +123,20 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
     result.bucket = "month" if span > timedelta(days=730) else "week" if span > timedelta(days=120) else "day"
     trend: dict[date, list] = {}
 
-    def slot(ts: datetime) -> list:
-        key = _bucket_start(ts.astimezone(zone).date(), result.bucket)
+    def slot(ts: datetime, store: str | None) -> list:
+        key = _bucket_start(ts.astimezone(own.get(store, zone)).date(), result.bucket)
         return trend.setdefault(key, [0, 0, 0, 0.0, False])
 
     stores = None if store_id is None else [store_id] if isinstance(store_id, str) else sorted(store_id)
     visit_where = [Visit.ts >= since, Visit.ts < until] + ([Visit.store_id.in_(stores)] if stores is not None else [])
-    visits = session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items)
+    visits = session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items, Visit.store_id)
                              .where(*visit_where)).all()
     regulars = set()
-    for _vid, ts, customer_id, _ in visits:
-        local = ts.astimezone(zone)
+    for _vid, ts, customer_id, _, store in visits:
+        local = ts.astimezone(own.get(store, zone))
         result.visits_by_hour[local.hour] += 1
         result.visits_by_weekday[local.weekday()] += 1
-        row = slot(ts)
+        row = slot(ts, store)
         row[0] += 1
         if customer_id:
             result.recognised += 1
@@ -151,18 +157,20 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
                           .order_by(func.sum(Purchase.quantity).desc(), CatalogueItem.name).limit(10)).all()
     result.top_items = [(name, float(q)) for name, q in top]
     # shop visits (baskets) by time: one row per distinct timestamp with its number of customers
-    for ts, baskets in session.execute(select(Purchase.ts, func.count(func.distinct(Purchase.customer_id)))
-                                       .where(in_window).group_by(Purchase.ts)):
-        local = ts.astimezone(zone)
+    for ts, store, baskets in session.execute(
+            select(Purchase.ts, Purchase.store_id, func.count(func.distinct(Purchase.customer_id)))
+            .where(in_window).group_by(Purchase.ts, Purchase.store_id)):
+        local = ts.astimezone(own.get(store, zone))
         result.heatmap[local.weekday()][local.hour] += baskets
         result.heatmap_has_times |= local.time() != time(0)
-        slot(ts)[2] += baskets
+        slot(ts, store)[2] += baskets
     result.lines = session.scalar(select(func.count()).select_from(Purchase).where(in_window)) or 0
     if 0 < result.lines <= REVENUE_MAX_LINES:
         total, any_amount = 0.0, False
-        for ts, amount in session.execute(select(Purchase.ts, Purchase.amount).where(in_window)):
+        for ts, store, amount in session.execute(select(Purchase.ts, Purchase.store_id, Purchase.amount)
+                                                 .where(in_window)):
             if amount is not None:
-                row = slot(ts)
+                row = slot(ts, store)
                 row[3] += amount
                 row[4] = any_amount = True
                 total += amount

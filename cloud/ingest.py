@@ -184,7 +184,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         rows: an iterator from :func:`dangol_cloud.importers.parse_purchases` (or equivalent).
         source: label for the report and the purchases' ``source`` column (e.g. ``"ta-feng"``, ``"csv"``).
         key_prefix: idempotency key prefix (the format name: the same file imported twice is a no-op).
-        tz: IANA time zone in which naive row timestamps are local time (stored as UTC).
+        tz: IANA time zone in which naive row timestamps are local time (stored as UTC); rows of a store with
+            its own zone (:func:`dangol_cloud.store_zones.store_zones`) are read in that zone.
         customer_status: status of customers created for unknown refs.
         store_id: default store for rows without a (known) store ref.
         allowed_stores: the store ids rows may name (a staff upload: a row naming a known store outside them is
@@ -194,12 +195,14 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         ImportReport with counts and row errors (line numbers, messages).
 
     Raises:
-        ValueError: ``store_id`` is not one of ``allowed_stores``.
+        ValueError: ``store_id`` is not one of ``allowed_stores``; a store's own zone is unknown.
     """
     if allowed_stores is not None and store_id is not None and store_id not in allowed_stores:
         raise ValueError(f"store {store_id!r} is outside the import's allowed stores")
     started = time.monotonic()
-    zone = ZoneInfo(tz)
+    from dangol_cloud.store_zones import store_zones
+
+    zones = {None: ZoneInfo(tz)} | {store: ZoneInfo(name) for store, name in store_zones(session).items()}
     report = ImportReport(source=source)
     resolver = _Resolver(session, create_customer_status=customer_status, customer_source=customer_source)
     resolver.product_source = source
@@ -235,7 +238,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             "product_id": row.product_id,
             "quantity": row.quantity,
             "amount": row.amount,
-            "ts": (row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=zone)).astimezone(timezone.utc),
+            "ts": (row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=zones.get(store, zones[None])))
+            .astimezone(timezone.utc),
             "store_id": store,
         }
         first = purchase_key(key_prefix, **values)

@@ -184,8 +184,11 @@ class MenuSetting(Base):
 
 
 class StoreSetting(Base):
-    """A store's own settings: ``currency`` (ISO 4217) of its sales and prices; None = the ``CURRENCY`` setting."""
+    """A store's own settings: ``currency`` (ISO 4217) of its sales and prices; ``timezone`` (IANA, e.g.
+    ``Asia/Taipei``) its wall clock — naive sale times of its imports, the hours of its purchases in training and
+    the day-part clock of its doors. None = the ``CURRENCY`` / ``TIMEZONE`` setting."""
 
     __tablename__ = "store_settings"
     store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True)
     currency: Mapped[str | None] = mapped_column(String(3))
+    timezone: Mapped[str | None] = mapped_column(String(64))

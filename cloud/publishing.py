@@ -151,24 +151,28 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
 
     Args:
         currency: the ``CURRENCY`` setting, for stores without their own currency.
-        timezone: the IANA zone the day-parts of the menus were trained in (the ``TIMEZONE`` setting: training
-            reads purchase hours in it, for every store), sent as ``timezone`` so the door reads the day-part's
-            hour on the same clock; None sends none (the box's local time decides).
+        timezone: the IANA zone the day-parts of the menus were trained in for stores without their own zone
+            (the ``TIMEZONE`` setting: training reads those stores' purchase hours in it), sent as ``timezone`` so
+            the door reads the day-part's hour on the same clock; None sends none (the box's local time decides).
+            A store with its own zone (:mod:`dangol_cloud.store_zones`) always gets that zone.
 
     Raises:
         pydantic.ValidationError: ``timezone`` is not a known IANA zone.
+        ValueError: a store's own zone is unknown (:func:`dangol_cloud.store_zones.store_zones`).
     """
     version = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     if version is None:
         return
     from dangol_cloud.models import StoreSetting
+    from dangol_cloud.store_zones import store_zones
 
     own = dict(session.execute(select(StoreSetting.store_id, StoreSetting.currency)
                                .where(StoreSetting.currency.is_not(None))).all())
-    for store in stores:  # each store's own currency (Stores page) or the CURRENCY setting
+    zones = store_zones(session)
+    for store in stores:  # each store's own currency and zone (Stores page) or the CURRENCY / TIMEZONE setting
         payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version,
                                   currency=own.get(store.id, currency),
-                                  published_at=version.published_at, timezone=timezone,
+                                  published_at=version.published_at, timezone=zones.get(store.id, timezone),
                                   items=[proto.CatalogueItem.model_validate(i) for i in version.items])
         yield proto.catalogue_topic(store.id), proto.dump_payload(payload), True
 

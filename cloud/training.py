@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 from sqlalchemy import delete, insert, select
@@ -23,6 +22,7 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu, MenuDayparts, ModelVersion, Purchase,
                                  utcnow)
 from dangol_cloud.settings import Settings
+from dangol_cloud.store_zones import local_times, store_zones
 from dangol_cloud.training_menus import choose_picks, daypart_menus, pick_rows, refresh_menus, welcome_regulars
 
 __all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus",
@@ -48,7 +48,7 @@ def load_frames(session: Session, tz: str = "UTC", *, units: bool = False) -> tu
 
     Returns:
         (interactions, items): interactions with ``customer`` (customer id), ``item`` (item id), ``ts``
-        (datetime64[ns], local time in ``tz``), ``quantity`` (float), ``store`` (store id or "") [, ``unit``];
+        (datetime64[ns], local time in the store's own zone, else in ``tz``: :mod:`dangol_cloud.store_zones`), ``quantity`` (float), ``store`` (store id or "") [, ``unit``];
         items with ``item``, ``category``, ``price`` (NaN if unknown), ``tags`` (list[str]) and
         ``available`` (False for unavailable or retired items).
     """
@@ -60,10 +60,9 @@ def load_frames(session: Session, tz: str = "UTC", *, units: bool = False) -> tu
         amount = pd.to_numeric(interactions.pop("amount"), errors="coerce")
         quantity = pd.to_numeric(interactions["quantity"], errors="coerce")
         interactions["unit"] = (amount / quantity).where(quantity > 0)
-    if len(interactions):
-        ts = pd.to_datetime(interactions["ts"], utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None)
-        interactions["ts"] = ts.astype("datetime64[ns]")
     interactions["store"] = interactions["store"].fillna("")
+    if len(interactions):
+        interactions["ts"] = local_times(interactions["ts"], interactions["store"], store_zones(session), tz)
     items = pd.DataFrame([
         {"item": i.id, "category": i.category, "price": float("nan") if i.price is None else i.price,
          "tags": list(i.tags or []), "available": bool(i.available and not i.retired)}

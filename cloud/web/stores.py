@@ -6,16 +6,17 @@ letters; erasures a device asked for, which an owner confirms (erased everywhere
 from __future__ import annotations
 
 import re
+from zoneinfo import available_timezones
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import dangol_protocol as proto
 
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import complete_if_done, pending_erasures
-from dangol_cloud.models import Device, Store, StoreSetting, new_id
+from dangol_cloud.models import Device, Purchase, Store, StoreSetting, new_id
 from dangol_cloud.security import hash_token, mosquitto_hash, new_secret
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm, DeviceForm, StoreForm
@@ -41,9 +42,11 @@ def index():
             return render_template("store_created.html", store=store, token=token)
     stores = s.scalars(select(Store).order_by(Store.name)).all()
     currencies = dict(s.execute(select(StoreSetting.store_id, StoreSetting.currency)).all())
+    zones = dict(s.execute(select(StoreSetting.store_id, StoreSetting.timezone)).all())
     presence = _devices.device_presence(s, [d for store in stores for d in store.devices])
     return render_template("stores.html", stores=stores, form=form, device_form=DeviceForm(), action=ActionForm(),
-                           currencies=currencies, presence=presence, **_trust_context(s))
+                           currencies=currencies, zones=zones, zone_names=sorted(available_timezones()),
+                           default_zone=get_settings().timezone, presence=presence, **_trust_context(s))
 
 
 @bp.route("/<store_id>/currency", methods=["POST"])
@@ -63,6 +66,37 @@ def set_currency(store_id: str):
     s.add(row)
     s.commit()
     flash(f"{store.name}: amounts are shown in {code or get_settings().currency}.", "success")
+    return redirect(url_for("stores.index"))
+
+
+@bp.route("/<store_id>/timezone", methods=["POST"])
+@owner_required
+def set_timezone(store_id: str):
+    """POST /stores/<id>/timezone: the store's IANA time zone (e.g. Asia/Taipei) for a chain across zones; empty =
+    the TIMEZONE setting. Its later imports read naive sale times in it, training reads its sales' hours in it and
+    its doors get it (their day-part clock) with the next publish (:mod:`dangol_cloud.store_zones`)."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    store = s.get(Store, store_id) or abort(404)
+    name = (request.form.get("timezone") or "").strip()
+    if name:
+        try:
+            proto.check_zone(name)
+        except ValueError as exc:
+            flash(f"Time zone: {exc}. Use a name of the IANA list, e.g. Europe/Berlin or Asia/Taipei.", "error")
+            return redirect(url_for("stores.index"))
+    row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
+    before = row.timezone or get_settings().timezone
+    row.timezone = name or None
+    s.add(row)
+    s.commit()
+    now = name or get_settings().timezone
+    sold = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.store_id == store.id)) or 0
+    note = (f" Its {sold:,} sales already stored keep their moment in time; those imported from files without a "
+            f"time zone were read as {before} time." if sold and now != before else "")
+    flash(f"{store.name}: sales hours and door day-parts follow {now}. Its doors get it with the next Publish "
+          f"(Menu catalogue).{note}", "success")
     return redirect(url_for("stores.index"))
 
 
