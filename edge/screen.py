@@ -4,6 +4,10 @@ Screens: ``house`` (the house menu from the catalogue), ``welcome`` (a customer'
 until ``until`` then back to house) and ``enrol`` (staff enrolment progress with the pending short code).
 No face image is ever part of a screen. Every change bumps ``version``; the web page's server-sent
 events stream waits on :meth:`Screen.wait` and pushes each new snapshot at once.
+
+Apart from the screen, it keeps how the last sign-up ended (:meth:`Screen.last_signup`, one value, replaced by the
+next ending and forgotten when a new sign-up is asked for or starts), for the staff page: the door shows a failure
+for a few seconds only.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+
+#: Enrolment stages that end a sign-up (see :meth:`Screen.show_enrolment`).
+SIGNUP_ENDINGS = ("pending", "cancelled", "failed", "not-saved")
 
 
 class Screen:
@@ -26,6 +33,7 @@ class Screen:
         self._version = 0
         self._state: dict[str, Any] = {"screen": "house"}
         self._until: float | None = None
+        self._signup: dict[str, Any] | None = None  # how the last sign-up ended, "at" on the clock (seconds)
         self.changed_at = clock()
 
     def _set(self, state: dict[str, Any], until: float | None = None) -> int:
@@ -67,9 +75,38 @@ class Screen:
         """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
         far), ``pending`` (with ``code``), ``cancelled``, ``failed`` (``why``: ``none``, ``several`` or ``few``,
         :meth:`dangol_edge.enrol.SampleCollector.shortfall_kind`) or ``not-saved`` (the gallery could not be
-        written); shown for ``seconds`` (None: until the next change)."""
-        return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples, "wanted": wanted,
-                          "why": why}, None if seconds is None else self._clock() + seconds)
+        written); shown for ``seconds`` (None: until the next change). A failure gives ``samples`` and ``wanted``
+        too: the good snapshots taken and the pool needed.
+
+        ``capturing`` forgets the last sign-up's ending; an ending (:data:`SIGNUP_ENDINGS`) replaces it
+        (:meth:`last_signup`)."""
+        with self._cond:
+            if stage == "capturing":
+                self._signup = None
+            elif stage in SIGNUP_ENDINGS:
+                self._signup = {"stage": stage, "why": why, "samples": samples, "wanted": wanted, "code": code,
+                                "at": self._clock()}
+            return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples,
+                              "wanted": wanted, "why": why}, None if seconds is None else self._clock() + seconds)
+
+    def forget_signup(self) -> None:
+        """Forget how the last sign-up ended (a new one was asked for); the screen itself does not change."""
+        with self._cond:
+            self._signup = None
+
+    def last_signup(self) -> dict[str, Any] | None:
+        """How the last sign-up ended, or None (none ended since this process started, or one was asked for since).
+
+        Returns:
+            ``{"stage", "why", "samples", "wanted", "code", "age_s"}``: the arguments of the ending's
+            :meth:`show_enrolment` and ``age_s``, seconds since it ended (on this screen's clock).
+        """
+        with self._cond:
+            if self._signup is None:
+                return None
+            last = dict(self._signup)
+        last["age_s"] = max(0.0, self._clock() - last.pop("at"))
+        return last
 
     def tick(self) -> None:
         """Return to the house menu when a timed screen has expired (call regularly)."""

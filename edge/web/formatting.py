@@ -9,7 +9,7 @@ from dangol_protocol import Catalogue
 
 from ..menu_text import available_items
 
-__all__ = ["ago", "format_price", "greeting", "house_menu", "visible_picks"]
+__all__ = ["ago", "format_price", "greeting", "house_menu", "seconds_ago", "visible_picks"]
 
 _SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "KRW": "₩", "JPY": "¥", "CNY": "¥", "INR": "₹",
             "AUD": "A$", "CAD": "C$", "NZD": "NZ$", "CHF": "CHF ", "SEK": "kr ", "NOK": "kr ", "DKK": "kr "}
@@ -86,9 +86,20 @@ def ago(iso: str | None, now: datetime) -> str:
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
     secs = (ts - now).total_seconds()
-    m = int(abs(secs) // 60)
-    text = "just now" if m < 1 else f"{m} min" if m < 60 else (
-        f"{m // 60} h {m % 60} min" if m < 24 * 60 else f"{m // 1440} d {m // 60 % 24} h")
+    text = _span(secs)
     if text == "just now":
         return text
     return f"in {text}" if secs > 0 else f"{text} ago"
+
+
+def seconds_ago(secs: float) -> str:
+    """'just now' (under a minute) / '2 min ago' / '1 h 5 min ago' for something ``secs`` seconds in the past."""
+    text = _span(secs)
+    return text if text == "just now" else f"{text} ago"
+
+
+def _span(secs: float) -> str:
+    """'just now' (under a minute either way), '5 min', '3 h 10 min' or '2 d 4 h' for ``secs`` seconds."""
+    m = int(abs(secs) // 60)
+    return "just now" if m < 1 else f"{m} min" if m < 60 else (
+        f"{m // 60} h {m % 60} min" if m < 24 * 60 else f"{m // 1440} d {m // 60 % 24} h")

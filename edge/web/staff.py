@@ -17,7 +17,7 @@ from dangol_protocol import Consent
 
 from ..gallery import Customer, UnknownCustomer
 from .deps import deps
-from .formatting import ago
+from .formatting import ago, seconds_ago
 from .menu import read_catalogue
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ bp = Blueprint("staff", __name__, url_prefix="/staff")
 
 #: How long a staff sign-in lasts, seconds.
 STAFF_SESSION_S = 12 * 3600
+#: How long the sign-up card tells how the last sign-up ended (did not work, cancelled, not saved), seconds; it stops
+#: sooner when a new sign-up is asked for.
+SIGNUP_OUTCOME_S = 10 * 60
 #: What staff are told when the event for the cloud could not be saved (the outbox holds and retries it).
 NOT_SAVED = ("telling the cloud failed (this device cannot write its storage) — the message is kept and retried "
              "every minute while the device runs; check the device's storage if this repeats.")
@@ -73,7 +76,7 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
     snap = d.screen.snapshot()
     signup = {"available": d.on_signup is not None,
               "capturing": snap.get("screen") == "enrol" and snap.get("stage") == "capturing",
-              "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0)}
+              "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0), "last": last_signup()}
     catalogue_unreadable = read_catalogue(d) is None and d.state.catalogue_read_errors > 0
     storage = d.storage() if d.storage is not None else "ok"
     return render_template("staff.html", pending=pending, active=active, errors=errors or {},
@@ -81,6 +84,16 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
                            values=values or {}, text_version=d.text_version, pin=d.pin is not None, signup=signup,
                            staff_name=session.get("staff_name", ""),
                            exposed=d.config.display.host not in ("127.0.0.1", "localhost", "::1")), status
+
+
+def last_signup() -> dict | None:
+    """How the last sign-up ended, for the sign-up card: :meth:`~dangol_edge.screen.Screen.last_signup` with
+    ``ago`` ("just now", "2 min ago"), when it did not work (``failed``, with ``why``), was ``cancelled`` or
+    ``not-saved`` less than :data:`SIGNUP_OUTCOME_S` seconds ago; else None (a ``pending`` one is on its own card)."""
+    last = deps().screen.last_signup()
+    if last is None or last["stage"] == "pending" or last["age_s"] >= SIGNUP_OUTCOME_S:
+        return None
+    return {**last, "ago": seconds_ago(last["age_s"])}
 
 
 def lookup(customer_id: str, status: str) -> Customer | None:
@@ -117,6 +130,7 @@ def signup():
         return staff_page(409, {"_": "Sign-ups cannot be started here: no camera is running on this device."})
     if not d.on_signup("enrol"):
         return staff_page(503, {"_": "The device is busy — nothing was started. Please try again in a moment."})
+    d.screen.forget_signup()  # the card stops telling how the last one ended now, not once the camera thread starts
     flash("Sign-up started: ask the customer to look at the camera by the door. The door screen counts the "
           "snapshots, then shows a code; the sign-up appears below.", "success")
     return redirect(url_for("staff.index"))

@@ -4,9 +4,11 @@
 :class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``)
 —pool full→ ``pending`` (stored unsearchable with a short code; a ``pending`` enrolment event goes to the cloud),
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
-no good face, faces that did not agree, or too few), or ``not-saved`` when the gallery cannot be written (disk
+no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
+snapshots taken out of the pool needed), or ``not-saved`` when the gallery cannot be written (disk
 full: the sign-up ends, health reports the storage, nothing half-written stays); the button's long press or the
-staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Steps run on the recognition
+staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. How a sign-up ended stays on the
+:class:`~dangol_edge.screen.Screen` for the staff page until the next one starts. Steps run on the recognition
 thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
 
@@ -101,12 +103,20 @@ class ButtonEnrolment:
                 log.info("enrolment cancelled")
                 self._finish("cancelled", seconds=3)
 
-    def _finish(self, stage: str, code: str | None = None, seconds: float | None = None,
-                why: str | None = None) -> None:
+    def _finish(self, stage: str, code: str | None = None, seconds: float | None = None, **shown) -> None:
+        """End the sign-up: the door screen shows ``stage`` for ``seconds`` (``shown``: more
+        :meth:`~dangol_edge.screen.Screen.show_enrolment` arguments), the button's LED goes off."""
         self._collector = None
-        self.screen.show_enrolment(stage, code, seconds=seconds, why=why)
+        self.screen.show_enrolment(stage, code, seconds=seconds, **shown)
         if self.button:
             self.button.done()
+
+    def _fail(self, col: SampleCollector, note: str = "") -> None:
+        """End the sign-up as ``failed`` at ``enrol.max_frames``: the door screen (for 5 seconds) and the staff page
+        get :meth:`~dangol_edge.enrol.SampleCollector.shortfall_kind` and the good snapshots taken of the pool
+        needed; the log the whole :meth:`~dangol_edge.enrol.SampleCollector.shortfall`."""
+        self._finish("failed", seconds=5, why=col.shortfall_kind(), samples=len(col.candidates), wanted=col.pool)
+        log.warning("enrolment failed: %s%s", col.shortfall(self.config.enrol.max_frames), note)
 
     def _storage(self, state: str) -> None:
         if self.stats is not None:
@@ -129,14 +139,12 @@ class ButtonEnrolment:
                     self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
         except Exception:
             if self._frames >= cfg.max_frames:
-                self._finish("failed", seconds=5, why=col.shortfall_kind())
-                log.warning("enrolment failed: %s (the last frames failed)", col.shortfall(cfg.max_frames))
+                self._fail(col, " (the last frames failed)")
             raise
         if col.full:
             self._save(col)
         elif self._frames >= cfg.max_frames:
-            self._finish("failed", seconds=5, why=col.shortfall_kind())
-            log.warning("enrolment failed: %s", col.shortfall(cfg.max_frames))
+            self._fail(col)
 
     def _save(self, col: SampleCollector) -> None:
         cfg = self.config.enrol

@@ -64,6 +64,8 @@ def test_staff_page_cancels_a_sign_up_it_started(tmp_path, home, model_path, cli
         assert "Sign-up cancelled" in page.inner_text(".flash")
         assert wait_for(lambda: app.screen.snapshot().get("stage") == "cancelled", timeout=5)
         assert app.gallery.customers(status="pending") == []
+        page.goto(app.web.url.rstrip("/") + "/staff")   # the card still says so once the door screen moved on
+        assert "The last sign-up was cancelled just now; nothing was stored." in page.inner_text("#signup")
         page.close()
     finally:
         app.stop()
