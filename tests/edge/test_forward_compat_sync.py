@@ -13,23 +13,10 @@ from dangol_edge.state import StateStore
 from dangol_edge.sync import MQTTSync
 from dangol_protocol.topics import catalogue_topic, menu_topic
 from tests.broker import MosquittoBroker
-from tests.edge.test_sync import Cloud, catalogue, menu, wait_for
+from tests.edge.test_sync import Cloud, broker, catalogue, menu, state, wait_for  # noqa: F401 (fixtures)
 
 STORE = uuid.uuid4()
 DEVICE = uuid.uuid4()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
-
-
-@pytest.fixture
-def state(tmp_path):
-    s = StateStore(tmp_path / "state.sqlite").open()
-    yield s
-    s.close()
 
 
 def _future(raw: bytes, **top) -> bytes:
