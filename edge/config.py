@@ -327,11 +327,13 @@ def check_daemon_settings(config: EdgeConfig, source: str = "config", camera_sou
     Raises:
         ConfigError: ``camera.source`` names a path that is not there or not a camera, video or folder;
             ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not
-            tell the cloud who it is nor subscribe to its store's topics); or the model file exists without its
-            calibration file while ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`).
-            The message names ``source``.
+            tell the cloud who it is nor subscribe to its store's topics); the model file exists without its
+            calibration file while ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`);
+            or the YuNet detector file is missing or unreadable (:func:`~dangol_edge.detect.detector_file_problem`,
+            checked when ``detector.yunet_path`` is set or the model is there). The message names ``source``.
     """
     from .calibration import calibration_path, uncalibrated
+    from .detect import detector_file_problem
 
     if config.mqtt.url and (config.device.id is None or config.device.store_id is None):
         raise ConfigError(f"{source}: device.id and device.store_id are required when mqtt.url is set "
@@ -343,8 +345,11 @@ def check_daemon_settings(config: EdgeConfig, source: str = "config", camera_sou
     model = config.model_path
     if config.matcher.threshold is None and model.is_file() and not calibration_path(model).is_file():
         raise ConfigError(f"{source}: {uncalibrated(model)}")
-    # embedder.previous_model_path is not checked here: it matters only while the gallery still holds that
-    # model's templates, and then the upgrade refuses to start without its calibration (ModelUpgrade.start)
+    # the detector opens lazily, on the first frame: unchecked, the daemon would start, then fail on every frame
+    if problem := (config.detector.yunet_path is not None or model.is_file()) and detector_file_problem(
+            config.detector, model):
+        raise ConfigError(f"{source}: {problem}")
+    # embedder.previous_model_path: checked by ModelUpgrade.start, only while the gallery holds its templates
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from .config import DetectorConfig
 
 log = logging.getLogger(__name__)
 
-#: Keypoint order of MediaPipe face detection (the subject's right eye appears on the image's left).
 #: File name of the YuNet detector, which ``dangol-models build`` writes beside the embedder models.
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 
@@ -61,7 +60,38 @@ PHOTO_PAD_GREY = 128
 #: 0.25) with the border; the wrong boxes at 1280 px moved 0.26-1.1, at 1000 px as little as 0.15.
 PHOTO_SAME_EYES = 0.1
 
+#: Keypoint order of MediaPipe face detection (the subject's right eye appears on the image's left).
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
+
+
+def detector_file(config: DetectorConfig, model_path: str | Path) -> Path | None:
+    """The model file the detector backend loads: YuNet's ``.onnx`` (``config.yunet_path``, else :data:`YUNET_FILE`
+    beside the embedder ``model_path``, where ``dangol-models build`` writes it); None for MediaPipe (its models ship
+    inside its wheel)."""
+    if config.backend != "yunet":
+        return None
+    return Path(config.yunet_path or Path(model_path).parent / YUNET_FILE)  # as FaceDetector.beside
+
+
+def detector_file_problem(config: DetectorConfig, model_path: str | Path) -> str | None:
+    """Why the detector could not load its model file (:func:`detector_file`), or None when it is there and
+    readable (its content is checked when it is loaded). The message names the file and what to do."""
+    path = detector_file(config, model_path)
+    if path is None:
+        return None
+    fix = (f"copy {YUNET_FILE} (written by `dangol-models build` beside the embedder model) to {path}, or set "
+           "detector.yunet_path to where it is; `sudo scripts/install-edge --model PATH` copies it from beside PATH")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except FileNotFoundError:
+        return f"the face detector {path} is missing (detector.backend = \"yunet\" needs it): {fix}"
+    except OSError as exc:
+        return (f"the face detector {path} cannot be read ({exc.strerror or exc}): make it a file readable by the "
+                f"daemon's user (dangol), or {fix}")
+    if empty:
+        return f"the face detector {path} is empty (an interrupted copy?): {fix}"
+    return None
 
 
 @dataclass(frozen=True)

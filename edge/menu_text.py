@@ -5,9 +5,9 @@ Inputs are the protocol's objects as the cache keeps them (:class:`dangol_protoc
 
 1. **Day-part**: a menu with ``dayparts`` offers the current day-part's picks (:meth:`dangol_protocol.Menu.picks_at`:
    breakfast 05–10, lunch 11–13, afternoon 14–16, evening 17–04), else its all-day ``items``. The hour is read on
-   the clock the cloud trained the day-parts in: the catalogue's ``timezone`` (:func:`daypart_hour`), else (an
-   older cloud's catalogue) the box's local time. No menu (a regular the cloud has no menu for yet): the
-   catalogue's house items in catalogue order (cold start).
+   the clock the cloud trained the day-parts in: the catalogue's ``timezone`` (:func:`door_time`, which the door's
+   greeting and clock read too), else (an older cloud's catalogue) the box's local time. No menu (a regular the
+   cloud has no menu for yet): the catalogue's house items in catalogue order (cold start).
 2. **Available**: only items the current catalogue lists with ``available=true`` (no catalogue: nothing); any
    listed item, on the house menu or not.
 3. **Not disliked**: the cloud leaves disliked items out of the menus it publishes; ``disliked`` drops
@@ -25,30 +25,50 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from dangol_protocol import Catalogue, CatalogueItem, Menu
 
-__all__ = ["available_items", "choose_picks", "daypart_hour", "menu_item_ids"]
+__all__ = ["available_items", "choose_picks", "daypart_hour", "door_time", "door_zone", "menu_item_ids"]
 
 log = logging.getLogger(__name__)
 
 
-def daypart_hour(catalogue: Catalogue | None, at: datetime) -> int:
-    """The hour (0–23) that picks the day-part at instant ``at``: on the catalogue's ``timezone`` clock
+def door_time(catalogue: Catalogue | None, at: datetime) -> datetime:
+    """The café's wall-clock time at instant ``at``, an aware datetime: on the catalogue's ``timezone`` clock
     (:meth:`dangol_protocol.Catalogue.local_time`), else the box's local time (no catalogue, or one of an older
-    cloud without a zone). ``at`` is aware, or naive in the box's local time (as ``datetime.now()``).
+    cloud without a zone). ``at`` is aware, or naive in the box's local time (as ``datetime.now()``). The day-part,
+    the greeting and the door's clock all read it.
 
     A zone is validated when the catalogue arrives; one the box's time zone database cannot resolve any more
-    falls back to the box's local time with a warning, so an arrival never fails on it.
+    falls back to the box's local time with a warning, so an arrival or a page never fails on it.
     """
-    if catalogue is None:
-        return (at.astimezone() if at.tzinfo is not None else at).hour
+    if catalogue is not None and catalogue.timezone is not None:
+        try:
+            return catalogue.local_time(at)
+        except (LookupError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            log.warning("the catalogue's time zone %r cannot be used (%s): the box's local time is the café's",
+                        catalogue.timezone, exc)
+    return at.astimezone()  # a naive ``at`` is taken as local time
+
+
+def door_zone(catalogue: Catalogue | None) -> str | None:
+    """The IANA name of the zone :func:`door_time` reads (the catalogue's, when the box can resolve it), or None
+    for the box's local time."""
+    zone = catalogue.timezone if catalogue is not None else None
+    if zone is None:
+        return None
     try:
-        return catalogue.local_time(at).hour
-    except (LookupError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
-        log.warning("the catalogue's time zone %r cannot be used (%s): the box's local time picks the day-part",
-                    catalogue.timezone, exc)
-        return (at.astimezone() if at.tzinfo is not None else at).hour
+        ZoneInfo(zone)
+    except (LookupError, ValueError, OSError):
+        return None
+    return zone
+
+
+def daypart_hour(catalogue: Catalogue | None, at: datetime) -> int:
+    """The hour (0–23) that picks the day-part at instant ``at``: the hour of :func:`door_time` (the catalogue's
+    ``timezone`` clock, else the box's local time)."""
+    return door_time(catalogue, at).hour
 
 
 def menu_item_ids(menu: Menu | None, catalogue: Catalogue | None, at: datetime) -> list[str]:

@@ -71,9 +71,32 @@
     }
   }
 
+  // The café's time, HH:MM: in the catalogue's zone (data-zone, an IANA name) whatever the box's zone, with
+  // Chromium's own time zone data (no network; daylight saving included); if this browser does not know the
+  // zone, UTC plus the zone's offset the server sent with the screen (data-offset, minutes); with no zone, the
+  // browser's local time, which is the box's.
+  function two(n) { return ("0" + n).slice(-2); }
+
+  function cafeTime(t) {
+    var zone = stage.dataset.zone, offset = parseInt(stage.dataset.offset, 10);
+    if (zone) {
+      try {
+        var parts = new Intl.DateTimeFormat("en-GB", { timeZone: zone, hour: "2-digit", minute: "2-digit",
+                                                        hourCycle: "h23" }).formatToParts(t), hm = {};
+        parts.forEach(function (p) { hm[p.type] = p.value; });
+        if (hm.hour && hm.minute) return two(parseInt(hm.hour, 10) % 24) + ":" + hm.minute;
+      } catch (err) { /* RangeError: a zone this browser does not know */ }
+      if (!isNaN(offset)) {
+        var z = new Date(t.getTime() + offset * 60000);
+        return two(z.getUTCHours()) + ":" + two(z.getUTCMinutes());
+      }
+    }
+    return two(t.getHours()) + ":" + two(t.getMinutes());
+  }
+
   function clock() {
-    var t = new Date(), el = stage.querySelector(".clock");
-    if (el) el.textContent = ("0" + t.getHours()).slice(-2) + ":" + ("0" + t.getMinutes()).slice(-2);
+    var el = stage.querySelector(".clock");
+    if (el) el.textContent = cafeTime(new Date());
   }
 
   function apply(msg) {
@@ -85,6 +108,10 @@
     document.body.dataset.screen = msg.screen;
     document.body.dataset.local = "";
     if (msg.welcome_s) welcomeMax = msg.welcome_s * 1000;
+    if ("clock_zone" in msg) {  // the catalogue (and its zone) may have changed
+      stage.dataset.zone = msg.clock_zone || "";
+      stage.dataset.offset = msg.clock_offset === null || msg.clock_offset === undefined ? "" : msg.clock_offset;
+    }
     stage.innerHTML = msg.html;
     clock();
     fit();

@@ -70,6 +70,9 @@ def visible_picks(picks: list[dict], catalogue: Catalogue | None, limit: int) ->
 
 
 def greeting(now: datetime | None = None) -> str:
+    """"Good morning" (05–11), "Good afternoon" (12–17), "Good evening" (18–23), else "Nice to see you", by the
+    hour of ``now`` as given: the café's wall-clock time (:func:`dangol_edge.menu_text.door_time`, the
+    catalogue's zone); None reads the box's local time."""
     hour = (now or datetime.now()).hour
     return ("Good morning" if 5 <= hour < 12 else "Good afternoon" if 12 <= hour < 18
             else "Good evening" if hour >= 18 else "Nice to see you")

@@ -6,13 +6,14 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 
 import flask
 from flask import Blueprint, Response, current_app, render_template, request
 
 from dangol_protocol import Catalogue
 
+from ..menu_text import door_time, door_zone
 from .deps import WebDeps, deps
 from .formatting import greeting, house_menu, visible_picks
 
@@ -28,16 +29,28 @@ HEARTBEAT_S = 15.0
 STREAM_STEP_S = 0.25
 
 
+def utc_now() -> datetime:
+    """The current instant (aware, UTC); the pages' greeting and clock read it on the café's clock."""
+    return datetime.now(timezone.utc)
+
+
 def view(d: WebDeps, snapshot: dict, catalogue: Catalogue | None) -> dict:
     """The screen snapshot as the page gets it: the welcome's chosen picks filtered again against the
     current catalogue (:func:`~dangol_edge.web.formatting.visible_picks`, by the rules of
-    :mod:`dangol_edge.menu_text`), plus ``catalogue_version``, ``app`` and ``welcome_s`` (seconds)."""
+    :mod:`dangol_edge.menu_text`), plus ``catalogue_version``, ``app``, ``welcome_s`` (seconds), and the café's
+    clock for the page's own ticking clock: ``clock_zone`` (the catalogue's IANA zone, or None for the box's
+    local time) and ``clock_offset`` (that zone's UTC offset now, minutes east; None without a zone), which the
+    page adds to UTC if its browser does not know the zone."""
     out = dict(snapshot)
     if out.get("screen") == "welcome":
         out["picks"] = visible_picks(out.get("picks") or [], catalogue, d.config.display.picks)
     out["catalogue_version"] = catalogue.version if catalogue else None
     out["app"] = d.app_id
     out["welcome_s"] = d.config.display.welcome_s  # the page's own timer takes a welcome down after this
+    zone = door_zone(catalogue)
+    offset = door_time(catalogue, utc_now()).utcoffset() if zone else None
+    out["clock_zone"] = zone
+    out["clock_offset"] = round(offset.total_seconds() / 60) if offset is not None else None
     return out
 
 
@@ -52,12 +65,14 @@ def photos(catalogue: Catalogue | None) -> dict[str, str]:
 
 
 def render_screen(app: flask.Flask, v: dict, catalogue: Catalogue | None) -> str:
-    """The screen's HTML (``_screen.html``): house menu, welcome or enrolment."""
+    """The screen's HTML (``_screen.html``): house menu, welcome or enrolment; the greeting and the clock on the
+    café's clock (:func:`dangol_edge.menu_text.door_time`)."""
     menu = house_menu(catalogue)
     count = sum(len(g["items"]) for g in menu)
+    now = door_time(catalogue, utc_now())  # the café's clock (the catalogue's zone), as the day-part's
     return app.jinja_env.get_template("_screen.html").render(
         v=v, menu=menu, cols=1 if count <= 4 else 2 if count <= 10 else 3 if count <= 36 else 4,
-        greeting=greeting(), now=datetime.now(), photos=photos(catalogue))
+        greeting=greeting(now), now=now, photos=photos(catalogue))
 
 
 def read_catalogue(d: WebDeps) -> Catalogue | None:

@@ -23,10 +23,11 @@ from dangol_edge.upgrade import ModelUpgrade
 
 @pytest.fixture
 def bare_model(models_dir, tmp_path):
-    """A copy of the int8 SFace model with no calibration file beside it."""
+    """A copy of the int8 SFace model with no calibration file beside it (the face detector is there)."""
     model = tmp_path / "models" / "sface-int8.tflite"
     model.parent.mkdir()
     shutil.copy(models_dir / "sface-int8.tflite", model)
+    shutil.copy(models_dir / "face_detection_yunet_2023mar.onnx", model.parent)
     assert not calibration_path(model).exists()
     return model
 
