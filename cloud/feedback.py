@@ -6,9 +6,12 @@
   :class:`dangol_cloud.background.MenuRepublisher`).
 * :func:`credit_shown_picks` attributes purchase lines to the visit whose screen showed the item: the
   customer's latest visit at most :data:`CREDIT_WINDOW` before the purchase; one purchase line gives at most
-  one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice.
+  one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice. A POS
+  product's sale counts for the menu item it is sold as (:mod:`dangol_cloud.menu_mapping`, as Analytics counts
+  it): the credit names the menu item shown (``pick_credits.item_id``), the purchase the product bought.
 * :func:`training_feedback` gives the next training what it uses: per customer the disliked items (never
-  offered again), extra positive interactions (a like, a shown pick bought) and the picks shown and ignored
+  offered again), extra positive interactions (a like; a shown pick bought, as the product bought: the
+  recommender learns from products) and the picks shown and ignored
   (shown at a visit, not bought within :data:`CREDIT_WINDOW`): soft negatives, which the recommender penalises
   only as much as helps on its validation split (:mod:`dangol_cloud.recommend.stage2`).
 """
@@ -25,7 +28,8 @@ import pandas as pd
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from dangol_cloud.models import CatalogueItem, Customer, PickCredit, PickOpinion, Purchase, Visit, utcnow
+from dangol_cloud.models import (CatalogueItem, Customer, PickCredit, PickOpinion, ProductMapping, Purchase, Visit,
+                                 utcnow)
 
 __all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "disliked_items",
            "drop_disliked_picks", "record_opinion", "record_opinions", "republish_menu", "republish_menus",
@@ -180,6 +184,11 @@ def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW) -> i
     """Credit every not yet credited purchase line of an item shown at the customer's latest visit at most
     ``window`` before it (the visit's ``shown_items``, best first). Returns the number of new credits.
 
+    A line of a POS product counts for the menu item it is sold as under the current mapping
+    (``coalesce(menu_item_id, item_id)``, as :func:`dangol_cloud.analytics.compute` translates it); a product
+    shown as itself (an unmapped product's pick, shown before the owner mapped it) counts as itself. The
+    credit's ``item_id`` is the item shown, so a later re-mapping does not move it.
+
     Only purchases from the first visit with shown items on are looked at (imported history predates them).
     """
     first = session.scalar(select(func.min(Visit.ts)).where(Visit.customer_id.is_not(None)))
@@ -189,10 +198,12 @@ def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW) -> i
         select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items).where(Visit.customer_id.is_not(None))
     ).all(), columns=["visit_id", "customer_id", "ts", "shown"])
     credited = select(PickCredit.purchase_id)
+    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)  # as Analytics translates a sale
     purchases = pd.DataFrame(session.execute(
-        select(Purchase.id, Purchase.customer_id, Purchase.item_id, Purchase.ts)
+        select(Purchase.id, Purchase.customer_id, Purchase.item_id, menu_item, Purchase.ts)
+        .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
         .where(Purchase.ts >= first, Purchase.id.not_in(credited))
-    ).all(), columns=["purchase_id", "customer_id", "item_id", "ts"])
+    ).all(), columns=["purchase_id", "customer_id", "product", "menu_item", "ts"])
     if purchases.empty or visits.empty:
         return 0
     for frame in (visits, purchases):
@@ -202,10 +213,12 @@ def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW) -> i
     rows = []
     for rec in matched.dropna(subset=["visit_id"]).itertuples(index=False):
         shown = [str(x) for x in (rec.shown or [])]
-        if rec.item_id in shown:
+        # the menu item the product is sold as; else the product itself, if a screen showed it as such
+        item = rec.menu_item if rec.menu_item in shown else rec.product if rec.product in shown else None
+        if item is not None:
             rows.append({"purchase_id": int(rec.purchase_id), "visit_id": int(rec.visit_id),
-                         "customer_id": rec.customer_id, "item_id": rec.item_id,
-                         "shown_rank": shown.index(rec.item_id), "at": rec.ts.to_pydatetime()})
+                         "customer_id": rec.customer_id, "item_id": item,
+                         "shown_rank": shown.index(item), "at": rec.ts.to_pydatetime()})
     if rows:
         session.execute(insert(PickCredit), rows)
     log.info("credited %d shown picks bought", len(rows))
@@ -221,8 +234,8 @@ class TrainingFeedback:
             customer again: training expands them through the current mapping
             (:func:`dangol_cloud.menu_mapping.expand_dislikes`).
         positives: extra interaction rows (``customer``, ``item``, ``ts`` naive UTC, ``quantity`` 1.0,
-            ``store`` ""): one per like (at its time, local) and one per shown pick bought (at the purchase time),
-            so a credited purchase counts twice.
+            ``store`` ""): one per like (at its time, local) and one per shown pick bought (at the purchase time,
+            as the product bought, not the menu item credited), so a credited purchase counts twice.
         ignored: shown-and-ignored picks (``customer``, ``item``, ``ts`` naive local time of the visit): one row
             per item shown at a visit of a known customer that got no credit from that visit, for visits at least
             ``window`` old (so the outcome is known).
@@ -241,8 +254,9 @@ def _local(ts: pd.Series, tz: str) -> pd.Series:
 def shown_and_ignored(session: Session, tz: str = "UTC", window: timedelta = CREDIT_WINDOW) -> pd.DataFrame:
     """Picks shown at a known customer's visit and not bought from it: ``customer``, ``item``, ``ts`` (the visit,
     naive local time in ``tz``), one row per (visit, shown item) without a :class:`PickCredit` of that visit and
-    item, for visits older than ``window`` (a later purchase could still be credited to a younger one).
-    Call it after :func:`credit_shown_picks`."""
+    item (a credit names the item shown, so a menu item bought as a product sold as it is no such row), for visits
+    older than ``window`` (a later purchase could still be credited to a younger one). Call it after
+    :func:`credit_shown_picks`."""
     cutoff = utcnow() - window
     visits = session.execute(select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items)
                              .where(Visit.customer_id.is_not(None), Visit.ts <= cutoff)).all()
@@ -266,7 +280,9 @@ def training_feedback(session: Session, tz: str = "UTC") -> TrainingFeedback:
             dislikes.setdefault(customer, set()).add(item)
         else:
             rows.append((customer, item, at))
-    rows += session.execute(select(PickCredit.customer_id, PickCredit.item_id, PickCredit.at)).all()
+    # a credit names the menu item shown; the recommender learns from the product bought (its purchases' item)
+    rows += session.execute(select(PickCredit.customer_id, Purchase.item_id, PickCredit.at)
+                            .join(Purchase, Purchase.id == PickCredit.purchase_id)).all()
     positives = pd.DataFrame(rows, columns=["customer", "item", "ts"])
     local = pd.to_datetime(positives["ts"], utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None)
     positives["ts"] = local.astype("datetime64[ns]")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
@@ -18,8 +18,8 @@ from dangol_cloud.models_ops import CustomerOrigin
 from dangol_cloud.mqtt import Message, connect, publish_all
 
 __all__ = ["PublishReport", "catalogue_messages", "ensure_current_version", "erasure_messages", "menu_clear_messages",
-           "menu_messages", "photo_url_builder", "publish", "publish_catalogue_version", "republish_erasures",
-           "snapshot_items"]
+           "menu_messages", "photo_url_builder", "prune_catalogue_versions", "publish", "publish_catalogue_version",
+           "republish_erasures", "snapshot_items"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ PHOTO_BUDGET_BYTES = 600 * 1024
 #: Most bytes of item JSON in one catalogue snapshot, photos included: an edge refuses a message over
 #: :data:`dangol_protocol.parse.MAX_PAYLOAD_BYTES` (1 MiB); 16 KiB are left for the envelope.
 SNAPSHOT_BUDGET_BYTES = MAX_PAYLOAD_BYTES - 16 * 1024
+#: Catalogue versions kept (the newest ones): each holds a whole snapshot with photos inlined (up to
+#: :data:`SNAPSHOT_BUDGET_BYTES`), and only the newest is ever read or sent (:func:`catalogue_messages`).
+KEEP_CATALOGUE_VERSIONS = 5
 
 
 def _category_key(category: str | None) -> tuple[int, str]:
@@ -100,28 +103,53 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
 
 
 def publish_catalogue_version(session: Session, *, published_by: str | None, photo_url=None) -> CatalogueVersion:
-    """Freeze the current catalogue as the next version (1, 2, ...); the caller commits.
+    """Freeze the current catalogue as the next version (1, 2, ...), changed or not, and delete the versions
+    older than the newest :data:`KEEP_CATALOGUE_VERSIONS` (:func:`prune_catalogue_versions`); the caller commits.
+    A Publish uses :func:`ensure_current_version` (no copy of an unchanged catalogue).
 
     Returns:
         The new CatalogueVersion (its ``items`` are what the stores will receive).
     """
-    last = session.scalar(select(CatalogueVersion.version).order_by(CatalogueVersion.version.desc()).limit(1)) or 0
-    version = CatalogueVersion(version=last + 1, published_by=published_by, items=snapshot_items(session, photo_url),
-                               published_at=utcnow())
-    session.add(version)
-    session.flush()
-    return version
+    return _freeze(session, snapshot_items(session, photo_url), published_by)
 
 
 def ensure_current_version(session: Session, *, published_by: str | None, photo_url=None) -> CatalogueVersion | None:
     """Make sure the newest catalogue version equals the current catalogue: if the items changed since the
-    last Publish (or nothing was ever published), freeze a new version. Returns the newest version, or
-    None if the catalogue is empty and was never published. The caller commits."""
+    last Publish (or nothing was ever published), freeze a new version (:func:`publish_catalogue_version`).
+    Returns the newest version, or None if the catalogue is empty and was never published. The caller commits."""
     items = snapshot_items(session, photo_url)
-    last = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    last = _newest(session)
     if (last is None and not items) or (last is not None and last.items == items):
         return last
-    return publish_catalogue_version(session, published_by=published_by, photo_url=photo_url)
+    return _freeze(session, items, published_by)
+
+
+def prune_catalogue_versions(session: Session, keep: int = KEEP_CATALOGUE_VERSIONS) -> int:
+    """Delete every catalogue version but the newest ``keep`` (at least the newest: the stores get it and the next
+    number follows it, so numbers never go backwards; devices keep the newest snapshot they got and take only a
+    higher number or the same one re-sent). Returns how many were deleted; the caller commits."""
+    kept = list(session.scalars(select(CatalogueVersion.version).order_by(CatalogueVersion.version.desc())
+                                .limit(max(1, keep))))
+    if not kept:
+        return 0
+    gone = session.execute(delete(CatalogueVersion).where(CatalogueVersion.version < kept[-1])).rowcount or 0
+    if gone:
+        log.info("deleted %d old catalogue version(s); kept %d-%d", gone, kept[-1], kept[0])
+    return gone
+
+
+def _newest(session: Session) -> CatalogueVersion | None:
+    return session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+
+
+def _freeze(session: Session, items: list[dict], published_by: str | None) -> CatalogueVersion:
+    """Store ``items`` as the version after the newest one, then prune the old ones."""
+    last = session.scalar(select(CatalogueVersion.version).order_by(CatalogueVersion.version.desc()).limit(1)) or 0
+    version = CatalogueVersion(version=last + 1, published_by=published_by, items=items, published_at=utcnow())
+    session.add(version)
+    session.flush()
+    prune_catalogue_versions(session)
+    return version
 
 
 def photo_url_builder(photos_dir):
@@ -160,7 +188,7 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
         pydantic.ValidationError: ``timezone`` is not a known IANA zone.
         ValueError: a store's own zone is unknown (:func:`dangol_cloud.store_zones.store_zones`).
     """
-    version = session.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
+    version = _newest(session)
     if version is None:
         return
     from dangol_cloud.models import StoreSetting

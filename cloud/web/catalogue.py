@@ -17,7 +17,7 @@ from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.menu_mapping import HOUSE_PER_CATEGORY_RANGE, house_per_category, on_menu
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
-from dangol_cloud.publishing import photo_url_builder, publish, publish_catalogue_version
+from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish, publish_catalogue_version
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import PRICE_MESSAGE, ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
@@ -156,7 +156,9 @@ def unpublishable_items(session) -> list[tuple[str, str]]:
 @bp.route("/publish", methods=["POST"])
 @login_required
 def publish_now():
-    """POST /catalogue/publish: freeze the next catalogue version and publish it (and menus) over MQTT."""
+    """POST /catalogue/publish: freeze the next catalogue version if the catalogue changed since the newest one
+    (else that one is reused: no copy of an unchanged snapshot), and publish it (and menus) over MQTT either way:
+    the owner pressed Publish, so the retained messages are sent again."""
     if not ActionForm().validate_on_submit():
         abort(400)
     settings = get_settings()
@@ -167,11 +169,14 @@ def publish_now():
               f"{'…' if len(refused) > 12 else ''}. Edit them (or retire them) and Publish again.", "error")
         return redirect(url_for("catalogue.index"))
     with get_db().transaction() as s:
-        version = publish_catalogue_version(s, published_by=current_user.email,
-                                            photo_url=photo_url_builder(settings.photos_dir))
-        number, count = version.version, len(version.items)
+        before = s.scalar(select(func.max(CatalogueVersion.version)))
+        photos = photo_url_builder(settings.photos_dir)
+        version = (ensure_current_version(s, published_by=current_user.email, photo_url=photos)
+                   or publish_catalogue_version(s, published_by=current_user.email, photo_url=photos))  # empty
+        number, count, again = version.version, len(version.items), version.version == before
     if not settings.mqtt_url:
-        flash(f"Catalogue version {number} saved ({count} items). No broker is configured (DANGOL_MQTT_URL), "
+        saved = f"is still version {number}, nothing changed" if again else f"version {number} saved"
+        flash(f"Catalogue {saved} ({count} items). No broker is configured (DANGOL_MQTT_URL), "
               "so the stores were not updated.", "warning")
         return redirect(url_for("catalogue.index"))
     try:
@@ -180,10 +185,12 @@ def publish_now():
                              timezone=settings.door_timezone)
     except MqttError as exc:
         log.error("publishing catalogue version %s failed: %s", number, exc)
-        flash(f"Catalogue version {number} saved, but the stores could not be reached: {exc}. "
+        flash(f"Catalogue version {number} {'is current' if again else 'saved'}, but the stores could not be "
+              f"reached: {exc}. "
               "Try Publish again later.", "error")
         return redirect(url_for("catalogue.index"))
-    flash(f"Published catalogue version {number} ({count} items) to {report.stores} store(s).", "success")
+    what = f"{number} again (nothing changed; {count} items)" if again else f"{number} ({count} items)"
+    flash(f"Published catalogue version {what} to {report.stores} store(s).", "success")
     return redirect(url_for("catalogue.index"))
 
 

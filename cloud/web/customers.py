@@ -14,8 +14,8 @@ from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
 from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinions
 from dangol_cloud.menu_mapping import currency_of, menu_item_map, on_menu, ruled_out, translate_picks
-from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, PickOpinion, ProductMapping, Purchase,
-                                 Visit, external_ref_hash, utcnow)
+from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, MenuDayparts, PickOpinion,
+                                 ProductMapping, Purchase, Visit, external_ref_hash, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.services import record_consent, welcome
@@ -231,9 +231,9 @@ def withdraw(customer_id: str):
 
 
 def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
-    """End a customer's consent: clear name and consent record, delete the menu, and queue a template deletion
-    for every device through the erasure machinery (:class:`Erasure`, :func:`republish_erasures`); audited.
-    The caller commits."""
+    """End a customer's consent: clear name and consent record, delete the menu and its day-part picks, and queue
+    a template deletion for every device through the erasure machinery (:class:`Erasure`,
+    :func:`republish_erasures`); audited. The caller commits."""
     targets = list(s.scalars(select(Device.id).order_by(Device.id)))
     now = utcnow()
     erasure = Erasure(customer_id=customer.id, requested_by=actor[:254], requested_at=now, targets=targets,
@@ -243,6 +243,7 @@ def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
     audit(s, actor, "consent-withdrawn", customer_id=customer.id, erasure_id=erasure.id,
           detail=f"consent of {customer.consent_at:%Y-%m-%d}, text version {customer.consent_text_version}; "
                  f"templates to delete on {len(targets)} device(s)")
+    s.execute(delete(MenuDayparts).where(MenuDayparts.customer_id == customer.id))  # the picks per time of day
     s.execute(delete(Menu).where(Menu.customer_id == customer.id))
     customer.display_name = customer.consent_by = customer.consent_at = customer.consent_text_version = None
     customer.status = "withdrawn"  # neither active at the door nor pending: a device cannot re-activate it

@@ -10,6 +10,7 @@ from flask_login import login_required
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.menu_mapping import on_menu
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.scope import clauses, customer_filter, store_filter
@@ -24,7 +25,8 @@ bp = Blueprint("home", __name__)
 def index():
     """GET /: today's numbers, recent arrivals, devices, model and catalogue state. Staff see their stores'
     arrivals, purchases, customers and devices only (:mod:`dangol_cloud.web.scope`); owners the whole chain.
-    The menu, model and catalogue are the chain's."""
+    The menu, model and catalogue are the chain's; "items on the menu" counts the non-retired menu items (as the
+    catalogue page lists them), not the POS products that are not on the menu."""
     s = get_session()
     zone = ZoneInfo(get_settings().timezone)
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -39,7 +41,8 @@ def index():
         "customers": s.scalar(customers),
         "purchases_7d": s.scalar(purchases.where(Purchase.ts >= today - timedelta(days=7))),
         "purchases": s.scalar(purchases),
-        "menu_items": s.scalar(select(func.count()).select_from(CatalogueItem).where(CatalogueItem.retired.is_(False))),
+        "menu_items": s.scalar(select(func.count()).select_from(CatalogueItem)  # not the imported POS products
+                               .where(CatalogueItem.retired.is_(False), on_menu())),
     }
     device_scope = store_filter(Device.store_id)  # staff: their stores' devices and arrivals only
     visit_scope = store_filter(Visit.store_id)
