@@ -216,10 +216,15 @@ def record_confirmation(session: Session, erasure: Erasure, device_id: str) -> b
 
 def retention_candidates(session: Session, days: int, now: datetime | None = None) -> list[str]:
     """Ids of customers not seen for ``days`` days: created before the cut-off, with no visit and no
-    purchase since (so a freshly imported history is kept ``days`` days from its import)."""
+    purchase since (so a freshly imported history is kept ``days`` days from its import). A purchase dated after
+    the latest plausible sale time (:func:`dangol_cloud.sale_rules.latest_sale_ts`, e.g. 2205 for 2025, stored
+    before imports bounded sale times) is no sign of the customer: it never keeps them for ever."""
+    from dangol_cloud.sale_rules import latest_sale_ts
+
     cut = (now or utcnow()) - timedelta(days=days)
     recent_visit = exists().where(Visit.customer_id == Customer.id, Visit.ts >= cut)
-    recent_purchase = exists().where(Purchase.customer_id == Customer.id, Purchase.ts >= cut)
+    recent_purchase = exists().where(Purchase.customer_id == Customer.id, Purchase.ts >= cut,
+                                     Purchase.ts <= latest_sale_ts(max(now or utcnow(), utcnow())))
     return list(session.scalars(select(Customer.id).where(Customer.created_at < cut, ~recent_visit,
                                                           ~recent_purchase).order_by(Customer.created_at)))
 

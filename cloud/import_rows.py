@@ -4,7 +4,9 @@ headers of each format, and the line-by-line driver that turns each data line in
 
 Files are read as UTF-8 (a BOM dropped; undecodable bytes replaced) with the header on line 1, so the
 first data line is line 2. A line with a NUL character, unreadable CSV or the wrong number of columns
-is a :class:`RowError`; nothing of it is imported.
+is a :class:`RowError`; nothing of it is imported. So is a sale time or a field outside the bounds every sale
+meets (:mod:`dangol_cloud.sale_rules`: times from 1990 to one day ahead, ids and names that fit their columns);
+the message names the column and the value or the limit.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import csv
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+
+from dangol_cloud.sale_rules import sale_time_error
 
 __all__ = ["CJ_COLUMNS", "CJ_PRODUCT_COLUMNS", "CSV_COLUMNS", "TA_FENG_COLUMNS", "ImportFormatError", "PurchaseRow",
            "RowError", "count_data_lines"]
@@ -97,15 +101,32 @@ def _number(rec: dict[str, str], col: str, *, required: bool = True) -> float | 
     return value
 
 
-def _timestamp(rec: dict[str, str], col: str, fmt: str | None) -> datetime:
+def _bounded(value: str | None, label: str, limit: int) -> str | None:
+    """``value`` if it has at most ``limit`` characters (or is None); else a row error naming ``label``."""
+    if value is not None and len(value) > limit:
+        raise _BadRow(f"{label} is longer than {limit} characters ({len(value)}): {value[:24]!r}…")
+    return value
+
+
+def _timestamp(rec: dict[str, str], col: str, fmt: str | None, tz: timezone | None = None) -> datetime:
+    """The time in column ``col`` (``fmt``: a strptime format; None: ISO 8601), marked as zone ``tz`` if given;
+    a row error if it is unreadable or no plausible sale time (:func:`dangol_cloud.sale_rules.sale_time_error`:
+    a naive time is checked for any zone here, and again in its store's zone by the import)."""
     text = _required(rec, col)
     try:
         if fmt is None:  # ISO 8601; an offset is kept (that instant), without one it is the café's local time
-            return datetime.fromisoformat(text)
-        return datetime.strptime(text, fmt)
+            value = datetime.fromisoformat(text)
+        else:
+            value = datetime.strptime(text, fmt)
     except ValueError:
         expected = "ISO 8601" if fmt is None else fmt.replace("%m", "M").replace("%d", "D").replace("%Y", "YYYY")
         raise _BadRow(f"{col} is not a valid date ({expected}): {text!r}") from None
+    if tz is not None:
+        value = value.replace(tzinfo=tz)
+    problem = sale_time_error(value)
+    if problem:
+        raise _BadRow(f"{col} {text!r} {problem}")
+    return value
 
 
 # --- the formats' required header columns ----------------------------------------------------------

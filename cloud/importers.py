@@ -27,6 +27,9 @@ Formats (header = line 1, so the first data line is line 2):
   time), optional ``amount``, ``product_id``,
   ``category`` and ``store``; other columns are ignored.
 
+Every format's rows meet the bounds of :mod:`dangol_cloud.sale_rules` (sale times from 1990 to one day ahead;
+ids, names and categories that fit their columns): a row outside them is a row error naming the column.
+
 The shared reading (row types, field parsers, driver) is :mod:`dangol_cloud.import_rows`; telling
 uploaded files apart is :mod:`dangol_cloud.import_detect`. Both are re-exported here.
 """
@@ -42,8 +45,9 @@ from typing import Literal
 from dangol_cloud.import_detect import DetectedFiles, detect_files, read_cj_demographics
 from dangol_cloud.import_rows import (
     CJ_COLUMNS, CJ_PRODUCT_COLUMNS, CSV_COLUMNS, TA_FENG_COLUMNS, ImportFormatError, PurchaseRow, RowError, _BadRow,
-    _number, _open, _optional, _read_header, _required, _rows, _timestamp, count_data_lines,
+    _bounded, _number, _open, _optional, _read_header, _required, _rows, _timestamp, count_data_lines,
 )
+from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX
 
 __all__ = [
     "DATASET_TIMEZONES",
@@ -78,42 +82,45 @@ TA_FENG_CATEGORY_DIGITS = 4
 
 def _ta_feng_row(line: int, rec: dict[str, str]) -> PurchaseRow:
     ts = _timestamp(rec, "TRANSACTION_DT", "%m/%d/%Y")
-    customer = _required(rec, "CUSTOMER_ID")
-    subclass = _required(rec, "PRODUCT_SUBCLASS")
+    customer = _bounded(_required(rec, "CUSTOMER_ID"), "CUSTOMER_ID", REF_MAX)
+    subclass = _bounded(_required(rec, "PRODUCT_SUBCLASS"), "PRODUCT_SUBCLASS", REF_MAX)
+    product = _bounded(_optional(rec, "PRODUCT_ID"), "PRODUCT_ID", REF_MAX)
     quantity = _number(rec, "AMOUNT")
     amount = _number(rec, "SALES_PRICE", required=False)
     category = subclass[:TA_FENG_CATEGORY_DIGITS] if len(subclass) > TA_FENG_CATEGORY_DIGITS else None
-    return PurchaseRow(line, customer, subclass, _optional(rec, "PRODUCT_ID"), quantity, amount, ts, None, category)
+    return PurchaseRow(line, customer, subclass, product, quantity, amount, ts, None, category)
 
 
 def _cj_row_parser(products: dict[str, tuple[str, str]]) -> Callable[[int, dict[str, str]], PurchaseRow]:
     def parse(line: int, rec: dict[str, str]) -> PurchaseRow:
-        customer = _required(rec, "household_id")
-        store = _required(rec, "store_id")
-        product = _required(rec, "product_id")
+        customer = _bounded(_required(rec, "household_id"), "household_id", REF_MAX)
+        store = _bounded(_required(rec, "store_id"), "store_id", REF_MAX)
+        product = _bounded(_required(rec, "product_id"), "product_id", REF_MAX)
         quantity = _number(rec, "quantity")
         amount = _number(rec, "sales_value", required=False)
-        ts = _timestamp(rec, "transaction_timestamp", "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        ts = _timestamp(rec, "transaction_timestamp", "%Y-%m-%d %H:%M:%S", timezone.utc)
         if product not in products:
             raise _BadRow(f"product_id {product} is not in products.csv")
         category, department = products[product]
         if not category:
             raise _BadRow(f"product_id {product} has no product_category in products.csv")
+        _bounded(category, f"product_category of product_id {product} (products.csv)", REF_MAX)
+        _bounded(department, f"department of product_id {product} (products.csv)", CATEGORY_MAX)
         return PurchaseRow(line, customer, category, product, quantity, amount, ts, store, department or None)
 
     return parse
 
 
 def _csv_row(line: int, rec: dict[str, str]) -> PurchaseRow:
-    customer = _required(rec, "customer")
-    item = _required(rec, "item")
+    customer = _bounded(_required(rec, "customer"), "customer", REF_MAX)
+    item = _bounded(_required(rec, "item"), "item", REF_MAX)
     quantity = _number(rec, "quantity")
     ts = _timestamp(rec, "timestamp", None)
     amount = _number(rec, "amount", required=False) if "amount" in rec else None
-    return PurchaseRow(
-        line, customer, item, _optional(rec, "product_id"), quantity, amount, ts,
-        _optional(rec, "store"), _optional(rec, "category"),
-    )  # fmt: skip
+    product = _bounded(_optional(rec, "product_id"), "product_id", REF_MAX)
+    store = _bounded(_optional(rec, "store"), "store", REF_MAX)
+    category = _bounded(_optional(rec, "category"), "category", CATEGORY_MAX)
+    return PurchaseRow(line, customer, item, product, quantity, amount, ts, store, category)
 
 
 def _load_cj_products(path: Path) -> dict[str, tuple[str, str]]:

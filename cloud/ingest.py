@@ -13,6 +13,12 @@ newer export that contains the earlier sales at other line numbers, stores each 
 genuinely lists the same line twice (two identical sale lines) keeps both. Purchases imported before revision
 0008 carried line-number keys; that migration re-keys them the same way (see its docstring).
 
+Every row is checked against the bounds of :mod:`dangol_cloud.sale_rules` before anything is created for it (the
+importers check them too; rows may come from elsewhere): its time in UTC once its store's zone is applied (a naive
+1990-01-01 05:00 in Taipei is 1989 in UTC; a year-1 time with an offset cannot be expressed in UTC) and the
+lengths of its ids, name and category. A row outside them is a row error, never an exception that would fail the
+whole import (PostgreSQL refuses an over-long value; SQLite would store it).
+
 A staff upload is limited to the user's stores (``allowed_stores``): a row naming a known store outside them is
 a row error (counted and reported, nothing written for it).
 """
@@ -35,6 +41,7 @@ from dangol_cloud.importers import PurchaseRow, RowError
 from dangol_cloud.crypto import keyring_of
 from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
+from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX, sale_time_error
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
 
@@ -173,6 +180,25 @@ def _raw(row: PurchaseRow) -> str:
                                                          row.ts.isoformat(), row.amount, row.store_ref))
 
 
+def _check_row(row: PurchaseRow, zone: ZoneInfo) -> tuple[datetime | None, str | None]:
+    """``(the row's time in UTC, None)``, or ``(None, why the row is refused)``: a time outside the sale-time
+    bounds once read in ``zone`` (naive times), or a field longer than its column."""
+    for label, value, limit in (("customer", row.customer_ref, REF_MAX), ("item", row.item_ref, REF_MAX),
+                                ("product_id", row.product_id, REF_MAX), ("store", row.store_ref, REF_MAX),
+                                ("category", row.category, CATEGORY_MAX)):
+        if value is not None and len(value) > limit:
+            return None, f"{label} is longer than {limit} characters ({len(value)}): {value[:24]!r}…"
+    written = row.ts.isoformat(sep=" ")
+    try:
+        ts = (row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=zone)).astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        return None, f"sale time {written!r} cannot be expressed in UTC"
+    problem = sale_time_error(ts)
+    if problem:
+        return None, f"sale time {written!r}{'' if row.ts.tzinfo else f' ({zone.key})'} {problem}"
+    return ts, None
+
+
 def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, source: str, key_prefix: str,
                 tz: str = "UTC", batch_size: int = 5000, customer_status: str = "active",
                 customer_source: str = "import", store_id: str | None = None,
@@ -232,14 +258,17 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             report.errors.append(RowError(row.line, f"store {row.store_ref!r} is not one of your stores",
                                           _raw(row)))
             continue
+        ts, refusal = _check_row(row, zones.get(store, zones[None]))
+        if refusal is not None:  # checked before the customer and item are made: nothing is written for it
+            report.errors.append(RowError(row.line, refusal, _raw(row)))
+            continue
         values = {
             "customer_id": resolver.customer(row.customer_ref),
             "item_id": resolver.item(row),
             "product_id": row.product_id,
             "quantity": row.quantity,
             "amount": row.amount,
-            "ts": (row.ts if row.ts.tzinfo else row.ts.replace(tzinfo=zones.get(store, zones[None])))
-            .astimezone(timezone.utc),
+            "ts": ts,
             "store_id": store,
         }
         first = purchase_key(key_prefix, **values)

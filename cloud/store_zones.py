@@ -21,6 +21,11 @@ from dangol_protocol import check_zone
 __all__ = ["local_times", "store_zones"]
 
 
+#: The UTC times whose local time exists in every zone as pandas ``datetime64[ns]`` (a day inside its range).
+_PANDAS_MIN = pd.Timestamp.min.tz_localize("UTC") + pd.Timedelta(days=1)
+_PANDAS_MAX = pd.Timestamp.max.tz_localize("UTC") - pd.Timedelta(days=1)
+
+
 def store_zones(session: Session) -> dict[str, str]:
     """``{store id: IANA zone}`` of the stores that have their own zone.
 
@@ -49,9 +54,13 @@ def local_times(ts: pd.Series, stores: pd.Series, zones: dict[str, str], default
         default: the zone of every store not in ``zones`` (the ``TIMEZONE`` setting).
 
     Returns:
-        ``(n,)`` naive ``datetime64[ns]`` on the same index.
+        ``(n,)`` naive ``datetime64[ns]`` on the same index; NaT for a time pandas cannot hold in every zone (before
+        1677-09-22 or after 2262-04-10 UTC: only a purchase stored before imports bounded sale times,
+        :mod:`dangol_cloud.sale_rules`, can be one) instead of an OutOfBoundsDatetime for the whole series.
     """
-    utc = pd.to_datetime(ts, utc=True)
+    utc = pd.to_datetime(ts, utc=True, errors="coerce")  # NaT for what datetime64[ns] cannot hold at all
+    # ... and for the day at either end, which a zone's offset would wrap around silently
+    utc = utc.where((utc > _PANDAS_MIN) & (utc < _PANDAS_MAX))
     zone_of = stores.map(zones).fillna(default) if zones else pd.Series(default, index=ts.index)
     out = pd.Series(pd.NaT, index=ts.index, dtype="datetime64[ns]")
     for zone in pd.unique(zone_of):

@@ -15,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.db import Database
 from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu, MenuDayparts, ModelVersion, Purchase,
                                  utcnow)
+from dangol_cloud.sale_rules import MIN_SALE_TS, latest_sale_ts
 from dangol_cloud.settings import Settings
 from dangol_cloud.store_zones import local_times, store_zones
 from dangol_cloud.training_menus import choose_picks, daypart_menus, pick_rows, refresh_menus, welcome_regulars
@@ -48,12 +49,22 @@ def load_frames(session: Session, tz: str = "UTC", *, units: bool = False) -> tu
 
     Returns:
         (interactions, items): interactions with ``customer`` (customer id), ``item`` (item id), ``ts``
-        (datetime64[ns], local time in the store's own zone, else in ``tz``: :mod:`dangol_cloud.store_zones`), ``quantity`` (float), ``store`` (store id or "") [, ``unit``];
+        (datetime64[ns], local time in the store's own zone, else in ``tz``: :mod:`dangol_cloud.store_zones`),
+        ``quantity`` (float), ``store`` (store id or "") [, ``unit``];
         items with ``item``, ``category``, ``price`` (NaN if unknown), ``tags`` (list[str]) and
         ``available`` (False for unavailable or retired items).
+
+    Purchases dated outside the sale-time bounds (:mod:`dangol_cloud.sale_rules`: before 1990 or after tomorrow;
+    only a database filled before imports checked them holds such rows) are left out, with a logged count: a
+    year-1200 time cannot be a pandas time at all, and a 2205 one would make every real sale look ancient.
     """
     columns = [Purchase.customer_id, Purchase.item_id, Purchase.ts, Purchase.quantity, Purchase.store_id]
-    rows = session.execute(select(*columns, *([Purchase.amount] if units else []))).all()
+    plausible = Purchase.ts.between(MIN_SALE_TS, latest_sale_ts())
+    rows = session.execute(select(*columns, *([Purchase.amount] if units else [])).where(plausible)).all()
+    skipped = session.scalar(select(func.count()).select_from(Purchase).where(~plausible))
+    if skipped:
+        log.warning("left %d purchase(s) dated before %s or in the future out of training (stored before imports "
+                    "checked sale times; correct or delete them)", skipped, f"{MIN_SALE_TS:%Y-%m-%d}")
     interactions = pd.DataFrame(rows, columns=["customer", "item", "ts", "quantity", "store"]
                                 + (["amount"] if units else []))
     if units:

@@ -3,6 +3,14 @@
 A retry with the same key and the same body returns the first response (200, ``Idempotent-Replayed:
 true``) and stores nothing; the same key with a different body is refused with 422. Documented in
 ``openapi.json`` (served at ``/api/v1/openapi.json``).
+
+The key (1-200 characters, no control characters) is remembered as sent in ``pos_requests.key`` (String(200)),
+which is what finds a retry. Each purchase line's own unique key is ``pos:<store>:<sha256 of the key>:<n>``
+(:func:`purchase_key`, 109 characters whatever the key's length). Lines stored before carry
+``pos:<store>:<key>:<n>`` and need no migration: a retry is answered from ``pos_requests`` (raw keys, as ever)
+before any line is written, so a line's key is never looked up; its uniqueness is only a backstop.
+
+Sale times and id lengths follow :mod:`dangol_cloud.sale_rules`, shared with the file importers.
 """
 
 from __future__ import annotations
@@ -10,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+import re
+from datetime import datetime
 from importlib import resources
 from typing import Annotated, Literal
 
@@ -21,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dangol_cloud.app import get_db
 from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
+from dangol_cloud.sale_rules import REF_MAX, sale_time_error
 from dangol_cloud.security import hash_token
 
 log = logging.getLogger(__name__)
@@ -33,18 +43,16 @@ NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 #: Largest line total accepted, in major units of the café's currency (ten million: far above any café
 #: sale even in KRW or JPY, far below what breaks sums and charts).
 MAX_LINE_AMOUNT = 10_000_000
-#: Earliest sale time accepted (no POS sends older sales; year-1 times cannot be shown in every time zone).
-MIN_SALE_TS = datetime(1990, 1, 1, tzinfo=timezone.utc)
-#: How far in the future a sale may be stamped (clock skew of the till), after which it is refused.
-MAX_SALE_SKEW = timedelta(days=1)
+#: Longest Idempotency-Key header accepted (``pos_requests.key`` is String(200)).
+MAX_KEY_LENGTH = 200
 
 
 class PurchaseLine(BaseModel):
     """One line of a POS sale: ``item`` is a catalogue item id or ref; amount is the line total."""
 
     model_config = ConfigDict(extra="forbid")
-    item: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
-    product_id: Annotated[str, Field(max_length=64, pattern=NO_CONTROL)] | None = None
+    item: Annotated[str, Field(min_length=1, max_length=REF_MAX, pattern=NO_CONTROL)]
+    product_id: Annotated[str, Field(max_length=REF_MAX, pattern=NO_CONTROL)] | None = None
     quantity: Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)] = 1
     amount: Annotated[float, Field(ge=0, le=MAX_LINE_AMOUNT, allow_inf_nan=False)] | None = None
 
@@ -55,23 +63,18 @@ class PurchaseIn(BaseModel):
     token, and the sale is recorded for the token's store (which from then on knows the customer)."""
 
     model_config = ConfigDict(extra="forbid")
-    customer: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
+    customer: Annotated[str, Field(min_length=1, max_length=REF_MAX, pattern=NO_CONTROL)]
     ts: AwareDatetime
     lines: Annotated[list[PurchaseLine], Field(min_length=1, max_length=200)]
 
     @field_validator("ts")
     @classmethod
     def _plausible_time(cls, value: datetime) -> datetime:
-        """Between :data:`MIN_SALE_TS` and now + :data:`MAX_SALE_SKEW` (a 9999-12-31 sale is refused)."""
-        try:
-            utc = value.astimezone(timezone.utc)
-        except (OverflowError, ValueError):
-            raise ValueError("the time cannot be expressed in UTC") from None
-        if utc < MIN_SALE_TS:
-            raise ValueError(f"the sale is before {MIN_SALE_TS:%Y-%m-%d}")
-        latest = datetime.now(timezone.utc) + MAX_SALE_SKEW
-        if utc > latest:
-            raise ValueError(f"the sale is in the future (after {latest:%Y-%m-%dT%H:%M:%SZ})")
+        """Between :data:`~dangol_cloud.sale_rules.MIN_SALE_TS` and now +
+        :data:`~dangol_cloud.sale_rules.MAX_SALE_SKEW` (a 9999-12-31 sale is refused), as for imported sales."""
+        problem = sale_time_error(value)
+        if problem:
+            raise ValueError(f"the sale time {problem}")
         return value
 
 
@@ -99,6 +102,12 @@ def openapi():
     return Response(text, mimetype="application/json")
 
 
+def purchase_key(store_id: str, key: str, n: int) -> str:
+    """The unique key of line ``n`` of the sale sent with Idempotency-Key ``key`` at store ``store_id``:
+    ``pos:<store>:<sha256 hex of the key>:<n>``, a fixed length that fits ``purchases.idempotency_key``."""
+    return f"pos:{store_id}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}:{n}"
+
+
 def _replay(previous: PosRequest, body_sha: str, key: str) -> Response:
     if previous.body_sha256 != body_sha:
         return _problem(422, "Idempotency key reused", f"Idempotency-Key {key!r} was already used with a "
@@ -116,9 +125,11 @@ def create_purchases():
         log.warning("POS API: missing or unknown store token from %s", request.remote_addr)
         return _problem(401, "Unauthorized", "missing or unknown store token (Authorization: Bearer <token>)")
     key = (request.headers.get("Idempotency-Key") or "").strip()
-    if not 1 <= len(key) <= 200:
-        return _problem(400, "Idempotency-Key required", "send a unique Idempotency-Key header (1-200 characters) "
-                        "per sale and repeat it on retries")
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or re.search(r"[\x00-\x1f\x7f]", key):
+        log.info("POS API: store %s sent an Idempotency-Key of %d characters%s", store.id, len(key),
+                 " with a control character" if key and len(key) <= MAX_KEY_LENGTH else "")
+        return _problem(400, "Idempotency-Key required", f"send a unique Idempotency-Key header (1-{MAX_KEY_LENGTH} "
+                        "characters, no control characters) per sale and repeat it on retries")
     raw = request.get_data(cache=False)
     try:
         sale = PurchaseIn.model_validate_json(raw)
@@ -152,7 +163,7 @@ def create_purchases():
                 s.flush()
             purchases = [Purchase(customer_id=customer.id, item_id=items[line.item], product_id=line.product_id,
                                   quantity=line.quantity, amount=line.amount, ts=sale.ts, store_id=store.id,
-                                  source="pos", idempotency_key=f"pos:{store.id}:{key}:{n}")
+                                  source="pos", idempotency_key=purchase_key(store.id, key, n))
                          for n, line in enumerate(sale.lines)]
             s.add_all(purchases)
             s.flush()
