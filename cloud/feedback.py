@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -33,7 +33,7 @@ from dangol_cloud.models import (CatalogueItem, Customer, PickCredit, PickOpinio
 
 __all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "disliked_items",
            "drop_disliked_picks", "record_opinion", "record_opinions", "republish_menu", "republish_menus",
-           "shown_and_ignored", "training_feedback"]
+           "ignored_as_products", "shown_and_ignored", "training_feedback"]
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +289,32 @@ def training_feedback(session: Session, tz: str = "UTC") -> TrainingFeedback:
     positives["quantity"] = 1.0
     positives["store"] = ""
     return TrainingFeedback(dislikes, positives, shown_and_ignored(session, tz))
+
+
+def ignored_as_products(ignored: pd.DataFrame, mapping: Mapping[str, str | None], bought: pd.DataFrame
+                        ) -> pd.DataFrame:
+    """Shown-and-ignored rows as the recommender needs them: the door shows menu items, the recommender picks POS
+    products, so a row naming a menu item is repeated for each product sold as it under ``mapping``
+    (:func:`dangol_cloud.menu_mapping.menu_item_map`, ``{product: menu item or None}``) that the customer has
+    bought (``bought``): those are the products the recommender offers them again; the soft negative never
+    reaches the products of a menu item they never had (a menu item of a whole category may be sold as hundreds,
+    and the rows would multiply). The row itself is kept (a product shown as itself, or a menu item that is its
+    own product).
+
+    Args:
+        ignored: ``customer``, ``item``, ``ts`` (:func:`shown_and_ignored`).
+        mapping: ``{product id: menu item id or None}``.
+        bought: ``customer``, ``item`` (product) of the purchase lines (duplicates allowed).
+
+    Returns:
+        The columns of ``ignored``: its rows, then one per (row, product of its menu item the customer bought).
+    """
+    links = pd.DataFrame([(p, i) for p, i in mapping.items() if i is not None and p != i],
+                         columns=["product", "menu_item"])
+    if ignored.empty or links.empty:
+        return ignored
+    owned = (bought[["customer", "item"]].drop_duplicates().rename(columns={"item": "product"})
+             .merge(links, on="product"))                                   # customer, product, menu_item
+    extra = ignored.merge(owned, left_on=["customer", "item"], right_on=["customer", "menu_item"])
+    extra = extra.assign(item=extra["product"])[list(ignored.columns)]
+    return pd.concat([ignored, extra], ignore_index=True)

@@ -104,7 +104,8 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     :class:`ModelVersion` and replace every customer's :class:`Menu` with its new top-N in one transaction:
     ``settings.menu_size`` picks of distinct menu items the door can show (available, not retired), or fewer
     only if the menu has fewer; the picks are the products sold as them (:mod:`dangol_cloud.training_menus`).
-    Customers with consent but no purchases yet get the model's cold-start list.
+    Customers with consent but no purchases yet get the model's cold-start list; customers whose consent was
+    withdrawn get no picks (their purchases still train the model).
 
     Feedback (:mod:`dangol_cloud.feedback`): purchases of picks shown at the visit before are credited
     first; likes and credited picks are added as positive interactions of ``kind`` "feedback" (the model learns
@@ -131,7 +132,7 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     Raises:
         NotEnoughData: no purchases in the database.
     """
-    from dangol_cloud.feedback import credit_shown_picks, training_feedback
+    from dangol_cloud.feedback import credit_shown_picks, ignored_as_products, training_feedback
     from dangol_cloud.menu_mapping import menu_item_map
     from dangol_cloud.recommend import train
 
@@ -150,8 +151,8 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     if len(feedback.positives):  # positives for the model, never purchases (recommend.data: the "kind" column)
         interactions = pd.concat([interactions.assign(kind="purchase"), feedback.positives.assign(kind="feedback")],
                                  ignore_index=True)
-    model = train(interactions, items, progress=step, segments=segments, shown_ignored=feedback.ignored,
-                  menu_item_of=menu_item_of)
+    model = train(interactions, items, progress=step, segments=segments, menu_item_of=menu_item_of,
+                  shown_ignored=ignored_as_products(feedback.ignored, menu_item_of, interactions))
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     base, n = model.version, 1
     while (settings.models_dir / model.version).exists():  # same data retrained within the same second
@@ -185,9 +186,11 @@ def _menus_and_commit(db: Database, settings: Settings, model, path, interaction
 
     with db.sessions() as session:  # enrolled regulars without purchases yet get the cold-start list
         enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
+        withdrawn = set(session.scalars(select(Customer.id).where(Customer.status == "withdrawn")))
         scope = menu_scope(session)  # picks: products sold as a menu item the door can show (training_menus)
     exclude = expand_dislikes(feedback.dislikes, scope.mapping)  # a disliked menu item: all its products
-    customers = sorted(set(interactions["customer"].unique()) | enrolled)
+    # consent withdrawn: the picks were deleted with it and are never made again (the history still trains)
+    customers = sorted((set(interactions["customer"].unique()) | enrolled) - withdrawn)
     step("menus")
     picks = choose_picks(model, customers, settings.menu_size, scope, exclude, segments=segment_values(segments))
     now = utcnow()
