@@ -20,7 +20,7 @@ import uuid
 
 from .config import EdgeConfig, check_daemon_settings
 from .embed import Embedder
-from .events import EventFactory, Outbox
+from .events import EventFactory, EventNotSaved, Outbox
 from .gallery import Gallery, UnknownCustomer
 from .recognition import Recognizer
 from .screen import Screen
@@ -28,6 +28,7 @@ from .sdnotify import notify
 from .sources import Frame
 from .state import StateStore
 from .workers import ArrivalWorker, ButtonEnrolment, CaptureWorker, HousekeepingWorker, RecognitionWorker, Stats
+from .workers.base import storage_state
 
 __all__ = ["Appliance", "Stats"]
 
@@ -71,6 +72,7 @@ class Appliance:
         self.recognizer: Recognizer | None = None
         self.enrolment: ButtonEnrolment | None = None
         self.arrivals: ArrivalWorker | None = None
+        self.housekeeping: HousekeepingWorker | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,7 +100,7 @@ class Appliance:
         from .web import DisplayServer, create_app
 
         app = create_app(screen=self.screen, state=self.state, gallery=self.gallery, config=cfg,
-                         on_activate=self._on_activate, on_erase=self._on_erase_local, on_signup=self._on_signup,
+                         on_activate=self._on_activate, on_erase=self._on_staff_erase, on_signup=self._on_signup,
                          storage=lambda: self.stats.storage)
         self.web = DisplayServer(app, cfg.display.host, cfg.display.port)
         self.web.start()
@@ -131,13 +133,14 @@ class Appliance:
         stop = self.stop_event
         self.arrivals = ArrivalWorker(cfg, self.gallery, self.state, self.screen, self.events, self.outbox,
                                       self.decisions, self.stats, stop)
+        self.housekeeping = HousekeepingWorker(cfg, self.gallery, self.state, self.outbox, self.sync, self.stats,
+                                               self._on_erase_local, self.health, stop, upgrade=self.recognizer.upgrade)
         self.workers = [
             self.arrivals,
             RecognitionWorker(self.recognizer, self.frames, self.decisions, self.enrolment, self.screen, self.stats,
                               stop),
             CaptureWorker(cfg, self.source_spec, self.frames, self.stats, stop),
-            HousekeepingWorker(cfg, self.gallery, self.state, self.outbox, self.sync, self.stats,
-                               self._on_erase_local, self.health, stop, upgrade=self.recognizer.upgrade),
+            self.housekeeping,
         ]
         for w in self.workers:
             w.start()
@@ -197,13 +200,31 @@ class Appliance:
         self.outbox.send(self.events.activated(customer.id, customer.display_name, customer.consent))
 
     def _on_erase_local(self, customer_id: str) -> None:
-        """Erased here (staff page, expired sign-up, retention): forget it and report it to the cloud, which
-        records a request an owner confirms or dismisses. Raises ``EventNotSaved`` as :meth:`_on_activate`."""
+        """Erased from the gallery here (staff page, expired sign-up, retention): forget it, and in one transaction
+        of the state file drop its cached menu and every queued event about it and report it to the cloud, which
+        records a request an owner confirms or dismisses (:meth:`~dangol_edge.events.Outbox.erase`).
+
+        Raises:
+            sqlite3.Error: the state file cannot be written (nothing there changed; the caller retries).
+        """
         self._forget(customer_id)
-        self.state.delete_menu(customer_id)
-        self.outbox.send(self.events.erasure_done([customer_id]))
+        self.outbox.erase([customer_id], [self.events.erasure_done([customer_id])])
+
+    def _on_staff_erase(self, customer_id: str) -> None:
+        """The staff page erased or discarded a customer: :meth:`_on_erase_local`; when the state file cannot be
+        written the housekeeping worker retries it on its next passes, and the page is told (``EventNotSaved``)."""
+        try:
+            self._on_erase_local(customer_id)
+        except sqlite3.Error as exc:
+            self.stats.storage = storage_state(exc)
+            if self.housekeeping is None:
+                raise
+            self.housekeeping.report_later(customer_id)
+            raise EventNotSaved(f"the erasure of {customer_id} was not recorded ({exc}); retried") from exc
 
     def _on_erasures(self, erasures) -> list[str]:
+        """The cloud's erasure: delete each customer from the gallery and forget them; returns the ids erased here.
+        Raises on a storage error (:class:`~dangol_edge.erasures.CloudErasures` holds and retries the erasure)."""
         done = []
         for cid in map(str, erasures.customer_ids):
             try:

@@ -8,6 +8,9 @@
   its events for when a broker is configured). When the outbox itself cannot be written (disk full,
   read-only medium) the event is held in memory — at most :data:`HELD_MAX`, oldest dropped and counted —
   and :meth:`Outbox.retry` (called by the housekeeping worker) writes it once the storage works again.
+  :meth:`Outbox.erase` takes an erased customer out of the queue (held events and outbox rows, sent or not) and
+  queues the confirmation the cloud needs, in one step; an event about them made before the erasure is never
+  queued afterwards (:meth:`~dangol_edge.state_outbox.OutboxTable.enqueue`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ log = logging.getLogger(__name__)
 HELD_MAX = 1000
 
 Event = ArrivalEvent | EnrolmentEvent | ErasureDoneEvent
+
+
+def subject(event: Event) -> str | None:
+    """The customer an event is about (a known customer's arrival, an enrolment), or None (an unknown face's
+    arrival, an erasure confirmation: those stay through an erasure)."""
+    cid = getattr(event, "customer_id", None)
+    return None if cid is None else str(cid)
 
 
 class EventFactory:
@@ -115,6 +125,25 @@ class Outbox:
             self.sync.send_event(event)
         else:
             self.state.enqueue(str(event.event_id), events_topic(self.device_id), dump_payload(event))
+
+    def erase(self, customer_ids: Iterable, confirmations: Iterable[Event] = ()) -> int:
+        """Take erased customers out of the queue in one step: their events held in memory and every outbox row
+        about them (sent or not) go, with their cached menus, and ``confirmations`` (the ``erasure-done`` events)
+        are queued in the same transaction (:meth:`~dangol_edge.state_outbox.OutboxTable.erase_customers`).
+        Returns the events removed.
+
+        Raises:
+            sqlite3.Error: the state file cannot be written (nothing there is changed; call again).
+        """
+        ids = {str(c) for c in customer_ids}
+        with self._lock:
+            kept = deque(e for e in self._held if subject(e) not in ids)
+            gone, self._held = len(self._held) - len(kept), kept
+        topic = events_topic(self.device_id)
+        removed = self.state.erase_customers(ids, [(str(e.event_id), topic, dump_payload(e)) for e in confirmations])
+        if self.sync is not None:
+            self.sync.wake()
+        return removed + gone
 
     def send(self, event: Event) -> None:
         """Queue ``event``.

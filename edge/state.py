@@ -14,9 +14,11 @@ The cache hands out what it keeps as the protocol's pydantic objects (:class:`da
   exactly as the gallery seals its names. Without a key the name is not kept at all. ``dangol-edge rotate-key``
   re-seals these names with the gallery's (:meth:`StateStore.rotate_key`); a name that still cannot be opened
   (sealed under another key) is read as no name: logged once per customer and counted, the menu still served.
-* ``outbox``: events waiting for the broker's PUBACK: ``event_id`` (UUID, the cloud deduplicates on
-  it), ``topic``, ``payload``, ``created_at``, ``sent_at`` (NULL until acknowledged). Events survive
-  restarts and broker outages and are delivered in ``seq`` order.
+* ``outbox``: events waiting for the broker's PUBACK (:mod:`dangol_edge.state_outbox`): ``event_id`` (UUID, the
+  cloud deduplicates on it), ``topic``, the customer it is about, the payload — sealed under the gallery key when
+  it is about a customer —, ``created_at``. Events survive restarts and broker outages, are delivered in ``seq``
+  order and deleted once acknowledged; an erasure deletes every row about the customer
+  (:meth:`~dangol_edge.state_outbox.OutboxTable.erase_customers`).
 
 The box keeps serving the cached catalogue and menus while the cloud or the broker is down. The file (and
 its WAL and shared-memory files) is created with mode 0600: only the daemon's user may read it.
@@ -39,6 +41,7 @@ from dangol_protocol import Catalogue, Menu, first_name
 
 from .crypto import FieldCipher, GalleryKeyError
 from .sqlite import SQLiteFile, connect
+from .state_outbox import OutboxTable
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,14 @@ class StateError(RuntimeError):
     """The state file cannot be opened; the message names it."""
 
 
-class StateStore(SQLiteFile):
+class StateStore(OutboxTable, SQLiteFile):
     """Catalogue, menus and outbox in one SQLite file. Thread-safe (one connection, one lock).
 
     Args:
         path: the SQLite file (created 0600 on :meth:`open`).
-        cipher: seals the customers' names; default :meth:`FieldCipher.from_environment` when first needed
-            (no key configured: names are dropped, never stored in clear).
+        cipher: seals the customers' names and the queued events about them; default
+            :meth:`FieldCipher.from_environment` when first needed (no key configured: names are dropped, never
+            stored in clear).
     """
 
     def __init__(self, path: str | Path, cipher: FieldCipher | None = None):
@@ -80,10 +84,11 @@ class StateStore(SQLiteFile):
         #: cached menus whose sealed first name could not be opened (each logged once; read as no name)
         self.name_read_errors = 0
         self._unopenable: set[str] = set()  # customer ids whose cached name could not be opened (logged)
+        self._init_outbox()
 
     def open(self) -> "StateStore":
-        """Open or create the file (WAL, mode 0600); seals names left in clear by an older version.
-        Raises :class:`StateError` naming the file."""
+        """Open or create the file (WAL, mode 0600); seals names and queued events left in clear by an older
+        version. Raises :class:`StateError` naming the file."""
         if self._db is not None:
             return self
         try:
@@ -98,16 +103,17 @@ class StateStore(SQLiteFile):
                                     "display_name": bytes}, pk="customer_id")
             elif "display_name" not in db["menus"].columns_dict:
                 db["menus"].add_column("display_name", bytes)
-            if "outbox" not in names:
-                db["outbox"].create({"seq": int, "event_id": str, "topic": str, "payload": str,
-                                     "created_at": str, "sent_at": str}, pk="seq")
-                db["outbox"].create_index(["event_id"], unique=True)
-                db["outbox"].create_index(["sent_at"])
+            self._create_outbox(db)
             _private_file(self.path)  # the -wal/-shm files WAL mode just created
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StateError(f"{self.path}: cannot open state database: {exc}") from exc
         self._db = db
-        self._seal_legacy_names()
+        try:
+            self._seal_legacy_names()
+            self._migrate_outbox()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StateError(f"{self.path}: cannot open state database: {exc}") from exc
         return self
 
     # --- names -------------------------------------------------------------------------------------
@@ -117,7 +123,8 @@ class StateStore(SQLiteFile):
                 self.cipher = FieldCipher.from_environment()
             except GalleryKeyError as exc:
                 if not self._no_key_logged:
-                    log.warning("no gallery key (%s): customers' names are not kept in %s", exc, self.path)
+                    log.warning("no gallery key (%s): customers' names are not kept in %s and events about them "
+                                "are queued unsealed", exc, self.path)
                     self._no_key_logged = True
                 return None
         return self.cipher
@@ -155,10 +162,11 @@ class StateStore(SQLiteFile):
                                 [json.dumps(payload), sealed, cid])
 
     def rotate_key(self, new: FieldCipher) -> tuple[int, int]:
-        """Re-seal every cached menu's first name under ``new`` in one transaction (what ``dangol-edge rotate-key``
-        does after the gallery); afterwards this store uses ``new``. A name already sealed under ``new`` (a rotation
-        run again) is kept; one the current key cannot open either is dropped (logged and counted in the
-        result's second number): it could never be shown, and the cloud's next menu brings it again.
+        """Re-seal every cached menu's first name, and every queued event about a customer, under ``new`` in one
+        transaction (what ``dangol-edge rotate-key`` does after the gallery); afterwards this store uses ``new``. A
+        value already sealed under ``new`` (a rotation run again) is kept; a name the current key cannot open either
+        is dropped (logged and counted in the result's second number): it could never be shown, and the cloud's
+        next menu brings it again; such an event is dropped too (logged; it could never be sent).
 
         Returns:
             (names re-sealed, names dropped).
@@ -186,6 +194,9 @@ class StateStore(SQLiteFile):
                     continue
                 self.db.execute("UPDATE menus SET display_name = ? WHERE customer_id = ?", [new.seal(name, ctx), cid])
                 resealed += 1
+            events = self._reseal_outbox(cipher, new)
+        if any(events):
+            log.info("%s: %d queued events re-sealed, %d dropped", self.path, *events)
         self.cipher = new
         self._unopenable.clear()
         return resealed, dropped
@@ -322,38 +333,6 @@ class StateStore(SQLiteFile):
         with self._lock:
             self.db.execute("DELETE FROM menus WHERE customer_id = ?", [str(customer_id)])
             self._unopenable.discard(str(customer_id))
-
-    # --- outbox ------------------------------------------------------------------------------------
-    def enqueue(self, event_id: str, topic: str, payload: bytes | str) -> None:
-        """Add an event to the outbox (idempotent on ``event_id``)."""
-        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
-        with self._lock:
-            self.db.execute(
-                "INSERT OR IGNORE INTO outbox (event_id, topic, payload, created_at) VALUES (?, ?, ?, ?)",
-                [str(event_id), topic, text, self._now()])
-
-    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Unacknowledged events, oldest first: dicts with ``event_id``, ``topic``, ``payload``."""
-        with self._lock:
-            return list(self.db.query(
-                "SELECT event_id, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?", [limit]))
-
-    def mark_sent(self, event_id: str) -> None:
-        """Record the broker's acknowledgement of an event."""
-        with self._lock:
-            self.db.execute("UPDATE outbox SET sent_at = ? WHERE event_id = ?", [self._now(), str(event_id)])
-
-    def outbox_depth(self) -> int:
-        """Events not yet acknowledged."""
-        with self._lock:
-            return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
-
-    def prune_sent(self, keep: int = 10_000) -> None:
-        """Drop acknowledged events beyond the newest ``keep``."""
-        with self._lock:
-            self.db.execute(
-                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND seq NOT IN "
-                "(SELECT seq FROM outbox WHERE sent_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", [keep])
 
 
 def _same_content(cached: str, payload: str) -> bool:

@@ -21,8 +21,9 @@
   (:attr:`MQTTSync.storage_errors`, :attr:`MQTTSync.flush_errors`), a streak is logged once with its traceback
   and once when it ends, and the flusher retries after a back-off (``reconnect_min_s`` doubling up to
   ``reconnect_max_s``). Nothing raised by this code reaches paho's network thread, which would die of it.
-* **Erasures**: the confirmation names at most :data:`~dangol_protocol.models.MAX_ERASED_IDS` customers per
-  ``erasure-done`` event, so a longer erasure is confirmed by several events under the same ``erasure_id``.
+* **Erasures** (:mod:`dangol_edge.erasures`): confirmed (at most ``MAX_ERASED_IDS`` ids per ``erasure-done``, same
+  ``erasure_id``) only once the gallery's and the state's deletions committed; one that fails (a locked gallery, a
+  full disk) is held, bounded, and retried by each housekeeping pass (:meth:`MQTTSync.retry_erasures`).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from dangol_protocol import (
     Catalogue, Erasures, Menu, Status, dump_payload, last_will, parse_payload,
 )
 from dangol_protocol.client import MqttUrlError
-from dangol_protocol.models import MAX_ERASED_IDS, Health
+from dangol_protocol.models import Health
 from dangol_protocol.parse import PayloadError, is_retained_clear
 from dangol_protocol.topics import (
     TopicError, TopicKind, device_client_id, events_topic, parse_topic, status_topic, store_subscriptions,
 )
 
 from .config import MQTTConfig
+from .erasures import CloudErasures
 from .events import EventFactory
 from .state import StateStore
 from .workers.base import Stats, storage_state
@@ -93,8 +95,9 @@ class MQTTSync:
     Args:
         config: broker settings.  device_id, store_id: this box's UUIDs.
         state: the catalogue/menu cache and outbox.
-        on_erasure: called with each valid :class:`Erasures`; returns the customer ids it erased
-            (the confirmation event is queued here).
+        on_erasure: called with each valid :class:`Erasures`: deletes the customers from the gallery and returns
+            the ids it erased (raises on a storage error: the erasure is then held and retried; the confirmation is
+            queued here once done).
         on_change: called with ``"catalogue"`` or ``"menu"`` after the cache changed (e.g. refresh the display).
         software_version: reported in ``status/1``; default the installed package's (:func:`installed_version`).
         stats: the daemon's :class:`~dangol_edge.workers.base.Stats`, whose ``storage`` this client sets when the
@@ -103,6 +106,7 @@ class MQTTSync:
     Attributes:
         storage_errors: broker acknowledgements that could not be recorded (the event is sent again).
         flush_errors: passes of the outbox flusher that failed (retried after a back-off).
+        erasures: the :class:`~dangol_edge.erasures.CloudErasures` (``held``, ``errors``, ``dropped``).
     """
 
     def __init__(self, config: MQTTConfig, device_id: uuid.UUID, store_id: uuid.UUID, state: StateStore,
@@ -137,6 +141,9 @@ class MQTTSync:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.erasures = CloudErasures(state, self.events, events_topic(device_id),
+                                      lambda er: self.on_erasure(er) if self.on_erasure else [], self.stats,
+                                      self._wake.set)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,8 +285,8 @@ class MQTTSync:
             log.exception("failed to handle a message on %s", msg.topic)
 
     def handle_message(self, topic: str, payload: bytes) -> str:
-        """Validate and apply one down-link message; returns what happened
-        (``catalogue``, ``menu``, ``menu-cleared``, ``erasures``, ``stale``, ``invalid``)."""
+        """Validate and apply one down-link message; returns what happened (``catalogue``, ``menu``,
+        ``menu-cleared``, ``erasures``, ``erasure-held`` — it failed and is retried —, ``stale``, ``invalid``)."""
         try:
             t = parse_topic(topic)
             if t.store_id != str(self.store_id):
@@ -304,14 +311,7 @@ class MQTTSync:
             self._changed("menu")
             return "menu"
         if isinstance(obj, Erasures):
-            erased = self.on_erasure(obj) if self.on_erasure else []
-            for cid in obj.customer_ids:
-                self.state.delete_menu(str(cid))
-            ids = list(obj.customer_ids)  # an event names at most MAX_ERASED_IDS: one per part, same erasure id
-            for start in range(0, len(ids), MAX_ERASED_IDS):
-                self.send_event(self.events.erasure_done(ids[start:start + MAX_ERASED_IDS], erasure_id=obj.erasure_id))
-            log.info("erasure %s: %d customers erased here", obj.erasure_id, len(erased))
-            return "erasures"
+            return "erasures" if self.erasures.apply(obj) else "erasure-held"
         self.invalid_messages += 1
         log.warning("dropped unexpected %s payload on %s", type(obj).__name__, topic)
         return "invalid"
@@ -322,9 +322,19 @@ class MQTTSync:
 
     # --- up-link -----------------------------------------------------------------------------------
     def send_event(self, event) -> None:
-        """Queue an event (``ArrivalEvent`` | ``EnrolmentEvent`` | ``ErasureDoneEvent``) in the outbox."""
-        self.state.enqueue(str(event.event_id), events_topic(self.device_id), dump_payload(event))
+        """Queue an event (``ArrivalEvent`` | ``EnrolmentEvent`` | ``ErasureDoneEvent``) in the outbox (one about a
+        customer erased since it was made is not queued)."""
+        if self.state.enqueue(str(event.event_id), events_topic(self.device_id), dump_payload(event)):
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the outbox flusher (events were queued in the state directly, e.g. an erasure's confirmation)."""
         self._wake.set()
+
+    def retry_erasures(self) -> int:
+        """Carry out the held erasures again (the housekeeping worker calls it on each pass); returns how many are
+        still held (:meth:`~dangol_edge.erasures.CloudErasures.retry`)."""
+        return self.erasures.retry()
 
     def publish_status(self, health: Health) -> None:
         """Publish ``online`` with health on the retained status topic (skipped while disconnected)."""
@@ -383,6 +393,8 @@ class MQTTSync:
         for ev in self.state.pending(limit=200):
             if ev["event_id"] in skip or not self.connected.is_set():
                 continue
+            if ev["customer_id"] and not self.state.sendable(ev["event_id"], ev["customer_id"]):
+                continue  # the customer's erasure began since the event was read
             info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
             if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break  # not connected any more: retry after the next connect

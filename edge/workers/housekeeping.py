@@ -1,5 +1,5 @@
-"""Housekeeping worker: systemd watchdog, status to the cloud, retention, expired sign-ups, held events, the end
-of a model upgrade."""
+"""Housekeeping worker: systemd watchdog, status to the cloud, retention, expired sign-ups, held events and
+erasures, the end of a model upgrade."""
 
 from __future__ import annotations
 
@@ -26,15 +26,16 @@ class HousekeepingWorker(Worker):
     """Every 0.5 s: ``WATCHDOG=1`` to systemd (half of ``WatchdogSec``) while recognition is alive and
     ``ok`` and no worker thread died. Every ``mqtt.status_interval_s``, one pass: erase expired pending sign-ups
     and customers unseen for ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an
-    ``erasure-done`` without an erasure id, as a staff-page erasure) —, end a model upgrade whose time is up
+    ``erasure-done`` without an erasure id, as a staff-page erasure) —, carry out the cloud's erasures that failed
+    (:meth:`~dangol_edge.sync.MQTTSync.retry_erasures`), end a model upgrade whose time is up
     (:meth:`~dangol_edge.upgrade.ModelUpgrade.check`), write events the outbox held, prune sent events, and
     publish ``status/1`` with :func:`health`.
 
     A pass survives any error: each step that raises is counted (``stats.housekeeping_failures``; a storage
     error also sets ``stats.storage``) and logged — with its traceback once per kind of error in a streak of
     failing passes, and once when a pass succeeds again —, and the other steps still run. An erasure whose
-    report failed (e.g. its cached menu could not be deleted) is kept in :attr:`unreported` and reported again
-    on the next pass.
+    report failed (e.g. the state file could not be written) is kept in :attr:`unreported` and reported again
+    on the next pass (also one the staff page could not report: :meth:`report_later`).
 
     Args:
         on_erased: called with each customer id erased here (forgets it and tells the cloud).
@@ -102,10 +103,22 @@ class HousekeepingWorker(Worker):
         ok = self._step("retention", self._expire, lambda: self.gallery.expire_unseen(days),
                         f"retention: erased customer %s (not seen for {days} days)") and ok
         ok = self._report_all() and ok
+        if self.sync is not None:
+            ok = self._step("cloud erasures", self._cloud_erasures) and ok
         if self.upgrade is not None and not self.upgrade.done:
             ok = self._step("model upgrade", self.upgrade.check) and ok
         ok = self._step("held events", self.outbox.retry) and ok
         return self._step("prune sent events", self.state.prune_sent) and ok
+
+    def report_later(self, customer_id: str) -> None:
+        """Report a customer erased elsewhere (the staff page) on the next passes: reporting it failed now."""
+        self.unreported[customer_id] = None
+
+    def _cloud_erasures(self) -> None:
+        """Retry the cloud's erasures that failed; raises while some are still held (the step counts and logs it)."""
+        left = self.sync.retry_erasures()
+        if left:
+            raise RuntimeError(f"{left} erasure(s) from the cloud still cannot be carried out; retried next pass")
 
     def _expire(self, erase: Callable[[], list[str]], message: str) -> None:
         for cid in erase():

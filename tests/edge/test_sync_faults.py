@@ -61,7 +61,9 @@ def sync_errors(caplog, with_traceback: bool = True) -> list[logging.LogRecord]:
             and (r.exc_info is not None) == with_traceback]
 
 
-def test_a_full_disk_when_the_broker_acknowledges_keeps_the_connection_and_resends(broker, state, caplog):
+def test_a_storage_error_when_the_broker_acknowledges_keeps_the_connection_and_resends(broker, state, caplog):
+    """An acknowledged event is deleted, so a full disk no longer keeps it from being recorded; a database another
+    writer keeps locked does: the event stays (sent again), paho's network thread lives on."""
     ev = arrival()
     state.enqueue(str(ev.event_id), events_topic(DEVICE), dump_payload(ev))
     fill_the_disk(state)  # the SD card fills up before the event could go out
@@ -70,16 +72,29 @@ def test_a_full_disk_when_the_broker_acknowledges_keeps_the_connection_and_resen
     sync.start()
     try:
         assert sync.connected.wait(10)
-        # the broker acknowledges the event, but the edge cannot record that
+        assert wait_for(lambda: state.outbox_depth() == 0), "a full disk kept an acknowledgement from being recorded"
+        assert sync.storage_errors == 0
+    finally:
+        sync.stop()
+    free_the_disk(state)
+    ev = arrival()
+    state.enqueue(str(ev.event_id), events_topic(DEVICE), dump_payload(ev))
+    state.db.execute("PRAGMA busy_timeout = 100")
+    other = sqlite3.connect(state.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the acknowledgement cannot be written
+    sync = make_sync(broker, state)
+    sync.start()
+    try:
+        assert sync.connected.wait(10)
         assert wait_for(lambda: getattr(sync, "storage_errors", 0) >= 2 or not network_thread_alive(sync))
         assert network_thread_alive(sync), "a storage error in the PUBACK callback killed paho's network thread"
         assert sync.connected.is_set()
-        assert sync.stats.storage == "full"
+        assert sync.stats.storage == "error"
         assert state.outbox_depth() == 1  # unacknowledged: sent again (with back-off) until it is recorded
         assert str(ev.event_id) in {e["event_id"] for e in cloud.events()}
         assert len(sync_errors(caplog)) == 1  # one traceback per streak, every failure counted
-        # room again: the re-sent event is recorded, and paho's network thread still handles the down-link
-        free_the_disk(state)
+        # the lock is released: the re-sent event is recorded, and paho's network thread still handles the down-link
+        other.execute("ROLLBACK")
         cloud.publish(catalogue_topic(STORE), catalogue(3), retain=True)
         assert wait_for(lambda: state.catalogue() is not None and state.catalogue().version == 3)
         assert wait_for(lambda: state.outbox_depth() == 0)
@@ -87,6 +102,7 @@ def test_a_full_disk_when_the_broker_acknowledges_keeps_the_connection_and_resen
     finally:
         sync.stop()
         cloud.close()
+        other.close()
 
 
 def test_the_outbox_flusher_survives_a_failing_read_and_delivers_afterwards(broker, state, caplog):

@@ -254,6 +254,9 @@ def test_a_housekeeping_pass_survives_any_error_and_keeps_erasure_reports(tmp_pa
         def publish_status(self, h):
             self.published.append(h)
 
+        def retry_erasures(self):
+            return 0
+
     stats, stop = Stats(), threading.Event()
     w = HousekeepingWorker(cfg, gallery, state, outbox, Sync(), stats, on_erased, health, stop)
     w.start()
