@@ -115,6 +115,7 @@ def cmd_enroll(args) -> int:
         raise InputError(str(exc)) from exc
     finally:
         pipeline.close()
+    _refuse_a_regular(cfg, gallery, samples, args.image or args.source)
     consent = None
     if not args.pending:
         from pydantic import ValidationError
@@ -139,6 +140,23 @@ def cmd_enroll(args) -> int:
                pending_ttl_s=cfg.enrol.pending_ttl_h * 3600 if args.pending else None)
     print(json.dumps({"enrolled": _customer_dict(c)}))
     return EXIT_OK
+
+
+def _refuse_a_regular(cfg, gallery, samples, what) -> None:
+    """Raise :class:`InputError` when the faces to enrol are an active customer's by the door's rule
+    (:class:`~dangol_edge.enrol.DoorRule`): a second record of one face keeps the door from greeting either."""
+    import numpy as np
+
+    from .enrol import DoorRule
+
+    rule = DoorRule.or_none(cfg, gallery.model_sha256)
+    found = rule.find(gallery, np.stack([s.embedding for s in samples])) if rule else None
+    if found is not None:
+        c = gallery.customer(found.customer_id)
+        shown = " ".join(map(str, what)) if isinstance(what, list) else what
+        raise InputError(f"{shown}: already enrolled as {c.display_name!r} (customer {c.id}; {found.votes} of "
+                         f"{found.templates} faces matched): nothing saved. To enrol them again, erase that customer "
+                         f"first (dangol-edge customers delete {c.id})")
 
 
 def cmd_identify(args) -> int:
@@ -256,22 +274,28 @@ def _rotate_state_key(path: Path, new) -> tuple[int, int]:
 
 
 def _queue_erasure_event(args, customer_id: str) -> bool:
-    """Queue an ``erasure-done`` event (no erasure id: erased here) in the outbox, which the daemon delivers;
-    the cloud records it as a request an owner confirms or dismisses. Returns False when this box has no
-    device id."""
+    """Take the erased customer out of the state file — their cached menu and every queued event about them, sent
+    or not — and, in the same transaction, queue an ``erasure-done`` event (no erasure id: erased here), which the
+    daemon delivers; the cloud records it as a request an owner confirms or dismisses
+    (:meth:`~dangol_edge.events.Outbox.erase`). Returns False when this box has no device id (nothing is queued)."""
+    import sqlite3
+    import uuid
+
     from .events import EventFactory, Outbox
-    from .state import StateStore
+    from .state import StateError, StateStore
 
     cfg = _config(args)
-    if cfg.device.id is None:
+    device = cfg.device.id
+    if device is None:
         log.warning("no device id configured: the cloud is not told about this erasure")
-        return False
-    st = StateStore(cfg.state_path).open()
     try:
-        Outbox(cfg.device.id, st).send(EventFactory(cfg.device.id).erasure_done([customer_id]))
-    finally:
-        st.close()
-    return True
+        with StateStore(cfg.state_path) as st:
+            Outbox(device or uuid.UUID(int=0), st).erase(
+                [customer_id], [EventFactory(device).erasure_done([customer_id])] if device else [])
+    except sqlite3.Error as exc:
+        raise StateError(f"{cfg.state_path}: customer {customer_id} was erased from the gallery, but its queued "
+                         f"events and the report to the cloud could not be written: {exc}") from exc
+    return device is not None
 
 
 def cmd_check_config(args) -> int:

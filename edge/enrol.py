@@ -10,15 +10,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from dangol_protocol import Consent
 
+from .calibration import CalibrationError, OpenSetRule, load_calibration, uncalibrated
 from .faces import Face, FacePipeline
-from .gallery import Customer, Gallery
+from .gallery import Customer, Enrolled, Gallery
 from .sources import FrameSource, read_image
+
+if TYPE_CHECKING:
+    from .config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +270,71 @@ def enroll(gallery: Gallery, name: str, samples: list[Sample], *, status: str = 
     return gallery.enroll(name, np.stack([s.embedding for s in samples]), [s.quality for s in samples],
                           status=status, consent=consent, photos=photos, pending_ttl_s=pending_ttl_s,
                           customer_id=customer_id)
+
+
+@dataclass(frozen=True)
+class DoorRule:
+    """The door's rule for "this face is that regular", applied to a sign-up's templates
+    (:meth:`~dangol_edge.gallery_search.GallerySearch.enrolled_as`): the open-set threshold for the gallery's size
+    (``rule``, as :func:`dangol_edge.recognition.rule_for` builds it), ``matcher.margin``, and the tracker's vote
+    (``tracker.min_votes``, ``tracker.vote_share``) with the templates as the frames."""
+
+    rule: OpenSetRule
+    margin: float
+    min_votes: int
+    vote_share: float
+
+    @classmethod
+    def from_config(cls, config: "EdgeConfig", model_sha256: str) -> "DoorRule":
+        """The rule of ``config`` for the model ``model_sha256`` (its calibration file, or ``matcher.threshold``).
+
+        Raises:
+            CalibrationError: no calibration file and no fixed threshold (the daemon does not start then either),
+                or the file is malformed or another model's.
+        """
+        m = config.matcher
+        tail = load_calibration(config.model_path, model_sha256)
+        if tail is None and m.threshold is None:
+            raise uncalibrated(config.model_path)
+        return cls(OpenSetRule(tail, m.target_fpir, fixed=m.threshold), m.margin, config.tracker.min_votes,
+                   config.tracker.vote_share)
+
+    @classmethod
+    def or_none(cls, config: "EdgeConfig", model_sha256: str) -> "DoorRule | None":
+        """:meth:`from_config`, or None (logged as a warning) when the model has no usable calibration: then
+        sign-ups cannot be checked against the regulars (a daemon never runs so; a bare web app or CLI may)."""
+        try:
+            return cls.from_config(config, model_sha256)
+        except CalibrationError as exc:
+            log.warning("sign-ups are not checked against the regulars: %s", exc)
+            return None
+
+    def find(self, gallery: Gallery, embeddings: np.ndarray) -> Enrolled | None:
+        """The active customer whose face ``(K, D) float32`` new templates are, or None (see the class doc)."""
+        return gallery.enrolled_as(embeddings, self.rule.threshold(gallery.size), self.margin, self.min_votes,
+                                   self.vote_share)
+
+    def check_pending(self, gallery: Gallery, pending_id: str) -> None:
+        """Raise :class:`~dangol_edge.gallery_search.AlreadyRegular` when a pending customer is an active one's face
+        (for :meth:`Gallery.activate`'s ``check``: run under the gallery's lock)."""
+        gallery.refuse_if_regular(pending_id, self.rule.threshold(gallery.size), self.margin, self.min_votes,
+                                  self.vote_share)
+
+
+def refresh_regular(gallery: Gallery, found: Enrolled, samples: list[Sample], keep: int) -> int:
+    """Add a regular's new sign-up templates to their record while it holds fewer than ``keep`` templates of the
+    current model (e.g. enrolled from one photo); returns how many were added (0: no room).
+
+    Only the samples the door itself accepted as that customer (``found.accepted``) are added, best quality first, and
+    never more than the room left: the record only gains views the door already matched to them, and never grows
+    past ``keep`` (``enrol.templates``) nor replaces a template they consented to at their sign-up.
+
+    Raises:
+        sqlite3.Error: the gallery cannot be written (nothing is added).
+    """
+    have = gallery.template_models().get(found.customer_id, {}).get(gallery.model_sha256, 0)
+    mine = sorted((s for s, ok in zip(samples, found.accepted) if ok), key=lambda s: -s.quality)[:max(0, keep - have)]
+    if not mine:
+        return 0
+    return gallery.add_templates(found.customer_id, np.stack([s.embedding for s in mine]), [s.quality for s in mine],
+                                 max_per_model=keep)

@@ -23,6 +23,7 @@ import logging
 import secrets
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ from dangol_protocol import Consent
 from .crypto import FieldCipher, GalleryKeyError
 from .gallery_consent import InvalidConsent, dump_consent, load_consent
 from .gallery_models import ModelTemplates
-from .gallery_search import GallerySearch
+from .gallery_search import AlreadyRegular, Enrolled, GallerySearch  # noqa: F401  (re-exported)
 from .matcher import Matcher
 from .sqlite import SQLiteFile, connect
 
@@ -99,6 +100,7 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
         self.cipher = cipher
         self.matcher = Matcher()
         self._generation = 0  # bumped by every change of the searchable templates (see _load)
+        self._seen_version = None  # (connection, PRAGMA data_version) last seen: other processes' writes
         self.consent_errors: dict[str, str] = {}  # customer id -> why its stored consent is invalid (logged once)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -214,9 +216,13 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
             raise ValueError("no free sign-up code: 10,000 sign-ups are pending")
         return f"{free[secrets.randbelow(len(free))]:04d}"
 
-    def activate(self, customer_id: str, display_name: str, consent: Consent) -> Customer:
+    def activate(self, customer_id: str, display_name: str, consent: Consent, *,
+                 check: Callable[[], None] | None = None) -> Customer:
         """Record consent and a name for a pending customer, making it active (and searchable).
 
+        Args:
+            check: run under the gallery's lock just before the change; whatever it raises refuses the activation
+                with nothing changed (the staff page's :meth:`refuse_if_regular`).
         Raises:
             UnknownCustomer: no such id.  ValueError: empty name or no consent.  TypeError: not a ``Consent``.
         """
@@ -225,6 +231,8 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
         consent_json = dump_consent(consent)
         self.customer(customer_id)
         with self._lock:
+            if check is not None:
+                check()
             self.db["customers"].update(customer_id, {
                 "display_name": self._seal_name(customer_id, display_name.strip()), "status": "active", "consent": consent_json,
                 "short_code": None, "expires_at": None, "updated_at": utcnow()})

@@ -3,24 +3,77 @@
 The in-memory :class:`~dangol_edge.matcher.Matcher` holds the current model's templates of active customers; every
 committed change of them calls :meth:`GallerySearch._invalidate` and the next search reloads the matrix, safely
 against changes committed while it was being read (a generation counter).
+
+Other processes write the same file too (``dangol-edge enroll`` and ``customers delete`` while the daemon runs):
+before every search (and :attr:`GallerySearch.size`) the gallery asks SQLite whether another connection committed
+since it last looked (``PRAGMA data_version``, a read of the WAL index in shared memory: microseconds) and, if so,
+reloads. A customer erased from the command line therefore stops being matched at the daemon's next frame, and one
+enrolled there is greeted from then on.
+
+A sign-up of someone who is already an active customer is told by :meth:`GallerySearch.enrolled_as`: the door's own
+acceptance rule (threshold and margin of :class:`~dangol_edge.matcher.Matcher`) and its vote
+(:class:`~dangol_edge.tracker.Tracker`: ``min_votes`` and ``vote_share``), with the sign-up's templates as the
+frames.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from .matcher import Match
 
 
+@dataclass(frozen=True)
+class Enrolled:
+    """The active customer a set of new templates belongs to by the door's rule (:meth:`GallerySearch.enrolled_as`).
+
+    Attributes:
+        customer_id: that customer.  votes: how many of the ``templates`` new templates were accepted as them.
+        templates: K, the new templates searched.  score: the best cosine similarity to them.
+        accepted: ``(K,) bool``, which new templates were accepted as them.
+    """
+
+    customer_id: str
+    votes: int
+    templates: int
+    score: float
+    accepted: tuple[bool, ...]
+
+
+class AlreadyRegular(ValueError):
+    """A pending sign-up was not activated: its face is an active customer's (:meth:`GallerySearch.enrolled_as`);
+    nothing was changed. ``str()`` names both ids (no name: fit for the log); ``customer`` is the active
+    :class:`~dangol_edge.gallery.Customer`, ``found`` the :class:`Enrolled`."""
+
+    def __init__(self, pending_id: str, customer, found: Enrolled):
+        super().__init__(f"sign-up {pending_id} is the face of active customer {customer.id} "
+                         f"({found.votes} of {found.templates} templates matched)")
+        self.pending_id, self.customer, self.found = pending_id, customer, found
+
+
 class GallerySearch:
-    """Search over the gallery; needs ``_lock``, ``_generation``, ``matcher``, ``model_sha256`` and ``matrix_for``
-    from the gallery."""
+    """Search over the gallery; needs ``_lock``, ``_generation``, ``_seen_version``, ``matcher``, ``model_sha256``,
+    ``db``, ``matrix_for``, ``templates`` and ``customer`` from the gallery."""
 
     def _invalidate(self) -> None:
         """Called after every committed change of the searchable templates: the next search reloads."""
         with self._lock:
             self._generation += 1
             self.matcher.clear()
+
+    def _notice_other_writers(self) -> None:
+        """Invalidate the matrix when another connection (another process: the CLI) committed to the file since the
+        last look. ``PRAGMA data_version`` changes only for other connections' commits, never for this one's, and
+        its values mean something only on one connection: a new connection (the gallery reopened) starts afresh."""
+        with self._lock:
+            db = self.db
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            seen, self._seen_version = self._seen_version, (db, version)
+            if seen is not None and (seen[0] is not db or seen[1] != version):
+                self._invalidate()
 
     def _load(self) -> None:
         """Rebuild the search matrix from the database. A change committed while the templates were being read
@@ -37,7 +90,8 @@ class GallerySearch:
 
     @property
     def size(self) -> int:
-        """Searchable templates (active customers, current model)."""
+        """Searchable templates (active customers, current model), including other processes' latest writes."""
+        self._notice_other_writers()
         if not self.matcher.loaded:
             self._load()
         return self.matcher.size
@@ -47,7 +101,47 @@ class GallerySearch:
         self.matcher.load(matrix, owners)
 
     def match(self, probes: np.ndarray, threshold: float, margin: float) -> list[Match]:
-        """1:N search of ``(N, D)`` probes of the current model; see :meth:`Matcher.match`."""
+        """1:N search of ``(N, D)`` probes of the current model (other processes' latest writes included); see
+        :meth:`Matcher.match`."""
+        self._notice_other_writers()
         if not self.matcher.loaded:
             self._load()
         return self.matcher.match(probes, threshold, margin)
+
+    def enrolled_as(self, embeddings: np.ndarray, threshold: float, margin: float, min_votes: int,
+                    vote_share: float) -> Enrolled | None:
+        """The active customer whose face new templates (a sign-up's) are, by the door's rule, or None.
+
+        Each template is searched as the door searches a frame (accepted: score ≥ ``threshold`` and a lead of
+        ``margin`` over the best other customer); the customer accepted most often wins when, as the tracker's vote
+        asks of a track, they have at least ``min(min_votes, K)`` accepted templates and ``vote_share`` of the K.
+
+        Args:
+            embeddings: ``(K, D) float32`` unit vectors of the current model.
+            threshold: the door's cosine threshold for this gallery (``OpenSetRule.threshold(size)``).
+            margin: ``matcher.margin``.  min_votes, vote_share: ``tracker.min_votes``, ``tracker.vote_share``.
+        """
+        emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+        found = self.match(emb, threshold, margin)
+        votes = Counter(m.customer_id for m in found if m.accepted)
+        if not votes:
+            return None
+        cid, n = votes.most_common(1)[0]
+        if n < min(min_votes, len(emb)) or n < vote_share * len(emb):
+            return None
+        mine = tuple(bool(m.accepted and m.customer_id == cid) for m in found)
+        return Enrolled(cid, n, len(emb), max(m.score for m, ok in zip(found, mine) if ok), mine)
+
+    def refuse_if_regular(self, pending_id: str, threshold: float, margin: float, min_votes: int,
+                          vote_share: float) -> None:
+        """Raise :class:`AlreadyRegular` when a pending customer's current-model templates are an active customer's
+        face (:meth:`enrolled_as`; the pending one itself is never searched). For :meth:`Gallery.activate`'s
+        ``check``, which runs it under the gallery's lock."""
+        with self._lock:
+            rows = [t for t in self.templates(pending_id) if t["model_sha256"] == self.model_sha256]
+            if not rows:
+                return
+            found = self.enrolled_as(np.stack([t["embedding"] for t in rows]), threshold, margin, min_votes,
+                                     vote_share)
+            if found is not None:
+                raise AlreadyRegular(pending_id, self.customer(found.customer_id), found)

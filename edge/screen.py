@@ -1,7 +1,8 @@
 """What the HDMI menu page shows right now: a small thread-safe state machine with change notification.
 
 Screens: ``house`` (the house menu from the catalogue), ``welcome`` (a customer's first name and picks,
-until ``until`` then back to house) and ``enrol`` (staff enrolment progress with the pending short code).
+until ``until`` then back to house) and ``enrol`` (staff enrolment progress with the pending short code, or that
+the person is already a regular: never who).
 No face image is ever part of a screen. Every change bumps ``version``; the web page's server-sent
 events stream waits on :meth:`Screen.wait` and pushes each new snapshot at once.
 
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 #: Enrolment stages that end a sign-up (see :meth:`Screen.show_enrolment`).
-SIGNUP_ENDINGS = ("pending", "cancelled", "failed", "not-saved")
+SIGNUP_ENDINGS = ("pending", "already", "cancelled", "failed", "not-saved")
 
 
 class Screen:
@@ -71,21 +72,24 @@ class Screen:
                           "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 
     def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
-                       samples: int = 0, wanted: int = 0, why: str | None = None) -> int:
+                       samples: int = 0, wanted: int = 0, why: str | None = None, regular: str | None = None,
+                       refreshed: int = 0) -> int:
         """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
-        far), ``pending`` (with ``code``), ``cancelled``, ``failed`` (``why``: ``none``, ``several`` or ``few``,
-        :meth:`dangol_edge.enrol.SampleCollector.shortfall_kind`) or ``not-saved`` (the gallery could not be
-        written); shown for ``seconds`` (None: until the next change). A failure gives ``samples`` and ``wanted``
-        too: the good snapshots taken and the pool needed.
+        far), ``pending`` (with ``code``), ``already`` (the face is an active customer's, ``regular``, their id;
+        ``refreshed``: snapshots added to their record), ``cancelled``, ``failed`` (``why``: ``none``, ``several``
+        or ``few``, :meth:`dangol_edge.enrol.SampleCollector.shortfall_kind`) or ``not-saved`` (the gallery could
+        not be written); shown for ``seconds`` (None: until the next change). A failure gives ``samples`` and
+        ``wanted`` too: the good snapshots taken and the pool needed.
 
-        ``capturing`` forgets the last sign-up's ending; an ending (:data:`SIGNUP_ENDINGS`) replaces it
-        (:meth:`last_signup`)."""
+        ``regular`` and ``refreshed`` are kept for the staff page only (:meth:`last_signup`), never put on the door
+        screen (:meth:`snapshot`), which is public. ``capturing`` forgets the last sign-up's ending; an ending
+        (:data:`SIGNUP_ENDINGS`) replaces it."""
         with self._cond:
             if stage == "capturing":
                 self._signup = None
             elif stage in SIGNUP_ENDINGS:
                 self._signup = {"stage": stage, "why": why, "samples": samples, "wanted": wanted, "code": code,
-                                "at": self._clock()}
+                                "regular": regular, "refreshed": refreshed, "at": self._clock()}
             return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples,
                               "wanted": wanted, "why": why}, None if seconds is None else self._clock() + seconds)
 
@@ -98,8 +102,8 @@ class Screen:
         """How the last sign-up ended, or None (none ended since this process started, or one was asked for since).
 
         Returns:
-            ``{"stage", "why", "samples", "wanted", "code", "age_s"}``: the arguments of the ending's
-            :meth:`show_enrolment` and ``age_s``, seconds since it ended (on this screen's clock).
+            ``{"stage", "why", "samples", "wanted", "code", "regular", "refreshed", "age_s"}``: the arguments of the
+            ending's :meth:`show_enrolment` and ``age_s``, seconds since it ended (on this screen's clock).
         """
         with self._cond:
             if self._signup is None:

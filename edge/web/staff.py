@@ -15,7 +15,8 @@ from werkzeug.exceptions import InternalServerError
 
 from dangol_protocol import Consent
 
-from ..gallery import Customer, UnknownCustomer
+from ..enrol import DoorRule
+from ..gallery import AlreadyRegular, Customer, UnknownCustomer
 from .deps import deps
 from .formatting import ago, seconds_ago
 from .menu import read_catalogue
@@ -88,12 +89,17 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
 
 def last_signup() -> dict | None:
     """How the last sign-up ended, for the sign-up card: :meth:`~dangol_edge.screen.Screen.last_signup` with
-    ``ago`` ("just now", "2 min ago"), when it did not work (``failed``, with ``why``), was ``cancelled`` or
-    ``not-saved`` less than :data:`SIGNUP_OUTCOME_S` seconds ago; else None (a ``pending`` one is on its own card)."""
+    ``ago`` ("just now", "2 min ago"), when it did not work (``failed``, with ``why``), was ``cancelled``,
+    ``not-saved`` or found someone ``already`` a regular (``regular_name``: their display name, None if erased since)
+    less than :data:`SIGNUP_OUTCOME_S` seconds ago; else None (a ``pending`` one is on its own card)."""
     last = deps().screen.last_signup()
     if last is None or last["stage"] == "pending" or last["age_s"] >= SIGNUP_OUTCOME_S:
         return None
-    return {**last, "ago": seconds_ago(last["age_s"])}
+    name = None
+    if last["stage"] == "already" and last.get("regular"):
+        regular = lookup(last["regular"], "active")
+        name = regular.display_name if regular is not None else None
+    return {**last, "ago": seconds_ago(last["age_s"]), "regular_name": name}
 
 
 def lookup(customer_id: str, status: str) -> Customer | None:
@@ -173,8 +179,17 @@ def activate(customer_id: str):
     # the protocol's consent record, as the cloud will receive it (validated here, stored by the gallery)
     record = Consent(recorded_by=staff_name, recorded_at=datetime.now(timezone.utc).replace(microsecond=0),
                      text_version=d.text_version)
-    try:
-        activated = d.gallery.activate(customer_id, name, record)
+    rule = DoorRule.or_none(d.config, d.gallery.model_sha256)
+    check = None if rule is None else lambda: rule.check_pending(d.gallery, customer_id)
+    try:  # refused, nothing changed, when the sign-up is an active customer's face (two records: neither greeted)
+        activated = d.gallery.activate(customer_id, name, record, check=check)
+    except AlreadyRegular as exc:
+        log.warning("staff page: not activated: %s", exc)
+        regular = exc.customer.display_name
+        return staff_page(409, {"_": f"Sign-up {customer.short_code or ''} was not activated: already a regular: "
+                                     f"{regular}. Nothing was changed.",
+                                customer_id: f"Already a regular: {regular} (the same face). Discard this sign-up — "
+                                             "they are greeted at the door as they are."}, values)
     except sqlite3.OperationalError as exc:
         return cannot_save("activated", customer_id, exc)
     session["staff_name"] = staff_name

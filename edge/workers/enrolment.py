@@ -3,6 +3,9 @@
 ``idle`` —button press or the staff page's "Start a sign-up"→ ``capturing`` (every frame goes to
 :class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``)
 —pool full→ ``pending`` (stored unsearchable with a short code; a ``pending`` enrolment event goes to the cloud),
+or ``already`` when the face is an active customer's by the door's own rule (:class:`~dangol_edge.enrol.DoorRule`:
+no second record, which would keep the door from greeting either; their record takes the new views while it has
+room, :func:`~dangol_edge.enrol.refresh_regular`; the door screen says so without a name, the staff page names them),
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
 no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
 snapshots taken out of the pool needed), or ``not-saved`` when the gallery cannot be written (disk
@@ -19,10 +22,12 @@ import queue
 import sqlite3
 from collections.abc import Callable
 
+import numpy as np
+
 from ..config import EdgeConfig
-from ..enrol import SampleCollector, enroll
+from ..enrol import DoorRule, Sample, SampleCollector, enroll, refresh_regular
 from ..events import EventFactory, EventNotSaved, Outbox
-from ..gallery import Gallery
+from ..gallery import Enrolled, Gallery
 from ..screen import Screen
 from ..sources import Frame
 from .base import storage_state
@@ -56,6 +61,7 @@ class ButtonEnrolment:
         self.requests_dropped = 0  # requests refused because the queue was full
         self._collector: SampleCollector | None = None
         self._frames = 0
+        self._rule: DoorRule | bool | None = None  # built on the first sign-up; False: no calibration, not checked
 
     @property
     def active(self) -> bool:
@@ -146,10 +152,37 @@ class ButtonEnrolment:
         elif self._frames >= cfg.max_frames:
             self._fail(col)
 
+    def _regular(self, samples: list[Sample]) -> Enrolled | None:
+        """The active customer these samples are (the door's rule, :class:`~dangol_edge.enrol.DoorRule`), or None."""
+        if self._rule is None:
+            self._rule = DoorRule.or_none(self.config, self.gallery.model_sha256) or False
+        return self._rule.find(self.gallery, np.stack([s.embedding for s in samples])) if self._rule else None
+
+    def _already(self, found: Enrolled, samples: list[Sample]) -> None:
+        """End a sign-up of someone who is already a regular: no second record (two records of one face would
+        defeat the door's margin over the runner-up, and neither would be greeted). Their record takes the new
+        views the door matched to them while it has room (:func:`~dangol_edge.enrol.refresh_regular`). The door
+        screen says so without a name; the staff page (:meth:`~dangol_edge.screen.Screen.last_signup`) names them."""
+        added, note = 0, ""
+        try:
+            added = refresh_regular(self.gallery, found, samples, self.config.enrol.templates)
+        except sqlite3.Error as exc:  # the sign-up made nothing new: only the refresh is lost
+            self._storage(storage_state(exc) if isinstance(exc, sqlite3.OperationalError) else "error")
+            note = f"; their record was not refreshed: the gallery cannot be written ({exc})"
+        self._finish("already", seconds=10, regular=found.customer_id, refreshed=added)
+        log.info("sign-up not stored: already a regular, customer %s (%d of %d snapshots matched them, best score "
+                 "%.3f)%s", found.customer_id, found.votes, found.templates, found.score,
+                 f"; {added} new snapshot(s) added to their record" if added else note)
+
     def _save(self, col: SampleCollector) -> None:
         cfg = self.config.enrol
+        samples = col.select()
         try:  # one transaction: the customer and all its templates, or nothing
-            c = enroll(self.gallery, "", col.select(), status="pending", keep_photos=cfg.keep_photos,
+            found = self._regular(samples)
+            if found is not None:
+                self._already(found, samples)
+                return
+            c = enroll(self.gallery, "", samples, status="pending", keep_photos=cfg.keep_photos,
                        pending_ttl_s=cfg.pending_ttl_h * 3600)
         except sqlite3.OperationalError as exc:  # disk full / read-only medium
             self._storage(storage_state(exc))

@@ -35,6 +35,9 @@ def activate_on_staff_page(page, url: str, customer_id: str, name: str, staff: s
 
 
 def test_button_enrols_from_the_clip_and_staff_page_activates(home, model_path, clips, browser):  # noqa: F811
+    from tests.edge.test_duplicate_signup import without_lin
+
+    without_lin(home, model_path)   # a new face (Lin signing up again would make no second record)
     factory = MockFactory()
     cfg = config(home, model_path, clips, gpio={"enabled": True, "button_pin": 17, "led_pin": 27})
     app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}),

@@ -133,11 +133,16 @@ def test_an_unreadable_cached_catalogue_is_logged_once_and_counted(tmp_path, cap
     st.close()
 
 
-def test_a_sign_up_on_a_full_disk_fails_cleanly_and_reports_it(home, model_path, clips, browser):  # noqa: F811
+def test_a_sign_up_on_a_full_disk_fails_cleanly_and_reports_it(tmp_path, home, model_path, clips, browser,  # noqa: F811
+                                                               data_dir):
     """Staff start a sign-up while the medium is full: the screen says it could not be saved (not "capturing"
-    for ever), health reports the storage, nothing half-written stays in the gallery, recognition stays alive."""
-    cfg = config(home, model_path, clips)
-    app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
+    for ever), health reports the storage, nothing half-written stays in the gallery, recognition stays alive.
+    (A new face, one person's LFW photos: Lin, enrolled, signing up again would make no record at all.)"""
+    from tests.edge.test_signup_outcome import folder
+
+    photos = sorted((data_dir / "faces" / "lfw-deepfunneled" / "George_W_Bush").glob("*.jpg"))[:200]
+    app = Appliance(config(home, model_path, clips,
+                           camera={"source": folder(tmp_path, "one", photos), "loop": True, "realtime": True}))
     app.start()
     try:
         fill_the_disk(app, gallery=True)

@@ -154,11 +154,15 @@ def test_too_few_good_snapshots_are_counted_on_the_door_and_the_staff_page(tmp_p
         app.stop()
 
 
-def test_a_sign_up_not_saved_on_a_full_disk_is_told_on_the_staff_page(home, model_path, clips, browser):  # noqa: F811
-    """The Hamilton clip gives a full pool, but the gallery cannot be written: the card says so and what to do."""
+def test_a_sign_up_not_saved_on_a_full_disk_is_told_on_the_staff_page(tmp_path, home, model_path, clips,  # noqa: F811
+                                                                     browser, data_dir):
+    """One person's photos give a full pool, but the gallery cannot be written: the card says so and what to do.
+    (A new face: Lin-Manuel Miranda, enrolled, signing up again from the Hamilton clip would make no record at all.)"""
     from tests.edge.test_daemon_faults import fill_the_disk
 
-    app = start(config(home, model_path, clips, camera={"realtime": True}))
+    photos = sorted((data_dir / "faces" / "lfw-deepfunneled" / "George_W_Bush").glob("*.jpg"))[:200]
+    app = start(config(home, model_path, clips,
+                       camera={"source": folder(tmp_path, "one", photos), "loop": True, "realtime": True}))
     try:
         fill_the_disk(app, gallery=True)
         page = browser.new_page()

@@ -11,10 +11,12 @@ import numpy as np
 from dangol_edge.daemon import Appliance
 from tests.edge.test_button_enrol import activate_on_staff_page
 from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
+from tests.edge.test_duplicate_signup import without_lin
 from tests.edge.test_sync import wait_for
 
 
 def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, browser):  # noqa: F811
+    without_lin(home, model_path)   # a new face (Lin signing up again would make no second record)
     cfg = config(home, model_path, clips)   # gpio disabled: no button at all
     app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
     app.start()
