@@ -162,8 +162,9 @@ class SampleCollector:
         return int(self._consistency()[0].sum()) >= self.wanted
 
     def due(self, frame_index: int) -> bool:
-        """True when the frame is far enough from the last candidate to be worth processing."""
-        return frame_index - self._last >= self.min_gap_frames
+        """True when the frame is far enough from the last candidate to be worth processing, or numbered before
+        it (a looping clip or folder, or a camera that reconnected, counts from 0 again)."""
+        return frame_index < self._last or frame_index - self._last >= self.min_gap_frames
 
     def offer(self, face: Face | None, frame_index: int) -> bool:
         """Keep the face if it passed every gate and the collector is not :attr:`full` (at the pool size, it

@@ -115,3 +115,24 @@ def test_live_enrolment_from_the_clip_keeps_only_him(pipeline, clips):
     sims = [float(s.embedding @ lin) for s in samples]
     assert len(samples) == 5
     assert min(sims) > 0.4, sims  # his frames 0.44-0.77 to his photo, the others' 0.01-0.20
+
+
+def test_a_source_that_starts_its_frame_numbers_again_does_not_stall_the_sign_up(lfw_people):
+    """A looping clip or folder, or a camera that reconnected, numbers its frames from 0 again: the collector kept
+    waiting for a frame number past the last candidate's (a 10-image folder never got there)."""
+    emb, people = lfw_people
+    name = next(n for n, rows in people.items() if len(rows) >= 20)
+    rows = people[name][:20]
+    crop = np.zeros((112, 112, 3), np.uint8)
+    col = SampleCollector(5, pool=10, min_gap_frames=3)
+    offered = 0
+    for lap in range(8):                                   # the same 10 frame numbers, lap after lap
+        for index in range(10):
+            face = SimpleNamespace(embedding=emb[rows[offered % len(rows)]], quality=0.6, crop=crop)
+            offered += 1
+            col.offer(face, index)
+            if col.full:
+                break
+        if col.full:
+            break
+    assert col.full and len(col.candidates) == 10          # before: 4 candidates (frames 0, 3, 6, 9), then none
