@@ -74,7 +74,11 @@ def set_currency(store_id: str):
 def set_timezone(store_id: str):
     """POST /stores/<id>/timezone: the store's IANA time zone (e.g. Asia/Taipei) for a chain across zones; empty =
     the TIMEZONE setting. Its later imports read naive sale times in it, training reads its sales' hours in it and
-    its doors get it (their day-part clock) with the next publish (:mod:`dangol_cloud.store_zones`)."""
+    its doors get it (their day-part clock) with the next publish (:mod:`dangol_cloud.store_zones`).
+
+    Refused (nothing changed) while the store holds imported sales: their file times were turned into instants in
+    the zone of the day, so another zone would shift their hours and a re-import of the same files would store them
+    a second time (the duplicate check compares instants). POS API sales carry their offset and do not count."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -87,16 +91,19 @@ def set_timezone(store_id: str):
             flash(f"Time zone: {exc}. Use a name of the IANA list, e.g. Europe/Berlin or Asia/Taipei.", "error")
             return redirect(url_for("stores.index"))
     row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
-    before = row.timezone or get_settings().timezone
+    before, now = row.timezone or get_settings().timezone, name or get_settings().timezone
+    imported = s.scalar(select(func.count()).select_from(Purchase)
+                        .where(Purchase.store_id == store.id, Purchase.source != "pos")) or 0
+    if imported and now != before:
+        flash(f"{store.name} keeps {before}: it already holds {imported:,} imported sales whose file times were read "
+              f"as {before} time. In {now} their hours would shift, and importing the same files again would store "
+              "them twice. Set a store's time zone before its first import.", "error")
+        return redirect(url_for("stores.index"))
     row.timezone = name or None
     s.add(row)
     s.commit()
-    now = name or get_settings().timezone
-    sold = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.store_id == store.id)) or 0
-    note = (f" Its {sold:,} sales already stored keep their moment in time; those imported from files without a "
-            f"time zone were read as {before} time." if sold and now != before else "")
     flash(f"{store.name}: sales hours and door day-parts follow {now}. Its doors get it with the next Publish "
-          f"(Menu catalogue).{note}", "success")
+          "(Menu catalogue).", "success")
     return redirect(url_for("stores.index"))
 
 

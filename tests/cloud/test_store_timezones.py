@@ -104,7 +104,7 @@ def test_an_unknown_stored_zone_names_the_store(db):
 
 
 @pytest.mark.slow
-def test_the_owner_sets_a_stores_zone_on_the_stores_page(browser, tmp_path):
+def test_the_owner_sets_a_stores_zone_on_the_stores_page(browser, tmp_path, ta_feng_slice):
     broker, url, db, store_id = owner_database(tmp_path)
     settings = Settings(cloud_home=tmp_path / "home", database_url=url, secret_key="zones", timezone="Europe/Berlin",
                         _env_file=None)
@@ -135,6 +135,20 @@ def test_the_owner_sets_a_stores_zone_on_the_stores_page(browser, tmp_path):
         assert "follow Europe/Berlin" in page.inner_text(".flash.success")
         with db.sessions() as s:
             assert store_zones(s) == {}
+        # once the store holds imported sales (file times read as Berlin time), its zone stays: another would shift
+        # their hours, and importing the same file again would store every sale a second time
+        with db.transaction() as s:
+            first = import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng",
+                                tz="Europe/Berlin", store_id=store_id)
+        page.locator(f"#tz-{store_id}").fill("Asia/Taipei")
+        page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
+        refused = page.inner_text(".flash.error")
+        assert "keeps Europe/Berlin" in refused and "before its first import" in refused
+        with db.transaction() as s:
+            assert store_zones(s) == {}                                 # nothing changed
+            again = import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng",
+                                tz="Europe/Berlin", store_id=store_id)
+        assert again.inserted == 0 and again.duplicates == first.inserted > 0
     finally:
         server.shutdown()
         thread.join(5)
