@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     g2 = rk.add_mutually_exclusive_group(required=True)
     g2.add_argument("--new-key-file", type=Path, help="file holding the new key (base64 of 32 bytes)")
     g2.add_argument("--new-key-env", metavar="VAR", help="environment variable holding the new key")
+    rk.add_argument("--state-only", action="store_true", help="re-seal only the state file (after a rotation whose "
+                    "state step failed; the current key is still the old one)")
 
     r = sub.add_parser("run", help="the appliance daemon")
     r.add_argument("--source", help="override the camera source")
@@ -244,20 +246,35 @@ def cmd_rotate_key(args) -> int:
         if not text:
             raise InputError(f"{args.new_key_env}: environment variable is empty or unset")
     new = FieldCipher(parse_key(text, source))
-    cfg, _, gallery = _open(args)
-    n = gallery.rotate_key(new)  # first: it refuses a wrong current key before anything is changed
-    names, dropped = _rotate_state_key(cfg.state_path, new)
+    if args.state_only:
+        cfg, n = _config(args), 0
+    else:
+        cfg, _, gallery = _open(args)
+        n = gallery.rotate_key(new)  # first: it refuses a wrong current key before anything is changed
+    try:
+        names, dropped = _rotate_state_key(cfg.state_path, new)
+    except StateNotResealed as exc:
+        print(json.dumps({"resealed": n, "key_id": new.key_id.hex(), "error": str(exc)}))
+        log.error("%s", exc)
+        return EXIT_ERROR
     print(json.dumps({"resealed": n, "resealed_menu_names": names, "dropped_menu_names": dropped,
                       "key_id": new.key_id.hex(),
                       "next": "set DANGOL_GALLERY_KEY (or the systemd credential) to the new key"}))
     return EXIT_OK
 
 
+class StateNotResealed(RuntimeError):
+    """The gallery is under the new key but the state file could not be re-sealed (see the message)."""
+
+
 def _rotate_state_key(path: Path, new) -> tuple[int, int]:
-    """Re-seal the cached menus' first names in the state file under ``new``
+    """Re-seal the cached menus' first names and the queued events in the state file under ``new``
     (:meth:`~dangol_edge.state.StateStore.rotate_key`); a missing file is left alone. Returns (re-sealed, dropped).
-    When the file cannot be written the gallery is rotated all the same: the names stay under the old key, and
-    the daemon shows those menus without a name until the cloud sends them again (a warning says so)."""
+
+    Raises:
+        StateNotResealed: the file cannot be written: the gallery is already under the new key, the file's names
+            and queued events are still under the old one (the command exits 1, saying what to do).
+    """
     import sqlite3
 
     from .state import StateError, StateStore
@@ -268,9 +285,11 @@ def _rotate_state_key(path: Path, new) -> tuple[int, int]:
         with StateStore(path) as st:
             return st.rotate_key(new)
     except (sqlite3.Error, StateError) as exc:
-        log.warning("%s: the cached menus' names could not be re-sealed (%s); they are shown without a name until "
-                    "the cloud's next menus", path, exc)
-        return 0, 0
+        raise StateNotResealed(
+            f"{path}: could not be re-sealed ({exc}); the gallery is under the new key already, this file's queued "
+            "events (enrolments, visits) and cached names still under the old one (kept, not sent under the new "
+            "key). Keep the old key set, free the storage or stop the daemon, and run `dangol-edge rotate-key "
+            "--state-only` with the same new key; then switch the key") from exc
 
 
 def _queue_erasure_event(args, customer_id: str) -> bool:

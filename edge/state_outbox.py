@@ -66,8 +66,10 @@ class OutboxTable:
         """Attributes only (no I/O): called by the store's constructor."""
         self._erased: OrderedDict[str, datetime] = OrderedDict()  # customer id → when their erasure began
         self._erasing: set[str] = set()  # customers whose erasure began and has not committed: nothing is sent
-        #: queued events that could not be opened (sealed under another key): dropped, each logged
+        #: queued events that could not be opened (sealed under another key): kept and skipped, each counted and
+        #: logged once (they are sent once the daemon runs with the key they were sealed under)
         self.outbox_read_errors = 0
+        self._unreadable_events: set[str] = set()  # their event ids (at most the outbox's rows)
 
     @staticmethod
     def _create_outbox(db) -> None:
@@ -131,16 +133,17 @@ class OutboxTable:
     def pending(self, limit: int = 100) -> list[dict[str, Any]]:
         """Unacknowledged events, oldest first: dicts with ``event_id``, ``topic``, ``payload`` (the JSON text,
         unsealed) and ``customer_id`` (or None); events about customers being erased are left out. An event that
-        cannot be unsealed (sealed under another key) can never be sent: it is deleted, logged and counted in
+        cannot be unsealed with the current key (``dangol-edge rotate-key`` re-sealed the file while this process
+        still runs under the old key, or its state step failed) is skipped, never deleted: it is sent once the
+        daemon runs with the key it was sealed under. Each is logged and counted once in
         :attr:`outbox_read_errors`."""
-        out, lost = [], []
+        out = []
         with self._lock:
             erasing = sorted(self._erasing)
-            rows = self.db.execute("SELECT seq, event_id, topic, customer_id, payload, sealed FROM outbox "
-                                   "WHERE sent_at IS NULL AND (customer_id IS NULL OR customer_id NOT IN "
-                                   f"({','.join('?' * len(erasing))})) ORDER BY seq LIMIT ?",
-                                   [*erasing, limit]).fetchall()
-            for seq, event_id, topic, cid, text, sealed in rows:
+            cursor = self.db.execute("SELECT event_id, topic, customer_id, payload, sealed FROM outbox "
+                                     "WHERE sent_at IS NULL AND (customer_id IS NULL OR customer_id NOT IN "
+                                     f"({','.join('?' * len(erasing))})) ORDER BY seq", erasing)
+            for event_id, topic, cid, text, sealed in cursor:
                 if sealed is not None:
                     try:
                         cipher = self._get_cipher()
@@ -148,14 +151,19 @@ class OutboxTable:
                             raise GalleryKeyError(f"{_context(event_id)}: no gallery key")
                         text = cipher.open(sealed, _context(event_id)).decode("utf-8")
                     except GalleryKeyError as exc:
-                        lost.append((seq, event_id, exc))
+                        if event_id not in self._unreadable_events:
+                            if len(self._unreadable_events) >= 10_000:  # bounded: some may be logged again
+                                self._unreadable_events.clear()
+                            self._unreadable_events.add(event_id)
+                            self.outbox_read_errors += 1
+                            log.error("%s: queued event %s cannot be opened with this key (%s); kept and skipped "
+                                      "until the daemon runs with the key it was sealed under (rotate-key?)",
+                                      self.path, event_id, exc)
                         continue
                 out.append({"event_id": event_id, "topic": topic, "payload": text, "customer_id": cid})
-            for seq, event_id, exc in lost:
-                self.db.execute("DELETE FROM outbox WHERE seq = ?", [seq])
-                self.outbox_read_errors += 1
-                log.error("%s: queued event %s cannot be opened (%s); it can never be sent and is dropped",
-                          self.path, event_id, exc)
+                if len(out) >= limit:
+                    break
+            cursor.close()
         return out
 
     def sendable(self, event_id: str, customer_id: str | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from datetime import datetime, timezone
@@ -148,3 +149,44 @@ def test_strangers_leave_no_trace(edge_env, capsys, clips):
         assert len(g.customers()) == 1
         assert g.db.execute("SELECT COUNT(*) FROM templates").fetchone()[0] == 1
     assert set(before) <= set(after)
+
+
+def test_rotate_key_whose_state_step_fails_loses_no_queued_event(edge_env, capsys, clips, tmp_path, monkeypatch):
+    """The state file busy (a full disk or read-only medium take the same path) while ``rotate-key`` runs: the
+    command says so and exits 1; the queued enrolment (its consent record, sealed under the old key) is kept — under
+    the new key it is skipped, not deleted —, and ``rotate-key --state-only`` then moves it to the new key."""
+    import sqlite3
+
+    from dangol_edge.events import EventFactory, Outbox
+    from dangol_edge.state import StateStore
+    from dangol_protocol import Consent
+
+    assert main(["enroll", "--name", NAME, "--image", str(clips / "obama.jpg")]) == 0
+    cid = json.loads(capsys.readouterr().out)["enrolled"]["id"]
+    device = uuid.uuid4()
+    state_path = edge_env / "state.sqlite"
+    with StateStore(state_path) as st:  # the daemon queued the activation while the broker was down
+        Outbox(device, st).send(EventFactory(device).activated(cid, NAME, Consent(
+            recorded_by="staff", recorded_at=datetime.now(timezone.utc), text_version="2026-01")))
+    new = new_key()
+    key_file = tmp_path / "new.key"
+    key_file.write_text(new)
+    blocker = sqlite3.connect(state_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        assert main(["rotate-key", "--new-key-file", str(key_file)]) == 1       # before: 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert "--state-only" in json.loads(capsys.readouterr().out)["error"]
+    old = os.environ["DANGOL_GALLERY_KEY"]
+    monkeypatch.setenv("DANGOL_GALLERY_KEY", new)
+    with StateStore(state_path) as st:                                           # a daemon on the new key
+        assert st.pending() == [] and st.outbox_read_errors == 1
+        assert st.outbox_depth() == 1                                            # before: deleted
+    monkeypatch.setenv("DANGOL_GALLERY_KEY", old)
+    assert main(["rotate-key", "--state-only", "--new-key-file", str(key_file)]) == 0
+    monkeypatch.setenv("DANGOL_GALLERY_KEY", new)
+    with StateStore(state_path) as st:
+        (event,) = st.pending()
+        assert json.loads(event["payload"])["display_name"] == NAME
