@@ -74,8 +74,8 @@ def detector_file(config: DetectorConfig, model_path: str | Path) -> Path | None
 
 
 def detector_file_problem(config: DetectorConfig, model_path: str | Path) -> str | None:
-    """Why the detector could not load its model file (:func:`detector_file`), or None when it is there and
-    readable (its content is checked when it is loaded). The message names the file and what to do."""
+    """Why the detector could not load its model file (:func:`detector_file`), or None when it is there, readable
+    and loads in OpenCV. The message names the file and what to do."""
     path = detector_file(config, model_path)
     if path is None:
         return None
@@ -91,6 +91,13 @@ def detector_file_problem(config: DetectorConfig, model_path: str | Path) -> str
                 f"daemon's user (dangol), or {fix}")
     if empty:
         return f"the face detector {path} is empty (an interrupted copy?): {fix}"
+    import cv2
+
+    try:  # a truncated copy opens but does not load (OpenCV parses the ONNX graph: milliseconds)
+        cv2.FaceDetectorYN.create(str(path), "", (320, 320))
+    except cv2.error as exc:
+        first = str(exc).strip().splitlines()[-1][:200]
+        return f"the face detector {path} is not a loadable YuNet model ({first}; an interrupted copy?): {fix}"
     return None
 
 

@@ -72,13 +72,15 @@ def test_mediapipe_needs_no_detector_file(no_detector, tmp_path, capsys, clean_e
     assert code == 0, err
 
 
-@pytest.mark.parametrize("damage", ["directory", "empty", "unreadable"])
-def test_a_detector_path_that_cannot_be_loaded_is_refused(no_detector, damage, tmp_path):
+@pytest.mark.parametrize("damage", ["directory", "empty", "truncated", "unreadable"])
+def test_a_detector_path_that_cannot_be_loaded_is_refused(no_detector, models_dir, damage, tmp_path):
     target = no_detector / YUNET_FILE
     if damage == "directory":
         target.mkdir()
     elif damage == "empty":
         target.write_bytes(b"")
+    elif damage == "truncated":  # an interrupted copy: the real file's first 50 kB
+        target.write_bytes((models_dir / YUNET_FILE).read_bytes()[:50_000])
     else:
         if os.geteuid() == 0:
             pytest.skip("root reads any file")
