@@ -30,6 +30,8 @@ STAFF_SESSION_S = 12 * 3600
 #: How long the sign-up card tells how the last sign-up ended (did not work, cancelled, not saved), seconds; it stops
 #: sooner when a new sign-up is asked for.
 SIGNUP_OUTCOME_S = 10 * 60
+#: How long after "Start a sign-up" the page follows it even if the capture has not begun yet, seconds.
+SIGNUP_WATCH_S = 15
 #: What staff are told when the event for the cloud could not be saved (the outbox holds and retries it).
 NOT_SAVED = ("telling the cloud failed (this device cannot write its storage) — the message is kept and retried "
              "every minute while the device runs; check the device's storage if this repeats.")
@@ -74,10 +76,12 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
                for c in reversed(d.gallery.customers(status="pending"))]  # newest (at the counter) first
     active = [{"c": c, "since": ago(c.updated_at, now)}
               for c in sorted(d.gallery.customers(status="active"), key=lambda c: c.display_name.casefold())]
-    snap = d.screen.snapshot()
-    signup = {"available": d.on_signup is not None,
-              "capturing": snap.get("screen") == "enrol" and snap.get("stage") == "capturing",
-              "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0), "last": last_signup()}
+    signup = {"available": d.on_signup is not None, **signup_progress(), "last": last_signup()}
+    # the page follows a sign-up by itself (_staff.js) while one is captured, or was just asked for and has not
+    # ended since (a capture that never began stops being followed after SIGNUP_WATCH_S)
+    since_asked, ended = time.time() - session.get("signup_asked", 0), d.screen.last_signup()
+    signup["watch"] = signup["capturing"] or (since_asked < SIGNUP_WATCH_S
+                                              and (ended is None or ended["age_s"] > since_asked))
     catalogue_unreadable = read_catalogue(d) is None and d.state.catalogue_read_errors > 0
     storage = d.storage() if d.storage is not None else "ok"
     return render_template("staff.html", pending=pending, active=active, errors=errors or {},
@@ -85,6 +89,13 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
                            values=values or {}, text_version=d.text_version, pin=d.pin is not None, signup=signup,
                            staff_name=session.get("staff_name", ""),
                            exposed=d.config.display.host not in ("127.0.0.1", "localhost", "::1")), status
+
+
+def signup_progress() -> dict:
+    """``{"capturing": bool, "samples": good snapshots so far, "wanted": snapshots needed}`` of the door's sign-up."""
+    snap = deps().screen.snapshot()
+    return {"capturing": snap.get("screen") == "enrol" and snap.get("stage") == "capturing",
+            "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0)}
 
 
 def last_signup() -> dict | None:
@@ -137,9 +148,17 @@ def signup():
     if not d.on_signup("enrol"):
         return staff_page(503, {"_": "The device is busy — nothing was started. Please try again in a moment."})
     d.screen.forget_signup()  # the card stops telling how the last one ended now, not once the camera thread starts
+    session["signup_asked"] = time.time()  # the page follows it even before the camera thread starts capturing
     flash("Sign-up started: ask the customer to look at the camera by the door. The door screen counts the "
           "snapshots, then shows a code; the sign-up appears below.", "success")
     return redirect(url_for("staff.index"))
+
+
+@bp.get("/signup/progress")
+def signup_progress_json():
+    """GET /staff/signup/progress: :func:`signup_progress` as JSON, which the staff page polls while it follows a
+    sign-up (signed-in staff only, like every /staff route)."""
+    return signup_progress()
 
 
 @bp.post("/signup/cancel")

@@ -71,3 +71,27 @@ def test_staff_page_cancels_a_sign_up_it_started(tmp_path, home, model_path, cli
         page.close()
     finally:
         app.stop()
+
+
+def test_the_staff_page_follows_a_sign_up_without_refresh(home, model_path, clips, browser):  # noqa: F811
+    """After "Start a sign-up" the card counts the snapshots and then shows the new sign-up by itself: staff no
+    longer press Refresh to learn how it went."""
+    without_lin(home, model_path)
+    cfg = config(home, model_path, clips)
+    app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
+    app.start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(app.web.url.rstrip("/") + "/staff")
+        page.click("#signup-start")
+        page.wait_for_load_state()
+        page.wait_for_selector("#signup-samples", timeout=20_000)     # the card switched to the capture by itself
+        assert "good snapshots so far" in page.inner_text("#signup")
+        page.wait_for_selector("div.card[id^=pending-]", timeout=90_000)   # ... and to its outcome: the new sign-up
+        (pending,) = app.gallery.customers(status="pending")
+        assert page.get_attribute(f"#pending-{pending.id}", "data-code") == pending.short_code
+        assert page.locator("#signup-samples").count() == 0
+        page.close()
+    finally:
+        app.stop()
