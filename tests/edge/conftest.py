@@ -81,3 +81,22 @@ def gallery(tmp_path):
     g = Gallery(tmp_path / "g.sqlite", "sha-a").open()
     yield g
     g.close()
+
+
+def live_door_page(browser, app):
+    """The door's menu page of a running :class:`~dangol_edge.daemon.Appliance` in Chromium (15 s timeout), once its
+    event stream is live."""
+    door = browser.new_page()
+    door.set_default_timeout(15_000)
+    door.goto(app.web.url.rstrip("/") + "/")
+    door.wait_for_function("document.body.dataset.live === '1'")
+    return door
+
+
+def start_signup_on_staff_page(browser, app):
+    """A staff page of a running appliance (10 s timeout) on which "Start a sign-up" was just clicked."""
+    page = browser.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(app.web.url.rstrip("/") + "/staff")
+    page.click("#signup-start")
+    return page

@@ -28,6 +28,7 @@ from tests.edge.test_button_enrol import activate_on_staff_page, press
 from tests.edge.test_daemon import LIN, config, home  # noqa: F401  (fixture)
 from tests.edge.test_signup_outcome import folder, staff_card
 from tests.edge.test_sync import wait_for
+from tests.edge.conftest import live_door_page, start_signup_on_staff_page
 
 CONSENT = Consent(recorded_by="test", recorded_at=datetime.now(timezone.utc), text_version="1")
 
@@ -111,14 +112,8 @@ def test_a_regular_signing_up_again_at_the_door_is_told_so(tmp_path, model_path,
     app.start()
     try:
         assert wait_for(lambda: app.stats.arrivals >= 1, timeout=60), "the door greets the regular"
-        door = browser.new_page()
-        door.set_default_timeout(15_000)
-        door.goto(app.web.url.rstrip("/") + "/")
-        door.wait_for_function("document.body.dataset.live === '1'")
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        page.click("#signup-start")
+        door = live_door_page(browser, app)
+        page = start_signup_on_staff_page(browser, app)
         assert wait_for(lambda: app.screen.snapshot().get("stage") == "already", timeout=90)
         door.wait_for_function("document.body.innerText.includes(\"You're already one of our regulars\")")
         snap = app.screen.snapshot()

@@ -21,6 +21,7 @@ from dangol_edge.web import staff
 from tests.edge.test_button_enrol import press
 from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
 from tests.edge.test_sync import wait_for
+from tests.edge.conftest import live_door_page, start_signup_on_staff_page
 
 
 def staff_card(page, app) -> str:
@@ -130,14 +131,8 @@ def test_too_few_good_snapshots_are_counted_on_the_door_and_the_staff_page(tmp_p
                        camera={"source": folder(tmp_path, "one", photos), "loop": True, "realtime": True},
                        enrol={"max_frames": 10}))
     try:
-        door = browser.new_page()
-        door.set_default_timeout(15_000)
-        door.goto(app.web.url.rstrip("/") + "/")
-        door.wait_for_function("document.body.dataset.live === '1'")
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        page.click("#signup-start")
+        door = live_door_page(browser, app)
+        page = start_signup_on_staff_page(browser, app)
         door.wait_for_function("document.body.innerText.includes(\"We didn't get enough good snapshots\")")
         snap = app.screen.snapshot()
         assert snap["stage"] == "failed" and snap["why"] == "few" and snap["wanted"] == 15
@@ -165,10 +160,7 @@ def test_a_sign_up_not_saved_on_a_full_disk_is_told_on_the_staff_page(tmp_path, 
                        camera={"source": folder(tmp_path, "one", photos), "loop": True, "realtime": True}))
     try:
         fill_the_disk(app, gallery=True)
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        page.click("#signup-start")
+        page = start_signup_on_staff_page(browser, app)
         assert wait_for(lambda: app.screen.snapshot().get("stage") == "not-saved", timeout=90)
         card = staff_card(page, app)
         assert ("The last sign-up could not be saved just now: this device cannot write its storage, so nothing of "

@@ -13,6 +13,7 @@ from tests.edge.test_button_enrol import activate_on_staff_page
 from tests.edge.test_daemon import config, home  # noqa: F401  (fixture)
 from tests.edge.test_duplicate_signup import without_lin
 from tests.edge.test_sync import wait_for
+from tests.edge.conftest import start_signup_on_staff_page
 
 
 def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, browser):  # noqa: F811
@@ -23,10 +24,7 @@ def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, b
     try:
         assert app.button is None
         before = {c.id for c in app.gallery.customers()}
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        page.click("#signup-start")
+        page = start_signup_on_staff_page(browser, app)
         page.wait_for_load_state()
         assert "Sign-up started" in page.inner_text(".flash")
         assert wait_for(lambda: app.screen.snapshot().get("stage") == "capturing", timeout=5)
@@ -54,10 +52,7 @@ def test_staff_page_cancels_a_sign_up_it_started(tmp_path, home, model_path, cli
     app = Appliance(cfg)
     app.start()
     try:
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        page.click("#signup-start")
+        page = start_signup_on_staff_page(browser, app)
         assert wait_for(lambda: app.screen.snapshot().get("stage") == "capturing", timeout=5)
         page.goto(app.web.url.rstrip("/") + "/staff")
         assert "Capturing a sign-up at the door" in page.inner_text("#signup")
@@ -81,10 +76,7 @@ def test_the_staff_page_follows_a_sign_up_without_refresh(home, model_path, clip
     app = Appliance(cfg.model_copy(update={"camera": cfg.camera.model_copy(update={"realtime": True})}))
     app.start()
     try:
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(app.web.url.rstrip("/") + "/staff")
-        page.click("#signup-start")
+        page = start_signup_on_staff_page(browser, app)
         page.wait_for_load_state()
         page.wait_for_selector("#signup-samples", timeout=20_000)     # the card switched to the capture by itself
         assert "good snapshots so far" in page.inner_text("#signup")
