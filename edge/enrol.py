@@ -320,22 +320,3 @@ class DoorRule:
         (for :meth:`Gallery.activate`'s ``check``: run under the gallery's lock)."""
         gallery.refuse_if_regular(pending_id, self.rule.threshold(gallery.size), self.margin, self.min_votes,
                                   self.vote_share)
-
-
-def refresh_regular(gallery: Gallery, found: Enrolled, samples: list[Sample], keep: int) -> int:
-    """Add a regular's new sign-up templates to their record while it holds fewer than ``keep`` templates of the
-    current model (e.g. enrolled from one photo); returns how many were added (0: no room).
-
-    Only the samples the door itself accepted as that customer (``found.accepted``) are added, best quality first, and
-    never more than the room left: the record only gains views the door already matched to them, and never grows
-    past ``keep`` (``enrol.templates``) nor replaces a template they consented to at their sign-up.
-
-    Raises:
-        sqlite3.Error: the gallery cannot be written (nothing is added).
-    """
-    have = gallery.template_models().get(found.customer_id, {}).get(gallery.model_sha256, 0)
-    mine = sorted((s for s, ok in zip(samples, found.accepted) if ok), key=lambda s: -s.quality)[:max(0, keep - have)]
-    if not mine:
-        return 0
-    return gallery.add_templates(found.customer_id, np.stack([s.embedding for s in mine]), [s.quality for s in mine],
-                                 max_per_model=keep)

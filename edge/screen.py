@@ -72,16 +72,15 @@ class Screen:
                           "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 
     def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
-                       samples: int = 0, wanted: int = 0, why: str | None = None, regular: str | None = None,
-                       refreshed: int = 0) -> int:
+                       samples: int = 0, wanted: int = 0, why: str | None = None, regular: str | None = None) -> int:
         """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
-        far), ``pending`` (with ``code``), ``already`` (the face is an active customer's, ``regular``, their id;
-        ``refreshed``: snapshots added to their record), ``cancelled``, ``failed`` (``why``: ``none``, ``several``
+        far), ``pending`` (with ``code``), ``already`` (the face is an active customer's, ``regular``, their id),
+        ``cancelled``, ``failed`` (``why``: ``none``, ``several``
         or ``few``, :meth:`dangol_edge.enrol.SampleCollector.shortfall_kind`) or ``not-saved`` (the gallery could
         not be written); shown for ``seconds`` (None: until the next change). A failure gives ``samples`` and
         ``wanted`` too: the good snapshots taken and the pool needed.
 
-        ``regular`` and ``refreshed`` are kept for the staff page only (:meth:`last_signup`), never put on the door
+        ``regular`` is kept for the staff page only (:meth:`last_signup`), never put on the door
         screen (:meth:`snapshot`), which is public. ``capturing`` forgets the last sign-up's ending; an ending
         (:data:`SIGNUP_ENDINGS`) replaces it."""
         with self._cond:
@@ -89,7 +88,7 @@ class Screen:
                 self._signup = None
             elif stage in SIGNUP_ENDINGS:
                 self._signup = {"stage": stage, "why": why, "samples": samples, "wanted": wanted, "code": code,
-                                "regular": regular, "refreshed": refreshed, "at": self._clock()}
+                                "regular": regular, "at": self._clock()}
             return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples,
                               "wanted": wanted, "why": why}, None if seconds is None else self._clock() + seconds)
 
@@ -102,7 +101,7 @@ class Screen:
         """How the last sign-up ended, or None (none ended since this process started, or one was asked for since).
 
         Returns:
-            ``{"stage", "why", "samples", "wanted", "code", "regular", "refreshed", "age_s"}``: the arguments of the
+            ``{"stage", "why", "samples", "wanted", "code", "regular", "age_s"}``: the arguments of the
             ending's :meth:`show_enrolment` and ``age_s``, seconds since it ended (on this screen's clock).
         """
         with self._cond:

@@ -4,8 +4,8 @@
 :class:`~dangol_edge.enrol.SampleCollector`, the one capture rule shared with ``dangol-edge enroll --source``)
 —pool full→ ``pending`` (stored unsearchable with a short code; a ``pending`` enrolment event goes to the cloud),
 or ``already`` when the face is an active customer's by the door's own rule (:class:`~dangol_edge.enrol.DoorRule`:
-no second record, which would keep the door from greeting either; their record takes the new views while it has
-room, :func:`~dangol_edge.enrol.refresh_regular`; the door screen says so without a name, the staff page names them),
+no second record, which would keep the door from greeting either, and nothing added to theirs: a newcomer the door
+falsely matched would become that regular's face; the door screen says so without a name, the staff page names them),
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
 no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
 snapshots taken out of the pool needed), or ``not-saved`` when the gallery cannot be written (disk
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..config import EdgeConfig
-from ..enrol import DoorRule, Sample, SampleCollector, enroll, refresh_regular
+from ..enrol import DoorRule, Sample, SampleCollector, enroll
 from ..events import EventFactory, EventNotSaved, Outbox
 from ..gallery import Enrolled, Gallery
 from ..screen import Screen
@@ -158,21 +158,15 @@ class ButtonEnrolment:
             self._rule = DoorRule.or_none(self.config, self.gallery.model_sha256) or False
         return self._rule.find(self.gallery, np.stack([s.embedding for s in samples])) if self._rule else None
 
-    def _already(self, found: Enrolled, samples: list[Sample]) -> None:
+    def _already(self, found: Enrolled) -> None:
         """End a sign-up of someone who is already a regular: no second record (two records of one face would
-        defeat the door's margin over the runner-up, and neither would be greeted). Their record takes the new
-        views the door matched to them while it has room (:func:`~dangol_edge.enrol.refresh_regular`). The door
+        defeat the door's margin over the runner-up, and neither would be greeted), and nothing of it is stored — not
+        even in their record: the door's rule lets about one stranger in a hundred through, and a newcomer's
+        snapshots added to a regular's record would make the door greet them as that regular for good. The door
         screen says so without a name; the staff page (:meth:`~dangol_edge.screen.Screen.last_signup`) names them."""
-        added, note = 0, ""
-        try:
-            added = refresh_regular(self.gallery, found, samples, self.config.enrol.templates)
-        except sqlite3.Error as exc:  # the sign-up made nothing new: only the refresh is lost
-            self._storage(storage_state(exc) if isinstance(exc, sqlite3.OperationalError) else "error")
-            note = f"; their record was not refreshed: the gallery cannot be written ({exc})"
-        self._finish("already", seconds=10, regular=found.customer_id, refreshed=added)
+        self._finish("already", seconds=10, regular=found.customer_id)
         log.info("sign-up not stored: already a regular, customer %s (%d of %d snapshots matched them, best score "
-                 "%.3f)%s", found.customer_id, found.votes, found.templates, found.score,
-                 f"; {added} new snapshot(s) added to their record" if added else note)
+                 "%.3f)", found.customer_id, found.votes, found.templates, found.score)
 
     def _save(self, col: SampleCollector) -> None:
         cfg = self.config.enrol
@@ -180,7 +174,7 @@ class ButtonEnrolment:
         try:  # one transaction: the customer and all its templates, or nothing
             found = self._regular(samples)
             if found is not None:
-                self._already(found, samples)
+                self._already(found)
                 return
             c = enroll(self.gallery, "", samples, status="pending", keep_photos=cfg.keep_photos,
                        pending_ttl_s=cfg.pending_ttl_h * 3600)
