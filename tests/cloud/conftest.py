@@ -9,7 +9,9 @@ reachable the PostgreSQL-parametrised tests FAIL with a message saying so (they 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,3 +218,21 @@ def sign_in_owner(page, base: str) -> None:
 
 def utc(*args) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Serve the Flask ``app`` on a free local port in a thread for a real browser; yields the base URL
+    (``http://127.0.0.1:<port>``) and stops the server on exit."""
+    from werkzeug.serving import make_server
+
+    from tests.broker import free_port
+
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)

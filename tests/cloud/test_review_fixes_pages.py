@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 
 import pytest
 from sqlalchemy import func, select
-from werkzeug.serving import make_server
 
 import dangol_protocol as proto
 from dangol_cloud.app import create_app
@@ -27,9 +25,8 @@ from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Devi
                                  ProductMapping, Purchase, utcnow)
 from dangol_cloud.services import record_consent
 from dangol_cloud.settings import Settings
-from tests.broker import free_port
 
-from .conftest import owner_database, sign_in_owner
+from .conftest import owner_database, serving, sign_in_owner
 from .test_cloud_mqtt import Collector
 from .test_review_fixes_feedback import shown_menu_item_bought_as_product
 
@@ -42,13 +39,9 @@ def site(tmp_path, ta_feng_slice):
     broker, url, db, store_id = owner_database(tmp_path)
     settings = Settings(cloud_home=tmp_path / "home", database_url=url, mqtt_url=broker.url, secret_key="review",
                         timezone="UTC", _env_file=None)
-    server = make_server("127.0.0.1", free_port(), create_app(settings, db=db), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield {"base": f"http://127.0.0.1:{server.server_port}", "db": db, "broker": broker, "store": store_id,
-           "settings": settings, "slice": ta_feng_slice}
-    server.shutdown()
-    thread.join(5)
+    with serving(create_app(settings, db=db)) as base:
+        yield {"base": base, "db": db, "broker": broker, "store": store_id, "settings": settings,
+               "slice": ta_feng_slice}
     db.dispose()
     broker.stop()
 

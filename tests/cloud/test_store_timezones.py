@@ -5,13 +5,11 @@ Stores page in headless Chromium."""
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 import dangol_protocol as proto
 from dangol_cloud.app import create_app
@@ -23,9 +21,8 @@ from dangol_cloud.publishing import catalogue_messages, publish_catalogue_versio
 from dangol_cloud.settings import Settings
 from dangol_cloud.store_zones import store_zones
 from dangol_cloud.training import load_frames
-from tests.broker import free_port
 
-from .conftest import owner_database, screenshot_page, sign_in_owner
+from .conftest import owner_database, screenshot_page, serving, sign_in_owner
 
 
 def _two_stores(db) -> tuple[str, str]:
@@ -108,49 +105,44 @@ def test_the_owner_sets_a_stores_zone_on_the_stores_page(browser, tmp_path, ta_f
     broker, url, db, store_id = owner_database(tmp_path)
     settings = Settings(cloud_home=tmp_path / "home", database_url=url, secret_key="zones", timezone="Europe/Berlin",
                         _env_file=None)
-    server = make_server("127.0.0.1", free_port(), create_app(settings, db=db), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
     try:
-        folder, page = screenshot_page(browser, tmp_path, "store-zone", 15_000)
-        sign_in_owner(page, base)
-        page.goto(base + "/stores/")
-        field = page.locator(f"#tz-{store_id}")
-        assert field.get_attribute("placeholder") == "Europe/Berlin"   # the setting until the store has its own
-        field.fill("Mars/Olympus_Mons")
-        field.locator("xpath=following-sibling::button").click()
-        assert "not a known IANA time zone" in page.inner_text(".flash.error")
-        with db.sessions() as s:
-            assert store_zones(s) == {}                                 # nothing stored
-        page.locator(f"#tz-{store_id}").fill("Asia/Taipei")
-        page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
-        assert "follow Asia/Taipei" in page.inner_text(".flash.success")
-        assert page.locator(f"#tz-{store_id}").input_value() == "Asia/Taipei"
-        page.screenshot(path=str(folder / "stores.png"))
-        with db.sessions() as s:
-            assert store_zones(s) == {store_id: "Asia/Taipei"}
-        page.locator(f"#tz-{store_id}").fill("")                       # back to the setting
-        page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
-        assert "follow Europe/Berlin" in page.inner_text(".flash.success")
-        with db.sessions() as s:
-            assert store_zones(s) == {}
-        # once the store holds imported sales (file times read as Berlin time), its zone stays: another would shift
-        # their hours, and importing the same file again would store every sale a second time
-        with db.transaction() as s:
-            first = import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng",
-                                tz="Europe/Berlin", store_id=store_id)
-        page.locator(f"#tz-{store_id}").fill("Asia/Taipei")
-        page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
-        refused = page.inner_text(".flash.error")
-        assert "keeps Europe/Berlin" in refused and "before its first import" in refused
-        with db.transaction() as s:
-            assert store_zones(s) == {}                                 # nothing changed
-            again = import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng",
-                                tz="Europe/Berlin", store_id=store_id)
-        assert again.inserted == 0 and again.duplicates == first.inserted > 0
+        with serving(create_app(settings, db=db)) as base:
+            folder, page = screenshot_page(browser, tmp_path, "store-zone", 15_000)
+            sign_in_owner(page, base)
+            page.goto(base + "/stores/")
+            field = page.locator(f"#tz-{store_id}")
+            assert field.get_attribute("placeholder") == "Europe/Berlin"   # the setting until the store has its own
+            field.fill("Mars/Olympus_Mons")
+            field.locator("xpath=following-sibling::button").click()
+            assert "not a known IANA time zone" in page.inner_text(".flash.error")
+            with db.sessions() as s:
+                assert store_zones(s) == {}                                 # nothing stored
+            page.locator(f"#tz-{store_id}").fill("Asia/Taipei")
+            page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
+            assert "follow Asia/Taipei" in page.inner_text(".flash.success")
+            assert page.locator(f"#tz-{store_id}").input_value() == "Asia/Taipei"
+            page.screenshot(path=str(folder / "stores.png"))
+            with db.sessions() as s:
+                assert store_zones(s) == {store_id: "Asia/Taipei"}
+            page.locator(f"#tz-{store_id}").fill("")                       # back to the setting
+            page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
+            assert "follow Europe/Berlin" in page.inner_text(".flash.success")
+            with db.sessions() as s:
+                assert store_zones(s) == {}
+            # once the store holds imported sales (file times read as Berlin time), its zone stays: another would shift
+            # their hours, and importing the same file again would store every sale a second time
+            with db.transaction() as s:
+                first = import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng",
+                                    key_prefix="ta-feng", tz="Europe/Berlin", store_id=store_id)
+            page.locator(f"#tz-{store_id}").fill("Asia/Taipei")
+            page.locator(f"#tz-{store_id}").locator("xpath=following-sibling::button").click()
+            refused = page.inner_text(".flash.error")
+            assert "keeps Europe/Berlin" in refused and "before its first import" in refused
+            with db.transaction() as s:
+                assert store_zones(s) == {}                                 # nothing changed
+                again = import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng",
+                                    key_prefix="ta-feng", tz="Europe/Berlin", store_id=store_id)
+            assert again.inserted == 0 and again.duplicates == first.inserted > 0
     finally:
-        server.shutdown()
-        thread.join(5)
         db.dispose()
         broker.stop()

@@ -131,12 +131,18 @@ def _install_model(tmp_path: Path, model: Path) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def test_install_edge_warns_when_the_detector_is_not_beside_the_model(tmp_path):
+def _built_model(tmp_path: Path) -> tuple[Path, Path]:
+    """``(folder, model)``: a stand-in built-model folder with the model and its calibration, no detector."""
     built = tmp_path / "built"
     built.mkdir()
     model = built / "sface-int8.tflite"
     model.write_bytes(b"model")
     (built / "sface-int8.calibration.json").write_text("{}")
+    return built, model
+
+
+def test_install_edge_warns_when_the_detector_is_not_beside_the_model(tmp_path):
+    built, model = _built_model(tmp_path)
     proc = _install_model(tmp_path, model)
     assert proc.returncode == 0, proc.stderr
     assert YUNET_FILE in proc.stderr and "warning" in proc.stderr and "check-config" in proc.stderr
@@ -149,11 +155,7 @@ def test_install_edge_warns_when_the_detector_is_not_beside_the_model(tmp_path):
 
 
 def test_install_edge_keeps_quiet_when_an_earlier_install_left_the_detector(tmp_path):
-    built = tmp_path / "built"
-    built.mkdir()
-    model = built / "sface-int8.tflite"
-    model.write_bytes(b"model")
-    (built / "sface-int8.calibration.json").write_text("{}")
+    built, model = _built_model(tmp_path)
     (tmp_path / "state" / "models").mkdir(parents=True)
     (tmp_path / "state" / "models" / YUNET_FILE).write_bytes(b"onnx")
     proc = _install_model(tmp_path, model)
