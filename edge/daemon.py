@@ -91,6 +91,7 @@ class Appliance:
         embedder = Embedder(cfg.model_path, threads=cfg.embedder.threads).open()
         self.gallery = Gallery(cfg.gallery_path, embedder.sha256).open()
         self._stoppers.append(self.gallery.close)
+        self.gallery.on_outside_write = self._check_shown_customer  # a CLI erasure takes its welcome off the door
         if self.gallery.stale_templates:
             log.warning("%d templates were made by another model and are ignored; re-enrol those customers",
                         self.gallery.stale_templates)
@@ -234,6 +235,25 @@ class Appliance:
                 pass
             self._forget(cid)
         return done
+
+    def _check_shown_customer(self) -> None:
+        """Another process changed the gallery (``dangol-edge customers delete`` beside the daemon): a welcome on the
+        door screen of a customer no longer active there leaves it, and the customer is forgotten like a cloud
+        erasure (:meth:`_forget`). Runs on the thread that noticed the write (see ``GallerySearch.on_outside_write``).
+
+        Raises:
+            sqlite3.Error: the gallery cannot be read (the recognition worker's error handling takes it).
+        """
+        shown = self.screen.snapshot()
+        customer_id = shown.get("customer_id") if shown.get("screen") == "welcome" else None
+        if customer_id is None:
+            return
+        try:
+            active = self.gallery.customer(customer_id).status == "active"
+        except UnknownCustomer:
+            active = False
+        if not active:
+            self._forget(customer_id)
 
     def _forget(self, customer_id: str) -> None:
         """Drop an erased customer from memory and from the door screen (their welcome, if showing): the tracker's

@@ -56,7 +56,13 @@ class AlreadyRegular(ValueError):
 
 class GallerySearch:
     """Search over the gallery; needs ``_lock``, ``_generation``, ``_seen_version``, ``matcher``, ``model_sha256``,
-    ``db``, ``matrix_for``, ``templates`` and ``customer`` from the gallery."""
+    ``db``, ``matrix_for``, ``templates`` and ``customer`` from the gallery.
+
+    ``on_outside_write``: None, or called with no arguments (on the searching thread) when another process's commit
+    was noticed, e.g. the daemon's check that the customer on the door screen was not erased from the command line.
+    """
+
+    on_outside_write = None
 
     def _invalidate(self) -> None:
         """Called after every committed change of the searchable templates: the next search reloads."""
@@ -66,14 +72,18 @@ class GallerySearch:
 
     def _notice_other_writers(self) -> None:
         """Invalidate the matrix when another connection (another process: the CLI) committed to the file since the
-        last look. ``PRAGMA data_version`` changes only for other connections' commits, never for this one's, and
-        its values mean something only on one connection: a new connection (the gallery reopened) starts afresh."""
+        last look, then call ``on_outside_write`` (if set; outside the lock). ``PRAGMA data_version`` changes only
+        for other connections' commits, never for this one's, and its values mean something only on one connection:
+        a new connection (the gallery reopened) starts afresh."""
         with self._lock:
             db = self.db
             version = db.execute("PRAGMA data_version").fetchone()[0]
             seen, self._seen_version = self._seen_version, (db, version)
-            if seen is not None and (seen[0] is not db or seen[1] != version):
+            changed = seen is not None and (seen[0] is not db or seen[1] != version)
+            if changed:
                 self._invalidate()
+        if changed and self.on_outside_write is not None:
+            self.on_outside_write()
 
     def _load(self) -> None:
         """Rebuild the search matrix from the database. A change committed while the templates were being read

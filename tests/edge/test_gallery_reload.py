@@ -108,7 +108,8 @@ def test_cli_delete_drops_the_cached_menu(edge_env, capsys, clips):
 
 def test_the_running_daemon_greets_a_cli_enrolment_and_forgets_a_cli_erasure(edge_env, model_path, clips, pipeline):
     """``dangol-edge run`` on the looping Hamilton clip (no cool-down: every visit is an arrival), the CLI beside it."""
-    cfg = config(edge_env, model_path, clips, camera={"realtime": True, "loop": True}, tracker={"cooldown_s": 0})
+    cfg = config(edge_env, model_path, clips, camera={"realtime": True, "loop": True}, tracker={"cooldown_s": 0},
+                 display={"welcome_s": 300})  # a welcome stays until something takes it off
     app = Appliance(cfg)
     app.start()
     try:
@@ -124,8 +125,15 @@ def test_the_running_daemon_greets_a_cli_enrolment_and_forgets_a_cli_erasure(edg
                        if e["kind"] == "arrival" and e["customer_id"] == lin)
 
         assert arrivals_of_lin() >= 1
+
+        def welcome_of_lin() -> bool:
+            shown = app.screen.snapshot()
+            return shown["screen"] == "welcome" and shown.get("customer_id") == lin
+
+        assert wait_for(welcome_of_lin, timeout=30)
         cli("customers", "delete", lin)
         erased = time.monotonic()
+        assert wait_for(lambda: not welcome_of_lin(), timeout=2), "the erased customer's welcome leaves the door"
         probe = sample_from_photo(clips / "lin-manuel-miranda.png", pipeline).embedding
         assert wait_for(lambda: app.gallery.size == 0, timeout=2), "the daemon stops matching within 2 s"
         assert app.gallery.match(probe, 0.0, 0.0)[0].customer_id is None
