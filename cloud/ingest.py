@@ -19,8 +19,10 @@ importers check them too; rows may come from elsewhere): its time in UTC once it
 lengths of its ids, name and category. A row outside them is a row error, never an exception that would fail the
 whole import (PostgreSQL refuses an over-long value; SQLite would store it).
 
-A staff upload is limited to the user's stores (``allowed_stores``): a row naming a known store outside them is
-a row error (counted and reported, nothing written for it).
+A staff upload is limited to the user's stores (``allowed_stores``) and their customers (``customers_in_scope``):
+a row naming a known store outside them, or an existing customer who is not one of their stores' customers (by
+loyalty number or Dangol id), is a row error (counted and reported, nothing written for it), so an upload cannot
+bring another store's customer into the user's scope. Customers new to the chain are still created.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -117,6 +119,7 @@ class _Resolver:
         self.new_items: list[dict] = []
         self.created_items: dict[str, list[float]] = {}  # item id -> [amount sum, quantity sum]
         self.created_customer_count = 0
+        self.created_customers: set[str] = set()
         self.status = create_customer_status
         self.source = customer_source
         self.product_source = customer_source
@@ -136,7 +139,9 @@ class _Resolver:
             if ref:
                 self.stores.setdefault(ref, sid)
 
-    def customer(self, ref: str) -> str:
+    def customer(self, ref: str, in_scope: Collection[str] | None = None) -> str | None:
+        """The customer id of ``ref`` (a Dangol id or an external ref), created for an unknown external ref;
+        None (nothing created) for an existing customer outside ``in_scope`` (None: every customer)."""
         cid = self.customers.get(ref)  # a Dangol customer id used as the ref
         if cid is None:
             ref_hash = self.ring.lookup_hash(ref)
@@ -144,8 +149,12 @@ class _Resolver:
             if cid is None:
                 cid = self.customers[ref_hash] = new_id()
                 self.created_customer_count += 1
+                self.created_customers.add(cid)
                 self.new_customers.append({"id": cid, "external_ref": ref, "external_ref_hash": ref_hash,
                                            "status": self.status, "source": self.source, "created_at": utcnow()})
+                return cid
+        if in_scope is not None and cid not in in_scope and cid not in self.created_customers:
+            return None
         return cid
 
     def item(self, row: PurchaseRow) -> str:
@@ -202,7 +211,8 @@ def _check_row(row: PurchaseRow, zone: ZoneInfo) -> tuple[datetime | None, str |
 def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, source: str, key_prefix: str,
                 tz: str = "UTC", batch_size: int = 5000, customer_status: str = "active",
                 customer_source: str = "import", store_id: str | None = None,
-                allowed_stores: frozenset[str] | None = None) -> ImportReport:
+                allowed_stores: frozenset[str] | None = None,
+                customers_in_scope: Collection[str] | None = None) -> ImportReport:
     """Insert valid rows as purchases in batches of ``batch_size``; collect row errors.
 
     Args:
@@ -216,15 +226,23 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         store_id: default store for rows without a (known) store ref.
         allowed_stores: the store ids rows may name (a staff upload: a row naming a known store outside them is
             a row error, nothing is written for it); None: every store (owners, the CLI).
+        customers_in_scope: with ``allowed_stores``, the ids of the customers of those stores
+            (:func:`dangol_cloud.web.scope.store_customer_ids`): a row naming any other existing customer is a row
+            error ("customer 'REF' is not one of your stores' customers"), nothing is written for it; customers
+            the import creates are in scope. Ignored without ``allowed_stores``.
 
     Returns:
         ImportReport with counts and row errors (line numbers, messages).
 
     Raises:
-        ValueError: ``store_id`` is not one of ``allowed_stores``; a store's own zone is unknown.
+        ValueError: ``store_id`` is not one of ``allowed_stores``; ``allowed_stores`` without
+            ``customers_in_scope``; a store's own zone is unknown.
     """
     if allowed_stores is not None and store_id is not None and store_id not in allowed_stores:
         raise ValueError(f"store {store_id!r} is outside the import's allowed stores")
+    if allowed_stores is not None and customers_in_scope is None:
+        raise ValueError("an import limited to allowed_stores needs customers_in_scope (the stores' customers)")
+    in_scope = None if allowed_stores is None else customers_in_scope
     started = time.monotonic()
     from dangol_cloud.store_zones import store_zones
 
@@ -262,8 +280,13 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         if refusal is not None:  # checked before the customer and item are made: nothing is written for it
             report.errors.append(RowError(row.line, refusal, _raw(row)))
             continue
+        customer = resolver.customer(row.customer_ref, in_scope)
+        if customer is None:
+            report.errors.append(RowError(row.line, f"customer {row.customer_ref!r} is not one of your stores' "
+                                                    "customers", _raw(row)))
+            continue
         values = {
-            "customer_id": resolver.customer(row.customer_ref),
+            "customer_id": customer,
             "item_id": resolver.item(row),
             "product_id": row.product_id,
             "quantity": row.quantity,

@@ -138,7 +138,8 @@ class ImportJob:
         total: data lines of the purchases file (for the bar). done: rows read so far.
         started_at / finished_at: UTC. report: the :class:`~dangol_cloud.ingest.ImportReport` when finished
         (its ``errors`` cut to :data:`MAX_SHOWN_ERRORS`; ``error_count`` is the full number). error: why it failed.
-        segments: customers whose age band came from demographics.csv.
+        segments: customers whose age band came from demographics.csv. segments_skipped: known households of
+            demographics.csv left alone because they are not customers of a staff user's stores.
         started_by: id of the user who started it (staff see only their own imports' pages), None from code.
     """
 
@@ -154,6 +155,7 @@ class ImportJob:
     error_count: int = 0
     error: str | None = None
     segments: int = 0
+    segments_skipped: int = 0
 
     @property
     def running(self) -> bool:
@@ -201,8 +203,10 @@ class ImportJobs:
         """Start importing ``detected`` (:class:`~dangol_cloud.importers.DetectedFiles`) in a thread; the thread
         deletes ``folder`` (a ``tempfile.TemporaryDirectory`` holding the uploads) when done. ``store_id``: the
         store of rows that name none (so their amounts show in that store's currency); ``allowed_stores``: the
-        stores rows may name (a staff user's; see :func:`~dangol_cloud.ingest.import_rows`), None for any;
-        ``started_by``: the user's id, kept on the job.
+        stores rows may name (a staff user's; see :func:`~dangol_cloud.ingest.import_rows`), None for any: with
+        them, rows may name only those stores' customers (or new ones; others are row errors) and demographics.csv
+        sets the age band of those stores' customers only (after the import; the others are counted in
+        ``segments_skipped``); ``started_by``: the user's id, kept on the job.
 
         Returns:
             The new job, or None when an import is already running (nothing started).
@@ -231,6 +235,7 @@ class ImportJobs:
              store_id, allowed_stores) -> None:
         from dangol_cloud.importers import parse_purchases, read_cj_demographics
         from dangol_cloud.ingest import import_rows
+        from dangol_cloud.web.scope import store_customer_ids
 
         def counted(rows):
             for row in rows:
@@ -239,12 +244,16 @@ class ImportJobs:
 
         try:
             with db.transaction() as session:
+                scoped = allowed_stores is not None  # a staff upload: their stores' customers only
+                customers = store_customer_ids(session, allowed_stores) if scoped else None
                 rows = parse_purchases(detected.purchases, detected.fmt, products=detected.products)
                 report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
                                      tz=settings.timezone, customer_source=customer_source, store_id=store_id,
-                                     allowed_stores=allowed_stores)
-                if detected.demographics is not None:
-                    job.segments = _store_age_bands(session, read_cj_demographics(detected.demographics))
+                                     allowed_stores=allowed_stores, customers_in_scope=customers)
+                if detected.demographics is not None:  # the scope after this import (its new customers included)
+                    job.segments, job.segments_skipped = _store_age_bands(
+                        session, read_cj_demographics(detected.demographics),
+                        store_customer_ids(session, allowed_stores) if scoped else None)
             report.source = " + ".join(job.files)
             job.error_count = len(report.errors)
             report.errors = report.errors[:MAX_SHOWN_ERRORS]
@@ -259,8 +268,13 @@ class ImportJobs:
             folder.cleanup()
 
 
-def _store_age_bands(session, ages: dict[str, str]) -> int:
-    """Record each known household's age band as its :class:`CustomerSegment` ``age_group``; returns the count."""
+def _store_age_bands(session, ages: dict[str, str], in_scope: set[str] | None = None) -> tuple[int, int]:
+    """Record each known household's age band as its :class:`CustomerSegment` ``age_group``, for the customers
+    in ``in_scope`` only when given (a staff upload: their stores' customers; the others are left alone).
+
+    Returns:
+        ``(age bands written, known households skipped as outside in_scope)``.
+    """
     from sqlalchemy import select
 
     from dangol_cloud.crypto import keyring_of
@@ -269,12 +283,15 @@ def _store_age_bands(session, ages: dict[str, str]) -> int:
     ring = keyring_of(session.get_bind().dialect)
     by_hash = {ring.lookup_hash(ref): age for ref, age in ages.items()}
     hashes = list(by_hash)
-    stored = 0
+    stored = skipped = 0
     for start in range(0, len(hashes), 500):
         for cid, ref_hash in session.execute(select(Customer.id, Customer.external_ref_hash)
                                              .where(Customer.external_ref_hash.in_(hashes[start:start + 500]))):
+            if in_scope is not None and cid not in in_scope:
+                skipped += 1
+                continue
             segment = session.get(CustomerSegment, cid) or CustomerSegment(customer_id=cid)
             segment.age_group = by_hash[ref_hash]
             session.add(segment)
             stored += 1
-    return stored
+    return stored, skipped

@@ -7,7 +7,9 @@ and a session ends at its expiry whatever the activity.
 
 Unknown e-mails cost the same scrypt check as known ones (a throw-away hash), and failed sign-ins slow
 further attempts down progressively per e-mail and address, per address and per e-mail
-(:mod:`dangol_cloud.web.throttle`) instead of locking the right password out.
+(:mod:`dangol_cloud.web.throttle`) instead of locking the right password out. Each attempt is recorded as a
+failure and committed before the counts are read, so simultaneous wrong passwords for one e-mail get at most the
+allowance checked (the rest are refused with 429 without a check); a success deletes the record.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def _too_many(form: LoginForm, wait: float, email: str, addr: str):
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """GET/POST /login?next=PATH: 302 to ``next`` (a path on this site only) or Today; 401 for a wrong
-    e-mail/password; 429 with ``Retry-After`` while a back-off is running (see module docstring)."""
+    e-mail/password; 429 with ``Retry-After`` while a back-off is running, the password not checked (see module
+    docstring; the attempt is recorded and committed first, so simultaneous attempts count each other)."""
     form = LoginForm()
     if not form.validate_on_submit():
         return render_template("login.html", form=form)
@@ -113,12 +116,16 @@ def login():
     settings = get_settings()
     email = form.email.data.strip().lower()
     key, addr, now = throttle.email_key(email), throttle.client_address(), utcnow()
-    wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now)
-    if wait > 0:
-        return _too_many(form, wait, email, addr)
-    # count the attempt as failed before checking (concurrent guesses see each other); a success clears it
-    throttle.record_failure(s, settings, key, addr, now)
+    # record the attempt as failed and commit it before counting: simultaneous guesses see each other, so they
+    # cannot all pass on one count; a refusal forgets it (a 429 is not a failure), a success clears it
+    attempt = throttle.record_failure(s, settings, key, addr, now)
     s.commit()
+    wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now,
+                                 attempt=attempt)
+    if wait > 0:
+        throttle.forget_attempt(s, attempt)
+        s.commit()
+        return _too_many(form, wait, email, addr)
     user = s.scalar(select(User).where(User.email == email))
     # always one scrypt check, also for an unknown e-mail (a throw-away hash): the time tells nothing
     if not check_password_or_dummy(user.password_hash if user is not None else None, form.password.data):

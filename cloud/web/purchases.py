@@ -51,8 +51,10 @@ def index():
     import is already running.
 
     Owners may import into any store or none (history). Staff choose one of their own stores (422 without one,
-    403 for another store); rows whose ``store`` column names a store outside theirs are row errors of the
-    import (``allowed_stores`` of :func:`~dangol_cloud.ingest.import_rows`)."""
+    403 for another store); rows whose ``store`` column names a store outside theirs, or that name an existing
+    customer who is not one of their stores' customers (:mod:`dangol_cloud.web.scope`), are row errors of the
+    import (``allowed_stores``/``customers_in_scope`` of :func:`~dangol_cloud.ingest.import_rows`), and a
+    demographics.csv sets only their stores' customers' age bands (:class:`~dangol_cloud.jobs.ImportJobs`)."""
     form = UploadForm()
     scope = store_scope()  # None: an owner, every store
     query = select(Store.id, Store.name).order_by(Store.name)

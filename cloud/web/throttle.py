@@ -14,6 +14,14 @@ Once a count reaches its free allowance, each further attempt must wait ``login_
 2^(failures − allowance) after the latest failure of that count (at most ``login_backoff_max_seconds``).
 During the wait the password is not even checked (429 with ``Retry-After``); afterwards the right password
 works again. Failures older than the window are deleted, so the table stays bounded.
+
+Simultaneous attempts cannot outrun the counts: each attempt is recorded (committed) as a failure *before* the
+counts are read (:func:`record_failure`), and :func:`backoff_wait` counts every other recorded attempt, finished
+or still in flight. An attempt is checked only when it sees fewer others than the allowance, and it sees every
+checked attempt committed before it (their records stay), so of N simultaneous guesses at most the allowance
+are checked, on SQLite and PostgreSQL alike (a burst may even have fewer checked: in-flight attempts count too).
+A refused attempt's record is deleted (:func:`forget_attempt`: a 429 is not a failure and does not lengthen the
+wait), and a successful sign-in deletes it with the others (:func:`clear_failures`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from dangol_cloud.models import LoginFailure
 from dangol_cloud.settings import Settings
 
 __all__ = ["DEVICE_COOKIE", "backoff_wait", "clear_failures", "client_address", "device_cookie",
-           "email_key", "record_failure", "trusted_device"]
+           "email_key", "forget_attempt", "record_failure", "trusted_device"]
 
 #: Name of the signed cookie listing the e-mails (as SHA-256) that signed in from this browser.
 DEVICE_COOKIE = "dangol_device"
@@ -57,32 +65,45 @@ def _wait(settings: Settings, failures: int, free: int, last: datetime | None, n
     return max(0.0, (last + timedelta(seconds=delay) - now).total_seconds())
 
 
-def backoff_wait(session, settings: Settings, key: str, addr: str, *, trusted: bool, now: datetime) -> float:
+def backoff_wait(session, settings: Settings, key: str, addr: str, *, trusted: bool, now: datetime,
+                 attempt: int | None = None) -> float:
     """Seconds this sign-in attempt must still wait (0.0: go ahead and check the password).
 
     Args:
         key: :func:`email_key` of the e-mail typed; addr: :func:`client_address`.
         trusted: the browser holds a device cookie for this e-mail (exempt from the per-e-mail count).
         now: the current time, UTC.
+        attempt: the id of this attempt's own record (:func:`record_failure`, committed first), left out of the
+            counts; every other record counts, including simultaneous attempts still in flight.
     """
     since = now - timedelta(minutes=settings.login_window_minutes)
     scopes = [(settings.login_max_failures, (LoginFailure.email_sha256 == key, LoginFailure.remote_addr == addr)),
               (settings.login_address_max_failures, (LoginFailure.remote_addr == addr,))]
     if not trusted:
         scopes.append((settings.login_account_max_failures, (LoginFailure.email_sha256 == key,)))
+    others = () if attempt is None else (LoginFailure.id != attempt,)
     wait = 0.0
     for free, where in scopes:
         n, last = session.execute(select(func.count(), func.max(LoginFailure.at))
-                                  .where(*where, LoginFailure.at >= since)).one()
+                                  .where(*where, *others, LoginFailure.at >= since)).one()
         wait = max(wait, _wait(settings, n, free, last, now))
     return wait
 
 
-def record_failure(session, settings: Settings, key: str, addr: str, now: datetime) -> None:
-    """Count one failed sign-in and delete failures older than the window (the caller commits)."""
+def record_failure(session, settings: Settings, key: str, addr: str, now: datetime) -> int:
+    """Count one sign-in attempt as failed and delete failures older than the window; returns the record's id
+    (for :func:`backoff_wait` and :func:`forget_attempt`). The caller commits, before reading the counts."""
     session.execute(delete(LoginFailure).where(
         LoginFailure.at < now - timedelta(minutes=settings.login_window_minutes)))
-    session.add(LoginFailure(email_sha256=key, remote_addr=addr, at=now))
+    failure = LoginFailure(email_sha256=key, remote_addr=addr, at=now)
+    session.add(failure)
+    session.flush()
+    return failure.id
+
+
+def forget_attempt(session, attempt: int) -> None:
+    """Delete the record of an attempt refused without a password check (the caller commits)."""
+    session.execute(delete(LoginFailure).where(LoginFailure.id == attempt))
 
 
 def clear_failures(session, key: str, addr: str) -> None:
