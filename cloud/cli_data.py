@@ -34,8 +34,9 @@ def cmd_import(args, settings, db) -> int:
             writer = csv.writer(fh)
             writer.writerow(["line", "message", "raw"])
             writer.writerows((e.line, e.message, e.raw) for e in report.errors)
+    filed = f" ({report.filed} store-less filed under the store)" if report.filed else ""
     out.print(f"{args.path}: {report.rows} rows, {report.inserted} purchases imported, {report.duplicates} already "
-              f"present, {len(report.errors)} bad rows skipped; {report.customers_created} new customers, "
+              f"present{filed}, {len(report.errors)} bad rows skipped; {report.customers_created} new customers, "
               f"{report.items_created} new POS products ({report.seconds:.1f} s)", highlight=False, soft_wrap=True)
     if report.items_created:  # an import never changes the menu: say where the products are mapped to it
         out.print("New POS products are not on the menu: map them to menu items on the dashboard "

@@ -13,6 +13,12 @@ newer export that contains the earlier sales at other line numbers, stores each 
 genuinely lists the same line twice (two identical sale lines) keeps both. Purchases imported before revision
 0008 carried line-number keys; that migration re-keys them the same way (see its docstring).
 
+The store is part of the key (the same line in two stores' files is two sales), but one sale is never stored both
+as history (no store) and under a store: an upload into a store *files* the store-less purchases it repeats under
+that store (:attr:`ImportReport.filed`), and an upload as history skips the sales a store already holds (looked up
+under each of at most :data:`MAX_PROBED_STORES` stores holding imports). A sale filed under a store is never moved
+to another store. A store-less sale matches only when its naive time was read in the same zone.
+
 Every row is checked against the bounds of :mod:`dangol_cloud.sale_rules` before anything is created for it (the
 importers check them too; rows may come from elsewhere): its time in UTC once its store's zone is applied (a naive
 1990-01-01 05:00 in Taipei is 1989 in UTC; a year-1 time with an offset cannot be expressed in UTC) and the
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -57,6 +63,7 @@ class ImportReport:
         rows: data rows read (valid + invalid).
         inserted: purchases newly stored.
         duplicates: valid rows already stored earlier (same idempotency key) and skipped.
+        filed: of those, store-less purchases (history) this import filed under its store.
         errors: invalid rows, with line numbers, skipped.
         customers_created / items_created: new customers / catalogue items made for unknown refs.
         seconds: wall time.
@@ -66,6 +73,7 @@ class ImportReport:
     rows: int = 0
     inserted: int = 0
     duplicates: int = 0
+    filed: int = 0
     errors: list[RowError] = field(default_factory=list)
     customers_created: int = 0
     items_created: int = 0
@@ -94,6 +102,41 @@ def purchase_key(prefix: str, *, store_id: str | None, customer_id: str, item_id
                           ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f"), float(quantity),
                           None if amount is None else float(amount), occurrence], separators=(",", ":"))
     return f"{prefix}:{hashlib.sha1(content.encode('utf-8')).hexdigest()}"
+
+
+def _match_other_copies(session: Session, batch: list[dict], probes: list[list[str]]) -> int:
+    """The same sale stored under a store / as history (see the module docstring), for each row of ``batch``:
+    ``probes[n]`` holds the keys ``batch[n]`` would have had without its store (a row with a store) or under each
+    store holding imports (a row without one). A store-less purchase found for a row with a store is filed under
+    it (store and key); a row without a store whose sale a store holds is dropped from ``batch``. Returns how many
+    purchases were filed; either way the row is counted as already present."""
+    row_of = {key: n for n, keys in enumerate(probes) for key in keys}
+    keys, found = list(row_of), []
+    for start in range(0, len(keys), 1000):
+        found += session.execute(select(Purchase.id, Purchase.idempotency_key, Purchase.store_id).where(
+            Purchase.idempotency_key.in_(keys[start:start + 1000]))).all()
+    filed = [(pid, batch[row_of[key]]) for pid, key, store in found
+             if store is None and batch[row_of[key]]["store_id"] is not None]
+    if filed:
+        table = Purchase.__table__  # core executemany (the ORM's bulk update takes no WHERE of its own)
+        session.execute(update(table).where(table.c.id == bindparam("pid"))
+                        .values(store_id=bindparam("store"), idempotency_key=bindparam("key")),
+                        [{"pid": pid, "store": row["store_id"], "key": row["idempotency_key"]} for pid, row in filed])
+    held = {row_of[key] for _pid, key, store in found if store is not None and batch[row_of[key]]["store_id"] is None}
+    batch[:] = [row for n, row in enumerate(batch) if n not in held]
+    return len(filed)
+
+
+#: A store-less row is looked up under at most this many stores holding imports (the first by id); a sale of a
+#: chain's later stores uploaded again as history is not recognised.
+MAX_PROBED_STORES = 20
+
+
+def _importing_stores(session: Session) -> list[str]:
+    """Ids of the stores (at most :data:`MAX_PROBED_STORES`) that hold imported (not POS) purchases."""
+    return list(session.scalars(select(Purchase.store_id).where(Purchase.store_id.is_not(None),
+                                                                Purchase.source != "pos")
+                                .distinct().order_by(Purchase.store_id).limit(MAX_PROBED_STORES)))
 
 
 def _insert(session: Session, table):
@@ -257,11 +300,17 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     if hasattr(stmt, "on_conflict_do_nothing"):
         stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
 
+    probes: list[list[str]] = []  # per row of the batch: its keys under the other filings (_match_other_copies)
+    importing_stores: list[str] | None = None  # stores holding imported purchases (read at the first store-less row)
+
     def write() -> None:
         resolver.flush()
         if batch:
-            session.execute(stmt, batch)
+            report.filed += _match_other_copies(session, batch, probes)
+            if batch:
+                session.execute(stmt, batch)
             batch.clear()
+            probes.clear()
 
     occurrences: dict[str, int] = {}  # first-occurrence key -> identical rows seen so far in this file
     for row in rows:
@@ -299,6 +348,10 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         occurrences[first] = seen + 1
         batch.append({**values, "source": source[:16],
                       "idempotency_key": first if seen == 0 else purchase_key(key_prefix, **values, occurrence=seen)})
+        if store is None and importing_stores is None:
+            importing_stores = _importing_stores(session)
+        others = [None] if store is not None else importing_stores
+        probes.append([purchase_key(key_prefix, **values | {"store_id": other}, occurrence=seen) for other in others])
         if len(batch) >= batch_size:
             write()
     write()

@@ -50,8 +50,9 @@ def index():
     progress page. 422 with the reason if the files cannot be imported at all (nothing is imported); 409 if an
     import is already running.
 
-    Owners may import into any store or none (history). Staff choose one of their own stores (422 without one,
-    403 for another store); rows whose ``store`` column names a store outside theirs, or that name an existing
+    Owners may import into any store or none (history; with a single store, that store is preselected). A file
+    uploaded as history and then into a store files its store-less purchases under it, never twice. Staff
+    choose one of their own stores (422 without one, 403 for another store); rows whose ``store`` column names a store outside theirs, or that name an existing
     customer who is not one of their stores' customers (:mod:`dangol_cloud.web.scope`), are row errors of the
     import (``allowed_stores``/``customers_in_scope`` of :func:`~dangol_cloud.ingest.import_rows`), and a
     demographics.csv sets only their stores' customers' age bands (:class:`~dangol_cloud.jobs.ImportJobs`)."""
@@ -63,6 +64,8 @@ def index():
     stores = get_session().execute(query).all()
     form.store.choices = _choices(([("", "No store (history)")] if scope is None else [])
                                   + [(sid, name) for sid, name in stores])
+    if request.method == "GET" and len(stores) == 1:  # one store: its sales (its currency, zone, analytics)
+        form.store.data = stores[0][0]
     error = None
     status = 200
     valid = form.validate_on_submit()
