@@ -12,23 +12,22 @@ by every housekeeping pass (:meth:`CloudErasures.retry`) until it commits. At mo
 beyond, the oldest is dropped, counted (:attr:`CloudErasures.dropped`) and logged as an error: the cloud re-sends
 every erasure a device has not confirmed when the device comes back online (docs/mqtt.md). Every failure is
 counted (:attr:`CloudErasures.errors`); an erasure's first failure is logged as an error with its traceback, the
-next ones as warnings, and its success after failures once.
+next ones as warnings, and its success after failures once. The holding and retrying is
+:class:`~dangol_edge.held.HeldRetries`, shared with the catalogue and menus that could not be saved.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 
 from dangol_protocol import Erasures, dump_payload
 from dangol_protocol.models import MAX_ERASED_IDS
 
 from .events import EventFactory
-from .workers.base import Stats, storage_state
+from .held import HELD, HeldRetries
+from .workers.base import Stats
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 HELD_MAX = 100
 
 
-class CloudErasures:
+class CloudErasures(HeldRetries[uuid.UUID, Erasures]):
     """Carries out the cloud's erasures for :class:`~dangol_edge.sync.MQTTSync` (see the module docstring).
 
     Args:
@@ -53,95 +52,41 @@ class CloudErasures:
         dropped: held erasures dropped unconfirmed beyond :data:`HELD_MAX`.
     """
 
+    held_note = "held, retried on every housekeeping pass and confirmed only once done"
+    drop_note = "; unconfirmed: the cloud sends it again when this device comes back online"
+
     def __init__(self, state, events: EventFactory, topic: str, on_erasure: Callable[[Erasures], list],
                  stats: Stats, wake: Callable[[], None]):
+        super().__init__(stats, HELD_MAX, log)
         self.state = state
         self.events = events
         self.topic = topic
         self.on_erasure = on_erasure
-        self.stats = stats
         self.wake = wake
-        self.errors = 0
-        self.dropped = 0
-        self._held: OrderedDict[uuid.UUID, Erasures] = OrderedDict()
-        self._failures: dict[uuid.UUID, int] = {}  # failed attempts of each held erasure
-        self._lock = threading.Lock()  # the two dicts
-        self._applying = threading.Lock()  # one erasure at a time (paho's thread, the housekeeping thread)
-        self._flagged = False  # stats.storage was set by a failure here (reset once an erasure succeeds)
-
-    @property
-    def held(self) -> int:
-        """Erasures waiting for a retry."""
-        return len(self._held)
 
     def apply(self, erasures: Erasures) -> bool:
         """Carry out one erasure and queue its confirmation; False when it failed and is held for a retry.
         Never raises (it runs on paho's network thread)."""
-        with self._applying:
-            return self._apply(erasures)
+        return self.attempt(erasures.erasure_id, erasures) is not HELD
 
-    def retry(self) -> int:
-        """Carry out the held erasures again, oldest first, until one fails (it then goes to the back, so one that
-        keeps failing does not block the others). Returns how many are still held. Never raises."""
-        with self._lock:
-            waiting = list(self._held.values())
-        for er in waiting:
-            with self._applying:
-                if er.erasure_id not in self._held:  # carried out meanwhile (the cloud sent it again)
-                    continue
-                if not self._apply(er):
-                    with self._lock:
-                        if er.erasure_id in self._held:
-                            self._held.move_to_end(er.erasure_id)
-                    break
-        return self.held
-
-    def _apply(self, er: Erasures) -> bool:
+    def _carry_out(self, er: Erasures) -> list:
+        """The gallery's deletions, then one transaction of the state file (menus, outbox, confirmations, erased ids).
+        Returns the ids erased from the gallery. Raises on any failure."""
         ids = list(er.customer_ids)
         self.state.begin_erasure(ids)  # nothing more about them is sent, even while this fails
-        try:
-            erased = self.on_erasure(er)
-            done = [self.events.erasure_done(ids[i:i + MAX_ERASED_IDS], erasure_id=er.erasure_id)
-                    for i in range(0, len(ids), MAX_ERASED_IDS)]
-            self.state.erase_customers(ids, [(str(e.event_id), self.topic, dump_payload(e)) for e in done])
-        except Exception as exc:  # a storage error above all; whatever it is, the erasure must not be lost
-            self._hold(er, exc)
-            return False
-        with self._lock:
-            self._held.pop(er.erasure_id, None)
-            failures = self._failures.pop(er.erasure_id, 0)
+        erased = self.on_erasure(er)
+        done = [self.events.erasure_done(ids[i:i + MAX_ERASED_IDS], erasure_id=er.erasure_id)
+                for i in range(0, len(ids), MAX_ERASED_IDS)]
+        self.state.erase_customers(ids, [(str(e.event_id), self.topic, dump_payload(e)) for e in done])
+        return erased
+
+    def _describe(self, key: uuid.UUID, er: Erasures) -> str:
+        return f"erasure {er.erasure_id} of {len(er.customer_ids)} customer(s)"
+
+    def _done(self, key: uuid.UUID, er: Erasures, failures: int, erased: list) -> None:
         self.wake()
-        if self._flagged:
-            self._flagged, self.stats.storage = False, "ok"
         if failures:
             log.info("erasure %s carried out after %d failed attempt(s) and confirmed (%d customers erased here)",
                      er.erasure_id, failures, len(erased))
         else:
             log.info("erasure %s: %d customers erased here", er.erasure_id, len(erased))
-        return True
-
-    def _hold(self, er: Erasures, exc: Exception) -> None:
-        self.errors += 1
-        if isinstance(exc, sqlite3.Error):
-            self.stats.storage, self._flagged = storage_state(exc), True
-        with self._lock:
-            n = self._failures.get(er.erasure_id, 0) + 1
-            self._failures[er.erasure_id] = n
-            self._held[er.erasure_id] = er  # the same erasure sent again keeps its place
-            lost = []
-            while len(self._held) > HELD_MAX:
-                old_id, old = self._held.popitem(last=False)
-                self._failures.pop(old_id, None)
-                lost.append(old)
-        if n == 1:
-            log.error("erasure %s of %d customer(s) could not be carried out (%s: %s); held, retried on every "
-                      "housekeeping pass and confirmed only once done", er.erasure_id, len(er.customer_ids),
-                      type(exc).__name__, exc, exc_info=exc)
-        else:
-            log.warning("erasure %s still cannot be carried out (attempt %d: %s: %s); retried on the next pass",
-                        er.erasure_id, n, type(exc).__name__, exc)
-        for old in lost:
-            self.dropped += 1
-            log.error("erasure %s dropped unconfirmed: more than %d erasures are waiting for a retry (%d dropped so "
-                      "far); the cloud sends it again when this device comes back online", old.erasure_id, HELD_MAX,
-                      self.dropped)

@@ -19,6 +19,8 @@ The cache hands out what it keeps as the protocol's pydantic objects (:class:`da
   it is about a customer —, ``created_at``. Events survive restarts and broker outages, are delivered in ``seq``
   order and deleted once acknowledged; an erasure deletes every row about the customer
   (:meth:`~dangol_edge.state_outbox.OutboxTable.erase_customers`).
+* ``erased``: the customers erased on this box, recorded by the erasure's own transaction, whose menus are refused
+  from then on (:mod:`dangol_edge.state_erased`: kept by count, newest :data:`~dangol_edge.state_erased.ERASED_MAX`).
 
 The box keeps serving the cached catalogue and menus while the cloud or the broker is down. The file (and
 its WAL and shared-memory files) is created with mode 0600: only the daemon's user may read it.
@@ -41,6 +43,7 @@ from dangol_protocol import Catalogue, Menu, first_name
 
 from .crypto import FieldCipher, GalleryKeyError
 from .sqlite import SQLiteFile, connect
+from .state_erased import ErasedTable
 from .state_outbox import OutboxTable
 
 log = logging.getLogger(__name__)
@@ -63,8 +66,8 @@ class StateError(RuntimeError):
     """The state file cannot be opened; the message names it."""
 
 
-class StateStore(OutboxTable, SQLiteFile):
-    """Catalogue, menus and outbox in one SQLite file. Thread-safe (one connection, one lock).
+class StateStore(OutboxTable, ErasedTable, SQLiteFile):
+    """Catalogue, menus, outbox and erased customers in one SQLite file. Thread-safe (one connection, one lock).
 
     Args:
         path: the SQLite file (created 0600 on :meth:`open`).
@@ -85,6 +88,7 @@ class StateStore(OutboxTable, SQLiteFile):
         self.name_read_errors = 0
         self._unopenable: set[str] = set()  # customer ids whose cached name could not be opened (logged)
         self._init_outbox()
+        self._init_erased()
 
     def open(self) -> "StateStore":
         """Open or create the file (WAL, mode 0600); seals names and queued events left in clear by an older
@@ -104,6 +108,7 @@ class StateStore(OutboxTable, SQLiteFile):
             elif "display_name" not in db["menus"].columns_dict:
                 db["menus"].add_column("display_name", bytes)
             self._create_outbox(db)
+            self._create_erased(db)
             _private_file(self.path)  # the -wal/-shm files WAL mode just created
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StateError(f"{self.path}: cannot open state database: {exc}") from exc
@@ -218,6 +223,7 @@ class StateStore(OutboxTable, SQLiteFile):
 
         Raises:
             pydantic.ValidationError: a dict that is not a valid ``catalogue/1``.
+            sqlite3.Error: the file cannot be written (disk full, locked by another writer; nothing is stored).
         """
         cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.model_validate(catalogue)
         payload = cat.model_dump_json(by_alias=True)
@@ -271,28 +277,35 @@ class StateStore(OutboxTable, SQLiteFile):
 
     # --- menus -------------------------------------------------------------------------------------
     def put_menu(self, menu: Menu | Mapping[str, Any]) -> bool:
-        """Store a ``menu/1`` unless a newer one, or an equally new one with the same picks and first name, is
-        cached (the same ``generated_at`` with other content is a correction the cloud published without a new
-        training, e.g. the customer was renamed); returns True if stored. The first name is sealed apart (see the
-        module docstring).
+        """Store a ``menu/1`` unless its customer was erased on this box (refused: counted in :attr:`refused_menus`
+        and logged, see :mod:`dangol_edge.state_erased`), or a newer one, or an equally new one with the same picks
+        and first name, is cached (the same ``generated_at`` with other content is a correction the cloud published
+        without a new training, e.g. the customer was renamed); returns True if stored. The check and the write are
+        one transaction, so an erasure by another process (``dangol-edge customers delete``) is never undone. The
+        first name is sealed apart (see the module docstring).
 
         Raises:
             pydantic.ValidationError: a dict that is not a valid ``menu/1``.
+            sqlite3.Error: the file cannot be written (disk full, locked by another writer; nothing is stored).
         """
         m = menu if isinstance(menu, Menu) else Menu.model_validate(menu)
         cid = str(m.customer_id)
         gen = m.generated_at.isoformat()
         payload = m.model_copy(update={"display_name": None}).model_dump_json(by_alias=True)
-        with self._lock:
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            if self._refuse_menu(cid):
+                return False
             row = self.db.execute("SELECT generated_at, payload FROM menus WHERE customer_id = ?", [cid]).fetchone()
             if row and (_ts(row[0]) > m.generated_at or (_ts(row[0]) == m.generated_at and row[1] == payload
                                                          and self._same_name(cid, m.display_name))):
                 return False
-            sealed = self._seal_name(cid, m.display_name)
-            self.db["menus"].upsert({"customer_id": cid,
-                                     "payload": payload,
-                                     "generated_at": gen, "received_at": self._now(), "display_name": sealed},
-                                    pk="customer_id")
+            self.db.execute(
+                "INSERT INTO menus (customer_id, payload, generated_at, received_at, display_name) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET payload = excluded.payload, "
+                "generated_at = excluded.generated_at, received_at = excluded.received_at, "
+                "display_name = excluded.display_name",
+                [cid, payload, gen, self._now(), self._seal_name(cid, m.display_name)])
             self._unopenable.discard(cid)
         return True
 
@@ -329,7 +342,11 @@ class StateStore(OutboxTable, SQLiteFile):
             return None
 
     def delete_menu(self, customer_id: str) -> None:
-        """Forget a customer's menu (erasure, or the cloud cleared the retained message)."""
+        """Forget a customer's menu (the cloud cleared the retained message).
+
+        Raises:
+            sqlite3.Error: the file cannot be written.
+        """
         with self._lock:
             self.db.execute("DELETE FROM menus WHERE customer_id = ?", [str(customer_id)])
             self._unopenable.discard(str(customer_id))

@@ -9,7 +9,8 @@ the consent record with the staff member's name), ``created_at``, ``sent_at`` (o
 * **Acknowledged** events are deleted when their PUBACK arrives (nothing of them is kept); rows an older version
   kept after their acknowledgement, and its unsealed events about customers, are dropped or sealed on open.
 * **Erasure** (:meth:`OutboxTable.erase_customers`): in one transaction, every row about the customers goes (sent
-  or not) with their cached menus, and the confirmations the cloud needs (``erasure-done``) are queued; the WAL is
+  or not) with their cached menus, the confirmations the cloud needs (``erasure-done``) are queued and the ids are
+  recorded as erased here (their menus are refused from then on: :mod:`dangol_edge.state_erased`); the WAL is
   then checkpointed so the old pages leave the ``-wal`` file too. From the moment an erasure starts
   (:meth:`OutboxTable.begin_erasure`) until that transaction commits — a storage error may keep it waiting for a
   retry — nothing about those customers is handed to the flusher; and an event about them made before the erasure
@@ -60,7 +61,7 @@ def _context(event_id: str) -> str:
 
 class OutboxTable:
     """The outbox half of :class:`~dangol_edge.state.StateStore` (a mixin: it uses the store's ``db``, ``_lock``,
-    ``_get_cipher``, ``_now``, ``path`` and the menu cache's ``_unopenable``)."""
+    ``_get_cipher``, ``_now``, ``path``, the menu cache's ``_unopenable`` and the erased table's ``_record_erased``)."""
 
     def _init_outbox(self) -> None:
         """Attributes only (no I/O): called by the store's constructor."""
@@ -208,10 +209,11 @@ class OutboxTable:
     def erase_customers(self, customer_ids: Iterable, confirmations: Iterable[tuple[str, str, bytes | str]] = ()
                         ) -> int:
         """Take erased customers out of this file in one transaction: their cached menus and every outbox row about
-        them (sent or not) go, and ``confirmations`` — (event id, topic, payload) of the ``erasure-done`` events —
-        are queued. Begins the erasure first (:meth:`begin_erasure`), so while the transaction fails nothing about
-        them is sent. Then the WAL is checkpointed (best effort: a busy or failing checkpoint leaves the pages to
-        the next one, logged).
+        them (sent or not) go, ``confirmations`` — (event id, topic, payload) of the ``erasure-done`` events —
+        are queued, and the ids are recorded as erased here, so a menu of theirs is never cached again
+        (:mod:`dangol_edge.state_erased`). Begins the erasure first (:meth:`begin_erasure`), so while the
+        transaction fails nothing about them is sent. Then the WAL is checkpointed (best effort: a busy or failing
+        checkpoint leaves the pages to the next one, logged).
 
         Returns:
             The outbox rows removed.
@@ -231,6 +233,7 @@ class OutboxTable:
                     marks = ",".join("?" * len(part))
                     self.db.execute(f"DELETE FROM menus WHERE customer_id IN ({marks})", part)
                     removed += self.db.execute(f"DELETE FROM outbox WHERE customer_id IN ({marks})", part).rowcount
+                self._record_erased(ids)  # their menus are refused from now on (dangol_edge.state_erased)
                 for event_id, topic, text in rows:
                     self._insert(event_id, topic, text, None)
             self._erasing.difference_update(ids)

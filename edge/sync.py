@@ -7,15 +7,20 @@
 * **Down-link**: subscribes to its store's catalogue, menus and erasures (topic table in docs/mqtt.md);
   every payload is validated by :func:`dangol_protocol.parse_payload` — an invalid one is logged with
   its topic and reason and dropped, leaving the cache untouched. Catalogue and menus are cached in the
-  :class:`~dangol_edge.state.StateStore`, so the box keeps working with the broker down.
-* **Up-link**: events go through the outbox table first; a flusher publishes them in order while
-  connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal, e.g.
-  by the ACL, keeps it in the outbox and is logged). A PUBACK may arrive before ``publish()`` has returned
-  the message id to the flusher: its outcome is then parked by message id and applied by the flusher
-  when it records which event that id was, so a refusal is never mistaken for a success. After a reconnect or a restart the
-  unacknowledged ones are sent again, so delivery is at-least-once and the cloud's deduplication on
-  ``event_id`` makes it exactly-once from the cloud's point of view.
-* **Storage faults**: when the acknowledgement cannot be recorded (disk full, read-only medium) the event
+  :class:`~dangol_edge.state.StateStore`, so the box keeps working with the broker down; a menu of a customer
+  erased on this box is refused (:mod:`dangol_edge.state_erased`). One that cannot be saved (disk full, …) is held
+  in memory, bounded, and saved by each housekeeping pass (:mod:`dangol_edge.downlink`,
+  :meth:`MQTTSync.retry_downlink`).
+* **Up-link** (:mod:`dangol_edge.sync_uplink`): events go through the outbox table first; a flusher publishes them
+  in order while connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal,
+  e.g. by the ACL, keeps it in the outbox and is logged). Each PUBACK settles the event its message id was
+  recorded for — also one ``publish()`` reported *not connected*, which paho sends after reconnecting; one that
+  arrives before ``publish()`` has returned is parked and settled by the publisher (cleared on every connection,
+  bounded), so a refusal is never mistaken for a success and a leftover acknowledgement never settles a later
+  event. After a reconnect or a restart the unacknowledged ones are sent again, so delivery is at-least-once and
+  the cloud's deduplication on ``event_id`` makes it exactly-once from the cloud's point of view.
+* **Storage faults**: a catalogue or menu that cannot be saved is held and saved later (above). When the
+  acknowledgement of an event cannot be recorded (disk full, read-only medium) the event
   stays unacknowledged and is sent again; when a pass of the flusher fails (e.g. the outbox cannot be read)
   the flusher lives on. Either way ``stats.storage`` reports it, every failure is counted
   (:attr:`MQTTSync.storage_errors`, :attr:`MQTTSync.flush_errors`), a streak is logged once with its traceback
@@ -29,14 +34,12 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
 import importlib.metadata
 from datetime import datetime, timezone
 
-import paho.mqtt.client as mqtt
 from dangol_protocol import client as mqtt5
 from dangol_protocol import (
     Catalogue, Erasures, Menu, Status, dump_payload, last_will, parse_payload,
@@ -49,10 +52,12 @@ from dangol_protocol.topics import (
 )
 
 from .config import MQTTConfig
+from .downlink import DownlinkCache
 from .erasures import CloudErasures
 from .events import EventFactory
 from .state import StateStore
-from .workers.base import Stats, storage_state
+from .sync_uplink import Uplink
+from .workers.base import Stats
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ def parse_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
     return a.host, a.port, a.username, a.password, a.tls
 
 
-class MQTTSync:
+class MQTTSync(Uplink):
     """The device's MQTT client.
 
     Args:
@@ -107,6 +112,8 @@ class MQTTSync:
         storage_errors: broker acknowledgements that could not be recorded (the event is sent again).
         flush_errors: passes of the outbox flusher that failed (retried after a back-off).
         erasures: the :class:`~dangol_edge.erasures.CloudErasures` (``held``, ``errors``, ``dropped``).
+        downlink: the :class:`~dangol_edge.downlink.DownlinkCache`: catalogue and menus that could not be saved
+            (``held``, ``errors``, ``dropped``).
     """
 
     def __init__(self, config: MQTTConfig, device_id: uuid.UUID, store_id: uuid.UUID, state: StateStore,
@@ -121,20 +128,11 @@ class MQTTSync:
         self.on_change = on_change
         self.software_version = software_version or installed_version()
         self.stats = stats if stats is not None else Stats()
-        self.storage_errors = 0
-        self.flush_errors = 0
-        self._settle_failing = False  # a streak of acknowledgements that could not be recorded
+        self._init_uplink()
         self.events = EventFactory(device_id)
         self.connected = threading.Event()
         self.invalid_messages = 0
-        self._client: mqtt.Client | None = None
-        #: message id → event id (None: a status message) of publishes awaiting their PUBACK
-        self._inflight: dict[int, str | None] = {}
-        #: PUBACK outcomes (message id → failed?) that arrived before the publisher recorded the id; each is
-        #: taken by that publisher right after ``publish()`` returns, so at most a few are ever here
-        self._early: dict[int, bool] = {}
-        self._rejected: set[str] = set()
-        self.rejected_events = 0
+        self._client = None  # paho's mqtt.Client once started
         #: subscriptions the broker refused in its last SUBACK (reason code ≥ 0x80, e.g. its ACL)
         self.refused_subscriptions = 0
         self._lock = threading.Lock()
@@ -144,6 +142,7 @@ class MQTTSync:
         self.erasures = CloudErasures(state, self.events, events_topic(device_id),
                                       lambda er: self.on_erasure(er) if self.on_erasure else [], self.stats,
                                       self._wake.set)
+        self.downlink = DownlinkCache(state, self.stats, self._changed)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +201,7 @@ class MQTTSync:
             return
         with self._lock:
             self._rejected.clear()  # e.g. the ACL was fixed: try refused events again
+        self._clear_early()
         log.info("connected to the broker (session present: %s)", flags.session_present)
         client.subscribe(store_subscriptions(self.store_id))
         self.connected.set()
@@ -221,63 +221,6 @@ class MQTTSync:
             log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
         self.connected.clear()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._lock:
-            if mid not in self._inflight:  # PUBACK before publish() returned: the publisher settles it
-                self._early[mid] = mqtt5.is_refusal(reason_code)
-                return
-            event_id = self._inflight.pop(mid)
-        self._settle(event_id, mqtt5.is_refusal(reason_code), str(reason_code))
-
-    def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
-        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect). Never
-        raises: when the acknowledgement cannot be written (disk full, read-only medium) the event stays
-        unacknowledged and is sent again, the failure is counted in :attr:`storage_errors` and reported in
-        ``stats.storage``, and a streak of them is logged once (paho's network thread must not see an exception:
-        it would die of it and the connection with it)."""
-        if event_id is None:
-            if failed:
-                log.error("the broker refused this device's status message (%s)", reason)
-            return
-        if failed:
-            with self._lock:
-                self._rejected.add(event_id)
-            self.rejected_events += 1
-            log.error("the broker refused event %s (%s): kept in the outbox; check this device's id and the "
-                      "broker's ACL", event_id, reason)
-            return
-        try:
-            self.state.mark_sent(event_id)
-        except sqlite3.Error as exc:
-            self.storage_errors += 1
-            self.stats.storage = storage_state(exc)
-            if not self._settle_failing:
-                self._settle_failing = True
-                log.error("cannot record the broker's acknowledgement of event %s (%s): it stays in the outbox and "
-                          "is sent again", event_id, exc, exc_info=True)
-            return
-        if self._settle_failing:
-            self._settle_failing = False
-            self.stats.storage = "ok"
-            log.info("acknowledgements are recorded again (%d could not be, in all)", self.storage_errors)
-
-    def _publish(self, topic: str, payload: bytes, event_id: str | None, retain: bool = False):
-        """Publish at QoS 1 and record which event (None: status) the message id is; a PUBACK that came
-        first is settled here. Returns paho's ``MQTTMessageInfo``."""
-        c = self._client
-        if c is None:
-            return None
-        info = c.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return info
-        with self._lock:
-            early = self._early.pop(info.mid, None)
-            if early is None:
-                self._inflight[info.mid] = event_id
-        if early is not None:
-            self._settle(event_id, early, "refused" if early else "success")
-        return info
-
     def _on_message(self, client, userdata, msg) -> None:
         try:
             self.handle_message(msg.topic, msg.payload)
@@ -285,33 +228,31 @@ class MQTTSync:
             log.exception("failed to handle a message on %s", msg.topic)
 
     def handle_message(self, topic: str, payload: bytes) -> str:
-        """Validate and apply one down-link message; returns what happened (``catalogue``, ``menu``,
-        ``menu-cleared``, ``erasures``, ``erasure-held`` — it failed and is retried —, ``stale``, ``invalid``)."""
+        """Validate and apply one down-link message; returns what happened: ``catalogue``, ``menu``,
+        ``menu-cleared``, ``stale`` (the cache has a newer one), ``erased`` (a menu of a customer erased here:
+        refused), ``held`` (a catalogue, menu or clear that could not be saved: held and saved by a housekeeping pass),
+        ``erasures``, ``erasure-held`` (it failed and is retried), ``invalid``. A storage error is never raised: the
+        message is held (paho acknowledges it when this returns)."""
         try:
             t = parse_topic(topic)
             if t.store_id != str(self.store_id):
                 raise PayloadError(topic, "not this device's store")
             if t.kind is TopicKind.MENU and is_retained_clear(payload):
-                self.state.delete_menu(t.customer_id)
-                self._changed("menu")
-                return "menu-cleared"
+                return self.downlink.clear_menu(t.customer_id)
             obj = parse_payload(topic, payload)
         except (PayloadError, TopicError) as exc:
             self.invalid_messages += 1
             log.warning("dropped invalid message: %s", exc)
             return "invalid"
         if isinstance(obj, Catalogue):  # kept as the protocol's objects from here to the screen
-            if not self.state.put_catalogue(obj):
-                return "stale"
-            self._changed("catalogue")
-            return "catalogue"
+            return self.downlink.put_catalogue(obj)
         if isinstance(obj, Menu):
-            if not self.state.put_menu(obj):
-                return "stale"
-            self._changed("menu")
-            return "menu"
+            return self.downlink.put_menu(obj)
         if isinstance(obj, Erasures):
-            return "erasures" if self.erasures.apply(obj) else "erasure-held"
+            if not self.erasures.apply(obj):
+                return "erasure-held"
+            self.downlink.forget(obj.customer_ids)
+            return "erasures"
         self.invalid_messages += 1
         log.warning("dropped unexpected %s payload on %s", type(obj).__name__, topic)
         return "invalid"
@@ -336,6 +277,19 @@ class MQTTSync:
         still held (:meth:`~dangol_edge.erasures.CloudErasures.retry`)."""
         return self.erasures.retry()
 
+    def retry_downlink(self) -> int:
+        """Save the held catalogue and menus again (the housekeeping worker calls it on each pass); returns how many
+        are still held. Once none is and some were dropped (beyond the bound), subscribes to the store's topics again
+        so the broker sends its retained catalogue and menus again (:mod:`dangol_edge.downlink`). Never raises."""
+        left = self.downlink.retry()
+        if not left and self.downlink.lost:
+            lost, self.downlink.lost = self.downlink.lost, 0
+            c = self._client
+            if c is not None and self.connected.is_set():  # (else the next connection subscribes anyway)
+                log.info("%d dropped menu(s): subscribing again for the broker's retained copies", lost)
+                c.subscribe(store_subscriptions(self.store_id))
+        return left
+
     def publish_status(self, health: Health) -> None:
         """Publish ``online`` with health on the retained status topic (skipped while disconnected)."""
         if self._client is not None and self.connected.is_set():
@@ -343,58 +297,3 @@ class MQTTSync:
                           dump_payload(Status(device_id=self.device_id, state="online", ts=datetime.now(timezone.utc),
                                               health=health, software_version=self.software_version)),
                           None, retain=True)
-
-    def _flush_loop(self) -> None:
-        """The outbox flusher's thread: a pass on every wake-up (at least every second). A pass that fails, or
-        whose acknowledgements could not be recorded, is counted and the next one waits a back-off
-        (``reconnect_min_s`` doubling up to ``reconnect_max_s``, so a full disk is not flooded with re-sends); a
-        streak of failed passes is logged once with its traceback and once when it ends. Never raises."""
-        delay, streak, logged, flagged = 0.0, 0, False, False
-        recorded = self.storage_errors
-        while not self._stop.is_set():
-            if delay:
-                if self._stop.wait(delay):
-                    return
-            else:
-                self._wake.wait(1.0)
-            self._wake.clear()
-            failed = self.storage_errors != recorded  # acknowledgements of the last pass could not be recorded
-            recorded = self.storage_errors
-            if not failed:
-                try:
-                    self._flush_once()
-                except Exception as exc:  # the flusher must outlive any one pass (the outbox cannot be read …)
-                    failed = True
-                    self.flush_errors += 1
-                    if isinstance(exc, sqlite3.Error):
-                        self.stats.storage, flagged = storage_state(exc), True
-                    if not logged:
-                        log.exception("the outbox flusher failed; retrying with back-off")
-                        logged = True
-            if failed:
-                streak += 1
-                delay = min(max(self.config.reconnect_min_s, 2 * delay), self.config.reconnect_max_s)
-            elif streak and not self._settle_failing:  # (while it is, the acknowledgements of this pass decide)
-                log.info("the outbox flusher works again after %d failed passes", streak)
-                if flagged:
-                    self.stats.storage = "ok"
-                delay, streak, logged, flagged = 0.0, 0, False, False
-
-    def _flush_once(self) -> None:
-        """One pass of the flusher: publish the unacknowledged events, oldest first, while connected.
-
-        Raises:
-            sqlite3.Error: the outbox cannot be read.
-        """
-        if self._stop.is_set() or not self.connected.is_set() or self._client is None:
-            return
-        with self._lock:
-            skip = set(self._inflight.values()) | self._rejected
-        for ev in self.state.pending(limit=200):
-            if ev["event_id"] in skip or not self.connected.is_set():
-                continue
-            if ev["customer_id"] and not self.state.sendable(ev["event_id"], ev["customer_id"]):
-                continue  # the customer's erasure began since the event was read
-            info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
-            if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:
-                break  # not connected any more: retry after the next connect

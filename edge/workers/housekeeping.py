@@ -1,5 +1,5 @@
-"""Housekeeping worker: systemd watchdog, status to the cloud, retention, expired sign-ups, held events and
-erasures, the end of a model upgrade."""
+"""Housekeeping worker: systemd watchdog, status to the cloud, retention, expired sign-ups, held events, erasures,
+catalogue and menus, the end of a model upgrade."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class HousekeepingWorker(Worker):
     ``ok`` and no worker thread died. Every ``mqtt.status_interval_s``, one pass: erase expired pending sign-ups
     and customers unseen for ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an
     ``erasure-done`` without an erasure id, as a staff-page erasure) —, carry out the cloud's erasures that failed
-    (:meth:`~dangol_edge.sync.MQTTSync.retry_erasures`), end a model upgrade whose time is up
+    (:meth:`~dangol_edge.sync.MQTTSync.retry_erasures`), save the catalogue and menus that could not be saved
+    (:meth:`~dangol_edge.sync.MQTTSync.retry_downlink`), end a model upgrade whose time is up
     (:meth:`~dangol_edge.upgrade.ModelUpgrade.check`), write events the outbox held, prune sent events, and
     publish ``status/1`` with :func:`health`.
 
@@ -95,7 +96,8 @@ class HousekeepingWorker(Worker):
 
     def tidy(self) -> bool:
         """Expire sign-ups and unseen customers (reporting each, and any report an earlier pass could not make),
-        end a model upgrade whose time is up, retry held events, prune sent ones. Never raises; returns True
+        retry the cloud's held erasures and the catalogue and menus that could not be saved, end a model upgrade whose
+        time is up, retry held events, prune sent ones. Never raises; returns True
         when every step succeeded."""
         days = self.config.privacy.retention_days
         ok = self._step("expire sign-ups", self._expire, self.gallery.expire_pending,
@@ -105,6 +107,7 @@ class HousekeepingWorker(Worker):
         ok = self._report_all() and ok
         if self.sync is not None:
             ok = self._step("cloud erasures", self._cloud_erasures) and ok
+            ok = self._step("held catalogue and menus", self._downlink) and ok
         if self.upgrade is not None and not self.upgrade.done:
             ok = self._step("model upgrade", self.upgrade.check) and ok
         ok = self._step("held events", self.outbox.retry) and ok
@@ -119,6 +122,14 @@ class HousekeepingWorker(Worker):
         left = self.sync.retry_erasures()
         if left:
             raise RuntimeError(f"{left} erasure(s) from the cloud still cannot be carried out; retried next pass")
+
+    def _downlink(self) -> None:
+        """Save the catalogue and menus that could not be saved; raises while some are still held (the step counts and
+        logs it)."""
+        left = self.sync.retry_downlink()
+        if left:
+            raise RuntimeError(f"{left} catalogue/menu message(s) from the cloud still cannot be saved; retried next "
+                               "pass")
 
     def _expire(self, erase: Callable[[], list[str]], message: str) -> None:
         for cid in erase():

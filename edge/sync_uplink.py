@@ -1,0 +1,201 @@
+"""The up-link half of :class:`~dangol_edge.sync.MQTTSync`: publishing at QoS 1, matching each PUBACK to its event,
+and the outbox flusher.
+
+* **Message ids**: paho numbers each QoS 1 publish (16 bits: ids come round again after 65,535 publishes).
+  :meth:`Uplink._publish` records which event (None: a status message) each id is, in ``_inflight``, both when
+  ``publish()`` sent it and when it reported *not connected* — paho keeps such a message and sends it itself after
+  reconnecting, so its PUBACK settles that very event and the flusher does not send it a second time meanwhile.
+* **Early PUBACKs**: a PUBACK may be handled before ``publish()`` has returned its id to the publisher. Its outcome
+  (failed?) is then parked in ``_early`` by id and settled by the publisher right after ``publish()`` returns, so a
+  refusal is never mistaken for a success. ``_early`` is cleared on every (re)connection (an entry left there can
+  belong to no publish still under way: paho reconnects after ≥ 1 s) and holds at most :data:`EARLY_MAX` entries
+  (beyond, the oldest go, logged), so a leftover entry never settles a later event that gets the same id. A
+  publisher whose PUBACK was handled and cleared meanwhile (``MQTTMessageInfo.is_published()`` but no outcome) leaves
+  its event unacknowledged: the flusher sends it again (at-least-once; the cloud deduplicates on ``event_id``).
+* **Storage faults** and the flusher's back-off: see :mod:`dangol_edge.sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections import OrderedDict
+
+import paho.mqtt.client as mqtt
+from dangol_protocol import client as mqtt5
+
+from .workers.base import storage_state
+
+log = logging.getLogger("dangol_edge.sync")
+
+#: PUBACK outcomes parked for a publisher at most (in practice one or two at a time); beyond, the oldest go.
+EARLY_MAX = 1000
+
+#: ``publish()`` results after which paho holds the message and a PUBACK will come: sent, or kept to be sent after
+#: reconnecting.
+_KEPT = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+
+
+def _acknowledged(info) -> bool:
+    """Whether paho has handled the message's PUBACK (``is_published()`` raises for a message it kept while not
+    connected: its flag is read then)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return bool(getattr(info, "_published", False))
+
+
+class Uplink:
+    """PUBACK bookkeeping and the outbox flusher (a mixin of :class:`~dangol_edge.sync.MQTTSync`: it uses its
+    ``state``, ``stats``, ``config``, ``connected``, ``_client``, ``_lock``, ``_wake`` and ``_stop``).
+
+    Attributes:
+        storage_errors: broker acknowledgements that could not be recorded (the event is sent again).
+        flush_errors: passes of the outbox flusher that failed (retried after a back-off).
+        rejected_events: events the broker refused (kept in the outbox, tried again after the next connection).
+    """
+
+    def _init_uplink(self) -> None:
+        """Attributes only: called by the sync's constructor."""
+        self.storage_errors = 0
+        self.flush_errors = 0
+        self.rejected_events = 0
+        self._settle_failing = False  # a streak of acknowledgements that could not be recorded
+        #: message id → event id (None: a status message) of publishes awaiting their PUBACK
+        self._inflight: dict[int, str | None] = {}
+        #: PUBACK outcomes (message id → failed?) that arrived before the publisher recorded the id (bounded, cleared
+        #: on every connection)
+        self._early: OrderedDict[int, bool] = OrderedDict()
+        self._rejected: set[str] = set()
+
+    def _clear_early(self) -> None:
+        """A (re)connection: outcomes parked earlier belong to no publish still under way (see the module docstring)."""
+        with self._lock:
+            stale = len(self._early)
+            self._early.clear()
+        if stale:
+            log.debug("dropped %d acknowledgement(s) no publisher claimed", stale)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            if mid not in self._inflight:  # PUBACK before publish() returned: the publisher settles it
+                self._early[mid] = mqtt5.is_refusal(reason_code)
+                self._early.move_to_end(mid)
+                while len(self._early) > EARLY_MAX:
+                    old, _ = self._early.popitem(last=False)
+                    log.warning("dropped the acknowledgement of message %d: no publisher claimed it", old)
+                return
+            event_id = self._inflight.pop(mid)
+        self._settle(event_id, mqtt5.is_refusal(reason_code), str(reason_code))
+
+    def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
+        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect). Never
+        raises: when the acknowledgement cannot be written (disk full, read-only medium) the event stays
+        unacknowledged and is sent again, the failure is counted in :attr:`storage_errors` and reported in
+        ``stats.storage``, and a streak of them is logged once (paho's network thread must not see an exception:
+        it would die of it and the connection with it)."""
+        if event_id is None:
+            if failed:
+                log.error("the broker refused this device's status message (%s)", reason)
+            return
+        if failed:
+            with self._lock:
+                self._rejected.add(event_id)
+            self.rejected_events += 1
+            log.error("the broker refused event %s (%s): kept in the outbox; check this device's id and the "
+                      "broker's ACL", event_id, reason)
+            return
+        try:
+            self.state.mark_sent(event_id)
+        except sqlite3.Error as exc:
+            self.storage_errors += 1
+            self.stats.storage = storage_state(exc)
+            if not self._settle_failing:
+                self._settle_failing = True
+                log.error("cannot record the broker's acknowledgement of event %s (%s): it stays in the outbox and "
+                          "is sent again", event_id, exc, exc_info=True)
+            return
+        if self._settle_failing:
+            self._settle_failing = False
+            self.stats.storage = "ok"
+            log.info("acknowledgements are recorded again (%d could not be, in all)", self.storage_errors)
+
+    def _publish(self, topic: str, payload: bytes, event_id: str | None, retain: bool = False):
+        """Publish at QoS 1 and record which event (None: status) the message id is — also when paho reports *not
+        connected* (it keeps the message and sends it after reconnecting); a PUBACK that came first is settled here.
+        Returns paho's ``MQTTMessageInfo`` (``rc`` ``MQTT_ERR_NO_CONN``: kept by paho; another error: not sent, not
+        recorded), or None without a client."""
+        c = self._client
+        if c is None:
+            return None
+        info = c.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in _KEPT:
+            return info
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            lost = early is None and _acknowledged(info)  # its outcome was cleared by a reconnection meanwhile
+            if early is None and not lost:
+                self._inflight[info.mid] = event_id
+        if early is not None:
+            self._settle(event_id, early, "refused" if early else "success")
+        elif lost:
+            log.info("the acknowledgement of message %d came during a reconnection; %s is sent again", info.mid,
+                     "its event" if event_id else "a status")
+        return info
+
+    def _flush_loop(self) -> None:
+        """The outbox flusher's thread: a pass on every wake-up (at least every second). A pass that fails, or
+        whose acknowledgements could not be recorded, is counted and the next one waits a back-off
+        (``reconnect_min_s`` doubling up to ``reconnect_max_s``, so a full disk is not flooded with re-sends); a
+        streak of failed passes is logged once with its traceback and once when it ends. Never raises."""
+        delay, streak, logged, flagged = 0.0, 0, False, False
+        recorded = self.storage_errors
+        while not self._stop.is_set():
+            if delay:
+                if self._stop.wait(delay):
+                    return
+            else:
+                self._wake.wait(1.0)
+            self._wake.clear()
+            failed = self.storage_errors != recorded  # acknowledgements of the last pass could not be recorded
+            recorded = self.storage_errors
+            if not failed:
+                try:
+                    self._flush_once()
+                except Exception as exc:  # the flusher must outlive any one pass (the outbox cannot be read …)
+                    failed = True
+                    self.flush_errors += 1
+                    if isinstance(exc, sqlite3.Error):
+                        self.stats.storage, flagged = storage_state(exc), True
+                    if not logged:
+                        log.exception("the outbox flusher failed; retrying with back-off")
+                        logged = True
+            if failed:
+                streak += 1
+                delay = min(max(self.config.reconnect_min_s, 2 * delay), self.config.reconnect_max_s)
+            elif streak and not self._settle_failing:  # (while it is, the acknowledgements of this pass decide)
+                log.info("the outbox flusher works again after %d failed passes", streak)
+                if flagged:
+                    self.stats.storage = "ok"
+                delay, streak, logged, flagged = 0.0, 0, False, False
+
+    def _flush_once(self) -> None:
+        """One pass of the flusher: publish the unacknowledged events, oldest first, while connected (an event whose
+        message paho still holds is skipped: paho sends it).
+
+        Raises:
+            sqlite3.Error: the outbox cannot be read.
+        """
+        if self._stop.is_set() or not self.connected.is_set() or self._client is None:
+            return
+        with self._lock:
+            skip = set(self._inflight.values()) | self._rejected
+        for ev in self.state.pending(limit=200):
+            if ev["event_id"] in skip or not self.connected.is_set():
+                continue
+            if ev["customer_id"] and not self.state.sendable(ev["event_id"], ev["customer_id"]):
+                continue  # the customer's erasure began since the event was read
+            info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
+            if info is None or info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # not connected any more (paho keeps that one): the rest after the next connect
+
