@@ -35,12 +35,21 @@ class EnrolButton:
         self.led = None
 
     def open(self) -> "EnrolButton":
-        """Claim the pins. Raises gpiozero's errors (e.g. ``BadPinFactory`` off a Pi)."""
+        """Claim the pins. On failure nothing stays claimed (a button made before its LED failed is closed again).
+
+        Raises:
+            gpiozero.GPIOZeroError: gpiozero's errors, e.g. ``BadPinFactory`` off a Pi, ``GPIOPinInUse`` when
+                another device or process holds a pin.
+        """
         from gpiozero import LED, Button
 
-        self.button = Button(self.config.button_pin, pull_up=True, bounce_time=0.05,
-                             hold_time=self.config.hold_cancel_s, pin_factory=self.pin_factory)
-        self.led = LED(self.config.led_pin, pin_factory=self.pin_factory)
+        try:
+            self.button = Button(self.config.button_pin, pull_up=True, bounce_time=0.05,
+                                 hold_time=self.config.hold_cancel_s, pin_factory=self.pin_factory)
+            self.led = LED(self.config.led_pin, pin_factory=self.pin_factory)
+        except Exception:
+            self.close()
+            raise
         self.button.when_pressed = lambda: self.on_press()
         self.button.when_held = lambda: self.on_cancel()
         return self

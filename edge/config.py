@@ -132,13 +132,38 @@ class TrackerConfig(_Section):
     cooldown_s: float = Field(600.0, ge=0.0, le=86_400.0, description="one arrival per customer per this, seconds")
 
 
+#: The door's sign-up rule (:class:`dangol_edge.enrol.SampleCollector`'s defaults, as the door's sign-up builds it): a
+#: pool of this many good faces per template, taken at least ``SIGNUP_MIN_GAP_FRAMES`` frames apart.
+SIGNUP_POOL_PER_TEMPLATE, SIGNUP_MIN_GAP_FRAMES = 3, 2
+
+
+def signup_frames_needed(templates: int) -> int:
+    """Frames a sign-up at the door needs at least for ``templates`` templates: a pool of
+    :data:`SIGNUP_POOL_PER_TEMPLATE` × ``templates`` good faces :data:`SIGNUP_MIN_GAP_FRAMES` frames apart, the
+    first in the first frame, so ``gap × (pool − 1) + 1`` frames (6 × templates − 1), reached only with a good face
+    in every frame and none dropped. An ``enrol.max_frames`` below it ends every sign-up as failed."""
+    pool = SIGNUP_POOL_PER_TEMPLATE * templates
+    return SIGNUP_MIN_GAP_FRAMES * (pool - 1) + 1
+
+
 class EnrolConfig(_Section):
-    """Enrolment from photos or a live source."""
+    """Enrolment from photos or a live source. ``max_frames`` must leave a sign-up at the door room to succeed:
+    at least :func:`signup_frames_needed` of ``templates`` (29 for 5 templates)."""
 
     templates: int = Field(5, ge=1, le=50, description="good frames to capture from a live source")
     max_frames: int = Field(300, ge=1, le=100_000, description="give up after this many frames")
     keep_photos: bool = Field(False, description="store the aligned enrolment crops (off: no face images kept)")
     pending_ttl_h: float = Field(24.0, gt=0.0, le=24 * 30, description="a pending customer expires after, hours")
+
+    @model_validator(mode="after")
+    def _room_for_a_sign_up(self) -> "EnrolConfig":
+        need = signup_frames_needed(self.templates)
+        if self.max_frames < need:
+            raise ValueError(f"enrol.max_frames = {self.max_frames} is below the {need} frames a sign-up needs for "
+                             f"enrol.templates = {self.templates} ({SIGNUP_POOL_PER_TEMPLATE * self.templates} good "
+                             f"faces {SIGNUP_MIN_GAP_FRAMES} frames apart): every sign-up would fail; raise "
+                             "enrol.max_frames or lower enrol.templates")
+        return self
 
 
 class PrivacyConfig(_Section):
@@ -270,6 +295,13 @@ class GPIOConfig(_Section):
     led_pin: int = Field(27, ge=0, le=27)
     hold_cancel_s: float = Field(3.0, ge=0.5, le=30.0, description="holding the button this long cancels")
 
+    @model_validator(mode="after")
+    def _a_pin_each(self) -> "GPIOConfig":
+        if self.enabled and self.button_pin == self.led_pin:
+            raise ValueError(f"gpio.button_pin and gpio.led_pin are both {self.button_pin}: the button and the LED "
+                             "need a pin each")
+        return self
+
 
 class EdgeConfig(BaseSettings):
     """Everything the edge reads. See the class of each section for its fields and bounds."""
@@ -319,39 +351,6 @@ class EdgeConfig(BaseSettings):
         return self.home / "state.sqlite"
 
 
-def check_daemon_settings(config: EdgeConfig, source: str = "config", camera_source: str | None = None) -> None:
-    """The rules between sections that only the daemon (``dangol-edge run``) needs; ``check-config`` (the
-    unit's ExecStartPre) applies them too, so a box that cannot run fails at the check, not at start.
-    ``camera_source`` is ``run --source``, which replaces ``camera.source``.
-
-    Raises:
-        ConfigError: ``camera.source`` names a path that is not there or not a camera, video or folder;
-            ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not
-            tell the cloud who it is nor subscribe to its store's topics); the model file exists without its
-            calibration file while ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`);
-            or the YuNet detector file is missing or unreadable (:func:`~dangol_edge.detect.detector_file_problem`,
-            checked when ``detector.yunet_path`` is set or the model is there). The message names ``source``.
-    """
-    from .calibration import calibration_path, uncalibrated
-    from .detect import detector_file_problem
-
-    if config.mqtt.url and (config.device.id is None or config.device.store_id is None):
-        raise ConfigError(f"{source}: device.id and device.store_id are required when mqtt.url is set "
-                          "(both from the cloud dashboard's Stores page)")
-    try:
-        parse_camera_spec(camera_source or config.camera.source)  # on disk now: the file, folder or device must be there
-    except ValueError as exc:
-        raise ConfigError(f"{source}: invalid config: camera.source: {exc}") from None
-    model = config.model_path
-    if config.matcher.threshold is None and model.is_file() and not calibration_path(model).is_file():
-        raise ConfigError(f"{source}: {uncalibrated(model)}")
-    # the detector opens lazily, on the first frame: unchecked, the daemon would start, then fail on every frame
-    if problem := (config.detector.yunet_path is not None or model.is_file()) and detector_file_problem(
-            config.detector, model):
-        raise ConfigError(f"{source}: {problem}")
-    # embedder.previous_model_path: checked by ModelUpgrade.start, only while the gallery holds its templates
-
-
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -398,3 +397,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
         raise ConfigError(f"{source}: invalid config: {problems}") from exc
     finally:
         _OVERRIDES.reset(token)
+
+
+from .config_checks import check_daemon_settings  # noqa: E402,F401  (checks against the disk and the broker URL)

@@ -69,6 +69,9 @@ class Appliance:
         self.sync = None
         self.web = None
         self.button = None
+        #: Why the GPIO enrolment button could not be claimed at start (None: it works, or ``gpio.enabled`` is off);
+        #: logged, sent to systemd's ``STATUS=`` and shown on the staff page.
+        self.button_problem: str | None = None
         self.recognizer: Recognizer | None = None
         self.enrolment: ButtonEnrolment | None = None
         self.arrivals: ArrivalWorker | None = None
@@ -102,7 +105,7 @@ class Appliance:
 
         app = create_app(screen=self.screen, state=self.state, gallery=self.gallery, config=cfg,
                          on_activate=self._on_activate, on_erase=self._on_staff_erase, on_signup=self._on_signup,
-                         storage=lambda: self.stats.storage)
+                         storage=lambda: self.stats.storage, button_problem=lambda: self.button_problem)
         self.web = DisplayServer(app, cfg.display.host, cfg.display.port)
         self.web.start()
         self._stoppers.append(self.web.stop)
@@ -128,8 +131,11 @@ class Appliance:
                 self.enrolment.button = self.button
                 self._stoppers.append(self.button.close)
             except Exception as exc:  # gpiozero raises its own hierarchy; no GPIO is not fatal
-                log.error("enrolment button unavailable (%s): staff can still enrol from the CLI", exc)
                 self.button = None
+                self.button_problem = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("enrolment button unavailable (%s): staff can start sign-ups on the staff page or enrol "
+                          "from the CLI", self.button_problem)
+                notify(f"STATUS=enrolment button unavailable: {self.button_problem}"[:200])
 
         stop = self.stop_event
         self.arrivals = ArrivalWorker(cfg, self.gallery, self.state, self.screen, self.events, self.outbox,
@@ -267,7 +273,9 @@ class Appliance:
 
     def health(self):
         """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth, storage, frame counters,
-        recognition, and whether the cached catalogue is readable). A worker thread that died on an error is never
+        recognition, and whether the cached catalogue is readable). A source that ended (a file without
+        ``camera.loop``) or went away reads camera ``missing``, and ``fps`` 0 once no frame came for
+        :data:`~dangol_edge.workers.recognition.FPS_IDLE_S` seconds. A worker thread that died on an error is never
         reported ``ok``: a dead capture worker makes ``camera`` read ``error``, any other dead worker makes
         ``recognition`` read ``failing`` (the housekeeping worker also stops feeding the watchdog)."""
         from dangol_protocol import Health

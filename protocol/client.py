@@ -4,8 +4,8 @@ paho-mqtt 2.x, callback API version 2, protocol MQTT 5 only: under MQTT 5 a brok
 or a subscription (its ACL) says so in the PUBACK/SUBACK reason code (0x87 Not authorized), where MQTT
 3.1.1 acknowledges a refused publish like any other and the sender never learns that it was dropped.
 
-- :func:`parse_url` — ``mqtt[s]://[user:password@]host[:port]`` → :class:`BrokerAddress` (errors never
-  repeat the password).
+- :func:`parse_url` — ``mqtt[s]://[user:password@]host[:port]`` → :class:`BrokerAddress` (the host IDNA-encoded;
+  a host name no resolver takes, e.g. ``broker..lan``, refused; errors never repeat the password).
 - :func:`new_client` — a configured, unconnected client from a URL: credentials, TLS (system CAs or a given
   CA file, certificate and host name checked), optional retained last will, manual acknowledgement.
 - :func:`connect_kwargs` — the keyword arguments of ``connect``/``connect_async`` for a clean or persistent
@@ -62,21 +62,41 @@ class BrokerAddress:
 def parse_url(url: str) -> BrokerAddress:
     """Parse ``mqtt://[user:password@]host[:port]`` (also ``tcp://``; ``mqtts://`` or ``ssl://`` for TLS).
 
+    The host is IDNA-encoded as the resolver will encode it (``café.lan`` → ``xn--caf-dma.lan``; an IP address stays
+    as it is): a name it cannot encode — an empty label as in ``broker..lan``, a label over 63 characters — or one
+    with white space or control characters is refused here, where paho's network thread would die on it
+    (``UnicodeError`` is not the ``OSError`` it retries) and never connect.
+
     Raises:
-        MqttUrlError: empty URL, unknown scheme, no host, or a port outside 1–65535.
+        MqttUrlError: (a ``ValueError``) empty URL, unknown scheme, no host, a host name that cannot be looked up,
+            or a port outside 1–65535. The message shows scheme, host and port, never the user's password.
     """
     parts = urlsplit(url or "")
     try:
         port = parts.port
     except ValueError:
         port = -1
+    safe = f"{parts.scheme}://{parts.hostname or ''}" + (f":{port}" if port and port > 0 else "")
     if parts.scheme not in SCHEMES or not parts.hostname or port == -1:
-        safe = f"{parts.scheme}://{parts.hostname or ''}" + (f":{port}" if port and port > 0 else "")
         raise MqttUrlError(f"broker URL {safe!r}: expected mqtt://[user:password@]host[:port] or mqtts://…")
+    host = _lookup_name(parts.hostname, safe)
     tls = SCHEMES[parts.scheme]
-    return BrokerAddress(host=parts.hostname, port=port or (8883 if tls else 1883),
+    return BrokerAddress(host=host, port=port or (8883 if tls else 1883),
                          username=unquote(parts.username) if parts.username else None,
                          password=unquote(parts.password) if parts.password is not None else None, tls=tls)
+
+
+def _lookup_name(host: str, safe_url: str) -> str:
+    """``host`` as the resolver takes it (IDNA, ASCII), or :class:`MqttUrlError` naming ``safe_url``."""
+    bad = next((c for c in host if c.isspace() or not c.isprintable()), None)
+    try:
+        if bad is not None:
+            raise UnicodeError(f"character {bad!r} in a host name")
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        reason = str(exc.__cause__ or exc).removeprefix("encoding with 'idna' codec failed ")
+        raise MqttUrlError(f"broker URL {safe_url!r}: host {host!r} is not a valid host name ({reason}); expected "
+                           "mqtt://[user:password@]host[:port] or mqtts://…") from None
 
 
 def new_client(url: str, client_id: str, *, tls_ca: str | Path | None = None,

@@ -63,6 +63,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
                on_erase: Callable[[str], None] | None = None,
                on_signup: Callable[[str], bool] | None = None,
                storage: Callable[[], str] | None = None,
+               button_problem: Callable[[], str | None] | None = None,
                max_streams: int = MAX_EVENT_STREAMS, clock: Callable[[], float] = time.monotonic) -> Flask:
     """Build the menu + staff web app.
 
@@ -78,6 +79,8 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
             (the daemon's enrolment worker); None hides the button.
         storage: returns the daemon's storage state (``ok``, ``full`` or ``error``: its databases cannot be
             written); the staff page says so while it is not ``ok``. None: not shown.
+        button_problem: returns why the GPIO enrolment button could not be claimed, or None when it works; the
+            staff page says so while it is not None. None: not shown.
         max_streams: event streams served at once (503 beyond).
         clock: monotonic seconds for the PIN back-off (tests pass a fake one).
     Returns:
@@ -94,7 +97,7 @@ def create_app(*, screen: Screen, state: StateStore, gallery: Gallery, config: E
                 on_erase=on_erase, on_signup=on_signup, text_version=config.display.consent_version,
                 pin=config.display.staff_pin or None, app_id=secrets.token_hex(6), streams=Streams(max_streams),
                 pins=PinThrottle(clock=clock),  # per client address: a wrong-PIN guesser cannot lock staff out
-                storage=storage)
+                storage=storage, button_problem=button_problem)
     app.extensions[EXTENSION] = d
     app.extensions["dangol_streams"] = d.streams
     app.extensions["dangol_pins"] = d.pins

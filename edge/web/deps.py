@@ -30,6 +30,7 @@ class WebDeps:
         app_id: an id of this app instance (the kiosk page reloads itself when it changes).
         streams: open event streams (bounded); pins: the per-client PIN back-off.
         storage: returns the daemon's storage state (``ok`` / ``full`` / ``error``), or None.
+        button_problem: returns why the enrolment button could not be claimed (None: it works), or None.
     """
 
     screen: Screen
@@ -45,6 +46,7 @@ class WebDeps:
     streams: Streams
     pins: PinThrottle
     storage: Callable[[], str] | None = None
+    button_problem: Callable[[], str | None] | None = None
 
 
 def deps() -> WebDeps:

@@ -84,8 +84,9 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
                                               and (ended is None or ended["age_s"] > since_asked))
     catalogue_unreadable = read_catalogue(d) is None and d.state.catalogue_read_errors > 0
     storage = d.storage() if d.storage is not None else "ok"
+    button_problem = d.button_problem() if d.button_problem is not None else None
     return render_template("staff.html", pending=pending, active=active, errors=errors or {},
-                           catalogue_unreadable=catalogue_unreadable, storage=storage,
+                           catalogue_unreadable=catalogue_unreadable, storage=storage, button_problem=button_problem,
                            values=values or {}, text_version=d.text_version, pin=d.pin is not None, signup=signup,
                            staff_name=session.get("staff_name", ""),
                            exposed=d.config.display.host not in ("127.0.0.1", "localhost", "::1")), status

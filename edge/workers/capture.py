@@ -24,15 +24,18 @@ class CaptureWorker(Worker):
 
     A live source, or a file read in real time, never blocks: when recognition falls behind, the oldest
     queued frame is dropped (``stats.frames_dropped``) so the screen reacts to *now*. A file read as fast
-    as possible (batch) waits for room instead. A file that ends without ``camera.loop`` ends the worker
-    (the display keeps running).
+    as possible (batch) waits for room instead. A file that ends without ``camera.loop`` ends the worker (the
+    display keeps running) and sets ``stats.camera`` to ``missing``: no frame will come any more (the recognition
+    worker lets ``fps`` fall to 0 too, see :data:`~dangol_edge.workers.recognition.FPS_IDLE_S`).
 
     Any error opening or reading the source is retried, never fatal: a :class:`~dangol_edge.sources.SourceError`
     (no such device or file, the camera stopped delivering) sets ``stats.camera`` to ``missing``, anything else
     (a driver bug, libcamera's ``RuntimeError``) to ``error``; each is counted in ``stats.camera_errors``, the
-    source is closed and reopened after the back-off. An error streak is logged once with its traceback (the
-    further errors in a row as one line each) and once when frames flow again (:data:`RECOVERED_AFTER` frames
-    without an error).
+    source is closed and reopened after the back-off. A source that opens but ends without delivering a single
+    frame (an empty or corrupt recording, a folder of unreadable images) is such an error too — a
+    :class:`~dangol_edge.sources.SourceError`, ``missing`` —, looping or not: reopening it at once would spin a
+    core. An error streak is logged once with its traceback (the further errors in a row as one line each) and
+    once when frames flow again (:data:`RECOVERED_AFTER` frames without an error).
     """
 
     def __init__(self, config: EdgeConfig, source_spec: str, frames: "queue.Queue[tuple[Frame, float]]",
@@ -53,9 +56,10 @@ class CaptureWorker(Worker):
             try:
                 src = self._make_source()
                 src.open()
-                if not self.streak:  # during an error streak it is ok again once frames flow
-                    self.stats.camera = "ok"
-                ended = self._pump(src)
+                ended, delivered = self._pump(src)
+                if not delivered and not self.stop_event.is_set():
+                    raise SourceError(f"{self.source_spec}: the source opened but delivered no frame (an empty or "
+                                      "corrupt recording?)")
             except Exception as exc:  # SourceError, or whatever a driver raises: retried, never fatal
                 self._failed(exc, self.delay)
                 ended = False
@@ -65,8 +69,8 @@ class CaptureWorker(Worker):
                 if src is not None:
                     self._close(src)
             if ended and not cam.loop:
-                log.info("video source ended; display keeps running")
-                self.stats.camera = "ok"
+                log.info("video source ended (camera.loop is off): camera reads 'missing'; the display keeps running")
+                self.stats.camera = "missing"
                 return
 
     def _failed(self, exc: Exception, delay: float) -> None:
@@ -105,20 +109,32 @@ class CaptureWorker(Worker):
         cam = self.config.camera
         return open_source(self.source_spec, size=(cam.width, cam.height))
 
-    def _pump(self, src) -> bool:
-        """Move frames from an open source into the queue; True when a file source ended."""
+    def _pump(self, src) -> tuple[bool, int]:
+        """Move frames from an open source into the queue.
+
+        Returns:
+            ``(ended, delivered)``: ``ended`` is True when a file source came to its end (False for a live source
+            and when the stop event was set), ``delivered`` the number of frames the source yielded in this pass.
+
+        Raises:
+            Exception: whatever the source raises while reading (the caller counts it and backs off).
+        """
         realtime = self.config.camera.realtime and not src.live
         t0 = time.monotonic()
         first_ts = None
+        delivered = 0
         for frame in src.frames():
+            delivered += 1
+            if delivered == 1 and not self.streak:  # during an error streak it is ok again once frames flow
+                self.stats.camera = "ok"
             if self.stop_event.is_set():
-                return False
+                return False, delivered
             self._recovered()
             if realtime:
                 first_ts = frame.ts if first_ts is None else first_ts
                 wait = (frame.ts - first_ts) - (time.monotonic() - t0)
                 if wait > 0 and self.stop_event.wait(wait):
-                    return False
+                    return False, delivered
             self.stats.frames_captured += 1
             item = (frame, time.monotonic())
             if not src.live and not realtime:
@@ -139,4 +155,4 @@ class CaptureWorker(Worker):
                 except queue.Empty:
                     pass
                 self.frames.put_nowait(item)
-        return not src.live
+        return not src.live, delivered

@@ -5,6 +5,10 @@ worker feeds systemd's watchdog only then). A frame that raises counts as a fail
 :data:`FAILING_AFTER` failures in a row ``stats.recognition`` is ``failing``, ``fps`` reads 0 and the
 heartbeat stops, so systemd restarts the daemon (``WatchdogSec``). A failure streak is logged once, with
 its traceback, when it starts, and once when it ends (with its length) — never one traceback per frame.
+
+``fps`` is the rate of frames handled (recognised, or offered to a sign-up) over the last :data:`FPS_WINDOW`
+of them; when no frame was handled for :data:`FPS_IDLE_S` seconds (the source ended, the camera went away) it
+reads 0 instead of the rate of the last frames.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ log = logging.getLogger(__name__)
 FAILING_AFTER = 3
 #: Frames over which ``fps`` is measured.
 FPS_WINDOW = 60
+#: Seconds without a handled frame after which ``fps`` reads 0 (and the window starts again). Cameras deliver
+#: 15-120 frames a second and a Pi recognises several a second, so a gap this long means no frames are coming; a
+#: source slower than one frame per this many seconds reads 0 between its frames.
+FPS_IDLE_S = 5.0
 
 
 class RecognitionWorker(Worker):
@@ -58,8 +66,17 @@ class RecognitionWorker(Worker):
             try:
                 frame, captured = self.frames.get(timeout=0.2)
             except queue.Empty:
+                self.idle(time.monotonic())
                 continue
             self.step(frame, captured)
+
+    def idle(self, now: float) -> None:
+        """No frame came: once the last handled frame is :data:`FPS_IDLE_S` seconds old (``now``, monotonic
+        seconds), ``fps`` reads 0 and the window starts again."""
+        window = self._fps_window
+        if window and now - window[-1] >= FPS_IDLE_S:
+            window.clear()
+            self.stats.fps = 0.0
 
     def step(self, frame: Frame, captured: float) -> None:
         """Process one frame captured at ``captured`` (monotonic seconds)."""
@@ -75,13 +92,10 @@ class RecognitionWorker(Worker):
             self._failed(frame, exc)
             return
         self._succeeded()
+        self._handled(time.monotonic())  # a sign-up's frames too: the camera is delivering and the loop keeps up
         if result is None:
             return
         self.stats.frames_processed += 1
-        now = time.monotonic()
-        self._fps_window.append(now)
-        if len(self._fps_window) > 1:
-            self.stats.fps = (len(self._fps_window) - 1) / max(1e-6, self._fps_window[-1] - self._fps_window[0])
         for d in result.decisions:
             if (d.kind == "known" and d.arrival) or d.kind == "unknown":
                 try:
@@ -89,6 +103,13 @@ class RecognitionWorker(Worker):
                 except queue.Full:
                     self.stats.decisions_dropped += 1
                     log.warning("arrival worker behind: decision for %s dropped", d.customer_id or "an unknown face")
+
+    def _handled(self, now: float) -> None:
+        """One frame handled at ``now`` (monotonic seconds): ``fps`` over the window."""
+        window = self._fps_window
+        window.append(now)
+        if len(window) > 1:
+            self.stats.fps = (len(window) - 1) / max(1e-6, window[-1] - window[0])
 
     def _failed(self, frame: Frame, exc: Exception) -> None:
         self.streak += 1

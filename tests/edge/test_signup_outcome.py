@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from dangol_edge.config import signup_frames_needed
 from dangol_edge.daemon import Appliance
 from dangol_edge.web import staff
 from tests.edge.test_button_enrol import press
@@ -67,7 +68,7 @@ def test_no_face_is_told_until_the_next_sign_up_starts(tmp_path, home, model_pat
     for i in range(10):
         cv2.imwrite(str(wall / f"wall{i:02d}.png"), np.full((360, 640, 3), 90, np.uint8))
     app = start(config(home, model_path, clips, camera={"source": str(wall), "loop": True, "realtime": True},
-                       enrol={"max_frames": 20}))
+                       enrol={"max_frames": signup_frames_needed(5)}))  # the fewest a sign-up may be given
     try:
         page = browser.new_page()
         page.set_default_timeout(10_000)
@@ -123,13 +124,18 @@ def test_several_people_at_a_button_sign_up_are_told_on_the_staff_page(tmp_path,
 
 def test_too_few_good_snapshots_are_counted_on_the_door_and_the_staff_page(tmp_path, home, model_path, clips,  # noqa: F811
                                                                            browser, data_dir):
-    """One person, but the sign-up ends (``enrol.max_frames`` 10) before the pool of 15 good snapshots is full."""
+    """One person, but the sign-up ends (``enrol.max_frames`` at its smallest, 29) before the pool of 15 good snapshots
+    is full: three frames of an empty doorway after each of the person's photos, so at most a quarter of the frames
+    hold a good face. (A smaller ``enrol.max_frames`` is refused by the config: no sign-up could succeed.)"""
     people = [line.split("\t") for line in (data_dir / "faces" / "people.txt").read_text().splitlines()[1:]]
     most = max(people, key=lambda r: int(r[1]))[0]
     photos = sorted((data_dir / "faces" / "lfw-deepfunneled" / most).glob("*.jpg"))[:20]
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((250, 250, 3), 90, np.uint8))
+    frames = [f for p in photos for f in (p, wall, wall, wall)]
     app = start(config(home, model_path, clips,
-                       camera={"source": folder(tmp_path, "one", photos), "loop": True, "realtime": True},
-                       enrol={"max_frames": 10}))
+                       camera={"source": folder(tmp_path, "one", frames), "loop": True, "realtime": True},
+                       enrol={"max_frames": signup_frames_needed(5)}))
     try:
         door = live_door_page(browser, app)
         page = start_signup_on_staff_page(browser, app)

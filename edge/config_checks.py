@@ -1,0 +1,91 @@
+"""The daemon's checks of a loaded :class:`~dangol_edge.config.EdgeConfig` that look outside the config itself (files on
+disk, the broker URL): :func:`check_daemon_settings`, run by ``dangol-edge check-config`` (the unit's ExecStartPre)
+and by ``dangol-edge run`` before it opens anything, so a box that cannot run fails at the check (exit 2, naming the
+setting) instead of at start (exit 1, which systemd keeps restarting).
+
+Re-exported by :mod:`dangol_edge.config`; imports nothing of it at module level, so either module may be imported
+first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .camera_spec import parse_camera_spec
+
+if TYPE_CHECKING:
+    from .config import EdgeConfig
+
+
+def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_source: str | None = None) -> None:
+    """The rules between sections, and against the disk, that only the daemon (``dangol-edge run``) needs;
+    ``check-config`` applies them too. ``camera_source`` is ``run --source``, which replaces ``camera.source``.
+
+    Raises:
+        ConfigError: ``camera.source`` names a path that is not there or not a camera, video or folder;
+            ``mqtt.url`` is set without ``device.id`` and ``device.store_id`` (the device could not tell the cloud
+            who it is nor subscribe to its store's topics), or is malformed, including a host name no resolver
+            takes such as ``broker..lan`` (:func:`dangol_protocol.client.parse_url`; the message never shows the
+            password); ``mqtt.tls_ca`` is set for an ``mqtts://`` broker but missing, unreadable or holds no
+            certificate (:func:`check_tls_ca`); the model file exists without its calibration file while
+            ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`); or the YuNet detector file
+            is missing or unreadable (:func:`~dangol_edge.detect.detector_file_problem`, checked when
+            ``detector.yunet_path`` is set or the model is there). The message names ``source`` and the setting.
+    """
+    from .calibration import calibration_path, uncalibrated
+    from .config import ConfigError
+    from .detect import detector_file_problem
+
+    if config.mqtt.url and (config.device.id is None or config.device.store_id is None):
+        raise ConfigError(f"{source}: device.id and device.store_id are required when mqtt.url is set "
+                          "(both from the cloud dashboard's Stores page)")
+    if config.mqtt.url:
+        check_mqtt(config, source)
+    try:
+        parse_camera_spec(camera_source or config.camera.source)  # on disk now: the file, folder or device must be there
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid config: camera.source: {exc}") from None
+    model = config.model_path
+    if config.matcher.threshold is None and model.is_file() and not calibration_path(model).is_file():
+        raise ConfigError(f"{source}: {uncalibrated(model)}")
+    # the detector opens lazily, on the first frame: unchecked, the daemon would start, then fail on every frame
+    if problem := (config.detector.yunet_path is not None or model.is_file()) and detector_file_problem(
+            config.detector, model):
+        raise ConfigError(f"{source}: {problem}")
+    # embedder.previous_model_path: checked by ModelUpgrade.start, only while the gallery holds its templates
+
+
+def check_mqtt(config: "EdgeConfig", source: str = "config") -> None:
+    """``mqtt.url`` parses (:func:`dangol_protocol.client.parse_url`: scheme, a host name a resolver takes, port) and,
+    for TLS, ``mqtt.tls_ca`` (when set) can be loaded (:func:`check_tls_ca`). Checked here because the MQTT client
+    finds out only in its network thread (a bad host name ended that thread for good) or at start (paho's
+    ``tls_set`` raises ``FileNotFoundError``: exit 1, restarted by systemd for ever).
+
+    Raises:
+        ConfigError: naming ``source`` and ``mqtt.url`` (without its password) or ``mqtt.tls_ca`` and its path.
+    """
+    from dangol_protocol.client import MqttUrlError, parse_url
+
+    from .config import ConfigError
+
+    try:
+        address = parse_url(config.mqtt.url or "")
+    except MqttUrlError as exc:
+        raise ConfigError(f"{source}: invalid config: mqtt.url: {exc}") from None
+    if address.tls and config.mqtt.tls_ca is not None:
+        if problem := check_tls_ca(config.mqtt.tls_ca):
+            raise ConfigError(f"{source}: invalid config: mqtt.tls_ca: {problem}")
+
+
+def check_tls_ca(path) -> str | None:
+    """Why the CA certificate file ``path`` cannot be used to check the broker (missing, unreadable, a folder, no
+    PEM certificate in it), or None when it loads as paho's ``tls_set`` will load it."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except OSError as exc:  # FileNotFoundError, PermissionError, IsADirectoryError; ssl.SSLError is an OSError too
+        if isinstance(exc, ssl.SSLError):
+            return f"{path}: holds no usable CA certificate ({exc.reason or exc}); expected a PEM file"
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    return None
