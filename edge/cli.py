@@ -140,6 +140,12 @@ def cmd_enroll(args) -> int:
     c = enroll(gallery, args.name, samples, status="pending" if args.pending else "active", consent=consent,
                keep_photos=cfg.enrol.keep_photos, customer_id=args.customer_id,
                pending_ttl_s=cfg.enrol.pending_ttl_h * 3600 if args.pending else None)
+    if args.customer_id:  # an id erased here before: its menus are accepted again (dangol_edge.state_erased)
+        from .state import StateStore
+
+        with StateStore(cfg.state_path) as st:
+            if st.lift_erasure([args.customer_id]):
+                log.info("customer %s was erased on this box before: their menus are cached again", c.id)
     print(json.dumps({"enrolled": _customer_dict(c)}))
     return EXIT_OK
 

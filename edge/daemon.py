@@ -89,7 +89,8 @@ class Appliance:
     def _start(self) -> None:
         cfg = self.config
         check_daemon_settings(cfg, camera_source=self.source_spec)
-        self.state = StateStore(cfg.state_path).open()
+        # a damaged state file is moved aside (its queued events and erasures copied): the door never stays dark
+        self.state = StateStore(cfg.state_path).open(recover=True)
         self._stoppers.append(self.state.close)
         embedder = Embedder(cfg.model_path, threads=cfg.embedder.threads).open()
         self.gallery = Gallery(cfg.gallery_path, embedder.sha256).open()
@@ -263,7 +264,8 @@ class Appliance:
 
     def _forget(self, customer_id: str) -> None:
         """Drop an erased customer from memory and from the door screen (their welcome, if showing): the tracker's
-        votes and cool-down, and a running model upgrade's old-model templates (see :meth:`~dangol_edge.upgrade.ModelUpgrade.forget`)."""
+        votes and cool-down, and a running model upgrade's old-model templates
+        (see :meth:`~dangol_edge.upgrade.ModelUpgrade.forget`)."""
         self.recognizer.tracker.forget(customer_id)
         if self.screen.forget(customer_id):
             log.info("erased customer %s: their welcome left the door screen", customer_id)

@@ -45,6 +45,7 @@ from .crypto import FieldCipher, GalleryKeyError
 from .sqlite import SQLiteFile, connect
 from .state_erased import ErasedTable
 from .state_outbox import OutboxTable
+from .state_recovery import move_aside, salvage
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,45 @@ class StateStore(OutboxTable, ErasedTable, SQLiteFile):
         self._unopenable: set[str] = set()  # customer ids whose cached name could not be opened (logged)
         self._init_outbox()
         self._init_erased()
+        self.recovered_from: Path | None = None  # the damaged file moved aside by open(recover=True), if any
 
-    def open(self) -> "StateStore":
+    def open(self, recover: bool = False) -> "StateStore":
         """Open or create the file (WAL, mode 0600); seals names and queued events left in clear by an older
-        version. Raises :class:`StateError` naming the file."""
+        version.
+
+        Args:
+            recover: the daemon's start. A file SQLite finds *damaged* (``database disk image is malformed``, ``file
+                is not a database``: a :class:`sqlite3.DatabaseError` that is not an ``OperationalError`` such as a
+                lock or an I/O error) is moved aside with its ``-wal``/``-shm`` files to
+                ``<name>.damaged-<UTC time>``, what can still be read of its queued events and erased customers is
+                copied into a fresh file, and the daemon starts: everything else in it is a cache the broker sends
+                again (the retained catalogue and menus). Logged as an error; :attr:`recovered_from` names the file
+                moved aside. Without it (the command line) such a file raises.
+
+        Raises:
+            StateError: the file cannot be opened (or, without ``recover``, is damaged); the message names it.
+        """
         if self._db is not None:
             return self
+        try:
+            self._open_file()
+        except StateError as exc:
+            damaged = isinstance(exc.__cause__, sqlite3.DatabaseError) and not isinstance(
+                exc.__cause__, sqlite3.OperationalError)
+            if not (recover and damaged):
+                raise
+            aside = move_aside(self.path)
+            self._open_file()
+            self.recovered_from = aside
+            saved, lost = salvage(aside, self)
+            log.error("%s was damaged (%s): moved to %s and started afresh; recovered %s%s. The catalogue and menus "
+                      "come back from the broker's retained messages", self.path, exc.__cause__, aside.name,
+                      ", ".join(f"{n} {table} rows" for table, n in saved.items()) or "nothing",
+                      "".join(f"; lost {table} ({why})" for table, why in lost.items()))
+        return self
+
+    def _open_file(self) -> None:
+        """Open or create :attr:`path` as the state database. Raises :class:`StateError` (the cause attached)."""
         try:
             _private_file(self.path)
             db = connect(self.path)
@@ -119,7 +153,6 @@ class StateStore(OutboxTable, ErasedTable, SQLiteFile):
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StateError(f"{self.path}: cannot open state database: {exc}") from exc
-        return self
 
     # --- names -------------------------------------------------------------------------------------
     def _get_cipher(self) -> FieldCipher | None:

@@ -144,3 +144,16 @@ def test_the_running_daemon_greets_a_cli_enrolment_and_forgets_a_cli_erasure(edg
         assert arrivals_of_lin() == before, "an erased customer is never greeted again"
     finally:
         app.stop()
+
+
+def test_cli_enrolment_under_an_erased_id_accepts_its_menus_again(edge_env, clips):
+    """The box refuses menus of customers erased on it (:mod:`dangol_edge.state_erased`); an operator who enrols
+    that customer again under the same cloud id (``--customer-id``) lifts it, so their menu is cached again."""
+    cid = str(uuid.uuid4())
+    with StateStore(edge_env / "state.sqlite") as st:
+        st.erase_customers([cid])
+        assert not st.put_menu(lin_menu(cid))
+    cli("enroll", "--name", "Lin-Manuel Miranda", "--image", str(clips / "lin-manuel-miranda.png"),
+        "--customer-id", cid)
+    with StateStore(edge_env / "state.sqlite") as st:
+        assert not st.is_erased(cid) and st.put_menu(lin_menu(cid)) and st.menu(cid).display_name == "Lin-Manuel"
