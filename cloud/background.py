@@ -1,22 +1,28 @@
 """Background work of ``dangol-cloud serve``: the MQTT consumer, scheduled retraining, re-publishing of
-unconfirmed erasures and the daily sweep (retention, old device events); and the app's menu republisher
-(:class:`MenuRepublisher`: a dislike's menu goes to the stores without holding up the web request)."""
+unconfirmed erasures and the daily sweep (retention, old device events); the app's menu republisher
+(:class:`MenuRepublisher`: a dislike's menu goes to the stores without holding up the web request); and the
+listener's erasure re-sender (:class:`ErasureResender`: a device coming online gets its unconfirmed erasures off the
+listener's worker, at most once per ``erasure_republish_minutes``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from flask import Flask
 
-__all__ = ["MenuRepublisher", "start_background"]
+__all__ = ["ErasureResender", "MenuRepublisher", "start_background"]
 
 log = logging.getLogger(__name__)
 
 
 def start_background(app: Flask) -> Callable[[], None]:
-    """Start the MQTT listener (if a broker is configured and ``listen`` is on), the training schedule
+    """Start the MQTT listener (if a broker is configured and ``listen`` is on; ``app.extensions["dangol_listener"]``;
+    a device coming online gets its unconfirmed erasures re-sent by its :class:`ErasureResender`, at most once per
+    ``erasure_republish_minutes``), the training schedule
     (if ``train_interval_hours`` is set), the erasure re-publisher (every ``erasure_republish_minutes``,
     with a broker) and the daily sweep (at start, then every 24 h): retention, then device events older than
     ``device_event_days`` (failures of each counted in ``app.extensions["dangol_sweep_failures"]``). Returns a
@@ -40,7 +46,9 @@ def start_background(app: Flask) -> Callable[[], None]:
 
         listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
                             on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id]),
-                            on_erasures=lambda device: republish_erasures(db, settings, device_id=device)).start()
+                            on_erasures=lambda device: republish_erasures(db, settings, device_id=device),
+                            erasure_interval=settings.erasure_republish_minutes * 60).start()
+        app.extensions["dangol_listener"] = listener
         if listener.subscribed.is_set():
             log.info("MQTT listener subscribed to device events and status")
 
@@ -113,7 +121,47 @@ def start_background(app: Flask) -> Callable[[], None]:
     return stop
 
 
-class MenuRepublisher:
+class _Worker:
+    """One lazily started daemon thread woken by an event, for :class:`MenuRepublisher` and
+    :class:`ErasureResender`: ``_lock`` guards their pending work, ``_wake`` wakes ``_run``, ``_stopping`` ends it."""
+
+    _thread_name = "dangol-worker"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self) -> None:
+        """Start the thread unless it runs (the caller holds ``_lock``)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+            self._thread.start()
+
+    def _drop_pending(self) -> None:
+        """What stopping does to the pending work (``_lock`` held); default: nothing."""
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the worker: waits up to ``timeout`` s for it (a publish blocked on a silent broker ends with its own
+        timeout; the thread is a daemon)."""
+        with self._lock:
+            self._stopping.set()
+            self._drop_pending()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class MenuRepublisher(_Worker):
     """Publishes customers' stored menus in the background, e.g. after a dislike took a pick off one, so a slow or
     silent broker never holds up a web request.
 
@@ -133,12 +181,12 @@ class MenuRepublisher:
         published: menu messages published so far. failures: failed publishes so far.
     """
 
+    _thread_name = "dangol-menu-republisher"
+
     def __init__(self, publish: Callable[[list[str]], int], *, retry_seconds: float = 30.0) -> None:
+        super().__init__()
         self._publish, self._retry = publish, float(retry_seconds)
         self._pending: set[str] = set()
-        self._lock = threading.Lock()
-        self._wake, self._stopping = threading.Event(), threading.Event()
-        self._thread: threading.Thread | None = None
         self.published = self.failures = 0
 
     def submit(self, customer_ids: str | Iterable[str]) -> None:
@@ -148,29 +196,13 @@ class MenuRepublisher:
             if self._stopping.is_set():
                 return
             self._pending.update(ids)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="dangol-menu-republisher", daemon=True)
-                self._thread.start()
+            self._start_thread()
         self._wake.set()
 
     def pending(self) -> int:
         """Number of customers waiting for a publish."""
         with self._lock:
             return len(self._pending)
-
-    @property
-    def running(self) -> bool:
-        """Whether the worker thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the worker: waits up to ``timeout`` s for it (a publish blocked on a silent broker ends with its
-        own timeout; the thread is a daemon). Ids still pending go out with the next scheduled publish."""
-        self._stopping.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -191,3 +223,100 @@ class MenuRepublisher:
                 if self._stopping.wait(self._retry):
                     return
                 self._wake.set()
+
+
+class ErasureResender(_Worker):
+    """Re-sends the erasures a device has not confirmed when it comes online, off the caller's thread (the MQTT
+    listener's only worker) and at most once per ``min_interval`` seconds per device.
+
+    :meth:`submit` returns at once. A device re-sent less than ``min_interval`` ago, or still waiting for its re-send,
+    is skipped: counted (:attr:`skipped`) and logged once per device until its next re-send — a box flipping its
+    status offline/online cannot make the cloud open a connection and send every unconfirmed erasure to its store on
+    each flip. Nothing is lost: ``serve``'s schedule re-sends every unconfirmed erasure every
+    ``erasure_republish_minutes`` anyway. The time of each device's last re-send is kept in memory, for the newest
+    ``max_devices`` devices (the oldest is forgotten first; forgetting only allows one more re-send).
+
+    One worker thread (started at the first accepted :meth:`submit`) calls ``resend(device id)`` for each pending
+    device in turn. A failure (any exception: broker unreachable, database error) is logged and counted
+    (:attr:`failures`); the erasures stay pending for the schedule. :meth:`stop` ends it.
+
+    Args:
+        resend: ``device id -> messages sent``, e.g. ``lambda d: republish_erasures(db, settings, device_id=d)``
+            (:func:`dangol_cloud.publishing.republish_erasures`); it may block (broker timeouts) and raise.
+        min_interval: seconds between two re-sends to one device (0: no limit, repeats still coalesce while one
+            is pending).
+        max_devices: devices whose last re-send is remembered.
+
+    Attributes:
+        sent: re-sends done. skipped: submits skipped. failures: re-sends that raised.
+
+    Raises:
+        ValueError: ``min_interval`` is negative or ``max_devices`` is below 1.
+    """
+
+    _thread_name = "dangol-erasure-resender"
+
+    def __init__(self, resend: Callable[[str], object], *, min_interval: float = 0.0,
+                 max_devices: int = 10_000) -> None:
+        if min_interval < 0 or max_devices < 1:
+            raise ValueError(f"min_interval {min_interval} must be >= 0 and max_devices {max_devices} >= 1")
+        super().__init__()
+        self._resend, self._interval, self._max = resend, float(min_interval), int(max_devices)
+        self._last: OrderedDict[str, list] = OrderedDict()  # device -> [monotonic time of last re-send, skips since]
+        self._pending: list[str] = []
+        self.sent = self.skipped = self.failures = 0
+
+    def submit(self, device_id: str) -> bool:
+        """Have ``device_id``'s unconfirmed erasures re-sent soon; returns at once: True if queued, False if skipped
+        (re-sent less than ``min_interval`` ago, already waiting, or stopped)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            last = self._last.get(device_id)
+            if device_id in self._pending or (last is not None and now - last[0] < self._interval):
+                self.skipped += 1
+                if last is not None:
+                    last[1] += 1
+                    if last[1] == 1:
+                        log.info("device %s came online again %.0f s after its last erasure re-send: not re-sent "
+                                 "within %.0f s (the schedule re-sends them); further skips only counted",
+                                 device_id, now - last[0], self._interval)
+                return False
+            if last is not None and last[1]:
+                log.info("device %s: re-sending its unconfirmed erasures (%d come-online re-sends skipped since the "
+                         "last)", device_id, last[1])
+            self._last[device_id] = [now, 0]
+            self._last.move_to_end(device_id)
+            while len(self._last) > self._max:
+                self._last.popitem(last=False)
+            self._pending.append(device_id)
+            self._start_thread()
+        self._wake.set()
+        return True
+
+    def remembered(self) -> int:
+        """Devices whose last re-send time is kept (at most ``max_devices``)."""
+        with self._lock:
+            return len(self._last)
+
+    def _drop_pending(self) -> None:
+        """Devices still pending at :meth:`stop` are left to the schedule."""
+        self._pending.clear()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stopping.is_set():
+                with self._lock:
+                    if not self._pending:
+                        break
+                    device_id = self._pending.pop(0)
+                try:
+                    self._resend(device_id)
+                    self.sent += 1
+                except Exception:  # still pending in the database: the schedule re-sends it (logged with traceback)
+                    self.failures += 1
+                    log.exception("re-sending unconfirmed erasures to device %s failed (%d failure(s) so far); "
+                                  "retried on the schedule", device_id, self.failures)

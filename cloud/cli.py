@@ -109,7 +109,8 @@ def cmd_listen(args, settings, db) -> int:
 
     listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
                         on_activated=lambda customer_id: welcome(db, settings, [customer_id]),
-                        on_erasures=lambda device_id: republish_erasures(db, settings, device_id=device_id)).start()
+                        on_erasures=lambda device_id: republish_erasures(db, settings, device_id=device_id),
+                        erasure_interval=settings.erasure_republish_minutes * 60).start()  # as serve's listener
     out.print("listening for device events and status; Ctrl-C to stop")
     try:
         threading.Event().wait()

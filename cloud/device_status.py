@@ -3,7 +3,10 @@ came online, and clear a removed device's retained status.
 
 The listener (:mod:`dangol_cloud.events`) takes status at QoS 0 (:data:`dangol_protocol.topics.STATUS_QOS`): the
 retained latest report is all the cloud needs. Unconfirmed erasures are re-sent to a device only when it *comes
-online* (:func:`came_online`), not on each of its health reports (every 30 s).
+online* (:func:`came_online`), not on each of its health reports (every 30 s). Every offline → online flip counts as
+coming online; a box flipping on purpose is held off by the listener's
+:class:`~dangol_cloud.background.ErasureResender` (at most one re-send per device per ``erasure_republish_minutes``,
+off the listener's worker).
 """
 
 from __future__ import annotations

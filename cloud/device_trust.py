@@ -11,10 +11,14 @@ the sending device's rights before anything is written (:func:`check_event`):
   only be changed by the device that enrolled them, only while ``pending`` (a name or a consent record for
   anybody else is refused, as is demoting an active customer). A customer whose consent was withdrawn
   (status ``withdrawn``) is never enrolled again by a device, whatever the status or consent it sends.
-* **erasure-done** with an erasure id: only as the answer to that erasure, by a device it was sent to, for
-  exactly its customer. Without an erasure id (erased on the device's staff page) it becomes an
-  :class:`~dangol_cloud.models.ErasureRequest` naming the device, which an owner confirms or dismisses —
-  never an automatic chain-wide erasure; and only for customers known at the device's store.
+* **erasure-done** with an erasure id: only as the answer to that erasure, for exactly its customer, by one of
+  its target devices or by another box at a target's store (added after the erasure, it receives the erasure's
+  re-sends too): such a box's confirmation is a harmless no-op — not a target, it confirms nothing
+  (:func:`dangol_cloud.erasure.record_confirmation`, logged) — never refused nor dead-lettered. A confirmation of
+  an erasure never issued, or not sent to the box's store, is refused. Without an erasure id (erased on the
+  device's staff page) it becomes an :class:`~dangol_cloud.models.ErasureRequest` naming the device, which an
+  owner confirms or dismisses — never an automatic chain-wide erasure; and only for customers known at the
+  device's store.
 * **timestamps**: ``ts`` (and a consent's ``recorded_at``) must lie in ``[now − MAX_EVENT_AGE,
   now + CLOCK_TOLERANCE]``; up to ``MAX_CLOCK_SKEW`` ahead it is clamped to the time received (a box
   whose clock runs fast), further ahead or older it is refused. A status ``ts`` ahead is clamped.
@@ -130,16 +134,24 @@ def _check_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
         raise Refused(f"customer {customer_id} is no longer pending on this device: name and consent are kept")
 
 
+def _sent_to_store(session: Session, erasure: Erasure, store_id: str) -> bool:
+    """Whether ``erasure`` goes to ``store_id``: one of its target devices (that still exists) is at that store, so
+    every box there receives it, including one added after the erasure, which is not a target."""
+    targets = list(erasure.targets or [])
+    return bool(targets) and bool(session.scalar(
+        select(exists().where(Device.id.in_(targets), Device.store_id == store_id))))
+
+
 def _check_erasure_done(session: Session, device: Device, event: proto.ErasureDoneEvent) -> None:
     ids = {str(c) for c in event.customer_ids}
     if event.erasure_id is not None:
         erasure = session.get(Erasure, str(event.erasure_id))
         if erasure is None:
             raise Refused(f"erasure-done answers erasure {event.erasure_id}, which the cloud never issued")
-        if device.id not in (erasure.targets or []):
-            raise Refused(f"erasure {erasure.id} was not sent to this device")
         if ids != {erasure.customer_id}:
             raise Refused(f"erasure-done for erasure {erasure.id} lists other customers than it named")
+        if device.id not in (erasure.targets or []) and not _sent_to_store(session, erasure, device.store_id):
+            raise Refused(f"erasure {erasure.id} was not sent to this device or its store")
         return
     for customer_id in sorted(ids):
         if session.get(Customer, customer_id) is not None and not known_at_store(session, customer_id,
@@ -181,11 +193,13 @@ def record_dead_letter(session: Session, *, topic: str, payload: bytes, kind: st
 
     Args:
         kind: ``invalid`` | ``refused`` | ``unknown-device`` | ``error``.
-        reason: why (no personal data: payload fields are never copied).
+        reason: why (no personal data: payload fields are never copied); a NUL character in it (a validation
+            error quoting the bad character) is stored as ``\\x00``: PostgreSQL text cannot hold NUL.
         device_id: the device named by the topic, if it exists (counted in ``device_trust``).
 
     Only the newest :data:`MAX_DEAD_LETTERS` rows are kept. The caller commits.
     """
+    topic, reason = topic.replace("\x00", "\\x00"), reason.replace("\x00", "\\x00")
     letter = DeadLetter(received_at=utcnow(), device_id=device_id, topic=topic[:255], kind=kind[:16],
                         reason=reason[:500], size=len(payload), sha256=hashlib.sha256(payload).hexdigest())
     session.add(letter)

@@ -202,9 +202,17 @@ def complete_if_done(session: Session, erasure: Erasure, actor: str) -> bool:
 def record_confirmation(session: Session, erasure: Erasure, device_id: str) -> bool:
     """Record a device's ``erasure-done`` (idempotent); completes the erasure when every target confirmed.
 
+    A device that is not a target (a box added to a target's store after the erasure, which receives its re-sends:
+    :mod:`dangol_cloud.device_trust` lets only such a box through) confirms nothing: a logged no-op, so
+    ``confirmed_by`` holds targets only.
+
     Returns:
-        True if this confirmation was new.
+        True if this confirmation was new (and from a target).
     """
+    if device_id not in (erasure.targets or []):
+        log.info("erasure %s confirmed by device %s, which is not one of its targets (added later): nothing to record",
+                 erasure.id, device_id)
+        return False
     if device_id in (erasure.confirmed_by or []):
         return False
     erasure.confirmed_by = [*(erasure.confirmed_by or []), device_id]

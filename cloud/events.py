@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 import dangol_protocol as proto
+from dangol_cloud.background import ErasureResender
 from dangol_cloud.db import Database
 from dangol_cloud.device_events import apply_event
 from dangol_cloud.device_status import apply_status
@@ -181,8 +182,13 @@ class Listener:
             (e.g. to publish their first menu); its exceptions are logged and counted in ``follow_up_failures``.
         on_erasures: called with a device id when that device comes online — its state was ``offline`` or
             unknown, or its status shows a restart (:func:`dangol_cloud.device_status.came_online`), never on
-            each health report — to re-send the erasures it has not confirmed; its exceptions are logged and
-            counted in ``follow_up_failures`` (the erasures stay pending and are re-sent on the schedule).
+            each health report — to re-send the erasures it has not confirmed. Never on the worker: it is handed to
+            an :class:`~dangol_cloud.background.ErasureResender` (:attr:`resender`), which runs it on its own thread
+            at most once per ``erasure_interval`` per device; skipped ones are counted
+            (:attr:`erasure_resends_skipped`) and its exceptions logged and counted in ``resender.failures`` (the
+            erasures stay pending and are re-sent on the schedule).
+        erasure_interval: seconds between two re-sends of one device's erasures (``serve`` passes
+            ``erasure_republish_minutes``); 0, the default: no limit, repeats coalesce while one is pending.
         client_id: MQTT client id, reserved for the cloud by the broker configuration
             (:mod:`dangol_cloud.broker_auth`: a device may connect only with its own id); MQTT 5, the session
             is persistent (``clean_start=False``, never expires), so QoS 1 events sent while the listener was
@@ -203,17 +209,20 @@ class Listener:
 
     def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
                  on_activated: Callable[[str], object] | None = None,
-                 on_erasures: Callable[[str | None], object] | None = None, queue_size: int = 100) -> None:
+                 on_erasures: Callable[[str], object] | None = None, queue_size: int = 100,
+                 erasure_interval: float = 0.0) -> None:
         self.db = db
         self.on_activated = on_activated
         self.on_erasures = on_erasures
+        self.erasure_interval = erasure_interval
+        self.resender: ErasureResender | None = None  # made by start() when on_erasures is given
         self.mqtt_url = mqtt_url
         self.client_id = client_id
         self.client = None
         self.subscribed = threading.Event()
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.failures = 0
-        self.follow_up_failures = 0  # on_activated / on_erasures calls that raised (logged, retried elsewhere)
+        self.follow_up_failures = 0  # on_activated calls that raised (logged; the menu goes out with the next publish)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
         self._generation = 0
@@ -281,12 +290,13 @@ class Listener:
             except Exception:  # the visit/enrolment is stored; the menu goes out with the next publish
                 self.follow_up_failures += 1
                 log.exception("welcoming newly active customer %s failed", event.customer_id)
-        for device_id in woke if self.on_erasures is not None else ():
-            try:
-                self.on_erasures(device_id)
-            except Exception:  # stays pending: re-published on the schedule
-                self.follow_up_failures += 1
-                log.exception("re-publishing pending erasures (device %s) failed; retried on the schedule", device_id)
+        for device_id in woke if self.resender is not None else ():
+            self.resender.submit(device_id)  # returns at once: the re-send runs on the resender's thread
+
+    @property
+    def erasure_resends_skipped(self) -> int:
+        """Come-online erasure re-sends skipped (a device re-sent less than ``erasure_interval`` ago)."""
+        return self.resender.skipped if self.resender is not None else 0
 
     def start(self, timeout: float = 10.0) -> "Listener":
         """Start the worker and the network loop and connect in the background; returns once subscribed, or
@@ -295,7 +305,10 @@ class Listener:
 
         Raises:
             MqttError: the MQTT URL is malformed.
+            ValueError: ``erasure_interval`` is negative.
         """
+        if self.on_erasures is not None:
+            self.resender = ErasureResender(self.on_erasures, min_interval=self.erasure_interval)
         client, host, port = new_client(self.mqtt_url, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -321,6 +334,8 @@ class Listener:
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None
+        if self.resender is not None:
+            self.resender.stop()
         if self._worker is not None:
             while True:  # make room for the sentinel; what is dropped here was never acknowledged
                 try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 
@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
 from dangol_protocol.parse import MAX_PAYLOAD_BYTES
-from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, MenuDayparts, Store, utcnow
+from dangol_cloud.erasure_messages import erasure_messages, erasure_plan, menu_clear_messages, once
+from dangol_cloud.menu_fence import publish_menus
+from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Menu, MenuDayparts, Store, utcnow
 from dangol_cloud.models_ops import CustomerOrigin
 from dangol_cloud.mqtt import Message, connect, publish_all
 
@@ -256,63 +258,17 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
             yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
 
 
-def erasure_messages(session: Session, stores: list[Store], erasures: list[Erasure], *,
-                     device_id: str | None = None) -> Iterator[Message]:
-    """For each erasure and each store in ``stores`` that has a device still to confirm it (only ``device_id``,
-    if given: the erasures that device has not confirmed, to its store): clear the customer's retained menu
-    (empty payload) and send ``erasures/1``."""
-    for erasure, store_ids in _erasure_plan(session, stores, erasures, device_id):
-        for store_id in store_ids:
-            yield proto.menu_topic(store_id, erasure.customer_id), b"", True
-            payload = proto.Erasures(store_id=uuid.UUID(store_id), erasure_id=uuid.UUID(erasure.id),
-                                     requested_at=erasure.requested_at, customer_ids=[uuid.UUID(erasure.customer_id)])
-            yield proto.erasures_topic(store_id), proto.dump_payload(payload), False
-
-
-def _erasure_plan(session: Session, stores: list[Store], erasures: list[Erasure],
-                  device_id: str | None = None) -> list[tuple[Erasure, list[str]]]:
-    """``[(erasure, ids of the stores in stores to send it to)]``: the stores of its unconfirmed devices (of
-    ``device_id`` only, if given); erasures with no such store are left out."""
-    from dangol_cloud.erasure import unconfirmed_devices
-
-    wanted = {store.id for store in stores}
-    plan = []
-    for erasure in erasures:
-        waiting = [d for d in unconfirmed_devices(session, erasure) if device_id is None or d.id == device_id]
-        store_ids = sorted({d.store_id for d in waiting} & wanted)
-        if store_ids:
-            plan.append((erasure, store_ids))
-    return plan
-
-
-def menu_clear_messages(stores: list[Store], erasures: list[Erasure]) -> Iterator[Message]:
-    """The empty retained payload on each erased customer's menu topic at every store in ``stores``: where their
-    menu was or may have been published (a customer without an origin store got one at every store, and the
-    origin is gone with the customer), whichever devices still have to confirm."""
-    for erasure in erasures:
-        for store in stores:
-            yield proto.menu_topic(store.id, erasure.customer_id), b"", True
-
-
-def _once(messages: Iterable[Message]) -> Iterator[Message]:
-    """``messages`` without repeated retained clears of the same topic."""
-    cleared: set[str] = set()
-    for topic, payload, retained in messages:
-        if retained and not payload:
-            if topic in cleared:
-                continue
-            cleared.add(topic)
-        yield topic, payload, retained
-
-
 @dataclass
 class PublishReport:
-    """How many messages of each kind went to how many stores."""
+    """Messages of each kind sent to how many stores; ``menus_withheld``/``menus_cleared``: menus of customers
+    erased during the publish, left out or cleared after sending (:mod:`dangol_cloud.menu_fence`)."""
 
     stores: int = 0
     catalogue: int = 0
     menus: int = 0
     erasures: int = 0
+    menus_withheld: int = 0
+    menus_cleared: int = 0
 
 
 def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, currency: str = "EUR",
@@ -323,8 +279,9 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
     devices (to the stores of the unconfirmed devices; with ``device_id``, only the erasures that device has
     not confirmed) now.
 
-    An erasure published for the first time (:func:`dangol_cloud.erasure.unpublished_erasures`, confirmed or
-    not) also clears its customer's retained menu at **every** store, whatever ``store_id``
+    Menus are fenced against erasures recorded meanwhile in any process (:mod:`dangol_cloud.menu_fence`). An erasure
+    published for the first time (:func:`dangol_cloud.erasure.unpublished_erasures`, confirmed or not) also clears
+    its customer's retained menu at **every** store, whatever ``store_id``
     (:func:`menu_clear_messages`, :func:`dangol_cloud.erasure.menus_to_clear`). Erasures sent get
     ``published_at`` (first time) and ``last_published_at`` (the caller commits). ``timezone`` (the ``TIMEZONE``
     setting) goes into the catalogue: :func:`catalogue_messages`.
@@ -337,7 +294,7 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
 
     stores = _stores(session, store_id)
     report = PublishReport(stores=len(stores))
-    plan = _erasure_plan(session, stores, pending_erasures(session), device_id)
+    plan = erasure_plan(session, stores, pending_erasures(session), device_id)
     fresh = unpublished_erasures(session)
     clears = menus_to_clear(session, fresh)
     everywhere = stores if store_id is None else _stores(session, None)
@@ -347,10 +304,11 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
             report.catalogue = publish_all(client, catalogue_messages(session, stores, currency, timezone=timezone),
                                            timeout=timeout)
         if menus:
-            report.menus = publish_all(client, menu_messages(session, stores, customer_ids=customer_ids),
-                                       timeout=timeout)
+            fenced = publish_menus(client, session, menu_messages(session, stores, customer_ids=customer_ids),
+                                   timeout=timeout)
+            report.menus, report.menus_withheld, report.menus_cleared = fenced.sent, fenced.withheld, fenced.cleared
         erasures = [e for e, _ in plan]
-        report.erasures = publish_all(client, _once(chain(
+        report.erasures = publish_all(client, once(chain(
             erasure_messages(session, stores, erasures, device_id=device_id),
             menu_clear_messages(everywhere, clears))), timeout=timeout)
         now = utcnow()
@@ -392,7 +350,7 @@ def republish_erasures(db, settings, *, device_id: str | None = None) -> int:
                 return 0
             store_id = device.store_id
         stores = _stores(session, store_id)
-        waiting = _erasure_plan(session, stores, pending_erasures(session), device_id)
+        waiting = erasure_plan(session, stores, pending_erasures(session), device_id)
         if not waiting and not unpublished_erasures(session):
             return 0
         report = publish(session, settings.mqtt_url, store_id=store_id, currency=settings.currency,
