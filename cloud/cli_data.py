@@ -13,10 +13,14 @@ __all__ = ["cmd_evaluate", "cmd_import", "cmd_publish", "cmd_train"]
 def cmd_import(args, settings, db) -> int:
     from tqdm import tqdm
 
+    from dangol_cloud.import_text import check_encoding
     from dangol_cloud.importers import count_data_lines, parse_purchases
     from dangol_cloud.ingest import import_rows
 
     total = count_data_lines(args.path)
+    note = check_encoding(args.path).note  # how a file not in UTF-8 is read (it is refused when unsure)
+    if note:
+        out.print(note, highlight=False, soft_wrap=True)
     rows = parse_purchases(args.path, args.format)
     with tqdm(rows, total=total, unit="row", unit_scale=True, disable=args.no_progress or None,
               desc=f"importing {args.path.name}") as progress, db.transaction() as session:

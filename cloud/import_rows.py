@@ -2,29 +2,34 @@
 (:class:`PurchaseRow`, :class:`RowError`), field parsers that reject a bad value naming its column, the
 headers of each format, and the line-by-line driver that turns each data line into a row or a row error.
 
-Files are read as UTF-8 (a BOM dropped; undecodable bytes replaced) with the header on line 1, so the
-first data line is line 2. A line with a NUL character, unreadable CSV or the wrong number of columns
-is a :class:`RowError`; nothing of it is imported. So is a sale time or a field outside the bounds every sale
-meets (:mod:`dangol_cloud.sale_rules`: times from 1990 to one day ahead, ids and names that fit their columns);
-the message names the column and the value or the limit.
+A file's text is checked whole before its first row is read (:mod:`dangol_cloud.import_text`: strict UTF-8 with or
+without a BOM, UTF-16 with a BOM, a legacy code page only when its reading is certain; otherwise
+:class:`ImportFormatError` naming the line and byte, nothing read). The header is line 1, so the first data line is
+line 2; its separator is one of ``, ; tab |`` and its names match in any capitalisation. A line with a NUL
+character, unreadable CSV or the wrong number of columns is a :class:`RowError`; nothing of it is imported. So is a
+sale time or a field outside the bounds every sale meets (:mod:`dangol_cloud.sale_rules`: times from 1990 to one
+day ahead, ids and names that fit their columns); the message names the column and the value or the limit.
+In a file separated by ``;``, tab or ``|``, a number may use a decimal comma (``2,50``); in a comma-separated one
+it cannot (it is a row error).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dangol_cloud.import_text import (
+    ImportFormatError, TextInfo, canonical_header, count_lines, open_text, sniff_delimiter, split_line,
+)
 from dangol_cloud.sale_rules import sale_time_error
 
-__all__ = ["CJ_COLUMNS", "CJ_PRODUCT_COLUMNS", "CSV_COLUMNS", "TA_FENG_COLUMNS", "ImportFormatError", "PurchaseRow",
-           "RowError", "count_data_lines"]
-
-class ImportFormatError(ValueError):
-    """The file cannot be imported at all (missing, empty, or a header that does not match the format)."""
+__all__ = ["CJ_COLUMNS", "CJ_PRODUCT_COLUMNS", "CSV_COLUMNS", "CSV_OPTIONAL_COLUMNS", "TA_FENG_COLUMNS", "Header",
+           "ImportFormatError", "PurchaseRow", "RowError", "TextInfo", "count_data_lines", "header_hint"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,38 @@ class _BadRow(Exception):
     """Internal: raised by a row parser, turned into a RowError."""
 
 
+class _Record(dict):
+    """A data line's fields by column name; ``decimal_comma``: its file is not comma-separated, so ``2,50`` is 2.5."""
+
+    decimal_comma = False
+
+
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+#: Year-first times with ``-`` or ``/`` (one separator throughout), one- or two-digit month, day and hour.
+_YEAR_FIRST = re.compile(r"(\d{4})([-/])(\d{1,2})\2(\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?")
+#: A date with the day or month first (``01/02/2017``): which is which cannot be told.
+_DAY_OR_MONTH_FIRST = re.compile(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b.*")
+_ISO_EXPECTED = ("YYYY-MM-DD HH:MM[:SS] (ISO 8601, optionally with a UTC offset such as +09:00) "
+                 "or YYYY/MM/DD HH:MM[:SS]")
+
+
+def _iso_or_year_first(text: str) -> datetime:
+    """ISO 8601 (an offset kept), else a year-first ``YYYY/MM/DD[ HH:MM[:SS]]`` (or with ``-``) read the same way.
+
+    Raises:
+        ValueError: neither.
+    """
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        match = _YEAR_FIRST.fullmatch(text)
+        if match is None:
+            raise
+        year, _, month, day, hour, minute, second, fraction = match.groups()
+        return datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+                        int((fraction or "0").ljust(6, "0")))
+
+
 # --- field parsers ---------------------------------------------------------------------------------
 
 
@@ -92,6 +129,8 @@ def _number(rec: dict[str, str], col: str, *, required: bool = True) -> float | 
         if required:
             raise _BadRow(f"missing {col}")
         return None
+    if getattr(rec, "decimal_comma", False) and _DECIMAL_COMMA.fullmatch(text):
+        text = text.replace(",", ".")
     try:
         value = float(text)
     except ValueError:
@@ -109,18 +148,25 @@ def _bounded(value: str | None, label: str, limit: int) -> str | None:
 
 
 def _timestamp(rec: dict[str, str], col: str, fmt: str | None, tz: timezone | None = None) -> datetime:
-    """The time in column ``col`` (``fmt``: a strptime format; None: ISO 8601), marked as zone ``tz`` if given;
-    a row error if it is unreadable or no plausible sale time (:func:`dangol_cloud.sale_rules.sale_time_error`:
-    a naive time is checked for any zone here, and again in its store's zone by the import)."""
+    """The time in column ``col`` (``fmt``: a strptime format; None: ISO 8601, or year-first
+    ``YYYY/MM/DD[ HH:MM[:SS]]``), marked as zone ``tz`` if given; a row error if it is unreadable (a day- or
+    month-first date is refused as ambiguous, never guessed) or no plausible sale time
+    (:func:`dangol_cloud.sale_rules.sale_time_error`: a naive time is checked for any zone here, and again in its
+    store's zone by the import)."""
     text = _required(rec, col)
     try:
         if fmt is None:  # ISO 8601; an offset is kept (that instant), without one it is the café's local time
-            value = datetime.fromisoformat(text)
+            value = _iso_or_year_first(text)
         else:
             value = datetime.strptime(text, fmt)
     except ValueError:
-        expected = "ISO 8601" if fmt is None else fmt.replace("%m", "M").replace("%d", "D").replace("%Y", "YYYY")
-        raise _BadRow(f"{col} is not a valid date ({expected}): {text!r}") from None
+        if fmt is not None:
+            expected = fmt.replace("%m", "M").replace("%d", "D").replace("%Y", "YYYY")
+            raise _BadRow(f"{col} is not a valid date ({expected}): {text!r}") from None
+        if _DAY_OR_MONTH_FIRST.fullmatch(text):
+            raise _BadRow(f"{col} {text!r} puts the day or the month first, and which is which cannot be told: "
+                          f"write it year first, {_ISO_EXPECTED}") from None
+        raise _BadRow(f"{col} is not a valid date (expected {_ISO_EXPECTED}): {text!r}") from None
     if tz is not None:
         value = value.replace(tzinfo=tz)
     problem = sale_time_error(value)
@@ -138,34 +184,60 @@ TA_FENG_COLUMNS = (
 CJ_COLUMNS = ("household_id", "store_id", "product_id", "quantity", "sales_value", "transaction_timestamp")
 CJ_PRODUCT_COLUMNS = ("product_id", "department", "product_category")
 CSV_COLUMNS = ("customer", "item", "quantity", "timestamp")
+CSV_OPTIONAL_COLUMNS = ("amount", "product_id", "category", "store")
 
 
 # --- driver -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Header:
+    """A file's header: its column ``names`` (a format's columns in that format's spelling) and ``delimiter``."""
 
-def _split(text: str) -> list[str]:
-    return next(csv.reader([text]))
+    names: list[str]
+    delimiter: str = ","
 
 
-def _read_header(path: Path, handle, required: tuple[str, ...], fmt: str) -> list[str]:
+def header_hint(found: list[str], missing: list[str]) -> str:
+    """Why a header with columns ``found`` lacks ``missing`` ones, for an error message: one column means another
+    separator; otherwise the columns missing."""
+    if len(found) <= 1:
+        return ("only one column was found: the values may be separated by something other than a comma, "
+                "semicolon, tab or |")
+    return f"missing column(s) {', '.join(missing)} (names match in any capitalisation)"
+
+
+def _read_header(path: Path, handle, required: tuple[str, ...], fmt: str, optional: tuple[str, ...] = ()) -> Header:
+    """Line 1 of ``handle``: its separator (:func:`~dangol_cloud.import_text.sniff_delimiter`) and its names, the
+    ``required`` and ``optional`` ones in their spelling here.
+
+    Raises:
+        ImportFormatError: empty file, a required column missing (the message names the columns found and the
+            likely cause), or two columns with the same name.
+    """
     first = handle.readline()
     if not first.strip():
         raise ImportFormatError(f"{path}: empty file, expected a {fmt} header with {', '.join(required)}")
-    header = [h.strip() for h in _split(first.rstrip("\r\n"))]
+    line = first.rstrip("\r\n")
+    delimiter = sniff_delimiter(line, [required])
+    try:
+        found = [h.strip() for h in split_line(line, delimiter)]
+    except csv.Error as exc:
+        raise ImportFormatError(f"{path}: the first line is not a CSV header ({exc})") from None
+    header = canonical_header(found, required + optional)
     missing = [c for c in required if c not in header]
     if missing:
-        raise ImportFormatError(
-            f"{path}: header does not match format {fmt!r}: missing column(s) {', '.join(missing)} "
-            f"(found {', '.join(header)})"
-        )
-    if len(set(header)) != len(header):
-        raise ImportFormatError(f"{path}: header has duplicate column names: {', '.join(header)}")
-    return header
+        raise ImportFormatError(f"{path}: header does not match format {fmt!r}: {header_hint(found, missing)}; "
+                                f"found {', '.join(found)}")
+    folded = [h.casefold() for h in header]
+    if len(set(folded)) != len(folded):
+        raise ImportFormatError(f"{path}: header has duplicate column names: {', '.join(found)}")
+    return Header(header, delimiter)
 
 
-def _rows(path: Path, handle, header: list[str], parse) -> Iterator[PurchaseRow | RowError]:
-    width = len(header)
+def _rows(path: Path, handle, header: Header, parse) -> Iterator[PurchaseRow | RowError]:
+    names, delimiter = header.names, header.delimiter
+    width = len(names)
     with handle:
         for line, text in enumerate(handle, start=2):
             raw = text.rstrip("\r\n")
@@ -175,24 +247,29 @@ def _rows(path: Path, handle, header: list[str], parse) -> Iterator[PurchaseRow 
                 yield RowError(line, "contains a NUL character", raw)
                 continue
             try:
-                values = _split(raw)
+                values = split_line(raw, delimiter)
             except csv.Error as exc:
                 yield RowError(line, f"unreadable CSV: {exc}", raw)
                 continue
             if len(values) != width:
                 yield RowError(line, f"expected {width} columns, found {len(values)}", raw)
                 continue
+            rec = _Record(zip(names, values, strict=True))
+            rec.decimal_comma = delimiter != ","
             try:
-                yield parse(line, dict(zip(header, values, strict=True)))
+                yield parse(line, rec)
             except _BadRow as exc:
                 yield RowError(line, str(exc), raw)
 
 
 def _open(path: Path):
-    if not path.is_file():
-        raise ImportFormatError(f"{path}: no such file")
-    # utf-8-sig drops a BOM (the original Ta-Feng release has one); newline="" keeps \r for csv.
-    return path.open("r", encoding="utf-8-sig", errors="replace", newline="")
+    """``(text handle, TextInfo)``: ``path`` opened in its checked encoding
+    (:func:`dangol_cloud.import_text.open_text`).
+
+    Raises:
+        ImportFormatError: missing file, or text that is not UTF-8 and whose encoding cannot be told for sure.
+    """
+    return open_text(path)
 
 
 def count_data_lines(path: str | Path) -> int:
@@ -204,12 +281,5 @@ def count_data_lines(path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise ImportFormatError(f"{path}: no such file")
-    lines = 0
-    last = b"\n"
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        lines += 1
-    return max(lines - 1, 0)
+    return max(count_lines(path) - 1, 0)
+

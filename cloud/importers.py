@@ -24,8 +24,12 @@ Formats (header = line 1, so the first data line is line 2):
   marked so and the importer stores them as such; see :data:`DATASET_TIMEZONES`); ``products.csv``
   (``product_id, ..., department, ..., product_category, ...``) is read from the same folder.
 * ``csv``: ``customer,item,quantity,timestamp`` (ISO 8601: with a UTC offset that instant, without one the café's local
-  time), optional ``amount``, ``product_id``,
-  ``category`` and ``store``; other columns are ignored.
+  time; ``YYYY/MM/DD[ HH:MM[:SS]]`` reads the same; a day- or month-first date is a row error, never guessed),
+  optional ``amount``, ``product_id``, ``category`` and ``store``; other columns are ignored. Names match in any
+  capitalisation, the separator may be ``, ; tab |`` (with ``;``, tab or ``|`` a number may have a decimal comma).
+
+Every file is text in UTF-8 (a BOM allowed), UTF-16 with a BOM, or a legacy code page that can be told for sure
+(:mod:`dangol_cloud.import_text`); any other is refused whole before its first row.
 
 Every format's rows meet the bounds of :mod:`dangol_cloud.sale_rules` (sale times from 1990 to one day ahead;
 ids, names and categories that fit their columns): a row outside them is a row error naming the column.
@@ -44,8 +48,9 @@ from typing import Literal
 
 from dangol_cloud.import_detect import DetectedFiles, detect_files, read_cj_demographics
 from dangol_cloud.import_rows import (
-    CJ_COLUMNS, CJ_PRODUCT_COLUMNS, CSV_COLUMNS, TA_FENG_COLUMNS, ImportFormatError, PurchaseRow, RowError, _BadRow,
-    _bounded, _number, _open, _optional, _read_header, _required, _rows, _timestamp, count_data_lines,
+    CJ_COLUMNS, CJ_PRODUCT_COLUMNS, CSV_COLUMNS, CSV_OPTIONAL_COLUMNS, TA_FENG_COLUMNS, ImportFormatError, PurchaseRow,
+    RowError, _BadRow, _bounded, _number, _open, _optional, _read_header, _required, _rows, _timestamp,
+    count_data_lines,
 )
 from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX
 
@@ -125,10 +130,10 @@ def _csv_row(line: int, rec: dict[str, str]) -> PurchaseRow:
 
 def _load_cj_products(path: Path) -> dict[str, tuple[str, str]]:
     """products.csv → ``{product_id: (product_category, department)}`` (36,554 rows, ~3 MB: read whole)."""
-    handle = _open(path)
+    handle, _ = _open(path)
     with handle:
         header = _read_header(path, handle, CJ_PRODUCT_COLUMNS, "completejourney products.csv")
-        reader = csv.DictReader(handle, fieldnames=header)
+        reader = csv.DictReader(handle, fieldnames=header.names, delimiter=header.delimiter)
         return {
             rec["product_id"].strip(): ((rec["product_category"] or "").strip(), (rec["department"] or "").strip())
             for rec in reader
@@ -150,16 +155,19 @@ def parse_purchases(path: str | Path, fmt: Format, *, products: str | Path | Non
         The file is read lazily, one line at a time, and closed when the iterator is exhausted.
 
     Raises:
-        ImportFormatError: (a ``ValueError``, message names the file) immediately, if the file (or
-            products.csv) is missing or empty, its header lacks a required column, or ``fmt`` is unknown.
+        ImportFormatError: (a ``ValueError``, message names the file) immediately, before any row: if the file (or
+            products.csv) is missing or empty, is not UTF-8 and its encoding cannot be told for sure (the whole file
+            is checked first; the message names the line and byte offset and says to save it as "CSV UTF-8"), its
+            header lacks a required column (the message names the columns found and the likely cause), or ``fmt``
+            is unknown.
     """
     path = Path(path)
     if fmt not in FORMATS:
         raise ImportFormatError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     required = {"ta-feng": TA_FENG_COLUMNS, "completejourney": CJ_COLUMNS, "csv": CSV_COLUMNS}[fmt]
-    handle = _open(path)
+    handle, _ = _open(path)
     try:
-        header = _read_header(path, handle, required, fmt)
+        header = _read_header(path, handle, required, fmt, CSV_OPTIONAL_COLUMNS if fmt == "csv" else ())
         if fmt == "ta-feng":
             parse = _ta_feng_row
         elif fmt == "completejourney":

@@ -4,6 +4,7 @@ purchase imports (:class:`ImportJobs`)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,8 +139,10 @@ class ImportJob:
         total: data lines of the purchases file (for the bar). done: rows read so far.
         started_at / finished_at: UTC. report: the :class:`~dangol_cloud.ingest.ImportReport` when finished
         (its ``errors`` cut to :data:`MAX_SHOWN_ERRORS`; ``error_count`` is the full number). error: why it failed.
-        segments: customers whose age band came from demographics.csv. segments_skipped: known households of
-            demographics.csv left alone because they are not customers of a staff user's stores.
+        notes: how files not in UTF-8 were read (:attr:`~dangol_cloud.import_detect.DetectedFiles.notes`, the
+            upload's file names). segments: customers whose age band came from demographics.csv.
+        segments_skipped: known households of demographics.csv left alone because they are not customers of a
+            staff user's stores.
         started_by: id of the user who started it (staff see only their own imports' pages), None from code.
     """
 
@@ -156,6 +159,7 @@ class ImportJob:
     error: str | None = None
     segments: int = 0
     segments_skipped: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -218,7 +222,9 @@ class ImportJobs:
         with self._lock:
             if self.running() is not None:
                 return None
-            job = ImportJob(id=uuid.uuid4().hex, files=files, fmt=detected.fmt,
+            # the upload's names, not the stored "0-a.csv"
+            notes = tuple(re.sub(r"\b\d+-(?=\S+\.(csv|txt)\b)", "", note) for note in detected.notes)
+            job = ImportJob(id=uuid.uuid4().hex, files=files, fmt=detected.fmt, notes=notes,
                             total=count_data_lines(detected.purchases), started_at=utcnow(), started_by=started_by)
             self._jobs[job.id] = job
             while len(self._jobs) > self.KEEP:
