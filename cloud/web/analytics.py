@@ -79,7 +79,8 @@ def _tables(a: numbers.Analytics) -> dict[str, tuple[list[str], list[list]]]:
 @bp.route("/")
 @login_required
 def index():
-    """GET /analytics/?from=&to= | ?days=N | ?all=1: charts and tables over the range."""
+    """GET /analytics/?from=&to= | ?days=N | ?all=1, with ``&store=ID``: charts and tables over the range, of that
+    store (the preset links keep the chosen store)."""
     since, until, first, last, preset, span = _window()
     s = get_session()
     store = _store_arg(s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import uuid
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_from_directory, url_for
@@ -18,6 +17,8 @@ from dangol_cloud.menu_mapping import HOUSE_PER_CATEGORY_RANGE, house_per_catego
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish, publish_catalogue_version
+from dangol_cloud.web.catalogue_form import (code_problem, drop_held, held_photo, hold_photo, menu_currency,
+                                              pos_code, take_held, unique_code)
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import PRICE_MESSAGE, ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
@@ -25,10 +26,6 @@ from dangol_cloud.web.photos import prepare_photo
 
 log = logging.getLogger(__name__)
 bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:56] or "item"
 
 
 @bp.route("/")
@@ -49,15 +46,20 @@ def index():
     items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     unmapped = s.scalar(select(func.count()).select_from(ProductMapping).where(ProductMapping.menu_item_id.is_(None)))
+    currency, differing = menu_currency(s, get_settings().currency)
     return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
                            pages=max((total + 59) // 60, 1), action=ActionForm(), unmapped=unmapped,
-                           house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE)
+                           house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE, currency=currency,
+                           currency_differs=differing)
 
 
-def _save_photo(form: ItemForm) -> str | None:
+def _save_photo(form: ItemForm, slot: str) -> str | None:
+    """The photo to store with the item: the one attached now (a photo held for this form is dropped), else the
+    one held from a refused submit of the same form (``slot``), else None."""
     file = form.photo.data
     if not file or not getattr(file, "filename", ""):
-        return None
+        return take_held(slot)
+    drop_held()
     data = prepare_photo(file.read())  # resized, upright, re-encoded: the EXIF (GPS, camera) is not kept
     name = f"{uuid.uuid4().hex}.jpg"
     folder = get_settings().photos_dir
@@ -66,43 +68,68 @@ def _save_photo(form: ItemForm) -> str | None:
     return name
 
 
-def _fill(item: CatalogueItem, form: ItemForm) -> None:
+def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> None:
     item.name = form.name.data.strip()
     item.category = (form.category.data or "").strip() or None
     item.price = float(form.price.data) if form.price.data is not None else None
     item.description = (form.description.data or "").strip()
     item.tags = [t.strip() for t in (form.tags.data or "").split(",") if t.strip()]
     item.available = bool(form.available.data)
-    photo = _save_photo(form)
+    photo = _save_photo(form, slot)
     if photo:
         item.photo = photo
+
+
+def _code_ok(s, form: ItemForm, item: CatalogueItem | None) -> bool:
+    """Check a typed POS code (blank: keep the current one, or make one from the name); a refused code becomes
+    the field's error (:func:`~dangol_cloud.web.catalogue_form.code_problem`). True when it may be saved."""
+    typed = (form.ref.data or "").strip()
+    if not typed or (item is not None and form.ref.data == item.ref):
+        return True
+    problem = code_problem(s, typed, item.id if item is not None else None)
+    if problem:
+        form.ref.errors = [*form.ref.errors, problem]
+    return problem is None
+
+
+def _form_page(form: ItemForm, item: CatalogueItem | None, slot: str):
+    """The item form, its price labelled with the catalogue's currency; a photo attached to a refused submit is
+    kept for the next one (:func:`~dangol_cloud.web.catalogue_form.hold_photo`), and a fresh form drops any."""
+    if request.method == "POST":
+        hold_photo(form, slot)
+    else:
+        drop_held()
+    currency, differing = menu_currency(get_session(), get_settings().currency)
+    form.price.label.text = f"Price ({currency})"
+    return render_template("item_form.html", form=form, item=item, action=ActionForm(), held=held_photo(slot),
+                           currency=currency, currency_differs=differing)
 
 
 @bp.route("/new", methods=["GET", "POST"])
 @login_required
 def new():
-    """GET/POST /catalogue/new: create an item (ref derived from the name, unique)."""
+    """GET/POST /catalogue/new: create an item. Its POS code is the one typed, else made from the name
+    (:func:`~dangol_cloud.web.catalogue_form.pos_code`, made unique with ``-2``, ``-3``…); a typed code that is
+    refused (:func:`~dangol_cloud.web.catalogue_form.code_problem`) is an error on the form, like any other field,
+    and the attached photo is kept for the next submit."""
     form = ItemForm()
-    if form.validate_on_submit():
-        s = get_session()
-        base = ref = _slug(form.name.data)
-        n = 1
-        while s.scalar(select(CatalogueItem.id).where(CatalogueItem.ref == ref)):
-            n += 1
-            ref = f"{base}-{n}"
-        item = CatalogueItem(ref=ref, name="", tags=[])
-        _fill(item, form)
+    s = get_session()
+    if form.validate_on_submit() & _code_ok(s, form, None):  # & not and: both fields' errors are shown at once
+        typed = (form.ref.data or "").strip()
+        item = CatalogueItem(ref=typed or unique_code(s, pos_code(form.name.data)), name="", tags=[])
+        _fill(item, form, "new")
         s.add(item)
         s.commit()
-        flash(f"Added “{item.name}”. Publish to send it to the stores.", "success")
+        flash(f"Added “{item.name}” (POS code {item.ref}). Publish to send it to the stores.", "success")
         return redirect(url_for("catalogue.index"))
-    return render_template("item_form.html", form=form, item=None)
+    return _form_page(form, None, "new")
 
 
 @bp.route("/<item_id>", methods=["GET", "POST"])
 @login_required
 def edit(item_id: str):
-    """GET/POST /catalogue/<id>: edit an item; 404 if unknown."""
+    """GET/POST /catalogue/<id>: edit an item, its POS code included (blank keeps it; a refused one is an error on
+    the form); 404 if unknown."""
     s = get_session()
     item = s.get(CatalogueItem, item_id) or abort(404)
     form = ItemForm(obj=item) if request.method == "GET" else ItemForm()
@@ -110,12 +137,14 @@ def edit(item_id: str):
         form.tags.data = ", ".join(item.tags or [])
         if item.price is not None and not math.isfinite(item.price):  # stored before prices were bounded
             form.price.errors = [f"The stored price ({item.price}) cannot be published. {PRICE_MESSAGE}"]
-    if form.validate_on_submit():
-        _fill(item, form)
+    if form.validate_on_submit() & _code_ok(s, form, item):  # & not and: both fields' errors are shown at once
+        if (form.ref.data or "").strip() and form.ref.data != item.ref:
+            item.ref = form.ref.data.strip()
+        _fill(item, form, item.id)
         s.commit()
-        flash(f"Saved “{item.name}”. Publish to send the change to the stores.", "success")
+        flash(f"Saved “{item.name}” (POS code {item.ref}). Publish to send the change to the stores.", "success")
         return redirect(url_for("catalogue.index"))
-    return render_template("item_form.html", form=form, item=item, action=ActionForm())
+    return _form_page(form, item, item.id)
 
 
 @bp.route("/<item_id>/retire", methods=["POST"])

@@ -8,12 +8,20 @@ loyalty reference (``external_ref`` and its keyed hash) move onto it; the loyalt
 audit entry (``customers-linked``, ids only) records it. Both menus are dropped: the next training computes
 the picks from the joined history.
 
+The loyalty customer may have consent of its own when it was recorded on the dashboard (a history customer is
+never enrolled at a door, so no device holds its face): the door enrolment's consent and face win, the dashboard
+record goes with the loyalty record (its ``consent-recorded`` audit entry stays, and the ``customers-linked``
+entry says it was replaced), and since that consent sent the loyalty id a menu, an erasure of the old id is queued
+for every device (:class:`~dangol_cloud.models.Erasure`: each store clears that retained menu, no template
+exists). Two door enrolments are never merged (each has a face on the devices: erase the duplicate).
+
 Route on the ``customers`` blueprint: ``POST /customers/<door id>/link`` with ``loyalty`` (a loyalty number or a
 customer id), confirmed on a second page (``confirm=yes``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from flask import abort, flash, redirect, request, url_for
@@ -21,16 +29,20 @@ from flask_login import current_user
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from dangol_cloud.app import get_session
+from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit
-from dangol_cloud.models import Customer, Menu, Purchase, Visit, external_ref_hash
+from dangol_cloud.models import Customer, Device, Erasure, Menu, Purchase, Visit, external_ref_hash, utcnow
 from dangol_cloud.models_ops import CustomerSegment, MenuDayparts, PickCredit, PickOpinion
+from dangol_cloud.mqtt import MqttError
+from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.customers import bp
 from dangol_cloud.web.forms import ActionForm
 
 __all__ = ["LinkError", "LinkReport", "daypart_picks", "find_loyalty_customer", "link_customers"]
+
+log = logging.getLogger(__name__)
 
 
 class LinkError(ValueError):
@@ -44,6 +56,7 @@ class LinkReport:
     purchases: int
     visits: int
     opinions: int
+    erasure_id: str | None = None  # the erasure queued for the loyalty id (it had consent, so a menu), if any
 
 
 def find_loyalty_customer(session: Session, text: str) -> Customer | None:
@@ -58,19 +71,24 @@ def find_loyalty_customer(session: Session, text: str) -> Customer | None:
 def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor: str) -> LinkReport:
     """Merge ``loyalty`` into ``door`` (see the module docstring); the caller commits.
 
+    A ``loyalty`` customer with consent recorded on the dashboard is merged too: the door's consent wins, and an
+    erasure of the loyalty id is queued for every device (its menu was sent with that consent); the caller then
+    publishes it (:func:`~dangol_cloud.publishing.republish_erasures`).
+
     Raises:
-        LinkError: ``door`` was not enrolled at the door, ``loyalty`` was (two enrolments are not merged),
-            ``loyalty`` has consent of its own, they are the same customer, or ``door`` already has a loyalty
-            reference.
+        LinkError: ``door`` was not enrolled at the door, ``loyalty`` was (two enrolments are not merged: each has
+            a face on the devices), they are the same customer, or ``door`` already has a loyalty reference.
     """
     if door.id == loyalty.id:
         raise LinkError("that is this customer")
     if door.source != "edge":
         raise LinkError("only a customer enrolled at the door can be linked to a loyalty customer")
-    if loyalty.source == "edge" or loyalty.has_consent:
-        raise LinkError("the other customer was enrolled at the door or gave consent too: erase the duplicate instead")
+    if loyalty.source == "edge":
+        raise LinkError("the other customer was enrolled at the door too: erase the duplicate instead")
     if door.external_ref_hash is not None:
         raise LinkError("this customer is already linked to a loyalty number")
+    replaced = (f"; its consent recorded on the dashboard ({loyalty.consent_at:%Y-%m-%d}, text version "
+                f"{loyalty.consent_text_version}) replaced by the door enrolment's" if loyalty.has_consent else "")
     moved = session.execute(update(Purchase).where(Purchase.customer_id == loyalty.id)
                             .values(customer_id=door.id)).rowcount
     visits = session.execute(update(Visit).where(Visit.customer_id == loyalty.id).values(customer_id=door.id)).rowcount
@@ -90,14 +108,22 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
     for table in (Menu, MenuDayparts):  # both stale: the next training picks from the joined history
         session.execute(delete(table).where(table.customer_id.in_([door.id, loyalty.id])))
     ref, ref_hash = loyalty.external_ref, loyalty.external_ref_hash
-    loyalty_id = loyalty.id
+    loyalty_id, had_consent = loyalty.id, loyalty.has_consent
     session.delete(loyalty)
     session.flush()  # the unique loyalty hash is free before the door customer takes it
     door.external_ref, door.external_ref_hash = ref, ref_hash
-    audit(session, actor, "customers-linked", customer_id=door.id,
+    erasure_id = None
+    if had_consent:  # its menu went to the stores with that consent: clear it there under the old id
+        targets = list(session.scalars(select(Device.id).order_by(Device.id)))
+        erasure = Erasure(customer_id=loyalty_id, requested_by=actor[:254], requested_at=utcnow(), targets=targets,
+                          confirmed_by=[], completed_at=None if targets else utcnow())
+        session.add(erasure)
+        session.flush()
+        erasure_id = erasure.id
+    audit(session, actor, "customers-linked", customer_id=door.id, erasure_id=erasure_id,
           detail=f"loyalty customer {loyalty_id} merged into door enrolment {door.id}: {moved} purchase lines, "
-                 f"{visits} visits, {opinions} opinions moved")
-    return LinkReport(purchases=moved, visits=visits, opinions=opinions)
+                 f"{visits} visits, {opinions} opinions moved{replaced}")
+    return LinkReport(purchases=moved, visits=visits, opinions=opinions, erasure_id=erasure_id)
 
 
 @bp.route("/<customer_id>/link", methods=["POST"])
@@ -117,14 +143,18 @@ def link(customer_id: str):
         return redirect(back)
     lines = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.customer_id == loyalty.id))
     label = f"loyalty number {loyalty.external_ref}" if loyalty.external_ref else f"customer {loyalty.id[:8]}"
+    consent = (f" Its consent recorded on the dashboard ({loyalty.consent_at:%Y-%m-%d}) is replaced by the door's."
+               if loyalty.has_consent and loyalty.source != "edge" else "")
     page = confirmation_page(
         title=f"Link {door.display_name or 'this door enrolment'} to {label}?", button="Link customers",
         detail=f"The {lines:,} purchase lines and the visits of {label} move to this customer, who keeps the "
                "name, consent and face templates from the door. The separate loyalty record is then deleted "
-               "(written to the audit log); picks are recomputed at the next training. This cannot be undone.",
+               f"(written to the audit log); picks are recomputed at the next training.{consent} This cannot be "
+               "undone.",
         cancel_url=back, keep=[("loyalty", wanted)])
     if page is not None:
         return page
+    loyalty_id = loyalty.id
     try:
         report = link_customers(s, door, loyalty, actor=current_user.email)
     except LinkError as exc:
@@ -134,6 +164,14 @@ def link(customer_id: str):
     s.commit()
     flash(f"Linked: {report.purchases:,} purchase lines and {report.visits:,} visits now belong to this customer. "
           "The picks follow at the next training.", "success")
+    settings = get_settings()
+    if report.erasure_id and settings.mqtt_url:  # the old id's menu: cleared at every store
+        try:
+            republish_erasures(get_db(), settings)
+        except MqttError as exc:
+            log.error("menu clear of linked customer %s not yet sent: %s", loyalty_id, exc)
+            flash(f"The stores will clear the history record's old menu as soon as the broker answers ({exc}).",
+                  "warning")
     return redirect(back)
 
 

@@ -82,6 +82,13 @@ def index():
                            pages=max((total + PAGE - 1) // PAGE, 1))
 
 
+def at_a_door(customer: Customer) -> bool:
+    """True if the customer was enrolled at a door (``source == "edge"``: a device holds their face), so consent
+    means recognition; a history customer (import, POS, dashboard) with consent recorded on the dashboard has no
+    face on any device until they sign up at a door (and that sign-up is linked to them)."""
+    return customer.source == "edge"
+
+
 def _visible_customer(s, customer_id: str) -> Customer:
     """The customer, or 404 if unknown or not of the staff user's stores (the same answer: no probing)."""
     customer = s.get(Customer, customer_id)
@@ -121,6 +128,7 @@ def show(customer_id: str):
                        text_version=get_settings().consent_text_version)
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, dayparts=dayparts, visits=visits,
                            purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
+                           at_door=at_a_door(customer),
                            first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
@@ -257,7 +265,9 @@ def consent(customer_id: str):
     :func:`~dangol_cloud.services.record_consent` then :func:`~dangol_cloud.services.welcome`, as the MQTT
     listener does for a device's enrolment event (the signed-in user is the audit's actor). 409 for a customer
     who withdrew consent: their templates are being deleted, so only a new enrolment at the door (a new customer)
-    can make them recognised again, as devices are refused in :mod:`dangol_cloud.device_trust`."""
+    can make them recognised again, as devices are refused in :mod:`dangol_cloud.device_trust`. For a customer not
+    enrolled at any door (:func:`at_a_door`) the page says so instead of "recognised": consent alone puts no face
+    on a device."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
     if customer.status == "withdrawn":
@@ -270,7 +280,12 @@ def consent(customer_id: str):
                    recorded_by=form.recorded_by.data.strip(), text_version=form.text_version.data.strip(),
                    recorded_at=utcnow(), actor=current_user.email)
     s.commit()
-    flash(f"Consent recorded; {customer.display_name} is now active.", "success")
+    if at_a_door(customer):
+        flash(f"Consent recorded; {customer.display_name} is now active.", "success")
+    else:
+        flash(f"Consent recorded for {customer.display_name}, who is not enrolled at any door yet: the door "
+              "recognises them once they sign up there. Then link that sign-up to this history (Link… on the new "
+              "customer's page); it keeps the door's consent and face.", "success")
     try:
         if welcome(get_db(), get_settings(), [customer.id]):
             flash(f"{customer.display_name}'s picks were sent to the stores.", "success")

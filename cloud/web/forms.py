@@ -109,9 +109,13 @@ class DeviceForm(FlaskForm):
 
 
 class ItemForm(FlaskForm):
-    """A catalogue item (price in the café's currency)."""
+    """A catalogue item (price in the café's currency). ``ref`` is the POS code a till sends as a sale line's
+    ``item``: blank keeps the current one (a new item's is made from the name); the view checks a typed one
+    (:func:`dangol_cloud.web.catalogue_form.code_problem`)."""
 
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
+    ref = StringField("POS code", validators=[Optional()],  # checked with the database: catalogue_form.code_problem
+                      render_kw={"placeholder": "made from the name", "autocomplete": "off", "spellcheck": "false"})
     category = StringField("Category", validators=[Optional(), Length(max=80)],
                            render_kw={"placeholder": "Coffee, Tea, Pastry ..."})
     price = DecimalField("Price", places=2, render_kw={"max": MAX_PRICE},

@@ -1,6 +1,8 @@
 """An item's detail page (issue 11): photo, price, category, the POS products sold as it, units sold per week
 (its own sales and its products'), how many regulars have it among their current picks, how often door
-screens showed it and how often it was bought after being shown. Route on the catalogue blueprint.
+screens showed it and how often it was bought after being shown, and its POS code (what a till sends as a sale's
+``item``). Prices are shown in the stores' currency (:func:`~dangol_cloud.web.catalogue_form.menu_currency`). Route
+on the catalogue blueprint.
 
 A staff user's numbers count their own stores only (sales, arrivals, credits and the regulars of their stores), as
 Analytics does (:func:`dangol_cloud.analytics.compute`); owners see every store."""
@@ -19,6 +21,7 @@ from dangol_cloud.charts import bar_chart
 from dangol_cloud.menu_mapping import menu_item_map, translate_picks
 from dangol_cloud.models import CatalogueItem, Customer, Menu, PickCredit, ProductMapping, Purchase, Visit
 from dangol_cloud.web.catalogue import bp
+from dangol_cloud.web.catalogue_form import menu_currency
 from dangol_cloud.web.scope import customer_filter, store_filter
 
 WEEKS = 26
@@ -64,5 +67,6 @@ def detail(item_id: str):
                             .join(Purchase, Purchase.id == PickCredit.purchase_id)
                             .where(PickCredit.item_id == item.id, *at_stores))
     chart = bar_chart(labels, weeks, label_every=4, title=f"Units sold per week: {item.name}") if labels else None
+    currency, _differing = menu_currency(s, get_settings().currency)
     return render_template("item_detail.html", item=item, products=products, units=units, chart=chart,
-                           in_picks=in_picks, shown=shown, bought_after=bought_after)
+                           in_picks=in_picks, shown=shown, bought_after=bought_after, currency=currency)

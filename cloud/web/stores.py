@@ -110,11 +110,24 @@ def set_timezone(store_id: str):
 @bp.route("/<store_id>/token", methods=["POST"])
 @owner_required
 def rotate_token(store_id: str):
-    """POST /stores/<id>/token: replace the store's POS token (the old one stops working) and show it once."""
+    """POST /stores/<id>/token: replace the store's POS token and show it once. The first post answers with a
+    confirmation page (the till's token stops working at once, so its sales are refused until the new one is
+    entered); only the confirmed post (``confirm=yes``) replaces it. 404 for an unknown store, 400 without a
+    valid CSRF token."""
+    from dangol_cloud.web.confirm import confirmation_page
+
     s = get_session()
     store = s.get(Store, store_id) or abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
+    page = confirmation_page(title=f"Replace the POS token of {store.name}?", button="Replace POS token",
+                             cancel_url=url_for("stores.index"),
+                             detail="The token the till uses now stops working at once: every sale it sends is "
+                                    "refused (401) until the new token, shown once on the next page, is entered in "
+                                    "the POS. Replace it only when the old one leaked or the till is being set up "
+                                    "again.")
+    if page is not None:
+        return page
     token = new_secret(32)
     store.api_token_hash = hash_token(token)
     s.commit()

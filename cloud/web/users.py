@@ -33,19 +33,32 @@ def _set_stores(s, user: User, store_ids: list[str]) -> None:
         s.add_all(UserStore(user_id=user.id, store_id=sid) for sid in dict.fromkeys(store_ids) if sid in known)
 
 
+#: What a staff user without a store sees, said on the Users page when it happens.
+NO_STORE = ("{email} has no store: a staff user sees only the customers, sales and devices of their stores, so "
+            "they see nothing yet. Tick their store on the Users page and Save (Stores & devices adds a store).")
+
+
 @bp.route("/users/", methods=["GET", "POST"])
 @owner_required
 def users():
     """GET /users/: users, roles and stores; POST: add a user (``email``, ``role``, ``stores``) → their first
-    password, shown once."""
+    password, shown once, with a warning when a staff user was given no store (they would see nothing).
+
+    Refused (the form is shown again with what was typed, and the error): an e-mail that is not an address (or
+    over 254 characters), a role other than owner or staff, an e-mail that already has an account."""
     s = get_session()
+    typed = {"email": "", "role": "staff", "stores": set()}
     if request.method == "POST":
         if not ActionForm().validate_on_submit():
             abort(400)
         email = (request.form.get("email") or "").strip().lower()
         role = request.form.get("role", "staff")
-        if not EMAIL.fullmatch(email) or len(email) > 254 or role not in ROLES:
-            flash("Give an e-mail address and a role (owner or staff).", "error")
+        chosen = request.form.getlist("stores")
+        typed = {"email": (request.form.get("email") or "").strip()[:254], "role": role, "stores": set(chosen)}
+        if not EMAIL.fullmatch(email) or len(email) > 254:
+            flash(f"{typed['email'][:80]!r} is not an e-mail address (name@domain.tld): check the e-mail.", "error")
+        elif role not in ROLES:
+            flash("Choose a role: owner or staff.", "error")
         elif s.scalar(select(User.id).where(User.email == email)):
             flash(f"{email} already has an account.", "error")
         else:
@@ -53,21 +66,28 @@ def users():
             user = User(email=email, password_hash=hash_password(password), role=role)
             s.add(user)
             s.flush()
-            _set_stores(s, user, request.form.getlist("stores"))
+            _set_stores(s, user, chosen)
             s.commit()
-            return render_template("user_password.html", user=user, password=password, new=True)
+            storeless = role == "staff" and not _store_count(s, user)
+            return render_template("user_password.html", user=user, password=password, new=True,
+                                   no_store=NO_STORE.format(email=email) if storeless else None)
     rows = s.scalars(select(User).order_by(User.role, User.email)).all()
     stores = s.execute(select(Store.id, Store.name).order_by(Store.name)).all()
     scope: dict[int, set[str]] = {}
     for uid, sid in s.execute(select(UserStore.user_id, UserStore.store_id)):
         scope.setdefault(uid, set()).add(sid)
-    return render_template("users.html", users=rows, stores=stores, scope=scope, action=ActionForm())
+    return render_template("users.html", users=rows, stores=stores, scope=scope, action=ActionForm(), typed=typed)
+
+
+def _store_count(s, user: User) -> int:
+    return s.scalar(select(func.count()).select_from(UserStore).where(UserStore.user_id == user.id))
 
 
 @bp.route("/users/<int:user_id>/role", methods=["POST"])
 @owner_required
 def user_role(user_id: int):
-    """POST /users/<id>/role: ``role`` and, for staff, ``stores``."""
+    """POST /users/<id>/role: ``role`` and, for staff, ``stores`` (staff without a store: saved, with a warning
+    that they see nothing). 400 for an unknown role; the last owner stays an owner (refused with a message)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -82,6 +102,8 @@ def user_role(user_id: int):
     _set_stores(s, user, request.form.getlist("stores"))
     s.commit()
     flash(f"{user.email} is now {role}.", "success")
+    if role == "staff" and not _store_count(s, user):
+        flash(NO_STORE.format(email=user.email), "warning")
     return redirect(url_for("auth.users"))
 
 

@@ -1,0 +1,142 @@
+"""What the menu item form needs beyond its fields: the item's POS code, the currency its price is in, and a photo
+kept across a refused submit. Used by :mod:`dangol_cloud.web.catalogue`.
+
+* **POS code** (``catalogue_items.ref``): what a till sends as a sale line's ``item`` (``POST /api/v1/purchases``
+  accepts an item's id or this code). A new item's code is derived from its name, keeping letters of every script
+  (:func:`pos_code`: "아메리카노" → ``아메리카노``, "Flat White" → ``flat-white``, as before for Latin names); the
+  owner may set another one on the form (:func:`code_problem`: the POS API's rules and unique).
+* **Currency**: the catalogue has one price per item and each store shows it in its own currency (Stores page),
+  else the ``CURRENCY`` setting (:func:`menu_currency`).
+* **Held photo**: a photo attached to a form that is refused for another field (a price typo) is kept in
+  ``photos/held/`` under a name remembered in the signed session for that form, shown on the form again and saved
+  with the item at the next submit unless another photo is attached (:func:`hold_photo`, :func:`take_held`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+
+from flask import session as web_session
+from sqlalchemy import or_, select
+
+from dangol_cloud.app import get_settings
+from dangol_cloud.models import CatalogueItem, Store, StoreSetting
+from dangol_cloud.sale_rules import REF_MAX
+
+__all__ = ["code_problem", "drop_held", "held_photo", "hold_photo", "menu_currency", "pos_code", "take_held",
+           "unique_code"]
+
+#: Longest derived code before a ``-N`` suffix, leaving room for it within :data:`REF_MAX`.
+CODE_BASE_MAX = REF_MAX - 8
+#: The session key of the held photo: ``{"slot": "new" or an item id, "name": "held/<hex>.jpg"}``.
+HELD_KEY = "held_item_photo"
+#: Control characters, refused in a POS code as the POS API refuses them in ``item`` (:data:`api.NO_CONTROL`).
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def pos_code(name: str) -> str:
+    """A readable POS code for an item called ``name``: its letters, digits and combining marks (any script, NFC,
+    lower case), every other run of characters as one ``-``, at most :data:`CODE_BASE_MAX` characters; ``item``
+    when nothing is left (a name of only symbols)."""
+    out, gap = [], False
+    for char in unicodedata.normalize("NFC", name).lower():
+        if unicodedata.category(char)[0] in "LNM":
+            if gap and out:
+                out.append("-")
+            out.append(char)
+            gap = False
+        else:
+            gap = True
+    code = "".join(out)[:CODE_BASE_MAX].strip("-")
+    return code or "item"
+
+
+def unique_code(session, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``… : the first that no item uses as its code or id."""
+    code, n = base, 1
+    while session.scalar(select(CatalogueItem.id).where(or_(CatalogueItem.ref == code, CatalogueItem.id == code))):
+        n += 1
+        code = f"{base}-{n}"
+    return code
+
+
+def code_problem(session, code: str, item_id: str | None) -> str | None:
+    """Why ``code`` cannot be the POS code of item ``item_id`` (None: a new item), or None if it can. The message
+    names the field. Refused: empty, longer than :data:`REF_MAX` characters or with a control character (the POS
+    API could not send it), or already another item's code or id (the till's sale would be ambiguous). The caller
+    strips surrounding spaces first."""
+    if not code:
+        return "POS code: enter the code your till sends for this item (or leave it as it was)."
+    if len(code) > REF_MAX:
+        return f"POS code: at most {REF_MAX} characters (this one has {len(code)})."
+    if CONTROL.search(code):
+        return "POS code: no control characters (tabs, line breaks)."
+    other = session.scalar(select(CatalogueItem).where(or_(CatalogueItem.ref == code, CatalogueItem.id == code),
+                                                       *([CatalogueItem.id != item_id] if item_id else [])))
+    if other is not None:
+        return f"POS code {code!r} is already used by “{other.name}”: each item needs its own code."
+    return None
+
+
+def menu_currency(session, default: str) -> tuple[str, list[tuple[str, str]]]:
+    """``(currency, differing)``: the currency to show the catalogue's prices in — the stores' own when they all
+    share one (no store: ``default``, the ``CURRENCY`` setting) — and, when they do not, ``default`` with the
+    ``(store name, currency)`` of each store selling in another currency, by name."""
+    rows = session.execute(select(Store.name, StoreSetting.currency)
+                           .outerjoin(StoreSetting, StoreSetting.store_id == Store.id).order_by(Store.name)).all()
+    codes = {code or default for _name, code in rows}
+    if len(codes) <= 1:
+        return (codes.pop() if codes else default), []
+    return default, [(name, code) for name, code in rows if code and code != default]
+
+
+# --- a photo kept across a refused submit -------------------------------------------------------------------------
+def hold_photo(form, slot: str) -> None:
+    """Keep the photo attached to ``form`` (refused for another field) for form ``slot`` ("new" or the item id),
+    replacing one held before; nothing when no photo was attached or the photo itself was refused."""
+    from dangol_cloud.web.photos import prepare_photo
+
+    file = form.photo.data
+    if form.photo.errors or not file or not getattr(file, "filename", ""):
+        return
+    file.seek(0)
+    data = prepare_photo(file.read())  # as a saved photo: upright, resized, without EXIF
+    drop_held()
+    folder = get_settings().photos_dir / "held"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"held/{uuid.uuid4().hex}.jpg"
+    (get_settings().photos_dir / name).write_bytes(data)
+    web_session[HELD_KEY] = {"slot": slot, "name": name}
+
+
+def held_photo(slot: str) -> str | None:
+    """The held photo's name under the photos folder (``held/<hex>.jpg``) for form ``slot``, or None."""
+    held = web_session.get(HELD_KEY)
+    if not isinstance(held, dict) or held.get("slot") != slot:
+        return None
+    name = str(held.get("name") or "")
+    if not re.fullmatch(r"held/[0-9a-f]{32}\.jpg", name) or not (get_settings().photos_dir / name).is_file():
+        return None
+    return name
+
+
+def take_held(slot: str) -> str | None:
+    """Move the photo held for form ``slot`` to the photos folder and forget it; its new name, or None."""
+    name = held_photo(slot)
+    if name is None:
+        return None
+    folder = get_settings().photos_dir
+    final = name.removeprefix("held/")
+    (folder / name).replace(folder / final)
+    web_session.pop(HELD_KEY, None)
+    return final
+
+
+def drop_held() -> None:
+    """Delete the held photo, whatever its form (a fresh form, or a new one replacing it)."""
+    held = web_session.pop(HELD_KEY, None)
+    name = str(held.get("name") or "") if isinstance(held, dict) else ""
+    if re.fullmatch(r"held/[0-9a-f]{32}\.jpg", name):
+        (get_settings().photos_dir / name).unlink(missing_ok=True)
