@@ -15,6 +15,7 @@ kept across a refused submit. Used by :mod:`dangol_cloud.web.catalogue`.
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 import uuid
 
@@ -32,6 +33,8 @@ __all__ = ["code_problem", "drop_held", "held_photo", "hold_photo", "menu_curren
 CODE_BASE_MAX = REF_MAX - 8
 #: The session key of the held photo: ``{"slot": "new" or an item id, "name": "held/<hex>.jpg"}``.
 HELD_KEY = "held_item_photo"
+#: A held photo older than this (seconds: one day) belongs to a form left without a submit; the next hold deletes it.
+HELD_MAX_AGE_S = 86_400
 #: Control characters, refused in a POS code as the POS API refuses them in ``item`` (:data:`api.NO_CONTROL`).
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -106,9 +109,24 @@ def hold_photo(form, slot: str) -> None:
     drop_held()
     folder = get_settings().photos_dir / "held"
     folder.mkdir(parents=True, exist_ok=True)
+    _prune_held(folder)
     name = f"held/{uuid.uuid4().hex}.jpg"
     (get_settings().photos_dir / name).write_bytes(data)
     web_session[HELD_KEY] = {"slot": slot, "name": name}
+
+
+def _prune_held(folder, now: float | None = None) -> int:
+    """Delete held photos older than :data:`HELD_MAX_AGE_S` (forms left without a submit); returns how many."""
+    now = time.time() if now is None else now
+    gone = 0
+    for path in folder.glob("*.jpg"):
+        try:
+            if now - path.stat().st_mtime > HELD_MAX_AGE_S:
+                path.unlink()
+                gone += 1
+        except FileNotFoundError:  # another request pruned or took it
+            pass
+    return gone
 
 
 def held_photo(slot: str) -> str | None:

@@ -396,3 +396,23 @@ def test_every_page_fits_a_phone(browser, site, ta_feng_slice):
         box = page.locator(f"button:has-text('{button}')").first.bounding_box()
         assert box and 0 <= box["x"] and box["x"] + box["width"] <= 375, (button, box)
     page.context.close()
+
+
+def test_held_photos_of_abandoned_forms_are_pruned_after_a_day(tmp_path, data_dir):
+    """A form left after its photo was held leaves a file in ``photos/held``; a later hold deletes those older than
+    a day (so the folder cannot grow for good) and keeps the recent ones."""
+    import os
+    import time
+
+    from dangol_cloud.web.catalogue_form import HELD_MAX_AGE_S, _prune_held
+
+    folder = tmp_path / "held"
+    folder.mkdir()
+    photo = next(iter(sorted((data_dir / "faces").rglob("*.jpg"))))  # a real JPEG's bytes
+    old, recent = folder / f"{uuid.uuid4().hex}.jpg", folder / f"{uuid.uuid4().hex}.jpg"
+    for path in (old, recent):
+        path.write_bytes(photo.read_bytes())
+    now = time.time()
+    os.utime(old, (now - HELD_MAX_AGE_S - 60, now - HELD_MAX_AGE_S - 60))
+    assert _prune_held(folder, now) == 1
+    assert not old.exists() and recent.exists()
