@@ -63,6 +63,8 @@ class Appliance:
         self.events = EventFactory(self.device_id)
         self.workers: list = []
         self._stoppers: list = []
+        self._outside_lock = threading.Lock()  # _on_outside_write: one check thread at a time, repeats folded
+        self._outside_running = self._outside_again = False
         self.state: StateStore | None = None
         self.gallery: Gallery | None = None
         self.outbox: Outbox | None = None
@@ -95,7 +97,7 @@ class Appliance:
         embedder = Embedder(cfg.model_path, threads=cfg.embedder.threads).open()
         self.gallery = Gallery(cfg.gallery_path, embedder.sha256).open()
         self._stoppers.append(self.gallery.close)
-        self.gallery.on_outside_write = self._check_shown_customer  # a CLI erasure takes its welcome off the door
+        self.gallery.on_outside_write = self._on_outside_write  # a CLI erasure takes its welcome off the door
         if self.gallery.stale_templates:
             log.warning("%d templates were made by another model and are ignored; re-enrol those customers",
                         self.gallery.stale_templates)
@@ -243,13 +245,39 @@ class Appliance:
             self._forget(cid)
         return done
 
+    def _on_outside_write(self) -> None:
+        """``GallerySearch.on_outside_write``: another process changed the gallery. The check runs on a thread of its
+        own (:meth:`_outside_writes`), never on the thread that noticed the write: that one may hold the gallery's
+        lock (a sign-up's activation check reads the gallery size under it), and forgetting a customer takes the
+        model upgrade's lock, which the upgrade's check holds while it reads the gallery (a deadlock). Writes noticed
+        while a check runs are folded into one more check."""
+        with self._outside_lock:
+            if self._outside_running:
+                self._outside_again = True
+                return
+            self._outside_running = True
+        threading.Thread(target=self._outside_writes, name="dangol-outside-write", daemon=True).start()
+
+    def _outside_writes(self) -> None:
+        while True:
+            try:
+                self._check_shown_customer()
+            except sqlite3.Error as exc:  # the welcome stays until its time is up; the next write checks again
+                self.stats.storage = storage_state(exc)
+                log.exception("could not check the door screen after another process changed the gallery")
+            with self._outside_lock:
+                if not self._outside_again:
+                    self._outside_running = False
+                    return
+                self._outside_again = False
+
     def _check_shown_customer(self) -> None:
         """Another process changed the gallery (``dangol-edge customers delete`` beside the daemon): a welcome on the
         door screen of a customer no longer active there leaves it, and the customer is forgotten like a cloud
-        erasure (:meth:`_forget`). Runs on the thread that noticed the write (see ``GallerySearch.on_outside_write``).
+        erasure (:meth:`_forget`). Runs on the thread of :meth:`_on_outside_write`.
 
         Raises:
-            sqlite3.Error: the gallery cannot be read (the recognition worker's error handling takes it).
+            sqlite3.Error: the gallery cannot be read.
         """
         shown = self.screen.snapshot()
         customer_id = shown.get("customer_id") if shown.get("screen") == "welcome" else None

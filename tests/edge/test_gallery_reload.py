@@ -157,3 +157,59 @@ def test_cli_enrolment_under_an_erased_id_accepts_its_menus_again(edge_env, clip
         "--customer-id", cid)
     with StateStore(edge_env / "state.sqlite") as st:
         assert not st.is_erased(cid) and st.put_menu(lin_menu(cid)) and st.menu(cid).display_name == "Lin-Manuel"
+
+
+def test_a_cli_erasure_noticed_under_the_gallery_lock_does_not_deadlock_a_model_upgrade(tmp_path):
+    """A reviewer's interleaving (real Gallery, ModelUpgrade, Screen and the daemon's handler): the staff page's
+    sign-up activation reads the gallery size under the gallery's lock and so notices the CLI's erasure of the
+    customer on screen, while housekeeping's upgrade check holds the upgrade's lock and reads the gallery. Forgetting
+    the customer on the noticing thread needed the upgrade's lock: both threads hung for good."""
+    import threading
+    import types
+
+    import numpy as np
+
+    from dangol_edge.screen import Screen
+    from dangol_edge.upgrade import ModelUpgrade
+    from tests.edge.test_gallery_consent import consent
+
+    def emb(seed: int) -> np.ndarray:
+        v = np.random.default_rng(seed).normal(size=(3, 128)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    sha = "a" * 64
+    g = Gallery(tmp_path / "gallery.sqlite", sha).open()
+    try:
+        mina = g.enroll("Mina Park", emb(1), consent=consent())
+        pending = g.enroll("Jae", emb(2), status="pending", pending_ttl_s=3600)
+        assert g.size == 3
+        upgrade = ModelUpgrade(g, types.SimpleNamespace(sha256="b" * 64, model_path=tmp_path / "old.tflite"), 1e-3,
+                               0.05, 30)
+        app = Appliance.__new__(Appliance)  # the daemon's handler on real parts, without a camera
+        app.screen, app.gallery, app.stats = Screen(), g, types.SimpleNamespace(storage="ok")
+        app.recognizer = types.SimpleNamespace(tracker=types.SimpleNamespace(forget=lambda c: None), upgrade=upgrade)
+        app._outside_lock, app._outside_running, app._outside_again = threading.Lock(), False, False
+        g.on_outside_write = app._on_outside_write
+        app.screen.show_welcome("Mina", [], mina.id, 30)
+        cli = Gallery(tmp_path / "gallery.sqlite", sha).open()  # the CLI's connection erases Mina
+        cli.delete(mina.id)
+        cli.close()
+        go = threading.Event()
+
+        def check():  # the activation check, under the gallery's lock, reads the size a moment later
+            go.wait()
+            time.sleep(0.2)
+            return g.size
+
+        web = threading.Thread(target=lambda: g.activate(pending.id, "Jae", consent(), check=check), daemon=True)
+        housekeeping = threading.Thread(target=lambda: (go.wait(), upgrade.check()), daemon=True)
+        web.start()
+        time.sleep(0.1)
+        housekeeping.start()
+        go.set()
+        web.join(10)
+        housekeeping.join(10)
+        assert not web.is_alive() and not housekeeping.is_alive(), "deadlock"
+        assert wait_for(lambda: app.screen.snapshot()["screen"] == "house", timeout=5)  # her welcome left
+    finally:
+        g.close()
