@@ -81,6 +81,8 @@ class _Record(dict):
 
 
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+#: ``4,500`` / ``11,000``: a thousands separator as often as a decimal comma (KRW, JPY amounts); never guessed.
+_THOUSANDS_LIKE = re.compile(r"[+-]?[1-9]\d{0,2},\d{3}")
 #: Year-first times with ``-`` or ``/`` (one separator throughout), one- or two-digit month, day and hour.
 _YEAR_FIRST = re.compile(r"(\d{4})([-/])(\d{1,2})\2(\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?")
 #: A date with the day or month first (``01/02/2017``): which is which cannot be told.
@@ -130,6 +132,9 @@ def _number(rec: dict[str, str], col: str, *, required: bool = True) -> float | 
             raise _BadRow(f"missing {col}")
         return None
     if getattr(rec, "decimal_comma", False) and _DECIMAL_COMMA.fullmatch(text):
+        if _THOUSANDS_LIKE.fullmatch(text):
+            raise _BadRow(f"{col} {text!r} is ambiguous: a decimal comma or a thousands separator? Write it without "
+                          "the separator (4500) or with a decimal point (4.5)")
         text = text.replace(",", ".")
     try:
         value = float(text)

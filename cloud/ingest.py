@@ -16,8 +16,8 @@ genuinely lists the same line twice (two identical sale lines) keeps both. Purch
 The store is part of the key (the same line in two stores' files is two sales), but one sale is never stored both
 as history (no store) and under a store: an upload into a store *files* the store-less purchases it repeats under
 that store (:attr:`ImportReport.filed`), and an upload as history skips the sales a store already holds (looked up
-under each of at most :data:`MAX_PROBED_STORES` stores holding imports). A sale filed under a store is never moved
-to another store. A store-less sale matches only when its naive time was read in the same zone.
+under each of at most :data:`MAX_PROBED_STORES` stores holding imports, past the first batch only when that found
+some). A sale filed under a store is never moved to another store. A store-less sale matches only when its naive time was read in the same zone.
 
 Every row is checked against the bounds of :mod:`dangol_cloud.sale_rules` before anything is created for it (the
 importers check them too; rows may come from elsewhere): its time in UTC once its store's zone is applied (a naive
@@ -117,6 +117,13 @@ def _match_other_copies(session: Session, batch: list[dict], probes: list[list[s
             Purchase.idempotency_key.in_(keys[start:start + 1000]))).all()
     filed = [(pid, batch[row_of[key]]) for pid, key, store in found
              if store is None and batch[row_of[key]]["store_id"] is not None]
+    if filed:  # a sale stored both ways already (doubled by an older version): its store copy stays, history too
+        own = [row["idempotency_key"] for _pid, row in filed]
+        taken = set()
+        for start in range(0, len(own), 1000):
+            taken.update(session.scalars(select(Purchase.idempotency_key).where(
+                Purchase.idempotency_key.in_(own[start:start + 1000]))))
+        filed = [(pid, row) for pid, row in filed if row["idempotency_key"] not in taken]
     if filed:
         table = Purchase.__table__  # core executemany (the ORM's bulk update takes no WHERE of its own)
         session.execute(update(table).where(table.c.id == bindparam("pid"))
@@ -128,7 +135,8 @@ def _match_other_copies(session: Session, batch: list[dict], probes: list[list[s
 
 
 #: A store-less row is looked up under at most this many stores holding imports (the first by id); a sale of a
-#: chain's later stores uploaded again as history is not recognised.
+#: chain's later stores uploaded again as history is not recognised. The look-up goes on past the first batch only
+#: when a store held some of its rows (a file uploaded before into a store): other history files pay it once.
 MAX_PROBED_STORES = 20
 
 
@@ -304,9 +312,13 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     importing_stores: list[str] | None = None  # stores holding imported purchases (read at the first store-less row)
 
     def write() -> None:
+        nonlocal importing_stores
         resolver.flush()
         if batch:
+            kept = len(batch)
             report.filed += _match_other_copies(session, batch, probes)
+            if importing_stores and any(not row["store_id"] for row in batch) and len(batch) == kept:
+                importing_stores = []  # a history file none of whose first rows a store holds: stop looking
             if batch:
                 session.execute(stmt, batch)
             batch.clear()

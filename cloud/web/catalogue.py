@@ -82,11 +82,16 @@ def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> None:
 
 def _code_ok(s, form: ItemForm, item: CatalogueItem | None) -> bool:
     """Check a typed POS code (blank: keep the current one, or make one from the name); a refused code becomes
-    the field's error (:func:`~dangol_cloud.web.catalogue_form.code_problem`). True when it may be saved."""
+    the field's error (:func:`~dangol_cloud.web.catalogue_form.code_problem`; an imported POS product keeps the code
+    of the purchase files, which imports find it by). True when it may be saved."""
     typed = (form.ref.data or "").strip()
     if not typed or (item is not None and form.ref.data == item.ref):
         return True
-    problem = code_problem(s, typed, item.id if item is not None else None)
+    if item is not None and s.get(ProductMapping, item.id) is not None:  # the importer finds it by this code
+        problem = (f"POS code: {item.ref!r} is this product's code in your purchase files; it cannot be changed "
+                   "here (importing a file again would not find the product and would store its sales twice).")
+    else:
+        problem = code_problem(s, typed, item.id if item is not None else None)
     if problem:
         form.ref.errors = [*form.ref.errors, problem]
     return problem is None

@@ -207,6 +207,17 @@ def test_a_decimal_comma_in_a_comma_separated_file_stays_a_row_error(cj_rows, tm
     assert [type(r) for r in parsed] == [RowError] * 3 and "amount is not a number" in parsed[0].message
 
 
+def test_a_thousands_separator_is_never_read_as_a_decimal_comma(cj_rows, tmp_path):
+    """A tab-separated export writing amounts with a thousands separator (KRW or JPY tills: ``4,500``): read as a
+    decimal comma, 4,500 was 4.5 (a reviewer's UTF-16 "Unicode Text" file). Real amounts, in cents, written so."""
+    big = [(c, i, q, a, t) for c, i, q, a, t in cj_rows if 10 <= float(a) < 1000][:3]
+    rows = [(c, i, q, f"{round(float(a) * 100):,}", t) for c, i, q, a, t in big]
+    assert all(re.fullmatch(r"\d{1,3},\d{3}", a) for _, _, _, a, _ in rows), rows
+    parsed = list(parse_purchases(_cj_file(tmp_path, rows, sep="\t"), "csv"))
+    assert [type(r) for r in parsed] == [RowError] * len(rows)
+    assert all("ambiguous" in r.message for r in parsed), [r.message for r in parsed]
+
+
 def test_header_names_match_in_any_capitalisation_and_with_spaces(cj_rows, tmp_path):
     path = _cj_file(tmp_path, cj_rows, header=(" Customer", "Item ", "QUANTITY", "Amount", "Timestamp"))
     assert detect_files([path]).fmt == "csv"

@@ -15,6 +15,7 @@ from dangol_cloud.ingest import import_rows
 from dangol_cloud.models import Purchase, Store
 from dangol_cloud.settings import Settings
 from tests.cloud.conftest import owner_database, screenshot_page, serving, sign_in_owner
+from tests.cloud.test_cloud_web import web  # noqa: F401 - the fixture
 
 def _import(db, path: Path, store_id: str | None):
     with db.transaction() as s:
@@ -69,3 +70,45 @@ def test_the_upload_form_preselects_the_only_store(browser, tmp_path):
     finally:
         db.dispose()
         broker.stop()
+
+
+def test_a_sale_already_stored_both_ways_is_left_as_it_is(db, ta_feng_slice, monkeypatch):
+    """A database an older version doubled (the file as history, then again into its store, a reviewer's run):
+    uploading it into the store once more neither fails (filing the history copy under the store's key, which its
+    store copy holds, broke the unique key: IntegrityError, the whole import lost) nor adds anything."""
+    (taipei,) = _stores(db, "Taipei")
+    first = _import(db, ta_feng_slice, None)
+    with monkeypatch.context() as m:  # the older version: no look-up of the other filing
+        m.setattr("dangol_cloud.ingest._match_other_copies", lambda session, batch, probes: 0)
+        assert _import(db, ta_feng_slice, taipei).inserted == first.inserted
+    again = _import(db, ta_feng_slice, taipei)
+    assert again.inserted == 0
+    assert _by_store(db) == {None: first.inserted, taipei: first.inserted}
+
+
+def test_an_imported_products_code_cannot_be_changed_on_the_item_form(web, ta_feng_slice):  # noqa: F811
+    """The importer finds a POS product by the code of the purchase files; a code changed on the item form (a
+    reviewer's run: name "Green tea", code green-tea) made a re-import create a new product and store its 56 sales
+    twice."""
+    from dangol_cloud.models import CatalogueItem
+
+    from .test_cloud_web import csrf_of, sign_in
+
+    app, db = web
+    first = _import(db, ta_feng_slice, None)
+    with db.sessions() as s:
+        item_id, ref = s.execute(select(Purchase.item_id, CatalogueItem.ref)
+                                 .join(CatalogueItem, CatalogueItem.id == Purchase.item_id)
+                                 .group_by(Purchase.item_id, CatalogueItem.ref)
+                                 .order_by(func.count().desc(), Purchase.item_id).limit(1)).one()
+    client = app.test_client()
+    sign_in(client)
+    page = client.get(f"/catalogue/{item_id}").get_data(as_text=True)
+    response = client.post(f"/catalogue/{item_id}", data={
+        "csrf_token": csrf_of(page), "name": "Green tea", "ref": "green-tea", "price": "", "description": "",
+        "tags": "", "category": "", "available": "y"})
+    assert response.status_code == 200 and "cannot be changed" in response.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.get(CatalogueItem, item_id).ref == ref
+    again = _import(db, ta_feng_slice, None)
+    assert (again.inserted, again.items_created) == (0, 0) and first.inserted > 0
