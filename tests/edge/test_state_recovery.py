@@ -19,14 +19,22 @@ from tests.edge.test_sync import wait_for
 
 
 def _damage_menus(path) -> None:
-    """Overwrite 64 bytes of the ``menus`` table's root page (the reviewer's damage)."""
+    """Overwrite the ``menus`` table's root page in the database file (every committed page moved out of the WAL
+    first, so no newer copy of it there hides the damage); checks that SQLite now finds the file damaged."""
     con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     page = con.execute("PRAGMA page_size").fetchone()[0]
     root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'menus'").fetchone()[0]
     con.close()
     with open(path, "r+b") as f:
-        f.seek((root - 1) * page + 8)
-        f.write(b"\xff" * 64)
+        f.seek((root - 1) * page)
+        f.write(b"\xff" * page)
+    con = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            con.execute("SELECT payload FROM menus").fetchall()
+    finally:
+        con.close()
 
 
 def _filled_state(path, cipher) -> tuple[str, str]:
