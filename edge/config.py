@@ -391,9 +391,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
     try:
         return EdgeConfig(**data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{source}: invalid config: {problems}") from exc
     finally:
         _OVERRIDES.reset(token)
