@@ -98,7 +98,8 @@ def _add_item(page, base, name, price="85", **fields):
     page.fill("input[name=price]", price)
     for field, value in fields.items():
         page.fill(f"input[name={field}]", value)
-    page.click("button:has-text('Add item')")
+    with page.expect_navigation():  # the POST and the page it leads to (the flash or the form with its errors)
+        page.click("button:has-text('Add item')")
 
 
 def _item(db, name) -> CatalogueItem:
