@@ -34,6 +34,8 @@ class TrainingJob:
         step: name of the step in progress (:data:`STEPS`); steps: ``[(name, seconds)]`` of the finished ones.
         result: the :class:`~dangol_cloud.services.RetrainResult` (None before the end or on failure).
         last_seconds: duration of the previous successful run (the ETA's basis), None before one.
+        needs_purchases: the last run failed because there was nothing to learn from (no purchases yet); the page
+            then points to the Purchases page instead of naming the error.
     """
 
     running: bool = False
@@ -44,6 +46,7 @@ class TrainingJob:
     step: str | None = None
     result: object | None = None
     last_seconds: float | None = None
+    needs_purchases: bool = False
 
     #: The steps shown on the progress bar: the training's (:data:`dangol_cloud.training.TRAIN_STEPS`) + publish.
     STEPS = ("load", "clean", "re-ranker", "factors", "history", "save", "menus", "write", "publish")
@@ -64,6 +67,7 @@ class TrainingJob:
                 return False
             self.running, self.started_at, self.message, self.ok = True, utcnow(), None, None
             self.finished_at, self.step, self.result, self.steps = None, None, None, []
+            self.needs_purchases = False
         thread = threading.Thread(target=self._run, args=(db, settings), name="dangol-train-now", daemon=True)
         thread.start()
         self._thread = thread
@@ -88,9 +92,10 @@ class TrainingJob:
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
 
     def percent(self) -> int:
-        """Share of :data:`STEPS` done, 0–100 (100 once finished)."""
-        if not self.running:
-            return 100 if self.finished_at else 0
+        """Share of :data:`STEPS` done, 0–100 (100 once finished with a model; a failed run stays where it
+        stopped)."""
+        if not self.running and self.finished_at and self.result is not None:
+            return 100
         return int(100 * len(self.steps) / len(self.STEPS))
 
     def eta_seconds(self) -> float | None:
@@ -102,6 +107,7 @@ class TrainingJob:
 
     def _run(self, db: Database, settings: Settings) -> None:
         from dangol_cloud.services import PublishFailed, retrain_and_publish
+        from dangol_cloud.training import NotEnoughData
 
         try:
             result = retrain_and_publish(db, settings, progress=self._progress)
@@ -116,6 +122,11 @@ class TrainingJob:
             self.result = exc.result
             self.message, self.ok = f"{exc}. The menus go out with the next publish.", False
             self.last_seconds = exc.result.seconds
+        except NotEnoughData as exc:  # a first-hour owner: said in the dashboard's words, not the CLI's
+            log.warning("training started from the dashboard: %s", exc)
+            self.message, self.ok, self.needs_purchases = (
+                "There are no purchases to learn from yet: upload a purchase history (or connect the till) on the "
+                "Purchases page, then press Retrain now again.", False, True)
         except Exception as exc:  # reported on the dashboard and logged with its traceback
             log.exception("training started from the dashboard failed")
             self.message, self.ok = f"{type(exc).__name__}: {exc}", False
