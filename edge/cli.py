@@ -101,7 +101,7 @@ def _customer_dict(c, models: dict[str, int] | None = None) -> dict:
 
 def cmd_enroll(args) -> int:
     from .detect import FaceDetector
-    from .enrol import EnrolmentError, enroll, sample_from_photo, samples_from_source
+    from .enrol import EnrolmentError, enroll, samples_from_photos, samples_from_source
     from .faces import FacePipeline
     from .sources import SourceError, open_source
 
@@ -109,7 +109,7 @@ def cmd_enroll(args) -> int:
     pipeline = FacePipeline(FaceDetector.beside(cfg.model_path, cfg.detector), emb)
     try:
         if args.image:
-            samples = [sample_from_photo(p, pipeline) for p in args.image]  # all checked before any write
+            samples = samples_from_photos(args.image, pipeline)  # all checked, and one person, before any write
         else:
             with open_source(args.source) as src:
                 samples = samples_from_source(src, pipeline, cfg.enrol.templates, cfg.enrol.max_frames)

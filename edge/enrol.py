@@ -110,6 +110,29 @@ def medoid_consistent(emb: np.ndarray, quality: np.ndarray,
     return keep, sim
 
 
+def samples_from_photos(paths: list[str | Path], pipeline: FacePipeline,
+                        min_similarity: float = CONSISTENCY_MIN_SIMILARITY) -> list[Sample]:
+    """One sample per photo (:func:`sample_from_photo`), all of one person: every photo's face must be at least
+    ``min_similarity`` (cosine) to the photos' medoid (:func:`medoid_consistent`), else the customer would be stored
+    with somebody else's face (greeted as them for good). Two photos: each must be that similar to the other.
+
+    Raises:
+        EnrolmentError: a photo fails :func:`sample_from_photo` (named), or one or more photos are not the same person
+            as the others: each such photo is named with its similarity and the medoid photo it was compared to.
+    """
+    samples = [sample_from_photo(p, pipeline) for p in paths]
+    if len(samples) < 2:
+        return samples
+    keep, sim = medoid_consistent(np.stack([s.embedding for s in samples]), np.array([s.quality for s in samples]),
+                                  min_similarity)
+    if keep.all():
+        return samples
+    medoid = paths[int(np.argmax(sim))]  # its similarity to itself is 1
+    odd = "; ".join(f"{p}: not the same person as {medoid} (similarity {sim[i]:.2f}, below {min_similarity:.2f})"
+                    for i, p in enumerate(paths) if not keep[i])
+    raise EnrolmentError(f"{odd}; enrol one person's photos only")
+
+
 class SampleCollector:
     """The one capture rule for enrolment from a live source (CLI and the daemon's button flow).
 

@@ -36,7 +36,7 @@ from dangol_protocol import Consent
 
 from .crypto import FieldCipher, GalleryKeyError
 from .gallery_consent import InvalidConsent, dump_consent, load_consent
-from .gallery_models import ModelTemplates
+from .gallery_models import ModelTemplates, NoCurrentTemplate  # noqa: F401  (re-exported)
 from .gallery_search import AlreadyRegular, Enrolled, GallerySearch  # noqa: F401  (re-exported)
 from .matcher import Matcher
 from .sqlite import SQLiteFile, connect
@@ -225,12 +225,15 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
                 with nothing changed (the staff page's :meth:`refuse_if_regular`).
         Raises:
             UnknownCustomer: no such id.  ValueError: empty name or no consent.  TypeError: not a ``Consent``.
+            NoCurrentTemplate: no template the door can search, now or after a running upgrade
+                (:meth:`require_current_template`): re-enrol needed.
         """
         if not display_name.strip() or consent is None:
             raise ValueError("a name and a consent record are required to activate a customer")
         consent_json = dump_consent(consent)
         self.customer(customer_id)
         with self._lock:
+            self.require_current_template(customer_id)
             if check is not None:
                 check()
             self.db["customers"].update(customer_id, {

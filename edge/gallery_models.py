@@ -11,6 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The ``meta`` key holding when a model upgrade started (ISO 8601 UTC); present while one runs.
+UPGRADE_STARTED_KEY = "upgrade_started_at"
+
+
+class NoCurrentTemplate(ValueError):
+    """A customer was not activated: no template of the current model (e.g. a sign-up made with a previous face model
+    whose upgrade ended before it was activated, deleting those templates), so the door could never greet them.
+    ``str()`` says so and names the id."""
+
+    def __init__(self, customer_id: str):
+        super().__init__(f"customer {customer_id}: re-enrol needed: no template of the current model (the sign-up was "
+                         "made with a previous face model); discard it and sign up again")
+        self.customer_id = customer_id
+
 
 class ModelTemplates:
     """Template-per-model operations; needs ``db``, ``_lock``, ``cipher``, ``model_sha256``,
@@ -64,6 +78,17 @@ class ModelTemplates:
                 out.setdefault(cid, {})[sha] = int(n)
         return out
 
+    def require_current_template(self, customer_id: str) -> None:
+        """Raise :class:`NoCurrentTemplate` unless the customer has a template of the current model, or only older
+        models' templates while a model upgrade runs (``meta`` :data:`UPGRADE_STARTED_KEY`: it migrates them at the
+        customer's next visit). For :meth:`Gallery.activate`, under the gallery's lock."""
+        with self._lock:
+            current, other = self.db.execute(
+                "SELECT COALESCE(SUM(model_sha256 = ?), 0), COALESCE(SUM(model_sha256 != ?), 0) FROM templates "
+                "WHERE customer_id = ?", [self.model_sha256, self.model_sha256, customer_id]).fetchone()
+        if not current and not (other and self.meta(UPGRADE_STARTED_KEY) is not None):
+            raise NoCurrentTemplate(customer_id)
+
     def drop_other_models(self) -> int:
         """Delete every template not made by the current model (the end of an upgrade); returns how many."""
         with self._lock, self.db.conn:
@@ -71,12 +96,14 @@ class ModelTemplates:
         self._invalidate()
         return int(n)
 
-    def matrix_for(self, model_sha256: str) -> tuple[np.ndarray, list[str]]:
-        """The ``(M, D) float32`` templates of active customers made by one model, and their owners."""
+    def matrix_for(self, model_sha256: str, statuses: tuple[str, ...] = ("active",)) -> tuple[np.ndarray, list[str]]:
+        """The ``(M, D) float32`` templates made by one model of the customers of ``statuses``, and their owners."""
+        marks = ", ".join("?" * len(statuses))
         with self._lock:
             rows = list(self.db.execute(
                 "SELECT t.customer_id, t.embedding FROM templates t JOIN customers c ON c.id = t.customer_id "
-                "WHERE c.status = 'active' AND t.model_sha256 = ? ORDER BY t.customer_id, t.id", [model_sha256]))
+                f"WHERE c.status IN ({marks}) AND t.model_sha256 = ? ORDER BY t.customer_id, t.id",
+                [*statuses, model_sha256]))
         vecs = [np.frombuffer(self._open_value(r[1], f"templates.embedding:{r[0]}"), dtype="<f4") for r in rows]
         matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, 1), np.float32)
         return matrix, [r[0] for r in rows]

@@ -66,7 +66,9 @@ class Recognizer:
             old = Embedder(prev, threads=config.embedder.threads)
             if old.sha256 != embedder.sha256 and gallery.open().stale_templates:
                 rec.upgrade = ModelUpgrade(gallery, old, config.matcher.target_fpir, config.matcher.margin,
-                                           config.embedder.upgrade_days, config.enrol.templates).start()
+                                           config.embedder.upgrade_days, config.enrol.templates,
+                                           min_votes=config.tracker.min_votes,
+                                           vote_share=config.tracker.vote_share).start()
         return rec
 
     @property
@@ -95,9 +97,10 @@ class Recognizer:
                         score=m.score if m else -1.0, embedded=m is not None)
             for f, m in zip(faces, matches)
         ]
-        if self.upgrade is not None and not self.upgrade.done:
-            self.upgrade.observe(frame.rgb, faces, matches)
         decisions = self.tracker.update(frame.ts, obs)
+        if self.upgrade is not None and not self.upgrade.done:  # migrates on the tracks' votes: after the update
+            self.upgrade.observe(frame.rgb, faces, matches, [o.track_id for o in obs],
+                                 {t.id for t in self.tracker.tracks})
         return FrameResult(frame.index, frame.ts, faces, matches, decisions, ms)
 
     def close(self) -> None:

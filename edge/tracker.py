@@ -1,13 +1,24 @@
 """Following faces across frames, voting on identity, and emitting one arrival per visit.
 
 A track is continued by the detection with the highest IoU above ``iou_match``, or failing that by a
-similar-sized box within one face width (frames dropped under load), greedily, largest faces first. Each embedded frame casts a vote: the accepted customer id, or "unknown". A track is decided
+similar-sized box within one face width, greedily, largest faces first. The centre-distance fallback only
+bridges *dropped* frames (recognition behind, a walking face moved further than its overlap allows): it
+continues a track seen in the previous processed frame, never one that processed frames have missed (the
+person left; a face near their place is someone new). Each embedded frame casts a vote: the accepted customer
+id, or "unknown". A track is decided
 
 * **known** once one customer has ``min_votes`` votes and at least ``vote_share`` of the track's
   embedded frames; this is an **arrival** unless the same customer arrived less than ``cooldown_s``
   ago (then a decision with ``arrival = False``, reason ``cooldown``);
 * **unknown** after ``unknown_after`` embedded frames without a known decision (a later known
   decision on the same track still turns into an arrival).
+
+A track decided known keeps being watched: when ``min_votes`` accepted frames in a row (unknown frames between
+them allowed, none of the decided customer) are one other customer, somebody else stands where the decided
+customer stood (they left and the next person stepped into the same place within ``max_gap_s``). That track ends
+and a new one starts with those frames (their votes, and the unknown frames since the first of them), so the
+new person is decided — greeted, or counted — by the same rule. Unknown frames alone never end a decided track:
+a regular looking down or turning away is not a new visitor.
 
 Nothing about an unknown track outlives it: no embedding or image is kept.
 """
@@ -30,17 +41,19 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
-def _association_cost(track_box, box, iou_min: float) -> float:
+def _association_cost(track_box, box, iou_min: float, fallback: bool = True) -> float:
     """Cost of continuing a track with a box (lower is better; inf = no match).
 
     Overlap (IoU ≥ ``iou_min``) is the first choice. When recognition falls behind and frames are
     dropped, a walking face can move more than its overlap allows between two processed frames, so a
     box of similar size (0.5–2× the width) whose centre is within one track-box width also continues the
-    track, at a higher cost.
+    track, at a higher cost — only when ``fallback`` (the track was seen in the previous processed frame).
     """
     v = iou(track_box, box)
     if v >= iou_min:
         return 1.0 - v
+    if not fallback:
+        return float("inf")
     tw, bw = track_box[2] - track_box[0], box[2] - box[0]
     if tw <= 0 or bw <= 0 or not 0.5 <= bw / tw <= 2.0:
         return float("inf")
@@ -58,12 +71,14 @@ class Observation:
         box: ``(x0, y0, x1, y1)`` px.  customer_id: accepted match or None.
         score: similarity of the best match (-1 when not embedded).  embedded: False when a quality
         gate rejected the face (it continues the track but does not vote).
+        track_id: set by :meth:`Tracker.update`: the track the face continued or started.
     """
 
     box: tuple[float, float, float, float]
     customer_id: str | None = None
     score: float = -1.0
     embedded: bool = True
+    track_id: int | None = None
 
 
 @dataclass
@@ -92,7 +107,12 @@ class Decision:
 
 @dataclass
 class Track:
-    """State of one followed face."""
+    """State of one followed face (times in seconds).
+
+    Once decided known (``decided_id``), ``other`` is the customer of the latest accepted frames when it is not
+    ``decided_id``: ``other_run`` accepted frames of them in a row (since ``other_ts``, best score
+    ``other_best``), within ``other_frames`` embedded frames (see the module docstring).
+    """
 
     id: int
     box: tuple[float, float, float, float]
@@ -103,6 +123,12 @@ class Track:
     frames: int = 0
     decided_known: bool = False
     decided_unknown: bool = False
+    decided_id: str | None = None
+    other: str | None = None
+    other_run: int = 0
+    other_frames: int = 0
+    other_ts: float = 0.0
+    other_best: float = -1.0
 
 
 class Tracker:
@@ -118,18 +144,21 @@ class Tracker:
         self._ids = itertools.count(1)
         self._last_arrival: dict[str, float] = {}
         self._forgotten: deque[str] = deque()  # erased customers, applied by the next update (any thread appends)
+        self._prev_ts: float | None = None  # the previous processed frame's time: which tracks it saw
 
     def update(self, ts: float, observations: list[Observation]) -> list[Decision]:
-        """Feed one frame's observations (time ``ts`` seconds); returns decisions made at this frame."""
+        """Feed one frame's observations (time ``ts`` seconds; call it for every processed frame, with or without
+        faces); returns decisions made at this frame and sets each observation's ``track_id``."""
         c = self.config
         self._apply_forgotten()
         self.tracks = [t for t in self.tracks if ts - t.last_ts <= c.max_gap_s]
         free = list(self.tracks)
+        prev, self._prev_ts = self._prev_ts, ts
         decisions: list[Decision] = []
         for obs in sorted(observations, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]), reverse=True):
             best, best_cost = None, float("inf")
             for t in free:
-                cost = _association_cost(t.box, obs.box, c.iou_match)
+                cost = _association_cost(t.box, obs.box, c.iou_match, fallback=prev is not None and t.last_ts >= prev)
                 if cost < best_cost:
                     best, best_cost = t, cost
             if best is None:
@@ -144,10 +173,36 @@ class Tracker:
                 best.votes[key] += 1
                 if obs.customer_id:
                     best.best[key] = max(best.best.get(key, -1.0), obs.score)
+                if best.decided_known:
+                    best = self._watch(best, obs, ts)
+            obs.track_id = best.id
             d = self._decide(best, ts)
             if d:
                 decisions.append(d)
         return decisions
+
+    def _watch(self, t: Track, obs: Observation, ts: float) -> Track:
+        """After a known decision: follow the run of accepted frames of another customer; at ``min_votes`` of them
+        end ``t`` and return the new track that starts with them (else ``t``)."""
+        if obs.customer_id == t.decided_id:
+            t.other, t.other_run, t.other_frames = None, 0, 0
+            return t
+        if t.other is not None:
+            t.other_frames += 1
+        if obs.customer_id is None:
+            return t
+        if obs.customer_id != t.other:
+            t.other, t.other_run, t.other_frames, t.other_ts, t.other_best = obs.customer_id, 0, 1, ts, -1.0
+        t.other_run += 1
+        t.other_best = max(t.other_best, obs.score)
+        if t.other_run < self.config.min_votes:
+            return t
+        votes = Counter({t.other: t.other_run})
+        if t.other_frames > t.other_run:
+            votes[""] = t.other_frames - t.other_run
+        new = Track(next(self._ids), obs.box, t.other_ts, ts, votes, {t.other: t.other_best}, t.other_frames)
+        self.tracks[self.tracks.index(t)] = new
+        return new
 
     def _decide(self, t: Track, ts: float) -> Decision | None:
         c = self.config
@@ -157,7 +212,7 @@ class Tracker:
         if known:
             n, cid = max(known)
             if n >= c.min_votes and n / t.frames >= c.vote_share:
-                t.decided_known = True
+                t.decided_known, t.decided_id = True, cid
                 last = self._last_arrival.get(cid)
                 arrival = last is None or ts - last >= c.cooldown_s
                 if arrival:
@@ -182,3 +237,5 @@ class Tracker:
             for t in self.tracks:
                 t.votes.pop(customer_id, None)
                 t.best.pop(customer_id, None)
+                if t.other == customer_id:
+                    t.other, t.other_run, t.other_frames = None, 0, 0

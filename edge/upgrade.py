@@ -3,24 +3,37 @@
 Templates are tagged with the sha256 of the embedder that made them, and only the current model's are
 searched. When a device gets a new model (say FaceNet → SFace), ``embedder.previous_model_path`` names
 the old one. While the upgrade runs, a face that the new model does not recognise is also embedded by the
-old model and searched among the old templates; when the old model recognises it *confidently* (its own
-calibrated rule at a ten times stricter FPIR, and the margin), the new model's embedding of the same
-face in the same frame is added as a template of that customer. Doubtful matches never add a template.
+old model and searched among the old templates of active and pending customers, with the old model's own
+calibrated rule at a ten times stricter FPIR, and the margin. A customer is migrated only on a *track's*
+decision, the door's vote (:class:`~dangol_edge.tracker.Tracker`): the old model accepted them in at least
+``tracker.min_votes`` frames of one track and in ``tracker.vote_share`` of the track's embedded frames, and at
+least ``min_votes`` of the new model's embeddings of those frames agree (each ≥
+:data:`~dangol_edge.enrol.CONSISTENCY_MIN_SIMILARITY` to their medoid, :func:`~dangol_edge.enrol.medoid_consistent`).
+Then the best of the agreeing frames (highest quality, then old-model score) gives the customer one new-model
+template; the track migrates nobody else. One frame of a stranger that the old model happens to accept never
+becomes a regular's template; frames of a visit are alike, though, so a stranger the old model accepts in most
+frames of a visit is migrated as the old door would have greeted them.
 
-The upgrade ends (old templates deleted, old model released) once every active customer who had an old
-template has a new one, or ``embedder.upgrade_days`` after it started, whichever comes first; customers
-not seen by then must be re-enrolled (the log and ``dangol-edge customers list`` show who). The daemon's
-housekeeping calls :meth:`ModelUpgrade.check` on every pass, so the deadline holds while the daemon keeps running.
+The upgrade ends (old templates deleted, old model released) once every customer who had an old template — active,
+or a sign-up still pending (waiting for staff, at most ``enrol.pending_ttl_h``) — has a new one, or
+``embedder.upgrade_days`` after it started, whichever comes first; customers not seen by then must be re-enrolled
+(the log and ``dangol-edge customers list`` show who; a pending sign-up left with no template is refused at
+activation: :class:`~dangol_edge.gallery_models.NoCurrentTemplate`). While it runs, a pending sign-up with only old
+templates can be activated and is migrated at its next visit, like every regular. The daemon's housekeeping calls
+:meth:`ModelUpgrade.check` on every pass, so the deadline holds while the daemon keeps running.
 
 An erasure while the upgrade runs (staff page, cloud, retention) drops the customer's old templates from the
 upgrade's in-memory matcher too (:meth:`ModelUpgrade.forget`); one erased elsewhere (the CLI, another process)
-is dropped the first time the old model recognises them.
+is dropped the first time the old model's vote would migrate them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter, deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -28,15 +41,37 @@ import numpy as np
 from .align import align_face
 from .calibration import OpenSetRule, load_calibration, uncalibrated
 from .embed import Embedder
+from .enrol import medoid_consistent
 from .faces import Face
 from .gallery import Gallery, UnknownCustomer
+from .gallery_models import UPGRADE_STARTED_KEY
 from .matcher import Match, Matcher
 
 log = logging.getLogger(__name__)
 
-STARTED_KEY = "upgrade_started_at"
+STARTED_KEY = UPGRADE_STARTED_KEY
 #: The old model must accept a face at this fraction of the configured FPIR to migrate it.
 STRICTER = 0.1
+
+
+@dataclass
+class _TrackVotes:
+    """What the old model made of one track's faces so far (memory only, dropped when the track ends).
+
+    Attributes:
+        frames: embedded faces of the track (whatever the new model made of them): the vote share's denominator.
+        votes: customer id → frames the old model accepted as them.
+        faces: customer id → ``(old-model score, quality, new-model embedding (D,) float32)`` of their latest
+            accepted frames (bounded).
+        done: the track migrated somebody (or its customer was erased): nothing more to do for it.
+        disagreed: the elected customer's faces were found not to agree once (logged once per track).
+    """
+
+    frames: int = 0
+    votes: Counter = field(default_factory=Counter)
+    faces: dict = field(default_factory=dict)
+    done: bool = False
+    disagreed: bool = False
 
 
 class ModelUpgrade:
@@ -48,6 +83,8 @@ class ModelUpgrade:
         target_fpir, margin: the matcher settings; the old model must pass ``target_fpir × STRICTER``.
         max_days: how long the upgrade may run.
         max_templates: new-model templates kept per customer.
+        min_votes, vote_share: the tracker's vote (``tracker.min_votes``, ``tracker.vote_share``) that a track's
+            old-model matches must win to migrate (see the module docstring).
 
     Raises (from :meth:`start`):
         CalibrationError: the old model has no calibration file. A migration is never judged on a fixed
@@ -61,10 +98,12 @@ class ModelUpgrade:
     """
 
     def __init__(self, gallery: Gallery, previous: Embedder, target_fpir: float, margin: float,
-                 max_days: float, max_templates: int = 5):
+                 max_days: float, max_templates: int = 5, *, min_votes: int = 3, vote_share: float = 0.6):
         self.gallery, self.previous = gallery, previous
         self.target_fpir, self.margin = target_fpir, margin
         self.max_days, self.max_templates = max_days, max_templates
+        self.min_votes, self.vote_share = min_votes, vote_share
+        self._tracks: dict[int, _TrackVotes] = {}  # live track id -> its old-model votes (recognition thread only)
         self.matcher = Matcher()
         self.migrated: list[str] = []
         self.done = False
@@ -90,12 +129,13 @@ class ModelUpgrade:
         return self
 
     def _reload(self) -> None:
-        """Load the old-model templates of the active customers (the matcher swaps them in at once, so a search
-        on the recognition thread meanwhile sees the old set or the new one)."""
+        """Load the old-model templates of the active and pending customers (a sign-up waiting for staff is
+        migrated like a regular; the matcher swaps them in at once, so a search on the recognition thread
+        meanwhile sees the old set or the new one)."""
         with self._lock:
             if self.done:
                 return
-            matrix, owners = self.gallery.matrix_for(self.previous.sha256)
+            matrix, owners = self.gallery.matrix_for(self.previous.sha256, ("active", "pending"))
             self.matcher.load(matrix, owners)
             self._loaded = frozenset(owners)
 
@@ -123,11 +163,11 @@ class ModelUpgrade:
         log.info("model upgrade: erased customer %s dropped from the old model's templates", customer_id)
 
     def pending(self) -> set[str]:
-        """Active customers with an old-model template and no new-model template."""
+        """Customers (active, and sign-ups pending staff's activation) with an old-model template and no
+        new-model template: the upgrade waits for them until its deadline."""
         models = self.gallery.template_models()
         old, new = self.previous.sha256, self.gallery.model_sha256
-        active = {c.id for c in self.gallery.customers("active")}
-        return {cid for cid, m in models.items() if cid in active and m.get(old) and not m.get(new)}
+        return {cid for cid, m in models.items() if m.get(old) and not m.get(new)}
 
     def check(self, now: datetime | None = None) -> bool:
         """End the upgrade when everyone is migrated or the period is over. Returns True when done.
@@ -147,8 +187,9 @@ class ModelUpgrade:
         if left and now - started < timedelta(days=self.max_days):
             return False
         if left:
-            log.warning("model upgrade ended after %.0f days: %d customers not seen were not migrated and must be "
-                        "re-enrolled: %s", self.max_days, len(left), ", ".join(sorted(left)))
+            log.warning("model upgrade ended after %.0f days: %d customers (sign-ups still pending included: they are "
+                        "refused at activation) not seen were not migrated and must be re-enrolled: %s", self.max_days,
+                        len(left), ", ".join(sorted(left)))
         dropped = self.gallery.drop_other_models()
         self.gallery.set_meta(STARTED_KEY, None)
         log.info("model upgrade finished: %d customers migrated, %d old templates deleted", len(self.migrated), dropped)
@@ -157,42 +198,77 @@ class ModelUpgrade:
         self._loaded = frozenset()
         return True
 
-    def observe(self, rgb: np.ndarray, faces: list[Face], matches: list[Match | None]) -> list[str]:
-        """Try the old model on the faces the new model embedded but did not accept.
+    def observe(self, rgb: np.ndarray, faces: list[Face], matches: list[Match | None], tracks: list[int | None],
+                live: Collection[int]) -> list[str]:
+        """Try the old model on the faces the new model embedded but did not accept; migrate on a track's vote.
 
         Args:
             rgb: the frame, ``(H, W, 3) uint8`` RGB; faces/matches: the new model's results for it.
+            tracks: each face's track id (:attr:`~dangol_edge.tracker.Observation.track_id`, after the tracker's
+                update of this frame).  live: the ids of the tracker's live tracks (the others' votes are dropped).
         Returns:
-            ids of the customers who got a new-model template from this frame.
+            ids of the customers who got a new-model template from this frame (their track's decision).
         """
         if self.done:
+            return []
+        self._tracks = {tid: tv for tid, tv in self._tracks.items() if tid in live}
+        todo = []
+        for face, m, tid in zip(faces, matches, tracks):
+            if face.embedding is None or tid is None:
+                continue
+            tv = self._tracks.setdefault(tid, _TrackVotes())
+            tv.frames += 1
+            if not tv.done and not (m and m.accepted):
+                todo.append((face, tid))
+        if not todo:
             return []
         if not self.matcher.loaded:  # emptied by a failed forget()
             self._reload()
         if self.matcher.size == 0:
             return []
-        todo = [(f, m) for f, m in zip(faces, matches) if f.embedding is not None and not (m and m.accepted)]
-        if not todo:
-            return []
         spec = self.previous.spec
         crops = np.stack([align_face(rgb, f.detection.keypoints, spec, f.detection.corners) for f, _ in todo])
         old = self.matcher.match(self.previous.embed(crops), self._rule.threshold(self.matcher.size), self.margin)
-        added = []
-        for (face, _), m in zip(todo, old):
+        voted = []
+        for (face, tid), m in zip(todo, old):
             if not m.accepted:
                 continue
-            try:
-                self.gallery.add_templates(m.customer_id, face.embedding[None], [face.quality],
-                                           max_per_model=self.max_templates)
-            except UnknownCustomer:  # erased since the old templates were loaded (e.g. by the CLI)
-                self.erased_dropped += 1
-                log.warning("model upgrade: customer %s was erased; dropped from the old model's templates "
-                            "(%d so far)", m.customer_id, self.erased_dropped)
-                self._reload()
-                continue
-            added.append(m.customer_id)
-            log.info("model upgrade: customer %s migrated (old model score %.3f)", m.customer_id, m.score)
+            tv = self._tracks[tid]
+            tv.votes[m.customer_id] += 1
+            kept = tv.faces.setdefault(m.customer_id, deque(maxlen=max(2 * self.min_votes, 8)))
+            kept.append((m.score, face.quality, face.embedding))
+            voted.append(tid)
+        added = [cid for tid in dict.fromkeys(voted) if (cid := self._decide(tid)) is not None]
         if added:
             self.migrated += [c for c in added if c not in self.migrated]
             self.check()
         return added
+
+    def _decide(self, tid: int) -> str | None:
+        """Migrate the customer a track's old-model votes elect (see the module docstring); returns their id."""
+        tv = self._tracks[tid]
+        cid, n = tv.votes.most_common(1)[0]
+        if n < self.min_votes or n < self.vote_share * tv.frames:
+            return None
+        kept = list(tv.faces[cid])
+        keep, _ = medoid_consistent(np.stack([e for _, _, e in kept]), np.array([q for _, q, _ in kept]))
+        if int(keep.sum()) < min(self.min_votes, len(kept)):
+            if not tv.disagreed:
+                tv.disagreed = True
+                log.info("model upgrade: customer %s not migrated yet: the new model's faces of the %d frames the old "
+                         "model accepted do not agree (only %d of them similar to their medoid)", cid, len(kept),
+                         int(keep.sum()))
+            return None
+        score, quality, emb = max((k for k, ok in zip(kept, keep) if ok), key=lambda k: (k[1], k[0]))
+        tv.done = True
+        try:
+            self.gallery.add_templates(cid, emb[None], [quality], max_per_model=self.max_templates)
+        except UnknownCustomer:  # erased since the old templates were loaded (e.g. by the CLI)
+            self.erased_dropped += 1
+            log.warning("model upgrade: customer %s was erased; dropped from the old model's templates "
+                        "(%d so far)", cid, self.erased_dropped)
+            self._reload()
+            return None
+        log.info("model upgrade: customer %s migrated (%d of %d frames of the track, old model score %.3f)",
+                 cid, n, tv.frames, score)
+        return cid

@@ -16,7 +16,7 @@ from werkzeug.exceptions import InternalServerError
 from dangol_protocol import Consent
 
 from ..enrol import DoorRule
-from ..gallery import AlreadyRegular, Customer, UnknownCustomer
+from ..gallery import AlreadyRegular, Customer, NoCurrentTemplate, UnknownCustomer
 from .deps import deps
 from .formatting import ago, seconds_ago
 from .menu import read_catalogue
@@ -210,6 +210,13 @@ def activate(customer_id: str):
                                      f"{regular}. Nothing was changed.",
                                 customer_id: f"Already a regular: {regular} (the same face). Discard this sign-up — "
                                              "they are greeted at the door as they are."}, values)
+    except NoCurrentTemplate as exc:
+        log.warning("staff page: not activated: %s", exc)
+        return staff_page(409, {"_": f"Sign-up {customer.short_code or ''} was not activated: re-enrol needed: no "
+                                     "template of the current model. Nothing was changed.",
+                                customer_id: "Re-enrol needed: no template of the current model (this sign-up was made "
+                                             "with the previous face model). Discard it and start a new sign-up."},
+                         values)
     except sqlite3.OperationalError as exc:
         return cannot_save("activated", customer_id, exc)
     session["staff_name"] = staff_name

@@ -193,13 +193,14 @@ def test_an_erased_customer_seen_during_an_upgrade_does_not_fail_the_frame(upgra
     try:
         assert rec.upgrade.matcher.customers == 2
         Gallery(cfg.gallery_path, file_sha256(model_path)).open().delete(lin)  # `dangol-edge customers delete`
-        frame = Frame(rgb=read_image(clips / "lin-manuel-miranda.png"), ts=0.0, index=0)
-        rec.process(frame)  # he walks in: the old model still knows him, the gallery does not
+        rgb = read_image(clips / "lin-manuel-miranda.png")
+        for i in range(cfg.tracker.min_votes):  # he walks in: the old model still knows him (its vote), the gallery not
+            rec.process(Frame(rgb=rgb, ts=i * 0.1, index=i))
         assert rec.upgrade.erased_dropped == 1
         assert lin not in rec.upgrade.loaded and rec.upgrade.matcher.customers == 1
         assert any("erased" in r.getMessage() for r in caplog.records)
         assert gallery.template_models().get(lin) is None
-        rec.process(frame)  # and again: nothing left to fail on
+        rec.process(Frame(rgb=rgb, ts=1.0, index=10))  # and again: nothing left to fail on
         assert rec.upgrade.erased_dropped == 1
     finally:
         rec.close()
