@@ -1,14 +1,17 @@
 """Recommender feedback: likes/dislikes per customer and item, and "shown pick bought" credits.
 
-* :func:`record_opinions` stores a like or dislike of an item and the products sold as it (the latest one counts;
-  ``none`` forgets it); a dislike takes them off the customer's stored menu at once (:func:`drop_disliked_picks`,
-  once per request), and :func:`republish_menus` sends that menu to the stores (from a background thread:
+* :func:`record_opinions` stores a like or dislike of the item named (the menu item the dashboard showed, or the
+  item the store API sent; never copied onto the POS products sold as it: a dislike is expanded through the
+  current mapping where it is used, :func:`dangol_cloud.menu_mapping.expand_dislikes`); the latest one counts,
+  ``none`` forgets it, and ``like``/``none`` also clear every dislike that rules the item out. A dislike takes
+  the item off the customer's stored menu at once (:func:`drop_disliked_picks`, once per request), and
+  :func:`republish_menus` sends that menu to the stores (from a background thread:
   :class:`dangol_cloud.background.MenuRepublisher`).
-* :func:`credit_shown_picks` attributes purchase lines to the visit whose screen showed the item: the
-  customer's latest visit at most :data:`CREDIT_WINDOW` before the purchase; one purchase line gives at most
-  one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice. A POS
-  product's sale counts for the menu item it is sold as (:mod:`dangol_cloud.menu_mapping`, as Analytics counts
-  it): the credit names the menu item shown (``pick_credits.item_id``), the purchase the product bought.
+* :func:`credit_shown_picks` and :func:`shown_and_ignored` (:mod:`dangol_cloud.feedback_credit`) attribute a
+  purchase line to the latest visit at most :data:`CREDIT_WINDOW` before it whose screen showed the item, and give
+  the showings no purchase followed. A POS product's sale counts for the menu item it is sold as
+  (:mod:`dangol_cloud.menu_mapping`, as Analytics counts it): the credit names the menu item shown
+  (``pick_credits.item_id``), the purchase the product bought.
 * :func:`training_feedback` gives the next training what it uses: per customer the disliked items (never
   offered again), extra positive interactions (a like; a shown pick bought, as the product bought: the
   recommender learns from products) and the picks shown and ignored
@@ -21,24 +24,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from zoneinfo import ZoneInfo
 
 import pandas as pd
-from sqlalchemy import func, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dangol_cloud.models import (CatalogueItem, Customer, PickCredit, PickOpinion, ProductMapping, Purchase, Visit,
-                                 utcnow)
+from dangol_cloud.feedback_credit import (CREDIT_WINDOW, clock_known, credit_shown_picks, local_naive,
+                                          shown_and_ignored, stores_without_clock)
+from dangol_cloud.models import CatalogueItem, Customer, PickCredit, PickOpinion, Purchase, utcnow
 
-__all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "credit_shown_picks", "disliked_items",
-           "drop_disliked_picks", "record_opinion", "record_opinions", "republish_menu", "republish_menus",
-           "ignored_as_products", "shown_and_ignored", "training_feedback"]
+__all__ = ["CREDIT_WINDOW", "OPINIONS", "TrainingFeedback", "clock_known", "credit_shown_picks", "disliked_items",
+           "dislikes_ruling_out", "drop_disliked_picks", "record_opinion", "record_opinions", "republish_menu",
+           "republish_menus", "ignored_as_products", "shown_and_ignored", "stores_without_clock",
+           "training_feedback"]
 
 log = logging.getLogger(__name__)
 
-#: A purchase this long after a visit is credited to the picks shown at that visit (a café stay).
-CREDIT_WINDOW = timedelta(hours=3)
 OPINIONS = ("like", "dislike", "none")
 
 
@@ -56,13 +57,20 @@ def record_opinion(session: Session, customer_id: str, item_id: str, opinion: st
 def record_opinions(session: Session, customer_id: str, item_ids: Iterable[str], opinion: str,
                     by: str | None = None) -> int:
     """Store the same ``opinion`` (``like``, ``dislike``, or ``none`` to forget it) of ``customer_id`` on each of
-    ``item_ids`` (e.g. a menu item and every POS product sold as it), in the caller's transaction, with a few
-    queries whatever the number of items. A dislike then takes them off the customer's stored menu, once for all
-    of them (:func:`drop_disliked_picks`); the caller commits, then has the menu published
-    (:func:`republish_menus`, e.g. through :class:`~dangol_cloud.background.MenuRepublisher`).
+    ``item_ids``, in the caller's transaction, with a few queries whatever the number of items.
+
+    The opinion is stored on what was named (the menu item the dashboard showed, or the item the store API sent),
+    never copied onto the POS products sold as it: training and publishing expand a dislike through the *current*
+    mapping (:func:`dangol_cloud.menu_mapping.ruled_out`, :func:`~dangol_cloud.menu_mapping.expand_dislikes`), so
+    a product re-mapped later follows its new menu item and one like is one training row. ``like`` and ``none``
+    first delete every dislike of this customer that rules the item out now (:func:`dislikes_ruling_out`: a
+    dislike of a product sold as it, of the menu item it is sold as, or of another product of that menu item), so
+    the item is offered again. A dislike takes the items off the customer's stored menu, once for all of them
+    (:func:`drop_disliked_picks`); the caller commits, then has the menu published (:func:`republish_menus`, e.g.
+    through :class:`~dangol_cloud.background.MenuRepublisher`).
 
     Returns:
-        Number of distinct items recorded (or forgotten).
+        Number of distinct items named (recorded or forgotten).
 
     Raises:
         ValueError: ``opinion`` is not one of :data:`OPINIONS`.
@@ -83,6 +91,10 @@ def record_opinions(session: Session, customer_id: str, item_ids: Iterable[str],
     missing = [i for i in ids if i not in known]
     if missing:
         raise LookupError(f"item {missing[0]!r}: no such catalogue item")
+    if opinion != "dislike":  # the named items' own rows are updated or deleted below
+        for row in dislikes_ruling_out(session, customer_id, ids):
+            if row.item_id not in rows:
+                session.delete(row)
     now = utcnow()
     for item_id in ids:
         row = rows.get(item_id)
@@ -94,10 +106,27 @@ def record_opinions(session: Session, customer_id: str, item_ids: Iterable[str],
             row = PickOpinion(customer_id=customer_id, item_id=item_id)
             session.add(row)
         row.opinion, row.at, row.by = opinion, now, by
+    session.flush()
     if opinion == "dislike" and ids:
-        session.flush()
         drop_disliked_picks(session, customer_id)
     return len(ids)
+
+
+def dislikes_ruling_out(session: Session, customer_id: str, item_ids: Iterable[str]) -> list[PickOpinion]:
+    """The customer's dislike rows that keep any of ``item_ids`` from being offered under the current mapping:
+    a row ``d`` rules item ``x`` out when ``x`` is in ``expand_dislikes({d})``, i.e. when
+    :func:`~dangol_cloud.menu_mapping.ruled_out` of ``d`` (``d`` and the menu item it is sold as) holds ``x`` or the
+    menu item ``x`` is sold as."""
+    from dangol_cloud.menu_mapping import menu_item_map, ruled_out
+
+    dislikes = session.scalars(select(PickOpinion).where(PickOpinion.customer_id == customer_id,
+                                                         PickOpinion.opinion == "dislike")).all()
+    if not dislikes:
+        return []
+    named = set(item_ids)
+    mapping = menu_item_map(session, named | {d.item_id for d in dislikes})
+    keys = named | {mapping[i] for i in named if mapping.get(i) is not None}
+    return [d for d in dislikes if ruled_out([d.item_id], mapping) & keys]
 
 
 def disliked_items(session: Session, customer_ids: list[str] | None = None) -> dict[str, set[str]]:
@@ -180,51 +209,6 @@ def republish_menus(db, settings, customer_ids: list[str]) -> int:
                        customer_ids=list(customer_ids)).menus
 
 
-def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW) -> int:
-    """Credit every not yet credited purchase line of an item shown at the customer's latest visit at most
-    ``window`` before it (the visit's ``shown_items``, best first). Returns the number of new credits.
-
-    A line of a POS product counts for the menu item it is sold as under the current mapping
-    (``coalesce(menu_item_id, item_id)``, as :func:`dangol_cloud.analytics.compute` translates it); a product
-    shown as itself (an unmapped product's pick, shown before the owner mapped it) counts as itself. The
-    credit's ``item_id`` is the item shown, so a later re-mapping does not move it.
-
-    Only purchases from the first visit with shown items on are looked at (imported history predates them).
-    """
-    first = session.scalar(select(func.min(Visit.ts)).where(Visit.customer_id.is_not(None)))
-    if first is None:
-        return 0
-    visits = pd.DataFrame(session.execute(
-        select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items).where(Visit.customer_id.is_not(None))
-    ).all(), columns=["visit_id", "customer_id", "ts", "shown"])
-    credited = select(PickCredit.purchase_id)
-    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)  # as Analytics translates a sale
-    purchases = pd.DataFrame(session.execute(
-        select(Purchase.id, Purchase.customer_id, Purchase.item_id, menu_item, Purchase.ts)
-        .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
-        .where(Purchase.ts >= first, Purchase.id.not_in(credited))
-    ).all(), columns=["purchase_id", "customer_id", "product", "menu_item", "ts"])
-    if purchases.empty or visits.empty:
-        return 0
-    for frame in (visits, purchases):
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    matched = pd.merge_asof(purchases.sort_values("ts"), visits.sort_values("ts"), on="ts", by="customer_id",
-                            direction="backward", tolerance=pd.Timedelta(window))
-    rows = []
-    for rec in matched.dropna(subset=["visit_id"]).itertuples(index=False):
-        shown = [str(x) for x in (rec.shown or [])]
-        # the menu item the product is sold as; else the product itself, if a screen showed it as such
-        item = rec.menu_item if rec.menu_item in shown else rec.product if rec.product in shown else None
-        if item is not None:
-            rows.append({"purchase_id": int(rec.purchase_id), "visit_id": int(rec.visit_id),
-                         "customer_id": rec.customer_id, "item_id": item,
-                         "shown_rank": shown.index(item), "at": rec.ts.to_pydatetime()})
-    if rows:
-        session.execute(insert(PickCredit), rows)
-    log.info("credited %d shown picks bought", len(rows))
-    return len(rows)
-
-
 @dataclass
 class TrainingFeedback:
     """What the next training uses.
@@ -237,8 +221,8 @@ class TrainingFeedback:
             ``store`` ""): one per like (at its time, local) and one per shown pick bought (at the purchase time,
             as the product bought, not the menu item credited), so a credited purchase counts twice.
         ignored: shown-and-ignored picks (``customer``, ``item``, ``ts`` naive local time of the visit): one row
-            per item shown at a visit of a known customer that got no credit from that visit, for visits at least
-            ``window`` old (so the outcome is known).
+            per item shown at a visit of a known customer and not bought within :data:`CREDIT_WINDOW` after it,
+            for visits at least that old (so the outcome is known): :func:`shown_and_ignored`.
     """
 
     dislikes: dict[str, set[str]] = field(default_factory=dict)
@@ -247,30 +231,10 @@ class TrainingFeedback:
     ignored: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["customer", "item", "ts"]))
 
 
-def _local(ts: pd.Series, tz: str) -> pd.Series:
-    return pd.to_datetime(ts, utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None).astype("datetime64[ns]")
-
-
-def shown_and_ignored(session: Session, tz: str = "UTC", window: timedelta = CREDIT_WINDOW) -> pd.DataFrame:
-    """Picks shown at a known customer's visit and not bought from it: ``customer``, ``item``, ``ts`` (the visit,
-    naive local time in ``tz``), one row per (visit, shown item) without a :class:`PickCredit` of that visit and
-    item (a credit names the item shown, so a menu item bought as a product sold as it is no such row), for visits
-    older than ``window`` (a later purchase could still be credited to a younger one). Call it after
-    :func:`credit_shown_picks`."""
-    cutoff = utcnow() - window
-    visits = session.execute(select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items)
-                             .where(Visit.customer_id.is_not(None), Visit.ts <= cutoff)).all()
-    credited = set(session.execute(select(PickCredit.visit_id, PickCredit.item_id)).all())
-    rows = [(customer, str(item), ts) for visit_id, customer, ts, shown in visits
-            for item in dict.fromkeys(shown or []) if (visit_id, str(item)) not in credited]
-    frame = pd.DataFrame(rows, columns=["customer", "item", "ts"])
-    frame["ts"] = _local(frame["ts"], tz)
-    return frame
-
-
-def training_feedback(session: Session, tz: str = "UTC") -> TrainingFeedback:
+def training_feedback(session: Session, tz: str = "UTC", *, timezone_set: bool = True) -> TrainingFeedback:
     """Read the opinions, credits and shown-and-ignored picks for a training run (see :class:`TrainingFeedback`);
-    times are converted to naive local time in ``tz``, as :func:`dangol_cloud.training.load_frames` does."""
+    times are converted to naive local time in ``tz``, as :func:`dangol_cloud.training.load_frames` does.
+    ``timezone_set``: whether the ``TIMEZONE`` setting was set (:func:`shown_and_ignored`)."""
     opinions = session.execute(select(PickOpinion.customer_id, PickOpinion.item_id, PickOpinion.opinion,
                                       PickOpinion.at)).all()
     dislikes: dict[str, set[str]] = {}
@@ -284,11 +248,10 @@ def training_feedback(session: Session, tz: str = "UTC") -> TrainingFeedback:
     rows += session.execute(select(PickCredit.customer_id, Purchase.item_id, PickCredit.at)
                             .join(Purchase, Purchase.id == PickCredit.purchase_id)).all()
     positives = pd.DataFrame(rows, columns=["customer", "item", "ts"])
-    local = pd.to_datetime(positives["ts"], utc=True).dt.tz_convert(ZoneInfo(tz)).dt.tz_localize(None)
-    positives["ts"] = local.astype("datetime64[ns]")
+    positives["ts"] = local_naive(positives["ts"], tz)
     positives["quantity"] = 1.0
     positives["store"] = ""
-    return TrainingFeedback(dislikes, positives, shown_and_ignored(session, tz))
+    return TrainingFeedback(dislikes, positives, shown_and_ignored(session, tz, timezone_set=timezone_set))
 
 
 def ignored_as_products(ignored: pd.DataFrame, mapping: Mapping[str, str | None], bought: pd.DataFrame

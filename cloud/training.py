@@ -138,11 +138,12 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
 
     step = progress or (lambda name: None)
     step("load")
+    timezone_set = settings.door_timezone is not None  # else imported sale times are wall clock, not UTC
     with db.transaction() as session:
-        credit_shown_picks(session)
+        credit_shown_picks(session, timezone_set=timezone_set)
     with db.sessions() as session:
         interactions, items = load_frames(session, settings.timezone)
-        feedback = training_feedback(session, settings.timezone)
+        feedback = training_feedback(session, settings.timezone, timezone_set=timezone_set)
         segments = _segments(session)
         menu_item_of = menu_item_map(session)  # POS product -> the menu item it is sold as
     if interactions.empty:

@@ -5,8 +5,11 @@ and the consent record belong to that id). If the same person already has a loya
 (imported or from the POS), the owner links the two: **the door enrolment's id survives** (the devices know it;
 no template moves), and the loyalty customer's purchases, door visits, pick credits and opinions, segment and
 loyalty reference (``external_ref`` and its keyed hash) move onto it; the loyalty record is then deleted. One
-audit entry (``customers-linked``, ids only) records it. Both menus are dropped: the next training computes
-the picks from the joined history.
+audit entry (``customers-linked``, ids only) records it. The loyalty record's menu is dropped; the door
+enrolment keeps the menu its door shows, without the picks the moved dislikes rule out
+(:func:`~dangol_cloud.feedback.drop_disliked_picks`), and the route republishes it at once (the app's
+:class:`~dangol_cloud.background.MenuRepublisher`), so a dislike the loyalty record carried leaves the door now;
+the next training computes the picks from the joined history.
 
 The loyalty customer may have consent of its own when it was recorded on the dashboard (a history customer is
 never enrolled at a door, so no device holds its face): the door enrolment's consent and face win, the dashboard
@@ -24,13 +27,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import abort, flash, redirect, request, url_for
+from flask import abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit
+from dangol_cloud.feedback import drop_disliked_picks
 from dangol_cloud.models import Customer, Device, Erasure, Menu, Purchase, Visit, external_ref_hash, utcnow
 from dangol_cloud.models_ops import CustomerSegment, MenuDayparts, PickCredit, PickOpinion
 from dangol_cloud.mqtt import MqttError
@@ -69,7 +73,9 @@ def find_loyalty_customer(session: Session, text: str) -> Customer | None:
 
 
 def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor: str) -> LinkReport:
-    """Merge ``loyalty`` into ``door`` (see the module docstring); the caller commits.
+    """Merge ``loyalty`` into ``door`` (see the module docstring); the caller commits, then republishes the door
+    customer's menu (:func:`~dangol_cloud.feedback.republish_menus`): its stored picks lose what the moved dislikes
+    rule out here.
 
     A ``loyalty`` customer with consent recorded on the dashboard is merged too: the door's consent wins, and an
     erasure of the loyalty id is queued for every device (its menu was sent with that consent); the caller then
@@ -105,8 +111,10 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
         if session.get(CustomerSegment, door.id) is None:
             session.add(CustomerSegment(customer_id=door.id, age_group=segment.age_group, area=segment.area))
         session.delete(segment)
-    for table in (Menu, MenuDayparts):  # both stale: the next training picks from the joined history
-        session.execute(delete(table).where(table.customer_id.in_([door.id, loyalty.id])))
+    for table in (Menu, MenuDayparts):  # the door's stays (what its door shows) until the next training
+        session.execute(delete(table).where(table.customer_id == loyalty.id))
+    session.flush()
+    drop_disliked_picks(session, door.id)  # ... without what the moved dislikes rule out
     ref, ref_hash = loyalty.external_ref, loyalty.external_ref_hash
     loyalty_id, had_consent = loyalty.id, loyalty.has_consent
     session.delete(loyalty)
@@ -149,7 +157,8 @@ def link(customer_id: str):
         title=f"Link {door.display_name or 'this door enrolment'} to {label}?", button="Link customers",
         detail=f"The {lines:,} purchase lines and the visits of {label} move to this customer, who keeps the "
                "name, consent and face templates from the door. The separate loyalty record is then deleted "
-               f"(written to the audit log); picks are recomputed at the next training.{consent} This cannot be "
+               f"(written to the audit log); what it said is not for them leaves this customer's menu now, and the "
+               f"picks are recomputed at the next training.{consent} This cannot be "
                "undone.",
         cancel_url=back, keep=[("loyalty", wanted)])
     if page is not None:
@@ -165,6 +174,8 @@ def link(customer_id: str):
     flash(f"Linked: {report.purchases:,} purchase lines and {report.visits:,} visits now belong to this customer. "
           "The picks follow at the next training.", "success")
     settings = get_settings()
+    if settings.mqtt_url:  # the door's menu without the moved dislikes, from the republisher's thread
+        current_app.extensions["dangol_republisher"].submit(door.id)
     if report.erasure_id and settings.mqtt_url:  # the old id's menu: cleared at every store
         try:
             republish_erasures(get_db(), settings)

@@ -71,10 +71,13 @@ def index():
                           .order_by(Customer.consent_at.is_(None), Customer.created_at.desc(), Customer.id)
                           .limit(PAGE).offset((page - 1) * PAGE)).all()
     ids = [c.id for c in customers]
-    bought = dict(s.execute(select(Purchase.customer_id, func.count()).where(Purchase.customer_id.in_(ids))
+    # counted at the staff user's stores only, as on the customer page (owners: every store)
+    bought = dict(s.execute(select(Purchase.customer_id, func.count())
+                            .where(Purchase.customer_id.in_(ids), *clauses(store_filter(Purchase.store_id)))
                             .group_by(Purchase.customer_id)).all()) if ids else {}
     visited = {cid: (n, last) for cid, n, last in s.execute(
-        select(Visit.customer_id, func.count(), func.max(Visit.ts)).where(Visit.customer_id.in_(ids))
+        select(Visit.customer_id, func.count(), func.max(Visit.ts))
+        .where(Visit.customer_id.in_(ids), *clauses(store_filter(Visit.store_id)))
         .group_by(Visit.customer_id))} if ids else {}
     rows = [(c, bought.get(c.id, 0), visited.get(c.id, (0, None))[0], visited.get(c.id, (0, None))[1])
             for c in customers]
@@ -100,7 +103,8 @@ def _visible_customer(s, customer_id: str) -> Customer:
 @bp.route("/<customer_id>")
 @login_required
 def show(customer_id: str):
-    """GET /customers/<id>: consent record, current picks and why, the menu items they do not want (a dislike takes
+    """GET /customers/<id>: consent record, current picks and why, the menu items they do not want (every menu item
+    their dislikes rule out under the current mapping, also through a product the store API named; a dislike takes
     the item off the picks; "Forget" undoes it), visits, purchases. A staff user sees the door arrivals,
     purchases, amounts and shop visits at their own stores only (owners: every store)."""
     s = get_session()
@@ -133,8 +137,8 @@ def show(customer_id: str):
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
                                .where(PickOpinion.customer_id == customer.id)).all()),
-                           disliked=s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(disliked), on_menu())
-                                              .order_by(CatalogueItem.name)).all())
+                           disliked=s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(banned), on_menu())
+                                              .order_by(CatalogueItem.name)).all())  # what the door never shows
 
 
 def _as_shown(s, raw: list[dict], banned: set[str] = frozenset()) -> tuple[list[tuple], int]:
@@ -153,9 +157,10 @@ def _as_shown(s, raw: list[dict], banned: set[str] = frozenset()) -> tuple[list[
 @bp.route("/<customer_id>/opinion", methods=["POST"])
 @login_required
 def opinion(customer_id: str):
-    """POST /customers/<id>/opinion: ``item`` (a menu item) and ``opinion`` (like, dislike, none), recorded for the
-    item and every POS product sold as it (the recommender learns on products) in one go
-    (:func:`~dangol_cloud.feedback.record_opinions`). A disliked item is taken off the customer's stored menu at
+    """POST /customers/<id>/opinion: ``item`` (a menu item) and ``opinion`` (like, dislike, none), recorded for that
+    item only (:func:`~dangol_cloud.feedback.record_opinions`: a dislike covers the POS products sold as it now or
+    later, through the current mapping; like and none clear every dislike that rules the item out, also one the
+    store API recorded on one of its products). A disliked item is taken off the customer's stored menu at
     once and never offered to them again; with a broker the app's republisher
     (:class:`~dangol_cloud.background.MenuRepublisher`) sends the new menu to the stores within moments, after
     the response (a broker that does not answer never holds up the request)."""
@@ -167,8 +172,7 @@ def opinion(customer_id: str):
     value = request.form.get("opinion", "")
     if value not in OPINIONS:
         abort(400)
-    products = s.scalars(select(ProductMapping.product_id).where(ProductMapping.menu_item_id == item.id)).all()
-    record_opinions(s, customer.id, [item.id, *products], value, by=current_user.email)
+    record_opinions(s, customer.id, [item.id], value, by=current_user.email)
     s.commit()
     said = {"like": "likes", "dislike": "does not want", "none": "has no recorded opinion on"}[value]
     name = customer.display_name or "this customer"

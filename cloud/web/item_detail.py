@@ -5,7 +5,9 @@ screens showed it and how often it was bought after being shown, and its POS cod
 on the catalogue blueprint.
 
 A staff user's numbers count their own stores only (sales, arrivals, credits and the regulars of their stores), as
-Analytics does (:func:`dangol_cloud.analytics.compute`); owners see every store."""
+Analytics does (:func:`dangol_cloud.analytics.compute`); owners see every store. With ``TIMEZONE`` unset, a note names
+the stores without a zone of their own, whose imported sales get no "bought after being shown" credit
+(:func:`dangol_cloud.feedback.stores_without_clock`)."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from sqlalchemy import func, select
 
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.charts import bar_chart
+from dangol_cloud.feedback import stores_without_clock
 from dangol_cloud.menu_mapping import menu_item_map, translate_picks
 from dangol_cloud.models import CatalogueItem, Customer, Menu, PickCredit, ProductMapping, Purchase, Visit
 from dangol_cloud.web.catalogue import bp
 from dangol_cloud.web.catalogue_form import menu_currency
-from dangol_cloud.web.scope import customer_filter, store_filter
+from dangol_cloud.web.scope import customer_filter, store_filter, store_scope
 
 WEEKS = 26
 
@@ -66,7 +69,10 @@ def detail(item_id: str):
     bought_after = s.scalar(select(func.count()).select_from(PickCredit)
                             .join(Purchase, Purchase.id == PickCredit.purchase_id)
                             .where(PickCredit.item_id == item.id, *at_stores))
+    # TIMEZONE unset: a store without a zone of its own has imported sale times that are not UTC (no credits)
+    unclocked = stores_without_clock(s, get_settings().door_timezone is not None, store_scope())
     chart = bar_chart(labels, weeks, label_every=4, title=f"Units sold per week: {item.name}") if labels else None
     currency, _differing = menu_currency(s, get_settings().currency)
     return render_template("item_detail.html", item=item, products=products, units=units, chart=chart,
-                           in_picks=in_picks, shown=shown, bought_after=bought_after, currency=currency)
+                           in_picks=in_picks, shown=shown, bought_after=bought_after, currency=currency,
+                           unclocked=unclocked)

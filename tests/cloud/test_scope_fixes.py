@@ -306,3 +306,31 @@ def test_purchases_stored_with_old_keys_are_rekeyed_by_the_migration(db_url, dat
         assert _import(database, both).inserted == 0
     finally:
         database.dispose()
+
+
+def test_staff_customer_list_counts_their_stores_only(chain, data_dir, tmp_path):
+    """Security review 2026-12-07: the customer list's Visits / Last visit / Purchases columns counted a shared
+    customer's activity at every store, while the customer page keeps other stores' out."""
+    app, db, ids = chain
+    records = ta_feng_records(data_dir, 400)
+    regular = max({r[0] for r in records}, key=lambda c: sum(r[0] == c for r in records))
+    theirs = [r for r in records if r[0] == regular]
+    assert len(theirs) >= 4
+    for name, part in (("main", theirs[:1]), ("harbour", theirs[1:])):
+        with db.transaction() as s:
+            import_rows(s, parse_purchases(write_csv(tmp_path / f"{name}.csv", part), "csv"), source="csv",
+                        key_prefix="csv", store_id=ids[name])
+    with db.transaction() as s:
+        customer = s.scalar(select(Purchase.customer_id).where(Purchase.store_id == ids["main"]))
+        for store, n in (("main", 1), ("harbour", 3)):
+            for day in range(n):
+                s.add(Visit(event_id=str(uuid.uuid4()), customer_id=customer, device_id=ids[f"{store}_device"],
+                            store_id=ids[store], ts=datetime(2001, 1, 1 + day + (10 if store == "harbour" else 0),
+                                                             9, 30, tzinfo=timezone.utc), shown_items=[]))
+    staff = app.test_client()
+    assert sign_in(staff, STAFF_EMAIL, STAFF_PASSWORD).status_code == 302
+    html = staff.get(f"/customers/?show=all&q={regular}").get_data(as_text=True)
+    row = re.search(r"<tr>\s*<td><a href=\"/customers/[^\"]+\">.*?</tr>", html, re.S).group(0)
+    visits, last, bought = [unescape(re.sub(r"<[^>]+>", "", c)).strip()
+                            for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[-3:]]
+    assert (visits, last, bought) == ("1", "2001-01-01 09:30", "1"), row
