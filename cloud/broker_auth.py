@@ -10,11 +10,23 @@ Two forms, both written by ``dangol-cloud broker-config``:
   :func:`plugin_conf` is the ``mosquitto.conf`` fragment that loads it.
 * :func:`password_lines` + :func:`acl_text` — a classic ``password_file`` and ``acl_file`` (topics only; the
   broker accepts any client id with them), kept for brokers without the plugin.
+
+The plugin reads its file only at start (a reload does not re-read it), so the dynamic-security config also gives
+the cloud's login the role :data:`LOGINS_ROLE`: it may send commands on the plugin's control topic
+(:data:`CONTROL_TOPIC`) and read their answers. The dashboard uses it to revoke a removed device's login and to
+replace a device's password **at once** (:func:`revoke_device_login`, :func:`replace_device_password`); the broker
+then also closes the device's open connection. A broker that refuses (a config written before this role existed,
+or the classic files) or does not answer raises :class:`BrokerLoginError`, and the dashboard says to run
+``broker-config`` and *restart* Mosquitto.
 """
 
 from __future__ import annotations
 
 import glob
+import json
+import logging
+import threading
+import uuid
 from pathlib import Path
 
 from sqlalchemy import select
@@ -24,8 +36,17 @@ import dangol_protocol as proto
 from dangol_cloud.models import Device
 from dangol_cloud.security import mosquitto_hash
 
-__all__ = ["PLUGIN_GLOBS", "QUEUE_LIMITS", "acl_text", "dynsec_config", "find_dynsec_plugin", "password_lines",
-           "plugin_conf"]
+__all__ = ["CONTROL_RESPONSE_TOPIC", "CONTROL_TOPIC", "LOGINS_ROLE", "PLUGIN_GLOBS", "QUEUE_LIMITS",
+           "BrokerLoginError", "acl_text", "dynsec_config", "find_dynsec_plugin", "password_lines", "plugin_conf",
+           "replace_device_password", "revoke_device_login"]
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+"""Where the dynamic-security plugin takes commands (Mosquitto 2.0); it answers on :data:`CONTROL_RESPONSE_TOPIC`."""
+CONTROL_RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
+LOGINS_ROLE = "dangol-cloud-logins"
+"""The cloud's role that may send commands to the plugin (and so change any login of this broker)."""
 
 PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
                 "/usr/local/lib/mosquitto_dynamic_security.so", "/usr/lib/*/mosquitto/mosquitto_dynamic_security.so")
@@ -78,19 +99,28 @@ def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> 
     """The dynamic-security plugin's JSON configuration (``plugin_opt_config_file``).
 
     Default access: nothing may be published or subscribed unless a role allows it. Role ``dangol-cloud``
-    (the cloud user, any client id): publish and subscribe ``dangol/v1/#``. One role per device: subscribe to
-    its store's catalogue, menus and erasures, publish its own events and status (and read its status back);
-    the device's client is pinned to ``clientid`` :func:`dangol_protocol.device_client_id`.
+    (the cloud user, any client id): publish and subscribe ``dangol/v1/#``; role :data:`LOGINS_ROLE` (the cloud
+    user too): send commands to the plugin and read their answers (revoking a device at once). One role per
+    device: subscribe to its store's catalogue, menus and erasures, publish its own events and status (and read its
+    status back); the device's client is pinned to ``clientid`` :func:`dangol_protocol.device_client_id`.
+    The plugin's ACL types grant a topic, not the retain flag (nor does ``acl_file``; ``retain_available`` is
+    global), so a device may publish a *retained* event: the cloud listener never applies one, dead-letters it once
+    and clears it (:mod:`dangol_cloud.events`).
 
     Raises:
         ValueError: a device's stored password hash is not in Mosquitto's ``$7$`` format, or a device's
             username is the cloud's.
     """
     clients = [{"username": cloud_user, "textname": "Dangol cloud service",
-                "roles": [{"rolename": "dangol-cloud"}], **_dynsec_password(mosquitto_hash(cloud_password))}]
+                "roles": [{"rolename": "dangol-cloud"}, {"rolename": LOGINS_ROLE}],
+                **_dynsec_password(mosquitto_hash(cloud_password))}]
     roles = [{"rolename": "dangol-cloud", "acls": [_acl("publishClientSend", "dangol/v1/#"),
                                                    _acl("subscribePattern", "dangol/v1/#"),
-                                                   _acl("unsubscribePattern", "dangol/v1/#")]}]
+                                                   _acl("unsubscribePattern", "dangol/v1/#")]},
+             {"rolename": LOGINS_ROLE, "acls": [_acl("publishClientSend", CONTROL_TOPIC),
+                                                _acl("publishClientReceive", CONTROL_RESPONSE_TOPIC),
+                                                _acl("subscribeLiteral", CONTROL_RESPONSE_TOPIC),
+                                                _acl("unsubscribeLiteral", CONTROL_RESPONSE_TOPIC)]}]
     for device in session.scalars(select(Device).order_by(Device.mqtt_username)):
         if device.mqtt_username == cloud_user:
             raise ValueError(f"device {device.id} has the cloud's MQTT username {cloud_user!r}; give it its own")
@@ -129,3 +159,103 @@ def plugin_conf(config_file: Path, plugin: str) -> str:
                       "allow_anonymous false", f"plugin {plugin}", f"plugin_opt_config_file {config_file}",
                       "# queued events of a disconnected session (the cloud listener during an outage): docs/mqtt.md",
                       *queue, "queue_qos0_messages false", ""])
+
+
+# --- changing a login on the running broker ---------------------------------------------------------------------
+class BrokerLoginError(RuntimeError):
+    """The broker did not apply a change of a device's login (unreachable, refused, no answer, or the plugin's own
+    error); the message says which."""
+
+
+def _answers(mqtt_url: str, commands: list[dict], *, client_id: str, timeout: float) -> list[dict]:
+    """Send ``commands`` to the dynamic-security plugin as the cloud's login and return its answers, in order.
+
+    Raises:
+        BrokerLoginError: naming the broker and what failed: connection, the response topic refused (the login
+            lacks :data:`LOGINS_ROLE`), the command refused, or no answer within ``timeout`` seconds (no plugin).
+    """
+    from dangol_cloud.mqtt import MqttError, connect, publish_all
+    from dangol_protocol.client import is_refusal
+
+    tag = uuid.uuid4().hex
+    commands = [{**command, "correlationData": f"{tag}-{n}"} for n, command in enumerate(commands)]
+    subscribed, answered = threading.Event(), threading.Event()
+    result: dict = {}
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        result["granted"] = not any(is_refusal(code) for code in reason_codes)
+        subscribed.set()
+
+    def on_message(client, userdata, message):
+        try:
+            responses = json.loads(message.payload)["responses"]
+            mine = [r for r in responses if str(r.get("correlationData", "")).startswith(tag)]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not the plugin's answer: say so
+            log.warning("unexpected message on %s ignored (%s: %s)", message.topic, type(exc).__name__, exc)
+            return
+        if mine:
+            result["responses"] = mine
+            answered.set()
+
+    try:
+        client = connect(mqtt_url, client_id, timeout=timeout, on_message=on_message, on_subscribe=on_subscribe)
+    except MqttError as exc:
+        raise BrokerLoginError(str(exc)) from exc
+    try:
+        client.subscribe(CONTROL_RESPONSE_TOPIC, qos=1)
+        if not subscribed.wait(timeout):
+            raise BrokerLoginError(f"no SUBACK for {CONTROL_RESPONSE_TOPIC} within {timeout:.0f} s")
+        if not result["granted"]:
+            raise BrokerLoginError("the broker does not let the cloud's login (DANGOL_MQTT_URL) change logins: its "
+                                   "dynamic-security config predates that role, or it runs without the plugin")
+        try:
+            publish_all(client, [(CONTROL_TOPIC, json.dumps({"commands": commands}).encode(), False)],
+                        timeout=timeout)
+        except MqttError as exc:
+            raise BrokerLoginError(str(exc)) from exc
+        if not answered.wait(timeout):
+            raise BrokerLoginError(f"no answer from the broker's dynamic-security plugin within {timeout:.0f} s "
+                                   "(is it loaded?)")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    by_tag = {r["correlationData"]: r for r in result["responses"]}
+    return [by_tag.get(c["correlationData"], {"error": "no answer"}) for c in commands]
+
+
+def revoke_device_login(mqtt_url: str, device_id: str, username: str, *, client_id: str,
+                        timeout: float = 5.0) -> None:
+    """Delete the removed device's login and role on the running broker: it cannot log in again, and the broker
+    closes a connection it has open. A login or role the broker does not have (the device was added after its last
+    ``broker-config``) is nothing left to revoke.
+
+    Raises:
+        BrokerLoginError: the broker could not be told or refused (the login may still work until ``broker-config``
+            and a restart).
+    """
+    answers = _answers(mqtt_url, [{"command": "deleteClient", "username": username},
+                                  {"command": "deleteRole", "rolename": f"device-{device_id}"}],
+                       client_id=client_id, timeout=timeout)
+    for what, answer in zip(("deleteClient", "deleteRole"), answers):
+        if answer.get("error") not in (None, "Client not found", "Role not found"):
+            raise BrokerLoginError(f"the broker refused {what} for {username}: {answer['error']}")
+    log.info("broker login of removed device %s (%s) revoked", device_id, username)
+
+
+def replace_device_password(mqtt_url: str, username: str, password: str, *, client_id: str,
+                            timeout: float = 5.0) -> None:
+    """Give the device's login on the running broker its new password: the old one stops working and the broker
+    closes a connection made with it.
+
+    Raises:
+        BrokerLoginError: the broker could not be told, refused, or has no login ``username`` yet (run
+            ``broker-config`` and restart Mosquitto).
+    """
+    (answer,) = _answers(mqtt_url, [{"command": "setClientPassword", "username": username, "password": password}],
+                         client_id=client_id, timeout=timeout)
+    if answer.get("error") == "Client not found":
+        raise BrokerLoginError(f"the broker has no login {username} yet (broker-config was not run since the device "
+                               "was added)")
+    if answer.get("error"):
+        raise BrokerLoginError(f"the broker refused the new password of {username}: {answer['error']}")
+    log.info("broker password of %s replaced", username)

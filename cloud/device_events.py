@@ -32,8 +32,10 @@ def _stored_payload(event) -> dict:
     return payload
 
 
-def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEvent) -> None:
+def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEvent) -> bool:
+    """Create or update the enrolled customer; True if this event made them active (they were not)."""
     customer = session.get(Customer, str(event.customer_id))
+    was_active = customer is not None and customer.status == "active"
     if customer is None:  # a new customer of this device's store
         customer = Customer(id=str(event.customer_id), source="edge", status="pending")
         session.add(customer)
@@ -49,6 +51,9 @@ def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
                        recorded_at=bounded_ts(event.consent.recorded_at, "consent recorded_at"),
                        actor=f"device:{device.id}", device_id=device.id)
     customer.status = event.status
+    if customer.status == "active" and customer.consent_at is None:  # checked first by device_trust
+        raise Refused(f"enrolment would make customer {customer.id} active without a consent record")
+    return customer.status == "active" and not was_active
 
 
 def _apply_erasure_request(session: Session, device: Device, event: proto.ErasureDoneEvent) -> None:
@@ -65,13 +70,17 @@ def _apply_erasure_request(session: Session, device: Device, event: proto.Erasur
                   device_id=device.id, detail="erased on the device; waiting for an owner to confirm everywhere")
 
 
-def apply_event(session: Session, device: Device, event, ts) -> None:
+def apply_event(session: Session, device: Device, event, ts) -> str | None:
     """Record a checked event (:func:`dangol_cloud.device_trust.check_event` gave its time ``ts``) in the caller's
     transaction: the event row (:func:`_stored_payload`), and an arrival's visit, an enrolment's customer and
     consent, an ``erasure-done``'s confirmation or, without an erasure id, the device's erasure request.
 
+    Returns:
+        The id of the customer this event made active (an enrolment moving them from pending or new to active),
+        else None: a re-sent or no-op ``active`` of an active customer returns None (nobody to welcome again).
+
     Raises:
-        Refused: an enrolment names a customer whose consent was withdrawn.
+        Refused: an enrolment names a customer whose consent was withdrawn, or would make one active without consent.
     """
     session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=ts,
                             payload=_stored_payload(event)))
@@ -84,8 +93,9 @@ def apply_event(session: Session, device: Device, event, ts) -> None:
                           store_id=device.store_id, ts=ts, confidence=event.confidence,
                           shown_items=list(event.shown_items)))
     elif isinstance(event, proto.EnrolmentEvent):
-        _apply_enrolment(session, device, event)
+        return str(event.customer_id) if _apply_enrolment(session, device, event) else None
     elif isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is not None:
         record_confirmation(session, session.get(Erasure, str(event.erasure_id)), device.id)
     elif isinstance(event, proto.ErasureDoneEvent):
         _apply_erasure_request(session, device, event)
+    return None

@@ -1,5 +1,15 @@
 """Device status (``status/1``) on the cloud: apply a report to its device's row, tell whether the device just
-came online, and clear a removed device's retained status.
+came online, and clear a removed device's retained status and events.
+
+The door's clock is not trusted (a Pi without a real-time clock boots on ``fake-hwclock``'s last saved time and
+steps when NTP answers): ``status_at`` is the time the cloud *received* the report, and reports are applied in the
+order they arrive — the listener applies one topic's messages in order (paho's network thread queues them as the
+broker sends them, one worker applies them first in, first out), and the broker keeps the order of one publisher's
+messages on one topic. The door's own ``ts`` is kept for information only, as ``clock_offset_s`` in the stored
+health (its ``ts`` minus the time received; negative: the door's clock is behind). A *retained* report, delivered on
+the listener's (re)subscription, was sent earlier: a retained ``online`` still dates the device now (it is connected,
+or the broker would retain its last will), a retained ``offline`` leaves ``status_at`` as it was (when the device went
+offline is not known: it stays last heard from then).
 
 The listener (:mod:`dangol_cloud.events`) takes status at QoS 0 (:data:`dangol_protocol.topics.STATUS_QOS`): the
 retained latest report is all the cloud needs. Unconfirmed erasures are re-sent to a device only when it *comes
@@ -13,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 
 import dangol_protocol as proto
 from dangol_cloud.models import Device, utcnow
 
-__all__ = ["apply_status", "came_online", "clear_retained_status"]
+__all__ = ["apply_status", "came_online", "clear_retained_status", "clear_retained_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +46,27 @@ def came_online(device: Device, status: proto.Status) -> bool:
     return before is not None and now is not None and now < before
 
 
-def apply_status(device: Device, status: proto.Status) -> tuple[bool, bool]:
-    """Record ``status`` on ``device`` (state, time, health) unless it is older than the stored one (a time ahead
-    of the cloud's clock counts as now). The caller commits.
+def apply_status(device: Device, status: proto.Status, *, retained: bool = False,
+                 received_at: datetime | None = None) -> bool:
+    """Record ``status`` on ``device``: its state and health, and ``status_at`` = ``received_at`` (default now),
+    whatever time the door's clock gave it — except a ``retained`` ``offline`` (the broker's stored copy, handed over
+    on subscription), which leaves ``status_at`` as it was (module docstring). The caller commits, in arrival
+    order.
 
     Returns:
-        ``(applied, came_online)``: whether it was recorded, and whether the device came online with it
-        (:func:`came_online`).
+        Whether the device came online with it (:func:`came_online`).
     """
-    ts = None if status.ts is None else min(status.ts, utcnow())
-    if ts is not None and device.status_at is not None and ts < device.status_at:
-        return False, False
+    received_at = received_at or utcnow()
     woke = came_online(device, status)
     device.state = status.state
-    device.status_at = ts or device.status_at
+    if not retained or status.state == "online":
+        device.status_at = received_at
     if status.health is not None:
-        device.health = status.health.model_dump(mode="json")
-    return True, woke
+        health = status.health.model_dump(mode="json")
+        if status.ts is not None and not retained:  # for information only: never used to order or date reports
+            health["clock_offset_s"] = round((status.ts - received_at).total_seconds())
+        device.health = health
+    return woke
 
 
 def clear_retained_status(mqtt_url: str, device_id: str, *, client_id: str = "dangol-cloud-publisher",
@@ -63,12 +78,30 @@ def clear_retained_status(mqtt_url: str, device_id: str, *, client_id: str = "da
         MqttError: the broker is unreachable, refuses or does not acknowledge (the listener then counts the stale
             status as ``forgotten-device`` on each reconnection; nothing else is affected).
     """
+    _clear(mqtt_url, [proto.status_topic(device_id)], client_id=client_id, timeout=timeout)
+    log.info("retained status of removed device %s cleared", device_id)
+
+
+def clear_retained_topics(mqtt_url: str, device_id: str, *, client_id: str = "dangol-cloud-publisher",
+                          timeout: float = 10.0) -> None:
+    """Publish the empty retained payload on ``device_id``'s status **and events** topics (QoS 1), for a removed
+    device: a retained event (which the listener never applies, :mod:`dangol_cloud.events`) would otherwise stay on
+    the broker. The listener counts the events topic's clear as ``forgotten-device`` (the device is gone).
+
+    Raises:
+        MqttError: the broker is unreachable, refuses or does not acknowledge.
+    """
+    _clear(mqtt_url, [proto.status_topic(device_id), proto.events_topic(device_id)], client_id=client_id,
+           timeout=timeout)
+    log.info("retained status and events of removed device %s cleared", device_id)
+
+
+def _clear(mqtt_url: str, topics: list[str], *, client_id: str, timeout: float) -> None:
     from dangol_cloud.mqtt import connect, publish_all
 
     client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}", timeout=timeout)
     try:
-        publish_all(client, [(proto.status_topic(device_id), b"", True)], timeout=timeout)
+        publish_all(client, [(topic, b"", True) for topic in topics], timeout=timeout)
     finally:
         client.disconnect()
         client.loop_stop()
-    log.info("retained status of removed device %s cleared", device_id)

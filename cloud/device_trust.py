@@ -9,7 +9,9 @@ the sending device's rights before anything is written (:func:`check_event`):
 * **enrolment**: a new customer id becomes a customer *of this device's store* (never the id of an erased
   customer, which every store saw in the retained menus); an existing customer may
   only be changed by the device that enrolled them, only while ``pending`` (a name or a consent record for
-  anybody else is refused, as is demoting an active customer). A customer whose consent was withdrawn
+  anybody else is refused, as is demoting an active customer). Status ``active`` needs a consent record: carried
+  by the event, or already stored (recorded on the dashboard); a bare ``active`` would make a customer active with
+  no consent and then refuse the real activation. A customer whose consent was withdrawn
   (status ``withdrawn``) is never enrolled again by a device, whatever the status or consent it sends.
 * **erasure-done** with an erasure id: only as the answer to that erasure, for exactly its customer, by one of
   its target devices or by another box at a target's store (added after the erasure, it receives the erasure's
@@ -19,9 +21,14 @@ the sending device's rights before anything is written (:func:`check_event`):
   device's staff page) it becomes an :class:`~dangol_cloud.models.ErasureRequest` naming the device, which an
   owner confirms or dismisses — never an automatic chain-wide erasure; and only for customers known at the
   device's store.
+* **retained** events: never applied (an event is sent once, never retained): :func:`record_retained_event`
+  dead-letters each retained message once (kind ``retained``), however often the broker hands it over again.
 * **timestamps**: ``ts`` (and a consent's ``recorded_at``) must lie in ``[now − MAX_EVENT_AGE,
   now + CLOCK_TOLERANCE]``; up to ``MAX_CLOCK_SKEW`` ahead it is clamped to the time received (a box
-  whose clock runs fast), further ahead or older it is refused. A status ``ts`` ahead is clamped.
+  whose clock runs fast), further ahead or older it is refused — except in an ``erasure-done`` answering an
+  erasure the cloud issued, recorded at the time received (the box deleted it after the PUBACK: a refusal would
+  leave the erasure pending for ever). A status ``ts`` is never trusted: the cloud records the time it received
+  the status (:mod:`dangol_cloud.device_status`).
 
 A refused message raises :class:`Refused`; :func:`record_dead_letter` keeps it (topic, reason, size,
 SHA-256 — never the payload, which may hold a name) in the bounded ``dead_letters`` table and counts it
@@ -44,7 +51,8 @@ from dangol_cloud.models import (
 )
 
 __all__ = ["CLOCK_TOLERANCE", "MAX_CLOCK_SKEW", "MAX_DEAD_LETTERS", "MAX_EVENT_AGE", "Refused", "bounded_ts",
-           "check_event", "dead_letter_count", "known_at_store", "record_dead_letter", "trust_summary"]
+           "check_event", "dead_letter_count", "known_at_store", "nul_field", "record_dead_letter",
+           "record_retained_event", "trust_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,9 @@ def _check_enrolment(session: Session, device: Device, event: proto.EnrolmentEve
     if event.consent is not None:
         bounded_ts(event.consent.recorded_at, "consent recorded_at")
     customer = session.get(Customer, customer_id)
+    if event.status == "active" and event.consent is None and (customer is None or customer.consent_at is None):
+        raise Refused(f"enrolment would make customer {customer_id} active without a consent record: an activation "
+                      "must carry the consent staff recorded")
     if customer is None:  # a new customer of this device's store, unless the id belonged to an erased one
         if session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id).limit(1)) is not None:
             raise Refused(f"enrolment names customer {customer_id}, who was erased: a new enrolment needs a new id")
@@ -167,12 +178,20 @@ def check_event(session: Session, device: Device, event) -> datetime:
     ``device_events``, or, once that row was pruned, an arrival's kept in ``visits``.
 
     Returns:
-        The event time to store (``event.ts``, or the time received if the device's clock is a little ahead).
+        The event time to store (``event.ts``, or the time received if the device's clock is a little ahead, or if
+        an ``erasure-done`` answering an erasure carries a time out of bounds).
 
     Raises:
         Refused: the device may not send this event; nothing may be written.
     """
-    ts = bounded_ts(event.ts, "ts")
+    try:
+        ts = bounded_ts(event.ts, "ts")
+    except Refused as exc:
+        if not (isinstance(event, proto.ErasureDoneEvent) and event.erasure_id is not None):
+            raise
+        ts = utcnow()  # the erasure id says what it answers; its rights are checked below as for any other
+        log.warning("erasure-done %s from device %s: %s; recorded at the time received", event.event_id, device.id,
+                    exc)
     owner = session.scalar(select(DeviceEvent.device_id).where(DeviceEvent.event_id == str(event.event_id)))
     if owner is None:  # an arrival whose event row was pruned (device_event_days): its visit keeps the id
         owner = session.scalar(select(Visit.device_id).where(Visit.event_id == str(event.event_id)))
@@ -192,7 +211,7 @@ def record_dead_letter(session: Session, *, topic: str, payload: bytes, kind: st
     """Keep one message that was acknowledged but not applied, and count it for its device.
 
     Args:
-        kind: ``invalid`` | ``refused`` | ``unknown-device`` | ``error``.
+        kind: ``invalid`` | ``refused`` | ``unknown-device`` | ``error`` | ``retained``.
         reason: why (no personal data: payload fields are never copied); a NUL character in it (a validation
             error quoting the bad character) is stored as ``\\x00``: PostgreSQL text cannot hold NUL.
         device_id: the device named by the topic, if it exists (counted in ``device_trust``).
@@ -218,6 +237,51 @@ def record_dead_letter(session: Session, *, topic: str, payload: bytes, kind: st
     if cut is not None:
         session.execute(delete(DeadLetter).where(DeadLetter.id <= cut))
     return letter
+
+
+RETAINED_REASON = ("a retained message on an events topic is never applied (an event is sent once, not retained); "
+                   "the listener clears it on the broker")
+
+
+def record_retained_event(session: Session, *, topic: str, payload: bytes) -> bool:
+    """Dead-letter a *retained* message on a device's events topic (kind ``retained``: never applied), once: the
+    same message (topic and SHA-256) already kept is not kept again — the broker hands it over on every
+    subscription until it is cleared. The caller commits.
+
+    Returns:
+        True if it was recorded now, False if it already was.
+    """
+    digest = hashlib.sha256(payload).hexdigest()
+    seen = session.scalar(select(DeadLetter.id).where(DeadLetter.kind == "retained", DeadLetter.sha256 == digest,
+                                                      DeadLetter.topic == topic.replace("\x00", "\\x00")[:255])
+                          .limit(1))
+    if seen is not None:
+        return False
+    try:
+        device_id = proto.parse_topic(topic).device_id
+    except proto.TopicError:
+        device_id = None
+    record_dead_letter(session, topic=topic, payload=payload, kind="retained", reason=RETAINED_REASON,
+                       device_id=device_id)
+    return True
+
+
+def nul_field(value, path: str = "payload") -> str | None:
+    """Dotted path of the first string containing U+0000 in a JSON-like value, or None (PostgreSQL text cannot
+    hold NUL, and no name or id needs one: such a message is a dead letter)."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = nul_field(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def trust_summary(session: Session) -> dict[str, TrustRow]:

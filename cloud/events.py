@@ -9,6 +9,12 @@ subscribes to ``dangol/v1/devices/+/events`` with QoS 1 and ``.../status`` with 
 enough; a QoS 0 subscription is never queued while the cloud is down, :data:`dangol_protocol.topics.STATUS_QOS`)
 in a persistent session and applies messages on its own worker thread (a bounded queue), acknowledging each once
 it was stored or dead-lettered. Status itself is applied by :mod:`dangol_cloud.device_status`.
+
+An event is sent once, never retained: a *retained* one (handed over on every subscription, applied again once its
+``device_events`` row was pruned) is counted (``retained``), dead-lettered once and cleared on the broker by the
+listener, never applied. Its events subscription is *no local* (it never receives its own clear) and *retain as
+published* (a retained event published while it listens is seen as one). Mosquitto cannot forbid it: its ACLs
+(dynamic security, ``acl_file``) grant topics, not the retain flag; ``retain_available`` is global.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import threading
 from collections.abc import Callable
 from enum import Enum
 
+from paho.mqtt.client import MQTT_ERR_SUCCESS
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
@@ -27,7 +35,7 @@ from dangol_cloud.background import ErasureResender
 from dangol_cloud.db import Database
 from dangol_cloud.device_events import apply_event
 from dangol_cloud.device_status import apply_status
-from dangol_cloud.device_trust import Refused, check_event, record_dead_letter
+from dangol_cloud.device_trust import Refused, check_event, nul_field, record_dead_letter, record_retained_event
 from dangol_cloud.models import Device, DeviceEvent
 from dangol_cloud.mqtt import connect_options, new_client
 from dangol_protocol.client import is_refusal, refusals
@@ -52,8 +60,11 @@ class Outcome(str, Enum):
     UNKNOWN_DEVICE = "unknown-device"
     ERROR = "error"
     IGNORED = "ignored"
-    #: a retained status of a device that no longer exists (removed): counted, never dead-lettered
+    #: a retained status of a device that no longer exists (removed), or the cloud's clear of such a device's events
+    #: topic: counted, never dead-lettered
     FORGOTTEN_DEVICE = "forgotten-device"
+    #: a retained message on an events topic: never applied, dead-lettered once, cleared by the listener
+    RETAINED = "retained"
 
 
 def _topic_device(topic: str) -> str | None:
@@ -69,27 +80,58 @@ def _dead_letter(db: Database, topic: str, payload: bytes, kind: str, reason: st
                            device_id=_topic_device(topic))
 
 
+def _not_an_event(db: Database, topic: str, payload: bytes, retained: bool) -> Outcome | None:
+    """The outcome of an empty or retained message on an events topic (:func:`handle_message`), else None."""
+    device_id = _topic_device(topic)
+    if device_id is None or proto.parse_topic(topic).kind is not proto.TopicKind.EVENTS:
+        return None
+    if proto.is_retained_clear(payload):  # an event is never empty: only the cloud clears a removed device's topic
+        with db.sessions() as session:
+            if session.get(Device, device_id) is None:
+                log.info("empty payload on %r ignored (a removed device's topic cleared)", topic)
+                return Outcome.FORGOTTEN_DEVICE
+        log.warning("dead letter on %r: empty payload on an events topic", topic)
+        _dead_letter(db, topic, b"", "invalid", "empty payload on an events topic (only the cloud clears it)")
+        return Outcome.INVALID
+    if not retained:
+        return None
+    with db.transaction() as session:
+        new = record_retained_event(session, topic=topic, payload=payload)
+    log.warning("retained message on %r never applied (dead-lettered%s); clearing it", topic, "" if new else " before")
+    return Outcome.RETAINED
+
+
 def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool = False,
-                   came_online: Callable[[str], object] | None = None) -> Outcome:
+                   came_online: Callable[[str], object] | None = None,
+                   activated: Callable[[str], object] | None = None) -> Outcome:
     """Validate one message from a device topic, check it against the device's rights and record it in
     its own transaction.
 
-    ``retained``: the broker delivered it as a retained message (on subscription), not live. ``came_online``:
-    called with the device id, after the commit, when a status shows the device coming online
-    (:func:`dangol_cloud.device_status.came_online`).
+    ``retained``: the broker delivered it as a retained message (on subscription, or live with the listener's
+    *retain as published*), not a live one. ``came_online``: called with the device id, after the commit, when a
+    status shows the device coming online (:func:`dangol_cloud.device_status.came_online`). ``activated``: called
+    with the customer id, after the commit, when an enrolment made a customer active (not on a no-op ``active``).
+
+    A retained message on an events topic is never applied: ``RETAINED``, dead-lettered once (the caller clears it).
+    An empty payload (a clear) is ignored on status topics, a dead letter on an events topic unless its device is
+    gone (``FORGOTTEN_DEVICE``: the cloud's clear of a removed device's topic).
 
     Events: each ``event_id`` is stored once (a replay by the same device is a no-op; by another device it
     is refused). Arrivals become visits, enrolments create/activate customers of the device's store,
     erasure-done confirms an erasure sent to the device or records the device's erasure request. Status
-    updates the device's ``state``/``health`` (only if newer; a time ahead of the cloud's clock counts as
-    now). Anything invalid, refused, from an unknown device, or failing to apply is logged with topic and
-    reason and written to the dead-letter table (:func:`dangol_cloud.device_trust.record_dead_letter`) — except
-    a *retained* status of an unknown device (a removed device's last report): ``FORGOTTEN_DEVICE``, not kept.
+    updates the device's ``state``/``health`` in arrival order, ``status_at`` the time received
+    (:func:`dangol_cloud.device_status.apply_status`). Anything invalid, refused, from an unknown device, or failing
+    to apply is logged with topic and reason and written to the dead-letter table
+    (:func:`dangol_cloud.device_trust.record_dead_letter`) — except a *retained* status of an unknown device (a
+    removed device's last report): ``FORGOTTEN_DEVICE``, not kept.
 
     Returns:
         The :class:`Outcome`. Never raises for bad input; errors in :data:`DATABASE_TROUBLE` (database down
         or broken) propagate, and the caller must not acknowledge the message.
     """
+    outcome = _not_an_event(db, topic, payload, retained)
+    if outcome is not None:
+        return outcome
     if proto.is_retained_clear(payload):
         return Outcome.IGNORED
     try:
@@ -98,13 +140,13 @@ def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool =
         log.warning("dead letter: %s", exc)
         _dead_letter(db, topic, payload, "invalid", exc.reason)
         return Outcome.INVALID
-    field = _nul_field(message.model_dump(mode="json", by_alias=True))
+    field = nul_field(message.model_dump(mode="json", by_alias=True))
     if field is not None:  # PostgreSQL text cannot hold NUL, and no name or id needs one
         log.warning("dead letter on %r: %s contains a NUL character", topic, field)
         _dead_letter(db, topic, payload, "invalid", f"{field} contains a NUL character")
         return Outcome.INVALID
     try:
-        outcome, woke = _store(db, topic, message)
+        outcome, woke, made_active = _store(db, topic, message, retained=retained)
     except Refused as exc:
         log.warning("refused message on %r from device %s: %s", topic, message.device_id, exc)
         _dead_letter(db, topic, payload, "refused", str(exc))
@@ -132,44 +174,28 @@ def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool =
         return Outcome.ERROR
     if woke and came_online is not None:
         came_online(str(message.device_id))
+    if made_active is not None and activated is not None:
+        activated(made_active)
     return outcome
 
 
-def _store(db: Database, topic: str, message) -> tuple[Outcome, bool]:
-    """Apply a validated message in one transaction; returns the outcome and whether a status showed the device
-    coming online. Raises Refused, or LookupError for an unknown device."""
+def _store(db: Database, topic: str, message, *, retained: bool) -> tuple[Outcome, bool, str | None]:
+    """Apply a validated message in one transaction; returns the outcome, whether a status showed the device
+    coming online, and the customer an enrolment made active. Raises Refused, or LookupError for an unknown device."""
     device_id = str(message.device_id)
     with db.transaction() as session:
         device = session.get(Device, device_id)
         if device is None:
             raise LookupError(f"unknown device {device_id}")
         if isinstance(message, proto.Status):
-            applied, woke = apply_status(device, message)
-            return (Outcome.STORED if applied else Outcome.IGNORED), woke
+            return Outcome.STORED, apply_status(device, message, retained=retained), None
         stored_by = session.scalar(select(DeviceEvent.device_id).where(DeviceEvent.event_id == str(message.event_id)))
         if stored_by == device.id:
             log.info("duplicate event %s on %r ignored", message.event_id, topic)
-            return Outcome.DUPLICATE, False
+            return Outcome.DUPLICATE, False, None
         ts = check_event(session, device, message)
-        apply_event(session, device, message, ts)
-    return Outcome.STORED, False
-
-
-def _nul_field(value, path: str = "payload") -> str | None:
-    """Dotted path of the first string containing U+0000 in a JSON-like value, or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _nul_field(item, f"{path}.{key}")
-        if found is not None:
-            return found
-    return None
+        made_active = apply_event(session, device, message, ts)
+    return Outcome.STORED, False, made_active
 
 
 class Listener:
@@ -178,8 +204,9 @@ class Listener:
     Args:
         db: the database to write to.
         mqtt_url: broker URL (``mqtt://user:password@host:port``).
-        on_activated: called with the customer id after an ``enrolment`` event made a customer active
-            (e.g. to publish their first menu); its exceptions are logged and counted in ``follow_up_failures``.
+        on_activated: called with the customer id after an ``enrolment`` event made a customer active — once: not
+            for a re-sent or no-op ``active`` (e.g. to publish their first menu); its exceptions are logged and
+            counted in ``follow_up_failures``.
         on_erasures: called with a device id when that device comes online — its state was ``offline`` or
             unknown, or its status shows a restart (:func:`dangol_cloud.device_status.came_online`), never on
             each health report — to re-send the erasures it has not confirmed. Never on the worker: it is handed to
@@ -204,7 +231,8 @@ class Listener:
     counted in ``failures``) until the database answers or the listener stops (then the broker redelivers it).
 
     ``start()`` connects in the background and subscribes (also after every reconnection); a broker that
-    is down at start or later is retried with back-off. ``stop()`` disconnects.
+    is down at start or later is retried with back-off. ``stop()`` disconnects. A retained event is cleared, not
+    waited for: :attr:`retained_cleared`, :attr:`retained_clear_failures` (it comes back, counted, not re-kept).
     """
 
     def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
@@ -223,6 +251,8 @@ class Listener:
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.failures = 0
         self.follow_up_failures = 0  # on_activated calls that raised (logged; the menu goes out with the next publish)
+        self.retained_cleared = 0  # retained events cleared on the broker (its PUBACK said so)
+        self.retained_clear_failures = 0  # clears not sent or refused by the broker (logged)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
         self._generation = 0
@@ -233,7 +263,25 @@ class Listener:
             log.error("MQTT broker refused the listener: %s", reason_code)
             return
         self._generation += 1  # message ids of an earlier connection must not be acknowledged on this one
-        client.subscribe(proto.device_subscriptions())
+        client.subscribe([(topic, SubscribeOptions(qos=qos, noLocal=True, retainAsPublished=True))
+                          if topic == proto.ALL_DEVICE_EVENTS else (topic, SubscribeOptions(qos=qos))
+                          for topic, qos in proto.device_subscriptions()])  # events: retained seen, own clears not
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if is_refusal(reason_code):  # the listener publishes only the clears of retained events
+            self.retained_clear_failures += 1
+            log.error("the broker refused to clear a retained event (message %d): %s", mid, reason_code)
+        else:
+            self.retained_cleared += 1
+
+    def _clear_retained(self, topic: str) -> None:
+        """Publish the empty retained payload on ``topic`` (QoS 1, not waited for: :meth:`_on_publish` counts)."""
+        client = self.client
+        rc = client.publish(topic, b"", qos=1, retain=True).rc if client is not None else None
+        if rc != MQTT_ERR_SUCCESS:  # paho may still send it after reconnecting; else it comes back, counted once
+            self.retained_clear_failures += 1
+            log.warning("retained event on %r not cleared now (%s); it is counted, not dead-lettered, if it comes "
+                        "back", topic, "stopping" if rc is None else rc)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = refusals(reason_codes)
@@ -261,9 +309,11 @@ class Listener:
     def _process(self, generation: int, topic: str, payload: bytes, mid: int, qos: int, retained: bool) -> None:
         delay = 1.0
         woke: list[str] = []
+        activated: list[str] = []
         while True:
             try:
-                outcome = handle_message(self.db, topic, payload, retained=retained, came_online=woke.append)
+                outcome = handle_message(self.db, topic, payload, retained=retained, came_online=woke.append,
+                                         activated=activated.append)
                 break
             except DATABASE_TROUBLE:  # not the message's fault: keep it, retry; unacknowledged if we stop
                 self.failures += 1
@@ -279,17 +329,18 @@ class Listener:
         if client is not None and generation == self._generation:
             client.ack(mid, qos)  # a message of an older connection is redelivered (deduplicated on event_id)
         self.counts[outcome] += 1
+        if outcome is Outcome.RETAINED:
+            self._clear_retained(topic)
         if outcome is Outcome.STORED:
-            self._after_stored(topic, payload, woke)
+            self._after_stored(activated, woke)
 
-    def _after_stored(self, topic: str, payload: bytes, woke: list[str]) -> None:
-        event = proto.parse_payload(topic, payload)  # already validated: cannot fail
-        if self.on_activated is not None and isinstance(event, proto.EnrolmentEvent) and event.status == "active":
+    def _after_stored(self, activated: list[str], woke: list[str]) -> None:
+        for customer_id in activated if self.on_activated is not None else ():  # made active by this very event
             try:
-                self.on_activated(str(event.customer_id))
-            except Exception:  # the visit/enrolment is stored; the menu goes out with the next publish
+                self.on_activated(customer_id)
+            except Exception:  # the enrolment is stored; the menu goes out with the next publish
                 self.follow_up_failures += 1
-                log.exception("welcoming newly active customer %s failed", event.customer_id)
+                log.exception("welcoming newly active customer %s failed", customer_id)
         for device_id in woke if self.resender is not None else ():
             self.resender.submit(device_id)  # returns at once: the re-send runs on the resender's thread
 
@@ -313,6 +364,7 @@ class Listener:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         client.on_connect_fail = lambda c, u: log.warning("MQTT broker %s:%s unreachable; retrying", host, port)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         self._stopping.clear()

@@ -34,6 +34,23 @@ def default_cloud_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "dangol-cloud"
 
 
+def _shown(url: str) -> str:
+    """``url`` as an error message may show it: scheme, host and port only (never the user, password, path or
+    query), as :class:`dangol_protocol.client.MqttUrlError` does; ``(not a URL)`` when it has no ``scheme://``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        return "(not a URL)"
+    if not parts.scheme or "://" not in url:
+        return "(not a URL)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host or ''}" + (f":{port}" if port else "")
+
+
 class Settings(BaseSettings):
     """Cloud service settings.
 
@@ -89,7 +106,8 @@ class Settings(BaseSettings):
             ignores them, so a client cannot choose the address the sign-in limits see.
     """
 
-    model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid")
+    # hide_input_in_errors: pydantic's own error text never repeats a value (a URL's password, a key)
+    model_config = SettingsConfigDict(env_prefix="DANGOL_", extra="forbid", hide_input_in_errors=True)
 
     cloud_home: Path = Field(default_factory=default_cloud_home)
     database_url: str | None = None
@@ -142,7 +160,7 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http(s):// URL")
+            raise ValueError(f"{_shown(value)!r} is not an http(s):// URL")
         return value.rstrip("/")
 
     @field_validator("timezone")
@@ -161,9 +179,26 @@ class Settings(BaseSettings):
     def _check_mqtt_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"{value!r} is not mqtt://[user:password@]host[:port]")
+        from dangol_protocol.client import parse_url
+
+        parse_url(value)  # MqttUrlError (a ValueError) names scheme, host and port, never the password
+        if urlsplit(value).scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL {_shown(value)!r}: expected mqtt://[user:password@]host[:port] or mqtts://…")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError) as exc:  # a bad port is a ValueError; the message never repeats the URL
+            raise ValueError(f"{_shown(value)!r} is not a SQLAlchemy database URL ({type(exc).__name__}); expected "
+                             "e.g. postgresql+psycopg://user@host/db or sqlite:////path/dangol.sqlite") from None
         return value
 
     @classmethod

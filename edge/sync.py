@@ -19,6 +19,9 @@
   bounded), so a refusal is never mistaken for a success and a leftover acknowledgement never settles a later
   event. After a reconnect or a restart the unacknowledged ones are sent again, so delivery is at-least-once and
   the cloud's deduplication on ``event_id`` makes it exactly-once from the cloud's point of view.
+* **Status**: ``online`` with health every ``status_interval_s`` and right after every connection (the broker
+  publishes the retained last will ``offline`` when a connection drops): :meth:`MQTTSync.take_status_due`, published
+  by the housekeeping worker on its own thread.
 * **Storage faults**: a catalogue or menu that cannot be saved is held and saved later (above). When the
   acknowledgement of an event cannot be recorded (disk full, read-only medium) the event
   stays unacknowledged and is sent again; when a pass of the flusher fails (e.g. the outbox cannot be read)
@@ -137,6 +140,9 @@ class MQTTSync(Uplink):
         self.refused_subscriptions = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        #: set by every successful connection (the broker may have published the retained last will ``offline``):
+        #: the housekeeping worker then publishes ``online`` on its own thread (:meth:`take_status_due`)
+        self._status_due = threading.Event()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.erasures = CloudErasures(state, self.events, events_topic(device_id),
@@ -205,6 +211,7 @@ class MQTTSync(Uplink):
         log.info("connected to the broker (session present: %s)", flags.session_present)
         client.subscribe(store_subscriptions(self.store_id))
         self.connected.set()
+        self._status_due.set()  # the broker may have published the last will: say online again (housekeeping)
         self._wake.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -290,9 +297,19 @@ class MQTTSync(Uplink):
                 c.subscribe(store_subscriptions(self.store_id))
         return left
 
+    def take_status_due(self) -> bool:
+        """Whether a connection was made since ``online`` was last published (the broker may retain the last will
+        ``offline``); clears the request. The housekeeping worker polls it and publishes :meth:`publish_status` with
+        fresh health on its own thread: ``online`` follows a connection within half a second."""
+        due = self._status_due.is_set()
+        self._status_due.clear()
+        return due
+
     def publish_status(self, health: Health) -> None:
-        """Publish ``online`` with health on the retained status topic (skipped while disconnected)."""
+        """Publish ``online`` with health on the retained status topic (skipped while disconnected: the next
+        connection asks for it again, :meth:`take_status_due`)."""
         if self._client is not None and self.connected.is_set():
+            self._status_due.clear()  # before publishing: a connection made meanwhile asks again
             self._publish(status_topic(self.device_id),
                           dump_payload(Status(device_id=self.device_id, state="online", ts=datetime.now(timezone.utc),
                                               health=health, software_version=self.software_version)),

@@ -99,13 +99,12 @@ def menu_currency(session, default: str) -> tuple[str, list[tuple[str, str]]]:
 def hold_photo(form, slot: str) -> None:
     """Keep the photo attached to ``form`` (refused for another field) for form ``slot`` ("new" or the item id),
     replacing one held before; nothing when no photo was attached or the photo itself was refused."""
-    from dangol_cloud.web.photos import prepare_photo
+    from dangol_cloud.web.photos import prepared_upload
 
     file = form.photo.data
     if form.photo.errors or not file or not getattr(file, "filename", ""):
         return
-    file.seek(0)
-    data = prepare_photo(file.read())  # as a saved photo: upright, resized, without EXIF
+    data = prepared_upload(form.photo)  # as a saved photo (made by the form's check: no second decode)
     drop_held()
     folder = get_settings().photos_dir / "held"
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired, MultipleFileField
 from wtforms import BooleanField, DecimalField, EmailField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, StopValidation, ValidationError
 
-#: Largest catalogue photo accepted: 8 MiB and 40 megapixels (a phone photo is ~12 MP; Pillow's own
-#: decompression-bomb guard starts at ~89 MP).
-MAX_PHOTO_BYTES = 8 * 1024 * 1024
-MAX_PHOTO_PIXELS = 40_000_000
+# the photo limits (8 MiB, 16 megapixels, pixels per byte) live with the decoding in dangol_cloud.web.photos
+from dangol_cloud.web.photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, PhotoError, checked_photo  # noqa: F401
+
 #: Highest price of an item, in the café's currency (major units). A café item never costs more in any currency
 #: (a whole-cake order in Vietnamese đồng or Indonesian rupiah is a few million), so a larger number is a typo;
 #: and below it every price is a finite float carried to the cent by JSON, the ``catalogue/1`` protocol (which
@@ -22,40 +19,25 @@ PRICE_MESSAGE = f"Enter a price from 0 to {MAX_PRICE:,} (a finite number)."
 
 
 def valid_image(form, field) -> None:
-    """WTForms validator: the upload is a readable JPEG, PNG or WebP within the size limits above.
+    """WTForms validator: the upload is a readable JPEG, PNG or WebP within the limits of
+    :func:`dangol_cloud.web.photos.checked_photo`, which decodes it once; its stored form is kept as
+    ``field.prepared_photo`` for the save (:func:`~dangol_cloud.web.photos.prepared_upload`), so the photo is never
+    decoded a second time.
 
     Raises:
-        ValidationError: naming what is wrong (too large, not an image, truncated/corrupt, too many pixels).
+        ValidationError: naming what is wrong (too large, not an image, truncated/corrupt, too many pixels, a flat
+            image compressed far more than a photo).
     """
+    field.prepared_photo = None
     file = field.data
     if not file or not getattr(file, "filename", ""):
         return
-    from PIL import Image, UnidentifiedImageError
-
     data = file.read(MAX_PHOTO_BYTES + 1)
     file.seek(0)
-    if len(data) > MAX_PHOTO_BYTES:
-        raise ValidationError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MiB")
-    import io
-
-    too_large = (f"the photo has {{}} pixels; at most {MAX_PHOTO_PIXELS // 1_000_000} megapixels: "
-                 f"export it smaller (the door screen shows it at most 800 pixels wide)")
-    problem = None  # ValidationError is a ValueError: raised only outside the try, never re-labelled
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ("JPEG", "PNG", "WEBP"):
-                problem = f"the photo is {image.format}, not JPEG, PNG or WebP"
-            elif image.width * image.height > MAX_PHOTO_PIXELS:
-                problem = too_large.format(f"{image.width}×{image.height} ({image.width * image.height / 1e6:.0f} MP)")
-            else:
-                image.load()  # decodes every pixel: a truncated or corrupt file fails here
-    except Image.DecompressionBombError as exc:  # Pillow refuses to open it at all (> ~179 MP)
-        size = re.search(r"(\d+) pixels", str(exc))
-        problem = too_large.format(f"{int(size.group(1)) / 1e6:.0f} million" if size else "too many")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        problem = f"the photo cannot be read as an image ({type(exc).__name__})"
-    if problem:
-        raise ValidationError(problem)
+        field.prepared_photo = checked_photo(data)
+    except PhotoError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def finite_price(form, field) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from pathlib import Path
+import unicodedata
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
@@ -23,6 +25,8 @@ from dangol_cloud.web.scope import store_filter, store_scope
 log = logging.getLogger(__name__)
 bp = Blueprint("purchases", __name__, url_prefix="/purchases")
 PAGE = 25
+#: Longest uploaded file name shown (characters); a longer one is cut in the middle.
+NAME_MAX = 100
 
 
 def _recent(page: int):
@@ -76,20 +80,20 @@ def index():
     elif valid:
         folder = tempfile.TemporaryDirectory(prefix="dangol-upload-")
         paths, names = [], []
-        for n, upload in enumerate(form.file.data):
-            name = Path(upload.filename or f"upload-{n}.csv").name or f"upload-{n}.csv"
-            path = Path(folder.name) / f"{n}-{name}"
+        for n, upload in enumerate(form.file.data, start=1):
+            path = Path(folder.name) / f"upload-{n}.csv"  # never the browser's name: it may be 300 bytes or hold NUL
             upload.save(path)
             paths.append(path)
-            names.append(name)
+            names.append(shown_name(upload.filename, n))
         try:
             detected = detect_files(paths, form.format.data)
+            detected = replace(detected, notes=tuple(_as_uploaded(note, names) for note in detected.notes))
             store_id = form.store.data if form.store.data in {sid for sid, _ in stores} else None
             job = import_jobs().start(get_db(), get_settings(), detected, folder, files=names, store_id=store_id,
                                       allowed_stores=scope, started_by=current_user.id)
         except ImportFormatError as exc:
             folder.cleanup()
-            error = re.sub(r"\b\d+-(?=[^ ]+\.(csv|txt))", "", str(exc).replace(folder.name + "/", ""))
+            error = _as_uploaded(str(exc).replace(folder.name + "/", ""), names)
             log.warning("purchase upload refused: %s", error)
             status = 422
         else:
@@ -104,6 +108,23 @@ def index():
     rows, total = _recent(page)
     return render_template("purchases.html", form=form, error=error, rows=rows, total=total, page=page,
                            pages=max((total + PAGE - 1) // PAGE, 1), running=import_jobs().running()), status
+
+
+def shown_name(filename: str | None, n: int) -> str:
+    """The uploaded file's name as the pages show it: its last path part, without control or format characters
+    (NUL, escapes, a right-to-left override), at most :data:`NAME_MAX` characters (the middle cut); ``file N`` when
+    nothing is left. Only shown: the upload is saved as ``upload-N.csv``."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn")).strip()
+    if len(name) > NAME_MAX:
+        name = f"{name[:NAME_MAX - 12]}…{name[-11:]}"
+    return name or f"file {n}"
+
+
+def _as_uploaded(text: str, names: list[str]) -> str:
+    """``text`` (an import message) with each saved ``upload-N.csv`` replaced by the name it was uploaded as."""
+    return re.sub(r"\bupload-(\d+)\.csv\b",
+                  lambda m: names[int(m.group(1)) - 1] if 0 < int(m.group(1)) <= len(names) else m.group(0), text)
 
 
 def _refused_store(chosen: str | None, scope: frozenset[str] | None, stores) -> tuple[str, int] | None:
@@ -125,4 +146,5 @@ def job(job_id: str):
     found = import_jobs().get(job_id)
     if found is None or (store_scope() is not None and found.started_by != current_user.id):
         abort(404)
-    return render_template("import_job.html", job=found)
+    # its error names the files as uploaded, not as saved (read when shown: the job may fail meanwhile)
+    return render_template("import_job.html", job=found, as_uploaded=lambda text: _as_uploaded(text, found.files))

@@ -156,7 +156,11 @@ def add_device(store_id: str):
 @bp.route("/devices/<device_id>/password", methods=["POST"])
 @owner_required
 def reset_password(device_id: str):
-    """POST /stores/devices/<id>/password: new MQTT password for a device (shown once; re-run broker-config)."""
+    """POST /stores/devices/<id>/password: new MQTT password for a device (shown once). The running broker takes
+    it at once (:func:`~dangol_cloud.broker_auth.replace_device_password`: the old one stops working, a connection
+    made with it is closed); if it cannot, the page says the old one works until broker-config and a restart."""
+    from dangol_cloud.broker_auth import replace_device_password
+
     s = get_session()
     device = s.get(Device, device_id) or abort(404)
     if not ActionForm().validate_on_submit():
@@ -164,16 +168,47 @@ def reset_password(device_id: str):
     password = new_secret(24)
     device.mqtt_password_hash = mosquitto_hash(password)
     s.commit()
-    return _device_page(device.store, device, password, reset=True)
+    problem = _on_broker(lambda url, client_id: replace_device_password(url, device.mqtt_username, password,
+                                                                        client_id=client_id))
+    return _device_page(device.store, device, password, reset=True, broker_problem=problem)
 
 
-def _device_page(store: Store, device: Device, password: str, reset: bool = False) -> str:
+def _on_broker(change) -> str | None:
+    """Run ``change(mqtt_url, client_id)`` (a login change on the running broker, as the cloud's login); None when
+    it was applied, else why not (no broker configured, or the :class:`~dangol_cloud.broker_auth.BrokerLoginError`),
+    logged: the page then says what to do by hand."""
+    import logging
+    import uuid
+
+    from dangol_cloud.broker_auth import BrokerLoginError
+
+    settings = get_settings()
+    if not settings.mqtt_url:
+        return "no broker is configured here (DANGOL_MQTT_URL)"
+    try:
+        change(settings.mqtt_url, f"{settings.mqtt_client_id}-logins-{uuid.uuid4().hex[:8]}")
+    except BrokerLoginError as exc:
+        logging.getLogger(__name__).warning("device login not changed on the broker: %s", exc)
+        return str(exc)
+    return None
+
+
+#: What to do on the broker host when the dashboard could not change a login there: the plugin reads its file only
+#: at start, so a reload (SIGHUP) changes nothing.
+BY_HAND = ("run dangol-cloud broker-config on the broker host and restart Mosquitto (systemctl restart mosquitto; "
+           "a reload does not re-read the logins)")
+
+
+def _device_page(store: Store, device: Device, password: str, reset: bool = False,
+                 broker_problem: str | None = None) -> str:
     """The page shown once after "Add device" / "New password": the device's ``edge.toml`` and ``edge.env``
-    lines (its MQTT URL with the password), the commands for the broker host, and its live status."""
+    lines (its MQTT URL with the password), the commands for the broker host, its live status, and after "New
+    password" whether the broker took it at once (``broker_problem``: why not)."""
     topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
               "subscribe": [t for t, _ in proto.store_subscriptions(store.id)]}
     return render_template("device_created.html", store=store, device=device, password=password, topics=topics,
-                           reset=reset, mqtt_url=_devices.device_mqtt_url(device.mqtt_username, password),
+                           reset=reset, broker_problem=broker_problem,
+                           mqtt_url=_devices.device_mqtt_url(device.mqtt_username, password),
                            client_id=proto.device_client_id(device.id),
                            presence=_devices.device_presence(get_session(), [device]))
 
@@ -182,9 +217,14 @@ def _device_page(store: Store, device: Device, password: str, reset: bool = Fals
 @owner_required
 def remove_device(device_id: str):
     """POST /stores/devices/<id>/delete: remove a device (e.g. lost) after the confirmation page
-    (``confirm=yes``); its visits stay, its login goes, and its retained status is cleared on the broker
-    (:func:`dangol_cloud.device_status.clear_retained_status`; if the broker does not answer, the owner is told
-    and the listener counts the stale status as ``forgotten-device`` instead of dead-lettering it)."""
+    (``confirm=yes``); its visits stay, its login is revoked on the running broker at once
+    (:func:`~dangol_cloud.broker_auth.revoke_device_login`, which also closes its connection; if the broker cannot,
+    the owner is told to run broker-config and restart Mosquitto), and its retained status and events are cleared on
+    the broker (:func:`dangol_cloud.device_status.clear_retained_topics`; if the broker does not answer, the owner is
+    told and the listener counts the stale status as ``forgotten-device`` instead of dead-lettering it; a retained
+    event it dead-letters once and clears itself)."""
+    from dangol_cloud.broker_auth import revoke_device_login
+
     s = get_session()
     device = s.get(Device, device_id) or abort(404)
     if not ActionForm().validate_on_submit():
@@ -192,28 +232,37 @@ def remove_device(device_id: str):
     from dangol_cloud.web.confirm import confirmation_page
 
     page = confirmation_page(title=f"Remove {device.name}?", button="Remove device", cancel_url=url_for("stores.index"),
-                             detail="Its MQTT login is revoked (after broker-config and a Mosquitto reload) and it "
-                                    "no longer counts for erasures; its past visits stay.")
+                             detail="Its MQTT login is revoked on the broker at once, and a connection it has open is "
+                                    "closed (if the broker cannot be told, the next page says how: broker-config and "
+                                    "a Mosquitto restart). It no longer counts for erasures; its past visits stay.")
     if page is not None:
         return page
-    name = device.name
+    name, username = device.name, device.mqtt_username
     s.delete(device)
     s.flush()
     for erasure in pending_erasures(s):  # a removed device can no longer confirm: don't wait for it
         complete_if_done(s, erasure, current_user.email)
     s.commit()
-    flash(f"Removed {name}. Run dangol-cloud broker-config and reload Mosquitto to revoke its login.", "success")
+    problem = _on_broker(lambda url, client_id: revoke_device_login(url, device_id, username, client_id=client_id))
+    if problem is None:
+        flash(f"Removed {name}. Its MQTT login was revoked on the broker at once (a connection it had open was "
+              "closed). Run dangol-cloud broker-config on the broker host too, so the file Mosquitto reads at its "
+              "next start agrees.", "success")
+    else:
+        flash(f"Removed {name}, but its MQTT login was not revoked on the broker ({problem}), so it may still log "
+              f"in. To revoke it, {BY_HAND}.", "warning")
     settings = get_settings()
     if settings.mqtt_url:
         import logging
 
-        from dangol_cloud.device_status import clear_retained_status
+        from dangol_cloud.device_status import clear_retained_topics
         from dangol_cloud.mqtt import MqttError
 
         try:
-            clear_retained_status(settings.mqtt_url, device_id, client_id=f"{settings.mqtt_client_id}-publisher")
+            clear_retained_topics(settings.mqtt_url, device_id, client_id=f"{settings.mqtt_client_id}-publisher")
         except MqttError as exc:  # harmless: the listener ignores (and counts) a removed device's retained status
-            logging.getLogger(__name__).warning("retained status of removed device %s not cleared: %s", device_id, exc)
+            logging.getLogger(__name__).warning("retained status and events of removed device %s not cleared: %s",
+                                                device_id, exc)
             flash(f"The broker did not answer, so its last status stays retained there ({exc}).", "warning")
     return redirect(url_for("stores.index"))
 

@@ -30,7 +30,8 @@ class HousekeepingWorker(Worker):
     (:meth:`~dangol_edge.sync.MQTTSync.retry_erasures`), save the catalogue and menus that could not be saved
     (:meth:`~dangol_edge.sync.MQTTSync.retry_downlink`), end a model upgrade whose time is up
     (:meth:`~dangol_edge.upgrade.ModelUpgrade.check`), write events the outbox held, prune sent events, and
-    publish ``status/1`` with :func:`health`.
+    publish ``status/1`` with :func:`health`; and ``status/1`` at once whenever the sync (re)connected
+    (:meth:`~dangol_edge.sync.MQTTSync.take_status_due`: the broker may retain the last will ``offline``).
 
     A pass survives any error: each step that raises is counted (``stats.housekeeping_failures``; a storage
     error also sets ``stats.storage``) and logged — with its traceback once per kind of error in a streak of
@@ -58,6 +59,8 @@ class HousekeepingWorker(Worker):
         self.on_erased = on_erased
         self.health = health
         self.upgrade = upgrade
+        #: True once after each connection of the sync: publish ``online`` now (a sync without it never asks)
+        self._status_due: Callable[[], bool] = getattr(sync, "take_status_due", lambda: False)
         #: Customers erased here whose report has not gone through yet (an ordered set; at most the gallery's size).
         self.unreported: dict[str, None] = {}
         self.streak = 0  # passes in a row with a failed step
@@ -81,6 +84,8 @@ class HousekeepingWorker(Worker):
             if now >= next_status:
                 next_status = now + self.config.mqtt.status_interval_s
                 self.run_pass()
+            if self.sync is not None and self._status_due():  # (re)connected: the broker may retain the last will
+                self._step("status", lambda: self.sync.publish_status(self.health()))
 
     def run_pass(self) -> bool:
         """One pass: :meth:`tidy`, then the status to the cloud. Returns True when every step succeeded."""

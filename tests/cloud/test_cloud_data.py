@@ -175,7 +175,8 @@ def test_status_and_last_will_update_the_device(db, store_device):
     with db.sessions() as s:
         device = s.get(Device, device_id)
         assert device.state == "offline" and device.health["gallery_size"] == 12
-        assert device.status_at == utc(2026, 1, 5, 8)
+        # the time the cloud received the last report, not the door's clock (docs/mqtt.md, device_status)
+        assert device.status_at > utc(2026, 1, 5, 8)
 
 
 def test_migrations_match_the_orm_model(db):

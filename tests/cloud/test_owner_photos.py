@@ -78,7 +78,7 @@ def test_oversized_photo_gets_the_size_message(web, tmp_path, size, expected):  
     Image.new("1", size).save(out, "PNG")  # tiny file, huge pixel count
     response = _upload(client, "Huge", out.getvalue(), "huge.png")
     page = response.get_data(as_text=True)
-    assert response.status_code == 200 and expected in page and "at most 40 megapixels" in page
+    assert response.status_code == 200 and expected in page and "at most 16 megapixels" in page
     assert "cannot be read" not in page
     with db.sessions() as s:
         assert s.scalar(select(CatalogueItem)) is None
