@@ -4,6 +4,8 @@ proxies, one blueprint per area."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -16,8 +18,8 @@ from dangol_cloud.db import Database
 from dangol_cloud.jobs import TrainingJob
 from dangol_cloud.settings import Settings, load_settings
 
-__all__ = ["CONTENT_SECURITY_POLICY", "MAX_URL_INT", "BoundedIntConverter", "create_app", "get_db", "get_session",
-           "get_settings"]
+__all__ = ["CHAIN", "CONTENT_SECURITY_POLICY", "MAX_URL_INT", "BoundedIntConverter", "StoreClock", "create_app",
+           "get_db", "get_session", "get_settings", "store_clock"]
 
 #: Content-Security-Policy of every response: scripts, styles, images and form targets from this site only,
 #: no inline script (the dashboard has none), no plugins, no framing (clickjacking). Inline ``style``
@@ -36,6 +38,8 @@ login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message = "Please sign in to continue."
 login_manager.login_message_category = "info"
+#: The ``local`` filter's ``store`` when none is given: a time of the whole chain (``StoreClock.default``).
+CHAIN = object()
 
 
 class BoundedIntConverter(IntegerConverter):
@@ -136,14 +140,16 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             headers.setdefault("Cache-Control", "no-store")  # signed-in pages stay out of shared caches
         return response
 
-    zone = ZoneInfo(settings.timezone)
-
     @app.template_filter("local")
-    def _local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-        """The time in the café's zone; a stored time that zone cannot show (year 9999 east of UTC, year 1
-        west of it) is shown in UTC instead of failing the page."""
+    def _local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M", store: str | None | object = CHAIN) -> str:
+        """The time on the wall clock of ``store`` (``p.ts|local(store=p.store_id)``: the store's own zone, else
+        ``TIMEZONE``; None = a store-less sale, read in ``TIMEZONE``), or without ``store`` of the chain (the zone
+        every store shares, else ``TIMEZONE``: :class:`StoreClock`). A stored time that zone cannot show (year 9999
+        east of UTC, year 1 west of it) is shown in UTC instead of failing the page."""
         if value is None:
             return ""
+        clock = store_clock()
+        zone = clock.default if store is CHAIN else clock.of(store)  # type: ignore[arg-type]
         try:
             return value.astimezone(zone).strftime(fmt)
         except (OverflowError, ValueError):
@@ -196,3 +202,56 @@ def get_session():
     if "db_session" not in g:
         g.db_session = get_db().sessions()
     return g.db_session
+
+
+@dataclass(frozen=True)
+class StoreClock:
+    """The wall clocks of the stores (:mod:`dangol_cloud.store_zones`), as the dashboard shows times.
+
+    Attributes:
+        zones: ``{store id: its own zone}`` (Stores page); fallback: ``TIMEZONE``, the zone of every other store
+            and of store-less (history) sales, which imports read in it; stores: every store's id.
+        default: the zone of times that belong to no one store ("today", a training run): the one zone that
+            all the stores the user sees (staff: their stores) share, else ``TIMEZONE``.
+    """
+
+    zones: dict[str, ZoneInfo]
+    fallback: ZoneInfo
+    stores: tuple[str, ...]
+    default: ZoneInfo
+
+    def of(self, store: str | None) -> ZoneInfo:
+        """The zone of ``store`` (None: a store-less sale → ``TIMEZONE``)."""
+        return self.zones.get(store, self.fallback) if store else self.fallback
+
+    def shared(self, stores: Collection[str] | None = None) -> ZoneInfo:
+        """The one zone these stores (None: every store) share, else ``TIMEZONE``."""
+        found = {self.of(s).key for s in (self.stores if stores is None else stores)}
+        return ZoneInfo(found.pop()) if len(found) == 1 else self.fallback
+
+
+def store_clock() -> StoreClock:
+    """The request's :class:`StoreClock`, read once per request (two queries, kept on ``flask.g``).
+
+    A stored zone that is no longer a known IANA zone is logged and that store shown in ``TIMEZONE`` (the page
+    still renders; the Stores page and imports name the store)."""
+    if "store_clock" not in g:
+        from flask_login import current_user
+        from sqlalchemy import select
+
+        from dangol_cloud.models import Store
+        from dangol_cloud.store_zones import store_zones
+
+        session = get_session()
+        fallback = ZoneInfo(get_settings().timezone)
+        try:
+            zones = {store: ZoneInfo(name) for store, name in store_zones(session).items()}
+        except ValueError as exc:
+            log.warning("times shown in TIMEZONE: %s", exc)
+            zones = {}
+        stores = tuple(session.scalars(select(Store.id)))
+        clock = StoreClock(zones, fallback, stores, fallback)
+        staff = getattr(current_user, "is_authenticated", False) and not current_user.is_owner
+        g.store_clock = StoreClock(zones, fallback, stores,
+                                   clock.shared(current_user.store_ids if staff else None))
+    return g.store_clock

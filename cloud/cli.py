@@ -130,6 +130,11 @@ def cmd_serve(args, settings, db) -> int:
     app = create_app(settings, db=db)
     stop = start_background(app)
     out.print(f"Dangol dashboard on http://{args.host}:{args.port}/ (POS API /api/v1/purchases)", highlight=False)
+    from dangol_cloud.web.auth import FIRST_ACCOUNT_HINT, no_accounts
+
+    with db.sessions() as session:
+        if no_accounts(session):  # a fresh install: nobody can sign in yet
+            out.print(FIRST_ACCOUNT_HINT, markup=False, highlight=False, soft_wrap=True)
     try:
         serve(app, host=args.host, port=args.port, threads=args.threads, ident="dangol")
     finally:

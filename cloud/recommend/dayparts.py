@@ -15,6 +15,11 @@ much more often the item is bought in day-part d than the customer's visits are 
 
 Counts are baskets (distinct customer-day-day-part-item). γ and k are :class:`RecommenderConfig` settings
 chosen on a validation split inside the training period (see its docstring).
+
+The log-ratio is largest where the customer's own share of day-part d is near zero, so a pick it lifted says why
+in words that are true (:meth:`DayPartProfile.reasons`): "you often have it at breakfast" only for a customer with
+baskets of the item at breakfast, else "popular at breakfast" when the item sells at breakfast more than
+baskets do (or nothing).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["DAYPARTS", "DAYPART_HOURS", "DayPartProfile", "daypart_of"]
+__all__ = ["DAYPARTS", "DAYPART_HOURS", "POPULAR_MIN_BASKETS", "DayPartProfile", "daypart_of"]
 
 #: (name, first hour, last hour + 1) — evening wraps around midnight.
 DAYPARTS: tuple[tuple[str, int, int], ...] = (("breakfast", 5, 11), ("lunch", 11, 14), ("afternoon", 14, 17),
                                               ("evening", 17, 29))
+#: Baskets with an item in a day-part before it may be called "popular at" that day-part (one sale is not).
+POPULAR_MIN_BASKETS = 3
 #: A representative hour of each day-part (for asking :meth:`Recommender.recommend` for a day-part's menu).
 DAYPART_HOURS: dict[str, int] = {"breakfast": 8, "lunch": 12, "afternoon": 15, "evening": 19}
 
@@ -97,3 +104,50 @@ class DayPartProfile:
         q_d = (overall[daypart] + 1.0) / (overall.sum() + n_d)
         q_u = (visits[:, daypart] + smoothing * q_d) / (visits.sum(axis=1) + smoothing)
         return np.log(q_ui) - np.log(q_u)[:, None]
+
+    def own_counts(self, rows: np.ndarray, cols: np.ndarray, daypart: int,
+                   item_group: np.ndarray | None = None) -> np.ndarray:
+        """``(n_pairs,)`` int64: customer ``rows[k]``'s baskets with item ``cols[k]`` in day-part ``daypart`` — with
+        ``item_group`` (``(n_items,)`` menu-item codes), with any item of the same group (one menu item's
+        products) — from the counts."""
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        block = self.counts[daypart * self.n_customers + rows].tocoo()  # (n_pairs, n_items)
+        if item_group is None:
+            same = block.col == cols[block.row]
+        else:
+            same = item_group[block.col] == item_group[cols[block.row]]
+        return np.rint(np.bincount(block.row[same], weights=block.data[same], minlength=len(rows))).astype(np.int64)
+
+    def reasons(self, rows: np.ndarray, cols: np.ndarray, daypart: int, lift: np.ndarray,
+                item_group: np.ndarray | None = None) -> list[str | None]:
+        """The day-part reason of each pick (customer ``rows[k]``, item ``cols[k]``) at ``daypart``, or None.
+
+        Only a pick the day-part lifted (``lift[k]``, its log-ratio, above log 1.5) gets one: "you often have it at
+        <day-part>" when the customer had it then in at least two baskets, "you have had it at <day-part>" in
+        one; with none, "popular at <day-part>" when the item's baskets fall in that day-part at least 1.5 times as
+        often as all baskets do (both Laplace-smoothed as in :meth:`adjustment`; at least
+        :data:`POPULAR_MIN_BASKETS` of them), else None. ``item_group`` counts the products sold as one menu item
+        together (:meth:`own_counts`)."""
+        name = DAYPARTS[daypart][0]
+        own = self.own_counts(rows, cols, daypart, item_group)
+        items = self.item_counts.astype(np.float64)
+        if item_group is not None:  # a menu item sells as any of its products
+            grouped = np.zeros((int(item_group.max()) + 1, items.shape[1]))
+            np.add.at(grouped, item_group, items)
+            items = grouped[item_group]
+        n_d = len(DAYPARTS)
+        q_item = (items[:, daypart] + 1.0) / (items.sum(axis=1) + n_d)
+        overall = self.visits.sum(axis=0).astype(np.float64)
+        q_d = (overall[daypart] + 1.0) / (overall.sum() + n_d)
+        popular = (items[:, daypart] >= POPULAR_MIN_BASKETS) & (q_item >= 1.5 * q_d)
+        out: list[str | None] = []
+        for k, (col, value) in enumerate(zip(np.asarray(cols).tolist(), np.asarray(lift).tolist(), strict=True)):
+            if not value > np.log(1.5):  # not bought 1.5 times as often at this day-part as on average
+                out.append(None)
+            elif own[k] >= 2:
+                out.append(f"you often have it at {name}")
+            elif own[k] == 1:
+                out.append(f"you have had it at {name}")
+            else:
+                out.append(f"popular at {name}" if popular[col] else None)
+        return out

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .config import RecommenderConfig
-from .dayparts import DAYPARTS, DayPartProfile, daypart_of
+from .dayparts import DayPartProfile, daypart_of
 from .factors import Factors
 from .history import History, PopularityTable
 from .explain import ExplainMixin
@@ -172,11 +172,12 @@ class Recommender(ListsMixin, ExplainMixin):
             cols = np.array([k for p in ranked for k in p], dtype=np.int64)
             nn_picks = None if nn is None else nn[local, cols]
             reasons = self.explain(rows[local], cols, z[local, cols], nn_picks) if explain else [[] for _ in cols]
-            if explain and shift is not None:
-                name = DAYPARTS[int(daypart_of(hour))][0]
-                for m, value in enumerate(shift[local, cols] / self.config.daypart_weight):
-                    if value > np.log(1.5):  # bought at least 1.5 times as often at this day-part as on average
-                        reasons[m] = [f"you often have it at {name}", *reasons[m]][:3]
+            if explain and shift is not None:  # true words only: the customer's own baskets, else the item's
+                texts = self.dayparts.reasons(rows[local], cols, int(daypart_of(hour)),
+                                              shift[local, cols] / self.config.daypart_weight, self.history.item_group)
+                for m, text in enumerate(texts):
+                    if text is not None:
+                        reasons[m] = [text, *reasons[m]][:3]
             pos = 0
             for j, ((cust, _), picked) in enumerate(zip(batch, ranked, strict=True)):
                 values = scores[j, picked].tolist()

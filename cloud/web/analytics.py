@@ -13,7 +13,7 @@ from flask_login import login_required
 from sqlalchemy import select
 
 from dangol_cloud import analytics as numbers
-from dangol_cloud.app import get_session, get_settings
+from dangol_cloud.app import get_session, get_settings, store_clock
 from dangol_cloud.charts import bar_chart, hbar_chart, heatmap, split_bar, trend_chart
 from dangol_cloud.models import Purchase, Store, StoreSetting
 from dangol_cloud.web.scope import store_scope
@@ -39,16 +39,20 @@ def _local_day(ts: datetime, zone: ZoneInfo) -> date:
 
 
 def _window():
-    """(since, until, label, preset) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both included),
-    ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest data."""
+    """(since, until, first day, last day, preset, span) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both
+    included), ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest
+    data. Days are those of the shown stores' own zone when they share one (the chosen store's), else of
+    ``TIMEZONE`` (:class:`~dangol_cloud.app.StoreClock`); ``span`` is the data's first and last local day."""
     s = get_session()
-    zone = ZoneInfo(get_settings().timezone)
+    zone = store_clock().shared(_shown_stores(_store_arg(s)))
     span = numbers.data_range(s, store_scope())  # staff: the history of their stores
-    newest = _local_day(span[1], zone) if span else datetime.now(zone).date()
+    if span:
+        span = (_local_day(span[0], zone), _local_day(span[1], zone))
+    newest = span[1] if span else datetime.now(zone).date()
     first, last = _day(request.args.get("from")), _day(request.args.get("to"))
     preset = None
     if request.args.get("all") and span:
-        first, last, preset = _local_day(span[0], zone), newest, "all"
+        first, last, preset = span[0], newest, "all"
     elif first is None or last is None:
         days = min(max(request.args.get("days", 90, type=int), 1), 3650)
         first, last, preset = newest - timedelta(days=days - 1), newest, days

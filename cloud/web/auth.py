@@ -31,10 +31,30 @@ from dangol_cloud.security import check_password_or_dummy, local_redirect_target
 from dangol_cloud.web import throttle
 from dangol_cloud.web.forms import LoginForm
 
-__all__ = ["SignedInUser", "bp", "owner_required"]
+__all__ = ["FIRST_ACCOUNT_COMMAND", "FIRST_ACCOUNT_HINT", "SignedInUser", "bp", "no_accounts", "owner_required"]
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
+#: How the first account is made (``dangol-cloud create-user``, :func:`dangol_cloud.cli_admin.cmd_create_user`).
+FIRST_ACCOUNT_COMMAND = "dangol-cloud create-user you@example.com --role owner"
+#: What ``dangol-cloud serve`` prints at start while nobody has an account (the sign-in page says the same).
+FIRST_ACCOUNT_HINT = (f"No account yet: run `{FIRST_ACCOUNT_COMMAND}` on the server (with the same settings as "
+                      "`dangol-cloud serve`; it asks for the password), then sign in. Owners add everyone else on "
+                      "the Users page.")
+
+
+def no_accounts(session) -> bool:
+    """True while the users table is empty (a fresh install: :data:`FIRST_ACCOUNT_HINT`)."""
+    return session.scalar(select(User.id).limit(1)) is None
+
+
+def _login_page(form: LoginForm, status: int = 200, *, failed: bool = False):
+    """The sign-in page and its status; on a fresh install with the first-account panel instead of "Wrong e-mail
+    or password" after a ``failed`` sign-in (there is no account to get wrong)."""
+    fresh = no_accounts(get_session())
+    if failed and not fresh:
+        flash("Wrong e-mail or password.", "error")
+    return render_template("login.html", form=form, first_account=FIRST_ACCOUNT_COMMAND if fresh else None), status
 
 
 def _token_hash(token: str) -> str:
@@ -99,7 +119,7 @@ def _too_many(form: LoginForm, wait: float, email: str, addr: str):
     log.warning("sign-in for %r from %s held back %d s after repeated failures", email, addr, seconds)
     when = f"{seconds} seconds" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
     flash(f"Too many failed sign-ins. Try again in {when}.", "error")
-    response = make_response(render_template("login.html", form=form), 429)
+    response = make_response(*_login_page(form, 429))
     response.headers["Retry-After"] = str(seconds)
     return response
 
@@ -111,7 +131,7 @@ def login():
     docstring; the attempt is recorded and committed first, so simultaneous attempts count each other)."""
     form = LoginForm()
     if not form.validate_on_submit():
-        return render_template("login.html", form=form)
+        return _login_page(form)
     s = get_session()
     settings = get_settings()
     email = form.email.data.strip().lower()
@@ -130,8 +150,7 @@ def login():
     # always one scrypt check, also for an unknown e-mail (a throw-away hash): the time tells nothing
     if not check_password_or_dummy(user.password_hash if user is not None else None, form.password.data):
         log.warning("failed sign-in for %r from %s", email, addr)
-        flash("Wrong e-mail or password.", "error")
-        return render_template("login.html", form=form), 401
+        return _login_page(form, 401, failed=True)
     token = secrets.token_urlsafe(32)
     s.execute(delete(WebSession).where(WebSession.expires_at <= now))  # keep the table bounded
     s.add(WebSession(token_sha256=_token_hash(token), user_id=user.id, created_at=now,

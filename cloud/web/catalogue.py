@@ -22,7 +22,7 @@ from dangol_cloud.web.catalogue_form import (code_problem, drop_held, held_photo
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import PRICE_MESSAGE, ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
-from dangol_cloud.web.photos import prepare_photo
+from dangol_cloud.web.photos import prepared_upload
 
 log = logging.getLogger(__name__)
 bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
@@ -34,13 +34,8 @@ def index():
     """GET /catalogue/?show=active|retired&q=TEXT&page=N: the items, 60 per page, and the Publish button."""
     s = get_session()
     show = request.args.get("show", "active")
-    query = select(CatalogueItem).order_by(CatalogueItem.category, CatalogueItem.name)
-    query = query.where(CatalogueItem.retired.is_(show == "retired"), on_menu())  # POS products: /products
     q = (request.args.get("q") or "").strip()
-    if q:
-        like = f"%{q.lower()}%"
-        query = query.where(or_(func.lower(CatalogueItem.name).like(like), func.lower(CatalogueItem.category).like(like),
-                                CatalogueItem.ref.like(like)))
+    query = menu_query(show, q)
     page = page_arg()
     total = s.scalar(select(func.count()).select_from(query.subquery()))
     items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
@@ -53,6 +48,19 @@ def index():
                            currency_differs=differing)
 
 
+def menu_query(show: str, q: str):
+    """The menu list's items in its order: retired ones for ``show="retired"``, else those on the menu, whose name,
+    category or POS code holds ``q`` (case-insensitive); never the POS products (``/catalogue/products``). The list
+    page shows it and the bulk actions' "every item in this list" act on it."""
+    query = select(CatalogueItem).order_by(CatalogueItem.category, CatalogueItem.name)
+    query = query.where(CatalogueItem.retired.is_(show == "retired"), on_menu())  # POS products: /products
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(CatalogueItem.name).like(like), func.lower(CatalogueItem.category).like(like),
+                                CatalogueItem.ref.like(like)))
+    return query
+
+
 def _save_photo(form: ItemForm, slot: str) -> str | None:
     """The photo to store with the item: the one attached now (a photo held for this form is dropped), else the
     one held from a refused submit of the same form (``slot``), else None."""
@@ -60,7 +68,7 @@ def _save_photo(form: ItemForm, slot: str) -> str | None:
     if not file or not getattr(file, "filename", ""):
         return take_held(slot)
     drop_held()
-    data = prepare_photo(file.read())  # resized, upright, re-encoded: the EXIF (GPS, camera) is not kept
+    data = prepared_upload(form.photo)  # made by the form's check (one decode): resized, upright, no EXIF
     name = f"{uuid.uuid4().hex}.jpg"
     folder = get_settings().photos_dir
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from flask_login import login_required
 from sqlalchemy import func, select
 
-from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.app import get_db, get_session, get_settings, store_clock
 from dangol_cloud.menu_mapping import on_menu
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
@@ -25,10 +24,12 @@ bp = Blueprint("home", __name__)
 def index():
     """GET /: today's numbers, recent arrivals, devices, model and catalogue state. Staff see their stores'
     arrivals, purchases, customers and devices only (:mod:`dangol_cloud.web.scope`); owners the whole chain.
+    "Today" starts at midnight in the zone the (staff user's) stores share, else ``TIMEZONE``; each arrival is
+    shown on its store's clock (:class:`~dangol_cloud.app.StoreClock`).
     The menu, model and catalogue are the chain's; "items on the menu" counts the non-retired menu items (as the
     catalogue page lists them), not the POS products that are not on the menu."""
     s = get_session()
-    zone = ZoneInfo(get_settings().timezone)
+    zone = store_clock().default  # the stores' own zone when they (the staff user's stores) share one
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     visits = select(func.count()).select_from(Visit).where(*clauses(store_filter(Visit.store_id)))
     purchases = select(func.count()).select_from(Purchase).where(*clauses(store_filter(Purchase.store_id)))
@@ -76,10 +77,11 @@ def train_now():
 
 
 @bp.route("/train/job")
-@login_required
+@owner_required
 def train_job():
     """GET /train/job: the training run's progress bar (steps, elapsed, ETA from the previous run), then its
-    result (model, customers, items, purchases, menus, messages published) or its error."""
+    result (model, customers, items, purchases, menus, messages published) or its error. Owners only, as is
+    "Retrain now": the figures are the whole chain's (staff see their stores' numbers on Today, 403 here)."""
     return render_template("train_job.html", job=current_app.extensions["dangol_training"])
 
 

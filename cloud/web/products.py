@@ -1,8 +1,9 @@
 """POS products (what purchase history names) and their mapping to menu items, plus bulk actions on the menu.
 
 Routes live on the catalogue blueprint (``/catalogue/products``, ``/catalogue/bulk``, ``/catalogue/house``).
-Bulk actions take the ticked rows (``ids``) or, with ``scope=all``, every row matching the page's filter, so
-they work the same with 20 or 20,000 products and without JavaScript.
+Bulk actions take the ticked rows (``ids``) or, with ``scope=all``, every row matching the page's filter (the menu's
+bulk actions also ``scope=page``, every item on the page), so they work the same with 20 or 20,000 products and
+without JavaScript. Mapping actions that change many products at once ask first (:data:`HANDFUL`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dangol_cloud.app import get_session
 from dangol_cloud.menu_mapping import (HOUSE_PER_CATEGORY_RANGE, house_per_category, map_by_category, map_by_name,
                                        map_products, on_menu, set_house_per_category, sold_as)
 from dangol_cloud.models import CatalogueItem, ProductMapping, Purchase
-from dangol_cloud.web.catalogue import bp
+from dangol_cloud.web.catalogue import bp, menu_query
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.params import page_arg
@@ -24,6 +25,9 @@ from dangol_cloud.web.scope import store_filter
 
 PAGE = 50
 SHOWS = ("unmapped", "mapped", "all")
+#: "One menu item per category" and "Take off the menu" act at once on at most this many ticked products; on more,
+#: or on every product in the list, they show what will happen and ask first ("One menu item per product" always).
+HANDFUL = 5
 #: Formats whose product ids carry no name in the data set (the UI says so instead of inventing one).
 CODE_ONLY_SOURCES = {"ta-feng": "Ta-Feng lists products by PRODUCT_SUBCLASS code only — the data set has no "
                                 "product names. Map codes to your own menu items, or name the items you create."}
@@ -99,7 +103,8 @@ def _keep(show: str, q: str, ids: list[str]) -> list[tuple[str, str]]:
 @login_required
 def map_selected():
     """POST /catalogue/products/map: ``op`` = ``map`` (to ``target``), ``name``, ``category``, ``self`` (one menu
-    item per product: asks for a confirmation first) or ``unmap``, on the ticked ``ids`` or ``scope=all``."""
+    item per product: asks for a confirmation first) or ``unmap``, on the ticked ``ids`` or ``scope=all``;
+    ``category`` and ``unmap`` ask first too on more than :data:`HANDFUL` products or ``scope=all``."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -124,6 +129,12 @@ def map_selected():
         n = map_by_name(s, ids, by=by)
         message = f"{n} of {len(ids)} product(s) matched a menu item of the same name."
     elif op == "category":
+        if request.form.get("scope") == "all" or len(ids) > HANDFUL:
+            page = confirmation_page(title=f"Map {len(ids):,} product(s) to one menu item per category?",
+                                     detail=_category_preview(s, ids), button="Map by category", cancel_url=back,
+                                     keep=_keep(show, q, ids))
+            if page is not None:
+                return page
         n, created = map_by_category(s, ids, by=by)
         message = (f"{n} product(s) mapped to the menu item of their category ({created} new menu item(s), named "
                    "after the category, without a price: set it on the menu).")
@@ -138,6 +149,16 @@ def map_selected():
         n = map_products(s, ids, "self", by=by)
         message = f"{n} product(s) are now menu items."
     elif op == "unmap":
+        if request.form.get("scope") == "all" or len(ids) > HANDFUL:
+            along = f" {len(followers):,} other product(s) sold as them leave the menu too." if followers else ""
+            page = confirmation_page(title=f"Take {len(ids):,} product(s) off the menu?",
+                                     button="Take them off the menu", cancel_url=back, keep=_keep(show, q, ids),
+                                     detail="They are no longer sold as menu items: those on the menu as themselves "
+                                            "leave it, and the door screen and regulars' picks, at the next Publish."
+                                            f"{along} Their sales stay for learning and analytics; map them again "
+                                            "at any time.")
+            if page is not None:
+                return page
         n = map_products(s, ids, None, by=by)
         message = f"{n} product(s) taken off the menu."
     else:
@@ -150,6 +171,26 @@ def map_selected():
     s.commit()
     flash(message + " Publish to update the stores.", "success")
     return redirect(back)
+
+
+def _category_preview(s, ids: list[str]) -> str:
+    """What "one menu item per category" will do to these products, in a sentence or two (for its question)."""
+    categories: set[str] = set()
+    uncategorised = 0
+    for start in range(0, len(ids), 500):
+        for category in s.scalars(select(CatalogueItem.category).where(CatalogueItem.id.in_(ids[start:start + 500]))):
+            if category:
+                categories.add(category.casefold())
+            else:
+                uncategorised += 1
+    existing = {name.casefold() for name, category in s.execute(select(CatalogueItem.name, CatalogueItem.category)
+                                                                .where(on_menu()))
+                if category and name.casefold() == category.casefold()}
+    new = len(categories - existing)
+    text = (f"Their {len(categories):,} categories become one menu item each, named after the category, and every "
+            f"product is sold as its category's item: {new:,} new menu item(s) without a price (set it on the menu)"
+            f"{f', {len(categories) - new:,} already on the menu' if new < len(categories) else ''}.")
+    return text + (f" {uncategorised:,} product(s) without a category stay as they are." if uncategorised else "")
 
 
 def _moved(s, before: dict[str, str]) -> int:
@@ -169,19 +210,25 @@ BULK_OPS = ("retire", "restore", "available", "soldout", "category")
 @login_required
 def bulk():
     """POST /catalogue/bulk: ``op`` in retire (after a confirmation), restore, available, soldout, category
-    (``new_category``) on the ticked menu items ``ids``."""
+    (``new_category``) on the ticked menu items ``ids``, with ``scope=page`` on every item of the page the form
+    was on (``page_ids``), with ``scope=all`` on every item of the list (``show``, ``q``: at most 10,000)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
     op = request.form.get("op", "")
     if op not in BULK_OPS:
         abort(400)
-    ids = [i for i in request.form.getlist("ids") if i][:10_000]
     show = "retired" if request.form.get("show") == "retired" else "active"
-    back = url_for("catalogue.index", show=show if show == "retired" else None)
-    items = s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(ids), on_menu())).all() if ids else []
+    q = (request.form.get("q") or "").strip()[:100]
+    back = url_for("catalogue.index", show=show if show == "retired" else None, q=q or None)
+    scope = request.form.get("scope")
+    if scope == "all":
+        items = s.scalars(menu_query(show, q).limit(10_000)).all()
+    else:
+        ids = [i for i in request.form.getlist("page_ids" if scope == "page" else "ids") if i][:10_000]
+        items = s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(ids), on_menu())).all() if ids else []
     if not items:
-        flash("Tick some items first.", "warning")
+        flash("Tick some items first (or choose “all on this page”).", "warning")
         return redirect(back)
     category = (request.form.get("new_category") or "").strip()[:80]
     if op == "category" and not category:
@@ -191,7 +238,7 @@ def bulk():
         page = confirmation_page(title=f"Retire {len(items)} item(s)?", button="Retire items", cancel_url=back,
                                  detail="They leave the menu and every regular's picks at the next Publish: "
                                         + ", ".join(i.name for i in items[:12]) + ("…" if len(items) > 12 else "."),
-                                 keep=[("op", op), ("show", show)] + [("ids", i.id) for i in items])
+                                 keep=[("op", op), ("show", show), ("q", q)] + [("ids", i.id) for i in items])
         if page is not None:
             return page
     for item in items:

@@ -1,22 +1,31 @@
 """Dashboard users and roles, managed by owners (issue 11): add an owner or a staff member (with their
 stores), change a role or stores, reset a password (a new one shown once; the user's sessions end), remove
 (after a confirmation). The last owner cannot be demoted or removed, nor can owners remove themselves.
-Routes live on the auth blueprint under ``/users``."""
+Routes live on the auth blueprint under ``/users``; ``/account/password`` lets every user choose their own
+password (the current one checked under the sign-in throttle, :mod:`dangol_cloud.web.throttle`)."""
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 
-from flask import abort, flash, redirect, render_template, request, url_for
-from flask_login import current_user
+from flask import abort, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
 from sqlalchemy import delete, func, select
+from wtforms import PasswordField
+from wtforms.validators import DataRequired
 
-from dangol_cloud.app import get_session
-from dangol_cloud.models import Store, User, UserStore, WebSession
-from dangol_cloud.security import hash_password, new_secret
-from dangol_cloud.web.auth import bp, owner_required
+from dangol_cloud.app import get_session, get_settings
+from dangol_cloud.models import Store, User, UserStore, WebSession, utcnow
+from dangol_cloud.security import check_password, hash_password, new_secret
+from dangol_cloud.web import throttle
+from dangol_cloud.web.auth import _token_hash, bp, owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm
+
+log = logging.getLogger(__name__)
 
 ROLES = ("owner", "staff")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,60}")
@@ -111,11 +120,13 @@ def user_role(user_id: int):
 @owner_required
 def user_password(user_id: int):
     """POST /users/<id>/password: reset the password (after a confirmation) → the new one, shown once; the user's
-    open sessions end."""
+    open sessions end. One's own password is chosen on /account/password instead (a redirect there)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
     user = s.get(User, user_id) or abort(404)
+    if str(user.id) == current_user.id:
+        return redirect(url_for("auth.account_password"))
     page = confirmation_page(title=f"Reset the password of {user.email}?", button="Reset password",
                              detail="A new password is shown once; the old one stops working and their open "
                                     "sessions end.", cancel_url=url_for("auth.users"))
@@ -148,3 +159,72 @@ def user_remove(user_id: int):
     s.commit()
     flash(f"Removed {user.email}.", "success")
     return redirect(url_for("auth.users"))
+
+
+#: A chosen password's length: at least what ``dangol-cloud create-user`` asks (8), at most what is worth hashing.
+PASSWORD_LENGTH = (8, 1024)
+
+
+class PasswordForm(FlaskForm):
+    """One's own password: the current one and the new one twice (CSRF token included)."""
+
+    current_password = PasswordField("Current password", validators=[DataRequired("Type your current password.")])
+    new_password = PasswordField("New password", validators=[DataRequired("Type the new password.")])
+    repeat_password = PasswordField("New password again", validators=[DataRequired("Type the new password again.")])
+
+
+def _new_password_problems(form: PasswordForm) -> bool:
+    """Put the new password's problems on the form (length, the two differ, same as now); True if there are any."""
+    new, low, high = form.new_password.data or "", *PASSWORD_LENGTH
+    if not low <= len(new) <= high:
+        limit = f"at least {low}" if len(new) < low else f"at most {high}"
+        form.new_password.errors = [*form.new_password.errors, f"Use {limit} characters."]
+    elif new != form.repeat_password.data:
+        form.repeat_password.errors = [*form.repeat_password.errors, "The two new passwords do not match."]
+    elif new == form.current_password.data:
+        form.new_password.errors = [*form.new_password.errors, "That is your current password: choose a new one."]
+    return bool(form.new_password.errors or form.repeat_password.errors)
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def account_password():
+    """GET/POST /account/password: change one's own password (current password, the new one twice, at least 8
+    characters). The current password is checked under the sign-in back-off (the same counts: guessing here is no
+    faster than at /login; 429 with ``Retry-After`` while it runs). On success the user's other sessions end, this
+    one stays → Today. Refused: 422 with the reason on the form."""
+    form = PasswordForm()
+    if not form.validate_on_submit():
+        return render_template("account_password.html", form=form), 422 if request.method == "POST" else 200
+    if _new_password_problems(form):
+        return render_template("account_password.html", form=form), 422
+    s, settings = get_session(), get_settings()
+    key, addr, now = throttle.email_key(current_user.email), throttle.client_address(), utcnow()
+    attempt = throttle.record_failure(s, settings, key, addr, now)  # as at sign-in: counted before it is checked
+    s.commit()
+    wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now,
+                                 attempt=attempt)
+    if wait > 0:
+        throttle.forget_attempt(s, attempt)
+        s.commit()
+        seconds = max(1, math.ceil(wait))
+        log.warning("password change for %r from %s held back %d s after repeated failures", current_user.email,
+                    addr, seconds)
+        when = f"{seconds} seconds" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
+        flash(f"Too many wrong passwords. Try again in {when}; nothing was changed.", "error")
+        response = make_response(render_template("account_password.html", form=form), 429)
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    user = s.get(User, int(current_user.id)) or abort(404)
+    if not check_password(user.password_hash, form.current_password.data):
+        log.warning("wrong current password for %r from %s", current_user.email, addr)
+        form.current_password.errors = ["The current password is wrong; nothing was changed."]
+        return render_template("account_password.html", form=form), 422
+    user.password_hash = hash_password(form.new_password.data)
+    s.execute(delete(WebSession).where(WebSession.user_id == user.id,  # every other sign-in of theirs ends
+                                       WebSession.token_sha256 != _token_hash(current_user.token)))
+    throttle.clear_failures(s, key, addr)
+    s.commit()
+    log.info("%s changed their password", user.email)
+    flash("Password changed. You stay signed in here; your other sign-ins have ended.", "success")
+    return redirect(url_for("home.index"))
