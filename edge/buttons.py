@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 class EnrolButton:
     """A momentary push button (to ground, internal pull-up) and an LED.
 
-    A press calls ``on_press``; holding it ``hold_cancel_s`` seconds calls ``on_cancel``.
+    A press calls ``on_press``; holding it ``hold_cancel_s`` seconds (once per press) calls ``on_cancel``, which
+    cancels what that press started (:meth:`~dangol_edge.workers.enrolment.ButtonEnrolment.request`); the release
+    calls nothing, so a hold never starts a sign-up.
 
     Args:
         config: pins (BCM numbering) and hold time.

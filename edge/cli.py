@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("enroll", help="enrol a customer from photos or a live source")
-    e.add_argument("--name", required=True, help="display name shown on the welcome screen")
+    e.add_argument("--name", required=True, help="the customer's name; the door greets them by its first word, a "
+                   "Hangul or CJK name whole, 'Dr. Lee' as 'Dr. Lee' (dangol_protocol.greeting_name)")
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--image", type=Path, nargs="+", help="one or more photos, each with exactly one face")
     g.add_argument("--source", help="camera/video/folder to capture good frames from")
@@ -89,7 +90,8 @@ def _open(args):
 
 
 def _customer_dict(c, models: dict[str, int] | None = None) -> dict:
-    d = {"id": c.id, "name": c.display_name, "status": c.status, "templates": c.templates,
+    d = {"id": c.id, "name": c.display_name, "greet_as": c.first_name or None, "status": c.status,
+         "templates": c.templates,
          "created_at": c.created_at, "consent": c.consent.model_dump(mode="json") if c.consent else None,
          "short_code": c.short_code}
     if c.consent_error:

@@ -30,10 +30,13 @@ def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_s
             certificate (:func:`check_tls_ca`); the model file exists without its calibration file while
             ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`); or the YuNet detector file
             is missing or unreadable (:func:`~dangol_edge.detect.detector_file_problem`, checked when
-            ``detector.yunet_path`` is set or the model is there). The message names ``source`` and the setting.
+            ``detector.yunet_path`` is set or the model is there); ``display.consent_version`` has no consent text
+            (:func:`dangol_edge.consent_text.render_consent`: staff would confirm a text nobody can read; the message
+            names the version and the file it looked for). The message names ``source`` and the setting.
     """
     from .calibration import calibration_path, uncalibrated
     from .config import ConfigError
+    from .consent_text import ConsentTextError, render_consent
     from .detect import detector_file_problem
 
     if config.mqtt.url and (config.device.id is None or config.device.store_id is None):
@@ -52,6 +55,10 @@ def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_s
     if problem := (config.detector.yunet_path is not None or model.is_file()) and detector_file_problem(
             config.detector, model):
         raise ConfigError(f"{source}: {problem}")
+    try:
+        render_consent(config)
+    except ConsentTextError as exc:
+        raise ConfigError(f"{source}: invalid config: display.consent_version: {exc}") from None
     # embedder.previous_model_path: checked by ModelUpgrade.start, only while the gallery holds its templates
 
 

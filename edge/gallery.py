@@ -2,14 +2,17 @@
 
 Tables:
 
-* ``customers``: ``id`` (UUID text), ``display_name``, ``status`` (``pending``/``active``),
+* ``customers``: ``id`` (UUID text), ``display_name``, ``greet_name`` (what the door says, NULL: the rule of
+  :func:`dangol_protocol.greeting_name` on the name; see :mod:`dangol_edge.gallery_names`), ``status``
+  (``pending``/``active``),
   ``consent`` (the protocol's :class:`~dangol_protocol.Consent` as JSON, see :mod:`dangol_edge.gallery_consent`;
   NULL while pending), ``short_code``
   (pending enrolments), ``created_at``, ``updated_at``, ``expires_at`` (ISO 8601 UTC).
 * ``templates``: ``id``, ``customer_id``, ``embedding`` (D little-endian float32: D = 128 for SFace, 512 for FaceNet),
   ``quality`` (0–1), ``model_sha256`` (the embedder that made it), ``created_at``.
 
-Names, embeddings and enrolment photos are stored sealed with AES-256-GCM (:mod:`dangol_edge.crypto`);
+Names, greetings, embeddings and enrolment photos are stored sealed with AES-256-GCM (:mod:`dangol_edge.crypto`,
+:mod:`dangol_edge.gallery_names`);
 the key comes from the environment or a systemd credential, never from this file.
 
 Only templates of *active* customers made by the *current* model are searched: a template from a
@@ -32,11 +35,12 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from dangol_protocol import Consent
+from dangol_protocol import Consent, greeting_name
 
-from .crypto import FieldCipher, GalleryKeyError
+from .crypto import FieldCipher
 from .gallery_consent import InvalidConsent, dump_consent, load_consent
 from .gallery_models import ModelTemplates, NoCurrentTemplate  # noqa: F401  (re-exported)
+from .gallery_names import SealedNames, add_greeting_column, clean_greeting
 from .gallery_search import AlreadyRegular, Enrolled, GallerySearch  # noqa: F401  (re-exported)
 from .matcher import Matcher
 from .sqlite import SQLiteFile, connect
@@ -63,7 +67,8 @@ def utcnow() -> str:
 @dataclass(frozen=True)
 class Customer:
     """A gallery customer (no embeddings; see :meth:`Gallery.templates`). ``consent`` is None while pending,
-    and also when the stored record fails validation: then ``consent_error`` says why, naming the customer."""
+    and also when the stored record fails validation: then ``consent_error`` says why, naming the customer.
+    ``greet_name``: the greeting staff chose ("Greet as"), None for the rule (see :attr:`first_name`)."""
 
     id: str
     display_name: str
@@ -75,14 +80,16 @@ class Customer:
     expires_at: str | None
     templates: int = 0
     consent_error: str | None = None
+    greet_name: str | None = None
 
     @property
     def first_name(self) -> str:
-        """First word of the display name (what the welcome screen shows)."""
-        return self.display_name.split()[0] if self.display_name.strip() else ""
+        """What the welcome screen says ("Welcome back, <first_name>"): :attr:`greet_name`, else the rule of
+        :func:`dangol_protocol.greeting_name` on the name ("Mina Park" → "Mina", "김 민준" → "김 민준")."""
+        return self.greet_name or greeting_name(self.display_name) or ""
 
 
-class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
+class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
     Args:
@@ -133,6 +140,7 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
             db["customers"].create_index(["status"])
         if "last_seen_at" not in db["customers"].columns_dict:
             db["customers"].add_column("last_seen_at", str)
+        add_greeting_column(db)
         if "templates" not in db.table_names():
             db["templates"].create(
                 {"id": int, "customer_id": str, "embedding": bytes, "quality": float,
@@ -147,7 +155,8 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
                status: str = "active", consent: Consent | None = None, pending_ttl_s: float | None = None,
-               photos: list[bytes] | None = None, customer_id: str | None = None) -> Customer:
+               photos: list[bytes] | None = None, customer_id: str | None = None,
+               greet_name: str | None = None) -> Customer:
         """Create a customer with its templates in one transaction (all or nothing).
 
         Args:
@@ -159,8 +168,10 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
             consent: the protocol's consent record for an active customer.
             photos: optional encoded crops (only when enrolment photos are enabled).
             customer_id: a UUID to use (the customer's id in the cloud); default a new UUID4.
+            greet_name: what the door says to them; default None (the rule on ``display_name``).
         Raises:
-            ValueError: empty name, wrong embedding shape, an unknown status, or an id already in use.
+            ValueError: empty name, wrong embedding shape, an unknown status, an id already in use, or a greeting
+                over 40 characters.
             TypeError: ``consent`` is not a :class:`~dangol_protocol.Consent`.
         """
         name = display_name.strip()
@@ -168,6 +179,7 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
             raise ValueError("display name must not be empty")
         emb = np.asarray(embeddings, dtype=np.float32)
         consent_json = dump_consent(consent)
+        greeting = clean_greeting(greet_name)
         self.open()
         self._check_dim(emb)
         if status not in ("active", "pending"):
@@ -175,7 +187,8 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
         now = datetime.now(timezone.utc)
         cid = customer_id or str(uuid.uuid4())
         row: dict[str, Any] = {
-            "id": cid, "display_name": self._seal_name(cid, name), "status": status,
+            "id": cid, "display_name": self._seal_name(cid, name), "greet_name": self._seal_greeting(cid, greeting),
+            "status": status,
             "consent": consent_json,
             "short_code": None,
             "created_at": now.isoformat(timespec="seconds"), "updated_at": now.isoformat(timespec="seconds"),
@@ -216,28 +229,32 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
             raise ValueError("no free sign-up code: 10,000 sign-ups are pending")
         return f"{free[secrets.randbelow(len(free))]:04d}"
 
-    def activate(self, customer_id: str, display_name: str, consent: Consent, *,
+    def activate(self, customer_id: str, display_name: str, consent: Consent, *, greet_name: str | None = None,
                  check: Callable[[], None] | None = None) -> Customer:
         """Record consent and a name for a pending customer, making it active (and searchable).
 
         Args:
+            greet_name: what the door says to them (the staff page's "Greet as"); None: the rule on the name.
             check: run under the gallery's lock just before the change; whatever it raises refuses the activation
                 with nothing changed (the staff page's :meth:`refuse_if_regular`).
         Raises:
-            UnknownCustomer: no such id.  ValueError: empty name or no consent.  TypeError: not a ``Consent``.
+            UnknownCustomer: no such id.  ValueError: empty name, no consent, or a greeting over 40 characters.
+            TypeError: not a ``Consent``.
             NoCurrentTemplate: no template the door can search, now or after a running upgrade
                 (:meth:`require_current_template`): re-enrol needed.
         """
         if not display_name.strip() or consent is None:
             raise ValueError("a name and a consent record are required to activate a customer")
         consent_json = dump_consent(consent)
+        greeting = clean_greeting(greet_name)
         self.customer(customer_id)
         with self._lock:
             self.require_current_template(customer_id)
             if check is not None:
                 check()
             self.db["customers"].update(customer_id, {
-                "display_name": self._seal_name(customer_id, display_name.strip()), "status": "active", "consent": consent_json,
+                "display_name": self._seal_name(customer_id, display_name.strip()),
+                "greet_name": self._seal_greeting(customer_id, greeting), "status": "active", "consent": consent_json,
                 "short_code": None, "expires_at": None, "updated_at": utcnow()})
         self._invalidate()
         return self.customer(customer_id)
@@ -282,48 +299,9 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
             self.delete(cid)
         return ids
 
-    def rotate_key(self, new: FieldCipher) -> int:
-        """Re-seal every name, template and photo under ``new`` in one transaction (legacy plaintext rows
-        get sealed too); afterwards this gallery uses ``new``. Returns the number of values re-sealed.
-
-        Raises:
-            GalleryKeyError: a value cannot be opened with the current key (nothing is changed).
-        """
-        n = 0
-        with self._lock, self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for cid, name in self.db.execute("SELECT id, display_name FROM customers").fetchall():
-                    ctx = f"customers.display_name:{cid}"
-                    self.db.execute("UPDATE customers SET display_name = ? WHERE id = ?",
-                                    [new.seal(self._open_value(name, ctx), ctx), cid])
-                    n += 1
-                for tid, cid, emb, photo in self.db.execute(
-                        "SELECT id, customer_id, embedding, photo FROM templates").fetchall():
-                    e_ctx, p_ctx = f"templates.embedding:{cid}", f"templates.photo:{cid}"
-                    self.db.execute("UPDATE templates SET embedding = ?, photo = ? WHERE id = ?", [
-                        new.seal(self._open_value(emb, e_ctx), e_ctx),
-                        None if photo is None else new.seal(self._open_value(photo, p_ctx), p_ctx), tid])
-                    n += 1 + (photo is not None)
-            except GalleryKeyError:
-                self.db.execute("ROLLBACK")
-                raise
-        self.cipher = new
-        self._invalidate()
-        return n
-
     # --- reads -------------------------------------------------------------------------------------
-    def _seal_name(self, customer_id: str, name: str) -> bytes:
-        return self.cipher.seal(name.encode("utf-8"), f"customers.display_name:{customer_id}")
-
-    def _open_value(self, value, context: str) -> bytes:
-        """Unseal a stored value; legacy plaintext (galleries from before encryption) passes through."""
-        if FieldCipher.is_sealed(value):
-            return self.cipher.open(value, context)
-        return value.encode("utf-8") if isinstance(value, str) else value
-
     def _row_to_customer(self, r: dict) -> Customer:
-        name = self._open_value(r["display_name"], f"customers.display_name:{r['id']}").decode("utf-8")
+        name, greeting = self._open_names(r)
         consent, error = None, None
         try:
             consent = load_consent(r["id"], r["consent"])
@@ -337,7 +315,7 @@ class Gallery(GallerySearch, ModelTemplates, SQLiteFile):
         return Customer(
             id=r["id"], display_name=name, status=r["status"], consent=consent, short_code=r["short_code"],
             created_at=r["created_at"], updated_at=r["updated_at"], expires_at=r["expires_at"],
-            templates=int(r.get("n", 0) or 0), consent_error=error,
+            templates=int(r.get("n", 0) or 0), consent_error=error, greet_name=greeting,
         )
 
     def customers(self, status: str | None = None) -> list[Customer]:

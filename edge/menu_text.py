@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from dangol_protocol import Catalogue, CatalogueItem, Menu
 
-__all__ = ["available_items", "choose_picks", "daypart_hour", "door_time", "door_zone", "menu_item_ids"]
+__all__ = ["Picks", "available_items", "choose_picks", "daypart_hour", "door_time", "door_zone", "menu_item_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,21 @@ def available_items(ids: Iterable[str], catalogue: Catalogue | None, limit: int,
     return out
 
 
+class Picks(list):
+    """The items chosen for a customer (:class:`~dangol_protocol.CatalogueItem`, best first), and whose they are:
+    ``own`` is True when they come from the customer's own menu (the cloud's picks from their purchases), False when
+    the customer has no menu yet and they are the catalogue's house items (rule 1's cold start): the door must not
+    call those "your usual"."""
+
+    def __init__(self, items: Iterable[CatalogueItem] = (), own: bool = False):
+        super().__init__(items)
+        self.own = own
+
+
 def choose_picks(menu: Menu | None, catalogue: Catalogue | None, *, limit: int, at: datetime,
-                 disliked: Iterable[str] = ()) -> list[CatalogueItem]:
-    """The picks to welcome a customer with at local time ``at``: every rule of the module docstring.
+                 disliked: Iterable[str] = ()) -> Picks:
+    """The picks to welcome a customer with at local time ``at``: every rule of the module docstring, with
+    :attr:`Picks.own` True when they are the customer's own menu's (False: the house items, no menu).
 
     Args:
         menu: the customer's cached menu, or None (cold start: the catalogue's first available house items).
@@ -115,4 +127,4 @@ def choose_picks(menu: Menu | None, catalogue: Catalogue | None, *, limit: int, 
             day-part (:func:`daypart_hour`).
         disliked: item ids never to offer this customer.
     """
-    return available_items(menu_item_ids(menu, catalogue, at), catalogue, limit, disliked)
+    return Picks(available_items(menu_item_ids(menu, catalogue, at), catalogue, limit, disliked), own=menu is not None)

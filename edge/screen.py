@@ -2,7 +2,10 @@
 
 Screens: ``house`` (the house menu from the catalogue), ``welcome`` (a customer's first name and picks,
 until ``until`` then back to house) and ``enrol`` (staff enrolment progress with the pending short code, or that
-the person is already a regular: never who).
+the person is already a regular: never who). A welcome shown over a pending sign-up's code does not end it: when the
+welcome is over the code comes back for the rest of its time, unless its sign-up is no longer pending (activated,
+discarded, expired: asked with the ``still_pending`` check the enrolment worker gives, which also takes a code on show
+down within :data:`CODE_CHECK_S` once it answers False).
 No face image is ever part of a screen. Every change bumps ``version``; the web page's server-sent
 events stream waits on :meth:`Screen.wait` and pushes each new snapshot at once.
 
@@ -13,12 +16,32 @@ for a few seconds only.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Enrolment stages that end a sign-up (see :meth:`Screen.show_enrolment`).
 SIGNUP_ENDINGS = ("pending", "already", "cancelled", "failed", "not-saved")
+
+#: Seconds between two ``still_pending`` checks of a code on show (one gallery read each, on the thread calling
+#: :meth:`Screen.tick`): a sign-up discarded on the staff page leaves the door within about this time.
+CODE_CHECK_S = 1.0
+
+
+@dataclass(eq=False)
+class _Code:
+    """A pending sign-up's code screen while it has time left: on show, or displaced by a welcome."""
+
+    state: dict[str, Any]
+    until: float | None  # on the screen's clock, seconds; None: until the next change
+    still_pending: Callable[[], bool] | None
+    checked: float  # when ``still_pending`` last answered (or the code was shown), on the screen's clock
+    failed: bool = False  # ``still_pending`` raised (logged once per code)
 
 
 class Screen:
@@ -35,6 +58,7 @@ class Screen:
         self._state: dict[str, Any] = {"screen": "house"}
         self._until: float | None = None
         self._signup: dict[str, Any] | None = None  # how the last sign-up ended, "at" on the clock (seconds)
+        self._code: _Code | None = None  # the pending code, shown or displaced by a welcome
         self.changed_at = clock()
 
     def _set(self, state: dict[str, Any], until: float | None = None) -> int:
@@ -47,32 +71,44 @@ class Screen:
             return self._version
 
     def show_house(self) -> int:
-        """Back to the house menu; returns the new version."""
-        return self._set({"screen": "house"})
+        """Back to the house menu (a pending code on show or displaced is dropped too); returns the new version."""
+        with self._cond:
+            self._code = None
+            return self._set({"screen": "house"})
 
     def forget(self, customer_id: str) -> bool:
-        """An erased customer leaves the screen at once: if their welcome is showing, back to the house menu (checked
-        and changed in one step, so another customer's welcome set meanwhile stays). Returns True if it was theirs."""
+        """An erased customer leaves the screen at once: if their welcome is showing, back to the pending code it
+        displaced (checked at the next :meth:`tick`) or the house menu (checked and changed in one step, so another
+        customer's welcome set meanwhile stays). Returns True if it was theirs."""
         with self._cond:
             if self._state.get("screen") != "welcome" or self._state.get("customer_id") != customer_id:
                 return False
-            self._set({"screen": "house"})
+            code = self._code
+            if code is not None and (code.until is None or self._clock() < code.until):
+                code.checked = float("-inf")
+                self._set(code.state, code.until)
+            else:
+                self._code = None
+                self._set({"screen": "house"})
             return True
 
     def show_welcome(self, first_name: str, picks: list[dict], customer_id: str, seconds: float,
-                     arrival_ts: float | None = None) -> int:
-        """Welcome a customer for ``seconds``.
+                     arrival_ts: float | None = None, own_picks: bool = False) -> int:
+        """Welcome a customer for ``seconds``; a pending code on show comes back afterwards (see the module doc).
 
         Args:
             picks: items to show, each ``{"id", "name", "price", "category", "description"}``
                 (available items only; the caller filters).
             arrival_ts: monotonic time of the decision, for the latency benchmark.
+            own_picks: True when the picks come from the customer's own menu, False for the house items of a
+                customer with no menu yet (:attr:`dangol_edge.menu_text.Picks.own`): the page's heading says which.
         """
-        return self._set({"screen": "welcome", "first_name": first_name, "picks": picks,
+        return self._set({"screen": "welcome", "first_name": first_name, "picks": picks, "own_picks": own_picks,
                           "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 
     def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
-                       samples: int = 0, wanted: int = 0, why: str | None = None, regular: str | None = None) -> int:
+                       samples: int = 0, wanted: int = 0, why: str | None = None, regular: str | None = None,
+                       still_pending: Callable[[], bool] | None = None) -> int:
         """Enrolment progress: ``stage`` is ``capturing`` (``samples`` good faces of ``wanted`` taken so
         far), ``pending`` (with ``code``), ``already`` (the face is an active customer's, ``regular``, their id),
         ``cancelled``, ``failed`` (``why``: ``none``, ``several``
@@ -82,15 +118,20 @@ class Screen:
 
         ``regular`` is kept for the staff page only (:meth:`last_signup`), never put on the door
         screen (:meth:`snapshot`), which is public. ``capturing`` forgets the last sign-up's ending; an ending
-        (:data:`SIGNUP_ENDINGS`) replaces it."""
+        (:data:`SIGNUP_ENDINGS`) replaces it.
+
+        ``still_pending`` (``pending`` only): answers whether the sign-up still waits for staff; a welcome then does
+        not end the code (module doc). Any other stage drops a pending code for good."""
         with self._cond:
             if stage == "capturing":
                 self._signup = None
             elif stage in SIGNUP_ENDINGS:
                 self._signup = {"stage": stage, "why": why, "samples": samples, "wanted": wanted, "code": code,
                                 "regular": regular, "at": self._clock()}
-            return self._set({"screen": "enrol", "stage": stage, "code": code, "samples": samples,
-                              "wanted": wanted, "why": why}, None if seconds is None else self._clock() + seconds)
+            state = {"screen": "enrol", "stage": stage, "code": code, "samples": samples, "wanted": wanted, "why": why}
+            until = None if seconds is None else self._clock() + seconds
+            self._code = _Code(state, until, still_pending, self._clock()) if stage == "pending" else None
+            return self._set(state, until)
 
     def forget_signup(self) -> None:
         """Forget how the last sign-up ended (a new one was asked for); the screen itself does not change."""
@@ -112,11 +153,46 @@ class Screen:
         return last
 
     def tick(self) -> None:
-        """Return to the house menu when a timed screen has expired (call regularly)."""
+        """Take down a timed screen whose time is up (call regularly, e.g. on every frame): a welcome gives way to the
+        pending code it displaced while the code has time left and its sign-up is still pending, anything else to
+        the house menu. A code on show is checked every :data:`CODE_CHECK_S` and leaves once its sign-up is no longer
+        pending. The check runs outside the lock (it reads the gallery); a screen changed meanwhile is left as is."""
         with self._cond:
-            expired = self._until is not None and self._clock() >= self._until
-        if expired:
-            self.show_house()
+            now, version, code = self._clock(), self._version, self._code
+            if code is not None and code.until is not None and now >= code.until:
+                code = self._code = None  # its time is up, shown or not
+            expired = self._until is not None and now >= self._until
+            if expired and (code is None or self._state.get("screen") != "welcome"):
+                self._code = None
+                self._set({"screen": "house"})
+                return
+            if not expired and (code is None or self._state is not code.state or now - code.checked < CODE_CHECK_S):
+                return
+        pending = self._ask(code)
+        with self._cond:
+            if self._version != version or self._code is not code:
+                return  # the screen changed meanwhile: the next tick decides again
+            code.checked = self._clock()
+            if not pending:
+                self._code = None
+                self._set({"screen": "house"})
+            elif expired:
+                self._set(code.state, code.until)
+
+    @staticmethod
+    def _ask(code: _Code) -> bool:
+        """``code.still_pending()``; True when there is no check, or when it raised (logged with its traceback, once per
+        code): a code that cannot be checked keeps the rest of its time."""
+        if code.still_pending is None:
+            return True
+        try:
+            return bool(code.still_pending())
+        except Exception:
+            if not code.failed:
+                code.failed = True
+                log.exception("cannot tell whether the sign-up of code %s is still pending: the code keeps its time",
+                              code.state.get("code"))
+            return True
 
     def snapshot(self) -> dict[str, Any]:
         """The current state with its ``version``."""

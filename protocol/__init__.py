@@ -66,6 +66,7 @@ from dangol_protocol.topics import (
     ALL_DEVICE_EVENTS,
     ALL_DEVICE_STATUS,
 )
+from dangol_protocol.names import greeting_name
 from dangol_protocol.parse import PayloadError, is_retained_clear, parse_payload, unknown_field_counts
 
 __all__ = [
@@ -104,6 +105,7 @@ __all__ = [
     "erasures_topic",
     "first_name",
     "events_topic",
+    "greeting_name",
     "is_retained_clear",
     "last_will",
     "menu_topic",

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from dangol_protocol.names import greeting_name
+
 __all__ = [
     "ArrivalEvent",
     "Catalogue",
@@ -65,12 +67,12 @@ MAX_COUNT = 10**12
 
 
 def first_name(name: str | None) -> str | None:
-    """The first whitespace-separated word of ``name`` (``"Mina Park"`` → ``"Mina"``), or None if empty.
+    """The part of ``name`` the door greets with (:func:`dangol_protocol.names.greeting_name`: ``"Mina Park"`` →
+    ``"Mina"``, ``"김 민준"`` → ``"김 민준"``, ``"Dr. Lee"`` → ``"Dr. Lee"``), or None if empty.
 
-    Retained menus go to every store's box; the kiosk greets with the first name only, so no more is sent.
+    Retained menus go to every store's box; the kiosk greets with that part only, so no more is sent.
     """
-    words = (name or "").split()
-    return words[0][:40] if words else None
+    return greeting_name(name)
 
 
 class CatalogueItem(_Model):
@@ -184,9 +186,9 @@ def daypart_at(hour: int) -> DayPart:
 class Menu(_Model):
     """``menu/1``: one customer's ranked picks (retained, QoS 1), best first.
 
-    ``display_name`` is the *first name* recorded with the customer's consent (for "Welcome back, <name>");
-    anything after the first word is dropped on validation (:func:`first_name`), because retained menus
-    reach every store's box. A menu is only published for customers with a consent record, so it also
+    ``display_name`` is the greeting part of the name recorded with the customer's consent (for "Welcome back,
+    <name>"): the rest is dropped on validation (:func:`first_name`: the first word, a Hangul name whole), because
+    retained menus reach every store's box. A menu is only published for customers with a consent record, so it also
     tells the edge the customer is active.
     """
 

@@ -1,5 +1,7 @@
-"""Blueprint ``staff``: pending sign-ups and active customers — activate with consent, discard, erase —
-behind a PIN sign-in when a staff PIN is set. Every form carries a CSRF token (Flask-WTF)."""
+"""Blueprint ``staff``: pending sign-ups and active customers — activate with consent, a name and what the door greets
+them with ("Greet as", pre-filled by :func:`dangol_protocol.greeting_name`), discard, erase — and the consent text staff
+confirm (``/staff/consent``; ``/staff/consent/customer``, the page turned towards the customer), behind a PIN sign-in
+when a staff PIN is set. Every form carries a CSRF token (Flask-WTF)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
+from markupsafe import Markup
 from werkzeug.exceptions import InternalServerError
 
-from dangol_protocol import Consent
+from dangol_protocol import Consent, greeting_name
+from dangol_protocol.names import FAMILY_NAME_FIRST, MAX_GREETING, TITLES
 
+from ..consent_text import ConsentTextError, render_consent
 from ..enrol import DoorRule
 from ..gallery import AlreadyRegular, Customer, NoCurrentTemplate, UnknownCustomer
 from .deps import deps
@@ -85,7 +90,9 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
     catalogue_unreadable = read_catalogue(d) is None and d.state.catalogue_read_errors > 0
     storage = d.storage() if d.storage is not None else "ok"
     button_problem = d.button_problem() if d.button_problem is not None else None
+    greet_rule = {"titles": TITLES, "family_first": FAMILY_NAME_FIRST, "max": MAX_GREETING}  # for the page's script
     return render_template("staff.html", pending=pending, active=active, errors=errors or {},
+                           greeting=greeting_name, greet_rule=greet_rule,
                            catalogue_unreadable=catalogue_unreadable, storage=storage, button_problem=button_problem,
                            values=values or {}, text_version=d.text_version, pin=d.pin is not None, signup=signup,
                            staff_name=session.get("staff_name", ""),
@@ -176,9 +183,10 @@ def signup_cancel():
 def activate(customer_id: str):
     d = deps()
     name = " ".join(request.form.get("display_name", "").split())
+    greet = " ".join(request.form.get("greet_as", "").split())  # empty: the rule on the name (greeting_name)
     staff_name = " ".join(request.form.get("staff", "").split())
     consent = request.form.get("consent") == "yes"
-    values = {"id": customer_id, "display_name": name, "staff": staff_name, "consent": consent}
+    values = {"id": customer_id, "display_name": name, "greet_as": greet, "staff": staff_name, "consent": consent}
     customer = lookup(customer_id, "pending")
     if customer is None:
         return staff_page(404, {"_": "That sign-up no longer exists (it may have expired or been "
@@ -188,6 +196,8 @@ def activate(customer_id: str):
         errors["display_name"] = "Enter the customer's name (at least the first name)."
     elif len(name) > 80:
         errors["display_name"] = "That name is too long (80 characters at most)."
+    if len(greet) > MAX_GREETING:
+        errors["greet_as"] = f"Keep the greeting short ({MAX_GREETING} characters at most): it is the door's headline."
     if not consent:
         errors["consent"] = "Tick the box only once the customer has agreed to the consent text."
     if not staff_name:
@@ -202,7 +212,7 @@ def activate(customer_id: str):
     rule = DoorRule.or_none(d.config, d.gallery.model_sha256)
     check = None if rule is None else lambda: rule.check_pending(d.gallery, customer_id)
     try:  # refused, nothing changed, when the sign-up is an active customer's face (two records: neither greeted)
-        activated = d.gallery.activate(customer_id, name, record, check=check)
+        activated = d.gallery.activate(customer_id, name, record, greet_name=greet or None, check=check)
     except AlreadyRegular as exc:
         log.warning("staff page: not activated: %s", exc)
         regular = exc.customer.display_name
@@ -230,8 +240,35 @@ def activate(customer_id: str):
             log.error("reporting the activation of %s failed: %s", customer_id, exc)
             flash(f"{activated.display_name} is active on this device, but {NOT_SAVED}", "warning")
             return redirect(url_for("staff.index"))
-    flash(f"{activated.display_name} is now a regular. Welcome aboard!", "success")
+    flash(f"{activated.display_name} is now a regular. Welcome aboard! The door greets them: "
+          f"Welcome back, {activated.first_name}.", "success")
     return redirect(url_for("staff.index"))
+
+
+@bp.get("/consent")
+def consent_text():
+    """The consent text of ``display.consent_version`` for staff to read, with "Show to the customer"."""
+    return consent_page(customer_view=False)
+
+
+@bp.get("/consent/customer")
+def consent_for_customer():
+    """The consent text alone, in large type, for the customer to read on the phone staff hand them: no staff
+    controls, no link back to the staff page (it lists other customers' names)."""
+    return consent_page(customer_view=True)
+
+
+def consent_page(customer_view: bool):
+    """The consent page; when the text cannot be rendered (its file removed since ``check-config`` passed) a 500 page
+    that says so and why — never a text staff could mistake for the one the customer agrees to."""
+    d = deps()
+    try:
+        text, problem = Markup(render_consent(d.config)), None
+    except ConsentTextError as exc:
+        log.error("staff page: the consent text cannot be shown: %s", exc)
+        text, problem = None, str(exc)
+    return render_template("consent.html", text=text, problem=problem, version=d.text_version,
+                           customer_view=customer_view), 500 if problem else 200
 
 
 @bp.post("/discard/<customer_id>")

@@ -97,7 +97,8 @@ class ArrivalWorker(Worker):
         picks = self.picks_for(customer_id)
         decided = time.monotonic()
         self.screen.show_welcome(customer.first_name, [_screen_pick(p) for p in picks], customer_id,
-                                 self.config.display.welcome_s, arrival_ts=decided)
+                                 self.config.display.welcome_s, arrival_ts=decided,
+                                 own_picks=picks.own)  # a Picks: house items are not "your usual"
         self.stats.arrivals += 1
         self.stats.arrival_times.append((first_seen, decided))
         log.info("arrival: %s (score %.3f, %d picks)", customer_id, score, len(picks))

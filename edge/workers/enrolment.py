@@ -8,9 +8,12 @@ no second record, which would keep the door from greeting either, and nothing ad
 falsely matched would become that regular's face; the door screen says so without a name, the staff page names them),
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
 no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
-snapshots taken out of the pool needed), or ``not-saved`` when the gallery cannot be written (disk
-full: the sign-up ends, health reports the storage, nothing half-written stays); the button's long press or the
-staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. How a sign-up ended stays on the
+snapshots taken out of the pool needed), or ``failed`` as "more than one face" as soon as a second good face has
+been beside the first in more than :data:`SECOND_FACE_FRAMES` frames (nothing stored), or ``not-saved`` when the
+gallery cannot be written (disk full: the sign-up ends, health reports the storage, nothing half-written stays).
+The staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Holding the button cancels the sign-up
+that press started: its capture, or — once the capture has finished — the pending customer it stored, erased as the
+staff page's "Discard" does (``cancelled`` on the door); a hold never starts one. How a sign-up ended stays on the
 :class:`~dangol_edge.screen.Screen` for the staff page until the next one starts. Steps run on the recognition
 thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -27,12 +32,31 @@ import numpy as np
 from ..config import EdgeConfig
 from ..enrol import DoorRule, Sample, SampleCollector, enroll
 from ..events import EventFactory, EventNotSaved, Outbox
-from ..gallery import Enrolled, Gallery
+from ..gallery import Enrolled, Gallery, UnknownCustomer
 from ..screen import Screen
 from ..sources import Frame
 from .base import storage_state
 
 log = logging.getLogger(__name__)
+
+SECOND_FACE_FRAMES = 5
+"""Frames of a sign-up in which a second face may pass every quality gate (detector score, size, pose, roll, blur:
+a frontal face close to the camera) beside the largest one before the sign-up fails as "more than one face"
+(``failed``, ``why="several"``), with nothing stored. Counted over the frames looked at (every frame due for a
+candidate, :meth:`~dangol_edge.enrol.SampleCollector.due`), in total, not in a row. The pool takes the largest face of
+each frame, and which of two people is larger can change from frame to frame, so two people at the camera may be
+stored as one customer. Someone passing behind is rarely frontal and close for long: in the real Hamilton clip (30 fps)
+a second face passes every gate in 3 consecutive frames of 275, and that must not fail a sign-up; two people side by
+side pass in every frame and end it at the 6th frame looked at (about 1 s at 10 fps: frames 2 apart once candidates
+are kept), well before the pool of 15 good faces 2 frames apart (at least 29 frames) is full. The photo enrolment
+refuses a photo with two faces outright (:func:`~dangol_edge.enrol.sample_from_photo`)."""
+
+REPORT_RETRY_S = 30.0
+"""Seconds between tries to record a sign-up erased by a button hold for the cloud (``erasure-done``) while the state
+file cannot be written (the housekeeping pass's default interval is of the same order)."""
+
+CODE_SHOWN_S = 60.0
+"""Seconds the door shows a new sign-up's short code (a welcome meanwhile does not cut it short)."""
 
 
 class ButtonEnrolment:
@@ -57,21 +81,30 @@ class ButtonEnrolment:
         self.outbox = outbox
         self.button = button
         self.stats = stats
-        self.requests: queue.Queue[str] = queue.Queue(maxsize=16)
+        #: ``(what, press)``: ``press`` is the number of the button press a button request belongs to, None for the
+        #: staff page's requests.
+        self.requests: queue.Queue[tuple[str, int | None]] = queue.Queue(maxsize=16)
         self.requests_dropped = 0  # requests refused because the queue was full
         self._collector: SampleCollector | None = None
         self._frames = 0
+        self._second = 0  # frames of this sign-up with a second good face (SECOND_FACE_FRAMES)
         self._rule: DoorRule | bool | None = None  # built on the first sign-up; False: no calibration, not checked
+        self._presses = 0  # button presses so far (gpiozero's thread numbers them)
+        self._press_lock = threading.Lock()
+        self._press: int | None = None  # the press that started the current or last sign-up (None: the staff page)
+        self._stored: str | None = None  # the pending customer that sign-up stored, until a hold erases it
+        self._unreported: dict[str, None] = {}  # erased by a hold, erasure not yet recorded for the cloud
+        self._retry_at = 0.0  # monotonic seconds
 
     @property
     def active(self) -> bool:
         """True while a sign-up is being captured."""
         return self._collector is not None
 
-    def ask(self, what: str, source: str = "button") -> bool:
+    def ask(self, what: str, source: str = "button", press: int | None = None) -> bool:
         """Queue a request (``"enrol"`` or ``"cancel"``) from any thread (gpiozero's, a web request's); the
-        recognition thread applies it. Returns False if it was dropped (queue full: logged and counted in
-        :attr:`requests_dropped`).
+        recognition thread applies it. ``press``: the button press it belongs to (:meth:`request`), None for the
+        staff page. Returns False if it was dropped (queue full: logged and counted in :attr:`requests_dropped`).
 
         Raises:
             ValueError: ``what`` is neither ``"enrol"`` nor ``"cancel"``.
@@ -79,7 +112,7 @@ class ButtonEnrolment:
         if what not in ("enrol", "cancel"):
             raise ValueError(f"enrolment request {what!r}: expected 'enrol' or 'cancel'")
         try:
-            self.requests.put_nowait(what)
+            self.requests.put_nowait((what, press))
         except queue.Full:
             self.requests_dropped += 1
             log.warning("%s request %r dropped (queue full, %d so far)", source, what, self.requests_dropped)
@@ -88,26 +121,123 @@ class ButtonEnrolment:
         return True
 
     def request(self, what: str) -> Callable[[], None]:
-        """A callback for the button (``"enrol"`` or ``"cancel"``) that queues the request (any thread)."""
-        return lambda: self.ask(what)
+        """The GPIO button's callback (any thread): ``"enrol"`` for a press, ``"cancel"`` for a hold. Each press is
+        numbered; a hold belongs to the latest press (the one still held), so it cancels what that press started.
+
+        Raises:
+            ValueError: ``what`` is neither ``"enrol"`` nor ``"cancel"``.
+        """
+        if what not in ("enrol", "cancel"):
+            raise ValueError(f"button request {what!r}: expected 'enrol' or 'cancel'")
+
+        def callback() -> None:
+            with self._press_lock:
+                if what == "enrol":
+                    self._presses += 1
+                press = self._presses
+            self.ask(what, "button", press)
+        return callback
 
     def handle_requests(self) -> None:
-        """Apply queued button requests (recognition thread)."""
+        """Apply queued requests and retry erasure records a hold could not write (recognition thread). Never
+        raises: a request that fails is logged with its traceback (the recognition loop must go on)."""
+        self._retry_reports()
         while True:
             try:
-                req = self.requests.get_nowait()
+                what, press = self.requests.get_nowait()
             except queue.Empty:
                 return
-            if req == "enrol" and not self.active:
-                log.info("enrolment started")
-                self._collector = SampleCollector(self.config.enrol.templates)
-                self._frames = 0
-                self.screen.show_enrolment("capturing")
-                if self.button:
-                    self.button.busy()
-            elif req == "cancel" and self.active:
-                log.info("enrolment cancelled")
-                self._finish("cancelled", seconds=3)
+            try:
+                if what == "enrol":
+                    self._start(press)
+                elif press is not None:
+                    self._hold(press)
+                elif self.active:  # the staff page's "Cancel": the capture in progress
+                    log.info("enrolment cancelled")
+                    self._finish("cancelled", seconds=3)
+            except Exception as exc:
+                if isinstance(exc, sqlite3.Error):
+                    self._storage(storage_state(exc))
+                log.exception("enrolment request %r (press %s) failed", what, press)
+
+    def _start(self, press: int | None) -> None:
+        """Start a sign-up for ``press`` (None: the staff page), unless one is being captured."""
+        if self.active:
+            log.info("a sign-up is already being captured: the new request starts nothing")
+            return
+        log.info("enrolment started")
+        self._collector = SampleCollector(self.config.enrol.templates)
+        self._frames = self._second = 0
+        self._press, self._stored = press, None
+        self.screen.show_enrolment("capturing")
+        if self.button:
+            self.button.busy()
+
+    def _hold(self, press: int) -> None:
+        """The button was held after ``press``: cancel the capture in progress (this press's, or one it found
+        running); else, if this press started the last sign-up, discard the pending customer it stored
+        (:meth:`_discard`) or, when it stored nothing, just say "cancelled". Never starts a sign-up."""
+        mine = press == self._press
+        if self.active:
+            log.info("enrolment cancelled (button held)")
+            self._finish("cancelled", seconds=3)
+        elif mine and self._stored is not None:
+            self._discard(self._stored)
+        elif mine:
+            self._press = None
+            log.info("button held: its sign-up had already ended with nothing stored")
+            self._finish("cancelled", seconds=3)
+        else:
+            log.info("button held: no sign-up of this press to cancel")
+
+    def _discard(self, customer_id: str) -> None:
+        """Erase the pending customer a held press's sign-up stored, as the staff page's "Discard" does: out of the
+        gallery, then out of the state file in one transaction with its ``erasure-done`` report for the cloud
+        (:meth:`~dangol_edge.events.Outbox.erase`; retried every :data:`REPORT_RETRY_S` s while that file cannot be
+        written). The daemon's in-memory forgetting has nothing to do for it: a pending customer is never searched,
+        greeted or migrated by a model upgrade (its templates are the current model's). One already activated on the
+        staff page is left alone; one the staff page discarded meanwhile is gone already.
+
+        Raises:
+            sqlite3.Error: the gallery cannot be read; nothing is erased.
+        """
+        self._press = self._stored = None
+        try:
+            status = self.gallery.customer(customer_id).status
+        except UnknownCustomer:
+            status = None
+        if status == "active":
+            log.warning("button held, but sign-up %s was activated on the staff page meanwhile: not erased",
+                        customer_id)
+            return
+        if status == "pending":
+            try:
+                self.gallery.delete(customer_id)
+            except sqlite3.OperationalError as exc:  # disk full / read-only: it stays, staff can discard it later
+                self._storage(storage_state(exc))
+                log.error("button held, but sign-up %s could not be erased (%s): it stays pending; discard it on the "
+                          "staff page", customer_id, exc)
+                return
+            self._report(customer_id)
+        self._finish("cancelled", seconds=3)
+        log.info("sign-up %s cancelled by holding the button: erased", customer_id)
+
+    def _report(self, customer_id: str) -> None:
+        """Record the erasure of ``customer_id`` for the cloud, or keep it for :meth:`_retry_reports`."""
+        try:
+            self.outbox.erase([customer_id], [self.events.erasure_done([customer_id])])
+        except sqlite3.Error as exc:
+            self._storage(storage_state(exc))
+            self._unreported[customer_id] = None
+            self._retry_at = time.monotonic() + REPORT_RETRY_S
+            log.error("the erasure of sign-up %s could not be recorded for the cloud (%s); retried every %.0f s",
+                      customer_id, exc, REPORT_RETRY_S)
+
+    def _retry_reports(self) -> None:
+        if self._unreported and time.monotonic() >= self._retry_at:
+            for customer_id in list(self._unreported):
+                del self._unreported[customer_id]
+                self._report(customer_id)
 
     def _finish(self, stage: str, code: str | None = None, seconds: float | None = None, **shown) -> None:
         """End the sign-up: the door screen shows ``stage`` for ``seconds`` (``shown``: more
@@ -123,6 +253,12 @@ class ButtonEnrolment:
         needed; the log the whole :meth:`~dangol_edge.enrol.SampleCollector.shortfall`."""
         self._finish("failed", seconds=5, why=col.shortfall_kind(), samples=len(col.candidates), wanted=col.pool)
         log.warning("enrolment failed: %s%s", col.shortfall(self.config.enrol.max_frames), note)
+
+    def _several(self, col: SampleCollector) -> None:
+        """End the sign-up as ``failed`` with ``why="several"`` (:data:`SECOND_FACE_FRAMES`): nothing is stored."""
+        self._finish("failed", seconds=5, why="several", samples=len(col.candidates), wanted=col.pool)
+        log.warning("enrolment failed: a second good face beside the first in %d of %d frames (more than one person "
+                    "in front of the camera)", self._second, self._frames)
 
     def _storage(self, state: str) -> None:
         if self.stats is not None:
@@ -140,7 +276,12 @@ class ButtonEnrolment:
         self._frames += 1
         try:
             if col.due(frame.index):
-                faces = pipeline.process(frame.rgb, max_faces=1)
+                faces = pipeline.process(frame.rgb, max_faces=2)  # the largest is offered, the next one counted
+                if any(f.embedding is not None for f in faces[1:]):
+                    self._second += 1
+                    if self._second > SECOND_FACE_FRAMES:
+                        self._several(col)
+                        return
                 if col.offer(faces[0] if faces else None, frame.index):
                     self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
         except Exception:
@@ -151,6 +292,16 @@ class ButtonEnrolment:
             self._save(col)
         elif self._frames >= cfg.max_frames:
             self._fail(col)
+
+    def _still_pending(self, customer_id: str) -> Callable[[], bool]:
+        """For the door screen: whether the sign-up ``customer_id`` still waits for staff (not activated, discarded or
+        expired), so its code is never shown again after that. Raises what the gallery raises (the screen logs it)."""
+        def check() -> bool:
+            try:
+                return self.gallery.customer(customer_id).status == "pending"
+            except UnknownCustomer:
+                return False
+        return check
 
     def _regular(self, samples: list[Sample]) -> Enrolled | None:
         """The active customer these samples are (the door's rule, :class:`~dangol_edge.enrol.DoorRule`), or None."""
@@ -188,7 +339,8 @@ class ButtonEnrolment:
                 self._storage("error")
             self._finish("not-saved", seconds=10)
             raise
-        self._finish("pending", c.short_code, seconds=60)
+        self._stored = c.id
+        self._finish("pending", c.short_code, seconds=CODE_SHOWN_S, still_pending=self._still_pending(c.id))
         log.info("pending customer %s (code %s)", c.id, c.short_code)
         try:
             self.outbox.send(self.events.pending(c.id, c.short_code))
