@@ -13,7 +13,9 @@ Tables:
 
 Names, greetings, embeddings and enrolment photos are stored sealed with AES-256-GCM (:mod:`dangol_edge.crypto`,
 :mod:`dangol_edge.gallery_names`);
-the key comes from the environment or a systemd credential, never from this file.
+the key comes from the environment or a systemd credential, never from this file. A deletion (an erasure, retention,
+an expired sign-up, the end of a model upgrade, a key rotation's old values) leaves neither the database file
+(``secure_delete``) nor the ``-wal`` file (a TRUNCATE checkpoint after it: :mod:`dangol_edge.sqlite`).
 
 Only templates of *active* customers made by the *current* model are searched: a template from a
 different model is never mixed in silently (:attr:`Gallery.stale_templates` reports them, and the
@@ -260,11 +262,18 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
         return self.customer(customer_id)
 
     def delete(self, customer_id: str) -> None:
-        """Erase a customer and all their templates (one transaction).
+        """Erase a customer and all their templates (one transaction), then wipe their rows from the ``-wal`` file
+        (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_deleted`: one a reader blocks is logged and finished by the next
+        housekeeping pass, :meth:`expire_pending`); in the database file ``secure_delete`` zeroes them.
 
         Raises:
             UnknownCustomer: no such id.
         """
+        self._delete(customer_id)
+        self.wipe_deleted()
+
+    def _delete(self, customer_id: str) -> None:
+        """:meth:`delete` without the wipe (marked due). Raises UnknownCustomer."""
         with self._lock, self.db.conn:
             self.db.execute("BEGIN IMMEDIATE")
             if not self.db.execute("SELECT 1 FROM customers WHERE id = ?", [customer_id]).fetchone():
@@ -272,6 +281,7 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
                 raise UnknownCustomer(customer_id)
             self.db.execute("DELETE FROM templates WHERE customer_id = ?", [customer_id])
             self.db.execute("DELETE FROM customers WHERE id = ?", [customer_id])
+            self._wipe_due = True
         self.consent_errors.pop(customer_id, None)
         self._invalidate()
 
@@ -282,21 +292,26 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
             self.db.execute("UPDATE customers SET last_seen_at = ? WHERE id = ?", [ts, customer_id])
 
     def expire_unseen(self, days: int, now: datetime | None = None) -> list[str]:
-        """Erase active customers neither seen nor enrolled/updated in the last ``days`` days; returns their ids."""
+        """Erase active customers neither seen nor enrolled/updated in the last ``days`` days; returns their ids.
+        Then wipes the ``-wal`` file (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`, also when an earlier
+        deletion's wipe did not finish)."""
         cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=days)).isoformat(timespec="seconds")
         ids = [r[0] for r in self.db.execute(
             "SELECT id FROM customers WHERE status = 'active' AND COALESCE(last_seen_at, updated_at) < ?", [cutoff])]
         for cid in ids:
-            self.delete(cid)
+            self._delete(cid)
+        self.wipe_if_due()
         return ids
 
     def expire_pending(self, now: datetime | None = None) -> list[str]:
-        """Erase pending customers past their ``expires_at``; returns their ids."""
+        """Erase pending customers past their ``expires_at``; returns their ids. Then wipes the ``-wal`` file as
+        :meth:`expire_unseen` does (each housekeeping pass: a wipe an earlier deletion could not finish is retried)."""
         ts = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
         ids = [r[0] for r in self.db.execute(
             "SELECT id FROM customers WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?", [ts])]
         for cid in ids:
-            self.delete(cid)
+            self._delete(cid)
+        self.wipe_if_due()
         return ids
 
     # --- reads -------------------------------------------------------------------------------------

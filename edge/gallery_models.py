@@ -38,7 +38,9 @@ class ModelTemplates:
             embeddings: ``(K, D) float32`` unit vectors made by ``model_sha256`` (default: the current model).
             qualities: K values in [0, 1].
             max_per_model: keep at most this many templates of that model for the customer: the
-                lowest-quality ones beyond it are dropped (refreshes never grow the gallery forever).
+                lowest-quality ones beyond it are dropped (refreshes never grow the gallery forever); the next
+                housekeeping pass wipes them from the ``-wal`` file
+                (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`).
         Raises:
             UnknownCustomer: no such id.  ValueError: wrong shape or quality count.
         """
@@ -61,11 +63,12 @@ class ModelTemplates:
                 {"customer_id": customer_id, "quality": float(q), "model_sha256": sha, "created_at": now,
                  "embedding": self.cipher.seal(e.astype("<f4").tobytes(), f"templates.embedding:{customer_id}")}
                 for e, q in zip(emb, qualities))
-            if max_per_model is not None:
-                self.db.execute(
+            if max_per_model is not None and self.db.execute(
                     "DELETE FROM templates WHERE customer_id = ? AND model_sha256 = ? AND id NOT IN ("
                     " SELECT id FROM templates WHERE customer_id = ? AND model_sha256 = ?"
-                    " ORDER BY quality DESC, id DESC LIMIT ?)", [customer_id, sha, customer_id, sha, max_per_model])
+                    " ORDER BY quality DESC, id DESC LIMIT ?)", [customer_id, sha, customer_id, sha, max_per_model]
+            ).rowcount:
+                self._wipe_due = True  # the next housekeeping pass wipes the -wal file (no checkpoint on this thread)
         self._invalidate()
         return len(emb)
 
@@ -90,10 +93,13 @@ class ModelTemplates:
             raise NoCurrentTemplate(customer_id)
 
     def drop_other_models(self) -> int:
-        """Delete every template not made by the current model (the end of an upgrade); returns how many."""
+        """Delete every template not made by the current model (the end of an upgrade), wiping them from the ``-wal``
+        file too (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_deleted`); returns how many."""
         with self._lock, self.db.conn:
             n = self.db.execute("DELETE FROM templates WHERE model_sha256 != ?", [self.model_sha256]).rowcount
         self._invalidate()
+        if n:
+            self.wipe_deleted()
         return int(n)
 
     def matrix_for(self, model_sha256: str, statuses: tuple[str, ...] = ("active",)) -> tuple[np.ndarray, list[str]]:

@@ -66,7 +66,9 @@ class SealedNames:
 
     def rotate_key(self, new: FieldCipher) -> int:
         """Re-seal every name, greeting, template and photo under ``new`` in one transaction (legacy plaintext rows
-        get sealed too); afterwards this gallery uses ``new``. Returns the number of values re-sealed.
+        get sealed too); afterwards this gallery uses ``new``, and the old values are wiped from the ``-wal`` file
+        (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_deleted`; ``secure_delete`` zeroes them in the database file).
+        Returns the number of values re-sealed.
 
         Raises:
             GalleryKeyError: a value cannot be opened with the current key (nothing is changed).
@@ -94,4 +96,5 @@ class SealedNames:
                 raise
         self.cipher = new
         self._invalidate()
+        self.wipe_deleted()
         return n

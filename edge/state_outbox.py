@@ -10,8 +10,9 @@ the consent record with the staff member's name), ``created_at``, ``sent_at`` (o
   kept after their acknowledgement, and its unsealed events about customers, are dropped or sealed on open.
 * **Erasure** (:meth:`OutboxTable.erase_customers`): in one transaction, every row about the customers goes (sent
   or not) with their cached menus, the confirmations the cloud needs (``erasure-done``) are queued and the ids are
-  recorded as erased here (their menus are refused from then on: :mod:`dangol_edge.state_erased`); the WAL is
-  then checkpointed so the old pages leave the ``-wal`` file too. From the moment an erasure starts
+  recorded as erased here (their menus are refused from then on: :mod:`dangol_edge.state_erased`); the ``-wal``
+  file is then cut (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_deleted`) so the old pages leave it too, and a
+  damaged copy of the file still kept (:mod:`dangol_edge.state_recovery`) is deleted. From the moment an erasure starts
   (:meth:`OutboxTable.begin_erasure`) until that transaction commits — a storage error may keep it waiting for a
   retry — nothing about those customers is handed to the flusher; and an event about them made before the erasure
   (an arrival decided a moment earlier, an event held in memory) is refused afterwards. So nothing about a
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .crypto import FieldCipher, GalleryKeyError
+from .state_recovery import ASIDE_KEPT, remove_asides
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +188,21 @@ class OutboxTable:
             return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
 
     def prune_sent(self, keep: int = 0) -> None:
-        """Drop acknowledged rows beyond the newest ``keep`` (only an older version's: rows now go on their PUBACK)."""
+        """Drop acknowledged rows beyond the newest ``keep`` (only an older version's: rows now go on their PUBACK);
+        finish a wipe of the ``-wal`` file an erasure could not (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`,
+        logged there); delete the damaged copies kept longer than :data:`~dangol_edge.state_recovery.ASIDE_KEPT`
+        (:mod:`dangol_edge.state_recovery`). Each housekeeping pass.
+
+        Raises:
+            sqlite3.Error: the file cannot be written.  OSError: a damaged copy cannot be deleted.
+        """
         with self._lock:
             self.db.execute(
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND seq NOT IN "
                 "(SELECT seq FROM outbox WHERE sent_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", [keep])
+        self.wipe_if_due()
+        for name in remove_asides(self.path, ASIDE_KEPT):
+            log.info("%s: deleted (a damaged copy kept %g hours)", name, ASIDE_KEPT / timedelta(hours=1))
 
     def begin_erasure(self, customer_ids: Iterable) -> None:
         """The customers' erasure begins (in memory, cannot fail): from now on nothing queued about them is handed
@@ -212,8 +223,11 @@ class OutboxTable:
         them (sent or not) go, ``confirmations`` — (event id, topic, payload) of the ``erasure-done`` events —
         are queued, and the ids are recorded as erased here, so a menu of theirs is never cached again
         (:mod:`dangol_edge.state_erased`). Begins the erasure first (:meth:`begin_erasure`), so while the
-        transaction fails nothing about them is sent. Then the WAL is checkpointed (best effort: a busy or failing
-        checkpoint leaves the pages to the next one, logged).
+        transaction fails nothing about them is sent. Then the ``-wal`` file is wiped
+        (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_deleted`: one a reader blocks is logged and finished by the next
+        housekeeping pass, :meth:`prune_sent`), and a damaged copy of the file kept because its salvage failed is
+        deleted (:func:`~dangol_edge.state_recovery.remove_asides`; one that cannot be is logged and left to
+        :meth:`prune_sent`).
 
         Returns:
             The outbox rows removed.
@@ -238,11 +252,12 @@ class OutboxTable:
                     self._insert(event_id, topic, text, None)
             self._erasing.difference_update(ids)
             self._unopenable.difference_update(ids)
-            try:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                log.warning("%s: checkpoint after an erasure failed (%s); the next one removes the old pages",
-                            self.path, exc)
+            self.wipe_deleted()
+        try:
+            for name in remove_asides(self.path):
+                log.info("%s: deleted (a damaged copy) by an erasure", name)
+        except OSError as exc:
+            log.error("%s: a damaged copy cannot be deleted (%s); the housekeeping pass tries again", self.path, exc)
         return removed
 
     def _reseal_outbox(self, cipher: FieldCipher | None, new: FieldCipher) -> tuple[int, int]:
