@@ -4,14 +4,17 @@ Window ``[since, until)`` in UTC; hours, weekdays and days in the café's time z
 ``visits``; sales from ``purchases`` (a *shop visit* is one basket: a customer's lines at one timestamp).
 Sales of POS products count for the menu item they are mapped to (:mod:`dangol_cloud.menu_mapping`).
 
-"Shown → bought" (issue 11): a purchase line credits the customer's *latest* door visit at most
-``conversion_hours`` before it, and only if that visit's screen showed the item — so one purchase gives at
-most one credit, to the visit it followed (the same rule as :func:`dangol_cloud.feedback.credit_shown_picks`).
+"Shown → bought" (issue 11) counts the training's credits (:func:`dangol_cloud.feedback_credit.shown_pick_credits`:
+those :func:`~dangol_cloud.feedback_credit.credit_shown_picks` stored, and those it would add now): a purchase line
+credits the customer's latest door visit at most :data:`~dangol_cloud.feedback_credit.CREDIT_WINDOW` before it
+whose screen showed the item, once. With ``TIMEZONE`` unset, a store without a zone of its own has imported sale
+times that are not the doors' UTC (:func:`~dangol_cloud.feedback_credit.clock_known`): they credit nothing, and the
+figure leaves that store's door visits out (the training does not mark their picks ignored either); the page names
+such stores.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -20,6 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from dangol_cloud.feedback_credit import CREDIT_WINDOW, clock_known, shown_pick_credits, stores_without_clock
 from dangol_cloud.models import CatalogueItem, ProductMapping, Purchase, Visit
 from dangol_cloud.store_zones import store_zones
 
@@ -39,8 +43,11 @@ class Analytics:
         visits_by_hour: 24 counts (local hour 0-23); visits_by_weekday: 7 counts (Mon..Sun) of door arrivals.
         recognised / unknown: arrivals with / without a recognised customer; regulars: distinct recognised people.
         top_items: ``[(menu item or product name, units)]`` best sellers in the window, at most 10.
-        shown_visits: recognised arrivals whose screen showed picks; converted: those credited with a purchase;
-            credits: purchase lines credited (each at most once).
+        shown_visits: recognised arrivals whose screen showed picks (not at a store left out, below); converted:
+            those credited with a purchase; credits: purchase lines credited to them (each at most once, as the
+            training credits them); stores_without_clock: names of the shown stores left out of these three
+            (``TIMEZONE`` unset and no zone of their own: imported sale times not comparable with the doors'),
+            when the window has visits with picks shown.
         trend: ``[(period start date, arrivals, recognised, baskets, revenue or None)]`` by ``bucket``.
         bucket: ``"day"`` (ranges up to 120 days), ``"week"`` (weeks start on Monday; up to 2 years) or
             ``"month"``; every period between the first and the last with data is listed (empty ones as 0).
@@ -61,7 +68,8 @@ class Analytics:
     shown_visits: int = 0
     converted: int = 0
     credits: int = 0
-    conversion_hours: int = 3
+    conversion_hours: int = int(CREDIT_WINDOW / timedelta(hours=1))
+    stores_without_clock: list[str] = field(default_factory=list)
     trend: list[tuple[date, int, int, int, float | None]] = field(default_factory=list)
     bucket: str = "day"
     heatmap: list[list[int]] = field(default_factory=lambda: [[0] * 24 for _ in range(7)])
@@ -99,12 +107,13 @@ def _next_bucket(day: date, bucket: str) -> date:
     return day + timedelta(days=7 if bucket == "week" else 1)
 
 
-def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None, conversion_hours: int = 3,
+def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None = None,
             since: datetime | None = None, until: datetime | None = None,
-            store_id: str | Collection[str] | None = None) -> Analytics:
+            store_id: str | Collection[str] | None = None, timezone_set: bool = True) -> Analytics:
     """Analytics for ``[since, until)``, or for the last ``days`` days up to ``now`` when they are not given;
     with ``store_id`` (one id, or a collection of ids: a staff user's stores; empty = none) only those stores'
-    arrivals and sales. None: every store.
+    arrivals and sales. None: every store. ``timezone_set``: whether the ``TIMEZONE`` setting was set
+    (:attr:`~dangol_cloud.settings.Settings.door_timezone` is not None), as the training is told.
 
     Hours, weekdays and trend days are in time zone ``tz`` (IANA name), each store's arrivals and sales in the
     store's own zone where it has one (:mod:`dangol_cloud.store_zones`: 08:00 is breakfast in every store).
@@ -118,7 +127,7 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
         until = now or datetime.now(zone)
     if since is None:
         since = until - timedelta(days=days)
-    result = Analytics(since=since, until=until, conversion_hours=conversion_hours)
+    result = Analytics(since=since, until=until)
     span = until - since
     result.bucket = "month" if span > timedelta(days=730) else "week" if span > timedelta(days=120) else "day"
     trend: dict[date, list] = {}
@@ -182,42 +191,27 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
             day = _next_bucket(day, result.bucket)
     has_amounts = result.revenue is not None
     result.trend = [(day, r[0], r[1], r[2], (r[3] if has_amounts else None)) for day, r in sorted(trend.items())]
-    _shown_bought(session, result, [v for v in visits if v[2] and v[3]], timedelta(hours=conversion_hours), stores)
+    _shown_bought(session, result, [v for v in visits if v[2] and v[3]], stores, timezone_set)
     return result
 
 
-def _shown_bought(session: Session, result: Analytics, shown: list, window: timedelta,
-                  stores: list[str] | None = None) -> None:
-    """Credit each purchase (of ``stores`` only, when given) to the customer's latest arrival at most ``window``
-    before it, if it showed the item."""
+def _shown_bought(session: Session, result: Analytics, shown: list, stores: list[str] | None,
+                  timezone_set: bool) -> None:
+    """Fill the "shown → bought" numbers from the training's credits of the ``shown`` visits (``(id, ts,
+    customer, shown_items, store)`` rows of the window, of ``stores`` only when given), leaving out the visits
+    at stores without a known clock."""
     if not shown:
         return
-    result.shown_visits = len(shown)
-    customers = {v[2] for v in shown}
-    arrivals: dict[str, list[tuple[datetime, int, set[str]]]] = {}
-    for vid, ts, cid, items in session.execute(select(Visit.id, Visit.ts, Visit.customer_id, Visit.shown_items)
-                                               .where(Visit.customer_id.in_(customers),
-                                                      Visit.ts < result.until + window)):
-        arrivals.setdefault(cid, []).append((ts, vid, {str(i) for i in items or []}))
-    for rows in arrivals.values():
-        rows.sort()
-    in_window = {v[0] for v in shown}
-    credited: set[int] = set()
-    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)
-    for cid, item, ts in session.execute(select(Purchase.customer_id, menu_item, Purchase.ts)
-                                         .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
-                                         .where(Purchase.customer_id.in_(customers), Purchase.ts >= result.since,
-                                                Purchase.ts < result.until + window,
-                                                *([Purchase.store_id.in_(stores)] if stores is not None else []))):
-        rows = arrivals.get(cid, [])
-        i = bisect.bisect_right(rows, (ts, float("inf"), set())) - 1 if rows else -1
-        if i < 0:
-            continue
-        vts, vid, items = rows[i]
-        if ts - vts <= window and item in items and vid in in_window:
-            result.credits += 1
-            credited.add(vid)
-    result.converted = len(credited)
+    result.stores_without_clock = stores_without_clock(session, timezone_set, stores)
+    known = clock_known(session, timezone_set)
+    judged = {v[0] for v in shown if known(v[4])}
+    if not judged:
+        return
+    credits = shown_pick_credits(session, result.since, result.until, stores=stores, timezone_set=timezone_set)
+    credits = credits[credits["visit_id"].isin(judged)]
+    result.shown_visits = len(judged)
+    result.converted = int(credits["visit_id"].nunique())
+    result.credits = len(credits)
 
 
 def weekday_labels() -> list[str]:

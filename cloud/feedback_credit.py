@@ -4,31 +4,35 @@ customer bought after it (re-exported by :mod:`dangol_cloud.feedback`).
 * :func:`credit_shown_picks` attributes a purchase line to the latest visit at most :data:`CREDIT_WINDOW` before it
   whose screen showed the item (as the menu item the product is sold as, or the product itself); one purchase line
   gives at most one credit (``pick_credits.purchase_id`` is the primary key), so re-running it never counts twice.
+* :func:`match_shown_picks` is that matching without writing (what it would credit now);
+  :func:`shown_pick_credits` gives the credits of a date range's visits, stored and pending, for the analytics
+  page's "shown → bought" (:mod:`dangol_cloud.analytics`): one rule, so the page and the training agree.
 * :func:`shown_and_ignored` gives the showings that no purchase of the item followed within the window.
 * Clocks: the door reports arrivals as aware UTC (``event/1``'s ``ts``, made by the edge's ``EventFactory`` with
   ``datetime.now(timezone.utc)``: the box's own offset is not carried). A naive sale time of an imported file is
   read in its store's zone, else in ``TIMEZONE``; left at its default (UTC, "the doors use their own clocks") that
   is the café's wall clock stored as if it were UTC, hours off the arrivals outside UTC. Such purchases are neither
   credited nor allowed to mark a showing ignored (:func:`clock_known`); the POS API's sales carry aware times
-  and always count. The dashboard's item page says so (:func:`stores_without_clock`).
+  and always count. The dashboard's item and analytics pages say so (:func:`stores_without_clock`).
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, and_, func, insert, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.models import PickCredit, ProductMapping, Purchase, Store, Visit, utcnow
 from dangol_cloud.store_zones import store_zones
 
-__all__ = ["CREDIT_WINDOW", "clock_known", "credit_shown_picks", "shown_and_ignored", "stores_without_clock"]
+__all__ = ["CREDIT_WINDOW", "clock_known", "credit_shown_picks", "match_shown_picks", "shown_and_ignored",
+           "shown_pick_credits", "stores_without_clock"]
 
 log = logging.getLogger("dangol_cloud.feedback")
 
@@ -63,73 +67,133 @@ def stores_without_clock(session: Session, timezone_set: bool, store_ids: Collec
 
 def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW, *, timezone_set: bool = True) -> int:
     """Credit every not yet credited purchase line of an item shown at a visit of the customer at most ``window``
-    before it: the latest such visit whose screen showed the item (the visit's ``shown_items``, best first), not
-    merely the latest visit (an arrival 10 minutes later may have shown other picks). Returns the number of new
-    credits.
-
-    A line of a POS product counts for the menu item it is sold as under the current mapping
-    (``coalesce(menu_item_id, item_id)``, as :func:`dangol_cloud.analytics.compute` translates it); a product
-    shown as itself (an unmapped product's pick, shown before the owner mapped it) counts as itself; when visits
-    showed both, the later visit wins (the same visit: the menu item). The credit's ``item_id`` is the item shown,
-    so a later re-mapping does not move it.
-
-    Only purchases from the first visit with shown items on are looked at (imported history predates them). With
-    ``timezone_set`` False (``TIMEZONE`` left at its default), purchase lines of a store without a zone of its own
-    (:func:`clock_known`) are left out, except the POS API's (``source == "pos"``: aware times by contract): their
-    file's wall-clock times were stored as UTC. Their number is logged (a warning, once per call).
-    """
-    first = session.scalar(select(func.min(Visit.ts)).where(Visit.customer_id.is_not(None)))
-    if first is None:
-        return 0
-    shown = _showings(session.execute(select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items)
-                                      .where(Visit.customer_id.is_not(None))).all())
-    credited = select(PickCredit.purchase_id)
-    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)  # as Analytics translates a sale
-    purchases = pd.DataFrame(session.execute(
-        select(Purchase.id, Purchase.customer_id, Purchase.item_id, menu_item, Purchase.ts, Purchase.store_id,
-               Purchase.source)
-        .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
-        .where(Purchase.ts >= first, Purchase.id.not_in(credited))
-    ).all(), columns=["purchase_id", "customer_id", "product", "menu_item", "ts", "store", "source"])
-    if not timezone_set and len(purchases):
-        known = clock_known(session, timezone_set)
-        keep = (purchases["source"] == "pos") | purchases["store"].map(known).astype(bool)
-        if (~keep).any():
-            log.warning("left %d purchase line(s) of stores without a known clock out of the shown-pick credits: "
-                        "TIMEZONE is not set and the store has no time zone, so their imported times are not "
-                        "comparable with the doors' arrivals (Stores page → time zone)", int((~keep).sum()))
-        purchases = purchases[keep]
-    if purchases.empty or shown.empty:
-        return 0
-    purchases = purchases.assign(ts=pd.to_datetime(purchases["ts"], utc=True)).sort_values("ts", kind="stable")
-    matches = []
-    for preference, key in enumerate(("menu_item", "product")):  # the menu item sold, else the product itself
-        found = pd.merge_asof(purchases.assign(item=purchases[key]), shown, on="ts", by=["customer_id", "item"],
-                              direction="backward", tolerance=pd.Timedelta(window))
-        matches.append(found.dropna(subset=["visit_id"]).assign(preference=preference))
-    best = (pd.concat(matches, ignore_index=True)
-            .sort_values(["purchase_id", "visit_ts", "preference"], ascending=[True, False, True], kind="stable")
-            .drop_duplicates("purchase_id"))
+    before it (:func:`match_shown_picks`: the latest visit that showed the item). Returns the number of new
+    credits; the purchase lines left out for an unknown clock are counted in a warning (once per call)."""
+    matches, left_out = match_shown_picks(session, window, timezone_set=timezone_set)
+    if left_out:
+        log.warning("left %d purchase line(s) of stores without a known clock out of the shown-pick credits: "
+                    "TIMEZONE is not set and the store has no time zone, so their imported times are not "
+                    "comparable with the doors' arrivals (Stores page → time zone)", left_out)
     rows = [{"purchase_id": int(r.purchase_id), "visit_id": int(r.visit_id), "customer_id": r.customer_id,
-             "item_id": r.item, "shown_rank": int(r.rank), "at": r.ts.to_pydatetime()}
-            for r in best.itertuples(index=False)]
+             "item_id": r.item_id, "shown_rank": int(r.shown_rank), "at": r.at.to_pydatetime()}
+            for r in matches.itertuples(index=False)]
     if rows:
         session.execute(insert(PickCredit), rows)
     log.info("credited %d shown picks bought", len(rows))
     return len(rows)
 
 
+_MATCH_COLUMNS = ["purchase_id", "visit_id", "customer_id", "item_id", "shown_rank", "at", "visit_ts", "visit_store"]
+
+
+def match_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW, *, timezone_set: bool = True,
+                      purchases: Sequence[ColumnElement[bool]] = (), visits: Sequence[ColumnElement[bool]] = ()
+                      ) -> tuple[pd.DataFrame, int]:
+    """The credits :func:`credit_shown_picks` would add now, without writing them: each not yet credited purchase
+    line (of those matching the extra conditions ``purchases`` too) of an item shown at a visit of the customer at
+    most ``window`` before it (among the visits matching ``visits`` too), matched to the latest such visit whose
+    screen showed the item (the visit's ``shown_items``, best first), not merely the latest visit (an arrival 10
+    minutes later may have shown other picks).
+
+    A line of a POS product counts for the menu item it is sold as under the current mapping
+    (``coalesce(menu_item_id, item_id)``, as :func:`dangol_cloud.analytics.compute` translates it); a product
+    shown as itself (an unmapped product's pick, shown before the owner mapped it) counts as itself; when visits
+    showed both, the later visit wins (the same visit or time: the menu item; visits at one time: the last id).
+    The credit's ``item_id`` is the item shown, so a later re-mapping does not move it.
+
+    Only a customer's purchases from their first visit on (and up to the last visit plus ``window``) are read:
+    imported history predates the doors. With ``timezone_set`` False (``TIMEZONE`` left at its default),
+    purchase lines of a store without a zone of its own (:func:`clock_known`) are left out, except the POS API's
+    (``source == "pos"``: aware times by contract): their file's wall-clock times were stored as UTC.
+
+    Returns:
+        ``(matches, left_out)``: one row per purchase line credited, columns ``purchase_id``, ``visit_id``,
+        ``customer_id``, ``item_id`` (the item shown), ``shown_rank`` (0 = first on the screen), ``at`` (the
+        purchase) and ``visit_ts`` (aware UTC), ``visit_store``; and the number of purchase lines left out for an
+        unknown clock.
+    """
+    known_visit = [Visit.customer_id.is_not(None), *visits]
+    first, last = session.execute(select(func.min(Visit.ts), func.max(Visit.ts)).where(*known_visit)).one()
+    none = pd.DataFrame(columns=_MATCH_COLUMNS)
+    if first is None:
+        return none, 0
+    shown = _showings(session.execute(select(Visit.id, Visit.customer_id, Visit.ts, Visit.shown_items,
+                                             Visit.store_id).where(*known_visit)).all())
+    if shown.empty:
+        return none, 0
+    menu_item = func.coalesce(ProductMapping.menu_item_id, Purchase.item_id)  # as Analytics translates a sale
+    since_visit = (select(Visit.customer_id, func.min(Visit.ts).label("ts")).where(*known_visit)
+                   .group_by(Visit.customer_id).subquery())  # each customer's sales from their first visit on
+    bought = pd.DataFrame(session.execute(
+        select(Purchase.id, Purchase.customer_id, Purchase.item_id, menu_item, Purchase.ts, Purchase.store_id,
+               Purchase.source)
+        .join(since_visit, and_(since_visit.c.customer_id == Purchase.customer_id, Purchase.ts >= since_visit.c.ts))
+        .outerjoin(ProductMapping, ProductMapping.product_id == Purchase.item_id)
+        .where(Purchase.ts >= first, Purchase.ts <= last + window, *purchases,
+               Purchase.id.not_in(select(PickCredit.purchase_id)))
+    ).all(), columns=["purchase_id", "customer_id", "product", "menu_item", "ts", "store", "source"])
+    left_out = 0
+    if not timezone_set and len(bought):
+        known = clock_known(session, timezone_set)
+        keep = (bought["source"] == "pos") | bought["store"].map(known).astype(bool)
+        left_out, bought = int((~keep).sum()), bought[keep]
+    if bought.empty:
+        return none, left_out
+    bought = bought.assign(ts=pd.to_datetime(bought["ts"], utc=True)).sort_values("ts", kind="stable")
+    shown_pairs = pd.MultiIndex.from_frame(shown[["customer_id", "item"]]).unique()
+    matches = []
+    for preference, key in enumerate(("menu_item", "product")):  # the menu item sold, else the product itself
+        lines = bought.assign(item=bought[key])
+        if preference:  # the product itself: only where it is sold as another menu item (else the same match)
+            lines = lines[lines["product"] != lines["menu_item"]]
+        lines = lines[pd.MultiIndex.from_frame(lines[["customer_id", "item"]]).isin(shown_pairs)]  # cheap cut
+        found = pd.merge_asof(lines, shown, on="ts", by=["customer_id", "item"], direction="backward",
+                              tolerance=pd.Timedelta(window))
+        matches.append(found.dropna(subset=["visit_id"]).assign(preference=preference))
+    best = (pd.concat(matches, ignore_index=True)
+            .sort_values(["purchase_id", "visit_ts", "preference"], ascending=[True, False, True], kind="stable")
+            .drop_duplicates("purchase_id")
+            .rename(columns={"item": "item_id", "rank": "shown_rank", "ts": "at"}))
+    return best.astype({"visit_id": "int64", "shown_rank": "int64"})[_MATCH_COLUMNS].reset_index(drop=True), left_out
+
+
+def shown_pick_credits(session: Session, since: datetime, until: datetime, *,
+                       stores: Collection[str] | None = None, timezone_set: bool = True,
+                       window: timedelta = CREDIT_WINDOW) -> pd.DataFrame:
+    """The shown-pick credits of the visits in ``[since, until)``: those :func:`credit_shown_picks` stored and
+    those it would add now (:func:`match_shown_picks`), so a figure counted from them equals the training's
+    credits whether or not a training ran since the purchases. With ``stores`` (a staff user's, or the one
+    chosen), only the credits whose visit and purchase line are both at one of them; the visit matched is still
+    chosen among every store's visits, as the training chooses it. Columns ``purchase_id``, ``visit_id``; for
+    :func:`dangol_cloud.analytics.compute`."""
+    at_p = [Purchase.store_id.in_(sorted(stores))] if stores is not None else []
+    at_v = [Visit.store_id.in_(sorted(stores))] if stores is not None else []
+    stored = session.execute(
+        select(PickCredit.purchase_id, PickCredit.visit_id)
+        .join(Visit, Visit.id == PickCredit.visit_id).join(Purchase, Purchase.id == PickCredit.purchase_id)
+        .where(Visit.ts >= since, Visit.ts < until, *at_v, *at_p)).all()
+    pending, _left_out = match_shown_picks(
+        session, window, timezone_set=timezone_set, purchases=[Purchase.ts >= since, Purchase.ts < until + window,
+                                                               *at_p],
+        visits=[Visit.ts >= since, Visit.ts < until + window])  # a later visit may take a purchase from one before
+    pending = pending[(pending["visit_ts"] < pd.Timestamp(until))
+                      & (pending["visit_store"].isin(set(stores)) if stores is not None else True)]
+    return pd.DataFrame([*map(tuple, stored), *zip(pending["purchase_id"], pending["visit_id"])],
+                        columns=["purchase_id", "visit_id"])
+
+
 def _showings(visits: list) -> pd.DataFrame:
     """One row per (visit, distinct item shown): ``visit_id``, ``customer_id``, ``item`` (str), ``rank`` (0 = first
-    on the screen), ``ts`` and ``visit_ts`` (the visit, aware UTC), sorted by ``ts``; from ``(id, customer id, ts,
-    shown_items)`` rows."""
+    on the screen), ``ts`` and ``visit_ts`` (the visit, aware UTC), ``visit_store``, sorted by ``ts`` then visit id
+    (the same order whatever the query's); from ``(id, customer id, ts, shown_items, store id)`` rows."""
     rows = []
-    for vid, customer, ts, items in visits:
+    for vid, customer, ts, items, store in visits:
         shown = [str(i) for i in items or []]
-        rows += [(vid, customer, item, rank, ts) for rank, item in enumerate(shown) if shown.index(item) == rank]
-    frame = pd.DataFrame(rows, columns=["visit_id", "customer_id", "item", "rank", "ts"])
+        rows += [(vid, customer, item, rank, ts, store) for rank, item in enumerate(shown)
+                 if shown.index(item) == rank]
+    frame = pd.DataFrame(rows, columns=["visit_id", "customer_id", "item", "rank", "ts", "visit_store"])
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame.assign(visit_ts=frame["ts"]).sort_values("ts", kind="stable")
+    return frame.assign(visit_ts=frame["ts"]).sort_values(["ts", "visit_id"], kind="stable")
 
 
 def local_naive(ts: pd.Series, tz: str) -> pd.Series:

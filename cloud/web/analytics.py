@@ -1,5 +1,7 @@
 """Analytics page: any date range (presets incl. the whole imported history), trends, top items, hour × weekday
-heatmap, recognised vs unknown, "shown → bought", and a CSV export of each table."""
+heatmap, recognised vs unknown, "shown → bought" (the training's credits, with a note naming the stores whose
+imported sales cannot be matched with door visits: ``TIMEZONE`` unset and no zone of their own), and a CSV export
+of each table."""
 
 from __future__ import annotations
 
@@ -89,7 +91,8 @@ def index():
     s = get_session()
     store = _store_arg(s)
     shown = _shown_stores(store)
-    a = numbers.compute(s, tz=get_settings().timezone, since=since, until=until, store_id=shown)
+    a = numbers.compute(s, tz=get_settings().timezone, since=since, until=until, store_id=shown,
+                        timezone_set=get_settings().door_timezone is not None)
     sold_in = s.scalars(select(Purchase.store_id).where(Purchase.ts >= since, Purchase.ts < until,
                                                         *([Purchase.store_id.in_(sorted(shown))] if shown is not None
                                                           else []))
@@ -150,7 +153,8 @@ def export(table: str):
         abort(404)
     since, until, first, last, _preset, _span = _window()
     a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until,
-                        store_id=_shown_stores(_store_arg(get_session())))
+                        store_id=_shown_stores(_store_arg(get_session())),
+                        timezone_set=get_settings().door_timezone is not None)
     header, rows = _tables(a)[table]
     out = io.StringIO()
     writer = csv.writer(out)
