@@ -11,9 +11,13 @@ What is encrypted, and why this split (see ``cloud/README.md``, "Privacy and sec
   loyalty id) is ciphertext.
 
 One 32-byte **data key** (``DANGOL_DATA_KEY`` or the systemd credential ``dangol-data-key``, base64)
-never stored in the database or the repository. Two sub-keys are derived from it with HKDF-SHA256
-(RFC 5869): one for AES-GCM, one for HMAC-SHA256 lookup hashes (``customers.external_ref_hash``, so
-an import can find a customer by loyalty id although the ciphertext is randomised).
+never stored in the database or the repository. Three sub-keys are derived from it with HKDF-SHA256
+(RFC 5869): one for AES-GCM, one for HMAC-SHA256 lookup hashes (``customers.external_ref_hash`` and
+``erased_refs.ref_hash``, so an import can find a customer by loyalty id although the ciphertext is randomised),
+and one for HMAC-SHA256 purchase keys (``purchases.idempotency_key`` of imported lines, made from the line's
+content — amount and product id included: unkeyed, such a hash would give those encrypted columns away to a
+brute force over plausible amounts and a public barcode list). Each hash is deterministic under one key, so
+``dangol-cloud rotate-key`` recomputes them all (:mod:`dangol_cloud.rotation`).
 
 Ciphertext format (text, fits any TEXT column): ``dg1:<key id>:<base64(nonce || ciphertext || tag)>``.
 The nonce is 96 random bits per value, the construction of NIST SP 800-38D §8.2.2 (random IVs; at most
@@ -109,6 +113,7 @@ class Keyring:
         self.key_id = _derive(key, b"key-id/v1", 4).hex()
         self._aead = AESGCM(_derive(key, b"aes-gcm/v1"))
         self._mac_key = _derive(key, b"lookup-hmac/v1")
+        self._purchase_key = _derive(key, b"purchase-hmac/v1")
         self._readers = {self.key_id: self._aead}
         for old in old_keys:
             self._readers.setdefault(_derive(old, b"key-id/v1", 4).hex(), AESGCM(_derive(old, b"aes-gcm/v1")))
@@ -147,6 +152,12 @@ class Keyring:
     def lookup_hash(self, text: str) -> str:
         """Deterministic HMAC-SHA256 hex of ``text`` under the derived lookup key (equality search only)."""
         return hmac.new(self._mac_key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def purchase_hash(self, content: str) -> str:
+        """Deterministic HMAC-SHA256 hex of an imported purchase line's content under the derived purchase-key key
+        (:func:`dangol_cloud.purchase_keys.purchase_key`): without the data key it cannot be recomputed, so it
+        reveals neither amount nor product id."""
+        return hmac.digest(self._purchase_key, content.encode("utf-8"), "sha256").hex()
 
 
 def is_encrypted(value: Any) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
 from dangol_cloud.device_trust import Refused, bounded_ts
-from dangol_cloud.erasure import audit, record_confirmation
+from dangol_cloud.erasure import audit, record_confirmation, scrubbed_payload
 from dangol_cloud.models import Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Visit, utcnow
 from dangol_cloud.services import record_consent
 
@@ -30,6 +30,14 @@ def _stored_payload(event) -> dict:
         if payload.get("consent"):
             payload["consent"]["recorded_by"] = None
     return payload
+
+
+def _gone(session: Session, customer_id: str) -> bool:
+    """True if no customer has this id (erased, or never reached the cloud) or an :class:`Erasure` names them
+    (their consent was withdrawn: the devices are deleting their templates)."""
+    if session.get(Customer, customer_id) is None:
+        return True
+    return session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id).limit(1)) is not None
 
 
 def _apply_enrolment(session: Session, device: Device, event: proto.EnrolmentEvent) -> bool:
@@ -75,6 +83,10 @@ def apply_event(session: Session, device: Device, event, ts) -> str | None:
     transaction: the event row (:func:`_stored_payload`), and an arrival's visit, an enrolment's customer and
     consent, an ``erasure-done``'s confirmation or, without an erasure id, the device's erasure request.
 
+    An arrival naming a customer who is gone or erased (:func:`_gone`: made at the door before the erasure reached
+    the box, delivered after it) is a visit of nobody, and its event row is stored already scrubbed
+    (:func:`dangol_cloud.erasure.scrubbed_payload`, as the erasure's scrub leaves the earlier ones).
+
     Returns:
         The id of the customer this event made active (an enrolment moving them from pending or new to active),
         else None: a re-sent or no-op ``active`` of an active customer returns None (nobody to welcome again).
@@ -82,13 +94,14 @@ def apply_event(session: Session, device: Device, event, ts) -> str | None:
     Raises:
         Refused: an enrolment names a customer whose consent was withdrawn, or would make one active without consent.
     """
-    session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=ts,
-                            payload=_stored_payload(event)))
+    payload = _stored_payload(event)
+    customer_id = str(event.customer_id) if isinstance(event, proto.ArrivalEvent) and event.customer_id else None
+    if customer_id and _gone(session, customer_id):
+        log.warning("arrival %s names unknown or erased customer %s; recorded as unknown, payload scrubbed",
+                    event.event_id, customer_id)
+        payload, customer_id = scrubbed_payload(payload, [customer_id]), None
+    session.add(DeviceEvent(event_id=str(event.event_id), device_id=device.id, kind=event.kind, ts=ts, payload=payload))
     if isinstance(event, proto.ArrivalEvent):
-        customer_id = str(event.customer_id) if event.customer_id else None
-        if customer_id and session.get(Customer, customer_id) is None:
-            log.warning("arrival %s names unknown customer %s; recorded as unknown", event.event_id, customer_id)
-            customer_id = None
         session.add(Visit(event_id=str(event.event_id), customer_id=customer_id, device_id=device.id,
                           store_id=device.store_id, ts=ts, confidence=event.confidence,
                           shown_items=list(event.shown_items)))

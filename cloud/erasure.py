@@ -28,8 +28,9 @@ Copies outside the customer tables go with the erasure too: the stored payloads 
 (:func:`scrub_device_events`: the customer's id, the items shown to them and their confidence scores are
 removed; the ``event_id`` stays for duplicate and replay checks) and the saved recommender models
 (:func:`scrub_saved_models`: their id and every per-customer row, :func:`dangol_cloud.recommend.persist.
-scrub_customers`). Device events are kept only ``device_event_days`` (:func:`prune_device_events`, daily in
-``serve``), and training keeps only the current model (:mod:`dangol_cloud.training`).
+scrub_customers`) and the POS API's remembered requests (:func:`scrub_pos_requests`). Device events are kept only
+``device_event_days`` (:func:`prune_device_events`, daily in ``serve``), POS requests :data:`POS_REQUEST_DAYS`
+(:func:`run_retention`), and training keeps only the current model (:mod:`dangol_cloud.training`).
 """
 
 from __future__ import annotations
@@ -42,15 +43,16 @@ from pathlib import Path
 from sqlalchemy import Text, cast, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from dangol_cloud.erased_refs import remember_erased_ref
 from dangol_cloud.models import (
-    AuditEntry, Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Menu, ModelVersion, Purchase,
-    Visit, utcnow,
+    AuditEntry, Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Menu, ModelVersion, PosRequest,
+    Purchase, Visit, utcnow,
 )
 
-__all__ = ["CONSENT_ENDED", "audit", "complete_if_done", "decide_erasure_request", "erase_customer",
-           "menus_to_clear", "pending_erasures", "prune_device_events", "record_confirmation", "retention_candidates",
-           "run_retention", "scrub_device_events", "scrub_saved_models", "unconfirmed_devices",
-           "unpublished_erasures"]
+__all__ = ["CONSENT_ENDED", "POS_REQUEST_DAYS", "audit", "complete_if_done", "decide_erasure_request",
+           "erase_customer", "menus_to_clear", "pending_erasures", "prune_device_events", "record_confirmation",
+           "retention_candidates", "run_retention", "scrub_device_events", "scrub_pos_requests", "scrub_saved_models",
+           "scrubbed_payload", "unconfirmed_devices", "unpublished_erasures"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,8 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         actor: who asked (dashboard e-mail, ``cli``, ``retention``, ``device:<id>``), for the audit log.
         reason: ``request`` or ``retention`` (audit detail).
         confirmed_device: a device that already erased the customer itself (edge staff page).
-        scrub: also remove the customer from stored device events and saved models now (the audit entry
-            says from how many models); False only for a caller that scrubs a batch itself (retention).
+        scrub: also remove the customer from stored device events, POS requests and saved models now (the audit
+            entry says from how many models); False only for a caller that scrubs a batch itself (retention).
 
     Returns:
         The new :class:`Erasure` (flushed; the caller commits).
@@ -91,7 +93,9 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         events = scrub_device_events(session, [customer_id])
         models = scrub_saved_models(session, [customer_id])
         scrubbed = f"; device events scrubbed: {events}; removed from {models} saved model(s)"
+        scrubbed += f"; POS requests deleted: {scrub_pos_requests(session, [customer_id])}"
     on_edge = customer.source == "edge" or customer.consent_at is not None
+    loyalty = customer.external_ref, customer.external_ref_hash  # kept out of later imports (erased_refs)
     session.execute(delete(Menu).where(Menu.customer_id == customer_id))
     session.execute(delete(Purchase).where(Purchase.customer_id == customer_id))
     session.execute(update(Visit).where(Visit.customer_id == customer_id).values(customer_id=None))
@@ -104,6 +108,8 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
                       confirmed_by=confirmed, completed_at=None if set(targets) - set(confirmed) else now)
     session.add(erasure)
     session.flush()
+    remember_erased_ref(session, ref=loyalty[0], ref_hash=loyalty[1], customer_id=customer_id, erasure=erasure,
+                        retention=reason == "retention")
     session.execute(update(ErasureRequest).where(ErasureRequest.customer_id == customer_id,
                                                  ErasureRequest.status == "pending")
                     .values(status="confirmed", decided_by=actor[:254], decided_at=now, erasure_id=erasure.id))
@@ -239,7 +245,8 @@ def retention_candidates(session: Session, days: int, now: datetime | None = Non
 
 def run_retention(session: Session, days: int, now: datetime | None = None) -> list[str]:
     """Erase every customer not seen for ``days`` days (:func:`retention_candidates`), remove them from the
-    stored device events and saved models in one batch, and log the run.
+    stored device events, POS requests and saved models in one batch, delete the POS requests older than
+    :data:`POS_REQUEST_DAYS` (past any retry), and log the run.
 
     Returns:
         The erased customer ids (the caller commits, then publishes the erasures).
@@ -251,22 +258,60 @@ def run_retention(session: Session, days: int, now: datetime | None = None) -> l
     for customer_id in ids:
         erase_customer(session, customer_id, actor="retention", reason="retention", scrub=False)
     events = scrub_device_events(session, ids)
+    cut = (now or utcnow()) - timedelta(days=POS_REQUEST_DAYS)
+    pos = scrub_pos_requests(session, ids) + (
+        session.execute(delete(PosRequest).where(PosRequest.created_at < cut)).rowcount or 0)
     models = scrub_saved_models(session, ids)
     audit(session, "retention", "retention-run", detail=f"retention_days={days}; device events scrubbed: {events}; "
+                                                        f"POS requests deleted: {pos}; "
                                                         f"removed from {models} saved model(s); erased {len(ids)}")
     return ids
+
+
+#: Days the POS API remembers a request (``pos_requests``: store, Idempotency-Key, time, the response naming the
+#: customer and purchase ids) to answer a retry; :func:`run_retention` (daily in ``serve``) deletes older ones.
+POS_REQUEST_DAYS = 30
+
+
+def scrub_pos_requests(session: Session, customer_ids: list[str]) -> int:
+    """Delete the remembered POS requests whose response names one of ``customer_ids`` (a retry of such a sale is
+    a new request). The response is JSON on both backends: its ``customer_id`` is compared exactly
+    (``JSON_EXTRACT`` on SQLite, ``->>`` on PostgreSQL), one scan of the table per 500 ids. The caller commits.
+
+    Returns:
+        The number of rows deleted.
+    """
+    wanted = sorted({str(c) for c in customer_ids})
+    deleted = 0
+    for start in range(0, len(wanted), 500):
+        named = PosRequest.response["customer_id"].as_string().in_(wanted[start:start + 500])
+        deleted += session.execute(delete(PosRequest).where(named)).rowcount or 0
+    return deleted
 
 
 #: Payload fields kept when a stored device event is scrubbed of an erased customer (no personal data).
 _EVENT_FIELDS_KEPT = ("schema", "kind", "event_id", "device_id", "ts", "status", "erasure_id")
 
 
+def scrubbed_payload(payload: dict, customer_ids: set[str] | list[str]) -> dict:
+    """A device event's payload without ``customer_ids``: its event fields (:data:`_EVENT_FIELDS_KEPT`), another
+    customer it names and the other customers an erasure-done lists, marked ``"scrubbed": true``."""
+    ids = customer_ids if isinstance(customer_ids, set) else {str(c) for c in customer_ids}
+    payload = payload if isinstance(payload, dict) else {}
+    kept = {k: payload[k] for k in _EVENT_FIELDS_KEPT if k in payload}
+    if payload.get("customer_id") is not None and str(payload["customer_id"]) not in ids:
+        kept["customer_id"] = payload["customer_id"]
+    if isinstance(payload.get("customer_ids"), list):
+        kept["customer_ids"] = [c for c in payload["customer_ids"] if str(c) not in ids]
+    return {**kept, "scrubbed": True}
+
+
 def scrub_device_events(session: Session, customer_ids: list[str]) -> int:
     """Remove erased customers from the stored payloads of device events (``device_events``).
 
-    A payload naming one of them keeps only its event fields (``event_id``, kind, device, time, status,
-    erasure id) and the other customers an erasure-done lists, marked ``"scrubbed": true``; the row stays,
-    so a redelivered event is still recognised as a duplicate. The caller commits.
+    A payload naming one of them keeps only its event fields (:func:`scrubbed_payload`: ``event_id``, kind, device,
+    time, status, erasure id) and the other customers an erasure-done lists, marked ``"scrubbed": true``; the row
+    stays, so a redelivered event is still recognised as a duplicate. The caller commits.
 
     Returns:
         The number of event rows rewritten.
@@ -278,13 +323,7 @@ def scrub_device_events(session: Session, customer_ids: list[str]) -> int:
         text = cast(DeviceEvent.payload, Text)
         match = or_(*(text.like(f"%{c}%") for c in wanted[start:start + 50]))
         for event in session.scalars(select(DeviceEvent).where(match)):
-            payload = event.payload if isinstance(event.payload, dict) else {}
-            kept = {k: payload[k] for k in _EVENT_FIELDS_KEPT if k in payload}
-            if payload.get("customer_id") is not None and str(payload["customer_id"]) not in ids:
-                kept["customer_id"] = payload["customer_id"]
-            if isinstance(payload.get("customer_ids"), list):
-                kept["customer_ids"] = [c for c in payload["customer_ids"] if str(c) not in ids]
-            event.payload = {**kept, "scrubbed": True}
+            event.payload = scrubbed_payload(event.payload, ids)
             rewritten += 1
     session.flush()
     return rewritten

@@ -10,8 +10,14 @@ Every imported purchase carries an idempotency key derived from its *content* (:
 customer, item, product, UTC time, quantity, amount) and its *occurrence* among identical rows of the same
 file (0 for the first, 1 for the second, …), never its line number. So importing the same file twice, or a
 newer export that contains the earlier sales at other line numbers, stores each sale once, while a file that
-genuinely lists the same line twice (two identical sale lines) keeps both. Purchases imported before revision
-0008 carried line-number keys; that migration re-keys them the same way (see its docstring).
+genuinely lists the same line twice (two identical sale lines) keeps both. The key is an HMAC under a sub-key of
+the data key (:mod:`dangol_cloud.purchase_keys`), so the clear key gives away neither amount nor product id.
+Purchases imported before revision 0008 carried line-number keys, and until 0011 unkeyed SHA-1 keys; those
+migrations re-key them (see their docstrings), as ``rotate-key`` does under a new key.
+
+A row naming an erased customer — by loyalty id, kept by the erasure, or by Dangol id — is a row error
+("customer 'REF' erased on DATE; not imported"; after a retention erasure only its sales from before it), so an
+unchanged cumulative export uploaded again never brings them back (:mod:`dangol_cloud.erased_refs`).
 
 The store is part of the key (the same line in two stores' files is two sales), but one sale is never stored both
 as history (no store) and under a store: an upload into a store *files* the store-less purchases it repeats under
@@ -33,8 +39,6 @@ bring another store's customer into the user's scope. Customers new to the chain
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -47,8 +51,10 @@ from sqlalchemy.orm import Session
 
 from dangol_cloud.importers import PurchaseRow, RowError
 from dangol_cloud.crypto import keyring_of
+from dangol_cloud.erased_refs import Erased, ErasedRefs
 from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
+from dangol_cloud.purchase_keys import purchase_key
 from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX, sale_time_error
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
@@ -83,25 +89,6 @@ class ImportReport:
     def valid(self) -> int:
         """Rows that passed validation."""
         return self.rows - len(self.errors)
-
-
-def purchase_key(prefix: str, *, store_id: str | None, customer_id: str, item_id: str, product_id: str | None,
-                 ts: datetime, quantity: float, amount: float | None, occurrence: int = 0) -> str:
-    """Idempotency key of an imported purchase: ``prefix:sha1(content, occurrence)``.
-
-    The content is the stored purchase (store, customer and item ids, product id, ``ts`` in UTC to the
-    microsecond, quantity, amount); ``occurrence`` counts earlier identical rows of the same file. Migration
-    0008 holds a copy of this function (keys stored before it were re-keyed with it): change both together.
-
-    Raises:
-        ValueError: ``ts`` is naive.
-    """
-    if ts.tzinfo is None:
-        raise ValueError(f"naive datetime {ts!r}: keys are made from UTC times")
-    content = json.dumps([store_id, customer_id, item_id, product_id,
-                          ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f"), float(quantity),
-                          None if amount is None else float(amount), occurrence], separators=(",", ":"))
-    return f"{prefix}:{hashlib.sha1(content.encode('utf-8')).hexdigest()}"
 
 
 def _match_other_copies(session: Session, batch: list[dict], probes: list[list[str]]) -> int:
@@ -163,6 +150,8 @@ class _Resolver:
         self.session = session
         self.customers: dict[str, str] = {}  # customer id or external-ref hash -> id
         self.ring = keyring_of(session.get_bind().dialect)
+        self.hashes: dict[str, str] = {}  # external ref -> its keyed hash (computed once per import)
+        self.erased = ErasedRefs(session)
         self.items: dict[str, str] = {}
         self.item_names: dict[str, str] = {}
         self.stores: dict[str, str] = {}
@@ -195,7 +184,7 @@ class _Resolver:
         None (nothing created) for an existing customer outside ``in_scope`` (None: every customer)."""
         cid = self.customers.get(ref)  # a Dangol customer id used as the ref
         if cid is None:
-            ref_hash = self.ring.lookup_hash(ref)
+            ref_hash = self.ref_hash(ref)
             cid = self.customers.get(ref_hash)
             if cid is None:
                 cid = self.customers[ref_hash] = new_id()
@@ -207,6 +196,20 @@ class _Resolver:
         if in_scope is not None and cid not in in_scope and cid not in self.created_customers:
             return None
         return cid
+
+    def ref_hash(self, ref: str) -> str:
+        """The keyed lookup hash of the external ref ``ref``."""
+        found = self.hashes.get(ref)
+        if found is None:
+            found = self.hashes[ref] = self.ring.lookup_hash(ref)
+        return found
+
+    def erasure(self, ref: str, ts: datetime) -> Erased | None:
+        """The erasure keeping a sale at ``ts`` naming ``ref`` out of the import (:mod:`dangol_cloud.erased_refs`),
+        else None."""
+        if not self.erased:
+            return None
+        return self.erased.find(ref, self.ref_hash(ref), ts, existing_id=self.customers.get(ref) == ref)
 
     def item(self, row: PurchaseRow) -> str:
         iid = self.items.get(row.item_ref) or self.item_names.get(row.item_ref.casefold())
@@ -302,6 +305,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     resolver = _Resolver(session, create_customer_status=customer_status, customer_source=customer_source)
     resolver.product_source = source
     resolver.load()
+    ring = resolver.ring
     before = session.scalar(select(func.count()).select_from(Purchase))
     batch: list[dict] = []
     stmt = _insert(session, Purchase)
@@ -341,6 +345,10 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         if refusal is not None:  # checked before the customer and item are made: nothing is written for it
             report.errors.append(RowError(row.line, refusal, _raw(row)))
             continue
+        erased = resolver.erasure(row.customer_ref, ts)
+        if erased is not None:  # the shop's export still names an erased customer: they are not brought back
+            report.errors.append(RowError(row.line, erased.import_error(row.customer_ref), _raw(row)))
+            continue
         customer = resolver.customer(row.customer_ref, in_scope)
         if customer is None:
             report.errors.append(RowError(row.line, f"customer {row.customer_ref!r} is not one of your stores' "
@@ -355,15 +363,16 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             "ts": ts,
             "store_id": store,
         }
-        first = purchase_key(key_prefix, **values)
+        first = purchase_key(ring, key_prefix, **values)
         seen = occurrences.get(first, 0)
         occurrences[first] = seen + 1
-        batch.append({**values, "source": source[:16],
-                      "idempotency_key": first if seen == 0 else purchase_key(key_prefix, **values, occurrence=seen)})
+        batch.append({**values, "source": source[:16], "idempotency_key":
+                      first if seen == 0 else purchase_key(ring, key_prefix, **values, occurrence=seen)})
         if store is None and importing_stores is None:
             importing_stores = _importing_stores(session)
         others = [None] if store is not None else importing_stores
-        probes.append([purchase_key(key_prefix, **values | {"store_id": other}, occurrence=seen) for other in others])
+        probes.append([purchase_key(ring, key_prefix, **values | {"store_id": other}, occurrence=seen)
+                       for other in others])
         if len(batch) >= batch_size:
             write()
     write()

@@ -1,6 +1,6 @@
-"""Tables added for device trust and web hardening (issue 9), recommender feedback (issue 12) and POS
-products vs menu items (issue 11): migrations 0004–0007. Re-exported by :mod:`dangol_cloud.models`, so
-``from dangol_cloud.models import DeadLetter`` keeps working."""
+"""Tables added for device trust and web hardening (issue 9), recommender feedback (issue 12), POS
+products vs menu items (issue 11): migrations 0004–0007, and erased loyalty ids (migration 0011). Re-exported by
+:mod:`dangol_cloud.models`, so ``from dangol_cloud.models import DeadLetter`` keeps working."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from dangol_cloud.crypto import EncryptedText
 from dangol_cloud.models_base import Base, utcnow
 
 __all__: list[str] = []
@@ -192,3 +193,25 @@ class StoreSetting(Base):
     store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True)
     currency: Mapped[str | None] = mapped_column(String(3))
     timezone: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- erased loyalty ids (privacy review; migration 0011) -------------------------------------------------------
+__all__ += ["ErasedRef"]
+
+
+class ErasedRef(Base):
+    """The loyalty id (``external_ref``) of an erased customer, kept so that the shop's own exports and POS cannot
+    bring them back (:mod:`dangol_cloud.erased_refs`): ``ref_hash`` its keyed HMAC (as
+    ``customers.external_ref_hash``, what imports look up), ``ref`` the id itself as AES-GCM ciphertext — only so
+    that ``rotate-key`` can recompute the hash under a new key. ``retention``: erased by the retention rule (only
+    sales from before ``erased_at`` stay out), else at a request (every sale stays out). Deleted when the owner lifts
+    the suppression."""
+
+    __tablename__ = "erased_refs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    ref: Mapped[str] = mapped_column(EncryptedText("erased_refs.ref"))
+    erasure_id: Mapped[str] = mapped_column(String(36))  # the Erasure that recorded it (no FK, like its customer)
+    customer_id: Mapped[str] = mapped_column(String(36))  # the erased customer's (random) id, for the audit log
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retention: Mapped[bool] = mapped_column(default=False)

@@ -10,7 +10,9 @@ which is what finds a retry. Each purchase line's own unique key is ``pos:<store
 ``pos:<store>:<key>:<n>`` and need no migration: a retry is answered from ``pos_requests`` (raw keys, as ever)
 before any line is written, so a line's key is never looked up; its uniqueness is only a backstop.
 
-Sale times and id lengths follow :mod:`dangol_cloud.sale_rules`, shared with the file importers.
+Sale times and id lengths follow :mod:`dangol_cloud.sale_rules`, shared with the file importers. A sale naming an
+erased customer (their loyalty number, or their old Dangol id) is refused with 422 "Customer erased", nothing stored
+(after a retention erasure only a sale dated before it): :mod:`dangol_cloud.erased_refs`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from dangol_cloud.app import get_db
+from dangol_cloud.erased_refs import Erased, erased_for
+from dangol_cloud.erasure import POS_REQUEST_DAYS
 from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
 from dangol_cloud.sale_rules import REF_MAX, sale_time_error
 from dangol_cloud.security import hash_token
@@ -108,6 +112,16 @@ def purchase_key(store_id: str, key: str, n: int) -> str:
     return f"pos:{store_id}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}:{n}"
 
 
+def _erased_detail(ref: str, erased: Erased) -> str:
+    """Why a sale naming the erased customer ``ref`` was refused (:mod:`dangol_cloud.erased_refs`)."""
+    if erased.retention:
+        why = " by the retention rule; their sales from before then are not recorded"
+    else:
+        why = ("; their sales are not recorded (an owner can allow an erased loyalty number again on the dashboard's "
+               "Privacy page)")
+    return f"customer {ref!r} was erased on {erased.at:%Y-%m-%d}{why}; nothing was stored"
+
+
 def _replay(previous: PosRequest, body_sha: str, key: str) -> Response:
     if previous.body_sha256 != body_sha:
         return _problem(422, "Idempotency key reused", f"Idempotency-Key {key!r} was already used with a "
@@ -156,6 +170,11 @@ def create_purchases():
             ref_hash = external_ref_hash(s, sale.customer)
             customer = s.scalar(select(Customer).where(or_(Customer.id == sale.customer,
                                                            Customer.external_ref_hash == ref_hash)))
+            erased = erased_for(s, sale.customer, sale.ts, existing_id=customer is not None
+                                and customer.id == sale.customer)
+            if erased is not None:  # the till still knows an erased customer: they are not brought back
+                log.info("POS API: store %s: a sale of an erased customer refused", store.id)
+                return _problem(422, "Customer erased", _erased_detail(sale.customer, erased))
             if customer is None:
                 customer = Customer(external_ref=sale.customer, external_ref_hash=ref_hash, status="active",
                                     source="pos")
@@ -173,6 +192,12 @@ def create_purchases():
         with db.sessions() as s:
             previous = s.scalar(select(PosRequest).where(PosRequest.store_id == store.id, PosRequest.key == key))
             if previous is None:
+                if s.scalar(select(Purchase.id).where(Purchase.idempotency_key == purchase_key(store.id, key, 0))):
+                    # stored longer ago than the idempotency window (its pos_requests row swept): not again
+                    log.info("POS API: store %s reused an Idempotency-Key older than the window", store.id)
+                    return _problem(422, "Idempotency-Key already used", f"the sale with Idempotency-Key {key!r} "
+                                    f"was stored more than {POS_REQUEST_DAYS} days ago; its response is no longer "
+                                    "kept and nothing was stored again (send a new key for a new sale)")
                 raise
             return _replay(previous, body_sha, key)
     response = jsonify(body)

@@ -1,15 +1,20 @@
 """Privacy page (owners): the audit log (erasures with each device's confirmation, consent records, key
-rotations, retention runs) and the erasures still waiting for a device."""
+rotations, retention runs), the erasures still waiting for a device, and the erased loyalty numbers kept out of
+imports and the POS API, with the form that allows one again (:mod:`dangol_cloud.erased_refs`)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_session, get_settings
+from dangol_cloud.erased_refs import erased_ref_count, lift_erased_ref
 from dangol_cloud.erasure import pending_erasures, unconfirmed_devices
 from dangol_cloud.models import AuditEntry
+from dangol_cloud.sale_rules import REF_MAX
 from dangol_cloud.web.auth import owner_required
+from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.params import page_arg
 
 bp = Blueprint("audit", __name__, url_prefix="/privacy")
@@ -27,4 +32,27 @@ def index():
                         .limit(PAGE).offset((page - 1) * PAGE)).all()
     pending = [(e, unconfirmed_devices(s, e)) for e in pending_erasures(s)]
     return render_template("audit.html", entries=entries, pending=pending, page=page, total=total,
-                           pages=max((total + PAGE - 1) // PAGE, 1), retention_days=get_settings().retention_days)
+                           pages=max((total + PAGE - 1) // PAGE, 1), retention_days=get_settings().retention_days,
+                           erased_refs=erased_ref_count(s), action=ActionForm())
+
+
+@bp.post("/erased-refs/lift")
+@owner_required
+def lift_erased():
+    """POST /privacy/erased-refs/lift (owners; 403 for staff): ``ref`` = an erased customer's loyalty number, whose
+    sales are imported and recorded again from now on (the customer re-joined). The number is never echoed back
+    (it is not kept in the flash cookie) nor written to the audit log."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    ref = (request.form.get("ref") or "").strip()
+    if not ref or len(ref) > REF_MAX:
+        flash(f"Type the loyalty number to allow again (1 to {REF_MAX} characters); nothing changed.", "error")
+        return redirect(url_for("audit.index"))
+    s = get_session()
+    if lift_erased_ref(s, ref, actor=current_user.email) is None:
+        flash("No erased customer has that loyalty number; nothing changed.", "error")
+        return redirect(url_for("audit.index"))
+    s.commit()
+    flash("That loyalty number may be imported again: its sales are recorded from now on (as a new customer).",
+          "success")
+    return redirect(url_for("audit.index"))
