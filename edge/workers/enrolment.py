@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 SECOND_FACE_FRAMES = 5
 """Frames of a sign-up in which a second face may pass every quality gate (detector score, size, pose, roll, blur:
 a frontal face close to the camera) beside the largest one before the sign-up fails as "more than one face"
-(``failed``, ``why="several"``), with nothing stored. Counted over the frames looked at (every frame due for a
-candidate, :meth:`~dangol_edge.enrol.SampleCollector.due`), in total, not in a row. The pool takes the largest face of
+(``failed``, ``why="several"``), with nothing stored — once those frames are also at least
+:data:`SECOND_FACE_SHARE` of the frames looked at (every frame due for a candidate,
+:meth:`~dangol_edge.enrol.SampleCollector.due`), counted in total, not in a row, and only for a second face at least
+:data:`SECOND_FACE_WIDTH` as wide as the first (somebody beside the customer, not the queue behind). The pool takes the largest face of
 each frame, and which of two people is larger can change from frame to frame, so two people at the camera may be
 stored as one customer. Someone passing behind is rarely frontal and close for long: in the real Hamilton clip (30 fps)
 a second face passes every gate in 3 consecutive frames of 275, and that must not fail a sign-up; two people side by
@@ -51,12 +53,28 @@ side pass in every frame and end it at the 6th frame looked at (about 1 s at 10 
 are kept), well before the pool of 15 good faces 2 frames apart (at least 29 frames) is full. The photo enrolment
 refuses a photo with two faces outright (:func:`~dangol_edge.enrol.sample_from_photo`)."""
 
+SECOND_FACE_SHARE = 0.5
+"""Share of the frames looked at with a second good face of comparable size that fails a sign-up (with more than
+:data:`SECOND_FACE_FRAMES` of them). Two people side by side show both faces in nearly every frame; a door camera's
+passer-by, or a face in the background of some photos of an image-folder camera (LFW photos: 6 of 28 frames in
+``tests/edge/test_duplicate_signup.py``), in a minority of them."""
+
+SECOND_FACE_WIDTH = 0.6
+"""A second face counts when its box is at least this fraction of the largest face's width (px/px): a person beside
+the customer is about as close to the camera; one waiting behind is further away and smaller."""
+
 REPORT_RETRY_S = 30.0
 """Seconds between tries to record a sign-up erased by a button hold for the cloud (``erasure-done``) while the state
 file cannot be written (the housekeeping pass's default interval is of the same order)."""
 
 CODE_SHOWN_S = 60.0
 """Seconds the door shows a new sign-up's short code (a welcome meanwhile does not cut it short)."""
+
+
+def _width(face) -> float:
+    """Width of a face's detection box, px."""
+    x0, _, x1, _ = face.detection.box
+    return x1 - x0
 
 
 class ButtonEnrolment:
@@ -88,6 +106,7 @@ class ButtonEnrolment:
         self._collector: SampleCollector | None = None
         self._frames = 0
         self._second = 0  # frames of this sign-up with a second good face (SECOND_FACE_FRAMES)
+        self._looked = 0  # frames of this sign-up looked at (due for a candidate)
         self._rule: DoorRule | bool | None = None  # built on the first sign-up; False: no calibration, not checked
         self._presses = 0  # button presses so far (gpiozero's thread numbers them)
         self._press_lock = threading.Lock()
@@ -167,7 +186,7 @@ class ButtonEnrolment:
             return
         log.info("enrolment started")
         self._collector = SampleCollector(self.config.enrol.templates)
-        self._frames = self._second = 0
+        self._frames = self._second = self._looked = 0
         self._press, self._stored = press, None
         self.screen.show_enrolment("capturing")
         if self.button:
@@ -257,8 +276,8 @@ class ButtonEnrolment:
     def _several(self, col: SampleCollector) -> None:
         """End the sign-up as ``failed`` with ``why="several"`` (:data:`SECOND_FACE_FRAMES`): nothing is stored."""
         self._finish("failed", seconds=5, why="several", samples=len(col.candidates), wanted=col.pool)
-        log.warning("enrolment failed: a second good face beside the first in %d of %d frames (more than one person "
-                    "in front of the camera)", self._second, self._frames)
+        log.warning("enrolment failed: a second good face beside the first in %d of %d frames looked at (more than "
+                    "one person in front of the camera)", self._second, self._looked)
 
     def _storage(self, state: str) -> None:
         if self.stats is not None:
@@ -277,9 +296,11 @@ class ButtonEnrolment:
         try:
             if col.due(frame.index):
                 faces = pipeline.process(frame.rgb, max_faces=2)  # the largest is offered, the next one counted
-                if any(f.embedding is not None for f in faces[1:]):
+                self._looked += 1
+                if len(faces) > 1 and faces[1].embedding is not None and _width(faces[1]) >= SECOND_FACE_WIDTH * \
+                        _width(faces[0]):
                     self._second += 1
-                    if self._second > SECOND_FACE_FRAMES:
+                    if self._second > SECOND_FACE_FRAMES and self._second >= SECOND_FACE_SHARE * self._looked:
                         self._several(col)
                         return
                 if col.offer(faces[0] if faces else None, frame.index):
