@@ -136,15 +136,8 @@ def login():
     settings = get_settings()
     email = form.email.data.strip().lower()
     key, addr, now = throttle.email_key(email), throttle.client_address(), utcnow()
-    # record the attempt as failed and commit it before counting: simultaneous guesses see each other, so they
-    # cannot all pass on one count; a refusal forgets it (a 429 is not a failure), a success clears it
-    attempt = throttle.record_failure(s, settings, key, addr, now)
-    s.commit()
-    wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now,
-                                 attempt=attempt)
+    _, wait = throttle.attempt_or_wait(s, settings, key, addr, now)  # a success clears it below
     if wait > 0:
-        throttle.forget_attempt(s, attempt)
-        s.commit()
         return _too_many(form, wait, email, addr)
     user = s.scalar(select(User).where(User.email == email))
     # always one scrypt check, also for an unknown e-mail (a throw-away hash): the time tells nothing

@@ -106,6 +106,20 @@ def forget_attempt(session, attempt: int) -> None:
     session.execute(delete(LoginFailure).where(LoginFailure.id == attempt))
 
 
+def attempt_or_wait(session, settings: Settings, key: str, addr: str, now: datetime) -> tuple[int, float]:
+    """Record a password attempt as failed and commit it *before* counting, so simultaneous guesses see each other
+    and cannot all pass on one count; then the back-off. Returns ``(attempt id, seconds to wait)``; with a wait the
+    attempt is forgotten again (a refusal without a password check is not a failure) and the caller answers 429.
+    Used by the sign-in and by a password change (the current password is guessed no faster)."""
+    attempt = record_failure(session, settings, key, addr, now)
+    session.commit()
+    wait = backoff_wait(session, settings, key, addr, trusted=trusted_device(key), now=now, attempt=attempt)
+    if wait > 0:
+        forget_attempt(session, attempt)
+        session.commit()
+    return attempt, wait
+
+
 def clear_failures(session, key: str, addr: str) -> None:
     """Forget this e-mail's failures from this address after a successful sign-in (the caller commits)."""
     session.execute(delete(LoginFailure).where(LoginFailure.email_sha256 == key, LoginFailure.remote_addr == addr))

@@ -200,13 +200,8 @@ def account_password():
         return render_template("account_password.html", form=form), 422
     s, settings = get_session(), get_settings()
     key, addr, now = throttle.email_key(current_user.email), throttle.client_address(), utcnow()
-    attempt = throttle.record_failure(s, settings, key, addr, now)  # as at sign-in: counted before it is checked
-    s.commit()
-    wait = throttle.backoff_wait(s, settings, key, addr, trusted=throttle.trusted_device(key), now=now,
-                                 attempt=attempt)
+    _, wait = throttle.attempt_or_wait(s, settings, key, addr, now)  # as at sign-in
     if wait > 0:
-        throttle.forget_attempt(s, attempt)
-        s.commit()
         seconds = max(1, math.ceil(wait))
         log.warning("password change for %r from %s held back %d s after repeated failures", current_user.email,
                     addr, seconds)
