@@ -10,7 +10,9 @@ than independent photos would suggest. This bench measures both on real video.
 * Galleries: LFW people enrolled from their first photo (the stored LFW embeddings of the built model), either one
   person alone (N = 1, each of ``--singles`` random people in turn) or ``--size`` people together (``--galleries``
   random draws). Threshold from the model's calibration for N templates at ``target_fpir`` 1 %, margin 0.05, the
-  default tracker (3 votes, share 0.6) — the daemon's settings.
+  default tracker (3 votes, share 0.6) — the daemon's settings. The calibration must have been measured with the
+  default pipeline (YuNet), as the daemon requires. The clips' people are strangers the calibration never saw; the
+  galleries' LFW people are in it (its pairs include theirs).
 * Per frame: the share of embedded stranger frames accepted as somebody. Per visit: the share of the tracks the
   tracker decided (known or unknown) that were decided ``known`` — a stranger greeted as a regular.
 
@@ -100,14 +102,18 @@ def main() -> None:
     ap.add_argument("--galleries", type=int, default=300, help="random shared galleries")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from dangol_edge.calibration import load_calibration
-    from dangol_edge.embed import file_sha256
+    from dangol_edge.calibration import load_calibration, pipeline_of
+    from dangol_edge.config import DetectorConfig
+    from dangol_edge.embed import Embedder
     from dangol_models.build import load_lfw_embeddings
     from dangol_models.lfw import LFWDataset
 
     data = _data()
     model = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models") / "sface-int8.tflite"
-    tail = load_calibration(model, file_sha256(model))
+    embedder = Embedder(model)  # the clips are embedded behind the default detector: its calibration, no other
+    tail = load_calibration(model, embedder.sha256, pipeline_of(DetectorConfig(), model, embedder.spec))
+    if tail is None:
+        sys.exit(f"bench_stranger_visits: no calibration file beside {model} (run dangol-models build)")
     lfw = LFWDataset(data / "faces")
     emb = load_lfw_embeddings(model, lfw)
     index = emb.index()

@@ -30,9 +30,11 @@ def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_s
             certificate (:func:`check_tls_ca`); the model file exists without its calibration file while
             ``matcher.threshold`` is unset (:func:`dangol_edge.calibration.uncalibrated`); or the YuNet detector file
             is missing or unreadable (:func:`~dangol_edge.detect.detector_file_problem`, checked when
-            ``detector.yunet_path`` is set or the model is there); ``display.consent_version`` has no consent text
-            (:func:`dangol_edge.consent_text.render_consent`: staff would confirm a text nobody can read; the message
-            names the version and the file it looked for). The message names ``source`` and the setting.
+            ``detector.yunet_path`` is set or the model is there); the calibration file was measured with another
+            pipeline (detector backend or file, alignment) than this config runs while ``matcher.threshold`` is unset
+            (:class:`dangol_edge.calibration.PipelineMismatch`, naming both); ``display.consent_version`` has no
+            consent text (:func:`dangol_edge.consent_text.render_consent`: staff would confirm a text nobody can read;
+            the message names the version and the file it looked for). The message names ``source`` and the setting.
     """
     from .calibration import calibration_path, uncalibrated
     from .config import ConfigError
@@ -55,11 +57,37 @@ def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_s
     if problem := (config.detector.yunet_path is not None or model.is_file()) and detector_file_problem(
             config.detector, model):
         raise ConfigError(f"{source}: {problem}")
+    if config.matcher.threshold is None and calibration_path(model).is_file():
+        check_calibration_pipeline(config, source)
     try:
         render_consent(config)
     except ConsentTextError as exc:
         raise ConfigError(f"{source}: invalid config: display.consent_version: {exc}") from None
     # embedder.previous_model_path: checked by ModelUpgrade.start, only while the gallery holds its templates
+
+
+def check_calibration_pipeline(config: "EdgeConfig", source: str = "config") -> None:
+    """The model's calibration file was measured with the pipeline this config runs (what
+    :func:`dangol_edge.recognition.rule_for` refuses at start otherwise). A model that does not load is left to the
+    daemon's start, as before.
+
+    Raises:
+        ConfigError: naming ``source`` and both pipelines (:class:`~dangol_edge.calibration.PipelineMismatch`), or a
+            malformed calibration file.
+    """
+    from .calibration import CalibrationError, load_calibration, pipeline_of
+    from .config import ConfigError
+    from .embed import Embedder, ModelError
+
+    try:
+        embedder = Embedder(config.model_path, threads=1)
+        spec, sha = embedder.spec, embedder.sha256
+    except ModelError:
+        return
+    try:
+        load_calibration(config.model_path, sha, pipeline_of(config.detector, config.model_path, spec))
+    except CalibrationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def check_mqtt(config: "EdgeConfig", source: str = "config") -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .calibration import OpenSetRule, load_calibration, uncalibrated
+from .calibration import OpenSetRule, PipelineMismatch, load_calibration, pipeline_of, uncalibrated
 from .config import EdgeConfig
 from .detect import FaceDetector
 from .embed import Embedder
@@ -16,6 +17,8 @@ from .matcher import Match
 from .sources import Frame
 from .tracker import Decision, Observation, Tracker
 from .upgrade import ModelUpgrade
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,14 +113,29 @@ class Recognizer:
 
 def rule_for(config: EdgeConfig, embedder: Embedder) -> OpenSetRule:
     """The open-set rule for an embedder: the configured ``matcher.threshold`` when set, else calibrated to
-    the gallery from the model's calibration file.
+    the gallery from the model's calibration file, which must have been measured with this edge's pipeline
+    (:func:`~dangol_edge.calibration.pipeline_of`: ``detector`` backend and model file — YuNet's from
+    ``detector.yunet_path`` or beside the embedder's model, as :meth:`~dangol_edge.detect.FaceDetector.beside` — and
+    the model's alignment).
+
+    A calibration measured with another pipeline counts as none: with ``matcher.threshold`` set the fixed threshold
+    runs (logged), else the edge refuses, as without a calibration file.
 
     Raises:
         CalibrationError: no calibration file beside the model and no ``matcher.threshold`` (a fixed fallback
             accepts strangers as regulars far too often at a real gallery's size), or the file is malformed.
+        PipelineMismatch: the file was measured with another detector, detector file or alignment (both named),
+            and no ``matcher.threshold`` is set.
     """
     m = config.matcher
-    tail = load_calibration(embedder.model_path, embedder.sha256)
+    try:
+        tail = load_calibration(embedder.model_path, embedder.sha256,
+                                pipeline_of(config.detector, embedder.model_path, embedder.spec))
+    except PipelineMismatch as exc:
+        if m.threshold is None:
+            raise
+        log.warning("%s; running on the fixed matcher.threshold %.3f", exc, m.threshold)
+        tail = None
     if tail is None and m.threshold is None:
         raise uncalibrated(embedder.model_path)
     return OpenSetRule(tail, m.target_fpir, fixed=m.threshold)

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--lfw", type=Path, default=None, help="LFW-format folder for calibration (default <data>/faces)")
     b.add_argument("--calibration", type=int, default=300, help="calibration crops (default 300)")
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    b.add_argument("--detector", choices=["yunet", "mediapipe"], default="yunet",
+                   help="detector the open-set calibration is measured with; the edge runs the calibration only "
+                        "behind that detector.backend (default yunet; build mediapipe into its own --out folder)")
     e = sub.add_parser("evaluate", help="accuracy of detect → align → embed on LFW-format data")
     e.add_argument("--lfw", type=Path, required=True, help="folder with pairs.txt and the identity folders")
     e.add_argument("--models", type=Path, default=None, help="folder with the built models (default as build --out)")
@@ -52,7 +55,7 @@ def cmd_build(args) -> int:
     lfw = args.lfw or data_root() / "faces"
     out = args.out or default_out()
     models = MODELS if args.model == "all" else (args.model,)
-    for res in build_all(out, lfw, models, calibration=args.calibration, force=args.force):
+    for res in build_all(out, lfw, models, calibration=args.calibration, force=args.force, detector=args.detector):
         state = "up to date" if res.skipped else "built"
         print(f"{state}: {res.float_path}\n{state}: {res.int8_path}\nmodel card: {res.card_path}")
     return 0

@@ -1,5 +1,5 @@
-"""Open-set identification on LFW-format data: DET figures per photo and per simulated track, and a
-held-out check of the calibrated acceptance rule.
+"""Open-set identification on LFW-format data: DET figures per photo and per simulated track (the held-out check of
+the calibrated acceptance rule, built on these, is :mod:`.holdout`).
 
 Terms (ISO/IEC 19795-1, NIST FRVT 1:N): a *mated* probe shows an enrolled person; a *non-mated* probe
 somebody who is not enrolled. FPIR (false-positive identification rate) is the share of non-mated probes
@@ -18,10 +18,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-
-from dangol_edge.calibration import ImpostorTail
-
-from .evaluate import all_pair_scores
 
 
 @dataclass
@@ -135,68 +131,3 @@ def det_table(emb: np.ndarray, people: dict[str, list[int]], sizes: tuple[int, .
                       **{f"fnir@fpir={f:g}": round(v[0], 4) for f, v in det.items()},
                       **{f"thr@fpir={f:g}": round(v[1], 4) for f, v in det.items()}})
     return table
-
-
-def holdout_rule_check(emb: np.ndarray, people: dict[str, list[int]], target_fpir: float, margin: float,
-                       track_len: int = 3, min_votes: int = 3) -> dict:
-    """Does the calibrated rule hold its FPIR on people it was not calibrated on?
-
-    People are split in two halves by sorted name (alternating). The impostor tail is measured on half A
-    only; half B's people with ≥ 2 photos are enrolled (first photo), their other photos are mated probes,
-    B's single-photo people are non-mated probes. Tracks: B's enrolled people's probe photos and, as
-    strangers, A's multi-photo people's photos in runs of ``track_len`` (A's people are not enrolled).
-    Then the halves swap, and the counts add up.
-    """
-    names = sorted(people)
-    halves = [names[0::2], names[1::2]]
-    tot = Counter()
-    thresholds = []
-    for a, b in (halves, halves[::-1]):
-        a_rows = [r for n in a for r in people[n]]
-        a_labels = np.array([i for i, n in enumerate(a) for _ in people[n]])
-        _, imp = all_pair_scores(emb[a_rows], a_labels)
-        tail = ImpostorTail.from_scores(imp)
-        enrolled = [n for n in b if len(people[n]) >= 2]
-        pos = {n: i for i, n in enumerate(enrolled)}
-        thr = tail.threshold(target_fpir, len(enrolled))
-        thresholds.append(thr)
-        probes, truth, single, mated_tracks, stranger_tracks = [], [], [], [], []
-        for n in b:
-            rows = people[n][1:] if n in pos else people[n]
-            first = len(probes)
-            probes += rows
-            truth += [pos.get(n, -1)] * len(rows)
-            single += [len(people[n]) == 1] * len(rows)
-            if n in pos:
-                mated_tracks += chunks(list(range(first, len(probes))), track_len)
-        for n in a:
-            if len(people[n]) >= track_len:
-                first = len(probes)
-                probes += people[n]
-                truth += [-1] * len(people[n])
-                single += [False] * len(people[n])
-                stranger_tracks += chunks(list(range(first, len(probes))), track_len)
-        sc = search(emb, [people[n][0] for n in enrolled], probes, truth)
-        acc = sc.accepted(thr, margin)
-        single_strangers = np.array(single)
-        mated = sc.truth >= 0
-        tot["mated"] += int(mated.sum())
-        tot["mated_ok"] += int((acc & (sc.top == sc.truth))[mated].sum())
-        tot["strangers"] += int(single_strangers.sum())
-        tot["strangers_accepted"] += int(acc[single_strangers].sum())
-        mt = track_decisions(sc, mated_tracks, thr, margin, min_votes)
-        tot["mated_tracks"] += len(mated_tracks)
-        tot["mated_tracks_ok"] += int(sum(w == sc.truth[t[0]] for w, t in zip(mt, mated_tracks)))
-        st = track_decisions(sc, stranger_tracks, thr, margin, min_votes)
-        tot["stranger_tracks"] += len(stranger_tracks)
-        tot["stranger_tracks_accepted"] += int((st >= 0).sum())
-    return {
-        "target_fpir": target_fpir, "margin": margin, "thresholds": [round(t, 4) for t in thresholds],
-        "fpir_per_photo": tot["strangers_accepted"] / max(tot["strangers"], 1),
-        "strangers": tot["strangers"], "strangers_accepted": tot["strangers_accepted"],
-        "dir_per_photo": tot["mated_ok"] / max(tot["mated"], 1), "mated": tot["mated"],
-        "track_len": track_len, "mated_tracks": tot["mated_tracks"],
-        "dir_per_track": tot["mated_tracks_ok"] / max(tot["mated_tracks"], 1),
-        "stranger_tracks": tot["stranger_tracks"], "stranger_tracks_accepted": tot["stranger_tracks_accepted"],
-    }
-

@@ -23,15 +23,34 @@ def _rows():
         ("open set: rank-1", lambda r: pct(r.open_set.rank1)),
         ("open set: threshold / margin", lambda r: f"{r.open_set.threshold:.3f} / {r.open_set.margin:.2f} "
                                                     f"({r.extra.get('threshold_rule', 'FAR=1e-3 point')})"),
-        ("open set: correct and accepted (DIR)", lambda r: pct(r.open_set.dir)),
-        ("open set: strangers accepted per photo (FPIR)", lambda r: pct(r.open_set.far)),
-        ("held-out rule: FPIR per photo (strangers)", lambda r: f"{pct(r.extra['holdout']['fpir_per_photo'])} "
-         f"({r.extra['holdout']['strangers_accepted']} of {r.extra['holdout']['strangers']})"),
-        ("held-out rule: DIR per photo", lambda r: pct(r.extra["holdout"]["dir_per_photo"])),
-        ("held-out rule: 3-photo tracks, DIR", lambda r: f"{pct(r.extra['holdout']['dir_per_track'])} "
-         f"(of {r.extra['holdout']['mated_tracks']})"),
-        ("held-out rule: 3-photo stranger tracks accepted", lambda r: f"{r.extra['holdout']['stranger_tracks_accepted']} "
-         f"of {r.extra['holdout']['stranger_tracks']}"),
+        ("open set: correct and accepted (DIR) per probe / per person",
+         lambda r: f"{pct(r.open_set.dir)} / {pct(r.open_set.dir_per_person)}"),
+        ("open set: strangers accepted per photo (FPIR; in-sample if calibrated)", lambda r: pct(r.open_set.far)),
+        *_holdout_rows(pct),
+    ]
+
+
+def _holdout_rows(pct):
+    """Rows of :func:`dangol_models.holdout.holdout_check` (``extra["holdout"]``)."""
+    h = lambda r: r.extra["holdout"]  # noqa: E731
+    return [
+        ("held-out (splits; calibrate / enrol / strangers, ≤ cap photos each)",
+         lambda r: f"{h(r)['splits']} splits, cap {h(r)['cap']}, N ≈ {h(r)['enrolled_mean']:.0f} enrolled"),
+        ("held-out: threshold min / mean / max", lambda r: " / ".join(f"{t:.3f}" for t in h(r)["thresholds"])),
+        ("held-out: strangers accepted per photo, mean [95 % CI]",
+         lambda r: f"{pct(h(r)['fpir_per_photo'])} [{pct(h(r)['fpir_ci95'][0])} – {pct(h(r)['fpir_ci95'][1])}]"),
+        ("held-out: 95 % CI, strangers' sample only", lambda r: f"{pct(h(r)['fpir_ci95_strangers_only'][0])} – "
+         f"{pct(h(r)['fpir_ci95_strangers_only'][1])}"),
+        ("held-out: per split min – max; splits above target",
+         lambda r: f"{pct(h(r)['fpir_split_range'][0])} – {pct(h(r)['fpir_split_range'][1])}; "
+                   f"{h(r)['splits_over_target']} of {h(r)['splits']}"),
+        ("held-out: strangers accepted, all splits",
+         lambda r: f"{h(r)['strangers_accepted']} of {h(r)['strangers']:,}"),
+        ("held-out: DIR per probe / per person",
+         lambda r: f"{pct(h(r)['dir_per_photo'])} / {pct(h(r)['dir_per_person'])}"),
+        ("held-out: 3-photo tracks, DIR", lambda r: f"{pct(h(r)['dir_per_track'])} (of {h(r)['mated_tracks']})"),
+        ("held-out: 3-photo stranger tracks accepted (unseen people)",
+         lambda r: f"{h(r)['stranger_tracks_accepted']} of {h(r)['stranger_tracks']}"),
     ]
 
 
@@ -65,7 +84,8 @@ def evaluate_command(args, default_out: Path) -> int:
     det_cfg = DetectorConfig(model="short", min_score=0.5, backend=args.detector)
     with FaceDetector.beside(models[1], det_cfg) as det:
         reports = [evaluate_model(m, lfw, det, margin=margin, progress=not args.json,
-                                  target_fpir=cfg.matcher.target_fpir, min_votes=cfg.tracker.min_votes) for m in models]
+                                  target_fpir=cfg.matcher.target_fpir, min_votes=cfg.tracker.min_votes,
+                                  vote_share=cfg.tracker.vote_share) for m in models]
     if args.json:
         print(json.dumps([asdict(r) for r in reports], indent=2))
     else:

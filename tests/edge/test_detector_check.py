@@ -67,8 +67,15 @@ def test_a_configured_detector_path_must_be_there(no_detector, models_dir, tmp_p
     assert code == 0, err
 
 
-def test_mediapipe_needs_no_detector_file(no_detector, tmp_path, capsys, clean_env):
+def test_mediapipe_needs_no_detector_file_but_its_own_calibration(no_detector, tmp_path, capsys, clean_env):
+    """The built calibration was measured behind YuNet: behind MediaPipe it is refused, naming both pipelines (not the
+    YuNet file, which MediaPipe does not need); with a fixed threshold MediaPipe runs without the YuNet file."""
     code, err = _check_config(tmp_path, capsys, '[detector]\nbackend = "mediapipe"\n')
+    assert code == 2, err
+    assert "sface-int8.calibration.json" in err and "yunet" in err and "mediapipe" in err, err
+    assert "dangol-models build --detector mediapipe" in err and "matcher.threshold" in err
+    assert "is missing" not in err and "Traceback" not in err
+    code, err = _check_config(tmp_path, capsys, '[detector]\nbackend = "mediapipe"\n[matcher]\nthreshold = 0.5\n')
     assert code == 0, err
 
 
