@@ -10,12 +10,9 @@ enough; a QoS 0 subscription is never queued while the cloud is down, :data:`dan
 in a persistent session and applies messages on its own worker thread (a bounded queue), acknowledging each once
 it was stored or dead-lettered. Status itself is applied by :mod:`dangol_cloud.device_status`.
 
-An event is sent once, never retained: a *retained* one (handed over on every subscription, applied again once its
-``device_events`` row was pruned) is counted (``retained``), dead-lettered once and cleared on the broker by the
-listener, never applied. Its events subscription is *no local* (it never receives its own clear) and *retain as
-published* (a retained event published while it listens is seen as one). Mosquitto cannot forbid it: its ACLs
-(dynamic security, ``acl_file``) grant topics, not the retain flag; ``retain_available`` is global.
-"""
+A *retained* event (handed over on every subscription) is never applied: counted (``retained``), dead-lettered once
+and cleared by the listener, whose events subscription is *no local* and *retain as published*. Mosquitto's ACLs
+grant topics, not the retain flag, so it cannot forbid one (docs/mqtt.md)."""
 
 from __future__ import annotations
 
