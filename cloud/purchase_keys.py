@@ -9,7 +9,9 @@ file and a list of plausible amounts and barcodes. Keyed, the key says nothing w
 
 The key is recomputed whenever the hash key changes — migration 0011 (unkeyed SHA-1 → HMAC) and ``rotate-key``
 (HMAC under the old key → under the new one) — with :func:`rekeyed`, which recovers each stored line's occurrence
-from its stored key, so a re-import after either finds every line again.
+from its stored key, so a re-import after either finds every line again. The key names the customer too: when a
+loyalty customer is linked to a door enrolment (:mod:`dangol_cloud.web.customer_link`), its lines are re-keyed
+under the door enrolment's id with :func:`moved_keys`, as a re-import of their files then computes them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
-__all__ = ["IMPORT_KEY", "content_of", "keyed", "purchase_key", "rekeyed"]
+__all__ = ["IMPORT_KEY", "content_of", "keyed", "moved_keys", "purchase_key", "rekeyed"]
 
 #: An imported line's key (POS API keys ``pos:<store>:<hex>:<n>`` have more colons and never match).
 IMPORT_KEY = re.compile(r"^([A-Za-z0-9_.-]+):[0-9a-f]{64}$")
@@ -107,3 +109,37 @@ def rekeyed(rows: Iterable[tuple[int, str, Content]], pattern: re.Pattern, old_k
             result[pid] = new_key(prefix, content, found[pid] if pid in found else next(free))
     return result
 
+
+def moved_keys(rows: Iterable[tuple[int, str, Content]], customer_id: str, key: Callable[[str, Content, int], str],
+               taken: Iterable[str]) -> dict[int, str]:
+    """New keys of imported purchases moving to customer ``customer_id`` (a linked loyalty customer's lines).
+
+    ``rows`` are ``(purchase id, stored key, content)`` of the moving lines in id order, their content still naming
+    their current customer; ``key`` is the current ``(prefix, content, occurrence) -> key`` (:func:`keyed`);
+    ``taken`` the keys ``customer_id``'s own purchases hold. Each line keeps its occurrence, read back from its
+    stored key by :func:`rekeyed`, and its content names ``customer_id``: the key a re-import of its file computes
+    once the file's loyalty number resolves to ``customer_id``. A new key already ``taken`` (two identical lines,
+    one under each customer) gets instead the lowest occurrence of its content that is free, so both lines are kept
+    and the unique key holds. Lines whose key is not an import key (POS API lines) are left out.
+
+    Returns:
+        ``{purchase id: new key}`` for every moving import line (unique, and none of them in ``taken``).
+    """
+    rows = list(rows)
+
+    def moved(content: Content) -> Content:
+        return (content[0], customer_id, *content[2:])
+
+    prefixes = {pid: match.group(1) for pid, stored, _content in rows if (match := IMPORT_KEY.match(stored))}
+    contents = {pid: content for pid, _stored, content in rows}
+    result = rekeyed(rows, IMPORT_KEY, key, lambda prefix, content, n: key(prefix, moved(content), n))
+    used = set(taken)
+    clashes = sorted(pid for pid, new in result.items() if new in used)
+    used.update(result.values())
+    for pid in clashes:  # in id order: the lowest free occurrence, checked against every key kept or given
+        n = 0
+        while (new := key(prefixes[pid], moved(contents[pid]), n)) in used:
+            n += 1
+        result[pid] = new
+        used.add(new)
+    return result

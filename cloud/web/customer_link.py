@@ -11,6 +11,16 @@ enrolment keeps the menu its door shows, without the picks the moved dislikes ru
 :class:`~dangol_cloud.background.MenuRepublisher`), so a dislike the loyalty record carried leaves the door now;
 the next training computes the picks from the joined history.
 
+An imported line's idempotency key is a keyed hash of its content, which names its customer
+(:mod:`dangol_cloud.purchase_keys`), and after the link the loyalty number in an imported file resolves to the door
+enrolment: so the moved lines are re-keyed under the door enrolment's id in the same transaction, each keeping its
+occurrence (:func:`~dangol_cloud.purchase_keys.moved_keys`), and re-importing a file adds nothing. A moved line
+identical to one the door enrolment already has (one under each id) takes the next free occurrence: both are kept.
+The POS API's remembered requests (``pos_requests``) whose response names the loyalty id now name the door
+enrolment, so a till's retry of a sale made before the link is answered with the customer who holds it (and an
+erasure of the door enrolment finds those requests, :func:`~dangol_cloud.erasure.scrub_pos_requests`); POS lines'
+own keys name no customer and stay.
+
 The loyalty customer may have consent of its own when it was recorded on the dashboard (a history customer is
 never enrolled at a door, so no device holds its face): the door enrolment's consent and face win, the dashboard
 record goes with the loyalty record (its ``consent-recorded`` audit entry stays, and the ``customers-linked``
@@ -29,15 +39,19 @@ from dataclasses import dataclass
 
 from flask import abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.crypto import keyring_of
 from dangol_cloud.erasure import audit
 from dangol_cloud.feedback import drop_disliked_picks
-from dangol_cloud.models import Customer, Device, Erasure, Menu, Purchase, Visit, external_ref_hash, utcnow
+from dangol_cloud.models import (
+    Customer, Device, Erasure, Menu, PosRequest, Purchase, Visit, external_ref_hash, utcnow,
+)
 from dangol_cloud.models_ops import CustomerSegment, MenuDayparts, PickCredit, PickOpinion
 from dangol_cloud.mqtt import MqttError
+from dangol_cloud.purchase_keys import IMPORT_KEY, content_of, keyed, moved_keys
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
@@ -95,8 +109,8 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
         raise LinkError("this customer is already linked to a loyalty number")
     replaced = (f"; its consent recorded on the dashboard ({loyalty.consent_at:%Y-%m-%d}, text version "
                 f"{loyalty.consent_text_version}) replaced by the door enrolment's" if loyalty.has_consent else "")
-    moved = session.execute(update(Purchase).where(Purchase.customer_id == loyalty.id)
-                            .values(customer_id=door.id)).rowcount
+    moved = _move_purchases(session, loyalty.id, door.id)
+    _repoint_pos_requests(session, loyalty.id, door.id)
     visits = session.execute(update(Visit).where(Visit.customer_id == loyalty.id).values(customer_id=door.id)).rowcount
     session.execute(update(PickCredit).where(PickCredit.customer_id == loyalty.id).values(customer_id=door.id))
     own = set(session.scalars(select(PickOpinion.item_id).where(PickOpinion.customer_id == door.id)))
@@ -132,6 +146,36 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
           detail=f"loyalty customer {loyalty_id} merged into door enrolment {door.id}: {moved} purchase lines, "
                  f"{visits} visits, {opinions} opinions moved{replaced}")
     return LinkReport(purchases=moved, visits=visits, opinions=opinions, erasure_id=erasure_id)
+
+
+def _move_purchases(session: Session, from_id: str, to_id: str) -> int:
+    """Move ``from_id``'s purchase lines onto ``to_id``, each imported line re-keyed under ``to_id``
+    (:func:`~dangol_cloud.purchase_keys.moved_keys`: its occurrence kept, a clash with ``to_id``'s own lines given
+    the next free one); POS lines keep their keys. Returns the number of lines moved."""
+    key = keyed(keyring_of(session.get_bind().dialect))
+    lines = session.execute(select(Purchase.id, Purchase.idempotency_key, Purchase.store_id, Purchase.item_id,
+                                   Purchase.product_id, Purchase.ts, Purchase.quantity, Purchase.amount)
+                            .where(Purchase.customer_id == from_id).order_by(Purchase.id)).all()
+    rows = [(pid, stored, content_of(store_id=store, customer_id=from_id, item_id=item, product_id=product, ts=ts,
+                                     quantity=quantity, amount=amount))
+            for pid, stored, store, item, product, ts, quantity, amount in lines if IMPORT_KEY.match(stored)]
+    if rows:
+        taken = set(session.scalars(select(Purchase.idempotency_key).where(Purchase.customer_id == to_id)))
+        table = Purchase.__table__  # core executemany, as the importer files lines (ingest._match_other_copies)
+        session.execute(update(table).where(table.c.id == bindparam("pid")).values(idempotency_key=bindparam("key")),
+                        [{"pid": pid, "key": new} for pid, new in moved_keys(rows, to_id, key, taken).items()])
+    session.execute(update(Purchase).where(Purchase.customer_id == from_id).values(customer_id=to_id))
+    return len(lines)
+
+
+def _repoint_pos_requests(session: Session, from_id: str, to_id: str) -> int:
+    """Make the remembered POS requests whose response names ``from_id`` name ``to_id`` (the purchase ids in it
+    are unchanged: the lines moved). Returns how many."""
+    named = PosRequest.response["customer_id"].as_string() == from_id  # as erasure.scrub_pos_requests finds them
+    requests = session.scalars(select(PosRequest).where(named)).all()
+    for remembered in requests:
+        remembered.response = {**remembered.response, "customer_id": to_id}
+    return len(requests)
 
 
 @bp.route("/<customer_id>/link", methods=["POST"])
