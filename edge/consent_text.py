@@ -78,7 +78,7 @@ def render_consent(config: "EdgeConfig") -> str:
     """The HTML of the text of ``display.consent_version``, filled in with ``config``'s settings.
 
     Raises:
-        ConsentTextError: the version has no file here, the file cannot be read as UTF-8, or it holds a placeholder
+        ConsentTextError: the version has no file here, the file cannot be read as UTF-8, is empty, or it holds a placeholder
             this module does not fill; the message names the version and the file.
     """
     version = config.display.consent_version
@@ -93,6 +93,9 @@ def render_consent(config: "EdgeConfig") -> str:
             f"again (systemd/README.md, step 5), or set a version that has one ({others})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConsentTextError(f"the consent text of {version!r}, {path}, cannot be read: {exc}") from None
+    if not text.strip():  # created but never filled in: staff would confirm a text nobody can read
+        raise ConsentTextError(f"the consent text of {version!r}, {path}, is empty: write the text the customer "
+                               f"agrees to into it, or set a version that has one")
     values = settings_of(config)
 
     def fill(m: re.Match) -> str:
@@ -109,6 +112,8 @@ def to_html(text: str) -> str:
     out: list[str] = []
     for block in re.split(r"\n\s*\n", text.strip()):
         lines = [line.strip() for line in block.splitlines() if line.strip()]
+        if not lines:  # an empty text
+            continue
         if lines[0].startswith("## "):
             out.append(f"<h2>{_inline(' '.join(lines)[3:])}</h2>")
         elif lines[0].startswith("# "):

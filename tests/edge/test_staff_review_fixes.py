@@ -362,3 +362,15 @@ def test_the_docs_tell_how_phones_reach_the_staff_page():
     example = (FIRMWARE / "edge.env.example").read_text()
     assert "--staff-pin" in example and "DANGOL_DISPLAY__HOST=0.0.0.0" in example
     assert "--staff-pin" in (FIRMWARE / "edge.toml").read_text()
+
+
+@pytest.mark.parametrize("content", ["", "  \n\n \t\n"])
+def test_a_blank_consent_text_is_refused_by_name_not_with_a_traceback(tmp_path, monkeypatch, content):
+    from dangol_edge import consent_text
+    from dangol_edge.consent_text import ConsentTextError, render_consent
+
+    monkeypatch.setattr(consent_text, "CONSENT_DIR", tmp_path)
+    (tmp_path / "2026-02.md").write_text(content, encoding="utf-8")
+    config = EdgeConfig(home=tmp_path / "home", display={"consent_version": "2026-02"})
+    with pytest.raises(ConsentTextError, match=r"2026-02\.md.*empty"):
+        render_consent(config)
