@@ -12,14 +12,17 @@ from zoneinfo import ZoneInfo
 from flask import Flask, Response, g
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
+from jinja2 import pass_context
 from werkzeug.routing import IntegerConverter
+
+from dangol_protocol.money import format_money
 
 from dangol_cloud.db import Database
 from dangol_cloud.jobs import TrainingJob
 from dangol_cloud.settings import Settings, load_settings
 
 __all__ = ["CHAIN", "CONTENT_SECURITY_POLICY", "MAX_URL_INT", "BoundedIntConverter", "StoreClock", "create_app",
-           "get_db", "get_session", "get_settings", "store_clock"]
+           "get_db", "get_session", "get_settings", "store_clock", "store_currencies"]
 
 #: Content-Security-Policy of every response: scripts, styles, images and form targets from this site only,
 #: no inline script (the dashboard has none), no plugins, no framing (clickjacking). Inline ``style``
@@ -156,8 +159,22 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             return value.astimezone(timezone.utc).strftime(fmt) + " UTC"
 
     @app.template_filter("money")
-    def _money(value: float | None) -> str:
-        return "—" if value is None else f"{value:,.2f}"
+    @pass_context
+    def _money(context, value: float | None, currency: str | None = None, store: str | None | object = CHAIN) -> str:
+        """An amount (major units) as the door writes it, by :func:`dangol_protocol.money.format_money` (``₩4,500``,
+        ``$4.50``); "—" for none. In ``currency``; else, given ``store`` (``p.amount|money(store=p.store_id)``), that
+        store's own currency (None: a store-less sale → the CURRENCY setting); else the page's ``currency`` (the
+        stores' own when they share one, else the CURRENCY setting). A value stored before the checks (an infinite
+        price, a store currency that is not ISO 4217) is shown as it is rather than breaking the page."""
+        if value is None:
+            return "—"
+        if currency is None and store is not CHAIN:
+            currency = store_currencies().get(store, settings.currency) if store else settings.currency  # type: ignore
+        code = currency or context.get("currency") or settings.currency
+        try:
+            return format_money(value, code)
+        except ValueError:
+            return f"{value:,.2f} {code}"
 
     @app.context_processor
     def _globals() -> dict:
@@ -228,6 +245,18 @@ class StoreClock:
         """The one zone these stores (None: every store) share, else ``TIMEZONE``."""
         found = {self.of(s).key for s in (self.stores if stores is None else stores)}
         return ZoneInfo(found.pop()) if len(found) == 1 else self.fallback
+
+
+def store_currencies() -> dict[str, str]:
+    """``{store id: its own currency}`` of the stores that have one (Stores page), read once per request."""
+    if "store_currencies" not in g:
+        from sqlalchemy import select
+
+        from dangol_cloud.models import StoreSetting
+
+        g.store_currencies = dict(get_session().execute(select(StoreSetting.store_id, StoreSetting.currency)
+                                                        .where(StoreSetting.currency.is_not(None))).all())
+    return g.store_currencies
 
 
 def store_clock() -> StoreClock:

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         data: folder with the real data sets (``purchases/ta-feng`` ...), used by tests and demos.
         secret_key: Flask session/CSRF key; generated once into ``{cloud_home}/secret_key`` if unset.
         menu_size: picks per customer menu (top-N).
-        currency: ISO 4217 code shown on the dashboard and sent in the catalogue.
+        currency: ISO 4217 code of a currency in use (:func:`dangol_protocol.money.check_currency`; lower case is
+            put in capitals), in which the dashboard shows amounts and the catalogue is sent to stores without
+            their own currency (Stores page).
         timezone: IANA zone of the café: naive imported timestamps are local time in it, and analytics
             (visits by hour/weekday) are shown in it.
         consent_text_version: version label of the consent text staff read to customers.
@@ -162,6 +164,13 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{_shown(value)!r} is not an http(s):// URL")
         return value.rstrip("/")
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _check_currency(cls, value: object) -> str:
+        from dangol_protocol.money import check_currency
+
+        return check_currency(value)  # an ISO 4217 code in use ("krw" → "KRW"); "WON", "ZZZ" are refused by name
 
     @field_validator("timezone")
     @classmethod

@@ -1,7 +1,8 @@
 """Dangol MQTT contract: payload models, topic builders/parsers and :func:`parse_payload`.
 
-Shared by the cloud service and the Raspberry Pi edge; it imports only pydantic (and the standard
-library). Topic root ``dangol/v1/``; every payload is JSON with ``"schema": "<name>/<version>"``.
+Shared by the cloud service and the Raspberry Pi edge; it imports only pydantic, babel (currencies and money
+formatting, :mod:`dangol_protocol.money`) and the standard library. Topic root ``dangol/v1/``; every payload is
+JSON with ``"schema": "<name>/<version>"``.
 
 ==================================================  ==============  ========  ===  ======================
 topic                                               direction       retained  QoS  payload model
@@ -66,6 +67,7 @@ from dangol_protocol.topics import (
     ALL_DEVICE_EVENTS,
     ALL_DEVICE_STATUS,
 )
+from dangol_protocol.money import CurrencyError, check_currency, format_money
 from dangol_protocol.names import greeting_name
 from dangol_protocol.parse import PayloadError, is_retained_clear, parse_payload, unknown_field_counts
 
@@ -74,6 +76,7 @@ __all__ = [
     "CONSENT_TEXT_VERSION",
     "ALL_DEVICE_STATUS",
     "ArrivalEvent",
+    "CurrencyError",
     "Catalogue",
     "CatalogueItem",
     "Consent",
@@ -97,6 +100,7 @@ __all__ = [
     "TopicError",
     "TopicKind",
     "catalogue_topic",
+    "check_currency",
     "check_zone",
     "device_client_id",
     "daypart_at",
@@ -104,6 +108,7 @@ __all__ = [
     "dump_payload",
     "erasures_topic",
     "first_name",
+    "format_money",
     "events_topic",
     "greeting_name",
     "is_retained_clear",

@@ -13,7 +13,7 @@ or a subscription (its ACL) says so in the PUBACK/SUBACK reason code (0x87 Not a
 - :func:`is_refusal`, :func:`refusals` — the reason-code checks of a CONNACK/PUBACK/SUBACK.
 
 Importing this module needs ``paho-mqtt`` (the ``edge`` and ``cloud`` extras); the rest of
-:mod:`dangol_protocol` needs only pydantic.
+:mod:`dangol_protocol` needs only pydantic and babel.
 """
 
 from __future__ import annotations

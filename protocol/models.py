@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from dangol_protocol.money import currency_code
 from dangol_protocol.names import greeting_name
 
 __all__ = [
@@ -119,6 +120,11 @@ class Catalogue(_Model):
     them); the door's house menu shows those with ``house=true``. Retired items are not in the snapshot;
     unavailable ones are, with ``available=false``.
 
+    ``currency`` is the ISO 4217 code the prices are in (three letters, put in capitals,
+    :func:`dangol_protocol.money.currency_code`; the cloud checks the owner's input against the currencies in use,
+    but the wire stays tolerant so a box whose babel predates a new currency still shows the menu); the door writes
+    the prices with :func:`dangol_protocol.money.format_money`, as the dashboard does.
+
     ``timezone`` is the IANA zone the menus' day-parts were trained in (the cloud's ``TIMEZONE`` when set): the door reads
     the current day-part's hour on that clock (:meth:`local_time`), whatever the box's own zone. Optional: an older
     cloud sends none, and then the box's local time decides. An unknown zone fails validation (the message is
@@ -139,6 +145,11 @@ class Catalogue(_Model):
     @classmethod
     def _known_zone(cls, value: object) -> object:
         return None if value is None else check_zone(value)
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency_code(cls, value: object) -> str:
+        return currency_code(value)  # three letters, in capitals (dangol_protocol.money)
 
     def local_time(self, at: datetime) -> datetime:
         """The wall-clock time at instant ``at`` on the day-parts' clock: in :attr:`timezone` (an aware datetime),

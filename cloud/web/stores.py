@@ -5,7 +5,6 @@ letters; erasures a device asked for, which an owner confirms (erased everywhere
 
 from __future__ import annotations
 
-import re
 from zoneinfo import available_timezones
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -13,6 +12,7 @@ from flask_login import current_user
 from sqlalchemy import func, select
 
 import dangol_protocol as proto
+from dangol_protocol.money import CurrencyError, check_currency, currencies as currency_codes
 
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import complete_if_done, pending_erasures
@@ -44,22 +44,29 @@ def index():
     currencies = dict(s.execute(select(StoreSetting.store_id, StoreSetting.currency)).all())
     zones = dict(s.execute(select(StoreSetting.store_id, StoreSetting.timezone)).all())
     presence = _devices.device_presence(s, [d for store in stores for d in store.devices])
+    codes = currency_codes()
     return render_template("stores.html", stores=stores, form=form, device_form=DeviceForm(), action=ActionForm(),
-                           currencies=currencies, zones=zones, zone_names=sorted(available_timezones()),
+                           currencies=currencies, currency_codes=sorted(codes),
+                           bad_currencies={sid for sid, code in currencies.items() if code and code not in codes},
+                           zones=zones, zone_names=sorted(available_timezones()),
                            default_zone=get_settings().timezone, presence=presence, **_trust_context(s))
 
 
 @bp.route("/<store_id>/currency", methods=["POST"])
 @owner_required
 def set_currency(store_id: str):
-    """POST /stores/<id>/currency: the store's currency (ISO 4217, e.g. TWD); empty = the CURRENCY setting."""
+    """POST /stores/<id>/currency: the store's currency, an ISO 4217 code in use (e.g. TWD; any case,
+    :func:`dangol_protocol.money.check_currency`); empty = the CURRENCY setting. Anything else ("won", "ZZZ") is
+    refused by name and nothing changes."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
     store = s.get(Store, store_id) or abort(404)
-    code = (request.form.get("currency") or "").strip().upper()
-    if code and not re.fullmatch(r"[A-Z]{3}", code):
-        flash(f"Currency {code[:12]!r}: three letters of ISO 4217, e.g. EUR, TWD, USD.", "error")
+    given = (request.form.get("currency") or "").strip()
+    try:
+        code = check_currency(given) if given else ""
+    except CurrencyError as exc:
+        flash(f"Currency: {exc}.", "error")
         return redirect(url_for("stores.index"))
     row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
     row.currency = code or None
@@ -158,7 +165,8 @@ def add_device(store_id: str):
 def reset_password(device_id: str):
     """POST /stores/devices/<id>/password: new MQTT password for a device (shown once). The running broker takes
     it at once (:func:`~dangol_cloud.broker_auth.replace_device_password`: the old one stops working, a connection
-    made with it is closed); if it cannot, the page says the old one works until broker-config and a restart."""
+    made with it is closed and the device's retained status set ``offline``); if it cannot, the page says the old one
+    works until broker-config and a restart."""
     from dangol_cloud.broker_auth import replace_device_password
 
     s = get_session()
@@ -169,7 +177,7 @@ def reset_password(device_id: str):
     device.mqtt_password_hash = mosquitto_hash(password)
     s.commit()
     problem = _on_broker(lambda url, client_id: replace_device_password(url, device.mqtt_username, password,
-                                                                        client_id=client_id))
+                                                                        client_id=client_id, device_id=device.id))
     return _device_page(device.store, device, password, reset=True, broker_problem=problem)
 
 

@@ -1,33 +1,34 @@
-"""What the edge's pages say: prices in the café's currency, the house menu, a customer's visible picks,
-the greeting of the hour, and "5 min ago" times for the staff page. Pure functions (no I/O)."""
+"""What the edge's pages say: prices in the café's currency (the rule the dashboard shares,
+:mod:`dangol_protocol.money`), the house menu, a customer's visible picks, the greeting of the hour, and "5 min ago"
+times for the staff page. Pure functions (no I/O)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 from dangol_protocol import Catalogue
+from dangol_protocol.money import format_money
 
 from ..menu_text import available_items
 
 __all__ = ["ago", "format_price", "greeting", "house_menu", "seconds_ago", "visible_picks"]
 
-_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "KRW": "₩", "JPY": "¥", "CNY": "¥", "INR": "₹",
-            "AUD": "A$", "CAD": "C$", "NZD": "NZ$", "CHF": "CHF ", "SEK": "kr ", "NOK": "kr ", "DKK": "kr "}
-_NO_DECIMALS = {"KRW", "JPY", "VND", "CLP", "ISK", "HUF", "TWD"}
-
 
 def format_price(price: float | None, currency: str | None) -> str:
-    """A price for the menu, e.g. ``€3.50``, ``₩4,500``; ``""`` when the price is unknown.
+    """A price for the menu, e.g. ``€3.50``, ``₩4,500``, ``$4.50``; ``""`` when the price is unknown.
+
+    The one money rule the dashboard uses too (:func:`dangol_protocol.money.format_money`: the currency's own
+    minor-unit digits, CLDR's symbols).
 
     Args:
         price: major units (``3.5`` is three euros fifty); None for no price.
-        currency: ISO 4217 code (default EUR); unknown codes are written before the amount.
+        currency: ISO 4217 code, as the catalogue carries it (three letters, checked on receipt; default EUR).
+    Raises:
+        dangol_protocol.money.CurrencyError: ``currency`` is not three letters.
     """
     if price is None:
         return ""
-    code = (currency or "EUR").upper()
-    amount = f"{price:,.0f}" if code in _NO_DECIMALS else f"{price:,.2f}"
-    return f"{_SYMBOLS.get(code, code + ' ')}{amount}"
+    return format_money(price, currency or "EUR")
 
 
 def house_menu(catalogue: Catalogue | None) -> list[dict]:

@@ -178,7 +178,7 @@ def test_catalogue_prices_are_headed_in_the_stores_currency(browser, site):
     assert "Price (TWD)" in page.text_content("#items th.num")
     assert page.locator("#currency-note").count() == 0
     page.goto(f"{base}/catalogue/{_item(site.db, 'Iced Americano').id}/about")
-    assert "85.00 TWD" in page.inner_text(".sub")
+    assert "NT$85.00" in page.inner_text(".sub")  # the door's rule (dangol_protocol.money), not "85.00 TWD"
 
     with site.db.transaction() as s:  # a second store, selling in US dollars
         harbour = Store(name="Harbour", ref="hb")

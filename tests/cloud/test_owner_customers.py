@@ -85,7 +85,7 @@ def test_customer_page_tells_first_purchase_currency_and_honest_status(web, tmp_
     sign_in(client)
     page = client.get(f"/customers/{plain_id}").get_data(as_text=True)
     assert f"first purchase {first:%Y-%m-%d}" in page  # before: "since" the import date
-    assert "3.50 TWD spent" in page  # before: EUR whatever the store
+    assert "NT$3.50 spent" in page  # before: EUR whatever the store
     assert "purchase history only" in page and ">active<" not in page
     assert "1 shop visits" in page and "0 door arrivals" in page
 

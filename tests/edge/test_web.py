@@ -138,7 +138,7 @@ def back_to_house(site, menu) -> None:
 # --- pure helpers --------------------------------------------------------------------------------------
 def test_prices_and_pick_filtering():
     assert format_price(3.6, "EUR") == "€3.60" and format_price(4500, "KRW") == "₩4,500"
-    assert format_price(2, "XYZ") == "XYZ 2.00" and format_price(None, "EUR") == ""
+    assert format_price(2, "USD") == "$2.00" and format_price(None, "EUR") == ""
     picks = [{"id": ID["Cold brew"]}, {"id": "gone"}, {"id": ID["Oat latte"], "name": "old name", "price": 1}]
     assert visible_picks(picks, Catalogue.model_validate(catalogue(1)), 6) == [
         {"id": ID["Oat latte"], "name": "Oat latte", "category": "Coffee", "price": "€4.20",
