@@ -8,9 +8,9 @@ Sales of POS products count for the menu item they are mapped to (:mod:`dangol_c
 those :func:`~dangol_cloud.feedback_credit.credit_shown_picks` stored, and those it would add now): a purchase line
 credits the customer's latest door visit at most :data:`~dangol_cloud.feedback_credit.CREDIT_WINDOW` before it
 whose screen showed the item, once. With ``TIMEZONE`` unset, a store without a zone of its own has imported sale
-times that are not the doors' UTC (:func:`~dangol_cloud.feedback_credit.clock_known`): they credit nothing, and the
-figure leaves that store's door visits out (the training does not mark their picks ignored either); the page names
-such stores.
+times that are not the doors' UTC: they credit nothing, as in training (the one rule of which lines count,
+:func:`~dangol_cloud.feedback_credit.sale_time_known`), while its door visits and its POS API sales (aware times)
+count; the page names a store only when it has imported sales in the range (the figure may read low there).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from dangol_cloud.feedback_credit import CREDIT_WINDOW, clock_known, shown_pick_credits, stores_without_clock
+from dangol_cloud.feedback_credit import CREDIT_WINDOW, shown_pick_credits, stores_without_clock
 from dangol_cloud.models import CatalogueItem, ProductMapping, Purchase, Visit
 from dangol_cloud.store_zones import store_zones
 
@@ -43,11 +43,11 @@ class Analytics:
         visits_by_hour: 24 counts (local hour 0-23); visits_by_weekday: 7 counts (Mon..Sun) of door arrivals.
         recognised / unknown: arrivals with / without a recognised customer; regulars: distinct recognised people.
         top_items: ``[(menu item or product name, units)]`` best sellers in the window, at most 10.
-        shown_visits: recognised arrivals whose screen showed picks (not at a store left out, below); converted:
-            those credited with a purchase; credits: purchase lines credited to them (each at most once, as the
-            training credits them); stores_without_clock: names of the shown stores left out of these three
-            (``TIMEZONE`` unset and no zone of their own: imported sale times not comparable with the doors'),
-            when the window has visits with picks shown.
+        shown_visits: recognised arrivals whose screen showed picks; converted: those credited with a purchase;
+            credits: purchase lines credited to them (each at most once, as the training credits them);
+            stores_without_clock: names of the shown stores whose imported sales in the window credit nothing
+            (``TIMEZONE`` unset and no zone of their own: imported sale times not comparable with the doors'; their
+            visits and POS API sales count), when the window has visits with picks shown.
         trend: ``[(period start date, arrivals, recognised, baskets, revenue or None)]`` by ``bucket``.
         bucket: ``"day"`` (ranges up to 120 days), ``"week"`` (weeks start on Monday; up to 2 years) or
             ``"month"``; every period between the first and the last with data is listed (empty ones as 0).
@@ -198,18 +198,17 @@ def compute(session: Session, *, tz: str, days: int = 90, now: datetime | None =
 def _shown_bought(session: Session, result: Analytics, shown: list, stores: list[str] | None,
                   timezone_set: bool) -> None:
     """Fill the "shown → bought" numbers from the training's credits of the ``shown`` visits (``(id, ts,
-    customer, shown_items, store)`` rows of the window, of ``stores`` only when given), leaving out the visits
-    at stores without a known clock."""
+    customer, shown_items, store)`` rows of the window, of ``stores`` only when given): every such visit counts;
+    the purchase lines that credit nothing for an unknown clock are the training's own
+    (:func:`~dangol_cloud.feedback_credit.sale_time_known`), and their stores are named."""
     if not shown:
         return
-    result.stores_without_clock = stores_without_clock(session, timezone_set, stores)
-    known = clock_known(session, timezone_set)
-    judged = {v[0] for v in shown if known(v[4])}
-    if not judged:
-        return
+    result.stores_without_clock = stores_without_clock(session, timezone_set, stores, since=result.since,
+                                                       until=result.until)
+    visits = {v[0] for v in shown}
     credits = shown_pick_credits(session, result.since, result.until, stores=stores, timezone_set=timezone_set)
-    credits = credits[credits["visit_id"].isin(judged)]
-    result.shown_visits = len(judged)
+    credits = credits[credits["visit_id"].isin(visits)]
+    result.shown_visits = len(visits)
     result.converted = int(credits["visit_id"].nunique())
     result.credits = len(credits)
 

@@ -11,52 +11,121 @@ only so that ``rotate-key`` can recompute the hash under a new key. Then
 * the POS API refuses a sale naming it with 422 "Customer erased", nothing stored (:func:`erased_for`).
 
 An erasure by the retention rule (not seen for ``RETENTION_DAYS``; nobody asked) keeps out only the sales from
-before it: a regular who comes back after a year is a new customer, and their old history stays erased. An
-erased customer's Dangol id named as the customer (an export of Dangol's own ids) is refused the same way, from
+before the retention period of its run: the erasure's time minus the ``retention_days`` its ``retention-run`` audit
+entry records (:func:`dangol_cloud.erasure.run_retention` writes it in the erasures' transaction; without one, the
+erasure's own time). A sale the customer made within that period, in a shop export not imported when they were
+erased (a regular last seen 13 months ago who bought yesterday), is imported, as a new customer; their old history
+stays erased, also a sale between their last visit and the start of that period, from before the retention period.
+An erased customer's Dangol id named as the customer (an export of Dangol's own ids) is refused the same way, from
 the ``erasures`` table (a customer whose consent was withdrawn still exists and is not refused).
 
-The owner lifts a suppression when the customer re-joins, on the Privacy page (:func:`lift_erased_ref`, audited
-``erasure-lifted``, no loyalty id in the log): the loyalty id's sales are imported and recorded again from then on.
-Erasures made before revision 0011 kept nothing (their loyalty ids were deleted) and cannot be suppressed.
+The owner allows an erased loyalty id again when the customer re-joins, on the Privacy page (:func:`lift_erased_ref`,
+audited ``erasure-lifted``, no loyalty id in the log): the row stays, with ``allowed_from`` the time of that click,
+and only the loyalty id's sales from then on are imported and recorded (as a new customer); the erased sales, and any
+made between the erasure and the click, stay out, whatever export is uploaded later. Erasures made before revision
+0011 kept nothing (their loyalty ids were deleted) and cannot be suppressed; ids allowed again before revision 0012
+were deleted too.
 """
 
 from __future__ import annotations
 
+import bisect
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.crypto import keyring_of
-from dangol_cloud.models import Erasure, ErasedRef, utcnow
+from dangol_cloud.models import AuditEntry, Erasure, ErasedRef, utcnow
 
-__all__ = ["Erased", "ErasedRefs", "erased_for", "erased_ref_count", "lift_erased_ref", "remember_erased_ref"]
+__all__ = ["Erased", "ErasedRefs", "allowed_again_count", "erased_for", "erased_ref_count", "find_erased_ref",
+           "lift_erased_ref", "remember_erased_ref"]
+
+#: The ``retention_days`` of a ``retention-run`` audit entry (:func:`dangol_cloud.erasure.run_retention`).
+_RUN_DAYS = re.compile(r"\bretention_days=(\d+)\b")
+#: How long after a retention erasure its run's audit entry may be written (the run scrubs saved models between).
+RUN_ENTRY_DELAY = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
 class Erased:
-    """An erasure that keeps a customer reference out: when, and whether by the retention rule."""
+    """An erasure that keeps a customer reference out.
+
+    Attributes:
+        at: when the customer was erased (aware UTC).
+        retention: erased by the retention rule, not at a request.
+        allowed_from: sales at or after this time (aware UTC) come in; None: every sale stays out (a requested
+            erasure not allowed again). A retention erasure's is the start of its run's retention period (else
+            ``at``); a loyalty id allowed again, the earlier of that and the time it was allowed again.
+        allowed_again: when the owner allowed the loyalty id again (:func:`lift_erased_ref`), else None.
+    """
 
     at: datetime
     retention: bool
+    allowed_from: datetime | None = None
+    allowed_again: datetime | None = None
+
+    @classmethod
+    def of(cls, at: datetime, retention: bool, *, retention_days: int | None = None,
+           allowed_again: datetime | None = None) -> Erased:
+        """The erasure at ``at``; ``retention_days``: those of a retention erasure's run (None: unknown, ``at``
+        is the cut-off); ``allowed_again``: when the loyalty id was allowed again, or None."""
+        bounds = [at - timedelta(days=retention_days or 0)] if retention else []
+        bounds += [allowed_again] if allowed_again is not None else []
+        return cls(at, retention, min(bounds) if bounds else None, allowed_again)
 
     def covers(self, ts: datetime) -> bool:
-        """True if a sale at ``ts`` stays out: every sale after a requested erasure, older ones after retention."""
-        return not self.retention or ts < self.at
+        """True if a sale at ``ts`` (aware) stays out: every sale after a requested erasure not allowed again, else
+        the sales before :attr:`allowed_from`."""
+        return self.allowed_from is None or ts < self.allowed_from
 
     def import_error(self, ref: str) -> str:
         """The row error of an imported line naming the erased customer ``ref``."""
-        if self.retention:
-            return (f"customer {ref!r} erased on {self.at:%Y-%m-%d} (retention); sales from before then are not "
-                    "imported")
-        return f"customer {ref!r} erased on {self.at:%Y-%m-%d}; not imported"
+        if self.allowed_from is None:
+            return f"customer {ref!r} erased on {self.at:%Y-%m-%d}; not imported"
+        if self.allowed_again is not None and self.allowed_from == self.allowed_again:
+            return (f"customer {ref!r} erased on {self.at:%Y-%m-%d}, allowed again on {self.allowed_again:%Y-%m-%d}; "
+                    "sales from before then are not imported")
+        return (f"customer {ref!r} erased on {self.at:%Y-%m-%d} (retention); sales from before "
+                f"{self.allowed_from:%Y-%m-%d} are not imported")
+
+
+def _days_of(detail: str | None) -> int | None:
+    found = _RUN_DAYS.search(detail or "")
+    return int(found.group(1)) if found else None
+
+
+class _RetentionRuns:
+    """The ``retention-run`` audit entries, read once: the ``retention_days`` of a retention erasure's run."""
+
+    def __init__(self, session: Session) -> None:
+        rows = session.execute(select(AuditEntry.at, AuditEntry.detail).where(
+            AuditEntry.action == "retention-run", AuditEntry.actor == "retention").order_by(AuditEntry.at)).all()
+        self.times = [at for at, _ in rows]
+        self.days = [_days_of(detail) for _, detail in rows]
+
+    def days_at(self, erased_at: datetime) -> int | None:
+        """The ``retention_days`` of the first run entry written at most :data:`RUN_ENTRY_DELAY` after
+        ``erased_at``, else None."""
+        k = bisect.bisect_left(self.times, erased_at)
+        return self.days[k] if k < len(self.times) and self.times[k] <= erased_at + RUN_ENTRY_DELAY else None
+
+
+def _run_days(session: Session, erased_at: datetime) -> int | None:
+    """:meth:`_RetentionRuns.days_at` for one erasure, with one indexed query."""
+    detail = session.scalar(select(AuditEntry.detail).where(
+        AuditEntry.action == "retention-run", AuditEntry.actor == "retention", AuditEntry.at >= erased_at,
+        AuditEntry.at <= erased_at + RUN_ENTRY_DELAY).order_by(AuditEntry.at).limit(1))
+    return _days_of(detail)
 
 
 def remember_erased_ref(session: Session, *, ref: str | None, ref_hash: str | None, customer_id: str,
                         erasure: Erasure, retention: bool) -> None:
     """Keep the loyalty id ``ref`` of the customer ``customer_id`` that ``erasure`` erased (nothing without one); a
-    loyalty id erased before (lifted, or by retention, then back) takes this erasure's date and kind."""
+    loyalty id erased before (allowed again, or by retention, then back) takes this erasure's date and kind and is
+    no longer allowed again."""
     if ref is None:
         return
     ref_hash = ref_hash or keyring_of(session.get_bind().dialect).lookup_hash(ref)
@@ -65,26 +134,29 @@ def remember_erased_ref(session: Session, *, ref: str | None, ref_hash: str | No
         row = ErasedRef(ref_hash=ref_hash)
         session.add(row)
     row.ref, row.customer_id, row.erasure_id = ref, customer_id, erasure.id
-    row.erased_at, row.retention = erasure.requested_at or utcnow(), retention
+    row.erased_at, row.retention, row.allowed_from = erasure.requested_at or utcnow(), retention, None
 
 
 class ErasedRefs:
     """The erased loyalty ids and customer ids, read once for an import.
 
     A database that never erased anyone reads nothing more: an import there costs one query (and also works on a
-    schema older than revision 0011, which tests of the older migrations import into)."""
+    schema older than revision 0012, which tests of the older migrations import into)."""
 
     def __init__(self, session: Session) -> None:
         self.refs: dict[str, Erased] = {}
         self.ids: dict[str, Erased] = {}
         if session.scalar(select(Erasure.id).limit(1)) is None:
             return
-        for ref_hash, at, retention in session.execute(select(ErasedRef.ref_hash, ErasedRef.erased_at,
-                                                              ErasedRef.retention)):
-            self.refs[ref_hash] = Erased(at, retention)
+        runs = _RetentionRuns(session)
+        for ref_hash, at, retention, allowed in session.execute(select(
+                ErasedRef.ref_hash, ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from)):
+            self.refs[ref_hash] = Erased.of(at, retention, retention_days=runs.days_at(at) if retention else None,
+                                            allowed_again=allowed)
         for customer_id, at, by in session.execute(select(Erasure.customer_id, Erasure.requested_at,
                                                           Erasure.requested_by).order_by(Erasure.requested_at)):
-            self.ids[customer_id] = Erased(at, by == "retention")
+            retention = by == "retention"
+            self.ids[customer_id] = Erased.of(at, retention, retention_days=runs.days_at(at) if retention else None)
 
     def __bool__(self) -> bool:
         return bool(self.refs or self.ids)
@@ -99,40 +171,58 @@ class ErasedRefs:
 
 
 def erased_for(session: Session, ref: str, ts: datetime, *, existing_id: bool) -> Erased | None:
-    """:meth:`ErasedRefs.find` for one sale (the POS API): two indexed look-ups instead of loading every erasure."""
+    """:meth:`ErasedRefs.find` for one sale (the POS API): indexed look-ups instead of loading every erasure (one
+    more for a retention erasure: its run's audit entry)."""
     ref_hash = keyring_of(session.get_bind().dialect).lookup_hash(ref)
-    row = session.execute(select(ErasedRef.erased_at, ErasedRef.retention)
+    row = session.execute(select(ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from)
                           .where(ErasedRef.ref_hash == ref_hash)).first()
-    found = Erased(row.erased_at, row.retention) if row is not None else None
+    found = None
+    if row is not None:
+        found = Erased.of(row.erased_at, row.retention, allowed_again=row.allowed_from,
+                          retention_days=_run_days(session, row.erased_at) if row.retention else None)
     if found is None and not existing_id:
         erasure = session.execute(select(Erasure.requested_at, Erasure.requested_by).where(Erasure.customer_id == ref)
                                   .order_by(Erasure.requested_at.desc()).limit(1)).first()
         if erasure is not None:
-            found = Erased(erasure.requested_at, erasure.requested_by == "retention")
+            retention = erasure.requested_by == "retention"
+            found = Erased.of(erasure.requested_at, retention,
+                              retention_days=_run_days(session, erasure.requested_at) if retention else None)
     return found if found is not None and found.covers(ts) else None
 
 
 def erased_ref_count(session: Session) -> int:
-    """How many erased loyalty ids are kept out (shown on the Privacy page)."""
+    """How many erased loyalty ids are kept out, wholly or their older sales (shown on the Privacy page)."""
     return session.scalar(select(func.count()).select_from(ErasedRef))
 
 
+def allowed_again_count(session: Session) -> int:
+    """How many of them the owner allowed again (only their sales from before then are kept out)."""
+    return session.scalar(select(func.count()).select_from(ErasedRef).where(ErasedRef.allowed_from.is_not(None)))
+
+
+def find_erased_ref(session: Session, ref: str) -> ErasedRef | None:
+    """The row of the erased loyalty id ``ref`` (surrounding blanks ignored), found by its keyed hash, or None."""
+    ref_hash = keyring_of(session.get_bind().dialect).lookup_hash(ref.strip())
+    return session.scalar(select(ErasedRef).where(ErasedRef.ref_hash == ref_hash))
+
+
 def lift_erased_ref(session: Session, ref: str, *, actor: str) -> ErasedRef | None:
-    """Let the erased loyalty id ``ref`` be imported and recorded again (the customer re-joined): its row is
-    deleted and the lift audited (``erasure-lifted``: the erased customer's id and erasure, never the loyalty id).
-    The caller commits.
+    """Allow the erased loyalty id ``ref`` again (the customer re-joined): its sales from now on are imported and
+    recorded (as a new customer), while the older ones stay out — the row stays, ``allowed_from`` set to now — and
+    the lift is audited (``erasure-lifted``: the erased customer's id and erasure, never the loyalty id). A loyalty
+    id allowed again already is left as it is (its cut-off does not move, nothing is audited). The caller commits.
 
     Returns:
-        The deleted row, or None when ``ref`` (surrounding blanks ignored) is no erased loyalty id.
+        The row (``allowed_from``: since when its sales are recorded), or None when ``ref`` (surrounding blanks
+        ignored) is no erased loyalty id.
     """
     from dangol_cloud.erasure import audit
 
-    ref_hash = keyring_of(session.get_bind().dialect).lookup_hash(ref.strip())
-    row = session.scalar(select(ErasedRef).where(ErasedRef.ref_hash == ref_hash))
-    if row is None:
-        return None
-    session.delete(row)
+    row = find_erased_ref(session, ref)
+    if row is None or row.allowed_from is not None:
+        return row
+    row.allowed_from = utcnow()
     audit(session, actor, "erasure-lifted", customer_id=row.customer_id, erasure_id=row.erasure_id,
-          detail=f"the loyalty number of the customer erased on {row.erased_at:%Y-%m-%d} may be imported and "
-                 "recorded again")
+          detail=f"the loyalty number of the customer erased on {row.erased_at:%Y-%m-%d} is allowed again: its sales "
+                 "from now on are imported and recorded, the older ones stay out")
     return row

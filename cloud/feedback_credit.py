@@ -13,7 +13,8 @@ customer bought after it (re-exported by :mod:`dangol_cloud.feedback`).
   read in its store's zone, else in ``TIMEZONE``; left at its default (UTC, "the doors use their own clocks") that
   is the café's wall clock stored as if it were UTC, hours off the arrivals outside UTC. Such purchases are neither
   credited nor allowed to mark a showing ignored (:func:`clock_known`); the POS API's sales carry aware times
-  and always count. The dashboard's item and analytics pages say so (:func:`stores_without_clock`).
+  and always count (:func:`sale_time_known`, the one rule of which purchase lines count, for the training and
+  the analytics page alike). The dashboard's item and analytics pages say so (:func:`stores_without_clock`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from sqlalchemy.orm import Session
 from dangol_cloud.models import PickCredit, ProductMapping, Purchase, Store, Visit, utcnow
 from dangol_cloud.store_zones import store_zones
 
-__all__ = ["CREDIT_WINDOW", "clock_known", "credit_shown_picks", "match_shown_picks", "shown_and_ignored",
-           "shown_pick_credits", "stores_without_clock"]
+__all__ = ["CREDIT_WINDOW", "POS_SOURCE", "clock_known", "credit_shown_picks", "match_shown_picks", "sale_time_known",
+           "shown_and_ignored", "shown_pick_credits", "stores_without_clock"]
 
 log = logging.getLogger("dangol_cloud.feedback")
 
 #: A purchase this long after a visit is credited to the picks shown at that visit (a café stay).
 CREDIT_WINDOW = timedelta(hours=3)
+#: ``purchases.source`` of the POS API's sales (aware times by contract: comparable with the doors' whatever the zone).
+POS_SOURCE = "pos"
 
 
 def clock_known(session: Session, timezone_set: bool) -> Callable[[str | None], bool]:
@@ -53,16 +56,35 @@ def clock_known(session: Session, timezone_set: bool) -> Callable[[str | None], 
     return lambda store: store in zoned
 
 
-def stores_without_clock(session: Session, timezone_set: bool, store_ids: Collection[str] | None = None
-                         ) -> list[str]:
+def sale_time_known(session: Session, timezone_set: bool) -> Callable[[str | None, str], bool]:
+    """Whether a purchase line's time is comparable with the doors' arrivals, so that it may credit a shown pick:
+    ``(store id or None, purchases.source) -> bool``. Always with ``TIMEZONE`` set; else a POS API sale
+    (:data:`POS_SOURCE`: aware times) at any store, an imported line only at a store with a zone of its own
+    (:func:`clock_known`). The one rule of :func:`match_shown_picks` (the training) and of the analytics page's
+    note (:func:`stores_without_clock`)."""
+    known = clock_known(session, timezone_set)
+    return lambda store, source: source == POS_SOURCE or known(store)
+
+
+def stores_without_clock(session: Session, timezone_set: bool, store_ids: Collection[str] | None = None, *,
+                         since: datetime | None = None, until: datetime | None = None) -> list[str]:
     """Names of the stores (of ``store_ids`` only, when given: a staff user's) whose imported sales
     :func:`credit_shown_picks` cannot match with door arrivals (:func:`clock_known` false), sorted; empty when
-    ``TIMEZONE`` is set. For the dashboard's note."""
+    ``TIMEZONE`` is set. With ``since`` and ``until`` (aware), only those with a purchase line dated in
+    ``[since, until)`` that :func:`sale_time_known` leaves out (an imported one: a store selling only through the
+    POS API loses nothing). For the dashboard's notes."""
     if timezone_set:
         return []
     known = clock_known(session, timezone_set)
-    return sorted(name for store_id, name in session.execute(select(Store.id, Store.name))
-                  if not known(store_id) and (store_ids is None or store_id in store_ids))
+    unclocked = {store_id: name for store_id, name in session.execute(select(Store.id, Store.name))
+                 if not known(store_id) and (store_ids is None or store_id in store_ids)}
+    if since is not None and until is not None and unclocked:
+        counts = sale_time_known(session, timezone_set)
+        sold = session.execute(select(Purchase.store_id, Purchase.source).distinct().where(
+            Purchase.ts >= since, Purchase.ts < until, Purchase.store_id.in_(sorted(unclocked)))).all()
+        unclocked = {store: unclocked[store] for store in {store for store, source in sold
+                                                           if not counts(store, source)}}
+    return sorted(unclocked.values())
 
 
 def credit_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW, *, timezone_set: bool = True) -> int:
@@ -104,7 +126,7 @@ def match_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW, *, ti
     Only a customer's purchases from their first visit on (and up to the last visit plus ``window``) are read:
     imported history predates the doors. With ``timezone_set`` False (``TIMEZONE`` left at its default),
     purchase lines of a store without a zone of its own (:func:`clock_known`) are left out, except the POS API's
-    (``source == "pos"``: aware times by contract): their file's wall-clock times were stored as UTC.
+    (:func:`sale_time_known`: aware times by contract): their file's wall-clock times were stored as UTC.
 
     Returns:
         ``(matches, left_out)``: one row per purchase line credited, columns ``purchase_id``, ``visit_id``,
@@ -134,8 +156,9 @@ def match_shown_picks(session: Session, window: timedelta = CREDIT_WINDOW, *, ti
     ).all(), columns=["purchase_id", "customer_id", "product", "menu_item", "ts", "store", "source"])
     left_out = 0
     if not timezone_set and len(bought):
-        known = clock_known(session, timezone_set)
-        keep = (bought["source"] == "pos") | bought["store"].map(known).astype(bool)
+        counts = sale_time_known(session, timezone_set)
+        keep = pd.Series([counts(store, source) for store, source in zip(bought["store"], bought["source"])],
+                         index=bought.index, dtype=bool)
         left_out, bought = int((~keep).sum()), bought[keep]
     if bought.empty:
         return none, left_out

@@ -204,8 +204,10 @@ class ErasedRef(Base):
     bring them back (:mod:`dangol_cloud.erased_refs`): ``ref_hash`` its keyed HMAC (as
     ``customers.external_ref_hash``, what imports look up), ``ref`` the id itself as AES-GCM ciphertext — only so
     that ``rotate-key`` can recompute the hash under a new key. ``retention``: erased by the retention rule (only
-    sales from before ``erased_at`` stay out), else at a request (every sale stays out). Deleted when the owner lifts
-    the suppression."""
+    sales from before the retention period stay out), else at a request (every sale stays out). ``allowed_from``:
+    when the owner allowed the loyalty id again (the customer re-joined; NULL: not allowed again): only its sales
+    from then on are imported and recorded, the older ones stay out. A new erasure of the same loyalty id resets
+    the row."""
 
     __tablename__ = "erased_refs"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -215,3 +217,4 @@ class ErasedRef(Base):
     customer_id: Mapped[str] = mapped_column(String(36))  # the erased customer's (random) id, for the audit log
     erased_at: Mapped[datetime] = mapped_column(default=utcnow)
     retention: Mapped[bool] = mapped_column(default=False)
+    allowed_from: Mapped[datetime | None]

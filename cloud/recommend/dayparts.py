@@ -20,6 +20,12 @@ The log-ratio is largest where the customer's own share of day-part d is near ze
 in words that are true (:meth:`DayPartProfile.reasons`): "you often have it at breakfast" only for a customer with
 baskets of the item at breakfast, else "popular at breakfast" when the item sells at breakfast more than
 baskets do (or nothing).
+
+A menu item sold as several POS products (``item_group``) is counted in *baskets*, never in product lines: one
+breakfast basket with a hot and an iced latte is one basket with the latte. The profile keeps baskets per product
+(saved with the model as they are), which bound the menu item's: at least the most of any one of its products, at
+most their sum. The reasons use that lower bound, so they never claim a habit or a popularity the baskets do not
+show ("you have had it" where two baskets each held another of its products, never "often" after one basket).
 """
 
 from __future__ import annotations
@@ -107,16 +113,19 @@ class DayPartProfile:
 
     def own_counts(self, rows: np.ndarray, cols: np.ndarray, daypart: int,
                    item_group: np.ndarray | None = None) -> np.ndarray:
-        """``(n_pairs,)`` int64: customer ``rows[k]``'s baskets with item ``cols[k]`` in day-part ``daypart`` — with
-        ``item_group`` (``(n_items,)`` menu-item codes), with any item of the same group (one menu item's
-        products) — from the counts."""
+        """``(n_pairs,)`` int64: customer ``rows[k]``'s baskets with item ``cols[k]`` in day-part ``daypart``, from
+        the counts. With ``item_group`` (``(n_items,)`` menu-item codes), the baskets with any product of the same
+        menu item, at least: the most of any one of them (a basket holding two of its products is one basket; the
+        profile cannot tell whether two products' baskets were the same ones, so never more than it shows)."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         block = self.counts[daypart * self.n_customers + rows].tocoo()  # (n_pairs, n_items)
         if item_group is None:
             same = block.col == cols[block.row]
-        else:
-            same = item_group[block.col] == item_group[cols[block.row]]
-        return np.rint(np.bincount(block.row[same], weights=block.data[same], minlength=len(rows))).astype(np.int64)
+            return np.rint(np.bincount(block.row[same], weights=block.data[same], minlength=len(rows))).astype(np.int64)
+        same = item_group[block.col] == item_group[cols[block.row]]
+        most = np.zeros(len(rows), dtype=np.float64)
+        np.maximum.at(most, block.row[same], block.data[same])
+        return np.rint(most).astype(np.int64)
 
     def reasons(self, rows: np.ndarray, cols: np.ndarray, daypart: int, lift: np.ndarray,
                 item_group: np.ndarray | None = None) -> list[str | None]:
@@ -127,19 +136,23 @@ class DayPartProfile:
         one; with none, "popular at <day-part>" when the item's baskets fall in that day-part at least 1.5 times as
         often as all baskets do (both Laplace-smoothed as in :meth:`adjustment`; at least
         :data:`POPULAR_MIN_BASKETS` of them), else None. ``item_group`` counts the products sold as one menu item
-        together (:meth:`own_counts`)."""
+        together, in baskets (:meth:`own_counts`): the customer's and the :data:`POPULAR_MIN_BASKETS` ones are the
+        lower bound (the most of any one product), the day-part shares those of the products' baskets summed."""
         name = DAYPARTS[daypart][0]
         own = self.own_counts(rows, cols, daypart, item_group)
         items = self.item_counts.astype(np.float64)
+        baskets = items[:, daypart]
         if item_group is not None:  # a menu item sells as any of its products
             grouped = np.zeros((int(item_group.max()) + 1, items.shape[1]))
             np.add.at(grouped, item_group, items)
-            items = grouped[item_group]
+            most = np.zeros(len(grouped))
+            np.maximum.at(most, item_group, items[:, daypart])
+            items, baskets = grouped[item_group], most[item_group]
         n_d = len(DAYPARTS)
         q_item = (items[:, daypart] + 1.0) / (items.sum(axis=1) + n_d)
         overall = self.visits.sum(axis=0).astype(np.float64)
         q_d = (overall[daypart] + 1.0) / (overall.sum() + n_d)
-        popular = (items[:, daypart] >= POPULAR_MIN_BASKETS) & (q_item >= 1.5 * q_d)
+        popular = (baskets >= POPULAR_MIN_BASKETS) & (q_item >= 1.5 * q_d)
         out: list[str | None] = []
         for k, (col, value) in enumerate(zip(np.asarray(cols).tolist(), np.asarray(lift).tolist(), strict=True)):
             if not value > np.log(1.5):  # not bought 1.5 times as often at this day-part as on average
