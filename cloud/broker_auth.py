@@ -15,7 +15,8 @@ The plugin reads its file only at start (a reload does not re-read it), so the d
 the cloud's login the role :data:`LOGINS_ROLE`: it may send commands on the plugin's control topic
 (:data:`CONTROL_TOPIC`) and read their answers. The dashboard uses it to revoke a removed device's login and to
 replace a device's password **at once** (:func:`revoke_device_login`, :func:`replace_device_password`); the broker
-then also closes the device's open connection. A broker that refuses (a config written before this role existed,
+then also closes the device's open connection, without its last will (the cloud publishes the ``offline`` itself, or
+clears a removed device's status). A broker that refuses (a config written before this role existed,
 or the classic files) or does not answer raises :class:`BrokerLoginError`, and the dashboard says to run
 ``broker-config`` and *restart* Mosquitto.
 """
@@ -227,7 +228,9 @@ def revoke_device_login(mqtt_url: str, device_id: str, username: str, *, client_
                         timeout: float = 5.0) -> None:
     """Delete the removed device's login and role on the running broker: it cannot log in again, and the broker
     closes a connection it has open. A login or role the broker does not have (the device was added after its last
-    ``broker-config``) is nothing left to revoke.
+    ``broker-config``) is nothing left to revoke. The plugin closes that connection *without* the box's last will, so
+    its ``online`` stays retained: the Stores page clears the removed device's retained topics next
+    (:func:`dangol_cloud.device_status.clear_retained_topics`).
 
     Raises:
         BrokerLoginError: the broker could not be told or refused (the login may still work until ``broker-config``
@@ -242,15 +245,22 @@ def revoke_device_login(mqtt_url: str, device_id: str, username: str, *, client_
     log.info("broker login of removed device %s (%s) revoked", device_id, username)
 
 
-def replace_device_password(mqtt_url: str, username: str, password: str, *, client_id: str,
+def replace_device_password(mqtt_url: str, username: str, password: str, *, client_id: str, device_id: str,
                             timeout: float = 5.0) -> None:
-    """Give the device's login on the running broker its new password: the old one stops working and the broker
-    closes a connection made with it.
+    """Give the login ``username`` of device ``device_id`` on the running broker its new password: the old one stops
+    working and the broker closes a connection made with it — without publishing the box's last will (the plugin's
+    kick), so the broker would go on retaining its ``online``. The cloud then publishes that last will itself, the
+    retained ``offline`` (:func:`dangol_cloud.device_status.publish_offline`): the listener records the box offline
+    until it connects again with the new password and reports ``online``. That publish failing is only logged (the
+    password was replaced; the retained ``online`` no longer dates the box, so it shows as not heard from).
 
     Raises:
         BrokerLoginError: the broker could not be told, refused, or has no login ``username`` yet (run
             ``broker-config`` and restart Mosquitto).
     """
+    from dangol_cloud.device_status import publish_offline
+    from dangol_cloud.mqtt import MqttError
+
     (answer,) = _answers(mqtt_url, [{"command": "setClientPassword", "username": username, "password": password}],
                          client_id=client_id, timeout=timeout)
     if answer.get("error") == "Client not found":
@@ -259,3 +269,7 @@ def replace_device_password(mqtt_url: str, username: str, password: str, *, clie
     if answer.get("error"):
         raise BrokerLoginError(f"the broker refused the new password of {username}: {answer['error']}")
     log.info("broker password of %s replaced", username)
+    try:
+        publish_offline(mqtt_url, device_id, client_id=client_id, timeout=timeout)
+    except MqttError as exc:
+        log.warning("device %s was dropped by the broker but its offline status was not published: %s", device_id, exc)

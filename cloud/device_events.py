@@ -34,8 +34,16 @@ def _stored_payload(event) -> dict:
 
 def _gone(session: Session, customer_id: str) -> bool:
     """True if no customer has this id (erased, or never reached the cloud) or an :class:`Erasure` names them
-    (their consent was withdrawn: the devices are deleting their templates)."""
-    if session.get(Customer, customer_id) is None:
+    (their consent was withdrawn: the devices are deleting their templates).
+
+    The customer row is read ``FOR SHARE`` and stays locked until the arrival commits: an erasure locks it ``FOR
+    UPDATE`` before its first scrub (:func:`dangol_cloud.erasure.erase_customer`), so the two never interleave on
+    PostgreSQL. An arrival meeting an erasure in progress waits for it and finds the customer gone (stored
+    scrubbed); an erasure meeting an arrival in progress waits for its commit, then scrubs its event and unlinks its
+    visit. SQLite ignores the lock clause and has one writer at a time; an arrival deciding on a read made before an
+    erasure's commit fails its visit's foreign key there, and :func:`dangol_cloud.event_store.store_message` applies
+    it again."""
+    if session.get(Customer, customer_id, with_for_update={"read": True}) is None:
         return True
     return session.scalar(select(Erasure.id).where(Erasure.customer_id == customer_id).limit(1)) is not None
 
@@ -84,7 +92,8 @@ def apply_event(session: Session, device: Device, event, ts) -> str | None:
     consent, an ``erasure-done``'s confirmation or, without an erasure id, the device's erasure request.
 
     An arrival naming a customer who is gone or erased (:func:`_gone`: made at the door before the erasure reached
-    the box, delivered after it) is a visit of nobody, and its event row is stored already scrubbed
+    the box, delivered after it, or applied while the erasure was in progress: the customer row's lock makes it wait
+    for the erasure's commit) is a visit of nobody, and its event row is stored already scrubbed
     (:func:`dangol_cloud.erasure.scrubbed_payload`, as the erasure's scrub leaves the earlier ones).
 
     Returns:

@@ -7,9 +7,14 @@ order they arrive — the listener applies one topic's messages in order (paho's
 broker sends them, one worker applies them first in, first out), and the broker keeps the order of one publisher's
 messages on one topic. The door's own ``ts`` is kept for information only, as ``clock_offset_s`` in the stored
 health (its ``ts`` minus the time received; negative: the door's clock is behind). A *retained* report, delivered on
-the listener's (re)subscription, was sent earlier: a retained ``online`` still dates the device now (it is connected,
-or the broker would retain its last will), a retained ``offline`` leaves ``status_at`` as it was (when the device went
-offline is not known: it stays last heard from then).
+the listener's (re)subscription, is the broker's last stored one, sent at a time nobody knows: it sets the state but
+leaves ``status_at`` as it was, ``offline`` (when the device went offline is not known) and ``online`` alike. A
+retained ``online`` does not prove the box is connected: the dynamic-security plugin drops a box whose password was
+replaced or whose login was deleted *without* publishing its last will, and a box may die while the broker is down.
+So after a new password the cloud publishes the last will's ``offline`` itself (:func:`publish_offline`, called by
+:func:`dangol_cloud.broker_auth.replace_device_password`); a removed device's retained topics are cleared instead
+(:func:`clear_retained_topics`). A connected box reports ``online`` every ``mqtt.status_interval_s`` and after each
+connection, live, which dates it.
 
 The listener (:mod:`dangol_cloud.events`) takes status at QoS 0 (:data:`dangol_protocol.topics.STATUS_QOS`): the
 retained latest report is all the cloud needs. Unconfirmed erasures are re-sent to a device only when it *comes
@@ -28,7 +33,7 @@ from datetime import datetime
 import dangol_protocol as proto
 from dangol_cloud.models import Device, utcnow
 
-__all__ = ["apply_status", "came_online", "clear_retained_status", "clear_retained_topics"]
+__all__ = ["apply_status", "came_online", "clear_retained_status", "clear_retained_topics", "publish_offline"]
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +54,10 @@ def came_online(device: Device, status: proto.Status) -> bool:
 def apply_status(device: Device, status: proto.Status, *, retained: bool = False,
                  received_at: datetime | None = None) -> bool:
     """Record ``status`` on ``device``: its state and health, and ``status_at`` = ``received_at`` (default now),
-    whatever time the door's clock gave it — except a ``retained`` ``offline`` (the broker's stored copy, handed over
-    on subscription), which leaves ``status_at`` as it was (module docstring). The caller commits, in arrival
-    order.
+    whatever time the door's clock gave it — except a ``retained`` report (the broker's stored copy, handed over on
+    subscription, ``online`` or ``offline``), which leaves ``status_at`` as it was (module docstring): the dashboard
+    then shows a retained ``online`` as not heard from since, until the box's next live report. The caller commits,
+    in arrival order.
 
     Returns:
         Whether the device came online with it (:func:`came_online`).
@@ -59,7 +65,7 @@ def apply_status(device: Device, status: proto.Status, *, retained: bool = False
     received_at = received_at or utcnow()
     woke = came_online(device, status)
     device.state = status.state
-    if not retained or status.state == "online":
+    if not retained:
         device.status_at = received_at
     if status.health is not None:
         health = status.health.model_dump(mode="json")
@@ -96,12 +102,31 @@ def clear_retained_topics(mqtt_url: str, device_id: str, *, client_id: str = "da
     log.info("retained status and events of removed device %s cleared", device_id)
 
 
+def publish_offline(mqtt_url: str, device_id: str, *, client_id: str = "dangol-cloud-publisher",
+                    timeout: float = 10.0) -> None:
+    """Publish ``device_id``'s last will on its behalf: the retained ``status/1`` ``offline``
+    (:func:`dangol_protocol.last_will`, QoS 1), for a box the broker dropped without publishing it (module
+    docstring). The broker retains it and the listener records the device offline, dated when it receives it; the
+    box's own ``online``, once it connects again, replaces it.
+
+    Raises:
+        MqttError: the broker is unreachable, refuses or does not acknowledge.
+    """
+    topic, payload = proto.last_will(device_id)
+    _publish(mqtt_url, [(topic, payload)], client_id=client_id, timeout=timeout)
+    log.info("retained status of device %s set offline (dropped by the broker without its last will)", device_id)
+
+
 def _clear(mqtt_url: str, topics: list[str], *, client_id: str, timeout: float) -> None:
+    _publish(mqtt_url, [(topic, b"") for topic in topics], client_id=client_id, timeout=timeout)
+
+
+def _publish(mqtt_url: str, messages: list[tuple[str, bytes]], *, client_id: str, timeout: float) -> None:
     from dangol_cloud.mqtt import connect, publish_all
 
     client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}", timeout=timeout)
     try:
-        publish_all(client, [(topic, b"", True) for topic in topics], timeout=timeout)
+        publish_all(client, [(topic, payload, True) for topic, payload in messages], timeout=timeout)
     finally:
         client.disconnect()
         client.loop_stop()

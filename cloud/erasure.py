@@ -78,6 +78,10 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         scrub: also remove the customer from stored device events, POS requests and saved models now (the audit
             entry says from how many models); False only for a caller that scrubs a batch itself (retention).
 
+    The customer row is locked ``FOR UPDATE`` (until the commit) before any scrub; an arrival reads it ``FOR SHARE``
+    (:mod:`dangol_cloud.device_events`), so one applied meanwhile either committed first (scrubbed and unlinked here)
+    or waits for this commit and is stored scrubbed. SQLite ignores the clause (one writer at a time).
+
     Returns:
         The new :class:`Erasure` (flushed; the caller commits).
 
@@ -85,7 +89,7 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         LookupError: no such customer.
         OSError / ValueError: a saved model folder exists but cannot be rewritten (nothing is committed).
     """
-    customer = session.get(Customer, customer_id)
+    customer = session.get(Customer, customer_id, with_for_update=True, populate_existing=True)
     if customer is None:
         raise LookupError(f"customer {customer_id}: no such customer")
     scrubbed = ""
@@ -248,13 +252,17 @@ def run_retention(session: Session, days: int, now: datetime | None = None) -> l
     stored device events, POS requests and saved models in one batch, delete the POS requests older than
     :data:`POS_REQUEST_DAYS` (past any retry), and log the run.
 
+    The candidates are locked ``FOR UPDATE`` and read again: one whose arrival or sale committed meanwhile is kept;
+    an arrival naming one of them during the sweep waits for its commit and is stored scrubbed (:func:`erase_customer`).
+
     Returns:
         The erased customer ids (the caller commits, then publishes the erasures).
 
     Raises:
         OSError / ValueError: a saved model folder exists but cannot be rewritten (nothing is committed).
     """
-    ids = retention_candidates(session, days, now)
+    locked = _lock_customers(session, retention_candidates(session, days, now))
+    ids = [customer_id for customer_id in retention_candidates(session, days, now) if customer_id in locked]
     for customer_id in ids:
         erase_customer(session, customer_id, actor="retention", reason="retention", scrub=False)
     events = scrub_device_events(session, ids)
@@ -266,6 +274,15 @@ def run_retention(session: Session, days: int, now: datetime | None = None) -> l
                                                         f"POS requests deleted: {pos}; "
                                                         f"removed from {models} saved model(s); erased {len(ids)}")
     return ids
+
+
+def _lock_customers(session: Session, customer_ids: list[str]) -> set[str]:
+    """Lock ``customer_ids`` ``FOR UPDATE`` in id order (no deadlock between sweeps); returns those that exist."""
+    wanted, found = sorted(set(customer_ids)), set()
+    for start in range(0, len(wanted), 500):
+        found.update(session.scalars(select(Customer.id).where(Customer.id.in_(wanted[start:start + 500]))
+                                     .order_by(Customer.id).with_for_update()))
+    return found
 
 
 #: Days the POS API remembers a request (``pos_requests``: store, Idempotency-Key, time, the response naming the

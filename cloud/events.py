@@ -2,7 +2,7 @@
 
 :func:`handle_message` bounds and validates with :func:`dangol_protocol.parse_payload` (size and nesting
 depth checked before JSON decoding), checks the event against what the sending device may do
-(:mod:`dangol_cloud.device_trust`) and applies it in one transaction (:mod:`dangol_cloud.device_events`). A
+(:mod:`dangol_cloud.device_trust`) and applies it in one transaction (:mod:`dangol_cloud.event_store`). A
 message that cannot be parsed, is refused, names an unknown device or fails to apply is written to the bounded
 dead-letter table and counted for its device; a replayed ``event_id`` changes nothing. :class:`Listener`
 subscribes to ``dangol/v1/devices/+/events`` with QoS 1 and ``.../status`` with QoS 0 (the retained latest is
@@ -20,20 +20,17 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from enum import Enum
 
 from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 
 import dangol_protocol as proto
 from dangol_cloud.background import ErasureResender
 from dangol_cloud.db import Database
-from dangol_cloud.device_events import apply_event
-from dangol_cloud.device_status import apply_status
-from dangol_cloud.device_trust import Refused, check_event, nul_field, record_dead_letter, record_retained_event
-from dangol_cloud.models import Device, DeviceEvent
+from dangol_cloud.device_trust import Refused, nul_field, record_dead_letter, record_retained_event
+from dangol_cloud.event_store import Outcome, store_message
+from dangol_cloud.models import Device
 from dangol_cloud.mqtt import connect_options, new_client
 from dangol_protocol.client import is_refusal, refusals
 
@@ -45,23 +42,6 @@ DATABASE_TROUBLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.Progr
                     sa_exc.DisconnectionError, sa_exc.TimeoutError)
 """Errors that mean the database (not the message) is the problem: the message is not acknowledged, and
 is retried (the broker redelivers it with the persistent session)."""
-
-
-class Outcome(str, Enum):
-    """What :func:`handle_message` did with a message."""
-
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    INVALID = "invalid"
-    REFUSED = "refused"
-    UNKNOWN_DEVICE = "unknown-device"
-    ERROR = "error"
-    IGNORED = "ignored"
-    #: a retained status of a device that no longer exists (removed), or the cloud's clear of such a device's events
-    #: topic: counted, never dead-lettered
-    FORGOTTEN_DEVICE = "forgotten-device"
-    #: a retained message on an events topic: never applied, dead-lettered once, cleared by the listener
-    RETAINED = "retained"
 
 
 def _topic_device(topic: str) -> str | None:
@@ -114,11 +94,12 @@ def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool =
     gone (``FORGOTTEN_DEVICE``: the cloud's clear of a removed device's topic).
 
     Events: each ``event_id`` is stored once (a replay by the same device is a no-op; by another device it
-    is refused). Arrivals become visits, enrolments create/activate customers of the device's store,
-    erasure-done confirms an erasure sent to the device or records the device's erasure request. Status
-    updates the device's ``state``/``health`` in arrival order, ``status_at`` the time received
-    (:func:`dangol_cloud.device_status.apply_status`). Anything invalid, refused, from an unknown device, or failing
-    to apply is logged with topic and reason and written to the dead-letter table
+    is refused; a concurrent copy losing the race is ``DUPLICATE``, while any other integrity error is applied once
+    more as what it now is, :func:`dangol_cloud.event_store.store_message`). Arrivals become visits, enrolments
+    create/activate customers of the device's store, erasure-done confirms an erasure sent to the device or records
+    the device's erasure request. Status updates the device's ``state``/``health`` in arrival order, ``status_at``
+    the time received, unless retained (:func:`dangol_cloud.device_status.apply_status`). Anything invalid, refused,
+    from an unknown device, or failing to apply is logged with topic and reason and written to the dead-letter table
     (:func:`dangol_cloud.device_trust.record_dead_letter`) — except a *retained* status of an unknown device (a
     removed device's last report): ``FORGOTTEN_DEVICE``, not kept.
 
@@ -143,7 +124,7 @@ def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool =
         _dead_letter(db, topic, payload, "invalid", f"{field} contains a NUL character")
         return Outcome.INVALID
     try:
-        outcome, woke, made_active = _store(db, topic, message, retained=retained)
+        outcome, woke, made_active = store_message(db, topic, message, retained=retained)
     except Refused as exc:
         log.warning("refused message on %r from device %s: %s", topic, message.device_id, exc)
         _dead_letter(db, topic, payload, "refused", str(exc))
@@ -155,14 +136,16 @@ def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool =
         log.warning("dead letter on %r: %s", topic, exc)
         _dead_letter(db, topic, payload, "unknown-device", str(exc))
         return Outcome.UNKNOWN_DEVICE
-    except sa_exc.IntegrityError:  # a concurrent delivery of the same event_id won the race
-        log.info("duplicate event on %r ignored (concurrent insert)", topic)
-        return Outcome.DUPLICATE
     except sa_exc.DataError as exc:  # a value the database cannot store: the message is bad, not the database
         reason = f"the database refused a value ({str(exc.orig).splitlines()[0]})"
         log.warning("dead letter on %r: %s", topic, reason)
         _dead_letter(db, topic, payload, "invalid", reason[:300])
         return Outcome.INVALID
+    except sa_exc.IntegrityError as exc:  # failed twice, not as a duplicate (event_store): kept, never dropped
+        reason = f"the database refused it twice ({(str(exc.orig).splitlines() or ['?'])[0]})"
+        log.warning("dead letter on %r: %s", topic, reason)
+        _dead_letter(db, topic, payload, "error", reason[:300])
+        return Outcome.ERROR
     except DATABASE_TROUBLE:
         raise
     except Exception as exc:  # a bug or a message we cannot apply: acknowledged and kept, never a stall
@@ -174,25 +157,6 @@ def handle_message(db: Database, topic: str, payload: bytes, *, retained: bool =
     if made_active is not None and activated is not None:
         activated(made_active)
     return outcome
-
-
-def _store(db: Database, topic: str, message, *, retained: bool) -> tuple[Outcome, bool, str | None]:
-    """Apply a validated message in one transaction; returns the outcome, whether a status showed the device
-    coming online, and the customer an enrolment made active. Raises Refused, or LookupError for an unknown device."""
-    device_id = str(message.device_id)
-    with db.transaction() as session:
-        device = session.get(Device, device_id)
-        if device is None:
-            raise LookupError(f"unknown device {device_id}")
-        if isinstance(message, proto.Status):
-            return Outcome.STORED, apply_status(device, message, retained=retained), None
-        stored_by = session.scalar(select(DeviceEvent.device_id).where(DeviceEvent.event_id == str(message.event_id)))
-        if stored_by == device.id:
-            log.info("duplicate event %s on %r ignored", message.event_id, topic)
-            return Outcome.DUPLICATE, False, None
-        ts = check_event(session, device, message)
-        made_active = apply_event(session, device, message, ts)
-    return Outcome.STORED, False, made_active
 
 
 class Listener:

@@ -8,7 +8,7 @@
    own clear of a removed device's topic; removing a device clears its events topic too;
 3. a device's ``status_at`` is the time the cloud received its status, and reports apply in the order they arrive:
    a door whose clock is behind, or stepped back after a power cut, shows online and its come-online erasure re-send
-   fires; a retained status delivered on (re)subscription does not move the last-seen time;
+   fires; a retained status (online or offline) delivered on (re)subscription does not move the last-seen time;
 4. an ``erasure-done`` answering an erasure the cloud issued is accepted whatever the door's clock says (recorded at
    the time received): the door deleted it after the PUBACK, a refusal would leave the erasure pending for ever.
 """
@@ -354,11 +354,11 @@ def test_status_at_is_the_time_received_and_a_door_whose_clock_stepped_back_come
     assert listener.counts[Outcome.IGNORED] == 0
 
 
-def test_a_retained_offline_on_subscription_does_not_move_the_last_seen_time_a_retained_online_does(
-        sdb, chain, broker):
+def test_a_retained_status_on_subscription_does_not_move_the_last_seen_time(sdb, chain, broker):
     """The box went off while the cloud was down: at the cloud's start the broker hands over the retained last will.
-    The box is offline, but it was last heard from days ago, not now. Another box is connected (the broker would
-    otherwise retain its last will): its retained ``online`` dates it now, whatever its clock said."""
+    The box is offline, but it was last heard from days ago, not now. Another box's retained ``online`` does not date
+    it now either (the broker's last stored report: a box dropped without its last will leaves one behind,
+    test_mqtt_review_fixes2.py); its next live report does."""
     store, device = chain
     with sdb.transaction() as s:
         other = Device(store_id=store, name="Back door", mqtt_username=f"device-{uuid.uuid4()}",
@@ -387,7 +387,7 @@ def test_a_retained_offline_on_subscription_does_not_move_the_last_seen_time_a_r
         assert d.state == "offline"
         assert abs((_aware(d.status_at) - long_ago).total_seconds()) < 1
         d = s.get(Device, other)
-        assert d.state == "online" and abs((_aware(d.status_at) - utcnow()).total_seconds()) < 10
+        assert d.state == "online" and abs((_aware(d.status_at) - long_ago).total_seconds()) < 1
         assert "clock_offset_s" not in (d.health or {})
 
 

@@ -98,6 +98,19 @@ def _wait_state(locator, want: str, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
+def _report_until_online(client: mqtt.Client, device_id: str, locator, timeout: float = 20.0) -> None:
+    """Publish ``online`` again each second, as the edge does every ``mqtt.status_interval_s``, until ``data-state``
+    of ``locator`` is ``online``: the listener, reconnecting after the broker's restart, may receive the first report
+    as the broker's retained copy, which does not date the device (``dangol_cloud.device_status``)."""
+    deadline = time.monotonic() + timeout
+    while (got := locator.get_attribute("data-state")) != "online":
+        assert time.monotonic() < deadline, f"data-state stayed {got!r}, expected 'online'"
+        status = proto.Status(device_id=device_id, state="online", ts=datetime.now(timezone.utc))
+        client.publish(proto.status_topic(device_id), proto.dump_payload(status), qos=1, retain=True)
+        for _ in range(10):
+            client.loop(0.1)
+
+
 def test_add_device_shows_setup_lines_and_live_status(browser, site, tmp_path):
     folder, page = screenshot_page(browser, tmp_path, "devices", 20_000)
     csp = []
@@ -135,7 +148,7 @@ def test_add_device_shows_setup_lines_and_live_status(browser, site, tmp_path):
     site["broker"] = MosquittoBroker(tmp_path / "mosquitto-2", password_lines=lines).start(port=port)
 
     client = _device_session(env.split("=", 1)[1], port, device.id)
-    _wait_state(status, "online")
+    _report_until_online(client, device.id, status)
     assert "last seen just now" in status.inner_text()
     page.screenshot(path=str(folder / "02-device-online.png"), full_page=True)
 
