@@ -11,9 +11,9 @@ only so that ``rotate-key`` can recompute the hash under a new key. Then
 * the POS API refuses a sale naming it with 422 "Customer erased", nothing stored (:func:`erased_for`).
 
 An erasure by the retention rule (not seen for ``RETENTION_DAYS``; nobody asked) keeps out only the sales from
-before the retention period of its run: the erasure's time minus the ``retention_days`` its ``retention-run`` audit
-entry records (:func:`dangol_cloud.erasure.run_retention` writes it in the erasures' transaction; without one, the
-erasure's own time). A sale the customer made within that period, in a shop export not imported when they were
+before the retention period of its run (``Erasure.kept_before``, which :func:`dangol_cloud.erasure.run_retention`
+sets to its time minus ``RETENTION_DAYS``; a retention erasure made before revision 0012 has none: the erasure's own
+time). A sale the customer made within that period, in a shop export not imported when they were
 erased (a regular last seen 13 months ago who bought yesterday), is imported, as a new customer; their old history
 stays erased, also a sale between their last visit and the start of that period, from before the retention period.
 An erased customer's Dangol id named as the customer (an export of Dangol's own ids) is refused the same way, from
@@ -29,25 +29,17 @@ were deleted too.
 
 from __future__ import annotations
 
-import bisect
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.crypto import keyring_of
-from dangol_cloud.models import AuditEntry, Erasure, ErasedRef, utcnow
+from dangol_cloud.models import Erasure, ErasedRef, utcnow
 
 __all__ = ["Erased", "ErasedRefs", "allowed_again_count", "erased_for", "erased_ref_count", "find_erased_ref",
            "lift_erased_ref", "remember_erased_ref"]
-
-#: The ``retention_days`` of a ``retention-run`` audit entry (:func:`dangol_cloud.erasure.run_retention`).
-_RUN_DAYS = re.compile(r"\bretention_days=(\d+)\b")
-#: How long after a retention erasure its run's audit entry may be written (the run scrubs saved models between).
-RUN_ENTRY_DELAY = timedelta(hours=6)
-
 
 @dataclass(frozen=True)
 class Erased:
@@ -57,8 +49,9 @@ class Erased:
         at: when the customer was erased (aware UTC).
         retention: erased by the retention rule, not at a request.
         allowed_from: sales at or after this time (aware UTC) come in; None: every sale stays out (a requested
-            erasure not allowed again). A retention erasure's is the start of its run's retention period (else
-            ``at``); a loyalty id allowed again, the earlier of that and the time it was allowed again.
+            erasure not allowed again). A retention erasure's is the start of its run's retention period
+            (``Erasure.kept_before``, else ``at``); a loyalty id allowed again, the earlier of that and the time it
+            was allowed again.
         allowed_again: when the owner allowed the loyalty id again (:func:`lift_erased_ref`), else None.
     """
 
@@ -68,11 +61,12 @@ class Erased:
     allowed_again: datetime | None = None
 
     @classmethod
-    def of(cls, at: datetime, retention: bool, *, retention_days: int | None = None,
+    def of(cls, at: datetime, retention: bool, *, kept_before: datetime | None = None,
            allowed_again: datetime | None = None) -> Erased:
-        """The erasure at ``at``; ``retention_days``: those of a retention erasure's run (None: unknown, ``at``
-        is the cut-off); ``allowed_again``: when the loyalty id was allowed again, or None."""
-        bounds = [at - timedelta(days=retention_days or 0)] if retention else []
+        """The erasure at ``at``; ``kept_before``: a retention erasure's start of the retention period
+        (``Erasure.kept_before``; None: unknown, ``at`` is the cut-off); ``allowed_again``: when the loyalty id was
+        allowed again, or None."""
+        bounds = [kept_before or at] if retention else []
         bounds += [allowed_again] if allowed_again is not None else []
         return cls(at, retention, min(bounds) if bounds else None, allowed_again)
 
@@ -90,35 +84,6 @@ class Erased:
                     "sales from before then are not imported")
         return (f"customer {ref!r} erased on {self.at:%Y-%m-%d} (retention); sales from before "
                 f"{self.allowed_from:%Y-%m-%d} are not imported")
-
-
-def _days_of(detail: str | None) -> int | None:
-    found = _RUN_DAYS.search(detail or "")
-    return int(found.group(1)) if found else None
-
-
-class _RetentionRuns:
-    """The ``retention-run`` audit entries, read once: the ``retention_days`` of a retention erasure's run."""
-
-    def __init__(self, session: Session) -> None:
-        rows = session.execute(select(AuditEntry.at, AuditEntry.detail).where(
-            AuditEntry.action == "retention-run", AuditEntry.actor == "retention").order_by(AuditEntry.at)).all()
-        self.times = [at for at, _ in rows]
-        self.days = [_days_of(detail) for _, detail in rows]
-
-    def days_at(self, erased_at: datetime) -> int | None:
-        """The ``retention_days`` of the first run entry written at most :data:`RUN_ENTRY_DELAY` after
-        ``erased_at``, else None."""
-        k = bisect.bisect_left(self.times, erased_at)
-        return self.days[k] if k < len(self.times) and self.times[k] <= erased_at + RUN_ENTRY_DELAY else None
-
-
-def _run_days(session: Session, erased_at: datetime) -> int | None:
-    """:meth:`_RetentionRuns.days_at` for one erasure, with one indexed query."""
-    detail = session.scalar(select(AuditEntry.detail).where(
-        AuditEntry.action == "retention-run", AuditEntry.actor == "retention", AuditEntry.at >= erased_at,
-        AuditEntry.at <= erased_at + RUN_ENTRY_DELAY).order_by(AuditEntry.at).limit(1))
-    return _days_of(detail)
 
 
 def remember_erased_ref(session: Session, *, ref: str | None, ref_hash: str | None, customer_id: str,
@@ -148,15 +113,14 @@ class ErasedRefs:
         self.ids: dict[str, Erased] = {}
         if session.scalar(select(Erasure.id).limit(1)) is None:
             return
-        runs = _RetentionRuns(session)
-        for ref_hash, at, retention, allowed in session.execute(select(
-                ErasedRef.ref_hash, ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from)):
-            self.refs[ref_hash] = Erased.of(at, retention, retention_days=runs.days_at(at) if retention else None,
-                                            allowed_again=allowed)
-        for customer_id, at, by in session.execute(select(Erasure.customer_id, Erasure.requested_at,
-                                                          Erasure.requested_by).order_by(Erasure.requested_at)):
-            retention = by == "retention"
-            self.ids[customer_id] = Erased.of(at, retention, retention_days=runs.days_at(at) if retention else None)
+        for ref_hash, at, retention, allowed, kept_before in session.execute(select(
+                ErasedRef.ref_hash, ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from,
+                Erasure.kept_before).outerjoin(Erasure, Erasure.id == ErasedRef.erasure_id)):
+            self.refs[ref_hash] = Erased.of(at, retention, kept_before=kept_before, allowed_again=allowed)
+        for customer_id, at, by, kept_before in session.execute(select(
+                Erasure.customer_id, Erasure.requested_at, Erasure.requested_by, Erasure.kept_before)
+                .order_by(Erasure.requested_at)):
+            self.ids[customer_id] = Erased.of(at, by == "retention", kept_before=kept_before)
 
     def __bool__(self) -> bool:
         return bool(self.refs or self.ids)
@@ -171,22 +135,21 @@ class ErasedRefs:
 
 
 def erased_for(session: Session, ref: str, ts: datetime, *, existing_id: bool) -> Erased | None:
-    """:meth:`ErasedRefs.find` for one sale (the POS API): indexed look-ups instead of loading every erasure (one
-    more for a retention erasure: its run's audit entry)."""
+    """:meth:`ErasedRefs.find` for one sale (the POS API): indexed look-ups instead of loading every erasure."""
     ref_hash = keyring_of(session.get_bind().dialect).lookup_hash(ref)
-    row = session.execute(select(ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from)
+    row = session.execute(select(ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from, Erasure.kept_before)
+                          .outerjoin(Erasure, Erasure.id == ErasedRef.erasure_id)
                           .where(ErasedRef.ref_hash == ref_hash)).first()
     found = None
     if row is not None:
-        found = Erased.of(row.erased_at, row.retention, allowed_again=row.allowed_from,
-                          retention_days=_run_days(session, row.erased_at) if row.retention else None)
+        found = Erased.of(row.erased_at, row.retention, kept_before=row.kept_before, allowed_again=row.allowed_from)
     if found is None and not existing_id:
-        erasure = session.execute(select(Erasure.requested_at, Erasure.requested_by).where(Erasure.customer_id == ref)
+        erasure = session.execute(select(Erasure.requested_at, Erasure.requested_by, Erasure.kept_before)
+                                  .where(Erasure.customer_id == ref)
                                   .order_by(Erasure.requested_at.desc()).limit(1)).first()
         if erasure is not None:
-            retention = erasure.requested_by == "retention"
-            found = Erased.of(erasure.requested_at, retention,
-                              retention_days=_run_days(session, erasure.requested_at) if retention else None)
+            found = Erased.of(erasure.requested_at, erasure.requested_by == "retention",
+                              kept_before=erasure.kept_before)
     return found if found is not None and found.covers(ts) else None
 
 

@@ -30,7 +30,8 @@ removed; the ``event_id`` stays for duplicate and replay checks) and the saved r
 (:func:`scrub_saved_models`: their id and every per-customer row, :func:`dangol_cloud.recommend.persist.
 scrub_customers`) and the POS API's remembered requests (:func:`scrub_pos_requests`). Device events are kept only
 ``device_event_days`` (:func:`prune_device_events`, daily in ``serve``), POS requests :data:`POS_REQUEST_DAYS`
-(:func:`run_retention`), and training keeps only the current model (:mod:`dangol_cloud.training`).
+(:func:`run_retention`), and training keeps only the current model (:mod:`dangol_cloud.training`). The scrubbing of
+those copies lives in :mod:`dangol_cloud.erasure_copies` (re-exported here).
 """
 
 from __future__ import annotations
@@ -38,15 +39,16 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from pathlib import Path
-
-from sqlalchemy import Text, cast, delete, exists, or_, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.erased_refs import remember_erased_ref
+from dangol_cloud.erasure_copies import (
+    POS_REQUEST_DAYS, scrub_device_events, scrub_pos_requests, scrub_saved_models, scrubbed_payload,
+)
 from dangol_cloud.models import (
-    AuditEntry, Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Menu, ModelVersion, PosRequest,
-    Purchase, Visit, utcnow,
+    AuditEntry, Customer, CustomerOrigin, Device, DeviceEvent, Erasure, ErasureRequest, Menu, PosRequest, Purchase,
+    Visit, utcnow,
 )
 
 __all__ = ["CONSENT_ENDED", "POS_REQUEST_DAYS", "audit", "complete_if_done", "decide_erasure_request",
@@ -67,7 +69,8 @@ def audit(session: Session, actor: str, action: str, *, customer_id: str | None 
 
 
 def erase_customer(session: Session, customer_id: str, *, actor: str, reason: str = "request",
-                   confirmed_device: str | None = None, scrub: bool = True) -> Erasure:
+                   confirmed_device: str | None = None, scrub: bool = True,
+                   kept_before: datetime | None = None) -> Erasure:
     """Delete a customer's personal data and history now and queue the erasure for every device.
 
     Args:
@@ -77,6 +80,8 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
         confirmed_device: a device that already erased the customer itself (edge staff page).
         scrub: also remove the customer from stored device events, POS requests and saved models now (the audit
             entry says from how many models); False only for a caller that scrubs a batch itself (retention).
+        kept_before: a retention erasure's start of the retention period (aware UTC): the customer's sales from
+            then on may come in again as a new customer (``Erasure.kept_before``, :mod:`dangol_cloud.erased_refs`).
 
     The customer row is locked ``FOR UPDATE`` (until the commit) before any scrub; an arrival reads it ``FOR SHARE``
     (:mod:`dangol_cloud.device_events`), so one applied meanwhile either committed first (scrubbed and unlinked here)
@@ -109,7 +114,8 @@ def erase_customer(session: Session, customer_id: str, *, actor: str, reason: st
     confirmed = [confirmed_device] if confirmed_device in targets else []
     now = utcnow()
     erasure = Erasure(customer_id=customer_id, requested_by=actor[:254], requested_at=now, targets=targets,
-                      confirmed_by=confirmed, completed_at=None if set(targets) - set(confirmed) else now)
+                      confirmed_by=confirmed, completed_at=None if set(targets) - set(confirmed) else now,
+                      kept_before=kept_before if reason == "retention" else None)
     session.add(erasure)
     session.flush()
     remember_erased_ref(session, ref=loyalty[0], ref_hash=loyalty[1], customer_id=customer_id, erasure=erasure,
@@ -263,8 +269,10 @@ def run_retention(session: Session, days: int, now: datetime | None = None) -> l
     """
     locked = _lock_customers(session, retention_candidates(session, days, now))
     ids = [customer_id for customer_id in retention_candidates(session, days, now) if customer_id in locked]
+    period_start = (now or utcnow()) - timedelta(days=days)  # their sales from then on may still come in
     for customer_id in ids:
-        erase_customer(session, customer_id, actor="retention", reason="retention", scrub=False)
+        erase_customer(session, customer_id, actor="retention", reason="retention", scrub=False,
+                       kept_before=period_start)
     events = scrub_device_events(session, ids)
     cut = (now or utcnow()) - timedelta(days=POS_REQUEST_DAYS)
     pos = scrub_pos_requests(session, ids) + (
@@ -283,90 +291,6 @@ def _lock_customers(session: Session, customer_ids: list[str]) -> set[str]:
         found.update(session.scalars(select(Customer.id).where(Customer.id.in_(wanted[start:start + 500]))
                                      .order_by(Customer.id).with_for_update()))
     return found
-
-
-#: Days the POS API remembers a request (``pos_requests``: store, Idempotency-Key, time, the response naming the
-#: customer and purchase ids) to answer a retry; :func:`run_retention` (daily in ``serve``) deletes older ones.
-POS_REQUEST_DAYS = 30
-
-
-def scrub_pos_requests(session: Session, customer_ids: list[str]) -> int:
-    """Delete the remembered POS requests whose response names one of ``customer_ids`` (a retry of such a sale is
-    a new request). The response is JSON on both backends: its ``customer_id`` is compared exactly
-    (``JSON_EXTRACT`` on SQLite, ``->>`` on PostgreSQL), one scan of the table per 500 ids. The caller commits.
-
-    Returns:
-        The number of rows deleted.
-    """
-    wanted = sorted({str(c) for c in customer_ids})
-    deleted = 0
-    for start in range(0, len(wanted), 500):
-        named = PosRequest.response["customer_id"].as_string().in_(wanted[start:start + 500])
-        deleted += session.execute(delete(PosRequest).where(named)).rowcount or 0
-    return deleted
-
-
-#: Payload fields kept when a stored device event is scrubbed of an erased customer (no personal data).
-_EVENT_FIELDS_KEPT = ("schema", "kind", "event_id", "device_id", "ts", "status", "erasure_id")
-
-
-def scrubbed_payload(payload: dict, customer_ids: set[str] | list[str]) -> dict:
-    """A device event's payload without ``customer_ids``: its event fields (:data:`_EVENT_FIELDS_KEPT`), another
-    customer it names and the other customers an erasure-done lists, marked ``"scrubbed": true``."""
-    ids = customer_ids if isinstance(customer_ids, set) else {str(c) for c in customer_ids}
-    payload = payload if isinstance(payload, dict) else {}
-    kept = {k: payload[k] for k in _EVENT_FIELDS_KEPT if k in payload}
-    if payload.get("customer_id") is not None and str(payload["customer_id"]) not in ids:
-        kept["customer_id"] = payload["customer_id"]
-    if isinstance(payload.get("customer_ids"), list):
-        kept["customer_ids"] = [c for c in payload["customer_ids"] if str(c) not in ids]
-    return {**kept, "scrubbed": True}
-
-
-def scrub_device_events(session: Session, customer_ids: list[str]) -> int:
-    """Remove erased customers from the stored payloads of device events (``device_events``).
-
-    A payload naming one of them keeps only its event fields (:func:`scrubbed_payload`: ``event_id``, kind, device,
-    time, status, erasure id) and the other customers an erasure-done lists, marked ``"scrubbed": true``; the row
-    stays, so a redelivered event is still recognised as a duplicate. The caller commits.
-
-    Returns:
-        The number of event rows rewritten.
-    """
-    ids = {str(c) for c in customer_ids}
-    rewritten = 0
-    wanted = sorted(ids)
-    for start in range(0, len(wanted), 50):  # the payload is JSON on both backends: matched as text
-        text = cast(DeviceEvent.payload, Text)
-        match = or_(*(text.like(f"%{c}%") for c in wanted[start:start + 50]))
-        for event in session.scalars(select(DeviceEvent).where(match)):
-            event.payload = scrubbed_payload(event.payload, ids)
-            rewritten += 1
-    session.flush()
-    return rewritten
-
-
-def scrub_saved_models(session: Session, customer_ids: list[str]) -> int:
-    """Remove erased customers from every saved model a :class:`ModelVersion` row points to (normally only the
-    current one: training deletes older ones), with :func:`dangol_cloud.recommend.persist.scrub_customers`.
-
-    Returns:
-        The number of saved models that held one of them (a missing folder counts as none).
-
-    Raises:
-        OSError / ValueError: a model folder exists but cannot be read or rewritten.
-    """
-    if not customer_ids:
-        return 0
-    from dangol_cloud.recommend.persist import scrub_customers
-
-    held = 0
-    for version, path in session.execute(select(ModelVersion.version, ModelVersion.path)):
-        found = scrub_customers(Path(path), customer_ids)
-        if found:
-            log.info("model %s: %d erased customer(s) removed", version, found)
-            held += 1
-    return held
 
 
 def prune_device_events(session: Session, days: int, now: datetime | None = None) -> int:

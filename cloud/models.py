@@ -207,7 +207,9 @@ class Erasure(Base):
     ``targets`` are the device ids that must confirm (every device at request time, for a customer the
     edge may know); ``confirmed_by`` those that sent ``erasure-done``; ``completed_at`` is set once every
     target that still exists confirmed. Until then the erasure is re-published to the unconfirmed devices'
-    stores (see :mod:`dangol_cloud.erasure`)."""
+    stores (see :mod:`dangol_cloud.erasure`). ``kept_before`` (a retention erasure's, revision 0012): the start of
+    the retention period of its run — the customer's sales from then on may still come in, as a new customer
+    (:mod:`dangol_cloud.erased_refs`); None: none does (a requested erasure, or one made before 0012)."""
 
     __tablename__ = "erasures"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -219,6 +221,7 @@ class Erasure(Base):
     targets: Mapped[list[Any]] = mapped_column(default=list)
     last_published_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    kept_before: Mapped[datetime | None]
 
 
 class AuditEntry(Base):

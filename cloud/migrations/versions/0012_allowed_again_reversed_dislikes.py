@@ -1,4 +1,5 @@
-"""An erased loyalty id allowed again keeps its cut-off; product dislikes reversed on their menu item dropped
+"""An erased loyalty id allowed again keeps its cut-off; a retention erasure records its retention period; product
+dislikes reversed on their menu item dropped
 
 Revision ID: 0012
 Revises: 0011
@@ -10,6 +11,11 @@ page promised only the sales "from now on". ``erased_refs.allowed_from`` (NULL: 
 the owner allowed the loyalty id again; only its sales from then on are imported and recorded
 (:mod:`dangol_cloud.erased_refs`). Loyalty ids allowed again before this revision were deleted: nothing keeps their
 old sales out any more, and nothing here can bring the rows back.
+
+**Retention period.** ``erasures.kept_before``: a retention erasure's start of the retention period of its run (its
+time minus ``RETENTION_DAYS``). A sale of the customer from then on — in a shop export not imported when they were
+erased — still comes in, as a new customer; before this revision every sale before the erasure stayed out, and so
+do those of the retention erasures made before it (the column is NULL: the erasure's own time is the cut-off).
 
 **Reversed product dislikes (a repair of 0010).** Revision 0010 folded the dashboard's fanned-out product rows back
 onto the menu item only where the menu item's row still mirrored them (same opinion, time and user). Where the
@@ -27,7 +33,7 @@ out, so the item the customer liked (or forgot) stayed banned. This revision del
   fan-out wrote every product of M at once). A lone product dislike of unknown history is kept, as 0010 kept it.
 
 A later row on M that is itself a dislike loses nothing: a dislike of M rules out every product sold as M.
-Downgrade drops ``erased_refs.allowed_from`` (the older code deletes a row allowed again: such rows are deleted
+Downgrade drops ``erasures.kept_before`` and ``erased_refs.allowed_from`` (the older code deletes a row allowed again: such rows are deleted
 too, as that code would have); deleted opinion rows are not re-created.
 """
 from typing import Sequence, Union
@@ -79,9 +85,13 @@ def upgrade() -> None:
         bind.execute(stmt, [{"c": c, "i": i} for c, i in doomed[start:start + BATCH]])
     with op.batch_alter_table("erased_refs") as batch:
         batch.add_column(sa.Column("allowed_from", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("erasures") as batch:
+        batch.add_column(sa.Column("kept_before", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("erasures") as batch:
+        batch.drop_column("kept_before")
     op.execute("DELETE FROM erased_refs WHERE allowed_from IS NOT NULL")
     with op.batch_alter_table("erased_refs") as batch:
         batch.drop_column("allowed_from")
