@@ -227,9 +227,12 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
     ``dayparts`` carries the customer's picks per day-part (:class:`~dangol_cloud.models.MenuDayparts`, written
     by training when the purchases have times of day), translated and filtered the same way; the door shows
     the current day-part's picks (:meth:`dangol_protocol.Menu.picks_at`). None when training wrote none.
+    ``personal`` is False for a cold-start menu (picks marked by training for a customer the model has no
+    interactions of: :func:`dangol_cloud.training_menus.is_personal`), so the door does not call it "your usual".
     """
     from dangol_cloud.feedback import disliked_items
     from dangol_cloud.menu_mapping import menu_scope, ruled_out, translate_picks
+    from dangol_cloud.training_menus import is_personal
 
     scope = menu_scope(session)  # the recommender picks products; the screen shows menu items
     dislikes = disliked_items(session, customer_ids)
@@ -254,7 +257,8 @@ def menu_messages(session: Session, stores: list[Store], *, customer_ids: list[s
         for store in stores if home is None else by_id.get(home, []):
             payload = proto.Menu(store_id=uuid.UUID(store.id), customer_id=uuid.UUID(menu.customer_id),
                                  display_name=proto.first_name(name), model_version=menu.model_version,
-                                 generated_at=menu.generated_at, items=picks, dayparts=dayparts or None)
+                                 generated_at=menu.generated_at, items=picks, dayparts=dayparts or None,
+                                 personal=is_personal(menu.picks))
             yield proto.menu_topic(store.id, menu.customer_id), proto.dump_payload(payload), True
 
 

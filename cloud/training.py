@@ -24,7 +24,8 @@ from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu,
 from dangol_cloud.sale_rules import MIN_SALE_TS, latest_sale_ts
 from dangol_cloud.settings import Settings
 from dangol_cloud.store_zones import local_times, store_zones
-from dangol_cloud.training_menus import choose_picks, daypart_menus, pick_rows, refresh_menus, welcome_regulars
+from dangol_cloud.training_menus import (choose_picks, daypart_menus, known_customers, pick_rows, refresh_menus,
+                                         welcome_regulars)
 
 __all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus",
            "train_from_database", "welcome_regulars"]
@@ -195,8 +196,9 @@ def _menus_and_commit(db: Database, settings: Settings, model, path, interaction
     step("menus")
     picks = choose_picks(model, customers, settings.menu_size, scope, exclude, segments=segment_values(segments))
     now = utcnow()
-    rows = [{"customer_id": c, "model_version": model.version, "generated_at": now, "picks": pick_rows(ps)}
-            for c, ps in picks.items()]
+    known = known_customers(model)  # the others (enrolled, nothing bought yet) get the cold-start list, marked so
+    rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
+             "picks": pick_rows(ps, cold_start=c not in known)} for c, ps in picks.items()]
     step("write")
     daypart_rows = daypart_menus(model, customers, settings.menu_size, scope, exclude)
     with db.transaction() as session:

@@ -6,7 +6,9 @@ model may pick only products sold as a menu item the door can show (and those me
 :meth:`~dangol_cloud.menu_mapping.MenuScope.candidates`), never anything a customer's dislikes rule out under the
 current mapping (:func:`~dangol_cloud.menu_mapping.expand_dislikes`), and is asked for more picks when several
 of them are sold as one menu item, so that each customer gets ``min(menu_size, menu items it can offer)``.
-Stored picks stay products (the best-scored product of each menu item); publishing translates them.
+Stored picks stay products (the best-scored product of each menu item); publishing translates them. The picks of
+a customer the model does not know (no purchases or other interactions: the cold-start list, what sells) are
+marked :data:`COLD_START` (:func:`pick_rows`), so the published menu says it is not ``personal``.
 
 Split out of :mod:`dangol_cloud.training` (which re-exports :func:`refresh_menus` and :func:`welcome_regulars`).
 """
@@ -26,17 +28,34 @@ from dangol_cloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["choose_picks", "daypart_menus", "pick_rows", "refresh_menus", "welcome_regulars"]
+__all__ = ["COLD_START", "choose_picks", "daypart_menus", "is_personal", "known_customers", "pick_rows",
+           "refresh_menus", "welcome_regulars"]
 
 #: Each further ask of a customer whose menu is still short asks the model for this many times more picks.
 ASK_GROWTH = 4
 #: Customers whose kept picks get their reasons from one ask (:func:`_with_reasons`).
 REASON_CHUNK = 200
+#: Key of a stored pick (``Menu.picks``) that is True on every pick of a cold-start list (:func:`pick_rows`).
+COLD_START = "cold_start"
 
 
-def pick_rows(picks) -> list[dict]:
-    """``[{"item_id", "score", "reasons"}]`` (the stored pick format) of a list of recommender picks."""
-    return [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons)} for p in picks]
+def pick_rows(picks, *, cold_start: bool = False) -> list[dict]:
+    """``[{"item_id", "score", "reasons"}]`` (the stored pick format) of a list of recommender picks; with
+    ``cold_start`` (the customer is not one of :func:`known_customers`) each also has ``"cold_start": True``."""
+    mark = {COLD_START: True} if cold_start else {}
+    return [{"item_id": p.item, "score": float(p.score), "reasons": list(p.reasons), **mark} for p in picks]
+
+
+def known_customers(model) -> set[str]:
+    """The customers ``model`` has interactions of: it ranks their own picks; anyone else gets its cold-start
+    list."""
+    return {str(c) for c in model.customers}
+
+
+def is_personal(picks: list[dict]) -> bool:
+    """Whether stored picks are the customer's own (``menu/1`` ``personal``): False when they are marked
+    :data:`COLD_START`. Picks stored before the mark read as personal until the next training or refresh."""
+    return not any(p.get(COLD_START) for p in picks)
 
 
 def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]], *,
@@ -221,8 +240,8 @@ def daypart_menus(model, customers: list[str], n: int, scope: MenuScope, exclude
 
 def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> int:
     """Write menus for ``customer_ids`` with the newest saved model (no retraining), e.g. for a regular who
-    just gave consent: known customers get their ranked picks, new ones the cold-start list (both chosen by
-    :func:`choose_picks` under the current menu and dislikes).
+    just gave consent: known customers get their ranked picks, new ones the cold-start list, marked so
+    (:data:`COLD_START`; both chosen by :func:`choose_picks` under the current menu and dislikes).
 
     Returns:
         Number of menus written (0 if no model has been trained yet).
@@ -272,6 +291,7 @@ def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str
                 raise _ModelReplaced() from None
         raise
     picks = choose_picks(model, customer_ids, settings.menu_size, scope, exclude, segments=segment_values(segments))
+    known = known_customers(model)
     now = utcnow()
     with db.transaction() as session:
         if session.get(ModelVersion, latest.version) is None:
@@ -279,7 +299,7 @@ def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str
         for customer_id, chosen in picks.items():
             menu = session.get(Menu, customer_id) or Menu(customer_id=customer_id)
             menu.model_version, menu.generated_at = latest.version, now
-            menu.picks = pick_rows(chosen)
+            menu.picks = pick_rows(chosen, cold_start=customer_id not in known)
             session.add(menu)
     return len(picks)
 

@@ -7,7 +7,9 @@ Inputs are the protocol's objects as the cache keeps them (:class:`dangol_protoc
    breakfast 05–10, lunch 11–13, afternoon 14–16, evening 17–04), else its all-day ``items``. The hour is read on
    the clock the cloud trained the day-parts in: the catalogue's ``timezone`` (:func:`door_time`, which the door's
    greeting and clock read too), else (an older cloud's catalogue) the box's local time. No menu (a regular the
-   cloud has no menu for yet): the catalogue's house items in catalogue order (cold start).
+   cloud has no menu for yet): the catalogue's house items in catalogue order (cold start). A menu whose
+   ``personal`` is False (the cloud's cold-start list of a customer with no purchases: what sells) is offered as
+   it is, but not as the customer's own (:attr:`Picks.own`).
 2. **Available**: only items the current catalogue lists with ``available=true`` (no catalogue: nothing); any
    listed item, on the house menu or not.
 3. **Not disliked**: the cloud leaves disliked items out of the menus it publishes; ``disliked`` drops
@@ -106,8 +108,9 @@ def available_items(ids: Iterable[str], catalogue: Catalogue | None, limit: int,
 class Picks(list):
     """The items chosen for a customer (:class:`~dangol_protocol.CatalogueItem`, best first), and whose they are:
     ``own`` is True when they come from the customer's own menu (the cloud's picks from their purchases), False when
-    the customer has no menu yet and they are the catalogue's house items (rule 1's cold start): the door must not
-    call those "your usual"."""
+    they are not the customer's own: the catalogue's house items of a customer with no menu yet (rule 1's cold
+    start), or a menu the cloud marked not ``personal`` (its cold-start list of a customer with no purchases). The
+    door must not call those "your usual"."""
 
     def __init__(self, items: Iterable[CatalogueItem] = (), own: bool = False):
         super().__init__(items)
@@ -117,7 +120,8 @@ class Picks(list):
 def choose_picks(menu: Menu | None, catalogue: Catalogue | None, *, limit: int, at: datetime,
                  disliked: Iterable[str] = ()) -> Picks:
     """The picks to welcome a customer with at local time ``at``: every rule of the module docstring, with
-    :attr:`Picks.own` True when they are the customer's own menu's (False: the house items, no menu).
+    :attr:`Picks.own` True when they are the customer's own menu's (False: the house items, no menu; or a menu
+    that is not ``personal``, the cloud's cold-start list).
 
     Args:
         menu: the customer's cached menu, or None (cold start: the catalogue's first available house items).
@@ -127,4 +131,5 @@ def choose_picks(menu: Menu | None, catalogue: Catalogue | None, *, limit: int, 
             day-part (:func:`daypart_hour`).
         disliked: item ids never to offer this customer.
     """
-    return Picks(available_items(menu_item_ids(menu, catalogue, at), catalogue, limit, disliked), own=menu is not None)
+    return Picks(available_items(menu_item_ids(menu, catalogue, at), catalogue, limit, disliked),
+                 own=menu is not None and menu.personal)

@@ -101,7 +101,8 @@ class Screen:
                 (available items only; the caller filters).
             arrival_ts: monotonic time of the decision, for the latency benchmark.
             own_picks: True when the picks come from the customer's own menu, False for the house items of a
-                customer with no menu yet (:attr:`dangol_edge.menu_text.Picks.own`): the page's heading says which.
+                customer with no menu yet or a menu the cloud marked not ``personal`` (its cold-start list)
+                (:attr:`dangol_edge.menu_text.Picks.own`): the page's heading says which.
         """
         return self._set({"screen": "welcome", "first_name": first_name, "picks": picks, "own_picks": own_picks,
                           "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)

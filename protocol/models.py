@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_serializer
 
 from dangol_protocol.money import currency_code
 from dangol_protocol.names import greeting_name
@@ -201,6 +201,12 @@ class Menu(_Model):
     <name>"): the rest is dropped on validation (:func:`first_name`: the first word, a Hangul name whole), because
     retained menus reach every store's box. A menu is only published for customers with a consent record, so it also
     tells the edge the customer is active.
+
+    ``personal`` is False for a cold-start menu (a customer the recommender has no purchases or other interactions
+    of: what sells, not their own picks), so the door does not call it "your usual". Default True: a menu of a cloud
+    from before the field reads as before. It is written only when False, so a personal menu's payload is what it
+    was: a box from before forward-compatible reading refuses only the cold-start menus (it keeps the customer's
+    cached menu, else shows the house items, headed as such).
     """
 
     schema_: Literal["menu/1"] = Field("menu/1", alias="schema")
@@ -213,8 +219,16 @@ class Menu(_Model):
     # issue 12: optional picks per day-part (local hours: breakfast 5-10, lunch 11-13, afternoon 14-16, evening
     # 17-4); absent = ``items`` all day. A reader shows ``dayparts[current day-part]`` when present, else ``items``.
     dayparts: dict[DayPart, list[MenuPick]] | None = None
+    personal: bool = True
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _personal_only_when_false(self, handler):
+        data = handler(self)
+        if self.personal and isinstance(data, dict):
+            data.pop("personal", None)
+        return data
 
     def picks_at(self, hour: int) -> list[MenuPick]:
         """The picks to show at local ``hour`` (0–23): those of its day-part (:func:`daypart_at`) when the

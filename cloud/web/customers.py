@@ -42,7 +42,9 @@ def index():
     Fast at any size: filtering, ordering (consented first, then newest) and paging happen in SQL, and only the
     50 rows shown are decrypted and counted. ``q`` finds a loyalty id exactly (through its keyed hash
     ``external_ref_hash``), a customer id by prefix, or a part of a name (only named customers — those who
-    enrolled or gave consent — have a name to decrypt)."""
+    enrolled or gave consent — have a name to decrypt). Each row's last visit is read on the clock of the store it
+    was at, as on the customer page: one query finds every shown customer's visit count, latest visit and its store
+    (window functions, SQLite and PostgreSQL alike)."""
     s = get_session()
     show = request.args.get("show", "enrolled")
     q = (request.args.get("q") or "").strip()[:120]
@@ -75,14 +77,23 @@ def index():
     bought = dict(s.execute(select(Purchase.customer_id, func.count())
                             .where(Purchase.customer_id.in_(ids), *clauses(store_filter(Purchase.store_id)))
                             .group_by(Purchase.customer_id)).all()) if ids else {}
-    visited = {cid: (n, last) for cid, n, last in s.execute(
-        select(Visit.customer_id, func.count(), func.max(Visit.ts))
-        .where(Visit.customer_id.in_(ids), *clauses(store_filter(Visit.store_id)))
-        .group_by(Visit.customer_id))} if ids else {}
-    rows = [(c, bought.get(c.id, 0), visited.get(c.id, (0, None))[0], visited.get(c.id, (0, None))[1])
-            for c in customers]
+    visited = _latest_visits(s, ids)
+    rows = [(c, bought.get(c.id, 0), *visited.get(c.id, (0, None, None))) for c in customers]
     return render_template("customers.html", rows=rows, show=show, q=q, page=page, total=total,
                            pages=max((total + PAGE - 1) // PAGE, 1))
+
+
+def _latest_visits(s, ids: list[str]) -> dict[str, tuple]:
+    """``{customer id: (visits, latest visit's ts, its store id)}`` of ``ids`` at the staff user's stores (owners:
+    every store), in one query: each visit numbered newest first per customer, with the customer's count."""
+    if not ids:
+        return {}
+    per_customer = {"partition_by": Visit.customer_id}
+    ranked = (select(Visit.customer_id, Visit.ts, Visit.store_id, func.count().over(**per_customer).label("n"),
+                     func.row_number().over(**per_customer, order_by=(Visit.ts.desc(), Visit.id.desc())).label("k"))
+              .where(Visit.customer_id.in_(ids), *clauses(store_filter(Visit.store_id))).subquery())
+    return {cid: (n, ts, store) for cid, n, ts, store in s.execute(
+        select(ranked.c.customer_id, ranked.c.n, ranked.c.ts, ranked.c.store_id).where(ranked.c.k == 1))}
 
 
 def at_a_door(customer: Customer) -> bool:
@@ -123,8 +134,10 @@ def show(customer_id: str):
                           .where(*bought).order_by(Purchase.ts.desc()).limit(25)).all()
     amounts = s.scalars(select(Purchase.amount).where(*bought)).all()  # encrypted: sum here
     totals = (len(amounts), sum(a for a in amounts if a is not None) if any(a is not None for a in amounts) else None)
-    first, last, baskets = s.execute(select(func.min(Purchase.ts), func.max(Purchase.ts),
-                                            func.count(func.distinct(Purchase.ts))).where(*bought)).one()
+    baskets = s.scalar(select(func.count(func.distinct(Purchase.ts))).where(*bought))
+    # the first and last purchase rows: the header dates each on its own store's clock, as the tables do
+    first, last = (s.scalars(select(Purchase).where(*bought).order_by(*order).limit(1)).first()
+                   for order in ((Purchase.ts, Purchase.id), (Purchase.ts.desc(), Purchase.id.desc())))
     arrivals = s.scalar(select(func.count()).select_from(Visit).where(*arrived))
     stores = s.scalars(select(Purchase.store_id).where(*bought).distinct()).all()
     currency = currency_of(s, stores, get_settings().currency)
