@@ -87,7 +87,8 @@ def run(clips, templates: np.ndarray, owners: list[str], threshold: float) -> tu
                 m = matcher.match(emb, threshold, 0.05)[0]
                 frames += 1
                 accepted += m.accepted
-                obs.append(Observation(box=box, customer_id=m.customer_id if m.accepted else None, score=m.score))
+                obs.append(Observation(box=box, customer_id=m.customer_id if m.accepted else None, score=m.score,
+                                       embedding=emb))  # the tracker's watch compares faces (edge/tracker.py)
             for d in tracker.update(ts, obs):
                 decided.add((c, d.track_id))
                 if d.kind == "known":

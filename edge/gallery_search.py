@@ -13,7 +13,10 @@ enrolled there is greeted from then on.
 A sign-up of someone who is already an active customer is told by :meth:`GallerySearch.enrolled_as`: the door's own
 acceptance rule (threshold and margin of :class:`~dangol_edge.matcher.Matcher`) and its vote
 (:class:`~dangol_edge.tracker.Tracker`: ``min_votes`` and ``vote_share``), with the sign-up's templates as the
-frames.
+frames. A sign-up with only a previous model's templates (made before a model upgrade, still pending) is checked
+the same way against the active customers' templates of that model, with its calibrated rule
+(:class:`PreviousModel`, set while the upgrade runs); with no upgrade to check and later migrate it, it is refused
+(:class:`~dangol_edge.gallery_models.NoCurrentTemplate`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .matcher import Match
+from .gallery_models import NoCurrentTemplate
+from .matcher import Match, Matcher
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,28 @@ class Enrolled:
     templates: int
     score: float
     accepted: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class PreviousModel:
+    """The previous face model of a running upgrade (:class:`~dangol_edge.upgrade.ModelUpgrade` sets it on the gallery
+    while it runs): its ``sha256`` and its calibrated open-set ``rule`` at the door's FPIR (an
+    :class:`~dangol_edge.calibration.OpenSetRule`: the door's rule as it was with that model)."""
+
+    sha256: str
+    rule: object
+
+
+def _vote(found: list[Match], min_votes: int, vote_share: float) -> Enrolled | None:
+    """The customer the door's vote elects over a sign-up's searched templates (:meth:`GallerySearch.enrolled_as`)."""
+    votes = Counter(m.customer_id for m in found if m.accepted)
+    if not votes:
+        return None
+    cid, n = votes.most_common(1)[0]
+    if n < min(min_votes, len(found)) or n < vote_share * len(found):
+        return None
+    mine = tuple(bool(m.accepted and m.customer_id == cid) for m in found)
+    return Enrolled(cid, n, len(found), max(m.score for m, ok in zip(found, mine) if ok), mine)
 
 
 class AlreadyRegular(ValueError):
@@ -63,6 +89,7 @@ class GallerySearch:
     """
 
     on_outside_write = None
+    previous_model: PreviousModel | None = None
 
     def _invalidate(self) -> None:
         """Called after every committed change of the searchable templates: the next search reloads."""
@@ -132,26 +159,36 @@ class GallerySearch:
             margin: ``matcher.margin``.  min_votes, vote_share: ``tracker.min_votes``, ``tracker.vote_share``.
         """
         emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
-        found = self.match(emb, threshold, margin)
-        votes = Counter(m.customer_id for m in found if m.accepted)
-        if not votes:
-            return None
-        cid, n = votes.most_common(1)[0]
-        if n < min(min_votes, len(emb)) or n < vote_share * len(emb):
-            return None
-        mine = tuple(bool(m.accepted and m.customer_id == cid) for m in found)
-        return Enrolled(cid, n, len(emb), max(m.score for m, ok in zip(found, mine) if ok), mine)
+        return _vote(self.match(emb, threshold, margin), min_votes, vote_share)
 
     def refuse_if_regular(self, pending_id: str, threshold: float, margin: float, min_votes: int,
                           vote_share: float) -> None:
         """Raise :class:`AlreadyRegular` when a pending customer's current-model templates are an active customer's
         face (:meth:`enrolled_as`; the pending one itself is never searched). For :meth:`Gallery.activate`'s
-        ``check``, which runs it under the gallery's lock."""
+        ``check``, which runs it under the gallery's lock.
+
+        A pending customer with templates of a running upgrade's previous model (:attr:`previous_model`: signed up
+        before the upgrade) is also checked with them against the active customers' templates of that model, by that
+        model's calibrated rule for their number, ``margin`` and the same vote — also once migrated while pending,
+        since the regular may not be migrated yet: a second record of a regular would keep the upgrade from migrating
+        either of them.
+
+        Raises:
+            AlreadyRegular: the sign-up is an active customer's face.
+            NoCurrentTemplate: it has only templates no running upgrade can check (nor migrate): re-enrol needed.
+        """
         with self._lock:
-            rows = [t for t in self.templates(pending_id) if t["model_sha256"] == self.model_sha256]
-            if not rows:
-                return
-            found = self.enrolled_as(np.stack([t["embedding"] for t in rows]), threshold, margin, min_votes,
-                                     vote_share)
+            rows = self.templates(pending_id)
+            current = [t["embedding"] for t in rows if t["model_sha256"] == self.model_sha256]
+            found = self.enrolled_as(np.stack(current), threshold, margin, min_votes, vote_share) if current else None
+            prev = self.previous_model
+            old = [t["embedding"] for t in rows if prev is not None and t["model_sha256"] == prev.sha256]
+            if found is None and old:  # also when migrated while pending: the regular may not be migrated yet
+                matcher = Matcher()
+                matcher.load(*self.matrix_for(prev.sha256, ("active",)))
+                found = _vote(matcher.match(np.stack(old), prev.rule.threshold(matcher.size), margin), min_votes,
+                              vote_share)
+            elif rows and not current and not old:
+                raise NoCurrentTemplate(pending_id)
             if found is not None:
                 raise AlreadyRegular(pending_id, self.customer(found.customer_id), found)

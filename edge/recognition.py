@@ -47,6 +47,9 @@ class Recognizer:
     margin: float
     match_times: deque = field(default_factory=lambda: deque(maxlen=4096))
     upgrade: ModelUpgrade | None = None
+    #: frames on which the model upgrade failed (e.g. a migration the gallery could not write); see :meth:`process`
+    upgrade_failures: int = 0
+    _upgrade_streak: int = field(default=0, repr=False)
 
     @classmethod
     def from_config(cls, config: EdgeConfig, gallery: Gallery | None = None,
@@ -80,7 +83,17 @@ class Recognizer:
         return self.rule.threshold(self.gallery.size)
 
     def process(self, frame: Frame) -> FrameResult:
-        """Detect, embed and match every face of ``frame``; update tracks; return the result."""
+        """Detect, embed and match every face of ``frame``; update tracks; return the result.
+
+        A running model upgrade sees the frame after the tracker (it migrates on the tracks' votes). When it fails
+        (a migration the gallery cannot write: disk full, a locked database), the frame's decisions are still
+        returned — a regular decided in it is greeted —; the failure is counted (:attr:`upgrade_failures`, and
+        :meth:`~dangol_edge.upgrade.ModelUpgrade.failed`, which the housekeeping pass reports as storage), logged with
+        its traceback once per streak of failing frames, and once when a frame succeeds again.
+
+        Raises:
+            Exception: what the face pipeline, the gallery's search or the tracker raised (the frame failed).
+        """
         faces = self.pipeline.process(frame.rgb)
         embedded = [f for f in faces if f.embedding is not None]
         matches: list[Match | None] = [None] * len(faces)
@@ -97,14 +110,30 @@ class Recognizer:
         obs = [
             Observation(box=f.detection.box,
                         customer_id=m.customer_id if m and m.accepted else None,
-                        score=m.score if m else -1.0, embedded=m is not None)
+                        score=m.score if m else -1.0, embedded=m is not None, embedding=f.embedding)
             for f, m in zip(faces, matches)
         ]
         decisions = self.tracker.update(frame.ts, obs)
         if self.upgrade is not None and not self.upgrade.done:  # migrates on the tracks' votes: after the update
-            self.upgrade.observe(frame.rgb, faces, matches, [o.track_id for o in obs],
-                                 {t.id for t in self.tracker.tracks})
+            self._observe_upgrade(frame, faces, matches, [o.track_id for o in obs])
         return FrameResult(frame.index, frame.ts, faces, matches, decisions, ms)
+
+    def _observe_upgrade(self, frame: Frame, faces: list[Face], matches: list[Match | None],
+                         tracks: list[int | None]) -> None:
+        """The model upgrade's turn on a frame (:meth:`process`); never raises."""
+        try:
+            self.upgrade.observe(frame.rgb, faces, matches, tracks, {t.id for t in self.tracker.tracks})
+        except Exception as exc:
+            self.upgrade_failures += 1
+            self._upgrade_streak += 1
+            self.upgrade.failed(exc)
+            if self._upgrade_streak == 1:
+                log.error("model upgrade failed on frame %d (its decisions still count); further failures in a row "
+                          "are counted, not logged", frame.index, exc_info=exc)
+            return
+        if self._upgrade_streak:
+            log.info("model upgrade recovered after %d failed frame(s)", self._upgrade_streak)
+            self._upgrade_streak = 0
 
     def close(self) -> None:
         """Release the detector."""

@@ -13,14 +13,27 @@ id, or "unknown". A track is decided
 * **unknown** after ``unknown_after`` embedded frames without a known decision (a later known
   decision on the same track still turns into an arrival).
 
-A track decided known keeps being watched: when ``min_votes`` accepted frames in a row (unknown frames between
-them allowed, none of the decided customer) are one other customer, somebody else stands where the decided
-customer stood (they left and the next person stepped into the same place within ``max_gap_s``). That track ends
-and a new one starts with those frames (their votes, and the unknown frames since the first of them), so the
-new person is decided — greeted, or counted — by the same rule. Unknown frames alone never end a decided track:
-a regular looking down or turning away is not a new visitor.
+Every track is watched for the next person at the same spot (the one who stood there left, and somebody else
+stepped into the same place within ``max_gap_s``):
 
-Nothing about an unknown track outlives it: no embedding or image is kept.
+* a track decided known, when ``min_votes`` accepted frames in a row (unknown frames between them allowed, none of
+  the decided customer) are one other customer;
+* a track not decided known (undecided, or decided unknown: a stranger stood there), when ``min_votes``
+  *consecutive* embedded frames are accepted as one customer (an unknown frame or another customer's frame breaks
+  the run), the track's own vote does not decide it known at that frame anyway, and the run's face is not the face
+  of the track's frames just before it (:data:`SAME_FACE_FRAMES` of them): the mean embedding of the run is below
+  :data:`~dangol_edge.enrol.CONSISTENCY_MIN_SIMILARITY` to each of them. Scattered false accepts of a stranger
+  never form such a run, and a stranger who turns to the camera and is falsely accepted for a few frames in a row
+  is still the same face, so neither greets anybody (without embeddings, :attr:`Observation.embedding`, the watch
+  cannot tell, and such a track is not ended).
+
+That track ends and a new one starts with those frames (their votes, and for a known track the unknown frames since
+the first of them), so the new person is decided — greeted, or counted — by the same rule. Unknown frames alone
+never end a track: a regular looking down or turning away is not a new visitor.
+
+Nothing about an unknown track outlives it: no image is kept, and the few embeddings a track not decided known
+holds for its watch (at most :data:`SAME_FACE_FRAMES` before a run and the run's first ``min_votes``) are memory only,
+gone with the track.
 """
 
 from __future__ import annotations
@@ -29,7 +42,14 @@ import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .config import TrackerConfig
+from .enrol import CONSISTENCY_MIN_SIMILARITY
+
+#: Embedded frames of a track not decided known kept in memory for its watch: a run of another customer's accepted
+#: frames ends the track only when its face is none of the last this many faces before the run.
+SAME_FACE_FRAMES = 5
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -71,6 +91,8 @@ class Observation:
         box: ``(x0, y0, x1, y1)`` px.  customer_id: accepted match or None.
         score: similarity of the best match (-1 when not embedded).  embedded: False when a quality
         gate rejected the face (it continues the track but does not vote).
+        embedding: the face's ``(D,) float32`` unit embedding, or None; the watch of a track not decided known
+        compares faces with it (see the module docstring).
         track_id: set by :meth:`Tracker.update`: the track the face continued or started.
     """
 
@@ -79,6 +101,7 @@ class Observation:
     score: float = -1.0
     embedded: bool = True
     track_id: int | None = None
+    embedding: np.ndarray | None = None
 
 
 @dataclass
@@ -111,7 +134,10 @@ class Track:
 
     Once decided known (``decided_id``), ``other`` is the customer of the latest accepted frames when it is not
     ``decided_id``: ``other_run`` accepted frames of them in a row (since ``other_ts``, best score
-    ``other_best``), within ``other_frames`` embedded frames (see the module docstring).
+    ``other_best``), within ``other_frames`` embedded frames. Before that, ``other`` is the customer of the latest
+    embedded frames while they are all accepted as them (``other_run`` of them since ``other_ts``; None after an
+    unknown frame), ``faces`` the embeddings of the track's latest embedded frames, ``before`` those of the frames
+    before the run, ``run_faces`` the run's first ones. See the module docstring.
     """
 
     id: int
@@ -129,6 +155,9 @@ class Track:
     other_frames: int = 0
     other_ts: float = 0.0
     other_best: float = -1.0
+    faces: deque = field(default_factory=lambda: deque(maxlen=SAME_FACE_FRAMES))
+    before: list = field(default_factory=list)
+    run_faces: list = field(default_factory=list)
 
 
 class Tracker:
@@ -173,8 +202,7 @@ class Tracker:
                 best.votes[key] += 1
                 if obs.customer_id:
                     best.best[key] = max(best.best.get(key, -1.0), obs.score)
-                if best.decided_known:
-                    best = self._watch(best, obs, ts)
+                best = self._watch(best, obs, ts) if best.decided_known else self._watch_undecided(best, obs, ts)
             obs.track_id = best.id
             d = self._decide(best, ts)
             if d:
@@ -200,25 +228,74 @@ class Tracker:
         votes = Counter({t.other: t.other_run})
         if t.other_frames > t.other_run:
             votes[""] = t.other_frames - t.other_run
-        new = Track(next(self._ids), obs.box, t.other_ts, ts, votes, {t.other: t.other_best}, t.other_frames)
+        return self._split(t, obs, ts, votes, t.other_frames)
+
+    def _watch_undecided(self, t: Track, obs: Observation, ts: float) -> Track:
+        """Before a known decision (undecided, or decided unknown): follow the run of consecutive accepted frames of
+        one customer (an unknown frame or another customer's ends it); at ``min_votes`` of them, unless the track's
+        vote decides it known now anyway or the run's face is the face before it (:meth:`_new_face`), end ``t`` and
+        return the new track that starts with them (else ``t``)."""
+        if obs.customer_id is None:
+            t.other, t.other_run, t.before, t.run_faces = None, 0, [], []
+        elif obs.customer_id != t.other:
+            t.other, t.other_run, t.other_ts, t.other_best = obs.customer_id, 0, ts, -1.0
+            t.before, t.run_faces = list(t.faces), []
+        if obs.embedding is not None:
+            t.faces.append(obs.embedding)
+        if obs.customer_id is None:
+            return t
+        t.other_run += 1
+        t.other_best = max(t.other_best, obs.score)
+        if obs.embedding is not None and len(t.run_faces) < self.config.min_votes:
+            t.run_faces.append(obs.embedding)
+        if t.other_run < self.config.min_votes or self._elected(t) is not None or not self._new_face(t):
+            return t
+        new = self._split(t, obs, ts, Counter({t.other: t.other_run}), t.other_run)
+        new.faces.extend(t.run_faces)
+        return new
+
+    @staticmethod
+    def _new_face(t: Track) -> bool:
+        """Whether the run's faces (their mean embedding) are none of the faces before it (each below
+        :data:`~dangol_edge.enrol.CONSISTENCY_MIN_SIMILARITY`); False when either has no embedding (cannot tell)."""
+        if not t.before or not t.run_faces:
+            return False
+        mean = np.mean(t.run_faces, axis=0)
+        mean /= max(float(np.linalg.norm(mean)), 1e-9)
+        return max(float(mean @ b) for b in t.before) < CONSISTENCY_MIN_SIMILARITY
+
+    def _split(self, t: Track, obs: Observation, ts: float, votes: Counter, frames: int) -> Track:
+        """End ``t``: a new track, in its place, starts with the run of ``t.other`` (``votes`` over ``frames``)."""
+        new = Track(next(self._ids), obs.box, t.other_ts, ts, votes, {t.other: t.other_best}, frames)
         self.tracks[self.tracks.index(t)] = new
         return new
+
+    def _elected(self, t: Track) -> str | None:
+        """The customer the track's vote decides known (``min_votes`` and ``vote_share``), or None."""
+        known = [(n, k) for k, n in t.votes.items() if k]
+        if known:
+            n, cid = max(known)
+            if n >= self.config.min_votes and n / t.frames >= self.config.vote_share:
+                return cid
+        return None
 
     def _decide(self, t: Track, ts: float) -> Decision | None:
         c = self.config
         if t.decided_known:
             return None
-        known = [(n, k) for k, n in t.votes.items() if k]
-        if known:
-            n, cid = max(known)
-            if n >= c.min_votes and n / t.frames >= c.vote_share:
-                t.decided_known, t.decided_id = True, cid
-                last = self._last_arrival.get(cid)
-                arrival = last is None or ts - last >= c.cooldown_s
-                if arrival:
-                    self._last_arrival[cid] = ts
-                return Decision("known", t.id, ts, t.first_ts, n, t.frames, cid, t.best[cid],
-                                arrival=arrival, reason="" if arrival else "cooldown")
+        cid = self._elected(t)
+        if cid is not None:
+            n = t.votes[cid]
+            t.decided_known, t.decided_id = True, cid
+            t.other, t.other_run, t.other_frames = None, 0, 0  # the watch of a known track starts afresh
+            t.faces.clear()
+            t.before, t.run_faces = [], []
+            last = self._last_arrival.get(cid)
+            arrival = last is None or ts - last >= c.cooldown_s
+            if arrival:
+                self._last_arrival[cid] = ts
+            return Decision("known", t.id, ts, t.first_ts, n, t.frames, cid, t.best[cid],
+                            arrival=arrival, reason="" if arrival else "cooldown")
         if not t.decided_unknown and t.frames >= c.unknown_after:
             t.decided_unknown = True
             return Decision("unknown", t.id, ts, t.first_ts, t.votes[""], t.frames)

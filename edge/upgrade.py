@@ -19,17 +19,31 @@ or a sign-up still pending (waiting for staff, at most ``enrol.pending_ttl_h``) 
 ``embedder.upgrade_days`` after it started, whichever comes first; customers not seen by then must be re-enrolled
 (the log and ``dangol-edge customers list`` show who; a pending sign-up left with no template is refused at
 activation: :class:`~dangol_edge.gallery_models.NoCurrentTemplate`). While it runs, a pending sign-up with only old
-templates can be activated and is migrated at its next visit, like every regular. The daemon's housekeeping calls
+templates can be activated (unless it is a regular's face, see below) and is migrated at its next visit, like every
+regular. The daemon's housekeeping calls
 :meth:`ModelUpgrade.check` on every pass, so the deadline holds while the daemon keeps running.
 
 An erasure while the upgrade runs (staff page, cloud, retention) drops the customer's old templates from the
 upgrade's in-memory matcher too (:meth:`ModelUpgrade.forget`); one erased elsewhere (the CLI, another process)
 is dropped the first time the old model's vote would migrate them.
+
+A migration the gallery cannot write (disk full, a locked or read-only database) never costs the frame's greetings:
+the recognizer logs and counts it (:meth:`ModelUpgrade.failed`) and returns the tracker's decisions; the track is
+not done, so its next frames try again; and the next housekeeping pass's :meth:`ModelUpgrade.check` raises it once
+(:class:`UpgradeNotSaved`, a ``sqlite3.OperationalError``), which the pass counts and reports as the daemon's
+``storage`` health.
+
+While the upgrade runs, the gallery knows the previous model and its calibrated rule at the door's FPIR
+(:class:`~dangol_edge.gallery_search.PreviousModel`): the staff page's "already a regular" check of a sign-up made
+before the upgrade compares its old templates with the regulars' old templates
+(:meth:`~dangol_edge.gallery_search.GallerySearch.refuse_if_regular`), so a second record of a regular is refused at
+activation as it is without an upgrade.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections import Counter, deque
 from collections.abc import Collection
@@ -45,6 +59,7 @@ from .enrol import medoid_consistent
 from .faces import Face
 from .gallery import Gallery, UnknownCustomer
 from .gallery_models import UPGRADE_STARTED_KEY
+from .gallery_search import PreviousModel
 from .matcher import Match, Matcher
 
 log = logging.getLogger(__name__)
@@ -52,6 +67,16 @@ log = logging.getLogger(__name__)
 STARTED_KEY = UPGRADE_STARTED_KEY
 #: The old model must accept a face at this fraction of the configured FPIR to migrate it.
 STRICTER = 0.1
+
+
+class UpgradeNotSaved(sqlite3.OperationalError):
+    """Raised by :meth:`ModelUpgrade.check` after migrations failed to be written on the recognition thread (disk full,
+    a locked or read-only database): a storage error for the housekeeping pass to count and report (``str()`` keeps
+    SQLite's message, e.g. "database or disk is full")."""
+
+
+class UpgradeFailed(RuntimeError):
+    """Raised by :meth:`ModelUpgrade.check` after :meth:`ModelUpgrade.observe` failed on frames for another reason."""
 
 
 @dataclass
@@ -95,6 +120,8 @@ class ModelUpgrade:
         erased_dropped: customers the old model recognised after they were erased from the gallery (dropped
             from the matcher instead of migrated).
         reload_failures: reloads of the old templates after an erasure that failed (see :meth:`forget`).
+        failures: frames on which :meth:`observe` failed (:meth:`failed`; e.g. a migration the gallery could not
+            write: the track tries again at its next frames).
     """
 
     def __init__(self, gallery: Gallery, previous: Embedder, target_fpir: float, margin: float,
@@ -109,6 +136,8 @@ class ModelUpgrade:
         self.done = False
         self.erased_dropped = 0
         self.reload_failures = 0
+        self.failures = 0
+        self._unreported: tuple[int, Exception] | None = None  # failures since the last check(), and the latest
         self._loaded: frozenset[str] = frozenset()
         self._rule: OpenSetRule | None = None
         # check() runs on the recognition and housekeeping threads, forget() on whichever erased: reloads and the
@@ -124,6 +153,8 @@ class ModelUpgrade:
         if tail is None:
             raise uncalibrated(self.previous.model_path, upgrade=True)
         self._rule = OpenSetRule(tail, self.target_fpir * STRICTER)
+        # the staff page's "already a regular" check of sign-ups with only old templates: the door's rule as it was
+        self.gallery.previous_model = PreviousModel(self.previous.sha256, OpenSetRule(tail, self.target_fpir))
         self._reload()
         self.check(now)
         return self
@@ -170,13 +201,33 @@ class ModelUpgrade:
         return {cid for cid, m in models.items() if m.get(old) and not m.get(new)}
 
     def check(self, now: datetime | None = None) -> bool:
-        """End the upgrade when everyone is migrated or the period is over. Returns True when done.
+        """End the upgrade when everyone is migrated or the period is over. Returns True when done. The daemon's
+        housekeeping pass calls it: it also reports, once, the frames :meth:`observe` failed on since the last check
+        (:meth:`failed`), by raising after its work.
 
         Raises:
             sqlite3.Error: the gallery cannot be read or written (the upgrade goes on; the next check retries).
+            UpgradeNotSaved: (a ``sqlite3.OperationalError``) migrations could not be written since the last check.
+            UpgradeFailed: :meth:`observe` failed on frames since the last check for another reason.
         """
         with self._lock:
-            return self._check(now)
+            done = self._check(now)
+            held, self._unreported = self._unreported, None
+        if held is not None:
+            n, exc = held
+            what = f"model upgrade: {n} frame(s) failed since the last check (the last: {exc})"
+            if isinstance(exc, sqlite3.OperationalError):
+                raise UpgradeNotSaved(f"{what}; their tracks try again at their next frames") from exc
+            raise UpgradeFailed(what) from exc
+        return done
+
+    def failed(self, exc: Exception) -> None:
+        """Count a frame on which :meth:`observe` raised ``exc`` (the recognizer logs it and goes on with its
+        decisions); the next :meth:`check` reports it."""
+        with self._lock:
+            self.failures += 1
+            n = self._unreported[0] if self._unreported else 0
+            self._unreported = (n + 1, exc)
 
     def _check(self, now: datetime | None) -> bool:
         if self.done:
@@ -192,6 +243,7 @@ class ModelUpgrade:
                         len(left), ", ".join(sorted(left)))
         dropped = self.gallery.drop_other_models()
         self.gallery.set_meta(STARTED_KEY, None)
+        self.gallery.previous_model = None
         log.info("model upgrade finished: %d customers migrated, %d old templates deleted", len(self.migrated), dropped)
         self.done = True
         self.matcher.clear()
@@ -208,6 +260,10 @@ class ModelUpgrade:
                 update of this frame).  live: the ids of the tracker's live tracks (the others' votes are dropped).
         Returns:
             ids of the customers who got a new-model template from this frame (their track's decision).
+        Raises:
+            Exception: what the old model or the gallery raised, e.g. ``sqlite3.OperationalError`` when a migration
+                cannot be written; that track is not done and tries again at its next frames, and the other tracks'
+                migrations of this frame are made first.
         """
         if self.done:
             return []
@@ -238,10 +294,20 @@ class ModelUpgrade:
             kept = tv.faces.setdefault(m.customer_id, deque(maxlen=max(2 * self.min_votes, 8)))
             kept.append((m.score, face.quality, face.embedding))
             voted.append(tid)
-        added = [cid for tid in dict.fromkeys(voted) if (cid := self._decide(tid)) is not None]
+        added, error = [], None
+        for tid in dict.fromkeys(voted):
+            try:
+                if (cid := self._decide(tid)) is not None:
+                    added.append(cid)
+            except Exception as exc:  # the other tracks still migrate; raised below
+                error = error or exc
         if added:
             self.migrated += [c for c in added if c not in self.migrated]
-            self.check()
+        if error is not None:
+            raise error
+        if added:
+            with self._lock:
+                self._check(None)
         return added
 
     def _decide(self, tid: int) -> str | None:
@@ -260,15 +326,16 @@ class ModelUpgrade:
                          int(keep.sum()))
             return None
         score, quality, emb = max((k for k, ok in zip(kept, keep) if ok), key=lambda k: (k[1], k[0]))
-        tv.done = True
-        try:
+        try:  # a write that fails (disk full, locked) raises with the track not done: its next frames try again
             self.gallery.add_templates(cid, emb[None], [quality], max_per_model=self.max_templates)
         except UnknownCustomer:  # erased since the old templates were loaded (e.g. by the CLI)
+            tv.done = True
             self.erased_dropped += 1
             log.warning("model upgrade: customer %s was erased; dropped from the old model's templates "
                         "(%d so far)", cid, self.erased_dropped)
             self._reload()
             return None
+        tv.done = True
         log.info("model upgrade: customer %s migrated (%d of %d frames of the track, old model score %.3f)",
                  cid, n, tv.frames, score)
         return cid

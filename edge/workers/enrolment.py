@@ -40,24 +40,27 @@ from .base import storage_state
 log = logging.getLogger(__name__)
 
 SECOND_FACE_FRAMES = 5
-"""Frames of a sign-up in which a second face may pass every quality gate (detector score, size, pose, roll, blur:
-a frontal face close to the camera) beside the largest one before the sign-up fails as "more than one face"
-(``failed``, ``why="several"``), with nothing stored — once those frames are also at least
-:data:`SECOND_FACE_SHARE` of the frames looked at (every frame due for a candidate,
-:meth:`~dangol_edge.enrol.SampleCollector.due`), counted in total, not in a row, and only for a second face at least
-:data:`SECOND_FACE_WIDTH` as wide as the first (somebody beside the customer, not the queue behind). The pool takes the largest face of
-each frame, and which of two people is larger can change from frame to frame, so two people at the camera may be
-stored as one customer. Someone passing behind is rarely frontal and close for long: in the real Hamilton clip (30 fps)
-a second face passes every gate in 3 consecutive frames of 275, and that must not fail a sign-up; two people side by
-side pass in every frame and end it at the 6th frame looked at (about 1 s at 10 fps: frames 2 apart once candidates
-are kept), well before the pool of 15 good faces 2 frames apart (at least 29 frames) is full. The photo enrolment
-refuses a photo with two faces outright (:func:`~dangol_edge.enrol.sample_from_photo`)."""
+"""Frames of a sign-up in which a second face may pass every quality gate (detector score, size, pose, roll, blur: a
+frontal face close to the camera) beside the largest one before the sign-up fails as "more than one face"
+(``failed``, ``why="several"``), with nothing stored — once those frames are also at least :data:`SECOND_FACE_SHARE`
+of the frames looked at (the frames due for a candidate, :meth:`~dangol_edge.enrol.SampleCollector.due`, whose
+largest face passed every gate: an empty camera or a face still too small while the customer walks up counts in
+neither), counted in total, not in a row, and only for a second face at least :data:`SECOND_FACE_WIDTH` as wide as
+the first (somebody beside the customer, not the queue behind). The pool takes the largest face of each frame, and
+which of two people is larger can change from frame to frame, so two people at the camera may be stored as one
+customer. Someone passing behind is rarely frontal and close for long: in the real Hamilton clip (30 fps) a second
+face passes every gate in 3 consecutive frames of 275, and that must not fail a sign-up; two people side by side pass
+in every frame and end it at the 6th frame looked at (about 1 s at 10 fps: frames 2 apart once candidates are kept),
+well before the pool of 15 good faces 2 frames apart (at least 29 frames) is full. The photo enrolment refuses a
+photo with two faces outright (:func:`~dangol_edge.enrol.sample_from_photo`)."""
 
 SECOND_FACE_SHARE = 0.5
-"""Share of the frames looked at with a second good face of comparable size that fails a sign-up (with more than
-:data:`SECOND_FACE_FRAMES` of them). Two people side by side show both faces in nearly every frame; a door camera's
-passer-by, or a face in the background of some photos of an image-folder camera (LFW photos: 6 of 28 frames in
-``tests/edge/test_duplicate_signup.py``), in a minority of them."""
+"""Share of the frames looked at (due, with a good largest face: :data:`SECOND_FACE_FRAMES`) with a second good face of
+comparable size that fails a sign-up (with more than :data:`SECOND_FACE_FRAMES` of them). Frames without a good face
+do not dilute it: two people who reach the camera seconds after the sign-up started fail it as well. Two people side
+by side show both faces in nearly every frame; a door camera's passer-by, or a face in the background of some photos
+of an image-folder camera (LFW photos: 6 of 28 frames in ``tests/edge/test_duplicate_signup.py``), in a minority of
+them."""
 
 SECOND_FACE_WIDTH = 0.6
 """A second face counts when its box is at least this fraction of the largest face's width (px/px): a person beside
@@ -106,7 +109,7 @@ class ButtonEnrolment:
         self._collector: SampleCollector | None = None
         self._frames = 0
         self._second = 0  # frames of this sign-up with a second good face (SECOND_FACE_FRAMES)
-        self._looked = 0  # frames of this sign-up looked at (due for a candidate)
+        self._looked = 0  # frames of this sign-up whose largest face passed every gate (SECOND_FACE_SHARE)
         self._rule: DoorRule | bool | None = None  # built on the first sign-up; False: no calibration, not checked
         self._presses = 0  # button presses so far (gpiozero's thread numbers them)
         self._press_lock = threading.Lock()
@@ -276,8 +279,8 @@ class ButtonEnrolment:
     def _several(self, col: SampleCollector) -> None:
         """End the sign-up as ``failed`` with ``why="several"`` (:data:`SECOND_FACE_FRAMES`): nothing is stored."""
         self._finish("failed", seconds=5, why="several", samples=len(col.candidates), wanted=col.pool)
-        log.warning("enrolment failed: a second good face beside the first in %d of %d frames looked at (more than "
-                    "one person in front of the camera)", self._second, self._looked)
+        log.warning("enrolment failed: a second good face beside the first in %d of %d frames with a good face "
+                    "(more than one person in front of the camera)", self._second, self._looked)
 
     def _storage(self, state: str) -> None:
         if self.stats is not None:
@@ -296,13 +299,14 @@ class ButtonEnrolment:
         try:
             if col.due(frame.index):
                 faces = pipeline.process(frame.rgb, max_faces=2)  # the largest is offered, the next one counted
-                self._looked += 1
-                if len(faces) > 1 and faces[1].embedding is not None and _width(faces[1]) >= SECOND_FACE_WIDTH * \
-                        _width(faces[0]):
-                    self._second += 1
-                    if self._second > SECOND_FACE_FRAMES and self._second >= SECOND_FACE_SHARE * self._looked:
-                        self._several(col)
-                        return
+                if faces and faces[0].embedding is not None:  # only frames with a good face count (SECOND_FACE_SHARE)
+                    self._looked += 1
+                    if len(faces) > 1 and faces[1].embedding is not None and \
+                            _width(faces[1]) >= SECOND_FACE_WIDTH * _width(faces[0]):
+                        self._second += 1
+                        if self._second > SECOND_FACE_FRAMES and self._second >= SECOND_FACE_SHARE * self._looked:
+                            self._several(col)
+                            return
                 if col.offer(faces[0] if faces else None, frame.index):
                     self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
         except Exception:
