@@ -120,7 +120,7 @@ class Catalogue(_Model):
     them); the door's house menu shows those with ``house=true``. Retired items are not in the snapshot;
     unavailable ones are, with ``available=false``.
 
-    ``currency`` is the ISO 4217 code the prices are in (three letters, put in capitals,
+    ``currency`` is the ISO 4217 code the prices are in (three characters as ever, put in capitals,
     :func:`dangol_protocol.money.currency_code`; the cloud checks the owner's input against the currencies in use,
     but the wire stays tolerant so a box whose babel predates a new currency still shows the menu); the door writes
     the prices with :func:`dangol_protocol.money.format_money`, as the dashboard does.
@@ -149,7 +149,7 @@ class Catalogue(_Model):
     @field_validator("currency", mode="before")
     @classmethod
     def _currency_code(cls, value: object) -> str:
-        return currency_code(value)  # three letters, in capitals (dangol_protocol.money)
+        return currency_code(value)  # three characters, in capitals (dangol_protocol.money)
 
     def local_time(self, at: datetime) -> datetime:
         """The wall-clock time at instant ``at`` on the day-parts' clock: in :attr:`timezone` (an aware datetime),

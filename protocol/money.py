@@ -4,8 +4,10 @@
   (``"krw"`` → ``"KRW"``); anything else (``"won"``, ``"ZZZ"``, ``"XXX"``, a withdrawn ``"DEM"``) raises
   :class:`CurrencyError`, a ``ValueError`` naming the input. The cloud's ``CURRENCY`` setting and a store's currency
   (Stores page) — what an owner types — are checked by it.
-- :func:`currency_code` — the wire's rule, three letters (``catalogue/1``'s ``currency``): a tolerant reader, so a
-  box whose babel is older than the cloud's (a currency introduced since) still shows the menu.
+- :func:`currency_code` — the wire's rule, three characters as ``catalogue/1`` always bounded it (letters put in
+  capitals): a tolerant reader, so a box whose babel is older than the cloud's (a currency introduced since) still
+  shows the menu, and one reading an older cloud's ``NT$`` too (a tighter bound would need a schema bump,
+  ``docs/mqtt.md``).
 - :func:`minor_digits` — the currency's minor-unit digits (KRW, JPY 0; USD, EUR 2; BHD 3).
 - :func:`format_money` — an amount in **major units** (``4.5`` is four dollars fifty, ``4500`` is 4,500 won) as
   both sides show it: ``₩4,500``, ``$4.50``, ``€3.60``, ``CHF 4.50``.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 
 from babel.core import get_global
 from babel.numbers import format_currency, get_currency_precision
@@ -53,13 +55,14 @@ def currencies() -> frozenset[str]:
 
 
 def currency_code(value: object) -> str:
-    """``value`` as a well-formed currency code in capitals (``"krw"`` → ``"KRW"``), known to this babel or not.
+    """``value`` as the wire carries a currency: three characters, in capitals (``"krw"`` → ``"KRW"``; an older
+    cloud's ``"NT$"`` kept), known to this babel or not.
 
     Raises:
-        CurrencyError: not a string of three letters; the message names the input (cut to 20 characters).
+        CurrencyError: not a string of three characters; the message names the input (cut to 20 characters).
     """
     code = value.strip().upper() if isinstance(value, str) else None
-    if code is None or not _CODE.fullmatch(code):
+    if code is None or len(code) != 3:
         shown = repr(value[:20] if isinstance(value, str) else value)
         raise CurrencyError(f"{shown} is not a currency code (three letters of ISO 4217, e.g. EUR, KRW, USD)")
     return code
@@ -95,11 +98,12 @@ def format_money(amount: float | int | Decimal, currency: str) -> str:
     Args:
         amount: major units of ``currency`` (``4.5`` dollars, not 450 cents); rounded half up to the currency's
             :func:`minor_digits`.
-        currency: an ISO 4217 code (any case). A well-formed code this babel does not list (a currency newer than
-            the installed data, or a value stored before the checks) is written with its code and two decimals
-            (``WON\u00a04,500.00``, CLDR's default), not refused: a price is never hidden for want of data.
+        currency: an ISO 4217 code (any case). Another three characters this babel does not list (a currency newer
+            than the installed data, or a value stored before the checks: ``WON``, ``NT$``) is written with its code
+            and two decimals (``WON\u00a04,500.00``, CLDR's default), not refused: a price is never hidden for want
+            of data. An amount of any size is written whole (rounded in a decimal context as wide as it needs).
     Raises:
-        CurrencyError: ``currency`` fails :func:`currency_code` (not three letters).
+        CurrencyError: ``currency`` fails :func:`currency_code` (not three characters).
         ValueError: ``amount`` is not a finite number (``inf``, ``nan``).
     """
     code = currency_code(currency)
@@ -109,9 +113,14 @@ def format_money(amount: float | int | Decimal, currency: str) -> str:
         raise ValueError(f"{amount!r} is not an amount") from None
     if not value.is_finite():
         raise ValueError(f"{amount!r} is not a finite amount")
-    digits = get_currency_precision(code)
-    value = value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    letters = _CODE.fullmatch(code) is not None
+    digits = get_currency_precision(code) if letters else 2
+    wide = Context(prec=max(28, value.adjusted() + digits + 2))  # 1e30 won fits (the default context has 28 digits)
+    value = value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP, context=wide)
     if value == 0:
         value = abs(value)  # never "-₩0"
-    text = format_currency(value, code, locale=LOCALE, currency_digits=True)
+    if not letters:  # e.g. an older cloud's "NT$": babel takes codes of letters only
+        return f"{code}\u00a0{value:,.{digits}f}"
+    with localcontext(wide):
+        text = format_currency(value, code, locale=LOCALE, currency_digits=True)
     return _LETTER_THEN_DIGIT.sub("\u00a0", text)

@@ -22,9 +22,9 @@ def format_price(price: float | None, currency: str | None) -> str:
 
     Args:
         price: major units (``3.5`` is three euros fifty); None for no price.
-        currency: ISO 4217 code, as the catalogue carries it (three letters, checked on receipt; default EUR).
+        currency: ISO 4217 code, as the catalogue carries it (three characters, checked on receipt; default EUR).
     Raises:
-        dangol_protocol.money.CurrencyError: ``currency`` is not three letters.
+        dangol_protocol.money.CurrencyError: ``currency`` is not three characters.
     """
     if price is None:
         return ""

@@ -72,6 +72,16 @@ def test_format_money_refuses_a_malformed_currency_or_amount():
             format_money(amount, "USD")
 
 
+def test_an_amount_beyond_decimal_precision_is_written_not_raised():
+    # a CSV row's amount of 1e30 became an item price: quantize needs more than 28 digits there
+    assert format_money(1e30, "KRW") == "₩" + f"{10**30:,}"
+    assert format_money(1e28, "USD").startswith("$10,000,000,000,000,000,000,000,000,000.")
+
+
+def test_a_three_character_code_of_an_older_cloud_is_written_not_refused():
+    assert format_money(85, "NT$") == "NT$\u00a085.00"
+
+
 def test_a_well_formed_code_this_babel_does_not_know_is_written_not_refused():
     # a box whose babel is older than the cloud's (a currency introduced since) still shows the price
     assert format_money(4500, "WON") == "WON\u00a04,500.00"
@@ -85,7 +95,10 @@ def test_the_catalogue_carries_a_well_formed_currency():
     # the wire is tolerant: owner input is checked against ISO 4217 where it is typed (settings, Stores page);
     # a box with an older babel must not refuse a newer cloud's currency
     assert p.Catalogue(**base, currency="won").currency == "WON"
-    for bad in ("wo", "W0N", "KRWX", 5):
+    # the bound of catalogue/1 before the ISO check (any three characters): a box must keep reading a catalogue an
+    # older cloud sends with CURRENCY=NT$ (docs/mqtt.md: a tighter bound needs a schema bump)
+    assert p.Catalogue(**base, currency="NT$").currency == "NT$"
+    for bad in ("wo", "KRWX", 5):
         with pytest.raises(ValidationError, match=repr(bad)):
             p.Catalogue(**base, currency=bad)
 
@@ -96,5 +109,5 @@ def test_a_received_catalogue_with_a_malformed_currency_is_refused():
                                                  items=[])))
     topic = p.catalogue_topic(store)
     assert p.parse_payload(topic, json.dumps(good).encode()).currency == "KRW"
-    with pytest.raises(p.PayloadError, match="'Z1Z'"):
-        p.parse_payload(topic, json.dumps({**good, "currency": "Z1Z"}).encode())
+    with pytest.raises(p.PayloadError, match="'Z1ZZ'"):
+        p.parse_payload(topic, json.dumps({**good, "currency": "Z1ZZ"}).encode())
