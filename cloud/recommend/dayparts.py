@@ -22,10 +22,13 @@ baskets of the item at breakfast, else "popular at breakfast" when the item sell
 baskets do (or nothing).
 
 A menu item sold as several POS products (``item_group``) is counted in *baskets*, never in product lines: one
-breakfast basket with a hot and an iced latte is one basket with the latte. The profile keeps baskets per product
-(saved with the model as they are), which bound the menu item's: at least the most of any one of its products, at
-most their sum. The reasons use that lower bound, so they never claim a habit or a popularity the baskets do not
-show ("you have had it" where two baskets each held another of its products, never "often" after one basket).
+breakfast basket with a hot and an iced latte is one basket with the latte. Built with the grouping the training
+uses (:func:`~dangol_cloud.recommend.history.item_groups`), the profile also counts distinct baskets per (customer,
+day, day-part, menu item) (``group_counts``, ``group_item_counts``), and the reasons use those. A profile without them
+(a model saved before they were kept) keeps baskets per product only, which bound the menu item's: at least the most
+of any one of its products, at most their sum; its reasons then use that lower bound, so they never claim a habit or
+a popularity the baskets do not show ("you have had it" where two baskets each held another of its products).
+The score's adjustment (:meth:`DayPartProfile.adjustment`) stays per product.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from .history import pair_values
 
 __all__ = ["DAYPARTS", "DAYPART_HOURS", "POPULAR_MIN_BASKETS", "DayPartProfile", "daypart_of"]
 
@@ -67,32 +72,44 @@ class DayPartProfile:
         visits: ``(n_customers, n_dayparts)`` float32, the customer's baskets per day-part.
         item_counts: ``(n_items, n_dayparts)`` float32, baskets with the item per day-part (all customers).
         n_customers: number of customers.
+        item_group: ``(n_items,)`` int64 menu-item code of each item the group counts are kept by, or None.
+        group_counts: ``(n_dayparts * n_customers, n_groups)`` float32 CSR, as ``counts`` for baskets with any item
+            of the menu item (a basket holding two of its products counts once); None without ``item_group``.
+        group_item_counts: ``(n_groups, n_dayparts)`` float32, baskets with the menu item per day-part (all
+            customers); None without ``item_group``.
     """
 
     counts: sp.csr_matrix
     visits: np.ndarray
     item_counts: np.ndarray
     n_customers: int
+    item_group: np.ndarray | None = None
+    group_counts: sp.csr_matrix | None = None
+    group_item_counts: np.ndarray | None = None
 
     @classmethod
-    def build(cls, u: np.ndarray, i: np.ndarray, day: np.ndarray, hour: np.ndarray,
-              shape: tuple[int, int]) -> DayPartProfile | None:
-        """From ``(n_lines,)`` customer/item indices, days and local hours; None when every line has the same
-        hour (day-resolution data such as Ta-Feng has no time of day)."""
+    def build(cls, u: np.ndarray, i: np.ndarray, day: np.ndarray, hour: np.ndarray, shape: tuple[int, int],
+              item_group: np.ndarray | None = None) -> DayPartProfile | None:
+        """From ``(n_lines,)`` customer/item indices, days and local hours; ``shape`` is ``(n_customers,
+        n_items)``; ``item_group``: ``(n_items,)`` int menu-item codes (:func:`~dangol_cloud.recommend.history.
+        item_groups`; None: every item is its own menu item), whose baskets are then counted too. None when every
+        line has the same hour (day-resolution data such as Ta-Feng has no time of day)."""
         if len(np.unique(hour)) <= 1:
             return None
         n_c, n_i = shape
         d = daypart_of(hour)
         frame = pd.DataFrame({"u": u, "i": i, "day": day, "d": d}).drop_duplicates()
-        rows = frame["d"].to_numpy() * n_c + frame["u"].to_numpy()
-        counts = sp.csr_matrix((np.ones(len(frame), np.float32), (rows, frame["i"].to_numpy())),
-                               shape=(len(DAYPARTS) * n_c, n_i))
+        counts, item_counts = _baskets(frame, "i", n_c, n_i)
         baskets = frame[["u", "day", "d"]].drop_duplicates()
         visits = np.zeros((n_c, len(DAYPARTS)), np.float32)
         np.add.at(visits, (baskets["u"].to_numpy(), baskets["d"].to_numpy()), 1.0)
-        item_counts = np.zeros((n_i, len(DAYPARTS)), np.float32)
-        np.add.at(item_counts, (frame["i"].to_numpy(), frame["d"].to_numpy()), 1.0)
-        return cls(counts, visits, item_counts, n_c)
+        profile = cls(counts, visits, item_counts, n_c)
+        if item_group is not None:
+            group = np.asarray(item_group, dtype=np.int64)
+            by_group = frame.assign(g=group[frame["i"].to_numpy()])[["u", "day", "d", "g"]].drop_duplicates()
+            profile.item_group = group
+            profile.group_counts, profile.group_item_counts = _baskets(by_group, "g", n_c, int(group.max()) + 1)
+        return profile
 
     def adjustment(self, rows: np.ndarray, daypart: int, smoothing: float) -> np.ndarray:
         """``(len(rows), n_items)`` float64 ``log q(d | u, i) - log q(d | u)`` (module docstring) for day-part
@@ -115,9 +132,13 @@ class DayPartProfile:
                    item_group: np.ndarray | None = None) -> np.ndarray:
         """``(n_pairs,)`` int64: customer ``rows[k]``'s baskets with item ``cols[k]`` in day-part ``daypart``, from
         the counts. With ``item_group`` (``(n_items,)`` menu-item codes), the baskets with any product of the same
-        menu item, at least: the most of any one of them (a basket holding two of its products is one basket; the
-        profile cannot tell whether two products' baskets were the same ones, so never more than it shows)."""
+        menu item: exact when the profile was built with that grouping (:attr:`group_counts`), else at least the
+        most of any one of its products (a profile without them cannot tell whether two products' baskets were
+        the same ones, so never more than it shows)."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        if item_group is not None and self._grouped_by(item_group):
+            exact = pair_values(self.group_counts, daypart * self.n_customers + rows, self.item_group[cols])
+            return np.rint(exact).astype(np.int64)
         block = self.counts[daypart * self.n_customers + rows].tocoo()  # (n_pairs, n_items)
         if item_group is None:
             same = block.col == cols[block.row]
@@ -126,6 +147,13 @@ class DayPartProfile:
         most = np.zeros(len(rows), dtype=np.float64)
         np.maximum.at(most, block.row[same], block.data[same])
         return np.rint(most).astype(np.int64)
+
+    def _grouped_by(self, item_group: np.ndarray) -> bool:
+        """True if the menu-item baskets were counted with this very grouping (same menu items, any codes)."""
+        if self.item_group is None or self.group_counts is None or len(item_group) != len(self.item_group):
+            return False
+        pairs = np.unique(np.stack([np.asarray(item_group, dtype=np.int64), self.item_group]), axis=1)
+        return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
     def reasons(self, rows: np.ndarray, cols: np.ndarray, daypart: int, lift: np.ndarray,
                 item_group: np.ndarray | None = None) -> list[str | None]:
@@ -136,13 +164,17 @@ class DayPartProfile:
         one; with none, "popular at <day-part>" when the item's baskets fall in that day-part at least 1.5 times as
         often as all baskets do (both Laplace-smoothed as in :meth:`adjustment`; at least
         :data:`POPULAR_MIN_BASKETS` of them), else None. ``item_group`` counts the products sold as one menu item
-        together, in baskets (:meth:`own_counts`): the customer's and the :data:`POPULAR_MIN_BASKETS` ones are the
-        lower bound (the most of any one product), the day-part shares those of the products' baskets summed."""
+        together, in baskets (:meth:`own_counts`): exactly with a profile built with that grouping; otherwise the
+        customer's and the :data:`POPULAR_MIN_BASKETS` ones are the lower bound (the most of any one product), the
+        day-part shares those of the products' baskets summed."""
         name = DAYPARTS[daypart][0]
         own = self.own_counts(rows, cols, daypart, item_group)
         items = self.item_counts.astype(np.float64)
         baskets = items[:, daypart]
-        if item_group is not None:  # a menu item sells as any of its products
+        if item_group is not None and self._grouped_by(item_group):  # the menu item's own baskets
+            items = self.group_item_counts.astype(np.float64)[self.item_group]
+            baskets = items[:, daypart]
+        elif item_group is not None:  # a menu item sells as any of its products: bounds only
             grouped = np.zeros((int(item_group.max()) + 1, items.shape[1]))
             np.add.at(grouped, item_group, items)
             most = np.zeros(len(grouped))
@@ -164,3 +196,16 @@ class DayPartProfile:
             else:
                 out.append(f"popular at {name}" if popular[col] else None)
         return out
+
+
+def _baskets(frame: pd.DataFrame, column: str, n_customers: int, n_columns: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Count the rows of ``frame`` (columns ``u``, ``d`` and ``column``; one row per distinct basket) by customer
+    and day-part, a ``(n_dayparts * n_customers, n_columns)`` float32 CSR (row ``d * n_customers + u``), and by
+    day-part over all customers, a ``(n_columns, n_dayparts)`` float32 array."""
+    rows = frame["d"].to_numpy() * n_customers + frame["u"].to_numpy()
+    cols = frame[column].to_numpy()
+    counts = sp.csr_matrix((np.ones(len(frame), np.float32), (rows, cols)), shape=(len(DAYPARTS) * n_customers,
+                                                                                   n_columns))
+    totals = np.zeros((n_columns, len(DAYPARTS)), np.float32)
+    np.add.at(totals, (cols, frame["d"].to_numpy()), 1.0)
+    return counts, totals

@@ -207,8 +207,9 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
             the training window says (0 when they do not help); rows of unknown customers or items are ignored.
         menu_item_of: optional ``{item id: id of the menu item it is sold as}`` (POS products to menu items,
             :func:`dangol_cloud.menu_mapping.menu_item_map`): the reason "you often buy this (k of your N visits)"
-            counts the visits with any item sold as the pick's menu item, and an item counts as sold (no "new on
-            the menu" slot) when any item sold as the same menu item was bought. Items absent or mapped to None
+            counts the visits with any item sold as the pick's menu item, the day-part reasons its baskets (distinct
+            customer-day-day-part-menu item, :mod:`.dayparts`), and an item counts as sold (no "new on the menu"
+            slot) when any item sold as the same menu item was bought. Items absent or mapped to None
             are their own menu item.
 
     Returns:
@@ -264,7 +265,7 @@ def train(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
     pop, rep = item_statistics(history, categories)
     store = lines["store"].to_numpy(dtype=str) if "store" in lines.columns else None
     popularity = PopularityTable.build(i, hour, store, len(item_ids), cfg.cold_start_smoothing)
-    dayparts = DayPartProfile.build(u, i, day, hour, shape)
+    dayparts = DayPartProfile.build(u, i, day, hour, shape, item_group=history.item_group)
     segment_table = SegmentTable.build(u, i, customers, segment_values(segments), len(item_ids))
     trained_at = datetime.now(UTC).replace(tzinfo=None)
     meta = {"trained_at": trained_at.isoformat(timespec="seconds"), "n_interactions": len(lines),

@@ -3,7 +3,9 @@
 Layout of a model folder ``<directory>/<version>/``: ``meta.json`` (format version, model version,
 config, feature names, re-ranker intercept, training metadata) and ``arrays.npz`` (uncompressed NumPy
 arrays; a sparse matrix ``m`` is stored as ``m__data``, ``m__indices``, ``m__indptr``, ``m__shape``).
-Arrays are stored in their own dtypes (float32 embeddings), so a loaded model scores bit-identically.
+Arrays are stored in their own dtypes (float32 embeddings), so a loaded model scores bit-identically. Arrays
+added within format 1 are optional: a folder saved before them loads without that part (e.g. without the day-part
+baskets per menu item, ``dayparts_group_*``, whose reasons then use the per-product lower bound).
 
 :func:`scrub_customers` removes erased customers from a saved folder in place (their id, embedding, history,
 day-part and TIFU rows), so an erasure leaves nothing of them that names or describes them.
@@ -76,6 +78,10 @@ def save_model(model: Recommender, directory: Path) -> Path:
     if model.dayparts is not None:
         arrays["dayparts_visits"], arrays["dayparts_item_counts"] = model.dayparts.visits, model.dayparts.item_counts
         sparse["dayparts_counts"] = model.dayparts.counts
+        if model.dayparts.group_counts is not None:  # baskets per menu item (older models have none)
+            arrays["dayparts_item_group"] = model.dayparts.item_group
+            arrays["dayparts_group_item_counts"] = model.dayparts.group_item_counts
+            sparse["dayparts_group_counts"] = model.dayparts.group_counts
     if model.segments is not None:
         arrays["segments_values"] = np.array(model.segments.values, dtype=str)
         sparse["segments_counts"] = model.segments.counts
@@ -148,6 +154,10 @@ def load_model(cls: type[Recommender], path: Path) -> Recommender:
     if "dayparts_visits" in a:
         dayparts = DayPartProfile(csr("dayparts_counts"), a["dayparts_visits"], a["dayparts_item_counts"],
                                   len(a["customers"]))
+        if "dayparts_group_counts__data" in a:  # saved since menu-item baskets are counted exactly
+            dayparts.item_group = a["dayparts_item_group"].astype(np.int64)
+            dayparts.group_counts = csr("dayparts_group_counts")
+            dayparts.group_item_counts = a["dayparts_group_item_counts"]
     segments = None
     if "segments_values" in a:
         segments = SegmentTable([str(v) for v in a["segments_values"]], csr("segments_counts"))
@@ -206,9 +216,10 @@ def scrub_customers(path: Path, customer_ids: Iterable[str]) -> int:
             a["tifu_neighbours"] = a["tifu_neighbours"].copy()
             a["tifu_neighbours"][rows] = -1
         stacked = {name: rows for name in CUSTOMER_SPARSE}
-        if "dayparts_counts__shape" in a:  # row d * n_customers + u for each day-part d
-            n_d = int(a["dayparts_counts__shape"][0]) // n_c
-            stacked["dayparts_counts"] = (np.arange(n_d)[:, None] * n_c + rows[None, :]).ravel()
+        for name in ("dayparts_counts", "dayparts_group_counts"):  # row d * n_customers + u for each day-part d
+            if f"{name}__shape" in a:
+                n_d = int(a[f"{name}__shape"][0]) // n_c
+                stacked[name] = (np.arange(n_d)[:, None] * n_c + rows[None, :]).ravel()
         for name, zeroed in stacked.items():
             if f"{name}__data" in a:
                 _zero_rows(a, name, zeroed)

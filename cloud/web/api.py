@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Annotated, Literal
 
@@ -113,13 +113,21 @@ def purchase_key(store_id: str, key: str, n: int) -> str:
 
 
 def _erased_detail(ref: str, erased: Erased) -> str:
-    """Why a sale naming the erased customer ``ref`` was refused (:mod:`dangol_cloud.erased_refs`)."""
-    if erased.retention:
-        why = " by the retention rule; their sales from before then are not recorded"
+    """Why a sale naming the erased customer ``ref`` was refused (:mod:`dangol_cloud.erased_refs`): when and how they
+    were erased, when their loyalty number was allowed again (``erased.allowed_again``), and which of their sales are
+    not recorded: all of them (``erased.allowed_from`` None, which an owner may change on the Privacy page), else
+    those before ``erased.allowed_from`` (ISO 8601 in UTC, exact: a sale at or after it is accepted)."""
+    how = " by the retention rule" if erased.retention else ""
+    if erased.allowed_again is not None:
+        how += f" and allowed again on {erased.allowed_again.astimezone(timezone.utc):%Y-%m-%d}"
+    if erased.allowed_from is None:
+        which = ("their sales are not recorded (an owner can allow an erased loyalty number again on the dashboard's "
+                 "Privacy page)")
     else:
-        why = ("; their sales are not recorded (an owner can allow an erased loyalty number again on the dashboard's "
-               "Privacy page)")
-    return f"customer {ref!r} was erased on {erased.at:%Y-%m-%d}{why}; nothing was stored"
+        cut = erased.allowed_from.astimezone(timezone.utc).isoformat()
+        which = f"their sales before {cut} are not recorded (later ones are)"
+    at = erased.at.astimezone(timezone.utc)
+    return f"customer {ref!r} was erased on {at:%Y-%m-%d}{how}; {which}; nothing was stored"
 
 
 def _replay(previous: PosRequest, body_sha: str, key: str) -> Response:

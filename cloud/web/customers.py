@@ -240,7 +240,10 @@ def withdraw(customer_id: str):
                              cancel_url=url_for("customers.show", customer_id=customer.id))
     if page is not None:
         return page
-    withdraw_consent(s, customer, actor=current_user.email)
+    try:
+        withdraw_consent(s, customer, actor=current_user.email)
+    except LookupError:  # withdrawn (or erased) by another request meanwhile
+        abort(409)
     s.commit()
     settings = get_settings()
     if settings.mqtt_url:
@@ -258,7 +261,23 @@ def withdraw(customer_id: str):
 def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
     """End a customer's consent: clear name and consent record, delete the menu and its day-part picks, and queue
     a template deletion for every device through the erasure machinery (:class:`Erasure`,
-    :func:`republish_erasures`); audited. The caller commits."""
+    :func:`republish_erasures`); audited. The caller commits.
+
+    The customer row is first locked ``FOR UPDATE`` (until the commit) and read again, as
+    :func:`~dangol_cloud.erasure.erase_customer` does: an arrival reading it ``FOR SHARE``
+    (:mod:`dangol_cloud.device_events`) either committed before (a visit of the consenting customer) or waits for
+    this commit and finds the erasure (stored scrubbed, a visit of nobody). SQLite ignores the clause.
+
+    Returns:
+        The new :class:`Erasure` (flushed).
+
+    Raises:
+        LookupError: the customer no longer exists or, read again, has no consent record (withdrawn meanwhile).
+    """
+    customer_id = customer.id
+    customer = s.get(Customer, customer_id, with_for_update=True, populate_existing=True)
+    if customer is None or not customer.has_consent:
+        raise LookupError(f"customer {customer_id}: no consent to withdraw (erased or withdrawn meanwhile)")
     targets = list(s.scalars(select(Device.id).order_by(Device.id)))
     now = utcnow()
     erasure = Erasure(customer_id=customer.id, requested_by=actor[:254], requested_at=now, targets=targets,
