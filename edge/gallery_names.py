@@ -1,10 +1,11 @@
 """The gallery's sealed values (a mixin of :class:`dangol_edge.gallery.Gallery`, which provides ``db``, ``_lock``,
-``cipher`` and ``_invalidate``): the customer's name (``customers.display_name``), the greeting the door says
-(``customers.greet_name``), the templates' embeddings and photos — each sealed with AES-256-GCM under the gallery key
-and bound to its column and customer (context ``<table>.<column>:<customer id>``) — and their re-sealing under a new
-key (:meth:`SealedNames.rotate_key`).
+``cipher``, ``customer`` and ``_invalidate``): the customer's name (``customers.display_name``), the greeting the door
+says (``customers.greet_name``), the templates' embeddings and photos — each sealed with AES-256-GCM under the gallery
+key and bound to its column and customer (context ``<table>.<column>:<customer id>``) — and their re-sealing under a
+new key (:meth:`SealedNames.rotate_key`).
 
-``greet_name`` is what staff entered in the staff page's "Greet as" field. NULL — a customer enrolled with the CLI
+``greet_name`` is what staff entered in the staff page's "Greet as" field, at activation or later on the list of
+regulars (:meth:`SealedNames.set_greeting`). NULL — a customer enrolled with the CLI
 (``dangol-edge enroll --name``), or by a gallery from before the field — means the rule of
 :func:`dangol_protocol.greeting_name` on the name (``"Mina Park"`` → ``"Mina"``, ``"김 민준"`` → ``"김 민준"``).
 Galleries written before the column existed get it when opened (:func:`add_greeting_column`); their customers keep
@@ -39,7 +40,7 @@ def clean_greeting(greeting: str | None) -> str | None:
 
 
 class SealedNames:
-    """Sealing and opening the gallery's personal values; re-sealing them all under a new key."""
+    """Sealing and opening the gallery's personal values; changing a greeting; re-sealing them all under a new key."""
 
     def _seal_name(self, customer_id: str, name: str) -> bytes:
         return self.cipher.seal(name.encode("utf-8"), f"customers.display_name:{customer_id}")
@@ -49,6 +50,30 @@ class SealedNames:
         if greeting is None:
             return None
         return self.cipher.seal(greeting.encode("utf-8"), f"customers.greet_name:{customer_id}")
+
+    def set_greeting(self, customer_id: str, greeting: str | None):
+        """Change what the door says to an active customer (the staff page's "Greet as" on its list of regulars); the
+        door greets them with it from their next arrival. ``greeting`` is cleaned and bounded as at activation
+        (:func:`clean_greeting`); blank: the rule on their name again. ``updated_at`` stays (the staff page's "active
+        since", and retention counts from it); the old sealed greeting leaves the ``-wal`` file at the next
+        housekeeping pass (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`). Returns the customer as now stored.
+
+        Raises:
+            UnknownCustomer: no active customer with this id (a sign-up gets its greeting at activation).
+            ValueError: longer than :data:`~dangol_protocol.names.MAX_GREETING` characters (nothing is changed).
+            sqlite3.OperationalError: the gallery cannot be written (nothing is changed).
+        """
+        sealed = self._seal_greeting(customer_id, clean_greeting(greeting))
+        with self._lock:
+            changed = self.db.execute("UPDATE customers SET greet_name = ? WHERE id = ? AND status = 'active'",
+                                      [sealed, customer_id]).rowcount
+            if changed:
+                self._wipe_due = True  # no checkpoint on the staff page's thread
+        if not changed:
+            from .gallery import UnknownCustomer
+
+            raise UnknownCustomer(customer_id)
+        return self.customer(customer_id)
 
     def _open_value(self, value, context: str) -> bytes:
         """Unseal a stored value; legacy plaintext (galleries from before encryption) passes through."""

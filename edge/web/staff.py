@@ -1,7 +1,7 @@
 """Blueprint ``staff``: pending sign-ups and active customers — activate with consent, a name and what the door greets
-them with ("Greet as", pre-filled by :func:`dangol_protocol.greeting_name`), discard, erase — and the consent text staff
-confirm (``/staff/consent``; ``/staff/consent/customer``, the page turned towards the customer), behind a PIN sign-in
-when a staff PIN is set. Every form carries a CSRF token (Flask-WTF)."""
+them with ("Greet as", pre-filled by :func:`dangol_protocol.greeting_name`; changed later on the list of regulars),
+discard, erase — and the consent text staff confirm (``/staff/consent``; ``/staff/consent/customer``, the page turned
+towards the customer), behind a PIN sign-in when a staff PIN is set. Every form carries a CSRF token (Flask-WTF)."""
 
 from __future__ import annotations
 
@@ -42,14 +42,17 @@ NOT_SAVED = ("telling the cloud failed (this device cannot write its storage) �
              "every minute while the device runs; check the device's storage if this repeats.")
 
 
+#: What staff are told when a "Greet as" is too long (at activation and when changed later).
+GREETING_TOO_LONG = f"Keep the greeting short ({MAX_GREETING} characters at most): it is the door's headline."
+
 #: What staff are told when the gallery itself cannot be written (disk full, a card remounted read-only).
 CANNOT_SAVE = ("this device cannot save right now (its storage is full or read-only), so nothing was changed. "
                "Free space on its memory card or tell the owner.")
 
 
 def cannot_save(what: str, customer_id: str, exc: sqlite3.Error):
-    """The staff page with a 507 error: the gallery write for ``what`` (``activated``, ``erased``, ``discarded``)
-    failed as a whole (one transaction), so the customer is as before."""
+    """The staff page with a 507 error: the gallery write for ``what`` (``activated``, ``erased``, ``discarded``,
+    ``changed``) failed as a whole (one transaction), so the customer is as before."""
     log.error("staff page: %s not %s: the gallery cannot be written (%s)", customer_id, what, exc)
     return staff_page(507, {"_": f"Not {what}: {CANNOT_SAVE}"})
 
@@ -197,7 +200,7 @@ def activate(customer_id: str):
     elif len(name) > 80:
         errors["display_name"] = "That name is too long (80 characters at most)."
     if len(greet) > MAX_GREETING:
-        errors["greet_as"] = f"Keep the greeting short ({MAX_GREETING} characters at most): it is the door's headline."
+        errors["greet_as"] = GREETING_TOO_LONG
     if not consent:
         errors["consent"] = "Tick the box only once the customer has agreed to the consent text."
     if not staff_name:
@@ -294,6 +297,27 @@ def erase(customer_id: str):
     except sqlite3.OperationalError as exc:
         return cannot_save("erased", customer_id, exc)
     after_erase(customer_id, "Erased", customer.display_name)
+    return redirect(url_for("staff.index"))
+
+
+@bp.post("/greeting/<customer_id>")
+def change_greeting(customer_id: str):
+    """Change what the door says to an active customer ("Greet as" on the list of regulars): cleaned and bounded as
+    at activation; empty: the rule on their name. Greeted with from their next arrival; logged by customer id only.
+    The cloud is not told: it keeps no greeting (its menus' name is never what the door says)."""
+    greet = " ".join(request.form.get("greet_as", "").split())
+    try:
+        changed = deps().gallery.set_greeting(customer_id, greet)
+    except ValueError:
+        return staff_page(400, {customer_id: f"Not changed: {GREETING_TOO_LONG}"},
+                          {"id": customer_id, "greet_as": greet})
+    except UnknownCustomer:  # erased (or never active): the page lists only the regulars still here
+        return staff_page(404, {"_": "No such customer on this device. Nothing was changed."})
+    except sqlite3.OperationalError as exc:
+        return cannot_save("changed", customer_id, exc)
+    log.info("staff page: the greeting of customer %s changed (%s)", customer_id,
+             "their own" if changed.greet_name else "the rule on their name")
+    flash(f"The door now greets {changed.display_name}: Welcome back, {changed.first_name}.", "success")
     return redirect(url_for("staff.index"))
 
 
