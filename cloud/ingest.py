@@ -24,6 +24,9 @@ as history (no store) and under a store: an upload into a store *files* the stor
 that store (:attr:`ImportReport.filed`), and an upload as history skips the sales a store already holds (looked up
 under each of at most :data:`MAX_PROBED_STORES` stores holding imports, past the first batch only when that found
 some). A sale filed under a store is never moved to another store. A store-less sale matches only when its naive time was read in the same zone.
+Each line records that zone (``read_zone``; None for a time given with its offset); an import first moves the lines
+read in another zone than their store's now to the new hours, re-keyed (:mod:`dangol_cloud.sale_zones`), so the same
+export imported again after ``TIMEZONE`` changed adds nothing.
 
 Every row is checked against the bounds of :mod:`dangol_cloud.sale_rules` before anything is created for it (the
 importers check them too; rows may come from elsewhere): its time in UTC once its store's zone is applied (a naive
@@ -55,6 +58,7 @@ from dangol_cloud.erased_refs import Erased, ErasedRefs
 from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
 from dangol_cloud.purchase_keys import purchase_key
+from dangol_cloud.sale_zones import Retimed, import_zones
 from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX, sale_time_error
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
@@ -72,6 +76,7 @@ class ImportReport:
         filed: of those, store-less purchases (history) this import filed under its store.
         errors: invalid rows, with line numbers, skipped.
         customers_created / items_created: new customers / catalogue items made for unknown refs.
+        retimed: earlier imports' lines moved to the hours of their store's zone now (``describe()`` says how).
         seconds: wall time.
     """
 
@@ -83,6 +88,7 @@ class ImportReport:
     errors: list[RowError] = field(default_factory=list)
     customers_created: int = 0
     items_created: int = 0
+    retimed: Retimed = field(default_factory=Retimed)
     seconds: float = 0.0
 
     @property
@@ -113,9 +119,11 @@ def _match_other_copies(session: Session, batch: list[dict], probes: list[list[s
         filed = [(pid, row) for pid, row in filed if row["idempotency_key"] not in taken]
     if filed:
         table = Purchase.__table__  # core executemany (the ORM's bulk update takes no WHERE of its own)
-        session.execute(update(table).where(table.c.id == bindparam("pid"))
-                        .values(store_id=bindparam("store"), idempotency_key=bindparam("key")),
-                        [{"pid": pid, "store": row["store_id"], "key": row["idempotency_key"]} for pid, row in filed])
+        zone = {"read_zone": bindparam("zone")} if "read_zone" in filed[0][1] else {}  # as the row's (0013 on)
+        session.execute(update(table).where(table.c.id == bindparam("pid")).values(
+            store_id=bindparam("store"), idempotency_key=bindparam("key"), **zone),
+            [{"pid": pid, "store": row["store_id"], "key": row["idempotency_key"], "zone": row.get("read_zone")}
+             for pid, row in filed])
     held = {row_of[key] for _pid, key, store in found if store is not None and batch[row_of[key]]["store_id"] is None}
     batch[:] = [row for n, row in enumerate(batch) if n not in held]
     return len(filed)
@@ -275,7 +283,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         source: label for the report and the purchases' ``source`` column (e.g. ``"ta-feng"``, ``"csv"``).
         key_prefix: idempotency key prefix (the format name: the same file imported twice is a no-op).
         tz: IANA time zone in which naive row timestamps are local time (stored as UTC); rows of a store with
-            its own zone (:func:`dangol_cloud.store_zones.store_zones`) are read in that zone.
+            its own zone (:func:`dangol_cloud.store_zones.store_zones`) are read in that zone. Lines imported
+            earlier whose naive time was read in another zone are moved first (the module docstring).
         customer_status: status of customers created for unknown refs.
         store_id: default store for rows without a (known) store ref.
         allowed_stores: the store ids rows may name (a staff upload: a row naming a known store outside them is
@@ -298,10 +307,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         raise ValueError("an import limited to allowed_stores needs customers_in_scope (the stores' customers)")
     in_scope = None if allowed_stores is None else customers_in_scope
     started = time.monotonic()
-    from dangol_cloud.store_zones import store_zones
-
-    zones = {None: ZoneInfo(tz)} | {store: ZoneInfo(name) for store, name in store_zones(session).items()}
-    report = ImportReport(source=source)
+    zones, retimed = import_zones(session, tz)
+    report = ImportReport(source=source, retimed=retimed)
     resolver = _Resolver(session, create_customer_status=customer_status, customer_source=customer_source)
     resolver.product_source = source
     resolver.load()
@@ -341,7 +348,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             report.errors.append(RowError(row.line, f"store {row.store_ref!r} is not one of your stores",
                                           _raw(row)))
             continue
-        ts, refusal = _check_row(row, zones.get(store, zones[None]))
+        ts, refusal = _check_row(row, zone := zones.get(store, zones[None]))
         if refusal is not None:  # checked before the customer and item are made: nothing is written for it
             report.errors.append(RowError(row.line, refusal, _raw(row)))
             continue
@@ -366,8 +373,11 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         first = purchase_key(ring, key_prefix, **values)
         seen = occurrences.get(first, 0)
         occurrences[first] = seen + 1
-        batch.append({**values, "source": source[:16], "idempotency_key":
-                      first if seen == 0 else purchase_key(ring, key_prefix, **values, occurrence=seen)})
+        line = {**values, "source": source[:16], "idempotency_key":
+                first if seen == 0 else purchase_key(ring, key_prefix, **values, occurrence=seen)}
+        if retimed.recorded:  # the zone a naive time was read in (not on a schema before 0013)
+            line["read_zone"] = None if row.ts.tzinfo else zone.key
+        batch.append(line)
         if store is None and importing_stores is None:
             importing_stores = _importing_stores(session)
         others = [None] if store is not None else importing_stores

@@ -151,7 +151,9 @@ class ImportJob:
         started_at / finished_at: UTC. report: the :class:`~dangol_cloud.ingest.ImportReport` when finished
         (its ``errors`` cut to :data:`MAX_SHOWN_ERRORS`; ``error_count`` is the full number). error: why it failed.
         notes: how files not in UTF-8 were read (:attr:`~dangol_cloud.import_detect.DetectedFiles.notes`, the
-            upload's file names). segments: customers whose age band came from demographics.csv.
+            upload's file names); once finished, which earlier imported sales moved to another zone's hours
+            (:attr:`~dangol_cloud.ingest.ImportReport.retimed`).
+        segments: customers whose age band came from demographics.csv.
         segments_skipped: known households of demographics.csv left alone because they are not customers of a
             staff user's stores.
         started_by: id of the user who started it (staff see only their own imports' pages), None from code.
@@ -272,6 +274,8 @@ class ImportJobs:
                         session, read_cj_demographics(detected.demographics),
                         store_customer_ids(session, allowed_stores) if scoped else None)
             report.source = " + ".join(job.files)
+            if report.retimed.lines:  # TIMEZONE changed since an earlier import: its lines moved to the new hours
+                job.notes += (report.retimed.describe() + ".",)
             job.error_count = len(report.errors)
             report.errors = report.errors[:MAX_SHOWN_ERRORS]
             job.report = report

@@ -122,7 +122,9 @@ class Customer(Base):
 
 
 class Purchase(Base):
-    """One purchase line. ``idempotency_key`` is unique: an import re-run or a POS retry never doubles it."""
+    """One purchase line. ``idempotency_key`` is unique: an import re-run or a POS retry never doubles it.
+    ``read_zone``: the IANA zone an imported line's naive file time was read in (None: the time came with its offset,
+    e.g. the POS API's; :mod:`dangol_cloud.sale_zones` moves the line when its store's zone changes)."""
 
     __tablename__ = "purchases"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -135,6 +137,7 @@ class Purchase(Base):
     store_id: Mapped[str | None] = mapped_column(ForeignKey("stores.id", ondelete="SET NULL"))
     source: Mapped[str] = mapped_column(String(16))
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    read_zone: Mapped[str | None] = mapped_column(String(64))
     __table_args__ = (Index("ix_purchases_customer_ts", "customer_id", "ts"), Index("ix_purchases_item", "item_id"),
                       Index("ix_purchases_ts", "ts"))
 

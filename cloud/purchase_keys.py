@@ -11,7 +11,10 @@ The key is recomputed whenever the hash key changes — migration 0011 (unkeyed 
 (HMAC under the old key → under the new one) — with :func:`rekeyed`, which recovers each stored line's occurrence
 from its stored key, so a re-import after either finds every line again. The key names the customer too: when a
 loyalty customer is linked to a door enrolment (:mod:`dangol_cloud.web.customer_link`), its lines are re-keyed
-under the door enrolment's id with :func:`moved_keys`, as a re-import of their files then computes them.
+under the door enrolment's id with :func:`moved_keys`, as a re-import of their files then computes them. And it names
+the UTC time: when the zone a line's naive file time was read in changes (``TIMEZONE``, a store's own zone), the
+line moves to the same wall-clock time in the new zone and is re-keyed with :func:`changed_keys`
+(:mod:`dangol_cloud.sale_zones`), as a re-import of its file in the new zone computes it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
-__all__ = ["IMPORT_KEY", "content_of", "keyed", "moved_keys", "purchase_key", "rekeyed"]
+__all__ = ["IMPORT_KEY", "changed_keys", "content_of", "keyed", "moved_keys", "purchase_key", "rekeyed"]
 
 #: An imported line's key (POS API keys ``pos:<store>:<hex>:<n>`` have more colons and never match).
 IMPORT_KEY = re.compile(r"^([A-Za-z0-9_.-]+):[0-9a-f]{64}$")
@@ -125,20 +128,39 @@ def moved_keys(rows: Iterable[tuple[int, str, Content]], customer_id: str, key: 
     Returns:
         ``{purchase id: new key}`` for every moving import line (unique, and none of them in ``taken``).
     """
+    return changed_keys(rows, lambda content: (content[0], customer_id, *content[2:]), key, taken)
+
+
+def changed_keys(rows: Iterable[tuple[int, str, Content]], change: Callable[[Content], Content],
+                 key: Callable[[str, Content, int], str], taken: Iterable[str]) -> dict[int, str]:
+    """New keys of imported purchases whose content changes: ``change(content)`` is a line's new content (another
+    customer: :func:`moved_keys`; another UTC time: :mod:`dangol_cloud.sale_zones` re-timing naive sale times).
+
+    ``rows`` are ``(purchase id, stored key, content)`` of the changing lines in id order, with their current
+    content; ``key`` is the current ``(prefix, content, occurrence) -> key`` (:func:`keyed`); ``taken`` the keys
+    held by other stored lines the new keys might meet. Each line keeps its occurrence, read back from its stored
+    key by :func:`rekeyed`. A new key already ``taken``, or given to a line of lower id (two contents changed into
+    one), gets instead the lowest occurrence of its new content that is free, so every line is kept and the unique
+    key holds. Lines whose key is not an import key (POS API lines) are left out.
+
+    Returns:
+        ``{purchase id: new key}`` for every changing import line (unique, and none of them in ``taken``).
+    """
     rows = list(rows)
-
-    def moved(content: Content) -> Content:
-        return (content[0], customer_id, *content[2:])
-
     prefixes = {pid: match.group(1) for pid, stored, _content in rows if (match := IMPORT_KEY.match(stored))}
     contents = {pid: content for pid, _stored, content in rows}
-    result = rekeyed(rows, IMPORT_KEY, key, lambda prefix, content, n: key(prefix, moved(content), n))
+    result = rekeyed(rows, IMPORT_KEY, key, lambda prefix, content, n: key(prefix, change(content), n))
     used = set(taken)
-    clashes = sorted(pid for pid, new in result.items() if new in used)
-    used.update(result.values())
+    clashes, given = [], set()
+    for pid in sorted(result):
+        new = result[pid]
+        if new in used or new in given:
+            clashes.append(pid)
+        given.add(new)
+    used.update(given)
     for pid in clashes:  # in id order: the lowest free occurrence, checked against every key kept or given
         n = 0
-        while (new := key(prefixes[pid], moved(contents[pid]), n)) in used:
+        while (new := key(prefixes[pid], change(contents[pid]), n)) in used:
             n += 1
         result[pid] = new
         used.add(new)

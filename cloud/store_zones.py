@@ -5,7 +5,9 @@ A chain may span zones: a sale at 08:00 in Taipei and one at 08:00 in Berlin are
 read a store's clock: the import (naive sale times of a store's rows are its local time,
 :func:`dangol_cloud.ingest.import_rows`), training (the hour of each purchase for the day-part menus and the
 cold-start popularity, :func:`dangol_cloud.training.load_frames`) and ``catalogue/1`` (the doors' day-part
-clock, :func:`dangol_cloud.publishing.catalogue_messages`).
+clock, :func:`dangol_cloud.publishing.catalogue_messages`). When the zone a store's naive times are read in changes
+(its own, or ``TIMEZONE`` for a store without one), its imported sales read in the old zone are moved to the same
+wall-clock hours in the new one (:mod:`dangol_cloud.sale_zones`).
 """
 
 from __future__ import annotations

@@ -9,14 +9,14 @@ from zoneinfo import available_timezones
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import dangol_protocol as proto
 from dangol_protocol.money import CurrencyError, check_currency, currencies as currency_codes
 
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import complete_if_done, pending_erasures
-from dangol_cloud.models import Device, Purchase, Store, StoreSetting, new_id
+from dangol_cloud.models import Device, Store, StoreSetting, new_id
 from dangol_cloud.security import hash_token, mosquitto_hash, new_secret
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm, DeviceForm, StoreForm
@@ -83,9 +83,14 @@ def set_timezone(store_id: str):
     the TIMEZONE setting. Its later imports read naive sale times in it, training reads its sales' hours in it and
     its doors get it (their day-part clock) with the next publish (:mod:`dangol_cloud.store_zones`).
 
-    Refused (nothing changed) while the store holds imported sales: their file times were turned into instants in
-    the zone of the day, so another zone would shift their hours and a re-import of the same files would store them
-    a second time (the duplicate check compares instants). POS API sales carry their offset and do not count."""
+    A store holding imported sales whose file times were naive (read as the old zone's time) first gets a
+    confirmation page saying how many and from which zone to which (nothing changed); the confirmed post
+    (``confirm=yes``) sets the zone and moves those sales to the same wall-clock hours in the new zone, re-keyed, in
+    the same transaction (:func:`dangol_cloud.sale_zones.retime_naive_sales`): a re-import of the same files then
+    adds nothing. POS API sales and file times given with their offset are instants and stay."""
+    from dangol_cloud.sale_zones import naive_lines, retime_naive_sales
+    from dangol_cloud.web.confirm import confirmation_page
+
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -98,18 +103,30 @@ def set_timezone(store_id: str):
             flash(f"Time zone: {exc}. Use a name of the IANA list, e.g. Europe/Berlin or Asia/Taipei.", "error")
             return redirect(url_for("stores.index"))
     row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
-    before, now = row.timezone or get_settings().timezone, name or get_settings().timezone
-    imported = s.scalar(select(func.count()).select_from(Purchase)
-                        .where(Purchase.store_id == store.id, Purchase.source != "pos")) or 0
-    if imported and now != before:
-        flash(f"{store.name} keeps {before}: it already holds {imported:,} imported sales whose file times were read "
-              f"as {before} time. In {now} their hours would shift, and importing the same files again would store "
-              "them twice. Set a store's time zone before its first import.", "error")
-        return redirect(url_for("stores.index"))
+    default = get_settings().timezone
+    before, now = row.timezone or default, name or default
+    naive = naive_lines(s, store.id) if now != before else 0
+    if naive:
+        detail = (f"Its {naive:,} imported sales whose files gave no time zone were read as {before} time. They move "
+                  f"to the same hours in {now} (a sale at 09:00 stays at 09:00, now {now} time), so the dashboard and "
+                  "training see them at the right hours and importing the same files again adds nothing. POS sales "
+                  "and file times given with their offset stay as they are.")
+        if request.form.get("confirm") != "yes":  # shown on the confirmation page (flashed before it renders)
+            flash(f"{store.name} keeps {before} until you confirm: it holds {naive:,} imported sales whose file times "
+                  f"were read as {before} time (a zone set before its first import moves nothing).", "error")
+        page = confirmation_page(title=f"Move {store.name}'s sales to {now} time?", detail=detail,
+                                 button=f"Set {now} and move the sales", cancel_url=url_for("stores.index"),
+                                 keep=[("timezone", name)])
+        if page is not None:
+            return page
+    retime_naive_sales(s, default)  # first as read so far (lines from before revision 0013 take their zone now)
     row.timezone = name or None
     s.add(row)
+    s.flush()
+    moved = retime_naive_sales(s, default).lines
     s.commit()
-    flash(f"{store.name}: sales hours and door day-parts follow {now}. Its doors get it with the next Publish "
+    note = f" Its {moved:,} imported sales moved to the same hours in {now}." if moved else ""
+    flash(f"{store.name}: sales hours and door day-parts follow {now}.{note} Its doors get it with the next Publish "
           "(Menu catalogue).", "success")
     return redirect(url_for("stores.index"))
 

@@ -1,0 +1,200 @@
+"""Imported sales whose naive file time was read in another zone than their store's now: moved to the new hours.
+
+A purchase file's naive sale times are the shop's wall clock: the import reads them in the store's own zone (Stores
+page) or else in the ``TIMEZONE`` setting (:func:`dangol_cloud.store_zones.store_zones`), stores them in UTC, and
+records the zone on the line (``purchases.read_zone``; NULL for a time that came with its offset, as POS sales do).
+The line's idempotency key hashes that UTC time (:mod:`dangol_cloud.purchase_keys`). When the zone a store's naive
+times are read in changes — ``TIMEZONE`` set after a first import (an env setting: noticed at the next import), or a
+store's own zone changed on the Stores page (at once, once the owner confirms) — :func:`retime_naive_sales` moves each
+of its lines read in the old zone to the same wall-clock time in the new one and re-keys it, in the caller's
+transaction: the hours are right, and a re-import of the same export finds every line again instead of storing the
+history a second time.
+
+The wall time is read back from the stored instant (:func:`wall_time`). A daylight-saving gap makes two wall times
+read as one instant (in Europe/Berlin 02:30 on the night the clocks skip 02:00–03:00 is read with the offset before
+the change, as 01:30 UTC: the instant of 03:30); the clock's own time is taken, except for a midnight in the gap (a
+date without a time, in a zone that skips midnight), which is what a file of dates wrote. Each moved line keeps its
+occurrence; a new key another line already holds (two identical sale lines, one read in each zone) takes the next
+free occurrence (:func:`dangol_cloud.purchase_keys.changed_keys`), so no line is lost.
+
+Lines imported before revision 0013 carry :data:`SETTING_AT_IMPORT` (the migration could not know ``TIMEZONE``):
+:func:`retime_naive_sales` first takes them as read in the zone their store reads naive times in at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import bindparam, case, func, inspect, literal, select, update
+from sqlalchemy.orm import Session
+
+from dangol_cloud.crypto import keyring_of
+from dangol_cloud.models import Purchase
+from dangol_cloud.purchase_keys import IMPORT_KEY, changed_keys, content_of, keyed
+
+__all__ = ["SETTING_AT_IMPORT", "Retimed", "import_zones", "naive_lines", "retime_naive_sales", "wall_time"]
+
+log = logging.getLogger(__name__)
+
+#: ``read_zone`` of the lines migration 0013 found: read in the ``TIMEZONE`` of their import, not known then.
+SETTING_AT_IMPORT = "TIMEZONE"
+BATCH = 1000
+#: Lines moved at a time (whole customers: a few more), to bound the memory of a long history's move.
+CHUNK_LINES = 20_000
+
+
+@dataclass
+class Retimed:
+    """Imported lines moved to another zone's hours: ``moves`` ``{(zone read in, zone now): lines}``. ``recorded``:
+    False on a schema from before revision 0013 (no ``read_zone``: nothing is recorded or moved; only tests of the
+    older migrations import into one)."""
+
+    moves: dict[tuple[str, str], int] = field(default_factory=dict)
+    recorded: bool = True
+
+    @property
+    def lines(self) -> int:
+        """Lines moved."""
+        return sum(self.moves.values())
+
+    def describe(self) -> str:
+        """What moved, for the owner ("" when nothing did)."""
+        return "; ".join(f"{n:,} imported sales whose file times were read as {old} time moved to the same hours "
+                         f"in {new}" for (old, new), n in sorted(self.moves.items()))
+
+
+def wall_time(instant: datetime, zone: ZoneInfo) -> datetime:
+    """The naive wall time an import read as ``instant`` in ``zone`` (fold 0, as
+    :func:`dangol_cloud.ingest.import_rows` reads one): its local time, or — the instant of a wall time in a skipped
+    hour — that midnight when it is one (a date without a time), see the module docstring."""
+    shown = instant.astimezone(zone).replace(tzinfo=None)
+    offsets = {(instant + days).astimezone(zone).utcoffset() for days in (timedelta(days=-1), timedelta(days=1))}
+    for offset in offsets:
+        skipped = (instant + offset).replace(tzinfo=None)
+        if skipped != shown and skipped.time() == time(0) \
+                and skipped.replace(tzinfo=zone).astimezone(timezone.utc) == instant:
+            return skipped
+    return shown
+
+
+def _zone_now(store_column, zones: dict[str, str], default: str):
+    """SQL: the zone the naive times of the line's store are read in now (its own, else ``default``)."""
+    return case(zones, value=store_column, else_=literal(default)) if zones else literal(default)
+
+
+def naive_lines(session: Session, store_id: str) -> int:
+    """The imported lines of ``store_id`` whose file time was naive (read in a zone: moved when it changes)."""
+    return session.scalar(select(func.count()).select_from(Purchase)
+                          .where(Purchase.store_id == store_id, Purchase.read_zone.is_not(None))) or 0
+
+
+def import_zones(session: Session, default_zone: str) -> tuple[dict[str | None, ZoneInfo], Retimed]:
+    """For an import (:func:`dangol_cloud.ingest.import_rows`): ``({store id: its own zone, None: default_zone},
+    the lines moved first by retime_naive_sales)``.
+
+    Raises:
+        ValueError: a store's own zone is unknown. ZoneInfoNotFoundError: ``default_zone`` is.
+    """
+    from dangol_cloud.store_zones import store_zones
+
+    zones = {None: ZoneInfo(default_zone)} | {store: ZoneInfo(name) for store, name in store_zones(session).items()}
+    return zones, retime_naive_sales(session, default_zone)
+
+
+def retime_naive_sales(session: Session, default_zone: str) -> Retimed:
+    """Move every imported line whose naive time was read in another zone than the one its store reads naive times
+    in now (its own zone, else ``default_zone``, the ``TIMEZONE`` setting; a line without a store: ``default_zone``)
+    to the same wall-clock time in that zone, and re-key it; in the caller's transaction (see the module
+    docstring). A line whose time cannot be moved (a zone no longer known, a time outside what UTC can express) is
+    left as it is and logged. Cheap when nothing moves: a look-up of the schema and the stores' zones, one UPDATE (the
+    lines from before revision 0013) and one SELECT; else the lines move :data:`CHUNK_LINES` at a time.
+
+    Raises:
+        ValueError: a store's own zone is unknown (:func:`~dangol_cloud.store_zones.store_zones`).
+    """
+    from dangol_cloud.store_zones import store_zones  # (pandas: imported when used, as ingest did)
+
+    if not any(column["name"] == "read_zone" for column in inspect(session.connection()).get_columns("purchases")):
+        return Retimed(recorded=False)
+    zones = store_zones(session)
+    table = Purchase.__table__
+    now = _zone_now(table.c.store_id, zones, default_zone)
+    session.execute(update(table).where(table.c.read_zone == SETTING_AT_IMPORT).values(read_zone=now))
+    elsewhere = (table.c.read_zone.is_not(None), table.c.read_zone != now)
+    report = Retimed()
+    counts = session.execute(select(table.c.customer_id, func.count()).where(*elsewhere)
+                             .group_by(table.c.customer_id).order_by(table.c.customer_id)).all()
+    chunk, size = [], 0
+    for n, (customer, count) in enumerate(counts):  # a customer's lines together: their keys name the customer
+        chunk.append(customer)
+        size += count
+        if size >= CHUNK_LINES or len(chunk) >= BATCH or n == len(counts) - 1:
+            lines = session.execute(select(table.c.id, table.c.idempotency_key, table.c.store_id, table.c.customer_id,
+                                           table.c.item_id, table.c.product_id, table.c.ts, table.c.quantity,
+                                           table.c.amount, table.c.read_zone)
+                                    .where(*elsewhere, table.c.customer_id.in_(chunk)).order_by(table.c.id)).all()
+            _move(session, lines, zones, default_zone, report)
+            chunk, size = [], 0
+    if report.lines:
+        log.info("%s", report.describe())
+    return report
+
+
+def _move(session: Session, lines: list, zones: dict[str, str], default_zone: str, report: Retimed) -> None:
+    """Move ``lines`` (``(id, key, store, customer, item, product, ts, quantity, amount, zone read in)``, id order,
+    every line of their customers that moves) to their store's zone now; count them in ``report``."""
+    table = Purchase.__table__
+    moved: dict[int, tuple[datetime, str]] = {}  # purchase id -> (new UTC time, zone now)
+    groups: dict[str, list] = {}  # zone read in -> [(id, stored key, content)] of its import lines
+    after: dict[str, dict] = {}  # zone read in -> {content: content at the new time}
+    for pid, stored, store, customer, item, product, ts, quantity, amount, read in lines:
+        new_zone = zones.get(store, default_zone)
+        try:
+            ts_now = wall_time(ts, ZoneInfo(read)).replace(tzinfo=ZoneInfo(new_zone)).astimezone(timezone.utc)
+        except (OverflowError, ValueError, ZoneInfoNotFoundError) as exc:
+            log.warning("purchase %s keeps its time %s (read as %s time): %s", pid, ts.isoformat(), read, exc)
+            continue
+        moved[pid] = (ts_now, new_zone)
+        report.moves[(read, new_zone)] = report.moves.get((read, new_zone), 0) + 1
+        if IMPORT_KEY.match(stored):
+            fields = {"store_id": store, "customer_id": customer, "item_id": item, "product_id": product,
+                      "quantity": quantity, "amount": amount}
+            content = content_of(**fields, ts=ts)
+            groups.setdefault(read, []).append((pid, stored, content))
+            after.setdefault(read, {})[content] = content_of(**fields, ts=ts_now)
+    keys = _new_keys(session, groups, after, set(moved))
+    for start in range(0, len(keys), BATCH):  # first out of the way: a moved line may take another's current key
+        session.execute(update(table).where(table.c.id == bindparam("pid"))
+                        .values(idempotency_key=bindparam("new_key")),
+                        [{"pid": pid, "new_key": f"retime:{pid}"} for pid in list(keys)[start:start + BATCH]])
+    rows = [{"pid": pid, "new_ts": ts_now, "zone": zone, "new_key": keys.get(pid)}
+            for pid, (ts_now, zone) in moved.items()]
+    for rekeyed in (True, False):
+        stmt = update(table).where(table.c.id == bindparam("pid")).values(
+            ts=bindparam("new_ts"), read_zone=bindparam("zone"),
+            **({"idempotency_key": bindparam("new_key")} if rekeyed else {}))
+        chosen = [row for row in rows if (row["new_key"] is not None) == rekeyed]
+        for start in range(0, len(chosen), BATCH):
+            session.execute(stmt, chosen[start:start + BATCH])
+
+
+def _new_keys(session: Session, groups: dict[str, list], after: dict[str, dict], moving: set[int]) -> dict[int, str]:
+    """``{purchase id: new key}`` of the moving import lines (``groups``/``after`` of :func:`retime_naive_sales`),
+    none of them a key another stored line (not in ``moving``) holds."""
+    key = keyed(keyring_of(session.get_bind().dialect))
+    taken: set[str] = set()
+    while True:
+        keys: dict[int, str] = {}
+        for read, rows in groups.items():  # one zone read in at a time: a content's new time depends on it
+            keys |= changed_keys(rows, after[read].__getitem__, key, taken | set(keys.values()))
+        wanted, held = list(keys.values()), set()
+        for start in range(0, len(wanted), BATCH):
+            held.update(stored for pid, stored in session.execute(
+                select(Purchase.id, Purchase.idempotency_key)
+                .where(Purchase.idempotency_key.in_(wanted[start:start + BATCH]))) if pid not in moving)
+        if not held - taken:
+            return keys
+        taken |= held
