@@ -132,6 +132,11 @@ def cmd_serve(args, settings, db) -> int:
     out.print(f"Dangol dashboard on http://{args.host}:{args.port}/ (POS API /api/v1/purchases)", highlight=False)
     from dangol_cloud.web.auth import FIRST_ACCOUNT_HINT, no_accounts
 
+    from dangol_cloud.sale_zones import retime_naive_sales
+
+    with db.transaction() as session:  # a TIMEZONE changed since the last start: the imported hours follow it now
+        if (moved := retime_naive_sales(session, settings.timezone)).lines:
+            out.print(moved.describe(), markup=False, highlight=False, soft_wrap=True)
     with db.sessions() as session:
         if no_accounts(session):  # a fresh install: nobody can sign in yet
             out.print(FIRST_ACCOUNT_HINT, markup=False, highlight=False, soft_wrap=True)

@@ -22,6 +22,7 @@ from dangol_cloud.db import Database
 from dangol_cloud.models import (CatalogueItem, Customer, CustomerSegment, Menu, MenuDayparts, ModelVersion, Purchase,
                                  utcnow)
 from dangol_cloud.sale_rules import MIN_SALE_TS, latest_sale_ts
+from dangol_cloud.sale_zones import retime_naive_sales
 from dangol_cloud.settings import Settings
 from dangol_cloud.store_zones import local_times, store_zones
 from dangol_cloud.training_menus import (choose_picks, daypart_menus, known_customers, pick_rows, refresh_menus,
@@ -108,6 +109,10 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     Customers with consent but no purchases yet get the model's cold-start list; customers whose consent was
     withdrawn get no picks (their purchases still train the model).
 
+    Imported sales whose naive times were read in another zone than the one their store reads them in now (a
+    ``TIMEZONE`` changed since the last import) first move to the same hours in it
+    (:func:`dangol_cloud.sale_zones.retime_naive_sales`), so the day-parts are learnt at the right hours.
+
     Feedback (:mod:`dangol_cloud.feedback`): purchases of picks shown at the visit before are credited
     first; likes and credited picks are added as positive interactions of ``kind`` "feedback" (the model learns
     from them; they are no purchases or visits in its history, day-parts or reasons); the products' menu items
@@ -141,6 +146,9 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
     step("load")
     timezone_set = settings.door_timezone is not None  # else imported sale times are wall clock, not UTC
     with db.transaction() as session:
+        moved = retime_naive_sales(session, settings.timezone)  # a TIMEZONE changed since the last import
+        if moved.lines:
+            log.info("training: %s", moved.describe())
         credit_shown_picks(session, timezone_set=timezone_set)
     with db.sessions() as session:
         interactions, items = load_frames(session, settings.timezone)

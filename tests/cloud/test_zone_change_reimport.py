@@ -251,3 +251,16 @@ def test_migration_0013_records_the_zone_of_lines_imported_before_it(db_url, ta_
         assert journey("Asia/Seoul").inserted == 0                                  # instants: never moved
     finally:
         database.dispose()
+
+
+def test_training_after_timezone_changed_moves_the_hours_first(db, ta_feng_slice, tmp_path):
+    """A TIMEZONE changed since the last import (a restart with the new setting): the next training reads the sales
+    at the new hours, without waiting for an import."""
+    from dangol_cloud.training import train_from_database
+
+    first = _import(db, ta_feng_slice, "UTC")
+    settings = Settings(cloud_home=tmp_path / "home", database_url=db.url, secret_key="k", timezone="Asia/Taipei",
+                        _env_file=None)
+    train_from_database(db, settings)
+    assert _count(db) == first.inserted
+    assert _stored(db) == _in("Asia/Taipei", _naive_times(ta_feng_slice))
