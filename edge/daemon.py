@@ -21,12 +21,13 @@ import uuid
 from .config import EdgeConfig, check_daemon_settings
 from .embed import Embedder
 from .events import EventFactory, EventNotSaved, Outbox
-from .gallery import Gallery, UnknownCustomer
+from .gallery import Gallery, GalleryError, UnknownCustomer
 from .recognition import Recognizer
 from .screen import Screen
 from .sdnotify import notify
 from .sources import Frame
-from .state import StateStore
+from .reserve import SpaceReserve
+from .state import StateError, StateStore
 from .workers import ArrivalWorker, ButtonEnrolment, CaptureWorker, HousekeepingWorker, RecognitionWorker, Stats
 from .workers.base import storage_state
 
@@ -78,6 +79,8 @@ class Appliance:
         self.enrolment: ButtonEnrolment | None = None
         self.arrivals: ArrivalWorker | None = None
         self.housekeeping: HousekeepingWorker | None = None
+        #: disk space held back for a start on a full disk (:mod:`dangol_edge.reserve`)
+        self.reserve = SpaceReserve(config.home)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,11 +95,12 @@ class Appliance:
         cfg = self.config
         check_daemon_settings(cfg, camera_source=self.source_spec)
         # a damaged state file is moved aside (its queued events and erasures copied): the door never stays dark
-        self.state = StateStore(cfg.state_path).open(recover=True)
+        self.state = self._open_on_full_disk(lambda: StateStore(cfg.state_path).open(recover=True))
         self._stoppers.append(self.state.close)
         embedder = Embedder(cfg.model_path, threads=cfg.embedder.threads).open()
-        self.gallery = Gallery(cfg.gallery_path, embedder.sha256).open()
+        self.gallery = self._open_on_full_disk(lambda: Gallery(cfg.gallery_path, embedder.sha256).open())
         self._stoppers.append(self.gallery.close)
+        self.reserve.ensure()
         self.gallery.on_outside_write = self._on_outside_write  # a CLI erasure takes its welcome off the door
         if self.gallery.stale_templates:
             log.warning("%d templates were made by another model and are ignored; re-enrol those customers",
@@ -108,7 +112,7 @@ class Appliance:
 
         app = create_app(screen=self.screen, state=self.state, gallery=self.gallery, config=cfg,
                          on_activate=self._on_activate, on_erase=self._on_staff_erase, on_signup=self._on_signup,
-                         storage=lambda: self.stats.storage, button_problem=lambda: self.button_problem)
+                         storage=self.storage, button_problem=lambda: self.button_problem)
         self.web = DisplayServer(app, cfg.display.host, cfg.display.port)
         self.web.start()
         self._stoppers.append(self.web.stop)
@@ -144,7 +148,8 @@ class Appliance:
         self.arrivals = ArrivalWorker(cfg, self.gallery, self.state, self.screen, self.events, self.outbox,
                                       self.decisions, self.stats, stop)
         self.housekeeping = HousekeepingWorker(cfg, self.gallery, self.state, self.outbox, self.sync, self.stats,
-                                               self._on_erase_local, self.health, stop, upgrade=self.recognizer.upgrade)
+                                               self._on_erase_local, self.health, stop, upgrade=self.recognizer.upgrade,
+                                               reserve=self.reserve)
         self.workers = [
             self.arrivals,
             RecognitionWorker(self.recognizer, self.frames, self.decisions, self.enrolment, self.screen, self.stats,
@@ -157,6 +162,23 @@ class Appliance:
         notify("READY=1")
         log.info("dangol-edge running (device %s, store %s, source %s)", self.device_id, self.store_id,
                  self.source_spec)
+
+    def _open_on_full_disk(self, open_file):
+        """``open_file()``; when it fails with a storage error (on a full disk SQLite cannot create the ``-wal``/``-shm``
+        files: "disk I/O error") and the space reserve is there, give the reserve back and try once more
+        (:mod:`dangol_edge.reserve`: health then reads ``storage: full`` until the reserve is allocated again).
+
+        Raises:
+            GalleryError, StateError: as ``open_file`` does.
+        """
+        try:
+            return open_file()
+        except (GalleryError, StateError) as exc:
+            if not isinstance(exc.__cause__, (sqlite3.OperationalError, OSError)) or not self.reserve.release():
+                raise
+            log.error("%s; released the space reserve %s (%d bytes) to start: the disk is full", exc,
+                      self.reserve.path, self.reserve.size)
+            return open_file()
 
     def stop(self) -> None:
         """Set the stop event, join the workers and close components in reverse order. Idempotent."""
@@ -301,8 +323,12 @@ class Appliance:
         if upgrade is not None:
             upgrade.forget(customer_id)
 
+    def storage(self) -> str:
+        """``stats.storage``, but ``full`` while the space reserve given back at start is not allocated again."""
+        return "full" if self.reserve.spent else self.stats.storage
+
     def health(self):
-        """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth, storage, frame counters,
+        """Current :class:`dangol_protocol.Health` (camera, fps, gallery size, outbox depth, storage (:meth:`storage`), frame counters,
         recognition, and whether the cached catalogue is readable). A source that ended (a file without
         ``camera.loop``) or went away reads camera ``missing``, and ``fps`` 0 once no frame came for
         :data:`~dangol_edge.workers.recognition.FPS_IDLE_S` seconds. A worker thread that died on an error is never
@@ -322,7 +348,7 @@ class Appliance:
         return Health(camera=camera,
                       fps=round(min(st.fps, MAX_FPS), 2), gallery_size=self.gallery.size,
                       queue_depth=self.state.outbox_depth() + (self.outbox.held if self.outbox else 0),
-                      storage=st.storage, frames_captured=st.frames_captured, frames_dropped=st.frames_dropped,
+                      storage=self.storage(), frames_captured=st.frames_captured, frames_dropped=st.frames_dropped,
                       recognition=recognition, catalogue=self._catalogue_health())
 
     def _catalogue_health(self) -> str | None:

@@ -41,6 +41,7 @@ from dangol_protocol import Consent, greeting_name
 
 from .crypto import FieldCipher
 from .gallery_consent import InvalidConsent, dump_consent, load_consent
+from .gallery_expiry import GalleryExpiry, TooManyUnseen  # noqa: F401  (re-exported)
 from .gallery_models import ModelTemplates, NoCurrentTemplate  # noqa: F401  (re-exported)
 from .gallery_names import SealedNames, add_greeting_column, clean_greeting
 from .gallery_search import AlreadyRegular, Enrolled, GallerySearch  # noqa: F401  (re-exported)
@@ -91,7 +92,7 @@ class Customer:
         return self.greet_name or greeting_name(self.display_name) or ""
 
 
-class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
+class Gallery(GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
     Args:
@@ -100,7 +101,8 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
         cipher: seals names and templates; default :meth:`FieldCipher.from_environment` at :meth:`open`
             (raises :class:`~dangol_edge.crypto.GalleryKeyError` when no key is configured).
 
-    Thread-safe: one connection guarded by a lock (the daemon's recognition and web threads share it).
+    Thread-safe: one connection guarded by a lock (the daemon's recognition and web threads share it). Retention,
+    sign-up expiry and their repair after a clock step: :class:`~dangol_edge.gallery_expiry.GalleryExpiry`.
     """
 
     def __init__(self, path: str | Path, model_sha256: str, cipher: FieldCipher | None = None):
@@ -153,6 +155,8 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
             db["templates"].create_index(["customer_id"])
         if "meta" not in db.table_names():
             db["meta"].create({"key": str, "value": str}, pk="key")
+        if "erasure_reports" not in db.table_names():  # erased here, the cloud not told yet (gallery_expiry)
+            db["erasure_reports"].create({"customer_id": str}, pk="customer_id")
 
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
@@ -272,8 +276,10 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
         self._delete(customer_id)
         self.wipe_deleted()
 
-    def _delete(self, customer_id: str) -> None:
-        """:meth:`delete` without the wipe (marked due). Raises UnknownCustomer."""
+    def _delete(self, customer_id: str, report: bool = False) -> None:
+        """:meth:`delete` without the wipe (marked due); with ``report``, the same transaction records the id for the
+        cloud's report (:meth:`~dangol_edge.gallery_expiry.GalleryExpiry.unreported_erasures`). Raises
+        UnknownCustomer."""
         with self._lock, self.db.conn:
             self.db.execute("BEGIN IMMEDIATE")
             if not self.db.execute("SELECT 1 FROM customers WHERE id = ?", [customer_id]).fetchone():
@@ -281,38 +287,11 @@ class Gallery(GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
                 raise UnknownCustomer(customer_id)
             self.db.execute("DELETE FROM templates WHERE customer_id = ?", [customer_id])
             self.db.execute("DELETE FROM customers WHERE id = ?", [customer_id])
+            if report:
+                self.db.execute("INSERT OR IGNORE INTO erasure_reports (customer_id) VALUES (?)", [customer_id])
             self._wipe_due = True
         self.consent_errors.pop(customer_id, None)
         self._invalidate()
-
-    def touch(self, customer_id: str, now: datetime | None = None) -> None:
-        """Record that a customer was recognised now (drives retention)."""
-        ts = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
-        with self._lock:
-            self.db.execute("UPDATE customers SET last_seen_at = ? WHERE id = ?", [ts, customer_id])
-
-    def expire_unseen(self, days: int, now: datetime | None = None) -> list[str]:
-        """Erase active customers neither seen nor enrolled/updated in the last ``days`` days; returns their ids.
-        Then wipes the ``-wal`` file (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`, also when an earlier
-        deletion's wipe did not finish)."""
-        cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=days)).isoformat(timespec="seconds")
-        ids = [r[0] for r in self.db.execute(
-            "SELECT id FROM customers WHERE status = 'active' AND COALESCE(last_seen_at, updated_at) < ?", [cutoff])]
-        for cid in ids:
-            self._delete(cid)
-        self.wipe_if_due()
-        return ids
-
-    def expire_pending(self, now: datetime | None = None) -> list[str]:
-        """Erase pending customers past their ``expires_at``; returns their ids. Then wipes the ``-wal`` file as
-        :meth:`expire_unseen` does (each housekeeping pass: a wipe an earlier deletion could not finish is retried)."""
-        ts = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
-        ids = [r[0] for r in self.db.execute(
-            "SELECT id FROM customers WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?", [ts])]
-        for cid in ids:
-            self._delete(cid)
-        self.wipe_if_due()
-        return ids
 
     # --- reads -------------------------------------------------------------------------------------
     def _row_to_customer(self, r: dict) -> Customer:

@@ -30,14 +30,17 @@ def connect(path: Path) -> sqlite_utils.Database:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    if db.execute("PRAGMA secure_delete = ON").fetchone()[0] != 1:
+    try:
+        db = sqlite_utils.Database(conn)
+        db.enable_wal()
+        if db.execute("PRAGMA secure_delete = ON").fetchone()[0] != 1:
+            raise sqlite3.OperationalError(f"{path}: this SQLite cannot zero deleted rows (PRAGMA secure_delete)")
+        db.execute("PRAGMA journal_size_limit = 0")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:  # e.g. the -wal file cannot be created (a full disk): no connection left open
         conn.close()
-        raise sqlite3.OperationalError(f"{path}: this SQLite cannot zero deleted rows (PRAGMA secure_delete)")
-    db.execute("PRAGMA journal_size_limit = 0")
-    db.execute("PRAGMA foreign_keys = ON")
-    db.execute("PRAGMA synchronous = NORMAL")
+        raise
     return db
 
 

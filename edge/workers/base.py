@@ -39,6 +39,9 @@ class Stats:
         arrival_failures: decisions the arrival worker failed to handle (logged; the next one is handled).
         crashed: names of the workers whose thread died on an error (health is then not ``ok`` and the
             watchdog is no longer fed).
+        clock_steps: steps of the wall clock housekeeping saw (:mod:`dangol_edge.clock`; each logged).
+        retention_held: housekeeping passes whose retention did not run because of the clock (a recent step, NTP
+            not synchronised yet, or too many regulars due at once on a clock not yet trusted; logged).
         arrival_times: (capture time of the track's first frame, decision time), monotonic seconds, of the
             newest :data:`ARRIVAL_TIMES_KEPT` arrivals.
     """
@@ -53,6 +56,8 @@ class Stats:
     camera_errors: int = 0
     housekeeping_failures: int = 0
     arrival_failures: int = 0
+    clock_steps: int = 0
+    retention_held: int = 0
     camera: str = "missing"
     storage: str = "ok"
     recognition: str = "ok"

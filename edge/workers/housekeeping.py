@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from ..config import EdgeConfig
 from ..events import EventNotSaved, Outbox
-from ..gallery import Gallery
+from ..clock import ClockCheck, ClockWatch, retention_cap
+from ..gallery import Gallery, TooManyUnseen
+from ..reserve import SpaceReserve
 from ..sdnotify import notify, watchdog_interval
 from ..state import StateStore
 from .base import Stats, Worker, storage_state
@@ -24,8 +26,11 @@ HEARTBEAT_MAX_AGE_S = 10.0
 
 class HousekeepingWorker(Worker):
     """Every 0.5 s: ``WATCHDOG=1`` to systemd (half of ``WatchdogSec``) while recognition is alive and
-    ``ok`` and no worker thread died. Every ``mqtt.status_interval_s``, one pass: erase expired pending sign-ups
-    and customers unseen for ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an
+    ``ok`` and no worker thread died. Every ``mqtt.status_interval_s``, one pass: check the wall clock against the
+    boot clock (:class:`~dangol_edge.clock.ClockWatch`: after a step, pending sign-ups keep their remaining lifetime,
+    retention's stamps are kept out of the future, and retention waits for a steady — where the system tells,
+    synchronised — clock, never erasing most regulars at once on a clock not yet trusted), erase expired pending
+    sign-ups and customers unseen for ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an
     ``erasure-done`` without an erasure id, as a staff-page erasure) —, carry out the cloud's erasures that failed
     (:meth:`~dangol_edge.sync.MQTTSync.retry_erasures`), save the catalogue and menus that could not be saved
     (:meth:`~dangol_edge.sync.MQTTSync.retry_downlink`), end a model upgrade whose time is up
@@ -37,18 +42,22 @@ class HousekeepingWorker(Worker):
     error also sets ``stats.storage``) and logged — with its traceback once per kind of error in a streak of
     failing passes, and once when a pass succeeds again —, and the other steps still run. An erasure whose
     report failed (e.g. the state file could not be written) is kept in :attr:`unreported` and reported again
-    on the next pass (also one the staff page could not report: :meth:`report_later`).
+    on the next pass (also one the staff page could not report: :meth:`report_later`); the gallery records the ones
+    housekeeping erased in the erasure's own transaction until their report is queued, so a daemon killed in between
+    reports them at its next start (:meth:`~dangol_edge.gallery.Gallery.unreported_erasures`).
 
     Args:
         on_erased: called with each customer id erased here (forgets it and tells the cloud).
         health: returns the current :class:`dangol_protocol.Health`.
         sync: the :class:`~dangol_edge.sync.MQTTSync`, or None offline.
         upgrade: the running :class:`~dangol_edge.upgrade.ModelUpgrade`, or None.
+        clock: the :class:`~dangol_edge.clock.ClockWatch` (default a new one).
+        reserve: the daemon's :class:`~dangol_edge.reserve.SpaceReserve`, allocated again by each pass, or None.
     """
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, state: StateStore, outbox: Outbox, sync,
                  stats: Stats, on_erased: Callable[[str], None], health: Callable, stop_event: threading.Event,
-                 upgrade=None):
+                 upgrade=None, clock: ClockWatch | None = None, reserve: SpaceReserve | None = None):
         super().__init__("housekeeping", stop_event)
         self.config = config
         self.gallery = gallery
@@ -63,6 +72,12 @@ class HousekeepingWorker(Worker):
         self._status_due: Callable[[], bool] = getattr(sync, "take_status_due", lambda: False)
         #: Customers erased here whose report has not gone through yet (an ordered set; at most the gallery's size).
         self.unreported: dict[str, None] = {}
+        self.clock = clock or ClockWatch()
+        self._recorded_loaded = False  # the gallery's record of erasures not reported yet was read
+        self.reserve = reserve
+        self._shifts: list[tuple[float, object]] = []  # (step in seconds, the clock before it) not yet applied
+        self._stepped = 0.0  # the step the next settle_stamps must know of
+        self._held_why: str | None = None  # why retention is held (logged once per reason)
         self.streak = 0  # passes in a row with a failed step
         self._logged: set[tuple[str, type]] = set()  # (step, error type) logged with a traceback in this streak
 
@@ -100,15 +115,23 @@ class HousekeepingWorker(Worker):
         return ok
 
     def tidy(self) -> bool:
-        """Expire sign-ups and unseen customers (reporting each, and any report an earlier pass could not make),
-        retry the cloud's held erasures and the catalogue and menus that could not be saved, end a model upgrade whose
-        time is up, retry held events, prune sent ones. Never raises; returns True
-        when every step succeeded."""
+        """Check the clock for a step (and repair what it would do), expire sign-ups and unseen customers by this
+        pass's clock (reporting each, and any report an earlier pass could not make), retry the cloud's held erasures
+        and the catalogue and menus that could not be saved, end a model upgrade whose time is up, retry held events,
+        allocate the space reserve again, prune sent events. Never raises; returns True when every step succeeded."""
         days = self.config.privacy.retention_days
-        ok = self._step("expire sign-ups", self._expire, self.gallery.expire_pending,
-                        "sign-up %s expired before staff recorded consent: erased")
-        ok = self._step("retention", self._expire, lambda: self.gallery.expire_unseen(days),
-                        f"retention: erased customer %s (not seen for {days} days)") and ok
+        if not self._recorded_loaded:  # erasures a previous run made but could not report
+            self._recorded_loaded = self._step("erasure reports", self._load_unreported)
+        check = self.clock.check()
+        if check.step_s:
+            self._clock_stepped(check)
+        ok = self._step("clock-step repair", self._repair, check)
+        if not self._shifts:  # never expire a sign-up whose lifetime a step has not given back yet
+            ok = self._step("expire sign-ups", self._expire, lambda: self.gallery.expire_pending(check.now),
+                            "sign-up %s expired before staff recorded consent: erased") and ok
+        if self._retention_may_run(check):
+            ok = self._step("retention", self._expire, lambda: self._retention(check, days),
+                            f"retention: erased customer %s (not seen for {days} days)") and ok
         ok = self._report_all() and ok
         if self.sync is not None:
             ok = self._step("cloud erasures", self._cloud_erasures) and ok
@@ -116,7 +139,57 @@ class HousekeepingWorker(Worker):
         if self.upgrade is not None and not self.upgrade.done:
             ok = self._step("model upgrade", self.upgrade.check) and ok
         ok = self._step("held events", self.outbox.retry) and ok
+        if self.reserve is not None:
+            self.reserve.ensure()  # never raises: allocated again once the disk has room
         return self._step("prune sent events", self.state.prune_sent) and ok
+
+    def _load_unreported(self) -> None:
+        for cid in self.gallery.unreported_erasures():
+            self.unreported.setdefault(cid, None)
+
+    def _clock_stepped(self, check: ClockCheck) -> None:
+        self.stats.clock_steps += 1
+        self._shifts.append((check.step_s, check.before))
+        self._stepped = check.step_s
+        log.warning("the wall clock stepped %+.0f s (NTP sync, a manual date or a bad time source): pending sign-ups "
+                    "keep their remaining lifetime and retention waits for a steady clock", check.step_s)
+
+    def _repair(self, check: ClockCheck) -> None:
+        """Give pending sign-ups back the lifetime the clock's steps took (:meth:`Gallery.shift_pending`) and keep
+        retention's stamps out of the future (:meth:`Gallery.settle_stamps`); what fails is retried next pass."""
+        while self._shifts:
+            step, before = self._shifts[0]
+            self.gallery.shift_pending(step, before)
+            self._shifts.pop(0)
+        self.gallery.settle_stamps(check.now, self._stepped)
+        self._stepped = 0.0
+
+    def _retention_may_run(self, check: ClockCheck) -> bool:
+        """False (logged once per reason, counted) while the clock says retention must wait."""
+        if check.held is None:
+            if self._held_why is not None:
+                log.info("retention runs again: the clock is steady")
+            self._held_why = None
+            return True
+        self.stats.retention_held += 1
+        why = check.held.split(" (")[0].split(" stepped")[0]
+        if why != self._held_why:
+            log.warning("retention held: %s", check.held)
+        self._held_why = why
+        return False
+
+    def _retention(self, check: ClockCheck, days: int) -> list[str]:
+        """Retention by this pass's clock; on a clock not yet trusted, no more than :func:`retention_cap` at once
+        (else nothing erased: logged once per hold, counted in ``stats.retention_held``)."""
+        limit = None if check.trusted else retention_cap(self.gallery.count_active())
+        try:
+            return self.gallery.expire_unseen(days, check.now, limit=limit)
+        except TooManyUnseen as exc:
+            self.stats.retention_held += 1
+            if self._held_why != "cap":
+                log.error("retention held: %s", exc)
+            self._held_why = "cap"
+            return []
 
     def report_later(self, customer_id: str) -> None:
         """Report a customer erased elsewhere (the staff page) on the next passes: reporting it failed now."""
@@ -147,6 +220,8 @@ class HousekeepingWorker(Worker):
         for cid in list(self.unreported):
             if self._step("erasure report", self._report, cid):
                 self.unreported.pop(cid, None)
+                # a failure leaves the record: reported again at the next start (once more, never less)
+                self._step("erasure report record", self.gallery.erasure_reported, cid)
             else:
                 ok = False
         return ok

@@ -1,0 +1,127 @@
+"""Whether the wall clock can be trusted to erase people by it (sign-up expiry, retention).
+
+A Raspberry Pi has no real-time clock: it boots with the last saved time (``fake-hwclock``) and steps forward when NTP
+syncs; a wrong manual date or a bad NTP answer steps it too. Expiry and retention compare the wall clock with stamps
+written by the wall clock, so a step would erase people early. :class:`ClockWatch` compares, once per housekeeping
+pass, how far the wall clock moved with how far the boot clock (``CLOCK_BOOTTIME``: never steps, counts suspend)
+moved: a difference beyond :data:`STEP_TOLERANCE_S` is a step. The housekeeping worker then keeps pending sign-ups'
+remaining lifetime, holds retention until the clock has been steady for :data:`STEADY_S` (and, where the system says
+whether NTP has synchronised it, until it has), and lets a pass erase most regulars at once only on a clock the
+system confirmed or that has been steady for :data:`TRUST_AFTER_S` (:func:`retention_cap`).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: A disagreement of the wall and boot clocks between two passes beyond this many seconds is a step. NTP slews at most
+#: 500 ppm (0.5 ms per second: 15 ms over a 30 s pass), so only a step (or suspend without CLOCK_BOOTTIME) gets here.
+STEP_TOLERANCE_S = 10.0
+#: Retention is held until no step was seen for this many seconds (NTP corrects a bad answer within minutes).
+STEADY_S = 600.0
+#: Where the system runs an NTP client that has not synchronised the clock yet, retention waits at most this many
+#: seconds after the daemon started (an offline box must still erase; the share cap then still guards it).
+SYNC_WAIT_MAX_S = 86_400.0
+#: A clock the system does not confirm as synchronised is trusted for large erasures after this many steady seconds.
+TRUST_AFTER_S = 86_400.0
+#: On a clock not yet trusted, a pass erases at most this share of the active regulars for retention …
+RETENTION_CAP_SHARE = 0.2
+#: … or this many, whichever is more (a small gallery's few unseen regulars are still erased at once).
+RETENTION_CAP_MIN = 5
+#: systemd-timesyncd's runtime folder, and the file it creates there once it has synchronised the clock.
+TIMESYNC_DIR = Path("/run/systemd/timesync")
+#: How often (seconds) the system is asked again whether the clock is synchronised.
+SYNC_ASK_EVERY_S = 60.0
+
+
+def boot_clock() -> float:
+    """Seconds of ``CLOCK_BOOTTIME`` (never stepped, counts suspend), else the monotonic clock."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
+
+
+def system_synchronised() -> bool | None:
+    """Whether the system says NTP has synchronised the clock: True, False (an NTP client runs but has not), or None
+    when the system does not tell (no systemd-timesyncd and no ``timedatectl`` answer, or NTP switched off)."""
+    if (TIMESYNC_DIR / "synchronized").exists():
+        return True
+    if TIMESYNC_DIR.is_dir():  # timesyncd runs and has not synchronised yet
+        return False
+    try:
+        out = subprocess.run(["timedatectl", "show", "-p", "NTP", "-p", "NTPSynchronized"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    if props.get("NTPSynchronized") == "yes":
+        return True
+    return False if props.get("NTP") == "yes" else None
+
+
+@dataclass(frozen=True)
+class ClockCheck:
+    """One pass's reading.
+
+    Attributes:
+        now: the wall clock (UTC) that pass decides by.
+        step_s: the step since the previous pass, seconds (0.0: none; negative: the clock went back).
+        before: the wall clock of the previous pass plus the boot clock's advance: where the clock would be without
+            the step (None on the first pass).
+        held: why retention must not run now (None: it may).
+        trusted: the system confirmed the clock, or it has been steady for :data:`TRUST_AFTER_S`: no share cap.
+    """
+
+    now: datetime
+    step_s: float = 0.0
+    before: datetime | None = None
+    held: str | None = None
+    trusted: bool = False
+
+
+class ClockWatch:
+    """Compares the wall clock with the boot clock once per pass (:meth:`check`). Not thread-safe: the housekeeping
+    thread's."""
+
+    def __init__(self):
+        self.started = boot_clock()
+        self._last: tuple[datetime, float] | None = None  # (wall, boot) of the previous pass
+        self._steady_since = self.started  # boot clock of the last step (or the start)
+        self._synced: bool | None = None
+        self._asked = -SYNC_ASK_EVERY_S * 2
+
+    def check(self) -> ClockCheck:
+        """Read both clocks; report a step since the previous pass and whether retention may run."""
+        now, boot = datetime.now(timezone.utc), boot_clock()
+        step, before = 0.0, None
+        if self._last is not None:
+            wall0, boot0 = self._last
+            drift = (now - wall0).total_seconds() - (boot - boot0)
+            if abs(drift) > STEP_TOLERANCE_S:
+                step = drift
+                before = wall0 + timedelta(seconds=boot - boot0)
+                self._steady_since = boot
+        self._last = (now, boot)
+        if boot - self._asked >= SYNC_ASK_EVERY_S or step:
+            self._synced, self._asked = system_synchronised(), boot
+        steady_s = boot - self._steady_since
+        held = None
+        if steady_s < STEADY_S and self._steady_since != self.started:
+            held = f"the clock stepped {steady_s:.0f} s ago (retention waits for {STEADY_S:.0f} s of a steady clock)"
+        elif self._synced is False and boot - self.started < SYNC_WAIT_MAX_S:
+            held = "the system has not synchronised the clock (NTP) yet"
+        trusted = self._synced is True or steady_s >= TRUST_AFTER_S
+        return ClockCheck(now=now, step_s=step, before=before, held=held, trusted=trusted)
+
+
+def retention_cap(active: int) -> int:
+    """How many regulars one pass may erase for retention on a clock not yet trusted, of ``active`` regulars."""
+    return max(RETENTION_CAP_MIN, int(active * RETENTION_CAP_SHARE))

@@ -1,0 +1,130 @@
+"""The gallery's clock-dependent rows: ``last_seen_at`` (retention), pending sign-ups' ``expires_at``, and what a step of
+the wall clock does to them (:mod:`dangol_edge.clock`). A mixin of :class:`~dangol_edge.gallery.Gallery`.
+
+Stamps are ISO 8601 UTC with seconds (``2026-12-07T06:53:31+00:00``): they compare as text."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+class TooManyUnseen(RuntimeError):
+    """A retention pass would erase more regulars than its limit: nothing was erased (the message says how many)."""
+
+    def __init__(self, due: int, active: int, limit: int):
+        super().__init__(f"retention would erase {due} of {active} regulars at once (more than {limit}) on a clock "
+                         "not yet confirmed: nothing erased; erased once the clock has been steady for a day or the "
+                         "system has synchronised it")
+        self.due, self.active, self.limit = due, active, limit
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+class GalleryExpiry:
+    """Retention, sign-up expiry and their repair after a clock step (needs the gallery's ``db``, ``_lock``,
+    ``_delete`` and ``wipe_if_due``)."""
+
+    def _touched_ids(self) -> set:
+        """Customers :meth:`touch` stamped since the last :meth:`settle_stamps` (under ``_lock``)."""
+        return self.__dict__.setdefault("_touched", set())
+
+    def touch(self, customer_id: str, now: datetime | None = None) -> None:
+        """Record that a customer was recognised now (drives retention); the next housekeeping pass checks the stamp
+        against its clock (:meth:`settle_stamps`)."""
+        ts = _iso(now or datetime.now(timezone.utc))
+        with self._lock:
+            self.db.execute("UPDATE customers SET last_seen_at = ? WHERE id = ?", [ts, customer_id])
+            self._touched_ids().add(customer_id)
+
+    def expire_unseen(self, days: int, now: datetime | None = None, limit: int | None = None) -> list[str]:
+        """Erase active customers neither seen nor enrolled/updated in the last ``days`` days; returns their ids.
+        Then wipes the ``-wal`` file (:meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`, also when an earlier
+        deletion's wipe did not finish).
+
+        Args:
+            now: the clock to decide by (default: the wall clock now).
+            limit: erase nothing when more than this many are due (None: no limit).
+        Raises:
+            TooManyUnseen: more than ``limit`` are due (nothing erased).
+        """
+        cutoff = _iso((now or datetime.now(timezone.utc)) - timedelta(days=days))
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM customers WHERE status = 'active' AND COALESCE(last_seen_at, updated_at) < ?", [cutoff])]
+        if limit is not None and len(ids) > limit:
+            active = self.db.execute("SELECT COUNT(*) FROM customers WHERE status = 'active'").fetchone()[0]
+            raise TooManyUnseen(len(ids), active, limit)
+        for cid in ids:
+            self._delete(cid, report=True)
+        self.wipe_if_due()
+        return ids
+
+    def count_active(self) -> int:
+        """Active customers (regulars)."""
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM customers WHERE status = 'active'").fetchone()[0])
+
+    def expire_pending(self, now: datetime | None = None) -> list[str]:
+        """Erase pending customers past their ``expires_at``; returns their ids. Then wipes the ``-wal`` file as
+        :meth:`expire_unseen` does (each housekeeping pass: a wipe an earlier deletion could not finish is retried)."""
+        ts = _iso(now or datetime.now(timezone.utc))
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM customers WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?", [ts])]
+        for cid in ids:
+            self._delete(cid, report=True)
+        self.wipe_if_due()
+        return ids
+
+    def unreported_erasures(self) -> list[str]:
+        """Customers :meth:`expire_unseen` and :meth:`expire_pending` erased whose erasure the cloud has not been told of
+        (recorded by the erasure's own transaction, so a daemon killed before its report reports them at its next
+        start)."""
+        with self._lock:
+            return [r[0] for r in self.db.execute("SELECT customer_id FROM erasure_reports ORDER BY rowid")]
+
+    def erasure_reported(self, customer_id: str) -> None:
+        """The erasure of ``customer_id`` is queued for the cloud: forget it (the ``-wal`` file is wiped by the next
+        :meth:`~dangol_edge.sqlite.SQLiteFile.wipe_if_due`)."""
+        with self._lock:
+            self.db.execute("DELETE FROM erasure_reports WHERE customer_id = ?", [customer_id])
+            self._wipe_due = True
+
+    def shift_pending(self, step_s: float, made_before: datetime) -> int:
+        """The wall clock stepped by ``step_s`` seconds: move the ``expires_at`` of each pending sign-up made before
+        the step (``created_at`` at most ``made_before``, the clock just before it) by the step, so it keeps the
+        lifetime it had left. One made in another timeline (a previous boot's, after the box started with a clock
+        behind) is left alone. Returns how many moved."""
+        delta = timedelta(seconds=step_s)
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            rows = self.db.execute("SELECT id, expires_at FROM customers WHERE status = 'pending' AND expires_at IS "
+                                   "NOT NULL AND created_at <= ?", [_iso(made_before)]).fetchall()
+            for cid, expires in rows:
+                self.db.execute("UPDATE customers SET expires_at = ? WHERE id = ?",
+                                [_iso(datetime.fromisoformat(expires) + delta), cid])
+        return len(rows)
+
+    def settle_stamps(self, now: datetime, stepped: float = 0.0) -> int:
+        """Keep retention's stamps out of the future, once per housekeeping pass with that pass's clock ``now``.
+
+        The customers :meth:`touch` stamped since the previous call get ``now`` when the clock ``stepped`` in between
+        (their stamp is in the old timeline), else at most ``now`` (a stamp beyond it was made while the clock was
+        briefly ahead). After a step back every ``last_seen_at`` and ``updated_at`` beyond ``now`` (made while the
+        clock was ahead) becomes ``now``. Returns how many stamps changed."""
+        ts = _iso(now)
+        changed = 0
+        with self._lock:
+            touched = sorted(self._touched_ids())
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                for cid in touched:
+                    changed += self.db.execute(
+                        "UPDATE customers SET last_seen_at = ? WHERE id = ? AND (? OR last_seen_at > ?)",
+                        [ts, cid, bool(stepped), ts]).rowcount
+                if stepped < 0:
+                    for column in ("last_seen_at", "updated_at"):
+                        changed += self.db.execute(f"UPDATE customers SET {column} = ? WHERE {column} > ?",
+                                                   [ts, ts]).rowcount
+            self._touched_ids().difference_update(touched)  # kept for the next pass when the write failed
+        return changed
