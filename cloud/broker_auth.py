@@ -15,8 +15,8 @@ The plugin reads its file only at start (a reload does not re-read it), so the d
 the cloud's login the role :data:`LOGINS_ROLE`: it may send commands on the plugin's control topic
 (:data:`CONTROL_TOPIC`) and read their answers. The dashboard uses it to revoke a removed device's login and to
 replace a device's password **at once** (:func:`revoke_device_login`, :func:`replace_device_password`); the broker
-then also closes the device's open connection, without its last will (the cloud publishes the ``offline`` itself, or
-clears a removed device's status). A broker that refuses (a config written before this role existed,
+then also closes the device's open connection, without its last will (so the cloud clears the device's retained
+status, and a removed device's events too). A broker that refuses (a config written before this role existed,
 or the classic files) or does not answer raises :class:`BrokerLoginError`, and the dashboard says to run
 ``broker-config`` and *restart* Mosquitto.
 """
@@ -249,16 +249,17 @@ def replace_device_password(mqtt_url: str, username: str, password: str, *, clie
                             timeout: float = 5.0) -> None:
     """Give the login ``username`` of device ``device_id`` on the running broker its new password: the old one stops
     working and the broker closes a connection made with it — without publishing the box's last will (the plugin's
-    kick), so the broker would go on retaining its ``online``. The cloud then publishes that last will itself, the
-    retained ``offline`` (:func:`dangol_cloud.device_status.publish_offline`): the listener records the box offline
-    until it connects again with the new password and reports ``online``. That publish failing is only logged (the
-    password was replaced; the retained ``online`` no longer dates the box, so it shows as not heard from).
+    kick), so the broker would go on retaining its ``online``. The cloud then clears that retained status
+    (:func:`dangol_cloud.device_status.clear_retained_status`; the caller records the device offline itself,
+    :func:`dangol_cloud.device_status.record_dropped`); the box reports ``online`` again once it connects with the new
+    password. That clear failing is only logged (the password was replaced; a retained ``online`` never dates the
+    box, so it would show as not heard from after the listener's next subscription).
 
     Raises:
         BrokerLoginError: the broker could not be told, refused, or has no login ``username`` yet (run
             ``broker-config`` and restart Mosquitto).
     """
-    from dangol_cloud.device_status import publish_offline
+    from dangol_cloud.device_status import clear_retained_status
     from dangol_cloud.mqtt import MqttError
 
     (answer,) = _answers(mqtt_url, [{"command": "setClientPassword", "username": username, "password": password}],
@@ -270,6 +271,6 @@ def replace_device_password(mqtt_url: str, username: str, password: str, *, clie
         raise BrokerLoginError(f"the broker refused the new password of {username}: {answer['error']}")
     log.info("broker password of %s replaced", username)
     try:
-        publish_offline(mqtt_url, device_id, client_id=client_id, timeout=timeout)
+        clear_retained_status(mqtt_url, device_id, client_id=client_id, timeout=timeout)
     except MqttError as exc:
-        log.warning("device %s was dropped by the broker but its offline status was not published: %s", device_id, exc)
+        log.warning("device %s was dropped by the broker but its retained status was not cleared: %s", device_id, exc)

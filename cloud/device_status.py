@@ -1,5 +1,6 @@
 """Device status (``status/1``) on the cloud: apply a report to its device's row, tell whether the device just
-came online, and clear a removed device's retained status and events.
+came online, record a box the cloud had the broker drop (a new password), and clear a device's retained status (and a
+removed device's events).
 
 The door's clock is not trusted (a Pi without a real-time clock boots on ``fake-hwclock``'s last saved time and
 steps when NTP answers): ``status_at`` is the time the cloud *received* the report, and reports are applied in the
@@ -11,10 +12,12 @@ the listener's (re)subscription, is the broker's last stored one, sent at a time
 leaves ``status_at`` as it was, ``offline`` (when the device went offline is not known) and ``online`` alike. A
 retained ``online`` does not prove the box is connected: the dynamic-security plugin drops a box whose password was
 replaced or whose login was deleted *without* publishing its last will, and a box may die while the broker is down.
-So after a new password the cloud publishes the last will's ``offline`` itself (:func:`publish_offline`, called by
-:func:`dangol_cloud.broker_auth.replace_device_password`); a removed device's retained topics are cleared instead
-(:func:`clear_retained_topics`). A connected box reports ``online`` every ``mqtt.status_interval_s`` and after each
-connection, live, which dates it.
+So after a new password the cloud clears the box's retained status (:func:`clear_retained_status`, called by
+:func:`dangol_cloud.broker_auth.replace_device_password`) and records it offline itself, in the request, keeping
+when it was last seen (:func:`record_dropped`: the cloud's own act is no sighting; a device that never connected
+stays "never connected"); the box publishes ``online`` right after it connects with the new password. A removed
+device's retained status and events are cleared (:func:`clear_retained_topics`). A connected box reports ``online``
+every ``mqtt.status_interval_s`` and after each connection, live, which dates it.
 
 The listener (:mod:`dangol_cloud.events`) takes status at QoS 0 (:data:`dangol_protocol.topics.STATUS_QOS`): the
 retained latest report is all the cloud needs. Unconfirmed erasures are re-sent to a device only when it *comes
@@ -33,7 +36,7 @@ from datetime import datetime
 import dangol_protocol as proto
 from dangol_cloud.models import Device, utcnow
 
-__all__ = ["apply_status", "came_online", "clear_retained_status", "clear_retained_topics", "publish_offline"]
+__all__ = ["apply_status", "came_online", "clear_retained_status", "clear_retained_topics", "record_dropped"]
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +80,16 @@ def apply_status(device: Device, status: proto.Status, *, retained: bool = False
 
 def clear_retained_status(mqtt_url: str, device_id: str, *, client_id: str = "dangol-cloud-publisher",
                           timeout: float = 10.0) -> None:
-    """Publish the empty retained payload on ``device_id``'s status topic (QoS 1): the broker forgets the removed
-    device's last status, which the listener would otherwise receive on every (re)subscription.
+    """Publish the empty retained payload on ``device_id``'s status topic (QoS 1): the broker forgets the device's
+    last status, which the listener would otherwise receive on every (re)subscription — for a box the broker dropped
+    without its last will (a new password), whose retained ``online`` would outlive its connection. The listener
+    ignores the empty payload; the box's own ``online`` sets it again once it connects.
 
     Raises:
-        MqttError: the broker is unreachable, refuses or does not acknowledge (the listener then counts the stale
-            status as ``forgotten-device`` on each reconnection; nothing else is affected).
+        MqttError: the broker is unreachable, refuses or does not acknowledge.
     """
     _clear(mqtt_url, [proto.status_topic(device_id)], client_id=client_id, timeout=timeout)
-    log.info("retained status of removed device %s cleared", device_id)
+    log.info("retained status of device %s cleared", device_id)
 
 
 def clear_retained_topics(mqtt_url: str, device_id: str, *, client_id: str = "dangol-cloud-publisher",
@@ -102,19 +106,14 @@ def clear_retained_topics(mqtt_url: str, device_id: str, *, client_id: str = "da
     log.info("retained status and events of removed device %s cleared", device_id)
 
 
-def publish_offline(mqtt_url: str, device_id: str, *, client_id: str = "dangol-cloud-publisher",
-                    timeout: float = 10.0) -> None:
-    """Publish ``device_id``'s last will on its behalf: the retained ``status/1`` ``offline``
-    (:func:`dangol_protocol.last_will`, QoS 1), for a box the broker dropped without publishing it (module
-    docstring). The broker retains it and the listener records the device offline, dated when it receives it; the
-    box's own ``online``, once it connects again, replaces it.
-
-    Raises:
-        MqttError: the broker is unreachable, refuses or does not acknowledge.
-    """
-    topic, payload = proto.last_will(device_id)
-    _publish(mqtt_url, [(topic, payload)], client_id=client_id, timeout=timeout)
-    log.info("retained status of device %s set offline (dropped by the broker without its last will)", device_id)
+def record_dropped(device: Device) -> None:
+    """Record that the cloud itself had the broker drop ``device`` (a new password, :mod:`dangol_cloud.broker_auth`):
+    ``offline`` if it ever reported a state, ``status_at`` (when it was last heard) left as it was — the cloud's own
+    act is no sighting of the box. A device that never reported stays unknown ("never connected"). The caller
+    commits; the broker's retained status was cleared (:func:`clear_retained_status`), so no retained ``online``
+    comes back on the listener's next subscription."""
+    if device.state is not None:
+        device.state = "offline"
 
 
 def _clear(mqtt_url: str, topics: list[str], *, client_id: str, timeout: float) -> None:

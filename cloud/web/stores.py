@@ -27,16 +27,22 @@ bp = Blueprint("stores", __name__, url_prefix="/stores")
 @bp.route("/", methods=["GET", "POST"])
 @owner_required
 def index():
-    """GET/POST /stores/: list stores and devices; creating a store shows its POS token once."""
+    """GET/POST /stores/: list stores and devices; creating a store shows its POS token once. A name another store
+    has (without case and surrounding spaces, :func:`dangol_cloud.web.store_edit.name_key`) is refused by name."""
     s = get_session()
     form = StoreForm()
     if form.validate_on_submit():
         ref = (form.ref.data or "").strip() or None
-        if ref and s.scalar(select(Store).where(Store.ref == ref)):
+        name = _store_edit.clean_name(form.name.data)
+        if not name:
+            form.name.errors.append("Give the store a name.")
+        elif (same := _store_edit.name_taken(s, name)) is not None:
+            form.name.errors.append(_store_edit.duplicate_message(same.name))
+        elif ref and s.scalar(select(Store).where(Store.ref == ref)):
             form.ref.errors.append(f"store code {ref!r} is already used")
         else:
             token = new_secret(32)
-            store = Store(name=form.name.data.strip(), ref=ref, api_token_hash=hash_token(token))
+            store = Store(name=name, ref=ref, api_token_hash=hash_token(token))
             s.add(store)
             s.commit()
             return render_template("store_created.html", store=store, token=token)
@@ -180,22 +186,42 @@ def add_device(store_id: str):
 @bp.route("/devices/<device_id>/password", methods=["POST"])
 @owner_required
 def reset_password(device_id: str):
-    """POST /stores/devices/<id>/password: new MQTT password for a device (shown once). The running broker takes
-    it at once (:func:`~dangol_cloud.broker_auth.replace_device_password`: the old one stops working, a connection
-    made with it is closed and the device's retained status set ``offline``); if it cannot, the page says the old one
-    works until broker-config and a restart."""
+    """POST /stores/devices/<id>/password: new MQTT password for a device (shown once). The first post answers with
+    a confirmation page (the door goes offline until the new password is in its ``/etc/dangol/edge.env``); only the
+    confirmed post (``confirm=yes``) replaces it. The running broker takes it at once
+    (:func:`~dangol_cloud.broker_auth.replace_device_password`: the old one stops working, a connection made with it
+    is closed and the device's retained status cleared), and the device is recorded offline, keeping when it was last
+    seen (:func:`~dangol_cloud.device_status.record_dropped`; a device that never connected stays so); if the broker
+    cannot take it, the page says the old one works until broker-config and a restart."""
     from dangol_cloud.broker_auth import replace_device_password
+    from dangol_cloud.device_status import record_dropped
+    from dangol_cloud.web.confirm import confirmation_page
 
     s = get_session()
     device = s.get(Device, device_id) or abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
+    page = confirmation_page(title=f"New MQTT password for {device.name}?", button="Replace the password",
+                             cancel_url=url_for("stores.index"),
+                             detail="The password the door uses now stops working at once: the broker closes its "
+                                    "connection and the door stays offline (it greets with the menus it has, its "
+                                    "visits wait on the box, no new menus reach it) until the new password, shown "
+                                    "once on the next page, is entered on the box — in the "
+                                    "DANGOL_MQTT_URL line of /etc/dangol/edge.env (systemd/README.md, step 4), then "
+                                    "sudo systemctl restart dangol-edge. Replace it only when the old one leaked or "
+                                    "the box is being set up again.")
+    if page is not None:
+        return page
+    was = _devices.device_presence(s, [device])[device.id]["state"]  # before: did it have a connection to close?
     password = new_secret(24)
     device.mqtt_password_hash = mosquitto_hash(password)
     s.commit()
     problem = _on_broker(lambda url, client_id: replace_device_password(url, device.mqtt_username, password,
                                                                         client_id=client_id, device_id=device.id))
-    return _device_page(device.store, device, password, reset=True, broker_problem=problem)
+    if problem is None:
+        record_dropped(device)
+        s.commit()
+    return _device_page(device.store, device, password, reset=True, broker_problem=problem, was=was)
 
 
 def _on_broker(change) -> str | None:
@@ -225,14 +251,15 @@ BY_HAND = ("run dangol-cloud broker-config on the broker host and restart Mosqui
 
 
 def _device_page(store: Store, device: Device, password: str, reset: bool = False,
-                 broker_problem: str | None = None) -> str:
+                 broker_problem: str | None = None, was: str | None = None) -> str:
     """The page shown once after "Add device" / "New password": the device's ``edge.toml`` and ``edge.env``
     lines (its MQTT URL with the password), the commands for the broker host, its live status, and after "New
-    password" whether the broker took it at once (``broker_problem``: why not)."""
+    password" whether the broker took it at once (``broker_problem``: why not) and what it did to the device's
+    connection, by its presence before (``was``: ``online``/``silent`` had one, ``offline`` not, ``never``)."""
     topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
               "subscribe": [t for t, _ in proto.store_subscriptions(store.id)]}
     return render_template("device_created.html", store=store, device=device, password=password, topics=topics,
-                           reset=reset, broker_problem=broker_problem,
+                           reset=reset, broker_problem=broker_problem, was=was,
                            mqtt_url=_devices.device_mqtt_url(device.mqtt_username, password),
                            client_id=proto.device_client_id(device.id),
                            presence=_devices.device_presence(get_session(), [device]))
@@ -352,3 +379,4 @@ def decide_erasure(request_id: int, decision: str):
 
 
 from dangol_cloud.web import devices as _devices  # noqa: E402 - presence, onboarding lines; its routes on this bp
+from dangol_cloud.web import store_edit as _store_edit  # noqa: E402 - store names, rename/remove on this bp

@@ -131,7 +131,8 @@ def test_owner_creates_store_and_device_with_one_time_credentials(db, settings):
     assert mosquitto_verify(device.mqtt_password_hash, password) and password not in device.mqtt_password_hash
     assert store.api_token_hash == hash_token(api_token)
     assert password not in client.get("/stores/").get_data(as_text=True)   # shown once only
-    page = client.post(f"/stores/devices/{device.id}/password", data={"csrf_token": token}).get_data(as_text=True)
+    page = client.post(f"/stores/devices/{device.id}/password",
+                       data={"csrf_token": token, "confirm": "yes"}).get_data(as_text=True)
     new_password = re.search(r'id="mqtt-password">([^<]+)<', page).group(1)
     with db.sessions() as s:
         changed = s.get(Device, device.id)

@@ -128,7 +128,7 @@ def test_a_new_device_password_replaces_the_old_one_at_once(db, db_url, tmp_path
         owner = _owner(app)
         token = csrf_of(owner.get("/stores/").get_data(as_text=True))
         page = unescape(owner.post(f"/stores/devices/{chain.device_a}/password",
-                                   data={"csrf_token": token}).get_data(as_text=True))
+                                   data={"csrf_token": token, "confirm": "yes"}).get_data(as_text=True))
         password = re.search(r'id="mqtt-password">([^<]+)<', page).group(1)
         assert "the old one no longer works" in page and "keeps working" not in page
         assert box.dropped.wait(5), "a connection with the old password stayed open"
@@ -160,7 +160,7 @@ def test_when_the_broker_cannot_revoke_the_page_says_restart(sqlite_url, tmp_pat
             assert still.accepted
         token = csrf_of(owner.get("/stores/").get_data(as_text=True))
         page = unescape(owner.post(f"/stores/devices/{chain.device_a}/password",
-                                   data={"csrf_token": token}).get_data(as_text=True))
+                                   data={"csrf_token": token, "confirm": "yes"}).get_data(as_text=True))
         assert "the old one keeps working until" in page and "restart" in page
     finally:
         if broker is not None:
