@@ -8,7 +8,8 @@ without a BOM, UTF-16 with a BOM, a legacy code page only when its reading is ce
 line 2; its separator is one of ``, ; tab |`` and its names match in any capitalisation. A line with a NUL
 character, unreadable CSV or the wrong number of columns is a :class:`RowError`; nothing of it is imported. So is a
 sale time or a field outside the bounds every sale meets (:mod:`dangol_cloud.sale_rules`: times from 1990 to one
-day ahead, ids and names that fit their columns); the message names the column and the value or the limit.
+day ahead, ids and names that fit their columns, a line's quantity and amount as the POS API bounds them); the message
+names the column and the value or the limit.
 In a file separated by ``;``, tab or ``|``, a number may use a decimal comma (``2,50``); in a comma-separated one
 it cannot (it is a row error).
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,8 +42,11 @@ class PurchaseRow:
         customer_ref: external customer id exactly as in the file (Ta-Feng leading zeros kept).
         item_ref: menu item id (Ta-Feng PRODUCT_SUBCLASS, Complete Journey product_category, csv item).
         product_id: the source product id (barcode / product number), kept as a detail; None if absent.
-        quantity: units bought (float; may be 0 in Complete Journey, e.g. coupon lines).
-        amount: line total in the source currency (Ta-Feng NT$, Complete Journey USD), if given.
+        quantity: units bought (float; more than 0 and at most :data:`~dangol_cloud.sale_rules.MAX_LINE_QUANTITY`;
+            0 too in a plain CSV and Complete Journey, e.g. coupon lines, and more for Complete Journey's fuel:
+            :data:`~dangol_cloud.sale_rules.CSV_LINE`, :data:`~dangol_cloud.sale_rules.COMPLETE_JOURNEY_LINE`).
+        amount: line total in the source currency (Ta-Feng NT$, Complete Journey USD), if given: 0 to
+            :data:`~dangol_cloud.sale_rules.MAX_LINE_AMOUNT`.
         ts: naive datetime, local time as written in the file (Ta-Feng has day resolution: 00:00); aware when
             the file says which instant (a CSV time with a UTC offset, Complete Journey's UTC times): the import
             stores it as that instant and shows it in the café's time zone.
@@ -125,7 +129,11 @@ def _optional(rec: dict[str, str], col: str | None) -> str | None:
     return value or None
 
 
-def _number(rec: dict[str, str], col: str, *, required: bool = True) -> float | None:
+def _number(rec: dict[str, str], col: str, *, required: bool = True,
+            check: Callable[[float], str | None] | None = None) -> float | None:
+    """The number in column ``col`` (None if empty and not ``required``); a row error naming the column if it is
+    missing, unreadable, not finite or, with ``check`` (e.g. :func:`dangol_cloud.sale_rules.amount_error`), outside
+    its bounds (the message then says why after the value)."""
     text = rec.get(col, "").strip()
     if not text:
         if required:
@@ -142,6 +150,9 @@ def _number(rec: dict[str, str], col: str, *, required: bool = True) -> float | 
         raise _BadRow(f"{col} is not a number: {text!r}") from None
     if not math.isfinite(value):
         raise _BadRow(f"{col} is not a finite number: {text!r}")
+    problem = check(value) if check is not None else None
+    if problem:
+        raise _BadRow(f"{col} {text!r} {problem}")
     return value
 
 

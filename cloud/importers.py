@@ -32,7 +32,9 @@ Every file is text in UTF-8 (a BOM allowed), UTF-16 with a BOM, or a legacy code
 (:mod:`dangol_cloud.import_text`); any other is refused whole before its first row.
 
 Every format's rows meet the bounds of :mod:`dangol_cloud.sale_rules` (sale times from 1990 to one day ahead;
-ids, names and categories that fit their columns): a row outside them is a row error naming the column.
+ids, names and categories that fit their columns; a line's amount from 0 to 10,000,000 and its quantity more than 0
+and at most 10,000, as the POS API takes them — a plain CSV's also 0, its coupon lines, and Complete Journey's also 0
+and up to 100,000, its fuel in thousandths of a gallon): a row outside them is a row error naming the column.
 
 The shared reading (row types, field parsers, driver) is :mod:`dangol_cloud.import_rows`; telling
 uploaded files apart is :mod:`dangol_cloud.import_detect`. Both are re-exported here.
@@ -52,7 +54,9 @@ from dangol_cloud.import_rows import (
     RowError, _BadRow, _bounded, _number, _open, _optional, _read_header, _required, _rows, _timestamp,
     count_data_lines,
 )
-from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX
+from dangol_cloud.sale_rules import (
+    CATEGORY_MAX, COMPLETE_JOURNEY_LINE, CSV_LINE, REF_MAX, amount_error, quantity_error,
+)
 
 __all__ = [
     "DATASET_TIMEZONES",
@@ -90,10 +94,20 @@ def _ta_feng_row(line: int, rec: dict[str, str]) -> PurchaseRow:
     customer = _bounded(_required(rec, "CUSTOMER_ID"), "CUSTOMER_ID", REF_MAX)
     subclass = _bounded(_required(rec, "PRODUCT_SUBCLASS"), "PRODUCT_SUBCLASS", REF_MAX)
     product = _bounded(_optional(rec, "PRODUCT_ID"), "PRODUCT_ID", REF_MAX)
-    quantity = _number(rec, "AMOUNT")
-    amount = _number(rec, "SALES_PRICE", required=False)
+    quantity = _number(rec, "AMOUNT", check=quantity_error)
+    amount = _number(rec, "SALES_PRICE", required=False, check=amount_error)
     category = subclass[:TA_FENG_CATEGORY_DIGITS] if len(subclass) > TA_FENG_CATEGORY_DIGITS else None
     return PurchaseRow(line, customer, subclass, product, quantity, amount, ts, None, category)
+
+
+def _cj_quantity_error(quantity: float) -> str | None:
+    """:func:`~dangol_cloud.sale_rules.quantity_error` under Complete Journey's own bounds (coupon lines of 0, fuel)."""
+    return quantity_error(quantity, COMPLETE_JOURNEY_LINE)
+
+
+def _csv_quantity_error(quantity: float) -> str | None:
+    """:func:`~dangol_cloud.sale_rules.quantity_error` under a plain CSV's bounds (coupon and discount lines of 0)."""
+    return quantity_error(quantity, CSV_LINE)
 
 
 def _cj_row_parser(products: dict[str, tuple[str, str]]) -> Callable[[int, dict[str, str]], PurchaseRow]:
@@ -101,8 +115,8 @@ def _cj_row_parser(products: dict[str, tuple[str, str]]) -> Callable[[int, dict[
         customer = _bounded(_required(rec, "household_id"), "household_id", REF_MAX)
         store = _bounded(_required(rec, "store_id"), "store_id", REF_MAX)
         product = _bounded(_required(rec, "product_id"), "product_id", REF_MAX)
-        quantity = _number(rec, "quantity")
-        amount = _number(rec, "sales_value", required=False)
+        quantity = _number(rec, "quantity", check=_cj_quantity_error)
+        amount = _number(rec, "sales_value", required=False, check=amount_error)
         ts = _timestamp(rec, "transaction_timestamp", "%Y-%m-%d %H:%M:%S", timezone.utc)
         if product not in products:
             raise _BadRow(f"product_id {product} is not in products.csv")
@@ -119,9 +133,9 @@ def _cj_row_parser(products: dict[str, tuple[str, str]]) -> Callable[[int, dict[
 def _csv_row(line: int, rec: dict[str, str]) -> PurchaseRow:
     customer = _bounded(_required(rec, "customer"), "customer", REF_MAX)
     item = _bounded(_required(rec, "item"), "item", REF_MAX)
-    quantity = _number(rec, "quantity")
+    quantity = _number(rec, "quantity", check=_csv_quantity_error)
     ts = _timestamp(rec, "timestamp", None)
-    amount = _number(rec, "amount", required=False) if "amount" in rec else None
+    amount = _number(rec, "amount", required=False, check=amount_error) if "amount" in rec else None
     product = _bounded(_optional(rec, "product_id"), "product_id", REF_MAX)
     store = _bounded(_optional(rec, "store"), "store", REF_MAX)
     category = _bounded(_optional(rec, "category"), "category", CATEGORY_MAX)

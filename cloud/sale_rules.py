@@ -8,8 +8,15 @@ upload or the POS API — so that no path stores what another refuses.
 * **Lengths**: ids and names that land in bounded columns: :data:`REF_MAX` (``catalogue_items.ref``,
   ``stores.ref``; a customer ref and a product id get the same limit as in the POS API) and :data:`CATEGORY_MAX`
   (``catalogue_items.category``). PostgreSQL refuses a longer value, and that failed the whole file.
+* **A line's quantity and amount** (:func:`quantity_error`, :func:`amount_error`): the amount (the line total) from 0
+  to :data:`MAX_LINE_AMOUNT`, the quantity more than 0 and at most :data:`MAX_LINE_QUANTITY` (:data:`POS_LINE`: the
+  POS API, Ta-Feng). A line of 1e30 made the analytics' revenue and an imported product's price 1e30, and a refund
+  (a negative quantity or amount) lowered "units sold" and revenue. What a real export holds besides is kept: a plain
+  CSV's lines of quantity 0 (:data:`CSV_LINE`: coupon and discount lines), and Complete Journey's
+  (:data:`COMPLETE_JOURNEY_LINE`) coupon and miscellaneous lines of quantity 0 (2,188) and fuel counted in thousandths
+  of a gallon (up to 32,603 in a line; 1,931 lines above :data:`MAX_LINE_QUANTITY`).
 
-The importers refuse a row outside them as one row error (:mod:`dangol_cloud.import_rows`,
+The importers refuse a row outside them as one row error naming the column (:mod:`dangol_cloud.import_rows`,
 :func:`dangol_cloud.ingest.import_rows`), the POS API with 422 (:mod:`dangol_cloud.web.api`). Purchases stored
 before these bounds are skipped by training (:func:`dangol_cloud.training.load_frames`) and do not keep a
 customer from retention (:func:`dangol_cloud.erasure.retention_candidates`).
@@ -17,10 +24,12 @@ customer from retention (:func:`dangol_cloud.erasure.retention_candidates`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["CATEGORY_MAX", "MAX_SALE_SKEW", "MAX_ZONE_OFFSET", "MIN_SALE_TS", "REF_MAX", "latest_sale_ts",
-           "sale_time_error"]
+__all__ = ["CATEGORY_MAX", "COMPLETE_JOURNEY_LINE", "CSV_LINE", "MAX_LINE_AMOUNT", "MAX_LINE_QUANTITY", "MAX_SALE_SKEW",
+           "MAX_ZONE_OFFSET", "MIN_SALE_TS", "POS_LINE", "REF_MAX", "LineBounds", "amount_error", "latest_sale_ts",
+           "quantity_error", "sale_time_error"]
 
 #: Earliest sale time accepted (no POS sends older sales; year-1 times cannot be shown in every time zone).
 MIN_SALE_TS = datetime(1990, 1, 1, tzinfo=timezone.utc)
@@ -33,6 +42,30 @@ MAX_ZONE_OFFSET = timedelta(hours=14)
 REF_MAX = 64
 #: Longest item category.
 CATEGORY_MAX = 80
+#: Largest line total accepted, in major units of the sale's currency (ten million: far above any café sale even in
+#: KRW or JPY, far below what breaks sums and charts).
+MAX_LINE_AMOUNT = 10_000_000
+#: Most units in one sale line (a POS line, a plain CSV or Ta-Feng line; Ta-Feng's largest is 1,200).
+MAX_LINE_QUANTITY = 10_000
+
+
+@dataclass(frozen=True)
+class LineBounds:
+    """What a sale line's quantity may be in one kind of export: more than 0 (0 too with ``zero_quantity``) and at
+    most ``max_quantity``."""
+
+    max_quantity: int = MAX_LINE_QUANTITY
+    zero_quantity: bool = False
+
+
+#: The POS API's lines, and Ta-Feng's: more than 0, at most :data:`MAX_LINE_QUANTITY`.
+POS_LINE = LineBounds()
+#: A plain CSV export's lines: also 0, as a till's export lists coupon and discount lines (so do the Complete Journey
+#: rows a plain CSV is tested with); 0 units add nothing to "units sold", and their amount is bounded as any.
+CSV_LINE = LineBounds(zero_quantity=True)
+#: Complete Journey's lines: coupon and miscellaneous lines of quantity 0, and fuel counted in thousandths of a gallon
+#: (32,603 at most in the data set; up to a 100-gallon fill).
+COMPLETE_JOURNEY_LINE = LineBounds(max_quantity=100_000, zero_quantity=True)
 
 
 def latest_sale_ts(now: datetime | None = None) -> datetime:
@@ -67,4 +100,24 @@ def sale_time_error(ts: datetime, now: datetime | None = None) -> str | None:
         return f"is before {MIN_SALE_TS:%Y-%m-%d}"
     if utc > latest_ok:
         return f"is in the future (after {latest:%Y-%m-%dT%H:%M:%SZ})"
+    return None
+
+
+def quantity_error(quantity: float, bounds: LineBounds = POS_LINE) -> str | None:
+    """Why ``quantity`` (finite) is no quantity of a sale line under ``bounds``, or None if it is one: a phrase to
+    follow the value in a message ("must be more than 0", "is more than 10,000, the most one sale line may hold")."""
+    if quantity < 0 or (quantity == 0 and not bounds.zero_quantity):
+        return f"must be {'0 or more' if bounds.zero_quantity else 'more than 0'} (a sale line, not a return)"
+    if quantity > bounds.max_quantity:
+        return f"is more than {bounds.max_quantity:,}, the most one sale line may hold"
+    return None
+
+
+def amount_error(amount: float) -> str | None:
+    """Why ``amount`` (finite) is no line total, or None if it is one (0 to :data:`MAX_LINE_AMOUNT`): a phrase to
+    follow the value in a message."""
+    if amount < 0:
+        return "is less than 0 (a sale line, not a refund)"
+    if amount > MAX_LINE_AMOUNT:
+        return f"is more than {MAX_LINE_AMOUNT:,}, the most one sale line may total"
     return None

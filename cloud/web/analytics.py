@@ -1,14 +1,13 @@
-"""Analytics page: any date range (presets incl. the whole imported history), trends, top items, hour × weekday
-heatmap, recognised vs unknown, "shown → bought" (the training's credits, with a note naming the stores whose
-imported sales cannot be matched with door visits: ``TIMEZONE`` unset and no zone of their own), and a CSV export
-of each table."""
+"""Analytics page: any date range of local days (each store's own: "All stores" adds up the stores' days; presets
+incl. the whole imported history), trends, top items, hour × weekday heatmap, recognised vs unknown, "shown →
+bought" (the training's credits, with a note naming the stores whose imported sales cannot be matched with door
+visits: ``TIMEZONE`` unset and no zone of their own), and a CSV export of each table."""
 
 from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, timedelta
 
 from flask import Blueprint, Response, abort, render_template, request
 from flask_login import login_required
@@ -17,7 +16,7 @@ from sqlalchemy import select
 from dangol_cloud import analytics as numbers
 from dangol_cloud.app import get_session, get_settings, store_clock
 from dangol_cloud.charts import bar_chart, hbar_chart, heatmap, split_bar, trend_chart
-from dangol_cloud.models import Purchase, Store, StoreSetting
+from dangol_cloud.models import Store, StoreSetting
 from dangol_cloud.web.scope import store_scope
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
@@ -32,25 +31,15 @@ def _day(text: str | None) -> date | None:
         return None
 
 
-def _local_day(ts: datetime, zone: ZoneInfo) -> date:
-    """The local date of a stored time; a time the zone cannot show (9999-12-31 east of UTC) → its UTC date."""
-    try:
-        return ts.astimezone(zone).date()
-    except OverflowError:
-        return ts.date()
-
-
 def _window():
-    """(since, until, first day, last day, preset, span) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both
-    included), ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest
-    data. Days are those of the shown stores' own zone when they share one (the chosen store's), else of
-    ``TIMEZONE`` (:class:`~dangol_cloud.app.StoreClock`); ``span`` is the data's first and last local day."""
+    """(first day, last day, preset, span) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both included),
+    ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest data. A day is
+    each store's own (:class:`~dangol_cloud.analytics.LocalDays`: its zone, else ``TIMEZONE``), so "All stores" is the
+    sum of the stores' days; ``span`` is the data's first and last local day, each on its store's clock."""
     s = get_session()
-    zone = store_clock().shared(_shown_stores(_store_arg(s)))
-    span = numbers.data_range(s, store_scope())  # staff: the history of their stores
-    if span:
-        span = (_local_day(span[0], zone), _local_day(span[1], zone))
-    newest = span[1] if span else datetime.now(zone).date()
+    shown = _shown_stores(_store_arg(s))
+    span = numbers.day_range(s, get_settings().timezone, store_scope())  # staff: the history of their stores
+    newest = span[1] if span else datetime.now(store_clock().shared(shown)).date()
     first, last = _day(request.args.get("from")), _day(request.args.get("to"))
     preset = None
     if request.args.get("all") and span:
@@ -62,9 +51,7 @@ def _window():
         first, last = last, first
     first = min(max(first, date(1990, 1, 1)), date(2100, 1, 1))  # what a sale's ts may be, give or take
     last = min(max(last, date(1990, 1, 1)), date(2100, 1, 1))
-    since = datetime.combine(first, time(0), zone)
-    until = datetime.combine(last + timedelta(days=1), time(0), zone)
-    return since, until, first, last, preset, span
+    return first, last, preset, span
 
 
 def _tables(a: numbers.Analytics) -> dict[str, tuple[list[str], list[list]]]:
@@ -87,17 +74,15 @@ def _tables(a: numbers.Analytics) -> dict[str, tuple[list[str], list[list]]]:
 def index():
     """GET /analytics/?from=&to= | ?days=N | ?all=1, with ``&store=ID``: charts and tables over the range, of that
     store (the preset links keep the chosen store)."""
-    since, until, first, last, preset, span = _window()
+    first, last, preset, span = _window()
     s = get_session()
     store = _store_arg(s)
     shown = _shown_stores(store)
-    a = numbers.compute(s, tz=get_settings().timezone, since=since, until=until, store_id=shown,
+    a = numbers.compute(s, tz=get_settings().timezone, first=first, last=last, store_id=shown,
                         timezone_set=get_settings().door_timezone is not None)
-    sold_in = s.scalars(select(Purchase.store_id).where(Purchase.ts >= since, Purchase.ts < until,
-                                                        *([Purchase.store_id.in_(sorted(shown))] if shown is not None
-                                                          else []))
-                        .distinct()).all()
-    revenue_currency = _one_currency(s, sold_in)
+    revenue_currency = _one_currency(s, sorted(a.sale_stores, key=lambda i: i or ""))
+    clock = store_clock()
+    own_clocks = len({clock.of(i).key for i in (clock.stores if shown is None else shown)}) > 1
     labels = [d.strftime("%Y-%m-%d") for d, *_ in a.trend]
     charts = {
         "hour": bar_chart([f"{h:02d}" for h in range(24)], a.visits_by_hour, label_every=3,
@@ -119,7 +104,7 @@ def index():
                        .order_by(Store.name)).all()
     return render_template("analytics.html", a=a, charts=charts, first=first, last=last, preset=preset,
                            presets=PRESETS, span=span, tables=TABLES, revenue_max=numbers.REVENUE_MAX_LINES,
-                           stores=stores, store=store, revenue_currency=revenue_currency)
+                           stores=stores, store=store, revenue_currency=revenue_currency, own_clocks=own_clocks)
 
 
 def _store_arg(s) -> str | None:
@@ -151,8 +136,8 @@ def export(table: str):
     """GET /analytics/<table>.csv with the page's range parameters: that table as CSV (UTF-8, header row)."""
     if table not in TABLES:
         abort(404)
-    since, until, first, last, _preset, _span = _window()
-    a = numbers.compute(get_session(), tz=get_settings().timezone, since=since, until=until,
+    first, last, _preset, _span = _window()
+    a = numbers.compute(get_session(), tz=get_settings().timezone, first=first, last=last,
                         store_id=_shown_stores(_store_arg(get_session())),
                         timezone_set=get_settings().door_timezone is not None)
     header, rows = _tables(a)[table]

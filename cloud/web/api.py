@@ -10,9 +10,11 @@ which is what finds a retry. Each purchase line's own unique key is ``pos:<store
 ``pos:<store>:<key>:<n>`` and need no migration: a retry is answered from ``pos_requests`` (raw keys, as ever)
 before any line is written, so a line's key is never looked up; its uniqueness is only a backstop.
 
-Sale times and id lengths follow :mod:`dangol_cloud.sale_rules`, shared with the file importers. A sale naming an
-erased customer (their loyalty number, or their old Dangol id) is refused with 422 "Customer erased", nothing stored
-(after a retention erasure only a sale dated before it): :mod:`dangol_cloud.erased_refs`.
+Sale times, id lengths and a line's bounds (:data:`~dangol_cloud.sale_rules.MAX_LINE_AMOUNT`,
+:data:`~dangol_cloud.sale_rules.MAX_LINE_QUANTITY`) follow :mod:`dangol_cloud.sale_rules`, shared with the file
+importers. A sale naming an erased customer (their loyalty number, or their old Dangol id) is refused with 422
+"Customer erased", nothing stored (after a retention erasure only a sale dated before it):
+:mod:`dangol_cloud.erased_refs`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dangol_cloud.app import get_db
 from dangol_cloud.erased_refs import Erased, erased_for
 from dangol_cloud.erasure import POS_REQUEST_DAYS
 from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
-from dangol_cloud.sale_rules import REF_MAX, sale_time_error
+from dangol_cloud.sale_rules import MAX_LINE_AMOUNT, MAX_LINE_QUANTITY, REF_MAX, sale_time_error
 from dangol_cloud.security import hash_token
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 #: No control characters (U+0000-U+001F, U+007F) in ids: PostgreSQL text cannot hold NUL, and none belongs
 #: in an item ref, product id or customer reference.
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
-#: Largest line total accepted, in major units of the café's currency (ten million: far above any café
-#: sale even in KRW or JPY, far below what breaks sums and charts).
-MAX_LINE_AMOUNT = 10_000_000
 #: Longest Idempotency-Key header accepted (``pos_requests.key`` is String(200)).
 MAX_KEY_LENGTH = 200
 
@@ -57,7 +56,7 @@ class PurchaseLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item: Annotated[str, Field(min_length=1, max_length=REF_MAX, pattern=NO_CONTROL)]
     product_id: Annotated[str, Field(max_length=REF_MAX, pattern=NO_CONTROL)] | None = None
-    quantity: Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)] = 1
+    quantity: Annotated[float, Field(gt=0, le=MAX_LINE_QUANTITY, allow_inf_nan=False)] = 1
     amount: Annotated[float, Field(ge=0, le=MAX_LINE_AMOUNT, allow_inf_nan=False)] | None = None
 
 

@@ -176,7 +176,9 @@ def opinion(customer_id: str):
     store API recorded on one of its products). A disliked item is taken off the customer's stored menu at
     once and never offered to them again; with a broker the app's republisher
     (:class:`~dangol_cloud.background.MenuRepublisher`) sends the new menu to the stores within moments, after
-    the response (a broker that does not answer never holds up the request)."""
+    the response (a broker that does not answer never holds up the request). A customer whose menu is never
+    published (no consent record, or not active: :func:`~dangol_cloud.publishing.menu_messages`) is told the next
+    training uses it, and nothing is sent."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -191,6 +193,10 @@ def opinion(customer_id: str):
     name = customer.display_name or "this customer"
     if value != "dislike":
         flash(f"Noted: {name} {said} {item.name}. The next training uses it.", "success")
+        return redirect(url_for("customers.show", customer_id=customer.id))
+    if customer.consent_at is None or customer.status != "active":  # no menu of theirs goes to the stores
+        why = "" if customer.consent_at is not None else " (no menu is sent to the stores without a consent record)"
+        flash(f"Noted: {name} {said} {item.name}. The next training uses it{why}.", "success")
         return redirect(url_for("customers.show", customer_id=customer.id))
     if get_settings().mqtt_url:
         current_app.extensions["dangol_republisher"].submit(customer.id)
