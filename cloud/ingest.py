@@ -59,7 +59,7 @@ from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
 from dangol_cloud.purchase_keys import purchase_key
 from dangol_cloud.sale_zones import Retimed, import_zones
-from dangol_cloud.sale_rules import CATEGORY_MAX, REF_MAX, sale_time_error
+from dangol_cloud.sale_rules import CATEGORY_MAX, MAX_LINE_AMOUNT, REF_MAX, sale_time_error
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
 
@@ -386,9 +386,9 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         if len(batch) >= batch_size:
             write()
     write()
-    # Imported items get the average unit price seen in the data.
+    # Imported items get the average unit price seen in the data (none beyond what the item form takes: 0.001 units)
     for iid, (amount, quantity) in resolver.created_items.items():
-        if quantity > 0:
+        if quantity > 0 and amount / quantity <= MAX_LINE_AMOUNT:
             session.execute(update(CatalogueItem).where(CatalogueItem.id == iid)
                             .values(price=round(amount / quantity, 2)))
     report.inserted = session.scalar(select(func.count()).select_from(Purchase)) - before

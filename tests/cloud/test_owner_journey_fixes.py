@@ -106,6 +106,22 @@ def test_a_ta_feng_row_out_of_the_line_bounds_is_a_row_error_and_stores_nothing(
             <= 10_000_000
 
 
+def test_a_new_items_price_is_never_beyond_what_the_item_form_takes(db, ta_feng_slice, tmp_path):
+    """A real line of 0.001 units (at a thousand times its total) gives a unit price beyond 10,000,000: the item is
+    created without a price (the owner sets one) rather than at one the Edit form refuses."""
+    _header, rows = _ta_feng_lines(ta_feng_slice, 1)
+    line = _as_till_csv(rows[0])
+    line[2], line[4] = "0.001", str(float(line[4]) * 1000)     # 0.001 units at a thousand times the line's total
+    assert float(line[4]) / 0.001 > 10_000_000
+    path = tmp_path / "till.csv"
+    path.write_text("\n".join([CSV_HEADER, ",".join(line)]) + "\n", encoding="utf-8")
+    with db.transaction() as s:
+        report = import_rows(s, parse_purchases(path, "csv"), source="csv", key_prefix="csv")
+    assert report.inserted == 1 and report.items_created == 1
+    with db.sessions() as s:
+        assert s.scalar(select(CatalogueItem.price)) is None
+
+
 def _cj_rows(data_dir: Path) -> tuple[list[str], list[list[str]]]:
     """The real Complete Journey header and rows: 30 ordinary lines, 10 coupon lines (quantity 0), 10 fuel lines
     (quantity in thousandths of a gallon, above the POS API's 10,000), all of products in products.csv."""
