@@ -35,7 +35,6 @@ from .data import catalogue_before, clean_interactions, restrict_to_top_items
 from .dayparts import DAYPART_HOURS, DAYPARTS, daypart_of
 from .model import train
 
-
 #: The published baseline rows (:func:`_baselines`), against which the shipped model is compared.
 BASELINE_ROWS = ("basket frequency (GP-TopFreq)", "TIFU-KNN", "implicit ALS")
 
@@ -179,8 +178,7 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     Args:
         interactions, items, customer_features: as for :func:`~dangol_cloud.recommend.train`.
         cut: split time; training data strictly before it, test data at or after it.
-        top_items: keep only the N items with most purchase lines before the cut (a menu-sized catalogue).
-        k: list length.
+        top_items: keep only the N items with most purchase lines before the cut (a menu-sized catalogue); k: length.
         config: the shipped configuration (default :class:`RecommenderConfig()`).
         baselines: also run the published baselines (GP-TopFreq, TIFU-KNN, implicit ALS).
         segments: customer segments (``customer`` + columns such as ``AGE_GROUP``, ``PIN_CODE``): adds the
@@ -215,6 +213,10 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     relevant = np.zeros((len(evaluated), n_items), bool)
     ti = items_index.get_indexer(test_eval["item"])
     relevant[pd.Index(evaluated).get_indexer(test_eval["customer"])[ti >= 0], ti[ti >= 0]] = True
+    keep = relevant.any(axis=1)  # bought only items new after the cut: nothing the lists could find (no NaN recall)
+    notes = [f"{int((~keep).sum()):,} customers left out: only new items bought after the cut"][bool(keep.all()):]
+    evaluated, rows, relevant = evaluated[keep], rows[keep], relevant[keep]
+    test_eval = test_eval[test_eval["customer"].isin(set(evaluated))]
     bought_before = model.history.lines[rows].toarray() > 0
 
     popularity = model.history.item_lines.astype(np.float64)
@@ -231,7 +233,6 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     clock = time.perf_counter()
     own = model.history.lines[rows].toarray().astype(np.float64) + tie[None, :]
     methods["own-frequency"] = (ranked(own), 0.0, time.perf_counter() - clock)
-    notes: list[str] = []
     if model.stage2 is not None:
         notes.append(f"Dangol second stage: blend λ={model.stage2.blend:g} over {model.stage2.candidates} candidates, "
                      "chosen on held-out customers of the training window (precision@10 by λ: "
