@@ -194,18 +194,23 @@ def test_an_uploaded_amount_of_1e30_never_reaches_revenue_or_a_price(web, ta_fen
 
 # --- 2. analytics on each store's clock -----------------------------------------------------------------------------
 
+def _gangnam_and_taipei(db) -> tuple[str, str]:
+    """Two stores: Gangnam on its own zone (Asia/Seoul), Taipei on ``TIMEZONE``; their ids."""
+    with db.transaction() as s:
+        gangnam, taipei = Store(name="Gangnam", ref="gangnam"), Store(name="Taipei", ref="taipei")
+        s.add_all([gangnam, taipei])
+        s.flush()
+        s.add(StoreSetting(store_id=gangnam.id, timezone="Asia/Seoul"))
+        return gangnam.id, taipei.id
+
+
 @pytest.fixture
 def two_zone_chain(web, ta_feng_slice, tmp_path):  # noqa: F811
     """The real Ta-Feng slice (dates 2000-11-01 and 11-02) split by line between Gangnam (its own zone Asia/Seoul)
     and Taipei (no zone of its own: ``TIMEZONE``, UTC); ``(app, db, {store: [its PurchaseRows]}, ids)``."""
     app, db = web
     header, rows = _ta_feng_lines(ta_feng_slice, 3000)
-    with db.transaction() as s:
-        gangnam, taipei = Store(name="Gangnam", ref="gangnam"), Store(name="Taipei", ref="taipei")
-        s.add_all([gangnam, taipei])
-        s.flush()
-        s.add(StoreSetting(store_id=gangnam.id, timezone="Asia/Seoul"))
-        ids = {"gangnam": gangnam.id, "taipei": taipei.id}
+    ids = dict(zip(("gangnam", "taipei"), _gangnam_and_taipei(db)))
     parsed = {}
     for n, name in enumerate(("gangnam", "taipei")):
         path = tmp_path / f"{name}.csv"
@@ -264,12 +269,7 @@ def test_local_days_on_both_databases(db, ta_feng_slice, tmp_path):
     from dangol_cloud.analytics import compute, day_range
 
     header, rows = _ta_feng_lines(ta_feng_slice, 3000)
-    with db.transaction() as s:
-        gangnam, taipei = Store(name="Gangnam", ref="gangnam"), Store(name="Taipei", ref="taipei")
-        s.add_all([gangnam, taipei])
-        s.flush()
-        s.add(StoreSetting(store_id=gangnam.id, timezone="Asia/Seoul"))
-        ids = [gangnam.id, taipei.id]
+    ids = list(_gangnam_and_taipei(db))
     for n, store in enumerate(ids):
         path = tmp_path / f"store{n}.csv"
         path.write_text("\n".join([header, *(",".join(r) for r in rows[n::2])]) + "\n", encoding="utf-8")
