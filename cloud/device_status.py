@@ -30,7 +30,6 @@ off the listener's worker).
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime
 
 import dangol_protocol as proto
@@ -88,7 +87,9 @@ def clear_retained_status(mqtt_url: str, device_id: str, *, client_id: str = "da
     Raises:
         MqttError: the broker is unreachable, refuses or does not acknowledge.
     """
-    _clear(mqtt_url, [proto.status_topic(device_id)], client_id=client_id, timeout=timeout)
+    from dangol_cloud.mqtt import clear_retained
+
+    clear_retained(mqtt_url, [proto.status_topic(device_id)], client_id=client_id, timeout=timeout)
     log.info("retained status of device %s cleared", device_id)
 
 
@@ -101,8 +102,10 @@ def clear_retained_topics(mqtt_url: str, device_id: str, *, client_id: str = "da
     Raises:
         MqttError: the broker is unreachable, refuses or does not acknowledge.
     """
-    _clear(mqtt_url, [proto.status_topic(device_id), proto.events_topic(device_id)], client_id=client_id,
-           timeout=timeout)
+    from dangol_cloud.mqtt import clear_retained
+
+    clear_retained(mqtt_url, [proto.status_topic(device_id), proto.events_topic(device_id)], client_id=client_id,
+                   timeout=timeout)
     log.info("retained status and events of removed device %s cleared", device_id)
 
 
@@ -114,18 +117,3 @@ def record_dropped(device: Device) -> None:
     comes back on the listener's next subscription."""
     if device.state is not None:
         device.state = "offline"
-
-
-def _clear(mqtt_url: str, topics: list[str], *, client_id: str, timeout: float) -> None:
-    _publish(mqtt_url, [(topic, b"") for topic in topics], client_id=client_id, timeout=timeout)
-
-
-def _publish(mqtt_url: str, messages: list[tuple[str, bytes]], *, client_id: str, timeout: float) -> None:
-    from dangol_cloud.mqtt import connect, publish_all
-
-    client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}", timeout=timeout)
-    try:
-        publish_all(client, [(topic, payload, True) for topic, payload in messages], timeout=timeout)
-    finally:
-        client.disconnect()
-        client.loop_stop()

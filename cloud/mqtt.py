@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterable
 
 import paho.mqtt.client as mqtt
@@ -15,7 +16,8 @@ import paho.mqtt.client as mqtt
 from dangol_protocol import client as mqtt5
 from dangol_protocol.client import SESSION_NEVER_EXPIRES, connect_kwargs, is_refusal
 
-__all__ = ["MqttError", "Message", "SESSION_NEVER_EXPIRES", "connect", "connect_options", "new_client", "publish_all"]
+__all__ = ["MqttError", "Message", "SESSION_NEVER_EXPIRES", "clear_retained", "connect", "connect_options",
+           "new_client", "publish_all"]
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +143,18 @@ def publish_all(client: mqtt.Client, messages: Iterable[Message], *, timeout: fl
             drain()
     drain()
     return total
+
+
+def clear_retained(url: str, topics: Iterable[str], *, client_id: str, timeout: float = 30.0) -> None:
+    """Publish the empty retained payload (QoS 1) on each of ``topics``, so the broker forgets what it retained
+    there, on a connection of its own (client id ``client_id`` plus a random suffix).
+
+    Raises:
+        MqttError: the broker is unreachable, refuses or does not acknowledge.
+    """
+    client = connect(url, f"{client_id}-{uuid.uuid4().hex[:8]}", timeout=timeout)
+    try:
+        publish_all(client, [(topic, b"", True) for topic in topics], timeout=timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()

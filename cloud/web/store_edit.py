@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-import uuid
 
 from flask import abort, flash, redirect, request, url_for
 from flask_login import current_user
@@ -164,14 +163,9 @@ def clear_store_topics(mqtt_url: str, store_id: str, customer_ids: list[str], *,
     Raises:
         MqttError: the broker is unreachable, refuses or does not acknowledge.
     """
-    from dangol_cloud.mqtt import connect, publish_all
+    from dangol_cloud.mqtt import clear_retained
 
     topics = [proto.catalogue_topic(store_id), *(proto.menu_topic(store_id, c) for c in customer_ids)]
-    client = connect(mqtt_url, f"{client_id}-{uuid.uuid4().hex[:8]}", timeout=timeout)
-    try:
-        publish_all(client, ((topic, b"", True) for topic in topics), timeout=timeout)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    clear_retained(mqtt_url, topics, client_id=client_id, timeout=timeout)
     log.info("retained catalogue and %d menu topics of removed store %s cleared", len(topics) - 1, store_id)
     return len(topics)
