@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from markupsafe import Markup, escape
 
 __all__ = ["bar_chart", "hbar_chart", "split_bar"]
@@ -118,9 +120,13 @@ def heatmap(rows: list[str], cols: list[str], values: list[list[float]], *, widt
 
 
 def trend_chart(labels: list[str], series: list[tuple[str, list[float], str]], *, width: int = 620,
-                height: int = 200, title: str = "") -> Markup:
+                height: int = 200, title: str = "", value_label: Callable[[float], str] | None = None) -> Markup:
     """Lines over time, one per ``(name, values, colour)``, sharing the y axis from 0; a legend below.
-    Fewer than two points → a short note."""
+    Fewer than two points → a short note.
+
+    Args:
+        value_label: writes a value of the y axis (its ``max`` label), e.g. as money in the store's currency
+            (``₩13,500``); default: a plain number (``13,500``)."""
     if len(labels) < 2:
         return Markup('<p class="empty">Not enough days in this range for a trend.</p>')
     top = max((v for _, vals, _ in series for v in vals), default=0) or 1
@@ -129,7 +135,7 @@ def trend_chart(labels: list[str], series: list[tuple[str, list[float], str]], *
     step = plot_w / (len(labels) - 1)
     parts = [f'<svg class="chart trend" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
              f'<title>{escape(title)}</title>'
-             f'<text x="{pad_l}" y="11" class="lbl">max {_fmt(top)}</text>']
+             f'<text x="{pad_l}" y="11" class="lbl">max {escape((value_label or _fmt)(top))}</text>']
     for name, vals, colour in series:
         points = " ".join(f"{pad_l + i * step:.1f},{pad_t + plot_h * (1 - v / top):.1f}" for i, v in enumerate(vals))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2">'

@@ -298,7 +298,8 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
         The recommender's EvaluationReport (``.to_table()``, ``.to_markdown()``).
 
     Raises:
-        NotEnoughData: no purchases, or none on one side of ``cut``.
+        NotEnoughData: no purchases, none on one side of ``cut``, or no customer left to measure (each bought after
+            ``cut`` only items first sold then).
     """
     from dangol_cloud.recommend import evaluate
 
@@ -315,5 +316,10 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
         first, last = interactions["ts"].min(), interactions["ts"].max()
         raise NotEnoughData(f"--cut {cut:%Y-%m-%d} leaves no purchases on one side (data spans {first:%Y-%m-%d}"
                             f" to {last:%Y-%m-%d})")
-    return evaluate(interactions, items, cut=cut, top_items=top_items, k=k,
-                    segments=segments if len(segments) else None)
+    from dangol_cloud.recommend.evaluate import NothingToEvaluate
+
+    try:
+        return evaluate(interactions, items, cut=cut, top_items=top_items, k=k,
+                        segments=segments if len(segments) else None)
+    except NothingToEvaluate as exc:
+        raise NotEnoughData(str(exc)) from exc

@@ -82,7 +82,10 @@ def clean_items(items: pd.DataFrame | None, interactions: pd.DataFrame) -> pd.Da
     if "tags" not in known.columns:
         known["tags"] = [[] for _ in range(len(known))]
     known["tags"] = known["tags"].map(lambda t: [str(x) for x in t] if isinstance(t, (list, tuple, set)) else [])
-    known["available"] = known["available"].fillna(True).astype(bool) if "available" in known else True
+    # a missing value (None, NaN, pd.NA: an item added above, or left blank) is available; filled while converting
+    # to numpy, not by fillna on an object column (pandas deprecates that downcast); others keep Python truth
+    known["available"] = (known["available"].to_numpy(dtype=object, na_value=True).astype(bool)
+                          if "available" in known else True)
     known = known.drop_duplicates("item", keep="first").sort_values("item", kind="stable")
     return known[list(ITEM_COLUMNS)].reset_index(drop=True)
 

@@ -22,7 +22,6 @@ features and hyper-parameters, no re-ranker, no category cap); Dangol, the shipp
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -33,10 +32,16 @@ from .baselines import (Baskets, TifuKnn, TifuParams, als_scores, basket_counts,
 from .config import RecommenderConfig
 from .data import catalogue_before, clean_interactions, restrict_to_top_items
 from .dayparts import DAYPART_HOURS, DAYPARTS, daypart_of
+from .eval_report import EvaluationReport
 from .model import train
 
 #: The published baseline rows (:func:`_baselines`), against which the shipped model is compared.
 BASELINE_ROWS = ("basket frequency (GP-TopFreq)", "TIFU-KNN", "implicit ALS")
+
+
+class NothingToEvaluate(ValueError):
+    """The data leave no customer to measure at this cut; the message says why (no customer on both sides of the
+    cut, or each bought after it only items first sold then)."""
 
 
 def ranking_metrics(top: np.ndarray, relevant: np.ndarray, k: int) -> tuple[float, float, float]:
@@ -108,67 +113,6 @@ def repeat_explore_recall(top: np.ndarray, relevant: np.ndarray, bought_before: 
     return out[0], out[1]
 
 
-@dataclass
-class EvaluationReport:
-    """Offline metrics per method; ``rows`` are dicts with method, precision@k, recall@k, MAP@k,
-    coverage, n_customers. ``train_seconds`` / ``score_seconds`` time the shipped model's training and
-    its scoring of every evaluated customer. ``comparison`` (with baselines): the shipped model's precision@k over
-    the best baseline row's, ``{"baseline", "ratio", "low", "high"}`` (95 % paired bootstrap interval)."""
-
-    k: int
-    cut: datetime
-    n_items: int
-    n_train_interactions: int
-    rows: list[dict] = field(default_factory=list)
-    train_seconds: float = float("nan")
-    score_seconds: float = float("nan")
-    model_version: str = ""
-    notes: list[str] = field(default_factory=list)
-    comparison: dict | None = None
-
-    @property
-    def columns(self) -> list[str]:
-        k = self.k
-        return ["method", f"precision@{k}", f"recall@{k}", f"MAP@{k}", f"repeat R@{k}", f"explore R@{k}", "coverage",
-                "n_customers", "train s", "score s"]
-
-    def _cells(self, row: dict) -> list[str]:
-        return ([row["method"]] + [f"{row[c]:.4f}" for c in self.columns[1:7]] + [str(row["n_customers"])]
-                + [f"{row.get(c, float('nan')):.1f}" for c in ("train s", "score s")])
-
-    def _caption(self) -> str:
-        return "; ".join([f"cut {self.cut:%Y-%m-%d}, {self.n_items} items, k={self.k}; train s / score s = seconds to "
-                          "fit (incl. tuning on the validation split) / to rank every evaluated customer", *self.notes])
-
-    def to_markdown(self) -> str:
-        """GitHub-flavoured Markdown table with a one-line caption underneath."""
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(self._cells(r)) + " |" for r in self.rows]
-        return "\n".join(lines) + f"\n\n{self._caption()}\n"
-
-    def to_table(self) -> str:
-        """The table rendered with ``rich`` (plain text, no colour codes)."""
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="Offline evaluation", caption=self._caption())
-        for c in self.columns:
-            table.add_column(c, justify="left" if c == "method" else "right")
-        for r in self.rows:
-            table.add_row(*self._cells(r))
-        console = Console(width=160, record=True, force_terminal=False, color_system=None)
-        with console.capture() as cap:
-            console.print(table)
-        return cap.get()
-
-    def row(self, method: str) -> dict:
-        """The row of ``method`` (KeyError if absent)."""
-        for r in self.rows:
-            if r["method"] == method:
-                return r
-        raise KeyError(method)
-
-
 def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, cut: datetime,
              top_items: int | None = None, k: int = 10, config: RecommenderConfig | None = None,
              customer_features: pd.DataFrame | None = None, baselines: bool = True,
@@ -189,7 +133,10 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         (GP-TopFreq)", "TIFU-KNN", "implicit ALS"], "LightFM alone", "Dangol (hybrid)".
 
     Raises:
-        ValueError: if no customer has purchases on both sides of the cut.
+        NothingToEvaluate: (a ValueError) no customer has purchases on both sides of the cut, or every such customer
+            bought after it only items first sold at or after it (no list made before the cut can hold them, so
+            their recall would be NaN: :func:`_findable`). Raised before any training.
+        ValueError: as :func:`~dangol_cloud.recommend.train` for malformed frames.
     """
     cfg = config or RecommenderConfig()
     cut = pd.Timestamp(cut)
@@ -201,7 +148,9 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
     catalogue = catalogue.assign(available=True)  # the evaluation asks what the customer buys, not what is in stock
     evaluated = np.array(sorted(set(train_df["customer"]) & set(test_df["customer"])), dtype=str)
     if len(evaluated) == 0:
-        raise ValueError(f"no customer has purchases both before and after {cut:%Y-%m-%d}")
+        raise NothingToEvaluate(f"nothing to evaluate: no customer has purchases both before and after "
+                                f"{cut:%Y-%m-%d}")
+    _findable(train_df, test_df, catalogue, evaluated, cut)
 
     t0 = time.perf_counter()
     model = train(train_df, catalogue, config=cfg, customer_features=customer_features, segments=segments)
@@ -291,6 +240,26 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         report.notes.append("cold-start rows: customers whose first purchase is after the cut; repeat R is NaN "
                             "(nothing bought before)")
     return report
+
+
+def _findable(train_df: pd.DataFrame, test_df: pd.DataFrame, catalogue: pd.DataFrame, evaluated: np.ndarray,
+              cut: pd.Timestamp) -> None:
+    """Check that some ``evaluated`` customer bought after the cut an item the model will know: one of
+    ``catalogue`` or of ``train_df`` (the items :func:`~dangol_cloud.recommend.train` indexes). The others are left
+    out of the metrics later (a note counts them); when that is everyone there is nothing to measure.
+
+    Raises:
+        NothingToEvaluate: no such customer; the message gives the customers' and the new items' numbers.
+    """
+    known = set(catalogue["item"]) | set(train_df["item"])
+    after = test_df[test_df["customer"].isin(set(evaluated))]
+    if after["item"].isin(known).any():
+        return
+    n, new = len(evaluated), after["item"].nunique()
+    raise NothingToEvaluate(
+        f"nothing to evaluate: the {n:,} customer{'s' if n != 1 else ''} with purchases on both sides of the cut "
+        f"({cut:%Y-%m-%d}) bought after it only items first sold on or after it ({new:,} such "
+        f"item{'s' if new != 1 else ''}), which no list made before the cut can hold; choose a later cut")
 
 
 def _cold_start_methods(model, test_df: pd.DataFrame, segments: pd.DataFrame, k: int

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 from flask import Blueprint, Response, abort, render_template, request
@@ -18,6 +19,7 @@ from dangol_cloud.app import get_session, get_settings, store_clock
 from dangol_cloud.charts import bar_chart, hbar_chart, heatmap, split_bar, trend_chart
 from dangol_cloud.models import Store, StoreSetting
 from dangol_cloud.web.scope import store_scope
+from dangol_protocol.money import format_money
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
 PRESETS = (7, 30, 90, 365)
@@ -95,7 +97,8 @@ def index():
                                              ("Recognised", [t[2] for t in a.trend], "#3b2a20")],
                                     title="Visits over time"),
         "revenue_trend": trend_chart(labels, [("Revenue", [t[4] or 0 for t in a.trend], "#b5562b")],
-                                     title="Revenue over time") if a.revenue is not None else None,
+                                     title="Revenue over time", value_label=_money_label(revenue_currency))
+        if a.revenue is not None else None,
         "heat": heatmap(numbers.WEEKDAYS, [f"{h:02d}" for h in range(24)], a.heatmap,
                         title="Shop visits by weekday and hour"),
     }
@@ -120,6 +123,23 @@ def _shown_stores(store: str | None) -> frozenset[str] | None:
     """The stores whose numbers are shown: the chosen one; else every store for an owner (None) and the user's
     own stores for staff (never another store's sales or arrivals)."""
     return frozenset([store]) if store is not None else store_scope()
+
+
+def _money_label(currency: str | None) -> Callable[[float], str] | None:
+    """An axis label writer for amounts in ``currency`` (``₩13,500``, ``$4.50``: :func:`format_money`), or None (plain
+    numbers) when the stores sell in different currencies (the page then shows no revenue chart). A currency stored
+    before the checks that :func:`format_money` refuses is written after the number (``13,500 WONS``), as the
+    ``money`` filter does."""
+    if currency is None:
+        return None
+
+    def label(value: float) -> str:
+        try:
+            return format_money(value, currency)
+        except ValueError:
+            return f"{value:,.2f} {currency}"
+
+    return label
 
 
 def _one_currency(s, store_ids: list[str | None]) -> str | None:

@@ -18,7 +18,7 @@ from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish, publish_catalogue_version
 from dangol_cloud.web.catalogue_form import (code_problem, drop_held, held_photo, hold_photo, menu_currency,
-                                              pos_code, take_held, unique_code)
+                                              pos_code, price_problem, show_price_in, take_held, unique_code)
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import PRICE_MESSAGE, ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
@@ -105,17 +105,31 @@ def _code_ok(s, form: ItemForm, item: CatalogueItem | None) -> bool:
     return problem is None
 
 
+def _price_ok(form: ItemForm) -> bool:
+    """Check a submitted price against the catalogue's currency (:func:`~dangol_cloud.web.catalogue_form.price_problem`:
+    no fractional won); a refused price becomes the field's error. True when it may be saved (always on a GET)."""
+    if not form.is_submitted():
+        return True
+    currency, _differing = menu_currency(get_session(), get_settings().currency)
+    problem = price_problem(form.price, currency)
+    if problem:
+        form.price.errors = [*form.price.errors, problem]
+    return problem is None
+
+
 def _form_page(form: ItemForm, item: CatalogueItem | None, slot: str):
-    """The item form, its price labelled with the catalogue's currency; a photo attached to a refused submit is
-    kept for the next one (:func:`~dangol_cloud.web.catalogue_form.hold_photo`), and a fresh form drops any."""
+    """The item form, its price labelled with the catalogue's currency and taking its decimals (``step`` 1 for won,
+    0.01 for dollars: :func:`~dangol_cloud.web.catalogue_form.show_price_in`); a photo attached to a refused submit
+    is kept for the next one (:func:`~dangol_cloud.web.catalogue_form.hold_photo`), and a fresh form drops any."""
     if request.method == "POST":
         hold_photo(form, slot)
     else:
         drop_held()
     currency, differing = menu_currency(get_session(), get_settings().currency)
     form.price.label.text = f"Price ({currency})"
+    step = show_price_in(form.price, currency)
     return render_template("item_form.html", form=form, item=item, action=ActionForm(), held=held_photo(slot),
-                           currency=currency, currency_differs=differing)
+                           currency=currency, currency_differs=differing, price_step=step)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -123,11 +137,12 @@ def _form_page(form: ItemForm, item: CatalogueItem | None, slot: str):
 def new():
     """GET/POST /catalogue/new: create an item. Its POS code is the one typed, else made from the name
     (:func:`~dangol_cloud.web.catalogue_form.pos_code`, made unique with ``-2``, ``-3``…); a typed code that is
-    refused (:func:`~dangol_cloud.web.catalogue_form.code_problem`) is an error on the form, like any other field,
-    and the attached photo is kept for the next submit."""
+    refused (:func:`~dangol_cloud.web.catalogue_form.code_problem`), or a price with more decimals than the currency
+    has (:func:`~dangol_cloud.web.catalogue_form.price_problem`: 4500.5 won), is an error on the form, like any other
+    field, and the attached photo is kept for the next submit."""
     form = ItemForm()
     s = get_session()
-    if form.validate_on_submit() & _code_ok(s, form, None):  # & not and: both fields' errors are shown at once
+    if form.validate_on_submit() & _code_ok(s, form, None) & _price_ok(form):  # &: every field's errors at once
         typed = (form.ref.data or "").strip()
         item = CatalogueItem(ref=typed or unique_code(s, pos_code(form.name.data)), name="", tags=[])
         _fill(item, form, "new")
@@ -150,7 +165,7 @@ def edit(item_id: str):
         form.tags.data = ", ".join(item.tags or [])
         if item.price is not None and not math.isfinite(item.price):  # stored before prices were bounded
             form.price.errors = [f"The stored price ({item.price}) cannot be published. {PRICE_MESSAGE}"]
-    if form.validate_on_submit() & _code_ok(s, form, item):  # & not and: both fields' errors are shown at once
+    if form.validate_on_submit() & _code_ok(s, form, item) & _price_ok(form):  # &: every field's errors at once
         if (form.ref.data or "").strip() and form.ref.data != item.ref:
             item.ref = form.ref.data.strip()
         _fill(item, form, item.id)

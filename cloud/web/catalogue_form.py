@@ -6,7 +6,9 @@ kept across a refused submit. Used by :mod:`dangol_cloud.web.catalogue`.
   (:func:`pos_code`: "아메리카노" → ``아메리카노``, "Flat White" → ``flat-white``, as before for Latin names); the
   owner may set another one on the form (:func:`code_problem`: the POS API's rules and unique).
 * **Currency**: the catalogue has one price per item and each store shows it in its own currency (Stores page),
-  else the ``CURRENCY`` setting (:func:`menu_currency`).
+  else the ``CURRENCY`` setting (:func:`menu_currency`). The price takes the decimals of that currency (CLDR's,
+  :func:`dangol_protocol.money.minor_digits`): whole won and yen, cents of a dollar (:func:`price_problem`; the
+  input's ``step`` and shown decimals: :func:`show_price_in`).
 * **Held photo**: a photo attached to a form that is refused for another field (a price typo) is kept in
   ``photos/held/`` under a name remembered in the signed session for that form, shown on the form again and saved
   with the item at the next submit unless another photo is attached (:func:`hold_photo`, :func:`take_held`).
@@ -18,16 +20,19 @@ import re
 import time
 import unicodedata
 import uuid
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
+from babel.numbers import get_currency_name
 from flask import session as web_session
 from sqlalchemy import or_, select
 
 from dangol_cloud.app import get_settings
 from dangol_cloud.models import CatalogueItem, Store, StoreSetting
 from dangol_cloud.sale_rules import REF_MAX
+from dangol_protocol.money import LOCALE, CurrencyError, minor_digits
 
-__all__ = ["code_problem", "drop_held", "held_photo", "hold_photo", "menu_currency", "pos_code", "take_held",
-           "unique_code"]
+__all__ = ["code_problem", "currency_digits", "drop_held", "held_photo", "hold_photo", "menu_currency", "pos_code",
+           "price_problem", "show_price_in", "take_held", "unique_code"]
 
 #: Longest derived code before a ``-N`` suffix, leaving room for it within :data:`REF_MAX`.
 CODE_BASE_MAX = REF_MAX - 8
@@ -93,6 +98,63 @@ def menu_currency(session, default: str) -> tuple[str, list[tuple[str, str]]]:
     if len(codes) <= 1:
         return (codes.pop() if codes else default), []
     return default, [(name, code) for name, code in rows if code and code != default]
+
+
+def currency_digits(currency: str) -> int:
+    """The decimals a price in ``currency`` may have: CLDR's minor-unit digits (KRW, JPY 0; USD, EUR 2; BHD 3), and 2
+    for a code this babel does not list (stored before the checks, or newer than its data), as
+    :func:`dangol_protocol.money.format_money` writes such a price."""
+    try:
+        return minor_digits(currency)
+    except CurrencyError:
+        return 2
+
+
+def _fits(value: Decimal, digits: int) -> bool:
+    """Whether ``value`` has at most ``digits`` decimals (False for one too wide to tell: a huge stored price)."""
+    try:
+        return value == value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR)
+    except ArithmeticError:  # decimal.InvalidOperation: more digits than the context's precision
+        return False
+
+
+def price_problem(field, currency: str) -> str | None:
+    """Why the submitted price of the item form's ``field`` (a WTForms ``DecimalField``) cannot be a price in
+    ``currency`` — more decimals than the currency has (:func:`currency_digits`: ``4500.5`` won, ``4.555`` dollars)
+    — naming the currency, what was typed and the two nearest prices; None when it can, or when the field holds no
+    number or was refused already (its own validators say why)."""
+    value = field.data
+    if field.errors or not isinstance(value, Decimal) or not value.is_finite():
+        return None
+    digits = currency_digits(currency)
+    if _fits(value, digits):
+        return None
+    step = Decimal(1).scaleb(-digits)
+    low, high = value.quantize(step, rounding=ROUND_FLOOR), value.quantize(step, rounding=ROUND_CEILING)
+    typed = (field.raw_data[0] if field.raw_data else str(value)).strip()[:40]
+    called = get_currency_name(currency, locale=LOCALE)  # the code itself when babel does not know it
+    name = f"{called} ({currency})" if called != currency else currency
+    if digits == 0:
+        return (f"Price: {name} has no smaller unit, so a price is a whole number; {typed} is not. "
+                f"Enter {low} or {high}.")
+    return (f"Price: {name} prices have at most {digits} decimal{'s' if digits > 1 else ''}; {typed} has more. "
+            f"Enter {low} or {high}.")
+
+
+def show_price_in(field, currency: str) -> str:
+    """Show the item form's price ``field`` with the decimals of ``currency`` (``4500`` won, not ``4500.00``; a
+    stored price with more decimals than that keeps them, so the form never shows a rounded price), and return the
+    price input's ``step`` (``"1"`` for won, ``"0.01"`` for dollars)."""
+    digits = currency_digits(currency)
+    value = field.data
+    if value is not None and not field.raw_data:
+        try:
+            shown = Decimal(str(value))
+        except ArithmeticError:
+            shown = None
+        if shown is not None and shown.is_finite() and _fits(shown, digits):
+            field.places = digits
+    return str(Decimal(1).scaleb(-digits))
 
 
 # --- a photo kept across a refused submit -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""A confirmation step for destructive dashboard actions (erase a customer, retire an item, remove a device),
-without JavaScript: the action's button posts to the action's URL; without a confirmation the view answers
-with a page that says what will happen and asks again (for an erasure: type ``ERASE``), posting back to the
-same URL with the CSRF token and the confirmation. Only that second post acts.
+"""A confirmation step for destructive dashboard actions (erase a customer, retire an item, mark menu items sold
+out or move them to another category in bulk, remove a device), without JavaScript: the action's button posts to
+the action's URL; without a confirmation the view answers with a page that says what will happen and asks again
+(for an erasure: type ``ERASE``), posting back to the same URL with the CSRF token and the confirmation. Only that
+second post acts.
 """
 
 from __future__ import annotations

@@ -204,14 +204,27 @@ def _moved(s, before: dict[str, str]) -> int:
 
 
 BULK_OPS = ("retire", "restore", "available", "soldout", "category")
+#: The bulk actions that ask first, naming how many items and which: ``op: (question, button, what happens)``
+#: (``{n}`` items, ``{category}`` typed). Restore and "Mark available" act at once: they take nothing off a door.
+BULK_QUESTIONS = {
+    "retire": ("Retire {n} item(s)?", "Retire items",
+               "They leave the menu and every regular's picks at the next Publish: "),
+    "soldout": ("Mark {n} item(s) sold out?", "Mark sold out",
+                "The door screens leave them out of the menus and every regular's picks at the next Publish, until "
+                "you mark them available again: "),
+    "category": ("Move {n} item(s) to “{category}”?", "Set category",
+                 "Their category becomes “{category}” (the one they have now is not kept), on the door screens at "
+                 "the next Publish: "),
+}
 
 
 @bp.route("/bulk", methods=["POST"])
 @login_required
 def bulk():
-    """POST /catalogue/bulk: ``op`` in retire (after a confirmation), restore, available, soldout, category
-    (``new_category``) on the ticked menu items ``ids``, with ``scope=page`` on every item of the page the form
-    was on (``page_ids``), with ``scope=all`` on every item of the list (``show``, ``q``: at most 10,000)."""
+    """POST /catalogue/bulk: ``op`` in retire, soldout, category (``new_category``) — each after a confirmation
+    page naming the items (:data:`BULK_QUESTIONS`) — restore, available on the ticked menu items ``ids``, with
+    ``scope=page`` on every item of the page the form was on (``page_ids``), with ``scope=all`` on every item of the
+    list (``show``, ``q``: at most 10,000); the items in the list's order (category, name)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
@@ -226,7 +239,8 @@ def bulk():
         items = s.scalars(menu_query(show, q).limit(10_000)).all()
     else:
         ids = [i for i in request.form.getlist("page_ids" if scope == "page" else "ids") if i][:10_000]
-        items = s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(ids), on_menu())).all() if ids else []
+        items = s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(ids), on_menu())
+                          .order_by(CatalogueItem.category, CatalogueItem.name)).all() if ids else []
     if not items:
         flash("Tick some items first (or choose “all on this page”).", "warning")
         return redirect(back)
@@ -234,11 +248,12 @@ def bulk():
     if op == "category" and not category:
         flash("Type the category to set.", "error")
         return redirect(back)
-    if op == "retire":
-        page = confirmation_page(title=f"Retire {len(items)} item(s)?", button="Retire items", cancel_url=back,
-                                 detail="They leave the menu and every regular's picks at the next Publish: "
-                                        + ", ".join(i.name for i in items[:12]) + ("…" if len(items) > 12 else "."),
-                                 keep=[("op", op), ("show", show), ("q", q)] + [("ids", i.id) for i in items])
+    if op in BULK_QUESTIONS:
+        title, button, detail = (text.format(n=len(items), category=category) for text in BULK_QUESTIONS[op])
+        names = ", ".join(i.name for i in items[:12]) + ("…" if len(items) > 12 else ".")
+        page = confirmation_page(title=title, button=button, cancel_url=back, detail=detail + names,
+                                 keep=[("op", op), ("show", show), ("q", q), ("new_category", category)]
+                                 + [("ids", i.id) for i in items])
         if page is not None:
             return page
     for item in items:

@@ -159,7 +159,7 @@ def test_dashboard_maps_products_and_bulk_edits_the_menu(web, ta_feng_slice):
         assert ids
     # bulk: sold out, category, retire (confirmed)
     for op, extra in (("soldout", {}), ("category", {"new_category": "Snacks"})):
-        client.post("/catalogue/bulk", data={"csrf_token": token, "op": op, "ids": ids, **extra})
+        client.post("/catalogue/bulk", data={"csrf_token": token, "op": op, "ids": ids, "confirm": "yes", **extra})
     with db.sessions() as s:
         items = [s.get(CatalogueItem, i) for i in ids]
         assert all(not i.available and i.category == "Snacks" for i in items)

@@ -328,6 +328,8 @@ def test_catalogue_bulk_actions_take_every_item_on_the_page_or_in_the_list(brows
     assert "all 60 on this page" in page.inner_text("label[for=scope-page]")
     page.check("#scope-page")
     page.click("#bulk-soldout")
+    assert "Mark 60 item(s) sold out?" in page.inner_text("#confirm")
+    page.click("#confirm-button")
     assert "60 item(s) marked sold out" in _flashes(page)
     assert _count(site.db, ticks, CatalogueItem.available.is_(False)) == 60
 
