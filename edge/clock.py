@@ -8,13 +8,34 @@ moved: a difference beyond :data:`STEP_TOLERANCE_S` is a step. The housekeeping 
 remaining lifetime, holds retention until the clock has been steady for :data:`STEADY_S` (and, where the system says
 whether NTP has synchronised it, until it has), and lets a pass erase most regulars at once only on a clock the
 system confirmed or that has been steady for :data:`TRUST_AFTER_S` (:func:`retention_cap`).
+
+A step while the daemon is *stopped* (an update, a crash, or NTP syncing during the next boot before the daemon
+starts) is not seen by :class:`ClockWatch`, which starts afresh with each daemon. For pending sign-ups — the only
+erasure the clock decides within hours — the gallery keeps an *anchor*: the boot id, the boot clock and the wall clock
+of one moment, and whether the system confirmed the clock then (:mod:`dangol_edge.clock_anchor`). The rule, and why:
+
+* same boot: the boot clock says exactly how much time passed since the anchor, so any disagreement of the wall clock
+  is a step; sign-ups made before it keep their remaining lifetime (forward), or are cut to at most their lifetime
+  from now (backward: a clock that was ahead must not keep them for ever, and none is erased early);
+* another boot, the previous one's clock and this one's both confirmed by the system (NTP): the wall clock is right
+  on both sides, so the time the box was off counts;
+* another boot otherwise: the old stamps are in a timeline that may be off by any amount (fake-hwclock's saved time),
+  and how long the box was off is unknown. A sign-up keeps the lifetime it had at the anchor (refreshed every few
+  minutes while sign-ups wait) less this boot's uptime — the only time surely passed since —: the time the box was
+  off is not counted (never erased early), and its life is still bounded by its lifetime of the box running.
+
+Whether the system confirms the clock is the kernel's NTP state (:func:`clock_confirmed`: ``adjtimex``, synchronised
+unless ``STA_UNSYNC``, what ``timedatectl`` reports as NTPSynchronized, for systemd-timesyncd, chrony or ntpd alike).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -65,6 +86,52 @@ def system_synchronised() -> bool | None:
     if props.get("NTPSynchronized") == "yes":
         return True
     return False if props.get("NTP") == "yes" else None
+
+
+#: The kernel's id of this boot (a new one at every boot).
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+#: ``adjtimex``'s status bit "clock not synchronised", and its return value for the same (``<sys/timex.h>``).
+STA_UNSYNC, TIME_ERROR = 0x0040, 5
+_PROCESS_BOOT = f"process-{uuid.uuid4()}"  # where the kernel gives no boot id: every daemon counts as a new boot
+
+
+def boot_id() -> str:
+    """This boot's id (Linux: ``/proc/sys/kernel/random/boot_id``); elsewhere one per process, so that every start
+    counts as a new boot (whose boot clock says nothing about the previous one's)."""
+    try:
+        return BOOT_ID_PATH.read_text().strip() or _PROCESS_BOOT
+    except OSError:
+        return _PROCESS_BOOT
+
+
+class _Timex(ctypes.Structure):
+    """``struct timex`` up to ``status`` (the kernel writes the rest into :attr:`_pad`, sized beyond any ABI's)."""
+
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("_pad", ctypes.c_byte * 512)]
+
+
+@functools.cache
+def _adjtimex():
+    """libc's ``adjtimex``, or None where there is none (not Linux)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex  # the process's own symbols: libc on Linux
+    except (OSError, AttributeError):
+        return None
+
+
+def clock_confirmed() -> bool:
+    """True when the kernel says an NTP client has synchronised the clock (``adjtimex`` read-only: neither
+    ``TIME_ERROR`` nor ``STA_UNSYNC``; a time set by hand sets ``STA_UNSYNC``); else, where ``adjtimex`` cannot be
+    called, when :func:`system_synchronised` says so (which may run ``timedatectl``: up to 5 s). False when nothing
+    confirms it."""
+    call = _adjtimex()
+    tx = _Timex()
+    state = call(ctypes.byref(tx)) if call is not None else -1
+    if state < 0:
+        return system_synchronised() is True
+    return state != TIME_ERROR and not tx.status & STA_UNSYNC
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from . import clock
+from .clock_anchor import move_anchor, reconcile
+
 
 class TooManyUnseen(RuntimeError):
     """A retention pass would erase more regulars than its limit: nothing was erased (the message says how many)."""
@@ -66,9 +69,17 @@ class GalleryExpiry:
             return int(self.db.execute("SELECT COUNT(*) FROM customers WHERE status = 'active'").fetchone()[0])
 
     def expire_pending(self, now: datetime | None = None) -> list[str]:
-        """Erase pending customers past their ``expires_at``; returns their ids. Then wipes the ``-wal`` file as
-        :meth:`expire_unseen` does (each housekeeping pass: a wipe an earlier deletion could not finish is retried)."""
-        ts = _iso(now or datetime.now(timezone.utc))
+        """Erase pending customers past their ``expires_at``; returns their ids. First their stamps are brought into
+        the wall clock's timeline after a step the daemon did not see (while it was stopped, or across a reboot:
+        :func:`~dangol_edge.clock_anchor.reconcile`). Then wipes the ``-wal`` file as :meth:`expire_unseen` does (each
+        housekeeping pass: a wipe an earlier deletion could not finish is retried).
+
+        Raises:
+            sqlite3.Error: the gallery cannot be read or written (nothing erased by the step that failed).
+        """
+        now = now or datetime.now(timezone.utc)
+        reconcile(self.db, now, self._lock)
+        ts = _iso(now)
         ids = [r[0] for r in self.db.execute(
             "SELECT id FROM customers WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?", [ts])]
         for cid in ids:
@@ -76,10 +87,23 @@ class GalleryExpiry:
         self.wipe_if_due()
         return ids
 
+    def delete_reported(self, customer_id: str) -> None:
+        """:meth:`~dangol_edge.gallery.Gallery.delete` for an erasure the cloud must hear of (the staff page's erase and
+        discard): the same transaction records the id for the report (:meth:`unreported_erasures`), so it survives a
+        state file that cannot be written now and a restart before it can; :meth:`erasure_reported` once the report is
+        queued. Then the ``-wal`` file is wiped as :meth:`~dangol_edge.gallery.Gallery.delete` does.
+
+        Raises:
+            UnknownCustomer: no such id.  sqlite3.Error: the gallery cannot be written (nothing erased, nothing
+                recorded).
+        """
+        self._delete(customer_id, report=True)
+        self.wipe_deleted()
+
     def unreported_erasures(self) -> list[str]:
-        """Customers :meth:`expire_unseen` and :meth:`expire_pending` erased whose erasure the cloud has not been told of
-        (recorded by the erasure's own transaction, so a daemon killed before its report reports them at its next
-        start)."""
+        """Customers erased here whose erasure the cloud has not been told of: by :meth:`expire_unseen`,
+        :meth:`expire_pending` and :meth:`delete_reported` (recorded by the erasure's own transaction, so a daemon
+        killed or unable to write its state file before the report reports them at its next start)."""
         with self._lock:
             return [r[0] for r in self.db.execute("SELECT customer_id FROM erasure_reports ORDER BY rowid")]
 
@@ -92,17 +116,20 @@ class GalleryExpiry:
 
     def shift_pending(self, step_s: float, made_before: datetime) -> int:
         """The wall clock stepped by ``step_s`` seconds: move the ``expires_at`` of each pending sign-up made before
-        the step (``created_at`` at most ``made_before``, the clock just before it) by the step, so it keeps the
-        lifetime it had left. One made in another timeline (a previous boot's, after the box started with a clock
-        behind) is left alone. Returns how many moved."""
-        delta = timedelta(seconds=step_s)
+        the step (``created_at`` at most ``made_before``, the clock just before it) and its ``created_at`` by the step,
+        so it keeps the lifetime it had left (and its age on the staff page). One made in another timeline (a previous
+        boot's, after the box started with a clock behind) is left alone. The gallery's clock anchor moves with them
+        (:func:`~dangol_edge.clock_anchor.move_anchor`). Returns how many moved."""
+        delta, confirmed = timedelta(seconds=step_s), clock.clock_confirmed()
         with self._lock, self.db.conn:
             self.db.execute("BEGIN IMMEDIATE")
-            rows = self.db.execute("SELECT id, expires_at FROM customers WHERE status = 'pending' AND expires_at IS "
-                                   "NOT NULL AND created_at <= ?", [_iso(made_before)]).fetchall()
-            for cid, expires in rows:
-                self.db.execute("UPDATE customers SET expires_at = ? WHERE id = ?",
-                                [_iso(datetime.fromisoformat(expires) + delta), cid])
+            rows = self.db.execute("SELECT id, created_at, expires_at FROM customers WHERE status = 'pending' AND "
+                                   "expires_at IS NOT NULL AND created_at <= ?", [_iso(made_before)]).fetchall()
+            for cid, created, expires in rows:
+                self.db.execute("UPDATE customers SET created_at = ?, expires_at = ? WHERE id = ?",
+                                [_iso(datetime.fromisoformat(created) + delta),
+                                 _iso(datetime.fromisoformat(expires) + delta), cid])
+            move_anchor(self.db, step_s, confirmed)
         return len(rows)
 
     def settle_stamps(self, now: datetime, stepped: float = 0.0) -> int:

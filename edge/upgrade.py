@@ -20,7 +20,9 @@ or a sign-up still pending (waiting for staff, at most ``enrol.pending_ttl_h``) 
 (the log and ``dangol-edge customers list`` show who; a pending sign-up left with no template is refused at
 activation: :class:`~dangol_edge.gallery_models.NoCurrentTemplate`). While it runs, a pending sign-up with only old
 templates can be activated (unless it is a regular's face, see below) and is migrated at its next visit, like every
-regular. The daemon's housekeeping calls
+regular — but never in a regular's place: the regulars' old templates are searched first, a sign-up that is a
+regular's face is not searched at all, and a sign-up is not migrated on a track where a regular was accepted
+(:mod:`dangol_edge.upgrade_search`). The daemon's housekeeping calls
 :meth:`ModelUpgrade.check` on every pass, so the deadline holds while the daemon keeps running.
 
 An erasure while the upgrade runs (staff page, cloud, retention) drops the customer's old templates from the
@@ -60,7 +62,8 @@ from .faces import Face
 from .gallery import Gallery, UnknownCustomer
 from .gallery_models import UPGRADE_STARTED_KEY
 from .gallery_search import PreviousModel
-from .matcher import Match, Matcher
+from .matcher import Match
+from .upgrade_search import OldTemplates
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,8 @@ class _TrackVotes:
             accepted frames (bounded).
         done: the track migrated somebody (or its customer was erased): nothing more to do for it.
         disagreed: the elected customer's faces were found not to agree once (logged once per track).
+        beside_regular: a pending sign-up was elected on a track where a regular was accepted too (not migrated;
+            logged once per track).
     """
 
     frames: int = 0
@@ -97,6 +102,7 @@ class _TrackVotes:
     faces: dict = field(default_factory=dict)
     done: bool = False
     disagreed: bool = False
+    beside_regular: bool = False
 
 
 class ModelUpgrade:
@@ -131,7 +137,7 @@ class ModelUpgrade:
         self.max_days, self.max_templates = max_days, max_templates
         self.min_votes, self.vote_share = min_votes, vote_share
         self._tracks: dict[int, _TrackVotes] = {}  # live track id -> its old-model votes (recognition thread only)
-        self.matcher = Matcher()
+        self.matcher = OldTemplates()  # regulars first, then sign-ups pending staff (dangol_edge.upgrade_search)
         self.migrated: list[str] = []
         self.done = False
         self.erased_dropped = 0
@@ -140,6 +146,7 @@ class ModelUpgrade:
         self._unreported: tuple[int, Exception] | None = None  # failures since the last check(), and the latest
         self._loaded: frozenset[str] = frozenset()
         self._rule: OpenSetRule | None = None
+        self._door_rule: OpenSetRule | None = None  # the old model's rule at the door's FPIR (duplicate sign-ups)
         # check() runs on the recognition and housekeeping threads, forget() on whichever erased: reloads and the
         # end of the upgrade are serialised, so a reload read before an erasure never lands after its forget()
         self._lock = threading.RLock()
@@ -153,22 +160,23 @@ class ModelUpgrade:
         if tail is None:
             raise uncalibrated(self.previous.model_path, upgrade=True)
         self._rule = OpenSetRule(tail, self.target_fpir * STRICTER)
+        self._door_rule = OpenSetRule(tail, self.target_fpir)
         # the staff page's "already a regular" check of sign-ups with only old templates: the door's rule as it was
-        self.gallery.previous_model = PreviousModel(self.previous.sha256, OpenSetRule(tail, self.target_fpir))
+        self.gallery.previous_model = PreviousModel(self.previous.sha256, self._door_rule)
         self._reload()
         self.check(now)
         return self
 
     def _reload(self) -> None:
         """Load the old-model templates of the active and pending customers (a sign-up waiting for staff is
-        migrated like a regular; the matcher swaps them in at once, so a search on the recognition thread
-        meanwhile sees the old set or the new one)."""
+        migrated like a regular, but never in a regular's place: :mod:`dangol_edge.upgrade_search`; the matrices are
+        swapped in whole, so a search on the recognition thread meanwhile sees the old set or the new one)."""
         with self._lock:
             if self.done:
                 return
-            matrix, owners = self.gallery.matrix_for(self.previous.sha256, ("active", "pending"))
-            self.matcher.load(matrix, owners)
-            self._loaded = frozenset(owners)
+            self.matcher.load(self.gallery, self.previous.sha256, self._door_rule, self.margin, self.min_votes,
+                              self.vote_share)
+            self._loaded = self.matcher.ids
 
     @property
     def loaded(self) -> frozenset[str]:
@@ -315,6 +323,13 @@ class ModelUpgrade:
         tv = self._tracks[tid]
         cid, n = tv.votes.most_common(1)[0]
         if n < self.min_votes or n < self.vote_share * tv.frames:
+            return None
+        signups = self.matcher.signups
+        if cid in signups and any(c not in signups for c in tv.votes):  # never in a regular's place
+            if not tv.beside_regular:
+                tv.beside_regular = True
+                log.info("model upgrade: sign-up %s (pending) not migrated: the old model also accepted a regular in "
+                         "this track", cid)
             return None
         kept = list(tv.faces[cid])
         keep, _ = medoid_consistent(np.stack([e for _, _, e in kept]), np.array([q for _, q, _ in kept]))

@@ -23,6 +23,7 @@ from ..consent_text import ConsentTextError, render_consent
 from ..enrol import DoorRule
 from ..gallery import AlreadyRegular, Customer, NoCurrentTemplate, UnknownCustomer
 from .deps import deps
+from .erasing import after_erase, erase_here
 from .formatting import ago, seconds_ago
 from .menu import read_catalogue
 
@@ -130,18 +131,6 @@ def lookup(customer_id: str, status: str) -> Customer | None:
     except UnknownCustomer:
         return None
     return c if c.status == status else None
-
-
-def after_erase(customer_id: str, verb: str, who: str) -> None:
-    on_erase = deps().on_erase
-    if on_erase is not None:
-        try:
-            on_erase(customer_id)
-        except Exception as exc:
-            log.error("reporting the erasure of %s failed: %s", customer_id, exc)
-            flash(f"{verb} {who} on this device, but {NOT_SAVED}", "warning")
-            return
-    flash(f"{verb} {who}.", "success")
 
 
 @bp.get("")
@@ -280,7 +269,7 @@ def discard(customer_id: str):
     if customer is None:
         return staff_page(404, {"_": "That sign-up no longer exists. Nothing was changed."})
     try:
-        deps().gallery.delete(customer_id)
+        erase_here(customer_id)
     except sqlite3.OperationalError as exc:
         return cannot_save("discarded", customer_id, exc)
     after_erase(customer_id, "Discarded", f"sign-up {customer.short_code or ''}".strip())
@@ -293,7 +282,7 @@ def erase(customer_id: str):
     if customer is None:
         return staff_page(404, {"_": "No such customer on this device. Nothing was changed."})
     try:
-        deps().gallery.delete(customer_id)
+        erase_here(customer_id)
     except sqlite3.OperationalError as exc:
         return cannot_save("erased", customer_id, exc)
     after_erase(customer_id, "Erased", customer.display_name)

@@ -331,14 +331,14 @@ def test_a_second_sign_up_of_a_regular_is_refused_during_an_upgrade(tmp_path, mo
 def test_a_second_sign_up_migrated_while_pending_is_still_refused(tmp_path, model_path, facenet_path, pipeline,
                                                                   old_pipeline, clips):
     """The reviewer's scene goes on: Obama comes in before staff saw the second sign-up (made from the same photo
-    as his visit's frames), and the upgrade migrates the pending record, not his. Its new SFace template finds no
-    SFace template of Obama (not migrated yet); the old model's check still refuses it."""
+    as his visit's frames). The upgrade migrates Obama, the regular, never the pending duplicate (which gets no new
+    template); the old model's check still refuses the duplicate's activation."""
     rec, gallery, ids = upgrading(tmp_path, model_path, facenet_path, pipeline, old_pipeline,
                                   {"Barack Obama": [clips / "obama2.jpg"]},
                                   pending={"Obama again": [clips / "obama.jpg"]})
     obama, again = ids["Barack Obama"], ids["Obama again"]
     visit(rec, [clips / "obama.jpg"] * 4)
-    assert rec.upgrade.migrated == [again] and gallery.template_models()[obama].get(gallery.model_sha256) is None
+    assert rec.upgrade.migrated == [obama] and gallery.template_models()[again].get(gallery.model_sha256) is None
     rule = DoorRule.from_config(EdgeConfig(home=tmp_path / "home", embedder={"model_path": model_path}),
                                 gallery.model_sha256)
     with pytest.raises(AlreadyRegular) as exc:
