@@ -20,20 +20,25 @@ stepped into the same place within ``max_gap_s``):
   the decided customer) are one other customer;
 * a track not decided known (undecided, or decided unknown: a stranger stood there), when ``min_votes``
   *consecutive* embedded frames are accepted as one customer (an unknown frame or another customer's frame breaks
-  the run), the track's own vote does not decide it known at that frame anyway, and the run's face is not the face
-  of the track's frames just before it (:data:`SAME_FACE_FRAMES` of them): the mean embedding of the run is below
-  :data:`~dangol_edge.enrol.CONSISTENCY_MIN_SIMILARITY` to each of them. Scattered false accepts of a stranger
-  never form such a run, and a stranger who turns to the camera and is falsely accepted for a few frames in a row
-  is still the same face, so neither greets anybody (without embeddings, :attr:`Observation.embedding`, the watch
-  cannot tell, and such a track is not ended).
+  the run), the track's own vote does not decide it known at that frame anyway, and the run's face is a new face
+  (:mod:`dangol_edge.tracker_faces`): the frames just before the run that show the run's face (the **lead-in**: the
+  person stepping in, not yet accepted, or a run of theirs broken by an unknown frame) are passed over, and the
+  :data:`SAME_FACE_FRAMES` frames before the lead-in are each another face (the mean embedding of the run below
+  :data:`~dangol_edge.enrol.CONSISTENCY_MIN_SIMILARITY` to each). Scattered false accepts of a stranger never form
+  such a run, and a stranger who turns to the camera and is falsely accepted for a few frames in a row is still the
+  same face as every frame of theirs before, so neither greets anybody. The watch cannot tell — and the track is not
+  ended — without embeddings (:attr:`Observation.embedding`), or when the faces before the lead-in are no longer in
+  the track's memory.
 
 That track ends and a new one starts with those frames (their votes, and for a known track the unknown frames since
-the first of them), so the new person is decided — greeted, or counted — by the same rule. Unknown frames alone
-never end a track: a regular looking down or turning away is not a new visitor.
+the first of them; for a track not decided known the lead-in's votes, so the new person's track is the one they
+would have had if the tracker had told them apart on arrival), and the new person is decided — greeted, or counted —
+by the same rule. Unknown frames alone never end a track: a regular looking down or turning away is not a new
+visitor.
 
-Nothing about an unknown track outlives it: no image is kept, and the few embeddings a track not decided known
-holds for its watch (at most :data:`SAME_FACE_FRAMES` before a run and the run's first ``min_votes``) are memory only,
-gone with the track.
+Nothing about an unknown track outlives it: no image is kept, and the embeddings a track not decided known holds for
+its watch (its latest embedded frames, at most :func:`~dangol_edge.tracker_faces.memory_frames` of them) are memory
+only, gone with the track.
 """
 
 from __future__ import annotations
@@ -45,11 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import TrackerConfig
-from .enrol import CONSISTENCY_MIN_SIMILARITY
-
-#: Embedded frames of a track not decided known kept in memory for its watch: a run of another customer's accepted
-#: frames ends the track only when its face is none of the last this many faces before the run.
-SAME_FACE_FRAMES = 5
+from .tracker_faces import SAME_FACE_FRAMES, Seen, memory_frames, new_face_start
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -135,9 +136,9 @@ class Track:
     Once decided known (``decided_id``), ``other`` is the customer of the latest accepted frames when it is not
     ``decided_id``: ``other_run`` accepted frames of them in a row (since ``other_ts``, best score
     ``other_best``), within ``other_frames`` embedded frames. Before that, ``other`` is the customer of the latest
-    embedded frames while they are all accepted as them (``other_run`` of them since ``other_ts``; None after an
-    unknown frame), ``faces`` the embeddings of the track's latest embedded frames, ``before`` those of the frames
-    before the run, ``run_faces`` the run's first ones. See the module docstring.
+    embedded frames while they are all accepted as them (``other_run`` of them; None after an unknown frame) and
+    ``faces`` the track's latest embedded frames (:class:`~dangol_edge.tracker_faces.Seen`, oldest first; bounded by the
+    tracker: :func:`~dangol_edge.tracker_faces.memory_frames`). See the module docstring.
     """
 
     id: int
@@ -156,8 +157,6 @@ class Track:
     other_ts: float = 0.0
     other_best: float = -1.0
     faces: deque = field(default_factory=lambda: deque(maxlen=SAME_FACE_FRAMES))
-    before: list = field(default_factory=list)
-    run_faces: list = field(default_factory=list)
 
 
 class Tracker:
@@ -174,6 +173,7 @@ class Tracker:
         self._last_arrival: dict[str, float] = {}
         self._forgotten: deque[str] = deque()  # erased customers, applied by the next update (any thread appends)
         self._prev_ts: float | None = None  # the previous processed frame's time: which tracks it saw
+        self._memory = memory_frames(self.config.min_votes)  # frames a track not decided known keeps for its watch
 
     def update(self, ts: float, observations: list[Observation]) -> list[Decision]:
         """Feed one frame's observations (time ``ts`` seconds; call it for every processed frame, with or without
@@ -191,7 +191,7 @@ class Tracker:
                 if cost < best_cost:
                     best, best_cost = t, cost
             if best is None:
-                best = Track(next(self._ids), obs.box, ts, ts)
+                best = Track(next(self._ids), obs.box, ts, ts, faces=deque(maxlen=self._memory))
                 self.tracks.append(best)
             else:
                 free.remove(best)
@@ -228,45 +228,41 @@ class Tracker:
         votes = Counter({t.other: t.other_run})
         if t.other_frames > t.other_run:
             votes[""] = t.other_frames - t.other_run
-        return self._split(t, obs, ts, votes, t.other_frames)
+        return self._split(t, obs.box, t.other_ts, ts, votes, {t.other: t.other_best}, t.other_frames)
 
     def _watch_undecided(self, t: Track, obs: Observation, ts: float) -> Track:
         """Before a known decision (undecided, or decided unknown): follow the run of consecutive accepted frames of
-        one customer (an unknown frame or another customer's ends it); at ``min_votes`` of them, unless the track's
-        vote decides it known now anyway or the run's face is the face before it (:meth:`_new_face`), end ``t`` and
-        return the new track that starts with them (else ``t``)."""
+        one customer (an unknown frame or another customer's ends it); at its ``min_votes``-th frame, unless the
+        track's vote decides it known now anyway or the run's face is not a new face
+        (:func:`~dangol_edge.tracker_faces.new_face_start`), end ``t`` and return the new track that starts with the
+        run's lead-in and the run (else ``t``)."""
+        t.faces.append(Seen(ts, obs.customer_id, obs.score, obs.embedding))
         if obs.customer_id is None:
-            t.other, t.other_run, t.before, t.run_faces = None, 0, [], []
-        elif obs.customer_id != t.other:
-            t.other, t.other_run, t.other_ts, t.other_best = obs.customer_id, 0, ts, -1.0
-            t.before, t.run_faces = list(t.faces), []
-        if obs.embedding is not None:
-            t.faces.append(obs.embedding)
-        if obs.customer_id is None:
+            t.other, t.other_run = None, 0
             return t
+        if obs.customer_id != t.other:
+            t.other, t.other_run = obs.customer_id, 0
         t.other_run += 1
-        t.other_best = max(t.other_best, obs.score)
-        if obs.embedding is not None and len(t.run_faces) < self.config.min_votes:
-            t.run_faces.append(obs.embedding)
-        if t.other_run < self.config.min_votes or self._elected(t) is not None or not self._new_face(t):
+        if t.other_run != self.config.min_votes or self._elected(t) is not None:
             return t
-        new = self._split(t, obs, ts, Counter({t.other: t.other_run}), t.other_run)
-        new.faces.extend(t.run_faces)
+        frames = list(t.faces)
+        start = new_face_start(frames, self.config.min_votes, cut=t.frames > len(frames))
+        if start is None:
+            return t
+        kept = frames[start:]
+        votes = Counter(f.customer_id or "" for f in kept)
+        best: dict[str, float] = {}
+        for f in kept:
+            if f.customer_id:
+                best[f.customer_id] = max(best.get(f.customer_id, -1.0), f.score)
+        new = self._split(t, obs.box, kept[0].ts, ts, votes, best, len(kept))
+        new.faces.extend(kept)
         return new
 
-    @staticmethod
-    def _new_face(t: Track) -> bool:
-        """Whether the run's faces (their mean embedding) are none of the faces before it (each below
-        :data:`~dangol_edge.enrol.CONSISTENCY_MIN_SIMILARITY`); False when either has no embedding (cannot tell)."""
-        if not t.before or not t.run_faces:
-            return False
-        mean = np.mean(t.run_faces, axis=0)
-        mean /= max(float(np.linalg.norm(mean)), 1e-9)
-        return max(float(mean @ b) for b in t.before) < CONSISTENCY_MIN_SIMILARITY
-
-    def _split(self, t: Track, obs: Observation, ts: float, votes: Counter, frames: int) -> Track:
-        """End ``t``: a new track, in its place, starts with the run of ``t.other`` (``votes`` over ``frames``)."""
-        new = Track(next(self._ids), obs.box, t.other_ts, ts, votes, {t.other: t.other_best}, frames)
+    def _split(self, t: Track, box, first_ts: float, ts: float, votes: Counter, best: dict, frames: int) -> Track:
+        """End ``t``: a new track, in its place, starts at ``first_ts`` with ``votes`` (best scores ``best``) over
+        ``frames`` embedded frames, its box ``box``."""
+        new = Track(next(self._ids), box, first_ts, ts, votes, best, frames, faces=deque(maxlen=self._memory))
         self.tracks[self.tracks.index(t)] = new
         return new
 
@@ -289,7 +285,6 @@ class Tracker:
             t.decided_known, t.decided_id = True, cid
             t.other, t.other_run, t.other_frames = None, 0, 0  # the watch of a known track starts afresh
             t.faces.clear()
-            t.before, t.run_faces = [], []
             last = self._last_arrival.get(cid)
             arrival = last is None or ts - last >= c.cooldown_s
             if arrival:
@@ -316,3 +311,6 @@ class Tracker:
                 t.best.pop(customer_id, None)
                 if t.other == customer_id:
                     t.other, t.other_run, t.other_frames = None, 0, 0
+                # the watch's frames of them vote as unknown if the track is split (the erased id never comes back)
+                t.faces = deque((f._replace(customer_id=None) if f.customer_id == customer_id else f for f in t.faces),
+                                maxlen=t.faces.maxlen)
