@@ -1,99 +1,35 @@
-"""Customers: list, detail (consent, visits, purchases, current picks and why), consent, erase (confirmed by
-typing ERASE). Staff see and act on the customers of their stores only (:mod:`dangol_cloud.web.scope`)."""
+"""Customers: detail (consent, visits, purchases, current picks and why), consent, erase (confirmed by typing
+ERASE); the list is :mod:`dangol_cloud.web.customer_list`, linking is :mod:`dangol_cloud.web.customer_link`. Staff
+see and act on the customers of their stores only (:mod:`dangol_cloud.web.scope`)."""
 
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
 from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinions
 from dangol_cloud.menu_mapping import currency_of, menu_item_map, on_menu, ruled_out, translate_picks
-from dangol_cloud.models import (CatalogueItem, Customer, Device, Erasure, Menu, MenuDayparts, PickOpinion,
-                                 ProductMapping, Purchase, Visit, external_ref_hash, utcnow)
+from dangol_cloud.models import (CatalogueItem, Customer, CustomerOrigin, Device, Erasure, Menu, MenuDayparts,
+                                 PickOpinion, ProductMapping, Purchase, Visit, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.services import record_consent, welcome
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ConsentForm
-from dangol_cloud.web.params import page_arg
-from dangol_cloud.web.scope import clauses, customer_filter, customer_visible, store_filter
+from dangol_cloud.web.scope import clauses, customer_visible, store_filter
 
 log = logging.getLogger(__name__)
 bp = Blueprint("customers", __name__, url_prefix="/customers")
-PAGE = 50
 #: Why consent cannot be recorded again from the dashboard once withdrawn (the 409 page and the consent card).
 WITHDRAWN = ("This customer withdrew consent: their name and consent record were deleted and every device is "
              "deleting their face templates, so consent cannot be recorded again here. To be recognised again "
              "they enrol anew at the door, which records a new consent.")
-
-
-@bp.route("/")
-@login_required
-def index():
-    """GET /customers/?show=enrolled|pending|all&q=TEXT&page=N: customers with visit/purchase counts.
-
-    Fast at any size: filtering, ordering (consented first, then newest) and paging happen in SQL, and only the
-    50 rows shown are decrypted and counted. ``q`` finds a loyalty id exactly (through its keyed hash
-    ``external_ref_hash``), a customer id by prefix, or a part of a name (only named customers — those who
-    enrolled or gave consent — have a name to decrypt). Each row's last visit is read on the clock of the store it
-    was at, as on the customer page: one query finds every shown customer's visit count, latest visit and its store
-    (window functions, SQLite and PostgreSQL alike)."""
-    s = get_session()
-    show = request.args.get("show", "enrolled")
-    q = (request.args.get("q") or "").strip()[:120]
-    where = []
-    if show == "enrolled":
-        where.append(or_(Customer.source == "edge", Customer.consent_at.is_not(None)))
-    elif show == "pending":
-        where.append(Customer.status == "pending")
-    scope = customer_filter(s)
-    if scope is not None:
-        where.append(scope)
-    if q:
-        needle = q.casefold()
-        named = [cid for cid, name in s.execute(select(Customer.id, Customer.display_name)
-                                                .where(Customer.display_name.is_not(None), *where))
-                 if name and needle in name.casefold()]
-        matches = [Customer.external_ref_hash == external_ref_hash(s, q)]
-        if re.fullmatch(r"[0-9a-f-]{4,36}", q.lower()):
-            matches.append(Customer.id.like(q.lower() + "%"))
-        if named:
-            matches.append(Customer.id.in_(named))
-        where.append(or_(*matches))
-    total = s.scalar(select(func.count()).select_from(Customer).where(*where))
-    page = page_arg()
-    customers = s.scalars(select(Customer).where(*where)
-                          .order_by(Customer.consent_at.is_(None), Customer.created_at.desc(), Customer.id)
-                          .limit(PAGE).offset((page - 1) * PAGE)).all()
-    ids = [c.id for c in customers]
-    # counted at the staff user's stores only, as on the customer page (owners: every store)
-    bought = dict(s.execute(select(Purchase.customer_id, func.count())
-                            .where(Purchase.customer_id.in_(ids), *clauses(store_filter(Purchase.store_id)))
-                            .group_by(Purchase.customer_id)).all()) if ids else {}
-    visited = _latest_visits(s, ids)
-    rows = [(c, bought.get(c.id, 0), *visited.get(c.id, (0, None, None))) for c in customers]
-    return render_template("customers.html", rows=rows, show=show, q=q, page=page, total=total,
-                           pages=max((total + PAGE - 1) // PAGE, 1))
-
-
-def _latest_visits(s, ids: list[str]) -> dict[str, tuple]:
-    """``{customer id: (visits, latest visit's ts, its store id)}`` of ``ids`` at the staff user's stores (owners:
-    every store), in one query: each visit numbered newest first per customer, with the customer's count."""
-    if not ids:
-        return {}
-    per_customer = {"partition_by": Visit.customer_id}
-    ranked = (select(Visit.customer_id, Visit.ts, Visit.store_id, func.count().over(**per_customer).label("n"),
-                     func.row_number().over(**per_customer, order_by=(Visit.ts.desc(), Visit.id.desc())).label("k"))
-              .where(Visit.customer_id.in_(ids), *clauses(store_filter(Visit.store_id))).subquery())
-    return {cid: (n, ts, store) for cid, n, ts, store in s.execute(
-        select(ranked.c.customer_id, ranked.c.n, ranked.c.ts, ranked.c.store_id).where(ranked.c.k == 1))}
 
 
 def at_a_door(customer: Customer) -> bool:
@@ -101,6 +37,16 @@ def at_a_door(customer: Customer) -> bool:
     means recognition; a history customer (import, POS, dashboard) with consent recorded on the dashboard has no
     face on any device until they sign up at a door (and that sign-up is linked to them)."""
     return customer.source == "edge"
+
+
+def origin_stores(s, ids: list[str]) -> dict[str, str]:
+    """``{customer id: the store they are registered at}`` of ``ids`` that have one: the store whose door enrolled
+    them, or the store an owner assigned (:class:`~dangol_cloud.models_ops.CustomerOrigin`; a removed store leaves
+    none). Their consent is read on that store's clock, and their amounts in its currency when they bought nowhere."""
+    if not ids:
+        return {}
+    return dict(s.execute(select(CustomerOrigin.customer_id, CustomerOrigin.store_id)
+                          .where(CustomerOrigin.customer_id.in_(ids), CustomerOrigin.store_id.is_not(None))).all())
 
 
 def _visible_customer(s, customer_id: str) -> Customer:
@@ -117,7 +63,10 @@ def show(customer_id: str):
     """GET /customers/<id>: consent record, current picks and why, the menu items they do not want (every menu item
     their dislikes rule out under the current mapping, also through a product the store API named; a dislike takes
     the item off the picks; "Forget" undoes it), visits, purchases. A staff user sees the door arrivals,
-    purchases, amounts and shop visits at their own stores only (owners: every store)."""
+    purchases, amounts and shop visits at their own stores only (owners: every store).
+    Amounts and prices are in the currency of the stores she bought at when they share one, else — she bought
+    nowhere — of the store she is registered at (:func:`origin_stores`), else ``CURRENCY``; her consent and the date
+    she was added read on that registered store's clock (none: the chain's)."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
     from dangol_cloud.web.customer_link import daypart_picks
@@ -139,13 +88,14 @@ def show(customer_id: str):
     first, last = (s.scalars(select(Purchase).where(*bought).order_by(*order).limit(1)).first()
                    for order in ((Purchase.ts, Purchase.id), (Purchase.ts.desc(), Purchase.id.desc())))
     arrivals = s.scalar(select(func.count()).select_from(Visit).where(*arrived))
-    stores = s.scalars(select(Purchase.store_id).where(*bought).distinct()).all()
-    currency = currency_of(s, stores, get_settings().currency)
+    home = origin_stores(s, [customer.id]).get(customer.id)  # the store she is registered at, if any
+    stores = s.scalars(select(Purchase.store_id).where(*bought).distinct()).all() or ([home] if home else [])
+    currency = currency_of(s, stores, get_settings().currency)  # where she bought, else where she is registered
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, dayparts=dayparts, visits=visits,
                            purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
-                           at_door=at_a_door(customer),
+                           at_door=at_a_door(customer), home=home,
                            first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
                            off_menu=off_menu, opinions=dict(s.execute(
                                select(PickOpinion.item_id, PickOpinion.opinion)
@@ -374,3 +324,4 @@ def erase(customer_id: str):
 
 
 from dangol_cloud.web import customer_link as _link  # noqa: E402,F401 - link door enrolment ↔ loyalty, on this bp
+from dangol_cloud.web import customer_list as _list  # noqa: E402,F401 - the list (GET /customers/), on this bp

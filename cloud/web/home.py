@@ -1,20 +1,24 @@
-"""Overview page: today's numbers, devices, latest model and catalogue version."""
+"""Overview page: today's numbers (each store's own day), recent arrivals and devices (named with their store),
+latest model and catalogue version."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
 from flask_login import login_required
-from sqlalchemy import func, select
+from sqlalchemy import and_, false, func, or_, select
+from sqlalchemy.orm import contains_eager
+from sqlalchemy.sql.elements import ColumnElement
 
+from dangol_cloud.analytics import LocalDays
 from dangol_cloud.app import get_db, get_session, get_settings, store_clock
 from dangol_cloud.menu_mapping import on_menu
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
-from dangol_cloud.web.scope import clauses, customer_filter, store_filter
+from dangol_cloud.web.scope import clauses, customer_filter, store_filter, store_scope
 from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion, Purchase,
-                                 Visit)
+                                 Store, Visit)
 
 bp = Blueprint("home", __name__)
 
@@ -22,46 +26,73 @@ bp = Blueprint("home", __name__)
 @bp.route("/")
 @login_required
 def index():
-    """GET /: today's numbers, recent arrivals, devices, model and catalogue state. Staff see their stores'
-    arrivals, purchases, customers and devices only (:mod:`dangol_cloud.web.scope`); owners the whole chain.
-    "Today" starts at midnight in the zone the (staff user's) stores share, else ``TIMEZONE``; each arrival is
-    shown on its store's clock (:class:`~dangol_cloud.app.StoreClock`).
+    """GET /: today's numbers, recent arrivals (with their store), devices (with their store), model and
+    catalogue state. Staff see their stores' arrivals, purchases, customers and devices only
+    (:mod:`dangol_cloud.web.scope`); owners the whole chain.
+    "Today" is each store's own: its arrivals count from midnight on its clock, and "the last 7 days" are its last
+    7 local days before today and today (:func:`_today`); each arrival is shown on its store's clock
+    (:class:`~dangol_cloud.app.StoreClock`), newest first (by the instant, whatever the store's zone).
     The menu, model and catalogue are the chain's; "items on the menu" counts the non-retired menu items (as the
     catalogue page lists them), not the POS products that are not on the menu."""
     s = get_session()
-    zone = store_clock().default  # the stores' own zone when they (the staff user's stores) share one
-    today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     visits = select(func.count()).select_from(Visit).where(*clauses(store_filter(Visit.store_id)))
     purchases = select(func.count()).select_from(Purchase).where(*clauses(store_filter(Purchase.store_id)))
     customers = select(func.count()).select_from(Customer).where(*clauses(customer_filter(s)))
     stats = {
-        "visits_today": s.scalar(visits.where(Visit.ts >= today)),
-        "recognised_today": s.scalar(visits.where(Visit.ts >= today, Visit.customer_id.is_not(None))),
+        "visits_today": s.scalar(visits.where(_today(Visit.ts, Visit.store_id))),
+        "recognised_today": s.scalar(visits.where(_today(Visit.ts, Visit.store_id), Visit.customer_id.is_not(None))),
         "enrolled": s.scalar(customers.where(Customer.consent_at.is_not(None))),
         "pending": s.scalar(customers.where(Customer.status == "pending")),
         "customers": s.scalar(customers),
-        "purchases_7d": s.scalar(purchases.where(Purchase.ts >= today - timedelta(days=7))),
+        "purchases_7d": s.scalar(purchases.where(_today(Purchase.ts, Purchase.store_id, days_back=7))),
         "purchases": s.scalar(purchases),
         "menu_items": s.scalar(select(func.count()).select_from(CatalogueItem)  # not the imported POS products
                                .where(CatalogueItem.retired.is_(False), on_menu())),
     }
     device_scope = store_filter(Device.store_id)  # staff: their stores' devices and arrivals only
     visit_scope = store_filter(Visit.store_id)
-    devices = s.scalars(select(Device).where(*([] if device_scope is None else [device_scope]))
-                        .order_by(Device.name)).all()
+    devices = s.scalars(select(Device).join(Store, Store.id == Device.store_id)
+                        .options(contains_eager(Device.store))  # named with their store
+                        .where(*([] if device_scope is None else [device_scope]))
+                        .order_by(Device.name, Store.name, Device.id)).all()
     model = s.scalar(select(ModelVersion).order_by(ModelVersion.created_at.desc()).limit(1))
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     erasures = {
         "unsent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.completed_at.is_(None))),
         "sent": s.scalar(select(func.count()).select_from(Erasure).where(Erasure.completed_at.is_not(None))),
     }
-    recent = s.execute(select(Visit, Customer.display_name).outerjoin(Customer, Customer.id == Visit.customer_id)
-                       .where(*([] if visit_scope is None else [visit_scope])).order_by(Visit.ts.desc()).limit(8)).all()
+    recent = s.execute(select(Visit, Customer.display_name, Store.name)
+                       .outerjoin(Customer, Customer.id == Visit.customer_id)
+                       .outerjoin(Store, Store.id == Visit.store_id)  # the store column
+                       .where(*([] if visit_scope is None else [visit_scope]))
+                       .order_by(Visit.ts.desc(), Visit.id.desc()).limit(8)).all()
     from dangol_cloud.web.devices import broker_check, device_presence
 
     return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
                            erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm(),
                            presence=device_presence(s, devices), broker=broker_check(get_settings().mqtt_url))
+
+
+def _today(ts: ColumnElement, store: ColumnElement, days_back: int = 0) -> ColumnElement[bool]:
+    """SQL condition: the row's time ``ts`` falls on today — or on the ``days_back`` days before it — on the clock
+    of its ``store``: each store's own zone, else ``TIMEZONE`` (:class:`~dangol_cloud.app.StoreClock`), so a chain
+    across zones counts Seoul's arrivals from Seoul's midnight and Taipei's from Taipei's.
+
+    The stores the user sees (staff: theirs; owners: every store, and store-less history on ``TIMEZONE``) are
+    grouped by the date it is now on their clocks, and each group's days are matched as the analytics page matches
+    local days (:meth:`dangol_cloud.analytics.LocalDays.where`), the groups combined with OR. No store: nothing."""
+    clock = store_clock()
+    scope = store_scope()
+    by_day: dict[date, list[str]] = {}
+    for store_id in sorted(clock.stores if scope is None else scope):
+        by_day.setdefault(datetime.now(clock.of(store_id)).date(), []).append(store_id)
+    terms = [and_(*LocalDays(day - timedelta(days=days_back), day, clock.fallback, clock.zones)
+                  .where(ts, store, ids), store.in_(ids)) for day, ids in sorted(by_day.items())]
+    if scope is None:  # an owner: the store-less (imported history) rows too, on TIMEZONE's day
+        day = datetime.now(clock.fallback).date()
+        terms.append(and_(*LocalDays(day - timedelta(days=days_back), day, clock.fallback, clock.zones)
+                          .where(ts, store, []), store.is_(None)))
+    return or_(*terms) if terms else false()
 
 
 @bp.route("/train", methods=["POST"])
