@@ -178,6 +178,7 @@ def test_view_a_customers_picks(page, site):
     shot(page, "06-customers")
     page.click("text=Mina Park")
     picks = page.locator("#picks li")
+    picks.first.wait_for()  # the click navigates: count once her page is there
     assert picks.count() == 10
     first = picks.first.inner_text()
     assert first.strip() and page.locator("#picks li .why span").count() >= 10  # every pick says why
