@@ -128,7 +128,8 @@ class Appliance:
             log.warning("no broker configured: running offline on the cached catalogue and menus")
         self.outbox = Outbox(self.device_id, self.state, self.sync)
 
-        self.enrolment = ButtonEnrolment(cfg, self.gallery, self.screen, self.events, self.outbox, stats=self.stats)
+        self.enrolment = ButtonEnrolment(cfg, self.gallery, self.screen, self.events, self.outbox, stats=self.stats,
+                                         upgrade=self.recognizer.upgrade)
         if cfg.gpio.enabled:
             from .buttons import EnrolButton
 

@@ -43,11 +43,14 @@ _REASONS = {
 
 @dataclass
 class Sample:
-    """One accepted enrolment face: ``embedding (D,) float32``, quality in [0, 1], the aligned crop."""
+    """One accepted enrolment face: ``embedding (D,) float32``, quality in [0, 1], the aligned crop; while a model
+    upgrade runs, also the face's crop aligned for the previous model (``previous_crop``, ``(S', S', 3) uint8``; None
+    otherwise: :mod:`dangol_edge.signup_previous`)."""
 
     embedding: np.ndarray
     quality: float
     crop: np.ndarray
+    previous_crop: np.ndarray | None = None
 
 
 def sample_from_photo(path: str | Path, pipeline: FacePipeline) -> Sample:
@@ -189,15 +192,16 @@ class SampleCollector:
         it (a looping clip or folder, or a camera that reconnected, counts from 0 again)."""
         return frame_index < self._last or frame_index - self._last >= self.min_gap_frames
 
-    def offer(self, face: Face | None, frame_index: int) -> bool:
+    def offer(self, face: Face | None, frame_index: int, previous_crop: np.ndarray | None = None) -> bool:
         """Keep the face if it passed every gate and the collector is not :attr:`full` (at the pool size, it
-        replaces the candidate least similar to the medoid). Returns True when kept."""
+        replaces the candidate least similar to the medoid), with ``previous_crop`` (:class:`Sample`). Returns True
+        when kept."""
         if self.full or face is None or face.embedding is None or not self.due(frame_index):
             return False
         if len(self.candidates) >= self.pool:  # not full: fewer than `wanted` consistent, make room
             _, sim = self._consistency()
             del self.candidates[int(np.argmin(sim))]
-        self.candidates.append(Sample(face.embedding, face.quality, face.crop))
+        self.candidates.append(Sample(face.embedding, face.quality, face.crop, previous_crop))
         self._last = frame_index
         return True
 
@@ -333,10 +337,24 @@ class DoorRule:
             log.warning("sign-ups are not checked against the regulars: %s", exc)
             return None
 
-    def find(self, gallery: Gallery, embeddings: np.ndarray) -> Enrolled | None:
-        """The active customer whose face ``(K, D) float32`` new templates are, or None (see the class doc)."""
-        return gallery.enrolled_as(embeddings, self.rule.threshold(gallery.size), self.margin, self.min_votes,
-                                   self.vote_share)
+    def find(self, gallery: Gallery, embeddings: np.ndarray,
+             previous: tuple[str, np.ndarray] | None = None) -> Enrolled | None:
+        """The active customer whose face ``(K, D) float32`` new templates are, or None (see the class doc).
+
+        ``previous``: while a model upgrade runs, ``(sha256, (K, D') float32)``, the same faces embedded by its
+        previous model, searched among the active customers' templates of that model when the current model's search
+        finds nobody (:meth:`~dangol_edge.gallery_search.GallerySearch.enrolled_as_previous`): a regular the upgrade
+        has not migrated yet has no other template.
+
+        Raises:
+            sqlite3.Error: the gallery cannot be read.
+        """
+        found = gallery.enrolled_as(embeddings, self.rule.threshold(gallery.size), self.margin, self.min_votes,
+                                    self.vote_share)
+        if found is None and previous is not None:
+            found = gallery.enrolled_as_previous(previous[1], previous[0], self.margin, self.min_votes,
+                                                 self.vote_share)
+        return found
 
     def check_pending(self, gallery: Gallery, pending_id: str) -> None:
         """Raise :class:`~dangol_edge.gallery_search.AlreadyRegular` when a pending customer is an active one's face

@@ -16,7 +16,10 @@ acceptance rule (threshold and margin of :class:`~dangol_edge.matcher.Matcher`) 
 frames. A sign-up with only a previous model's templates (made before a model upgrade, still pending) is checked
 the same way against the active customers' templates of that model, with its calibrated rule
 (:class:`PreviousModel`, set while the upgrade runs); with no upgrade to check and later migrate it, it is refused
-(:class:`~dangol_edge.gallery_models.NoCurrentTemplate`).
+(:class:`~dangol_edge.gallery_models.NoCurrentTemplate`). A sign-up made while the upgrade runs is embedded by both
+models (:mod:`dangol_edge.signup_previous`) and keeps both models' templates: a regular the upgrade has not migrated
+yet (only previous-model templates, so the door does not greet them yet) is found by the previous model's
+(:meth:`GallerySearch.enrolled_as_previous`), at sign-up and again at activation.
 """
 
 from __future__ import annotations
@@ -161,6 +164,28 @@ class GallerySearch:
         emb = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         return _vote(self.match(emb, threshold, margin), min_votes, vote_share)
 
+    def enrolled_as_previous(self, embeddings: np.ndarray, sha256: str, margin: float, min_votes: int,
+                             vote_share: float) -> Enrolled | None:
+        """:meth:`enrolled_as` with a running upgrade's previous model: the active customer whose templates of that
+        model new templates of it are (a sign-up's, embedded by that model too), by its calibrated rule
+        (:attr:`previous_model`) for the number of those templates, ``margin`` and the same vote; or None, also when
+        no upgrade of the model ``sha256`` runs (any more). A regular the upgrade has not migrated yet has only such
+        templates: the current model's search cannot find them.
+
+        Args:
+            embeddings: ``(K, D') float32`` unit vectors of the previous model ``sha256``.
+        Raises:
+            sqlite3.Error: the gallery cannot be read.  ValueError: ``D'`` is not that model's size.
+        """
+        with self._lock:
+            prev = self.previous_model
+            if prev is None or prev.sha256 != sha256:
+                return None
+            matcher = Matcher()
+            matcher.load(*self.matrix_for(prev.sha256, ("active",)))
+            return _vote(matcher.match(np.atleast_2d(np.asarray(embeddings, dtype=np.float32)),
+                                       prev.rule.threshold(matcher.size), margin), min_votes, vote_share)
+
     def refuse_if_regular(self, pending_id: str, threshold: float, margin: float, min_votes: int,
                           vote_share: float) -> None:
         """Raise :class:`AlreadyRegular` when a pending customer's current-model templates are an active customer's
@@ -184,10 +209,7 @@ class GallerySearch:
             prev = self.previous_model
             old = [t["embedding"] for t in rows if prev is not None and t["model_sha256"] == prev.sha256]
             if found is None and old:  # also when migrated while pending: the regular may not be migrated yet
-                matcher = Matcher()
-                matcher.load(*self.matrix_for(prev.sha256, ("active",)))
-                found = _vote(matcher.match(np.stack(old), prev.rule.threshold(matcher.size), margin), min_votes,
-                              vote_share)
+                found = self.enrolled_as_previous(np.stack(old), prev.sha256, margin, min_votes, vote_share)
             elif rows and not current and not old:
                 raise NoCurrentTemplate(pending_id)
             if found is not None:

@@ -9,8 +9,11 @@ falsely matched would become that regular's face; the door screen says so withou
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
 no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
 snapshots taken out of the pool needed), or ``failed`` as "more than one face" as soon as a second good face has
-been beside the first in more than :data:`SECOND_FACE_FRAMES` frames (nothing stored), or ``not-saved`` when the
-gallery cannot be written (disk full: the sign-up ends, health reports the storage, nothing half-written stays).
+been beside the first in more than :data:`~dangol_edge.workers.signup_faces.SECOND_FACE_FRAMES` frames (nothing
+stored), or ``not-saved`` when the gallery cannot be written (disk full: the sign-up ends, health reports the
+storage, nothing half-written stays). While a model upgrade runs, a sign-up is also checked by the previous model
+against the regulars the upgrade has not migrated yet, and stored with that model's templates too
+(:mod:`dangol_edge.signup_previous`).
 The staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Holding the button cancels the sign-up
 that press started: its capture, or — once the capture has finished — the pending customer it stored, erased as the
 staff page's "Discard" does (``cancelled`` on the door); a hold never starts one. How a sign-up ended stays on the
@@ -34,37 +37,12 @@ from ..enrol import DoorRule, Sample, SampleCollector, enroll
 from ..events import EventFactory, EventNotSaved, Outbox
 from ..gallery import Enrolled, Gallery, UnknownCustomer
 from ..screen import Screen
+from ..signup_previous import PreviousSamples, embed_previous, keep_previous, previous_crop, previous_embedder
 from ..sources import Frame
 from .base import storage_state
+from .signup_faces import SECOND_FACE_FRAMES, SECOND_FACE_SHARE, SECOND_FACE_WIDTH, SecondFace  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-SECOND_FACE_FRAMES = 5
-"""Frames of a sign-up in which a second face may pass every quality gate (detector score, size, pose, roll, blur: a
-frontal face close to the camera) beside the largest one before the sign-up fails as "more than one face"
-(``failed``, ``why="several"``), with nothing stored — once those frames are also at least :data:`SECOND_FACE_SHARE`
-of the frames looked at (the frames due for a candidate, :meth:`~dangol_edge.enrol.SampleCollector.due`, whose
-largest face passed every gate: an empty camera or a face still too small while the customer walks up counts in
-neither), counted in total, not in a row, and only for a second face at least :data:`SECOND_FACE_WIDTH` as wide as
-the first (somebody beside the customer, not the queue behind). The pool takes the largest face of each frame, and
-which of two people is larger can change from frame to frame, so two people at the camera may be stored as one
-customer. Someone passing behind is rarely frontal and close for long: in the real Hamilton clip (30 fps) a second
-face passes every gate in 3 consecutive frames of 275, and that must not fail a sign-up; two people side by side pass
-in every frame and end it at the 6th frame looked at (about 1 s at 10 fps: frames 2 apart once candidates are kept),
-well before the pool of 15 good faces 2 frames apart (at least 29 frames) is full. The photo enrolment refuses a
-photo with two faces outright (:func:`~dangol_edge.enrol.sample_from_photo`)."""
-
-SECOND_FACE_SHARE = 0.5
-"""Share of the frames looked at (due, with a good largest face: :data:`SECOND_FACE_FRAMES`) with a second good face of
-comparable size that fails a sign-up (with more than :data:`SECOND_FACE_FRAMES` of them). Frames without a good face
-do not dilute it: two people who reach the camera seconds after the sign-up started fail it as well. Two people side
-by side show both faces in nearly every frame; a door camera's passer-by, or a face in the background of some photos
-of an image-folder camera (LFW photos: 6 of 28 frames in ``tests/edge/test_duplicate_signup.py``), in a minority of
-them."""
-
-SECOND_FACE_WIDTH = 0.6
-"""A second face counts when its box is at least this fraction of the largest face's width (px/px): a person beside
-the customer is about as close to the camera; one waiting behind is further away and smaller."""
 
 REPORT_RETRY_S = 30.0
 """Seconds between tries to record a sign-up erased by a button hold for the cloud (``erasure-done``) while the state
@@ -72,12 +50,6 @@ file cannot be written (the housekeeping pass's default interval is of the same 
 
 CODE_SHOWN_S = 60.0
 """Seconds the door shows a new sign-up's short code (a welcome meanwhile does not cut it short)."""
-
-
-def _width(face) -> float:
-    """Width of a face's detection box, px."""
-    x0, _, x1, _ = face.detection.box
-    return x1 - x0
 
 
 class ButtonEnrolment:
@@ -91,10 +63,13 @@ class ButtonEnrolment:
         button: the :class:`~dangol_edge.buttons.EnrolButton` (its LED), or None.
         stats: the daemon's :class:`~dangol_edge.workers.base.Stats`, whose ``storage`` this worker sets when the
             gallery or the outbox cannot be written (None: only logged, e.g. in a bench).
+        upgrade: the running :class:`~dangol_edge.upgrade.ModelUpgrade` (the recognizer's), or None: while it runs,
+            a sign-up is checked and stored with its previous model's templates too (:mod:`dangol_edge.signup_previous`)
+            and a held press's erasure drops it from the upgrade's memory.
     """
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, screen: Screen, events: EventFactory, outbox: Outbox,
-                 button=None, stats=None):
+                 button=None, stats=None, upgrade=None):
         self.config = config
         self.gallery = gallery
         self.screen = screen
@@ -102,14 +77,14 @@ class ButtonEnrolment:
         self.outbox = outbox
         self.button = button
         self.stats = stats
+        self.upgrade = upgrade
         #: ``(what, press)``: ``press`` is the number of the button press a button request belongs to, None for the
         #: staff page's requests.
         self.requests: queue.Queue[tuple[str, int | None]] = queue.Queue(maxsize=16)
         self.requests_dropped = 0  # requests refused because the queue was full
         self._collector: SampleCollector | None = None
         self._frames = 0
-        self._second = 0  # frames of this sign-up with a second good face (SECOND_FACE_FRAMES)
-        self._looked = 0  # frames of this sign-up whose largest face passed every gate (SECOND_FACE_SHARE)
+        self._faces = SecondFace()  # this sign-up's "more than one face" count
         self._rule: DoorRule | bool | None = None  # built on the first sign-up; False: no calibration, not checked
         self._presses = 0  # button presses so far (gpiozero's thread numbers them)
         self._press_lock = threading.Lock()
@@ -189,7 +164,7 @@ class ButtonEnrolment:
             return
         log.info("enrolment started")
         self._collector = SampleCollector(self.config.enrol.templates)
-        self._frames = self._second = self._looked = 0
+        self._frames, self._faces = 0, SecondFace()
         self._press, self._stored = press, None
         self.screen.show_enrolment("capturing")
         if self.button:
@@ -214,11 +189,12 @@ class ButtonEnrolment:
 
     def _discard(self, customer_id: str) -> None:
         """Erase the pending customer a held press's sign-up stored, as the staff page's "Discard" does: out of the
-        gallery, then out of the state file in one transaction with its ``erasure-done`` report for the cloud
-        (:meth:`~dangol_edge.events.Outbox.erase`; retried every :data:`REPORT_RETRY_S` s while that file cannot be
-        written). The daemon's in-memory forgetting has nothing to do for it: a pending customer is never searched,
-        greeted or migrated by a model upgrade (its templates are the current model's). One already activated on the
-        staff page is left alone; one the staff page discarded meanwhile is gone already.
+        gallery with the record of its report for the cloud in the same transaction
+        (:meth:`~dangol_edge.gallery_expiry.GalleryExpiry.delete_reported`), then out of the state file in one
+        transaction with its ``erasure-done`` report (:meth:`_report`). A pending customer is never searched or greeted;
+        a running model upgrade may hold its previous-model templates (:mod:`dangol_edge.signup_previous`) and forgets
+        them. One already activated on the staff page is left alone; one the staff page discarded meanwhile is gone
+        already.
 
         Raises:
             sqlite3.Error: the gallery cannot be read; nothing is erased.
@@ -234,26 +210,38 @@ class ButtonEnrolment:
             return
         if status == "pending":
             try:
-                self.gallery.delete(customer_id)
+                self.gallery.delete_reported(customer_id)
             except sqlite3.OperationalError as exc:  # disk full / read-only: it stays, staff can discard it later
                 self._storage(storage_state(exc))
                 log.error("button held, but sign-up %s could not be erased (%s): it stays pending; discard it on the "
                           "staff page", customer_id, exc)
                 return
+            if self.upgrade is not None:
+                self.upgrade.forget(customer_id)  # never raises
             self._report(customer_id)
         self._finish("cancelled", seconds=3)
         log.info("sign-up %s cancelled by holding the button: erased", customer_id)
 
     def _report(self, customer_id: str) -> None:
-        """Record the erasure of ``customer_id`` for the cloud, or keep it for :meth:`_retry_reports`."""
+        """Record the erasure of ``customer_id`` for the cloud in the state file, then forget the gallery's record of
+        it (:meth:`~dangol_edge.gallery_expiry.GalleryExpiry.erasure_reported`). When the state file cannot be written,
+        it is retried every :data:`REPORT_RETRY_S` s (:meth:`_retry_reports`) and the gallery's record stays: a daemon
+        stopped before the retry succeeds reports it at its next start (the housekeeping worker,
+        :meth:`~dangol_edge.gallery_expiry.GalleryExpiry.unreported_erasures`)."""
         try:
             self.outbox.erase([customer_id], [self.events.erasure_done([customer_id])])
         except sqlite3.Error as exc:
             self._storage(storage_state(exc))
             self._unreported[customer_id] = None
             self._retry_at = time.monotonic() + REPORT_RETRY_S
-            log.error("the erasure of sign-up %s could not be recorded for the cloud (%s); retried every %.0f s",
-                      customer_id, exc, REPORT_RETRY_S)
+            log.error("the erasure of sign-up %s could not be recorded for the cloud (%s); retried every %.0f s, and "
+                      "kept in the gallery for the next start meanwhile", customer_id, exc, REPORT_RETRY_S)
+            return
+        try:
+            self.gallery.erasure_reported(customer_id)
+        except sqlite3.Error as exc:  # the record stays: the next start reports the erasure once more, never less
+            log.warning("the erasure of sign-up %s is recorded for the cloud, but the gallery's record of it could not "
+                        "be cleared (%s): the next start reports it again", customer_id, exc)
 
     def _retry_reports(self) -> None:
         if self._unreported and time.monotonic() >= self._retry_at:
@@ -280,7 +268,7 @@ class ButtonEnrolment:
         """End the sign-up as ``failed`` with ``why="several"`` (:data:`SECOND_FACE_FRAMES`): nothing is stored."""
         self._finish("failed", seconds=5, why="several", samples=len(col.candidates), wanted=col.pool)
         log.warning("enrolment failed: a second good face beside the first in %d of %d frames with a good face "
-                    "(more than one person in front of the camera)", self._second, self._looked)
+                    "(more than one person in front of the camera)", self._faces.second, self._faces.looked)
 
     def _storage(self, state: str) -> None:
         if self.stats is not None:
@@ -299,15 +287,12 @@ class ButtonEnrolment:
         try:
             if col.due(frame.index):
                 faces = pipeline.process(frame.rgb, max_faces=2)  # the largest is offered, the next one counted
-                if faces and faces[0].embedding is not None:  # only frames with a good face count (SECOND_FACE_SHARE)
-                    self._looked += 1
-                    if len(faces) > 1 and faces[1].embedding is not None and \
-                            _width(faces[1]) >= SECOND_FACE_WIDTH * _width(faces[0]):
-                        self._second += 1
-                        if self._second > SECOND_FACE_FRAMES and self._second >= SECOND_FACE_SHARE * self._looked:
-                            self._several(col)
-                            return
-                if col.offer(faces[0] if faces else None, frame.index):
+                if self._faces.several(faces):
+                    self._several(col)
+                    return
+                face = faces[0] if faces else None
+                old = previous_crop(previous_embedder(self.upgrade, self.gallery), frame.rgb, face)
+                if col.offer(face, frame.index, old):
                     self.screen.show_enrolment("capturing", samples=len(col.candidates), wanted=col.pool)
         except Exception:
             if self._frames >= cfg.max_frames:
@@ -328,11 +313,13 @@ class ButtonEnrolment:
                 return False
         return check
 
-    def _regular(self, samples: list[Sample]) -> Enrolled | None:
-        """The active customer these samples are (the door's rule, :class:`~dangol_edge.enrol.DoorRule`), or None."""
+    def _regular(self, samples: list[Sample], old: PreviousSamples | None) -> Enrolled | None:
+        """The active customer these samples are (the door's rule, :class:`~dangol_edge.enrol.DoorRule`; during a model
+        upgrade also by the previous model, ``old``: a regular not migrated yet), or None."""
         if self._rule is None:
             self._rule = DoorRule.or_none(self.config, self.gallery.model_sha256) or False
-        return self._rule.find(self.gallery, np.stack([s.embedding for s in samples])) if self._rule else None
+        return self._rule.find(self.gallery, np.stack([s.embedding for s in samples]),
+                               old.pair if old is not None else None) if self._rule else None
 
     def _already(self, found: Enrolled) -> None:
         """End a sign-up of someone who is already a regular: no second record (two records of one face would
@@ -344,16 +331,38 @@ class ButtonEnrolment:
         log.info("sign-up not stored: already a regular, customer %s (%d of %d snapshots matched them, best score "
                  "%.3f)", found.customer_id, found.votes, found.templates, found.score)
 
+    def _keep_previous(self, customer_id: str, old: PreviousSamples) -> None:
+        """Store a new sign-up's templates of the upgrade's previous model (:func:`~dangol_edge.signup_previous.
+        keep_previous`), or erase the sign-up when they cannot be written: it is never left without the templates its
+        activation is checked with.
+
+        Raises:
+            sqlite3.Error: from the write (the sign-up is erased, or, when that fails too, left pending: logged, and
+                it expires after ``enrol.pending_ttl_h``).
+        """
+        try:
+            keep_previous(self.gallery, customer_id, old)
+        except sqlite3.Error:
+            try:
+                self.gallery.delete(customer_id)
+            except Exception as undo:
+                log.error("sign-up %s has no template of the previous model and could not be erased (%s): it stays "
+                          "pending without them; discard it on the staff page", customer_id, undo)
+            raise
+
     def _save(self, col: SampleCollector) -> None:
         cfg = self.config.enrol
         samples = col.select()
         try:  # one transaction: the customer and all its templates, or nothing
-            found = self._regular(samples)
+            old = embed_previous(self.upgrade, self.gallery, samples)  # a model upgrade runs: its previous model's
+            found = self._regular(samples, old)
             if found is not None:
                 self._already(found)
                 return
             c = enroll(self.gallery, "", samples, status="pending", keep_photos=cfg.keep_photos,
                        pending_ttl_s=cfg.pending_ttl_h * 3600)
+            if old is not None:
+                self._keep_previous(c.id, old)
         except sqlite3.OperationalError as exc:  # disk full / read-only medium
             self._storage(storage_state(exc))
             self._finish("not-saved", seconds=10)
