@@ -5,13 +5,18 @@ syncs; a wrong manual date or a bad NTP answer steps it too. Expiry and retentio
 written by the wall clock, so a step would erase people early. :class:`ClockWatch` compares, once per housekeeping
 pass, how far the wall clock moved with how far the boot clock (``CLOCK_BOOTTIME``: never steps, counts suspend)
 moved: a difference beyond :data:`STEP_TOLERANCE_S` is a step. The housekeeping worker then keeps pending sign-ups'
-remaining lifetime, holds retention until the clock has been steady for :data:`STEADY_S` (and, where the system says
-whether NTP has synchronised it, until it has), and lets a pass erase most regulars at once only on a clock the
-system confirmed or that has been steady for :data:`TRUST_AFTER_S` (:func:`retention_cap`).
+remaining lifetime (after a step back, one made since the previous pass — in either timeline — lives at most its
+lifetime from now, never less), moves a running model upgrade's start with the step (a step never ages it) and, after
+a step forward, the ``last_seen_at``/``updated_at`` this boot's daemons wrote in the old timeline; it holds retention
+— and the upgrade's deadline — until the clock has been steady for :data:`STEADY_S` (and, where the system says
+whether NTP has synchronised it, until it has, or the box has waited :data:`SYNC_WAIT_MAX_S` of running for it,
+counted across daemon starts), and lets a pass erase most regulars at once only on a clock the system confirmed or
+that has been steady for :data:`TRUST_AFTER_S` (:func:`retention_cap`).
 
 A step while the daemon is *stopped* (an update, a crash, or NTP syncing during the next boot before the daemon
 starts) is not seen by :class:`ClockWatch`, which starts afresh with each daemon. For pending sign-ups — the only
-erasure the clock decides within hours — the gallery keeps an *anchor*: the boot id, the boot clock and the wall clock
+erasure the clock decides within hours — and a running model upgrade's age the gallery keeps an *anchor* (which also
+carries, within one boot, retention's stamps over a step forward): the boot id, the boot clock and the wall clock
 of one moment, and whether the system confirmed the clock then (:mod:`dangol_edge.clock_anchor`). The rule, and why:
 
 * same boot: the boot clock says exactly how much time passed since the anchor, so any disagreement of the wall clock
@@ -24,6 +29,11 @@ of one moment, and whether the system confirmed the clock then (:mod:`dangol_edg
   minutes while sign-ups wait) less this boot's uptime — the only time surely passed since —: the time the box was
   off is not counted (never erased early), and its life is still bounded by its lifetime of the box running.
 
+A model upgrade's start follows the same rule (forward: moved with the step; backward: at most its period from now;
+another boot not confirmed on both sides: its age is what it had at the anchor plus this boot's uptime). So on a box
+without a clock that is switched off — where NTP's step after each boot is the time it was off — the upgrade's period
+counts the time the box ran: it ends later than ``embedder.upgrade_days`` of the calendar, never sooner.
+
 Whether the system confirms the clock is the kernel's NTP state (:func:`clock_confirmed`: ``adjtimex``, synchronised
 unless ``STA_UNSYNC``, what ``timedatectl`` reports as NTPSynchronized, for systemd-timesyncd, chrony or ntpd alike).
 """
@@ -33,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import subprocess
 import time
 import uuid
@@ -48,7 +59,9 @@ STEP_TOLERANCE_S = 10.0
 #: Retention is held until no step was seen for this many seconds (NTP corrects a bad answer within minutes).
 STEADY_S = 600.0
 #: Where the system runs an NTP client that has not synchronised the clock yet, retention waits at most this many
-#: seconds after the daemon started (an offline box must still erase; the share cap then still guards it).
+#: seconds of the box running unsynchronised since it was last synchronised — counted across daemon starts and
+#: reboots (:attr:`ClockWatch.sync_waited_s`, kept in the gallery by the housekeeping worker), so a box switched off
+#: every night still erases —; an offline box must still erase (the share cap then still guards it).
 SYNC_WAIT_MAX_S = 86_400.0
 #: A clock the system does not confirm as synchronised is trusted for large erasures after this many steady seconds.
 TRUST_AFTER_S = 86_400.0
@@ -164,11 +177,26 @@ class ClockWatch:
         self._steady_since = self.started  # boot clock of the last step (or the start)
         self._synced: bool | None = None
         self._asked = -SYNC_ASK_EVERY_S * 2
+        #: Seconds the box has run with an NTP client that had not synchronised the clock, since it last had (this
+        #: daemon's passes, plus what :meth:`resume_sync_wait` carried over from earlier ones); 0 once synchronised.
+        self.sync_waited_s = 0.0
+
+    def resume_sync_wait(self, seconds: float) -> None:
+        """Carry over the wait for NTP earlier daemons counted (:attr:`sync_waited_s`; call before the first
+        :meth:`check`).
+
+        Raises:
+            ValueError: ``seconds`` is not a finite number ≥ 0 (nothing carried over).
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"a wait for NTP of {seconds!r} s (must be a finite number ≥ 0)")
+        self.sync_waited_s += seconds
 
     def check(self) -> ClockCheck:
         """Read both clocks; report a step since the previous pass and whether retention may run."""
         now, boot = datetime.now(timezone.utc), boot_clock()
         step, before = 0.0, None
+        since = self._last[1] if self._last is not None else self.started  # the previous pass (or the start)
         if self._last is not None:
             wall0, boot0 = self._last
             drift = (now - wall0).total_seconds() - (boot - boot0)
@@ -179,12 +207,17 @@ class ClockWatch:
         self._last = (now, boot)
         if boot - self._asked >= SYNC_ASK_EVERY_S or step:
             self._synced, self._asked = system_synchronised(), boot
+        if self._synced is False:  # unsynchronised since the previous pass (or the start): that time was waited
+            self.sync_waited_s += max(boot - since, 0.0)
+        elif self._synced is True:
+            self.sync_waited_s = 0.0
         steady_s = boot - self._steady_since
         held = None
         if steady_s < STEADY_S and self._steady_since != self.started:
             held = f"the clock stepped {steady_s:.0f} s ago (retention waits for {STEADY_S:.0f} s of a steady clock)"
-        elif self._synced is False and boot - self.started < SYNC_WAIT_MAX_S:
-            held = "the system has not synchronised the clock (NTP) yet"
+        elif self._synced is False and self.sync_waited_s < SYNC_WAIT_MAX_S:
+            held = (f"the system has not synchronised the clock (NTP) yet (waited {self.sync_waited_s / 3600:.1f} h "
+                    f"of {SYNC_WAIT_MAX_S / 3600:.0f} h)")
         trusted = self._synced is True or steady_s >= TRUST_AFTER_S
         return ClockCheck(now=now, step_s=step, before=before, held=held, trusted=trusted)
 

@@ -1,14 +1,18 @@
-"""The gallery's clock anchor: pending sign-ups keep their lifetime across a wall-clock step the running daemon did not
-see — one while it was stopped, or across a reboot (the rule and its reasons: :mod:`dangol_edge.clock`).
+"""The gallery's clock anchor: pending sign-ups keep their lifetime — and a running model upgrade its age, and regulars
+seen since the box booted their time — across a wall-clock step the running daemon did not see: one while it was
+stopped, or across a reboot (the rule and its reasons: :mod:`dangol_edge.clock`).
 
 The anchor is one ``meta`` row (:data:`ANCHOR_KEY`, JSON): the boot id, the boot clock (seconds of
 ``CLOCK_BOOTTIME``), the wall clock (ISO 8601 UTC) of one moment in the timeline the pending sign-ups' stamps are in,
-and whether the system confirmed the clock then. :func:`reconcile` (each housekeeping pass, before sign-ups expire)
-compares it with the clocks now and moves the stamps (``created_at`` and ``expires_at`` together, so each keeps its
-lifetime ``expires_at − created_at``); :func:`move_anchor` keeps it in step with the running daemon's own repair of a
-step (:meth:`~dangol_edge.gallery_expiry.GalleryExpiry.shift_pending`). It is written at the first pass, after a step
-or a reboot, every :data:`REFRESH_S` while sign-ups wait (a reboot then loses at most that much of their known age),
-else daily (:data:`REFRESH_IDLE_S`): an idle box does not write its memory card at every pass.
+whether the system confirmed the clock then, and since when this boot's daemons wrote retention stamps in that
+timeline (``since``). :func:`reconcile` (each housekeeping pass, before sign-ups expire) compares it with the clocks
+now and moves the stamps (``created_at`` and ``expires_at`` together, so each keeps its lifetime ``expires_at −
+created_at``), the model upgrade's start and, after a step forward in the same boot, retention's stamps written since
+``since`` (:mod:`dangol_edge.clock_shift`); :func:`move_anchor` keeps it in step with the running daemon's own repair
+of a step (:meth:`~dangol_edge.gallery_expiry.GalleryExpiry.shift_stamps`). It is written at the first pass, after a
+step or a reboot, every :data:`REFRESH_S` while sign-ups wait or a model upgrade runs (a reboot then loses at most
+that much of their known age), else daily (:data:`REFRESH_IDLE_S`): an idle box does not write its memory card at
+every pass.
 
 A gallery without an anchor (the first pass of this version) trusts the wall clock once, as before. Limits, all on
 the side of a longer life, never a shorter one: a sign-up made (by ``dangol-edge enroll --pending``) while the daemon
@@ -25,12 +29,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from . import clock
+from .clock_shift import move_seen, set_upgrade_started, upgrade_started
+from .gallery_models import UPGRADE_STARTED_KEY
 
 log = logging.getLogger(__name__)
 
 #: The anchor's key in the gallery's ``meta`` table.
 ANCHOR_KEY = "clock_anchor"
-#: While sign-ups wait, the anchor is written again after this many seconds of the boot clock.
+#: The ``meta`` key of the seconds the box has waited for NTP to synchronise the clock, across daemon starts
+#: (:attr:`~dangol_edge.clock.ClockWatch.sync_waited_s`; absent: none).
+SYNC_WAIT_KEY = "clock_sync_waited_s"
+#: While sign-ups wait or a model upgrade runs, the anchor is written again after this many seconds of the boot clock.
 REFRESH_S = 300.0
 #: Without sign-ups, after this many (NTP slews the wall and boot clocks alike, so only a step parts them; a daily
 #: write keeps anything else from adding up).
@@ -45,16 +54,19 @@ def _iso(ts: datetime) -> str:
 class Anchor:
     """One moment on both clocks. ``boot``: the boot id; ``boot_s``: the boot clock, seconds; ``wall``: the wall clock
     (aware UTC); ``confirmed``: the system said the clock was synchronised
-    (:func:`~dangol_edge.clock.clock_confirmed`)."""
+    (:func:`~dangol_edge.clock.clock_confirmed`); ``since``: when this boot's first daemon's housekeeping first ran,
+    on the anchor's wall clock (moved with each step repaired since; None in an anchor of an earlier version): the
+    retention stamps after it are in the anchor's timeline."""
 
     boot: str
     boot_s: float
     wall: datetime
     confirmed: bool
+    since: datetime | None = None
 
     def dumps(self) -> str:
-        return json.dumps({"boot": self.boot, "boot_s": self.boot_s, "wall": self.wall.isoformat(),
-                           "confirmed": self.confirmed})
+        d = {"boot": self.boot, "boot_s": self.boot_s, "wall": self.wall.isoformat(), "confirmed": self.confirmed}
+        return json.dumps(d | ({"since": self.since.isoformat()} if self.since is not None else {}))
 
     @classmethod
     def loads(cls, text: str | None) -> "Anchor | None":
@@ -66,7 +78,10 @@ class Anchor:
             wall = datetime.fromisoformat(d["wall"])
             if wall.tzinfo is None:
                 raise ValueError("wall clock without a zone")
-            return cls(str(d["boot"]), float(d["boot_s"]), wall, bool(d["confirmed"]))
+            since = datetime.fromisoformat(d["since"]) if d.get("since") is not None else None
+            if since is not None and since.tzinfo is None:
+                raise ValueError("since without a zone")
+            return cls(str(d["boot"]), float(d["boot_s"]), wall, bool(d["confirmed"]), since)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("the gallery's clock anchor cannot be read (%s: %s); written afresh", type(exc).__name__, exc)
             return None
@@ -96,9 +111,10 @@ def _pending(db) -> list[tuple[str, datetime, datetime]]:
 
 
 def _waiting(db) -> bool:
-    """Whether a pending sign-up with a lifetime waits."""
+    """Whether a pending sign-up with a lifetime waits, or a model upgrade runs (their age is what the anchor keeps)."""
     return db.execute("SELECT 1 FROM customers WHERE status = 'pending' AND expires_at IS NOT NULL LIMIT 1"
-                      ).fetchone() is not None
+                      ).fetchone() is not None or db.execute("SELECT 1 FROM meta WHERE key = ?", [UPGRADE_STARTED_KEY]
+                                                             ).fetchone() is not None
 
 
 def _set(db, cid: str, created: datetime, expires: datetime) -> None:
@@ -145,13 +161,16 @@ def reconcile(db, now: datetime, lock) -> str | None:
             if what is None:
                 return None
             moved = 0
+            since = now if what in ("first", "reboot") or anchor.since is None else anchor.since
             if what == "forward":
                 moved = _forward(db, anchor, boot_s, now)
             elif what == "backward":
                 moved = _backward(db, now)
             elif what == "reboot" and not (anchor.confirmed and confirmed):
                 moved = _rebase(db, anchor, boot_s, now)
-            _write(db, Anchor(boot, boot_s, now, confirmed))
+            if what in ("forward", "backward"):
+                since = anchor.since + (now - _expected(anchor, boot_s)) if anchor.since is not None else now
+            _write(db, Anchor(boot, boot_s, now, confirmed, since))
     except sqlite3.Error as exc:
         if what in ("forward", "backward") or (what == "reboot" and not (seen.confirmed and confirmed)):
             raise  # the stamps are not in today's timeline: nothing may expire by them yet
@@ -169,20 +188,33 @@ def reconcile(db, now: datetime, lock) -> str | None:
     return what
 
 
+def _expected(anchor: Anchor, boot_s: float) -> datetime:
+    """Where the wall clock would be now without a step since ``anchor`` (same boot)."""
+    return anchor.wall + timedelta(seconds=boot_s - anchor.boot_s)
+
+
 def _forward(db, anchor: Anchor, boot_s: float, now: datetime) -> int:
     """The wall clock stepped forward: stamps made before the step (at most where the clock would be without it) move
-    with it."""
-    expected = anchor.wall + timedelta(seconds=boot_s - anchor.boot_s)
+    with it — the sign-ups', the model upgrade's start, and retention's stamps this boot's daemons wrote (after the
+    anchor's ``since``)."""
+    expected = _expected(anchor, boot_s)
     step = now - expected
     rows = [r for r in _pending(db) if r[1] <= expected]
     for cid, created, expires in rows:
         _set(db, cid, created + step, expires + step)
+    if (started := upgrade_started(db)) is not None and started <= expected:
+        set_upgrade_started(db, started + step)
+    if anchor.since is not None:
+        move_seen(db, anchor.since, expected, step)
     return len(rows)
 
 
 def _backward(db, now: datetime) -> int:
-    """The wall clock stepped back (it was ahead): no sign-up lives beyond its lifetime from now. None is moved back:
-    one made after the step cannot be told from one made before it."""
+    """The wall clock stepped back (it was ahead): no sign-up lives beyond its lifetime from now, and a model upgrade
+    runs at most its period from now. None is moved back: one made after the step cannot be told from one made before
+    it."""
+    if (started := upgrade_started(db)) is not None and started > now:
+        set_upgrade_started(db, now)
     moved = 0
     for cid, created, expires in _pending(db):
         life = max(expires - created, timedelta(0))
@@ -202,6 +234,10 @@ def _rebase(db, anchor: Anchor, boot_s: float, now: datetime) -> int:
         passed = min(max((now - created).total_seconds(), 0.0), max(boot_s, 0.0))
         new_expires = now + left - timedelta(seconds=passed)
         _set(db, cid, new_expires - life, new_expires)
+    if (started := upgrade_started(db)) is not None:  # its age: what it had at the anchor, and this boot's uptime
+        known = max(anchor.wall - started, timedelta(0)) + timedelta(seconds=max(boot_s, 0.0))
+        if started < now - known:
+            set_upgrade_started(db, now - known)
     return len(rows)
 
 
@@ -211,4 +247,6 @@ def move_anchor(db, step_s: float, confirmed: bool) -> None:
     now (:func:`~dangol_edge.clock.clock_confirmed`)."""
     anchor = read_anchor(db)
     if anchor is not None and anchor.boot == clock.boot_id():
-        _write(db, Anchor(anchor.boot, anchor.boot_s, anchor.wall + timedelta(seconds=step_s), confirmed))
+        step = timedelta(seconds=step_s)
+        since = anchor.since + step if anchor.since is not None else None
+        _write(db, Anchor(anchor.boot, anchor.boot_s, anchor.wall + step, confirmed, since))

@@ -5,10 +5,12 @@ Stamps are ISO 8601 UTC with seconds (``2026-12-07T06:53:31+00:00``): they compa
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta, timezone
 
 from . import clock
-from .clock_anchor import move_anchor, reconcile
+from .clock_anchor import move_anchor, read_anchor, reconcile
+from .clock_shift import move_seen, set_upgrade_started, stamp, upgrade_started
 
 
 class TooManyUnseen(RuntimeError):
@@ -114,23 +116,66 @@ class GalleryExpiry:
             self.db.execute("DELETE FROM erasure_reports WHERE customer_id = ?", [customer_id])
             self._wipe_due = True
 
-    def shift_pending(self, step_s: float, made_before: datetime) -> int:
-        """The wall clock stepped by ``step_s`` seconds: move the ``expires_at`` of each pending sign-up made before
-        the step (``created_at`` at most ``made_before``, the clock just before it) and its ``created_at`` by the step,
-        so it keeps the lifetime it had left (and its age on the staff page). One made in another timeline (a previous
-        boot's, after the box started with a clock behind) is left alone. The gallery's clock anchor moves with them
-        (:func:`~dangol_edge.clock_anchor.move_anchor`). Returns how many moved."""
-        delta, confirmed = timedelta(seconds=step_s), clock.clock_confirmed()
+    def pending_ids(self) -> frozenset[str]:
+        """Ids of the pending sign-ups now: the housekeeping pass's note of which sign-ups surely predate a step the
+        next pass may find (:meth:`shift_stamps`)."""
+        with self._lock:
+            return frozenset(r[0] for r in self.db.execute("SELECT id FROM customers WHERE status = 'pending'"))
+
+    def shift_stamps(self, step_s: float, made_before: datetime, known: Collection[str] = (),
+                     seen_since: datetime | None = None) -> int:
+        """The wall clock stepped by ``step_s`` seconds (``made_before``: where it would be now without the step): bring
+        the stamps the running daemon knows to be in the old timeline into the new one, in one transaction.
+
+        * Pending sign-ups made before the step (``created_at`` at most ``made_before``) move ``created_at`` and
+          ``expires_at`` by the step, so each keeps the lifetime it had left (and its age on the staff page). After a
+          step back only the ``known`` ones — pending at the pass before the step, so surely made before it — move;
+          one made since that pass may be in either timeline (one made in the seconds after the step is too): it lives
+          at most its lifetime from now and is never cut shorter than that. One made in another timeline (a previous
+          boot's, after the box started with a clock behind) is left alone.
+        * A running model upgrade's start (``meta`` :data:`~dangol_edge.gallery_models.UPGRADE_STARTED_KEY`) moves by
+          the step too: a step never ages it.
+        * After a step forward, retention's ``last_seen_at`` and ``updated_at`` written after ``seen_since`` (the
+          daemon's first pass, in the old timeline — or this boot's first daemon's, kept by the clock anchor —; stamps
+          have whole seconds: one in that second is older) up to ``made_before`` move by the step: a regular seen or
+          activated on a clock behind is not erased early once NTP corrects it. (A stamp from before the box was off
+          that is in that window moves too: it lives longer, never shorter. A step back leaves them:
+          :meth:`settle_stamps` keeps them out of the future.)
+
+        The gallery's clock anchor moves with them (:func:`~dangol_edge.clock_anchor.move_anchor`). Returns how many
+        sign-ups changed.
+
+        Raises:
+            sqlite3.Error: the gallery cannot be written (nothing changed).
+        """
+        delta, confirmed, known, moved = timedelta(seconds=step_s), clock.clock_confirmed(), set(known), 0
+        now = made_before + delta
         with self._lock, self.db.conn:
             self.db.execute("BEGIN IMMEDIATE")
             rows = self.db.execute("SELECT id, created_at, expires_at FROM customers WHERE status = 'pending' AND "
                                    "expires_at IS NOT NULL AND created_at <= ?", [_iso(made_before)]).fetchall()
             for cid, created, expires in rows:
+                created, expires = stamp(created, cid, "created_at"), stamp(expires, cid, "expires_at")
+                if created is None or expires is None:
+                    continue
+                if step_s > 0 or cid in known:
+                    created, expires = created + delta, expires + delta
+                elif expires > now + (life := max(expires - created, timedelta(0))):
+                    created, expires = now, now + life  # either timeline: at most its lifetime from now
+                else:
+                    continue
                 self.db.execute("UPDATE customers SET created_at = ?, expires_at = ? WHERE id = ?",
-                                [_iso(datetime.fromisoformat(created) + delta),
-                                 _iso(datetime.fromisoformat(expires) + delta), cid])
+                                [_iso(created), _iso(expires), cid])
+                moved += 1
+            if (started := upgrade_started(self.db)) is not None and started <= made_before:
+                set_upgrade_started(self.db, started + delta)
+            anchor = read_anchor(self.db)
+            if anchor is not None and anchor.boot == clock.boot_id() and anchor.since is not None:
+                seen_since = min(anchor.since, seen_since or anchor.since)  # this boot's earlier daemons' too
+            if step_s > 0 and seen_since is not None:
+                move_seen(self.db, seen_since, made_before, delta)
             move_anchor(self.db, step_s, confirmed)
-        return len(rows)
+        return moved
 
     def settle_stamps(self, now: datetime, stepped: float = 0.0) -> int:
         """Keep retention's stamps out of the future, once per housekeeping pass with that pass's clock ``now``.

@@ -23,7 +23,12 @@ templates can be activated (unless it is a regular's face, see below) and is mig
 regular — but never in a regular's place: the regulars' old templates are searched first, a sign-up that is a
 regular's face is not searched at all, and a sign-up is not migrated on a track where a regular was accepted
 (:mod:`dangol_edge.upgrade_search`). The daemon's housekeeping calls
-:meth:`ModelUpgrade.check` on every pass, so the deadline holds while the daemon keeps running.
+:meth:`ModelUpgrade.check` on every pass, so the deadline holds while the daemon keeps running; only those passes end
+it by the deadline, and only on a clock retention trusts (no step just seen, NTP not still awaited). Its start moves
+with each step of the wall clock the daemon sees or finds on its next start
+(:meth:`~dangol_edge.gallery_expiry.GalleryExpiry.shift_stamps`, :mod:`dangol_edge.clock_anchor`): a clock ahead for
+a minute, or NTP correcting a clock that was behind when the upgrade started, never ends it early (the time a box
+without a clock is off may not count: it then ends later, never sooner).
 
 An erasure while the upgrade runs (staff page, cloud, retention) drops the customer's old templates from the
 upgrade's in-memory matcher too (:meth:`ModelUpgrade.forget`); one erased elsewhere (the CLI, another process)
@@ -164,7 +169,7 @@ class ModelUpgrade:
         # the staff page's "already a regular" check of sign-ups with only old templates: the door's rule as it was
         self.gallery.previous_model = PreviousModel(self.previous.sha256, self._door_rule)
         self._reload()
-        self.check(now)
+        self.check(now, deadline=False)  # the deadline is the housekeeping pass's, on a clock it trusts
         return self
 
     def _reload(self) -> None:
@@ -208,9 +213,11 @@ class ModelUpgrade:
         old, new = self.previous.sha256, self.gallery.model_sha256
         return {cid for cid, m in models.items() if m.get(old) and not m.get(new)}
 
-    def check(self, now: datetime | None = None) -> bool:
-        """End the upgrade when everyone is migrated or the period is over. Returns True when done. The daemon's
-        housekeeping pass calls it: it also reports, once, the frames :meth:`observe` failed on since the last check
+    def check(self, now: datetime | None = None, deadline: bool = True) -> bool:
+        """End the upgrade when everyone is migrated or (``deadline``) the period is over by the wall clock ``now``
+        (default: now). Returns True when done. The daemon's housekeeping pass calls it, with ``deadline`` False while
+        its clock is not trusted (a step just seen, NTP still awaited): then only an upgrade with nobody left to
+        migrate ends. It also reports, once, the frames :meth:`observe` failed on since the last check
         (:meth:`failed`), by raising after its work.
 
         Raises:
@@ -219,7 +226,7 @@ class ModelUpgrade:
             UpgradeFailed: :meth:`observe` failed on frames since the last check for another reason.
         """
         with self._lock:
-            done = self._check(now)
+            done = self._check(now, deadline)
             held, self._unreported = self._unreported, None
         if held is not None:
             n, exc = held
@@ -237,13 +244,13 @@ class ModelUpgrade:
             n = self._unreported[0] if self._unreported else 0
             self._unreported = (n + 1, exc)
 
-    def _check(self, now: datetime | None) -> bool:
+    def _check(self, now: datetime | None, deadline: bool = True) -> bool:
         if self.done:
             return True
         now = now or datetime.now(timezone.utc)
         started = datetime.fromisoformat(self.gallery.meta(STARTED_KEY) or now.isoformat())
         left = self.pending()
-        if left and now - started < timedelta(days=self.max_days):
+        if left and (not deadline or now - started < timedelta(days=self.max_days)):
             return False
         if left:
             log.warning("model upgrade ended after %.0f days: %d customers (sign-ups still pending included: they are "
@@ -315,7 +322,7 @@ class ModelUpgrade:
             raise error
         if added:
             with self._lock:
-                self._check(None)
+                self._check(None, deadline=False)
         return added
 
     def _decide(self, tid: int) -> str | None:

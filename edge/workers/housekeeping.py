@@ -8,10 +8,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from ..config import EdgeConfig
 from ..events import EventNotSaved, Outbox
 from ..clock import ClockCheck, ClockWatch, retention_cap
+from ..clock_anchor import SYNC_WAIT_KEY
 from ..gallery import Gallery, TooManyUnseen
 from ..reserve import SpaceReserve
 from ..sdnotify import notify, watchdog_interval
@@ -22,21 +24,28 @@ log = logging.getLogger(__name__)
 
 #: The watchdog is fed only while the recognition loop beat within this many seconds (and is not failing).
 HEARTBEAT_MAX_AGE_S = 10.0
+#: The wait for NTP (:attr:`~dangol_edge.clock.ClockWatch.sync_waited_s`) is written to the gallery when it grew by
+#: this many seconds (a restart loses at most that much of it), and when it ends.
+SYNC_WAIT_SAVE_S = 600.0
 
 
 class HousekeepingWorker(Worker):
     """Every 0.5 s: ``WATCHDOG=1`` to systemd (half of ``WatchdogSec``) while recognition is alive and
     ``ok`` and no worker thread died. Every ``mqtt.status_interval_s``, one pass: check the wall clock against the
-    boot clock (:class:`~dangol_edge.clock.ClockWatch`: after a step, pending sign-ups keep their remaining lifetime,
-    retention's stamps are kept out of the future, and retention waits for a steady — where the system tells,
-    synchronised — clock, never erasing most regulars at once on a clock not yet trusted), erase expired pending
+    boot clock (:class:`~dangol_edge.clock.ClockWatch`: after a step, pending sign-ups keep their remaining lifetime —
+    one made since the previous pass is never cut below its lifetime from now —, a running model upgrade keeps its age,
+    regulars seen or activated since this boot's daemon started keep their time after a step forward, retention's
+    stamps are kept out of the future, and retention waits for a steady — where the system tells, synchronised —
+    clock (the day's wait for NTP counted across daemon starts: gallery ``meta`` :data:`SYNC_WAIT_KEY`), never erasing
+    most regulars at once on a clock not yet trusted), erase expired pending
     sign-ups and customers unseen for ``privacy.retention_days`` — each reported to the cloud through ``on_erased`` (an
     ``erasure-done`` without an erasure id, as a staff-page erasure) —, carry out the cloud's erasures that failed
     (:meth:`~dangol_edge.sync.MQTTSync.retry_erasures`), save the catalogue and menus that could not be saved
-    (:meth:`~dangol_edge.sync.MQTTSync.retry_downlink`), end a model upgrade whose time is up
-    (:meth:`~dangol_edge.upgrade.ModelUpgrade.check`), write events the outbox held, prune sent events, and
-    publish ``status/1`` with :func:`health`; and ``status/1`` at once whenever the sync (re)connected
-    (:meth:`~dangol_edge.sync.MQTTSync.take_status_due`: the broker may retain the last will ``offline``).
+    (:meth:`~dangol_edge.sync.MQTTSync.retry_downlink`), end a model upgrade whose time is up — by the deadline only on
+    a clock retention may run by, with every step repaired (:meth:`~dangol_edge.upgrade.ModelUpgrade.check`) —, write
+    events the outbox held, prune sent events, and publish ``status/1`` with :func:`health`; and ``status/1`` at once
+    whenever the sync (re)connected (:meth:`~dangol_edge.sync.MQTTSync.take_status_due`: the broker may retain the
+    last will ``offline``).
 
     A pass survives any error: each step that raises is counted (``stats.housekeeping_failures``; a storage
     error also sets ``stats.storage``) and logged — with its traceback once per kind of error in a streak of
@@ -75,7 +84,12 @@ class HousekeepingWorker(Worker):
         self.clock = clock or ClockWatch()
         self._recorded_loaded = False  # the gallery's record of erasures not reported yet was read
         self.reserve = reserve
-        self._shifts: list[tuple[float, object]] = []  # (step in seconds, the clock before it) not yet applied
+        #: (step in seconds, the clock before it, the sign-ups pending before it) not yet applied
+        self._shifts: list[tuple[float, datetime, frozenset[str]]] = []
+        self._pending_before: frozenset[str] = frozenset()  # sign-ups pending at the previous pass's start
+        self._since: datetime | None = None  # the first pass's wall clock, moved with each step repaired since
+        self._wait_loaded = False  # the wait for NTP earlier daemons counted was carried over
+        self._wait_saved = 0.0  # the wait for NTP as last written to the gallery
         self._stepped = 0.0  # the step the next settle_stamps must know of
         self._held_why: str | None = None  # why retention is held (logged once per reason)
         self.streak = 0  # passes in a row with a failed step
@@ -122,13 +136,25 @@ class HousekeepingWorker(Worker):
         days = self.config.privacy.retention_days
         if not self._recorded_loaded:  # erasures a previous run made but could not report
             self._recorded_loaded = self._step("erasure reports", self._load_unreported)
+        if not self._wait_loaded:  # the wait for NTP earlier daemons counted
+            self._wait_loaded = self._step("clock state", self._load_sync_wait)
+        known = self._pending_before
+        self._pending_before = frozenset()  # (what a failed read leaves: none surely made before a step)
+        noted = self._step("clock state", self._note_pending)  # before the clock is read: before a step found next
         check = self.clock.check()
+        if self._since is None:
+            self._since = check.now
         if check.step_s:
-            self._clock_stepped(check)
-        ok = self._step("clock-step repair", self._repair, check)
-        if not self._shifts:  # never expire a sign-up whose lifetime a step has not given back yet
-            ok = self._step("expire sign-ups", self._expire, lambda: self.gallery.expire_pending(check.now),
-                            "sign-up %s expired before staff recorded consent: erased") and ok
+            self._clock_stepped(check, known)
+        ok = self._step("clock-step repair", self._repair, check) and noted
+        settled = not self._shifts  # every step seen repaired: the gallery's stamps are in this clock's timeline
+        if settled:  # never expire a sign-up whose lifetime a step has not given back yet
+            settled = self._step("expire sign-ups", self._expire, lambda: self.gallery.expire_pending(check.now),
+                                 "sign-up %s expired before staff recorded consent: erased")
+            ok = settled and ok
+        if self._wait_loaded and self._wait_saved != self.clock.sync_waited_s and (
+                not self.clock.sync_waited_s or abs(self.clock.sync_waited_s - self._wait_saved) >= SYNC_WAIT_SAVE_S):
+            ok = self._step("clock state", self._save_sync_wait) and ok
         if self._retention_may_run(check):
             ok = self._step("retention", self._expire, lambda: self._retention(check, days),
                             f"retention: erased customer %s (not seen for {days} days)") and ok
@@ -136,8 +162,8 @@ class HousekeepingWorker(Worker):
         if self.sync is not None:
             ok = self._step("cloud erasures", self._cloud_erasures) and ok
             ok = self._step("held catalogue and menus", self._downlink) and ok
-        if self.upgrade is not None and not self.upgrade.done:
-            ok = self._step("model upgrade", self.upgrade.check) and ok
+        if self.upgrade is not None and not self.upgrade.done:  # its deadline passes only on a clock retention trusts
+            ok = self._step("model upgrade", self.upgrade.check, check.now, settled and check.held is None) and ok
         ok = self._step("held events", self.outbox.retry) and ok
         if self.reserve is not None:
             self.reserve.ensure()  # never raises: allocated again once the disk has room
@@ -147,19 +173,42 @@ class HousekeepingWorker(Worker):
         for cid in self.gallery.unreported_erasures():
             self.unreported.setdefault(cid, None)
 
-    def _clock_stepped(self, check: ClockCheck) -> None:
+    def _load_sync_wait(self) -> None:
+        """Carry over the wait for NTP earlier daemons counted (gallery ``meta`` :data:`SYNC_WAIT_KEY`). A value that
+        cannot be read is logged and counted, and the wait counts from 0 (written afresh)."""
+        text = self.gallery.meta(SYNC_WAIT_KEY)
+        try:
+            self.clock.resume_sync_wait(float(text) if text is not None else 0.0)
+            self._wait_saved = self.clock.sync_waited_s
+        except ValueError as exc:
+            self.stats.housekeeping_failures += 1
+            log.error("the gallery's %s %r cannot be read (%s): the wait for NTP counts from now", SYNC_WAIT_KEY,
+                      text, exc)
+            self._wait_saved = -1.0  # written at the next pass
+
+    def _save_sync_wait(self) -> None:
+        waited = self.clock.sync_waited_s
+        self.gallery.set_meta(SYNC_WAIT_KEY, f"{waited:.0f}" if waited else None)
+        self._wait_saved = waited
+
+    def _note_pending(self) -> None:
+        self._pending_before = self.gallery.pending_ids()
+
+    def _clock_stepped(self, check: ClockCheck, known: frozenset[str]) -> None:
         self.stats.clock_steps += 1
-        self._shifts.append((check.step_s, check.before))
+        self._shifts.append((check.step_s, check.before, known))
         self._stepped = check.step_s
         log.warning("the wall clock stepped %+.0f s (NTP sync, a manual date or a bad time source): pending sign-ups "
                     "keep their remaining lifetime and retention waits for a steady clock", check.step_s)
 
     def _repair(self, check: ClockCheck) -> None:
-        """Give pending sign-ups back the lifetime the clock's steps took (:meth:`Gallery.shift_pending`) and keep
-        retention's stamps out of the future (:meth:`Gallery.settle_stamps`); what fails is retried next pass."""
+        """Give pending sign-ups back the lifetime the clock's steps took, the upgrade its age, and regulars seen since
+        the daemon started their time (:meth:`Gallery.shift_stamps`), and keep retention's stamps out of the future
+        (:meth:`Gallery.settle_stamps`); what fails is retried next pass."""
         while self._shifts:
-            step, before = self._shifts[0]
-            self.gallery.shift_pending(step, before)
+            step, before, known = self._shifts[0]
+            self.gallery.shift_stamps(step, before, known, self._since)
+            self._since += timedelta(seconds=step)
             self._shifts.pop(0)
         self.gallery.settle_stamps(check.now, self._stepped)
         self._stepped = 0.0
