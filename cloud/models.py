@@ -86,6 +86,19 @@ class CatalogueItem(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class StorePrice(Base):
+    """An item's own price at one store (migration 0015), in ``currency``: the store's currency when it was set. A
+    store gets it only while that is still its currency (:mod:`dangol_cloud.store_prices`); else the item's
+    catalogue ``price`` if the store sells in the catalogue's currency, else no price — never another currency's."""
+
+    __tablename__ = "store_prices"
+    item_id: Mapped[str] = mapped_column(ForeignKey("catalogue_items.id", ondelete="CASCADE"), primary_key=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True, index=True)
+    price: Mapped[float] = mapped_column(Float)
+    currency: Mapped[str] = mapped_column(String(3))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class CatalogueVersion(Base):
     """One Publish of the catalogue: version number, who, when and the published snapshot (item dicts)."""
 
@@ -139,7 +152,7 @@ class Purchase(Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     read_zone: Mapped[str | None] = mapped_column(String(64))
     __table_args__ = (Index("ix_purchases_customer_ts", "customer_id", "ts"), Index("ix_purchases_item", "item_id"),
-                      Index("ix_purchases_ts", "ts"))
+                      Index("ix_purchases_ts", "ts"), Index("ix_purchases_store_read_zone", "store_id", "read_zone"))
 
 
 class PosRequest(Base):

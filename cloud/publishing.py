@@ -51,8 +51,12 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
     within one, the house items by name, then the others by name.
 
     Bounded for one MQTT message: at most :data:`dangol_protocol.MAX_CATALOGUE_ITEMS` items and
-    :data:`SNAPSHOT_BUDGET_BYTES` of JSON. Beyond either, the least sold non-house items are left out (logged);
-    house items go first.
+    :data:`SNAPSHOT_BUDGET_BYTES` of JSON (each item counted with its longest price, as any store may get it).
+    Beyond either, the least sold non-house items are left out (logged); house items go first.
+
+    An item with prices at some stores carries them under :data:`dangol_cloud.store_prices.SNAPSHOT_KEY`
+    (``{store id: {"price", "currency"}}``), frozen with the version; :func:`catalogue_messages` gives each store its
+    own price and leaves the key out.
 
     Args:
         photo_url: optional callable ``filename -> URL or None`` for item photos; the dashboard inlines them as
@@ -60,6 +64,7 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
             first, then the best sellers, and stop once their URLs add up to :data:`PHOTO_BUDGET_BYTES`, logged.
     """
     from dangol_cloud.menu_mapping import house_per_category, on_menu, sales_by_menu_item
+    from dangol_cloud.store_prices import SNAPSHOT_KEY, prices_by_item
 
     items = session.scalars(select(CatalogueItem).where(CatalogueItem.retired.is_(False), on_menu())).all()
     limit = house_per_category(session)
@@ -84,19 +89,22 @@ def snapshot_items(session: Session, photo_url=None) -> list[dict]:
             break
         photos[i.id], spent = url, spent + len(url or "")
     house_ids = {i.id for i in house}
+    own_prices = prices_by_item(session)
     kept: dict[str, dict] = {}
     size = 0
     for i in chain(house, others):  # house items first, then the best sellers
         entry = proto.CatalogueItem(id=i.id, name=i.name, category=i.category, price=i.price,
                                     description=i.description, tags=list(i.tags or []), photo_url=photos.get(i.id),
                                     available=i.available, house=i.id in house_ids)
-        size += len(entry.model_dump_json().encode()) + 1
+        own = own_prices.get(i.id)
+        longest = max((len(repr(float(p["price"]))) for p in (own or {}).values()), default=0)
+        size += len(entry.model_dump_json().encode()) + 1 + max(0, longest - len(repr(i.price)))
         if size > SNAPSHOT_BUDGET_BYTES or len(kept) >= proto.MAX_CATALOGUE_ITEMS:
             log.warning("the catalogue snapshot passes %d KB or %d items: %d items are left out (the least sold "
                         "non-house ones; from %s)", SNAPSHOT_BUDGET_BYTES // 1024, proto.MAX_CATALOGUE_ITEMS,
                         len(house) + len(others) - len(kept), i.id)
             break
-        kept[i.id] = entry.model_dump(mode="json")
+        kept[i.id] = entry.model_dump(mode="json") | ({SNAPSHOT_KEY: own} if own else {})
     out: list[dict] = []
     for category in sorted(groups, key=_category_key):
         members = sorted(groups[category], key=lambda i: (i.id not in house_ids, i.name.casefold(), i.id))
@@ -177,10 +185,13 @@ def _stores(session: Session, store_id: str | None) -> list[Store]:
 
 def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
                        timezone: str | None = None) -> Iterator[Message]:
-    """Retained ``catalogue/1`` of the newest published version for each store (none if never published).
+    """Retained ``catalogue/1`` of the newest published version for each store (none if never published), each
+    with the prices of that store in its currency (:func:`dangol_cloud.store_prices.for_store`: the store's own price
+    set in that currency, else the catalogue price if the store sells in the catalogue's currency, else none).
 
     Args:
-        currency: the ``CURRENCY`` setting, for stores without their own currency.
+        currency: the ``CURRENCY`` setting, for stores without their own currency (and the catalogue prices'
+            currency when the stores do not all sell in one: :func:`dangol_cloud.store_prices.catalogue_currency`).
         timezone: the IANA zone the day-parts of the menus were trained in for stores without their own zone
             (the ``TIMEZONE`` setting: training reads those stores' purchase hours in it), sent as ``timezone`` so
             the door reads the day-part's hour on the same clock; None sends none (the box's local time decides).
@@ -193,17 +204,19 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
     version = _newest(session)
     if version is None:
         return
-    from dangol_cloud.models import StoreSetting
+    from dangol_cloud.store_prices import catalogue_currency, for_store, store_currencies
     from dangol_cloud.store_zones import store_zones
 
-    own = dict(session.execute(select(StoreSetting.store_id, StoreSetting.currency)
-                               .where(StoreSetting.currency.is_not(None))).all())
+    chain_stores = store_currencies(session, currency)  # every store: the catalogue's currency is the whole chain's
+    own = {sid: code for sid, _name, code in chain_stores}
+    menu_currency = catalogue_currency(chain_stores, currency)
     zones = store_zones(session)
     for store in stores:  # each store's own currency and zone (Stores page) or the CURRENCY / TIMEZONE setting
-        payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version,
-                                  currency=own.get(store.id, currency),
+        code = own.get(store.id, currency)
+        payload = proto.Catalogue(store_id=uuid.UUID(store.id), version=version.version, currency=code,
                                   published_at=version.published_at, timezone=zones.get(store.id, timezone),
-                                  items=[proto.CatalogueItem.model_validate(i) for i in version.items])
+                                  items=[proto.CatalogueItem.model_validate(for_store(i, store.id, code, menu_currency))
+                                         for i in version.items])
         yield proto.catalogue_topic(store.id), proto.dump_payload(payload), True
 
 

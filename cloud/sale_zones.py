@@ -4,11 +4,16 @@ A purchase file's naive sale times are the shop's wall clock: the import reads t
 page) or else in the ``TIMEZONE`` setting (:func:`dangol_cloud.store_zones.store_zones`), stores them in UTC, and
 records the zone on the line (``purchases.read_zone``; NULL for a time that came with its offset, as POS sales do).
 The line's idempotency key hashes that UTC time (:mod:`dangol_cloud.purchase_keys`). When the zone a store's naive
-times are read in changes — ``TIMEZONE`` set after a first import (an env setting: noticed at the next import), or a
-store's own zone changed on the Stores page (at once, once the owner confirms) — :func:`retime_naive_sales` moves each
-of its lines read in the old zone to the same wall-clock time in the new one and re-keys it, in the caller's
-transaction: the hours are right, and a re-import of the same export finds every line again instead of storing the
-history a second time.
+times are read in changes — ``TIMEZONE`` set after a first import (an env setting: noticed at the next start, import
+or training), or a store's own zone changed on the Stores page (:func:`change_store_zone`, run by a background job
+once the owner confirms: :mod:`dangol_cloud.zone_jobs`) — :func:`retime_naive_sales` moves each of its lines read in
+the old zone to the same wall-clock time in the new one and re-keys it, in the caller's transaction: the hours are
+right, and a re-import of the same export finds every line again instead of storing the history a second time.
+Each line's ``read_zone`` says which zone its stored time was read in, so a move that did not finish (a failed or
+interrupted transaction rolls back) is simply still pending: the next call moves it.
+
+Most calls move nothing (every start, import and training calls it): :func:`pending_stores` answers that with two
+seeks of the index ``ix_purchases_store_read_zone`` (revision 0014) per store, without a write.
 
 The wall time is read back from the stored instant (:func:`wall_time`). A daylight-saving gap makes two wall times
 read as one instant (in Europe/Berlin 02:30 on the night the clocks skip 02:00–03:00 is read with the offset before
@@ -24,18 +29,20 @@ Lines imported before revision 0013 carry :data:`SETTING_AT_IMPORT` (the migrati
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import bindparam, case, func, inspect, literal, select, update
+from sqlalchemy import bindparam, case, func, inspect, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.crypto import keyring_of
-from dangol_cloud.models import Purchase
+from dangol_cloud.models import Purchase, Store
 from dangol_cloud.purchase_keys import IMPORT_KEY, changed_keys, content_of, keyed
 
-__all__ = ["SETTING_AT_IMPORT", "Retimed", "import_zones", "naive_lines", "retime_naive_sales", "wall_time"]
+__all__ = ["SETTING_AT_IMPORT", "Retimed", "change_store_zone", "import_zones", "naive_lines", "pending_stores",
+           "retime_naive_sales", "wall_time"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ SETTING_AT_IMPORT = "TIMEZONE"
 BATCH = 1000
 #: Lines moved at a time (whole customers: a few more), to bound the memory of a long history's move.
 CHUNK_LINES = 20_000
+#: Stores whose lines :func:`pending_stores` looks at in one statement (two index seeks each).
+PROBED = 100
 
 
 @dataclass
@@ -104,13 +113,55 @@ def import_zones(session: Session, default_zone: str) -> tuple[dict[str | None, 
     return zones, retime_naive_sales(session, default_zone)
 
 
-def retime_naive_sales(session: Session, default_zone: str) -> Retimed:
+def pending_stores(session: Session, zones: dict[str, str], default_zone: str) -> list[str | None]:
+    """The stores (None: lines without a store) holding an imported line whose naive time was read in another zone
+    than the one the store reads naive times in now (``zones``: :func:`~dangol_cloud.store_zones.store_zones`; else
+    ``default_zone``), lines from before revision 0013 (:data:`SETTING_AT_IMPORT`) included.
+
+    Read-only and cheap on any history: the smallest and the largest ``read_zone`` of each store's lines, each a
+    min/max seek of the index on ``(store_id, read_zone)`` (revision 0014) that SQLite and PostgreSQL answer without
+    reading the store's lines, :data:`PROBED` stores a statement; a store has nothing to move when both are its zone
+    now (or it has no naive line). An aggregate rather than a range test (``read_zone < zone``): PostgreSQL plans
+    either but, without statistics across the two columns, may scan the table for a range it expects to hold rows."""
+    table = Purchase.__table__
+    stores: list[str | None] = [None, *session.scalars(select(Store.id).order_by(Store.id))]
+    found: list[str | None] = []
+    for start in range(0, len(stores), PROBED):
+        batch = stores[start:start + PROBED]
+        probes = []
+        for store in batch:
+            mine = table.c.store_id.is_(None) if store is None else table.c.store_id == store
+            probes += [select(func.min(table.c.read_zone)).where(mine).scalar_subquery(),
+                       select(func.max(table.c.read_zone)).where(mine).scalar_subquery()]
+        seen = session.execute(select(*probes)).one()
+        for n, store in enumerate(batch):
+            low, high = seen[2 * n], seen[2 * n + 1]
+            zone = default_zone if store is None else zones.get(store, default_zone)
+            if low is not None and not low == high == zone:
+                found.append(store)
+    return found
+
+
+def _of_stores(column, stores: list[str | None]):
+    """SQL: the line's store is one of ``stores`` (None: no store)."""
+    named = [store for store in stores if store is not None]
+    terms = ([column.in_(named)] if named else []) + ([column.is_(None)] if None in stores else [])
+    return or_(*terms)
+
+
+def retime_naive_sales(session: Session, default_zone: str,
+                       progress: Callable[[int, int], None] | None = None) -> Retimed:
     """Move every imported line whose naive time was read in another zone than the one its store reads naive times
     in now (its own zone, else ``default_zone``, the ``TIMEZONE`` setting; a line without a store: ``default_zone``)
     to the same wall-clock time in that zone, and re-key it; in the caller's transaction (see the module
     docstring). A line whose time cannot be moved (a zone no longer known, a time outside what UTC can express) is
-    left as it is and logged. Cheap when nothing moves: a look-up of the schema and the stores' zones, one UPDATE (the
-    lines from before revision 0013) and one SELECT; else the lines move :data:`CHUNK_LINES` at a time.
+    left as it is and logged. Cheap when nothing moves: a look-up of the schema, the stores and their zones, and
+    the read-only index seeks of :func:`pending_stores` (no write); else the stores found there are looked at —
+    one UPDATE (their lines from before revision 0013) and one grouped SELECT — and their lines move
+    :data:`CHUNK_LINES` at a time.
+
+    ``progress`` (optional) is called with ``(lines moved so far, lines to move)``: once when the lines to move are
+    counted (0 done), then after each chunk; not called when nothing moves.
 
     Raises:
         ValueError: a store's own zone is unknown (:func:`~dangol_cloud.store_zones.store_zones`).
@@ -120,13 +171,20 @@ def retime_naive_sales(session: Session, default_zone: str) -> Retimed:
     if not any(column["name"] == "read_zone" for column in inspect(session.connection()).get_columns("purchases")):
         return Retimed(recorded=False)
     zones = store_zones(session)
+    stores = pending_stores(session, zones, default_zone)
+    report = Retimed()
+    if not stores:
+        return report
     table = Purchase.__table__
     now = _zone_now(table.c.store_id, zones, default_zone)
-    session.execute(update(table).where(table.c.read_zone == SETTING_AT_IMPORT).values(read_zone=now))
-    elsewhere = (table.c.read_zone.is_not(None), table.c.read_zone != now)
-    report = Retimed()
+    of_stores = _of_stores(table.c.store_id, stores)
+    session.execute(update(table).where(of_stores, table.c.read_zone == SETTING_AT_IMPORT).values(read_zone=now))
+    elsewhere = (of_stores, table.c.read_zone.is_not(None), table.c.read_zone != now)
     counts = session.execute(select(table.c.customer_id, func.count()).where(*elsewhere)
                              .group_by(table.c.customer_id).order_by(table.c.customer_id)).all()
+    total, done = sum(count for _customer, count in counts), 0
+    if progress is not None and total:
+        progress(0, total)
     chunk, size = [], 0
     for n, (customer, count) in enumerate(counts):  # a customer's lines together: their keys name the customer
         chunk.append(customer)
@@ -137,10 +195,44 @@ def retime_naive_sales(session: Session, default_zone: str) -> Retimed:
                                            table.c.amount, table.c.read_zone)
                                     .where(*elsewhere, table.c.customer_id.in_(chunk)).order_by(table.c.id)).all()
             _move(session, lines, zones, default_zone, report)
+            done += size
+            if progress is not None:
+                progress(done, total)
             chunk, size = [], 0
     if report.lines:
         log.info("%s", report.describe())
     return report
+
+
+def change_store_zone(session: Session, store_id: str, zone: str | None, default_zone: str,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[Retimed, Retimed]:
+    """Give ``store_id`` its own time zone ``zone`` (an IANA name; None: the ``TIMEZONE`` setting, ``default_zone``)
+    and move its imported lines read in the zone before to the same hours in the new one, re-keyed, all in the
+    caller's transaction — commit it for both, roll it back for neither. First every line as read so far
+    (:func:`retime_naive_sales` with the zones before the change: lines from before revision 0013 take the zone in
+    force), then the change, then the move (``progress`` as for :func:`retime_naive_sales`, of this move only).
+
+    Returns:
+        ``(lines moved before the change — a TIMEZONE changed since the last start, import or training —, lines
+        moved by the change)``.
+
+    Raises:
+        LookupError: no such store. ValueError: ``zone`` is not a known IANA zone, or a store's own zone is unknown.
+    """
+    from dangol_protocol import check_zone
+
+    from dangol_cloud.models import StoreSetting
+
+    if zone is not None:
+        check_zone(zone)
+    if session.get(Store, store_id) is None:
+        raise LookupError(f"store {store_id} does not exist (removed meanwhile?)")
+    before = retime_naive_sales(session, default_zone)
+    row = session.get(StoreSetting, store_id) or StoreSetting(store_id=store_id)
+    row.timezone = zone
+    session.add(row)
+    session.flush()
+    return before, retime_naive_sales(session, default_zone, progress)
 
 
 def _move(session: Session, lines: list, zones: dict[str, str], default_zone: str, report: Retimed) -> None:

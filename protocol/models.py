@@ -77,7 +77,8 @@ def first_name(name: str | None) -> str | None:
 
 
 class CatalogueItem(_Model):
-    """One menu item as the edge displays it. ``price`` is in the café's currency (major units)."""
+    """One menu item as the edge displays it. ``price`` is the store's price in the catalogue's ``currency`` (major
+    units); None: no price at this store (the door lists the item without one)."""
 
     id: ItemId
     name: Annotated[str, Field(min_length=1, max_length=200)]

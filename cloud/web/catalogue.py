@@ -17,12 +17,14 @@ from dangol_cloud.menu_mapping import HOUSE_PER_CATEGORY_RANGE, house_per_catego
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish, publish_catalogue_version
+from dangol_cloud.store_prices import price_at_store, prices_by_item
 from dangol_cloud.web.catalogue_form import (code_problem, drop_held, held_photo, hold_photo, menu_currency,
                                               pos_code, price_problem, show_price_in, take_held, unique_code)
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import PRICE_MESSAGE, ActionForm, ItemForm
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.photos import prepared_upload
+from dangol_cloud.web.store_price_form import StorePrices, chain_prices
 
 log = logging.getLogger(__name__)
 bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
@@ -45,7 +47,26 @@ def index():
     return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
                            pages=max((total + 59) // 60, 1), action=ActionForm(), unmapped=unmapped,
                            house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE, currency=currency,
-                           currency_differs=differing)
+                           currency_differs=differing, at_stores=_store_lines(s, items, currency))
+
+
+def _store_lines(s, items, currency: str) -> dict[str, list[tuple[str, float | None, str]]]:
+    """``{item id: [(store name, price or None, store currency)]}``: per item of a chain's list, each store that
+    shows another price than the catalogue price — its own, or none (a store selling in another currency without
+    its own price: :func:`dangol_cloud.store_prices.price_at_store`); empty for a single café."""
+    prices = chain_prices(s, get_settings().currency)
+    if not prices.stores:
+        return {}
+    own = prices_by_item(s, [i.id for i in items])
+    out: dict[str, list] = {}
+    for item in items:
+        for sid, name, code in prices.stores:
+            price = price_at_store(item.price, own.get(item.id, {}).get(sid), code, currency)
+            if sid in own.get(item.id, {}) and price is not None and (code != currency or price != item.price):
+                out.setdefault(item.id, []).append((name, price, code))
+            elif price is None and item.price is not None:
+                out.setdefault(item.id, []).append((name, None, code))
+    return out
 
 
 def menu_query(show: str, q: str):
@@ -117,19 +138,24 @@ def _price_ok(form: ItemForm) -> bool:
     return problem is None
 
 
-def _form_page(form: ItemForm, item: CatalogueItem | None, slot: str):
+def _form_page(form: ItemForm, item: CatalogueItem | None, slot: str, prices: StorePrices, stored: dict):
     """The item form, its price labelled with the catalogue's currency and taking its decimals (``step`` 1 for won,
-    0.01 for dollars: :func:`~dangol_cloud.web.catalogue_form.show_price_in`); a photo attached to a refused submit
-    is kept for the next one (:func:`~dangol_cloud.web.catalogue_form.hold_photo`), and a fresh form drops any."""
+    0.01 for dollars: :func:`~dangol_cloud.web.catalogue_form.show_price_in`), and in a chain one price per store in
+    that store's currency (:mod:`~dangol_cloud.web.store_price_form`; ``stored``: the item's stored store prices); a
+    photo attached to a refused submit is kept for the next one (:func:`~dangol_cloud.web.catalogue_form.hold_photo`),
+    and a fresh form drops any."""
     if request.method == "POST":
         hold_photo(form, slot)
     else:
         drop_held()
     currency, differing = menu_currency(get_session(), get_settings().currency)
-    form.price.label.text = f"Price ({currency})"
+    form.price.label.text = f"{'Catalogue price' if prices.stores else 'Price'} ({currency})"
     step = show_price_in(form.price, currency)
+    default = float(form.price.data) if form.price.data is not None and not form.price.errors else None
+    unused = bool(prices.stores) and all(code != currency for _sid, _name, code in prices.stores)
     return render_template("item_form.html", form=form, item=item, action=ActionForm(), held=held_photo(slot),
-                           currency=currency, currency_differs=differing, price_step=step)
+                           currency=currency, currency_differs=differing, price_step=step, default_unused=unused,
+                           store_prices=prices.view(form, default, stored))
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -140,17 +166,21 @@ def new():
     refused (:func:`~dangol_cloud.web.catalogue_form.code_problem`), or a price with more decimals than the currency
     has (:func:`~dangol_cloud.web.catalogue_form.price_problem`: 4500.5 won), is an error on the form, like any other
     field, and the attached photo is kept for the next submit."""
-    form = ItemForm()
     s = get_session()
-    if form.validate_on_submit() & _code_ok(s, form, None) & _price_ok(form):  # &: every field's errors at once
+    prices = chain_prices(s, get_settings().currency)
+    form = prices.form_class()()
+    valid = form.validate_on_submit() & _code_ok(s, form, None) & _price_ok(form)  # &: every field's errors at once
+    if valid & (not form.is_submitted() or prices.check(form, request.form)):
         typed = (form.ref.data or "").strip()
         item = CatalogueItem(ref=typed or unique_code(s, pos_code(form.name.data)), name="", tags=[])
         _fill(item, form, "new")
         s.add(item)
+        s.flush()
+        prices.save(s, item.id, form)
         s.commit()
         flash(f"Added “{item.name}” (POS code {item.ref}). Publish to send it to the stores.", "success")
         return redirect(url_for("catalogue.index"))
-    return _form_page(form, None, "new")
+    return _form_page(form, None, "new", prices, {})
 
 
 @bp.route("/<item_id>", methods=["GET", "POST"])
@@ -160,19 +190,24 @@ def edit(item_id: str):
     the form); 404 if unknown."""
     s = get_session()
     item = s.get(CatalogueItem, item_id) or abort(404)
-    form = ItemForm(obj=item) if request.method == "GET" else ItemForm()
+    prices = chain_prices(s, get_settings().currency)
+    stored = prices_by_item(s, [item.id]).get(item.id, {})
+    form = prices.form_class()(obj=item) if request.method == "GET" else prices.form_class()()
     if request.method == "GET":
         form.tags.data = ", ".join(item.tags or [])
+        prices.fill(form, stored)
         if item.price is not None and not math.isfinite(item.price):  # stored before prices were bounded
             form.price.errors = [f"The stored price ({item.price}) cannot be published. {PRICE_MESSAGE}"]
-    if form.validate_on_submit() & _code_ok(s, form, item) & _price_ok(form):  # &: every field's errors at once
+    valid = form.validate_on_submit() & _code_ok(s, form, item) & _price_ok(form)  # &: every field's errors at once
+    if valid & (not form.is_submitted() or prices.check(form, request.form)):
         if (form.ref.data or "").strip() and form.ref.data != item.ref:
             item.ref = form.ref.data.strip()
         _fill(item, form, item.id)
+        prices.save(s, item.id, form)
         s.commit()
         flash(f"Saved “{item.name}” (POS code {item.ref}). Publish to send the change to the stores.", "success")
         return redirect(url_for("catalogue.index"))
-    return _form_page(form, item, item.id)
+    return _form_page(form, item, item.id, prices, stored)
 
 
 @bp.route("/<item_id>/retire", methods=["POST"])

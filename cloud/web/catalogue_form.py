@@ -5,10 +5,11 @@ kept across a refused submit. Used by :mod:`dangol_cloud.web.catalogue`.
   accepts an item's id or this code). A new item's code is derived from its name, keeping letters of every script
   (:func:`pos_code`: "아메리카노" → ``아메리카노``, "Flat White" → ``flat-white``, as before for Latin names); the
   owner may set another one on the form (:func:`code_problem`: the POS API's rules and unique).
-* **Currency**: the catalogue has one price per item and each store shows it in its own currency (Stores page),
-  else the ``CURRENCY`` setting (:func:`menu_currency`). The price takes the decimals of that currency (CLDR's,
-  :func:`dangol_protocol.money.minor_digits`): whole won and yen, cents of a dollar (:func:`price_problem`; the
-  input's ``step`` and shown decimals: :func:`show_price_in`).
+* **Currency**: an item's catalogue price is in the catalogue's currency (:func:`menu_currency`: the stores' own
+  when they all share one, else the ``CURRENCY`` setting); a chain's item may also have a price per store, in that
+  store's currency (:mod:`dangol_cloud.web.store_price_form`, :mod:`dangol_cloud.store_prices`). A price takes
+  the decimals of its currency (CLDR's, :func:`dangol_protocol.money.minor_digits`): whole won and yen, cents of a
+  dollar (:func:`price_problem`; the input's ``step`` and shown decimals: :func:`show_price_in`).
 * **Held photo**: a photo attached to a form that is refused for another field (a price typo) is kept in
   ``photos/held/`` under a name remembered in the signed session for that form, shown on the form again and saved
   with the item at the next submit unless another photo is attached (:func:`hold_photo`, :func:`take_held`).
@@ -118,11 +119,12 @@ def _fits(value: Decimal, digits: int) -> bool:
         return False
 
 
-def price_problem(field, currency: str) -> str | None:
+def price_problem(field, currency: str, label: str = "Price") -> str | None:
     """Why the submitted price of the item form's ``field`` (a WTForms ``DecimalField``) cannot be a price in
     ``currency`` — more decimals than the currency has (:func:`currency_digits`: ``4500.5`` won, ``4.555`` dollars)
-    — naming the currency, what was typed and the two nearest prices; None when it can, or when the field holds no
-    number or was refused already (its own validators say why)."""
+    — naming the field (``label``: "Price", "Price at Taipei"), the currency, what was typed and the two nearest
+    prices; None when it can, or when the field holds no number or was refused already (its own validators say
+    why)."""
     value = field.data
     if field.errors or not isinstance(value, Decimal) or not value.is_finite():
         return None
@@ -135,9 +137,9 @@ def price_problem(field, currency: str) -> str | None:
     called = get_currency_name(currency, locale=LOCALE)  # the code itself when babel does not know it
     name = f"{called} ({currency})" if called != currency else currency
     if digits == 0:
-        return (f"Price: {name} has no smaller unit, so a price is a whole number; {typed} is not. "
+        return (f"{label}: {name} has no smaller unit, so a price is a whole number; {typed} is not. "
                 f"Enter {low} or {high}.")
-    return (f"Price: {name} prices have at most {digits} decimal{'s' if digits > 1 else ''}; {typed} has more. "
+    return (f"{label}: {name} prices have at most {digits} decimal{'s' if digits > 1 else ''}; {typed} has more. "
             f"Enter {low} or {high}.")
 
 

@@ -91,10 +91,12 @@ def show(customer_id: str):
     home = origin_stores(s, [customer.id]).get(customer.id)  # the store she is registered at, if any
     stores = s.scalars(select(Purchase.store_id).where(*bought).distinct()).all() or ([home] if home else [])
     currency = currency_of(s, stores, get_settings().currency)  # where she bought, else where she is registered
+    at = home if home is not None else (stores[0] if len(stores) == 1 else None)  # the door her picks are shown at
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
     return render_template("customer.html", customer=customer, menu=menu, picks=picks, dayparts=dayparts, visits=visits,
                            purchases=purchases, totals=totals, form=form, action=ActionForm(), currency=currency,
+                           pick_prices=_pick_prices(s, [i for i, _ in picks if i is not None], at),
                            at_door=at_a_door(customer), home=home,
                            first_purchase=first, last_purchase=last, baskets=baskets, arrivals=arrivals,
                            off_menu=off_menu, opinions=dict(s.execute(
@@ -102,6 +104,27 @@ def show(customer_id: str):
                                .where(PickOpinion.customer_id == customer.id)).all()),
                            disliked=s.scalars(select(CatalogueItem).where(CatalogueItem.id.in_(banned), on_menu())
                                               .order_by(CatalogueItem.name)).all())  # what the door never shows
+
+
+def _pick_prices(s, items: list[CatalogueItem], store_id: str | None) -> dict[str, tuple[float, str] | None]:
+    """``{item id: (price, currency) or None}``: each pick's price as the door of ``store_id`` shows it (its own price
+    there, else the catalogue price when it sells in the catalogue's currency, else none:
+    :func:`dangol_cloud.store_prices.price_at_store`); without a store (she is registered nowhere and bought at several
+    or none), the catalogue price in the catalogue's currency. Never a number of one currency shown in another."""
+    from dangol_cloud.store_prices import catalogue_currency, price_at_store, prices_by_item, store_currencies
+
+    default = get_settings().currency
+    stores = store_currencies(s, default)
+    menu_currency = catalogue_currency(stores, default)
+    currency = next((code for sid, _name, code in stores if sid == store_id), None)
+    if store_id is None or currency is None:
+        return {i.id: (i.price, menu_currency) if i.price is not None else None for i in items}
+    own = prices_by_item(s, [i.id for i in items])
+    out: dict[str, tuple[float, str] | None] = {}
+    for i in items:
+        price = price_at_store(i.price, own.get(i.id, {}).get(store_id), currency, menu_currency)
+        out[i.id] = (price, currency) if price is not None else None
+    return out
 
 
 def _as_shown(s, raw: list[dict], banned: set[str] = frozenset()) -> tuple[list[tuple], int]:

@@ -53,7 +53,7 @@ def finite_price(form, field) -> None:
 
 
 __all__ = ["MAX_PRICE", "PRICE_MESSAGE", "ActionForm", "ConsentForm", "DeviceForm", "ItemForm", "LoginForm",
-           "StoreForm", "UploadForm", "finite_price"]
+           "StoreForm", "UploadForm", "finite_price", "item_form_class", "store_price_field"]
 
 
 def _choices(pairs: list[tuple[str, str]]) -> list:
@@ -109,6 +109,23 @@ class ItemForm(FlaskForm):
     photo = FileField("Photo", validators=[FileAllowed(["jpg", "jpeg", "png", "webp"], "JPEG, PNG or WebP only"),
                                            valid_image])
     available = BooleanField("Available today", default=True)
+
+
+def store_price_field(store_id: str) -> str:
+    """The item form's field name of the price at store ``store_id`` (``store_price_`` and the id's hex digits)."""
+    return "store_price_" + store_id.replace("-", "")
+
+
+def item_form_class(stores: list[tuple[str, str, str]]) -> type[ItemForm]:
+    """:class:`ItemForm` with one optional price per store of ``stores`` (``(id, name, currency)``), named by
+    :func:`store_price_field`, labelled "<store name> (<currency>)" and bounded as the catalogue price is (the
+    currency's decimals and the errors' names are the view's: :mod:`dangol_cloud.web.catalogue`). Blank: the store
+    gets the catalogue price if it sells in the catalogue's currency, else none."""
+    bounds = NumberRange(min=0, max=MAX_PRICE, message=PRICE_MESSAGE)
+    fields = {store_price_field(sid): DecimalField(f"{name} ({code})", places=2, render_kw={"max": MAX_PRICE},
+                                                   validators=[Optional(), finite_price, bounds])
+              for sid, name, code in stores}
+    return type("StoreItemForm", (ItemForm,), fields)
 
 
 class ConsentForm(FlaskForm):

@@ -55,7 +55,8 @@ def index():
                            currencies=currencies, currency_codes=sorted(codes),
                            bad_currencies={sid for sid, code in currencies.items() if code and code not in codes},
                            zones=zones, zone_names=sorted(available_timezones()),
-                           default_zone=get_settings().timezone, presence=presence, **_trust_context(s))
+                           default_zone=get_settings().timezone, presence=presence,
+                           zone_job=_store_zone.zone_jobs().running(), **_trust_context(s))
 
 
 @bp.route("/<store_id>/currency", methods=["POST"])
@@ -79,61 +80,6 @@ def set_currency(store_id: str):
     s.add(row)
     s.commit()
     flash(f"{store.name}: amounts are shown in {code or get_settings().currency}.", "success")
-    return redirect(url_for("stores.index"))
-
-
-@bp.route("/<store_id>/timezone", methods=["POST"])
-@owner_required
-def set_timezone(store_id: str):
-    """POST /stores/<id>/timezone: the store's IANA time zone (e.g. Asia/Taipei) for a chain across zones; empty =
-    the TIMEZONE setting. Its later imports read naive sale times in it, training reads its sales' hours in it and
-    its doors get it (their day-part clock) with the next publish (:mod:`dangol_cloud.store_zones`).
-
-    A store holding imported sales whose file times were naive (read as the old zone's time) first gets a
-    confirmation page saying how many and from which zone to which (nothing changed); the confirmed post
-    (``confirm=yes``) sets the zone and moves those sales to the same wall-clock hours in the new zone, re-keyed, in
-    the same transaction (:func:`dangol_cloud.sale_zones.retime_naive_sales`): a re-import of the same files then
-    adds nothing. POS API sales and file times given with their offset are instants and stay."""
-    from dangol_cloud.sale_zones import naive_lines, retime_naive_sales
-    from dangol_cloud.web.confirm import confirmation_page
-
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    s = get_session()
-    store = s.get(Store, store_id) or abort(404)
-    name = (request.form.get("timezone") or "").strip()
-    if name:
-        try:
-            proto.check_zone(name)
-        except ValueError as exc:
-            flash(f"Time zone: {exc}. Use a name of the IANA list, e.g. Europe/Berlin or Asia/Taipei.", "error")
-            return redirect(url_for("stores.index"))
-    row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
-    default = get_settings().timezone
-    before, now = row.timezone or default, name or default
-    naive = naive_lines(s, store.id) if now != before else 0
-    if naive:
-        detail = (f"Its {naive:,} imported sales whose files gave no time zone were read as {before} time. They move "
-                  f"to the same hours in {now} (a sale at 09:00 stays at 09:00, now {now} time), so the dashboard and "
-                  "training see them at the right hours and importing the same files again adds nothing. POS sales "
-                  "and file times given with their offset stay as they are.")
-        if request.form.get("confirm") != "yes":  # shown on the confirmation page (flashed before it renders)
-            flash(f"{store.name} keeps {before} until you confirm: it holds {naive:,} imported sales whose file times "
-                  f"were read as {before} time (a zone set before its first import moves nothing).", "error")
-        page = confirmation_page(title=f"Move {store.name}'s sales to {now} time?", detail=detail,
-                                 button=f"Set {now} and move the sales", cancel_url=url_for("stores.index"),
-                                 keep=[("timezone", name)])
-        if page is not None:
-            return page
-    retime_naive_sales(s, default)  # first as read so far (lines from before revision 0013 take their zone now)
-    row.timezone = name or None
-    s.add(row)
-    s.flush()
-    moved = retime_naive_sales(s, default).lines
-    s.commit()
-    note = f" Its {moved:,} imported sales moved to the same hours in {now}." if moved else ""
-    flash(f"{store.name}: sales hours and door day-parts follow {now}.{note} Its doors get it with the next Publish "
-          "(Menu catalogue).", "success")
     return redirect(url_for("stores.index"))
 
 
@@ -380,3 +326,4 @@ def decide_erasure(request_id: int, decision: str):
 
 from dangol_cloud.web import devices as _devices  # noqa: E402 - presence, onboarding lines; its routes on this bp
 from dangol_cloud.web import store_edit as _store_edit  # noqa: E402 - store names, rename/remove on this bp
+from dangol_cloud.web import store_zone as _store_zone  # noqa: E402 - zone changes (background job) on this bp

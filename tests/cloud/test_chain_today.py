@@ -23,7 +23,7 @@ import pytest
 import dangol_protocol as proto
 from dangol_cloud.app import create_app
 from dangol_cloud.device_events import apply_event
-from dangol_cloud.models import CatalogueItem, Device, Menu, ModelVersion, Store, StoreSetting
+from dangol_cloud.models import CatalogueItem, Device, Menu, ModelVersion, Store, StorePrice, StoreSetting
 from dangol_cloud.settings import Settings
 from tests.cloud.conftest import add_owner
 from tests.cloud.test_web_hardening import sign_in
@@ -142,15 +142,23 @@ def test_a_door_enrolled_regular_reads_in_her_stores_currency_and_clock(chain):
     consent_at = _midnight(SEOUL, 1) + timedelta(minutes=25)  # 00:25 in Seoul, the day before in UTC
     mina = _enrol(db, ids["seoul"][1], "Mina Park", consent_at)
     with db.transaction() as s:
+        # the catalogue price is in EUR (the stores' currencies differ: CURRENCY); the latte has its own Seoul price
         s.add_all([ModelVersion(version="m-chain", path="nowhere"),
-                   CatalogueItem(id="latte", name="Caffè latte", ref="latte", price=5000)])
+                   CatalogueItem(id="latte", name="Caffè latte", ref="latte", price=4.5),
+                   CatalogueItem(id="scone", name="Scone", ref="scone", price=3.2)])
         s.flush()
+        s.add(StorePrice(item_id="latte", store_id=ids["seoul"][0], price=5000, currency="KRW"))
         s.add(Menu(customer_id=mina, model_version="m-chain",
-                   picks=[{"item_id": "latte", "score": 0.03, "reasons": ["popular with our customers"]}]))
+                   picks=[{"item_id": "latte", "score": 0.03, "reasons": ["popular with our customers"]},
+                          {"item_id": "scone", "score": 0.02, "reasons": ["popular with our customers"]}]))
 
     page = client.get(f"/customers/{mina}").get_data(as_text=True)
     picks = re.search(r'<ol class="picks" id="picks">(.*?)</ol>', page, re.S).group(1)
-    assert "₩5,000" in picks and "€" not in picks, picks
+    # as her Seoul door shows them: the latte's Seoul price in won; the scone has no Seoul price and the catalogue's
+    # is in euros, which Seoul does not take: no price (never "₩3" or "€3.20")
+    assert "₩5,000" in picks and "€" not in picks and "₩3" not in picks, picks
+    scone = re.search(r"<b>Scone</b>(.*?)</div>", picks, re.S).group(1)
+    assert "·" not in scone, scone
     card = re.search(r'id="consent-card">(.*?)</table>', page, re.S).group(1)
     seoul = consent_at.astimezone(SEOUL)
     assert f"<td>When</td><td>{seoul:%Y-%m-%d %H:%M}</td>" in card, card
