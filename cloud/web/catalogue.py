@@ -47,10 +47,10 @@ def index():
     return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
                            pages=max((total + 59) // 60, 1), action=ActionForm(), unmapped=unmapped,
                            house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE, currency=currency,
-                           currency_differs=differing, at_stores=_store_lines(s, items, currency))
+                           currency_differs=differing, at_stores=store_lines(s, items, currency))
 
 
-def _store_lines(s, items, currency: str) -> dict[str, list[tuple[str, float | None, str]]]:
+def store_lines(s, items, currency: str) -> dict[str, list[tuple[str, float | None, str]]]:
     """``{item id: [(store name, price or None, store currency)]}``: per item of a chain's list, each store that
     shows another price than the catalogue price — its own, or none (a store selling in another currency without
     its own price: :func:`dangol_cloud.store_prices.price_at_store`); empty for a single café."""

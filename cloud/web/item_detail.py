@@ -73,6 +73,8 @@ def detail(item_id: str):
     unclocked = stores_without_clock(s, get_settings().door_timezone is not None, store_scope())
     chart = bar_chart(labels, weeks, label_every=4, title=f"Units sold per week: {item.name}") if labels else None
     currency, _differing = menu_currency(s, get_settings().currency)
+    from dangol_cloud.web.catalogue import store_lines
+
     return render_template("item_detail.html", item=item, products=products, units=units, chart=chart,
                            in_picks=in_picks, shown=shown, bought_after=bought_after, currency=currency,
-                           unclocked=unclocked)
+                           unclocked=unclocked, at_stores=store_lines(s, [item], currency).get(item.id, []))

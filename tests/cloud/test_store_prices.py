@@ -192,6 +192,8 @@ def test_the_item_form_sets_a_store_price_in_that_stores_currency(chain_web):
     listing = client.get("/catalogue/").get_data(as_text=True)
     assert "Taipei: NT$95.00" in listing and "₩3,800" in listing
     assert "Taipei: no price" in listing  # the americano has no Taipei price
+    detail = client.get(f"/catalogue/{ids['croissant']}/about").get_data(as_text=True)
+    assert "₩3,800" in detail and "Taipei: NT$95.00" in detail  # the item's page names the store's own price
     again = client.get(f"/catalogue/{ids['croissant']}").get_data(as_text=True)
     assert re.search(rf'name="{_field(ids["taipei"])}"[^>]*value="95.00"', again)
     _post_item(client, ids["croissant"], **{_field(ids["taipei"]): ""})  # blank: back to none
