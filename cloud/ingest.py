@@ -23,7 +23,8 @@ The store is part of the key (the same line in two stores' files is two sales), 
 as history (no store) and under a store: an upload into a store *files* the store-less purchases it repeats under
 that store (:attr:`ImportReport.filed`), and an upload as history skips the sales a store already holds (looked up
 under each of at most :data:`MAX_PROBED_STORES` stores holding imports, past the first batch only when that found
-some). A sale filed under a store is never moved to another store. A store-less sale matches only when its naive time was read in the same zone.
+some). A sale filed under a store is never moved to another store. The two copies are compared under the keys each
+has, its naive time read in its own filing's zone (a store's, else ``TIMEZONE``: :mod:`dangol_cloud.import_match`).
 Each line records that zone (``read_zone``; None for a time given with its offset); an import first moves the lines
 read in another zone than their store's now to the new hours, re-keyed (:mod:`dangol_cloud.sale_zones`), so the same
 export imported again after ``TIMEZONE`` changed adds nothing.
@@ -48,13 +49,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dangol_cloud.importers import PurchaseRow, RowError
 from dangol_cloud.crypto import keyring_of
 from dangol_cloud.erased_refs import Erased, ErasedRefs
+from dangol_cloud.import_match import importing_stores as _importing_stores
+from dangol_cloud.import_match import match_other_copies as _match_other_copies
+from dangol_cloud.import_match import probe_keys
 from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
 from dangol_cloud.purchase_keys import purchase_key
@@ -95,51 +99,6 @@ class ImportReport:
     def valid(self) -> int:
         """Rows that passed validation."""
         return self.rows - len(self.errors)
-
-
-def _match_other_copies(session: Session, batch: list[dict], probes: list[list[str]]) -> int:
-    """The same sale stored under a store / as history (see the module docstring), for each row of ``batch``:
-    ``probes[n]`` holds the keys ``batch[n]`` would have had without its store (a row with a store) or under each
-    store holding imports (a row without one). A store-less purchase found for a row with a store is filed under
-    it (store and key); a row without a store whose sale a store holds is dropped from ``batch``. Returns how many
-    purchases were filed; either way the row is counted as already present."""
-    row_of = {key: n for n, keys in enumerate(probes) for key in keys}
-    keys, found = list(row_of), []
-    for start in range(0, len(keys), 1000):
-        found += session.execute(select(Purchase.id, Purchase.idempotency_key, Purchase.store_id).where(
-            Purchase.idempotency_key.in_(keys[start:start + 1000]))).all()
-    filed = [(pid, batch[row_of[key]]) for pid, key, store in found
-             if store is None and batch[row_of[key]]["store_id"] is not None]
-    if filed:  # a sale stored both ways already (doubled by an older version): its store copy stays, history too
-        own = [row["idempotency_key"] for _pid, row in filed]
-        taken = set()
-        for start in range(0, len(own), 1000):
-            taken.update(session.scalars(select(Purchase.idempotency_key).where(
-                Purchase.idempotency_key.in_(own[start:start + 1000]))))
-        filed = [(pid, row) for pid, row in filed if row["idempotency_key"] not in taken]
-    if filed:
-        table = Purchase.__table__  # core executemany (the ORM's bulk update takes no WHERE of its own)
-        zone = {"read_zone": bindparam("zone")} if "read_zone" in filed[0][1] else {}  # as the row's (0013 on)
-        session.execute(update(table).where(table.c.id == bindparam("pid")).values(
-            store_id=bindparam("store"), idempotency_key=bindparam("key"), **zone),
-            [{"pid": pid, "store": row["store_id"], "key": row["idempotency_key"], "zone": row.get("read_zone")}
-             for pid, row in filed])
-    held = {row_of[key] for _pid, key, store in found if store is not None and batch[row_of[key]]["store_id"] is None}
-    batch[:] = [row for n, row in enumerate(batch) if n not in held]
-    return len(filed)
-
-
-#: A store-less row is looked up under at most this many stores holding imports (the first by id); a sale of a
-#: chain's later stores uploaded again as history is not recognised. The look-up goes on past the first batch only
-#: when a store held some of its rows (a file uploaded before into a store): other history files pay it once.
-MAX_PROBED_STORES = 20
-
-
-def _importing_stores(session: Session) -> list[str]:
-    """Ids of the stores (at most :data:`MAX_PROBED_STORES`) that hold imported (not POS) purchases."""
-    return list(session.scalars(select(Purchase.store_id).where(Purchase.store_id.is_not(None),
-                                                                Purchase.source != "pos")
-                                .distinct().order_by(Purchase.store_id).limit(MAX_PROBED_STORES)))
 
 
 def _insert(session: Session, table):
@@ -274,7 +233,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
                 tz: str = "UTC", batch_size: int = 5000, customer_status: str = "active",
                 customer_source: str = "import", store_id: str | None = None,
                 allowed_stores: frozenset[str] | None = None,
-                customers_in_scope: Collection[str] | None = None) -> ImportReport:
+                customers_in_scope: Collection[str] | None = None, import_id: str | None = None) -> ImportReport:
     """Insert valid rows as purchases in batches of ``batch_size``; collect row errors.
 
     Args:
@@ -293,6 +252,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             (:func:`dangol_cloud.web.scope.store_customer_ids`): a row naming any other existing customer is a row
             error ("customer 'REF' is not one of your stores' customers"), nothing is written for it; customers
             the import creates are in scope. Ignored without ``allowed_stores``.
+        import_id: recorded on each line written (``purchases.import_id``) and on the store-less lines it files
+            (``filed_import_id``), for :mod:`dangol_cloud.import_undo`; None (the CLI, POS): not recorded.
 
     Returns:
         ImportReport with counts and row errors (line numbers, messages).
@@ -377,12 +338,13 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
                 first if seen == 0 else purchase_key(ring, key_prefix, **values, occurrence=seen)}
         if retimed.recorded:  # the zone a naive time was read in (not on a schema before 0013)
             line["read_zone"] = None if row.ts.tzinfo else zone.key
+        if import_id is not None:  # the dashboard's import (revision 0016): its undo removes the line
+            line["import_id"] = import_id
         batch.append(line)
         if store is None and importing_stores is None:
             importing_stores = _importing_stores(session)
-        others = [None] if store is not None else importing_stores
-        probes.append([purchase_key(ring, key_prefix, **values | {"store_id": other}, occurrence=seen)
-                       for other in others])
+        probes.append(probe_keys(ring, key_prefix, values, seen, row.ts, zones,
+                                 [None] if store is not None else importing_stores, purchase_key))
         if len(batch) >= batch_size:
             write()
     write()

@@ -223,7 +223,9 @@ class ImportJobs:
         stores rows may name (a staff user's; see :func:`~dangol_cloud.ingest.import_rows`), None for any: with
         them, rows may name only those stores' customers (or new ones; others are row errors) and demographics.csv
         sets the age band of those stores' customers only (after the import; the others are counted in
-        ``segments_skipped``); ``started_by``: the user's id, kept on the job.
+        ``segments_skipped``); ``started_by``: the user's id, kept on the job. The import is recorded with its
+        lines, in their transaction, under the job's id (:func:`dangol_cloud.import_undo.record_import`: "Undo this
+        import").
 
         Returns:
             The new job, or None when an import is already running (nothing started).
@@ -252,6 +254,7 @@ class ImportJobs:
 
     def _run(self, job: ImportJob, db: Database, settings: Settings, detected, folder, customer_source,
              store_id, allowed_stores) -> None:
+        from dangol_cloud.import_undo import record_import
         from dangol_cloud.importers import parse_purchases, read_cj_demographics
         from dangol_cloud.ingest import import_rows
         from dangol_cloud.web.scope import store_customer_ids
@@ -268,7 +271,9 @@ class ImportJobs:
                 rows = parse_purchases(detected.purchases, detected.fmt, products=detected.products)
                 report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
                                      tz=settings.timezone, customer_source=customer_source, store_id=store_id,
-                                     allowed_stores=allowed_stores, customers_in_scope=customers)
+                                     allowed_stores=allowed_stores, customers_in_scope=customers, import_id=job.id)
+                record_import(session, job.id, report, files=job.files, fmt=detected.fmt, store_id=store_id,
+                              user_id=job.started_by, customer_source=customer_source, started_at=job.started_at)
                 if detected.demographics is not None:  # the scope after this import (its new customers included)
                     job.segments, job.segments_skipped = _store_age_bands(
                         session, read_cj_demographics(detected.demographics),

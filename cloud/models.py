@@ -151,8 +151,37 @@ class Purchase(Base):
     source: Mapped[str] = mapped_column(String(16))
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     read_zone: Mapped[str | None] = mapped_column(String(64))
+    # the dashboard import that wrote the line / filed it (history) under its store: revision 0016, import_undo
+    import_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    filed_import_id: Mapped[str | None] = mapped_column(String(32), index=True)
     __table_args__ = (Index("ix_purchases_customer_ts", "customer_id", "ts"), Index("ix_purchases_item", "item_id"),
                       Index("ix_purchases_ts", "ts"), Index("ix_purchases_store_read_zone", "store_id", "read_zone"))
+
+
+class PurchaseImport(Base):
+    """A purchase upload from the dashboard (revision 0016): when, who, which files, into which store (None: history),
+    how many lines it wrote and filed; ``undone_*`` once an owner undid it (:mod:`dangol_cloud.import_undo`)."""
+
+    __tablename__ = "purchase_imports"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the import job's id (its result page's URL)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime] = mapped_column(index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    started_by: Mapped[str] = mapped_column(String(254))
+    files: Mapped[list[Any]]
+    fmt: Mapped[str] = mapped_column(String(32))
+    customer_source: Mapped[str] = mapped_column(String(10))
+    store_id: Mapped[str | None] = mapped_column(String(36))  # no FK: the store may be removed after an undo
+    store_name: Mapped[str | None] = mapped_column(String(120))
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    lines: Mapped[int] = mapped_column(Integer, default=0)
+    filed: Mapped[int] = mapped_column(Integer, default=0)
+    undone_at: Mapped[datetime | None]
+    undone_by: Mapped[str | None] = mapped_column(String(254))
+    undone_lines: Mapped[int | None] = mapped_column(Integer)
+
+
+__all__ += ["PurchaseImport"]
 
 
 class PosRequest(Base):

@@ -10,15 +10,16 @@ import unicodedata
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.importers import ImportFormatError, detect_files
 from dangol_cloud.jobs import ImportJobs
-from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store
-from dangol_cloud.web.forms import UploadForm, _choices
+from dangol_cloud.models import CatalogueItem, Customer, Purchase, PurchaseImport, Store
+from dangol_cloud.import_undo import later_imports, recent_imports, undo_import
+from dangol_cloud.web.forms import ActionForm, UploadForm, _choices
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.scope import store_filter, store_scope
 
@@ -27,6 +28,10 @@ bp = Blueprint("purchases", __name__, url_prefix="/purchases")
 PAGE = 25
 #: Longest uploaded file name shown (characters); a longer one is cut in the middle.
 NAME_MAX = 100
+#: The store choice "No store (history)" when the café has several stores (then "" means none was chosen).
+HISTORY = "history"
+#: Recorded uploads listed on the page (the newest).
+IMPORTS_SHOWN = 10
 
 
 def _recent(page: int):
@@ -54,8 +59,10 @@ def index():
     progress page. 422 with the reason if the files cannot be imported at all (nothing is imported); 409 if an
     import is already running.
 
-    Owners may import into any store or none (history; with a single store, that store is preselected). A file
-    uploaded as history and then into a store files its store-less purchases under it, never twice. Staff
+    Owners may import into any store or none (history; with a single store, that store is preselected; with several,
+    none is: the owner must choose a store or "No store (history)", 422 without a choice). A file uploaded as history
+    and then into a store files its store-less purchases under it, never twice (:mod:`dangol_cloud.import_match`).
+    The page lists the newest recorded uploads with their "Undo this import" buttons (:func:`undo`). Staff
     choose one of their own stores (422 without one, 403 for another store); rows whose ``store`` column names a store outside theirs, or that name an existing
     customer who is not one of their stores' customers (:mod:`dangol_cloud.web.scope`), are row errors of the
     import (``allowed_stores``/``customers_in_scope`` of :func:`~dangol_cloud.ingest.import_rows`), and a
@@ -66,14 +73,22 @@ def index():
     if scope is not None:
         query = query.where(Store.id.in_(sorted(scope)))
     stores = get_session().execute(query).all()
-    form.store.choices = _choices(([("", "No store (history)")] if scope is None else [])
-                                  + [(sid, name) for sid, name in stores])
-    if request.method == "GET" and len(stores) == 1:  # one store: its sales (its currency, zone, analytics)
-        form.store.data = stores[0][0]
+    several = len(stores) > 1  # a chain: the store must be chosen (history too), never taken by default
+    if several:
+        form.store.choices = _choices([("", "Choose the store of these sales…")] + [(sid, name) for sid, name in stores]
+                                      + ([(HISTORY, "No store (history)")] if scope is None else []))
+    else:
+        form.store.choices = _choices(([("", "No store (history)")] if scope is None else [])
+                                      + [(sid, name) for sid, name in stores])
+    if request.method == "GET":  # one store: its sales (its currency, zone, analytics); several: none chosen
+        form.store.data = stores[0][0] if len(stores) == 1 else ""
     error = None
     status = 200
     valid = form.validate_on_submit()
     refusal = _refused_store(form.store.data, scope, stores) if valid else None
+    if valid and refusal is None and scope is None and several and not form.store.data:
+        refusal = ("Choose the store of these sales (or \"No store (history)\" for sales of no one store): with "
+                   f"{len(stores)} stores none is taken by default. Nothing was imported.", 422)
     if refusal is not None:
         error, status = refusal
         log.warning("purchase upload refused: %s", error)
@@ -106,8 +121,10 @@ def index():
         status = 400
     page = page_arg()
     rows, total = _recent(page)
+    imports = recent_imports(get_session(), IMPORTS_SHOWN, user_id=None if scope is None else current_user.id)
     return render_template("purchases.html", form=form, error=error, rows=rows, total=total, page=page,
-                           pages=max((total + PAGE - 1) // PAGE, 1), running=import_jobs().running()), status
+                           pages=max((total + PAGE - 1) // PAGE, 1), running=import_jobs().running(),
+                           imports=imports, action=ActionForm()), status
 
 
 def shown_name(filename: str | None, n: int) -> str:
@@ -131,7 +148,7 @@ def _refused_store(chosen: str | None, scope: frozenset[str] | None, stores) -> 
     """Why a staff user may not upload into the chosen store, with the status (422 none chosen, 403 another
     store's); None if they may (and always for an owner)."""
     if scope is None or (chosen and chosen in {sid for sid, _ in stores}):
-        return None
+        return None  # an owner's HISTORY (or an unknown id): no store
     if not chosen:
         return "Choose the store of these sales (one of your stores).", 422
     return "That store is not one of your stores: choose one of yours.", 403
@@ -146,5 +163,60 @@ def job(job_id: str):
     found = import_jobs().get(job_id)
     if found is None or (store_scope() is not None and found.started_by != current_user.id):
         abort(404)
+    record = get_session().get(PurchaseImport, job_id)  # the recorded upload (once finished): its undo button
     # its error names the files as uploaded, not as saved (read when shown: the job may fail meanwhile)
-    return render_template("import_job.html", job=found, as_uploaded=lambda text: _as_uploaded(text, found.files))
+    return render_template("import_job.html", job=found, as_uploaded=lambda text: _as_uploaded(text, found.files),
+                           record=record, action=ActionForm())
+
+
+@bp.route("/imports/<import_id>/undo", methods=["POST"])
+@login_required
+def undo(import_id: str):
+    """POST /purchases/imports/<id>/undo: "Undo this import". The first post answers with a confirmation page naming
+    the store and the lines; the confirmed one (``confirm=yes``) removes that upload's lines, returns the history
+    lines it filed, removes the customers and products only it created (:func:`~dangol_cloud.import_undo.undo_import`),
+    audited (``import-undone``), then → 303 to the purchases page with what was done. Owners may undo any upload,
+    staff only their own (404 otherwise, as for an unknown or unrecorded upload). Refused, back on the purchases page
+    saying why, while an import is running or once undone; 400 without a valid CSRF token."""
+    from dangol_cloud.web.confirm import confirmation_page
+
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    record = s.get(PurchaseImport, import_id)
+    if record is None or (store_scope() is not None and str(record.user_id) != str(current_user.id)):
+        abort(404)
+    if record.undone_at is not None:
+        flash(f"That import was already undone on {record.undone_at:%Y-%m-%d %H:%M} UTC by {record.undone_by}.",
+              "error")
+        return redirect(url_for("purchases.index"), 303)
+    if import_jobs().running() is not None:  # it may be filing this import's lines right now
+        flash("An import is running: wait for it to finish, then undo.", "error")
+        return redirect(url_for("purchases.index"), 303)
+    where = record.store_name or "no store (history)"
+    present = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.import_id == record.id)) or 0
+    filed = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.filed_import_id == record.id)) or 0
+    later = later_imports(s, record)
+    detail = (f"{' + '.join(record.files)} ({record.fmt}), uploaded {record.finished_at:%Y-%m-%d %H:%M} UTC by "
+              f"{record.started_by} into {where}: its {present:,} purchase lines are removed"
+              + (f", and the {filed:,} history lines it filed under {where} go back to history" if filed else "")
+              + ". Customers and POS products only this import created are removed too; every other import stays."
+              + (f" {later:,} later import(s) into {where} may have repeated some of these sales: upload those files "
+                 "again afterwards to bring them back." if later else "")
+              + " Menus trained on these sales stay until the next training (Retrain now).")
+    page = confirmation_page(title=f"Undo this import into {where}?", detail=detail,
+                             button=f"Undo import: remove {present:,} lines from {where}",
+                             cancel_url=url_for("purchases.index"))
+    if page is not None:
+        return page
+    try:
+        result = undo_import(s, record.id, actor=current_user.email, default_zone=get_settings().timezone)
+    except (LookupError, ValueError) as exc:  # undone meanwhile (another tab)
+        s.rollback()
+        log.warning("import undo refused: %s", exc)
+        flash(f"{exc}.", "error")
+        return redirect(url_for("purchases.index"), 303)
+    s.commit()
+    log.info("import %s undone by %s: %s", record.id, current_user.email, result.describe())
+    flash(f"Import undone ({where}): {result.describe()}.", "success")
+    return redirect(url_for("purchases.index"), 303)

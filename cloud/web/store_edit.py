@@ -116,8 +116,10 @@ def remove_store(store_id: str):
     store = s.get(Store, store_id) or abort(404)
     blockers = removal_blockers(s, store.id)
     if blockers:
+        undo = (" Sales uploaded into it by mistake: undo that upload on the Purchases page (Uploads, \"Undo this "
+                "import\"), then remove the store." if any(b.endswith((" sale", " sales")) for b in blockers) else "")
         flash(f"{store.name} cannot be removed: it has {', '.join(blockers)}, which would lose their store. "
-              "Rename it instead if the name is wrong.", "error")
+              f"Rename it instead if the name is wrong.{undo}", "error")
         return redirect(url_for("stores.index"))
     staff = s.scalars(select(User.email).join(UserStore, UserStore.user_id == User.id)
                       .where(UserStore.store_id == store.id).order_by(User.email)).all()

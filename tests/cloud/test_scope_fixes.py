@@ -139,8 +139,8 @@ def test_staff_import_only_into_their_own_stores(chain, data_dir, tmp_path):
     owner = app.test_client()
     assert sign_in(owner).status_code == 302
     assert sorted(store_options(owner.get("/purchases/").get_data(as_text=True))) == sorted(
-        ["", ids["main"], ids["harbour"]])
-    response = upload(owner, write_csv(tmp_path / "owner.csv", records[:8], ["harbour"] * 8), "")
+        ["", "history", ids["main"], ids["harbour"]])
+    response = upload(owner, write_csv(tmp_path / "owner.csv", records[:8], ["harbour"] * 8), "history")  # no one store: each row's
     assert 'data-state="done"' in wait_for_import(owner, response.location)
     assert purchases_by_store(db)[ids["harbour"]] == 8  # owners keep every store
     # an owner's import report (its rows, customer refs among them) is not for the staff of one store

@@ -224,11 +224,20 @@ def test_wall_times_around_daylight_saving_changes_are_moved_as_the_file_wrote_t
 
 
 # --- migration 0013 --------------------------------------------------------------------------------------------------
-def test_migration_0013_records_the_zone_of_lines_imported_before_it(db_url, ta_feng_slice, cj):
+def test_migration_0013_records_the_zone_of_lines_imported_before_it(db_url, ta_feng_slice, cj, data_dir, tmp_path):
     """Lines imported before 0013 (the column dropped by its downgrade) are taken as read in their store's own zone,
     else in the TIMEZONE of the next import or zone change; Complete Journey's times, marked UTC by the importer, are
-    left alone. A re-import in the same zone adds nothing; one after a change moves them."""
+    left alone. A re-import in the same zone adds nothing; one after a change moves them. (The store gets the next
+    3,000 rows of the file: the same rows would be filed under it, history no more.)"""
     from alembic import command
+
+    store_slice = tmp_path / "ta_feng_next.csv"
+    with (data_dir / "purchases" / "ta-feng" / "ta_feng_transactions.csv").open() as fin, store_slice.open("w") as out:
+        for n, line in enumerate(fin):
+            if n == 0 or 3000 < n <= 6000:
+                out.write(line)
+            elif n > 6000:
+                break
 
     database = Database(db_url, data_key=DEV_KEY_BYTES)
     try:
@@ -241,7 +250,7 @@ def test_migration_0013_records_the_zone_of_lines_imported_before_it(db_url, ta_
                                    source="completejourney", key_prefix="completejourney", tz=tz)
 
         first = _import(database, ta_feng_slice, "Europe/Berlin")
-        in_store = _import(database, ta_feng_slice, "Europe/Berlin", taipei)
+        in_store = _import(database, store_slice, "Europe/Berlin", taipei)
         utc_marked = journey("Europe/Berlin").inserted
         assert utc_marked > 1000
         command.downgrade(_alembic_config(database.engine.url.render_as_string(hide_password=False)), "0012")
@@ -256,7 +265,7 @@ def test_migration_0013_records_the_zone_of_lines_imported_before_it(db_url, ta_
             history = sorted(s.scalars(select(Purchase.ts).where(Purchase.store_id.is_(None),
                                                                  Purchase.source == "ta-feng")))
         assert history == _in("Asia/Seoul", _naive_times(ta_feng_slice))
-        assert _import(database, ta_feng_slice, "Asia/Seoul", taipei).inserted == 0  # its own zone: unchanged
+        assert _import(database, store_slice, "Asia/Seoul", taipei).inserted == 0  # its own zone: unchanged
         assert journey("Asia/Seoul").inserted == 0                                  # instants: never moved
     finally:
         database.dispose()
