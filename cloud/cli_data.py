@@ -25,7 +25,7 @@ def cmd_import(args, settings, db) -> int:
     with tqdm(rows, total=total, unit="row", unit_scale=True, disable=args.no_progress or None,
               desc=f"importing {args.path.name}") as progress, db.transaction() as session:
         report = import_rows(session, progress, source=args.format, key_prefix=args.format, tz=settings.timezone,
-                             batch_size=settings.import_batch_size)
+                             batch_size=settings.import_batch_size, currency=settings.currency)
     for error in report.errors[:50]:
         err.print(f"{args.path}:{error.line}: {error.message}", markup=False, highlight=False, soft_wrap=True)
     if len(report.errors) > 50:

@@ -64,6 +64,7 @@ from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id
 from dangol_cloud.purchase_keys import purchase_key
 from dangol_cloud.sale_zones import Retimed, import_zones
 from dangol_cloud.sale_rules import CATEGORY_MAX, MAX_LINE_AMOUNT, REF_MAX, sale_time_error
+from dangol_cloud.store_prices import price_imported_items
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
 
@@ -124,7 +125,8 @@ class _Resolver:
         self.stores: dict[str, str] = {}
         self.new_customers: list[dict] = []
         self.new_items: list[dict] = []
-        self.created_items: dict[str, list[float]] = {}  # item id -> [amount sum, quantity sum]
+        # item id -> {store id or None: [amount sum, quantity sum]}: each store's sales in its own currency
+        self.created_items: dict[str, dict[str | None, list[float]]] = {}
         self.created_customer_count = 0
         self.created_customers: set[str] = set()
         self.status = create_customer_status
@@ -178,7 +180,7 @@ class _Resolver:
             return None
         return self.erased.find(ref, self.ref_hash(ref), ts, existing_id=self.customers.get(ref) == ref)
 
-    def item(self, row: PurchaseRow) -> str:
+    def item(self, row: PurchaseRow, store_id: str | None = None) -> str:
         iid = self.items.get(row.item_ref) or self.item_names.get(row.item_ref.casefold())
         if iid is None:
             iid = self.items[row.item_ref] = new_id()
@@ -186,9 +188,9 @@ class _Resolver:
             self.new_items.append({"id": iid, "ref": row.item_ref, "name": row.item_ref, "category": row.category,
                                    "description": "", "tags": [], "available": True, "retired": False,
                                    "created_at": now, "updated_at": now})
-            self.created_items[iid] = [0.0, 0.0]
+            self.created_items[iid] = {}
         if iid in self.created_items and row.amount is not None and row.quantity > 0:
-            acc = self.created_items[iid]
+            acc = self.created_items[iid].setdefault(store_id, [0.0, 0.0])
             acc[0] += row.amount
             acc[1] += row.quantity
         return iid
@@ -233,7 +235,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
                 tz: str = "UTC", batch_size: int = 5000, customer_status: str = "active",
                 customer_source: str = "import", store_id: str | None = None,
                 allowed_stores: frozenset[str] | None = None,
-                customers_in_scope: Collection[str] | None = None, import_id: str | None = None) -> ImportReport:
+                customers_in_scope: Collection[str] | None = None, import_id: str | None = None,
+                currency: str = "EUR") -> ImportReport:
     """Insert valid rows as purchases in batches of ``batch_size``; collect row errors.
 
     Args:
@@ -246,6 +249,9 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             earlier whose naive time was read in another zone are moved first (the module docstring).
         customer_status: status of customers created for unknown refs.
         store_id: default store for rows without a (known) store ref.
+        currency: the ``CURRENCY`` setting: the currency of store-less lines and, unless the stores share another,
+            of the catalogue prices the items this import creates get (:func:`~dangol_cloud.store_prices.
+            price_imported_items`).
         allowed_stores: the store ids rows may name (a staff upload: a row naming a known store outside them is
             a row error, nothing is written for it); None: every store (owners, the CLI).
         customers_in_scope: with ``allowed_stores``, the ids of the customers of those stores
@@ -324,7 +330,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             continue
         values = {
             "customer_id": customer,
-            "item_id": resolver.item(row),
+            "item_id": resolver.item(row, store),
             "product_id": row.product_id,
             "quantity": row.quantity,
             "amount": row.amount,
@@ -348,11 +354,11 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         if len(batch) >= batch_size:
             write()
     write()
-    # Imported items get the average unit price seen in the data (none beyond what the item form takes: 0.001 units)
-    for iid, (amount, quantity) in resolver.created_items.items():
-        if quantity > 0 and amount / quantity <= MAX_LINE_AMOUNT:
-            session.execute(update(CatalogueItem).where(CatalogueItem.id == iid)
-                            .values(price=round(amount / quantity, 2)))
+    # Imported items get the average unit price seen in the data, each store's in its own currency (none beyond what
+    # the item form takes): the catalogue price from the lines in the catalogue's currency, a store price from a store
+    # selling in another (dangol_cloud.store_prices.price_imported_items)
+    price_imported_items(session, {iid: {sid: (a, q) for sid, (a, q) in by_store.items()}
+                                   for iid, by_store in resolver.created_items.items()}, currency, MAX_LINE_AMOUNT)
     report.inserted = session.scalar(select(func.count()).select_from(Purchase)) - before
     report.duplicates = report.valid - report.inserted
     report.items_created = len(resolver.created_items)

@@ -271,7 +271,8 @@ class ImportJobs:
                 rows = parse_purchases(detected.purchases, detected.fmt, products=detected.products)
                 report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
                                      tz=settings.timezone, customer_source=customer_source, store_id=store_id,
-                                     allowed_stores=allowed_stores, customers_in_scope=customers, import_id=job.id)
+                                     allowed_stores=allowed_stores, customers_in_scope=customers, import_id=job.id,
+                                     currency=settings.currency)
                 record_import(session, job.id, report, files=job.files, fmt=detected.fmt, store_id=store_id,
                               user_id=job.started_by, customer_source=customer_source, started_at=job.started_at)
                 if detected.demographics is not None:  # the scope after this import (its new customers included)

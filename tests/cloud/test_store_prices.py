@@ -312,3 +312,27 @@ def test_a_price_typed_for_a_currency_the_store_left_meanwhile_is_refused(chain_
                                   follow_redirects=True).get_data(as_text=True)
     assert _stored(db, ids["croissant"]) == {ids["taipei"]: {"price": 900.0, "currency": "JPY"},
                                              busan_id: {"price": 4000.0, "currency": "KRW"}}  # Busan not posted: kept
+
+
+def test_an_import_prices_the_items_it_creates_in_the_currency_they_were_sold_in(db, tmp_path):
+    """The import itself (``import_rows`` with the ``CURRENCY`` setting): a product sold at the Taipei store (TWD)
+    and at Seoul (KRW) gets Seoul's average as its catalogue price (the chain's catalogue is in won) and Taipei's as
+    its Taipei price — before, both were pooled into one number that Seoul showed in won."""
+    from dangol_cloud.importers import parse_purchases
+    from dangol_cloud.ingest import import_rows
+
+    ids = _chain(db)
+    till = tmp_path / "till.csv"
+    till.write_text("customer,item,quantity,timestamp,amount,store\n"
+                    "c1,milk-bread,2,2026-11-02T08:00:00,190,tpe\n"
+                    "c2,milk-bread,1,2026-11-02T09:00:00,3500,sel\n"
+                    "c3,milk-bread,1,2026-11-03T09:00:00,3600,sel\n")
+    with db.transaction() as s:
+        report = import_rows(s, parse_purchases(till, "csv"), source="csv", key_prefix="csv", tz="UTC",
+                             currency="KRW")
+    assert report.inserted == 3 and not report.errors
+    with db.sessions() as s:
+        bread = s.scalar(select(CatalogueItem).where(CatalogueItem.ref == "milk-bread"))
+        assert bread.price == 3550  # Seoul's won only
+        bread_id = bread.id
+    assert _stored(db, bread_id) == {ids["taipei"]: {"price": 95.0, "currency": "TWD"}}
