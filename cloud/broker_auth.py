@@ -13,12 +13,13 @@ Two forms, both written by ``dangol-cloud broker-config``:
 
 The plugin reads its file only at start (a reload does not re-read it), so the dynamic-security config also gives
 the cloud's login the role :data:`LOGINS_ROLE`: it may send commands on the plugin's control topic
-(:data:`CONTROL_TOPIC`) and read their answers. The dashboard uses it to revoke a removed device's login and to
-replace a device's password **at once** (:func:`revoke_device_login`, :func:`replace_device_password`); the broker
-then also closes the device's open connection, without its last will (so the cloud clears the device's retained
-status, and a removed device's events too). A broker that refuses (a config written before this role existed,
-or the classic files) or does not answer raises :class:`BrokerLoginError`, and the dashboard says to run
-``broker-config`` and *restart* Mosquitto.
+(:data:`CONTROL_TOPIC`) and read their answers. The dashboard uses it to create a new device's login (its role
+exactly as ``broker-config`` writes it), to revoke a removed device's login and to replace a device's password
+**at once** (:func:`create_device_login`, :func:`revoke_device_login`, :func:`replace_device_password`); for the
+last two the broker then also closes the device's open connection, without its last will (so the cloud clears the
+device's retained status, and a removed device's events too). A broker that refuses (a config written before this
+role existed, or the classic files) or does not answer raises :class:`BrokerLoginError`, and the dashboard says to
+run ``broker-config`` and *restart* Mosquitto.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from dangol_cloud.models import Device
 from dangol_cloud.security import mosquitto_hash
 
 __all__ = ["CONTROL_RESPONSE_TOPIC", "CONTROL_TOPIC", "LOGINS_ROLE", "PLUGIN_GLOBS", "QUEUE_LIMITS",
-           "BrokerLoginError", "acl_text", "dynsec_config", "find_dynsec_plugin", "password_lines", "plugin_conf",
-           "replace_device_password", "revoke_device_login"]
+           "BrokerLoginError", "acl_text", "create_device_login", "device_client", "device_role", "dynsec_config",
+           "find_dynsec_plugin", "password_lines", "plugin_conf", "replace_device_password", "revoke_device_login"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,31 @@ def _acl(kind: str, topic: str) -> dict:
     return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
 
 
+def device_role(device_id: str, store_id: str) -> dict:
+    """The dynamic-security role ``device-<device_id>`` of a device of store ``store_id`` (both UUID strings): it may
+    subscribe to (and unsubscribe from) its store's catalogue, menus and erasures
+    (:func:`dangol_protocol.store_subscriptions`), publish its own events and status, and read its status back —
+    nothing else. The one definition :func:`dynsec_config` writes and :func:`create_device_login` creates live.
+
+    Raises:
+        ValueError: an id is not a UUID (from :mod:`dangol_protocol.topics`).
+    """
+    subscriptions = [topic for topic, _ in proto.store_subscriptions(store_id)]
+    status = proto.status_topic(device_id)
+    acls = [_acl("subscribeLiteral", t) for t in subscriptions]
+    acls += [_acl("unsubscribeLiteral", t) for t in subscriptions]
+    acls += [_acl("publishClientSend", proto.events_topic(device_id)), _acl("publishClientSend", status),
+             _acl("subscribeLiteral", status)]
+    return {"rolename": f"device-{device_id}", "acls": acls}
+
+
+def device_client(device_id: str, username: str, name: str) -> dict:
+    """The dynamic-security client of a device, without its password: login ``username`` pinned to client id
+    :func:`dangol_protocol.device_client_id`, named ``name``, with the role of :func:`device_role` only."""
+    return {"username": username, "clientid": proto.device_client_id(device_id), "textname": name,
+            "roles": [{"rolename": f"device-{device_id}"}]}
+
+
 def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> dict:
     """The dynamic-security plugin's JSON configuration (``plugin_opt_config_file``).
 
@@ -125,16 +151,8 @@ def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> 
     for device in session.scalars(select(Device).order_by(Device.mqtt_username)):
         if device.mqtt_username == cloud_user:
             raise ValueError(f"device {device.id} has the cloud's MQTT username {cloud_user!r}; give it its own")
-        role = f"device-{device.id}"
-        subscriptions = [topic for topic, _ in proto.store_subscriptions(device.store_id)]
-        status = proto.status_topic(device.id)
-        acls = [_acl("subscribeLiteral", t) for t in subscriptions]
-        acls += [_acl("unsubscribeLiteral", t) for t in subscriptions]
-        acls += [_acl("publishClientSend", proto.events_topic(device.id)), _acl("publishClientSend", status),
-                 _acl("subscribeLiteral", status)]
-        roles.append({"rolename": role, "acls": acls})
-        clients.append({"username": device.mqtt_username, "clientid": proto.device_client_id(device.id),
-                        "textname": device.name, "roles": [{"rolename": role}],
+        roles.append(device_role(device.id, device.store_id))
+        clients.append({**device_client(device.id, device.mqtt_username, device.name),
                         **_dynsec_password(device.mqtt_password_hash)})
     return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False,
                                  "unsubscribe": False},
@@ -243,6 +261,41 @@ def revoke_device_login(mqtt_url: str, device_id: str, username: str, *, client_
         if answer.get("error") not in (None, "Client not found", "Role not found"):
             raise BrokerLoginError(f"the broker refused {what} for {username}: {answer['error']}")
     log.info("broker login of removed device %s (%s) revoked", device_id, username)
+
+
+def create_device_login(mqtt_url: str, device: Device, password: str, *, client_id: str,
+                        timeout: float = 5.0) -> None:
+    """Create the new ``device``'s login on the running broker, so that it can connect at once without a restart:
+    its role (:func:`device_role`: only its own store's topics and its own events and status) and its client
+    (:func:`device_client`: pinned to its own client id) with ``password`` (plain text; the plugin hashes it) —
+    exactly what :func:`dynsec_config` writes for it at the next ``broker-config``. If the broker takes the role but
+    refuses the client, the role is deleted again, so nothing is left half-created.
+
+    Raises:
+        BrokerLoginError: the broker could not be told or refused (e.g. it already has that login): the device
+            cannot log in until ``broker-config`` and a restart.
+    """
+    role = device_role(device.id, device.store_id)
+    client = {**device_client(device.id, device.mqtt_username, device.name), "password": password}
+    steps = (("createRole", {"command": "deleteRole", "rolename": role["rolename"]}),
+             ("createClient", {"command": "deleteClient", "username": device.mqtt_username}))
+    answers = _answers(mqtt_url, [{"command": "createRole", **role}, {"command": "createClient", **client}],
+                       client_id=client_id, timeout=timeout)
+    refused = [f"{what}: {answer['error']}" for (what, _), answer in zip(steps, answers) if answer.get("error")]
+    if not refused:
+        log.info("broker login of new device %s (%s) created", device.id, device.mqtt_username)
+        return
+    problem = f"the broker refused the login of new device {device.mqtt_username} ({'; '.join(refused)})"
+    undo = [command for (_, command), answer in zip(steps, answers) if not answer.get("error")]
+    if undo:  # what it did take, it gives back
+        try:
+            undone = _answers(mqtt_url, undo, client_id=client_id, timeout=timeout)
+            left = [answer["error"] for answer in undone if answer.get("error")]
+        except BrokerLoginError as exc:
+            left = [str(exc)]
+        if left:
+            problem += f"; undoing what it took failed too ({'; '.join(left)})"
+    raise BrokerLoginError(problem)
 
 
 def replace_device_password(mqtt_url: str, username: str, password: str, *, client_id: str, device_id: str,

@@ -113,7 +113,12 @@ def rotate_token(store_id: str):
 @bp.route("/<store_id>/devices", methods=["POST"])
 @owner_required
 def add_device(store_id: str):
-    """POST /stores/<id>/devices: create a device with its own MQTT login; the password is shown once."""
+    """POST /stores/<id>/devices: create a device with its own MQTT login; the password is shown once. The running
+    broker takes the login at once (:func:`~dangol_cloud.broker_auth.create_device_login`: the rights broker-config
+    writes, its own store only), so the device can connect without a restart; if the broker cannot be told, the
+    device is still created and the page says to run broker-config and restart Mosquitto."""
+    from dangol_cloud.broker_auth import create_device_login
+
     s = get_session()
     store = s.get(Store, store_id) or abort(404)
     form = DeviceForm()
@@ -126,7 +131,8 @@ def add_device(store_id: str):
                     mqtt_password_hash=mosquitto_hash(password))
     s.add(device)
     s.commit()
-    return _device_page(store, device, password)
+    problem = _on_broker(lambda url, client_id: create_device_login(url, device, password, client_id=client_id))
+    return _device_page(store, device, password, broker_problem=problem)
 
 
 @bp.route("/devices/<device_id>/password", methods=["POST"])
@@ -199,8 +205,8 @@ BY_HAND = ("run dangol-cloud broker-config on the broker host and restart Mosqui
 def _device_page(store: Store, device: Device, password: str, reset: bool = False,
                  broker_problem: str | None = None, was: str | None = None) -> str:
     """The page shown once after "Add device" / "New password": the device's ``edge.toml`` and ``edge.env``
-    lines (its MQTT URL with the password), the commands for the broker host, its live status, and after "New
-    password" whether the broker took it at once (``broker_problem``: why not) and what it did to the device's
+    lines (its MQTT URL with the password), the commands for the broker host, its live status, whether the broker
+    took the login at once (``broker_problem``: why not), and after "New password" what it did to the device's
     connection, by its presence before (``was``: ``online``/``silent`` had one, ``offline`` not, ``never``)."""
     topics = {"events": proto.events_topic(device.id), "status": proto.status_topic(device.id),
               "subscribe": [t for t, _ in proto.store_subscriptions(store.id)]}
