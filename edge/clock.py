@@ -27,7 +27,9 @@ of one moment, and whether the system confirmed the clock then (:mod:`dangol_edg
 * another boot otherwise: the old stamps are in a timeline that may be off by any amount (fake-hwclock's saved time),
   and how long the box was off is unknown. A sign-up keeps the lifetime it had at the anchor (refreshed every few
   minutes while sign-ups wait) less this boot's uptime — the only time surely passed since —: the time the box was
-  off is not counted (never erased early), and its life is still bounded by its lifetime of the box running.
+  off is not counted (never erased early), and its life is still bounded by its lifetime of the box running. Where
+  the kernel gives no boot id (:func:`boot_id`), every daemon start counts as another boot, and the time surely
+  passed is then the new daemon's running time (:func:`uptime`), never the box's.
 
 A model upgrade's start follows the same rule (forward: moved with the step; backward: at most its period from now;
 another boot not confirmed on both sides: its age is what it had at the anchor plus this boot's uptime). So on a box
@@ -106,15 +108,61 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 #: ``adjtimex``'s status bit "clock not synchronised", and its return value for the same (``<sys/timex.h>``).
 STA_UNSYNC, TIME_ERROR = 0x0040, 5
 _PROCESS_BOOT = f"process-{uuid.uuid4()}"  # where the kernel gives no boot id: every daemon counts as a new boot
+#: Where the kernel's boot id exists but cannot be read (an error other than its absence), :func:`boot_id` raises for
+#: at most this many seconds of the boot clock since this process first asked, then takes the process's own id.
+BOOT_ID_RETRY_S = 600.0
+
+
+class _BootId:
+    """This process's answer to :func:`boot_id`, read once: a boot id cannot change within a process (so one read that
+    fails later cannot make a running daemon look rebooted)."""
+
+    def __init__(self):
+        self.id: str | None = None  # the answer, once known
+        self.own = False  # it is this process's own id (the kernel gives none)
+        self.first_asked: float | None = None  # boot clock of the first question (this process's start, at most)
+
+
+_BOOT = _BootId()
 
 
 def boot_id() -> str:
-    """This boot's id (Linux: ``/proc/sys/kernel/random/boot_id``); elsewhere one per process, so that every start
-    counts as a new boot (whose boot clock says nothing about the previous one's)."""
+    """This boot's id (Linux: ``/proc/sys/kernel/random/boot_id``, read once per process); where there is none (the
+    file is missing or empty: not Linux), one per process, so that every start counts as a new boot (:func:`uptime`
+    then counts only this process's running time).
+
+    Raises:
+        OSError: the file exists but cannot be read now (e.g. ``EMFILE``): ask again later — for at most
+            :data:`BOOT_ID_RETRY_S` of this process, after which it takes its own id (logged).
+    """
+    known = _BOOT
+    if known.id is not None:
+        return known.id
+    asked = boot_clock()
+    if known.first_asked is None:
+        known.first_asked = asked
     try:
-        return BOOT_ID_PATH.read_text().strip() or _PROCESS_BOOT
-    except OSError:
-        return _PROCESS_BOOT
+        text = BOOT_ID_PATH.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        if asked - known.first_asked < BOOT_ID_RETRY_S:
+            raise  # (the caller's step logs and counts it)
+        log.error("this boot's id (%s) has not been readable for %.0f s (%s: %s): this daemon counts as a boot of its "
+                  "own", BOOT_ID_PATH, asked - known.first_asked, type(exc).__name__, exc)
+        text = ""
+    known.id, known.own = (text, False) if text else (_PROCESS_BOOT, True)
+    return known.id
+
+
+def uptime(boot: str, boot_s: float) -> float:
+    """The seconds surely passed since the boot ``boot`` (:func:`boot_id`) began, at the boot clock ``boot_s``
+    (:func:`boot_clock`): ``boot_s``; for this process's own id (the kernel gives none: a restart looks like a new
+    boot, and the boot clock counts the time before it too), the time since this process first asked for its id."""
+    known = _BOOT
+    if known.own and boot == known.id and known.first_asked is not None:
+        return max(boot_s - known.first_asked, 0.0)
+    return max(boot_s, 0.0)
 
 
 class _Timex(ctypes.Structure):

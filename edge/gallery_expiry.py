@@ -78,6 +78,9 @@ class GalleryExpiry:
 
         Raises:
             sqlite3.Error: the gallery cannot be read or written (nothing erased by the step that failed).
+            OSError: this boot's id cannot be read now (nothing erased this pass: :func:`~dangol_edge.clock.boot_id`).
+            AnchorError: the gallery's clock anchor was damaged, or a stamp could not be moved (the anchor is written
+                afresh; nothing erased this pass: :func:`~dangol_edge.clock_anchor.reconcile`).
         """
         now = now or datetime.now(timezone.utc)
         reconcile(self.db, now, self._lock)

@@ -153,7 +153,8 @@ class HousekeepingWorker(Worker):
                                  "sign-up %s expired before staff recorded consent: erased")
             ok = settled and ok
         if self._wait_loaded and self._wait_saved != self.clock.sync_waited_s and (
-                not self.clock.sync_waited_s or abs(self.clock.sync_waited_s - self._wait_saved) >= SYNC_WAIT_SAVE_S):
+                self._wait_saved < 0 or not self.clock.sync_waited_s
+                or abs(self.clock.sync_waited_s - self._wait_saved) >= SYNC_WAIT_SAVE_S):
             ok = self._step("clock state", self._save_sync_wait) and ok
         if self._retention_may_run(check):
             ok = self._step("retention", self._expire, lambda: self._retention(check, days),
@@ -175,7 +176,7 @@ class HousekeepingWorker(Worker):
 
     def _load_sync_wait(self) -> None:
         """Carry over the wait for NTP earlier daemons counted (gallery ``meta`` :data:`SYNC_WAIT_KEY`). A value that
-        cannot be read is logged and counted, and the wait counts from 0 (written afresh)."""
+        cannot be read is logged and counted, and the wait counts from 0 (written afresh by this same pass)."""
         text = self.gallery.meta(SYNC_WAIT_KEY)
         try:
             self.clock.resume_sync_wait(float(text) if text is not None else 0.0)
@@ -184,7 +185,7 @@ class HousekeepingWorker(Worker):
             self.stats.housekeeping_failures += 1
             log.error("the gallery's %s %r cannot be read (%s): the wait for NTP counts from now", SYNC_WAIT_KEY,
                       text, exc)
-            self._wait_saved = -1.0  # written at the next pass
+            self._wait_saved = -1.0  # not what the gallery holds: written by this pass, whatever the wait
 
     def _save_sync_wait(self) -> None:
         waited = self.clock.sync_waited_s
