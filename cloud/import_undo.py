@@ -106,9 +106,14 @@ def undo_import(session: Session, import_id: str, *, actor: str, default_zone: s
 
     Raises:
         LookupError: no such recorded upload. ValueError: it was undone already.
+        sqlalchemy.exc.OperationalError: SQLite's write lock stayed taken past the busy timeout
+            (:func:`dangol_cloud.sale_locks.busy_message`).
     """
     from dangol_cloud.erasure import audit
 
+    from dangol_cloud.sale_locks import hold_sale_keys
+
+    hold_sale_keys(session)  # it re-keys the history it returns: never beside a running import (sale_locks)
     record = session.get(PurchaseImport, import_id)
     if record is None:
         raise LookupError(f"no recorded import {import_id!r}")

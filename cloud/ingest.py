@@ -237,7 +237,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
                 allowed_stores: frozenset[str] | None = None,
                 customers_in_scope: Collection[str] | None = None, import_id: str | None = None,
                 currency: str = "EUR") -> ImportReport:
-    """Insert valid rows as purchases in batches of ``batch_size``; collect row errors.
+    """Insert valid rows as purchases in batches of ``batch_size``; collect row errors. Holds the sale-keys lock
+    shared until the caller's transaction ends (:mod:`dangol_cloud.sale_locks`: no zone change commits meanwhile).
 
     Args:
         session: an open session; the caller commits (or rolls back everything on error).
@@ -267,6 +268,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     Raises:
         ValueError: ``store_id`` is not one of ``allowed_stores``; ``allowed_stores`` without
             ``customers_in_scope``; a store's own zone is unknown.
+        sqlalchemy.exc.OperationalError: SQLite stayed busy past its timeout (``sale_locks.busy_message``).
     """
     if allowed_stores is not None and store_id is not None and store_id not in allowed_stores:
         raise ValueError(f"store {store_id!r} is outside the import's allowed stores")

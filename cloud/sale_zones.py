@@ -24,6 +24,12 @@ free occurrence (:func:`dangol_cloud.purchase_keys.changed_keys`), so no line is
 
 Lines imported before revision 0013 carry :data:`SETTING_AT_IMPORT` (the migration could not know ``TIMEZONE``):
 :func:`retime_naive_sales` first takes them as read in the zone their store reads naive times in at that moment.
+
+Moving and re-keying lines while an import keys the same export with the zones it read would store that history
+twice (the import's ``ON CONFLICT DO NOTHING`` misses the moved keys), so both hold the sale-keys lock of
+:mod:`dangol_cloud.sale_locks` for their whole transaction, whatever process runs them: an import shared
+(:func:`import_zones`), a move exclusive (:func:`retime_naive_sales` once it finds lines to move,
+:func:`change_store_zone` always) — a move waits for the running imports, and an import starting meanwhile for it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from sqlalchemy.orm import Session
 from dangol_cloud.crypto import keyring_of
 from dangol_cloud.models import Purchase, Store
 from dangol_cloud.purchase_keys import IMPORT_KEY, changed_keys, content_of, keyed
+from dangol_cloud.sale_locks import hold_sale_keys, share_sale_keys
 
 __all__ = ["SETTING_AT_IMPORT", "Retimed", "change_store_zone", "import_zones", "naive_lines", "pending_stores",
            "retime_naive_sales", "wall_time"]
@@ -102,15 +109,21 @@ def naive_lines(session: Session, store_id: str) -> int:
 
 def import_zones(session: Session, default_zone: str) -> tuple[dict[str | None, ZoneInfo], Retimed]:
     """For an import (:func:`dangol_cloud.ingest.import_rows`): ``({store id: its own zone, None: default_zone},
-    the lines moved first by retime_naive_sales)``.
+    the lines moved first by retime_naive_sales)``. Then holds the sale-keys lock shared until the caller's
+    transaction ends (:func:`dangol_cloud.sale_locks.share_sale_keys`; waits while a zone change runs), the zones
+    read under it: no zone change commits before the import does.
 
     Raises:
         ValueError: a store's own zone is unknown. ZoneInfoNotFoundError: ``default_zone`` is.
+        sqlalchemy.exc.OperationalError: SQLite stayed busy past its timeout
+            (:func:`dangol_cloud.sale_locks.busy_message`).
     """
     from dangol_cloud.store_zones import store_zones
 
+    retimed = retime_naive_sales(session, default_zone)
+    share_sale_keys(session)  # no zone change commits before the import does (dangol_cloud.sale_locks) ...
     zones = {None: ZoneInfo(default_zone)} | {store: ZoneInfo(name) for store, name in store_zones(session).items()}
-    return zones, retime_naive_sales(session, default_zone)
+    return zones, retimed  # ... so these are the zones of its whole transaction
 
 
 def pending_stores(session: Session, zones: dict[str, str], default_zone: str) -> list[str | None]:
@@ -156,24 +169,31 @@ def retime_naive_sales(session: Session, default_zone: str,
     to the same wall-clock time in that zone, and re-key it; in the caller's transaction (see the module
     docstring). A line whose time cannot be moved (a zone no longer known, a time outside what UTC can express) is
     left as it is and logged. Cheap when nothing moves: a look-up of the schema, the stores and their zones, and
-    the read-only index seeks of :func:`pending_stores` (no write); else the stores found there are looked at —
-    one UPDATE (their lines from before revision 0013) and one grouped SELECT — and their lines move
-    :data:`CHUNK_LINES` at a time.
+    the read-only index seeks of :func:`pending_stores` (no write, no lock); else it holds the sale-keys lock
+    exclusive until the caller's transaction ends (:func:`dangol_cloud.sale_locks.hold_sale_keys`: waits for the
+    running imports), looks again, and the stores found are looked at — one UPDATE (their lines from before
+    revision 0013) and one grouped SELECT — and their lines move :data:`CHUNK_LINES` at a time.
 
     ``progress`` (optional) is called with ``(lines moved so far, lines to move)``: once when the lines to move are
     counted (0 done), then after each chunk; not called when nothing moves.
 
     Raises:
         ValueError: a store's own zone is unknown (:func:`~dangol_cloud.store_zones.store_zones`).
+        sqlalchemy.exc.OperationalError: SQLite stayed busy past its timeout
+            (:func:`dangol_cloud.sale_locks.busy_message`).
     """
     from dangol_cloud.store_zones import store_zones  # (pandas: imported when used, as ingest did)
 
     if not any(column["name"] == "read_zone" for column in inspect(session.connection()).get_columns("purchases")):
         return Retimed(recorded=False)
     zones = store_zones(session)
-    stores = pending_stores(session, zones, default_zone)
     report = Retimed()
-    if not stores:
+    if not pending_stores(session, zones, default_zone):
+        return report
+    hold_sale_keys(session)  # no import keys lines meanwhile (dangol_cloud.sale_locks); then read again, as it left
+    zones = store_zones(session)
+    stores = pending_stores(session, zones, default_zone)
+    if not stores:  # moved meanwhile (a zone change, another process's start)
         return report
     table = Purchase.__table__
     now = _zone_now(table.c.store_id, zones, default_zone)
@@ -211,6 +231,8 @@ def change_store_zone(session: Session, store_id: str, zone: str | None, default
     caller's transaction — commit it for both, roll it back for neither. First every line as read so far
     (:func:`retime_naive_sales` with the zones before the change: lines from before revision 0013 take the zone in
     force), then the change, then the move (``progress`` as for :func:`retime_naive_sales`, of this move only).
+    First of all it holds the sale-keys lock exclusive (:func:`dangol_cloud.sale_locks.hold_sale_keys`): it waits
+    for the imports running (in any process) to commit, and imports starting meanwhile wait for it.
 
     Returns:
         ``(lines moved before the change — a TIMEZONE changed since the last start, import or training —, lines
@@ -218,6 +240,7 @@ def change_store_zone(session: Session, store_id: str, zone: str | None, default
 
     Raises:
         LookupError: no such store. ValueError: ``zone`` is not a known IANA zone, or a store's own zone is unknown.
+        sqlalchemy.exc.OperationalError: SQLite stayed busy past its timeout (nothing changed).
     """
     from dangol_protocol import check_zone
 
@@ -225,6 +248,7 @@ def change_store_zone(session: Session, store_id: str, zone: str | None, default
 
     if zone is not None:
         check_zone(zone)
+    hold_sale_keys(session)  # waits for the running imports: they keyed their lines in the zones before
     if session.get(Store, store_id) is None:
         raise LookupError(f"store {store_id} does not exist (removed meanwhile?)")
     before = retime_naive_sales(session, default_zone)

@@ -7,10 +7,11 @@ confirmed post starts a :class:`ZoneJob` on the app's :class:`ZoneJobs` and answ
 
 The change and the move are one transaction: the job commits the store's new zone and every moved line together,
 or — on any error — neither (the page says the store keeps its zone). One zone change runs at a time per app: a
-second one, or one while a dashboard import runs, is refused by the Stores page until it is done (the import reads
-the stores' zones when it starts; on SQLite only one transaction writes at a time). Should another process move the
-same lines meanwhile (a ``dangol-cloud import-purchases`` on PostgreSQL), each line still records the zone its time
-was read in (``purchases.read_zone``), so whatever was left is moved by the next start, import or training.
+second one, or one while a dashboard import runs, is refused by the Stores page until it is done. An import the page
+cannot see (``dangol-cloud import-purchases``, another server) is waited for in the database: the change holds the
+sale-keys lock exclusive (:mod:`dangol_cloud.sale_locks`), so it starts once the imports running commit (they keyed
+their lines in the zones before) and imports starting meanwhile wait for it. On SQLite that wait ends after the busy
+timeout (30 s): the job then fails saying the database was busy, nothing changed.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class ZoneJobs:
 
     @staticmethod
     def _run(job: ZoneJob, db: Database, default_zone: str) -> None:
+        from dangol_cloud.sale_locks import busy_message
         from dangol_cloud.sale_zones import change_store_zone
 
         try:
@@ -149,6 +151,6 @@ class ZoneJobs:
                      job.after, moved.lines)
         except Exception as exc:  # shown on the job page and logged with its traceback; nothing was committed
             log.exception("zone change %s of store %s to %s failed", job.id, job.store_id, job.after)
-            job.error = f"{type(exc).__name__}: {exc}"
+            job.error = busy_message(exc) or f"{type(exc).__name__}: {exc}"
         finally:
             job.finished_at = utcnow()

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from flask import abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from dangol_cloud.app import get_db, get_session, get_settings
@@ -53,6 +54,7 @@ from dangol_cloud.models_ops import CustomerSegment, MenuDayparts, PickCredit, P
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.purchase_keys import IMPORT_KEY, content_of, keyed, moved_keys
 from dangol_cloud.publishing import republish_erasures
+from dangol_cloud.sale_locks import busy_message, try_hold_sale_keys
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.customers import bp
@@ -95,9 +97,12 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
     erasure of the loyalty id is queued for every device (its menu was sent with that consent); the caller then
     publishes it (:func:`~dangol_cloud.publishing.republish_erasures`).
 
+    Re-keys the moved lines under the sale-keys lock (:mod:`dangol_cloud.sale_locks`), taken without waiting.
+
     Raises:
         LinkError: ``door`` was not enrolled at the door, ``loyalty`` was (two enrolments are not merged: each has
-            a face on the devices), they are the same customer, or ``door`` already has a loyalty reference.
+            a face on the devices), they are the same customer, ``door`` already has a loyalty reference, or an
+            import is running (the lock is held; SQLite: busy past its timeout).
     """
     if door.id == loyalty.id:
         raise LinkError("that is this customer")
@@ -107,6 +112,7 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
         raise LinkError("the other customer was enrolled at the door too: erase the duplicate instead")
     if door.external_ref_hash is not None:
         raise LinkError("this customer is already linked to a loyalty number")
+    _hold_sale_keys(session)
     replaced = (f"; its consent recorded on the dashboard ({loyalty.consent_at:%Y-%m-%d}, text version "
                 f"{loyalty.consent_text_version}) replaced by the door enrolment's" if loyalty.has_consent else "")
     moved = _move_purchases(session, loyalty.id, door.id)
@@ -146,6 +152,24 @@ def link_customers(session: Session, door: Customer, loyalty: Customer, *, actor
           detail=f"loyalty customer {loyalty_id} merged into door enrolment {door.id}: {moved} purchase lines, "
                  f"{visits} visits, {opinions} opinions moved{replaced}")
     return LinkReport(purchases=moved, visits=visits, opinions=opinions, erasure_id=erasure_id)
+
+
+def _hold_sale_keys(session: Session) -> None:
+    """Hold the sale-keys lock (:mod:`dangol_cloud.sale_locks`) for the re-keying, without waiting for an import:
+    one running keys its lines by the customer ids in force when it started.
+
+    Raises:
+        LinkError: an import (any process) holds the lock, or SQLite stayed busy past its timeout.
+    """
+    try:
+        held = try_hold_sale_keys(session)
+    except OperationalError as exc:
+        if (busy := busy_message(exc)) is None:
+            raise
+        raise LinkError(busy) from exc
+    if not held:
+        raise LinkError("an import is running (perhaps from another process) and it files sales by the customers "
+                        "it found when it started; link them once it has finished")
 
 
 def _move_purchases(session: Session, from_id: str, to_id: str) -> int:

@@ -13,12 +13,14 @@ from pathlib import Path, PurePosixPath
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.importers import ImportFormatError, detect_files
 from dangol_cloud.jobs import ImportJobs
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, PurchaseImport, Store
 from dangol_cloud.import_undo import later_imports, recent_imports, undo_import
+from dangol_cloud.sale_locks import busy_message
 from dangol_cloud.web.forms import ActionForm, UploadForm, _choices
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.scope import store_filter, store_scope
@@ -215,6 +217,14 @@ def undo(import_id: str):
         s.rollback()
         log.warning("import undo refused: %s", exc)
         flash(f"{exc}.", "error")
+        return redirect(url_for("purchases.index"), 303)
+    except OperationalError as exc:  # SQLite: another write (a CLI import) held the database past the busy timeout
+        s.rollback()
+        busy = busy_message(exc)
+        if busy is None:
+            raise
+        log.warning("import undo refused: %s", busy)
+        flash(f"Nothing was undone: {busy}", "error")
         return redirect(url_for("purchases.index"), 303)
     s.commit()
     log.info("import %s undone by %s: %s", record.id, current_user.email, result.describe())

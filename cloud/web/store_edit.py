@@ -20,12 +20,14 @@ import unicodedata
 from flask import abort, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import OperationalError
 
 import dangol_protocol as proto
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import audit
 from dangol_cloud.models import (CustomerOrigin, Device, Menu, PosRequest, Purchase, Store, StoreSetting, User,
                                  UserStore, Visit)
+from dangol_cloud.sale_locks import busy_message, lock_store
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.stores import bp
@@ -105,15 +107,28 @@ def rename_store(store_id: str):
 def remove_store(store_id: str):
     """POST /stores/<id>/delete: remove a store without devices, sales, door visits or customers
     (:func:`removal_blockers`; else the page says which it has and nothing changes). The first post answers with a
-    confirmation page (naming the staff users who lose it); the confirmed one (``confirm=yes``) deletes its settings,
-    remembered POS requests and staff links with it, audited (``store-removed``), then clears its retained catalogue
-    and menus on the broker (:func:`clear_store_topics`; if the broker does not answer, the page says so)."""
+    confirmation page (naming the staff users who lose it); the confirmed one (``confirm=yes``) counts them again and
+    deletes its settings, remembered POS requests and staff links with it, audited (``store-removed``), then clears
+    its retained catalogue and menus on the broker (:func:`clear_store_topics`; if the broker does not answer, the
+    page says so).
+
+    Each post first locks the store row (:func:`dangol_cloud.sale_locks.lock_store`): an upload, door visit or
+    enrolment into the store still being written is waited for and counted, never detached from the store by the
+    removal. Should SQLite stay busy past its timeout, the page says nothing was removed."""
     from dangol_cloud.web.confirm import confirmation_page
 
     if not ActionForm().validate_on_submit():
         abort(400)
     s = get_session()
-    store = s.get(Store, store_id) or abort(404)
+    try:  # waits for an upload, visit or enrolment naming the store to commit: it is counted below
+        store = lock_store(s, store_id) or abort(404)
+    except OperationalError as exc:
+        if (busy := busy_message(exc)) is None:
+            raise
+        s.rollback()
+        log.warning("store %s not removed: %s", store_id, exc)
+        flash(f"The store was not removed: {busy}.", "error")
+        return redirect(url_for("stores.index"))
     blockers = removal_blockers(s, store.id)
     if blockers:
         undo = (" Sales uploaded into it by mistake: undo that upload on the Purchases page (Uploads, \"Undo this "

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from sqlalchemy.exc import OperationalError
 
 import dangol_protocol as proto
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.models import Store, StoreSetting
+from dangol_cloud.sale_locks import busy_message, try_hold_sale_keys
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.stores import bp
@@ -51,7 +53,9 @@ def set_timezone(store_id: str):
     at once, 303 to the job's page. POS API sales and file times given with their offset are instants and stay.
 
     Refused (a flash, nothing changed) while a zone change or a dashboard import runs, and for a name that is not an
-    IANA zone. 404 for an unknown store, 400 without a valid CSRF token."""
+    IANA zone. The zone set at once first takes the sale-keys lock (:mod:`dangol_cloud.sale_locks`) without waiting:
+    refused while an import of any process holds it (its lines, read in the old zone, would not move), then the
+    store's naive lines are counted again. 404 for an unknown store, 400 without a valid CSRF token."""
     from dangol_cloud.sale_zones import naive_lines
     from dangol_cloud.web.confirm import confirmation_page
 
@@ -73,6 +77,22 @@ def set_timezone(store_id: str):
     default = get_settings().timezone
     before, now = row.timezone or default, name or default
     naive = naive_lines(s, store.id) if now != before else 0
+    if not naive and now != before:  # counted again once no import can write lines read in the old zone
+        try:
+            if not try_hold_sale_keys(s):
+                flash(f"{store.name} keeps its time zone for now: an import is running (perhaps from another "
+                      "process), and it reads the sales in the zones in force when it started. Change the zone once "
+                      "the import has finished.", "error")
+                return redirect(url_for("stores.index"))
+        except OperationalError as exc:
+            if (busy := busy_message(exc)) is None:
+                raise
+            s.rollback()
+            flash(f"{store.name} keeps its time zone for now: {busy}.", "error")
+            return redirect(url_for("stores.index"))
+        naive = naive_lines(s, store.id)
+        if naive:  # an import wrote some meanwhile: confirmed, they move in the job (which takes the lock itself)
+            s.rollback()
     if not naive:  # nothing of this store moves: set at once
         row.timezone = name or None
         s.add(row)

@@ -14,7 +14,7 @@ import pytest
 
 from dangol_cloud.app import create_app
 from dangol_cloud.db import Database
-from dangol_cloud.models import CatalogueItem, Device, Menu, ModelVersion, Store, StoreSetting
+from dangol_cloud.models import CatalogueItem, Device, Menu, ModelVersion, Store, StorePrice, StoreSetting
 from dangol_cloud.settings import Settings
 
 from .conftest import DEV_KEY_BYTES, add_owner, screenshot_page, serving, sign_in_owner
@@ -29,7 +29,7 @@ def test_today_and_minas_page_in_a_chain_across_zones(browser, tmp_path):
     db = Database(url, data_key=DEV_KEY_BYTES)
     db.migrate()
     add_owner(db)
-    devices = {}
+    devices, stores = {}, {}
     with db.transaction() as s:
         for name, zone, currency in (("Seoul Seongsu", "Asia/Seoul", "KRW"), ("Taipei", "Asia/Taipei", "TWD")):
             store = Store(name=name, ref=zone)
@@ -40,7 +40,7 @@ def test_today_and_minas_page_in_a_chain_across_zones(browser, tmp_path):
                             mqtt_password_hash="x")
             s.add(device)
             s.flush()
-            devices[name] = device.id
+            devices[name], stores[name] = device.id, store.id
     minute = timedelta(minutes=1)
     consent_at = _midnight(SEOUL, 1) + 25 * minute
     mina = _enrol(db, devices["Seoul Seongsu"], "Mina Park", consent_at)
@@ -51,8 +51,9 @@ def test_today_and_minas_page_in_a_chain_across_zones(browser, tmp_path):
         _arrive(db, devices["Taipei"], _midnight(TAIPEI) - minute)
     with db.transaction() as s:
         s.add_all([ModelVersion(version="m-chain", path="nowhere"),
-                   CatalogueItem(id="latte", name="Caffè latte", ref="latte", price=5000)])
+                   CatalogueItem(id="latte", name="Caffè latte", ref="latte", price=4.5)])  # EUR: the catalogue's
         s.flush()
+        s.add(StorePrice(item_id="latte", store_id=stores["Seoul Seongsu"], price=5000, currency="KRW"))
         s.add(Menu(customer_id=mina, model_version="m-chain",
                    picks=[{"item_id": "latte", "score": 0.03, "reasons": ["popular with our customers"]}]))
     settings = Settings(cloud_home=tmp_path / "home", database_url=url, secret_key="chain", timezone="UTC",
