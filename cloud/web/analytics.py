@@ -37,10 +37,11 @@ def _window():
     """(first day, last day, preset, span) from ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (local days, both included),
     ``?days=N`` (the last N days of the data) or ``?all=1``; default: the last 90 days up to the newest data. A day is
     each store's own (:class:`~dangol_cloud.analytics.LocalDays`: its zone, else ``TIMEZONE``), so "All stores" is the
-    sum of the stores' days; ``span`` is the data's first and last local day, each on its store's clock."""
+    sum of the stores' days; ``span`` is the shown stores' data's first and last local day, each on its store's clock
+    (None when they have none yet)."""
     s = get_session()
     shown = _shown_stores(_store_arg(s))
-    span = numbers.day_range(s, get_settings().timezone, store_scope())  # staff: the history of their stores
+    span = numbers.day_range(s, get_settings().timezone, shown)  # the chosen store's (staff: their stores') history
     newest = span[1] if span else datetime.now(store_clock().shared(shown)).date()
     first, last = _day(request.args.get("from")), _day(request.args.get("to"))
     preset = None
