@@ -288,8 +288,12 @@ class ImportJobs:
             log.info("import %s (%s): %d rows, %d inserted, %d bad", job.id, job.fmt, report.rows, report.inserted,
                      job.error_count)
         except Exception as exc:  # shown on the job page and logged with its traceback; nothing was committed
+            from dangol_cloud.sale_locks import busy_message
+
             log.exception("import %s failed", job.id)
-            job.error = str(exc).replace(str(detected.purchases.parent) + "/", "")
+            busy = busy_message(exc)  # SQLite: another write (a zone change, a CLI import) held the database
+            job.error = (busy[0].upper() + busy[1:] + "." if busy is not None  # the page adds "Nothing was imported."
+                         else str(exc).replace(str(detected.purchases.parent) + "/", ""))
         finally:
             job.finished_at = utcnow()
             folder.cleanup()

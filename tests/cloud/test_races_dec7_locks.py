@@ -7,6 +7,7 @@ import holds it; on SQLite a write lock held past the busy timeout is a clear re
 """
 from __future__ import annotations
 
+import io
 import sqlite3
 import threading
 import uuid
@@ -27,7 +28,7 @@ from dangol_cloud.zone_jobs import ZoneJobs
 from tests.conftest import data_dir  # noqa: F401
 from tests.cloud.conftest import *  # noqa: F401,F403
 from tests.cloud.conftest import OWNER_EMAIL, add_owner
-from tests.cloud.test_cloud_web import csrf_of, sign_in
+from tests.cloud.test_cloud_web import csrf_of, sign_in, wait_for_import
 from tests.cloud.test_owner_link import _door_enrolment
 from tests.cloud.test_races_dec7 import _lines, _store, _wait_done_or_blocked
 
@@ -118,6 +119,15 @@ def test_sqlite_busy_past_its_timeout_is_a_clear_refusal(db, db_url, tmp_path, t
                                before="Europe/Berlin", after="Asia/Taipei", total=3000)
         job._thread.join(60)
         assert job.error is not None and job.error.startswith("the database was busy with another write")
+        # a dashboard upload meanwhile: the job page says so in a sentence, not SQLite's "database is locked"
+        form = client.get("/purchases/").get_data(as_text=True)
+        sent = client.post("/purchases/", content_type="multipart/form-data", data={
+            "csrf_token": csrf_of(form), "format": "ta-feng", "store": store_id,
+            "file": (io.BytesIO(ta_feng_slice.read_bytes()), "till.csv")})
+        assert sent.status_code in (302, 303), sent.get_data(as_text=True)
+        done = wait_for_import(client, sent.location, timeout=60)
+        assert "The database was busy with another write" in done and "Nothing was imported" in done
+        assert "database is locked" not in done
     finally:
         writer.execute("ROLLBACK")
         writer.close()
