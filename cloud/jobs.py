@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dangol_cloud.db import Database
+from dangol_cloud.job_progress import JobProgress
 from dangol_cloud.models import utcnow
 from dangol_cloud.settings import Settings
 
@@ -142,7 +143,7 @@ MAX_SHOWN_ERRORS = 200  # row errors kept for the result page (the count is exac
 
 
 @dataclass
-class ImportJob:
+class ImportJob(JobProgress):
     """One import started from the dashboard, run in a background thread.
 
     Attributes:
@@ -173,23 +174,6 @@ class ImportJob:
     segments: int = 0
     segments_skipped: int = 0
     notes: tuple[str, ...] = ()
-
-    @property
-    def running(self) -> bool:
-        """Started and not finished."""
-        return self.finished_at is None
-
-    def rate(self) -> float:
-        """Rows per second so far (0 before the first row)."""
-        if self.started_at is None:
-            return 0.0
-        seconds = ((self.finished_at or utcnow()) - self.started_at).total_seconds()
-        return self.done / seconds if seconds > 0 else 0.0
-
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the current rate (None while unknown)."""
-        rate = self.rate()
-        return None if rate <= 0 or not self.running else max(self.total - self.done, 0) / rate
 
     def percent(self) -> int:
         """Share of the purchases file read, 0–100."""

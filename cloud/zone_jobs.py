@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dangol_cloud.db import Database
+from dangol_cloud.job_progress import JobProgress
 from dangol_cloud.models import utcnow
 
 __all__ = ["ZoneJob", "ZoneJobs"]
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ZoneJob:
+class ZoneJob(JobProgress):
     """One store's zone change, applied in a background thread.
 
     Attributes:
@@ -63,26 +64,9 @@ class ZoneJob:
     error: str | None = None
 
     @property
-    def running(self) -> bool:
-        """Started and not finished."""
-        return self.finished_at is None
-
-    @property
     def state(self) -> str:
         """``running``, ``failed`` or ``done`` (the page's ``data-state``)."""
         return "running" if self.running else ("failed" if self.error is not None else "done")
-
-    def rate(self) -> float:
-        """Lines moved per second so far (0 before the first chunk)."""
-        if self.started_at is None:
-            return 0.0
-        seconds = ((self.finished_at or utcnow()) - self.started_at).total_seconds()
-        return self.done / seconds if seconds > 0 else 0.0
-
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the current rate (None while unknown or once finished)."""
-        rate = self.rate()
-        return None if rate <= 0 or not self.running else max(self.total - self.done, 0) / rate
 
     def percent(self) -> int:
         """Share of the lines moved, 0–100 (100 once done; a failed job stays where it stopped)."""
