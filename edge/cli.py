@@ -102,24 +102,28 @@ def _customer_dict(c, models: dict[str, int] | None = None) -> dict:
 
 
 def cmd_enroll(args) -> int:
+    from .cli_enrol import PreviousCrops, upgrade_previous
     from .detect import FaceDetector
     from .enrol import EnrolmentError, enroll, samples_from_photos, samples_from_source
     from .faces import FacePipeline
+    from .signup_previous import embed_samples, keep_previous_or_erase
     from .sources import SourceError, open_source
 
     cfg, emb, gallery = _open(args)
-    pipeline = FacePipeline(FaceDetector.beside(cfg.model_path, cfg.detector), emb)
+    old = upgrade_previous(cfg, gallery)  # a model upgrade runs: its previous model sees the faces too (cli_enrol)
+    pipeline = PreviousCrops(FacePipeline(FaceDetector.beside(cfg.model_path, cfg.detector), emb), old)
     try:
         if args.image:
             samples = samples_from_photos(args.image, pipeline)  # all checked, and one person, before any write
         else:
             with open_source(args.source) as src:
                 samples = samples_from_source(src, pipeline, cfg.enrol.templates, cfg.enrol.max_frames)
+        previous = embed_samples(old, pipeline.attach(samples))
     except (EnrolmentError, SourceError) as exc:
         raise InputError(str(exc)) from exc
     finally:
         pipeline.close()
-    _refuse_a_regular(cfg, gallery, samples, args.image or args.source)
+    _refuse_a_regular(cfg, gallery, samples, args.image or args.source, previous)
     consent = None
     if not args.pending:
         from pydantic import ValidationError
@@ -142,6 +146,8 @@ def cmd_enroll(args) -> int:
     c = enroll(gallery, args.name, samples, status="pending" if args.pending else "active", consent=consent,
                keep_photos=cfg.enrol.keep_photos, customer_id=args.customer_id,
                pending_ttl_s=cfg.enrol.pending_ttl_h * 3600 if args.pending else None)
+    if previous is not None:  # for a later "already a regular" check; the customer erased if they cannot be written
+        keep_previous_or_erase(gallery, c.id, previous)
     if args.customer_id:  # an id erased here before: its menus are accepted again (dangol_edge.state_erased)
         from .state import StateStore
 
@@ -152,15 +158,18 @@ def cmd_enroll(args) -> int:
     return EXIT_OK
 
 
-def _refuse_a_regular(cfg, gallery, samples, what) -> None:
+def _refuse_a_regular(cfg, gallery, samples, what, previous=None) -> None:
     """Raise :class:`InputError` when the faces to enrol are an active customer's by the door's rule
-    (:class:`~dangol_edge.enrol.DoorRule`): a second record of one face keeps the door from greeting either."""
+    (:class:`~dangol_edge.enrol.DoorRule`): a second record of one face keeps the door from greeting either. While a
+    model upgrade runs, ``previous`` (:class:`~dangol_edge.signup_previous.PreviousSamples`) are the faces embedded by
+    its previous model, also searched among a regular's templates the upgrade has not migrated yet."""
     import numpy as np
 
     from .enrol import DoorRule
 
     rule = DoorRule.or_none(cfg, gallery.model_sha256)
-    found = rule.find(gallery, np.stack([s.embedding for s in samples])) if rule else None
+    found = rule.find(gallery, np.stack([s.embedding for s in samples]),
+                      previous.pair if previous is not None else None) if rule else None
     if found is not None:
         c = gallery.customer(found.customer_id)
         shown = " ".join(map(str, what)) if isinstance(what, list) else what

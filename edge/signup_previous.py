@@ -22,11 +22,15 @@ So while an upgrade runs (:class:`~dangol_edge.upgrade.ModelUpgrade`, not done, 
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from dataclasses import dataclass
 
 import numpy as np
 
 from .align import align_face
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,16 @@ def embed_previous(upgrade, gallery, samples) -> PreviousSamples | None:
     Raises:
         Exception: what the previous model's interpreter raised.
     """
-    embedder = previous_embedder(upgrade, gallery)
+    return embed_samples(previous_embedder(upgrade, gallery), samples)
+
+
+def embed_samples(embedder, samples) -> PreviousSamples | None:
+    """The ``samples`` (:class:`~dangol_edge.enrol.Sample`) that have a ``previous_crop``, embedded by ``embedder`` (a
+    running upgrade's previous model, :class:`~dangol_edge.embed.Embedder`); None without one or when none has one.
+
+    Raises:
+        Exception: what the previous model's interpreter raised.
+    """
     kept = [s for s in samples if s.previous_crop is not None]
     if embedder is None or not kept:
         return None
@@ -89,3 +102,24 @@ def keep_previous(gallery, customer_id: str, previous: PreviousSamples) -> None:
             (nothing added).
     """
     gallery.add_templates(customer_id, previous.embeddings, previous.qualities, model_sha256=previous.sha256)
+
+
+def keep_previous_or_erase(gallery, customer_id: str, previous: PreviousSamples) -> None:
+    """:func:`keep_previous`, or erase the new customer when those templates cannot be written: a customer stored while
+    the upgrade runs is never left without the templates a later "already a regular" check compares (the CLI's
+    enrolment and the door's sign-up, :class:`~dangol_edge.workers.enrolment.ButtonEnrolment`).
+
+    Raises:
+        sqlite3.Error: from the write; the customer is erased (or, when that fails too, logged as an error and left
+            without them).  UnknownCustomer: the customer is gone.
+    """
+    try:
+        keep_previous(gallery, customer_id, previous)
+    except sqlite3.Error:
+        try:
+            gallery.delete(customer_id)
+        except Exception as undo:
+            log.error("customer %s has no template of the previous model and could not be erased (%s): discard it on "
+                      "the staff page or erase it (dangol-edge customers delete %s), and enrol them again", customer_id,
+                      undo, customer_id)
+        raise

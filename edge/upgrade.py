@@ -77,6 +77,21 @@ STARTED_KEY = UPGRADE_STARTED_KEY
 STRICTER = 0.1
 
 
+def previous_door_model(previous: Embedder, target_fpir: float) -> PreviousModel:
+    """An upgrade's previous model with its calibrated open-set rule at the door's FPIR ``target_fpir``
+    (``matcher.target_fpir``): the door's rule as it was with that model, for the "already a regular" checks of
+    sign-ups against regulars not migrated yet (:attr:`~dangol_edge.gallery_search.GallerySearch.previous_model`).
+
+    Raises:
+        CalibrationError: the previous model has no calibration file (never a fixed threshold: ``matcher.threshold``
+            is on the current model's scale), or it is malformed or another model's.
+    """
+    tail = load_calibration(previous.model_path, previous.sha256)
+    if tail is None:
+        raise uncalibrated(previous.model_path, upgrade=True)
+    return PreviousModel(previous.sha256, OpenSetRule(tail, target_fpir))
+
+
 class UpgradeNotSaved(sqlite3.OperationalError):
     """Raised by :meth:`ModelUpgrade.check` after migrations failed to be written on the recognition thread (disk full,
     a locked or read-only database): a storage error for the housekeeping pass to count and report (``str()`` keeps
@@ -161,13 +176,11 @@ class ModelUpgrade:
         now = now or datetime.now(timezone.utc)
         if self.gallery.meta(STARTED_KEY) is None:
             self.gallery.set_meta(STARTED_KEY, now.isoformat(timespec="seconds"))
-        tail = load_calibration(self.previous.model_path, self.previous.sha256)
-        if tail is None:
-            raise uncalibrated(self.previous.model_path, upgrade=True)
-        self._rule = OpenSetRule(tail, self.target_fpir * STRICTER)
-        self._door_rule = OpenSetRule(tail, self.target_fpir)
+        door = previous_door_model(self.previous, self.target_fpir)
+        self._rule = OpenSetRule(door.rule.tail, self.target_fpir * STRICTER)
+        self._door_rule = door.rule
         # the staff page's "already a regular" check of sign-ups with only old templates: the door's rule as it was
-        self.gallery.previous_model = PreviousModel(self.previous.sha256, self._door_rule)
+        self.gallery.previous_model = door
         self._reload()
         self.check(now, deadline=False)  # the deadline is the housekeeping pass's, on a clock it trusts
         return self

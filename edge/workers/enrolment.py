@@ -37,7 +37,8 @@ from ..enrol import DoorRule, Sample, SampleCollector, enroll
 from ..events import EventFactory, EventNotSaved, Outbox
 from ..gallery import Enrolled, Gallery, UnknownCustomer
 from ..screen import Screen
-from ..signup_previous import PreviousSamples, embed_previous, keep_previous, previous_crop, previous_embedder
+from ..signup_previous import (PreviousSamples, embed_previous, keep_previous_or_erase, previous_crop,
+                               previous_embedder)
 from ..sources import Frame
 from .base import storage_state
 from .signup_faces import SECOND_FACE_FRAMES, SECOND_FACE_SHARE, SECOND_FACE_WIDTH, SecondFace  # noqa: F401
@@ -331,25 +332,6 @@ class ButtonEnrolment:
         log.info("sign-up not stored: already a regular, customer %s (%d of %d snapshots matched them, best score "
                  "%.3f)", found.customer_id, found.votes, found.templates, found.score)
 
-    def _keep_previous(self, customer_id: str, old: PreviousSamples) -> None:
-        """Store a new sign-up's templates of the upgrade's previous model (:func:`~dangol_edge.signup_previous.
-        keep_previous`), or erase the sign-up when they cannot be written: it is never left without the templates its
-        activation is checked with.
-
-        Raises:
-            sqlite3.Error: from the write (the sign-up is erased, or, when that fails too, left pending: logged, and
-                it expires after ``enrol.pending_ttl_h``).
-        """
-        try:
-            keep_previous(self.gallery, customer_id, old)
-        except sqlite3.Error:
-            try:
-                self.gallery.delete(customer_id)
-            except Exception as undo:
-                log.error("sign-up %s has no template of the previous model and could not be erased (%s): it stays "
-                          "pending without them; discard it on the staff page", customer_id, undo)
-            raise
-
     def _save(self, col: SampleCollector) -> None:
         cfg = self.config.enrol
         samples = col.select()
@@ -362,7 +344,7 @@ class ButtonEnrolment:
             c = enroll(self.gallery, "", samples, status="pending", keep_photos=cfg.keep_photos,
                        pending_ttl_s=cfg.pending_ttl_h * 3600)
             if old is not None:
-                self._keep_previous(c.id, old)
+                keep_previous_or_erase(self.gallery, c.id, old)  # never left without them
         except sqlite3.OperationalError as exc:  # disk full / read-only medium
             self._storage(storage_state(exc))
             self._finish("not-saved", seconds=10)
