@@ -5,12 +5,16 @@ Stamps are ISO 8601 UTC with seconds (``2026-12-07T06:53:31+00:00``): they compa
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Collection
 from datetime import datetime, timedelta, timezone
 
 from . import clock
 from .clock_anchor import move_anchor, read_anchor, reconcile
 from .clock_shift import move_seen, set_upgrade_started, stamp, upgrade_started
+
+log = logging.getLogger(__name__)
 
 
 class TooManyUnseen(RuntimeError):
@@ -118,6 +122,15 @@ class GalleryExpiry:
         with self._lock:
             self.db.execute("DELETE FROM erasure_reports WHERE customer_id = ?", [customer_id])
             self._wipe_due = True
+
+    def forget_report(self, customer_id: str) -> None:
+        """:meth:`erasure_reported` once the report is queued for the cloud; a record that cannot be cleared now stays
+        (logged): the next start reports the erasure once more, never less."""
+        try:
+            self.erasure_reported(customer_id)
+        except sqlite3.Error as exc:
+            log.warning("the erasure of %s is queued for the cloud, but the gallery's record of it could not be cleared "
+                        "(%s): the next start reports it again", customer_id, exc)
 
     def pending_ids(self) -> frozenset[str]:
         """Ids of the pending sign-ups now: the housekeeping pass's note of which sign-ups surely predate a step the

@@ -11,7 +11,6 @@ nothing is erased and staff are told so (the route's ``cannot_save``).
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from flask import flash
 
@@ -52,9 +51,5 @@ def after_erase(customer_id: str, verb: str, who: str) -> None:
                       "can be written (also after a restart)", customer_id, exc)
             flash(f"{verb} {who} on this device, but {ERASURE_NOT_SENT}", "warning")
             return
-        try:
-            d.gallery.erasure_reported(customer_id)
-        except sqlite3.Error as exc:  # the record stays: the next start reports the erasure once more, never less
-            log.warning("the erasure of %s is reported, but its record could not be cleared (%s): the next start "
-                        "reports it again", customer_id, exc)
+        d.gallery.forget_report(customer_id)
     flash(f"{verb} {who}.", "success")

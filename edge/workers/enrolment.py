@@ -238,11 +238,7 @@ class ButtonEnrolment:
             log.error("the erasure of sign-up %s could not be recorded for the cloud (%s); retried every %.0f s, and "
                       "kept in the gallery for the next start meanwhile", customer_id, exc, REPORT_RETRY_S)
             return
-        try:
-            self.gallery.erasure_reported(customer_id)
-        except sqlite3.Error as exc:  # the record stays: the next start reports the erasure once more, never less
-            log.warning("the erasure of sign-up %s is recorded for the cloud, but the gallery's record of it could not "
-                        "be cleared (%s): the next start reports it again", customer_id, exc)
+        self.gallery.forget_report(customer_id)
 
     def _retry_reports(self) -> None:
         if self._unreported and time.monotonic() >= self._retry_at:
