@@ -10,15 +10,18 @@ other copy under the key *that copy* has: a store's row under the store-less key
 ``TIMEZONE``; a store-less row under each store's key of its naive time read in that store's zone. A time the file
 gave with its offset is the same instant either way. A filed line takes the store's time, zone and key (as if it had
 been uploaded into the store), and remembers the import that filed it (``filed_import_id``: undoing that import
-returns it to history, :mod:`dangol_cloud.import_undo`).
+returns it to history, :mod:`dangol_cloud.import_undo`). Filed by an import that records none (the CLI's
+``import-purchases``, ``import_id`` None), it is no upload's any more (``import_id`` None): undoing the history upload
+that wrote it leaves the store's sale.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, inspect, select, update
 from sqlalchemy.orm import Session
 
 from dangol_cloud.models import Purchase
@@ -30,6 +33,8 @@ __all__ = ["MAX_PROBED_STORES", "importing_stores", "match_other_copies", "probe
 #: chain's later stores uploaded again as history is not recognised. The look-up goes on past the first batch only
 #: when a store held some of its rows (a file uploaded before into a store): other history files pay it once.
 MAX_PROBED_STORES = 20
+
+log = logging.getLogger(__name__)
 
 
 def importing_stores(session: Session) -> list[str]:
@@ -46,14 +51,20 @@ def probe_keys(ring, key_prefix: str, values: dict, occurrence: int, written: da
     ``others`` (None: no store), its naive file time ``written`` read in that filing's zone (``zones``: as
     :func:`~dangol_cloud.sale_zones.import_zones`; a store without its own zone, or None, reads in ``zones[None]``);
     a ``written`` with an offset keeps ``values["ts"]``. A time that cannot be read in another zone (beyond what UTC
-    can express) gives no key for that filing."""
+    can express) gives no key for that filing, logged as a warning naming the row (the sale may then be stored
+    both as history and under a store)."""
     keys = []
     for other in others:
         ts = values["ts"]
         if written.tzinfo is None:
             try:
                 ts = written.replace(tzinfo=zones.get(other, zones[None])).astimezone(timezone.utc)
-            except (OverflowError, ValueError):
+            except (OverflowError, ValueError) as exc:
+                log.warning("%s row (customer %s, item %s, sale time %s) not compared with its copy %s: its time "
+                            "cannot be read in %s (%s: %s); the sale may be stored twice", key_prefix,
+                            values.get("customer_id"), values.get("item_id"), written.isoformat(sep=" "),
+                            f"in store {other}" if other is not None else "as history",
+                            zones.get(other, zones[None]).key, type(exc).__name__, exc)
                 continue
         keys.append(key(ring, key_prefix, **values | {"store_id": other, "ts": ts}, occurrence=occurrence))
     return keys
@@ -86,6 +97,8 @@ def match_other_copies(session: Session, batch: list[dict], probes: list[list[st
         extra = {"read_zone": bindparam("zone")} if "read_zone" in first else {}  # as the row's (0013 on)
         if "import_id" in first:  # the import that filed it (0016 on): its undo returns the line to history
             extra["filed_import_id"] = bindparam("by")
+        elif _records_imports(session):  # filed by an unrecorded import: no longer the history upload's line
+            extra["import_id"] = None
         session.execute(update(table).where(table.c.id == bindparam("pid")).values(
             store_id=bindparam("store"), idempotency_key=bindparam("key"), ts=bindparam("at"), **extra),
             [{"pid": pid, "store": row["store_id"], "key": row["idempotency_key"], "at": row["ts"],
@@ -93,3 +106,8 @@ def match_other_copies(session: Session, batch: list[dict], probes: list[list[st
     held = {row_of[key] for _pid, key, store in found if store is not None and batch[row_of[key]]["store_id"] is None}
     batch[:] = [row for n, row in enumerate(batch) if n not in held]
     return len(filed)
+
+
+def _records_imports(session: Session) -> bool:
+    """Whether the schema records the upload of each line (``purchases.import_id``, revision 0016)."""
+    return any(column["name"] == "import_id" for column in inspect(session.connection()).get_columns("purchases"))

@@ -11,10 +11,16 @@ lines, and marks each line it writes (``purchases.import_id``) and each store-le
   ``TIMEZONE`` (:func:`dangol_cloud.sale_zones.wall_time`), re-keyed as a history upload of their file computes it
   (:func:`dangol_cloud.purchase_keys.changed_keys`), so that history upload keeps all its sales;
 * a line it wrote that a later upload into a store filed there is that upload's now: it stays, marked as written by
-  it (its own undo then deletes it);
+  it (its own undo then deletes it); one an import recording none filed there (the CLI's ``import-purchases``) is no
+  upload's (``import_id`` None, :mod:`dangol_cloud.import_match`) and stays too;
 * the customers and POS products it created (made during its run, by its kind of upload) that nothing references any
-  more — no purchase, visit, consent or audit entry, opinion, mapping, store price: every column naming a customer or
-  an item (:data:`DERIVED` aside, which go with them) — are deleted with it.
+  more — no purchase, visit, consent or audit entry, opinion, mapping: every column naming a customer or an item
+  (:data:`DERIVED` and :data:`DERIVED_ITEM_COLUMNS` aside, which go with them: an item's product mapping, and the
+  store price an upload into a store selling in another currency gave it, :mod:`dangol_cloud.store_prices`) — are
+  deleted with it.
+
+A filed line whose time cannot be read in ``TIMEZONE`` (a zone no longer known, a time beyond what UTC can express)
+keeps its instant and the zone it was read in, logged and counted (:attr:`UndoResult.unread`).
 
 Every other upload's lines stay. A sale this upload added and a later upload of the same store only repeated
 ("already present") was this upload's line and goes with it: upload the later file again to bring it back (nothing
@@ -23,6 +29,7 @@ else is added). Menus trained on the removed sales stay until the next training.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,11 +43,16 @@ from dangol_cloud.models import (Base, CatalogueItem, Customer, PickCredit, Prod
 from dangol_cloud.purchase_keys import IMPORT_KEY, changed_keys, content_of, keyed
 from dangol_cloud.sale_zones import wall_time
 
-__all__ = ["DERIVED", "UndoResult", "later_imports", "record_import", "recent_imports", "undo_import"]
+__all__ = ["DERIVED", "DERIVED_ITEM_COLUMNS", "UndoResult", "later_imports", "record_import", "recent_imports", "undo_import"]
 
 BATCH = 1000
 #: Tables whose rows about a customer are derived from their purchases (or set by the upload): deleted with them.
 DERIVED = frozenset({"menus", "menu_dayparts", "customer_segments"})
+#: Columns naming an item that the upload set with it (its POS-product mapping, its price at a store selling in
+#: another currency than the catalogue's): deleted with the item, never a reference that keeps it.
+DERIVED_ITEM_COLUMNS = frozenset({"product_mappings.product_id", "store_prices.item_id"})
+
+log = logging.getLogger(__name__)
 
 
 def record_import(session: Session, import_id: str, report, *, files: list[str], fmt: str, store_id: str | None,
@@ -80,19 +92,24 @@ def later_imports(session: Session, record: PurchaseImport) -> int:
 @dataclass
 class UndoResult:
     """What :func:`undo_import` did: lines deleted, history lines returned, lines kept as a later upload's,
-    customers and products deleted."""
+    customers and products deleted; ``unread``: of the returned lines, those whose time could not be read in
+    ``TIMEZONE`` (kept at their instant, with the zone they were read in)."""
 
     lines: int = 0
     returned: int = 0
     handed_on: int = 0
     customers: int = 0
     products: int = 0
+    unread: int = 0
 
     def describe(self) -> str:
         """For the owner and the audit log (no names)."""
         parts = [f"{self.lines:,} purchase lines removed"]
         if self.returned:
             parts.append(f"{self.returned:,} history lines it had filed under its store returned to history")
+        if self.unread:
+            parts.append(f"{self.unread:,} of them kept at their instant and the zone they were read in (their time "
+                         "cannot be read in TIMEZONE)")
         if self.handed_on:
             parts.append(f"{self.handed_on:,} lines a later upload filed kept as that upload's")
         if self.customers or self.products:
@@ -128,7 +145,7 @@ def undo_import(session: Session, import_id: str, *, actor: str, default_zone: s
             import_id=bindparam("to"), filed_import_id=None),
             [{"pid": pid, "to": by} for pid, by in handed[start:start + BATCH]])
     result.handed_on = len(handed)
-    result.returned = _return_to_history(session, import_id, default_zone)
+    result.returned, result.unread = _return_to_history(session, import_id, default_zone)
     mine = table.c.import_id == import_id
     customers = set(session.scalars(select(table.c.customer_id).where(mine).distinct()))
     items = set(session.scalars(select(table.c.item_id).where(mine).distinct()))
@@ -139,7 +156,7 @@ def undo_import(session: Session, import_id: str, *, actor: str, default_zone: s
     products = select(ProductMapping.product_id).where(ProductMapping.menu_item_id.is_(None),
                                                        ProductMapping.source == record.fmt[:16])
     result.products = _drop_unreferenced(session, CatalogueItem, "catalogue_items", items, record,
-                                         frozenset({"product_mappings.product_id"}), CatalogueItem.id.in_(products))
+                                         DERIVED_ITEM_COLUMNS, CatalogueItem.id.in_(products))
     record.undone_at, record.undone_by, record.undone_lines = utcnow(), actor[:254], result.lines
     audit(session, actor, "import-undone", detail=f"import {record.id} ({record.fmt}, uploaded "  # files: on the record
           f"{record.finished_at:%Y-%m-%d %H:%M} UTC by {record.started_by}) into "
@@ -147,24 +164,30 @@ def undo_import(session: Session, import_id: str, *, actor: str, default_zone: s
     return result
 
 
-def _return_to_history(session: Session, import_id: str, default_zone: str) -> int:
+def _return_to_history(session: Session, import_id: str, default_zone: str) -> tuple[int, int]:
     """Move the history lines ``import_id`` filed under its store back to no store, their wall time read in
-    ``default_zone``, re-keyed; returns how many."""
+    ``default_zone``, re-keyed; returns ``(how many, how many of them kept their instant and read_zone)``: a time
+    that cannot be read in ``default_zone`` (or its zone no longer known), logged."""
     table = Purchase.__table__
     lines = session.execute(select(table.c.id, table.c.idempotency_key, table.c.store_id, table.c.customer_id,
                                    table.c.item_id, table.c.product_id, table.c.ts, table.c.quantity,
                                    table.c.amount, table.c.read_zone)
                             .where(table.c.filed_import_id == import_id).order_by(table.c.id)).all()
     if not lines:
-        return 0
+        return 0, 0
     zone = ZoneInfo(default_zone)
-    moved, rows, after = {}, [], {}
+    moved, rows, after, unread = {}, [], {}, 0
     for pid, stored, store, customer, item, product, ts, quantity, amount, read in lines:
         try:
             now = ts if read is None else wall_time(ts, ZoneInfo(read)).replace(tzinfo=zone).astimezone(timezone.utc)
-        except (OverflowError, ValueError, ZoneInfoNotFoundError):
-            now = ts  # a time that cannot be read in the history zone: kept as the store's instant
-        moved[pid] = (now, None if read is None else default_zone)
+            zone_now = None if read is None else default_zone
+        except (OverflowError, ValueError, ZoneInfoNotFoundError) as exc:
+            # kept as the store's instant, labelled with the zone it was read in (not one it never was read in)
+            now, zone_now, unread = ts, read, unread + 1
+            log.warning("undo of import %s: purchase %s (%s read in %r) cannot be read in %s (%s: %s); it returns "
+                        "to history at its instant, read_zone %r kept", import_id, pid, ts, read, default_zone,
+                        type(exc).__name__, exc, read)
+        moved[pid] = (now, zone_now)
         fields = {"customer_id": customer, "item_id": item, "product_id": product, "quantity": quantity,
                   "amount": amount}
         content = content_of(store_id=store, ts=ts, **fields)
@@ -193,7 +216,7 @@ def _return_to_history(session: Session, import_id: str, default_zone: str) -> i
                       **({"idempotency_key": bindparam("k")} if rekeyed else {}))
         for start in range(0, len(chosen), BATCH):
             session.execute(stmt.values(**values), chosen[start:start + BATCH])
-    return len(moved)
+    return len(moved), unread
 
 
 def _drop_unreferenced(session: Session, model, table_name: str, ids: set[str], record: PurchaseImport,

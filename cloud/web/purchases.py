@@ -20,7 +20,7 @@ from dangol_cloud.importers import ImportFormatError, detect_files
 from dangol_cloud.jobs import ImportJobs
 from dangol_cloud.models import CatalogueItem, Customer, Purchase, PurchaseImport, Store
 from dangol_cloud.import_undo import later_imports, recent_imports, undo_import
-from dangol_cloud.sale_locks import busy_message
+from dangol_cloud.sale_locks import busy_message, try_hold_sale_keys
 from dangol_cloud.web.forms import ActionForm, UploadForm, _choices
 from dangol_cloud.web.params import page_arg
 from dangol_cloud.web.scope import store_filter, store_scope
@@ -179,7 +179,9 @@ def undo(import_id: str):
     lines it filed, removes the customers and products only it created (:func:`~dangol_cloud.import_undo.undo_import`),
     audited (``import-undone``), then → 303 to the purchases page with what was done. Owners may undo any upload,
     staff only their own (404 otherwise, as for an unknown or unrecorded upload). Refused, back on the purchases page
-    saying why, while an import is running or once undone; 400 without a valid CSRF token."""
+    saying why, once undone, and — nothing undone — while a dashboard import or zone change runs or the sale-keys lock
+    is held by another transaction (:func:`~dangol_cloud.sale_locks.try_hold_sale_keys`: a zone change, re-time,
+    customer link or import of any process; the request never waits for it); 400 without a valid CSRF token."""
     from dangol_cloud.web.confirm import confirmation_page
 
     if not ActionForm().validate_on_submit():
@@ -192,8 +194,8 @@ def undo(import_id: str):
         flash(f"That import was already undone on {record.undone_at:%Y-%m-%d %H:%M} UTC by {record.undone_by}.",
               "error")
         return redirect(url_for("purchases.index"), 303)
-    if import_jobs().running() is not None:  # it may be filing this import's lines right now
-        flash("An import is running: wait for it to finish, then undo.", "error")
+    if _jobs_running():  # an import may be filing this import's lines right now; a zone change re-keys them
+        flash(f"Nothing was undone: {BUSY}.", "error")
         return redirect(url_for("purchases.index"), 303)
     where = record.store_name or "no store (history)"
     present = s.scalar(select(func.count()).select_from(Purchase).where(Purchase.import_id == record.id)) or 0
@@ -212,6 +214,11 @@ def undo(import_id: str):
     if page is not None:
         return page
     try:
+        if not try_hold_sale_keys(s):  # PostgreSQL: another process's import, zone change or link holds it
+            s.rollback()
+            log.warning("import undo of %s refused: the sale-keys lock is held by another transaction", record.id)
+            flash(f"Nothing was undone: {BUSY}.", "error")
+            return redirect(url_for("purchases.index"), 303)
         result = undo_import(s, record.id, actor=current_user.email, default_zone=get_settings().timezone)
     except (LookupError, ValueError) as exc:  # undone meanwhile (another tab)
         s.rollback()
@@ -230,3 +237,14 @@ def undo(import_id: str):
     log.info("import %s undone by %s: %s", record.id, current_user.email, result.describe())
     flash(f"Import undone ({where}): {result.describe()}.", "success")
     return redirect(url_for("purchases.index"), 303)
+
+
+#: Why "Undo this import" is refused while another re-keying or import runs (nothing undone).
+BUSY = ("busy: a zone change or an import is running (perhaps from another process), try again once it has "
+        "finished")
+
+
+def _jobs_running() -> bool:
+    """Whether this app runs a dashboard import or a store's zone change (:mod:`dangol_cloud.zone_jobs`)."""
+    zones = current_app.extensions.get("dangol_zone_jobs")
+    return import_jobs().running() is not None or (zones is not None and zones.running() is not None)
