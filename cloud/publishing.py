@@ -190,8 +190,8 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
     set in that currency, else the catalogue price if the store sells in the catalogue's currency, else none).
 
     Args:
-        currency: the ``CURRENCY`` setting, for stores without their own currency (and the catalogue prices'
-            currency when the stores do not all sell in one: :func:`dangol_cloud.store_prices.catalogue_currency`).
+        currency: the ``CURRENCY`` setting, for stores without their own currency (the catalogue prices' currency
+            is the stored one: :func:`dangol_cloud.store_prices.catalogue_currency`).
         timezone: the IANA zone the day-parts of the menus were trained in for stores without their own zone
             (the ``TIMEZONE`` setting: training reads those stores' purchase hours in it), sent as ``timezone`` so
             the door reads the day-part's hour on the same clock; None sends none (the box's local time decides).
@@ -207,9 +207,8 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
     from dangol_cloud.store_prices import catalogue_currency, for_store, store_currencies
     from dangol_cloud.store_zones import store_zones
 
-    chain_stores = store_currencies(session, currency)  # every store: the catalogue's currency is the whole chain's
-    own = {sid: code for sid, _name, code in chain_stores}
-    menu_currency = catalogue_currency(chain_stores, currency)
+    own = {sid: code for sid, _name, code in store_currencies(session, currency)}
+    menu_currency = catalogue_currency(session, currency)  # stored once: adding a store never changes it
     zones = store_zones(session)
     for store in stores:  # each store's own currency and zone (Stores page) or the CURRENCY / TIMEZONE setting
         code = own.get(store.id, currency)

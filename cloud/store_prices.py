@@ -1,8 +1,10 @@
 """Per-store prices of a chain selling in several currencies (Seoul in won, Taipei in New Taiwan dollars).
 
 An item's ``price`` (:class:`~dangol_cloud.models.CatalogueItem`) is its catalogue price, the default, in the
-*catalogue's currency* (:func:`catalogue_currency`: the stores' own currency when they all share one, else the
-``CURRENCY`` setting). An owner may give it a price at one store (:class:`~dangol_cloud.models.StorePrice`), in that
+*catalogue's currency* (:func:`catalogue_currency`: stored once, under :data:`CURRENCY_KEY` in ``menu_settings``,
+the first time it is needed — the stores' own currency when they all shared one then, else the ``CURRENCY``
+setting — and never inferred again: adding or removing a store, or changing a store's currency, never changes it).
+An owner may give it a price at one store (:class:`~dangol_cloud.models.StorePrice`), in that
 store's currency (its own, Stores page, else the ``CURRENCY`` setting), recorded with the price.
 
 What a store's door gets (:func:`price_at_store`): the store's own price while the store still sells in the currency
@@ -15,15 +17,24 @@ A published snapshot (:func:`dangol_cloud.publishing.snapshot_items`) freezes ea
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dangol_cloud.models import Store, StorePrice, StoreSetting
+from dangol_cloud.models import MenuSetting, Store, StorePrice, StoreSetting
 
-__all__ = ["SNAPSHOT_KEY", "StoreCurrency", "catalogue_currency", "for_store", "price_at_store",
-           "price_imported_items", "prices_by_item", "set_store_prices", "store_currencies"]
+__all__ = ["CURRENCY_KEY", "SNAPSHOT_KEY", "StoreCurrency", "catalogue_currency", "currency_digits", "for_store",
+           "has_store_prices", "price_at_store", "set_catalogue_currency", "price_imported_items", "prices_by_item", "set_store_prices",
+           "store_currencies"]
+
+log = logging.getLogger(__name__)
+
+#: The ``menu_settings`` key holding the catalogue prices' currency (ISO 4217), written once by
+#: :func:`catalogue_currency`.
+CURRENCY_KEY = "catalogue_currency"
 
 #: Key of a snapshot entry's frozen store prices: ``{store id: {"price": float, "currency": "TWD"}}`` (absent: none).
 SNAPSHOT_KEY = "store_prices"
@@ -40,12 +51,64 @@ def store_currencies(session: Session, default: str) -> list[StoreCurrency]:
     return [(sid, name, code or default) for sid, name, code in rows]
 
 
-def catalogue_currency(stores: Iterable[StoreCurrency], default: str) -> str:
-    """The currency of the catalogue prices: the stores' when they all sell in one, else ``default`` (the
-    ``CURRENCY`` setting; also with no store). The same rule as the dashboard's
-    :func:`dangol_cloud.web.catalogue_form.menu_currency`."""
-    codes = {code for _sid, _name, code in stores}
-    return codes.pop() if len(codes) == 1 else default
+def catalogue_currency(session: Session, default: str) -> str:
+    """The currency of the catalogue prices (ISO 4217 code): the one stored under :data:`CURRENCY_KEY`. The first
+    call stores it (flushed; the caller commits): the stores' own currency when they all sell in one, else
+    ``default`` (the ``CURRENCY`` setting; also with no store), so a chain keeps what it had before the currency was
+    stored. Never inferred again: a store added (it sells in ``CURRENCY`` until set), removed or given another
+    currency leaves it — a ₩3,800 croissant never becomes €3,800. The one place the dashboard, the publishing and
+    the imports read it. A stored value that is not a three-letter code (edited by hand) is logged and replaced by
+    the inference."""
+    row = session.get(MenuSetting, CURRENCY_KEY)
+    if row is not None and re.fullmatch(r"[A-Z]{3}", row.value or ""):
+        return row.value
+    codes = {code for _sid, _name, code in store_currencies(session, default)}
+    code = codes.pop() if len(codes) == 1 else default
+    if row is not None:
+        log.warning("menu_settings %s holds %r, not a currency code: stored %s instead", CURRENCY_KEY,
+                    (row.value or "")[:40], code)
+        row.value = code
+        session.flush()
+        return code
+    insert = _insert_of(session)  # another request storing it at the same time: keep theirs, read it
+    session.execute(insert(MenuSetting).values(key=CURRENCY_KEY, value=code)
+                    .on_conflict_do_nothing(index_elements=[MenuSetting.key]))
+    stored = session.get(MenuSetting, CURRENCY_KEY, populate_existing=True)
+    return stored.value if stored is not None else code
+
+
+def _insert_of(session: Session):
+    """The ``insert`` with ``on_conflict_do_nothing`` of the session's database (SQLite or PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def set_catalogue_currency(session: Session, given: str) -> str:
+    """Store ``given`` (an ISO 4217 code in use, any case: :func:`dangol_protocol.money.check_currency`) as the
+    catalogue prices' currency, the owner's explicit choice (Menu page); the prices' numbers are not converted.
+    Returns the code stored; flushed, the caller commits.
+
+    Raises:
+        dangol_protocol.money.CurrencyError: ``given`` is not a currency code in use (named in the message).
+    """
+    from dangol_protocol.money import check_currency
+
+    code = check_currency(given.strip())
+    row = session.get(MenuSetting, CURRENCY_KEY)
+    if row is None:
+        session.add(MenuSetting(key=CURRENCY_KEY, value=code))
+    else:
+        row.value = code
+    session.flush()
+    return code
+
+
+def has_store_prices(session: Session) -> bool:
+    """Whether any item has a price of its own at some store (:class:`~dangol_cloud.models.StorePrice`)."""
+    return session.scalar(select(StorePrice.item_id).limit(1)) is not None
 
 
 def prices_by_item(session: Session, item_ids: Iterable[str] | None = None) -> dict[str, dict[str, dict]]:
@@ -99,8 +162,11 @@ def set_store_prices(session: Session, item_id: str, prices: dict[str, tuple[flo
             row.price, row.currency = price, currency
 
 
-def _digits(currency: str) -> int:
-    """The decimals of a price in ``currency`` (CLDR's; 2 for a code babel does not list), as the item form takes."""
+def currency_digits(currency: str) -> int:
+    """The decimals a price in ``currency`` may have: CLDR's minor-unit digits (KRW, JPY 0; USD, EUR 2; BHD 3), and 2
+    for a code this babel does not list (stored before the checks, or newer than its data), as
+    :func:`dangol_protocol.money.format_money` writes such a price. The item form's checks and the imports' rounding
+    both use it."""
     from dangol_protocol.money import CurrencyError, minor_digits
 
     try:
@@ -131,7 +197,7 @@ def price_imported_items(session: Session, sums: dict[str, dict[str | None, tupl
     stores = store_currencies(session, default)
     code_of: dict[str | None, str] = {sid: code for sid, _name, code in stores}
     code_of[None] = default
-    menu = catalogue_currency(stores, default)
+    menu = catalogue_currency(session, default)
     written = 0
     for item_id, by_store in sums.items():
         pooled = [0.0, 0.0]
@@ -142,11 +208,11 @@ def price_imported_items(session: Session, sums: dict[str, dict[str | None, tupl
                 pooled[0] += amount
                 pooled[1] += quantity
             elif store_id is not None and quantity > 0 and 0 <= amount / quantity <= max_price:
-                own[store_id] = (round(amount / quantity, _digits(code)), code)
+                own[store_id] = (round(amount / quantity, currency_digits(code)), code)
         if pooled[1] > 0 and 0 <= pooled[0] / pooled[1] <= max_price:
             item = session.get(CatalogueItem, item_id)
             if item is not None:
-                item.price = round(pooled[0] / pooled[1], _digits(menu))
+                item.price = round(pooled[0] / pooled[1], currency_digits(menu))
                 written += 1
         if own:
             set_store_prices(session, item_id, own)

@@ -18,6 +18,7 @@ from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish, publish_catalogue_version
 from dangol_cloud.store_prices import price_at_store, prices_by_item
+from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.catalogue_form import (code_problem, drop_held, held_photo, hold_photo, menu_currency,
                                               pos_code, price_problem, show_price_in, take_held, unique_code)
 from dangol_cloud.web.confirm import confirmation_page
@@ -44,6 +45,7 @@ def index():
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     unmapped = s.scalar(select(func.count()).select_from(ProductMapping).where(ProductMapping.menu_item_id.is_(None)))
     currency, differing = menu_currency(s, get_settings().currency)
+    s.commit()  # the catalogue's currency, stored the first time it is read (a store added later never changes it)
     return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
                            pages=max((total + 59) // 60, 1), action=ActionForm(), unmapped=unmapped,
                            house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE, currency=currency,
@@ -53,7 +55,8 @@ def index():
 def store_lines(s, items, currency: str) -> dict[str, list[tuple[str, float | None, str]]]:
     """``{item id: [(store name, price or None, store currency)]}``: per item of a chain's list, each store that
     shows another price than the catalogue price — its own, or none (a store selling in another currency without
-    its own price: :func:`dangol_cloud.store_prices.price_at_store`); empty for a single café."""
+    its own price: :func:`dangol_cloud.store_prices.price_at_store`); empty for a single café without store prices
+    (:func:`~dangol_cloud.web.store_price_form.chain_prices`: one kept from a chain is still listed)."""
     prices = chain_prices(s, get_settings().currency)
     if not prices.stores:
         return {}
@@ -283,6 +286,32 @@ def publish_now():
         return redirect(url_for("catalogue.index"))
     what = f"{number} again (nothing changed; {count} items)" if again else f"{number} ({count} items)"
     flash(f"Published catalogue version {what} to {report.stores} store(s).", "success")
+    return redirect(url_for("catalogue.index"))
+
+
+@bp.route("/currency", methods=["POST"])
+@owner_required
+def set_currency():
+    """POST /catalogue/currency: the currency the catalogue prices are in (an ISO 4217 code in use, any case:
+    :func:`dangol_cloud.store_prices.set_catalogue_currency`); anything else is refused by name and nothing changes.
+    The prices' numbers are kept as they are (not converted), and the page says so."""
+    from dangol_protocol.money import CurrencyError
+
+    from dangol_cloud.store_prices import set_catalogue_currency
+
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    s = get_session()
+    try:
+        code = set_catalogue_currency(s, request.form.get("currency") or "")
+    except CurrencyError as exc:
+        s.rollback()
+        flash(f"Catalogue currency: {exc}.", "error")
+        return redirect(url_for("catalogue.index"))
+    s.commit()
+    log.info("catalogue currency set to %s by %s", code, current_user.email)
+    flash(f"Catalogue prices are now in {code}. Their numbers were not converted: check them, then Publish.",
+          "success")
     return redirect(url_for("catalogue.index"))
 
 

@@ -5,11 +5,11 @@ kept across a refused submit. Used by :mod:`dangol_cloud.web.catalogue`.
   accepts an item's id or this code). A new item's code is derived from its name, keeping letters of every script
   (:func:`pos_code`: "아메리카노" → ``아메리카노``, "Flat White" → ``flat-white``, as before for Latin names); the
   owner may set another one on the form (:func:`code_problem`: the POS API's rules and unique).
-* **Currency**: an item's catalogue price is in the catalogue's currency (:func:`menu_currency`: the stores' own
-  when they all share one, else the ``CURRENCY`` setting); a chain's item may also have a price per store, in that
+* **Currency**: an item's catalogue price is in the catalogue's currency (:func:`menu_currency`: stored once,
+  :func:`dangol_cloud.store_prices.catalogue_currency`); a chain's item may also have a price per store, in that
   store's currency (:mod:`dangol_cloud.web.store_price_form`, :mod:`dangol_cloud.store_prices`). A price takes
-  the decimals of its currency (CLDR's, :func:`dangol_protocol.money.minor_digits`): whole won and yen, cents of a
-  dollar (:func:`price_problem`; the input's ``step`` and shown decimals: :func:`show_price_in`).
+  the decimals of its currency (CLDR's, :func:`dangol_cloud.store_prices.currency_digits`): whole won and yen,
+  cents of a dollar (:func:`price_problem`; the input's ``step`` and shown decimals: :func:`show_price_in`).
 * **Held photo**: a photo attached to a form that is refused for another field (a price typo) is kept in
   ``photos/held/`` under a name remembered in the signed session for that form, shown on the form again and saved
   with the item at the next submit unless another photo is attached (:func:`hold_photo`, :func:`take_held`).
@@ -28,9 +28,10 @@ from flask import session as web_session
 from sqlalchemy import or_, select
 
 from dangol_cloud.app import get_settings
-from dangol_cloud.models import CatalogueItem, Store, StoreSetting
+from dangol_cloud.models import CatalogueItem
 from dangol_cloud.sale_rules import REF_MAX
-from dangol_protocol.money import LOCALE, CurrencyError, minor_digits
+from dangol_cloud.store_prices import catalogue_currency, currency_digits, store_currencies
+from dangol_protocol.money import LOCALE
 
 __all__ = ["code_problem", "currency_digits", "drop_held", "held_photo", "hold_photo", "menu_currency", "pos_code",
            "price_problem", "show_price_in", "take_held", "unique_code"]
@@ -90,25 +91,11 @@ def code_problem(session, code: str, item_id: str | None) -> str | None:
 
 
 def menu_currency(session, default: str) -> tuple[str, list[tuple[str, str]]]:
-    """``(currency, differing)``: the currency to show the catalogue's prices in — the stores' own when they all
-    share one (no store: ``default``, the ``CURRENCY`` setting) — and, when they do not, ``default`` with the
-    ``(store name, currency)`` of each store selling in another currency, by name."""
-    rows = session.execute(select(Store.name, StoreSetting.currency)
-                           .outerjoin(StoreSetting, StoreSetting.store_id == Store.id).order_by(Store.name)).all()
-    codes = {code or default for _name, code in rows}
-    if len(codes) <= 1:
-        return (codes.pop() if codes else default), []
-    return default, [(name, code) for name, code in rows if code and code != default]
-
-
-def currency_digits(currency: str) -> int:
-    """The decimals a price in ``currency`` may have: CLDR's minor-unit digits (KRW, JPY 0; USD, EUR 2; BHD 3), and 2
-    for a code this babel does not list (stored before the checks, or newer than its data), as
-    :func:`dangol_protocol.money.format_money` writes such a price."""
-    try:
-        return minor_digits(currency)
-    except CurrencyError:
-        return 2
+    """``(currency, differing)``: the catalogue prices' currency
+    (:func:`dangol_cloud.store_prices.catalogue_currency`, stored once; ``default`` is the ``CURRENCY`` setting)
+    and the ``(store name, currency)`` of each store selling in another currency, by name."""
+    currency = catalogue_currency(session, default)
+    return currency, [(name, code) for _sid, name, code in store_currencies(session, default) if code != currency]
 
 
 def _fits(value: Decimal, digits: int) -> bool:

@@ -115,7 +115,7 @@ def _pick_prices(s, items: list[CatalogueItem], store_id: str | None) -> dict[st
 
     default = get_settings().currency
     stores = store_currencies(s, default)
-    menu_currency = catalogue_currency(stores, default)
+    menu_currency = catalogue_currency(s, default)
     currency = next((code for sid, _name, code in stores if sid == store_id), None)
     if store_id is None or currency is None:
         return {i.id: (i.price, menu_currency) if i.price is not None else None for i in items}

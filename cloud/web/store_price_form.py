@@ -1,6 +1,8 @@
-"""The item form's prices per store, for a chain (more than one store): one optional field per store, in that
-store's currency, labelled "<store> (<currency>)". Blank: the store shows the catalogue price if it sells in the
-catalogue's currency, else no price (:mod:`dangol_cloud.store_prices`). Used by :mod:`dangol_cloud.web.catalogue`.
+"""The item form's prices per store, for a chain (more than one store; also a single store with a store price kept
+from when there were several, or selling in another currency than the catalogue's: :func:`chain_prices`): one
+optional field per store, in that store's currency, labelled "<store> (<currency>)". Blank: the store shows the
+catalogue price if it sells in the catalogue's currency, else no price (:mod:`dangol_cloud.store_prices`). Used
+by :mod:`dangol_cloud.web.catalogue`.
 
 Each field takes the checks of the catalogue price (0 to :data:`~dangol_cloud.web.forms.MAX_PRICE`, finite, the
 decimals of the store's currency: :func:`~dangol_cloud.web.catalogue_form.price_problem`), and every refusal names
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from dangol_cloud.store_prices import StoreCurrency, catalogue_currency, set_store_prices, store_currencies
+from dangol_cloud.store_prices import (StoreCurrency, catalogue_currency, has_store_prices, set_store_prices,
+                                       store_currencies)
 from dangol_cloud.web.catalogue_form import price_problem, show_price_in
 from dangol_cloud.web.forms import item_form_class, store_price_field
 from dangol_protocol.money import format_money
@@ -20,8 +23,8 @@ __all__ = ["StorePrices", "chain_prices", "currency_input"]
 
 
 class StorePrices:
-    """The stores whose prices the item form shows (``stores``: every store, when there are two or more; none for a
-    single café, whose catalogue price is its price) and the catalogue's currency (``menu_currency``)."""
+    """The stores whose prices the item form shows (``stores``: every store, or none for a single café whose
+    catalogue price is its price: :func:`chain_prices`) and the catalogue's currency (``menu_currency``)."""
 
     def __init__(self, stores: list[StoreCurrency], menu_currency: str):
         self.stores = stores
@@ -102,7 +105,13 @@ def _money(value: float, code: str) -> str:
 
 
 def chain_prices(session, default: str) -> StorePrices:
-    """The :class:`StorePrices` of the chain: every store when there are two or more, and the catalogue's currency
-    (:func:`dangol_cloud.store_prices.catalogue_currency`); ``default`` is the ``CURRENCY`` setting."""
+    """The :class:`StorePrices` of the chain and the catalogue's currency
+    (:func:`dangol_cloud.store_prices.catalogue_currency`); ``default`` is the ``CURRENCY`` setting. Every store is
+    shown when there are two or more, and also a single store when any store price exists (one set while there
+    were several stays live: the owner sees and edits what the door gets) or when it sells in another currency than
+    the catalogue's (its door shows no catalogue price; only its own)."""
     stores = store_currencies(session, default)
-    return StorePrices(stores if len(stores) > 1 else [], catalogue_currency(stores, default))
+    menu = catalogue_currency(session, default)
+    shown = (len(stores) > 1 or any(code != menu for _sid, _name, code in stores)
+             or (bool(stores) and has_store_prices(session)))
+    return StorePrices(stores if shown else [], menu)

@@ -16,6 +16,7 @@ from dangol_protocol.money import CurrencyError, check_currency, currencies as c
 
 from dangol_cloud.app import get_session, get_settings
 from dangol_cloud.erasure import complete_if_done, pending_erasures
+from dangol_cloud.store_prices import catalogue_currency
 from dangol_cloud.models import Device, Store, StoreSetting, new_id
 from dangol_cloud.security import hash_token, mosquitto_hash, new_secret
 from dangol_cloud.web.auth import owner_required
@@ -41,6 +42,7 @@ def index():
         elif ref and s.scalar(select(Store).where(Store.ref == ref)):
             form.ref.errors.append(f"store code {ref!r} is already used")
         else:
+            catalogue_currency(s, get_settings().currency)  # stored before the chain grows: never guessed again
             token = new_secret(32)
             store = Store(name=name, ref=ref, api_token_hash=hash_token(token))
             s.add(store)
@@ -75,6 +77,7 @@ def set_currency(store_id: str):
     except CurrencyError as exc:
         flash(f"Currency: {exc}.", "error")
         return redirect(url_for("stores.index"))
+    catalogue_currency(s, get_settings().currency)  # the catalogue's prices keep theirs (stored once)
     row = s.get(StoreSetting, store.id) or StoreSetting(store_id=store.id)
     row.currency = code or None
     s.add(row)
