@@ -301,13 +301,19 @@ def set_currency():
 
     if not ActionForm().validate_on_submit():
         abort(400)
+    from dangol_cloud.erasure import audit
+    from dangol_cloud.store_prices import catalogue_currency
+
     s = get_session()
+    was = catalogue_currency(s, get_settings().currency)
     try:
         code = set_catalogue_currency(s, request.form.get("currency") or "")
     except CurrencyError as exc:
         s.rollback()
         flash(f"Catalogue currency: {exc}.", "error")
         return redirect(url_for("catalogue.index"))
+    if code != was:  # every door's prices now mean another currency: on the audit log
+        audit(s, current_user.email, "catalogue-currency", detail=f"{was} -> {code} (prices not converted)")
     s.commit()
     log.info("catalogue currency set to %s by %s", code, current_user.email)
     flash(f"Catalogue prices are now in {code}. Their numbers were not converted: check them, then Publish.",

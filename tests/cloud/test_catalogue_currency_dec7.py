@@ -15,11 +15,11 @@ from sqlalchemy import select
 
 from dangol_cloud.app import create_app
 from dangol_cloud.db import Database
-from dangol_cloud.models import CatalogueItem, MenuSetting, Store, StoreSetting
+from dangol_cloud.models import AuditEntry, CatalogueItem, MenuSetting, Store, StoreSetting
 from dangol_cloud.settings import Settings
 from dangol_cloud.store_prices import CURRENCY_KEY, catalogue_currency, set_store_prices
 
-from .conftest import DEV_KEY_BYTES, add_owner
+from .conftest import DEV_KEY_BYTES, OWNER_EMAIL, add_owner
 from .test_cloud_web import csrf_of, sign_in
 from .test_store_prices import _field, _prices, _publish
 
@@ -162,6 +162,9 @@ def test_the_owner_may_change_the_catalogue_currency(cafe, mosquitto):
     assert "Catalogue prices are in KRW" in done
     assert _prices(_publish(db, mosquitto, "EUR")[seoul][1]) == {"Croissant": 3800}
     assert client.post("/catalogue/currency", data={"currency": "USD"}).status_code == 400  # no CSRF token
+    with db.sessions() as s:  # who changed what every door's prices mean, and when
+        entries = s.scalars(select(AuditEntry).where(AuditEntry.action == "catalogue-currency")).all()
+    assert [(e.actor, e.detail) for e in entries] == [(OWNER_EMAIL, "EUR -> KRW (prices not converted)")]
 
 
 def test_a_chain_that_adds_a_store_before_anything_stored_the_currency_keeps_its_prices(cafe, mosquitto):
