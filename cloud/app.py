@@ -170,11 +170,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             return "—"
         if currency is None and store is not CHAIN:
             currency = store_currencies().get(store, settings.currency) if store else settings.currency  # type: ignore
-        code = currency or context.get("currency") or settings.currency
-        try:
-            return format_money(value, code)
-        except ValueError:
-            return f"{value:,.2f} {code}"
+        return shown_money(value, currency or context.get("currency") or settings.currency)
 
     @app.context_processor
     def _globals() -> dict:
@@ -198,6 +194,16 @@ def _menu_republisher(db: Database, settings: Settings):
     from dangol_cloud.feedback import republish_menus
 
     return MenuRepublisher(lambda ids: republish_menus(db, settings, ids))
+
+
+def shown_money(value: float, code: str) -> str:
+    """An amount as the door writes it (:func:`dangol_protocol.money.format_money`: ``₩4,500``, ``$4.50``); one in a
+    currency stored before the checks, which it refuses (``WON``), as the number and the code (``4,500.00 WON``) rather
+    than breaking the page. The dashboard's one fallback (the ``money`` filter, chart labels, store-price hints)."""
+    try:
+        return format_money(value, code)
+    except ValueError:
+        return f"{value:,.2f} {code}"
 
 
 def get_settings() -> Settings:

@@ -15,11 +15,10 @@ from flask_login import login_required
 from sqlalchemy import select
 
 from dangol_cloud import analytics as numbers
-from dangol_cloud.app import get_session, get_settings, store_clock
+from dangol_cloud.app import get_session, get_settings, shown_money, store_clock
 from dangol_cloud.charts import bar_chart, hbar_chart, heatmap, split_bar, trend_chart
 from dangol_cloud.models import Store, StoreSetting
 from dangol_cloud.web.scope import store_scope
-from dangol_protocol.money import format_money
 
 bp = Blueprint("analytics", __name__, url_prefix="/analytics")
 PRESETS = (7, 30, 90, 365)
@@ -127,20 +126,12 @@ def _shown_stores(store: str | None) -> frozenset[str] | None:
 
 
 def _money_label(currency: str | None) -> Callable[[float], str] | None:
-    """An axis label writer for amounts in ``currency`` (``₩13,500``, ``$4.50``: :func:`format_money`), or None (plain
-    numbers) when the stores sell in different currencies (the page then shows no revenue chart). A currency stored
-    before the checks that :func:`format_money` refuses is written after the number (``13,500 WONS``), as the
-    ``money`` filter does."""
+    """An axis label writer for amounts in ``currency`` (``₩13,500``, ``$4.50``, or for a currency stored before the
+    checks ``13,500.00 WONS``: :func:`~dangol_cloud.app.shown_money`, as the ``money`` filter), or None (plain numbers)
+    when the stores sell in different currencies (the page then shows no revenue chart)."""
     if currency is None:
         return None
-
-    def label(value: float) -> str:
-        try:
-            return format_money(value, currency)
-        except ValueError:
-            return f"{value:,.2f} {currency}"
-
-    return label
+    return lambda value: shown_money(value, currency)
 
 
 def _one_currency(s, store_ids: list[str | None]) -> str | None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from dangol_cloud.app import shown_money
 from dangol_cloud.store_prices import (StoreCurrency, catalogue_currency, has_store_prices, set_store_prices,
                                        store_currencies)
 from dangol_cloud.web.catalogue_form import price_problem, show_price_in
 from dangol_cloud.web.forms import item_form_class, store_price_field
-from dangol_protocol.money import format_money
 
 __all__ = ["StorePrices", "chain_prices", "currency_input"]
 
@@ -79,14 +79,16 @@ class StorePrices:
         for sid, _name, code, field in self.fields(form):
             step = show_price_in(field, code)
             if code == self.menu_currency:
-                blank = "Blank: the catalogue price" + (f" ({_money(default, code)})." if default is not None else ".")
+                shown = f" ({shown_money(default, code)})" if default is not None else ""
+                blank = f"Blank: the catalogue price{shown}."
             else:
                 blank = (f"Blank: this store's door shows no price (the catalogue price is in {self.menu_currency}, "
                          f"the store sells in {code}).")
             old = stored.get(sid)
             if old is not None and old["currency"] != code:
-                blank += (f" The price set before, {_money(old['price'], old['currency'])}, is in the store's former "
-                          f"currency and is not sent: enter a {code} price.")
+                before = shown_money(old["price"], old["currency"])
+                blank += (f" The price set before, {before}, is in the store's former currency and is not sent: enter "
+                          f"a {code} price.")
             out.append({"field": field, "step": step, "hint": blank, "currency_input": currency_input(sid),
                          "currency": code})
         return out
@@ -95,13 +97,6 @@ class StorePrices:
 def currency_input(store_id: str) -> str:
     """The name of the item form's hidden input holding the currency the form showed for store ``store_id``."""
     return "store_currency_" + store_id.replace("-", "")
-
-
-def _money(value: float, code: str) -> str:
-    try:
-        return format_money(value, code)
-    except ValueError:  # a currency stored before the checks
-        return f"{value:,.2f} {code}"
 
 
 def chain_prices(session, default: str) -> StorePrices:
