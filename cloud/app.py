@@ -22,7 +22,7 @@ from dangol_cloud.jobs import TrainingJob
 from dangol_cloud.settings import Settings, load_settings
 
 __all__ = ["CHAIN", "CONTENT_SECURITY_POLICY", "MAX_URL_INT", "BoundedIntConverter", "StoreClock", "create_app",
-           "get_db", "get_session", "get_settings", "store_clock", "store_currencies"]
+           "get_db", "get_session", "get_settings", "store_clock"]
 
 #: Content-Security-Policy of every response: scripts, styles, images and form targets from this site only,
 #: no inline script (the dashboard has none), no plugins, no framing (clickjacking). Inline ``style``
@@ -169,7 +169,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         if value is None:
             return "—"
         if currency is None and store is not CHAIN:
-            currency = store_currencies().get(store, settings.currency) if store else settings.currency  # type: ignore
+            currency = _store_currencies().get(store, settings.currency) if store else settings.currency  # type: ignore
         return shown_money(value, currency or context.get("currency") or settings.currency)
 
     @app.context_processor
@@ -253,15 +253,14 @@ class StoreClock:
         return ZoneInfo(found.pop()) if len(found) == 1 else self.fallback
 
 
-def store_currencies() -> dict[str, str]:
-    """``{store id: its own currency}`` of the stores that have one (Stores page), read once per request."""
+def _store_currencies() -> dict[str, str]:
+    """``{store id: the currency it sells in}`` of every store (its own, else the ``CURRENCY`` setting:
+    :func:`dangol_cloud.store_prices.store_currencies`), read once per request for the ``money`` filter."""
     if "store_currencies" not in g:
-        from sqlalchemy import select
+        from dangol_cloud.store_prices import store_currencies
 
-        from dangol_cloud.models import StoreSetting
-
-        g.store_currencies = dict(get_session().execute(select(StoreSetting.store_id, StoreSetting.currency)
-                                                        .where(StoreSetting.currency.is_not(None))).all())
+        stores = store_currencies(get_session(), get_settings().currency)
+        g.store_currencies = {sid: code for sid, _name, code in stores}
     return g.store_currencies
 
 

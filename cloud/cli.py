@@ -127,7 +127,11 @@ def cmd_serve(args, settings, db) -> int:
 
     from waitress import serve
 
+    from dangol_cloud.store_prices import catalogue_currency
+
     app = create_app(settings, db=db)
+    with db.transaction() as session:  # stored now if not yet (the stores' currency today): no page (GET) writes it
+        catalogue_currency(session, settings.currency)
     stop = start_background(app)
     out.print(f"Dangol dashboard on http://{args.host}:{args.port}/ (POS API /api/v1/purchases)", highlight=False)
     from dangol_cloud.web.auth import FIRST_ACCOUNT_HINT, no_accounts

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from dangol_cloud.models import CatalogueItem, MenuSetting, ProductMapping, Purchase, StoreSetting, new_id, utcnow
+from dangol_cloud.models import CatalogueItem, MenuSetting, ProductMapping, Purchase, new_id, utcnow
 
-__all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "MenuScope", "currency_of", "expand_dislikes",
+__all__ = ["DEFAULT_HOUSE_PER_CATEGORY", "HOUSE_PER_CATEGORY_RANGE", "MenuScope", "expand_dislikes",
            "house_per_category", "map_by_category", "map_by_name", "map_products", "menu_item_map", "menu_scope",
            "on_menu", "register_products", "ruled_out", "sales_by_menu_item", "set_house_per_category", "sold_as",
            "translate_picks"]
@@ -284,16 +284,3 @@ def sales_by_menu_item(session: Session) -> dict[str, float]:
                                                            ProductMapping.menu_item_id.is_not(None)))
                            .group_by(mapped))
     return {iid: float(q or 0) for iid, q in rows}
-
-
-def currency_of(session: Session, store_ids: Iterable[str | None], default: str) -> str:
-    """The currency to show amounts of these stores in: the stores' own currency when they all share one, else
-    ``default`` (the ``CURRENCY`` setting; also for sales without a store)."""
-    ids = {i for i in store_ids}
-    if not ids or None in ids:
-        return default
-    codes = {c or default for c in session.scalars(select(StoreSetting.currency).where(StoreSetting.store_id.in_(ids)))}
-    found = session.scalar(select(func.count()).select_from(StoreSetting).where(StoreSetting.store_id.in_(ids)))
-    if found < len(ids):
-        codes.add(default)
-    return codes.pop() if len(codes) == 1 else default

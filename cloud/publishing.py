@@ -208,7 +208,7 @@ def catalogue_messages(session: Session, stores: list[Store], currency: str, *,
     from dangol_cloud.store_zones import store_zones
 
     own = {sid: code for sid, _name, code in store_currencies(session, currency)}
-    menu_currency = catalogue_currency(session, currency)  # stored once: adding a store never changes it
+    menu_currency = catalogue_currency(session, currency)  # stored once (here if not yet: publish, training)
     zones = store_zones(session)
     for store in stores:  # each store's own currency and zone (Stores page) or the CURRENCY / TIMEZONE setting
         code = own.get(store.id, currency)

@@ -2,8 +2,9 @@
 
 An item's ``price`` (:class:`~dangol_cloud.models.CatalogueItem`) is its catalogue price, the default, in the
 *catalogue's currency* (:func:`catalogue_currency`: stored once, under :data:`CURRENCY_KEY` in ``menu_settings``,
-the first time it is needed — the stores' own currency when they all shared one then, else the ``CURRENCY``
-setting — and never inferred again: adding or removing a store, or changing a store's currency, never changes it).
+when ``dangol-cloud serve`` starts or a write first needs it — the stores' own currency when they all shared one
+then, else the ``CURRENCY`` setting — and never inferred again: adding or removing a store, or changing a store's
+currency, never changes it; pages read it with :func:`read_catalogue_currency`, which never writes).
 An owner may give it a price at one store (:class:`~dangol_cloud.models.StorePrice`), in that
 store's currency (its own, Stores page, else the ``CURRENCY`` setting), recorded with the price.
 
@@ -27,8 +28,8 @@ from sqlalchemy.orm import Session
 from dangol_cloud.models import MenuSetting, Store, StorePrice, StoreSetting
 
 __all__ = ["CURRENCY_KEY", "SNAPSHOT_KEY", "StoreCurrency", "catalogue_currency", "currency_digits", "for_store",
-           "has_store_prices", "price_at_store", "set_catalogue_currency", "price_imported_items", "prices_by_item", "set_store_prices",
-           "store_currencies"]
+           "has_store_prices", "price_at_store", "price_imported_items", "prices_by_item", "read_catalogue_currency",
+           "set_catalogue_currency", "set_store_prices", "shared_currency", "store_currencies"]
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +45,59 @@ StoreCurrency = tuple[str, str, str]
 
 
 def store_currencies(session: Session, default: str) -> list[StoreCurrency]:
-    """Every store with the currency it sells in (its own, else ``default``: the ``CURRENCY`` setting), by name."""
+    """Every store (``stores``) with the currency it sells in, as ``(store id, store name, currency)``
+    (:data:`StoreCurrency`), by name then id: its own ISO 4217 code (Stores page, ``store_settings.currency``), else
+    ``default`` — the caller's ``CURRENCY`` setting. The one reader of the stores' currencies: the ``money`` filter
+    (``{store id: currency}`` per request, :mod:`dangol_cloud.app`), :func:`shared_currency`, the catalogue's
+    currency, the item form, the publishing and the imports all read them here. A code stored before the checks
+    (``WON``) is returned as it is."""
     rows = session.execute(select(Store.id, Store.name, StoreSetting.currency)
                            .outerjoin(StoreSetting, StoreSetting.store_id == Store.id)
                            .order_by(Store.name, Store.id)).all()
     return [(sid, name, code or default) for sid, name, code in rows]
 
 
+def shared_currency(session: Session, store_ids: Iterable[str | None] | None, default: str) -> str:
+    """The one currency the stores ``store_ids`` all sell in (:func:`store_currencies`; None: every store), else
+    ``default`` (the ``CURRENCY`` setting): when they differ, when there is none, and as the currency of a sale
+    without a store (a None among the ids) or of an id no store has (removed). E.g. the currency a customer's
+    purchases are shown in, and what :func:`catalogue_currency` stores."""
+    stores = store_currencies(session, default)
+    own = {sid: code for sid, _name, code in stores}
+    ids = own if store_ids is None else store_ids
+    codes = {own.get(i, default) if i is not None else default for i in ids}
+    return codes.pop() if len(codes) == 1 else default
+
+
+def _stored_code(row: MenuSetting | None) -> str | None:
+    """The catalogue currency held by the ``menu_settings`` row ``row``, or None (no row, or a value that is not a
+    three-letter code: edited by hand)."""
+    return row.value if row is not None and re.fullmatch(r"[A-Z]{3}", row.value or "") else None
+
+
+def read_catalogue_currency(session: Session, default: str) -> str:
+    """The currency of the catalogue prices (ISO 4217 code) as :func:`catalogue_currency` gives it, without writing:
+    the code stored under :data:`CURRENCY_KEY`, else (not stored yet, or a value that is not a code) the one
+    :func:`catalogue_currency` would store — :func:`shared_currency` of every store, ``default`` (the ``CURRENCY``
+    setting) when they differ or there is none. What pages read: a GET never writes (``dangol-cloud serve`` stores
+    it at start-up; every write that needs it stores it first)."""
+    return _stored_code(session.get(MenuSetting, CURRENCY_KEY)) or shared_currency(session, None, default)
+
+
 def catalogue_currency(session: Session, default: str) -> str:
-    """The currency of the catalogue prices (ISO 4217 code): the one stored under :data:`CURRENCY_KEY`. The first
-    call stores it (flushed; the caller commits): the stores' own currency when they all sell in one, else
-    ``default`` (the ``CURRENCY`` setting; also with no store), so a chain keeps what it had before the currency was
-    stored. Never inferred again: a store added (it sells in ``CURRENCY`` until set), removed or given another
-    currency leaves it — a ₩3,800 croissant never becomes €3,800. The one place the dashboard, the publishing and
-    the imports read it. A stored value that is not a three-letter code (edited by hand) is logged and replaced by
-    the inference."""
+    """The currency of the catalogue prices (ISO 4217 code): the one stored under :data:`CURRENCY_KEY`, stored by
+    the first call (flushed; the caller commits) — the stores' own currency when they all sell in one, else
+    ``default`` (the ``CURRENCY`` setting; also with no store: :func:`shared_currency`), so a chain keeps what it
+    had before the currency was stored. Never inferred again: a store added (it sells in ``CURRENCY`` until set),
+    removed or given another currency leaves it — a ₩3,800 croissant never becomes €3,800. It writes: called at
+    ``dangol-cloud serve`` start-up and by the writes that depend on it (a store added or its currency changed, a
+    catalogue price saved, an import pricing items, a publish, hence training); pages read
+    :func:`read_catalogue_currency`. A stored value that is not a three-letter code (edited by hand) is logged and
+    replaced by the inference."""
     row = session.get(MenuSetting, CURRENCY_KEY)
-    if row is not None and re.fullmatch(r"[A-Z]{3}", row.value or ""):
-        return row.value
-    codes = {code for _sid, _name, code in store_currencies(session, default)}
-    code = codes.pop() if len(codes) == 1 else default
+    if (stored := _stored_code(row)) is not None:
+        return stored
+    code = shared_currency(session, None, default)
     if row is not None:
         log.warning("menu_settings %s holds %r, not a currency code: stored %s instead", CURRENCY_KEY,
                     (row.value or "")[:40], code)
@@ -73,8 +107,8 @@ def catalogue_currency(session: Session, default: str) -> str:
     insert = _insert_of(session)  # another request storing it at the same time: keep theirs, read it
     session.execute(insert(MenuSetting).values(key=CURRENCY_KEY, value=code)
                     .on_conflict_do_nothing(index_elements=[MenuSetting.key]))
-    stored = session.get(MenuSetting, CURRENCY_KEY, populate_existing=True)
-    return stored.value if stored is not None else code
+    stored_row = session.get(MenuSetting, CURRENCY_KEY, populate_existing=True)
+    return stored_row.value if stored_row is not None else code
 
 
 def _insert_of(session: Session):

@@ -17,7 +17,7 @@ from dangol_cloud.menu_mapping import HOUSE_PER_CATEGORY_RANGE, house_per_catego
 from dangol_cloud.models import CatalogueItem, CatalogueVersion, ProductMapping
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import ensure_current_version, photo_url_builder, publish, publish_catalogue_version
-from dangol_cloud.store_prices import price_at_store, prices_by_item
+from dangol_cloud.store_prices import catalogue_currency, price_at_store, prices_by_item
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.catalogue_form import (code_problem, drop_held, held_photo, hold_photo, menu_currency,
                                               pos_code, price_problem, show_price_in, take_held, unique_code)
@@ -44,8 +44,7 @@ def index():
     items = s.scalars(query.limit(60).offset((page - 1) * 60)).all()
     version = s.scalar(select(CatalogueVersion).order_by(CatalogueVersion.version.desc()).limit(1))
     unmapped = s.scalar(select(func.count()).select_from(ProductMapping).where(ProductMapping.menu_item_id.is_(None)))
-    currency, differing = menu_currency(s, get_settings().currency)
-    s.commit()  # the catalogue's currency, stored the first time it is read (a store added later never changes it)
+    currency, differing = menu_currency(s, get_settings().currency)  # read only: a GET never writes
     return render_template("catalogue.html", items=items, version=version, show=show, q=q, page=page, total=total,
                            pages=max((total + 59) // 60, 1), action=ActionForm(), unmapped=unmapped,
                            house=house_per_category(s), house_range=HOUSE_PER_CATEGORY_RANGE, currency=currency,
@@ -180,6 +179,7 @@ def new():
         s.add(item)
         s.flush()
         prices.save(s, item.id, form)
+        catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
         s.commit()
         flash(f"Added “{item.name}” (POS code {item.ref}). Publish to send it to the stores.", "success")
         return redirect(url_for("catalogue.index"))
@@ -207,6 +207,7 @@ def edit(item_id: str):
             item.ref = form.ref.data.strip()
         _fill(item, form, item.id)
         prices.save(s, item.id, form)
+        catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
         s.commit()
         flash(f"Saved “{item.name}” (POS code {item.ref}). Publish to send the change to the stores.", "success")
         return redirect(url_for("catalogue.index"))
@@ -302,7 +303,6 @@ def set_currency():
     if not ActionForm().validate_on_submit():
         abort(400)
     from dangol_cloud.erasure import audit
-    from dangol_cloud.store_prices import catalogue_currency
 
     s = get_session()
     was = catalogue_currency(s, get_settings().currency)

@@ -6,10 +6,10 @@ kept across a refused submit. Used by :mod:`dangol_cloud.web.catalogue`.
   (:func:`pos_code`: "아메리카노" → ``아메리카노``, "Flat White" → ``flat-white``, as before for Latin names); the
   owner may set another one on the form (:func:`code_problem`: the POS API's rules and unique).
 * **Currency**: an item's catalogue price is in the catalogue's currency (:func:`menu_currency`: stored once,
-  :func:`dangol_cloud.store_prices.catalogue_currency`); a chain's item may also have a price per store, in that
-  store's currency (:mod:`dangol_cloud.web.store_price_form`, :mod:`dangol_cloud.store_prices`). A price takes
-  the decimals of its currency (CLDR's, :func:`dangol_cloud.store_prices.currency_digits`): whole won and yen,
-  cents of a dollar (:func:`price_problem`; the input's ``step`` and shown decimals: :func:`show_price_in`).
+  :func:`dangol_cloud.store_prices.catalogue_currency`; read without writing); a chain's item may also have a price
+  per store, in that store's currency (:mod:`dangol_cloud.web.store_price_form`, :mod:`dangol_cloud.store_prices`).
+  A price takes the decimals of its currency (CLDR's, :func:`dangol_cloud.store_prices.currency_digits`): whole won
+  and yen, cents of a dollar (:func:`price_problem`; the input's ``step`` and shown decimals: :func:`show_price_in`).
 * **Held photo**: a photo attached to a form that is refused for another field (a price typo) is kept in
   ``photos/held/`` under a name remembered in the signed session for that form, shown on the form again and saved
   with the item at the next submit unless another photo is attached (:func:`hold_photo`, :func:`take_held`).
@@ -30,7 +30,7 @@ from sqlalchemy import or_, select
 from dangol_cloud.app import get_settings
 from dangol_cloud.models import CatalogueItem
 from dangol_cloud.sale_rules import REF_MAX
-from dangol_cloud.store_prices import catalogue_currency, currency_digits, store_currencies
+from dangol_cloud.store_prices import currency_digits, read_catalogue_currency, store_currencies
 from dangol_protocol.money import LOCALE
 
 __all__ = ["code_problem", "currency_digits", "drop_held", "held_photo", "hold_photo", "menu_currency", "pos_code",
@@ -92,9 +92,9 @@ def code_problem(session, code: str, item_id: str | None) -> str | None:
 
 def menu_currency(session, default: str) -> tuple[str, list[tuple[str, str]]]:
     """``(currency, differing)``: the catalogue prices' currency
-    (:func:`dangol_cloud.store_prices.catalogue_currency`, stored once; ``default`` is the ``CURRENCY`` setting)
-    and the ``(store name, currency)`` of each store selling in another currency, by name."""
-    currency = catalogue_currency(session, default)
+    (:func:`dangol_cloud.store_prices.read_catalogue_currency`: the stored one, read without writing; ``default`` is
+    the ``CURRENCY`` setting) and the ``(store name, currency)`` of each store selling in another currency, by name."""
+    currency = read_catalogue_currency(session, default)
     return currency, [(name, code) for _sid, name, code in store_currencies(session, default) if code != currency]
 
 

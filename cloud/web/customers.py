@@ -13,12 +13,13 @@ from sqlalchemy import delete, func, select
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.erasure import audit, erase_customer
 from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinions
-from dangol_cloud.menu_mapping import currency_of, menu_item_map, on_menu, ruled_out, translate_picks
+from dangol_cloud.menu_mapping import menu_item_map, on_menu, ruled_out, translate_picks
 from dangol_cloud.models import (CatalogueItem, Customer, CustomerOrigin, Device, Erasure, Menu, MenuDayparts,
                                  PickOpinion, ProductMapping, Purchase, Visit, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
 from dangol_cloud.services import record_consent, welcome
+from dangol_cloud.store_prices import shared_currency
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.confirm import confirmation_page
 from dangol_cloud.web.forms import ActionForm, ConsentForm
@@ -90,7 +91,7 @@ def show(customer_id: str):
     arrivals = s.scalar(select(func.count()).select_from(Visit).where(*arrived))
     home = origin_stores(s, [customer.id]).get(customer.id)  # the store she is registered at, if any
     stores = s.scalars(select(Purchase.store_id).where(*bought).distinct()).all() or ([home] if home else [])
-    currency = currency_of(s, stores, get_settings().currency)  # where she bought, else where she is registered
+    currency = shared_currency(s, stores, get_settings().currency)  # where she bought, else where she is registered
     at = home if home is not None else (stores[0] if len(stores) == 1 else None)  # the door her picks are shown at
     form = ConsentForm(display_name=customer.display_name, recorded_by=current_user.email,
                        text_version=get_settings().consent_text_version)
@@ -111,11 +112,11 @@ def _pick_prices(s, items: list[CatalogueItem], store_id: str | None) -> dict[st
     there, else the catalogue price when it sells in the catalogue's currency, else none:
     :func:`dangol_cloud.store_prices.price_at_store`); without a store (she is registered nowhere and bought at several
     or none), the catalogue price in the catalogue's currency. Never a number of one currency shown in another."""
-    from dangol_cloud.store_prices import catalogue_currency, price_at_store, prices_by_item, store_currencies
+    from dangol_cloud.store_prices import price_at_store, prices_by_item, read_catalogue_currency, store_currencies
 
     default = get_settings().currency
     stores = store_currencies(s, default)
-    menu_currency = catalogue_currency(s, default)
+    menu_currency = read_catalogue_currency(s, default)  # a GET: read, never stored here
     currency = next((code for sid, _name, code in stores if sid == store_id), None)
     if store_id is None or currency is None:
         return {i.id: (i.price, menu_currency) if i.price is not None else None for i in items}

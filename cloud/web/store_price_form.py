@@ -14,8 +14,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from dangol_cloud.app import shown_money
-from dangol_cloud.store_prices import (StoreCurrency, catalogue_currency, has_store_prices, set_store_prices,
-                                       store_currencies)
+from dangol_cloud.store_prices import (StoreCurrency, has_store_prices, read_catalogue_currency,
+                                       set_store_prices, store_currencies)
 from dangol_cloud.web.catalogue_form import price_problem, show_price_in
 from dangol_cloud.web.forms import item_form_class, store_price_field
 
@@ -101,12 +101,12 @@ def currency_input(store_id: str) -> str:
 
 def chain_prices(session, default: str) -> StorePrices:
     """The :class:`StorePrices` of the chain and the catalogue's currency
-    (:func:`dangol_cloud.store_prices.catalogue_currency`); ``default`` is the ``CURRENCY`` setting. Every store is
-    shown when there are two or more, and also a single store when any store price exists (one set while there
-    were several stays live: the owner sees and edits what the door gets) or when it sells in another currency than
-    the catalogue's (its door shows no catalogue price; only its own)."""
+    (:func:`dangol_cloud.store_prices.read_catalogue_currency`: never writes); ``default`` is the ``CURRENCY``
+    setting. Every store is shown when there are two or more, and also a single store when any store price exists
+    (one set while there were several stays live: the owner sees and edits what the door gets) or when it sells in
+    another currency than the catalogue's (its door shows no catalogue price; only its own)."""
     stores = store_currencies(session, default)
-    menu = catalogue_currency(session, default)
+    menu = read_catalogue_currency(session, default)
     shown = (len(stores) > 1 or any(code != menu for _sid, _name, code in stores)
              or (bool(stores) and has_store_prices(session)))
     return StorePrices(stores if shown else [], menu)
