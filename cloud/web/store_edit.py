@@ -32,7 +32,7 @@ from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.stores import bp
 
-__all__ = ["clean_name", "clear_store_topics", "duplicate_message", "name_key", "name_taken", "removal_blockers"]
+__all__ = ["clean_name", "clear_store_topics", "duplicate_message", "has_control", "name_key", "name_taken", "removal_blockers"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ def clean_name(raw: str | None) -> str:
     """A typed store name as stored: Unicode NFC (an ``é`` typed as ``e`` + accent is one character), without
     surrounding spaces."""
     return unicodedata.normalize("NFC", raw or "").strip()
+
+
+def has_control(text: str | None) -> bool:
+    """Whether ``text`` holds a control character (Unicode category ``Cc``: NUL, escape, tab, line breaks, DEL):
+    refused in a store's name and POS store code (a code with one never matches an import's ``store`` column)."""
+    return any(unicodedata.category(c) == "Cc" for c in text or "")
 
 
 def name_key(name: str) -> str:
@@ -89,7 +95,7 @@ def rename_store(store_id: str):
     s = get_session()
     store = s.get(Store, store_id) or abort(404)
     name = clean_name(request.form.get("name"))
-    if not name or len(name) > NAME_MAX or any(unicodedata.category(c) == "Cc" for c in name):
+    if not name or len(name) > NAME_MAX or has_control(name):
         flash(f"Store name: 1 to {NAME_MAX} characters, without control characters; {store.name} keeps its name.",
               "error")
     elif (other := name_taken(s, name, other_than=store.id)) is not None:

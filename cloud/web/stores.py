@@ -29,7 +29,8 @@ bp = Blueprint("stores", __name__, url_prefix="/stores")
 @owner_required
 def index():
     """GET/POST /stores/: list stores and devices; creating a store shows its POS token once. A name another store
-    has (without case and surrounding spaces, :func:`dangol_cloud.web.store_edit.name_key`) is refused by name."""
+    has (without case and surrounding spaces, :func:`dangol_cloud.web.store_edit.name_key`) is refused by name; a
+    name or POS store code with a control character is refused (:func:`dangol_cloud.web.store_edit.has_control`)."""
     s = get_session()
     form = StoreForm()
     if form.validate_on_submit():
@@ -37,6 +38,10 @@ def index():
         name = _store_edit.clean_name(form.name.data)
         if not name:
             form.name.errors.append("Give the store a name.")
+        elif _store_edit.has_control(name):
+            form.name.errors.append("The store name cannot hold control characters (tabs, line breaks, escapes).")
+        elif _store_edit.has_control(ref):
+            form.ref.errors.append("The POS store code cannot hold control characters (tabs, line breaks, escapes).")
         elif (same := _store_edit.name_taken(s, name)) is not None:
             form.name.errors.append(_store_edit.duplicate_message(same.name))
         elif ref and s.scalar(select(Store).where(Store.ref == ref)):
