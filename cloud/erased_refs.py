@@ -135,7 +135,10 @@ class ErasedRefs:
 
 
 def erased_for(session: Session, ref: str, ts: datetime, *, existing_id: bool) -> Erased | None:
-    """:meth:`ErasedRefs.find` for one sale (the POS API): indexed look-ups instead of loading every erasure."""
+    """:meth:`ErasedRefs.find` for one sale (the POS API): indexed look-ups instead of loading every erasure.
+    ``ref`` is taken without surrounding blanks (``"1042 "`` is the erased ``"1042"``), as the importers and
+    :func:`find_erased_ref` take it."""
+    ref = ref.strip()
     ref_hash = keyring_of(session.get_bind().dialect).lookup_hash(ref)
     row = session.execute(select(ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from, Erasure.kept_before)
                           .outerjoin(Erasure, Erasure.id == ErasedRef.erasure_id)

@@ -15,6 +15,8 @@ upload or the POS API — so that no path stores what another refuses.
   CSV's lines of quantity 0 (:data:`CSV_LINE`: coupon and discount lines), and Complete Journey's
   (:data:`COMPLETE_JOURNEY_LINE`) coupon and miscellaneous lines of quantity 0 (2,188) and fuel counted in thousandths
   of a gallon (up to 32,603 in a line; 1,931 lines above :data:`MAX_LINE_QUANTITY`).
+* **An amount's decimals** (:func:`amount_digits_error`): no more than its currency's minor unit has (4500.5 won or
+  0.4 won cannot be paid; the customer page showed them rounded, the sums kept the fractions).
 
 The importers refuse a row outside them as one row error naming the column (:mod:`dangol_cloud.import_rows`,
 :func:`dangol_cloud.ingest.import_rows`), the POS API with 422 (:mod:`dangol_cloud.web.api`). Purchases stored
@@ -24,11 +26,14 @@ customer from retention (:func:`dangol_cloud.erasure.retention_candidates`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 __all__ = ["CATEGORY_MAX", "COMPLETE_JOURNEY_LINE", "CSV_LINE", "MAX_LINE_AMOUNT", "MAX_LINE_QUANTITY", "MAX_SALE_SKEW",
-           "MAX_ZONE_OFFSET", "MIN_SALE_TS", "POS_LINE", "REF_MAX", "LineBounds", "amount_error", "latest_sale_ts",
+           "MAX_ZONE_OFFSET", "MIN_SALE_TS", "POS_LINE", "REF_MAX", "LineBounds", "amount_digits_error", "amount_error",
+           "latest_sale_ts",
            "quantity_error", "sale_time_error"]
 
 #: Earliest sale time accepted (no POS sends older sales; year-1 times cannot be shown in every time zone).
@@ -121,3 +126,37 @@ def amount_error(amount: float) -> str | None:
     if amount > MAX_LINE_AMOUNT:
         return f"is more than {MAX_LINE_AMOUNT:,}, the most one sale line may total"
     return None
+
+
+#: Relative slack of :func:`amount_digits_error` (binary float noise of a parsed or summed amount is ~1e-16 relative;
+#: 1e-12 leaves room for a few roundings yet still refuses 9,999,999.995 USD).
+_DIGITS_REL_TOL = 1e-12
+#: Absolute slack of :func:`amount_digits_error`, in minor units (for amounts near 0).
+_DIGITS_ABS_TOL = 1e-9
+
+
+def amount_digits_error(amount: float, currency: str) -> str | None:
+    """Why ``amount`` has more decimals than ``currency`` uses, or None if it has no more.
+
+    Args:
+        amount: a line total in major units of ``currency`` (``4.5`` dollars, not 450 cents). Binary float noise is
+            tolerated: 2.99 USD and ``0.1 + 0.2`` USD pass (``amount * 10**digits`` within ~1e-12 relative of a
+            whole number).
+        currency: an ISO 4217 code; its decimals are :func:`dangol_cloud.store_prices.currency_digits` (KRW and
+            JPY 0, USD and EUR 2, BHD 3; 2 for a code babel does not list).
+
+    Returns:
+        None, or a sentence naming the amount and the currency: "4500.5 has more decimals than KRW uses (0)"
+        ("… is not a finite amount" for ``inf`` or ``nan``). The callers (the POS API, the file importers) name
+        the field or column before it.
+    """
+    from dangol_cloud.store_prices import currency_digits
+
+    if not math.isfinite(amount):
+        return f"{amount} is not a finite amount"
+    digits = currency_digits(currency)
+    scaled = amount * 10 ** digits
+    if math.isclose(scaled, round(scaled), rel_tol=_DIGITS_REL_TOL, abs_tol=_DIGITS_ABS_TOL):
+        return None
+    shown = format(Decimal(repr(float(amount))), "f")
+    return f"{shown} has more decimals than {currency} uses ({digits})"

@@ -12,9 +12,15 @@ before any line is written, so a line's key is never looked up; its uniqueness i
 
 Sale times, id lengths and a line's bounds (:data:`~dangol_cloud.sale_rules.MAX_LINE_AMOUNT`,
 :data:`~dangol_cloud.sale_rules.MAX_LINE_QUANTITY`) follow :mod:`dangol_cloud.sale_rules`, shared with the file
-importers. A sale naming an erased customer (their loyalty number, or their old Dangol id) is refused with 422
-"Customer erased", nothing stored (after a retention erasure only a sale dated before it):
-:mod:`dangol_cloud.erased_refs`.
+importers, and so does a line amount's decimals (no more than the store's currency uses:
+:func:`~dangol_cloud.sale_rules.amount_digits_error`). A customer ref is taken without surrounding blanks, as the
+importers take it (``"1042 "`` is the customer ``1042``; refs stored with blanks before are not rewritten). A sale
+naming an erased customer (their loyalty number, or their old Dangol id) is refused with 422 "Customer erased",
+nothing stored (after a retention erasure only a sale dated before it): :mod:`dangol_cloud.erased_refs`.
+
+A new loyalty number is created with ``INSERT … ON CONFLICT (external_ref_hash) DO NOTHING`` and read back, so two
+tills sending its first sales at once both store them, on one customer. On SQLite a sale that waited for the write
+lock past the busy timeout (an import holding it) is answered 503 with ``Retry-After``, nothing stored.
 """
 
 from __future__ import annotations
@@ -28,16 +34,19 @@ from importlib import resources
 from typing import Annotated, Literal
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
-from dangol_cloud.app import get_db
+from dangol_cloud.app import get_db, get_settings
 from dangol_cloud.erased_refs import Erased, erased_for
 from dangol_cloud.erasure import POS_REQUEST_DAYS
 from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
-from dangol_cloud.sale_rules import MAX_LINE_AMOUNT, MAX_LINE_QUANTITY, REF_MAX, sale_time_error
+from dangol_cloud.sale_locks import busy_message
+from dangol_cloud.sale_rules import MAX_LINE_AMOUNT, MAX_LINE_QUANTITY, REF_MAX, amount_digits_error, sale_time_error
 from dangol_cloud.security import hash_token
+from dangol_cloud.store_prices import shared_currency
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -48,6 +57,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 #: Longest Idempotency-Key header accepted (``pos_requests.key`` is String(200)).
 MAX_KEY_LENGTH = 200
+#: Seconds a till is asked to wait (``Retry-After``) before resending a sale refused because the database was busy.
+BUSY_RETRY_AFTER = 30
 
 
 class PurchaseLine(BaseModel):
@@ -63,10 +74,12 @@ class PurchaseLine(BaseModel):
 class PurchaseIn(BaseModel):
     """A POS sale: ``customer`` is a Dangol customer id or the POS's customer ref (created if new). A customer is
     a regular of the whole chain and may buy in any of its stores: a known id is accepted from every store's
-    token, and the sale is recorded for the token's store (which from then on knows the customer)."""
+    token, and the sale is recorded for the token's store (which from then on knows the customer). Surrounding
+    blanks of ``customer`` are dropped before its checks (blanks only: refused, naming ``customer``)."""
 
     model_config = ConfigDict(extra="forbid")
-    customer: Annotated[str, Field(min_length=1, max_length=REF_MAX, pattern=NO_CONTROL)]
+    customer: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=REF_MAX,
+                                               pattern=NO_CONTROL)]
     ts: AwareDatetime
     lines: Annotated[list[PurchaseLine], Field(min_length=1, max_length=200)]
 
@@ -129,6 +142,43 @@ def _erased_detail(ref: str, erased: Erased) -> str:
     return f"customer {ref!r} was erased on {at:%Y-%m-%d}{how}; {which}; nothing was stored"
 
 
+def _amount_errors(sale: PurchaseIn, currency: str) -> list[dict]:
+    """The body errors (``{"loc": "lines.<n>.amount", "msg"}``) of the lines whose amount has more decimals than
+    ``currency`` (the store's) uses (:func:`~dangol_cloud.sale_rules.amount_digits_error`); empty if none."""
+    return [{"loc": f"lines.{n}.amount", "msg": problem} for n, line in enumerate(sale.lines)
+            if line.amount is not None and (problem := amount_digits_error(line.amount, currency))]
+
+
+def _insert_of(session: Session):
+    """The ``insert`` with ``on_conflict_do_nothing`` of the session's database (SQLite or PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _new_pos_customer(session: Session, ref: str, ref_hash: str) -> Customer | None:
+    """The customer of the loyalty number ``ref`` (keyed hash ``ref_hash``), created (source ``pos``, active) unless
+    another request created it meanwhile (``ON CONFLICT (external_ref_hash) DO NOTHING`` waits for that request's
+    commit, then theirs is read back). None only if theirs is gone again by then (erased at that moment)."""
+    insert = _insert_of(session)
+    session.execute(insert(Customer).values(external_ref=ref, external_ref_hash=ref_hash, status="active",
+                                            source="pos")
+                    .on_conflict_do_nothing(index_elements=[Customer.external_ref_hash]))
+    return session.scalar(select(Customer).where(Customer.external_ref_hash == ref_hash))
+
+
+def _retry_later(store: Store, title: str, detail: str) -> Response:
+    """503 with ``Retry-After`` (:data:`BUSY_RETRY_AFTER`): the database was busy (SQLite's write lock held past the
+    busy timeout), or the customer changed under the sale; ``detail`` says which."""
+    log.warning("POS API: store %s: a sale refused, %s", store.id, detail)
+    response = _problem(503, title, f"{detail}; nothing was stored (send the sale again with the same "
+                        "Idempotency-Key)")
+    response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+    return response
+
+
 def _replay(previous: PosRequest, body_sha: str, key: str) -> Response:
     if previous.body_sha256 != body_sha:
         return _problem(422, "Idempotency key reused", f"Idempotency-Key {key!r} was already used with a "
@@ -164,6 +214,11 @@ def create_purchases():
         previous = s.scalar(select(PosRequest).where(PosRequest.store_id == store.id, PosRequest.key == key))
         if previous is not None:
             return _replay(previous, body_sha, key)
+        currency = shared_currency(s, [store.id], get_settings().currency)
+    if errors := _amount_errors(sale, currency):
+        log.info("POS API: invalid amounts from store %s: %s", store.id, errors)
+        return _problem(422, "Invalid purchase", f"an amount has more decimals than {currency} (the store's currency) "
+                        "uses; nothing was stored", errors=errors)
     try:
         with db.transaction() as s:
             items = {}
@@ -183,10 +238,10 @@ def create_purchases():
                 log.info("POS API: store %s: a sale of an erased customer refused", store.id)
                 return _problem(422, "Customer erased", _erased_detail(sale.customer, erased))
             if customer is None:
-                customer = Customer(external_ref=sale.customer, external_ref_hash=ref_hash, status="active",
-                                    source="pos")
-                s.add(customer)
-                s.flush()
+                customer = _new_pos_customer(s, sale.customer, ref_hash)
+                if customer is None:  # nothing was written
+                    return _retry_later(store, "Customer changed meanwhile", f"customer {sale.customer!r} was "
+                                        "changed by another request while this sale was stored")
             purchases = [Purchase(customer_id=customer.id, item_id=items[line.item], product_id=line.product_id,
                                   quantity=line.quantity, amount=line.amount, ts=sale.ts, store_id=store.id,
                                   source="pos", idempotency_key=purchase_key(store.id, key, n))
@@ -207,6 +262,11 @@ def create_purchases():
                                     "kept and nothing was stored again (send a new key for a new sale)")
                 raise
             return _replay(previous, body_sha, key)
+    except OperationalError as exc:  # SQLite: an import (another process) held the write lock past the busy timeout
+        busy = busy_message(exc)
+        if busy is None:
+            raise
+        return _retry_later(store, "Database busy", busy)
     response = jsonify(body)
     response.status_code = 201
     return response
