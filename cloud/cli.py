@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("listen", help="run only the MQTT consumer of device events and status")
 
-    p = sub.add_parser("broker-config", help="write a Mosquitto password file and ACL for the cloud and every device")
+    p = sub.add_parser("broker-config", help="write Mosquitto's dynamic-security config for the cloud and every device "
+                                                "(and a classic password file + ACL as a fallback)")
     p.add_argument("--out", type=Path, required=True,
                    help="folder for 'dynamic-security.json' + 'dangol-dynsec.conf' (and 'passwd', 'acl')")
     p.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: found under /usr/lib)")

@@ -1,7 +1,8 @@
 """The daemon's checks of a loaded :class:`~dangol_edge.config.EdgeConfig` that look outside the config itself (files on
-disk, the broker URL): :func:`check_daemon_settings`, run by ``dangol-edge check-config`` (the unit's ExecStartPre)
-and by ``dangol-edge run`` before it opens anything, so a box that cannot run fails at the check (exit 2, naming the
-setting) instead of at start (exit 1, which systemd keeps restarting).
+disk, the broker URL): :func:`check_daemon_settings`, run by ``dangol-edge check-config`` (by hand and by
+``scripts/install-edge``) and by ``dangol-edge run`` before it opens anything, so a box that cannot run stops at the
+check (exit 2, naming the setting; systemd does not restart the daemon's main process after exit 2) instead of failing
+later (exit 1, which systemd keeps restarting).
 
 Re-exported by :mod:`dangol_edge.config`; imports nothing of it at module level, so either module may be imported
 first.

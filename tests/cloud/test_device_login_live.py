@@ -193,7 +193,7 @@ def test_when_the_broker_cannot_be_told_the_device_is_created_and_the_page_says_
         state = re.search(r'id="password-state">(.*?)</p>', page, re.S).group(1)
         assert "could not be told" in state and "took this login at once" not in state, state
         steps = _broker_steps(page)
-        assert "dangol-cloud broker-config" in steps and "systemctl restart mosquitto" in steps
+        assert "dangol-cloud)\" broker-config" in steps and "systemctl restart mosquitto" in steps
         assert not RELOAD.search(page)
         if broker is not None:  # the page told the truth: until the restart, the door cannot log in
             door = _Door(broker, shown["user"], shown["password"], proto.device_client_id(shown["device"]))

@@ -135,7 +135,8 @@ def test_add_device_shows_setup_lines_and_live_status(browser, site, tmp_path):
     assert (url.scheme, url.hostname, url.port) == ("mqtts", "127.0.0.1", 8883)
     assert (unquote(url.username), unquote(url.password)) == (device.mqtt_username, password)
     steps = page.inner_text("#broker-steps")
-    assert "dangol-cloud broker-config --out /etc/mosquitto/dangol" in steps and "systemctl restart mosquitto" in steps
+    assert "dangol-cloud)\" broker-config --out /etc/mosquitto/dangol" in steps and "systemctl restart mosquitto" in steps
+    assert "DANGOL_DATA_KEY" in steps and steps.count("sudo ") >= 3  # the key every command needs; root-owned folder
     status = page.locator(f'[data-presence="{device.id}"]')
     assert status.get_attribute("data-state") == "never" and "never connected" in status.inner_text()
     page.screenshot(path=str(folder / "01-device-added.png"), full_page=True)

@@ -1,5 +1,5 @@
 """``camera.source`` is parsed once (:func:`dangol_edge.camera_spec.parse_camera_spec`): a typo is refused by the
-config check (``dangol-edge check-config``, systemd's ExecStartPre, exit 2: no restart) instead of the daemon
+config check (``dangol-edge check-config``, and ``run`` itself at start, exit 2: no restart) instead of the daemon
 retrying a camera that can never open; ``open_source`` builds its source from the same parsed spec."""
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def test_oversized_and_corrupt_images_exit_2_and_nothing_written(edge_env, capsy
 
 
 def test_check_config_refuses_a_broker_without_device_ids(tmp_path, capsys, monkeypatch):
-    """What ``run`` would refuse at start, the unit's ExecStartPre (``check-config``) refuses already."""
+    """What ``run`` would refuse at start, ``check-config`` (install-edge's check) refuses already."""
     cfg = tmp_path / "edge.toml"
     cfg.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n')
     monkeypatch.delenv("DANGOL_MQTT_URL", raising=False)

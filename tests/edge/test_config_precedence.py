@@ -37,7 +37,8 @@ def test_nested_overrides_merge_with_the_environment(tmp_path, monkeypatch):
 
 
 def test_a_config_file_of_the_wrong_shape_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    """``check-config`` (systemd's ExecStartPre) must name the file and the problem, exit 2, never a traceback."""
+    """``check-config`` (install-edge's check; ``run`` checks the same at start) must name the file and the
+    problem, exit 2, never a traceback."""
     as_list = tmp_path / "list.json"
     as_list.write_text("[1, 2]\n")
     assert main(["check-config", str(as_list)]) == 2

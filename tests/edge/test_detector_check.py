@@ -2,7 +2,7 @@
 
 The detector opens lazily (:class:`dangol_edge.detect.FaceDetector`): without this check ``check-config`` said ok,
 the daemon sent READY=1, then every frame failed, the watchdog restarted it ten times and the unit stayed failed.
-Now ``check-config`` (the unit's ExecStartPre) and the daemon's start (:func:`dangol_edge.config.check_daemon_settings`)
+Now ``check-config`` (install-edge's check) and the daemon's start (:func:`dangol_edge.config.check_daemon_settings`)
 refuse with exit 2, naming the file and what to do; ``scripts/install-edge --model`` warns when the file is not
 beside the model, as it does for the calibration file (and its check-config then fails the install).
 """

@@ -114,7 +114,7 @@ def test_daemon_unit_contract():
     """The contract with the daemon (design.md, issue 4) that verify cannot see."""
     d = _directives("dangol-edge.service")
     assert d["Type"] == ["notify"] and d["WatchdogSec"] == ["30"] and d["Restart"] == ["on-failure"]
-    assert d["ExecStartPre"] == ["/opt/dangol/venv/bin/dangol-edge check-config /etc/dangol/edge.toml"]
+    assert "ExecStartPre" not in d  # run checks the config itself: exit 2 stops restarts (not so for ExecStartPre)
     assert d["ExecStart"] == ["/opt/dangol/venv/bin/dangol-edge run --config /etc/dangol/edge.toml"]
     assert d["User"] == ["dangol"] and {"video", "gpio"} <= set(d["SupplementaryGroups"][0].split())
     assert d["StateDirectory"] == ["dangol"] and "DANGOL_HOME=/var/lib/dangol" in d["Environment"]

@@ -76,7 +76,7 @@ def test_identify_exits_2_naming_the_missing_calibration(edge_env, bare_model, c
 
 
 def test_check_config_refuses_a_model_without_calibration(bare_model, tmp_path, capsys):
-    """The unit's ExecStartPre fails at once (instead of an install that checks "ok" and never starts)."""
+    """The config check fails at once (instead of an install that checks "ok" and never starts)."""
     from dangol_edge.cli import main
 
     cfg = tmp_path / "edge.toml"
