@@ -99,7 +99,8 @@ def _save_photo(form: ItemForm, slot: str) -> str | None:
     return name
 
 
-def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> None:
+def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> str | None:
+    """Copy the form's fields into ``item``; returns the file name of the photo a new one replaced (else None)."""
     item.name = form.name.data.strip()
     item.category = (form.category.data or "").strip() or None
     item.price = float(form.price.data) if form.price.data is not None else None
@@ -107,8 +108,27 @@ def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> None:
     item.tags = [t.strip() for t in (form.tags.data or "").split(",") if t.strip()]
     item.available = bool(form.available.data)
     photo = _save_photo(form, slot)
+    replaced = None
     if photo:
-        item.photo = photo
+        replaced, item.photo = (item.photo if item.photo != photo else None), photo
+    return replaced
+
+
+def _commit_item(s, item: CatalogueItem, replaced: str | None) -> None:
+    """Commit the item; then remove the photo file it no longer shows (``replaced``) unless another item shows it.
+    If the commit fails, the photo file written for it is removed (nothing half-written is left) and the error
+    raised."""
+    folder = get_settings().photos_dir
+    try:
+        s.commit()
+    except BaseException:
+        s.rollback()
+        if item.photo and item.photo != replaced and s.scalar(
+                select(func.count()).where(CatalogueItem.photo == item.photo)) == 0:
+            (folder / item.photo).unlink(missing_ok=True)
+        raise
+    if replaced and s.scalar(select(func.count()).where(CatalogueItem.photo == replaced)) == 0:
+        (folder / replaced).unlink(missing_ok=True)  # a replaced photo goes (the doors got it inlined, not linked)
 
 
 def _code_ok(s, form: ItemForm, item: CatalogueItem | None) -> bool:
@@ -180,7 +200,7 @@ def new():
         s.flush()
         prices.save(s, item.id, form)
         catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
-        s.commit()
+        _commit_item(s, item, None)
         flash(f"Added “{item.name}” (POS code {item.ref}). Publish to send it to the stores.", "success")
         return redirect(url_for("catalogue.index"))
     return _form_page(form, None, "new", prices, {})
@@ -205,10 +225,10 @@ def edit(item_id: str):
     if valid & (not form.is_submitted() or prices.check(form, request.form)):
         if (form.ref.data or "").strip() and form.ref.data != item.ref:
             item.ref = form.ref.data.strip()
-        _fill(item, form, item.id)
+        replaced = _fill(item, form, item.id)
         prices.save(s, item.id, form)
         catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
-        s.commit()
+        _commit_item(s, item, replaced)
         flash(f"Saved “{item.name}” (POS code {item.ref}). Publish to send the change to the stores.", "success")
         return redirect(url_for("catalogue.index"))
     return _form_page(form, item, item.id, prices, stored)
