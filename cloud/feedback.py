@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.feedback_credit import (CREDIT_WINDOW, clock_known, credit_shown_picks, local_naive,
@@ -69,6 +69,10 @@ def record_opinions(session: Session, customer_id: str, item_ids: Iterable[str],
     (:func:`drop_disliked_picks`); the caller commits, then has the menu published (:func:`republish_menus`, e.g.
     through :class:`~dangol_cloud.background.MenuRepublisher`).
 
+    Each row is written with ``INSERT … ON CONFLICT (customer_id, item_id) DO UPDATE`` (:func:`_upsert_opinions`),
+    so the same opinion recorded twice at once (a double tap, a retry while the first request runs) is stored once,
+    and the transaction that commits last has its opinion kept.
+
     Returns:
         Number of distinct items named (recorded or forgotten).
 
@@ -82,34 +86,47 @@ def record_opinions(session: Session, customer_id: str, item_ids: Iterable[str],
         raise LookupError(f"customer {customer_id!r}: no such customer")
     ids = list(dict.fromkeys(str(i) for i in item_ids))
     known: set[str] = set()
-    rows: dict[str, PickOpinion] = {}
     for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        known.update(session.scalars(select(CatalogueItem.id).where(CatalogueItem.id.in_(chunk))))
-        rows.update((r.item_id, r) for r in session.scalars(select(PickOpinion).where(
-            PickOpinion.customer_id == customer_id, PickOpinion.item_id.in_(chunk))))
+        known.update(session.scalars(select(CatalogueItem.id).where(CatalogueItem.id.in_(ids[start:start + 500]))))
     missing = [i for i in ids if i not in known]
     if missing:
         raise LookupError(f"item {missing[0]!r}: no such catalogue item")
-    if opinion != "dislike":  # the named items' own rows are updated or deleted below
+    named = set(ids)
+    if opinion != "dislike":  # the named items' own rows are written or deleted below
         for row in dislikes_ruling_out(session, customer_id, ids):
-            if row.item_id not in rows:
+            if row.item_id not in named:
                 session.delete(row)
+        session.flush()
     now = utcnow()
-    for item_id in ids:
-        row = rows.get(item_id)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
         if opinion == "none":
-            if row is not None:
-                session.delete(row)
-            continue
-        if row is None:
-            row = PickOpinion(customer_id=customer_id, item_id=item_id)
-            session.add(row)
-        row.opinion, row.at, row.by = opinion, now, by
-    session.flush()
+            session.execute(delete(PickOpinion).where(PickOpinion.customer_id == customer_id,
+                                                      PickOpinion.item_id.in_(chunk)))
+        else:
+            session.execute(_upsert_opinions(session, [{"customer_id": customer_id, "item_id": item_id,
+                                                        "opinion": opinion, "at": now, "by": by}
+                                                       for item_id in chunk]))
+    for row in session.identity_map.values():  # rows read earlier in the caller's session: read them again
+        if isinstance(row, PickOpinion) and row.customer_id == customer_id and row.item_id in named:
+            session.expire(row)
     if opinion == "dislike" and ids:
         drop_disliked_picks(session, customer_id)
     return len(ids)
+
+
+def _upsert_opinions(session: Session, values: list[dict]):
+    """``INSERT`` of the ``pick_opinions`` rows ``values`` that overwrites (``ON CONFLICT (customer_id, item_id) DO
+    UPDATE``) the opinion, time and author of a row already there, in the session's dialect (SQLite or PostgreSQL):
+    two requests recording the same opinion at once both succeed, the later one's row stays."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(PickOpinion.__table__).values(values)
+    return statement.on_conflict_do_update(
+        index_elements=[PickOpinion.customer_id, PickOpinion.item_id],
+        set_={"opinion": statement.excluded.opinion, "at": statement.excluded.at, "by": statement.excluded.by})
 
 
 def dislikes_ruling_out(session: Session, customer_id: str, item_ids: Iterable[str]) -> list[PickOpinion]:

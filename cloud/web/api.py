@@ -1,4 +1,5 @@
-"""POS API: ``POST /api/v1/purchases`` with a per-store bearer token and an ``Idempotency-Key`` header.
+"""POS API: ``POST /api/v1/purchases`` with a per-store bearer token and an ``Idempotency-Key`` header, and
+``POST /api/v1/feedback`` (a like/dislike, same token; :func:`record_feedback`).
 
 A retry with the same key and the same body returns the first response (200, ``Idempotent-Replayed:
 true``) and stores nothing; the same key with a different body is refused with 422. Documented in
@@ -288,7 +289,10 @@ class OpinionIn(BaseModel):
 def record_feedback():
     """POST /api/v1/feedback (store bearer token): ``{"customer", "item", "opinion"}`` -> 200
     ``{"customer", "item", "opinion"}``; 401 without a valid token, 422 for a bad body or an unknown item,
-    404 for a customer not known at the token's store. Used at the next training (:mod:`dangol_cloud.feedback`).
+    404 for a customer not known at the token's store, 503 with ``Retry-After`` when SQLite's write lock stayed
+    taken past the busy timeout (nothing recorded), as for a sale. Documented in ``openapi.json``. Used at the next
+    training (:mod:`dangol_cloud.feedback`); the same opinion sent twice at once is stored once
+    (:func:`~dangol_cloud.feedback.record_opinions`).
 
     A store speaks only for its own regulars: the customer must be known there
     (:func:`~dangol_cloud.device_trust.known_at_store`: an arrival or a purchase at the store, or enrolled by
@@ -325,6 +329,14 @@ def record_feedback():
     except LookupError as exc:
         log.info("feedback API: store %s: %s", store.id, exc)
         return _problem(422, "Unknown customer or item", str(exc))
+    except OperationalError as exc:  # SQLite: an import (another process) held the write lock past the busy timeout
+        busy = busy_message(exc)
+        if busy is None:
+            raise
+        log.warning("feedback API: store %s: an opinion refused, %s", store.id, busy)
+        response = _problem(503, "Database busy", f"{busy}; nothing was recorded (send the opinion again)")
+        response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+        return response
     if body.opinion == "dislike" and get_settings().mqtt_url:
         current_app.extensions["dangol_republisher"].submit(body.customer)
     return jsonify({"customer": body.customer, "item": body.item, "opinion": body.opinion})
