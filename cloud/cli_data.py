@@ -42,6 +42,8 @@ def cmd_import(args, settings, db) -> int:
     out.print(f"{args.path}: {report.rows} rows, {report.inserted} purchases imported, {report.duplicates} already "
               f"present{filed}, {len(report.errors)} bad rows skipped; {report.customers_created} new customers, "
               f"{report.items_created} new POS products ({report.seconds:.1f} s)", highlight=False, soft_wrap=True)
+    if report.store_note():  # Complete Journey store numbers no store has as its code
+        out.print(report.store_note() + ".", highlight=False, soft_wrap=True)
     if report.items_created:  # an import never changes the menu: say where the products are mapped to it
         out.print("New POS products are not on the menu: map them to menu items on the dashboard "
                   "(Menu catalogue → POS products).", highlight=False, soft_wrap=True)

@@ -52,6 +52,10 @@ class PurchaseRow:
             stores it as that instant and shows it in the café's time zone.
         store_ref: Complete Journey ``store_id`` or the csv ``store`` column; None otherwise.
         category: item category if the source has one (see module docstring), else None.
+        store_is_code: True when ``store_ref`` is meant as the shop's store code (a plain CSV's ``store`` column):
+            a value no store has is a row error; False for a data set's own store numbers (Complete Journey's
+            ``store_id``): a number no store has as its code is filed under the upload's store, and counted
+            (:attr:`dangol_cloud.ingest.ImportReport.unmatched_store_rows`).
     """
 
     line: int
@@ -63,6 +67,7 @@ class PurchaseRow:
     ts: datetime
     store_ref: str | None
     category: str | None
+    store_is_code: bool = True
 
 
 @dataclass(frozen=True)

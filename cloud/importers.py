@@ -22,10 +22,13 @@ Formats (header = line 1, so the first data line is line 2):
 * ``completejourney``: ``transactions.csv`` with ``household_id, store_id, basket_id, product_id,
   quantity, sales_value, ..., transaction_timestamp`` (``YYYY-MM-DD HH:MM:SS``, **UTC**: the rows are
   marked so and the importer stores them as such; see :data:`DATASET_TIMEZONES`); ``products.csv``
-  (``product_id, ..., department, ..., product_category, ...``) is read from the same folder.
+  (``product_id, ..., department, ..., product_category, ...``) is read from the same folder. Its ``store_id`` is the
+  data set's own store number: a row goes under the store with that code if there is one, else under the upload's
+  store (counted in the import's report).
 * ``csv``: ``customer,item,quantity,timestamp`` (ISO 8601: with a UTC offset that instant, without one the café's local
   time; ``YYYY/MM/DD[ HH:MM[:SS]]`` reads the same; a day- or month-first date is a row error, never guessed),
-  optional ``amount``, ``product_id``, ``category`` and ``store``; other columns are ignored. Names match in any
+  optional ``amount``, ``product_id``, ``category`` and ``store`` (a store's code exactly as on the Stores page, or
+  its id: the import refuses a row naming no store); other columns are ignored. Names match in any
   capitalisation, the separator may be ``, ; tab |`` (with ``;``, tab or ``|`` a number may have a decimal comma).
 
 Every file is text in UTF-8 (a BOM allowed), UTF-16 with a BOM, or a legacy code page that can be told for sure
@@ -125,7 +128,8 @@ def _cj_row_parser(products: dict[str, tuple[str, str]]) -> Callable[[int, dict[
             raise _BadRow(f"product_id {product} has no product_category in products.csv")
         _bounded(category, f"product_category of product_id {product} (products.csv)", REF_MAX)
         _bounded(department, f"department of product_id {product} (products.csv)", CATEGORY_MAX)
-        return PurchaseRow(line, customer, category, product, quantity, amount, ts, store, department or None)
+        return PurchaseRow(line, customer, category, product, quantity, amount, ts, store, department or None,
+                           store_is_code=False)  # Complete Journey's own store numbers
 
     return parse
 

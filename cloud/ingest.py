@@ -32,8 +32,22 @@ export imported again after ``TIMEZONE`` changed adds nothing.
 Every row is checked against the bounds of :mod:`dangol_cloud.sale_rules` before anything is created for it (the
 importers check them too; rows may come from elsewhere): its time in UTC once its store's zone is applied (a naive
 1990-01-01 05:00 in Taipei is 1989 in UTC; a year-1 time with an offset cannot be expressed in UTC) and the
-lengths of its ids, name and category. A row outside them is a row error, never an exception that would fail the
-whole import (PostgreSQL refuses an over-long value; SQLite would store it).
+lengths of its ids, name and category; and its amount against the decimals of its store's currency (the
+``currency`` argument for a row without a store): 4500.5 in a won store is a row error naming the amount and the
+currency (:func:`~dangol_cloud.sale_rules.amount_digits_error`). A row outside them is a row error, never an
+exception that would fail the whole import (PostgreSQL refuses an over-long value; SQLite would store it).
+
+A row's store is the store whose id or code (``stores.ref``, matched exactly as the Stores page keeps codes unique)
+its ``store_ref`` names. A plain CSV's ``store`` value naming no store is a row error naming the value and the code
+it may have meant, never filed under the upload's store. Only a data set's own store numbers (Complete Journey's
+``store_id``, :attr:`~dangol_cloud.importers.PurchaseRow.store_is_code` False) that no store has as its code go
+under the upload's store (as history without one), counted in :attr:`ImportReport.unmatched_store_rows`.
+
+The customers and catalogue items a file names for the first time are created by :mod:`dangol_cloud.import_resolver`
+before the lines naming them; one that a till (POS API), the Menu page or another import stored meanwhile is kept
+and named instead (no unique violation failing the whole import), and each line's key is computed from the stored
+ids. A staff upload's line naming a customer another store's till created meanwhile is a row error like any other
+customer outside its scope.
 
 A staff upload is limited to the user's stores (``allowed_stores``) and their customers (``customers_in_scope``):
 a row naming a known store outside them, or an existing customer who is not one of their stores' customers (by
@@ -49,24 +63,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.importers import PurchaseRow, RowError
-from dangol_cloud.crypto import keyring_of
-from dangol_cloud.erased_refs import Erased, ErasedRefs
 from dangol_cloud.import_match import importing_stores as _importing_stores
 from dangol_cloud.import_match import match_other_copies as _match_other_copies
 from dangol_cloud.import_match import probe_keys
-from dangol_cloud.menu_mapping import register_products
-from dangol_cloud.models import CatalogueItem, Customer, Purchase, Store, new_id, utcnow
+from dangol_cloud.import_resolver import Resolver, dialect_insert
+from dangol_cloud.models import Customer, Purchase
 from dangol_cloud.purchase_keys import purchase_key
 from dangol_cloud.sale_zones import Retimed, import_zones
-from dangol_cloud.sale_rules import CATEGORY_MAX, MAX_LINE_AMOUNT, REF_MAX, sale_time_error
-from dangol_cloud.store_prices import price_imported_items
+from dangol_cloud.sale_rules import CATEGORY_MAX, MAX_LINE_AMOUNT, REF_MAX, amount_digits_error, sale_time_error
+from dangol_cloud.store_prices import price_imported_items, store_currencies
 
 __all__ = ["ImportReport", "import_rows", "purchase_key"]
+
+#: Most distinct unmatched store numbers an :class:`ImportReport` keeps (to name a few; the count is exact).
+SHOWN_STORE_CODES = 3
 
 
 @dataclass
@@ -82,6 +96,10 @@ class ImportReport:
         errors: invalid rows, with line numbers, skipped.
         customers_created / items_created: new customers / catalogue items made for unknown refs.
         retimed: earlier imports' lines moved to the hours of their store's zone now (``describe()`` says how).
+        unmatched_store_rows: rows naming a data set's own store number that is no store's code (Complete
+            Journey's ``store_id``), filed under the upload's store (as history without one): :meth:`store_note`.
+        unmatched_store_codes: the first :data:`SHOWN_STORE_CODES` distinct such numbers.
+        unmatched_as_history: the import had no store: those rows are history.
         seconds: wall time.
     """
 
@@ -94,6 +112,9 @@ class ImportReport:
     customers_created: int = 0
     items_created: int = 0
     retimed: Retimed = field(default_factory=Retimed)
+    unmatched_store_rows: int = 0
+    unmatched_store_codes: list[str] = field(default_factory=list)
+    unmatched_as_history: bool = False
     seconds: float = 0.0
 
     @property
@@ -101,109 +122,15 @@ class ImportReport:
         """Rows that passed validation."""
         return self.rows - len(self.errors)
 
-
-def _insert(session: Session, table):
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    return insert(table)
-
-
-class _Resolver:
-    """Caches ref → id maps for customers, items and stores; collects the ones to create."""
-
-    def __init__(self, session: Session, *, create_customer_status: str, customer_source: str) -> None:
-        self.session = session
-        self.customers: dict[str, str] = {}  # customer id or external-ref hash -> id
-        self.ring = keyring_of(session.get_bind().dialect)
-        self.hashes: dict[str, str] = {}  # external ref -> its keyed hash (computed once per import)
-        self.erased = ErasedRefs(session)
-        self.items: dict[str, str] = {}
-        self.item_names: dict[str, str] = {}
-        self.stores: dict[str, str] = {}
-        self.new_customers: list[dict] = []
-        self.new_items: list[dict] = []
-        # item id -> {store id or None: [amount sum, quantity sum]}: each store's sales in its own currency
-        self.created_items: dict[str, dict[str | None, list[float]]] = {}
-        self.created_customer_count = 0
-        self.created_customers: set[str] = set()
-        self.status = create_customer_status
-        self.source = customer_source
-        self.product_source = customer_source
-
-    def load(self) -> None:
-        s = self.session
-        for cid, ref_hash in s.execute(select(Customer.id, Customer.external_ref_hash)):
-            self.customers[cid] = cid
-            if ref_hash is not None:
-                self.customers.setdefault(ref_hash, cid)
-        for iid, ref, name in s.execute(select(CatalogueItem.id, CatalogueItem.ref, CatalogueItem.name)):
-            self.items[iid] = iid
-            self.items.setdefault(ref, iid)
-            self.item_names.setdefault(name.casefold(), iid)
-        for sid, ref in s.execute(select(Store.id, Store.ref)):
-            self.stores[sid] = sid
-            if ref:
-                self.stores.setdefault(ref, sid)
-
-    def customer(self, ref: str, in_scope: Collection[str] | None = None) -> str | None:
-        """The customer id of ``ref`` (a Dangol id or an external ref), created for an unknown external ref;
-        None (nothing created) for an existing customer outside ``in_scope`` (None: every customer)."""
-        cid = self.customers.get(ref)  # a Dangol customer id used as the ref
-        if cid is None:
-            ref_hash = self.ref_hash(ref)
-            cid = self.customers.get(ref_hash)
-            if cid is None:
-                cid = self.customers[ref_hash] = new_id()
-                self.created_customer_count += 1
-                self.created_customers.add(cid)
-                self.new_customers.append({"id": cid, "external_ref": ref, "external_ref_hash": ref_hash,
-                                           "status": self.status, "source": self.source, "created_at": utcnow()})
-                return cid
-        if in_scope is not None and cid not in in_scope and cid not in self.created_customers:
+    def store_note(self) -> str | None:
+        """A sentence for the owner about :attr:`unmatched_store_rows` ("12 rows name a store number that is no
+        store's code here ('380', '32004', …): filed under the upload's store"), or None when there are none."""
+        if not self.unmatched_store_rows:
             return None
-        return cid
-
-    def ref_hash(self, ref: str) -> str:
-        """The keyed lookup hash of the external ref ``ref``."""
-        found = self.hashes.get(ref)
-        if found is None:
-            found = self.hashes[ref] = self.ring.lookup_hash(ref)
-        return found
-
-    def erasure(self, ref: str, ts: datetime) -> Erased | None:
-        """The erasure keeping a sale at ``ts`` naming ``ref`` out of the import (:mod:`dangol_cloud.erased_refs`),
-        else None."""
-        if not self.erased:
-            return None
-        return self.erased.find(ref, self.ref_hash(ref), ts, existing_id=self.customers.get(ref) == ref)
-
-    def item(self, row: PurchaseRow, store_id: str | None = None) -> str:
-        iid = self.items.get(row.item_ref) or self.item_names.get(row.item_ref.casefold())
-        if iid is None:
-            iid = self.items[row.item_ref] = new_id()
-            now = utcnow()
-            self.new_items.append({"id": iid, "ref": row.item_ref, "name": row.item_ref, "category": row.category,
-                                   "description": "", "tags": [], "available": True, "retired": False,
-                                   "created_at": now, "updated_at": now})
-            self.created_items[iid] = {}
-        if iid in self.created_items and row.amount is not None and row.quantity > 0:
-            acc = self.created_items[iid].setdefault(store_id, [0.0, 0.0])
-            acc[0] += row.amount
-            acc[1] += row.quantity
-        return iid
-
-    def flush(self) -> None:
-        if self.new_customers:
-            self.session.execute(insert(Customer), self.new_customers)
-            self.new_customers = []
-        if self.new_items:
-            self.session.execute(insert(CatalogueItem), self.new_items)
-            # imported items are POS products, not menu items: the owner maps them (menu_mapping)
-            register_products(self.session, [i["id"] for i in self.new_items], source=self.product_source)
-            self.new_items = []
+        n = self.unmatched_store_rows
+        codes = ", ".join(repr(c) for c in self.unmatched_store_codes) + ", …"
+        where = "imported as history (no store)" if self.unmatched_as_history else "filed under the upload's store"
+        return f"{n:,} row{'s name' if n != 1 else ' names'} a store number no store has as its code ({codes}): {where}"
 
 
 def _raw(row: PurchaseRow) -> str:
@@ -231,6 +158,37 @@ def _check_row(row: PurchaseRow, zone: ZoneInfo) -> tuple[datetime | None, str |
     return ts, None
 
 
+def _out_of_scope(row: PurchaseRow) -> str:
+    return f"customer {row.customer_ref!r} is not one of your stores' customers"
+
+
+def _remapped(session: Session, resolver: Resolver, pending: list[tuple[PurchaseRow, dict]], remap: dict[str, str],
+              in_scope: Collection[str] | None, allowed_stores: frozenset[str] | None,
+              report: ImportReport) -> Iterable[tuple[PurchaseRow, dict]]:
+    """``pending`` naming the ids stored meanwhile by someone else (``remap``: :meth:`Resolver.flush`); a staff
+    upload's row naming such a customer who is not (now) one of its stores' customers becomes a row error."""
+    if not remap:
+        yield from pending
+        return
+    theirs = {row["customer_id"] for _row, row in pending if row["customer_id"] in remap}
+    allowed: set[str] = set()
+    if in_scope is not None and theirs:  # e.g. another store's till sold to the loyalty number meanwhile
+        from dangol_cloud.web.scope import store_customers
+
+        stored = {remap[c] for c in theirs}
+        allowed = set(session.scalars(select(Customer.id).where(Customer.id.in_(stored),
+                                                                store_customers(session, allowed_stores))))
+        resolver.own_customers |= allowed  # its later rows too
+    for row, values in pending:
+        values["item_id"] = remap.get(values["item_id"], values["item_id"])
+        if values["customer_id"] in remap:
+            values["customer_id"] = remap[values["customer_id"]]
+            if in_scope is not None and values["customer_id"] not in allowed:
+                report.errors.append(RowError(row.line, _out_of_scope(row), _raw(row)))
+                continue
+        yield row, values
+
+
 def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, source: str, key_prefix: str,
                 tz: str = "UTC", batch_size: int = 5000, customer_status: str = "active",
                 customer_source: str = "import", store_id: str | None = None,
@@ -249,8 +207,10 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             its own zone (:func:`dangol_cloud.store_zones.store_zones`) are read in that zone. Lines imported
             earlier whose naive time was read in another zone are moved first (the module docstring).
         customer_status: status of customers created for unknown refs.
-        store_id: default store for rows without a (known) store ref.
-        currency: the ``CURRENCY`` setting: the currency of store-less lines and, unless the stores share another,
+        store_id: the store of rows without a store ref, and of rows naming a data set's store number no store has
+            as its code (Complete Journey); None: those are history (no store).
+        currency: the ``CURRENCY`` setting: the currency of store-less lines (and of stores without their own; a
+            line's amount may have no more decimals than its currency uses) and, unless the stores share another,
             of the catalogue prices the items this import creates get (:func:`~dangol_cloud.store_prices.
             price_imported_items`).
         allowed_stores: the store ids rows may name (a staff upload: a row naming a known store outside them is
@@ -258,7 +218,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
         customers_in_scope: with ``allowed_stores``, the ids of the customers of those stores
             (:func:`dangol_cloud.web.scope.store_customer_ids`): a row naming any other existing customer is a row
             error ("customer 'REF' is not one of your stores' customers"), nothing is written for it; customers
-            the import creates are in scope. Ignored without ``allowed_stores``.
+            the import creates, or a till of those stores created meanwhile, are in scope. Ignored without
+            ``allowed_stores``.
         import_id: recorded on each line written (``purchases.import_id``) and on the store-less lines it files
             (``filed_import_id``), for :mod:`dangol_cloud.import_undo`; None (the CLI, POS): not recorded.
 
@@ -277,47 +238,76 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     in_scope = None if allowed_stores is None else customers_in_scope
     started = time.monotonic()
     zones, retimed = import_zones(session, tz)
-    report = ImportReport(source=source, retimed=retimed)
-    resolver = _Resolver(session, create_customer_status=customer_status, customer_source=customer_source)
-    resolver.product_source = source
+    report = ImportReport(source=source, retimed=retimed, unmatched_as_history=store_id is None)
+    resolver = Resolver(session, create_customer_status=customer_status, customer_source=customer_source,
+                        product_source=source)
     resolver.load()
     ring = resolver.ring
-    before = session.scalar(select(func.count()).select_from(Purchase))
-    batch: list[dict] = []
-    stmt = _insert(session, Purchase)
+    currencies = {sid: (code, name) for sid, name, code in store_currencies(session, currency)}
+    currencies[None] = (currency, "the CURRENCY setting")
+    stmt = dialect_insert(session, Purchase)
     if hasattr(stmt, "on_conflict_do_nothing"):
         stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
+    # lines counted as they are stored (not as a count before and after: a till's sale meanwhile is none of them)
+    stmt = stmt.returning(Purchase.id)
 
-    probes: list[list[str]] = []  # per row of the batch: its keys under the other filings (_match_other_copies)
+    pending: list[tuple[PurchaseRow, dict]] = []  # the batch's rows and their content, keyed once ids are stored
     importing_stores: list[str] | None = None  # stores holding imported purchases (read at the first store-less row)
+    occurrences: dict[str, int] = {}  # first-occurrence key -> identical rows seen so far in this file
 
     def write() -> None:
         nonlocal importing_stores
-        resolver.flush()
+        remap = resolver.flush()  # customers / items someone else stored meanwhile: their ids
+        batch: list[dict] = []
+        probes: list[list[str]] = []  # per line of the batch: its keys under the other filings
+        for row, values in _remapped(session, resolver, pending, remap, in_scope, allowed_stores, report):
+            first = purchase_key(ring, key_prefix, **values)
+            seen = occurrences.get(first, 0)
+            occurrences[first] = seen + 1
+            line = {**values, "source": source[:16], "idempotency_key":
+                    first if seen == 0 else purchase_key(ring, key_prefix, **values, occurrence=seen)}
+            if retimed.recorded:  # the zone a naive time was read in (not on a schema before 0013)
+                line["read_zone"] = None if row.ts.tzinfo else zones.get(values["store_id"], zones[None]).key
+            if import_id is not None:  # the dashboard's import (revision 0016): its undo removes the line
+                line["import_id"] = import_id
+            batch.append(line)
+            probes.append(probe_keys(ring, key_prefix, values, seen, row.ts, zones,
+                                     [None] if values["store_id"] is not None else importing_stores, purchase_key))
+        pending.clear()
         if batch:
             kept = len(batch)
             report.filed += _match_other_copies(session, batch, probes)
             if importing_stores and any(not row["store_id"] for row in batch) and len(batch) == kept:
                 importing_stores = []  # a history file none of whose first rows a store holds: stop looking
             if batch:
-                session.execute(stmt, batch)
-            batch.clear()
-            probes.clear()
+                report.inserted += len(session.scalars(stmt, batch).all())
 
-    occurrences: dict[str, int] = {}  # first-occurrence key -> identical rows seen so far in this file
     for row in rows:
         report.rows += 1
         if isinstance(row, RowError):
             report.errors.append(row)
             continue
-        store = resolver.stores.get(row.store_ref) if row.store_ref else None
+        store = resolver.store(row.store_ref) if row.store_ref else None
+        if store is None and row.store_ref and row.store_is_code:  # a plain CSV's store code naming no store
+            report.errors.append(RowError(row.line, resolver.unknown_store(row.store_ref), _raw(row)))
+            continue
         if store is None:
             store = store_id
+            if row.store_ref:  # a data set's own store number (Complete Journey): counted, some named
+                report.unmatched_store_rows += 1
+                if (len(report.unmatched_store_codes) < SHOWN_STORE_CODES
+                        and row.store_ref not in report.unmatched_store_codes):
+                    report.unmatched_store_codes.append(row.store_ref)
         elif allowed_stores is not None and store not in allowed_stores:
             report.errors.append(RowError(row.line, f"store {row.store_ref!r} is not one of your stores",
                                           _raw(row)))
             continue
-        ts, refusal = _check_row(row, zone := zones.get(store, zones[None]))
+        code, whose = currencies.get(store, currencies[None])
+        if row.amount is not None and (problem := amount_digits_error(row.amount, code)) is not None:
+            whose = whose if store is None else f"the currency of {whose}"
+            report.errors.append(RowError(row.line, f"amount {problem}, {whose}; not imported", _raw(row)))
+            continue
+        ts, refusal = _check_row(row, zones.get(store, zones[None]))
         if refusal is not None:  # checked before the customer and item are made: nothing is written for it
             report.errors.append(RowError(row.line, refusal, _raw(row)))
             continue
@@ -327,33 +317,14 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             continue
         customer = resolver.customer(row.customer_ref, in_scope)
         if customer is None:
-            report.errors.append(RowError(row.line, f"customer {row.customer_ref!r} is not one of your stores' "
-                                                    "customers", _raw(row)))
+            report.errors.append(RowError(row.line, _out_of_scope(row), _raw(row)))
             continue
-        values = {
-            "customer_id": customer,
-            "item_id": resolver.item(row, store),
-            "product_id": row.product_id,
-            "quantity": row.quantity,
-            "amount": row.amount,
-            "ts": ts,
-            "store_id": store,
-        }
-        first = purchase_key(ring, key_prefix, **values)
-        seen = occurrences.get(first, 0)
-        occurrences[first] = seen + 1
-        line = {**values, "source": source[:16], "idempotency_key":
-                first if seen == 0 else purchase_key(ring, key_prefix, **values, occurrence=seen)}
-        if retimed.recorded:  # the zone a naive time was read in (not on a schema before 0013)
-            line["read_zone"] = None if row.ts.tzinfo else zone.key
-        if import_id is not None:  # the dashboard's import (revision 0016): its undo removes the line
-            line["import_id"] = import_id
-        batch.append(line)
+        pending.append((row, {"customer_id": customer, "item_id": resolver.item(row, store),
+                              "product_id": row.product_id, "quantity": row.quantity, "amount": row.amount,
+                              "ts": ts, "store_id": store}))
         if store is None and importing_stores is None:
             importing_stores = _importing_stores(session)
-        probes.append(probe_keys(ring, key_prefix, values, seen, row.ts, zones,
-                                 [None] if store is not None else importing_stores, purchase_key))
-        if len(batch) >= batch_size:
+        if len(pending) >= batch_size:
             write()
     write()
     # Imported items get the average unit price seen in the data, each store's in its own currency (none beyond what
@@ -361,10 +332,10 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     # selling in another (dangol_cloud.store_prices.price_imported_items)
     price_imported_items(session, {iid: {sid: (a, q) for sid, (a, q) in by_store.items()}
                                    for iid, by_store in resolver.created_items.items()}, currency, MAX_LINE_AMOUNT)
-    report.inserted = session.scalar(select(func.count()).select_from(Purchase)) - before
     report.duplicates = report.valid - report.inserted
     report.items_created = len(resolver.created_items)
     report.customers_created = resolver.created_customer_count
+    report.errors.sort(key=lambda e: e.line)  # a row refused at a batch's end (_remapped) among the others
     report.seconds = time.monotonic() - started
     return report
 

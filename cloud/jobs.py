@@ -153,7 +153,8 @@ class ImportJob(JobProgress):
         (its ``errors`` cut to :data:`MAX_SHOWN_ERRORS`; ``error_count`` is the full number). error: why it failed.
         notes: how files not in UTF-8 were read (:attr:`~dangol_cloud.import_detect.DetectedFiles.notes`, the
             upload's file names); once finished, which earlier imported sales moved to another zone's hours
-            (:attr:`~dangol_cloud.ingest.ImportReport.retimed`).
+            (:attr:`~dangol_cloud.ingest.ImportReport.retimed`), and how many rows named a store number no store has
+            as its code (:meth:`~dangol_cloud.ingest.ImportReport.store_note`).
         segments: customers whose age band came from demographics.csv.
         segments_skipped: known households of demographics.csv left alone because they are not customers of a
             staff user's stores.
@@ -266,6 +267,8 @@ class ImportJobs:
             report.source = " + ".join(job.files)
             if report.retimed.lines:  # TIMEZONE changed since an earlier import: its lines moved to the new hours
                 job.notes += (report.retimed.describe() + ".",)
+            if report.store_note():  # Complete Journey store numbers no store has as its code
+                job.notes += (report.store_note() + ".",)
             job.error_count = len(report.errors)
             report.errors = report.errors[:MAX_SHOWN_ERRORS]
             job.report = report
