@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "migrate"]
+__all__ = ["Database", "dialect_insert", "migrate"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -151,3 +151,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def dialect_insert(session: Session, table):
+    """``insert(table)`` of the session's database (SQLite or PostgreSQL), which has ``on_conflict_do_nothing`` and
+    ``on_conflict_do_update`` (``INSERT … ON CONFLICT``): rows another transaction may store at the same moment (a
+    customer two tills create, a setting two requests store) are written without a unique violation. ``table``: a
+    mapped class or a ``Table``. Another dialect gets the plain ``insert`` (no ``on_conflict_*``)."""
+    from sqlalchemy import insert
+
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    if name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+    return insert(table)

@@ -29,6 +29,7 @@ import pandas as pd
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from dangol_cloud.db import dialect_insert
 from dangol_cloud.feedback_credit import (CREDIT_WINDOW, clock_known, credit_shown_picks, local_naive,
                                           shown_and_ignored, stores_without_clock)
 from dangol_cloud.models import CatalogueItem, Customer, PickCredit, PickOpinion, Purchase, utcnow
@@ -119,11 +120,7 @@ def _upsert_opinions(session: Session, values: list[dict]):
     """``INSERT`` of the ``pick_opinions`` rows ``values`` that overwrites (``ON CONFLICT (customer_id, item_id) DO
     UPDATE``) the opinion, time and author of a row already there, in the session's dialect (SQLite or PostgreSQL):
     two requests recording the same opinion at once both succeed, the later one's row stays."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(PickOpinion.__table__).values(values)
+    statement = dialect_insert(session, PickOpinion.__table__).values(values)
     return statement.on_conflict_do_update(
         index_elements=[PickOpinion.customer_id, PickOpinion.item_id],
         set_={"opinion": statement.excluded.opinion, "at": statement.excluded.at, "by": statement.excluded.by})

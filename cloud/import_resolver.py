@@ -19,33 +19,23 @@ import difflib
 from collections.abc import Collection, Iterable
 from datetime import datetime
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dangol_cloud.crypto import keyring_of
+from dangol_cloud.db import dialect_insert
 from dangol_cloud.erased_refs import Erased, ErasedRefs
 from dangol_cloud.import_rows import PurchaseRow
 from dangol_cloud.menu_mapping import register_products
 from dangol_cloud.models import CatalogueItem, Customer, Store, new_id, utcnow
 from dangol_cloud.sale_rules import REF_MAX
 
-__all__ = ["Resolver", "dialect_insert"]
+__all__ = ["Resolver"]
 
 #: Most store codes an unknown-store row error lists.
 LISTED_CODES = 8
 #: Natural keys looked up per query when ids stored meanwhile are read back (well under SQLite's bound parameters).
 LOOKUP_CHUNK = 500
-
-
-def dialect_insert(session: Session, table):
-    """``insert(table)`` of the session's database, with ``on_conflict_do_nothing`` on SQLite and PostgreSQL."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    return insert(table)
 
 
 class Resolver:
@@ -201,7 +191,7 @@ class Resolver:
         of the skipped ones."""
         stmt = dialect_insert(self.session, model)
         if not hasattr(stmt, "on_conflict_do_nothing"):  # another database: plain insert, as before
-            self.session.execute(insert(model), rows)
+            self.session.execute(stmt, rows)
             return {}
         stmt = stmt.on_conflict_do_nothing(index_elements=[key.key]).returning(model.id)
         inserted = set(self.session.scalars(stmt, rows))

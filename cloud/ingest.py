@@ -70,7 +70,8 @@ from dangol_cloud.importers import PurchaseRow, RowError
 from dangol_cloud.import_match import importing_stores as _importing_stores
 from dangol_cloud.import_match import match_other_copies as _match_other_copies
 from dangol_cloud.import_match import probe_keys
-from dangol_cloud.import_resolver import Resolver, dialect_insert
+from dangol_cloud.db import dialect_insert
+from dangol_cloud.import_resolver import Resolver
 from dangol_cloud.models import Customer, Purchase
 from dangol_cloud.purchase_keys import purchase_key
 from dangol_cloud.sale_zones import Retimed, import_zones

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dangol_cloud.db import dialect_insert
 from dangol_cloud.models import MenuSetting, Store, StorePrice, StoreSetting
 
 __all__ = ["CURRENCY_KEY", "SNAPSHOT_KEY", "StoreCurrency", "catalogue_currency", "currency_digits", "for_store",
@@ -104,20 +105,11 @@ def catalogue_currency(session: Session, default: str) -> str:
         row.value = code
         session.flush()
         return code
-    insert = _insert_of(session)  # another request storing it at the same time: keep theirs, read it
-    session.execute(insert(MenuSetting).values(key=CURRENCY_KEY, value=code)
+    # another request storing it at the same time: keep theirs, read it
+    session.execute(dialect_insert(session, MenuSetting).values(key=CURRENCY_KEY, value=code)
                     .on_conflict_do_nothing(index_elements=[MenuSetting.key]))
     stored_row = session.get(MenuSetting, CURRENCY_KEY, populate_existing=True)
     return stored_row.value if stored_row is not None else code
-
-
-def _insert_of(session: Session):
-    """The ``insert`` with ``on_conflict_do_nothing`` of the session's database (SQLite or PostgreSQL)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 def set_catalogue_currency(session: Session, given: str) -> str:

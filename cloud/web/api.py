@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from dangol_cloud.app import get_db, get_settings
+from dangol_cloud.db import dialect_insert
 from dangol_cloud.erased_refs import Erased, erased_for
 from dangol_cloud.erasure import POS_REQUEST_DAYS
 from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
@@ -150,21 +151,11 @@ def _amount_errors(sale: PurchaseIn, currency: str) -> list[dict]:
             if line.amount is not None and (problem := amount_digits_error(line.amount, currency))]
 
 
-def _insert_of(session: Session):
-    """The ``insert`` with ``on_conflict_do_nothing`` of the session's database (SQLite or PostgreSQL)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 def _new_pos_customer(session: Session, ref: str, ref_hash: str) -> Customer | None:
     """The customer of the loyalty number ``ref`` (keyed hash ``ref_hash``), created (source ``pos``, active) unless
     another request created it meanwhile (``ON CONFLICT (external_ref_hash) DO NOTHING`` waits for that request's
     commit, then theirs is read back). None only if theirs is gone again by then (erased at that moment)."""
-    insert = _insert_of(session)
-    session.execute(insert(Customer).values(external_ref=ref, external_ref_hash=ref_hash, status="active",
+    session.execute(dialect_insert(session, Customer).values(external_ref=ref, external_ref_hash=ref_hash, status="active",
                                             source="pos")
                     .on_conflict_do_nothing(index_elements=[Customer.external_ref_hash]))
     return session.scalar(select(Customer).where(Customer.external_ref_hash == ref_hash))
