@@ -103,16 +103,24 @@ def remember_erased_ref(session: Session, *, ref: str | None, ref_hash: str | No
 
 
 class ErasedRefs:
-    """The erased loyalty ids and customer ids, read once for an import.
+    """The erased loyalty ids and customer ids, read once for an import (:meth:`read`; constructed empty).
 
-    A database that never erased anyone reads nothing more: an import there costs one query (and also works on a
-    schema older than revision 0012, which tests of the older migrations import into)."""
+    Args:
+        refs: ``{keyed hash of an erased loyalty id: its erasure}``.
+        ids: ``{erased customer id: its erasure}``."""
 
-    def __init__(self, session: Session) -> None:
-        self.refs: dict[str, Erased] = {}
-        self.ids: dict[str, Erased] = {}
+    def __init__(self, refs: dict[str, Erased] | None = None, ids: dict[str, Erased] | None = None) -> None:
+        self.refs: dict[str, Erased] = refs if refs is not None else {}
+        self.ids: dict[str, Erased] = ids if ids is not None else {}
+
+    @classmethod
+    def read(cls, session: Session) -> "ErasedRefs":
+        """Every erased ref and customer id. A database that never erased anyone reads nothing more: an import
+        there costs one query (and also works on a schema older than revision 0012, which tests of the older
+        migrations import into)."""
+        self = cls()
         if session.scalar(select(Erasure.id).limit(1)) is None:
-            return
+            return self
         for ref_hash, at, retention, allowed, kept_before in session.execute(select(
                 ErasedRef.ref_hash, ErasedRef.erased_at, ErasedRef.retention, ErasedRef.allowed_from,
                 Erasure.kept_before).outerjoin(Erasure, Erasure.id == ErasedRef.erasure_id)):
@@ -121,6 +129,7 @@ class ErasedRefs:
                 Erasure.customer_id, Erasure.requested_at, Erasure.requested_by, Erasure.kept_before)
                 .order_by(Erasure.requested_at)):
             self.ids[customer_id] = Erased.of(at, by == "retention", kept_before=kept_before)
+        return self
 
     def __bool__(self) -> bool:
         return bool(self.refs or self.ids)

@@ -53,7 +53,7 @@ class Resolver:
         self.customers: dict[str, str] = {}  # customer id or external-ref hash -> id
         self.ring = keyring_of(session.get_bind().dialect)
         self.hashes: dict[str, str] = {}  # external ref -> its keyed hash (computed once per import)
-        self.erased = ErasedRefs(session)
+        self.erased = ErasedRefs()  # read by load()
         self.items: dict[str, str] = {}
         self.item_names: dict[str, str] = {}
         self.stores: dict[str, str] = {}
@@ -71,8 +71,9 @@ class Resolver:
         self.product_source = product_source
 
     def load(self) -> None:
-        """Read every customer (id, ref hash), catalogue item (id, ref, name) and store (id, code)."""
+        """Read every customer (id, ref hash), catalogue item (id, ref, name), store (id, code) and erasure."""
         s = self.session
+        self.erased = ErasedRefs.read(s)
         for cid, ref_hash in s.execute(select(Customer.id, Customer.external_ref_hash)):
             self.customers[cid] = cid
             if ref_hash is not None:
