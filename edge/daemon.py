@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import uuid
 
+from .activation_reports import report_activation, report_unreported_activations
 from .config import EdgeConfig, check_daemon_settings
 from .embed import Embedder
 from .events import EventFactory, EventNotSaved, Outbox
@@ -127,6 +128,7 @@ class Appliance:
         else:
             log.warning("no broker configured: running offline on the cached catalogue and menus")
         self.outbox = Outbox(self.device_id, self.state, self.sync)
+        report_unreported_activations(self.gallery, self.outbox, self.events)  # lost by an earlier run: never raises
 
         self.enrolment = ButtonEnrolment(cfg, self.gallery, self.screen, self.events, self.outbox, stats=self.stats,
                                          upgrade=self.recognizer.upgrade)
@@ -228,9 +230,9 @@ class Appliance:
         return enrolment is not None and enrolment.ask(what, source="staff page")
 
     def _on_activate(self, customer) -> None:
-        """Staff recorded consent: tell the cloud (raises :class:`~dangol_edge.events.EventNotSaved` when
-        the event is held for a retry)."""
-        self.outbox.send(self.events.activated(customer.id, customer.display_name, customer.consent))
+        """Staff recorded consent: tell the cloud (:func:`~dangol_edge.activation_reports.report_activation`: raises
+        :class:`~dangol_edge.events.EventNotSaved` when the event is held for a retry, else what failed)."""
+        report_activation(self.gallery, self.outbox, self.events, customer)
 
     def _on_erase_local(self, customer_id: str) -> None:
         """Erased from the gallery here (staff page, expired sign-up, retention): forget it, and in one transaction
@@ -334,9 +336,11 @@ class Appliance:
         ``camera.loop``) or went away reads camera ``missing``, and ``fps`` 0 once no frame came for
         :data:`~dangol_edge.workers.recognition.FPS_IDLE_S` seconds. A worker thread that died on an error is never
         reported ``ok``: a dead capture worker makes ``camera`` read ``error``, any other dead worker makes
-        ``recognition`` read ``failing`` (the housekeeping worker also stops feeding the watchdog)."""
+        ``recognition`` read ``failing`` (the housekeeping worker also stops feeding the watchdog). ``arrivals`` and
+        ``housekeeping`` read ``failing`` while that worker's last decision (pass) failed, or it died;
+        ``refused_events`` counts the events the broker refused, held for a retry (None offline)."""
         from dangol_protocol import Health
-        from dangol_protocol.models import MAX_FPS
+        from dangol_protocol.models import MAX_COUNT, MAX_FPS
 
         st = self.stats
         crashed = set(st.crashed) | {w.name for w in self.workers if getattr(w, "crashed", False)}
@@ -350,7 +354,10 @@ class Appliance:
                       fps=round(min(st.fps, MAX_FPS), 2), gallery_size=self.gallery.size,
                       queue_depth=self.state.outbox_depth() + (self.outbox.held if self.outbox else 0),
                       storage=self.storage(), frames_captured=st.frames_captured, frames_dropped=st.frames_dropped,
-                      recognition=recognition, catalogue=self._catalogue_health())
+                      recognition=recognition, catalogue=self._catalogue_health(),
+                      arrivals=_failing(self.arrivals, "arrivals" in crashed),
+                      housekeeping=_failing(self.housekeeping, "housekeeping" in crashed),
+                      refused_events=(min(self.sync.refused_held, MAX_COUNT) if self.sync is not None else None))
 
     def _catalogue_health(self) -> str | None:
         """``unreadable`` while the cached catalogue cannot be parsed, ``ok`` once one is, None before any."""
@@ -360,3 +367,11 @@ class Appliance:
             self.stats.storage = "error"
             log.error("health: cannot read the edge database (%s)", exc)
             return None
+
+
+def _failing(worker, crashed: bool) -> str | None:
+    """``failing`` while ``worker`` (an arrival or housekeeping worker) is in a streak of failures or died, else
+    ``ok``; None before the daemon started it."""
+    if worker is None:
+        return None
+    return "failing" if crashed or worker.failing else "ok"

@@ -7,7 +7,9 @@
   configured (outbox table + flusher), else straight into the state's outbox table (an offline box keeps
   its events for when a broker is configured). When the outbox itself cannot be written (disk full,
   read-only medium) the event is held in memory — at most :data:`HELD_MAX`, oldest dropped and counted —
-  and :meth:`Outbox.retry` (called by the housekeeping worker) writes it once the storage works again.
+  and :meth:`Outbox.retry` (called by the housekeeping worker) writes it once the storage works again. Any other
+  failure (e.g. ``sqlite3.DatabaseError``: a damaged page) raises as it is: nothing is held, and the caller keeps what
+  it must report again (an activation: :mod:`dangol_edge.activation_reports`).
   :meth:`Outbox.erase` takes an erased customer out of the queue (held events and outbox rows, sent or not) and
   queues the confirmation the cloud needs, in one step; an event about them made before the erasure is never
   queued afterwards (:meth:`~dangol_edge.state_outbox.OutboxTable.enqueue`).
@@ -113,6 +115,7 @@ class Outbox:
         self.sync = sync
         self.dropped = 0
         self._held: deque[Event] = deque()
+        self._on_saved: dict[uuid.UUID, Callable[[], None]] = {}  # held event id -> called once it is written
         self._lock = threading.Lock()
 
     @property
@@ -138,6 +141,9 @@ class Outbox:
         ids = {str(c) for c in customer_ids}
         with self._lock:
             kept = deque(e for e in self._held if subject(e) not in ids)
+            for e in self._held:
+                if subject(e) in ids:
+                    self._on_saved.pop(e.event_id, None)
             gone, self._held = len(self._held) - len(kept), kept
         topic = events_topic(self.device_id)
         removed = self.state.erase_customers(ids, [(str(e.event_id), topic, dump_payload(e)) for e in confirmations])
@@ -145,26 +151,46 @@ class Outbox:
             self.sync.wake()
         return removed + gone
 
-    def send(self, event: Event) -> None:
+    def send(self, event: Event, on_saved: Callable[[], None] | None = None) -> None:
         """Queue ``event``.
 
+        Args:
+            on_saved: called once the event is written: before this returns, or later by :meth:`retry` (on its
+                thread) when it was held; never when a held event is dropped or erased. It must not raise (what it
+                raises is logged).
+
         Raises:
-            EventNotSaved: the outbox cannot be written now (the event is held and retried by :meth:`retry`).
+            EventNotSaved: the outbox cannot be written now (``sqlite3.OperationalError``: disk full, read-only
+                medium); the event is held and retried by :meth:`retry`.
+            sqlite3.DatabaseError: the state file failed otherwise (e.g. a damaged page): nothing is held.
         """
         try:
             self._write(event)
         except sqlite3.OperationalError as exc:
-            self._hold(event)
+            self._hold(event, on_saved)
             raise EventNotSaved(f"event {event.event_id} not saved ({exc}); held in memory and retried") from exc
+        self._saved(event, on_saved)
 
-    def _hold(self, event: Event) -> None:
+    @staticmethod
+    def _saved(event: Event, on_saved: Callable[[], None] | None) -> None:
+        if on_saved is None:
+            return
+        try:
+            on_saved()
+        except Exception:
+            log.exception("event %s (%s) is saved, but what was to follow it failed", event.event_id, event.kind)
+
+    def _hold(self, event: Event, on_saved: Callable[[], None] | None = None) -> None:
         with self._lock:
             if len(self._held) >= HELD_MAX:
                 lost = self._held.popleft()
+                self._on_saved.pop(lost.event_id, None)
                 self.dropped += 1
                 log.error("dropped held event %s (%s): more than %d events could not be saved",
                           lost.event_id, lost.kind, HELD_MAX)
             self._held.append(event)
+            if on_saved is not None:
+                self._on_saved[event.event_id] = on_saved
 
     def retry(self) -> int:
         """Write held events, oldest first, until one fails again; returns how many were written."""
@@ -181,4 +207,6 @@ class Outbox:
                 return done
             with self._lock:
                 self._held.popleft()
+                on_saved = self._on_saved.pop(event.event_id, None)
+            self._saved(event, on_saved)
             done += 1

@@ -39,6 +39,7 @@ import sqlite_utils
 
 from dangol_protocol import Consent, greeting_name
 
+from .activation_reports import ActivationReports, create_table as create_activation_reports
 from .crypto import FieldCipher
 from .gallery_consent import InvalidConsent, dump_consent, load_consent
 from .gallery_expiry import GalleryExpiry, TooManyUnseen  # noqa: F401  (re-exported)
@@ -92,7 +93,7 @@ class Customer:
         return self.greet_name or greeting_name(self.display_name) or ""
 
 
-class Gallery(GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
+class Gallery(ActivationReports, GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteFile):
     """Customers and templates in one SQLite file, plus an in-memory matrix for 1:N search.
 
     Args:
@@ -157,6 +158,7 @@ class Gallery(GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteF
             db["meta"].create({"key": str, "value": str}, pk="key")
         if "erasure_reports" not in db.table_names():  # erased here, the cloud not told yet (gallery_expiry)
             db["erasure_reports"].create({"customer_id": str}, pk="customer_id")
+        create_activation_reports(db)  # activated here, the cloud not told yet (activation_reports)
 
     # --- writes ------------------------------------------------------------------------------------
     def enroll(self, display_name: str, embeddings: np.ndarray, qualities: list[float] | None = None, *,
@@ -237,7 +239,8 @@ class Gallery(GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteF
 
     def activate(self, customer_id: str, display_name: str, consent: Consent, *, greet_name: str | None = None,
                  check: Callable[[], None] | None = None) -> Customer:
-        """Record consent and a name for a pending customer, making it active (and searchable).
+        """Record consent and a name for a pending customer, making it active (and searchable); the same transaction
+        records the activation for the cloud's report (:mod:`dangol_edge.activation_reports`).
 
         Args:
             greet_name: what the door says to them (the staff page's "Greet as"); None: the rule on the name.
@@ -258,10 +261,12 @@ class Gallery(GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteF
             self.require_current_template(customer_id)
             if check is not None:
                 check()
-            self.db["customers"].update(customer_id, {
-                "display_name": self._seal_name(customer_id, display_name.strip()),
-                "greet_name": self._seal_greeting(customer_id, greeting), "status": "active", "consent": consent_json,
-                "short_code": None, "expires_at": None, "updated_at": utcnow()})
+            with self.db.atomic():
+                self.db["customers"].update(customer_id, {
+                    "display_name": self._seal_name(customer_id, display_name.strip()),
+                    "greet_name": self._seal_greeting(customer_id, greeting), "status": "active",
+                    "consent": consent_json, "short_code": None, "expires_at": None, "updated_at": utcnow()})
+                self.db.execute("INSERT OR IGNORE INTO activation_reports (customer_id) VALUES (?)", [customer_id])
         self._invalidate()
         return self.customer(customer_id)
 
@@ -287,6 +292,7 @@ class Gallery(GalleryExpiry, GallerySearch, ModelTemplates, SealedNames, SQLiteF
                 raise UnknownCustomer(customer_id)
             self.db.execute("DELETE FROM templates WHERE customer_id = ?", [customer_id])
             self.db.execute("DELETE FROM customers WHERE id = ?", [customer_id])
+            self.db.execute("DELETE FROM activation_reports WHERE customer_id = ?", [customer_id])
             if report:
                 self.db.execute("INSERT OR IGNORE INTO erasure_reports (customer_id) VALUES (?)", [customer_id])
             self._wipe_due = True

@@ -11,6 +11,7 @@ again (:attr:`SpaceReserve.spent`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -44,10 +45,14 @@ class SpaceReserve:
         self.path = Path(home) / RESERVE_NAME
         self.size = size
         self.spent = False
+        self._warned: str | None = None  # the error last logged as a warning (logged once until it changes or ends)
 
     def ensure(self) -> bool:
         """Allocate the reserve when it is missing and the disk has room for it and :data:`HEADROOM_BYTES` more.
-        Returns True when the reserve is in place. Never raises (a failure is logged at debug level: the disk is full)."""
+        Returns True when the reserve is in place. Never raises: a full disk (``ENOSPC``, expected: retried at the
+        next housekeeping pass) is logged at debug level; any other failure (``EACCES``, ``EROFS``, something else
+        under the reserve's name...) means there is no reserve for the day the disk fills, and is logged as a
+        warning naming the file and the error, once until the error changes or the reserve is allocated."""
         try:
             if self.path.exists() and self.path.stat().st_size >= self.size:
                 return True
@@ -61,7 +66,7 @@ class SpaceReserve:
                     try:
                         os.posix_fallocate(fd, 0, self.size)  # real blocks, not a sparse file
                     except (AttributeError, OSError) as exc:
-                        if getattr(exc, "errno", None) == 28:  # ENOSPC
+                        if getattr(exc, "errno", None) == errno.ENOSPC:
                             raise
                         os.write(fd, bytes(self.size))  # a file system without fallocate
                     os.fsync(fd)
@@ -71,8 +76,16 @@ class SpaceReserve:
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as exc:
-            log.debug("cannot allocate the space reserve %s: %s", self.path, exc)
+            if exc.errno == errno.ENOSPC:
+                log.debug("cannot allocate the space reserve %s: %s", self.path, exc)
+            elif str(exc) != self._warned:
+                self._warned = str(exc)
+                log.warning("cannot allocate the space reserve %s (%s): the daemon may not start once the disk is "
+                            "full; fix the cause (retried at each housekeeping pass)", self.path, exc)
             return False
+        if self._warned is not None:
+            log.info("the space reserve %s is allocated now", self.path)
+            self._warned = None
         if self.spent:
             log.info("disk space is back: the space reserve %s is allocated again", self.path)
         self.spent = False

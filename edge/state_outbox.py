@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -132,9 +132,11 @@ class OutboxTable:
             self._insert(str(event_id), topic, text, customer_id)
         return True
 
-    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Unacknowledged events, oldest first: dicts with ``event_id``, ``topic``, ``payload`` (the JSON text,
-        unsealed) and ``customer_id`` (or None); events about customers being erased are left out. An event that
+    def pending(self, limit: int = 100, exclude: Collection[str] = frozenset()) -> list[dict[str, Any]]:
+        """Unacknowledged events, oldest first, at most ``limit``: dicts with ``event_id``, ``topic``, ``payload`` (the
+        JSON text, unsealed) and ``customer_id`` (or None); events about customers being erased, and the ids in
+        ``exclude`` (e.g. events the broker refused, waiting for their retry), are left out and do not count towards
+        ``limit`` (so they never hide newer events). An event that
         cannot be unsealed with the current key (``dangol-edge rotate-key`` re-sealed the file while this process
         still runs under the old key, or its state step failed) is skipped, never deleted: it is sent once the
         daemon runs with the key it was sealed under. Each is logged and counted once in
@@ -146,6 +148,8 @@ class OutboxTable:
                                      "WHERE sent_at IS NULL AND (customer_id IS NULL OR customer_id NOT IN "
                                      f"({','.join('?' * len(erasing))})) ORDER BY seq", erasing)
             for event_id, topic, cid, text, sealed in cursor:
+                if event_id in exclude:
+                    continue
                 if sealed is not None:
                     try:
                         cipher = self._get_cipher()

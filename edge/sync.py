@@ -13,7 +13,8 @@
   :meth:`MQTTSync.retry_downlink`).
 * **Up-link** (:mod:`dangol_edge.sync_uplink`): events go through the outbox table first; a flusher publishes them
   in order while connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal,
-  e.g. by the ACL, keeps it in the outbox and is logged). Each PUBACK settles the event its message id was
+  e.g. by the ACL, keeps it in the outbox, logged, and it is tried again after a back-off without blocking newer
+  events). Each PUBACK settles the event its message id was
   recorded for — also one ``publish()`` reported *not connected*, which paho sends after reconnecting; one that
   arrives before ``publish()`` has returned is parked and settled by the publisher (cleared on every connection,
   bounded), so a refusal is never mistaken for a success and a leftover acknowledgement never settles a later
@@ -205,8 +206,7 @@ class MQTTSync(Uplink):
         if mqtt5.is_refusal(reason_code):
             log.error("broker refused the connection: %s", reason_code)
             return
-        with self._lock:
-            self._rejected.clear()  # e.g. the ACL was fixed: try refused events again
+        self._retry_refused_now()  # e.g. the ACL was fixed: try refused events again at once
         self._clear_early()
         log.info("connected to the broker (session present: %s)", flags.session_present)
         client.subscribe(store_subscriptions(self.store_id))

@@ -12,6 +12,12 @@ and the outbox flusher.
   (beyond, the oldest go, logged), so a leftover entry never settles a later event that gets the same id. A
   publisher whose PUBACK was handled and cleared meanwhile (``MQTTMessageInfo.is_published()`` but no outcome) leaves
   its event unacknowledged: the flusher sends it again (at-least-once; the cloud deduplicates on ``event_id``).
+* **Refused events** (a PUBACK with a refusal code, e.g. the broker's ACL): the event stays in the outbox and is
+  tried again after a back-off of its own (``reconnect_min_s`` doubling with each refusal of that event, up to
+  :data:`REFUSED_RETRY_MAX_S`), and at once after every (re)connection (the ACL may have been fixed). While it waits,
+  the flusher's query leaves it out, so refused events never block newer ones. :attr:`Uplink.refused_held` (the
+  device's health, ``refused_events``) counts the ones held; at most :data:`REFUSED_MAX` are remembered (beyond, the
+  oldest is forgotten: simply tried again at once).
 * **Storage faults** and the flusher's back-off: see :mod:`dangol_edge.sync`.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections import OrderedDict
 
 import paho.mqtt.client as mqtt
@@ -30,6 +37,12 @@ log = logging.getLogger("dangol_edge.sync")
 
 #: PUBACK outcomes parked for a publisher at most (in practice one or two at a time); beyond, the oldest go.
 EARLY_MAX = 1000
+#: Longest wait, seconds, before a refused event is tried again (its back-off doubles from ``reconnect_min_s``).
+REFUSED_RETRY_MAX_S = 600.0
+#: Refused events remembered at most (with their back-off); beyond, the oldest is forgotten and tried again at once.
+REFUSED_MAX = 10_000
+#: Events the flusher reads from the outbox per pass (refused ones waiting for their retry are not among them).
+FLUSH_BATCH = 200
 
 #: ``publish()`` results after which paho holds the message and a PUBACK will come: sent, or kept to be sent after
 #: reconnecting.
@@ -52,7 +65,8 @@ class Uplink:
     Attributes:
         storage_errors: broker acknowledgements that could not be recorded (the event is sent again).
         flush_errors: passes of the outbox flusher that failed (retried after a back-off).
-        rejected_events: events the broker refused (kept in the outbox, tried again after the next connection).
+        rejected_events: refusals by the broker, counted each time (the event is kept in the outbox and tried again
+            after a back-off, see the module docstring).
     """
 
     def _init_uplink(self) -> None:
@@ -66,7 +80,21 @@ class Uplink:
         #: PUBACK outcomes (message id → failed?) that arrived before the publisher recorded the id (bounded, cleared
         #: on every connection)
         self._early: OrderedDict[int, bool] = OrderedDict()
-        self._rejected: set[str] = set()
+        #: event id → [monotonic time of its next try, refusals so far] of events the broker refused (bounded)
+        self._rejected: OrderedDict[str, list] = OrderedDict()
+
+    @property
+    def refused_held(self) -> int:
+        """Events the broker refused that are still held in the outbox for a retry (the health's
+        ``refused_events``)."""
+        with self._lock:
+            return len(self._rejected)
+
+    def _retry_refused_now(self) -> None:
+        """A (re)connection: every refused event is due at once (the broker's ACL may have been fixed meanwhile)."""
+        with self._lock:
+            for entry in self._rejected.values():
+                entry[0] = 0.0
 
     def _clear_early(self) -> None:
         """A (re)connection: outcomes parked earlier belong to no publish still under way (see the module docstring)."""
@@ -89,7 +117,8 @@ class Uplink:
         self._settle(event_id, mqtt5.is_refusal(reason_code), str(reason_code))
 
     def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
-        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (skipped until reconnect). Never
+        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (tried again after its back-off,
+        :meth:`_refused`). Never
         raises: when the acknowledgement cannot be written (disk full, read-only medium) the event stays
         unacknowledged and is sent again, the failure is counted in :attr:`storage_errors` and reported in
         ``stats.storage``, and a streak of them is logged once (paho's network thread must not see an exception:
@@ -99,12 +128,10 @@ class Uplink:
                 log.error("the broker refused this device's status message (%s)", reason)
             return
         if failed:
-            with self._lock:
-                self._rejected.add(event_id)
-            self.rejected_events += 1
-            log.error("the broker refused event %s (%s): kept in the outbox; check this device's id and the "
-                      "broker's ACL", event_id, reason)
+            self._refused(event_id, reason)
             return
+        with self._lock:
+            self._rejected.pop(event_id, None)
         try:
             self.state.mark_sent(event_id)
         except sqlite3.Error as exc:
@@ -119,6 +146,27 @@ class Uplink:
             self._settle_failing = False
             self.stats.storage = "ok"
             log.info("acknowledgements are recorded again (%d could not be, in all)", self.storage_errors)
+
+    def _refused(self, event_id: str, reason: str) -> None:
+        """Hold a refused event for a retry after its back-off; the first refusal of each event is logged as an error,
+        later ones when their count doubles."""
+        with self._lock:
+            entry = self._rejected.pop(event_id, None)
+            tries = entry[1] + 1 if entry else 1
+            wait = min(self.config.reconnect_min_s * 2.0 ** min(tries - 1, 30), REFUSED_RETRY_MAX_S)
+            self._rejected[event_id] = [time.monotonic() + wait, tries]
+            forgotten = []
+            while len(self._rejected) > REFUSED_MAX:
+                forgotten.append(self._rejected.popitem(last=False)[0])
+        self.rejected_events += 1
+        if tries == 1:
+            log.error("the broker refused event %s (%s): kept in the outbox and tried again in %.0f s; check this "
+                      "device's id and the broker's ACL", event_id, reason, wait)
+        elif tries & (tries - 1) == 0:
+            log.warning("the broker refused event %s again (%s; %d times): tried again in %.0f s", event_id, reason,
+                        tries, wait)
+        if forgotten:
+            log.warning("more than %d refused events: %d forgotten (tried again at once)", REFUSED_MAX, len(forgotten))
 
     def _publish(self, topic: str, payload: bytes, event_id: str | None, retain: bool = False):
         """Publish at QoS 1 and record which event (None: status) the message id is — also when paho reports *not
@@ -181,17 +229,28 @@ class Uplink:
 
     def _flush_once(self) -> None:
         """One pass of the flusher: publish the unacknowledged events, oldest first, while connected (an event whose
-        message paho still holds is skipped: paho sends it).
+        message paho still holds is skipped: paho sends it; so is a refused one until its retry is due). A refused
+        event that is due but no longer in the outbox (erased, or sent meanwhile) is forgotten.
 
         Raises:
             sqlite3.Error: the outbox cannot be read.
         """
         if self._stop.is_set() or not self.connected.is_set() or self._client is None:
             return
+        now = time.monotonic()
         with self._lock:
-            skip = set(self._inflight.values()) | self._rejected
-        for ev in self.state.pending(limit=200):
-            if ev["event_id"] in skip or not self.connected.is_set():
+            skip = set(self._inflight.values())
+            due = {eid for eid, (at, _) in self._rejected.items() if at <= now} - skip
+            skip |= self._rejected.keys() - due
+        batch = self.state.pending(limit=FLUSH_BATCH, exclude=skip)
+        if len(batch) < FLUSH_BATCH:  # the whole outbox was read: a due refused event not in it is gone
+            gone = due - {ev["event_id"] for ev in batch}
+            if gone:
+                with self._lock:
+                    for eid in gone:
+                        self._rejected.pop(eid, None)
+        for ev in batch:
+            if not self.connected.is_set():
                 continue
             if ev["customer_id"] and not self.state.sendable(ev["event_id"], ev["customer_id"]):
                 continue  # the customer's erasure began since the event was read

@@ -320,7 +320,8 @@ EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
 class Health(_Model):
     """Device health: camera state, frames per second processed, templates in the gallery, outbox depth;
     optionally ``storage`` (``full`` when the edge cannot write its database: disk full), the frame counters
-    ``frames_captured``/``frames_dropped`` since start, ``recognition`` and ``catalogue``. Bounded: ``fps`` ≤
+    ``frames_captured``/``frames_dropped`` since start, ``recognition``, ``catalogue``, ``arrivals``,
+    ``housekeeping`` and ``refused_events``. Bounded: ``fps`` ≤
     :data:`MAX_FPS`, counters ≤ :data:`MAX_COUNT` (a value beyond is a validation error, never stored or shown)."""
 
     camera: Literal["ok", "missing", "error"]
@@ -337,6 +338,14 @@ class Health(_Model):
     #: :func:`dangol_protocol.parse_payload` drops unknown fields reads a newer device's status without it; only
     #: a cloud from before that (which forbade them) refuses it: see docs/mqtt.md, "Changing a payload".
     catalogue: Literal["ok", "unreadable"] | None = None
+    #: ``failing`` while the door's last arrivals could not be handled (a known face is then greeted by nobody),
+    #: ``ok`` again after one is; optional like ``catalogue`` (older devices do not send it)
+    arrivals: Literal["ok", "failing"] | None = None
+    #: ``failing`` while the edge's last housekeeping pass had a step that failed (e.g. retention: face templates may
+    #: then be kept past ``retention_days``), ``ok`` again after a pass whose every step succeeded; optional
+    housekeeping: Literal["ok", "failing"] | None = None
+    #: events in the device's outbox the broker refused (e.g. its ACL), tried again after a back-off; optional
+    refused_events: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
 
 
 class Status(_Model):

@@ -97,6 +97,10 @@ def health_warnings(health: dict | None) -> list[tuple[str, str]]:
         out.append(("bad", "cannot write its storage"))
     if health.get("recognition") == "failing":
         out.append(("bad", "recognition failing"))
+    if health.get("arrivals") == "failing":
+        out.append(("bad", "arrivals failing — the door greets nobody"))
+    if health.get("housekeeping") == "failing":
+        out.append(("bad", "housekeeping failing — retention may keep faces past their time"))
     if health.get("catalogue") == "unreadable":
         out.append(("warn", "cached menu unreadable — publish the menu again"))
     fps = health.get("fps") or 0.0
@@ -105,6 +109,9 @@ def health_warnings(health: dict | None) -> list[tuple[str, str]]:
         out.append(("warn", f"recognises only {fps:g} frames/s — faces may be missed"))
     if (health.get("queue_depth") or 0) > QUEUE_WARN:
         out.append(("warn", f"{health['queue_depth']} events waiting to be sent"))
+    if (health.get("refused_events") or 0) > 0:
+        out.append(("warn", f"{health['refused_events']} events refused by the broker — check the device's login and "
+                            "the broker's ACL"))
     return out
 
 

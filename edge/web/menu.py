@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -75,13 +78,67 @@ def render_screen(app: flask.Flask, v: dict, catalogue: Catalogue | None) -> str
         greeting=greeting(now), now=now, photos=photos(catalogue))
 
 
+class CatalogueReads:
+    """The current streak of failed reads of one state file's cached catalogue (every open event stream reads it
+    each :data:`CATALOGUE_POLL_S`): its first failure is logged, the rest only counted, and the streak's end logged
+    with the count — never a log line per read."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.problem: str | None = None  # why the reads fail, for /api/catalogue (None: they work)
+        self.failures = 0  # failed reads in the current streak
+
+    def failed(self, exc: Exception) -> None:
+        """A read raised ``exc``: a storage error (``sqlite3.Error``) or anything else (logged with its traceback)."""
+        storage = isinstance(exc, sqlite3.Error)
+        with self._lock:
+            first = self.failures == 0
+            self.failures += 1
+            self.problem = (f"the cached catalogue cannot be read: this device's storage failed ({exc})" if storage
+                            else f"the cached catalogue cannot be read ({type(exc).__name__}: {exc})")
+        if first:
+            log.error("%s; the door shows no house menu until it can be read again (logged once until then)",
+                      self.problem, exc_info=None if storage else exc)
+
+    def worked(self) -> None:
+        """A read worked: ends the streak (logged with how many reads failed)."""
+        if not self.failures:
+            return
+        with self._lock:
+            failures, self.failures, self.problem = self.failures, 0, None
+        if failures:
+            log.info("the cached catalogue can be read again (after %d failed reads)", failures)
+
+
+_reads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # state store -> its CatalogueReads
+_reads_lock = threading.Lock()
+
+
+def catalogue_reads(d: WebDeps) -> CatalogueReads:
+    """The :class:`CatalogueReads` of ``d.state`` (one per state store, shared by every request and stream)."""
+    with _reads_lock:
+        reads = _reads.get(d.state)
+        if reads is None:
+            reads = _reads[d.state] = CatalogueReads()
+        return reads
+
+
 def read_catalogue(d: WebDeps) -> Catalogue | None:
-    """The cached catalogue, or None (also when the cache cannot be read: logged, the screen stays up)."""
+    """The cached catalogue, or None: none cached yet, or the cache cannot be read (the screen stays up, showing no
+    house menu; :func:`catalogue_problem` says why; logged once per streak of failed reads: :class:`CatalogueReads`)."""
+    reads = catalogue_reads(d)
     try:
-        return d.state.catalogue()
-    except Exception:  # a broken cache must not take the screen down
-        log.exception("cannot read the cached catalogue")
+        catalogue = d.state.catalogue()
+    except Exception as exc:  # a broken cache or storage must not take the screen down
+        reads.failed(exc)
         return None
+    reads.worked()
+    return catalogue
+
+
+def catalogue_problem(d: WebDeps) -> str | None:
+    """Why the last read of the cached catalogue failed (the state file could not be read), or None while it works."""
+    return catalogue_reads(d).problem
 
 
 @bp.get("/")
@@ -101,8 +158,12 @@ def api_state():
 
 @bp.get("/api/catalogue")
 def api_catalogue():
-    catalogue = read_catalogue(deps())
+    d = deps()
+    catalogue = read_catalogue(d)
     if catalogue is None:
+        problem = catalogue_problem(d)
+        if problem is not None:  # not "none yet": one may be cached, but it cannot be read now
+            return flask.jsonify({"error": problem}), 503, {"Retry-After": "5"}
         return flask.jsonify({"error": "no catalogue cached yet"}), 404
     return flask.Response(catalogue.model_dump_json(by_alias=True), mimetype="application/json")
 

@@ -21,6 +21,7 @@ from dangol_protocol.names import FAMILY_NAME_FIRST, MAX_GREETING, TITLES
 
 from ..consent_text import ConsentTextError, render_consent
 from ..enrol import DoorRule
+from ..events import EventNotSaved
 from ..gallery import AlreadyRegular, Customer, NoCurrentTemplate, UnknownCustomer
 from .deps import deps
 from .erasing import after_erase, erase_here
@@ -38,9 +39,14 @@ STAFF_SESSION_S = 12 * 3600
 SIGNUP_OUTCOME_S = 10 * 60
 #: How long after "Start a sign-up" the page follows it even if the capture has not begun yet, seconds.
 SIGNUP_WATCH_S = 15
-#: What staff are told when the event for the cloud could not be saved (the outbox holds and retries it).
+#: What staff are told when the event for the cloud could not be saved (the outbox holds and retries it:
+#: :class:`~dangol_edge.events.EventNotSaved`).
 NOT_SAVED = ("telling the cloud failed (this device cannot write its storage) — the message is kept and retried "
              "every minute while the device runs; check the device's storage if this repeats.")
+#: What staff are told when reporting an activation failed otherwise (e.g. a damaged storage page): nothing is
+#: retried while the device runs; the gallery's record of the activation makes the next start report it.
+NOT_REPORTED = ("the cloud was not told ({why}). Nothing retries it while the device runs: this device tells the cloud "
+                "when it next starts. Restart it, and tell the owner if this repeats (its storage may be failing).")
 
 
 #: What staff are told when a "Greet as" is too long (at activation and when changed later).
@@ -228,9 +234,17 @@ def activate(customer_id: str):
     if d.on_activate is not None:
         try:
             d.on_activate(activated)
-        except Exception as exc:
+        except EventNotSaved as exc:  # held by the outbox and retried
             log.error("reporting the activation of %s failed: %s", customer_id, exc)
             flash(f"{activated.display_name} is active on this device, but {NOT_SAVED}", "warning")
+            return redirect(url_for("staff.index"))
+        except Exception as exc:  # nothing held: the gallery's record of the activation is reported at the next start
+            log.exception("reporting the activation of %s failed; it is reported again at the next start",
+                          customer_id)
+            why = ("its storage failed" if isinstance(exc, sqlite3.Error) else
+                   "the customer's consent record cannot be read" if isinstance(exc, ValueError) else
+                   f"an unexpected error: {type(exc).__name__}")
+            flash(f"{activated.display_name} is active on this device, but {NOT_REPORTED.format(why=why)}", "warning")
             return redirect(url_for("staff.index"))
     flash(f"{activated.display_name} is now a regular. Welcome aboard! The door greets them: "
           f"Welcome back, {activated.first_name}.", "success")

@@ -30,7 +30,7 @@ class ArrivalWorker(Worker):
     sets ``stats.storage`` (``full`` | ``error``) and the event is held by the outbox for a retry. Any other
     error while handling one decision (e.g. a gallery row that cannot be opened) is counted in
     ``stats.arrival_failures`` and logged — with its traceback once per streak of failures — and the worker
-    goes on with the next decision.
+    goes on with the next decision; :attr:`failing` tells the daemon's health (``arrivals``) while a streak lasts.
 
     ``now`` returns the instant of an arrival (default: now, aware, in UTC; tests inject a fixed clock); its hour
     on the cached catalogue's ``timezone`` clock (else the box's local time) picks the menu's day-part
@@ -49,7 +49,9 @@ class ArrivalWorker(Worker):
         self.decisions = decisions
         self.stats = stats
         self.now = now
-        self._failing = False  # the last decision failed (a streak is logged with its traceback once)
+        #: True while the last decision failed (cleared by the next one handled; a streak is logged with its
+        #: traceback once); the daemon's health reports it as ``arrivals: failing``
+        self.failing = False
 
     def loop(self) -> None:
         while not self.stop_event.is_set():
@@ -77,16 +79,16 @@ class ArrivalWorker(Worker):
         except Exception as exc:  # one bad decision must not end the worker (the watchdog would not notice)
             self.stats.arrival_failures += 1
             who = d.customer_id or "an unknown face"
-            if not self._failing:
+            if not self.failing:
                 log.exception("the arrival of %s failed; going on with the next decision", who)
             else:
                 log.error("the arrival of %s failed too (%s: %s); %d failed so far", who, type(exc).__name__, exc,
                           self.stats.arrival_failures)
-            self._failing = True
+            self.failing = True
             return
-        if self._failing:
+        if self.failing:
             log.info("arrivals are handled again (%d failed so far)", self.stats.arrival_failures)
-            self._failing = False
+            self.failing = False
 
     def arrival(self, customer_id: str, score: float, first_seen: float) -> None:
         """Welcome, record and report a known customer (already erased: nothing happens)."""

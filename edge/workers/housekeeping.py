@@ -53,7 +53,8 @@ class HousekeepingWorker(Worker):
     report failed (e.g. the state file could not be written) is kept in :attr:`unreported` and reported again
     on the next pass (also one the staff page could not report: :meth:`report_later`); the gallery records the ones
     housekeeping erased in the erasure's own transaction until their report is queued, so a daemon killed in between
-    reports them at its next start (:meth:`~dangol_edge.gallery.Gallery.unreported_erasures`).
+    reports them at its next start (:meth:`~dangol_edge.gallery.Gallery.unreported_erasures`). :attr:`failing` tells
+    the daemon's health (``housekeeping``) while passes keep failing.
 
     Args:
         on_erased: called with each customer id erased here (forgets it and tells the cloud).
@@ -93,6 +94,9 @@ class HousekeepingWorker(Worker):
         self._stepped = 0.0  # the step the next settle_stamps must know of
         self._held_why: str | None = None  # why retention is held (logged once per reason)
         self.streak = 0  # passes in a row with a failed step
+        #: True while the last pass had a step that failed (cleared by a pass whose every step succeeded); the
+        #: daemon's health reports it as ``housekeeping: failing``
+        self.failing = False
         self._logged: set[tuple[str, type]] = set()  # (step, error type) logged with a traceback in this streak
 
     def recognition_alive(self, now: float) -> bool:
@@ -119,11 +123,13 @@ class HousekeepingWorker(Worker):
     def run_pass(self) -> bool:
         """One pass: :meth:`tidy`, then the status to the cloud. Returns True when every step succeeded."""
         ok = self.tidy()
+        self.failing = not ok  # this pass's status tells whether its own steps failed
         if self.sync is not None:
             ok = self._step("status", lambda: self.sync.publish_status(self.health())) and ok
         if ok and self.streak:
             log.info("housekeeping recovered after %d failed pass(es)", self.streak)
         self.streak = 0 if ok else self.streak + 1
+        self.failing = not ok
         if ok:
             self._logged.clear()
         return ok
