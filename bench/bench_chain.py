@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,58 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mib(pid: int) -> float:
     """Resident set size of ``pid`` in MiB (VmRSS of /proc/<pid>/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-class Broker:
-    """A ``mosquitto`` process on a free loopback port (anonymous, no persistence), stopped on exit."""
-
-    def __init__(self, workdir: Path, max_inflight: int):
-        self.workdir, self.port, self.max_inflight = workdir, free_port(), max_inflight
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> Broker:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(binary):
-            raise SystemExit("mosquitto not found (apt install mosquitto)")
-        import pwd
-
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("\n".join([f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} 127.0.0.1",
-                                   "allow_anonymous true", "persistence false", f"log_dest file {self.workdir}/log",
-                                   f"max_inflight_messages {self.max_inflight}", "max_queued_messages 0", ""]))
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"mosquitto exited ({self.proc.returncode}); see {self.workdir}/log")
-                time.sleep(0.05)
-        raise SystemExit("mosquitto did not start listening within 10 s")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
 
 
 def create_database(admin_url: str, name: str) -> None:
@@ -204,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dangol_cloud.crypto import decode_key, generate_key
     from dangol_cloud.db import Database
+    from dangol_cloud.local_broker import BrokerError, MosquittoBroker
     from dangol_cloud.models import Store
     from dangol_cloud.publishing import publish
 
@@ -226,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"insert {table:<15} {sec:7.1f} s")
         with db.sessions() as s:
             sample_store = s.query(Store).order_by(Store.name).first().id
-        with tempfile.TemporaryDirectory(prefix="bench-chain-") as tmp, Broker(Path(tmp), args.max_inflight) as broker:
-            idle = rss_mib(broker.proc.pid)
+        with tempfile.TemporaryDirectory(prefix="bench-chain-") as tmp, MosquittoBroker(
+                tmp, options=[f"max_inflight_messages {args.max_inflight}", "max_queued_messages 0"],
+                log_file=Path(tmp) / "log", log_types=()) as broker:  # anonymous, no persistence, a free port
+            idle = rss_mib(broker.pid)
             from dangol_cloud.publishing import publish_catalogue_version
 
             with db.transaction() as s:
@@ -238,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
             messages = report.catalogue + report.menus
             time.sleep(1.0)
-            after = rss_mib(broker.proc.pid)
+            after = rss_mib(broker.pid)
             out.print(f"publish: {messages:,} retained messages ({report.menus:,} menus, "
                       f"{report.catalogue} catalogues) in {seconds:.1f} s = {messages / seconds:,.0f} messages/s")
             per = (after - idle) * 1024 * 1024 / max(messages, 1)
@@ -254,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"projection to {args.project_stores} stores x {args.project_customers:,} customers: "
                       f"{total:,} retained messages, ~{total * per / 1024 ** 3:.1f} GiB of broker memory, "
                       f"~{total / (messages / seconds) / 60:.0f} min to publish at this rate")
+    except BrokerError as exc:
+        raise SystemExit(f"bench_chain: {exc}") from None
     finally:
         if not args.keep:
             drop_database(admin, name)

@@ -50,11 +50,9 @@ import argparse
 import base64
 import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -104,12 +102,6 @@ def daemon_main(config: str, source: str | None, edge_only: bool = False) -> int
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_kib(pid: int) -> tuple[int, int] | None:
     """(``VmRSS``, ``RssAnon``) of a process in KiB, None once it is gone."""
     try:
@@ -118,52 +110,6 @@ def rss_kib(pid: int) -> tuple[int, int] | None:
         return int(fields["VmRSS"].split()[0]), int(fields["RssAnon"].split()[0])
     except (OSError, ValueError, KeyError):
         return None
-
-
-class Broker:
-    """Mosquitto with persistence on, always on the same port; :meth:`restart` is SIGTERM + start."""
-
-    def __init__(self, workdir: Path, port: int):
-        self.workdir, self.port = workdir, port
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        # as root, mosquitto would switch to the 'mosquitto' user, who cannot write our temp folder
-        self.conf.write_text("\n".join([
-            f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {port} 127.0.0.1", "allow_anonymous true",
-            "persistence true", f"persistence_location {workdir}/", "autosave_interval 1",
-            f"log_dest file {workdir / 'mosquitto.log'}", "log_type error", "log_type warning",
-            "log_type notice", "log_type information"]) + "\n")
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-
-    def start(self, timeout: float = 15.0) -> None:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited ({self.proc.returncode}); see {self.workdir / 'mosquitto.log'}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # saves the persistence file and exits
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    @property
-    def up(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 class Subscriber:
@@ -266,6 +212,7 @@ def main() -> int:
     data = Path(os.environ.get("DANGOL_DATA") or REPO.parent / "shared" / "data")
     models = Path(os.environ.get("DANGOL_MODELS_DIR") or REPO / ".cache" / "models")
     sys.path.insert(0, str(REPO))
+    from dangol_cloud.local_broker import MosquittoBroker, free_port
     from dangol_models.build import build
 
     build(models, data / "faces")
@@ -312,8 +259,11 @@ enabled = false
         print(f"enrolment failed ({enrol.returncode}):\n{enrol.stderr}", file=sys.stderr)
         return 1
 
-    broker = Broker(tmp / "broker", port)
-    broker.start()
+    # the store in tmp/broker/mosquitto.db, saved on SIGTERM and every second; always on the same port
+    broker = MosquittoBroker(tmp / "broker", persistence=True,
+                             log_types=("error", "warning", "notice", "information"))
+    broker.start(timeout=15.0, port=port)
+    restarts = 0
     cloud = Subscriber(port)
     if not cloud.subscribed.wait(10):
         print("the subscriber did not subscribe", file=sys.stderr)
@@ -357,23 +307,23 @@ enabled = false
                     samples.append((el, *kib))
                 next_sample += args.sample
             if down_until is None and el >= next_restart and el + args.down < duration:
-                broker.stop()
+                broker.stop(timeout=15.0)
                 down_until = el + args.down
             elif down_until is not None and el >= down_until:
-                broker.start()
-                broker.restarts += 1
+                broker.start(timeout=15.0, port=port)
+                restarts += 1
                 down_until = None
                 next_restart += args.restart_every
             if el >= next_report:
                 ids, pending, _ = outbox(state_path)
                 print(f"  t={el / 60:4.1f} min  RSS {samples[-1][1] / 1024:6.1f} MiB  produced {len(ids):5d}  "
                       f"outbox pending {pending:3d}  delivered {len(set(cloud.ids())):5d}  "
-                      f"broker restarts {broker.restarts}", flush=True)
+                      f"broker restarts {restarts}", flush=True)
                 next_report += 60.0
             time.sleep(0.1)
-        if not broker.up:
-            broker.start()
-            broker.restarts += 1
+        if not broker.running:
+            broker.start(timeout=15.0, port=port)
+            restarts += 1
         if crashed is None:
             daemon.send_signal(signal.SIGTERM)
         try:
@@ -412,7 +362,7 @@ enabled = false
         received = cloud.ids()
     finally:
         cloud.close()
-        broker.stop()
+        broker.stop(timeout=15.0)
 
     # --- report ------------------------------------------------------------------------------------------
     delivered = set(received)
@@ -427,7 +377,7 @@ enabled = false
         print(f"  DAEMON EXITED EARLY with status {crashed}; see {log_path}")
     print(f"  daemon stop            exit status {stop_rc} after SIGTERM; outbox pending at stop {pending_at_stop}"
           + (" (drained by a second start)" if drained_by_restart else ""))
-    print(f"  broker restarts        {broker.restarts} (SIGTERM, down {args.down:g} s, same port, persistence on)")
+    print(f"  broker restarts        {restarts} (SIGTERM, down {args.down:g} s, same port, persistence on)")
     print(f"  events produced        {len(produced)} (outbox rows; still pending {pending}; {waited} waited > 1 s "
           f"in the outbox, i.e. were produced while the broker was down)")
     print(f"  events delivered       {len(produced) - len(missing)} unique event_ids of those at the subscriber"

@@ -39,12 +39,10 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -60,28 +58,9 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 import dangol_protocol as proto  # noqa: E402
-from tests.broker import MosquittoBroker, free_port  # noqa: E402
+from dangol_cloud.local_broker import MosquittoBroker, free_port  # noqa: E402
 
 OWNER, OWNER_PW, CLOUD_PW = "owner@soak.example", "soak-owner-password", "soak-cloud-password"
-
-
-class DynsecBroker(MosquittoBroker):
-    """Mosquitto loading ``dangol-dynsec.conf`` from ``dangol-cloud broker-config``."""
-
-    def __init__(self, workdir: Path, auth_dir: Path) -> None:
-        super().__init__(workdir)
-        self.auth_dir = auth_dir
-
-    def _write_config(self) -> Path:
-        import pwd
-
-        self._binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("\n".join([f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} {self.host}",
-                                   "persistence false", f"log_dest file {self.workdir / 'mosquitto.log'}",
-                                   (self.auth_dir / "dangol-dynsec.conf").read_text()]) + "\n")
-        return conf
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -214,7 +193,9 @@ def main() -> int:
     env = {"DANGOL_DATABASE_URL": f"sqlite:///{work / 'cloud.sqlite'}", "DANGOL_DATA_KEY": data_key,
            "DANGOL_CLOUD_HOME": str(work / "home"), "DANGOL_MQTT_URL": f"mqtt://cloud:{CLOUD_PW}@127.0.0.1:0"}
     ids = setup(work, env)
-    broker = DynsecBroker(work / "mosquitto", work / "auth").start()
+    # the dynamic-security plugin as broker-config configures it (its file decides access and queue limits)
+    broker = MosquittoBroker(work / "mosquitto", config_file=work / "auth" / "dangol-dynsec.conf",
+                             log_types=()).start()
     env["DANGOL_MQTT_URL"] = f"mqtt://cloud:{CLOUD_PW}@{broker.host}:{broker.port}"
     cloud = subprocess.Popen([str(REPO / ".venv" / "bin" / "dangol-cloud"), "serve", "--port", str(port)],
                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=open(work / "cloud.log", "w"))

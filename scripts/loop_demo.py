@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -36,12 +35,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def say(msg: str) -> None:
@@ -86,6 +79,7 @@ def main() -> int:
     currency = args.currency or {"completejourney": "USD", "ta-feng": "TWD"}.get(args.format, "EUR")
     sys.path.insert(0, str(REPO))
     from dangol_cloud.importers import DATASET_TIMEZONES
+    from dangol_cloud.local_broker import MosquittoBroker, free_port
 
     zone = DATASET_TIMEZONES.get(args.format, "UTC")  # the café's hours: the history's shops' local time
     work = args.work
@@ -104,6 +98,7 @@ def main() -> int:
                DANGOL_MQTT_URL=f"mqtt://cloud:{cloud_pw}@127.0.0.1:{port}", DANGOL_CURRENCY=currency,
                DANGOL_TIMEZONE=zone, TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="2")
     procs: list[subprocess.Popen] = []
+    broker = None
     summary: dict = {"ok": False}
     try:
         say(f"cloud: import {args.purchases.name} ({args.format})")
@@ -154,14 +149,10 @@ def main() -> int:
 
         say("broker: per-user passwords and ACL from dangol-cloud broker-config")
         run([BIN / "dangol-cloud", "broker-config", "--out", work / "broker"], env, stdout=subprocess.DEVNULL)
-        conf = work / "broker" / "mosquitto.conf"
-        conf.write_text("\n".join([
-            f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {port} 127.0.0.1", "persistence false",
-            "allow_anonymous false", f"password_file {work / 'broker' / 'passwd'}",
-            f"acl_file {work / 'broker' / 'acl'}", "log_dest stderr"]) + "\n")
-        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        procs.append(subprocess.Popen([mosquitto, "-c", conf], stderr=open(work / "broker" / "log", "w")))
-        wait_port(port)
+        auth = work / "broker"
+        broker = MosquittoBroker(auth, password_lines=[ln for ln in (auth / "passwd").read_text().splitlines() if ln],
+                                 acl=(auth / "acl").read_text(), log_file=auth / "log", log_types=())
+        broker.start(port=port)
 
         say("cloud: train LightFM and publish catalogue + menus (retained)")
         run([BIN / "dangol-cloud", "train"], env)
@@ -239,6 +230,8 @@ enabled = false
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if broker is not None:
+            broker.stop()
         print(json.dumps(summary))
     return 0 if summary["ok"] else 1
 
