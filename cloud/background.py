@@ -1,8 +1,10 @@
 """Background work of ``dangol-cloud serve``: the MQTT consumer, scheduled retraining, re-publishing of
 unconfirmed erasures and the daily sweep (retention, old device events); the app's menu republisher
-(:class:`MenuRepublisher`: a dislike's menu goes to the stores without holding up the web request); and the
-listener's erasure re-sender (:class:`ErasureResender`: a device coming online gets its unconfirmed erasures off the
-listener's worker, at most once per ``erasure_republish_minutes``)."""
+(:class:`MenuRepublisher`: a dislike's menu goes to the stores without holding up the web request) and welcomer
+(:func:`welcomer`: a new regular's first menu, retried until sent); the listener's erasure re-sender
+(:class:`ErasureResender`: a device coming online gets its unconfirmed erasures off the listener's worker, at most
+once per ``erasure_republish_minutes``). Each retention sweep and scheduled training leaves an audit entry in its
+own transaction (:data:`RUN_ACTIONS`, success or failure), shown on the owner's home page when failing."""
 
 from __future__ import annotations
 
@@ -14,19 +16,67 @@ from collections.abc import Callable, Iterable
 
 from flask import Flask
 
-__all__ = ["ErasureResender", "MenuRepublisher", "start_background"]
+__all__ = ["RUN_ACTIONS", "ErasureResender", "MenuRepublisher", "record_run", "start_background", "welcomer"]
 
 log = logging.getLogger(__name__)
+
+#: Audit actions of background runs: ``retention-run`` (by :func:`dangol_cloud.erasure.run_retention`, in the sweep's
+#: transaction), the others by :func:`record_run` in a transaction of their own.
+RUN_ACTIONS = ("retention-run", "retention-failed", "training-scheduled", "training-failed")
+#: Seconds between two tries of a new regular's first menu (:func:`welcomer`).
+WELCOME_RETRY_SECONDS = 30.0
+#: Customers whose first menu may wait for a retry at once (:func:`welcomer`); more are dropped, counted and logged.
+WELCOME_MAX_PENDING = 10_000
+
+
+def record_run(db, action: str, actor: str, detail: str) -> bool:
+    """Write one audit entry about a background run (``action`` of :data:`RUN_ACTIONS`, ``actor`` ``retention`` or
+    ``schedule``; ``detail`` cut to 300 characters, never a name) in a transaction of its own, so a run that rolled
+    back is still on record. Returns False if even that failed (logged with traceback: the database is down)."""
+    from dangol_cloud.erasure import audit
+
+    try:
+        with db.transaction() as session:
+            audit(session, actor, action, detail=detail[:300])
+        return True
+    except Exception:  # the database itself is down: the counters on the home page still show the failure
+        log.exception("could not record %s in the audit log", action)
+        return False
+
+
+def _short(exc: BaseException) -> str:  # "Type: first line of the message", for the audit log
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]
+
+
+def welcomer(app: Flask) -> "MenuRepublisher":
+    """The app's retrying welcomer (``app.extensions["dangol_welcomer"]``, made at the first use): a
+    :class:`MenuRepublisher` whose work is :func:`dangol_cloud.services.welcome` (write the customers' first menus
+    with the newest model, then publish them), tried again every :data:`WELCOME_RETRY_SECONDS` until it succeeds —
+    broker down, or the model cannot be loaded (then not even the menu is written). At most
+    :data:`WELCOME_MAX_PENDING` customers wait (more are dropped and counted: their menus come with the next
+    training). Stopped by :func:`start_background`'s stop function."""
+    found = app.extensions.get("dangol_welcomer")
+    if found is not None:
+        return found
+    from dangol_cloud.services import welcome
+
+    db, settings = app.extensions["dangol_db"], app.extensions["dangol_settings"]
+    made = MenuRepublisher(lambda ids: welcome(db, settings, ids), retry_seconds=WELCOME_RETRY_SECONDS,
+                           max_pending=WELCOME_MAX_PENDING, what="first menus")
+    return app.extensions.setdefault("dangol_welcomer", made)  # atomic: two first uses keep one
 
 
 def start_background(app: Flask) -> Callable[[], None]:
     """Start the MQTT listener (if a broker is configured and ``listen`` is on; ``app.extensions["dangol_listener"]``;
     a device coming online gets its unconfirmed erasures re-sent by its :class:`ErasureResender`, at most once per
-    ``erasure_republish_minutes``), the training schedule
-    (if ``train_interval_hours`` is set), the erasure re-publisher (every ``erasure_republish_minutes``,
-    with a broker) and the daily sweep (at start, then every 24 h): retention, then device events older than
-    ``device_event_days`` (failures of each counted in ``app.extensions["dangol_sweep_failures"]``). Returns a
-    function that stops them, and the app's :class:`MenuRepublisher` (``app.extensions["dangol_republisher"]``).
+    ``erasure_republish_minutes``), the training schedule (if ``train_interval_hours`` is set), the erasure
+    re-publisher (every ``erasure_republish_minutes``, with a broker) and the daily sweep (at start, then every
+    24 h): retention, then device events older than ``device_event_days``. Failures of each (and of scheduled
+    training) are counted in ``app.extensions["dangol_sweep_failures"]`` (``retention``, ``device-events``,
+    ``training``); each retention and scheduled training run is recorded in the audit log (:func:`record_run`),
+    success or failure. A newly active customer whose welcome fails is retried by the listener
+    (:attr:`~dangol_cloud.events.Listener.follow_ups`). Returns a function that stops them, the app's
+    :class:`MenuRepublisher` (``app.extensions["dangol_republisher"]``) and its welcomer (:func:`welcomer`).
 
     Raises:
         MqttError: the MQTT URL is malformed. An unreachable broker is retried in the background.
@@ -40,9 +90,8 @@ def start_background(app: Flask) -> Callable[[], None]:
     stopping = threading.Event()
     listener = None
     if settings.mqtt_url and settings.listen:
-        from dangol_cloud.training import welcome_regulars
-
         from dangol_cloud.publishing import republish_erasures
+        from dangol_cloud.training import welcome_regulars
 
         listener = Listener(db, settings.mqtt_url, client_id=f"{settings.mqtt_client_id}-listener",
                             on_activated=lambda customer_id: welcome_regulars(db, settings, [customer_id]),
@@ -58,10 +107,16 @@ def start_background(app: Flask) -> Callable[[], None]:
             try:
                 result = retrain_and_publish(db, settings)
                 log.info("scheduled training: model %s", result.model_version)
+                record_run(db, "training-scheduled", "schedule", f"model {result.model_version}; "
+                                                                 f"{result.menus} menus")
             except NotEnoughData as exc:
-                log.info("scheduled training skipped: %s", exc)
-            except Exception:  # keep the schedule alive; logged with traceback, retried next interval
+                log.info("scheduled training skipped: %s", exc)  # nothing to train on: not a failure
+            except Exception as exc:  # keep the schedule alive; logged with traceback, recorded, retried next interval
+                sweep_failures["training"] += 1
                 log.exception("scheduled training failed; retrying in %.1f h", settings.train_interval_hours)
+                trained = getattr(getattr(exc, "result", None), "model_version", None)  # PublishFailed: menus saved
+                record_run(db, "training-failed", "schedule",
+                           (f"model {trained} trained, menus not sent: " if trained else "") + _short(exc))
 
     if settings.train_interval_hours:
         threading.Thread(target=schedule, name="dangol-train-schedule", daemon=True).start()
@@ -86,15 +141,21 @@ def start_background(app: Flask) -> Callable[[], None]:
         from dangol_cloud.publishing import republish_erasures
 
         while True:
-            try:
+            ids: list[str] = []
+            try:  # a success is recorded by run_retention ("retention-run") in this very transaction
                 with db.transaction() as session:
                     ids = run_retention(session, settings.retention_days)
-                if ids:
-                    log.info("retention: erased %d customers not seen for %d days", len(ids), settings.retention_days)
-                    republish_erasures(db, settings)
-            except Exception:  # retried in 24 h; the erasures themselves are re-published by their own loop
+            except Exception as exc:  # retried in 24 h; recorded on its own, shown on the owner's home page
                 sweep_failures["retention"] += 1
                 log.exception("retention sweep failed (%d so far); retrying in 24 h", sweep_failures["retention"])
+                record_run(db, "retention-failed", "retention", _short(exc))
+            if ids:
+                log.info("retention: erased %d customers not seen for %d days", len(ids), settings.retention_days)
+                try:
+                    republish_erasures(db, settings)
+                except Exception:  # committed; the erasures are re-published by their own loop (logged)
+                    log.exception("retention's erasures not sent now; re-sent every %.0f min",
+                                  settings.erasure_republish_minutes)
             try:
                 with db.transaction() as session:
                     prune_device_events(session, settings.device_event_days)
@@ -105,7 +166,7 @@ def start_background(app: Flask) -> Callable[[], None]:
             if stopping.wait(24 * 3600):
                 return
 
-    sweep_failures = {"retention": 0, "device-events": 0}
+    sweep_failures = {"retention": 0, "device-events": 0, "training": 0}
     app.extensions["dangol_sweep_failures"] = sweep_failures
 
     threading.Thread(target=retention, name="dangol-retention", daemon=True).start()
@@ -114,9 +175,10 @@ def start_background(app: Flask) -> Callable[[], None]:
         stopping.set()
         if listener is not None:
             listener.stop()
-        republisher = app.extensions.get("dangol_republisher")
-        if republisher is not None:
-            republisher.stop()
+        for name in ("dangol_republisher", "dangol_welcomer"):
+            worker = app.extensions.get(name)
+            if worker is not None:
+                worker.stop()
 
     return stop
 
@@ -170,24 +232,30 @@ class MenuRepublisher(_Worker):
     into the next one) and calls ``publish(sorted ids)`` for all of them at once. A failure (any exception: broker
     unreachable, no acknowledgement, database error) is logged and counted (:attr:`failures`), and those ids are
     put back and tried again after ``retry_seconds`` (while they wait, the next scheduled publish of every menu
-    also sends them). :meth:`stop` ends it (also called by :func:`start_background`'s stop function).
+    also sends them). :meth:`stop` ends it (also called by :func:`start_background`'s stop function). With
+    ``max_pending``, at most that many customers wait: further ones are dropped, counted (:attr:`dropped`) and logged.
 
     Args:
         publish: ``(customer ids) -> menu messages published``, e.g. ``lambda ids: republish_menus(db, settings,
             ids)`` (:func:`dangol_cloud.feedback.republish_menus`); it may block (broker timeouts) and raise.
         retry_seconds: pause after a failure before the ids are tried again (seconds, > 0).
+        max_pending: most customers waiting at once (None: no limit but the number of customers).
+        what: what is sent, for the log (``menus``, ``first menus``).
 
     Attributes:
-        published: menu messages published so far. failures: failed publishes so far.
+        published: menu messages published so far. failures: failed publishes so far. dropped: customers not
+        queued (``max_pending`` reached).
     """
 
     _thread_name = "dangol-menu-republisher"
 
-    def __init__(self, publish: Callable[[list[str]], int], *, retry_seconds: float = 30.0) -> None:
+    def __init__(self, publish: Callable[[list[str]], int], *, retry_seconds: float = 30.0,
+                 max_pending: int | None = None, what: str = "menus") -> None:
         super().__init__()
-        self._publish, self._retry = publish, float(retry_seconds)
+        self._publish, self._retry, self._max, self._what = publish, float(retry_seconds), max_pending, what
         self._pending: set[str] = set()
-        self.published = self.failures = 0
+        self._trying: list[str] = []  # the batch being published
+        self.published = self.failures = self.dropped = 0
 
     def submit(self, customer_ids: str | Iterable[str]) -> None:
         """Have these customers' menus published soon; returns at once (nothing happens once stopped)."""
@@ -195,14 +263,29 @@ class MenuRepublisher(_Worker):
         with self._lock:
             if self._stopping.is_set():
                 return
-            self._pending.update(ids)
+            self._add(ids)
             self._start_thread()
         self._wake.set()
+
+    def _add(self, ids: Iterable[str]) -> None:  # _lock held
+        """Queue ``ids`` up to ``max_pending``; the rest are dropped, counted and logged."""
+        for customer_id in ids:
+            if self._max is not None and customer_id not in self._pending and len(self._pending) >= self._max:
+                self.dropped += 1
+                log.error("%s of customer %s dropped: %d customers already waiting (%d dropped so far)",
+                          self._what, customer_id, self._max, self.dropped)
+                continue
+            self._pending.add(customer_id)
 
     def pending(self) -> int:
         """Number of customers waiting for a publish."""
         with self._lock:
             return len(self._pending)
+
+    def waiting(self) -> int:
+        """Customers not yet published: waiting, or in the publish under way."""
+        with self._lock:
+            return len(self._pending.union(self._trying))
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -210,16 +293,20 @@ class MenuRepublisher(_Worker):
             self._wake.clear()
             with self._lock:
                 batch, self._pending = sorted(self._pending), set()
+                self._trying = batch
             if not batch or self._stopping.is_set():
                 continue
             try:
                 self.published += self._publish(batch)
+                with self._lock:
+                    self._trying = []
             except Exception:  # kept for the next try (and the next scheduled publish); logged with traceback
                 self.failures += 1
                 with self._lock:
-                    self._pending.update(batch)
-                log.exception("menus of %d customer(s) not published (%d failure(s) so far); retrying in %.0f s",
-                              len(batch), self.failures, self._retry)
+                    self._add(batch)
+                    self._trying = []
+                log.exception("%s of %d customer(s) not published (%d failure(s) so far); retrying in %.0f s",
+                              self._what, len(batch), self.failures, self._retry)
                 if self._stopping.wait(self._retry):
                     return
                 self._wake.set()

@@ -26,7 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import exc as sa_exc
 
 import dangol_protocol as proto
-from dangol_cloud.background import ErasureResender
+from dangol_cloud.background import ErasureResender, MenuRepublisher
 from dangol_cloud.db import Database
 from dangol_cloud.device_trust import Refused, nul_field, record_dead_letter, record_retained_event
 from dangol_cloud.event_store import Outcome, store_message
@@ -34,9 +34,12 @@ from dangol_cloud.models import Device
 from dangol_cloud.mqtt import connect_options, new_client
 from dangol_protocol.client import is_refusal, refusals
 
-__all__ = ["DATABASE_TROUBLE", "Outcome", "Listener", "handle_message"]
+__all__ = ["DATABASE_TROUBLE", "FOLLOW_UP_MAX_PENDING", "Outcome", "Listener", "handle_message"]
 
 log = logging.getLogger(__name__)
+
+#: Newly active customers whose failed welcome (``on_activated``) may wait for a retry at once (:class:`Listener`).
+FOLLOW_UP_MAX_PENDING = 10_000
 
 DATABASE_TROUBLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.ProgrammingError, sa_exc.InternalError,
                     sa_exc.DisconnectionError, sa_exc.TimeoutError)
@@ -166,8 +169,11 @@ class Listener:
         db: the database to write to.
         mqtt_url: broker URL (``mqtt://user:password@host:port``).
         on_activated: called with the customer id after an ``enrolment`` event made a customer active — once: not
-            for a re-sent or no-op ``active`` (e.g. to publish their first menu); its exceptions are logged and
-            counted in ``follow_up_failures``.
+            for a re-sent or no-op ``active`` (e.g. to write and publish their first menu). If it raises (broker
+            down, model unreadable) the failure is logged and counted in ``follow_up_failures`` and the customer
+            is handed to :attr:`follow_ups` (a :class:`~dangol_cloud.background.MenuRepublisher`), which calls it
+            again every ``follow_up_retry`` seconds, off the worker, until it succeeds (``follow_ups.failures``:
+            failed retries; at most :data:`FOLLOW_UP_MAX_PENDING` customers wait, more are dropped and counted).
         on_erasures: called with a device id when that device comes online — its state was ``offline`` or
             unknown, or its status shows a restart (:func:`dangol_cloud.device_status.came_online`), never on
             each health report — to re-send the erasures it has not confirmed. Never on the worker: it is handed to
@@ -177,6 +183,7 @@ class Listener:
             erasures stay pending and are re-sent on the schedule).
         erasure_interval: seconds between two re-sends of one device's erasures (``serve`` passes
             ``erasure_republish_minutes``); 0, the default: no limit, repeats coalesce while one is pending.
+        follow_up_retry: seconds between two tries of a welcome (``on_activated``) that failed.
         client_id: MQTT client id, reserved for the cloud by the broker configuration
             (:mod:`dangol_cloud.broker_auth`: a device may connect only with its own id); MQTT 5, the session
             is persistent (``clean_start=False``, never expires), so QoS 1 events sent while the listener was
@@ -199,9 +206,11 @@ class Listener:
     def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
                  on_activated: Callable[[str], object] | None = None,
                  on_erasures: Callable[[str], object] | None = None, queue_size: int = 100,
-                 erasure_interval: float = 0.0) -> None:
+                 erasure_interval: float = 0.0, follow_up_retry: float = 30.0) -> None:
         self.db = db
         self.on_activated = on_activated
+        self.follow_up_retry = follow_up_retry
+        self.follow_ups: MenuRepublisher | None = None  # made by start() when on_activated is given
         self.on_erasures = on_erasures
         self.erasure_interval = erasure_interval
         self.resender: ErasureResender | None = None  # made by start() when on_erasures is given
@@ -211,7 +220,7 @@ class Listener:
         self.subscribed = threading.Event()
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.failures = 0
-        self.follow_up_failures = 0  # on_activated calls that raised (logged; the menu goes out with the next publish)
+        self.follow_up_failures = 0  # first on_activated calls that raised (logged; retried by follow_ups)
         self.retained_cleared = 0  # retained events cleared on the broker (its PUBACK said so)
         self.retained_clear_failures = 0  # clears not sent or refused by the broker (logged)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -299,9 +308,12 @@ class Listener:
         for customer_id in activated if self.on_activated is not None else ():  # made active by this very event
             try:
                 self.on_activated(customer_id)
-            except Exception:  # the enrolment is stored; the menu goes out with the next publish
+            except Exception:  # the enrolment is stored; the welcome is retried off the worker until it succeeds
                 self.follow_up_failures += 1
-                log.exception("welcoming newly active customer %s failed", customer_id)
+                log.exception("welcoming newly active customer %s failed; retrying every %.0f s", customer_id,
+                              self.follow_up_retry)
+                if self.follow_ups is not None:
+                    self.follow_ups.submit(customer_id)
         for device_id in woke if self.resender is not None else ():
             self.resender.submit(device_id)  # returns at once: the re-send runs on the resender's thread
 
@@ -321,6 +333,11 @@ class Listener:
         """
         if self.on_erasures is not None:
             self.resender = ErasureResender(self.on_erasures, min_interval=self.erasure_interval)
+        if self.on_activated is not None:
+            welcome = self.on_activated
+            self.follow_ups = MenuRepublisher(lambda ids: sum(int(welcome(i) or 0) for i in ids),
+                                              retry_seconds=self.follow_up_retry, max_pending=FOLLOW_UP_MAX_PENDING,
+                                              what="welcomes")
         client, host, port = new_client(self.mqtt_url, self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -349,6 +366,8 @@ class Listener:
             self.client = None
         if self.resender is not None:
             self.resender.stop()
+        if self.follow_ups is not None:
+            self.follow_ups.stop()
         if self._worker is not None:
             while True:  # make room for the sentinel; what is dropped here was never acknowledged
                 try:

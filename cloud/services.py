@@ -176,7 +176,10 @@ def welcome(db: Database, settings: Settings, customer_ids: list[str]) -> int:
         Number of menu messages published (0 without a broker or a trained model).
 
     Raises:
-        MqttError: the broker is unreachable (the menus stay in the database and go out with the next publish).
+        MqttError: the broker is unreachable (the menus are written, not sent).
+        OSError, ValueError: the newest model cannot be loaded (nothing is written).
+        Either way the dashboard and the listener hand the customers to a retrying worker
+        (:func:`dangol_cloud.background.welcomer`, :attr:`dangol_cloud.events.Listener.follow_ups`).
     """
     from dangol_cloud.training import welcome_regulars
 

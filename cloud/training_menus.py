@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from dangol_cloud.db import Database
 from dangol_cloud.menu_mapping import MenuScope
-from dangol_cloud.models import CustomerSegment, Menu, ModelVersion, utcnow
+from dangol_cloud.models import Customer, CustomerSegment, Menu, ModelVersion, utcnow
 from dangol_cloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -306,17 +306,28 @@ def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str
 
 def welcome_regulars(db: Database, settings: Settings, customer_ids: list[str]) -> int:
     """For customers who just became active (consent recorded): write their menus with the newest model
-    and, if a broker is configured, publish those menus to every store at once.
+    (:func:`refresh_menus`) and, if a broker is configured, publish those menus to every store at once.
+
+    Only customers still active with a consent record are welcomed: one who withdrew or was erased before a retry
+    (:func:`dangol_cloud.background.welcomer`) gets no menu. Calling it again for the same customers is harmless
+    (the menu is rewritten and sent again), so callers retry it until it succeeds.
 
     Returns:
-        Number of menu messages published (0 without a broker or a trained model).
+        Number of menu messages published (0 without a broker, a trained model, or anyone still active).
 
     Raises:
-        MqttError: the broker is configured but unreachable (the menus stay in the database and go out
-            with the next publish).
+        MqttError: the broker is configured but unreachable: the menus are written but not sent (a manual Publish
+            or the next training sends them; the callers also retry this function).
+        OSError / ValueError: the newest model cannot be loaded (folder missing or unreadable): nothing is
+            written, and a Publish sends nothing for these customers until this succeeds or the next training
+            writes every menu.
     """
     from dangol_cloud.publishing import publish
 
+    with db.sessions() as session:
+        active = set(session.scalars(select(Customer.id).where(
+            Customer.id.in_(list(customer_ids)), Customer.status == "active", Customer.consent_at.is_not(None))))
+    customer_ids = [c for c in customer_ids if c in active]
     if not refresh_menus(db, settings, customer_ids) or not settings.mqtt_url:
         return 0
     with db.transaction() as session:

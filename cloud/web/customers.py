@@ -11,6 +11,7 @@ from flask_login import current_user, login_required
 from sqlalchemy import delete, func, select
 
 from dangol_cloud.app import get_db, get_session, get_settings
+from dangol_cloud.background import WELCOME_RETRY_SECONDS, welcomer
 from dangol_cloud.erasure import audit, erase_customer
 from dangol_cloud.feedback import OPINIONS, disliked_items, record_opinions
 from dangol_cloud.menu_mapping import menu_item_map, on_menu, ruled_out, translate_picks
@@ -279,11 +280,13 @@ def withdraw_consent(s, customer: Customer, *, actor: str) -> Erasure:
 def consent(customer_id: str):
     """POST /customers/<id>/consent: record consent and a name, activate, send the first menu — through
     :func:`~dangol_cloud.services.record_consent` then :func:`~dangol_cloud.services.welcome`, as the MQTT
-    listener does for a device's enrolment event (the signed-in user is the audit's actor). 409 for a customer
-    who withdrew consent: their templates are being deleted, so only a new enrolment at the door (a new customer)
-    can make them recognised again, as devices are refused in :mod:`dangol_cloud.device_trust`. For a customer not
-    enrolled at any door (:func:`at_a_door`) the page says so instead of "recognised": consent alone puts no face
-    on a device."""
+    listener does for a device's enrolment event (the signed-in user is the audit's actor). If that first menu
+    cannot be written or sent now (broker down, model unreadable) the app's welcomer
+    (:func:`~dangol_cloud.background.welcomer`) retries it until it reaches the stores, and the flash says so.
+    409 for a customer who withdrew consent: their templates are being deleted, so only a new enrolment at the
+    door (a new customer) can make them recognised again, as devices are refused in
+    :mod:`dangol_cloud.device_trust`. For a customer not enrolled at any door (:func:`at_a_door`) the page says so
+    instead of "recognised": consent alone puts no face on a device."""
     s = get_session()
     customer = _visible_customer(s, customer_id)
     if customer.status == "withdrawn":
@@ -306,8 +309,12 @@ def consent(customer_id: str):
         if welcome(get_db(), get_settings(), [customer.id]):
             flash(f"{customer.display_name}'s picks were sent to the stores.", "success")
     except (MqttError, OSError, ValueError) as exc:
-        log.error("menu for newly active customer %s not published: %s", customer.id, exc)
-        flash(f"Picks for {customer.display_name} will reach the stores with the next publish ({exc}).", "warning")
+        log.error("menu for newly active customer %s not published: %s; retrying every %.0f s", customer.id, exc,
+                  WELCOME_RETRY_SECONDS)
+        welcomer(current_app).submit(customer.id)  # written and sent by the app's welcomer once it succeeds
+        flash(f"{customer.display_name}'s picks are not sent yet ({exc}). They are tried again every "
+              f"{WELCOME_RETRY_SECONDS:.0f} s until they reach the stores (the owner's home page shows them while "
+              "they wait).", "warning")
     return redirect(url_for("customers.show", customer_id=customer.id))
 
 

@@ -1,12 +1,13 @@
 """Overview page: today's numbers (each store's own day), recent arrivals and devices (named with their store),
-latest model and catalogue version."""
+latest model and catalogue version; for owners, warnings about background work that is failing (retention sweep,
+scheduled training, retried publishes: :func:`background_warnings`)."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import contains_eager
 from sqlalchemy.sql.elements import ColumnElement
@@ -17,10 +18,12 @@ from dangol_cloud.menu_mapping import on_menu
 from dangol_cloud.web.auth import owner_required
 from dangol_cloud.web.forms import ActionForm
 from dangol_cloud.web.scope import clauses, customer_filter, store_filter, store_scope
-from dangol_cloud.models import (CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion, Purchase,
-                                 Store, Visit)
+from dangol_cloud.models import (AuditEntry, CatalogueItem, CatalogueVersion, Customer, Device, Erasure, ModelVersion,
+                                 Purchase, Store, Visit)
 
 bp = Blueprint("home", __name__)
+#: The retention sweep runs every 24 h; its last success older than this is a warning (an hour's slack for the run).
+RETENTION_LATE = timedelta(hours=25)
 
 
 @bp.route("/")
@@ -70,7 +73,68 @@ def index():
 
     return render_template("home.html", stats=stats, devices=devices, model=model, version=version, recent=recent,
                            erasures=erasures, job=current_app.extensions["dangol_training"], action=ActionForm(),
-                           presence=device_presence(s, devices), broker=broker_check(get_settings().mqtt_url))
+                           presence=device_presence(s, devices), broker=broker_check(get_settings().mqtt_url),
+                           background=background_warnings(s) if current_user.is_owner else [])
+
+
+def _last(s, action: str) -> AuditEntry | None:
+    """The newest audit entry of ``action`` (walks the ``at`` index from the newest)."""
+    return s.scalar(select(AuditEntry).where(AuditEntry.action == action)
+                    .order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(1))
+
+
+def background_warnings(s, now: datetime | None = None) -> list[dict]:
+    """What the owner must know about background work, as ``[{"key", "title", "ok_at", "failed_at", "error",
+    "text"}]`` (empty when all is well; ``ok_at``/``failed_at`` aware UTC or None):
+
+    - ``retention``: the last retention sweep failed (an audit ``retention-failed`` newer than the last
+      ``retention-run``), or its last success is older than :data:`RETENTION_LATE` (the daily sweep stopped);
+    - ``training``: the last scheduled training failed (``training-failed`` newer than ``training-scheduled``);
+    - ``counters``: failure and drop counters of this process's background workers, when not zero (the daily
+      sweep's device-event pruning, the listener's welcomes and erasure re-sends, the menu republisher, the
+      welcomer), each with the customers still waiting.
+
+    The runs are recorded by :mod:`dangol_cloud.background` (:func:`~dangol_cloud.background.record_run`)."""
+    now = now or datetime.now(timezone.utc)
+    out: list[dict] = []
+    ok, failed = _last(s, "retention-run"), _last(s, "retention-failed")
+    if (failed is not None and (ok is None or failed.at >= ok.at)) or (ok is not None and now - ok.at > RETENTION_LATE):
+        late = failed is None or (ok is not None and ok.at > failed.at)
+        out.append({"key": "retention", "title": "Retention sweep", "ok_at": ok and ok.at,
+                    "failed_at": None if late else failed.at, "error": None if late else failed.detail,
+                    "text": "has not run for more than a day: customers past the retention period are not erased"
+                    if late else "failed: customers past the retention period are not being erased"})
+    ok, failed = _last(s, "training-scheduled"), _last(s, "training-failed")
+    if failed is not None and (ok is None or failed.at >= ok.at):
+        out.append({"key": "training", "title": "Scheduled training", "ok_at": ok and ok.at, "failed_at": failed.at,
+                    "error": failed.detail, "text": "failed: new picks did not reach the stores"})
+    counters = _counters(current_app.extensions)
+    if counters:
+        out.append({"key": "counters", "title": "Background work since the service started:", "ok_at": None,
+                    "failed_at": None, "error": None, "text": "; ".join(counters)})
+    return out
+
+
+def _counters(ext: dict) -> list[str]:
+    """Non-zero failure counters of the background workers in ``app.extensions`` (:func:`background_warnings`)."""
+    lines = []
+    sweep = ext.get("dangol_sweep_failures") or {}
+    if sweep.get("device-events"):
+        lines.append(f"pruning old device events failed {sweep['device-events']} time(s)")
+    listener = ext.get("dangol_listener")
+    follow_ups = getattr(listener, "follow_ups", None)
+    for label, worker, first in (("menu re-publishes after a change", ext.get("dangol_republisher"), 0),
+                                 ("first menus of new regulars (dashboard)", ext.get("dangol_welcomer"), 0),
+                                 ("first menus of new regulars (door)", follow_ups,
+                                  getattr(listener, "follow_up_failures", 0))):
+        if worker is not None and (worker.failures or worker.dropped or first):
+            lines.append(f"{label}: {first + worker.failures} failed attempt(s), {worker.waiting()} customer(s) "
+                         f"still waiting" + (f", {worker.dropped} dropped" if worker.dropped else ""))
+    resender = getattr(listener, "resender", None)
+    if resender is not None and resender.failures:
+        lines.append(f"erasure re-sends to a device coming online failed {resender.failures} time(s) (re-sent on "
+                     "the schedule)")
+    return lines
 
 
 def _today(ts: ColumnElement, store: ColumnElement, days_back: int = 0) -> ColumnElement[bool]:
