@@ -7,7 +7,7 @@ Run: ``.venv/bin/python bench/soak.py [--minutes 10] [--restart-every 60] [--dow
 What runs:
 
 * the daemon in its own process (``Appliance(config).run()``, exactly what ``dangol-edge run --config``
-  does, plus one JSON line of its counters on stdout when it exits), reading
+  does, plus one JSON line of its counters on stdout when it exits and the outbox record below), reading
   ``short_hamilton_clip.mp4`` as its camera in real time (30 fps), looping, with Lin-Manuel Miranda
   enrolled by ``dangol-edge enroll --customer-id`` and ``tracker.cooldown_s = 0``: every loop of the
   clip yields an arrival for him plus unknown-face events for the others;
@@ -29,10 +29,12 @@ At the end it stops the daemon with SIGTERM (broker up), then, if the outbox sti
 events (PUBACKs in flight at shutdown), starts the daemon once more on a face-less image so that its
 outbox drains the way it would after a reboot, and prints:
 
-* events produced (every row of the outbox table in the edge's ``state.sqlite``) vs delivered (unique
-  ``event_id`` values the subscriber received), the ones missing, duplicates received (allowed: the cloud
-  deduplicates on ``event_id``), and how many waited in the outbox more than 1 s (produced while the broker
-  was down);
+* events produced vs delivered (unique ``event_id`` values the subscriber received), the ones missing,
+  duplicates received (allowed: the cloud deduplicates on ``event_id``), and how many waited in the outbox
+  more than 1 s (produced while the broker was down). The edge deletes an outbox row on its PUBACK, so the
+  daemon process records (:func:`record_outbox`; the daemon unchanged) each event id its outbox takes and
+  each acknowledgement, with the time, in ``outbox.record``: produced = the ids taken; waited = acknowledged
+  more than 1 s after being taken (what the rows' ``sent_at - created_at`` measured before);
 * RSS in MiB at minute 1, at the end, the peak, and a verdict: *flat* when the median of the last third of
   the samples after warm-up (the first minute, or the first third of a shorter run) is within 10 % of the
   median of the first third;
@@ -41,7 +43,8 @@ outbox drains the way it would after a reboot, and prints:
   gallery size, queue depth, and frame counters when the daemon reports them);
 * broker restarts done.
 
-Exit status 0 when every produced event was delivered (produced == delivered), else 1.
+Exit status 0 when every produced event was delivered (produced == delivered), else 1
+(report: ``bench/soak_report.py``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ import secrets
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+
+from soak_report import SoakRun, print_report, read_record
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -80,12 +84,43 @@ class _EdgePackagesOnly:
         return None
 
 
-def daemon_main(config: str, source: str | None, edge_only: bool = False) -> int:
-    """The daemon as ``dangol-edge run --config CONFIG`` runs it; prints its counters as JSON on exit."""
+def record_outbox(path: Path) -> None:
+    """Make this process append ``q <event_id> <unix time>`` to ``path`` for every event its outbox takes
+    (:meth:`~dangol_edge.state_outbox.OutboxTable.enqueue` returned True) and ``a <event_id> <unix time>`` for
+    every broker acknowledgement (``mark_sent``), by wrapping those two methods of
+    :class:`~dangol_edge.state.StateStore` (what they do is unchanged); read by ``soak_report.read_record``.
+    Erasure confirmations (queued by ``erase_customers``) are not seen: the soak erases no one."""
+    from dangol_edge.state import StateStore
+
+    lock = threading.Lock()
+    enqueue, mark_sent = StateStore.enqueue, StateStore.mark_sent
+
+    def note(kind: str, event_id) -> None:
+        with lock, open(path, "a", encoding="utf-8") as f:
+            f.write(f"{kind} {event_id} {time.time():.6f}\n")
+
+    def recording_enqueue(self, event_id, topic, payload):
+        taken = enqueue(self, event_id, topic, payload)
+        if taken:
+            note("q", event_id)
+        return taken
+
+    def recording_mark_sent(self, event_id):
+        mark_sent(self, event_id)
+        note("a", event_id)
+
+    StateStore.enqueue, StateStore.mark_sent = recording_enqueue, recording_mark_sent
+
+
+def daemon_main(config: str, source: str | None, edge_only: bool = False, record: str | None = None) -> int:
+    """The daemon as ``dangol-edge run --config CONFIG`` runs it; prints its counters as JSON on exit. With
+    ``record``, the events its outbox takes and their acknowledgements go to that file (:func:`record_outbox`)."""
     import logging
 
     if edge_only:
         sys.meta_path.insert(0, _EdgePackagesOnly())
+    if record:
+        record_outbox(Path(record))
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -160,22 +195,18 @@ class Subscriber:
         self.c.loop_stop()
 
 
-def outbox(state: Path, waited_s: float = 1.0) -> tuple[list[str], int, int]:
-    """(every event_id in the outbox, how many are not acknowledged yet, how many were acknowledged more
-    than ``waited_s`` after they were queued), read-only."""
+def outbox_pending(state: Path) -> int:
+    """Events in the edge's outbox not acknowledged yet (rows of its ``outbox`` table), read-only; 0 before the
+    file or the table exists."""
     if not state.exists():
-        return [], 0, 0
+        return 0
     con = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
     try:
-        ids = [r[0] for r in con.execute("SELECT event_id FROM outbox ORDER BY seq")]
-        pending = con.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
-        waited = con.execute("SELECT COUNT(*) FROM outbox WHERE (julianday(sent_at) - julianday(created_at)) "
-                             "* 86400 > ?", [waited_s]).fetchone()[0]
+        return int(con.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
     except sqlite3.OperationalError:  # table not created yet
-        return [], 0, 0
+        return 0
     finally:
         con.close()
-    return ids, int(pending), int(waited)
 
 
 def wait_for(pred, timeout: float, step: float = 0.25) -> bool:
@@ -185,10 +216,6 @@ def wait_for(pred, timeout: float, step: float = 0.25) -> bool:
             return True
         time.sleep(step)
     return bool(pred())
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
 
 
 # --- the soak ----------------------------------------------------------------------------------------------
@@ -203,9 +230,10 @@ def main() -> int:
                     help="make TensorFlow/JAX unimportable in the daemon, as on a Pi (see the memory note above)")
     ap.add_argument("--daemon", metavar="CONFIG", help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
+    ap.add_argument("--record", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.daemon:
-        return daemon_main(args.daemon, args.source, args.edge_packages_only)
+        return daemon_main(args.daemon, args.source, args.edge_packages_only, args.record)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_minloglevel", "2")
@@ -263,7 +291,6 @@ enabled = false
     broker = MosquittoBroker(tmp / "broker", persistence=True,
                              log_types=("error", "warning", "notice", "information"))
     broker.start(timeout=15.0, port=port)
-    restarts = 0
     cloud = Subscriber(port)
     if not cloud.subscribed.wait(10):
         print("the subscriber did not subscribe", file=sys.stderr)
@@ -277,7 +304,7 @@ enabled = false
         "items": [{"item_id": f"i{i}", "score": 1.0 - i / 20} for i in (3, 1, 4, 7, 5, 9)]})
 
     duration = args.minutes * 60
-    log_path = tmp / "daemon.log"
+    log_path, record = tmp / "daemon.log", tmp / "outbox.record"
     print(f"soak: {args.minutes:g} min, broker restart every {args.restart_every:g} s (down {args.down:g} s), "
           f"RSS every {args.sample:g} s{', TensorFlow/JAX hidden' if args.edge_packages_only else ''}; "
           f"work folder {tmp}", flush=True)
@@ -285,46 +312,43 @@ enabled = false
     def spawn(extra: list[str], env_extra: dict | None = None) -> subprocess.Popen:
         if args.edge_packages_only:
             extra = [*extra, "--edge-packages-only"]
-        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--daemon", str(conf), *extra],
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--daemon", str(conf),
+                                 "--record", str(record), *extra],
                                 env={**env, **(env_extra or {})}, stdout=subprocess.PIPE,
                                 stderr=open(log_path, "a"), text=True)
 
     daemon = spawn([])
     t0 = time.monotonic()
-    samples: list[tuple[float, int, int]] = []
-    next_sample, next_restart = 0.0, args.restart_every
-    next_report = 60.0
-    down_until = None
-    crashed = None
+    run = SoakRun(duration=duration, ran=0.0, sample_s=args.sample, down_s=args.down, log_path=log_path)
+    next_sample, next_restart, next_report, down_until = 0.0, args.restart_every, 60.0, None
     try:
         while (el := time.monotonic() - t0) < duration:
             if daemon.poll() is not None:
-                crashed = daemon.returncode
+                run.crashed = daemon.returncode
                 break
             if el >= next_sample:
                 kib = rss_kib(daemon.pid)
                 if kib:
-                    samples.append((el, *kib))
+                    run.samples.append((el, *kib))
                 next_sample += args.sample
             if down_until is None and el >= next_restart and el + args.down < duration:
                 broker.stop(timeout=15.0)
                 down_until = el + args.down
             elif down_until is not None and el >= down_until:
                 broker.start(timeout=15.0, port=port)
-                restarts += 1
+                run.restarts += 1
                 down_until = None
                 next_restart += args.restart_every
             if el >= next_report:
-                ids, pending, _ = outbox(state_path)
-                print(f"  t={el / 60:4.1f} min  RSS {samples[-1][1] / 1024:6.1f} MiB  produced {len(ids):5d}  "
-                      f"outbox pending {pending:3d}  delivered {len(set(cloud.ids())):5d}  "
-                      f"broker restarts {restarts}", flush=True)
+                print(f"  t={el / 60:4.1f} min  RSS {run.samples[-1][1] / 1024:6.1f} MiB  "
+                      f"produced {len(read_record(record)[0]):5d}  outbox pending {outbox_pending(state_path):3d}  "
+                      f"delivered {len(set(cloud.ids())):5d}  broker restarts {run.restarts}", flush=True)
                 next_report += 60.0
             time.sleep(0.1)
         if not broker.running:
             broker.start(timeout=15.0, port=port)
-            restarts += 1
-        if crashed is None:
+            run.restarts += 1
+        if run.crashed is None:
             daemon.send_signal(signal.SIGTERM)
         try:
             out, _ = daemon.communicate(timeout=60)
@@ -332,16 +356,14 @@ enabled = false
             daemon.kill()
             out, _ = daemon.communicate()
             print("the daemon did not stop within 60 s of SIGTERM: killed", flush=True)
-        stop_rc = daemon.returncode
-        counters = {}
+        run.stop_rc = daemon.returncode
         for line in (out or "").splitlines():
             if line.startswith("{"):
-                counters = json.loads(line)
-        _, pending_at_stop, _ = outbox(state_path)
+                run.counters = json.loads(line)
+        run.pending_at_stop = outbox_pending(state_path)
 
         # events whose PUBACK was in flight at shutdown wait in the outbox: the next start sends them
-        drained_by_restart = False
-        if pending_at_stop:
+        if run.pending_at_stop:
             import cv2
             import numpy as np
 
@@ -349,80 +371,30 @@ enabled = false
             blank.mkdir(exist_ok=True)
             cv2.imwrite(str(blank / "grey.png"), np.full((480, 640, 3), 128, np.uint8))
             again = spawn(["--source", str(blank)], {"DANGOL_CAMERA__LOOP": "false"})
-            wait_for(lambda: outbox(state_path)[1] == 0, 120)
+            wait_for(lambda: outbox_pending(state_path) == 0, 120)
             again.send_signal(signal.SIGTERM)
             try:
                 again.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 again.kill()
                 again.communicate()
-            drained_by_restart = True
-        produced, pending, waited = outbox(state_path)
-        wait_for(lambda: set(produced) <= set(cloud.ids()), 60)
-        received = cloud.ids()
+            run.drained_by_restart = True
+        run.pending = outbox_pending(state_path)
+        run.queued, run.acked = read_record(record)
+        wait_for(lambda: set(run.queued) <= set(cloud.ids()), 60)
+        run.received = cloud.ids()
+        run.health = list(cloud.health)
     finally:
         cloud.close()
         broker.stop(timeout=15.0)
 
-    # --- report ------------------------------------------------------------------------------------------
-    delivered = set(received)
-    missing = [e for e in produced if e not in delivered]
-    stray = delivered - set(produced)
-    dups = len(received) - len(delivered)
-    ran = time.monotonic() - t0
-    print()
-    print(f"Soak of the edge daemon on short_hamilton_clip.mp4 (real time, looping, cool-down 0), "
-          f"{min(ran, duration) / 60:.1f} min:")
-    if crashed is not None:
-        print(f"  DAEMON EXITED EARLY with status {crashed}; see {log_path}")
-    print(f"  daemon stop            exit status {stop_rc} after SIGTERM; outbox pending at stop {pending_at_stop}"
-          + (" (drained by a second start)" if drained_by_restart else ""))
-    print(f"  broker restarts        {restarts} (SIGTERM, down {args.down:g} s, same port, persistence on)")
-    print(f"  events produced        {len(produced)} (outbox rows; still pending {pending}; {waited} waited > 1 s "
-          f"in the outbox, i.e. were produced while the broker was down)")
-    print(f"  events delivered       {len(produced) - len(missing)} unique event_ids of those at the subscriber"
-          f" ({len(stray)} not in the outbox)")
-    print(f"  missing                {len(missing)}" + (f": {missing[:5]}…" if missing else ""))
-    print(f"  duplicates received    {dups} (the cloud deduplicates on event_id)")
-    if counters:
-        print(f"  daemon counters        arrivals {counters['arrivals']}, unknown faces {counters['unknown']}, "
-              f"frames captured {counters['frames_captured']}, dropped {counters['frames_dropped']} "
-              f"({100 * counters['frames_dropped'] / max(1, counters['frames_captured']):.1f} %), "
-              f"processed {counters['frames_processed']}")
-    if cloud.health:
-        fps = [h["fps"] for h in cloud.health]
-        last = cloud.health[-1]
-        frames = (f", frames captured {last['frames_captured']} / dropped {last['frames_dropped']}"
-                  if last.get("frames_captured") is not None else "")
-        print(f"  status/health          {len(cloud.health)} reports; last: camera {last['camera']}, fps {last['fps']}, "
-              f"gallery_size {last['gallery_size']}, queue_depth {last['queue_depth']}{frames}; "
-              f"fps min/median/max {min(fps)}/{median(fps)}/{max(fps)}")
-    if samples:
-        mib = [(t, k / 1024) for t, k, _ in samples]
-        anon = [a / 1024 for _, _, a in samples]
-        i_1 = min(range(len(mib)), key=lambda i: abs(mib[i][0] - 60))
-        at_1 = mib[i_1]
-        warm = min(60.0, duration / 3)
-        post = [m for t, m in mib if t >= warm]
-        third = max(1, len(post) // 3)
-        first, last = median(post[:third]), median(post[-third:])
-        change = (last - first) / first * 100 if first else float("nan")
-        flat = abs(change) <= 10
-        print(f"  RSS (MiB)              minute 1 ({at_1[0]:.0f} s) {at_1[1]:.1f}, end {mib[-1][1]:.1f}, "
-              f"peak {max(m for _, m in mib):.1f}  ({len(samples)} samples every {args.sample:g} s); "
-              f"anonymous part (RssAnon): minute 1 {anon[i_1]:.1f}, end {anon[-1]:.1f}, peak {max(anon):.1f}")
-        print(f"  RSS verdict            {'FLAT' if flat else 'GROWING' if change > 0 else 'SHRINKING'}: "
-              f"median of the last third {last:.1f} vs first third {first:.1f} after {warm:.0f} s warm-up "
-              f"({change:+.1f} %, limit ±10 %)")
-    ok = bool(produced) and not missing and crashed is None
-    print(f"  result                 {'OK' if ok else 'FAIL'}: produced {len(produced)}, "
-          f"delivered {len(produced) - len(missing)}")
+    run.ran = time.monotonic() - t0
+    ok = print_report(run)
     if args.keep:
         print(f"  kept {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,11 +20,13 @@ What runs (all real, on this machine):
 * a dashboard probe: an owner signed in, ``GET /`` (Today) and ``GET /stores/`` every 2 s, timed.
 
 At the end it waits until the legitimate outbox is empty and every legitimate event is in the database (at most
-60 s), and prints: legitimate events produced / acknowledged by the broker / applied by the cloud (``device_events``
-rows of device A) and the visits recorded; the time from an arrival's ``ts`` to the cloud storing it (p50, p95,
-max); hostile messages sent (broker-acknowledged, by kind) vs dead-lettered (``device_trust`` counts of device B:
-refused + dead letters), the ``dead_letters`` rows kept (at most 1,000); store A's regular unchanged (name,
-consent, purchases); dashboard response times (p50, p95, max) and any non-200.
+60 s), and prints: legitimate events produced (taken by device A's outbox) / acknowledged by the broker / applied
+by the cloud (``device_events`` rows of device A; produced and acknowledged are counted by :class:`OutboxTally`,
+since the edge deletes an outbox row once the broker acknowledges it) and the visits recorded; the time from an
+arrival's ``ts`` to the cloud storing it (p50, p95, max); hostile messages sent (broker-acknowledged, by kind)
+vs dead-lettered (``device_trust`` counts of device B: refused + dead letters), the ``dead_letters`` rows kept (at
+most 1,000); store A's regular unchanged (name, consent, purchases); dashboard response times (p50, p95, max) and
+any non-200.
 
 Exit status 0 when every legitimate event was applied, every hostile message was dead-lettered, the regular is
 intact and every dashboard request answered 200.
@@ -43,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -102,6 +105,37 @@ def setup(work: Path, env: dict) -> dict:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return ids
+
+
+class OutboxTally:
+    """The event ids the legitimate device's outbox took and the ones the broker acknowledged, counted by wrapping
+    ``enqueue`` and ``mark_sent`` of its :class:`~dangol_edge.state.StateStore` (on that instance only; what they do
+    is unchanged). One event a second for the soak's minutes: the sets stay small."""
+
+    def __init__(self, state) -> None:
+        self.taken: set[str] = set()
+        self.acked: set[str] = set()
+        self._lock = threading.Lock()
+        enqueue, mark_sent = state.enqueue, state.mark_sent
+
+        def recording_enqueue(event_id, topic, payload):
+            taken = enqueue(event_id, topic, payload)
+            if taken:
+                with self._lock:
+                    self.taken.add(str(event_id))
+            return taken
+
+        def recording_mark_sent(event_id):
+            mark_sent(event_id)
+            with self._lock:
+                self.acked.add(str(event_id))
+
+        state.enqueue, state.mark_sent = recording_enqueue, recording_mark_sent
+
+    def counts(self) -> tuple[int, int]:
+        """(events taken, events of those acknowledged)."""
+        with self._lock:
+            return len(self.taken), len(self.taken & self.acked)
 
 
 class Dashboard:
@@ -211,6 +245,7 @@ def main() -> int:
                     raise SystemExit(f"dangol-cloud serve did not start; see {work / 'cloud.log'}")
                 time.sleep(0.5)
         state = StateStore(work / "edge" / "state.sqlite", cipher=FieldCipher(parse_key(new_key(), "soak"))).open()
+        tally = OutboxTally(state)
         sync = MQTTSync(MQTTConfig(url=f"mqtt://device-main:{ids['pw_a']}@{broker.host}:{broker.port}",
                                    keepalive_s=10, reconnect_min_s=1, reconnect_max_s=5),
                         uuid.UUID(ids["device_a"]), uuid.UUID(ids["store_a"]), state)
@@ -240,7 +275,7 @@ def main() -> int:
                 dash.probe()
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
         hostile.close()
-        return report(work, env, ids, state, dash, hostile, str(regular))
+        return report(work, env, ids, state, tally, dash, hostile, str(regular))
     finally:
         if sync is not None:
             sync.stop()
@@ -255,7 +290,8 @@ def main() -> int:
         print(f"work folder: {work}")
 
 
-def report(work: Path, env: dict, ids: dict, state, dash: Dashboard, hostile: Hostile, regular: str) -> int:
+def report(work: Path, env: dict, ids: dict, state, tally: OutboxTally, dash: Dashboard, hostile: Hostile,
+           regular: str) -> int:
     """Wait for the legitimate events to be applied, then print the figures; returns the exit status."""
     from sqlalchemy import func, select
 
@@ -263,7 +299,7 @@ def report(work: Path, env: dict, ids: dict, state, dash: Dashboard, hostile: Ho
     from dangol_cloud.db import Database
     from dangol_cloud.models import Customer, DeadLetter, DeviceEvent, DeviceTrust, Visit
 
-    produced = int(state.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    produced, _ = tally.counts()
     db = Database(env["DANGOL_DATABASE_URL"], data_key=decode_key(env["DANGOL_DATA_KEY"], "DANGOL_DATA_KEY"))
     sent_hostile = sum(hostile.sent.values())
     deadline = time.monotonic() + 60
@@ -290,7 +326,7 @@ def report(work: Path, env: dict, ids: dict, state, dash: Dashboard, hostile: Ho
         trust = s.get(DeviceTrust, ids["device_b"])
         refused, lettered = (trust.refused, trust.dead_letters) if trust else (0, 0)
     db.dispose()
-    acked = produced - state.outbox_depth()
+    _, acked = tally.counts()
     times = [t * 1000 for t in dash.times]
     print(f"Hostile soak ({len(dash.times) // 2} dashboard probes, cloud: dangol-cloud serve on SQLite, broker: "
           "Mosquitto with broker-config's dynamic-security config):")
