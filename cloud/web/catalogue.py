@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import math
 import uuid
 
@@ -99,8 +100,9 @@ def _save_photo(form: ItemForm, slot: str) -> str | None:
     return name
 
 
-def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> str | None:
-    """Copy the form's fields into ``item``; returns the file name of the photo a new one replaced (else None)."""
+def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> tuple[str | None, str | None]:
+    """Copy the form's fields into ``item``; returns ``(photo, replaced)``: the file name of a photo written or taken
+    from the held ones for this save (else None), and of the photo it replaced (else None)."""
     item.name = form.name.data.strip()
     item.category = (form.category.data or "").strip() or None
     item.price = float(form.price.data) if form.price.data is not None else None
@@ -111,24 +113,30 @@ def _fill(item: CatalogueItem, form: ItemForm, slot: str) -> str | None:
     replaced = None
     if photo:
         replaced, item.photo = (item.photo if item.photo != photo else None), photo
-    return replaced
+    return photo, replaced
 
 
-def _commit_item(s, item: CatalogueItem, replaced: str | None) -> None:
-    """Commit the item; then remove the photo file it no longer shows (``replaced``) unless another item shows it.
-    If the commit fails, the photo file written for it is removed (nothing half-written is left) and the error
-    raised."""
-    folder = get_settings().photos_dir
+def _drop_photo(s, name: str | None) -> None:
+    """Remove the photo file ``name`` from the photos folder unless an item shows it."""
+    if name and s.scalar(select(func.count()).where(CatalogueItem.photo == name)) == 0:
+        (get_settings().photos_dir / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def _saving_photos(s, photos: tuple[str | None, str | None]):
+    """Around an item's save and commit (``photos``: :func:`_fill`'s ``(photo, replaced)``): if anything in it fails,
+    roll back and remove the photo file written for it (nothing half-written is left), then re-raise; once it has
+    committed, remove the replaced photo's file (the doors got it inlined, never linked) unless another item shows
+    it."""
+    photo, replaced = photos
     try:
-        s.commit()
+        yield
     except BaseException:
         s.rollback()
-        if item.photo and item.photo != replaced and s.scalar(
-                select(func.count()).where(CatalogueItem.photo == item.photo)) == 0:
-            (folder / item.photo).unlink(missing_ok=True)
+        if photo != replaced:
+            _drop_photo(s, photo)
         raise
-    if replaced and s.scalar(select(func.count()).where(CatalogueItem.photo == replaced)) == 0:
-        (folder / replaced).unlink(missing_ok=True)  # a replaced photo goes (the doors got it inlined, not linked)
+    _drop_photo(s, replaced)
 
 
 def _code_ok(s, form: ItemForm, item: CatalogueItem | None) -> bool:
@@ -195,12 +203,12 @@ def new():
     if valid & (not form.is_submitted() or prices.check(form, request.form)):
         typed = (form.ref.data or "").strip()
         item = CatalogueItem(ref=typed or unique_code(s, pos_code(form.name.data)), name="", tags=[])
-        _fill(item, form, "new")
-        s.add(item)
-        s.flush()
-        prices.save(s, item.id, form)
-        catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
-        _commit_item(s, item, None)
+        with _saving_photos(s, _fill(item, form, "new")):
+            s.add(item)
+            s.flush()
+            prices.save(s, item.id, form)
+            catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
+            s.commit()
         flash(f"Added “{item.name}” (POS code {item.ref}). Publish to send it to the stores.", "success")
         return redirect(url_for("catalogue.index"))
     return _form_page(form, None, "new", prices, {})
@@ -225,10 +233,10 @@ def edit(item_id: str):
     if valid & (not form.is_submitted() or prices.check(form, request.form)):
         if (form.ref.data or "").strip() and form.ref.data != item.ref:
             item.ref = form.ref.data.strip()
-        replaced = _fill(item, form, item.id)
-        prices.save(s, item.id, form)
-        catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
-        _commit_item(s, item, replaced)
+        with _saving_photos(s, _fill(item, form, item.id)):
+            prices.save(s, item.id, form)
+            catalogue_currency(s, get_settings().currency)  # stored with the first price (the one the form showed)
+            s.commit()
         flash(f"Saved “{item.name}” (POS code {item.ref}). Publish to send the change to the stores.", "success")
         return redirect(url_for("catalogue.index"))
     return _form_page(form, item, item.id, prices, stored)
