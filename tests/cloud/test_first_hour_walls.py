@@ -208,7 +208,8 @@ def test_consent_on_a_history_customer_is_not_recognition_and_the_door_signup_li
     card = page.inner_text("#consent-card")
     assert "activates recognition" not in card and "not enrolled at any door" in card, card
     page.fill("input[name=display_name]", "민지")
-    page.click("button:has-text('Record consent')")
+    with page.expect_navigation():  # the form's POST and its redirect: read the page it lands on
+        page.click("button:has-text('Record consent')")
     summary = page.inner_text("#summary")
     assert "recognised at the door" not in summary and "not enrolled at any door yet" in summary, summary
     assert "now active" not in _flashes(page) and "not enrolled at any door" in _flashes(page)
@@ -232,7 +233,8 @@ def test_consent_on_a_history_customer_is_not_recognition_and_the_door_signup_li
     page.fill("#loyalty", number)
     page.click("#link")
     assert "recorded on the dashboard" in page.inner_text("#confirm")  # says that consent record is replaced
-    page.click("#confirm-button")
+    with page.expect_navigation():
+        page.click("#confirm-button")
     assert "Linked" in _flashes(page), _flashes(page)
     assert f"{lines:,} purchase lines" in page.inner_text("#summary")
     page.screenshot(path=str(folder / "linked.png"))
