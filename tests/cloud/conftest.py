@@ -236,3 +236,23 @@ def serving(app):
     finally:
         server.shutdown()
         thread.join(5)
+
+
+@contextlib.contextmanager
+def sqlite_write_lock_held(db: Database):
+    """While inside, another connection holds the SQLite file's write lock (``BEGIN IMMEDIATE``), as an import from
+    the command line or a zone change in another process does; ``db``'s new connections wait 0.3 s for it
+    (``busy_timeout``) instead of 30, so a write inside fails fast with "database is locked"."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    db.engine.dispose()
+    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 300"))
+    writer = sqlite3.connect(make_url(str(db.engine.url)).database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -4,15 +4,13 @@ wrong" (F5's note, dec 7: the customer page's like/dislike and Add store answere
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from dangol_cloud.app import create_app
 from dangol_cloud.models import Store
-from tests.cloud.conftest import OWNER_EMAIL, OWNER_PASSWORD, add_owner
+from tests.cloud.conftest import OWNER_EMAIL, OWNER_PASSWORD, add_owner, sqlite_write_lock_held
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -20,15 +18,8 @@ def test_a_form_sent_while_the_database_is_busy_says_so(db, db_url, settings):
     add_owner(db)
     client = create_app(settings, db=db, WTF_CSRF_ENABLED=False).test_client()
     client.post("/login", data={"email": OWNER_EMAIL, "password": OWNER_PASSWORD})
-    db.engine.dispose()  # new connections wait 0.3 s for the write lock instead of 30
-    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 300"))
-    writer = sqlite3.connect(make_url(db_url).database, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # an import in another process holds the write lock
-    try:
+    with sqlite_write_lock_held(db):  # an import in another process holds the write lock
         page = client.post("/stores/", data={"name": "Harbour", "ref": "hb"})
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
     text = page.get_data(as_text=True)
     assert page.status_code == 503, text[:300]
     assert int(page.headers["Retry-After"]) > 0

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 import dangol_cloud.feedback as feedback_module
 from dangol_cloud.app import create_app
@@ -28,7 +26,7 @@ from dangol_cloud.models import CatalogueItem, Customer, CustomerOrigin, PickOpi
 from dangol_cloud.settings import Settings
 from dangol_cloud.web.api import OpinionIn, record_feedback
 
-from .conftest import REPO, STORE_TOKEN, add_store_and_device
+from .conftest import REPO, STORE_TOKEN, add_store_and_device, sqlite_write_lock_held
 
 CUSTOMER, ITEM = "3f2c9a4e-8b1d-4c6e-9f0a-2d5b7e1c4a93", "7a1e5c2d-4b3f-4e8a-9c6d-0f1b2a3c4d5e"
 
@@ -134,15 +132,8 @@ def test_the_same_opinion_sent_twice_at_once_is_recorded_once(db, db_url, tmp_pa
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_an_opinion_waiting_on_a_locked_sqlite_database_is_a_503_with_retry_after(db, db_url, tmp_path):
     client, _app = _client(db, db_url, tmp_path)
-    db.engine.dispose()  # new connections wait 0.3 s for the write lock instead of 30
-    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 300"))
-    writer = sqlite3.connect(make_url(db_url).database, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # an import in another process holds the write lock
-    try:
+    with sqlite_write_lock_held(db):  # an import in another process holds the write lock
         busy = post(client, "dislike")
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
     assert busy.status_code == 503, busy.get_data(as_text=True)[:300]
     assert busy.mimetype == "application/problem+json"
     assert int(busy.headers["Retry-After"]) > 0

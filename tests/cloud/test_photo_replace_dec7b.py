@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from dangol_cloud.models import CatalogueItem
 
+from .conftest import sqlite_write_lock_held
 from .test_cloud_web import csrf_of, sign_in, web  # noqa: F401 - the dashboard fixture
 
 
@@ -70,11 +71,6 @@ def test_a_photo_another_item_shows_is_kept(web, tmp_path):  # noqa: F811
 def test_a_photo_written_for_a_save_that_fails_is_removed(web, tmp_path):  # noqa: F811
     """The save fails (another process holds SQLite's write lock: 503, nothing saved): the photo file written for it
     goes too (review R4: the edit's failure happened before the commit and after a rollback, and the file stayed)."""
-    import sqlite3
-
-    from sqlalchemy import event
-    from sqlalchemy.engine import make_url
-
     app, db = web
     client = app.test_client()
     sign_in(client)
@@ -84,17 +80,10 @@ def test_a_photo_written_for_a_save_that_fails_is_removed(web, tmp_path):  # noq
         item_id = s.scalar(select(CatalogueItem.id))
     url = f"/catalogue/{item_id}"
     token = csrf_of(client.get(url).get_data(as_text=True))
-    db.engine.dispose()  # new connections wait 0.3 s for the write lock instead of 30
-    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 300"))
-    writer = sqlite3.connect(make_url(str(db.engine.url)).database, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # an import in another process
-    try:
+    with sqlite_write_lock_held(db):  # an import in another process holds the write lock
         page = client.post(url, content_type="multipart/form-data", data={
             "csrf_token": token, "name": "Butter croissant", "category": "Bakery", "price": "3.10", "available": "y",
             "photo": (io.BytesIO(_jpeg((9, 9, 9))), "photo.jpg")})
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
     assert page.status_code == 503
     with db.sessions() as s:
         assert s.get(CatalogueItem, item_id).photo is None

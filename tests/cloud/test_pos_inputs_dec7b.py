@@ -11,12 +11,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 import dangol_cloud.web.api as api_module
 from dangol_cloud.app import create_app
@@ -28,7 +26,7 @@ from dangol_cloud.models import CatalogueItem, Customer, Purchase, StoreSetting
 from dangol_cloud.sale_rules import amount_digits_error
 from dangol_cloud.settings import Settings
 
-from .conftest import OWNER_EMAIL, STORE_TOKEN, add_store_and_device, utc
+from .conftest import OWNER_EMAIL, STORE_TOKEN, add_store_and_device, sqlite_write_lock_held, utc
 
 
 def _client(db, db_url, tmp_path, currency: str = "USD"):
@@ -137,15 +135,8 @@ def test_two_tills_sending_a_new_loyalty_number_at_once_share_one_customer(db, d
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_sale_waiting_on_a_locked_sqlite_database_is_a_503_with_retry_after(db, db_url, tmp_path):
     client, _app, _store = _client(db, db_url, tmp_path)
-    db.engine.dispose()  # new connections wait 0.3 s for the write lock instead of 30
-    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 300"))
-    writer = sqlite3.connect(make_url(db_url).database, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # an import in another process holds the write lock
-    try:
+    with sqlite_write_lock_held(db):  # an import in another process holds the write lock
         busy = post(client, "loyalty-1", "k1")
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
     assert busy.status_code == 503, busy.get_data(as_text=True)[:300]
     assert busy.mimetype == "application/problem+json"
     assert int(busy.headers["Retry-After"]) > 0
