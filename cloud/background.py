@@ -21,8 +21,9 @@ __all__ = ["RUN_ACTIONS", "ErasureResender", "MenuRepublisher", "record_run", "s
 log = logging.getLogger(__name__)
 
 #: Audit actions of background runs: ``retention-run`` (by :func:`dangol_cloud.erasure.run_retention`, in the sweep's
-#: transaction), the others by :func:`record_run` in a transaction of their own.
-RUN_ACTIONS = ("retention-run", "retention-failed", "training-scheduled", "training-failed")
+#: transaction), the others by :func:`record_run` in a transaction of their own; ``training-run`` is a training
+#: started by hand that succeeded (Retrain now, ``dangol-cloud train``).
+RUN_ACTIONS = ("retention-run", "retention-failed", "training-scheduled", "training-failed", "training-run")
 #: Seconds between two tries of a new regular's first menu (:func:`welcomer`).
 WELCOME_RETRY_SECONDS = 30.0
 #: Customers whose first menu may wait for a retry at once (:func:`welcomer`); more are dropped, counted and logged.
@@ -30,9 +31,10 @@ WELCOME_MAX_PENDING = 10_000
 
 
 def record_run(db, action: str, actor: str, detail: str) -> bool:
-    """Write one audit entry about a background run (``action`` of :data:`RUN_ACTIONS`, ``actor`` ``retention`` or
-    ``schedule``; ``detail`` cut to 300 characters, never a name) in a transaction of its own, so a run that rolled
-    back is still on record. Returns False if even that failed (logged with traceback: the database is down)."""
+    """Write one audit entry about a background run (``action`` of :data:`RUN_ACTIONS`, ``actor`` ``retention``,
+    ``schedule``, ``cli`` or the owner's e-mail; ``detail`` cut to 300 characters, never a name) in a transaction of
+    its own, so a run that rolled back is still on record. Returns False if even that failed (logged with
+    traceback: the database is down)."""
     from dangol_cloud.erasure import audit
 
     try:

@@ -55,6 +55,7 @@ def cmd_import(args, settings, db) -> int:
 def cmd_train(args, settings, db) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from dangol_cloud.background import record_run
     from dangol_cloud.services import PublishFailed, retrain_and_publish
     from dangol_cloud.training import TRAIN_STEPS
 
@@ -81,6 +82,9 @@ def cmd_train(args, settings, db) -> int:
         done.append(("end", time.perf_counter()))
         bar.update(task, completed=len(steps), description="done")
     _print_trained(result, done)
+    if not (args.no_publish and settings.mqtt_url):  # the picks reached the stores (or there is no broker)
+        record_run(db, "training-run", "cli", f"model {result.model_version}; {result.menus} menus; "
+                                              "dangol-cloud train")
     if result.messages_published is not None:
         out.print(f"published to {result.stores} store(s): {result.catalogue_messages} catalogue, "
                   f"{result.menu_messages} menus, {result.erasure_messages} erasure messages", highlight=False)

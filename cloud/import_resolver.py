@@ -2,11 +2,16 @@
 
 :class:`Resolver` reads every customer, item and store once, answers each row from that cache, and makes up the id
 of a customer or item the data names for the first time; :meth:`Resolver.flush` stores those before the rows that
-name them. The till (the POS API), the Menu page or another import may store the same loyalty number or item ref in
-the meantime (PostgreSQL runs them side by side; SQLite holds the import's write lock throughout): the inserts skip a
+name them. The till (the POS API) or the Menu page may store the same loyalty number or item ref in the meantime
+(PostgreSQL runs them beside an import; SQLite holds the import's write lock throughout): the inserts skip a
 natural key already taken (``ON CONFLICT (external_ref_hash)`` / ``(ref) DO NOTHING``) and the ids stored there
 replace the made-up ones (:meth:`~Resolver.flush` returns the mapping), so such a race never fails the whole import
 with a unique violation. A customer or item stored by someone else counts as neither created nor new POS product.
+Another import is not such a race: imports take turns under the import lock
+(:func:`dangol_cloud.sale_locks.queue_import`, taken by :func:`dangol_cloud.ingest.import_rows` before the
+resolver reads), since two imports inserting the same new keys in opposite orders, batch after batch, would each
+hold what the other waits for until commit — a deadlock that rolls one of them back whole. Each flush inserts its
+keys in one order (sorted) all the same.
 
 A row's store is matched on its id or its code (``stores.ref``) exactly — the Stores page keeps codes unique as
 typed ("harbour" and "Harbour" may be two stores) — and :meth:`Resolver.unknown_store` says what a value naming no

@@ -43,11 +43,14 @@ it may have meant, never filed under the upload's store. Only a data set's own s
 ``store_id``, :attr:`~dangol_cloud.importers.PurchaseRow.store_is_code` False) that no store has as its code go
 under the upload's store (as history without one), counted in :attr:`ImportReport.unmatched_store_rows`.
 
-The customers and catalogue items a file names for the first time are created by :mod:`dangol_cloud.import_resolver`
-before the lines naming them; one that a till (POS API), the Menu page or another import stored meanwhile is kept
-and named instead (no unique violation failing the whole import), and each line's key is computed from the stored
-ids. A staff upload's line naming a customer another store's till created meanwhile is a row error like any other
-customer outside its scope.
+Imports take turns: each first takes the import lock (:func:`dangol_cloud.sale_locks.queue_import`) and holds it
+until the caller's transaction ends, so a second import (the CLI beside the dashboard, another server) waits for the
+first to commit — told through ``waiting`` — rather than deadlocking with it over the customers, items and lines
+both insert. The customers and catalogue items a file names for the first time are created by
+:mod:`dangol_cloud.import_resolver` before the lines naming them; one that a till (POS API) or the Menu page stored
+meanwhile is kept and named instead (no unique violation failing the whole import), and each line's key is computed
+from the stored ids. A staff upload's line naming a customer another store's till created meanwhile is a row error
+like any other customer outside its scope.
 
 A staff upload is limited to the user's stores (``allowed_stores``) and their customers (``customers_in_scope``):
 a row naming a known store outside them, or an existing customer who is not one of their stores' customers (by
@@ -58,7 +61,7 @@ bring another store's customer into the user's scope. Customers new to the chain
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -74,6 +77,7 @@ from dangol_cloud.db import dialect_insert
 from dangol_cloud.import_resolver import Resolver
 from dangol_cloud.models import Customer, Purchase
 from dangol_cloud.purchase_keys import purchase_key
+from dangol_cloud.sale_locks import queue_import
 from dangol_cloud.sale_zones import Retimed, import_zones
 from dangol_cloud.sale_rules import CATEGORY_MAX, MAX_LINE_AMOUNT, REF_MAX, amount_digits_error, sale_time_error
 from dangol_cloud.store_prices import price_imported_items, store_currencies
@@ -195,9 +199,10 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
                 customer_source: str = "import", store_id: str | None = None,
                 allowed_stores: frozenset[str] | None = None,
                 customers_in_scope: Collection[str] | None = None, import_id: str | None = None,
-                currency: str = "EUR") -> ImportReport:
-    """Insert valid rows as purchases in batches of ``batch_size``; collect row errors. Holds the sale-keys lock
-    shared until the caller's transaction ends (:mod:`dangol_cloud.sale_locks`: no zone change commits meanwhile).
+                currency: str = "EUR", waiting: Callable[[bool], None] | None = None) -> ImportReport:
+    """Insert valid rows as purchases in batches of ``batch_size``; collect row errors. Holds the import lock (first:
+    waits for another import to commit) and the sale-keys lock shared until the caller's transaction ends
+    (:mod:`dangol_cloud.sale_locks`: no other import writes, no zone change commits meanwhile).
 
     Args:
         session: an open session; the caller commits (or rolls back everything on error).
@@ -223,6 +228,9 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             ``allowed_stores``.
         import_id: recorded on each line written (``purchases.import_id``) and on the store-less lines it files
             (``filed_import_id``), for :mod:`dangol_cloud.import_undo`; None (the CLI, POS): not recorded.
+        waiting: called with True when the import starts waiting for another import to commit (PostgreSQL; it is
+            logged too), with False once it goes on (:func:`~dangol_cloud.sale_locks.queue_import`); no row is read
+            meanwhile.
 
     Returns:
         ImportReport with counts and row errors (line numbers, messages).
@@ -237,6 +245,7 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     if allowed_stores is not None and customers_in_scope is None:
         raise ValueError("an import limited to allowed_stores needs customers_in_scope (the stores' customers)")
     in_scope = None if allowed_stores is None else customers_in_scope
+    queue_import(session, waiting)  # before anything is read or written: the other import's rows are read as stored
     started = time.monotonic()
     zones, retimed = import_zones(session, tz)
     report = ImportReport(source=source, retimed=retimed, unmatched_as_history=store_id is None)

@@ -57,8 +57,11 @@ class TrainingJob:
         self.steps: list[tuple[str, float]] = []
         self._step_started: datetime | None = None
 
-    def start(self, db: Database, settings: Settings) -> bool:
-        """Start training (then publish menus if a broker is configured) in a thread.
+    def start(self, db: Database, settings: Settings, started_by: str = "dashboard") -> bool:
+        """Start training (then publish menus if a broker is configured) in a thread; a run that trained and (with
+        a broker) published is recorded in the audit log as ``training-run`` by ``started_by`` (the owner's
+        e-mail), so the home page's "Scheduled training failed" goes
+        (:func:`dangol_cloud.web.home.background_warnings`).
 
         Returns:
             False if a run is already in progress (nothing started), else True.
@@ -69,7 +72,8 @@ class TrainingJob:
             self.running, self.started_at, self.message, self.ok = True, utcnow(), None, None
             self.finished_at, self.step, self.result, self.steps = None, None, None, []
             self.needs_purchases = False
-        thread = threading.Thread(target=self._run, args=(db, settings), name="dangol-train-now", daemon=True)
+        thread = threading.Thread(target=self._run, args=(db, settings, started_by), name="dangol-train-now",
+                                  daemon=True)
         thread.start()
         self._thread = thread
         return True
@@ -106,7 +110,8 @@ class TrainingJob:
         left = self.last_seconds - self.elapsed()
         return left if left > 0 else None
 
-    def _run(self, db: Database, settings: Settings) -> None:
+    def _run(self, db: Database, settings: Settings, started_by: str) -> None:
+        from dangol_cloud.background import record_run
         from dangol_cloud.services import PublishFailed, retrain_and_publish
         from dangol_cloud.training import NotEnoughData
 
@@ -118,6 +123,8 @@ class TrainingJob:
             if result.messages_published is not None:
                 text += f", {result.menu_messages} menu messages published to {result.stores} store(s)"
             self.message, self.ok, self.last_seconds = text, True, result.seconds
+            record_run(db, "training-run", started_by, f"model {result.model_version}; {result.menus} menus; "
+                                                       "Retrain now")
         except PublishFailed as exc:  # the model and menus are committed; they go out with the next publish
             self._progress("done")
             self.result = exc.result
@@ -140,6 +147,9 @@ class TrainingJob:
 __all__ += ["ImportJob", "ImportJobs"]
 
 MAX_SHOWN_ERRORS = 200  # row errors kept for the result page (the count is exact)
+#: The job page's note while an import waits for another to commit.
+WAITING_NOTE = ("This import is waiting for another import to finish (one started from the command line or another "
+                "server): imports are written one at a time. It starts by itself once that one is saved.")
 
 
 @dataclass
@@ -159,6 +169,9 @@ class ImportJob(JobProgress):
         segments_skipped: known households of demographics.csv left alone because they are not customers of a
             staff user's stores.
         started_by: id of the user who started it (staff see only their own imports' pages), None from code.
+        waiting: it waits for another import to commit (the command line's, another server's: imports are written
+            one at a time, :func:`dangol_cloud.sale_locks.queue_import`); :data:`WAITING_NOTE` is among the
+            ``notes`` meanwhile. reading_from: when it stopped waiting (the rate's start), None if it never waited.
     """
 
     id: str
@@ -175,10 +188,30 @@ class ImportJob(JobProgress):
     segments: int = 0
     segments_skipped: int = 0
     notes: tuple[str, ...] = ()
+    waiting: bool = False
+    reading_from: datetime | None = None
 
     def percent(self) -> int:
         """Share of the purchases file read, 0–100."""
         return 100 if not self.running else int(100 * self.done / self.total) if self.total else 0
+
+    def rate(self) -> float:
+        """Rows per second since it began reading (a wait for another import left out; 0 before the first)."""
+        start = self.reading_from or self.started_at
+        if start is None:
+            return 0.0
+        seconds = ((self.finished_at or utcnow()) - start).total_seconds()
+        return self.done / seconds if seconds > 0 else 0.0
+
+    def wait_for_other(self, now_waiting: bool) -> None:
+        """Record that the import waits for another import to commit (True) or goes on (False): the ``waiting``
+        of :func:`dangol_cloud.ingest.import_rows`."""
+        self.waiting = now_waiting
+        if now_waiting:
+            self.notes += (WAITING_NOTE,)
+        else:
+            self.notes = tuple(note for note in self.notes if note != WAITING_NOTE)
+            self.reading_from = utcnow()
 
 
 class ImportJobs:
@@ -257,7 +290,7 @@ class ImportJobs:
                 report = import_rows(session, counted(rows), source=detected.fmt, key_prefix=detected.fmt,
                                      tz=settings.timezone, customer_source=customer_source, store_id=store_id,
                                      allowed_stores=allowed_stores, customers_in_scope=customers, import_id=job.id,
-                                     currency=settings.currency)
+                                     currency=settings.currency, waiting=job.wait_for_other)
                 record_import(session, job.id, report, files=job.files, fmt=detected.fmt, store_id=store_id,
                               user_id=job.started_by, customer_source=customer_source, started_at=job.started_at)
                 if detected.demographics is not None:  # the scope after this import (its new customers included)

@@ -271,17 +271,20 @@ class Erasure(Base):
 
 class AuditEntry(Base):
     """Audit log: erasures (request, each device's confirmation, completion), consent records, key rotation,
-    retention runs. Never a name: customers appear by id only."""
+    retention runs, trainings (:data:`dangol_cloud.background.RUN_ACTIONS`). Never a name: customers appear by id
+    only."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(254))  # user e-mail, "device:<id>", "cli", "retention"
+    actor: Mapped[str] = mapped_column(String(254))  # user e-mail, "device:<id>", "cli", "retention", "schedule"
     action: Mapped[str] = mapped_column(String(32))
     customer_id: Mapped[str | None] = mapped_column(String(36), index=True)
     erasure_id: Mapped[str | None] = mapped_column(String(36))
     device_id: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # the newest entry of one action (the owner's home page, web/home.py) is one probe: migration 0017
+    __table_args__ = (Index("ix_audit_log_action_at", "action", "at"),)
 
 
 class LoginFailure(Base):

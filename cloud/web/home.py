@@ -78,7 +78,7 @@ def index():
 
 
 def _last(s, action: str) -> AuditEntry | None:
-    """The newest audit entry of ``action`` (walks the ``at`` index from the newest)."""
+    """The newest audit entry of ``action`` (one probe of the ``(action, at)`` index, migration 0017)."""
     return s.scalar(select(AuditEntry).where(AuditEntry.action == action)
                     .order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(1))
 
@@ -89,7 +89,8 @@ def background_warnings(s, now: datetime | None = None) -> list[dict]:
 
     - ``retention``: the last retention sweep failed (an audit ``retention-failed`` newer than the last
       ``retention-run``), or its last success is older than :data:`RETENTION_LATE` (the daily sweep stopped);
-    - ``training``: the last scheduled training failed (``training-failed`` newer than ``training-scheduled``);
+    - ``training``: the last scheduled training failed (``training-failed``) and no training succeeded since,
+      scheduled (``training-scheduled``) or by hand (``training-run``: Retrain now, ``dangol-cloud train``);
     - ``counters``: failure and drop counters of this process's background workers, when not zero (the daily
       sweep's device-event pruning, the listener's welcomes and erasure re-sends, the menu republisher, the
       welcomer), each with the customers still waiting.
@@ -104,10 +105,15 @@ def background_warnings(s, now: datetime | None = None) -> list[dict]:
                     "failed_at": None if late else failed.at, "error": None if late else failed.detail,
                     "text": "has not run for more than a day: customers past the retention period are not erased"
                     if late else "failed: customers past the retention period are not being erased"})
-    ok, failed = _last(s, "training-scheduled"), _last(s, "training-failed")
-    if failed is not None and (ok is None or failed.at >= ok.at):
-        out.append({"key": "training", "title": "Scheduled training", "ok_at": ok and ok.at, "failed_at": failed.at,
-                    "error": failed.detail, "text": "failed: new picks did not reach the stores"})
+    failed = _last(s, "training-failed")
+    if failed is not None:  # the newest success of any kind: scheduled, Retrain now or the CLI
+        ok = max(filter(None, (_last(s, "training-scheduled"), _last(s, "training-run"))), default=None,
+                 key=lambda e: (e.at, e.id))
+        if ok is None or failed.at >= ok.at:
+            out.append({"key": "training", "title": "Scheduled training", "ok_at": ok and ok.at,
+                        "failed_at": failed.at, "error": failed.detail,
+                        "text": "failed, and no training (scheduled, Retrain now or dangol-cloud train) succeeded "
+                                "since: new picks did not reach the stores"})
     counters = _counters(current_app.extensions)
     if counters:
         out.append({"key": "counters", "title": "Background work since the service started:", "ok_at": None,
@@ -166,7 +172,7 @@ def train_now():
     if not ActionForm().validate_on_submit():
         abort(400)
     job = current_app.extensions["dangol_training"]
-    if not job.start(get_db(), get_settings()):
+    if not job.start(get_db(), get_settings(), started_by=current_user.email):
         flash("Training is already running.", "warning")
     return redirect(url_for("home.train_job"))
 
