@@ -16,6 +16,7 @@ import logging
 import sqlite3
 
 import sqlite_utils
+from pydantic import ValidationError
 
 from .events import EventFactory, EventNotSaved, Outbox
 
@@ -76,13 +77,16 @@ def report_activation(gallery, outbox: Outbox, events: EventFactory, customer) -
 
 def report_unreported_activations(gallery, outbox: Outbox, events: EventFactory) -> int:
     """At the daemon's start: report each activation still recorded (:func:`report_activation`); a customer erased
-    or no longer active since is forgotten (their erasure is reported on its own). Never raises: what fails is logged
-    and stays recorded for the next start. Returns the activations queued (written or held)."""
+    or no longer active since is forgotten (their erasure is reported on its own). Never raises: whatever fails for
+    one record — the gallery cannot be read (``sqlite3.Error``), the customer's stored name cannot be opened
+    (``GalleryKeyError``: another key, a damaged value) or is not UTF-8 (``ValueError``), the consent record is
+    invalid, the state file fails — is logged with the customer's id (never a name), the record stays for the next
+    start, and the next record is tried. Returns the activations queued (written or held)."""
     try:
         ids = gallery.unreported_activations()
-    except sqlite3.Error as exc:
-        log.error("the gallery's record of activations not yet reported cannot be read (%s): reported at a later "
-                  "start", exc)
+    except Exception as exc:  # sqlite3.Error (a damaged page …)
+        log.error("the gallery's record of activations not yet reported cannot be read (%s: %s): reported at a "
+                  "later start", type(exc).__name__, exc)
         return 0
     done = 0
     for customer_id in ids:
@@ -90,22 +94,32 @@ def report_unreported_activations(gallery, outbox: Outbox, events: EventFactory)
             customer = gallery.customer(customer_id)
         except KeyError:  # UnknownCustomer: erased since
             customer = None
-        except sqlite3.Error as exc:
-            log.error("activation of %s not reported: the gallery cannot be read (%s); tried again at the next "
-                      "start", customer_id, exc)
-            continue
-        if customer is None or customer.status != "active":
-            gallery.forget_activation_report(customer_id)
+        except Exception as exc:  # sqlite3.Error, GalleryKeyError, UnicodeDecodeError …: this record only
+            log.error("activation of %s not reported: the customer cannot be read from the gallery (%s: %s); kept "
+                      "and tried again at the next start", customer_id, type(exc).__name__, _reason(exc))
             continue
         try:
+            if customer is None or customer.status != "active":
+                gallery.forget_activation_report(customer_id)
+                continue
             report_activation(gallery, outbox, events, customer)
         except EventNotSaved as exc:
             log.error("activation of %s reported again: %s", customer_id, exc)
-        except (ValueError, TypeError, sqlite3.Error) as exc:
-            log.error("the activation of %s still cannot be reported to the cloud (%s): tried again at the next "
-                      "start", customer_id, exc)
+        except Exception as exc:  # ValueError (no valid consent), sqlite3.Error (the state file) …
+            log.error("the activation of %s still cannot be reported to the cloud (%s: %s): tried again at the next "
+                      "start", customer_id, type(exc).__name__, _reason(exc))
             continue
         else:
             log.info("activation of %s queued for the cloud (its report was lost earlier)", customer_id)
         done += 1
     return done
+
+
+def _reason(exc: Exception) -> str:
+    """Why, without the value that failed: a ``UnicodeDecodeError`` names its bytes and pydantic's
+    ``ValidationError`` its input (a customer's name)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 at byte {exc.start}"
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)

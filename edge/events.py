@@ -192,8 +192,18 @@ class Outbox:
             if on_saved is not None:
                 self._on_saved[event.event_id] = on_saved
 
+    def _remove_held(self, event: Event) -> None:
+        """Take ``event`` itself (identity, not equality) out of the held events, if it is still there; the caller
+        holds the lock."""
+        for i, held in enumerate(self._held):
+            if held is event:
+                del self._held[i]
+                return
+
     def retry(self) -> int:
-        """Write held events, oldest first, until one fails again; returns how many were written."""
+        """Write held events, oldest first, until one fails again; returns how many were written. An event taken out
+        meanwhile by :meth:`erase` (another thread) is not taken out a second time, nor is any other in its place;
+        its ``on_saved`` was dropped by the erasure."""
         done = 0
         while True:
             with self._lock:
@@ -205,8 +215,11 @@ class Outbox:
             except sqlite3.OperationalError as exc:
                 log.warning("%d held event(s) still cannot be saved: %s", len(self._held), exc)
                 return done
-            with self._lock:
-                self._held.popleft()
+            with self._lock:  # an erasure or the HELD_MAX bound may have taken it out meanwhile: never another
+                if self._held and self._held[0] is event:
+                    self._held.popleft()
+                else:
+                    self._remove_held(event)
                 on_saved = self._on_saved.pop(event.event_id, None)
             self._saved(event, on_saved)
             done += 1

@@ -15,9 +15,13 @@ and the outbox flusher.
 * **Refused events** (a PUBACK with a refusal code, e.g. the broker's ACL): the event stays in the outbox and is
   tried again after a back-off of its own (``reconnect_min_s`` doubling with each refusal of that event, up to
   :data:`REFUSED_RETRY_MAX_S`), and at once after every (re)connection (the ACL may have been fixed). While it waits,
-  the flusher's query leaves it out, so refused events never block newer ones. :attr:`Uplink.refused_held` (the
-  device's health, ``refused_events``) counts the ones held; at most :data:`REFUSED_MAX` are remembered (beyond, the
-  oldest is forgotten: simply tried again at once).
+  the flusher's query leaves it out, so refused events never block newer ones. At most :data:`REFUSED_MAX` are
+  remembered: when the map is full, the ones in it keep their back-offs and a further refusal (the *overflow*) is not
+  remembered by id; instead the flusher sends no event outside the map until one shared back-off ends (doubling with
+  each overflow, up to :data:`REFUSED_RETRY_MAX_S`; cleared by a (re)connection and once the map has room again), so
+  the overflow is re-sent once per back-off, never on every pass. A streak of overflows is logged once.
+  :attr:`Uplink.refused_held` (the device's health, ``refused_events``) counts the refused events remembered: capped at
+  :data:`REFUSED_MAX`, when it reads that value more may be held back (:attr:`Uplink.refused_overflow`).
 * **Storage faults** and the flusher's back-off: see :mod:`dangol_edge.sync`.
 """
 
@@ -39,7 +43,7 @@ log = logging.getLogger("dangol_edge.sync")
 EARLY_MAX = 1000
 #: Longest wait, seconds, before a refused event is tried again (its back-off doubles from ``reconnect_min_s``).
 REFUSED_RETRY_MAX_S = 600.0
-#: Refused events remembered at most (with their back-off); beyond, the oldest is forgotten and tried again at once.
+#: Refused events remembered at most (with their back-off); beyond, the overflow shares one back-off (module docstring).
 REFUSED_MAX = 10_000
 #: Events the flusher reads from the outbox per pass (refused ones waiting for their retry are not among them).
 FLUSH_BATCH = 200
@@ -82,19 +86,31 @@ class Uplink:
         self._early: OrderedDict[int, bool] = OrderedDict()
         #: event id → [monotonic time of its next try, refusals so far] of events the broker refused (bounded)
         self._rejected: OrderedDict[str, list] = OrderedDict()
+        #: the overflow's shared back-off: [monotonic time until which no event outside ``_rejected`` is sent,
+        #: overflows in this streak (0: none)]
+        self._overflow = [0.0, 0]
 
     @property
     def refused_held(self) -> int:
-        """Events the broker refused that are still held in the outbox for a retry (the health's
-        ``refused_events``)."""
+        """Events the broker refused that are still held in the outbox for a retry, each with its own back-off (the
+        health's ``refused_events``). Capped at :data:`REFUSED_MAX`: at that value, further refused events may be held
+        back beyond it under the overflow's shared back-off (:attr:`refused_overflow`), uncounted."""
         with self._lock:
             return len(self._rejected)
+
+    @property
+    def refused_overflow(self) -> bool:
+        """Whether more events were refused than :data:`REFUSED_MAX` (the map is full and the rest wait for the
+        overflow's shared back-off)."""
+        with self._lock:
+            return self._overflow[1] > 0
 
     def _retry_refused_now(self) -> None:
         """A (re)connection: every refused event is due at once (the broker's ACL may have been fixed meanwhile)."""
         with self._lock:
             for entry in self._rejected.values():
                 entry[0] = 0.0
+            self._overflow[0] = 0.0
 
     def _clear_early(self) -> None:
         """A (re)connection: outcomes parked earlier belong to no publish still under way (see the module docstring)."""
@@ -150,23 +166,42 @@ class Uplink:
     def _refused(self, event_id: str, reason: str) -> None:
         """Hold a refused event for a retry after its back-off; the first refusal of each event is logged as an error,
         later ones when their count doubles."""
+        now = time.monotonic()
         with self._lock:
             entry = self._rejected.pop(event_id, None)
             tries = entry[1] + 1 if entry else 1
-            wait = min(self.config.reconnect_min_s * 2.0 ** min(tries - 1, 30), REFUSED_RETRY_MAX_S)
-            self._rejected[event_id] = [time.monotonic() + wait, tries]
-            forgotten = []
-            while len(self._rejected) > REFUSED_MAX:
-                forgotten.append(self._rejected.popitem(last=False)[0])
+            if entry is None and len(self._rejected) >= REFUSED_MAX:  # full: the ones there keep their back-offs
+                first = self._overflow[1] == 0
+                if self._overflow[0] <= now:  # a new overflow back-off (one per window, not per event)
+                    self._overflow[1] += 1
+                    self._overflow[0] = now + self._back_off(self._overflow[1])
+                wait = self._overflow[0] - now
+            else:
+                wait = self._back_off(tries)
+                self._rejected[event_id] = [now + wait, tries]
+                first = None
         self.rejected_events += 1
+        if first is not None:
+            if first:
+                log.warning("more than %d refused events: the map of their back-offs is full; the events beyond it "
+                            "(e.g. %s, %s) are held back together and tried again in %.0f s, doubling; check this "
+                            "device's id and the broker's ACL", REFUSED_MAX, event_id, reason, wait)
+            return
         if tries == 1:
             log.error("the broker refused event %s (%s): kept in the outbox and tried again in %.0f s; check this "
                       "device's id and the broker's ACL", event_id, reason, wait)
         elif tries & (tries - 1) == 0:
             log.warning("the broker refused event %s again (%s; %d times): tried again in %.0f s", event_id, reason,
                         tries, wait)
-        if forgotten:
-            log.warning("more than %d refused events: %d forgotten (tried again at once)", REFUSED_MAX, len(forgotten))
+
+    def _back_off(self, tries: int) -> float:
+        """Seconds before the ``tries``-th retry of a refused event: ``reconnect_min_s`` doubling, capped."""
+        return min(self.config.reconnect_min_s * 2.0 ** min(tries - 1, 30), REFUSED_RETRY_MAX_S)
+
+    def _holding_back(self) -> bool:
+        """Whether the overflow's back-off holds events outside the refused map back now (the lock is not held)."""
+        with self._lock:
+            return self._overflow[0] > time.monotonic()
 
     def _publish(self, topic: str, payload: bytes, event_id: str | None, retain: bool = False):
         """Publish at QoS 1 and record which event (None: status) the message id is — also when paho reports *not
@@ -242,6 +277,11 @@ class Uplink:
             skip = set(self._inflight.values())
             due = {eid for eid, (at, _) in self._rejected.items() if at <= now} - skip
             skip |= self._rejected.keys() - due
+            ended = self._overflow[1] if self._overflow[1] and len(self._rejected) < REFUSED_MAX else 0
+            if ended:  # room again: the overflow streak ends
+                self._overflow = [0.0, 0]
+        if ended:
+            log.info("the refused events fit their map again (after %d shared back-offs)", ended)
         batch = self.state.pending(limit=FLUSH_BATCH, exclude=skip)
         if len(batch) < FLUSH_BATCH:  # the whole outbox was read: a due refused event not in it is gone
             gone = due - {ev["event_id"] for ev in batch}
@@ -252,6 +292,8 @@ class Uplink:
         for ev in batch:
             if not self.connected.is_set():
                 continue
+            if ev["event_id"] not in due and self._holding_back():
+                continue  # the overflow's back-off: only refused events in the map, when due
             if ev["customer_id"] and not self.state.sendable(ev["event_id"], ev["customer_id"]):
                 continue  # the customer's erasure began since the event was read
             info = self._publish(ev["topic"], ev["payload"].encode("utf-8"), ev["event_id"])
