@@ -232,8 +232,9 @@ def create_purchases():
             if customer is None:
                 customer = _new_pos_customer(s, sale.customer, ref_hash)
                 if customer is None:  # nothing was written
-                    return _retry_later(store, "Customer changed meanwhile", f"customer {sale.customer!r} was "
-                                        "changed by another request while this sale was stored")
+                    # no loyalty number in the detail: it is logged (a customer being erased), and the till knows it
+                    return _retry_later(store, "Customer changed meanwhile", "the sale's customer was changed by "
+                                        "another request while this sale was stored")
             purchases = [Purchase(customer_id=customer.id, item_id=items[line.item], product_id=line.product_id,
                                   quantity=line.quantity, amount=line.amount, ts=sale.ts, store_id=store.id,
                                   source="pos", idempotency_key=purchase_key(store.id, key, n))
