@@ -9,6 +9,7 @@ import logging
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 
 from dangol_cloud.app import get_db, get_session, get_settings
 from dangol_cloud.background import WELCOME_RETRY_SECONDS, welcomer
@@ -19,6 +20,7 @@ from dangol_cloud.models import (CatalogueItem, Customer, CustomerOrigin, Device
                                  PickOpinion, ProductMapping, Purchase, Visit, utcnow)
 from dangol_cloud.mqtt import MqttError
 from dangol_cloud.publishing import republish_erasures
+from dangol_cloud.sale_locks import busy_message
 from dangol_cloud.services import record_consent, welcome
 from dangol_cloud.store_prices import shared_currency
 from dangol_cloud.web.auth import owner_required
@@ -281,7 +283,8 @@ def consent(customer_id: str):
     """POST /customers/<id>/consent: record consent and a name, activate, send the first menu — through
     :func:`~dangol_cloud.services.record_consent` then :func:`~dangol_cloud.services.welcome`, as the MQTT
     listener does for a device's enrolment event (the signed-in user is the audit's actor). If that first menu
-    cannot be written or sent now (broker down, model unreadable) the app's welcomer
+    cannot be written or sent now (broker down, model unreadable, database busy, any error: the consent is
+    committed by then, so the page says so and names the cause without broker addresses) the app's welcomer
     (:func:`~dangol_cloud.background.welcomer`) retries it until it reaches the stores, and the flash says so.
     409 for a customer who withdrew consent: their templates are being deleted, so only a new enrolment at the
     door (a new customer) can make them recognised again, as devices are refused in
@@ -308,11 +311,20 @@ def consent(customer_id: str):
     try:
         if welcome(get_db(), get_settings(), [customer.id]):
             flash(f"{customer.display_name}'s picks were sent to the stores.", "success")
-    except (MqttError, OSError, ValueError) as exc:
+    except Exception as exc:  # consent is committed: whatever failed, the welcomer retries the first menu
+        if isinstance(exc, MqttError):
+            why = "the stores could not be reached"
+        elif busy_message(exc) is not None:
+            why = "the database was busy"
+        elif isinstance(exc, (OSError, ValueError)):
+            why = "the newest model could not be loaded"
+        else:
+            why = "writing them failed"
         log.error("menu for newly active customer %s not published: %s; retrying every %.0f s", customer.id, exc,
-                  WELCOME_RETRY_SECONDS)
+                  WELCOME_RETRY_SECONDS, exc_info=not isinstance(exc, (MqttError, OSError, ValueError,
+                                                                         OperationalError)))
         welcomer(current_app).submit(customer.id)  # written and sent by the app's welcomer once it succeeds
-        flash(f"{customer.display_name}'s picks are not sent yet ({exc}). They are tried again every "
+        flash(f"{customer.display_name}'s picks are not sent yet ({why}). They are tried again every "
               f"{WELCOME_RETRY_SECONDS:.0f} s until they reach the stores (the owner's home page shows them while "
               "they wait).", "warning")
     return redirect(url_for("customers.show", customer_id=customer.id))

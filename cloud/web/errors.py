@@ -55,12 +55,13 @@ def server_error(_exc: HTTPException):
 
 @bp.app_errorhandler(OperationalError)
 def database_busy(exc: OperationalError):
-    """503 with ``Retry-After`` when ``exc`` is SQLite's "database is locked" (the request's transaction was rolled
-    back by the teardown: nothing of it was written); any other database error goes on to the 500 page."""
+    """503 with ``Retry-After`` when ``exc`` is SQLite's "database is locked" (the request's open transaction is
+    rolled back by the teardown; what it committed before stays, so the page does not claim nothing was saved); any
+    other database error goes on to the 500 page."""
     busy = busy_message(exc)
     if busy is None:
         raise exc
     log.warning("%s %s refused: the database was busy (%s)", request.method, request.path, exc.orig)
-    response = make_response(*_page(503, f"Nothing was saved: {busy}."))
+    response = make_response(*_page(503, f"This could not be finished: {busy}."))
     response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
     return response

@@ -91,9 +91,10 @@ def background_warnings(s, now: datetime | None = None) -> list[dict]:
       ``retention-run``), or its last success is older than :data:`RETENTION_LATE` (the daily sweep stopped);
     - ``training``: the last scheduled training failed (``training-failed``) and no training succeeded since,
       scheduled (``training-scheduled``) or by hand (``training-run``: Retrain now, ``dangol-cloud train``);
-    - ``counters``: failure and drop counters of this process's background workers, when not zero (the daily
-      sweep's device-event pruning, the listener's welcomes and erasure re-sends, the menu republisher, the
-      welcomer), each with the customers still waiting.
+    - ``counters``: failure and drop counters of this process's background workers (the daily sweep's
+      device-event pruning; the listener's welcomes, the menu republisher and the welcomer while customers still
+      wait or some were dropped; erasure re-sends while erasures are unconfirmed), each with the customers still
+      waiting.
 
     The runs are recorded by :mod:`dangol_cloud.background` (:func:`~dangol_cloud.background.record_run`)."""
     now = now or datetime.now(timezone.utc)
@@ -114,15 +115,19 @@ def background_warnings(s, now: datetime | None = None) -> list[dict]:
                         "failed_at": failed.at, "error": failed.detail,
                         "text": "failed, and no training (scheduled, Retrain now or dangol-cloud train) succeeded "
                                 "since: new picks did not reach the stores"})
-    counters = _counters(current_app.extensions)
+    counters = _counters(current_app.extensions, unconfirmed_erasures=s.scalar(
+        select(func.count()).select_from(Erasure).where(Erasure.completed_at.is_(None))))
     if counters:
         out.append({"key": "counters", "title": "Background work since the service started:", "ok_at": None,
                     "failed_at": None, "error": None, "text": "; ".join(counters)})
     return out
 
 
-def _counters(ext: dict) -> list[str]:
-    """Non-zero failure counters of the background workers in ``app.extensions`` (:func:`background_warnings`)."""
+def _counters(ext: dict, unconfirmed_erasures: int) -> list[str]:
+    """Lines about the background workers in ``app.extensions`` that still matter (:func:`background_warnings`):
+    a retrying worker (republisher, welcomer, the listener's follow-ups) only while customers still wait for it or
+    some were dropped — failures it has since recovered from are not a warning; the erasure re-sender's failures
+    only while ``unconfirmed_erasures`` (erasures not yet confirmed by every device) is not zero."""
     lines = []
     sweep = ext.get("dangol_sweep_failures") or {}
     if sweep.get("device-events"):
@@ -133,11 +138,11 @@ def _counters(ext: dict) -> list[str]:
                                  ("first menus of new regulars (dashboard)", ext.get("dangol_welcomer"), 0),
                                  ("first menus of new regulars (door)", follow_ups,
                                   getattr(listener, "follow_up_failures", 0))):
-        if worker is not None and (worker.failures or worker.dropped or first):
+        if worker is not None and (worker.waiting() or worker.dropped):  # failed, then succeeded: all is well
             lines.append(f"{label}: {first + worker.failures} failed attempt(s), {worker.waiting()} customer(s) "
                          f"still waiting" + (f", {worker.dropped} dropped" if worker.dropped else ""))
     resender = getattr(listener, "resender", None)
-    if resender is not None and resender.failures:
+    if resender is not None and resender.failures and unconfirmed_erasures:  # all confirmed since: all is well
         lines.append(f"erasure re-sends to a device coming online failed {resender.failures} time(s) (re-sent on "
                      "the schedule)")
     return lines
