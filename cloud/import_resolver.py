@@ -98,20 +98,24 @@ class Resolver:
         """The id of the store whose id or code is exactly ``ref``, else None."""
         return self.stores.get(ref)
 
-    def unknown_store(self, ref: str) -> str:
+    def unknown_store(self, ref: str, among: Collection[str] | None = None) -> str:
         """Why a row naming ``ref``, no store's id or code, is refused: names the value, and the code it may have
-        meant (the same but for case; else a close spelling) or, in a small chain, the codes there are."""
+        meant (the same but for case; else a close spelling) or, in a small chain, the codes there are — only the
+        codes of the stores ``among`` (store ids; a staff user's stores), None: every store's."""
+        codes = [c for c in self.codes if among is None or self.stores[c] in among]
         if len(ref) > REF_MAX:  # no code is that long (rows may come from elsewhere than the importers)
             return f"store is longer than {REF_MAX} characters ({len(ref)}): {ref[:24]!r}…; not imported"
-        same = [c for c in self.codes if c.casefold() == ref.casefold()]
+        same = [c for c in codes if c.casefold() == ref.casefold()]
         if len(same) == 1:
             hint = f" (store codes match exactly: did you mean {same[0]!r}?)"
-        elif close := difflib.get_close_matches(ref, self.codes, n=1, cutoff=0.75):
+        elif close := difflib.get_close_matches(ref, codes, n=1, cutoff=0.75):
             hint = f" (did you mean {close[0]!r}?)"
-        elif not self.codes:
+        elif not codes and among is not None:
+            hint = " (none of your stores has a code: the owner gives them on the Stores page)"
+        elif not codes:
             hint = " (no store has a code: give the stores their POS codes on the Stores page)"
-        elif len(self.codes) <= LISTED_CODES:
-            hint = f" (the codes are {', '.join(repr(c) for c in self.codes)})"
+        elif len(codes) <= LISTED_CODES:
+            hint = f" (the codes are {', '.join(repr(c) for c in codes)})"
         else:
             hint = " (see the codes on the Stores page)"
         return f"store {ref!r} is no store's code{hint}; not imported"

@@ -101,8 +101,9 @@ class ImportReport:
         errors: invalid rows, with line numbers, skipped.
         customers_created / items_created: new customers / catalogue items made for unknown refs.
         retimed: earlier imports' lines moved to the hours of their store's zone now (``describe()`` says how).
-        unmatched_store_rows: rows naming a data set's own store number that is no store's code (Complete
-            Journey's ``store_id``), filed under the upload's store (as history without one): :meth:`store_note`.
+        unmatched_store_rows: rows stored by this import (not those already present) naming a data set's own
+            store number that is no store's code (Complete Journey's ``store_id``), filed under the upload's store
+            (as history without one): :meth:`store_note`.
         unmatched_store_codes: the first :data:`SHOWN_STORE_CODES` distinct such numbers.
         unmatched_as_history: the import had no store: those rows are history.
         seconds: wall time.
@@ -121,6 +122,17 @@ class ImportReport:
     unmatched_store_codes: list[str] = field(default_factory=list)
     unmatched_as_history: bool = False
     seconds: float = 0.0
+    _more_store_codes: bool = field(default=False, repr=False)  # more distinct numbers stored than are named
+
+    def count_unmatched_store(self, ref: str) -> None:
+        """Count one stored row naming the data set's store number ``ref`` (no store's code)."""
+        self.unmatched_store_rows += 1
+        if ref in self.unmatched_store_codes:
+            return
+        if len(self.unmatched_store_codes) < SHOWN_STORE_CODES:
+            self.unmatched_store_codes.append(ref)
+        else:
+            self._more_store_codes = True
 
     @property
     def valid(self) -> int:
@@ -133,7 +145,9 @@ class ImportReport:
         if not self.unmatched_store_rows:
             return None
         n = self.unmatched_store_rows
-        codes = ", ".join(repr(c) for c in self.unmatched_store_codes) + ", …"
+        codes = ", ".join(repr(c) for c in self.unmatched_store_codes)
+        if self.unmatched_store_rows > len(self.unmatched_store_codes) and self._more_store_codes:
+            codes += ", …"
         where = "imported as history (no store)" if self.unmatched_as_history else "filed under the upload's store"
         return f"{n:,} row{'s name' if n != 1 else ' names'} a store number no store has as its code ({codes}): {where}"
 
@@ -254,16 +268,18 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
     resolver.load()
     ring = resolver.ring
     currencies = {sid: (code, name) for sid, name, code in store_currencies(session, currency)}
-    currencies[None] = (currency, "the CURRENCY setting")
+    currencies[None] = (currency, "the dashboard's default currency")
     stmt = dialect_insert(session, Purchase)
     if hasattr(stmt, "on_conflict_do_nothing"):
         stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"])
     # lines counted as they are stored (not as a count before and after: a till's sale meanwhile is none of them)
-    stmt = stmt.returning(Purchase.id)
+    stmt = stmt.returning(Purchase.idempotency_key)
 
     pending: list[tuple[PurchaseRow, dict]] = []  # the batch's rows and their content, keyed once ids are stored
     importing_stores: list[str] | None = None  # stores holding imported purchases (read at the first store-less row)
     occurrences: dict[str, int] = {}  # first-occurrence key -> identical rows seen so far in this file
+
+    unmatched: dict[str, str] = {}  # the batch's rows naming a data set's store number: key -> that number
 
     def write() -> None:
         nonlocal importing_stores
@@ -281,6 +297,8 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             if import_id is not None:  # the dashboard's import (revision 0016): its undo removes the line
                 line["import_id"] = import_id
             batch.append(line)
+            if row.store_ref and not row.store_is_code and resolver.store(row.store_ref) is None:
+                unmatched[line["idempotency_key"]] = row.store_ref
             probes.append(probe_keys(ring, key_prefix, values, seen, row.ts, zones,
                                      [None] if values["store_id"] is not None else importing_stores, purchase_key))
         pending.clear()
@@ -290,7 +308,13 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             if importing_stores and any(not row["store_id"] for row in batch) and len(batch) == kept:
                 importing_stores = []  # a history file none of whose first rows a store holds: stop looking
             if batch:
-                report.inserted += len(session.scalars(stmt, batch).all())
+                stored = set(session.scalars(stmt, batch).all())
+                report.inserted += len(stored)
+                for line in batch:  # a data set's store numbers: only the rows stored now (not those present)
+                    ref = unmatched.get(line["idempotency_key"])
+                    if ref is not None and line["idempotency_key"] in stored:
+                        report.count_unmatched_store(ref)
+            unmatched.clear()
 
     for row in rows:
         report.rows += 1
@@ -299,15 +323,11 @@ def import_rows(session: Session, rows: Iterable[PurchaseRow | RowError], *, sou
             continue
         store = resolver.store(row.store_ref) if row.store_ref else None
         if store is None and row.store_ref and row.store_is_code:  # a plain CSV's store code naming no store
-            report.errors.append(RowError(row.line, resolver.unknown_store(row.store_ref), _raw(row)))
+            report.errors.append(RowError(row.line, resolver.unknown_store(row.store_ref, allowed_stores), _raw(row)))
             continue
         if store is None:
             store = store_id
-            if row.store_ref:  # a data set's own store number (Complete Journey): counted, some named
-                report.unmatched_store_rows += 1
-                if (len(report.unmatched_store_codes) < SHOWN_STORE_CODES
-                        and row.store_ref not in report.unmatched_store_codes):
-                    report.unmatched_store_codes.append(row.store_ref)
+            # a row naming a data set's own store number (Complete Journey): counted in write() once stored
         elif allowed_stores is not None and store not in allowed_stores:
             report.errors.append(RowError(row.line, f"store {row.store_ref!r} is not one of your stores",
                                           _raw(row)))

@@ -36,6 +36,7 @@ from typing import Annotated, Literal
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -84,6 +85,14 @@ class PurchaseIn(BaseModel):
                                                pattern=NO_CONTROL)]
     ts: AwareDatetime
     lines: Annotated[list[PurchaseLine], Field(min_length=1, max_length=200)]
+
+    @field_validator("customer", mode="before")
+    @classmethod
+    def _not_blanks_only(cls, value: object) -> object:
+        """A ref of blanks only (``"   "``) is refused as such (stripped, it would read as an empty string)."""
+        if isinstance(value, str) and value and not value.strip():
+            raise PydanticCustomError("blanks_only", "customer: blanks only")
+        return value
 
     @field_validator("ts")
     @classmethod
@@ -320,7 +329,7 @@ def record_feedback():
             record_opinion(s, body.customer, body.item, body.opinion, by=f"store:{store.id}")
     except LookupError as exc:
         log.info("feedback API: store %s: %s", store.id, exc)
-        return _problem(422, "Unknown customer or item", str(exc))
+        return _problem(422, "Unknown item", str(exc))
     except OperationalError as exc:  # SQLite: an import (another process) held the write lock past the busy timeout
         busy = busy_message(exc)
         if busy is None:

@@ -205,9 +205,9 @@ def test_amount_with_more_decimals_than_the_store_currency_is_a_row_error(db, tm
         (6, "amount 0.4 has more decimals than KRW uses (0), the currency of Main Street; not imported")]
     assert report.inserted == 2 and report.customers_created == 2  # nothing made for a refused row
     history = _write(tmp_path / "h.csv", ["L-6,americano,1,2026-01-05 08:00,0.4"], HEADER + ",amount")
-    report = _import(db, parse_purchases(history, "csv"), currency="KRW")  # store-less: the CURRENCY setting
+    report = _import(db, parse_purchases(history, "csv"), currency="KRW")  # store-less: the default currency
     assert [(e.line, e.message) for e in report.errors] == [
-        (2, "amount 0.4 has more decimals than KRW uses (0), the CURRENCY setting; not imported")]
+        (2, "amount 0.4 has more decimals than KRW uses (0), the dashboard's default currency; not imported")]
 
 
 def test_real_data_sets_meet_their_currencies(db, data_dir, ta_feng_slice, tmp_path):
