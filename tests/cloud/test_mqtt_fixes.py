@@ -106,7 +106,15 @@ def _retained_menus(broker) -> dict[str, bytes]:
     try:
         c.subscribe(f"{proto.ROOT}/stores/+/menus/+", qos=1)
         assert subscribed.wait(5)
-        time.sleep(0.5)  # retained messages follow the SUBACK
+        # retained messages follow the SUBACK: read until none came for 0.5 s (hundreds take longer on a busy
+        # machine than a fixed wait), at most 15 s
+        deadline, seen, quiet_since = time.monotonic() + 15, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if len(got) != seen:
+                seen, quiet_since = len(got), time.monotonic()
+            elif time.monotonic() - quiet_since >= 0.5:
+                break
     finally:
         c.disconnect()
         c.loop_stop()
