@@ -149,8 +149,12 @@ def test_the_daemon_gives_its_sign_ups_the_running_upgrade(tmp_path, model_path,
         assert app._on_signup("enrol")
         assert wait_for(lambda: app.gallery.customers(status="pending"), timeout=90)
         (biden,) = app.gallery.customers(status="pending")
-        models = app.gallery.template_models()[biden.id]
-        assert models.get(file_sha256(model_path), 0) > 0 and models.get(old.sha256, 0) > 0
+
+        def both_models() -> bool:  # the previous model's templates are written just after the sign-up's record
+            models = app.gallery.template_models().get(biden.id, {})
+            return models.get(file_sha256(model_path), 0) > 0 and models.get(old.sha256, 0) > 0
+
+        assert wait_for(both_models, timeout=30), app.gallery.template_models().get(biden.id)
     finally:
         app.stop()
 
