@@ -46,7 +46,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-__all__ = ["IMPORT_LOCK", "SALE_KEYS_LOCK", "busy_message", "hold_sale_keys", "lock_store", "queue_import",
+__all__ = ["BUSY_RETRY_AFTER", "IMPORT_LOCK", "SALE_KEYS_LOCK", "busy_message", "hold_sale_keys", "lock_store", "queue_import",
            "share_sale_keys", "try_hold_sale_keys"]
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,11 @@ def lock_store(session: Session, store_id: str):
         _take(session, "")
     return session.scalar(select(Store).where(Store.id == store_id).with_for_update()
                           .execution_options(populate_existing=True))
+
+
+#: Seconds a request refused because the database was busy (:func:`busy_message`) is asked to wait before it is sent
+#: again (``Retry-After`` of the 503: the POS API, the feedback API, the dashboard's busy page).
+BUSY_RETRY_AFTER = 30
 
 
 def busy_message(exc: BaseException) -> str | None:

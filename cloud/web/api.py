@@ -46,7 +46,7 @@ from dangol_cloud.db import dialect_insert
 from dangol_cloud.erased_refs import Erased, erased_for
 from dangol_cloud.erasure import POS_REQUEST_DAYS
 from dangol_cloud.models import CatalogueItem, Customer, PosRequest, Purchase, Store, external_ref_hash
-from dangol_cloud.sale_locks import busy_message
+from dangol_cloud.sale_locks import BUSY_RETRY_AFTER, busy_message
 from dangol_cloud.sale_rules import MAX_LINE_AMOUNT, MAX_LINE_QUANTITY, REF_MAX, amount_digits_error, sale_time_error
 from dangol_cloud.security import hash_token
 from dangol_cloud.store_prices import shared_currency
@@ -60,8 +60,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 #: Longest Idempotency-Key header accepted (``pos_requests.key`` is String(200)).
 MAX_KEY_LENGTH = 200
-#: Seconds a till is asked to wait (``Retry-After``) before resending a sale refused because the database was busy.
-BUSY_RETRY_AFTER = 30
 
 
 class PurchaseLine(BaseModel):

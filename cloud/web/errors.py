@@ -11,13 +11,11 @@ from flask import jsonify, make_response, render_template, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from dangol_cloud.sale_locks import busy_message
+from dangol_cloud.sale_locks import BUSY_RETRY_AFTER, busy_message
 from dangol_cloud.web.home import bp
 
 log = logging.getLogger(__name__)
 
-#: Seconds a busy-database page asks the browser or till to wait before trying again (``Retry-After``).
-BUSY_RETRY_AFTER = 30
 
 TEXT = {403: ("Not allowed", "Your account cannot open this page. Ask an owner if you need it."),
         404: ("Not found", "There is nothing here — it may have been removed, or the address is mistyped."),
