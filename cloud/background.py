@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 #: transaction), the others by :func:`record_run` in a transaction of their own; ``training-run`` is a training
 #: started by hand that succeeded (Retrain now, ``dangol-cloud train``).
 RUN_ACTIONS = ("retention-run", "retention-failed", "training-scheduled", "training-failed", "training-run")
+#: Seconds between two daily sweeps (retention, then old device events), from the end of one to the next.
+SWEEP_INTERVAL_S = 24 * 3600
+#: Seconds before a sweep that failed (either part) is tried again: within the hour, so a customer past the
+#: retention period is not kept a whole day longer because the database was busy or a file unreadable once.
+SWEEP_RETRY_S = 3600
 #: Seconds between two tries of a new regular's first menu (:func:`welcomer`).
 WELCOME_RETRY_SECONDS = 30.0
 #: Customers whose first menu may wait for a retry at once (:func:`welcomer`); more are dropped, counted and logged.
@@ -73,8 +78,8 @@ def start_background(app: Flask) -> Callable[[], None]:
     a device coming online gets its unconfirmed erasures re-sent by its :class:`ErasureResender`, at most once per
     ``erasure_republish_minutes``), the training schedule (if ``train_interval_hours`` is set), the erasure
     re-publisher (every ``erasure_republish_minutes``, with a broker) and the daily sweep (at start, then every
-    24 h): retention, then device events older than ``device_event_days``. Failures of each (and of scheduled
-    training) are counted in ``app.extensions["dangol_sweep_failures"]`` (``retention``, ``device-events``,
+    :data:`SWEEP_INTERVAL_S`; :data:`SWEEP_RETRY_S` after a failed one): retention, then device events older than
+    ``device_event_days``. Failures of each (and of scheduled training) are counted in ``app.extensions["dangol_sweep_failures"]`` (``retention``, ``device-events``,
     ``training``); each retention and scheduled training run is recorded in the audit log (:func:`record_run`),
     success or failure. A newly active customer whose welcome fails is retried by the listener
     (:attr:`~dangol_cloud.events.Listener.follow_ups`). Returns a function that stops them, the app's
@@ -144,12 +149,15 @@ def start_background(app: Flask) -> Callable[[], None]:
 
         while True:
             ids: list[str] = []
+            failed = False
             try:  # a success is recorded by run_retention ("retention-run") in this very transaction
                 with db.transaction() as session:
                     ids = run_retention(session, settings.retention_days)
-            except Exception as exc:  # retried in 24 h; recorded on its own, shown on the owner's home page
+            except Exception as exc:  # retried in an hour; recorded on its own, shown on the owner's home page
+                failed = True
                 sweep_failures["retention"] += 1
-                log.exception("retention sweep failed (%d so far); retrying in 24 h", sweep_failures["retention"])
+                log.exception("retention sweep failed (%d so far); retrying in %.0f min", sweep_failures["retention"],
+                              SWEEP_RETRY_S / 60)
                 record_run(db, "retention-failed", "retention", _short(exc))
             if ids:
                 log.info("retention: erased %d customers not seen for %d days", len(ids), settings.retention_days)
@@ -161,11 +169,12 @@ def start_background(app: Flask) -> Callable[[], None]:
             try:
                 with db.transaction() as session:
                     prune_device_events(session, settings.device_event_days)
-            except Exception:  # retried in 24 h; until then the table only holds a day more
+            except Exception:  # retried in an hour; until then the table holds a little more
+                failed = True
                 sweep_failures["device-events"] += 1
-                log.exception("pruning device events failed (%d so far); retrying in 24 h",
-                              sweep_failures["device-events"])
-            if stopping.wait(24 * 3600):
+                log.exception("pruning device events failed (%d so far); retrying in %.0f min",
+                              sweep_failures["device-events"], SWEEP_RETRY_S / 60)
+            if stopping.wait(SWEEP_RETRY_S if failed else SWEEP_INTERVAL_S):
                 return
 
     sweep_failures = {"retention": 0, "device-events": 0, "training": 0}
