@@ -8,13 +8,11 @@ import holds it; on SQLite a write lock held past the busy timeout is a clear re
 from __future__ import annotations
 
 import io
-import sqlite3
 import threading
 import uuid
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from dangol_cloud.app import create_app
 from dangol_cloud.importers import parse_purchases
@@ -27,7 +25,7 @@ from dangol_cloud.web.customer_link import LinkError, link_customers
 from dangol_cloud.zone_jobs import ZoneJobs
 from tests.conftest import data_dir  # noqa: F401
 from tests.cloud.conftest import *  # noqa: F401,F403
-from tests.cloud.conftest import OWNER_EMAIL, add_owner
+from tests.cloud.conftest import OWNER_EMAIL, add_owner, sqlite_write_lock_held
 from tests.cloud.test_cloud_web import csrf_of, sign_in, wait_for_import
 from tests.cloud.test_owner_link import _door_enrolment
 from tests.cloud.test_races_dec7 import _lines, _store, _wait_done_or_blocked
@@ -105,11 +103,7 @@ def test_sqlite_busy_past_its_timeout_is_a_clear_refusal(db, db_url, tmp_path, t
     with db.transaction() as s:
         import_rows(s, parse_purchases(ta_feng_slice, "ta-feng"), source="ta-feng", key_prefix="ta-feng",
                     tz="Europe/Berlin", store_id=_store(db, "Taipei"))
-    db.engine.dispose()  # new connections wait 0.3 s for the write lock instead of 30
-    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 300"))
-    writer = sqlite3.connect(make_url(db_url).database, isolation_level=None)
-    writer.execute("BEGIN IMMEDIATE")  # another process's import holds the write lock
-    try:
+    with sqlite_write_lock_held(db):  # another process's import holds the write lock
         page = client.post(f"/stores/{store_id}/delete", data={"csrf_token": token, "confirm": "yes"},
                            follow_redirects=True)
         assert page.status_code == 200
@@ -128,9 +122,6 @@ def test_sqlite_busy_past_its_timeout_is_a_clear_refusal(db, db_url, tmp_path, t
         done = wait_for_import(client, sent.location, timeout=60)
         assert "The database was busy with another write" in done and "Nothing was imported" in done
         assert "database is locked" not in done
-    finally:
-        writer.execute("ROLLBACK")
-        writer.close()
     with db.sessions() as s:
         assert s.get(Store, store_id) is not None
         assert s.scalar(select(func.count()).select_from(Purchase).where(Purchase.read_zone == "Europe/Berlin")) == 3000
