@@ -5,9 +5,10 @@ Tables:
 The cache hands out what it keeps as the protocol's pydantic objects (:class:`dangol_protocol.Catalogue`,
 :class:`dangol_protocol.Menu`), the same objects :mod:`dangol_edge.sync` received.
 
-* ``catalogue``: one row (``id = 1``) with the newest ``catalogue/1`` snapshot (JSON) and its version;
-  an older or equal version never replaces a newer one (retained messages can arrive out of order
-  after a reconnect).
+* ``catalogue``: one row (``id = 1``) with the newest ``catalogue/1`` snapshot (JSON) and its version
+  (:mod:`dangol_edge.state_catalogue`): an older version never replaces a newer one (retained messages can arrive
+  out of order after a reconnect), the same version only with other content (a correction, which changes the
+  cached catalogue's revision).
 * ``menus``: ``customer_id`` → newest ``menu/1`` payload (JSON) without the name; the name (first name only,
   :func:`dangol_protocol.first_name`) is kept apart in ``display_name``, sealed with AES-256-GCM under the
   gallery key (:class:`~dangol_edge.crypto.FieldCipher`, context ``menus.display_name:<customer id>``),
@@ -39,10 +40,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dangol_protocol import Catalogue, Menu, first_name
+from dangol_protocol import Menu, first_name
 
 from .crypto import FieldCipher, GalleryKeyError
 from .sqlite import SQLiteFile, connect
+from .state_catalogue import CatalogueTable
 from .state_erased import ErasedTable
 from .state_outbox import OutboxTable
 from .state_recovery import move_aside, salvage
@@ -67,7 +69,7 @@ class StateError(RuntimeError):
     """The state file cannot be opened; the message names it."""
 
 
-class StateStore(OutboxTable, ErasedTable, SQLiteFile):
+class StateStore(CatalogueTable, OutboxTable, ErasedTable, SQLiteFile):
     """Catalogue, menus, outbox and erased customers in one SQLite file. Thread-safe (one connection, one lock).
 
     Args:
@@ -81,13 +83,10 @@ class StateStore(OutboxTable, ErasedTable, SQLiteFile):
         super().__init__(path)
         self.cipher = cipher
         self._no_key_logged = False
-        self._catalogue: Catalogue | None = None  # the parsed cached catalogue (one per version)
-        self._unreadable_version: int | None = None  # the cached version that did not parse (reported once)
-        #: cached catalogue versions that could not be read (each logged once; the next catalogue replaces it)
-        self.catalogue_read_errors = 0
         #: cached menus whose sealed first name could not be opened (each logged once; read as no name)
         self.name_read_errors = 0
         self._unopenable: set[str] = set()  # customer ids whose cached name could not be opened (logged)
+        self._init_catalogue()
         self._init_outbox()
         self._init_erased()
         self.recovered_from: Path | None = None  # the damaged file moved aside by open(recover=True), if any
@@ -134,8 +133,7 @@ class StateStore(OutboxTable, ErasedTable, SQLiteFile):
             db = connect(self.path)
             db.execute("PRAGMA secure_delete = ON")  # a re-sealed or deleted name is zeroed in the file
             names = db.table_names()
-            if "catalogue" not in names:
-                db["catalogue"].create({"id": int, "version": int, "payload": str, "received_at": str}, pk="id")
+            self._create_catalogue(db)
             if "menus" not in names:
                 db["menus"].create({"customer_id": str, "payload": str, "generated_at": str, "received_at": str,
                                     "display_name": bytes}, pk="customer_id")
@@ -243,71 +241,6 @@ class StateStore(OutboxTable, ErasedTable, SQLiteFile):
     def _now() -> str:
         return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
-    # --- catalogue ---------------------------------------------------------------------------------
-    def put_catalogue(self, catalogue: Catalogue | Mapping[str, Any]) -> bool:
-        """Store a ``catalogue/1`` snapshot if it is newer than the cached one, or of the same version with other
-        content (a correction the cloud published without a new version, e.g. the store's currency changed), or if
-        the cached one cannot be read (any version then replaces it: the cloud re-publishing the same version heals
-        a damaged cache); returns True if stored.
-
-        Args:
-            catalogue: the protocol object (from :func:`dangol_protocol.parse_payload`) or a payload dict,
-                validated here.
-
-        Raises:
-            pydantic.ValidationError: a dict that is not a valid ``catalogue/1``.
-            sqlite3.Error: the file cannot be written (disk full, locked by another writer; nothing is stored).
-        """
-        cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue.model_validate(catalogue)
-        payload = cat.model_dump_json(by_alias=True)
-        with self._lock:
-            row = self.db.execute("SELECT version, payload FROM catalogue WHERE id = 1").fetchone()
-            if row and self._cached_catalogue() is not None and (
-                    row[0] > cat.version or (row[0] == cat.version and _same_content(row[1], payload))):
-                return False
-            self.db["catalogue"].upsert({"id": 1, "version": cat.version,
-                                         "payload": payload,
-                                         "received_at": self._now()}, pk="id")
-            self._catalogue = cat
-        return True
-
-    def catalogue(self) -> Catalogue | None:
-        """The cached :class:`dangol_protocol.Catalogue`, or None before the first one arrives (or if the
-        cached row cannot be read as one: logged once per version and counted in :attr:`catalogue_read_errors`).
-        Parsed once per version (the screen asks every second)."""
-        with self._lock:
-            return self._cached_catalogue()
-
-    def catalogue_status(self) -> str | None:
-        """``ok`` while a cached catalogue can be read, ``unreadable`` while the cached one cannot (the door shows
-        no house menu until the next arrives), None before any arrived.
-
-        Raises:
-            sqlite3.Error: the database itself cannot be read."""
-        if self.catalogue() is not None:
-            return "ok"
-        return "unreadable" if self.catalogue_read_errors else None
-
-    def _cached_catalogue(self) -> Catalogue | None:
-        """:meth:`catalogue` with the lock held."""
-        row = self.db.execute("SELECT version FROM catalogue WHERE id = 1").fetchone()
-        if row is None:
-            return None
-        if self._catalogue is not None and self._catalogue.version == row[0]:
-            return self._catalogue
-        if self._unreadable_version == row[0]:
-            return None
-        text = self.db.execute("SELECT payload FROM catalogue WHERE id = 1").fetchone()[0]
-        try:
-            self._catalogue = Catalogue.model_validate_json(text)
-        except ValidationError as exc:
-            self._unreadable_version = row[0]
-            self.catalogue_read_errors += 1
-            log.error("the cached catalogue (version %s) in %s cannot be read (%s); waiting for the next one",
-                      row[0], self.path, exc.errors()[0].get("msg"))
-            return None
-        return self._catalogue
-
     # --- menus -------------------------------------------------------------------------------------
     def put_menu(self, menu: Menu | Mapping[str, Any]) -> bool:
         """Store a ``menu/1`` unless its customer was erased on this box (refused: counted in :attr:`refused_menus`
@@ -383,14 +316,6 @@ class StateStore(OutboxTable, ErasedTable, SQLiteFile):
         with self._lock:
             self.db.execute("DELETE FROM menus WHERE customer_id = ?", [str(customer_id)])
             self._unopenable.discard(str(customer_id))
-
-
-def _same_content(cached: str, payload: str) -> bool:
-    """Whether two ``catalogue/1`` JSON texts list the same content (``published_at`` aside: a re-publication)."""
-    a, b = json.loads(cached), json.loads(payload)
-    a.pop("published_at", None)
-    b.pop("published_at", None)
-    return a == b
 
 
 def _ts(value: str) -> datetime:

@@ -101,7 +101,7 @@
 
   function apply(msg) {
     if (msg.app && app && msg.app !== app) { location.reload(); return; }  // the server was replaced
-    var k = msg.version + ":" + msg.catalogue_version;
+    var k = msg.version + ":" + (msg.catalogue_revision || "");  // the catalogue's content, not only its version
     if (k === key) return;
     key = k;
     stage.dataset.key = k;

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("menu", __name__)
 
-#: Seconds between checks of the cached catalogue's version by each open event stream.
+#: Seconds between checks of the cached catalogue's revision by each open event stream.
 CATALOGUE_POLL_S = 1.0
 #: Seconds between ``ping`` events (they also reveal a closed connection so its thread ends).
 HEARTBEAT_S = 15.0
@@ -37,10 +37,13 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def view(d: WebDeps, snapshot: dict, catalogue: Catalogue | None) -> dict:
+def view(d: WebDeps, snapshot: dict, catalogue: Catalogue | None, revision: str | None = None) -> dict:
     """The screen snapshot as the page gets it: the welcome's chosen picks filtered again against the
     current catalogue (:func:`~dangol_edge.web.formatting.visible_picks`, by the rules of
-    :mod:`dangol_edge.menu_text`), plus ``catalogue_version``, ``app``, ``welcome_s`` (seconds), and the café's
+    :mod:`dangol_edge.menu_text`), plus ``catalogue_version``, ``catalogue_revision`` (``revision``: the cached
+    catalogue's content revision, :meth:`~dangol_edge.state.StateStore.catalogue_with_revision`, which a
+    same-version correction changes too; the page re-renders when it or the screen's ``version`` changes),
+    ``app``, ``welcome_s`` (seconds), and the café's
     clock for the page's own ticking clock: ``clock_zone`` (the catalogue's IANA zone, or None for the box's
     local time) and ``clock_offset`` (that zone's UTC offset now, minutes east; None without a zone), which the
     page adds to UTC if its browser does not know the zone."""
@@ -48,6 +51,7 @@ def view(d: WebDeps, snapshot: dict, catalogue: Catalogue | None) -> dict:
     if out.get("screen") == "welcome":
         out["picks"] = visible_picks(out.get("picks") or [], catalogue, d.config.display.picks)
     out["catalogue_version"] = catalogue.version if catalogue else None
+    out["catalogue_revision"] = revision if catalogue else None
     out["app"] = d.app_id
     out["welcome_s"] = d.config.display.welcome_s  # the page's own timer takes a welcome down after this
     zone = door_zone(catalogue)
@@ -126,14 +130,20 @@ def catalogue_reads(d: WebDeps) -> CatalogueReads:
 def read_catalogue(d: WebDeps) -> Catalogue | None:
     """The cached catalogue, or None: none cached yet, or the cache cannot be read (the screen stays up, showing no
     house menu; :func:`catalogue_problem` says why; logged once per streak of failed reads: :class:`CatalogueReads`)."""
+    return read_catalogue_revision(d)[0]
+
+
+def read_catalogue_revision(d: WebDeps) -> tuple[Catalogue | None, str | None]:
+    """(:func:`read_catalogue`, the catalogue's content revision) read together
+    (:meth:`~dangol_edge.state.StateStore.catalogue_with_revision`); (None, None) when there is none to show."""
     reads = catalogue_reads(d)
     try:
-        catalogue = d.state.catalogue()
+        catalogue, revision = d.state.catalogue_with_revision()
     except Exception as exc:  # a broken cache or storage must not take the screen down
         reads.failed(exc)
-        return None
+        return None, None
     reads.worked()
-    return catalogue
+    return catalogue, revision
 
 
 def catalogue_problem(d: WebDeps) -> str | None:
@@ -144,16 +154,16 @@ def catalogue_problem(d: WebDeps) -> str | None:
 @bp.get("/")
 def menu_page():
     d = deps()
-    catalogue = read_catalogue(d)
-    v = view(d, d.screen.snapshot(), catalogue)
-    return render_template("menu.html", v=v, key=f"{v['version']}:{v['catalogue_version']}",
+    catalogue, revision = read_catalogue_revision(d)
+    v = view(d, d.screen.snapshot(), catalogue, revision)
+    return render_template("menu.html", v=v, key=f"{v['version']}:{v['catalogue_revision'] or ''}",
                            screen_html=render_screen(current_app, v, catalogue))
 
 
 @bp.get("/api/state")
 def api_state():
     d = deps()
-    return flask.jsonify(view(d, d.screen.snapshot(), read_catalogue(d)))
+    return flask.jsonify(view(d, d.screen.snapshot(), *read_catalogue_revision(d)))
 
 
 @bp.get("/api/catalogue")
@@ -184,15 +194,15 @@ def events():
             yield "retry: 1000\n\n"
             sent: tuple | None = None
             snap = d.screen.snapshot()
-            catalogue, polled = read_catalogue(d), time.monotonic()
+            (catalogue, revision), polled = read_catalogue_revision(d), time.monotonic()
             beat = time.monotonic()
             while not streams.stopping.is_set():
                 now = time.monotonic()
                 if now - polled >= CATALOGUE_POLL_S:
-                    catalogue, polled = read_catalogue(d), now
-                key = (snap["version"], catalogue.version if catalogue else None)
+                    (catalogue, revision), polled = read_catalogue_revision(d), now
+                key = (snap["version"], revision)  # a same-version correction changes the revision too
                 if key != sent:
-                    v = view(d, snap, catalogue)
+                    v = view(d, snap, catalogue, revision)
                     v["html"] = render_screen(app, v, catalogue)
                     yield f"data: {json.dumps(v, separators=(',', ':'))}\n\n"
                     sent, beat = key, now

@@ -73,12 +73,14 @@ def test_the_catalogues_zone_decides_the_daypart_whatever_the_boxs_zone(box, box
     cat = catalogue("America/New_York")
     wall_clock = datetime.fromtimestamp(INSTANT.timestamp())  # what a naive datetime.now() says on this box
     for at in (INSTANT, wall_clock):
-        assert [i.id for i in choose_picks(menu(cid), cat, limit=6, at=at)] == ["bagel", "croissant"]
-    assert [i.id for i in choose_picks(menu(cid), catalogue("Asia/Seoul"), limit=6, at=INSTANT)] == ["wine"]
+        assert [i.id for i in choose_picks(menu(cid), cat, limit=6, at=at)] == ["bagel", "croissant", "scone"]
+    assert [i.id for i in choose_picks(menu(cid), catalogue("Asia/Seoul"), limit=6, at=INSTANT)] == ["wine", "scone"]
+    # (each day-part's picks topped up from the all-day list, ["scone"])
 
 
-@pytest.mark.parametrize("box, expected", [("America/New_York", ["bagel", "croissant"]), ("UTC", ["soup"]),
-                                           ("Europe/London", ["soup"]), ("Asia/Seoul", ["wine"])])
+@pytest.mark.parametrize("box, expected", [("America/New_York", ["bagel", "croissant", "scone"]),
+                                           ("UTC", ["soup", "scone"]), ("Europe/London", ["soup", "scone"]),
+                                           ("Asia/Seoul", ["wine", "scone"])])
 def test_an_older_clouds_catalogue_without_a_zone_leaves_the_boxs_clock_in_charge(box, expected, box_zone):
     box_zone(box)
     got = choose_picks(menu(str(uuid.uuid4())), catalogue(None), limit=6, at=INSTANT)
@@ -106,9 +108,9 @@ def test_the_arrival_worker_greets_with_the_daypart_of_the_catalogues_zone(door,
     box_zone("UTC")
     config, state, gallery, mina = door
     assert state.put_catalogue(catalogue("America/New_York"))
-    assert _arrive(door, lambda: INSTANT) == ["bagel", "croissant"]   # 08:30 in New York: breakfast
+    assert _arrive(door, lambda: INSTANT) == ["bagel", "croissant", "scone"]   # 08:30 in New York: breakfast
     assert state.put_catalogue(catalogue("Asia/Seoul", version=2))
-    assert _arrive(door, lambda: INSTANT) == ["wine"]                 # 21:30 in Seoul: evening
+    assert _arrive(door, lambda: INSTANT) == ["wine", "scone"]                 # 21:30 in Seoul: evening
 
 
 def test_the_arrival_workers_own_clock_is_an_instant(door):
@@ -131,7 +133,7 @@ def test_a_catalogue_with_an_unknown_zone_is_dropped_and_the_cache_kept(door, ca
     assert sync.invalid_messages == 3
     cached = state.catalogue()
     assert (cached.version, cached.timezone) == (1, "America/New_York")
-    assert _arrive(door, lambda: INSTANT) == ["bagel", "croissant"]   # arrivals go on with the cached zone
+    assert _arrive(door, lambda: INSTANT) == ["bagel", "croissant", "scone"]   # arrivals go on with the cached zone
 
 
 def test_a_zone_the_box_cannot_resolve_falls_back_to_its_own_clock(box_zone, caplog):
@@ -140,7 +142,8 @@ def test_a_zone_the_box_cannot_resolve_falls_back_to_its_own_clock(box_zone, cap
     box_zone("UTC")
     broken = Catalogue.model_construct(**{**dict(catalogue(None)), "timezone": "Mars/Olympus_Mons"})
     with caplog.at_level(logging.WARNING, logger="dangol_edge.menu_text"):
-        assert [i.id for i in choose_picks(menu(str(uuid.uuid4())), broken, limit=6, at=INSTANT)] == ["soup"]
+        got = choose_picks(menu(str(uuid.uuid4())), broken, limit=6, at=INSTANT)
+        assert [i.id for i in got] == ["soup", "scone"]
     assert "Mars/Olympus_Mons" in caplog.text
 
 

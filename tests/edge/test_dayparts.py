@@ -43,7 +43,8 @@ MORNING = ["croffle", "croissant", "porridge"]   # croffle is sold out
 AFTERNOON = ["scone", "iced-tea"]
 
 
-@pytest.mark.parametrize("hour, expected", [(8, ["croissant", "porridge"]), (15, ["scone", "iced-tea"]),
+@pytest.mark.parametrize("hour, expected", [(8, ["croissant", "porridge", "latte"]),   # topped up from all day
+                                            (15, ["scone", "iced-tea", "latte"]),
                                             (12, ["latte"]), (2, ["latte"])])   # no lunch/evening slot: all day
 def test_the_current_dayparts_picks_are_chosen(hour, expected):
     m = menu(str(uuid.uuid4()), {"breakfast": MORNING, "afternoon": AFTERNOON})
@@ -71,7 +72,8 @@ def door(door_with_mina):
     return door_with_mina
 
 
-@pytest.mark.parametrize("hour, expected", [(8, ["Croissant", "Porridge"]), (15, ["Scone", "Iced tea"])])
+@pytest.mark.parametrize("hour, expected", [(8, ["Croissant", "Porridge", "Caffè latte"]),
+                                            (15, ["Scone", "Iced tea", "Caffè latte"])])   # the all-day pick last
 def test_the_door_screen_shows_the_dayparts_picks(door, hour, expected):
     config, state, gallery, mina = door
     screen = Screen()
@@ -87,4 +89,5 @@ def test_the_door_screen_shows_the_dayparts_picks(door, hour, expected):
     v = client.get("/api/state").get_json()
     assert v["screen"] == "welcome" and [p["name"] for p in v["picks"]] == expected
     page = client.get("/").get_data(as_text=True)
-    assert all(name in page for name in expected) and "Caffè latte" not in page.split("Welcome back")[-1]
+    found = [page.split("Welcome back")[-1].find(name) for name in expected]   # the welcome's picks, in order
+    assert -1 not in found and found == sorted(found)
