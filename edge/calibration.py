@@ -179,11 +179,17 @@ def pipeline_differences(recorded: dict, current: dict) -> list[str]:
     return out
 
 
-def mismatch(path: Path, recorded: dict | None, current: dict) -> PipelineMismatch:
-    """The error for a calibration measured with ``recorded`` (None: unknown) while the edge runs ``current``."""
-    fix = ("; build a calibration for this pipeline (`dangol-models build --detector "
-           f"{current['detector']['backend']} --out DIR`, then install that folder's files), run the pipeline the "
-           "calibration was measured with, or set a fixed matcher.threshold in the edge config")
+def mismatch(path: Path, recorded: dict | None, current: dict, upgrade: bool = False) -> PipelineMismatch:
+    """The error for a calibration measured with ``recorded`` (None: unknown) while the edge runs ``current``; with
+    ``upgrade``, of a model upgrade's previous model (no fixed threshold can stand in for it, see
+    :func:`uncalibrated`)."""
+    build = f"`dangol-models build --detector {current['detector']['backend']} --out DIR`"
+    fix = (f"; build a calibration for this pipeline ({build}, then install that folder's files), run the pipeline "
+           "the calibration was measured with, or set a fixed matcher.threshold in the edge config")
+    if upgrade:
+        fix = (f"; this is the previous model of a model upgrade (embedder.previous_model_path), which needs a "
+               f"calibration measured with this pipeline ({build} for that model, then put its calibration file beside "
+               "it), or remove embedder.previous_model_path (customers not migrated yet then re-enrol)")
     if recorded is None:
         return PipelineMismatch(f"{path}: records no pipeline (detector, alignment), so its threshold cannot be "
                                 f"trusted for this edge's {describe_pipeline(current)}{fix}")
@@ -318,12 +324,14 @@ def write_calibration(model_path: str | Path, sha256: str, tail: ImpostorTail, s
     return path
 
 
-def load_calibration(model_path: str | Path, sha256: str, pipeline: dict | None = None) -> ImpostorTail | None:
+def load_calibration(model_path: str | Path, sha256: str, pipeline: dict | None = None,
+                     upgrade: bool = False) -> ImpostorTail | None:
     """The impostor tail recorded for this model file, or None when there is no calibration file.
 
     Args:
         pipeline: the pipeline the caller runs (:func:`pipeline_of`); when given, the file must have been measured
             with the same detector and alignment (:func:`recorded_pipeline`).
+        upgrade: the model is a model upgrade's previous model (the mismatch message says what to do then).
     Raises:
         PipelineMismatch: measured with another pipeline than ``pipeline``, or the file does not say which.
         CalibrationError: the file is unreadable, malformed, or made for another model (sha256).
@@ -344,7 +352,7 @@ def load_calibration(model_path: str | Path, sha256: str, pipeline: dict | None 
     if pipeline is not None:
         recorded = recorded_pipeline(data, pipeline)
         if recorded is None or pipeline_differences(recorded, pipeline):
-            raise mismatch(path, recorded, pipeline)
+            raise mismatch(path, recorded, pipeline, upgrade)
     return tail
 
 

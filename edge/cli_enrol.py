@@ -22,8 +22,9 @@ import weakref
 
 import numpy as np
 
-from .calibration import CalibrationError
+from .calibration import CalibrationError, pipeline_of
 from .embed import Embedder
+from .gallery_models import previous_embedder
 from .signup_previous import previous_crop
 from .upgrade import previous_door_model
 
@@ -36,21 +37,25 @@ def upgrade_previous(cfg, gallery) -> Embedder | None:
     ``embedder.previous_model_path``, it is another model, and the gallery still holds templates of it (as
     :meth:`~dangol_edge.recognition.Recognizer.from_config` decides that an upgrade runs). Sets the gallery's
     ``previous_model`` (its calibrated rule at the door's FPIR, :func:`~dangol_edge.upgrade.previous_door_model`).
-    Else None; also None, logged as a warning, when the previous model has no usable calibration (the daemon does not
-    start then; enrolments are not checked against the regulars not migrated yet, as
-    :meth:`~dangol_edge.enrol.DoorRule.or_none` does for the current model).
+    Else None, the previous model's file not opened unless the gallery holds templates of another model than the
+    current one (:func:`~dangol_edge.gallery_models.previous_embedder`: one deleted after its upgrade ended is fine);
+    also None, logged as a warning, when the previous model has no usable calibration, or one measured with another
+    pipeline than this config runs in front of it (the daemon does not start then; enrolments are not checked against
+    the regulars not migrated yet, as :meth:`~dangol_edge.enrol.DoorRule.or_none` does for the current model).
 
     Raises:
-        ModelError: the previous model's file is missing.  sqlite3.Error: the gallery cannot be read.
+        ModelError: the gallery holds templates of another model and the previous model's file is missing (named).
+        sqlite3.Error: the gallery cannot be read.
     """
-    path = cfg.embedder.previous_model_path
-    if path is None:
+    if cfg.embedder.previous_model_path is None:
         return None
-    old = Embedder(path, threads=cfg.embedder.threads)
-    if old.sha256 == gallery.model_sha256 or not any(m.get(old.sha256) for m in gallery.template_models().values()):
+    others = gallery.other_models()
+    old = previous_embedder(cfg, others)
+    if old is None or not others.get(old.sha256):
         return None
     try:
-        gallery.previous_model = previous_door_model(old, cfg.matcher.target_fpir)
+        gallery.previous_model = previous_door_model(old, cfg.matcher.target_fpir,
+                                                     pipeline_of(cfg.detector, cfg.model_path, old.spec))
     except CalibrationError as exc:
         log.warning("enrolments are not checked against the regulars a model upgrade has not migrated yet: %s", exc)
         return None

@@ -35,7 +35,9 @@ def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_s
             pipeline (detector backend or file, alignment) than this config runs while ``matcher.threshold`` is unset
             (:class:`dangol_edge.calibration.PipelineMismatch`, naming both); ``display.consent_version`` has no
             consent text (:func:`dangol_edge.consent_text.render_consent`: staff would confirm a text nobody can read;
-            the message names the version and the file it looked for). The message names ``source`` and the setting.
+            the message names the version and the file it looked for); while the gallery holds templates of another
+            model than the current one, the previous model (``embedder.previous_model_path``) is missing or its
+            calibration unusable (:func:`check_previous_model`). The message names ``source`` and the setting.
     """
     from .calibration import calibration_path, uncalibrated
     from .config import ConfigError
@@ -64,7 +66,47 @@ def check_daemon_settings(config: "EdgeConfig", source: str = "config", camera_s
         render_consent(config)
     except ConsentTextError as exc:
         raise ConfigError(f"{source}: invalid config: display.consent_version: {exc}") from None
-    # embedder.previous_model_path: checked by ModelUpgrade.start, only while the gallery holds its templates
+    check_previous_model(config, source)  # only while the gallery holds templates of another model
+
+
+def check_previous_model(config: "EdgeConfig", source: str = "config") -> None:
+    """While the gallery file holds templates of another model than the current one (a model upgrade has customers
+    to migrate), ``embedder.previous_model_path`` names a file that is there and loads, and its calibration was
+    measured with the pipeline this config runs in front of it: what
+    :meth:`dangol_edge.recognition.Recognizer.from_config` refuses at start otherwise. Nothing is looked at when no
+    previous model is configured, the current model is missing (the daemon names it) or no such template is left (an
+    upgrade that ended: the old file may be deleted, the config line kept). The gallery is read without its key.
+
+    Raises:
+        ConfigError: naming ``source`` and the previous model's file: missing while templates of another model
+            remain (:func:`~dangol_edge.gallery_models.previous_embedder`), not a loadable model, or its calibration
+            missing, malformed or measured with another pipeline (:func:`dangol_edge.upgrade.previous_door_model`);
+            or the gallery file cannot be read.
+    """
+    import sqlite3
+
+    from .calibration import CalibrationError, pipeline_of
+    from .config import ConfigError
+    from .embed import ModelError, file_sha256
+    from .gallery_models import previous_embedder, stored_template_models
+
+    if config.embedder.previous_model_path is None or not config.model_path.is_file():
+        return
+    try:
+        stored = stored_template_models(config.gallery_path)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{source}: {config.gallery_path}: cannot read the gallery to check "
+                          f"embedder.previous_model_path: {exc}") from None
+    current = file_sha256(config.model_path)
+    try:
+        old = previous_embedder(config, {sha: n for sha, n in stored.items() if sha != current})
+        if old is None or old.sha256 == current:
+            return
+        from .upgrade import previous_door_model
+
+        previous_door_model(old, config.matcher.target_fpir, pipeline_of(config.detector, config.model_path, old.spec))
+    except (ModelError, CalibrationError) as exc:
+        raise ConfigError(f"{source}: embedder.previous_model_path: {exc}") from None
 
 
 def check_calibration_pipeline(config: "EdgeConfig", source: str = "config") -> None:

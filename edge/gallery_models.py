@@ -9,7 +9,16 @@ gallery's ``meta`` table. See :mod:`dangol_edge.upgrade`.
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import EdgeConfig
+    from .embed import Embedder
 
 #: The ``meta`` key holding when a model upgrade started (ISO 8601 UTC); present while one runs.
 UPGRADE_STARTED_KEY = "upgrade_started_at"
@@ -81,6 +90,14 @@ class ModelTemplates:
                 out.setdefault(cid, {})[sha] = int(n)
         return out
 
+    def other_models(self) -> dict[str, int]:
+        """Per model sha256 other than the current one, how many templates it made (a model upgrade's old
+        templates; never searched)."""
+        with self._lock:
+            return {sha: int(n) for sha, n in self.db.execute(
+                "SELECT model_sha256, COUNT(*) FROM templates WHERE model_sha256 != ? GROUP BY model_sha256",
+                [self.model_sha256])}
+
     def require_current_template(self, customer_id: str) -> None:
         """Raise :class:`NoCurrentTemplate` unless the customer has a template of the current model, or only older
         models' templates while a model upgrade runs (``meta`` :data:`UPGRADE_STARTED_KEY`: it migrates them at the
@@ -127,3 +144,45 @@ class ModelTemplates:
                 self.db.execute("DELETE FROM meta WHERE key = ?", [key])
             else:
                 self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
+def stored_template_models(path: str | Path) -> dict[str, int]:
+    """Per model sha256, how many templates the gallery file ``path`` holds, read without opening the gallery (no
+    key needed, nothing created or written: for ``dangol-edge check-config``); empty when the file or its
+    ``templates`` table is not there yet.
+
+    Raises:
+        sqlite3.Error: the file is not a readable SQLite database.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    with closing(sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'templates'").fetchone():
+            return {}
+        return {sha: int(n) for sha, n in db.execute(
+            "SELECT model_sha256, COUNT(*) FROM templates GROUP BY model_sha256")}
+
+
+def previous_embedder(config: "EdgeConfig", others: dict[str, int]) -> "Embedder | None":
+    """A model upgrade's previous model as ``config`` names it (``embedder.previous_model_path``; nothing loaded yet)
+    while the gallery holds templates of another model than the current one (``others``: per model sha256, their
+    count, :meth:`ModelTemplates.other_models`). None when no previous model is configured or no such template is
+    left, without looking at its file: once an upgrade has ended the file may be deleted and the config line kept.
+
+    Raises:
+        ModelError: templates of another model remain and the previous model's file is missing (the message names the
+            file, how many templates wait, and what to do).
+    """
+    from .embed import Embedder, ModelError
+
+    path = config.embedder.previous_model_path
+    if path is None or not others:
+        return None
+    if not Path(path).is_file():
+        raise ModelError(
+            f"{path}: the previous face model (embedder.previous_model_path) is missing, but the gallery still holds "
+            f"{sum(others.values())} template(s) of another model than the current one, for a model upgrade to "
+            "migrate: put the file back (the upgrade then migrates those customers at their next visit), or remove "
+            "embedder.previous_model_path from the config (those customers must then re-enrol)")
+    return Embedder(path, threads=config.embedder.threads)

@@ -13,6 +13,7 @@ from .detect import FaceDetector
 from .embed import Embedder
 from .faces import Face, FacePipeline
 from .gallery import Gallery
+from .gallery_models import previous_embedder
 from .matcher import Match
 from .sources import Frame
 from .tracker import Decision, Observation, Tracker
@@ -59,22 +60,29 @@ class Recognizer:
         Reads the model's calibration file (:func:`~dangol_edge.calibration.load_calibration`); the
         detector and embedder are opened on first use.
 
+        A model upgrade runs while ``embedder.previous_model_path`` is set and the gallery holds templates of
+        another model (:func:`~dangol_edge.gallery_models.previous_embedder`): only then is the previous model's file
+        opened, so one deleted after its upgrade ended does not stop the door.
+
         Raises:
-            CalibrationError: the calibration file beside the model (or the previous model) is missing while
-                ``matcher.threshold`` is unset, malformed, or made for another model.
+            CalibrationError: the calibration file beside the model (or the previous model, while an upgrade runs) is
+                missing while ``matcher.threshold`` is unset, malformed, or made for another model; or was measured
+                with another pipeline (:class:`~dangol_edge.calibration.PipelineMismatch`; for the previous model,
+                whatever ``matcher.threshold`` says).
+            ModelError: an upgrade has templates to migrate and the previous model's file is missing (named).
         """
         embedder = embedder or Embedder(config.model_path, threads=config.embedder.threads)
         pipeline = FacePipeline(FaceDetector.beside(config.model_path, config.detector), embedder)
         gallery = gallery or Gallery(config.gallery_path, embedder.sha256)
         rec = cls(pipeline, gallery, Tracker(config.tracker), rule_for(config, embedder), config.matcher.margin)
         prev = config.embedder.previous_model_path
-        if prev is not None:
-            old = Embedder(prev, threads=config.embedder.threads)
-            if old.sha256 != embedder.sha256 and gallery.open().stale_templates:
+        if prev is not None:  # the gallery's template models first: the file is needed only while old ones remain
+            old = previous_embedder(config, gallery.open().other_models())
+            if old is not None and old.sha256 != embedder.sha256:
                 rec.upgrade = ModelUpgrade(gallery, old, config.matcher.target_fpir, config.matcher.margin,
                                            config.embedder.upgrade_days, config.enrol.templates,
-                                           min_votes=config.tracker.min_votes,
-                                           vote_share=config.tracker.vote_share).start()
+                                           min_votes=config.tracker.min_votes, vote_share=config.tracker.vote_share,
+                                           pipeline=pipeline_of(config.detector, config.model_path, old.spec)).start()
         return rec
 
     @property

@@ -60,7 +60,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from .align import align_face
-from .calibration import OpenSetRule, load_calibration, uncalibrated
+from .calibration import OpenSetRule, load_calibration, pipeline_of, uncalibrated
 from .embed import Embedder
 from .enrol import medoid_consistent
 from .faces import Face
@@ -77,16 +77,28 @@ STARTED_KEY = UPGRADE_STARTED_KEY
 STRICTER = 0.1
 
 
-def previous_door_model(previous: Embedder, target_fpir: float) -> PreviousModel:
+def previous_door_model(previous: Embedder, target_fpir: float, pipeline: dict | None = None) -> PreviousModel:
     """An upgrade's previous model with its calibrated open-set rule at the door's FPIR ``target_fpir``
     (``matcher.target_fpir``): the door's rule as it was with that model, for the "already a regular" checks of
     sign-ups against regulars not migrated yet (:attr:`~dangol_edge.gallery_search.GallerySearch.previous_model`).
 
+    ``pipeline``: what the door runs in front of the previous model, ``pipeline_of(config.detector,
+    config.model_path, previous.spec)`` (:func:`~dangol_edge.calibration.pipeline_of`: the configured detector, its
+    YuNet file the one the door loads, and the previous model's alignment); default the default detector (YuNet)
+    beside the previous model. Its calibration must have been measured with it, as the door's own model's must
+    (:func:`~dangol_edge.recognition.rule_for`).
+
     Raises:
         CalibrationError: the previous model has no calibration file (never a fixed threshold: ``matcher.threshold``
             is on the current model's scale), or it is malformed or another model's.
+        PipelineMismatch: (a ``CalibrationError``, treated the same) the file was measured with another pipeline
+            than ``pipeline``, or does not say which.
     """
-    tail = load_calibration(previous.model_path, previous.sha256)
+    if pipeline is None:
+        from .config import DetectorConfig
+
+        pipeline = pipeline_of(DetectorConfig(), previous.model_path, previous.spec)
+    tail = load_calibration(previous.model_path, previous.sha256, pipeline, upgrade=True)
     if tail is None:
         raise uncalibrated(previous.model_path, upgrade=True)
     return PreviousModel(previous.sha256, OpenSetRule(tail, target_fpir))
@@ -136,9 +148,12 @@ class ModelUpgrade:
         max_templates: new-model templates kept per customer.
         min_votes, vote_share: the tracker's vote (``tracker.min_votes``, ``tracker.vote_share``) that a track's
             old-model matches must win to migrate (see the module docstring).
+        pipeline: what the door runs in front of the old model (:func:`previous_door_model`), which its calibration
+            must have been measured with.
 
     Raises (from :meth:`start`):
-        CalibrationError: the old model has no calibration file. A migration is never judged on a fixed
+        CalibrationError: the old model has no calibration file, or one measured with another pipeline than
+            ``pipeline`` (:class:`~dangol_edge.calibration.PipelineMismatch`). A migration is never judged on a fixed
             threshold: ``matcher.threshold`` is on the *new* model's scale, and a wrong one migrates a stranger's
             face into a regular's templates.
 
@@ -151,8 +166,9 @@ class ModelUpgrade:
     """
 
     def __init__(self, gallery: Gallery, previous: Embedder, target_fpir: float, margin: float,
-                 max_days: float, max_templates: int = 5, *, min_votes: int = 3, vote_share: float = 0.6):
-        self.gallery, self.previous = gallery, previous
+                 max_days: float, max_templates: int = 5, *, min_votes: int = 3, vote_share: float = 0.6,
+                 pipeline: dict | None = None):
+        self.gallery, self.previous, self.pipeline = gallery, previous, pipeline
         self.target_fpir, self.margin = target_fpir, margin
         self.max_days, self.max_templates = max_days, max_templates
         self.min_votes, self.vote_share = min_votes, vote_share
@@ -172,11 +188,12 @@ class ModelUpgrade:
         self._lock = threading.RLock()
 
     def start(self, now: datetime | None = None) -> "ModelUpgrade":
-        """Load the old templates and record when the upgrade started (first run only)."""
+        """Load the old templates and record when the upgrade started (first run only). Raises what
+        :func:`previous_door_model` raises, before anything is recorded."""
         now = now or datetime.now(timezone.utc)
+        door = previous_door_model(self.previous, self.target_fpir, self.pipeline)
         if self.gallery.meta(STARTED_KEY) is None:
             self.gallery.set_meta(STARTED_KEY, now.isoformat(timespec="seconds"))
-        door = previous_door_model(self.previous, self.target_fpir)
         self._rule = OpenSetRule(door.rule.tail, self.target_fpir * STRICTER)
         self._door_rule = door.rule
         # the staff page's "already a regular" check of sign-ups with only old templates: the door's rule as it was
