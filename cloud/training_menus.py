@@ -24,12 +24,13 @@ from sqlalchemy import select
 from dangol_cloud.db import Database
 from dangol_cloud.menu_mapping import MenuScope
 from dangol_cloud.models import Customer, CustomerSegment, Menu, ModelVersion, utcnow
+from dangol_cloud.models_ops import CustomerOrigin, MenuDayparts
 from dangol_cloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLD_START", "choose_picks", "daypart_menus", "is_personal", "known_customers", "pick_rows",
-           "refresh_menus", "welcome_regulars"]
+__all__ = ["COLD_START", "choose_picks", "daypart_menus", "is_personal", "known_customers", "origin_stores",
+           "pick_rows", "refresh_menus", "welcome_regulars"]
 
 #: Each further ask of a customer whose menu is still short asks the model for this many times more picks.
 ASK_GROWTH = 4
@@ -59,7 +60,8 @@ def is_personal(picks: list[dict]) -> bool:
 
 
 def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]], *,
-                 hour: int | None = None, segments: Mapping[str, Sequence[str]] | None = None) -> dict[str, list]:
+                 hour: int | None = None, segments: Mapping[str, Sequence[str]] | None = None,
+                 stores: Mapping[str, str] | None = None) -> dict[str, list]:
     """Each customer's picks: at most ``n`` products (or menu items) sold as ``n`` distinct usable menu items.
 
     The model picks among ``scope.candidates()`` without ``exclude[customer]``; it is asked for ``n`` picks of
@@ -87,13 +89,29 @@ def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, excl
         exclude: ``{customer: ids never to pick}`` (:func:`dangol_cloud.menu_mapping.expand_dislikes`).
         hour: local hour for a day-part menu (:meth:`Recommender.recommend`).
         segments: ``{customer: ["<column>:<value>", ...]}`` of customers the model does not know.
+        stores: ``{customer: store id}`` (:func:`origin_stores`): a customer the model does not know gets the
+            cold-start list of that store (its sales, smoothed towards the chain's; the chain's for a store without
+            sales); without one, the chain's. Known customers' picks do not depend on it.
 
     Returns:
         ``{customer: [Pick, ...]}`` best first (the kept picks, in the model's order, then the new items).
     """
+    groups: dict[str | None, list[str]] = {}
+    trained = known_customers(model) if stores else set()
+    for customer in customers:  # one ask per store of the cold-start customers; everyone else in one
+        groups.setdefault(None if customer in trained else (stores or {}).get(customer), []).append(customer)
+    out: dict[str, list] = {}
+    for store, who in groups.items():
+        out.update(_choose_at(model, who, n, scope, exclude, hour=hour, segments=segments, store=store))
+    return {c: out[c] for c in customers}
+
+
+def _choose_at(model, customers: Sequence[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]], *,
+               hour: int | None, segments: Mapping[str, Sequence[str]] | None, store: str | None) -> dict[str, list]:
+    """:func:`choose_picks` of customers whose cold-start lists are all those of ``store`` (None: the chain's)."""
     candidates = scope.candidates()
     ask_model = lambda who, k, explain, without=exclude: model.recommend(  # noqa: E731
-        who, n=k, available=candidates, hour=hour, exclude=without, segments=segments, explain=explain)
+        who, n=k, available=candidates, hour=hour, store=store, exclude=without, segments=segments, explain=explain)
     if not scope.usable or n <= 0:
         return ask_model(customers, n, True)
     new = {str(i) for i in model.items[model.new_items()]}
@@ -128,7 +146,7 @@ def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, excl
     if widened:
         long_list = lambda who: ask_model(who, len(candidates), True)  # noqa: E731
         out.update(_with_reasons(model, {c: out[c] for c in customers if c in widened}, long_list, hour=hour,
-                                 segments=segments))
+                                 segments=segments, store=store))
     return {c: out[c] for c in customers}
 
 
@@ -195,7 +213,7 @@ def _menu_sized(head: list, tail: list, n: int, slots: int) -> list:
 
 
 def _with_reasons(model, kept: Mapping[str, list], long_list, *, hour: int | None,
-                  segments: Mapping[str, Sequence[str]] | None) -> dict[str, list]:
+                  segments: Mapping[str, Sequence[str]] | None, store: str | None) -> dict[str, list]:
     """``kept`` (picks from asks without reasons) with their reasons and scores, from one explained ask whose
     lists are exactly each customer's kept items: the union of the kept items is what is available, every one
     of them a customer did not keep is excluded for them, and ``n`` is the size of the union (so the category
@@ -211,8 +229,8 @@ def _with_reasons(model, kept: Mapping[str, list], long_list, *, hour: int | Non
         if not union:
             continue
         others = {c: union - {p.item for p in kept[c]} for c in chunk}
-        got = model.recommend(chunk, n=len(union), available=union, hour=hour, exclude=others, segments=segments,
-                              explain=True)
+        got = model.recommend(chunk, n=len(union), available=union, hour=hour, store=store, exclude=others,
+                              segments=segments, explain=True)
         found.update({c: {p.item: p for p in got.get(c, [])} for c in chunk})
     found.update({c: {} for c in customers if c not in found})
     missing = [c for c, picks in kept.items() if any(p.item not in found[c] for p in picks)]
@@ -222,26 +240,41 @@ def _with_reasons(model, kept: Mapping[str, list], long_list, *, hour: int | Non
     return {c: [found[c].get(p.item, p) for p in picks] for c, picks in kept.items()}
 
 
-def daypart_menus(model, customers: list[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]]
+def daypart_menus(model, customers: list[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]], *,
+                  segments: Mapping[str, Sequence[str]] | None = None, stores: Mapping[str, str] | None = None
                   ) -> list[dict]:
-    """Rows for :class:`~dangol_cloud.models.MenuDayparts` (``customer_id``, ``dayparts``): each known customer's
-    picks per day-part, chosen like the all-day ones (:func:`choose_picks`); none for data without times of
-    day."""
+    """Rows for :class:`~dangol_cloud.models.MenuDayparts` (``customer_id``, ``dayparts``): each customer's picks per
+    day-part, chosen like the all-day ones (:func:`choose_picks`) at the day-part's representative hour
+    (:data:`~dangol_cloud.recommend.dayparts.DAYPART_HOURS`): a known customer's day-part menu, and for a customer
+    the model does not know the cold-start list of that hour (±1 h) at their store (``stores``, else the chain's),
+    ``segments``-aware and marked :data:`COLD_START`. None for data without times of day."""
     from dangol_cloud.recommend.dayparts import DAYPART_HOURS
 
-    trained = set(model.customers)
-    known = [c for c in customers if c in trained]
-    if model.dayparts is None or not known:
+    customers = list(dict.fromkeys(customers))
+    if model.dayparts is None or not customers:
         return []
-    slots = {name: choose_picks(model, known, n, scope, exclude, hour=hour) for name, hour in DAYPART_HOURS.items()}
-    return [{"customer_id": c, "dayparts": {name: pick_rows(slot[c]) for name, slot in slots.items()}}
-            for c in known]
+    slots = {name: choose_picks(model, customers, n, scope, exclude, hour=hour, segments=segments, stores=stores)
+             for name, hour in DAYPART_HOURS.items()}
+    known = known_customers(model)
+    return [{"customer_id": c, "dayparts": {name: pick_rows(slot[c], cold_start=c not in known)
+                                            for name, slot in slots.items()}} for c in customers]
+
+
+def origin_stores(session, customer_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """``{customer id: store id}`` of the customers (all, or ``customer_ids``) with an origin store
+    (:class:`~dangol_cloud.models_ops.CustomerOrigin`: the store whose door enrolled them, or the one an owner
+    assigned): the store whose sales their cold-start list ranks (:func:`choose_picks`)."""
+    query = select(CustomerOrigin.customer_id, CustomerOrigin.store_id).where(CustomerOrigin.store_id.is_not(None))
+    if customer_ids is not None:
+        query = query.where(CustomerOrigin.customer_id.in_(list(customer_ids)))
+    return {str(c): str(s) for c, s in session.execute(query)}
 
 
 def refresh_menus(db: Database, settings: Settings, customer_ids: list[str]) -> int:
     """Write menus for ``customer_ids`` with the newest saved model (no retraining), e.g. for a regular who
-    just gave consent: known customers get their ranked picks, new ones the cold-start list, marked so
-    (:data:`COLD_START`; both chosen by :func:`choose_picks` under the current menu and dislikes).
+    just gave consent: known customers get their ranked picks, new ones the cold-start list of their origin store
+    (:func:`origin_stores`), marked so (:data:`COLD_START`; both chosen by :func:`choose_picks` under the current
+    menu and dislikes), and, for data with times of day, the picks per day-part (:func:`daypart_menus`).
 
     Returns:
         Number of menus written (0 if no model has been trained yet).
@@ -283,6 +316,7 @@ def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str
         segments = pd.DataFrame(session.execute(
             select(CustomerSegment.customer_id, CustomerSegment.age_group, CustomerSegment.area)
             .where(CustomerSegment.customer_id.in_(customer_ids))).all(), columns=["customer", "age_group", "area"])
+        stores = origin_stores(session, customer_ids)
     try:
         model = Recommender.load(latest.path)
     except FileNotFoundError:
@@ -290,7 +324,9 @@ def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str
             if session.get(ModelVersion, latest.version) is None:
                 raise _ModelReplaced() from None
         raise
-    picks = choose_picks(model, customer_ids, settings.menu_size, scope, exclude, segments=segment_values(segments))
+    segments = segment_values(segments)
+    picks = choose_picks(model, customer_ids, settings.menu_size, scope, exclude, segments=segments, stores=stores)
+    slots = daypart_menus(model, customer_ids, settings.menu_size, scope, exclude, segments=segments, stores=stores)
     known = known_customers(model)
     now = utcnow()
     with db.transaction() as session:
@@ -301,6 +337,10 @@ def _refresh_menus_once(db: Database, settings: Settings, customer_ids: list[str
             menu.model_version, menu.generated_at = latest.version, now
             menu.picks = pick_rows(chosen, cold_start=customer_id not in known)
             session.add(menu)
+        for row in slots:
+            parts = session.get(MenuDayparts, row["customer_id"]) or MenuDayparts(customer_id=row["customer_id"])
+            parts.model_version, parts.dayparts = latest.version, row["dayparts"]
+            session.add(parts)
     return len(picks)
 
 

@@ -130,7 +130,9 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
 
     Returns:
         An :class:`EvaluationReport` with rows "popularity", "own-frequency", ["basket frequency
-        (GP-TopFreq)", "TIFU-KNN", "implicit ALS"], "LightFM alone", "Dangol (hybrid)".
+        (GP-TopFreq)", "TIFU-KNN", "implicit ALS"], "LightFM alone", "Dangol (hybrid)", [the two day-part rows (data
+        with times of day)], [the two cold-start rows (``segments``)]. A customer, (customer, day-part) or new customer
+        who bought after the cut only items first sold then is left out of its rows, and a note counts them.
 
     Raises:
         NothingToEvaluate: (a ValueError) no customer has purchases on both sides of the cut, or every such customer
@@ -202,9 +204,14 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         idx = items_index.get_indexer([p.item for p in picks[cust]])
         shipped[r, : len(idx)] = idx
     methods["Dangol (hybrid)"] = (shipped, train_seconds, score_seconds)
-    daypart_rows = _daypart_methods(model, test_eval, evaluated, shipped, bought_before, k)
+    daypart_rows, dropped = _daypart_methods(model, test_eval, evaluated, shipped, bought_before, k)
+    notes += [f"{dropped:,} (customer, day-part) row{'s' if dropped != 1 else ''} left out: only new items bought "
+              "in it after the cut"][:dropped]
     if segments is not None:
-        daypart_rows.update(_cold_start_methods(model, test_df, segments, k))
+        cold_rows, dropped = _cold_start_methods(model, test_df, segments, k)
+        daypart_rows.update(cold_rows)
+        notes += [f"{dropped:,} new customer{'s' if dropped != 1 else ''} left out of the cold-start rows: only new "
+                  "items bought after the cut"][:dropped]
 
     report = EvaluationReport(k=k, cut=cut.to_pydatetime(), n_items=n_items, n_train_interactions=len(train_df),
                               train_seconds=train_seconds, score_seconds=score_seconds,
@@ -233,11 +240,12 @@ def evaluate(interactions: pd.DataFrame, items: pd.DataFrame | None = None, *, c
         report.notes.append(f"Dangol / best baseline ({best}) precision@{k}: × {ratio:.3f}, 95 % paired bootstrap "
                             f"interval {low:.3f}-{high:.3f} over the {len(rows):,} customers")
     if any("day-part" in name for name in daypart_rows):
-        report.notes.append("day-part rows: one row per (customer, day-part with purchases after the cut), relevance "
-                            "= items bought in that day-part (breakfast 5-10 h, lunch 11-13, afternoon 14-16, "
-                            "evening 17-4)")
+        report.notes.append("day-part rows: one row per (customer, day-part with purchases after the cut of an item "
+                            "sold before it), relevance = items bought in that day-part (breakfast 5-10 h, lunch "
+                            "11-13, afternoon 14-16, evening 17-4)")
     if any(name.startswith("cold start") for name in daypart_rows):
-        report.notes.append("cold-start rows: customers whose first purchase is after the cut; repeat R is NaN "
+        report.notes.append("cold-start rows: customers whose first purchase is after the cut (of an item sold "
+                            "before it); repeat R is NaN "
                             "(nothing bought before)")
     return report
 
@@ -262,20 +270,30 @@ def _findable(train_df: pd.DataFrame, test_df: pd.DataFrame, catalogue: pd.DataF
         f"item{'s' if new != 1 else ''}), which no list made before the cut can hold; choose a later cut")
 
 
+def _relevant(model, customers: np.ndarray, lines: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(customers kept, relevant)``: ``relevant`` ``(n_kept, n_items)`` bool marks the items of ``model`` each
+    customer bought in ``lines``; customers without any such item (they bought only items first sold after the cut:
+    nothing a list can find, recall 0/0) are left out, as the main rows leave them out."""
+    relevant = np.zeros((len(customers), len(model.items)), bool)
+    ti = pd.Index(model.items).get_indexer(lines["item"])
+    relevant[pd.Index(customers).get_indexer(lines["customer"])[ti >= 0], ti[ti >= 0]] = True
+    keep = relevant.any(axis=1)
+    return customers[keep], relevant[keep]
+
+
 def _cold_start_methods(model, test_df: pd.DataFrame, segments: pd.DataFrame, k: int
-                        ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """Cold-start lists of the customers whose first purchase is after the cut: store/hour popularity vs
-    segment-aware (:mod:`.segments`); same return shape as :func:`_daypart_methods`."""
+                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]], int]:
+    """Cold-start lists of the customers whose first purchase is after the cut: popularity (chain-wide, all day: no
+    store or hour is passed) vs segment-aware (:mod:`.segments`); same return shape as :func:`_daypart_methods` (the
+    count left out: new customers who bought only items first sold after the cut)."""
     from .segments import segment_values
 
     new = np.array(sorted(set(test_df["customer"]) - set(model.customers)), dtype=str)
+    n_new = len(new)
+    new, relevant = _relevant(model, new, test_df[test_df["customer"].isin(set(new))])
     if len(new) == 0:
-        return {}
+        return {}, n_new
     items_index = pd.Index(model.items)
-    relevant = np.zeros((len(new), len(model.items)), bool)
-    sub = test_df[test_df["customer"].isin(set(new))]
-    ti = items_index.get_indexer(sub["item"])
-    relevant[pd.Index(new).get_indexer(sub["customer"])[ti >= 0], ti[ti >= 0]] = True
     values = segment_values(segments)
     out = {}
     for name, given in (("cold start: popularity, new customers", None), ("cold start: segment-aware, new customers",
@@ -288,32 +306,34 @@ def _cold_start_methods(model, test_df: pd.DataFrame, segments: pd.DataFrame, k:
             idx = items_index.get_indexer([p.item for p in picks[cust]])
             top[r, : len(idx)] = idx
         out[name] = (top, relevant, np.zeros_like(relevant), seconds)
-    return out
+    return out, n_new - len(new)
 
 
 def _daypart_methods(model, test_eval: pd.DataFrame, evaluated: np.ndarray, shipped: np.ndarray,
-                     bought_before: np.ndarray, k: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+                     bought_before: np.ndarray, k: int
+                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]], int]:
     """Hour-blind vs day-part menus against what each customer bought in each day-part after the cut.
 
-    Returns ``{row name: (lists, relevant, bought_before, score seconds)}`` over (customer, day-part) pairs,
-    or ``{}`` for data without time of day (or a model without day-part profile).
+    Returns ``({row name: (lists, relevant, bought_before, score seconds)}, left out)`` over (customer, day-part)
+    pairs with at least one item the model knows (``left out``: the pairs with none, only items first sold after
+    the cut), or ``({}, 0)`` for data without time of day (or a model without day-part profile).
     """
     if model.dayparts is None or test_eval["hour"].nunique() <= 1:
-        return {}
+        return {}, 0
     items_index = pd.Index(model.items)
     cust_pos = pd.Index(evaluated)
     parts = daypart_of(test_eval["hour"].to_numpy())
     blind, aware, relevant, before = [], [], [], []
-    clock = 0.0
+    clock, dropped = 0.0, 0
     for d, (name, _, _) in enumerate(DAYPARTS):
         sub = test_eval[parts == d]
-        if sub.empty:
-            continue
         customers = np.array(sorted(sub["customer"].unique()), dtype=str)
+        kept, rel = _relevant(model, customers, sub)
+        dropped += len(customers) - len(kept)
+        if len(kept) == 0:
+            continue
+        customers = kept
         pos = cust_pos.get_indexer(customers)
-        rel = np.zeros((len(customers), len(model.items)), bool)
-        ti = items_index.get_indexer(sub["item"])
-        rel[pd.Index(customers).get_indexer(sub["customer"])[ti >= 0], ti[ti >= 0]] = True
         t0 = time.perf_counter()
         picks = model.recommend(list(customers), n=k, hour=DAYPART_HOURS[name], explain=False)
         clock += time.perf_counter() - t0
@@ -325,9 +345,11 @@ def _daypart_methods(model, test_eval: pd.DataFrame, evaluated: np.ndarray, ship
         aware.append(top)
         relevant.append(rel)
         before.append(bought_before[pos])
+    if not relevant:
+        return {}, dropped
     rel_all, before_all = np.vstack(relevant), np.vstack(before)
     return {"Dangol hour-blind, per day-part": (np.vstack(blind), rel_all, before_all, float("nan")),
-            "Dangol day-part menus, per day-part": (np.vstack(aware), rel_all, before_all, clock)}
+            "Dangol day-part menus, per day-part": (np.vstack(aware), rel_all, before_all, clock)}, dropped
 
 
 def _baselines(train_df: pd.DataFrame, customers: np.ndarray, items: np.ndarray, rows: np.ndarray, k: int,

@@ -194,7 +194,8 @@ class Recommender(ListsMixin, ExplainMixin):
                 seg = self.segments.shares(values, base, self.config.segment_smoothing) if self.segments else None
                 if seg is not None:
                     shares = seg
-                    reason = "popular with customers like you (" + ", ".join(v.split(":", 1)[-1] for v in values) + ")"
+                    named = self.segments.known(values)  # only values with purchases behind them: a true reason
+                    reason = "popular with customers like you (" + ", ".join(v.split(":", 1)[-1] for v in named) + ")"
                 if len(cols) or seg is not None:
                     own = shares.copy()
                     own[cols] = -np.inf

@@ -44,7 +44,8 @@ class SegmentTable:
     def __init__(self, values: list[str], counts: sp.csr_matrix):
         self.values = values
         self.counts = counts.tocsr()
-        self._index = {v: k for k, v in enumerate(values)}
+        lines = np.asarray(self.counts.sum(axis=1)).ravel()
+        self._index = {v: k for k, v in enumerate(values) if lines[k] > 0}  # a value without purchases says nothing
 
     @classmethod
     def build(cls, u: np.ndarray, i: np.ndarray, customers: np.ndarray, segments: dict[str, list[str]],
@@ -64,9 +65,15 @@ class SegmentTable:
         lines = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(len(customers), n_items))
         return cls(values, (member @ lines).tocsr())
 
+    def known(self, values: Sequence[str]) -> list[str]:
+        """The ``values`` this table has purchase lines of (in their order, each once): the ones :meth:`shares` blends,
+        and the only ones a reason may name."""
+        return [v for v in dict.fromkeys(values) if v in self._index]
+
     def shares(self, values: Sequence[str], base: np.ndarray, smoothing: float) -> np.ndarray | None:
-        """``(n_items,)`` float64 ``p(i | V)`` (module docstring) for the known ``values``; None if none is known."""
-        known = [self._index[v] for v in values if v in self._index]
+        """``(n_items,)`` float64 ``p(i | V)`` (module docstring) for the known ``values`` (:meth:`known`); None if
+        none is known."""
+        known = [self._index[v] for v in self.known(values)]
         if not known:
             return None
         counts = self.counts[known].toarray().astype(np.float64)
