@@ -77,8 +77,10 @@ def start_background(app: Flask) -> Callable[[], None]:
     """Start the MQTT listener (if a broker is configured and ``listen`` is on; ``app.extensions["dangol_listener"]``;
     a device coming online gets its unconfirmed erasures re-sent by its :class:`ErasureResender`, at most once per
     ``erasure_republish_minutes``), the training schedule (if ``train_interval_hours`` is set), the erasure
-    re-publisher (every ``erasure_republish_minutes``, with a broker) and the daily sweep (at start, then every
-    :data:`SWEEP_INTERVAL_S`; :data:`SWEEP_RETRY_S` after a failed one): retention, then device events older than
+    re-publisher (every ``erasure_republish_minutes``, with a broker; it also sends the menu clears of erasures
+    published within :data:`~dangol_cloud.erasure_messages.RECLEAR_WINDOW_S` again, a bounded number per pass: an
+    unclean broker stop may have undone them, :class:`~dangol_cloud.erasure_messages.RecentClears`) and the daily
+    sweep (at start, then every :data:`SWEEP_INTERVAL_S`; :data:`SWEEP_RETRY_S` after a failed one): retention, then device events older than
     ``device_event_days``. Failures of each (and of scheduled training) are counted in ``app.extensions["dangol_sweep_failures"]`` (``retention``, ``device-events``,
     ``training``); each retention and scheduled training run is recorded in the audit log (:func:`record_run`),
     success or failure. A newly active customer whose welcome fails is retried by the listener
@@ -129,13 +131,16 @@ def start_background(app: Flask) -> Callable[[], None]:
         threading.Thread(target=schedule, name="dangol-train-schedule", daemon=True).start()
 
     def erasures() -> None:
+        from dangol_cloud.erasure_messages import RecentClears
         from dangol_cloud.publishing import republish_erasures
 
+        recent = RecentClears()  # a broker crash may undo recent menu clears: sent again, a bounded number per pass
         while not stopping.wait(settings.erasure_republish_minutes * 60):
             try:
-                sent = republish_erasures(db, settings)
+                sent = republish_erasures(db, settings, recent=recent)
                 if sent:
-                    log.info("re-published %d erasure messages to devices that have not confirmed", sent)
+                    log.info("re-published %d erasure messages (to devices that have not confirmed, and the menu "
+                             "clears of recent erasures)", sent)
             except Exception:  # broker down etc.: still pending, retried next interval (logged with traceback)
                 log.exception("re-publishing unconfirmed erasures failed; retrying in %.0f min",
                               settings.erasure_republish_minutes)

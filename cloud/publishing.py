@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 import dangol_protocol as proto
 from dangol_protocol.parse import MAX_PAYLOAD_BYTES
-from dangol_cloud.erasure_messages import erasure_messages, erasure_plan, menu_clear_messages, once
+from dangol_cloud.erasure_messages import RecentClears, erasure_messages, erasure_plan, menu_clear_messages, once
 from dangol_cloud.menu_fence import publish_menus
-from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Menu, MenuDayparts, Store, utcnow
+from dangol_cloud.models import CatalogueItem, CatalogueVersion, Customer, Erasure, Menu, MenuDayparts, Store, utcnow
 from dangol_cloud.models_ops import CustomerOrigin
 from dangol_cloud.mqtt import Message, connect, publish_all
 
@@ -290,7 +290,7 @@ class PublishReport:
 def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, currency: str = "EUR",
             catalogue: bool = True, menus: bool = True, customer_ids: list[str] | None = None,
             device_id: str | None = None, client_id: str = "dangol-cloud-publisher",
-            timeout: float = 30.0, timezone: str | None = None) -> PublishReport:
+            timeout: float = 30.0, timezone: str | None = None, reclear: list[Erasure] = ()) -> PublishReport:
     """Publish the newest catalogue version, the menus and every erasure not yet confirmed by all its
     devices (to the stores of the unconfirmed devices; with ``device_id``, only the erasures that device has
     not confirmed) now.
@@ -300,7 +300,8 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
     its customer's retained menu at **every** store, whatever ``store_id``
     (:func:`menu_clear_messages`, :func:`dangol_cloud.erasure.menus_to_clear`). Erasures sent get
     ``published_at`` (first time) and ``last_published_at`` (the caller commits). ``timezone`` (the ``TIMEZONE``
-    setting) goes into the catalogue: :func:`catalogue_messages`.
+    setting) goes into the catalogue: :func:`catalogue_messages`. ``reclear``: published erasures whose menus are
+    cleared again at every store (``serve``'s schedule, :class:`~dangol_cloud.erasure_messages.RecentClears`).
 
     Raises:
         LookupError: ``store_id`` is unknown.
@@ -326,7 +327,7 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
         erasures = [e for e, _ in plan]
         report.erasures = publish_all(client, once(chain(
             erasure_messages(session, stores, erasures, device_id=device_id),
-            menu_clear_messages(everywhere, clears))), timeout=timeout)
+            menu_clear_messages(everywhere, clears), menu_clear_messages(everywhere, reclear))), timeout=timeout)
         now = utcnow()
         for erasure in fresh:  # its menus are cleared everywhere: never again
             erasure.published_at = now
@@ -340,10 +341,12 @@ def publish(session: Session, mqtt_url: str, *, store_id: str | None = None, cur
     return report
 
 
-def republish_erasures(db, settings, *, device_id: str | None = None) -> int:
+def republish_erasures(db, settings, *, device_id: str | None = None, recent: RecentClears | None = None) -> int:
     """Send what erasures still need: the menu clears of erasures never published, and unconfirmed erasures
     (``serve``'s schedule and every erase/withdraw path; with ``device_id``, when that device came online,
-    only the erasures it has not confirmed, to its store).
+    only the erasures it has not confirmed, to its store). With ``recent`` (``serve``'s schedule; not with
+    ``device_id``), also the menu clears of the next recently published erasures of its round, at every store: a
+    broker crash may have undone them (:class:`~dangol_cloud.erasure_messages.RecentClears`).
 
     Connects only if something is to be sent.
 
@@ -367,8 +370,14 @@ def republish_erasures(db, settings, *, device_id: str | None = None) -> int:
             store_id = device.store_id
         stores = _stores(session, store_id)
         waiting = erasure_plan(session, stores, pending_erasures(session), device_id)
-        if not waiting and not unpublished_erasures(session):
+        recent = recent if device_id is None else None
+        again = recent.due(session, len(stores)) if recent is not None else []
+        if not waiting and not unpublished_erasures(session) and not again:
+            if recent is not None:  # none of this part of the round had a menu to clear
+                recent.sent()
             return 0
         report = publish(session, settings.mqtt_url, store_id=store_id, currency=settings.currency,
-                         catalogue=False, menus=False, device_id=device_id)
+                         catalogue=False, menus=False, device_id=device_id, reclear=again)
+    if recent is not None:
+        recent.sent()
     return report.erasures

@@ -338,7 +338,8 @@ class Appliance:
         reported ``ok``: a dead capture worker makes ``camera`` read ``error``, any other dead worker makes
         ``recognition`` read ``failing`` (the housekeeping worker also stops feeding the watchdog). ``arrivals`` and
         ``housekeeping`` read ``failing`` while that worker's last decision (pass) failed, or it died;
-        ``refused_events`` counts the events the broker refused, held for a retry (None offline)."""
+        ``refused_events`` counts the events the broker refused, held for a retry, ``undelivered_events`` those it
+        delivered to no subscriber (PUBACK 0x10), held for a retry (both None offline)."""
         from dangol_protocol import Health
         from dangol_protocol.models import MAX_COUNT, MAX_FPS
 
@@ -357,7 +358,8 @@ class Appliance:
                       recognition=recognition, catalogue=self._catalogue_health(),
                       arrivals=_failing(self.arrivals, "arrivals" in crashed),
                       housekeeping=_failing(self.housekeeping, "housekeeping" in crashed),
-                      refused_events=(min(self.sync.refused_held, MAX_COUNT) if self.sync is not None else None))
+                      refused_events=(min(self.sync.refused_held, MAX_COUNT) if self.sync is not None else None),
+                      undelivered_events=(min(self.sync.unheard_held, MAX_COUNT) if self.sync is not None else None))
 
     def _catalogue_health(self) -> str | None:
         """``unreadable`` while the cached catalogue cannot be parsed, ``ok`` once one is, None before any."""

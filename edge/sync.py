@@ -11,15 +11,15 @@
   erased on this box is refused (:mod:`dangol_edge.state_erased`). One that cannot be saved (disk full, …) is held
   in memory, bounded, and saved by each housekeeping pass (:mod:`dangol_edge.downlink`,
   :meth:`MQTTSync.retry_downlink`).
-* **Up-link** (:mod:`dangol_edge.sync_uplink`): events go through the outbox table first; a flusher publishes them
-  in order while connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal,
-  e.g. by the ACL, keeps it in the outbox, logged, and it is tried again after a back-off without blocking newer
-  events). Each PUBACK settles the event its message id was
-  recorded for — also one ``publish()`` reported *not connected*, which paho sends after reconnecting; one that
-  arrives before ``publish()`` has returned is parked and settled by the publisher (cleared on every connection,
-  bounded), so a refusal is never mistaken for a success and a leftover acknowledgement never settles a later
-  event. After a reconnect or a restart the unacknowledged ones are sent again, so delivery is at-least-once and
-  the cloud's deduplication on ``event_id`` makes it exactly-once from the cloud's point of view.
+* **Up-link** (:mod:`dangol_edge.sync_uplink`): events go through the outbox table first; a flusher publishes them in
+  order while connected and marks each sent when the broker's PUBACK arrives with a success code (a refusal, e.g. by
+  the ACL, keeps it in the outbox, logged, and it is tried again after a back-off without blocking newer events; so
+  does 0x10 *No matching subscribers*: the cloud's listener session is missing, nobody got it). Each PUBACK settles
+  the event its message id was recorded for — also one ``publish()`` reported *not connected*, which paho sends after
+  reconnecting; one that arrives before ``publish()`` has returned is parked and settled by the publisher (cleared on
+  every connection, bounded), so a refusal is never mistaken for a success and a leftover acknowledgement never
+  settles a later event. After a reconnect or a restart the unacknowledged ones are sent again, so delivery is
+  at-least-once and the cloud's deduplication on ``event_id`` makes it exactly-once from the cloud's point of view.
 * **Status**: ``online`` with health every ``status_interval_s`` and right after every connection (the broker
   publishes the retained last will ``offline`` when a connection drops): :meth:`MQTTSync.take_status_due`, published
   by the housekeeping worker on its own thread.

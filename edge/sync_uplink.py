@@ -22,6 +22,14 @@ and the outbox flusher.
   the overflow is re-sent once per back-off, never on every pass. A streak of overflows is logged once.
   :attr:`Uplink.refused_held` (the device's health, ``refused_events``) counts the refused events remembered: capped at
   :data:`REFUSED_MAX`, when it reads that value more may be held back (:attr:`Uplink.refused_overflow`).
+* **Undelivered events** (PUBACK 0x10 *No matching subscribers*, :func:`dangol_protocol.client.reached_nobody`): the
+  broker took the event but no subscription matched, so nobody got it — the cloud listener's persistent session is
+  not on the broker (lost in a broker crash before its autosave, persistence wiped, or expired after
+  ``persistent_client_expiration``) and the listener has not subscribed again yet. Such an event is not marked sent:
+  it is held exactly like a refused one (same map, back-off and bound), but counted apart, in
+  :attr:`Uplink.unheard_events` and :attr:`Uplink.unheard_held`, not as a refusal. A streak of them is logged once (a
+  warning) and once when it ends: the first event delivered again makes every held undelivered event due at once. A
+  status (retained: the broker keeps it for later subscribers) with 0x10 is a success.
 * **Storage faults** and the flusher's back-off: see :mod:`dangol_edge.sync`.
 """
 
@@ -53,6 +61,13 @@ FLUSH_BATCH = 200
 _KEPT = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 
 
+def _outcome(reason_code) -> tuple[str, str]:
+    """A PUBACK's reason code → (``"ok"`` | ``"unheard"`` (0x10, delivered to no subscriber) | ``"refused"`` (≥ 0x80,
+    e.g. the ACL), the code as text)."""
+    kind = "refused" if mqtt5.is_refusal(reason_code) else "unheard" if mqtt5.reached_nobody(reason_code) else "ok"
+    return kind, str(reason_code)
+
+
 def _acknowledged(info) -> bool:
     """Whether paho has handled the message's PUBACK (``is_published()`` raises for a message it kept while not
     connected: its flag is read then)."""
@@ -71,6 +86,8 @@ class Uplink:
         flush_errors: passes of the outbox flusher that failed (retried after a back-off).
         rejected_events: refusals by the broker, counted each time (the event is kept in the outbox and tried again
             after a back-off, see the module docstring).
+        unheard_events: events the broker delivered to no subscriber (PUBACK 0x10), counted each time (kept and
+            tried again like refused ones).
     """
 
     def _init_uplink(self) -> None:
@@ -78,13 +95,16 @@ class Uplink:
         self.storage_errors = 0
         self.flush_errors = 0
         self.rejected_events = 0
+        self.unheard_events = 0
+        self._unheard_streak = 0  # undelivered acknowledgements since the last delivered event (0: none)
         self._settle_failing = False  # a streak of acknowledgements that could not be recorded
         #: message id → event id (None: a status message) of publishes awaiting their PUBACK
         self._inflight: dict[int, str | None] = {}
-        #: PUBACK outcomes (message id → failed?) that arrived before the publisher recorded the id (bounded, cleared
-        #: on every connection)
-        self._early: OrderedDict[int, bool] = OrderedDict()
-        #: event id → [monotonic time of its next try, refusals so far] of events the broker refused (bounded)
+        #: PUBACK outcomes (message id → (outcome, reason), :func:`_outcome`) that arrived before the publisher
+        #: recorded the id (bounded, cleared on every connection)
+        self._early: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        #: event id → [monotonic time of its next try, refusals so far, delivered to nobody (0x10)?] of events the
+        #: broker refused or delivered to no subscriber (bounded)
         self._rejected: OrderedDict[str, list] = OrderedDict()
         #: the overflow's shared back-off: [monotonic time until which no event outside ``_rejected`` is sent,
         #: overflows in this streak (0: none)]
@@ -94,9 +114,17 @@ class Uplink:
     def refused_held(self) -> int:
         """Events the broker refused that are still held in the outbox for a retry, each with its own back-off (the
         health's ``refused_events``). Capped at :data:`REFUSED_MAX`: at that value, further refused events may be held
-        back beyond it under the overflow's shared back-off (:attr:`refused_overflow`), uncounted."""
+        back beyond it under the overflow's shared back-off (:attr:`refused_overflow`), uncounted. Events delivered to
+        no subscriber are not among them (:attr:`unheard_held`)."""
         with self._lock:
-            return len(self._rejected)
+            return sum(1 for entry in self._rejected.values() if not entry[2])
+
+    @property
+    def unheard_held(self) -> int:
+        """Events the broker delivered to no subscriber (PUBACK 0x10: the cloud's listener session is missing) that
+        are held in the outbox for a retry; they share :data:`REFUSED_MAX` with the refused ones."""
+        with self._lock:
+            return sum(1 for entry in self._rejected.values() if entry[2])
 
     @property
     def refused_overflow(self) -> bool:
@@ -123,31 +151,40 @@ class Uplink:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             if mid not in self._inflight:  # PUBACK before publish() returned: the publisher settles it
-                self._early[mid] = mqtt5.is_refusal(reason_code)
+                self._early[mid] = _outcome(reason_code)
                 self._early.move_to_end(mid)
                 while len(self._early) > EARLY_MAX:
                     old, _ = self._early.popitem(last=False)
                     log.warning("dropped the acknowledgement of message %d: no publisher claimed it", old)
                 return
             event_id = self._inflight.pop(mid)
-        self._settle(event_id, mqtt5.is_refusal(reason_code), str(reason_code))
+        self._settle(event_id, *_outcome(reason_code))
 
-    def _settle(self, event_id: str | None, failed: bool, reason: str) -> None:
-        """Apply a PUBACK: a success marks the event sent, a refusal keeps it (tried again after its back-off,
-        :meth:`_refused`). Never
+    def _settle(self, event_id: str | None, outcome: str, reason: str) -> None:
+        """Apply a PUBACK (``outcome`` of :func:`_outcome`): a success marks the event sent, a refusal or a delivery
+        to nobody keeps it (tried again after its back-off, :meth:`_refused`). Never
         raises: when the acknowledgement cannot be written (disk full, read-only medium) the event stays
         unacknowledged and is sent again, the failure is counted in :attr:`storage_errors` and reported in
         ``stats.storage``, and a streak of them is logged once (paho's network thread must not see an exception:
         it would die of it and the connection with it)."""
         if event_id is None:
-            if failed:
+            if outcome == "refused":
                 log.error("the broker refused this device's status message (%s)", reason)
             return
-        if failed:
-            self._refused(event_id, reason)
+        if outcome != "ok":
+            self._refused(event_id, reason, unheard=outcome == "unheard")
             return
         with self._lock:
             self._rejected.pop(event_id, None)
+            streak, self._unheard_streak = self._unheard_streak, 0
+            if streak:  # delivered again: the listener is back, the events held for it are due now
+                for entry in self._rejected.values():
+                    if entry[2]:
+                        entry[0] = 0.0
+        if streak:
+            log.info("the cloud's listener subscribed again: an event was delivered after %d acknowledgement(s) "
+                     "that reached no subscriber; the events held for it are sent now", streak)
+            self._wake.set()
         try:
             self.state.mark_sent(event_id)
         except sqlite3.Error as exc:
@@ -163,11 +200,15 @@ class Uplink:
             self.stats.storage = "ok"
             log.info("acknowledgements are recorded again (%d could not be, in all)", self.storage_errors)
 
-    def _refused(self, event_id: str, reason: str) -> None:
-        """Hold a refused event for a retry after its back-off; the first refusal of each event is logged as an error,
-        later ones when their count doubles."""
+    def _refused(self, event_id: str, reason: str, unheard: bool = False) -> None:
+        """Hold a refused event (``unheard``: one delivered to no subscriber) for a retry after its back-off; the first
+        refusal of each event is logged as an error, later ones when their count doubles; a streak of undelivered
+        ones is logged once, as a warning."""
         now = time.monotonic()
         with self._lock:
+            if unheard:
+                self._unheard_streak += 1
+                first_unheard = self._unheard_streak == 1
             entry = self._rejected.pop(event_id, None)
             tries = entry[1] + 1 if entry else 1
             if entry is None and len(self._rejected) >= REFUSED_MAX:  # full: the ones there keep their back-offs
@@ -178,14 +219,24 @@ class Uplink:
                 wait = self._overflow[0] - now
             else:
                 wait = self._back_off(tries)
-                self._rejected[event_id] = [now + wait, tries]
+                self._rejected[event_id] = [now + wait, tries, unheard]
                 first = None
-        self.rejected_events += 1
+        if unheard:
+            self.unheard_events += 1
+            if first_unheard:
+                log.warning("the broker delivered event %s to no subscriber (%s): the cloud's listener session is not "
+                            "on the broker (lost in a broker crash, persistence wiped, or expired); events are kept in "
+                            "the outbox and tried again with back-off until the listener subscribes again (logged "
+                            "once until then)", event_id, reason)
+        else:
+            self.rejected_events += 1
         if first is not None:
             if first:
                 log.warning("more than %d refused events: the map of their back-offs is full; the events beyond it "
                             "(e.g. %s, %s) are held back together and tried again in %.0f s, doubling; check this "
                             "device's id and the broker's ACL", REFUSED_MAX, event_id, reason, wait)
+            return
+        if unheard:
             return
         if tries == 1:
             log.error("the broker refused event %s (%s): kept in the outbox and tried again in %.0f s; check this "
@@ -220,7 +271,7 @@ class Uplink:
             if early is None and not lost:
                 self._inflight[info.mid] = event_id
         if early is not None:
-            self._settle(event_id, early, "refused" if early else "success")
+            self._settle(event_id, *early)
         elif lost:
             log.info("the acknowledgement of message %d came during a reconnection; %s is sent again", info.mid,
                      "its event" if event_id else "a status")
@@ -275,7 +326,7 @@ class Uplink:
         now = time.monotonic()
         with self._lock:
             skip = set(self._inflight.values())
-            due = {eid for eid, (at, _) in self._rejected.items() if at <= now} - skip
+            due = {eid for eid, (at, *_) in self._rejected.items() if at <= now} - skip
             skip |= self._rejected.keys() - due
             ended = self._overflow[1] if self._overflow[1] and len(self._rejected) < REFUSED_MAX else 0
             if ended:  # room again: the overflow streak ends

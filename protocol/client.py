@@ -29,8 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["SESSION_NEVER_EXPIRES", "BrokerAddress", "MqttUrlError", "connect_kwargs", "is_refusal", "new_client",
-           "parse_url", "refusals"]
+__all__ = ["NO_MATCHING_SUBSCRIBERS", "SESSION_NEVER_EXPIRES", "BrokerAddress", "MqttUrlError", "connect_kwargs",
+           "is_refusal", "new_client", "parse_url", "reached_nobody", "refusals"]
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 """MQTT 5 session expiry interval (s) meaning "never" (the broker's ``persistent_client_expiration`` still
@@ -155,6 +155,18 @@ def is_refusal(reason_code) -> bool:
     if hasattr(reason_code, "is_failure"):
         return bool(reason_code.is_failure)
     return int(reason_code) >= 0x80
+
+
+#: PUBACK reason code 0x10 *No matching subscribers* (MQTT 5.0, section 3.4.2.1): the broker accepted the message but
+#: no subscription matched it, so nobody received it. A success code (< 0x80): :func:`is_refusal` is False for it.
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def reached_nobody(reason_code) -> bool:
+    """True if a PUBACK reason code (paho ``ReasonCode``, or an int) is :data:`NO_MATCHING_SUBSCRIBERS`: accepted,
+    delivered to no subscriber (kept only if retained). Whether that is a failure is the publisher's call: an event
+    meant for the cloud's listener was not delivered; a retained message is still kept for later subscribers."""
+    return int(getattr(reason_code, "value", reason_code)) == NO_MATCHING_SUBSCRIBERS
 
 
 def refusals(reason_codes: Iterable) -> list[str]:

@@ -321,7 +321,7 @@ class Health(_Model):
     """Device health: camera state, frames per second processed, templates in the gallery, outbox depth;
     optionally ``storage`` (``full`` when the edge cannot write its database: disk full), the frame counters
     ``frames_captured``/``frames_dropped`` since start, ``recognition``, ``catalogue``, ``arrivals``,
-    ``housekeeping`` and ``refused_events``. Bounded: ``fps`` ≤
+    ``housekeeping``, ``refused_events`` and ``undelivered_events``. Bounded: ``fps`` ≤
     :data:`MAX_FPS`, counters ≤ :data:`MAX_COUNT` (a value beyond is a validation error, never stored or shown)."""
 
     camera: Literal["ok", "missing", "error"]
@@ -346,6 +346,9 @@ class Health(_Model):
     housekeeping: Literal["ok", "failing"] | None = None
     #: events in the device's outbox the broker refused (e.g. its ACL), tried again after a back-off; optional
     refused_events: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
+    #: events in the device's outbox the broker delivered to no subscriber (PUBACK 0x10: the cloud listener's session
+    #: is missing on the broker), tried again after a back-off until the listener subscribes again; optional
+    undelivered_events: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
 
 
 class Status(_Model):

@@ -112,6 +112,9 @@ def health_warnings(health: dict | None) -> list[tuple[str, str]]:
     if (health.get("refused_events") or 0) > 0:
         out.append(("warn", f"{health['refused_events']} events refused by the broker — check the device's login and "
                             "the broker's ACL"))
+    if (health.get("undelivered_events") or 0) > 0:
+        out.append(("warn", f"{health['undelivered_events']} events reached no subscriber on the broker — the cloud's "
+                            "listener is not subscribed; they are kept and sent again"))
     return out
 
 

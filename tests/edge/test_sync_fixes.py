@@ -306,6 +306,7 @@ def test_a_publish_made_while_the_connection_drops_is_settled_by_its_own_puback(
     """paho keeps a QoS 1 message that ``publish()`` reported "not connected" and sends it after reconnecting; its
     PUBACK must settle that event, and must not stay behind to settle whatever event later gets the same message id
     (paho's ids are 16 bits: they come round again)."""
+    cloud = Cloud(broker)  # subscribed to the events (else the broker delivers them to nobody: they stay held)
     sync = make_sync(broker, state)
     sync.start()
     try:
@@ -335,7 +336,9 @@ def test_a_publish_made_while_the_connection_drops_is_settled_by_its_own_puback(
         assert wait_for(lambda: any(rc == 4 for _, rc in published), timeout=5)   # MQTT_ERR_NO_CONN
         kept_mid = next(mid for mid, rc in published if rc == 4)
         broker.start(port=port)
-        assert wait_for(lambda: sync.connected.is_set() and state.outbox_depth() == 0, timeout=20)
+        # the broker kept no sessions: the event may reach nobody until the cloud subscribes again, then waits out
+        # its back-off (1, 2, 4, 8, 16 s), so allow for a slow reconnection under load
+        assert wait_for(lambda: sync.connected.is_set() and state.outbox_depth() == 0, timeout=60)
         time.sleep(0.5)
         assert dict(sync._early) == {}, "a PUBACK was left behind"
         assert sync._inflight == {}
@@ -361,11 +364,13 @@ def test_a_publish_made_while_the_connection_drops_is_settled_by_its_own_puback(
         assert wait_for(lambda: state.outbox_depth() == 0, timeout=20)
     finally:
         sync.stop()
+        cloud.close()
 
 
 def test_leftover_acknowledgements_are_cleared_on_reconnect_and_bounded(broker, state):
     from dangol_edge.sync_uplink import EARLY_MAX
 
+    cloud = Cloud(broker)  # subscribed to the events (else the broker delivers them to nobody: they stay held)
     sync = make_sync(broker, state)
     sync.start()
     try:
@@ -380,3 +385,4 @@ def test_leftover_acknowledgements_are_cleared_on_reconnect_and_bounded(broker, 
         assert wait_for(lambda: state.outbox_depth() == 0)
     finally:
         sync.stop()
+        cloud.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import uuid
 
+import paho.mqtt.client as mqtt
+
 from dangol_edge.config import MQTTConfig
 from dangol_edge.state import StateStore
 from dangol_edge.sync import MQTTSync
@@ -14,13 +16,27 @@ from dangol_protocol.topics import events_topic
 from tests.broker import MosquittoBroker
 from tests.edge.test_sync import DEVICE, STORE, arrival, wait_for
 
-READ_ONLY = "user device\ntopic read dangol/v1/stores/#\n"  # may not publish its events
+#: the cloud's login reads every device's events (without a subscriber the broker delivers them to nobody: PUBACK
+#: 0x10, and the box holds them, tests/edge/test_puback_no_subscribers.py)
+CLOUD = "user cloud\ntopic read dangol/v1/devices/#\n"
+READ_ONLY = CLOUD + "user device\ntopic read dangol/v1/stores/#\n"  # may not publish its events
 OWN_EVENTS = READ_ONLY + f"topic write {events_topic(DEVICE)}\n"
+USERS = {"device": "pw", "cloud": "pw"}
 
 
 def _sync(b: MosquittoBroker, state: StateStore) -> MQTTSync:
     cfg = MQTTConfig(url=b.url_for("device"), keepalive_s=5, reconnect_min_s=1, reconnect_max_s=2)
     return MQTTSync(cfg, DEVICE, STORE, state)
+
+
+def _cloud(b: MosquittoBroker) -> mqtt.Client:
+    """The cloud's listener: subscribed to every device's events (QoS 1) with its own login."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cloud", protocol=mqtt.MQTTv5)
+    c.username_pw_set("cloud", "pw")
+    c.on_connect = lambda c, u, f, rc, p: c.subscribe("dangol/v1/devices/+/events", qos=1)
+    c.connect(b.host, b.port)
+    c.loop_start()
+    return c
 
 
 def _connections(sync: MQTTSync) -> list[int]:
@@ -37,7 +53,8 @@ def _connections(sync: MQTTSync) -> list[int]:
 
 def test_a_refused_event_is_tried_again_after_a_back_off_without_a_reconnect(tmp_path):
     state = StateStore(tmp_path / "state.sqlite").open()
-    with MosquittoBroker(tmp_path / "broker", users={"device": "pw"}, acl=READ_ONLY) as b:
+    with MosquittoBroker(tmp_path / "broker", users=USERS, acl=READ_ONLY) as b:
+        cloud = _cloud(b)
         sync = _sync(b, state)
         sync.start()
         try:
@@ -57,6 +74,8 @@ def test_a_refused_event_is_tried_again_after_a_back_off_without_a_reconnect(tmp
             assert sync.refused_held == 0
         finally:
             sync.stop(timeout=1)
+            cloud.disconnect()
+            cloud.loop_stop()
     state.close()
 
 
@@ -68,7 +87,8 @@ def test_refused_events_do_not_block_newer_ones(tmp_path):
     for _ in range(210):
         ev = arrival()
         state.enqueue(str(ev.event_id), events_topic(other), dump_payload(ev))
-    with MosquittoBroker(tmp_path / "broker", users={"device": "pw"}, acl=OWN_EVENTS) as b:
+    with MosquittoBroker(tmp_path / "broker", users=USERS, acl=OWN_EVENTS) as b:
+        cloud = _cloud(b)
         sync = _sync(b, state)
         sync.start()
         try:
@@ -82,4 +102,6 @@ def test_refused_events_do_not_block_newer_ones(tmp_path):
             assert wait_for(lambda: sync.refused_held == 210, timeout=15)
         finally:
             sync.stop(timeout=1)
+            cloud.disconnect()
+            cloud.loop_stop()
     state.close()
