@@ -25,13 +25,17 @@ from dangol_cloud.sale_rules import MIN_SALE_TS, latest_sale_ts
 from dangol_cloud.sale_zones import retime_naive_sales
 from dangol_cloud.settings import Settings
 from dangol_cloud.store_zones import local_times, store_zones
-from dangol_cloud.training_menus import (choose_picks, daypart_menus, known_customers, pick_rows, refresh_menus,
-                                         welcome_regulars)
+from dangol_cloud.training_menus import (choose_picks, daypart_menus, known_customers, origin_stores, pick_rows,
+                                         refresh_menus, welcome_regulars)
 
 __all__ = ["TRAIN_STEPS", "NotEnoughData", "TrainReport", "evaluate_database", "load_frames", "refresh_menus",
            "train_from_database", "welcome_regulars"]
 
 log = logging.getLogger(__name__)
+
+#: The ``CURRENCY`` setting's default (:class:`~dangol_cloud.settings.Settings`), for :func:`load_frames`' callers
+#: without settings.
+DEFAULT_CURRENCY = Settings.model_fields["currency"].default
 
 #: Steps of :func:`train_from_database` in order (its ``progress`` callback gets each name); "clean" to
 #: "history" are those of :func:`dangol_cloud.recommend.train` (``dangol_cloud.recommend.model.TRAIN_STEPS``).
@@ -42,17 +46,31 @@ class NotEnoughData(ValueError):
     """The database holds too few purchases to train or evaluate (message says what is missing)."""
 
 
-def load_frames(session: Session, tz: str = "UTC", *, units: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_frames(session: Session, tz: str = "UTC", *, units: bool = False, timezone_set: bool = True,
+                currency: str = DEFAULT_CURRENCY) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Purchases and catalogue as the recommender's frames.
 
     Args:
+        tz: the ``TIMEZONE`` setting (the zone of the stores without one of their own).
         units: also give each purchase line its ``unit`` price (amount / quantity, NaN if unknown; the amounts are
-            decrypted, so only the offline evaluation asks for them: it prices items from before its cut).
+            decrypted, so only the offline evaluation asks for them: it prices items from before its cut), in the
+            catalogue's currency only (:func:`dangol_cloud.store_prices.read_catalogue_currency`): NaN for the
+            lines of a store selling in another currency (:func:`~dangol_cloud.store_prices.store_currencies`;
+            a line without a store, or of a removed one, sells in ``currency``), as the import prices items
+            (:func:`~dangol_cloud.store_prices.price_imported_items`), so no median mixes won and euros.
+        timezone_set: whether ``TIMEZONE`` was set (:attr:`~dangol_cloud.settings.Settings.door_timezone` is not
+            None). Unset, a store without a zone of its own has no known clock: the doors read their own, so a
+            sale time given with its offset (``read_zone`` NULL: the POS API's, an import's aware time) has no
+            known local hour there (``timed`` False). A naive file time is the store's wall clock whatever the
+            zone it was read in (:mod:`dangol_cloud.sale_zones`): its hour is known.
+        currency: the ``CURRENCY`` setting.
 
     Returns:
         (interactions, items): interactions with ``customer`` (customer id), ``item`` (item id), ``ts``
         (datetime64[ns], local time in the store's own zone, else in ``tz``: :mod:`dangol_cloud.store_zones`),
-        ``quantity`` (float), ``store`` (store id or "") [, ``unit``];
+        ``quantity`` (float), ``store`` (store id or ""), ``timed`` (bool: False where the line's hour of day
+        is unknown, see ``timezone_set``; the recommender then leaves it out of the day-parts and the hourly
+        popularity, :mod:`dangol_cloud.recommend.data`) [, ``unit``];
         items with ``item``, ``category``, ``price`` (NaN if unknown), ``tags`` (list[str]) and
         ``available`` (False for unavailable or retired items).
 
@@ -60,28 +78,49 @@ def load_frames(session: Session, tz: str = "UTC", *, units: bool = False) -> tu
     only a database filled before imports checked them holds such rows) are left out, with a logged count: a
     year-1200 time cannot be a pandas time at all, and a 2205 one would make every real sale look ancient.
     """
-    columns = [Purchase.customer_id, Purchase.item_id, Purchase.ts, Purchase.quantity, Purchase.store_id]
+    columns = [Purchase.customer_id, Purchase.item_id, Purchase.ts, Purchase.quantity, Purchase.store_id,
+               Purchase.read_zone]
     plausible = Purchase.ts.between(MIN_SALE_TS, latest_sale_ts())
     rows = session.execute(select(*columns, *([Purchase.amount] if units else [])).where(plausible)).all()
     skipped = session.scalar(select(func.count()).select_from(Purchase).where(~plausible))
     if skipped:
         log.warning("left %d purchase(s) dated before %s or in the future out of training (stored before imports "
                     "checked sale times; correct or delete them)", skipped, f"{MIN_SALE_TS:%Y-%m-%d}")
-    interactions = pd.DataFrame(rows, columns=["customer", "item", "ts", "quantity", "store"]
+    interactions = pd.DataFrame(rows, columns=["customer", "item", "ts", "quantity", "store", "read_zone"]
                                 + (["amount"] if units else []))
     if units:
         amount = pd.to_numeric(interactions.pop("amount"), errors="coerce")
         quantity = pd.to_numeric(interactions["quantity"], errors="coerce")
-        interactions["unit"] = (amount / quantity).where(quantity > 0)
+        in_menu_currency = _in_catalogue_currency(session, interactions["store"], currency)
+        interactions["unit"] = (amount / quantity).where((quantity > 0) & in_menu_currency)
     interactions["store"] = interactions["store"].fillna("")
+    zones = store_zones(session)
+    naive = interactions.pop("read_zone").notna()  # a file's wall clock (sale_zones), else an aware time
+    interactions["timed"] = naive | timezone_set | interactions["store"].isin(set(zones))
+    if not interactions["timed"].all():
+        log.warning("%d purchase line(s) have no known hour of day: their sale times came with an offset, at a "
+                    "store without a time zone while TIMEZONE is unset (the doors read their own clocks); the "
+                    "day-parts leave them out (set the store's zone on the Stores page, or TIMEZONE)",
+                    int((~interactions["timed"]).sum()))
     if len(interactions):
-        interactions["ts"] = local_times(interactions["ts"], interactions["store"], store_zones(session), tz)
+        interactions["ts"] = local_times(interactions["ts"], interactions["store"], zones, tz)
     items = pd.DataFrame([
         {"item": i.id, "category": i.category, "price": float("nan") if i.price is None else i.price,
          "tags": list(i.tags or []), "available": bool(i.available and not i.retired)}
         for i in session.scalars(select(CatalogueItem))
     ], columns=["item", "category", "price", "tags", "available"])
     return interactions, items
+
+
+def _in_catalogue_currency(session: Session, stores: pd.Series, default: str) -> pd.Series:
+    """``(n,)`` bool on ``stores``' index: the store (None: a line without one) sells in the catalogue's currency
+    (:func:`dangol_cloud.store_prices.read_catalogue_currency`, read without writing; a store's own currency, else
+    ``default``, the ``CURRENCY`` setting; also for a removed store's id)."""
+    from dangol_cloud.store_prices import read_catalogue_currency, store_currencies
+
+    menu = read_catalogue_currency(session, default)
+    code_of = {sid: code for sid, _name, code in store_currencies(session, default)}
+    return pd.Series([code_of.get(store, default) == menu for store in stores], index=stores.index, dtype=bool)
 
 
 @dataclass
@@ -111,7 +150,11 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
 
     Imported sales whose naive times were read in another zone than the one their store reads them in now (a
     ``TIMEZONE`` changed since the last import) first move to the same hours in it
-    (:func:`dangol_cloud.sale_zones.retime_naive_sales`), so the day-parts are learnt at the right hours.
+    (:func:`dangol_cloud.sale_zones.retime_naive_sales`), so the day-parts are learnt at the right hours. A sale
+    whose local hour is unknown — one given with its offset (the POS API's) at a store without a zone of its own
+    while ``TIMEZONE`` is unset (the doors read their own clocks), or a date without a time — counts in the history
+    but not in the day-parts or the hourly cold-start popularity (:func:`load_frames`, :mod:`dangol_cloud.recommend.
+    data`).
 
     Feedback (:mod:`dangol_cloud.feedback`): purchases of picks shown at the visit before are credited
     first; likes and credited picks are added as positive interactions of ``kind`` "feedback" (the model learns
@@ -151,7 +194,7 @@ def train_from_database(db: Database, settings: Settings, progress: Callable[[st
             log.info("training: %s", moved.describe())
         credit_shown_picks(session, timezone_set=timezone_set)
     with db.sessions() as session:
-        interactions, items = load_frames(session, settings.timezone)
+        interactions, items = load_frames(session, settings.timezone, timezone_set=timezone_set)
         feedback = training_feedback(session, settings.timezone, timezone_set=timezone_set)
         segments = _segments(session)
         menu_item_of = menu_item_map(session)  # POS product -> the menu item it is sold as
@@ -198,17 +241,19 @@ def _menus_and_commit(db: Database, settings: Settings, model, path, interaction
         enrolled = set(session.scalars(select(Customer.id).where(Customer.consent_at.is_not(None))))
         withdrawn = set(session.scalars(select(Customer.id).where(Customer.status == "withdrawn")))
         scope = menu_scope(session)  # picks: products sold as a menu item the door can show (training_menus)
+        stores = origin_stores(session)  # a cold-start list is that of the customer's store
     exclude = expand_dislikes(feedback.dislikes, scope.mapping)  # a disliked menu item: all its products
     # consent withdrawn: the picks were deleted with it and are never made again (the history still trains)
     customers = sorted((set(interactions["customer"].unique()) | enrolled) - withdrawn)
     step("menus")
-    picks = choose_picks(model, customers, settings.menu_size, scope, exclude, segments=segment_values(segments))
+    seg = segment_values(segments)
+    picks = choose_picks(model, customers, settings.menu_size, scope, exclude, segments=seg, stores=stores)
     now = utcnow()
     known = known_customers(model)  # the others (enrolled, nothing bought yet) get the cold-start list, marked so
     rows = [{"customer_id": c, "model_version": model.version, "generated_at": now,
              "picks": pick_rows(ps, cold_start=c not in known)} for c, ps in picks.items()]
     step("write")
-    daypart_rows = daypart_menus(model, customers, settings.menu_size, scope, exclude)
+    daypart_rows = daypart_menus(model, customers, settings.menu_size, scope, exclude, segments=seg, stores=stores)
     with db.transaction() as session:
         existing = set(session.scalars(select(Customer.id)))
         gone = (set(customers) | {str(c) for c in model.customers}) - existing
@@ -304,7 +349,8 @@ def evaluate_database(db: Database, settings: Settings, *, cut: datetime | None 
     from dangol_cloud.recommend import evaluate
 
     with db.sessions() as session:
-        interactions, items = load_frames(session, settings.timezone, units=True)
+        interactions, items = load_frames(session, settings.timezone, units=True,
+                                          timezone_set=settings.door_timezone is not None, currency=settings.currency)
         segments = _segments(session)
     if interactions.empty:
         raise NotEnoughData("no purchases in the database; run dangol-cloud import-purchases first")

@@ -7,6 +7,14 @@ the default, also for a missing value) from feedback rows (``"feedback"``: a lik
 are extra positive interactions for the factor model and the re-ranker's labels but no purchases: they stay out
 of the purchase history, the day-part profile, the cold-start popularity and the reasons.
 
+Hour of day: a purchase line's local hour is *unknown* (``hour`` :data:`NO_HOUR` after :func:`clean_interactions`)
+when the optional bool column ``timed`` says False (a missing value: True) or when its ``ts`` is exactly 00:00:00
+(a date without a time of day: :func:`line_hours`). Such a line counts in the history (visits, frequencies,
+recency, the cold-start popularity without an hour) but not in the day-part profile
+(:class:`~dangol_cloud.recommend.dayparts.DayPartProfile`), the hourly cold-start popularity
+(:class:`~dangol_cloud.recommend.history.PopularityTable`) or the day-part reasons. The database's ``timed``:
+:func:`dangol_cloud.training.load_frames` (a POS sale of a store whose zone is unknown).
+
 Items: one row per menu item, columns ``item`` (str), ``category`` (str or None), ``price`` (float,
 NaN if unknown), ``tags`` (list[str]) and ``available`` (bool).
 """
@@ -26,14 +34,38 @@ INTERACTION_COLUMNS = ("customer", "item", "ts", "quantity")
 #: Values of the interactions' optional ``kind`` column.
 KINDS = ("purchase", "feedback")
 ITEM_COLUMNS = ("item", "category", "price", "tags", "available")
+#: ``hour`` of a purchase line whose local hour of day is unknown (module docstring; ``daypart_of`` gives it -1).
+NO_HOUR = -1
+
+
+def line_hours(ts: pd.Series, timed: pd.Series | None = None) -> np.ndarray:
+    """Each purchase line's local hour of day, or :data:`NO_HOUR` where it is unknown: ``(n,)`` int8.
+
+    Args:
+        ts: ``(n,)`` naive local times (datetime64[ns]).
+        timed: ``(n,)`` bool, False where the line's clock is unknown (:func:`dangol_cloud.training.load_frames`);
+            a missing value, or no column at all, is True.
+
+    A time of exactly 00:00:00 (to the nanosecond) is a date without a time of day: the purchases table keeps no
+    flag saying whether a file gave a time, and the date-only exports (Ta-Feng, a CSV of ``YYYY-MM-DD``,
+    :mod:`dangol_cloud.importers`) give every line that midnight, local. A real sale rung up at exactly midnight to
+    the second loses only its day-part (it still counts in the history); without the rule, a date-only history
+    beside timed sales made every one of its baskets an evening one (00 h is in the evening day-part).
+    """
+    ts = pd.to_datetime(ts)
+    known = (ts != ts.dt.normalize()).to_numpy()
+    if timed is not None:
+        known &= timed.astype(object).where(timed.notna(), True).astype(bool).to_numpy()
+    return np.where(known, ts.dt.hour.to_numpy(), NO_HOUR).astype(np.int8)
 
 
 def clean_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     """Validate and normalise an interactions frame (copy).
 
     Drops rows with quantity <= 0 (returns, coupon lines) or a missing customer/item/ts; casts ids to
-    str and ``ts`` to datetime64[ns]; adds ``day`` (int64, days since 1970-01-01), ``hour`` (int8) and
-    ``kind`` (str, ``"purchase"`` where the column is missing or empty, see the module docstring).
+    str and ``ts`` to datetime64[ns]; adds ``day`` (int64, days since 1970-01-01), ``hour`` (int8, 0-23, or
+    :data:`NO_HOUR` where unknown: :func:`line_hours` of ``ts`` and the optional ``timed`` column, which is then
+    dropped) and ``kind`` (str, ``"purchase"`` where the column is missing or empty, see the module docstring).
 
     Raises:
         ValueError: if a required column is missing, or a ``kind`` is not one of :data:`KINDS`.
@@ -41,7 +73,7 @@ def clean_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in INTERACTION_COLUMNS if c not in interactions.columns]
     if missing:
         raise ValueError(f"interactions lack column(s) {', '.join(missing)}")
-    cols = list(INTERACTION_COLUMNS) + [c for c in ("store", "kind") if c in interactions.columns]
+    cols = list(INTERACTION_COLUMNS) + [c for c in ("store", "kind", "timed") if c in interactions.columns]
     df = interactions[cols].dropna(subset=["customer", "item", "ts"]).copy()
     df["kind"] = df["kind"].astype(object).where(df["kind"].notna(), KINDS[0]) if "kind" in df else KINDS[0]
     bad = sorted(set(df["kind"].astype(str)) - set(KINDS))
@@ -55,7 +87,7 @@ def clean_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     if "store" in df.columns:
         df["store"] = df["store"].astype("string").fillna("")
     df["day"] = (df["ts"].values.astype("datetime64[D]").astype(np.int64)).astype(np.int64)
-    df["hour"] = df["ts"].dt.hour.astype(np.int8)
+    df["hour"] = line_hours(df["ts"], df.pop("timed") if "timed" in df.columns else None)
     return df.reset_index(drop=True)
 
 

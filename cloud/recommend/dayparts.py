@@ -1,6 +1,8 @@
 """Day-part aware menus: what a known customer buys at breakfast is not what they buy in the evening.
 
-Day-parts (local hours): breakfast 05-10, lunch 11-13, afternoon 14-16, evening 17-04.
+Day-parts (local hours): breakfast 05-10, lunch 11-13, afternoon 14-16, evening 17-04. A purchase line whose hour
+is unknown (:data:`~dangol_cloud.recommend.data.NO_HOUR`: a date without a time, a sale of a store whose clock is
+unknown) is in no day-part: the profile leaves it out (the history counts it).
 
 A known customer's item score s(u, i) (the re-ranker logit, ≈ log P(buy)) is shifted by the log-ratio of how
 much more often the item is bought in day-part d than the customer's visits are (Bayes' rule,
@@ -53,13 +55,15 @@ DAYPART_HOURS: dict[str, int] = {"breakfast": 8, "lunch": 12, "afternoon": 15, "
 
 
 def daypart_of(hours: np.ndarray | int) -> np.ndarray:
-    """Day-part index (0-3, order of :data:`DAYPARTS`) of local hours 0-23 (int64 array of the same shape)."""
-    h = np.asarray(hours, dtype=np.int64) % 24
+    """Day-part index (0-3, order of :data:`DAYPARTS`) of local hours 0-23 (int64 array of the same shape); -1 for
+    a negative hour (:data:`~dangol_cloud.recommend.data.NO_HOUR`: unknown), which is in no day-part."""
+    raw = np.asarray(hours, dtype=np.int64)
+    h = raw % 24
     h = np.where(h < 5, h + 24, h)
     out = np.zeros(h.shape, dtype=np.int64)
     for k, (_, start, end) in enumerate(DAYPARTS):
         out[(h >= start) & (h < end)] = k
-    return out
+    return np.where(raw < 0, -1, out)
 
 
 @dataclass
@@ -92,11 +96,16 @@ class DayPartProfile:
               item_group: np.ndarray | None = None) -> DayPartProfile | None:
         """From ``(n_lines,)`` customer/item indices, days and local hours; ``shape`` is ``(n_customers,
         n_items)``; ``item_group``: ``(n_items,)`` int menu-item codes (:func:`~dangol_cloud.recommend.history.
-        item_groups`; None: every item is its own menu item), whose baskets are then counted too. None when every
-        line has the same hour (day-resolution data such as Ta-Feng has no time of day)."""
-        if len(np.unique(hour)) <= 1:
+        item_groups`; None: every item is its own menu item), whose baskets are then counted too. Lines whose
+        hour is unknown (negative: :data:`~dangol_cloud.recommend.data.NO_HOUR`) are left out. None when the lines
+        with a known hour all have the same one, or there are none (day-resolution data such as Ta-Feng has no
+        time of day)."""
+        hour = np.asarray(hour)
+        timed = hour >= 0
+        if len(np.unique(hour[timed])) <= 1:
             return None
         n_c, n_i = shape
+        u, i, day, hour = np.asarray(u)[timed], np.asarray(i)[timed], np.asarray(day)[timed], hour[timed]
         d = daypart_of(hour)
         frame = pd.DataFrame({"u": u, "i": i, "day": day, "d": d}).drop_duplicates()
         counts, item_counts = _baskets(frame, "i", n_c, n_i)
@@ -113,8 +122,10 @@ class DayPartProfile:
 
     def adjustment(self, rows: np.ndarray, daypart: int, smoothing: float) -> np.ndarray:
         """``(len(rows), n_items)`` float64 ``log q(d | u, i) - log q(d | u)`` (module docstring) for day-part
-        index ``daypart`` and pseudo-count ``smoothing`` (k)."""
+        index ``daypart`` and pseudo-count ``smoothing`` (k); zeros for day-part -1 (an unknown hour: no shift)."""
         n_d = len(DAYPARTS)
+        if daypart < 0:
+            return np.zeros((len(rows), self.counts.shape[1]))
         item = self.item_counts.astype(np.float64)
         q_item = (item[:, daypart] + 1.0) / (item.sum(axis=1) + n_d)
         own_d = self.counts[daypart * self.n_customers + rows].toarray().astype(np.float64)
@@ -166,7 +177,9 @@ class DayPartProfile:
         :data:`POPULAR_MIN_BASKETS` of them), else None. ``item_group`` counts the products sold as one menu item
         together, in baskets (:meth:`own_counts`): exactly with a profile built with that grouping; otherwise the
         customer's and the :data:`POPULAR_MIN_BASKETS` ones are the lower bound (the most of any one product), the
-        day-part shares those of the products' baskets summed."""
+        day-part shares those of the products' baskets summed. Day-part -1 (an unknown hour): None for every pick."""
+        if daypart < 0:
+            return [None] * len(cols)
         name = DAYPARTS[daypart][0]
         own = self.own_counts(rows, cols, daypart, item_group)
         items = self.item_counts.astype(np.float64)

@@ -318,7 +318,7 @@ def _daypart_methods(model, test_eval: pd.DataFrame, evaluated: np.ndarray, ship
     pairs with at least one item the model knows (``left out``: the pairs with none, only items first sold after
     the cut), or ``({}, 0)`` for data without time of day (or a model without day-part profile).
     """
-    if model.dayparts is None or test_eval["hour"].nunique() <= 1:
+    if model.dayparts is None or test_eval.loc[test_eval["hour"] >= 0, "hour"].nunique() <= 1:
         return {}, 0
     items_index = pd.Index(model.items)
     cust_pos = pd.Index(evaluated)

@@ -170,6 +170,12 @@ def pair_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     return np.asarray(m[rows, cols]).ravel().astype(np.float64)
 
 
+#: Rows per store block of :attr:`PopularityTable.counts`: hours 0-23, then :data:`HOURLESS`.
+BLOCK_ROWS = 25
+#: The row (within a store block) of the lines whose hour of day is unknown.
+HOURLESS = 24
+
+
 class PopularityTable:
     """Cold-start popularity per (store, hour of day), smoothed towards coarser levels.
 
@@ -177,11 +183,15 @@ class PopularityTable:
     (pseudo-count k, "m-estimate" / Bayesian average):
     ``p(i | s) = (c_s,i + k p(i)) / (c_s + k)`` and ``p(i | s, h) = (c_s,h±1,i + k p(i | s)) / (c_s,h±1 + k)``,
     where ``h±1`` is the three-hour window centred on h (neighbouring hours wrap around midnight).
-    Hours are ignored when all purchases have the same hour (day-resolution data such as Ta-Feng).
+    A line whose hour is unknown (:data:`~dangol_cloud.recommend.data.NO_HOUR`) counts in ``c_s`` and ``c`` only,
+    never in an hour's window. Hours are ignored when the lines with a known hour all have the same one, or there
+    are none (day-resolution data such as Ta-Feng).
 
     Attributes:
         stores: store ids, row block s of ``counts`` (block 0 = all stores, id "").
-        counts: ``(n_stores_plus_1 * 24, n_items)`` float32 CSR of line counts per (store block, hour).
+        counts: ``(n_stores_plus_1 * 25, n_items)`` float32 CSR of line counts per (store block, hour): rows
+            ``25 s + h`` for hours 0-23, ``25 s + 24`` (:data:`HOURLESS`) for the lines without an hour. A model
+            saved before that row was kept has 24 rows per block (:attr:`rows_per_block`).
         has_hours: whether the data has time-of-day information.
     """
 
@@ -191,11 +201,14 @@ class PopularityTable:
         self.has_hours = has_hours
         self.smoothing = smoothing
         self._store_index = {s: k for k, s in enumerate(stores)}
+        #: rows per store block: 25 (hours, then :data:`HOURLESS`), or 24 for a model saved before.
+        self.rows_per_block = self.counts.shape[0] // max(len(stores), 1)
 
     @classmethod
     def build(cls, i: np.ndarray, hour: np.ndarray, store: np.ndarray | None, n_items: int,
               smoothing: float) -> PopularityTable:
-        """From ``(n_lines,)`` item indices, hours (0-23) and optional store ids (str)."""
+        """From ``(n_lines,)`` item indices, hours (0-23, or negative where unknown:
+        :data:`~dangol_cloud.recommend.data.NO_HOUR`) and optional store ids (str)."""
         stores = [""]
         block = np.zeros(len(i), dtype=np.int64)
         if store is not None:
@@ -203,15 +216,20 @@ class PopularityTable:
             stores += named
             index = {s: k + 1 for k, s in enumerate(named)}
             block = np.array([index.get(s, 0) for s in store], dtype=np.int64)
-        rows = np.concatenate([hour.astype(np.int64), block[block > 0] * 24 + hour[block > 0]])
+        hour = np.asarray(hour, dtype=np.int64)
+        row = np.where(hour >= 0, hour % 24, HOURLESS)
+        rows = np.concatenate([row, block[block > 0] * BLOCK_ROWS + row[block > 0]])
         cols = np.concatenate([i, i[block > 0]])
-        counts = sp.coo_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(stores) * 24, n_items))
-        has_hours = len(np.unique(hour)) > 1
+        counts = sp.coo_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                               shape=(len(stores) * BLOCK_ROWS, n_items))
+        has_hours = len(np.unique(hour[hour >= 0])) > 1
         return cls(stores, counts.tocsr(), has_hours, smoothing)
 
-    def _block(self, s: int, hours: list[int]) -> np.ndarray:
-        rows = [s * 24 + h % 24 for h in hours]
-        return np.asarray(self.counts[rows].sum(axis=0)).ravel().astype(np.float64)
+    def _block(self, s: int, hours: list[int] | None) -> np.ndarray:
+        """``(n_items,)`` float64 line counts of store block ``s`` in the ``hours`` (None: every line)."""
+        rows = (range(s * self.rows_per_block, (s + 1) * self.rows_per_block) if hours is None
+                else [s * self.rows_per_block + h % 24 for h in hours])
+        return np.asarray(self.counts[list(rows)].sum(axis=0)).ravel().astype(np.float64)
 
     @staticmethod
     def _smooth(counts: np.ndarray, prior: np.ndarray, k: float) -> np.ndarray:
@@ -220,15 +238,15 @@ class PopularityTable:
     def shares(self, store: str | None = None, hour: int | None = None) -> tuple[np.ndarray, str]:
         """``(n_items,)`` float64 smoothed purchase shares, and the reason text for the cold-start list."""
         n_items = self.counts.shape[1]
-        total = self._block(0, list(range(24)))
+        total = self._block(0, None)
         overall = (total + 1.0) / (total.sum() + n_items)  # Laplace: items never sold keep a tiny share
         reason = "popular with our customers"
         s = self._store_index.get(store or "", 0)
         base = overall
         if s:
-            base = self._smooth(self._block(s, list(range(24))), overall, self.smoothing)
+            base = self._smooth(self._block(s, None), overall, self.smoothing)
             reason = "popular at this store"
-        if hour is not None and self.has_hours:
+        if hour is not None and hour >= 0 and self.has_hours:
             base = self._smooth(self._block(s, [hour - 1, hour, hour + 1]), base, self.smoothing)
             reason = "popular at this time of day" + (" at this store" if s else "")
         return base, reason

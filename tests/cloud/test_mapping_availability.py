@@ -29,7 +29,8 @@ from .test_mapping_dislikes import best_sellers, import_slice, published
 def _setup(sqlite_url, tmp_path):
     db = _database(sqlite_url)
     store_id, _ = add_store_and_device(db)
-    settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="k", _env_file=None)
+    settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="k",
+                        timezone="America/New_York", _env_file=None)  # the data's zone: its sales carry offsets
     return db, settings, store_id
 
 

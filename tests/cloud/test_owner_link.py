@@ -55,7 +55,8 @@ def trained(tmp_path_factory, data_dir):
         import_rows(s, parse_purchases(tmp / "cj" / "transactions.csv", "completejourney"),
                     source="completejourney", key_prefix="completejourney")
         map_products(s, list(s.scalars(select(ProductMapping.product_id))), "self", by="test")
-    settings = Settings(cloud_home=tmp / "home", database_url=url, secret_key="link", _env_file=None)
+    settings = Settings(cloud_home=tmp / "home", database_url=url, secret_key="link", timezone="America/New_York",
+                        _env_file=None)  # the data's zone: its sales carry offsets
     retrain_and_publish(db, settings, publish=False)
     yield db, settings
     db.dispose()

@@ -90,7 +90,8 @@ def test_training_writes_daypart_menus_from_the_database(tmp_path: Path, sqlite_
         with db.transaction() as s:
             import_rows(s, parse_purchases(tmp_path / "cj/transactions.csv", "completejourney"),
                         source="completejourney", key_prefix="completejourney")
-        settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="x", _env_file=None)
+        settings = Settings(cloud_home=tmp_path / "home", database_url=sqlite_url, secret_key="x",
+                            timezone="America/New_York", _env_file=None)  # the data's zone: its sales carry offsets
         train_from_database(db, settings)
         with db.sessions() as s:
             menus = {m.customer_id: m for m in s.scalars(select(Menu))}
