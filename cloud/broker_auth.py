@@ -20,13 +20,20 @@ last two the broker then also closes the device's open connection, without its l
 device's retained status, and a removed device's events too). A broker that refuses (a config written before this
 role existed, or the classic files) or does not answer raises :class:`BrokerLoginError`, and the dashboard says to
 run ``broker-config`` and *restart* Mosquitto.
+
+The plugin saves each such change into its file, as the ``mosquitto`` user: :func:`seed_dynsec_file` puts the file
+in a folder that user owns (``broker-config --state-dir``), else a restart would bring the old logins back. Each
+device login carries the :func:`password_mark` of its password, so :mod:`dangol_cloud.broker_logins` can find and
+disable one whose password is older than the database's (and delete a removed device's) when the cloud connects.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -40,7 +47,8 @@ from dangol_cloud.security import mosquitto_hash
 
 __all__ = ["CONTROL_RESPONSE_TOPIC", "CONTROL_TOPIC", "LOGINS_ROLE", "PLUGIN_GLOBS", "QUEUE_LIMITS",
            "BrokerLoginError", "acl_text", "create_device_login", "device_client", "device_role", "dynsec_config",
-           "find_dynsec_plugin", "password_lines", "plugin_conf", "replace_device_password", "revoke_device_login"]
+           "find_dynsec_plugin", "password_lines", "password_mark", "plugin_conf", "replace_device_password",
+           "revoke_device_login", "seed_dynsec_file"]
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +123,27 @@ def device_role(device_id: str, store_id: str) -> dict:
     return {"rolename": f"device-{device_id}", "acls": acls}
 
 
-def device_client(device_id: str, username: str, name: str) -> dict:
+MARK_PREFIX = "dangol password "
+"""Start of a device client's ``textdescription``: the rest is :func:`password_mark` of the password it was given."""
+
+
+def password_mark(stored_hash: str) -> str:
+    """16 hex digits naming one password of a device: the start of the SHA-256 of its stored ``$7$`` hash (salted,
+    so neither the password nor the hash can be read back from it). The broker keeps it in the client's
+    ``textdescription`` (:data:`MARK_PREFIX`), so the cloud can tell a login whose password is not the database's
+    current one (:mod:`dangol_cloud.broker_logins`); the plugin never shows its own hash."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
+
+
+def device_client(device_id: str, username: str, name: str, stored_hash: str | None = None) -> dict:
     """The dynamic-security client of a device, without its password: login ``username`` pinned to client id
-    :func:`dangol_protocol.device_client_id`, named ``name``, with the role of :func:`device_role` only."""
-    return {"username": username, "clientid": proto.device_client_id(device_id), "textname": name,
-            "roles": [{"rolename": f"device-{device_id}"}]}
+    :func:`dangol_protocol.device_client_id`, named ``name``, with the role of :func:`device_role` only; given the
+    password's ``stored_hash``, its :func:`password_mark` in ``textdescription``."""
+    client = {"username": username, "clientid": proto.device_client_id(device_id), "textname": name,
+              "roles": [{"rolename": f"device-{device_id}"}]}
+    if stored_hash is not None:
+        client["textdescription"] = MARK_PREFIX + password_mark(stored_hash)
+    return client
 
 
 def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> dict:
@@ -152,7 +176,7 @@ def dynsec_config(session: Session, *, cloud_user: str, cloud_password: str) -> 
         if device.mqtt_username == cloud_user:
             raise ValueError(f"device {device.id} has the cloud's MQTT username {cloud_user!r}; give it its own")
         roles.append(device_role(device.id, device.store_id))
-        clients.append({**device_client(device.id, device.mqtt_username, device.name),
+        clients.append({**device_client(device.id, device.mqtt_username, device.name, device.mqtt_password_hash),
                         **_dynsec_password(device.mqtt_password_hash)})
     return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False,
                                  "unsubscribe": False},
@@ -178,6 +202,32 @@ def plugin_conf(config_file: Path, plugin: str) -> str:
                       "allow_anonymous false", f"plugin {plugin}", f"plugin_opt_config_file {config_file}",
                       "# queued events of a disconnected session (the cloud listener during an outage): docs/mqtt.md",
                       *queue, "queue_qos0_messages false", ""])
+
+
+def seed_dynsec_file(path: Path, config: dict) -> None:
+    """Write the plugin's ``config`` (:func:`dynsec_config`) to ``path`` for Mosquitto to *own*: the plugin saves
+    every login change (dashboard, :func:`revoke_device_login` ...) by writing ``<path>.new`` and renaming it over
+    ``path`` as the ``mosquitto`` user, and reads it at start after dropping root. So the file goes into a folder
+    that user owns (``/var/lib/mosquitto/dangol``, mode 0700), owned by the folder's owner, mode 0600; written to a
+    temporary file and renamed, so a running broker never reads half of it. A folder Mosquitto cannot write (the
+    old ``/etc/mosquitto/dangol``) loses every live change at the next restart: a removed device's login works again.
+
+    Raises:
+        OSError: the folder is missing or not writable here (run as root).
+    """
+    folder = path.parent
+    owner = folder.stat()
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(config, indent=1))
+        if os.geteuid() == 0:
+            os.chown(tmp, owner.st_uid, owner.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --- changing a login on the running broker ---------------------------------------------------------------------
@@ -276,7 +326,8 @@ def create_device_login(mqtt_url: str, device: Device, password: str, *, client_
             cannot log in until ``broker-config`` and a restart.
     """
     role = device_role(device.id, device.store_id)
-    client = {**device_client(device.id, device.mqtt_username, device.name), "password": password}
+    client = {**device_client(device.id, device.mqtt_username, device.name, device.mqtt_password_hash),
+              "password": password}
     steps = (("createRole", {"command": "deleteRole", "rolename": role["rolename"]}),
              ("createClient", {"command": "deleteClient", "username": device.mqtt_username}))
     answers = _answers(mqtt_url, [{"command": "createRole", **role}, {"command": "createClient", **client}],
@@ -299,7 +350,7 @@ def create_device_login(mqtt_url: str, device: Device, password: str, *, client_
 
 
 def replace_device_password(mqtt_url: str, username: str, password: str, *, client_id: str, device_id: str,
-                            timeout: float = 5.0) -> None:
+                            stored_hash: str | None = None, timeout: float = 5.0) -> None:
     """Give the login ``username`` of device ``device_id`` on the running broker its new password: the old one stops
     working and the broker closes a connection made with it — without publishing the box's last will (the plugin's
     kick), so the broker would go on retaining its ``online``. The cloud then clears that retained status
@@ -308,6 +359,10 @@ def replace_device_password(mqtt_url: str, username: str, password: str, *, clie
     password. That clear failing is only logged (the password was replaced; a retained ``online`` never dates the
     box, so it would show as not heard from after the listener's next subscription).
 
+    Given ``stored_hash`` (the new password's hash as the database keeps it), the login's ``textdescription`` gets
+    its :func:`password_mark` and the login is enabled again (one the cloud disabled for an old password,
+    :mod:`dangol_cloud.broker_logins`).
+
     Raises:
         BrokerLoginError: the broker could not be told, refused, or has no login ``username`` yet (run
             ``broker-config`` and restart Mosquitto).
@@ -315,8 +370,15 @@ def replace_device_password(mqtt_url: str, username: str, password: str, *, clie
     from dangol_cloud.device_status import clear_retained_status
     from dangol_cloud.mqtt import MqttError
 
-    (answer,) = _answers(mqtt_url, [{"command": "setClientPassword", "username": username, "password": password}],
-                         client_id=client_id, timeout=timeout)
+    commands = [{"command": "setClientPassword", "username": username, "password": password}]
+    if stored_hash is not None:
+        commands += [{"command": "modifyClient", "username": username,
+                      "textdescription": MARK_PREFIX + password_mark(stored_hash)},
+                     {"command": "enableClient", "username": username}]
+    answer, *more = _answers(mqtt_url, commands, client_id=client_id, timeout=timeout)
+    refused = [f"{c['command']}: {a['error']}" for c, a in zip(commands[1:], more) if a.get("error")]
+    if refused and not answer.get("error"):
+        raise BrokerLoginError(f"the broker took the new password of {username} but refused {'; '.join(refused)}")
     if answer.get("error") == "Client not found":
         raise BrokerLoginError(f"the broker has no login {username} yet (broker-config was not run since the device "
                                "was added)")

@@ -66,8 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker-config", help="write Mosquitto's dynamic-security config for the cloud and every device "
                                                 "(and a classic password file + ACL as a fallback)")
     p.add_argument("--out", type=Path, required=True,
-                   help="folder for 'dynamic-security.json' + 'dangol-dynsec.conf' (and 'passwd', 'acl')")
+                   help="folder for 'dangol-dynsec.conf', 'passwd', 'acl' (and 'dynamic-security.json' without "
+                        "--state-dir)")
     p.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: found under /usr/lib)")
+    p.add_argument("--state-dir", type=Path,
+                   help="folder for 'dynamic-security.json', owned by the user Mosquitto runs as (e.g. "
+                        "/var/lib/mosquitto/dangol): the plugin saves every login change there (default: --out)")
 
     p = sub.add_parser("erase", help="erase a customer everywhere (cloud data now; devices over MQTT)")
     p.add_argument("customer_id", metavar="CUSTOMER_ID")

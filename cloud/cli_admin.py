@@ -11,10 +11,11 @@ __all__ = ["cmd_broker_config", "cmd_create_user", "cmd_erase", "cmd_retention",
 
 
 def cmd_broker_config(args, settings, db) -> int:
-    import json
+    import os
     from urllib.parse import unquote, urlsplit
 
-    from dangol_cloud.broker_auth import acl_text, dynsec_config, find_dynsec_plugin, password_lines, plugin_conf
+    from dangol_cloud.broker_auth import (acl_text, dynsec_config, find_dynsec_plugin, password_lines, plugin_conf,
+                                          seed_dynsec_file)
 
     parts = urlsplit(settings.mqtt_url or "")
     if not parts.username:
@@ -28,19 +29,29 @@ def cmd_broker_config(args, settings, db) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     args.out.mkdir(parents=True, exist_ok=True)
-    dynsec_path = (args.out / "dynamic-security.json").resolve()
+    state = args.state_dir or args.out  # the plugin saves login changes there: Mosquitto's own folder
+    if not state.is_dir():
+        raise UsageError(f"--state-dir {state} does not exist: create it owned by the user Mosquitto runs as "
+                         "(install -d -m 0700 -o mosquitto -g mosquitto /var/lib/mosquitto/dangol)")
+    dynsec_path = (state / "dynamic-security.json").resolve()
     plugin = args.plugin or find_dynsec_plugin() or "/usr/lib/<arch>/mosquitto_dynamic_security.so"
-    files = (("passwd", "\n".join(lines) + "\n"), ("acl", acl), ("dynamic-security.json", json.dumps(dynsec, indent=1)),
+    files = (("passwd", "\n".join(lines) + "\n"), ("acl", acl),
              ("dangol-dynsec.conf", plugin_conf(dynsec_path, plugin)))
     for name, text in files:
         path = args.out / name
         path.write_text(text)
         path.chmod(0o600)
-    out.print(f"wrote {args.out / 'dynamic-security.json'} ({len(lines)} users; each device pinned to its own "
-              "client id) "
-              f"and {args.out / 'dangol-dynsec.conf'}: include that file in mosquitto.conf and restart mosquitto. "
-              f"Also {args.out / 'passwd'} and {args.out / 'acl'} for a broker without the plugin (any client id "
-              "accepted).", highlight=False)
+    seed_dynsec_file(dynsec_path, dynsec)
+    owner = state.stat().st_uid
+    out.print(f"wrote {dynsec_path} ({len(lines)} users; each device pinned to its own client id; owned by the "
+              f"folder's owner, uid {owner}, who must be the user Mosquitto runs as: the plugin saves every login "
+              f"change there) and {args.out / 'dangol-dynsec.conf'}: include that file in mosquitto.conf and restart "
+              f"mosquitto. Also {args.out / 'passwd'} and {args.out / 'acl'} for a broker without the plugin (any "
+              "client id accepted).", highlight=False)
+    if owner == 0 and os.geteuid() == 0:
+        out.print(f"warning: {state} belongs to root: unless Mosquitto runs as root, it cannot save login changes "
+                  "there, and a removed device's login would work again after a restart. Use --state-dir "
+                  "/var/lib/mosquitto/dangol (firmware-config/mosquitto/README.md).", highlight=False)
     return 0
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 
 import dangol_protocol as proto
 from dangol_cloud.background import ErasureResender, MenuRepublisher
+from dangol_cloud.broker_logins import LoginReconciler
 from dangol_cloud.db import Database
 from dangol_cloud.device_trust import Refused, nul_field, record_dead_letter, record_retained_event
 from dangol_cloud.event_store import Outcome, store_message
@@ -191,6 +192,9 @@ class Listener:
         queue_size: messages handed from paho's network thread to the worker; also the session's Receive
             Maximum, so the broker never has more unacknowledged messages in flight to us than the queue
             holds and the network thread never waits on the database.
+        reconcile_logins: on every connection, bring the broker's device logins in line with the database
+            (:attr:`logins`, a :class:`~dangol_cloud.broker_logins.LoginReconciler`: unknown devices' logins deleted,
+            logins with an old password disabled; counted, failures logged and counted).
 
     paho's network thread only queues each message; one worker thread applies them in order
     (:func:`handle_message`) and acknowledges each once it was stored, judged a duplicate, or written to
@@ -206,8 +210,9 @@ class Listener:
     def __init__(self, db: Database, mqtt_url: str, client_id: str = "dangol-cloud-listener",
                  on_activated: Callable[[str], object] | None = None,
                  on_erasures: Callable[[str], object] | None = None, queue_size: int = 100,
-                 erasure_interval: float = 0.0, follow_up_retry: float = 30.0) -> None:
+                 erasure_interval: float = 0.0, follow_up_retry: float = 30.0, reconcile_logins: bool = True) -> None:
         self.db = db
+        self.logins = LoginReconciler(db, mqtt_url, client_id=f"{client_id}-logins") if reconcile_logins else None
         self.on_activated = on_activated
         self.follow_up_retry = follow_up_retry
         self.follow_ups: MenuRepublisher | None = None  # made by start() when on_activated is given
@@ -236,6 +241,8 @@ class Listener:
         client.subscribe([(topic, SubscribeOptions(qos=qos, noLocal=True, retainAsPublished=True))
                           if topic == proto.ALL_DEVICE_EVENTS else (topic, SubscribeOptions(qos=qos))
                           for topic, qos in proto.device_subscriptions()])  # events: retained seen, own clears not
+        if self.logins is not None:  # on a thread of its own, one at a time
+            self.logins.start()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if is_refusal(reason_code):  # the listener publishes only the clears of retained events

@@ -65,6 +65,10 @@ class MosquittoBroker:
         options: more ``mosquitto.conf`` lines, appended last (e.g. ``"max_inflight_messages 100"``).
         log_file: where mosquitto logs (default ``workdir/mosquitto.log``).
         log_types: the ``log_type`` values; empty for mosquitto's default (error, warning, notice, information).
+        user: the user mosquitto runs as (``user`` option; it drops to it after reading ``mosquitto.conf``, before
+            loading plugins), default the current one. Another (e.g. ``nobody``, as root only) shows what the
+            packaged broker, running as ``mosquitto``, may read and write: ``workdir`` and the files it names must be
+            open to it.
 
     Raises:
         ValueError: ``config_file`` together with ``users``, ``password_lines`` or ``acl``.
@@ -74,7 +78,7 @@ class MosquittoBroker:
                  password_lines: list[str] | None = None, acl: str | None = None, host: str = "127.0.0.1",
                  persistence: bool = False, config_file: str | os.PathLike | None = None,
                  options: Sequence[str] = (), log_file: str | os.PathLike | None = None,
-                 log_types: Sequence[str] = ("all",)) -> None:
+                 log_types: Sequence[str] = ("all",), user: str | None = None) -> None:
         if config_file is not None and (users or password_lines or acl is not None):
             raise ValueError("MosquittoBroker: config_file decides access; do not pass users, password_lines or acl")
         self.workdir = Path(workdir)
@@ -87,6 +91,7 @@ class MosquittoBroker:
         self.options = list(options)
         self.log_file = Path(log_file) if log_file is not None else self.workdir / "mosquitto.log"
         self.log_types = list(log_types)
+        self.user = user
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr = ""
@@ -121,7 +126,8 @@ class MosquittoBroker:
         # as root, mosquitto would switch to the 'mosquitto' user and fail to read our 0600 files
         persist = (["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
                    if self.persistence else ["persistence false"])
-        lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} {self.host}", *persist,
+        user = self.user or pwd.getpwuid(os.getuid()).pw_name
+        lines = [f"user {user}", f"listener {self.port} {self.host}", *persist,
                  f"log_dest file {self.log_file}", *(f"log_type {t}" for t in self.log_types)]
         if self.config_file is not None:
             lines.append(self.config_file.read_text())

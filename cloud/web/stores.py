@@ -15,6 +15,7 @@ import dangol_protocol as proto
 from dangol_protocol.money import CurrencyError, check_currency, currencies as currency_codes
 
 from dangol_cloud.app import get_session, get_settings
+from dangol_cloud.broker_logins import stale_logins
 from dangol_cloud.erasure import complete_if_done, pending_erasures
 from dangol_cloud.store_prices import catalogue_currency
 from dangol_cloud.models import Device, Store, StoreSetting, new_id
@@ -63,7 +64,8 @@ def index():
                            bad_currencies={sid for sid, code in currencies.items() if code and code not in codes},
                            zones=zones, zone_names=sorted(available_timezones()),
                            default_zone=get_settings().timezone, presence=presence,
-                           zone_job=_store_zone.zone_jobs().running(), **_trust_context(s))
+                           zone_job=_store_zone.zone_jobs().running(), **_trust_context(s),
+                           stale_logins=stale_logins(s, [d for store in stores for d in store.devices]))
 
 
 @bp.route("/<store_id>/currency", methods=["POST"])
@@ -176,8 +178,9 @@ def reset_password(device_id: str):
     password = new_secret(24)
     device.mqtt_password_hash = mosquitto_hash(password)
     s.commit()
-    problem = _on_broker(lambda url, client_id: replace_device_password(url, device.mqtt_username, password,
-                                                                        client_id=client_id, device_id=device.id))
+    problem = _on_broker(lambda url, client_id: replace_device_password(
+        url, device.mqtt_username, password, client_id=client_id, device_id=device.id,
+        stored_hash=device.mqtt_password_hash))  # its mark lets the cloud tell an old password come back
     if problem is None:
         record_dropped(device)
         s.commit()
@@ -258,8 +261,8 @@ def remove_device(device_id: str):
     problem = _on_broker(lambda url, client_id: revoke_device_login(url, device_id, username, client_id=client_id))
     if problem is None:
         flash(f"Removed {name}. Its MQTT login was revoked on the broker at once (a connection it had open was "
-              "closed). Run dangol-cloud broker-config on the broker host too, so the file Mosquitto reads at its "
-              "next start agrees.", "success")
+              "closed), and the broker saved that in its own file; should a restart bring the login back (the "
+              "broker's file not writable), the cloud deletes it again when it reconnects.", "success")
     else:
         flash(f"Removed {name}, but its MQTT login was not revoked on the broker ({problem}), so it may still log "
               f"in. To revoke it, {BY_HAND}.", "warning")
