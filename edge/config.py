@@ -64,8 +64,8 @@ class DetectorConfig(_Section):
     defaults to ``face_detection_yunet_2023mar.onnx`` next to the embedder model) or ``mediapipe``
     (BlazeFace; four usable landmarks, the mouth corners replaced by the mouth centre). Chosen by
     measurement with SFace int8 (``dangol-models evaluate --detector``, the Hamilton clip): on the LFW
-    people ``pairs.txt`` does not use, TAR at FAR = 1e-3 100 % (YuNet) vs 96.4 % (MediaPipe); all-pairs
-    TAR at FAR = 1e-4 on the fold 99.77 % vs 99.26 %; on the clip YuNet finds Lin-Manuel Miranda on stage
+    people ``pairs.txt`` does not use, TAR at FAR = 1e-4 100 % (YuNet) vs 96.4 % (MediaPipe full-range); all-pairs
+    TAR at FAR = 1e-4 on the fold 99.83 % vs 98.38 %; on the clip YuNet finds Lin-Manuel Miranda on stage
     in frame 2 (cosine 0.53 to his photo; MediaPipe's landmarks on the same 45 px face give 0.20, so he
     is recognised only at 2.8 s) and the pianist MediaPipe misses; MediaPipe is then not even imported.
     ``model`` (MediaPipe only): ``full`` is BlazeFace full-range (faces up to ~5 m, what an entrance

@@ -38,12 +38,11 @@ import numpy as np
 
 from dangol_edge.align import align_face
 from dangol_edge.calibration import ImpostorTail, calibration_path, pipeline_of, write_calibration
-from dangol_edge.config import DetectorConfig
 from dangol_edge.detect import FaceDetector
 from dangol_edge.facemodels import SPECS, FaceModelSpec
 from dangol_edge.sources import read_image
 
-from .common import BuildError, centre_face, sha256_bytes, write_atomic
+from .common import BuildError, centre_face, detector_config, sha256_bytes, write_atomic
 from .lfw import LFWDataset
 
 log = logging.getLogger(__name__)
@@ -240,7 +239,7 @@ def write_open_set_calibration(model_path: Path, lfw: LFWDataset, detector: str 
 
     if detector not in DETECTORS:
         raise BuildError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
-    cfg = DetectorConfig(backend=detector, model="full", min_score=0.5)
+    cfg = detector_config(detector)
     stored = _stored_embeddings(model_path, lfw, detector) if reuse else None
     if stored is not None:
         tail = calibration_tail(stored.emb, _people(lfw))
@@ -254,7 +253,7 @@ def write_open_set_calibration(model_path: Path, lfw: LFWDataset, detector: str 
                              f"person ({name}, {tail.pairs:,} pairs); exceedances x {CALIBRATION['headroom']:g} "
                              "(headroom)",
                              pipeline=pipeline_of(cfg, model_path, embedder.spec),
-                             measured={"procedure": CALIBRATION, "detector_min_score": 0.5,
+                             measured={"procedure": CALIBRATION, "detector_min_score": cfg.min_score,
                                        "face": "the detection nearest the image centre",
                                        "images": int(sum(len(f) for f in lfw.identities().values()))})
     return path, tail
@@ -343,7 +342,7 @@ def build(out_dir: str | Path, lfw_root: str | Path, model: str = "sface", calib
         return BuildResult(fpath, ipath, cpath, skipped=False)
 
     yunet = _yunet(out)
-    with FaceDetector(DetectorConfig(backend="yunet", min_score=0.5), yunet_path=yunet) as det:
+    with FaceDetector(detector_config("yunet"), yunet_path=yunet) as det:
         crops = aligned_crops(calib_paths, det, spec)
         log.info("%s: calibrating int8 on %d aligned crops", model, len(crops))
         t0 = time.perf_counter()

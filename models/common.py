@@ -5,9 +5,29 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from dangol_edge.config import DetectorConfig
+
+#: BlazeFace model and detector score threshold of the open-set calibration (``dangol-models build``) and of
+#: ``dangol-models evaluate``: ``full`` is the edge's ``detector.model`` default
+#: (:class:`dangol_edge.config.DetectorConfig`), so a MediaPipe calibration is measured, and evaluated, behind the
+#: detector the edge runs (the pipeline record, :func:`dangol_edge.calibration.pipeline_of`, includes it). 0.5: the
+#: score threshold every shipped calibration was measured with (``measured.detector_min_score`` of the calibration
+#: file; the edge's default is 0.6).
+DETECTOR_MODEL, DETECTOR_MIN_SCORE = "full", 0.5
+
 
 class BuildError(RuntimeError):
     """A model cannot be built; the message names the missing or bad input."""
+
+
+def detector_config(backend: str) -> DetectorConfig:
+    """The detector settings of build and evaluate for ``backend`` (``yunet`` or ``mediapipe``):
+    :data:`DETECTOR_MODEL`, :data:`DETECTOR_MIN_SCORE`, the edge's other defaults.
+
+    Raises:
+        pydantic.ValidationError: unknown backend.
+    """
+    return DetectorConfig(backend=backend, model=DETECTOR_MODEL, min_score=DETECTOR_MIN_SCORE)
 
 
 def sha256_bytes(data: bytes) -> str:

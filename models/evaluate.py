@@ -228,7 +228,8 @@ def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads
     Args:
         threshold: open-set threshold; None uses the edge's calibrated rule (the model's calibration file
             at ``target_fpir`` for the number of enrolled people), or the FAR = 1e-3 threshold when the
-            model has no calibration file or one measured with another pipeline than ``detector``'s.
+            model has no calibration file or one measured with another pipeline than ``detector``'s; the latter is
+            logged and recorded in ``extra["calibration_note"]`` (``dangol-models evaluate`` prints it).
     """
     from dangol_edge.calibration import PipelineMismatch, load_calibration, pipeline_of
 
@@ -255,9 +256,11 @@ def evaluate_model(model: Path, lfw: LFWDataset, detector: FaceDetector, threads
     embedder = Embedder(model)
     try:
         tail = load_calibration(model, embedder.sha256, pipeline_of(detector.config, model, embedder.spec))
-    except PipelineMismatch:
+    except PipelineMismatch as exc:  # reported, not silent: the command prints it (:func:`.report.evaluate_command`)
         tail = None
         report.extra["threshold_rule"] = "FAR=1e-3 point: the calibration was measured with another pipeline"
+        report.extra["calibration_note"] = f"calibration not used, open-set threshold = FAR=1e-3 point: {exc}"
+        log.warning("%s: %s", model.name, report.extra["calibration_note"])
     if threshold is None and tail is not None:
         threshold = tail.threshold(target_fpir, n_enrolled)
         report.extra["threshold_rule"] = f"calibrated: FPIR {target_fpir:g} per photo at {n_enrolled} templates"

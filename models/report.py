@@ -58,12 +58,20 @@ def _pct_or_dash(v: float) -> str:
     return "— (too few strangers)" if v != v else f"{v * 100:.2f} %"
 
 
+def evaluate_detector(backend: str):
+    """The :class:`dangol_edge.config.DetectorConfig` ``dangol-models evaluate --detector backend`` runs: the build's
+    (:func:`.common.detector_config`), so a calibration built with ``--detector mediapipe`` is the one evaluated."""
+    from .common import detector_config
+
+    return detector_config(backend)
+
+
 def evaluate_command(args, default_out: Path) -> int:
     """Entry of ``dangol-models evaluate``; returns the exit status (2 when a model file is missing)."""
     from rich.console import Console
     from rich.table import Table
 
-    from dangol_edge.config import DetectorConfig, load_config
+    from dangol_edge.config import load_config
     from dangol_edge.detect import FaceDetector
 
     from .build import file_names
@@ -81,11 +89,13 @@ def evaluate_command(args, default_out: Path) -> int:
     cfg = load_config()
     margin = cfg.matcher.margin if args.margin is None else args.margin
     lfw = LFWDataset(args.lfw)
-    det_cfg = DetectorConfig(model="short", min_score=0.5, backend=args.detector)
-    with FaceDetector.beside(models[1], det_cfg) as det:
+    with FaceDetector.beside(models[1], evaluate_detector(args.detector)) as det:
         reports = [evaluate_model(m, lfw, det, margin=margin, progress=not args.json,
                                   target_fpir=cfg.matcher.target_fpir, min_votes=cfg.tracker.min_votes,
                                   vote_share=cfg.tracker.vote_share) for m in models]
+    for r in reports:
+        if "calibration_note" in r.extra:
+            print(f"dangol-models: note: {r.model}: {r.extra['calibration_note']}", file=sys.stderr)
     if args.json:
         print(json.dumps([asdict(r) for r in reports], indent=2))
     else:
