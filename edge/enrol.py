@@ -136,6 +136,16 @@ def samples_from_photos(paths: list[str | Path], pipeline: FacePipeline,
     raise EnrolmentError(f"{odd}; enrol one person's photos only")
 
 
+SECOND_PERSON_SHARE = 3
+"""A full pool is two people one after the other (:meth:`SampleCollector.mixed`) when at least ``pool //`` this many
+of its candidates (5 of the door's 15, as many as the templates it keeps), inconsistent with its medoid but one person
+among themselves (:data:`CONSISTENCY_MIN_SIMILARITY`), came before the medoid's person. Fewer are left out only: the
+Hamilton clip's other people before Lin-Manuel Miranda (frames 48-71) give 4 of 15 at the daemon's pace, and he is
+stored and in front when the code shows; people seen between his first and last faces never count. LFW embeddings
+(tests/edge/test_signup_review_dec7.py): no pool of 15 photos of one person is taken for two (2,000 tried); of pools of
+two people one after the other (5 + 10 to 10 + 5, either order) all but 15 of 4,000 are."""
+
+
 class SampleCollector:
     """The one capture rule for enrolment from a live source (CLI and the daemon's button flow).
 
@@ -151,7 +161,7 @@ class SampleCollector:
     The collector is :attr:`full` once ``pool`` candidates are gathered *and* at least ``wanted`` of them
     are consistent. Until then it keeps collecting (the caller stops at its ``max_frames``): when the pool
     is at its size, a new good face replaces the candidate least similar to the medoid, so memory stays
-    bounded at ``pool`` samples.
+    bounded at ``pool`` samples. A full pool may be two people one after the other: :meth:`mixed` (store nothing).
 
     Args:
         wanted: templates to keep; pool: candidates to gather first (≥ wanted); min_gap_frames: frames
@@ -186,6 +196,27 @@ class SampleCollector:
         if len(self.candidates) < self.pool:
             return False
         return int(self._consistency()[0].sum()) >= self.wanted
+
+    def mixed(self) -> str | None:
+        """Why the pool is two people one after the other, or None (call once :attr:`full`; storing it would store one
+        person's face under a code shown to the other): the newest candidate — the face in front of the camera when
+        the code would show — is not consistent with the medoid, or enough inconsistent candidates are one person of
+        their own, seen before the medoid's person (:data:`SECOND_PERSON_SHARE`)."""
+        keep, sim = self._consistency()
+        if not keep[-1]:
+            return (f"the newest good face is another person than the others (similarity {sim[-1]:.2f} to their "
+                    f"medoid, below {self.min_similarity:.2f})")
+        odd = np.flatnonzero(~keep)
+        group = max(self.pool // SECOND_PERSON_SHARE, 2)
+        if len(odd) < group:
+            return None
+        c = self.candidates
+        same, _ = medoid_consistent(np.stack([c[i].embedding for i in odd]), np.array([c[i].quality for i in odd]),
+                                    self.min_similarity)
+        if int(same.sum()) < group or odd[same][0] > np.flatnonzero(keep)[0]:
+            return None  # a few strays, or someone seen between the first and the last faces of the medoid's person
+        return (f"{int(same.sum())} of the {len(c)} good faces are another person, seen before the {int(keep.sum())} "
+                "others")
 
     def due(self, frame_index: int) -> bool:
         """True when the frame is far enough from the last candidate to be worth processing, or numbered before
@@ -266,7 +297,8 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
     Raises:
         EnrolmentError: the source ended or ``max_frames`` passed without one good face (``no good face in N
             frames``), or without a majority of the good faces being one person, e.g. one frame each of two
-            people (``faces did not agree: …``, :func:`disagreement`).
+            people (``faces did not agree: …``, :func:`disagreement`), or the full pool is two people one after
+            the other (:meth:`SampleCollector.mixed`).
     """
     col = SampleCollector(wanted, min_gap_frames=min_gap_frames)
     seen = 0
@@ -279,6 +311,10 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
         faces = pipeline.process(frame.rgb, max_faces=1)
         col.offer(faces[0] if faces else None, frame.index)
     seen = min(seen, max_frames)  # the frame that ended the loop was not looked at
+    mixed = col.mixed() if col.full else None
+    if mixed:
+        raise EnrolmentError(f"{source.spec}: {mixed} (more than one person in front of the camera, one after the "
+                             "other); enrol with one person in front of the camera")
     if not col.candidates:
         raise EnrolmentError(f"{source.spec}: {col.shortfall(seen)}")
     same = len(col.consistent())

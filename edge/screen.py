@@ -5,13 +5,17 @@ until ``until`` then back to house) and ``enrol`` (staff enrolment progress with
 the person is already a regular: never who). A welcome shown over a pending sign-up's code does not end it: when the
 welcome is over the code comes back for the rest of its time, unless its sign-up is no longer pending (activated,
 discarded, expired: asked with the ``still_pending`` check the enrolment worker gives, which also takes a code on show
-down within :data:`CODE_CHECK_S` once it answers False).
+down within :data:`CODE_CHECK_S` once it answers False). While a sign-up is being captured, a welcome does not replace
+"look at the camera": the customer signing up stands at the door, and a welcome for a regular decided on a frame before
+the press (the recognizer does not run during a capture) would turn them away from the camera and then leave the door on
+the house menu while the capture went on unseen; the regular's visit is still recorded.
 No face image is ever part of a screen. Every change bumps ``version``; the web page's server-sent
 events stream waits on :meth:`Screen.wait` and pushes each new snapshot at once.
 
-Apart from the screen, it keeps how the last sign-up ended (:meth:`Screen.last_signup`, one value, replaced by the
-next ending and forgotten when a new sign-up is asked for or starts), for the staff page: the door shows a failure
-for a few seconds only.
+Apart from the screen, it keeps, for the staff page, the sign-up being captured (:meth:`Screen.capture`, as the
+enrolment reports it, whatever the door shows) and how the last sign-up ended (:meth:`Screen.last_signup`, one value,
+replaced by the next ending and forgotten when a new sign-up is asked for or starts): the door shows a failure for a
+few seconds only.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Screen:
         self._until: float | None = None
         self._signup: dict[str, Any] | None = None  # how the last sign-up ended, "at" on the clock (seconds)
         self._code: _Code | None = None  # the pending code, shown or displaced by a welcome
+        self._capture: dict[str, int] | None = None  # the sign-up being captured: {"samples", "wanted"}
         self.changed_at = clock()
 
     def _set(self, state: dict[str, Any], until: float | None = None) -> int:
@@ -94,7 +99,8 @@ class Screen:
 
     def show_welcome(self, first_name: str, picks: list[dict], customer_id: str, seconds: float,
                      arrival_ts: float | None = None, own_picks: bool = False) -> int:
-        """Welcome a customer for ``seconds``; a pending code on show comes back afterwards (see the module doc).
+        """Welcome a customer for ``seconds``; a pending code on show comes back afterwards, and nothing changes while a
+        sign-up is being captured (see the module doc). Returns the screen's version.
 
         Args:
             picks: items to show, each ``{"id", "name", "price", "category", "description"}``
@@ -104,8 +110,12 @@ class Screen:
                 customer with no menu yet or a menu the cloud marked not ``personal`` (its cold-start list)
                 (:attr:`dangol_edge.menu_text.Picks.own`): the page's heading says which.
         """
-        return self._set({"screen": "welcome", "first_name": first_name, "picks": picks, "own_picks": own_picks,
-                          "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
+        with self._cond:
+            if self._capture is not None:
+                log.info("welcome of %s not shown: a sign-up is being captured at the door", customer_id)
+                return self._version
+            return self._set({"screen": "welcome", "first_name": first_name, "picks": picks, "own_picks": own_picks,
+                              "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 
     def show_enrolment(self, stage: str, code: str | None = None, seconds: float | None = None,
                        samples: int = 0, wanted: int = 0, why: str | None = None, regular: str | None = None,
@@ -118,12 +128,13 @@ class Screen:
         ``wanted`` too: the good snapshots taken and the pool needed.
 
         ``regular`` is kept for the staff page only (:meth:`last_signup`), never put on the door
-        screen (:meth:`snapshot`), which is public. ``capturing`` forgets the last sign-up's ending; an ending
-        (:data:`SIGNUP_ENDINGS`) replaces it.
+        screen (:meth:`snapshot`), which is public. ``capturing`` forgets the last sign-up's ending and is the capture
+        in progress (:meth:`capture`) until another stage; an ending (:data:`SIGNUP_ENDINGS`) replaces the last one.
 
         ``still_pending`` (``pending`` only): answers whether the sign-up still waits for staff; a welcome then does
         not end the code (module doc). Any other stage drops a pending code for good."""
         with self._cond:
+            self._capture = {"samples": samples, "wanted": wanted} if stage == "capturing" else None
             if stage == "capturing":
                 self._signup = None
             elif stage in SIGNUP_ENDINGS:
@@ -133,6 +144,12 @@ class Screen:
             until = None if seconds is None else self._clock() + seconds
             self._code = _Code(state, until, still_pending, self._clock()) if stage == "pending" else None
             return self._set(state, until)
+
+    def capture(self) -> dict[str, int] | None:
+        """The sign-up being captured, as the enrolment last reported it (``{"samples": good snapshots so far,
+        "wanted": snapshots needed}``), whatever the door shows; None when none is."""
+        with self._cond:
+            return None if self._capture is None else dict(self._capture)
 
     def forget_signup(self) -> None:
         """Forget how the last sign-up ended (a new one was asked for); the screen itself does not change."""

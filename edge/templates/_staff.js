@@ -22,7 +22,8 @@
           if (n && w) { n.textContent = p.samples; w.textContent = p.wanted; setTimeout(tick, 1000); return; }
           return refresh();  // the card still offers "Start": show the capture
         }
-        if (seenCapture || n || Date.now() - started > 15000) return refresh();  // ended (or never began)
+        // ended (also at once: refused while the camera does not work), or never began
+        if (seenCapture || n || p.ended || Date.now() - started > 15000) return refresh();
         setTimeout(tick, 1000);
       })
       .catch(function () { setTimeout(tick, 3000); });  // the device is restarting or signed out: try again

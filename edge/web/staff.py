@@ -110,10 +110,15 @@ def staff_page(status: int = 200, errors: dict[str, str] | None = None, values: 
 
 
 def signup_progress() -> dict:
-    """``{"capturing": bool, "samples": good snapshots so far, "wanted": snapshots needed}`` of the door's sign-up."""
-    snap = deps().screen.snapshot()
-    return {"capturing": snap.get("screen") == "enrol" and snap.get("stage") == "capturing",
-            "samples": snap.get("samples", 0), "wanted": snap.get("wanted", 0)}
+    """``{"capturing": bool, "samples": good snapshots so far, "wanted": snapshots needed, "ended": bool}`` of the
+    door's sign-up, as the enrolment reports it (:meth:`~dangol_edge.screen.Screen.capture`), not what the door shows;
+    ``ended``: a sign-up ended since this session asked for one (e.g. refused at once: the camera does not work)."""
+    d = deps()
+    capture, last = d.screen.capture(), d.screen.last_signup()
+    since_asked = time.time() - session.get("signup_asked", 0)
+    return {"capturing": capture is not None, "samples": capture["samples"] if capture else 0,
+            "wanted": capture["wanted"] if capture else 0,
+            "ended": last is not None and last["age_s"] < since_asked}
 
 
 def last_signup() -> dict | None:

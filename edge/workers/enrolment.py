@@ -8,17 +8,19 @@ no second record, which would keep the door from greeting either, and nothing ad
 falsely matched would become that regular's face; the door screen says so without a name, the staff page names them),
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
 no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
-snapshots taken out of the pool needed), or ``failed`` as "more than one face" as soon as a second good face has
-been beside the first in more than :data:`~dangol_edge.workers.signup_faces.SECOND_FACE_FRAMES` frames (nothing
-stored), or ``not-saved`` when the gallery cannot be written (disk full: the sign-up ends, health reports the
-storage, nothing half-written stays). While a model upgrade runs, a sign-up is also checked by the previous model
-against the regulars the upgrade has not migrated yet, and stored with that model's templates too
-(:mod:`dangol_edge.signup_previous`).
+snapshots taken out of the pool needed; no frames: at the deadline, :mod:`~dangol_edge.workers.signup_limits`), or
+``failed`` as "more than one face" as soon as a second good face has been beside the first in more than
+:data:`~dangol_edge.workers.signup_faces.SECOND_FACE_FRAMES` frames, or when the full pool is two people one after the
+other (:meth:`~dangol_edge.enrol.SampleCollector.mixed`: nothing stored), or ``not-saved`` when the gallery cannot be
+written (disk full: the sign-up ends, health reports the storage, nothing half-written stays). While a model upgrade
+runs, a sign-up is also checked by the previous model against the regulars the upgrade has not migrated yet, and stored
+with that model's templates too (:mod:`dangol_edge.signup_previous`).
 The staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Holding the button cancels the sign-up
-that press started: its capture, or — once the capture has finished — the pending customer it stored, erased as the
-staff page's "Discard" does (``cancelled`` on the door); a hold never starts one. How a sign-up ended stays on the
-:class:`~dangol_edge.screen.Screen` for the staff page until the next one starts. Steps run on the recognition
-thread: capture and recognition share the face pipeline, which is not thread-safe.
+that press started, or took over (pressed during a capture): its capture, or — once the capture has finished — the
+pending customer it stored, erased as the staff page's "Discard" does (``cancelled`` on the door); a hold never starts
+one. While the camera is known not to work no sign-up starts (``failed``, ``why="camera"``). How a sign-up ended
+stays on the :class:`~dangol_edge.screen.Screen` for the staff page until the next one starts. Steps run on the
+recognition thread: capture and recognition share the face pipeline, which is not thread-safe.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..signup_previous import (PreviousSamples, embed_previous, keep_previous_or
 from ..sources import Frame
 from .base import storage_state
 from .signup_faces import SECOND_FACE_FRAMES, SECOND_FACE_SHARE, SECOND_FACE_WIDTH, SecondFace  # noqa: F401
+from .signup_limits import SIGNUP_MIN_FPS, camera_problem, capture_deadline_s  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +70,12 @@ class ButtonEnrolment:
         upgrade: the running :class:`~dangol_edge.upgrade.ModelUpgrade` (the recognizer's), or None: while it runs,
             a sign-up is checked and stored with its previous model's templates too (:mod:`dangol_edge.signup_previous`)
             and a held press's erasure drops it from the upgrade's memory.
+        clock: monotonic seconds (``time.monotonic``; tests pass their own) for the capture's deadline
+            (:data:`~.signup_limits.SIGNUP_MIN_FPS`).
     """
 
     def __init__(self, config: EdgeConfig, gallery: Gallery, screen: Screen, events: EventFactory, outbox: Outbox,
-                 button=None, stats=None, upgrade=None):
+                 button=None, stats=None, upgrade=None, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.gallery = gallery
         self.screen = screen
@@ -93,6 +98,8 @@ class ButtonEnrolment:
         self._stored: str | None = None  # the pending customer that sign-up stored, until a hold erases it
         self._unreported: dict[str, None] = {}  # erased by a hold, erasure not yet recorded for the cloud
         self._retry_at = 0.0  # monotonic seconds
+        self._clock = clock
+        self._deadline = 0.0  # when the capture in progress ends as failed, on ``clock``
 
     @property
     def active(self) -> bool:
@@ -137,14 +144,15 @@ class ButtonEnrolment:
         return callback
 
     def handle_requests(self) -> None:
-        """Apply queued requests and retry erasure records a hold could not write (recognition thread). Never
-        raises: a request that fails is logged with its traceback (the recognition loop must go on)."""
+        """Apply queued requests, end a capture past its deadline (:data:`~.signup_limits.SIGNUP_MIN_FPS`) and retry
+        erasure records a hold could not write (recognition thread, also while no frame comes). Never raises: a request
+        that fails is logged with its traceback (the recognition loop must go on)."""
         self._retry_reports()
         while True:
             try:
                 what, press = self.requests.get_nowait()
             except queue.Empty:
-                return
+                break
             try:
                 if what == "enrol":
                     self._start(press)
@@ -157,16 +165,33 @@ class ButtonEnrolment:
                 if isinstance(exc, sqlite3.Error):
                     self._storage(storage_state(exc))
                 log.exception("enrolment request %r (press %s) failed", what, press)
+        if self.active and self._clock() >= self._deadline:
+            col = self._collector
+            self._finish("failed", seconds=5, why="none", samples=len(col.candidates), wanted=col.pool)
+            log.warning("enrolment failed: only %d frames in %.0f s (no frames from the camera?); %s", self._frames,
+                        capture_deadline_s(self.config.enrol.max_frames), col.shortfall(self._frames))
 
     def _start(self, press: int | None) -> None:
-        """Start a sign-up for ``press`` (None: the staff page), unless one is being captured."""
+        """Start a sign-up for ``press`` (None: the staff page). While one is being captured, a button press takes it
+        over (its hold cancels it, or discards what it stores: :meth:`_hold`) and the staff page's request starts
+        nothing. While the camera is known not to work (:func:`~.signup_limits.camera_problem`) nothing starts:
+        ``failed`` with ``why="camera"`` on the door and the staff page."""
         if self.active:
-            log.info("a sign-up is already being captured: the new request starts nothing")
+            if press is not None:
+                self._press = press  # the latest press owns the running sign-up: its hold cancels it
+            log.info("a sign-up is already being captured: %s", "the new request starts nothing" if press is None
+                     else "this press takes it over (holding the button cancels it)")
+            return
+        problem = camera_problem(self.stats)
+        if problem is not None:
+            self.screen.show_enrolment("failed", seconds=5, why="camera")
+            log.warning("sign-up not started: the camera does not work (%s)", problem)
             return
         log.info("enrolment started")
         self._collector = SampleCollector(self.config.enrol.templates)
         self._frames, self._faces = 0, SecondFace()
         self._press, self._stored = press, None
+        self._deadline = self._clock() + capture_deadline_s(self.config.enrol.max_frames)
         self.screen.show_enrolment("capturing")
         if self.button:
             self.button.busy()
@@ -261,9 +286,15 @@ class ButtonEnrolment:
         self._finish("failed", seconds=5, why=col.shortfall_kind(), samples=len(col.candidates), wanted=col.pool)
         log.warning("enrolment failed: %s%s", col.shortfall(self.config.enrol.max_frames), note)
 
-    def _several(self, col: SampleCollector) -> None:
-        """End the sign-up as ``failed`` with ``why="several"`` (:data:`SECOND_FACE_FRAMES`): nothing is stored."""
+    def _several(self, col: SampleCollector, mixed: str | None = None) -> None:
+        """End the sign-up as ``failed`` with ``why="several"``: nothing is stored. ``mixed``: the full pool is two
+        people one after the other (:meth:`~dangol_edge.enrol.SampleCollector.mixed`); else a second face was beside
+        the first (:data:`SECOND_FACE_FRAMES`)."""
         self._finish("failed", seconds=5, why="several", samples=len(col.candidates), wanted=col.pool)
+        if mixed:
+            log.warning("enrolment failed: %s (more than one person in front of the camera, one after the other)",
+                        mixed)
+            return
         log.warning("enrolment failed: a second good face beside the first in %d of %d frames with a good face "
                     "(more than one person in front of the camera)", self._faces.second, self._faces.looked)
 
@@ -296,7 +327,11 @@ class ButtonEnrolment:
                 self._fail(col, " (the last frames failed)")
             raise
         if col.full:
-            self._save(col)
+            mixed = col.mixed()
+            if mixed:
+                self._several(col, mixed)
+            else:
+                self._save(col)
         elif self._frames >= cfg.max_frames:
             self._fail(col)
 

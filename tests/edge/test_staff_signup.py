@@ -31,7 +31,8 @@ def test_staff_page_starts_a_sign_up_and_activates_it(home, model_path, clips, b
         assert wait_for(lambda: app.gallery.customers(status="pending"), timeout=90)
         pending = app.gallery.customers(status="pending")[0]
         assert pending.id not in before and pending.templates == cfg.enrol.templates
-        assert app.screen.snapshot()["code"] == pending.short_code   # the door screen shows the code
+        # the door screen shows the code (set just after the gallery stored the sign-up: wait for it under load)
+        assert wait_for(lambda: app.screen.snapshot().get("code") == pending.short_code, timeout=10)
         activate_on_staff_page(page, app.web.url, pending.id, "Hana Kim", "Jisoo")
         page.close()
         c = app.gallery.customer(pending.id)
