@@ -3,34 +3,17 @@ kept a day longer than the owner promised). Real app factory, SQLite and Postgre
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
-
-from sqlalchemy import select
 
 from dangol_cloud import background
 from dangol_cloud.app import create_app
 from dangol_cloud.background import start_background
-from dangol_cloud.models import AuditEntry, Customer, ModelVersion, utcnow
+from dangol_cloud.models import Customer, ModelVersion, utcnow
 from dangol_cloud.settings import Settings
 
 from .conftest import add_owner
-
-
-def _wait(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
-
-
-def _audits(db, action: str) -> list[AuditEntry]:
-    with db.sessions() as s:
-        return list(s.scalars(select(AuditEntry).where(AuditEntry.action == action)))
+from .test_background_outcomes_dec7b import _audits, _wait
 
 
 def test_a_failed_sweep_is_retried_after_the_short_delay_without_a_restart(db, tmp_path, monkeypatch):
