@@ -145,7 +145,8 @@ class CustomerSegment(Base):
 
 
 class MenuDayparts(Base):
-    """A known customer's picks per day-part, written with :class:`Menu` when the purchase data has times of
+    """A customer's picks per day-part (a customer the model does not know: the cold-start lists of their store at
+    each day-part, marked ``cold_start``), written with :class:`Menu` when the purchase data has times of
     day: ``dayparts`` = ``{"breakfast" | "lunch" | "afternoon" | "evening": [{"item_id", "score",
     "reasons"}]}`` (same pick format as ``Menu.picks``; :mod:`dangol_cloud.recommend.dayparts`)."""
 

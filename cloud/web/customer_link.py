@@ -257,7 +257,8 @@ def link(customer_id: str):
 def daypart_picks(session: Session, customer_id: str) -> list[tuple[str, list[dict]]]:
     """The customer's picks per day-part as training wrote them (:class:`MenuDayparts`), in day order:
     ``[(day-part name, [{"item_id", "score", "reasons"}, ...]), ...]``; empty when none were written (data
-    without times of day, or a customer the model does not know)."""
+    without known times of day; a customer the model does not know gets their store's cold-start lists per
+    day-part)."""
     from dangol_cloud.recommend.dayparts import DAYPARTS
 
     row = session.get(MenuDayparts, customer_id)
