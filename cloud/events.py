@@ -193,8 +193,9 @@ class Listener:
             Maximum, so the broker never has more unacknowledged messages in flight to us than the queue
             holds and the network thread never waits on the database.
         reconcile_logins: on every connection, bring the broker's device logins in line with the database
-            (:attr:`logins`, a :class:`~dangol_cloud.broker_logins.LoginReconciler`: unknown devices' logins deleted,
-            logins with an old password disabled; counted, failures logged and counted).
+            (:attr:`logins`, a :class:`~dangol_cloud.broker_logins.LoginReconciler`: removed devices' logins
+            deleted, unknown ones left alone, logins with an old password disabled; counted, failures logged and
+            counted).
 
     paho's network thread only queues each message; one worker thread applies them in order
     (:func:`handle_message`) and acknowledges each once it was stored, judged a duplicate, or written to

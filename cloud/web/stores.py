@@ -15,8 +15,8 @@ import dangol_protocol as proto
 from dangol_protocol.money import CurrencyError, check_currency, currencies as currency_codes
 
 from dangol_cloud.app import get_session, get_settings
-from dangol_cloud.broker_logins import stale_logins
-from dangol_cloud.erasure import complete_if_done, pending_erasures
+from dangol_cloud.broker_logins import REMOVED_ACTION, stale_logins
+from dangol_cloud.erasure import audit, complete_if_done, pending_erasures
 from dangol_cloud.store_prices import catalogue_currency
 from dangol_cloud.models import Device, Store, StoreSetting, new_id
 from dangol_cloud.security import hash_token, mosquitto_hash, new_secret
@@ -154,7 +154,8 @@ def reset_password(device_id: str):
     (:func:`~dangol_cloud.broker_auth.replace_device_password`: the old one stops working, a connection made with it
     is closed and the device's retained status cleared), and the device is recorded offline, keeping when it was last
     seen (:func:`~dangol_cloud.device_status.record_dropped`; a device that never connected stays so); if the broker
-    cannot take it, the page says the old one works until broker-config and a restart."""
+    cannot take it, the page says so: the listener's next connection disables the old password's login (the new one
+    is not on the broker either) until broker-config and a restart."""
     from dangol_cloud.broker_auth import replace_device_password
     from dangol_cloud.device_status import record_dropped
     from dangol_cloud.web.confirm import confirmation_page
@@ -237,7 +238,9 @@ def remove_device(device_id: str):
     the owner is told to run broker-config and restart Mosquitto), and its retained status and events are cleared on
     the broker (:func:`dangol_cloud.device_status.clear_retained_topics`; if the broker does not answer, the owner is
     told and the listener counts the stale status as ``forgotten-device`` instead of dead-lettering it; a retained
-    event it dead-letters once and clears itself)."""
+    event it dead-letters once and clears itself). The removal is recorded (audit entry ``device-removed`` naming
+    the device id, :data:`~dangol_cloud.broker_logins.REMOVED_ACTION`): only a recorded removal lets the cloud's
+    reconciler delete a login the broker brought back at a restart."""
     from dangol_cloud.broker_auth import revoke_device_login
 
     s = get_session()
@@ -253,6 +256,7 @@ def remove_device(device_id: str):
     if page is not None:
         return page
     name, username = device.name, device.mqtt_username
+    audit(s, current_user.email, REMOVED_ACTION, device_id=device_id, detail=f"login {username}")
     s.delete(device)
     s.flush()
     for erasure in pending_erasures(s):  # a removed device can no longer confirm: don't wait for it

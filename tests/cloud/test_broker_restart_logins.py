@@ -22,7 +22,8 @@ from sqlalchemy import select
 
 import dangol_protocol as proto
 from dangol_cloud import broker_auth as ba
-from dangol_cloud.broker_logins import STALE_ACTION, reconcile_device_logins, stale_logins
+from dangol_cloud.broker_logins import REMOVED_ACTION, STALE_ACTION, reconcile_device_logins, stale_logins
+from dangol_cloud.erasure import audit
 from dangol_cloud.events import Listener
 from dangol_cloud.models import AuditEntry, Device
 from dangol_cloud.security import mosquitto_hash
@@ -151,7 +152,8 @@ def test_the_cloud_disables_an_old_password_and_deletes_a_removed_login_the_brok
         user, stored = _new_password(db, kept, "new-pw")
         ba.replace_device_password(_cloud(broker), user, "new-pw", client_id="cloud-logins-t1", device_id=kept,
                                    stored_hash=stored)
-        with db.transaction() as s:
+        with db.transaction() as s:  # what the Stores page's Remove does: recorded, then the row deleted
+            audit(s, "owner@example.com", REMOVED_ACTION, device_id=removed)
             s.delete(s.get(Device, removed))
         ba.revoke_device_login(_cloud(broker), removed, removed_user, client_id="cloud-logins-t2")
         _restart(broker)
@@ -161,8 +163,8 @@ def test_the_cloud_disables_an_old_password_and_deletes_a_removed_login_the_brok
         listener = Listener(db, _cloud(broker), client_id="cloud-restart-listener").start()
         assert listener.logins.done.wait(15), "the listener did not check the broker's logins"
         assert listener.logins.failures == 0
-        assert listener.logins.totals == {"checked": 2, "deleted": 1, "disabled": 1, "still_disabled": 0,
-                                          "unmarked": 0, "held": 0}
+        assert listener.logins.totals == {"checked": 2, "deleted": 1, "unknown": 0, "disabled": 1,
+                                          "still_disabled": 0, "enabled": 0, "unmarked": 0}
         assert _login(broker, user, "old-pw", kept) == "Not authorized", "the old password still works"
         assert _login(broker, removed_user, "back-pw", removed) == "Not authorized", "the removed device logs in"
         with db.sessions() as s:
@@ -173,7 +175,8 @@ def test_the_cloud_disables_an_old_password_and_deletes_a_removed_login_the_brok
 
         # a second check finds the login already disabled: nothing new to do, no second warning
         again = reconcile_device_logins(db, _cloud(broker), client_id="cloud-logins-t3")
-        assert again == {"checked": 1, "deleted": 0, "disabled": 0, "still_disabled": 1, "unmarked": 0, "held": 0}
+        assert again == {"checked": 1, "deleted": 0, "unknown": 0, "disabled": 0, "still_disabled": 1, "enabled": 0,
+                         "unmarked": 0}
 
         # the owner gives the box a new password: the login works again with it, and the warning goes
         user, stored = _new_password(db, kept, "newer-pw")
@@ -205,7 +208,8 @@ def test_a_login_without_a_password_mark_is_counted_not_disabled(db, base):
         with db.sessions() as s:
             user = s.get(Device, kept).mqtt_username
         counts = reconcile_device_logins(db, _cloud(broker), client_id="cloud-logins-t6")
-        assert counts == {"checked": 1, "deleted": 0, "disabled": 0, "still_disabled": 0, "unmarked": 1, "held": 0}
+        assert counts == {"checked": 1, "deleted": 0, "unknown": 0, "disabled": 0, "still_disabled": 0, "enabled": 0,
+                          "unmarked": 1}
         assert _login(broker, user, "pw", kept) == "Success"
     finally:
         broker.stop()
@@ -261,7 +265,9 @@ def test_the_stores_page_warns_of_a_disabled_login_until_a_new_password(sqlite_u
 
 
 def test_an_empty_database_never_wipes_the_brokers_logins(db, base, caplog):
-    """A cloud started on a wrong (empty) database must not delete every store's logins: held, logged."""
+    """A cloud started on a wrong (empty) database must not delete every store's logins: a device it never recorded
+    (nor its removal) is ``unknown``, left alone, logged (a wrong database with devices of its own:
+    test_broker_logins_review_dec7.py)."""
     store_id, kept = add_store_and_device(db, device_password="pw")
     broker = _broker(base, _install(db, base, state_in_etc=False)).start()
     try:
@@ -269,8 +275,9 @@ def test_an_empty_database_never_wipes_the_brokers_logins(db, base, caplog):
             user = s.get(Device, kept).mqtt_username
             s.delete(s.get(Device, kept))
         counts = reconcile_device_logins(db, _cloud(broker), client_id="cloud-logins-t8")
-        assert counts == {"checked": 1, "deleted": 0, "disabled": 0, "still_disabled": 0, "unmarked": 0, "held": 1}
-        assert "the database has no devices" in caplog.text
+        assert counts == {"checked": 1, "deleted": 0, "unknown": 1, "disabled": 0, "still_disabled": 0, "enabled": 0,
+                          "unmarked": 0}
+        assert "1 device logins on the broker belong to devices this database never recorded" in caplog.text
         assert _login(broker, user, "pw", kept) == "Success"
     finally:
         broker.stop()
