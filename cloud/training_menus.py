@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from sqlalchemy import select
 
+from dangol_cloud.cold_start_menus import cold_start_twins
 from dangol_cloud.db import Database
 from dangol_cloud.menu_mapping import MenuScope
 from dangol_cloud.models import Customer, CustomerSegment, Menu, ModelVersion, utcnow
@@ -93,27 +94,38 @@ def choose_picks(model, customers: Sequence[str], n: int, scope: MenuScope, excl
             cold-start list of that store (its sales, smoothed towards the chain's; the chain's for a store without
             sales); without one, the chain's. Known customers' picks do not depend on it.
 
+    Cold-start customers of one store with the same segment values and dislikes get the same list: it is chosen
+    once and shared with the others (:mod:`dangol_cloud.cold_start_menus`).
+
     Returns:
-        ``{customer: [Pick, ...]}`` best first (the kept picks, in the model's order, then the new items).
+        ``{customer: [Pick, ...]}`` best first (the kept picks, in the model's order, then the new items); each
+        customer's own list, but such customers share the Pick objects: read them, do not change them.
     """
     groups: dict[str | None, list[str]] = {}
-    trained = known_customers(model) if stores else set()
+    known = known_customers(model)
+    trained = known if stores else set()
     for customer in customers:  # one ask per store of the cold-start customers; everyone else in one
         groups.setdefault(None if customer in trained else (stores or {}).get(customer), []).append(customer)
     out: dict[str, list] = {}
     for store, who in groups.items():
-        out.update(_choose_at(model, who, n, scope, exclude, hour=hour, segments=segments, store=store))
+        twins = cold_start_twins(who, known, exclude, segments)
+        out.update(_choose_at(model, who, n, scope, exclude, hour=hour, segments=segments, store=store, twins=twins))
     return {c: out[c] for c in customers}
 
 
 def _choose_at(model, customers: Sequence[str], n: int, scope: MenuScope, exclude: Mapping[str, set[str]], *,
-               hour: int | None, segments: Mapping[str, Sequence[str]] | None, store: str | None) -> dict[str, list]:
-    """:func:`choose_picks` of customers whose cold-start lists are all those of ``store`` (None: the chain's)."""
+               hour: int | None, segments: Mapping[str, Sequence[str]] | None, store: str | None,
+               twins: Mapping[str, str]) -> dict[str, list]:
+    """:func:`choose_picks` of customers whose cold-start lists are all those of ``store`` (None: the chain's).
+    Only the customers that are not ``twins`` (:func:`~dangol_cloud.cold_start_menus.cold_start_twins`) are asked;
+    a twin gets its representative's picks in a list of its own."""
     candidates = scope.candidates()
     ask_model = lambda who, k, explain, without=exclude: model.recommend(  # noqa: E731
         who, n=k, available=candidates, hour=hour, store=store, exclude=without, segments=segments, explain=explain)
+    shared = lambda out: {c: list(out[twins[c]]) if c in twins else out[c] for c in customers}  # noqa: E731
+    work = [c for c in customers if c not in twins]
     if not scope.usable or n <= 0:
-        return ask_model(customers, n, True)
+        return shared(ask_model(work, n, True))
     new = {str(i) for i in model.items[model.new_items()]}
     reach = _Reach(model, scope, candidates)
     slots_of = max(int(getattr(model.config, "new_item_slots", 0)), 0)
@@ -122,8 +134,8 @@ def _choose_at(model, customers: Sequence[str], n: int, scope: MenuScope, exclud
     slots: dict[str, int] = {}
     out: dict[str, list] = {}
     pending: list[str] = []
-    first = ask_model(customers, n, True)
-    for customer in customers:
+    first = ask_model(work, n, True)
+    for customer in work:
         heads[customer], tails[customer] = _split(first[customer], scope, new)
         slots[customer] = min(slots_of, len(tails[customer]))  # the places the model gave new items in its n-list
         out[customer] = _menu_sized(heads[customer], tails[customer], n, slots[customer])
@@ -143,11 +155,11 @@ def _choose_at(model, customers: Sequence[str], n: int, scope: MenuScope, exclud
             if _short(out[customer], picks[customer], n, ask, len(candidates), reach.count(exclude.get(customer))):
                 short.append(customer)
         pending = short
-    if widened:
+    if widened:  # twins keep their places in the reason asks: known customers are asked as without twins
         long_list = lambda who: ask_model(who, len(candidates), True)  # noqa: E731
-        out.update(_with_reasons(model, {c: out[c] for c in customers if c in widened}, long_list, hour=hour,
-                                 segments=segments, store=store))
-    return {c: out[c] for c in customers}
+        kept = {c: out[twins.get(c, c)] for c in customers if twins.get(c, c) in widened}
+        out.update(_with_reasons(model, kept, long_list, hour=hour, segments=segments, store=store, twins=twins))
+    return shared(out)
 
 
 def _short(menu: list, picks: list, n: int, ask: int, n_candidates: int, reachable: int) -> bool:
@@ -213,30 +225,35 @@ def _menu_sized(head: list, tail: list, n: int, slots: int) -> list:
 
 
 def _with_reasons(model, kept: Mapping[str, list], long_list, *, hour: int | None,
-                  segments: Mapping[str, Sequence[str]] | None, store: str | None) -> dict[str, list]:
+                  segments: Mapping[str, Sequence[str]] | None, store: str | None,
+                  twins: Mapping[str, str]) -> dict[str, list]:
     """``kept`` (picks from asks without reasons) with their reasons and scores, from one explained ask whose
     lists are exactly each customer's kept items: the union of the kept items is what is available, every one
     of them a customer did not keep is excluded for them, and ``n`` is the size of the union (so the category
     cap cuts nothing). A pick's reasons and score depend on the customer and item only, not on which other items
     are available, so they equal those of the explained long list. Customers whose kept items do not all come
     back (a safeguard; not seen) are asked once more for the long list with reasons (``long_list(customers)``).
-    Order and items stay those of ``kept``."""
+    Order and items stay those of ``kept``. ``twins`` (``{twin: representative}``, both in ``kept``) count in
+    their chunk's union but are not asked: they get their representative's picks (a cold-start pick's reasons
+    and score depend on its list's store, hour, segment values and item only)."""
     found: dict[str, dict] = {}
     customers = list(kept)
     for start in range(0, len(customers), REASON_CHUNK):  # a smaller union, fewer ids to exclude per customer
         chunk = customers[start:start + REASON_CHUNK]
         union = {p.item for c in chunk for p in kept[c]}
-        if not union:
+        asked = [c for c in chunk if c not in twins]
+        if not union or not asked:
             continue
-        others = {c: union - {p.item for p in kept[c]} for c in chunk}
-        got = model.recommend(chunk, n=len(union), available=union, hour=hour, store=store, exclude=others,
+        others = {c: union - {p.item for p in kept[c]} for c in asked}
+        got = model.recommend(asked, n=len(union), available=union, hour=hour, store=store, exclude=others,
                               segments=segments, explain=True)
-        found.update({c: {p.item: p for p in got.get(c, [])} for c in chunk})
-    found.update({c: {} for c in customers if c not in found})
-    missing = [c for c, picks in kept.items() if any(p.item not in found[c] for p in picks)]
+        found.update({c: {p.item: p for p in got.get(c, [])} for c in asked})
+    found.update({c: {} for c in customers if c not in found and c not in twins})
+    missing = [c for c, picks in kept.items() if c not in twins and any(p.item not in found[c] for p in picks)]
     if missing:
         log.warning("%d customer(s) re-asked for the reasons of their kept picks", len(missing))
         found.update({c: {p.item: p for p in picks} for c, picks in long_list(missing).items()})
+    found.update({c: found[twins[c]] for c in customers if c in twins})
     return {c: [found[c].get(p.item, p) for p in picks] for c, picks in kept.items()}
 
 
