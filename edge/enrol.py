@@ -136,14 +136,15 @@ def samples_from_photos(paths: list[str | Path], pipeline: FacePipeline,
     raise EnrolmentError(f"{odd}; enrol one person's photos only")
 
 
-SECOND_PERSON_SHARE = 3
-"""A full pool is two people one after the other (:meth:`SampleCollector.mixed`) when at least ``pool //`` this many
-of its candidates (5 of the door's 15, as many as the templates it keeps), inconsistent with its medoid but one person
-among themselves (:data:`CONSISTENCY_MIN_SIMILARITY`), came before the medoid's person. Fewer are left out only: the
-Hamilton clip's other people before Lin-Manuel Miranda (frames 48-71) give 4 of 15 at the daemon's pace, and he is
-stored and in front when the code shows; people seen between his first and last faces never count. LFW embeddings
-(tests/edge/test_signup_review_dec7.py): no pool of 15 photos of one person is taken for two (2,000 tried); of pools of
-two people one after the other (5 + 10 to 10 + 5, either order) all but 15 of 4,000 are."""
+STRANGER_SIMILARITY = 0.315
+"""Below this cosine similarity to the pool's medoid, a sign-up's newest good face is another person
+(:meth:`SampleCollector.mixed`); between it and :data:`CONSISTENCY_MIN_SIMILARITY` it may be either, so the capture
+goes on (:attr:`SampleCollector.full`). Source: the calibrated single-template open-set threshold, N = 1 at the default
+1 % FPIR (``sface-int8.calibration.json``, :class:`~dangol_edge.calibration.OpenSetRule`; checked in
+tests/edge/test_signup_review_dec7b.py): the door would not take a face this far from a one-template gallery for its
+person; about 1 % of others' photos reach it against a medoid (LFW, :data:`CONSISTENCY_MIN_SIMILARITY`). One person's
+own face falls between the two on a head turn or a new shot: Lin-Manuel Miranda's frames 82-86 of the Hamilton clip
+are 0.34-0.39 to a pool of his frames 0-19."""
 
 
 class SampleCollector:
@@ -161,19 +162,24 @@ class SampleCollector:
     The collector is :attr:`full` once ``pool`` candidates are gathered *and* at least ``wanted`` of them
     are consistent. Until then it keeps collecting (the caller stops at its ``max_frames``): when the pool
     is at its size, a new good face replaces the candidate least similar to the medoid, so memory stays
-    bounded at ``pool`` samples. A full pool may be two people one after the other: :meth:`mixed` (store nothing).
+    bounded at ``pool`` samples. Nor is it full while its newest candidate is inconsistent but not clearly another
+    person (``stranger_similarity``): the customer on a head turn. A full pool whose newest candidate is clearly
+    another person is two people one after the other: :meth:`mixed` (store nothing).
 
     Args:
         wanted: templates to keep; pool: candidates to gather first (≥ wanted); min_gap_frames: frames
-            between two candidates; min_similarity: the consistency bound.
+            between two candidates; min_similarity: the consistency bound; stranger_similarity: the stranger bound
+            (:data:`STRANGER_SIMILARITY`).
     """
 
     def __init__(self, wanted: int, pool: int | None = None, min_gap_frames: int = 2,
-                 min_similarity: float = CONSISTENCY_MIN_SIMILARITY):
+                 min_similarity: float = CONSISTENCY_MIN_SIMILARITY,
+                 stranger_similarity: float = STRANGER_SIMILARITY):
         self.wanted = wanted
         self.pool = max(pool or 3 * wanted, wanted)
         self.min_gap_frames = min_gap_frames
         self.min_similarity = min_similarity
+        self.stranger_similarity = stranger_similarity
         self.candidates: list[Sample] = []
         self._last = -min_gap_frames
 
@@ -192,31 +198,23 @@ class SampleCollector:
 
     @property
     def full(self) -> bool:
-        """True when ``pool`` candidates were gathered and at least ``wanted`` of them are consistent."""
+        """True when ``pool`` candidates were gathered, at least ``wanted`` of them are consistent, and the newest is
+        consistent or clearly another person (below ``stranger_similarity`` to the medoid: :meth:`mixed`)."""
         if len(self.candidates) < self.pool:
             return False
-        return int(self._consistency()[0].sum()) >= self.wanted
+        keep, sim = self._consistency()
+        return int(keep.sum()) >= self.wanted and bool(keep[-1] or sim[-1] < self.stranger_similarity)
 
     def mixed(self) -> str | None:
-        """Why the pool is two people one after the other, or None (call once :attr:`full`; storing it would store one
-        person's face under a code shown to the other): the newest candidate — the face in front of the camera when
-        the code would show — is not consistent with the medoid, or enough inconsistent candidates are one person of
-        their own, seen before the medoid's person (:data:`SECOND_PERSON_SHARE`)."""
+        """Why the full pool is two people one after the other, or None (call once :attr:`full`): its newest candidate,
+        the face in front of the camera when the code would show, is another person than its medoid, whose faces would
+        be stored under that code. A stranger seen first (staff leaning in to press the button) is not: the faces
+        stored (:meth:`select`) are the medoid's, the person in front."""
         keep, sim = self._consistency()
-        if not keep[-1]:
-            return (f"the newest good face is another person than the others (similarity {sim[-1]:.2f} to their "
-                    f"medoid, below {self.min_similarity:.2f})")
-        odd = np.flatnonzero(~keep)
-        group = max(self.pool // SECOND_PERSON_SHARE, 2)
-        if len(odd) < group:
+        if keep[-1] or sim[-1] >= self.stranger_similarity:
             return None
-        c = self.candidates
-        same, _ = medoid_consistent(np.stack([c[i].embedding for i in odd]), np.array([c[i].quality for i in odd]),
-                                    self.min_similarity)
-        if int(same.sum()) < group or odd[same][0] > np.flatnonzero(keep)[0]:
-            return None  # a few strays, or someone seen between the first and the last faces of the medoid's person
-        return (f"{int(same.sum())} of the {len(c)} good faces are another person, seen before the {int(keep.sum())} "
-                "others")
+        return (f"the newest good face is another person than the others (similarity {sim[-1]:.2f} to their medoid, "
+                f"below {self.stranger_similarity:.3f})")
 
     def due(self, frame_index: int) -> bool:
         """True when the frame is far enough from the last candidate to be worth processing, or numbered before
@@ -243,7 +241,7 @@ class SampleCollector:
         * ``no good face in {frames} frames``: no candidate at all;
         * ``faces did not agree: only {k} of the {n} good faces in {frames} frames are one person (more than one
           person in front of the camera?)``: enough good faces (``n ≥ wanted``), but fewer than ``wanted`` of
-          them consistent with the medoid;
+          them consistent with the medoid, or ``pool`` of them but the newest not clearly the same person;
         * ``too few good faces: {n} in {frames} frames, {pool} needed``: otherwise.
         """
         n, kind = len(self.candidates), self.shortfall_kind()
@@ -259,7 +257,7 @@ class SampleCollector:
         n = len(self.candidates)
         if n == 0:
             return "none"
-        return "several" if len(self.consistent()) < self.wanted <= n else "few"
+        return "several" if len(self.consistent()) < self.wanted <= n or n >= self.pool else "few"
 
     def select(self) -> list[Sample]:
         """Up to ``wanted`` varied, good, consistent candidates (see the class doc), best quality first.
@@ -297,8 +295,8 @@ def samples_from_source(source: FrameSource, pipeline: FacePipeline, wanted: int
     Raises:
         EnrolmentError: the source ended or ``max_frames`` passed without one good face (``no good face in N
             frames``), or without a majority of the good faces being one person, e.g. one frame each of two
-            people (``faces did not agree: …``, :func:`disagreement`), or the full pool is two people one after
-            the other (:meth:`SampleCollector.mixed`).
+            people (``faces did not agree: …``, :func:`disagreement`), or the full pool's newest face is another
+            person than its medoid (:meth:`SampleCollector.mixed`).
     """
     col = SampleCollector(wanted, min_gap_frames=min_gap_frames)
     seen = 0

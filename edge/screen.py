@@ -8,7 +8,7 @@ discarded, expired: asked with the ``still_pending`` check the enrolment worker 
 down within :data:`CODE_CHECK_S` once it answers False). While a sign-up is being captured, a welcome does not replace
 "look at the camera": the customer signing up stands at the door, and a welcome for a regular decided on a frame before
 the press (the recognizer does not run during a capture) would turn them away from the camera and then leave the door on
-the house menu while the capture went on unseen; the regular's visit is still recorded.
+the house menu while the capture went on unseen; the regular's visit is still recorded, with no items shown.
 No face image is ever part of a screen. Every change bumps ``version``; the web page's server-sent
 events stream waits on :meth:`Screen.wait` and pushes each new snapshot at once.
 
@@ -98,9 +98,10 @@ class Screen:
             return True
 
     def show_welcome(self, first_name: str, picks: list[dict], customer_id: str, seconds: float,
-                     arrival_ts: float | None = None, own_picks: bool = False) -> int:
+                     arrival_ts: float | None = None, own_picks: bool = False) -> int | None:
         """Welcome a customer for ``seconds``; a pending code on show comes back afterwards, and nothing changes while a
-        sign-up is being captured (see the module doc). Returns the screen's version.
+        sign-up is being captured (see the module doc). Returns the screen's new version, or None when the welcome was
+        not shown (a capture: its picks were not shown either, so the arrival reports none).
 
         Args:
             picks: items to show, each ``{"id", "name", "price", "category", "description"}``
@@ -113,7 +114,7 @@ class Screen:
         with self._cond:
             if self._capture is not None:
                 log.info("welcome of %s not shown: a sign-up is being captured at the door", customer_id)
-                return self._version
+                return None
             return self._set({"screen": "welcome", "first_name": first_name, "picks": picks, "own_picks": own_picks,
                               "customer_id": customer_id, "arrival_ts": arrival_ts}, self._clock() + seconds)
 

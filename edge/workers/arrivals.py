@@ -91,20 +91,24 @@ class ArrivalWorker(Worker):
             self.failing = False
 
     def arrival(self, customer_id: str, score: float, first_seen: float) -> None:
-        """Welcome, record and report a known customer (already erased: nothing happens)."""
+        """Welcome, record and report a known customer (already erased: nothing happens). A welcome the screen did not
+        show (a sign-up being captured: :meth:`~dangol_edge.screen.Screen.show_welcome`) is reported with no items
+        shown."""
         try:
             customer = self.gallery.customer(customer_id)
         except UnknownCustomer:
             return  # erased meanwhile
         picks = self.picks_for(customer_id)
         decided = time.monotonic()
-        self.screen.show_welcome(customer.first_name, [_screen_pick(p) for p in picks], customer_id,
-                                 self.config.display.welcome_s, arrival_ts=decided,
-                                 own_picks=picks.own)  # a Picks: house items are not "your usual"
+        shown = self.screen.show_welcome(customer.first_name, [_screen_pick(p) for p in picks], customer_id,
+                                         self.config.display.welcome_s, arrival_ts=decided,
+                                         own_picks=picks.own)  # a Picks: house items are not "your usual"
         self.stats.arrivals += 1
         self.stats.arrival_times.append((first_seen, decided))
-        log.info("arrival: %s (score %.3f, %d picks)", customer_id, score, len(picks))
-        event = self.events.arrival(customer_id, score, [p.id for p in picks])
+        log.info("arrival: %s (score %.3f, %d picks%s)", customer_id, score, len(picks),
+                 "" if shown is not None else ", not shown: a sign-up is being captured")
+        # the cloud counts what the door showed ("shown → bought", "shown and ignored"): nothing when it showed nothing
+        event = self.events.arrival(customer_id, score, [p.id for p in picks] if shown is not None else [])
         try:
             self.gallery.touch(customer_id)
         finally:

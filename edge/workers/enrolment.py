@@ -8,19 +8,20 @@ no second record, which would keep the door from greeting either, and nothing ad
 falsely matched would become that regular's face; the door screen says so without a name, the staff page names them),
 or —``enrol.max_frames`` first→ ``failed`` (logged with :meth:`~dangol_edge.enrol.SampleCollector.shortfall`:
 no good face, faces that did not agree, or too few; the door screen and the staff page say which, with the good
-snapshots taken out of the pool needed; no frames: at the deadline, :mod:`~dangol_edge.workers.signup_limits`), or
-``failed`` as "more than one face" as soon as a second good face has been beside the first in more than
-:data:`~dangol_edge.workers.signup_faces.SECOND_FACE_FRAMES` frames, or when the full pool is two people one after the
-other (:meth:`~dangol_edge.enrol.SampleCollector.mixed`: nothing stored), or ``not-saved`` when the gallery cannot be
-written (disk full: the sign-up ends, health reports the storage, nothing half-written stays). While a model upgrade
-runs, a sign-up is also checked by the previous model against the regulars the upgrade has not migrated yet, and stored
-with that model's templates too (:mod:`dangol_edge.signup_previous`).
+snapshots taken out of the pool needed; at the deadline, :mod:`~dangol_edge.workers.signup_limits`: the camera when
+under a frame a second came), or ``failed`` as "more than one face" as soon as a second good face has been beside the
+first in more than :data:`~dangol_edge.workers.signup_faces.SECOND_FACE_FRAMES` frames, or when the full pool's newest
+face is another person (:meth:`~dangol_edge.enrol.SampleCollector.mixed`: nothing stored), or ``not-saved`` when the
+gallery cannot be written (disk full: the sign-up ends, health reports the storage, nothing half-written stays). While a
+model upgrade runs, a sign-up is also checked by the previous model against the regulars the upgrade has not migrated
+yet, and stored with that model's templates too (:mod:`dangol_edge.signup_previous`).
 The staff page's "Cancel" (``cancel``) returns to idle from ``capturing``. Holding the button cancels the sign-up
 that press started, or took over (pressed during a capture): its capture, or — once the capture has finished — the
 pending customer it stored, erased as the staff page's "Discard" does (``cancelled`` on the door); a hold never starts
-one. While the camera is known not to work no sign-up starts (``failed``, ``why="camera"``). How a sign-up ended
-stays on the :class:`~dangol_edge.screen.Screen` for the staff page until the next one starts. Steps run on the
-recognition thread: capture and recognition share the face pipeline, which is not thread-safe.
+one. While the camera is known not to work, or sent no frame since a capture ran out of frames, no sign-up starts
+(``failed``, ``why="camera"``). How a sign-up ended stays on the :class:`~dangol_edge.screen.Screen` for the staff page
+until the next one starts. Steps run on the recognition thread: capture and recognition share the face pipeline, which
+is not thread-safe.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ..signup_previous import (PreviousSamples, embed_previous, keep_previous_or
 from ..sources import Frame
 from .base import storage_state
 from .signup_faces import SECOND_FACE_FRAMES, SECOND_FACE_SHARE, SECOND_FACE_WIDTH, SecondFace  # noqa: F401
-from .signup_limits import SIGNUP_MIN_FPS, camera_problem, capture_deadline_s  # noqa: F401
+from .signup_limits import SIGNUP_MIN_FPS, camera_problem, capture_deadline_s, deadline_failure  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class ButtonEnrolment:
         self._retry_at = 0.0  # monotonic seconds
         self._clock = clock
         self._deadline = 0.0  # when the capture in progress ends as failed, on ``clock``
+        self._stalled_at: int | None = None  # stats.frames_captured when a capture ran out of frames
 
     @property
     def active(self) -> bool:
@@ -166,10 +168,7 @@ class ButtonEnrolment:
                     self._storage(storage_state(exc))
                 log.exception("enrolment request %r (press %s) failed", what, press)
         if self.active and self._clock() >= self._deadline:
-            col = self._collector
-            self._finish("failed", seconds=5, why="none", samples=len(col.candidates), wanted=col.pool)
-            log.warning("enrolment failed: only %d frames in %.0f s (no frames from the camera?); %s", self._frames,
-                        capture_deadline_s(self.config.enrol.max_frames), col.shortfall(self._frames))
+            self._fail(self._collector, deadline=True)
 
     def _start(self, press: int | None) -> None:
         """Start a sign-up for ``press`` (None: the staff page). While one is being captured, a button press takes it
@@ -182,7 +181,7 @@ class ButtonEnrolment:
             log.info("a sign-up is already being captured: %s", "the new request starts nothing" if press is None
                      else "this press takes it over (holding the button cancels it)")
             return
-        problem = camera_problem(self.stats)
+        problem = camera_problem(self.stats, self._stalled_at)
         if problem is not None:
             self.screen.show_enrolment("failed", seconds=5, why="camera")
             log.warning("sign-up not started: the camera does not work (%s)", problem)
@@ -279,17 +278,22 @@ class ButtonEnrolment:
         if self.button:
             self.button.done()
 
-    def _fail(self, col: SampleCollector, note: str = "") -> None:
-        """End the sign-up as ``failed`` at ``enrol.max_frames``: the door screen (for 5 seconds) and the staff page
-        get :meth:`~dangol_edge.enrol.SampleCollector.shortfall_kind` and the good snapshots taken of the pool
-        needed; the log the whole :meth:`~dangol_edge.enrol.SampleCollector.shortfall`."""
-        self._finish("failed", seconds=5, why=col.shortfall_kind(), samples=len(col.candidates), wanted=col.pool)
-        log.warning("enrolment failed: %s%s", col.shortfall(self.config.enrol.max_frames), note)
+    def _fail(self, col: SampleCollector, note: str = "", deadline: bool = False) -> None:
+        """End the sign-up as ``failed`` at ``enrol.max_frames`` or at its ``deadline``: the door (5 s) and staff page
+        get why (:meth:`~dangol_edge.enrol.SampleCollector.shortfall_kind`, or ``camera`` and no start until a frame
+        comes: :func:`~.signup_limits.deadline_failure`) and the good snapshots of the pool needed."""
+        frames, why = (self._frames if deadline else self.config.enrol.max_frames), col.shortfall_kind()
+        if deadline:
+            why, note = deadline_failure(frames, self.config.enrol.max_frames, why)
+            if why == "camera" and self.stats is not None:
+                self._stalled_at = self.stats.frames_captured
+        self._finish("failed", seconds=5, why=why, samples=len(col.candidates), wanted=col.pool)
+        log.warning("enrolment failed: %s%s", col.shortfall(frames), note)
 
     def _several(self, col: SampleCollector, mixed: str | None = None) -> None:
-        """End the sign-up as ``failed`` with ``why="several"``: nothing is stored. ``mixed``: the full pool is two
-        people one after the other (:meth:`~dangol_edge.enrol.SampleCollector.mixed`); else a second face was beside
-        the first (:data:`SECOND_FACE_FRAMES`)."""
+        """End the sign-up as ``failed`` with ``why="several"``: nothing is stored. ``mixed``: the full pool's newest
+        face is another person (:meth:`~dangol_edge.enrol.SampleCollector.mixed`); else a second face was beside the
+        first (:data:`SECOND_FACE_FRAMES`)."""
         self._finish("failed", seconds=5, why="several", samples=len(col.candidates), wanted=col.pool)
         if mixed:
             log.warning("enrolment failed: %s (more than one person in front of the camera, one after the other)",
