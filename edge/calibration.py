@@ -286,7 +286,10 @@ class ImpostorTail:
             return float(self.scores[0])
         if target >= lp[-1]:
             return float(np.interp(-target, -lp, self.scores))
-        return float(min(1.0, self.scores[-1] + (target - lp[-1]) / self._tail_slope()))
+        slope = self._tail_slope()
+        if slope >= 0:  # a flat table (too few impostor pairs to fall a decade): nothing to extrapolate, refuse all
+            return 1.0
+        return float(min(1.0, self.scores[-1] + (target - lp[-1]) / slope))
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
