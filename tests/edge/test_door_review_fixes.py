@@ -213,7 +213,7 @@ def test_an_erasure_record_that_cannot_be_written_is_retried(tmp_path, model_pat
     written by a later request pass, not lost."""
     import sqlite3
 
-    from dangol_edge.workers import enrolment
+    from dangol_edge.workers import signup_discard
 
     e, gallery, state, screen = signup_worker(tmp_path, model_path)
     try:
@@ -232,7 +232,7 @@ def test_an_erasure_record_that_cannot_be_written_is_retried(tmp_path, model_pat
         assert gallery.customers(status=None) == [] and screen.snapshot()["stage"] == "cancelled"
         assert e.stats.storage == "full" and "could not be recorded for the cloud" in caplog.text
         monkeypatch.setattr(e.outbox, "erase", real)
-        monkeypatch.setattr(enrolment, "REPORT_RETRY_S", 0.0)
+        monkeypatch.setattr(signup_discard, "REPORT_RETRY_S", 0.0)
         e._retry_at = 0.0
         e.handle_requests()
         assert outbox(state) == [("erasure-done", [p1.id])]
